@@ -1,0 +1,128 @@
+"""The embedded buffer: a queue of batch references in its own SQLite file.
+
+It holds references, not rows (the rows are in the landing zone), so it stays small and
+a lost buffer file only costs time: the sweeper republishes from the manifest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from steadyflow.errors import RetryableError
+from steadyflow.model import BatchRef
+from steadyflow.ports import Delivery
+from steadyflow.state import open_sqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue (
+  batch_id TEXT PRIMARY KEY, ref TEXT NOT NULL, enqueued_at REAL NOT NULL,
+  visible_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS queue_visible ON queue(visible_at, enqueued_at);
+"""
+
+
+class SqliteBuffer:
+    """A bounded, leased, idempotent queue shared by processes on one host."""
+
+    def __init__(self, path: Path, capacity: int = 64, lease: float = 120.0,
+                 should_stop: Callable[[], bool] = lambda: False) -> None:
+        self.capacity = capacity
+        self.lease = lease
+        self.should_stop = should_stop
+        self._conn = open_sqlite(path)
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)
+        with self._lock:
+            self._conn.executescript(SCHEMA)
+
+    def put(self, ref: BatchRef, timeout: float | None = None) -> None:
+        """Enqueue, waiting while the buffer is full. Backpressure, never a drop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            with self._lock:
+                c = self._conn
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    present = c.execute(
+                        "SELECT 1 FROM queue WHERE batch_id=?", (ref.batch_id,)
+                    ).fetchone()
+                    depth = c.execute("SELECT count(*) FROM queue").fetchone()[0]
+                    if present or depth < self.capacity:
+                        now = time.time()
+                        c.execute(
+                            "INSERT OR IGNORE INTO queue(batch_id, ref, enqueued_at, visible_at) "
+                            "VALUES (?,?,?,?)", (ref.batch_id, ref.to_json(), now, now))
+                        c.execute("COMMIT")
+                        return
+                    c.execute("COMMIT")
+                except BaseException:
+                    c.execute("ROLLBACK")
+                    raise
+                if self.should_stop():
+                    raise RetryableError("stopped while waiting for buffer space",
+                                         stage="publish", batch_id=ref.batch_id)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise RetryableError(
+                        f"buffer full ({self.capacity} batches) for {timeout:.0f}s",
+                        stage="publish", batch_id=ref.batch_id,
+                        hint="the loader is behind or down; extraction resumes when it drains")
+                self._space.wait(pause)
+            pause = min(pause * 2, 0.5)
+
+    def get(self, wait: float = 0.0) -> Delivery | None:
+        """Lease the oldest visible message, waiting up to `wait` seconds for one."""
+        deadline = time.monotonic() + wait
+        pause = 0.01
+        while True:
+            with self._lock:
+                c = self._conn
+                c.execute("BEGIN IMMEDIATE")
+                try:
+                    now = time.time()
+                    row = c.execute(
+                        "SELECT batch_id, ref, attempts FROM queue WHERE visible_at <= ? "
+                        "ORDER BY enqueued_at LIMIT 1", (now,)).fetchone()
+                    if row is not None:
+                        c.execute("UPDATE queue SET visible_at=?, attempts=attempts+1 "
+                                  "WHERE batch_id=?", (now + self.lease, row[0]))
+                    c.execute("COMMIT")
+                except BaseException:
+                    c.execute("ROLLBACK")
+                    raise
+            if row is not None:
+                return Delivery(BatchRef.from_json(row[1]), attempt=row[2] + 1)
+            if time.monotonic() >= deadline or self.should_stop():
+                return None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+
+    def ack(self, batch_id: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM queue WHERE batch_id=?", (batch_id,))
+            self._space.notify_all()
+
+    def nack(self, batch_id: str, delay: float = 0.0) -> None:
+        with self._lock:
+            self._conn.execute("UPDATE queue SET visible_at=? WHERE batch_id=?",
+                               (time.time() + delay, batch_id))
+
+    def contains(self, batch_id: str) -> bool:
+        with self._lock:
+            return self._conn.execute(
+                "SELECT 1 FROM queue WHERE batch_id=?", (batch_id,)).fetchone() is not None
+
+    def depth(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM queue").fetchone()[0])
+
+    def oldest_age(self) -> float | None:
+        with self._lock:
+            oldest = self._conn.execute("SELECT min(enqueued_at) FROM queue").fetchone()[0]
+        return None if oldest is None else max(0.0, time.time() - oldest)
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,260 @@
+"""The `steadyflow` command. Thin: parse arguments, call the library, print."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from steadyflow.errors import SteadyflowError
+from steadyflow.observe import logs
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Move store and API data into the warehouse, exactly once.")
+quarantine_app = typer.Typer(no_args_is_help=True, help="Inspect and replay quarantined rows.")
+app.add_typer(quarantine_app, name="quarantine")
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML file")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+
+
+def _open(config: Path) -> Any:
+    from steadyflow.run.pipeline import Pipeline
+
+    return Pipeline.from_yaml(config)
+
+
+def _fail(exc: SteadyflowError) -> None:
+    console.print(f"[red]error:[/red] {logs.scrub(str(exc))}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _install_signals(pipeline: Any) -> None:
+    def stop(signum: int, frame: object) -> None:
+        pipeline.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+@app.callback()
+def main(log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning"
+         ) -> None:
+    logs.configure(log_level)
+
+
+def _print_summary(summary: Any, as_json: bool, seconds: float) -> None:
+    data = {"extracted_batches": summary.extracted_batches,
+            "extracted_rows": summary.extracted_rows, "loaded_batches": summary.loaded_batches,
+            "loaded_rows": summary.loaded_rows, "quarantined_rows": summary.quarantined_rows,
+            "duplicates_skipped": summary.duplicates_skipped, "errors": summary.errors,
+            "seconds": round(seconds, 3)}
+    if as_json:
+        out.print(json.dumps(data), highlight=False, soft_wrap=True)
+        return
+    for key, value in data.items():
+        if key != "errors":
+            out.print(f"{key:>20}: {value}")
+    for error in summary.errors:
+        console.print(f"[red]error:[/red] {logs.scrub(error)}", highlight=False)
+
+
+@app.command()
+def run(config: ConfigOpt,
+        follow: Annotated[bool, typer.Option("--follow", "-f", help="keep running")] = False,
+        as_json: JsonOpt = False) -> None:
+    """Extract, land, validate and load every table until caught up (or forever)."""
+    try:
+        with _open(config) as pipeline:
+            _install_signals(pipeline)
+            started = time.monotonic()
+            summary = pipeline.run(follow=follow)
+            _print_summary(summary, as_json, time.monotonic() - started)
+            if not summary.ok:
+                raise typer.Exit(1)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@app.command()
+def extract(config: ConfigOpt,
+            table: Annotated[list[str] | None, typer.Option(help="source.table")] = None,
+            dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+            as_json: JsonOpt = False) -> None:
+    """Run only extraction: pages → landing → buffer → checkpoint."""
+    try:
+        with _open(config) as pipeline:
+            _install_signals(pipeline)
+            started = time.monotonic()
+            summary = pipeline.extract(table, dry_run=dry_run)
+            _print_summary(summary, as_json, time.monotonic() - started)
+            if not summary.ok:
+                raise typer.Exit(1)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@app.command()
+def transform(config: ConfigOpt, as_json: JsonOpt = False) -> None:
+    """Validate landed, unloaded batches and show what would load and what is quarantined.
+
+    Changes nothing: validation is a pure function of the batch and the contract, and
+    `load` applies it again when it merges.
+    """
+    try:
+        with _open(config) as pipeline:
+            report = []
+            for batch in pipeline.state.pending_batches():
+                verdict = pipeline.loader.transform(batch)
+                report.append({"batch_id": batch.batch_id, "source": batch.source,
+                               "table": batch.table, "rows": batch.rows,
+                               "good": verdict.good.num_rows, "bad": verdict.bad.num_rows,
+                               "reasons": verdict.reasons})
+            if as_json:
+                out.print(json.dumps(report), soft_wrap=True)
+                return
+            t = Table("batch", "table", "rows", "good", "quarantine", "reasons")
+            for r in report:
+                t.add_row(r["batch_id"], f"{r['source']}.{r['table']}", str(r["rows"]),
+                          str(r["good"]), str(r["bad"]), json.dumps(r["reasons"]))
+            out.print(t)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@app.command()
+def load(config: ConfigOpt, as_json: JsonOpt = False,
+         dry_run: Annotated[bool, typer.Option("--dry-run")] = False) -> None:
+    """Run only loading: buffer → validate → merge + ledger → ack, until the buffer is empty."""
+    try:
+        with _open(config) as pipeline:
+            _install_signals(pipeline)
+            if dry_run:
+                pending = pipeline.state.pending_batches()
+                data = [{"batch_id": b.batch_id, "table": f"{b.source}.{b.table}",
+                         "rows": b.rows, "queued": pipeline.buffer.contains(b.batch_id)}
+                        for b in pending]
+                out.print(json.dumps(data) if as_json else
+                          f"{len(data)} batches, {sum(d['rows'] for d in data)} rows would load",
+                          soft_wrap=True)
+                return
+            started = time.monotonic()
+            pipeline.sweep()
+            summary = pipeline.load()
+            _print_summary(summary, as_json, time.monotonic() - started)
+            if not summary.ok:
+                raise typer.Exit(1)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@app.command()
+def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
+    """Per-table health: freshness, lag, last success, last error, quarantined rows."""
+    from steadyflow.observe.status import collect
+
+    try:
+        with _open(config) as pipeline:
+            report = collect(pipeline)
+    except SteadyflowError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        out.print(json.dumps(report, default=str), soft_wrap=True)
+        return
+    t = Table("table", "freshness", "rows loaded", "quarantined", "last success",
+              "last error", "breaker", title=f"steadyflow — {report['pipeline']}")
+    for row in report["tables"]:
+        t.add_row(row["table"], row["freshness_human"], str(row["rows_loaded"]),
+                  str(row["rows_quarantined"]), row["last_success_human"],
+                  (row["last_error"] or "")[:60], row["breaker"] or "closed")
+    out.print(t)
+    out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
+              f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
+              f"pending batches {report['pending_batches']}")
+
+
+@app.command()
+def replay(config: ConfigOpt,
+           batch: Annotated[list[str] | None, typer.Option(help="batch id (repeatable)")] = None,
+           table: Annotated[str | None, typer.Option(help="source.table: all its batches")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Re-process landed batches through validate → merge (idempotent by the ledger)."""
+    from steadyflow.run.replay import replay_batches
+
+    try:
+        with _open(config) as pipeline:
+            result = replay_batches(pipeline, batch or [], table)
+            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@quarantine_app.command("list")
+def quarantine_list(config: ConfigOpt, as_json: JsonOpt = False,
+                    all_: Annotated[bool, typer.Option("--all")] = False) -> None:
+    """Quarantined batches with their row counts and reasons."""
+    with _open(config) as pipeline:
+        items = pipeline.state.quarantined(None if all_ else "open")
+    if as_json:
+        out.print(json.dumps(items, default=str), soft_wrap=True)
+        return
+    t = Table("batch", "table", "rows", "status", "reasons")
+    for q in items:
+        t.add_row(q["batch_id"], f"{q['source']}.{q['table']}", str(q["rows"]), q["status"],
+                  "; ".join(f"{k} ×{v}" for k, v in q["reasons"].items()))
+    out.print(t)
+
+
+@quarantine_app.command("show")
+def quarantine_show(config: ConfigOpt, batch: Annotated[str, typer.Argument()],
+                    limit: int = 20) -> None:
+    """The parked rows of one batch, with the rule each broke."""
+    with _open(config) as pipeline:
+        items = [q for q in pipeline.state.quarantined(None) if q["batch_id"] == batch]
+        if not items:
+            console.print(f"[red]error:[/red] no quarantined batch {batch}")
+            raise typer.Exit(2)
+        rows = pipeline.quarantine.rows(items[0]["path"]).slice(0, limit).to_pylist()
+    for row in rows:
+        out.print(json.dumps(row, default=str), soft_wrap=True)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(config: ConfigOpt,
+                      batch: Annotated[list[str] | None, typer.Option()] = None,
+                      as_json: JsonOpt = False) -> None:
+    """Re-validate parked rows against the current contract and load those that pass."""
+    from steadyflow.run.replay import replay_quarantine
+
+    try:
+        with _open(config) as pipeline:
+            result = replay_quarantine(pipeline, batch or [])
+            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@app.command()
+def demo(directory: Annotated[Path, typer.Option("--dir")] = Path("steadyflow-demo"),
+         as_json: JsonOpt = False,
+         stores: Annotated[int, typer.Option(help="store databases")] = 4,
+         rows: Annotated[int, typer.Option(help="sales rows per store")] = 50_000) -> None:
+    """Generate store databases, run the pipeline through a SIGKILL, verify, summarise."""
+    from steadyflow.demo.scenario import run_demo
+
+    code = run_demo(directory, stores=stores, rows_per_store=rows, as_json=as_json)
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

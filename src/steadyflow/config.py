@@ -1,0 +1,288 @@
+"""Pipeline config: one YAML file, validated into typed models before any work starts.
+
+Secrets never live in the file: `${VAR}` references are filled from the environment
+at load time, and error messages print the reference, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from steadyflow.errors import ConfigError
+from steadyflow.model import Column, Contract, TableRef, arrow_type, parse_duration
+
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+Duration = Annotated[float, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _duration(value: Any) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _ident(value: str) -> str:
+    if not IDENT.match(value):
+        raise ValueError(f"{value!r} is not a plain identifier (letters, digits, _; max 63)")
+    return value
+
+
+class ColumnConfig(_Strict):
+    type: str
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = None
+    pattern: str | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        arrow_type(value)
+        return value.strip().lower()
+
+
+class ContractConfig(_Strict):
+    primary_key: list[str] = Field(min_length=1)
+    cursor: str
+    columns: dict[str, ColumnConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _keys_are_columns(self) -> ContractConfig:
+        for name in self.columns:
+            _ident(name)
+        for key in [*self.primary_key, self.cursor]:
+            if key not in self.columns:
+                raise ValueError(f"{key!r} is used as key or cursor but is not in columns")
+        for key in self.primary_key:
+            if self.columns[key].nullable:
+                raise ValueError(f"primary key column {key!r} must be nullable: false")
+        return self
+
+    def to_contract(self) -> Contract:
+        return Contract(
+            columns=tuple(
+                Column(
+                    name=name,
+                    type=c.type,
+                    nullable=c.nullable,
+                    min=c.min,
+                    max=c.max,
+                    allowed=tuple(c.allowed) if c.allowed is not None else None,
+                    pattern=c.pattern,
+                )
+                for name, c in self.columns.items()
+            ),
+            primary_key=tuple(self.primary_key),
+            cursor=self.cursor,
+        )
+
+
+class ResilienceConfig(_Strict):
+    """One policy per source, used by every source kind."""
+
+    connect_timeout: Duration = 10.0
+    statement_timeout: Duration = 60.0
+    retries: int = Field(default=6, ge=0)
+    backoff_initial: Duration = 0.5
+    backoff_max: Duration = 30.0
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset: Duration = 30.0
+    max_concurrent_queries: int = Field(default=1, ge=1)
+
+    _d = field_validator(
+        "connect_timeout", "statement_timeout", "backoff_initial", "backoff_max", "breaker_reset",
+        mode="before",
+    )(_duration)
+
+
+class TableConfig(_Strict):
+    name: str
+    target: str | None = None
+    contract: str | ContractConfig
+    lookback: Duration = 0.0
+    page_size: int = Field(default=50_000, ge=1)
+    min_page_size: int = Field(default=500, ge=1)
+    mirror_deletes: bool = False
+
+    _n = field_validator("name", "target")(lambda v: v if v is None else _ident(v))
+    _d = field_validator("lookback", mode="before")(_duration)
+
+
+class SourceConfig(_Strict):
+    name: str
+    kind: Literal["sqlite", "postgres", "mysql", "http"]
+    path: str | None = None
+    dsn: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    sqlite_timestamp_format: str = "%Y-%m-%d %H:%M:%S.%f"
+    resilience: ResilienceConfig = ResilienceConfig()
+    tables: list[TableConfig] = Field(min_length=1)
+
+    _n = field_validator("name")(_ident)
+
+    @model_validator(mode="after")
+    def _location(self) -> SourceConfig:
+        need = {"sqlite": "path", "postgres": "dsn", "mysql": "dsn", "http": "url"}[self.kind]
+        if getattr(self, need) is None:
+            raise ValueError(f"a {self.kind} source needs '{need}'")
+        return self
+
+
+class LandingConfig(_Strict):
+    path: str = "landing"
+    compression: str = "zstd"
+
+
+class BufferConfig(_Strict):
+    kind: Literal["sqlite", "jetstream"] = "sqlite"
+    capacity: int = Field(default=64, ge=1)
+    lease: Duration = 120.0
+    url: str = "nats://127.0.0.1:4222"
+    stream: str = "steadyflow"
+
+    _d = field_validator("lease", mode="before")(_duration)
+
+
+class WarehouseConfig(_Strict):
+    kind: Literal["duckdb", "postgres"] = "duckdb"
+    path: str | None = "warehouse.duckdb"
+    dsn: str | None = None
+    schema_: str = Field(default="main", alias="schema")
+
+    _n = field_validator("schema_")(_ident)
+
+    @model_validator(mode="after")
+    def _location(self) -> WarehouseConfig:
+        if self.kind == "postgres" and not self.dsn:
+            raise ValueError("a postgres warehouse needs 'dsn'")
+        return self
+
+
+class RunConfig(_Strict):
+    interval: Duration = 5.0
+    max_parallel_sources: int = Field(default=4, ge=1)
+    reconcile_every: Duration = 0.0
+
+    _d = field_validator("interval", "reconcile_every", mode="before")(_duration)
+
+
+class PipelineConfig(_Strict):
+    name: str = "steadyflow"
+    state_dir: str = "state"
+    landing: LandingConfig = LandingConfig()
+    buffer: BufferConfig = BufferConfig()
+    warehouse: WarehouseConfig = WarehouseConfig()
+    run: RunConfig = RunConfig()
+    contracts: dict[str, ContractConfig] = Field(default_factory=dict)
+    sources: list[SourceConfig] = Field(min_length=1)
+    base_dir: str = "."
+
+    @model_validator(mode="after")
+    def _references(self) -> PipelineConfig:
+        seen: set[str] = set()
+        for source in self.sources:
+            if source.name in seen:
+                raise ValueError(f"source name {source.name!r} is used twice")
+            seen.add(source.name)
+            for table in source.tables:
+                if isinstance(table.contract, str) and table.contract not in self.contracts:
+                    raise ValueError(
+                        f"sources.{source.name}.tables.{table.name}: unknown contract "
+                        f"{table.contract!r} (known: {', '.join(self.contracts) or 'none'})"
+                    )
+        return self
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def contract_of(self, table: TableConfig) -> Contract:
+        c = table.contract
+        return (self.contracts[c] if isinstance(c, str) else c).to_contract()
+
+    def tables(self) -> list[tuple[SourceConfig, TableConfig, TableRef]]:
+        return [
+            (s, t, TableRef(source=s.name, table=t.name, target=t.target or t.name))
+            for s in self.sources
+            for t in s.tables
+        ]
+
+    def source(self, name: str) -> SourceConfig:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no source named {name!r}")
+
+    def table(self, source: str, table: str) -> tuple[SourceConfig, TableConfig, TableRef]:
+        for s, t, ref in self.tables():
+            if s.name == source and t.name == table:
+                return s, t, ref
+        raise ConfigError(f"no table {source}.{table} in the config")
+
+
+def expand_env(text: str, env: dict[str, str] | None = None) -> str:
+    """Fill `${VAR}` from the environment; a missing variable is a config error."""
+    env = dict(os.environ) if env is None else env
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(
+                f"environment variable {name} is referenced as ${{{name}}} but not set",
+                hint=f"export {name}=... before running",
+            )
+        return env[name]
+
+    return _ENV_REF.sub(sub, text)
+
+
+def _expand_tree(node: Any, env: dict[str, str] | None) -> Any:
+    if isinstance(node, str):
+        return expand_env(node, env)
+    if isinstance(node, list):
+        return [_expand_tree(n, env) for n in node]
+    if isinstance(node, dict):
+        return {k: _expand_tree(v, env) for k, v in node.items()}
+    return node
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> PipelineConfig:
+    """Read, expand and validate a pipeline file. Raises ConfigError naming key and problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw.setdefault("base_dir", str(path.parent.resolve()))
+    return parse_config(_expand_tree(raw, env), origin=str(path))
+
+
+def parse_config(raw: dict[str, Any], origin: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            # never echo input values: they may be secrets expanded from the environment
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError(f"{origin}: invalid config\n  " + "\n  ".join(problems)) from None

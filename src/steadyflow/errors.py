@@ -1,0 +1,101 @@
+"""The error tree. Each class says what the caller must do, not what broke.
+
+    SteadyflowError                  root; carries stage, source, table, batch id, hint
+    ├── ConfigError                  the config file is wrong; nothing ran (fatal)
+    ├── FatalError                   retrying cannot help: fix something, then rerun
+    │   ├── AuthError                wrong credentials (never echoed)
+    │   ├── SchemaError              missing table/column/key, incompatible type change
+    │   └── ContractError            the table contract itself is inconsistent
+    ├── RetryableError               transient: back off and try again
+    │   ├── SourceTimeout            a query or request exceeded its timeout
+    │   ├── SourceUnavailable        connection refused/reset, 5xx, breaker open
+    │   ├── RateLimited              429 with an optional Retry-After
+    │   └── WarehouseUnavailable     the warehouse is down; batches wait in the buffer
+    └── QuarantineError              this input is bad; park it with a reason, go on
+
+Driver errors are translated once, at the adapter boundary, with `raise ... from exc`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(eq=False)
+class SteadyflowError(Exception):
+    """Root of every error steadyflow raises on purpose."""
+
+    message: str
+    stage: str | None = None
+    source: str | None = None
+    table: str | None = None
+    batch_id: str | None = None
+    hint: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            f"{k}={v}"
+            for k, v in (
+                ("stage", self.stage),
+                ("source", self.source),
+                ("table", self.table),
+                ("batch", self.batch_id),
+            )
+            if v
+        )
+        text = f"{self.message} [{where}]" if where else self.message
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+    @property
+    def retryable(self) -> bool:
+        return isinstance(self, RetryableError)
+
+
+class ConfigError(SteadyflowError):
+    """The pipeline config is invalid; raised before any work starts."""
+
+
+class FatalError(SteadyflowError):
+    """Retrying will not help; an operator must act."""
+
+
+class AuthError(FatalError):
+    """Credentials were rejected. The message never contains the secret."""
+
+
+class SchemaError(FatalError):
+    """A table, column or key is missing, or a type changed incompatibly."""
+
+
+class ContractError(FatalError):
+    """The table contract contradicts itself or the source."""
+
+
+class RetryableError(SteadyflowError):
+    """A transient failure: back off with jitter and try again."""
+
+
+class SourceTimeout(RetryableError):
+    """A statement or request timed out; the next page should be smaller."""
+
+
+class SourceUnavailable(RetryableError):
+    """The source could not be reached or answered with a server error."""
+
+
+@dataclass(eq=False)
+class RateLimited(RetryableError):
+    """The source asked us to slow down; wait at least `retry_after` seconds."""
+
+    retry_after: float | None = None
+
+
+class WarehouseUnavailable(RetryableError):
+    """The warehouse could not be reached; batches stay queued until it returns."""
+
+
+class QuarantineError(SteadyflowError):
+    """This input cannot be processed as is; park it and keep going."""

@@ -1,0 +1,264 @@
+"""What differs between SQL engines: connecting, quoting, keyset predicates, cursor value
+encoding, timeouts and the translation of driver errors into steadyflow's error tree.
+
+Driver errors are translated here, once, so the rest of the code only sees
+`AuthError`, `SchemaError`, `SourceTimeout`, `SourceUnavailable`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+import pymysql
+from psycopg import sql as pgsql
+
+from steadyflow.config import SourceConfig
+from steadyflow.errors import (
+    AuthError,
+    FatalError,
+    SchemaError,
+    SourceTimeout,
+    SourceUnavailable,
+    SteadyflowError,
+)
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def dsn_password(dsn: str) -> str | None:
+    try:
+        return unquote(urlsplit(dsn).password or "") or None
+    except ValueError:
+        return None
+
+
+class Dialect:
+    """Base: ANSI quoting, row-value keyset predicates, `?`-free DB-API `%s` params."""
+
+    name = "sql"
+    quote_char = '"'
+    placeholder = "%s"
+
+    def __init__(self, config: SourceConfig) -> None:
+        self.config = config
+        self.secrets = [s for s in [dsn_password(config.dsn or "")] if s]
+
+    def connect(self) -> Any:  # a DB-API connection
+        raise NotImplementedError
+
+    def ident(self, name: str) -> str:
+        """Quote an identifier; the config already restricts names to plain identifiers."""
+        if "\x00" in name:
+            raise SchemaError(f"identifier contains NUL: {name!r}")
+        q = self.quote_char
+        return q + name.replace(q, q + q) + q
+
+    def keyset(self, columns: Sequence[str]) -> str:
+        """`(c, k) > (?, ?)`: strictly after the last row, so cursor ties are kept."""
+        cols = ", ".join(self.ident(c) for c in columns)
+        params = ", ".join(self.placeholder for _ in columns)
+        return f"({cols}) > ({params})"
+
+    def keyset_params(self, values: Sequence[Any]) -> list[Any]:
+        return list(values)
+
+    def to_param(self, value: Any) -> Any:
+        return value
+
+    def from_db(self, value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+    def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
+        raise NotImplementedError
+
+
+class PostgresDialect(Dialect):
+    name = "postgres"
+
+    def connect(self) -> psycopg.Connection[Any]:
+        r = self.config.resilience
+        try:
+            return psycopg.connect(
+                self.config.dsn or "",
+                connect_timeout=max(2, int(r.connect_timeout)),
+                options=f"-c statement_timeout={int(r.statement_timeout * 1000)} -c TimeZone=UTC",
+                autocommit=True,
+                keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+                tcp_user_timeout=int(max(r.statement_timeout, r.connect_timeout) * 1000),
+            )
+        except psycopg.Error as exc:
+            raise self.error(exc) from None
+
+    def ident(self, name: str) -> str:
+        return pgsql.Identifier(name).as_string(None)
+
+    def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
+        msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                     self.secrets)
+        state = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(
+            exc, "sqlstate", None)
+        src = self.config.name
+        if state in ("28P01", "28000") or "password authentication failed" in msg:
+            return AuthError(f"authentication failed: {msg}", stage="extract", source=src,
+                             hint="check the user and the password variable in the DSN")
+        if state in ("42P01", "3F000"):
+            return SchemaError(f"table not found: {msg}", stage="extract", source=src,
+                               table=table)
+        if state == "42703":
+            return SchemaError(f"column not found: {msg}", stage="extract", source=src,
+                               table=table, hint="the contract names a column the table lacks")
+        if state == "3D000":
+            return FatalError(f"database not found: {msg}", stage="extract", source=src)
+        if state == "57014":
+            return SourceTimeout(f"statement timeout: {msg}", stage="extract", source=src,
+                                 table=table)
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError) or (
+            state or "").startswith(("08", "57P", "53")):
+            return SourceUnavailable(f"connection problem: {msg}", stage="extract", source=src,
+                                     table=table)
+        return FatalError(f"query failed: {msg}", stage="extract", source=src, table=table)
+
+
+class MysqlDialect(Dialect):
+    name = "mysql"
+    quote_char = "`"
+
+    def connect(self) -> pymysql.connections.Connection[Any]:
+        parts = urlsplit(self.config.dsn or "")
+        r = self.config.resilience
+        try:
+            conn = pymysql.connect(
+                host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                user=unquote(parts.username or "root"), password=dsn_password(
+                    self.config.dsn or "") or "",
+                database=(parts.path or "/").lstrip("/") or None,
+                connect_timeout=max(1, int(r.connect_timeout)),
+                read_timeout=int(r.statement_timeout) + 10,
+                write_timeout=int(r.statement_timeout) + 10,
+                autocommit=True, charset="utf8mb4",
+            )
+            with conn.cursor() as cur:
+                cur.execute("SET time_zone = '+00:00'")
+                try:  # MariaDB's name for the server-side statement limit
+                    cur.execute(f"SET SESSION max_statement_time = {float(r.statement_timeout)}")
+                except pymysql.err.MySQLError:  # MySQL's name, in milliseconds
+                    cur.execute(f"SET SESSION max_execution_time = "
+                                f"{int(r.statement_timeout * 1000)}")
+            return conn
+        except pymysql.err.MySQLError as exc:
+            raise self.error(exc) from None
+
+    def keyset(self, columns: Sequence[str]) -> str:
+        """Expanded OR form: MariaDB turns it into an index range scan; row values it won't."""
+        terms = []
+        for i, col in enumerate(columns):
+            eqs = [f"{self.ident(c)} = %s" for c in columns[:i]]
+            terms.append("(" + " AND ".join([*eqs, f"{self.ident(col)} > %s"]) + ")")
+        return "(" + " OR ".join(terms) + ")"
+
+    def keyset_params(self, values: Sequence[Any]) -> list[Any]:
+        out: list[Any] = []
+        for i in range(len(values)):
+            out.extend(values[: i + 1])
+        return out
+
+    def to_param(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        msg = redact(str(exc.args[1]) if len(exc.args) > 1 else str(exc), self.secrets)
+        src = self.config.name
+        if code in (1045, 1044, 1698):
+            return AuthError(f"authentication failed: {msg}", stage="extract", source=src,
+                             hint="check the user and the password variable in the DSN")
+        if code == 1146:
+            return SchemaError(f"table not found: {msg}", stage="extract", source=src,
+                               table=table)
+        if code == 1054:
+            return SchemaError(f"column not found: {msg}", stage="extract", source=src,
+                               table=table, hint="the contract names a column the table lacks")
+        if code == 1049:
+            return FatalError(f"database not found: {msg}", stage="extract", source=src)
+        if code in (1969, 3024, 1317, 1028):
+            return SourceTimeout(f"statement timeout: {msg}", stage="extract", source=src,
+                                 table=table)
+        if code in (2003, 2006, 2013, 2055, 1040, 1205, 1213) or isinstance(
+            exc, pymysql.err.OperationalError | OSError):
+            return SourceUnavailable(f"connection problem: {msg}", stage="extract", source=src,
+                                     table=table)
+        return FatalError(f"query failed: {msg}", stage="extract", source=src, table=table)
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    placeholder = "?"
+
+    def connect(self) -> sqlite3.Connection:
+        path = self.config.path or ""
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True,
+                                   timeout=self.config.resilience.statement_timeout,
+                                   check_same_thread=False)
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            return conn
+        except sqlite3.Error as exc:
+            raise self.error(exc) from None
+
+    def to_param(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).strftime(self.config.sqlite_timestamp_format)
+        return value
+
+    def from_db(self, value: Any) -> Any:
+        if isinstance(value, str) and value[:4].isdigit() and len(value) >= 19:
+            try:
+                parsed = datetime.strptime(value, self.config.sqlite_timestamp_format)
+            except ValueError:
+                try:
+                    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                except ValueError:
+                    return value
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return value
+
+    def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
+        msg = str(exc)
+        src = self.config.name
+        if "no such table" in msg:
+            return SchemaError(f"table not found: {msg}", stage="extract", source=src,
+                               table=table)
+        if "no such column" in msg:
+            return SchemaError(f"column not found: {msg}", stage="extract", source=src,
+                               table=table, hint="the contract names a column the table lacks")
+        if "unable to open" in msg:
+            return FatalError(f"cannot open SQLite database {self.config.path}: {msg}",
+                              stage="extract", source=src)
+        if "locked" in msg or "busy" in msg:
+            return SourceUnavailable(f"database busy: {msg}", stage="extract", source=src,
+                                     table=table)
+        return FatalError(f"query failed: {msg}", stage="extract", source=src, table=table)
+
+
+def dialect_for(config: SourceConfig) -> Dialect:
+    kinds: dict[str, type[Dialect]] = {
+        "postgres": PostgresDialect, "mysql": MysqlDialect, "sqlite": SqliteDialect}
+    return kinds[config.kind](config)
+
+
+DRIVER_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.Error, pymysql.err.MySQLError, sqlite3.Error, OSError)

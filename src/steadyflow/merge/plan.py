@@ -1,0 +1,94 @@
+"""Decide the SQL of a load without a connection: DDL, merge and ledger statements.
+
+Pure functions of (contract, names, quoting), so they are unit-tested without a database
+and both warehouse adapters execute the same decisions. The merge rule everywhere: match on
+the primary key; the row with the newer (or equal) cursor value wins; a batch's own
+duplicates collapse to their newest row first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from steadyflow.model import Contract
+
+Quote = Callable[[str], str]
+LEDGER = "_steadyflow_ledger"
+
+
+def sql_type(arrow: pa.DataType, engine: str) -> str:
+    if pa.types.is_decimal(arrow):
+        return f"{'NUMERIC' if engine == 'postgres' else 'DECIMAL'}({arrow.precision},{arrow.scale})"
+    if pa.types.is_timestamp(arrow):
+        return "TIMESTAMPTZ"
+    table = {
+        pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN", pa.date32(): "DATE",
+        pa.float64(): "DOUBLE PRECISION" if engine == "postgres" else "DOUBLE",
+        pa.string(): "TEXT" if engine == "postgres" else "VARCHAR",
+    }
+    return table[arrow]
+
+
+@dataclass(frozen=True, slots=True)
+class MergePlan:
+    create_schema: str
+    create_table: str
+    create_ledger: str
+    ledger_check: str
+    ledger_insert: str
+    merge: str
+    delete: str
+
+
+def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
+         quote: Quote, engine: str) -> MergePlan:
+    q = quote
+    target = f"{q(schema)}.{q(table)}"
+    ledger = f"{q(schema)}.{q(LEDGER)}"
+    cols = [c.name for c in contract.columns]
+    keys = list(contract.primary_key)
+    cur = q(contract.cursor)
+    col_defs = ", ".join(
+        f"{q(c.name)} {sql_type(c.arrow_type, engine)}"
+        + (" NOT NULL" if c.name in keys else "")
+        for c in contract.columns
+    )
+    key_list = ", ".join(q(k) for k in keys)
+    newest = (f"SELECT DISTINCT ON ({key_list}) * FROM {stage} "
+              f"ORDER BY {key_list}, {cur} DESC")
+    non_keys = [c for c in cols if c not in keys]
+    if engine == "postgres":
+        updates = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in non_keys)
+        merge = (
+            f"INSERT INTO {target} ({', '.join(q(c) for c in cols)}) {newest} "
+            f"ON CONFLICT ({key_list}) DO "
+            + (f"UPDATE SET {updates} WHERE {target}.{cur} IS NULL "
+               f"OR {target}.{cur} <= EXCLUDED.{cur}" if non_keys else "NOTHING")
+        )
+    else:
+        on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
+        updates = ", ".join(f"{q(c)} = s.{q(c)}" for c in non_keys)
+        merge = (
+            f"MERGE INTO {target} AS t USING ({newest}) AS s ON {on} "
+            + (f"WHEN MATCHED AND (t.{cur} IS NULL OR s.{cur} >= t.{cur}) "
+               f"THEN UPDATE SET {updates} " if non_keys else "")
+            + f"WHEN NOT MATCHED THEN INSERT ({', '.join(q(c) for c in cols)}) "
+            f"VALUES ({', '.join('s.' + q(c) for c in cols)})"
+        )
+    key_tuple = f"({key_list})"
+    return MergePlan(
+        create_schema=f"CREATE SCHEMA IF NOT EXISTS {q(schema)}",
+        create_table=(f"CREATE TABLE IF NOT EXISTS {target} ({col_defs}"
+                      + (f", PRIMARY KEY ({key_list}))" if engine == "postgres" else ")")),
+        create_ledger=(f"CREATE TABLE IF NOT EXISTS {ledger} (batch_id VARCHAR PRIMARY KEY, "
+                       "source VARCHAR NOT NULL, tbl VARCHAR NOT NULL, target VARCHAR NOT NULL, "
+                       "rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL)"),
+        ledger_check=f"SELECT 1 FROM {ledger} WHERE batch_id = %s",
+        ledger_insert=(f"INSERT INTO {ledger} (batch_id, source, tbl, target, rows, loaded_at) "
+                       "VALUES (%s, %s, %s, %s, %s, now())"),
+        merge=merge,
+        delete=f"DELETE FROM {target} WHERE {key_tuple} IN (SELECT {key_list} FROM {deletes})",
+    )

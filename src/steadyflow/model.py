@@ -1,0 +1,231 @@
+"""Value types shared by every stage: column types, contracts, batches, watermarks.
+
+Everything here is immutable and free of IO, so stages can pass these values across
+threads, processes and (later) hosts without surprises.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+CursorValue = datetime | int | str
+KeyValue = tuple[Any, ...]
+
+_DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
+_SIMPLE_TYPES: dict[str, pa.DataType] = {
+    "int64": pa.int64(),
+    "int32": pa.int32(),
+    "float64": pa.float64(),
+    "string": pa.string(),
+    "bool": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": pa.timestamp("us", tz="UTC"),
+}
+
+
+def arrow_type(spec: str) -> pa.DataType:
+    """Map a contract type name to its Arrow type; raises ValueError on unknown names."""
+    spec = spec.strip().lower()
+    if spec in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[spec]
+    match = _DECIMAL.match(spec)
+    if match:
+        precision, scale = int(match.group(1)), int(match.group(2))
+        if not 0 < precision <= 38 or scale > precision:
+            raise ValueError(f"decimal({precision},{scale}) is out of range")
+        return pa.decimal128(precision, scale)
+    raise ValueError(
+        f"unknown type {spec!r}; use one of {', '.join(_SIMPLE_TYPES)} or decimal(p,s)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column of a table contract, with the rules its values must satisfy."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str, ...] | None = None
+    pattern: str | None = None
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return arrow_type(self.type)
+
+
+@dataclass(frozen=True, slots=True)
+class Contract:
+    """What a table must look like: its columns, primary key and cursor column."""
+
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    cursor: str
+
+    def column(self, name: str) -> Column:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(
+            [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.columns]
+        )
+
+    @property
+    def cursor_is_time(self) -> bool:
+        return pa.types.is_timestamp(self.column(self.cursor).arrow_type)
+
+    @property
+    def order_by(self) -> tuple[str, ...]:
+        """The keyset order: cursor first, then the key, so cursor ties are never lost."""
+        return (self.cursor, *[k for k in self.primary_key if k != self.cursor])
+
+
+@dataclass(frozen=True, slots=True)
+class TableRef:
+    """A source table and the warehouse table it feeds."""
+
+    source: str
+    table: str
+    target: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}.{self.table}"
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """The highest (cursor, key) pair whose batch is landed and published.
+
+    Comparisons are on the pair so rows sharing a cursor value are neither skipped
+    nor read again forever.
+    """
+
+    cursor: CursorValue
+    key: KeyValue
+
+    def to_json(self) -> str:
+        return json.dumps({"cursor": encode_value(self.cursor), "key": [encode_value(k) for k in self.key]})
+
+    @classmethod
+    def from_json(cls, text: str) -> Watermark:
+        data = json.loads(text)
+        return cls(decode_value(data["cursor"]), tuple(decode_value(k) for k in data["key"]))
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (self.cursor, *self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRef:
+    """A landed, immutable batch. Its id is the dedupe key in buffer, ledger and manifest."""
+
+    batch_id: str
+    source: str
+    table: str
+    path: str
+    rows: int
+    nbytes: int
+    checksum: str
+    low: Watermark | None
+    high: Watermark | None
+    landed_at: float
+    kind: str = "extract"  # extract | repair | replay
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "batch_id": self.batch_id,
+                "source": self.source,
+                "table": self.table,
+                "path": self.path,
+                "rows": self.rows,
+                "nbytes": self.nbytes,
+                "checksum": self.checksum,
+                "low": self.low.to_json() if self.low else None,
+                "high": self.high.to_json() if self.high else None,
+                "landed_at": self.landed_at,
+                "kind": self.kind,
+                "meta": self.meta,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> BatchRef:
+        d = json.loads(text)
+        return cls(
+            batch_id=d["batch_id"],
+            source=d["source"],
+            table=d["table"],
+            path=d["path"],
+            rows=d["rows"],
+            nbytes=d["nbytes"],
+            checksum=d["checksum"],
+            low=Watermark.from_json(d["low"]) if d["low"] else None,
+            high=Watermark.from_json(d["high"]) if d["high"] else None,
+            landed_at=d["landed_at"],
+            kind=d.get("kind", "extract"),
+            meta=d.get("meta", {}),
+        )
+
+
+def encode_value(value: Any) -> Any:
+    """JSON-encode a cursor or key value without losing precision or time zone."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return {"ts": value.astimezone(UTC).isoformat(timespec="microseconds")}
+    if isinstance(value, date):
+        return {"date": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"dec": str(value)}
+    return value
+
+
+def decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "ts" in value:
+            return datetime.fromisoformat(value["ts"])
+        if "date" in value:
+            return date.fromisoformat(value["date"])
+        if "dec" in value:
+            return Decimal(value["dec"])
+    return value
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds from '250ms', '30s', '5m', '2h', '1d' or a bare number of seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 500ms, 30s, 5m, 2h)")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def step_back(cursor: CursorValue, lookback: float) -> CursorValue:
+    """The cursor value `lookback` before `cursor` (seconds for times, units for ints)."""
+    if isinstance(cursor, datetime):
+        return cursor - timedelta(seconds=lookback)
+    if isinstance(cursor, int):
+        return cursor - int(lookback)
+    return cursor  # text cursors cannot be stepped back; lookback is ignored for them

@@ -1,0 +1,372 @@
+"""Prometheus metrics for one steadyflow pipeline.
+
+Why a class and not module-level metrics: ``prometheus_client``'s default
+``REGISTRY`` is process-global, so two pipelines in one process (or two tests)
+would share, and corrupt, each other's counters, and re-registering a name
+raises.  :class:`PipelineMetrics` owns a private ``CollectorRegistry``; whoever
+serves ``/metrics`` calls :meth:`PipelineMetrics.exposition`.
+
+Why small recording methods: the rest of the code base never touches
+prometheus objects.  That keeps label sets closed (only ``source``, ``table``,
+``stage`` and the few enumerated ``reason``/state values, never batch ids or
+other unbounded values that would explode series cardinality), and lets the
+metric layout change in one place.  The alert rules in
+``deploy/prometheus/alerts.yml`` depend on these exact names; a test checks it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Final, Literal, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+Stage = Literal["extract", "land", "transform", "load", "quarantine"]
+RetryReason = Literal["timeout", "connection", "rate_limited", "server_error", "other"]
+BreakerState = Literal["closed", "half-open", "open"]
+
+STAGES: Final[tuple[str, ...]] = get_args(Stage)
+RETRY_REASONS: Final[tuple[str, ...]] = get_args(RetryReason)
+BREAKER_STATES: Final[dict[str, int]] = {"closed": 0, "half-open": 1, "open": 2}
+
+#: Batch durations span a 1 ms in-memory transform up to a 60 s warehouse merge;
+#: roughly 2.5x steps keep quantile error bounded without many series.
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+)
+
+_SRC_TBL_STAGE = ("source", "table", "stage")
+_SRC_TBL = ("source", "table")
+
+
+def _check(value: str, allowed: tuple[str, ...] | dict[str, int], what: str) -> None:
+    """Reject label values outside a closed set.
+
+    A typo in a label value would silently create a new series that no alert
+    or dashboard looks at, so it is treated as a programming error.
+    """
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
+
+
+class PipelineMetrics:
+    """All metrics of one pipeline, in a registry of its own.
+
+    ``clock`` returns wall-clock epoch seconds; it drives the freshness gauge
+    and the "last success" timestamps, and is injectable so tests can move
+    time.  ``monotonic`` times batches (wall-clock jumps must not produce
+    negative durations).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._clock = clock
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._newest_cursor: dict[tuple[str, str], float] = {}
+        self._breaker_state: dict[str, str] = {}
+        self.registry: CollectorRegistry = CollectorRegistry()
+        r = self.registry
+
+        # prometheus_client appends "_total" to counter names on exposition.
+        self._rows = Counter(
+            "steadyflow_rows", "Rows processed, per pipeline stage.", _SRC_TBL_STAGE, registry=r
+        )
+        self._bytes = Counter(
+            "steadyflow_bytes",
+            "Bytes processed (Arrow/Parquet size), per pipeline stage.",
+            _SRC_TBL_STAGE,
+            registry=r,
+        )
+        self._duration = Histogram(
+            "steadyflow_batch_duration_seconds",
+            "Wall time spent on one batch in one stage.",
+            _SRC_TBL_STAGE,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self._retries = Counter(
+            "steadyflow_retries",
+            "Retried source calls, by failure class.",
+            ("source", "reason"),
+            registry=r,
+        )
+        self._timeouts = Counter(
+            "steadyflow_timeouts", "Source calls that timed out.", ("source",), registry=r
+        )
+        self._breaker = Gauge(
+            "steadyflow_breaker_state",
+            "Circuit breaker state per source: 0 closed, 1 half-open, 2 open.",
+            ("source",),
+            registry=r,
+        )
+        self._breaker_opened = Counter(
+            "steadyflow_breaker_opened",
+            "Transitions of a source's circuit breaker into the open state.",
+            ("source",),
+            registry=r,
+        )
+        self._page_size = Gauge(
+            "steadyflow_page_size_rows",
+            "Current adaptive extraction page size in rows.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._queue_depth = Gauge(
+            "steadyflow_queue_depth_batches", "Batches waiting in the buffer queue.", registry=r
+        )
+        self._queue_capacity = Gauge(
+            "steadyflow_queue_capacity_batches",
+            "Buffer queue capacity; depth near capacity means backpressure.",
+            registry=r,
+        )
+        self._lag_batches = Gauge(
+            "steadyflow_consumer_lag_batches",
+            "Batches landed but not yet loaded into the warehouse.",
+            registry=r,
+        )
+        self._lag_seconds = Gauge(
+            "steadyflow_consumer_lag_seconds",
+            "Age of the oldest landed batch not yet loaded (0 when caught up).",
+            registry=r,
+        )
+        self._quarantined = Counter(
+            "steadyflow_quarantined_rows",
+            "Rows rejected by validation and written to quarantine.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._errors = Counter(
+            "steadyflow_errors",
+            "Batch failures (after retries), per pipeline stage.",
+            _SRC_TBL_STAGE,
+            registry=r,
+        )
+        self._freshness = Gauge(
+            "steadyflow_freshness_seconds",
+            "Now minus the newest source cursor value present in the warehouse; "
+            "computed at scrape time so it keeps growing while nothing loads.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._last_success = Gauge(
+            "steadyflow_last_success_timestamp_seconds",
+            "Epoch time of the last successful warehouse load of a table.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._up = Gauge("steadyflow_up", "1 while the pipeline process is running.", registry=r)
+        self._last_run_success = Gauge(
+            "steadyflow_last_run_success_timestamp_seconds",
+            "Epoch time of the last fully successful pipeline run; initialised to the "
+            "process start time so a fresh process gets the same grace period.",
+            registry=r,
+        )
+        self._reconcile_missing = Gauge(
+            "steadyflow_reconcile_missing_rows",
+            "Rows in the source but missing from the warehouse at the last reconcile.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._reconcile_extra = Gauge(
+            "steadyflow_reconcile_extra_rows",
+            "Rows in the warehouse but absent from the source at the last reconcile.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._reconcile_mismatched = Gauge(
+            "steadyflow_reconcile_mismatched_rows",
+            "Rows present on both sides whose contents differ at the last reconcile.",
+            _SRC_TBL,
+            registry=r,
+        )
+
+        self._up.set(1)
+        # Without this a fresh process would report "never succeeded" (0) and
+        # SteadyflowNoSuccessfulRun would fire before the first run could finish.
+        self._last_run_success.set(self._clock())
+
+    # -- setup -------------------------------------------------------------
+
+    def declare(self, source: str, table: str) -> None:
+        """Create all series of a source/table at zero before any traffic.
+
+        Prometheus' ``rate``/``increase`` cannot see the first increment of a
+        series that appears from nothing, so e.g. the very first quarantined
+        rows would not trigger SteadyflowQuarantineGrowing.  Call this once per
+        configured table at startup.
+        """
+        for stage in STAGES:
+            self._rows.labels(source, table, stage)
+            self._bytes.labels(source, table, stage)
+            self._errors.labels(source, table, stage)
+        self._quarantined.labels(source, table)
+        for reason in RETRY_REASONS:
+            self._retries.labels(source, reason)
+        self._timeouts.labels(source)
+        self._breaker_opened.labels(source)
+        with self._lock:
+            if source not in self._breaker_state:
+                self._breaker_state[source] = "closed"
+                self._breaker.labels(source).set(0)
+
+    def stopped(self) -> None:
+        """Mark a graceful shutdown (``steadyflow_up`` = 0) before the last scrape."""
+        self._up.set(0)
+
+    # -- recording -----------------------------------------------------------
+
+    def rows(self, source: str, table: str, stage: Stage, n: int, nbytes: int = 0) -> None:
+        """Count ``n`` rows (and ``nbytes`` bytes) that passed ``stage``.
+
+        Quarantined rows go through :meth:`quarantined`, which also records
+        the ``stage="quarantine"`` rows/bytes, so the two counters never drift.
+        """
+        _check(stage, STAGES, "stage")
+        if stage == "quarantine":
+            raise ValueError("record quarantined rows with PipelineMetrics.quarantined()")
+        self._rows.labels(source, table, stage).inc(n)
+        self._bytes.labels(source, table, stage).inc(nbytes)
+
+    def batch_duration(self, source: str, table: str, stage: Stage, seconds: float) -> None:
+        """Observe how long one batch spent in ``stage``."""
+        _check(stage, STAGES, "stage")
+        self._duration.labels(source, table, stage).observe(seconds)
+
+    @contextmanager
+    def timed(self, source: str, table: str, stage: Stage) -> Iterator[None]:
+        """Time the block as one batch of ``stage``.
+
+        The duration is recorded even if the block raises: slow failures are
+        exactly what an operator needs to see.  Errors are counted separately
+        by :meth:`error`.
+        """
+        _check(stage, STAGES, "stage")
+        start = self._monotonic()
+        try:
+            yield
+        finally:
+            self._duration.labels(source, table, stage).observe(max(0.0, self._monotonic() - start))
+
+    def retry(self, source: str, reason: RetryReason) -> None:
+        """Count one retried call to ``source``, classified by ``reason``."""
+        _check(reason, RETRY_REASONS, "retry reason")
+        self._retries.labels(source, reason).inc()
+
+    def timeout(self, source: str) -> None:
+        """Count one timed-out call to ``source``."""
+        self._timeouts.labels(source).inc()
+
+    def breaker(self, source: str, state: BreakerState) -> None:
+        """Report the circuit breaker state of ``source``.
+
+        ``steadyflow_breaker_opened_total`` counts transitions into "open", so
+        reporting the same state repeatedly is safe.
+        """
+        _check(state, BREAKER_STATES, "breaker state")
+        with self._lock:
+            previous = self._breaker_state.get(source)
+            self._breaker_state[source] = state
+            self._breaker.labels(source).set(BREAKER_STATES[state])
+            opened = self._breaker_opened.labels(source)
+            if state == "open" and previous != "open":
+                opened.inc()
+
+    def page_size(self, source: str, table: str, rows: int) -> None:
+        """Report the current (adaptive) page size used to extract ``table``."""
+        self._page_size.labels(source, table).set(rows)
+
+    def queue(self, depth: int, capacity: int, lag_batches: int, lag_seconds: float) -> None:
+        """Report buffer queue depth/capacity and consumer lag.
+
+        ``lag_seconds`` is the age of the oldest batch that is landed but not
+        yet loaded; 0 when the consumer is caught up.
+        """
+        self._queue_depth.set(depth)
+        self._queue_capacity.set(capacity)
+        self._lag_batches.set(lag_batches)
+        self._lag_seconds.set(lag_seconds)
+
+    def quarantined(self, source: str, table: str, n: int, nbytes: int = 0) -> None:
+        """Count ``n`` rows rejected by validation.
+
+        Increments ``steadyflow_quarantined_rows_total`` and the
+        ``stage="quarantine"`` rows/bytes counters together.
+        """
+        self._quarantined.labels(source, table).inc(n)
+        self._rows.labels(source, table, "quarantine").inc(n)
+        self._bytes.labels(source, table, "quarantine").inc(nbytes)
+
+    def error(self, source: str, table: str, stage: Stage) -> None:
+        """Count one failed batch in ``stage`` (after retries were exhausted)."""
+        _check(stage, STAGES, "stage")
+        self._errors.labels(source, table, stage).inc()
+
+    def loaded_cursor(self, source: str, table: str, newest_cursor_epoch_seconds: float) -> None:
+        """Record a successful warehouse load of ``table``.
+
+        ``newest_cursor_epoch_seconds`` is the newest source cursor value (as
+        epoch seconds) now present in the warehouse.  Freshness is computed at
+        scrape time as ``clock() - newest``, so it grows while nothing loads;
+        the basis only moves forward (a replayed older batch does not make the
+        table look staler than it is).  Also sets the table's last-success time.
+        """
+        key = (source, table)
+        with self._lock:
+            first = key not in self._newest_cursor
+            current = self._newest_cursor.get(key, newest_cursor_epoch_seconds)
+            self._newest_cursor[key] = max(current, newest_cursor_epoch_seconds)
+            if first:
+                self._freshness.labels(source, table).set_function(lambda: self._freshness_of(key))
+        self._last_success.labels(source, table).set(self._clock())
+
+    def _freshness_of(self, key: tuple[str, str]) -> float:
+        # Clamped at 0: a cursor slightly ahead of our clock (source clock skew)
+        # means "fresh", not "negatively stale".
+        with self._lock:
+            newest = self._newest_cursor[key]
+        return max(0.0, self._clock() - newest)
+
+    def run_succeeded(self) -> None:
+        """Record that a whole pipeline run (all tables) completed successfully."""
+        self._last_run_success.set(self._clock())
+
+    def reconcile(self, source: str, table: str, missing: int, extra: int, mismatched: int) -> None:
+        """Publish the result of the latest source-vs-warehouse reconciliation."""
+        self._reconcile_missing.labels(source, table).set(missing)
+        self._reconcile_extra.labels(source, table).set(extra)
+        self._reconcile_mismatched.labels(source, table).set(mismatched)
+
+    # -- reading -------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """Prometheus text exposition of this pipeline's registry (for /metrics)."""
+        return generate_latest(self.registry)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """Current value of one sample (full sample name, e.g. ``..._total``).
+
+        Returns ``None`` if no such series exists.  Meant for tests.
+        """
+        return self.registry.get_sample_value(name, labels)

@@ -1,0 +1,67 @@
+"""One snapshot of pipeline health, shared by `steadyflow status`, the status page and
+the metrics endpoint, so all three always agree."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def human_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.1f}s"
+
+
+def collect(pipeline: Any) -> dict[str, Any]:
+    now = time.time()
+    health = {(h.source, h.table): h for h in pipeline.state.health()}
+    quarantined = pipeline.state.quarantined("open")
+    tables = []
+    for _, _, ref in pipeline.config.tables():
+        h = health.get((ref.source, ref.table))
+        freshness = (now - h.newest_cursor_epoch) if h and h.newest_cursor_epoch else None
+        since_success = (now - h.last_success) if h and h.last_success else None
+        tables.append({
+            "table": ref.label, "source": ref.source, "name": ref.table, "target": ref.target,
+            "freshness_seconds": freshness, "freshness_human": human_age(freshness),
+            "newest_cursor": h.newest_cursor if h else None,
+            "last_success": h.last_success if h else None,
+            "last_success_human": (human_age(since_success) + " ago") if since_success
+            is not None else "never",
+            "last_error": h.last_error if h else None,
+            "last_error_at": h.last_error_at if h else None,
+            "rows_loaded": h.rows_loaded if h else 0,
+            "rows_quarantined": h.rows_quarantined if h else 0,
+            "open_quarantine_batches": sum(1 for q in quarantined if q["source"] == ref.source
+                                           and q["table"] == ref.table),
+            "page_size": h.page_size if h else None,
+            "breaker": h.breaker if h else None,
+            "state": _state(h, freshness),
+        })
+    pending = pipeline.state.pending_batches()
+    return {
+        "pipeline": pipeline.config.name,
+        "at": now,
+        "tables": tables,
+        "queue_depth": pipeline.buffer.depth(),
+        "queue_capacity": pipeline.buffer.capacity,
+        "queue_oldest_seconds": pipeline.buffer.oldest_age(),
+        "pending_batches": len(pending),
+        "pending_rows": sum(b.rows for b in pending),
+        "runs": pipeline.state.runs(10),
+        "reconcile": pipeline.state.last_reconcile(),
+    }
+
+
+def _state(h: Any, freshness: float | None) -> str:
+    if h is None or h.last_success is None:
+        return "error" if h is not None and h.last_error else "waiting"
+    if h.breaker == "open":
+        return "source down"
+    if h.last_error_at and h.last_error_at > h.last_success:
+        return "failing"
+    return "ok"

@@ -1,0 +1,67 @@
+"""The seams between stages, as Protocols. Each adapter of a port lives in its own module
+with the same method order, so the embedded and scaled implementations read alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+
+from steadyflow.model import BatchRef, Contract, TableRef, Watermark
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One leased message. Until acked it will be delivered again after its lease."""
+
+    ref: BatchRef
+    attempt: int
+
+
+class Buffer(Protocol):
+    """A durable queue of batch references between ingestion and processing.
+
+    Implementers guarantee: `put` is idempotent on batch id (a repeat is a no-op) and
+    blocks while the buffer holds `capacity` batches (backpressure, never a drop); a
+    message that is taken but not acked is delivered again after its lease.
+    """
+
+    capacity: int
+
+    def put(self, ref: BatchRef, timeout: float | None = None) -> None: ...
+    def get(self, wait: float = 0.0) -> Delivery | None: ...
+    def ack(self, batch_id: str) -> None: ...
+    def nack(self, batch_id: str, delay: float = 0.0) -> None: ...
+    def contains(self, batch_id: str) -> bool: ...
+    def depth(self) -> int: ...
+    def oldest_age(self) -> float | None: ...
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Reads a table incrementally in keyset order, as Arrow pages.
+
+    `pages` yields (page, high) where high is the (cursor, key) of the page's last row;
+    it starts strictly after `after` (or at `since` inclusive, for a lookback re-read).
+    """
+
+    def pages(self, table: str, contract: Contract, after: Watermark | None,
+              since: object | None) -> Iterator[tuple[pa.Table, Watermark]]: ...
+    def close(self) -> None: ...
+
+
+class Warehouse(Protocol):
+    """Applies a batch in one transaction: stage, merge (newer cursor wins), ledger.
+
+    Implementers guarantee: `load` of a batch id already in the ledger changes nothing
+    and returns False; no reader ever sees part of a batch.
+    """
+
+    def ensure_table(self, ref: TableRef, contract: Contract) -> None: ...
+    def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
+             deletes: pa.Table | None = None) -> bool: ...
+    def is_loaded(self, batch_id: str) -> bool: ...
+    def close(self) -> None: ...

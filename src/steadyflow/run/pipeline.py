@@ -1,0 +1,271 @@
+"""The pipeline: wires config to stages and runs the loop.
+
+    run_once:  sweep → extract every table (bounded parallel, per-source guard)
+               ∥ load from the buffer until extraction is done and the buffer is empty
+    run:       run_once every `run.interval` seconds until stopped
+
+Nothing here is global: every component hangs off one Pipeline object, so several
+pipelines (or tests) can live in one process and any stage can run alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steadyflow.buffer.sqlite import SqliteBuffer
+from steadyflow.config import PipelineConfig, load_config
+from steadyflow.errors import FatalError, RetryableError, SteadyflowError
+from steadyflow.extract.sql import SqlSource
+from steadyflow.land.parquet import LandingZone
+from steadyflow.merge.duckdb import DuckdbWarehouse
+from steadyflow.merge.postgres import PostgresWarehouse
+from steadyflow.model import BatchRef
+from steadyflow.observe import logs
+from steadyflow.observe.metrics import PipelineMetrics
+from steadyflow.ports import Buffer, Warehouse
+from steadyflow.resilience import SourceGuard
+from steadyflow.run.extract import ExtractResult, TableExtractor
+from steadyflow.run.load import BatchLoader
+from steadyflow.state import StateStore
+from steadyflow.validate.quarantine import Quarantine
+
+log = logs.get("run")
+
+
+@dataclass
+class RunSummary:
+    extracted_batches: int = 0
+    extracted_rows: int = 0
+    loaded_batches: int = 0
+    loaded_rows: int = 0
+    quarantined_rows: int = 0
+    duplicates_skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class Pipeline:
+    """One configured pipeline. `Pipeline.from_yaml(path).run_once()` is the library API."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.metrics = PipelineMetrics()
+        self._stop = threading.Event()
+        state_dir = config.resolve(config.state_dir)
+        self.state = StateStore(state_dir / "state.db")
+        self.landing = LandingZone(config.resolve(config.landing.path),
+                                   config.landing.compression)
+        self.buffer: Buffer = self._open_buffer(state_dir)
+        self._warehouse: Warehouse | None = None
+        self.quarantine = Quarantine(self.landing, self.state)
+        self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
+                                           on_breaker=self._on_breaker)
+                       for s in config.sources}
+        for _, _, ref in config.tables():
+            self.metrics.declare(ref.source, ref.table)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Pipeline:
+        return cls(load_config(path))
+
+    def _open_buffer(self, state_dir: Path) -> Buffer:
+        b = self.config.buffer
+        if b.kind == "jetstream":
+            from steadyflow.buffer.jetstream import JetStreamBuffer
+
+            return JetStreamBuffer(b.url, b.stream, capacity=b.capacity, lease=b.lease,
+                                   should_stop=self._stop.is_set)
+        return SqliteBuffer(state_dir / "buffer.db", capacity=b.capacity, lease=b.lease,
+                            should_stop=self._stop.is_set)
+
+    @property
+    def warehouse(self) -> Warehouse:
+        if self._warehouse is None:
+            w = self.config.warehouse
+            if w.kind == "postgres":
+                self._warehouse = PostgresWarehouse(w.dsn or "", w.schema_)
+            else:
+                self._warehouse = DuckdbWarehouse(self.config.resolve(w.path or "wh.duckdb"),
+                                                  w.schema_)
+        return self._warehouse
+
+    @property
+    def loader(self) -> BatchLoader:
+        return BatchLoader(self.config, self.landing, self.buffer, self.warehouse, self.state,
+                           self.quarantine, self.metrics)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        for closeable in (self._warehouse, self.buffer, self.state):
+            if closeable is not None:
+                closeable.close()
+        self.metrics.stopped()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- callbacks from the resilience layer -------------------------------------------
+    def _on_retry(self, source: str, exc: BaseException) -> None:
+        reason = ("timeout" if "timeout" in type(exc).__name__.lower() else
+                  "rate_limited" if "RateLimited" in type(exc).__name__ else "connection")
+        self.metrics.retry(source, reason)  # type: ignore[arg-type]
+        log.warning("retrying after: %s", exc, extra={"source": source, "stage": "extract"})
+
+    def _on_breaker(self, source: str, state: str) -> None:
+        self.metrics.breaker(source, state)  # type: ignore[arg-type]
+        for s, _, ref in self.config.tables():
+            if s.name == source:
+                self.state.record_source_state(source, ref.table, breaker=state)
+        log.warning("circuit breaker %s", state, extra={"source": source, "stage": "extract"})
+
+    # --- stages -------------------------------------------------------------------------
+    def sweep(self) -> int:
+        """Republish landed batches that are neither loaded nor queued (the truth is the
+        manifest and the ledger; the buffer is only the fast path)."""
+        self.landing.sweep_temp_files()
+        republished = 0
+        for batch in self.state.pending_batches():
+            if self.warehouse.is_loaded(batch.batch_id):
+                self.buffer.ack(batch.batch_id)
+                self.state.mark_loaded(batch.batch_id, batch.rows, 0, status="loaded")
+            elif not self.buffer.contains(batch.batch_id):
+                self.buffer.put(batch)
+                republished += 1
+        return republished
+
+    def extract(self, tables: list[str] | None = None, dry_run: bool = False) -> RunSummary:
+        """Extract every (selected) table until caught up; sources run in parallel."""
+        summary = RunSummary()
+        jobs = [(s, t, ref) for s, t, ref in self.config.tables()
+                if not tables or ref.label in tables or ref.table in tables]
+
+        def one(job: tuple[Any, Any, Any]) -> tuple[Any, ExtractResult | BaseException]:
+            s, t, ref = job
+            extractor = TableExtractor(
+                s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
+                self.guards[s.name], self.metrics, should_stop=self._stop.is_set)
+            db = SqlSource(s)
+            try:
+                return ref, extractor.run(db, dry_run=dry_run)
+            except SteadyflowError as exc:
+                self.state.record_error(ref.source, ref.table, str(exc))
+                self.metrics.error(ref.source, ref.table, "extract")
+                log.error("extract failed: %s", exc, extra={
+                    "source": ref.source, "table": ref.table, "stage": "extract"})
+                return ref, exc
+            finally:
+                db.close()
+
+        with ThreadPoolExecutor(max_workers=self.config.run.max_parallel_sources,
+                                thread_name_prefix="extract") as pool:
+            for ref, result in pool.map(one, jobs):
+                if isinstance(result, BaseException):
+                    summary.errors.append(f"{ref.label}: {result}")
+                else:
+                    summary.extracted_batches += result.batches
+                    summary.extracted_rows += result.rows
+        return summary
+
+    def load(self, until_empty: bool = True, extracting: threading.Event | None = None,
+             summary: RunSummary | None = None, max_failures: int = 5) -> RunSummary:
+        """Consume the buffer. Stops when it is empty and no extraction is running."""
+        summary = summary or RunSummary()
+        loader = self.loader
+        failures: dict[str, int] = {}
+        while not self._stop.is_set():
+            self._report_queue()
+            delivery = self.buffer.get(wait=0.2)
+            if delivery is None:
+                if until_empty and (extracting is None or not extracting.is_set()) and (
+                        self.buffer.depth() == 0 or all(
+                            n >= max_failures for n in failures.values()) and failures):
+                    break
+                continue
+            batch = delivery.ref
+            try:
+                outcome = loader.handle(batch)
+            except SteadyflowError as exc:
+                failures[batch.batch_id] = failures.get(batch.batch_id, 0) + 1
+                self._load_failed(batch, exc, failures[batch.batch_id], max_failures, summary)
+                continue
+            failures.pop(batch.batch_id, None)
+            if outcome.loaded:
+                summary.loaded_batches += 1
+                summary.loaded_rows += outcome.good_rows
+                summary.quarantined_rows += outcome.bad_rows
+            else:
+                summary.duplicates_skipped += 1
+        self._report_queue()
+        return summary
+
+    def _load_failed(self, batch: BatchRef, exc: SteadyflowError, attempt: int,
+                     max_failures: int, summary: RunSummary) -> None:
+        self.metrics.error(batch.source, batch.table, "load")
+        self.state.record_error(batch.source, batch.table, str(exc))
+        self.state.mark_failed(batch.batch_id, str(exc))
+        delay = min(30.0, 0.5 * 2 ** attempt) if isinstance(exc, RetryableError) else 60.0
+        self.buffer.nack(batch.batch_id, delay=delay if attempt < max_failures else 3600.0)
+        log.error("load failed (attempt %d): %s", attempt, exc, extra={
+            "source": batch.source, "table": batch.table, "stage": "load",
+            "batch_id": batch.batch_id, "attempt": attempt})
+        if attempt >= max_failures or isinstance(exc, FatalError):
+            summary.errors.append(f"batch {batch.batch_id}: {exc}")
+        if isinstance(exc, RetryableError):
+            time.sleep(min(delay, 2.0))
+
+    def _report_queue(self) -> None:
+        depth = self.buffer.depth()
+        age = self.buffer.oldest_age()
+        self.metrics.queue(depth, self.buffer.capacity, depth, age or 0.0)
+
+    def run_once(self) -> RunSummary:
+        """Extract and load concurrently until every table is caught up and loaded."""
+        run_id = self.state.start_run("run")
+        summary = RunSummary()
+        try:
+            self.sweep()
+            extracting = threading.Event()
+            extracting.set()
+            consumer = threading.Thread(
+                target=self.load, kwargs={"extracting": extracting, "summary": summary},
+                name="load", daemon=True)
+            consumer.start()
+            try:
+                extracted = self.extract()
+            finally:
+                extracting.clear()
+                consumer.join()
+            summary.extracted_batches = extracted.extracted_batches
+            summary.extracted_rows = extracted.extracted_rows
+            summary.errors[:0] = extracted.errors
+        except SteadyflowError as exc:
+            summary.errors.append(str(exc))
+        outcome = "ok" if summary.ok else "error"
+        if summary.ok:
+            self.metrics.run_succeeded()
+        self.state.end_run(run_id, outcome, summary.loaded_batches, summary.loaded_rows,
+                           "; ".join(summary.errors)[:2000] or None)
+        return summary
+
+    def run(self, follow: bool = False) -> RunSummary:
+        """run_once, and with `follow` again every `run.interval` seconds until stopped."""
+        summary = self.run_once()
+        while follow and not self._stop.is_set():
+            self._stop.wait(self.config.run.interval)
+            if not self._stop.is_set():
+                summary = self.run_once()
+        return summary

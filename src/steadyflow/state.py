@@ -1,0 +1,297 @@
+"""Durable pipeline state in one SQLite file: checkpoints, landing manifest, run history,
+per-table health and the quarantine index.
+
+WAL mode lets the extract, load and status processes share it. Every state change is a
+single transaction, and repeating one is a no-op (INSERT OR IGNORE / upserts), which is
+what makes a crash between two steps harmless.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from steadyflow.model import BatchRef, Watermark
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, watermark TEXT NOT NULL, updated_at REAL NOT NULL,
+  PRIMARY KEY (source, tbl));
+CREATE TABLE IF NOT EXISTS manifest (
+  batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, tbl TEXT NOT NULL, ref TEXT NOT NULL,
+  rows INTEGER NOT NULL, landed_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'landed',
+  loaded_at REAL, good_rows INTEGER, quarantined_rows INTEGER, error TEXT);
+CREATE INDEX IF NOT EXISTS manifest_status ON manifest(status, landed_at);
+CREATE TABLE IF NOT EXISTS runs (
+  run_id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, started_at REAL NOT NULL,
+  ended_at REAL, outcome TEXT, batches INTEGER, rows INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS table_health (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, newest_cursor TEXT, newest_cursor_epoch REAL,
+  last_success REAL, last_error TEXT, last_error_at REAL, rows_loaded INTEGER DEFAULT 0,
+  rows_quarantined INTEGER DEFAULT 0, page_size INTEGER, breaker TEXT,
+  PRIMARY KEY (source, tbl));
+CREATE TABLE IF NOT EXISTS quarantine (
+  batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, tbl TEXT NOT NULL, path TEXT NOT NULL,
+  rows INTEGER NOT NULL, reasons TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open',
+  created_at REAL NOT NULL, replayed_at REAL, replayed_rows INTEGER);
+CREATE TABLE IF NOT EXISTS reconcile_runs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, tbl TEXT NOT NULL, at REAL NOT NULL,
+  buckets INTEGER, rows_compared INTEGER, missing INTEGER, extra INTEGER, mismatched INTEGER,
+  repaired INTEGER, detail TEXT);
+"""
+
+
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection tuned for several processes sharing one small state file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+@dataclass(frozen=True, slots=True)
+class TableHealth:
+    source: str
+    table: str
+    newest_cursor: str | None
+    newest_cursor_epoch: float | None
+    last_success: float | None
+    last_error: str | None
+    last_error_at: float | None
+    rows_loaded: int
+    rows_quarantined: int
+    page_size: int | None
+    breaker: str | None
+
+
+class StateStore:
+    """Checkpoints, manifest and history. Thread-safe; one instance per process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn = open_sqlite(path)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- checkpoints -------------------------------------------------------------
+    def checkpoint(self, source: str, table: str) -> Watermark | None:
+        rows = self._query(
+            "SELECT watermark FROM checkpoints WHERE source=? AND tbl=?", (source, table)
+        )
+        return Watermark.from_json(rows[0][0]) if rows else None
+
+    def advance_checkpoint(self, source: str, table: str, mark: Watermark) -> None:
+        """Move the checkpoint forward to `mark`; never backwards."""
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT watermark FROM checkpoints WHERE source=? AND tbl=?", (source, table)
+            ).fetchone()
+            if row is not None:
+                current = Watermark.from_json(row[0])
+                if current.as_tuple() >= mark.as_tuple():
+                    return
+            c.execute(
+                "INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
+                "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
+                (source, table, mark.to_json(), time.time()),
+            )
+
+    def reset_checkpoint(self, source: str, table: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM checkpoints WHERE source=? AND tbl=?", (source, table))
+
+    # --- manifest ----------------------------------------------------------------
+    def record_landed(self, ref: BatchRef) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
+                "VALUES (?,?,?,?,?,?)",
+                (ref.batch_id, ref.source, ref.table, ref.to_json(), ref.rows, ref.landed_at),
+            )
+
+    def mark_loaded(
+        self, batch_id: str, good_rows: int, quarantined_rows: int, status: str = "loaded"
+    ) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE manifest SET status=?, loaded_at=?, good_rows=?, quarantined_rows=?, "
+                "error=NULL WHERE batch_id=?",
+                (status, time.time(), good_rows, quarantined_rows, batch_id),
+            )
+
+    def mark_failed(self, batch_id: str, error: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE manifest SET error=? WHERE batch_id=?", (error[:2000], batch_id))
+
+    def pending_batches(self) -> list[BatchRef]:
+        """Landed batches not yet known to be loaded, oldest first (the sweeper's input)."""
+        rows = self._query("SELECT ref FROM manifest WHERE status='landed' ORDER BY landed_at")
+        return [BatchRef.from_json(r[0]) for r in rows]
+
+    def batches(self, source: str | None = None, table: str | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+        sql = ("SELECT batch_id, source, tbl, rows, status, landed_at, loaded_at, good_rows, "
+               "quarantined_rows, error, ref FROM manifest WHERE (? IS NULL OR source=?) "
+               "AND (? IS NULL OR tbl=?) ORDER BY landed_at DESC LIMIT ?")
+        cols = ["batch_id", "source", "table", "rows", "status", "landed_at", "loaded_at",
+                "good_rows", "quarantined_rows", "error", "ref"]
+        return [dict(zip(cols, r, strict=True))
+                for r in self._query(sql, (source, source, table, table, limit))]
+
+    def batch(self, batch_id: str) -> BatchRef | None:
+        rows = self._query("SELECT ref FROM manifest WHERE batch_id=?", (batch_id,))
+        return BatchRef.from_json(rows[0][0]) if rows else None
+
+    # --- run history ---------------------------------------------------------------
+    def start_run(self, command: str) -> int:
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO runs(command, started_at) VALUES (?, ?)", (command, time.time())
+            )
+            return int(cur.lastrowid or 0)
+
+    def end_run(self, run_id: int, outcome: str, batches: int, rows: int,
+                error: str | None = None) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE runs SET ended_at=?, outcome=?, batches=?, rows=?, error=? WHERE run_id=?",
+                (time.time(), outcome, batches, rows, error, run_id),
+            )
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        cols = ["run_id", "command", "started_at", "ended_at", "outcome", "batches", "rows",
+                "error"]
+        return [dict(zip(cols, r, strict=True)) for r in self._query(
+            f"SELECT {', '.join(cols)} FROM runs ORDER BY run_id DESC LIMIT ?", (limit,))]
+
+    def last_successful_run(self) -> float | None:
+        rows = self._query("SELECT max(ended_at) FROM runs WHERE outcome='ok'")
+        return rows[0][0] if rows else None
+
+    # --- table health --------------------------------------------------------------
+    def _ensure_health(self, c: sqlite3.Connection, source: str, table: str) -> None:
+        c.execute("INSERT OR IGNORE INTO table_health(source, tbl) VALUES (?,?)", (source, table))
+
+    def record_load(self, source: str, table: str, rows: int, quarantined: int,
+                    newest_cursor: str | None, newest_epoch: float | None) -> None:
+        with self._tx() as c:
+            self._ensure_health(c, source, table)
+            c.execute(
+                "UPDATE table_health SET rows_loaded=rows_loaded+?, "
+                "rows_quarantined=rows_quarantined+?, last_success=?, "
+                "newest_cursor=CASE WHEN ? IS NOT NULL AND (newest_cursor_epoch IS NULL OR "
+                "  newest_cursor_epoch < ?) THEN ? ELSE newest_cursor END, "
+                "newest_cursor_epoch=CASE WHEN ? IS NOT NULL AND (newest_cursor_epoch IS NULL "
+                "  OR newest_cursor_epoch < ?) THEN ? ELSE newest_cursor_epoch END "
+                "WHERE source=? AND tbl=?",
+                (rows, quarantined, time.time(), newest_epoch, newest_epoch, newest_cursor,
+                 newest_epoch, newest_epoch, newest_epoch, source, table),
+            )
+
+    def record_error(self, source: str, table: str, error: str) -> None:
+        with self._tx() as c:
+            self._ensure_health(c, source, table)
+            c.execute(
+                "UPDATE table_health SET last_error=?, last_error_at=? WHERE source=? AND tbl=?",
+                (error[:2000], time.time(), source, table),
+            )
+
+    def record_source_state(self, source: str, table: str, page_size: int | None = None,
+                            breaker: str | None = None) -> None:
+        with self._tx() as c:
+            self._ensure_health(c, source, table)
+            c.execute(
+                "UPDATE table_health SET page_size=coalesce(?, page_size), "
+                "breaker=coalesce(?, breaker) WHERE source=? AND tbl=?",
+                (page_size, breaker, source, table),
+            )
+
+    def health(self) -> list[TableHealth]:
+        rows = self._query(
+            "SELECT source, tbl, newest_cursor, newest_cursor_epoch, last_success, last_error, "
+            "last_error_at, rows_loaded, rows_quarantined, page_size, breaker "
+            "FROM table_health ORDER BY source, tbl"
+        )
+        return [TableHealth(*r) for r in rows]
+
+    # --- quarantine ------------------------------------------------------------------
+    def record_quarantine(self, batch_id: str, source: str, table: str, path: str, rows: int,
+                          reasons: dict[str, int]) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO quarantine(batch_id, source, tbl, path, rows, reasons, "
+                "created_at) VALUES (?,?,?,?,?,?,?)",
+                (batch_id, source, table, path, rows, json.dumps(reasons), time.time()),
+            )
+
+    def quarantined(self, status: str | None = "open") -> list[dict[str, Any]]:
+        cols = ["batch_id", "source", "table", "path", "rows", "reasons", "status",
+                "created_at", "replayed_at", "replayed_rows"]
+        rows = self._query(
+            "SELECT batch_id, source, tbl, path, rows, reasons, status, created_at, replayed_at, "
+            "replayed_rows FROM quarantine WHERE (? IS NULL OR status=?) ORDER BY created_at",
+            (status, status),
+        )
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r, strict=True))
+            d["reasons"] = json.loads(d["reasons"])
+            out.append(d)
+        return out
+
+    def mark_quarantine_replayed(self, batch_id: str, rows: int, still_bad: int) -> None:
+        with self._tx() as c:
+            c.execute(
+                "UPDATE quarantine SET status=?, replayed_at=?, replayed_rows=? WHERE batch_id=?",
+                ("open" if still_bad else "replayed", time.time(), rows, batch_id),
+            )
+
+    # --- reconciliation ------------------------------------------------------------------
+    def record_reconcile(self, source: str, table: str, buckets: int, rows_compared: int,
+                         missing: int, extra: int, mismatched: int, repaired: int,
+                         detail: dict[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO reconcile_runs(source, tbl, at, buckets, rows_compared, missing, "
+                "extra, mismatched, repaired, detail) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (source, table, time.time(), buckets, rows_compared, missing, extra, mismatched,
+                 repaired, json.dumps(detail, default=str)),
+            )
+
+    def last_reconcile(self) -> list[dict[str, Any]]:
+        cols = ["source", "table", "at", "buckets", "rows_compared", "missing", "extra",
+                "mismatched", "repaired"]
+        rows = self._query(
+            "SELECT source, tbl, at, buckets, rows_compared, missing, extra, mismatched, repaired "
+            "FROM reconcile_runs r WHERE id = (SELECT max(id) FROM reconcile_runs r2 "
+            "WHERE r2.source=r.source AND r2.tbl=r.tbl) ORDER BY source, tbl"
+        )
+        return [dict(zip(cols, r, strict=True)) for r in rows]

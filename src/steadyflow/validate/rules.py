@@ -1,0 +1,113 @@
+"""Validate a landed batch against its table contract, column at a time (Arrow compute).
+
+The result splits the batch: rows that conform (cast to the contract's types) go on to
+the merge; rows that break a rule go to quarantine with the first rule they broke. One
+bad row never stops the good rows of its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from steadyflow.failpoints import failpoint
+from steadyflow.model import Contract
+
+REASON = "_reason"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    good: pa.Table
+    bad: pa.Table  # every contract column as text, plus _reason
+    reasons: dict[str, int]
+    bad_mask: pa.Array  # per input row: True where the row went to quarantine
+
+
+def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
+    """Vectorised cast; raises ArrowInvalid if any value does not fit."""
+    if pa.types.is_string(values.type) and pa.types.is_timestamp(target):
+        stripped = pc.replace_substring_regex(values, r"(Z|[+-]00:?00)$", "")
+        return pc.cast(stripped, pa.timestamp(target.unit)).cast(target)
+    return pc.cast(values, target)
+
+
+def _cast_column(values: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """Cast to the contract type; returns (cast values, mask of values that did not fit)."""
+    flat = values.combine_chunks()
+    fits = pa.array([False] * len(flat), pa.bool_())
+    if flat.type == target:
+        return flat, fits
+    try:
+        return _cast_fast(flat, target), fits
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    # Rare path (a batch with malformed values): find exactly which values fail.
+    out, bad = [], []
+    for i in range(len(flat)):
+        try:
+            out.append(_cast_fast(flat.slice(i, 1), target)[0].as_py())
+            bad.append(False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            out.append(None)
+            bad.append(True)
+    return pa.array(out, target), pa.array(bad, pa.bool_())
+
+
+def validate(batch: pa.Table, contract: Contract) -> Verdict:
+    n = batch.num_rows
+    reason = pa.nulls(n, pa.string())
+    conformed: list[pa.Array] = []
+    checks: list[tuple[pa.Array, str]] = []
+    for column in contract.columns:
+        values, type_bad = _cast_column(batch[column.name], column.arrow_type)
+        conformed.append(values)
+        checks.append((type_bad, f"{column.name}: not a valid {column.type}"))
+        if not column.nullable:
+            checks.append((pc.and_(pc.is_null(values), pc.invert(type_bad)),
+                           f"{column.name}: must not be null"))
+        if column.min is not None:
+            checks.append((_compare(values, "less", column.min),
+                           f"{column.name}: below minimum {column.min:g}"))
+        if column.max is not None:
+            checks.append((_compare(values, "greater", column.max),
+                           f"{column.name}: above maximum {column.max:g}"))
+        if column.allowed is not None:
+            checks.append((pc.fill_null(pc.invert(pc.is_in(
+                pc.cast(values, pa.string()), value_set=pa.array(column.allowed))), False),
+                f"{column.name}: not one of {','.join(column.allowed)}"))
+        if column.pattern is not None:
+            checks.append((pc.fill_null(pc.invert(pc.match_substring_regex(
+                pc.cast(values, pa.string()), column.pattern)), False),
+                f"{column.name}: does not match {column.pattern}"))
+    failpoint("transform.mid")
+    # first failing rule wins: apply in reverse so earlier rules overwrite later ones
+    for mask, text in reversed(checks):
+        reason = pc.if_else(mask, pa.scalar(text), reason)
+    bad_mask = pc.is_valid(reason)
+    good = pa.Table.from_arrays(conformed, schema=_nullable_schema(contract)).filter(
+        pc.invert(bad_mask))
+    bad_raw = batch.select(list(contract.names)).filter(bad_mask)
+    bad = pa.Table.from_arrays(
+        [pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
+         for col in bad_raw.columns] + [reason.filter(bad_mask)],
+        names=[*contract.names, REASON])
+    counts: dict[str, int] = {}
+    if bad.num_rows:
+        for item in pc.value_counts(bad[REASON]).to_pylist():
+            counts[item["values"]] = item["counts"]
+    return Verdict(good=good, bad=bad, reasons=counts, bad_mask=bad_mask)
+
+
+def _nullable_schema(contract: Contract) -> pa.Schema:
+    return pa.schema([pa.field(c.name, c.arrow_type) for c in contract.columns])
+
+
+def _compare(values: pa.Array, op: str, bound: float) -> pa.Array:
+    numeric = values if not pa.types.is_decimal(values.type) else pc.cast(values, pa.float64())
+    if not (pa.types.is_integer(numeric.type) or pa.types.is_floating(numeric.type)):
+        return pa.array([False] * len(values), pa.bool_())
+    result = pc.less(numeric, bound) if op == "less" else pc.greater(numeric, bound)
+    return pc.fill_null(result, False)
