@@ -273,6 +273,11 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Pipeline
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw.setdefault("base_dir", str(path.parent.resolve()))
+    for source in raw.get("sources") or []:
+        # SQLite paths are relative to the config file, not to wherever the command runs
+        if isinstance(source, dict) and source.get("kind") == "sqlite" and isinstance(
+                source.get("path"), str) and not Path(source["path"]).is_absolute():
+            source["path"] = str(Path(raw["base_dir"]) / source["path"])
     return parse_config(_expand_tree(raw, env), origin=str(path))
 
 

@@ -6,6 +6,8 @@ a lost buffer file only costs time: the sweeper republishes from the manifest.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +21,7 @@ from steadyflow.state import open_sqlite
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
   batch_id TEXT PRIMARY KEY, ref TEXT NOT NULL, enqueued_at REAL NOT NULL,
-  visible_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+  visible_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, owner TEXT);
 CREATE INDEX IF NOT EXISTS queue_visible ON queue(visible_at, enqueued_at);
 """
 
@@ -35,8 +37,31 @@ class SqliteBuffer:
         self._conn = open_sqlite(path)
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._released_at = time.monotonic()
         with self._lock:
             self._conn.executescript(SCHEMA)
+        self.release_dead_leases()
+
+    def release_dead_leases(self) -> int:
+        """Make messages leased by a dead process on this host visible again at once.
+
+        Without this a SIGKILLed loader's messages would wait out their whole lease.
+        Leases held on other hosts are left to expire (we cannot see those processes).
+        """
+        host = socket.gethostname()
+        with self._lock:
+            owners = [r[0] for r in self._conn.execute(
+                "SELECT DISTINCT owner FROM queue WHERE owner IS NOT NULL AND visible_at > ?",
+                (time.time(),)).fetchall()]
+            released = 0
+            for owner in owners:
+                owner_host, _, pid = owner.rpartition(":")
+                if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                    released += self._conn.execute(
+                        "UPDATE queue SET visible_at=?, owner=NULL WHERE owner=?",
+                        (time.time(), owner)).rowcount
+            return released
 
     def put(self, ref: BatchRef, timeout: float | None = None) -> None:
         """Enqueue, waiting while the buffer is full. Backpressure, never a drop."""
@@ -87,14 +112,18 @@ class SqliteBuffer:
                         "SELECT batch_id, ref, attempts FROM queue WHERE visible_at <= ? "
                         "ORDER BY enqueued_at LIMIT 1", (now,)).fetchone()
                     if row is not None:
-                        c.execute("UPDATE queue SET visible_at=?, attempts=attempts+1 "
-                                  "WHERE batch_id=?", (now + self.lease, row[0]))
+                        c.execute("UPDATE queue SET visible_at=?, attempts=attempts+1, owner=? "
+                                  "WHERE batch_id=?", (now + self.lease, self.owner, row[0]))
                     c.execute("COMMIT")
                 except BaseException:
                     c.execute("ROLLBACK")
                     raise
             if row is not None:
                 return Delivery(BatchRef.from_json(row[1]), attempt=row[2] + 1)
+            if time.monotonic() - self._released_at > 2.0:
+                self._released_at = time.monotonic()
+                if self.release_dead_leases():
+                    continue
             if time.monotonic() >= deadline or self.should_stop():
                 return None
             time.sleep(pause)
@@ -107,7 +136,7 @@ class SqliteBuffer:
 
     def nack(self, batch_id: str, delay: float = 0.0) -> None:
         with self._lock:
-            self._conn.execute("UPDATE queue SET visible_at=? WHERE batch_id=?",
+            self._conn.execute("UPDATE queue SET visible_at=?, owner=NULL WHERE batch_id=?",
                                (time.time() + delay, batch_id))
 
     def contains(self, batch_id: str) -> bool:
@@ -126,3 +155,13 @@ class SqliteBuffer:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -178,7 +178,7 @@ class Faults:
             if clear:
                 self._cfg, self._errors, self._shapes = dict(_DEFAULTS), 0, 0
             self._cfg.update(changes)
-            self._seq = getattr(self, "_seq", 0)
+            self._seq = 0
 
     def config(self) -> dict[str, float]:
         with self._lock:

@@ -15,13 +15,12 @@ The data is built to break naive pipelines, on purpose:
 from __future__ import annotations
 
 import random
-import re
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,25 +36,20 @@ SCHEMA = (
     "CREATE INDEX sales_cursor ON sales(updated_at, store_id, sale_id)",
 )
 _INSERT = f"INSERT INTO sales ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_UPDATE = ("UPDATE sales SET qty = ?, unit_price = ?, updated_at = ?"
+           " WHERE store_id = ? AND sale_id = ?")
+_MAX_ID = "SELECT COALESCE(MAX(sale_id), 0) FROM sales WHERE store_id = ?"
 _WINDOW_US = 2 * 3600 * 1_000_000  # seeded history covers the last two hours
 
-# kind -> (how the row is broken, the SQL predicate that finds it). The predicates let the demo
-# and tests count what the validator should quarantine without re-implementing the contract.
-MALFORMED_RULES: dict[str, tuple[str, str]] = {
-    "sku_null": ("sku is NULL", "sku IS NULL"),
-    "qty_not_positive": ("qty is 0 or negative", "typeof(qty) = 'integer' AND qty <= 0"),
-    "qty_not_numeric": ("qty is the text 'abc'", "qty = 'abc'"),
-    "currency_unknown": ("currency is 'XXX'", "currency = 'XXX'"),
-    "price_negative": ("unit_price is '-5.00'", "unit_price = '-5.00'"),
-    "price_not_numeric": ("unit_price is 'n/a'", "unit_price = 'n/a'"),
-}
-_BREAK: dict[str, Callable[[list[Any], random.Random], None]] = {
-    "sku_null": lambda r, rng: r.__setitem__(2, None),
-    "qty_not_positive": lambda r, rng: r.__setitem__(3, -rng.randint(0, 5)),
-    "qty_not_numeric": lambda r, rng: r.__setitem__(3, "abc"),
-    "currency_unknown": lambda r, rng: r.__setitem__(5, "XXX"),
-    "price_negative": lambda r, rng: r.__setitem__(4, "-5.00"),
-    "price_not_numeric": lambda r, rng: r.__setitem__(4, "n/a"),
+# kind -> (column, planted value, SQL predicate that finds it). The predicates let the demo and
+# tests count what the validator should quarantine without re-implementing the contract.
+MALFORMED_RULES: dict[str, tuple[str, Any, str]] = {
+    "sku_null": ("sku", None, "sku IS NULL"),
+    "qty_not_positive": ("qty", "0 or below", "typeof(qty) = 'integer' AND qty <= 0"),
+    "qty_not_numeric": ("qty", "abc", "qty = 'abc'"),
+    "currency_unknown": ("currency", "XXX", "currency = 'XXX'"),
+    "price_negative": ("unit_price", "-5.00", "unit_price = '-5.00'"),
+    "price_not_numeric": ("unit_price", "n/a", "unit_price = 'n/a'"),
 }
 
 
@@ -74,8 +68,21 @@ def _row(rng: random.Random, store_id: int, sale_id: int, sold_at: str, updated_
     row: list[Any] = [store_id, sale_id, f"SKU-{rng.randrange(100_000):05d}", rng.randint(1, 20),
                       _price(rng), rng.choice(CURRENCIES), sold_at, updated_at]
     if malformed is not None:
-        _BREAK[malformed](row, rng)
+        column, value, _ = MALFORMED_RULES[malformed]
+        row[COLUMNS.index(column)] = -(sale_id % 3) if malformed == "qty_not_positive" else value
     return tuple(row)
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[None]:
+    """Take the write lock up front: a deferred BEGIN that upgrades later can fail with BUSY."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -149,24 +156,23 @@ def create_stores(directory: Path, stores: int, rows_per_store: int, seed: int =
     return paths
 
 
-def count_rows(paths: Iterable[Path]) -> int:
-    """Total rows across stores: what the warehouse must hold once the pipeline catches up."""
+def _total(paths: Iterable[Path], sql: str) -> int:
     total = 0
     for path in paths:
         with closing(sqlite3.connect(path, timeout=30)) as db:
-            total += db.execute("SELECT COUNT(*) FROM sales").fetchone()[0]
+            total += db.execute(sql).fetchone()[0]
     return total
 
 
-def count_malformed(paths: Iterable[Path]) -> dict[str, int]:
-    """Rows currently matching each MALFORMED_RULES kind, summed over stores."""
-    counts = dict.fromkeys(MALFORMED_RULES, 0)
-    for path in paths:
-        with closing(sqlite3.connect(path, timeout=30)) as db:
-            for kind, (_, predicate) in MALFORMED_RULES.items():
-                sql = f"SELECT COUNT(*) FROM sales WHERE {predicate}"
-                counts[kind] += db.execute(sql).fetchone()[0]
-    return counts
+def count_rows(paths: Iterable[Path]) -> int:
+    """Total rows across stores: what the warehouse must hold once the pipeline catches up."""
+    return _total(paths, "SELECT COUNT(*) FROM sales")
+
+
+def count_malformed(paths: Sequence[Path]) -> dict[str, int]:
+    """Rows currently matching each MALFORMED_RULES kind (updates can repair qty and price)."""
+    return {kind: _total(paths, f"SELECT COUNT(*) FROM sales WHERE {predicate}")
+            for kind, (_, _, predicate) in MALFORMED_RULES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,14 +214,21 @@ class StoreWriter:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
 
-    inserted = property(lambda self: self._get("inserted"))
-    updated = property(lambda self: self._get("updated"))
-    late_commits = property(lambda self: self._get("late_commits"))
-    malformed = property(lambda self: self._get("malformed"))
+    @property
+    def inserted(self) -> int:
+        return self.counts()["inserted"]
 
-    def _get(self, name: str) -> int:
-        with self._lock:
-            return self._counts[name]
+    @property
+    def updated(self) -> int:
+        return self.counts()["updated"]
+
+    @property
+    def late_commits(self) -> int:
+        return self.counts()["late_commits"]
+
+    @property
+    def malformed(self) -> int:
+        return self.counts()["malformed"]
 
     def counts(self) -> dict[str, int]:
         """One consistent snapshot, for progress lines that must add up."""
@@ -248,16 +261,11 @@ class StoreWriter:
         if self.error is not None:
             raise self.error
 
-    def __enter__(self) -> StoreWriter:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def _run(self) -> None:
         dbs: list[sqlite3.Connection] = []
         try:
-            dbs = [_connect(p) for p in self.paths]
+            for path in self.paths:
+                dbs.append(_connect(path))  # appended one by one so finally closes them all
             ids = [self._store_id(db, p) for db, p in zip(dbs, self.paths, strict=True)]
             began = next_late = time.monotonic()
             next_late += self.LATE_EVERY_S
@@ -265,6 +273,9 @@ class StoreWriter:
             while not self._stop.is_set():
                 now = time.monotonic()
                 due = int((now - began) * self.rate) - done
+                burst = max(1, int(self.rate))  # after a stall (lock held elsewhere) don't
+                if due > burst:  # replay the whole backlog: at most one second's worth
+                    done, due = done + due - burst, burst
                 if due <= 0:
                     self._stop.wait(min(0.01, 1 / self.rate))
                     continue
@@ -284,63 +295,42 @@ class StoreWriter:
     @staticmethod
     def _store_id(db: sqlite3.Connection, path: Path) -> int:
         found = db.execute("SELECT MIN(store_id) FROM sales").fetchone()[0]
-        if found is None:
-            digits = re.findall(r"\d+", path.stem)
-            found = int(digits[-1]) if digits else 0
-        return int(found)
+        return int(found if found is not None else path.stem.rsplit("_", 1)[-1])
 
     def _write(self, db: sqlite3.Connection, store_id: int, n: int) -> None:
-        rng, counts = self._rng, {"inserted": 0, "updated": 0, "malformed": 0}
-        bad: list[str] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            max_id = db.execute("SELECT COALESCE(MAX(sale_id), 0) FROM sales WHERE store_id = ?",
-                                (store_id,)).fetchone()[0]
+        rng, counts, bad = self._rng, {"inserted": 0, "updated": 0}, []
+        with _immediate(db):
+            max_id = db.execute(_MAX_ID, (store_id,)).fetchone()[0]
             for _ in range(n):
                 ts = format_ts(datetime.now(UTC))
                 if max_id and rng.random() < self.update_ratio:
-                    cur = db.execute("UPDATE sales SET qty = ?, unit_price = ?, updated_at = ?"
-                                     " WHERE store_id = ? AND sale_id = ?",
-                                     (rng.randint(1, 20), _price(rng), ts, store_id,
-                                      rng.randint(1, max_id)))
-                    counts["updated"] += cur.rowcount
+                    counts["updated"] += db.execute(_UPDATE, (
+                        rng.randint(1, 20), _price(rng), ts, store_id, rng.randint(1, max_id)
+                    )).rowcount
                     continue
-                kind = None
-                if rng.random() < self.malformed_ratio:
-                    kind = rng.choice(list(MALFORMED_RULES))
-                    bad.append(kind)
+                kind = rng.choice(list(MALFORMED_RULES)) \
+                    if rng.random() < self.malformed_ratio else None
+                bad += [kind] if kind else []
                 max_id += 1
                 db.execute(_INSERT, _row(rng, store_id, max_id, ts, ts, kind))
                 counts["inserted"] += 1
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        counts["malformed"] = len(bad)
-        self._add(counts, bad)
+        self._add(counts | {"malformed": len(bad)}, bad)
 
     def _late_commit(self, db: sqlite3.Connection, store_id: int, path: Path) -> None:
         """Commit a row stamped 3-8 s ago, after newer rows are already visible to readers."""
         rng = self._rng
         ts = format_ts(datetime.now(UTC) - timedelta(seconds=rng.uniform(3, 8)))
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            newest, max_id = db.execute("SELECT MAX(updated_at), COALESCE(MAX(sale_id), 0)"
-                                        " FROM sales WHERE store_id = ?", (store_id,)).fetchone()
-            if max_id and rng.random() < 0.5:
-                sale_id, insert = rng.randint(1, max_id), False
-                db.execute("UPDATE sales SET qty = ?, unit_price = ?, updated_at = ?"
-                           " WHERE store_id = ? AND sale_id = ?",
-                           (rng.randint(1, 20), _price(rng), ts, store_id, sale_id))
-            else:
-                sale_id, insert = max_id + 1, True
+        with _immediate(db):
+            newest = db.execute("SELECT MAX(updated_at) FROM sales").fetchone()[0] or ""
+            max_id = db.execute(_MAX_ID, (store_id,)).fetchone()[0]
+            insert = not max_id or rng.random() < 0.5
+            sale_id = max_id + 1 if insert else rng.randint(1, max_id)
+            if insert:
                 db.execute(_INSERT, _row(rng, store_id, sale_id, ts, ts))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            else:
+                db.execute(_UPDATE, (rng.randint(1, 20), _price(rng), ts, store_id, sale_id))
         self._add({"inserted" if insert else "updated": 1, "late_commits": 1}, [],
-                  LateCommit(path, sale_id, ts, newest or ""))
+                  LateCommit(path, sale_id, ts, newest))
 
     def _add(self, deltas: dict[str, int], bad: list[str], late: LateCommit | None = None) -> None:
         with self._lock:

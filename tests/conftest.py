@@ -1,0 +1,104 @@
+"""Shared fixtures: real services on 127.0.0.1, one fresh database per test.
+
+With CI=true a missing service FAILS the test; elsewhere it skips with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+MY_HOST, MY_PORT = "127.0.0.1", 3306
+
+SALES_CONTRACT: dict[str, Any] = {
+    "primary_key": ["store_id", "sale_id"],
+    "cursor": "updated_at",
+    "columns": {
+        "store_id": {"type": "int64", "nullable": False},
+        "sale_id": {"type": "int64", "nullable": False},
+        "sku": {"type": "string", "nullable": False},
+        "qty": {"type": "int64", "min": 1},
+        "unit_price": {"type": "decimal(12,2)", "min": 0},
+        "currency": {"type": "string", "allowed": ["USD", "EUR", "GBP"]},
+        "sold_at": {"type": "timestamp"},
+        "updated_at": {"type": "timestamp", "nullable": False},
+    },
+}
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError as exc:
+        reason = f"{name} is not reachable on {host}:{port} ({exc})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI requires {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test only."""
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    name = f"sf_{uuid.uuid4().hex[:12]}"
+    admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def mysql_dsn() -> Iterator[str]:
+    """A fresh, empty MariaDB database for this test only."""
+    require_service("MariaDB", MY_HOST, MY_PORT)
+    name = f"sf_{uuid.uuid4().hex[:12]}"
+    conn = pymysql.connect(host=MY_HOST, port=MY_PORT, user="root", password="",
+                           autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    yield f"mysql://root@{MY_HOST}:{MY_PORT}/{name}"
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+def write_pipeline(directory: Path, sources: list[dict[str, Any]],
+                   warehouse: dict[str, Any] | None = None, **extra: Any) -> Path:
+    """Write a pipeline.yml using the sales contract; returns its path."""
+    config: dict[str, Any] = {
+        "name": "test",
+        "contracts": {"sales": SALES_CONTRACT},
+        "warehouse": warehouse or {"kind": "duckdb", "path": "warehouse.duckdb"},
+        "sources": sources,
+        **extra,
+    }
+    path = directory / "pipeline.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def steadyflow(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+               check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a child process (crash tests need a process to kill)."""
+    proc = subprocess.run([sys.executable, "-m", "steadyflow", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"steadyflow {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
