@@ -122,7 +122,8 @@ class Watermark:
     key: KeyValue
 
     def to_json(self) -> str:
-        return json.dumps({"cursor": encode_value(self.cursor), "key": [encode_value(k) for k in self.key]})
+        return json.dumps(
+            {"cursor": encode_value(self.cursor), "key": [encode_value(k) for k in self.key]})
 
     @classmethod
     def from_json(cls, text: str) -> Watermark:

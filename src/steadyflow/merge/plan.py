@@ -21,7 +21,8 @@ LEDGER = "_steadyflow_ledger"
 
 def sql_type(arrow: pa.DataType, engine: str) -> str:
     if pa.types.is_decimal(arrow):
-        return f"{'NUMERIC' if engine == 'postgres' else 'DECIMAL'}({arrow.precision},{arrow.scale})"
+        name = "NUMERIC" if engine == "postgres" else "DECIMAL"
+        return f"{name}({arrow.precision},{arrow.scale})"
     if pa.types.is_timestamp(arrow):
         return "TIMESTAMPTZ"
     table = {
