@@ -75,13 +75,14 @@ def validate(batch: pa.Table, contract: Contract) -> Verdict:
             checks.append((_compare(values, "greater", column.max),
                            f"{column.name}: above maximum {column.max:g}"))
         if column.allowed is not None:
-            checks.append((pc.fill_null(pc.invert(pc.is_in(
-                pc.cast(values, pa.string()), value_set=pa.array(column.allowed))), False),
+            text = pc.cast(values, pa.string())
+            checks.append((_present_and(text, pc.invert(pc.is_in(
+                text, value_set=pa.array(column.allowed)))),
                 f"{column.name}: not one of {','.join(column.allowed)}"))
         if column.pattern is not None:
-            checks.append((pc.fill_null(pc.invert(pc.match_substring_regex(
-                pc.cast(values, pa.string()), column.pattern)), False),
-                f"{column.name}: does not match {column.pattern}"))
+            text = pc.cast(values, pa.string())
+            checks.append((_present_and(text, pc.invert(pc.match_substring_regex(
+                text, column.pattern))), f"{column.name}: does not match {column.pattern}"))
     failpoint("transform.mid")
     # first failing rule wins: apply in reverse so earlier rules overwrite later ones
     for mask, text in reversed(checks):
@@ -111,3 +112,8 @@ def _compare(values: pa.Array, op: str, bound: float) -> pa.Array:
         return pa.array([False] * len(values), pa.bool_())
     result = pc.less(numeric, bound) if op == "less" else pc.greater(numeric, bound)
     return pc.fill_null(result, False)
+
+
+def _present_and(values: pa.Array, failed: pa.Array) -> pa.Array:
+    """A rule on values only fails present values; nulls are the nullable rule's business."""
+    return pc.fill_null(pc.and_(pc.is_valid(values), failed), False)
