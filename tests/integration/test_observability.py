@@ -1,0 +1,492 @@
+"""Observability end to end: what an operator sees while a source degrades and dies.
+
+- `steadyflow serve` runs a real pipeline against PostgreSQL through the fault proxy; the
+  test scrapes /metrics while the source is healthy, slow, then cut, and checks the
+  freshness gauge grows and the breaker gauge flips to 2 (open).  The scraped series are
+  then replayed through the real alert rules with `promtool test rules` (one scrape = one
+  minute of rule-evaluation time), so the alerts are proven against data the exporter
+  really produced, not hand-written numbers.
+- A restarted server reports the true freshness from state, not "no data".
+- No password reaches a log line, stdout, stderr, a stored error or the status endpoints,
+  even at --log-level debug and on authentication failures.
+- `extract --dry-run` and `load --dry-run` print the plan and change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import duckdb
+import psycopg
+import pymysql
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import MY_HOST, MY_PORT, PG_HOST, PG_PORT, steadyflow, write_pipeline
+from tests.support.faultproxy import FaultProxy
+
+from steadyflow.demo.stores import COLUMNS, create_stores, format_ts
+from steadyflow.observe.web import start_server
+from steadyflow.run.pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+FAST_RESILIENCE = {"breaker_failures": 2, "breaker_reset": "2s", "retries": 1,
+                   "connect_timeout": "2s", "statement_timeout": "2s",
+                   "backoff_initial": "0.1s", "backoff_max": "0.5s"}
+PG_SALES = """
+CREATE TABLE sales (store_id bigint NOT NULL, sale_id bigint NOT NULL, sku text NOT NULL,
+  qty bigint, unit_price numeric(12,2), currency text, sold_at timestamptz,
+  updated_at timestamptz NOT NULL, PRIMARY KEY (store_id, sale_id));
+CREATE INDEX ON sales (updated_at, store_id, sale_id);
+"""
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+def promtool_binary() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        msg = "promtool not found (apt-get install -y prometheus)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+def fetch(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback only)
+        return str(resp.read().decode())
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """/metrics as {(sample name, sorted labels): value}."""
+    out = {}
+    for family in text_string_to_metric_families(fetch(url + "metrics")):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def sample(metrics: dict[Any, float], name: str, **labels: str) -> float | None:
+    return metrics.get((name, tuple(sorted(labels.items()))))
+
+
+def pg_rows(first_id: int, n: int, newest: datetime) -> list[tuple[Any, ...]]:
+    """n sales rows whose updated_at ends exactly at `newest` (1 ms apart)."""
+    return [(1, first_id + i, f"SKU-{i:05d}", 1 + i % 5, "9.99", "EUR", newest,
+             newest - timedelta(milliseconds=n - 1 - i)) for i in range(n)]
+
+
+def insert_pg(dsn: str, rows: list[tuple[Any, ...]]) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO sales VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", rows)
+
+
+def start_serve(config: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """`steadyflow serve --port 0` in a child process; returns it and the URL it printed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "steadyflow", "serve", "-c", str(config), "--port", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline() if ready else ""
+    match = re.search(r"serving (http://\S+/)", line)
+    if match is None:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise AssertionError(f"serve did not start: {line!r}\n{err[-3000:]}")
+    return proc, match.group(1)
+
+
+def stop_serve(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+    return proc.returncode, err
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def tail_run(values: list[float], predicate: Any) -> int:
+    """Length of the run of trailing values that satisfy `predicate`."""
+    n = 0
+    for v in reversed(values):
+        if not predicate(v):
+            break
+        n += 1
+    return n
+
+
+def expected_annotations(alert: str, labels: dict[str, str]) -> dict[str, str]:
+    """The alert's annotations from alerts.yml with {{ $labels.x }} filled in."""
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    [rule] = [r for r in rules if r.get("alert") == alert]
+    return {k: re.sub(r"\{\{\s*\$labels\.(\w+)\s*\}\}", lambda m: labels.get(m.group(1), ""),
+                      v) for k, v in rule["annotations"].items()}
+
+
+def series_values(values: list[float]) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
+
+
+# --- (1) slow then dead source: freshness grows, breaker opens, alerts fire -----------------
+
+@pytest.fixture
+def pg_source(pg_dsn: str) -> Iterator[tuple[str, FaultProxy]]:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(PG_SALES)
+    assert urlsplit(pg_dsn).port == PG_PORT
+    with FaultProxy(PG_HOST, PG_PORT) as proxy:
+        yield pg_dsn, proxy
+
+
+def test_serve_shows_a_source_going_slow_then_dead(pg_source: tuple[str, FaultProxy],
+                                                   tmp_path: Path) -> None:
+    promtool = promtool_binary()
+    direct_dsn, proxy = pg_source
+    via_proxy = direct_dsn.replace(f":{PG_PORT}/", f":{proxy.port}/")
+    now = datetime.now(UTC)
+    insert_pg(direct_dsn, pg_rows(1, 300, now - timedelta(seconds=1200)))  # an old backlog
+    config = write_pipeline(tmp_path, [{
+        "name": "store_pg", "kind": "postgres", "dsn": via_proxy,
+        "resilience": FAST_RESILIENCE,
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 1000}]}],
+        run={"interval": "0.3s"})
+    labels = {"source": "store_pg", "table": "sales"}
+    freshness: list[float] = []
+    breaker: list[float] = []
+    marks: dict[str, int] = {}
+
+    def take() -> dict[Any, float]:
+        m = scrape(url)
+        f = sample(m, "steadyflow_freshness_seconds", **labels)
+        b = sample(m, "steadyflow_breaker_state", source="store_pg")
+        assert f is not None and b is not None
+        freshness.append(f)
+        breaker.append(b)
+        return m
+
+    proc, url = start_serve(config)
+    try:
+        # healthy: the backlog loads; the table is (correctly) stale, ~1200 s behind
+        wait_until(lambda: (sample(scrape(url), "steadyflow_rows_total", stage="load",
+                                   **labels) or 0) >= 300, 30, "the initial load")
+        take()
+        assert 1190 < freshness[-1] < 1300
+        # fresher data arrives: freshness drops below the 15 min SLO
+        insert_pg(direct_dsn, pg_rows(1000, 20, datetime.now(UTC) - timedelta(seconds=891)))
+        wait_until(lambda: (sample(take(), "steadyflow_rows_total", stage="load",
+                                   **labels) or 0) >= 320, 15, "the new rows", 0.1)
+        marks["fresh"] = len(freshness) - 1
+        assert freshness[-1] < 900, freshness
+        # slow source: still answers within its timeouts, so the breaker stays closed
+        proxy.set_latency(0.15)
+        for _ in range(4):
+            time.sleep(0.4)
+            take()
+        marks["slow_end"] = len(freshness) - 1
+        assert breaker[marks["fresh"]:] == [0.0] * (len(breaker) - marks["fresh"])
+        # dead source: connections are reset; the breaker must open, freshness keep growing
+        proxy.cut()
+        marks["cut"] = len(freshness)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(0.4)
+            take()
+            if (tail_run(breaker, lambda v: v == 2.0) >= 4
+                    and tail_run(freshness, lambda v: v > 900) >= 7):
+                break
+        else:
+            raise AssertionError(f"breaker {breaker}\nfreshness {freshness}")
+        health = fetch(url + "healthz")
+        status = json.loads(fetch(url + "api/status"))
+    finally:
+        code, err = stop_serve(proc)
+    assert code == 0, err[-3000:]
+    assert health == "ok\n"
+    [table] = status["tables"]
+    assert table["breaker"] == "open" and table["state"] == "source down"
+    assert "circuit breaker open" in (table["last_error"] or "")
+
+    after_load = freshness[marks["fresh"]:]
+    assert after_load == sorted(after_load), after_load  # nothing loads: it only grows
+    assert after_load[-1] - after_load[0] > 2.0
+    assert breaker[:marks["cut"]] == [0.0] * marks["cut"]
+    first_open = breaker.index(2.0)
+    assert first_open >= marks["cut"]
+
+    # replay the scraped series through the real alert rules
+    fixture = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'steadyflow_freshness_seconds{source="store_pg",table="sales"}',
+                 "values": series_values(freshness)},
+                {"series": 'steadyflow_breaker_state{source="store_pg"}',
+                 "values": series_values(breaker)},
+            ],
+            "alert_rule_test": [
+                # fresh data just loaded: not stale
+                {"eval_time": f"{marks['fresh']}m", "alertname": "SteadyflowTableStale",
+                 "exp_alerts": []},
+                # the slow source kept the breaker closed
+                {"eval_time": f"{marks['slow_end']}m", "alertname": "SteadyflowBreakerOpen",
+                 "exp_alerts": []},
+                # open, but not yet for 2m: pending
+                {"eval_time": f"{first_open}m", "alertname": "SteadyflowBreakerOpen",
+                 "exp_alerts": []},
+                {"eval_time": f"{len(breaker) - 1}m", "alertname": "SteadyflowBreakerOpen",
+                 "exp_alerts": [{"exp_labels": {"severity": "warning", "source": "store_pg"},
+                                 "exp_annotations": expected_annotations(
+                                     "SteadyflowBreakerOpen", {"source": "store_pg"})}]},
+                {"eval_time": f"{len(freshness) - 1}m", "alertname": "SteadyflowTableStale",
+                 "exp_alerts": [{"exp_labels": {"severity": "critical", **labels},
+                                 "exp_annotations": expected_annotations(
+                                     "SteadyflowTableStale", labels)}]},
+            ],
+        }],
+    }
+    path = tmp_path / "scraped_alerts_test.yml"
+    path.write_text(yaml.safe_dump(fixture, sort_keys=False))
+    result = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{path.read_text()}"
+    assert "SUCCESS" in result.stdout
+
+
+# --- (2) a restarted server reports true freshness from state --------------------------------
+
+def sqlite_pipeline(root: Path, rows: int, page_size: int = 500, **extra: Any) -> Path:
+    [store] = create_stores(root / "stores", 1, rows)
+    return write_pipeline(root, [{
+        "name": "store_001", "kind": "sqlite", "path": str(store),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": page_size}]}], **extra)
+
+
+def test_restarted_server_reports_true_freshness_from_state(tmp_path: Path) -> None:
+    config = sqlite_pipeline(tmp_path, 300)
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once().loaded_rows > 0
+        [health] = pipeline.state.health()
+    time.sleep(1.0)  # the new process must not look fresher than the data is
+    url, stop = start_server(config, "127.0.0.1", 0)
+    try:
+        metrics = scrape(url)
+    finally:
+        stop()
+    labels = {"source": "store_001", "table": "sales"}
+    assert health.newest_cursor_epoch is not None and health.last_success is not None
+    fresh = sample(metrics, "steadyflow_freshness_seconds", **labels)
+    assert fresh is not None
+    assert abs(fresh - (time.time() - health.newest_cursor_epoch)) < 1.0
+    assert fresh >= 1.0
+    assert sample(metrics, "steadyflow_last_success_timestamp_seconds",
+                  **labels) == pytest.approx(health.last_success, abs=1e-3)
+
+
+# --- (3) no password anywhere -----------------------------------------------------------------
+
+@pytest.fixture
+def mariadb_user(mysql_dsn: str) -> Iterator[tuple[str, str, str]]:
+    """A MariaDB user created `IDENTIFIED BY` a password, with a sales table to read."""
+    database = urlsplit(mysql_dsn).path.lstrip("/")
+    user = f"sf_{uuid.uuid4().hex[:8]}"
+    password = f"Right-{uuid.uuid4().hex}"
+    hosts = ("%", "localhost", "127.0.0.1")
+    conn = pymysql.connect(host=MY_HOST, port=MY_PORT, user="root", password="",
+                           autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE `{database}`.sales (store_id BIGINT NOT NULL, "
+                    "sale_id BIGINT NOT NULL, sku VARCHAR(32) NOT NULL, qty BIGINT, "
+                    "unit_price DECIMAL(12,2), currency VARCHAR(3), sold_at DATETIME(6), "
+                    "updated_at DATETIME(6) NOT NULL, PRIMARY KEY (store_id, sale_id))")
+        cur.execute(f"INSERT INTO `{database}`.sales VALUES (1, 1, 'SKU-1', 2, 3.50, 'USD', "
+                    "NOW(6), NOW(6))")
+        for host in hosts:
+            cur.execute(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY {conn.escape(password)}")
+            cur.execute(f"GRANT SELECT ON `{database}`.* TO '{user}'@'{host}'")
+    try:
+        yield database, user, password
+    finally:
+        with conn.cursor() as cur:
+            for host in hosts:
+                cur.execute(f"DROP USER IF EXISTS '{user}'@'{host}'")
+        conn.close()
+
+
+def test_passwords_never_reach_logs_output_or_stored_errors(
+        mariadb_user: tuple[str, str, str], pg_dsn: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    database, user, right = mariadb_user
+    core = uuid.uuid4().hex
+    wrong = f"Wr0ng-{core}-p@ss/w:rd"  # URL-special characters, percent-encoded in the DSN
+    pg_password = f"Pg-{uuid.uuid4().hex}"
+    env = {"MY_PASSWORD": quote(wrong, safe=""), "PG_PASSWORD": pg_password}
+    pg = urlsplit(pg_dsn)
+    no_retry = {"retries": 0, "connect_timeout": "2s", "statement_timeout": "2s"}
+    table = [{"name": "sales", "contract": "sales"}]
+    config = write_pipeline(tmp_path, [
+        # wrong password: authentication fails
+        {"name": "store_my", "kind": "mysql", "resilience": no_retry, "tables": table,
+         "dsn": f"mysql://{user}:${{MY_PASSWORD}}@{MY_HOST}:{MY_PORT}/{database}"},
+        # a password in a DSN that fails: no such database
+        {"name": "store_pg", "kind": "postgres", "resilience": no_retry, "tables": table,
+         "dsn": f"postgresql://{pg.username}:${{PG_PASSWORD}}@{pg.hostname}:{pg.port}"
+                f"/no_such_db_{core[:8]}"},
+        # ... and a server that is not there at all
+        {"name": "store_gone", "kind": "postgres", "resilience": no_retry, "tables": table,
+         "dsn": "postgresql://reader:${PG_PASSWORD}@127.0.0.1:1/pos"},
+    ])
+    secrets = [wrong, quote(wrong, safe=""), core, pg_password]
+    outputs: list[str] = []
+    for args in (["run", "-c", str(config)], ["extract", "-c", str(config), "--dry-run"],
+                 ["status", "-c", str(config), "--json"]):
+        proc = steadyflow("--log-level", "debug", *args, env=env, timeout=60)
+        outputs += [proc.stdout, proc.stderr]
+    run_err = outputs[1]
+    assert "authentication failed" in run_err and user in run_err  # the failure was real
+    assert "no_such_db_" in run_err and "Connection refused" in run_err
+    assert any(line.startswith("{") for line in run_err.splitlines())  # structured debug logs
+
+    monkeypatch.setenv("MY_PASSWORD", env["MY_PASSWORD"])
+    monkeypatch.setenv("PG_PASSWORD", pg_password)
+    url, stop = start_server(config, "127.0.0.1", 0)
+    try:
+        for path in ("", "api/status", "metrics", "healthz"):
+            outputs.append(fetch(url + path))
+    finally:
+        stop()
+    stored = [p.read_bytes().decode("latin-1") for p in tmp_path.rglob("*") if p.is_file()
+              and p.name != "pipeline.yml"]
+    with closing(sqlite3.connect(tmp_path / "state" / "state.db")) as db:
+        errors = [r[0] for r in db.execute(
+            "SELECT last_error FROM table_health UNION ALL SELECT error FROM runs")]
+    assert len([e for e in errors if e]) >= 3
+    for text in [*outputs, *stored, *map(str, errors)]:
+        for secret in secrets:
+            assert secret not in text, f"secret leaked into: {text[:2000]}"
+
+    # and the right password works, also without leaking at debug level
+    env_ok = {"MY_PASSWORD": quote(right, safe=""), "PG_PASSWORD": pg_password}
+    (tmp_path / "ok").mkdir()
+    ok_config = write_pipeline(tmp_path / "ok", [{
+        "name": "store_my", "kind": "mysql", "tables": table,
+        "dsn": f"mysql://{user}:${{MY_PASSWORD}}@{MY_HOST}:{MY_PORT}/{database}"}])
+    proc = steadyflow("--log-level", "debug", "run", "-c", str(ok_config), "--json",
+                      env=env_ok, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["loaded_rows"] == 1
+    assert right not in proc.stdout + proc.stderr
+
+
+# --- (4) dry runs print the plan and change nothing -------------------------------------------
+
+def add_store_rows(store: Path, n: int) -> int:
+    """Append n rows newer than every row so far; returns the largest sale_id."""
+    with closing(sqlite3.connect(store)) as db:
+        last, newest = db.execute("SELECT max(sale_id), max(updated_at) FROM sales").fetchone()
+        first = int(last) + 1
+        base = datetime.strptime(newest, "%Y-%m-%d %H:%M:%S.%f").replace(
+            tzinfo=UTC) + timedelta(milliseconds=1)
+        db.executemany(
+            f"INSERT INTO sales ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * 8)})",
+            [(1, first + i, f"SKU-{i:05d}", 1, "1.00", "USD", format_ts(base),
+              format_ts(base + timedelta(milliseconds=i))) for i in range(n)])
+        db.commit()
+        return first + n - 1
+
+
+def snapshot(root: Path) -> dict[str, Any]:
+    """Everything durable: state and buffer rows, warehouse rows, landed files."""
+    out: dict[str, Any] = {}
+    for name in ("state.db", "buffer.db"):
+        with closing(sqlite3.connect(f"file:{root / 'state' / name}?mode=ro", uri=True)) as db:
+            tables = [r[0] for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+            out[name] = {t: sorted(map(repr, db.execute(f'SELECT * FROM "{t}"')))
+                         for t in tables}
+    con = duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)
+    try:
+        tables = con.sql("SELECT schema_name, table_name FROM duckdb_tables() "
+                         "ORDER BY ALL").fetchall()
+        out["warehouse"] = {f"{s}.{t}": sorted(map(repr, con.sql(
+            f'SELECT * FROM "{s}"."{t}"').to_arrow_table().to_pylist())) for s, t in tables}
+    finally:
+        con.close()
+    landing = root / "landing"
+    out["landing"] = sorted((str(p.relative_to(landing)), p.stat().st_size, p.stat().st_mtime_ns)
+                            for p in landing.rglob("*") if p.is_file())
+    return out
+
+
+def test_dry_runs_print_the_plan_and_change_nothing(tmp_path: Path) -> None:
+    config = sqlite_pipeline(tmp_path, 700, page_size=200, run={"interval": "1s"})
+    store = tmp_path / "stores" / "store_001.db"
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once().ok                            # everything loaded
+        add_store_rows(store, 450)
+        assert pipeline.extract().extracted_rows == 450          # 3 batches wait in the buffer
+    newest = add_store_rows(store, 300)                          # 2 pages not extracted yet
+    with closing(sqlite3.connect(tmp_path / "state" / "state.db")) as db:
+        checkpoint = json.loads(db.execute("SELECT watermark FROM checkpoints").fetchone()[0])
+    before = snapshot(tmp_path)
+    assert before["warehouse"] and before["landing"] and before["buffer.db"]["queue"]
+
+    proc = steadyflow("extract", "-c", str(config), "--dry-run", check=True)
+    assert re.search(r"extracted_batches: 2\b", proc.stdout), proc.stdout
+    assert re.search(r"extracted_rows: 300\b", proc.stdout), proc.stdout
+    plan = [json.loads(line) for line in proc.stderr.splitlines() if "would land" in line]
+    assert [p["rows"] for p in plan] == [200, 100], proc.stderr
+    highs = [json.loads(p["msg"].split(" up to ", 1)[1]) for p in plan]
+    assert highs[-1]["key"] == [1, newest]  # the plan ends at the newest source row
+    assert (checkpoint["cursor"]["ts"] < highs[0]["cursor"]["ts"] < highs[1]["cursor"]["ts"])
+
+    proc = steadyflow("load", "-c", str(config), "--dry-run", check=True)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == "3 batches, 450 rows would load", proc.stdout
+    assert [int(re.search(r" (\d+) rows ", line).group(1))  # type: ignore[union-attr]
+            for line in lines[:-1]] == [200, 200, 50]
+    ranges = [re.search(r"cursor \((\S+) \.\. (\S+)\]", line) for line in lines[:-1]]
+    assert all(ranges), lines
+    bounds = [(m.group(1), m.group(2)) for m in ranges if m]
+    assert all(bounds[i][1] == bounds[i + 1][0] for i in range(len(bounds) - 1))  # contiguous
+    data = json.loads(steadyflow("load", "-c", str(config), "--dry-run", "--json",
+                                 check=True).stdout)
+    assert [d["rows"] for d in data] == [200, 200, 50] and all(d["queued"] for d in data)
+    assert all(d["low"] and d["high"] for d in data)
+    assert data[-1]["high"] == checkpoint  # the buffer ends where the checkpoint is
+
+    assert snapshot(tmp_path) == before
