@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from rich.console import Console
 from steadyflow.config import load_config
 from steadyflow.demo.stores import StoreWriter, create_stores
 from steadyflow.merge.duckdb import quote
+from steadyflow.observe.web import start_server
 from steadyflow.reconcile.compare import Comparison, compare_target
 from steadyflow.state import StateStore
 
@@ -65,10 +67,17 @@ def write_config(directory: Path, stores: list[Path]) -> Path:
     return path
 
 
-def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+def _spawn(config: Path, log: Path, metrics_port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "steadyflow", "--log-level", "warning", "run", "-c", str(config),
-         "--follow"], stdout=subprocess.DEVNULL, stderr=open(log, "ab"))  # noqa: SIM115
+         "--follow", "--serve", f"127.0.0.1:{metrics_port}"],
+        stdout=subprocess.DEVNULL, stderr=open(log, "ab"))  # noqa: SIM115
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _loaded_batches(state: StateStore) -> int:
@@ -97,15 +106,19 @@ def run_demo(directory: Path, stores: int = 4, rows_per_store: int = 50_000,
     state = StateStore(directory / "state" / "state.db")
     log = directory / "pipeline.log"
     started = time.monotonic()
+    page_url, stop_page = start_server(config_path, "127.0.0.1", 0)
+    metrics_port = _free_port()
+    console.print(f"  status page {page_url}  ·  live metrics "
+                  f"http://127.0.0.1:{metrics_port}/metrics (while the pipeline runs)")
     writer = StoreWriter(paths, rate_per_second=400).start()
     try:
-        first = _spawn(config_path, log)
+        first = _spawn(config_path, log, metrics_port)
         _wait(lambda: _loaded_batches(state) >= 3, 60)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         console.print(f"  SIGKILLed pipeline pid {first.pid} after "
                       f"{_loaded_batches(state)} batches; restarting it")
-        second = _spawn(config_path, log)
+        second = _spawn(config_path, log, metrics_port)
         console.print(f"  live: steadyflow status -c {config_path}")
         time.sleep(follow_seconds)
     finally:
@@ -123,6 +136,7 @@ def run_demo(directory: Path, stores: int = 4, rows_per_store: int = 50_000,
     if final.returncode not in (0, 1):
         console.print(final.stderr)
         return 2
+    stop_page()
     comparison = verify(config_path)
     loaded = sum(h.rows_loaded for h in state.health())
     runs = [r for r in state.runs(1000) if r["ended_at"] and r["rows"]]
