@@ -76,8 +76,8 @@ def compare_target(config: PipelineConfig, target: str, warehouse: pa.Table) -> 
     differs = " OR ".join(f"s.{c} IS DISTINCT FROM w.{c}" for c in cols)
 
     def scalar(sql: str) -> int:
-        row = con.execute(sql).fetchone()
-        return int(row[0]) if row else 0
+        rows = con.execute(sql).fetchall()  # fetch to the end: no result left pending
+        return int(rows[0][0]) if rows else 0
 
     result.duplicates = scalar(f"SELECT count(*) - count(DISTINCT ({keys})) FROM wh")
     result.missing = scalar(f"SELECT count(*) FROM src s ANTI JOIN wh w ON {on}")
@@ -87,8 +87,10 @@ def compare_target(config: PipelineConfig, target: str, warehouse: pa.Table) -> 
         ("missing", f"SELECT {keys} FROM src s ANTI JOIN wh w ON {on} LIMIT 5"),
         ("mismatched", f"SELECT s.* FROM src s JOIN wh w ON {on} WHERE {differs} LIMIT 5"),
     ):
-        rows = con.execute(sql).fetchall()
+        # via Arrow: DuckDB's own Python conversion of TIMESTAMPTZ needs pytz (not installed),
+        # so fetchall() raised exactly when there was a mismatch to show
+        rows = con.sql(sql).to_arrow_table().to_pylist()
         if rows:
-            result.examples[name] = [list(r) for r in rows]
+            result.examples[name] = [list(r.values()) for r in rows]
     con.close()
     return result

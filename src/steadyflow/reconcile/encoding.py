@@ -1,0 +1,279 @@
+"""The canonical row encoding: what "equal data" means for a checksum, on every engine.
+
+A row is turned into one text, column by column in contract order, joined by `|`:
+
+    type            encoding                                     example
+    NULL            ~N
+    int64, int32    decimal integer                              -12
+    decimal(p,s)    fixed point, exactly s fraction digits       12.50   0.00   -5.00
+    float64         floor(value * 1e6), an integer               (micro-unit resolution)
+    timestamp       microseconds since 1970-01-01 00:00 UTC      1704164645123456
+    date            days since 1970-01-01                        19724
+    bool            1 or 0
+    string          the text with `~` doubled and `|` as `~|`    a~|b → a~~~|b
+
+The encoding is injective (after escaping, `~` is always followed by `~`, `|` or `N`), so two
+rows encode alike only if they are equal under the contract's types. The row's md5 (of the
+UTF-8 bytes) gives:
+  - its *term*: the first 15 hex digits as an integer (60 bits); a bucket's checksum is the
+    exact sum of its rows' terms, so it ignores row order and counts duplicates;
+  - its *hash*: the first 16 hex digits, compared per key once a range is small.
+
+`engines.py` writes this encoding in each engine's SQL (PostgreSQL, MariaDB, DuckDB). SQLite
+has no md5, so the functions below are registered on its connection (deterministic) and do it
+in Python inside the engine, which is acceptable only because SQLite is an embedded file: no
+row crosses a network. This module is also the reference the engines are tested against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+NULL = "~N"
+SEP = "|"
+TERM_HEX = 15  # 60-bit terms: a sum over 2^31 rows still fits SQLite's split sums
+HASH_HEX = 16
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH_DAY = date(1970, 1, 1)
+_DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
+
+
+def decimal_scale(ctype: str) -> int | None:
+    match = _DECIMAL.match(ctype.strip().lower())
+    return int(match.group(2)) if match else None
+
+
+def escape_text(text: str) -> str:
+    return text.replace("~", "~~").replace("|", "~|")
+
+
+_US = timedelta(microseconds=1)
+
+
+def us_of(value: datetime) -> int:
+    """Microseconds since the epoch, UTC; a naive value is taken as UTC (as extraction does)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - EPOCH) // _US
+
+
+def datetime_of(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+def _decimal_text(value: Decimal, scale: int) -> str:
+    quantum = Decimal(1).scaleb(-scale)
+    q = value.quantize(quantum, rounding=ROUND_HALF_UP)
+    if q == 0:
+        q = q.copy_abs()  # no negative zero: PostgreSQL and MariaDB print 0.00
+    return format(q, "f")
+
+
+def canonical(value: Any, ctype: str) -> str | None:
+    """The encoding of one value that already has its contract type (what the pipeline
+    loads: int, Decimal, datetime, date, bool, float, str). None stays None."""
+    if value is None:
+        return None
+    t = ctype.strip().lower()
+    if t in ("int64", "int32"):
+        return str(int(value))
+    if t == "string":
+        return escape_text(str(value))
+    if t == "timestamp":
+        return str(us_of(value))
+    if t == "date":
+        return str((value - EPOCH_DAY).days)
+    if t == "bool":
+        return "1" if value else "0"
+    if t == "float64":
+        return str(math.floor(float(value) * 1_000_000))
+    scale = decimal_scale(t)
+    if scale is not None:
+        return _decimal_text(value if isinstance(value, Decimal) else Decimal(str(value)), scale)
+    raise ValueError(f"no canonical encoding for type {ctype!r}")
+
+
+def row_text(encoded: Sequence[str | None]) -> str:
+    return SEP.join(NULL if v is None else v for v in encoded)
+
+
+def row_md5(encoded: Sequence[str | None]) -> str:
+    return hashlib.md5(row_text(encoded).encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def row_hash(encoded: Sequence[str | None]) -> str:
+    return row_md5(encoded)[:HASH_HEX]
+
+
+def row_term(encoded: Sequence[str | None]) -> int:
+    return int(row_md5(encoded)[:TERM_HEX], 16)
+
+
+# --- raw SQLite values -------------------------------------------------------------------
+# SQLite stores whatever it was given (text prices, text timestamps, ints in text columns).
+# These converters give a raw value the encoding of what extraction would load from it
+# (extract/sql.py: column_to_arrow), and never raise: a value extraction could not convert
+# encodes as `?` + its text, which equals nothing the warehouse can hold (such rows are
+# invalid and expected in quarantine, see runner.py).
+
+def _bad(value: Any) -> str:
+    return "?" + str(value)
+
+
+def _raw_int(value: Any) -> str:
+    if isinstance(value, bool | int):
+        return str(int(value))
+    if isinstance(value, float):
+        return str(int(value)) if math.isfinite(value) else _bad(value)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        return str(int(value))
+    return _bad(value)
+
+
+def _raw_decimal(scale: int) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if isinstance(value, str):  # fast path: already canonical ("12.50" for scale 2)
+            whole, dot, frac = value.partition(".")
+            digits = whole[1:] if whole[:1] == "-" else whole
+            if (len(frac) == scale and (dot or not scale) and frac.isdigit() | (not scale)
+                    and digits.isdigit() and digits.isascii() and frac.isascii()
+                    and (digits == "0" or digits[0] != "0")
+                    and (whole[:1] != "-" or digits.strip("0") or frac.strip("0"))):
+                return value
+        try:
+            return _decimal_text(Decimal(value if isinstance(value, int | str) else str(value)),
+                                 scale)
+        except (InvalidOperation, ValueError, TypeError):
+            return _bad(value)
+    return convert
+
+
+_EPOCH_NAIVE = datetime(1970, 1, 1)
+
+
+def timestamp_us(value: Any) -> int | None:
+    """A SQLite timestamp as extraction reads it, in µs since the epoch: ISO text in UTC
+    (an explicit `Z`, `+00:00` or `+0000` allowed), or an integer, which Arrow takes as µs.
+    None if extraction could not read it (a non-UTC offset, not a time)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        return None
+    text = value
+    if text.endswith("Z"):
+        text = text[:-1]
+    elif text[-6:-5] in ("+", "-") and text[-5:] == "00:00":
+        text = text[:-6]
+    elif text[-5:-4] in ("+", "-") and text[-4:] == "0000" and text[-7:-6] == ":":
+        text = text[:-5]
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is not None:
+        return None  # a non-UTC offset: extraction cannot read it either
+    return (parsed - _EPOCH_NAIVE) // _US
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    us = timestamp_us(value)
+    return None if us is None else datetime_of(us)
+
+
+def _raw_timestamp(value: Any) -> str:
+    us = timestamp_us(value)
+    return _bad(value) if us is None else str(us)
+
+
+def _raw_date(value: Any) -> str:
+    try:
+        return str((date.fromisoformat(str(value)[:10]) - EPOCH_DAY).days)
+    except ValueError:
+        return _bad(value)
+
+
+def _raw_bool(value: Any) -> str:
+    if isinstance(value, int | float):
+        return "1" if value else "0"
+    text = str(value).strip().lower()
+    if text in ("1", "true"):
+        return "1"
+    if text in ("0", "false"):
+        return "0"
+    return _bad(value)
+
+
+def _raw_float(value: Any) -> str:
+    try:
+        return str(math.floor(float(value) * 1_000_000))
+    except (ValueError, OverflowError, TypeError):
+        return _bad(value)
+
+
+def _raw_string(value: Any) -> str:
+    return escape_text(value if isinstance(value, str) else str(value))
+
+
+@lru_cache(maxsize=256)
+def raw_converter(ctype: str) -> Callable[[Any], str]:
+    t = ctype.strip().lower()
+    simple: dict[str, Callable[[Any], str]] = {
+        "int64": _raw_int, "int32": _raw_int, "string": _raw_string,
+        "timestamp": _raw_timestamp, "date": _raw_date, "bool": _raw_bool,
+        "float64": _raw_float}
+    if t in simple:
+        return simple[t]
+    scale = decimal_scale(t)
+    if scale is not None:
+        return _raw_decimal(scale)
+    raise ValueError(f"no canonical encoding for type {ctype!r}")
+
+
+SPEC_SEP = ";"
+
+
+@lru_cache(maxsize=256)
+def _spec(spec: str) -> tuple[Callable[[Any], str], ...]:
+    return tuple(raw_converter(t) for t in spec.split(SPEC_SEP))
+
+
+def raw_encoded(spec: str, values: Sequence[Any]) -> list[str | None]:
+    return [None if v is None else f(v) for f, v in zip(_spec(spec), values, strict=True)]
+
+
+def _raw_md5(spec: str, values: Sequence[Any]) -> str:
+    text = SEP.join([NULL if v is None else f(v) for f, v in zip(_spec(spec), values,
+                                                                    strict=True)])
+    return hashlib.md5(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _sf_row_hash(spec: str, *values: Any) -> str:
+    return _raw_md5(spec, values)[:HASH_HEX]
+
+
+def _sf_row_term(spec: str, *values: Any) -> int:
+    return int(_raw_md5(spec, values)[:TERM_HEX], 16)
+
+
+def _sf_canon(ctype: str, value: Any) -> str | None:
+    return None if value is None else raw_converter(ctype)(value)
+
+
+def _sf_ts_us(value: Any) -> int | None:
+    return None if value is None else timestamp_us(value)
+
+
+def register_sqlite(conn: sqlite3.Connection) -> None:
+    """Give a SQLite connection the encoding as deterministic SQL functions."""
+    conn.create_function("sf_row_hash", -1, _sf_row_hash, deterministic=True)
+    conn.create_function("sf_row_term", -1, _sf_row_term, deterministic=True)
+    conn.create_function("sf_canon", 2, _sf_canon, deterministic=True)
+    conn.create_function("sf_ts_us", 1, _sf_ts_us, deterministic=True)

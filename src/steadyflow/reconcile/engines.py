@@ -1,0 +1,300 @@
+"""The canonical encoding (encoding.py) and the pieces of a bucket query, in each engine's SQL.
+
+Every engine computes, per row, the same text and the same md5, so a bucket's (count, sum of
+terms) is equal across SQLite, PostgreSQL, MariaDB and DuckDB for equal data. Values are cast
+to the contract type first, which is what extraction does with them.
+
+Also here: a conservative "certainly invalid" predicate per source column. It only flags a
+row that the pipeline's validation (validate/rules.py) would quarantine for sure, so a valid
+row is never left out of a source bucket. Rows it misses are still classified exactly later,
+by running the real validation on the few rows that differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from steadyflow.model import Column
+from steadyflow.reconcile.encoding import HASH_HEX, SPEC_SEP, TERM_HEX, decimal_scale
+
+Fragment = tuple[str, list[Any]]  # SQL text and its parameters, in order
+NUMERIC = ("int64", "int32", "float64")
+
+
+def _is_numeric(ctype: str) -> bool:
+    return ctype in NUMERIC or decimal_scale(ctype) is not None
+
+
+class Engine:
+    """ANSI-ish defaults; subclasses override what their engine spells differently."""
+
+    kind = "sql"
+    placeholder = "%s"
+    quote_char = '"'
+    native_time = True  # timestamps compare natively (index-friendly) against parameters
+    fence = ""  # appended to a subquery that must not be merged into its outer query
+
+    def q(self, name: str) -> str:
+        c = self.quote_char
+        return c + name.replace(c, c + c) + c
+
+    # --- the canonical encoding -------------------------------------------------------
+    def canon(self, x: str, ctype: str) -> str:
+        """SQL for the encoding of column expression `x` (NULL when the value is NULL)."""
+        raise NotImplementedError
+
+    def ts_us(self, x: str) -> str:
+        """Integer microseconds since the epoch (UTC) of a timestamp expression."""
+        raise NotImplementedError
+
+    def concat(self, parts: Sequence[str]) -> str:
+        return " || ".join(parts)
+
+    def row_text(self, columns: Sequence[tuple[str, str]]) -> str:
+        parts: list[str] = []
+        for i, (x, ctype) in enumerate(columns):
+            if i:
+                parts.append("'|'")
+            parts.append(f"coalesce({self.canon(x, ctype)}, '~N')")
+        return self.concat(parts)
+
+    def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
+        raise NotImplementedError
+
+    def row_hash(self, columns: Sequence[tuple[str, str]]) -> str:
+        return f"substr(md5({self.row_text(columns)}), 1, {HASH_HEX})"
+
+    def term_parts(self, h: str) -> list[str]:
+        """The term as one or more summable parts (SQLite splits it: sum() is 64-bit there)."""
+        return [h]
+
+    def combine(self, parts: Sequence[Any]) -> int:
+        return int(parts[0] or 0)
+
+    def idiv(self, a: str, b: int) -> str:
+        return f"(({a}) / {int(b)})"
+
+    def as_int(self, x: str) -> str:
+        return f"CAST({x} AS BIGINT)"
+
+    # --- certainly-invalid rows (sources only) -------------------------------------------
+    def double(self, x: str) -> str:
+        return f"CAST({x} AS DOUBLE PRECISION)"
+
+    def text(self, x: str) -> str:
+        return f"CAST({x} AS TEXT)"
+
+    def type_misfit(self, x: str, ctype: str) -> str | None:
+        return None
+
+    def invalid(self, x: str, column: Column) -> Fragment:
+        """SQL that is 1 only for a value the pipeline's validation certainly rejects."""
+        preds: list[str] = []
+        params: list[Any] = []
+        ctype = column.type.strip().lower()
+        misfit = self.type_misfit(x, ctype)
+        if misfit:
+            preds.append(misfit)
+        if not column.nullable:
+            preds.append(f"{x} IS NULL")
+        if _is_numeric(ctype):
+            if column.min is not None:
+                preds.append(f"{self.double(x)} < {float(column.min)!r}")
+            if column.max is not None:
+                preds.append(f"{self.double(x)} > {float(column.max)!r}")
+        if column.allowed is not None and ctype == "string":
+            marks = ", ".join(self.placeholder for _ in column.allowed)
+            preds.append(f"{self.exact_text(x)} NOT IN ({marks})")
+            params.extend(column.allowed)
+        return " OR ".join(f"({p})" for p in preds), params
+
+    def exact_text(self, x: str) -> str:
+        return self.text(x)
+
+
+class PostgresEngine(Engine):
+    kind = "postgres"
+
+    def ts_us(self, x: str) -> str:
+        # exact on every version: whole minutes are exact in float8 epoch, the rest in µs
+        t = f"CAST({x} AS timestamptz)"
+        return (f"(CAST(extract(epoch FROM date_trunc('minute', {t})) AS bigint) * 1000000"
+                f" + CAST(extract(microseconds FROM {t}) AS bigint))")
+
+    def canon(self, x: str, ctype: str) -> str:
+        t = ctype.strip().lower()
+        if t in ("int64", "int32"):
+            return f"CAST(CAST({x} AS bigint) AS text)"
+        if t == "string":
+            return f"replace(replace(CAST({x} AS text), '~', '~~'), '|', '~|')"
+        if t == "timestamp":
+            return f"CAST({self.ts_us(x)} AS text)"
+        if t == "date":
+            return f"CAST(CAST({x} AS date) - DATE '1970-01-01' AS text)"
+        if t == "bool":
+            return (f"CASE WHEN {x} IS NULL THEN NULL WHEN CAST({x} AS boolean) THEN '1' "
+                    "ELSE '0' END")
+        if t == "float64":
+            return f"CAST(CAST(floor(CAST({x} AS double precision) * 1000000) AS bigint) AS text)"
+        scale = decimal_scale(t)
+        if scale is not None:
+            return f"CAST(CAST({x} AS numeric({_precision(t)},{scale})) AS text)"
+        raise ValueError(f"no canonical encoding for type {ctype!r}")
+
+    def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
+        return (f"CAST(CAST('x' || substr(md5({self.row_text(columns)}), 1, {TERM_HEX}) "
+                f"AS bit({TERM_HEX * 4})) AS bigint)")
+
+
+class MysqlEngine(Engine):
+    """MySQL / MariaDB. Session time zone is UTC (set by the source dialect)."""
+
+    kind = "mysql"
+    quote_char = "`"
+
+    def ts_us(self, x: str) -> str:
+        return f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {x})"
+
+    def concat(self, parts: Sequence[str]) -> str:
+        return f"CONCAT({', '.join(parts)})"
+
+    def canon(self, x: str, ctype: str) -> str:
+        t = ctype.strip().lower()
+        if t in ("int64", "int32"):
+            return f"CAST(CAST({x} AS SIGNED) AS CHAR)"
+        if t == "string":
+            return f"REPLACE(REPLACE(CONVERT({x} USING utf8mb4), '~', '~~'), '|', '~|')"
+        if t == "timestamp":
+            return f"CAST({self.ts_us(x)} AS CHAR)"
+        if t == "date":
+            return f"CAST(DATEDIFF({x}, '1970-01-01') AS CHAR)"
+        if t == "bool":
+            return f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} <> 0 THEN '1' ELSE '0' END"
+        if t == "float64":
+            return f"CAST(CAST(FLOOR(CAST({x} AS DOUBLE) * 1000000) AS SIGNED) AS CHAR)"
+        scale = decimal_scale(t)
+        if scale is not None:
+            return f"CAST(CAST({x} AS DECIMAL({_precision(t)},{scale})) AS CHAR)"
+        raise ValueError(f"no canonical encoding for type {ctype!r}")
+
+    def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
+        return (f"CAST(CONV(SUBSTRING(MD5({self.row_text(columns)}), 1, {TERM_HEX}), 16, 10)"
+                " AS UNSIGNED)")
+
+    def row_hash(self, columns: Sequence[tuple[str, str]]) -> str:
+        return f"SUBSTRING(MD5({self.row_text(columns)}), 1, {HASH_HEX})"
+
+    def idiv(self, a: str, b: int) -> str:
+        return f"(({a}) DIV {int(b)})"
+
+    def as_int(self, x: str) -> str:
+        return f"CAST({x} AS SIGNED)"
+
+    def double(self, x: str) -> str:
+        return f"CAST({x} AS DOUBLE)"
+
+    def exact_text(self, x: str) -> str:
+        return f"CAST({x} AS BINARY)"  # the default collations ignore case and trailing space
+
+
+class DuckdbEngine(Engine):
+    kind = "duckdb"
+    placeholder = "?"
+
+    def ts_us(self, x: str) -> str:
+        return f"epoch_us(CAST({x} AS TIMESTAMPTZ))"
+
+    def canon(self, x: str, ctype: str) -> str:
+        t = ctype.strip().lower()
+        if t in ("int64", "int32"):
+            return f"CAST(CAST({x} AS BIGINT) AS VARCHAR)"
+        if t == "string":
+            return f"replace(replace(CAST({x} AS VARCHAR), '~', '~~'), '|', '~|')"
+        if t == "timestamp":
+            return f"CAST({self.ts_us(x)} AS VARCHAR)"
+        if t == "date":
+            return f"CAST(CAST({x} AS DATE) - DATE '1970-01-01' AS VARCHAR)"
+        if t == "bool":
+            return (f"CASE WHEN {x} IS NULL THEN NULL WHEN CAST({x} AS BOOLEAN) THEN '1' "
+                    "ELSE '0' END")
+        if t == "float64":
+            return f"CAST(CAST(floor(CAST({x} AS DOUBLE) * 1000000) AS BIGINT) AS VARCHAR)"
+        scale = decimal_scale(t)
+        if scale is not None:
+            return f"CAST(CAST({x} AS DECIMAL({_precision(t)},{scale})) AS VARCHAR)"
+        raise ValueError(f"no canonical encoding for type {ctype!r}")
+
+    def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
+        return f"CAST('0x' || substr(md5({self.row_text(columns)}), 1, {TERM_HEX}) AS BIGINT)"
+
+    def idiv(self, a: str, b: int) -> str:
+        return f"(({a}) // {int(b)})"
+
+
+class SqliteEngine(Engine):
+    """The encoding runs in Python functions registered on the connection (encoding.py)."""
+
+    kind = "sqlite"
+    placeholder = "?"
+    native_time = False  # text timestamps: compare their parsed value, never their spelling
+    fence = " LIMIT -1"  # SQLite does not flatten a LIMIT subquery into an aggregate
+
+    def ts_us(self, x: str) -> str:
+        return f"sf_ts_us({x})"
+
+    def canon(self, x: str, ctype: str) -> str:
+        return f"sf_canon('{_literal(ctype)}', {x})"
+
+    def _spec(self, columns: Sequence[tuple[str, str]]) -> str:
+        spec = SPEC_SEP.join(ctype.strip().lower() for _, ctype in columns)
+        return f"'{_literal(spec)}', " + ", ".join(x for x, _ in columns)
+
+    def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
+        return f"sf_row_term({self._spec(columns)})"
+
+    def row_hash(self, columns: Sequence[tuple[str, str]]) -> str:
+        return f"sf_row_hash({self._spec(columns)})"
+
+    def term_parts(self, h: str) -> list[str]:
+        return [f"({h} >> 30)", f"({h} & 1073741823)"]
+
+    def combine(self, parts: Sequence[Any]) -> int:
+        return (int(parts[0] or 0) << 30) + int(parts[1] or 0)
+
+    def as_int(self, x: str) -> str:
+        return f"CAST({x} AS INTEGER)"
+
+    def double(self, x: str) -> str:
+        return f"CAST({x} AS REAL)"
+
+    def type_misfit(self, x: str, ctype: str) -> str | None:
+        # only spellings extraction certainly cannot convert (see column_to_arrow)
+        if ctype in ("int64", "int32"):
+            return (f"typeof({x}) = 'blob' OR (typeof({x}) = 'text' AND "
+                    f"({x} = '' OR {x} GLOB '*[^-0-9]*'))")
+        if decimal_scale(ctype) is not None:
+            return (f"typeof({x}) = 'blob' OR (typeof({x}) = 'text' AND "
+                    f"({x} = '' OR {x} GLOB '*[^-+.0-9eE]*'))")
+        if ctype in ("timestamp", "date"):
+            return f"typeof({x}) = 'blob' OR (typeof({x}) = 'text' AND {x} NOT GLOB '*[0-9]*')"
+        return None
+
+
+def _precision(ctype: str) -> int:
+    return int(ctype[ctype.index("(") + 1: ctype.index(",")])
+
+
+def _literal(text: str) -> str:
+    if "'" in text:
+        raise ValueError(f"quote in a type name: {text!r}")
+    return text
+
+
+def engine_for(kind: str) -> Engine:
+    engines: dict[str, type[Engine]] = {
+        "postgres": PostgresEngine, "mysql": MysqlEngine, "duckdb": DuckdbEngine,
+        "sqlite": SqliteEngine}
+    if kind not in engines:
+        raise ValueError(f"reconcile does not support {kind!r} databases")
+    return engines[kind]()
