@@ -19,5 +19,20 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 
+# The benchmark has its own venv (dlt, connectorx, psycopg2, py-spy must not leak into the
+# project's): bench/.venv from bench/requirements.txt, with steadyflow installed editable.
+# Needs PostgreSQL on 127.0.0.1:5432 (BENCH_PG to change). Not part of `make test`.
+BENCH_VENV := bench/.venv
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): bench/requirements.txt pyproject.toml
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements.txt -e .
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) steadyflow-demo
+	rm -rf $(VENV) $(BENCH_VENV) bench/work steadyflow-demo

@@ -110,6 +110,19 @@ class ResilienceConfig(_Strict):
 
 
 class TableConfig(_Strict):
+    """One source table (or, for an HTTP source, one endpoint) and how to read it.
+
+    `schema_drift` decides what happens when the source has columns (or record fields) the
+    contract does not name. Both policies are loud; neither ever loses or truncates a value:
+      ignore  (default) extract only the contract's columns; log a WARNING naming the new
+              columns at every run until the contract is updated.
+      stop    fail this table with a SchemaError naming the new columns (other tables go on;
+              the checkpoint does not move) until the contract is updated.
+    Type changes need no policy: values that no longer fit the contract type (a widened
+    decimal scale, text in a number column) are quarantined with their reason, never cast
+    lossily; a dropped or renamed column stops the table with a SchemaError.
+    """
+
     name: str
     target: str | None = None
     contract: str | ContractConfig
@@ -117,8 +130,23 @@ class TableConfig(_Strict):
     page_size: int = Field(default=50_000, ge=1)
     min_page_size: int = Field(default=500, ge=1)
     mirror_deletes: bool = False
+    # reconcile: the warehouse rows this table owns when several tables feed one target
+    # (e.g. {store_id: 3}); see src/steadyflow/reconcile/runner.py
+    warehouse_filter: dict[str, int | str] | None = None
+    schema_drift: Literal["ignore", "stop"] = "ignore"
+    # HTTP sources only: GET {url}{endpoint}?{since_param}=..&{limit_param}=..&{next_param}=..
+    endpoint: str | None = None
+    records_path: str = "data"  # dotted path to the list of records in a response page
+    next_path: str = "next"  # dotted path to the next-page token; null/absent = last page
+    next_param: str = "after"  # query parameter that carries the token
+    since_param: str | None = "updated_since"  # incremental start (ISO-8601), None = none
+    limit_param: str | None = "limit"
+    params: dict[str, str] = Field(default_factory=dict)  # fixed query parameters
+    bad_page_retries: int = Field(default=3, ge=0)  # re-requests of a page after a bad payload
 
     _n = field_validator("name", "target")(lambda v: v if v is None else _ident(v))
+    _f = field_validator("warehouse_filter")(
+        lambda v: v if v is None else {_ident(k): x for k, x in v.items()})
     _d = field_validator("lookback", mode="before")(_duration)
 
 
@@ -140,6 +168,11 @@ class SourceConfig(_Strict):
         need = {"sqlite": "path", "postgres": "dsn", "mysql": "dsn", "http": "url"}[self.kind]
         if getattr(self, need) is None:
             raise ValueError(f"a {self.kind} source needs '{need}'")
+        for table in self.tables:
+            if self.kind == "http" and not table.endpoint:
+                raise ValueError(f"table {table.name!r} of an http source needs 'endpoint'")
+            if self.kind != "http" and table.endpoint:
+                raise ValueError(f"table {table.name!r}: 'endpoint' is for http sources only")
         return self
 
 

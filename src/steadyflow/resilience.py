@@ -22,9 +22,72 @@ from tenacity import (
 )
 
 from steadyflow.config import ResilienceConfig
-from steadyflow.errors import RateLimited, RetryableError, SourceUnavailable
+from steadyflow.errors import RateLimited, RetryableError, SourceTimeout, SourceUnavailable
 
 T = TypeVar("T")
+
+
+def watchdog_grace(policy: ResilienceConfig) -> float:
+    """Slack after statement_timeout before the client gives up on a silent connection.
+
+    The server enforces statement_timeout, but its answer can be lost (a black-holed link
+    ACKs nothing and sends nothing), so the client stops waiting at timeout + grace.
+    """
+    return min(10.0, max(1.0, policy.statement_timeout / 2))
+
+
+def retry_reason(exc: BaseException) -> str:
+    """The metrics label of a retried error: timeout, rate_limited, server_error, connection."""
+    if isinstance(exc, SourceTimeout):
+        return "timeout"
+    if isinstance(exc, RateLimited):
+        return "rate_limited"
+    if getattr(exc, "server_error", False):
+        return "server_error"
+    if isinstance(exc, SourceUnavailable):
+        return "connection"
+    return "other"
+
+
+class Watchdog:
+    """Calls `fire` once if the guarded block runs longer than `seconds`.
+
+    Used to shut down the socket of a query whose answer never comes: a driver blocked in
+    recv() on a black-holed connection then fails at once instead of hanging forever.
+    `fire` runs under a lock that the block's exit also takes, so it never touches a
+    connection after the block has finished with it.
+    """
+
+    def __init__(self, seconds: float, fire: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self._fire = fire
+        self._lock = threading.Lock()
+        self._armed = False
+        self.fired = False
+        self._timer: threading.Timer | None = None
+
+    def _run(self) -> None:
+        with self._lock:
+            if self._armed:
+                self._armed = False
+                self.fired = True
+                try:
+                    self._fire()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> Watchdog:
+        self._armed = True
+        self._timer = threading.Timer(self.seconds, self._run)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._armed = False
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class CircuitBreaker:
@@ -46,6 +109,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._state = "closed"
+        self._cause: str | None = None  # the last failure, so "open" says what is wrong
 
     @property
     def state(self) -> str:
@@ -70,8 +134,10 @@ class CircuitBreaker:
             self._tick()
             if self._state == "open":
                 remaining = self.reset - (self.clock() - (self._opened_at or 0))
+                cause = f" after {self._failures} failures in a row, last: {self._cause}" \
+                    if self._cause else ""
                 raise SourceUnavailable(
-                    f"circuit breaker open; next probe in {max(0.0, remaining):.1f}s",
+                    f"circuit breaker open{cause}; next probe in {max(0.0, remaining):.1f}s",
                     stage="extract", source=self.name,
                     hint="the source failed repeatedly; it is left alone for a while")
 
@@ -81,9 +147,10 @@ class CircuitBreaker:
             self._opened_at = None
             self._set("closed")
 
-    def failure(self) -> None:
+    def failure(self, cause: str | None = None) -> None:
         with self._lock:
             self._failures += 1
+            self._cause = cause or self._cause
             if self._state == "half-open" or self._failures >= self.threshold:
                 self._opened_at = self.clock()
                 self._set("open")
@@ -91,12 +158,22 @@ class CircuitBreaker:
 
 @dataclass
 class PageSizer:
-    """Adaptive page size: halve on a timeout or slow page, grow back by half when healthy."""
+    """Adaptive page size: halve on a timeout or slow page, grow back by half when healthy.
+
+    A timed-out page is retried smaller, never as the same query: each timeout halves the
+    page down to `minimum`, so a page that fits the statement timeout is reached in
+    log2(maximum/minimum) steps. Fast pages (under a quarter of `slow_seconds`) grow the
+    size by half again, up to `maximum`, so a source that recovers is read at full speed.
+    """
 
     current: int
     minimum: int
     maximum: int
     slow_seconds: float
+
+    def __post_init__(self) -> None:
+        self.minimum = max(1, min(self.minimum, self.maximum))
+        self.current = max(self.minimum, min(self.current, self.maximum))
 
     def on_timeout(self) -> int:
         self.current = max(self.minimum, self.current // 2)
@@ -127,8 +204,9 @@ class SourceGuard:
         base: float = wait_random_exponential(
             multiplier=self.policy.backoff_initial, max=self.policy.backoff_max)(state)
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, RateLimited) and exc.retry_after is not None:
-            return max(exc.retry_after, min(base, self.policy.backoff_max))
+        retry_after = getattr(exc, "retry_after", None)  # 429, or 503 with Retry-After
+        if retry_after is not None:
+            return max(float(retry_after), min(base, self.policy.backoff_max))
         return base
 
     def _before_sleep(self, state: RetryCallState) -> None:
@@ -152,7 +230,7 @@ class SourceGuard:
                     result = fn()
                 except RetryableError as exc:
                     if not isinstance(exc, RateLimited):
-                        self.breaker.failure()
+                        self.breaker.failure(exc.message)
                     if on_error is not None:
                         on_error(exc)
                     raise

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from steadyflow.errors import SteadyflowError
@@ -34,7 +35,8 @@ def _open(config: Path) -> Any:
 
 
 def _fail(exc: SteadyflowError) -> None:
-    console.print(f"[red]error:[/red] {logs.scrub(str(exc))}", highlight=False)
+    # escaped: an error's "[stage=…, source=…, table=…]" context is text, not rich markup
+    console.print(f"[red]error:[/red] {escape(logs.scrub(str(exc)))}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -65,22 +67,34 @@ def _print_summary(summary: Any, as_json: bool, seconds: float) -> None:
         if key != "errors":
             out.print(f"{key:>20}: {value}")
     for error in summary.errors:
-        console.print(f"[red]error:[/red] {logs.scrub(error)}", highlight=False)
+        console.print(f"[red]error:[/red] {escape(logs.scrub(error))}", highlight=False)
 
 
 @app.command()
 def run(config: ConfigOpt,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep running")] = False,
-        as_json: JsonOpt = False) -> None:
+        as_json: JsonOpt = False,
+        serve_at: Annotated[str | None, typer.Option(
+            "--serve", help="also serve /metrics and the status page on [HOST:]PORT")] = None,
+        ) -> None:
     """Extract, land, validate and load every table until caught up (or forever)."""
+    from steadyflow.observe.web import StatusServer, parse_address
+
     try:
         with _open(config) as pipeline:
             _install_signals(pipeline)
+            if serve_at:
+                server = StatusServer(pipeline, *parse_address(serve_at), live=True).start()
+                console.print(f"status page {server.url}  metrics {server.url}metrics")
             started = time.monotonic()
-            summary = pipeline.run(follow=follow)
+            try:
+                summary = pipeline.run(follow=follow)
+            finally:
+                if serve_at:
+                    server.stop()
             _print_summary(summary, as_json, time.monotonic() - started)
             if not summary.ok:
-                raise typer.Exit(1)
+                raise typer.Exit(2 if summary.failed_tables else 1)
     except SteadyflowError as exc:
         _fail(exc)
 
@@ -94,11 +108,13 @@ def extract(config: ConfigOpt,
     try:
         with _open(config) as pipeline:
             _install_signals(pipeline)
+            if dry_run:  # the plan is the point of a dry run: show each batch it would land
+                logs.get("extract").setLevel("INFO")
             started = time.monotonic()
             summary = pipeline.extract(table, dry_run=dry_run)
             _print_summary(summary, as_json, time.monotonic() - started)
             if not summary.ok:
-                raise typer.Exit(1)
+                raise typer.Exit(2 if summary.failed_tables else 1)
     except SteadyflowError as exc:
         _fail(exc)
 
@@ -141,8 +157,15 @@ def load(config: ConfigOpt, as_json: JsonOpt = False,
             if dry_run:
                 pending = pipeline.state.pending_batches()
                 data = [{"batch_id": b.batch_id, "table": f"{b.source}.{b.table}",
-                         "rows": b.rows, "queued": pipeline.buffer.contains(b.batch_id)}
+                         "rows": b.rows, "queued": pipeline.buffer.contains(b.batch_id),
+                         "low": json.loads(b.low.to_json()) if b.low else None,
+                         "high": json.loads(b.high.to_json()) if b.high else None}
                         for b in pending]
+                if not as_json:
+                    for b in pending:
+                        out.print(f"{b.batch_id}  {b.source}.{b.table}  {b.rows} rows  cursor "
+                                  f"({_mark(b.low)} .. {_mark(b.high)}]", soft_wrap=True,
+                                  highlight=False)
                 out.print(json.dumps(data) if as_json else
                           f"{len(data)} batches, {sum(d['rows'] for d in data)} rows would load",
                           soft_wrap=True)
@@ -155,6 +178,14 @@ def load(config: ConfigOpt, as_json: JsonOpt = False,
                 raise typer.Exit(1)
     except SteadyflowError as exc:
         _fail(exc)
+
+
+def _mark(mark: Any) -> str:
+    """A watermark as `cursor/key…` for humans; `start` for the beginning of a table."""
+    if mark is None:
+        return "start"
+    cursor = mark.cursor.isoformat() if hasattr(mark.cursor, "isoformat") else mark.cursor
+    return "/".join(str(v) for v in (cursor, *mark.key))
 
 
 @app.command()
@@ -181,6 +212,37 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
               f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
               f"pending batches {report['pending_batches']}")
+
+
+@app.command()
+def serve(config: ConfigOpt,
+          host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="port; 0 picks a free one")] = 9108,
+          follow: Annotated[bool, typer.Option(
+              "--follow/--no-follow", help="also run the pipeline loop")] = True,
+          token_env: Annotated[str | None, typer.Option(
+              help="environment variable holding a bearer token every request must send")
+          ] = None,
+          insecure: Annotated[bool, typer.Option(
+              "--insecure", help="allow a non-loopback address without a token")] = False,
+          ) -> None:
+    """Serve /metrics, the status page (/), /api/status and /healthz until stopped."""
+    import os
+
+    from steadyflow.observe.web import serve as serve_forever
+
+    token = os.environ.get(token_env) if token_env else None
+    if token_env and not token:
+        console.print(f"[red]error:[/red] --token-env {token_env}: variable is not set or empty",
+                      highlight=False)
+        raise typer.Exit(2)
+    try:
+        with _open(config) as pipeline:
+            serve_forever(pipeline, host, port, token=token, insecure=insecure, follow=follow,
+                          announce=lambda url: print(f"serving {url} (metrics: {url}metrics, "
+                                                     f"JSON: {url}api/status)", flush=True))
+    except SteadyflowError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -242,6 +304,41 @@ def quarantine_replay(config: ConfigOpt,
             out.print(json.dumps(result) if as_json else result, soft_wrap=True)
     except SteadyflowError as exc:
         _fail(exc)
+
+
+@app.command()
+def reconcile(config: ConfigOpt,
+              table: Annotated[list[str] | None, typer.Option(
+                  help="source.table (repeatable); default: every SQL source table")] = None,
+              since: Annotated[str | None, typer.Option(
+                  help="only rows with cursor >= this: ISO-8601, or a duration back (2h, 7d)")
+              ] = None,
+              repair: Annotated[bool, typer.Option(
+                  "--repair", help="re-extract differing rows as repair batches, delete "
+                  "extras where mirror_deletes, then compare again")] = False,
+              by: Annotated[str | None, typer.Option(
+                  help="buckets: key (primary-key ranges) or cursor (days); default key")] = None,
+              as_json: JsonOpt = False) -> None:
+    """Compare sources with the warehouse by bucket checksums, bisect to the differing rows."""
+    from steadyflow.reconcile.runner import Options, parse_since, text_report
+    from steadyflow.reconcile.runner import reconcile as reconcile_tables
+
+    try:
+        with _open(config) as pipeline:
+            _install_signals(pipeline)
+            options = Options(since=parse_since(since) if since else None, repair=repair, by=by)
+            reports = reconcile_tables(pipeline, table, options)
+    except SteadyflowError as exc:
+        _fail(exc)
+        return
+    clean = all(r.clean for r in reports)
+    if as_json:
+        out.print(json.dumps({"clean": clean, "tables": [r.to_dict() for r in reports]},
+                             default=str), soft_wrap=True, highlight=False)
+    else:
+        out.print(text_report(reports), soft_wrap=True, highlight=False, markup=False)
+    if not clean:
+        raise typer.Exit(1)
 
 
 @app.command()

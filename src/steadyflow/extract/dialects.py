@@ -7,6 +7,7 @@ Driver errors are translated here, once, so the rest of the code only sees
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from steadyflow.errors import (
     SourceUnavailable,
     SteadyflowError,
 )
+from steadyflow.resilience import watchdog_grace
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
@@ -83,6 +85,32 @@ class Dialect:
     def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
         raise NotImplementedError
 
+    def shutdown(self, conn: Any) -> None:
+        """Make a driver call blocked on `conn` fail now (the client-side watchdog)."""
+        raise NotImplementedError
+
+    # The catalog query listing (index name, position, column) of a table's indexes; None
+    # where steadyflow does not look (the index check is then skipped).
+    indexes_sql: str | None = None
+
+    def index_param(self, table: str) -> Any:
+        return table
+
+    def index_hint(self, index: str) -> str:
+        """Text after the table name that pins a page query to the keyset index."""
+        return ""
+
+
+def _shutdown_fd(fd: int) -> None:
+    """shutdown(2) a socket we do not own: on a dup, which shares the connection."""
+    if fd < 0:
+        return
+    sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
 
 class PostgresDialect(Dialect):
     name = "postgres"
@@ -104,13 +132,30 @@ class PostgresDialect(Dialect):
     def ident(self, name: str) -> str:
         return pgsql.Identifier(name).as_string(None)
 
+    def shutdown(self, conn: Any) -> None:
+        _shutdown_fd(conn.pgconn.socket)
+
+    indexes_sql = (
+        "SELECT i.relname, k.ord, a.attname FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid "
+        "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
+        "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
+        "WHERE x.indrelid = to_regclass(%s) ORDER BY 1, 2")
+
+    def index_param(self, table: str) -> Any:
+        return self.ident(table)
+
     def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
         msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
                      self.secrets)
         state = getattr(getattr(exc, "diag", None), "sqlstate", None) or getattr(
             exc, "sqlstate", None)
         src = self.config.name
-        if state in ("28P01", "28000") or "password authentication failed" in msg:
+        # a failed connection attempt carries no SQLSTATE in psycopg: match libpq's text
+        full = str(exc)
+        if state in ("28P01", "28000") or any(t in full for t in (
+                "password authentication failed", "no pg_hba.conf entry",
+                "no password supplied")) or ("role \"" in full and "does not exist" in full):
             return AuthError(f"authentication failed: {msg}", stage="extract", source=src,
                              hint="check the user and the password variable in the DSN")
         if state in ("42P01", "3F000"):
@@ -119,7 +164,7 @@ class PostgresDialect(Dialect):
         if state == "42703":
             return SchemaError(f"column not found: {msg}", stage="extract", source=src,
                                table=table, hint="the contract names a column the table lacks")
-        if state == "3D000":
+        if state == "3D000" or ("database \"" in full and "does not exist" in full):
             return FatalError(f"database not found: {msg}", stage="extract", source=src)
         if state == "57014":
             return SourceTimeout(f"statement timeout: {msg}", stage="extract", source=src,
@@ -145,8 +190,10 @@ class MysqlDialect(Dialect):
                     self.config.dsn or "") or "",
                 database=(parts.path or "/").lstrip("/") or None,
                 connect_timeout=max(1, int(r.connect_timeout)),
-                read_timeout=int(r.statement_timeout) + 10,
-                write_timeout=int(r.statement_timeout) + 10,
+                # client-side bound on a silent connection: server limit + the same grace
+                # as the watchdog (max_statement_time below is the server-side limit)
+                read_timeout=max(1, int(r.statement_timeout + watchdog_grace(r) + 0.5)),
+                write_timeout=max(1, int(r.statement_timeout + watchdog_grace(r) + 0.5)),
                 autocommit=True, charset="utf8mb4",
             )
             with conn.cursor() as cur:
@@ -159,6 +206,20 @@ class MysqlDialect(Dialect):
             return conn
         except pymysql.err.MySQLError as exc:
             raise self.error(exc) from None
+
+    def shutdown(self, conn: Any) -> None:
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    indexes_sql = (
+        "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics "
+        "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY 1, 2")
+
+    def index_hint(self, index: str) -> str:
+        """MariaDB's optimizer picks a full scan + filesort for a large LIMIT over a wide
+        range (the first pages of a full load) although the index delivers the order."""
+        return f" FORCE INDEX ({self.ident(index)})"
 
     def keyset(self, columns: Sequence[str]) -> str:
         """Expanded OR form: MariaDB turns it into an index range scan; row values it won't."""
@@ -223,6 +284,9 @@ class SqliteDialect(Dialect):
         if isinstance(value, datetime):
             return value.astimezone(UTC).strftime(self.config.sqlite_timestamp_format)
         return value
+
+    def shutdown(self, conn: Any) -> None:
+        conn.interrupt()
 
     def from_db(self, value: Any) -> Any:
         if isinstance(value, str) and value[:4].isdigit() and len(value) >= 19:

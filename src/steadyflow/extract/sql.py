@@ -14,9 +14,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from steadyflow.config import SourceConfig
-from steadyflow.errors import SteadyflowError
+from steadyflow.errors import SourceTimeout, SteadyflowError
 from steadyflow.extract.dialects import DRIVER_ERRORS, Dialect, dialect_for
 from steadyflow.model import Contract, Watermark
+from steadyflow.observe import logs
+from steadyflow.resilience import Watchdog, watchdog_grace
+
+log = logs.get("extract")
 
 
 def column_to_arrow(values: Sequence[Any], target: pa.DataType) -> pa.Array:
@@ -54,6 +58,7 @@ class SqlSource:
         self.config = config
         self.dialect: Dialect = dialect_for(config)
         self._conn: Any = None
+        self._index: dict[str, str] = {}  # table → its (cursor, key...) index, once probed
 
     @property
     def conn(self) -> Any:
@@ -69,15 +74,36 @@ class SqlSource:
                 pass
             self._conn = None
 
-    def _execute(self, table: str, query: str, params: Sequence[Any]) -> list[Any]:
+    def _execute(self, table: str, query: str, params: Sequence[Any],
+                 columns: list[str] | None = None) -> list[Any]:
+        """Run one query; a client-side watchdog bounds it at statement_timeout + grace.
+
+        The server's statement timeout normally ends a slow query first. The watchdog is for
+        when its answer never arrives (a black-holed link: TCP keepalives and
+        tcp_user_timeout never fire while a middlebox still ACKs): it shuts the socket down,
+        the blocked driver call fails, and the page is retried (smaller) on a new connection.
+        """
+        policy = self.config.resilience
+        limit = policy.statement_timeout + watchdog_grace(policy)
+        conn = self.conn
+        dog = Watchdog(limit, lambda: self.dialect.shutdown(conn))
         try:
-            cur = self.conn.cursor()
-            try:
-                cur.execute(query, list(params))
-                return list(cur.fetchall())
-            finally:
-                cur.close()
+            with dog:
+                cur = conn.cursor()
+                try:
+                    cur.execute(query, list(params))
+                    if columns is not None:
+                        columns.extend(str(d[0]) for d in cur.description or [])
+                    return list(cur.fetchall())
+                finally:
+                    cur.close()
         except DRIVER_ERRORS as exc:
+            if dog.fired:
+                self.close()
+                raise SourceTimeout(
+                    f"no answer within statement_timeout + grace ({limit:.0f}s); "
+                    "connection shut down by the client watchdog", stage="extract",
+                    source=self.config.name, table=table) from None
             translated = self.dialect.error(exc, table)
             if translated.retryable:
                 self.close()  # the connection may be dead; reconnect on the next try
@@ -87,11 +113,46 @@ class SqlSource:
         cols = ", ".join(self.dialect.ident(c) for c in contract.names)
         return f"SELECT {cols} FROM {self.dialect.ident(table)}"
 
-    def probe(self, table: str, contract: Contract) -> None:
-        """Fail fast, naming the table or column, before any page is read."""
-        self._execute(table, f"{self._select(table, contract)} WHERE 1 = 0", [])
+    def probe(self, table: str, contract: Contract) -> list[str]:
+        """Fail fast, naming the table or column, before any page is read.
 
-    def page(
+        Returns the source's columns that the contract does not name (schema drift).
+        """
+        self._execute(table, f"{self._select(table, contract)} WHERE 1 = 0", [])
+        names: list[str] = []
+        self._execute(table, f"SELECT * FROM {self.dialect.ident(table)} WHERE 1 = 0", [],
+                      columns=names)
+        self._find_keyset_index(table, contract)
+        known = {n.lower() for n in contract.names}
+        return [n for n in names if n.lower() not in known]
+
+    def keyset_index(self, table: str, contract: Contract) -> str | None:
+        """The name of an index whose leading columns are (cursor, key...), '' if the table
+        has none, None if this engine's catalog is not consulted."""
+        d = self.dialect
+        if d.indexes_sql is None:
+            return None
+        want = [c.lower() for c in contract.order_by]
+        columns: dict[str, list[str]] = {}
+        for name, _, column in self._execute(table, d.indexes_sql, [d.index_param(table)]):
+            columns.setdefault(str(name), []).append(str(column).lower())
+        return next((n for n, cols in columns.items() if cols[:len(want)] == want), "")
+
+    def _find_keyset_index(self, table: str, contract: Contract) -> None:
+        index = self.keyset_index(table, contract)
+        if index:
+            self._index[table] = index
+        elif index == "":
+            log.warning(
+                "%s has no index on (%s): every page is a full scan and sort; see README "
+                "'Index each source table needs'", table, ", ".join(contract.order_by),
+                extra={"source": self.config.name, "table": table, "stage": "extract"})
+
+    def has_more(self, rows: pa.Table, limit: int) -> bool:
+        """A full page means there may be more rows after it."""
+        return rows.num_rows >= limit
+
+    def page_query(
         self,
         table: str,
         contract: Contract,
@@ -99,8 +160,9 @@ class SqlSource:
         since: Any | None,
         limit: int,
         where: tuple[str, Sequence[Any]] | None = None,
-    ) -> tuple[pa.Table, Watermark | None]:
-        """Read one keyset page; returns the rows and the (cursor, key) of the last row."""
+    ) -> tuple[str, list[Any]]:
+        """The SQL and parameters of one keyset page (one index range scan on
+        (cursor, key...), see README "Index each source table needs")."""
         d = self.dialect
         order = contract.order_by
         preds: list[str] = []
@@ -115,9 +177,26 @@ class SqlSource:
             preds.append(where[0])
             params.extend(where[1])
         query = self._select(table, contract)
+        if where is None and table in self._index:
+            query += self.dialect.index_hint(self._index[table])
         if preds:
             query += " WHERE " + " AND ".join(preds)
         query += " ORDER BY " + ", ".join(d.ident(c) for c in order) + f" LIMIT {int(limit)}"
+        return query, params
+
+    def page(
+        self,
+        table: str,
+        contract: Contract,
+        after: Watermark | None,
+        since: Any | None,
+        limit: int,
+        where: tuple[str, Sequence[Any]] | None = None,
+    ) -> tuple[pa.Table, Watermark | None]:
+        """Read one keyset page; returns the rows and the (cursor, key) of the last row."""
+        d = self.dialect
+        order = contract.order_by
+        query, params = self.page_query(table, contract, after, since, limit, where)
         rows = self._execute(table, query, params)
         if not rows:
             return rows_to_arrow([], contract), None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.failpoints import failpoint
@@ -14,11 +17,90 @@ from steadyflow.merge.plan import MergePlan, plan
 from steadyflow.model import BatchRef, Contract, TableRef
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
+# The loader's DuckDB connection, measured in bench/ (RESULTS.md, NOTES.md):
+# - memory_limit: the buffer pool defaults to 80% of RAM and keeps the table's blocks
+#   cached, so the loader's memory grew with the warehouse. A batch merge needs far less:
+#   past the limit DuckDB evicts cached blocks (they are on disk) and spills large
+#   operators to its temp directory instead of growing.
+# - threads: one. The loader runs beside extraction (and often the source database) on the
+#   same cores; DuckDB's own worker threads then only contend: inserting 2M rows in 200k
+#   batches took 3.0 s wall / 3.2 s CPU with 2 threads, 1.5 s / 1.4 s with 1.
+MEMORY_LIMIT = os.environ.get("STEADYFLOW_DUCKDB_MEMORY_LIMIT", "32MB")
+THREADS = int(os.environ.get("STEADYFLOW_DUCKDB_THREADS", "1"))
 
 
 def quote(name: str) -> str:
     """DuckDB's identifier quoting (it exposes no quoting helper): double any quote."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _create(path: Path) -> None:
+    """Create a new warehouse file whole or not at all. A SIGKILL while DuckDB creates a
+    file can leave one it never opens again, so it is built under a temp name and linked
+    into place; if another process got there first, theirs is kept."""
+    temp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    duckdb.connect(str(temp)).close()
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        pass
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def keys_unique(rows: pa.Table, keys: tuple[str, ...] | list[str]) -> bool:
+    """True if no primary key occurs twice in the batch (hashing in Arrow, no Python rows)."""
+    if rows.num_rows < 2:
+        return True
+    if len(keys) == 1:
+        return pc.count_distinct(rows[keys[0]], mode="all").as_py() == rows.num_rows
+    return rows.select(list(keys)).group_by(list(keys)).aggregate([]).num_rows == rows.num_rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Upsert:
+    """Statements with the same result as the plan's MERGE (merge/plan.py), each cheaper.
+
+    The rule: match on the primary key; a batch row replaces a target row whose cursor is
+    NULL or not newer; a row whose key the target lacks is inserted; a batch's own
+    duplicate keys collapse to their newest row first. Measured (bench/NOTES.md), DuckDB's
+    MERGE costs ~5x a plain INSERT of a 200k-row batch, and for 20k scattered updates of
+    a 2M-row table MERGE + commit took 0.6 s against 0.19 s for DELETE + INSERT (an UPDATE
+    rewrites every touched row group at checkpoint; a delete only marks rows). So:
+      * the DISTINCT ON sort is skipped when Arrow finds every key of the batch unique;
+      * no key of the batch in the target yet (`overlap` finds none): a plain INSERT;
+      * otherwise DELETE the target rows the batch replaces, then INSERT the batch rows
+        whose key is no longer there: what is left matching is exactly the target rows
+        that are newer than the batch's, which MERGE would keep too.
+    All of it runs inside the batch's one transaction, with its ledger row.
+    """
+
+    overlap: str
+    insert: dict[bool, str]  # keys unique → statement
+    delete: dict[bool, str]
+    insert_missing: dict[bool, str]
+
+
+def _upsert(contract: Contract, target: str) -> _Upsert:
+    keys = list(contract.primary_key)
+    cols = ", ".join(quote(c.name) for c in contract.columns)
+    key_list = ", ".join(quote(k) for k in keys)
+    cur = quote(contract.cursor)
+    newest = (f"(SELECT DISTINCT ON ({key_list}) * FROM {STAGE} "
+              f"ORDER BY {key_list}, {cur} DESC)")
+    on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
+    src = {True: STAGE, False: newest}
+    return _Upsert(
+        overlap=f"SELECT 1 FROM {target} AS t SEMI JOIN {STAGE} AS s ON {on} LIMIT 1",
+        insert={u: f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {src[u]} AS s"
+                for u in (True, False)},
+        delete={u: f"DELETE FROM {target} AS t USING {src[u]} AS s WHERE {on} "
+                   f"AND (t.{cur} IS NULL OR s.{cur} >= t.{cur})" for u in (True, False)},
+        insert_missing={u: f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {src[u]} AS s "
+                           f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {on})"
+                        for u in (True, False)},
+    )
 
 
 class DuckdbWarehouse:
@@ -29,9 +111,13 @@ class DuckdbWarehouse:
         self.schema = schema
         self._lock = threading.Lock()
         self._plans: dict[str, MergePlan] = {}
+        self._upserts: dict[str, _Upsert] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._conn = duckdb.connect(str(path))
+            if not path.exists():
+                _create(path)
+            self._conn = duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT,
+                                                           "threads": THREADS})
         except duckdb.IOException as exc:
             raise WarehouseUnavailable(f"cannot open DuckDB warehouse {path}: {exc}",
                                        stage="load",
@@ -69,7 +155,7 @@ class DuckdbWarehouse:
                         return False
                     c.register(STAGE, rows)
                     if rows.num_rows:
-                        c.execute(p.merge)
+                        self._merge(c, ref, contract, rows)
                     if deletes is not None and deletes.num_rows:
                         c.register(DELETES, deletes)
                         c.execute(p.delete)
@@ -91,6 +177,20 @@ class DuckdbWarehouse:
                                  batch_id=batch.batch_id) from None
         return True
 
+    def _merge(self, c: duckdb.DuckDBPyConnection, ref: TableRef, contract: Contract,
+               rows: pa.Table) -> None:
+        """The plan's merge rule, by the cheapest statement that gives its result."""
+        u = self._upserts.get(ref.target)
+        if u is None:
+            u = self._upserts[ref.target] = _upsert(
+                contract, f"{quote(self.schema)}.{quote(ref.target)}")
+        unique = keys_unique(rows, contract.primary_key)
+        if c.execute(u.overlap).fetchone() is None:
+            c.execute(u.insert[unique])
+        else:
+            c.execute(u.delete[unique])
+            c.execute(u.insert_missing[unique])
+
     def is_loaded(self, batch_id: str) -> bool:
         with self._lock:
             try:
@@ -103,7 +203,8 @@ class DuckdbWarehouse:
     def query(self, sql: str, params: list[object] | None = None) -> pa.Table:
         """Read access for reconciliation and the demo's comparison."""
         with self._lock:
-            return self._conn.execute(sql, params or []).to_arrow_table()
+            # sql(), not execute(): Arrow from a DB-API result copies it and warns
+            return self._conn.sql(sql, params=params or None).to_arrow_table()
 
     def close(self) -> None:
         with self._lock:

@@ -25,11 +25,24 @@ def quote(name: str) -> str:
 
 
 def _csv(table: pa.Table) -> bytes:
-    """Arrow → CSV in C; nulls unquoted and empty strings quoted, as COPY expects."""
+    """Arrow → CSV in C; nulls unquoted and empty strings quoted, as COPY expects.
+
+    Zoned timestamps are written as their UTC wall-clock time without the zone: Arrow
+    formats a zoned timestamp ~20x slower than a naive one (a time zone lookup per value:
+    0.7 s of a 200k-row batch's 0.75 s), and the load transaction runs with TimeZone=UTC,
+    so PostgreSQL reads the same instants back into the TIMESTAMPTZ columns.
+    """
+    columns = [c.cast(pa.timestamp(c.type.unit)) if pa.types.is_timestamp(c.type) and c.type.tz
+               else c for c in table.columns]
     sink = io.BytesIO()
-    pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False,
-                                                    quoting_style="needed"))
+    pacsv.write_csv(pa.Table.from_arrays(columns, names=table.column_names), sink,
+                    pacsv.WriteOptions(include_header=False, quoting_style="needed"))
     return sink.getvalue()
+
+
+# After a batch whose keys were already in the target, this many batches go straight to the
+# staged merge before a direct COPY is tried again (see PostgresWarehouse.load).
+MERGE_AFTER_CONFLICT = 8
 
 
 class PostgresWarehouse:
@@ -41,6 +54,7 @@ class PostgresWarehouse:
         self._secrets = [s for s in [dsn_password(dsn)] if s]
         self._lock = threading.Lock()
         self._plans: dict[str, MergePlan] = {}
+        self._merge_only: dict[str, int] = {}  # target → batches left before a direct COPY
         self._conn: psycopg.Connection[Any] | None = None
 
     @property
@@ -101,7 +115,8 @@ class PostgresWarehouse:
                     ).fetchone()
                     if inserted is None:
                         return False  # leaving the block commits nothing of note
-                    if rows.num_rows:
+                    conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
+                    if rows.num_rows and not self._copy_direct(conn, ref, target, rows):
                         self._copy(conn, target, STAGE, rows)
                         conn.execute(p.merge.encode())
                     if deletes is not None and deletes.num_rows:
@@ -110,6 +125,32 @@ class PostgresWarehouse:
                     failpoint("load.after_merge")
             except psycopg.Error as exc:
                 raise self._fail(exc, f"merge into {ref.target} failed", batch) from None
+        return True
+
+    def _copy_direct(self, conn: psycopg.Connection[Any], ref: TableRef, target: str,
+                     rows: pa.Table) -> bool:
+        """COPY the batch straight into the target when none of its keys is there yet.
+
+        The merge rule inserts every row whose key the target lacks, so for such a batch
+        (every page of a first load, new rows) a plain COPY gives the same table, without
+        writing the rows twice (stage, then target) or sorting them. Whether no key is there
+        is not asked in advance (that costs an index probe per row): the COPY runs in a
+        savepoint, and the target's primary key refuses the first row whose key exists (or
+        repeats within the batch); the savepoint is then rolled back and the batch takes
+        the staged merge. Either way it is the same transaction as the ledger row.
+        """
+        skip = self._merge_only.get(ref.target, 0)
+        if skip > 0:
+            self._merge_only[ref.target] = skip - 1
+            return False
+        cols = ", ".join(quote(c) for c in rows.column_names)
+        try:
+            with conn.transaction(), conn.cursor().copy(
+                    f"COPY {target} ({cols}) FROM STDIN (FORMAT csv)".encode()) as copy:
+                copy.write(_csv(rows))
+        except psycopg.errors.UniqueViolation:
+            self._merge_only[ref.target] = MERGE_AFTER_CONFLICT
+            return False
         return True
 
     def _copy(self, conn: psycopg.Connection[Any], target: str, stage: str, rows: pa.Table,

@@ -9,13 +9,25 @@ because a batch id is derived from its content, a re-read page is the same batch
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from steadyflow.config import SourceConfig, TableConfig
-from steadyflow.errors import SourceTimeout
+from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout
+from steadyflow.extract.http import (
+    RAW_SUFFIX,
+    BadPayload,
+    HttpPage,
+    HttpSource,
+    RawPage,
+    is_raw_page,
+    parse_page,
+)
 from steadyflow.extract.sql import SqlSource
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
@@ -26,13 +38,43 @@ from steadyflow.ports import Buffer
 from steadyflow.resilience import PageSizer, SourceGuard
 from steadyflow.state import StateStore
 
+if TYPE_CHECKING:
+    from steadyflow.run.pipeline import Pipeline
+
 log = logs.get("extract")
+
+Source = SqlSource | HttpSource
+
+
+def open_source(config: SourceConfig) -> Source:
+    """The reader for a source kind; every kind runs through the same TableExtractor.
+
+    PostgreSQL pages are read as Arrow through ADBC (extract/pg_arrow.py): no Python row
+    objects on the hot path. MySQL/MariaDB and SQLite use the DB-API path of SqlSource.
+    """
+    if config.kind == "http":
+        return HttpSource(config)
+    if config.kind == "postgres":
+        from steadyflow.extract.pg_arrow import PgArrowSource
+
+        return PgArrowSource(config)
+    return SqlSource(config)
 
 
 @dataclass
 class ExtractResult:
     batches: int = 0
     rows: int = 0
+    bad_pages: int = 0
+
+
+@dataclass
+class _Page:
+    rows: pa.Table
+    high: Watermark | None
+    more: bool
+    seconds: float
+    meta: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +98,12 @@ class TableExtractor:
                                                       self.table.page_size),
             maximum=self.table.page_size,
             slow_seconds=max(1.0, self.source.resilience.statement_timeout / 4))
+        self.result = ExtractResult()
+        self._drift_reported = False
+
+    def _extra(self, **fields: object) -> dict[str, object]:
+        return {"source": self.ref.source, "table": self.ref.table, "stage": "extract",
+                **fields}
 
     def start_point(self) -> tuple[Watermark | None, object | None]:
         """Where this run starts: after the checkpoint, minus the lookback window."""
@@ -66,59 +114,159 @@ class TableExtractor:
             return None, step_back(mark.cursor, self.table.lookback)
         return mark, None
 
-    def run(self, db: SqlSource, dry_run: bool = False) -> ExtractResult:
-        result = ExtractResult()
+    def run(self, db: Source, dry_run: bool = False) -> ExtractResult:
+        result = self.result
         after, since = self.start_point()
-        self.guard.call(lambda: db.probe(self.ref.table, self.contract),
-                        stop=self.should_stop)
-        while not self.should_stop():
-            rows, high, seconds = self._read_page(db, after, since)
-            if high is None:
-                break
-            if dry_run:
-                log.info("would land %d rows up to %s", rows.num_rows, high.to_json(),
-                         extra={"source": self.ref.source, "table": self.ref.table,
-                                "stage": "extract", "rows": rows.num_rows})
-            else:
-                self.publish(rows, self._low(rows, after, since), high)
-            result.batches += 1
-            result.rows += rows.num_rows
-            self.metrics.rows(self.ref.source, self.ref.table, "extract", rows.num_rows)
-            self.metrics.batch_duration(self.ref.source, self.ref.table, "extract", seconds)
-            if rows.num_rows < self.sizer.current:
-                break
-            self.sizer.on_page(seconds)
-            self.metrics.page_size(self.ref.source, self.ref.table, self.sizer.current)
-            after, since = high, None
+        extra = self.guard.call(lambda: db.probe(self.ref.table, self.contract),
+                                stop=self.should_stop)
+        self.schema_drift(extra or [])
+        # SQL pages are read one ahead: page N+1's query (server time and Arrow decoding,
+        # which release the GIL) runs while page N is landed, fsynced and published. Pages
+        # are still published strictly in order, each checkpoint after its own publish, and
+        # at most two pages are in memory. HTTP pages land their raw answer: not overlapped.
+        ahead = None if isinstance(db, HttpSource) else ThreadPoolExecutor(
+            1, thread_name_prefix=f"read-{self.ref.table}")
+        try:
+            self._pages(db, after, since, dry_run, result, ahead)
+        finally:
+            if ahead is not None:
+                ahead.shutdown(wait=True, cancel_futures=True)
         return result
 
-    def _read_page(self, db: SqlSource, after: Watermark | None,
-                   since: object | None) -> tuple[pa.Table, Watermark | None, float]:
-        def once() -> tuple[pa.Table, Watermark | None, float]:
+    def _pages(self, db: Source, after: Watermark | None, since: object | None,
+               dry_run: bool, result: ExtractResult, ahead: ThreadPoolExecutor | None
+               ) -> None:
+        pending: Future[_Page] | None = None
+        while not self.should_stop():
+            if pending is not None:
+                page, pending = pending.result(), None
+            else:
+                page = self._read_page(db, after, since, dry_run)
+            if page.high is None:
+                break
+            if page.more:
+                before = self.sizer.current
+                size = self.sizer.on_page(page.seconds)
+                if size != before:
+                    self._page_size_changed(before, size, f"page took {page.seconds:.2f}s")
+                if ahead is not None:
+                    pending = ahead.submit(self._read_page, db, page.high, None, dry_run)
+            if page.rows.num_rows:
+                if dry_run:
+                    log.info("would land %d rows up to %s", page.rows.num_rows,
+                             page.high.to_json(), extra=self._extra(rows=page.rows.num_rows))
+                else:
+                    self.publish(page.rows, self._low(page.rows, after, since), page.high,
+                                 page.meta)
+                result.batches += 1
+                result.rows += page.rows.num_rows
+                self.metrics.rows(self.ref.source, self.ref.table, "extract",
+                                  page.rows.num_rows)
+            self.metrics.batch_duration(self.ref.source, self.ref.table, "extract",
+                                        page.seconds)
+            if not page.more:
+                break
+            after, since = page.high, None
+
+    def schema_drift(self, extra: list[str]) -> None:
+        """Source columns the contract does not name: the table's `schema_drift` policy."""
+        if not extra or self._drift_reported:
+            return
+        self._drift_reported = True
+        names = ", ".join(extra)
+        if self.table.schema_drift == "stop":
+            raise SchemaError(
+                f"schema drift: the source has column(s) {names} that the contract does not "
+                "name; stopping this table (schema_drift: stop)", stage="extract",
+                source=self.ref.source, table=self.ref.table,
+                hint="add the column(s) to the contract, or set schema_drift: ignore")
+        log.warning("schema drift: source column(s) %s are not in the contract and are NOT "
+                    "extracted (schema_drift: ignore); add them to the contract to load them",
+                    names, extra=self._extra())
+
+    def _page_size_changed(self, before: int, size: int, why: str) -> None:
+        self.metrics.page_size(self.ref.source, self.ref.table, size)
+        self.state.record_source_state(self.ref.source, self.ref.table, page_size=size)
+        log.info("page size %d -> %d (%s)", before, size, why,
+                 extra=self._extra(page_size=size))
+
+    def _on_error(self, exc: BaseException) -> None:
+        """Called by the guard for each failed attempt: a timeout shrinks the next page."""
+        if isinstance(exc, SourceTimeout):
+            before = self.sizer.current
+            size = self.sizer.on_timeout()
+            self.metrics.timeout(self.ref.source)
+            self.metrics.page_size(self.ref.source, self.ref.table, size)
+            self.state.record_source_state(self.ref.source, self.ref.table, page_size=size)
+            change = (f"page size {before} -> {size}" if size != before else
+                      f"page size stays at its minimum {size}")
+            log.warning("timeout; %s: %s", change, exc.message,
+                        extra=self._extra(page_size=size))
+
+    def _read_page(self, db: Source, after: Watermark | None, since: object | None,
+                   dry_run: bool) -> _Page:
+        if isinstance(db, HttpSource):
+            return self._read_http_page(db, after, since, dry_run)
+
+        def once() -> _Page:
             started = time.monotonic()
-            rows, high = db.page(self.ref.table, self.contract, after, since,
-                                 self.sizer.current)
-            return rows, high, time.monotonic() - started
+            limit = self.sizer.current  # read per attempt: a retry after a timeout is smaller
+            rows, high = db.page(self.ref.table, self.contract, after, since, limit)
+            return _Page(rows, high, db.has_more(rows, limit), time.monotonic() - started)
 
-        def shrink(exc: BaseException) -> None:
-            if isinstance(exc, SourceTimeout):
-                size = self.sizer.on_timeout()
-                self.metrics.timeout(self.ref.source)
-                self.metrics.page_size(self.ref.source, self.ref.table, size)
-                log.warning("timeout; page size now %d", size, extra={
-                    "source": self.ref.source, "table": self.ref.table, "stage": "extract",
-                    "page_size": size})
+        return self.guard.call(once, on_error=self._on_error, stop=self.should_stop)
 
-        return self.guard.call(once, on_error=shrink, stop=self.should_stop)
+    def _read_http_page(self, db: HttpSource, after: Watermark | None, since: object | None,
+                        dry_run: bool) -> _Page:
+        """Fetch (guarded) → land the raw answer → parse; a bad payload is quarantined raw
+        and the page requested again, at most `bad_page_retries` times."""
+        reasons: list[str] = []
+        for _ in range(self.table.bad_page_retries + 1):
+            raw = self.guard.call(
+                lambda: db.fetch(self.ref.table, after, since, self.sizer.current),
+                on_error=self._on_error, stop=self.should_stop)
+            raw_ref = None if dry_run else self._land_raw(raw)
+            try:
+                page: HttpPage = db.parse(self.ref.table, self.contract, raw, after)
+            except BadPayload as exc:
+                reasons.append(exc.message)
+                self._quarantine_page(raw, raw_ref, exc)
+                continue
+            self.schema_drift(page.extra_fields)
+            meta: dict[str, object] = {"raw_page": raw_ref.batch_id} if raw_ref else {}
+            return _Page(page.rows, page.high, db.has_more(page), raw.seconds, meta)
+        raise QuarantineError(
+            f"{len(reasons)} bad payload(s) in a row for the same page ({reasons[-1]}); "
+            "the pages before it are landed, this table resumes from its checkpoint on the "
+            "next run", stage="extract", source=self.ref.source, table=self.ref.table,
+            hint="steadyflow quarantine list shows the raw pages; run.extract.replay_pages")
+
+    def _land_raw(self, raw: RawPage) -> BatchRef:
+        """The raw answer, durable before it is parsed (not in the manifest: not loadable)."""
+        return self.landing.write(raw.as_table(), self.ref.source,
+                                  f"{self.ref.table}{RAW_SUFFIX}", None, None, kind="raw",
+                                  meta={"request": raw.request, "status": raw.status})
+
+    def _quarantine_page(self, raw: RawPage, raw_ref: BatchRef | None, exc: BadPayload) -> None:
+        self.result.bad_pages += 1
+        log.error("bad payload quarantined: %s", exc.message,
+                  extra=self._extra(batch_id=raw_ref.batch_id if raw_ref else None))
+        if raw_ref is None:
+            return
+        self.state.record_quarantine(raw_ref.batch_id, self.ref.source, self.ref.table,
+                                     raw_ref.path, 1, {exc.message: 1})
+        self.metrics.quarantined(self.ref.source, self.ref.table, 1, len(raw.body))
 
     def _low(self, rows: pa.Table, after: Watermark | None, since: object | None
              ) -> Watermark | None:
         return after
 
-    def publish(self, rows: pa.Table, low: Watermark | None, high: Watermark) -> BatchRef:
+    def publish(self, rows: pa.Table, low: Watermark | None, high: Watermark,
+                meta: dict[str, object] | None = None) -> BatchRef:
         """Land, record, enqueue, then move the checkpoint. The order is the guarantee."""
         started = time.monotonic()
-        batch = self.landing.write(rows, self.ref.source, self.ref.table, low, high)
+        batch = self.landing.write(rows, self.ref.source, self.ref.table, low, high,
+                                   meta=meta)
         self.state.record_landed(batch)
         failpoint("extract.after_land")
         self.metrics.rows(self.ref.source, self.ref.table, "land", batch.rows, batch.nbytes)
@@ -131,3 +279,36 @@ class TableExtractor:
                                    "stage": "land", "batch_id": batch.batch_id,
                                    "rows": batch.rows})
         return batch
+
+
+def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
+                 records_path: str | None = None) -> dict[str, Any]:
+    """Re-parse quarantined raw pages with the current config (or another `records_path`)
+    and load those that now parse through the normal path: land → manifest → validate →
+    merge + ledger. A page that still does not parse stays quarantined with its reason."""
+    loaded = pages = still_bad = 0
+    reasons: dict[str, str] = {}
+    for item in pipeline.state.quarantined("open"):
+        if not is_raw_page(item["path"]) or (batch_ids and item["batch_id"] not in batch_ids):
+            continue
+        pages += 1
+        _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
+        contract = pipeline.config.contract_of(table_cfg)
+        raw = RawPage.from_table(pq.read_table(pipeline.landing.root / item["path"]))
+        try:
+            page = parse_page(table_cfg, contract, raw, None, records_path)
+        except BadPayload as exc:
+            still_bad += 1
+            reasons[item["batch_id"]] = exc.message
+            continue
+        if page.rows.num_rows:
+            batch = pipeline.landing.write(page.rows, item["source"], item["table"], None,
+                                           page.high, kind="replay",
+                                           meta={"of": item["batch_id"]})
+            pipeline.state.record_landed(batch)
+            outcome = pipeline.loader.process(batch)
+            pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows)
+            loaded += outcome.good_rows if outcome.loaded else 0
+        pipeline.state.mark_quarantine_replayed(item["batch_id"], page.rows.num_rows, 0)
+    return {"pages": pages, "loaded_rows": loaded, "still_quarantined": still_bad,
+            "reasons": reasons}

@@ -1,0 +1,123 @@
+"""The speed work's shortcuts give exactly the results of the paths they replace.
+
+- DuckDB: INSERT / DELETE+INSERT (merge/duckdb.py) == the plan's MERGE, for new rows,
+  newer and older versions, cursor ties, NULL cursors and a batch's own duplicate keys.
+- PostgreSQL → Arrow (extract/pg_arrow.py): exact casts to the contract type, text when a
+  value does not fit (as column_to_arrow), exact literals, libpq parameters added to DSNs.
+- Landing: the Parquet settings round-trip every contract type.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from steadyflow.extract.pg_arrow import _literal, conform_column, conninfo
+from steadyflow.land.parquet import LandingZone
+from steadyflow.merge.duckdb import DuckdbWarehouse, keys_unique, quote
+from steadyflow.merge.plan import plan
+from steadyflow.model import BatchRef, Column, Contract, TableRef
+
+CONTRACT = Contract(
+    columns=(Column("k", "int64", nullable=False), Column("v", "string"),
+             Column("ts", "int64")),
+    primary_key=("k",), cursor="ts")
+REF = TableRef("s", "t", "t")
+
+
+def _batch(n: int) -> BatchRef:
+    return BatchRef(f"b{n}", "s", "t", "x", 0, 0, "", None, None, 0.0)
+
+
+def _rows(*rows: tuple[int, str, int | None]) -> pa.Table:
+    k, v, ts = zip(*rows, strict=True)
+    return pa.table({"k": pa.array(k, pa.int64()), "v": pa.array(v, pa.string()),
+                     "ts": pa.array(ts, pa.int64())})
+
+
+BATCHES = [
+    _rows((1, "a", 1), (2, "b", 1), (3, "c", None)),  # empty target: plain INSERT
+    _rows((4, "d", 1), (5, "e", 1)),  # new keys only: plain INSERT
+    _rows((1, "a2", 2), (2, "b-old", 0), (3, "c2", 5), (6, "f", 1)),  # newer, older, NULL
+    _rows((4, "d-tie", 1), (7, "g1", 1), (7, "g2", 3), (7, "g0", 2)),  # tie, duplicates
+    _rows((8, "h1", 1), (8, "h2", 2)),  # duplicates, no overlap
+]
+
+
+def _merged_by_plan(batches: list[pa.Table]) -> list[tuple[object, ...]]:
+    p = plan(CONTRACT, "main", "t", "steadyflow_stage", "steadyflow_deletes", quote, "duckdb")
+    con = duckdb.connect()
+    con.execute(p.create_table)
+    for rows in batches:
+        con.register("steadyflow_stage", rows)
+        con.execute(p.merge)
+        con.unregister("steadyflow_stage")
+    return sorted(con.execute("SELECT * FROM main.t").fetchall())
+
+
+def test_duckdb_fast_paths_equal_the_plans_merge(tmp_path: Path) -> None:
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_table(REF, CONTRACT)
+    for i, rows in enumerate(BATCHES):
+        assert wh.load(REF, CONTRACT, _batch(i), rows)
+    got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
+    wh.close()
+    assert got == _merged_by_plan(BATCHES)
+    assert dict((k, v) for k, v, _ in got)[7] == "g2"  # the newest duplicate won
+
+
+def test_keys_unique() -> None:
+    assert keys_unique(_rows((1, "a", 1), (2, "b", 1)), ["k"])
+    assert not keys_unique(_rows((1, "a", 1), (1, "b", 1)), ["k"])
+    t = pa.table({"a": [1, 1, 2], "b": [1, 2, 1]})
+    assert keys_unique(t, ["a", "b"]) and not keys_unique(t, ["a"])
+
+
+def test_conform_casts_exactly_or_keeps_text() -> None:
+    dec = pa.decimal128(12, 2)
+    ok = conform_column(pa.chunked_array([["1.25", None, "-3"]]), dec)
+    assert ok.type == dec and ok.to_pylist() == [Decimal("1.25"), None, Decimal("-3.00")]
+    # a widened scale or NaN is never rounded or dropped: the column stays text
+    bad = conform_column(pa.chunked_array([["1.25", "1.234", "NaN"]]), dec)
+    assert bad.type == pa.string() and bad.to_pylist() == ["1.25", "1.234", "NaN"]
+    assert conform_column(pa.chunked_array([[1, 2]], pa.int32()), pa.int64()).type == pa.int64()
+    over = conform_column(pa.chunked_array([[2**40]], pa.int64()), pa.int32())
+    assert over.to_pylist() == [str(2**40)]
+    naive = pa.chunked_array([[0]], pa.timestamp("us"))
+    assert conform_column(naive, pa.timestamp("us", tz="UTC")).to_pylist() == [
+        datetime(1970, 1, 1, tzinfo=UTC)]
+
+
+def test_literals_are_exact_and_text_is_bound() -> None:
+    ts = datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert _literal(ts) == "'2025-01-02T03:04:05.000006+00:00'::timestamptz"
+    assert _literal(42) == "42" and _literal(True) == "TRUE"
+    assert _literal(Decimal("12.50")) == "'12.50'::numeric"
+    assert _literal("x'); DROP TABLE t; --") is None  # text goes as a bind parameter
+    assert _literal(Decimal("NaN")) is None
+
+
+def test_conninfo_adds_parameters_the_dsn_does_not_set() -> None:
+    uri = conninfo("postgresql://u:p@h:5432/db?connect_timeout=3", {
+        "connect_timeout": "10", "keepalives": "1"})
+    assert "connect_timeout=3" in uri and "keepalives=1" in uri and uri.startswith(
+        "postgresql://u:p@h:5432/db?")
+    kv = conninfo("host=h dbname=db keepalives=0", {"keepalives": "1", "tcp_user_timeout": "9"})
+    assert kv == "host=h dbname=db keepalives=0 tcp_user_timeout='9'"
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4", "snappy"])
+def test_landing_round_trips_contract_types(tmp_path: Path, compression: str) -> None:
+    zone = LandingZone(tmp_path, compression)
+    page = pa.table({
+        "i": pa.array([1, None], pa.int64()), "d": pa.array([Decimal("1.50"), None],
+                                                             pa.decimal128(12, 2)),
+        "s": ["x", None], "t": pa.array([1, None], pa.timestamp("us", tz="UTC")),
+        "b": [True, None]})
+    ref = zone.write(page, "s", "t", None, None)
+    assert zone.read(ref).equals(page)
