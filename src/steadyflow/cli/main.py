@@ -294,13 +294,16 @@ def quarantine_show(config: ConfigOpt, batch: Annotated[str, typer.Argument()],
 @quarantine_app.command("replay")
 def quarantine_replay(config: ConfigOpt,
                       batch: Annotated[list[str] | None, typer.Option()] = None,
+                      records_path: Annotated[str | None, typer.Option(
+                          help="HTTP pages: where the records are in the JSON, if changed")
+                      ] = None,
                       as_json: JsonOpt = False) -> None:
     """Re-validate parked rows against the current contract and load those that pass."""
     from steadyflow.run.replay import replay_quarantine
 
     try:
         with _open(config) as pipeline:
-            result = replay_quarantine(pipeline, batch or [])
+            result = replay_quarantine(pipeline, batch or [], records_path)
             out.print(json.dumps(result) if as_json else result, soft_wrap=True)
     except SteadyflowError as exc:
         _fail(exc)

@@ -13,6 +13,8 @@ from typing import Any
 import pyarrow.compute as pc
 
 from steadyflow.errors import ConfigError
+from steadyflow.extract.http import is_raw_page
+from steadyflow.run.extract import replay_pages
 from steadyflow.run.pipeline import Pipeline
 
 
@@ -38,11 +40,13 @@ def replay_batches(pipeline: Pipeline, batch_ids: list[str],
     return {"batches": len(refs), "rows": rows}
 
 
-def replay_quarantine(pipeline: Pipeline, batch_ids: list[str]) -> dict[str, Any]:
+def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
+                      records_path: str | None = None) -> dict[str, Any]:
+    """Replay parked rows (re-validated) and parked raw HTTP pages (re-parsed)."""
     loaded = still_bad = batches = 0
     loader = pipeline.loader
     for item in pipeline.state.quarantined("open"):
-        if batch_ids and item["batch_id"] not in batch_ids:
+        if (batch_ids and item["batch_id"] not in batch_ids) or is_raw_page(item["path"]):
             continue
         _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
         contract = pipeline.config.contract_of(table_cfg)
@@ -60,4 +64,10 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str]) -> dict[str, Any
         pipeline.state.mark_quarantine_replayed(item["batch_id"], good_mask_rows,
                                                 verdict.bad.num_rows)
         batches += 1
-    return {"batches": batches, "loaded_rows": loaded, "still_quarantined": still_bad}
+    pages = replay_pages(pipeline, batch_ids, records_path)
+    result: dict[str, Any] = {
+        "batches": batches + pages["pages"], "loaded_rows": loaded + pages["loaded_rows"],
+        "still_quarantined": still_bad + pages["still_quarantined"]}
+    if pages["reasons"]:
+        result["page_reasons"] = pages["reasons"]
+    return result
