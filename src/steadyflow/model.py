@@ -150,6 +150,9 @@ class BatchRef:
     landed_at: float
     kind: str = "extract"  # extract | repair | replay
     meta: dict[str, Any] = field(default_factory=dict)
+    # Extraction order: a later read of a row is never older than an earlier one, so the
+    # warehouse keeps the row from the highest seq (see merge/plan.py). Not part of the id.
+    seq: int = 0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -166,6 +169,7 @@ class BatchRef:
                 "landed_at": self.landed_at,
                 "kind": self.kind,
                 "meta": self.meta,
+                "seq": self.seq,
             }
         )
 
@@ -185,6 +189,7 @@ class BatchRef:
             landed_at=d["landed_at"],
             kind=d.get("kind", "extract"),
             meta=d.get("meta", {}),
+            seq=d.get("seq", 0),
         )
 
 

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
   batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, tbl TEXT NOT NULL, path TEXT NOT NULL,
   rows INTEGER NOT NULL, reasons TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open',
   created_at REAL NOT NULL, replayed_at REAL, replayed_rows INTEGER);
+CREATE TABLE IF NOT EXISTS sequence (
+  name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reconcile_runs (
   id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, tbl TEXT NOT NULL, at REAL NOT NULL,
   buckets INTEGER, rows_compared INTEGER, missing INTEGER, extra INTEGER, mismatched INTEGER,
@@ -128,6 +130,15 @@ class StateStore:
         with self._tx() as c:
             c.execute("DELETE FROM checkpoints WHERE source=? AND tbl=?", (source, table))
 
+    def next_seq(self) -> int:
+        """The next extraction sequence number: strictly increasing, never reused, and
+        independent of any clock (a host clock that jumps back must not reorder rows)."""
+        with self._tx() as c:
+            c.execute("INSERT INTO sequence VALUES ('extract', 1) ON CONFLICT(name) "
+                      "DO UPDATE SET value = value + 1")
+            return int(c.execute("SELECT value FROM sequence WHERE name='extract'"
+                                 ).fetchone()[0])
+
     # --- manifest ----------------------------------------------------------------
     def record_landed(self, ref: BatchRef) -> None:
         with self._tx() as c:
@@ -138,8 +149,10 @@ class StateStore:
             )
 
     def mark_loaded(
-        self, batch_id: str, good_rows: int, quarantined_rows: int, status: str = "loaded"
+        self, batch_id: str, good_rows: int | None, quarantined_rows: int | None,
+        status: str = "loaded",
     ) -> None:
+        """None counts: loaded by an earlier process whose counts were lost with it."""
         with self._tx() as c:
             c.execute(
                 "UPDATE manifest SET status=?, loaded_at=?, good_rows=?, quarantined_rows=?, "

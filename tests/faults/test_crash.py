@@ -12,8 +12,7 @@ or left half-done:
 - every file in the landing zone is a whole Parquet file; no temp file survives the rerun;
 - a restart resumes from its checkpoint instead of starting over.
 
-One known bug is stepped around, narrowly, and pinned by a strict xfail below: a late UPDATE
-stamped older than the version already loaded never reaches the warehouse.
+A late UPDATE stamped older than the version already loaded must reach the warehouse too.
 """
 
 from __future__ import annotations
@@ -47,7 +46,6 @@ from steadyflow.demo.stores import (
     COLUMNS,
     MALFORMED_RULES,
     TS_FORMAT,
-    LateCommit,
     StoreWriter,
     count_malformed,
     create_stores,
@@ -170,37 +168,16 @@ def warehouse_rows(rows: pa.Table) -> list[Row]:
 
 
 # --- the verdict ----------------------------------------------------------------------------
-def assert_equal(config: PipelineConfig, paths: list[Path], rows: pa.Table,
-                 stale: frozenset[tuple[int, int]] = frozenset()) -> None:
-    """Warehouse == source. `stale`: keys left behind by the known late-update bug (see
-    test_late_update_stamped_older_than_the_loaded_version); only those may differ."""
+def assert_equal(config: PipelineConfig, paths: list[Path], rows: pa.Table) -> None:
+    """Warehouse == source, row for row, by two independent comparisons."""
     c = compare_target(config, TARGET, rows)
-    assert (c.missing, c.extra, c.duplicates, c.mismatched) == (0, 0, 0, len(stale)), (
+    assert (c.missing, c.extra, c.duplicates, c.mismatched) == (0, 0, 0, 0), (
         f"warehouse differs from source: {c}")
     assert c.warehouse_rows == c.expected_rows > 0
-    expected = digest([r for r in source_good_rows(paths) if (r[0], r[1]) not in stale])
-    actual = digest([r for r in warehouse_rows(rows) if (r[0], r[1]) not in stale])
+    expected = digest(source_good_rows(paths))
+    actual = digest(warehouse_rows(rows))
     assert actual[0] == expected[0], f"count: warehouse {actual[0]} != source {expected[0]}"
     assert actual == expected, "content checksum of warehouse != source"
-
-
-def stale_late_updates(paths: list[Path], rows: pa.Table, late: list[LateCommit]
-                       ) -> frozenset[tuple[int, int]]:
-    """Keys whose current source version is a writer's late commit stamped OLDER than the
-    version the warehouse holds: the merge keeps the newer stamp, so the row stays stale."""
-    held = {(s, i): u.astimezone(UTC).strftime(TS_FORMAT) for s, i, u in zip(
-        rows["store_id"].to_pylist(), rows["sale_id"].to_pylist(),
-        rows["updated_at"].to_pylist(), strict=True)}
-    stale = set()
-    for commit in late:
-        with closing(sqlite3.connect(commit.path, timeout=30)) as db:
-            found = db.execute("SELECT store_id, updated_at FROM sales WHERE sale_id = ? "
-                               "AND updated_at = ?", (commit.sale_id, commit.updated_at)
-                               ).fetchone()
-        key = (found[0], commit.sale_id) if found else None
-        if key in held and held[key] > commit.updated_at:
-            stale.add(key)
-    return frozenset(stale)
 
 
 def assert_ledger(directory: Path, ledger: list[Row]) -> None:
@@ -338,7 +315,7 @@ def test_sigkill_at_random_moments_while_stores_are_written(tmp_path: Path) -> N
     catch_up(cfg)
     config = load_config(cfg)
     rows, ledger = duckdb_tables(tmp_path)
-    assert_equal(config, paths, rows, stale_late_updates(paths, rows, writer.late))
+    assert_equal(config, paths, rows)
     assert_ledger(tmp_path, ledger)
     # updates can repair a parked row (its fixed version is then in the warehouse), so
     # every row malformed now is parked, and every other parked row was since repaired
@@ -356,19 +333,16 @@ def test_sigkill_at_random_moments_while_stores_are_written(tmp_path: Path) -> N
     again = catch_up(cfg)
     assert again["duplicates_skipped"] >= 1 and again["loaded_batches"] == 0, again
     rows, ledger = duckdb_tables(tmp_path)
-    assert_equal(config, paths, rows, stale_late_updates(paths, rows, writer.late))
+    assert_equal(config, paths, rows)
     assert_ledger(tmp_path, ledger)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: the merge keeps the newer cursor, so a "
-                   "late UPDATE stamped older than the version already loaded never lands")
 def test_late_update_stamped_older_than_the_loaded_version(tmp_path: Path) -> None:
-    """Not a crash: the bug the random test above has to step around, pinned down.
-
-    A long store transaction stamps `updated_at = now() - 5s` and updates a row that a
-    newer transaction wrote after it began. The source now holds the late version, with
-    the OLDER stamp; the lookback re-reads it, and the merge ("newer or equal cursor
-    wins") throws it away. StoreWriter's late commits do exactly this.
+    """Not a crash, but what the random test above also meets: a long store transaction
+    stamps `updated_at = now() - 5s` and updates a row that a newer transaction wrote after
+    it began. The source now holds the late version, with the OLDER stamp; the lookback
+    re-reads it, and the merge keeps it because it was extracted later (merge/plan.py).
+    A "newer cursor wins" merge would throw it away.
     """
     paths = create_stores(tmp_path / "stores", stores=1, rows_per_store=300)
     cfg = write_pipeline(tmp_path, sources(paths))

@@ -253,7 +253,8 @@ def test_reconcile_finds_each_difference_exactly_and_repair_fixes_it(
             wh(f"UPDATE {{t}} SET updated_at = updated_at + INTERVAL 1 DAY "
                f"WHERE store_id = {store} AND sale_id = 500".replace(
                    "INTERVAL 1 DAY", "INTERVAL '1 day'"))
-            wh(f"INSERT INTO {{t}} SELECT store_id, 5000, sku, qty, unit_price, currency, "
+            wh(f"INSERT INTO {{t}} (store_id, sale_id, sku, qty, unit_price, currency, "
+               f"sold_at, updated_at) SELECT store_id, 5000, sku, qty, unit_price, currency, "
                f"sold_at, updated_at FROM {{t}} WHERE store_id = {store} AND sale_id = 10")
             execute("DELETE FROM sales WHERE sale_id = 300", None)
             execute("UPDATE sales SET sku = 'changed' WHERE sale_id = 400", None)  # same cursor

@@ -19,8 +19,8 @@ import pytest
 
 from steadyflow.extract.pg_arrow import _literal, conform_column, conninfo
 from steadyflow.land.parquet import LandingZone
-from steadyflow.merge.duckdb import DuckdbWarehouse, keys_unique, quote
-from steadyflow.merge.plan import plan
+from steadyflow.merge.duckdb import DuckdbWarehouse, quote
+from steadyflow.merge.plan import plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
 
 CONTRACT = Contract(
@@ -31,7 +31,7 @@ REF = TableRef("s", "t", "t")
 
 
 def _batch(n: int) -> BatchRef:
-    return BatchRef(f"b{n}", "s", "t", "x", 0, 0, "", None, None, 0.0)
+    return BatchRef(f"b{n}", "s", "t", "x", 0, 0, "", None, None, 0.0, seq=n + 1)
 
 
 def _rows(*rows: tuple[int, str, int | None]) -> pa.Table:
@@ -53,8 +53,8 @@ def _merged_by_plan(batches: list[pa.Table]) -> list[tuple[object, ...]]:
     p = plan(CONTRACT, "main", "t", "steadyflow_stage", "steadyflow_deletes", quote, "duckdb")
     con = duckdb.connect()
     con.execute(p.create_table)
-    for rows in batches:
-        con.register("steadyflow_stage", rows)
+    for i, rows in enumerate(batches):
+        con.register("steadyflow_stage", with_seq(rows, i + 1))
         con.execute(p.merge)
         con.unregister("steadyflow_stage")
     return sorted(con.execute("SELECT * FROM main.t").fetchall())
@@ -68,14 +68,23 @@ def test_duckdb_fast_paths_equal_the_plans_merge(tmp_path: Path) -> None:
     got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
     wh.close()
     assert got == _merged_by_plan(BATCHES)
-    assert dict((k, v) for k, v, _ in got)[7] == "g2"  # the newest duplicate won
+    assert dict((k, v) for k, v, *_ in got)[7] == "g2"  # the newest duplicate won
+    assert dict((k, v) for k, v, *_ in got)[2] == "b-old"  # the later extraction won
 
 
-def test_keys_unique() -> None:
-    assert keys_unique(_rows((1, "a", 1), (2, "b", 1)), ["k"])
-    assert not keys_unique(_rows((1, "a", 1), (1, "b", 1)), ["k"])
-    t = pa.table({"a": [1, 1, 2], "b": [1, 2, 1]})
-    assert keys_unique(t, ["a", "b"]) and not keys_unique(t, ["a"])
+def test_duckdb_fast_paths_with_a_composite_key(tmp_path: Path) -> None:
+    contract = Contract(columns=(Column("a", "int64", nullable=False),
+                                 Column("b", "int64", nullable=False), Column("ts", "int64")),
+                        primary_key=("a", "b"), cursor="ts")
+    batches = [pa.table({"a": [1, 1, 2], "b": [1, 2, 1], "ts": [1, 1, 1]}),
+               pa.table({"a": [1, 1, 3], "b": [1, 1, 1], "ts": [0, 2, 1]})]
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_table(REF, contract)
+    for i, rows in enumerate(batches):
+        assert wh.load(REF, contract, _batch(i), rows)
+    got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
+    wh.close()
+    assert got == [(1, 1, 2, 2), (1, 2, 1, 1), (2, 1, 1, 1), (3, 1, 1, 2)]  # (a, b, ts, seq)
 
 
 def test_conform_casts_exactly_or_keeps_text() -> None:

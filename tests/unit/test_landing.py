@@ -33,6 +33,15 @@ def test_tampered_file_is_refused(tmp_path: Path) -> None:
 def test_sweep_removes_only_temp_files(tmp_path: Path) -> None:
     zone = LandingZone(tmp_path)
     ref = zone.write(pa.table({"id": [1]}), "s", "t", None, None)
-    (tmp_path / "s" / ".tmp-half.parquet.123").write_bytes(b"half")
+    (tmp_path / "s" / ".tmp-half.parquet.999999999").write_bytes(b"half")
     assert zone.sweep_temp_files() == 1
     assert [p.name for p in zone.visible_files()] == [Path(ref.path).name]
+
+
+def test_sweep_spares_a_temp_file_a_live_process_is_writing(tmp_path: Path) -> None:
+    import os
+
+    zone = LandingZone(tmp_path)
+    live = tmp_path / f".tmp-x.parquet.{os.getppid()}"
+    live.write_bytes(b"being written")
+    assert zone.sweep_temp_files() == 0 and live.exists()

@@ -11,10 +11,11 @@ CONTRACT = Contract(
     primary_key=("id",), cursor="updated_at")
 
 
-def test_postgres_plan_upserts_with_newer_cursor_winning() -> None:
+def test_postgres_plan_upserts_with_later_extraction_winning() -> None:
     p = plan(CONTRACT, "wh", "sales", "stage", "dels", pg.quote, "postgres")
     assert 'ON CONFLICT ("id") DO UPDATE' in p.merge
-    assert '"wh"."sales"."updated_at" <= EXCLUDED."updated_at"' in p.merge
+    assert '"wh"."sales"."_steadyflow_seq" <= EXCLUDED."_steadyflow_seq"' in p.merge
+    assert '"_steadyflow_seq" BIGINT' in p.create_table
     assert "DISTINCT ON (\"id\")" in p.merge  # a batch's own duplicates collapse first
     assert '"order" TEXT' in p.create_table and 'PRIMARY KEY ("id")' in p.create_table
 
@@ -22,7 +23,7 @@ def test_postgres_plan_upserts_with_newer_cursor_winning() -> None:
 def test_duckdb_plan_merges() -> None:
     p = plan(CONTRACT, "main", "sales", "stage", "dels", duck.quote, "duckdb")
     assert p.merge.startswith('MERGE INTO "main"."sales"')
-    assert 's."updated_at" >= t."updated_at"' in p.merge
+    assert 's."_steadyflow_seq" >= t."_steadyflow_seq"' in p.merge
     assert p.delete.startswith('DELETE FROM "main"."sales" WHERE ("id") IN')
 
 

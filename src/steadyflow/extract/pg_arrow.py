@@ -184,13 +184,19 @@ class PgArrowSource(SqlSource):
             except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
                 raise self._translate(exc, None) from None
             new = [(fd, link) for fd, link in _sockets().items() if before.get(fd) != link]
-        self._socket = new[0] if len(new) == 1 else None
+        self._socket = sock = new[0] if len(new) == 1 else None
+        dog = Watchdog(r.statement_timeout + watchdog_grace(r),
+                       lambda: _shutdown(*sock) if sock is not None else None)
         try:
-            with conn.cursor() as cur:
+            with dog, conn.cursor() as cur:
                 cur.execute(f"SET statement_timeout = {int(r.statement_timeout * 1000)}")
                 cur.execute("SET TimeZone = 'UTC'")
         except Exception as exc:  # noqa: BLE001
             conn.close()
+            if dog.fired:
+                raise SourceTimeout("no answer to the session settings within "
+                                    "statement_timeout + grace", stage="extract",
+                                    source=self.config.name) from None
             raise self._translate(exc, None) from None
         return conn
 

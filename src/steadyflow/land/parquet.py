@@ -12,7 +12,6 @@ import hashlib
 import os
 import threading
 import time
-from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,12 +42,13 @@ class LandingZone:
         self.compression = compression
         self.root.mkdir(parents=True, exist_ok=True)
         # In-process handoff (Pipeline.run_once turns it on while its loader runs beside the
-        # extractors): the last HANDOFF_MAX landed pages stay in memory, and `read` of such
-        # a batch returns the very table whose Parquet bytes were hashed, fsynced and
-        # renamed, instead of reading, hashing and decoding the file again. Off, every read
-        # comes from disk and is checked against the checksum.
+        # extractors): up to HANDOFF_MAX landed pages not yet read stay in memory, and `read`
+        # of such a batch returns the very table whose Parquet bytes were hashed, fsynced
+        # and renamed, instead of reading, hashing and decoding the file again. A page
+        # landed while that many wait is read from disk. Off, every read comes from disk
+        # and is checked against the checksum.
         self.handoff = False
-        self._handed: OrderedDict[str, tuple[str, pa.Table]] = OrderedDict()
+        self._handed: dict[str, tuple[str, pa.Table]] = {}
         self._handed_lock = threading.Lock()
 
     def encode(self, table: pa.Table) -> pa.Buffer:
@@ -68,6 +68,7 @@ class LandingZone:
         high: Watermark | None,
         kind: str = "extract",
         meta: dict[str, object] | None = None,
+        seq: int = 0,
     ) -> BatchRef:
         """Write one batch durably and return its reference (not yet in the manifest)."""
         data = memoryview(self.encode(table))  # no copy: hashed and written as is
@@ -83,10 +84,9 @@ class LandingZone:
         self._write_atomically(directory, final, data)
         failpoint("land.after_rename")
         if self.handoff and kind == "extract":
-            with self._handed_lock:
-                self._handed[batch_id] = (checksum, table)
-                while len(self._handed) > HANDOFF_MAX:
-                    self._handed.popitem(last=False)
+            with self._handed_lock:  # the loader reads in landing order: keep the oldest
+                if len(self._handed) < HANDOFF_MAX:
+                    self._handed[batch_id] = (checksum, table)
         return BatchRef(
             batch_id=batch_id,
             source=source,
@@ -100,6 +100,7 @@ class LandingZone:
             landed_at=time.time(),
             kind=kind,
             meta=dict(meta or {}),
+            seq=seq,
         )
 
     def _write_atomically(self, directory: Path, final: Path, data: bytes | memoryview
@@ -163,9 +164,25 @@ class LandingZone:
         """Delete temp files left by a crash mid-write; they were never visible."""
         removed = 0
         for temp in self.root.rglob(f"{TEMP_PREFIX}*"):
+            if _writer_alive(temp):
+                continue  # another process on this host is writing it right now
             temp.unlink(missing_ok=True)
             removed += 1
         return removed
 
     def visible_files(self) -> list[Path]:
         return [p for p in self.root.rglob("*.parquet") if not p.name.startswith(".")]
+
+
+def _writer_alive(temp: Path) -> bool:
+    """Temp names end in the writer's pid; a live pid other than ours is still writing."""
+    pid = temp.name.rsplit(".", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -2,8 +2,13 @@
 
 Pure functions of (contract, names, quoting), so they are unit-tested without a database
 and both warehouse adapters execute the same decisions. The merge rule everywhere: match on
-the primary key; the row with the newer (or equal) cursor value wins; a batch's own
-duplicates collapse to their newest row first.
+the primary key; the row from the later extraction (higher `_steadyflow_seq`) wins, ties
+included; a batch's own duplicates collapse to their newest cursor first.
+
+Why extraction order and not the cursor: a transaction that commits late can stamp a row
+with a cursor OLDER than the version already loaded (PostgreSQL's now() is the transaction
+start). The source's truth is still the later commit, and a later read of a row never
+returns an older version, so the later extraction is the one to keep.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from steadyflow.model import Contract
 
 Quote = Callable[[str], str]
 LEDGER = "_steadyflow_ledger"
+SEQ = "_steadyflow_seq"
 
 
 def sql_type(arrow: pa.DataType, engine: str) -> str:
@@ -33,9 +39,17 @@ def sql_type(arrow: pa.DataType, engine: str) -> str:
     return table[arrow]
 
 
+def with_seq(rows: pa.Table, seq: int) -> pa.Table:
+    """The batch's rows with its extraction sequence as the merge's version column."""
+    if SEQ in rows.column_names:
+        return rows
+    return rows.append_column(SEQ, pa.repeat(pa.scalar(seq, pa.int64()), rows.num_rows))
+
+
 @dataclass(frozen=True, slots=True)
 class MergePlan:
     create_schema: str
+    add_seq: str  # tables created before the sequence column existed get it on first use
     create_table: str
     create_ledger: str
     ledger_check: str
@@ -52,11 +66,13 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
     cols = [c.name for c in contract.columns]
     keys = list(contract.primary_key)
     cur = q(contract.cursor)
+    seq = q(SEQ)
     col_defs = ", ".join(
         f"{q(c.name)} {sql_type(c.arrow_type, engine)}"
         + (" NOT NULL" if c.name in keys else "")
         for c in contract.columns
-    )
+    ) + f", {seq} BIGINT"
+    cols = [*cols, SEQ]
     key_list = ", ".join(q(k) for k in keys)
     newest = (f"SELECT DISTINCT ON ({key_list}) * FROM {stage} "
               f"ORDER BY {key_list}, {cur} DESC")
@@ -66,15 +82,15 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
         merge = (
             f"INSERT INTO {target} ({', '.join(q(c) for c in cols)}) {newest} "
             f"ON CONFLICT ({key_list}) DO "
-            + (f"UPDATE SET {updates} WHERE {target}.{cur} IS NULL "
-               f"OR {target}.{cur} <= EXCLUDED.{cur}" if non_keys else "NOTHING")
+            + (f"UPDATE SET {updates} WHERE {target}.{seq} IS NULL "
+               f"OR {target}.{seq} <= EXCLUDED.{seq}" if non_keys else "NOTHING")
         )
     else:
         on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
         updates = ", ".join(f"{q(c)} = s.{q(c)}" for c in non_keys)
         merge = (
             f"MERGE INTO {target} AS t USING ({newest}) AS s ON {on} "
-            + (f"WHEN MATCHED AND (t.{cur} IS NULL OR s.{cur} >= t.{cur}) "
+            + (f"WHEN MATCHED AND (t.{seq} IS NULL OR s.{seq} >= t.{seq}) "
                f"THEN UPDATE SET {updates} " if non_keys else "")
             + f"WHEN NOT MATCHED THEN INSERT ({', '.join(q(c) for c in cols)}) "
             f"VALUES ({', '.join('s.' + q(c) for c in cols)})"
@@ -82,6 +98,7 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
     key_tuple = f"({key_list})"
     return MergePlan(
         create_schema=f"CREATE SCHEMA IF NOT EXISTS {q(schema)}",
+        add_seq=f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {seq} BIGINT",
         create_table=(f"CREATE TABLE IF NOT EXISTS {target} ({col_defs}"
                       + (f", PRIMARY KEY ({key_list}))" if engine == "postgres" else ")")),
         create_ledger=(f"CREATE TABLE IF NOT EXISTS {ledger} (batch_id VARCHAR PRIMARY KEY, "

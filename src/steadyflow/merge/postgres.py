@@ -14,7 +14,7 @@ from psycopg import sql as pgsql
 from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import MergePlan, plan
+from steadyflow.merge.plan import MergePlan, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
@@ -92,7 +92,7 @@ class PostgresWarehouse:
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                       [f"steadyflow:{self.schema}.{ref.target}"])
-                    for stmt in (p.create_schema, p.create_table, p.create_ledger):
+                    for stmt in (p.create_schema, p.create_table, p.add_seq, p.create_ledger):
                         self.conn.execute(stmt.encode())
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
@@ -104,6 +104,7 @@ class PostgresWarehouse:
              deletes: pa.Table | None = None) -> bool:
         p = self._plan(ref, contract)
         target = f"{quote(self.schema)}.{quote(ref.target)}"
+        rows = with_seq(rows, batch.seq)
         with self._lock:
             conn = self.conn
             try:

@@ -456,7 +456,7 @@ class TableReconciler:
             if dels:
                 meta["deletes"] = [[encode_value(v) for v in key] for key in dels]
             batch = p.landing.write(chunk, self.ref.source, self.ref.table, None, None,
-                                    kind="repair", meta=meta)
+                                    kind="repair", meta=meta, seq=p.state.next_seq())
             batch = replace(batch, batch_id=f"{batch.batch_id}.repair{self.run_id}.{i}")
             p.state.record_landed(batch)
             if dels:

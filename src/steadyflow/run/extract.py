@@ -266,7 +266,7 @@ class TableExtractor:
         """Land, record, enqueue, then move the checkpoint. The order is the guarantee."""
         started = time.monotonic()
         batch = self.landing.write(rows, self.ref.source, self.ref.table, low, high,
-                                   meta=meta)
+                                   meta=meta, seq=self.state.next_seq())
         self.state.record_landed(batch)
         failpoint("extract.after_land")
         self.metrics.rows(self.ref.source, self.ref.table, "land", batch.rows, batch.nbytes)

@@ -94,6 +94,7 @@ class Pipeline:
         self.config = config
         self.metrics = PipelineMetrics()
         self._stop = threading.Event()
+        self._failures: dict[str, int] = {}
         state_dir = config.resolve(config.state_dir)
         self.state = StateStore(state_dir / "state.db")
         self.landing = LandingZone(config.resolve(config.landing.path),
@@ -174,7 +175,7 @@ class Pipeline:
         for batch in self.state.pending_batches():
             if self.warehouse.is_loaded(batch.batch_id):
                 self.buffer.ack(batch.batch_id)
-                self.state.mark_loaded(batch.batch_id, batch.rows, 0, status="loaded")
+                self.state.mark_loaded(batch.batch_id, None, None, status="loaded")
             elif not self.buffer.contains(batch.batch_id):
                 self.buffer.put(batch)
                 republished += 1
@@ -219,23 +220,32 @@ class Pipeline:
         """Consume the buffer. Stops when it is empty and no extraction is running."""
         summary = summary or RunSummary()
         loader = self.loader
-        failures: dict[str, int] = {}
+        # kept across runs: a batch that failed for good is not waited for again each cycle
+        failures = self._failures
         while not self._stop.is_set():
-            self._report_queue()
-            # beside a running extraction (run_once) poll finely: a landed batch is picked
-            # up, and the end of the run noticed, within ~20 ms instead of up to 200 ms
-            delivery = self.buffer.get(wait=0.2 if extracting is None else 0.02)
-            if delivery is None:
-                if until_empty and (extracting is None or not extracting.is_set()) and (
-                        self.buffer.depth() == 0 or all(
-                            n >= max_failures for n in failures.values()) and failures):
-                    break
+            try:
+                self._report_queue()
+                # beside a running extraction (run_once) poll finely: a landed batch is
+                # picked up, and the end of the run noticed, within ~20 ms instead of 200 ms
+                delivery = self.buffer.get(wait=0.2 if extracting is None else 0.02)
+                if delivery is None:
+                    if until_empty and (extracting is None or not extracting.is_set()) and (
+                            self.buffer.depth() == 0 or all(
+                                n >= max_failures for n in failures.values()) and failures):
+                        break
+                    continue
+            except RetryableError as exc:  # the buffer itself is unreachable (NATS down)
+                log.warning("buffer unavailable: %s", exc, extra={"stage": "load"})
+                self._stop.wait(1.0)
                 continue
             batch = delivery.ref
             try:
                 outcome = loader.handle(batch)
             except SteadyflowError as exc:
-                failures[batch.batch_id] = failures.get(batch.batch_id, 0) + 1
+                # a fatal error will not heal by itself within this run: count it as final
+                # at once instead of waiting out max_failures delayed retries
+                failures[batch.batch_id] = (max_failures if isinstance(exc, FatalError)
+                                            else failures.get(batch.batch_id, 0) + 1)
                 self._load_failed(batch, exc, failures[batch.batch_id], max_failures, summary)
                 continue
             failures.pop(batch.batch_id, None)
@@ -253,11 +263,10 @@ class Pipeline:
         self.metrics.error(batch.source, batch.table, "load")
         self.state.record_error(batch.source, batch.table, str(exc))
         self.state.mark_failed(batch.batch_id, str(exc))
-        delay = min(30.0, 0.5 * 2 ** attempt) if isinstance(exc, RetryableError) else 60.0
+        delay = min(30.0, 0.5 * 2 ** attempt) if isinstance(exc, RetryableError) else 300.0
         # a warehouse outage (retryable) never parks a batch for an hour: it stays at the
         # capped backoff, so loading resumes by itself within 30 s of the warehouse's return
-        parked = attempt >= max_failures and not isinstance(exc, RetryableError)
-        self.buffer.nack(batch.batch_id, delay=3600.0 if parked else delay)
+        self.buffer.nack(batch.batch_id, delay=delay)
         log.error("load failed (attempt %d): %s", attempt, exc, extra={
             "source": batch.source, "table": batch.table, "stage": "load",
             "batch_id": batch.batch_id, "attempt": attempt})

@@ -55,7 +55,8 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
         if good_mask_rows:
             passing = raw.filter(pc.invert(verdict.bad_mask))
             batch = pipeline.landing.write(passing, item["source"], item["table"], None, None,
-                                           kind="replay", meta={"of": item["batch_id"]})
+                                           kind="replay", meta={"of": item["batch_id"]},
+                                           seq=_seq_of(pipeline, item["batch_id"]))
             pipeline.state.record_landed(batch)
             outcome = loader.process(batch)
             pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows)
@@ -71,3 +72,10 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
     if pages["reasons"]:
         result["page_reasons"] = pages["reasons"]
     return result
+
+
+def _seq_of(pipeline: Pipeline, batch_id: str) -> int:
+    """Replayed rows keep the extraction order of the batch they came from, so a newer
+    version of the same row, extracted since, still wins the merge."""
+    original = pipeline.state.batch(batch_id)
+    return original.seq if original is not None else 0
