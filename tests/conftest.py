@@ -19,24 +19,14 @@ import pymysql
 import pytest
 import yaml
 
+from steadyflow.demo.scenario import SALES_CONTRACT as DEMO_SALES_CONTRACT
+
 ROOT = Path(__file__).resolve().parents[1]
 PG_HOST, PG_PORT = "127.0.0.1", 5432
 MY_HOST, MY_PORT = "127.0.0.1", 3306
 
-SALES_CONTRACT: dict[str, Any] = {
-    "primary_key": ["store_id", "sale_id"],
-    "cursor": "updated_at",
-    "columns": {
-        "store_id": {"type": "int64", "nullable": False},
-        "sale_id": {"type": "int64", "nullable": False},
-        "sku": {"type": "string", "nullable": False},
-        "qty": {"type": "int64", "min": 1},
-        "unit_price": {"type": "decimal(12,2)", "min": 0},
-        "currency": {"type": "string", "allowed": ["USD", "EUR", "GBP"]},
-        "sold_at": {"type": "timestamp"},
-        "updated_at": {"type": "timestamp", "nullable": False},
-    },
-}
+# the demo's contract: one definition of the sales table for the product and its tests
+SALES_CONTRACT: dict[str, Any] = DEMO_SALES_CONTRACT
 
 
 def require_service(name: str, host: str, port: int) -> None:
