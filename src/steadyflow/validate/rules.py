@@ -37,7 +37,7 @@ def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
 def _cast_column(values: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
     """Cast to the contract type; returns (cast values, mask of values that did not fit)."""
     flat = values.combine_chunks()
-    fits = pa.array([False] * len(flat), pa.bool_())
+    fits = pa.repeat(pa.scalar(False, pa.bool_()), len(flat))
     if flat.type == target:
         return flat, fits
     try:
@@ -109,7 +109,7 @@ def _nullable_schema(contract: Contract) -> pa.Schema:
 def _compare(values: pa.Array, op: str, bound: float) -> pa.Array:
     numeric = values if not pa.types.is_decimal(values.type) else pc.cast(values, pa.float64())
     if not (pa.types.is_integer(numeric.type) or pa.types.is_floating(numeric.type)):
-        return pa.array([False] * len(values), pa.bool_())
+        return pa.repeat(pa.scalar(False, pa.bool_()), len(values))
     result = pc.less(numeric, bound) if op == "less" else pc.greater(numeric, bound)
     return pc.fill_null(result, False)
 

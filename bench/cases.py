@@ -1,0 +1,101 @@
+"""The bench's child processes: each case runs alone in its own process so that its wall
+time and peak RSS (ru_maxrss, read by bench/run.py with wait4) are its own.
+
+    python bench/cases.py drain   --dsn DSN --table T
+    python bench/cases.py pgcopy  --dsn DSN --dst DSN --table T
+    python bench/cases.py dlt     --dsn DSN --table T --backend connectorx|pyarrow
+                                  --duckdb PATH --pipelines-dir DIR [--incremental]
+
+steadyflow itself is run through its CLI (`steadyflow run -c pipeline.yml`), as users run it.
+Each case prints one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+COLUMNS = "sale_id, store_id, sku, qty, unit_price, currency, sold_at, updated_at"
+DDL = ("(sale_id bigint PRIMARY KEY, store_id int NOT NULL, sku text NOT NULL, qty int NOT NULL,"
+       " unit_price numeric(12,2) NOT NULL, currency text NOT NULL, sold_at timestamptz NOT NULL,"
+       " updated_at timestamptz NOT NULL)")
+
+
+def drain(args: argparse.Namespace) -> dict[str, object]:
+    """The extraction limit: the server's binary COPY of the table, read and dropped."""
+    import psycopg
+
+    nbytes = 0
+    with psycopg.connect(args.dsn) as conn, conn.cursor().copy(
+            f"COPY (SELECT {COLUMNS} FROM {args.table}) TO STDOUT (FORMAT binary)") as copy:
+        for block in copy:
+            nbytes += len(block)
+    return {"bytes": nbytes}
+
+
+def pgcopy(args: argparse.Namespace) -> dict[str, object]:
+    """PG → PG baseline: binary COPY out of one database streamed into COPY in of another,
+    into a table with the same primary key steadyflow's target has, in one transaction."""
+    import psycopg
+
+    nbytes = 0
+    with psycopg.connect(args.dsn) as src, psycopg.connect(args.dst) as dst:
+        dst.execute("DROP TABLE IF EXISTS bench_copy")
+        dst.execute(f"CREATE TABLE bench_copy {DDL}")
+        with src.cursor().copy(
+                f"COPY (SELECT {COLUMNS} FROM {args.table}) TO STDOUT (FORMAT binary)") as out, \
+                dst.cursor().copy(f"COPY bench_copy ({COLUMNS}) FROM STDIN (FORMAT binary)") as inp:
+            for block in out:
+                nbytes += len(block)
+                inp.write(block)
+        dst.commit()
+        rows = dst.execute("SELECT count(*) FROM bench_copy").fetchone()
+    return {"bytes": nbytes, "rows": rows[0] if rows else 0}
+
+
+def run_dlt(args: argparse.Namespace) -> dict[str, object]:
+    """dlt's sql_table into its duckdb destination, as its docs show it."""
+    os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
+    import dlt
+    from dlt.sources.sql_database import sql_table
+
+    kwargs: dict[str, object] = {"credentials": args.dsn, "table": args.table,
+                                 "backend": args.backend}
+    if args.incremental:
+        kwargs["incremental"] = dlt.sources.incremental("updated_at")
+    resource = sql_table(**kwargs)  # type: ignore[arg-type]
+    pipeline = dlt.pipeline(pipeline_name=f"bench_{args.backend}",
+                            destination=dlt.destinations.duckdb(args.duckdb),
+                            dataset_name="bench", pipelines_dir=args.pipelines_dir)
+    if args.incremental:
+        info = pipeline.run(resource, write_disposition="merge", primary_key="sale_id")
+    else:
+        info = pipeline.run(resource)
+    info.raise_on_failed_jobs()
+    counts = pipeline.last_trace.last_normalize_info.row_counts  # type: ignore[union-attr]
+    return {"rows": int(counts.get(args.table, 0))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("case", choices=["drain", "pgcopy", "dlt"])
+    parser.add_argument("--dsn", required=True)
+    parser.add_argument("--dst")
+    parser.add_argument("--table", default="sales")
+    parser.add_argument("--backend", default="connectorx")
+    parser.add_argument("--duckdb")
+    parser.add_argument("--pipelines-dir")
+    parser.add_argument("--incremental", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    result = {"drain": drain, "pgcopy": pgcopy, "dlt": run_dlt}[args.case](args)
+    result["seconds_in_process"] = round(time.perf_counter() - started, 3)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
