@@ -70,6 +70,48 @@ def _print_summary(summary: Any, as_json: bool, seconds: float) -> None:
         console.print(f"[red]error:[/red] {escape(logs.scrub(error))}", highlight=False)
 
 
+def _rows_by_stage(pipeline: Any) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for metric in pipeline.metrics.registry.collect():
+        if metric.name == "steadyflow_rows":
+            for sample in metric.samples:
+                if sample.name == "steadyflow_rows_total":
+                    stage = sample.labels.get("stage", "")
+                    totals[stage] = totals.get(stage, 0) + int(sample.value)
+    return totals
+
+
+def _with_progress(pipeline: Any, follow: bool) -> Any:
+    """Run the pipeline in a worker thread and show live counts (terminals only)."""
+    import threading
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    result: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            result["summary"] = pipeline.run(follow=follow)
+        except BaseException as exc:  # re-raised in the main thread
+            result["error"] = exc
+
+    worker = threading.Thread(target=work, name="pipeline", daemon=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("starting", total=None)
+        worker.start()
+        while worker.is_alive():
+            rows = _rows_by_stage(pipeline)
+            progress.update(task, description=(
+                f"extracted {rows.get('extract', 0):,} · loaded {rows.get('load', 0):,} · "
+                f"quarantined {rows.get('quarantine', 0):,} rows · queue "
+                f"{pipeline.buffer.depth()}/{pipeline.buffer.capacity}"))
+            worker.join(0.2)
+    if "error" in result:
+        raise result["error"]
+    return result["summary"]
+
+
 @app.command()
 def run(config: ConfigOpt,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep running")] = False,
@@ -88,7 +130,10 @@ def run(config: ConfigOpt,
                 console.print(f"status page {server.url}  metrics {server.url}metrics")
             started = time.monotonic()
             try:
-                summary = pipeline.run(follow=follow)
+                if console.is_terminal and not as_json:
+                    summary = _with_progress(pipeline, follow)
+                else:
+                    summary = pipeline.run(follow=follow)
             finally:
                 if serve_at:
                     server.stop()
