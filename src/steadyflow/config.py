@@ -113,11 +113,22 @@ class TableConfig(_Strict):
     """One source table (or, for an HTTP source, one endpoint) and how to read it.
 
     `schema_drift` decides what happens when the source has columns (or record fields) the
-    contract does not name. Both policies are loud; neither ever loses or truncates a value:
+    contract does not name. Every policy is loud; none ever loses or truncates a value:
       ignore  (default) extract only the contract's columns; log a WARNING naming the new
               columns at every run until the contract is updated.
       stop    fail this table with a SchemaError naming the new columns (other tables go on;
               the checkpoint does not move) until the contract is updated.
+      add     (SQL sources only) extract the new columns too, with a WARNING naming them at
+              every run: the batch's contract is the configured one plus each new column,
+              nullable and without rules, typed from the source's declared type where that
+              is unambiguous (integers → int64, numeric(p,s) → decimal(p,s), timestamp /
+              timestamptz / datetime → timestamp, double / float → float64, boolean → bool)
+              and as string otherwise (see model.drift_type). The batch records them in
+              meta["columns"]; the loader adds them to the warehouse table (ALTER TABLE ...
+              ADD COLUMN IF NOT EXISTS), rows loaded before hold NULL. A new column whose
+              name is not a plain identifier stops the table with a SchemaError naming it.
+              Reconcile (compare/repair) checks the configured contract's columns only;
+              a repaired row's added columns are filled again when the row next changes.
     Type changes need no policy: values that no longer fit the contract type (a widened
     decimal scale, text in a number column) are quarantined with their reason, never cast
     lossily; a dropped or renamed column stops the table with a SchemaError.
@@ -133,7 +144,7 @@ class TableConfig(_Strict):
     # reconcile: the warehouse rows this table owns when several tables feed one target
     # (e.g. {store_id: 3}); see src/steadyflow/reconcile/runner.py
     warehouse_filter: dict[str, int | str] | None = None
-    schema_drift: Literal["ignore", "stop"] = "ignore"
+    schema_drift: Literal["ignore", "stop", "add"] = "ignore"
     # HTTP sources only: GET {url}{endpoint}?{since_param}=..&{limit_param}=..&{next_param}=..
     endpoint: str | None = None
     records_path: str = "data"  # dotted path to the list of records in a response page
@@ -173,6 +184,9 @@ class SourceConfig(_Strict):
                 raise ValueError(f"table {table.name!r} of an http source needs 'endpoint'")
             if self.kind != "http" and table.endpoint:
                 raise ValueError(f"table {table.name!r}: 'endpoint' is for http sources only")
+            if self.kind == "http" and table.schema_drift == "add":
+                raise ValueError(f"table {table.name!r}: schema_drift: add is for SQL sources "
+                                 "only (an http source declares no column types)")
         return self
 
 

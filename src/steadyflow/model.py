@@ -57,6 +57,7 @@ class Column:
     max: float | None = None
     allowed: tuple[str, ...] | None = None
     pattern: str | None = None
+    added: bool = False  # by `schema_drift: add`: not in the configured contract
 
     @property
     def arrow_type(self) -> pa.DataType:
@@ -95,6 +96,53 @@ class Contract:
     def order_by(self) -> tuple[str, ...]:
         """The keyset order: cursor first, then the key, so cursor ties are never lost."""
         return (self.cursor, *[k for k in self.primary_key if k != self.cursor])
+
+    def with_added(self, added: Any) -> Contract:
+        """This contract plus source columns added by `schema_drift: add`: each nullable,
+        without rules. `added` is [(name, contract type), ...]; names already here are
+        skipped (case-insensitively)."""
+        known = {n.lower() for n in self.names}
+        extra = tuple(Column(name=str(n), type=str(t), added=True) for n, t in added or ()
+                      if str(n).lower() not in known)
+        if not extra:
+            return self
+        return Contract(columns=(*self.columns, *extra), primary_key=self.primary_key,
+                        cursor=self.cursor)
+
+
+_INTEGERS = {"smallint", "integer", "int", "bigint", "int2", "int4", "int8", "tinyint",
+             "mediumint", "serial", "bigserial", "smallserial", "serial2", "serial4",
+             "serial8"}
+_TIMESTAMPS = {"timestamp", "timestamptz", "timestamp with time zone",
+               "timestamp without time zone", "datetime"}
+_FLOATS = {"double precision", "double", "float", "float8", "float4", "real"}
+_SIZED_DECIMAL = re.compile(r"^(?:numeric|decimal)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$")
+
+
+def drift_type(declared: str | None) -> str:
+    """The contract type of a source column added by `schema_drift: add`, from the type the
+    source declares. Only unambiguous, lossless mappings; anything else is "string"
+    (e.g. unbounded numeric, bigint unsigned, uuid, json, date, arrays)."""
+    t = re.sub(r"\s+", " ", (declared or "").strip().lower())
+    match = _SIZED_DECIMAL.match(t)
+    if match:
+        precision, scale = int(match.group(1)), int(match.group(2) or 0)
+        return f"decimal({precision},{scale})" if 0 < precision <= 38 and scale <= precision \
+            else "string"
+    base = re.sub(r"\s*\([\d\s,]*\)", "", t).strip()  # int(11), timestamp(3), float(53)
+    if base.endswith(" unsigned"):
+        base = base.removesuffix(" unsigned")
+        if base in ("bigint", "int8", "serial", "bigserial"):
+            return "string"  # up to 2^64-1: does not fit int64
+    if base in _INTEGERS:
+        return "int64"
+    if base in _TIMESTAMPS:
+        return "timestamp"
+    if base in _FLOATS:
+        return "float64"
+    if base in ("boolean", "bool"):
+        return "bool"
+    return "string"
 
 
 @dataclass(frozen=True, slots=True)

@@ -336,7 +336,10 @@ def test_http_tables_need_an_endpoint_and_sql_tables_must_not_have_one() -> None
                  "tables": [{"name": "sales", "contract": "sales", "endpoint": "/v1"}]})
     with pytest.raises(ConfigError, match="schema_drift"):
         _config({"name": "a", "kind": "sqlite", "path": "/x.db",
-                 "tables": [{"name": "sales", "contract": "sales", "schema_drift": "add"}]})
+                 "tables": [{"name": "sales", "contract": "sales", "schema_drift": "bogus"}]})
+    with pytest.raises(ConfigError, match="schema_drift: add is for SQL sources"):
+        _config({"name": "a", "kind": "http", "url": "http://x", "tables": [
+            {"name": "sales", "contract": "sales", "endpoint": "/v1", "schema_drift": "add"}]})
     cfg = _config({"name": "a", "kind": "http", "url": "http://x", "tables": [
         {"name": "sales", "contract": "sales", "endpoint": "/v1/sales"}]})
     table = cfg.sources[0].tables[0]

@@ -92,6 +92,9 @@ class Dialect:
     # The catalog query listing (index name, position, column) of a table's indexes; None
     # where steadyflow does not look (the index check is then skipped).
     indexes_sql: str | None = None
+    # The catalog query listing (column name, declared type) of a table, for
+    # `schema_drift: add`; a parameter as for indexes_sql.
+    columns_sql: str | None = None
 
     def index_param(self, table: str) -> Any:
         return table
@@ -141,6 +144,10 @@ class PostgresDialect(Dialect):
         "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
         "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
         "WHERE x.indrelid = to_regclass(%s) ORDER BY 1, 2")
+    columns_sql = (
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum")
 
     def index_param(self, table: str) -> Any:
         return self.ident(table)
@@ -215,6 +222,9 @@ class MysqlDialect(Dialect):
     indexes_sql = (
         "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics "
         "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY 1, 2")
+    columns_sql = (
+        "SELECT column_name, column_type FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position")
 
     def index_hint(self, index: str) -> str:
         """MariaDB's optimizer picks a full scan + filesort for a large LIMIT over a wide
@@ -268,6 +278,7 @@ class MysqlDialect(Dialect):
 class SqliteDialect(Dialect):
     name = "sqlite"
     placeholder = "?"
+    columns_sql = "SELECT name, type FROM pragma_table_info(?)"
 
     def connect(self) -> sqlite3.Connection:
         path = self.config.path or ""

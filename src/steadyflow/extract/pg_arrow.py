@@ -226,6 +226,11 @@ class PgArrowSource(SqlSource):
         super().close()  # the psycopg connection is not needed for the pages
         return extra
 
+    def declared_types(self, table: str) -> dict[str, str]:
+        types = super().declared_types(table)
+        super().close()
+        return types
+
     # --- queries ----------------------------------------------------------------------
     def _arrow_select(self, table: str, contract: Contract) -> str:
         """Decimal and string columns as text: exact, cheap, and the same for any source

@@ -126,6 +126,14 @@ class SqlSource:
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
 
+    def declared_types(self, table: str) -> dict[str, str]:
+        """Each column's type as the source declares it ({} where the catalog is not read)."""
+        d = self.dialect
+        if d.columns_sql is None:
+            return {}
+        return {str(name): str(declared or "") for name, declared in
+                self._execute(table, d.columns_sql, [d.index_param(table)])}
+
     def keyset_index(self, table: str, contract: Contract) -> str | None:
         """The name of an index whose leading columns are (cursor, key...), '' if the table
         has none, None if this engine's catalog is not consulted."""

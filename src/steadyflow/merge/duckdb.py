@@ -105,8 +105,9 @@ class DuckdbWarehouse:
         self.path = path
         self.schema = schema
         self._lock = threading.Lock()
-        self._plans: dict[str, MergePlan] = {}
-        self._upserts: dict[str, _Upsert] = {}
+        # keyed by target and column set: a `schema_drift: add` column makes a new plan
+        self._plans: dict[tuple[str, tuple[str, ...]], MergePlan] = {}
+        self._upserts: dict[tuple[str, tuple[str, ...]], _Upsert] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             if not path.exists():
@@ -119,10 +120,11 @@ class DuckdbWarehouse:
                                        hint="another process may hold the file") from None
 
     def _plan(self, ref: TableRef, contract: Contract) -> MergePlan:
-        if ref.target not in self._plans:
-            self._plans[ref.target] = plan(contract, self.schema, ref.target, STAGE, DELETES,
-                                           quote, "duckdb")
-        return self._plans[ref.target]
+        key = (ref.target, contract.names)
+        if key not in self._plans:
+            self._plans[key] = plan(contract, self.schema, ref.target, STAGE, DELETES,
+                                    quote, "duckdb")
+        return self._plans[key]
 
     def ensure_table(self, ref: TableRef, contract: Contract) -> None:
         p = self._plan(ref, contract)
@@ -131,6 +133,8 @@ class DuckdbWarehouse:
                 self._conn.execute(p.create_schema)
                 self._conn.execute(p.create_table)
                 self._conn.execute(p.add_seq)
+                for stmt in p.add_columns:
+                    self._conn.execute(stmt)
                 self._conn.execute(p.create_ledger)
             except duckdb.Error as exc:
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
@@ -177,9 +181,9 @@ class DuckdbWarehouse:
     def _merge(self, c: duckdb.DuckDBPyConnection, ref: TableRef, contract: Contract,
                rows: pa.Table) -> None:
         """The plan's merge rule, by the cheapest statement that gives its result."""
-        u = self._upserts.get(ref.target)
+        u = self._upserts.get((ref.target, contract.names))
         if u is None:
-            u = self._upserts[ref.target] = _upsert(
+            u = self._upserts[(ref.target, contract.names)] = _upsert(
                 contract, f"{quote(self.schema)}.{quote(ref.target)}")
         unique = bool((c.execute(u.unique).fetchone() or (False,))[0])
         if c.execute(u.overlap).fetchone() is None:

@@ -50,6 +50,7 @@ def with_seq(rows: pa.Table, seq: int) -> pa.Table:
 class MergePlan:
     create_schema: str
     add_seq: str  # tables created before the sequence column existed get it on first use
+    add_columns: tuple[str, ...]  # the contract's `schema_drift: add` columns, nullable
     create_table: str
     create_ledger: str
     ledger_check: str
@@ -99,6 +100,9 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
     return MergePlan(
         create_schema=f"CREATE SCHEMA IF NOT EXISTS {q(schema)}",
         add_seq=f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {seq} BIGINT",
+        add_columns=tuple(
+            f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {q(c.name)} "
+            f"{sql_type(c.arrow_type, engine)}" for c in contract.columns if c.added),
         create_table=(f"CREATE TABLE IF NOT EXISTS {target} ({col_defs}"
                       + (f", PRIMARY KEY ({key_list}))" if engine == "postgres" else ")")),
         create_ledger=(f"CREATE TABLE IF NOT EXISTS {ledger} (batch_id VARCHAR PRIMARY KEY, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 from typing import Any
@@ -40,6 +41,15 @@ def _csv(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def _stage(contract: Contract) -> str:
+    """The session's temp stage table: created once per connection with the batch's
+    columns, so a contract with `schema_drift: add` columns gets a stage of its own."""
+    if not any(c.added for c in contract.columns):
+        return STAGE
+    digest = hashlib.blake2b("|".join(contract.names).encode(), digest_size=5).hexdigest()
+    return f"{STAGE}_{digest}"
+
+
 # After a batch whose keys were already in the target, this many batches go straight to the
 # staged merge before a direct COPY is tried again (see PostgresWarehouse.load).
 MERGE_AFTER_CONFLICT = 8
@@ -53,7 +63,8 @@ class PostgresWarehouse:
         self.schema = schema
         self._secrets = [s for s in [dsn_password(dsn)] if s]
         self._lock = threading.Lock()
-        self._plans: dict[str, MergePlan] = {}
+        # keyed by target and column set: a `schema_drift: add` column makes a new plan
+        self._plans: dict[tuple[str, tuple[str, ...]], MergePlan] = {}
         self._merge_only: dict[str, int] = {}  # target → batches left before a direct COPY
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -70,10 +81,11 @@ class PostgresWarehouse:
         return self._conn
 
     def _plan(self, ref: TableRef, contract: Contract) -> MergePlan:
-        if ref.target not in self._plans:
-            self._plans[ref.target] = plan(contract, self.schema, ref.target, STAGE, DELETES,
-                                           quote, "postgres")
-        return self._plans[ref.target]
+        key = (ref.target, contract.names)
+        if key not in self._plans:
+            self._plans[key] = plan(contract, self.schema, ref.target, _stage(contract),
+                                    DELETES, quote, "postgres")
+        return self._plans[key]
 
     def _fail(self, exc: psycopg.Error, what: str, batch: BatchRef | None = None) -> Exception:
         msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
@@ -92,7 +104,8 @@ class PostgresWarehouse:
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                       [f"steadyflow:{self.schema}.{ref.target}"])
-                    for stmt in (p.create_schema, p.create_table, p.add_seq, p.create_ledger):
+                    for stmt in (p.create_schema, p.create_table, p.add_seq, *p.add_columns,
+                                 p.create_ledger):
                         self.conn.execute(stmt.encode())
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
@@ -118,7 +131,7 @@ class PostgresWarehouse:
                         return False  # leaving the block commits nothing of note
                     conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
                     if rows.num_rows and not self._copy_direct(conn, ref, target, rows):
-                        self._copy(conn, target, STAGE, rows)
+                        self._copy(conn, target, _stage(contract), rows)
                         conn.execute(p.merge.encode())
                     if deletes is not None and deletes.num_rows:
                         self._copy(conn, target, DELETES, deletes, columns=deletes.column_names)

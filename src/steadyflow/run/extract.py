@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from steadyflow.config import SourceConfig, TableConfig
+from steadyflow.config import IDENT, SourceConfig, TableConfig
 from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout
 from steadyflow.extract.http import (
     RAW_SUFFIX,
@@ -31,7 +31,7 @@ from steadyflow.extract.http import (
 from steadyflow.extract.sql import SqlSource
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import BatchRef, Contract, TableRef, Watermark, step_back
+from steadyflow.model import BatchRef, Contract, TableRef, Watermark, drift_type, step_back
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer
@@ -100,6 +100,9 @@ class TableExtractor:
             slow_seconds=max(1.0, self.source.resilience.statement_timeout / 4))
         self.result = ExtractResult()
         self._drift_reported = False
+        # schema_drift: add — the source columns added to the contract, [[name, type], ...];
+        # recorded in every batch's meta["columns"] so the loader uses the same contract
+        self._added: list[list[str]] = []
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"source": self.ref.source, "table": self.ref.table, "stage": "extract",
@@ -119,7 +122,7 @@ class TableExtractor:
         after, since = self.start_point()
         extra = self.guard.call(lambda: db.probe(self.ref.table, self.contract),
                                 stop=self.should_stop)
-        self.schema_drift(extra or [])
+        self.schema_drift(extra or [], db)
         # SQL pages are read one ahead: page N+1's query (server time and Arrow decoding,
         # which release the GIL) runs while page N is landed, fsynced and published. Pages
         # are still published strictly in order, each checkpoint after its own publish, and
@@ -168,12 +171,15 @@ class TableExtractor:
                 break
             after, since = page.high, None
 
-    def schema_drift(self, extra: list[str]) -> None:
+    def schema_drift(self, extra: list[str], db: Source | None = None) -> None:
         """Source columns the contract does not name: the table's `schema_drift` policy."""
         if not extra or self._drift_reported:
             return
         self._drift_reported = True
         names = ", ".join(extra)
+        if self.table.schema_drift == "add" and isinstance(db, SqlSource):
+            self._add_columns(extra, db)
+            return
         if self.table.schema_drift == "stop":
             raise SchemaError(
                 f"schema drift: the source has column(s) {names} that the contract does not "
@@ -183,6 +189,28 @@ class TableExtractor:
         log.warning("schema drift: source column(s) %s are not in the contract and are NOT "
                     "extracted (schema_drift: ignore); add them to the contract to load them",
                     names, extra=self._extra())
+
+    def _add_columns(self, extra: list[str], db: SqlSource) -> None:
+        """`schema_drift: add`: extract the new columns too, typed from the source's declared
+        type (model.drift_type); the effective contract is the configured one plus these."""
+        for name in extra:
+            if not IDENT.match(name):
+                raise SchemaError(
+                    f"schema drift: the source column {name!r} is not a plain identifier "
+                    "(letters, digits, _; max 63) and cannot be added to the warehouse "
+                    "(schema_drift: add)", stage="extract", source=self.ref.source,
+                    table=self.ref.table,
+                    hint="rename the source column, or set schema_drift: ignore")
+        declared = self.guard.call(lambda: db.declared_types(self.ref.table),
+                                   stop=self.should_stop)
+        lowered = {k.lower(): v for k, v in declared.items()}
+        self._added = [[name, drift_type(declared.get(name, lowered.get(name.lower())))]
+                       for name in extra]
+        self.contract = self.contract.with_added(self._added)
+        log.warning("schema drift: source column(s) %s are not in the contract and are "
+                    "extracted and added to the warehouse table as nullable column(s) "
+                    "(schema_drift: add): %s", ", ".join(extra),
+                    ", ".join(f"{n} {t}" for n, t in self._added), extra=self._extra())
 
     def _page_size_changed(self, before: int, size: int, why: str) -> None:
         self.metrics.page_size(self.ref.source, self.ref.table, size)
@@ -265,6 +293,8 @@ class TableExtractor:
                 meta: dict[str, object] | None = None) -> BatchRef:
         """Land, record, enqueue, then move the checkpoint. The order is the guarantee."""
         started = time.monotonic()
+        if self._added:
+            meta = {**(meta or {}), "columns": self._added}
         batch = self.landing.write(rows, self.ref.source, self.ref.table, low, high,
                                    meta=meta, seq=self.state.next_seq())
         self.state.record_landed(batch)

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from steadyflow.config import PipelineConfig
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import BatchRef
+from steadyflow.model import BatchRef, Contract
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Warehouse
@@ -51,11 +51,16 @@ class BatchLoader:
     metrics: PipelineMetrics
 
     def __post_init__(self) -> None:
-        self._ensured: set[str] = set()
+        self._ensured: set[tuple[str, tuple[str, ...]]] = set()
+
+    def contract_of(self, batch: BatchRef) -> Contract:
+        """The batch's contract: the configured one plus the columns `schema_drift: add`
+        extracted with it (batch.meta["columns"], see run/extract.py)."""
+        _, table_cfg, _ = self.config.table(batch.source, batch.table)
+        return self.config.contract_of(table_cfg).with_added(batch.meta.get("columns"))
 
     def transform(self, batch: BatchRef) -> Verdict:
-        _, table_cfg, _ = self.config.table(batch.source, batch.table)
-        contract = self.config.contract_of(table_cfg)
+        contract = self.contract_of(batch)
         rows = self.landing.read(batch)
         started = time.monotonic()
         verdict = validate(rows, contract)
@@ -66,11 +71,11 @@ class BatchLoader:
 
     def process(self, batch: BatchRef) -> LoadOutcome:
         """Validate and load one batch; safe to call again for the same batch."""
-        _, table_cfg, ref = self.config.table(batch.source, batch.table)
-        contract = self.config.contract_of(table_cfg)
-        if ref.target not in self._ensured:
-            self.warehouse.ensure_table(ref, contract)
-            self._ensured.add(ref.target)
+        _, _, ref = self.config.table(batch.source, batch.table)
+        contract = self.contract_of(batch)
+        if (ref.target, contract.names) not in self._ensured:
+            self.warehouse.ensure_table(ref, contract)  # also adds columns new to the target
+            self._ensured.add((ref.target, contract.names))
         verdict = self.transform(batch)
         if verdict.bad.num_rows:
             self.quarantine.park(batch, verdict)
