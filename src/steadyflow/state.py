@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
   batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, tbl TEXT NOT NULL, path TEXT NOT NULL,
   rows INTEGER NOT NULL, reasons TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open',
   created_at REAL NOT NULL, replayed_at REAL, replayed_rows INTEGER);
+CREATE TABLE IF NOT EXISTS parked_rows (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, row_hash TEXT NOT NULL, batch_id TEXT NOT NULL,
+  PRIMARY KEY (source, tbl, row_hash));
 CREATE TABLE IF NOT EXISTS sequence (
   name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reconcile_runs (
@@ -256,9 +259,22 @@ class StateStore:
         return [TableHealth(*r) for r in rows]
 
     # --- quarantine ------------------------------------------------------------------
+    def parked_by(self, source: str, table: str, hashes: list[str]) -> dict[str, str]:
+        """Which of these bad-row hashes are parked already, and by which batch."""
+        found: dict[str, str] = {}
+        for i in range(0, len(hashes), 500):
+            chunk = hashes[i:i + 500]
+            rows = self._query(
+                f"SELECT row_hash, batch_id FROM parked_rows WHERE source=? AND tbl=? AND "
+                f"row_hash IN ({','.join('?' * len(chunk))})", (source, table, *chunk))
+            found.update(dict(rows))
+        return found
+
     def record_quarantine(self, batch_id: str, source: str, table: str, path: str, rows: int,
-                          reasons: dict[str, int]) -> None:
+                          reasons: dict[str, int], hashes: list[str] | None = None) -> None:
         with self._tx() as c:
+            c.executemany("INSERT OR IGNORE INTO parked_rows VALUES (?,?,?,?)",
+                          [(source, table, h, batch_id) for h in hashes or []])
             c.execute(
                 "INSERT OR IGNORE INTO quarantine(batch_id, source, tbl, path, rows, reasons, "
                 "created_at) VALUES (?,?,?,?,?,?,?)",

@@ -77,27 +77,27 @@ class BatchLoader:
             self.warehouse.ensure_table(ref, contract)  # also adds columns new to the target
             self._ensured.add((ref.target, contract.names))
         verdict = self.transform(batch)
-        if verdict.bad.num_rows:
-            self.quarantine.park(batch, verdict)
+        parked = self.quarantine.park(batch, verdict) if verdict.bad.num_rows else 0
         started = time.monotonic()
         loaded = self.warehouse.load(ref, contract, batch, verdict.good)
         self.metrics.batch_duration(batch.source, batch.table, "load",
                                     time.monotonic() - started)
         failpoint("load.after_commit")
         if loaded:
-            self._record(batch, verdict, contract.cursor)
-        return LoadOutcome(loaded, verdict.good.num_rows, verdict.bad.num_rows)
+            self._record(batch, verdict, parked, contract.cursor)
+        return LoadOutcome(loaded, verdict.good.num_rows, parked)
 
-    def _record(self, batch: BatchRef, verdict: Verdict, cursor: str) -> None:
+    def _record(self, batch: BatchRef, verdict: Verdict, parked: int, cursor: str) -> None:
+        """`parked`: bad rows newly quarantined (a lookback re-read of a row parked
+        before does not count twice)."""
         good = verdict.good
         self.metrics.rows(batch.source, batch.table, "load", good.num_rows)
-        if verdict.bad.num_rows:
-            self.metrics.quarantined(batch.source, batch.table, verdict.bad.num_rows)
+        if parked:
+            self.metrics.quarantined(batch.source, batch.table, parked)
         newest, epoch = _newest(good, cursor)
         if epoch is not None:
             self.metrics.loaded_cursor(batch.source, batch.table, epoch)
-        self.state.record_load(batch.source, batch.table, good.num_rows,
-                               verdict.bad.num_rows, newest, epoch)
+        self.state.record_load(batch.source, batch.table, good.num_rows, parked, newest, epoch)
 
     def handle(self, batch: BatchRef) -> LoadOutcome:
         """process, then ack, then mark: the commit order in the module docstring."""

@@ -1,13 +1,17 @@
 """The dead-letter path: rows that broke a rule, parked with their reason and batch.
 
 Parked rows are Parquet files under landing/_quarantine, named by the batch id, so parking
-the same batch twice (a redelivery) writes the same file and the same index row. Replay
+the same batch twice (a redelivery) writes the same file and the same index row. A bad
+row that another batch parked already (the lookback window re-reads recent rows) is not
+parked again, so quarantine counts are rows, not re-reads. Replay
 re-validates parked rows against the current contract and sends those that now pass
 through the normal load path as a new batch whose id is derived from the parked batch
 and the rows replayed, so replaying twice loads them once.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,12 +30,22 @@ class Quarantine:
         self.landing = landing
         self.state = state
 
-    def park(self, batch: BatchRef, verdict: Verdict) -> None:
+    def park(self, batch: BatchRef, verdict: Verdict) -> int:
+        """Park the batch's bad rows that no other batch parked; returns how many."""
+        hashes = row_hashes(verdict.bad)
+        seen = self.state.parked_by(batch.source, batch.table, hashes)
+        fresh = [seen.get(h, batch.batch_id) == batch.batch_id for h in hashes]
+        if not any(fresh):
+            return 0
+        rows = verdict.bad.filter(pa.array(fresh, pa.bool_()))
+        new_hashes = [h for h, keep in zip(hashes, fresh, strict=True) if keep]
+        reasons = {i["values"]: i["counts"] for i in pc.value_counts(rows[REASON]).to_pylist()}
         parked = self.landing.write(
-            verdict.bad, QUARANTINE_SOURCE_DIR, f"{batch.source}.{batch.table}",
+            rows, QUARANTINE_SOURCE_DIR, f"{batch.source}.{batch.table}",
             None, None, kind="quarantine", meta={"of": batch.batch_id})
         self.state.record_quarantine(batch.batch_id, batch.source, batch.table, parked.path,
-                                     verdict.bad.num_rows, verdict.reasons)
+                                     rows.num_rows, reasons, new_hashes)
+        return rows.num_rows
 
     def rows(self, path: str) -> pa.Table:
         return pq.read_table(self.landing.root / path)
@@ -45,3 +59,10 @@ class Quarantine:
     def reasons_of(self, path: str) -> dict[str, int]:
         parked = self.rows(path)
         return {i["values"]: i["counts"] for i in pc.value_counts(parked[REASON]).to_pylist()}
+
+
+def row_hashes(bad: pa.Table) -> list[str]:
+    """One digest per parked row (all columns are text, plus the reason)."""
+    columns = [bad[name].to_pylist() for name in bad.column_names]
+    return [hashlib.blake2b("\x1f".join("\x00" if v is None else str(v) for v in row).encode(),
+                            digest_size=16).hexdigest() for row in zip(*columns, strict=True)]
