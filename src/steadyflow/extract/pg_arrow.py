@@ -302,16 +302,7 @@ class PgArrowSource(SqlSource):
         except Exception as exc:  # noqa: BLE001 - every driver error is translated
             if isinstance(exc, SteadyflowError):
                 raise
-            if dog.fired:
-                self.close()
-                raise SourceTimeout(
-                    f"no answer within statement_timeout + grace ({limit:.0f}s); "
-                    "connection shut down by the client watchdog", stage="extract",
-                    source=self.config.name, table=table) from None
-            translated = self._translate(exc, table)
-            if translated.retryable:
-                self.close()  # the connection may be dead; reconnect on the next try
-            raise translated from None
+            raise self._query_failed(exc, table, dog.fired, limit, self._translate) from None
 
     def page(
         self,

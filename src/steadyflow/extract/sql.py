@@ -7,7 +7,7 @@ skipped nor re-read forever. The lookback re-read starts at `cursor >= since` in
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -98,16 +98,23 @@ class SqlSource:
                 finally:
                     cur.close()
         except DRIVER_ERRORS as exc:
-            if dog.fired:
-                self.close()
-                raise SourceTimeout(
-                    f"no answer within statement_timeout + grace ({limit:.0f}s); "
-                    "connection shut down by the client watchdog", stage="extract",
-                    source=self.config.name, table=table) from None
-            translated = self.dialect.error(exc, table)
-            if translated.retryable:
-                self.close()  # the connection may be dead; reconnect on the next try
-            raise translated from None
+            raise self._query_failed(exc, table, dog.fired, limit, self.dialect.error) from None
+
+    def _query_failed(self, exc: BaseException, table: str, fired: bool, limit: float,
+                      translate: Callable[[BaseException, str], SteadyflowError]
+                      ) -> SteadyflowError:
+        """The error a failed query raises; drops the connection when it may be dead.
+        `translate` is the driver's own error mapping (psycopg/pymysql/sqlite, or ADBC)."""
+        if fired:
+            self.close()
+            return SourceTimeout(
+                f"no answer within statement_timeout + grace ({limit:.0f}s); "
+                "connection shut down by the client watchdog", stage="extract",
+                source=self.config.name, table=table)
+        translated = translate(exc, table)
+        if translated.retryable:
+            self.close()  # the connection may be dead; reconnect on the next try
+        return translated
 
     def _select(self, table: str, contract: Contract) -> str:
         cols = ", ".join(self.dialect.ident(c) for c in contract.names)
