@@ -6,13 +6,14 @@ With CI=true a missing service FAILS the test; elsewhere it skips with the reaso
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 import pymysql
@@ -29,15 +30,28 @@ MY_HOST, MY_PORT = "127.0.0.1", 3306
 SALES_CONTRACT: dict[str, Any] = DEMO_SALES_CONTRACT
 
 
+def unavailable(reason: str) -> NoReturn:
+    """Something a test needs is missing: a failure under CI=true, a skip elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI requires it: {reason}")
+    pytest.skip(reason)
+
+
 def require_service(name: str, host: str, port: int) -> None:
     try:
         with socket.create_connection((host, port), timeout=2):
             return
     except OSError as exc:
-        reason = f"{name} is not reachable on {host}:{port} ({exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI requires {reason}")
-        pytest.skip(reason)
+        unavailable(f"{name} is not reachable on {host}:{port} ({exc})")
+
+
+def require_tool(name: str, package: str, fallback: str | None = None) -> str:
+    """The path of a command-line tool from Debian's `package`."""
+    path = shutil.which(name) or (
+        fallback if fallback is not None and os.access(fallback, os.X_OK) else None)
+    if path is None:
+        unavailable(f"{name} not found (apt-get install -y {package})")
+    return path
 
 
 @pytest.fixture

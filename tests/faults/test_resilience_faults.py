@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 import duckdb
 import psycopg
 import pytest
-from tests.conftest import SALES_CONTRACT, write_pipeline
+from tests.conftest import SALES_CONTRACT, require_tool, unavailable, write_pipeline
 from tests.faults.test_network import (
     assert_warehouse_equals_sources,
     metric,
@@ -203,10 +202,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        reason = f"cannot mount a 2 MB tmpfs: {proc.stderr.strip() or proc.returncode}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"cannot mount a 2 MB tmpfs: {proc.stderr.strip() or proc.returncode}")
     try:
         yield mount
     finally:
@@ -326,12 +322,7 @@ def test_clock_skew_cursors_come_from_source_values(
     """The pipeline host runs 2 h ahead (faketime). Rows committed at the sources' real
     'now' are 2 h in the pipeline's past; a cursor taken from the local clock (or a
     `since = now() - lookback`) would skip them. Checkpoints must be source values."""
-    faketime = shutil.which("faketime")
-    if faketime is None:
-        reason = "faketime is not installed (apt-get install -y faketime)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    faketime = require_tool("faketime", "faketime")
     seed_pg(pg_dsn, 1_000)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("UPDATE sales SET updated_at = now() - (3000 - sale_id) * interval '1 ms'")

@@ -7,12 +7,11 @@ the rules can never silently go untested.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from tests.conftest import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -23,13 +22,7 @@ RULE_TESTS = REPO / "deploy" / "prometheus" / "alerts_test.yml"
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        msg = "promtool not found (apt-get install -y prometheus)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -15,10 +15,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import select
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -39,7 +37,15 @@ import pymysql
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import MY_HOST, MY_PORT, PG_HOST, PG_PORT, steadyflow, write_pipeline
+from tests.conftest import (
+    MY_HOST,
+    MY_PORT,
+    PG_HOST,
+    PG_PORT,
+    require_tool,
+    steadyflow,
+    write_pipeline,
+)
 from tests.support.faultproxy import FaultProxy
 
 from steadyflow.demo.stores import COLUMNS, create_stores, format_ts
@@ -64,13 +70,7 @@ CREATE INDEX ON sales (updated_at, store_id, sale_id);
 # --- helpers --------------------------------------------------------------------------------
 
 def promtool_binary() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        msg = "promtool not found (apt-get install -y prometheus)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return require_tool("promtool", "prometheus")
 
 
 def fetch(url: str, timeout: float = 5.0) -> str:

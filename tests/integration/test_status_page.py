@@ -9,8 +9,6 @@ so a human can look at what the page really looks like.
 from __future__ import annotations
 
 import http.client
-import os
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -22,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from tests.conftest import steadyflow, write_pipeline
+from tests.conftest import require_tool, steadyflow, write_pipeline
 
 from steadyflow.demo.stores import create_stores
 from steadyflow.errors import ConfigError
@@ -106,14 +104,7 @@ def state_dump(path: Path) -> list[Any]:
 # --- the page in a real browser -------------------------------------------------------------
 
 def chromium_binary() -> str:
-    path = shutil.which("chromium") or (
-        "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
-    if path is None:
-        reason = "chromium not found (apt-get install -y chromium)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return require_tool("chromium", "chromium", fallback="/usr/bin/chromium")
 
 
 def chromium(binary: str, profile: Path, url: str, *mode: str) -> subprocess.Popen[str]:
