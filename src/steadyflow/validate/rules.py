@@ -84,22 +84,34 @@ def validate(batch: pa.Table, contract: Contract) -> Verdict:
             checks.append((_present_and(text, pc.invert(pc.match_substring_regex(
                 text, column.pattern))), f"{column.name}: does not match {column.pattern}"))
     failpoint("transform.mid")
+    schema = _nullable_schema(contract)
+    bad_mask = _any(n, [mask for mask, _ in checks])
+    if not pc.any(bad_mask).as_py():
+        # the common case: nothing to quarantine, so no reason strings and no filtering
+        empty = pa.table({name: pa.array([], pa.string()) for name in (*contract.names, REASON)})
+        return Verdict(good=pa.Table.from_arrays(conformed, schema=schema), bad=empty,
+                       reasons={}, bad_mask=bad_mask)
     # first failing rule wins: apply in reverse so earlier rules overwrite later ones
     for mask, text in reversed(checks):
         reason = pc.if_else(mask, pa.scalar(text), reason)
-    bad_mask = pc.is_valid(reason)
-    good = pa.Table.from_arrays(conformed, schema=_nullable_schema(contract)).filter(
-        pc.invert(bad_mask))
+    good = pa.Table.from_arrays(conformed, schema=schema).filter(pc.invert(bad_mask))
     bad_raw = batch.select(list(contract.names)).filter(bad_mask)
     bad = pa.Table.from_arrays(
         [pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
          for col in bad_raw.columns] + [reason.filter(bad_mask)],
         names=[*contract.names, REASON])
     counts: dict[str, int] = {}
-    if bad.num_rows:
-        for item in pc.value_counts(bad[REASON]).to_pylist():
-            counts[item["values"]] = item["counts"]
+    for item in pc.value_counts(bad[REASON]).to_pylist():
+        counts[item["values"]] = item["counts"]
     return Verdict(good=good, bad=bad, reasons=counts, bad_mask=bad_mask)
+
+
+def _any(n: int, masks: list[pa.Array]) -> pa.Array:
+    """Per row: did any rule fail? (The masks never hold nulls.)"""
+    out = pa.repeat(pa.scalar(False, pa.bool_()), n)
+    for mask in masks:
+        out = pc.or_(out, mask)
+    return out
 
 
 def _nullable_schema(contract: Contract) -> pa.Schema:
