@@ -23,15 +23,14 @@ from typing import Any
 from steadyflow.buffer.sqlite import SqliteBuffer
 from steadyflow.config import PipelineConfig, load_config
 from steadyflow.errors import FatalError, RetryableError, SteadyflowError
+from steadyflow.extract.sql import SqlSource
 from steadyflow.land.parquet import LandingZone
-from steadyflow.merge.duckdb import DuckdbWarehouse
-from steadyflow.merge.postgres import PostgresWarehouse
 from steadyflow.model import BatchRef
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Warehouse
 from steadyflow.resilience import SourceGuard, retry_reason
-from steadyflow.run.extract import ExtractResult, TableExtractor, open_source
+from steadyflow.run.extract import ExtractResult, Source, TableExtractor, open_source
 from steadyflow.run.load import BatchLoader
 from steadyflow.state import StateStore
 from steadyflow.validate.quarantine import Quarantine
@@ -101,6 +100,10 @@ class Pipeline:
                                    config.landing.compression)
         self.buffer: Buffer = self._open_buffer(state_dir)
         self._warehouse: Warehouse | None = None
+        # SQL sources stay connected between the cycles of `run --follow` (a cycle after a
+        # small change is then mostly its queries, not connection set-up); keyed by table,
+        # each used by one extraction thread at a time, dropped after any error
+        self._open_sources: dict[str, Source] = {}
         self.quarantine = Quarantine(self.landing, self.state)
         self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
                                            on_breaker=self._on_breaker)
@@ -126,9 +129,14 @@ class Pipeline:
     def warehouse(self) -> Warehouse:
         if self._warehouse is None:
             w = self.config.warehouse
+            # imported here: a run loads one warehouse's driver, not both
             if w.kind == "postgres":
+                from steadyflow.merge.postgres import PostgresWarehouse
+
                 self._warehouse = PostgresWarehouse(w.dsn or "", w.schema_)
             else:
+                from steadyflow.merge.duckdb import DuckdbWarehouse
+
                 self._warehouse = DuckdbWarehouse(self.config.resolve(w.path or "wh.duckdb"),
                                                   w.schema_)
         return self._warehouse
@@ -143,6 +151,8 @@ class Pipeline:
 
     def close(self) -> None:
         self._stop.set()
+        while self._open_sources:
+            self._open_sources.popitem()[1].close()
         for closeable in (self._warehouse, self.buffer, self.state):
             if closeable is not None:
                 closeable.close()
@@ -192,9 +202,13 @@ class Pipeline:
             extractor = TableExtractor(
                 s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
                 self.guards[s.name], self.metrics, should_stop=self._stop.is_set)
-            db = open_source(s)  # SQL or HTTP: the same extractor loop and guard
+            # SQL or HTTP: the same extractor loop and guard
+            db = self._open_sources.pop(ref.label, None) or open_source(s)
+            keep = False
             try:
-                return ref, extractor.run(db, dry_run=dry_run)
+                result = extractor.run(db, dry_run=dry_run)
+                keep = isinstance(db, SqlSource) and not self._stop.is_set()
+                return ref, result
             except SteadyflowError as exc:
                 self.state.record_error(ref.source, ref.table, str(exc))
                 self.metrics.error(ref.source, ref.table, "extract")
@@ -202,7 +216,10 @@ class Pipeline:
                     "source": ref.source, "table": ref.table, "stage": "extract"})
                 return ref, exc
             finally:
-                db.close()
+                if keep:
+                    self._open_sources[ref.label] = db
+                else:
+                    db.close()
 
         with ThreadPoolExecutor(max_workers=self.config.run.max_parallel_sources,
                                 thread_name_prefix="extract") as pool:
