@@ -142,7 +142,7 @@ class TableConfig(_Strict):
     min_page_size: int = Field(default=500, ge=1)
     mirror_deletes: bool = False
     # reconcile: the warehouse rows this table owns when several tables feed one target
-    # (e.g. {store_id: 3}); see src/steadyflow/reconcile/runner.py
+    # (e.g. {store_id: 3}); see src/steadyflow/reconcile/table.py
     warehouse_filter: dict[str, int | str] | None = None
     schema_drift: Literal["ignore", "stop", "add"] = "ignore"
     # HTTP sources only: GET {url}{endpoint}?{since_param}=..&{limit_param}=..&{next_param}=..

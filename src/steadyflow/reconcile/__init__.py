@@ -1,6 +1,11 @@
 """reconcile stage: is the warehouse what the sources say it should be?
 
-    runner.py    the command: per source table compare, classify, repair, verify, record
+    runner.py    the command: every table in turn, results into run history and metrics;
+                 Scheduler (run.reconcile_every in follow mode)
+    table.py     one source table: compare, classify, repair, verify
+    repair.py    differing rows back through the normal path as `kind=repair` batches
+    report.py    what one table's reconciliation found, and its text form
+    options.py   the command's options (--since, --by, --repair)
     bisect.py    buckets → (count, checksum) per bucket → bisect differing ones → keys
     sides.py     one side (source table, or its warehouse rows) as SQL aggregate queries
     engines.py   the canonical encoding and checksum in each engine's SQL

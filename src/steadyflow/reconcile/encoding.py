@@ -122,7 +122,7 @@ def row_term(encoded: Sequence[str | None]) -> int:
 # These converters give a raw value the encoding of what extraction would load from it
 # (extract/sql.py: column_to_arrow), and never raise: a value extraction could not convert
 # encodes as `?` + its text, which equals nothing the warehouse can hold (such rows are
-# invalid and expected in quarantine, see runner.py).
+# invalid and expected in quarantine, see table.py).
 
 def _bad(value: Any) -> str:
     return "?" + str(value)

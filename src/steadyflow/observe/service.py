@@ -1,0 +1,157 @@
+"""What the HTTP handler serves from: status snapshots, their history, the pipeline loop.
+
+`StatusService` owns the threads behind the status server: a sampler that records a
+`collect()` snapshot every few seconds into `History`, and, in follow mode, the pipeline
+loop itself.  It also keeps the state-derived gauges on /metrics in step with the durable
+state, because a restarted process has loaded nothing yet and a read-only viewer never
+loads: neither has a loader setting them.
+
+Every string in a snapshot passes through `logs.scrub` here, once, before the page or
+/api/status sees it, so a registered secret that reached an error message is not shown.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+from steadyflow.observe import logs
+from steadyflow.observe.history import HISTORY_SAMPLES, History
+from steadyflow.observe.metrics import BREAKER_STATES
+from steadyflow.observe.status import collect
+
+log = logs.get("web")  # the logger this code always used: operators' log filters keep working
+
+SAMPLE_EVERY = 2.0
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return logs.scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
+class StatusService:
+    """Owns the snapshot history, the optional pipeline loop and the state→metrics sync."""
+
+    def __init__(self, pipeline: Any, follow: bool = False, live: bool | None = None,
+                 sample_every: float = SAMPLE_EVERY,
+                 history: int = HISTORY_SAMPLES) -> None:
+        self.pipeline = pipeline
+        self.follow = follow
+        #: the pipeline runs in this process, so its metrics and breakers are the truth
+        self.live = follow if live is None else (live or follow)
+        self.sample_every = sample_every
+        self.history = History(history)
+        self.loop_error: str | None = None
+        self._stop = threading.Event()
+        self._synced: dict[tuple[str, str], float] = {}
+        self._threads: list[threading.Thread] = []
+        self._runner: threading.Thread | None = None
+
+    # -- state -> metrics ---------------------------------------------------------------
+    def sync_metrics(self) -> None:
+        """Bring state-derived gauges up to date with the durable state.
+
+        Freshness and last success: a restarted process (or a read-only viewer next to a
+        pipeline running elsewhere) must report how stale the warehouse really is, not
+        "no data" or "fresh since I started".  Only moves forward, like the loader does.
+        In read-only mode the breaker gauge mirrors what the running pipeline recorded.
+        """
+        metrics = self.pipeline.metrics
+        for h in self.pipeline.state.health():
+            key = (h.source, h.table)
+            epoch = h.newest_cursor_epoch
+            if epoch is not None and epoch > self._synced.get(key, -math.inf):
+                self._synced[key] = epoch
+                metrics.loaded_cursor(h.source, h.table, epoch)
+                if h.last_success is not None:
+                    _set_last_success(metrics, h.source, h.table, h.last_success)
+            if not self.live and h.breaker in BREAKER_STATES:
+                metrics.breaker(h.source, h.breaker)
+
+    def _reset_recorded_breakers(self) -> None:
+        # table_health.breaker is written on breaker transitions only, so an "open" left by a
+        # previous process would stay on the page forever once this process's (closed)
+        # breaker never transitions.  When this process is the pipeline, record
+        # what its breakers really are.
+        for source, _, ref in self.pipeline.config.tables():
+            guard = self.pipeline.guards.get(source.name)
+            if guard is not None:
+                self.pipeline.state.record_source_state(source.name, ref.table,
+                                                        breaker=guard.breaker.state)
+
+    # -- snapshots ------------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        report: dict[str, Any] = _scrubbed(collect(self.pipeline))
+        return report
+
+    def sample(self) -> None:
+        if not self.live:
+            self.sync_metrics()
+        self.history.add(self.report())
+
+    def _sampler(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sample()
+            except Exception as exc:  # a locked/busy state file must not kill the sampler
+                log.warning("status snapshot failed: %s", exc, extra={"stage": "observe"})
+            self._stop.wait(self.sample_every)
+
+    def _run_loop(self) -> None:
+        try:
+            self.pipeline.run(follow=True)
+        except Exception as exc:
+            self.loop_error = logs.scrub(f"{type(exc).__name__}: {exc}")
+            log.error("pipeline loop stopped: %s", exc, extra={"stage": "run"})
+
+    @property
+    def mode(self) -> str:
+        if self.follow:
+            return "running the pipeline"
+        return "live" if self.live else "read-only view of state"
+
+    @property
+    def loop_alive(self) -> bool:
+        return self._runner is None or self._runner.is_alive()
+
+    def start(self) -> None:
+        self.sync_metrics()
+        if self.live:
+            self._reset_recorded_breakers()
+        if self.follow:
+            self._runner = threading.Thread(target=self._run_loop, name="pipeline",
+                                            daemon=True)
+            self._threads.append(self._runner)
+            self._runner.start()
+        sampler = threading.Thread(target=self._sampler, name="status-sampler", daemon=True)
+        self._threads.append(sampler)
+        sampler.start()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the loop and the sampler; False if a thread did not finish in time."""
+        self._stop.set()
+        if self.follow:
+            self.pipeline.stop()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+
+def _set_last_success(metrics: Any, source: str, table: str, at: float) -> None:
+    """Put the recorded time of the last load on the last-success gauge.
+
+    `PipelineMetrics.loaded_cursor` stamps "now" (it is called by the loader right after a
+    load); when the load happened before this process started, the true time is in state.
+    """
+    gauge = getattr(metrics, "_last_success", None)
+    if gauge is not None:
+        gauge.labels(source, table).set(at)

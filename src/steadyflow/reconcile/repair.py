@@ -1,0 +1,123 @@
+"""Repair: land the differences a comparison found as batches of kind "repair".
+
+The current source rows of missing and mismatched keys (table.py read them by key through
+`SqlSource.page` and validated them) are landed as repair batches and loaded by the
+ordinary `BatchLoader` (landing → manifest → loader: validate → merge + ledger, one
+transaction), so repair is exactly-once like any batch; the merge rule (newer-or-equal
+cursor wins) lets the source's current row overwrite the warehouse's.  Extra keys are
+deleted in the same transaction when the table has `mirror_deletes: true`.  A warehouse row
+whose cursor is newer than the source's would win that merge, so it is deleted first, in
+batches of its own.
+
+Batches landed before a failure stay in the manifest: the next run's sweep loads them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from steadyflow.config import TableConfig
+from steadyflow.model import BatchRef, Contract, TableRef, encode_value
+from steadyflow.observe import logs
+from steadyflow.reconcile.encoding import canonical
+from steadyflow.reconcile.report import Findings
+from steadyflow.run.load import BatchLoader
+
+if TYPE_CHECKING:
+    from steadyflow.ports import Warehouse
+    from steadyflow.run.pipeline import Pipeline
+
+log = logs.get("reconcile")
+
+DELETE_CHUNK = 10_000  # keys per repair batch (they travel in the batch's manifest entry)
+
+
+class _RepairWarehouse:
+    """The pipeline's warehouse, with the delete keys of repair batches added to their
+    load, so upserts, deletes and the ledger row commit in one transaction."""
+
+    def __init__(self, inner: Warehouse) -> None:
+        self.inner = inner
+        self.deletes: dict[str, pa.Table] = {}
+
+    def ensure_table(self, ref: TableRef, contract: Contract) -> None:
+        self.inner.ensure_table(ref, contract)
+
+    def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
+             deletes: pa.Table | None = None) -> bool:
+        return self.inner.load(ref, contract, batch, rows,
+                               deletes=self.deletes.get(batch.batch_id, deletes))
+
+    def is_loaded(self, batch_id: str) -> bool:
+        return self.inner.is_loaded(batch_id)
+
+    def close(self) -> None:  # the pipeline owns the warehouse
+        pass
+
+
+def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract: Contract,
+                 found: Findings, deletes: list[tuple[Any, ...]], run_id: int
+                 ) -> dict[str, Any]:
+    """Land and load `found` as repair batches, deleting `deletes` (warehouse keys) on the way.
+
+    The caller decides which extra keys to delete (it can ask the source whether they are
+    still gone); this only plans the batches and loads them.  Returns the counts that go
+    into `TableReport.repair`.
+    """
+    pk = contract.primary_key
+    warehouse = _RepairWarehouse(pipeline.warehouse)
+    loader = BatchLoader(pipeline.config, pipeline.landing, pipeline.buffer,
+                         warehouse, pipeline.state,  # type: ignore[arg-type]
+                         pipeline.quarantine, pipeline.metrics)
+    empty = contract.schema.empty_table()
+    plan: list[tuple[pa.Table, list[tuple[Any, ...]]]] = []
+    if found.ahead:
+        # the warehouse row's cursor is newer than the source's: a merge would keep it,
+        # so remove it first (its own transaction), then upsert the source row below
+        keys = list(found.ahead.values())
+        plan += [(empty, keys[i:i + DELETE_CHUNK])
+                 for i in range(0, len(keys), DELETE_CHUNK)]
+    rows = found.rows if found.rows is not None else empty
+    wanted = set(found.missing) | set(found.mismatched)
+    if rows.num_rows and len(wanted) < rows.num_rows:
+        rows = rows.filter(pa.array([  # keep only keys still classified as differing
+            tuple(canonical(v, contract.column(k).type) for k, v in zip(pk, vals, strict=True))
+            in wanted for vals in zip(*[rows[k].to_pylist() for k in pk], strict=True)]))
+    size = max(1, table.page_size)
+    row_chunks = [rows.slice(i, size) for i in range(0, rows.num_rows, size)]
+    del_chunks = [deletes[i:i + DELETE_CHUNK] for i in range(0, len(deletes), DELETE_CHUNK)]
+    for chunk, dels in itertools.zip_longest(row_chunks, del_chunks):
+        plan.append((empty if chunk is None else chunk, dels or []))
+    result = {"batches": 0, "upserted": 0, "deleted": 0, "quarantined": 0,
+              "deletes_skipped": 0 if table.mirror_deletes else len(found.extra)}
+    for i, (chunk, dels) in enumerate(plan):
+        if not chunk.num_rows and not dels:
+            continue
+        meta: dict[str, object] = {"reconcile_run": run_id}
+        if dels:
+            meta["deletes"] = [[encode_value(v) for v in key] for key in dels]
+        batch = pipeline.landing.write(chunk, ref.source, ref.table, None, None,
+                                       kind="repair", meta=meta,
+                                       seq=pipeline.state.next_seq())
+        batch = replace(batch, batch_id=f"{batch.batch_id}.repair{run_id}.{i}")
+        pipeline.state.record_landed(batch)
+        if dels:
+            warehouse.deletes[batch.batch_id] = pa.table(
+                {k: pa.array([key[j] for key in dels], contract.column(k).arrow_type)
+                 for j, k in enumerate(pk)})
+        outcome = loader.process(batch)
+        pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows,
+                                   status="loaded" if outcome.loaded else "duplicate")
+        result["batches"] += 1
+        if outcome.loaded:
+            result["upserted"] += outcome.good_rows
+            result["deleted"] += len(dels)
+            result["quarantined"] += outcome.bad_rows
+        log.info("repair batch loaded", extra={
+            "source": ref.source, "table": ref.table, "stage": "reconcile",
+            "batch_id": batch.batch_id, "rows": outcome.good_rows})
+    return result

@@ -1,0 +1,332 @@
+"""One source table against its warehouse rows: compare, classify, then repair and verify.
+
+  1. bucket both sides and compare (count, checksum) per bucket, bisecting differing buckets
+     down to (key, hash) pairs (bisect.py, sides.py) — aggregates cross the network, not rows;
+  2. classify every differing key, after looking it up on the other side by key (a row whose
+     cursor moved sits in another bucket, or outside --since, on the other side):
+       missing     at the source, not in the warehouse
+       extra       in the warehouse, not at the source (e.g. hard-deleted at the source)
+       mismatched  on both, different content (changed without a cursor bump, corrupted)
+       quarantined the source row fails validation: it belongs in quarantine, not in the
+                   warehouse (the real validation runs on these few rows; not a difference)
+       in flight   the source row's cursor is past the horizon: extraction has not reached it
+  3. with repair: load the differences as repair batches (repair.py), then compare again.
+
+Which warehouse rows belong to a source table: all rows of its target, or, when several
+source tables feed one target (4 stores → `sales`), the rows matching the table's
+`warehouse_filter` (e.g. `{store_id: 3}`), applied on both sides. A target fed by several
+tables without filters is refused rather than guessed.
+
+The horizon: rows whose cursor is at or past the table's checkpoint minus its lookback may
+still be in flight (extracted soon, or landed and not yet merged), so they are not compared.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+
+from steadyflow.config import SourceConfig, TableConfig
+from steadyflow.errors import ConfigError, SteadyflowError
+from steadyflow.extract.sql import SqlSource, column_to_arrow
+from steadyflow.model import TableRef, step_back
+from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
+from steadyflow.reconcile.encoding import canonical, register_sqlite
+from steadyflow.reconcile.engines import Engine, Fragment, engine_for
+from steadyflow.reconcile.options import Options
+from steadyflow.reconcile.repair import load_repairs
+from steadyflow.reconcile.report import Findings, TableReport
+from steadyflow.reconcile.sides import Dim, SqlSide, cursor_us, key_predicate
+from steadyflow.validate.rules import validate
+
+if TYPE_CHECKING:
+    from steadyflow.run.pipeline import Pipeline
+
+DAY_US = 86_400_000_000
+FETCH_CHUNK = 400  # keys per source query when reading differing rows
+ERRORS = (SteadyflowError, psycopg.Error, duckdb.Error)  # fail one table, not the command
+
+
+class TableReconciler:
+    """Compares (and repairs) one source table against its rows in the warehouse."""
+
+    def __init__(self, pipeline: Pipeline, source: SourceConfig, table: TableConfig,
+                 ref: TableRef, options: Options, run_id: int = 0) -> None:
+        self.pipeline = pipeline
+        self.config = pipeline.config
+        self.s, self.t, self.ref = source, table, ref
+        self.options = options
+        self.run_id = run_id
+        self.contract = self.config.contract_of(table)
+        self.db = SqlSource(source)
+        self.guard = pipeline.guards[source.name]
+        self._registered: object | None = None
+        self.filter = self._filter()
+        self.dims, self.by = self._dims()
+
+    # --- setup --------------------------------------------------------------------------
+    def _filter(self) -> dict[str, Any]:
+        flt: dict[str, Any] = dict(getattr(self.t, "warehouse_filter", None) or {})
+        for column in flt:
+            if column not in self.contract.names:
+                raise ConfigError(f"{self.ref.label}: warehouse_filter names {column!r}, which "
+                                  "is not a column of its contract")
+        feeders = [r.label for _, _, r in self.config.tables() if r.target == self.ref.target]
+        if len(feeders) > 1 and not flt:
+            raise ConfigError(
+                f"{self.ref.label}: warehouse table {self.ref.target!r} is fed by "
+                f"{len(feeders)} source tables ({', '.join(feeders)}); give each one a "
+                "warehouse_filter (e.g. {store_id: 3}) naming the rows it owns",
+                hint="without it the warehouse rows of one source cannot be told apart")
+        return flt
+
+    def _dims(self) -> tuple[list[Dim], str]:
+        c = self.contract
+        ints: list[str] = []
+        for k in c.primary_key:
+            if k in self.filter or k == c.cursor:
+                continue
+            if c.column(k).type not in ("int64", "int32"):
+                break
+            ints.append(k)
+        by = self.options.by
+        if by in (None, "key") and ints:
+            return [Dim(k) for k in ints], "key"
+        cursor_type = c.column(c.cursor).type
+        if by == "key" or cursor_type not in ("timestamp", "int64", "int32"):
+            raise ConfigError(
+                f"{self.ref.label}: reconcile buckets by an integer primary-key column or by a "
+                f"timestamp/integer cursor; this table has neither ({'/'.join(c.primary_key)}, "
+                f"cursor {c.cursor}: {cursor_type})")
+        return [Dim(c.cursor, time=cursor_type == "timestamp"), *[Dim(k) for k in ints]], "cursor"
+
+    def _source_run(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        def once() -> list[tuple[Any, ...]]:
+            conn = self.db.conn
+            if self.s.kind == "sqlite" and conn is not self._registered:
+                register_sqlite(conn)
+                self._registered = conn
+            return [tuple(r) for r in self.db._execute(self.t.name, sql, params)]
+
+        return self.guard.call(once, stop=self.pipeline._stop.is_set)
+
+    def _warehouse_run(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        table = self.pipeline.warehouse.query(sql, params)  # type: ignore[attr-defined]
+        columns = [c.to_pylist() for c in table.columns]
+        return list(zip(*columns, strict=True)) if columns else []
+
+    def _where(self, engine: Engine, to_param: Any) -> Fragment:
+        """The warehouse filter, `col = ? AND ...`, on either side."""
+        if not self.filter:
+            return "", []
+        sql = " AND ".join(f"{engine.q(k)} = {engine.placeholder}" for k in self.filter)
+        return sql, [to_param(v) for v in self.filter.values()]
+
+    def _bounds(self) -> tuple[int | None, int | None]:
+        since = cursor_us(self.options.since) if self.options.since is not None else None
+        if since is not None and not self.contract.cursor_is_time:
+            raise ConfigError(f"{self.ref.label}: --since needs a timestamp cursor")
+        mark = self.pipeline.state.checkpoint(self.ref.source, self.ref.table)
+        horizon = None
+        if mark is not None and not isinstance(mark.cursor, str):
+            horizon = cursor_us(step_back(mark.cursor, self.t.lookback))
+        return since, horizon
+
+    def sides(self) -> tuple[SqlSide, SqlSide]:
+        since, horizon = self._bounds()
+        w = self.config.warehouse
+        to_src = self.db.dialect.to_param
+        src_engine, wh_engine = engine_for(self.s.kind), engine_for(w.kind)
+        src = SqlSide(src_engine, self.db.dialect.ident(self.t.name), self.contract,
+                      self._source_run, self.dims, where=self._where(src_engine, to_src),
+                      since_us=since, before_us=horizon, validity=True, to_param=to_src)
+        wh = SqlSide(wh_engine, f"{wh_engine.q(w.schema_)}.{wh_engine.q(self.ref.target)}",
+                     self.contract, self._warehouse_run, self.dims,
+                     where=self._where(wh_engine, lambda v: v), since_us=since,
+                     before_us=horizon)
+        return src, wh
+
+    # --- the comparison -------------------------------------------------------------------
+    def compare(self) -> tuple[TableReport, Findings]:
+        started = time.monotonic()
+        report = TableReport(self.ref.source, self.ref.table, self.ref.target, by=self.by)
+        src, wh = self.sides()
+        report.since = self.options.since.isoformat() if self.options.since else None
+        if src.before_us is not None:
+            report.horizon = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
+                microseconds=src.before_us)).isoformat() if self.contract.cursor_is_time \
+                else str(src.before_us)
+        time_first = self.dims[0].time
+        scan = Bisector(src, wh, len(self.dims), top_width=DAY_US if time_first else None,
+                        top_buckets=self.options.top_buckets, fanout=self.options.fanout,
+                        leaf_rows=self.options.leaf_rows).scan()
+        report.rows_compared = scan.rows_compared
+        findings = self._classify(scan, src, wh, report)
+        if self.filter:
+            sql, params = src.where
+            report.outside_filter = src.count((f"NOT ({sql})", params))
+        report.pending_batches = sum(
+            1 for b in self.pipeline.state.pending_batches()
+            if b.source == self.ref.source and b.table == self.ref.table)
+        for name in ("buckets", "ranges", "leaves", "warehouse_rows", "leaf_rows"):
+            setattr(report, name, getattr(scan, name))
+        report.quarantined += scan.invalid_rows
+        report.duplicates = len(set(scan.duplicates))
+        report.queries = src.queries + wh.queries
+        report.seconds = round(time.monotonic() - started, 3)
+        return report, findings
+
+    def _typed(self, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
+        """Source key values as the contract types (what the warehouse holds); None where a
+        value does not convert (such a row cannot have been loaded)."""
+        if not keys:
+            return []
+        columns = []
+        for i, name in enumerate(self.contract.primary_key):
+            target = self.contract.column(name).arrow_type
+            arr = column_to_arrow([k[i] for k in keys], target)
+            columns.append(arr.to_pylist() if arr.type == target else [None] * len(keys))
+        return [None if any(v is None for v in vals) else tuple(vals)
+                for vals in zip(*columns, strict=True)]
+
+    def _classify(self, scan: Scan, src: SqlSide, wh: SqlSide,
+                  report: TableReport) -> Findings:
+        pairs: dict[Key, tuple[Row | None, Row | None]] = dict(scan.differing)
+        # the other side of a one-sided key, found by key wherever its cursor puts it
+        lonely_src = [k for k, (s, w) in pairs.items() if w is None and s is not None]
+        typed = self._typed([pairs[k][0].raw for k in lonely_src])  # type: ignore[union-attr]
+        wanted = [t for t in typed if t is not None]
+        for row in wh.lookup(wanted) if wanted else []:
+            if row.key in pairs:
+                pairs[row.key] = (pairs[row.key][0], row)
+        lonely_wh = [w.raw for s, w in pairs.values() if s is None and w is not None]
+        for row in src.lookup(lonely_wh) if lonely_wh else []:
+            if row.key in pairs:
+                pairs[row.key] = (row, pairs[row.key][1])
+
+        found = Findings()
+        candidates: dict[Key, tuple[Any, ...]] = {}  # → source raw key
+        for key, (s, w) in pairs.items():
+            if s is None:
+                if w is not None:
+                    found.extra[key] = w.raw
+                continue
+            if s.invalid:
+                continue  # expected in quarantine (counted by the bucket pass when in range)
+            if src.before_us is not None and isinstance(s.cursor, int) \
+                    and s.cursor >= src.before_us:
+                report.in_flight += 1
+                continue
+            if w is not None and w.hash == s.hash:
+                continue
+            candidates[key] = s.raw
+            if w is not None and _newer(w.cursor, s.cursor):
+                found.ahead[key] = w.raw
+        rows, good = self._read_valid(list(candidates.values()))
+        invalid = [k for k in candidates if k not in good]
+        report.quarantined += len(invalid)
+        report.rows_compared -= sum(  # compared: valid source rows only
+            1 for k in invalid if k in scan.differing and scan.differing[k][0] is not None)
+        for key in candidates:
+            if key not in good:
+                found.ahead.pop(key, None)
+            elif pairs[key][1] is None:
+                found.missing[key] = good[key]
+            else:
+                found.mismatched[key] = good[key]
+        found.rows = rows
+        report.missing, report.extra = len(found.missing), len(found.extra)
+        report.mismatched = len(found.mismatched)
+        n = self.options.examples
+        for name, keys in (("missing", found.missing), ("extra", found.extra),
+                           ("mismatched", found.mismatched)):
+            if keys:
+                report.examples[name] = [list(v) for v in itertools.islice(
+                    (keys[k] for k in sorted(keys, key=_sortable)), n)]
+        return found
+
+    def _read_valid(self, raw_keys: list[tuple[Any, ...]]
+                    ) -> tuple[pa.Table | None, dict[Key, tuple[Any, ...]]]:
+        """Read the current source rows of these keys and validate them exactly as the
+        loader does: (valid rows, canonical key → typed key of each valid row)."""
+        good: dict[Key, tuple[Any, ...]] = {}
+        tables: list[pa.Table] = []
+        pk = self.contract.primary_key
+        types = [self.contract.column(k).type for k in pk]
+        engine = engine_for(self.s.kind)
+        for i in range(0, len(raw_keys), FETCH_CHUNK):
+            chunk = raw_keys[i:i + FETCH_CHUNK]
+            rows = self.guard.call(partial(self._page, key_predicate(engine, pk, chunk),
+                                           len(chunk)), stop=self.pipeline._stop.is_set)
+            verdict = validate(rows, self.contract)
+            valid = verdict.good
+            if valid.num_rows:
+                tables.append(valid)
+                cols = [valid[k].to_pylist() for k in pk]
+                for values in zip(*cols, strict=True):
+                    key = tuple(canonical(v, t) for v, t in zip(values, types, strict=True))
+                    good[key] = tuple(values)
+        return (pa.concat_tables(tables) if tables else None), good
+
+    def _page(self, where: Fragment, limit: int) -> pa.Table:
+        rows, _ = self.db.page(self.t.name, self.contract, None, None, limit, where=where)
+        return rows
+
+    def _still_gone(self, keys: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Extra keys still absent at the source now, just before deleting them (a key that
+        came back is the pipeline's to load, not ours to delete)."""
+        if not keys:
+            return []
+        src, _ = self.sides()
+        back = {r.key for r in src.lookup(keys)}
+        types = [self.contract.column(k).type for k in self.contract.primary_key]
+        return [k for k in keys
+                if tuple(canonical(v, t) for v, t in zip(k, types, strict=True)) not in back]
+
+    # --- repair ---------------------------------------------------------------------------
+    def repair(self, found: Findings) -> dict[str, Any]:
+        """Land and load the differences as repair batches (repair.py).
+
+        Which extra keys to delete is decided here: only those still absent at the source
+        now, which takes a query on this table's source side.
+        """
+        deletes = self._still_gone(list(found.extra.values())) if self.t.mirror_deletes else []
+        return load_repairs(self.pipeline, self.t, self.ref, self.contract, found, deletes,
+                            self.run_id)
+
+    # --- one table, start to end -------------------------------------------------------------
+    def run(self) -> TableReport:
+        self.pipeline.warehouse.ensure_table(self.ref, self.contract)
+        try:
+            report, found = self.compare()
+            if self.options.repair and (report.differences or found.ahead):
+                try:
+                    report.repair = self.repair(found)
+                except ERRORS as exc:
+                    # batches landed before the failure are in the manifest: the next run's
+                    # sweep loads them, and the next reconcile sees what is left
+                    report.error = f"repair failed: {exc}"
+                    return report
+                report.after, _ = self.compare()
+            return report
+        finally:
+            self.db.close()
+
+
+def _newer(a: Any, b: Any) -> bool:
+    try:
+        return a is not None and b is not None and a > b
+    except TypeError:
+        return False
+
+
+def _sortable(key: Key) -> tuple[str, ...]:
+    return tuple(f"{len(str(v)):08d}{v}" for v in key)  # numeric text sorts by length first
