@@ -5,6 +5,13 @@ time and peak RSS (ru_maxrss, read by bench/run.py with wait4) are its own.
     python bench/cases.py pgcopy  --dsn DSN --dst DSN --table T
     python bench/cases.py dlt     --dsn DSN --table T --backend connectorx|pyarrow
                                   --duckdb PATH --pipelines-dir DIR [--incremental]
+    python bench/cases.py sf_warm  --dsn DSN --table T --config PIPELINE.yml --cycles N --first K
+    python bench/cases.py dlt_warm --dsn DSN --table T --duckdb PATH --pipelines-dir DIR
+                                   --cycles N --first K
+
+The *_warm cases are the long-running process a near-real-time user keeps (`steadyflow run
+--follow`, or a dlt pipeline run in a loop): one process, caught up first (not timed), then
+N cycles of "update 1% of the rows, time one incremental run" in the same process.
 
 steadyflow itself is run through its CLI (`steadyflow run -c pipeline.yml`), as users run it.
 Each case prints one JSON line on stdout.
@@ -17,11 +24,73 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 COLUMNS = "sale_id, store_id, sku, qty, unit_price, currency, sold_at, updated_at"
 DDL = ("(sale_id bigint PRIMARY KEY, store_id int NOT NULL, sku text NOT NULL, qty int NOT NULL,"
        " unit_price numeric(12,2) NOT NULL, currency text NOT NULL, sold_at timestamptz NOT NULL,"
        " updated_at timestamptz NOT NULL)")
+
+
+def touch_one_percent(dsn: str, table: str, run: int) -> int:
+    """Update 1% of the rows (a different 1% for each `run`): new qty, and a new updated_at
+    spread over the hour after the newest one, as updates arriving between two runs would
+    be (so steadyflow's 2-minute lookback re-reads ~1/30 of the previous run's rows)."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        cur = conn.execute(
+            f"UPDATE {table} SET qty = qty % 9 + 1, updated_at = "
+            f"(SELECT max(updated_at) FROM {table}) + interval '1 second' "
+            "+ (sale_id / 100 % 3600) * interval '1 second' "
+            f"WHERE sale_id % 100 = {int(run) % 100}")
+        n = cur.rowcount
+        conn.execute(f"VACUUM ANALYZE {table}")
+    return n
+
+
+def _warm_cycles(args: argparse.Namespace, one_run: Any) -> dict[str, object]:
+    one_run()  # catch up: not timed
+    cycles = []
+    for i in range(args.cycles):
+        changed = touch_one_percent(args.dsn, args.table, args.first + i)
+        started = time.perf_counter()
+        one_run()
+        cycles.append({"rows": changed, "seconds": round(time.perf_counter() - started, 4)})
+    return {"cycles": cycles}
+
+
+def sf_warm(args: argparse.Namespace) -> dict[str, object]:
+    """steadyflow's follow mode: the same Pipeline runs `run_once` cycle after cycle, as
+    `steadyflow run --follow` does (connections and the warehouse stay open)."""
+    from steadyflow.run.pipeline import Pipeline
+
+    with Pipeline.from_yaml(args.config) as pipeline:
+        def one_run() -> None:
+            summary = pipeline.run_once()
+            if summary.errors:
+                raise SystemExit(f"steadyflow cycle failed: {summary.errors}")
+
+        return _warm_cycles(args, one_run)
+
+
+def dlt_warm(args: argparse.Namespace) -> dict[str, object]:
+    """dlt's incremental merge run again and again by one Python process."""
+    os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
+    import dlt
+    from dlt.sources.sql_database import sql_table
+
+    pipeline = dlt.pipeline(pipeline_name="bench_connectorx",
+                            destination=dlt.destinations.duckdb(args.duckdb),
+                            dataset_name="bench", pipelines_dir=args.pipelines_dir)
+
+    def one_run() -> None:
+        resource = sql_table(credentials=args.dsn, table=args.table, backend="connectorx",
+                             incremental=dlt.sources.incremental("updated_at"))
+        pipeline.run(resource, write_disposition="merge",
+                     primary_key="sale_id").raise_on_failed_jobs()
+
+    return _warm_cycles(args, one_run)
 
 
 def drain(args: argparse.Namespace) -> dict[str, object]:
@@ -81,7 +150,7 @@ def run_dlt(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=["drain", "pgcopy", "dlt"])
+    parser.add_argument("case", choices=["drain", "pgcopy", "dlt", "sf_warm", "dlt_warm"])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--dst")
     parser.add_argument("--table", default="sales")
@@ -89,9 +158,13 @@ def main() -> int:
     parser.add_argument("--duckdb")
     parser.add_argument("--pipelines-dir")
     parser.add_argument("--incremental", action="store_true")
+    parser.add_argument("--config")
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--first", type=int, default=10)
     args = parser.parse_args()
     started = time.perf_counter()
-    result = {"drain": drain, "pgcopy": pgcopy, "dlt": run_dlt}[args.case](args)
+    result = {"drain": drain, "pgcopy": pgcopy, "dlt": run_dlt, "sf_warm": sf_warm,
+              "dlt_warm": dlt_warm}[args.case](args)
     result["seconds_in_process"] = round(time.perf_counter() - started, 3)
     print(json.dumps(result))
     return 0
