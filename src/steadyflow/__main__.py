@@ -1,5 +1,5 @@
 """python -m steadyflow"""
 
-from steadyflow.cli.main import app
+from steadyflow.cli.main import entry
 
-app(prog_name="steadyflow")
+entry()
