@@ -154,7 +154,7 @@ def _record_cycles(cases_: dict[str, Case], key: str, what: str, sample: Sample)
         print(f"  {key:<22} {float(c['seconds']):7.2f} s  {sample.rss_mib:6.0f} MiB", flush=True)
 
 
-def sf_config(directory: Path, dsn: str, table: str, page_size: int,
+def sf_config(directory: Path, dsn: str, table: str, page_size: int | None,
               warehouse: dict[str, Any] | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -166,7 +166,8 @@ def sf_config(directory: Path, dsn: str, table: str, page_size: int,
             "name": "store", "kind": "postgres", "dsn": dsn,
             "resilience": {"statement_timeout": "60s"},
             "tables": [{"name": table, "target": "sales", "contract": "sales",
-                        "lookback": "2m", "page_size": page_size}],
+                        "lookback": "2m",
+                        **({"page_size": page_size} if page_size else {})}],
         }],
     }
     path = directory / "pipeline.yml"
@@ -221,8 +222,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="200k rows, 1 run: a smoke test")
     ap.add_argument("--rows", type=int, help="rows in the main table (default 2,000,000)")
     ap.add_argument("--runs", type=int, help="runs per case (default 3)")
-    ap.add_argument("--page-size", type=int, default=122_880,
-                    help="steadyflow's page_size (default 122880: DuckDB's row group size, "
+    ap.add_argument("--page-size", type=int,
+                    help="steadyflow's page_size (default: steadyflow's own, 122880, DuckDB's "
+                    "row group size; "
                     "see NOTES.md)")
     ap.add_argument("--scale", help="comma-separated row counts for steadyflow's RSS scaling")
     ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432"),
@@ -477,9 +479,10 @@ def render(args: argparse.Namespace, rows: int, runs: int, cases: dict[str, Case
         f"- load average before/after the run: {load_before[0]:.2f} / {load_after[0]:.2f} "
         "(other processes on the machine add noise; the best of the runs is the cleanest)",
         "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- steadyflow config: durable landing (Parquet, fsync file + directory), SQLite "
-        f"buffer and state, merge + ledger in one transaction per batch, page_size "
-        f"{args.page_size:,}, lookback 2m",
+        "- steadyflow config: durable landing (Parquet, fsync file + directory), SQLite "
+        "buffer and state, merge + ledger in one transaction per batch, page_size "
+        + (f"{args.page_size:,}" if args.page_size else "122,880 (the default)")
+        + ", lookback 2m",
         "",
         "## Results",
         "",
