@@ -490,3 +490,31 @@ def test_dry_runs_print_the_plan_and_change_nothing(tmp_path: Path) -> None:
     assert data[-1]["high"] == checkpoint  # the buffer ends where the checkpoint is
 
     assert snapshot(tmp_path) == before
+
+
+def test_transform_runs_while_another_process_holds_the_duckdb_warehouse(
+        tmp_path: Path) -> None:
+    """`run --follow` keeps an embedded DuckDB file open (DuckDB allows one writer process);
+    `transform` only reads landing, so it must work beside it."""
+    config = sqlite_pipeline(tmp_path, 300, page_size=200)
+    store = tmp_path / "stores" / "store_001.db"
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once().ok
+        add_store_rows(store, 250)
+        assert pipeline.extract().extracted_rows == 250       # 2 batches landed, not loaded
+        warehouse = pipeline.config.resolve(pipeline.config.warehouse.path or "")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+         "print('holding', flush=True); time.sleep(60)", str(warehouse)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        held = steadyflow("load", "-c", str(config))            # the file really is held
+        assert held.returncode != 0 and "another process may hold the file" in held.stderr
+        report = json.loads(steadyflow("transform", "-c", str(config), "--json",
+                                       check=True).stdout)
+        assert [r["rows"] for r in report] == [200, 50]
+        assert all(r["good"] == r["rows"] and r["bad"] == 0 for r in report)
+    finally:
+        holder.kill()
+        holder.communicate()  # reaps it and closes its pipe

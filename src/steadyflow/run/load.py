@@ -40,6 +40,25 @@ class LoadOutcome:
     bad_rows: int
 
 
+def contract_of(config: PipelineConfig, batch: BatchRef) -> Contract:
+    """The batch's contract: the configured one plus the columns `schema_drift: add`
+    extracted with it (batch.meta["columns"], see run/extract.py)."""
+    _, table_cfg, _ = config.table(batch.source, batch.table)
+    return config.contract_of(table_cfg).with_added(batch.meta.get("columns"))
+
+
+def transform(config: PipelineConfig, landing: LandingZone, metrics: PipelineMetrics,
+              batch: BatchRef) -> Verdict:
+    """Read a landed batch and validate it. Needs no warehouse, so `steadyflow transform`
+    runs while `run --follow` holds an embedded DuckDB file."""
+    rows = landing.read(batch)
+    started = time.monotonic()
+    verdict = validate(rows, contract_of(config, batch))
+    metrics.batch_duration(batch.source, batch.table, "transform", time.monotonic() - started)
+    metrics.rows(batch.source, batch.table, "transform", rows.num_rows)
+    return verdict
+
+
 @dataclass
 class BatchLoader:
     config: PipelineConfig
@@ -54,20 +73,10 @@ class BatchLoader:
         self._ensured: set[tuple[str, tuple[str, ...]]] = set()
 
     def contract_of(self, batch: BatchRef) -> Contract:
-        """The batch's contract: the configured one plus the columns `schema_drift: add`
-        extracted with it (batch.meta["columns"], see run/extract.py)."""
-        _, table_cfg, _ = self.config.table(batch.source, batch.table)
-        return self.config.contract_of(table_cfg).with_added(batch.meta.get("columns"))
+        return contract_of(self.config, batch)
 
     def transform(self, batch: BatchRef) -> Verdict:
-        contract = self.contract_of(batch)
-        rows = self.landing.read(batch)
-        started = time.monotonic()
-        verdict = validate(rows, contract)
-        self.metrics.batch_duration(batch.source, batch.table, "transform",
-                                    time.monotonic() - started)
-        self.metrics.rows(batch.source, batch.table, "transform", rows.num_rows)
-        return verdict
+        return transform(self.config, self.landing, self.metrics, batch)
 
     def process(self, batch: BatchRef) -> LoadOutcome:
         """Validate and load one batch; safe to call again for the same batch."""

@@ -31,9 +31,10 @@ from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Warehouse
 from steadyflow.resilience import SourceGuard, retry_reason
 from steadyflow.run.extract import ExtractResult, Source, TableExtractor, open_source
-from steadyflow.run.load import BatchLoader
+from steadyflow.run.load import BatchLoader, transform
 from steadyflow.state import StateStore
 from steadyflow.validate.quarantine import Quarantine
+from steadyflow.validate.rules import Verdict
 
 log = logs.get("run")
 
@@ -145,6 +146,10 @@ class Pipeline:
     def loader(self) -> BatchLoader:
         return BatchLoader(self.config, self.landing, self.buffer, self.warehouse, self.state,
                            self.quarantine, self.metrics)
+
+    def transform(self, batch: BatchRef) -> Verdict:
+        """Validate one landed batch as the loader would, without opening the warehouse."""
+        return transform(self.config, self.landing, self.metrics, batch)
 
     def stop(self) -> None:
         self._stop.set()
