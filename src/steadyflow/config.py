@@ -143,6 +143,11 @@ class TableConfig(_Strict):
     # took 2.49 s in 100,000-row pages, 1.24 s in 122,880-row pages)
     page_size: int = Field(default=122_880, ge=1)
     min_page_size: int = Field(default=500, ge=1)
+    # the first run of a SQL table reads it in primary-key order (the key's index: 28% less
+    # source CPU than the cursor index on the bench table, and InnoDB's clustered order),
+    # then catches up by cursor from where the cursor stood when it began; `cursor` reads
+    # the first run by cursor like every later one
+    initial_load: Literal["key", "cursor"] = "key"
     mirror_deletes: bool = False
     # reconcile: the warehouse rows this table owns when several tables feed one target
     # (e.g. {store_id: 3}); see src/steadyflow/reconcile/table.py

@@ -97,6 +97,13 @@ class Contract:
         """The keyset order: cursor first, then the key, so cursor ties are never lost."""
         return (self.cursor, *[k for k in self.primary_key if k != self.cursor])
 
+    def by_key(self) -> Contract:
+        """The same columns, paged in primary-key order: the initial load's view (see
+        run/extract.py). Its `cursor` is the key's first column, so keyset pages and their
+        watermarks are in key space."""
+        return Contract(columns=self.columns, primary_key=self.primary_key,
+                        cursor=self.primary_key[0])
+
     def with_added(self, added: Any) -> Contract:
         """This contract plus source columns added by `schema_drift: add`: each nullable,
         without rules. `added` is [(name, contract type), ...]; names already here are

@@ -24,6 +24,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
   source TEXT NOT NULL, tbl TEXT NOT NULL, watermark TEXT NOT NULL, updated_at REAL NOT NULL,
   PRIMARY KEY (source, tbl));
+CREATE TABLE IF NOT EXISTS backfills (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, high TEXT NOT NULL, after TEXT,
+  started_at REAL NOT NULL, PRIMARY KEY (source, tbl));
 CREATE TABLE IF NOT EXISTS manifest (
   batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, tbl TEXT NOT NULL, ref TEXT NOT NULL,
   rows INTEGER NOT NULL, landed_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'landed',
@@ -116,22 +119,58 @@ class StateStore:
     def advance_checkpoint(self, source: str, table: str, mark: Watermark) -> None:
         """Move the checkpoint forward to `mark`; never backwards."""
         with self._tx() as c:
-            row = c.execute(
-                "SELECT watermark FROM checkpoints WHERE source=? AND tbl=?", (source, table)
-            ).fetchone()
-            if row is not None:
-                current = Watermark.from_json(row[0])
-                if current.as_tuple() >= mark.as_tuple():
-                    return
-            c.execute(
-                "INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
-                "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
-                (source, table, mark.to_json(), time.time()),
-            )
+            self._advance(c, source, table, mark)
+
+    @staticmethod
+    def _advance(c: sqlite3.Connection, source: str, table: str, mark: Watermark) -> None:
+        row = c.execute(
+            "SELECT watermark FROM checkpoints WHERE source=? AND tbl=?", (source, table)
+        ).fetchone()
+        if row is not None:
+            current = Watermark.from_json(row[0])
+            if current.as_tuple() >= mark.as_tuple():
+                return
+        c.execute(
+            "INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
+            "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
+            (source, table, mark.to_json(), time.time()),
+        )
 
     def reset_checkpoint(self, source: str, table: str) -> None:
         with self._tx() as c:
             c.execute("DELETE FROM checkpoints WHERE source=? AND tbl=?", (source, table))
+            c.execute("DELETE FROM backfills WHERE source=? AND tbl=?", (source, table))
+
+    # --- the initial load in key order (run/extract.py: TableExtractor.backfill) -------
+    def backfill(self, source: str, table: str) -> tuple[Watermark, Watermark | None] | None:
+        """A started initial load: (the cursor position it ends at, the last key landed)."""
+        rows = self._query("SELECT high, after FROM backfills WHERE source=? AND tbl=?",
+                           (source, table))
+        if not rows:
+            return None
+        high, after = rows[0]
+        return Watermark.from_json(high), Watermark.from_json(after) if after else None
+
+    def start_backfill(self, source: str, table: str, high: Watermark) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO backfills VALUES (?,?,?,NULL,?) ON CONFLICT DO NOTHING",
+                      (source, table, high.to_json(), time.time()))
+
+    def advance_backfill(self, source: str, table: str, after: Watermark) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE backfills SET after=? WHERE source=? AND tbl=?",
+                      (after.to_json(), source, table))
+
+    def finish_backfill(self, source: str, table: str) -> None:
+        """The whole table is landed: from here the checkpoint is the cursor position taken
+        when the initial load began, so incremental runs re-read what changed during it."""
+        with self._tx() as c:
+            row = c.execute("SELECT high FROM backfills WHERE source=? AND tbl=?",
+                            (source, table)).fetchone()
+            if row is None:
+                return
+            self._advance(c, source, table, Watermark.from_json(row[0]))
+            c.execute("DELETE FROM backfills WHERE source=? AND tbl=?", (source, table))
 
     def next_seq(self) -> int:
         """The next extraction sequence number: strictly increasing, never reused, and

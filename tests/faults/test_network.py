@@ -37,6 +37,7 @@ from tests.conftest import write_pipeline
 from tests.support.faultproxy import FaultProxy
 
 from steadyflow.config import load_config
+from steadyflow.model import Watermark
 from steadyflow.reconcile.compare import compare_target
 from steadyflow.run.extract import TableExtractor
 from steadyflow.run.pipeline import Pipeline
@@ -131,19 +132,33 @@ def metric(pipeline: Pipeline, name: str, **labels: str) -> float:
 
 def on_checkpoint(pipeline: Pipeline, nth: int, action: Callable[[], None],
                   source: str | None = None) -> None:
-    """Run `action` right after the nth checkpoint move (of `source`, or of any source):
-    a deterministic 'mid-run', with the source's connection open."""
-    original = pipeline.state.advance_checkpoint
+    """Run `action` right after the nth move of a read position (the checkpoint, or an
+    initial load's key position) of `source`, or of any source: a deterministic 'mid-run',
+    with the source's connection open."""
     calls = [0]
 
-    def hooked(src: str, *args: Any, **kwargs: Any) -> None:
-        original(src, *args, **kwargs)
-        if source is None or src == source:
-            calls[0] += 1
-            if calls[0] == nth:
-                action()
+    def hook(name: str) -> None:
+        original = getattr(pipeline.state, name)
 
-    pipeline.state.advance_checkpoint = hooked  # type: ignore[method-assign]
+        def hooked(src: str, *args: Any, **kwargs: Any) -> None:
+            original(src, *args, **kwargs)
+            if source is None or src == source:
+                calls[0] += 1
+                if calls[0] == nth:
+                    action()
+
+        setattr(pipeline.state, name, hooked)
+
+    hook("advance_checkpoint")
+    hook("advance_backfill")
+
+
+def position(pipeline: Pipeline, source: str, table: str = "sales") -> Watermark | None:
+    """Where the next run starts reading: the checkpoint, else an unfinished initial load's
+    key position."""
+    mark = pipeline.state.checkpoint(source, table)
+    started = pipeline.state.backfill(source, table)
+    return mark if started is None else started[1]
 
 
 @pytest.fixture

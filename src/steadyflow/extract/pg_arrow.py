@@ -231,6 +231,16 @@ class PgArrowSource(SqlSource):
         super().close()
         return types
 
+    def last_position(self, table: str, contract: Contract) -> Watermark | None:
+        position = super().last_position(table, contract)
+        super().close()
+        return position
+
+    def find_keyset_index(self, table: str, contract: Contract) -> bool:
+        found = super().find_keyset_index(table, contract)
+        super().close()
+        return found
+
     # --- queries ----------------------------------------------------------------------
     def _arrow_select(self, table: str, contract: Contract) -> str:
         """Decimal and string columns as text: exact, cheap, and the same for any source

@@ -58,7 +58,8 @@ class SqlSource:
         self.config = config
         self.dialect: Dialect = dialect_for(config)
         self._conn: Any = None
-        self._index: dict[str, str] = {}  # table → its (cursor, key...) index, once probed
+        # (table, keyset order) → the index that delivers that order, once looked up
+        self._index: dict[tuple[str, tuple[str, ...]], str] = {}
 
     @property
     def conn(self) -> Any:
@@ -129,7 +130,7 @@ class SqlSource:
         names: list[str] = []
         self._execute(table, f"SELECT * FROM {self.dialect.ident(table)} WHERE 1 = 0", [],
                       columns=names)
-        self._find_keyset_index(table, contract)
+        self.find_keyset_index(table, contract)
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
 
@@ -153,15 +154,34 @@ class SqlSource:
             columns.setdefault(str(name), []).append(str(column).lower())
         return next((n for n, cols in columns.items() if cols[:len(want)] == want), "")
 
-    def _find_keyset_index(self, table: str, contract: Contract) -> None:
+    def find_keyset_index(self, table: str, contract: Contract) -> bool:
+        """Look up (once) the index for the contract's keyset order, so page queries can
+        be pinned to it; warns and returns False if the table has none."""
         index = self.keyset_index(table, contract)
         if index:
-            self._index[table] = index
+            self._index[(table, contract.order_by)] = index
         elif index == "":
             log.warning(
                 "%s has no index on (%s): every page is a full scan and sort; see README "
                 "'Index each source table needs'", table, ", ".join(contract.order_by),
                 extra={"source": self.config.name, "table": table, "stage": "extract"})
+            return False
+        return True
+
+    def last_position(self, table: str, contract: Contract) -> Watermark | None:
+        """The (cursor, key) of the table's last row in keyset order, None if it has none:
+        where an initial load in key order hands over to incremental pages."""
+        d = self.dialect
+        order = contract.order_by
+        cols = ", ".join(d.ident(c) for c in order)
+        desc = ", ".join(f"{d.ident(c)} DESC" for c in order)
+        rows = self._execute(table, f"SELECT {cols} FROM {d.ident(table)} WHERE "
+                             f"{d.ident(contract.cursor)} IS NOT NULL ORDER BY {desc} LIMIT 1",
+                             [])
+        if not rows:
+            return None
+        return Watermark(cursor=d.from_db(rows[0][0]),
+                         key=tuple(d.from_db(v) for v in rows[0][1:]))
 
     def has_more(self, rows: pa.Table, limit: int) -> bool:
         """A full page means there may be more rows after it."""
@@ -192,8 +212,9 @@ class SqlSource:
             preds.append(where[0])
             params.extend(where[1])
         query = self._select(table, contract)
-        if where is None and table in self._index:
-            query += self.dialect.index_hint(self._index[table])
+        index = self._index.get((table, order))
+        if where is None and index:
+            query += self.dialect.index_hint(index)
         if preds:
             query += " WHERE " + " AND ".join(preds)
         query += " ORDER BY " + ", ".join(d.ident(c) for c in order) + f" LIMIT {int(limit)}"
