@@ -8,6 +8,7 @@ time and peak RSS (ru_maxrss, read by bench/run.py with wait4) are its own.
     python bench/cases.py sf_warm  --dsn DSN --table T --config PIPELINE.yml --cycles N --first K
     python bench/cases.py dlt_warm --dsn DSN --table T --duckdb PATH --pipelines-dir DIR
                                    --cycles N --first K
+    python bench/cases.py changed_drain --dsn DSN --table T --cycles N --first K
 
 The *_warm cases are the long-running process a near-real-time user keeps (`steadyflow run
 --follow`, or a dlt pipeline run in a loop): one process, caught up first (not timed), then
@@ -93,6 +94,28 @@ def dlt_warm(args: argparse.Namespace) -> dict[str, object]:
     return _warm_cycles(args, one_run)
 
 
+def changed_drain(args: argparse.Namespace) -> dict[str, object]:
+    """The floor of any incremental run: after each 1% update, the source's own query for
+    the changed rows (in the (updated_at, sale_id) order incremental pages use) drained by
+    binary COPY on a connection already open, nothing decoded or written."""
+    import psycopg
+
+    cycles = []
+    with psycopg.connect(args.dsn, autocommit=True) as conn:
+        for i in range(args.cycles):
+            since = conn.execute(f"SELECT max(updated_at) FROM {args.table}").fetchone()[0]
+            changed = touch_one_percent(args.dsn, args.table, args.first + i)
+            started = time.perf_counter()
+            with conn.cursor().copy(
+                    f"COPY (SELECT {COLUMNS} FROM {args.table} WHERE updated_at > "
+                    f"'{since.isoformat()}'::timestamptz ORDER BY updated_at, sale_id) "
+                    "TO STDOUT (FORMAT binary)") as copy:
+                for _ in copy:
+                    pass
+            cycles.append({"rows": changed, "seconds": round(time.perf_counter() - started, 4)})
+    return {"cycles": cycles}
+
+
 def drain(args: argparse.Namespace) -> dict[str, object]:
     """The extraction limit: the server's binary COPY of the table, read and dropped."""
     import psycopg
@@ -150,7 +173,8 @@ def run_dlt(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=["drain", "pgcopy", "dlt", "sf_warm", "dlt_warm"])
+    parser.add_argument("case", choices=["drain", "pgcopy", "dlt", "sf_warm", "dlt_warm",
+                                         "changed_drain"])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--dst")
     parser.add_argument("--table", default="sales")
@@ -164,7 +188,7 @@ def main() -> int:
     args = parser.parse_args()
     started = time.perf_counter()
     result = {"drain": drain, "pgcopy": pgcopy, "dlt": run_dlt, "sf_warm": sf_warm,
-              "dlt_warm": dlt_warm}[args.case](args)
+              "dlt_warm": dlt_warm, "changed_drain": changed_drain}[args.case](args)
     result["seconds_in_process"] = round(time.perf_counter() - started, 3)
     print(json.dumps(result))
     return 0
