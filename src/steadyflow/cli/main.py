@@ -230,12 +230,14 @@ def load(config: ConfigOpt, as_json: JsonOpt = False,
                 pending = pipeline.state.pending_batches()
                 data = [{"batch_id": b.batch_id, "table": f"{b.source}.{b.table}",
                          "rows": b.rows, "queued": pipeline.buffer.contains(b.batch_id),
+                         "order": b.meta.get("order", "cursor"),
                          "low": json.loads(b.low.to_json()) if b.low else None,
                          "high": json.loads(b.high.to_json()) if b.high else None}
                         for b in pending]
                 if not as_json:
                     for b in pending:
-                        out.print(f"{b.batch_id}  {b.source}.{b.table}  {b.rows} rows  cursor "
+                        order = "key" if b.meta.get("order") == "key" else "cursor"
+                        out.print(f"{b.batch_id}  {b.source}.{b.table}  {b.rows} rows  {order} "
                                   f"({_mark(b.low)} .. {_mark(b.high)}]", soft_wrap=True,
                                   highlight=False)
                 out.print(json.dumps(data) if as_json else
