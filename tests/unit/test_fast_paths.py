@@ -72,6 +72,20 @@ def test_duckdb_fast_paths_equal_the_plans_merge(tmp_path: Path) -> None:
     assert dict((k, v) for k, v, *_ in got)[2] == "b-old"  # the later extraction won
 
 
+def test_duckdb_an_older_batch_loaded_late_keeps_the_newer_rows(tmp_path: Path) -> None:
+    """A replay or a late redelivery: its seq is below rows already loaded, so the merge
+    must not take the shortcut that inserts every batch row after the delete."""
+    newer = _rows((1, "new", 1), (2, "new", 1))
+    older = _rows((1, "old", 9), (2, "old", 9), (3, "old", 9))
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_table(REF, CONTRACT)
+    assert wh.load(REF, CONTRACT, _batch(5), newer)  # seq 6
+    assert wh.load(REF, CONTRACT, _batch(1), older)  # seq 2, loaded after it
+    got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
+    wh.close()
+    assert got == [(1, "new", 1, 6), (2, "new", 1, 6), (3, "old", 9, 2)]
+
+
 def test_duckdb_fast_paths_with_a_composite_key(tmp_path: Path) -> None:
     contract = Contract(columns=(Column("a", "int64", nullable=False),
                                  Column("b", "int64", nullable=False), Column("ts", "int64")),
