@@ -105,6 +105,7 @@ class Pipeline:
         # small change is then mostly its queries, not connection set-up); keyed by table,
         # each used by one extraction thread at a time, dropped after any error
         self._open_sources: dict[str, Source] = {}
+        self._swept = False
         self.quarantine = Quarantine(self.landing, self.state)
         self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
                                            on_breaker=self._on_breaker)
@@ -185,7 +186,9 @@ class Pipeline:
     def sweep(self) -> int:
         """Republish landed batches that are neither loaded nor queued (the truth is the
         manifest and the ledger; the buffer is only the fast path)."""
-        self.landing.sweep_temp_files()
+        if not self._swept:  # temp files are a dead writer's: none appear while we run, and
+            self.landing.sweep_temp_files()  # walking a growing landing tree every cycle
+            self._swept = True  # of `run --follow` would cost more each time
         republished = 0
         for batch in self.state.pending_batches():
             if self.warehouse.is_loaded(batch.batch_id):
