@@ -200,7 +200,7 @@ class SourceConfig(_Strict):
 
 class LandingConfig(_Strict):
     path: str = "landing"
-    compression: str = "zstd"
+    compression: Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"] = "zstd"
 
 
 class BufferConfig(_Strict):

@@ -7,9 +7,12 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from steadyflow.errors import SteadyflowError
 from steadyflow.observe import logs
@@ -26,14 +29,17 @@ class _Console:
 
     def __init__(self, stderr: bool = False) -> None:
         self._stderr = stderr
-        self._console: Any = None
+        self._console: Console | None = None
 
-    def __getattr__(self, name: str) -> Any:
+    def rich(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(stderr=self._stderr)
-        return getattr(self._console, name)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich(), name)
 
 
 def escape(text: str) -> str:
@@ -124,7 +130,7 @@ def _with_progress(pipeline: Any, follow: bool) -> Any:
 
     worker = threading.Thread(target=work, name="pipeline", daemon=True)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+                  console=console.rich(), transient=True) as progress:
         task = progress.add_task("starting", total=None)
         worker.start()
         while worker.is_alive():

@@ -145,7 +145,7 @@ def query_page(db_path: str, after: tuple[str, int], limit: int) -> dict[str, An
 
 _DEFAULTS: dict[str, float] = dict.fromkeys(
     ("latency", "jitter", "rate_limit_every", "rate_limit_burst", "error_burst", "drop_every",
-     "truncate_every", "malformed_every", "wrong_shape_every"), 0) | {"retry_after": 1}
+     "truncate_every", "malformed_every", "wrong_shape_every"), 0.0) | {"retry_after": 1.0}
 
 
 class Faults:

@@ -180,7 +180,7 @@ def reconcile_all(config_path: Path) -> dict[str, Any]:
 def report(c: Comparison, r: dict[str, Any], loaded: int, elapsed: float, busy: float,
            config_path: Path, as_json: bool) -> int:
     """rows/s is rows loaded over the time the pipeline was busy, not the demo's sleeps."""
-    summary = {
+    summary: dict[str, Any] = {
         "source_rows": c.source_rows, "warehouse_rows": c.warehouse_rows,
         "missing": c.missing, "duplicates": c.duplicates, "mismatched": c.mismatched,
         "extra": c.extra, "quarantined": c.quarantined,

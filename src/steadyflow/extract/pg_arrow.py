@@ -34,7 +34,7 @@ import threading
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -116,7 +116,9 @@ def _literal(value: Any) -> str | None:
 
 def _storage(col: pa.ChunkedArray) -> pa.ChunkedArray:
     if isinstance(col.type, pa.BaseExtensionType):  # e.g. an opaque PostgreSQL type
-        return pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+        storage: pa.DataType = col.type.storage_type
+        chunks = [cast(pa.ExtensionArray, c).storage for c in col.chunks]
+        return pa.chunked_array(chunks, type=storage)  # type: ignore[call-overload]  # stubs: no DataType overload
     return col
 
 

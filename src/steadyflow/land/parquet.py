@@ -14,6 +14,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +24,9 @@ from steadyflow.failpoints import failpoint
 from steadyflow.model import BatchRef, Watermark
 
 TEMP_PREFIX = ".tmp-"
+
+# the Parquet codecs a landing zone can use (config.py: LandingConfig.compression)
+Compression = Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"]
 
 
 # Chosen by measurement on 200k-row sales pages (bench/RESULTS.md, "landing codec"):
@@ -37,7 +41,7 @@ HANDOFF_MAX = 2  # landed pages kept in memory for an in-process loader (see `ha
 class LandingZone:
     """A directory of immutable Parquet batches laid out source/table/date=YYYY-MM-DD."""
 
-    def __init__(self, root: Path, compression: str = "zstd") -> None:
+    def __init__(self, root: Path, compression: Compression = "zstd") -> None:
         self.root = root
         self.compression = compression
         self.root.mkdir(parents=True, exist_ok=True)

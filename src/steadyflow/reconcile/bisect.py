@@ -136,7 +136,7 @@ class Bisector:
     def _top(self) -> tuple[Range, int] | None:
         prefix: tuple[int, ...] = ()
         while True:
-            found = [b for b in self._both(lambda side, p=prefix: side.bounds(p)) if b]
+            found = [b for b in self._bounds(prefix) if b]
             if not found:
                 return None
             lo = min(b[0] for b in found)
@@ -148,6 +148,9 @@ class Bisector:
                 rng = Range(prefix, lo, hi)
                 return rng, rng.split(self.top_buckets)
             prefix = (*prefix, lo)  # one value (a store's id in a store's table): go inside
+
+    def _bounds(self, prefix: tuple[int, ...]) -> tuple[tuple[int, int] | None, ...]:
+        return self._both(lambda side: side.bounds(prefix))
 
     def _both(self, ask: Callable[[Side], T]) -> tuple[T, T]:
         """Ask both sides at once: they are different databases, each busy hashing."""
@@ -175,7 +178,7 @@ class Bisector:
                         stack.append((rng.sub(bucket, width), max(src.total, wh.rows)))
             elif rng.depth + 1 < self.dims:
                 prefix = (*rng.prefix, rng.lo)
-                found = [b for b in self._both(lambda side, p=prefix: side.bounds(p)) if b]
+                found = [b for b in self._bounds(prefix) if b]
                 if found:
                     stack.append((Range(prefix, min(b[0] for b in found),
                                         max(b[1] for b in found) + 1), size))

@@ -71,7 +71,7 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
     pk = contract.primary_key
     warehouse = _RepairWarehouse(pipeline.warehouse)
     loader = BatchLoader(pipeline.config, pipeline.landing, pipeline.buffer,
-                         warehouse, pipeline.state,  # type: ignore[arg-type]
+                         warehouse, pipeline.state,
                          pipeline.quarantine, pipeline.metrics)
     empty = contract.schema.empty_table()
     plan: list[tuple[pa.Table, list[tuple[Any, ...]]]] = []

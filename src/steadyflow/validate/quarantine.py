@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import BatchRef, Contract
 from steadyflow.state import StateStore
-from steadyflow.validate.rules import REASON, Verdict, validate
+from steadyflow.validate.rules import REASON, Verdict, count_values, validate
 
 QUARANTINE_SOURCE_DIR = "_quarantine"
 
@@ -39,7 +38,7 @@ class Quarantine:
             return 0
         rows = verdict.bad.filter(pa.array(fresh, pa.bool_()))
         new_hashes = [h for h, keep in zip(hashes, fresh, strict=True) if keep]
-        reasons = {i["values"]: i["counts"] for i in pc.value_counts(rows[REASON]).to_pylist()}
+        reasons = count_values(rows[REASON])
         parked = self.landing.write(
             rows, QUARANTINE_SOURCE_DIR, f"{batch.source}.{batch.table}",
             None, None, kind="quarantine", meta={"of": batch.batch_id})
@@ -58,7 +57,7 @@ class Quarantine:
 
     def reasons_of(self, path: str) -> dict[str, int]:
         parked = self.rows(path)
-        return {i["values"]: i["counts"] for i in pc.value_counts(parked[REASON]).to_pylist()}
+        return count_values(parked[REASON])
 
 
 def row_hashes(bad: pa.Table) -> list[str]:

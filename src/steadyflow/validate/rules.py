@@ -100,10 +100,14 @@ def validate(batch: pa.Table, contract: Contract) -> Verdict:
         [pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
          for col in bad_raw.columns] + [reason.filter(bad_mask)],
         names=[*contract.names, REASON])
-    counts: dict[str, int] = {}
-    for item in pc.value_counts(bad[REASON]).to_pylist():
-        counts[item["values"]] = item["counts"]
-    return Verdict(good=good, bad=bad, reasons=counts, bad_mask=bad_mask)
+    return Verdict(good=good, bad=bad, reasons=count_values(bad[REASON]), bad_mask=bad_mask)
+
+
+def count_values(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """{value: how many rows hold it}, e.g. quarantine reasons."""
+    counts = pc.value_counts(values)
+    return {str(value): int(n or 0) for value, n in zip(
+        counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)}
 
 
 def _any(n: int, masks: list[pa.Array]) -> pa.Array:
@@ -122,8 +126,9 @@ def _compare(values: pa.Array, op: str, bound: float) -> pa.Array:
     numeric = values if not pa.types.is_decimal(values.type) else pc.cast(values, pa.float64())
     if not (pa.types.is_integer(numeric.type) or pa.types.is_floating(numeric.type)):
         return pa.repeat(pa.scalar(False, pa.bool_()), len(values))
-    result = pc.less(numeric, bound) if op == "less" else pc.greater(numeric, bound)
-    return pc.fill_null(result, False)
+    limit = pa.scalar(float(bound))
+    result = pc.less(numeric, limit) if op == "less" else pc.greater(numeric, limit)
+    return result.fill_null(False)
 
 
 def _present_and(values: pa.Array, failed: pa.Array) -> pa.Array:
