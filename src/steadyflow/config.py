@@ -218,6 +218,10 @@ class WarehouseConfig(_Strict):
     path: str | None = "warehouse.duckdb"
     dsn: str | None = None
     schema_: str = Field(default="main", alias="schema")
+    # DuckDB only: the loader connection's buffer pool cap (DuckDB evicts and spills past
+    # it) and its worker threads (beside extraction on the same cores, more only contend)
+    memory_limit: str = "32MB"
+    threads: int = Field(default=1, ge=1)
 
     _n = field_validator("schema_")(_ident)
 

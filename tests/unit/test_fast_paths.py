@@ -16,12 +16,16 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from tests.conftest import write_pipeline
 
+from steadyflow.config import load_config
+from steadyflow.errors import ConfigError
 from steadyflow.extract.pg_arrow import _literal, conform_column, conninfo
 from steadyflow.land.parquet import LandingZone
 from steadyflow.merge.duckdb import DuckdbWarehouse, quote
 from steadyflow.merge.plan import plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
+from steadyflow.run.pipeline import Pipeline
 
 CONTRACT = Contract(
     columns=(Column("k", "int64", nullable=False), Column("v", "string"),
@@ -84,6 +88,19 @@ def test_duckdb_an_older_batch_loaded_late_keeps_the_newer_rows(tmp_path: Path) 
     got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
     wh.close()
     assert got == [(1, "new", 1, 6), (2, "new", 1, 6), (3, "old", 9, 2)]
+
+
+def test_duckdb_settings_come_from_the_warehouse_config(tmp_path: Path) -> None:
+    cfg = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite", "path": "s.db",
+                                     "tables": [{"name": "sales", "contract": "sales"}]}],
+                         warehouse={"kind": "duckdb", "path": "w.duckdb",
+                                    "memory_limit": "64MB", "threads": 2})
+    with Pipeline(load_config(cfg)) as pipeline:
+        got = pipeline.warehouse.query(  # type: ignore[attr-defined]
+            "SELECT current_setting('memory_limit') AS m, current_setting('threads') AS t")
+    assert got.to_pylist() == [{"m": "61.0 MiB", "t": 2}]
+    with pytest.raises(ConfigError, match="bad DuckDB setting"):
+        DuckdbWarehouse(tmp_path / "x.duckdb", memory_limit="lots")
 
 
 def test_duckdb_fast_paths_with_a_composite_key(tmp_path: Path) -> None:

@@ -11,13 +11,14 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
+from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.failpoints import failpoint
 from steadyflow.merge.plan import SEQ, MergePlan, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
-# The loader's DuckDB connection, measured in bench/ (RESULTS.md, NOTES.md):
+# The loader's DuckDB connection (config.py: WarehouseConfig memory_limit and threads),
+# its defaults measured in bench/ (RESULTS.md, NOTES.md):
 # - memory_limit: the buffer pool defaults to 80% of RAM and keeps the table's blocks
 #   cached, so the loader's memory grew with the warehouse. A batch merge needs far less:
 #   past the limit DuckDB evicts cached blocks (they are on disk) and spills large
@@ -25,8 +26,8 @@ STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 # - threads: one. The loader runs beside extraction (and often the source database) on the
 #   same cores; DuckDB's own worker threads then only contend: inserting 2M rows in 200k
 #   batches took 3.0 s wall / 3.2 s CPU with 2 threads, 1.5 s / 1.4 s with 1.
-MEMORY_LIMIT = os.environ.get("STEADYFLOW_DUCKDB_MEMORY_LIMIT", "32MB")
-THREADS = int(os.environ.get("STEADYFLOW_DUCKDB_THREADS", "1"))
+MEMORY_LIMIT = "32MB"
+THREADS = 1
 
 
 def quote(name: str) -> str:
@@ -104,7 +105,8 @@ def _upsert(contract: Contract, target: str) -> _Upsert:
 class DuckdbWarehouse:
     """Merges batches into DuckDB tables and records each batch id in the load ledger."""
 
-    def __init__(self, path: Path, schema: str = "main") -> None:
+    def __init__(self, path: Path, schema: str = "main", memory_limit: str = MEMORY_LIMIT,
+                 threads: int = THREADS) -> None:
         self.path = path
         self.schema = schema
         self._lock = threading.Lock()
@@ -115,8 +117,10 @@ class DuckdbWarehouse:
         try:
             if not path.exists():
                 _create(path)
-            self._conn = duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT,
-                                                           "threads": THREADS})
+            self._conn = duckdb.connect(str(path), config={"memory_limit": memory_limit,
+                                                           "threads": threads})
+        except (duckdb.InvalidInputException, duckdb.ParserException) as exc:
+            raise ConfigError(f"warehouse: bad DuckDB setting: {exc}") from None
         except duckdb.IOException as exc:
             raise WarehouseUnavailable(f"cannot open DuckDB warehouse {path}: {exc}",
                                        stage="load",

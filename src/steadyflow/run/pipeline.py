@@ -140,7 +140,8 @@ class Pipeline:
                 from steadyflow.merge.duckdb import DuckdbWarehouse
 
                 self._warehouse = DuckdbWarehouse(self.config.resolve(w.path or "wh.duckdb"),
-                                                  w.schema_)
+                                                  w.schema_, memory_limit=w.memory_limit,
+                                                  threads=w.threads)
         return self._warehouse
 
     @property
