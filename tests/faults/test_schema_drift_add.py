@@ -2,7 +2,8 @@
 
 A PostgreSQL source gains two columns between runs; the next run adds them to the warehouse
 table (rows loaded before hold NULL until they change), loads their values exactly, and the
-contract's columns still equal the source.
+contract's columns still equal the source. Reconciliation compares and repairs the added
+columns too: a damaged added value is found, and its repair keeps every other added value.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from tests.faults.test_network import (
     sql_source,
     warehouse_rows,
 )
+
+from steadyflow.reconcile.options import Options
+from steadyflow.reconcile.runner import reconcile
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -67,6 +71,24 @@ def test_added_source_columns_reach_the_warehouse(
         assert got[(1, 5)] == (None, "store")
         assert got[(1, 1)] == (None, None)  # never changed: NULL
         assert_warehouse_equals_sources(pipeline, min_rows=601)
+
+        # reconcile sees the added columns: damage one in the warehouse only
+        table = "wh.sales" if warehouse == "postgres" else "main.sales"
+        if warehouse == "postgres":
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute(f"UPDATE {table} SET channel = 'damaged' WHERE sale_id = 4")
+        else:
+            pipeline.warehouse.query(  # type: ignore[attr-defined]
+                f"UPDATE {table} SET channel = 'damaged' WHERE sale_id = 4")
+        found = reconcile(pipeline)[0]
+        assert found.error is None, found.error
+        assert (found.missing, found.extra, found.mismatched) == (0, 0, 1), found.examples
+        repaired = reconcile(pipeline, options=Options(repair=True))[0]
+        assert repaired.after is not None and repaired.clean, repaired.after
+        rows = warehouse_rows(pipeline)
+        got = {(r["store_id"], r["sale_id"]): (r["discount"], r["channel"])
+               for r in rows.to_pylist()}
+        assert got == _source_values(pg_dsn)  # the repaired row and every other added value
 
 
 def test_a_new_column_that_is_not_a_plain_identifier_stops_the_table(

@@ -69,6 +69,7 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
     into `TableReport.repair`.
     """
     pk = contract.primary_key
+    added = [[c.name, c.type] for c in contract.columns if c.added]
     warehouse = _RepairWarehouse(pipeline.warehouse)
     loader = BatchLoader(pipeline.config, pipeline.landing, pipeline.buffer,
                          warehouse, pipeline.state,
@@ -98,6 +99,8 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
         if not chunk.num_rows and not dels:
             continue
         meta: dict[str, object] = {"reconcile_run": run_id}
+        if added:  # `schema_drift: add` columns: the loader merges them too (run/load.py)
+            meta["columns"] = added
         if dels:
             meta["deletes"] = [[encode_value(v) for v in key] for key in dels]
         batch = pipeline.landing.write(chunk, ref.source, ref.table, None, None,

@@ -37,7 +37,8 @@ import pyarrow as pa
 from steadyflow.config import SourceConfig, TableConfig
 from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.extract.sql import SqlSource, column_to_arrow
-from steadyflow.model import TableRef, step_back
+from steadyflow.merge.plan import SEQ
+from steadyflow.model import Contract, TableRef, drift_type, step_back
 from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
 from steadyflow.reconcile.encoding import canonical, register_sqlite
 from steadyflow.reconcile.engines import Engine, Fragment, engine_for
@@ -65,14 +66,37 @@ class TableReconciler:
         self.s, self.t, self.ref = source, table, ref
         self.options = options
         self.run_id = run_id
-        self.contract = self.config.contract_of(table)
         self.db = SqlSource(source)
         self.guard = pipeline.guards[source.name]
+        self.contract = self._with_drift_columns(self.config.contract_of(table))
         self._registered: object | None = None
         self.filter = self._filter()
         self.dims, self.by = self._dims()
 
     # --- setup --------------------------------------------------------------------------
+    def _with_drift_columns(self, contract: Contract) -> Contract:
+        """With `schema_drift: add`, the source columns extraction added to the warehouse
+        table are compared and repaired like the contract's own: a repair that left them out
+        would write NULL over their values."""
+        if self.t.schema_drift != "add":
+            return contract
+        w = self.config.warehouse
+        engine = engine_for(w.kind)
+        try:
+            target = self.pipeline.warehouse.query(  # type: ignore[attr-defined]
+                f"SELECT * FROM {engine.q(w.schema_)}.{engine.q(self.ref.target)} LIMIT 0")
+        except (duckdb.CatalogException, psycopg.errors.UndefinedTable):
+            return contract  # nothing loaded yet, so nothing added either
+        known = {n.lower() for n in (*contract.names, SEQ)}
+        extra = [n for n in target.column_names if n.lower() not in known]
+        if not extra:
+            return contract
+        declared = self.guard.call(lambda: self.db.declared_types(self.t.name),
+                                   stop=self.pipeline._stop.is_set)
+        at_source = {k.lower(): v for k, v in declared.items()}
+        return contract.with_added([[n, drift_type(at_source[n.lower()])] for n in extra
+                                    if n.lower() in at_source])
+
     def _filter(self) -> dict[str, Any]:
         flt: dict[str, Any] = dict(getattr(self.t, "warehouse_filter", None) or {})
         for column in flt:
