@@ -72,20 +72,14 @@ class BatchLoader:
     def __post_init__(self) -> None:
         self._ensured: set[tuple[str, tuple[str, ...]]] = set()
 
-    def contract_of(self, batch: BatchRef) -> Contract:
-        return contract_of(self.config, batch)
-
-    def transform(self, batch: BatchRef) -> Verdict:
-        return transform(self.config, self.landing, self.metrics, batch)
-
     def process(self, batch: BatchRef) -> LoadOutcome:
         """Validate and load one batch; safe to call again for the same batch."""
         _, _, ref = self.config.table(batch.source, batch.table)
-        contract = self.contract_of(batch)
+        contract = contract_of(self.config, batch)
         if (ref.target, contract.names) not in self._ensured:
             self.warehouse.ensure_table(ref, contract)  # also adds columns new to the target
             self._ensured.add((ref.target, contract.names))
-        verdict = self.transform(batch)
+        verdict = transform(self.config, self.landing, self.metrics, batch)
         parked = self.quarantine.park(batch, verdict) if verdict.bad.num_rows else 0
         started = time.monotonic()
         loaded = self.warehouse.load(ref, contract, batch, verdict.good)
