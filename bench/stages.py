@@ -27,21 +27,16 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from adbc_driver_postgresql import dbapi
+from run import CONTRACT as BENCH_CONTRACT  # bench/run.py (this directory is on sys.path)
 
+from steadyflow.config import ContractConfig
 from steadyflow.extract.pg_arrow import conform
-from steadyflow.model import Column, Contract
 from steadyflow.validate.rules import validate
 
 PAGE = 122_880
 COLUMNS = "sale_id, store_id, sku, qty, unit_price::text AS unit_price, currency, sold_at, " \
           "updated_at"
-CONTRACT = Contract(columns=(
-    Column("sale_id", "int64", nullable=False), Column("store_id", "int32", nullable=False),
-    Column("sku", "string", nullable=False), Column("qty", "int32", min=1),
-    Column("unit_price", "decimal(12,2)", min=0),
-    Column("currency", "string", allowed=("USD", "EUR", "GBP")),
-    Column("sold_at", "timestamp"), Column("updated_at", "timestamp", nullable=False)),
-    primary_key=("sale_id",), cursor="updated_at")
+CONTRACT = ContractConfig.model_validate(BENCH_CONTRACT).to_contract()
 
 
 def backend_cpu(pid: int) -> float:
