@@ -223,6 +223,26 @@ class PgArrowSource(SqlSource):
             self._socket = None
         super().close()
 
+    def probe(self, table: str, contract: Contract) -> list[str]:
+        extra = super().probe(table, contract)
+        super().close()  # the psycopg connection is not needed for the pages
+        return extra
+
+    def declared_types(self, table: str) -> dict[str, str]:
+        types = super().declared_types(table)
+        super().close()
+        return types
+
+    def last_position(self, table: str, contract: Contract) -> Watermark | None:
+        position = super().last_position(table, contract)
+        super().close()
+        return position
+
+    def find_keyset_index(self, table: str, contract: Contract) -> bool:
+        found = super().find_keyset_index(table, contract)
+        super().close()
+        return found
+
     # --- queries ----------------------------------------------------------------------
     def _arrow_select(self, table: str, contract: Contract) -> str:
         """Decimal and string columns as text: exact, cheap, and the same for any source
@@ -308,9 +328,6 @@ class PgArrowSource(SqlSource):
         """One keyset page as Arrow, with the (cursor, key) of its last row."""
         if where is not None or not self._adbc_usable:
             return super().page(table, contract, after, since, limit, where)
-        # the psycopg connection served the probe and catalog queries; ADBC pages do not
-        # need it (the fallback below reconnects it, should ADBC turn out unusable)
-        super().close()
         self.adbc  # noqa: B018 - connect now: it decides whether ADBC is usable
         if not self._adbc_usable:
             return super().page(table, contract, after, since, limit, where)
