@@ -217,8 +217,10 @@ def test_follow_cycles_reuse_connections_and_reconnect_after_they_die(
         second = pipeline.run_once()
         assert second.ok, second.errors
         assert second.extracted_rows >= 1_000
-        # kept: MariaDB's one connection; PostgreSQL's ADBC page connection (the psycopg
-        # probe connects for each cycle's schema check and closes again)
+        # kept: MariaDB's one connection. PostgreSQL: through this in-process proxy ADBC
+        # cannot tell its socket from the proxy's, so pages take the psycopg path; the
+        # probe closes that connection after each cycle's schema check and the pages open
+        # it again: one new connection a cycle
         assert my_proxy.connections_total == my_before
         assert pg_proxy.connections_total == pg_before + 1
 
