@@ -18,6 +18,17 @@ import pyarrow as pa
 CursorValue = datetime | int | str
 KeyValue = tuple[Any, ...]
 
+# A landed batch may carry this extra string column: per row, null when every value was
+# read faithfully, else why a value could not be (invalid UTF-8, an infinite or
+# out-of-range time, an epoch number in a timestamp column...). The reader sets such a
+# value to null and says why here; validation quarantines the row with that reason. It is
+# how one unreadable value costs exactly one row, whatever the source kind.
+INVALID = "_steadyflow_invalid"
+# The time range every path can hold (Python, both drivers, both warehouses, Parquet).
+# Dates and timestamps outside it are quarantined, never clamped or wrapped.
+MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
 _SIMPLE_TYPES: dict[str, pa.DataType] = {
     "int64": pa.int64(),
