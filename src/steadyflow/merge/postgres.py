@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -16,7 +17,7 @@ from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
 from steadyflow.merge.plan import MergePlan, plan, with_seq
-from steadyflow.model import BatchRef, Contract, TableRef
+from steadyflow.model import BatchRef, Column, Contract, TableRef
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 
@@ -41,13 +42,24 @@ def _csv(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def _stage(contract: Contract) -> str:
-    """The session's temp stage table: created once per connection with the batch's
-    columns, so a contract with `schema_drift: add` columns gets a stage of its own."""
-    if not any(c.added for c in contract.columns):
-        return STAGE
-    digest = hashlib.blake2b("|".join(contract.names).encode(), digest_size=5).hexdigest()
-    return f"{STAGE}_{digest}"
+def _stage(prefix: str, target: str, columns: Sequence[Column]) -> str:
+    """The name of a session temp table shaped like `columns` of `target`.
+
+    A temp table is created once per connection, copying its column types from the target
+    it first serves; reusing one name for every target would give a second target the
+    first one's shape: a column missing (the merge fails on every batch) or, worse, another
+    numeric scale or type that the COPY silently coerces into (5.6789 staged as 5.68). So
+    the name is a digest of the target and its staged column names and types: one stage per
+    (target, column set), a `schema_drift: add` column included.
+    """
+    spec = "\x1f".join([target, *(f"{c.name}\x1e{c.type}" for c in columns)])
+    return f"{prefix}_{hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()}"
+
+
+def _stages(target: str, contract: Contract) -> tuple[str, str]:
+    """(rows stage, deletes stage) of `target` (schema-qualified) under `contract`."""
+    keys = [contract.column(k) for k in contract.primary_key]
+    return _stage(STAGE, target, contract.columns), _stage(DELETES, target, keys)
 
 
 # After a batch whose keys were already in the target, this many batches go straight to the
@@ -64,7 +76,7 @@ class PostgresWarehouse:
         self._secrets = [s for s in [dsn_password(dsn)] if s]
         self._lock = threading.Lock()
         # keyed by target and column set: a `schema_drift: add` column makes a new plan
-        self._plans: dict[tuple[str, tuple[str, ...]], MergePlan] = {}
+        self._plans: dict[tuple[str, Contract], MergePlan] = {}
         self._merge_only: dict[str, int] = {}  # target → batches left before a direct COPY
         self._conn: psycopg.Connection[Any] | None = None
 
@@ -81,11 +93,15 @@ class PostgresWarehouse:
         return self._conn
 
     def _plan(self, ref: TableRef, contract: Contract) -> MergePlan:
-        key = (ref.target, contract.names)
+        key = (ref.target, contract)
         if key not in self._plans:
-            self._plans[key] = plan(contract, self.schema, ref.target, _stage(contract),
-                                    DELETES, quote, "postgres")
+            stage, deletes = _stages(self._target(ref), contract)
+            self._plans[key] = plan(contract, self.schema, ref.target, stage, deletes, quote,
+                                    "postgres")
         return self._plans[key]
+
+    def _target(self, ref: TableRef) -> str:
+        return f"{quote(self.schema)}.{quote(ref.target)}"
 
     def _fail(self, exc: psycopg.Error, what: str, batch: BatchRef | None = None) -> Exception:
         msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
@@ -116,7 +132,8 @@ class PostgresWarehouse:
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> bool:
         p = self._plan(ref, contract)
-        target = f"{quote(self.schema)}.{quote(ref.target)}"
+        target = self._target(ref)
+        stage, delete_stage = _stages(target, contract)
         rows = with_seq(rows, batch.seq)
         with self._lock:
             conn = self.conn
@@ -131,10 +148,11 @@ class PostgresWarehouse:
                         return False  # leaving the block commits nothing of note
                     conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
                     if rows.num_rows and not self._copy_direct(conn, ref, target, rows):
-                        self._copy(conn, target, _stage(contract), rows)
+                        self._copy(conn, target, stage, rows)
                         conn.execute(p.merge.encode())
                     if deletes is not None and deletes.num_rows:
-                        self._copy(conn, target, DELETES, deletes, columns=deletes.column_names)
+                        self._copy(conn, target, delete_stage, deletes,
+                                   columns=deletes.column_names)
                         conn.execute(p.delete.encode())
                     failpoint("load.after_merge")
             except psycopg.Error as exc:
