@@ -1,12 +1,18 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-from steadyflow.model import Column, Contract
-from steadyflow.validate.rules import REASON, validate
+from steadyflow.errors import ContractError
+from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Column, Contract
+from steadyflow.validate.quarantine import row_hashes
+from steadyflow.validate.rules import REASON, Verdict, validate
 
 CONTRACT = Contract(
     columns=(
@@ -55,3 +61,152 @@ def test_clean_typed_batch_passes_untouched() -> None:
     })
     verdict = validate(typed, CONTRACT)
     assert verdict.good.num_rows == 2 and verdict.bad.num_rows == 0 and not verdict.reasons
+
+
+# --- values a warehouse would refuse, or a type cannot hold: quarantined per row -------------
+
+def _reasons(verdict: Verdict) -> dict[object, str]:
+    return dict(zip(verdict.bad["id"].to_pylist(), verdict.bad[REASON].to_pylist(),
+                    strict=True))
+
+
+def _good_ids(verdict: Verdict) -> list[object]:
+    return verdict.good["id"].to_pylist()
+
+
+def test_a_readers_invalid_reason_quarantines_its_row_first() -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("note", "string", nullable=False)),
+                        primary_key=("id",), cursor="id")
+    raw = pa.table({"id": pa.array([1, 2, 3], pa.int64()), "note": ["a", None, "c"],
+                    INVALID: [None, "note: invalid UTF-8 (b'\\xff')", None]})
+    verdict = validate(raw, contract)
+    assert _good_ids(verdict) == [1, 3]
+    assert _reasons(verdict) == {"2": "note: invalid UTF-8 (b'\\xff')"}
+    assert verdict.bad[INVALID].to_pylist() == ["note: invalid UTF-8 (b'\\xff')"]
+    # replaying the parked row keeps it parked: its value was never read
+    again = validate(verdict.bad.drop_columns([REASON]), contract)
+    assert again.good.num_rows == 0 and _reasons(again) == _reasons(verdict)
+
+
+def test_nul_characters_in_text_are_quarantined_for_every_warehouse() -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("note", "string")), primary_key=("id",), cursor="id")
+    raw = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64()),
+                    "note": ["plain", "a\x00b", "\x00", None]})
+    verdict = validate(raw, contract)
+    assert _good_ids(verdict) == [1, 4]
+    reason = "note: contains a NUL character (no warehouse text type holds it)"
+    assert _reasons(verdict) == {"2": reason, "3": reason}
+    assert verdict.bad["note"].to_pylist() == ["a\x00b", "\x00"]
+
+
+def test_times_outside_the_years_1_to_9999_are_quarantined_not_clamped() -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("at", "timestamp"), Column("day", "date")),
+                        primary_key=("id",), cursor="id")
+    us = pa.timestamp("us", tz="UTC")
+    late = int((MAX_TIME - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds() * 10**6) + 1
+    raw = pa.table({
+        "id": pa.array([1, 2, 3, 4, 5], pa.int64()),
+        "at": pa.array([0, late, -(2**62), None,
+                        int((MIN_TIME - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(
+                            microseconds=1))], us),
+        "day": pa.array([0, 0, 0, 2_932_897, None], pa.date32()),  # 2932897 = 10000-01-01
+    })
+    verdict = validate(raw, contract)
+    assert _good_ids(verdict) == [1, 5]
+    assert _reasons(verdict) == {
+        "2": "at: outside the years 1..9999 (no warehouse holds it)",
+        "3": "at: outside the years 1..9999 (no warehouse holds it)",
+        "4": "day: outside the years 1..9999 (no warehouse holds it)"}
+
+
+def test_year_zero_text_is_quarantined_and_parked_as_text() -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("at", "timestamp")), primary_key=("id",), cursor="id")
+    raw = pa.table({"id": ["1", "2", "3"],
+                    "at": ["2024-01-01 00:00:00", "0000-06-01 00:00:00", "garbage"]})
+    verdict = validate(raw, contract)
+    assert _good_ids(verdict) == [1]
+    assert _reasons(verdict) == {"2": "at: outside the years 1..9999 (no warehouse holds it)",
+                                 "3": "at: not a valid timestamp"}
+
+
+def test_nan_and_infinities_fail_min_max_rules_but_stay_values_without_them() -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("ruled", "float64", min=0),
+                                 Column("free", "float64")), primary_key=("id",), cursor="id")
+    nan, inf = float("nan"), float("inf")
+    raw = pa.table({"id": pa.array([1, 2, 3, 4, 5], pa.int64()),
+                    "ruled": [1.5, nan, inf, -inf, None],
+                    "free": [nan, 1.0, 1.0, 1.0, -inf]})
+    verdict = validate(raw, contract)
+    assert _good_ids(verdict) == [1, 5]
+    why = "ruled: not a finite number (its min/max rule cannot hold NaN or infinity)"
+    assert _reasons(verdict) == {"2": why, "3": why, "4": why}
+    free = verdict.good["free"].to_pylist()
+    assert math.isnan(free[0]) and free[1] == -inf
+
+
+@pytest.mark.parametrize("values", [
+    pa.array(["1.25", "5.6789", "1.005", "1e-7", "0.1"]),
+    pa.array([1.25, 5.6789, 1.005, 1e-7, 0.1], pa.float64()),
+    pa.array([Decimal("1.25"), Decimal("5.6789"), Decimal("1.005"), Decimal("1E-7"),
+              Decimal("0.1")], pa.decimal128(20, 8)),
+])
+def test_decimals_with_more_scale_than_the_contract_are_quarantined_not_rounded(
+        values: pa.Array) -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("price", "decimal(12,2)")),
+                        primary_key=("id",), cursor="id")
+    verdict = validate(pa.table({"id": pa.array([1, 2, 3, 4, 5], pa.int64()),
+                                 "price": values}), contract)
+    assert verdict.good.to_pylist() == [{"id": 1, "price": Decimal("1.25")},
+                                        {"id": 5, "price": Decimal("0.10")}]
+    assert set(_reasons(verdict).values()) == {"price: not a valid decimal(12,2)"}
+    assert sorted(_reasons(verdict)) == ["2", "3", "4"]
+
+
+def test_integers_into_a_decimal_column_fit_or_are_quarantined_by_precision() -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("price", "decimal(12,2)")),
+                        primary_key=("id",), cursor="id")
+    verdict = validate(pa.table({"id": pa.array([1, 2], pa.int64()),
+                                 "price": pa.array([7, 10**11], pa.int64())}), contract)
+    assert verdict.good.to_pylist() == [{"id": 1, "price": Decimal("7.00")}]
+    assert _reasons(verdict) == {"2": "price: not a valid decimal(12,2)"}
+
+
+def test_a_pattern_re2_cannot_compile_is_a_contract_error_naming_the_column() -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("code", "string", pattern="(?<=a)b")),
+                        primary_key=("id",), cursor="id")
+    with pytest.raises(ContractError, match="column code: pattern '\\(\\?<=a\\)b'"):
+        validate(pa.table({"id": pa.array([1], pa.int64()), "code": ["ab"]}), contract)
+
+
+def test_binary_and_nul_values_reach_the_quarantine_file_as_text(tmp_path: Path) -> None:
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("note", "string"), Column("blob", "string")),
+                        primary_key=("id",), cursor="id")
+    raw = pa.table({"id": pa.array([1, 2, 3], pa.int64()),
+                    "note": ["ok", "nul\x00here", None],
+                    "blob": pa.array([b"fine", b"ok", b"\xff\xfe"], pa.binary())})
+    verdict = validate(raw, contract)
+    assert _good_ids(verdict) == [1]
+    assert verdict.bad.to_pylist() == [
+        {"id": "2", "note": "nul\x00here", "blob": "ok", INVALID: None,
+         REASON: "note: contains a NUL character (no warehouse text type holds it)"},
+        {"id": "3", "note": None, "blob": "\\xff\\xfe", INVALID: None,
+         REASON: "blob: not a valid string"}]
+    pq.write_table(verdict.bad, tmp_path / "q.parquet")
+    assert pq.read_table(tmp_path / "q.parquet").equals(verdict.bad)
+    hashes = row_hashes(verdict.bad)
+    assert len(set(hashes)) == 2
+
+
+def test_a_text_nul_and_a_null_digest_apart() -> None:
+    bad = pa.table({"a": ["\x00", None], REASON: ["r", "r"]})
+    first, second = row_hashes(bad)
+    assert first != second

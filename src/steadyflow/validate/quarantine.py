@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import BatchRef, Contract
+from steadyflow.model import INVALID, BatchRef, Contract
 from steadyflow.state import StateStore
 from steadyflow.validate.rules import REASON, Verdict, count_values, validate
 
@@ -61,7 +61,26 @@ class Quarantine:
 
 
 def row_hashes(bad: pa.Table) -> list[str]:
-    """One digest per parked row (all columns are text, plus the reason)."""
-    columns = [bad[name].to_pylist() for name in bad.column_names]
-    return [hashlib.blake2b("\x1f".join("\x00" if v is None else str(v) for v in row).encode(),
-                            digest_size=16).hexdigest() for row in zip(*columns, strict=True)]
+    """One digest per parked row (all columns are text, plus the reason).
+
+    Values are joined by \\x1f with \\x00 for a null; a value holding either character
+    (or \\x1b, the escape) is escaped, so a text NUL never digests like a null. The INVALID
+    column joins only where it is set, so rows parked before it existed keep their digest.
+    """
+    names = [n for n in bad.column_names if n != INVALID]
+    columns = [bad[name].to_pylist() for name in names]
+    invalid = bad[INVALID].to_pylist() if INVALID in bad.column_names else [None] * bad.num_rows
+    digests = []
+    for row, why in zip(zip(*columns, strict=True), invalid, strict=True):
+        parts = ["\x00" if v is None else _escaped(str(v)) for v in row]
+        if why is not None:
+            parts.append(_escaped(why))
+        digests.append(hashlib.blake2b("\x1f".join(parts).encode(),
+                                       digest_size=16).hexdigest())
+    return digests
+
+
+def _escaped(text: str) -> str:
+    if "\x00" not in text and "\x1f" not in text and "\x1b" not in text:
+        return text
+    return text.replace("\x1b", "\x1b\x1b").replace("\x00", "\x1b0").replace("\x1f", "\x1b1")

@@ -3,31 +3,52 @@
 The result splits the batch: rows that conform (cast to the contract's types) go on to
 the merge; rows that break a rule go to quarantine with the first rule they broke. One
 bad row never stops the good rows of its batch.
+
+Besides the contract's rules, a row is quarantined for any value a warehouse would refuse
+or its type cannot hold, so a warehouse never fails a whole batch (forever, on redelivery)
+for one row, and no value is rounded or clamped on the way: a reason a reader gave
+(model.INVALID), a NUL in text, a date or time outside model.MIN_TIME..MAX_TIME, NaN or an
+infinity where a min/max rule applies, a decimal with more scale or precision than the
+contract (float input included: it is read by its shortest text, never rounded).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from steadyflow.errors import ContractError
 from steadyflow.failpoints import failpoint
-from steadyflow.model import Contract
+from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Column, Contract
 
 REASON = "_reason"
+# A check: per row, did it fail; and why (one text, or per row for reasons a reader gave).
+Check = tuple[pa.Array, str | pa.Array]
+_NUL = "contains a NUL character (no warehouse text type holds it)"
+_RANGE = f"outside the years {MIN_TIME.year}..{MAX_TIME.year} (no warehouse holds it)"
+_NOT_FINITE = "not a finite number (its min/max rule cannot hold NaN or infinity)"
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     good: pa.Table
-    bad: pa.Table  # every contract column as text, plus _reason
+    bad: pa.Table  # every contract column as text, then INVALID and _reason
     reasons: dict[str, int]
     bad_mask: pa.Array  # per input row: True where the row went to quarantine
 
 
 def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
     """Vectorised cast; raises ArrowInvalid if any value does not fit."""
+    if pa.types.is_decimal(target) and not (pa.types.is_decimal(values.type)
+                                            or pa.types.is_string(values.type)):
+        # Floats (and ints) go through their shortest exact text: Arrow's float→decimal
+        # cast rounds (5.6789 → 5.68), while a text or decimal cast refuses a value with
+        # more scale or precision than the contract, so it is quarantined, never rounded.
+        values = pc.cast(values, pa.string())
     if pa.types.is_string(values.type) and pa.types.is_timestamp(target):
         stripped = pc.replace_substring_regex(values, r"(Z|[+-]00:?00)$", "")
         return pc.cast(stripped, pa.timestamp(target.unit)).cast(target)
@@ -40,67 +61,147 @@ def _cast_column(values: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.Array
     fits = pa.repeat(pa.scalar(False, pa.bool_()), len(flat))
     if flat.type == target:
         return flat, fits
+    if pa.types.is_large_string(flat.type):
+        flat = pc.cast(flat, pa.string())
     try:
         return _cast_fast(flat, target), fits
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         pass
-    # Rare path (a batch with malformed values): find exactly which values fail.
+    # Rare path (a batch with malformed values): find exactly which values fail. Values
+    # stay Arrow values (no Python objects: a year-0 timestamp has no datetime).
     out, bad = [], []
     for i in range(len(flat)):
         try:
-            out.append(_cast_fast(flat.slice(i, 1), target)[0].as_py())
+            out.append(_cast_fast(flat.slice(i, 1), target))
             bad.append(False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            out.append(None)
+            out.append(pa.array([None], target))
             bad.append(True)
-    return pa.array(out, target), pa.array(bad, pa.bool_())
+    cast = pa.concat_arrays(out) if out else pa.array([], target)
+    return cast, pa.array(bad, pa.bool_())
 
 
 def validate(batch: pa.Table, contract: Contract) -> Verdict:
+    """Split `batch` into rows that conform to `contract` and rows to quarantine.
+
+    Raises ContractError when a rule itself cannot run (a `pattern` that is not RE2).
+    """
     n = batch.num_rows
     reason = pa.nulls(n, pa.string())
     conformed: list[pa.Array] = []
-    checks: list[tuple[pa.Array, str]] = []
+    invalid = _invalid(batch)
+    # a reader's reason first: the value it nulled would otherwise read as a rule's failure
+    checks: list[Check] = [(pc.is_valid(invalid), invalid)]
     for column in contract.columns:
         values, type_bad = _cast_column(batch[column.name], column.arrow_type)
         conformed.append(values)
         checks.append((type_bad, f"{column.name}: not a valid {column.type}"))
-        if not column.nullable:
-            checks.append((pc.and_(pc.is_null(values), pc.invert(type_bad)),
-                           f"{column.name}: must not be null"))
-        if column.min is not None:
-            checks.append((_compare(values, "less", column.min),
-                           f"{column.name}: below minimum {column.min:g}"))
-        if column.max is not None:
-            checks.append((_compare(values, "greater", column.max),
-                           f"{column.name}: above maximum {column.max:g}"))
-        if column.allowed is not None:
-            text = pc.cast(values, pa.string())
-            checks.append((_present_and(text, pc.invert(pc.is_in(
-                text, value_set=pa.array(column.allowed)))),
-                f"{column.name}: not one of {','.join(column.allowed)}"))
-        if column.pattern is not None:
-            text = pc.cast(values, pa.string())
-            checks.append((_present_and(text, pc.invert(pc.match_substring_regex(
-                text, column.pattern))), f"{column.name}: does not match {column.pattern}"))
+        checks.extend(_rules(column, values, type_bad))
     failpoint("transform.mid")
     schema = _nullable_schema(contract)
     bad_mask = _any(n, [mask for mask, _ in checks])
     if not pc.any(bad_mask).as_py():
         # the common case: nothing to quarantine, so no reason strings and no filtering
-        empty = pa.table({name: pa.array([], pa.string()) for name in (*contract.names, REASON)})
+        empty = pa.table({name: pa.array([], pa.string())
+                          for name in (*contract.names, INVALID, REASON)})
         return Verdict(good=pa.Table.from_arrays(conformed, schema=schema), bad=empty,
                        reasons={}, bad_mask=bad_mask)
     # first failing rule wins: apply in reverse so earlier rules overwrite later ones
     for mask, text in reversed(checks):
-        reason = pc.if_else(mask, pa.scalar(text), reason)
+        reason = pc.if_else(mask, text if isinstance(text, pa.Array) else pa.scalar(text),
+                            reason)
     good = pa.Table.from_arrays(conformed, schema=schema).filter(pc.invert(bad_mask))
     bad_raw = batch.select(list(contract.names)).filter(bad_mask)
     bad = pa.Table.from_arrays(
-        [pc.cast(col, pa.string()) if not pa.types.is_string(col.type) else col
-         for col in bad_raw.columns] + [reason.filter(bad_mask)],
-        names=[*contract.names, REASON])
+        [as_text(col) for col in bad_raw.columns] + [invalid.filter(bad_mask),
+                                                    reason.filter(bad_mask)],
+        names=[*contract.names, INVALID, REASON])
     return Verdict(good=good, bad=bad, reasons=count_values(bad[REASON]), bad_mask=bad_mask)
+
+
+def _invalid(batch: pa.Table) -> pa.Array:
+    """Per row, the reason a reader could not read one of its values (see model.INVALID)."""
+    if INVALID not in batch.column_names:
+        return pa.nulls(batch.num_rows, pa.string())
+    return as_text(batch[INVALID])
+
+
+def _rules(column: Column, values: pa.Array, type_bad: pa.Array) -> Iterator[Check]:
+    """The checks of one column's cast values, in the order they are reported."""
+    name = column.name
+    if not column.nullable:
+        yield (pc.and_(pc.is_null(values), pc.invert(type_bad)), f"{name}: must not be null")
+    yield from _representable(column, values)
+    if column.min is not None:
+        yield (_compare(values, "less", column.min), f"{name}: below minimum {column.min:g}")
+    if column.max is not None:
+        yield (_compare(values, "greater", column.max), f"{name}: above maximum {column.max:g}")
+    if column.allowed is not None:
+        text = pc.cast(values, pa.string())
+        yield (_present_and(text, pc.invert(pc.is_in(text, value_set=pa.array(column.allowed)))),
+               f"{name}: not one of {','.join(column.allowed)}")
+    if column.pattern is not None:
+        text = pc.cast(values, pa.string())
+        yield (_present_and(text, pc.invert(_matches(text, name, column.pattern))),
+               f"{name}: does not match {column.pattern}")
+
+
+def _representable(column: Column, values: pa.Array) -> Iterator[Check]:
+    """Values the contract type holds in Arrow but no warehouse does (or a rule cannot
+    judge). One rule for every warehouse, so a pipeline quarantines the same rows whether
+    it loads into DuckDB (which would take a NUL) or PostgreSQL (which refuses the batch)."""
+    kind = values.type
+    if pa.types.is_string(kind):
+        yield _present_and(values, pc.match_substring(values, "\x00")), f"{column.name}: {_NUL}"
+    elif pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        low, high = ((MIN_TIME, MAX_TIME) if pa.types.is_timestamp(kind)
+                     else (date(1, 1, 1), MAX_TIME.date()))
+        outside = pc.or_(pc.less(values, pa.scalar(low, kind)),
+                         pc.greater(values, pa.scalar(high, kind)))
+        yield _present_and(values, outside), f"{column.name}: {_RANGE}"
+    elif pa.types.is_floating(kind) and (column.min is not None or column.max is not None):
+        yield (_present_and(values, pc.invert(pc.is_finite(values))),
+               f"{column.name}: {_NOT_FINITE}")
+
+
+def _matches(text: pa.Array, name: str, pattern: str) -> pa.Array:
+    """The column's `pattern` applied; a pattern RE2 cannot compile is the contract's error,
+    raised as one (naming the column) rather than as Arrow's, which would stop the loader."""
+    try:
+        return pc.match_substring_regex(text, pattern)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ContractError(
+            f"column {name}: pattern {pattern!r} is not a valid RE2 "
+            f"expression ({exc})", stage="validate",
+            hint="fix the column's `pattern` in the contract (RE2 syntax: no lookaround, "
+                 "no backreferences)") from None
+
+
+def as_text(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """A column as text for the quarantine file, whatever it holds: invalid UTF-8 bytes
+    are kept as backslash escapes, a NUL stays a NUL (Parquet text holds it). Never raises:
+    a row that failed to load must still be parked with its reason."""
+    flat = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_string(flat.type):
+        return flat
+    try:
+        return pc.cast(flat, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    out: list[str | None] = []
+    for i in range(len(flat)):
+        try:
+            value = flat[i].as_py()
+        except (ValueError, OverflowError):  # e.g. a timestamp Python cannot hold
+            out.append(str(flat[i]))
+            continue
+        if value is None or isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, bytes):
+            out.append(value.decode("utf-8", "backslashreplace"))
+        else:
+            out.append(str(value))
+    return pa.array(out, pa.string())
 
 
 def count_values(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
