@@ -1,24 +1,48 @@
 """Pipeline config: one YAML file, validated into typed models before any work starts.
 
 Secrets never live in the file: `${VAR}` references are filled from the environment
-at load time, and error messages print the reference, never the value.
+at load time, and error messages print the reference, never the value. Every filled-in
+value (and every DSN password) is registered with steadyflow.secrets, whose `scrub` every
+sink (logs, state, status page, landed raw pages) applies.
+
+What is refused here, before anything runs, and why (each names the key and the fix):
+  * a `pattern` RE2 cannot compile (validation runs it with Arrow's RE2, not Python's re);
+  * the same (source, table) twice, or tables of different shapes feeding one target;
+  * `lookback` on a cursor type that cannot step back (string, bool): it would be ignored;
+  * a float64 cursor or primary-key column: NaN has no place in keyset order (PostgreSQL
+    sorts it above every number, so a NaN high mark stops a table for good) and equal
+    keys must compare exactly; decimal(p,s), an integer or a timestamp can;
+  * durations that make a spin or cannot work: a buffer lease under 1 s, a zero
+    run.interval, zero connect/statement timeouts, backoff_max below backoff_initial;
+  * an unknown key, with the closest known key as "did you mean".
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from steadyflow import secrets
 from steadyflow.errors import ConfigError
 from steadyflow.model import Column, Contract, TableRef, arrow_type, parse_duration
 
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# cursor types a lookback window can step back from (model.step_back); the others would
+# silently ignore it
+STEP_BACK_TYPES = ("int64", "int32", "date", "timestamp", "decimal")
+# keyset order and key equality need exact, totally ordered values: no NaN
+UNORDERED_KEY_TYPES = ("float64",)
+MIN_LEASE = 1.0
 
 Duration = Annotated[float, Field(ge=0)]
 
@@ -54,6 +78,21 @@ class ColumnConfig(_Strict):
         arrow_type(value)
         return value.strip().lower()
 
+    @field_validator("pattern")
+    @classmethod
+    def _re2(cls, value: str | None) -> str | None:
+        """Compile it with Arrow itself: validation runs RE2, whose syntax is not Python's."""
+        if value is None:
+            return value
+        try:
+            pc.match_substring_regex(pa.array([""], pa.string()), pattern=value)
+        except pa.ArrowInvalid as exc:
+            raise ValueError(
+                f"{value!r} is not a regular expression RE2 accepts ({exc}); validation "
+                "runs patterns with RE2 (Arrow), which has no lookaround, backreferences, "
+                r"\Z or repeats over 1000: rewrite it in RE2 syntax") from None
+        return value
+
 
 class ContractConfig(_Strict):
     primary_key: list[str] = Field(min_length=1)
@@ -70,6 +109,15 @@ class ContractConfig(_Strict):
         for key in self.primary_key:
             if self.columns[key].nullable:
                 raise ValueError(f"primary key column {key!r} must be nullable: false")
+        for key in dict.fromkeys([self.cursor, *self.primary_key]):
+            if self.columns[key].type in UNORDERED_KEY_TYPES:
+                role = "cursor" if key == self.cursor else "primary key column"
+                raise ValueError(
+                    f"{role} {key!r} is typed {self.columns[key].type}: floats cannot order "
+                    "or identify rows (NaN sorts above every number on PostgreSQL and "
+                    "equals nothing, so a NaN high mark stops the table and a NaN key never "
+                    "merges); type it decimal(p,s), or pick an integer, date or timestamp "
+                    "column as the cursor")
         return self
 
     def to_contract(self) -> Contract:
@@ -107,6 +155,17 @@ class ResilienceConfig(_Strict):
         "connect_timeout", "statement_timeout", "backoff_initial", "backoff_max", "breaker_reset",
         mode="before",
     )(_duration)
+
+    @model_validator(mode="after")
+    def _sane(self) -> ResilienceConfig:
+        for name in ("connect_timeout", "statement_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be more than 0 s (0 is not 'no limit': every "
+                                 "call would time out at once); set e.g. '30s'")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(f"backoff_max ({self.backoff_max:g} s) is below backoff_initial "
+                             f"({self.backoff_initial:g} s); raise backoff_max")
+        return self
 
 
 class TableConfig(_Strict):
@@ -161,7 +220,8 @@ class TableConfig(_Strict):
     since_param: str | None = "updated_since"  # incremental start (ISO-8601), None = none
     limit_param: str | None = "limit"
     params: dict[str, str] = Field(default_factory=dict)  # fixed query parameters
-    bad_page_retries: int = Field(default=3, ge=0)  # re-requests of a page after a bad payload
+    # re-requests of a page after a bad payload; each one is a full request to the API
+    bad_page_retries: int = Field(default=3, ge=0, le=100)
 
     _n = field_validator("name", "target")(lambda v: v if v is None else _ident(v))
     _f = field_validator("warehouse_filter")(
@@ -195,6 +255,12 @@ class SourceConfig(_Strict):
             if self.kind == "http" and table.schema_drift == "add":
                 raise ValueError(f"table {table.name!r}: schema_drift: add is for SQL sources "
                                  "only (an http source declares no column types)")
+        names = [t.name for t in self.tables]
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(
+                f"table {name!r} is listed {names.count(name)} times in source {self.name!r}: "
+                "both would extract and merge the same rows with one checkpoint between "
+                "them; keep one entry")
         return self
 
 
@@ -211,6 +277,16 @@ class BufferConfig(_Strict):
     stream: str = "steadyflow"
 
     _d = field_validator("lease", mode="before")(_duration)
+
+    @field_validator("lease")
+    @classmethod
+    def _lease(cls, value: float) -> float:
+        if value < MIN_LEASE:
+            raise ValueError(
+                f"{value:g} s is too short: a batch must stay leased while it is validated "
+                "and merged, or another loader takes it while the first still works on it "
+                f"(a 0 lease redelivers at once, in a loop); use at least {MIN_LEASE:g}s")
+        return value
 
 
 class WarehouseConfig(_Strict):
@@ -239,6 +315,14 @@ class RunConfig(_Strict):
 
     _d = field_validator("interval", "reconcile_every", mode="before")(_duration)
 
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 s: follow mode waits this long between "
+                             "cycles, and 0 polls every source in a busy loop; use e.g. '5s'")
+        return value
+
 
 class PipelineConfig(_Strict):
     name: str = "steadyflow"
@@ -264,7 +348,39 @@ class PipelineConfig(_Strict):
                         f"sources.{source.name}.tables.{table.name}: unknown contract "
                         f"{table.contract!r} (known: {', '.join(self.contracts) or 'none'})"
                     )
+                self._check_lookback(source, table)
+        self._check_targets()
         return self
+
+    def _check_lookback(self, source: SourceConfig, table: TableConfig) -> None:
+        """A lookback on a cursor that cannot step back would be silently ignored."""
+        if table.lookback <= 0:
+            return
+        contract = self.contract_of(table)
+        kind = contract.column(contract.cursor).type
+        if kind.startswith("decimal") or kind in STEP_BACK_TYPES:
+            return
+        raise ValueError(
+            f"sources.{source.name}.tables.{table.name}.lookback: the cursor "
+            f"{contract.cursor!r} is typed {kind}, which has no earlier value to step back "
+            "to, so the lookback would be ignored; remove lookback, or use a timestamp, "
+            "date, integer or decimal cursor")
+
+    def _check_targets(self) -> None:
+        """One warehouse table has one shape: every table feeding it needs the same one."""
+        shapes: dict[str, tuple[str, tuple[Any, ...]]] = {}
+        for source, table, ref in self.tables():
+            c = self.contract_of(table)
+            shape = (tuple((col.name, col.type, col.nullable) for col in c.columns),
+                     c.primary_key, c.cursor)
+            label = f"sources.{source.name}.tables.{table.name}"
+            first = shapes.setdefault(ref.target, (label, shape))
+            if first[1] != shape:
+                raise ValueError(
+                    f"{label} and {first[0]} both load target {ref.target!r} with different "
+                    "contracts (columns, types, nullability, primary key or cursor): a "
+                    "warehouse table has one shape; give them one contract, or set "
+                    "'target' so each loads its own table")
 
     def resolve(self, path: str) -> Path:
         p = Path(path)
@@ -305,6 +421,7 @@ def expand_env(text: str, env: dict[str, str] | None = None) -> str:
                 f"environment variable {name} is referenced as ${{{name}}} but not set",
                 hint=f"export {name}=... before running",
             )
+        secrets.register(env[name])  # whatever it is, it must never be shown again
         return env[name]
 
     return _ENV_REF.sub(sub, text)
@@ -337,7 +454,11 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Pipeline
         if isinstance(source, dict) and source.get("kind") == "sqlite" and isinstance(
                 source.get("path"), str) and not Path(source["path"]).is_absolute():
             source["path"] = str(Path(raw["base_dir"]) / source["path"])
-    return parse_config(_expand_tree(raw, env), origin=str(path))
+    config = parse_config(_expand_tree(raw, env), origin=str(path))
+    # a password written into a DSN literally (not as ${VAR}) is just as secret
+    for dsn in [*(s.dsn for s in config.sources), config.warehouse.dsn]:
+        secrets.register(secrets.dsn_password(dsn))
+    return config
 
 
 def parse_config(raw: dict[str, Any], origin: str = "<config>") -> PipelineConfig:
@@ -346,7 +467,54 @@ def parse_config(raw: dict[str, Any], origin: str = "<config>") -> PipelineConfi
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            if err["type"] == "string_type" and isinstance(err["input"], dict):
+                continue  # `contract: {...}` is the inline form of `str | ContractConfig`
+            where = ".".join(str(p) for p in err["loc"] if not _is_union_tag(p))
             # never echo input values: they may be secrets expanded from the environment
-            problems.append(f"{where}: {err['msg']}")
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key" + _did_you_mean(err)
+            problems.append(f"{where or '(top level)'}: {msg}")
         raise ConfigError(f"{origin}: invalid config\n  " + "\n  ".join(problems)) from None
+
+
+def _is_union_tag(step: Any) -> bool:
+    """pydantic names the union member it tried in the path: 'str', 'function-after[...]'."""
+    return isinstance(step, str) and (step == "str" or "[" in step)
+
+
+def _did_you_mean(err: Any) -> str:
+    """For an unknown key, the closest key the model at that place knows."""
+    if err["type"] != "extra_forbidden" or not err["loc"]:
+        return ""
+    model: Any = PipelineConfig
+    for step in err["loc"][:-1]:
+        model = _descend(model, step)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
+    known = [f.alias or name for name, f in model.model_fields.items() if name != "base_dir"]
+    close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f" ({hint}known here: {', '.join(sorted(known))})"
+
+
+def _descend(node: Any, step: Any) -> Any:
+    """The type found one step down a validation error's path from `node`."""
+    while get_origin(node) is Annotated:
+        node = get_args(node)[0]
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        for name, field in node.model_fields.items():
+            if step in (name, field.alias):
+                return field.annotation
+        return None
+    origin, args = get_origin(node), get_args(node)
+    if origin is list and isinstance(step, int):
+        return args[0]
+    if origin is dict and isinstance(step, str):
+        return args[1]
+    if origin in (Union, types.UnionType) and isinstance(step, str):
+        for arg in args:  # the member is named as-is or last in 'function-after[..., X]'
+            name = getattr(arg, "__name__", "")
+            if step == name or step.endswith(f", {name}]"):
+                return arg
+    return None

@@ -70,3 +70,122 @@ def test_sqlite_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path, [{"name": "s1", "kind": "sqlite", "path": "stores/a.db",
                                       "tables": [{"name": "sales", "contract": "sales"}]}])
     assert load_config(path).sources[0].path == str(tmp_path / "stores" / "a.db")
+
+
+# --- refused at config time: each names the key, what is wrong and the fix -------------------
+
+def _contract(**columns: dict[str, object]) -> dict[str, object]:
+    return {**SALES_CONTRACT, "columns": {**SALES_CONTRACT["columns"], **columns}}
+
+
+def _sources(*tables: dict[str, object], kind: str = "sqlite") -> list[dict[str, object]]:
+    return [{"name": "s1", "kind": kind, "path": "/tmp/x.db", "tables": list(tables)}]
+
+
+def _refused(raw: dict[str, object]) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    return str(err.value)
+
+
+@pytest.mark.parametrize("pattern", [r"(?<=A)\d+", r"^\d+\Z", r"(a)\1", "a{2000}", "(unclosed"])
+def test_a_pattern_re2_cannot_compile_is_refused(pattern: str) -> None:
+    # validation runs patterns with Arrow's RE2: a Python-only regex must fail here, not
+    # kill the loader at the first batch
+    text = _refused(_raw(contracts={"sales": _contract(sku={"type": "string",
+                                                             "pattern": pattern})}))
+    assert "contracts.sales.columns.sku.pattern" in text and "RE2" in text
+
+
+def test_an_re2_pattern_is_accepted() -> None:
+    parse_config(_raw(contracts={"sales": _contract(sku={"type": "string",
+                                                         "pattern": r"^SKU-\d{1,6}$"})}))
+
+
+def test_the_same_table_twice_in_one_source_is_refused() -> None:
+    text = _refused(_raw(sources=_sources({"name": "sales", "contract": "sales"},
+                                          {"name": "sales", "contract": "sales",
+                                           "target": "sales_copy"})))
+    assert "'sales' is listed 2 times in source 's1'" in text and "keep one" in text
+
+
+def test_tables_of_different_shapes_feeding_one_target_are_refused() -> None:
+    other = {**SALES_CONTRACT, "columns": {**SALES_CONTRACT["columns"],
+                                           "unit_price": {"type": "decimal(12,4)"}}}
+    raw = _raw(contracts={"sales": SALES_CONTRACT, "sales4": other},
+               sources=[*_sources({"name": "sales", "contract": "sales"}),
+                        {"name": "s2", "kind": "sqlite", "path": "/tmp/y.db",
+                         "tables": [{"name": "sales", "contract": "sales4"}]}])
+    text = _refused(raw)
+    assert "sources.s2.tables.sales and sources.s1.tables.sales" in text
+    assert "target 'sales'" in text and "'target'" in text
+    # the same shape from several stores into one target is how stores are merged: fine
+    raw["contracts"] = {"sales": SALES_CONTRACT, "sales4": SALES_CONTRACT}
+    parse_config(raw)
+
+
+@pytest.mark.parametrize("cursor_type", ["string", "bool"])
+def test_lookback_on_a_cursor_that_cannot_step_back_is_refused(cursor_type: str) -> None:
+    contract = {**_contract(version={"type": cursor_type, "nullable": False}),
+                "cursor": "version"}
+    text = _refused(_raw(contracts={"sales": contract}))
+    assert "sources.s1.tables.sales.lookback" in text and f"typed {cursor_type}" in text
+    assert "remove lookback" in text
+    # without a lookback the same cursor is accepted
+    parse_config(_raw(contracts={"sales": contract},
+                      sources=_sources({"name": "sales", "contract": "sales"})))
+
+
+@pytest.mark.parametrize("cursor_type", ["int64", "int32", "date", "timestamp",
+                                         "decimal(20,0)"])
+def test_lookback_on_a_cursor_that_can_step_back_is_accepted(cursor_type: str) -> None:
+    parse_config(_raw(contracts={"sales": {
+        **_contract(version={"type": cursor_type, "nullable": False}), "cursor": "version"}}))
+
+
+def test_a_float_cursor_or_key_is_refused() -> None:
+    as_cursor = {**_contract(version={"type": "float64", "nullable": False}),
+                 "cursor": "version"}
+    text = _refused(_raw(contracts={"sales": as_cursor}))
+    assert "contracts.sales" in text and "cursor 'version' is typed float64" in text
+    assert "decimal(p,s)" in text
+    as_key = _contract(sale_id={"type": "float64", "nullable": False})
+    assert "primary key column 'sale_id' is typed float64" in _refused(
+        _raw(contracts={"sales": as_key}))
+
+
+@pytest.mark.parametrize(("change", "key", "fix"), [
+    ({"buffer": {"lease": 0}}, "buffer.lease", "at least 1s"),
+    ({"buffer": {"lease": "500ms"}}, "buffer.lease", "at least 1s"),
+    ({"run": {"interval": 0}}, "run.interval", "more than 0 s"),
+    ({"sources": [{**_sources({"name": "sales", "contract": "sales"})[0],
+                   "resilience": {"statement_timeout": 0}}]}, "sources.0", "statement_timeout"),
+    ({"sources": [{**_sources({"name": "sales", "contract": "sales"})[0],
+                   "resilience": {"backoff_initial": "10s", "backoff_max": "1s"}}]},
+     "sources.0", "raise backoff_max"),
+    ({"sources": _sources({"name": "sales", "contract": "sales", "bad_page_retries": 10**6})},
+     "sources.0.tables.0.bad_page_retries", "100"),
+])
+def test_durations_and_sizes_that_would_spin_are_refused(change: dict[str, object], key: str,
+                                                         fix: str) -> None:
+    text = _refused(_raw(**change))
+    assert key in text and fix in text
+
+
+@pytest.mark.parametrize(("change", "key", "suggestion"), [
+    ({"runn": {}}, "runn", "'run'"),
+    ({"warehouse": {"schemaa": "x"}}, "warehouse.schemaa", "'schema'"),
+    ({"sources": [{**_sources({"name": "sales", "contract": "sales"})[0], "resilence": {}}]},
+     "sources.0.resilence", "'resilience'"),
+    ({"sources": _sources({"name": "sales", "contract": "sales", "lookbak": "1m"})},
+     "sources.0.tables.0.lookbak", "'lookback'"),
+    ({"contracts": {"sales": {**SALES_CONTRACT, "primary_keys": ["sale_id"]}}},
+     "contracts.sales.primary_keys", "'primary_key'"),
+    ({"sources": _sources({"name": "sales", "contract": {**SALES_CONTRACT, "curosr": "x"}})},
+     "sources.0.tables.0.contract.curosr", "'cursor'"),
+])
+def test_an_unknown_key_gets_did_you_mean(change: dict[str, object], key: str,
+                                          suggestion: str) -> None:
+    text = _refused(_raw(**change))
+    assert f"{key}: unknown key (did you mean {suggestion}?" in text
+    assert "valid string" not in text  # no noise from the `contract: name` alternative

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from steadyflow import secrets
 from steadyflow.observe import logs
 
 PASSWORD = "Tr0ub4dor&3-unit"
@@ -19,15 +20,16 @@ def captured() -> Iterator[io.StringIO]:
     """The steadyflow logger writing JSON lines into a buffer; restored afterwards."""
     root = logging.getLogger("steadyflow")
     saved = (root.handlers[:], root.level, root.propagate)
-    secrets = set(logs._SECRETS)
+    saved_secrets = set(secrets._SECRETS)
     stream = io.StringIO()
     logs.configure("debug", stream)
     try:
         yield stream
     finally:
         root.handlers[:], root.level, root.propagate = saved
-        logs._SECRETS.clear()
-        logs._SECRETS.update(secrets)
+        secrets._SECRETS.clear()
+        secrets._SECRETS.update(saved_secrets)
+        secrets._ordered[:] = sorted(saved_secrets, key=len, reverse=True)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:

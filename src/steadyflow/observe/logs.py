@@ -1,36 +1,47 @@
 """Structured logs: one JSON object per line with source, table, stage and batch id.
 
-Every message passes through `scrub` so a secret that slipped into an error text (a DSN
-with a password, an Authorization header) never reaches a log file.
+Every record passes through `ScrubFilter` on the handler, whatever its formatter, so a
+secret that slipped into an error text (a DSN with a password, an Authorization header, a
+`${VAR}` value in a query string) never reaches a log file. The registry and `scrub` live
+in steadyflow.secrets; `register_secret` and `scrub` stay here as the names callers use.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
 
-_SECRETS: set[str] = set()
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+from steadyflow.secrets import register, scrub
+
+__all__ = ["FIELDS", "JsonFormatter", "ScrubFilter", "configure", "get", "register_secret",
+           "scrub"]
+
 FIELDS = ("source", "table", "stage", "batch_id", "rows", "attempt", "page_size", "seconds")
 
 
 def register_secret(value: str | None) -> None:
     """Remember a secret so `scrub` removes it from anything logged or printed."""
-    if value and len(value) >= 3:
-        _SECRETS.add(value)
+    register(value)
 
 
-def scrub(text: str) -> str:
-    text = _URL_PASSWORD.sub(r"\1***\3", text)
-    text = _BEARER.sub(r"\1***", text)
-    for secret in _SECRETS:
-        text = text.replace(secret, "***")
-    return text
+class ScrubFilter(logging.Filter):
+    """Scrubs a record in place before any formatter sees it (JSON or text).
+
+    The message is rendered with its args and scrubbed once; the traceback text is
+    rendered and scrubbed too, because a formatter prints `exc_text` when it is set.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,6 +65,7 @@ class JsonFormatter(logging.Formatter):
 def configure(level: str = "INFO", stream: Any = None) -> None:
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ScrubFilter())
     root = logging.getLogger("steadyflow")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
