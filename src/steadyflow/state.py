@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyflow.model import BatchRef, Watermark
+from steadyflow.secrets import scrub
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -204,7 +205,8 @@ class StateStore:
 
     def mark_failed(self, batch_id: str, error: str) -> None:
         with self._tx() as c:
-            c.execute("UPDATE manifest SET error=? WHERE batch_id=?", (error[:2000], batch_id))
+            c.execute("UPDATE manifest SET error=? WHERE batch_id=?",
+                      (scrub(error)[:2000], batch_id))
 
     def pending_batches(self) -> list[BatchRef]:
         """Landed batches not yet known to be loaded, oldest first (the sweeper's input)."""
@@ -238,7 +240,7 @@ class StateStore:
         with self._tx() as c:
             c.execute(
                 "UPDATE runs SET ended_at=?, outcome=?, batches=?, rows=?, error=? WHERE run_id=?",
-                (time.time(), outcome, batches, rows, error, run_id),
+                (time.time(), outcome, batches, rows, error and scrub(error), run_id),
             )
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -276,7 +278,7 @@ class StateStore:
             self._ensure_health(c, source, table)
             c.execute(
                 "UPDATE table_health SET last_error=?, last_error_at=? WHERE source=? AND tbl=?",
-                (error[:2000], time.time(), source, table),
+                (scrub(error)[:2000], time.time(), source, table),
             )
 
     def record_source_state(self, source: str, table: str, page_size: int | None = None,
