@@ -84,6 +84,7 @@ def _install_signals(pipeline: Any) -> None:
 @app.callback()
 def main(log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning"
          ) -> None:
+    logs.scrub_streams()  # whatever a command prints, no registered secret leaves
     logs.configure(log_level)
 
 

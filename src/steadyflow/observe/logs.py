@@ -16,8 +16,8 @@ from typing import Any
 
 from steadyflow.secrets import register, scrub
 
-__all__ = ["FIELDS", "JsonFormatter", "ScrubFilter", "configure", "get", "register_secret",
-           "scrub"]
+__all__ = ["FIELDS", "JsonFormatter", "ScrubFilter", "ScrubbedStream", "configure", "get",
+           "register_secret", "scrub", "scrub_streams"]
 
 FIELDS = ("source", "table", "stage", "batch_id", "rows", "attempt", "page_size", "seconds")
 
@@ -60,6 +60,34 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             entry["error"] = scrub(str(record.exc_info[1]))
         return json.dumps(entry, default=str)
+
+
+class ScrubbedStream:
+    """A text stream that scrubs every write: the CLI's stdout and stderr.
+
+    The last line of defence for what a command prints: a table, a JSON report, a rich
+    error line or an unexpected traceback all leave through here. A write is scrubbed
+    whole; print() and rich write a line or a whole render at once, so a secret is not
+    split across two writes.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(scrub(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def scrub_streams() -> None:
+    """Route sys.stdout and sys.stderr through `ScrubbedStream` (once; idempotent)."""
+    if not isinstance(sys.stdout, ScrubbedStream):
+        sys.stdout = ScrubbedStream(sys.stdout)
+    if not isinstance(sys.stderr, ScrubbedStream):
+        sys.stderr = ScrubbedStream(sys.stderr)
 
 
 def configure(level: str = "INFO", stream: Any = None) -> None:

@@ -24,6 +24,8 @@ from typing import Final, Literal, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from steadyflow.secrets import scrub
+
 Stage = Literal["extract", "land", "transform", "load", "quarantine"]
 RetryReason = Literal["timeout", "connection", "rate_limited", "server_error", "other"]
 BreakerState = Literal["closed", "half-open", "open"]
@@ -361,8 +363,12 @@ class PipelineMetrics:
     # -- reading -------------------------------------------------------------
 
     def exposition(self) -> bytes:
-        """Prometheus text exposition of this pipeline's registry (for /metrics)."""
-        return generate_latest(self.registry)
+        """Prometheus text exposition of this pipeline's registry (for /metrics).
+
+        Scrubbed like every other output: labels are config names, and a name filled in
+        from `${VAR}` is registered as a secret like any other expanded value.
+        """
+        return scrub(generate_latest(self.registry).decode()).encode()
 
     def value(self, name: str, **labels: str) -> float | None:
         """Current value of one sample (full sample name, e.g. ``..._total``).

@@ -6,8 +6,8 @@ loop itself.  It also keeps the state-derived gauges on /metrics in step with th
 state, because a restarted process has loaded nothing yet and a read-only viewer never
 loads: neither has a loader setting them.
 
-Every string in a snapshot passes through `logs.scrub` here, once, before the page or
-/api/status sees it, so a registered secret that reached an error message is not shown.
+Every string in a snapshot is scrubbed of registered secrets by `collect` itself, before
+the page or /api/status sees it, so a secret that reached an error message is not shown.
 """
 
 from __future__ import annotations
@@ -25,16 +25,6 @@ from steadyflow.observe.status import collect
 log = logs.get("web")  # the logger this code always used: operators' log filters keep working
 
 SAMPLE_EVERY = 2.0
-
-
-def _scrubbed(value: Any) -> Any:
-    if isinstance(value, str):
-        return logs.scrub(value)
-    if isinstance(value, dict):
-        return {k: _scrubbed(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrubbed(v) for v in value]
-    return value
 
 
 class StatusService:
@@ -89,8 +79,7 @@ class StatusService:
 
     # -- snapshots ------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        report: dict[str, Any] = _scrubbed(collect(self.pipeline))
-        return report
+        return collect(self.pipeline)
 
     def sample(self) -> None:
         if not self.live:

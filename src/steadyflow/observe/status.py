@@ -1,10 +1,18 @@
 """One snapshot of pipeline health, shared by `steadyflow status`, the status page and
-the metrics endpoint, so all three always agree."""
+the metrics endpoint, so all three always agree.
+
+The snapshot is scrubbed of registered secrets here, where it is made, so no consumer
+(`status --json`, /api/status, the page) can show one: errors in state were scrubbed when
+written, but a state file written by an older version, or a secret registered only now,
+is caught here too.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+from steadyflow.secrets import scrub_tree
 
 
 def human_age(seconds: float | None) -> str:
@@ -43,7 +51,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
             "state": _state(h, freshness),
         })
     pending = pipeline.state.pending_batches()
-    return {
+    report: dict[str, Any] = scrub_tree({
         "pipeline": pipeline.config.name,
         "at": now,
         "tables": tables,
@@ -54,7 +62,8 @@ def collect(pipeline: Any) -> dict[str, Any]:
         "pending_rows": sum(b.rows for b in pending),
         "runs": pipeline.state.runs(10),
         "reconcile": pipeline.state.last_reconcile(),
-    }
+    })
+    return report
 
 
 def _state(h: Any, freshness: float | None) -> str:
