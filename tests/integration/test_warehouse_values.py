@@ -1,0 +1,139 @@
+"""Edge values through both warehouses, read back with each warehouse's own driver.
+
+Every value here is one validation lets through (tests/unit/test_validate.py covers the ones
+it quarantines), so each warehouse must store it exactly: the PostgreSQL adapter through its
+CSV COPY (empty string vs NULL, quotes, commas, CR/LF, backslashes, `\\.`), DuckDB through
+Arrow. Each table is loaded twice: a first load (PostgreSQL's direct COPY into the target)
+and an update of every row (the staged merge).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+import pytest
+
+from steadyflow.merge.duckdb import DuckdbWarehouse
+from steadyflow.merge.postgres import PostgresWarehouse
+from steadyflow.model import MAX_TIME, MIN_TIME, BatchRef, Column, Contract, TableRef
+from steadyflow.validate.rules import validate
+
+CONTRACT = Contract(columns=(
+    Column("id", "int64", nullable=False), Column("txt", "string"), Column("i32", "int32"),
+    Column("i64", "int64"), Column("flag", "bool"), Column("d38", "decimal(38,10)"),
+    Column("d38_0", "decimal(38,0)"), Column("f", "float64"), Column("at", "timestamp"),
+    Column("day", "date")), primary_key=("id",), cursor="id")
+BIG = Decimal("9999999999999999999999999999.9999999999")
+TEXTS = ["", None, '"quoted"', 'a,"b",c', "line\r\nbreak", "\r", "\n", "back\\slash\\",
+         "\\N", "\\.", "a\n\\.\nb", "NULL", " padded ", "\t", "😀𝄞 日本 é", "x" * 1_000_000,
+         "'single'", ",", '"', "\\", "\u2028\u2029\ufeff"]
+INTS32 = [-(2**31), 2**31 - 1, 0, None]
+INTS64 = [-(2**63), 2**63 - 1, 0, None]
+FLAGS = [True, False, None]
+D38 = [BIG, BIG.copy_negate(), Decimal("0E-10"), Decimal("-0.0000000001"), None]
+D38_0 = [Decimal(10**38 - 1), Decimal(-(10**38 - 1)), Decimal(0), None]
+FLOATS = [float("nan"), float("inf"), float("-inf"), -0.0, 5e-324, 1.7976931348623157e308,
+          0.1, 1e-300, None]
+TIMES = [MIN_TIME, MAX_TIME, datetime(1970, 1, 1, tzinfo=UTC),
+         datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), None]
+DAYS = [date(1, 1, 1), date(9999, 12, 31), date(1970, 1, 1), None]
+
+
+def _table(shift: int) -> list[dict[str, Any]]:
+    """One row per text value; the other columns cycle through their edges (by `shift`)."""
+    def pick(values: list[Any], i: int) -> Any:
+        return values[(i + shift) % len(values)]
+    return [{"id": i, "txt": TEXTS[(i + shift) % len(TEXTS)], "i32": pick(INTS32, i),
+             "i64": pick(INTS64, i), "flag": pick(FLAGS, i), "d38": pick(D38, i),
+             "d38_0": pick(D38_0, i), "f": pick(FLOATS, i), "at": pick(TIMES, i),
+             "day": pick(DAYS, i)} for i in range(len(TEXTS))]
+
+
+def _arrow(rows: list[dict[str, Any]]) -> pa.Table:
+    return pa.table({c.name: pa.array([r[c.name] for r in rows], c.arrow_type)
+                     for c in CONTRACT.columns})
+
+
+@pytest.fixture(params=["postgres", "duckdb"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "postgres":
+        yield request.getfixturevalue("pg_dsn")
+    else:
+        yield str(tmp_path / "wh.duckdb")
+
+
+def _read(where: str) -> list[dict[str, Any]]:
+    cols = ", ".join(f'"{n}"' for n in CONTRACT.names)
+    sql = f"SELECT {cols} FROM edge ORDER BY id"
+    if where.startswith("postgresql://"):
+        with psycopg.connect(where, options="-c TimeZone=UTC") as conn:
+            data = conn.execute(sql.encode()).fetchall()
+    else:
+        with duckdb.connect(where, read_only=True) as conn:  # Arrow: no pytz needed
+            return conn.sql(sql).to_arrow_table().to_pylist()
+    return [dict(zip(CONTRACT.names, r, strict=True)) for r in data]
+
+
+def _same(got: Any, want: Any) -> bool:
+    if isinstance(want, float) and isinstance(got, float):
+        return (math.isnan(got) and math.isnan(want)) or (
+            got == want and math.copysign(1, got) == math.copysign(1, want))
+    return type(got) is type(want) and got == want or (got is None and want is None)
+
+
+def _load(where: str, rows: list[dict[str, Any]], seq: int) -> None:
+    ref = TableRef("src", "edge", "edge")
+    wh = (PostgresWarehouse(where) if where.startswith("postgresql://")
+          else DuckdbWarehouse(Path(where)))
+    try:
+        wh.ensure_table(ref, CONTRACT)
+        verdict = validate(_arrow(rows), CONTRACT)
+        assert verdict.bad.num_rows == 0, verdict.reasons
+        batch = BatchRef(f"b{seq}", "src", "edge", "p", 0, 0, "c", None, None, 0.0, seq=seq)
+        assert wh.load(ref, CONTRACT, batch, verdict.good)
+    finally:
+        wh.close()  # DuckDB: the file is read below by a connection of its own
+
+
+def test_edge_values_survive_both_load_paths_exactly(where: str) -> None:
+    for seq in (1, 2):  # a first load, then an update of every row
+        rows = _table(shift=seq)
+        _load(where, rows, seq)
+        got = _read(where)
+        diffs = [(want["id"], name, got_row[name], want[name])
+                 for got_row, want in zip(got, rows, strict=True)
+                 for name in CONTRACT.names if not _same(got_row[name], want[name])]
+        assert diffs == [], [d if len(repr(d)) < 200 else d[:2] for d in diffs[:8]]
+
+
+def test_values_no_warehouse_holds_cost_their_row_not_the_batch(where: str) -> None:
+    """A NUL in text (PostgreSQL refuses the whole COPY), a year outside 1..9999 and NaN
+    under a min rule are quarantined by validation; the rest of the batch loads."""
+    contract = Contract(columns=(
+        Column("id", "int64", nullable=False), Column("note", "string"),
+        Column("at", "timestamp"), Column("score", "float64", min=0)),
+        primary_key=("id",), cursor="id")
+    raw = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64()),
+                    "note": ["ok", "nul\x00", "ok", "ok"],
+                    "at": ["2024-01-01 00:00:00", None, "0000-01-01 00:00:00", None],
+                    "score": [1.0, 1.0, 1.0, float("nan")]})
+    verdict = validate(raw, contract)
+    assert verdict.bad["id"].to_pylist() == ["2", "3", "4"]
+    ref = TableRef("src", "odd", "odd")
+    wh = (PostgresWarehouse(where) if where.startswith("postgresql://")
+          else DuckdbWarehouse(Path(where)))
+    try:
+        wh.ensure_table(ref, contract)
+        assert wh.load(ref, contract, BatchRef("b1", "src", "odd", "p", 0, 0, "c", None, None,
+                                               0.0, seq=1), verdict.good)
+        assert wh.query("SELECT id, note FROM odd").to_pylist() == [{"id": 1, "note": "ok"}]
+    finally:
+        wh.close()
