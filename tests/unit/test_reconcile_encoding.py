@@ -28,6 +28,7 @@ from steadyflow.model import Column, arrow_type
 from steadyflow.reconcile.encoding import (
     canonical,
     raw_converter,
+    register_sqlite,
     row_hash,
     row_term,
     row_text,
@@ -137,3 +138,39 @@ def test_sqlite_invalid_predicate_flags_only_certainly_invalid_values() -> None:
             f"SELECT CASE WHEN {' OR '.join(preds)} THEN 1 ELSE 0 END FROM t ORDER BY rowid",
             params)]
     assert flagged == [c[3] for c in cases]
+
+
+FLOATS = [float("nan"), float("inf"), float("-inf"), -0.0, 0.0, 5e-324, 0.1, -1.5,
+          8_999_999_999_999.999, 9e12, -9e12, 1e13, 123456789012345678.0, 9e24, 1e100,
+          -1e300, 1.7976931348623157e308, -1.7976931348623157e308]
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (float("nan"), "NaN"), (float("inf"), "Inf"), (float("-inf"), "-Inf"), (-0.0, "0"),
+    (1e13, "E1:10000000"), (-1e13, "E1:-10000000"),
+    (1.7976931348623157e308, "E25:179769313486231"),
+])
+def test_floats_beyond_micro_units_have_an_encoding(value: float, text: str) -> None:
+    assert canonical(value, "float64") == text
+
+
+def test_every_float_encodes_alike_in_python_duckdb_and_sqlite() -> None:
+    """NaN, infinities, -0.0 and magnitudes whose micro-units overflow a bigint: one
+    encoding per value on every engine (the SQL engines: tests/integration/
+    test_reconcile_floats.py)."""
+    want = [canonical(v, "float64") for v in FLOATS]
+    duck, lite = engine_for("duckdb"), engine_for("sqlite")
+    with duckdb.connect() as conn:
+        conn.execute("CREATE TABLE f (i INTEGER, x DOUBLE)")
+        conn.executemany("INSERT INTO f VALUES (?, ?)", list(enumerate(FLOATS)))
+        got = [r[0] for r in conn.execute(
+            f"SELECT {duck.canon('x', 'float64')} FROM f ORDER BY i").fetchall()]
+    assert got == want
+    with closing(sqlite3.connect(":memory:")) as conn:
+        register_sqlite(conn)
+        conn.execute("CREATE TABLE f (x REAL)")
+        finite = [v for v in FLOATS if v == v]  # SQLite stores NaN as NULL
+        conn.executemany("INSERT INTO f VALUES (?)", [(v,) for v in finite])
+        got = [r[0] for r in conn.execute(
+            f"SELECT {lite.canon('x', 'float64')} FROM f ORDER BY rowid").fetchall()]
+    assert got == [canonical(v, "float64") for v in finite]

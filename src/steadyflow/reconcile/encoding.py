@@ -7,6 +7,9 @@ A row is turned into one text, column by column in contract order, joined by `|`
     int64, int32    decimal integer                              -12
     decimal(p,s)    fixed point, exactly s fraction digits       12.50   0.00   -5.00
     float64         floor(value * 1e6), an integer               (micro-unit resolution)
+                    |value| >= 9e12: `E<k>:` floor(value / 1e(12k-6)) (k = 1..25, the
+                    first tier whose |value| < 9e(12+12k)): 12+ significant digits
+                    NaN, +inf, -inf as NaN, Inf, -Inf; -0.0 as 0
     timestamp       microseconds since 1970-01-01 00:00 UTC      1704164645123456
     date            days since 1970-01-01                        19724
     bool            1 or 0
@@ -18,6 +21,12 @@ UTF-8 bytes) gives:
   - its *term*: the first 15 hex digits as an integer (60 bits); a bucket's checksum is the
     exact sum of its rows' terms, so it ignores row order and counts duplicates;
   - its *hash*: the first 16 hex digits, compared per key once a range is small.
+
+Floats: every engine does the same IEEE arithmetic (a multiply or a division by a decimal
+power, then floor), so the integer is the same everywhere while a float's printed text is
+not; the tiers keep it inside a bigint for any finite value. MariaDB/MySQL cannot store NaN
+or an infinity, and SQLite stores NaN as NULL: their rows then encode (and load) as what
+those engines hold.
 
 `engines.py` writes this encoding in each engine's SQL (PostgreSQL, MariaDB, DuckDB). SQLite
 has no md5, so the functions below are registered on its connection (deterministic) and do it
@@ -69,6 +78,31 @@ def datetime_of(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
+FLOAT_SCALED_MAX = 9e12  # below it, micro-units fit a bigint (9e18 < 2^63)
+FLOAT_TIERS = 25  # tier k divides by 1e(12k-6); the last one holds up to the largest double
+FLOAT_MAX = "1.7976931348623157e308"
+
+
+def float_tier(k: int) -> tuple[str, str]:
+    """(upper bound of |value|, divisor) of float tier k >= 1, as decimal literals."""
+    return f"9e{12 + 12 * k}", f"1e{12 * k - 6}"
+
+
+def float_text(value: float) -> str:
+    """The canonical text of a float64 (see the module docstring), exact for any double."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Inf" if value > 0 else "-Inf"
+    if abs(value) < FLOAT_SCALED_MAX:
+        return str(math.floor(value * 1_000_000))
+    for k in range(1, FLOAT_TIERS + 1):
+        bound, divisor = float_tier(k)
+        if k == FLOAT_TIERS or abs(value) < float(bound):
+            return f"E{k}:{math.floor(value / float(divisor))}"
+    raise AssertionError("unreachable: the last tier holds every finite double")
+
+
 def _decimal_text(value: Decimal, scale: int) -> str:
     quantum = Decimal(1).scaleb(-scale)
     q = value.quantize(quantum, rounding=ROUND_HALF_UP)
@@ -94,7 +128,7 @@ def canonical(value: Any, ctype: str) -> str | None:
     if t == "bool":
         return "1" if value else "0"
     if t == "float64":
-        return str(math.floor(float(value) * 1_000_000))
+        return float_text(float(value))
     scale = decimal_scale(t)
     if scale is not None:
         return _decimal_text(value if isinstance(value, Decimal) else Decimal(str(value)), scale)
@@ -213,7 +247,7 @@ def _raw_bool(value: Any) -> str:
 
 def _raw_float(value: Any) -> str:
     try:
-        return str(math.floor(float(value) * 1_000_000))
+        return float_text(float(value))
     except (ValueError, OverflowError, TypeError):
         return _bad(value)
 

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from steadyflow.model import Column
-from steadyflow.reconcile.encoding import HASH_HEX, SPEC_SEP, TERM_HEX, decimal_scale
+from steadyflow.reconcile.encoding import (
+    FLOAT_MAX,
+    FLOAT_SCALED_MAX,
+    FLOAT_TIERS,
+    HASH_HEX,
+    SPEC_SEP,
+    TERM_HEX,
+    decimal_scale,
+    float_tier,
+)
 
 Fragment = tuple[str, list[Any]]  # SQL text and its parameters, in order
 NUMERIC = ("int64", "int32", "float64")
@@ -33,6 +42,7 @@ class Engine:
     placeholder = "%s"
     quote_char = '"'
     native_time = True  # timestamps compare natively (index-friendly) against parameters
+    text_type = "TEXT"
     fence = ""  # appended to a subquery that must not be merged into its outer query
 
     def q(self, name: str) -> str:
@@ -50,6 +60,28 @@ class Engine:
 
     def concat(self, parts: Sequence[str]) -> str:
         return " || ".join(parts)
+
+    def is_nan(self, v: str) -> str:
+        return f"({v} <> {v})"
+
+    def float_canon(self, x: str) -> str:
+        """encoding.float_text in SQL: the same IEEE multiply or divide and floor."""
+        v = self.double(x)
+
+        def whole(expr: str) -> str:
+            return f"CAST({self.as_int(f'floor({expr})')} AS {self.text_type})"
+
+        big = self.double(FLOAT_MAX)
+        branches = [f"WHEN {x} IS NULL THEN NULL", f"WHEN {self.is_nan(v)} THEN 'NaN'",
+                    f"WHEN {v} > {big} THEN 'Inf'", f"WHEN {v} < -{big} THEN '-Inf'",
+                    f"WHEN abs({v}) < {self.double(repr(FLOAT_SCALED_MAX))} "
+                    f"THEN {whole(f'{v} * 1000000')}"]
+        for k in range(1, FLOAT_TIERS + 1):
+            bound, divisor = float_tier(k)
+            text = self.concat([f"'E{k}:'", whole(f"{v} / {self.double(divisor)}")])
+            branches.append(f"ELSE {text}" if k == FLOAT_TIERS
+                            else f"WHEN abs({v}) < {self.double(bound)} THEN {text}")
+        return f"(CASE {' '.join(branches)} END)"
 
     def row_text(self, columns: Sequence[tuple[str, str]]) -> str:
         parts: list[str] = []
@@ -116,6 +148,9 @@ class Engine:
 class PostgresEngine(Engine):
     kind = "postgres"
 
+    def is_nan(self, v: str) -> str:
+        return f"({v} = CAST('NaN' AS double precision))"  # NaN equals NaN here
+
     def ts_us(self, x: str) -> str:
         # exact on every version: whole minutes are exact in float8 epoch, the rest in µs
         t = f"CAST({x} AS timestamptz)"
@@ -136,7 +171,7 @@ class PostgresEngine(Engine):
             return (f"CASE WHEN {x} IS NULL THEN NULL WHEN CAST({x} AS boolean) THEN '1' "
                     "ELSE '0' END")
         if t == "float64":
-            return f"CAST(CAST(floor(CAST({x} AS double precision) * 1000000) AS bigint) AS text)"
+            return self.float_canon(x)
         scale = decimal_scale(t)
         if scale is not None:
             return f"CAST(CAST({x} AS numeric({_precision(t)},{scale})) AS text)"
@@ -152,6 +187,7 @@ class MysqlEngine(Engine):
 
     kind = "mysql"
     quote_char = "`"
+    text_type = "CHAR"
 
     def ts_us(self, x: str) -> str:
         return f"TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {x})"
@@ -172,7 +208,7 @@ class MysqlEngine(Engine):
         if t == "bool":
             return f"CASE WHEN {x} IS NULL THEN NULL WHEN {x} <> 0 THEN '1' ELSE '0' END"
         if t == "float64":
-            return f"CAST(CAST(FLOOR(CAST({x} AS DOUBLE) * 1000000) AS SIGNED) AS CHAR)"
+            return self.float_canon(x)
         scale = decimal_scale(t)
         if scale is not None:
             return f"CAST(CAST({x} AS DECIMAL({_precision(t)},{scale})) AS CHAR)"
@@ -201,6 +237,10 @@ class MysqlEngine(Engine):
 class DuckdbEngine(Engine):
     kind = "duckdb"
     placeholder = "?"
+    text_type = "VARCHAR"
+
+    def is_nan(self, v: str) -> str:
+        return f"isnan({v})"  # NaN equals NaN here
 
     def ts_us(self, x: str) -> str:
         return f"epoch_us(CAST({x} AS TIMESTAMPTZ))"
@@ -219,7 +259,7 @@ class DuckdbEngine(Engine):
             return (f"CASE WHEN {x} IS NULL THEN NULL WHEN CAST({x} AS BOOLEAN) THEN '1' "
                     "ELSE '0' END")
         if t == "float64":
-            return f"CAST(CAST(floor(CAST({x} AS DOUBLE) * 1000000) AS BIGINT) AS VARCHAR)"
+            return self.float_canon(x)
         scale = decimal_scale(t)
         if scale is not None:
             return f"CAST(CAST({x} AS DECIMAL({_precision(t)},{scale})) AS VARCHAR)"
