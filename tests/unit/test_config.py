@@ -189,3 +189,18 @@ def test_an_unknown_key_gets_did_you_mean(change: dict[str, object], key: str,
     text = _refused(_raw(**change))
     assert f"{key}: unknown key (did you mean {suggestion}?" in text
     assert "valid string" not in text  # no noise from the `contract: name` alternative
+
+
+def test_every_expanded_value_and_dsn_password_is_registered_as_a_secret(
+        tmp_path: Path) -> None:
+    from steadyflow import secrets
+
+    path = write_pipeline(tmp_path, [{"name": "s1", "kind": "http", "url": "http://h",
+                                      "headers": {"X-Token": "${SF_UNIT_TOKEN}"},
+                                      "tables": [{"name": "sales", "contract": "sales",
+                                                  "endpoint": "/s"}]}],
+                          warehouse={"kind": "postgres",
+                                     "dsn": "postgresql://u:literal-pw-unit@h/db"})
+    load_config(path, env={"SF_UNIT_TOKEN": "tok-unit-1234"})
+    assert secrets.scrub("X-Token: tok-unit-1234") == "X-Token: ***"
+    assert secrets.scrub("password literal-pw-unit") == "password ***"

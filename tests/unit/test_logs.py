@@ -6,6 +6,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -113,3 +114,61 @@ def test_configure_replaces_handlers_and_does_not_propagate(captured: io.StringI
     assert captured.getvalue() == ""
     assert len(other.getvalue().splitlines()) == 1
     assert logging.getLogger("steadyflow").propagate is False
+
+
+def test_a_registered_secret_is_scrubbed_in_every_url_spelling(captured: io.StringIO) -> None:
+    key = "k/ey+v@l ue&x=1"
+    secrets.register(key)
+    for text in (f"?api_key={quote_plus(key)}&limit=5", f"/{quote(key)}/", quote(key, safe=""),
+                 f"echo {key}!"):
+        assert "k/ey" not in secrets.scrub(text) and "ey%2B" not in secrets.scrub(text)
+        assert secrets.MASK in secrets.scrub(text)
+
+
+def test_a_percent_encoded_secret_is_scrubbed_decoded_too(captured: io.StringIO) -> None:
+    # a DSN password is written percent-encoded in ${VAR}; a driver shows it decoded
+    secrets.register(quote("p@ss/w:rd-unit", safe=""))
+    assert secrets.scrub("password p@ss/w:rd-unit rejected") == "password *** rejected"
+
+
+def test_dsn_password_is_decoded_and_absent_when_there_is_none() -> None:
+    assert secrets.dsn_password("postgresql://u:p%40ss@h/db") == "p@ss"
+    assert secrets.dsn_password("postgresql://u@h/db") is None
+    assert secrets.dsn_password("host=h password=x") is None
+    assert secrets.dsn_password(None) is None
+
+
+def test_scrub_tree_scrubs_every_string_and_keeps_the_shape(captured: io.StringIO) -> None:
+    secrets.register(PASSWORD)
+    tree = {"tables": [{"last_error": f"bad {PASSWORD}", "rows": 3}], "at": 1.5,
+            "runs": ({"error": None},)}
+    assert secrets.scrub_tree(tree) == {"tables": [{"last_error": "bad ***", "rows": 3}],
+                                        "at": 1.5, "runs": [{"error": None}]}
+
+
+def test_text_handlers_and_tracebacks_are_scrubbed_by_the_filter(captured: io.StringIO) -> None:
+    # the filter sits on the handler, so a plain-text formatter gets scrubbed records too
+    secrets.register(PASSWORD)
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(logs.ScrubFilter())
+    logging.getLogger("steadyflow").addHandler(handler)
+    try:
+        raise ValueError(f"rejected {PASSWORD}")
+    except ValueError:
+        logs.get("run").exception("failed with %s", PASSWORD)
+    finally:
+        logging.getLogger("steadyflow").removeHandler(handler)
+    assert PASSWORD not in text.getvalue() + captured.getvalue()
+    assert "ValueError: rejected ***" in text.getvalue()
+    assert "failed with ***" in text.getvalue()
+
+
+def test_scrubbed_stream_masks_every_write(captured: io.StringIO) -> None:
+    secrets.register(PASSWORD)
+    sink = io.StringIO()
+    stream = logs.ScrubbedStream(sink)
+    assert stream.write(f"{{\"error\": \"{PASSWORD}\"}}\n") == len(PASSWORD) + 14
+    stream.flush()
+    assert sink.getvalue() == '{"error": "***"}\n'
