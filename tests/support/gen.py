@@ -1,0 +1,367 @@
+"""Generated source tables for the correctness suite: shapes, values and the DDL/DML that puts
+them into a real PostgreSQL, MariaDB or SQLite database.
+
+Nothing here imports steadyflow: the shapes are described in this module's own terms
+(`Col.kind`), and the pipeline config is written from them as a user would write it. The
+oracle (tests/support/oracle.py) decides what each row should look like in the warehouse
+from the same description, so a bug in steadyflow's type handling cannot hide itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, localcontext
+from typing import Any
+
+from hypothesis import strategies as st
+
+# --- shapes ------------------------------------------------------------------------------
+# kinds: int32 int64 dec text char uuid ts date float bool json
+KEY_KINDS = ("int32", "int64", "dec", "text", "uuid")
+VALUE_KINDS = ("int32", "int64", "dec", "text", "char", "uuid", "ts", "date", "float", "bool",
+               "json")
+CURSOR_KINDS = ("ts", "date", "int64", "dec")
+# how a SQLite table spells its text timestamps (one per table; "mixed" is refused at probe)
+SQLITE_SPELLINGS = ("space_s", "space_ms", "space_us", "iso", "iso_z", "iso_offset", "mixed")
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    kind: str
+    p: int = 0  # dec precision, char width
+    s: int = 0  # dec scale
+    nullable: bool = True
+    tz: bool = True  # ts on PostgreSQL: timestamptz (True) or timestamp
+    whole_seconds: bool = False  # ts on MariaDB: datetime(0)
+    collate: str | None = None  # text on PostgreSQL: an ICU collation (key order != bytes)
+    contract_scale: int | None = None  # dec: a narrower contract scale (values may not fit)
+    contract_nullable: bool | None = None  # contract stricter than the source column
+    minimum: float | None = None  # a `min` rule on a numeric column
+
+    @property
+    def contract_type(self) -> str:
+        return {
+            "int32": "int32", "int64": "int64", "text": "string", "char": "string",
+            "uuid": "string", "json": "string", "ts": "timestamp", "date": "date",
+            "float": "float64", "bool": "bool",
+        }.get(self.kind) or f"decimal({self.p},{self.scale})"
+
+    @property
+    def scale(self) -> int:
+        return self.s if self.contract_scale is None else self.contract_scale
+
+
+@dataclass
+class Table:
+    name: str
+    cols: list[Col]
+    key: list[str]
+    cursor: str
+    spelling: str = "space_us"  # SQLite text timestamps
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def col(self, name: str) -> Col:
+        return next(c for c in self.cols if c.name == name)
+
+    def key_of(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[k] for k in self.key)
+
+
+# --- values --------------------------------------------------------------------------------
+BASE = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
+BASE_DATE = date(2024, 3, 1)
+TS_UNITS = {"us": timedelta(microseconds=1), "ms": timedelta(milliseconds=1),
+            "s": timedelta(seconds=1)}
+
+
+def cursor_value(col: Col, step: int, unit: str) -> Any:
+    """The cursor value `step` units after the base: ordered like `step`, ties included."""
+    if col.kind == "ts":
+        u = "s" if col.whole_seconds else unit
+        return BASE + step * TS_UNITS[u]
+    if col.kind == "date":
+        return BASE_DATE + timedelta(days=step)
+    if col.kind == "int64":
+        return 1_000_000 + step
+    return Decimal(1_000 + step).scaleb(-col.s) if col.s else Decimal(1_000 + step)
+
+
+def text_alphabet(source: str, key: bool) -> st.SearchStrategy[str]:
+    if key and source == "mysql":
+        # MariaDB keys compare case- and accent-insensitively (utf8mb4_general_ci): keep
+        # generated keys distinct under that equality
+        return st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789_-")
+    if key:
+        return st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
+    if source == "postgres":  # PostgreSQL text cannot hold NUL at all
+        return st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00")
+    return st.characters(codec="utf-8", exclude_categories=("Cs",))
+
+
+def value_strategy(col: Col, source: str, key: bool = False) -> st.SearchStrategy[Any]:
+    k = col.kind
+    if k == "int32":
+        return st.integers(-(2**31), 2**31 - 1)
+    if k == "int64":
+        return st.integers(-(2**63), 2**63 - 1)
+    if k == "dec":
+        top = 10**col.p - 1
+        edge = st.sampled_from([top, -top, 0, 1, -1])
+        return st.one_of(edge, st.integers(-top, top)).map(lambda i: Decimal(i).scaleb(-col.s))
+    if k in ("text", "char"):
+        size = col.p if k == "char" else (12 if key else 30)
+        text = st.text(text_alphabet(source, key), min_size=1 if key else 0, max_size=size)
+        if k == "char":  # trailing blanks are padding in CHAR(n): canonical drops them
+            text = text.map(lambda v: v.rstrip(" ")[: col.p])
+        if key:
+            return text.filter(lambda v: v == v.strip() and v != "")
+        if k == "text" and source != "mysql":
+            return st.one_of(text, st.just("x" * 5000), st.just("🎉𝄞" * 50))
+        return text
+    if k == "uuid":
+        return st.uuids().map(str)
+    if k == "ts":
+        edges = [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC),
+                 datetime(1970, 1, 1, tzinfo=UTC)]
+        if source == "mysql":  # DATETIME: 1000-01-01 .. 9999-12-31
+            edges = [datetime(1000, 1, 1, tzinfo=UTC), *edges[1:]]
+        low = datetime(1000 if source == "mysql" else 1, 1, 1)
+        dt = st.datetimes(min_value=low, max_value=datetime(9999, 12, 31, 23, 59, 59))
+        v = st.one_of(st.sampled_from(edges), dt.map(lambda d: d.replace(tzinfo=UTC)))
+        if col.whole_seconds:
+            v = v.map(lambda d: d.replace(microsecond=0))
+        return v
+    if k == "date":
+        low = date(1000, 1, 1) if source == "mysql" else date(1, 1, 1)
+        return st.dates(min_value=low, max_value=date(9999, 12, 31))
+    if k == "float":
+        special = source == "postgres"
+        return st.floats(allow_nan=special, allow_infinity=special, width=64)
+    if k == "bool":
+        return st.booleans()
+    if k == "json":
+        leaf = st.one_of(st.none(), st.booleans(), st.integers(-1000, 1000),
+                         st.text(text_alphabet("postgres", False), max_size=8))
+        return st.dictionaries(st.text("abcxyz", min_size=1, max_size=3),
+                               st.recursive(leaf, lambda c: st.lists(c, max_size=3),
+                                            max_leaves=5), max_size=3)
+    raise AssertionError(k)
+
+
+def is_invalid(col: Col, value: Any) -> bool:
+    """Whether steadyflow must quarantine this value rather than load it (the documented
+    policy, written independently of steadyflow's validation)."""
+    if value is None:
+        nullable = col.nullable if col.contract_nullable is None else col.contract_nullable
+        return not nullable
+    if isinstance(value, str) and "\x00" in value:
+        return True
+    if col.kind == "dec":
+        if not value.is_finite():
+            return True
+        with localcontext() as ctx:
+            ctx.prec = 100
+            scale = col.scale
+            fits_scale = value == value.quantize(Decimal(1).scaleb(-scale))
+            return not fits_scale or abs(value) >= Decimal(10) ** (col.p - scale)
+    if col.kind == "float" and col.minimum is not None:
+        return math.isnan(value) or value < col.minimum
+    if col.kind in ("int32", "int64") and col.minimum is not None:
+        return bool(value < col.minimum)
+    return False
+
+
+# --- table shapes --------------------------------------------------------------------------
+@st.composite
+def columns(draw: st.DrawFn, source: str) -> tuple[list[Col], list[str], str]:
+    nkeys = draw(st.integers(1, 3))
+    cols: list[Col] = []
+    for i in range(nkeys):
+        kind = draw(st.sampled_from(KEY_KINDS if source == "postgres" else
+                                    ("int32", "int64", "dec", "text")))
+        collate = (draw(st.sampled_from([None, "en-x-icu"]))
+                   if kind == "text" and source == "postgres" else None)
+        p = draw(st.integers(1, 18)) if kind == "dec" else 0
+        cols.append(Col(f"k{i}", kind, p=p, s=0, nullable=False, collate=collate))
+    ckind = draw(st.sampled_from(CURSOR_KINDS))
+    cursor = Col("cur", ckind, p=12 if ckind == "dec" else 0,
+                 s=draw(st.sampled_from([0, 2])) if ckind == "dec" else 0, nullable=False,
+                 tz=draw(st.booleans()), whole_seconds=source == "mysql" and draw(st.booleans()))
+    cols.append(cursor)
+    for i in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(VALUE_KINDS))
+        p = s = 0
+        if kind == "dec":
+            p = draw(st.integers(1, 38 if source != "mysql" else 30))
+            s = draw(st.integers(0, min(p, 10)))
+        elif kind == "char":
+            p = draw(st.integers(1, 12))
+        narrower = draw(st.booleans()) and kind == "dec" and s > 0 and draw(st.booleans())
+        minimum = (0.0 if kind in ("float", "int32", "int64") and draw(st.booleans())
+                   and draw(st.booleans()) else None)
+        cols.append(Col(f"v{i}", kind, p=p, s=s, tz=draw(st.booleans()),
+                        whole_seconds=source == "mysql" and draw(st.booleans()),
+                        contract_scale=s - 1 if narrower else None, minimum=minimum))
+    return cols, [c.name for c in cols[:nkeys]], "cur"
+
+
+@st.composite
+def tables(draw: st.DrawFn, source: str, name: str) -> Table:
+    cols, key, cursor = draw(columns(source))
+    spelling = draw(st.sampled_from(SQLITE_SPELLINGS)) if source == "sqlite" else "space_us"
+    return Table(name, cols, key, cursor, spelling)
+
+
+@st.composite
+def rows(draw: st.DrawFn, table: Table, source: str, n: int, first_step: int, unit: str,
+         taken: set[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """n new rows with unique keys and cursors at or after `first_step` (ties drawn)."""
+    out = []
+    step = first_step
+    for _ in range(n):
+        row: dict[str, Any] = {}
+        for _attempt in range(50):
+            for k in table.key:
+                row[k] = draw(value_strategy(table.col(k), source, key=True))
+            ident = normal_key(table, row, source)
+            if ident not in taken:
+                taken.add(ident)
+                break
+        else:
+            continue
+        step += draw(st.sampled_from([0, 0, 1, 1, 2, 7]))
+        row[table.cursor] = cursor_value(table.col(table.cursor), step, unit)
+        for c in table.cols:
+            if c.name in row:
+                continue
+            nullable = draw(st.booleans()) and draw(st.booleans())
+            row[c.name] = None if nullable else draw(value_strategy(c, source))
+        out.append(row)
+    return out
+
+
+def normal_key(table: Table, row: dict[str, Any], source: str) -> tuple[Any, ...]:
+    """The key as the source's uniqueness sees it."""
+    out = []
+    for k in table.key:
+        v = row[k]
+        if isinstance(v, str) and source == "mysql":
+            v = v.lower()
+        if isinstance(v, Decimal):
+            v = v.normalize()
+        out.append(v)
+    return tuple(out)
+
+
+def fresh_values(draw: st.DrawFn, table: Table, source: str) -> dict[str, Any]:
+    """New values for an update: every non-key, non-cursor column, always loadable."""
+    out: dict[str, Any] = {}
+    for c in table.cols:
+        if c.name in table.key or c.name == table.cursor:
+            continue
+        for _ in range(20):
+            v = draw(value_strategy(c, source))
+            if not is_invalid(c, v):
+                out[c.name] = v
+                break
+        else:
+            out[c.name] = None if c.nullable and c.contract_nullable is not False else 0
+    return out
+
+
+# --- DDL and DML per source kind -------------------------------------------------------------
+def ddl(table: Table, source: str) -> list[str]:
+    q = '`' if source == "mysql" else '"'
+    defs = []
+    for c in table.cols:
+        t = sql_type(c, source, c.name in table.key)
+        defs.append(f"{q}{c.name}{q} {t}" + ("" if c.nullable else " NOT NULL"))
+    keys = ", ".join(f"{q}{k}{q}" for k in table.key)
+    order = ", ".join(f"{q}{k}{q}" for k in [table.cursor, *table.key])
+    stmts = [f"CREATE TABLE {q}{table.name}{q} ({', '.join(defs)}, PRIMARY KEY ({keys}))",
+             f"CREATE INDEX {q}{table.name}_cur{q} ON {q}{table.name}{q} ({order})"]
+    return stmts
+
+
+def sql_type(c: Col, source: str, key: bool) -> str:
+    k = c.kind
+    if source == "postgres":
+        return {
+            "int32": "integer", "int64": "bigint", "dec": f"numeric({c.p},{c.s})",
+            "text": "text" + (f' COLLATE "{c.collate}"' if c.collate else ""),
+            "char": f"char({c.p})", "uuid": "uuid",
+            "ts": "timestamptz" if c.tz else "timestamp", "date": "date",
+            "float": "double precision", "bool": "boolean", "json": "jsonb",
+        }[k]
+    if source == "mysql":
+        return {
+            "int32": "int", "int64": "bigint", "dec": f"decimal({c.p},{c.s})",
+            "text": "varchar(64)" if key else "text", "char": f"char({c.p})",
+            "uuid": "char(36)", "ts": "datetime" if c.whole_seconds else "datetime(6)",
+            "date": "date", "float": "double", "bool": "boolean", "json": "json",
+        }[k]
+    return {"int32": "INTEGER", "int64": "INTEGER", "dec": "TEXT", "text": "TEXT",
+            "char": "TEXT", "uuid": "TEXT", "ts": "TEXT", "date": "TEXT", "float": "REAL",
+            "bool": "INTEGER", "json": "TEXT"}[k]
+
+
+def _spell(v: datetime, sep: str, frac: int | None, suffix: str) -> str:
+    """v (naive) as text: `frac` fraction digits (None: isoformat's, i.e. none at .000000)."""
+    text = (f"{v.year:04d}-{v.month:02d}-{v.day:02d}{sep}"
+            f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}")
+    if frac is None:
+        text += f".{v.microsecond:06d}" if v.microsecond else ""
+    elif frac:
+        text += f".{v.microsecond:06d}"[: frac + 1]
+    return text + suffix
+
+
+def sqlite_time(value: datetime, spelling: str, index: int) -> str:
+    """How a SQLite table stores a time, in one of the spellings applications use."""
+    if spelling == "mixed":
+        spelling = ("space_us", "iso")[index % 2]
+    v = value.astimezone(UTC).replace(tzinfo=None)
+    if spelling == "iso_offset":
+        try:
+            local = (value.astimezone(UTC) + timedelta(hours=2)).replace(tzinfo=None)
+            return _spell(local, "T", 6, "+02:00")
+        except OverflowError:
+            spelling = "iso_z"
+    return {
+        "space_s": lambda: _spell(v, " ", 0, ""),
+        "space_ms": lambda: _spell(v, " ", 3, ""),
+        "space_us": lambda: _spell(v, " ", 6, ""),
+        "iso": lambda: _spell(v, "T", None, ""),
+        "iso_z": lambda: _spell(v, "T", 6, "Z"),
+    }[spelling]()
+
+
+def db_value(c: Col, value: Any, source: str, spelling: str, index: int) -> Any:
+    """A Python value as this source kind's driver takes it for the column."""
+    if value is None:
+        return None
+    if source == "postgres":
+        if c.kind == "ts" and not c.tz:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        if c.kind == "json":
+            return json.dumps(value)
+        return value
+    if source == "mysql":
+        if c.kind == "ts":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        if c.kind == "json":
+            return json.dumps(value)
+        return value
+    if c.kind == "ts":
+        return sqlite_time(value, spelling, index)
+    if c.kind in ("dec", "date", "uuid"):
+        return str(value) if c.kind != "date" else value.isoformat()
+    if c.kind == "json":
+        return json.dumps(value)
+    if c.kind == "bool":
+        return int(value)
+    return value
