@@ -12,7 +12,10 @@ A value is registered with its URL-encoded spellings too, because a key passed a
 parameter (`api_key: ${KEY}`) appears percent-encoded in a request line; and with its
 decoded spelling, because a password written percent-encoded into a DSN is shown decoded
 by drivers. Values shorter than `MIN_LENGTH` are ignored: registering "1" would blank
-every digit 1 in every log line, and such a value protects nothing anyway.
+every digit 1 in every log line, and such a value protects nothing anyway. So are words
+and numbers that are settings, not secrets (`true`, `null`, a port like `5432`, any number
+under 8 digits): masking them would turn `"ok": true` or a row count in `run --json` into
+`***` and break the JSON, and a secret that short can be guessed anyway.
 
 Every value filled in from the environment is treated as a secret, including ones that
 are not (`${HOME}`): there is no way to tell them apart, and an over-eager `***` in a
@@ -30,6 +33,7 @@ __all__ = ["MIN_LENGTH", "MASK", "dsn_password", "register", "scrub", "scrub_tre
 
 MIN_LENGTH = 4
 MASK = "***"
+_SETTINGS = frozenset({"true", "false", "null", "none", "yes", "no", "on", "off"})
 
 _SECRETS: set[str] = set()
 _ordered: list[str] = []  # longest first, so a secret containing another is masked whole
@@ -49,7 +53,8 @@ def _spellings(value: str) -> set[str]:
 
 def register(value: str | None) -> None:
     """Remember a secret value so `scrub` blanks it (and its URL spellings) anywhere."""
-    if not value or len(value) < MIN_LENGTH:
+    if (not value or len(value) < MIN_LENGTH or value.lower() in _SETTINGS
+            or (value.isdigit() and len(value) < 8)):
         return
     with _lock:
         _SECRETS.update(_spellings(value))

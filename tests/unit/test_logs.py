@@ -172,3 +172,14 @@ def test_scrubbed_stream_masks_every_write(captured: io.StringIO) -> None:
     assert stream.write(f"{{\"error\": \"{PASSWORD}\"}}\n") == len(PASSWORD) + 14
     stream.flush()
     assert sink.getvalue() == '{"error": "***"}\n'
+
+
+@pytest.mark.parametrize("value", ["true", "False", "null", "5432", "1000000"])
+def test_settings_that_are_not_secrets_are_not_registered(captured: io.StringIO,
+                                                          value: str) -> None:
+    # `"ok": true` and row counts in `run --json` must stay JSON
+    secrets.register(value)
+    assert secrets.scrub(f'{{"ok": true, "rows": 5432, "n": 1000000, "v": {value}}}') == (
+        f'{{"ok": true, "rows": 5432, "n": 1000000, "v": {value}}}')
+    secrets.register("12345678")  # a long number can be a secret (a PIN, an account)
+    assert secrets.scrub("pin 12345678") == "pin ***"

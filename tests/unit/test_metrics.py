@@ -387,3 +387,16 @@ def test_alert_rules_have_required_fields() -> None:
         assert r["labels"]["severity"] in {"warning", "critical"}, r["alert"]
         assert r["annotations"]["summary"], r["alert"]
         assert r["annotations"]["runbook"].startswith("Check first:"), r["alert"]
+
+
+def test_exposition_scrubs_label_values_but_never_sample_values() -> None:
+    from steadyflow import secrets
+
+    secrets.register("store-secret-7")
+    secrets.register("1234.5")  # a value that happens to spell a sample value
+    metrics = PipelineMetrics()
+    metrics.batch_duration("store-secret-7", "sales", "load", 1234.5)
+    text = metrics.exposition().decode()
+    assert "store-secret-7" not in text
+    assert ('steadyflow_batch_duration_seconds_sum{source="***",stage="load",table="sales"} '
+            '1234.5') in text

@@ -365,10 +365,16 @@ class PipelineMetrics:
     def exposition(self) -> bytes:
         """Prometheus text exposition of this pipeline's registry (for /metrics).
 
-        Scrubbed like every other output: labels are config names, and a name filled in
-        from `${VAR}` is registered as a secret like any other expanded value.
+        Label values are scrubbed like every other output: they are config names, and a
+        name filled in from `${VAR}` is registered as a secret like any other expanded
+        value. Only the `name{labels}` part of a sample line: a value must stay a number.
         """
-        return scrub(generate_latest(self.registry).decode()).encode()
+        lines = generate_latest(self.registry).decode().split("\n")
+        for i, line in enumerate(lines):
+            head, brace, value = line.rpartition("}")
+            if brace and not line.startswith("#"):
+                lines[i] = scrub(head) + brace + value
+        return "\n".join(lines).encode()
 
     def value(self, name: str, **labels: str) -> float | None:
         """Current value of one sample (full sample name, e.g. ``..._total``).
