@@ -25,6 +25,7 @@ from steadyflow.config import ResilienceConfig
 from steadyflow.errors import RateLimited, RetryableError, SourceTimeout, SourceUnavailable
 
 T = TypeVar("T")
+STOP_POLL = 0.05  # seconds: how often a backoff sleep checks whether to stop
 
 
 def watchdog_grace(policy: ResilienceConfig) -> float:
@@ -201,13 +202,39 @@ class SourceGuard:
         self.on_retry = on_retry
 
     def _wait(self, state: RetryCallState) -> float:
+        """Full-jitter exponential backoff; a Retry-After (429, or 503 with one) is a floor
+        on the wait, capped at `backoff_max`.
+
+        Why the cap is backoff_max: it is the source's own statement of the longest pause
+        between two attempts, and a server's Retry-After is no more binding than that. An
+        uncapped one (86400) would hold the table, and the run, for a day. Past the cap
+        the retry comes early; if the server still refuses, the retries run out and the
+        table fails visibly for this run, and the next run asks again.
+        """
+        cap = self.policy.backoff_max
         base: float = wait_random_exponential(
-            multiplier=self.policy.backoff_initial, max=self.policy.backoff_max)(state)
+            multiplier=self.policy.backoff_initial, max=cap)(state)
         exc = state.outcome.exception() if state.outcome else None
-        retry_after = getattr(exc, "retry_after", None)  # 429, or 503 with Retry-After
+        retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
-            return max(float(retry_after), min(base, self.policy.backoff_max))
+            return min(max(float(retry_after), base), cap)
         return base
+
+    def _sleep_until(self, stop: Callable[[], bool]) -> Callable[[float], None]:
+        """A backoff sleep that ends early, with StopRequested, once `stop()` turns true:
+        Ctrl-C or SIGTERM must end a run within a poll, not after a 30 s backoff."""
+
+        def sleep(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while True:
+                if stop():
+                    raise StopRequested(f"stopping; {self.name} not retried", source=self.name)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                time.sleep(min(left, STOP_POLL))
+
+        return sleep
 
     def _before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -240,6 +267,7 @@ class SourceGuard:
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.retries + 1),
             wait=self._wait,
+            sleep=self._sleep_until(stop),
             retry=retry_if_exception(
                 lambda e: isinstance(e, RetryableError) and not isinstance(e, StopRequested)),
             before_sleep=self._before_sleep,

@@ -7,8 +7,9 @@ the test whatever else it checks. What each test adds:
 - pages are landed raw before they are parsed, and a second run reads only what changed;
 - 429 with Retry-After: the next request waits at least Retry-After (server's own clock);
 - 5xx bursts and dropped connections: retried with backoff, counted as server_error;
-- malformed payloads (not JSON, wrong envelope, records without their key) are quarantined
-  raw with their reason, never stop the run, and replay loads them once fixed;
+- malformed payloads (not JSON, wrong envelope) are quarantined raw with their reason and
+  requested again, records without their key are quarantined one by one while the rest
+  goes on; neither stops the run, and replay loads them once fixed;
 - a bad token fails at once: one request, no retries;
 - a connection reset mid-body (FaultProxy) is retried from the same page.
 """
@@ -148,7 +149,9 @@ def test_429_retry_after_is_waited_not_hammered(
         tmp_path: Path, api: FlakyApiServer, api_db: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     api.faults.set(rate_limit_every=3, retry_after=1)
-    with make_pipeline(tmp_path, api.url, monkeypatch) as pipeline:
+    # Retry-After is honoured up to backoff_max (FAST's 0.5 s would cap it)
+    with make_pipeline(tmp_path, api.url, monkeypatch,
+                       resilience={"backoff_max": 2}) as pipeline:
         summary = pipeline.run_once()
         assert summary.ok, summary.errors
         stats = api.stats()
@@ -169,7 +172,8 @@ def test_5xx_bursts_and_dropped_connections_are_retried(
         tmp_path: Path, api: FlakyApiServer, api_db: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     api.faults.set(error_burst=5, drop_every=4)
-    with make_pipeline(tmp_path, api.url, monkeypatch) as pipeline:
+    with make_pipeline(tmp_path, api.url, monkeypatch,
+                       resilience={"backoff_max": 2}) as pipeline:
         started = time.monotonic()
         summary = pipeline.run_once()
         assert summary.ok, summary.errors
@@ -188,7 +192,7 @@ def test_5xx_bursts_and_dropped_connections_are_retried(
 def test_malformed_payloads_are_quarantined_raw_and_replayable(
         tmp_path: Path, api: FlakyApiServer, api_db: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    api.faults.set(malformed_every=4, wrong_shape_every=3, truncate_every=10)
+    api.faults.set(malformed_every=4, wrong_shape_every=3, truncate_every=5)
     with make_pipeline(tmp_path, api.url, monkeypatch) as pipeline:
         summary = pipeline.run_once()
         assert summary.ok, summary.errors  # bad pages never stop the run
@@ -199,13 +203,19 @@ def test_malformed_payloads_are_quarantined_raw_and_replayable(
         reasons = [r for q in parked for r in q["reasons"]]
         assert any("not JSON" in r for r in reasons)
         assert any("no 'data'" in r for r in reasons)  # {"items": [...]}
-        assert any("lacks sale_id" in r for r in reasons)  # records without their key
+        # records without their key: each one quarantined with its reason (the keyless
+        # answer also lacks its next token, so that chain, and this run, end there)
+        keyless = [q for q in parked if "payload: record lacks sale_id" in q["reasons"]]
+        assert len(keyless) == 1 and keyless[0]["rows"] == PAGE
         assert not any("truncat" in r.lower() for r in reasons)  # a cut body is retried
-        # each parked item is the raw answer exactly as it arrived
+        # each parked item is the raw answer (or record) exactly as it arrived
         for q in parked:
             raw = RawPage.from_table(pq.read_table(pipeline.landing.root / q["path"]))
             assert raw.status == 200 and raw.body
-        # the good pages all arrived: the warehouse is complete and exact
+        # the next run reads on from the checkpoint, which never passed the keyless
+        # records: the warehouse is complete and exact
+        api.faults.clear()
+        assert pipeline.run_once().ok
         assert_warehouse_equals_api(pipeline, api_db)
 
         # replay: with the envelope the odd pages used, the {"items": ...} pages now parse
@@ -273,16 +283,16 @@ def test_silent_api_read_timeout_shrinks_the_page_and_completes(
 
             pipeline.metrics.page_size = record  # type: ignore[method-assign]
             calls = [0]
-            advance = pipeline.state.advance_checkpoint
+            landed = pipeline.state.record_landed  # (the checkpoint moves at the chain's end)
 
-            def hole_after_first_page(*args: Any) -> None:
-                advance(*args)
+            def hole_after_first_page(*args: Any, **kwargs: Any) -> None:
+                landed(*args, **kwargs)
                 calls[0] += 1
                 if calls[0] == 1:
                     proxy.blackhole(True)
                     threading.Timer(2.5, proxy.blackhole, args=(False,)).start()
 
-            pipeline.state.advance_checkpoint = hole_after_first_page  # type: ignore
+            pipeline.state.record_landed = hole_after_first_page  # type: ignore
             started = time.monotonic()
             summary = pipeline.run_once()
             assert summary.ok, summary.errors

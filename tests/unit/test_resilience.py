@@ -31,6 +31,7 @@ from steadyflow.extract.http import (
     HttpSource,
     RawPage,
     ServerError,
+    TokenChain,
     format_param,
     parse_page,
     retry_after_seconds,
@@ -185,15 +186,29 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         assert min(waits) < ceiling * 0.2 and max(waits) > ceiling * 0.8  # full jitter
 
 
-def test_retry_after_is_a_floor_on_the_wait() -> None:
-    guard = SourceGuard("s", policy(backoff_initial=0.01, backoff_max=0.05))
-    assert guard._wait(_state(1, RateLimited("429", retry_after=7))) >= 7
-    assert guard._wait(_state(1, ServerError("503", retry_after=3))) >= 3
-    assert guard._wait(_state(1, ServerError("500"))) <= 0.05
+def test_retry_after_is_a_floor_on_the_wait_capped_at_backoff_max() -> None:
+    guard = SourceGuard("s", policy(backoff_initial=0.01, backoff_max=10))
+    assert 7 <= guard._wait(_state(1, RateLimited("429", retry_after=7))) <= 10
+    assert 3 <= guard._wait(_state(1, ServerError("503", retry_after=3))) <= 10
+    assert guard._wait(_state(1, ServerError("500"))) <= 0.01
+    # a server asking for an hour (or a day) waits backoff_max, not the hour
+    assert guard._wait(_state(1, RateLimited("429", retry_after=3600))) == 10
+    assert guard._wait(_state(1, ServerError("503", retry_after=86400))) == 10
+
+
+def test_a_backoff_sleep_ends_promptly_when_stop_is_requested() -> None:
+    stop = threading.Event()
+    guard = SourceGuard("s", policy(retries=3, backoff_max=60))
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    with pytest.raises(StopRequested):
+        guard.call(lambda: (_ for _ in ()).throw(RateLimited("429", retry_after=60)),
+                   stop=stop.is_set)
+    assert time.monotonic() - started < 1.0
 
 
 def test_retry_after_is_really_waited() -> None:
-    guard = SourceGuard("s", policy(retries=2))
+    guard = SourceGuard("s", policy(retries=2, backoff_max=1))
     calls: list[float] = []
 
     def limited() -> str:
@@ -373,7 +388,7 @@ def test_http_status_codes_map_to_what_the_caller_must_do(
         retry_after: float | None) -> None:
     src = http_source(lambda req: httpx.Response(status, headers=headers, text="nope"))
     with pytest.raises(error) as info:
-        src.fetch("sales", None, None, 10)
+        src.fetch("sales", TokenChain(None), 10)
     assert getattr(info.value, "retry_after", None) == retry_after
     assert "s3cr3t" not in str(info.value)
     assert isinstance(info.value, FatalError) != info.value.retryable  # type: ignore[attr-defined]
@@ -387,9 +402,9 @@ def test_http_transport_failures_are_retryable() -> None:
         raise httpx.ReadTimeout("slow", request=req)
 
     with pytest.raises(SourceUnavailable):
-        http_source(refuse).fetch("sales", None, None, 10)
+        http_source(refuse).fetch("sales", TokenChain(None), 10)
     with pytest.raises(SourceTimeout):
-        http_source(slow).fetch("sales", None, None, 10)
+        http_source(slow).fetch("sales", TokenChain(None), 10)
 
 
 def test_http_params_start_from_the_checkpoint_then_follow_tokens() -> None:
@@ -406,12 +421,44 @@ def test_http_params_start_from_the_checkpoint_then_follow_tokens() -> None:
     src = http_source(handler, params={"region": "eu"})
     contract = _config_contract()
     mark = Watermark(datetime(2026, 1, 1, tzinfo=UTC), (900, 0))
-    first = src.parse("sales", contract, src.fetch("sales", mark, None, 2), mark)
-    second = src.parse("sales", contract, src.fetch("sales", first.high, None, 2), first.high)
+    chain = TokenChain(mark)
+    first = src.parse("sales", contract, src.fetch("sales", chain, 2), chain)
+    chain.follow(first)
+    second = src.parse("sales", contract, src.fetch("sales", chain, 2), chain)
+    chain.follow(second)
     assert seen == [{"region": "eu", "limit": "2", "updated_since": "2026-01-01T00:00:00.000000Z"},
                     {"region": "eu", "limit": "2", "after": "tok-1"}]
     assert first.rows.num_rows == 2 and src.has_more(first)
     assert second.rows.num_rows == 1 and not src.has_more(second)
+    assert chain.ended and chain.high == second.high
+
+
+def test_a_chain_keeps_every_record_past_its_resume_point_in_any_page_order() -> None:
+    """Newest first: page 2 is older than page 1's high, and is kept all the same; the
+    chain's high is the running maximum, and the chain ends on a null token."""
+    contract = _config_contract()
+    table = _config({"name": "a", "kind": "http", "url": "http://x", "tables": [
+        {"name": "sales", "contract": "sales", "endpoint": "/v1"}]}).sources[0].tables[0]
+    resume = Watermark(datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC), (900, 2))
+    chain = TokenChain(resume)
+    pages = [{"data": [rec(6, "2026-01-01T00:00:06Z"), rec(5, "2026-01-01T00:00:05Z")],
+              "next": "t1"},
+             {"data": [rec(4, "2026-01-01T00:00:04Z"), rec(3, "2026-01-01T00:00:03Z")],
+              "next": "t2"},
+             {"data": [rec(2, "2026-01-01T00:00:02Z"), rec(1, "2026-01-01T00:00:01Z")],
+              "next": None}]
+    kept = []
+    for body in pages:
+        assert not chain.ended
+        page = parse_page(table, contract, raw(body), chain.resume, since=chain.since)
+        chain.follow(page)
+        kept += page.rows["sale_id"].to_pylist()
+    assert kept == [6, 5, 4, 3] and chain.ended
+    assert chain.high == Watermark(datetime(2026, 1, 1, 0, 0, 6, tzinfo=UTC), (900, 6))
+    # with a lookback, `since` is an inclusive floor even when the API ignores since_param
+    page = parse_page(table, contract, raw(pages[2]), None,
+                      since=datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC))
+    assert page.rows["sale_id"].to_pylist() == [2]
 
 
 def _config_contract() -> Contract:
@@ -454,10 +501,6 @@ def test_parse_page_rows_watermark_and_token() -> None:
     (b"\xff\xfe\x00", "not UTF-8"),
     ({"items": []}, "no 'data'"),
     ({"data": {"a": 1}}, "not a list"),
-    ({"data": [1, 2]}, "record 0 is int"),
-    ({"data": [{"store_id": 900, "updated_at": "2026-01-01T00:00:00Z"}]}, "lacks sale_id"),
-    ({"data": [rec(1, "yesterday")]}, "not an ISO-8601 time"),
-    ({"data": [rec("x", "2026-01-01T00:00:00Z")]}, "sale_id is not an integer"),
     ({"data": [], "next": {"deep": 1}}, "'next' is dict"),
     ([1, 2], "no 'data'"),
 ])
@@ -466,6 +509,25 @@ def test_bad_payloads_name_their_reason(body: Any, reason: str) -> None:
         {"name": "sales", "contract": "sales", "endpoint": "/v1"}]}).sources[0].tables[0]
     with pytest.raises(BadPayload, match=reason):
         parse_page(table, _config_contract(), raw(body))
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (1, "record is int"),
+    ({"store_id": 900, "updated_at": "2026-01-01T00:00:00Z"}, "lacks sale_id"),
+    (rec(1, "yesterday"), "not an ISO-8601 time"),
+    (rec(1, 1767225600), "not an ISO-8601 time"),  # an epoch in a timestamp cursor
+    (rec("x", "2026-01-01T00:00:00Z"), "sale_id is not an integer"),
+])
+def test_a_record_that_cannot_be_placed_costs_only_itself(bad: Any, reason: str) -> None:
+    table = _config({"name": "a", "kind": "http", "url": "http://x", "tables": [
+        {"name": "sales", "contract": "sales", "endpoint": "/v1"}]}).sources[0].tables[0]
+    page = parse_page(table, _config_contract(), raw({"data": [
+        rec(7, "2026-01-01T00:00:07Z"), bad, rec(8, "2026-01-01T00:00:08Z")], "next": "n"}))
+    assert page.rows["sale_id"].to_pylist() == [7, 8] and page.records == 3
+    assert page.next_token == "n"
+    assert page.high == Watermark(datetime(2026, 1, 1, 0, 0, 8, tzinfo=UTC), (900, 8))
+    [rejected] = page.rejected
+    assert rejected.record == bad and reason in rejected.reason
 
 
 def test_raw_page_round_trips_through_a_table() -> None:

@@ -10,22 +10,34 @@ Parameter and field names come from the table config (`since_param`, `next_param
 
 1. `fetch` (under the source's SourceGuard: breaker, concurrency cap, retries with
    backoff and full jitter) returns the complete raw body of a 2xx answer. Transport
-   failures, 5xx and 429 are retryable (Retry-After is honoured); 401/403 (credentials),
+   failures, 5xx and 429 are retryable (Retry-After is honoured, up to the source's
+   backoff_max: resilience.SourceGuard); 401/403 (credentials),
    404 (endpoint) and other 4xx are fatal at once. A body that arrives too slowly is cut
    at statement_timeout + grace.
 2. The extractor lands the raw bytes (a Parquet file with one binary `payload` column)
    BEFORE they are parsed: what the API said is kept, whatever it was.
 3. `parse` turns the body into Arrow rows in the contract's columns and the page's high
    watermark (cursor, key...) taken from the records themselves, never from a clock. A
-   body that is not JSON, has the wrong shape or records without their key or cursor
-   raises BadPayload: the extractor quarantines the landed raw page with that reason and
-   requests the page again; `run.extract.replay_pages` re-parses quarantined pages later
+   body that is not JSON or has the wrong shape raises BadPayload: the extractor
+   quarantines the landed raw page with that reason and requests the page again. One
+   record that cannot be placed (no key or cursor, a cursor that is not a time, not an
+   object) costs that record only: it is returned in `HttpPage.rejected`, landed with its
+   reason as a rejected-records file and quarantined; the rest of the page and the chain
+   go on. `run.extract.replay_pages` re-parses quarantined pages and records later
    (optionally with another `records_path`) and loads them through the normal path.
 
-Resuming: the checkpoint is a (cursor, key) watermark. A new run starts with
-`since_param=<cursor - lookback>` (inclusive) and drops records at or before the
-checkpoint, so nothing is skipped and little is re-read; within a run it follows the
-server's opaque next-page tokens.
+Resuming, and why a run follows one token chain from one resume point: an API's pages
+come in whatever order the API chose (newest first, by id, unordered), so within a chain
+every page keeps every record past the RUN's resume point (the checkpoint it started
+from; with `lookback`, every record at or after `since`), never just those past the
+previous page. The chain's high is a running maximum over its pages (`TokenChain`), and
+the checkpoint moves to it only when the chain has ended: a crash after page 1 of a
+newest-first API re-reads the chain instead of skipping the older pages. A re-read page
+is harmless: the merge keeps the newest extraction of each key.
+
+Every text built from a request URL (the raw page's `request` label, error messages) goes
+through `secrets.scrub`: a key passed as a query parameter (`params: {api_key: ${KEY}}`)
+must not reach landing, state, logs or the status page.
 """
 
 from __future__ import annotations
@@ -52,11 +64,13 @@ from steadyflow.errors import (
 from steadyflow.extract.sql import column_to_arrow
 from steadyflow.model import Contract, Watermark
 from steadyflow.resilience import watchdog_grace
+from steadyflow.secrets import scrub
 
 if TYPE_CHECKING:  # httpx is imported where a request is made: SQL-only runs skip ~0.1 s
     import httpx
 
 RAW_SUFFIX = ".raw"  # landed raw pages live under landing/<source>/<table>.raw/
+REJECTED_SUFFIX = ".rejected"  # records that could not be placed: <table>.rejected/
 _TEXT_LIMIT = 200
 
 
@@ -74,13 +88,18 @@ class BadPayload(QuarantineError):
 
 @dataclass(frozen=True)
 class RawPage:
-    """One complete HTTP answer, as received (after content decoding)."""
+    """One complete HTTP answer, as received (after content decoding).
 
-    request: str  # method, path and query: no headers, so no credentials
+    `seq` is the extraction sequence number taken before the request was made: a replay
+    of this page loads its records with it, so a version of a row read later still wins.
+    """
+
+    request: str  # method, path and query, scrubbed of secrets: no headers, no credentials
     status: int
     content_type: str
     body: bytes
     seconds: float = 0.0
+    seq: int = 0
 
     def as_table(self) -> pa.Table:
         return pa.table({
@@ -88,22 +107,78 @@ class RawPage:
             "request": pa.array([self.request], pa.string()),
             "status": pa.array([self.status], pa.int32()),
             "content_type": pa.array([self.content_type], pa.string()),
+            "seq": pa.array([self.seq], pa.int64()),
         })
 
     @classmethod
     def from_table(cls, table: pa.Table) -> RawPage:
         row = table.slice(0, 1).to_pylist()[0]
         return cls(request=row["request"], status=row["status"],
-                   content_type=row["content_type"], body=row["payload"])
+                   content_type=row["content_type"], body=row["payload"],
+                   seq=row.get("seq") or 0)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One record of a page that cannot be placed in the keyset order, and why."""
+
+    record: Any
+    reason: str
+
+    def text(self) -> str:
+        return json.dumps(self.record, ensure_ascii=False, default=str)
+
+
+def rejected_table(raw: RawPage, rejected: list[Rejected]) -> pa.Table:
+    """The rejected records of one page as landed: one row per record, its JSON text in
+    `payload`, its reason, and the page's request and read sequence (for replay)."""
+    n = len(rejected)
+    return pa.table({
+        "payload": pa.array([r.text().encode() for r in rejected], pa.binary()),
+        "reason": pa.array([r.reason for r in rejected], pa.string()),
+        "request": pa.array([raw.request] * n, pa.string()),
+        "status": pa.array([raw.status] * n, pa.int32()),
+        "content_type": pa.array([raw.content_type] * n, pa.string()),
+        "seq": pa.array([raw.seq] * n, pa.int64()),
+    })
 
 
 @dataclass(frozen=True)
 class HttpPage:
-    rows: pa.Table  # contract columns, records strictly after `after` only
-    high: Watermark | None  # highest (cursor, key...) of every record in the page
+    rows: pa.Table  # contract columns, only records past the run's resume point
+    high: Watermark | None  # highest (cursor, key...) of every placed record in the page
     next_token: str | None
     records: int  # records in the payload, before dropping those at or before `after`
     extra_fields: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass
+class TokenChain:
+    """One run's walk along an API's next-page tokens, from one resume point.
+
+    `resume` and `since` are the run's start (the checkpoint, or the lookback's `since`)
+    and stay fixed for the whole chain: pages keep every record past them whatever order
+    the API serves. `high` is the running maximum over every page read so far; the
+    checkpoint may move to it only once `ended` (next token null, or an empty page),
+    because before that an older record may still be on a later page.
+    """
+
+    resume: Watermark | None
+    since: Any | None = None
+    token: str | None = None
+    high: Watermark | None = None
+    pages: int = 0
+    ended: bool = False
+
+    def follow(self, page: HttpPage) -> None:
+        """Take in a parsed page: raise the high, keep its token, or end the chain."""
+        self.pages += 1
+        if page.high is not None and (
+                self.high is None or page.high.as_tuple() > self.high.as_tuple()):
+            self.high = page.high
+        self.token = page.next_token if page.records > 0 else None
+        self.ended = self.token is None
 
 
 def retry_after_seconds(value: str | None, date_header: str | None = None) -> float | None:
@@ -149,9 +224,12 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _cursor_value(value: Any, contract: Contract, name: str, index: int) -> Any:
-    """A record's cursor/key value in watermark form; BadPayload if it cannot be one."""
-    where = f"record {index}"
+class _Unplaceable(ValueError):
+    """A record's key or cursor value that cannot take part in the keyset order."""
+
+
+def _cursor_value(value: Any, contract: Contract, name: str) -> Any:
+    """A record's cursor/key value in watermark form; _Unplaceable if it cannot be one."""
     arrow = contract.column(name).arrow_type
     if pa.types.is_timestamp(arrow):
         if isinstance(value, str):
@@ -161,27 +239,33 @@ def _cursor_value(value: Any, contract: Contract, name: str, index: int) -> Any:
                 parsed = None
             if parsed is not None:
                 return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        raise BadPayload(f"payload: {where}: {name} is not an ISO-8601 time: "
-                         f"{str(value)[:40]!r}")
+        raise _Unplaceable(f"{name} is not an ISO-8601 time: {str(value)[:40]!r}")
     if pa.types.is_integer(arrow):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             return int(value)
-        raise BadPayload(f"payload: {where}: {name} is not an integer ({_kind(value)})")
+        raise _Unplaceable(f"{name} is not an integer ({_kind(value)})")
     if value is None or isinstance(value, dict | list):
-        raise BadPayload(f"payload: {where}: {name} is {_kind(value)}")
+        raise _Unplaceable(f"{name} is {_kind(value)}")
     return value
 
 
-def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
-               after: Watermark | None = None, records_path: str | None = None) -> HttpPage:
-    """Turn one raw answer into contract rows and its high watermark, or raise BadPayload.
+def _mark(record: Any, contract: Contract) -> tuple[Any, ...]:
+    """The record's (cursor, key...) position; _Unplaceable says why it has none."""
+    if not isinstance(record, dict):
+        raise _Unplaceable(f"record is {_kind(record)}, not an object")
+    order = contract.order_by
+    missing = [k for k in order if k not in record]
+    if missing:
+        raise _Unplaceable(f"record lacks {', '.join(missing)}")
+    return tuple(_cursor_value(record[k], contract, k) for k in order)
 
-    Records missing a non-key field get a null there (validation then applies the
-    contract's nullability); a record without its key or cursor cannot be placed in the
-    keyset order, so the whole page is bad.
-    """
+
+def read_envelope(table: TableConfig, raw: RawPage, records_path: str | None = None
+                  ) -> tuple[list[Any], str | None]:
+    """The page's list of records and its next token; BadPayload if the body is not JSON
+    or not the configured envelope (the whole page is bad: nothing in it can be trusted)."""
     path = table.records_path if records_path is None else records_path
     try:
         doc = json.loads(raw.body)
@@ -200,41 +284,61 @@ def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
     found, token = _dig(doc, table.next_path)
     if token is not None and not isinstance(token, str | int):
         raise BadPayload(f"payload: wrong shape: {table.next_path!r} is {_kind(token)}")
-    order = contract.order_by
-    names = contract.names
-    marks: list[tuple[Any, ...]] = []
-    seen: set[str] = set()
-    for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise BadPayload(f"payload: record {i} is {_kind(record)}, not an object")
-        missing = [k for k in order if k not in record]
-        if missing:
-            raise BadPayload(f"payload: record {i} lacks {', '.join(missing)}")
-        marks.append(tuple(_cursor_value(record[k], contract, k, i) for k in order))
-        seen.update(record)
-    keep = list(range(len(records)))
-    if after is not None:
-        floor = after.as_tuple()
+    return records, None if token is None else str(token)
+
+
+def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
+               after: Watermark | None = None, records_path: str | None = None,
+               since: Any | None = None) -> HttpPage:
+    """Turn one raw answer into contract rows and its high watermark, or raise BadPayload.
+
+    Only the envelope can make a page bad. A record that cannot be placed in the keyset
+    order (no key or cursor, an unreadable one, not an object) is returned in `rejected`
+    with its reason, so it costs that record only. Records missing a non-key field get a
+    null there (validation then applies the contract's nullability).
+    """
+    records, token = read_envelope(table, raw, records_path)
+    return parse_records(contract, records, token, after, since)
+
+
+def parse_records(contract: Contract, records: list[Any], token: str | None = None,
+                  after: Watermark | None = None, since: Any | None = None) -> HttpPage:
+    """Records → rows past the resume point: after `after` (exclusive, on (cursor, key))
+    and at or after `since` (inclusive, on the cursor: the server may ignore since_param)."""
+    placed: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
+    rejected: list[Rejected] = []
+    for record in records:
         try:
-            keep = [i for i in keep if marks[i] > floor]
-        except TypeError:
-            raise BadPayload("payload: cursor or key values do not compare with the "
-                             "checkpoint's (type changed?)") from None
-    columns = [column_to_arrow([records[i].get(c.name) for i in keep], c.arrow_type)
+            placed.append((record, _mark(record, contract)))
+        except _Unplaceable as exc:
+            rejected.append(Rejected(record, f"payload: {exc}"))
+    try:
+        keep = [record for record, mark in placed
+                if (after is None or mark > after.as_tuple())
+                and (since is None or mark[0] >= since)]
+    except TypeError:
+        raise BadPayload("payload: cursor or key values do not compare with the "
+                         "checkpoint's (type changed?)") from None
+    names = contract.names
+    columns = [column_to_arrow([r.get(c.name) for r in keep], c.arrow_type)
                for c in contract.columns]
-    rows = pa.Table.from_arrays(columns, names=list(names))
     high = None
-    if marks:
-        top = max(marks)
+    if placed:
+        top = max(mark for _, mark in placed)
         high = Watermark(cursor=top[0], key=tuple(top[1:]))
     known = {n.lower() for n in names}
+    seen = {f for record, _ in placed for f in record}
     extra = sorted(f for f in seen if f.lower() not in known)
-    return HttpPage(rows=rows, high=high, next_token=None if token is None else str(token),
-                    records=len(records), extra_fields=extra)
+    return HttpPage(rows=pa.Table.from_arrays(columns, names=list(names)), high=high,
+                    next_token=token, records=len(records), extra_fields=extra,
+                    rejected=rejected)
 
 
 class HttpSource:
-    """One HTTP client for one API source; reads its tables (endpoints) page by page."""
+    """One HTTP client for one API source; reads its tables (endpoints) page by page.
+
+    It keeps no paging state: where a table's chain stands is the caller's TokenChain.
+    """
 
     def __init__(self, config: SourceConfig, transport: httpx.BaseTransport | None = None
                  ) -> None:
@@ -249,7 +353,6 @@ class HttpSource:
                                   write=r.statement_timeout, pool=r.connect_timeout),
             follow_redirects=False)
         self._tables = {t.name: t for t in config.tables}
-        self._continue: dict[str, tuple[Watermark, str]] = {}  # table → (high, next token)
 
     def close(self) -> None:
         self.client.close()
@@ -261,30 +364,29 @@ class HttpSource:
         """Nothing to check before the first page: it fails fast on 401/403/404 itself."""
         return []
 
-    def params(self, table: str, after: Watermark | None, since: Any | None, limit: int
-               ) -> dict[str, str]:
+    def params(self, table: str, chain: TokenChain, limit: int) -> dict[str, str]:
+        """The chain's first page asks from its start (since_param); later ones send only
+        the token, as the API handed it out."""
         t = self._tables[table]
         params = dict(t.params)
         if t.limit_param:
             params[t.limit_param] = str(int(limit))
-        cont = self._continue.get(table)
-        if after is not None and cont is not None and cont[0] == after:
-            params[t.next_param] = cont[1]
+        if chain.token is not None:
+            params[t.next_param] = chain.token
         else:
-            start = after.cursor if after is not None else since
+            start = chain.resume.cursor if chain.resume is not None else chain.since
             if start is not None and t.since_param:
                 params[t.since_param] = format_param(start)
         return params
 
-    def fetch(self, table: str, after: Watermark | None, since: Any | None, limit: int
-              ) -> RawPage:
+    def fetch(self, table: str, chain: TokenChain, limit: int, seq: int = 0) -> RawPage:
         """One request; the whole body, or a steadyflow error saying what to do."""
         import httpx
 
         t = self._tables[table]
-        params = self.params(table, after, since, limit)
+        params = self.params(table, chain, limit)
         request = self.client.build_request("GET", t.endpoint or "", params=params)
-        label = f"GET {request.url.raw_path.decode('ascii', 'replace')}"
+        label = scrub(f"GET {request.url.raw_path.decode('ascii', 'replace')}")
         src = self.config.name
         started = time.monotonic()
         try:
@@ -301,29 +403,30 @@ class HttpSource:
             finally:
                 response.close()
         except httpx.ConnectTimeout as exc:
-            raise SourceUnavailable(f"{label}: connect timeout: {exc}", stage="extract",
-                                    source=src, table=table) from None
+            raise SourceUnavailable(f"{label}: connect timeout: {scrub(str(exc))}",
+                                    stage="extract", source=src, table=table) from None
         except httpx.TimeoutException as exc:
-            raise SourceTimeout(f"{label}: {type(exc).__name__}: {exc}", stage="extract",
-                                source=src, table=table) from None
+            raise SourceTimeout(f"{label}: {type(exc).__name__}: {scrub(str(exc))}",
+                                stage="extract", source=src, table=table) from None
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise FatalError(f"{label}: bad URL: {exc}", stage="extract", source=src,
-                             table=table) from None
+            raise FatalError(f"{label}: bad URL: {scrub(str(exc))}", stage="extract",
+                             source=src, table=table) from None
         except httpx.TransportError as exc:
-            raise SourceUnavailable(f"{label}: {type(exc).__name__}: {exc}", stage="extract",
-                                    source=src, table=table) from None
+            raise SourceUnavailable(f"{label}: {type(exc).__name__}: {scrub(str(exc))}",
+                                    stage="extract", source=src, table=table) from None
         seconds = time.monotonic() - started
         status = response.status_code
         ctype = response.headers.get("content-type", "")
         if 200 <= status < 300:
-            return RawPage(label, status, ctype, bytes(body), seconds)
+            return RawPage(label, status, ctype, bytes(body), seconds, seq)
         self._raise_for(status, response.headers, bytes(body), label, table)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _raise_for(self, status: int, headers: httpx.Headers, body: bytes, label: str,
                    table: str) -> None:
         src = self.config.name
-        text = body[:_TEXT_LIMIT].decode("utf-8", "replace").strip()
+        # an API may echo the request (and its key) in an error body
+        text = scrub(body[:_TEXT_LIMIT].decode("utf-8", "replace").strip())
         wait = retry_after_seconds(headers.get("retry-after"), headers.get("date"))
         what = f"{label}: HTTP {status}: {text}"
         if status == 429:
@@ -344,21 +447,24 @@ class HttpSource:
         raise FatalError(what, stage="extract", source=src, table=table,
                          hint="the API rejected the request; check the table's parameters")
 
-    def parse(self, table: str, contract: Contract, raw: RawPage, after: Watermark | None
+    def parse(self, table: str, contract: Contract, raw: RawPage, chain: TokenChain
               ) -> HttpPage:
-        """Parse a landed raw page and remember its next token for the following fetch."""
-        page = parse_page(self._tables[table], contract, raw, after)
-        if page.high is not None and page.next_token is not None:
-            self._continue[table] = (page.high, page.next_token)
-        else:
-            self._continue.pop(table, None)
-        return page
+        """Parse a landed raw page against the chain's resume point (not the last page's
+        high: the API's order is unknown). The caller moves the chain on (`follow`)."""
+        return parse_page(self._tables[table], contract, raw, chain.resume,
+                          since=chain.since)
 
     def has_more(self, page: HttpPage) -> bool:
         return page.next_token is not None and page.records > 0
 
 
 def is_raw_page(path: str) -> bool:
-    """True for a quarantine entry that points at a landed raw HTTP page."""
+    """True for a quarantine entry that points at a landed raw HTTP page or at a page's
+    rejected records (both replayed by re-parsing: run.extract.replay_pages)."""
     parts = path.replace("\\", "/").split("/")
-    return len(parts) >= 2 and parts[1].endswith(RAW_SUFFIX)
+    return len(parts) >= 2 and parts[1].endswith((RAW_SUFFIX, REJECTED_SUFFIX))
+
+
+def is_rejected_records(path: str) -> bool:
+    parts = path.replace("\\", "/").split("/")
+    return len(parts) >= 2 and parts[1].endswith(REJECTED_SUFFIX)

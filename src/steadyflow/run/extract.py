@@ -8,6 +8,8 @@ because a batch id is derived from its content, a re-read page is the same batch
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,12 +23,18 @@ from steadyflow.config import IDENT, SourceConfig, TableConfig
 from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout
 from steadyflow.extract.http import (
     RAW_SUFFIX,
+    REJECTED_SUFFIX,
     BadPayload,
     HttpPage,
     HttpSource,
     RawPage,
+    Rejected,
+    TokenChain,
     is_raw_page,
+    is_rejected_records,
     parse_page,
+    parse_records,
+    rejected_table,
 )
 from steadyflow.extract.sql import SqlSource
 from steadyflow.failpoints import failpoint
@@ -91,6 +99,8 @@ class TableExtractor:
     guard: SourceGuard
     metrics: PipelineMetrics
     should_stop: Callable[[], bool] = lambda: False
+    # HTTP: the token chain this run follows (extract/http.py TokenChain)
+    _chain: TokenChain | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.sizer = PageSizer(
@@ -140,6 +150,10 @@ class TableExtractor:
         return result
 
     def _checkpoint(self, high: Watermark) -> None:
+        """Move the checkpoint to a published page's high. For HTTP only at the end of
+        the token chain: before it, an older record may still be on a later page."""
+        if self._chain is not None and not self._chain.ended:
+            return
         self.state.advance_checkpoint(self.ref.source, self.ref.table, high)
 
     def _loads_by_key(self, db: SqlSource) -> bool:
@@ -199,7 +213,7 @@ class TableExtractor:
                 page, pending = pending.result(), None
             else:
                 page = self._read_page(db, contract, after, since, dry_run)
-            if page.high is None:
+            if page.high is None and not page.more:
                 return True
             if page.more:
                 before = self.sizer.current
@@ -209,7 +223,7 @@ class TableExtractor:
                 if ahead is not None:
                     pending = ahead.submit(self._read_page, db, contract, page.high, None,
                                            dry_run)
-            if page.rows.num_rows:
+            if page.rows.num_rows and page.high is not None:
                 if dry_run:
                     log.info("would land %d rows up to %s", page.rows.num_rows,
                              page.high.to_json(), extra=self._extra(rows=page.rows.num_rows))
@@ -301,24 +315,43 @@ class TableExtractor:
         return self.guard.call(once, on_error=self._on_error, stop=self.should_stop)
 
     def _read_http_page(self, db: HttpSource, after: Watermark | None, since: object | None,
-                        dry_run: bool) -> _Page:
-        """Fetch (guarded) → land the raw answer → parse; a bad payload is quarantined raw
-        and the page requested again, at most `bad_page_retries` times."""
+                        dry_run: bool, seq: int = 0) -> _Page:
+        """Fetch (guarded) → land the raw answer → parse against the run's resume point.
+
+        A bad payload is quarantined raw and the page requested again, at most
+        `bad_page_retries` times, then the table fails loudly (its checkpoint unmoved, so
+        the next run tries again). Rejected records are quarantined and the page goes on.
+        The run follows one TokenChain: the first call starts it from (after, since);
+        later calls continue it (their `after` is the chain's own running high). The
+        checkpoint moves only at the chain's end: `_checkpoint` waits while it is open,
+        and an ending page with no rows to publish moves it here (every earlier page is
+        published already: HTTP pages are read one at a time). `seq`, taken before the
+        read, is kept in the raw page so that a replay of it loads in read order.
+        """
+        chain = self._chain
+        if chain is None or chain.ended:
+            chain = self._chain = TokenChain(resume=after, since=since)
         reasons: list[str] = []
         for _ in range(self.table.bad_page_retries + 1):
             raw = self.guard.call(
-                lambda: db.fetch(self.ref.table, after, since, self.sizer.current),
+                lambda: db.fetch(self.ref.table, chain, self.sizer.current, seq),
                 on_error=self._on_error, stop=self.should_stop)
             raw_ref = None if dry_run else self._land_raw(raw)
             try:
-                page: HttpPage = db.parse(self.ref.table, self.contract, raw, after)
+                page: HttpPage = db.parse(self.ref.table, self.contract, raw, chain)
             except BadPayload as exc:
                 reasons.append(exc.message)
                 self._quarantine_page(raw, raw_ref, exc)
                 continue
             self.schema_drift(page.extra_fields)
+            if page.rejected and not dry_run:
+                self._quarantine_records(raw, page.rejected)
+            chain.follow(page)
+            if chain.ended and chain.high is not None and not page.rows.num_rows \
+                    and not dry_run:
+                self._checkpoint(chain.high)
             meta: dict[str, object] = {"raw_page": raw_ref.batch_id} if raw_ref else {}
-            return _Page(page.rows, page.high, db.has_more(page), raw.seconds, meta)
+            return _Page(page.rows, chain.high, not chain.ended, raw.seconds, meta)
         raise QuarantineError(
             f"{len(reasons)} bad payload(s) in a row for the same page ({reasons[-1]}); "
             "the pages before it are landed, this table resumes from its checkpoint on the "
@@ -340,6 +373,30 @@ class TableExtractor:
         self.state.record_quarantine(raw_ref.batch_id, self.ref.source, self.ref.table,
                                      raw_ref.path, 1, {exc.message: 1})
         self.metrics.quarantined(self.ref.source, self.ref.table, 1, len(raw.body))
+
+    def _quarantine_records(self, raw: RawPage, rejected: list[Rejected]) -> None:
+        """Records that cannot be placed cost themselves only: landed with their JSON text
+        and reason under <table>.rejected/ and quarantined, once each (a chain re-read or a
+        lookback brings the same record again: the parked-row index knows it)."""
+        src, tbl = self.ref.source, self.ref.table
+        hashes = [hashlib.blake2b(b"rejected|" + r.text().encode(), digest_size=16).hexdigest()
+                  for r in rejected]
+        parked = self.state.parked_by(src, tbl, hashes)
+        fresh = [(r, h) for r, h in zip(rejected, hashes, strict=True) if h not in parked]
+        log.warning("%d record(s) of a page cannot be placed (%s); %d new quarantined, the "
+                    "rest of the page is loaded", len(rejected), rejected[0].reason,
+                    len(fresh), extra=self._extra())
+        if not fresh:
+            return
+        table = rejected_table(raw, [r for r, _ in fresh])
+        ref = self.landing.write(table, src, f"{tbl}{REJECTED_SUFFIX}", None, None,
+                                 kind="rejected", meta={"request": raw.request})
+        reasons: dict[str, int] = {}
+        for r, _ in fresh:
+            reasons[r.reason] = reasons.get(r.reason, 0) + 1
+        self.state.record_quarantine(ref.batch_id, src, tbl, ref.path, len(fresh), reasons,
+                                     [h for _, h in fresh])
+        self.metrics.quarantined(src, tbl, len(fresh), ref.nbytes)
 
     def _low(self, rows: pa.Table, after: Watermark | None, since: object | None
              ) -> Watermark | None:
@@ -370,9 +427,12 @@ class TableExtractor:
 
 def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
                  records_path: str | None = None) -> dict[str, Any]:
-    """Re-parse quarantined raw pages with the current config (or another `records_path`)
-    and load those that now parse through the normal path: land → manifest → validate →
-    merge + ledger. A page that still does not parse stays quarantined with its reason."""
+    """Re-parse quarantined raw pages (with the current config, or another `records_path`)
+    and rejected records, and load what now parses through the normal path: land →
+    manifest → validate → merge + ledger. What still does not parse stays quarantined
+    with its reason. Rows load with the sequence number of the read that fetched them (a
+    fresh one for pages landed before raw pages kept it): never 0, which would lose to
+    every row already loaded, and never newer than a later read of the same row."""
     loaded = pages = still_bad = 0
     reasons: dict[str, str] = {}
     for item in pipeline.state.quarantined("open"):
@@ -381,9 +441,14 @@ def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
         pages += 1
         _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
         contract = pipeline.config.contract_of(table_cfg)
-        raw = RawPage.from_table(pq.read_table(pipeline.landing.root / item["path"]))
+        landed = pq.read_table(pipeline.landing.root / item["path"])
+        raw = RawPage.from_table(landed)
         try:
-            page = parse_page(table_cfg, contract, raw, None, records_path)
+            if is_rejected_records(item["path"]):
+                records = [json.loads(p) for p in landed["payload"].to_pylist() if p]
+                page = parse_records(contract, records)
+            else:
+                page = parse_page(table_cfg, contract, raw, None, records_path)
         except BadPayload as exc:
             still_bad += 1
             reasons[item["batch_id"]] = exc.message
@@ -391,11 +456,16 @@ def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
         if page.rows.num_rows:
             batch = pipeline.landing.write(page.rows, item["source"], item["table"], None,
                                            page.high, kind="replay",
-                                           meta={"of": item["batch_id"]})
+                                           meta={"of": item["batch_id"]},
+                                           seq=raw.seq or pipeline.state.next_seq())
             pipeline.state.record_landed(batch)
             outcome = pipeline.loader.process(batch)
             pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows)
             loaded += outcome.good_rows if outcome.loaded else 0
-        pipeline.state.mark_quarantine_replayed(item["batch_id"], page.rows.num_rows, 0)
+        still_bad += len(page.rejected)
+        if page.rejected:
+            reasons[item["batch_id"]] = page.rejected[0].reason
+        pipeline.state.mark_quarantine_replayed(item["batch_id"], page.rows.num_rows,
+                                                len(page.rejected))
     return {"pages": pages, "loaded_rows": loaded, "still_quarantined": still_bad,
             "reasons": reasons}
