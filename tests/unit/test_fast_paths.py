@@ -133,13 +133,16 @@ def test_conform_casts_exactly_or_keeps_text() -> None:
         datetime(1970, 1, 1, tzinfo=UTC)]
 
 
-def test_literals_are_exact_and_text_is_bound() -> None:
+def test_literals_are_exact() -> None:
     ts = datetime(2025, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     assert _literal(ts) == "'2025-01-02T03:04:05.000006+00:00'::timestamptz"
     assert _literal(42) == "42" and _literal(True) == "TRUE"
     assert _literal(Decimal("12.50")) == "'12.50'::numeric"
-    assert _literal("x'); DROP TABLE t; --") is None  # text goes as a bind parameter
-    assert _literal(Decimal("NaN")) is None
+    assert _literal(Decimal("NaN")) == "'NaN'::numeric"
+    # text (uuid too) is untyped, so PostgreSQL compares it as the column's own type
+    assert _literal("x'); DROP TABLE t; --") == "E'x''); DROP TABLE t; --'"
+    assert _literal("a\\b") == "E'a\\\\b'"
+    assert _literal("nul\x00") is None  # PostgreSQL text never holds NUL: bound, refused
 
 
 def test_conninfo_adds_parameters_the_dsn_does_not_set() -> None:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import socket
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
+import pyarrow as pa
 import pymysql
 from psycopg import sql as pgsql
+from psycopg.types import datetime as pgdatetime
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import (
@@ -27,6 +31,7 @@ from steadyflow.errors import (
     SourceUnavailable,
     SteadyflowError,
 )
+from steadyflow.model import MAX_TIME, MIN_TIME
 from steadyflow.resilience import watchdog_grace
 
 
@@ -82,6 +87,17 @@ class Dialect:
             return value.replace(tzinfo=UTC)
         return value
 
+    def select_expr(self, name: str, kind: pa.DataType) -> str:
+        """How a page reads column `name` of contract type `kind`. Every read path of a
+        source (fast and fallback, extraction and reconcile) selects through this, so the
+        same row gives the same canonical value whichever path reads it."""
+        return self.ident(name)
+
+    def position_value(self, value: Any, kind: pa.DataType) -> Any:
+        """A value read through `select_expr` as a watermark value: it must compare
+        with the column exactly as the stored value does."""
+        return self.from_db(value)
+
     def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
         raise NotImplementedError
 
@@ -115,10 +131,70 @@ def _shutdown_fd(fd: int) -> None:
         sock.close()
 
 
+@dataclass(frozen=True, slots=True)
+class OutOfRange:
+    """A stored date or time that no path can hold (PostgreSQL 'infinity', '-infinity',
+    a year past 9999 or BC): that row's value is null with `reason` (model.INVALID)
+    instead of one value failing the whole page, every run."""
+
+    shown: str  # 'infinity', '-infinity', 'year 10000', 'year 44 BC'
+
+    @property
+    def reason(self) -> str:
+        return f"{self.shown} is outside {MIN_TIME.year:04d}..{MAX_TIME.year:04d}"
+
+    @classmethod
+    def from_text(cls, text: str) -> OutOfRange:
+        """From PostgreSQL's ISO text: 'infinity', '10000-01-01 ...', '0044-03-15 ... BC'."""
+        text = text.strip()
+        if text in ("infinity", "-infinity"):
+            return cls(f"'{text}'")
+        year = text.split("-", 1)[0]
+        if not year.isdigit():
+            return cls(repr(text))
+        return cls(f"year {int(year)}" + (" BC" if text.endswith(" BC") else ""))
+
+    @classmethod
+    def from_year(cls, year: int) -> OutOfRange:
+        """From an astronomical year (0 = 1 BC), as Arrow holds it."""
+        return cls(f"year {year}" if year > 0 else f"year {1 - year} BC")
+
+
+class _Lenient:
+    """A psycopg text loader that returns OutOfRange where psycopg would raise DataError
+    (psycopg docs, "Example: handling infinity date"); mixed into psycopg's own loader."""
+
+    def load(self, data: Any) -> Any:
+        try:
+            return super().load(data)  # type: ignore[misc]  # the psycopg loader mixed in
+        except psycopg.DataError:
+            return OutOfRange.from_text(bytes(data).decode("ascii", "replace"))
+
+
+class _TimestamptzLoader(_Lenient, pgdatetime.TimestamptzLoader):
+    pass
+
+
+class _TimestampLoader(_Lenient, pgdatetime.TimestampLoader):
+    pass
+
+
+class _DateLoader(_Lenient, pgdatetime.DateLoader):
+    pass
+
+
 class PostgresDialect(Dialect):
     name = "postgres"
 
     def connect(self) -> psycopg.Connection[Any]:
+        conn = self._connect()
+        # per connection: a value Python cannot hold costs its row, not the page
+        conn.adapters.register_loader("timestamptz", _TimestamptzLoader)
+        conn.adapters.register_loader("timestamp", _TimestampLoader)
+        conn.adapters.register_loader("date", _DateLoader)
+        return conn
+
+    def _connect(self) -> psycopg.Connection[Any]:
         r = self.config.resilience
         try:
             return psycopg.connect(
@@ -137,6 +213,37 @@ class PostgresDialect(Dialect):
 
     def shutdown(self, conn: Any) -> None:
         _shutdown_fd(conn.pgconn.socket)
+
+    def select_expr(self, name: str, kind: pa.DataType) -> str:
+        """Decimal and string columns as PostgreSQL's own text: exact for numeric, CHAR(n)
+        without its pad, json/jsonb as the server prints them, uuid lowercase hyphenated.
+        Read this way by psycopg and ADBC alike, so both paths give the same values (a
+        driver's own conversion would not: psycopg pads CHAR and turns json into a dict).
+        Page queries order by the table-qualified column, never by this text."""
+        ident = self.ident(name)
+        if pa.types.is_decimal(kind) or pa.types.is_string(kind):
+            return f"{ident}::text"
+        return ident
+
+    def to_param(self, value: Any) -> Any:
+        """A page cannot start after a value no path can hold (PgArrowSource refuses it
+        with the table and column before this; this is the last line for SqlSource)."""
+        if isinstance(value, OutOfRange):
+            raise SchemaError(
+                f"a keyset page ended on a date/time that {value.reason}: the next page "
+                "cannot start after it", stage="extract", source=self.config.name,
+                hint="give the cursor real dates in those rows, or page by another column")
+        return value
+
+    def position_value(self, value: Any, kind: pa.DataType) -> Any:
+        """A decimal read as text is a Decimal again, so a watermark compares numerically
+        (and is inlined as a numeric literal on the ADBC path)."""
+        if isinstance(value, str) and pa.types.is_decimal(kind):
+            try:
+                return Decimal(value)
+            except ArithmeticError:
+                return value
+        return self.from_db(value)
 
     indexes_sql = (
         "SELECT i.relname, k.ord, a.attname FROM pg_index x "

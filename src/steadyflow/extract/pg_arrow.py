@@ -28,22 +28,28 @@ The warehouse column keeps the contract's type (e.g. NUMERIC(12,2)).
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import socket
 import threading
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from uuid import UUID
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
+from psycopg.conninfo import conninfo_to_dict
 
 from steadyflow.config import SourceConfig
-from steadyflow.errors import SourceTimeout, SteadyflowError
+from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
+from steadyflow.extract.dialects import OutOfRange
 from steadyflow.extract.sql import SqlSource
-from steadyflow.model import Contract, Watermark
+from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Contract, Watermark
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 
@@ -83,6 +89,51 @@ def _sockets() -> dict[int, str]:
     return out
 
 
+def _server_ports(dsn: str) -> set[int]:
+    """The ports the DSN connects to (libpq's default when it names none)."""
+    try:
+        ports = conninfo_to_dict(dsn).get("port") or os.environ.get("PGPORT") or "5432"
+        return {int(p) for p in str(ports).split(",") if p.strip()}
+    except (psycopg.Error, ValueError):
+        return set()
+
+
+def _socket_of(client: Sequence[Any] | None, ports: set[int]) -> tuple[int, str] | None:
+    """The fd (and 'socket:[inode]') of the connection the server sees from `client`
+    (its inet_client_addr and inet_client_port), if it is in this process and leads to
+    one of the DSN's `ports`.
+
+    Deterministic, unlike diffing /proc/self/fd around connect: another thread opening
+    sockets meanwhile (psycopg, HTTP) cannot make it ambiguous, since a TCP connection's
+    two ends are unique on a host. The port check rules out a proxy in this process, whose
+    upstream socket the server would name instead. None for a unix socket (no client
+    port) or a proxy/NAT in between: the caller falls back to the diff.
+    """
+    if not client or client[0] is None or client[1] is None:
+        return None
+    try:
+        addr, port = ipaddress.ip_address(str(client[0])), int(client[1])
+    except ValueError:
+        return None
+    found = []
+    for fd in _sockets():
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            continue
+        try:
+            with socket.socket(fileno=dup) as sock:  # closes the dup, never `fd`
+                if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                    continue
+                here, there = sock.getsockname(), sock.getpeername()
+                link = os.readlink(f"/proc/self/fd/{dup}")  # the socket actually inspected
+        except OSError:
+            continue
+        if ipaddress.ip_address(here[0]) == addr and here[1] == port and there[1] in ports:
+            found.append((fd, link))
+    return found[0] if len(found) == 1 else None
+
+
 def _shutdown(fd: int, link: str) -> None:
     """shutdown(2) libpq's socket through a dup, if the fd still is that socket."""
     try:
@@ -98,20 +149,116 @@ def _shutdown(fd: int, link: str) -> None:
 
 
 def _literal(value: Any) -> str | None:
-    """An exact SQL literal for the value types we format ourselves; None → bind it."""
+    """An exact SQL literal for a keyset value; None → bind it.
+
+    Numbers and times are typed (an int column compares with '1.5'::numeric exactly).
+    Text, uuid included, is an untyped E'' literal: PostgreSQL gives it the column's own
+    type (uuid, numeric, CHAR(n), text...), as psycopg's untyped parameters do; a text-typed
+    bind parameter would not compare with a uuid column at all. E'' escapes mean the same
+    whatever standard_conforming_strings is; PostgreSQL text never holds NUL.
+    """
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
         return str(int(value))
+    if isinstance(value, float):
+        return f"'{_float_text(value)}'::float8"
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return f"'{value.astimezone(UTC).isoformat(timespec='microseconds')}'::timestamptz"
     if isinstance(value, date):
         return f"'{value.isoformat()}'::date"
-    if isinstance(value, Decimal) and value.is_finite():
-        return f"'{value}'::numeric"
+    if isinstance(value, Decimal):
+        return f"'{_decimal_text(value)}'::numeric"
+    if isinstance(value, UUID):
+        value = str(value)
+    if isinstance(value, str) and "\x00" not in value:
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
     return None
+
+
+def _float_text(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)  # the shortest text that reads back as exactly this double
+
+
+def _decimal_text(value: Decimal) -> str:
+    if value.is_nan():
+        return "NaN"
+    if value.is_infinite():
+        return "-Infinity" if value.is_signed() else "Infinity"
+    return str(value)
+
+
+# --- values no path can hold (see dialects.OutOfRange) -------------------------------------
+# ADBC reads PostgreSQL's binary times (µs or days since 2000-01-01; infinity is the
+# type's max, -infinity its min) and shifts them to 1970 with wrapping arithmetic.
+_PG_EPOCH_US = 946_684_800_000_000
+_PG_EPOCH_DAYS = 10_957
+_US_PER_DAY = 86_400_000_000
+_LOW_US = (MIN_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_HIGH_US = (MAX_TIME - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+_LOW_DAYS = (MIN_TIME.date() - date(1970, 1, 1)).days
+_HIGH_DAYS = (MAX_TIME.date() - date(1970, 1, 1)).days
+
+
+def _wrap(value: int, bits: int) -> int:
+    half = 1 << (bits - 1)
+    return (value + half) % (1 << bits) - half
+
+
+def _year_of(days: int) -> int:
+    """The proleptic Gregorian (astronomical) year of a day number since 1970-01-01."""
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    march_based_month = (5 * doy + 2) // 153  # 0 = March ... 10, 11 = January, February
+    return yoe + era * 400 + (1 if march_based_month >= 10 else 0)
+
+
+def _out_of_range(raw: int, is_date: bool) -> OutOfRange:
+    """What PostgreSQL stored, from the value ADBC handed over for it."""
+    bits, shift = (32, _PG_EPOCH_DAYS) if is_date else (64, _PG_EPOCH_US)
+    stored = _wrap(raw - shift, bits)
+    if stored == (1 << (bits - 1)) - 1:
+        return OutOfRange("'infinity'")
+    if stored == -(1 << (bits - 1)):
+        return OutOfRange("'-infinity'")
+    return OutOfRange.from_year(_year_of(raw if is_date else raw // _US_PER_DAY))
+
+
+def _as_ints(col: pa.ChunkedArray) -> tuple[pa.Array, int, int] | None:
+    """A date/time column's raw numbers and the 0001..9999 bounds in the same unit."""
+    if pa.types.is_timestamp(col.type) and col.type.unit == "us":
+        return col.combine_chunks().view(pa.int64()), _LOW_US, _HIGH_US
+    if pa.types.is_date32(col.type):
+        return col.combine_chunks().view(pa.int32()), _LOW_DAYS, _HIGH_DAYS
+    return None
+
+
+def unreadable(raw: pa.Table) -> dict[str, dict[int, OutOfRange]]:
+    """{column: {row: what}} for the dates/times of an ADBC page no path can hold."""
+    found: dict[str, dict[int, OutOfRange]] = {}
+    for name, col in zip(raw.column_names, raw.columns, strict=True):
+        ints = _as_ints(col)
+        if ints is None:
+            continue
+        values, low, high = ints
+        mask = pc.or_kleene(pc.less(values, pa.scalar(low, values.type)),
+                            pc.greater(values, pa.scalar(high, values.type)))
+        if not pc.any(mask).as_py():
+            continue
+        is_date = pa.types.is_date32(col.type)
+        numbers = cast(list[int], values.to_pylist())
+        found[name] = {i: _out_of_range(numbers[i], is_date)
+                       for i in cast(list[int], pc.indices_nonzero(mask).to_pylist())}
+    return found
 
 
 def _storage(col: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -149,10 +296,29 @@ def conform_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray
         return text
 
 
-def conform(raw: pa.Table, contract: Contract) -> pa.Table:
-    arrays = [conform_column(raw.column(i), c.arrow_type)
-              for i, c in enumerate(contract.columns)]
-    return pa.Table.from_arrays(arrays, names=list(contract.names))
+def conform(raw: pa.Table, contract: Contract,
+            bad: dict[str, dict[int, OutOfRange]] | None = None) -> pa.Table:
+    """The page in contract types. A date/time no path can hold is null, and its row
+    says why in model.INVALID, exactly as the psycopg path's loaders make it (first
+    unreadable column of a row wins, as in `rows_to_arrow`)."""
+    bad = unreadable(raw) if bad is None else bad
+    invalid: list[str | None] = [None] * raw.num_rows
+    arrays = []
+    for i, c in enumerate(contract.columns):
+        col = raw.column(i)
+        rows = bad.get(raw.column_names[i], {})
+        if rows:
+            keep = pa.array([r not in rows for r in range(raw.num_rows)], pa.bool_())
+            col = pa.chunked_array([pc.if_else(keep, col.combine_chunks(),
+                                               pa.scalar(None, col.type))])
+            for r, what in rows.items():
+                invalid[r] = invalid[r] or f"{c.name}: {what.reason}"
+        arrays.append(conform_column(col, c.arrow_type))
+    names = list(contract.names)
+    if any(invalid):
+        arrays.append(pa.chunked_array([pa.array(invalid, pa.string())]))
+        names.append(INVALID)
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 class PgArrowSource(SqlSource):
@@ -179,20 +345,22 @@ class PgArrowSource(SqlSource):
             "keepalives_count": "3",
             "tcp_user_timeout": str(int(max(r.statement_timeout, r.connect_timeout) * 1000)),
         })
-        with _CONNECT_LOCK:  # so that the one new socket is this connection's
+        with _CONNECT_LOCK:  # fewer other new sockets for the fallback below
             before = _sockets()
             try:
                 conn = dbapi.connect(info, autocommit=True)
             except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
                 raise self._translate(exc, None) from None
             new = [(fd, link) for fd, link in _sockets().items() if before.get(fd) != link]
-        self._socket = sock = new[0] if len(new) == 1 else None
+        guess = new[0] if len(new) == 1 else None
         dog = Watchdog(r.statement_timeout + watchdog_grace(r),
-                       lambda: _shutdown(*sock) if sock is not None else None)
+                       lambda: _shutdown(*guess) if guess is not None else None)
         try:
             with dog, conn.cursor() as cur:
                 cur.execute(f"SET statement_timeout = {int(r.statement_timeout * 1000)}")
                 cur.execute("SET TimeZone = 'UTC'")
+                cur.execute("SELECT host(inet_client_addr()), inet_client_port()")
+                client = cur.fetchone()
         except Exception as exc:  # noqa: BLE001
             conn.close()
             if dog.fired:
@@ -200,6 +368,7 @@ class PgArrowSource(SqlSource):
                                     "statement_timeout + grace", stage="extract",
                                     source=self.config.name) from None
             raise self._translate(exc, None) from None
+        self._socket = _socket_of(client, _server_ports(self.config.dsn or "")) or guess
         return conn
 
     @property
@@ -224,9 +393,29 @@ class PgArrowSource(SqlSource):
         super().close()
 
     def probe(self, table: str, contract: Contract) -> list[str]:
-        extra = super().probe(table, contract)
-        super().close()  # the psycopg connection is not needed for the pages
+        try:
+            extra = super().probe(table, contract)
+            self._refuse_unorderable(table, contract)
+        finally:
+            super().close()  # the psycopg connection is not needed for the pages
         return extra
+
+    def _refuse_unorderable(self, table: str, contract: Contract) -> None:
+        """Refuse, before any page, a cursor (or leading key) holding a date/time no path
+        can hold ('infinity', year 10000...): a page ending on it could not continue, and
+        skipping it would lose every later row silently. Both columns lead an index, so
+        this is two short range scans."""
+        d = self.dialect
+        declared = {k.lower(): v.lower() for k, v in super().declared_types(table).items()}
+        for name in dict.fromkeys((contract.cursor, *contract.primary_key[:1])):
+            if not declared.get(name.lower(), "").startswith(("timestamp", "date")):
+                continue
+            col = d.ident(name)
+            rows = self._execute(
+                table, f"SELECT {col}::text FROM {d.ident(table)} WHERE {col} < '0001-01-01' "
+                f"OR {col} > '9999-12-31 23:59:59.999999' LIMIT 1", [])
+            if rows:
+                raise self._unorderable(table, name, OutOfRange.from_text(str(rows[0][0])))
 
     def declared_types(self, table: str) -> dict[str, str]:
         types = super().declared_types(table)
@@ -244,19 +433,6 @@ class PgArrowSource(SqlSource):
         return found
 
     # --- queries ----------------------------------------------------------------------
-    def _arrow_select(self, table: str, contract: Contract) -> str:
-        """Decimal and string columns as text: exact, cheap, and the same for any source
-        type (numeric, varchar, uuid, json...); Arrow casts them to the contract type."""
-        cols = []
-        for c in contract.columns:
-            ident = self.dialect.ident(c.name)
-            t = c.arrow_type
-            if pa.types.is_decimal(t) or pa.types.is_string(t):
-                cols.append(f"{ident}::text AS {ident}")
-            else:
-                cols.append(ident)
-        return f"SELECT {', '.join(cols)} FROM {self.dialect.ident(table)}"
-
     def _adbc_query(self, query: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
         """psycopg's `%s` placeholders → exact literals (ADBC then streams binary COPY) or,
         for values we do not format ourselves (text), `$n` bind parameters."""
@@ -325,35 +501,58 @@ class PgArrowSource(SqlSource):
         limit: int,
         where: tuple[str, Sequence[Any]] | None = None,
     ) -> tuple[pa.Table, Watermark | None]:
-        """One keyset page as Arrow, with the (cursor, key) of its last row."""
+        """One keyset page as Arrow, with the (cursor, key) of its last row.
+
+        The same query as the psycopg path (`SqlSource.page_query`, one select list), so
+        either path gives the same values and the same watermark for the same rows."""
         if where is not None or not self._adbc_usable:
-            return super().page(table, contract, after, since, limit, where)
+            return self._psycopg_page(table, contract, after, since, limit, where)
         self.adbc  # noqa: B018 - connect now: it decides whether ADBC is usable
         if not self._adbc_usable:
-            return super().page(table, contract, after, since, limit, where)
+            return self._psycopg_page(table, contract, after, since, limit, where)
         query, params = self.page_query(table, contract, after, since, limit)
-        plain = self._select(table, contract)  # page_query's select list, as psycopg reads it
-        query = self._arrow_select(table, contract) + query[len(plain):]
         query, binds = self._adbc_query(query, params)
         raw = self._fetch(table, query, binds)
+        bad = unreadable(raw)
         if raw.num_rows == 0:
-            return conform(raw, contract), None
-        order = contract.order_by
-        last = raw.select(list(order)).slice(raw.num_rows - 1, 1).to_pylist()[0]
-        values = [self._watermark_value(last[c], contract, c) for c in order]
-        high = Watermark(cursor=values[0], key=tuple(values[1:]))
-        return conform(raw, contract), high
+            return conform(raw, contract, bad), None
+        last = raw.num_rows - 1
+        for name in contract.order_by:
+            if last in bad.get(name, {}):
+                raise self._unorderable(table, name, bad[name][last])
+        row = raw.select(list(contract.order_by)).slice(last, 1).to_pylist()[0]
+        high = self._position(contract, [row[c] for c in contract.order_by])
+        return conform(raw, contract, bad), high
 
-    def _watermark_value(self, value: Any, contract: Contract, name: str) -> Any:
-        """The raw database value, as psycopg would have returned it."""
-        if isinstance(value, str) and pa.types.is_decimal(contract.column(name).arrow_type):
-            try:
-                return Decimal(value)
-            except ArithmeticError:
-                return value
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            return value.astimezone(UTC)
-        return self.dialect.from_db(value)
+    def _psycopg_page(
+        self, table: str, contract: Contract, after: Watermark | None, since: Any | None,
+        limit: int, where: tuple[str, Sequence[Any]] | None,
+    ) -> tuple[pa.Table, Watermark | None]:
+        """`SqlSource.page`, with its watermark typed as the ADBC path types it."""
+        rows, high = super().page(table, contract, after, since, limit, where)
+        if high is None or where is not None:
+            return rows, high
+        for name, value in zip(contract.order_by, high.as_tuple(), strict=True):
+            if isinstance(value, OutOfRange):
+                raise self._unorderable(table, name, value)
+        return rows, self._position(contract, list(high.as_tuple()))
+
+    def _position(self, contract: Contract, values: list[Any]) -> Watermark:
+        """A watermark from the last row's order values, as either path read them."""
+        typed = [self.dialect.position_value(
+            v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo else v,
+            contract.column(c).arrow_type) for v, c in zip(values, contract.order_by,
+                                                          strict=True)]
+        return Watermark(cursor=typed[0], key=tuple(typed[1:]))
+
+    def _unorderable(self, table: str, column: str, value: OutOfRange) -> SchemaError:
+        return SchemaError(
+            f"{column} holds {value.reason}: keyset pages cannot continue after such a "
+            "value (no path can hold it, so it cannot be the next page's start)",
+            stage="extract", source=self.config.name, table=table,
+            hint=f"give {column} real dates in those rows (e.g. UPDATE {table} SET "
+                 f"{column} = ... WHERE {column} < '0001-01-01' OR {column} > "
+                 "'9999-12-31'), or page this table by a column without such values")
 
 
 class _Coded(Exception):

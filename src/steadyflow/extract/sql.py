@@ -118,8 +118,22 @@ class SqlSource:
         return translated
 
     def _select(self, table: str, contract: Contract) -> str:
-        cols = ", ".join(self.dialect.ident(c) for c in contract.names)
-        return f"SELECT {cols} FROM {self.dialect.ident(table)}"
+        """The one select list of every page (see Dialect.select_expr); each column keeps
+        its name, so ORDER BY must name the table's own columns (`_order_by`)."""
+        d = self.dialect
+        cols = []
+        for c in contract.columns:
+            expr, ident = d.select_expr(c.name, c.arrow_type), d.ident(c.name)
+            cols.append(expr if expr == ident else f"{expr} AS {ident}")
+        return f"SELECT {', '.join(cols)} FROM {d.ident(table)}"
+
+    def _order_by(self, table: str, columns: Sequence[str], desc: bool = False) -> str:
+        """ORDER BY the table's columns, qualified: an unqualified name means the output
+        column of that name first (PostgreSQL), which may be its text (`select_expr`),
+        and text order is not the order the keyset predicate compares in."""
+        d = self.dialect
+        way = " DESC" if desc else ""
+        return " ORDER BY " + ", ".join(f"{d.ident(table)}.{d.ident(c)}{way}" for c in columns)
 
     def probe(self, table: str, contract: Contract) -> list[str]:
         """Fail fast, naming the table or column, before any page is read.
@@ -172,16 +186,16 @@ class SqlSource:
         """The (cursor, key) of the table's last row in keyset order, None if it has none:
         where an initial load in key order hands over to incremental pages."""
         d = self.dialect
-        order = contract.order_by
-        cols = ", ".join(d.ident(c) for c in order)
-        desc = ", ".join(f"{d.ident(c)} DESC" for c in order)
+        order = [contract.column(c) for c in contract.order_by]
+        cols = ", ".join(d.select_expr(c.name, c.arrow_type) for c in order)
         rows = self._execute(table, f"SELECT {cols} FROM {d.ident(table)} WHERE "
-                             f"{d.ident(contract.cursor)} IS NOT NULL ORDER BY {desc} LIMIT 1",
+                             f"{d.ident(contract.cursor)} IS NOT NULL"
+                             f"{self._order_by(table, contract.order_by, desc=True)} LIMIT 1",
                              [])
         if not rows:
             return None
-        return Watermark(cursor=d.from_db(rows[0][0]),
-                         key=tuple(d.from_db(v) for v in rows[0][1:]))
+        values = [d.position_value(v, c.arrow_type) for v, c in zip(rows[0], order, strict=True)]
+        return Watermark(cursor=values[0], key=tuple(values[1:]))
 
     def has_more(self, rows: pa.Table, limit: int) -> bool:
         """A full page means there may be more rows after it."""
@@ -217,7 +231,7 @@ class SqlSource:
             query += self.dialect.index_hint(index)
         if preds:
             query += " WHERE " + " AND ".join(preds)
-        query += " ORDER BY " + ", ".join(d.ident(c) for c in order) + f" LIMIT {int(limit)}"
+        query += self._order_by(table, order) + f" LIMIT {int(limit)}"
         return query, params
 
     def page(
@@ -238,10 +252,9 @@ class SqlSource:
             return rows_to_arrow([], contract), None
         names = contract.names
         last = rows[-1]
-        high = Watermark(
-            cursor=d.from_db(last[names.index(contract.cursor)]),
-            key=tuple(d.from_db(last[names.index(k)]) for k in order[1:]),
-        )
+        values = [d.position_value(last[names.index(k)], contract.column(k).arrow_type)
+                  for k in order]
+        high = Watermark(cursor=values[0], key=tuple(values[1:]))
         return rows_to_arrow(rows, contract), high
 
     def pages(

@@ -1,0 +1,311 @@
+"""Every PostgreSQL read path gives the same rows, in keyset order, with the same values.
+
+Paths: ADBC pages (PgArrowSource), its psycopg fallback, SqlSource pages (what reconcile
+and repair construct) and `where` pages (reconcile's key lookups). Each must read every row
+exactly once whatever the key type, give identical canonical values for the same row, cost
+one row (not the page) for a date PostgreSQL holds and no path can ('infinity'), and the
+ADBC path must find its own socket whatever other threads do meanwhile.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pytest
+
+from steadyflow.config import SourceConfig
+from steadyflow.errors import SchemaError, SourceUnavailable
+from steadyflow.extract.pg_arrow import PgArrowSource, _shutdown
+from steadyflow.extract.sql import SqlSource
+from steadyflow.model import INVALID, Column, Contract, Watermark
+from steadyflow.validate.rules import validate
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def config(dsn: str) -> SourceConfig:
+    return SourceConfig(name="pg", kind="postgres", dsn=dsn,
+                        tables=[{"name": "t", "contract": "c"}])  # type: ignore[list-item]
+
+
+def execute(dsn: str, *statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def contract(*columns: tuple[str, str], key: tuple[str, ...] = ("id",),
+             cursor: str = "id") -> Contract:
+    return Contract(columns=tuple(Column(n, t) for n, t in columns), primary_key=key,
+                    cursor=cursor)
+
+
+def adbc(dsn: str) -> PgArrowSource:
+    return PgArrowSource(config(dsn))
+
+
+def fallback(dsn: str) -> PgArrowSource:
+    """PgArrowSource as it runs when its ADBC socket is not identified."""
+    source = PgArrowSource(config(dsn))
+    source._adbc_usable = False
+    return source
+
+
+def plain(dsn: str) -> SqlSource:
+    """What reconcile and repair construct."""
+    return SqlSource(config(dsn))
+
+
+PATHS = {"adbc": adbc, "psycopg fallback": fallback, "SqlSource": plain}
+
+
+def read_all(source: SqlSource, table: str, c: Contract, size: int,
+             after: Watermark | None = None) -> tuple[pa.Table, Watermark | None]:
+    pages, high = [], after
+    try:
+        for rows, last in source.pages(table, c, after, None, size):
+            pages.append(rows)
+            high = last
+    finally:
+        source.close()
+    return (pa.concat_tables(pages, promote_options="permissive") if pages else
+            pa.table({n: pa.array([], pa.string()) for n in c.names})), high
+
+
+def comparable(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows as Python values, NaN made comparable."""
+    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+            for r in table.to_pylist()]
+
+
+# --- 1. keyset order is the column's order, not its text's ------------------------------
+@pytest.mark.parametrize("path", PATHS)
+def test_numeric_key_pages_in_numeric_order_on_every_path(pg_dsn: str, path: str) -> None:
+    """numeric is read as text; ORDER BY "id" would sort '10' before '2' while the keyset
+    predicate compares numbers: 22 of 30 rows arrived and a re-run found nothing."""
+    execute(pg_dsn, "CREATE TABLE t (id numeric(10,0) PRIMARY KEY, v text)",
+            "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 30) g")
+    c = contract(("id", "decimal(10,0)"), ("v", "string"))
+    rows, high = read_all(PATHS[path](pg_dsn), "t", c, 10)
+    assert rows["id"].to_pylist() == [Decimal(i) for i in range(1, 31)]
+    assert high == Watermark(cursor=Decimal(30), key=())
+    again, _ = read_all(PATHS[path](pg_dsn), "t", c, 10, after=Watermark(Decimal(20), ()))
+    assert again["id"].to_pylist() == [Decimal(i) for i in range(21, 31)]
+    source = PATHS[path](pg_dsn)
+    try:
+        assert source.last_position("t", c) == Watermark(cursor=Decimal(30), key=())
+    finally:
+        source.close()
+
+
+def test_where_pages_order_by_the_column(pg_dsn: str) -> None:
+    execute(pg_dsn, "CREATE TABLE t (id numeric(10,0) PRIMARY KEY, v text)",
+            "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 30) g")
+    c = contract(("id", "decimal(10,0)"), ("v", "string"))
+    source = plain(pg_dsn)
+    try:
+        rows, _ = source.page("t", c, None, None, 5, where=('"id" > %s', [Decimal(7)]))
+    finally:
+        source.close()
+    assert rows["id"].to_pylist() == [Decimal(i) for i in range(8, 13)]
+
+
+# --- 2. one canonical value per type, whatever the path -----------------------------------
+TYPES_DDL = """CREATE TABLE t (
+    id int8 PRIMARY KEY, fixed char(8), var varchar(20), free text, doc json, docb jsonb,
+    uid uuid, amount numeric(12,3), big numeric, at timestamptz, naive timestamp, day date,
+    small int2, mid int4, large int8, ratio float8, flag bool)"""
+TYPES_ROWS = """INSERT INTO t VALUES
+    (1, 'ab', 'x ', 'tab	and ''quote''', '{"b": 1,  "a": [1, 2]}', '{"b": 1, "a": 2}',
+     'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', 1.5, 123456789012345678901234567.123456789,
+     '2024-05-01 12:00:00.123456+02', '2024-05-01 12:00:00.5', '2024-02-29',
+     -32768, 2147483647, 9223372036854775807, 'NaN', true),
+    (2, '1-URGENT', '', 'ünïcödé 🙂', 'null', '[]', '00000000-0000-0000-0000-000000000000',
+     -0.001, 0, '0001-01-01 00:00:00+00', '9999-12-31 23:59:59.999999', '0001-01-01',
+     0, 0, -9223372036854775808, 'Infinity', false),
+    (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+     '-Infinity', NULL),
+    (4, '        ', 'a', 'b', '"s"', '{"k": "v"}', 'ffffffff-ffff-ffff-ffff-ffffffffffff',
+     999999999.999, 'NaN', '1970-01-01 00:00:00+00', '1970-01-01', '9999-12-31', 1, 1, 1,
+     1e-300, true)"""
+TYPES_CONTRACT = contract(
+    ("id", "int64"), ("fixed", "string"), ("var", "string"), ("free", "string"),
+    ("doc", "string"), ("docb", "string"), ("uid", "string"), ("amount", "decimal(12,3)"),
+    ("big", "string"), ("at", "timestamp"), ("naive", "timestamp"), ("day", "date"),
+    ("small", "int64"), ("mid", "int32"), ("large", "int64"), ("ratio", "float64"),
+    ("flag", "bool"))
+
+
+def test_every_read_path_reads_the_same_canonical_values(pg_dsn: str) -> None:
+    execute(pg_dsn, TYPES_DDL, TYPES_ROWS)
+    c = TYPES_CONTRACT
+    tables = {name: read_all(make(pg_dsn), "t", c, 3)[0] for name, make in PATHS.items()}
+    source = plain(pg_dsn)
+    try:
+        tables["where"], _ = source.page("t", c, None, None, 10, where=('"id" >= %s', [1]))
+    finally:
+        source.close()
+    first = comparable(tables["adbc"])
+    for name, table in tables.items():
+        assert table.schema == tables["adbc"].schema, name
+        assert comparable(table) == first, name
+    one, two, _, four = first
+    assert (one["fixed"], two["fixed"], four["fixed"]) == ("ab", "1-URGENT", "")  # unpadded
+    assert one["var"] == "x " and one["free"] == "tab\tand 'quote'"
+    assert one["doc"] == '{"b": 1,  "a": [1, 2]}'  # json: the stored text
+    assert one["docb"] == '{"a": 2, "b": 1}' and two["doc"] == "null"  # jsonb: normalized
+    assert one["uid"] == "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
+    assert one["big"] == "123456789012345678901234567.123456789" and four["big"] == "NaN"
+    assert one["amount"] == Decimal("1.500") and two["amount"] == Decimal("-0.001")
+    assert str(one["at"]) == "2024-05-01 10:00:00.123456+00:00"
+    assert str(one["naive"]) == "2024-05-01 12:00:00.500000+00:00"  # naive = UTC
+    assert one["ratio"] == "NaN" and two["ratio"] == math.inf
+    assert first[2]["ratio"] == -math.inf
+
+
+def test_numeric_nan_in_a_decimal_column_is_quarantined_on_every_path(pg_dsn: str) -> None:
+    execute(pg_dsn, "CREATE TABLE t (id int8 PRIMARY KEY, amount numeric)",
+            "INSERT INTO t VALUES (1, 1.25), (2, 'NaN'), (3, 'Infinity'), (4, 1.255), (5, 7)")
+    c = contract(("id", "int64"), ("amount", "decimal(10,2)"))
+    for name, make in PATHS.items():
+        verdict = validate(read_all(make(pg_dsn), "t", c, 10)[0], c)
+        assert verdict.good["id"].to_pylist() == [1, 5], name
+        assert verdict.good["amount"].to_pylist() == [Decimal("1.25"), Decimal("7.00")]
+        assert verdict.bad["id"].to_pylist() == ["2", "3", "4"], name
+
+
+# --- 3. the ADBC socket, found whatever other threads do ----------------------------------
+@pytest.fixture
+def sockets_churning() -> Iterator[None]:
+    """Another thread opening and closing sockets as fast as it can (as psycopg connects
+    and HTTP clients do in a running pipeline)."""
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            held = [socket.socket() for _ in range(4)]
+            for s in held:
+                s.close()
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+def test_adbc_finds_its_socket_while_other_threads_open_sockets(
+        pg_dsn: str, sockets_churning: None) -> None:
+    execute(pg_dsn, "CREATE TABLE t (id int8 PRIMARY KEY)",
+            "INSERT INTO t SELECT generate_series(1, 10)")
+    c = contract(("id", "int64"))
+    for _ in range(10):
+        source = adbc(pg_dsn)
+        try:
+            rows, _ = source.page("t", c, None, None, 100)
+            assert rows.num_rows == 10
+            assert source._adbc_usable and source._socket is not None
+            fd, link = source._socket
+            with source.adbc.cursor() as cur:
+                cur.execute("SELECT inet_client_port()")
+                server_sees = cur.fetchone()[0]
+            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
+                assert dup.getsockname()[1] == server_sees
+            # the watchdog's shutdown hits this connection: its next page fails retryably
+            _shutdown(fd, link)
+            with pytest.raises(SourceUnavailable):
+                source.page("t", c, None, None, 100)
+        finally:
+            source.close()
+
+
+# --- 4. dates and times no path can hold cost one row ------------------------------------
+def test_infinite_and_out_of_range_times_cost_one_row_on_every_path(pg_dsn: str) -> None:
+    execute(pg_dsn,
+            "CREATE TABLE t (id int8 PRIMARY KEY, at timestamptz, naive timestamp, day date)",
+            """INSERT INTO t VALUES
+               (1, '2024-01-01 00:00:00+00', '2024-01-01', '2024-01-01'),
+               (2, 'infinity', '2024-01-01', '2024-01-01'),
+               (3, '2024-01-01', '-infinity', 'infinity'),
+               (4, '10000-01-01 00:00:00+00', '2024-01-01', '-infinity'),
+               (5, '0044-03-15 BC', '9999-12-31 23:59:59.999999', '20000-01-01'),
+               (6, '2024-01-02', '2024-01-02', '2024-01-02')""")
+    c = contract(("id", "int64"), ("at", "timestamp"), ("naive", "timestamp"),
+                 ("day", "date"))
+    tables = {name: read_all(make(pg_dsn), "t", c, 4)[0] for name, make in PATHS.items()}
+    source = plain(pg_dsn)
+    try:
+        tables["where"], _ = source.page("t", c, None, None, 10, where=('"id" > %s', [0]))
+    finally:
+        source.close()
+    expected = [None,
+                "at: 'infinity' is outside 0001..9999",
+                "naive: '-infinity' is outside 0001..9999",
+                "at: year 10000 is outside 0001..9999",
+                "at: year 44 BC is outside 0001..9999",
+                None]
+    for name, table in tables.items():
+        assert table[INVALID].to_pylist() == expected, name
+        assert comparable(table) == comparable(tables["adbc"]), name
+        assert table["at"].null_count == 3 and table["day"].null_count == 3, name
+        verdict = validate(table, c)
+        assert verdict.good["id"].to_pylist() == [1, 6], name
+        assert verdict.bad["id"].to_pylist() == ["2", "3", "4", "5"], name
+
+
+@pytest.mark.parametrize("stored", ["infinity", "10000-01-01 00:00:00+00"])
+@pytest.mark.parametrize("path", PATHS)
+def test_a_cursor_no_path_can_hold_is_refused_loudly(pg_dsn: str, path: str,
+                                                     stored: str) -> None:
+    execute(pg_dsn, "CREATE TABLE t (id int8 PRIMARY KEY, at timestamptz NOT NULL)",
+            "CREATE INDEX t_at ON t (at, id)",
+            "INSERT INTO t SELECT g, '2024-01-01'::timestamptz + g * interval '1 s' "
+            "FROM generate_series(1, 10) g")
+    c = contract(("id", "int64"), ("at", "timestamp"), cursor="at")
+    source = PATHS[path](pg_dsn)
+    try:
+        source.probe("t", c)  # fine so far
+        execute(pg_dsn, f"INSERT INTO t VALUES (11, '{stored}')")
+        if isinstance(source, PgArrowSource):
+            with pytest.raises(SchemaError, match="at holds") as probed:
+                source.probe("t", c)
+            assert "UPDATE t SET at" in (probed.value.hint or "")
+        with pytest.raises(SchemaError, match="is outside 0001..9999"):  # never skipped
+            read_all(source, "t", c, 11)  # a full page ending on it: the next starts after
+    finally:
+        source.close()
+
+
+# --- 5. keyset values sent back exactly -------------------------------------------------
+KEYS = {
+    "numeric(38,12)": ["'12345678901234567890123456.123456789012'", "'-0.000000000001'",
+                       "'0'", "'1E+3'", "'12345678901234567890123456.123456789011'"],
+    "text": ["E'a''b'", "E'a\\\\b'", "E'a\\\\'", "'A'", "'a'", "'ä'", "''", "E'\\\\'''",
+             "'a b'", "'a'' OR ''1''=''1'"],
+    "uuid": ["gen_random_uuid()" for _ in range(7)],
+    "date": ["'0001-01-01'", "'2024-02-29'", "'9999-12-31'", "'1970-01-01'"],
+    "char(3)": ["'a'", "'a b'", "'ab'", "'b'"],
+}
+KEY_TYPES = {"numeric(38,12)": "decimal(38,12)", "text": "string", "uuid": "string",
+             "date": "date", "char(3)": "string"}
+
+
+@pytest.mark.parametrize("pg_type", KEYS)
+@pytest.mark.parametrize("path", PATHS)
+def test_keyset_values_are_sent_back_exactly(pg_dsn: str, path: str, pg_type: str) -> None:
+    """Page size 1: every page starts from the previous row's key as a literal (ADBC) or
+    parameter (psycopg); one inexact value skips or repeats rows."""
+    execute(pg_dsn, f"CREATE TABLE t (k {pg_type} PRIMARY KEY, n int)",
+            *[f"INSERT INTO t VALUES ({v}, {i})" for i, v in enumerate(KEYS[pg_type])])
+    c = contract(("k", KEY_TYPES[pg_type]), ("n", "int64"), key=("k",), cursor="k")
+    with psycopg.connect(pg_dsn) as conn:
+        ordered = [n for (n,) in conn.execute("SELECT n FROM t ORDER BY k")]
+    rows, _ = read_all(PATHS[path](pg_dsn), "t", c, 1)
+    assert rows["n"].to_pylist() == ordered
