@@ -10,7 +10,9 @@
     │   ├── SourceTimeout            a query or request exceeded its timeout
     │   ├── SourceUnavailable        connection refused/reset, 5xx, breaker open
     │   ├── RateLimited              429 with an optional Retry-After
-    │   └── WarehouseUnavailable     the warehouse is down; batches wait in the buffer
+    │   ├── WarehouseUnavailable     the warehouse is down; batches wait in the buffer
+    │   ├── TableBusy                another extractor holds the table's lease; skipped
+    │   └── ExtractionFenced         this extractor lost its lease; it records nothing more
     └── QuarantineError              this input is bad; park it with a reason, go on
 
 Driver errors are translated once, at the adapter boundary, with `raise ... from exc`.
@@ -95,6 +97,19 @@ class RateLimited(RetryableError):
 
 class WarehouseUnavailable(RetryableError):
     """The warehouse could not be reached; batches stay queued until it returns."""
+
+
+class TableBusy(RetryableError):
+    """Another live extractor holds this table's extraction lease (an overlapping run,
+    `extract` beside `run --follow`, a repair); this one skipped the table. The holder
+    extracts it, or the next run does."""
+
+
+class ExtractionFenced(RetryableError):
+    """This extractor's lease on the table was taken over by another after it stalled past
+    the lease (a stopped process, a long pause). Whatever it read since is older than what
+    the new holder reads, so it records, enqueues and advances nothing; the next run
+    resumes from the checkpoint the new holder left."""
 
 
 class QuarantineError(SteadyflowError):

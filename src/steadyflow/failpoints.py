@@ -1,9 +1,11 @@
 """Named crash points for fault tests: a real SIGKILL at a precise place in the code.
 
 `STEADYFLOW_FAILPOINT=load.after_merge` kills the process the first time that point is
-reached; `load.after_merge:3` on the third time. The points are the boundaries between
-durable steps, so the tests can prove that a crash at each one loses and doubles nothing.
-The check is one dict lookup when unset, cheap enough to leave in production code.
+reached; `load.after_merge:3` on the third time; `extract.before_land:1:SIGSTOP` stops it
+there instead (a stalled process: tests/faults/test_fencing.py). The points are the
+boundaries between durable steps, so the tests can prove that a crash at each one loses
+and doubles nothing. The check is one dict lookup when unset, cheap enough to leave in
+production code.
 """
 
 from __future__ import annotations
@@ -26,20 +28,23 @@ _lock = threading.Lock()
 _hits: dict[str, int] = {}
 
 
-def _armed() -> tuple[str, int] | None:
+def _armed() -> tuple[str, int, str] | None:
     spec = os.environ.get("STEADYFLOW_FAILPOINT")
     if not spec:
         return None
-    name, _, count = spec.partition(":")
-    return name, int(count or 1)
+    name, _, rest = spec.partition(":")
+    count, _, sig = rest.partition(":")
+    return name, int(count or 1), sig or "SIGKILL"
 
 
 def failpoint(name: str) -> None:
-    """SIGKILL this process if the failpoint `name` is armed and its count is reached."""
+    """SIGKILL (or the armed signal) this process if the failpoint `name` is armed and its
+    count is reached."""
     armed = _armed()
     if armed is None or armed[0] != name:
         return
     with _lock:
         _hits[name] = _hits.get(name, 0) + 1
-        if _hits[name] >= armed[1]:
-            os.kill(os.getpid(), signal.SIGKILL)
+        fire = _hits[name] == armed[1] if armed[2] != "SIGKILL" else _hits[name] >= armed[1]
+    if fire:  # outside the lock: a stopped process must not hold it
+        os.kill(os.getpid(), getattr(signal, armed[2]))

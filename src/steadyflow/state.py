@@ -1,14 +1,22 @@
 """Durable pipeline state in one SQLite file: checkpoints, landing manifest, run history,
-per-table health and the quarantine index.
+per-table health, the quarantine index and the per-table extraction leases.
 
 WAL mode lets the extract, load and status processes share it. Every state change is a
 single transaction, and repeating one is a no-op (INSERT OR IGNORE / upserts), which is
 what makes a crash between two steps harmless.
+
+Extraction leases fence extractors: one holder per table at a time, and a generation that
+grows on every acquisition. The steps that make an extractor's work durable (recording a
+landed batch, moving the checkpoint or the initial load's key position) check the
+generation in their own transaction and raise ExtractionFenced if the lease was taken
+over, so an extractor that stalled past its lease can never record, advance or win.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -18,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steadyflow.errors import ExtractionFenced
 from steadyflow.model import BatchRef, Watermark
 from steadyflow.secrets import scrub
 
@@ -48,6 +57,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 CREATE TABLE IF NOT EXISTS parked_rows (
   source TEXT NOT NULL, tbl TEXT NOT NULL, row_hash TEXT NOT NULL, batch_id TEXT NOT NULL,
   PRIMARY KEY (source, tbl, row_hash));
+CREATE TABLE IF NOT EXISTS extract_leases (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, holder TEXT, expires_at REAL NOT NULL,
+  generation INTEGER NOT NULL, PRIMARY KEY (source, tbl));
 CREATE TABLE IF NOT EXISTS sequence (
   name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reconcile_runs (
@@ -65,6 +77,34 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holder_alive(holder: str) -> bool:
+    """False only for a holder ("host:pid:token") on this host whose process is gone: its
+    lease is taken over at once instead of after it expires (as a SIGKILLed run's)."""
+    host, pid, _ = (holder.split(":") + ["", ""])[:3]
+    return not (host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)))
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One acquisition of a table's extraction lease; `generation` fences it."""
+
+    source: str
+    table: str
+    holder: str
+    generation: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,20 +157,22 @@ class StateStore:
         )
         return Watermark.from_json(rows[0][0]) if rows else None
 
-    def advance_checkpoint(self, source: str, table: str, mark: Watermark) -> None:
-        """Move the checkpoint forward to `mark`; never backwards."""
+    def advance_checkpoint(self, source: str, table: str, mark: Watermark,
+                           lease: Lease | None = None) -> None:
+        """Set the checkpoint to `mark`, the high of the page just published.
+
+        No comparison with the stored position: the source's order (a collation, a type
+        Python orders differently) is the only right one and is not known here. One
+        extractor per table (the lease, checked here) publishing its pages in order is what
+        keeps the checkpoint moving forward; a lookback re-read may set it back within the
+        window it re-reads, which costs a re-read, never a row.
+        """
         with self._tx() as c:
+            self._fence(c, lease)
             self._advance(c, source, table, mark)
 
     @staticmethod
     def _advance(c: sqlite3.Connection, source: str, table: str, mark: Watermark) -> None:
-        row = c.execute(
-            "SELECT watermark FROM checkpoints WHERE source=? AND tbl=?", (source, table)
-        ).fetchone()
-        if row is not None:
-            current = Watermark.from_json(row[0])
-            if current.as_tuple() >= mark.as_tuple():
-                return
         c.execute(
             "INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
             "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
@@ -152,20 +194,25 @@ class StateStore:
         high, after = rows[0]
         return Watermark.from_json(high), Watermark.from_json(after) if after else None
 
-    def start_backfill(self, source: str, table: str, high: Watermark) -> None:
+    def start_backfill(self, source: str, table: str, high: Watermark,
+                       lease: Lease | None = None) -> None:
         with self._tx() as c:
+            self._fence(c, lease)
             c.execute("INSERT INTO backfills VALUES (?,?,?,NULL,?) ON CONFLICT DO NOTHING",
                       (source, table, high.to_json(), time.time()))
 
-    def advance_backfill(self, source: str, table: str, after: Watermark) -> None:
+    def advance_backfill(self, source: str, table: str, after: Watermark,
+                         lease: Lease | None = None) -> None:
         with self._tx() as c:
+            self._fence(c, lease)
             c.execute("UPDATE backfills SET after=? WHERE source=? AND tbl=?",
                       (after.to_json(), source, table))
 
-    def finish_backfill(self, source: str, table: str) -> None:
+    def finish_backfill(self, source: str, table: str, lease: Lease | None = None) -> None:
         """The whole table is landed: from here the checkpoint is the cursor position taken
         when the initial load began, so incremental runs re-read what changed during it."""
         with self._tx() as c:
+            self._fence(c, lease)
             row = c.execute("SELECT high FROM backfills WHERE source=? AND tbl=?",
                             (source, table)).fetchone()
             if row is None:
@@ -182,9 +229,72 @@ class StateStore:
             return int(c.execute("SELECT value FROM sequence WHERE name='extract'"
                                  ).fetchone()[0])
 
-    # --- manifest ----------------------------------------------------------------
-    def record_landed(self, ref: BatchRef) -> None:
+    # --- extraction leases ------------------------------------------------------------
+    def try_lease(self, source: str, table: str, holder: str, seconds: float) -> Lease | None:
+        """Take the table's extraction lease if it is free, expired, or held by a dead
+        process on this host; None while another live holder has it. Every acquisition
+        gets the next generation, which fences out all earlier ones."""
         with self._tx() as c:
+            row = c.execute("SELECT holder, expires_at, generation FROM extract_leases "
+                            "WHERE source=? AND tbl=?", (source, table)).fetchone()
+            now = time.time()
+            if (row is not None and row[0] and row[0] != holder and row[1] > now
+                    and holder_alive(row[0])):
+                return None
+            generation = (row[2] if row is not None else 0) + 1
+            c.execute("INSERT INTO extract_leases VALUES (?,?,?,?,?) ON CONFLICT(source, tbl) "
+                      "DO UPDATE SET holder=excluded.holder, expires_at=excluded.expires_at, "
+                      "generation=excluded.generation",
+                      (source, table, holder, now + seconds, generation))
+            return Lease(source, table, holder, generation, seconds)
+
+    def lease_holder(self, source: str, table: str) -> tuple[str | None, float] | None:
+        """(holder, expires_at) of the table's lease, for messages."""
+        rows = self._query("SELECT holder, expires_at FROM extract_leases WHERE source=? "
+                           "AND tbl=?", (source, table))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def renew_lease(self, lease: Lease) -> None:
+        """Extend the lease; ExtractionFenced if it was taken over meanwhile."""
+        with self._tx() as c:
+            self._fence(c, lease)
+
+    def release_lease(self, lease: Lease) -> None:
+        """Free the lease at once (if still ours): the next extractor need not wait."""
+        with self._tx() as c:
+            c.execute("UPDATE extract_leases SET holder=NULL, expires_at=0 WHERE source=? "
+                      "AND tbl=? AND holder=? AND generation=?",
+                      (lease.source, lease.table, lease.holder, lease.generation))
+
+    @staticmethod
+    def _fence(c: sqlite3.Connection, lease: Lease | None) -> None:
+        """Inside a state transaction: raise ExtractionFenced unless `lease` is still the
+        table's current one, else extend it (every durable step is also a renewal)."""
+        if lease is None:
+            return
+        row = c.execute("SELECT holder, generation FROM extract_leases WHERE source=? AND "
+                        "tbl=?", (lease.source, lease.table)).fetchone()
+        if row is None or row[0] != lease.holder or row[1] != lease.generation:
+            holder, generation = (row[0], row[1]) if row is not None else (None, 0)
+            raise ExtractionFenced(
+                f"this extractor lost its extraction lease (generation {lease.generation}; "
+                f"now generation {generation}, held by {holder or 'nobody'}): another "
+                f"extractor took the table over after this one stalled past its "
+                f"{lease.seconds:g}s lease; what it read is older than the new holder's, so "
+                "it records and advances nothing", stage="extract", source=lease.source,
+                table=lease.table,
+                hint="nothing to repair: the new holder extracts the table, and the next run "
+                     "resumes from its checkpoint; if this process is often paused that "
+                     "long, look for what stalls it (swap, a stopped terminal, SIGSTOP)")
+        c.execute("UPDATE extract_leases SET expires_at=? WHERE source=? AND tbl=?",
+                  (time.time() + lease.seconds, lease.source, lease.table))
+
+    # --- manifest ----------------------------------------------------------------
+    def record_landed(self, ref: BatchRef, lease: Lease | None = None) -> None:
+        """Add a landed batch to the manifest (the sweeper's truth). With `lease`, only if
+        it is still the table's current lease (see _fence)."""
+        with self._tx() as c:
+            self._fence(c, lease)
             c.execute(
                 "INSERT OR IGNORE INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
                 "VALUES (?,?,?,?,?,?)",
@@ -212,6 +322,18 @@ class StateStore:
         """Landed batches not yet known to be loaded, oldest first (the sweeper's input)."""
         rows = self._query("SELECT ref FROM manifest WHERE status='landed' ORDER BY landed_at")
         return [BatchRef.from_json(r[0]) for r in rows]
+
+    def failed_batch_ids(self) -> set[str]:
+        """Landed batches whose last load attempt failed (their error is in the manifest)."""
+        return {r[0] for r in self._query(
+            "SELECT batch_id FROM manifest WHERE status='landed' AND error IS NOT NULL")}
+
+    def failing_batches(self) -> dict[tuple[str, str], int]:
+        """Per (source, table): landed batches whose last load attempt failed. Such a table
+        is not making progress, whatever later batches of it loaded."""
+        rows = self._query("SELECT source, tbl, count(*) FROM manifest WHERE status='landed' "
+                           "AND error IS NOT NULL GROUP BY source, tbl")
+        return {(r[0], r[1]): int(r[2]) for r in rows}
 
     def batches(self, source: str | None = None, table: str | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:

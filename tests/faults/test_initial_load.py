@@ -98,8 +98,8 @@ def test_changes_made_during_the_key_order_load_reach_the_warehouse_in_the_same_
         advance = pipeline.state.advance_backfill
         positions: list[Any] = []
 
-        def meanwhile(source: str, table: str, after: Any) -> None:
-            advance(source, table, after)
+        def meanwhile(source: str, table: str, after: Any, **lease: Any) -> None:
+            advance(source, table, after, **lease)
             positions.append(after.as_tuple())
             if len(positions) == 2:  # keys 1..2000 landed, 2001..5000 not yet
                 execute(kind, dsn,

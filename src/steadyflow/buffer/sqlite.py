@@ -16,7 +16,7 @@ from pathlib import Path
 from steadyflow.errors import RetryableError
 from steadyflow.model import BatchRef
 from steadyflow.ports import Delivery
-from steadyflow.state import open_sqlite
+from steadyflow.state import open_sqlite, pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -24,6 +24,10 @@ CREATE TABLE IF NOT EXISTS queue (
   visible_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, owner TEXT);
 CREATE INDEX IF NOT EXISTS queue_visible ON queue(visible_at, enqueued_at);
 """
+# the shortest lease honoured: a 0 lease would leave a leased message visible, so every
+# loader polling the queue would take the batch being loaded again, in a loop (config.py
+# refuses leases under a second; this keeps the buffer itself from spinning on one)
+MIN_LEASE = 0.1
 
 
 class SqliteBuffer:
@@ -32,7 +36,7 @@ class SqliteBuffer:
     def __init__(self, path: Path, capacity: int = 64, lease: float = 120.0,
                  should_stop: Callable[[], bool] = lambda: False) -> None:
         self.capacity = capacity
-        self.lease = lease
+        self.lease = max(lease, MIN_LEASE)
         self.should_stop = should_stop
         self._conn = open_sqlite(path)
         self._lock = threading.Lock()
@@ -57,7 +61,7 @@ class SqliteBuffer:
             released = 0
             for owner in owners:
                 owner_host, _, pid = owner.rpartition(":")
-                if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                if owner_host == host and pid.isdigit() and not pid_alive(int(pid)):
                     released += self._conn.execute(
                         "UPDATE queue SET visible_at=?, owner=NULL WHERE owner=?",
                         (time.time(), owner)).rowcount
@@ -156,12 +160,3 @@ class SqliteBuffer:
     def close(self) -> None:
         self._conn.close()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

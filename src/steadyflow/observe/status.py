@@ -28,6 +28,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
     now = time.time()
     health = {(h.source, h.table): h for h in pipeline.state.health()}
     quarantined = pipeline.state.quarantined("open")
+    failing = pipeline.state.failing_batches()
     tables = []
     for _, _, ref in pipeline.config.tables():
         h = health.get((ref.source, ref.table))
@@ -48,7 +49,9 @@ def collect(pipeline: Any) -> dict[str, Any]:
                                            and q["table"] == ref.table),
             "page_size": h.page_size if h else None,
             "breaker": h.breaker if h else None,
-            "state": _state(h, freshness),
+            "failing_batches": failing.get((ref.source, ref.table), 0),
+            "state": ("failing" if failing.get((ref.source, ref.table)) and h is not None
+                      and h.last_success else _state(h, freshness)),
         })
     pending = pipeline.state.pending_batches()
     report: dict[str, Any] = scrub_tree({

@@ -5,74 +5,66 @@ The current source rows of missing and mismatched keys (table.py read them by ke
 ordinary `BatchLoader` (landing → manifest → loader: validate → merge + ledger, one
 transaction), so repair is exactly-once like any batch; the merge rule (newer-or-equal
 cursor wins) lets the source's current row overwrite the warehouse's.  Extra keys are
-deleted in the same transaction when the table has `mirror_deletes: true`.  A warehouse row
-whose cursor is newer than the source's would win that merge, so it is deleted first, in
-batches of its own.
+deleted in the same transaction when the table has `mirror_deletes: true`; their keys
+travel in the batch's meta (its manifest entry), so a repair batch the sweeper loads after a
+crash deletes them too.  A warehouse row whose cursor is newer than the source's would win
+that merge, so it is deleted first, in batches of its own.
 
+A repair holds the table's extraction lease (repair_lease) from before it reads the source
+rows until its batches are recorded, so no extractor of the table interleaves with it.
 Batches landed before a failure stay in the manifest: the next run's sweep loads them.
 """
 
 from __future__ import annotations
 
 import itertools
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from steadyflow.config import TableConfig
-from steadyflow.model import BatchRef, Contract, TableRef, encode_value
+from steadyflow.model import Contract, TableRef, encode_value
 from steadyflow.observe import logs
 from steadyflow.reconcile.encoding import canonical
 from steadyflow.reconcile.report import Findings
+from steadyflow.run.lease import hold as hold_lease
 from steadyflow.run.load import BatchLoader
+from steadyflow.state import Lease
 
 if TYPE_CHECKING:
-    from steadyflow.ports import Warehouse
     from steadyflow.run.pipeline import Pipeline
 
 log = logs.get("reconcile")
 
-DELETE_CHUNK = 10_000  # keys per repair batch (they travel in the batch's manifest entry)
+DELETE_CHUNK = 10_000  # keys per repair batch (they travel in the batch's manifest entry,
+# meta["deletes"]: run/load.py deletes_of applies them however the batch is loaded)
 
 
-class _RepairWarehouse:
-    """The pipeline's warehouse, with the delete keys of repair batches added to their
-    load, so upserts, deletes and the ledger row commit in one transaction."""
-
-    def __init__(self, inner: Warehouse) -> None:
-        self.inner = inner
-        self.deletes: dict[str, pa.Table] = {}
-
-    def ensure_table(self, ref: TableRef, contract: Contract) -> None:
-        self.inner.ensure_table(ref, contract)
-
-    def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
-             deletes: pa.Table | None = None) -> bool:
-        return self.inner.load(ref, contract, batch, rows,
-                               deletes=self.deletes.get(batch.batch_id, deletes))
-
-    def is_loaded(self, batch_id: str) -> bool:
-        return self.inner.is_loaded(batch_id)
-
-    def close(self) -> None:  # the pipeline owns the warehouse
-        pass
+def repair_lease(pipeline: Pipeline, ref: TableRef) -> AbstractContextManager[Lease]:
+    """The table's extraction lease for a repair, held from before it reads the source
+    rows until its batches are recorded: a follower extracting the table meanwhile could
+    otherwise land a newer version that the repair's later-numbered, older read overwrites.
+    TableBusy if an extractor holds it."""
+    return hold_lease(pipeline.state, ref.source, ref.table, "reconcile --repair",
+                      pipeline._stop.is_set)
 
 
 def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract: Contract,
-                 found: Findings, deletes: list[tuple[Any, ...]], run_id: int
-                 ) -> dict[str, Any]:
+                 found: Findings, deletes: list[tuple[Any, ...]], run_id: int,
+                 lease: Lease | None = None) -> dict[str, Any]:
     """Land and load `found` as repair batches, deleting `deletes` (warehouse keys) on the way.
 
     The caller decides which extra keys to delete (it can ask the source whether they are
     still gone); this only plans the batches and loads them.  Returns the counts that go
-    into `TableReport.repair`.
+    into `TableReport.repair`. With `lease` (repair_lease), each batch is recorded only
+    while it is still the table's lease.
     """
     pk = contract.primary_key
     added = [[c.name, c.type] for c in contract.columns if c.added]
-    warehouse = _RepairWarehouse(pipeline.warehouse)
     loader = BatchLoader(pipeline.config, pipeline.landing, pipeline.buffer,
-                         warehouse, pipeline.state,
+                         pipeline.warehouse, pipeline.state,
                          pipeline.quarantine, pipeline.metrics)
     empty = contract.schema.empty_table()
     plan: list[tuple[pa.Table, list[tuple[Any, ...]]]] = []
@@ -107,11 +99,7 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
                                        kind="repair", meta=meta,
                                        seq=pipeline.state.next_seq())
         batch = replace(batch, batch_id=f"{batch.batch_id}.repair{run_id}.{i}")
-        pipeline.state.record_landed(batch)
-        if dels:
-            warehouse.deletes[batch.batch_id] = pa.table(
-                {k: pa.array([key[j] for key in dels], contract.column(k).arrow_type)
-                 for j, k in enumerate(pk)})
+        pipeline.state.record_landed(batch, lease=lease)
         outcome = loader.process(batch)
         pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows,
                                    status="loaded" if outcome.loaded else "duplicate")

@@ -43,9 +43,10 @@ from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
 from steadyflow.reconcile.encoding import canonical, register_sqlite
 from steadyflow.reconcile.engines import Engine, Fragment, engine_for
 from steadyflow.reconcile.options import Options
-from steadyflow.reconcile.repair import load_repairs
+from steadyflow.reconcile.repair import load_repairs, repair_lease
 from steadyflow.reconcile.report import Findings, TableReport
 from steadyflow.reconcile.sides import Dim, SqlSide, cursor_us, key_predicate
+from steadyflow.state import Lease
 from steadyflow.validate.rules import validate
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class TableReconciler:
         self.guard = pipeline.guards[source.name]
         self.contract = self._with_drift_columns(self.config.contract_of(table))
         self._registered: object | None = None
+        self.lease: Lease | None = None  # the table's extraction lease during a repair
         self.filter = self._filter()
         self.dims, self.by = self._dims()
 
@@ -324,25 +326,32 @@ class TableReconciler:
         """
         deletes = self._still_gone(list(found.extra.values())) if self.t.mirror_deletes else []
         return load_repairs(self.pipeline, self.t, self.ref, self.contract, found, deletes,
-                            self.run_id)
+                            self.run_id, lease=self.lease)
 
     # --- one table, start to end -------------------------------------------------------------
     def run(self) -> TableReport:
         self.pipeline.warehouse.ensure_table(self.ref, self.contract)
         try:
-            report, found = self.compare()
-            if self.options.repair and (report.differences or found.ahead):
-                try:
-                    report.repair = self.repair(found)
-                except ERRORS as exc:
-                    # batches landed before the failure are in the manifest: the next run's
-                    # sweep loads them, and the next reconcile sees what is left
-                    report.error = f"repair failed: {exc}"
-                    return report
-                report.after, _ = self.compare()
-            return report
+            if not self.options.repair:
+                return self._run()
+            with repair_lease(self.pipeline, self.ref) as self.lease:  # before reading rows
+                return self._run()
         finally:
+            self.lease = None
             self.db.close()
+
+    def _run(self) -> TableReport:
+        report, found = self.compare()
+        if self.options.repair and (report.differences or found.ahead):
+            try:
+                report.repair = self.repair(found)
+            except ERRORS as exc:
+                # batches landed before the failure are in the manifest: the next run's
+                # sweep loads them, and the next reconcile sees what is left
+                report.error = f"repair failed: {exc}"
+                return report
+            report.after, _ = self.compare()
+        return report
 
 
 def _newer(a: Any, b: Any) -> bool:

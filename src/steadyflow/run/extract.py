@@ -44,7 +44,8 @@ from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer
 from steadyflow.resilience import PageSizer, SourceGuard
-from steadyflow.state import StateStore
+from steadyflow.run.lease import hold as hold_lease
+from steadyflow.state import Lease, StateStore
 
 if TYPE_CHECKING:
     from steadyflow.run.pipeline import Pipeline
@@ -83,6 +84,8 @@ class _Page:
     more: bool
     seconds: float
     meta: dict[str, object] = field(default_factory=dict)
+    # the extraction sequence number taken BEFORE this page was read (0: a dry run)
+    seq: int = 0
 
 
 @dataclass
@@ -113,6 +116,9 @@ class TableExtractor:
         # schema_drift: add — the source columns added to the contract, [[name, type], ...];
         # recorded in every batch's meta["columns"] so the loader uses the same contract
         self._added: list[list[str]] = []
+        # the table's extraction lease while `run` holds it (run/lease.py); every durable
+        # step (record, checkpoint, initial load position) is fenced by it in state.py
+        self.lease: Lease | None = None
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"source": self.ref.source, "table": self.ref.table, "stage": "extract",
@@ -128,6 +134,20 @@ class TableExtractor:
         return mark, None
 
     def run(self, db: Source, dry_run: bool = False) -> ExtractResult:
+        """Extract the table until caught up, holding its extraction lease (a dry run reads
+        and records nothing, so it needs none). TableBusy if another live extractor holds
+        it; ExtractionFenced if this one stalls past it and another takes over."""
+        if dry_run:
+            return self._run(db, dry_run)
+        with hold_lease(self.state, self.ref.source, self.ref.table, "extract",
+                        self.should_stop) as lease:
+            self.lease = lease
+            try:
+                return self._run(db, dry_run)
+            finally:
+                self.lease = None
+
+    def _run(self, db: Source, dry_run: bool) -> ExtractResult:
         result = self.result
         extra = self.guard.call(lambda: db.probe(self.ref.table, self.contract),
                                 stop=self.should_stop)
@@ -154,7 +174,7 @@ class TableExtractor:
         the token chain: before it, an older record may still be on a later page."""
         if self._chain is not None and not self._chain.ended:
             return
-        self.state.advance_checkpoint(self.ref.source, self.ref.table, high)
+        self.state.advance_checkpoint(self.ref.source, self.ref.table, high, lease=self.lease)
 
     def _loads_by_key(self, db: SqlSource) -> bool:
         """The first run of a table with a primary key reads it in key order (its index is
@@ -187,17 +207,18 @@ class TableExtractor:
             if high is None:
                 return True  # an empty table: the cursor pass starts from nothing
             if not dry_run:
-                self.state.start_backfill(src, tbl, high)
+                self.state.start_backfill(src, tbl, high, lease=self.lease)
             after = None
         else:
             after = started[1]
         log.info("initial load in primary-key order%s", " (resumed)" if after else "",
                  extra=self._extra())
         done = self._pages(db, self.contract.by_key(), after, None, dry_run, ahead,
-                           lambda mark: self.state.advance_backfill(src, tbl, mark),
+                           lambda mark: self.state.advance_backfill(src, tbl, mark,
+                                                                    lease=self.lease),
                            meta={"order": "key"})
         if done and not dry_run:
-            self.state.finish_backfill(src, tbl)
+            self.state.finish_backfill(src, tbl, lease=self.lease)
         return done
 
     def _pages(self, db: Source, contract: Contract, after: Watermark | None,
@@ -229,7 +250,7 @@ class TableExtractor:
                              page.high.to_json(), extra=self._extra(rows=page.rows.num_rows))
                 else:
                     self.publish(page.rows, self._low(page.rows, after, since), page.high,
-                                 {**page.meta, **(meta or {})}, advance)
+                                 {**page.meta, **(meta or {})}, advance, seq=page.seq)
                 result.batches += 1
                 result.rows += page.rows.num_rows
                 self.metrics.rows(self.ref.source, self.ref.table, "extract",
@@ -303,14 +324,21 @@ class TableExtractor:
 
     def _read_page(self, db: Source, contract: Contract, after: Watermark | None,
                    since: object | None, dry_run: bool) -> _Page:
+        """One page, carrying the sequence number taken before it was read: the merge keeps
+        the row of the highest number, and only a read that started later can have seen a
+        later commit (a number taken at landing would let a slow or stalled read win)."""
+        seq = 0 if dry_run else self.state.next_seq()
         if isinstance(db, HttpSource):
-            return self._read_http_page(db, after, since, dry_run)
+            page = self._read_http_page(db, after, since, dry_run, seq)
+            page.seq = seq
+            return page
 
         def once() -> _Page:
             started = time.monotonic()
             limit = self.sizer.current  # read per attempt: a retry after a timeout is smaller
             rows, high = db.page(self.ref.table, contract, after, since, limit)
-            return _Page(rows, high, db.has_more(rows, limit), time.monotonic() - started)
+            return _Page(rows, high, db.has_more(rows, limit), time.monotonic() - started,
+                         seq=seq)
 
         return self.guard.call(once, on_error=self._on_error, stop=self.should_stop)
 
@@ -404,14 +432,21 @@ class TableExtractor:
 
     def publish(self, rows: pa.Table, low: Watermark | None, high: Watermark,
                 meta: dict[str, object] | None = None,
-                advance: Callable[[Watermark], None] | None = None) -> BatchRef:
-        """Land, record, enqueue, then move the checkpoint. The order is the guarantee."""
+                advance: Callable[[Watermark], None] | None = None,
+                seq: int | None = None) -> BatchRef:
+        """Land, record, enqueue, then move the checkpoint. The order is the guarantee.
+
+        `seq` is the number taken before the rows were read (see _read_page). Recording and
+        the checkpoint are fenced by the lease: a batch landed by an extractor that lost it
+        is never recorded, so never enqueued, swept or loaded (its file is an orphan).
+        """
+        failpoint("extract.before_land")
         started = time.monotonic()
         if self._added:
             meta = {**(meta or {}), "columns": self._added}
         batch = self.landing.write(rows, self.ref.source, self.ref.table, low, high,
-                                   meta=meta, seq=self.state.next_seq())
-        self.state.record_landed(batch)
+                                   meta=meta, seq=self.state.next_seq() if seq is None else seq)
+        self.state.record_landed(batch, lease=self.lease)
         failpoint("extract.after_land")
         self.metrics.rows(self.ref.source, self.ref.table, "land", batch.rows, batch.nbytes)
         self.buffer.put(batch)

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from steadyflow.config import PipelineConfig
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import BatchRef, Contract
+from steadyflow.model import BatchRef, Contract, decode_value
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Warehouse
@@ -45,6 +45,20 @@ def contract_of(config: PipelineConfig, batch: BatchRef) -> Contract:
     extracted with it (batch.meta["columns"], see run/extract.py)."""
     _, table_cfg, _ = config.table(batch.source, batch.table)
     return config.contract_of(table_cfg).with_added(batch.meta.get("columns"))
+
+
+def deletes_of(batch: BatchRef, contract: Contract) -> pa.Table | None:
+    """The warehouse keys a repair batch deletes in its load transaction.
+
+    They travel in the batch's meta (reconcile/repair.py), i.e. in its manifest entry, not
+    in memory: a repair batch the sweeper republishes after a crash deletes them too.
+    """
+    keys = batch.meta.get("deletes")
+    if not isinstance(keys, list) or not keys:
+        return None
+    return pa.table({name: pa.array([decode_value(key[i]) for key in keys],
+                                    contract.column(name).arrow_type)
+                     for i, name in enumerate(contract.primary_key)})
 
 
 def transform(config: PipelineConfig, landing: LandingZone, metrics: PipelineMetrics,
@@ -82,7 +96,8 @@ class BatchLoader:
         verdict = transform(self.config, self.landing, self.metrics, batch)
         parked = self.quarantine.park(batch, verdict) if verdict.bad.num_rows else 0
         started = time.monotonic()
-        loaded = self.warehouse.load(ref, contract, batch, verdict.good)
+        loaded = self.warehouse.load(ref, contract, batch, verdict.good,
+                                     deletes=deletes_of(batch, contract))
         self.metrics.batch_duration(batch.source, batch.table, "load",
                                     time.monotonic() - started)
         failpoint("load.after_commit")

@@ -4,6 +4,12 @@
                ∥ load from the buffer until extraction is done and the buffer is empty
     run:       run_once every `run.interval` seconds until stopped
 
+Liveness: the sweep never waits for buffer space (a full buffer after a restart would wait
+for a loader that has not started); what it could not queue is queued by the loader as the
+buffer drains. A table's unexpected error (in its extraction or in one of its batches) is
+that table's error: recorded, counted, reported in the run summary and the exit code,
+while the other tables go on.
+
 Nothing here is global: every component hangs off one Pipeline object, so several
 pipelines (or tests) can live in one process and any stage can run alone.
 """
@@ -22,7 +28,13 @@ from typing import Any
 
 from steadyflow.buffer.sqlite import SqliteBuffer
 from steadyflow.config import PipelineConfig, load_config
-from steadyflow.errors import FatalError, RetryableError, SteadyflowError
+from steadyflow.errors import (
+    ExtractionFenced,
+    FatalError,
+    RetryableError,
+    SteadyflowError,
+    TableBusy,
+)
 from steadyflow.extract.sql import SqlSource
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import BatchRef
@@ -57,6 +69,9 @@ class RunSummary:
         return not self.errors
 
 
+# the shortest pause between the cycles of `run --follow`: a 0 interval would run cycles
+# back to back, a busy loop of queries against every source (config.py refuses 0)
+MIN_INTERVAL = 0.1
 _MEMORY_BOUND = False
 
 
@@ -106,6 +121,9 @@ class Pipeline:
         # each used by one extraction thread at a time, dropped after any error
         self._open_sources: dict[str, Source] = {}
         self._swept = False
+        # landed batches the last sweep could not queue (the buffer was full): the loader
+        # sweeps again once the buffer drains
+        self._unqueued = False
         self.quarantine = Quarantine(self.landing, self.state)
         self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
                                            on_breaker=self._on_breaker)
@@ -186,17 +204,34 @@ class Pipeline:
     # --- stages -------------------------------------------------------------------------
     def sweep(self) -> int:
         """Republish landed batches that are neither loaded nor queued (the truth is the
-        manifest and the ledger; the buffer is only the fast path)."""
+        manifest and the ledger; the buffer is only the fast path).
+
+        Never waits for space: it runs before any loader, so a full buffer (a restart
+        after extraction was killed waiting in `put`) would wait forever. What does not
+        fit stays in the manifest and `load` sweeps again when the buffer drains.
+        """
+        # a batch that failed in an earlier process waits out its backoff (up to minutes):
+        # this process retries it once now, instead of waiting for it before ending its run
+        retry_now: set[str] = set()
         if not self._swept:  # temp files are a dead writer's: none appear while we run, and
             self.landing.sweep_temp_files()  # walking a growing landing tree every cycle
             self._swept = True  # of `run --follow` would cost more each time
+            retry_now = self.state.failed_batch_ids()
         republished = 0
+        self._unqueued = False
         for batch in self.state.pending_batches():
             if self.warehouse.is_loaded(batch.batch_id):
                 self.buffer.ack(batch.batch_id)
                 self.state.mark_loaded(batch.batch_id, None, None, status="loaded")
-            elif not self.buffer.contains(batch.batch_id):
-                self.buffer.put(batch)
+            elif self.buffer.contains(batch.batch_id):
+                if batch.batch_id in retry_now:
+                    self.buffer.nack(batch.batch_id, delay=0)
+            else:
+                try:
+                    self.buffer.put(batch, timeout=0)
+                except RetryableError:  # full (or unreachable): the rest waits its turn
+                    self._unqueued = True
+                    break
                 republished += 1
         return republished
 
@@ -218,10 +253,17 @@ class Pipeline:
                 result = extractor.run(db, dry_run=dry_run)
                 keep = isinstance(db, SqlSource) and not self._stop.is_set()
                 return ref, result
-            except SteadyflowError as exc:
-                self.state.record_error(ref.source, ref.table, str(exc))
+            except (TableBusy, ExtractionFenced) as exc:
+                # another extractor has the table: not this table's failure (its health is
+                # the holder's to record), but this run did not extract it, so not ok
+                log.warning("extract skipped: %s", exc, extra={
+                    "source": ref.source, "table": ref.table, "stage": "extract"})
+                return ref, exc
+            except Exception as exc:  # noqa: BLE001 - one table's error, whatever it is
+                self.state.record_error(ref.source, ref.table, str(exc) or repr(exc))
                 self.metrics.error(ref.source, ref.table, "extract")
-                log.error("extract failed: %s", exc, extra={
+                log.error("extract failed: %s", exc, exc_info=not isinstance(
+                    exc, SteadyflowError), extra={
                     "source": ref.source, "table": ref.table, "stage": "extract"})
                 return ref, exc
             finally:
@@ -233,8 +275,10 @@ class Pipeline:
         with ThreadPoolExecutor(max_workers=self.config.run.max_parallel_sources,
                                 thread_name_prefix="extract") as pool:
             for ref, result in pool.map(one, jobs):
-                if isinstance(result, BaseException):
+                if isinstance(result, TableBusy | ExtractionFenced):
                     summary.errors.append(f"{ref.label}: {result}")
+                elif isinstance(result, BaseException):
+                    summary.errors.append(f"{ref.label}: {result or repr(result)}")
                     summary.failed_tables.append(ref.label)
                 else:
                     summary.extracted_batches += result.batches
@@ -254,6 +298,9 @@ class Pipeline:
                 # beside a running extraction (run_once) poll finely: a landed batch is
                 # picked up, and the end of the run noticed, within ~20 ms instead of 200 ms
                 delivery = self.buffer.get(wait=0.2 if extracting is None else 0.02)
+                if (delivery is None and self._unqueued
+                        and self.buffer.depth() < self.buffer.capacity and self.sweep()):
+                    continue  # the buffer drained: queue what the last sweep left out
                 if delivery is None:
                     if until_empty and (extracting is None or not extracting.is_set()) and (
                             self.buffer.depth() == 0 or all(
@@ -267,10 +314,12 @@ class Pipeline:
             batch = delivery.ref
             try:
                 outcome = loader.handle(batch)
-            except SteadyflowError as exc:
-                # a fatal error will not heal by itself within this run: count it as final
-                # at once instead of waiting out max_failures delayed retries
-                failures[batch.batch_id] = (max_failures if isinstance(exc, FatalError)
+            except Exception as exc:  # noqa: BLE001 - one batch's error never ends the loader
+                # a fatal error, or an unexpected one (a bug, a contract changed under a
+                # pending batch), will not heal by itself within this run: count it as
+                # final at once instead of waiting out max_failures delayed retries
+                final = isinstance(exc, FatalError) or not isinstance(exc, SteadyflowError)
+                failures[batch.batch_id] = (max_failures if final
                                             else failures.get(batch.batch_id, 0) + 1)
                 self._load_failed(batch, exc, failures[batch.batch_id], max_failures, summary)
                 continue
@@ -284,8 +333,18 @@ class Pipeline:
         self._report_queue()
         return summary
 
-    def _load_failed(self, batch: BatchRef, exc: SteadyflowError, attempt: int,
+    def _load_failed(self, batch: BatchRef, exc: Exception, attempt: int,
                      max_failures: int, summary: RunSummary) -> None:
+        """Record the failure as the table's error, and delay the batch (never drop it: it
+        stays in the manifest with its error until a load succeeds)."""
+        if not isinstance(exc, SteadyflowError):
+            exc = FatalError(f"unexpected error loading a batch: {exc!r}", stage="load",
+                             source=batch.source, table=batch.table, batch_id=batch.batch_id,
+                             hint="a bug or a contract changed while batches were pending; "
+                                  "the batch stays pending and is retried by the next run")
+            log.exception("unexpected load error", extra={
+                "source": batch.source, "table": batch.table, "stage": "load",
+                "batch_id": batch.batch_id})
         self.metrics.error(batch.source, batch.table, "load")
         self.state.record_error(batch.source, batch.table, str(exc))
         self.state.mark_failed(batch.batch_id, str(exc))
@@ -316,8 +375,7 @@ class Pipeline:
             extracting = threading.Event()
             extracting.set()
             consumer = threading.Thread(
-                target=self.load, kwargs={"extracting": extracting, "summary": summary},
-                name="load", daemon=True)
+                target=self._consume, args=(extracting, summary), name="load", daemon=True)
             self.landing.handoff = True  # the loader below takes landed pages from memory
             consumer.start()
             try:
@@ -339,6 +397,17 @@ class Pipeline:
                            "; ".join(summary.errors)[:2000] or None)
         return summary
 
+    def _consume(self, extracting: threading.Event, summary: RunSummary) -> None:
+        """run_once's loader thread. Batches' errors are handled in `load`; an error outside
+        a batch (the buffer or the state file failing in a way no retry covers) stops the
+        pipeline: with no loader, extraction would wait for buffer space forever."""
+        try:
+            self.load(extracting=extracting, summary=summary)
+        except Exception as exc:  # noqa: BLE001 - reported as the run's error, not lost
+            log.exception("the loader stopped", extra={"stage": "load"})
+            summary.errors.append(f"the loader stopped: {exc!r}")
+            self._stop.set()
+
     def run(self, follow: bool = False) -> RunSummary:
         """run_once, and with `follow` again every `run.interval` seconds until stopped."""
         summary = self.run_once()
@@ -349,7 +418,7 @@ class Pipeline:
             reconciler = Scheduler(self)
             reconciler.tick()
         while follow and not self._stop.is_set():
-            self._stop.wait(self.config.run.interval)
+            self._stop.wait(max(MIN_INTERVAL, self.config.run.interval))
             if not self._stop.is_set():
                 summary = self.run_once()
                 if reconciler is not None:
