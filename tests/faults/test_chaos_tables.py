@@ -24,6 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ CUSTOMERS, ORDERS = 300, 1_500
 LOOKBACK = "10s"  # late commits stamp up to 3 s before they commit
 FINAL_RUN_TIMEOUT = 120.0  # the catch-up run must return: a hang is a failure
 PREFIX = {"postgres": "pg", "mysql": "my"}
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -170,10 +172,15 @@ def source_rows(db: SourceDb, table: str) -> list[tuple[Any, ...]]:
 
 def warehouse_rows(warehouse: dict[str, Any], target: str, table: str
                    ) -> list[tuple[Any, ...]]:
-    sql = f"SELECT {', '.join(COLUMNS[table])} FROM {warehouse['schema']}.{target}"
     if warehouse["kind"] == "duckdb":
+        # timestamps as epoch microseconds: DuckDB's own conversion to datetime needs pytz
+        cols = [f"epoch_us({c})" if c == "updated_at" else c for c in COLUMNS[table]]
+        at = COLUMNS[table].index("updated_at")
         with duckdb.connect(warehouse["path"], read_only=True) as con:
-            return con.execute(sql).fetchall()
+            rows = con.execute(f"SELECT {', '.join(cols)} FROM main.{target}").fetchall()
+        return [(*r[:at], None if r[at] is None else EPOCH + timedelta(microseconds=r[at]),
+                 *r[at + 1:]) for r in rows]
+    sql = f"SELECT {', '.join(COLUMNS[table])} FROM {warehouse['schema']}.{target}"
     with psycopg.connect(warehouse["dsn"], options="-c TimeZone=UTC") as conn:
         return conn.execute(sql).fetchall()
 
