@@ -394,8 +394,8 @@ class PgArrowSource(SqlSource):
 
     def probe(self, table: str, contract: Contract) -> list[str]:
         try:
+            self._refuse_unorderable(table, contract)  # first: find_keyset_index closes
             extra = super().probe(table, contract)
-            self._refuse_unorderable(table, contract)
         finally:
             super().close()  # the psycopg connection is not needed for the pages
         return extra
