@@ -307,5 +307,11 @@ def test_keyset_values_are_sent_back_exactly(pg_dsn: str, path: str, pg_type: st
     c = contract(("k", KEY_TYPES[pg_type]), ("n", "int64"), key=("k",), cursor="k")
     with psycopg.connect(pg_dsn) as conn:
         ordered = [n for (n,) in conn.execute("SELECT n FROM t ORDER BY k")]
-    rows, _ = read_all(PATHS[path](pg_dsn), "t", c, 1)
+    rows, high = read_all(PATHS[path](pg_dsn), "t", c, 1)
     assert rows["n"].to_pylist() == ordered
+    source = PATHS[path](pg_dsn)  # where an initial load hands over: the same position
+    try:
+        assert source.last_position("t", c) == high
+    finally:
+        source.close()
+    assert high is not None and Watermark.from_json(high.to_json()) == high  # storable

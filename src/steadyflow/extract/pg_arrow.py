@@ -11,19 +11,24 @@ What is kept from the psycopg path, and how:
   * statement_timeout and TimeZone=UTC: `SET` on the ADBC connection right after connect;
     connect_timeout, keepalives and tcp_user_timeout: libpq parameters in the conninfo.
   * the client-side watchdog (a black-holed link): the libpq socket is identified when
-    the connection is opened and shut down if a page outlives statement_timeout + grace.
-    If that socket cannot be identified unambiguously, this source uses the psycopg path.
+    the connection is opened — the fd whose local address is the server's
+    inet_client_addr/inet_client_port, so other threads opening sockets meanwhile do not
+    matter — and shut down if a page outlives statement_timeout + grace. Where the server
+    cannot name it (a unix socket, a proxy) the fds new since connect are the fallback;
+    if that is ambiguous too, this source uses the psycopg path.
   * error translation: ADBC errors carry the SQLSTATE; they go through the same
     `PostgresDialect.error`, so callers see only AuthError, SchemaError, SourceTimeout,
     SourceUnavailable or FatalError.
   * the probe (missing table/column, schema drift, keyset index check) stays on psycopg.
 
-Types: `numeric` and text-like columns are selected as `::text` when the contract says
-decimal or string (ADBC would hand numeric over as an opaque string after a slower
-conversion, and uuid/json/varchar all become plain text), then cast with Arrow's exact
-casts: a value that does not fit the contract (a widened scale, NaN, an overflow) leaves
-the column as text, exactly as `column_to_arrow` does, and validation quarantines the row.
-The warehouse column keeps the contract's type (e.g. NUMERIC(12,2)).
+Values: the query is `SqlSource.page_query` itself, so both paths read one select list
+(`PostgresDialect.select_expr`: decimal and string columns as PostgreSQL's own text) and
+give the same canonical values; Arrow's exact casts then conform them: a value that does
+not fit the contract (a widened scale, NaN, an overflow) leaves the column as text,
+exactly as `column_to_arrow` does, and validation quarantines the row. A date/time no
+path can hold ('infinity', a year past 9999 or BC; ADBC hands them over as wrapped
+integers) is null with its reason in model.INVALID, as the psycopg loaders make it; in
+the cursor it is refused (SchemaError), since no page could start after it.
 """
 
 from __future__ import annotations
