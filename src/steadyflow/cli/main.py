@@ -281,7 +281,7 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
         _fail(exc)
         return
     if as_json:
-        out.print(json.dumps(report, default=str), soft_wrap=True)
+        out.print(json.dumps(report, default=str), soft_wrap=True, markup=False)  # [..] in errors
         return
     t = Table("table", "freshness", "rows loaded", "quarantined", "last success",
               "last error", "breaker", title=f"steadyflow — {report['pipeline']}")

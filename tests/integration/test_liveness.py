@@ -1,0 +1,186 @@
+"""Liveness: a run always returns, and never reports ok while a table failed.
+
+- After a restart with a full buffer and more landed batches waiting in the manifest, the
+  sweep used to `put` without a timeout before any loader ran: `run` hung forever (19 of 32
+  restarts in a SIGKILL run, because extraction under backpressure waits exactly in `put`).
+- An unexpected (non-steadyflow) exception in the loader killed the loader thread while
+  the run was recorded "ok"; now it is that table's error and the other tables load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from tests.conftest import steadyflow
+
+from steadyflow.buffer.sqlite import SqliteBuffer
+from steadyflow.model import BatchRef
+
+ROWS = 300
+PAGE = 25  # 12 batches per table
+
+ITEMS: dict[str, Any] = {
+    "primary_key": ["id"], "cursor": "rev",
+    "columns": {"id": {"type": "int64", "nullable": False},
+                "rev": {"type": "int64", "nullable": False},
+                "val": {"type": "string"}}}
+
+
+def make_source(path: Path, tables: tuple[str, ...] = ("items",)) -> None:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        for table in tables:
+            db.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL, "
+                       "val TEXT)")
+            db.executemany(f"INSERT INTO {table} VALUES (?,?,?)",
+                           [(i, i, f"{table}-{i}") for i in range(1, ROWS + 1)])
+        db.commit()
+
+
+def write_config(directory: Path, capacity: int, tables: tuple[str, ...] = ("items",),
+                 contracts: dict[str, Any] | None = None) -> Path:
+    config = {
+        "name": "liveness", "state_dir": "state", "landing": {"path": "landing"},
+        "buffer": {"kind": "sqlite", "capacity": capacity},
+        "warehouse": {"kind": "duckdb", "path": "warehouse.duckdb", "schema": "main"},
+        "contracts": contracts or {t: ITEMS for t in tables},
+        "sources": [{"name": "s", "kind": "sqlite", "path": "source.db",
+                     "tables": [{"name": t, "contract": t, "page_size": PAGE}
+                                for t in tables]}],
+    }
+    path = directory / "pipeline.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def state_count(directory: Path, sql: str) -> int:
+    path = directory / "state" / ("buffer.db" if "queue" in sql else "state.db")
+    if not path.exists():
+        return 0
+    with closing(sqlite3.connect(path, timeout=30)) as db:
+        try:
+            return int(db.execute(sql).fetchone()[0])
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+
+
+def warehouse_rows(directory: Path, table: str = "items") -> list[tuple[Any, ...]]:
+    con = duckdb.connect(str(directory / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(f"SELECT id, rev, val FROM main.{table} ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def run_must_return(config: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    try:
+        return steadyflow("run", "-c", str(config), "--json", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`steadyflow run` did not return within {timeout:.0f}s (hung)")
+
+
+def test_run_returns_when_the_buffer_is_full_and_more_landed_batches_wait(
+        tmp_path: Path) -> None:
+    make_source(tmp_path / "source.db")
+    config = write_config(tmp_path, capacity=50)
+    steadyflow("extract", "-c", str(config), check=True)  # 12 batches landed and queued
+    assert state_count(tmp_path, "SELECT count(*) FROM manifest") == ROWS // PAGE
+    for suffix in ("", "-wal", "-shm"):  # a lost buffer: the manifest is the truth
+        (tmp_path / "state" / f"buffer.db{suffix}").unlink(missing_ok=True)
+    config = write_config(tmp_path, capacity=3)  # 3 fit, 9 wait in the manifest
+
+    proc = run_must_return(config)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert warehouse_rows(tmp_path) == [(i, i, f"items-{i}") for i in range(1, ROWS + 1)]
+    assert state_count(tmp_path, "SELECT count(*) FROM manifest WHERE status='landed'") == 0
+
+
+def test_a_kill_while_extraction_waits_for_buffer_space_does_not_hang_the_restart(
+        tmp_path: Path) -> None:
+    """The issue's case: extraction (no loader) blocks in `put` with its batch landed and
+    recorded; SIGKILL there leaves a landed-but-unqueued batch beside a full buffer."""
+    make_source(tmp_path / "source.db")
+    config = write_config(tmp_path, capacity=2)
+    proc = subprocess.Popen([sys.executable, "-m", "steadyflow", "extract", "-c", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "STEADYFLOW_FAILPOINT": ""})
+    try:
+        deadline = time.monotonic() + 60
+        while (state_count(tmp_path, "SELECT count(*) FROM manifest") < 3
+               or state_count(tmp_path, "SELECT count(*) FROM queue") < 2):
+            assert proc.poll() is None, "extract ended instead of waiting for buffer space"
+            assert time.monotonic() < deadline, "extract never filled the buffer"
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert proc.poll() is None  # still waiting in put
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert state_count(tmp_path, "SELECT count(*) FROM manifest") == 3
+    assert state_count(tmp_path, "SELECT count(*) FROM queue") == 2
+
+    run = run_must_return(config)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert warehouse_rows(tmp_path) == [(i, i, f"items-{i}") for i in range(1, ROWS + 1)]
+
+
+def test_an_unexpected_load_error_is_its_tables_error_and_the_others_load(
+        tmp_path: Path) -> None:
+    """A contract column added while batches are pending: loading those batches raised a
+    plain KeyError, which killed the loader thread while the run said ok."""
+    make_source(tmp_path / "source.db", tables=("items", "other"))
+    config = write_config(tmp_path, capacity=64, tables=("items", "other"))
+    steadyflow("extract", "-c", str(config), "--table", "s.items", check=True)
+    with closing(sqlite3.connect(tmp_path / "source.db")) as db:
+        db.execute("ALTER TABLE items ADD COLUMN note TEXT")
+        db.execute("UPDATE items SET note = 'n', rev = rev + 1000 WHERE id <= 10")
+        db.commit()
+    with_note = {**ITEMS, "columns": {**ITEMS["columns"], "note": {"type": "string"}}}
+    config = write_config(tmp_path, capacity=64, tables=("items", "other"),
+                          contracts={"items": with_note, "other": ITEMS})
+
+    proc = run_must_return(config)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # not ok, and says so
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["errors"] and all("table=items" in e for e in summary["errors"])
+    assert "KeyError" in summary["errors"][0]
+    # the other table loaded in full, beside the failing one
+    assert warehouse_rows(tmp_path, "other") == [(i, i, f"other-{i}")
+                                                 for i in range(1, ROWS + 1)]
+
+    status = steadyflow("status", "-c", str(config), "--json", check=True)
+    tables = {t["table"]: t for t in json.loads(status.stdout)["tables"]}
+    assert tables["s.items"]["state"] == "failing", tables["s.items"]
+    assert tables["s.items"]["failing_batches"] == ROWS // PAGE
+    assert "KeyError" in tables["s.items"]["last_error"]
+    assert tables["s.other"]["state"] == "ok"
+    runs = state_count(tmp_path, "SELECT count(*) FROM runs WHERE command='run' AND "
+                                 "outcome='ok'")
+    assert runs == 0
+
+    again = run_must_return(config, timeout=60)  # retried at once, not after its backoff
+    assert again.returncode == 1, again.stdout + again.stderr
+
+
+def test_a_zero_buffer_lease_does_not_hand_a_leased_batch_out_again(tmp_path: Path) -> None:
+    """config.py refuses a lease under a second; the buffer itself must not spin on one."""
+    buffer = SqliteBuffer(tmp_path / "buffer.db", capacity=4, lease=0)
+    try:
+        ref = BatchRef("b1", "s", "t", "p", 1, 1, "c", None, None, time.time())
+        buffer.put(ref)
+        assert buffer.get() is not None
+        assert buffer.get() is None  # leased: not delivered again at once
+    finally:
+        buffer.close()
