@@ -227,6 +227,26 @@ def run_chaos(tmp_path: Path, pg_dsn: str, mysql_dsn: str, warehouse: dict[str, 
         + f"\nwriters: {[w.commits for w in writers]}\ncatch-up: {summary}\n"
         + diagnose(cfg))
     assert all(d.source_rows > 0 for d in diffs)
+    assert_reconcile_clean(cfg)
+
+
+def assert_reconcile_clean(cfg: Path) -> None:
+    """The oracle found the warehouse equal to the sources, so `steadyflow reconcile` (its
+    own read path of every source: CHAR and json must come out canonical there too) must
+    find every table clean."""
+    proc = steadyflow("reconcile", "--json", "-c", str(cfg), timeout=180)
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        pytest.fail(f"reconcile printed no JSON ({proc.returncode}):\n{proc.stdout}\n"
+                    f"{proc.stderr[-3000:]}")
+    wrong = [{k: t[k] for k in ("source", "table", "missing", "extra", "mismatched",
+                               "duplicates", "quarantined", "in_flight", "examples", "error")}
+             for t in report["tables"]
+             if t["error"] or t["missing"] or t["extra"] or t["mismatched"] or t["duplicates"]]
+    assert report["clean"] and not wrong and proc.returncode == 0, (
+        f"reconcile disagrees with the oracle (which found every table equal), "
+        f"exit {proc.returncode}: {json.dumps(wrong, default=str)[:4000]}")
 
 
 @pytest.mark.timeout(300)
