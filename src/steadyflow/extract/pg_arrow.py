@@ -38,7 +38,8 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -338,6 +339,7 @@ class PgArrowSource(SqlSource):
         self._adbc: Any = None
         self._socket: tuple[int, str] | None = None
         self._adbc_usable = True
+        self._catalog_depth = 0
 
     # --- connection -------------------------------------------------------------------
     def _adbc_connect(self) -> Any:
@@ -397,13 +399,35 @@ class PgArrowSource(SqlSource):
             self._socket = None
         super().close()
 
-    def probe(self, table: str, contract: Contract) -> list[str]:
+    @contextmanager
+    def _catalog(self) -> Iterator[None]:
+        """Catalog queries (probe, declared types, last position, index lookup) run on
+        psycopg; its connection is closed when the outermost of them returns, since ADBC
+        pages do not need it. Nested calls (the probe's own lookups) share it."""
+        self._catalog_depth += 1
         try:
-            self._refuse_unorderable(table, contract)  # first: find_keyset_index closes
-            extra = super().probe(table, contract)
+            yield
         finally:
-            super().close()  # the psycopg connection is not needed for the pages
-        return extra
+            self._catalog_depth -= 1
+            if self._catalog_depth == 0:
+                SqlSource.close(self)
+
+    def probe(self, table: str, contract: Contract) -> list[str]:
+        with self._catalog():
+            self._refuse_unorderable(table, contract)
+            return super().probe(table, contract)
+
+    def declared_types(self, table: str) -> dict[str, str]:
+        with self._catalog():
+            return super().declared_types(table)
+
+    def last_position(self, table: str, contract: Contract) -> Watermark | None:
+        with self._catalog():
+            return super().last_position(table, contract)
+
+    def find_keyset_index(self, table: str, contract: Contract) -> bool:
+        with self._catalog():
+            return super().find_keyset_index(table, contract)
 
     def _refuse_unorderable(self, table: str, contract: Contract) -> None:
         """Refuse, before any page, a cursor (or leading key) holding a date/time no path
@@ -411,7 +435,7 @@ class PgArrowSource(SqlSource):
         skipping it would lose every later row silently. Both columns lead an index, so
         this is two short range scans."""
         d = self.dialect
-        declared = {k.lower(): v.lower() for k, v in super().declared_types(table).items()}
+        declared = {k.lower(): v.lower() for k, v in self.declared_types(table).items()}
         for name in dict.fromkeys((contract.cursor, *contract.primary_key[:1])):
             if not declared.get(name.lower(), "").startswith(("timestamp", "date")):
                 continue
@@ -421,21 +445,6 @@ class PgArrowSource(SqlSource):
                 f"OR {col} > '9999-12-31 23:59:59.999999' LIMIT 1", [])
             if rows:
                 raise self._unorderable(table, name, OutOfRange.from_text(str(rows[0][0])))
-
-    def declared_types(self, table: str) -> dict[str, str]:
-        types = super().declared_types(table)
-        super().close()
-        return types
-
-    def last_position(self, table: str, contract: Contract) -> Watermark | None:
-        position = super().last_position(table, contract)
-        super().close()
-        return position
-
-    def find_keyset_index(self, table: str, contract: Contract) -> bool:
-        found = super().find_keyset_index(table, contract)
-        super().close()
-        return found
 
     # --- queries ----------------------------------------------------------------------
     def _adbc_query(self, query: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
