@@ -46,5 +46,6 @@ def failpoint(name: str) -> None:
     with _lock:
         _hits[name] = _hits.get(name, 0) + 1
         fire = _hits[name] == armed[1] if armed[2] != "SIGKILL" else _hits[name] >= armed[1]
-    if fire:  # outside the lock: a stopped process must not hold it
-        os.kill(os.getpid(), getattr(signal, armed[2]))
+    if fire:  # outside the lock, and to this very thread: a process-wide SIGSTOP lets the
+        # calling thread run on into the next step (a state transaction) before it stops
+        signal.pthread_kill(threading.get_ident(), getattr(signal, armed[2]))

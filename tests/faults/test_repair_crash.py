@@ -1,0 +1,93 @@
+"""Repair batches are durable like any batch, deletes included, and a repair takes turns
+with the table's extractors.
+
+A repair batch's delete keys used to travel only in memory beside the batch: when the
+process died before loading it, the sweeper loaded the upserts of the batch and silently
+dropped its deletes.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from tests.conftest import steadyflow
+
+from steadyflow.run.lease import new_holder
+from steadyflow.state import StateStore
+
+pytestmark = pytest.mark.faults
+
+ROWS = 300
+GONE = (5, 6, 7)
+
+ITEMS: dict[str, Any] = {
+    "primary_key": ["id"], "cursor": "rev",
+    "columns": {"id": {"type": "int64", "nullable": False},
+                "rev": {"type": "int64", "nullable": False},
+                "val": {"type": "string"}}}
+
+
+def setup(directory: Path) -> Path:
+    with closing(sqlite3.connect(directory / "source.db")) as db:
+        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL, "
+                   "val TEXT)")
+        db.executemany("INSERT INTO items VALUES (?,?,?)",
+                       [(i, i, f"v{i}") for i in range(1, ROWS + 1)])
+        db.commit()
+    config = {
+        "name": "repair", "state_dir": "state", "landing": {"path": "landing"},
+        "warehouse": {"kind": "duckdb", "path": "warehouse.duckdb", "schema": "main"},
+        "contracts": {"items": ITEMS},
+        "sources": [{"name": "s", "kind": "sqlite", "path": "source.db",
+                     "tables": [{"name": "items", "contract": "items", "page_size": 50,
+                                 "mirror_deletes": True}]}],
+    }
+    path = directory / "pipeline.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    steadyflow("run", "-c", str(path), check=True)
+    with closing(sqlite3.connect(directory / "source.db")) as db:
+        db.execute(f"DELETE FROM items WHERE id IN {GONE}")  # gone at the source only
+        db.commit()
+    return path
+
+
+def warehouse_ids(directory: Path) -> set[int]:
+    con = duckdb.connect(str(directory / "warehouse.duckdb"), read_only=True)
+    try:
+        return {r[0] for r in con.execute("SELECT id FROM main.items").fetchall()}
+    finally:
+        con.close()
+
+
+def test_a_repair_batch_loaded_by_the_sweeper_after_a_crash_still_deletes(
+        tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    crashed = steadyflow("reconcile", "-c", str(config), "--repair",
+                         env={"STEADYFLOW_FAILPOINT": "load.after_merge"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+    assert set(GONE) <= warehouse_ids(tmp_path)  # the repair's transaction never committed
+
+    steadyflow("load", "-c", str(config), check=True)  # the sweeper loads the repair batch
+    assert warehouse_ids(tmp_path) == set(range(1, ROWS + 1)) - set(GONE)
+    clean = steadyflow("reconcile", "-c", str(config), "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+def test_a_repair_skips_a_table_an_extractor_holds(tmp_path: Path) -> None:
+    config = setup(tmp_path)
+    state = StateStore(tmp_path / "state" / "state.db")
+    try:
+        assert state.try_lease("s", "items", new_holder(), 60) is not None
+        proc = steadyflow("reconcile", "-c", str(config), "--repair", "--json")
+    finally:
+        state.close()
+    assert proc.returncode != 0
+    assert "skipped (reconcile --repair)" in proc.stdout + proc.stderr
+    assert set(GONE) <= warehouse_ids(tmp_path)  # nothing repaired behind the holder's back
