@@ -189,7 +189,7 @@ def diagnose(cfg: Path) -> str:
     """What the pipeline itself says, to put beside a failing diff."""
     parts = []
     for args in (("quarantine", "list"), ("status",)):
-        proc = steadyflow(*args, "-c", str(cfg), timeout=60)
+        proc = steadyflow(*args, "-c", str(cfg), timeout=60, env={"COLUMNS": "200"})
         parts.append(f"$ steadyflow {' '.join(args)}\n{proc.stdout[-3000:]}{proc.stderr[-1500:]}")
     return "\n".join(parts)
 

@@ -30,7 +30,10 @@ def canonical_json(value: Any) -> Any:
         value = value.decode()
     if not isinstance(value, str):
         value = json.dumps(value)
-    return json.loads(value, parse_float=Decimal)
+    try:
+        return json.loads(value, parse_float=Decimal)
+    except json.JSONDecodeError:  # e.g. a Python repr stored as text: a mismatch to show
+        return f"<not json: {value!r}>"
 
 
 def canonical_time(value: Any) -> Any:
@@ -101,10 +104,15 @@ class Diff:
             if keys:
                 lines.append(f"  {label} (first {limit}): {sorted(keys)[:limit]}")
         for key, cols in sorted(self.mismatched, key=lambda m: m[0])[:limit]:
-            detail = "; ".join(f"{c}: source {s!r} != warehouse {w!r}"
+            detail = "; ".join(f"{c}: source {_short(s)} != warehouse {_short(w)}"
                                for c, (s, w) in cols.items())
             lines.append(f"  mismatched {key}: {detail}")
         return "\n".join(lines)
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def compare(table: str, shape: Shape, source: Iterable[Sequence[Any]],
