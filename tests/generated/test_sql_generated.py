@@ -20,6 +20,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import psycopg
 import pyarrow.parquet as pq
 import pymysql
@@ -30,6 +31,7 @@ from tests.support import gen, oracle
 from tests.support.gen import Table
 
 from steadyflow.config import parse_config
+from steadyflow.reconcile.runner import Options, TableReport, reconcile
 from steadyflow.run.pipeline import Pipeline, RunSummary
 
 SOURCES = ("sqlite", "postgres", "mysql")
@@ -230,12 +232,56 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
                                  f"spelling {t.spelling}):\n{problem}")
             assert quarantined_rows(tmp / "landing", t.name) >= len(bad), (
                 f"{t.name}: {len(bad)} rows cannot be loaded but fewer are in quarantine")
+            check_reconcile(raw, t, wh_kind, wh_where if wh_kind == "postgres"
+                            else str(tmp / "wh.duckdb"), schema, expected, actual)
     finally:
         for t in tables:
             source.drop(t)
         if wh_kind == "postgres":
             with psycopg.connect(wh_where, autocommit=True) as conn:
                 conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'.encode())
+
+
+def reconciled(raw: dict[str, Any], table: str, repair: bool = False) -> TableReport:
+    with Pipeline(parse_config(raw)) as pipeline:
+        (report,) = reconcile(pipeline, [table], Options(repair=repair))
+        return report
+
+
+def damage(wh_kind: str, where: str, schema: str, table: Table, key: tuple[Any, ...]) -> None:
+    """Delete one warehouse row through the driver (as an outside mishap would)."""
+    names = [c.name for c in table.cols]
+    row = oracle.read_warehouse(wh_kind, where, schema, table)[key]
+    preds = " AND ".join(f'"{k}" = ?' if wh_kind == "duckdb" else f'"{k}" = %s'
+                         for k in table.key)
+    params = [oracle.raw_key_value(table.col(k), row[names.index(k)]) for k in table.key]
+    sql = f'DELETE FROM "{schema}"."{table.name}" WHERE {preds}'
+    if wh_kind == "postgres":
+        with psycopg.connect(where) as conn:
+            assert conn.execute(sql.encode(), params).rowcount == 1
+    else:
+        with closing(duckdb.connect(where)) as conn:
+            conn.execute(sql, params)
+
+
+def check_reconcile(raw: dict[str, Any], table: Table, wh_kind: str, where: str, schema: str,
+                    expected: dict[Any, Any], actual: dict[Any, Any]) -> None:
+    """steadyflow's own reconcile must agree with the oracle: nothing to report when the
+    oracle found the ends equal; exactly the deleted row after one is deleted; and its
+    repair makes the ends equal again (judged by the oracle, not by reconcile)."""
+    report = reconciled(raw, table.name)
+    assert report.error is None and report.differences == 0, (
+        f"{table.name}: the oracle finds the warehouse equal, reconcile reports "
+        f"{report.to_dict()}")
+    if not expected:
+        return
+    key = sorted(expected, key=repr)[0]
+    damage(wh_kind, where, schema, table, key)
+    report = reconciled(raw, table.name, repair=True)
+    assert report.error is None and report.missing == 1 and report.differences == 1, (
+        f"{table.name}: one warehouse row deleted, reconcile reports {report.to_dict()}")
+    problem = oracle.diff(expected, oracle.read_warehouse(wh_kind, where, schema, table))
+    assert not problem, f"{table.name}: after reconcile --repair:\n{problem}"
 
 
 def _settings(examples: int) -> settings:

@@ -66,6 +66,8 @@ def canon(col: Col, value: Any) -> Any:
         d = Decimal(value) if not isinstance(value, Decimal) else value
         return ("dec", d.normalize() if d else Decimal(0))
     if k == "ts":
+        if isinstance(value, int):  # DuckDB: epoch_us (its Python TIMESTAMPTZ needs pytz)
+            return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=value)
         if isinstance(value, str):
             return parse_text_time(value)
         if value.tzinfo is None:
@@ -127,6 +129,9 @@ def read_warehouse(kind: str, where: str, schema: str, table: Table) -> dict[Can
             return _rows(table, conn.execute(sql).fetchall())
     if not Path(where).exists():
         return {}
+    sql = "SELECT {} FROM \"{}\".\"{}\"".format(", ".join(
+        f'epoch_us("{c.name}")' if c.kind == "ts" else f'"{c.name}"' for c in table.cols),
+        schema, table.name)
     with closing(duckdb.connect(where, read_only=True)) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         found = conn.execute("SELECT count(*) FROM information_schema.tables WHERE "
@@ -135,6 +140,13 @@ def read_warehouse(kind: str, where: str, schema: str, table: Table) -> dict[Can
         if not found or not found[0]:
             return {}
         return _rows(table, conn.execute(sql).fetchall())
+
+
+def raw_key_value(col: Col, value: Any) -> Any:
+    """A canonical key value back as a driver parameter for the warehouse column."""
+    if isinstance(value, tuple) and value[:1] == ("dec",):
+        return value[1]
+    return value
 
 
 def diff(expected: dict[Canon, Canon], actual: dict[Canon, Canon], limit: int = 5) -> str:
