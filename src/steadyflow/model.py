@@ -7,6 +7,7 @@ threads, processes and (later) hosts without surprises.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -14,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 CursorValue = datetime | int | str
 KeyValue = tuple[Any, ...]
@@ -294,10 +296,87 @@ def parse_duration(text: str | int | float) -> float:
     return number * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
-def step_back(cursor: CursorValue, lookback: float) -> CursorValue:
-    """The cursor value `lookback` before `cursor` (seconds for times, units for ints)."""
+# A time stored as text (SQLite): date, ' ' or 'T', seconds, an optional fraction of any
+# width and an optional zone ('Z' or +-HH:MM). Naive text is UTC.
+TEXT_TIME = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})([ T])(\d{2}:\d{2}:\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})?$")
+TEXT_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def parse_text_time(text: str) -> datetime | None:
+    """The UTC instant a text time spells (any TEXT_TIME spelling), None if it is not one,
+    or needs more than microsecond precision (never truncated)."""
+    match = TEXT_TIME.match(text)
+    if match is None:
+        return None
+    day, _, clock, fraction, zone = match.groups()
+    if fraction is not None and fraction[6:].strip("0"):
+        return None
+    micros = (fraction or "")[:6].ljust(6, "0")
+    try:
+        parsed = datetime.fromisoformat(f"{day}T{clock}.{micros}{_zone(zone)}")
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC)
+
+
+# A naive TEXT_TIME (no zone) gets 'Z': naive source values are UTC.
+_NAIVE_TEXT_TIME = r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)$"
+
+
+def cast_text_time(text: pa.Array, target: pa.DataType) -> pa.Array:
+    """Text times (every TEXT_TIME spelling: ' ' or 'T', any fraction width up to the
+    microsecond, 'Z' or any +-HH:MM offset, naive = UTC) as the UTC instants they spell, in one
+    vectorised cast. Raises ArrowInvalid if any value is not such a time (or needs more
+    precision than `target` holds: never truncated)."""
+    zoned = pc.replace_substring_regex(text, _NAIVE_TEXT_TIME, r"\1Z")
+    return pc.cast(zoned, pa.timestamp("us", tz="UTC")).cast(target)
+
+
+def _zone(zone: str | None) -> str:
+    return "+00:00" if zone in (None, "Z") else str(zone)
+
+
+def _step_back_text(text: str, seconds: float) -> str:
+    """`text` (a TEXT_TIME) minus `seconds`, spelled exactly as `text` is (separator,
+    fraction width, zone): a value stored that way compares as TEXT in time order with it.
+    The fraction is truncated to its width, so the result is never later than exact."""
+    match = TEXT_TIME.match(text)
+    if match is None or parse_text_time(text) is None:
+        raise ValueError(
+            f"lookback cannot step back the text cursor value {text!r}: it is not a time "
+            "(YYYY-MM-DD HH:MM:SS[.f][Z|+HH:MM]); set lookback: 0 for this table")
+    day, sep, clock, fraction, zone = match.groups()
+    local = datetime.fromisoformat(f"{day}T{clock}.{(fraction or '')[:6].ljust(6, '0')}")
+    earlier = local - timedelta(seconds=seconds)
+    if earlier.year < 1:
+        raise ValueError(f"lookback steps {text!r} before year 1")
+    out = earlier.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    if fraction is not None:
+        out += "." + f"{earlier.microsecond:06d}".ljust(len(fraction), "0")[:len(fraction)]
+    return out + (zone or "")
+
+
+def step_back(cursor: CursorValue | date | Decimal | float, lookback: float) -> Any:
+    """The cursor value `lookback` before `cursor`: seconds for timestamps (and for times
+    stored as text, spelled like the stored value), whole days rounded up for dates, units
+    for numbers. Raises ValueError for text that is not a time: it cannot step back, and
+    ignoring the lookback would silently skip the late rows it exists for."""
     if isinstance(cursor, datetime):
         return cursor - timedelta(seconds=lookback)
+    if isinstance(cursor, date):
+        return cursor - timedelta(days=math.ceil(lookback / 86_400))
+    if isinstance(cursor, bool):
+        raise ValueError(f"lookback cannot step back a boolean cursor ({cursor!r})")
     if isinstance(cursor, int):
         return cursor - int(lookback)
-    return cursor  # text cursors cannot be stepped back; lookback is ignored for them
+    if isinstance(cursor, Decimal):
+        return cursor - Decimal(repr(float(lookback)))
+    if isinstance(cursor, float):
+        return cursor - float(lookback)
+    if isinstance(cursor, str) and TEXT_DATE.match(cursor):
+        day = date.fromisoformat(cursor) - timedelta(days=math.ceil(lookback / 86_400))
+        return day.isoformat()
+    if isinstance(cursor, str):
+        return _step_back_text(cursor, lookback)
+    raise ValueError(f"lookback cannot step back a cursor of type {type(cursor).__name__}")

@@ -232,8 +232,9 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
                                  f"spelling {t.spelling}):\n{problem}")
             assert quarantined_rows(tmp / "landing", t.name) >= len(bad), (
                 f"{t.name}: {len(bad)} rows cannot be loaded but fewer are in quarantine")
-            check_reconcile(raw, t, wh_kind, wh_where if wh_kind == "postgres"
-                            else str(tmp / "wh.duckdb"), schema, expected, actual)
+            if os.environ.get("STEADYFLOW_GENERATED_RECONCILE", "1") == "1":
+                check_reconcile(raw, t, wh_kind, wh_where if wh_kind == "postgres"
+                                else str(tmp / "wh.duckdb"), schema, expected, actual)
     finally:
         for t in tables:
             source.drop(t)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -80,9 +81,12 @@ class Dialect:
         return list(values)
 
     def to_param(self, value: Any) -> Any:
+        """A watermark value as a query parameter: what `from_db` made of a stored value
+        must compare with the column exactly as that stored value does."""
         return value
 
     def from_db(self, value: Any) -> Any:
+        """A stored cursor or key value as a watermark value (naive times are UTC)."""
         if isinstance(value, datetime) and value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value
@@ -97,6 +101,24 @@ class Dialect:
         """A value read through `select_expr` as a watermark value: it must compare
         with the column exactly as the stored value does."""
         return self.from_db(value)
+
+    def cursor_profile_sql(self, table: str, column: str, ctype: str) -> str | None:
+        """One aggregate query over a cursor column whose stored spelling decides whether
+        keyset pages compare it in order (see SqliteDialect); None where the engine's
+        own type system guarantees it."""
+        return None
+
+    def cursor_problem(self, profile: Sequence[Any], ctype: str) -> tuple[str, str] | None:
+        """(what is wrong, how to fix it) from `cursor_profile_sql`'s row, None if fine."""
+        return None
+
+    def undecodable(self, exc: SteadyflowError) -> bool:
+        """Did a page fail only because some stored text is not valid UTF-8?"""
+        return False
+
+    def read_leniently(self, conn: Any) -> AbstractContextManager[None]:
+        """While open, text that is not UTF-8 is read as an InvalidText marker."""
+        return nullcontext()
 
     def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
         raise NotImplementedError
@@ -382,6 +404,28 @@ class MysqlDialect(Dialect):
         return FatalError(f"query failed: {msg}", stage="extract", source=src, table=table)
 
 
+_SQLITE_DATE = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's message for text that is not UTF-8
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidText:
+    """Stored text that is not valid UTF-8: that row's value is null with a reason
+    (model.INVALID) instead of one byte stopping the table."""
+
+    raw: bytes
+
+    def __str__(self) -> str:
+        return self.raw.decode("utf-8", "backslashreplace")
+
+
+def lenient_text(raw: bytes) -> str | InvalidText:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return InvalidText(raw)
+
+
 class SqliteDialect(Dialect):
     name = "sqlite"
     placeholder = "?"
@@ -399,6 +443,8 @@ class SqliteDialect(Dialect):
             raise self.error(exc) from None
 
     def to_param(self, value: Any) -> Any:
+        """Watermarks hold the stored text itself (see from_db); a datetime (a checkpoint
+        written before that, or reconcile's bounds) is spelled in the configured format."""
         if isinstance(value, datetime):
             return value.astimezone(UTC).strftime(self.config.sqlite_timestamp_format)
         return value
@@ -407,16 +453,80 @@ class SqliteDialect(Dialect):
         conn.interrupt()
 
     def from_db(self, value: Any) -> Any:
-        if isinstance(value, str) and value[:4].isdigit() and len(value) >= 19:
-            try:
-                parsed = datetime.strptime(value, self.config.sqlite_timestamp_format)
-            except ValueError:
-                try:
-                    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-                except ValueError:
-                    return value
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        """The value exactly as stored. SQLite has no time type: times are text compared
+        as text, so only the stored spelling itself continues a keyset page exactly (a
+        value re-spelled in one fixed format sorts before or after its own row when the
+        table spells it otherwise: rows skipped, or the same page read forever)."""
         return value
+
+    def cursor_profile_sql(self, table: str, column: str, ctype: str) -> str | None:
+        """Text order is time order only when every value has one shape: same separator,
+        same zone, and (with a 'Z' suffix, which sorts after digits) one fraction width.
+        One pass over the column counts what breaks that."""
+        if ctype not in ("timestamp", "date"):
+            return None
+        shape = f"v GLOB '{_SQLITE_DATE}'" if ctype == "date" else (
+            f"v GLOB '{_SQLITE_DATE}[ T][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' "
+            "AND (substr(v, 20, 1) != '.' OR length(substr(v, 21)) > length(zone)) "
+            "AND (zone IN ('', 'Z') OR zone GLOB '[+-][0-9][0-9]:[0-9][0-9]')")
+        bad = f"ty = 'text' AND NOT ({shape})"
+        return (
+            "SELECT sum(ty IN ('integer', 'real')), "
+            "min(CASE WHEN ty IN ('integer', 'real') THEN v END), "
+            "sum(ty = 'blob'), "
+            f"sum({bad}), min(CASE WHEN {bad} THEN v END), "
+            "count(DISTINCT CASE WHEN ty = 'text' THEN substr(v, 11, 1) END), "
+            "count(DISTINCT CASE WHEN ty = 'text' THEN zone END), "
+            "group_concat(DISTINCT CASE WHEN ty = 'text' THEN quote(zone) END), "
+            "count(DISTINCT CASE WHEN ty = 'text' AND zone = 'Z' THEN length(v) END) "
+            f"FROM (SELECT {self.ident(column)} AS v, typeof({self.ident(column)}) AS ty, "
+            f"CASE WHEN substr({self.ident(column)}, 20, 1) = '.' "
+            f"THEN ltrim(substr({self.ident(column)}, 21), '0123456789') "
+            f"ELSE substr({self.ident(column)}, 20) END AS zone FROM {self.ident(table)})")
+
+    def cursor_problem(self, profile: Sequence[Any], ctype: str) -> tuple[str, str] | None:
+        numbers, number, blobs, bad, example, seps, zones, zone_list, z_widths = profile
+        if numbers and not (bad or blobs or seps):
+            return (f"holds numbers (e.g. {number!r}), not {ctype} text: Unix times would "
+                    "be read as something else",
+                    "declare the cursor as int64 (or float64) in the contract, or store "
+                    "times as text 'YYYY-MM-DD HH:MM:SS'")
+        if numbers or blobs:
+            return ("mixes numbers or blobs with text: SQLite sorts every number before "
+                    "every text, so pages would not follow time order",
+                    "store every value as text in one spelling (UPDATE ... SET col = "
+                    "strftime(...)), or declare the cursor's real type")
+        if bad:
+            spell = "YYYY-MM-DD" if ctype == "date" else "YYYY-MM-DD HH:MM:SS[.f][Z|+HH:MM]"
+            epoch = str(example).replace(".", "", 1).isdigit()
+            return (f"holds {bad} value(s) that are not a {ctype} ({spell}), e.g. "
+                    f"{example!r}: such a cursor cannot be compared in time order",
+                    "declare the cursor as int64 if it holds Unix times" if epoch else
+                    "fix or remove those values, or declare the cursor as string")
+        if (seps or 0) > 1:
+            return ("mixes ' ' and 'T' between date and time: text order is not time order "
+                    "across the two spellings",
+                    "store one spelling (e.g. UPDATE t SET col = replace(col, 'T', ' '))")
+        if (zones or 0) > 1:
+            return (f"mixes zone suffixes ({zone_list}; '' = none): text order is not "
+                    "time order across them",
+                    "store every value in UTC with one suffix (or none)")
+        if (z_widths or 0) > 1:
+            return ("ends in 'Z' with fractions of different widths ('Z' sorts after "
+                    "digits, so '...:00Z' sorts after '...:00.5Z')",
+                    "store one fraction width (e.g. strftime('%Y-%m-%dT%H:%M:%fZ'))")
+        return None
+
+    def undecodable(self, exc: SteadyflowError) -> bool:
+        return UNDECODABLE in exc.message
+
+    @contextmanager
+    def read_leniently(self, conn: Any) -> Iterator[None]:
+        conn.text_factory = lenient_text
+        try:
+            yield
+        finally:
+            conn.text_factory = str
 
     def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
         msg = str(exc)

@@ -14,21 +14,51 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from steadyflow.config import SourceConfig
-from steadyflow.errors import SourceTimeout, SteadyflowError
-from steadyflow.extract.dialects import DRIVER_ERRORS, Dialect, dialect_for
-from steadyflow.model import Contract, Watermark
+from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
+from steadyflow.extract.dialects import (
+    DRIVER_ERRORS,
+    Dialect,
+    InvalidText,
+    OutOfRange,
+    dialect_for,
+)
+from steadyflow.model import INVALID, Contract, Watermark, cast_text_time, drift_type
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 
 log = logs.get("extract")
 
 
-def column_to_arrow(values: Sequence[Any], target: pa.DataType) -> pa.Array:
+_BYTES = (bytes, bytearray, memoryview)
+# value types Arrow may convert to something else, or that are unreadable
+_SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
+_SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
+
+
+def column_to_arrow(values: Sequence[Any], target: pa.DataType,
+                    invalid: list[str | None] | None = None) -> pa.Array:
     """Convert one column, keeping the contract type when every value fits it.
 
     A value that does not fit (text in an integer column of a SQLite store, say) must not
     stop extraction: the column then lands as text and validation quarantines that row.
+    A value that would be converted to something else without an error (a number in a
+    timestamp column, read by Arrow as microseconds since 1970) or cannot be read at all
+    (text that is not UTF-8) is never converted: with `invalid` (one slot per row) it
+    becomes null and its slot says why (model.INVALID); without, the column lands as
+    text (validation then refuses it).
     """
+    time = pa.types.is_timestamp(target) or pa.types.is_date(target)
+    if not (_SUSPECT_TIME if time else _SUSPECT).isdisjoint(map(type, values)):
+        reasons = _unfaithful(values, target)
+        if reasons and invalid is None:
+            return pa.array([None if v is None else str(v) for v in values], pa.string())
+        if reasons and invalid is not None:
+            values = list(values)
+            for i, why in reasons.items():
+                values[i] = None
+                invalid[i] = invalid[i] or why
+        values = [_as_text(v) if isinstance(v, _BYTES) and pa.types.is_string(target)
+                  else v for v in values]
     try:
         return pa.array(values, type=target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
@@ -36,19 +66,53 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType) -> pa.Array:
     text = pa.array([None if v is None else str(v) for v in values], type=pa.string())
     try:
         if pa.types.is_timestamp(target):
-            naive = pc.cast(pc.replace_substring_regex(text, r"(Z|[+-]00:?00)$", ""),
-                            pa.timestamp(target.unit))
-            return naive.cast(target)
+            return cast_text_time(text, target)
         return pc.cast(text, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return text
 
 
+def _unfaithful(values: Sequence[Any], target: pa.DataType) -> dict[int, str]:
+    """{row: why} for values that cannot be read faithfully as `target`."""
+    time = pa.types.is_timestamp(target) or pa.types.is_date(target)
+    kind = "timestamp" if pa.types.is_timestamp(target) else "date"
+    out: dict[int, str] = {}
+    for i, v in enumerate(values):
+        if isinstance(v, InvalidText):
+            out[i] = f"invalid UTF-8: '{v}'"
+        elif isinstance(v, OutOfRange):
+            out[i] = v.reason
+        elif isinstance(v, _BYTES) and pa.types.is_string(target) and _as_text(v) is None:
+            out[i] = f"invalid UTF-8: '{InvalidText(bytes(v))}'"
+        elif time and isinstance(v, int | float):
+            out[i] = (f"the number {v!r} is not a {kind} (an epoch? declare the column "
+                      "int64 or float64, or store times as text or a time type)")
+    return out
+
+
+def _as_text(value: Any) -> str | None:
+    try:
+        return bytes(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def rows_to_arrow(rows: Sequence[Sequence[Any]], contract: Contract) -> pa.Table:
+    """Rows as the contract's columns, plus model.INVALID when some value could not be
+    read faithfully (that value is null; validation quarantines its row)."""
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in contract.columns]
-    arrays = [column_to_arrow(col, c.arrow_type) for col, c in
-              zip(columns, contract.columns, strict=True)]
-    return pa.Table.from_arrays(arrays, names=list(contract.names))
+    invalid: list[str | None] = [None] * len(rows)
+    arrays = []
+    for col, c in zip(columns, contract.columns, strict=True):
+        reasons: list[str | None] = [None] * len(rows)
+        arrays.append(column_to_arrow(col, c.arrow_type, reasons))
+        invalid = [old or (f"{c.name}: {new}" if new else None)
+                   for old, new in zip(invalid, reasons, strict=True)]
+    names = list(contract.names)
+    if any(invalid):
+        arrays.append(pa.array(invalid, pa.string()))
+        names.append(INVALID)
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 class SqlSource:
@@ -145,8 +209,38 @@ class SqlSource:
         self._execute(table, f"SELECT * FROM {self.dialect.ident(table)} WHERE 1 = 0", [],
                       columns=names)
         self.find_keyset_index(table, contract)
+        self.check_cursor(table, contract)
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
+
+    def check_cursor(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a cursor that keyset pages cannot follow: one
+        stored in spellings whose order is not time order, numbers in a time cursor, or
+        NULLs (`(c, k) > (...)` never selects a NULL cursor: those rows would be lost)."""
+        d, cursor = self.dialect, contract.cursor
+        ctype = contract.column(cursor).type
+        problem: tuple[str, str] | None = None
+        profile_sql = d.cursor_profile_sql(table, cursor, ctype)
+        if profile_sql is not None:
+            problem = d.cursor_problem(self._execute(table, profile_sql, [])[0], ctype)
+        elif ctype in ("timestamp", "date"):
+            declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+            stored = declared.get(cursor.lower())
+            if drift_type(stored) in ("int64", "float64"):
+                problem = (f"is declared {stored} in the source, not a {ctype}: numbers "
+                           "would be read as something else",
+                           "declare the cursor as int64 (or float64) in the contract")
+        if problem is None and self._execute(
+                table, f"SELECT 1 FROM {d.ident(table)} WHERE {d.ident(cursor)} IS NULL "
+                "LIMIT 1", []):
+            problem = ("holds NULLs: keyset pages (cursor, key) > (...) never select a row "
+                       "whose cursor is NULL, so those rows would never be extracted",
+                       f"give those rows a cursor value (UPDATE {table} SET {cursor} = ... "
+                       f"WHERE {cursor} IS NULL) and make the column NOT NULL")
+        if problem is not None:
+            raise SchemaError(f"cursor column {cursor} ({ctype}) {problem[0]}",
+                              stage="extract", source=self.config.name, table=table,
+                              hint=problem[1])
 
     def declared_types(self, table: str) -> dict[str, str]:
         """Each column's type as the source declares it ({} where the catalog is not read)."""
@@ -247,7 +341,13 @@ class SqlSource:
         d = self.dialect
         order = contract.order_by
         query, params = self.page_query(table, contract, after, since, limit, where)
-        rows = self._execute(table, query, params)
+        try:
+            rows = self._execute(table, query, params)
+        except SteadyflowError as exc:
+            if not d.undecodable(exc):
+                raise
+            with d.read_leniently(self.conn):  # rare: per value, slower than the driver's
+                rows = self._execute(table, query, params)
         if not rows:
             return rows_to_arrow([], contract), None
         names = contract.names
@@ -255,7 +355,19 @@ class SqlSource:
         values = [d.position_value(last[names.index(k)], contract.column(k).arrow_type)
                   for k in order]
         high = Watermark(cursor=values[0], key=tuple(values[1:]))
+        self._check_position(table, contract, high)
         return rows_to_arrow(rows, contract), high
+
+    def _check_position(self, table: str, contract: Contract, high: Watermark) -> None:
+        """A watermark must be a value the next page can be compared with: never None (the
+        next page would select nothing) nor unreadable text (it cannot be sent back)."""
+        for name, value in zip(contract.order_by, high.as_tuple(), strict=True):
+            if value is None or isinstance(value, InvalidText):
+                what = "is NULL" if value is None else f"is not UTF-8 text ('{value}')"
+                raise SchemaError(
+                    f"the last row of a page has {name} that {what}: keyset pages cannot "
+                    "continue after it", stage="extract", source=self.config.name,
+                    table=table, hint=f"give {name} a value in every row (NOT NULL, UTF-8)")
 
     def pages(
         self, table: str, contract: Contract, after: Watermark | None, since: Any | None,

@@ -46,6 +46,10 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
+import pyarrow as pa
+
+from steadyflow.model import TEXT_DATE, TEXT_TIME, cast_text_time, parse_text_time
+
 NULL = "~N"
 SEP = "|"
 TERM_HEX = 15  # 60-bit terms: a sum over 2^31 rows still fits SQLite's split sums
@@ -190,31 +194,33 @@ def _raw_decimal(scale: int) -> Callable[[Any], str]:
     return convert
 
 
-_EPOCH_NAIVE = datetime(1970, 1, 1)
-
-
 def timestamp_us(value: Any) -> int | None:
-    """A SQLite timestamp as extraction reads it, in µs since the epoch: ISO text in UTC
-    (an explicit `Z`, `+00:00` or `+0000` allowed), or an integer, which Arrow takes as µs.
-    None if extraction could not read it (a non-UTC offset, not a time)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    """A SQLite timestamp as extraction loads it (model.cast_text_time), in µs since the
+    epoch: text in any spelling Arrow reads (' ' or 'T', a fraction up to the microsecond,
+    'Z' or an offset; naive text is UTC) as its UTC instant. None if extraction could not
+    load it: not such a time, or a number (an epoch is not read as a time: quarantined)."""
+    if isinstance(value, bytes):
+        value = _decoded(value)
     if not isinstance(value, str):
         return None
-    text = value
-    if text.endswith("Z"):
-        text = text[:-1]
-    elif text[-6:-5] in ("+", "-") and text[-5:] == "00:00":
-        text = text[:-6]
-    elif text[-5:-4] in ("+", "-") and text[-4:] == "0000" and text[-7:-6] == ":":
-        text = text[:-5]
+    match = TEXT_TIME.match(value)
+    if match is not None and len(match.group(4) or "") <= 6:  # the common spellings
+        try:
+            parsed = parse_text_time(value)
+        except OverflowError:  # an offset past year 9999
+            return None
+        return None if parsed is None else us_of(parsed)
+    return _arrow_time_us(value)
+
+
+def _arrow_time_us(text: str) -> int | None:
+    """The rare spellings, by the very cast extraction uses ('12:00Z', '+0200', ...)."""
     try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+        cast = cast_text_time(pa.array([text], pa.string()), pa.timestamp("us", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
-    if parsed.tzinfo is not None:
-        return None  # a non-UTC offset: extraction cannot read it either
-    return (parsed - _EPOCH_NAIVE) // _US
+    us = cast.cast(pa.int64())[0].as_py()
+    return None if us is None else int(us)
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -228,8 +234,12 @@ def _raw_timestamp(value: Any) -> str:
 
 
 def _raw_date(value: Any) -> str:
+    """Only 'YYYY-MM-DD' text is a date to extraction (Arrow's cast); numbers are not."""
+    text = _decoded(value) if isinstance(value, bytes) else value
+    if not isinstance(text, str) or not TEXT_DATE.match(text):
+        return _bad(value)
     try:
-        return str((date.fromisoformat(str(value)[:10]) - EPOCH_DAY).days)
+        return str((date.fromisoformat(text) - EPOCH_DAY).days)
     except ValueError:
         return _bad(value)
 
@@ -253,7 +263,29 @@ def _raw_float(value: Any) -> str:
 
 
 def _raw_string(value: Any) -> str:
+    """Text as it is; bytes (a blob, or text the query passed as one, see SqliteEngine) as
+    their UTF-8 text, as extraction decodes them; bytes that are not UTF-8 cannot load."""
+    if isinstance(value, bytes):
+        text = _decoded(value)
+        return _bad(value) if text is None else escape_text(text)
     return escape_text(value if isinstance(value, str) else str(value))
+
+
+def _decoded(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _text_first(convert: Callable[[Any], str]) -> Callable[[Any], str]:
+    """A converter for a type other than string that also takes text passed as bytes."""
+    def from_bytes(value: Any) -> str:
+        if isinstance(value, bytes):
+            text = _decoded(value)
+            return _bad(value) if text is None else convert(text)
+        return convert(value)
+    return from_bytes
 
 
 @lru_cache(maxsize=256)
@@ -264,10 +296,10 @@ def raw_converter(ctype: str) -> Callable[[Any], str]:
         "timestamp": _raw_timestamp, "date": _raw_date, "bool": _raw_bool,
         "float64": _raw_float}
     if t in simple:
-        return simple[t]
+        return simple[t] if t == "string" else _text_first(simple[t])
     scale = decimal_scale(t)
     if scale is not None:
-        return _raw_decimal(scale)
+        return _text_first(_raw_decimal(scale))
     raise ValueError(f"no canonical encoding for type {ctype!r}")
 
 

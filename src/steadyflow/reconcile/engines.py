@@ -120,14 +120,27 @@ class Engine:
     def type_misfit(self, x: str, ctype: str) -> str | None:
         return None
 
+    def unfit(self, x: str, ctype: str) -> str | None:
+        """SQL true for a value of a column of the engine's own type that extraction reads
+        but cannot load (validation quarantines it): its canon is then `?` + its text, never
+        a value the warehouse holds (no error, no rounding)."""
+        return None
+
+    def _guarded(self, x: str, ctype: str, canon: str) -> str:
+        unfit = self.unfit(x, ctype)
+        if unfit is None:
+            return canon
+        bad = self.concat(["'?'", self.text(x)])
+        return f"(CASE WHEN {unfit} THEN {bad} ELSE {canon} END)"
+
     def invalid(self, x: str, column: Column) -> Fragment:
         """SQL that is 1 only for a value the pipeline's validation certainly rejects."""
         preds: list[str] = []
         params: list[Any] = []
         ctype = column.type.strip().lower()
-        misfit = self.type_misfit(x, ctype)
-        if misfit:
-            preds.append(misfit)
+        for odd in (self.type_misfit(x, ctype), self.unfit(x, ctype)):
+            if odd:
+                preds.append(odd)
         if not column.nullable:
             preds.append(f"{x} IS NULL")
         if _is_numeric(ctype):
@@ -157,7 +170,24 @@ class PostgresEngine(Engine):
         return (f"(CAST(extract(epoch FROM date_trunc('minute', {t})) AS bigint) * 1000000"
                 f" + CAST(extract(microseconds FROM {t}) AS bigint))")
 
+    def unfit(self, x: str, ctype: str) -> str | None:
+        """'infinity' and years outside 1..9999 (extraction reads them as null with a
+        reason); a decimal with more scale or integer digits than the contract (NaN and
+        infinities too: they sort above every number)."""
+        t = ctype.strip().lower()
+        if t in ("timestamp", "date"):
+            return (f"(NOT isfinite({x}) OR {x} < '0001-01-01' OR {x} >= '10000-01-01')")
+        scale = decimal_scale(t)
+        if scale is not None:
+            n = f"CAST({x} AS numeric)"
+            return (f"({n} <> round({n}, {scale}) OR "
+                    f"abs({n}) >= {10 ** (_precision(t) - scale)})")
+        return None
+
     def canon(self, x: str, ctype: str) -> str:
+        return self._guarded(x, ctype, self._canon(x, ctype))
+
+    def _canon(self, x: str, ctype: str) -> str:
         t = ctype.strip().lower()
         if t in ("int64", "int32"):
             return f"CAST(CAST({x} AS bigint) AS text)"
@@ -195,7 +225,19 @@ class MysqlEngine(Engine):
     def concat(self, parts: Sequence[str]) -> str:
         return f"CONCAT({', '.join(parts)})"
 
+    def unfit(self, x: str, ctype: str) -> str | None:
+        """A decimal with more scale or integer digits than the contract (a CAST would
+        round or clip it)."""
+        scale = decimal_scale(ctype.strip().lower())
+        if scale is None:
+            return None
+        return (f"({x} <> ROUND({x}, {scale}) OR "
+                f"ABS({x}) >= {10 ** (_precision(ctype.strip().lower()) - scale)})")
+
     def canon(self, x: str, ctype: str) -> str:
+        return self._guarded(x, ctype, self._canon(x, ctype))
+
+    def _canon(self, x: str, ctype: str) -> str:
         t = ctype.strip().lower()
         if t in ("int64", "int32"):
             return f"CAST(CAST({x} AS SIGNED) AS CHAR)"
@@ -229,6 +271,9 @@ class MysqlEngine(Engine):
 
     def double(self, x: str) -> str:
         return f"CAST({x} AS DOUBLE)"
+
+    def text(self, x: str) -> str:
+        return f"CAST({x} AS CHAR)"
 
     def exact_text(self, x: str) -> str:
         return f"CAST({x} AS BINARY)"  # the default collations ignore case and trailing space
@@ -284,11 +329,18 @@ class SqliteEngine(Engine):
         return f"sf_ts_us({x})"
 
     def canon(self, x: str, ctype: str) -> str:
-        return f"sf_canon('{_literal(ctype)}', {x})"
+        return f"sf_canon('{_literal(ctype)}', {self._arg(x)})"
+
+    @staticmethod
+    def _arg(x: str) -> str:
+        """Text passed as its bytes: sqlite3 decodes a text argument of a Python function
+        as UTF-8 and fails the whole query on one invalid byte; the converters decode it
+        as extraction does (invalid UTF-8 cannot load: that row is quarantined)."""
+        return f"(CASE typeof({x}) WHEN 'text' THEN CAST({x} AS BLOB) ELSE {x} END)"
 
     def _spec(self, columns: Sequence[tuple[str, str]]) -> str:
         spec = SPEC_SEP.join(ctype.strip().lower() for _, ctype in columns)
-        return f"'{_literal(spec)}', " + ", ".join(x for x, _ in columns)
+        return f"'{_literal(spec)}', " + ", ".join(self._arg(x) for x, _ in columns)
 
     def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
         return f"sf_row_term({self._spec(columns)})"
@@ -316,8 +368,9 @@ class SqliteEngine(Engine):
         if decimal_scale(ctype) is not None:
             return (f"typeof({x}) = 'blob' OR (typeof({x}) = 'text' AND "
                     f"({x} = '' OR {x} GLOB '*[^-+.0-9eE]*'))")
-        if ctype in ("timestamp", "date"):
-            return f"typeof({x}) = 'blob' OR (typeof({x}) = 'text' AND {x} NOT GLOB '*[0-9]*')"
+        if ctype in ("timestamp", "date"):  # a number is an epoch: not read as a time
+            return (f"typeof({x}) IN ('blob', 'integer', 'real') OR "
+                    f"(typeof({x}) = 'text' AND {x} NOT GLOB '*[0-9]*')")
         return None
 
 

@@ -1,7 +1,8 @@
 """Repair: land the differences a comparison found as batches of kind "repair".
 
 The current source rows of missing and mismatched keys (table.py read them by key through
-`SqlSource.page` and validated them) are landed as repair batches and loaded by the
+`SqlSource.page` and validated them; rows that fail validation and are in no quarantine go
+as read, so the loader parks them) are landed as repair batches and loaded by the
 ordinary `BatchLoader` (landing → manifest → loader: validate → merge + ledger, one
 transaction), so repair is exactly-once like any batch; the merge rule (newer-or-equal
 cursor wins) lets the source's current row overwrite the warehouse's.  Extra keys are
@@ -82,6 +83,9 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
             in wanted for vals in zip(*[rows[k].to_pylist() for k in pk], strict=True)]))
     size = max(1, table.page_size)
     row_chunks = [rows.slice(i, size) for i in range(0, rows.num_rows, size)]
+    # rows that fail validation and are in no quarantine: landed as read, the loader's
+    # validation parks them (their columns may be typed differently: one batch each)
+    row_chunks += [t for t in found.unparked if t.num_rows]
     del_chunks = [deletes[i:i + DELETE_CHUNK] for i in range(0, len(deletes), DELETE_CHUNK)]
     for chunk, dels in itertools.zip_longest(row_chunks, del_chunks):
         plan.append((empty if chunk is None else chunk, dels or []))

@@ -77,6 +77,9 @@ class Findings:
     ahead: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # → warehouse key
     extra: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # → warehouse key
     rows: pa.Table | None = None  # current source rows of missing + mismatched keys
+    # current source rows that fail validation and are in no quarantine, as read (landing
+    # them parks them); one table per read, as their columns' types may differ
+    unparked: list[pa.Table] = field(default_factory=list)
 
 
 def text_report(reports: Sequence[TableReport]) -> str:

@@ -10,14 +10,22 @@ Each method is one query that returns aggregates or (key, hash) pairs, never row
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from steadyflow.model import Contract
+from steadyflow.model import TEXT_DATE, Contract
 from steadyflow.reconcile.bisect import Agg, Range, Row
-from steadyflow.reconcile.encoding import datetime_of, us_of
+from steadyflow.reconcile.encoding import (
+    EPOCH_DAY,
+    datetime_of,
+    decimal_scale,
+    timestamp_us,
+    us_of,
+)
 from steadyflow.reconcile.engines import Engine, Fragment
 
 Run = Callable[[str, list[Any]], list[tuple[Any, ...]]]
@@ -30,6 +38,7 @@ class Dim:
 
     column: str
     time: bool = False
+    date: bool = False  # a date, as days since 1970-01-01 (the cursor's horizon only)
 
 
 @dataclass
@@ -60,7 +69,7 @@ class SqlSide:
                     params.extend(ps)
         self._invalid = ((f"CASE WHEN {' OR '.join(f'({p})' for p in preds)} THEN 1 ELSE 0 END"
                           if preds else "0"), params)
-        self._cursor_type = self.contract.column(self.contract.cursor).type
+        self._cursor_type = self.contract.column(self.contract.cursor).type.strip().lower()
         self._cursor_time = self._cursor_type == "timestamp"
 
     # --- SQL pieces -------------------------------------------------------------------
@@ -78,6 +87,10 @@ class SqlSide:
     def _cmp(self, dim: Dim, op: str, value: int) -> Fragment:
         """dim `op` value, on the native column where the engine can (uses its index)."""
         e, col = self.engine, self.engine.q(dim.column)
+        if dim.date:
+            day = EPOCH_DAY + timedelta(days=value)
+            return f"{col} {op} {e.placeholder}", [
+                day.isoformat() if e.kind == "sqlite" else self.to_param(day)]
         if dim.time and e.native_time:
             return f"{col} {op} {e.placeholder}", [self._time_param(value)]
         if dim.time:
@@ -88,7 +101,8 @@ class SqlSide:
         frags: list[Fragment] = []
         if self.where[0]:
             frags.append(self.where)
-        cursor = Dim(self.contract.cursor, time=self._cursor_time)
+        cursor = Dim(self.contract.cursor, time=self._cursor_time,
+                     date=self._cursor_type == "date")
         if self.since_us is not None:
             frags.append(self._cmp(cursor, ">=", self.since_us))
         if self.before_us is not None:
@@ -175,16 +189,29 @@ class SqlSide:
         return out
 
     def _cursor_value(self, text: Any) -> Any:
+        """The canonical cursor as a number where it is one (µs, days, the integer or the
+        decimal), comparable with the horizon; else its text."""
         if text is None:
             return None
         try:
-            return int(text) if self._cursor_type in ("timestamp", "int64", "int32") else text
-        except ValueError:
-            return text  # not readable as its type: an invalid row
+            if self._cursor_type in ("timestamp", "int64", "int32", "date"):
+                return int(text)
+            if decimal_scale(self._cursor_type) is not None:
+                return Decimal(text)
+        except (ValueError, ArithmeticError):
+            pass  # not readable as its type: an invalid row
+        return text
 
     def leaf(self, rng: Range) -> list[Row]:
         sql, params = self._pairs_sql(self._base() + self._range(rng))
         return self._rows(sql, params)
+
+    def flagged(self) -> list[Row]:
+        """The rows the validity predicate flags (left out of every bucket's checksum), under
+        the same bounds: they are not compared, but whether each is in quarantine is
+        checked (table.py), so it is never assumed."""
+        sql, params = self._invalid
+        return self._rows(*self._pairs_sql([*self._base(), (f"({sql}) = 1", list(params))]))
 
     def lookup(self, keys: Sequence[Sequence[Any]]) -> list[Row]:
         """Rows with these keys (driver-ready values), whatever their cursor: only the
@@ -216,9 +243,19 @@ def key_predicate(engine: Engine, columns: Sequence[str], keys: Sequence[Sequenc
 
 
 def cursor_us(value: Any) -> int | None:
-    """A --since value or a checkpoint cursor as the integer the cursor dimension uses."""
-    if value is None:
+    """A --since value or a checkpoint cursor as the integer the cursor dimension uses:
+    µs for a time (SQLite text parsed as extraction loads it), days for a date, the floor
+    of a decimal. None if it is none of these (then there is no horizon)."""
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, datetime):
         return us_of(value)
-    return int(value)
+    if isinstance(value, date):
+        return (value - EPOCH_DAY).days
+    if isinstance(value, str):
+        if TEXT_DATE.match(value):
+            return (date.fromisoformat(value) - EPOCH_DAY).days
+        return timestamp_us(value)
+    if isinstance(value, int | Decimal):
+        return math.floor(value)
+    return None

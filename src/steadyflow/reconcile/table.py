@@ -26,7 +26,9 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -38,15 +40,16 @@ from steadyflow.config import SourceConfig, TableConfig
 from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.extract.sql import SqlSource, column_to_arrow
 from steadyflow.merge.plan import SEQ
-from steadyflow.model import Contract, TableRef, drift_type, step_back
+from steadyflow.model import Contract, TableRef, Watermark, drift_type, step_back
 from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
-from steadyflow.reconcile.encoding import canonical, register_sqlite
+from steadyflow.reconcile.encoding import canonical, raw_converter, register_sqlite
 from steadyflow.reconcile.engines import Engine, Fragment, engine_for
 from steadyflow.reconcile.options import Options
 from steadyflow.reconcile.repair import load_repairs, repair_lease
 from steadyflow.reconcile.report import Findings, TableReport
 from steadyflow.reconcile.sides import Dim, SqlSide, cursor_us, key_predicate
 from steadyflow.state import Lease
+from steadyflow.validate.quarantine import row_hashes
 from steadyflow.validate.rules import validate
 
 if TYPE_CHECKING:
@@ -71,6 +74,7 @@ class TableReconciler:
         self.guard = pipeline.guards[source.name]
         self.contract = self._with_drift_columns(self.config.contract_of(table))
         self._registered: object | None = None
+        self._mark: tuple[Watermark, int] | None = None  # checkpoint, its cursor as an int
         self.lease: Lease | None = None  # the table's extraction lease during a repair
         self.filter = self._filter()
         self.dims, self.by = self._dims()
@@ -161,10 +165,47 @@ class TableReconciler:
         if since is not None and not self.contract.cursor_is_time:
             raise ConfigError(f"{self.ref.label}: --since needs a timestamp cursor")
         mark = self.pipeline.state.checkpoint(self.ref.source, self.ref.table)
-        horizon = None
-        if mark is not None and not isinstance(mark.cursor, str):
-            horizon = cursor_us(step_back(mark.cursor, self.t.lookback))
-        return since, horizon
+        return since, None if mark is None else self._horizon(mark)
+
+    def _horizon(self, mark: Watermark) -> int | None:
+        """Rows at or past the horizon are not compared: they may be in flight.
+
+        With no lookback and no landed batch of this table waiting, every row up to the
+        checkpoint (cursor, key) is loaded, so the horizon is just past the checkpoint's
+        cursor, and a differing row *at* that cursor is in flight only if its key is past the
+        checkpoint's (asked of the source with extraction's own keyset predicate, in
+        `_past_mark`). Otherwise the horizon is the checkpoint minus the lookback: late rows
+        the next run re-reads, or rows landed and not merged yet, are not differences.
+        """
+        pending = any(b.source == self.ref.source and b.table == self.ref.table
+                      for b in self.pipeline.state.pending_batches())
+        ctype = self.contract.column(self.contract.cursor).type.strip().lower()
+        exact = (self.t.lookback <= 0 and not pending
+                 and ctype in ("timestamp", "date", "int64", "int32"))
+        at = cursor_us(mark.cursor if exact else step_back(mark.cursor, self.t.lookback))
+        if at is None or not exact:
+            return at
+        self._mark = (mark, at)
+        return at + 1
+
+    def _past_mark(self, raw_keys: list[tuple[Any, ...]]) -> set[Key]:
+        """Of these source keys (rows at the checkpoint's cursor), the canonical keys past
+        the checkpoint: the very predicate the next extraction page starts with."""
+        if self._mark is None or not raw_keys:
+            return set()
+        d, engine = self.db.dialect, engine_for(self.s.kind)
+        ctype = {c.name: c.type for c in self.contract.columns}
+        select = ", ".join(f"{engine.canon(engine.q(k), ctype[k])} AS k{i}"
+                           for i, k in enumerate(self.contract.primary_key))
+        params = d.keyset_params([d.to_param(v) for v in self._mark[0].as_tuple()])
+        past: set[Key] = set()
+        for i in range(0, len(raw_keys), FETCH_CHUNK):
+            keys, key_params = key_predicate(engine, self.contract.primary_key,
+                                             raw_keys[i:i + FETCH_CHUNK], d.to_param)
+            sql = (f"SELECT {select} FROM {d.ident(self.t.name)} "
+                   f"WHERE ({d.keyset(self.contract.order_by)}) AND ({keys})")
+            past.update(tuple(r) for r in self._source_run(sql, [*params, *key_params]))
+        return past
 
     def sides(self) -> tuple[SqlSide, SqlSide]:
         since, horizon = self._bounds()
@@ -204,7 +245,6 @@ class TableReconciler:
             if b.source == self.ref.source and b.table == self.ref.table)
         for name in ("buckets", "ranges", "leaves", "warehouse_rows", "leaf_rows"):
             setattr(report, name, getattr(scan, name))
-        report.quarantined += scan.invalid_rows
         report.duplicates = len(set(scan.duplicates))
         report.queries = src.queries + wh.queries
         report.seconds = round(time.monotonic() - started, 3)
@@ -226,6 +266,9 @@ class TableReconciler:
     def _classify(self, scan: Scan, src: SqlSide, wh: SqlSide,
                   report: TableReport) -> Findings:
         pairs: dict[Key, tuple[Row | None, Row | None]] = dict(scan.differing)
+        # rows left out of the checksums as invalid: in quarantine is checked, not assumed
+        for row in src.flagged() if scan.invalid_rows else []:
+            pairs.setdefault(row.key, (row, None))
         # the other side of a one-sided key, found by key wherever its cursor puts it
         lonely_src = [k for k, (s, w) in pairs.items() if w is None and s is not None]
         typed = self._typed([pairs[k][0].raw for k in lonely_src])  # type: ignore[union-attr]
@@ -240,35 +283,42 @@ class TableReconciler:
 
         found = Findings()
         candidates: dict[Key, tuple[Any, ...]] = {}  # → source raw key
+        at_mark: list[Key] = []
         for key, (s, w) in pairs.items():
             if s is None:
                 if w is not None:
                     found.extra[key] = w.raw
                 continue
-            if s.invalid:
-                continue  # expected in quarantine (counted by the bucket pass when in range)
-            if src.before_us is not None and isinstance(s.cursor, int) \
+            if src.before_us is not None and isinstance(s.cursor, int | Decimal) \
                     and s.cursor >= src.before_us:
                 report.in_flight += 1
                 continue
-            if w is not None and w.hash == s.hash:
+            if w is not None and w.hash == s.hash and not s.invalid:
                 continue
             candidates[key] = s.raw
+            if self._mark is not None and s.cursor == self._mark[1]:
+                at_mark.append(key)
             if w is not None and _newer(w.cursor, s.cursor):
                 found.ahead[key] = w.raw
-        rows, good = self._read_valid(list(candidates.values()))
-        invalid = [k for k in candidates if k not in good]
-        report.quarantined += len(invalid)
+        for key in self._past_mark([candidates[k] for k in at_mark]) & set(at_mark):
+            del candidates[key]
+            found.ahead.pop(key, None)
+            report.in_flight += 1
+        current = self._read_current(candidates)
+        report.quarantined += len(current.parked)
         report.rows_compared -= sum(  # compared: valid source rows only
-            1 for k in invalid if k in scan.differing and scan.differing[k][0] is not None)
+            1 for k in current.parked if k in scan.differing
+            and (s := scan.differing[k][0]) is not None and not s.invalid)
         for key in candidates:
-            if key not in good:
+            typed_key = current.good.get(key) or current.unparked.get(key)
+            if typed_key is None:  # in quarantine, or gone from the source meanwhile
                 found.ahead.pop(key, None)
             elif pairs[key][1] is None:
-                found.missing[key] = good[key]
+                found.missing[key] = typed_key
             else:
-                found.mismatched[key] = good[key]
-        found.rows = rows
+                found.mismatched[key] = typed_key
+        found.rows = current.rows
+        found.unparked = current.unparked_rows
         report.missing, report.extra = len(found.missing), len(found.extra)
         report.mismatched = len(found.mismatched)
         n = self.options.examples
@@ -279,28 +329,78 @@ class TableReconciler:
                     (keys[k] for k in sorted(keys, key=_sortable)), n)]
         return found
 
-    def _read_valid(self, raw_keys: list[tuple[Any, ...]]
-                    ) -> tuple[pa.Table | None, dict[Key, tuple[Any, ...]]]:
-        """Read the current source rows of these keys and validate them exactly as the
-        loader does: (valid rows, canonical key → typed key of each valid row)."""
-        good: dict[Key, tuple[Any, ...]] = {}
+    def _read_current(self, candidates: dict[Key, tuple[Any, ...]]) -> Current:
+        """Read the current source rows of these keys (canonical key → raw key) and
+        validate them exactly as the loader does. A row that fails is `parked` only if
+        that very row (its quarantine digest) is in quarantine; otherwise it is `unparked`:
+        lost on the way (committed behind the checkpoint, say), so it is a difference, and
+        landing it (repair) parks it."""
+        out = Current()
         tables: list[pa.Table] = []
-        pk = self.contract.primary_key
-        types = [self.contract.column(k).type for k in pk]
+        retry: list[Key] = []
+        keys = list(candidates)
+        for i in range(0, len(keys), FETCH_CHUNK):
+            chunk = keys[i:i + FETCH_CHUNK]
+            rows = self._read([candidates[k] for k in chunk])
+            good, bad = self._split(rows, tables, out)
+            retry.extend(k for k in bad if k in candidates and k not in out.parked)
+        for key in retry:
+            # a parked row's digest holds its values as text, which for SQLite depends on
+            # the page it was read in (a column of a page with an unreadable value is text):
+            # read it alone, as a page of one row would have held it
+            rows = self._read([candidates[key]])
+            _, bad = self._split(rows, tables, out)
+            if key in bad and key not in out.parked:
+                out.unparked[key] = bad[key]
+                out.unparked_rows.append(rows.filter(pa.array(
+                    [self._key_of(v) == key for v in self._key_values(rows)], pa.bool_())))
+        out.rows = pa.concat_tables(tables) if tables else None
+        return out
+
+    def _read(self, raw_keys: list[tuple[Any, ...]]) -> pa.Table:
         engine = engine_for(self.s.kind)
-        for i in range(0, len(raw_keys), FETCH_CHUNK):
-            chunk = raw_keys[i:i + FETCH_CHUNK]
-            rows = self.guard.call(partial(self._page, key_predicate(engine, pk, chunk),
-                                           len(chunk)), stop=self.pipeline._stop.is_set)
-            verdict = validate(rows, self.contract)
-            valid = verdict.good
-            if valid.num_rows:
-                tables.append(valid)
-                cols = [valid[k].to_pylist() for k in pk]
-                for values in zip(*cols, strict=True):
-                    key = tuple(canonical(v, t) for v, t in zip(values, types, strict=True))
-                    good[key] = tuple(values)
-        return (pa.concat_tables(tables) if tables else None), good
+        return self.guard.call(partial(self._page, key_predicate(
+            engine, self.contract.primary_key, raw_keys), len(raw_keys)),
+            stop=self.pipeline._stop.is_set)
+
+    def _split(self, rows: pa.Table, tables: list[pa.Table], out: Current
+               ) -> tuple[dict[Key, tuple[Any, ...]], dict[Key, tuple[Any, ...]]]:
+        """Validate rows as read: the valid ones go to `tables` and `out.good`, the invalid
+        ones in quarantine to `out.parked`; returns (valid, invalid) as canonical key → key."""
+        verdict = validate(rows, self.contract)
+        good: dict[Key, tuple[Any, ...]] = {}
+        if verdict.good.num_rows:
+            tables.append(verdict.good)
+            for values in self._key_values(verdict.good):
+                good[self._key_of(values)] = values
+            out.good.update(good)
+        bad: dict[Key, tuple[Any, ...]] = {}
+        if verdict.bad.num_rows:
+            hashes = row_hashes(verdict.bad)
+            parked = self.pipeline.state.parked_by(self.ref.source, self.ref.table, hashes)
+            for values, digest in zip(self._key_values(rows.filter(verdict.bad_mask)), hashes,
+                                      strict=True):
+                key = self._key_of(values)
+                bad[key] = values
+                if digest in parked:
+                    out.parked.add(key)
+        return good, bad
+
+    def _key_values(self, rows: pa.Table) -> list[tuple[Any, ...]]:
+        cols = [rows[k].to_pylist() for k in self.contract.primary_key]
+        return list(zip(*cols, strict=True))
+
+    def _key_of(self, values: tuple[Any, ...]) -> Key:
+        """The canonical key of key values as read (typed, or text where a page's column
+        fell back to text)."""
+        types = [self.contract.column(k).type for k in self.contract.primary_key]
+        out: list[str | None] = []
+        for v, t in zip(values, types, strict=True):
+            try:
+                out.append(canonical(v, t))
+            except (TypeError, ValueError, AttributeError, ArithmeticError):
+                out.append(None if v is None else raw_converter(t)(v))
+        return tuple(out)
 
     def _page(self, where: Fragment, limit: int) -> pa.Table:
         rows, _ = self.db.page(self.t.name, self.contract, None, None, limit, where=where)
@@ -352,6 +452,17 @@ class TableReconciler:
                 return report
             report.after, _ = self.compare()
         return report
+
+
+@dataclass
+class Current:
+    """The current source rows of differing keys, as `_read_current` classified them."""
+
+    rows: pa.Table | None = None  # valid rows, as the loader casts them
+    good: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # → typed key
+    parked: set[Key] = field(default_factory=set)  # invalid, and in quarantine
+    unparked: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # invalid, not parked
+    unparked_rows: list[pa.Table] = field(default_factory=list)  # those rows, as read
 
 
 def _newer(a: Any, b: Any) -> bool:

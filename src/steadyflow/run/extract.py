@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -129,9 +130,25 @@ class TableExtractor:
         mark = self.state.checkpoint(self.ref.source, self.ref.table)
         if mark is None:
             return None, None  # first run: full load in keyset pages
+        if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
+            return None, self._respell(mark.cursor)
         if self.table.lookback > 0:
             return None, step_back(mark.cursor, self.table.lookback)
         return mark, None
+
+    def _respell(self, cursor: date) -> str:
+        """A SQLite checkpoint written as a parsed time (before watermarks kept the stored
+        text, see SqliteDialect.from_db) cannot be compared with the stored text. Restart
+        from the day before it, as a date prefix (it sorts before every spelling of that day,
+        whatever the zone): at most a day and the lookback are read again, once; the
+        checkpoint then holds stored text (reset first: a text mark never compares with a
+        datetime one)."""
+        since = step_back(cursor, self.table.lookback)
+        day = (since.astimezone(UTC) if isinstance(since, datetime) else since)
+        log.warning("checkpoint %s is a parsed time; re-reading from %s to continue with the "
+                    "stored text", cursor, day, extra=self._extra())
+        self.state.reset_checkpoint(self.ref.source, self.ref.table)
+        return str((day - timedelta(days=1)).strftime("%Y-%m-%d"))
 
     def run(self, db: Source, dry_run: bool = False) -> ExtractResult:
         """Extract the table until caught up, holding its extraction lease (a dry run reads
