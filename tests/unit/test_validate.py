@@ -210,3 +210,17 @@ def test_a_text_nul_and_a_null_digest_apart() -> None:
     bad = pa.table({"a": ["\x00", None], REASON: ["r", "r"]})
     first, second = row_hashes(bad)
     assert first != second
+
+
+def test_min_and_max_compare_int64_beyond_2_pow_53_exactly() -> None:
+    """Found by the generated suite: Arrow refused to compare int64 values past 2**53 with
+    the float bound, the batch failed for good and every row of it went missing."""
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("n", "int64", min=0.5, max=2**63 - 2)),
+                        primary_key=("id",), cursor="id")
+    batch = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64()),
+                      "n": pa.array([2**63 - 1, -(2**63), 1, 0], pa.int64())})
+    verdict = validate(batch, contract)
+    assert verdict.good["id"].to_pylist() == [3]
+    assert sorted(verdict.bad[REASON].to_pylist()) == [
+        "n: above maximum 9.22337e+18", "n: below minimum 0.5", "n: below minimum 0.5"]

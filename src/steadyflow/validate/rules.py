@@ -14,6 +14,8 @@ contract (float input included: it is read by its shortest text, never rounded).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -23,7 +25,7 @@ import pyarrow.compute as pc
 
 from steadyflow.errors import ContractError
 from steadyflow.failpoints import failpoint
-from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Column, Contract
+from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Column, Contract, cast_text_time
 
 REASON = "_reason"
 # A check: per row, did it fail; and why (one text, or per row for reasons a reader gave).
@@ -50,8 +52,9 @@ def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
         # more scale or precision than the contract, so it is quarantined, never rounded.
         values = pc.cast(values, pa.string())
     if pa.types.is_string(values.type) and pa.types.is_timestamp(target):
-        stripped = pc.replace_substring_regex(values, r"(Z|[+-]00:?00)$", "")
-        return pc.cast(stripped, pa.timestamp(target.unit)).cast(target)
+        # the reader's own cast (every spelling and offset): a value's validity must not
+        # depend on whether another value of its page made the column land as text
+        return cast_text_time(values, target)
     return pc.cast(values, target)
 
 
@@ -224,8 +227,20 @@ def _nullable_schema(contract: Contract) -> pa.Schema:
 
 
 def _compare(values: pa.Array, op: str, bound: float) -> pa.Array:
+    """Per value: below (`less`) or above (`greater`) the rule's bound.
+
+    Integers compare exactly against the nearest whole bound (value < 0.5 ⟺ value < 1):
+    Arrow refuses to compare an int64 beyond 2**53 with a float scalar, and casting the
+    column to float would misjudge values near the bound."""
+    if pa.types.is_integer(values.type):
+        whole = math.ceil(bound) if op == "less" else math.floor(bound)
+        whole = max(-(2**63), min(2**63 - 1, whole))
+        wide = pc.cast(values, pa.int64())
+        limit_int = pa.scalar(whole, pa.int64())
+        result = pc.less(wide, limit_int) if op == "less" else pc.greater(wide, limit_int)
+        return result.fill_null(False)
     numeric = values if not pa.types.is_decimal(values.type) else pc.cast(values, pa.float64())
-    if not (pa.types.is_integer(numeric.type) or pa.types.is_floating(numeric.type)):
+    if not pa.types.is_floating(numeric.type):
         return pa.repeat(pa.scalar(False, pa.bool_()), len(values))
     limit = pa.scalar(float(bound))
     result = pc.less(numeric, limit) if op == "less" else pc.greater(numeric, limit)
