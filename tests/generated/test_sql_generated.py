@@ -216,8 +216,9 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
                     f"{t.name} ({shape}): a cursor stored in two spellings must be refused")
                 assert "cur" in " ".join(last.errors), last.errors
                 continue
-            for s in summaries:
-                assert label not in s.failed_tables, f"{t.name} ({shape}): {s.errors}"
+            for s in summaries:  # a run never fails a table quietly, nor for a fitting row
+                mine = [e for e in s.errors if label in e or f"table={t.name}" in e]
+                assert label not in s.failed_tables and not mine, f"{t.name} ({shape}): {mine}"
             bad = {k for k, r in latest[t.name].items()
                    if any(gen.is_invalid(c, r[c.name]) for c in t.cols)}
             expected = oracle.read_source(source.kind, source.where, t)

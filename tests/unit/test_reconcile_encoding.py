@@ -78,6 +78,10 @@ def test_term_is_60_bits_of_the_hash() -> None:
     (12.5, "decimal(12,2)"), ("1e2", "decimal(12,2)"), ("-0.00", "decimal(12,2)"),
     ("2024-01-02 03:04:05.123456", "timestamp"), ("2024-01-02T03:04:05Z", "timestamp"),
     ("2024-01-02 03:04:05+00:00", "timestamp"), ("2024-01-02 03:04:05", "timestamp"),
+    ("2024-01-02T05:04:05.1+02:00", "timestamp"), ("2024-01-02T03:04:05.123Z", "timestamp"),
+    ("2024-01-01 22:04:05.123456-05:00", "timestamp"), ("2024-01-02T03:04Z", "timestamp"),
+    ("2024-01-02 05:04:05+0200", "timestamp"), (b"2024-01-02 03:04:05", "timestamp"),
+    (b"caf\xc3\xa9", "string"),
     ("text", "string"), (42, "string"), (1.5, "string"),
     (1, "bool"), (0, "bool"), ("2024-01-02", "date"), (0.1, "float64"),
 ])
@@ -93,7 +97,9 @@ def test_raw_sqlite_values_encode_like_what_extraction_loads(raw: object, ctype:
 
 @pytest.mark.parametrize(("raw", "ctype"), [
     ("abc", "int64"), ("n/a", "decimal(12,2)"), ("yesterday", "timestamp"),
-    ("2024-01-02 03:04:05+02:00", "timestamp"), (b"\x00", "decimal(12,2)"),
+    (1704164645, "timestamp"), (1704164645.5, "timestamp"), (19724, "date"),
+    ("2024-01-02 03:04:05.1234567", "timestamp"), ("2024-01-02 03:04", "date"),
+    (b"a\xffb", "string"), (b"\x00", "decimal(12,2)"),
 ])
 def test_unconvertible_raw_values_match_no_loaded_value(raw: object, ctype: str) -> None:
     assert raw_converter(ctype)(raw).startswith("?")

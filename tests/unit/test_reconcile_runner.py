@@ -96,8 +96,8 @@ def test_stores_sharing_a_table_are_told_apart_by_their_filter(tmp_path: Path) -
         r1, r2 = reconcile(p)
     assert (r1.missing, r1.extra, r1.mismatched) == (0, 1, 0) and keys(r1, "extra") == {11}
     assert (r2.missing, r2.extra, r2.mismatched) == (1, 0, 0) and keys(r2, "missing") == {9}
-    # the row at the horizon is not compared (it may be in flight); store 1 lost one more
-    assert (r1.rows_compared, r2.rows_compared) == (N - 2, N - 1)
+    # the row at the checkpoint is compared too (nothing is in flight); store 1 lost one
+    assert (r1.rows_compared, r2.rows_compared) == (N - 1, N)
 
 
 def test_cursor_buckets_and_since(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_cursor_buckets_and_since(tmp_path: Path) -> None:
     with Pipeline.from_yaml(config) as p:
         assert p.run_once().ok
         r = only(reconcile(p, options=Options(by="cursor")))
-        assert r.by == "cursor" and r.buckets == 60  # 10 rows a day (the last is at the horizon)
+        assert r.by == "cursor" and r.buckets == 61  # 10 rows a day, the checkpoint's own
         assert r.clean and r.leaves == 0
         store("UPDATE sales SET sku = 'x' WHERE sale_id IN (50, 500)")  # no cursor bump
         wh_exec(p, "UPDATE main.sales SET updated_at = updated_at - INTERVAL 30 DAY "
@@ -115,7 +115,7 @@ def test_cursor_buckets_and_since(tmp_path: Path) -> None:
         since = BASE + timedelta(hours=2.4 * 300)
         r = only(reconcile(p, options=Options(by="cursor", since=since)))
         assert keys(r, "mismatched") == {450, 500}  # 450 is found by key, across the bound
-        assert r.rows_compared == N - 300  # 300..599: the last is at the horizon
+        assert r.rows_compared == N - 300 + 1  # 300..600: the checkpoint row included
         r = only(reconcile(p, options=Options(since=since)))  # key buckets, same answer
         assert keys(r, "mismatched") == {450, 500}
 
@@ -144,10 +144,14 @@ def test_validity_decides_between_missing_and_quarantine(tmp_path: Path) -> None
         store("UPDATE sales SET currency = 'EUR' WHERE sale_id = 30")  # fixed, no cursor bump
         store("UPDATE sales SET qty = 'many' WHERE sale_id = 40")  # broken, no cursor bump
         r = only(reconcile(p))
-        assert keys(r, "missing") == {30} and r.mismatched == 0
-        assert r.quarantined == 2  # 31 and 40: the warehouse keeps 40's last valid version
+        assert keys(r, "missing") == {30}
+        # 40's current row is in no quarantine (never extracted): a difference, not assumed
+        # quarantined; 31 is in quarantine
+        assert keys(r, "mismatched") == {40} and r.quarantined == 1
         r = only(reconcile(p, options=Options(repair=True)))
         assert r.repair is not None and r.repair["upserted"] == 1
+        assert r.repair["quarantined"] == 1  # 40, parked by the repair batch's validation
+        # the warehouse keeps 40's last valid version, as a load of that row would have
         assert r.clean and r.after is not None and r.after.quarantined == 2
 
 
