@@ -220,3 +220,22 @@ def test_parse_since() -> None:
     assert parse_since("2024-04-01T10:00:00+02:00", now) == datetime(2024, 4, 1, 8, tzinfo=UTC)
     with pytest.raises(ConfigError):
         parse_since("last tuesday", now)
+
+
+def test_the_checkpoint_row_is_compared_and_a_tie_past_it_is_in_flight(tmp_path: Path) -> None:
+    """With nothing in flight (no lookback, no landed batch waiting) the row at the checkpoint
+    is loaded, so it is compared; a row sharing its cursor but with a key past it is not
+    extracted yet (the next page starts after the checkpoint's key): in flight."""
+    config, (store,) = pipeline_for(tmp_path)
+    with Pipeline.from_yaml(config) as p:
+        assert p.run_once().ok
+        wh_exec(p, f"UPDATE main.sales SET sku = 'damaged' WHERE sale_id = {N}")
+        last = (BASE + timedelta(hours=N * 2.4, seconds=1)).strftime(TS)
+        store(f"INSERT INTO sales VALUES (1, {N + 1}, 'tie', 1, '1.00', 'EUR', NULL, '{last}')")
+        r = only(reconcile(p))
+        assert keys(r, "mismatched") == {N} and r.missing == 0 and r.in_flight == 1
+        r = only(reconcile(p, options=Options(repair=True)))
+        assert r.clean and r.after is not None and r.after.in_flight == 1
+        assert p.run_once().ok
+        r = only(reconcile(p))
+        assert r.clean and r.in_flight == 0 and r.rows_compared == N + 1

@@ -42,7 +42,12 @@ from steadyflow.extract.sql import SqlSource, column_to_arrow
 from steadyflow.merge.plan import SEQ
 from steadyflow.model import Contract, TableRef, Watermark, drift_type, step_back
 from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
-from steadyflow.reconcile.encoding import canonical, raw_converter, register_sqlite
+from steadyflow.reconcile.encoding import (
+    canonical,
+    decimal_scale,
+    raw_converter,
+    register_sqlite,
+)
 from steadyflow.reconcile.engines import Engine, Fragment, engine_for
 from steadyflow.reconcile.options import Options
 from steadyflow.reconcile.repair import load_repairs, repair_lease
@@ -182,7 +187,16 @@ class TableReconciler:
         ctype = self.contract.column(self.contract.cursor).type.strip().lower()
         exact = (self.t.lookback <= 0 and not pending
                  and ctype in ("timestamp", "date", "int64", "int32"))
-        at = cursor_us(mark.cursor if exact else step_back(mark.cursor, self.t.lookback))
+        value: Any = mark.cursor
+        if isinstance(value, str) and (ctype in ("int64", "int32") or decimal_scale(ctype)):
+            try:  # a number a SQLite column holds as text
+                value = Decimal(value)
+            except ArithmeticError:
+                return None
+        try:
+            at = cursor_us(value if exact else step_back(value, self.t.lookback))
+        except ValueError as exc:
+            raise ConfigError(f"{self.ref.label}: no reconcile horizon: {exc}") from None
         if at is None or not exact:
             return at
         self._mark = (mark, at)
