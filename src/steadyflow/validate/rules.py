@@ -15,7 +15,6 @@ contract (float input included: it is read by its shortest text, never rounded).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
