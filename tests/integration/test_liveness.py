@@ -5,6 +5,9 @@
   restarts in a SIGKILL run, because extraction under backpressure waits exactly in `put`).
 - An unexpected (non-steadyflow) exception in the loader killed the loader thread while
   the run was recorded "ok"; now it is that table's error and the other tables load.
+- Batches that failed for good (a fatal merge error) were nacked for 300 s and kept their
+  buffer slots: two of them filled a capacity-2 buffer, every table's extraction waited in
+  `put` and `run` never returned. Now they leave the buffer and wait in the manifest.
 """
 
 from __future__ import annotations
@@ -172,6 +175,45 @@ def test_an_unexpected_load_error_is_its_tables_error_and_the_others_load(
 
     again = run_must_return(config, timeout=60)  # retried at once, not after its backoff
     assert again.returncode == 1, again.stdout + again.stderr
+
+
+def test_batches_that_fail_for_good_leave_the_buffer_and_the_other_tables_load(
+        tmp_path: Path) -> None:
+    """A target column of an incompatible type fails every merge of `bad` (fatal). Its
+    batches must not hold the buffer: the run returns (not ok), `items` loads in full, the
+    batches stay in the manifest with their error, and load once the target is fixed."""
+    make_source(tmp_path / "source.db", tables=("bad", "items"))
+    config = write_config(tmp_path, capacity=2, tables=("bad", "items"))
+    with closing(duckdb.connect(str(tmp_path / "warehouse.duckdb"))) as con:
+        con.execute("CREATE TABLE main.bad (id BIGINT, rev BIGINT, val INTEGER, "
+                    "_steadyflow_seq BIGINT)")  # 'bad-1' is no INTEGER
+
+    proc = run_must_return(config, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["errors"] and all("table=bad" in e for e in summary["errors"])
+    assert warehouse_rows(tmp_path, "items") == [(i, i, f"items-{i}")
+                                                 for i in range(1, ROWS + 1)]
+    assert state_count(tmp_path, "SELECT count(*) FROM manifest WHERE tbl='bad' AND "
+                                 "status='landed' AND error LIKE '%Conversion%'") == ROWS // PAGE
+    assert state_count(tmp_path, "SELECT count(*) FROM queue") == 0  # no slot held
+    status = steadyflow("status", "-c", str(config), "--json", check=True)
+    tables = {t["table"]: t for t in json.loads(status.stdout)["tables"]}
+    # never loaded, so "error" rather than "failing"; either way not ok, with the count
+    assert tables["s.bad"]["state"] in ("failing", "error"), tables["s.bad"]
+    assert tables["s.bad"]["failing_batches"] == ROWS // PAGE
+    assert tables["s.items"]["state"] == "ok", tables["s.items"]
+    assert state_count(tmp_path, "SELECT count(*) FROM runs WHERE outcome='ok'") == 0
+
+    with closing(duckdb.connect(str(tmp_path / "warehouse.duckdb"))) as con:
+        con.execute("DROP TABLE main.bad")  # the operator fixes the target
+    again = run_must_return(config, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert warehouse_rows(tmp_path, "bad") == [(i, i, f"bad-{i}") for i in range(1, ROWS + 1)]
+    assert state_count(tmp_path, "SELECT count(*) FROM manifest WHERE status='landed'") == 0
+    status = steadyflow("status", "-c", str(config), "--json", check=True)
+    assert {t["table"]: t["state"] for t in json.loads(status.stdout)["tables"]} == {
+        "s.bad": "ok", "s.items": "ok"}
 
 
 def test_a_zero_buffer_lease_does_not_hand_a_leased_batch_out_again(tmp_path: Path) -> None:

@@ -6,7 +6,11 @@
 
 Liveness: the sweep never waits for buffer space (a full buffer after a restart would wait
 for a loader that has not started); what it could not queue is queued by the loader as the
-buffer drains. A table's unexpected error (in its extraction or in one of its batches) is
+buffer drains. A batch that failed for good is taken out of the buffer (parked: the manifest
+keeps it, landed with its error, and the sweeper queues it again after a backoff), so a
+table's poison batches never fill the buffer and stop every table's extraction in `put`.
+If the loader thread ends while extraction runs, the pipeline stops, so `put` returns. A
+table's unexpected error (in its extraction or in one of its batches) is
 that table's error: recorded, counted, reported in the run summary and the exit code,
 while the other tables go on.
 
@@ -124,6 +128,9 @@ class Pipeline:
         # landed batches the last sweep could not queue (the buffer was full): the loader
         # sweeps again once the buffer drains
         self._unqueued = False
+        # batches that failed for good in this process, out of the buffer (see _park):
+        # batch id -> monotonic time from which the sweep queues them again
+        self._parked: dict[str, float] = {}
         self.quarantine = Quarantine(self.landing, self.state)
         self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
                                            on_breaker=self._on_breaker)
@@ -219,19 +226,24 @@ class Pipeline:
             retry_now = self.state.failed_batch_ids()
         republished = 0
         self._unqueued = False
+        now = time.monotonic()
         for batch in self.state.pending_batches():
             if self.warehouse.is_loaded(batch.batch_id):
                 self.buffer.ack(batch.batch_id)
                 self.state.mark_loaded(batch.batch_id, None, None, status="loaded")
+                self._parked.pop(batch.batch_id, None)
             elif self.buffer.contains(batch.batch_id):
                 if batch.batch_id in retry_now:
                     self.buffer.nack(batch.batch_id, delay=0)
+            elif self._parked.get(batch.batch_id, now) > now:
+                continue  # failed for good in this process: it waits out its backoff
             else:
                 try:
                     self.buffer.put(batch, timeout=0)
                 except RetryableError:  # full (or unreachable): the rest waits its turn
                     self._unqueued = True
                     break
+                self._parked.pop(batch.batch_id, None)
                 republished += 1
         return republished
 
@@ -335,8 +347,9 @@ class Pipeline:
 
     def _load_failed(self, batch: BatchRef, exc: Exception, attempt: int,
                      max_failures: int, summary: RunSummary) -> None:
-        """Record the failure as the table's error, and delay the batch (never drop it: it
-        stays in the manifest with its error until a load succeeds)."""
+        """Record the failure as the table's error, and delay the batch, or park it once it
+        failed for good (never drop it: it stays in the manifest with its error until a load
+        succeeds, and the table is reported failing until then)."""
         if not isinstance(exc, SteadyflowError):
             exc = FatalError(f"unexpected error loading a batch: {exc!r}", stage="load",
                              source=batch.source, table=batch.table, batch_id=batch.batch_id,
@@ -351,19 +364,41 @@ class Pipeline:
         delay = min(30.0, 0.5 * 2 ** attempt) if isinstance(exc, RetryableError) else 300.0
         # a warehouse outage (retryable) never parks a batch for an hour: it stays at the
         # capped backoff, so loading resumes by itself within 30 s of the warehouse's return
-        self.buffer.nack(batch.batch_id, delay=delay)
+        final = attempt >= max_failures or isinstance(exc, FatalError)
+        try:
+            if final:
+                self._park(batch, delay)
+            else:
+                self.buffer.nack(batch.batch_id, delay=delay)
+        except RetryableError as unreachable:  # the batch comes back after its lease
+            log.warning("could not give the failed batch back: %s", unreachable, extra={
+                "source": batch.source, "table": batch.table, "stage": "load",
+                "batch_id": batch.batch_id})
         log.error("load failed (attempt %d): %s", attempt, exc, extra={
             "source": batch.source, "table": batch.table, "stage": "load",
             "batch_id": batch.batch_id, "attempt": attempt})
-        if attempt >= max_failures or isinstance(exc, FatalError):
+        if final:
             summary.errors.append(f"batch {batch.batch_id}: {exc}")
         if isinstance(exc, RetryableError):
-            time.sleep(min(delay, 2.0))
+            self._stop.wait(min(delay, 2.0))
+
+    def _park(self, batch: BatchRef, backoff: float) -> None:
+        """Take a batch that failed for good out of the buffer; the manifest keeps it
+        (landed, with the error mark_failed wrote before this), so the sweep queues it again
+        after `backoff` in this process, or on the next process's first sweep at once.
+
+        Left in the buffer, it would hold capacity until its retry: a table's few poison
+        batches fill the buffer, every table's extraction waits in `put`, and `run` never
+        returns. A crash between the manifest write and this ack only redelivers it.
+        """
+        self._parked[batch.batch_id] = time.monotonic() + backoff
+        self.buffer.ack(batch.batch_id)
 
     def _report_queue(self) -> None:
         depth = self.buffer.depth()
         age = self.buffer.oldest_age()
-        self.metrics.queue(depth, self.buffer.capacity, depth, age or 0.0)
+        # parked batches are behind too, though out of the buffer
+        self.metrics.queue(depth, self.buffer.capacity, depth + len(self._parked), age or 0.0)
 
     def run_once(self) -> RunSummary:
         """Extract and load concurrently until every table is caught up and loaded."""
@@ -400,13 +435,17 @@ class Pipeline:
     def _consume(self, extracting: threading.Event, summary: RunSummary) -> None:
         """run_once's loader thread. Batches' errors are handled in `load`; an error outside
         a batch (the buffer or the state file failing in a way no retry covers) stops the
-        pipeline: with no loader, extraction would wait for buffer space forever."""
+        pipeline: with no loader, extraction would wait for buffer space forever. So does
+        any other end of the loader while extraction runs (`put` checks the stop)."""
         try:
             self.load(extracting=extracting, summary=summary)
         except Exception as exc:  # noqa: BLE001 - reported as the run's error, not lost
             log.exception("the loader stopped", extra={"stage": "load"})
             summary.errors.append(f"the loader stopped: {exc!r}")
             self._stop.set()
+        finally:
+            if extracting.is_set():  # ended before extraction did: nothing drains the buffer
+                self._stop.set()
 
     def run(self, follow: bool = False) -> RunSummary:
         """run_once, and with `follow` again every `run.interval` seconds until stopped."""
