@@ -126,6 +126,19 @@ def test_contains_sees_queued_and_leased_batches_until_acked(adapter: Adapter) -
     assert not buf.contains("b1") and buf.depth() == 0
 
 
+def test_a_put_after_an_ack_queues_the_batch_again(adapter: Adapter) -> None:
+    """The pipeline acks a batch that failed for good out of the buffer and the sweeper
+    puts it back later: JetStream dropped that put as a duplicate (same Nats-Msg-Id
+    within two minutes) and the batch silently never loaded."""
+    buf = adapter.open()
+    buf.put(_ref("b1"))
+    assert _ids(buf, 1) == ["b1"]
+    buf.ack("b1")
+    buf.put(_ref("b1"))
+    assert buf.contains("b1") and buf.depth() == 1
+    assert _ids(buf, 1) == ["b1"]
+
+
 def test_full_buffer_blocks_put_until_an_ack_frees_space(adapter: Adapter) -> None:
     buf = adapter.open(capacity=2)
     buf.put(_ref("b1"))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,18 +20,23 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import nats
 import pytest
 import yaml
-from tests.conftest import steadyflow
+from tests.conftest import require_service, steadyflow
 
+from steadyflow.buffer.jetstream import JetStreamBuffer
 from steadyflow.buffer.sqlite import SqliteBuffer
 from steadyflow.model import BatchRef
 
+NATS_URL = "nats://127.0.0.1:4222"
 ROWS = 300
 PAGE = 25  # 12 batches per table
 
@@ -53,10 +59,11 @@ def make_source(path: Path, tables: tuple[str, ...] = ("items",)) -> None:
 
 
 def write_config(directory: Path, capacity: int, tables: tuple[str, ...] = ("items",),
-                 contracts: dict[str, Any] | None = None) -> Path:
+                 contracts: dict[str, Any] | None = None,
+                 buffer: dict[str, Any] | None = None) -> Path:
     config = {
         "name": "liveness", "state_dir": "state", "landing": {"path": "landing"},
-        "buffer": {"kind": "sqlite", "capacity": capacity},
+        "buffer": {"kind": "sqlite", **(buffer or {}), "capacity": capacity},
         "warehouse": {"kind": "duckdb", "path": "warehouse.duckdb", "schema": "main"},
         "contracts": contracts or {t: ITEMS for t in tables},
         "sources": [{"name": "s", "kind": "sqlite", "path": "source.db",
@@ -177,13 +184,40 @@ def test_an_unexpected_load_error_is_its_tables_error_and_the_others_load(
     assert again.returncode == 1, again.stdout + again.stderr
 
 
+@pytest.fixture(params=["sqlite", pytest.param("jetstream", marks=pytest.mark.integration)])
+def buffer_config(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The buffer section: the embedded one, or a JetStream stream of its own."""
+    if request.param == "sqlite":
+        yield {"kind": "sqlite"}
+        return
+    require_service("NATS", "127.0.0.1", 4222)
+    stream = f"sf_liveness_{uuid.uuid4().hex[:12]}"
+    yield {"kind": "jetstream", "url": NATS_URL, "stream": stream}
+
+    async def delete() -> None:
+        nc = await nats.connect(NATS_URL)
+        try:
+            await nc.jsm().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
+def buffer_depth(buffer: dict[str, Any], directory: Path) -> int:
+    if buffer["kind"] == "sqlite":
+        return state_count(directory, "SELECT count(*) FROM queue")
+    with closing(JetStreamBuffer(buffer["url"], buffer["stream"], capacity=2)) as stream:
+        return stream.depth()
+
+
 def test_batches_that_fail_for_good_leave_the_buffer_and_the_other_tables_load(
-        tmp_path: Path) -> None:
+        tmp_path: Path, buffer_config: dict[str, Any]) -> None:
     """A target column of an incompatible type fails every merge of `bad` (fatal). Its
     batches must not hold the buffer: the run returns (not ok), `items` loads in full, the
     batches stay in the manifest with their error, and load once the target is fixed."""
     make_source(tmp_path / "source.db", tables=("bad", "items"))
-    config = write_config(tmp_path, capacity=2, tables=("bad", "items"))
+    config = write_config(tmp_path, capacity=2, tables=("bad", "items"), buffer=buffer_config)
     with closing(duckdb.connect(str(tmp_path / "warehouse.duckdb"))) as con:
         con.execute("CREATE TABLE main.bad (id BIGINT, rev BIGINT, val INTEGER, "
                     "_steadyflow_seq BIGINT)")  # 'bad-1' is no INTEGER
@@ -196,7 +230,7 @@ def test_batches_that_fail_for_good_leave_the_buffer_and_the_other_tables_load(
                                                  for i in range(1, ROWS + 1)]
     assert state_count(tmp_path, "SELECT count(*) FROM manifest WHERE tbl='bad' AND "
                                  "status='landed' AND error LIKE '%Conversion%'") == ROWS // PAGE
-    assert state_count(tmp_path, "SELECT count(*) FROM queue") == 0  # no slot held
+    assert buffer_depth(buffer_config, tmp_path) == 0  # they hold no buffer slot
     status = steadyflow("status", "-c", str(config), "--json", check=True)
     tables = {t["table"]: t for t in json.loads(status.stdout)["tables"]}
     # never loaded, so "error" rather than "failing"; either way not ok, with the count

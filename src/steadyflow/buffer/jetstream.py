@@ -12,8 +12,10 @@ How the Buffer guarantees map onto JetStream:
   ``<stream>.batches.<batch id>`` with ``Nats-Msg-Id = batch id``. JetStream drops a repeat
   id within its duplicate window (two minutes); beyond it, ``max_msgs_per_subject=1`` with
   ``discard_new_per_subject`` refuses a repeat while the first copy is still queued. A
-  repeat after the batch was acked and the window passed is queued again, and the
-  warehouse ledger absorbs it (the load is a no-op), exactly as with a re-put SQLite row.
+  repeat after the batch was acked is queued again, within the window too (a batch that
+  failed for good leaves the buffer and the sweeper puts it back; dropped as a duplicate,
+  it would silently never load), and the warehouse ledger absorbs a repeat of a batch
+  that did load (the load is a no-op), exactly as with a re-put SQLite row.
 - leased: ``retention=workqueue`` (an ack removes the message, so depth == unacked
   messages) and one durable pull consumer shared by every process, with explicit acks and
   ``ack_wait = lease``: a message taken and not acked is delivered again after its lease.
@@ -301,9 +303,14 @@ class JetStreamBuffer:
     async def _publish(self, batch_id: str, payload: bytes) -> bool:
         """True once the stream holds the batch (now or already); False when it is full."""
         assert self._js is not None
+        subject = self._subject(batch_id)
         try:
-            await self._js.publish(self._subject(batch_id), payload,
-                                   headers={"Nats-Msg-Id": batch_id})
+            ack = await self._js.publish(subject, payload, headers={"Nats-Msg-Id": batch_id})
+            if ack.duplicate and not await self._contains(batch_id):
+                # the id is within its duplicate window but the message was acked: a put
+                # now means "queue it again", so publish it under an id of its own
+                await self._js.publish(subject, payload, headers={
+                    "Nats-Msg-Id": f"{batch_id}~{time.time_ns()}"})
         except APIError as exc:
             if exc.err_code != _STORE_FAILED:
                 raise
