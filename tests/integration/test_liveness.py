@@ -250,6 +250,36 @@ def test_batches_that_fail_for_good_leave_the_buffer_and_the_other_tables_load(
         "s.bad": "ok", "s.items": "ok"}
 
 
+def test_a_follower_cycle_is_not_ok_while_parked_batches_wait_for_their_retry(
+        tmp_path: Path) -> None:
+    """`run --follow`: the cycles after the one that parked `bad`'s batches do not retry
+    them (a fatal error waits minutes); they must still end "error", never "ok"."""
+    make_source(tmp_path / "source.db", tables=("bad", "items"))
+    config = write_config(tmp_path, capacity=2, tables=("bad", "items"))
+    config.write_text(config.read_text() + "run:\n  interval: 0.2\n")
+    with closing(duckdb.connect(str(tmp_path / "warehouse.duckdb"))) as con:
+        con.execute("CREATE TABLE main.bad (id BIGINT, rev BIGINT, val INTEGER, "
+                    "_steadyflow_seq BIGINT)")
+    proc = subprocess.Popen([sys.executable, "-m", "steadyflow", "run", "--follow", "-c",
+                             str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while state_count(tmp_path, "SELECT count(*) FROM runs WHERE ended_at IS NOT NULL "
+                                    "AND command='run'") < 4:
+            assert proc.poll() is None, "run --follow ended"
+            assert time.monotonic() < deadline, "run --follow did not finish 4 cycles"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert state_count(tmp_path, "SELECT count(*) FROM runs WHERE outcome='ok'") == 0
+    assert state_count(tmp_path, "SELECT count(*) FROM runs WHERE outcome='error' AND "
+                                 "error LIKE '%s.bad: 12 batch(es)%'") >= 3
+    assert warehouse_rows(tmp_path, "items") == [(i, i, f"items-{i}")
+                                                 for i in range(1, ROWS + 1)]
+
+
 def test_a_zero_buffer_lease_does_not_hand_a_leased_batch_out_again(tmp_path: Path) -> None:
     """config.py refuses a lease under a second; the buffer itself must not spin on one."""
     buffer = SqliteBuffer(tmp_path / "buffer.db", capacity=4, lease=0)

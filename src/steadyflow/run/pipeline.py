@@ -67,6 +67,8 @@ class RunSummary:
     # tables whose extraction stopped on an error (bad credentials, missing table or column,
     # source unreachable after the retry policy): the CLI exits 2 for these, 1 otherwise
     failed_tables: list[str] = field(default_factory=list)
+    # batches that failed for good in this pass (each is also in `errors`)
+    failed_batches: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -129,8 +131,8 @@ class Pipeline:
         # sweeps again once the buffer drains
         self._unqueued = False
         # batches that failed for good in this process, out of the buffer (see _park):
-        # batch id -> monotonic time from which the sweep queues them again
-        self._parked: dict[str, float] = {}
+        # batch id -> (its table's label, monotonic time from which the sweep queues it)
+        self._parked: dict[str, tuple[str, float]] = {}
         self.quarantine = Quarantine(self.landing, self.state)
         self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
                                            on_breaker=self._on_breaker)
@@ -235,7 +237,7 @@ class Pipeline:
             elif self.buffer.contains(batch.batch_id):
                 if batch.batch_id in retry_now:
                     self.buffer.nack(batch.batch_id, delay=0)
-            elif self._parked.get(batch.batch_id, now) > now:
+            elif self._parked.get(batch.batch_id, ("", now))[1] > now:
                 continue  # failed for good in this process: it waits out its backoff
             else:
                 try:
@@ -379,6 +381,7 @@ class Pipeline:
             "batch_id": batch.batch_id, "attempt": attempt})
         if final:
             summary.errors.append(f"batch {batch.batch_id}: {exc}")
+            summary.failed_batches.append(batch.batch_id)
         if isinstance(exc, RetryableError):
             self._stop.wait(min(delay, 2.0))
 
@@ -391,8 +394,24 @@ class Pipeline:
         batches fill the buffer, every table's extraction waits in `put`, and `run` never
         returns. A crash between the manifest write and this ack only redelivers it.
         """
-        self._parked[batch.batch_id] = time.monotonic() + backoff
+        label = f"{batch.source}.{batch.table}"
+        self._parked[batch.batch_id] = (label, time.monotonic() + backoff)
         self.buffer.ack(batch.batch_id)
+
+    def _report_parked(self, summary: RunSummary) -> None:
+        """Batches parked in an earlier cycle of `run --follow` and not retried in this one
+        (their backoff runs) still fail their tables: this cycle is not ok either."""
+        now = time.monotonic()
+        waiting: dict[str, tuple[int, float]] = {}
+        for batch_id in self._parked.keys() - set(summary.failed_batches):
+            label, retry_at = self._parked[batch_id]
+            count, soonest = waiting.get(label, (0, retry_at))
+            waiting[label] = (count + 1, min(soonest, retry_at))
+        for label, (count, soonest) in sorted(waiting.items()):
+            summary.errors.append(
+                f"{label}: {count} batch(es) failed to load for good and wait in the manifest "
+                f"for their retry in {max(0.0, soonest - now):.0f}s (their error: steadyflow "
+                "status / the manifest)")
 
     def _report_queue(self) -> None:
         depth = self.buffer.depth()
@@ -423,6 +442,7 @@ class Pipeline:
             summary.extracted_rows = extracted.extracted_rows
             summary.errors[:0] = extracted.errors
             summary.failed_tables[:0] = extracted.failed_tables
+            self._report_parked(summary)
         except SteadyflowError as exc:
             summary.errors.append(str(exc))
         outcome = "ok" if summary.ok else "error"
