@@ -217,7 +217,8 @@ class Pipeline:
 
         Never waits for space: it runs before any loader, so a full buffer (a restart
         after extraction was killed waiting in `put`) would wait forever. What does not
-        fit stays in the manifest and `load` sweeps again when the buffer drains.
+        fit stays in the manifest and `load` sweeps again when the buffer drains. A batch
+        parked by this process (failed for good, see _park) waits out its backoff here.
         """
         # a batch that failed in an earlier process waits out its backoff (up to minutes):
         # this process retries it once now, instead of waiting for it before ending its run
@@ -229,7 +230,10 @@ class Pipeline:
         republished = 0
         self._unqueued = False
         now = time.monotonic()
-        for batch in self.state.pending_batches():
+        pending = self.state.pending_batches()
+        for gone in self._parked.keys() - {batch.batch_id for batch in pending}:
+            del self._parked[gone]  # loaded meanwhile (by another process): not failing
+        for batch in pending:
             if self.warehouse.is_loaded(batch.batch_id):
                 self.buffer.ack(batch.batch_id)
                 self.state.mark_loaded(batch.batch_id, None, None, status="loaded")
@@ -410,8 +414,8 @@ class Pipeline:
         for label, (count, soonest) in sorted(waiting.items()):
             summary.errors.append(
                 f"{label}: {count} batch(es) failed to load for good and wait in the manifest "
-                f"for their retry in {max(0.0, soonest - now):.0f}s (their error: steadyflow "
-                "status / the manifest)")
+                f"for their retry in {max(0.0, soonest - now):.0f}s (their error: "
+                "`steadyflow status`)")
 
     def _report_queue(self) -> None:
         depth = self.buffer.depth()
