@@ -287,6 +287,15 @@ def read_envelope(table: TableConfig, raw: RawPage, records_path: str | None = N
     return records, None if token is None else str(token)
 
 
+def _field(value: Any, target: pa.DataType) -> Any:
+    """A record's field for its contract column. A nested document (or a JSON true/false)
+    in a string column is kept as its JSON text, the API's own spelling, never as a Python
+    repr ({'a': 1}, True) that no JSON reader downstream could parse."""
+    if pa.types.is_string(target) and isinstance(value, dict | list | bool):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
 def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
                after: Watermark | None = None, records_path: str | None = None,
                since: Any | None = None) -> HttpPage:
@@ -320,7 +329,8 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
         raise BadPayload("payload: cursor or key values do not compare with the "
                          "checkpoint's (type changed?)") from None
     names = contract.names
-    columns = [column_to_arrow([r.get(c.name) for r in keep], c.arrow_type)
+    columns = [column_to_arrow([_field(r.get(c.name), c.arrow_type) for r in keep],
+                               c.arrow_type)
                for c in contract.columns]
     high = None
     if placed:
