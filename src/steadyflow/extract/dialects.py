@@ -397,6 +397,13 @@ class MysqlDialect(Dialect):
         if code in (1969, 3024, 1317, 1028):
             return SourceTimeout(f"statement timeout: {msg}", stage="extract", source=src,
                                  table=table)
+        # a value out of range (1264, 1690), incorrect (1292, 1366, 1367), division by zero
+        # (1365), too long (1406): pymysql raises these as OperationalError too
+        if code in (1264, 1292, 1365, 1366, 1367, 1406, 1690):
+            return FatalError(f"query failed on a value: {msg}", stage="extract", source=src,
+                              table=table, hint="a value is out of range for the query's "
+                              "arithmetic or type: not a connection problem, retrying "
+                              "cannot help")
         if code in (2003, 2006, 2013, 2055, 1040, 1205, 1213) or isinstance(
             exc, pymysql.err.OperationalError | OSError):
             return SourceUnavailable(f"connection problem: {msg}", stage="extract", source=src,

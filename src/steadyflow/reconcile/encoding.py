@@ -42,7 +42,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 from typing import Any
 
@@ -337,9 +337,47 @@ def _sf_ts_us(value: Any) -> int | None:
     return None if value is None else timestamp_us(value)
 
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _sf_days(value: Any) -> int | None:
+    """A date as extraction loads it, in days since 1970-01-01; None if it cannot load."""
+    text = None if value is None else _text_first(_raw_date)(value)
+    return None if text is None or text.startswith("?") else int(text)
+
+
+def _sf_scaled(value: Any, scale: int) -> int | None:
+    """floor(value * 10**scale) of a SQLite number or numeric text, as the other engines
+    compute it on a decimal column; clipped to 64 bits (a value past them is far outside
+    any contract that buckets by it: invalid), None where it is no number."""
+    if isinstance(value, bytes):
+        value = _decoded(value)
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = Decimal(value if isinstance(value, int | str) else str(value))
+    except (InvalidOperation, ValueError, TypeError):
+        return None
+    if not number.is_finite():
+        return None
+    if number.adjusted() + scale > 19:  # past 64 bits (and no huge int from '1e999999')
+        return INT64_MAX if number > 0 else INT64_MIN
+    with localcontext() as ctx:
+        ctx.prec = 200  # exact for any decimal(38,s) and any 64-bit integer
+        scaled = math.floor(number.scaleb(scale))
+    return max(INT64_MIN, min(INT64_MAX, scaled))
+
+
+def _sf_bucket(value: Any, lo: int, width: int) -> int | None:
+    return None if value is None else (int(value) - lo) // width
+
+
 def register_sqlite(conn: sqlite3.Connection) -> None:
     """Give a SQLite connection the encoding as deterministic SQL functions."""
     conn.create_function("sf_row_hash", -1, _sf_row_hash, deterministic=True)
     conn.create_function("sf_row_term", -1, _sf_row_term, deterministic=True)
     conn.create_function("sf_canon", 2, _sf_canon, deterministic=True)
     conn.create_function("sf_ts_us", 1, _sf_ts_us, deterministic=True)
+    conn.create_function("sf_days", 1, _sf_days, deterministic=True)
+    conn.create_function("sf_scaled", 2, _sf_scaled, deterministic=True)
+    conn.create_function("sf_bucket", 3, _sf_bucket, deterministic=True)

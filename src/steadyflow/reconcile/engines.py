@@ -110,6 +110,33 @@ class Engine:
     def as_int(self, x: str) -> str:
         return f"CAST({x} AS BIGINT)"
 
+    # --- bucket dimensions (sides.py) ----------------------------------------------------
+    def days(self, x: str) -> str:
+        """Integer days since 1970-01-01 of a date expression (NULL where it has none)."""
+        return f"(CAST({x} AS DATE) - DATE '1970-01-01')"
+
+    def scaled(self, x: str, scale: int) -> str:
+        """floor(x * 10**scale) of a decimal expression, exact (a wide integer type)."""
+        return f"floor({x} * {10 ** scale})"
+
+    def int_literal(self, value: int) -> str:
+        """An int64 literal of the engine's 64-bit integer type. -2**63 is written as an
+        expression, as every engine reads it as a 64-bit integer (a literal
+        9223372036854775808 is numeric to some: a numeric bound disables a bigint index)."""
+        value = int(value)
+        return f"({value + 1} - 1)" if value == -(2 ** 63) else str(value)
+
+    def bucket(self, x: str, lo: int, width: int, wide: bool) -> str:
+        """(x - lo) // width, with x >= lo. `wide` when x - lo may not fit 64 bits (the
+        caller knows the range): computed in a wider exact type, never overflowing to an
+        error (PostgreSQL, MariaDB) or to a float (SQLite)."""
+        if not wide:
+            return self.idiv(f"{self.as_int(x)} - {self.int_literal(lo)}", width)
+        return self.wide_bucket(x, lo, width)
+
+    def wide_bucket(self, x: str, lo: int, width: int) -> str:
+        raise NotImplementedError
+
     # --- certainly-invalid rows (sources only) -------------------------------------------
     def double(self, x: str) -> str:
         return f"CAST({x} AS DOUBLE PRECISION)"
@@ -211,6 +238,17 @@ class PostgresEngine(Engine):
         return (f"CAST(CAST('x' || substr(md5({self.row_text(columns)}), 1, {TERM_HEX}) "
                 f"AS bit({TERM_HEX * 4})) AS bigint)")
 
+    def days(self, x: str) -> str:
+        return f"(CASE WHEN isfinite({x}) THEN CAST({x} AS date) - DATE '1970-01-01' END)"
+
+    def scaled(self, x: str, scale: int) -> str:
+        n = f"CAST({x} AS numeric)"
+        # n - n = 0 is false for NaN and the infinities, which have no integer
+        return f"(CASE WHEN {n} - {n} = 0 THEN floor({n} * {10 ** scale}) END)"
+
+    def wide_bucket(self, x: str, lo: int, width: int) -> str:
+        return f"CAST(div(CAST({x} AS numeric) - {int(lo)}, {int(width)}) AS bigint)"
+
 
 class MysqlEngine(Engine):
     """MySQL / MariaDB. Session time zone is UTC (set by the source dialect)."""
@@ -266,6 +304,16 @@ class MysqlEngine(Engine):
     def idiv(self, a: str, b: int) -> str:
         return f"(({a}) DIV {int(b)})"
 
+    def days(self, x: str) -> str:
+        return f"DATEDIFF({x}, '1970-01-01')"
+
+    def scaled(self, x: str, scale: int) -> str:
+        return f"FLOOR({x} * {10 ** scale})"
+
+    def wide_bucket(self, x: str, lo: int, width: int) -> str:
+        # DIV of DECIMALs is exact; the quotient (a bucket number) fits a BIGINT
+        return f"((CAST({x} AS DECIMAL(65,0)) - {int(lo)}) DIV {int(width)})"
+
     def as_int(self, x: str) -> str:
         return f"CAST({x} AS SIGNED)"
 
@@ -316,6 +364,9 @@ class DuckdbEngine(Engine):
     def idiv(self, a: str, b: int) -> str:
         return f"(({a}) // {int(b)})"
 
+    def wide_bucket(self, x: str, lo: int, width: int) -> str:
+        return f"CAST((CAST({x} AS HUGEINT) - {int(lo)}) // {int(width)} AS BIGINT)"
+
 
 class SqliteEngine(Engine):
     """The encoding runs in Python functions registered on the connection (encoding.py)."""
@@ -356,6 +407,16 @@ class SqliteEngine(Engine):
 
     def as_int(self, x: str) -> str:
         return f"CAST({x} AS INTEGER)"
+
+    def days(self, x: str) -> str:
+        return f"sf_days({self._arg(x)})"
+
+    def scaled(self, x: str, scale: int) -> str:
+        return f"sf_scaled({self._arg(x)}, {int(scale)})"
+
+    def wide_bucket(self, x: str, lo: int, width: int) -> str:
+        # SQLite's integer arithmetic overflows into a float (inexact): Python's is exact
+        return f"sf_bucket({self.as_int(x)}, {int(lo)}, {int(width)})"
 
     def double(self, x: str) -> str:
         return f"CAST({x} AS REAL)"

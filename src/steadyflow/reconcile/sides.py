@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from steadyflow.model import TEXT_DATE, Contract
@@ -34,11 +34,27 @@ LOOKUP_CHUNK = 400
 
 @dataclass(frozen=True, slots=True)
 class Dim:
-    """An integer dimension: a key column, or the cursor (`time`: a timestamp, as µs)."""
+    """An integer dimension a side is bucketed by, computed alike on every engine:
+
+        int      an integer column, as it is
+        time     a timestamp, as µs since 1970-01-01 UTC
+        date     a date, as days since 1970-01-01
+        decimal  a decimal, as floor(value * 10**scale) (scale 0: the cursor's horizon)
+        hash     the row's primary key: the first 60 bits of the md5 of its canonical
+                 encoding (`key`: (column, contract type) pairs), in [0, 2**60)
+    """
 
     column: str
-    time: bool = False
-    date: bool = False  # a date, as days since 1970-01-01 (the cursor's horizon only)
+    kind: str = "int"
+    scale: int = 0
+    key: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def time(self) -> bool:
+        return self.kind == "time"
+
+
+WIDE_FREE = 2 ** 62  # a range inside ±2**62 subtracts within 64 bits
 
 
 @dataclass
@@ -70,7 +86,6 @@ class SqlSide:
         self._invalid = ((f"CASE WHEN {' OR '.join(f'({p})' for p in preds)} THEN 1 ELSE 0 END"
                           if preds else "0"), params)
         self._cursor_type = self.contract.column(self.contract.cursor).type.strip().lower()
-        self._cursor_time = self._cursor_type == "timestamp"
 
     # --- SQL pieces -------------------------------------------------------------------
     def _exec(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -78,31 +93,53 @@ class SqlSide:
         return self.run(sql, params)
 
     def _dim_expr(self, i: int) -> str:
-        d = self.dims[i]
-        return self.engine.ts_us(self.engine.q(d.column)) if d.time else self.engine.q(d.column)
+        return self._expr(self.dims[i])
 
-    def _time_param(self, us: int) -> Any:
-        return self.to_param(datetime_of(us))
+    def _expr(self, d: Dim, col: str | None = None) -> str:
+        """The dimension's integer value of a row (of `col`, default its column)."""
+        e = self.engine
+        x = col or e.q(d.column)
+        if d.kind == "time":
+            return e.ts_us(x)
+        if d.kind == "date":
+            return e.days(x)
+        if d.kind == "decimal":
+            return e.scaled(x, d.scale)
+        if d.kind == "hash":
+            return e.row_term([(e.q(k), t) for k, t in d.key])
+        return x
 
     def _cmp(self, dim: Dim, op: str, value: int) -> Fragment:
-        """dim `op` value, on the native column where the engine can (uses its index)."""
+        """dim `op` value (op one of = >= <), on the native column where the engine can
+        (uses its index), else on the dimension's expression. `< v` is written `<= v - 1`
+        where that is equivalent (integers, µs, days), so a bound past the largest value
+        (2**63 for a bigint at its maximum, a day after 9999-12-31) is never written."""
         e, col = self.engine, self.engine.q(dim.column)
-        if dim.date:
-            day = EPOCH_DAY + timedelta(days=value)
+        if op == "<" and dim.kind != "decimal":
+            op, value = "<=", value - 1
+        native = e.native_time and dim.kind in ("time", "date", "decimal")
+        if native and dim.kind == "time":
+            return f"{col} {op} {e.placeholder}", [self.to_param(datetime_of(value))]
+        if native and dim.kind == "date":
             return f"{col} {op} {e.placeholder}", [
-                day.isoformat() if e.kind == "sqlite" else self.to_param(day)]
-        if dim.time and e.native_time:
-            return f"{col} {op} {e.placeholder}", [self._time_param(value)]
-        if dim.time:
-            return f"{e.ts_us(col)} {op} {int(value)}", []
-        return f"{col} {op} {int(value)}", []
+                self.to_param(EPOCH_DAY + timedelta(days=value))]
+        if native:  # a decimal bound as an exact literal of the column's own type
+            return f"{col} {op} {format(Decimal(value).scaleb(-dim.scale), 'f')}", []
+        return f"{self._expr(dim)} {op} {e.int_literal(value)}", []
+
+    def _cursor_dim(self) -> Dim:
+        """The cursor, in the units of --since and the horizon (cursor_us)."""
+        scale = decimal_scale(self._cursor_type)
+        if scale is not None:
+            return Dim(self.contract.cursor, "decimal", scale=scale)
+        kind = {"timestamp": "time", "date": "date"}.get(self._cursor_type, "int")
+        return Dim(self.contract.cursor, kind)
 
     def _base(self) -> list[Fragment]:
         frags: list[Fragment] = []
         if self.where[0]:
             frags.append(self.where)
-        cursor = Dim(self.contract.cursor, time=self._cursor_time,
-                     date=self._cursor_type == "date")
+        cursor = self._cursor_dim()
         if self.since_us is not None:
             frags.append(self._cmp(cursor, ">=", self.since_us))
         if self.before_us is not None:
@@ -130,8 +167,8 @@ class SqlSide:
         e = self.engine
         dim = self.dims[len(prefix)]
         col = e.q(dim.column)
-        if dim.time and e.native_time:
-            lo, hi = e.ts_us(f"min({col})"), e.ts_us(f"max({col})")
+        if e.native_time and dim.kind in ("time", "date", "decimal"):  # monotonic: an index
+            lo, hi = self._expr(dim, f"min({col})"), self._expr(dim, f"max({col})")
         else:
             expr = self._dim_expr(len(prefix))
             lo, hi = f"min({expr})", f"max({expr})"
@@ -144,8 +181,9 @@ class SqlSide:
 
     def aggregate(self, rng: Range, width: int) -> dict[int, Agg]:
         e = self.engine
-        dim = self._dim_expr(rng.depth)
-        bucket = e.idiv(f"{e.as_int(dim)} - {int(rng.lo)}", width)
+        d = self.dims[rng.depth]
+        wide = d.kind == "decimal" or rng.lo < -WIDE_FREE or rng.hi > WIDE_FREE
+        bucket = e.bucket(self._expr(d), rng.lo, width, wide)
         inv_sql, inv_params = self._invalid
         where, params = self._where(self._base() + self._range(rng))
         parts = e.term_parts("h")
@@ -189,15 +227,16 @@ class SqlSide:
         return out
 
     def _cursor_value(self, text: Any) -> Any:
-        """The canonical cursor as a number where it is one (µs, days, the integer or the
-        decimal), comparable with the horizon; else its text."""
+        """The canonical cursor as a number where it is one (µs, days, the integer, the
+        decimal scaled to an integer), comparable with the horizon; else its text."""
         if text is None:
             return None
         try:
             if self._cursor_type in ("timestamp", "int64", "int32", "date"):
                 return int(text)
-            if decimal_scale(self._cursor_type) is not None:
-                return Decimal(text)
+            scale = decimal_scale(self._cursor_type)
+            if scale is not None:  # in the horizon's units: floor(value * 10**scale)
+                return cursor_us(Decimal(text), scale)
         except (ValueError, ArithmeticError):
             pass  # not readable as its type: an invalid row
         return text
@@ -242,10 +281,11 @@ def key_predicate(engine: Engine, columns: Sequence[str], keys: Sequence[Sequenc
     return " OR ".join(f"({one})" for _ in keys) or "1 = 0", params
 
 
-def cursor_us(value: Any) -> int | None:
+def cursor_us(value: Any, scale: int = 0) -> int | None:
     """A --since value or a checkpoint cursor as the integer the cursor dimension uses:
-    µs for a time (SQLite text parsed as extraction loads it), days for a date, the floor
-    of a decimal. None if it is none of these (then there is no horizon)."""
+    µs for a time (SQLite text parsed as extraction loads it), days for a date, an integer,
+    floor(value * 10**scale) for a decimal(p,scale). None if it is none of these (then there
+    is no horizon)."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, datetime):
@@ -256,6 +296,10 @@ def cursor_us(value: Any) -> int | None:
         if TEXT_DATE.match(value):
             return (date.fromisoformat(value) - EPOCH_DAY).days
         return timestamp_us(value)
-    if isinstance(value, int | Decimal):
-        return math.floor(value)
+    if isinstance(value, int):
+        return value * 10 ** scale
+    if isinstance(value, Decimal):
+        with localcontext() as ctx:
+            ctx.prec = 200  # exact for any decimal(38,s)
+            return math.floor(value.scaleb(scale))
     return None

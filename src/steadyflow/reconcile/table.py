@@ -43,6 +43,7 @@ from steadyflow.merge.plan import SEQ
 from steadyflow.model import Contract, TableRef, Watermark, drift_type, step_back
 from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
 from steadyflow.reconcile.encoding import (
+    EPOCH_DAY,
     canonical,
     decimal_scale,
     raw_converter,
@@ -124,24 +125,48 @@ class TableReconciler:
         return flt
 
     def _dims(self) -> tuple[list[Dim], str]:
+        """How this table is bucketed: by its leading integer key columns (`key`, the
+        default), or by its cursor (`cursor`: the default when the key has no integer
+        column; an index range scan, as extraction keeps an index on it), either followed
+        by a hash of the whole key when the integer columns do not make a row unique, so a
+        leaf is always small; with neither, by the key's hash alone (`key hash`: every
+        bucket query then scans the table). See docs/reconcile.md."""
         c = self.contract
-        ints: list[str] = []
-        for k in c.primary_key:
-            if k in self.filter or k == c.cursor:
-                continue
+        free = [k for k in c.primary_key if k not in self.filter and k != c.cursor]
+        ints: list[Dim] = []
+        for k in free:
             if c.column(k).type not in ("int64", "int32"):
                 break
-            ints.append(k)
+            ints.append(Dim(k))
+        rest = [] if len(ints) == len(free) else [self._key_hash()]
         by = self.options.by
         if by in (None, "key") and ints:
-            return [Dim(k) for k in ints], "key"
-        cursor_type = c.column(c.cursor).type
-        if by == "key" or cursor_type not in ("timestamp", "int64", "int32"):
+            return [*ints, *rest], "key"
+        cursor = self._cursor_dim() if by != "key" else None
+        if cursor is not None:
+            return [cursor, *ints, *rest], "cursor"
+        if by == "cursor":
             raise ConfigError(
-                f"{self.ref.label}: reconcile buckets by an integer primary-key column or by a "
-                f"timestamp/integer cursor; this table has neither ({'/'.join(c.primary_key)}, "
-                f"cursor {c.cursor}: {cursor_type})")
-        return [Dim(c.cursor, time=cursor_type == "timestamp"), *[Dim(k) for k in ints]], "cursor"
+                f"{self.ref.label}: --by cursor needs a timestamp, date, integer or "
+                f"decimal(p,s) cursor with p <= 18; {c.cursor} is "
+                f"{c.column(c.cursor).type}", hint="leave --by out: the key's hash is used")
+        return [self._key_hash()], "key hash"
+
+    def _cursor_dim(self) -> Dim | None:
+        """The cursor as an integer dimension, if its type has one: µs, days, the integer,
+        or a decimal scaled to an integer (p <= 18 keeps a valid value inside 64 bits)."""
+        ctype = self.contract.column(self.contract.cursor).type.strip().lower()
+        kind = {"timestamp": "time", "date": "date", "int64": "int", "int32": "int"}.get(ctype)
+        if kind is not None:
+            return Dim(self.contract.cursor, kind)
+        scale = decimal_scale(ctype)
+        if scale is not None and _precision(ctype) <= 18:
+            return Dim(self.contract.cursor, "decimal", scale=scale)
+        return None
+
+    def _key_hash(self) -> Dim:
+        key = tuple((k, self.contract.column(k).type) for k in self.contract.primary_key)
+        return Dim("", "hash", key=key)
 
     def _source_run(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         def once() -> list[tuple[Any, ...]]:
@@ -175,32 +200,52 @@ class TableReconciler:
     def _horizon(self, mark: Watermark) -> int | None:
         """Rows at or past the horizon are not compared: they may be in flight.
 
-        With no lookback and no landed batch of this table waiting, every row up to the
-        checkpoint (cursor, key) is loaded, so the horizon is just past the checkpoint's
+        With no landed batch of this table waiting, every row up to the checkpoint
+        (cursor, key) has been read and loaded, so the horizon is just past the checkpoint's
         cursor, and a differing row *at* that cursor is in flight only if its key is past the
         checkpoint's (asked of the source with extraction's own keyset predicate, in
-        `_past_mark`). Otherwise the horizon is the checkpoint minus the lookback: late rows
-        the next run re-reads, or rows landed and not merged yet, are not differences.
+        `_past_mark`). That holds with a lookback too: a row committed late behind the
+        checkpoint is missing now (the next run's re-read would bring it; a repair does), and
+        a lost warehouse row inside the lookback is missing, not "in flight". With a batch
+        waiting, the horizon is the checkpoint minus the lookback: rows landed and not merged
+        yet are not differences.
         """
         pending = any(b.source == self.ref.source and b.table == self.ref.table
                       for b in self.pipeline.state.pending_batches())
         ctype = self.contract.column(self.contract.cursor).type.strip().lower()
-        exact = (self.t.lookback <= 0 and not pending
-                 and ctype in ("timestamp", "date", "int64", "int32"))
+        scale = decimal_scale(ctype)
+        exact = not pending and (ctype in ("timestamp", "date", "int64", "int32")
+                                 or scale is not None)
         value: Any = mark.cursor
-        if isinstance(value, str) and (ctype in ("int64", "int32") or decimal_scale(ctype)):
+        if isinstance(value, str) and (ctype in ("int64", "int32") or scale is not None):
             try:  # a number a SQLite column holds as text
                 value = Decimal(value)
             except ArithmeticError:
                 return None
         try:
-            at = cursor_us(value if exact else step_back(value, self.t.lookback))
+            at = cursor_us(value if exact else step_back(value, self.t.lookback), scale or 0)
         except ValueError as exc:
             raise ConfigError(f"{self.ref.label}: no reconcile horizon: {exc}") from None
         if at is None or not exact:
             return at
         self._mark = (mark, at)
         return at + 1
+
+    def _horizon_text(self, at: int) -> str:
+        """The horizon as the operator reads the cursor: a time, a date, or a number."""
+        ctype = self.contract.column(self.contract.cursor).type.strip().lower()
+        try:
+            if ctype == "timestamp":
+                return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at)
+                        ).isoformat()
+            if ctype == "date":
+                return (EPOCH_DAY + timedelta(days=at)).isoformat()
+            scale = decimal_scale(ctype)
+            if scale:
+                return format(Decimal(at).scaleb(-scale), "f")
+        except OverflowError:  # just past 9999-12-31
+            pass
+        return str(at)
 
     def _past_mark(self, raw_keys: list[tuple[Any, ...]]) -> set[Key]:
         """Of these source keys (rows at the checkpoint's cursor), the canonical keys past
@@ -242,9 +287,7 @@ class TableReconciler:
         src, wh = self.sides()
         report.since = self.options.since.isoformat() if self.options.since else None
         if src.before_us is not None:
-            report.horizon = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
-                microseconds=src.before_us)).isoformat() if self.contract.cursor_is_time \
-                else str(src.before_us)
+            report.horizon = self._horizon_text(src.before_us)
         time_first = self.dims[0].time
         scan = Bisector(src, wh, len(self.dims), top_width=DAY_US if time_first else None,
                         top_buckets=self.options.top_buckets, fanout=self.options.fanout,
@@ -484,6 +527,10 @@ def _newer(a: Any, b: Any) -> bool:
         return a is not None and b is not None and a > b
     except TypeError:
         return False
+
+
+def _precision(ctype: str) -> int:
+    return int(ctype[ctype.index("(") + 1: ctype.index(",")])
 
 
 def _sortable(key: Key) -> tuple[str, ...]:
