@@ -70,13 +70,18 @@ class Api:
         return int(value)
 
     def page(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """A token carries the chain's filter and position (as real APIs' cursors do)."""
         limit = int(query.get("limit", ["100"])[0])
-        offset = int(query.get("after", ["0"])[0])
-        since = query.get("updated_since", [None])[0]
+        token = query.get("after", [None])[0]
+        if token is None:
+            offset, since = 0, query.get("updated_since", [None])[0]
+        else:
+            head, _, rest = token.partition("|")
+            offset, since = int(head), rest or None
         rows = self.ordered(since)
         chunk = rows[offset:offset + limit]
         more = offset + limit < len(rows)
-        return {"data": chunk, "next": str(offset + limit) if more else None}
+        return {"data": chunk, "next": f"{offset + limit}|{since or ''}" if more else None}
 
 
 @pytest.fixture
