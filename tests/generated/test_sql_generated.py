@@ -144,10 +144,15 @@ def quarantined_rows(landing: Path, table: str) -> int:
 
 
 # --- what the run must refuse ----------------------------------------------------------------
-def refusal_expected(source: str, table: Table) -> bool:
-    """A SQLite cursor stored in two spellings whose text order is not time order."""
-    return (source == "sqlite" and table.spelling == "mixed"
-            and table.col(table.cursor).kind == "ts" and len(table.rows) >= 2)
+def refusal_expected(source: SourceDb, table: Table) -> bool:
+    """A SQLite cursor stored in two spellings (' ' and 'T') whose text order is not time
+    order: read from the file itself which separators its values use."""
+    if source.kind != "sqlite" or table.col(table.cursor).kind != "ts":
+        return False
+    with closing(sqlite3.connect(source.where)) as conn:
+        seps = conn.execute(f'SELECT count(DISTINCT substr("{table.cursor}", 11, 1)) '
+                            f'FROM "{table.name}"').fetchone()[0]
+    return bool(seps > 1)
 
 
 # --- the property ----------------------------------------------------------------------------
@@ -210,7 +215,7 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
         for t in tables:
             label = f"src.{t.name}"
             shape = ", ".join(f"{c.name} {c.kind}" for c in t.cols)
-            if refusal_expected(source.kind, t):
+            if refusal_expected(source, t):
                 last = summaries[-1]
                 assert label in last.failed_tables, (
                     f"{t.name} ({shape}): a cursor stored in two spellings must be refused")
