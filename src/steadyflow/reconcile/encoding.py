@@ -368,8 +368,8 @@ def _sf_scaled(value: Any, scale: int) -> int | None:
     return max(INT64_MIN, min(INT64_MAX, scaled))
 
 
-def _sf_bucket(value: Any, lo: int, width: int) -> int | None:
-    return None if value is None else (int(value) - lo) // width
+def _sf_bucket(value: Any, lo: str, width: str) -> int | None:
+    return None if value is None else (int(value) - int(lo)) // int(width)
 
 
 def register_sqlite(conn: sqlite3.Connection) -> None:

@@ -416,7 +416,8 @@ class SqliteEngine(Engine):
 
     def wide_bucket(self, x: str, lo: int, width: int) -> str:
         # SQLite's integer arithmetic overflows into a float (inexact): Python's is exact
-        return f"sf_bucket({self.as_int(x)}, {int(lo)}, {int(width)})"
+        # lo and width as text: a literal past 64 bits would be a float to SQLite
+        return f"sf_bucket({self.as_int(x)}, '{int(lo)}', '{int(width)}')"
 
     def double(self, x: str) -> str:
         return f"CAST({x} AS REAL)"

@@ -183,7 +183,9 @@ class SqlSide:
         e = self.engine
         d = self.dims[rng.depth]
         wide = d.kind == "decimal" or rng.lo < -WIDE_FREE or rng.hi > WIDE_FREE
-        bucket = e.bucket(self._expr(d), rng.lo, width, wide)
+        # one bucket: no arithmetic (its width may not even be a 64-bit literal)
+        bucket = ("0" if width >= rng.hi - rng.lo
+                  else e.bucket(self._expr(d), rng.lo, width, wide))
         inv_sql, inv_params = self._invalid
         where, params = self._where(self._base() + self._range(rng))
         parts = e.term_parts("h")
