@@ -3,8 +3,8 @@
 Pure logic over the `Side` protocol (sides.py implements it with SQL aggregates), so it is
 unit-tested with in-memory sides.
 
-A side exposes a table as integer *dimensions* (an integer primary-key column, or a
-timestamp cursor as UTC microseconds, followed by the remaining integer key columns). A
+A side exposes a table as integer *dimensions* (integer primary-key columns, or the cursor
+as an integer, then a 60-bit hash of the key; sides.Dim and table.py say which). A
 `Range` fixes the first dimensions to single values (`prefix`) and bounds the next one to
 [lo, hi). For a range and a width, a side answers one aggregate query: per sub-bucket
 (value - lo) // width, the row count and the sum of row terms (see encoding.py). Equal

@@ -17,8 +17,18 @@ source tables feed one target (4 stores → `sales`), the rows matching the tabl
 `warehouse_filter` (e.g. `{store_id: 3}`), applied on both sides. A target fed by several
 tables without filters is refused rather than guessed.
 
-The horizon: rows whose cursor is at or past the table's checkpoint minus its lookback may
-still be in flight (extracted soon, or landed and not yet merged), so they are not compared.
+How a table is bucketed (`_dims`; every key and cursor type works): by its leading integer
+key columns; else by its cursor as an integer (µs, days, the integer, a decimal scaled by
+10**scale), whose ranges are index range scans on the (cursor, key) index extraction keeps;
+either followed by a 60-bit md5 of the canonical key when the integers do not make a row
+unique, so a leaf (a date's rows, a second's) stays small. The key hash alone is the last
+resort (`--by key` without integer key columns, a float/string cursor): identical on every
+engine, whatever the collation, but a range of it scans the table. The bucket arithmetic is
+exact at the ends of int64 (sides.py, engines.Engine.bucket).
+
+The horizon: with a landed batch of the table waiting, rows whose cursor is at or past the
+checkpoint minus its lookback may be in flight, so they are not compared; with none, every
+row up to the checkpoint is (`_horizon`).
 """
 
 from __future__ import annotations
