@@ -180,3 +180,21 @@ def test_every_float_encodes_alike_in_python_duckdb_and_sqlite() -> None:
         got = [r[0] for r in conn.execute(
             f"SELECT {lite.canon('x', 'float64')} FROM f ORDER BY rowid").fetchall()]
     assert got == [canonical(v, "float64") for v in finite]
+
+
+DECIMALS = [("decimal(3,3)", "-0.241"), ("decimal(3,3)", "0"), ("decimal(1,1)", "0.5"),
+            ("decimal(38,38)", "-0.5"), ("decimal(38,10)", "1234567890123456789012345678.5"),
+            ("decimal(18,0)", "-999999999999999999"), ("decimal(5,2)", "-1.5")]
+
+
+@pytest.mark.parametrize(("ctype", "value"), DECIMALS)
+def test_every_decimal_encodes_alike_in_python_duckdb_and_sqlite(ctype: str, value: str
+                                                                 ) -> None:
+    """DuckDB prints a DECIMAL(p,p) as '.241' (every other engine: '0.241'), and Python's
+    default 28-digit context could not quantize a decimal(38,s): both were mismatches."""
+    want = canonical(Decimal(value), ctype)
+    assert want is not None and Decimal(want) == Decimal(value)
+    with duckdb.connect() as conn:
+        sql = engine_for("duckdb").canon(f"CAST('{value}' AS {ctype.upper()})", ctype)
+        assert conn.execute(f"SELECT {sql}").fetchone() == (want,)
+    assert raw_converter(ctype)(value) == want  # a SQLite text decimal

@@ -109,7 +109,9 @@ def float_text(value: float) -> str:
 
 def _decimal_text(value: Decimal, scale: int) -> str:
     quantum = Decimal(1).scaleb(-scale)
-    q = value.quantize(quantum, rounding=ROUND_HALF_UP)
+    with localcontext() as ctx:
+        ctx.prec = 200  # the default 28 digits cannot hold a decimal(38,s)
+        q = value.quantize(quantum, rounding=ROUND_HALF_UP)
     if q == 0:
         q = q.copy_abs()  # no negative zero: PostgreSQL and MariaDB print 0.00
     return format(q, "f")

@@ -355,8 +355,21 @@ class DuckdbEngine(Engine):
             return self.float_canon(x)
         scale = decimal_scale(t)
         if scale is not None:
-            return f"CAST(CAST({x} AS DECIMAL({_precision(t)},{scale})) AS VARCHAR)"
+            return self._decimal_text(x, _precision(t), scale)
         raise ValueError(f"no canonical encoding for type {ctype!r}")
+
+    @staticmethod
+    def _decimal_text(x: str, precision: int, scale: int) -> str:
+        """DuckDB prints a DECIMAL(p,p) without its leading zero ('.241', '-.5'): one more
+        digit of precision gives it back ('0.241'), as every other engine prints it."""
+        value = f"CAST({x} AS DECIMAL({precision},{scale}))"
+        if precision == scale and precision < 38:
+            value = f"CAST({value} AS DECIMAL({precision + 1},{scale}))"
+        text = f"CAST({value} AS VARCHAR)"
+        if precision == scale == 38:
+            return (f"(CASE WHEN {text} LIKE '-.%' THEN '-0' || substr({text}, 2) "
+                    f"WHEN {text} LIKE '.%' THEN '0' || {text} ELSE {text} END)")
+        return text
 
     def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
         return f"CAST('0x' || substr(md5({self.row_text(columns)}), 1, {TERM_HEX}) AS BIGINT)"
