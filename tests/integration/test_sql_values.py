@@ -1,0 +1,194 @@
+"""DB-API sources (SQLite, MariaDB): one unreadable value costs one row, never the table;
+MariaDB keyset pages lose nothing whatever the cursor type, key type, collation or page size.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from contextlib import closing
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import duckdb
+import pymysql
+import pytest
+from tests.conftest import write_pipeline
+
+from steadyflow.config import SourceConfig
+from steadyflow.errors import SchemaError
+from steadyflow.extract.sql import SqlSource
+from steadyflow.model import INVALID, Column, Contract, Watermark, step_back
+from steadyflow.run.pipeline import Pipeline
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+AT = datetime(2024, 1, 1, 10, 0, 0, tzinfo=UTC)
+
+
+# --- SQLite: invalid UTF-8, numbers in a time column ----------------------------------------
+def sqlite_table(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, seen_at DATETIME, "
+                     "updated_at TEXT NOT NULL)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", [
+            (1, "ok", "2024-01-01T12:00:00+02:00", "2024-01-01 10:00:01"),
+            (3, "ok", 1_704_103_200, "2024-01-01 10:00:03"),  # an epoch in a timestamp
+            (4, "ok", 1_704_103_200.5, "2024-01-01 10:00:04"),
+            (5, "fine", "2024-01-01 10:00:00.5Z", "2024-01-01 10:00:05"),
+        ])
+        # text that is not UTF-8: sqlite3 raised "Could not decode to UTF-8" for the table
+        conn.execute("INSERT INTO t VALUES (2, CAST(X'61FF62' AS TEXT), NULL, "
+                     "'2024-01-01 10:00:02')")
+        conn.commit()
+
+
+def test_sqlite_unreadable_values_cost_one_row_each(tmp_path: Path) -> None:
+    sqlite_table(tmp_path / "s.db")
+    contract = Contract(columns=(Column("id", "int64"), Column("v", "string"),
+                                 Column("seen_at", "timestamp"), Column("updated_at",
+                                                                        "timestamp")),
+                        primary_key=("id",), cursor="updated_at")
+    db = SqlSource(SourceConfig(name="s", kind="sqlite", path=str(tmp_path / "s.db"),
+                                tables=[{"name": "t", "contract": "c"}]))
+    db.probe("t", contract)
+    pages = list(db.pages("t", contract, None, None, 2))
+    rows = [r for page, _ in pages for r in page.to_pylist()]
+    db.close()
+    assert [r["id"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["v"] for r in rows] == ["ok", None, "ok", "ok", "fine"]
+    assert [r["seen_at"] for r in rows] == [AT, None, None, None,
+                                            AT.replace(microsecond=500_000)]
+    assert [r.get(INVALID) for r in rows] == [
+        None, "v: invalid UTF-8: 'a\\xffb'",
+        "seen_at: the number 1704103200 is not a timestamp (an epoch? declare the column "
+        "int64 or float64, or store times as text or a time type)",
+        "seen_at: the number 1704103200.5 is not a timestamp (an epoch? declare the column "
+        "int64 or float64, or store times as text or a time type)", None]
+
+    # end to end: the other rows load, the three are quarantined with their reason
+    contracts = {"c": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
+        "id": {"type": "int64", "nullable": False}, "v": {"type": "string"},
+        "seen_at": {"type": "timestamp"}, "updated_at": {"type": "timestamp"}}}}
+    wh = tmp_path / "wh.duckdb"
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite",
+                                        "path": str(tmp_path / "s.db"),
+                                        "tables": [{"name": "t", "contract": "c"}]}],
+                            {"kind": "duckdb", "path": str(wh), "schema": "main"},
+                            contracts=contracts)
+    with Pipeline.from_yaml(config) as p:
+        summary = p.run_once()
+    assert summary.errors == []
+    assert summary.quarantined_rows == 3
+    with duckdb.connect(str(wh), read_only=True) as con:
+        assert sorted(con.sql("SELECT id, v FROM main.t").fetchall()) == [(1, "ok"),
+                                                                          (5, "fine")]
+
+
+# --- MariaDB: cursor types, key types, collation, page sizes 1..5 ---------------------------
+def mysql(dsn: str) -> Any:
+    parts = urlsplit(dsn)
+    return pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
+                           password="", database=parts.path.lstrip("/"), autocommit=True)
+
+
+# keys unique under utf8mb4_general_ci (so 'b' and 'B', 'c' and 'c ' cannot both exist),
+# whose collation order differs from Python's: 'a' < 'B' < 'b1' < 'C ' < 'c1'
+TEXT_KEYS = ["a", "B", "b1", "C ", "c1", "D", "e x", "E1", "f", "ö", "Z"]
+CURSORS: dict[str, tuple[str, list[Any]]] = {
+    # (column type, cursor values: ties across page boundaries)
+    "datetime0": ("DATETIME", [AT + timedelta(seconds=i // 4) for i in range(11)]),
+    "datetime6": ("DATETIME(6)", [AT + timedelta(microseconds=i // 3) for i in range(11)]),
+    "date": ("DATE", [date(2024, 1, 1) + timedelta(days=i // 5) for i in range(11)]),
+}
+KEYS: dict[str, tuple[str, list[Any]]] = {
+    "decimal": ("DECIMAL(12,2)", [Decimal(i) / 4 for i in range(11)]),
+    "varchar": ("VARCHAR(20) COLLATE utf8mb4_general_ci", TEXT_KEYS),
+}
+
+
+@pytest.mark.parametrize("cursor", list(CURSORS))
+@pytest.mark.parametrize("key", list(KEYS))
+def test_mariadb_pages_lose_nothing(cursor: str, key: str, mysql_dsn: str) -> None:
+    ctype, cursors = CURSORS[cursor]
+    ktype, keys = KEYS[key]
+    rows = list(zip(keys, cursors, strict=True))
+    random.Random(5).shuffle(rows)
+    with closing(mysql(mysql_dsn)) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE t (k {ktype} NOT NULL PRIMARY KEY, c {ctype} NOT NULL, "
+                    "KEY t_cursor (c, k)) DEFAULT CHARSET utf8mb4")
+        cur.executemany("INSERT INTO t VALUES (%s, %s)",
+                        [(k, c.replace(tzinfo=None) if isinstance(c, datetime) else c)
+                         for k, c in rows])
+        cur.execute("SELECT k FROM t ORDER BY c, k")
+        order = [r[0] for r in cur.fetchall()]  # the server's own (cursor, key) order
+    contract = Contract(columns=(
+        Column("k", "decimal(12,2)" if key == "decimal" else "string", nullable=False),
+        Column("c", "date" if cursor == "date" else "timestamp", nullable=False)),
+        primary_key=("k",), cursor="c")
+    db = SqlSource(SourceConfig(name="m", kind="mysql", dsn=mysql_dsn,
+                                tables=[{"name": "t", "contract": "c"}]))
+    try:
+        db.probe("t", contract)
+        for page_size in range(1, 6):
+            got: list[Any] = []
+            high: Watermark | None = None
+            for rows_, mark in db.pages("t", contract, None, None, page_size):
+                got += rows_["k"].to_pylist()
+                high = mark
+                assert len(got) <= len(keys), "extraction does not end"
+            assert got == order, page_size  # each row once, in the server's order
+            assert high is not None and Watermark.from_json(high.to_json()) == high
+            assert list(db.pages("t", contract, high, None, page_size)) == []
+            # lookback steps back in the cursor's own type (dates: whole days)
+            since = step_back(high.cursor, 1)
+            back = [k for page, _ in db.pages("t", contract, None, since, page_size)
+                    for k in page["k"].to_pylist()]
+            assert back == [k for k, c in zip(order, sorted(cursors), strict=True)
+                            if c >= since]
+    finally:
+        db.close()
+
+
+def test_mariadb_refuses_null_and_epoch_cursors(mysql_dsn: str) -> None:
+    with closing(mysql(mysql_dsn)) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE n (id INT PRIMARY KEY, c DATETIME(6) NULL)")
+        cur.execute("INSERT INTO n VALUES (1, '2024-01-01 10:00:00'), (2, NULL)")
+        cur.execute("CREATE TABLE e (id INT PRIMARY KEY, c BIGINT NOT NULL)")
+        cur.execute("INSERT INTO e VALUES (1, 1704103200)")
+    contract = Contract(columns=(Column("id", "int64"), Column("c", "timestamp")),
+                        primary_key=("id",), cursor="c")
+    db = SqlSource(SourceConfig(name="m", kind="mysql", dsn=mysql_dsn,
+                                tables=[{"name": "n", "contract": "c"}]))
+    try:
+        with pytest.raises(SchemaError, match="holds NULLs") as null:
+            db.probe("n", contract)
+        assert null.value.table == "n" and "NOT NULL" in (null.value.hint or "")
+        with pytest.raises(SchemaError, match="declared bigint") as epoch:
+            db.probe("e", contract)
+        assert epoch.value.table == "e" and "int64" in (epoch.value.hint or "")
+    finally:
+        db.close()
+
+
+def test_mariadb_binary_text_is_decoded_or_refused_per_row(mysql_dsn: str) -> None:
+    """A VARBINARY/BLOB column under a string contract: its bytes are UTF-8 text or that
+    row's value is invalid (str(b'...') was stored as "b'...'")."""
+    with closing(mysql(mysql_dsn)) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE b (id INT PRIMARY KEY, v VARBINARY(10), "
+                    "c DATETIME(6) NOT NULL)")
+        cur.execute("INSERT INTO b VALUES (1, 'caf\xe9', '2024-01-01'), "
+                    "(2, X'61FF', '2024-01-02')")
+    contract = Contract(columns=(Column("id", "int64"), Column("v", "string"),
+                                 Column("c", "timestamp")), primary_key=("id",), cursor="c")
+    db = SqlSource(SourceConfig(name="m", kind="mysql", dsn=mysql_dsn,
+                                tables=[{"name": "b", "contract": "c"}]))
+    try:
+        page, _ = db.page("b", contract, None, None, 10)
+    finally:
+        db.close()
+    assert page["v"].to_pylist() == ["café", None]
+    assert page[INVALID].to_pylist() == [None, "v: invalid UTF-8: 'a\\xff'"]
