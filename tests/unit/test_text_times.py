@@ -55,6 +55,15 @@ def test_a_number_is_never_a_time(target: pa.DataType, number: object) -> None:
     assert column_to_arrow([number], target).type == pa.string()
 
 
+def test_a_time_of_day_is_never_dropped_from_a_date() -> None:
+    reasons: list[str | None] = [None, None]
+    out = column_to_arrow([datetime(2024, 1, 1), datetime(2024, 1, 1, 10, 30)], pa.date32(),
+                          reasons)
+    assert out.to_pylist() == [date(2024, 1, 1), None]
+    assert reasons == [None, "2024-01-01T10:30:00 has a time of day: not a date (declare it "
+                             "timestamp)"]
+
+
 def test_rows_to_arrow_says_why_a_value_is_null() -> None:
     contract = Contract(columns=(Column("id", "int64"), Column("v", "string"),
                                  Column("at", "timestamp")), primary_key=("id",), cursor="id")

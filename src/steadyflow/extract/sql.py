@@ -8,6 +8,8 @@ skipped nor re-read forever. The lookback re-read starts at `cursor >= since` in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from datetime import time as dt_time
 from typing import Any
 
 import pyarrow as pa
@@ -33,6 +35,7 @@ _BYTES = (bytes, bytearray, memoryview)
 # value types Arrow may convert to something else, or that are unreadable
 _SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
 _SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
+_SUSPECT_DATE = frozenset({*_SUSPECT_TIME, datetime})  # Arrow drops a time of day
 
 
 def column_to_arrow(values: Sequence[Any], target: pa.DataType,
@@ -47,8 +50,9 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
     becomes null and its slot says why (model.INVALID); without, the column lands as
     text (validation then refuses it).
     """
-    time = pa.types.is_timestamp(target) or pa.types.is_date(target)
-    if not (_SUSPECT_TIME if time else _SUSPECT).isdisjoint(map(type, values)):
+    suspect = (_SUSPECT_DATE if pa.types.is_date(target) else
+               _SUSPECT_TIME if pa.types.is_timestamp(target) else _SUSPECT)
+    if not suspect.isdisjoint(map(type, values)):
         reasons = _unfaithful(values, target)
         if reasons and invalid is None:
             return pa.array([None if v is None else str(v) for v in values], pa.string())
@@ -87,6 +91,9 @@ def _unfaithful(values: Sequence[Any], target: pa.DataType) -> dict[int, str]:
         elif time and isinstance(v, int | float):
             out[i] = (f"the number {v!r} is not a {kind} (an epoch? declare the column "
                       "int64 or float64, or store times as text or a time type)")
+        elif kind == "date" and isinstance(v, datetime) and (
+                v.time() != dt_time(0) or v.utcoffset()):
+            out[i] = f"{v.isoformat()} has a time of day: not a date (declare it timestamp)"
     return out
 
 
