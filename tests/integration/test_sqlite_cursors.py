@@ -22,7 +22,7 @@ import duckdb
 import pytest
 from tests.conftest import write_pipeline
 
-from steadyflow.config import SourceConfig
+from steadyflow.config import SourceConfig, parse_config
 from steadyflow.errors import SchemaError
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import Column, Contract, Watermark, step_back
@@ -216,3 +216,26 @@ def test_old_parsed_checkpoint_continues_from_stored_text(tmp_path: Path) -> Non
     extracted, mark = run_once(config)
     assert extracted == ROWS and warehouse_ids(wh) == list(range(ROWS))
     assert mark is not None and mark.cursor == texts[-1]
+
+
+@pytest.mark.parametrize("ctype", ["int64", "decimal(12,2)"])
+def test_a_number_cursor_stored_as_text_is_refused_naming_the_column(
+        tmp_path: Path, ctype: str) -> None:
+    """Found by the generated suite: a decimal cursor in a TEXT column compares as text
+    ('999' > '1000'), so rows newer than the checkpoint sort behind it and are never read."""
+    db = tmp_path / "store.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(1, "999"), (2, "1000")])
+        conn.commit()
+    raw = {"name": "n", "base_dir": str(tmp_path), "state_dir": "state",
+           "landing": {"path": "landing"}, "warehouse": {"kind": "duckdb", "path": "wh.duckdb"},
+           "contracts": {"t": {"primary_key": ["id"], "cursor": "v", "columns": {
+               "id": {"type": "int64", "nullable": False},
+               "v": {"type": ctype, "nullable": False}}}},
+           "sources": [{"name": "s", "kind": "sqlite", "path": str(db),
+                        "tables": [{"name": "t", "contract": "t"}]}]}
+    with Pipeline(parse_config(raw)) as pipeline:
+        summary = pipeline.run_once()
+    assert summary.failed_tables == ["s.t"]
+    assert "cursor column v" in summary.errors[0] and "stored as text" in summary.errors[0]

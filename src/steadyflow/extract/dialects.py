@@ -470,6 +470,10 @@ class SqliteDialect(Dialect):
         """Text order is time order only when every value has one shape: same separator,
         same zone, and (with a 'Z' suffix, which sorts after digits) one fraction width.
         One pass over the column counts what breaks that."""
+        if ctype in ("int32", "int64") or ctype.startswith("decimal"):
+            col = self.ident(column)
+            return (f"SELECT count(*), min({col}) FROM {self.ident(table)} "
+                    f"WHERE typeof({col}) NOT IN ('integer', 'real', 'null')")
         if ctype not in ("timestamp", "date"):
             return None
         shape = f"v GLOB '{_SQLITE_DATE}'" if ctype == "date" else (
@@ -492,6 +496,16 @@ class SqliteDialect(Dialect):
             f"ELSE substr({self.ident(column)}, 20) END AS zone FROM {self.ident(table)})")
 
     def cursor_problem(self, profile: Sequence[Any], ctype: str) -> tuple[str, str] | None:
+        if len(profile) == 2:  # a number cursor (cursor_profile_sql): numbers only
+            texts, example = profile
+            if not texts:
+                return None
+            return (f"holds {texts} value(s) stored as text or blob (e.g. {example!r}): "
+                    "SQLite compares text as text, so '999' sorts after '1000' and newer "
+                    "rows would sort behind the checkpoint",
+                    "store the numbers as numbers (declare the column INTEGER or NUMERIC and "
+                    f"UPDATE t SET col = CAST(col AS NUMERIC)), or declare the cursor string "
+                    "with lookback 0")
         numbers, number, blobs, bad, example, seps, zones, zone_list, z_widths = profile
         if numbers and not (bad or blobs or seps):
             return (f"holds numbers (e.g. {number!r}), not {ctype} text: Unix times would "
