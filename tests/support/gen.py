@@ -304,6 +304,8 @@ def sql_type(c: Col, source: str, key: bool) -> str:
             "uuid": "char(36)", "ts": "datetime" if c.whole_seconds else "datetime(6)",
             "date": "date", "float": "double", "bool": "boolean", "json": "json",
         }[k]
+    if k == "dec" and c.name == "cur":  # a number cursor stored as TEXT is refused (text
+        return "NUMERIC"  # order): tests/integration/test_sqlite_cursors.py covers that
     return {"int32": "INTEGER", "int64": "INTEGER", "dec": "TEXT", "text": "TEXT",
             "char": "TEXT", "uuid": "TEXT", "ts": "TEXT", "date": "TEXT", "float": "REAL",
             "bool": "INTEGER", "json": "TEXT"}[k]

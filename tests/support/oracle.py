@@ -63,7 +63,8 @@ def canon(col: Col, value: Any) -> Any:
     if k == "uuid":
         return str(value).lower()
     if k == "dec":
-        d = Decimal(value) if not isinstance(value, Decimal) else value
+        # a SQLite NUMERIC column hands 10.25 back as a float: its shortest repr is the number
+        d = Decimal(repr(value) if isinstance(value, float) else value)
         return ("dec", d.normalize() if d else Decimal(0))
     if k == "ts":
         if isinstance(value, int):  # DuckDB: epoch_us (its Python TIMESTAMPTZ needs pytz)

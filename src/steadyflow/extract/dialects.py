@@ -504,7 +504,7 @@ class SqliteDialect(Dialect):
                     "SQLite compares text as text, so '999' sorts after '1000' and newer "
                     "rows would sort behind the checkpoint",
                     "store the numbers as numbers (declare the column INTEGER or NUMERIC and "
-                    f"UPDATE t SET col = CAST(col AS NUMERIC)), or declare the cursor string "
+                    "UPDATE t SET col = CAST(col AS NUMERIC)), or declare the cursor string "
                     "with lookback 0")
         numbers, number, blobs, bad, example, seps, zones, zone_list, z_widths = profile
         if numbers and not (bad or blobs or seps):
