@@ -13,7 +13,9 @@
     │   ├── WarehouseUnavailable     the warehouse is down; batches wait in the buffer
     │   ├── TableBusy                another extractor holds the table's lease; skipped
     │   └── ExtractionFenced         this extractor lost its lease; it records nothing more
-    └── QuarantineError              this input is bad; park it with a reason, go on
+    ├── QuarantineError              this input is bad; park it with a reason, go on
+    └── RunFailed                    Pipeline.run_once() ended with a table's error; the
+                                     other tables ran; `.summary` holds the whole RunSummary
 
 Driver errors are translated once, at the adapter boundary, with `raise ... from exc`.
 """
@@ -21,6 +23,7 @@ Driver errors are translated once, at the adapter boundary, with `raise ... from
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(eq=False)
@@ -114,3 +117,27 @@ class ExtractionFenced(RetryableError):
 
 class QuarantineError(SteadyflowError):
     """This input cannot be processed as is; park it and keep going."""
+
+
+@dataclass(eq=False)
+class RunFailed(SteadyflowError):
+    """`Pipeline.run_once()` ended with errors (a table failed, a batch failed for good).
+
+    A library caller would otherwise have to remember to check `summary.ok`; an unchecked
+    summary is a silent failure. The run itself went as far as it could: the other tables
+    were extracted and loaded, and their checkpoints moved. `summary` is that run's
+    RunSummary (typed Any: errors.py must not import the runner); `failed_tables` and
+    `errors` name what to fix. Not retryable as a whole: some of its errors may be
+    transient (a source down), others not (a bad password); run_once again after fixing
+    them, or call `run_once(raise_on_error=False)` to get the summary as a value.
+    """
+
+    summary: Any = None
+
+    @property
+    def failed_tables(self) -> list[str]:
+        return list(getattr(self.summary, "failed_tables", []))
+
+    @property
+    def errors(self) -> list[str]:
+        return list(getattr(self.summary, "errors", []))

@@ -36,6 +36,7 @@ from steadyflow.errors import (
     ExtractionFenced,
     FatalError,
     RetryableError,
+    RunFailed,
     SteadyflowError,
     TableBusy,
 )
@@ -73,6 +74,17 @@ class RunSummary:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+def _run_failed(summary: RunSummary) -> RunFailed:
+    """The error run_once raises for a failed run: the first error, and how many more."""
+    tables = summary.failed_tables
+    more = len(summary.errors) - 1
+    return RunFailed(
+        summary.errors[0] + (f" (and {more} more error(s))" if more > 0 else ""),
+        stage="run", table=", ".join(tables) if tables else None, summary=summary,
+        hint="the other tables ran; `.summary` lists every error; fix and run again, or "
+             "call run_once(raise_on_error=False) to get the summary instead")
 
 
 # the shortest pause between the cycles of `run --follow`: a 0 interval would run cycles
@@ -423,8 +435,14 @@ class Pipeline:
         # parked batches are behind too, though out of the buffer
         self.metrics.queue(depth, self.buffer.capacity, depth + len(self._parked), age or 0.0)
 
-    def run_once(self) -> RunSummary:
-        """Extract and load concurrently until every table is caught up and loaded."""
+    def run_once(self, raise_on_error: bool = True) -> RunSummary:
+        """Extract and load concurrently until every table is caught up and loaded.
+
+        A table's error does not stop the others; at the end, RunFailed (carrying this
+        summary) is raised if any table or batch failed, so a library caller cannot take a
+        failed run for a good one. `raise_on_error=False` returns the summary instead (the
+        CLI and `run` do: they report its errors and set the exit code from it).
+        """
         run_id = self.state.start_run("run")
         summary = RunSummary()
         try:
@@ -454,6 +472,8 @@ class Pipeline:
             self.metrics.run_succeeded()
         self.state.end_run(run_id, outcome, summary.loaded_batches, summary.loaded_rows,
                            "; ".join(summary.errors)[:2000] or None)
+        if raise_on_error and not summary.ok:
+            raise _run_failed(summary)
         return summary
 
     def _consume(self, extracting: threading.Event, summary: RunSummary) -> None:
@@ -473,7 +493,7 @@ class Pipeline:
 
     def run(self, follow: bool = False) -> RunSummary:
         """run_once, and with `follow` again every `run.interval` seconds until stopped."""
-        summary = self.run_once()
+        summary = self.run_once(raise_on_error=False)
         reconciler = None
         if follow and self.config.run.reconcile_every > 0:  # scheduled reconciliation
             from steadyflow.reconcile.runner import Scheduler
@@ -483,7 +503,7 @@ class Pipeline:
         while follow and not self._stop.is_set():
             self._stop.wait(max(MIN_INTERVAL, self.config.run.interval))
             if not self._stop.is_set():
-                summary = self.run_once()
+                summary = self.run_once(raise_on_error=False)
                 if reconciler is not None:
                     reconciler.tick()
         return summary
