@@ -53,15 +53,28 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """What loading one batch did to the warehouse, counted in its own transaction.
+
+    `changed`: rows inserted, updated to other values, or deleted. A re-read row equal to
+    the warehouse's (a lookback window, a redelivered page) is not a change: operators
+    compare this number with what the sources really changed.
+    """
+
+    changed: int
+
+
 class Warehouse(Protocol):
     """Applies a batch in one transaction: stage, merge (newer cursor wins), ledger.
 
     Implementers guarantee: `load` of a batch id already in the ledger changes nothing
-    and returns False; no reader ever sees part of a batch.
+    and returns None; no reader ever sees part of a batch; a loaded batch returns how
+    many rows it changed (`Merged`), counted inside that transaction.
     """
 
     def ensure_table(self, ref: TableRef, contract: Contract) -> None: ...
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
-             deletes: pa.Table | None = None) -> bool: ...
+             deletes: pa.Table | None = None) -> Merged | None: ...
     def is_loaded(self, batch_id: str) -> bool: ...
     def close(self) -> None: ...

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS table_health (
   source TEXT NOT NULL, tbl TEXT NOT NULL, newest_cursor TEXT, newest_cursor_epoch REAL,
   last_success REAL, last_error TEXT, last_error_at REAL, rows_loaded INTEGER DEFAULT 0,
   rows_quarantined INTEGER DEFAULT 0, page_size INTEGER, breaker TEXT,
+  rows_changed INTEGER DEFAULT 0,
   PRIMARY KEY (source, tbl));
 CREATE TABLE IF NOT EXISTS quarantine (
   batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, tbl TEXT NOT NULL, path TEXT NOT NULL,
@@ -66,6 +67,9 @@ CREATE TABLE IF NOT EXISTS reconcile_runs (
   id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, tbl TEXT NOT NULL, at REAL NOT NULL,
   buckets INTEGER, rows_compared INTEGER, missing INTEGER, extra INTEGER, mismatched INTEGER,
   repaired INTEGER, detail TEXT);
+CREATE TABLE IF NOT EXISTS source_polls (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, high TEXT, high_epoch REAL, polled_at REAL NOT NULL,
+  PRIMARY KEY (source, tbl));
 """
 
 
@@ -77,6 +81,19 @@ def open_sqlite(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add columns a newer version needs to a state file an older one wrote (SCHEMA's
+    CREATE TABLE IF NOT EXISTS leaves an existing table as it was)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, decl in columns.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
 
 
 def pid_alive(pid: int) -> bool:
@@ -116,10 +133,16 @@ class TableHealth:
     last_success: float | None
     last_error: str | None
     last_error_at: float | None
-    rows_loaded: int
+    rows_loaded: int  # rows that went to the merge: changed + re-read (see rows_reread)
     rows_quarantined: int
     page_size: int | None
     breaker: str | None
+    rows_changed: int = 0  # inserted or updated in the warehouse (counted by its merge)
+
+    @property
+    def rows_reread(self) -> int:
+        """Rows read again without effect: lookback windows, redelivered pages."""
+        return max(0, self.rows_loaded - self.rows_changed)
 
 
 class StateStore:
@@ -131,6 +154,7 @@ class StateStore:
         self._lock = threading.RLock()
         with self._lock:
             self._conn.executescript(SCHEMA)
+            _add_columns(self._conn, "table_health", {"rows_changed": "INTEGER DEFAULT 0"})
 
     def close(self) -> None:
         self._conn.close()
@@ -380,18 +404,23 @@ class StateStore:
         c.execute("INSERT OR IGNORE INTO table_health(source, tbl) VALUES (?,?)", (source, table))
 
     def record_load(self, source: str, table: str, rows: int, quarantined: int,
-                    newest_cursor: str | None, newest_epoch: float | None) -> None:
+                    newest_cursor: str | None, newest_epoch: float | None,
+                    changed: int | None = None) -> None:
+        """`rows` went to the merge, `changed` of them changed the warehouse (all of them
+        when not told)."""
         with self._tx() as c:
             self._ensure_health(c, source, table)
             c.execute(
                 "UPDATE table_health SET rows_loaded=rows_loaded+?, "
+                "rows_changed=coalesce(rows_changed, 0)+?, "
                 "rows_quarantined=rows_quarantined+?, last_success=?, "
                 "newest_cursor=CASE WHEN ? IS NOT NULL AND (newest_cursor_epoch IS NULL OR "
                 "  newest_cursor_epoch < ?) THEN ? ELSE newest_cursor END, "
                 "newest_cursor_epoch=CASE WHEN ? IS NOT NULL AND (newest_cursor_epoch IS NULL "
                 "  OR newest_cursor_epoch < ?) THEN ? ELSE newest_cursor_epoch END "
                 "WHERE source=? AND tbl=?",
-                (rows, quarantined, time.time(), newest_epoch, newest_epoch, newest_cursor,
+                (rows, rows if changed is None else changed, quarantined, time.time(),
+                 newest_epoch, newest_epoch, newest_cursor,
                  newest_epoch, newest_epoch, newest_epoch, source, table),
             )
 
@@ -416,10 +445,26 @@ class StateStore:
     def health(self) -> list[TableHealth]:
         rows = self._query(
             "SELECT source, tbl, newest_cursor, newest_cursor_epoch, last_success, last_error, "
-            "last_error_at, rows_loaded, rows_quarantined, page_size, breaker "
-            "FROM table_health ORDER BY source, tbl"
+            "last_error_at, rows_loaded, rows_quarantined, page_size, breaker, "
+            "coalesce(rows_changed, 0) FROM table_health ORDER BY source, tbl"
         )
         return [TableHealth(*r) for r in rows]
+
+    # --- source polls (lag) -----------------------------------------------------------
+    def record_poll(self, source: str, table: str, high: Watermark | None,
+                    high_epoch: float | None) -> None:
+        """A successful poll: the source's high-water mark it saw (for lag) and when."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO source_polls VALUES (?,?,?,?,?) ON CONFLICT(source, tbl) DO "
+                "UPDATE SET high=excluded.high, high_epoch=excluded.high_epoch, "
+                "polled_at=excluded.polled_at",
+                (source, table, high.to_json() if high else None, high_epoch, time.time()))
+
+    def polls(self) -> dict[tuple[str, str], tuple[float | None, float]]:
+        """(source, table) -> (high-water mark as epoch seconds or None, last poll time)."""
+        rows = self._query("SELECT source, tbl, high_epoch, polled_at FROM source_polls")
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
 
     # --- quarantine ------------------------------------------------------------------
     def parked_by(self, source: str, table: str, hashes: list[str]) -> dict[str, str]:

@@ -15,6 +15,7 @@ from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUna
 from steadyflow.failpoints import failpoint
 from steadyflow.merge.plan import SEQ, MergePlan, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
+from steadyflow.ports import Merged
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 # The loader's DuckDB connection (config.py: WarehouseConfig memory_limit and threads),
@@ -75,6 +76,9 @@ class _Upsert:
     insert: dict[bool, str]  # keys unique → statement
     delete: dict[bool, str]
     insert_missing: dict[bool, str]
+    # batch rows that replace a target row with equal values (a lookback re-read): they
+    # are deleted and inserted again like any other, but change nothing an operator counts
+    same: dict[bool, str]
 
 
 def _upsert(contract: Contract, target: str) -> _Upsert:
@@ -87,6 +91,8 @@ def _upsert(contract: Contract, target: str) -> _Upsert:
               f"ORDER BY {key_list}, {cur} DESC)")
     on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
     src = {True: STAGE, False: newest}
+    same = " AND ".join([f"t.{quote(c.name)} IS NOT DISTINCT FROM s.{quote(c.name)}"
+                         for c in contract.columns if c.name not in keys] or ["TRUE"])
     return _Upsert(
         overlap=f"SELECT 1 FROM {target} AS t SEMI JOIN {STAGE} AS s ON {on} LIMIT 1",
         newest=f"SELECT max({seq}) FROM {target}",
@@ -99,7 +105,16 @@ def _upsert(contract: Contract, target: str) -> _Upsert:
         insert_missing={u: f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {src[u]} AS s "
                            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {on})"
                         for u in (True, False)},
+        same={u: f"SELECT count(*) FROM {target} AS t JOIN {src[u]} AS s ON {on} "
+                 f"WHERE (t.{seq} IS NULL OR s.{seq} >= t.{seq}) AND {same}"
+              for u in (True, False)},
     )
+
+
+def _count(result: duckdb.DuckDBPyConnection) -> int:
+    """The row count DuckDB returns for an INSERT, DELETE or SELECT count(*)."""
+    row = result.fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 class DuckdbWarehouse:
@@ -148,8 +163,9 @@ class DuckdbWarehouse:
                                   stage="load", table=ref.target) from None
 
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
-             deletes: pa.Table | None = None) -> bool:
-        """Stage, merge and ledger in ONE transaction; False if the batch was loaded before."""
+             deletes: pa.Table | None = None) -> Merged | None:
+        """Stage, merge and ledger in ONE transaction; None if the batch was loaded before,
+        else how many rows it changed."""
         p = self._plan(ref, contract)
         c = self._conn
         rows = with_seq(rows, batch.seq)
@@ -160,13 +176,12 @@ class DuckdbWarehouse:
                     if c.execute(p.ledger_check.replace("%s", "?"),
                                  [batch.batch_id]).fetchone():
                         c.execute("ROLLBACK")
-                        return False
+                        return None
                     c.register(STAGE, rows)
-                    if rows.num_rows:
-                        self._merge(c, ref, contract, rows)
+                    changed = self._merge(c, ref, contract, rows) if rows.num_rows else 0
                     if deletes is not None and deletes.num_rows:
                         c.register(DELETES, deletes)
-                        c.execute(p.delete)
+                        changed += _count(c.execute(p.delete))
                     c.execute(p.ledger_insert.replace("%s", "?"),
                               [batch.batch_id, batch.source, batch.table, ref.target,
                                rows.num_rows])
@@ -183,19 +198,20 @@ class DuckdbWarehouse:
                 raise FatalError(f"merge into {ref.target} failed: {exc}", stage="load",
                                  source=batch.source, table=batch.table,
                                  batch_id=batch.batch_id) from None
-        return True
+        return Merged(changed)
 
     def _merge(self, c: duckdb.DuckDBPyConnection, ref: TableRef, contract: Contract,
-               rows: pa.Table) -> None:
-        """The plan's merge rule, by the cheapest statement that gives its result."""
+               rows: pa.Table) -> int:
+        """The plan's merge rule, by the cheapest statement that gives its result; returns
+        the rows it changed (inserted, or replaced by other values)."""
         u = self._upserts.get((ref.target, contract.names))
         if u is None:
             u = self._upserts[(ref.target, contract.names)] = _upsert(
                 contract, f"{quote(self.schema)}.{quote(ref.target)}")
         unique = bool((c.execute(u.unique).fetchone() or (False,))[0])
         if c.execute(u.overlap).fetchone() is None:
-            c.execute(u.insert[unique])
-            return
+            return _count(c.execute(u.insert[unique]))  # all new: the cheap path stays cheap
+        same = _count(c.execute(u.same[unique]))  # a join of the batch's keys, as the delete
         c.execute(u.delete[unique])
         # The delete kept only target rows newer than the batch. None is left when no
         # target row is newer at all (the usual case: a batch's seq is above every loaded
@@ -207,7 +223,7 @@ class DuckdbWarehouse:
         newest = (c.execute(u.newest).fetchone() or (None,))[0]
         fits = seqs.null_count == 0 and (newest is None or (
             oldest is not None and newest <= oldest))
-        c.execute(u.insert[unique] if fits else u.insert_missing[unique])
+        return _count(c.execute(u.insert[unique] if fits else u.insert_missing[unique])) - same
 
     def is_loaded(self, batch_id: str) -> bool:
         with self._lock:

@@ -16,8 +16,9 @@ from psycopg import sql as pgsql
 from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import MergePlan, plan, with_seq
+from steadyflow.merge.plan import SEQ, MergePlan, plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
+from steadyflow.ports import Merged
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 
@@ -60,6 +61,28 @@ def _stages(target: str, contract: Contract) -> tuple[str, str]:
     """(rows stage, deletes stage) of `target` (schema-qualified) under `contract`."""
     keys = [contract.column(k) for k in contract.primary_key]
     return _stage(STAGE, target, contract.columns), _stage(DELETES, target, keys)
+
+
+def _same(contract: Contract, target: str, stage: str) -> str | None:
+    """Count the staged rows the merge would replace by equal values (lookback re-reads).
+
+    The merge updates them (a newer extraction wins, equal or not), so its row count
+    includes them; this count, taken in the same transaction before the merge, is
+    subtracted. None for a table with nothing but key columns: its merge inserts new keys
+    only (DO NOTHING), so every row it counts is a change.
+    """
+    keys = list(contract.primary_key)
+    values = [c.name for c in contract.columns if c.name not in keys]
+    if not values:
+        return None
+    key_list = ", ".join(quote(k) for k in keys)
+    on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
+    equal = " AND ".join(f"t.{quote(c)} IS NOT DISTINCT FROM s.{quote(c)}" for c in values)
+    newest = (f"SELECT DISTINCT ON ({key_list}) * FROM {quote(stage)} "
+              f"ORDER BY {key_list}, {quote(contract.cursor)} DESC")
+    seq = quote(SEQ)
+    return (f"SELECT count(*) FROM ({newest}) AS s JOIN {target} AS t ON {on} "
+            f"WHERE (t.{seq} IS NULL OR t.{seq} <= s.{seq}) AND {equal}")
 
 
 # After a batch whose keys were already in the target, this many batches go straight to the
@@ -130,7 +153,9 @@ class PostgresWarehouse:
                                   stage="load", table=ref.target) from None
 
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
-             deletes: pa.Table | None = None) -> bool:
+             deletes: pa.Table | None = None) -> Merged | None:
+        """Ledger row, rows and deletes in one transaction; None if the batch was loaded
+        before, else how many rows it changed."""
         p = self._plan(ref, contract)
         target = self._target(ref)
         stage, delete_stage = _stages(target, contract)
@@ -145,19 +170,25 @@ class PostgresWarehouse:
                         [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows],
                     ).fetchone()
                     if inserted is None:
-                        return False  # leaving the block commits nothing of note
+                        return None  # leaving the block commits nothing of note
                     conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
-                    if rows.num_rows and not self._copy_direct(conn, ref, target, rows):
+                    changed = 0
+                    if rows.num_rows and self._copy_direct(conn, ref, target, rows):
+                        changed = rows.num_rows  # every row new: the cheap path stays cheap
+                    elif rows.num_rows:
                         self._copy(conn, target, stage, rows)
-                        conn.execute(p.merge.encode())
+                        same = _same(contract, target, stage)
+                        unchanged = conn.execute(same.encode()).fetchone() if same else None
+                        changed = (conn.execute(p.merge.encode()).rowcount
+                                   - (int(unchanged[0]) if unchanged else 0))
                     if deletes is not None and deletes.num_rows:
                         self._copy(conn, target, delete_stage, deletes,
                                    columns=deletes.column_names)
-                        conn.execute(p.delete.encode())
+                        changed += conn.execute(p.delete.encode()).rowcount
                     failpoint("load.after_merge")
             except psycopg.Error as exc:
                 raise self._fail(exc, f"merge into {ref.target} failed", batch) from None
-        return True
+        return Merged(max(0, changed))
 
     def _copy_direct(self, conn: psycopg.Connection[Any], ref: TableRef, target: str,
                      rows: pa.Table) -> bool:

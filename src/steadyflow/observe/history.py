@@ -19,7 +19,7 @@ HISTORY_SAMPLES = 150  # 5 minutes at one sample every 2 s
 @dataclass(frozen=True, slots=True)
 class Sample:
     at: float
-    rows: dict[str, int]  # table label -> cumulative rows loaded
+    rows: dict[str, int]  # table label -> cumulative rows changed in the warehouse
     freshness: dict[str, float | None]
 
 
@@ -33,7 +33,7 @@ class History:
     def add(self, report: dict[str, Any]) -> None:
         sample = Sample(
             at=float(report["at"]),
-            rows={t["table"]: int(t["rows_loaded"] or 0) for t in report["tables"]},
+            rows={t["table"]: int(t.get("rows_changed") or 0) for t in report["tables"]},
             freshness={t["table"]: t["freshness_seconds"] for t in report["tables"]},
         )
         with self._lock:

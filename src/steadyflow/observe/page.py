@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from steadyflow.observe.status import human_age
+from steadyflow.observe.status import overall as health_of
 
 REFRESH_SECONDS = 2
 STALE_AFTER = 900.0  # the SteadyflowTableStale threshold in deploy/prometheus/alerts.yml
@@ -198,12 +199,12 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
     healthy = sum(1 for s in states if s == "ok")
     bad = sum(1 for s in states if _STATE_CLASS.get(s) == "bad")
     warn = sum(1 for s in states if _STATE_CLASS.get(s) == "warn")
+    # the same verdict (and words) as `steadyflow status` and its exit code
+    verdict, _ = health_of(report, loop_error)
     if loop_error:
         overall, overall_cls = "pipeline stopped", "bad"
-    elif bad:
-        overall, overall_cls = "degraded", "bad"
-    elif warn:
-        overall, overall_cls = "failing", "warn"
+    elif verdict != "healthy":
+        overall, overall_cls = verdict, "bad" if verdict == "failing" else "warn"
     elif tables and healthy == len(tables):
         overall, overall_cls = "healthy", "ok"
     else:
@@ -221,6 +222,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
     window = f"last {human_age(span)}" if span else "collecting…"
     open_q = sum(int(t.get("open_quarantine_batches") or 0) for t in tables)
     q_rows = sum(int(t.get("rows_quarantined") or 0) for t in tables)
+    reread = sum(int(t.get("rows_reread") or 0) for t in tables)
 
     parts: list[str] = []
     if loop_error:
@@ -230,9 +232,9 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
         _card("tables healthy", f"{healthy} / {len(tables)}", ", ".join(
             part for part in (f"{bad} down or in error" if bad else "",
                               f"{warn} failing" if warn else "") if part)),
-        _card("rows loaded", _num(sum(int(t.get("rows_loaded") or 0) for t in tables)),
-              "into the warehouse"),
-        _card("throughput", _rate(now_tp), "rows loaded, last sample"),
+        _card("rows changed", _num(sum(int(t.get("rows_changed") or 0) for t in tables)),
+              f"inserted or updated in the warehouse; {_num(reread)} re-read unchanged"),
+        _card("throughput", _rate(now_tp), "rows changed, last sample"),
         _card("worst freshness", human_age(worst_now) if worst_now is not None else "–",
               "SLO 15 min"),
         _card("queue", f"{report.get('queue_depth', 0)} / {report.get('queue_capacity', 0)}",
@@ -247,7 +249,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
                  f"worst table · {window}")
     parts.append(
         '<div class="charts">'
-        f'<div class="card chart"><div class="k">Throughput, rows loaded per second</div>'
+        f'<div class="card chart"><div class="k">Throughput, rows changed per second</div>'
         f'<div class="sub">{e(tp_sub)}</div>'
         f'{sparkline(total_tp, width=600, height=64, color="#2563eb", label="throughput")}'
         "</div>"
@@ -280,7 +282,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
             f"<td>{_pill(state, _STATE_CLASS.get(state, 'idle'))}</td>"
             f'<td class="num"><span{fresh_cls}>{e(t["freshness_human"])}</span></td>'
             f"<td>{fresh_spark}</td><td>{tp_spark}</td>"
-            f'<td class="num">{e(_num(t.get("rows_loaded")))}</td>'
+            f'<td class="num">{e(_num(t.get("rows_changed")))}</td>'
             f'<td class="num">{e(_num(t.get("rows_quarantined")))}</td>'
             f'<td title="{e(_utc(t.get("last_success")))}">'
             f'{e(_ago(t.get("last_success"), now))}</td>'
@@ -288,7 +290,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
             f"{err_cell}</tr>")
     parts.append(_section("Tables", _table(
         [("table", ""), ("state", ""), ("freshness", "num"), ("freshness trend", ""),
-         ("rows/s", ""), ("rows loaded", "num"), ("quarantined", "num"),
+         ("rows/s", ""), ("rows changed", "num"), ("quarantined", "num"),
          ("last success", ""), ("breaker", ""), ("last error", "")],
         rows, "No tables configured."), note=f"{len(tables)} configured"))
 

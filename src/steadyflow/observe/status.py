@@ -43,6 +43,10 @@ def collect(pipeline: Any) -> dict[str, Any]:
             is not None else "never",
             "last_error": h.last_error if h else None,
             "last_error_at": h.last_error_at if h else None,
+            # changed: inserted or updated in the warehouse; reread: read again without
+            # effect (lookback); loaded (their sum) is kept for older readers
+            "rows_changed": h.rows_changed if h else 0,
+            "rows_reread": h.rows_reread if h else 0,
             "rows_loaded": h.rows_loaded if h else 0,
             "rows_quarantined": h.rows_quarantined if h else 0,
             "open_quarantine_batches": sum(1 for q in quarantined if q["source"] == ref.source
@@ -66,7 +70,30 @@ def collect(pipeline: Any) -> dict[str, Any]:
         "runs": pipeline.state.runs(10),
         "reconcile": pipeline.state.last_reconcile(),
     })
+    report["health"], report["exit_code"] = overall(report)
     return report
+
+
+#: `steadyflow status` exit codes, by overall health (docs/operations.md lists them)
+EXIT_CODES = {"healthy": 0, "degraded": 1, "failing": 2}
+_FAILING_STATES = {"error", "source down"}
+
+
+def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str, int]:
+    """The pipeline's health in one word, and the exit code `status` gives it.
+
+    failing (2): a table in error or whose source is down, an open breaker, a batch that
+    failed for good, or a stopped loop: data is not moving and will not by itself.
+    degraded (1): a table that failed since its last success (it retries) or a half-open
+    breaker. healthy (0): everything else, tables still waiting for their first load too.
+    """
+    tables = report.get("tables", [])
+    if loop_error or any(t["state"] in _FAILING_STATES or t.get("breaker") == "open"
+                         or t.get("failing_batches") for t in tables):
+        return "failing", EXIT_CODES["failing"]
+    if any(t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables):
+        return "degraded", EXIT_CODES["degraded"]
+    return "healthy", EXIT_CODES["healthy"]
 
 
 def _state(h: Any, freshness: float | None) -> str:

@@ -35,9 +35,21 @@ log = logs.get("load")
 
 @dataclass
 class LoadOutcome:
+    """One batch's load, in counts that each mean one thing.
+
+    `good_rows` passed validation and went to the merge; of them `changed_rows` inserted or
+    changed a warehouse row, the rest (`reread_rows`) were re-reads equal to what the
+    warehouse held (a lookback window, a redelivered page). `bad_rows` were quarantined.
+    """
+
     loaded: bool
     good_rows: int
     bad_rows: int
+    changed_rows: int = 0
+
+    @property
+    def reread_rows(self) -> int:
+        return max(0, self.good_rows - self.changed_rows)
 
 
 def contract_of(config: PipelineConfig, batch: BatchRef) -> Contract:
@@ -96,26 +108,31 @@ class BatchLoader:
         verdict = transform(self.config, self.landing, self.metrics, batch)
         parked = self.quarantine.park(batch, verdict) if verdict.bad.num_rows else 0
         started = time.monotonic()
-        loaded = self.warehouse.load(ref, contract, batch, verdict.good,
+        merged = self.warehouse.load(ref, contract, batch, verdict.good,
                                      deletes=deletes_of(batch, contract))
         self.metrics.batch_duration(batch.source, batch.table, "load",
                                     time.monotonic() - started)
         failpoint("load.after_commit")
-        if loaded:
-            self._record(batch, verdict, parked, contract.cursor)
-        return LoadOutcome(loaded, verdict.good.num_rows, parked)
+        if merged is None:
+            return LoadOutcome(False, verdict.good.num_rows, parked)
+        outcome = LoadOutcome(True, verdict.good.num_rows, parked, merged.changed)
+        self._record(batch, verdict, outcome, contract.cursor)
+        return outcome
 
-    def _record(self, batch: BatchRef, verdict: Verdict, parked: int, cursor: str) -> None:
-        """`parked`: bad rows newly quarantined (a lookback re-read of a row parked
-        before does not count twice)."""
-        good = verdict.good
-        self.metrics.rows(batch.source, batch.table, "load", good.num_rows)
+    def _record(self, batch: BatchRef, verdict: Verdict, outcome: LoadOutcome,
+                cursor: str) -> None:
+        """`outcome.bad_rows`: bad rows newly quarantined (a lookback re-read of a row
+        parked before does not count twice). The load rows metric counts changed rows, as
+        the status page does: re-reads would make throughput several times too high."""
+        good, parked = verdict.good, outcome.bad_rows
+        self.metrics.rows(batch.source, batch.table, "load", outcome.changed_rows)
         if parked:
             self.metrics.quarantined(batch.source, batch.table, parked)
         newest, epoch = _newest(good, cursor)
         if epoch is not None:
             self.metrics.loaded_cursor(batch.source, batch.table, epoch)
-        self.state.record_load(batch.source, batch.table, good.num_rows, parked, newest, epoch)
+        self.state.record_load(batch.source, batch.table, good.num_rows, parked, newest, epoch,
+                               changed=outcome.changed_rows)
 
     def handle(self, batch: BatchRef) -> LoadOutcome:
         """process, then ack, then mark: the commit order in the module docstring."""
