@@ -320,8 +320,8 @@ def test_history_computes_rates_and_worst_freshness() -> None:
     h = History(maxlen=3)
     for at, rows, fresh in ((0.0, 0, 9.0), (2.0, 100, 1.0), (4.0, 100, 3.0), (6.0, 160, 5.0)):
         h.add({"at": at, "tables": [
-            {"table": "a.t", "rows_loaded": rows, "freshness_seconds": fresh},
-            {"table": "b.t", "rows_loaded": 0, "freshness_seconds": None}]})
+            {"table": "a.t", "rows_changed": rows, "freshness_seconds": fresh},
+            {"table": "b.t", "rows_changed": 0, "freshness_seconds": None}]})
     s = h.series()
     assert s["throughput"]["a.t"] == [0.0, 30.0]  # the oldest sample fell out of the ring
     assert s["total_throughput"] == [0.0, 30.0]

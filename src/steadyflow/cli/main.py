@@ -89,12 +89,17 @@ def main(log_level: Annotated[str, typer.Option(help="debug, info, warning")] = 
 
 
 def _print_summary(summary: Any, as_json: bool, seconds: float) -> None:
+    """The run's counts, each meaning one thing: rows changed in the warehouse, rows re-read
+    without effect (lookback), rows quarantined; loaded_rows (changed + re-read) is kept in
+    the JSON for scripts written against it."""
     data = {"extracted_batches": summary.extracted_batches,
             "extracted_rows": summary.extracted_rows, "loaded_batches": summary.loaded_batches,
-            "loaded_rows": summary.loaded_rows, "quarantined_rows": summary.quarantined_rows,
+            "changed_rows": summary.changed_rows, "reread_rows": summary.reread_rows,
+            "quarantined_rows": summary.quarantined_rows,
             "duplicates_skipped": summary.duplicates_skipped, "errors": summary.errors,
             "seconds": round(seconds, 3)}
     if as_json:
+        data["loaded_rows"] = summary.loaded_rows
         print(json.dumps(data), flush=True)
         return
     for key, value in data.items():

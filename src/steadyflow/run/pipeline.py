@@ -61,7 +61,7 @@ class RunSummary:
     extracted_batches: int = 0
     extracted_rows: int = 0
     loaded_batches: int = 0
-    loaded_rows: int = 0
+    loaded_rows: int = 0  # went to the merge: changed_rows + reread_rows
     quarantined_rows: int = 0
     duplicates_skipped: int = 0
     errors: list[str] = field(default_factory=list)
@@ -70,6 +70,10 @@ class RunSummary:
     failed_tables: list[str] = field(default_factory=list)
     # batches that failed for good in this pass (each is also in `errors`)
     failed_batches: list[str] = field(default_factory=list)
+    # of loaded_rows: inserted or updated in the warehouse, and re-read without effect
+    # (lookback windows, redelivered pages); operators see changed rows
+    changed_rows: int = 0
+    reread_rows: int = 0
 
     @property
     def ok(self) -> bool:
@@ -357,6 +361,8 @@ class Pipeline:
             if outcome.loaded:
                 summary.loaded_batches += 1
                 summary.loaded_rows += outcome.good_rows
+                summary.changed_rows += outcome.changed_rows
+                summary.reread_rows += outcome.reread_rows
                 summary.quarantined_rows += outcome.bad_rows
             else:
                 summary.duplicates_skipped += 1
@@ -470,7 +476,7 @@ class Pipeline:
         outcome = "ok" if summary.ok else "error"
         if summary.ok:
             self.metrics.run_succeeded()
-        self.state.end_run(run_id, outcome, summary.loaded_batches, summary.loaded_rows,
+        self.state.end_run(run_id, outcome, summary.loaded_batches, summary.changed_rows,
                            "; ".join(summary.errors)[:2000] or None)
         if raise_on_error and not summary.ok:
             raise _run_failed(summary)
