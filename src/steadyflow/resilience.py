@@ -22,10 +22,23 @@ from tenacity import (
 )
 
 from steadyflow.config import ResilienceConfig
-from steadyflow.errors import RateLimited, RetryableError, SourceTimeout, SourceUnavailable
+from steadyflow.errors import (
+    AuthError,
+    RateLimited,
+    RetryableError,
+    SourceTimeout,
+    SourceUnavailable,
+)
 
 T = TypeVar("T")
 STOP_POLL = 0.05  # seconds: how often a backoff sleep checks whether to stop
+#: After rejected credentials the source is left alone this long, doubled on every further
+#: rejection up to AUTH_BACKOFF_MAX. A wrong password retried every cycle (every 5 s with
+#: `run --follow`) is enough for many directories to lock the service account; one
+#: attempt a minute growing to one an hour is not, and a fixed password is still picked
+#: up within the hour (or at once on restart).
+AUTH_BACKOFF_INITIAL = 60.0
+AUTH_BACKOFF_MAX = 3600.0
 
 
 def watchdog_grace(policy: ResilienceConfig) -> float:
@@ -94,16 +107,24 @@ class Watchdog:
 class CircuitBreaker:
     """closed → (N consecutive failures) → open → (reset time) → half-open → one probe.
 
+    Rejected credentials open it at the first failure, for AUTH_BACKOFF_INITIAL doubled
+    on each further rejection (up to AUTH_BACKOFF_MAX); while open for that reason,
+    `check` raises AuthError (fatal: the run does not retry it) without touching the source.
+
     Written out instead of taken from pybreaker: pybreaker wraps calls and raises its own
     exceptions, while we need the state as data (metrics, status page) and our own errors.
     """
 
     def __init__(self, name: str, failures: int, reset: float,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[str, str], None] | None = None) -> None:
+                 on_change: Callable[[str, str], None] | None = None,
+                 auth_backoff: tuple[float, float] = (AUTH_BACKOFF_INITIAL,
+                                                      AUTH_BACKOFF_MAX)) -> None:
         self.name = name
         self.threshold = failures
         self.reset = reset
+        self.auth_backoff = auth_backoff
+        self._auth_rejections = 0  # in a row; 0: the last call was not an auth failure
         self.clock = clock
         self.on_change = on_change
         self._lock = threading.Lock()
@@ -124,17 +145,39 @@ class CircuitBreaker:
             if self.on_change:
                 self.on_change(self.name, state)
 
+    @property
+    def auth_failing(self) -> bool:
+        """The last call was rejected for its credentials."""
+        with self._lock:
+            return self._auth_rejections > 0
+
+    def _reset_after(self) -> float:
+        """How long the breaker stays open: growing while credentials are rejected."""
+        if self._auth_rejections:
+            initial, cap = self.auth_backoff
+            return float(min(cap, initial * 2 ** min(self._auth_rejections - 1, 32)))
+        return self.reset
+
     def _tick(self) -> None:
         if (self._state == "open" and self._opened_at is not None
-                and self.clock() - self._opened_at >= self.reset):
+                and self.clock() - self._opened_at >= self._reset_after()):
             self._set("half-open")
 
     def check(self) -> None:
-        """Raise SourceUnavailable without touching the source while the breaker is open."""
+        """Raise SourceUnavailable (AuthError after rejected credentials) without touching
+        the source while the breaker is open."""
         with self._lock:
             self._tick()
             if self._state == "open":
-                remaining = self.reset - (self.clock() - (self._opened_at or 0))
+                remaining = self._reset_after() - (self.clock() - (self._opened_at or 0))
+                if self._auth_rejections:
+                    raise AuthError(
+                        f"credentials rejected {self._auth_rejections} time(s) in a row "
+                        f"(last: {self._cause}); not tried again for {max(0.0, remaining):.0f}s",
+                        stage="extract", source=self.name,
+                        hint="fix the source's credentials; the wait doubles on every "
+                             "rejection (up to 1 h) so the service account is not locked "
+                             "out; a restart tries again at once")
                 cause = f" after {self._failures} failures in a row, last: {self._cause}" \
                     if self._cause else ""
                 raise SourceUnavailable(
@@ -145,6 +188,7 @@ class CircuitBreaker:
     def success(self) -> None:
         with self._lock:
             self._failures = 0
+            self._auth_rejections = 0
             self._opened_at = None
             self._set("closed")
 
@@ -155,6 +199,15 @@ class CircuitBreaker:
             if self._state == "half-open" or self._failures >= self.threshold:
                 self._opened_at = self.clock()
                 self._set("open")
+
+    def auth_failure(self, cause: str) -> None:
+        """Rejected credentials: open at once, for a back-off that doubles per rejection."""
+        with self._lock:
+            self._auth_rejections += 1
+            self._failures += 1
+            self._cause = cause
+            self._opened_at = self.clock()
+            self._set("open")
 
 
 @dataclass
@@ -193,11 +246,13 @@ class SourceGuard:
 
     def __init__(self, name: str, policy: ResilienceConfig,
                  on_retry: Callable[[str, BaseException], None] | None = None,
-                 on_breaker: Callable[[str, str], None] | None = None) -> None:
+                 on_breaker: Callable[[str, str], None] | None = None,
+                 on_auth: Callable[[str, bool], None] | None = None) -> None:
         self.name = name
         self.policy = policy
         self.breaker = CircuitBreaker(name, policy.breaker_failures, policy.breaker_reset,
                                       on_change=on_breaker)
+        self.on_auth = on_auth
         self.slots = threading.BoundedSemaphore(policy.max_concurrent_queries)
         self.on_retry = on_retry
 
@@ -245,7 +300,8 @@ class SourceGuard:
              stop: Callable[[], bool] = lambda: False) -> T:
         """Run `fn` under the breaker and cap, retrying transient errors with jitter.
 
-        Fatal errors (bad password, missing table) propagate on the first attempt.
+        Fatal errors (bad password, missing table) propagate on the first attempt; a
+        bad password also opens the breaker with a long, growing back-off.
         """
 
         def attempt() -> T:
@@ -261,6 +317,13 @@ class SourceGuard:
                     if on_error is not None:
                         on_error(exc)
                     raise
+                except AuthError as exc:
+                    self.breaker.auth_failure(exc.message)
+                    if self.on_auth is not None:
+                        self.on_auth(self.name, True)
+                    raise
+            if self.breaker.auth_failing and self.on_auth is not None:
+                self.on_auth(self.name, False)
             self.breaker.success()
             return result
 

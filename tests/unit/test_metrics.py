@@ -14,7 +14,7 @@ from steadyflow.observe.metrics import PipelineMetrics
 
 ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 
-ALLOWED_LABELS = {"source", "table", "stage", "reason"}
+ALLOWED_LABELS = {"pipeline", "source", "table", "stage", "reason", "version"}
 
 
 class FakeClock:
@@ -212,7 +212,7 @@ def test_freshness_grows_while_nothing_loads(m: PipelineMetrics, clock: FakeCloc
     assert m.value("steadyflow_last_success_timestamp_seconds", **labels) == loaded_at
     # the scrape itself (not only value()) sees the growing value
     sample = families(m)["steadyflow_freshness_seconds"].samples[0]
-    assert sample.labels == labels
+    assert sample.labels == {"pipeline": "steadyflow", **labels}
     assert sample.value == 630
 
     m.loaded_cursor("shop", "orders", clock.now - 5)
@@ -325,7 +325,14 @@ def test_exposition_parses(m: PipelineMetrics, clock: FakeClock) -> None:
         "steadyflow_reconcile_missing_rows": "gauge",
         "steadyflow_reconcile_extra_rows": "gauge",
         "steadyflow_reconcile_mismatched_rows": "gauge",
+        "steadyflow_lag_seconds": "gauge",
+        "steadyflow_source_cursor_timestamp_seconds": "gauge",
+        "steadyflow_loaded_cursor_timestamp_seconds": "gauge",
+        "steadyflow_last_poll_success_timestamp_seconds": "gauge",
+        "steadyflow_auth_failing": "gauge",
+        "steadyflow_build_info": "gauge",
     }
+    fams = {n: f for n, f in fams.items() if not n.startswith("process_")}
     # The 0.0.4 text format exposes counter/histogram "_created" as separate gauges.
     created = {n for n in fams if n.endswith("_created")}
     assert created == {
@@ -339,11 +346,11 @@ def test_exposition_parses(m: PipelineMetrics, clock: FakeClock) -> None:
     by_name = {
         (s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples
     }
-    key = (("source", "shop"), ("stage", "extract"), ("table", "orders"))
+    key = (("pipeline", "steadyflow"), ("source", "shop"), ("stage", "extract"),
+           ("table", "orders"))
     assert by_name[("steadyflow_rows_total", key)] == 10
-    assert (
-        by_name[("steadyflow_freshness_seconds", (("source", "shop"), ("table", "orders")))] == 60
-    )
+    key = (("pipeline", "steadyflow"), ("source", "shop"), ("table", "orders"))
+    assert by_name[("steadyflow_freshness_seconds", key)] == 60
 
 
 # -- alert rules reference only metrics that exist ---------------------------
@@ -355,6 +362,7 @@ def exposed_sample_names(m: PipelineMetrics) -> set[str]:
         "counter": ("_total", "_created"),
         "histogram": ("_bucket", "_sum", "_count", "_created"),
         "gauge": ("",),
+        "unknown": ("",),
     }
     names: set[str] = set()
     for fam in text_string_to_metric_families(m.exposition().decode()):
@@ -375,6 +383,8 @@ def test_alert_rules_have_required_fields() -> None:
     names = {r["alert"] for r in rules}
     assert names == {
         "SteadyflowTableStale",
+        "SteadyflowPollFailing",
+        "SteadyflowAuthFailing",
         "SteadyflowLagGrowing",
         "SteadyflowHighErrorRate",
         "SteadyflowBreakerOpen",
@@ -398,5 +408,78 @@ def test_exposition_scrubs_label_values_but_never_sample_values() -> None:
     metrics.batch_duration("store-secret-7", "sales", "load", 1234.5)
     text = metrics.exposition().decode()
     assert "store-secret-7" not in text
-    assert ('steadyflow_batch_duration_seconds_sum{source="***",stage="load",table="sales"} '
+    assert ('steadyflow_batch_duration_seconds_sum{pipeline="steadyflow",source="***",stage="load",'
+            'table="sales"} '
             '1234.5') in text
+
+
+# -- lag, polls, identity (issue 13) -------------------------------------------
+
+
+def test_every_declared_table_has_lag_and_poll_series_from_start(
+        m: PipelineMetrics, clock: FakeClock) -> None:
+    """A table that never loads must still have series an alert can see."""
+    started = clock.now
+    m.declare("shop", "never_loaded", page_size=5000)
+    labels = {"source": "shop", "table": "never_loaded"}
+    assert m.value("steadyflow_lag_seconds", **labels) == 0
+    assert m.value("steadyflow_last_poll_success_timestamp_seconds", **labels) == started
+    assert m.value("steadyflow_page_size_rows", **labels) == 5000
+    assert m.value("steadyflow_auth_failing", source="shop") == 0
+
+
+def test_an_idle_source_has_no_lag_while_freshness_grows(
+        m: PipelineMetrics, clock: FakeClock) -> None:
+    """Issue 13: a store with no sales reached freshness 848 s and fired 'stale'."""
+    labels = {"source": "shop", "table": "orders"}
+    m.declare("shop", "orders")
+    newest = clock.now - 10
+    m.polled("shop", "orders", newest)
+    m.loaded_cursor("shop", "orders", newest)
+    for _ in range(60):  # an hour of polls that find nothing new
+        clock.advance(60)
+        m.polled("shop", "orders", newest)
+    assert m.value("steadyflow_lag_seconds", **labels) == 0
+    assert m.value("steadyflow_freshness_seconds", **labels) == 3610
+    assert m.value("steadyflow_last_poll_success_timestamp_seconds", **labels) == clock.now
+
+
+def test_lag_is_source_high_minus_loaded_and_zero_when_caught_up(
+        m: PipelineMetrics, clock: FakeClock) -> None:
+    labels = {"source": "shop", "table": "orders"}
+    m.declare("shop", "orders")
+    m.loaded_cursor("shop", "orders", clock.now - 500)
+    m.polled("shop", "orders", clock.now - 20)  # the source has rows up to 20 s ago
+    assert m.value("steadyflow_lag_seconds", **labels) == 480
+    assert m.value("steadyflow_source_cursor_timestamp_seconds", **labels) == clock.now - 20
+    clock.advance(100)  # the lag is a difference of cursors: it does not grow with time
+    assert m.value("steadyflow_lag_seconds", **labels) == 480
+    m.loaded_cursor("shop", "orders", clock.now - 120)
+    assert m.value("steadyflow_lag_seconds", **labels) == 0
+
+
+def test_lag_of_a_table_not_loaded_yet_grows_from_the_poll_that_saw_rows(
+        m: PipelineMetrics, clock: FakeClock) -> None:
+    labels = {"source": "shop", "table": "orders"}
+    m.declare("shop", "orders")
+    m.polled("shop", "orders", None)  # an empty table, or a non-time cursor
+    clock.advance(30)
+    assert m.value("steadyflow_lag_seconds", **labels) == 0
+    m.polled("shop", "orders", clock.now - 5)
+    clock.advance(600)
+    m.polled("shop", "orders", clock.now - 5)
+    assert m.value("steadyflow_lag_seconds", **labels) == 600
+
+
+def test_every_exposed_series_carries_the_pipeline_label(clock: FakeClock) -> None:
+    """Two pipelines scraped by one job must stay apart in every alert."""
+    m = PipelineMetrics(clock=clock, pipeline="stores-eu", version="1.2.3")
+    m.declare("shop", "orders")
+    fams = families(m)
+    for fam in fams.values():
+        for sample in fam.samples:
+            assert sample.labels.get("pipeline") == "stores-eu", sample
+    info = fams["steadyflow_build_info"].samples[0]
+    assert info.labels == {"pipeline": "stores-eu", "version": "1.2.3"} and info.value == 1
+    assert "process_cpu_seconds" in fams  # prometheus_client's process collector
+    assert fams["steadyflow_up"].samples[0].labels == {"pipeline": "stores-eu"}

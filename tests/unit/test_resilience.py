@@ -111,6 +111,47 @@ def test_guard_does_not_call_the_source_while_the_breaker_is_open() -> None:
     assert len(calls) == 2
 
 
+def test_auth_failures_back_off_long_and_growing_without_calling_the_source() -> None:
+    """A wrong password was retried every cycle (~20 a minute), enough to lock a service
+    account: now one attempt, then the source is left alone 60 s, 120 s, ... up to 1 h."""
+    clock = Clock()
+    reported: list[tuple[str, bool]] = []
+    guard = SourceGuard("shop", policy(retries=5), on_auth=lambda s, f: reported.append((s, f)))
+    guard.breaker.clock = clock
+    calls = []
+
+    def rejected() -> None:
+        calls.append(clock.now)
+        raise AuthError("password authentication failed for user \"etl\"")
+
+    waits = []
+    for _ in range(9):
+        with pytest.raises(AuthError):
+            guard.call(rejected)
+        opened = clock.now
+        # every cycle in between fails fast, naming the cause, without a connection
+        for _ in range(3):
+            clock.now += 5
+            with pytest.raises(AuthError, match="credentials rejected .* not tried again"):
+                guard.call(rejected)
+        while guard.breaker.state == "open":
+            clock.now += 5
+        waits.append(clock.now - opened)
+    assert len(calls) == 9
+    assert waits[:4] == [60, 120, 240, 480]
+    assert waits[-1] == 3600  # capped
+    assert reported and all(r == ("shop", True) for r in reported)
+    assert guard.breaker.auth_failing
+
+    guard.call(lambda: None)  # the password was fixed: the half-open probe succeeds
+    assert guard.breaker.state == "closed" and not guard.breaker.auth_failing
+    assert reported[-1] == ("shop", False)
+    with pytest.raises(AuthError):  # and a new rejection starts again from 60 s
+        guard.call(rejected)
+    clock.now += 60
+    assert guard.breaker.state == "half-open"
+
+
 def test_rate_limits_do_not_open_the_breaker() -> None:
     guard = SourceGuard("s", policy(retries=0, breaker_failures=1))
     for _ in range(3):
@@ -135,7 +176,8 @@ def test_fatal_errors_are_not_retried(error: Exception) -> None:
     with pytest.raises(type(error)):
         guard.call(fail)
     assert len(calls) == 1 and not retried
-    assert guard.breaker.state == "closed"
+    # rejected credentials open the breaker at once (test_auth_failures_back_off_...)
+    assert guard.breaker.state == ("open" if isinstance(error, AuthError) else "closed")
 
 
 @pytest.mark.parametrize("error", [

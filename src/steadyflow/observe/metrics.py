@@ -11,7 +11,20 @@ prometheus objects.  That keeps label sets closed (only ``source``, ``table``,
 ``stage`` and the few enumerated ``reason``/state values, never batch ids or
 other unbounded values that would explode series cardinality), and lets the
 metric layout change in one place.  The alert rules in
-``deploy/prometheus/alerts.yml`` depend on these exact names; a test checks it.
+``deploy/prometheus/alerts.yml`` and the dashboard in ``deploy/grafana/`` depend on these
+exact names; tests check both.
+
+Why a ``pipeline`` label on every series, added at exposition: alerts must tell two
+pipelines apart even when they share a scrape job, and ``absent()`` of one pipeline's
+series must not be hidden by another's.  Prometheus adds ``instance``; the process adds
+the pipeline's configured name.  Adding it at exposition (not in every label tuple)
+keeps the recording methods and :meth:`PipelineMetrics.value` unchanged.
+
+Lag versus freshness: freshness is "now minus the newest loaded cursor", which grows on
+an idle source that simply has no new rows.  Lag is "the source's high-water mark (what
+the last successful poll saw) minus what is loaded", which stays 0 on an idle source and
+grows only when the pipeline falls behind.  Alerts use lag and the time since the last
+successful poll; freshness stays as information.
 """
 
 from __future__ import annotations
@@ -22,7 +35,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final, Literal, get_args
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from steadyflow.secrets import scrub
 
@@ -59,6 +81,33 @@ _SRC_TBL_STAGE = ("source", "table", "stage")
 _SRC_TBL = ("source", "table")
 
 
+def _version() -> str:
+    """The installed distribution's version, for ``steadyflow_build_info``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("steadyflow")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+class _WithPipeline(Collector):
+    """Re-exposes a registry with a constant ``pipeline`` label on every sample."""
+
+    def __init__(self, inner: CollectorRegistry, pipeline: str) -> None:
+        self._inner = inner
+        self._pipeline = pipeline
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._inner.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [
+                s._replace(labels={"pipeline": self._pipeline, **s.labels})
+                for s in family.samples
+            ]
+            yield labelled
+
+
 def _check(value: str, allowed: tuple[str, ...] | dict[str, int], what: str) -> None:
     """Reject label values outside a closed set.
 
@@ -82,14 +131,26 @@ class PipelineMetrics:
         self,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.perf_counter,
+        pipeline: str = "steadyflow",
+        version: str | None = None,
     ) -> None:
         self._clock = clock
         self._monotonic = monotonic
+        self.pipeline = pipeline
         self._lock = threading.Lock()
         self._newest_cursor: dict[tuple[str, str], float] = {}
+        # the source's high-water mark (epoch seconds of the newest cursor the last
+        # successful poll saw) and when a poll first saw it while nothing was loaded
+        self._source_high: dict[tuple[str, str], float] = {}
+        self._behind_since: dict[tuple[str, str], float] = {}
+        self._declared: set[tuple[str, str]] = set()
         self._breaker_state: dict[str, str] = {}
         self.registry: CollectorRegistry = CollectorRegistry()
+        self._exposed = CollectorRegistry(auto_describe=False)
+        self._exposed.register(_WithPipeline(self.registry, pipeline))
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_start_time_...
+        ProcessCollector(registry=r)
 
         # prometheus_client appends "_total" to counter names on exposition.
         self._rows = Counter(
@@ -178,6 +239,47 @@ class PipelineMetrics:
             _SRC_TBL,
             registry=r,
         )
+        self._lag = Gauge(
+            "steadyflow_lag_seconds",
+            "The source's high-water mark (newest cursor seen by the last successful poll) "
+            "minus the newest cursor loaded; 0 when caught up or idle. Time cursors only "
+            "(other cursor types report 0: see steadyflow_consumer_lag_seconds).",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._source_high_gauge = Gauge(
+            "steadyflow_source_cursor_timestamp_seconds",
+            "Newest source cursor (as epoch seconds) seen by the last successful poll.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._loaded_high_gauge = Gauge(
+            "steadyflow_loaded_cursor_timestamp_seconds",
+            "Newest cursor (as epoch seconds) present in the warehouse.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._last_poll = Gauge(
+            "steadyflow_last_poll_success_timestamp_seconds",
+            "Epoch time of the last successful poll of a table (its source read to the end); "
+            "initialised to the process start time, like the run timestamp.",
+            _SRC_TBL,
+            registry=r,
+        )
+        self._auth_failing = Gauge(
+            "steadyflow_auth_failing",
+            "1 while a source rejects the configured credentials (its breaker is open with "
+            "a growing back-off), 0 once a call succeeds.",
+            ("source",),
+            registry=r,
+        )
+        self._build_info = Gauge(
+            "steadyflow_build_info",
+            "Always 1; the version label is the running steadyflow release.",
+            ("version",),
+            registry=r,
+        )
+        self._build_info.labels(version or _version()).set(1)
         self._up = Gauge("steadyflow_up", "1 while the pipeline process is running.", registry=r)
         self._last_run_success = Gauge(
             "steadyflow_last_run_success_timestamp_seconds",
@@ -211,14 +313,26 @@ class PipelineMetrics:
 
     # -- setup -------------------------------------------------------------
 
-    def declare(self, source: str, table: str) -> None:
+    def declare(self, source: str, table: str, page_size: int | None = None) -> None:
         """Create all series of a source/table at zero before any traffic.
 
         Prometheus' ``rate``/``increase`` cannot see the first increment of a
         series that appears from nothing, so e.g. the very first quarantined
         rows would not trigger SteadyflowQuarantineGrowing.  Call this once per
-        configured table at startup.
+        configured table at startup.  Lag starts at 0 and the last successful poll at
+        the process start (the same grace a fresh process gets for its first run), so a
+        table that never polls successfully still reaches SteadyflowPollFailing.
         """
+        key = (source, table)
+        with self._lock:
+            first = key not in self._declared
+            self._declared.add(key)
+        if first:
+            self._lag.labels(source, table).set_function(lambda: self._lag_of(key))
+        self._last_poll.labels(source, table).set(self._clock())
+        if page_size is not None:
+            self._page_size.labels(source, table).set(page_size)
+        self._auth_failing.labels(source)
         for stage in STAGES:
             self._rows.labels(source, table, stage)
             self._bytes.labels(source, table, stage)
@@ -339,6 +453,7 @@ class PipelineMetrics:
             first = key not in self._newest_cursor
             current = self._newest_cursor.get(key, newest_cursor_epoch_seconds)
             self._newest_cursor[key] = max(current, newest_cursor_epoch_seconds)
+            self._loaded_high_gauge.labels(source, table).set(self._newest_cursor[key])
             if first:
                 self._freshness.labels(source, table).set_function(lambda: self._freshness_of(key))
         self._last_success.labels(source, table).set(self._clock())
@@ -349,6 +464,42 @@ class PipelineMetrics:
         with self._lock:
             newest = self._newest_cursor[key]
         return max(0.0, self._clock() - newest)
+
+    def polled(self, source: str, table: str, high_epoch_seconds: float | None,
+               at: float | None = None) -> None:
+        """Record a successful poll of ``table``: its source was read to the end.
+
+        ``high_epoch_seconds`` is the newest cursor the poll saw (the last page's high,
+        or the checkpoint when nothing new was found) as epoch seconds; None for a cursor
+        that is not a time, or an empty table.  Lag is computed at scrape time from it.
+        ``at``: when the poll happened, if not now (a poll recorded by another process).
+        """
+        key = (source, table)
+        now = self._clock() if at is None else at
+        with self._lock:
+            if high_epoch_seconds is not None:
+                self._source_high[key] = high_epoch_seconds
+                self._source_high_gauge.labels(source, table).set(high_epoch_seconds)
+                self._behind_since.setdefault(key, now)
+        self._last_poll.labels(source, table).set(now)
+
+    def auth_failing(self, source: str, failing: bool) -> None:
+        """Report whether ``source`` currently rejects the configured credentials."""
+        self._auth_failing.labels(source).set(1 if failing else 0)
+
+    def _lag_of(self, key: tuple[str, str]) -> float:
+        """High-water mark minus loaded cursor, clamped at 0 (a late-loaded batch of an
+        older poll never makes it negative).  Nothing loaded yet: how long a poll has
+        known of rows that are not in the warehouse."""
+        with self._lock:
+            high = self._source_high.get(key)
+            loaded = self._newest_cursor.get(key)
+            since = self._behind_since.get(key)
+        if high is None:
+            return 0.0
+        if loaded is None:
+            return 0.0 if since is None else max(0.0, self._clock() - since)
+        return max(0.0, high - loaded)
 
     def run_succeeded(self) -> None:
         """Record that a whole pipeline run (all tables) completed successfully."""
@@ -369,7 +520,7 @@ class PipelineMetrics:
         name filled in from `${VAR}` is registered as a secret like any other expanded
         value. Only the `name{labels}` part of a sample line: a value must stay a number.
         """
-        lines = generate_latest(self.registry).decode().split("\n")
+        lines = generate_latest(self._exposed).decode().split("\n")
         for i, line in enumerate(lines):
             head, brace, value = line.rpartition("}")
             if brace and not line.startswith("#"):

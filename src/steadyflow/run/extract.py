@@ -56,6 +56,21 @@ log = logs.get("extract")
 Source = SqlSource | HttpSource
 
 
+def cursor_epoch(cursor: object) -> float | None:
+    """A time cursor as epoch seconds (naive = UTC, a date at its midnight, a SQLite
+    stored text parsed as ISO 8601); None for any other cursor: lag is in seconds."""
+    if isinstance(cursor, str):
+        try:
+            cursor = datetime.fromisoformat(cursor)
+        except ValueError:
+            return None
+    if isinstance(cursor, datetime):
+        return (cursor if cursor.tzinfo else cursor.replace(tzinfo=UTC)).timestamp()
+    if isinstance(cursor, date):
+        return datetime(cursor.year, cursor.month, cursor.day, tzinfo=UTC).timestamp()
+    return None
+
+
 def open_source(config: SourceConfig) -> Source:
     """The reader for a source kind; every kind runs through the same TableExtractor.
 
@@ -180,11 +195,22 @@ class TableExtractor:
                 if not self.backfill(db, dry_run, ahead) or dry_run:
                     return result
             after, since = self.start_point()
-            self._pages(db, self.contract, after, since, dry_run, ahead, self._checkpoint)
+            if self._pages(db, self.contract, after, since, dry_run, ahead, self._checkpoint) \
+                    and not dry_run:
+                self._polled()
         finally:
             if ahead is not None:
                 ahead.shutdown(wait=True, cancel_futures=True)
         return result
+
+    def _polled(self) -> None:
+        """The source was read to its end: its high-water mark is the checkpoint now (the
+        last page's high, or the unmoved checkpoint when the poll found nothing new). Lag
+        is that minus the loaded cursor, so an idle source stays at 0 (observe/metrics)."""
+        mark = self.state.checkpoint(self.ref.source, self.ref.table)
+        epoch = cursor_epoch(mark.cursor) if mark is not None else None
+        self.state.record_poll(self.ref.source, self.ref.table, mark, epoch)
+        self.metrics.polled(self.ref.source, self.ref.table, epoch)
 
     def _checkpoint(self, high: Watermark) -> None:
         """Move the checkpoint to a published page's high. For HTTP only at the end of
@@ -271,7 +297,7 @@ class TableExtractor:
                 result.batches += 1
                 result.rows += page.rows.num_rows
                 self.metrics.rows(self.ref.source, self.ref.table, "extract",
-                                  page.rows.num_rows)
+                                  page.rows.num_rows, page.rows.nbytes)
             self.metrics.batch_duration(self.ref.source, self.ref.table, "extract",
                                         page.seconds)
             if not page.more:

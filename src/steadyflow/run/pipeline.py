@@ -129,7 +129,7 @@ class Pipeline:
     def __init__(self, config: PipelineConfig) -> None:
         bound_memory()
         self.config = config
-        self.metrics = PipelineMetrics()
+        self.metrics = PipelineMetrics(pipeline=config.name)
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
         state_dir = config.resolve(config.state_dir)
@@ -151,10 +151,11 @@ class Pipeline:
         self._parked: dict[str, tuple[str, float]] = {}
         self.quarantine = Quarantine(self.landing, self.state)
         self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
-                                           on_breaker=self._on_breaker)
+                                           on_breaker=self._on_breaker,
+                                           on_auth=self.metrics.auth_failing)
                        for s in config.sources}
-        for _, _, ref in config.tables():
-            self.metrics.declare(ref.source, ref.table)
+        for _, t, ref in config.tables():
+            self.metrics.declare(ref.source, ref.table, page_size=t.page_size)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Pipeline:
