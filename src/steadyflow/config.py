@@ -65,12 +65,27 @@ def _ident(value: str) -> str:
 
 
 class ColumnConfig(_Strict):
-    type: str
-    nullable: bool = True
-    min: float | None = None
-    max: float | None = None
-    allowed: list[str] | None = None
-    pattern: str | None = None
+    """One contract column: its type and the rules validation applies to every row.
+
+    A row that breaks a rule is quarantined with its reason (`steadyflow quarantine list`),
+    never loaded, never dropped in silence; the other rows of its batch load.
+    """
+
+    type: str = Field(description=(
+        "int64, int32, float64, bool, string, date, timestamp (a UTC instant in "
+        "microseconds; naive source values are read as UTC) or decimal(p,s) (exact: a value "
+        "needing more scale or precision is quarantined, never rounded)"))
+    nullable: bool = Field(default=True, description=(
+        "false: a NULL is quarantined; primary-key columns must say false"))
+    min: float | None = Field(default=None, description=(
+        "smallest allowed value (numbers); NaN and ±inf fail a min or max rule"))
+    max: float | None = Field(default=None, description="largest allowed value (numbers)")
+    allowed: list[str] | None = Field(default=None, description=(
+        "the only values allowed (e.g. [USD, EUR, GBP])"))
+    pattern: str | None = Field(default=None, description=(
+        "a regular expression every value must match, in RE2 syntax (validation runs it "
+        "with Arrow): no lookaround or backreferences; refused at load if RE2 cannot "
+        "compile it"))
 
     @field_validator("type")
     @classmethod
@@ -95,9 +110,19 @@ class ColumnConfig(_Strict):
 
 
 class ContractConfig(_Strict):
-    primary_key: list[str] = Field(min_length=1)
-    cursor: str
-    columns: dict[str, ColumnConfig] = Field(min_length=1)
+    """A table contract: its columns, primary key and cursor, shared by name (`contracts:`)
+    or written inline in a table (`contract: {...}`)."""
+
+    primary_key: list[str] = Field(min_length=1, description=(
+        "the columns that identify a row (composite is fine); the merge matches on them; "
+        "each must be a column with nullable: false and not float64"))
+    cursor: str = Field(description=(
+        "the column that moves forward whenever a row changes (typed timestamp, date, "
+        "int32/int64 or decimal(p,s); string works without lookback; float64 is refused); "
+        "extraction pages by (cursor, primary key)"))
+    columns: dict[str, ColumnConfig] = Field(min_length=1, description=(
+        "column name → its type and rules; names are plain identifiers; only these "
+        "columns are extracted (see schema_drift)"))
 
     @model_validator(mode="after")
     def _keys_are_columns(self) -> ContractConfig:
@@ -140,16 +165,32 @@ class ContractConfig(_Strict):
 
 
 class ResilienceConfig(_Strict):
-    """One policy per source, used by every source kind."""
+    """One policy per source, used by every source kind.
 
-    connect_timeout: Duration = 10.0
-    statement_timeout: Duration = 60.0
-    retries: int = Field(default=6, ge=0)
-    backoff_initial: Duration = 0.5
-    backoff_max: Duration = 30.0
-    breaker_failures: int = Field(default=5, ge=1)
-    breaker_reset: Duration = 30.0
-    max_concurrent_queries: int = Field(default=1, ge=1)
+    Only transient errors are retried (timeouts, refused or reset connections, 5xx, 429); a
+    bad password or a missing table fails the table at once. A timeout or a slow page also
+    halves the table's page size (down to `min_page_size`); healthy pages grow it back.
+    """
+
+    connect_timeout: Duration = Field(default=10.0, description=(
+        "how long to wait for a connection (or an HTTP connect); more than 0"))
+    statement_timeout: Duration = Field(default=60.0, description=(
+        "the longest one query or request may run: PostgreSQL statement_timeout, MariaDB "
+        "max_statement_time, httpx read timeout, plus a client-side watchdog so a "
+        "black-holed link cannot hang a read; more than 0"))
+    retries: int = Field(default=6, ge=0, description=(
+        "retries of a transient failure, with exponential backoff and full jitter"))
+    backoff_initial: Duration = Field(default=0.5, description="the first retry's backoff")
+    backoff_max: Duration = Field(default=30.0, description=(
+        "the longest backoff between retries; also caps an HTTP Retry-After; at least "
+        "backoff_initial"))
+    breaker_failures: int = Field(default=5, ge=1, description=(
+        "consecutive failed calls that open the source's circuit breaker (calls then fail "
+        "fast instead of waiting on a dead source)"))
+    breaker_reset: Duration = Field(default=30.0, description=(
+        "how long the breaker stays open before one probe call may close it"))
+    max_concurrent_queries: int = Field(default=1, ge=1, description=(
+        "queries this source database runs at once, over all its tables"))
 
     _d = field_validator(
         "connect_timeout", "statement_timeout", "backoff_initial", "backoff_max", "breaker_reset",
@@ -173,55 +214,84 @@ class TableConfig(_Strict):
 
     `schema_drift` decides what happens when the source has columns (or record fields) the
     contract does not name. Every policy is loud; none ever loses or truncates a value:
-      ignore  (default) extract only the contract's columns; log a WARNING naming the new
-              columns at every run until the contract is updated.
-      stop    fail this table with a SchemaError naming the new columns (other tables go on;
-              the checkpoint does not move) until the contract is updated.
-      add     (SQL sources only) extract the new columns too, with a WARNING naming them at
-              every run: the batch's contract is the configured one plus each new column,
-              nullable and without rules, typed from the source's declared type where that
-              is unambiguous (integers → int64, numeric(p,s) → decimal(p,s), timestamp /
-              timestamptz / datetime → timestamp, double / float → float64, boolean → bool)
-              and as string otherwise (see model.drift_type). The batch records them in
-              meta["columns"]; the loader adds them to the warehouse table (ALTER TABLE ...
-              ADD COLUMN IF NOT EXISTS), rows loaded before hold NULL. A new column whose
-              name is not a plain identifier stops the table with a SchemaError naming it.
-              Reconcile (compare/repair) checks the configured contract's columns only;
-              a repaired row's added columns are filled again when the row next changes.
+
+    - `ignore` (default): extract only the contract's columns; log a WARNING naming the new
+      columns at every run until the contract is updated.
+    - `stop`: fail this table with a SchemaError naming the new columns (other tables go
+      on; the checkpoint does not move) until the contract is updated.
+    - `add` (SQL sources only): extract the new columns too, with a WARNING naming them at
+      every run: the batch's contract is the configured one plus each new column, nullable
+      and without rules, typed from the source's declared type where that is unambiguous
+      (integers → int64, numeric(p,s) → decimal(p,s), timestamp / timestamptz / datetime →
+      timestamp, double / float → float64, boolean → bool) and as string otherwise (see
+      model.drift_type). The batch records them in meta["columns"]; the loader adds them to
+      the warehouse table (ALTER TABLE ... ADD COLUMN IF NOT EXISTS), rows loaded before
+      hold NULL. A new column whose name is not a plain identifier stops the table with a
+      SchemaError naming it. Reconcile (compare/repair) checks the configured contract's
+      columns only; a repaired row's added columns are filled again when the row next
+      changes.
+
     Type changes need no policy: values that no longer fit the contract type (a widened
     decimal scale, text in a number column) are quarantined with their reason, never cast
     lossily; a dropped or renamed column stops the table with a SchemaError.
     """
 
-    name: str
-    target: str | None = None
-    contract: str | ContractConfig
-    lookback: Duration = 0.0
+    name: str = Field(description=(
+        "the source table's name (for an HTTP source, this endpoint's name); a plain "
+        "identifier"))
+    target: str | None = Field(default=None, description=(
+        "the warehouse table it loads; default: `name`. Several tables may feed one target "
+        "if they have the same contract"))
+    contract: str | ContractConfig = Field(description=(
+        "a contract's name from `contracts:`, or a contract written inline"))
+    lookback: Duration = Field(default=0.0, description=(
+        "how far behind the checkpoint each run re-reads (e.g. 2m), so rows committed late "
+        "with an older cursor are not skipped; the merge makes the overlap harmless. Only "
+        "for timestamp, date, integer and decimal cursors"))
     # DuckDB's row group: a page that fills whole row groups is written once at commit,
     # a partial one is rewritten by every later checkpoint (bench/NOTES.md: inserting 2M rows
     # took 2.49 s in 100,000-row pages, 1.24 s in 122,880-row pages)
-    page_size: int = Field(default=122_880, ge=1)
-    min_page_size: int = Field(default=500, ge=1)
+    page_size: int = Field(default=122_880, ge=1, description=(
+        "rows per extracted page, and the most the adaptive page size grows back to; the "
+        "default is DuckDB's row group (a page filling whole row groups is written once)"))
+    min_page_size: int = Field(default=500, ge=1, description=(
+        "the smallest page a timeout or a slow page may halve the page size to"))
     # the first run of a SQL table reads it in primary-key order (the key's index: 28% less
-    # source CPU than the cursor index on the bench table, and InnoDB's clustered order),
-    # then catches up by cursor from where the cursor stood when it began; `cursor` reads
-    # the first run by cursor like every later one
-    initial_load: Literal["key", "cursor"] = "key"
-    mirror_deletes: bool = False
-    # reconcile: the warehouse rows this table owns when several tables feed one target
-    # (e.g. {store_id: 3}); see src/steadyflow/reconcile/table.py
-    warehouse_filter: dict[str, int | str] | None = None
-    schema_drift: Literal["ignore", "stop", "add"] = "ignore"
-    # HTTP sources only: GET {url}{endpoint}?{since_param}=..&{limit_param}=..&{next_param}=..
-    endpoint: str | None = None
-    records_path: str = "data"  # dotted path to the list of records in a response page
-    next_path: str = "next"  # dotted path to the next-page token; null/absent = last page
-    next_param: str = "after"  # query parameter that carries the token
-    since_param: str | None = "updated_since"  # incremental start (ISO-8601), None = none
-    limit_param: str | None = "limit"
-    params: dict[str, str] = Field(default_factory=dict)  # fixed query parameters
-    # re-requests of a page after a bad payload; each one is a full request to the API
-    bad_page_retries: int = Field(default=3, ge=0, le=100)
+    # source CPU than the cursor index on the bench table, and InnoDB's clustered order)
+    initial_load: Literal["key", "cursor"] = Field(default="key", description=(
+        "how the first run of a SQL table reads it: `key` in primary-key order (the "
+        "cheapest full read), then catching up by cursor from where the cursor stood when "
+        "it began; `cursor` by cursor like every later run"))
+    mirror_deletes: bool = Field(default=False, description=(
+        "let `steadyflow reconcile --repair` delete warehouse rows whose key is gone at "
+        "the source (checked again just before). Incremental runs never see deletes; off, "
+        "reconcile only reports them as `extra`"))
+    warehouse_filter: dict[str, int | str] | None = Field(default=None, description=(
+        "reconcile only: the warehouse rows this table owns when several tables feed one "
+        "target (e.g. {store_id: 3}); required for reconcile in that case"))
+    schema_drift: Literal["ignore", "stop", "add"] = Field(default="ignore", description=(
+        "what to do when the source has columns the contract does not name (above)"))
+    endpoint: str | None = Field(default=None, description=(
+        "HTTP sources only (required there): the path after the source's url; pages are "
+        "GET {url}{endpoint}?{since_param}=..&{limit_param}=..&{next_param}=.."))
+    records_path: str = Field(default="data", description=(
+        "HTTP: dotted path to the list of records in a response page"))
+    next_path: str = Field(default="next", description=(
+        "HTTP: dotted path to the next-page token; null or absent = the last page"))
+    next_param: str = Field(default="after", description=(
+        "HTTP: the query parameter that carries the next-page token"))
+    since_param: str | None = Field(default="updated_since", description=(
+        "HTTP: the query parameter of the incremental start (ISO-8601); null = the API "
+        "takes none: every run reads the whole chain and keeps the records past the "
+        "checkpoint"))
+    limit_param: str | None = Field(default="limit", description=(
+        "HTTP: the query parameter of the page size; null = none"))
+    params: dict[str, str] = Field(default_factory=dict, description=(
+        "HTTP: fixed query parameters; secrets as ${VAR} (scrubbed everywhere)"))
+    bad_page_retries: int = Field(default=3, ge=0, le=100, description=(
+        "HTTP: a page whose payload is bad is quarantined raw and requested again (a full "
+        "request to the API) at most this often; then the table fails, its checkpoint "
+        "unmoved"))
 
     _n = field_validator("name", "target")(lambda v: v if v is None else _ident(v))
     _f = field_validator("warehouse_filter")(
@@ -230,15 +300,29 @@ class TableConfig(_Strict):
 
 
 class SourceConfig(_Strict):
-    name: str
-    kind: Literal["sqlite", "postgres", "mysql", "http"]
-    path: str | None = None
-    dsn: str | None = None
-    url: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    sqlite_timestamp_format: str = "%Y-%m-%d %H:%M:%S.%f"
-    resilience: ResilienceConfig = ResilienceConfig()
-    tables: list[TableConfig] = Field(min_length=1)
+    """One store database or HTTP API, and the tables (endpoints) read from it."""
+
+    name: str = Field(description=(
+        "unique among sources; a plain identifier; labels metrics, logs and state"))
+    kind: Literal["sqlite", "postgres", "mysql", "http"] = Field(description=(
+        "mysql covers MariaDB too"))
+    path: str | None = Field(default=None, description=(
+        "sqlite: the database file, relative to the config file's folder"))
+    dsn: str | None = Field(default=None, description=(
+        "postgres, mysql: a connection URL, e.g. postgresql://reader:${STORE_PASSWORD}@"
+        "store42:5432/pos; write the password as a ${VAR} reference (a literal one is "
+        "warned about at load)"))
+    url: str | None = Field(default=None, description="http: the API's base URL")
+    headers: dict[str, str] = Field(default_factory=dict, description=(
+        "http: request headers, e.g. {Authorization: \"Bearer ${API_TOKEN}\"}; values "
+        "from ${VAR} are scrubbed everywhere"))
+    sqlite_timestamp_format: str = Field(default="%Y-%m-%d %H:%M:%S.%f", description=(
+        "sqlite: how a datetime bound is spelled in a query when no stored cursor text is "
+        "at hand (a checkpoint from before stored text, reconcile's bounds)"))
+    resilience: ResilienceConfig = Field(default=ResilienceConfig(), description=(
+        "timeouts, retries, circuit breaker, concurrency (below)"))
+    tables: list[TableConfig] = Field(min_length=1, description=(
+        "the tables (HTTP: endpoints) to read; each (source, table) once"))
 
     _n = field_validator("name")(_ident)
 
@@ -265,16 +349,37 @@ class SourceConfig(_Strict):
 
 
 class LandingConfig(_Strict):
-    path: str = "landing"
-    compression: Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"] = "zstd"
+    """Where extracted pages are written (Parquet, atomically) before they are queued.
+
+    Landed batches and the manifest in state.db are the truth the buffer is rebuilt from;
+    quarantined rows are kept here too (`_quarantine/`).
+    """
+
+    path: str = Field(default="landing", description=(
+        "folder of the landed Parquet files, relative to the config file's folder"))
+    compression: Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"] = Field(
+        default="zstd", description="Parquet codec of landed files")
 
 
 class BufferConfig(_Strict):
-    kind: Literal["sqlite", "jetstream"] = "sqlite"
-    capacity: int = Field(default=64, ge=1)
-    lease: Duration = 120.0
-    url: str = "nats://127.0.0.1:4222"
-    stream: str = "steadyflow"
+    """The bounded queue of landed batches between extraction and loading.
+
+    A full buffer blocks extraction (backpressure); it never drops a batch. A lost buffer
+    costs time, not data: each run's sweep queues again every landed batch that is neither
+    loaded nor queued.
+    """
+
+    kind: Literal["sqlite", "jetstream"] = Field(default="sqlite", description=(
+        "sqlite: a file in state_dir (embedded, one host); jetstream: a NATS JetStream "
+        "stream"))
+    capacity: int = Field(default=64, ge=1, description=(
+        "batches queued at most; extraction waits while the buffer is full"))
+    lease: Duration = Field(default=120.0, description=(
+        "how long a loader holds a batch before it is redelivered to another; at least "
+        "1s, and longer than the slowest validate + merge of one batch"))
+    url: str = Field(default="nats://127.0.0.1:4222", description="jetstream: the NATS server")
+    stream: str = Field(default="steadyflow", description=(
+        "jetstream: the stream's name (one per pipeline)"))
 
     _d = field_validator("lease", mode="before")(_duration)
 
@@ -290,14 +395,21 @@ class BufferConfig(_Strict):
 
 
 class WarehouseConfig(_Strict):
-    kind: Literal["duckdb", "postgres"] = "duckdb"
-    path: str | None = "warehouse.duckdb"
-    dsn: str | None = None
-    schema_: str = Field(default="main", alias="schema")
-    # DuckDB only: the loader connection's buffer pool cap (DuckDB evicts and spills past
-    # it) and its worker threads (beside extraction on the same cores, more only contend)
-    memory_limit: str = "32MB"
-    threads: int = Field(default=1, ge=1)
+    """Where rows are merged, each batch with its ledger row in one transaction."""
+
+    kind: Literal["duckdb", "postgres"] = Field(default="duckdb", description=(
+        "duckdb: an embedded file (one writing process at a time); postgres: a server"))
+    path: str | None = Field(default="warehouse.duckdb", description=(
+        "duckdb: the database file, relative to the config file's folder"))
+    dsn: str | None = Field(default=None, description=(
+        "postgres (required there): a connection URL; the password as a ${VAR} reference"))
+    schema_: str = Field(default="main", alias="schema", description=(
+        "the schema the tables are created in"))
+    memory_limit: str = Field(default="32MB", description=(
+        "duckdb: the loader connection's buffer pool cap (DuckDB evicts and spills past it)"))
+    threads: int = Field(default=1, ge=1, description=(
+        "duckdb: its worker threads (beside extraction on the same cores, more only "
+        "contend)"))
 
     _n = field_validator("schema_")(_ident)
 
@@ -309,9 +421,16 @@ class WarehouseConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    interval: Duration = 5.0
-    max_parallel_sources: int = Field(default=4, ge=1)
-    reconcile_every: Duration = 0.0
+    """How `run` schedules its work."""
+
+    interval: Duration = Field(default=5.0, description=(
+        "run --follow: the pause between two cycles; more than 0"))
+    max_parallel_sources: int = Field(default=4, ge=1, description=(
+        "extraction threads: tables extracted at once over all sources (each source's own "
+        "cap is resilience.max_concurrent_queries)"))
+    reconcile_every: Duration = Field(default=0.0, description=(
+        "run --follow: reconcile every SQL table this often, report only (0 = never); the "
+        "schedule is kept in state.db"))
 
     _d = field_validator("interval", "reconcile_every", mode="before")(_duration)
 
@@ -325,15 +444,23 @@ class RunConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    name: str = "steadyflow"
-    state_dir: str = "state"
-    landing: LandingConfig = LandingConfig()
-    buffer: BufferConfig = BufferConfig()
-    warehouse: WarehouseConfig = WarehouseConfig()
-    run: RunConfig = RunConfig()
-    contracts: dict[str, ContractConfig] = Field(default_factory=dict)
-    sources: list[SourceConfig] = Field(min_length=1)
-    base_dir: str = "."
+    """A pipeline file's top level. Relative paths are relative to the file's folder."""
+
+    name: str = Field(default="steadyflow", description=(
+        "the pipeline's name; the `pipeline` label of its metrics"))
+    state_dir: str = Field(default="state", description=(
+        "folder of state.db (landing manifest, checkpoints, leases, run history, "
+        "quarantine index) and of the sqlite buffer; one pipeline per state_dir"))
+    landing: LandingConfig = Field(default=LandingConfig(), description="see below")
+    buffer: BufferConfig = Field(default=BufferConfig(), description="see below")
+    warehouse: WarehouseConfig = Field(default=WarehouseConfig(), description="see below")
+    run: RunConfig = Field(default=RunConfig(), description="see below")
+    contracts: dict[str, ContractConfig] = Field(default_factory=dict, description=(
+        "named contracts that tables refer to by name"))
+    sources: list[SourceConfig] = Field(min_length=1, description="at least one")
+    base_dir: str = Field(default=".", description=(
+        "what relative paths are relative to; set by the loader to the config file's "
+        "folder (rarely written by hand)"))
 
     @model_validator(mode="after")
     def _references(self) -> PipelineConfig:
