@@ -15,16 +15,21 @@ What is refused here, before anything runs, and why (each names the key and the 
   * durations that make a spin or cannot work: a buffer lease under 1 s, a zero
     run.interval, zero connect/statement timeouts, backoff_max below backoff_initial;
   * an unknown key, with the closest known key as "did you mean".
+
+A password written literally into a DSN (not as `${VAR}`) is accepted, with a WARNING at
+every load naming the key and the fix (see `_warn_literal_passwords` for why not refused).
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,8 +40,12 @@ from steadyflow import secrets
 from steadyflow.errors import ConfigError
 from steadyflow.model import Column, Contract, TableRef, arrow_type, parse_duration
 
+log = logging.getLogger("steadyflow.config")
+
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# libpq's keyword form: "host=h user=u password=secret dbname=d"
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
 # cursor types a lookback window can step back from (model.step_back); the others would
 # silently ignore it
 STEP_BACK_TYPES = ("int64", "int32", "date", "timestamp", "decimal")
@@ -581,11 +590,49 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Pipeline
         if isinstance(source, dict) and source.get("kind") == "sqlite" and isinstance(
                 source.get("path"), str) and not Path(source["path"]).is_absolute():
             source["path"] = str(Path(raw["base_dir"]) / source["path"])
+    _warn_literal_passwords(raw, str(path))
     config = parse_config(_expand_tree(raw, env), origin=str(path))
     # a password written into a DSN literally (not as ${VAR}) is just as secret
     for dsn in [*(s.dsn for s in config.sources), config.warehouse.dsn]:
         secrets.register(secrets.dsn_password(dsn))
     return config
+
+
+def _warn_literal_passwords(raw: dict[str, Any], origin: str) -> None:
+    """Warn, naming the key and the fix, about every DSN whose password is written in the
+    file rather than as a `${VAR}` reference (checked before references are filled in).
+
+    Warned, not refused: a literal password has always been accepted, and refusing it now
+    would stop every existing pipeline that has one at its next start, an outage for a
+    hygiene problem. It is still registered as a secret and scrubbed from every output; the
+    risk is the file itself (in version control, backups, every host it is copied to), which
+    the operator fixes by moving the password to the environment.
+    """
+    places: list[tuple[str, Any]] = [
+        (f"sources.{s.get('name', i)}.dsn", s.get("dsn"))
+        for i, s in enumerate(raw.get("sources") or []) if isinstance(s, dict)]
+    if isinstance(raw.get("warehouse"), dict):
+        places.append(("warehouse.dsn", raw["warehouse"].get("dsn")))
+    for key, dsn in places:
+        if not isinstance(dsn, str) or not _literal_password(dsn):
+            continue
+        name = key.removeprefix("sources.").removesuffix(".dsn")
+        var = re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_") + "_PASSWORD"
+        log.warning(
+            "%s: %s holds a literal password; anyone who can read the file has it. Write "
+            "${%s} in its place and export %s=... in the environment that runs steadyflow",
+            origin, key, var, var, extra={"stage": "config"})
+
+
+def _literal_password(dsn: str) -> bool:
+    """The DSN has a password (URL or libpq keyword form) that is not a ${VAR} reference."""
+    if "://" in dsn:  # in the userinfo, or as a ?password= parameter
+        query = parse_qs(urlsplit(dsn).query).get("password", [])
+        password = secrets.dsn_password(dsn) or (query[0] if query else None)
+    else:
+        keyword = _KEYWORD_PASSWORD.search(dsn)
+        password = keyword.group(1) if keyword else None
+    return bool(password) and not _ENV_REF.search(password or "")
 
 
 def parse_config(raw: dict[str, Any], origin: str = "<config>") -> PipelineConfig:
