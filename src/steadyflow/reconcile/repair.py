@@ -4,8 +4,9 @@ The current source rows of missing and mismatched keys (table.py read them by ke
 `SqlSource.page` and validated them; rows that fail validation and are in no quarantine go
 as read, so the loader parks them) are landed as repair batches and loaded by the
 ordinary `BatchLoader` (landing → manifest → loader: validate → merge + ledger, one
-transaction), so repair is exactly-once like any batch; the merge rule (newer-or-equal
-cursor wins) lets the source's current row overwrite the warehouse's.  Extra keys are
+transaction), so repair is exactly-once like any batch; the merge keeps the later
+extraction (`_steadyflow_seq`) and a repair batch's number is taken after compare read the
+source, so the source's current row overwrites the warehouse's.  Extra keys are
 deleted in the same transaction when the table has `mirror_deletes: true`; their keys
 travel in the batch's meta (its manifest entry), so a repair batch the sweeper loads after a
 crash deletes them too.  A warehouse row whose cursor is newer than the source's would win
