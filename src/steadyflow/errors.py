@@ -5,7 +5,8 @@
     ├── FatalError                   retrying cannot help: fix something, then rerun
     │   ├── AuthError                wrong credentials (never echoed)
     │   ├── SchemaError              missing table/column/key, incompatible type change
-    │   └── ContractError            the table contract itself is inconsistent
+    │   ├── ContractError            the table contract itself is inconsistent
+    │   └── LoopBusy                 another process runs this pipeline's loop (host, pid)
     ├── RetryableError               transient: back off and try again
     │   ├── SourceTimeout            a query or request exceeded its timeout
     │   ├── SourceUnavailable        connection refused/reset, 5xx, breaker open
@@ -77,6 +78,11 @@ class SchemaError(FatalError):
 
 class ContractError(FatalError):
     """The table contract contradicts itself or the source."""
+
+
+class LoopBusy(FatalError):
+    """Another process holds the state directory's loop lock (run/lock.py): a second loop
+    would only fail on the warehouse or race the first, so it is refused up front."""
 
 
 class RetryableError(SteadyflowError):

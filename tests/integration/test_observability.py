@@ -479,14 +479,19 @@ def test_dry_runs_print_the_plan_and_change_nothing(tmp_path: Path) -> None:
     assert [p["rows"] for p in plan] == [200, 100], proc.stderr
     highs = [json.loads(p["msg"].split(" up to ", 1)[1]) for p in plan]
     assert highs[-1]["key"] == [1, newest]  # the plan ends at the newest source row
-    assert (checkpoint["cursor"]["ts"] < highs[0]["cursor"]["ts"] < highs[1]["cursor"]["ts"])
+    # a SQLite text cursor is kept as its stored text (fixed width: text order is time order)
+    def cursor(mark: dict[str, Any]) -> str:
+        value = mark["cursor"]
+        return str(value["ts"] if isinstance(value, dict) else value)
+
+    assert cursor(checkpoint) < cursor(highs[0]) < cursor(highs[1])
 
     proc = steadyflow("load", "-c", str(config), "--dry-run", check=True)
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == "3 batches, 450 rows would load", proc.stdout
     assert [int(re.search(r" (\d+) rows ", line).group(1))  # type: ignore[union-attr]
             for line in lines[:-1]] == [200, 200, 50]
-    ranges = [re.search(r"cursor \((\S+) \.\. (\S+)\]", line) for line in lines[:-1]]
+    ranges = [re.search(r"cursor \((.+?) \.\. (.+?)\]", line) for line in lines[:-1]]
     assert all(ranges), lines
     bounds = [(m.group(1), m.group(2)) for m in ranges if m]
     assert all(bounds[i][1] == bounds[i + 1][0] for i in range(len(bounds) - 1))  # contiguous

@@ -139,7 +139,7 @@ def _serve(config: Path, env: dict[str, str]) -> list[str]:
     """`steadyflow serve` (running the pipeline loop) and what its pages show."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "steadyflow", "--log-level", "debug", "serve", "-c",
-         str(config), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         str(config), "--port", "0", "--run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, env={**os.environ, **env})
     pages: list[str] = []
     try:

@@ -6,6 +6,7 @@ import json
 import signal
 import sys
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,7 +36,11 @@ class _Console:
         if self._console is None:
             from rich.console import Console
 
-            self._console = Console(stderr=self._stderr)
+            stream = sys.stderr if self._stderr else sys.stdout
+            # piped or redirected: no wrapping at rich's default 80 columns (a log file or
+            # `| grep` gets whole lines, tables keep whole names)
+            self._console = Console(stderr=self._stderr, width=None if stream.isatty()
+                                    else PIPED_WIDTH)
         return self._console
 
     def __getattr__(self, name: str) -> Any:
@@ -54,8 +59,18 @@ def Table(*columns: str, **options: Any) -> Any:  # noqa: N802 - stands in for r
     return RichTable(*columns, **options)
 
 
+PIPED_WIDTH = 10_000
 console = _Console(stderr=True)
 out = _Console()
+
+
+class LogLevel(StrEnum):
+    """The accepted --log-level values (anything else is a usage error, not a traceback)."""
+
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML file")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
@@ -69,8 +84,24 @@ def _open(config: Path) -> Any:
 
 def _fail(exc: SteadyflowError) -> None:
     # escaped: an error's "[stage=…, source=…, table=…]" context is text, not rich markup
-    console.print(f"[red]error:[/red] {escape(logs.scrub(str(exc)))}", highlight=False)
+    console.print(f"[red]error:[/red] {escape(logs.scrub(str(exc)))}", highlight=False,
+                  soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _version(value: bool) -> None:
+    if value:
+        import steadyflow
+
+        print(f"steadyflow {steadyflow.__version__}")
+        raise typer.Exit(0)
+
+
+def _hold_loop(pipeline: Any, command: str) -> Any:
+    """The state directory's loop lock (run/lock.py): one loop per pipeline."""
+    from steadyflow.run.lock import hold_loop
+
+    return hold_loop(pipeline.config.resolve(pipeline.config.state_dir), command)
 
 
 def _install_signals(pipeline: Any) -> None:
@@ -82,10 +113,15 @@ def _install_signals(pipeline: Any) -> None:
 
 
 @app.callback()
-def main(log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning"
-         ) -> None:
+def main(log_level: Annotated[LogLevel, typer.Option(
+             case_sensitive=False, help="what to log (to stderr)")] = LogLevel.warning,
+         version: Annotated[bool, typer.Option(
+             "--version", callback=_version, is_eager=True,
+             help="print the version and exit")] = False) -> None:
+    """Logs: on a terminal, readable lines printed with (never over) the progress display;
+    piped or redirected, one JSON object per line."""
     logs.scrub_streams()  # whatever a command prints, no registered secret leaves
-    logs.configure(log_level)
+    logs.configure(log_level.value, console=console.rich() if sys.stderr.isatty() else None)
 
 
 def _print_summary(summary: Any, as_json: bool, seconds: float) -> None:
@@ -98,6 +134,8 @@ def _print_summary(summary: Any, as_json: bool, seconds: float) -> None:
             "quarantined_rows": summary.quarantined_rows,
             "duplicates_skipped": summary.duplicates_skipped, "errors": summary.errors,
             "seconds": round(seconds, 3)}
+    if getattr(summary, "cycles", 1) > 1:  # a follow run: the totals of all its cycles
+        data = {"cycles": summary.cycles, **data}
     if as_json:
         data["loaded_rows"] = summary.loaded_rows
         print(json.dumps(data), flush=True)
@@ -105,8 +143,14 @@ def _print_summary(summary: Any, as_json: bool, seconds: float) -> None:
     for key, value in data.items():
         if key != "errors":
             out.print(f"{key:>20}: {value}")
+    logged = [error for error in summary.errors if logs.printed_errors.printed(error)]
     for error in summary.errors:
-        console.print(f"[red]error:[/red] {escape(logs.scrub(error))}", highlight=False)
+        if error not in logged:  # each error is printed once: in the log, or here
+            console.print(f"[red]error:[/red] {escape(logs.scrub(error))}", highlight=False,
+                          soft_wrap=True)
+    if logged:
+        console.print(f"[red]{len(logged)} error(s)[/red], logged above; the tables' last "
+                      "errors: steadyflow status", highlight=False, soft_wrap=True)
 
 
 def _rows_by_stage(pipeline: Any) -> dict[str, int]:
@@ -162,7 +206,8 @@ def run(config: ConfigOpt,
     from steadyflow.observe.web import StatusServer, parse_address
 
     try:
-        with _open(config) as pipeline:
+        with _open(config) as pipeline, _hold_loop(pipeline,
+                                                   "run --follow" if follow else "run"):
             _install_signals(pipeline)
             if serve_at:
                 server = StatusServer(pipeline, *parse_address(serve_at), live=True).start()
@@ -276,7 +321,12 @@ def _mark(mark: Any) -> str:
 
 @app.command()
 def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
-    """Per-table health: freshness, lag, last success, last error, quarantined rows."""
+    """Per-table health: freshness, rows changed, last success, last error, breaker.
+
+    Exit code: 0 healthy, 1 degraded (a table failing since its last success, a half-open
+    breaker), 2 failing (a table in error, a source down, an open breaker, a batch failed
+    for good) or the status could not be read.
+    """
     from steadyflow.observe.status import collect
 
     try:
@@ -285,34 +335,60 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     except SteadyflowError as exc:
         _fail(exc)
         return
-    if as_json:
-        out.print(json.dumps(report, default=str), soft_wrap=True, markup=False)  # [..] in errors
-        return
-    t = Table("table", "freshness", "rows loaded", "quarantined", "last success",
-              "last error", "breaker", title=f"steadyflow — {report['pipeline']}")
-    for row in report["tables"]:
-        t.add_row(row["table"], row["freshness_human"], str(row["rows_loaded"]),
-                  str(row["rows_quarantined"]), row["last_success_human"],
-                  (row["last_error"] or "")[:60], row["breaker"] or "closed")
+    if as_json:  # plain print: no rich markup or highlighting can reach the JSON
+        print(json.dumps(report, default=str), flush=True)
+        raise typer.Exit(report["exit_code"])
+    _print_status(report)
+    raise typer.Exit(report["exit_code"])
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    """The status table: names whole (never cut), errors whole (wrapped in their column)."""
+    from rich.text import Text
+
+    tables = report["tables"]
+    widest = max((len(row["table"]) for row in tables), default=5)
+    t = Table(title=f"steadyflow — {report['pipeline']}: {report['health']}",
+              show_lines=any(row["last_error"] for row in tables))
+    t.add_column("table", no_wrap=True, min_width=widest)
+    t.add_column("state", no_wrap=True)
+    t.add_column("freshness", justify="right", no_wrap=True)
+    t.add_column("rows changed", justify="right", no_wrap=True)
+    t.add_column("re-read", justify="right", no_wrap=True)
+    t.add_column("quarantined", justify="right", no_wrap=True)
+    t.add_column("last success", no_wrap=True)
+    t.add_column("breaker", no_wrap=True)
+    t.add_column("last error", overflow="fold", min_width=20)
+    for row in tables:
+        t.add_row(Text(row["table"]), row["state"], row["freshness_human"],
+                  f"{row['rows_changed']:,}", f"{row['rows_reread']:,}",
+                  f"{row['rows_quarantined']:,}", row["last_success_human"],
+                  row["breaker"] or "closed", Text(row["last_error"] or ""))
     out.print(t)
     out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
               f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
-              f"pending batches {report['pending_batches']}")
+              f"pending batches {report['pending_batches']}", highlight=False)
 
 
 @app.command()
 def serve(config: ConfigOpt,
           host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port; 0 picks a free one")] = 9108,
-          follow: Annotated[bool, typer.Option(
-              "--follow/--no-follow", help="also run the pipeline loop")] = True,
+          run_loop: Annotated[bool, typer.Option(
+              "--run", help="also run the pipeline loop here (default: a read-only view of "
+              "a pipeline that runs elsewhere)")] = False,
           token_env: Annotated[str | None, typer.Option(
               help="environment variable holding a bearer token every request must send")
           ] = None,
           insecure: Annotated[bool, typer.Option(
               "--insecure", help="allow a non-loopback address without a token")] = False,
           ) -> None:
-    """Serve /metrics, the status page (/), /api/status and /healthz until stopped."""
+    """Serve the status page (/), /api/status, /metrics and /healthz until stopped.
+
+    A read-only view by default: it never runs a second loop beside `run --follow`. With
+    --run it also runs the loop, and is refused while another process runs this pipeline.
+    """
+    import contextlib
     import os
 
     from steadyflow.observe.web import serve as serve_forever
@@ -323,12 +399,62 @@ def serve(config: ConfigOpt,
                       highlight=False)
         raise typer.Exit(2)
     try:
-        with _open(config) as pipeline:
-            serve_forever(pipeline, host, port, token=token, insecure=insecure, follow=follow,
-                          announce=lambda url: print(f"serving {url} (metrics: {url}metrics, "
-                                                     f"JSON: {url}api/status)", flush=True))
+        with _open(config) as pipeline, (_hold_loop(pipeline, "serve --run") if run_loop
+                                         else contextlib.nullcontext()):
+            mode = "running the pipeline" if run_loop else "read-only view"
+            serve_forever(pipeline, host, port, token=token, insecure=insecure,
+                          follow=run_loop,
+                          announce=lambda url: print(f"serving {url} ({mode}; metrics: "
+                                                     f"{url}metrics, JSON: {url}api/status)",
+                                                     flush=True))
     except SteadyflowError as exc:
         _fail(exc)
+
+
+@app.command()
+def reset(config: ConfigOpt,
+          table: Annotated[str, typer.Option(help="SOURCE.TABLE to extract again from the "
+                                                   "start")],
+          dry_run: Annotated[bool, typer.Option(
+              "--dry-run", help="show what would be reset, change nothing")] = False,
+          as_json: JsonOpt = False) -> None:
+    """Forget a table's checkpoint and initial-load position: the next run reads it whole.
+
+    The warehouse keeps its rows (the merge makes the re-read idempotent); landed batches
+    still pending load as before. Refused while a loop runs this pipeline: it would write
+    its checkpoint back.
+    """
+    try:
+        with _open(config) as pipeline:
+            labels = {ref.label: ref for _, _, ref in pipeline.config.tables()}
+            ref = labels.get(table)
+            if ref is None:
+                console.print(f"[red]error:[/red] no table {escape(table)} in {config}; "
+                              f"tables: {escape(', '.join(sorted(labels)))}",
+                              highlight=False, soft_wrap=True)
+                raise typer.Exit(2)
+            checkpoint = pipeline.state.checkpoint(ref.source, ref.table)
+            backfill = pipeline.state.backfill(ref.source, ref.table)
+            plan = {"table": ref.label, "dry_run": dry_run,
+                    "checkpoint": _mark(checkpoint) if checkpoint else None,
+                    "initial_load": ({"ends_at": _mark(backfill[0]),
+                                      "after": _mark(backfill[1]) if backfill[1] else None}
+                                     if backfill else None)}
+            if not dry_run:
+                with _hold_loop(pipeline, "reset"):
+                    pipeline.state.reset_checkpoint(ref.source, ref.table)
+    except SteadyflowError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        print(json.dumps(plan), flush=True)
+        return
+    verb = "would reset" if dry_run else "reset"
+    initial = plan["initial_load"]
+    out.print(f"{verb} {ref.label}: checkpoint {plan['checkpoint'] or 'none'}; initial load "
+              + (f"at {initial['after'] or 'start'} of ..{initial['ends_at']}" if initial
+                 else "none") + ("" if dry_run else "; the next run reads the table whole"),
+              soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()

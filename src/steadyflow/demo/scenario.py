@@ -121,7 +121,7 @@ def run_demo(directory: Path, stores: int = 4, rows_per_store: int = 50_000,
         console.print(f"  SIGKILLed pipeline pid {first.pid} after "
                       f"{_loaded_batches(state)} batches; restarting it")
         second = _spawn(config_path, log, metrics_port)
-        console.print(f"  live: steadyflow status -c {config_path}")
+        console.print(f"  live: {cli_command()} status -c {config_path}")
         time.sleep(follow_seconds)
     finally:
         writer.stop()
@@ -141,11 +141,33 @@ def run_demo(directory: Path, stores: int = 4, rows_per_store: int = 50_000,
     stop_page()
     comparison = verify(config_path)
     reconciled = reconcile_all(config_path)
-    loaded = sum(h.rows_loaded for h in state.health())
+    loaded = sum(h.rows_changed for h in state.health())  # re-reads excluded
     runs = [r for r in state.runs(1000) if r["ended_at"] and r["rows"]]
     busy = sum(r["ended_at"] - r["started_at"] for r in runs)
     state.close()
     return report(comparison, reconciled, loaded, elapsed, busy, config_path, as_json)
+
+
+def cli_command() -> str:
+    """How the operator's shell runs this steadyflow: `steadyflow` if that is on PATH and is
+    this install, else this environment's script (`.venv/bin/steadyflow`), else
+    `python -m steadyflow` with this interpreter. A bare `steadyflow` from a venv that is
+    not activated is "command not found", the first thing a new user would have tried."""
+    script = Path(sys.executable).parent / "steadyflow"
+    found = shutil.which("steadyflow")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "steadyflow"
+    if script.exists():
+        return _short(script)
+    return f"{_short(Path(sys.executable))} -m steadyflow"
+
+
+def _short(path: Path) -> str:
+    """A path relative to the working directory when it is below it (what a user types)."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def verify(config_path: Path) -> Comparison:
@@ -197,7 +219,11 @@ def report(c: Comparison, r: dict[str, Any], loaded: int, elapsed: float, busy: 
     ok = c.clean and r["clean"]
     out.print("[green]OK: warehouse equals source, row for row[/green]" if ok else
               f"[red]MISMATCH[/red] examples: {c.examples}")
-    out.print(f"Try: steadyflow status -c {config_path}")
+    # the page printed at the start stopped with the demo: say so, and how to see it again
+    command = cli_command()
+    out.print(f"The demo's status page has stopped. Try:\n  {command} status -c {config_path}"
+              f"\n  {command} serve -c {config_path}   (the status page again)",
+              soft_wrap=True, highlight=False)
     if as_json:
         print(json.dumps(summary))
     return 0 if ok else 1

@@ -16,8 +16,8 @@ from typing import Any
 
 from steadyflow.secrets import register, scrub
 
-__all__ = ["FIELDS", "JsonFormatter", "ScrubFilter", "ScrubbedStream", "configure", "get",
-           "register_secret", "scrub", "scrub_streams"]
+__all__ = ["FIELDS", "JsonFormatter", "PrintedErrors", "ScrubFilter", "ScrubbedStream",
+           "configure", "get", "printed_errors", "register_secret", "scrub", "scrub_streams"]
 
 FIELDS = ("source", "table", "stage", "batch_id", "rows", "attempt", "page_size", "seconds")
 
@@ -62,6 +62,38 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class PrintedErrors(logging.Filter):
+    """Remembers the text of every exception an ERROR record printed, so the CLI's closing
+    summary does not print the same error a second time (it names how many it skipped)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            args = record.args if isinstance(record.args, tuple) else ()
+            self.texts += [str(a) for a in args if isinstance(a, BaseException) and str(a)]
+        return True
+
+    def printed(self, error: str) -> bool:
+        return any(text in error for text in self.texts)
+
+
+#: what the handler `configure` installed has printed (see PrintedErrors)
+printed_errors = PrintedErrors()
+
+
+class _ContextFormatter(logging.Formatter):
+    """The message, then the record's context fields (`source=… table=…`) for humans."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = " ".join(f"{field}={getattr(record, field)}" for field in FIELDS
+                           if getattr(record, field, None) is not None)
+        text = scrub(record.getMessage())
+        return f"{text}  [{context}]" if context else text
+
+
 class ScrubbedStream:
     """A text stream that scrubs every write: the CLI's stdout and stderr.
 
@@ -90,9 +122,25 @@ def scrub_streams() -> None:
         sys.stderr = ScrubbedStream(sys.stderr)
 
 
-def configure(level: str = "INFO", stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+def configure(level: str = "INFO", stream: Any = None, console: Any = None) -> None:
+    """Log at `level` to `stream` (stderr) as JSON lines, or, given a rich `console` (the
+    CLI on a terminal), as readable lines through rich's handler on that console.
+
+    Through the console, a log line is printed above a live progress display instead of
+    over it (rich redraws the display below each line); JSON stays for pipes and files,
+    where a program reads the logs.
+    """
+    handler: logging.Handler
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(console=console, show_path=False, markup=False,
+                              rich_tracebacks=False, log_time_format="%H:%M:%S")
+        handler.setFormatter(_ContextFormatter())
+    else:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    handler.addFilter(printed_errors)  # before ScrubFilter, which renders away the args
     handler.addFilter(ScrubFilter())
     root = logging.getLogger("steadyflow")
     root.handlers[:] = [handler]

@@ -323,9 +323,13 @@ def parse_address(value: str) -> tuple[str, int]:
 
 
 def serve(pipeline: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
-          token: str | None = None, insecure: bool = False, follow: bool = True,
+          token: str | None = None, insecure: bool = False, follow: bool = False,
           announce: Callable[[str], None] = print) -> None:
-    """Serve until SIGINT/SIGTERM (main thread only); what `steadyflow serve` runs."""
+    """Serve until SIGINT/SIGTERM (main thread only); what `steadyflow serve` runs.
+
+    Read-only unless `follow` (`serve --run`): a viewer must never start a second loop
+    beside the pipeline it watches (the caller holds the loop lock when it does run it).
+    """
     import signal
 
     server = StatusServer(pipeline, host, port, token=token, insecure=insecure, follow=follow)

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,20 @@ class RunSummary:
     changed_rows: int = 0
     reread_rows: int = 0
 
+    cycles: int = 1  # `run --follow`: how many run_once cycles this summary covers
+
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def then(self, later: RunSummary) -> RunSummary:
+        """This summary followed by a later cycle's: counts add up, the errors and failed
+        tables are the later cycle's (what is still wrong when the run stops)."""
+        total = replace(later, cycles=self.cycles + later.cycles)
+        for name in ("extracted_batches", "extracted_rows", "loaded_batches", "loaded_rows",
+                     "quarantined_rows", "duplicates_skipped", "changed_rows", "reread_rows"):
+            setattr(total, name, getattr(self, name) + getattr(later, name))
+        return total
 
 
 def _run_failed(summary: RunSummary) -> RunFailed:
@@ -499,7 +510,11 @@ class Pipeline:
                 self._stop.set()
 
     def run(self, follow: bool = False) -> RunSummary:
-        """run_once, and with `follow` again every `run.interval` seconds until stopped."""
+        """run_once, and with `follow` again every `run.interval` seconds until stopped.
+
+        The summary covers the whole run (every cycle's counts, the last cycle's errors):
+        stopping a long `run --follow` reports what it did, not what its last cycle did.
+        """
         summary = self.run_once(raise_on_error=False)
         reconciler = None
         if follow and self.config.run.reconcile_every > 0:  # scheduled reconciliation
@@ -510,7 +525,7 @@ class Pipeline:
         while follow and not self._stop.is_set():
             self._stop.wait(max(MIN_INTERVAL, self.config.run.interval))
             if not self._stop.is_set():
-                summary = self.run_once(raise_on_error=False)
+                summary = summary.then(self.run_once(raise_on_error=False))
                 if reconciler is not None:
                     reconciler.tick()
         return summary

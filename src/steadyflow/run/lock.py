@@ -1,0 +1,72 @@
+"""One pipeline loop per state directory.
+
+Two loops over one state directory never help: with DuckDB the second fails on the
+warehouse file every cycle (silently, filling the run history with its failures), with
+PostgreSQL both run and race each other's checkpoints. So `run`, `run --follow`,
+`serve --run` and `reset` take an exclusive lock on `<state_dir>/loop.lock` first, and a
+second one is refused at once, naming the holder.
+
+The lock is a kernel `flock`: it is released when the holder exits in any way (a SIGKILL
+too), so no stale lock outlives a crash and none needs breaking by hand. The file holds
+the holder's host, pid and command for the refusal message only; it is never trusted to
+decide who holds the lock. `extract`, `load`, `status` and the read-only `serve` do not
+take it: extraction is fenced per table by leases (run/lease.py), the rest only read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from steadyflow.errors import LoopBusy
+
+LOCK_FILE = "loop.lock"
+
+
+def holder(state_dir: Path) -> dict[str, Any] | None:
+    """Who wrote the lock file last (host, pid, command, since), or None."""
+    try:
+        data = json.loads((state_dir / LOCK_FILE).read_text() or "null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe(who: dict[str, Any] | None) -> str:
+    if not who:
+        return "another process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(who.get("since", 0))))
+    return (f"`steadyflow {who.get('command', '?')}` (pid {who.get('pid', '?')} on host "
+            f"{who.get('host', '?')}, since {since})")
+
+
+@contextmanager
+def hold_loop(state_dir: Path, command: str) -> Iterator[None]:
+    """Hold the state directory's loop lock for the block, or raise LoopBusy at once."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LoopBusy(
+                f"{describe(holder(state_dir))} already runs this pipeline "
+                f"(state directory {state_dir})", stage="run",
+                hint="one loop per state directory: stop that one first, or watch it "
+                     "read-only with `steadyflow serve` / `steadyflow status`") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                 "command": command, "since": time.time()}).encode())
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the flock
