@@ -277,7 +277,9 @@ def test_reconcile_finds_each_difference_exactly_and_repair_fixes_it(
         for name, r in repaired.items():
             assert r.repair is not None and r.after is not None, name
             assert r.repair["upserted"] == 5  # 1 missing + 4 mismatched, current source rows
-            assert r.repair["deleted"] == 3  # 2 extra + the warehouse row that was ahead
+            # 2 extra; the warehouse row that was ahead is replaced by its repair row (the
+            # later sequence wins), never deleted first: no window in which it is gone
+            assert r.repair["deleted"] == 2
             a = r.after
             assert (a.missing, a.extra, a.mismatched, a.duplicates) == (0, 0, 0, 0), name
             assert r.clean

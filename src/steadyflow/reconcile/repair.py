@@ -70,18 +70,20 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
                          pipeline.quarantine, pipeline.metrics)
     empty = contract.schema.empty_table()
     plan: list[tuple[pa.Table, list[tuple[Any, ...]]]] = []
-    if found.ahead:
-        # the warehouse row's cursor is newer than the source's: a merge would keep it,
-        # so remove it first (its own transaction), then upsert the source row below
-        keys = list(found.ahead.values())
-        plan += [(empty, keys[i:i + DELETE_CHUNK])
-                 for i in range(0, len(keys), DELETE_CHUNK)]
     rows = found.rows if found.rows is not None else empty
     wanted = set(found.missing) | set(found.mismatched)
+    keys_of_rows = [tuple(canonical(v, contract.column(k).type) for k, v in
+                          zip(pk, vals, strict=True))
+                    for vals in zip(*[rows[k].to_pylist() for k in pk], strict=True)]
     if rows.num_rows and len(wanted) < rows.num_rows:
-        rows = rows.filter(pa.array([  # keep only keys still classified as differing
-            tuple(canonical(v, contract.column(k).type) for k, v in zip(pk, vals, strict=True))
-            in wanted for vals in zip(*[rows[k].to_pylist() for k in pk], strict=True)]))
+        rows = rows.filter(pa.array([key in wanted for key in keys_of_rows]))
+    upserted = set(keys_of_rows) & wanted
+    # A warehouse row whose cursor is newer than the source's: the repair batch replaces
+    # it anyway (its fresh extraction sequence wins the merge, whatever the cursor), so a
+    # separate delete first would only open a window, and after a crash a loss, in which
+    # the row is gone. Only such rows that no repair row replaces are deleted first.
+    ahead = [w for k, w in found.ahead.items() if k not in upserted]
+    plan += [(empty, ahead[i:i + DELETE_CHUNK]) for i in range(0, len(ahead), DELETE_CHUNK)]
     size = max(1, table.page_size)
     row_chunks = [rows.slice(i, size) for i in range(0, rows.num_rows, size)]
     # rows that fail validation and are in no quarantine: landed as read, the loader's
