@@ -173,6 +173,14 @@ def test_down_fires_for_the_dead_pipeline_alone_and_an_idle_one_is_not_stale(
     fresh = {r["metric"]["pipeline"]: float(r["value"][1])
              for r in query(prom, "steadyflow_freshness_seconds")}
     assert lag == {"stores": 0.0, "erp": 0.0}, lag
+    # lag is 0 because the polls saw the newest row and it is loaded (not for lack of data)
+    high = {r["metric"]["pipeline"]: float(r["value"][1])
+            for r in query(prom, "steadyflow_source_cursor_timestamp_seconds")}
+    loaded = {r["metric"]["pipeline"]: float(r["value"][1])
+              for r in query(prom, "steadyflow_loaded_cursor_timestamp_seconds")}
+    assert high == loaded and len(high) == 2, (high, loaded)
+    nbytes = query(prom, 'sum by (stage) (steadyflow_bytes_total{pipeline="erp"}) > 0')
+    assert {r["metric"]["stage"] for r in nbytes} == {"extract", "land", "transform", "load"}
     assert min(fresh.values()) > 3000, fresh  # old data: the age-based rule would fire
     assert alerts(prom) == []
 

@@ -81,7 +81,7 @@ def transform(config: PipelineConfig, landing: LandingZone, metrics: PipelineMet
     started = time.monotonic()
     verdict = validate(rows, contract_of(config, batch))
     metrics.batch_duration(batch.source, batch.table, "transform", time.monotonic() - started)
-    metrics.rows(batch.source, batch.table, "transform", rows.num_rows)
+    metrics.rows(batch.source, batch.table, "transform", rows.num_rows, rows.nbytes)
     return verdict
 
 
@@ -125,7 +125,8 @@ class BatchLoader:
         parked before does not count twice). The load rows metric counts changed rows, as
         the status page does: re-reads would make throughput several times too high."""
         good, parked = verdict.good, outcome.bad_rows
-        self.metrics.rows(batch.source, batch.table, "load", outcome.changed_rows)
+        # bytes: all good rows the merge compared and wrote, re-reads included (its work)
+        self.metrics.rows(batch.source, batch.table, "load", outcome.changed_rows, good.nbytes)
         if parked:
             self.metrics.quarantined(batch.source, batch.table, parked)
         newest, epoch = _newest(good, cursor)
