@@ -65,6 +65,9 @@ class StatusService:
                     _set_last_success(metrics, h.source, h.table, h.last_success)
             if not self.live and h.breaker in BREAKER_STATES:
                 metrics.breaker(h.source, h.breaker)
+        if not self.live:  # lag and last poll as the running pipeline recorded them
+            for (source, table), (high, at) in self.pipeline.state.polls().items():
+                metrics.polled(source, table, high, at=at)
 
     def _reset_recorded_breakers(self) -> None:
         # table_health.breaker is written on breaker transitions only, so an "open" left by a
