@@ -8,7 +8,10 @@ so a human can look at what the page really looks like.
 
 from __future__ import annotations
 
+import html
 import http.client
+import json
+import re
 import sqlite3
 import subprocess
 import time
@@ -194,8 +197,9 @@ def test_endpoints_serve_metrics_page_json_and_health(server: StatusServer,
     assert status == 200
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     text = body.decode()
-    assert 'steadyflow_freshness_seconds{source="store_001",table="sales"}' in text
-    assert 'steadyflow_breaker_state{source="store_003"} 0.0' in text
+    # every series also carries the pipeline label (metrics.py), whatever its position
+    assert re.search(r'steadyflow_freshness_seconds\{[^}]*source="store_001",table="sales"', text)
+    assert re.search(r'steadyflow_breaker_state\{[^}]*source="store_003"[^}]*\} 0\.0', text)
 
     status, headers, body = request(server.url, "/")
     assert status == 200 and headers["content-type"].startswith("text/html")
@@ -344,3 +348,83 @@ def test_parse_address() -> None:
     assert parse_address("[::1]:9108") == ("::1", 9108)
     with pytest.raises(ConfigError):
         parse_address("host:port")
+
+
+# --- the layout at desktop and phone widths ---------------------------------------------------
+
+LONG_TABLE = "warehouse_north_region_store_0042.sales_order_lines_with_returns_and_refunds"
+# Measures the rendered page and writes the findings into the DOM, for --dump-dom to print:
+# the page's horizontal overflow, every element that clips its content (overflow hidden or
+# clip, content wider than its box), and the table names as rendered.
+PROBE = """<script>
+const vw = document.documentElement.clientWidth;
+const clipped = [];
+for (const el of document.querySelectorAll('body *')) {
+  const style = getComputedStyle(el);
+  const clips = ['hidden', 'clip'].includes(style.overflowX) || style.textOverflow === 'ellipsis';
+  if (clips && el.scrollWidth > el.clientWidth + 1)
+    clipped.push(el.tagName + '.' + el.className + ': ' + el.textContent.slice(0, 60));
+}
+const names = [...document.querySelectorAll('.tname')].map(e => e.textContent);
+document.body.setAttribute('data-probe', JSON.stringify(
+  {overflow: document.documentElement.scrollWidth - vw, clipped: clipped, names: names}));
+</script>"""
+
+
+def layout_report() -> dict[str, Any]:
+    """A report with a long table name, a long pipeline name and a long error."""
+    now = time.time()
+
+    def table(label: str, state: str, error: str | None) -> dict[str, Any]:
+        source, name = label.split(".", 1)
+        return {"table": label, "source": source, "name": name, "target": name,
+                "freshness_seconds": 12.0, "freshness_human": "12.0s", "newest_cursor": None,
+                "last_success": now - 30, "last_success_human": "30.0s ago",
+                "last_error": error, "last_error_at": now - 5 if error else None,
+                "rows_changed": 1_234_567, "rows_reread": 89, "rows_loaded": 1_234_656,
+                "rows_quarantined": 3, "open_quarantine_batches": 1, "page_size": 500,
+                "breaker": "open" if error else "closed", "failing_batches": 0,
+                "state": state}
+
+    error = ("cannot connect to warehouse_north_region_store_0042 at db-north-42.example.internal"
+             ":5432: connection refused after 5 attempts; " * 3)
+    return {"pipeline": "retail_pipeline_for_all_northern_and_western_region_stores",
+            "at": now, "queue_depth": 3, "queue_capacity": 64, "queue_oldest_seconds": 1.5,
+            "pending_batches": 3, "pending_rows": 1500,
+            "tables": [table(LONG_TABLE, "source down", error),
+                       table("store_001.sales", "ok", None)],
+            "runs": [{"run_id": 7, "command": "run", "started_at": now - 60,
+                      "ended_at": now - 58, "outcome": "error", "batches": 4, "rows": 812,
+                      "error": error}],
+            "reconcile": []}
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 900), (390, 844)],
+                         ids=["desktop", "phone"])
+def test_page_layout_nothing_overflows_and_names_are_whole(
+        tmp_path: Path, width: int, height: int) -> None:
+    binary = chromium_binary()
+    page = tmp_path / "status.html"
+    page.write_text(render_page(layout_report(), {}).replace("</body>", PROBE + "</body>"))
+    shot = tmp_path / f"status_{width}x{height}.png"  # kept with the test's artifacts
+
+    def browse(profile: str, *mode: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / profile}", f"--window-size={width},{height}",
+             "--hide-scrollbars", "--run-all-compositor-stages-before-draw",
+             "--virtual-time-budget=1000", *mode, page.as_uri()],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    dump, snap = browse("p1", "--dump-dom"), browse("p2", f"--screenshot={shot}")
+    dom, err = dump.communicate(timeout=60)
+    _, snap_err = snap.communicate(timeout=60)
+    assert dump.returncode == 0 and snap.returncode == 0, err[-2000:] + snap_err[-2000:]
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found is not None, dom[-2000:]
+    probe = json.loads(html.unescape(found.group(1)))
+    assert probe["overflow"] <= 0, probe  # the page never scrolls sideways
+    assert probe["clipped"] == [], probe  # no box hides part of its text
+    assert probe["names"] == [LONG_TABLE, "store_001.sales"], probe  # whole names
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

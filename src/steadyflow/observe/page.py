@@ -114,11 +114,13 @@ _CSS = """
 *{box-sizing:border-box}
 body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
 background:var(--bg);color:var(--ink)}
-header{display:flex;align-items:center;gap:14px;padding:12px 24px;background:#111827;color:#f9fafb}
-header h1{font-size:17px;margin:0;font-weight:600;letter-spacing:.01em}
+header{display:flex;flex-wrap:wrap;align-items:center;gap:6px 14px;padding:12px 24px;
+background:#111827;color:#f9fafb}
+header h1{font-size:17px;margin:0;font-weight:600;letter-spacing:.01em;min-width:0;
+overflow-wrap:anywhere}
 header .name{color:#9ca3af;font-weight:400}
-header nav{margin-left:auto;display:flex;gap:14px;align-items:center;font-size:12px;
-color:#9ca3af}
+header nav{margin-left:auto;display:flex;flex-wrap:wrap;gap:4px 14px;align-items:center;
+font-size:12px;color:#9ca3af}
 header a{color:#93c5fd;text-decoration:none}
 main{padding:18px 24px 28px;max-width:1440px;margin:0 auto}
 .banner{padding:10px 14px;border-radius:8px;margin-bottom:14px;background:var(--badbg);
@@ -164,6 +166,8 @@ white-space:nowrap}
 svg.spark{display:block}
 code{font-size:12px;background:#f3f4f6;padding:1px 5px;border-radius:4px}
 @media (max-width:900px){.charts,.grid2{grid-template-columns:1fr}}
+@media (max-width:600px){header{padding:10px 12px}main{padding:12px 12px 20px}
+header nav{margin-left:0}}
 """
 
 
