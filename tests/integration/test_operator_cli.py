@@ -43,8 +43,12 @@ def pipeline(root: Path, rows: int = 300, broken: bool = False, **extra: Any) ->
 
 
 def runs(root: Path) -> int:
+    """Runs recorded in state (0 while the state file is still being created)."""
     with closing(sqlite3.connect(root / "state" / "state.db")) as db:
-        return int(db.execute("SELECT count(*) FROM runs").fetchone()[0])
+        try:
+            return int(db.execute("SELECT count(*) FROM runs").fetchone()[0])
+        except sqlite3.OperationalError:  # no such table yet
+            return 0
 
 
 def follow(config: Path, *extra: str) -> subprocess.Popen[str]:
