@@ -54,17 +54,27 @@ def require_tool(name: str, package: str, fallback: str | None = None) -> str:
     return path
 
 
-@pytest.fixture
-def pg_dsn() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test only."""
+def _fresh_pg_database(prefix: str) -> Iterator[str]:
     require_service("PostgreSQL", PG_HOST, PG_PORT)
-    name = f"sf_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_dsn() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test only."""
+    yield from _fresh_pg_database("sf")
+
+
+@pytest.fixture
+def pg_warehouse_dsn() -> Iterator[str]:
+    """A second fresh PostgreSQL database on the same server, for a warehouse only."""
+    yield from _fresh_pg_database("sfwh")
 
 
 @pytest.fixture

@@ -22,8 +22,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +30,7 @@ import duckdb
 import psycopg
 import pytest
 import yaml
-from tests.conftest import PG_HOST, PG_PORT, require_service, steadyflow
+from tests.conftest import steadyflow
 from tests.support.chaos_tables import (
     CHAR_COLUMNS,
     COLUMNS,
@@ -58,19 +56,6 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --- fixtures ------------------------------------------------------------------------------
-@pytest.fixture
-def pg_warehouse_dsn() -> Iterator[str]:
-    """A second fresh PostgreSQL database on the sources' server, for the warehouse only."""
-    require_service("PostgreSQL", PG_HOST, PG_PORT)
-    name = f"sfwh_{uuid.uuid4().hex[:12]}"
-    admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.fixture(params=["duckdb", "postgres"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     if request.param == "duckdb":

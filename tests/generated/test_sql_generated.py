@@ -23,12 +23,12 @@ from typing import Any
 import duckdb
 import psycopg
 import pyarrow.parquet as pq
-import pymysql
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from tests.support import gen, oracle
 from tests.support.gen import Table
+from tests.support.source_db import SourceDb
 
 from steadyflow.config import parse_config
 from steadyflow.reconcile.runner import Options, TableReport, reconcile
@@ -39,66 +39,6 @@ WAREHOUSES = ("duckdb", "postgres")
 CI_EXAMPLES = int(os.environ.get("STEADYFLOW_GENERATED_EXAMPLES", "12"))
 EXHAUSTIVE_EXAMPLES = 350  # x 6 source/warehouse pairs = 2,100
 _counter = itertools.count()
-
-
-# --- one source database per test, tables per example -------------------------------------
-class SourceDb:
-    def __init__(self, kind: str, where: str) -> None:
-        self.kind, self.where = kind, where
-
-    def execute(self, statements: list[tuple[str, list[Any]]]) -> None:
-        if self.kind == "postgres":
-            with psycopg.connect(self.where) as conn:
-                for sql, params in statements:
-                    conn.execute(sql.encode(), params or None)
-        elif self.kind == "mysql":
-            conn = _mysql(self.where)
-            with closing(conn), conn.cursor() as cur:
-                cur.execute("SET time_zone = '+00:00'")
-                for sql, params in statements:
-                    cur.execute(sql, params or None)
-                conn.commit()
-        else:
-            with closing(sqlite3.connect(self.where)) as conn:
-                for sql, params in statements:
-                    conn.execute(sql, params)
-                conn.commit()
-
-    def placeholder(self) -> str:
-        return "?" if self.kind == "sqlite" else "%s"
-
-    def quote(self, name: str) -> str:
-        return f"`{name}`" if self.kind == "mysql" else f'"{name}"'
-
-    def insert(self, table: Table, rows: list[dict[str, Any]], first_index: int) -> None:
-        names = [c.name for c in table.cols]
-        cols = ", ".join(self.quote(n) for n in names)
-        marks = ", ".join(self.placeholder() for _ in names)
-        self.execute([(f"INSERT INTO {self.quote(table.name)} ({cols}) VALUES ({marks})",
-                       [gen.db_value(c, row[c.name], self.kind, table.spelling,
-                                     first_index + i) for c in table.cols])
-                      for i, row in enumerate(rows)])
-
-    def update(self, table: Table, key_row: dict[str, Any], values: dict[str, Any],
-               index: int) -> None:
-        sets = ", ".join(f"{self.quote(n)} = {self.placeholder()}" for n in values)
-        where = " AND ".join(f"{self.quote(k)} = {self.placeholder()}" for k in table.key)
-        params = [gen.db_value(table.col(n), v, self.kind, table.spelling, index)
-                  for n, v in values.items()]
-        params += [gen.db_value(table.col(k), key_row[k], self.kind, table.spelling, index)
-                   for k in table.key]
-        self.execute([(f"UPDATE {self.quote(table.name)} SET {sets} WHERE {where}", params)])
-
-    def drop(self, table: Table) -> None:
-        self.execute([(f"DROP TABLE IF EXISTS {self.quote(table.name)}", [])])
-
-
-def _mysql(dsn: str) -> pymysql.connections.Connection[Any]:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(dsn)
-    return pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
-                           password="", database=parts.path.lstrip("/"), charset="utf8mb4")
 
 
 # --- the pipeline, written as a user would ---------------------------------------------------

@@ -19,21 +19,18 @@ Regressions:
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import duckdb
 import psycopg
-import pymysql
 import pytest
 from tests.support import gen, oracle
 from tests.support.gen import Col, Table
+from tests.support.source_db import SourceDb
 
 from steadyflow.config import parse_config
 from steadyflow.reconcile.runner import Options, TableReport, reconcile
@@ -124,7 +121,7 @@ class Case:
         self.source, self.where = source, where
         self.wh = wh
         self.wh_where = wh_where if wh == "postgres" else str(tmp / "wh.duckdb")
-        self.db = _SourceDb(source, where)
+        self.db = SourceDb(source, where)
         self.db.execute([(s, []) for s in gen.ddl(table, source)])
         self.db.insert(table, rows)
         self.raw = self._config(lookback)
@@ -176,41 +173,6 @@ class Case:
         else:
             with duckdb.connect(self.wh_where) as conn:
                 conn.execute(sql, params)
-
-
-class _SourceDb:
-    def __init__(self, kind: str, where: str) -> None:
-        self.kind, self.where = kind, where
-
-    def execute(self, statements: list[tuple[str, list[Any]]]) -> None:
-        if self.kind == "postgres":
-            with psycopg.connect(self.where) as conn:
-                for sql, params in statements:
-                    conn.execute(sql.encode(), params or None)
-        elif self.kind == "mysql":
-            parts = urlsplit(self.where)
-            conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
-                                   password="", database=parts.path.lstrip("/"),
-                                   charset="utf8mb4")
-            with conn, conn.cursor() as cur:
-                cur.execute("SET time_zone = '+00:00'")
-                for sql, params in statements:
-                    cur.execute(sql, params or None)
-                conn.commit()
-        else:
-            with closing(sqlite3.connect(self.where)) as conn:
-                for sql, params in statements:
-                    conn.execute(sql, params)
-                conn.commit()
-
-    def insert(self, table: Table, rows: list[Row]) -> None:
-        q = (lambda n: f"`{n}`") if self.kind == "mysql" else (lambda n: f'"{n}"')
-        mark = "?" if self.kind == "sqlite" else "%s"
-        cols = ", ".join(q(c.name) for c in table.cols)
-        marks = ", ".join(mark for _ in table.cols)
-        self.execute([(f"INSERT INTO {q(table.name)} ({cols}) VALUES ({marks})",
-                       [gen.db_value(c, row[c.name], self.kind, table.spelling, i)
-                        for c in table.cols]) for i, row in enumerate(rows)])
 
 
 def _where(source: str, request: pytest.FixtureRequest, tmp: Path) -> str:
