@@ -112,6 +112,12 @@ class Dialect:
         """(what is wrong, how to fix it) from `cursor_profile_sql`'s row, None if fine."""
         return None
 
+    def key_classes_sql(self, table: str, column: str) -> str | None:
+        """A query listing the storage classes a key column holds, where one column can hold
+        values the database keeps apart but one contract type makes equal (SQLite); None
+        where the column's declared type rules that out."""
+        return None
+
     def undecodable(self, exc: SteadyflowError) -> bool:
         """Did a page fail only because some stored text is not valid UTF-8?"""
         return False
@@ -537,6 +543,14 @@ class SqliteDialect(Dialect):
                     "digits, so '...:00Z' sorts after '...:00.5Z')",
                     "store one fraction width (e.g. strftime('%Y-%m-%dT%H:%M:%fZ'))")
         return None
+
+    def key_classes_sql(self, table: str, column: str) -> str | None:
+        """A column without integer or text affinity keeps 1 and '1' (and X'31') as two
+        keys; as one contract type they are one warehouse key, and one row would silently
+        replace the other. Integer and real compare equal here, so they are one class."""
+        col = self.ident(column)
+        return (f"SELECT DISTINCT CASE typeof({col}) WHEN 'real' THEN 'integer' "
+                f"ELSE typeof({col}) END FROM {self.ident(table)} WHERE {col} IS NOT NULL")
 
     def undecodable(self, exc: SteadyflowError) -> bool:
         return UNDECODABLE in exc.message

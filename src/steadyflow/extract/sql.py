@@ -217,6 +217,7 @@ class SqlSource:
                       columns=names)
         self.find_keyset_index(table, contract)
         self.check_cursor(table, contract)
+        self.check_keys(table, contract)
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
 
@@ -248,6 +249,22 @@ class SqlSource:
             raise SchemaError(f"cursor column {cursor} ({ctype}) {problem[0]}",
                               stage="extract", source=self.config.name, table=table,
                               hint=problem[1])
+
+    def check_keys(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a key column mixing numbers and text (or blobs):
+        the source keeps 1 and '1' apart, the contract's one type cannot."""
+        for key in contract.primary_key:
+            sql = self.dialect.key_classes_sql(table, key)
+            classes = sorted(str(r[0]) for r in self._execute(table, sql, [])) if sql else []
+            if len(classes) > 1:
+                raise SchemaError(
+                    f"key column {key} holds values stored as {' and '.join(classes)}: the "
+                    "source keeps 1 and '1' apart as two keys, the contract's one type "
+                    "makes them one warehouse key, so one row would replace the other",
+                    stage="extract", source=self.config.name, table=table,
+                    hint=f"store one type (e.g. UPDATE {table} SET {key} = CAST({key} AS "
+                         "INTEGER), after resolving the pairs that become equal) and "
+                         "declare the column INTEGER or TEXT")
 
     def declared_types(self, table: str) -> dict[str, str]:
         """Each column's type as the source declares it ({} where the catalog is not read)."""
