@@ -307,3 +307,16 @@ def test_reconcile_finds_each_difference_exactly_and_repair_fixes_it(
         assert proc.returncode == 0, proc.stderr
         report = json.loads(proc.stdout)
         assert report["clean"] and [t["source"] for t in report["tables"]] == ["store3"]
+
+
+def test_a_table_that_cannot_be_compared_exits_2_not_differences(tmp_path: Path) -> None:
+    """Its differences are unknown: exit 2 and 'not compared', never 'DIFFERENCES remain'
+    with exit 1 (what an operator would read as a found discrepancy)."""
+    db = tmp_path / "store.db"
+    sqlite3.connect(db).close()  # an empty file: the configured table does not exist
+    path = write_pipeline(tmp_path, [{"name": "gone", "kind": "sqlite", "path": str(db),
+                                      "tables": [{"name": "sales", "contract": "sales"}]}])
+    proc = steadyflow("reconcile", "-c", str(path))
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "ERROR: not compared: gone.sales" in proc.stdout
+    assert "DIFFERENCES" not in proc.stdout

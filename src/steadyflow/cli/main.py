@@ -552,6 +552,10 @@ def reconcile(config: ConfigOpt,
                              default=str), soft_wrap=True, highlight=False)
     else:
         out.print(text_report(reports), soft_wrap=True, highlight=False, markup=False)
+    # 2: a table could not be compared (its differences are unknown, not zero); 1: the
+    # comparison ran and differences remain; 0: every table is equal
+    if any(r.error is not None or r.final.error is not None for r in reports):
+        raise typer.Exit(2)
     if not clean:
         raise typer.Exit(1)
 

@@ -117,5 +117,11 @@ def text_report(reports: Sequence[TableReport]) -> str:
                          f"{a.mismatched}" + (f", duplicates {a.duplicates}"
                                               if a.duplicates else ""))
     clean = all(r.clean for r in reports)
-    lines.append("OK: warehouse matches the sources" if clean else "DIFFERENCES remain")
+    failed = [r.label for r in reports if r.error is not None or r.final.error is not None]
+    if failed:  # not compared: its differences are unknown, never reported as found
+        lines.append(f"ERROR: not compared: {', '.join(failed)}")
+    elif not clean:
+        lines.append("DIFFERENCES remain")
+    else:
+        lines.append("OK: warehouse matches the sources")
     return "\n".join(lines)
