@@ -102,6 +102,13 @@ def text_alphabet(source: str, key: bool) -> st.SearchStrategy[str]:
     return st.characters(codec="utf-8", exclude_categories=("Cs",))
 
 
+def _scaled(digits: int, scale: int) -> Decimal:
+    """digits x 10^-scale exactly (the default 28-digit context would round 30-digit values)."""
+    with localcontext() as ctx:
+        ctx.prec = 100
+        return Decimal(digits).scaleb(-scale)
+
+
 def value_strategy(col: Col, source: str, key: bool = False) -> st.SearchStrategy[Any]:
     k = col.kind
     if k == "int32":
@@ -111,7 +118,7 @@ def value_strategy(col: Col, source: str, key: bool = False) -> st.SearchStrateg
     if k == "dec":
         top = 10**col.p - 1
         edge = st.sampled_from([top, -top, 0, 1, -1])
-        return st.one_of(edge, st.integers(-top, top)).map(lambda i: Decimal(i).scaleb(-col.s))
+        return st.one_of(edge, st.integers(-top, top)).map(lambda i: _scaled(i, col.s))
     if k in ("text", "char"):
         size = col.p if k == "char" else (12 if key else 30)
         text = st.text(text_alphabet(source, key), min_size=1 if key else 0, max_size=size)
