@@ -241,8 +241,9 @@ class SqlSource:
         if problem is None and self._execute(
                 table, f"SELECT 1 FROM {d.ident(table)} WHERE {d.ident(cursor)} IS NULL "
                 "LIMIT 1", []):
-            problem = ("holds NULLs: keyset pages (cursor, key) > (...) never select a row "
-                       "whose cursor is NULL, so those rows would never be extracted",
+            problem = ("holds NULLs (or, on MariaDB, zero dates, which it treats as NULL): "
+                       "keyset pages (cursor, key) > (...) never select a row whose cursor "
+                       "is NULL, so those rows would never be extracted",
                        f"give those rows a cursor value (UPDATE {table} SET {cursor} = ... "
                        f"WHERE {cursor} IS NULL) and make the column NOT NULL")
         if problem is not None:
