@@ -8,6 +8,8 @@ sink (logs, state, status page, landed raw pages) applies.
 What is refused here, before anything runs, and why (each names the key and the fix):
   * a `pattern` RE2 cannot compile (validation runs it with Arrow's RE2, not Python's re);
   * the same (source, table) twice, or tables of different shapes feeding one target;
+  * tables feeding one target without a `warehouse_filter` on primary-key columns whose
+    values tell them apart: merged on the key alone, one's rows would replace another's;
   * `lookback` on a cursor type that cannot step back (string, bool): it would be ignored;
   * a float64 cursor or primary-key column: NaN has no place in keyset order (PostgreSQL
     sorts it above every number, so a NaN high mark stops a table for good) and equal
@@ -23,6 +25,7 @@ every load naming the key and the fix (see `_warn_literal_passwords` for why not
 from __future__ import annotations
 
 import difflib
+import itertools
 import logging
 import os
 import re
@@ -276,8 +279,10 @@ class TableConfig(_Strict):
         "the source (checked again just before). Incremental runs never see deletes; off, "
         "reconcile only reports them as `extra`"))
     warehouse_filter: dict[str, int | str] | None = Field(default=None, description=(
-        "reconcile only: the warehouse rows this table owns when several tables feed one "
-        "target (e.g. {store_id: 3}); required for reconcile in that case"))
+        "the warehouse rows this table owns (e.g. {store_id: 3}): a row whose columns do "
+        "not hold these values is quarantined at load, and reconcile compares only these "
+        "rows. Required when several tables feed one target: on primary-key columns, with "
+        "a value differing between the tables, so no table's row can replace another's"))
     schema_drift: Literal["ignore", "stop", "add"] = Field(default="ignore", description=(
         "what to do when the source has columns the contract does not name (above)"))
     endpoint: str | None = Field(default=None, description=(
@@ -503,13 +508,17 @@ class PipelineConfig(_Strict):
             "date, integer or decimal cursor")
 
     def _check_targets(self) -> None:
-        """One warehouse table has one shape: every table feeding it needs the same one."""
+        """One warehouse table has one shape: every table feeding it needs the same one; and
+        when several feed it, their rows must never share a key (`_check_owners`)."""
         shapes: dict[str, tuple[str, tuple[Any, ...]]] = {}
+        feeders: dict[str, list[tuple[str, TableConfig]]] = {}
         for source, table, ref in self.tables():
             c = self.contract_of(table)
             shape = (tuple((col.name, col.type, col.nullable) for col in c.columns),
                      c.primary_key, c.cursor)
             label = f"sources.{source.name}.tables.{table.name}"
+            self._check_filter(label, table)
+            feeders.setdefault(ref.target, []).append((label, table))
             first = shapes.setdefault(ref.target, (label, shape))
             if first[1] != shape:
                 raise ValueError(
@@ -517,6 +526,56 @@ class PipelineConfig(_Strict):
                     "contracts (columns, types, nullability, primary key or cursor): a "
                     "warehouse table has one shape; give them one contract, or set "
                     "'target' so each loads its own table")
+        for target, tables in feeders.items():
+            if len(tables) > 1:
+                self._check_owners(target, tables)
+
+    def _check_filter(self, label: str, table: TableConfig) -> None:
+        """Each warehouse_filter value must be one its column can hold: load compares the
+        column's values with it (a row outside the filter is quarantined)."""
+        contract = self.contract_of(table)
+        for name, value in (table.warehouse_filter or {}).items():
+            if name not in contract.names:
+                raise ValueError(
+                    f"{label}.warehouse_filter names {name!r}, which is not a column of its "
+                    f"contract (columns: {', '.join(contract.names)})")
+            if owned_value(value, contract.column(name).arrow_type) is None:
+                raise ValueError(
+                    f"{label}.warehouse_filter: {name}: {value!r} is not a valid "
+                    f"{contract.column(name).type}; write a value of the column's type")
+
+    def _check_owners(self, target: str, tables: list[tuple[str, TableConfig]]) -> None:
+        """Tables feeding one target are merged on the primary key alone: two source rows
+        with one key (shards whose ids both start at 1) would silently replace each other.
+        So each table owns the keys its warehouse_filter names, on primary-key columns, and
+        no two filters may match one row (load quarantines a row outside its table's)."""
+        labels = ", ".join(label for label, _ in tables)
+        contract = self.contract_of(tables[0][1])
+        example = ("add warehouse_filter: {store_id: 42} (a primary-key column holding a "
+                   "value of its own in each table) to each table, or set 'target' so each "
+                   "loads its own table")
+        owned: list[tuple[str, dict[str, Any]]] = []
+        for label, table in tables:
+            flt = table.warehouse_filter or {}
+            off_key = [name for name in flt if name not in contract.primary_key]
+            if not flt or off_key:
+                problem = ("has no warehouse_filter" if not flt else
+                           f"has warehouse_filter on {', '.join(off_key)}, not primary-key "
+                           f"columns (key: {', '.join(contract.primary_key)})")
+                raise ValueError(
+                    f"{label} {problem}, but target {target!r} is fed by {len(tables)} "
+                    f"tables ({labels}) and merged on its primary key alone, so a row of one "
+                    f"would silently replace another's row of the same key; {example}")
+            owned.append((label, {name: owned_value(value, contract.column(name).arrow_type)
+                                  for name, value in flt.items()}))
+        for (label, mine), (other, theirs) in itertools.combinations(owned, 2):
+            if not any(mine[n] != theirs[n] for n in mine.keys() & theirs.keys()):
+                raise ValueError(
+                    f"{label} and {other} both load target {target!r} and their "
+                    "warehouse_filters can match the same row (no column they both name "
+                    "holds different values), so one's rows could replace the other's; "
+                    "give each table a value of its own, e.g. {store_id: 1} and "
+                    "{store_id: 2}")
 
     def resolve(self, path: str) -> Path:
         p = Path(path)
@@ -544,6 +603,16 @@ class PipelineConfig(_Strict):
             if s.name == source and t.name == table:
                 return s, t, ref
         raise ConfigError(f"no table {source}.{table} in the config")
+
+
+def owned_value(value: int | str, column_type: pa.DataType) -> Any:
+    """A warehouse_filter value as its column holds it ("42" and 42 are one int64 value),
+    or None when the column cannot hold it. Config and load (validate.rules) both use it,
+    so the values config proved distinct are the values load compares rows with."""
+    try:
+        return pc.cast(pa.array([value]), column_type)[0].as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
 
 
 def expand_env(text: str, env: dict[str, str] | None = None) -> str:

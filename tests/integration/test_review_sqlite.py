@@ -74,16 +74,11 @@ def test_untyped_key_of_one_storage_class_loads(tmp_path: Path) -> None:
                                                                   (3, "c")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config._check_targets accepts several tables feeding one target when their contracts "
-    "match, but nothing makes their keys disjoint (warehouse_filter is reconcile-only and "
-    "need not name a key column): shard b's id 1..3 silently replace shard a's, run ok. "
-    "Needs a design decision: require a warehouse_filter on primary-key columns with "
-    "distinct values per feeder, and quarantine rows not matching their feeder's filter"))
 def test_two_tables_one_target_with_overlapping_keys(tmp_path: Path) -> None:
     """Two shards of one application (same contract, ids both starting at 1) loaded into
     one target: each key is then owned by two source rows. The later one silently replaces
-    the earlier unless that is refused."""
+    the earlier unless that is refused: without warehouse_filters telling them apart the
+    config is refused, naming the target."""
     sources = []
     for shard in ("a", "b"):
         db = tmp_path / f"{shard}.db"
@@ -102,6 +97,37 @@ def test_two_tables_one_target_with_overlapping_keys(tmp_path: Path) -> None:
         return
     rows = warehouse(tmp_path, "SELECT id, name FROM main.all_t")
     assert not (summary.ok and len(rows) < 6), (summary, rows)
+
+
+def test_a_row_outside_its_tables_filter_is_quarantined(tmp_path: Path) -> None:
+    """Two shards with filters on a key column: shard a also holds a row keyed as shard b's
+    (shard 2, id 3). Loaded, it would replace b's row of that key (or b's it); it is
+    quarantined with a reason naming the filter and the target, and the other rows load."""
+    sources = []
+    for shard, rows in ((1, [(1, 1), (1, 2), (2, 3)]), (2, [(2, 1), (2, 2), (2, 3)])):
+        db = tmp_path / f"{shard}.db"
+        with closing(sqlite3.connect(db)) as conn:
+            conn.execute("CREATE TABLE t (shard INTEGER NOT NULL, id INTEGER NOT NULL, "
+                         "name TEXT, v INTEGER NOT NULL, PRIMARY KEY (shard, id))")
+            conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)",
+                             [(s, i, f"from {shard}", i) for s, i in rows])
+            conn.commit()
+        sources.append({"name": f"s{shard}", "kind": "sqlite", "path": str(db),
+                        "tables": [{"name": "t", "contract": "c", "target": "all_t",
+                                    "warehouse_filter": {"shard": shard}}]})
+    contracts = {"c": {"primary_key": ["shard", "id"], "cursor": "v", "columns": {
+        "shard": {"type": "int64", "nullable": False}, "id": {"type": "int64", "nullable": False},
+        "name": {"type": "string"}, "v": {"type": "int64", "nullable": False}}}}
+    summary = run(tmp_path, sources, contracts)
+    assert summary.ok and summary.quarantined_rows == 1, summary
+    assert warehouse(tmp_path, "SELECT shard, id, name FROM main.all_t") == [
+        (1, 1, "from 1"), (1, 2, "from 1"), (2, 1, "from 2"), (2, 2, "from 2"),
+        (2, 3, "from 2")]
+    with Pipeline.from_yaml(tmp_path / "pipeline.yml") as p:
+        parked = p.state.quarantined("open")
+    assert [(q["source"], q["reasons"]) for q in parked] == [("s1", {
+        "shard: not 1 (outside the table's warehouse_filter); loaded into all_t, it could "
+        "replace another source table's row": 1})]
 
 
 def test_without_rowid_text_key_and_case(tmp_path: Path) -> None:

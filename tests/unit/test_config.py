@@ -119,9 +119,52 @@ def test_tables_of_different_shapes_feeding_one_target_are_refused() -> None:
     text = _refused(raw)
     assert "sources.s2.tables.sales and sources.s1.tables.sales" in text
     assert "target 'sales'" in text and "'target'" in text
-    # the same shape from several stores into one target is how stores are merged: fine
+    # the same shape from several stores into one target is how stores are merged: fine,
+    # each with a filter on a key column telling its rows apart (below)
     raw["contracts"] = {"sales": SALES_CONTRACT, "sales4": SALES_CONTRACT}
+    raw["sources"] = _stores({"store_id": 1}, {"store_id": 2})
     parse_config(raw)
+
+
+def _stores(*filters: dict[str, object] | None) -> list[dict[str, object]]:
+    """One sqlite source per filter, each loading its `sales` into the target `sales`."""
+    return [{"name": f"store{i}", "kind": "sqlite", "path": f"/tmp/s{i}.db",
+             "tables": [{"name": "sales", "contract": "sales",
+                         **({"warehouse_filter": f} if f is not None else {})}]}
+            for i, f in enumerate(filters, start=1)]
+
+
+@pytest.mark.parametrize(("filters", "expect"), [
+    ((None, None), "sources.store1.tables.sales has no warehouse_filter"),
+    (({"store_id": 1}, None), "sources.store2.tables.sales has no warehouse_filter"),
+    (({"currency": "USD"}, {"currency": "EUR"}),
+     "has warehouse_filter on currency, not primary-key columns (key: store_id, sale_id)"),
+    (({"store_id": 1}, {"store_id": "1"}), "can match the same row"),
+    (({"store_id": 1}, {"sale_id": 7}), "can match the same row"),
+])
+def test_tables_sharing_a_target_need_filters_telling_their_keys_apart(
+        filters: tuple[dict[str, object] | None, ...], expect: str) -> None:
+    """Merged on the primary key alone, two tables with one key (shards both counting from
+    1) would replace each other's rows in silence: each needs a warehouse_filter on key
+    columns, with a value of its own; refused naming the tables, the target and the fix."""
+    text = _refused(_raw(sources=_stores(*filters)))
+    assert expect in text
+    assert "'sales'" in text
+    if "no warehouse_filter" in text or "not primary-key" in text:
+        assert "sources.store1.tables.sales, sources.store2.tables.sales" in text
+        assert "add warehouse_filter: {store_id: 42}" in text
+    parse_config(_raw(sources=_stores({"store_id": 1}, {"store_id": 2, "sale_id": 1},
+                                      {"store_id": "3"})))
+
+
+@pytest.mark.parametrize(("flt", "expect"), [
+    ({"nope": 1}, "warehouse_filter names 'nope', which is not a column"),
+    ({"store_id": "three"}, "store_id: 'three' is not a valid int64"),
+])
+def test_a_warehouse_filter_must_name_a_column_and_hold_its_type(
+        flt: dict[str, object], expect: str) -> None:
+    """Load compares every row's column with the filter's value: it must be one."""
+    assert expect in _refused(_raw(sources=_stores(flt)))
 
 
 @pytest.mark.parametrize("cursor_type", ["string", "bool"])

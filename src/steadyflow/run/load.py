@@ -19,7 +19,7 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from steadyflow.config import PipelineConfig
+from steadyflow.config import PipelineConfig, owned_value
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import BatchRef, Contract, decode_value
@@ -28,7 +28,7 @@ from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Warehouse
 from steadyflow.state import StateStore
 from steadyflow.validate.quarantine import Quarantine
-from steadyflow.validate.rules import Verdict, validate
+from steadyflow.validate.rules import Owner, Verdict, validate
 
 log = logs.get("load")
 
@@ -59,6 +59,18 @@ def contract_of(config: PipelineConfig, batch: BatchRef) -> Contract:
     return config.contract_of(table_cfg).with_added(batch.meta.get("columns"))
 
 
+def owner_of(config: PipelineConfig, batch: BatchRef, contract: Contract) -> Owner | None:
+    """The rows the batch's table owns in its target (its warehouse_filter), if it names
+    any: a row outside them is quarantined rather than allowed to replace another table's
+    row of the same key (config.PipelineConfig._check_owners)."""
+    _, table_cfg, ref = config.table(batch.source, batch.table)
+    if not table_cfg.warehouse_filter:
+        return None
+    return Owner(ref.target, {
+        name: owned_value(value, contract.column(name).arrow_type)
+        for name, value in table_cfg.warehouse_filter.items()})
+
+
 def deletes_of(batch: BatchRef, contract: Contract) -> pa.Table | None:
     """The warehouse keys a repair batch deletes in its load transaction.
 
@@ -79,7 +91,8 @@ def transform(config: PipelineConfig, landing: LandingZone, metrics: PipelineMet
     runs while `run --follow` holds an embedded DuckDB file."""
     rows = landing.read(batch)
     started = time.monotonic()
-    verdict = validate(rows, contract_of(config, batch))
+    contract = contract_of(config, batch)
+    verdict = validate(rows, contract, owner_of(config, batch, contract))
     metrics.batch_duration(batch.source, batch.table, "transform", time.monotonic() - started)
     metrics.rows(batch.source, batch.table, "transform", rows.num_rows, rows.nbytes)
     return verdict

@@ -9,15 +9,18 @@ or its type cannot hold, so a warehouse never fails a whole batch (forever, on r
 for one row, and no value is rounded or clamped on the way: a reason a reader gave
 (model.INVALID), a NUL in text, a date or time outside model.MIN_TIME..MAX_TIME, NaN or an
 infinity where a min/max rule applies, a decimal with more scale or precision than the
-contract (float input included: it is read by its shortest text, never rounded).
+contract (float input included: it is read by its shortest text, never rounded). And,
+for a table with a `warehouse_filter` (`Owner`), a row outside it: several tables feeding
+one target are merged on the key alone, so it could replace another table's row.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,6 +43,19 @@ class Verdict:
     bad: pa.Table  # every contract column as text, then INVALID and _reason
     reasons: dict[str, int]
     bad_mask: pa.Array  # per input row: True where the row went to quarantine
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The rows a table owns in its target: its `warehouse_filter`, as column values.
+
+    Tables feeding one target are merged on the primary key alone; config makes their
+    filters name key columns with distinct values, and a row holding other values is
+    quarantined here, so no table's row can ever replace another's.
+    """
+
+    target: str
+    values: Mapping[str, Any]  # column → value as the contract type holds it
 
 
 def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
@@ -83,8 +99,9 @@ def _cast_column(values: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.Array
     return cast, pa.array(bad, pa.bool_())
 
 
-def validate(batch: pa.Table, contract: Contract) -> Verdict:
-    """Split `batch` into rows that conform to `contract` and rows to quarantine.
+def validate(batch: pa.Table, contract: Contract, owner: Owner | None = None) -> Verdict:
+    """Split `batch` into rows that conform to `contract` (and lie within `owner`'s filter,
+    if given) and rows to quarantine.
 
     Raises ContractError when a rule itself cannot run (a `pattern` that is not RE2).
     """
@@ -99,6 +116,8 @@ def validate(batch: pa.Table, contract: Contract) -> Verdict:
         conformed.append(values)
         checks.append((type_bad, f"{column.name}: not a valid {column.type}"))
         checks.extend(_rules(column, values, type_bad))
+    if owner is not None:
+        checks.extend(_owned(contract, conformed, owner))
     failpoint("transform.mid")
     schema = _nullable_schema(contract)
     bad_mask = _any(n, [mask for mask, _ in checks])
@@ -119,6 +138,17 @@ def validate(batch: pa.Table, contract: Contract) -> Verdict:
                                                     reason.filter(bad_mask)],
         names=[*contract.names, INVALID, REASON])
     return Verdict(good=good, bad=bad, reasons=count_values(bad[REASON]), bad_mask=bad_mask)
+
+
+def _owned(contract: Contract, conformed: list[pa.Array], owner: Owner) -> Iterator[Check]:
+    """Rows whose filter columns do not hold the owner's values (a NULL never does)."""
+    for name, value in owner.values.items():
+        column = contract.column(name)
+        values = conformed[contract.names.index(name)]
+        outside = pc.fill_null(pc.not_equal(values, pa.scalar(value, column.arrow_type)), True)
+        yield (outside, f"{name}: not {value} (outside the table's warehouse_filter); "
+                        f"loaded into {owner.target}, it could replace another source "
+                        "table's row")
 
 
 def _invalid(batch: pa.Table) -> pa.Array:
