@@ -99,9 +99,9 @@ def test_slow_source_statement_timeout_shrinks_pages_and_completes(
         original = SqlSource.page_query
 
         def page_query(self: SqlSource, table: str, contract: Any, after: Any, since: Any,
-                       limit: int, where: Any = None) -> Any:
+                       limit: int, where: Any = None, **bounds: Any) -> Any:
             limits.append(limit)
-            return original(self, table, contract, after, since, limit, where)
+            return original(self, table, contract, after, since, limit, where, **bounds)
 
         SqlSource.page_query = page_query  # type: ignore[method-assign]
         try:
@@ -170,8 +170,10 @@ def test_wrong_credentials_and_missing_table_fail_fast(
         sources = [
             sql_source("my_pw", "mysql", bad_pw, **slow_retries),
             sql_source("pg_role", "postgres", nobody, **slow_retries),
-            sql_source("pg_table", "postgres", pg_dsn, table="no_such_table", **slow_retries),
-            sql_source("my_table", "mysql", mysql_dsn, table="no_such_table", **slow_retries),
+            sql_source("pg_table", "postgres", pg_dsn, table="no_such_table", store_id=3,
+                       **slow_retries),
+            sql_source("my_table", "mysql", mysql_dsn, table="no_such_table", store_id=4,
+                       **slow_retries),
         ]
         with open_pipeline(tmp_path, sources, run={"max_parallel_sources": 4}) as pipeline:
             started = time.monotonic()
@@ -332,10 +334,11 @@ def test_clock_skew_cursors_come_from_source_values(
     with FlakyApiServer(api_db) as api:
         sources = [
             {**sql_source("pg", "postgres", pg_dsn, page_size=300), "tables": [
-                {"name": "sales", "contract": "sales", "page_size": 300, "lookback": "1m"}]},
+                {"name": "sales", "contract": "sales", "page_size": 300, "lookback": "1m",
+                 "warehouse_filter": {"store_id": 1}}]},
             {"name": "api", "kind": "http", "url": api.url, "tables": [
                 {"name": "sales", "contract": "sales", "endpoint": "/v1/sales",
-                 "page_size": 250, "lookback": "1m"}]}]
+                 "page_size": 250, "lookback": "1m", "warehouse_filter": {"store_id": 900}}]}]
         cfg = write_pipeline(tmp_path, sources)
 
         def run_skewed() -> dict[str, Any]:
@@ -369,7 +372,8 @@ def test_clock_skew_cursors_come_from_source_values(
         sql_source("pg", "postgres", pg_dsn),
         {"name": "api", "kind": "sqlite", "path": str(api_db),
          "sqlite_timestamp_format": "%Y-%m-%dT%H:%M:%S.%fZ",
-         "tables": [{"name": "sales", "contract": "sales"}]}]
+         "tables": [{"name": "sales", "contract": "sales",
+                     "warehouse_filter": {"store_id": 900}}]}]
     cmp = compare_target(truth(truth_sources), "sales", wh)
     assert cmp.expected_rows == 1_000 + 50 + 640
     assert (cmp.missing, cmp.extra, cmp.duplicates, cmp.mismatched) == (0, 0, 0, 0), cmp

@@ -77,6 +77,14 @@ class Dialect:
         params = ", ".join(self.placeholder for _ in columns)
         return f"({cols}) > ({params})"
 
+    def keyset_upto(self, columns: Sequence[str]) -> str:
+        """`(c, k) <= (?, ?)`: at or before a noted position (the end of a cursor pass),
+        compared by the database in its own types and collation, as `keyset` is.
+        Parameters as for `keyset` (`keyset_params`)."""
+        cols = ", ".join(self.ident(c) for c in columns)
+        params = ", ".join(self.placeholder for _ in columns)
+        return f"({cols}) <= ({params})"
+
     def keyset_params(self, values: Sequence[Any]) -> list[Any]:
         return list(values)
 
@@ -368,10 +376,20 @@ class MysqlDialect(Dialect):
 
     def keyset(self, columns: Sequence[str]) -> str:
         """Expanded OR form: MariaDB turns it into an index range scan; row values it won't."""
+        return self._expanded(columns, ">", ">")
+
+    def keyset_upto(self, columns: Sequence[str]) -> str:
+        """`(c, k) <= (...)` in the expanded OR form, for the same reason as `keyset`."""
+        return self._expanded(columns, "<", "<=")
+
+    def _expanded(self, columns: Sequence[str], inner: str, last: str) -> str:
+        """`(c = ? AND k op ?) OR ...`: each term fixes a prefix and compares the next
+        column (`inner`), the last column with `last`. Parameters: `keyset_params`."""
         terms = []
         for i, col in enumerate(columns):
             eqs = [f"{self.ident(c)} = %s" for c in columns[:i]]
-            terms.append("(" + " AND ".join([*eqs, f"{self.ident(col)} > %s"]) + ")")
+            op = last if i == len(columns) - 1 else inner
+            terms.append("(" + " AND ".join([*eqs, f"{self.ident(col)} {op} %s"]) + ")")
         return "(" + " OR ".join(terms) + ")"
 
     def keyset_params(self, values: Sequence[Any]) -> list[Any]:

@@ -514,17 +514,18 @@ class PgArrowSource(SqlSource):
         since: Any | None,
         limit: int,
         where: tuple[str, Sequence[Any]] | None = None,
+        upto: Watermark | None = None,
     ) -> tuple[pa.Table, Watermark | None]:
         """One keyset page as Arrow, with the (cursor, key) of its last row.
 
         The same query as the psycopg path (`SqlSource.page_query`, one select list), so
         either path gives the same values and the same watermark for the same rows."""
         if where is not None or not self._adbc_usable:
-            return self._psycopg_page(table, contract, after, since, limit, where)
+            return self._psycopg_page(table, contract, after, since, limit, where, upto)
         self.adbc  # noqa: B018 - connect now: it decides whether ADBC is usable
         if not self._adbc_usable:
-            return self._psycopg_page(table, contract, after, since, limit, where)
-        query, params = self.page_query(table, contract, after, since, limit)
+            return self._psycopg_page(table, contract, after, since, limit, where, upto)
+        query, params = self.page_query(table, contract, after, since, limit, upto=upto)
         query, binds = self._adbc_query(query, params)
         raw = self._fetch(table, query, binds)
         bad = unreadable(raw)
@@ -540,10 +541,10 @@ class PgArrowSource(SqlSource):
 
     def _psycopg_page(
         self, table: str, contract: Contract, after: Watermark | None, since: Any | None,
-        limit: int, where: tuple[str, Sequence[Any]] | None,
+        limit: int, where: tuple[str, Sequence[Any]] | None, upto: Watermark | None = None,
     ) -> tuple[pa.Table, Watermark | None]:
         """`SqlSource.page`, with its watermark typed as the ADBC path types it."""
-        rows, high = super().page(table, contract, after, since, limit, where)
+        rows, high = super().page(table, contract, after, since, limit, where, upto)
         if high is None or where is not None:
             return rows, high
         for name, value in zip(contract.order_by, high.as_tuple(), strict=True):

@@ -328,9 +328,15 @@ class SqlSource:
         since: Any | None,
         limit: int,
         where: tuple[str, Sequence[Any]] | None = None,
+        upto: Watermark | None = None,
     ) -> tuple[str, list[Any]]:
         """The SQL and parameters of one keyset page (one index range scan on
-        (cursor, key...), see README "Index each source table needs")."""
+        (cursor, key...), see README "Index each source table needs").
+
+        `upto` ends the range at a noted (cursor, key) position, that row included: the
+        end of a cursor pass (`last_position` when the pass began), so a pass ends even
+        while rows are written faster than pages are read. The database compares it, in
+        the column's own type and collation, as it compares the lower bound."""
         d = self.dialect
         order = contract.order_by
         preds: list[str] = []
@@ -341,6 +347,9 @@ class SqlSource:
         elif since is not None:
             preds.append(f"{d.ident(contract.cursor)} >= {d.placeholder}")
             params.append(d.to_param(since))
+        if upto is not None:
+            preds.append(d.keyset_upto(order))
+            params.extend(d.keyset_params([d.to_param(v) for v in upto.as_tuple()]))
         if where is not None:
             preds.append(where[0])
             params.extend(where[1])
@@ -361,11 +370,14 @@ class SqlSource:
         since: Any | None,
         limit: int,
         where: tuple[str, Sequence[Any]] | None = None,
+        upto: Watermark | None = None,
     ) -> tuple[pa.Table, Watermark | None]:
-        """Read one keyset page; returns the rows and the (cursor, key) of the last row."""
+        """Read one keyset page (ending at `upto` if given, see `page_query`); returns the
+        rows and the (cursor, key) of the last row."""
         d = self.dialect
         order = contract.order_by
-        query, params = self.page_query(table, contract, after, since, limit, where)
+        query, params = self.page_query(table, contract, after, since, limit, where,
+                                        upto=upto)
         try:
             rows = self._execute(table, query, params)
         except SteadyflowError as exc:

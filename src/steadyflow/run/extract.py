@@ -194,14 +194,31 @@ class TableExtractor:
             if isinstance(db, SqlSource) and self._loads_by_key(db):
                 if not self.backfill(db, dry_run, ahead) or dry_run:
                     return result
-            after, since = self.start_point()
-            if self._pages(db, self.contract, after, since, dry_run, ahead, self._checkpoint) \
-                    and not dry_run:
+            if self._cursor_pass(db, dry_run, ahead) and not dry_run:
                 self._polled()
         finally:
             if ahead is not None:
                 ahead.shutdown(wait=True, cancel_futures=True)
         return result
+
+    def _cursor_pass(self, db: Source, dry_run: bool, ahead: ThreadPoolExecutor | None
+                     ) -> bool:
+        """Page in (cursor, key) order from the start point to where the table ended when
+        the pass began. A SQL table's last (cursor, key) is noted first (one index probe)
+        and every page is bounded by it in the database: without an end fixed at the start,
+        a table written faster than pages are read (small or shrunken pages) keeps one run
+        chasing its tail for as long as the writes go on. Rows past the noted position are
+        the next run's (a `--follow` cycle picks them up at once). An empty table has
+        nothing to read. An HTTP chain ends by the API. True if the pass reached its end."""
+        after, since = self.start_point()
+        upto = None
+        if isinstance(db, SqlSource):
+            upto = self.guard.call(lambda: db.last_position(self.ref.table, self.contract),
+                                   stop=self.should_stop)
+            if upto is None:
+                return True
+        return self._pages(db, self.contract, after, since, dry_run, ahead, self._checkpoint,
+                           upto=upto)
 
     def _polled(self) -> None:
         """The source was read to its end: its high-water mark is the checkpoint now (the
@@ -267,16 +284,17 @@ class TableExtractor:
     def _pages(self, db: Source, contract: Contract, after: Watermark | None,
                since: object | None, dry_run: bool, ahead: ThreadPoolExecutor | None,
                advance: Callable[[Watermark], None],
-               meta: dict[str, object] | None = None) -> bool:
-        """Page from the start point to the end of the table in `contract`'s keyset order;
-        `advance` records each landed page's position. True if the end was reached."""
+               meta: dict[str, object] | None = None, upto: Watermark | None = None) -> bool:
+        """Page from the start point to the end of the table (or to `upto`, that position
+        included) in `contract`'s keyset order; `advance` records each landed page's
+        position. True if the end was reached."""
         result = self.result
         pending: Future[_Page] | None = None
         while not self.should_stop():
             if pending is not None:
                 page, pending = pending.result(), None
             else:
-                page = self._read_page(db, contract, after, since, dry_run)
+                page = self._read_page(db, contract, after, since, dry_run, upto)
             if page.high is None and not page.more:
                 return True
             if page.more:
@@ -286,7 +304,7 @@ class TableExtractor:
                     self._page_size_changed(before, size, f"page took {page.seconds:.2f}s")
                 if ahead is not None:
                     pending = ahead.submit(self._read_page, db, contract, page.high, None,
-                                           dry_run)
+                                           dry_run, upto)
             if page.rows.num_rows and page.high is not None:
                 if dry_run:
                     log.info("would land %d rows up to %s", page.rows.num_rows,
@@ -366,10 +384,12 @@ class TableExtractor:
                         extra=self._extra(page_size=size))
 
     def _read_page(self, db: Source, contract: Contract, after: Watermark | None,
-                   since: object | None, dry_run: bool) -> _Page:
-        """One page, carrying the sequence number taken before it was read: the merge keeps
-        the row of the highest number, and only a read that started later can have seen a
-        later commit (a number taken at landing would let a slow or stalled read win)."""
+                   since: object | None, dry_run: bool, upto: Watermark | None = None
+                   ) -> _Page:
+        """One page (a SQL page ends at `upto`, see `_cursor_pass`), carrying the sequence
+        number taken before it was read: the merge keeps the row of the highest number, and
+        only a read that started later can have seen a later commit (a number taken at
+        landing would let a slow or stalled read win)."""
         seq = 0 if dry_run else self.state.next_seq()
         if isinstance(db, HttpSource):
             page = self._read_http_page(db, after, since, dry_run, seq)
@@ -379,7 +399,7 @@ class TableExtractor:
         def once() -> _Page:
             started = time.monotonic()
             limit = self.sizer.current  # read per attempt: a retry after a timeout is smaller
-            rows, high = db.page(self.ref.table, contract, after, since, limit)
+            rows, high = db.page(self.ref.table, contract, after, since, limit, upto=upto)
             return _Page(rows, high, db.has_more(rows, limit), time.monotonic() - started,
                          seq=seq)
 
