@@ -610,7 +610,8 @@ def owned_value(value: int | str, column_type: pa.DataType) -> Any:
     or None when the column cannot hold it. Config and load (validate.rules) both use it,
     so the values config proved distinct are the values load compares rows with."""
     try:
-        return pc.cast(pa.array([value]), column_type)[0].as_py()
+        one: list[Any] = [value]
+        return pc.cast(pa.array(one), column_type)[0].as_py()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None
 

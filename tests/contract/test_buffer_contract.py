@@ -292,8 +292,9 @@ def test_a_pipeline_through_jetstream_makes_the_warehouse_equal_the_source(
     path = write_pipeline(
         tmp_path,
         [{"name": p.stem, "kind": "sqlite", "path": str(p),
-          "tables": [{"name": "sales", "contract": "sales", "page_size": 500}]}
-         for p in stores],
+          "tables": [{"name": "sales", "contract": "sales", "page_size": 500,
+                      "warehouse_filter": {"store_id": number}}]}
+         for number, p in enumerate(stores, start=1)],
         buffer={"kind": "jetstream", "url": NATS_URL, "stream": stream, "capacity": 4})
     try:
         with Pipeline.from_yaml(path) as pipeline:

@@ -68,9 +68,12 @@ Row = tuple[Any, ...]
 # --- setup -------------------------------------------------------------------------------
 def sources(paths: list[Path], page_size: int = PAGE_SIZE, **table: Any
             ) -> list[dict[str, Any]]:
+    """One source per store of create_stores (store_id 1, 2, ... in order), each owning
+    its store's rows of the shared target."""
     return [{"name": p.stem, "kind": "sqlite", "path": str(p),
              "tables": [{"name": "sales", "contract": "sales", "lookback": "15s",
-                         "page_size": page_size, **table}]} for p in paths]
+                         "page_size": page_size, "warehouse_filter": {"store_id": store},
+                         **table}]} for store, p in enumerate(paths, start=1)]
 
 
 def crash(cfg: Path, spec: str) -> None:

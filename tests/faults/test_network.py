@@ -102,10 +102,14 @@ def via(dsn: str, proxy: FaultProxy) -> str:
 
 
 def sql_source(name: str, kind: str, dsn: str, table: str = "sales", page_size: int = 1_000,
-               **resilience: Any) -> dict[str, Any]:
+               store_id: int | None = None, **resilience: Any) -> dict[str, Any]:
+    """`store_id`: the rows its table owns in the target (default: seed_pg's and
+    seed_mysql's), so stores sharing a target each name theirs."""
+    store = store_id if store_id is not None else {"postgres": 1, "mysql": 2}[kind]
     return {"name": name, "kind": kind, "dsn": dsn, "resilience": {**FAST, **resilience},
             "tables": [{"name": table, "target": "sales", "contract": "sales",
-                        "page_size": page_size, "min_page_size": 50}]}
+                        "page_size": page_size, "min_page_size": 50,
+                        "warehouse_filter": {"store_id": store}}]}
 
 
 def open_pipeline(tmp_path: Path, sources: list[dict[str, Any]], **extra: Any) -> Pipeline:
@@ -353,11 +357,12 @@ def test_dead_and_slow_stores_delay_only_themselves_breaker_opens_and_closes(
         slow_proxy.set_latency(0.1)
         pg_proxy.cut()  # store 1 is dead: every connection is reset
         dead = sql_source("store1", "postgres", via(pg_dsn, pg_proxy), table="sales_1",
-                          retries=6, backoff_initial=0.3, backoff_max=1.0, breaker_failures=2,
-                          breaker_reset=1.5)
-        slow = sql_source("store2", "postgres", via(pg_dsn, slow_proxy), table="sales_2")
-        healthy = [sql_source(f"store{i}", "postgres", pg_dsn, table=f"sales_{i}")
-                   for i in range(3, 6)]
+                          store_id=1, retries=6, backoff_initial=0.3, backoff_max=1.0,
+                          breaker_failures=2, breaker_reset=1.5)
+        slow = sql_source("store2", "postgres", via(pg_dsn, slow_proxy), table="sales_2",
+                          store_id=2)
+        healthy = [sql_source(f"store{i}", "postgres", pg_dsn, table=f"sales_{i}",
+                              store_id=i) for i in range(3, 6)]
         with open_pipeline(tmp_path, [dead, slow, *healthy],
                            run={"max_parallel_sources": 3}) as pipeline:
             lock, active, peak = threading.Lock(), [0], [0]

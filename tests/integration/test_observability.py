@@ -365,16 +365,20 @@ def test_passwords_never_reach_logs_output_or_stored_errors(
     pg = urlsplit(pg_dsn)
     no_retry = {"retries": 0, "connect_timeout": "2s", "statement_timeout": "2s"}
     table = [{"name": "sales", "contract": "sales"}]
+
+    def owning(store: int) -> list[dict[str, Any]]:  # three stores share the target
+        return [{**table[0], "warehouse_filter": {"store_id": store}}]
+
     config = write_pipeline(tmp_path, [
         # wrong password: authentication fails
-        {"name": "store_my", "kind": "mysql", "resilience": no_retry, "tables": table,
+        {"name": "store_my", "kind": "mysql", "resilience": no_retry, "tables": owning(1),
          "dsn": f"mysql://{user}:${{MY_PASSWORD}}@{MY_HOST}:{MY_PORT}/{database}"},
         # a password in a DSN that fails: no such database
-        {"name": "store_pg", "kind": "postgres", "resilience": no_retry, "tables": table,
+        {"name": "store_pg", "kind": "postgres", "resilience": no_retry, "tables": owning(2),
          "dsn": f"postgresql://{pg.username}:${{PG_PASSWORD}}@{pg.hostname}:{pg.port}"
                 f"/no_such_db_{core[:8]}"},
         # ... and a server that is not there at all
-        {"name": "store_gone", "kind": "postgres", "resilience": no_retry, "tables": table,
+        {"name": "store_gone", "kind": "postgres", "resilience": no_retry, "tables": owning(3),
          "dsn": "postgresql://reader:${PG_PASSWORD}@127.0.0.1:1/pos"},
     ])
     secrets = [wrong, quote(wrong, safe=""), core, pg_password]

@@ -122,15 +122,19 @@ def _pipeline(directory: Path, url: str) -> Path:
         return {"name": name, "contract": "sales", "endpoint": f"/v1/{name}", "page_size": 100,
                 "params": {"api_key": "${API_KEY}"}, "bad_page_retries": 0}
 
+    def store(number: int) -> list[dict[str, Any]]:  # three sources share target sales
+        return [{"name": "sales", "contract": "sales", "warehouse_filter": {"store_id": number}}]
+
     return write_pipeline(directory, [
         {"name": "api", "kind": "http", "url": url, "resilience": FAST,
          "headers": {"X-Api-Token": "${API_TOKEN}"},
-         "tables": [table("sales"), table("broken"), table("rejected"), table("garbage")]},
+         "tables": [{**table("sales"), "warehouse_filter": {"store_id": 1}}, table("broken"),
+                    table("rejected"), table("garbage")]},
         {"name": "store_my", "kind": "mysql", "resilience": {**FAST, "retries": 0},
-         "tables": [{"name": "sales", "contract": "sales", "target": "sales"}],
+         "tables": store(2),
          "dsn": f"mysql://sf_nobody:${{MY_PASSWORD}}@{MY_HOST}:{MY_PORT}/shop"},
         {"name": "store_pg", "kind": "postgres", "resilience": {**FAST, "retries": 0},
-         "tables": [{"name": "sales", "contract": "sales"}],
+         "tables": store(3),
          "dsn": "postgresql://reader:${PG_PASSWORD}@127.0.0.1:1/pos"},
     ])
 

@@ -59,8 +59,9 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
         db.execute("CREATE TABLE not_sales (x INTEGER)")
         db.commit()
     sources = [{"name": p.stem, "kind": "sqlite", "path": str(p),
-                "tables": [{"name": "sales", "contract": "sales", "page_size": 150}]}
-               for p in [*stores, broken]]
+                "tables": [{"name": "sales", "contract": "sales", "page_size": 150,
+                            "warehouse_filter": {"store_id": number}}]}
+               for number, p in enumerate([*stores, broken], start=1)]
     path = write_pipeline(root, sources, name="shop<&>\"pipeline\"", run={"interval": "1s"})
     with Pipeline.from_yaml(path) as pipeline:
         summary = pipeline.run_once(raise_on_error=False)

@@ -145,7 +145,8 @@ def _owned(contract: Contract, conformed: list[pa.Array], owner: Owner) -> Itera
     for name, value in owner.values.items():
         column = contract.column(name)
         values = conformed[contract.names.index(name)]
-        outside = pc.fill_null(pc.not_equal(values, pa.scalar(value, column.arrow_type)), True)
+        differs: pa.Array = pc.not_equal(values, pa.scalar(value, column.arrow_type))
+        outside: pa.Array = pc.or_kleene(differs, pc.is_null(differs))  # NULL: outside
         yield (outside, f"{name}: not {value} (outside the table's warehouse_filter); "
                         f"loaded into {owner.target}, it could replace another source "
                         "table's row")
