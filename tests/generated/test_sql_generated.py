@@ -125,7 +125,9 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
             t.rows = first
             for r in first:
                 latest[t.name][gen.normal_key(t, r, source.kind)] = r
-            steps[t.name] = 30
+            # the newest cursor step loaded by run 1: late rows go just behind it, inside
+            # the 60 s / 60 units / 1 day lookback whatever the cursor's unit
+            steps[t.name] = max((r[gen.STEP] for r in first), default=0)
         summaries = [run(raw)]
         for t in tables:  # updates, new rows and (with a lookback) late rows
             existing = list(latest[t.name].values())

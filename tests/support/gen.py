@@ -71,6 +71,8 @@ class Table:
         return tuple(row[k] for k in self.key)
 
 
+STEP = "_step"  # the row dict's record of its cursor step (never written to a database)
+
 # --- values --------------------------------------------------------------------------------
 BASE = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
 BASE_DATE = date(2024, 3, 1)
@@ -242,6 +244,7 @@ def rows(draw: st.DrawFn, table: Table, source: str, n: int, first_step: int, un
             continue
         step += draw(st.sampled_from([0, 0, 1, 1, 2, 7]))
         row[table.cursor] = cursor_value(table.col(table.cursor), step, unit)
+        row[STEP] = step  # not a column: where the row's cursor stands, in steps
         for c in table.cols:
             if c.name in row:
                 continue
