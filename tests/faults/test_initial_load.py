@@ -94,7 +94,11 @@ def test_changes_made_during_the_key_order_load_reach_the_warehouse_in_the_same_
         kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     dsn = request.getfixturevalue("pg_dsn" if kind == "postgres" else "mysql_dsn")
     seed(kind, dsn)
-    with open_pipeline(tmp_path, [sql_source("s", kind, dsn, page_size=1_000)]) as pipeline:
+    source = sql_source("s", kind, dsn, page_size=1_000)
+    # the only table of its target: no warehouse_filter, so the row added behind the load's
+    # position may carry another store_id (0) and is this table's like any other
+    del source["tables"][0]["warehouse_filter"]
+    with open_pipeline(tmp_path, [source]) as pipeline:
         advance = pipeline.state.advance_backfill
         positions: list[Any] = []
 
