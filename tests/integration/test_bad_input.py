@@ -8,6 +8,7 @@ The last tests check the other side of the coin: names that need quoting work en
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import time
@@ -53,17 +54,34 @@ def pg_source(dsn: str, *tables: dict[str, Any], **extra: Any) -> dict[str, Any]
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
+    """Each error the command reported, once: a plain `error:` line (a command that could
+    not start) or, piped, a JSON log record at level error (its message and the source,
+    table and hint fields it carries)."""
+    found = []
+    for line in stderr.splitlines():
+        if line.startswith("error:"):
+            found.append(line)
+        elif line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("level") == "error":
+                found.append(" ".join(["error:", str(record.get("msg", "")), *(
+                    f"{k}={record[k]}" for k in ("source", "table", "hint") if k in record)]))
+    return found
 
 
 def one_clear_error(proc: Any, *names: str) -> str:
-    """Exit 2, one `error:` line, no traceback; the error text names every one of `names`."""
+    """Exit 2, one error reported once, no traceback; its text names every one of `names`."""
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "Traceback" not in out, out
-    assert len(error_lines(proc.stderr)) == 1, proc.stderr
-    # rich wraps long lines: compare the error text with its line breaks removed
-    text = proc.stderr[proc.stderr.index("error:"):]
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr
+    # rich wraps a plain error's long lines (and its hint follows): take all of it
+    text = proc.stderr[proc.stderr.index("error:"):] if errors[0] in proc.stderr \
+        else errors[0]
     flat = " ".join(text.split())
     for name in names:
         assert name in flat, f"{name!r} not named in: {flat}"
@@ -114,8 +132,8 @@ def _config_cases() -> Iterator[Any]:
     def missing_env(c: dict[str, Any]) -> None:
         c["sources"][0]["dsn"] = "postgresql://postgres:${SF_TEST_UNSET_PASSWORD}@127.0.0.1/x"
 
-    yield pytest.param(unknown_key, ["page_sise", "sources.0.tables.0", "not permitted"],
-                       id="unknown-key")
+    yield pytest.param(unknown_key, ["page_sise", "sources.0.tables.0", "unknown key",
+                                     "did you mean 'page_size'"], id="unknown-key")
     yield pytest.param(bad_type, ["contracts.sales.columns.qty.type", "integer64"],
                        id="bad-type-name")
     yield pytest.param(cursor_not_in_columns, ["contracts.sales", "changed_at", "not in columns"],
