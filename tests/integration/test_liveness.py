@@ -170,7 +170,8 @@ def test_an_unexpected_load_error_is_its_tables_error_and_the_others_load(
     assert warehouse_rows(tmp_path, "other") == [(i, i, f"other-{i}")
                                                  for i in range(1, ROWS + 1)]
 
-    status = steadyflow("status", "-c", str(config), "--json", check=True)
+    status = steadyflow("status", "-c", str(config), "--json")
+    assert status.returncode == 2, status.stderr  # a failing table: status exits 2
     tables = {t["table"]: t for t in json.loads(status.stdout)["tables"]}
     assert tables["s.items"]["state"] == "failing", tables["s.items"]
     assert tables["s.items"]["failing_batches"] == ROWS // PAGE
@@ -231,7 +232,8 @@ def test_batches_that_fail_for_good_leave_the_buffer_and_the_other_tables_load(
     assert state_count(tmp_path, "SELECT count(*) FROM manifest WHERE tbl='bad' AND "
                                  "status='landed' AND error LIKE '%Conversion%'") == ROWS // PAGE
     assert buffer_depth(buffer_config, tmp_path) == 0  # they hold no buffer slot
-    status = steadyflow("status", "-c", str(config), "--json", check=True)
+    status = steadyflow("status", "-c", str(config), "--json")
+    assert status.returncode == 2, status.stderr  # a failing table: status exits 2
     tables = {t["table"]: t for t in json.loads(status.stdout)["tables"]}
     # never loaded, so "error" rather than "failing"; either way not ok, with the count
     assert tables["s.bad"]["state"] in ("failing", "error"), tables["s.bad"]
