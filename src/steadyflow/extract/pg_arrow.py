@@ -409,7 +409,9 @@ class PgArrowSource(SqlSource):
             yield
         finally:
             self._catalog_depth -= 1
-            if self._catalog_depth == 0:
+            # on the psycopg path (ADBC found unusable) the pages need this very
+            # connection: closing it would only make each cycle open it again
+            if self._catalog_depth == 0 and self._adbc_usable:
                 SqlSource.close(self)
 
     def probe(self, table: str, contract: Contract) -> list[str]:
