@@ -131,6 +131,10 @@ class SqlSource:
         self._conn: Any = None
         # (table, keyset order) → the index that delivers that order, once looked up
         self._index: dict[tuple[str, tuple[str, ...]], str] = {}
+        # table → declared column types, read once per source object: `run --follow` keeps
+        # it between cycles (dropped after any error), so a poll does not re-read the
+        # catalog; a dropped or renamed column still fails the probe's own SELECT
+        self._declared: dict[str, dict[str, str]] = {}
 
     @property
     def conn(self) -> Any:
@@ -215,6 +219,9 @@ class SqlSource:
         names: list[str] = []
         self._execute(table, f"SELECT * FROM {self.dialect.ident(table)} WHERE 1 = 0", [],
                       columns=names)
+        cached = self._declared.get(table)
+        if cached is not None and {n.lower() for n in names} != {n.lower() for n in cached}:
+            del self._declared[table]  # columns came or went: read their types again
         self.find_keyset_index(table, contract)
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
@@ -272,8 +279,11 @@ class SqlSource:
         d = self.dialect
         if d.columns_sql is None:
             return {}
-        return {str(name): str(declared or "") for name, declared in
-                self._execute(table, d.columns_sql, [d.index_param(table)])}
+        if table not in self._declared:
+            self._declared[table] = {str(name): str(declared or "") for name, declared in
+                                     self._execute(table, d.columns_sql,
+                                                   [d.index_param(table)])}
+        return dict(self._declared[table])
 
     def keyset_index(self, table: str, contract: Contract) -> str | None:
         """The name of an index whose leading columns are (cursor, key...), '' if the table
@@ -290,6 +300,8 @@ class SqlSource:
     def find_keyset_index(self, table: str, contract: Contract) -> bool:
         """Look up (once) the index for the contract's keyset order, so page queries can
         be pinned to it; warns and returns False if the table has none."""
+        if (table, contract.order_by) in self._index:  # found before: no catalog query
+            return True
         index = self.keyset_index(table, contract)
         if index:
             self._index[(table, contract.order_by)] = index
