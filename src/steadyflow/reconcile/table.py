@@ -15,7 +15,8 @@
 Which warehouse rows belong to a source table: all rows of its target, or, when several
 source tables feed one target (4 stores → `sales`), the rows matching the table's
 `warehouse_filter` (e.g. `{store_id: 3}`), applied on both sides. A target fed by several
-tables without filters is refused rather than guessed.
+tables without distinct filters is refused by config.py, and a row outside its table's
+filter is quarantined at load, so the filters partition the target.
 
 How a table is bucketed (`_dims`; every key and cursor type works): by its leading integer
 key columns; else by its cursor as an integer (µs, days, the integer, a decimal scaled by
@@ -120,19 +121,9 @@ class TableReconciler:
                                     if n.lower() in at_source])
 
     def _filter(self) -> dict[str, Any]:
-        flt: dict[str, Any] = dict(getattr(self.t, "warehouse_filter", None) or {})
-        for column in flt:
-            if column not in self.contract.names:
-                raise ConfigError(f"{self.ref.label}: warehouse_filter names {column!r}, which "
-                                  "is not a column of its contract")
-        feeders = [r.label for _, _, r in self.config.tables() if r.target == self.ref.target]
-        if len(feeders) > 1 and not flt:
-            raise ConfigError(
-                f"{self.ref.label}: warehouse table {self.ref.target!r} is fed by "
-                f"{len(feeders)} source tables ({', '.join(feeders)}); give each one a "
-                "warehouse_filter (e.g. {store_id: 3}) naming the rows it owns",
-                hint="without it the warehouse rows of one source cannot be told apart")
-        return flt
+        """The warehouse rows this table owns. config.py already refused a filter naming a
+        column the contract lacks, and a target fed by several tables without filters."""
+        return dict(getattr(self.t, "warehouse_filter", None) or {})
 
     def _dims(self) -> tuple[list[Dim], str]:
         """How this table is bucketed: by its leading integer key columns (`key`, the
