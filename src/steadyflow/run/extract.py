@@ -155,14 +155,13 @@ class TableExtractor:
         """A SQLite checkpoint written as a parsed time (before watermarks kept the stored
         text, see SqliteDialect.from_db) cannot be compared with the stored text. Restart
         from the day before it, as a date prefix (it sorts before every spelling of that day,
-        whatever the zone): at most a day and the lookback are read again, once; the
-        checkpoint then holds stored text (reset first: a text mark never compares with a
-        datetime one)."""
+        whatever the zone): at most a day and the lookback are read again, once; the first
+        landed page's checkpoint then holds stored text (a checkpoint is overwritten, never
+        compared, so nothing is reset here, and a dry run writes nothing)."""
         since = step_back(cursor, self.table.lookback)
         day = (since.astimezone(UTC) if isinstance(since, datetime) else since)
         log.warning("checkpoint %s is a parsed time; re-reading from %s to continue with the "
                     "stored text", cursor, day, extra=self._extra())
-        self.state.reset_checkpoint(self.ref.source, self.ref.table)
         return str((day - timedelta(days=1)).strftime("%Y-%m-%d"))
 
     def run(self, db: Source, dry_run: bool = False) -> ExtractResult:
