@@ -366,13 +366,91 @@ class LandingConfig(_Strict):
     """Where extracted pages are written (Parquet, atomically) before they are queued.
 
     Landed batches and the manifest in state.db are the truth the buffer is rebuilt from;
-    quarantined rows are kept here too (`_quarantine/`).
+    quarantined rows are kept here too (`_quarantine/`). A local folder (`path`), or, for
+    workers on many hosts, an object store through the S3 API (`url`).
     """
 
     path: str = Field(default="landing", description=(
         "folder of the landed Parquet files, relative to the config file's folder"))
+    url: str | None = Field(default=None, description=(
+        "an object store instead of `path`: s3://bucket/prefix (AWS S3 or any S3-compatible "
+        "store); each batch file is one atomic PUT"))
+    endpoint: str | None = Field(default=None, description=(
+        "url: the S3 endpoint of a store other than AWS, e.g. http://minio:9000"))
+    region: str | None = Field(default=None, description="url: the bucket's region")
+    access_key: str | None = Field(default=None, description=(
+        "url: the access key id, as a ${VAR} reference; unset: the AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY environment variables, a profile or an instance role"))
+    secret_key: str | None = Field(default=None, description=(
+        "url: the secret key, as a ${VAR} reference (scrubbed everywhere)"))
     compression: Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"] = Field(
         default="zstd", description="Parquet codec of landed files")
+    retention: Duration = Field(default=0.0, description=(
+        "`steadyflow gc` deletes the files of loaded batches landed longer ago than this "
+        "(their manifest rows stay, marked gone); 0 keeps every file"))
+    compact_target: int = Field(default=128 << 20, ge=1, description=(
+        "`steadyflow compact` merges a table's small batch files of one day into files of "
+        "about this many bytes (default 128 MiB; 64-256 MiB suits object stores)"))
+
+    _d = field_validator("retention", mode="before")(_duration)
+
+    @field_validator("compact_target", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return _bytes(value) if isinstance(value, str) else value
+
+    @field_validator("url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,62}(/.*)?",
+                                                  value):
+            raise ValueError(f"{value!r} is not an s3://bucket/prefix URL (a bucket name is "
+                             "3-63 lowercase letters, digits, dots and hyphens)")
+        return value
+
+    @model_validator(mode="after")
+    def _keys(self) -> LandingConfig:
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ValueError("set both access_key and secret_key, or neither (then the AWS "
+                             "environment variables, a profile or an instance role are used)")
+        if self.url is None and any((self.endpoint, self.region, self.access_key)):
+            raise ValueError("endpoint, region and the keys are for an object store: set "
+                             "url: s3://bucket/prefix, or remove them")
+        return self
+
+
+def _bytes(text: str) -> int:
+    """Bytes from '64MB', '512KiB', '1GB' or a bare number (powers of 1024 either way)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B?)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 64MB, 512KB)")
+    unit = (match.group(2) or "B")[0].upper()
+    return int(match.group(1)) << {"B": 0, "K": 10, "M": 20, "G": 30}[unit]
+
+
+class StateConfig(_Strict):
+    """Where checkpoints, the landing manifest, leases, run history and the extraction
+    sequence live.
+
+    sqlite (the default) is one file in state_dir, for processes on one host; postgres is a
+    schema in a control database (it may be the warehouse's), shared by `steadyflow worker`
+    processes on any number of hosts.
+    """
+
+    kind: Literal["sqlite", "postgres"] = Field(default="sqlite", description=(
+        "sqlite: state_dir/state.db (one host); postgres: a schema shared by many hosts"))
+    dsn: str | None = Field(default=None, description=(
+        "postgres (required there): a connection URL; the password as a ${VAR} reference"))
+    schema_: str = Field(default="steadyflow_state", alias="schema", description=(
+        "postgres: the schema of the state tables (one per pipeline)"))
+
+    _n = field_validator("schema_")(_ident)
+
+    @model_validator(mode="after")
+    def _location(self) -> StateConfig:
+        if self.kind == "postgres" and not self.dsn:
+            raise ValueError("a postgres state store needs 'dsn'")
+        return self
 
 
 class BufferConfig(_Strict):
@@ -424,6 +502,13 @@ class WarehouseConfig(_Strict):
     threads: int = Field(default=1, ge=1, description=(
         "duckdb: its worker threads (beside extraction on the same cores, more only "
         "contend)"))
+    group_batches: int = Field(default=32, ge=1, description=(
+        "batches of one target the loader merges in one transaction at most, when that "
+        "many are ready (group commit: a spike of small batches costs fewer commits); 1 "
+        "commits every batch alone"))
+    group_rows: int = Field(default=250_000, ge=1, description=(
+        "rows of one group at most (a batch with more is loaded alone): bounds how long a "
+        "group's transaction runs"))
 
     _n = field_validator("schema_")(_ident)
 
@@ -465,6 +550,7 @@ class PipelineConfig(_Strict):
     state_dir: str = Field(default="state", description=(
         "folder of state.db (landing manifest, checkpoints, leases, run history, "
         "quarantine index) and of the sqlite buffer; one pipeline per state_dir"))
+    state: StateConfig = Field(default=StateConfig(), description="see below")
     landing: LandingConfig = Field(default=LandingConfig(), description="see below")
     buffer: BufferConfig = Field(default=BufferConfig(), description="see below")
     warehouse: WarehouseConfig = Field(default=WarehouseConfig(), description="see below")
@@ -663,8 +749,9 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Pipeline
     _warn_literal_passwords(raw, str(path))
     config = parse_config(_expand_tree(raw, env), origin=str(path))
     # a password written into a DSN literally (not as ${VAR}) is just as secret
-    for dsn in [*(s.dsn for s in config.sources), config.warehouse.dsn]:
+    for dsn in [*(s.dsn for s in config.sources), config.warehouse.dsn, config.state.dsn]:
         secrets.register(secrets.dsn_password(dsn))
+    secrets.register(config.landing.secret_key)  # a literal one too: never shown again
     return config
 
 
@@ -681,8 +768,9 @@ def _warn_literal_passwords(raw: dict[str, Any], origin: str) -> None:
     places: list[tuple[str, Any]] = [
         (f"sources.{s.get('name', i)}.dsn", s.get("dsn"))
         for i, s in enumerate(raw.get("sources") or []) if isinstance(s, dict)]
-    if isinstance(raw.get("warehouse"), dict):
-        places.append(("warehouse.dsn", raw["warehouse"].get("dsn")))
+    for section in ("warehouse", "state"):
+        if isinstance(raw.get(section), dict):
+            places.append((f"{section}.dsn", raw[section].get("dsn")))
     for key, dsn in places:
         if not isinstance(dsn, str) or not _literal_password(dsn):
             continue

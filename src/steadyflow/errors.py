@@ -12,6 +12,7 @@
     │   ├── SourceUnavailable        connection refused/reset, 5xx, breaker open
     │   ├── RateLimited              429 with an optional Retry-After
     │   ├── WarehouseUnavailable     the warehouse is down; batches wait in the buffer
+    │   ├── StateUnavailable         the shared state database is unreachable; retry
     │   ├── TableBusy                another extractor holds the table's lease; skipped
     │   └── ExtractionFenced         this extractor lost its lease; it records nothing more
     ├── QuarantineError              this input is bad; park it with a reason, go on
@@ -106,6 +107,11 @@ class RateLimited(RetryableError):
 
 class WarehouseUnavailable(RetryableError):
     """The warehouse could not be reached; batches stay queued until it returns."""
+
+
+class StateUnavailable(RetryableError):
+    """The PostgreSQL state store cannot be reached (scaled mode). Nothing half-done is
+    recorded: every state change is one transaction, so the step is retried whole."""
 
 
 class TableBusy(RetryableError):

@@ -27,7 +27,7 @@ from tests.conftest import steadyflow
 from steadyflow.errors import ExtractionFenced
 from steadyflow.model import BatchRef, Watermark
 from steadyflow.run.lease import new_holder
-from steadyflow.state import StateStore
+from steadyflow.state import SqliteStateStore
 
 pytestmark = pytest.mark.faults
 
@@ -134,7 +134,7 @@ def test_an_extractor_stalled_past_its_lease_records_nothing_and_never_wins(
 
 def test_a_second_extractor_skips_a_table_a_live_one_holds(tmp_path: Path) -> None:
     config = setup(tmp_path)
-    state = StateStore(tmp_path / "state" / "state.db")
+    state = SqliteStateStore(tmp_path / "state" / "state.db")
     try:
         lease = state.try_lease("s", "items", new_holder(), 60)  # this (live) process
         assert lease is not None
@@ -148,7 +148,7 @@ def test_a_second_extractor_skips_a_table_a_live_one_holds(tmp_path: Path) -> No
 
 
 def test_a_dead_holders_lease_is_taken_at_once(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "state.db")
+    state = SqliteStateStore(tmp_path / "state.db")
     try:
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True)
@@ -163,7 +163,7 @@ def test_a_dead_holders_lease_is_taken_at_once(tmp_path: Path) -> None:
 
 
 def test_a_fenced_lease_cannot_record_or_advance(tmp_path: Path) -> None:
-    state = StateStore(tmp_path / "state.db")
+    state = SqliteStateStore(tmp_path / "state.db")
     try:
         old = state.try_lease("s", "t", new_holder(), 0.01)
         assert old is not None
@@ -196,7 +196,7 @@ def test_a_fenced_lease_cannot_record_or_advance(tmp_path: Path) -> None:
 ])
 def test_the_checkpoint_follows_the_pages_not_pythons_order(
         tmp_path: Path, marks: list[Watermark]) -> None:
-    state = StateStore(tmp_path / "state.db")
+    state = SqliteStateStore(tmp_path / "state.db")
     try:
         for mark in marks:
             state.advance_checkpoint("s", "t", mark)

@@ -20,7 +20,7 @@ import yaml
 from tests.conftest import steadyflow
 
 from steadyflow.run.lease import new_holder
-from steadyflow.state import StateStore
+from steadyflow.state import SqliteStateStore
 
 pytestmark = pytest.mark.faults
 
@@ -82,7 +82,7 @@ def test_a_repair_batch_loaded_by_the_sweeper_after_a_crash_still_deletes(
 
 def test_a_repair_skips_a_table_an_extractor_holds(tmp_path: Path) -> None:
     config = setup(tmp_path)
-    state = StateStore(tmp_path / "state" / "state.db")
+    state = SqliteStateStore(tmp_path / "state" / "state.db")
     try:
         assert state.try_lease("s", "items", new_holder(), 60) is not None
         proc = steadyflow("reconcile", "-c", str(config), "--repair", "--json")

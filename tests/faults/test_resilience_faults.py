@@ -44,7 +44,7 @@ from steadyflow.land.parquet import TEMP_PREFIX
 from steadyflow.model import Watermark
 from steadyflow.reconcile.compare import compare_target
 from steadyflow.run.pipeline import Pipeline
-from steadyflow.state import StateStore
+from steadyflow.state import SqliteStateStore
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -377,7 +377,7 @@ def test_clock_skew_cursors_come_from_source_values(
     cmp = compare_target(truth(truth_sources), "sales", wh)
     assert cmp.expected_rows == 1_000 + 50 + 640
     assert (cmp.missing, cmp.extra, cmp.duplicates, cmp.mismatched) == (0, 0, 0, 0), cmp
-    state = StateStore(state_db)
+    state = SqliteStateStore(state_db)
     try:
         real_now = datetime.now(UTC)
         for source in ("pg", "api"):

@@ -24,7 +24,7 @@ from tests.integration.test_observability import add_store_rows, start_serve, st
 
 from steadyflow.demo.scenario import cli_command
 from steadyflow.demo.stores import create_stores
-from steadyflow.state import StateStore
+from steadyflow.state import SqliteStateStore
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +122,7 @@ def test_status_exit_codes_whole_names_and_errors(tmp_path: Path) -> None:
     healthy = pipeline(tmp_path / "ok")
     assert steadyflow("run", "-c", str(healthy)).returncode == 0
     assert steadyflow("status", "-c", str(healthy)).returncode == 0
-    state = StateStore(tmp_path / "ok" / "state" / "state.db")
+    state = SqliteStateStore(tmp_path / "ok" / "state" / "state.db")
     try:
         for breaker, code in (("half-open", 1), ("open", 2), ("closed", 0)):
             state.record_source_state("store_001", "sales", breaker=breaker)

@@ -26,7 +26,7 @@ from steadyflow.demo.stores import StoreWriter, create_stores
 from steadyflow.merge.duckdb import quote
 from steadyflow.observe.web import start_server
 from steadyflow.reconcile.compare import Comparison, compare_target
-from steadyflow.state import StateStore
+from steadyflow.state import SqliteStateStore, StateStore
 
 console = Console(stderr=True)
 
@@ -105,7 +105,7 @@ def run_demo(directory: Path, stores: int = 4, rows_per_store: int = 50_000,
     config_path = write_config(directory, paths)
     console.print(f"  {stores} store databases, {stores * rows_per_store:,} sales rows; "
                   f"config {config_path}")
-    state = StateStore(directory / "state" / "state.db")
+    state = SqliteStateStore(directory / "state" / "state.db")
     log = directory / "pipeline.log"
     started = time.monotonic()
     page_url, stop_page = start_server(config_path, "127.0.0.1", 0)

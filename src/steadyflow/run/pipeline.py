@@ -49,7 +49,7 @@ from steadyflow.ports import Buffer, Warehouse
 from steadyflow.resilience import SourceGuard, retry_reason
 from steadyflow.run.extract import ExtractResult, Source, TableExtractor, open_source
 from steadyflow.run.load import BatchLoader, transform
-from steadyflow.state import StateStore
+from steadyflow.state import StateStore, open_state
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Verdict
 
@@ -144,7 +144,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
         state_dir = config.resolve(config.state_dir)
-        self.state = StateStore(state_dir / "state.db")
+        self.state: StateStore = open_state(config.state.kind, state_dir, config.state.dsn,
+                                            config.state.schema_)
         self.landing = LandingZone(config.resolve(config.landing.path),
                                    config.landing.compression)
         self.buffer: Buffer = self._open_buffer(state_dir)

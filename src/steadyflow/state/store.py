@@ -1,9 +1,15 @@
-"""Durable pipeline state in one SQLite file: checkpoints, landing manifest, run history,
-per-table health, the quarantine index and the per-table extraction leases.
+"""The state store's contract and its portable SQL: checkpoints, landing manifest, run
+history, per-table health, the quarantine index, the extraction sequence and the per-table
+extraction leases.
 
-WAL mode lets the extract, load and status processes share it. Every state change is a
-single transaction, and repeating one is a no-op (INSERT OR IGNORE / upserts), which is
-what makes a crash between two steps harmless.
+One class holds every query, written in the SQL that SQLite and PostgreSQL both speak
+(`?` placeholders, ON CONFLICT upserts, RETURNING); the adapters (state/sqlite.py, embedded;
+state/postgres.py, shared by workers on many hosts) supply the connection, the transaction,
+the clock leases are measured by, the row lock and the sequence. One body of SQL means the
+two adapters cannot drift apart, and one contract suite (tests/contract/
+test_state_contract.py) runs against both. Every state change is a single transaction, and
+repeating one is a no-op (ON CONFLICT DO NOTHING / upserts), which is what makes a crash
+between two steps harmless.
 
 Extraction leases fence extractors: one holder per table at a time, and a generation that
 grows on every acquisition. The steps that make an extractor's work durable (recording a
@@ -17,14 +23,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from steadyflow.errors import ExtractionFenced
 from steadyflow.model import BatchRef, Watermark
@@ -73,27 +78,18 @@ CREATE TABLE IF NOT EXISTS source_polls (
 """
 
 
-def open_sqlite(path: Path) -> sqlite3.Connection:
-    """A connection tuned for several processes sharing one small state file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
+class Rows(Protocol):
+    """What an executed statement gives back (a DB-API cursor)."""
+
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
 
 
-def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
-    """Add columns a newer version needs to a state file an older one wrote (SCHEMA's
-    CREATE TABLE IF NOT EXISTS leaves an existing table as it was)."""
-    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-    for name, decl in columns.items():
-        if name not in have:
-            try:
-                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
-            except sqlite3.OperationalError as exc:  # another process added it meanwhile
-                if "duplicate column" not in str(exc):
-                    raise
+class Tx(Protocol):
+    """A statement runner inside one state transaction; `?` placeholders."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> None: ...
 
 
 def pid_alive(pid: int) -> bool:
@@ -145,34 +141,41 @@ class TableHealth:
         return max(0, self.rows_loaded - self.rows_changed)
 
 
-class StateStore:
-    """Checkpoints, manifest and history. Thread-safe; one instance per process."""
+class StateStore(ABC):
+    """Checkpoints, manifest and history. Thread-safe; one instance per process.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn = open_sqlite(path)
+    Adapters implement the five hooks below; every other method is shared SQL.
+    """
+
+    #: appended to a SELECT that must lock the rows it reads until the transaction ends
+    #: (PostgreSQL: FOR UPDATE; SQLite's BEGIN IMMEDIATE already serialises writers)
+    _lock_rows = ""
+    #: where this state lives, for messages (a path or a DSN without its password)
+    where: str = ""
+
+    def __init__(self) -> None:
         self._lock = threading.RLock()
-        with self._lock:
-            self._conn.executescript(SCHEMA)
-            _add_columns(self._conn, "table_health", {"rows_changed": "INTEGER DEFAULT 0"})
 
-    def close(self) -> None:
-        self._conn.close()
+    @abstractmethod
+    def close(self) -> None: ...
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+    @abstractmethod
+    def _tx(self) -> AbstractContextManager[Tx]:
+        """One write transaction (serialised against every other writer of the state)."""
 
+    @abstractmethod
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        """A read outside any transaction."""
+
+    @abstractmethod
+    def _now(self, c: Tx) -> float:
+        """Epoch seconds that every holder of a lease agrees on: the local clock for one
+        host, the database's clock when hosts share the state (their clocks may differ)."""
+
+    @abstractmethod
+    def next_seq(self) -> int:
+        """The next extraction sequence number: strictly increasing, never reused, and
+        independent of any clock (a host clock that jumps back must not reorder rows)."""
 
     # --- checkpoints -------------------------------------------------------------
     def checkpoint(self, source: str, table: str) -> Watermark | None:
@@ -196,7 +199,7 @@ class StateStore:
             self._advance(c, source, table, mark)
 
     @staticmethod
-    def _advance(c: sqlite3.Connection, source: str, table: str, mark: Watermark) -> None:
+    def _advance(c: Tx, source: str, table: str, mark: Watermark) -> None:
         c.execute(
             "INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
             "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
@@ -244,32 +247,26 @@ class StateStore:
             self._advance(c, source, table, Watermark.from_json(row[0]))
             c.execute("DELETE FROM backfills WHERE source=? AND tbl=?", (source, table))
 
-    def next_seq(self) -> int:
-        """The next extraction sequence number: strictly increasing, never reused, and
-        independent of any clock (a host clock that jumps back must not reorder rows)."""
-        with self._tx() as c:
-            c.execute("INSERT INTO sequence VALUES ('extract', 1) ON CONFLICT(name) "
-                      "DO UPDATE SET value = value + 1")
-            return int(c.execute("SELECT value FROM sequence WHERE name='extract'"
-                                 ).fetchone()[0])
-
     # --- extraction leases ------------------------------------------------------------
     def try_lease(self, source: str, table: str, holder: str, seconds: float) -> Lease | None:
         """Take the table's extraction lease if it is free, expired, or held by a dead
         process on this host; None while another live holder has it. Every acquisition
         gets the next generation, which fences out all earlier ones."""
         with self._tx() as c:
+            # the row exists before it is locked, so two first acquisitions cannot both
+            # insert generation 1: the second waits on the first's row lock
+            c.execute("INSERT INTO extract_leases VALUES (?,?,NULL,0,0) ON CONFLICT DO NOTHING",
+                      (source, table))
             row = c.execute("SELECT holder, expires_at, generation FROM extract_leases "
-                            "WHERE source=? AND tbl=?", (source, table)).fetchone()
-            now = time.time()
-            if (row is not None and row[0] and row[0] != holder and row[1] > now
-                    and holder_alive(row[0])):
+                            f"WHERE source=? AND tbl=?{self._lock_rows}",
+                            (source, table)).fetchone()
+            now = self._now(c)
+            if row[0] and row[0] != holder and row[1] > now and holder_alive(row[0]):
                 return None
-            generation = (row[2] if row is not None else 0) + 1
-            c.execute("INSERT INTO extract_leases VALUES (?,?,?,?,?) ON CONFLICT(source, tbl) "
-                      "DO UPDATE SET holder=excluded.holder, expires_at=excluded.expires_at, "
-                      "generation=excluded.generation",
-                      (source, table, holder, now + seconds, generation))
+            generation = int(row[2]) + 1
+            c.execute("UPDATE extract_leases SET holder=?, expires_at=?, generation=? "
+                      "WHERE source=? AND tbl=?",
+                      (holder, now + seconds, generation, source, table))
             return Lease(source, table, holder, generation, seconds)
 
     def lease_holder(self, source: str, table: str) -> tuple[str | None, float] | None:
@@ -290,14 +287,13 @@ class StateStore:
                       "AND tbl=? AND holder=? AND generation=?",
                       (lease.source, lease.table, lease.holder, lease.generation))
 
-    @staticmethod
-    def _fence(c: sqlite3.Connection, lease: Lease | None) -> None:
+    def _fence(self, c: Tx, lease: Lease | None) -> None:
         """Inside a state transaction: raise ExtractionFenced unless `lease` is still the
         table's current one, else extend it (every durable step is also a renewal)."""
         if lease is None:
             return
         row = c.execute("SELECT holder, generation FROM extract_leases WHERE source=? AND "
-                        "tbl=?", (lease.source, lease.table)).fetchone()
+                        f"tbl=?{self._lock_rows}", (lease.source, lease.table)).fetchone()
         if row is None or row[0] != lease.holder or row[1] != lease.generation:
             holder, generation = (row[0], row[1]) if row is not None else (None, 0)
             raise ExtractionFenced(
@@ -311,7 +307,7 @@ class StateStore:
                      "resumes from its checkpoint; if this process is often paused that "
                      "long, look for what stalls it (swap, a stopped terminal, SIGSTOP)")
         c.execute("UPDATE extract_leases SET expires_at=? WHERE source=? AND tbl=?",
-                  (time.time() + lease.seconds, lease.source, lease.table))
+                  (self._now(c) + lease.seconds, lease.source, lease.table))
 
     # --- manifest ----------------------------------------------------------------
     def record_landed(self, ref: BatchRef, lease: Lease | None = None) -> None:
@@ -320,8 +316,8 @@ class StateStore:
         with self._tx() as c:
             self._fence(c, lease)
             c.execute(
-                "INSERT OR IGNORE INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
-                "VALUES (?,?,?,?,?,?)",
+                "INSERT INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
+                "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (ref.batch_id, ref.source, ref.table, ref.to_json(), ref.rows, ref.landed_at),
             )
 
@@ -361,13 +357,13 @@ class StateStore:
 
     def batches(self, source: str | None = None, table: str | None = None,
                 limit: int = 1000) -> list[dict[str, Any]]:
+        where, params = _filters(source=source, tbl=table)
         sql = ("SELECT batch_id, source, tbl, rows, status, landed_at, loaded_at, good_rows, "
-               "quarantined_rows, error, ref FROM manifest WHERE (? IS NULL OR source=?) "
-               "AND (? IS NULL OR tbl=?) ORDER BY landed_at DESC LIMIT ?")
+               f"quarantined_rows, error, ref FROM manifest{where} ORDER BY landed_at DESC "
+               "LIMIT ?")
         cols = ["batch_id", "source", "table", "rows", "status", "landed_at", "loaded_at",
                 "good_rows", "quarantined_rows", "error", "ref"]
-        return [dict(zip(cols, r, strict=True))
-                for r in self._query(sql, (source, source, table, table, limit))]
+        return [dict(zip(cols, r, strict=True)) for r in self._query(sql, (*params, limit))]
 
     def batch(self, batch_id: str) -> BatchRef | None:
         rows = self._query("SELECT ref FROM manifest WHERE batch_id=?", (batch_id,))
@@ -376,10 +372,9 @@ class StateStore:
     # --- run history ---------------------------------------------------------------
     def start_run(self, command: str) -> int:
         with self._tx() as c:
-            cur = c.execute(
-                "INSERT INTO runs(command, started_at) VALUES (?, ?)", (command, time.time())
-            )
-            return int(cur.lastrowid or 0)
+            row = c.execute("INSERT INTO runs(command, started_at) VALUES (?, ?) RETURNING run_id",
+                            (command, time.time())).fetchone()
+            return int(row[0])
 
     def end_run(self, run_id: int, outcome: str, batches: int, rows: int,
                 error: str | None = None) -> None:
@@ -400,8 +395,9 @@ class StateStore:
         return rows[0][0] if rows else None
 
     # --- table health --------------------------------------------------------------
-    def _ensure_health(self, c: sqlite3.Connection, source: str, table: str) -> None:
-        c.execute("INSERT OR IGNORE INTO table_health(source, tbl) VALUES (?,?)", (source, table))
+    def _ensure_health(self, c: Tx, source: str, table: str) -> None:
+        c.execute("INSERT INTO table_health(source, tbl) VALUES (?,?) ON CONFLICT DO NOTHING",
+                  (source, table))
 
     def record_load(self, source: str, table: str, rows: int, quarantined: int,
                     newest_cursor: str | None, newest_epoch: float | None,
@@ -413,16 +409,15 @@ class StateStore:
             c.execute(
                 "UPDATE table_health SET rows_loaded=rows_loaded+?, "
                 "rows_changed=coalesce(rows_changed, 0)+?, "
-                "rows_quarantined=rows_quarantined+?, last_success=?, "
-                "newest_cursor=CASE WHEN ? IS NOT NULL AND (newest_cursor_epoch IS NULL OR "
-                "  newest_cursor_epoch < ?) THEN ? ELSE newest_cursor END, "
-                "newest_cursor_epoch=CASE WHEN ? IS NOT NULL AND (newest_cursor_epoch IS NULL "
-                "  OR newest_cursor_epoch < ?) THEN ? ELSE newest_cursor_epoch END "
-                "WHERE source=? AND tbl=?",
+                "rows_quarantined=rows_quarantined+?, last_success=? WHERE source=? AND tbl=?",
                 (rows, rows if changed is None else changed, quarantined, time.time(),
-                 newest_epoch, newest_epoch, newest_cursor,
-                 newest_epoch, newest_epoch, newest_epoch, source, table),
-            )
+                 source, table))
+            if newest_epoch is not None:
+                c.execute(
+                    "UPDATE table_health SET newest_cursor=?, newest_cursor_epoch=? "
+                    "WHERE source=? AND tbl=? AND (newest_cursor_epoch IS NULL OR "
+                    "newest_cursor_epoch < ?)",
+                    (newest_cursor, newest_epoch, source, table, newest_epoch))
 
     def record_error(self, source: str, table: str, error: str) -> None:
         with self._tx() as c:
@@ -436,11 +431,12 @@ class StateStore:
                             breaker: str | None = None) -> None:
         with self._tx() as c:
             self._ensure_health(c, source, table)
-            c.execute(
-                "UPDATE table_health SET page_size=coalesce(?, page_size), "
-                "breaker=coalesce(?, breaker) WHERE source=? AND tbl=?",
-                (page_size, breaker, source, table),
-            )
+            if page_size is not None:
+                c.execute("UPDATE table_health SET page_size=? WHERE source=? AND tbl=?",
+                          (page_size, source, table))
+            if breaker is not None:
+                c.execute("UPDATE table_health SET breaker=? WHERE source=? AND tbl=?",
+                          (breaker, source, table))
 
     def health(self) -> list[TableHealth]:
         rows = self._query(
@@ -481,22 +477,21 @@ class StateStore:
     def record_quarantine(self, batch_id: str, source: str, table: str, path: str, rows: int,
                           reasons: dict[str, int], hashes: list[str] | None = None) -> None:
         with self._tx() as c:
-            c.executemany("INSERT OR IGNORE INTO parked_rows VALUES (?,?,?,?)",
+            c.executemany("INSERT INTO parked_rows VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                           [(source, table, h, batch_id) for h in hashes or []])
             c.execute(
-                "INSERT OR IGNORE INTO quarantine(batch_id, source, tbl, path, rows, reasons, "
-                "created_at) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO quarantine(batch_id, source, tbl, path, rows, reasons, "
+                "created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                 (batch_id, source, table, path, rows, json.dumps(reasons), time.time()),
             )
 
     def quarantined(self, status: str | None = "open") -> list[dict[str, Any]]:
         cols = ["batch_id", "source", "table", "path", "rows", "reasons", "status",
                 "created_at", "replayed_at", "replayed_rows"]
+        where, params = _filters(status=status)
         rows = self._query(
             "SELECT batch_id, source, tbl, path, rows, reasons, status, created_at, replayed_at, "
-            "replayed_rows FROM quarantine WHERE (? IS NULL OR status=?) ORDER BY created_at",
-            (status, status),
-        )
+            f"replayed_rows FROM quarantine{where} ORDER BY created_at", params)
         out = []
         for r in rows:
             d = dict(zip(cols, r, strict=True))
@@ -532,3 +527,12 @@ class StateStore:
             "WHERE r2.source=r.source AND r2.tbl=r.tbl) ORDER BY source, tbl"
         )
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _filters(**equal: str | None) -> tuple[str, tuple[str, ...]]:
+    """A WHERE clause for the given columns that are not None (an untyped NULL parameter,
+    as in `? IS NULL OR col = ?`, is an error on PostgreSQL)."""
+    used = {k: v for k, v in equal.items() if v is not None}
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{k}=?" for k in used), tuple(used.values())

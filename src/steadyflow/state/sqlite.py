@@ -1,0 +1,91 @@
+"""The embedded state store: one SQLite file in the pipeline's state_dir.
+
+WAL mode lets the extract, load and status processes of one host share it; BEGIN IMMEDIATE
+serialises writers, which is the row lock the shared SQL relies on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from steadyflow.state.store import SCHEMA, StateStore, Tx
+
+
+def open_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection tuned for several processes sharing one small state file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add columns a newer version needs to a state file an older one wrote (SCHEMA's
+    CREATE TABLE IF NOT EXISTS leaves an existing table as it was)."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, decl in columns.items():
+        if name not in have:
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
+
+
+class _SqliteTx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        return self._conn.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, params: Any) -> None:
+        self._conn.executemany(sql, params)
+
+
+class SqliteStateStore(StateStore):
+    """State in one SQLite file (the embedded default)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.where = str(path)
+        self._conn = open_sqlite(path)
+        with self._lock:
+            self._conn.executescript(SCHEMA)
+            _add_columns(self._conn, "table_health", {"rows_changed": "INTEGER DEFAULT 0"})
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Tx]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def _now(self, c: Tx) -> float:
+        return time.time()  # one host: every holder reads the same clock
+
+    def next_seq(self) -> int:
+        with self._tx() as c:
+            c.execute("INSERT INTO sequence VALUES ('extract', 1) ON CONFLICT(name) "
+                      "DO UPDATE SET value = value + 1")
+            return int(c.execute("SELECT value FROM sequence WHERE name='extract'"
+                                 ).fetchone()[0])

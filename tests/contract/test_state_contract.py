@@ -1,0 +1,224 @@
+"""The StateStore contract, written once and run against every adapter.
+
+SqliteStateStore runs on a file in tmp_path; PostgresStateStore on a fresh database of its
+own (marked integration: with CI=true a missing PostgreSQL fails). Each test opens stores
+through `adapter.open`, so "another instance" means another connection, as another process
+(or, for PostgreSQL, another host) has.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from steadyflow.errors import ExtractionFenced, StateUnavailable
+from steadyflow.model import BatchRef, Watermark
+from steadyflow.state import Lease, SqliteStateStore, StateStore
+from steadyflow.state.postgres import PostgresStateStore
+
+
+@dataclass
+class Adapter:
+    name: str
+    open: Callable[[], StateStore]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Adapter]:
+    opened: list[StateStore] = []
+
+    def track(store: StateStore) -> StateStore:
+        opened.append(store)
+        return store
+
+    if request.param == "sqlite":
+        yield Adapter("sqlite", lambda: track(SqliteStateStore(tmp_path / "state.db")))
+    else:
+        request.applymarker(pytest.mark.integration)
+        dsn = request.getfixturevalue("pg_dsn")
+        yield Adapter("postgres", lambda: track(PostgresStateStore(dsn, "sf_state")))
+    for store in opened:
+        store.close()
+
+
+def _ref(batch_id: str, source: str = "s", table: str = "t", rows: int = 3) -> BatchRef:
+    return BatchRef(batch_id, source, table, f"{batch_id}.parquet", rows, 100, "c",
+                    Watermark(1, (1,)), Watermark(5, (9,)), time.time())
+
+
+def test_checkpoint_keeps_full_precision_and_is_overwritten(adapter: Adapter) -> None:
+    a, b = adapter.open(), adapter.open()
+    assert a.checkpoint("s", "t") is None
+    mark = Watermark(datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC), ("k€y", 7))
+    a.advance_checkpoint("s", "t", mark)
+    assert b.checkpoint("s", "t") == mark
+    lower = Watermark(Decimal("1.000000000000000000001"), (1,))
+    b.advance_checkpoint("s", "t", lower)  # never compared: overwritten as told
+    assert a.checkpoint("s", "t") == lower
+    a.reset_checkpoint("s", "t")
+    assert b.checkpoint("s", "t") is None
+
+
+def test_backfill_runs_start_advance_finish(adapter: Adapter) -> None:
+    s = adapter.open()
+    high = Watermark(10, (100,))
+    s.start_backfill("s", "t", high)
+    s.start_backfill("s", "t", Watermark(99, (1,)))  # a restart keeps the first high
+    assert s.backfill("s", "t") == (high, None)
+    s.advance_backfill("s", "t", Watermark(None, (50,)))
+    assert s.backfill("s", "t") == (high, Watermark(None, (50,)))
+    s.finish_backfill("s", "t")
+    assert s.backfill("s", "t") is None
+    assert s.checkpoint("s", "t") == high
+
+
+def test_sequence_strictly_increases_across_instances_and_threads(adapter: Adapter) -> None:
+    stores = [adapter.open() for _ in range(3)]
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def take(store: StateStore) -> None:
+        for _ in range(40):
+            n = store.next_seq()
+            with lock:
+                taken.append(n)
+
+    threads = [threading.Thread(target=take, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(taken)) == len(taken) == 120  # never reused
+    assert stores[0].next_seq() > max(taken)
+
+
+def test_lease_is_exclusive_under_contention_and_generations_fence(adapter: Adapter) -> None:
+    stores = [adapter.open() for _ in range(4)]
+    for round_ in range(25):  # a race shows up only now and then: ask often
+        got: list[Lease] = []
+        if round_ % 2:  # a lease held and released before: its row exists already
+            freed = stores[0].try_lease("s", f"r{round_}", "otherhost:0:x", 30)
+            assert freed is not None
+            stores[0].release_lease(freed)
+        barrier = threading.Barrier(len(stores))
+
+        def grab(i: int, table: str) -> None:
+            barrier.wait()
+            lease = stores[i].try_lease("s", table, f"otherhost:{i}:x", 30)
+            if lease is not None:
+                got.append(lease)
+
+        threads = [threading.Thread(target=grab, args=(i, f"r{round_}"))
+                   for i in range(len(stores))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(got) == 1, got  # exactly one holder, even when all asked at once
+    got = [stores[0].try_lease("s", "t", "otherhost:0:x", 30)]  # type: ignore[list-item]
+    assert len(got) == 1, got  # exactly one holder, even when all asked at once
+    first = got[0]
+    assert first.generation == 1
+    stores[0].renew_lease(first)
+    stores[0].record_landed(_ref("b1"), first)
+    stores[1].release_lease(first)
+    second = stores[2].try_lease("s", "t", "otherhost:9:y", 30)
+    assert second is not None and second.generation == 2
+    with pytest.raises(ExtractionFenced):
+        stores[0].record_landed(_ref("b2"), first)
+    with pytest.raises(ExtractionFenced):
+        stores[0].advance_checkpoint("s", "t", Watermark(1, (1,)), first)
+    assert stores[3].batch("b2") is None and stores[3].checkpoint("s", "t") is None
+    stores[3].record_landed(_ref("b3"), second)
+    assert stores[1].lease_holder("s", "t") == ("otherhost:9:y", pytest.approx(
+        stores[1].lease_holder("s", "t")[1]))  # type: ignore[index]
+
+
+def test_expired_lease_is_taken_over(adapter: Adapter) -> None:
+    a, b = adapter.open(), adapter.open()
+    old = a.try_lease("s", "t", "otherhost:1:a", 0.3)
+    assert old is not None
+    assert b.try_lease("s", "t", "otherhost:2:b", 30) is None  # live, not expired
+    time.sleep(0.5)
+    new = b.try_lease("s", "t", "otherhost:2:b", 30)
+    assert new is not None and new.generation == old.generation + 1
+    with pytest.raises(ExtractionFenced):
+        a.renew_lease(old)
+
+
+def test_manifest_is_idempotent_and_tracks_status(adapter: Adapter) -> None:
+    a, b = adapter.open(), adapter.open()
+    a.record_landed(_ref("b1"))
+    a.record_landed(_ref("b1"))  # a repeat is a no-op
+    b.record_landed(_ref("b2", table="u"))
+    assert [r.batch_id for r in a.pending_batches()] == ["b1", "b2"]
+    b.mark_failed("b1", "boom postgresql://u:hunter2@h/db")
+    assert a.failed_batch_ids() == {"b1"}
+    assert a.failing_batches() == {("s", "t"): 1}
+    assert "hunter2" not in str(a.batches())
+    a.mark_loaded("b1", 3, 0)
+    assert [r.batch_id for r in b.pending_batches()] == ["b2"]
+    assert {r["batch_id"] for r in b.batches(table="t")} == {"b1"}
+    assert {r["batch_id"] for r in b.batches(source="s")} == {"b1", "b2"}
+    assert b.batch("b1") == _ref("b1").__class__.from_json(a.batch("b1").to_json())  # type: ignore
+    assert b.batch("nope") is None
+
+
+def test_runs_health_polls_quarantine_reconcile(adapter: Adapter) -> None:
+    s = adapter.open()
+    run = s.start_run("run")
+    assert s.start_run("extract") > run
+    s.end_run(run, "ok", 2, 10)
+    assert s.runs()[-1]["outcome"] == "ok" and s.last_successful_run() is not None
+    s.record_load("s", "t", 10, 1, "2026-01-01", 1.0e9, changed=4)
+    s.record_load("s", "t", 5, 0, None, None)
+    s.record_load("s", "t", 1, 0, "older", 5.0e8)  # an older cursor does not go backwards
+    s.record_error("s", "t", "bad")
+    s.record_source_state("s", "t", page_size=500)
+    s.record_source_state("s", "t", breaker="open")
+    (h,) = s.health()
+    assert (h.rows_loaded, h.rows_changed, h.rows_quarantined) == (16, 10, 1)
+    assert (h.newest_cursor, h.newest_cursor_epoch) == ("2026-01-01", 1.0e9)
+    assert (h.page_size, h.breaker, h.last_error) == (500, "open", "bad")
+    s.record_poll("s", "t", Watermark(3, (1,)), 3.0)
+    s.record_poll("s", "u", None, None)
+    polls = s.polls()
+    assert polls[("s", "t")][0] == 3.0 and polls[("s", "u")][0] is None
+    s.record_quarantine("q1", "s", "t", "p", 2, {"null key": 2}, ["h1", "h2"])
+    s.record_quarantine("q1", "s", "t", "p", 2, {"null key": 2}, ["h1", "h2"])
+    assert s.parked_by("s", "t", ["h1", "h3"]) == {"h1": "q1"}
+    assert [q["batch_id"] for q in s.quarantined()] == ["q1"]
+    s.mark_quarantine_replayed("q1", 2, 0)
+    assert s.quarantined() == [] and len(s.quarantined(None)) == 1
+    s.record_reconcile("s", "t", 64, 1000, 1, 0, 0, 0, {"x": 1})
+    s.record_reconcile("s", "t", 64, 1000, 0, 0, 0, 1, {"x": 2})
+    (last,) = s.last_reconcile()
+    assert last["repaired"] == 1
+
+
+def test_postgres_outage_is_an_error_not_a_hang(pg_dsn: str) -> None:
+    """A PostgreSQL store whose server goes away raises StateUnavailable (retryable) at
+    once, with no password in it, and works again on the next call once it is back."""
+    store = PostgresStateStore(pg_dsn.replace("postgres@", "postgres:s3cr3t@"), "sf_state")
+    try:
+        store.record_landed(_ref("b1"))
+        with psycopg.connect(pg_dsn.rsplit("/", 1)[0] + "/postgres", autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                      "datname = %s AND pid <> pg_backend_pid()", (pg_dsn.rsplit("/", 1)[1],))
+        started = time.monotonic()
+        with pytest.raises(StateUnavailable) as err:
+            store.record_landed(_ref("b2"))
+        assert time.monotonic() - started < 5
+        assert "s3cr3t" not in str(err.value)
+        store.record_landed(_ref("b2"))  # reconnects
+        assert {r.batch_id for r in store.pending_batches()} == {"b1", "b2"}
+    finally:
+        store.close()
