@@ -45,6 +45,7 @@ from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer
 from steadyflow.resilience import PageSizer, SourceGuard
+from steadyflow.run.lease import WAIT_SECONDS as LEASE_WAIT
 from steadyflow.run.lease import hold as hold_lease
 from steadyflow.state import Lease, StateStore
 
@@ -164,14 +165,16 @@ class TableExtractor:
                     "stored text", cursor, day, extra=self._extra())
         return str((day - timedelta(days=1)).strftime("%Y-%m-%d"))
 
-    def run(self, db: Source, dry_run: bool = False) -> ExtractResult:
+    def run(self, db: Source, dry_run: bool = False,
+            lease_wait: float = LEASE_WAIT) -> ExtractResult:
         """Extract the table until caught up, holding its extraction lease (a dry run reads
         and records nothing, so it needs none). TableBusy if another live extractor holds
-        it; ExtractionFenced if this one stalls past it and another takes over."""
+        it after `lease_wait` seconds (0 for a worker: another worker has it, go on to the
+        next table); ExtractionFenced if this one stalls past it and another takes over."""
         if dry_run:
             return self._run(db, dry_run)
         with hold_lease(self.state, self.ref.source, self.ref.table, "extract",
-                        self.should_stop) as lease:
+                        self.should_stop, wait=lease_wait) as lease:
             self.lease = lease
             try:
                 return self._run(db, dry_run)
