@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import sys
 import threading
 import time
@@ -47,7 +48,13 @@ from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Warehouse
 from steadyflow.resilience import SourceGuard, retry_reason
-from steadyflow.run.extract import ExtractResult, Source, TableExtractor, open_source
+from steadyflow.run.extract import (
+    LEASE_WAIT,
+    ExtractResult,
+    Source,
+    TableExtractor,
+    open_source,
+)
 from steadyflow.run.load import BatchLoader, transform
 from steadyflow.state import StateStore, open_state
 from steadyflow.validate.quarantine import Quarantine
@@ -74,6 +81,8 @@ class RunSummary:
     # (lookback windows, redelivered pages); operators see changed rows
     changed_rows: int = 0
     reread_rows: int = 0
+    # a worker's tables that another worker was extracting (not an error: theirs to do)
+    skipped_tables: list[str] = field(default_factory=list)
 
     cycles: int = 1  # `run --follow`: how many run_once cycles this summary covers
 
@@ -143,6 +152,10 @@ class Pipeline:
         self.metrics = PipelineMetrics(pipeline=config.name)
         self._stop = threading.Event()
         self._failures: dict[str, int] = {}
+        # a worker among others (run/worker.py): a table another worker holds is theirs, so
+        # its extraction is skipped at once and is no error; tables are tried in a random
+        # order so workers do not all queue for the same one
+        self.shared = False
         state_dir = config.resolve(config.state_dir)
         self.state: StateStore = open_state(config.state.kind, state_dir, config.state.dsn,
                                             config.state.schema_)
@@ -287,6 +300,8 @@ class Pipeline:
         summary = RunSummary()
         jobs = [(s, t, ref) for s, t, ref in self.config.tables()
                 if not tables or ref.label in tables or ref.table in tables]
+        if self.shared:
+            random.shuffle(jobs)
 
         def one(job: tuple[Any, Any, Any]) -> tuple[Any, ExtractResult | BaseException]:
             s, t, ref = job
@@ -297,7 +312,8 @@ class Pipeline:
             db = self._open_sources.pop(ref.label, None) or open_source(s)
             keep = False
             try:
-                result = extractor.run(db, dry_run=dry_run)
+                result = extractor.run(db, dry_run=dry_run,
+                                       lease_wait=0.0 if self.shared else LEASE_WAIT)
                 keep = isinstance(db, SqlSource) and not self._stop.is_set()
                 return ref, result
             except (TableBusy, ExtractionFenced) as exc:
@@ -322,7 +338,9 @@ class Pipeline:
         with ThreadPoolExecutor(max_workers=self.config.run.max_parallel_sources,
                                 thread_name_prefix="extract") as pool:
             for ref, result in pool.map(one, jobs):
-                if isinstance(result, TableBusy | ExtractionFenced):
+                if isinstance(result, TableBusy) and self.shared:
+                    summary.skipped_tables.append(ref.label)
+                elif isinstance(result, TableBusy | ExtractionFenced):
                     summary.errors.append(f"{ref.label}: {result}")
                 elif isinstance(result, BaseException):
                     summary.errors.append(f"{ref.label}: {result or repr(result)}")
