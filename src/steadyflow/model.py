@@ -221,6 +221,9 @@ class BatchRef:
     # Extraction order: a later read of a row is never older than an earlier one, so the
     # warehouse keeps the row from the highest seq (see merge/plan.py). Not part of the id.
     seq: int = 0
+    # Row groups [first, end) of the compacted file at `path` that hold this batch (set by
+    # `steadyflow compact`, run/compact.py); None: the file at `path` is the batch's own.
+    part: tuple[int, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -238,6 +241,7 @@ class BatchRef:
                 "kind": self.kind,
                 "meta": self.meta,
                 "seq": self.seq,
+                **({"part": list(self.part)} if self.part is not None else {}),
             }
         )
 
@@ -258,6 +262,7 @@ class BatchRef:
             kind=d.get("kind", "extract"),
             meta=d.get("meta", {}),
             seq=d.get("seq", 0),
+            part=(int(d["part"][0]), int(d["part"][1])) if d.get("part") else None,
         )
 
 

@@ -5,7 +5,9 @@ with the same method order, so the embedded and scaled implementations read alik
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -38,6 +40,47 @@ class Buffer(Protocol):
     def contains(self, batch_id: str) -> bool: ...
     def depth(self) -> int: ...
     def oldest_age(self) -> float | None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LandedFile:
+    """One visible file of a landing store: its path relative to the store's root."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+class Landing(Protocol):
+    """Where landed files live: a local (or shared) directory, or a bucket prefix on an
+    object store. Paths are relative, '/'-separated (`source/table/date=D/<id>.parquet`).
+
+    Implementers guarantee:
+    - `write` is atomic: a reader in any process on any host sees no file at `path` or all
+      of `data`, never a part; a crash mid-write leaves nothing visible; writing the same
+      path again with the same bytes is harmless (a batch id names its content).
+    - `staged` gives a local file to fill; it is published at `path` as atomically as
+      `write` when the block ends, and discarded if the block raises (big files: compaction).
+    - `read` returns the whole file, `open` a random-access Arrow file (a Parquet reader then
+      fetches only the row groups it reads: bounded memory). A missing path raises
+      FatalError whose message names the path (`where` + path).
+    - `list` yields visible files only (never a temp file or an unfinished upload);
+      `delete` of a missing path is a no-op.
+    - Transient trouble (a network error, a full disk) raises RetryableError. No message
+      ever carries a credential.
+    """
+
+    where: str  # the root, for messages: a directory or s3://bucket/prefix, no credentials
+
+    def write(self, path: str, data: bytes | memoryview) -> None: ...
+    def staged(self, path: str) -> AbstractContextManager[Path]: ...
+    def read(self, path: str) -> bytes: ...
+    def open(self, path: str) -> pa.NativeFile: ...
+    def exists(self, path: str) -> bool: ...
+    def list(self, prefix: str = "") -> Iterator[LandedFile]: ...
+    def delete(self, path: str) -> None: ...
+    def sweep_temp(self) -> int: ...
     def close(self) -> None: ...
 
 

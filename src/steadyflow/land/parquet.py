@@ -1,29 +1,40 @@
 """Land extracted pages as Parquet files, atomically, before anything else touches them.
 
-A landed file is the replayable truth: written to a hidden temp name, fsynced, renamed
-into place, and the directory fsynced, so a reader (or a restart after SIGKILL) sees
-either the whole file or nothing. The batch id is derived from the content, so landing
-the same page twice yields the same id and the ledger absorbs the repeat.
+A landed file is the replayable truth. Where it lives is the landing store's business
+(ports.Landing: a directory, land/local.py, or an object store, land/object_store.py),
+each of which makes a file visible whole or not at all. This module decides what is
+written: the Parquet bytes of a page, its content checksum, and the batch id derived from
+it, so landing the same page twice yields the same id and the ledger absorbs the repeat.
+
+A batch is either a file of its own or, after `steadyflow compact`, a run of row groups
+in a compacted file (`BatchRef.part`); `read` and `batches` serve both.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steadyflow.errors import FatalError, RetryableError
 from steadyflow.failpoints import failpoint
+from steadyflow.land.local import TEMP_PREFIX, LocalLanding
 from steadyflow.model import BatchRef, Watermark
+from steadyflow.ports import Landing
+from steadyflow.secrets import scrub
 
-TEMP_PREFIX = ".tmp-"
+if TYPE_CHECKING:
+    from steadyflow.config import LandingConfig
+
+__all__ = ["TEMP_PREFIX", "Compression", "LandingZone", "open_landing"]
 
 # the Parquet codecs a landing zone can use (config.py: LandingConfig.compression)
 Compression = Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"]
@@ -36,31 +47,44 @@ Compression = Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"]
 # file is always read whole).
 ZSTD_LEVEL = 1
 HANDOFF_MAX = 2  # landed pages kept in memory for an in-process loader (see `handoff`)
+# a batch of more rows is written as several row groups, so a streamed read (`batches`)
+# holds one of them at a time; a page of the default size is one row group
+ROW_GROUP_ROWS = 64 * 1024
+HASH_CHUNK = 1 << 20  # bytes hashed at a time when a batch is streamed (`batches`)
 
 
 class LandingZone:
-    """A directory of immutable Parquet batches laid out source/table/date=YYYY-MM-DD."""
+    """Immutable Parquet batches laid out source/table/date=YYYY-MM-DD on a landing store.
 
-    def __init__(self, root: Path, compression: Compression = "zstd") -> None:
-        self.root = root
+    `store` is a ports.Landing, or a Path for a local directory (the embedded default)."""
+
+    def __init__(self, store: Landing | Path, compression: Compression = "zstd") -> None:
+        self.store: Landing = LocalLanding(store) if isinstance(store, Path) else store
         self.compression = compression
-        self.root.mkdir(parents=True, exist_ok=True)
         # In-process handoff (Pipeline.run_once turns it on while its loader runs beside the
         # extractors): up to HANDOFF_MAX landed pages not yet read stay in memory, and `read`
-        # of such a batch returns the very table whose Parquet bytes were hashed, fsynced
-        # and renamed, instead of reading, hashing and decoding the file again. A page
-        # landed while that many wait is read from disk. Off, every read comes from disk
+        # of such a batch returns the very table whose Parquet bytes were hashed and made
+        # durable, instead of reading, hashing and decoding the file again. A page landed
+        # while that many wait is read from the store. Off, every read comes from the store
         # and is checked against the checksum.
         self.handoff = False
         self._handed: dict[str, tuple[str, pa.Table]] = {}
         self._handed_lock = threading.Lock()
+
+    @property
+    def root(self) -> Path:
+        """The directory of a local landing zone (tests and tools that look at files)."""
+        if not isinstance(self.store, LocalLanding):
+            raise TypeError(f"landing {self.store.where} is not a local directory")
+        return self.store.root
 
     def encode(self, table: pa.Table) -> pa.Buffer:
         """The Parquet bytes of one batch (see ZSTD_LEVEL for how they are written)."""
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression=self.compression,
                        compression_level=ZSTD_LEVEL if self.compression == "zstd" else None,
-                       use_dictionary=False, write_statistics=False)
+                       use_dictionary=False, write_statistics=False,
+                       row_group_size=ROW_GROUP_ROWS)
         return sink.getvalue()
 
     def write(
@@ -83,9 +107,8 @@ class LandingZone:
         )
         batch_id = hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
         day = datetime.now(UTC).strftime("%Y-%m-%d")
-        directory = self.root / source / name / f"date={day}"
-        final = directory / f"{batch_id}.parquet"
-        self._write_atomically(directory, final, data)
+        path = f"{source}/{name}/date={day}/{batch_id}.parquet"
+        self.store.write(path, data)
         failpoint("land.after_rename")
         if self.handoff and kind == "extract":
             with self._handed_lock:  # the loader reads in landing order: keep the oldest
@@ -95,7 +118,7 @@ class LandingZone:
             batch_id=batch_id,
             source=source,
             table=name,
-            path=str(final.relative_to(self.root)),
+            path=path,
             rows=table.num_rows,
             nbytes=len(data),
             checksum=checksum,
@@ -107,57 +130,74 @@ class LandingZone:
             seq=seq,
         )
 
-    def _write_atomically(self, directory: Path, final: Path, data: bytes | memoryview
-                          ) -> None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            temp = directory / f"{TEMP_PREFIX}{final.name}.{os.getpid()}"
-            with open(temp, "wb") as fh:
-                half = len(data) // 2
-                fh.write(data[:half])
-                failpoint("land.mid_write")
-                fh.write(data[half:])
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, final)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            try:
-                temp.unlink(missing_ok=True)
-            except (OSError, UnboundLocalError):
-                pass
-            raise RetryableError(
-                f"cannot land batch at {final}: {exc.strerror or exc}",
-                stage="land",
-                hint="check free space and permissions of the landing directory",
-            ) from exc
-
     def read(self, ref: BatchRef) -> pa.Table:
-        """Read a landed batch, verifying its checksum so corruption is never loaded."""
+        """Read a landed batch, verified, so corruption is never loaded: a file of its own
+        against its checksum; a part of a compacted file by Parquet's page checksums
+        (written by compaction) and its row count."""
         if self.handoff:
             with self._handed_lock:
                 handed = self._handed.pop(ref.batch_id, None)
             if handed is not None and handed[0] == ref.checksum:
                 return handed[1]
-        path = self.root / ref.path
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise FatalError(
-                f"landed file missing: {path}", stage="load", source=ref.source,
-                table=ref.table, batch_id=ref.batch_id,
-            ) from None
-        if hashlib.blake2b(data, digest_size=16).hexdigest() != ref.checksum:
-            raise FatalError(
-                f"landed file does not match its checksum: {path}", stage="load",
-                source=ref.source, table=ref.table, batch_id=ref.batch_id,
-                hint="the file was changed after landing; re-extract this range",
-            )
-        return pq.read_table(pa.BufferReader(data))
+        with self._context(ref):
+            if ref.part is not None:
+                return self._checked(ref, self._parquet(ref).read_row_groups(
+                    list(range(*ref.part)), use_threads=False))
+            data = self.store.read(ref.path)
+            if hashlib.blake2b(data, digest_size=16).hexdigest() != ref.checksum:
+                raise self._tampered(ref)
+            return pq.read_table(pa.BufferReader(data))
+
+    def batches(self, ref: BatchRef) -> Iterator[pa.RecordBatch]:
+        """A landed batch as a stream of record batches, in memory bounded by one row group
+        (plus a hashing buffer), whatever the file's size: the checksum of a file of its own
+        is verified by a first streamed pass, before any row is handed out."""
+        with self._context(ref):
+            if ref.part is None:
+                digest = hashlib.blake2b(digest_size=16)
+                with self.store.open(ref.path) as fh:
+                    while chunk := fh.read(HASH_CHUNK):
+                        digest.update(chunk)
+                if digest.hexdigest() != ref.checksum:
+                    raise self._tampered(ref)
+            parquet = self._parquet(ref)
+            groups = list(range(*ref.part)) if ref.part is not None else None
+            count = 0
+            for batch in parquet.iter_batches(row_groups=groups, use_threads=False):
+                count += batch.num_rows
+                yield batch
+            if count != ref.rows:
+                raise self._short(ref, count)
+
+    def read_file(self, path: str) -> pa.Table:
+        """A landed file by path, unverified (quarantined rows and raw pages, which are
+        indexed by path in the quarantine index, not by a manifest entry)."""
+        return pq.read_table(pa.BufferReader(self.store.read(path)))
+
+    def _parquet(self, ref: BatchRef) -> pq.ParquetFile:
+        return pq.ParquetFile(self.store.open(ref.path),
+                              page_checksum_verification=ref.part is not None)
+
+    def _checked(self, ref: BatchRef, rows: pa.Table) -> pa.Table:
+        if rows.num_rows != ref.rows:
+            raise self._short(ref, rows.num_rows)
+        return rows
+
+    def _context(self, ref: BatchRef) -> _BatchContext:
+        return _BatchContext(ref)
+
+    def _tampered(self, ref: BatchRef) -> FatalError:
+        return FatalError(
+            f"landed file does not match its checksum: {self.store.where}/{ref.path}",
+            stage="load", source=ref.source, table=ref.table, batch_id=ref.batch_id,
+            hint="the file was changed after landing; re-extract this range")
+
+    def _short(self, ref: BatchRef, found: int) -> FatalError:
+        return FatalError(
+            f"landed batch has {found} rows, its manifest entry {ref.rows}: "
+            f"{self.store.where}/{ref.path} {ref.part or ''}".rstrip(),
+            stage="load", source=ref.source, table=ref.table, batch_id=ref.batch_id,
+            hint="the file was changed after landing; re-extract this range")
 
     def stop_handoff(self) -> None:
         with self._handed_lock:
@@ -165,28 +205,61 @@ class LandingZone:
             self._handed.clear()
 
     def sweep_temp_files(self) -> int:
-        """Delete temp files left by a crash mid-write; they were never visible."""
-        removed = 0
-        for temp in self.root.rglob(f"{TEMP_PREFIX}*"):
-            if _writer_alive(temp):
-                continue  # another process on this host is writing it right now
-            temp.unlink(missing_ok=True)
-            removed += 1
-        return removed
+        """Delete what writers that crashed mid-write left (never visible)."""
+        return self.store.sweep_temp()
 
     def visible_files(self) -> list[Path]:
-        return [p for p in self.root.rglob("*.parquet") if not p.name.startswith(".")]
+        """The visible files of a local landing zone (tests and tools)."""
+        return [self.root / f.path for f in self.store.list() if f.path.endswith(".parquet")]
 
 
-def _writer_alive(temp: Path) -> bool:
-    """Temp names end in the writer's pid; a live pid other than ours is still writing."""
-    pid = temp.name.rsplit(".", 1)[-1]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+class _BatchContext:
+    """Adds the batch's source, table and id to a landing error raised inside it (the
+    store names the path; the caller needs to know which batch it was)."""
+
+    def __init__(self, ref: BatchRef) -> None:
+        self.ref = ref
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        ref = self.ref
+        if isinstance(exc, FatalError) and not exc.batch_id:
+            raise FatalError(exc.message, stage="load", source=ref.source, table=ref.table,
+                             batch_id=ref.batch_id, hint=exc.hint) from exc
+        if isinstance(exc, pa.ArrowException) or (
+                isinstance(exc, OSError) and "checksum" in str(exc).lower()):
+            raise FatalError(
+                f"landed file unreadable: {ref.path} {ref.part or ''}: {scrub(str(exc))}",
+                stage="load", source=ref.source, table=ref.table, batch_id=ref.batch_id,
+                hint="the file was changed after landing; re-extract this range") from exc
+        if isinstance(exc, OSError):  # the store's connection broke mid-read (pyarrow's own)
+            raise RetryableError(
+                f"cannot read landed file {ref.path}: {scrub(str(exc))}", stage="load",
+                source=ref.source, table=ref.table, batch_id=ref.batch_id) from exc
+
+
+def open_landing(config: LandingConfig, base: Path) -> Landing:
+    """The configured landing store: an object store for `url`, else the directory
+    `path` (relative to `base`, the config file's folder)."""
+    if config.url:
+        from steadyflow.land.object_store import ObjectStoreLanding  # only when used
+
+        return ObjectStoreLanding(config.url, endpoint=config.endpoint, region=config.region,
+                                  access_key=config.access_key, secret_key=config.secret_key)
+    path = Path(config.path)
+    return LocalLanding(path if path.is_absolute() else base / path)
+
+
+def day_of(path: str) -> str | None:
+    """The YYYY-MM-DD of a landed path's `date=` folder, or None."""
+    for part in path.split("/"):
+        if part.startswith("date="):
+            return part[5:]
+    return None
+
+
+def with_part(ref: BatchRef, path: str, first: int, end: int) -> BatchRef:
+    """The manifest entry of a batch moved into row groups [first, end) of `path`."""
+    return replace(ref, path=path, part=(first, end))

@@ -18,7 +18,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from steadyflow.config import IDENT, SourceConfig, TableConfig
 from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout
@@ -541,7 +540,7 @@ def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
         pages += 1
         _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
         contract = pipeline.config.contract_of(table_cfg)
-        landed = pq.read_table(pipeline.landing.root / item["path"])
+        landed = pipeline.landing.read_file(item["path"])
         raw = RawPage.from_table(landed)
         try:
             if is_rejected_records(item["path"]):

@@ -42,7 +42,7 @@ from steadyflow.errors import (
     TableBusy,
 )
 from steadyflow.extract.sql import SqlSource
-from steadyflow.land.parquet import LandingZone
+from steadyflow.land.parquet import LandingZone, open_landing
 from steadyflow.model import BatchRef
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
@@ -159,7 +159,7 @@ class Pipeline:
         state_dir = config.resolve(config.state_dir)
         self.state: StateStore = open_state(config.state.kind, state_dir, config.state.dsn,
                                             config.state.schema_)
-        self.landing = LandingZone(config.resolve(config.landing.path),
+        self.landing = LandingZone(open_landing(config.landing, Path(config.base_dir)),
                                    config.landing.compression)
         self.buffer: Buffer = self._open_buffer(state_dir)
         self._warehouse: Warehouse | None = None

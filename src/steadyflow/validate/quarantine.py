@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import INVALID, BatchRef, Contract
@@ -47,7 +46,7 @@ class Quarantine:
         return rows.num_rows
 
     def rows(self, path: str) -> pa.Table:
-        return pq.read_table(self.landing.root / path)
+        return self.landing.read_file(path)
 
     def replayable(self, path: str, contract: Contract) -> tuple[pa.Table, Verdict]:
         """Parked rows re-validated against `contract`: (raw rows, verdict)."""
