@@ -74,8 +74,9 @@ def cursor_epoch(cursor: object) -> float | None:
 def open_source(config: SourceConfig) -> Source:
     """The reader for a source kind; every kind runs through the same TableExtractor.
 
-    PostgreSQL pages are read as Arrow through ADBC (extract/pg_arrow.py): no Python row
-    objects on the hot path. MySQL/MariaDB and SQLite use the DB-API path of SqlSource.
+    PostgreSQL pages are read as Arrow through ADBC (extract/pg_arrow.py) and MariaDB's
+    through connectorx (extract/mysql_arrow.py): no Python row objects on the hot path.
+    SQLite uses the DB-API path of SqlSource.
     """
     if config.kind == "http":
         return HttpSource(config)
@@ -83,6 +84,10 @@ def open_source(config: SourceConfig) -> Source:
         from steadyflow.extract.pg_arrow import PgArrowSource
 
         return PgArrowSource(config)
+    if config.kind == "mysql":
+        from steadyflow.extract.mysql_arrow import MysqlArrowSource
+
+        return MysqlArrowSource(config)
     return SqlSource(config)
 
 
