@@ -222,3 +222,23 @@ def test_postgres_outage_is_an_error_not_a_hang(pg_dsn: str) -> None:
         assert {r.batch_id for r in store.pending_batches()} == {"b1", "b2"}
     finally:
         store.close()
+
+
+def test_workers_registry_and_held_leases(adapter: Adapter) -> None:
+    a, b = adapter.open(), adapter.open()
+    a.register_worker("h1:1:x", "h1", 1, 0.2)
+    b.register_worker("h2:2:y", "h2", 2, 60)
+    lease = a.try_lease("s", "t", "h1:1:tok", 30)
+    assert lease is not None
+    assert [(x["source"], x["table"], x["holder"]) for x in b.leases()] == [("s", "t",
+                                                                             "h1:1:tok")]
+    a.heartbeat_worker("h1:1:x", ["extract s.t"], {"uptime_seconds": 1})
+    seen = {w["worker_id"]: w for w in b.workers()}
+    assert seen["h1:1:x"]["units"] == ["extract s.t"] and seen["h1:1:x"]["status"] == "running"
+    time.sleep(0.8)  # three heartbeat periods of h1 without a beat: lost
+    seen = {w["worker_id"]: w for w in b.workers()}
+    assert seen["h1:1:x"]["status"] == "lost" and seen["h2:2:y"]["status"] == "running"
+    a.release_lease(lease)
+    assert b.leases() == []
+    b.stop_worker("h2:2:y")
+    assert {w["worker_id"]: w["status"] for w in a.workers()}["h2:2:y"] == "stopped"

@@ -368,6 +368,14 @@ def _print_status(report: dict[str, Any]) -> None:
     out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
               f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
               f"pending batches {report['pending_batches']}", highlight=False)
+    if report.get("workers"):
+        w = Table(title="workers")
+        for name in ("worker", "host", "pid", "status", "heartbeat", "holds"):
+            w.add_column(name, no_wrap=name != "holds", overflow="fold")
+        for row in report["workers"]:
+            w.add_row(row["worker_id"], row["host"], str(row["pid"]), row["status"],
+                      f"{row['heartbeat_age']:.1f}s ago", ", ".join(row["units"]) or "-")
+        out.print(w)
 
 
 @app.command()

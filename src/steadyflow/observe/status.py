@@ -29,6 +29,8 @@ def collect(pipeline: Any) -> dict[str, Any]:
     health = {(h.source, h.table): h for h in pipeline.state.health()}
     quarantined = pipeline.state.quarantined("open")
     failing = pipeline.state.failing_batches()
+    holders = {(lease["source"], lease["table"]): lease["holder"]
+               for lease in pipeline.state.leases()}
     tables = []
     for _, _, ref in pipeline.config.tables():
         h = health.get((ref.source, ref.table))
@@ -54,6 +56,8 @@ def collect(pipeline: Any) -> dict[str, Any]:
             "page_size": h.page_size if h else None,
             "breaker": h.breaker if h else None,
             "failing_batches": failing.get((ref.source, ref.table), 0),
+            # host:pid of the process extracting the table now (its lease), or None
+            "holder": _process(holders.get((ref.source, ref.table))),
             "state": ("failing" if failing.get((ref.source, ref.table)) and h is not None
                       and h.last_success else _state(h, freshness)),
         })
@@ -68,6 +72,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
         "pending_batches": len(pending),
         "pending_rows": sum(b.rows for b in pending),
         "runs": pipeline.state.runs(10),
+        "workers": pipeline.state.workers(),
         "reconcile": pipeline.state.last_reconcile(),
     })
     report["health"], report["exit_code"] = overall(report)
@@ -83,17 +88,27 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     """The pipeline's health in one word, and the exit code `status` gives it.
 
     failing (2): a table in error or whose source is down, an open breaker, a batch that
-    failed for good, or a stopped loop: data is not moving and will not by itself.
+    failed for good, a stopped loop, or workers that ran and none of which is heard of
+    now: data is not moving and will not by itself.
     degraded (1): a table that failed since its last success (it retries) or a half-open
     breaker. healthy (0): everything else, tables still waiting for their first load too.
     """
     tables = report.get("tables", [])
+    workers = report.get("workers", [])
+    if workers and not any(w["status"] == "running" for w in workers) and any(
+            w["status"] == "lost" for w in workers):
+        return "failing", EXIT_CODES["failing"]  # workers ran, and none is heard of now
     if loop_error or any(t["state"] in _FAILING_STATES or t.get("breaker") == "open"
                          or t.get("failing_batches") for t in tables):
         return "failing", EXIT_CODES["failing"]
     if any(t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables):
         return "degraded", EXIT_CODES["degraded"]
     return "healthy", EXIT_CODES["healthy"]
+
+
+def _process(holder: str | None) -> str | None:
+    """host:pid of a lease holder ("host:pid:token"), the name a worker is listed under."""
+    return ":".join(holder.split(":")[:2]) if holder else None
 
 
 def _state(h: Any, freshness: float | None) -> str:

@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS reconcile_runs (
   id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, tbl TEXT NOT NULL, at REAL NOT NULL,
   buckets INTEGER, rows_compared INTEGER, missing INTEGER, extra INTEGER, mismatched INTEGER,
   repaired INTEGER, detail TEXT);
+CREATE TABLE IF NOT EXISTS workers (
+  worker_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started_at REAL NOT NULL,
+  heartbeat_at REAL NOT NULL, heartbeat_every REAL NOT NULL, units TEXT NOT NULL,
+  status TEXT NOT NULL, stopped_at REAL, stats TEXT);
 CREATE TABLE IF NOT EXISTS source_polls (
   source TEXT NOT NULL, tbl TEXT NOT NULL, high TEXT, high_epoch REAL, polled_at REAL NOT NULL,
   PRIMARY KEY (source, tbl));
@@ -309,6 +313,62 @@ class StateStore(ABC):
         c.execute("UPDATE extract_leases SET expires_at=? WHERE source=? AND tbl=?",
                   (self._now(c) + lease.seconds, lease.source, lease.table))
 
+    def leases(self) -> list[dict[str, Any]]:
+        """Every table's extraction lease that is held now: who holds it and until when
+        (by the clock the leases are measured by)."""
+        with self._tx() as c:
+            now = self._now(c)
+            rows = c.execute("SELECT source, tbl, holder, expires_at, generation FROM "
+                             "extract_leases WHERE holder IS NOT NULL AND expires_at > ? "
+                             "ORDER BY source, tbl", (now,)).fetchall()
+        cols = ["source", "table", "holder", "expires_at", "generation"]
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    # --- workers (steadyflow worker) -----------------------------------------------------
+    def register_worker(self, worker_id: str, host: str, pid: int,
+                        heartbeat_every: float) -> None:
+        with self._tx() as c:
+            now = self._now(c)
+            c.execute("INSERT INTO workers(worker_id, host, pid, started_at, heartbeat_at, "
+                      "heartbeat_every, units, status) VALUES (?,?,?,?,?,?,'[]','running') "
+                      "ON CONFLICT(worker_id) DO UPDATE SET heartbeat_at=excluded.heartbeat_at, "
+                      "status='running', stopped_at=NULL",
+                      (worker_id, host, pid, now, now, heartbeat_every))
+
+    def heartbeat_worker(self, worker_id: str, units: list[str], stats: dict[str, Any],
+                         status: str = "running") -> None:
+        """The worker is alive now and holds `units` (and says what it did so far)."""
+        with self._tx() as c:
+            c.execute("UPDATE workers SET heartbeat_at=?, units=?, stats=?, status=? "
+                      "WHERE worker_id=?", (self._now(c), json.dumps(units),
+                                            json.dumps(stats), status, worker_id))
+
+    def stop_worker(self, worker_id: str) -> None:
+        with self._tx() as c:
+            now = self._now(c)
+            c.execute("UPDATE workers SET status='stopped', stopped_at=?, heartbeat_at=?, "
+                      "units='[]' WHERE worker_id=?", (now, now, worker_id))
+
+    def workers(self, since: float = 3600.0) -> list[dict[str, Any]]:
+        """Workers seen in the last `since` seconds, with their heartbeat's age measured by
+        the state's clock (a worker's host clock may differ from the reader's)."""
+        with self._tx() as c:
+            now = self._now(c)
+            rows = c.execute("SELECT worker_id, host, pid, started_at, heartbeat_at, "
+                             "heartbeat_every, units, status, stopped_at, stats FROM workers "
+                             "WHERE heartbeat_at > ? ORDER BY started_at",
+                             (now - since,)).fetchall()
+        out = []
+        for r in rows:
+            age = now - r[4]
+            status = r[7]
+            if status == "running" and age > 3 * r[5]:
+                status = "lost"  # no heartbeat for three periods: killed, stopped or cut off
+            out.append({"worker_id": r[0], "host": r[1], "pid": r[2], "started_at": r[3],
+                        "heartbeat_age": age, "units": json.loads(r[6]), "status": status,
+                        "stopped_at": r[8], "stats": json.loads(r[9]) if r[9] else {}})
+        return out
+
     # --- manifest ----------------------------------------------------------------
     def record_landed(self, ref: BatchRef, lease: Lease | None = None) -> None:
         """Add a landed batch to the manifest (the sweeper's truth). With `lease`, only if
@@ -368,6 +428,31 @@ class StateStore(ABC):
     def batch(self, batch_id: str) -> BatchRef | None:
         rows = self._query("SELECT ref FROM manifest WHERE batch_id=?", (batch_id,))
         return BatchRef.from_json(rows[0][0]) if rows else None
+
+    def landed_batches(self, source: str | None = None, table: str | None = None
+                       ) -> list[tuple[BatchRef, str]]:
+        """Every batch whose landed file is still kept (status not 'gone'), with its
+        status, oldest first: what `compact` and `gc` work on (run/compact.py,
+        run/retention.py)."""
+        where, params = _filters(source=source, tbl=table)
+        where = f"{where} AND status<>'gone'" if where else " WHERE status<>'gone'"
+        rows = self._query(f"SELECT ref, status FROM manifest{where} ORDER BY landed_at",
+                           params)
+        return [(BatchRef.from_json(r[0]), r[1]) for r in rows]
+
+    def relocate(self, refs: Sequence[BatchRef]) -> None:
+        """Point these batches' manifest entries at where compaction moved them, in ONE
+        transaction: every batch of a compacted file is moved, or none is."""
+        with self._tx() as c:
+            c.executemany("UPDATE manifest SET ref=? WHERE batch_id=?",
+                          [(r.to_json(), r.batch_id) for r in refs])
+
+    def mark_gone(self, batch_ids: Sequence[str]) -> None:
+        """These loaded batches' files were deleted (landing.retention, `steadyflow gc`);
+        their manifest rows stay as history. A batch not loaded is never marked."""
+        with self._tx() as c:
+            c.executemany("UPDATE manifest SET status='gone' WHERE batch_id=? AND status IN "
+                          "('loaded', 'duplicate')", [(b,) for b in batch_ids])
 
     # --- run history ---------------------------------------------------------------
     def start_run(self, command: str) -> int:

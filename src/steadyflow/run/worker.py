@@ -1,0 +1,112 @@
+"""`steadyflow worker`: one of any number of processes, on any number of hosts, that share one
+pipeline's state (PostgreSQL), buffer (NATS JetStream), landing zone (object store) and
+warehouse (PostgreSQL), and split its work between them.
+
+A worker is the follow loop in shared mode plus a heartbeat; it adds no coordinator, because
+each unit of work already has its own owner:
+- "extract table T from its checkpoint": the table's extraction lease (run/lease.py), taken
+  without waiting; a table another worker holds is simply theirs this time. The lease's
+  generation fences a worker that stalls past it (SIGSTOP, a GC pause, a partition): what
+  it then tries to record or advance raises ExtractionFenced in the state transaction;
+- "load batch B": one JetStream work-queue delivery, redelivered after its lease if the
+  worker dies; the warehouse ledger makes a second load of B a no-op, and the extraction
+  sequence lets the later read of a row win whoever merges last.
+A worker that leaves on SIGTERM finishes the unit in hand and releases its leases; one that
+is SIGKILLed loses nothing either: its leases expire and its deliveries come back.
+
+The heartbeat (every `heartbeat_every` seconds, into the state's `workers` table) is for
+operators (`steadyflow status`, the status page): it says which host and pid each worker is,
+which tables it holds and when it was last heard of. Correctness never depends on it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from steadyflow.errors import ConfigError
+from steadyflow.observe import logs
+
+log = logs.get("run")
+
+HEARTBEAT_SECONDS = 5.0
+
+
+def check_shareable(config: Any) -> list[str]:
+    """Refuse what cannot be shared between worker processes; return warnings for what can
+    be shared by the processes of one host only."""
+    if config.warehouse.kind == "duckdb":
+        raise ConfigError(
+            "workers need a warehouse they can all write to: warehouse.kind is duckdb, a "
+            "file with one writing process at a time. Set warehouse.kind: postgres (and a "
+            "dsn), or run the pipeline in one process with `steadyflow run --follow`")
+    warnings = []
+    if config.state.kind == "sqlite":
+        warnings.append("state.kind is sqlite: only workers on this host can share it (set "
+                        "state.kind: postgres for workers on several hosts)")
+    if config.buffer.kind == "sqlite":
+        warnings.append("buffer.kind is sqlite: only workers on this host can share it (set "
+                        "buffer.kind: jetstream for workers on several hosts)")
+    if getattr(config.landing, "url", None) is None:
+        warnings.append("landing is a local folder: workers on other hosts cannot read it "
+                        "unless it is a shared filesystem (set landing.url: s3://...)")
+    return warnings
+
+
+class Worker:
+    """Runs a pipeline's follow loop as one worker among many, with a heartbeat."""
+
+    def __init__(self, pipeline: Any, heartbeat_every: float = HEARTBEAT_SECONDS) -> None:
+        self.pipeline = pipeline
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.worker_id = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self.heartbeat_every = heartbeat_every
+        self._done = threading.Event()
+        self._started = time.time()
+
+    def run(self) -> Any:
+        """Work until stopped (SIGTERM/SIGINT call `stop`); returns the run's summary."""
+        for warning in check_shareable(self.pipeline.config):
+            log.warning("%s", warning, extra={"stage": "worker"})
+        self.pipeline.shared = True
+        state = self.pipeline.state
+        state.register_worker(self.worker_id, self.host, self.pid, self.heartbeat_every)
+        log.info("worker %s started", self.worker_id, extra={"stage": "worker"})
+        beat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            return self.pipeline.run(follow=True)
+        finally:
+            self._done.set()
+            beat.join(timeout=self.heartbeat_every + 5)
+            try:
+                state.stop_worker(self.worker_id)
+            except Exception as exc:  # noqa: BLE001 - the heartbeat's age tells the rest
+                log.warning("could not record the worker's stop: %s", exc,
+                            extra={"stage": "worker"})
+            log.info("worker %s stopped", self.worker_id, extra={"stage": "worker"})
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    def held_units(self) -> list[str]:
+        """The tables whose extraction lease this process holds now."""
+        mine = f"{self.host}:{self.pid}:"
+        return [f"extract {lease['source']}.{lease['table']}"
+                for lease in self.pipeline.state.leases()
+                if str(lease["holder"]).startswith(mine)]
+
+    def _beat(self) -> None:
+        while not self._done.wait(self.heartbeat_every):
+            try:
+                self.pipeline.state.heartbeat_worker(
+                    self.worker_id, self.held_units(),
+                    {"uptime_seconds": round(time.time() - self._started, 1)})
+            except Exception as exc:  # noqa: BLE001 - unreachable state: next beat retries
+                log.warning("heartbeat not recorded (retrying): %s", exc,
+                            extra={"stage": "worker"})
