@@ -229,6 +229,42 @@ def run(config: ConfigOpt,
 
 
 @app.command()
+def worker(config: ConfigOpt,
+           serve_at: Annotated[str | None, typer.Option(
+               "--serve", help="also serve this worker's /metrics and the status page on "
+               "[HOST:]PORT")] = None,
+           heartbeat: Annotated[float, typer.Option(
+               help="seconds between two heartbeats in the state store")] = 5.0,
+           ) -> None:
+    """Work on the pipeline beside any number of other workers, on any hosts, until stopped.
+
+    Each table is extracted by one worker at a time (its lease), each batch is loaded once
+    (the buffer's delivery and the warehouse ledger). SIGTERM finishes the work in hand and
+    hands the rest back; the others carry on without it.
+    """
+    from steadyflow.observe.web import StatusServer, parse_address
+    from steadyflow.run.worker import Worker
+
+    try:
+        with _open(config) as pipeline:
+            unit = Worker(pipeline, heartbeat_every=heartbeat)
+            _install_signals(unit)
+            server = (StatusServer(pipeline, *parse_address(serve_at), live=True).start()
+                      if serve_at else None)
+            if server is not None:
+                console.print(f"status page {server.url}  metrics {server.url}metrics")
+            started = time.monotonic()
+            try:
+                summary = unit.run()
+            finally:
+                if server is not None:
+                    server.stop()
+            _print_summary(summary, True, time.monotonic() - started)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@app.command()
 def extract(config: ConfigOpt,
             table: Annotated[list[str] | None, typer.Option(help="source.table")] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
