@@ -21,7 +21,7 @@ import pytest
 
 from steadyflow.errors import ExtractionFenced, StateUnavailable
 from steadyflow.model import BatchRef, Watermark
-from steadyflow.state import Lease, SqliteStateStore, StateStore
+from steadyflow.state import ChunkLease, Lease, SqliteStateStore, StateStore
 from steadyflow.state.postgres import PostgresStateStore
 
 
@@ -78,6 +78,51 @@ def test_backfill_runs_start_advance_finish(adapter: Adapter) -> None:
     s.finish_backfill("s", "t")
     assert s.backfill("s", "t") is None
     assert s.checkpoint("s", "t") == high
+
+
+def test_backfill_chunks_are_leased_fenced_and_gate_the_checkpoint(adapter: Adapter) -> None:
+    a, b = adapter.open(), adapter.open()
+    high = Watermark(10, (100,))
+    bounds = [(None, Watermark(1, (50,))), (Watermark(1, (50,)), Watermark(2, (9,)))]
+    assert a.plan_backfill("s", "t", high, bounds, since='"x"')
+    assert not b.plan_backfill("s", "t", Watermark(99, (1,)), bounds[:1])  # planned once
+    assert a.backfill("s", "t") == (high, None)
+    first = a.claim_chunk("s", "t", "h:1:a", 30)
+    second = b.claim_chunk("s", "t", "h:1:b", 30)
+    assert first is not None and second is not None
+    assert (first.chunk, first.low, first.high, first.since) == (0, None, bounds[0][1], '"x"')
+    assert (second.chunk, second.low, second.high) == (1, *bounds[1])
+    assert a.claim_chunk("s", "t", "h:1:c", 30) is None  # both held by live holders
+    a.advance_chunk(first, Watermark(1, (20,)), 20)
+    assert not a.finish_backfill("s", "t")  # chunks left: the checkpoint does not move
+    assert a.checkpoint("s", "t") is None
+    # the second holder stalls past its lease: a third takes chunk 1 over and resumes
+    # after its last key; the stalled one is fenced from then on
+    b.advance_chunk(second, Watermark(1, (70,)), 5)
+    expired = ChunkLease(second.source, second.table, second.holder, second.generation,
+                         0.0, second.chunk)
+    b.renew_lease(expired)  # a 0 s renewal: the chunk's lease ends now
+    time.sleep(0.05)
+    third = a.claim_chunk("s", "t", "h:1:c", 30)
+    assert third is not None and third.chunk == 1 and third.generation == second.generation + 1
+    assert third.after == Watermark(1, (70,))
+    for step in (lambda: b.advance_chunk(second, Watermark(2, (1,)), 1),
+                 lambda: b.record_landed(_ref("stale"), lease=second),
+                 lambda: b.finish_chunk(second), lambda: b.renew_lease(second)):
+        with pytest.raises(ExtractionFenced):
+            step()
+    assert b.batch("stale") is None
+    a.record_landed(_ref("fresh"), lease=third)
+    a.finish_chunk(third)
+    b.release_lease(second)  # not its lease any more: nothing changes
+    a.finish_chunk(first)
+    chunks = b.backfill_chunks("s", "t")
+    assert [(c.status, c.rows, c.holder) for c in chunks] == [("done", 20, None),
+                                                              ("done", 5, None)]
+    assert b.claim_chunk("s", "t", "h:1:d", 30) is None
+    assert a.finish_backfill("s", "t")
+    assert b.checkpoint("s", "t") == high
+    assert b.backfill("s", "t") is None and b.backfill_chunks("s", "t") == []
 
 
 def test_sequence_strictly_increases_across_instances_and_threads(adapter: Adapter) -> None:

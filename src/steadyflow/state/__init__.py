@@ -7,10 +7,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from steadyflow.state.sqlite import SqliteStateStore, open_sqlite
-from steadyflow.state.store import Lease, StateStore, TableHealth, holder_alive, pid_alive
+from steadyflow.state.store import (
+    BackfillChunk,
+    ChunkLease,
+    Lease,
+    StateStore,
+    TableHealth,
+    holder_alive,
+    pid_alive,
+)
 
-__all__ = ["Lease", "StateStore", "SqliteStateStore", "TableHealth", "holder_alive",
-           "open_sqlite", "open_state", "pid_alive"]
+__all__ = ["BackfillChunk", "ChunkLease", "Lease", "StateStore", "SqliteStateStore",
+           "TableHealth", "holder_alive", "open_sqlite", "open_state", "pid_alive"]
 
 
 def open_state(kind: str, state_dir: Path, dsn: str | None = None,

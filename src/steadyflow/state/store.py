@@ -42,6 +42,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS backfills (
   source TEXT NOT NULL, tbl TEXT NOT NULL, high TEXT NOT NULL, after TEXT,
   started_at REAL NOT NULL, PRIMARY KEY (source, tbl));
+CREATE TABLE IF NOT EXISTS backfill_chunks (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, chunk INTEGER NOT NULL, low TEXT, high TEXT NOT NULL,
+  after TEXT, status TEXT NOT NULL, holder TEXT, expires_at REAL NOT NULL,
+  generation INTEGER NOT NULL, rows INTEGER NOT NULL, since TEXT, done_at REAL,
+  PRIMARY KEY (source, tbl, chunk));
 CREATE TABLE IF NOT EXISTS manifest (
   batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, tbl TEXT NOT NULL, ref TEXT NOT NULL,
   rows INTEGER NOT NULL, landed_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'landed',
@@ -122,6 +127,37 @@ class Lease:
     holder: str
     generation: int
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkLease(Lease):
+    """One acquisition of a backfill chunk's lease (run/backfill.py). It fences like the
+    table's lease (`_fence` checks the chunk's generation), and carries what its holder
+    reads: keys after `low` (exclusive; None = from the first key) up to `high` (included),
+    resuming after `after`, the last key an earlier holder landed. `since` is the cursor
+    pass's re-read start noted when the load was planned (encoded), kept in every page's
+    meta as a cursor pass's pages keep theirs."""
+
+    chunk: int = 0
+    low: Watermark | None = None
+    high: Watermark | None = None
+    after: Watermark | None = None
+    since: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillChunk:
+    """One key range of a partitioned initial load, as recorded (for status and tests)."""
+
+    chunk: int
+    low: Watermark | None
+    high: Watermark
+    after: Watermark | None
+    status: str  # 'pending' (maybe held now: see holder, expires_at) or 'done'
+    holder: str | None
+    expires_at: float
+    generation: int
+    rows: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +250,7 @@ class StateStore(ABC):
         with self._tx() as c:
             c.execute("DELETE FROM checkpoints WHERE source=? AND tbl=?", (source, table))
             c.execute("DELETE FROM backfills WHERE source=? AND tbl=?", (source, table))
+            c.execute("DELETE FROM backfill_chunks WHERE source=? AND tbl=?", (source, table))
 
     # --- the initial load in key order (run/extract.py: TableExtractor.backfill) -------
     def backfill(self, source: str, table: str) -> tuple[Watermark, Watermark | None] | None:
@@ -239,17 +276,93 @@ class StateStore(ABC):
             c.execute("UPDATE backfills SET after=? WHERE source=? AND tbl=?",
                       (after.to_json(), source, table))
 
-    def finish_backfill(self, source: str, table: str, lease: Lease | None = None) -> None:
+    def finish_backfill(self, source: str, table: str, lease: Lease | None = None) -> bool:
         """The whole table is landed: from here the checkpoint is the cursor position taken
-        when the initial load began, so incremental runs re-read what changed during it."""
+        when the initial load began, so incremental runs re-read what changed during it.
+
+        A partitioned load finishes only when every chunk is done, checked in this same
+        transaction (False, and nothing changes, while one is not): a checkpoint set
+        earlier would let the cursor pass start while a chunk still has rows to read, and
+        a chunk's unchanged rows (cursor before the noted position) would never be read."""
         with self._tx() as c:
             self._fence(c, lease)
             row = c.execute("SELECT high FROM backfills WHERE source=? AND tbl=?",
                             (source, table)).fetchone()
             if row is None:
-                return
+                return False
+            left = c.execute("SELECT count(*) FROM backfill_chunks WHERE source=? AND tbl=? "
+                             "AND status<>'done'", (source, table)).fetchone()
+            if int(left[0]):
+                return False
             self._advance(c, source, table, Watermark.from_json(row[0]))
             c.execute("DELETE FROM backfills WHERE source=? AND tbl=?", (source, table))
+            c.execute("DELETE FROM backfill_chunks WHERE source=? AND tbl=?", (source, table))
+            return True
+
+    # --- a partitioned initial load (run/backfill.py): key-range chunks, each leased -----
+    def plan_backfill(self, source: str, table: str, high: Watermark,
+                      bounds: Sequence[tuple[Watermark | None, Watermark]],
+                      since: str | None = None, lease: Lease | None = None) -> bool:
+        """Start an initial load split into key ranges `bounds` [(low exclusive, high
+        included), ...], in one transaction with its noted cursor position `high`. False
+        (and nothing changes) when a load of the table is started already."""
+        with self._tx() as c:
+            self._fence(c, lease)
+            if c.execute("SELECT 1 FROM backfills WHERE source=? AND tbl=?",
+                         (source, table)).fetchone() is not None:
+                return False
+            c.execute("INSERT INTO backfills VALUES (?,?,?,NULL,?)",
+                      (source, table, high.to_json(), time.time()))
+            c.executemany(
+                "INSERT INTO backfill_chunks(source, tbl, chunk, low, high, status, "
+                "expires_at, generation, rows, since) VALUES (?,?,?,?,?,'pending',0,0,0,?)",
+                [(source, table, n, low.to_json() if low is not None else None,
+                  top.to_json(), since) for n, (low, top) in enumerate(bounds)])
+            return True
+
+    def backfill_chunks(self, source: str, table: str) -> list[BackfillChunk]:
+        rows = self._query("SELECT chunk, low, high, after, status, holder, expires_at, "
+                           "generation, rows FROM backfill_chunks WHERE source=? AND tbl=? "
+                           "ORDER BY chunk", (source, table))
+        return [BackfillChunk(int(r[0]), _mark(r[1]), Watermark.from_json(r[2]), _mark(r[3]),
+                              r[4], r[5], float(r[6]), int(r[7]), int(r[8])) for r in rows]
+
+    def claim_chunk(self, source: str, table: str, holder: str, seconds: float
+                    ) -> ChunkLease | None:
+        """Lease the first chunk not done that nobody live holds (free, expired, or held by
+        a dead process on this host); None when there is none. Each acquisition gets the
+        chunk's next generation, which fences every earlier holder of that chunk."""
+        with self._tx() as c:
+            rows = c.execute("SELECT chunk, holder, expires_at, generation, low, high, after, "
+                             "since FROM backfill_chunks WHERE source=? AND tbl=? AND "
+                             f"status='pending' ORDER BY chunk{self._lock_rows}",
+                             (source, table)).fetchall()
+            now = self._now(c)
+            for chunk, held, expires, gen, low, top, after, since in rows:
+                if held and held != holder and expires > now and holder_alive(held):
+                    continue
+                c.execute("UPDATE backfill_chunks SET holder=?, expires_at=?, generation=? "
+                          "WHERE source=? AND tbl=? AND chunk=?",
+                          (holder, now + seconds, int(gen) + 1, source, table, chunk))
+                return ChunkLease(source, table, holder, int(gen) + 1, seconds, int(chunk),
+                                  _mark(low), Watermark.from_json(top), _mark(after), since)
+        return None
+
+    def advance_chunk(self, lease: ChunkLease, after: Watermark, rows: int) -> None:
+        """A page of the chunk is published: its last key and its rows (fenced)."""
+        with self._tx() as c:
+            self._fence(c, lease)
+            c.execute("UPDATE backfill_chunks SET after=?, rows=rows+? WHERE source=? AND "
+                      "tbl=? AND chunk=?",
+                      (after.to_json(), rows, lease.source, lease.table, lease.chunk))
+
+    def finish_chunk(self, lease: ChunkLease) -> None:
+        """Every key of the chunk is landed (fenced): it is never read again."""
+        with self._tx() as c:
+            self._fence(c, lease)
+            c.execute("UPDATE backfill_chunks SET status='done', holder=NULL, expires_at=0, "
+                      "done_at=? WHERE source=? AND tbl=? AND chunk=?",
+                      (self._now(c), lease.source, lease.table, lease.chunk))
 
     # --- extraction leases ------------------------------------------------------------
     def try_lease(self, source: str, table: str, holder: str, seconds: float) -> Lease | None:
@@ -287,6 +400,12 @@ class StateStore(ABC):
     def release_lease(self, lease: Lease) -> None:
         """Free the lease at once (if still ours): the next extractor need not wait."""
         with self._tx() as c:
+            if isinstance(lease, ChunkLease):
+                c.execute("UPDATE backfill_chunks SET holder=NULL, expires_at=0 WHERE "
+                          "source=? AND tbl=? AND chunk=? AND holder=? AND generation=?",
+                          (lease.source, lease.table, lease.chunk, lease.holder,
+                           lease.generation))
+                return
             c.execute("UPDATE extract_leases SET holder=NULL, expires_at=0 WHERE source=? "
                       "AND tbl=? AND holder=? AND generation=?",
                       (lease.source, lease.table, lease.holder, lease.generation))
@@ -295,6 +414,9 @@ class StateStore(ABC):
         """Inside a state transaction: raise ExtractionFenced unless `lease` is still the
         table's current one, else extend it (every durable step is also a renewal)."""
         if lease is None:
+            return
+        if isinstance(lease, ChunkLease):
+            self._fence_chunk(c, lease)
             return
         row = c.execute("SELECT holder, generation FROM extract_leases WHERE source=? AND "
                         f"tbl=?{self._lock_rows}", (lease.source, lease.table)).fetchone()
@@ -312,6 +434,26 @@ class StateStore(ABC):
                      "long, look for what stalls it (swap, a stopped terminal, SIGSTOP)")
         c.execute("UPDATE extract_leases SET expires_at=? WHERE source=? AND tbl=?",
                   (self._now(c) + lease.seconds, lease.source, lease.table))
+
+    def _fence_chunk(self, c: Tx, lease: ChunkLease) -> None:
+        """`_fence` for a backfill chunk: its current holder and generation, else
+        ExtractionFenced; extends the chunk's lease."""
+        row = c.execute("SELECT holder, generation FROM backfill_chunks WHERE source=? AND "
+                        f"tbl=? AND chunk=?{self._lock_rows}",
+                        (lease.source, lease.table, lease.chunk)).fetchone()
+        if row is None or row[0] != lease.holder or row[1] != lease.generation:
+            holder, generation = (row[0], row[1]) if row is not None else (None, 0)
+            raise ExtractionFenced(
+                f"this reader lost its lease on chunk {lease.chunk} of the initial load "
+                f"(generation {lease.generation}; now generation {generation}, held by "
+                f"{holder or 'nobody'}): another reader took the chunk over after this one "
+                f"stalled past its {lease.seconds:g}s lease, so it records and advances "
+                "nothing", stage="extract", source=lease.source, table=lease.table,
+                hint="nothing to repair: the new holder reads the chunk from its last "
+                     "recorded key")
+        c.execute("UPDATE backfill_chunks SET expires_at=? WHERE source=? AND tbl=? AND "
+                  "chunk=?", (self._now(c) + lease.seconds, lease.source, lease.table,
+                              lease.chunk))
 
     def leases(self) -> list[dict[str, Any]]:
         """Every table's extraction lease that is held now: who holds it and until when
@@ -612,6 +754,10 @@ class StateStore(ABC):
             "WHERE r2.source=r.source AND r2.tbl=r.tbl) ORDER BY source, tbl"
         )
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _mark(text: str | None) -> Watermark | None:
+    return Watermark.from_json(text) if text else None
 
 
 def _filters(**equal: str | None) -> tuple[str, tuple[str, ...]]:
