@@ -265,6 +265,77 @@ def worker(config: ConfigOpt,
 
 
 @app.command()
+def autoscale(config: ConfigOpt,
+              minimum: Annotated[int, typer.Option("--min", help="workers kept at least")] = 1,
+              maximum: Annotated[int, typer.Option("--max", help="workers kept at most")] = 4,
+              backlog_high: Annotated[int, typer.Option(
+                  help="batches waiting in the buffer above which workers are added")] = 8,
+              lag_high: Annotated[str, typer.Option(
+                  help="extraction lag above which workers are added")] = "30s",
+              backlog_low: Annotated[int, typer.Option(
+                  help="batches waiting at or below which workers are removed")] = 0,
+              lag_low: Annotated[str, typer.Option(
+                  help="extraction lag at or below which workers are removed")] = "5s",
+              up_after: Annotated[str, typer.Option(
+                  help="how long the lag stays above before workers are added")] = "30s",
+              down_after: Annotated[str, typer.Option(
+                  help="how long the lag stays below before a worker is removed")] = "2m",
+              cooldown: Annotated[str, typer.Option(help="between two changes")] = "1m",
+              sample_every: Annotated[str, typer.Option(help="between two lag samples")] = "2s",
+              drain_grace: Annotated[str, typer.Option(
+                  help="a removed worker's time to finish its unit before SIGKILL")] = "2m",
+              heartbeat: Annotated[float, typer.Option(
+                  help="the workers' --heartbeat")] = 5.0,
+              serve_at: Annotated[str | None, typer.Option(
+                  "--serve", help="serve the autoscaler's /metrics on [HOST:]PORT")] = None,
+              ) -> None:
+    """Keep between --min and --max local `steadyflow worker` processes, from the lag.
+
+    Adds workers when the buffer backlog or the extraction lag stays high, removes one
+    (SIGTERM: it finishes its unit and hands the rest back) when both stay low, restarts a
+    worker that dies; on SIGTERM, stops them all. Every decision is logged with its reason.
+    """
+    import logging
+
+    from steadyflow.errors import ConfigError
+    from steadyflow.model import parse_duration
+    from steadyflow.observe.web import parse_address
+    from steadyflow.run import autoscale as scaling
+    from steadyflow.run.worker import check_shareable
+
+    try:
+        policy = scaling.Policy(
+            minimum, maximum, backlog_high, parse_duration(lag_high), backlog_low,
+            parse_duration(lag_low), parse_duration(up_after), parse_duration(down_after),
+            parse_duration(cooldown))
+        every, grace = parse_duration(sample_every), parse_duration(drain_grace)
+    except ValueError as exc:
+        _fail(ConfigError(str(exc)))
+        return
+    level = logging.getLevelName(logging.getLogger("steadyflow").level).lower()
+    logs.get("autoscale").setLevel("INFO")  # its decisions are what it is run for
+    try:
+        with _open(config) as pipeline:
+            check_shareable(pipeline.config)
+            workers = scaling.WorkerProcesses(
+                scaling.worker_command(config, level, heartbeat), grace)
+            scaler = scaling.Autoscaler(scaling.LagProbe(pipeline).read, workers, policy,
+                                        sample_every=every)
+            _install_signals(scaler)
+            stop_serving = (scaling.serve_metrics(scaler.metrics, *parse_address(serve_at))
+                            if serve_at else None)
+            try:
+                code = scaler.run()
+            finally:
+                if stop_serving is not None:
+                    stop_serving()
+            if code:
+                raise typer.Exit(code)  # a worker had to be SIGKILLed or failed to stop
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+@app.command()
 def extract(config: ConfigOpt,
             table: Annotated[list[str] | None, typer.Option(help="source.table")] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
