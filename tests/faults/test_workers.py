@@ -34,6 +34,8 @@ from tests.faults.test_chaos_tables import shape, source_rows, warehouse_rows
 from tests.support.chaos_tables import CONTRACTS, TABLES, SourceDb, Writers, create_tables
 from tests.support.table_oracle import Diff, compare
 
+from steadyflow.observe.page import render_page
+
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 CUSTOMERS, ORDERS = 60, 200
@@ -221,6 +223,12 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse: dict[str, Any], work
     running = [w for w in report["workers"] if w["status"] == "running"]
     assert len(running) >= 3, report["workers"]
     assert any(w["status"] == "lost" for w in report["workers"]), report["workers"]  # killed
+    holders = {t["holder"] for t in report["tables"]} - {None}
+    assert holders <= {f"{w['host']}:{w['pid']}" for w in running}, (holders, running)
+    page = render_page(report, {})
+    assert "Workers" in page and all(w["worker_id"] in page for w in running)
+    text = steadyflow("status", "-c", str(cfg), timeout=60, env={"COLUMNS": "250"}).stdout
+    assert "workers" in text and all(str(w["pid"]) in text for w in running), text
 
     deadline = time.monotonic() + CATCH_UP
     while True:  # converged: equal, and nothing landed is left unloaded or queued
