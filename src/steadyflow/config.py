@@ -397,7 +397,7 @@ class LandingConfig(_Strict):
     @field_validator("compact_target", mode="before")
     @classmethod
     def _size(cls, value: Any) -> Any:
-        return _bytes(value) if isinstance(value, str) else value
+        return parse_size(value) if isinstance(value, str) else value
 
     @field_validator("url")
     @classmethod
@@ -419,7 +419,7 @@ class LandingConfig(_Strict):
         return self
 
 
-def _bytes(text: str) -> int:
+def parse_size(text: str) -> int:
     """Bytes from '64MB', '512KiB', '1GB' or a bare number (powers of 1024 either way)."""
     match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B?)?\s*", text, re.IGNORECASE)
     if not match:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -287,3 +287,26 @@ def test_workers_registry_and_held_leases(adapter: Adapter) -> None:
     assert b.leases() == []
     b.stop_worker("h2:2:y")
     assert {w["worker_id"]: w["status"] for w in a.workers()}["h2:2:y"] == "stopped"
+
+
+def test_manifest_relocate_and_mark_gone(adapter: Adapter) -> None:
+    """Compaction moves batches into a file's row groups all at once (`relocate`); gc marks
+    loaded batches whose files it deleted 'gone' and keeps their rows (`mark_gone`)."""
+    a, b = adapter.open(), adapter.open()
+    for i in range(3):
+        a.record_landed(_ref(f"b{i}"))
+    for i in range(2):
+        a.mark_loaded(f"b{i}", 3, 0)
+    live = sorted(b.landed_batches("s", "t"), key=lambda e: e[0].batch_id)
+    assert [(r.batch_id, s) for r, s in live] == [
+        ("b0", "loaded"), ("b1", "loaded"), ("b2", "landed")]
+    assert b.landed_batches("s", "other") == []
+    moved = [replace(r, path="s/t/date=2026-01-01/compact-x.parquet", part=(i, i + 1))
+             for i, (r, _) in enumerate(live[:2])]
+    a.relocate(moved)
+    assert b.batch("b1") == moved[1] and moved[1].part == (1, 2)  # `part` round-trips
+    a.mark_gone(["b0", "b1", "b2"])  # b2 is not loaded: never marked
+    assert [(r.batch_id, s) for r, s in b.landed_batches()] == [("b2", "landed")]
+    assert {x["batch_id"]: x["status"] for x in b.batches()} == {
+        "b0": "gone", "b1": "gone", "b2": "landed"}
+    assert [r.batch_id for r in b.pending_batches()] == ["b2"]

@@ -14,15 +14,13 @@ import json
 import signal
 import sqlite3
 from contextlib import closing
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from tests.conftest import steadyflow
-from tests.support.gen import Col, Table
+from tests.support.items import TABLE, make_source, write_config
 from tests.support.oracle import diff, read_source, read_warehouse
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint, s3_endpoint
 
@@ -32,44 +30,12 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 ROWS = 3_000
 PAGE = 250
-TABLE = Table("items", [Col("id", "int64", nullable=False), Col("note", "text"),
-                        Col("amount", "dec", p=12, s=3), Col("updated_at", "ts", nullable=False)],
-              key=["id"], cursor="updated_at")
-CONTRACT: dict[str, Any] = {
-    "primary_key": ["id"], "cursor": "updated_at",
-    "columns": {"id": {"type": "int64", "nullable": False}, "note": {"type": "string"},
-                "amount": {"type": "decimal(12,3)"},
-                "updated_at": {"type": "timestamp", "nullable": False}}}
 ENV = {"SF_S3_ACCESS": ACCESS_KEY, "SF_S3_SECRET": SECRET_KEY}
 
 
-def make_source(path: Path, rows: int) -> None:
-    base = datetime(2026, 1, 1, tzinfo=UTC)
-    with closing(sqlite3.connect(path)) as db:
-        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT, amount TEXT, "
-                   "updated_at TEXT NOT NULL)")
-        db.execute("CREATE INDEX items_cursor ON items (updated_at, id)")
-        db.executemany("INSERT INTO items VALUES (?,?,?,?)", [
-            (i, f"note {i} ✓", f"{i}.{i % 1000:03d}",
-             (base + timedelta(seconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f"))
-            for i in range(1, rows + 1)])
-        db.commit()
-
-
-def write_config(directory: Path, endpoint: S3Endpoint, bucket: str) -> Path:
-    config = {
-        "name": "s3landing", "state_dir": "state",
-        "landing": {"url": f"s3://{bucket}/lz", "endpoint": endpoint.url, "region": REGION,
-                    "access_key": "${SF_S3_ACCESS}", "secret_key": "${SF_S3_SECRET}"},
-        "warehouse": {"kind": "duckdb", "path": "warehouse.duckdb"},
-        "contracts": {"items": CONTRACT},
-        "sources": [{"name": "shop", "kind": "sqlite", "path": "shop.db",
-                     "tables": [{"name": "items", "contract": "items", "page_size": PAGE,
-                                 "lookback": "5s"}]}],
-    }
-    path = directory / "pipeline.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+def s3_landing(endpoint: S3Endpoint, bucket: str) -> dict[str, Any]:
+    return {"url": f"s3://{bucket}/lz", "endpoint": endpoint.url, "region": REGION,
+            "access_key": "${SF_S3_ACCESS}", "secret_key": "${SF_S3_SECRET}"}
 
 
 def manifest(directory: Path) -> list[dict[str, Any]]:
@@ -83,7 +49,7 @@ def test_sigkill_mid_run_on_s3_landing_loses_and_doubles_nothing(
         tmp_path: Path, s3_endpoint: S3Endpoint, point: str) -> None:
     make_source(tmp_path / "shop.db", ROWS)
     bucket = s3_endpoint.new_bucket()
-    cfg = write_config(tmp_path, s3_endpoint, bucket)
+    cfg = write_config(tmp_path, s3_landing(s3_endpoint, bucket), page_size=PAGE)
 
     killed = steadyflow("run", "-c", str(cfg), env={**ENV, "STEADYFLOW_FAILPOINT": point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr

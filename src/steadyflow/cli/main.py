@@ -588,6 +588,48 @@ def replay(config: ConfigOpt,
         _fail(exc)
 
 
+@app.command()
+def compact(config: ConfigOpt,
+            target: Annotated[str | None, typer.Option(
+                help="file size to aim for, e.g. 64MB (default: landing.compact_target)")] = None,
+            include_today: Annotated[bool, typer.Option(
+                "--include-today", help="also today's files (by default closed days only)")
+            ] = False,
+            as_json: JsonOpt = False) -> None:
+    """Merge the small landed files of loaded batches, per table and day, into big ones."""
+    from steadyflow.config import parse_size
+    from steadyflow.errors import ConfigError
+    from steadyflow.run.compact import compact_pipeline
+
+    try:
+        with _open(config) as pipeline:
+            result = compact_pipeline(pipeline, parse_size(target) if target else None,
+                                      include_today).as_dict()
+            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
+    except (SteadyflowError, ValueError) as exc:
+        _fail(exc if isinstance(exc, SteadyflowError) else ConfigError(str(exc)))
+
+
+@app.command()
+def gc(config: ConfigOpt,
+       retention: Annotated[str | None, typer.Option(
+           help="delete files of loaded batches older than this, e.g. 7d (default: "
+                "landing.retention)")] = None,
+       as_json: JsonOpt = False) -> None:
+    """Delete landed files of loaded batches older than the retention (rows kept, 'gone')."""
+    from steadyflow.errors import ConfigError
+    from steadyflow.model import parse_duration
+    from steadyflow.run.retention import gc_pipeline
+
+    try:
+        with _open(config) as pipeline:
+            keep = parse_duration(retention) if retention else None
+            result = gc_pipeline(pipeline, keep).as_dict()
+            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
+    except (SteadyflowError, ValueError) as exc:
+        _fail(exc if isinstance(exc, SteadyflowError) else ConfigError(str(exc)))
+
+
 @quarantine_app.command("list")
 def quarantine_list(config: ConfigOpt, as_json: JsonOpt = False,
                     all_: Annotated[bool, typer.Option("--all")] = False) -> None:

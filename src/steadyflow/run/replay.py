@@ -28,8 +28,9 @@ def replay_batches(pipeline: Pipeline, batch_ids: list[str],
         raise ConfigError(f"unknown batch id(s): {', '.join(missing)}")
     if table:
         source, _, name = table.partition(".")
-        refs += [pipeline.state.batch(b["batch_id"])
-                 for b in pipeline.state.batches(source, name, limit=1_000_000)]
+        refs += [pipeline.state.batch(b["batch_id"])  # a 'gone' one's file was gc'd
+                 for b in pipeline.state.batches(source, name, limit=1_000_000)
+                 if b["status"] != "gone"]
     loader = pipeline.loader
     stamp = int(time.time() * 1000)
     rows = 0

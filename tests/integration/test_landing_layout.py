@@ -1,0 +1,224 @@
+"""Landing layout: `steadyflow compact` and `steadyflow gc` (run/compact.py, run/retention.py).
+
+- compact merges a table's small files of a day into few, and every batch still reads the
+  same rows: `replay` into an emptied warehouse and `reconcile --repair` after damage give
+  a warehouse equal to the source (independent oracle), on a local folder and on S3;
+- a compaction SIGKILLed after writing, after moving the manifest, or after deleting
+  leaves every batch readable, and the rerun finishes the job leaving no stray file;
+- gc deletes files of loaded batches past the retention only: a batch not yet loaded, or
+  with an open quarantine entry, keeps its file; the rows stay, marked gone;
+- a soak of many short cycles (rows, run, compact, gc) keeps the file count bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from tests.conftest import steadyflow
+from tests.support.items import TABLE, add_rows, make_source, write_config
+from tests.support.oracle import diff, read_source, read_warehouse
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint, s3_endpoint
+
+from steadyflow.errors import FatalError
+from steadyflow.reconcile.runner import Options, reconcile
+from steadyflow.run.compact import compact_pipeline
+from steadyflow.run.pipeline import Pipeline
+from steadyflow.run.replay import replay_batches
+from steadyflow.run.retention import collect
+
+__all__ = ["s3_endpoint"]  # the session fixture, imported for pytest to find
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+ROWS = 2_000
+PAGE = 100  # 20 batch files for 2,000 rows
+FOLDER = "shop/items/"
+ENV = {"SF_S3_ACCESS": ACCESS_KEY, "SF_S3_SECRET": SECRET_KEY, "STEADYFLOW_FAILPOINT": ""}
+
+
+@pytest.fixture(params=["local", "s3"])
+def landing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    if request.param == "local":
+        return {"path": "landing"}
+    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+    for name in ("SF_S3_ACCESS", "SF_S3_SECRET"):  # for the pipelines opened in this process
+        monkeypatch.setenv(name, ENV[name])
+    return {"url": f"s3://{endpoint.new_bucket()}/lz", "endpoint": endpoint.url,
+            "region": REGION, "access_key": "${SF_S3_ACCESS}",
+            "secret_key": "${SF_S3_SECRET}"}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = steadyflow(*args, "--json", env={**ENV, **(env or {})})
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def files(cfg: Path) -> list[str]:
+    with Pipeline.from_yaml(cfg) as pipeline:
+        return [f.path for f in pipeline.landing.store.list(FOLDER)]
+
+
+def assert_every_batch_reads(cfg: Path) -> int:
+    """Every manifest entry's rows read back whole (from its own file or its part)."""
+    total = 0
+    with Pipeline.from_yaml(cfg) as pipeline:
+        for ref, status in pipeline.state.landed_batches():
+            assert status in ("loaded", "duplicate")
+            assert pipeline.landing.read(ref).num_rows == ref.rows
+            total += ref.rows
+    return total
+
+
+def warehouse_equals_source(directory: Path) -> None:
+    expected = read_source("sqlite", str(directory / "shop.db"), TABLE)
+    actual = read_warehouse("duckdb", str(directory / "warehouse.duckdb"), "main", TABLE)
+    assert len(expected) > 0 and diff(expected, actual) == ""
+
+
+def run_in_process(cfg: Path) -> None:
+    with Pipeline.from_yaml(cfg) as pipeline:
+        pipeline.run_once()
+
+
+def replay_all(cfg: Path) -> None:
+    with Pipeline.from_yaml(cfg) as pipeline:
+        replay_batches(pipeline, [], "shop.items")
+
+
+def test_compacted_batches_replay_and_repair_to_the_source(tmp_path: Path,
+                                                            landing: dict[str, Any]) -> None:
+    make_source(tmp_path / "shop.db", ROWS)
+    cfg = write_config(tmp_path, landing, page_size=PAGE)
+    run_in_process(cfg)
+    before = files(cfg)
+    assert len(before) >= ROWS // PAGE
+
+    result = cli("compact", "-c", str(cfg), "--include-today", "--target", "16KB")
+    after = files(cfg)
+    assert result["batches_moved"] >= ROWS // PAGE
+    assert 1 <= len(after) < len(before) // 3, (before, after)
+    assert all(p.rsplit("/", 1)[-1].startswith("compact-") for p in after)
+    with Pipeline.from_yaml(cfg) as pipeline:  # the manifest names only what is there
+        assert {r.path for r, _ in pipeline.state.landed_batches()} == set(after)
+        assert all(r.part is not None for r, _ in pipeline.state.landed_batches())
+    assert assert_every_batch_reads(cfg) >= ROWS
+
+    # a warehouse restored empty: replay from the compacted files
+    (tmp_path / "warehouse.duckdb").unlink()
+    replay_all(cfg)
+    warehouse_equals_source(tmp_path)
+
+    # damage, then reconcile --repair reads and lands beside compacted files
+    with duckdb.connect(str(tmp_path / "warehouse.duckdb")) as con:
+        con.execute("DELETE FROM main.items WHERE id % 7 = 0")
+        con.execute("UPDATE main.items SET note = 'wrong' WHERE id = 10")
+    with Pipeline.from_yaml(cfg) as pipeline:
+        (report,) = reconcile(pipeline, options=Options(repair=True))
+        assert report.repair and report.repair["upserted"] > 0
+    warehouse_equals_source(tmp_path)
+
+    # compacting again leaves the big file alone and merges the repair's small files
+    with Pipeline.from_yaml(cfg) as pipeline:
+        again = compact_pipeline(pipeline, 16 << 10, include_today=True)
+    assert again.files_after <= again.files_before
+    assert_every_batch_reads(cfg)
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("point", ["compact.after_write:1", "compact.after_relocate:2",
+                                   "compact.after_delete:1"])
+def test_a_compaction_killed_midway_leaves_every_batch_readable(
+        tmp_path: Path, point: str) -> None:
+    make_source(tmp_path / "shop.db", ROWS)
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    before = files(cfg)
+    rows = assert_every_batch_reads(cfg)  # >= ROWS: lookback re-reads land again
+
+    killed = steadyflow("compact", "-c", str(cfg), "--include-today", "--target", "8KB",
+                        env={"STEADYFLOW_FAILPOINT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert assert_every_batch_reads(cfg) == rows
+
+    with Pipeline.from_yaml(cfg) as pipeline:
+        compact_pipeline(pipeline, 8 << 10, include_today=True)
+    assert assert_every_batch_reads(cfg) == rows
+    after = files(cfg)
+    with Pipeline.from_yaml(cfg) as pipeline:  # no stray file: each one is some batch's
+        assert {r.path for r, _ in pipeline.state.landed_batches()} == set(after)
+    assert len(after) < len(before) // 2
+    (tmp_path / "warehouse.duckdb").unlink()
+    replay_all(cfg)
+    warehouse_equals_source(tmp_path)
+
+
+def test_gc_deletes_only_loaded_batches_past_the_retention(tmp_path: Path) -> None:
+    make_source(tmp_path / "shop.db", 500)
+    add_rows(tmp_path / "shop.db", 501, 1, amount="-1")  # quarantined: an open entry
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    add_rows(tmp_path / "shop.db", 600, 150)
+    with Pipeline.from_yaml(cfg) as pipeline:
+        pipeline.extract()  # landed, not loaded
+    with Pipeline.from_yaml(cfg) as pipeline:
+        entries = pipeline.state.landed_batches()
+        pending = {r.batch_id for r, s in entries if s == "landed"}
+        quarantined = {q["batch_id"] for q in pipeline.state.quarantined("open")}
+        assert pending and quarantined
+        later = time.time() + 3600
+        assert collect(pipeline.landing, pipeline.state, 7200, now=later).files_deleted == 0
+        result = collect(pipeline.landing, pipeline.state, 60, now=later)
+        kept = {r.batch_id for r, _ in pipeline.state.landed_batches()}
+        history = {b["batch_id"]: b["status"] for b in pipeline.state.batches(limit=10_000)}
+        refs = {r.batch_id: r for r, _ in entries}
+    assert kept == pending | quarantined
+    assert result.files_deleted == result.batches_gone == len(entries) - len(kept) > 0
+    assert set(history) == set(refs)  # every row kept as history
+    assert {b for b, s in history.items() if s == "gone"} == set(refs) - kept
+    landed = set(files(cfg))
+    assert landed == {refs[b].path for b in kept}
+
+    run_in_process(cfg)  # the batches gc left alone still load
+    warehouse_equals_source_except_bad(tmp_path)
+    gone = next(iter(set(refs) - kept))
+    with Pipeline.from_yaml(cfg) as pipeline, pytest.raises(FatalError) as caught:
+        pipeline.landing.read(refs[gone])
+    assert refs[gone].path in str(caught.value) and "gc" in (caught.value.hint or "")
+    # the command: the rest of the loaded batches' files, but never the quarantined one's
+    result = cli("gc", "-c", str(cfg), "--retention", "1ms")
+    assert result["files_deleted"] > 0 and files(cfg) == [
+        refs[b].path for b in quarantined]
+
+
+def warehouse_equals_source_except_bad(directory: Path) -> None:
+    expected = read_source("sqlite", str(directory / "shop.db"), TABLE)
+    expected = {k: v for k, v in expected.items() if k != (501,)}
+    actual = read_warehouse("duckdb", str(directory / "warehouse.duckdb"), "main", TABLE)
+    assert diff(expected, actual) == ""
+
+
+def test_soak_file_count_stays_bounded(tmp_path: Path) -> None:
+    """25 short cycles, each adding rows: landed files grow by ~5 a cycle without
+    compaction; with `compact` after each cycle the table's files stay a handful."""
+    make_source(tmp_path / "shop.db", 100)
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=50)
+    counts: list[int] = []
+    with Pipeline.from_yaml(cfg) as pipeline:
+        for cycle in range(25):
+            add_rows(tmp_path / "shop.db", 101 + cycle * 250, 250)
+            pipeline.run_once()
+            compact_pipeline(pipeline, target=64 << 10, include_today=True)
+            counts.append(len(list(pipeline.landing.store.list(FOLDER))))
+        batches = len(pipeline.state.landed_batches())
+    assert batches >= 25 * 5
+    assert max(counts) <= 8, counts  # vs one file per batch without compaction
+    assert counts[-1] <= 8
+    warehouse_equals_source(tmp_path)
