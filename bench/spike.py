@@ -93,7 +93,7 @@ def writer_main(phases: list[tuple[float, float]], out: Any) -> None:
         if kind == "postgres":
             conn: Any = psycopg.connect(f"{PG} dbname={name}", autocommit=True)
             sql = ("INSERT INTO sales SELECT g, %s, 'SKU-' || (g %% 97), 1 + g %% 5, "
-                   "(g %% 1000) / 10.0, clock_timestamp() FROM generate_series(%s, %s) g")
+                   "(g %% 1000) / 10.0, clock_timestamp() FROM generate_series(%s::bigint, %s::bigint) g")
         else:
             conn = my_connect(name)
             sql = ("INSERT INTO sales SELECT seq, %s, concat('SKU-', seq %% 97), 1 + seq %% 5, "
@@ -241,8 +241,11 @@ class Watcher:
     def duplicates(self) -> int:
         total = 0
         for _, name in stores():
-            row = self.conn.execute(f"SELECT count(*) - count(DISTINCT sale_id) FROM "
-                                    f"wh.{name}").fetchone()
+            try:
+                row = self.conn.execute(f"SELECT count(*) - count(DISTINCT sale_id) FROM "
+                                        f"wh.{name}").fetchone()
+            except psycopg.errors.UndefinedTable:
+                continue
             total += row[0] if row else 0
         return total
 
