@@ -23,6 +23,7 @@ named `<table>/compact` (no table name holds a '/').
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import socket
@@ -91,7 +92,8 @@ def compact(landing: LandingZone, state: StateStore, tables: list[tuple[str, str
             result.busy.append(f"{source}.{table}")
             continue
         try:
-            _Table(landing, state, source, table, target, queued, result).run(
+            _Table(landing, state, source, table, target, queued, result,
+                   functools.partial(state.renew_lease, lease)).run(
                 None if include_today else today)
         finally:
             state.release_lease(lease)
@@ -107,6 +109,8 @@ class _Table:
     target: int
     queued: Callable[[str], bool]
     result: CompactResult
+    # renews the table's compaction lease between files; raises if another took it over
+    renew: Callable[[], None]
 
     def run(self, before: str | None) -> None:
         live = self.state.landed_batches(self.source, self.table)
@@ -143,6 +147,7 @@ class _Table:
         moved: list[BatchRef] = []
         for group in _groups(batches, by_file, sizes, self.target):
             while group:  # a batch of another schema (a column added) starts a new file
+                self.renew()  # before each file: a compactor that lost its lease stops
                 written, group = self._write(folder, group)
                 moved += written
         gone = {r.path for r in batches}
