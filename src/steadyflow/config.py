@@ -11,6 +11,8 @@ What is refused here, before anything runs, and why (each names the key and the 
   * tables feeding one target without a `warehouse_filter` on primary-key columns whose
     values tell them apart: merged on the key alone, one's rows would replace another's;
   * `lookback` on a cursor type that cannot step back (string, bool): it would be ignored;
+  * `lookback_mode: adaptive` where the source cannot tell its open transactions (SQLite,
+    HTTP) or the cursor is not a timestamp;
   * a float64 cursor or primary-key column: NaN has no place in keyset order (PostgreSQL
     sorts it above every number, so a NaN high mark stops a table for good) and equal
     keys must compare exactly; decimal(p,s), an integer or a timestamp can;
@@ -52,6 +54,8 @@ _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)"
 # cursor types a lookback window can step back from (model.step_back); the others would
 # silently ignore it
 STEP_BACK_TYPES = ("int64", "int32", "date", "timestamp", "decimal")
+# sources whose open transactions a poll can see (the adaptive lookback)
+ADAPTIVE_SOURCES = ("postgres", "mysql")
 # keyset order and key equality need exact, totally ordered values: no NaN
 UNORDERED_KEY_TYPES = ("float64",)
 MIN_LEASE = 1.0
@@ -257,9 +261,20 @@ class TableConfig(_Strict):
     contract: str | ContractConfig = Field(description=(
         "a contract's name from `contracts:`, or a contract written inline"))
     lookback: Duration = Field(default=0.0, description=(
-        "how far behind the checkpoint each run re-reads (e.g. 2m), so rows committed late "
-        "with an older cursor are not skipped; the merge makes the overlap harmless. Only "
-        "for timestamp, date, integer and decimal cursors"))
+        "fixed mode: how far behind the checkpoint each run re-reads (e.g. 2m), so rows "
+        "committed late with an older cursor are not skipped; the merge makes the overlap "
+        "harmless. Adaptive mode: a floor subtracted from where it re-reads, for cursors "
+        "stamped by a clock the source does not own (an application server's). Only for "
+        "timestamp, date, integer and decimal cursors"))
+    lookback_mode: Literal["auto", "adaptive", "fixed"] = Field(default="auto", description=(
+        "`adaptive` (PostgreSQL and MariaDB tables with a timestamp cursor): each poll "
+        "notes when the oldest transaction still open at the source began, and the next "
+        "poll re-reads from there (or from its checkpoint, whichever is earlier) minus "
+        "`lookback`, so a long transaction that commits late is never skipped, and with "
+        "none open almost nothing is re-read; needs pg_read_all_stats (PostgreSQL) or "
+        "PROCESS (MariaDB), and falls back to the fixed window, with a warning, without "
+        "it. `fixed`: always re-read the `lookback` window. `auto` (default): adaptive "
+        "where it applies, fixed elsewhere (SQLite, HTTP, other cursor types)"))
     # DuckDB's row group: a page that fills whole row groups is written once at commit,
     # a partial one is rewritten by every later checkpoint (bench/NOTES.md: inserting 2M rows
     # took 2.49 s in 100,000-row pages, 1.24 s in 122,880-row pages)
@@ -283,6 +298,11 @@ class TableConfig(_Strict):
         "not hold these values is quarantined at load, and reconcile compares only these "
         "rows. Required when several tables feed one target: on primary-key columns, with "
         "a value differing between the tables, so no table's row can replace another's"))
+    poll_min: Duration | None = Field(default=None, gt=0, description=(
+        "run --follow: this table's pause after a poll that found new rows (default: "
+        "run.poll_min)"))
+    poll_max: Duration | None = Field(default=None, gt=0, description=(
+        "run --follow: this table's longest pause while idle (default: run.interval)"))
     schema_drift: Literal["ignore", "stop", "add"] = Field(default="ignore", description=(
         "what to do when the source has columns the contract does not name (above)"))
     endpoint: str | None = Field(default=None, description=(
@@ -311,6 +331,8 @@ class TableConfig(_Strict):
     _f = field_validator("warehouse_filter")(
         lambda v: v if v is None else {_ident(k): x for k, x in v.items()})
     _d = field_validator("lookback", mode="before")(_duration)
+    _p = field_validator("poll_min", "poll_max", mode="before")(
+        lambda v: v if v is None else _duration(v))
 
 
 class SourceConfig(_Strict):
@@ -523,7 +545,12 @@ class RunConfig(_Strict):
     """How `run` schedules its work."""
 
     interval: Duration = Field(default=5.0, description=(
-        "run --follow: the pause between two cycles; more than 0"))
+        "run --follow: the longest pause between two polls of a table that finds nothing "
+        "new (each idle poll doubles its pause, from poll_min up to this); more than 0. "
+        "Each table polls on its own cadence: a slow source never holds up another"))
+    poll_min: Duration = Field(default=0.25, description=(
+        "run --follow: the pause before a table's next poll while its polls find new rows; "
+        "more than 0 (an `interval` below it lowers it to `interval`)"))
     max_parallel_sources: int = Field(default=4, ge=1, description=(
         "extraction threads: tables extracted at once over all sources (each source's own "
         "cap is resilience.max_concurrent_queries)"))
@@ -531,15 +558,24 @@ class RunConfig(_Strict):
         "run --follow: reconcile every SQL table this often, report only (0 = never); the "
         "schedule is kept in state.db"))
 
-    _d = field_validator("interval", "reconcile_every", mode="before")(_duration)
+    _d = field_validator("interval", "poll_min", "reconcile_every", mode="before")(_duration)
 
-    @field_validator("interval")
+    @field_validator("interval", "poll_min")
     @classmethod
     def _interval(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("must be more than 0 s: follow mode waits this long between "
-                             "cycles, and 0 polls every source in a busy loop; use e.g. '5s'")
+                             "polls, and 0 polls every source in a busy loop; use e.g. '5s'")
         return value
+
+
+def adaptive_lookback(source: SourceConfig, table: TableConfig, contract: Contract) -> bool:
+    """Does this table re-read from the source's oldest open transaction (lookback_mode:
+    adaptive, or auto where it applies) rather than a fixed window?"""
+    if table.lookback_mode == "fixed":
+        return False
+    return (source.kind in ADAPTIVE_SOURCES
+            and contract.column(contract.cursor).type == "timestamp")
 
 
 class PipelineConfig(_Strict):
@@ -580,11 +616,21 @@ class PipelineConfig(_Strict):
         return self
 
     def _check_lookback(self, source: SourceConfig, table: TableConfig) -> None:
-        """A lookback on a cursor that cannot step back would be silently ignored."""
-        if table.lookback <= 0:
-            return
+        """A lookback on a cursor that cannot step back would be silently ignored, and so
+        would `lookback_mode: adaptive` where the source cannot tell its open transactions
+        or the cursor is not a time they could be compared with."""
         contract = self.contract_of(table)
         kind = contract.column(contract.cursor).type
+        if table.lookback_mode == "adaptive" and (
+                source.kind not in ADAPTIVE_SOURCES or kind != "timestamp"):
+            raise ValueError(
+                f"sources.{source.name}.tables.{table.name}.lookback_mode: adaptive needs a "
+                f"PostgreSQL or MySQL/MariaDB source and a timestamp cursor (this is a "
+                f"{source.kind} source, cursor {contract.cursor!r} typed {kind}): it "
+                "compares cursors with the start of the source's open transactions; use "
+                "lookback_mode: fixed (or auto) with a lookback window")
+        if table.lookback <= 0:
+            return
         if kind.startswith("decimal") or kind in STEP_BACK_TYPES:
             return
         raise ValueError(

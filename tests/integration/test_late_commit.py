@@ -4,7 +4,8 @@ A long store transaction stamps `updated_at = now() - X` but commits after a new
 already extracted and checkpointed. Keyset order alone skips it forever; the lookback window
 re-reads the last `lookback` of cursor values on every run and picks it up, and the merge makes
 the overlap harmless. The same scenario runs with lookback 0 and must miss the row: that proves
-the test can see the problem it guards against.
+the test can see the problem it guards against. Both pin `lookback_mode: fixed`: the adaptive
+lookback (the default on PostgreSQL) is tests/integration/test_adaptive_lookback.py's.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def test_late_commit(pg_dsn: str, tmp_path: Path, lookback: str | int, arrives: 
             "FROM generate_series(1, 20) i")
     config = write_pipeline(tmp_path, [{
         "name": "store", "kind": "postgres", "dsn": pg_dsn,
-        "tables": [{"name": "sales", "contract": "sales", "lookback": lookback}]}])
+        "tables": [{"name": "sales", "contract": "sales", "lookback": lookback,
+                    "lookback_mode": "fixed"}]}])  # the window alone: test_adaptive_lookback
 
     late = psycopg.connect(pg_dsn)  # a long store transaction, still open
     try:

@@ -274,6 +274,7 @@ def test_a_cursor_no_path_can_hold_is_refused_loudly(pg_dsn: str, path: str,
         source.probe("t", c)  # fine so far
         execute(pg_dsn, f"INSERT INTO t VALUES (11, '{stored}')")
         if isinstance(source, PgArrowSource):
+            source.close()  # a probe stands for its connection (sql.PROBE_EVERY): a new one
             with pytest.raises(SchemaError, match="at holds") as probed:
                 source.probe("t", c)
             assert "UPDATE t SET at" in (probed.value.hint or "")

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -48,6 +48,37 @@ def dsn_password(dsn: str) -> str | None:
         return unquote(urlsplit(dsn).password or "") or None
     except ValueError:
         return None
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _earliest(values: Sequence[Any]) -> datetime | None:
+    times = [_utc(v) for v in values if isinstance(v, datetime)]
+    return min(times) if times else None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSince:
+    """What one poll saw of the source's open transactions, on the source's own clock.
+
+    `bound` is the earliest cursor a row committed after this observation can carry
+    (cursors stamped by the source's clock inside the transaction that writes them):
+    the start of the oldest transaction still open, or the source's now when none is.
+    `visible` is False when this role cannot see other sessions' transactions: then
+    nothing is known and the caller keeps the fixed lookback window.
+    """
+
+    at: datetime
+    oldest: datetime | None
+    visible: bool
+    margin: timedelta = timedelta(0)
+
+    @property
+    def bound(self) -> datetime:
+        start = self.at if self.oldest is None else min(self.at, self.oldest)
+        return start - self.margin
 
 
 class Dialect:
@@ -154,6 +185,29 @@ class Dialect:
     def index_hint(self, index: str) -> str:
         """Text after the table name that pins a page query to the keyset index."""
         return ""
+
+    # --- open transactions (adaptive lookback, see docs/architecture.md) ---------------
+    # One query answering (the source's now, the start of its oldest transaction still
+    # open other than ours or None, whether this role can see other sessions'
+    # transactions); None where the engine cannot tell (SQLite: a fixed window).
+    open_since_sql: str | None = None
+    # how much earlier than the reported start a row of an open transaction may be
+    # stamped (the engine's own resolution and timing), subtracted before the floor
+    open_margin = timedelta(0)
+    # the statements around the observation and the position probe that make the
+    # second read a snapshot taken after the first (None: each runs as its own
+    # autocommit statement, which already is); see SqlSource.poll_end
+    poll_script: tuple[str, str] | None = None
+
+    def open_refused(self, exc: SteadyflowError) -> bool:
+        """Did the observation fail only for want of a privilege (see MysqlDialect)?"""
+        return False
+
+    def open_since(self, row: Sequence[Any]) -> OpenSince:
+        """The observation from `open_since_sql`'s row."""
+        now, oldest, visible = row[0], _earliest(row[1:-1]), bool(row[-1])
+        return OpenSince(at=_utc(now), oldest=None if oldest is None else _utc(oldest),
+                         visible=visible, margin=self.open_margin)
 
 
 def _shutdown_fd(fd: int) -> None:
@@ -295,6 +349,22 @@ class PostgresDialect(Dialect):
     def index_param(self, table: str) -> Any:
         return self.ident(table)
 
+    # xact_start is set before a transaction can write and cleared only after its commit
+    # is visible to new snapshots (xact.c: pgstat_report_xact_timestamp(0) follows
+    # ProcArrayEndTransaction); a row written with now() carries exactly it. Other
+    # databases' sessions cannot write this one's tables. A prepared (2PC) transaction
+    # has no session: its prepare time is the best bound there is (the floor covers
+    # the rest). Without pg_read_all_stats other users' xact_start reads as NULL.
+    open_since_sql = (
+        "SELECT now(), (SELECT min(xact_start) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()), "
+        "(SELECT min(prepared) FROM pg_prepared_xacts WHERE database = current_database()), "
+        "pg_has_role('pg_read_all_stats', 'USAGE')")
+    # one round trip, two snapshots in order: READ COMMITTED takes one per statement
+    # (under a REPEATABLE READ default, one implicit transaction would read the position
+    # in the observation's snapshot, taken before it)
+    poll_script = ("BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY", "COMMIT")
+
     def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
         msg = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
                      self.secrets)
@@ -368,6 +438,26 @@ class MysqlDialect(Dialect):
     columns_sql = (
         "SELECT column_name, column_type FROM information_schema.columns "
         "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position")
+
+    # InnoDB's transactions (innodb_trx, a cache at most 0.1 s old, trx_started in
+    # whole seconds of the server's system zone) and the statements running now
+    # (processlist: a statement's NOW() is its start, and it may wait on a metadata lock
+    # before its InnoDB transaction begins). Both need the PROCESS privilege: without it
+    # innodb_trx refuses (error 1227) and processlist shows only this session.
+    open_since_sql = (
+        "SELECT UTC_TIMESTAMP(6), "
+        "(SELECT MIN(CONVERT_TZ(trx_started, 'SYSTEM', '+00:00')) "
+        "FROM information_schema.innodb_trx WHERE trx_mysql_thread_id <> CONNECTION_ID()), "
+        "(SELECT MIN(UTC_TIMESTAMP(6) - INTERVAL FLOOR(time_ms * 1000) MICROSECOND) "
+        "FROM information_schema.processlist WHERE command IN ('Query', 'Execute') "
+        "AND id <> CONNECTION_ID()), 1")
+    # whole seconds, the cache's age, and a statement's NOW() taken before its InnoDB
+    # transaction starts
+    open_margin = timedelta(seconds=1)
+
+    def open_refused(self, exc: SteadyflowError) -> bool:
+        """innodb_trx needs the PROCESS privilege (error 1227 without it)."""
+        return "PROCESS" in exc.message or "1227" in exc.message
 
     def index_hint(self, index: str) -> str:
         """MariaDB's optimizer picks a full scan + filesort for a large LIMIT over a wide

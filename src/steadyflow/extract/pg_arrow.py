@@ -19,7 +19,8 @@ What is kept from the psycopg path, and how:
   * error translation: ADBC errors carry the SQLSTATE; they go through the same
     `PostgresDialect.error`, so callers see only AuthError, SchemaError, SourceTimeout,
     SourceUnavailable or FatalError.
-  * the probe (missing table/column, schema drift, keyset index check) stays on psycopg.
+  * the probe (missing table/column, schema drift, keyset index check) and each poll's
+    position probe stay on psycopg, on a connection kept between polls.
 
 Values: the query is `SqlSource.page_query` itself, so both paths read one select list
 (`PostgresDialect.select_expr`: decimal and string columns as PostgreSQL's own text) and
@@ -38,8 +39,7 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -339,7 +339,6 @@ class PgArrowSource(SqlSource):
         self._adbc: Any = None
         self._socket: tuple[int, str] | None = None
         self._adbc_usable = True
-        self._catalog_depth = 0
 
     # --- connection -------------------------------------------------------------------
     def _adbc_connect(self) -> Any:
@@ -399,37 +398,14 @@ class PgArrowSource(SqlSource):
             self._socket = None
         super().close()
 
-    @contextmanager
-    def _catalog(self) -> Iterator[None]:
-        """Catalog queries (probe, declared types, last position, index lookup) run on
-        psycopg; its connection is closed when the outermost of them returns, since ADBC
-        pages do not need it. Nested calls (the probe's own lookups) share it."""
-        self._catalog_depth += 1
-        try:
-            yield
-        finally:
-            self._catalog_depth -= 1
-            # on the psycopg path (ADBC found unusable) the pages need this very
-            # connection: closing it would only make each cycle open it again
-            if self._catalog_depth == 0 and self._adbc_usable:
-                SqlSource.close(self)
-
-    def probe(self, table: str, contract: Contract) -> list[str]:
-        with self._catalog():
-            self._refuse_unorderable(table, contract)
-            return super().probe(table, contract)
-
-    def declared_types(self, table: str) -> dict[str, str]:
-        with self._catalog():
-            return super().declared_types(table)
-
-    def last_position(self, table: str, contract: Contract) -> Watermark | None:
-        with self._catalog():
-            return super().last_position(table, contract)
-
-    def find_keyset_index(self, table: str, contract: Contract) -> bool:
-        with self._catalog():
-            return super().find_keyset_index(table, contract)
+    def _probe(self, table: str, contract: Contract) -> list[str]:
+        """The probe, and every catalog query and position probe (`poll_end`), run on
+        psycopg, whose connection is kept between polls beside the ADBC one: a poll that
+        finds nothing is then one round trip on an open connection (through ADBC it would
+        be prepare, describe and COPY, and the adaptive lookback's observation and probe
+        could not share one message)."""
+        self._refuse_unorderable(table, contract)
+        return super()._probe(table, contract)
 
     def _refuse_unorderable(self, table: str, contract: Contract) -> None:
         """Refuse, before any page, a cursor (or leading key) holding a date/time no path

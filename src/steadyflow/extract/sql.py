@@ -7,6 +7,7 @@ skipped nor re-read forever. The lookback re-read starts at `cursor >= since` in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from datetime import time as dt_time
@@ -21,6 +22,7 @@ from steadyflow.extract.dialects import (
     DRIVER_ERRORS,
     Dialect,
     InvalidText,
+    OpenSince,
     OutOfRange,
     dialect_for,
 )
@@ -29,6 +31,12 @@ from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 
 log = logs.get("extract")
+
+# How long a table's probe (columns, keyset index, cursor and key checks) stands on one
+# connection: a poll between probes reads no catalog. A column dropped meanwhile still
+# fails the page query itself at once; a column added (schema drift) or a NULL cursor
+# is found by the next probe, at most this late, or at once on a new connection.
+PROBE_EVERY = 60.0
 
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -135,6 +143,10 @@ class SqlSource:
         # it between cycles (dropped after any error), so a poll does not re-read the
         # catalog; a dropped or renamed column still fails the probe's own SELECT
         self._declared: dict[str, dict[str, str]] = {}
+        # table → (monotonic time, contract columns, drifted columns) of its last probe
+        # on this connection (see PROBE_EVERY)
+        self._probed: dict[str, tuple[float, tuple[str, ...], list[str]]] = {}
+        self._hidden_reported = False
 
     @property
     def conn(self) -> Any:
@@ -143,6 +155,7 @@ class SqlSource:
         return self._conn
 
     def close(self) -> None:
+        self._probed.clear()  # a new session is probed again
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -214,7 +227,18 @@ class SqlSource:
         """Fail fast, naming the table or column, before any page is read.
 
         Returns the source's columns that the contract does not name (schema drift).
+        Once per connection and PROBE_EVERY: a poll that finds nothing then costs its
+        position probe alone (`poll_end`).
         """
+        hit = self._probed.get(table)
+        if (hit is not None and hit[1] == contract.names
+                and time.monotonic() - hit[0] < PROBE_EVERY):
+            return list(hit[2])
+        extra = self._probe(table, contract)
+        self._probed[table] = (time.monotonic(), contract.names, list(extra))
+        return extra
+
+    def _probe(self, table: str, contract: Contract) -> list[str]:
         self._execute(table, f"{self._select(table, contract)} WHERE 1 = 0", [])
         names: list[str] = []
         self._execute(table, f"SELECT * FROM {self.dialect.ident(table)} WHERE 1 = 0", [],
@@ -316,17 +340,97 @@ class SqlSource:
     def last_position(self, table: str, contract: Contract) -> Watermark | None:
         """The (cursor, key) of the table's last row in keyset order, None if it has none:
         where an initial load in key order hands over to incremental pages."""
+        return self._position_of(contract, self._execute(
+            table, self._last_position_sql(table, contract), []))
+
+    def _last_position_sql(self, table: str, contract: Contract) -> str:
+        """One index probe (the keyset index read backwards), no parameters."""
         d = self.dialect
-        order = [contract.column(c) for c in contract.order_by]
-        cols = ", ".join(d.select_expr(c.name, c.arrow_type) for c in order)
-        rows = self._execute(table, f"SELECT {cols} FROM {d.ident(table)} WHERE "
-                             f"{d.ident(contract.cursor)} IS NOT NULL"
-                             f"{self._order_by(table, contract.order_by, desc=True)} LIMIT 1",
-                             [])
+        cols = ", ".join(d.select_expr(c, contract.column(c).arrow_type)
+                         for c in contract.order_by)
+        return (f"SELECT {cols} FROM {d.ident(table)} WHERE {d.ident(contract.cursor)} "
+                f"IS NOT NULL{self._order_by(table, contract.order_by, desc=True)} LIMIT 1")
+
+    def _position_of(self, contract: Contract, rows: Sequence[Any]) -> Watermark | None:
         if not rows:
             return None
+        d = self.dialect
+        order = [contract.column(c) for c in contract.order_by]
         values = [d.position_value(v, c.arrow_type) for v, c in zip(rows[0], order, strict=True)]
         return Watermark(cursor=values[0], key=tuple(values[1:]))
+
+    def poll_end(self, table: str, contract: Contract, observe: bool
+                 ) -> tuple[Watermark | None, OpenSince | None]:
+        """Where a poll's pass ends (`last_position`) and, with `observe`, the source's
+        open transactions as seen BEFORE that position's snapshot was taken: the order the
+        adaptive lookback's argument needs (docs/architecture.md). None for the second
+        when the engine cannot tell; `OpenSince.visible` is False when this role cannot
+        see other sessions' transactions (reported loudly once per connection).
+
+        PostgreSQL sends both in one round trip (`Dialect.poll_script`); MariaDB runs
+        them one after the other, each its own autocommit statement."""
+        d = self.dialect
+        if not observe or d.open_since_sql is None:
+            return self.last_position(table, contract), None
+        position = self._last_position_sql(table, contract)
+        try:
+            if d.poll_script is not None:
+                begin, commit = d.poll_script
+                seen, rows = self._script(table, [begin, d.open_since_sql, position, commit])
+            else:
+                seen = self._execute(table, d.open_since_sql, [])
+                rows = self._execute(table, position, [])
+        except SteadyflowError as exc:
+            if not d.open_refused(exc):
+                raise
+            self._report_hidden(table, exc.message)
+            return self.last_position(table, contract), OpenSince(
+                at=datetime.min, oldest=None, visible=False)
+        observed = d.open_since(seen[0])
+        if not observed.visible:
+            self._report_hidden(table, "the role lacks pg_read_all_stats: other users' "
+                                       "transactions show no start")
+        return self._position_of(contract, rows), observed
+
+    def _report_hidden(self, table: str, why: str) -> None:
+        """Loud, once per connection: the adaptive lookback fell back to the window."""
+        if self._hidden_reported:
+            return
+        self._hidden_reported = True
+        log.warning("adaptive lookback unavailable (%s); this source's tables use the "
+                    "fixed lookback window instead, which misses a transaction that "
+                    "commits later than the window: grant the role pg_read_all_stats "
+                    "(PostgreSQL) or PROCESS (MariaDB), or set lookback_mode: fixed with "
+                    "a lookback longer than any transaction", why, extra={
+                        "source": self.config.name, "table": table, "stage": "extract"})
+
+    def _script(self, table: str, statements: Sequence[str]) -> list[list[Any]]:
+        """Several parameterless statements in one round trip (PostgreSQL's simple query
+        protocol); the rows of each statement that returns rows, in order. Bounded by the
+        watchdog like `_execute`; any error drops the connection (a failed script may
+        leave its transaction block open)."""
+        policy = self.config.resilience
+        limit = policy.statement_timeout + watchdog_grace(policy)
+        conn = self.conn
+        dog = Watchdog(limit, lambda: self.dialect.shutdown(conn))
+        results: list[list[Any]] = []
+        try:
+            with dog:
+                cur = conn.cursor()
+                try:
+                    cur.execute("; ".join(statements))
+                    while True:
+                        if cur.description is not None:
+                            results.append(list(cur.fetchall()))
+                        if not cur.nextset():
+                            break
+                finally:
+                    cur.close()
+        except DRIVER_ERRORS as exc:
+            failed = self._query_failed(exc, table, dog.fired, limit, self.dialect.error)
+            self.close()
+            raise failed from None
+        return results
 
     def has_more(self, rows: pa.Table, limit: int) -> bool:
         """A full page means there may be more rows after it."""

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from steadyflow.config import IDENT, SourceConfig, TableConfig
+from steadyflow.config import IDENT, SourceConfig, TableConfig, adaptive_lookback
 from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout
+from steadyflow.extract.dialects import OpenSince
 from steadyflow.extract.http import (
     RAW_SUFFIX,
     REJECTED_SUFFIX,
@@ -39,7 +40,16 @@ from steadyflow.extract.http import (
 from steadyflow.extract.sql import SqlSource
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import BatchRef, Contract, TableRef, Watermark, drift_type, step_back
+from steadyflow.model import (
+    BatchRef,
+    Contract,
+    TableRef,
+    Watermark,
+    decode_value,
+    drift_type,
+    encode_value,
+    step_back,
+)
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer
@@ -71,6 +81,11 @@ def cursor_epoch(cursor: object) -> float | None:
     return None
 
 
+def _aware(value: datetime) -> datetime:
+    """A cursor time as an aware UTC datetime (naive cursors are UTC, model.Watermark)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def open_source(config: SourceConfig) -> Source:
     """The reader for a source kind; every kind runs through the same TableExtractor.
 
@@ -89,6 +104,24 @@ def open_source(config: SourceConfig) -> Source:
 
         return MysqlArrowSource(config)
     return SqlSource(config)
+
+
+# How often an idle table's last poll is written to the state store (status and lag seen
+# from another process); this process's metrics know every poll at once. A poll whose
+# high-water mark moved is written at once.
+POLL_RECORD_EVERY = 10.0
+
+
+@dataclass
+class TableMemory:
+    """What a table's polls carry from one to the next within a process (kept by the
+    pipeline per table; a new process starts empty and restores what it needs)."""
+
+    # adaptive lookback: the earliest cursor a row committed after the last completed
+    # poll's observation can carry (OpenSince.bound minus the floor); None = unknown
+    resume_bound: datetime | None = None
+    # the last poll written to the state store: (its high as JSON, monotonic time)
+    recorded: tuple[str | None, float] | None = None
 
 
 @dataclass
@@ -123,6 +156,7 @@ class TableExtractor:
     guard: SourceGuard
     metrics: PipelineMetrics
     should_stop: Callable[[], bool] = lambda: False
+    memory: TableMemory = field(default_factory=TableMemory)
     # HTTP: the token chain this run follows (extract/http.py TokenChain)
     _chain: TokenChain | None = field(default=None, init=False, repr=False)
 
@@ -140,21 +174,79 @@ class TableExtractor:
         # the table's extraction lease while `run` holds it (run/lease.py); every durable
         # step (record, checkpoint, initial load position) is fenced by it in state.py
         self.lease: Lease | None = None
+        self.adaptive = adaptive_lookback(self.source, self.table, self.contract)
+        # the open-transaction bound this poll started from under the adaptive lookback
+        # (kept in each landed page's meta: a restarted process resumes from it, see
+        # _restored_bound)
+        self._bound: datetime | None = None
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"source": self.ref.source, "table": self.ref.table, "stage": "extract",
                 **fields}
 
-    def start_point(self) -> tuple[Watermark | None, object | None]:
-        """Where this run starts: after the checkpoint, minus the lookback window."""
+    def start_point(self, observed: OpenSince | None = None
+                    ) -> tuple[Watermark | None, object | None]:
+        """Where this run starts: after the checkpoint, minus the lookback window; under
+        the adaptive lookback, at the earlier of the checkpoint and the bound the last
+        poll observed (`_adaptive_bound`), strictly after the checkpoint when no
+        transaction open then began before it."""
         mark = self.state.checkpoint(self.ref.source, self.ref.table)
         if mark is None:
             return None, None  # first run: full load in keyset pages
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
             return None, self._respell(mark.cursor)
+        bound = self._adaptive_bound(observed) if isinstance(mark.cursor, datetime) else None
+        if bound is not None:
+            self._bound = bound
+            cursor = _aware(mark.cursor)  # type: ignore[arg-type]  # a datetime, checked
+            return (mark, None) if bound > cursor else (None, bound)
         if self.table.lookback > 0:
             return None, step_back(mark.cursor, self.table.lookback)
         return mark, None
+
+    def _adaptive_bound(self, observed: OpenSince | None) -> datetime | None:
+        """The adaptive lookback's start for this poll, None for the fixed window.
+
+        The last completed poll's bound (TableMemory) when this process has one; else the
+        bound the last landed page recorded (a restart), else this poll's own
+        observation (the first poll ever under adaptive mode: a transaction that was open
+        at the previous process's last poll and committed before this one is covered
+        only by the floor). None when the role cannot see other sessions."""
+        if not self.adaptive:
+            return None
+        if self.memory.resume_bound is not None:
+            return self.memory.resume_bound
+        if observed is None or not observed.visible:
+            return None
+        restored = self._restored_bound()
+        if restored is not None:
+            return restored
+        log.info("no earlier observation of open transactions: re-reading from the "
+                 "oldest one open now", extra=self._extra())
+        return self._floored(observed)
+
+    def _floored(self, observed: OpenSince) -> datetime:
+        return observed.bound - timedelta(seconds=self.table.lookback)
+
+    def _restored_bound(self) -> datetime | None:
+        """The bound recorded with the newest landed page that has one: safe to resume
+        from, because the open-transaction bound only grows from poll to poll."""
+        for row in self.state.batches(self.ref.source, self.ref.table, limit=50):
+            since = BatchRef.from_json(row["ref"]).meta.get("since")
+            value = decode_value(since) if since is not None else None
+            if isinstance(value, datetime):
+                return _aware(value)
+        return None
+
+    def _observed(self, observed: OpenSince | None) -> None:
+        """A poll read its pass to the end: the next one re-reads from what it saw before
+        its snapshot (unknown when it saw nothing: the fixed window then)."""
+        if self.adaptive:
+            self.memory.resume_bound = (self._floored(observed) if observed is not None
+                                        and observed.visible else None)
+
+    def _since_meta(self) -> dict[str, object]:
+        return {} if self._bound is None else {"since": encode_value(self._bound)}
 
     def _respell(self, cursor: date) -> str:
         """A SQLite checkpoint written as a parsed time (before watermarks kept the stored
@@ -216,15 +308,26 @@ class TableExtractor:
         chasing its tail for as long as the writes go on. Rows past the noted position are
         the next run's (a `--follow` cycle picks them up at once). An empty table has
         nothing to read. An HTTP chain ends by the API. True if the pass reached its end."""
-        after, since = self.start_point()
-        upto = None
+        upto = observed = None
         if isinstance(db, SqlSource):
-            upto = self.guard.call(lambda: db.last_position(self.ref.table, self.contract),
-                                   stop=self.should_stop)
+            # with the adaptive lookback, the source's open transactions are noted in the
+            # same round trip, before the snapshot that reads this position
+            upto, observed = self.guard.call(
+                lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
+                stop=self.should_stop)
             if upto is None:
+                if not dry_run:
+                    self._observed(observed)
                 return True
-        return self._pages(db, self.contract, after, since, dry_run, ahead, self._checkpoint,
-                           upto=upto)
+        after, since = self.start_point(observed)
+        if upto is not None and since is None and after == upto:
+            done = True  # the table ends at the checkpoint: nothing to page (an idle poll)
+        else:
+            done = self._pages(db, self.contract, after, since, dry_run, ahead, self._checkpoint,
+                               meta=self._since_meta(), upto=upto)
+        if done and not dry_run:
+            self._observed(observed)
+        return done
 
     def _polled(self) -> None:
         """The source was read to its end: its high-water mark is the checkpoint now (the
@@ -232,7 +335,13 @@ class TableExtractor:
         is that minus the loaded cursor, so an idle source stays at 0 (observe/metrics)."""
         mark = self.state.checkpoint(self.ref.source, self.ref.table)
         epoch = cursor_epoch(mark.cursor) if mark is not None else None
-        self.state.record_poll(self.ref.source, self.ref.table, mark, epoch)
+        # the state store hears of an idle poll at most every POLL_RECORD_EVERY, of a
+        # moved high-water mark at once; this process's metrics of every poll
+        high, now = (mark.to_json() if mark is not None else None), time.monotonic()
+        last = self.memory.recorded
+        if last is None or last[0] != high or now - last[1] >= POLL_RECORD_EVERY:
+            self.state.record_poll(self.ref.source, self.ref.table, mark, epoch)
+            self.memory.recorded = (high, now)
         self.metrics.polled(self.ref.source, self.ref.table, epoch)
 
     def _checkpoint(self, high: Watermark) -> None:
@@ -267,24 +376,31 @@ class TableExtractor:
         """
         src, tbl = self.ref.source, self.ref.table
         started = self.state.backfill(src, tbl)
+        # open transactions noted before the position (and the pages' snapshots): the
+        # cursor pass after the load re-reads from them (see start_point)
+        high, observed = self.guard.call(lambda: db.poll_end(tbl, self.contract,
+                                                             self.adaptive),
+                                         stop=self.should_stop)
         if started is None:
-            high = self.guard.call(lambda: db.last_position(tbl, self.contract),
-                                   stop=self.should_stop)
             if high is None:
                 return True  # an empty table: the cursor pass starts from nothing
             if not dry_run:
                 self.state.start_backfill(src, tbl, high, lease=self.lease)
             after = None
         else:
-            after = started[1]
+            high, after = started
+        bound = self._adaptive_bound(observed) if isinstance(high.cursor, datetime) else None
+        self._bound = bound
         log.info("initial load in primary-key order%s", " (resumed)" if after else "",
                  extra=self._extra())
         done = self._pages(db, self.contract.by_key(), after, None, dry_run, ahead,
                            lambda mark: self.state.advance_backfill(src, tbl, mark,
                                                                     lease=self.lease),
-                           meta={"order": "key"})
+                           meta={"order": "key", **self._since_meta()})
         if done and not dry_run:
             self.state.finish_backfill(src, tbl, lease=self.lease)
+            if bound is not None:
+                self.memory.resume_bound = bound
         return done
 
     def _pages(self, db: Source, contract: Contract, after: Watermark | None,

@@ -53,6 +53,7 @@ from steadyflow.run.extract import (
     ExtractResult,
     Source,
     TableExtractor,
+    TableMemory,
     open_source,
 )
 from steadyflow.run.load import BatchLoader, transform
@@ -111,9 +112,6 @@ def _run_failed(summary: RunSummary) -> RunFailed:
              "call run_once(raise_on_error=False) to get the summary instead")
 
 
-# the shortest pause between the cycles of `run --follow`: a 0 interval would run cycles
-# back to back, a busy loop of queries against every source (config.py refuses 0)
-MIN_INTERVAL = 0.1
 _MEMORY_BOUND = False
 
 
@@ -167,6 +165,8 @@ class Pipeline:
         # small change is then mostly its queries, not connection set-up); keyed by table,
         # each used by one extraction thread at a time, dropped after any error
         self._open_sources: dict[str, Source] = {}
+        # what each table's polls carry to the next (run/extract.py TableMemory)
+        self._memory: dict[str, TableMemory] = {}
         self._swept = False
         # landed batches the last sweep could not queue (the buffer was full): the loader
         # sweeps again once the buffer drains
@@ -302,53 +302,62 @@ class Pipeline:
                 if not tables or ref.label in tables or ref.table in tables]
         if self.shared:
             random.shuffle(jobs)
-
-        def one(job: tuple[Any, Any, Any]) -> tuple[Any, ExtractResult | BaseException]:
-            s, t, ref = job
-            extractor = TableExtractor(
-                s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
-                self.guards[s.name], self.metrics, should_stop=self._stop.is_set)
-            # SQL or HTTP: the same extractor loop and guard
-            db = self._open_sources.pop(ref.label, None) or open_source(s)
-            keep = False
-            try:
-                result = extractor.run(db, dry_run=dry_run,
-                                       lease_wait=0.0 if self.shared else LEASE_WAIT)
-                keep = isinstance(db, SqlSource) and not self._stop.is_set()
-                return ref, result
-            except (TableBusy, ExtractionFenced) as exc:
-                # another extractor has the table: not this table's failure (its health is
-                # the holder's to record), but this run did not extract it, so not ok
-                log.warning("extract skipped: %s", exc, extra={
-                    "source": ref.source, "table": ref.table, "stage": "extract"})
-                return ref, exc
-            except Exception as exc:  # noqa: BLE001 - one table's error, whatever it is
-                self.state.record_error(ref.source, ref.table, str(exc) or repr(exc))
-                self.metrics.error(ref.source, ref.table, "extract")
-                log.error("extract failed: %s", exc, exc_info=not isinstance(
-                    exc, SteadyflowError), extra={
-                    "source": ref.source, "table": ref.table, "stage": "extract"})
-                return ref, exc
-            finally:
-                if keep:
-                    self._open_sources[ref.label] = db
-                else:
-                    db.close()
-
         with ThreadPoolExecutor(max_workers=self.config.run.max_parallel_sources,
                                 thread_name_prefix="extract") as pool:
-            for ref, result in pool.map(one, jobs):
-                if isinstance(result, TableBusy) and self.shared:
-                    summary.skipped_tables.append(ref.label)
-                elif isinstance(result, TableBusy | ExtractionFenced):
-                    summary.errors.append(f"{ref.label}: {result}")
-                elif isinstance(result, BaseException):
-                    summary.errors.append(f"{ref.label}: {result or repr(result)}")
-                    summary.failed_tables.append(ref.label)
-                else:
-                    summary.extracted_batches += result.batches
-                    summary.extracted_rows += result.rows
+            for ref, result in pool.map(lambda job: self.extract_table(job, dry_run), jobs):
+                self.tally(summary, ref, result)
         return summary
+
+    def extract_table(self, job: tuple[Any, Any, Any], dry_run: bool = False
+                      ) -> tuple[Any, ExtractResult | BaseException]:
+        """One table until caught up, on its kept connection: (its ref, its result or the
+        error that stopped it, recorded and logged here). `extract` runs every table
+        through it; `run --follow` one poll of one table (run/follow.py)."""
+        s, t, ref = job
+        extractor = TableExtractor(
+            s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
+            self.guards[s.name], self.metrics, should_stop=self._stop.is_set,
+            memory=self._memory.setdefault(ref.label, TableMemory()))
+        # SQL or HTTP: the same extractor loop and guard
+        db = self._open_sources.pop(ref.label, None) or open_source(s)
+        keep = False
+        try:
+            result = extractor.run(db, dry_run=dry_run,
+                                   lease_wait=0.0 if self.shared else LEASE_WAIT)
+            keep = isinstance(db, SqlSource) and not self._stop.is_set()
+            return ref, result
+        except (TableBusy, ExtractionFenced) as exc:
+            # another extractor has the table: not this table's failure (its health is
+            # the holder's to record), but this run did not extract it, so not ok
+            log.warning("extract skipped: %s", exc, extra={
+                "source": ref.source, "table": ref.table, "stage": "extract"})
+            return ref, exc
+        except Exception as exc:  # noqa: BLE001 - one table's error, whatever it is
+            self.state.record_error(ref.source, ref.table, str(exc) or repr(exc))
+            self.metrics.error(ref.source, ref.table, "extract")
+            log.error("extract failed: %s", exc, exc_info=not isinstance(
+                exc, SteadyflowError), extra={
+                "source": ref.source, "table": ref.table, "stage": "extract"})
+            return ref, exc
+        finally:
+            if keep:
+                self._open_sources[ref.label] = db
+            else:
+                db.close()
+
+    def tally(self, summary: RunSummary, ref: Any, result: ExtractResult | BaseException
+              ) -> None:
+        """Add one table's extraction result (see extract_table) to a summary."""
+        if isinstance(result, TableBusy) and self.shared:
+            summary.skipped_tables.append(ref.label)
+        elif isinstance(result, TableBusy | ExtractionFenced):
+            summary.errors.append(f"{ref.label}: {result}")
+        elif isinstance(result, BaseException):
+            summary.errors.append(f"{ref.label}: {result or repr(result)}")
+            summary.failed_tables.append(ref.label)
+        else:
+            summary.extracted_batches += result.batches
+            summary.extracted_rows += result.rows
 
     def load(self, until_empty: bool = True, extracting: threading.Event | None = None,
              summary: RunSummary | None = None, max_failures: int = 5) -> RunSummary:
@@ -456,8 +465,9 @@ class Pipeline:
         (their backoff runs) still fail their tables: this cycle is not ok either."""
         now = time.monotonic()
         waiting: dict[str, tuple[int, float]] = {}
-        for batch_id in self._parked.keys() - set(summary.failed_batches):
-            label, retry_at = self._parked[batch_id]
+        parked = dict(self._parked)  # `run --follow`: the loader thread parks meanwhile
+        for batch_id in parked.keys() - set(summary.failed_batches):
+            label, retry_at = parked[batch_id]
             count, soonest = waiting.get(label, (0, retry_at))
             waiting[label] = (count + 1, min(soonest, retry_at))
         for label, (count, soonest) in sorted(waiting.items()):
@@ -529,22 +539,15 @@ class Pipeline:
                 self._stop.set()
 
     def run(self, follow: bool = False) -> RunSummary:
-        """run_once, and with `follow` again every `run.interval` seconds until stopped.
+        """run_once, and with `follow` then every table on its own cadence until stopped
+        (run/follow.py: fast while changes flow, backing off to `run.interval` when idle).
 
-        The summary covers the whole run (every cycle's counts, the last cycle's errors):
-        stopping a long `run --follow` reports what it did, not what its last cycle did.
+        The summary covers the whole run (every round's counts, the last round's errors):
+        stopping a long `run --follow` reports what it did, not what its last round did.
         """
         summary = self.run_once(raise_on_error=False)
-        reconciler = None
-        if follow and self.config.run.reconcile_every > 0:  # scheduled reconciliation
-            from steadyflow.reconcile.runner import Scheduler
+        if follow and not self._stop.is_set():
+            from steadyflow.run.follow import follow as follow_tables
 
-            reconciler = Scheduler(self)
-            reconciler.tick()
-        while follow and not self._stop.is_set():
-            self._stop.wait(max(MIN_INTERVAL, self.config.run.interval))
-            if not self._stop.is_set():
-                summary = summary.then(self.run_once(raise_on_error=False))
-                if reconciler is not None:
-                    reconciler.tick()
+            summary = follow_tables(self, summary)
         return summary

@@ -1,0 +1,77 @@
+"""A poll that finds nothing costs one round trip on an open connection: no new connection,
+no catalog query, no state write for the poll itself. Counted on the wire (tests/support/
+wirecount.py), never timed.
+
+PostgreSQL: one simple-query message carries the open-transaction observation and the
+position probe (the adaptive lookback's order, see docs/architecture.md). MariaDB: the
+observation and the probe are two statements (one with `lookback_mode: fixed`). Through the
+proxy ADBC cannot identify its socket, so PostgreSQL pages take the psycopg path; an idle
+poll reads no page either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pymysql
+import pytest
+from tests.conftest import write_pipeline
+from tests.support.wirecount import WireCounter
+
+from steadyflow.run.pipeline import Pipeline
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+IDLE_POLLS = 3
+
+
+def seed(kind: str, dsn: str) -> None:
+    ddl = ("CREATE TABLE sales (store_id bigint NOT NULL, sale_id bigint NOT NULL, sku text "
+           "NOT NULL, qty bigint, unit_price numeric(12,2), currency text, sold_at {t} NULL, "
+           "updated_at {t} NOT NULL, PRIMARY KEY (store_id, sale_id))")
+    index = "CREATE INDEX sales_cursor ON sales (updated_at, store_id, sale_id)"
+    if kind == "postgres":
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(ddl.format(t="timestamptz"))
+            conn.execute(index)
+            conn.execute("INSERT INTO sales SELECT 1, i, 'SKU', 1, 1.25, 'EUR', NULL, "
+                         "timestamptz '2024-01-01' + i * interval '1 s' "
+                         "FROM generate_series(1, 100) i")
+        return
+    conn = pymysql.connect(host="127.0.0.1", user="root", password="",
+                           database=dsn.rsplit("/", 1)[1], autocommit=True)
+    with conn, conn.cursor() as cur:
+        cur.execute(ddl.format(t="datetime(6)"))
+        cur.execute(index)
+        cur.execute("INSERT INTO sales SELECT 1, seq, 'SKU', 1, 1.25, 'EUR', NULL, "
+                    "TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq SECOND FROM seq_1_to_100")
+
+
+@pytest.mark.parametrize(("kind", "mode", "per_poll"), [
+    ("postgres", "auto", 1), ("mysql", "auto", 2), ("mysql", "fixed", 1)])
+def test_an_idle_poll_is_one_probe_on_an_open_connection(
+        request: pytest.FixtureRequest, tmp_path: Path, kind: str, mode: str,
+        per_poll: int) -> None:
+    dsn = request.getfixturevalue("pg_dsn" if kind == "postgres" else "mysql_dsn")
+    seed(kind, dsn)
+    counter = WireCounter(5432 if kind == "postgres" else 3306, kind)
+    via = dsn.replace(":5432/", f":{counter.port}/").replace(":3306/", f":{counter.port}/")
+    config = write_pipeline(tmp_path, [{
+        "name": "store", "kind": kind, "dsn": via,
+        "tables": [{"name": "sales", "contract": "sales", "lookback_mode": mode}]}])
+    try:
+        with Pipeline.from_yaml(config) as p:
+            assert p.run_once().extracted_rows == 100
+            assert p.run_once().extracted_rows == 0  # the first poll after the load
+            connections, queries = counter.connections, counter.queries
+            polled_at = p.state.polls()[("store", "sales")][1]
+            for _ in range(IDLE_POLLS):
+                idle = p.run_once()
+                assert idle.ok and idle.extracted_rows == 0
+            assert counter.connections == connections  # no new connection
+            assert counter.queries - queries == IDLE_POLLS * per_poll  # no catalog query
+            # the idle polls' time is in this process's metrics, not written per poll
+            assert p.state.polls()[("store", "sales")][1] == polled_at
+    finally:
+        counter.close()
