@@ -2,7 +2,9 @@
 
 `STEADYFLOW_FAILPOINT=load.after_merge` kills the process the first time that point is
 reached; `load.after_merge:3` on the third time; `extract.before_land:1:SIGSTOP` stops it
-there instead (a stalled process: tests/faults/test_fencing.py). The points are the
+there instead (a stalled process: tests/faults/test_fencing.py); `load.after_merge:1:sleep2`
+pauses the calling thread 2 s there, every time from the first (a slow step: a group load
+outlasting its buffer lease, tests/integration/test_group_commit.py). The points are the
 boundaries between durable steps, so the tests can prove that a crash at each one loses
 and doubles nothing. The check is one dict lookup when unset, cheap enough to leave in
 production code.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 POINTS = (
     "land.mid_write",  # half the Parquet bytes are in the temp file
@@ -20,8 +23,9 @@ POINTS = (
     "extract.after_land",  # landed + manifest, not yet enqueued
     "extract.after_enqueue",  # enqueued, checkpoint not yet moved
     "transform.mid",  # validation half done
-    "load.after_merge",  # merge + ledger executed, transaction not committed
-    "load.after_commit",  # committed, buffer not yet acked
+    "load.after_merge",  # a group's merges + ledger rows executed, not committed
+    "load.after_commit",  # a group committed, none of its batches acked
+    "load.after_ack",  # a batch acked, its manifest entry not yet marked loaded
 )
 
 _lock = threading.Lock()
@@ -38,14 +42,18 @@ def _armed() -> tuple[str, int, str] | None:
 
 
 def failpoint(name: str) -> None:
-    """SIGKILL (or the armed signal) this process if the failpoint `name` is armed and its
-    count is reached."""
+    """SIGKILL (or the armed signal, or a pause) this process if the failpoint `name` is
+    armed and its count is reached."""
     armed = _armed()
     if armed is None or armed[0] != name:
         return
+    action = armed[2]
     with _lock:
         _hits[name] = _hits.get(name, 0) + 1
-        fire = _hits[name] == armed[1] if armed[2] != "SIGKILL" else _hits[name] >= armed[1]
-    if fire:  # outside the lock, and to this very thread: a process-wide SIGSTOP lets the
+        once = action.startswith("SIG") and action != "SIGKILL"
+        fire = _hits[name] == armed[1] if once else _hits[name] >= armed[1]
+    if fire and action.startswith("sleep"):
+        time.sleep(float(action.removeprefix("sleep")))
+    elif fire:  # outside the lock, and to this very thread: a process-wide SIGSTOP lets the
         # calling thread run on into the next step (a state transaction) before it stops
-        signal.pthread_kill(threading.get_ident(), getattr(signal, armed[2]))
+        signal.pthread_kill(threading.get_ident(), getattr(signal, action))

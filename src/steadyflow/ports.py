@@ -4,7 +4,7 @@ with the same method order, so the embedded and scaled implementations read alik
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +28,19 @@ class Buffer(Protocol):
 
     Implementers guarantee: `put` is idempotent on batch id (a repeat is a no-op) and
     blocks while the buffer holds `capacity` batches (backpressure, never a drop); a
-    message that is taken but not acked is delivered again after its lease.
+    message that is taken but not acked is delivered again after its lease, counted from
+    its delivery or from its holder's last `extend`.
     """
 
     capacity: int
+    lease: float
 
     def put(self, ref: BatchRef, timeout: float | None = None) -> None: ...
     def get(self, wait: float = 0.0) -> Delivery | None: ...
     def ack(self, batch_id: str) -> None: ...
+    # the holder still works on it (a group load longer than the lease): its lease restarts
+    # now; a message this instance does not hold (acked, or never taken) is left as it is
+    def extend(self, batch_id: str) -> None: ...
     def nack(self, batch_id: str, delay: float = 0.0) -> None: ...
     def contains(self, batch_id: str) -> bool: ...
     def depth(self) -> int: ...
@@ -108,16 +113,35 @@ class Merged:
     changed: int
 
 
-class Warehouse(Protocol):
-    """Applies a batch in one transaction: stage, merge (newer cursor wins), ledger.
+@dataclass(frozen=True, slots=True)
+class LoadPart:
+    """One batch of a group load: its validated rows, and the keys a repair deletes."""
 
-    Implementers guarantee: `load` of a batch id already in the ledger changes nothing
-    and returns None; no reader ever sees part of a batch; a loaded batch returns how
-    many rows it changed (`Merged`), counted inside that transaction.
+    ref: TableRef
+    contract: Contract
+    batch: BatchRef
+    rows: pa.Table
+    deletes: pa.Table | None = None
+
+
+class Warehouse(Protocol):
+    """Applies batches in one transaction: stage, merge (later extraction wins), ledger.
+
+    Implementers guarantee: a batch id already in the ledger changes nothing and gives
+    None; no reader ever sees part of a batch, nor part of a group; a loaded batch gives
+    how many rows it changed (`Merged`), counted inside the transaction.
+
+    `load_group` merges its parts one after the other in ONE transaction, each with its
+    ledger row, and commits once: a part sees the rows of the parts before it, so two
+    batches of one key keep the later extraction whatever their order. `parts` may be
+    produced lazily (the loader validates each batch as it is needed, so a group holds one
+    batch's rows at a time); an error, from a part or from the iterable, rolls the whole
+    group back. `load` is a group of one.
     """
 
     def ensure_table(self, ref: TableRef, contract: Contract) -> None: ...
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> Merged | None: ...
+    def load_group(self, parts: Iterable[LoadPart]) -> list[Merged | None]: ...
     def is_loaded(self, batch_id: str) -> bool: ...
     def close(self) -> None: ...

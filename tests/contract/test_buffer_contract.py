@@ -191,6 +191,21 @@ def test_an_unacked_message_is_redelivered_after_its_lease(adapter: Adapter) -> 
     assert buf.depth() == 0
 
 
+def test_extend_restarts_the_lease_of_a_held_message(adapter: Adapter) -> None:
+    """A long group load keeps its batches: each extend restarts the lease."""
+    buf = adapter.open(lease=1.0)
+    other = adapter.open(lease=1.0)
+    buf.put(_ref("b1"))
+    assert _ids(buf, 1) == ["b1"]
+    for _ in range(5):  # 2.5 s in all, 0.5 s between extends: never a second delivery
+        time.sleep(0.5)
+        buf.extend("b1")
+        assert other.get() is None, "an extended lease ran out"
+    buf.extend("never-taken")  # not held by this instance: nothing happens
+    again = other.get(wait=5)  # no more extends: delivered again after the lease
+    assert again is not None and again.ref.batch_id == "b1"
+
+
 def test_nack_delivers_again_after_its_delay(adapter: Adapter) -> None:
     buf = adapter.open(lease=30.0)
     buf.put(_ref("b1"))

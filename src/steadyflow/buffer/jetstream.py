@@ -154,6 +154,11 @@ class JetStreamBuffer:
         (the sweeper, for a batch the ledger already has) deletes it from the stream."""
         self._call("ack", self._ack(batch_id), batch_id=batch_id)
 
+    def extend(self, batch_id: str) -> None:
+        """Restart the lease (ack_wait) of a message this instance holds: JetStream's
+        in-progress ack, for a group load that runs longer than the lease."""
+        self._call("extend", self._extend(batch_id), batch_id=batch_id)
+
     def nack(self, batch_id: str, delay: float = 0.0) -> None:
         """Give back a message this instance holds, to be delivered again after `delay`.
 
@@ -360,6 +365,13 @@ class JetStreamBuffer:
         except APIError as exc:
             if exc.err_code != _NO_MESSAGE:  # removed by someone else in between
                 raise
+
+    async def _extend(self, batch_id: str) -> None:
+        msg = self._inflight.get(batch_id)
+        if msg is not None:
+            await msg.in_progress()
+            assert self._nc is not None
+            await self._nc.flush(timeout=int(REQUEST_TIMEOUT))
 
     async def _nack(self, batch_id: str, delay: float) -> None:
         msg = self._inflight.pop(batch_id, None)

@@ -138,6 +138,12 @@ class SqliteBuffer:
             self._conn.execute("DELETE FROM queue WHERE batch_id=?", (batch_id,))
             self._space.notify_all()
 
+    def extend(self, batch_id: str) -> None:
+        """Restart the lease of a message this process holds (a long group load)."""
+        with self._lock:
+            self._conn.execute("UPDATE queue SET visible_at=? WHERE batch_id=? AND owner=?",
+                               (time.time() + self.lease, batch_id, self.owner))
+
     def nack(self, batch_id: str, delay: float = 0.0) -> None:
         with self._lock:
             self._conn.execute("UPDATE queue SET visible_at=?, owner=NULL WHERE batch_id=?",

@@ -1,10 +1,12 @@
-"""The embedded warehouse: one DuckDB file, one transaction per batch."""
+"""The embedded warehouse: one DuckDB file, one transaction per batch or group of batches."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUna
 from steadyflow.failpoints import failpoint
 from steadyflow.merge.plan import SEQ, MergePlan, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
-from steadyflow.ports import Merged
+from steadyflow.ports import LoadPart, Merged
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 # The loader's DuckDB connection (config.py: WarehouseConfig memory_limit and threads),
@@ -186,38 +188,58 @@ class DuckdbWarehouse:
              deletes: pa.Table | None = None) -> Merged | None:
         """Stage, merge and ledger in ONE transaction; None if the batch was loaded before,
         else how many rows it changed."""
-        p = self._plan(ref, contract)
+        return self.load_group([LoadPart(ref, contract, batch, rows, deletes)])[0]
+
+    def load_group(self, parts: Iterable[LoadPart]) -> list[Merged | None]:
+        """Each part staged, merged and put in the ledger, one after the other, in ONE
+        transaction committed once (ports.Warehouse): a part's merge sees the parts before
+        it, so the later extraction of a key wins inside the group as across groups. A
+        group of parts already in the ledger commits nothing."""
+        results: list[Merged | None] = []
         c = self._conn
-        rows = with_seq(rows, batch.seq)
         with self._lock:
             try:
                 c.execute("BEGIN TRANSACTION")
                 try:
-                    if c.execute(p.ledger_check.replace("%s", "?"),
-                                 [batch.batch_id]).fetchone():
+                    for part in parts:
+                        results.append(self._load_part(c, part))
+                    if all(merged is None for merged in results):
                         c.execute("ROLLBACK")
-                        return None
-                    c.register(STAGE, rows)
-                    changed = self._merge(c, ref, contract, rows) if rows.num_rows else 0
-                    if deletes is not None and deletes.num_rows:
-                        c.register(DELETES, deletes)
-                        changed += _count(c.execute(p.delete))
-                    c.execute(p.ledger_insert.replace("%s", "?"),
-                              [batch.batch_id, batch.source, batch.table, ref.target,
-                               rows.num_rows])
+                        return results
                     failpoint("load.after_merge")
                     c.execute("COMMIT")
                 except BaseException:
                     c.execute("ROLLBACK")
+                    for name in (STAGE, DELETES):  # after the rollback: an aborted
+                        with contextlib.suppress(duckdb.Error):  # transaction refuses it
+                            c.unregister(name)
                     raise
-                finally:
-                    c.unregister(STAGE)
-                    if deletes is not None:
-                        c.unregister(DELETES)
-            except duckdb.Error as exc:
-                raise FatalError(f"merge into {ref.target} failed: {exc}", stage="load",
-                                 source=batch.source, table=batch.table,
-                                 batch_id=batch.batch_id) from None
+            except duckdb.Error as exc:  # the commit itself (a part's error names its batch)
+                raise FatalError(f"committing {len(results)} batch(es) to DuckDB failed: "
+                                 f"{exc}", stage="load") from None
+        return results
+
+    def _load_part(self, c: duckdb.DuckDBPyConnection, part: LoadPart) -> Merged | None:
+        """One batch inside the open transaction: None if the ledger has it already."""
+        ref, contract, batch, deletes = part.ref, part.contract, part.batch, part.deletes
+        p = self._plan(ref, contract)
+        rows = with_seq(part.rows, batch.seq)
+        try:
+            if c.execute(p.ledger_check.replace("%s", "?"), [batch.batch_id]).fetchone():
+                return None
+            c.register(STAGE, rows)  # unregistered here, or after a rollback (load_group)
+            changed = self._merge(c, ref, contract, rows) if rows.num_rows else 0
+            c.unregister(STAGE)
+            if deletes is not None and deletes.num_rows:
+                c.register(DELETES, deletes)
+                changed += _count(c.execute(p.delete))
+                c.unregister(DELETES)
+            c.execute(p.ledger_insert.replace("%s", "?"),
+                      [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows])
+        except duckdb.Error as exc:
+            raise FatalError(f"merge into {ref.target} failed: {exc}", stage="load",
+                             source=batch.source, table=batch.table,
+                             batch_id=batch.batch_id) from None
         return Merged(changed)
 
     def _merge(self, c: duckdb.DuckDBPyConnection, ref: TableRef, contract: Contract,

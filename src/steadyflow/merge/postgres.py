@@ -1,11 +1,12 @@
-"""The server warehouse: PostgreSQL, COPY into a temp stage, one merge, one transaction."""
+"""The server warehouse: PostgreSQL, COPY into a temp stage, one merge per batch, one
+transaction per batch or group of batches."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -18,7 +19,7 @@ from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
 from steadyflow.merge.plan import SEQ, MergePlan, plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
-from steadyflow.ports import Merged
+from steadyflow.ports import LoadPart, Merged
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 
@@ -156,38 +157,59 @@ class PostgresWarehouse:
              deletes: pa.Table | None = None) -> Merged | None:
         """Ledger row, rows and deletes in one transaction; None if the batch was loaded
         before, else how many rows it changed."""
+        return self.load_group([LoadPart(ref, contract, batch, rows, deletes)])[0]
+
+    def load_group(self, parts: Iterable[LoadPart]) -> list[Merged | None]:
+        """Each part's ledger row, rows and deletes, one part after the other, in ONE
+        transaction committed once (ports.Warehouse): a part's merge sees the parts before
+        it, so the later extraction of a key wins inside the group as across groups."""
+        results: list[Merged | None] = []
+        with self._lock:
+            conn = self.conn
+            current: LoadPart | None = None  # the part an error belongs to, if any
+            try:
+                with conn.transaction():
+                    conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
+                    for part in parts:
+                        current = part
+                        results.append(self._load_part(conn, part))
+                    current = None
+                    if any(merged is not None for merged in results):
+                        failpoint("load.after_merge")
+            except psycopg.Error as exc:
+                if current is None:
+                    raise self._fail(exc, f"committing {len(results)} batch(es) failed"
+                                     ) from None
+                raise self._fail(exc, f"merge into {current.ref.target} failed",
+                                 current.batch) from None
+        return results
+
+    def _load_part(self, conn: psycopg.Connection[Any], part: LoadPart) -> Merged | None:
+        """One batch inside the open transaction: None if the ledger has it already."""
+        ref, contract, batch, deletes = part.ref, part.contract, part.batch, part.deletes
         p = self._plan(ref, contract)
         target = self._target(ref)
         stage, delete_stage = _stages(target, contract)
-        rows = with_seq(rows, batch.seq)
-        with self._lock:
-            conn = self.conn
-            try:
-                with conn.transaction():
-                    inserted = conn.execute(
-                        p.ledger_insert.replace("now())", "now()) ON CONFLICT DO NOTHING "
-                                                "RETURNING batch_id").encode(),
-                        [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows],
-                    ).fetchone()
-                    if inserted is None:
-                        return None  # leaving the block commits nothing of note
-                    conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
-                    changed = 0
-                    if rows.num_rows and self._copy_direct(conn, ref, target, rows):
-                        changed = rows.num_rows  # every row new: the cheap path stays cheap
-                    elif rows.num_rows:
-                        self._copy(conn, target, stage, rows)
-                        same = _same(contract, target, stage)
-                        unchanged = conn.execute(same.encode()).fetchone() if same else None
-                        changed = (conn.execute(p.merge.encode()).rowcount
-                                   - (int(unchanged[0]) if unchanged else 0))
-                    if deletes is not None and deletes.num_rows:
-                        self._copy(conn, target, delete_stage, deletes,
-                                   columns=deletes.column_names)
-                        changed += conn.execute(p.delete.encode()).rowcount
-                    failpoint("load.after_merge")
-            except psycopg.Error as exc:
-                raise self._fail(exc, f"merge into {ref.target} failed", batch) from None
+        rows = with_seq(part.rows, batch.seq)
+        inserted = conn.execute(
+            p.ledger_insert.replace("now())", "now()) ON CONFLICT DO NOTHING "
+                                    "RETURNING batch_id").encode(),
+            [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows],
+        ).fetchone()
+        if inserted is None:
+            return None
+        changed = 0
+        if rows.num_rows and self._copy_direct(conn, ref, target, rows):
+            changed = rows.num_rows  # every row new: the cheap path stays cheap
+        elif rows.num_rows:
+            self._copy(conn, target, stage, rows)
+            same = _same(contract, target, stage)
+            unchanged = conn.execute(same.encode()).fetchone() if same else None
+            changed = (conn.execute(p.merge.encode()).rowcount
+                       - (int(unchanged[0]) if unchanged else 0))
+        if deletes is not None and deletes.num_rows:
+            self._copy(conn, target, delete_stage, deletes, columns=deletes.column_names)
+            changed += conn.execute(p.delete.encode()).rowcount
         return Merged(max(0, changed))
 
     def _copy_direct(self, conn: psycopg.Connection[Any], ref: TableRef, target: str,

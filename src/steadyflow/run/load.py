@@ -1,31 +1,41 @@
 """The processing half of the loop: buffer → read landed batch → validate → quarantine the
 bad rows → merge the good rows with the ledger in one warehouse transaction → ack.
 
-Commit order (the one place it is decided):
+Commit order (the one place it is decided), for every batch of a group alike:
   1. quarantine file + index (idempotent: named by batch id),
-  2. warehouse transaction: merge rows + ledger row, committed together,
+  2. warehouse transaction: merge rows + ledger row, committed together (a group: every
+     batch's rows and ledger row, committed once),
   3. ack the buffer message,
   4. mark the manifest entry loaded.
 A crash between any two steps only causes a redelivery, and the ledger turns the repeat
 into a no-op. Nothing is acked before it is committed.
+
+Group commit: the loader takes the batches that are ready (up to `warehouse.group_batches`
+batches and `group_rows` rows) and merges those of one target in one transaction, so a
+spike of small batches costs a few commits, not one per batch. A group that fails is
+rolled back whole and its batches are loaded again one by one: a batch whose rows fail
+for good fails alone, as it would have without the group.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from steadyflow.config import PipelineConfig, owned_value
+from steadyflow.errors import RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import BatchRef, Contract, decode_value
+from steadyflow.model import BatchRef, Contract, TableRef, decode_value
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
-from steadyflow.ports import Buffer, Warehouse
+from steadyflow.ports import Buffer, Delivery, LoadPart, Warehouse
 from steadyflow.state import StateStore
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Owner, Verdict, validate
@@ -98,6 +108,90 @@ def transform(config: PipelineConfig, landing: LandingZone, metrics: PipelineMet
     return verdict
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What is kept of a batch once its part went to the merge: counts, not rows."""
+
+    batch: BatchRef
+    good_rows: int
+    good_bytes: int
+    parked: int
+    newest: str | None
+    epoch: float | None
+
+
+def gather(buffer: Buffer, first: Delivery, max_batches: int, max_rows: int
+           ) -> list[BatchRef]:
+    """`first` and the batches ready in the buffer right now, leased to this loader, until
+    `max_batches` batches or `max_rows` rows.
+
+    Never waits for a batch: a group is what is ready, so a quiet pipeline loads each batch
+    as soon as it arrives. The buffer's depth says how many more may be ready, so a buffer
+    whose empty `get` costs a round trip (JetStream) is asked once at most in vain.
+    """
+    taken = [first.ref]
+    rows = first.ref.rows
+    seen = {first.ref.batch_id}
+    if max_batches <= 1 or rows >= max_rows:
+        return taken
+    try:
+        more = min(buffer.depth() - 1, max_batches - 1)
+        while more > 0 and rows < max_rows:
+            delivery = buffer.get(wait=0)
+            if delivery is None:
+                break
+            more -= 1
+            if delivery.ref.batch_id not in seen:  # a lease that ran out while gathering
+                seen.add(delivery.ref.batch_id)
+                taken.append(delivery.ref)
+                rows += delivery.ref.rows
+    except RetryableError as exc:  # the buffer went away: load what was taken
+        log.warning("buffer unavailable while gathering a group: %s", exc,
+                    extra={"stage": "load"})
+    return taken
+
+
+class LeaseKeeper:
+    """Restarts the buffer leases of batches this loader holds while it works through them.
+
+    A group holds its batches for as long as all of them take to merge and commit, longer
+    than any one batch: without this, a long group's later batches would be delivered to
+    another loader meanwhile (JetStream's ack_wait, the SQLite buffer's visible_at). A
+    thread extends every held batch each third of the lease until it is acked (`release`).
+    """
+
+    def __init__(self, buffer: Buffer, batch_ids: list[str]) -> None:
+        self._buffer = buffer
+        self._held = set(batch_ids)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def release(self, batch_id: str) -> None:
+        with self._lock:
+            self._held.discard(batch_id)
+
+    def _keep(self) -> None:
+        every = max(self._buffer.lease / 3, 0.05)
+        while not self._stop.wait(every):
+            with self._lock:
+                held = list(self._held)
+            for batch_id in held:
+                try:
+                    self._buffer.extend(batch_id)
+                except RetryableError as exc:  # the buffer is unreachable: it redelivers
+                    log.warning("could not extend a lease: %s", exc, extra={
+                        "stage": "load", "batch_id": batch_id})
+
+
 @dataclass
 class BatchLoader:
     config: PipelineConfig
@@ -107,57 +201,136 @@ class BatchLoader:
     state: StateStore
     quarantine: Quarantine
     metrics: PipelineMetrics
-
-    def __post_init__(self) -> None:
-        self._ensured: set[tuple[str, tuple[str, ...]]] = set()
+    _ensured: set[tuple[str, tuple[str, ...]]] = field(default_factory=set, init=False)
 
     def process(self, batch: BatchRef) -> LoadOutcome:
         """Validate and load one batch; safe to call again for the same batch."""
-        _, _, ref = self.config.table(batch.source, batch.table)
-        contract = contract_of(self.config, batch)
-        if (ref.target, contract.names) not in self._ensured:
-            self.warehouse.ensure_table(ref, contract)  # also adds columns new to the target
-            self._ensured.add((ref.target, contract.names))
-        verdict = transform(self.config, self.landing, self.metrics, batch)
-        parked = self.quarantine.park(batch, verdict) if verdict.bad.num_rows else 0
-        started = time.monotonic()
-        merged = self.warehouse.load(ref, contract, batch, verdict.good,
-                                     deletes=deletes_of(batch, contract))
-        self.metrics.batch_duration(batch.source, batch.table, "load",
-                                    time.monotonic() - started)
-        failpoint("load.after_commit")
-        if merged is None:
-            return LoadOutcome(False, verdict.good.num_rows, parked)
-        outcome = LoadOutcome(True, verdict.good.num_rows, parked, merged.changed)
-        self._record(batch, verdict, outcome, contract.cursor)
-        return outcome
-
-    def _record(self, batch: BatchRef, verdict: Verdict, outcome: LoadOutcome,
-                cursor: str) -> None:
-        """`outcome.bad_rows`: bad rows newly quarantined (a lookback re-read of a row
-        parked before does not count twice). The load rows metric counts changed rows, as
-        the status page does: re-reads would make throughput several times too high."""
-        good, parked = verdict.good, outcome.bad_rows
-        # bytes: all good rows the merge compared and wrote, re-reads included (its work)
-        self.metrics.rows(batch.source, batch.table, "load", outcome.changed_rows, good.nbytes)
-        if parked:
-            self.metrics.quarantined(batch.source, batch.table, parked)
-        newest, epoch = _newest(good, cursor)
-        if epoch is not None:
-            self.metrics.loaded_cursor(batch.source, batch.table, epoch)
-        self.state.record_load(batch.source, batch.table, good.num_rows, parked, newest, epoch,
-                               changed=outcome.changed_rows)
+        return self._process([batch])[0]
 
     def handle(self, batch: BatchRef) -> LoadOutcome:
         """process, then ack, then mark: the commit order in the module docstring."""
         outcome = self.process(batch)
+        self._finish(batch, outcome)
+        return outcome
+
+    def handle_all(self, batches: list[BatchRef]
+                   ) -> Iterator[tuple[BatchRef, LoadOutcome | Exception]]:
+        """Load batches taken from the buffer: those of one target as groups (one
+        transaction each, bounded by `group_rows`), each acked once its group committed.
+        Yields every batch with its outcome, or the error it failed with (its caller gives
+        it back to the buffer); one batch's error never ends the others."""
+        with LeaseKeeper(self.buffer, [b.batch_id for b in batches]) as keeper:
+            for group in self._groups(batches):
+                for batch, result in self._handle_group(group):
+                    keeper.release(batch.batch_id)
+                    yield batch, result
+
+    def _groups(self, batches: list[BatchRef]) -> list[list[BatchRef]]:
+        """Batches split by target, then into runs of at most `group_rows` rows."""
+        limit = self.config.warehouse.group_rows
+        by_target: dict[str, list[list[BatchRef]]] = {}
+        for batch in batches:
+            runs = by_target.setdefault(self._ref(batch).target, [[]])
+            if runs[-1] and sum(b.rows for b in runs[-1]) + batch.rows > limit:
+                runs.append([])
+            runs[-1].append(batch)
+        return [run for runs in by_target.values() for run in runs]
+
+    def _handle_group(self, group: list[BatchRef]
+                      ) -> Iterator[tuple[BatchRef, LoadOutcome | Exception]]:
+        if len(group) > 1:
+            try:
+                outcomes = self._process(group)
+            except Exception as exc:  # noqa: BLE001 - one batch's error: see below
+                if isinstance(exc, RetryableError):  # the warehouse itself: alone is no better
+                    for batch in group:
+                        yield batch, exc
+                    return
+                log.warning("a group of %d batches failed (%s); loading them one by one",
+                            len(group), exc, extra={"stage": "load", "batch_id": exc_batch(exc)})
+            else:
+                for batch, outcome in zip(group, outcomes, strict=True):
+                    try:
+                        self._finish(batch, outcome)
+                    except Exception as exc:  # noqa: BLE001 - committed; redelivery is a no-op
+                        yield batch, exc
+                    else:
+                        yield batch, outcome
+                return
+        for batch in group:  # alone: a batch that fails fails by itself
+            try:
+                yield batch, self.handle(batch)
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, per batch
+                yield batch, exc
+
+    def _ref(self, batch: BatchRef) -> TableRef:
+        return self.config.table(batch.source, batch.table)[2]
+
+    def _process(self, group: list[BatchRef]) -> list[LoadOutcome]:
+        """Validate, park and merge the batches of one target in one transaction; each
+        batch is validated (and its bad rows parked) just before its merge, so the group
+        holds one batch's rows at a time and every park precedes the commit."""
+        contracts = [contract_of(self.config, batch) for batch in group]
+        for batch, contract in zip(group, contracts, strict=True):
+            ref = self._ref(batch)
+            if (ref.target, contract.names) not in self._ensured:
+                self.warehouse.ensure_table(ref, contract)  # also adds new columns
+                self._ensured.add((ref.target, contract.names))
+        prepared: list[_Prepared] = []
+
+        def parts() -> Iterator[LoadPart]:
+            for batch, contract in zip(group, contracts, strict=True):
+                verdict = transform(self.config, self.landing, self.metrics, batch)
+                parked = self.quarantine.park(batch, verdict) if verdict.bad.num_rows else 0
+                good = verdict.good
+                prepared.append(_Prepared(batch, good.num_rows, good.nbytes, parked,
+                                          *_newest(good, contract.cursor)))
+                yield LoadPart(self._ref(batch), contract, batch, good,
+                               deletes_of(batch, contract))
+
+        started = time.monotonic()
+        merged = self.warehouse.load_group(parts())
+        share = (time.monotonic() - started) / len(group)
+        failpoint("load.after_commit")
+        outcomes: list[LoadOutcome] = []
+        for p, result in zip(prepared, merged, strict=True):
+            self.metrics.batch_duration(p.batch.source, p.batch.table, "load", share)
+            outcome = LoadOutcome(result is not None, p.good_rows, p.parked,
+                                  result.changed if result is not None else 0)
+            if result is not None:
+                self._record(p, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _record(self, p: _Prepared, outcome: LoadOutcome) -> None:
+        """`outcome.bad_rows`: bad rows newly quarantined (a lookback re-read of a row
+        parked before does not count twice). The load rows metric counts changed rows, as
+        the status page does: re-reads would make throughput several times too high."""
+        batch, parked = p.batch, outcome.bad_rows
+        # bytes: all good rows the merge compared and wrote, re-reads included (its work)
+        self.metrics.rows(batch.source, batch.table, "load", outcome.changed_rows, p.good_bytes)
+        if parked:
+            self.metrics.quarantined(batch.source, batch.table, parked)
+        if p.epoch is not None:
+            self.metrics.loaded_cursor(batch.source, batch.table, p.epoch)
+        self.state.record_load(batch.source, batch.table, p.good_rows, parked, p.newest,
+                               p.epoch, changed=outcome.changed_rows)
+
+    def _finish(self, batch: BatchRef, outcome: LoadOutcome) -> None:
+        """Steps 3 and 4 of the commit order, after the batch's transaction committed."""
         self.buffer.ack(batch.batch_id)
+        failpoint("load.after_ack")
         self.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows,
                                status="loaded" if outcome.loaded else "duplicate")
         log.debug("loaded" if outcome.loaded else "already loaded", extra={
             "source": batch.source, "table": batch.table, "stage": "load",
             "batch_id": batch.batch_id, "rows": outcome.good_rows})
-        return outcome
+
+
+def exc_batch(exc: BaseException) -> str | None:
+    """The batch an error names, if it names one."""
+    batch_id = getattr(exc, "batch_id", None)
+    return batch_id if isinstance(batch_id, str) else None
 
 
 def _newest(rows: pa.Table, cursor: str) -> tuple[str | None, float | None]:
