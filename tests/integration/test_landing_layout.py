@@ -185,6 +185,11 @@ def test_gc_deletes_only_loaded_batches_past_the_retention(tmp_path: Path) -> No
     assert {b for b, s in history.items() if s == "gone"} == set(refs) - kept
     landed = set(files(cfg))
     assert landed == {refs[b].path for b in kept}
+    with Pipeline.from_yaml(cfg) as pipeline:
+        # compact takes loaded batches only: a pending one is read by its queued path
+        compact_pipeline(pipeline, 8 << 10, include_today=True)
+        after = {r.batch_id: r for r, _ in pipeline.state.landed_batches()}
+    assert all(after[b] == refs[b] for b in pending)
 
     run_in_process(cfg)  # the batches gc left alone still load
     warehouse_equals_source_except_bad(tmp_path)
