@@ -17,6 +17,7 @@ A late UPDATE stamped older than the version already loaded must reach the wareh
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -27,7 +28,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,11 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import nats
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.conftest import steadyflow, write_pipeline
+from tests.conftest import require_service, steadyflow, write_pipeline
+from tests.support.gen import Col, Table
+from tests.support.oracle import diff, read_source, read_warehouse
 
 from steadyflow.config import PipelineConfig, load_config
 from steadyflow.demo.stores import (
@@ -63,6 +69,7 @@ TARGET = "sales"
 LEDGER = "_steadyflow_ledger"
 IS_MALFORMED = " OR ".join(f"coalesce({pred}, 0)" for _, _, pred in MALFORMED_RULES.values())
 Row = tuple[Any, ...]
+ALONE = {"kind": "duckdb", "path": "warehouse.duckdb", "group_batches": 1}
 
 
 # --- setup -------------------------------------------------------------------------------
@@ -247,7 +254,9 @@ def assert_landing_clean(directory: Path) -> None:
 def test_sigkill_at_failpoint_loses_and_doubles_nothing(tmp_path: Path, point: str,
                                                         nth: int) -> None:
     paths = create_stores(tmp_path / "stores", stores=2, rows_per_store=ROWS_PER_STORE)
-    cfg = write_pipeline(tmp_path, sources(paths))
+    # one batch per load transaction, so `nth` counts batches whatever the loader's pace
+    # (how many are ready at once); grouped commits have their own tests below
+    cfg = write_pipeline(tmp_path, sources(paths), warehouse=ALONE)
     total = 2 * ROWS_PER_STORE
 
     crash(cfg, f"{point}:{nth}")
@@ -438,8 +447,8 @@ def test_reader_never_sees_a_partial_batch(tmp_path: Path, pg_dsn: str) -> None:
 @pytest.mark.integration
 def test_sigkill_after_merge_before_commit_postgres(tmp_path: Path, pg_dsn: str) -> None:
     paths = create_stores(tmp_path / "stores", stores=2, rows_per_store=ROWS_PER_STORE)
-    cfg = write_pipeline(tmp_path, sources(paths),
-                         warehouse={"kind": "postgres", "dsn": pg_dsn, "schema": "wh"})
+    cfg = write_pipeline(tmp_path, sources(paths), warehouse={
+        "kind": "postgres", "dsn": pg_dsn, "schema": "wh", "group_batches": 1})
     crash(cfg, "load.after_merge:3")
     with psycopg.connect(pg_dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -493,4 +502,89 @@ def test_crash_mid_write_leaves_only_a_hidden_temp_file(tmp_path: Path) -> None:
     assert_equal(load_config(cfg), paths, rows)
     assert_ledger(tmp_path, ledger)
     assert_quarantine(tmp_path, paths)
+    assert_landing_clean(tmp_path)
+
+
+# --- 5. grouped commits: a SIGKILL before a group's commit, after it, between its acks ---------
+GROUP = 4
+NATS_URL = "nats://127.0.0.1:4222"
+SALES = Table("sales", [
+    Col("store_id", "int64", nullable=False), Col("sale_id", "int64", nullable=False),
+    Col("sku", "text"), Col("qty", "int64"), Col("unit_price", "dec", 12, 2),
+    Col("currency", "text"), Col("sold_at", "ts"), Col("updated_at", "ts")],
+    key=["store_id", "sale_id"], cursor="updated_at")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("jetstream", marks=pytest.mark.integration)])
+def buffer_section(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The embedded buffer, or a JetStream stream of its own with a short lease (a killed
+    loader's batches come back after it, not after the default two minutes)."""
+    if request.param == "sqlite":
+        yield {"kind": "sqlite"}
+        return
+    require_service("NATS", "127.0.0.1", 4222)
+    stream = f"sf_crash_{uuid.uuid4().hex[:12]}"
+    yield {"kind": "jetstream", "url": NATS_URL, "stream": stream, "lease": "2s"}
+
+    async def delete() -> None:
+        nc = await nats.connect(NATS_URL)
+        try:
+            await nc.jsm().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
+def ledger_groups(directory: Path) -> list[int]:
+    """The batches of each committed load transaction, in commit order: DuckDB's now() is
+    the transaction's start, the same for every ledger row of one group."""
+    con = duckdb.connect(str(directory / "warehouse.duckdb"), read_only=True)
+    try:
+        return [int(n) for n, in con.execute(
+            f'SELECT count(*) FROM main."{LEDGER}" GROUP BY loaded_at ORDER BY loaded_at'
+        ).fetchall()]
+    finally:
+        con.close()
+
+
+def assert_oracle_equal(directory: Path, paths: list[Path]) -> None:
+    """The warehouse equals the stores by the independent oracle, without one duplicate."""
+    expected: dict[Any, Any] = {}
+    for path in paths:
+        expected |= read_source("sqlite", str(path), SALES)
+    where = str(directory / "warehouse.duckdb")
+    found = diff(expected, read_warehouse("duckdb", where, "main", SALES))
+    assert not found, f"warehouse differs from the stores:\n{found}"
+    with closing(duckdb.connect(where, read_only=True)) as con:
+        assert con.execute("SELECT count(*) FROM main.sales").fetchone() == (len(expected),)
+
+
+@pytest.mark.parametrize(("point", "committed"), [
+    ("load.after_merge:2", [GROUP]),  # the 2nd group merged, killed before its commit
+    ("load.after_commit:2", [GROUP, GROUP]),  # the 2nd group committed, none of it acked
+    (f"load.after_ack:{GROUP + 2}", [GROUP, GROUP]),  # 2 of the 2nd group's acks done
+])
+def test_sigkill_around_a_group_commit_loses_and_doubles_nothing(
+        tmp_path: Path, buffer_section: dict[str, Any], point: str, committed: list[int]
+        ) -> None:
+    paths = clean_stores(tmp_path / "stores", 3_000)
+    cfg = write_pipeline(tmp_path, sources(paths, page_size=500), buffer=buffer_section,
+                         warehouse={"kind": "duckdb", "path": "warehouse.duckdb",
+                                    "group_batches": GROUP})
+    # extracted, not loaded: the next run's loader finds every batch ready and takes them
+    # GROUP at a time, oldest first (its own extraction only adds lookback re-reads behind)
+    steadyflow("extract", "-c", str(cfg), check=True)
+    queued = state_rows(tmp_path, "SELECT batch_id FROM manifest")
+    assert len(queued) >= 3 * GROUP
+
+    crash(cfg, point)
+    assert ledger_groups(tmp_path) == committed, "not the groups this test is about"
+    loaded = state_rows(tmp_path, "SELECT count(*) FROM manifest WHERE status = 'loaded'")
+    assert loaded == [(GROUP + (1 if point.startswith("load.after_ack") else 0),)]
+
+    catch_up(cfg)
+    assert_oracle_equal(tmp_path, paths)
+    _, ledger = duckdb_tables(tmp_path)
+    assert_ledger(tmp_path, ledger)  # every batch once, the manifest agrees
     assert_landing_clean(tmp_path)

@@ -56,7 +56,7 @@ from steadyflow.run.extract import (
     TableMemory,
     open_source,
 )
-from steadyflow.run.load import BatchLoader, transform
+from steadyflow.run.load import BatchLoader, gather, transform
 from steadyflow.state import StateStore, open_state
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Verdict
@@ -385,32 +385,41 @@ class Pipeline:
                 log.warning("buffer unavailable: %s", exc, extra={"stage": "load"})
                 self._stop.wait(1.0)
                 continue
-            batch = delivery.ref
-            try:
-                outcome = loader.handle(batch)
-            except Exception as exc:  # noqa: BLE001 - one batch's error never ends the loader
-                # a fatal error, or an unexpected one (a bug, a contract changed under a
-                # pending batch), will not heal by itself within this run: count it as
-                # final at once instead of waiting out max_failures delayed retries
-                final = isinstance(exc, FatalError) or not isinstance(exc, SteadyflowError)
-                failures[batch.batch_id] = (max_failures if final
-                                            else failures.get(batch.batch_id, 0) + 1)
-                self._load_failed(batch, exc, failures[batch.batch_id], max_failures, summary)
-                continue
-            failures.pop(batch.batch_id, None)
-            if outcome.loaded:
-                summary.loaded_batches += 1
-                summary.loaded_rows += outcome.good_rows
-                summary.changed_rows += outcome.changed_rows
-                summary.reread_rows += outcome.reread_rows
-                summary.quarantined_rows += outcome.bad_rows
-            else:
-                summary.duplicates_skipped += 1
+            group = self.config.warehouse
+            retry_wait = 0.0
+            for batch, result in loader.handle_all(gather(
+                    self.buffer, delivery, group.group_batches, group.group_rows)):
+                if isinstance(result, Exception):
+                    retry_wait = max(retry_wait, self._batch_failed(
+                        batch, result, failures, max_failures, summary))
+                    continue
+                failures.pop(batch.batch_id, None)
+                if result.loaded:
+                    summary.loaded_batches += 1
+                    summary.loaded_rows += result.good_rows
+                    summary.changed_rows += result.changed_rows
+                    summary.reread_rows += result.reread_rows
+                    summary.quarantined_rows += result.bad_rows
+                else:
+                    summary.duplicates_skipped += 1
+            if retry_wait:  # the warehouse (or buffer) failed: a pause, once per group
+                self._stop.wait(retry_wait)
         self._report_queue()
         return summary
 
+    def _batch_failed(self, batch: BatchRef, exc: Exception, failures: dict[str, int],
+                      max_failures: int, summary: RunSummary) -> float:
+        """Count a batch's failure; returns how long the loader pauses before going on."""
+        # a fatal error, or an unexpected one (a bug, a contract changed under a pending
+        # batch), will not heal by itself within this run: count it as final at once
+        # instead of waiting out max_failures delayed retries
+        final = isinstance(exc, FatalError) or not isinstance(exc, SteadyflowError)
+        failures[batch.batch_id] = (max_failures if final
+                                    else failures.get(batch.batch_id, 0) + 1)
+        return self._load_failed(batch, exc, failures[batch.batch_id], max_failures, summary)
+
     def _load_failed(self, batch: BatchRef, exc: Exception, attempt: int,
-                     max_failures: int, summary: RunSummary) -> None:
+                     max_failures: int, summary: RunSummary) -> float:
         """Record the failure as the table's error, and delay the batch, or park it once it
         failed for good (never drop it: it stays in the manifest with its error until a load
         succeeds, and the table is reported failing until then)."""
@@ -444,8 +453,7 @@ class Pipeline:
         if final:
             summary.errors.append(f"batch {batch.batch_id}: {exc}")
             summary.failed_batches.append(batch.batch_id)
-        if isinstance(exc, RetryableError):
-            self._stop.wait(min(delay, 2.0))
+        return min(delay, 2.0) if isinstance(exc, RetryableError) else 0.0
 
     def _park(self, batch: BatchRef, backoff: float) -> None:
         """Take a batch that failed for good out of the buffer; the manifest keeps it

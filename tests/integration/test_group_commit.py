@@ -1,0 +1,221 @@
+"""Group commit (run/load.py, merge/*: `Warehouse.load_group`): the loader merges the ready
+batches of one target in one warehouse transaction, and that changes none of the rules.
+
+- two batches of one key in one group keep the later extraction, in either order, on both
+  warehouses (each batch's merge sees the ones before it in the transaction);
+- a batch whose rows the warehouse refuses for good fails alone: its group is rolled back
+  and the others load one by one;
+- a group that outlasts the buffer lease keeps its batches leased (SQLite visible_at,
+  JetStream in-progress acks): another loader never gets them meanwhile.
+The SIGKILL tests of a grouped commit are in tests/faults/test_crash.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+import pyarrow as pa
+import pytest
+from tests.conftest import require_service, write_pipeline
+
+from steadyflow.buffer.jetstream import JetStreamBuffer
+from steadyflow.buffer.sqlite import SqliteBuffer
+from steadyflow.demo.stores import create_stores
+from steadyflow.merge.duckdb import DuckdbWarehouse
+from steadyflow.merge.postgres import PostgresWarehouse
+from steadyflow.model import BatchRef, Column, Contract, TableRef
+from steadyflow.ports import Buffer, LoadPart, Warehouse
+from steadyflow.run.pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+
+NATS_URL = "nats://127.0.0.1:4222"
+CONTRACT = Contract(
+    columns=(Column("k", "int64", nullable=False), Column("v", "string"),
+             Column("ts", "int64")),
+    primary_key=("k",), cursor="ts")
+REF = TableRef("s", "t", "t")
+
+
+def _part(name: str, seq: int, *rows: tuple[int, str, int]) -> LoadPart:
+    k, v, ts = zip(*rows, strict=True)
+    table = pa.table({"k": pa.array(k, pa.int64()), "v": pa.array(v, pa.string()),
+                      "ts": pa.array(ts, pa.int64())})
+    return LoadPart(REF, CONTRACT, BatchRef(name, "s", "t", "x", len(rows), 0, "", None, None,
+                                            0.0, seq=seq), table)
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    wh: Warehouse
+    if request.param == "duckdb":
+        wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    else:
+        dsn = request.getfixturevalue("pg_dsn")
+        wh = PostgresWarehouse(dsn, "wh")
+    wh.ensure_table(REF, CONTRACT)
+    yield wh
+    wh.close()
+
+
+def _values(wh: Warehouse) -> dict[int, str]:
+    got = wh.query(f"SELECT k, v FROM {'main' if isinstance(wh, DuckdbWarehouse) else 'wh'}.t"
+                   ).to_pylist()  # type: ignore[attr-defined]
+    return {row["k"]: row["v"] for row in got}
+
+
+@pytest.mark.parametrize("later_first", [False, True])
+def test_two_batches_of_one_key_in_one_group_keep_the_later_extraction(
+        warehouse: Warehouse, later_first: bool) -> None:
+    # the earlier extraction carries the NEWER cursor (a late commit read first), so a
+    # "newer cursor wins" merge, or a group that collapsed its rows by cursor, keeps it
+    earlier = _part("early", 5, (1, "early", 9), (2, "early", 9))
+    later = _part("late", 6, (1, "late", 1), (3, "late", 1))
+    parts = [later, earlier] if later_first else [earlier, later]
+    merged = warehouse.load_group(parts)
+    assert all(m is not None for m in merged)
+    assert _values(warehouse) == {1: "late", 2: "early", 3: "late"}
+    assert warehouse.is_loaded("early") and warehouse.is_loaded("late")
+    # a repeat of the group, with one new batch: the two loaded ones are no-ops
+    again = warehouse.load_group([earlier, _part("new", 7, (4, "new", 1)), later])
+    assert again[0] is None and again[2] is None and again[1] is not None
+    assert _values(warehouse) == {1: "late", 2: "early", 3: "late", 4: "new"}
+
+
+def test_a_failing_part_rolls_the_whole_group_back(warehouse: Warehouse) -> None:
+    def parts() -> Iterator[LoadPart]:
+        yield _part("a", 1, (1, "a", 1))
+        raise RuntimeError("the second batch could not be read")
+
+    with pytest.raises(RuntimeError):
+        warehouse.load_group(parts())
+    assert not warehouse.is_loaded("a") and _values(warehouse) == {}
+    assert warehouse.load_group([_part("a", 1, (1, "a", 1))])[0] is not None
+
+
+# --- through the pipeline -----------------------------------------------------------------
+def _stores_config(tmp_path: Path, warehouse: dict[str, Any], buffer: dict[str, Any],
+                   rows: int = 2_000) -> Path:
+    paths = create_stores(tmp_path / "stores", stores=1, rows_per_store=rows, seed=3)
+    return write_pipeline(tmp_path, [{
+        "name": "store", "kind": "sqlite", "path": str(paths[0]),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 250}]}],
+        warehouse=warehouse, buffer=buffer)
+
+
+def _queued(directory: Path) -> list[str]:
+    """The SQLite buffer's batch ids in the order the loader takes them."""
+    with closing(sqlite3.connect(directory / "state" / "buffer.db")) as db:
+        return [b for b, in db.execute("SELECT batch_id FROM queue ORDER BY enqueued_at")]
+
+
+def test_a_batch_the_warehouse_refuses_fails_alone(tmp_path: Path, pg_dsn: str) -> None:
+    cfg = _stores_config(tmp_path, {"kind": "postgres", "dsn": pg_dsn, "schema": "wh",
+                                    "group_batches": 4}, {"kind": "sqlite"})
+    with Pipeline.from_yaml(cfg) as p:
+        extracted = p.extract()
+        assert extracted.ok and extracted.extracted_batches >= 6
+        pending = {b.batch_id: b for b in p.state.pending_batches()}
+        refused = pending[_queued(tmp_path)[1]]  # the second batch of the first group
+        first = p.landing.read(refused).column("sale_id")[0].as_py()
+        _, table, ref = p.config.table(refused.source, refused.table)
+        p.warehouse.ensure_table(ref, p.config.contract_of(table))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # its rows fail for good
+            conn.execute(f"ALTER TABLE wh.sales ADD CONSTRAINT no_{first} "
+                         f"CHECK (sale_id <> {first})")
+        summary = p.load(max_failures=1)
+    assert summary.failed_batches == [refused.batch_id]
+    assert summary.loaded_batches == len(pending) - 1
+    with psycopg.connect(pg_dsn) as conn:
+        ledger = {b for b, in conn.execute("SELECT batch_id FROM wh._steadyflow_ledger")}
+        count = conn.execute("SELECT count(*) FROM wh.sales").fetchone()
+    assert ledger == set(pending) - {refused.batch_id}
+    assert count == (summary.loaded_rows,) and summary.loaded_rows > 0
+
+
+# --- leases during a long group ------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "jetstream"])
+def short_lease(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    if request.param == "sqlite":
+        yield {"kind": "sqlite", "lease": "1s"}
+        return
+    require_service("NATS", "127.0.0.1", 4222)
+    stream = f"sf_group_{uuid.uuid4().hex[:12]}"
+    yield {"kind": "jetstream", "url": NATS_URL, "stream": stream, "lease": "1s"}
+
+    async def delete() -> None:
+        nc = await nats.connect(NATS_URL)
+        try:
+            await nc.jsm().delete_stream(stream)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
+def _leased(directory: Path, buffer: dict[str, Any]) -> int:
+    """How many of the buffer's messages a loader holds right now."""
+    if buffer["kind"] == "sqlite":
+        with closing(sqlite3.connect(directory / "state" / "buffer.db")) as db:
+            return int(db.execute("SELECT count(*) FROM queue WHERE owner IS NOT NULL"
+                                  ).fetchone()[0])
+
+    async def pending() -> int:
+        nc = await nats.connect(NATS_URL)
+        try:
+            info = await nc.jsm().consumer_info(buffer["stream"], "loader")
+            return int(info.num_ack_pending or 0)
+        finally:
+            await nc.close()
+
+    return asyncio.run(pending())
+
+
+def test_a_group_longer_than_the_lease_keeps_its_batches(
+        tmp_path: Path, short_lease: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    wh = {"kind": "duckdb", "path": "warehouse.duckdb"}
+    cfg = _stores_config(tmp_path, wh, short_lease, rows=1_000)
+    with Pipeline.from_yaml(cfg) as p:
+        n = p.extract().extracted_batches
+    assert n >= 3
+    cfg.write_text(cfg.read_text().replace("path: warehouse.duckdb",
+                                           f"path: warehouse.duckdb\n  group_batches: {n}"))
+    other: Buffer = (SqliteBuffer(tmp_path / "state" / "buffer.db", lease=1.0)
+                     if short_lease["kind"] == "sqlite" else
+                     JetStreamBuffer(NATS_URL, short_lease["stream"], lease=1.0))
+    taken: list[str] = []
+    stop = threading.Event()
+
+    def steal() -> None:  # a second loader, from the moment the group holds every batch
+        while not stop.is_set() and _leased(tmp_path, short_lease) < n:
+            stop.wait(0.02)
+        while not stop.is_set():
+            delivery = other.get(wait=0.2)
+            if delivery is not None:
+                taken.append(delivery.ref.batch_id)
+                other.nack(delivery.ref.batch_id)
+
+    thief = threading.Thread(target=steal, daemon=True)
+    # the group pauses three leases between its merges and its commit
+    monkeypatch.setenv("STEADYFLOW_FAILPOINT", "load.after_merge:1:sleep3")
+    try:
+        with Pipeline.from_yaml(cfg) as p:
+            assert p.config.warehouse.group_batches == n
+            thief.start()
+            summary = p.load()
+    finally:
+        stop.set()
+        thief.join(timeout=10)
+        other.close()
+    assert not taken, f"another loader got batches a running group held: {taken}"
+    assert summary.ok and summary.loaded_batches == n, summary
+    assert summary.duplicates_skipped == 0
