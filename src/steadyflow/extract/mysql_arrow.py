@@ -24,6 +24,12 @@ very Python values pymysql would have produced, so a row that does not fit costs
 with the same reason on both paths. `tests/integration/test_mysql_read_paths.py` compares
 both paths value for value.
 
+Which pages: connectorx opens a connection per page (its own pool, per call), so a page
+that follows a short page of the same table (a follow-mode poll that found a few changed
+rows, the normal case) is read on the pymysql connection the source keeps between cycles;
+a page that follows a full one, and a table's first page in this source object, are read by
+connectorx: a backfill or a burst is read fast from its first or second page on.
+
 Where the fast path is not used (pymysql instead, same values):
   * a table whose contract reads a column of a type not checked here (TIME, FLOAT,
     spatial, ...; see `_FAST_TYPES`), and MySQL (not MariaDB): the statement prefix above
@@ -201,6 +207,8 @@ class MysqlArrowSource(SqlSource):
         self._mariadb: bool | None = None
         # (table, contract) → each contract column's declared base type; None: pymysql
         self._plans: dict[tuple[str, Contract], tuple[str, ...] | None] = {}
+        # table → was its last page full? (see `_bulk`)
+        self._full: dict[str, bool] = {}
 
     # --- when the fast path applies --------------------------------------------------------
     def _is_mariadb(self) -> bool:
@@ -236,19 +244,24 @@ class MysqlArrowSource(SqlSource):
         """One keyset page as Arrow, with the (cursor, key) of its last row: the same
         rows, values and watermark as `SqlSource.page`, which reads what this cannot."""
         kinds = self._plan(table, contract) if where is None else None
-        if kinds is None:
-            return super().page(table, contract, after, since, limit, where, upto)
+        if kinds is None or not self._full.get(table, True):
+            return self._pymysql_page(table, contract, after, since, limit, where, upto)
         query, params = self.page_query(table, contract, after, since, limit, upto=upto)
         sql = self._inline(self._fast_select(table, contract, kinds, query), params)
         if sql is None:
-            return super().page(table, contract, after, since, limit, where, upto)
+            return self._pymysql_page(table, contract, after, since, limit, where, upto)
+        # the link first, on the connection already open: a server that is down or cut off
+        # fails here at once (retried, the breaker counts it), not after connectorx's
+        # pool has retried connecting for 30 s
+        self._execute(table, "SELECT 1", [])
         try:
             raw = self._fetch(table, sql)
         except _Unreadable:
             log.info("%s: a page holds a value the Arrow path cannot decode (a zero "
                      "date?); read by pymysql", table,
                      extra={"source": self.config.name, "table": table, "stage": "extract"})
-            return super().page(table, contract, after, since, limit, where, upto)
+            return self._pymysql_page(table, contract, after, since, limit, where, upto)
+        self._full[table] = raw.num_rows >= limit
         if raw.num_rows == 0:
             return rows_to_arrow([], contract), None
         last = raw.slice(raw.num_rows - 1, 1).to_pylist()[0]
@@ -261,6 +274,16 @@ class MysqlArrowSource(SqlSource):
         high = Watermark(cursor=high_values[0], key=tuple(high_values[1:]))
         self._check_position(table, contract, high)
         return conform(raw, contract, kinds), high
+
+    def _pymysql_page(
+        self, table: str, contract: Contract, after: Watermark | None, since: Any | None,
+        limit: int, where: tuple[str, Sequence[Any]] | None, upto: Watermark | None,
+    ) -> tuple[pa.Table, Watermark | None]:
+        """`SqlSource.page`; notes whether a keyset page came back full."""
+        rows, high = super().page(table, contract, after, since, limit, where, upto)
+        if where is None:
+            self._full[table] = rows.num_rows >= limit
+        return rows, high
 
     def _fast_select(self, table: str, contract: Contract, kinds: tuple[str, ...],
                      query: str) -> str:
