@@ -235,3 +235,6 @@ def test_a_role_that_cannot_see_transactions_falls_back_to_the_window_loudly(
     assert ("pg_read_all_stats" if store.kind == "postgres" else "PROCESS") in warnings[0]
     # the fixed window, as the warning says: the late row is not read
     assert LATE not in warehouse_keys(tmp_path)
+    with Pipeline.from_yaml(config) as p:  # and `steadyflow status` shows why
+        (health,) = p.state.health()
+    assert health.last_error is not None and "adaptive lookback unavailable" in health.last_error

@@ -122,6 +122,8 @@ class TableMemory:
     resume_bound: datetime | None = None
     # the last poll written to the state store: (its high as JSON, monotonic time)
     recorded: tuple[str | None, float] | None = None
+    # the adaptive lookback fell back to the fixed window (no privilege): told to status
+    hidden_reported: bool = False
 
 
 @dataclass
@@ -240,7 +242,18 @@ class TableExtractor:
 
     def _observed(self, observed: OpenSince | None) -> None:
         """A poll read its pass to the end: the next one re-reads from what it saw before
-        its snapshot (unknown when it saw nothing: the fixed window then)."""
+        its snapshot (unknown when it saw nothing: the fixed window then). A role that
+        cannot see other sessions' transactions is reported as the table's error once per
+        process (status shows it; the source logged why), never silently."""
+        if (self.adaptive and observed is not None and not observed.visible
+                and not self.memory.hidden_reported):
+            self.memory.hidden_reported = True
+            self.state.record_error(
+                self.ref.source, self.ref.table,
+                "adaptive lookback unavailable: the source role cannot see other sessions' "
+                "transactions (grant pg_read_all_stats on PostgreSQL, PROCESS on MariaDB); "
+                f"using the fixed lookback window ({self.table.lookback:g}s), which misses "
+                "a transaction committing later than that (or set lookback_mode: fixed)")
         if self.adaptive:
             self.memory.resume_bound = (self._floored(observed) if observed is not None
                                         and observed.visible else None)
