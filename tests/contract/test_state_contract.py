@@ -117,12 +117,23 @@ def test_backfill_chunks_are_leased_fenced_and_gate_the_checkpoint(adapter: Adap
     b.release_lease(second)  # not its lease any more: nothing changes
     a.finish_chunk(first)
     chunks = b.backfill_chunks("s", "t")
-    assert [(c.status, c.rows, c.holder) for c in chunks] == [("done", 20, None),
-                                                              ("done", 5, None)]
+    assert [(c.status, c.rows, c.holder) for c in chunks] == [("done", 20, "h:1:a"),
+                                                              ("done", 5, "h:1:c")]
     assert b.claim_chunk("s", "t", "h:1:d", 30) is None
     assert a.finish_backfill("s", "t")
     assert b.checkpoint("s", "t") == high
-    assert b.backfill("s", "t") is None and b.backfill_chunks("s", "t") == []
+    assert b.backfill("s", "t") is None and len(b.backfill_chunks("s", "t")) == 2  # history
+    b.reset_checkpoint("s", "t")
+    assert b.backfill_chunks("s", "t") == []
+    # a load noted by start_backfill is split while it has landed nothing, never after
+    b.start_backfill("s", "t", high)
+    assert b.plan_backfill("s", "t", Watermark(99, (1,)), bounds)
+    assert b.backfill("s", "t") == (high, None)
+    b.reset_checkpoint("s", "t")
+    b.start_backfill("s", "t", high)
+    b.advance_backfill("s", "t", Watermark(1, (3,)))
+    assert not b.plan_backfill("s", "t", high, bounds)
+    assert b.backfill_chunks("s", "t") == []
 
 
 def test_sequence_strictly_increases_across_instances_and_threads(adapter: Adapter) -> None:
@@ -310,3 +321,34 @@ def test_manifest_relocate_and_mark_gone(adapter: Adapter) -> None:
     assert {x["batch_id"]: x["status"] for x in b.batches()} == {
         "b0": "gone", "b1": "gone", "b2": "landed"}
     assert [r.batch_id for r in b.pending_batches()] == ["b2"]
+
+
+def test_verified_buckets_of_an_incremental_reconcile(adapter: Adapter) -> None:
+    """Buckets a clean reconcile verified: bounds and checksums past 64 bits kept exactly,
+    a partial save updates only its buckets and moves `since` for the whole table, a
+    replace drops the old ones, forget clears the table only."""
+    from steadyflow.state.store import VerifiedBucket
+
+    a, b = adapter.open(), adapter.open()
+    assert a.verified_buckets("s", "t") == []
+    big = 2 ** 70 + 3
+    first = [VerifiedBucket(0, None, -(2 ** 63), 5, big, 100.0, None),
+             VerifiedBucket(1, -(2 ** 63), 2 ** 64, 7, 12, 100.0, None),
+             VerifiedBucket(2, 2 ** 64, None, 0, 0, 100.0, None)]
+    a.save_verified_buckets("s", "t", first, since=1_700_000_000_000_000, replace=True)
+    a.save_verified_buckets("s", "other", first[:1], since=None, replace=True)
+    got = b.verified_buckets("s", "t")
+    assert [(x.bucket, x.lo, x.hi, x.rows, x.checksum) for x in got] == [
+        (0, None, -(2 ** 63), 5, big), (1, -(2 ** 63), 2 ** 64, 7, 12), (2, 2 ** 64, None, 0, 0)]
+    assert {x.since for x in got} == {1_700_000_000_000_000}
+    b.save_verified_buckets("s", "t", [replace(first[1], rows=8, checksum=13,
+                                               verified_at=200.0)], since=1_800_000_000_000_000)
+    got = a.verified_buckets("s", "t")
+    assert [(x.rows, x.checksum, x.verified_at) for x in got] == [
+        (5, big, 100.0), (8, 13, 200.0), (0, 0, 100.0)]
+    assert {x.since for x in got} == {1_800_000_000_000_000}
+    a.save_verified_buckets("s", "t", first[:1], since=None, replace=True)
+    assert [(x.bucket, x.since) for x in b.verified_buckets("s", "t")] == [(0, None)]
+    b.forget_verified_buckets("s", "t")
+    assert a.verified_buckets("s", "t") == []
+    assert len(a.verified_buckets("s", "other")) == 1

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from steadyflow.config import IDENT, SourceConfig, TableConfig, adaptive_lookback
-from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout
+from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout, TableBusy
 from steadyflow.extract.dialects import OpenSince
 from steadyflow.extract.http import (
     RAW_SUFFIX,
@@ -176,6 +176,8 @@ class TableExtractor:
         # the table's extraction lease while `run` holds it (run/lease.py); every durable
         # step (record, checkpoint, initial load position) is fenced by it in state.py
         self.lease: Lease | None = None
+        # this run's first load is split into key ranges not all read yet (run/backfill.py)
+        self._partitioned = False
         self.adaptive = adaptive_lookback(self.source, self.table, self.contract)
         # the open-transaction bound this poll started from under the adaptive lookback
         # (kept in each landed page's meta: a restarted process resumes from it, see
@@ -250,8 +252,9 @@ class TableExtractor:
             self.memory.hidden_reported = True
             self.state.record_error(
                 self.ref.source, self.ref.table,
-                "adaptive lookback unavailable: the source role cannot see other sessions' "
-                "transactions (grant pg_read_all_stats on PostgreSQL, PROCESS on MariaDB); "
+                "adaptive lookback unavailable: the source cannot show other sessions' "
+                "transactions (grant pg_read_all_stats on PostgreSQL, PROCESS on MariaDB; "
+                "a standby shows none of the primary's); "
                 f"using the fixed lookback window ({self.table.lookback:g}s), which misses "
                 "a transaction committing later than that (or set lookback_mode: fixed)")
         if self.adaptive:
@@ -282,11 +285,30 @@ class TableExtractor:
         next table); ExtractionFenced if this one stalls past it and another takes over."""
         if dry_run:
             return self._run(db, dry_run)
+        self._partitioned = False
+        result = self._leased(db, lease_wait)
+        if not self._partitioned or self.should_stop() or not isinstance(db, SqlSource):
+            return result
+        # a large first load's key ranges are units of their own, read outside the table's
+        # lease (other workers take ranges too); the load ends under the lease again
+        from steadyflow.run import backfill as chunked
+
+        chunked.read_chunks(self, db, wait=lease_wait > 0)
+        if self.should_stop():
+            return result
+        try:
+            return self._leased(db, lease_wait)
+        except TableBusy:
+            if lease_wait > 0:
+                raise
+            return result  # another worker has the table: it ends the load
+
+    def _leased(self, db: Source, lease_wait: float) -> ExtractResult:
         with hold_lease(self.state, self.ref.source, self.ref.table, "extract",
                         self.should_stop, wait=lease_wait) as lease:
             self.lease = lease
             try:
-                return self._run(db, dry_run)
+                return self._run(db, False)
             finally:
                 self.lease = None
 
@@ -404,6 +426,8 @@ class TableExtractor:
             high, after = started
         bound = self._adaptive_bound(observed) if isinstance(high.cursor, datetime) else None
         self._bound = bound
+        if not dry_run and after is None and self._partition(db, high):
+            return self._end_partitioned(bound)
         log.info("initial load in primary-key order%s", " (resumed)" if after else "",
                  extra=self._extra())
         done = self._pages(db, self.contract.by_key(), after, None, dry_run, ahead,
@@ -415,6 +439,43 @@ class TableExtractor:
             if bound is not None:
                 self.memory.resume_bound = bound
         return done
+
+    def _partition(self, db: SqlSource, high: Watermark) -> bool:
+        """Whether this load is split into key ranges (run/backfill.py): split now when
+        the table holds at least two ranges' rows and the load has landed nothing yet."""
+        from steadyflow.run import backfill as chunked
+
+        src, tbl = self.ref.source, self.ref.table
+        if self.state.backfill_chunks(src, tbl):
+            return True
+        rows = chunked.chunk_rows()
+        if rows <= 0:
+            return False
+        bounds = self.guard.call(lambda: chunked.split(db, tbl, self.contract, rows),
+                                 stop=self.should_stop)
+        if len(bounds) < 2:
+            return False
+        # the cursor pass's re-read start (adaptive lookback), kept in every range's pages
+        # as in a one-piece load's: whichever process ends the load restores it from them
+        since = self._since_meta().get("since")
+        if self.state.plan_backfill(src, tbl, high, bounds,
+                                    since=None if since is None else json.dumps(since),
+                                    lease=self.lease):
+            log.info("initial load split into %d key ranges of about %d rows", len(bounds),
+                     rows, extra=self._extra())
+        return bool(self.state.backfill_chunks(src, tbl))
+
+    def _end_partitioned(self, bound: datetime | None) -> bool:
+        """A split load ends once every range is read (state: finish_backfill checks it
+        in the transaction that sets the checkpoint to the noted position); until then
+        `run` reads ranges outside the table's lease. True: the cursor pass follows."""
+        self._partitioned = not self.state.finish_backfill(self.ref.source, self.ref.table,
+                                                           lease=self.lease)
+        if self._partitioned:
+            return False
+        if bound is not None:
+            self.memory.resume_bound = bound
+        return True
 
     def _pages(self, db: Source, contract: Contract, after: Watermark | None,
                since: object | None, dry_run: bool, ahead: ThreadPoolExecutor | None,

@@ -77,6 +77,10 @@ CREATE TABLE IF NOT EXISTS reconcile_runs (
   id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, tbl TEXT NOT NULL, at REAL NOT NULL,
   buckets INTEGER, rows_compared INTEGER, missing INTEGER, extra INTEGER, mismatched INTEGER,
   repaired INTEGER, detail TEXT);
+CREATE TABLE IF NOT EXISTS reconcile_buckets (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, bucket INTEGER NOT NULL, lo TEXT, hi TEXT,
+  since TEXT, rows INTEGER NOT NULL, checksum TEXT NOT NULL, verified_at REAL NOT NULL,
+  PRIMARY KEY (source, tbl, bucket));
 CREATE TABLE IF NOT EXISTS workers (
   worker_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, started_at REAL NOT NULL,
   heartbeat_at REAL NOT NULL, heartbeat_every REAL NOT NULL, units TEXT NOT NULL,
@@ -154,7 +158,7 @@ class BackfillChunk:
     high: Watermark
     after: Watermark | None
     status: str  # 'pending' (maybe held now: see holder, expires_at) or 'done'
-    holder: str | None
+    holder: str | None  # of a done chunk: who read it
     expires_at: float
     generation: int
     rows: int
@@ -296,23 +300,26 @@ class StateStore(ABC):
                 return False
             self._advance(c, source, table, Watermark.from_json(row[0]))
             c.execute("DELETE FROM backfills WHERE source=? AND tbl=?", (source, table))
-            c.execute("DELETE FROM backfill_chunks WHERE source=? AND tbl=?", (source, table))
-            return True
+            return True  # the chunks stay as the load's history (who read what, how many)
 
     # --- a partitioned initial load (run/backfill.py): key-range chunks, each leased -----
     def plan_backfill(self, source: str, table: str, high: Watermark,
                       bounds: Sequence[tuple[Watermark | None, Watermark]],
                       since: str | None = None, lease: Lease | None = None) -> bool:
-        """Start an initial load split into key ranges `bounds` [(low exclusive, high
-        included), ...], in one transaction with its noted cursor position `high`. False
-        (and nothing changes) when a load of the table is started already."""
+        """Split the table's initial load into key ranges `bounds` [(low exclusive, high
+        included), ...], in one transaction with its noted cursor position `high` (a
+        position noted earlier by `start_backfill` is kept). False, and nothing changes,
+        when the load is split already or has landed a page in one piece."""
         with self._tx() as c:
             self._fence(c, lease)
-            if c.execute("SELECT 1 FROM backfills WHERE source=? AND tbl=?",
-                         (source, table)).fetchone() is not None:
-                return False
-            c.execute("INSERT INTO backfills VALUES (?,?,?,NULL,?)",
+            c.execute("INSERT INTO backfills VALUES (?,?,?,NULL,?) ON CONFLICT DO NOTHING",
                       (source, table, high.to_json(), time.time()))
+            row = c.execute("SELECT after FROM backfills WHERE source=? AND tbl=?",
+                            (source, table)).fetchone()
+            if row[0] is not None or c.execute(
+                    "SELECT 1 FROM backfill_chunks WHERE source=? AND tbl=?",
+                    (source, table)).fetchone() is not None:
+                return False
             c.executemany(
                 "INSERT INTO backfill_chunks(source, tbl, chunk, low, high, status, "
                 "expires_at, generation, rows, since) VALUES (?,?,?,?,?,'pending',0,0,0,?)",
@@ -357,11 +364,12 @@ class StateStore(ABC):
                       (after.to_json(), rows, lease.source, lease.table, lease.chunk))
 
     def finish_chunk(self, lease: ChunkLease) -> None:
-        """Every key of the chunk is landed (fenced): it is never read again."""
+        """Every key of the chunk is landed (fenced): it is never read again. Its holder
+        stays as who read it."""
         with self._tx() as c:
             self._fence(c, lease)
-            c.execute("UPDATE backfill_chunks SET status='done', holder=NULL, expires_at=0, "
-                      "done_at=? WHERE source=? AND tbl=? AND chunk=?",
+            c.execute("UPDATE backfill_chunks SET status='done', expires_at=0, done_at=? "
+                      "WHERE source=? AND tbl=? AND chunk=?",
                       (self._now(c), lease.source, lease.table, lease.chunk))
 
     # --- extraction leases ------------------------------------------------------------
@@ -745,6 +753,40 @@ class StateStore(ABC):
                  repaired, json.dumps(detail, default=str)),
             )
 
+    def verified_buckets(self, source: str, table: str) -> list[VerifiedBucket]:
+        """The table's buckets as its last clean reconcile verified them, by bucket."""
+        rows = self._query(
+            "SELECT bucket, lo, hi, rows, checksum, verified_at, since FROM reconcile_buckets "
+            "WHERE source=? AND tbl=? ORDER BY bucket", (source, table))
+        return [VerifiedBucket(int(b), _int(lo), _int(hi), int(n), int(c), float(at),
+                               _int(since)) for b, lo, hi, n, c, at, since in rows]
+
+    def save_verified_buckets(self, source: str, table: str, buckets: Sequence[VerifiedBucket],
+                              since: int | None, replace: bool = False) -> None:
+        """Record buckets verified clean (integers as text: a bound may exceed 64 bits);
+        `since` is written on every bucket of the table. `replace`: these are all of the
+        table's buckets (a full reconcile), the old ones go. One transaction."""
+        with self._tx() as c:
+            if replace:
+                c.execute("DELETE FROM reconcile_buckets WHERE source=? AND tbl=?",
+                          (source, table))
+            for b in buckets:
+                c.execute(
+                    "INSERT INTO reconcile_buckets(source, tbl, bucket, lo, hi, since, rows, "
+                    "checksum, verified_at) VALUES (?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (source, tbl, bucket) DO UPDATE SET lo=excluded.lo, "
+                    "hi=excluded.hi, rows=excluded.rows, checksum=excluded.checksum, "
+                    "verified_at=excluded.verified_at",
+                    (source, table, b.bucket, _text(b.lo), _text(b.hi), _text(since), b.rows,
+                     str(b.checksum), b.verified_at))
+            c.execute("UPDATE reconcile_buckets SET since=? WHERE source=? AND tbl=?",
+                      (_text(since), source, table))
+
+    def forget_verified_buckets(self, source: str, table: str) -> None:
+        """After a reconcile that was not clean: the next incremental one compares all."""
+        with self._tx() as c:
+            c.execute("DELETE FROM reconcile_buckets WHERE source=? AND tbl=?", (source, table))
+
     def last_reconcile(self) -> list[dict[str, Any]]:
         cols = ["source", "table", "at", "buckets", "rows_compared", "missing", "extra",
                 "mismatched", "repaired"]
@@ -754,6 +796,31 @@ class StateStore(ABC):
             "WHERE r2.source=r.source AND r2.tbl=r.tbl) ORDER BY source, tbl"
         )
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedBucket:
+    """One bucket of a table as its last clean reconcile left it (reconcile/incremental.py):
+    a range [lo, hi) of its first bucket dimension (None: unbounded), the two sides' row
+    count and checksum there, when that was verified, and the table's cursor (as the
+    reconcile's integer) from which rows had not been compared yet (`since`, the same on
+    every bucket of a table)."""
+
+    bucket: int
+    lo: int | None
+    hi: int | None
+    rows: int
+    checksum: int
+    verified_at: float
+    since: int | None
+
+
+def _int(text: str | None) -> int | None:
+    return None if text is None else int(text)
+
+
+def _text(value: int | None) -> str | None:
+    return None if value is None else str(int(value))
 
 
 def _mark(text: str | None) -> Watermark | None:
