@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 from tests.conftest import steadyflow
 from tests.support.items import TABLE, add_rows, make_source, write_config
@@ -227,3 +228,26 @@ def test_soak_file_count_stays_bounded(tmp_path: Path) -> None:
     assert max(counts) <= 8, counts  # vs one file per batch without compaction
     assert counts[-1] <= 8
     warehouse_equals_source(tmp_path)
+
+
+def test_a_changed_byte_in_a_compacted_file_is_refused(tmp_path: Path) -> None:
+    """A compacted file is verified by Parquet page CRCs: one flipped byte in a data page
+    is an error naming the batch, never other rows loaded in silence."""
+    make_source(tmp_path / "shop.db", 500)
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    with Pipeline.from_yaml(cfg) as pipeline:
+        compact_pipeline(pipeline, 1 << 20, include_today=True)
+        refs = [r for r, _ in pipeline.state.landed_batches()]
+        victim = next(r for r in refs if r.part and r.rows)
+        first = victim.part[0] if victim.part else 0
+        path = tmp_path / "landing" / victim.path
+        column = pq.read_metadata(path).row_group(first).column(1)
+        data = bytearray(path.read_bytes())
+        data[column.data_page_offset + column.total_compressed_size // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with pytest.raises(FatalError) as caught:
+            pipeline.landing.read(victim)
+        assert caught.value.batch_id == victim.batch_id and "checksum" in str(caught.value)
+        with pytest.raises(FatalError):
+            list(pipeline.landing.batches(victim))

@@ -141,8 +141,9 @@ class LandingZone:
                 return handed[1]
         with self._context(ref):
             if ref.part is not None:
-                return self._checked(ref, self._parquet(ref).read_row_groups(
-                    list(range(*ref.part)), use_threads=False))
+                with self.store.open(ref.path) as fh:
+                    return self._checked(ref, _parquet(fh, ref).read_row_groups(
+                        list(range(*ref.part)), use_threads=False))
             data = self.store.read(ref.path)
             if hashlib.blake2b(data, digest_size=16).hexdigest() != ref.checksum:
                 raise self._tampered(ref)
@@ -160,12 +161,13 @@ class LandingZone:
                         digest.update(chunk)
                 if digest.hexdigest() != ref.checksum:
                     raise self._tampered(ref)
-            parquet = self._parquet(ref)
             groups = list(range(*ref.part)) if ref.part is not None else None
             count = 0
-            for batch in parquet.iter_batches(row_groups=groups, use_threads=False):
-                count += batch.num_rows
-                yield batch
+            with self.store.open(ref.path) as fh:
+                for batch in _parquet(fh, ref).iter_batches(row_groups=groups,
+                                                            use_threads=False):
+                    count += batch.num_rows
+                    yield batch
             if count != ref.rows:
                 raise self._short(ref, count)
 
@@ -173,10 +175,6 @@ class LandingZone:
         """A landed file by path, unverified (quarantined rows and raw pages, which are
         indexed by path in the quarantine index, not by a manifest entry)."""
         return pq.read_table(pa.BufferReader(self.store.read(path)))
-
-    def _parquet(self, ref: BatchRef) -> pq.ParquetFile:
-        return pq.ParquetFile(self.store.open(ref.path),
-                              page_checksum_verification=ref.part is not None)
 
     def _checked(self, ref: BatchRef, rows: pa.Table) -> pa.Table:
         if rows.num_rows != ref.rows:
@@ -213,6 +211,15 @@ class LandingZone:
         return [self.root / f.path for f in self.store.list() if f.path.endswith(".parquet")]
 
 
+def _parquet(fh: pa.NativeFile, ref: BatchRef) -> pq.ParquetFile:
+    """A compacted file is read with its page checksums verified (compaction writes them)."""
+    return pq.ParquetFile(fh, page_checksum_verification=ref.part is not None)
+
+
+# what pyarrow's S3 client says when a read broke off (anything else is the file itself)
+_TRANSIENT = ("AWS Error NETWORK", "curlCode", "Connection", "timed out", "Timeout")
+
+
 class _BatchContext:
     """Adds the batch's source, table and id to a landing error raised inside it (the
     store names the path; the caller needs to know which batch it was)."""
@@ -228,16 +235,15 @@ class _BatchContext:
         if isinstance(exc, FatalError) and not exc.batch_id:
             raise FatalError(exc.message, stage="load", source=ref.source, table=ref.table,
                              batch_id=ref.batch_id, hint=exc.hint) from exc
-        if isinstance(exc, pa.ArrowException) or (
-                isinstance(exc, OSError) and "checksum" in str(exc).lower()):
+        if isinstance(exc, OSError) and any(m in str(exc) for m in _TRANSIENT):
+            raise RetryableError(  # the store's connection broke mid-read (pyarrow's own)
+                f"cannot read landed file {ref.path}: {scrub(str(exc))}", stage="load",
+                source=ref.source, table=ref.table, batch_id=ref.batch_id) from exc
+        if isinstance(exc, pa.ArrowException | OSError):  # a page CRC, a codec, a footer
             raise FatalError(
                 f"landed file unreadable: {ref.path} {ref.part or ''}: {scrub(str(exc))}",
                 stage="load", source=ref.source, table=ref.table, batch_id=ref.batch_id,
                 hint="the file was changed after landing; re-extract this range") from exc
-        if isinstance(exc, OSError):  # the store's connection broke mid-read (pyarrow's own)
-            raise RetryableError(
-                f"cannot read landed file {ref.path}: {scrub(str(exc))}", stage="load",
-                source=ref.source, table=ref.table, batch_id=ref.batch_id) from exc
 
 
 def open_landing(config: LandingConfig, base: Path) -> Landing:
