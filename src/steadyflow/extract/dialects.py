@@ -354,12 +354,14 @@ class PostgresDialect(Dialect):
     # ProcArrayEndTransaction); a row written with now() carries exactly it. Other
     # databases' sessions cannot write this one's tables. A prepared (2PC) transaction
     # has no session: its prepare time is the best bound there is (the floor covers
-    # the rest). Without pg_read_all_stats other users' xact_start reads as NULL.
+    # the rest). Without pg_read_all_stats other users' xact_start reads as NULL; a
+    # standby's pg_stat_activity shows its own sessions, not the primary's writers: both
+    # count as "cannot see".
     open_since_sql = (
         "SELECT now(), (SELECT min(xact_start) FROM pg_stat_activity "
         "WHERE datname = current_database() AND pid <> pg_backend_pid()), "
         "(SELECT min(prepared) FROM pg_prepared_xacts WHERE database = current_database()), "
-        "pg_has_role('pg_read_all_stats', 'USAGE')")
+        "pg_has_role('pg_read_all_stats', 'USAGE') AND NOT pg_is_in_recovery()")
     # one round trip, two snapshots in order: READ COMMITTED takes one per statement
     # (under a REPEATABLE READ default, one implicit transaction would read the position
     # in the observation's snapshot, taken before it)
@@ -442,17 +444,19 @@ class MysqlDialect(Dialect):
     # InnoDB's transactions (innodb_trx, a cache at most 0.1 s old, trx_started in
     # whole seconds of the server's system zone) and the statements running now
     # (processlist: a statement's NOW() is its start, and it may wait on a metadata lock
-    # before its InnoDB transaction begins). Both need the PROCESS privilege: without it
-    # innodb_trx refuses (error 1227) and processlist shows only this session.
+    # before its InnoDB transaction begins; TIME in whole seconds, as MySQL has no
+    # TIME_MS). Both need the PROCESS privilege: without it innodb_trx refuses (error
+    # 1227) and processlist shows only this session. A replica shows its own applier,
+    # not the primary's open transactions: read a primary, or use lookback_mode: fixed.
     open_since_sql = (
         "SELECT UTC_TIMESTAMP(6), "
         "(SELECT MIN(CONVERT_TZ(trx_started, 'SYSTEM', '+00:00')) "
         "FROM information_schema.innodb_trx WHERE trx_mysql_thread_id <> CONNECTION_ID()), "
-        "(SELECT MIN(UTC_TIMESTAMP(6) - INTERVAL FLOOR(time_ms * 1000) MICROSECOND) "
+        "(SELECT MIN(UTC_TIMESTAMP(6) - INTERVAL time SECOND) "
         "FROM information_schema.processlist WHERE command IN ('Query', 'Execute') "
         "AND id <> CONNECTION_ID()), 1")
-    # whole seconds, the cache's age, and a statement's NOW() taken before its InnoDB
-    # transaction starts
+    # whole seconds (trx_started, TIME), the cache's age, and a statement's NOW() taken
+    # before its InnoDB transaction starts
     open_margin = timedelta(seconds=1)
 
     def open_refused(self, exc: SteadyflowError) -> bool:

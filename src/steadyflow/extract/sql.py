@@ -388,8 +388,9 @@ class SqlSource:
                 at=datetime.min, oldest=None, visible=False)
         observed = d.open_since(seen[0])
         if not observed.visible:
-            self._report_hidden(table, "the role lacks pg_read_all_stats: other users' "
-                                       "transactions show no start")
+            self._report_hidden(table, "PostgreSQL shows no other users' transactions "
+                                       "without pg_read_all_stats, nor the primary's on a "
+                                       "standby")
         return self._position_of(contract, rows), observed
 
     def _report_hidden(self, table: str, why: str) -> None:
@@ -400,8 +401,9 @@ class SqlSource:
         log.warning("adaptive lookback unavailable (%s); this source's tables use the "
                     "fixed lookback window instead, which misses a transaction that "
                     "commits later than the window: grant the role pg_read_all_stats "
-                    "(PostgreSQL) or PROCESS (MariaDB), or set lookback_mode: fixed with "
-                    "a lookback longer than any transaction", why, extra={
+                    "(PostgreSQL) or PROCESS (MariaDB), read the primary, or set "
+                    "lookback_mode: fixed with a lookback longer than any transaction", why,
+                    extra={
                         "source": self.config.name, "table": table, "stage": "extract"})
 
     def _script(self, table: str, statements: Sequence[str]) -> list[list[Any]]:
