@@ -103,18 +103,28 @@ def test_policy_refuses_what_cannot_work() -> None:
         Policy(cooldown=-1)
 
 
-def test_extraction_lag_is_the_worst_tables_high_minus_loaded() -> None:
+def test_extraction_lag_is_the_worst_tables_cursor_gap_capped_by_time_seen_behind() -> None:
     behind: dict[tuple[str, str], float] = {}
     highs = {("a", "t"): 1000.0, ("a", "u"): 500.0, ("b", "t"): None}
     loaded = {("a", "t"): 990.0, ("a", "u"): 600.0, ("b", "t"): 10.0}
-    assert extraction_lag(highs, loaded, behind, now=2000.0) == 10.0  # u is ahead: 0
+    # a.t is 10 s behind in cursors, but only just seen so; a.u is ahead (0); b.t: no time
+    assert extraction_lag(highs, loaded, behind, now=2000.0) == 0.0
+    assert extraction_lag(highs, loaded, behind, now=2004.0) == 4.0
+    assert extraction_lag(highs, loaded, behind, now=2030.0) == 10.0  # the gap is smaller
+    # caught up: forgotten; behind again: counted from then
+    loaded[("a", "t")] = 1000.0
+    assert extraction_lag(highs, loaded, behind, now=2031.0) == 0.0 and not behind
+    # an idle table's first new row: a 1-hour cursor gap, seen behind for 2 s -> 2 s
+    highs[("a", "t")] = 4600.0
+    assert extraction_lag(highs, loaded, behind, now=2040.0) == 0.0
+    assert extraction_lag(highs, loaded, behind, now=2042.0) == 2.0
     # nothing loaded yet: behind since it was first seen so
     highs[("c", "t")] = 1500.0
-    assert extraction_lag(highs, loaded, behind, now=2000.0) == 10.0
-    assert extraction_lag(highs, loaded, behind, now=2030.0) == 30.0
-    loaded[("c", "t")] = 1499.0
-    assert extraction_lag(highs, loaded, behind, now=2040.0) == 10.0
-    assert ("c", "t") not in behind
+    assert extraction_lag(highs, loaded, behind, now=2042.0) == 2.0
+    assert extraction_lag(highs, loaded, behind, now=2072.0) == 32.0
+    loaded[("c", "t")] = 1500.0
+    loaded[("a", "t")] = 4600.0
+    assert extraction_lag(highs, loaded, behind, now=2080.0) == 0.0 and not behind
 
 
 samples_strategy = st.lists(

@@ -11,8 +11,9 @@ The signal is lag, in the two places work waits:
   consumer's num_pending + num_ack_pending; SQLite: the queue's depth). More workers load
   more batches at once.
 - extraction lag: per table, the source's high-water mark (what its last poll saw) minus
-  the newest cursor loaded, the worst table's; the same number as steadyflow_lag_seconds.
-  More workers extract more tables at once.
+  the newest cursor loaded (steadyflow_lag_seconds), capped at how long the table has been
+  seen behind (see `extraction_lag`); the worst table's. More workers extract more tables
+  at once.
 
 Hysteresis, so a burst does not start a worker that only lives to be drained, and a lull
 between two bursts does not drain one that is needed again a second later:
@@ -181,19 +182,27 @@ def extraction_lag(highs: Mapping[tuple[str, str], float | None],
                    loaded: Mapping[tuple[str, str], float | None],
                    behind_since: dict[tuple[str, str], float], now: float) -> float:
     """The worst table's lag (seconds): its source's high-water mark minus its newest
-    loaded cursor, clamped at 0, as steadyflow_lag_seconds reports it. A table with a
-    high-water mark and nothing loaded yet is behind since the first time it was seen so
-    (`behind_since`, kept by the caller across calls; wall-clock `now`)."""
+    loaded cursor, clamped at 0 (steadyflow_lag_seconds), but never more than how long the
+    table has been seen behind (`behind_since`, wall-clock, kept by the caller across
+    calls).
+
+    Why the cap: the cursor gap alone includes a table's idle time. A table quiet for an
+    hour that gets one new row is "3600 s behind" until that row loads a second later,
+    which is no reason for a worker; seen behind for only a second, it counts one second.
+    A table that stays behind keeps its first `behind_since`, so its lag is the cursor gap
+    once that is the smaller. A table with nothing loaded yet counts from when it was
+    first seen so.
+    """
     worst = 0.0
     for key, high in highs.items():
         if high is None:  # not a time cursor, or an empty table
             continue
         done = loaded.get(key)
-        if done is None:
-            worst = max(worst, now - behind_since.setdefault(key, now))
-        else:
+        if done is not None and high <= done:
             behind_since.pop(key, None)
-            worst = max(worst, high - done)
+            continue
+        seen = now - behind_since.setdefault(key, now)
+        worst = max(worst, seen if done is None else min(high - done, seen))
     return worst
 
 

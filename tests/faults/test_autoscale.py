@@ -1,0 +1,419 @@
+"""`steadyflow autoscale`: a spike of source writes adds workers, its end removes them, and
+nothing is lost on the way.
+
+Three store databases (two PostgreSQL, one MariaDB; the TPC-H-shaped tables of
+tests/support/chaos_tables.py), the state in PostgreSQL, the buffer a JetStream stream, the
+warehouse PostgreSQL: the setup of tests/faults/test_workers.py, run by one `autoscale`
+process with small thresholds. A writer burst on every store must make it add workers (its
+/metrics and `status` both show them), quiet after the burst must make it drain them back
+to the minimum (each removed worker exits 0, none is SIGKILLed, none dies by itself), its
+own SIGTERM must stop the last one cleanly, and the independent oracle must then find every
+warehouse table equal to its source.
+
+A second test drives the process management alone on stand-in workers (no services): a
+drain that exits cleanly, one that ignores SIGTERM and is SIGKILLed after the grace period,
+and a worker that dies by itself and is restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pymysql
+import pytest
+import yaml
+from tests.conftest import MY_HOST, MY_PORT, _fresh_pg_database, steadyflow
+from tests.faults.test_chaos_tables import shape, source_rows, warehouse_rows
+from tests.support.chaos_tables import (
+    COLUMNS,
+    CONTRACTS,
+    TABLES,
+    SourceDb,
+    create_tables,
+    cursor,
+    line_row,
+    order_row,
+)
+from tests.support.table_oracle import Diff, compare
+
+from steadyflow.run.autoscale import Autoscaler, Policy, Sample, WorkerProcesses
+
+CUSTOMERS, ORDERS = 30, 40
+SPIKE_ROWS_PER_SECOND = 600   # per store, while the spike lasts
+SPIKE_MAX = 30.0              # the spike ends this long after it began at the latest ...
+SPIKE_AFTER_SCALE_UP = 2.0    # ... or this long after the autoscaler added workers
+SETTLE = 45.0                 # after the spike: back to the minimum within this
+AUTOSCALE = ["--min", "1", "--max", "3", "--backlog-high", "3", "--backlog-low", "0",
+             "--lag-high", "4s", "--lag-low", "1s", "--up-after", "1s", "--down-after", "3s",
+             "--cooldown", "2s", "--sample-every", "0.5s", "--drain-grace", "30s",
+             "--heartbeat", "1"]
+
+
+# --- fixtures ------------------------------------------------------------------------------
+@pytest.fixture
+def stores() -> Iterator[list[SourceDb]]:
+    pg = [_fresh_pg_database("sfstore") for _ in range(2)]
+    dbs = [SourceDb("postgres", next(gen)) for gen in pg]
+    name = f"sf_{uuid.uuid4().hex[:12]}"
+    admin = pymysql.connect(host=MY_HOST, port=MY_PORT, user="root", password="",
+                            autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    dbs.append(SourceDb("mysql", f"mysql://root@{MY_HOST}:{MY_PORT}/{name}"))
+    yield dbs
+    for gen in pg:
+        next(gen, None)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    admin.close()
+
+
+@pytest.fixture
+def stream() -> Iterator[str]:
+    from tests.contract.test_buffer_contract import _delete_stream
+
+    name = f"sf_autoscale_{uuid.uuid4().hex[:10]}"
+    yield name
+    _delete_stream(name)
+
+
+def write_config(directory: Path, dbs: list[SourceDb], warehouse_dsn: str, stream: str
+                 ) -> Path:
+    config = {
+        "name": "autoscale",
+        "contracts": CONTRACTS,
+        "state": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "sf_state"},
+        "buffer": {"kind": "jetstream", "stream": stream, "capacity": 32, "lease": "10s"},
+        "warehouse": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "wh"},
+        "run": {"interval": 0.5, "max_parallel_sources": 3},
+        "sources": [{
+            "name": f"store{i}", "kind": db.kind, "dsn": db.dsn,
+            "resilience": {"retries": 2, "backoff_max": "1s"},
+            # no lookback: one spike writer per store, so its rows commit in the order of
+            # their stamps, and a poll never sees a newer row before an older one
+            "tables": [{"name": t, "target": f"store{i}_{t}", "contract": t,
+                        "page_size": 100, "min_page_size": 50}
+                       for t in TABLES],
+        } for i, db in enumerate(dbs)],
+    }
+    path = directory / "pipeline.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# --- the spike -----------------------------------------------------------------------------
+class Spike:
+    """On every store, as long as it runs: new orders with their lines and updates of
+    existing rows, in transactions paced to about SPIKE_ROWS_PER_SECOND rows a second."""
+
+    def __init__(self, dbs: list[SourceDb], next_order: int) -> None:
+        self.dbs = dbs
+        self.next_order = next_order
+        self.rows = 0
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._write, args=(db, i), daemon=True)
+                         for i, db in enumerate(dbs)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(30)
+        if self.errors:
+            raise AssertionError(f"spike writer failed: {self.errors[0]!r}")
+
+    def _keys(self, n: int) -> range:
+        with self._lock:
+            first = self.next_order
+            self.next_order += n
+            return range(first, first + n)
+
+    def _write(self, db: SourceDb, seed: int) -> None:
+        rng = random.Random(seed)
+        cols = {t: ", ".join(COLUMNS[t]) for t in TABLES}
+        marks = {t: ", ".join(["%s"] * (len(COLUMNS[t]) - 1)) for t in TABLES}
+        try:
+            conn = db.connect()
+            try:
+                while not self._stop.is_set():
+                    started = time.monotonic()
+                    rows = 0
+                    with cursor(conn) as cur:
+                        for key in self._keys(20):
+                            cur.execute(f"INSERT INTO orders ({cols['orders']}) VALUES "
+                                        f"({marks['orders']}, {db.now})",
+                                        order_row(rng, key, CUSTOMERS))
+                            lines = [line_row(rng, key, n) for n in range(1, rng.randint(2, 7))]
+                            cur.executemany(f"INSERT INTO lineitem ({cols['lineitem']}) VALUES "
+                                            f"({marks['lineitem']}, {db.now})", lines)
+                            rows += 1 + len(lines)
+                        cur.execute(f"UPDATE customer SET c_acctbal = c_acctbal + 1, "
+                                    f"updated_at = {db.now} WHERE c_custkey = %s",
+                                    (rng.randint(1, CUSTOMERS),))
+                        rows += 1
+                    conn.commit()
+                    with self._lock:
+                        self.rows += rows
+                    pause = rows / SPIKE_ROWS_PER_SECOND - (time.monotonic() - started)
+                    if pause > 0:
+                        self._stop.wait(pause)
+            finally:
+                conn.close()
+        except Exception as exc:  # surfaced by stop()
+            self.errors.append(exc)
+
+
+# --- watching the autoscaler ---------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def gauges(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.findall(r"^(steadyflow_autoscale_\w+?)(?:_total)?(?:\{[^}]*\})? (\S+)$", text,
+                       re.M)
+    values: dict[str, float] = {}
+    for name, value in found:
+        values[name] = values.get(name, 0.0) + float(value)
+    return values
+
+
+def wait_for(what: str, check: Any, timeout: float, log: Path,
+             scaler: subprocess.Popen[bytes]) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        if scaler.poll() is not None:
+            pytest.fail(f"autoscale exited with {scaler.returncode} while waiting for "
+                        f"{what}:\n" + log.read_text()[-6000:])
+        try:
+            value = check()
+        except OSError:  # the metrics server not up yet
+            value = None
+        if value:
+            return value  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not within {timeout:g}s; autoscaler log:\n"
+                        + decisions(log)[-6000:])
+        time.sleep(0.3)
+
+
+def autoscale_lines(log: Path) -> list[str]:
+    """The autoscaler's own log messages (its workers log to the same file)."""
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("logger") == "steadyflow.autoscale":
+            out.append(f"{entry['level']}: {entry['msg']}")
+    return out
+
+
+def decisions(log: Path) -> str:
+    return "\n".join(autoscale_lines(log))
+
+
+def running_workers(state_dsn: str) -> int:
+    with psycopg.connect(state_dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM sf_state.workers WHERE status = 'running'"
+                           ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def diffs(dbs: list[SourceDb], warehouse: dict[str, Any]) -> list[Diff]:
+    out = []
+    for i, db in enumerate(dbs):
+        for t in TABLES:
+            try:
+                wh = warehouse_rows(warehouse, f"store{i}_{t}", t)
+            except psycopg.errors.UndefinedTable:
+                wh = []
+            out.append(compare(f"store{i}_{t}", shape(t), source_rows(db, t), wh))
+    return out
+
+
+# --- the tests -----------------------------------------------------------------------------
+@pytest.mark.faults
+@pytest.mark.integration
+def test_a_spike_adds_workers_and_its_end_drains_them(
+        tmp_path: Path, stores: list[SourceDb], pg_warehouse_dsn: str, stream: str) -> None:
+    next_order = max(create_tables(db, CUSTOMERS, ORDERS, 70 + i)
+                     for i, db in enumerate(stores))
+    for db in stores:  # stamped now, not an hour ago: the first new row is not 1 h of lag
+        conn = db.connect()
+        with cursor(conn) as cur:
+            for table in TABLES:
+                cur.execute(f"UPDATE {table} SET updated_at = {db.now}")
+        conn.commit()
+        conn.close()
+    cfg = write_config(tmp_path, stores, pg_warehouse_dsn, stream)
+    warehouse = {"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh"}
+    port = free_port()
+    log = tmp_path / "autoscale.log"
+    with log.open("w") as out:
+        scaler = subprocess.Popen(
+            [sys.executable, "-m", "steadyflow", "--log-level", "info", "autoscale", "-c",
+             str(cfg), *AUTOSCALE, "--serve", f"127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT)
+    spike = Spike(stores, next_order + 1_000)
+    try:
+        # the seed rows loaded, and one worker running: the quiet before the spike
+        wait_for("the initial load", lambda: all(d.clean for d in diffs(stores, warehouse)),
+                 60, log, scaler)
+        wait_for("one quiet worker", lambda: (g := gauges(port)).get(
+            "steadyflow_autoscale_workers") == 1 and g.get(
+            "steadyflow_autoscale_draining_workers") == 0 and g, 60, log, scaler)
+        changes_before = gauges(port)["steadyflow_autoscale_changes"]
+
+        spike.start()
+        began = time.monotonic()
+        grown = wait_for("a scale-up during the spike", lambda: (g := gauges(port)).get(
+            "steadyflow_autoscale_desired_workers", 0) >= 2 and g, SPIKE_MAX, log, scaler)
+        assert grown["steadyflow_autoscale_changes"] > changes_before
+        wait_for("the added workers running", lambda: (g := gauges(port)).get(
+            "steadyflow_autoscale_workers", 0) >= 2 and g, 10, log, scaler)
+        # they are real workers of this pipeline: each registered in the state store
+        wait_for("the added workers registered", lambda: running_workers(pg_warehouse_dsn)
+                 >= 2, 20, log, scaler)
+        time.sleep(max(0.0, min(SPIKE_AFTER_SCALE_UP, SPIKE_MAX - (time.monotonic() - began))))
+        spike.stop()
+        peak = max(int(m.group(1)) for m in re.finditer(r"scale up \d+ -> (\d+)",
+                                                        decisions(log)))
+
+        # quiet again: drained back to the minimum, each removed worker exiting 0
+        wait_for("the drain back to one worker", lambda: (g := gauges(port)).get(
+            "steadyflow_autoscale_desired_workers") == 1 and g.get(
+            "steadyflow_autoscale_workers") == 1 and g.get(
+            "steadyflow_autoscale_draining_workers") == 0 and g, SETTLE, log, scaler)
+        scaler.send_signal(signal.SIGTERM)
+        code = scaler.wait(60)
+    finally:
+        spike.stop()
+        if scaler.poll() is None:
+            scaler.kill()
+            scaler.wait()
+            for pid in re.findall(r"\(pid (\d+)\)", decisions(log)):  # no orphan workers
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+
+    lines = decisions(log)
+    assert code == 0, lines[-6000:]
+    drained = re.findall(r"worker \w+ \(pid \d+\) drained, exit code (\d+)", lines)
+    assert len(drained) == peak - 1 and set(drained) == {"0"}, lines[-6000:]
+    assert re.search(r"worker \w+ \(pid \d+\) stopped, exit code 0$", lines, re.M), lines
+    for bad in ("SIGKILLed", "exited by itself", "could not read"):
+        assert bad not in lines, lines[-6000:]
+    assert re.search(r"scale down \d+ -> \d+: backlog 0 batches", lines), lines
+    assert spike.rows > 1_000
+
+    # the last worker drained: nothing runs any more, and `status` says so
+    report = json.loads(steadyflow("status", "--json", "-c", str(cfg), timeout=60).stdout)
+    assert report["queue_depth"] == 0 and report["pending_batches"] == 0, report
+    assert not [w for w in report["workers"] if w["status"] == "running"], report["workers"]
+    assert sum(w["status"] == "stopped" for w in report["workers"]) == peak
+    found = diffs(stores, warehouse)
+    dirty = [d for d in found if not d.clean]
+    assert not dirty, "\n".join(d.report() for d in dirty) + "\n" + lines[-4000:]
+    with psycopg.connect(pg_warehouse_dsn) as conn:
+        unloaded = conn.execute("SELECT count(*) FROM sf_state.manifest WHERE "
+                                "status = 'landed'").fetchone()
+        assert unloaded == (0,), "landed batches were never loaded"
+
+
+STAND_IN = """
+import os, pathlib, signal, sys, time
+mode = sys.argv[1]
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+pathlib.Path(__file__).with_name(f"ready.{os.getpid()}").touch()
+time.sleep(0.3 if mode == "crash" else 600)
+sys.exit(3)
+"""
+
+
+def test_workers_are_drained_killed_after_the_grace_and_restarted(tmp_path: Path) -> None:
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    scripted: list[Sample] = []
+    policy = Policy(minimum=1, maximum=3, backlog_high=2, up_after=0.0, down_after=0.0,
+                    cooldown=0.0)
+
+    def probe(at: float) -> Sample:
+        sample = scripted[-1] if scripted else Sample(at, 0, 0.0)
+        return Sample(at, sample.backlog, sample.lag)
+
+    def step(backlog: int) -> None:
+        """One autoscaler round on this backlog; then wait until every worker has set its
+        signal handler (a SIGTERM before that would kill, not stop it)."""
+        scripted.append(Sample(0, backlog, 0.0))
+        scaler.step()
+        deadline = time.monotonic() + 20
+        while not all((tmp_path / f"ready.{p.process.pid}").exists() for p in workers.running
+                      if p.process.poll() is None):
+            assert time.monotonic() < deadline, "stand-in workers did not start"
+            time.sleep(0.05)
+
+    # a clean drain: the youngest worker leaves on SIGTERM with 0
+    workers = WorkerProcesses([sys.executable, str(script), "clean"], grace=10)
+    scaler = Autoscaler(probe, workers, policy, sample_every=0)
+    step(0)
+    assert len(workers.running) == 1
+    step(20)  # x10 pressure: capped at the maximum
+    assert scaler.desired == 3 and len(workers.running) == 3
+    youngest = workers.running[-1]
+    step(0)
+    assert scaler.desired == 2 and workers.draining == [youngest]
+    youngest.process.wait(10)
+    exits = workers.reap()
+    assert [(e.name, e.code, e.drained, e.killed) for e in exits] == [
+        (youngest.name, 0, True, False)]
+    assert scaler.shutdown() is True and not workers.procs
+
+    # a worker that ignores SIGTERM is SIGKILLed once its grace is over
+    workers = WorkerProcesses([sys.executable, str(script), "stubborn"], grace=0.5)
+    scaler = Autoscaler(probe, workers, policy, sample_every=0)
+    scripted.clear()
+    step(0)
+    assert scaler.shutdown() is False and not workers.procs
+
+    # a worker that dies by itself is restarted (after a back-off: it crashed at once)
+    workers = WorkerProcesses([sys.executable, str(script), "crash"], grace=5)
+    scaler = Autoscaler(probe, workers, policy, sample_every=0)
+    scripted.clear()
+    step(0)
+    first = workers.running[0]
+    first.process.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (
+            workers.running and workers.running[0] is not first):
+        scaler.step()
+        time.sleep(0.1)
+    assert workers.running and workers.running[0] is not first
+    assert (scaler.metrics.registry.get_sample_value("steadyflow_autoscale_restarts_total")
+            or 0) >= 1
+    scaler.shutdown()
