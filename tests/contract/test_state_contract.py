@@ -321,6 +321,11 @@ def test_manifest_relocate_and_mark_gone(adapter: Adapter) -> None:
     assert {x["batch_id"]: x["status"] for x in b.batches()} == {
         "b0": "gone", "b1": "gone", "b2": "landed"}
     assert [r.batch_id for r in b.pending_batches()] == ["b2"]
+    again = replace(_ref("b0"), path="s/t/date=2026-01-02/b0.parquet")
+    a.record_landed(again)  # a gone batch landed again: its new file is pending
+    a.record_landed(replace(again, path="elsewhere"))  # known and not gone: kept as is
+    assert b.batch("b0") == again
+    assert sorted(r.batch_id for r in b.pending_batches()) == ["b0", "b2"]
 
 
 def test_verified_buckets_of_an_incremental_reconcile(adapter: Adapter) -> None:

@@ -522,12 +522,15 @@ class StateStore(ABC):
     # --- manifest ----------------------------------------------------------------
     def record_landed(self, ref: BatchRef, lease: Lease | None = None) -> None:
         """Add a landed batch to the manifest (the sweeper's truth). With `lease`, only if
-        it is still the table's current lease (see _fence)."""
+        it is still the table's current lease (see _fence). A batch known already keeps its
+        entry, unless gc deleted its file ('gone'): landed again (the same page re-read),
+        its new file is the one to load and to collect later."""
         with self._tx() as c:
             self._fence(c, lease)
             c.execute(
                 "INSERT INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                "VALUES (?,?,?,?,?,?) ON CONFLICT(batch_id) DO UPDATE SET ref=excluded.ref, "
+                "landed_at=excluded.landed_at, status='landed' WHERE manifest.status='gone'",
                 (ref.batch_id, ref.source, ref.table, ref.to_json(), ref.rows, ref.landed_at),
             )
 
