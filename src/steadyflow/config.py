@@ -557,10 +557,15 @@ class RunConfig(_Strict):
     reconcile_every: Duration = Field(default=0.0, description=(
         "run --follow: reconcile every SQL table this often, report only (0 = never); the "
         "schedule is kept in state.db"))
+    reconcile_reverify: Duration = Field(default=7 * 86400.0, description=(
+        "incremental reconcile (the scheduled one, `reconcile --incremental`): after a clean "
+        "reconcile it compares only rows whose cursor moved since, plus a rolling share of "
+        "the others, so that every row is compared again within this period (more than 0)"))
 
-    _d = field_validator("interval", "poll_min", "reconcile_every", mode="before")(_duration)
+    _d = field_validator("interval", "poll_min", "reconcile_every", "reconcile_reverify",
+                         mode="before")(_duration)
 
-    @field_validator("interval", "poll_min")
+    @field_validator("interval", "poll_min", "reconcile_reverify")
     @classmethod
     def _interval(cls, value: float) -> float:
         if value <= 0:

@@ -690,6 +690,11 @@ def reconcile(config: ConfigOpt,
                   "extras where mirror_deletes, then compare again")] = False,
               by: Annotated[str | None, typer.Option(
                   help="buckets: key (primary-key ranges) or cursor (days); default key")] = None,
+              incremental: Annotated[bool, typer.Option(
+                  "--incremental", help="after a clean reconcile, compare only rows changed "
+                  "since plus a rolling share of the rest (run.reconcile_reverify)")] = False,
+              examples: Annotated[int, typer.Option(
+                  help="differing keys listed per kind and table")] = 5,
               as_json: JsonOpt = False) -> None:
     """Compare sources with the warehouse by bucket checksums, bisect to the differing rows."""
     from steadyflow.reconcile.runner import Options, parse_since, text_report
@@ -698,7 +703,8 @@ def reconcile(config: ConfigOpt,
     try:
         with _open(config) as pipeline:
             _install_signals(pipeline)
-            options = Options(since=parse_since(since) if since else None, repair=repair, by=by)
+            options = Options(since=parse_since(since) if since else None, repair=repair, by=by,
+                              incremental=incremental, examples=examples)
             reports = reconcile_tables(pipeline, table, options)
     except SteadyflowError as exc:
         _fail(exc)

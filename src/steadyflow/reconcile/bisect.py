@@ -94,6 +94,11 @@ class Scan:
     leaf_rows: int = 0  # (key, hash) pairs fetched, both sides
     differing: dict[Key, tuple[Row | None, Row | None]] = field(default_factory=dict)
     duplicates: list[Key] = field(default_factory=list)  # keys twice on the warehouse side
+    # the top level, when it is a range of the first dimension: (lo, hi, width), and the
+    # source side's aggregate per top bucket (what an incremental reconcile remembers)
+    top: tuple[int, int, int] | None = None
+    top_aggs: dict[int, Agg] = field(default_factory=dict)
+    truncated: bool = False  # max_differences reached: some differing ranges not resolved
 
 
 @dataclass
@@ -106,6 +111,9 @@ class Bisector:
     fanout: int = 16
     leaf_rows: int = 256
     parallel: bool = True  # query the two sides concurrently
+    # keys kept per pass: memory follows the differences, never the table (a truncated
+    # warehouse table has as many as it has rows); past it, the scan stops descending
+    max_differences: int = 100_000
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
     def scan(self) -> Scan:
@@ -124,14 +132,24 @@ class Bisector:
         if top is None:
             return scan
         rng, width = top
+        if rng.depth == 0:
+            scan.top = (rng.lo, rng.hi, width)
         for bucket, src, wh in self._compare(rng, width, scan):
             scan.buckets += 1
             scan.rows_compared += src.rows
             scan.warehouse_rows += wh.rows
             scan.invalid_rows += src.invalid
+            scan.top_aggs[bucket] = src
             if not src.same(wh):
+                if self._full(scan):
+                    continue
                 self._descend(rng.sub(bucket, width), max(src.total, wh.rows), scan)
         return scan
+
+    def _full(self, scan: Scan) -> bool:
+        if len(scan.differing) >= self.max_differences:
+            scan.truncated = True
+        return scan.truncated
 
     def _top(self) -> tuple[Range, int] | None:
         prefix: tuple[int, ...] = ()
@@ -167,7 +185,7 @@ class Bisector:
 
     def _descend(self, rng: Range, size: int, scan: Scan) -> None:
         stack = [(rng, size)]
-        while stack:
+        while stack and not self._full(scan):
             rng, size = stack.pop()
             if size <= self.leaf_rows:
                 self._leaf(rng, scan)

@@ -12,6 +12,7 @@ by running the real validation on the few rows that differ.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from steadyflow.reconcile.encoding import (
 )
 
 Fragment = tuple[str, list[Any]]  # SQL text and its parameters, in order
+# where a timestamp's float8 epoch holds its µs exactly (PostgreSQL's fast path, ts_us)
+FAST_TIME = ("1900-01-01 00:00:00+00", "2040-01-01 00:00:00+00")
 NUMERIC = ("int64", "int32", "float64")
 
 
@@ -44,6 +47,17 @@ class Engine:
     native_time = True  # timestamps compare natively (index-friendly) against parameters
     text_type = "TEXT"
     fence = ""  # appended to a subquery that must not be merged into its outer query
+
+    def __init__(self) -> None:
+        # quoted column -> its declared type, lowercased (see `declare`): lets an engine
+        # skip casts and guards a column's own type makes pointless, for the same text
+        self.native: dict[str, str] = {}
+
+    def declare(self, declared: dict[str, str]) -> Engine:
+        """Tell the engine the table's declared column types (catalog text, e.g. PostgreSQL
+        `numeric(12,2)`, `timestamp with time zone`); returns itself."""
+        self.native = {self.q(name): str(t).strip().lower() for name, t in declared.items()}
+        return self
 
     def q(self, name: str) -> str:
         c = self.quote_char
@@ -171,10 +185,9 @@ class Engine:
         if not column.nullable:
             preds.append(f"{x} IS NULL")
         if _is_numeric(ctype):
-            if column.min is not None:
-                preds.append(f"{self.double(x)} < {float(column.min)!r}")
-            if column.max is not None:
-                preds.append(f"{self.double(x)} > {float(column.max)!r}")
+            for op, bound in (("<", column.min), (">", column.max)):
+                if bound is not None:
+                    preds.append(self._beyond(x, ctype, op, float(bound)))
         if column.allowed is not None and ctype == "string":
             marks = ", ".join(self.placeholder for _ in column.allowed)
             preds.append(f"{self.exact_text(x)} NOT IN ({marks})")
@@ -184,6 +197,17 @@ class Engine:
     def exact_text(self, x: str) -> str:
         return self.text(x)
 
+    def _beyond(self, x: str, ctype: str, op: str, bound: float) -> str:
+        """x `op` bound, as validation compares (in double precision); on an integer or a
+        decimal column of the contract's type, a whole bound is compared natively: the
+        same answer for every value the column can hold, without a cast per row."""
+        native = self.native.get(x, "")
+        whole = bound.is_integer() and abs(bound) < 2 ** 53
+        if whole and (re.match(r"(tiny|small|medium|big)?int(eger)?\b", native)
+                      or _same_decimal(native, ctype)):
+            return f"{x} {op} {int(bound)}"
+        return f"{self.double(x)} {op} {bound!r}"
+
 
 class PostgresEngine(Engine):
     kind = "postgres"
@@ -192,10 +216,15 @@ class PostgresEngine(Engine):
         return f"({v} = CAST('NaN' AS double precision))"  # NaN equals NaN here
 
     def ts_us(self, x: str) -> str:
-        # exact on every version: whole minutes are exact in float8 epoch, the rest in µs
+        """Exact on every version, in float8 (date_part; extract is numeric since 14, twice
+        as slow). Inside FAST_TIME the epoch's float8 itself is exact enough: |µs| < 2**51,
+        so fl(fl(µs / 1e6) * 1e6) is within 0.375 of µs and the cast rounds it back. Outside
+        it, whole minutes are exact in float8 epoch and the µs of the minute are exact."""
         t = f"CAST({x} AS timestamptz)"
-        return (f"(CAST(extract(epoch FROM date_trunc('minute', {t})) AS bigint) * 1000000"
-                f" + CAST(extract(microseconds FROM {t}) AS bigint))")
+        exact = (f"CAST(date_part('epoch', date_trunc('minute', {t})) AS bigint) * 1000000"
+                 f" + CAST(date_part('microseconds', {t}) AS bigint)")
+        return (f"(CASE WHEN {t} >= '{FAST_TIME[0]}' AND {t} < '{FAST_TIME[1]}' "
+                f"THEN CAST(date_part('epoch', {t}) * 1000000 AS bigint) ELSE {exact} END)")
 
     def unfit(self, x: str, ctype: str) -> str | None:
         """'infinity' and years outside 1..9999 (extraction reads them as null with a
@@ -205,6 +234,8 @@ class PostgresEngine(Engine):
         if t in ("timestamp", "date"):
             return (f"(NOT isfinite({x}) OR {x} < '0001-01-01' OR {x} >= '10000-01-01')")
         scale = decimal_scale(t)
+        if scale is not None and _same_decimal(self.native.get(x, ""), t):
+            return f"({x} = 'NaN')"  # the column's own type rules out the rest
         if scale is not None:
             n = f"CAST({x} AS numeric)"
             return (f"({n} <> round({n}, {scale}) OR "
@@ -212,7 +243,28 @@ class PostgresEngine(Engine):
         return None
 
     def canon(self, x: str, ctype: str) -> str:
+        t = ctype.strip().lower()
+        native = self.native.get(x, "")
+        if t in ("int64", "int32") and native in ("bigint", "integer", "smallint"):
+            return f"CAST({x} AS text)"  # an integer column prints as its bigint would
+        scale = decimal_scale(t)
+        if scale is not None and _same_decimal(native, t):
+            # a numeric(p,s) column of the contract's scale prints exactly s digits and
+            # cannot exceed its precision; only NaN is unfit (as '?NaN', like the guard)
+            return f"(CASE WHEN {x} = 'NaN' THEN '?NaN' ELSE CAST({x} AS text) END)"
+        if t == "timestamp" and native == "timestamp with time zone":
+            return self._time_text(x)
         return self._guarded(x, ctype, self._canon(x, ctype))
+
+    def _time_text(self, x: str) -> str:
+        """A timestamptz column's canon: the common case (FAST_TIME) tested first, so most
+        rows skip the unfit test; the same text as the guarded ts_us."""
+        fast = f"CAST(CAST(date_part('epoch', {x}) * 1000000 AS bigint) AS text)"
+        exact = (f"CAST(CAST(date_part('epoch', date_trunc('minute', {x})) AS bigint) * 1000000"
+                 f" + CAST(date_part('microseconds', {x}) AS bigint) AS text)")
+        return (f"(CASE WHEN {x} >= '{FAST_TIME[0]}' AND {x} < '{FAST_TIME[1]}' THEN {fast} "
+                f"WHEN {self.unfit(x, 'timestamp')} THEN '?' || CAST({x} AS TEXT) "
+                f"ELSE {exact} END)")
 
     def _canon(self, x: str, ctype: str) -> str:
         t = ctype.strip().lower()
@@ -273,6 +325,12 @@ class MysqlEngine(Engine):
                 f"ABS({x}) >= {10 ** (_precision(ctype.strip().lower()) - scale)})")
 
     def canon(self, x: str, ctype: str) -> str:
+        t = ctype.strip().lower()
+        native = self.native.get(x, "")
+        if t in ("int64", "int32") and re.match(r"(tiny|small|medium|big)?int\b", native):
+            return f"CAST({x} AS CHAR)"
+        if decimal_scale(t) is not None and _same_decimal(native, t):
+            return f"CAST({x} AS CHAR)"  # a DECIMAL(p,s) holds no NaN: nothing is unfit
         return self._guarded(x, ctype, self._canon(x, ctype))
 
     def _canon(self, x: str, ctype: str) -> str:
@@ -451,6 +509,14 @@ class SqliteEngine(Engine):
 
 def _precision(ctype: str) -> int:
     return int(ctype[ctype.index("(") + 1: ctype.index(",")])
+
+
+def _same_decimal(native: str, ctype: str) -> bool:
+    """A declared numeric(p,s)/decimal(p,s) with the contract's scale and no more
+    precision: every value it holds is valid and prints with exactly s digits."""
+    match = re.fullmatch(r"(?:numeric|decimal)\((\d+),\s*(\d+)\)", native)
+    return (match is not None and int(match.group(2)) == decimal_scale(ctype)
+            and int(match.group(1)) <= _precision(ctype))
 
 
 def _literal(text: str) -> str:

@@ -22,6 +22,8 @@ class Options:
     fanout: int = 16
     leaf_rows: int = 256
     examples: int = 5
+    incremental: bool = False  # after a clean reconcile: changed rows + a rolling share
+    max_differences: int = 100_000  # keys kept per pass (memory); past it, a partial result
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:

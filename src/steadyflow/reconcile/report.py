@@ -42,6 +42,9 @@ class TableReport:
     since: str | None = None
     horizon: str | None = None
     seconds: float = 0.0
+    # incremental: {"since": cursor, "buckets": due, "of": all}; None for a full reconcile
+    incremental: dict[str, Any] | None = None
+    truncated: bool = False  # more differences than one pass keeps (Options.max_differences)
     examples: dict[str, list[list[Any]]] = field(default_factory=dict)
     repair: dict[str, Any] | None = None
     after: TableReport | None = None
@@ -99,6 +102,13 @@ def text_report(reports: Sequence[TableReport]) -> str:
             lines.append(f"  {name}: " + ", ".join(
                 "(" + ", ".join(str(v) for v in k) + ")" for k in keys)
                 + (" …" if getattr(r, name) > len(keys) else ""))
+        if r.incremental is not None:
+            i = r.incremental
+            lines.append(f"  incremental: rows with cursor from {i['since']}, and "
+                         f"{i['buckets']} of {i['of']} buckets compared again")
+        if r.truncated:
+            lines.append("  note: more differences than one pass keeps: these are the first; "
+                         "repair them (or reset the table's checkpoint) and reconcile again")
         if r.outside_filter:
             lines.append(f"  warning: {r.outside_filter} source rows do not match its "
                          "warehouse_filter")

@@ -94,7 +94,8 @@ def _record(pipeline: Pipeline, report: TableReport) -> None:
 
 
 class Scheduler:
-    """Follow mode: reconcile every `run.reconcile_every` seconds, between two runs.
+    """Follow mode: reconcile every `run.reconcile_every` seconds, between two runs,
+    incrementally (incremental.py: every row compared again within run.reconcile_reverify).
 
     Report only (history, metrics, logs; the SteadyflowReconcileDiscrepancy alert fires on
     the gauges); repairs stay a deliberate `steadyflow reconcile --repair`.
@@ -113,7 +114,9 @@ class Scheduler:
             return None
         self.due = time.time() + self.every
         try:
-            return reconcile(self.pipeline, command="reconcile (scheduled)")
+            # incremental: after a clean one, rows changed since + the buckets that are due
+            return reconcile(self.pipeline, options=Options(incremental=True),
+                             command="reconcile (scheduled)")
         except SteadyflowError as exc:
             log.error("scheduled reconcile failed: %s", exc, extra={"stage": "reconcile"})
             return None

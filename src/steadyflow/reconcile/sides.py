@@ -67,6 +67,8 @@ class SqlSide:
     where: Fragment = ("", [])  # always applied (the warehouse filter)
     since_us: int | None = None  # cursor >= since
     before_us: int | None = None  # cursor < horizon
+    # [lo, hi) of the first dimension (None: unbounded), an incremental reconcile's bucket
+    span: tuple[int | None, int | None] = (None, None)
     validity: bool = False  # flag rows that are certainly invalid (a source side)
     to_param: Callable[[Any], Any] = lambda v: v
     queries: int = 0
@@ -144,6 +146,11 @@ class SqlSide:
             frags.append(self._cmp(cursor, ">=", self.since_us))
         if self.before_us is not None:
             frags.append(self._cmp(cursor, "<", self.before_us))
+        lo, hi = self.span
+        if lo is not None:
+            frags.append(self._cmp(self.dims[0], ">=", lo))
+        if hi is not None:
+            frags.append(self._cmp(self.dims[0], "<", hi))
         return frags
 
     def _range(self, rng: Range) -> list[Fragment]:

@@ -35,9 +35,10 @@ row up to the checkpoint is (`_horizon`).
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -52,6 +53,7 @@ from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.extract.sql import SqlSource, column_to_arrow
 from steadyflow.merge.plan import SEQ
 from steadyflow.model import Contract, TableRef, Watermark, drift_type, step_back
+from steadyflow.reconcile import incremental
 from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
 from steadyflow.reconcile.encoding import (
     EPOCH_DAY,
@@ -66,6 +68,7 @@ from steadyflow.reconcile.repair import load_repairs, repair_lease
 from steadyflow.reconcile.report import Findings, TableReport
 from steadyflow.reconcile.sides import Dim, SqlSide, cursor_us, key_predicate
 from steadyflow.state import Lease
+from steadyflow.state.store import VerifiedBucket
 from steadyflow.validate.quarantine import row_hashes
 from steadyflow.validate.rules import validate
 
@@ -92,6 +95,10 @@ class TableReconciler:
         self.contract = self._with_drift_columns(self.config.contract_of(table))
         self._registered: object | None = None
         self._mark: tuple[Watermark, int] | None = None  # checkpoint, its cursor as an int
+        self._types: tuple[dict[str, str], dict[str, str]] | None = None  # see _declared
+        # the last comparison: its incremental plan, (bucket, scan) per scope, merged scan
+        self._last: tuple[incremental.Plan | None,
+                          list[tuple[VerifiedBucket | None, Scan]], Scan] | None = None
         self.lease: Lease | None = None  # the table's extraction lease during a repair
         self.filter = self._filter()
         self.dims, self.by = self._dims()
@@ -272,6 +279,8 @@ class TableReconciler:
         w = self.config.warehouse
         to_src = self.db.dialect.to_param
         src_engine, wh_engine = engine_for(self.s.kind), engine_for(w.kind)
+        src_engine.declare(self._declared()[0])
+        wh_engine.declare(self._declared()[1])
         src = SqlSide(src_engine, self.db.dialect.ident(self.t.name), self.contract,
                       self._source_run, self.dims, where=self._where(src_engine, to_src),
                       since_us=since, before_us=horizon, validity=True, to_param=to_src)
@@ -281,6 +290,27 @@ class TableReconciler:
                      before_us=horizon)
         return src, wh
 
+    def _declared(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Declared column types of the source table and the warehouse table (read once),
+        so the PostgreSQL and MariaDB encodings can drop casts and guards a column's own
+        type makes pointless (same text, less work per row); {} where not needed."""
+        if self._types is None:
+            src: dict[str, str] = {}
+            if self.s.kind in ("postgres", "mysql"):
+                src = self.guard.call(lambda: self.db.declared_types(self.t.name),
+                                      stop=self.pipeline._stop.is_set)
+            wh: dict[str, str] = {}
+            w = self.config.warehouse
+            if w.kind == "postgres":
+                e = engine_for(w.kind)
+                rows = self._warehouse_run(
+                    "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+                    " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT"
+                    " a.attisdropped", [f"{e.q(w.schema_)}.{e.q(self.ref.target)}"])
+                wh = {str(n): str(t) for n, t in rows}
+            self._types = (src, wh)
+        return self._types
+
     # --- the comparison -------------------------------------------------------------------
     def compare(self) -> tuple[TableReport, Findings]:
         started = time.monotonic()
@@ -289,11 +319,16 @@ class TableReconciler:
         report.since = self.options.since.isoformat() if self.options.since else None
         if src.before_us is not None:
             report.horizon = self._horizon_text(src.before_us)
-        time_first = self.dims[0].time
-        scan = Bisector(src, wh, len(self.dims), top_width=DAY_US if time_first else None,
-                        top_buckets=self.options.top_buckets, fanout=self.options.fanout,
-                        leaf_rows=self.options.leaf_rows).scan()
+        plan = self._plan()
+        scopes = self._scopes(src, wh, plan)
+        scans = [self._bisector(s, w).scan() for s, w, _ in scopes]
+        scan = scans[0] if len(scans) == 1 else incremental.merge(scans)
+        if plan is not None:
+            report.incremental = {"since": None if plan.since is None else self._horizon_text(
+                plan.since), "buckets": len(plan.due), "of": plan.buckets}
+        self._last = (plan, [(b, x) for (_, _, b), x in zip(scopes, scans, strict=True)], scan)
         report.rows_compared = scan.rows_compared
+        report.truncated = scan.truncated
         findings = self._classify(scan, src, wh, report)
         if self.filter:
             sql, params = src.where
@@ -304,9 +339,87 @@ class TableReconciler:
         for name in ("buckets", "ranges", "leaves", "warehouse_rows", "leaf_rows"):
             setattr(report, name, getattr(scan, name))
         report.duplicates = len(set(scan.duplicates))
-        report.queries = src.queries + wh.queries
+        report.queries = src.queries + wh.queries + sum(s.queries + w.queries
+                                                        for s, w, _ in scopes)
         report.seconds = round(time.monotonic() - started, 3)
         return report, findings
+
+    # --- incremental (incremental.py) --------------------------------------------------
+    def _bisector(self, src: SqlSide, wh: SqlSide) -> Bisector:
+        """Top-level buckets: a UTC day of a time dimension, else max(top_buckets, the
+        number an incremental cycle wants: one period / the schedule) ranges."""
+        o, run = self.options, self.config.run
+        want = math.ceil(run.reconcile_reverify / run.reconcile_every) if (
+            run.reconcile_every > 0) else 0
+        return Bisector(src, wh, len(self.dims),
+                        top_width=DAY_US if self.dims[0].time else None,
+                        top_buckets=max(o.top_buckets, min(1024, want)), fanout=o.fanout,
+                        leaf_rows=o.leaf_rows, max_differences=o.max_differences)
+
+    def _plan(self) -> incremental.Plan | None:
+        """The incremental plan, or None for a full comparison (not asked for, a --since
+        or --by run, or no clean reconcile remembered)."""
+        if not self.options.incremental or self.options.since or self.options.by:
+            return None
+        buckets = self.pipeline.state.verified_buckets(self.ref.source, self.ref.table)
+        run = self.config.run
+        return incremental.plan(buckets, time.time(), run.reconcile_reverify,
+                                run.reconcile_every)
+
+    def _scopes(self, src: SqlSide, wh: SqlSide, plan: incremental.Plan | None
+                ) -> list[tuple[SqlSide, SqlSide, VerifiedBucket | None]]:
+        """The comparisons to run: the whole table, or the rows at or past `since` and
+        each due bucket (sides restricted with dataclasses.replace)."""
+        if plan is None:
+            return [(replace(src), replace(wh), None)]
+        hot = plan.since if src.since_us is None else max(plan.since or src.since_us,
+                                                           src.since_us)
+        scopes: list[tuple[SqlSide, SqlSide, VerifiedBucket | None]] = [
+            (replace(src, since_us=hot), replace(wh, since_us=hot), None)]
+        for b in plan.due:
+            scopes.append((replace(src, span=(b.lo, b.hi)), replace(wh, span=(b.lo, b.hi)), b))
+        return scopes
+
+    def _since_next(self) -> int | None:
+        """Where the next incremental reconcile starts comparing by cursor: the checkpoint
+        minus the lookback (the checkpoint's own row and rows in flight are at or past it;
+        so are rows committed late inside the lookback). None: compare everything."""
+        mark = self.pipeline.state.checkpoint(self.ref.source, self.ref.table)
+        if mark is None:
+            return None
+        ctype = self.contract.column(self.contract.cursor).type.strip().lower()
+        scale = decimal_scale(ctype)
+        value: Any = mark.cursor
+        try:
+            if isinstance(value, str) and (ctype in ("int64", "int32") or scale is not None):
+                value = Decimal(value)
+            return cursor_us(step_back(value, self.t.lookback), scale or 0)
+        except (ValueError, ArithmeticError):
+            return None
+
+    def _remember(self, report: TableReport) -> None:
+        """After a clean comparison, the buckets it verified (all of them, for a full one);
+        after differences, none: the next reconcile is full. A --since or --by run
+        verified only part: nothing changes."""
+        if self._last is None or self.options.since or self.options.by:
+            return
+        state, ref = self.pipeline.state, self.ref
+        if report.error is not None or report.final.error is not None:
+            return
+        if not report.clean:
+            state.forget_verified_buckets(ref.source, ref.table)
+            return
+        plan, scans, scan = self._last
+        now, since = time.time(), self._since_next()
+        if plan is None:
+            state.save_verified_buckets(ref.source, ref.table,
+                                        incremental.layout(scan, now, since), since,
+                                        replace=True)
+            return
+        done = [replace(b, rows=sum(a.rows for a in x.top_aggs.values()),
+                        checksum=sum(a.terms for a in x.top_aggs.values()), verified_at=now)
+                for b, x in scans if b is not None]
+        state.save_verified_buckets(ref.source, ref.table, done, since)
 
     def _typed(self, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
         """Source key values as the contract types (what the warehouse holds); None where a
@@ -507,8 +620,10 @@ class TableReconciler:
                 # batches landed before the failure are in the manifest: the next run's
                 # sweep loads them, and the next reconcile sees what is left
                 report.error = f"repair failed: {exc}"
+                self.pipeline.state.forget_verified_buckets(self.ref.source, self.ref.table)
                 return report
             report.after, _ = self.compare()
+        self._remember(report)
         return report
 
 
