@@ -235,6 +235,12 @@ def worker(config: ConfigOpt,
                "[HOST:]PORT")] = None,
            heartbeat: Annotated[float, typer.Option(
                help="seconds between two heartbeats in the state store")] = 5.0,
+           token_env: Annotated[str | None, typer.Option(
+               help="--serve: environment variable holding a bearer token every request "
+               "must send")] = None,
+           insecure: Annotated[bool, typer.Option(
+               "--insecure", help="--serve: allow a non-loopback address without a token "
+               "(a pod's probes and scrapes)")] = False,
            ) -> None:
     """Work on the pipeline beside any number of other workers, on any hosts, until stopped.
 
@@ -242,6 +248,9 @@ def worker(config: ConfigOpt,
     (the buffer's delivery and the warehouse ledger). SIGTERM finishes the work in hand and
     hands the rest back; the others carry on without it.
     """
+    import os
+
+    from steadyflow.errors import ConfigError
     from steadyflow.observe.web import StatusServer, parse_address
     from steadyflow.run.worker import Worker
 
@@ -249,8 +258,11 @@ def worker(config: ConfigOpt,
         with _open(config) as pipeline:
             unit = Worker(pipeline, heartbeat_every=heartbeat)
             _install_signals(unit)
-            server = (StatusServer(pipeline, *parse_address(serve_at), live=True).start()
-                      if serve_at else None)
+            token = os.environ.get(token_env) if token_env else None
+            if token_env and not token:
+                raise ConfigError(f"--token-env {token_env}: variable is not set or empty")
+            server = (StatusServer(pipeline, *parse_address(serve_at), live=True, token=token,
+                                   insecure=insecure).start() if serve_at else None)
             if server is not None:
                 console.print(f"status page {server.url}  metrics {server.url}metrics")
             started = time.monotonic()
