@@ -9,6 +9,8 @@ time and peak RSS (ru_maxrss, read by bench/run.py with wait4) are its own.
     python bench/cases.py dlt_warm --dsn DSN --table T --duckdb PATH --pipelines-dir DIR
                                    --cycles N --first K
     python bench/cases.py changed_drain --dsn DSN --table T --cycles N --first K
+    python bench/cases.py cx_read --dsn mysql://...|sqlite:///... --table T
+    python bench/cases.py adbc_sqlite_read --dsn sqlite:///PATH --table T
 
 The *_warm cases are the long-running process a near-real-time user keeps (`steadyflow run
 --follow`, or a dlt pipeline run in a loop): one process, caught up first (not timed), then
@@ -36,7 +38,12 @@ DDL = ("(sale_id bigint PRIMARY KEY, store_id int NOT NULL, sku text NOT NULL, q
 def touch_one_percent(dsn: str, table: str, run: int) -> int:
     """Update 1% of the rows (a different 1% for each `run`): new qty, and a new updated_at
     spread over the hour after the newest one, as updates arriving between two runs would
-    be (so steadyflow's 2-minute lookback re-reads ~1/30 of the previous run's rows)."""
+    be (so steadyflow's 2-minute lookback re-reads ~1/30 of the previous run's rows).
+    `dsn` is a PostgreSQL DSN, a `mysql://` URL (MariaDB) or a `sqlite:///` path."""
+    if dsn.startswith(("mysql://", "mysql+pymysql://")):
+        return _touch_mariadb(dsn, table, run)
+    if dsn.startswith("sqlite:///"):
+        return _touch_sqlite(dsn.removeprefix("sqlite:///"), table, run)
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -48,6 +55,74 @@ def touch_one_percent(dsn: str, table: str, run: int) -> int:
         n = cur.rowcount
         conn.execute(f"VACUUM ANALYZE {table}")
     return n
+
+
+def mariadb_connect(url: str) -> Any:
+    """pymysql connection for a `mysql://user@host:port/db` URL (the bench's MariaDB)."""
+    from urllib.parse import unquote, urlsplit
+
+    import pymysql
+
+    parts = urlsplit(url.replace("mysql+pymysql://", "mysql://"))
+    return pymysql.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
+                           user=unquote(parts.username or "root"),
+                           password=unquote(parts.password or ""),
+                           database=parts.path.lstrip("/") or None, autocommit=True,
+                           charset="utf8mb4")
+
+
+def _touch_mariadb(url: str, table: str, run: int) -> int:
+    """touch_one_percent on MariaDB (which cannot read the updated table in a subquery)."""
+    conn = mariadb_connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT max(updated_at) FROM {table}")
+            newest = cur.fetchone()[0]
+            n = cur.execute(
+                f"UPDATE {table} SET qty = qty %% 9 + 1, updated_at = %s + INTERVAL 1 SECOND "
+                "+ INTERVAL (sale_id DIV 100 %% 3600) SECOND "
+                f"WHERE sale_id %% 100 = {int(run) % 100}", [newest])
+            cur.execute(f"ANALYZE TABLE {table}")
+            cur.fetchall()
+    finally:
+        conn.close()
+    return int(n)
+
+
+def _touch_sqlite(path: str, table: str, run: int) -> int:
+    """touch_one_percent on SQLite: times are text 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        newest = conn.execute(f"SELECT max(updated_at) FROM {table}").fetchone()[0]
+        cur = conn.execute(
+            f"UPDATE {table} SET qty = qty % 9 + 1, updated_at = strftime('%Y-%m-%d %H:%M:%S', "
+            "?, '+1 seconds', '+' || (sale_id / 100 % 3600) || ' seconds') || '.000000' "
+            f"WHERE sale_id % 100 = {int(run) % 100}", [newest[:19]])
+        conn.commit()
+        return int(cur.rowcount)
+    finally:
+        conn.close()
+
+
+def cx_read(args: argparse.Namespace) -> dict[str, object]:
+    """connectorx's bare read of the table into Arrow (one query, nothing written)."""
+    import connectorx
+
+    table = connectorx.read_sql(args.dsn, f"SELECT {COLUMNS} FROM {args.table}",
+                                return_type="arrow")
+    return {"rows": table.num_rows}
+
+
+def adbc_sqlite_read(args: argparse.Namespace) -> dict[str, object]:
+    """adbc-driver-sqlite's bare read of the table into Arrow (one query, nothing written)."""
+    from adbc_driver_sqlite import dbapi
+
+    with dbapi.connect(args.dsn.removeprefix("sqlite:///")) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT {COLUMNS} FROM {args.table}")
+        table = cur.fetch_arrow_table()
+    return {"rows": table.num_rows}
 
 
 def _warm_cycles(args: argparse.Namespace, one_run: Any) -> dict[str, object]:
@@ -174,7 +249,7 @@ def run_dlt(args: argparse.Namespace) -> dict[str, object]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("case", choices=["drain", "pgcopy", "dlt", "sf_warm", "dlt_warm",
-                                         "changed_drain"])
+                                         "changed_drain", "cx_read", "adbc_sqlite_read"])
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--dst")
     parser.add_argument("--table", default="sales")
@@ -188,7 +263,8 @@ def main() -> int:
     args = parser.parse_args()
     started = time.perf_counter()
     result = {"drain": drain, "pgcopy": pgcopy, "dlt": run_dlt, "sf_warm": sf_warm,
-              "dlt_warm": dlt_warm, "changed_drain": changed_drain}[args.case](args)
+              "dlt_warm": dlt_warm, "changed_drain": changed_drain, "cx_read": cx_read,
+              "adbc_sqlite_read": adbc_sqlite_read}[args.case](args)
     result["seconds_in_process"] = round(time.perf_counter() - started, 3)
     print(json.dumps(result))
     return 0

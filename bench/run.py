@@ -230,8 +230,15 @@ def main() -> int:
     ap.add_argument("--pg", default=os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432"),
                     help="PostgreSQL server (no database part)")
     ap.add_argument("--skip", default="", help="comma-separated: dlt,pyarrow,incremental,pg,"
-                    "scale,profile")
+                    "scale,profile (the last five apply to MariaDB/SQLite too)")
     ap.add_argument("--out", type=Path, help="where to write the results (markdown)")
+    ap.add_argument("--sources", default="postgres,mariadb,sqlite",
+                    help="comma-separated: postgres,mariadb,sqlite (without postgres, only "
+                    "the MariaDB/SQLite section of the results file is replaced)")
+    ap.add_argument("--source-rows", type=int,
+                    help="rows in the MariaDB and SQLite tables (default 1,000,000)")
+    ap.add_argument("--my", default=os.environ.get("BENCH_MY", "mysql://root@127.0.0.1:3306"),
+                    help="MariaDB server (no database part)")
     args = ap.parse_args()
 
     rows = args.rows or (200_000 if args.quick else 2_000_000)
@@ -248,6 +255,14 @@ def main() -> int:
     src_dsn, wh_dsn = f"{host}/{SRC_DB}", f"{host}/{WH_DB}"
     load_before = os.getloadavg()
     bench_started = time.perf_counter()
+    wanted = set(filter(None, args.sources.split(",")))
+    other = run_other_sources(args, wanted, work, runs, skip) if wanted - {"postgres"} else ""
+    if "postgres" not in wanted:
+        text = out_path.read_text() if out_path.exists() else "# steadyflow benchmark results\n"
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(replace_section(text, other))
+        print(f"\nwrote the MariaDB/SQLite section of {out_path}")
+        return 0
 
     with psycopg.connect(f"{host}/postgres", autocommit=True) as conn:
         for db in (SRC_DB, WH_DB):
@@ -413,10 +428,79 @@ def main() -> int:
     report = render(args, rows, runs, cases, scaling, profiles, drain_bytes, table_mb,
                     gen_seconds, pg_version, load_before, load_after,
                     time.perf_counter() - bench_started)
+    if other:
+        report = replace_section(report, other)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(report)
     print(f"\nwrote {out_path}")
     return 0
+
+
+# --- MariaDB and SQLite sources (bench/sources.py) --------------------------------------
+SECTION_BEGIN, SECTION_END = "<!-- sources:begin -->", "<!-- sources:end -->"
+
+
+def run_other_sources(args: argparse.Namespace, wanted: set[str], work: Path, runs: int,
+                      skip: set[str]) -> str:
+    """The MariaDB and SQLite cases; their report section (markdown)."""
+    import sources
+
+    started, load_before = time.perf_counter(), os.getloadavg()
+    rows = args.source_rows or (100_000 if args.quick else 1_000_000)
+    cases_: dict[str, Case] = {}
+    profiles: dict[str, str] = {}
+
+    def record(key: str, what: str, n: int, sample: Sample) -> None:
+        cases_.setdefault(key, Case(key, what, n)).samples.append(sample)
+        print(f"  {key:<22} {sample.seconds:7.2f} s  {sample.rss_mib:6.0f} MiB", flush=True)
+
+    kit = sources.Kit(py=PY, here=HERE, work=work, runs=runs, record=record,
+                      run_child=run_child, check=check, duck_totals=duck_totals,
+                      steadyflow_cmd=steadyflow_cmd, profile=profile,
+                      record_cycles=_record_cycles, cases=cases_, profiles=profiles)
+    scaling: list[tuple[int, Sample]] = []
+    if "mariadb" in wanted:
+        scale = [rows, rows * 4] if "scale" not in skip else []
+        scaling = sources.mariadb(kit, args.my, CONTRACT, rows, args.page_size, skip, scale)
+    if "sqlite" in wanted:
+        sources.sqlite(kit, CONTRACT, rows, args.page_size, skip)
+    load_after = os.getloadavg()
+    lines = [
+        SECTION_BEGIN, "## MariaDB and SQLite sources → DuckDB", "",
+        f"`bench/run.py --sources {args.sources}` in {(time.perf_counter() - started) / 60:.1f}"
+        f" min: {rows:,} rows (bench/sources.py: same `sales` table; MariaDB 10.11 DATETIME(6)"
+        " and DECIMAL(12,2); SQLite text times and NUMERIC price), "
+        f"{runs} run(s) per case, each in its own process, wall clock spawn → exit; "
+        f"load average before/after {load_before[0]:.2f} / {load_after[0]:.2f} on "
+        f"{os.cpu_count()} CPUs shared with the databases and other processes. Every "
+        "warehouse was checked against its source (count, sum qty, sum price).", "",
+        "| case | rows | best s | median s | rows/s (best) | peak RSS MiB |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in cases_.values():
+        lines.append(f"| {c.what} | {c.rows:,} | {c.best:.2f} | {c.median:.2f} | "
+                     f"{c.rows / c.best:,.0f} | {c.rss:.0f} |")
+    if scaling:
+        lines += ["", "| MariaDB rows (steadyflow full load) | seconds | peak RSS MiB |",
+                  "|---:|---:|---:|"]
+        lines += [f"| {n:,} | {s.seconds:.2f} | {s.rss_mib:.0f} |" for n, s in scaling]
+    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+    lines += sources.targets(cases_, scaling)
+    for key, title in (("my_full", "steadyflow full load MariaDB → DuckDB"),
+                       ("my_incremental", "steadyflow incremental run, MariaDB (1% updated)"),
+                       ("sq_full", "steadyflow full load SQLite → DuckDB")):
+        if key in profiles:
+            lines += ["", f"### Profile: {title}", "", "py-spy, wall clock (idle included), "
+                      "per thread.", profiles[key]]
+    return "\n".join([*lines, SECTION_END])
+
+
+def replace_section(text: str, section: str) -> str:
+    """`text` with its MariaDB/SQLite section replaced by `section` (appended if absent)."""
+    if SECTION_BEGIN in text and SECTION_END in text:
+        head, rest = text.split(SECTION_BEGIN, 1)
+        return head + section + rest.split(SECTION_END, 1)[1]
+    return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
 # --- the report ------------------------------------------------------------------------

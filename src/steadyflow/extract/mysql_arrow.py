@@ -376,7 +376,8 @@ def _as_pymysql(value: Any, kind: str) -> Any:
     return value
 
 
-def _fast_cast(col: pa.Array, target: pa.DataType, kind: str) -> pa.Array | None:
+def _fast_cast(col: pa.ChunkedArray, target: pa.DataType, kind: str
+               ) -> pa.ChunkedArray | None:
     """`col` in the contract type by an Arrow cast that gives exactly what `column_to_arrow`
     gives for pymysql's values of it; None where there is no such cast (or it fails)."""
     t = col.type
@@ -405,9 +406,9 @@ def _fast_cast(col: pa.Array, target: pa.DataType, kind: str) -> pa.Array | None
 def conform(raw: pa.Table, contract: Contract, kinds: tuple[str, ...]) -> pa.Table:
     """The page in contract types, with model.INVALID as `rows_to_arrow` makes it."""
     invalid: list[str | None] = [None] * raw.num_rows
-    arrays = []
+    arrays: list[pa.Array | pa.ChunkedArray] = []
     for i, (c, kind) in enumerate(zip(contract.columns, kinds, strict=True)):
-        col = raw.column(i).combine_chunks()
+        col = raw.column(i)  # chunked as connectorx made it: combining would copy the page
         fast = _fast_cast(col, c.arrow_type, kind)
         if fast is not None:
             arrays.append(fast)
