@@ -231,3 +231,52 @@ def test_two_worker_processes_split_the_ranges(tmp_path: Path, pg_dsn: str) -> N
                 p.kill()
         for out in logs:
             out.close()
+
+
+def stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_range_reader_stalled_past_its_lease_records_nothing(
+        tmp_path: Path, pg_dsn: str) -> None:
+    seed("postgres", pg_dsn)
+    # a range is one page (1000 rows < 1001: no read-ahead thread, which takes a sequence
+    # number in a state transaction, can be stopped inside it and lock the SQLite state)
+    cfg = write_pipeline(tmp_path, [sql_source("s", "postgres", pg_dsn, page_size=1001)])
+    lease = 2.0
+    env = {"STEADYFLOW_BACKFILL_CHUNK_ROWS": CHUNK, "STEADYFLOW_EXTRACT_LEASE": str(lease)}
+    # A reads range 1 (keys 2002..4000), then stops just before landing it
+    stale = subprocess.Popen(
+        [sys.executable, "-m", "steadyflow", "extract", "-c", str(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **env, "STEADYFLOW_FAILPOINT": "extract.before_land:2:SIGSTOP"})
+    try:
+        deadline = time.monotonic() + 60
+        while not stopped(stale.pid):
+            assert stale.poll() is None, stale.communicate()
+            assert time.monotonic() < deadline, "the reader never reached its failpoint"
+            time.sleep(0.05)
+        time.sleep(lease + 1.0)  # past its range's lease
+        # a row of that range changes: A's page is now stale, and a batch of its own
+        execute("postgres", pg_dsn, f"UPDATE sales SET qty = qty + 100, updated_at = "
+                                    f"'{LATER}' WHERE sale_id = 2100")
+        # B takes range 1 over (and the rest), ends the load and loads it
+        takeover = steadyflow("run", "-c", str(cfg), env={**env, "STEADYFLOW_FAILPOINT": ""})
+        assert takeover.returncode == 0, takeover.stdout + takeover.stderr
+        landed = batches(tmp_path)
+    finally:
+        stale.send_signal(signal.SIGCONT)
+    out, err = stale.communicate(timeout=120)
+    assert "lost its lease on chunk 1" in out + err, out + err
+    assert batches(tmp_path) == landed  # A's page was never recorded
+    with Pipeline(load_config(cfg)) as pipeline:
+        chunks = pipeline.state.backfill_chunks("s", "sales")
+        assert [(c.status, c.rows, c.generation) for c in chunks] == [
+            ("done", 1000, 1), ("done", 1000, 2), ("done", 1000, 1), ("done", 1000, 1),
+            ("done", 1000, 1)]
+        assert pipeline.run_once().ok
+        assert_warehouse_equals_sources(pipeline, ROWS)
+        qty = pipeline.warehouse.query(  # type: ignore[attr-defined]
+            "SELECT qty FROM main.sales WHERE sale_id = 2100")
+        assert qty.column("qty").to_pylist()[0] > 100
