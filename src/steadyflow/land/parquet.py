@@ -51,6 +51,7 @@ HANDOFF_MAX = 2  # landed pages kept in memory for an in-process loader (see `ha
 # holds one of them at a time; a page of the default size is one row group
 ROW_GROUP_ROWS = 64 * 1024
 HASH_CHUNK = 1 << 20  # bytes hashed at a time when a batch is streamed (`batches`)
+FOOTERS_KEPT = 8  # footers of compacted files kept for the next reads (see `_compacted`)
 
 
 class LandingZone:
@@ -70,6 +71,7 @@ class LandingZone:
         self.handoff = False
         self._handed: dict[str, tuple[str, pa.Table]] = {}
         self._handed_lock = threading.Lock()
+        self._footers: dict[str, pq.FileMetaData] = {}  # of compacted files, newest last
 
     @property
     def root(self) -> Path:
@@ -142,7 +144,7 @@ class LandingZone:
         with self._context(ref):
             if ref.part is not None:
                 with self.store.open(ref.path) as fh:
-                    return self._checked(ref, _parquet(fh, ref).read_row_groups(
+                    return self._checked(ref, self._compacted(fh, ref).read_row_groups(
                         list(range(*ref.part)), use_threads=False))
             data = self.store.read(ref.path)
             if hashlib.blake2b(data, digest_size=16).hexdigest() != ref.checksum:
@@ -164,8 +166,9 @@ class LandingZone:
             groups = list(range(*ref.part)) if ref.part is not None else None
             count = 0
             with self.store.open(ref.path) as fh:
-                for batch in _parquet(fh, ref).iter_batches(row_groups=groups,
-                                                            use_threads=False):
+                parquet = self._compacted(fh, ref) if ref.part is not None else (
+                    pq.ParquetFile(fh))
+                for batch in parquet.iter_batches(row_groups=groups, use_threads=False):
                     count += batch.num_rows
                     yield batch
             if count != ref.rows:
@@ -175,6 +178,20 @@ class LandingZone:
         """A landed file by path, unverified (quarantined rows and raw pages, which are
         indexed by path in the quarantine index, not by a manifest entry)."""
         return pq.read_table(pa.BufferReader(self.store.read(path)))
+
+    def _compacted(self, fh: pa.NativeFile, ref: BatchRef) -> pq.ParquetFile:
+        """A compacted file, its page checksums verified (compaction writes them). Its footer
+        is kept for the next few reads: a replay reads its batches one after another, and on
+        an object store each footer read is a request of its own. A compacted file's name
+        is a digest of its batches, and it is never rewritten with other content."""
+        with self._handed_lock:
+            footer = self._footers.pop(ref.path, None)
+        parquet = pq.ParquetFile(fh, metadata=footer, page_checksum_verification=True)
+        with self._handed_lock:
+            self._footers[ref.path] = parquet.metadata
+            while len(self._footers) > FOOTERS_KEPT:
+                self._footers.pop(next(iter(self._footers)))
+        return parquet
 
     def _checked(self, ref: BatchRef, rows: pa.Table) -> pa.Table:
         if rows.num_rows != ref.rows:
@@ -209,11 +226,6 @@ class LandingZone:
     def visible_files(self) -> list[Path]:
         """The visible files of a local landing zone (tests and tools)."""
         return [self.root / f.path for f in self.store.list() if f.path.endswith(".parquet")]
-
-
-def _parquet(fh: pa.NativeFile, ref: BatchRef) -> pq.ParquetFile:
-    """A compacted file is read with its page checksums verified (compaction writes them)."""
-    return pq.ParquetFile(fh, page_checksum_verification=ref.part is not None)
 
 
 # what pyarrow's S3 client says when a read broke off (anything else is the file itself)
