@@ -11,8 +11,12 @@ equal to the source row for row by the independent oracle (`compare_target`):
   the last range, and rows deleted in a range not read yet, while the load runs, on real
   PostgreSQL and MariaDB, with two reader threads; a row deleted in a read range is the one
   change a cursor cannot see, and `reconcile --repair` (mirror_deletes) removes it;
+- ranges of one table are read on two threads of one process;
 - a SIGKILL mid-load resumes range by range: the ranges read before it are not read again;
-- two `steadyflow worker` processes split the ranges between them.
+- a reader SIGSTOPped past its range's lease records nothing once another took it over;
+- two `steadyflow worker` processes split the ranges between them;
+- a text key in a collation that is not byte order (PostgreSQL ICU, MariaDB's default)
+  splits into ranges that cover every key once.
 """
 
 from __future__ import annotations
@@ -280,3 +284,54 @@ def test_a_range_reader_stalled_past_its_lease_records_nothing(
         qty = pipeline.warehouse.query(  # type: ignore[attr-defined]
             "SELECT qty FROM main.sales WHERE sale_id = 2100")
         assert qty.column("qty").to_pylist()[0] > 100
+
+
+CODES: dict[str, Any] = {
+    "primary_key": ["code", "n"], "cursor": "updated_at",
+    "columns": {"code": {"type": "string", "nullable": False},
+                "n": {"type": "int64", "nullable": False},
+                "val": {"type": "string"},
+                "updated_at": {"type": "timestamp", "nullable": False}}}
+WORDS = ["apple", "Apple", "APPLE", "banana", "Banana", "éclair", "Éclair", "eclair", "zebra",
+         "Zebra", "ångström", "Ähre", "aa", "ab", "Ab", "ß", "ss", "中文", "😀x", "x"]
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_a_text_key_in_a_collation_that_is_not_byte_order_splits(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """(code, n) with codes that a case- and accent-aware collation (PostgreSQL ICU, the
+    MariaDB default) orders unlike their bytes: the boundaries are compared by the
+    database, so the ranges still cover every key once."""
+    from tests.support.gen import Col, Table
+    from tests.support.oracle import read_source, read_warehouse
+
+    dsn = request.getfixturevalue("pg_dsn" if kind == "postgres" else "mysql_dsn")
+    rows = [(f"{WORDS[i % len(WORDS)]}{i % 7}", i, f"v{i}") for i in range(3_000)]
+    if kind == "postgres":
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute('CREATE TABLE codes (code text COLLATE "und-x-icu" NOT NULL, '
+                         "n bigint NOT NULL, val text, updated_at timestamptz NOT NULL "
+                         "DEFAULT now(), PRIMARY KEY (code, n))")
+            conn.execute("CREATE INDEX codes_cursor ON codes (updated_at, code, n)")
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO codes (code, n, val) VALUES (%s, %s, %s)", rows)
+    else:
+        with mysql_connect(dsn) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE codes (code VARCHAR(40) CHARACTER SET utf8mb4 NOT NULL,"
+                        " n BIGINT NOT NULL, val TEXT, updated_at DATETIME(6) NOT NULL "
+                        "DEFAULT NOW(6), PRIMARY KEY (code, n), "
+                        "KEY codes_cursor (updated_at, code, n))")
+            cur.executemany("INSERT INTO codes (code, n, val) VALUES (%s, %s, %s)", rows)
+    source = {"name": "s", "kind": kind, "dsn": dsn, "tables": [
+        {"name": "codes", "contract": "codes", "target": "codes", "page_size": 200}]}
+    with open_pipeline(tmp_path, [source], contracts={"codes": CODES}) as pipeline:
+        assert pipeline.run_once().ok
+        chunks = pipeline.state.backfill_chunks("s", "codes")
+        assert [(c.status, c.rows) for c in chunks] == [("done", 1000)] * 3
+        schema = pipeline.config.warehouse.schema_
+    table = Table("codes", [Col("code", "text"), Col("n", "int64"), Col("val", "text"),
+                            Col("updated_at", "ts")], ["code", "n"], "updated_at")
+    expected = read_source(kind, dsn, table)
+    assert len(expected) == 3_000
+    assert read_warehouse("duckdb", str(tmp_path / "warehouse.duckdb"), schema,
+                          table) == expected
