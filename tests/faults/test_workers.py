@@ -149,6 +149,16 @@ class Workers:
         return list(self.procs)
 
 
+def status_json(cfg: Path) -> dict[str, Any]:
+    proc = steadyflow("status", "--json", "-c", str(cfg), timeout=60)
+    try:
+        report: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"status --json printed no JSON ({proc.returncode}):\n{proc.stdout}\n"
+                    f"{proc.stderr[-3000:]}")
+    return report
+
+
 def diffs(dbs: list[SourceDb], warehouse: dict[str, Any]) -> list[Diff]:
     out = []
     for i, db in enumerate(dbs):
@@ -218,8 +228,7 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse: dict[str, Any], work
               events: list[str], pg_warehouse_dsn: str) -> None:
     logs = workers.logs
 
-    status = steadyflow("status", "--json", "-c", str(cfg), timeout=60)
-    report = json.loads(status.stdout)
+    report = status_json(cfg)
     running = [w for w in report["workers"] if w["status"] == "running"]
     assert len(running) >= 3, report["workers"]
     assert any(w["status"] == "lost" for w in report["workers"]), report["workers"]  # killed
@@ -233,7 +242,7 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse: dict[str, Any], work
     deadline = time.monotonic() + CATCH_UP
     while True:  # converged: equal, and nothing landed is left unloaded or queued
         found = diffs(stores, warehouse)
-        now = json.loads(steadyflow("status", "--json", "-c", str(cfg), timeout=60).stdout)
+        now = status_json(cfg)
         drained = now["queue_depth"] == 0 and now["pending_batches"] == 0
         if (all(d.clean for d in found) and drained) or time.monotonic() > deadline:
             break
