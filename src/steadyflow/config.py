@@ -263,18 +263,20 @@ class TableConfig(_Strict):
     lookback: Duration = Field(default=0.0, description=(
         "fixed mode: how far behind the checkpoint each run re-reads (e.g. 2m), so rows "
         "committed late with an older cursor are not skipped; the merge makes the overlap "
-        "harmless. Adaptive mode: a floor subtracted from where it re-reads, for cursors "
-        "stamped by a clock the source does not own (an application server's). Only for "
-        "timestamp, date, integer and decimal cursors"))
+        "harmless. Adaptive mode: the floor, the least re-read behind both the checkpoint "
+        "and the oldest open transaction, for cursors stamped by a clock the source does "
+        "not own (an application server's, an import's). Only for timestamp, date, "
+        "integer and decimal cursors"))
     lookback_mode: Literal["auto", "adaptive", "fixed"] = Field(default="auto", description=(
         "`adaptive` (PostgreSQL and MariaDB tables with a timestamp cursor): each poll "
         "notes when the oldest transaction still open at the source began, and the next "
         "poll re-reads from there (or from its checkpoint, whichever is earlier) minus "
-        "`lookback`, so a long transaction that commits late is never skipped, and with "
-        "none open almost nothing is re-read; needs pg_read_all_stats (PostgreSQL) or "
-        "PROCESS (MariaDB), and falls back to the fixed window, with a warning, without "
-        "it. `fixed`: always re-read the `lookback` window. `auto` (default): adaptive "
-        "where it applies, fixed elsewhere (SQLite, HTTP, other cursor types)"))
+        "`lookback` (0 by default), so a long transaction that commits late is never "
+        "skipped, and with none open almost nothing is re-read; needs pg_read_all_stats "
+        "(PostgreSQL) or PROCESS (MariaDB), and falls back to the fixed window, with a "
+        "warning, without it. `fixed`: always re-read the `lookback` window. `auto` "
+        "(default): adaptive where it applies, fixed elsewhere (SQLite, HTTP, other cursor "
+        "types)"))
     # DuckDB's row group: a page that fills whole row groups is written once at commit,
     # a partial one is rewritten by every later checkpoint (bench/NOTES.md: inserting 2M rows
     # took 2.49 s in 100,000-row pages, 1.24 s in 122,880-row pages)

@@ -238,3 +238,19 @@ def test_a_role_that_cannot_see_transactions_falls_back_to_the_window_loudly(
     with Pipeline.from_yaml(config) as p:  # and `steadyflow status` shows why
         (health,) = p.state.health()
     assert health.last_error is not None and "adaptive lookback unavailable" in health.last_error
+
+
+def test_the_floor_rereads_behind_the_checkpoint_too(tmp_path: Path, store: Store) -> None:
+    """A row stamped by another clock (an import of old times) lands behind the checkpoint
+    with no transaction open: the adaptive start is the earlier of the checkpoint and the
+    oldest open transaction, both minus the floor, so the floor catches it as the fixed
+    window did."""
+    store.create(100, store.past("i"))  # cursors 2024-01-01 00:00:01 .. 00:01:40
+    config = pipeline(tmp_path, store, lookback="1m")
+    with Pipeline.from_yaml(config) as p:
+        assert p.run_once().ok
+        with store.connect() as conn:
+            store.insert(conn, LATE, store.past("70"))  # 30 s behind the checkpoint
+        second = p.run_once()
+    assert second.ok
+    assert LATE in warehouse_keys(tmp_path)

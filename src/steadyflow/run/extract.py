@@ -192,8 +192,9 @@ class TableExtractor:
                     ) -> tuple[Watermark | None, object | None]:
         """Where this run starts: after the checkpoint, minus the lookback window; under
         the adaptive lookback, at the earlier of the checkpoint and the bound the last
-        poll observed (`_adaptive_bound`), strictly after the checkpoint when no
-        transaction open then began before it."""
+        poll observed (`_adaptive_bound`), both minus the lookback (the floor: a cursor
+        stamped by another clock than the source's), and strictly after the checkpoint
+        when there is no floor and no transaction open then began before it."""
         mark = self.state.checkpoint(self.ref.source, self.ref.table)
         if mark is None:
             return None, None  # first run: full load in keyset pages
@@ -203,6 +204,8 @@ class TableExtractor:
         if bound is not None:
             self._bound = bound
             cursor = _aware(mark.cursor)  # type: ignore[arg-type]  # a datetime, checked
+            if self.table.lookback > 0:  # the floor: never less than the fixed window
+                return None, min(bound, step_back(cursor, self.table.lookback))
             return (mark, None) if bound > cursor else (None, bound)
         if self.table.lookback > 0:
             return None, step_back(mark.cursor, self.table.lookback)
