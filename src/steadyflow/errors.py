@@ -6,6 +6,7 @@
     │   ├── AuthError                wrong credentials (never echoed)
     │   ├── SchemaError              missing table/column/key, incompatible type change
     │   ├── ContractError            the table contract itself is inconsistent
+    │   ├── LandedFileMissing        a landed file is not where its manifest entry says
     │   └── LoopBusy                 another process runs this pipeline's loop (host, pid)
     ├── RetryableError               transient: back off and try again
     │   ├── SourceTimeout            a query or request exceeded its timeout
@@ -79,6 +80,11 @@ class SchemaError(FatalError):
 
 class ContractError(FatalError):
     """The table contract contradicts itself or the source."""
+
+
+class LandedFileMissing(FatalError):
+    """A landed file is not at its path (deleted by `steadyflow gc`, moved by `compact`
+    since the reference was taken, or lost); the message names the path."""
 
 
 class LoopBusy(FatalError):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from steadyflow.errors import FatalError, RetryableError
+from steadyflow.errors import LandedFileMissing, RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.ports import LandedFile
 
@@ -118,8 +118,8 @@ class LocalLanding:
         pass
 
 
-def _missing(path: Path) -> FatalError:
-    return FatalError(f"landed file missing: {path}", stage="land",
+def _missing(path: Path) -> LandedFileMissing:
+    return LandedFileMissing(f"landed file missing: {path}", stage="land",
                       hint="a file of a loaded batch is deleted by `steadyflow gc` once it "
                            "is older than landing.retention; otherwise re-extract the range")
 

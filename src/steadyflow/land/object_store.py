@@ -29,7 +29,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from steadyflow import secrets
-from steadyflow.errors import AuthError, ConfigError, FatalError, RetryableError
+from steadyflow.errors import (
+    AuthError,
+    ConfigError,
+    FatalError,
+    LandedFileMissing,
+    RetryableError,
+)
 from steadyflow.failpoints import failpoint
 from steadyflow.ports import LandedFile
 
@@ -153,7 +159,7 @@ class ObjectStoreLanding:
         """The driver's error as ours, scrubbed: pyarrow's text quotes the AWS answer."""
         where = f"{self.where}/{path}"
         if isinstance(exc, FileNotFoundError):
-            return FatalError(
+            return LandedFileMissing(
                 f"landed file missing: {where}", stage="land",
                 hint="a file of a loaded batch is deleted by `steadyflow gc` once it is "
                      "older than landing.retention; otherwise re-extract the range")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from steadyflow.errors import FatalError, RetryableError
+from steadyflow.errors import FatalError, LandedFileMissing, RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.land.local import TEMP_PREFIX, LocalLanding
 from steadyflow.model import BatchRef, Watermark
@@ -72,6 +72,9 @@ class LandingZone:
         self._handed: dict[str, tuple[str, pa.Table]] = {}
         self._handed_lock = threading.Lock()
         self._footers: dict[str, pq.FileMetaData] = {}  # of compacted files, newest last
+        # the manifest's entry of a batch id (Pipeline sets StateStore.batch): a batch whose
+        # file is missing is read from where compaction moved it (see `_moved`)
+        self.locate: Callable[[str], BatchRef | None] | None = None
 
     @property
     def root(self) -> Path:
@@ -141,6 +144,15 @@ class LandingZone:
                 handed = self._handed.pop(ref.batch_id, None)
             if handed is not None and handed[0] == ref.checksum:
                 return handed[1]
+        try:
+            return self._read(ref)
+        except LandedFileMissing:
+            moved = self._moved(ref)
+            if moved is None:
+                raise
+            return self._read(moved)
+
+    def _read(self, ref: BatchRef) -> pa.Table:
         with self._context(ref):
             if ref.part is not None:
                 with self.store.open(ref.path) as fh:
@@ -155,6 +167,15 @@ class LandingZone:
         """A landed batch as a stream of record batches, in memory bounded by one row group
         (plus a hashing buffer), whatever the file's size: the checksum of a file of its own
         is verified by a first streamed pass, before any row is handed out."""
+        try:
+            yield from self._batches(ref)
+        except LandedFileMissing:  # raised on opening, before any row: nothing handed twice
+            moved = self._moved(ref)
+            if moved is None:
+                raise
+            yield from self._batches(moved)
+
+    def _batches(self, ref: BatchRef) -> Iterator[pa.RecordBatch]:
         with self._context(ref):
             if ref.part is None:
                 digest = hashlib.blake2b(digest_size=16)
@@ -173,6 +194,14 @@ class LandingZone:
                     yield batch
             if count != ref.rows:
                 raise self._short(ref, count)
+
+    def _moved(self, ref: BatchRef) -> BatchRef | None:
+        """Where the manifest says the batch is now, if not where `ref` says: a reference
+        taken before `compact` moved it (a redelivered message, a replay that raced it)."""
+        current = self.locate(ref.batch_id) if self.locate is not None else None
+        if current is None or (current.path, current.part) == (ref.path, ref.part):
+            return None
+        return current
 
     def read_file(self, path: str) -> pa.Table:
         """A landed file by path, unverified (quarantined rows and raw pages, which are
@@ -245,8 +274,8 @@ class _BatchContext:
     def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
         ref = self.ref
         if isinstance(exc, FatalError) and not exc.batch_id:
-            raise FatalError(exc.message, stage="load", source=ref.source, table=ref.table,
-                             batch_id=ref.batch_id, hint=exc.hint) from exc
+            raise type(exc)(exc.message, stage="load", source=ref.source, table=ref.table,
+                            batch_id=ref.batch_id, hint=exc.hint) from exc
         if isinstance(exc, OSError) and any(m in str(exc) for m in _TRANSIENT):
             raise RetryableError(  # the store's connection broke mid-read (pyarrow's own)
                 f"cannot read landed file {ref.path}: {scrub(str(exc))}", stage="load",

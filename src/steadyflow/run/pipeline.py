@@ -159,6 +159,7 @@ class Pipeline:
                                             config.state.schema_)
         self.landing = LandingZone(open_landing(config.landing, Path(config.base_dir)),
                                    config.landing.compression)
+        self.landing.locate = self.state.batch  # a batch compaction moved is read there
         self.buffer: Buffer = self._open_buffer(state_dir)
         self._warehouse: Warehouse | None = None
         # SQL sources stay connected between the cycles of `run --follow` (a cycle after a
