@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import math
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -51,6 +52,10 @@ log = logs.get("autoscale")
 #: a worker that dies sooner than this after its start is crash-looping: wait before the next
 CRASH_WINDOW = 10.0
 MAX_RESTART_DELAY = 60.0
+#: a worker asked to leave before it is up (registered in the state store, which it does once
+#: its SIGTERM handler is set) gets SIGTERM once it is up, or after this long at the latest:
+#: a SIGTERM before the handler kills the worker instead of draining it
+UP_WAIT = 60.0
 
 
 # --- the decision (pure) ------------------------------------------------------------------
@@ -230,6 +235,13 @@ class LagProbe:
         loaded = {(h.source, h.table): h.newest_cursor_epoch for h in state.health()}
         return extraction_lag(highs, loaded, self._behind_since, time.time())
 
+    def registered_pids(self) -> set[int]:
+        """The pids of this host's workers that registered in the state store and run."""
+        host = socket.gethostname()
+        workers = self._guarded("workers", self.pipeline.state.workers) or []
+        return {int(w["pid"]) for w in workers if w["host"] == host
+                and w["status"] == "running"}
+
     def _guarded(self, what: str, read: Callable[[], Any]) -> Any:
         try:
             return read()
@@ -266,7 +278,9 @@ class WorkerProcess:
     name: str
     process: subprocess.Popen[bytes]
     started: float
-    drain_deadline: float | None = None  # set once SIGTERM was sent (monotonic)
+    up: bool = False                     # registered in the state: its handlers are set
+    stopping: bool = False               # asked to leave: no longer counted as running
+    drain_deadline: float | None = None  # SIGTERM sent; SIGKILL from then (monotonic)
     killed: bool = False
 
 
@@ -288,6 +302,7 @@ class WorkerProcesses:
 
     command: list[str]
     grace: float
+    up_wait: float = UP_WAIT
     clock: Callable[[], float] = time.monotonic
     procs: list[WorkerProcess] = field(default_factory=list)
     _serial: int = 0
@@ -295,11 +310,11 @@ class WorkerProcesses:
     @property
     def running(self) -> list[WorkerProcess]:
         """Started and not asked to stop, oldest first."""
-        return [p for p in self.procs if p.drain_deadline is None]
+        return [p for p in self.procs if not p.stopping]
 
     @property
     def draining(self) -> list[WorkerProcess]:
-        return [p for p in self.procs if p.drain_deadline is not None]
+        return [p for p in self.procs if p.stopping]
 
     def start(self) -> WorkerProcess:
         self._serial += 1
@@ -310,10 +325,18 @@ class WorkerProcesses:
         return proc
 
     def drain(self, proc: WorkerProcess) -> None:
-        """Ask one worker to finish the unit in hand and hand its leases back."""
-        if proc.drain_deadline is None:
-            proc.drain_deadline = self.clock() + self.grace
-            _signal(proc.process, signal.SIGTERM)
+        """Ask one worker to finish the unit in hand and hand its leases back (SIGTERM, as
+        soon as it is up: see UP_WAIT)."""
+        proc.stopping = True
+        self._signal_drains()
+
+    def _signal_drains(self) -> None:
+        now = self.clock()
+        for proc in self.procs:
+            if proc.stopping and proc.drain_deadline is None and (
+                    proc.up or now - proc.started >= self.up_wait):
+                proc.drain_deadline = now + self.grace
+                _signal(proc.process, signal.SIGTERM)
 
     def drain_youngest(self) -> WorkerProcess | None:
         """Drain the most recently started worker: the oldest ones have warm connections
@@ -325,7 +348,9 @@ class WorkerProcesses:
         return running[-1]
 
     def reap(self) -> list[Exit]:
-        """Collect the workers that exited; SIGKILL those past their drain grace."""
+        """Collect the workers that exited; SIGTERM those asked to leave that are up now,
+        SIGKILL those past their drain grace."""
+        self._signal_drains()
         now = self.clock()
         exits = []
         for proc in list(self.procs):
@@ -337,8 +362,7 @@ class WorkerProcesses:
                     _signal(proc.process, signal.SIGKILL)
                 continue
             self.procs.remove(proc)
-            exits.append(Exit(proc.name, proc.process.pid, code,
-                              proc.drain_deadline is not None, proc.killed,
+            exits.append(Exit(proc.name, proc.process.pid, code, proc.stopping, proc.killed,
                               now - proc.started))
         return exits
 
@@ -393,9 +417,13 @@ class Autoscaler:
     def __init__(self, probe: Callable[[float], Sample], workers: WorkerProcesses,
                  policy: Policy, sample_every: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
-                 metrics: AutoscaleMetrics | None = None) -> None:
+                 metrics: AutoscaleMetrics | None = None,
+                 registered: Callable[[], set[int]] | None = None) -> None:
+        """`registered` gives the pids of this host's workers that registered in the state
+        store (LagProbe.registered_pids); None: a worker is up as soon as it is started."""
         self.probe = probe
         self.workers = workers
+        self.registered = registered
         self.policy = policy
         self.sample_every = sample_every
         self.clock = clock
@@ -429,6 +457,7 @@ class Autoscaler:
         self.samples.append(sample)
         while self.samples and self.samples[0].at < now - self.policy.window - 1:
             self.samples.popleft()
+        self._mark_up()
         self._reap()
         decision = decide(list(self.samples), self.desired, self.last_change, self.policy)
         if decision.desired != self.desired:
@@ -446,6 +475,12 @@ class Autoscaler:
             self.metrics.backlog.set(sample.backlog)
         if sample.lag is not None:
             self.metrics.lag.set(sample.lag)
+
+    def _mark_up(self) -> None:
+        pids = self.registered() if self.registered is not None else None
+        for proc in self.workers.procs:
+            if pids is None or proc.process.pid in pids:
+                proc.up = True
 
     def _reap(self) -> None:
         for done in self.workers.reap():
@@ -472,8 +507,9 @@ class Autoscaler:
             proc = self.workers.drain_youngest()
             if proc is None:
                 break
-            log.info("draining worker %s (pid %d): SIGTERM, SIGKILL after %g s", proc.name,
-                     proc.process.pid, self.workers.grace, extra={"stage": "autoscale"})
+            log.info("draining worker %s (pid %d): SIGTERM once it is up, SIGKILL %g s later",
+                     proc.name, proc.process.pid, self.workers.grace,
+                     extra={"stage": "autoscale"})
         while (len(self.workers.running) < self.desired and now >= self._restart_at
                and not self._stop.is_set()):
             proc = self.workers.start()
@@ -490,12 +526,14 @@ class Autoscaler:
                      extra={"stage": "autoscale"})
         clean = True
         while self.workers.procs:
+            if any(p.drain_deadline is None for p in self.workers.procs):
+                self._mark_up()  # SIGTERM waits for a worker to be up (UP_WAIT)
             for done in self.workers.reap():
                 clean = clean and done.code == 0 and not done.killed
                 log.info("worker %s (pid %d) stopped, exit code %d%s", done.name, done.pid,
                          done.code, " (SIGKILLed)" if done.killed else "",
                          extra={"stage": "autoscale"})
-            time.sleep(0.1)
+            time.sleep(0.2)
         self.metrics.desired.set(0)
         self.metrics.actual.set(0)
         self.metrics.draining.set(0)
