@@ -331,8 +331,9 @@ def autoscale(config: ConfigOpt,
             check_shareable(pipeline.config)
             workers = scaling.WorkerProcesses(
                 scaling.worker_command(config, level, heartbeat), grace)
-            scaler = scaling.Autoscaler(scaling.LagProbe(pipeline).read, workers, policy,
-                                        sample_every=every)
+            probe = scaling.LagProbe(pipeline)
+            scaler = scaling.Autoscaler(probe.read, workers, policy, sample_every=every,
+                                        registered=probe.registered_pids)
             _install_signals(scaler)
             stop_serving = (scaling.serve_metrics(scaler.metrics, *parse_address(serve_at))
                             if serve_at else None)
