@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tests.conftest import steadyflow
@@ -27,11 +29,13 @@ from tests.support.oracle import diff, read_source, read_warehouse
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint, s3_endpoint
 
 from steadyflow.errors import FatalError
+from steadyflow.land.parquet import LandingZone
 from steadyflow.reconcile.runner import Options, reconcile
-from steadyflow.run.compact import compact_pipeline
+from steadyflow.run.compact import compact, compact_pipeline
 from steadyflow.run.pipeline import Pipeline
 from steadyflow.run.replay import replay_batches
 from steadyflow.run.retention import collect
+from steadyflow.state import SqliteStateStore
 
 __all__ = ["s3_endpoint"]  # the session fixture, imported for pytest to find
 
@@ -257,3 +261,27 @@ def test_a_changed_byte_in_a_compacted_file_is_refused(tmp_path: Path) -> None:
         assert caught.value.batch_id == victim.batch_id and "checksum" in str(caught.value)
         with pytest.raises(FatalError):
             list(pipeline.landing.batches(victim))
+
+
+def test_a_compacted_file_written_again_under_its_own_name_is_kept(tmp_path: Path) -> None:
+    """A small compacted file merged again may come out under its own name (the same
+    batches, cut off by a batch of another schema before them): it is referenced again
+    and must not be deleted as an input."""
+    zone = LandingZone(tmp_path / "landing")
+    state = SqliteStateStore(tmp_path / "state.db")
+    wide = [zone.write(pa.table({"id": [i], "v": [str(i)]}), "s", "t", None, None)
+            for i in range(3)]
+    for ref in wide:
+        state.record_landed(ref)
+        state.mark_loaded(ref.batch_id, 1, 0)
+    compact(zone, state, [("s", "t")], 1 << 20, include_today=True)
+    (first,) = {r.path for r, _ in state.landed_batches()}
+    narrow = zone.write(pa.table({"id": [9]}), "s", "t", None, None)  # a column fewer
+    state.record_landed(replace(narrow, landed_at=0.0))  # the oldest: it leads the group
+    state.mark_loaded(narrow.batch_id, 1, 0)
+    compact(zone, state, [("s", "t")], 1 << 20, include_today=True)
+    refs = [r for r, _ in state.landed_batches()]
+    assert first in {r.path for r in refs}  # the wide batches came out under their name
+    assert sorted(zone.read(r).num_rows for r in refs) == [1, 1, 1, 1]
+    assert {f.path for f in zone.store.list()} == {r.path for r in refs}
+    state.close()

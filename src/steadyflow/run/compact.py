@@ -150,7 +150,9 @@ class _Table:
                 self.renew()  # before each file: a compactor that lost its lease stops
                 written, group = self._write(folder, group)
                 moved += written
-        gone = {r.path for r in batches}
+        # an output may bear an input's name (the same batches again, e.g. after a schema
+        # cut): that file is referenced again, never deleted
+        gone = {r.path for r in batches} - {r.path for r in moved}
         for path in gone:
             self.landing.store.delete(path)
         failpoint("compact.after_delete")
