@@ -166,7 +166,8 @@ def test_lease_is_exclusive_under_contention_and_generations_fence(adapter: Adap
             stores[0].release_lease(freed)
         barrier = threading.Barrier(len(stores))
 
-        def grab(i: int, table: str) -> None:
+        def grab(i: int, table: str, barrier: threading.Barrier = barrier,
+                 got: list[Lease] = got) -> None:
             barrier.wait()
             lease = stores[i].try_lease("s", table, f"otherhost:{i}:x", 30)
             if lease is not None:

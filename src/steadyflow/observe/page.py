@@ -353,11 +353,11 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
 
     workers = report.get("workers") or []
     if workers:
-        cls = {"running": "ok", "lost": "bad", "stopped": "idle"}
+        pill = {"running": "ok", "lost": "bad", "stopped": "idle"}
         worker_rows = [
             f'<tr><td>{e(w["worker_id"])}</td><td>{e(w["host"])}</td>'
             f'<td class="num">{e(w["pid"])}</td>'
-            f'<td>{_pill(w["status"], cls.get(w["status"], "idle"))}</td>'
+            f'<td>{_pill(w["status"], pill.get(w["status"], "idle"))}</td>'
             f'<td class="num">{e(_num(w["heartbeat_age"], 1))} s ago</td>'
             f'<td>{e(", ".join(w["units"]) or "–")}</td></tr>' for w in workers]
         running = sum(1 for w in workers if w["status"] == "running")
