@@ -363,6 +363,7 @@ sys.exit(3)
 """
 
 
+@pytest.mark.faults
 def test_workers_are_drained_killed_after_the_grace_and_restarted(tmp_path: Path) -> None:
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)

@@ -101,6 +101,8 @@ def test_policy_refuses_what_cannot_work() -> None:
         Policy(backlog_high=2, backlog_low=2)
     with pytest.raises(ValueError, match="negative"):
         Policy(cooldown=-1)
+    with pytest.raises(ValueError, match="negative"):
+        Policy(lag_low=-1)
 
 
 def test_extraction_lag_is_the_worst_tables_cursor_gap_capped_by_time_seen_behind() -> None:

@@ -88,6 +88,8 @@ class Policy:
         if not 0 <= self.minimum <= self.maximum or self.maximum < 1:
             raise ValueError(f"need 0 <= min <= max and max >= 1 (got min {self.minimum}, "
                              f"max {self.maximum})")
+        if min(self.backlog_low, self.lag_low) < 0:
+            raise ValueError("the low marks cannot be negative")
         if self.backlog_low >= self.backlog_high or self.lag_low >= self.lag_high:
             raise ValueError("the low marks must be below the high ones, or one sample could "
                              "be pressure and quiet at once")
@@ -103,9 +105,8 @@ class Policy:
         """How far above its threshold the sample is (> 1: pressure), from whichever of the
         two signals is worse; None if neither could be read."""
         ratios = []
-        if sample.backlog is not None:
-            ratios.append(sample.backlog / self.backlog_high if self.backlog_high else
-                          (math.inf if sample.backlog else 0.0))
+        if sample.backlog is not None:  # the thresholds are > 0: the lows are >= 0 and below
+            ratios.append(sample.backlog / self.backlog_high)
         if sample.lag is not None:
             ratios.append(sample.lag / self.lag_high)
         return max(ratios) if ratios else None
@@ -118,6 +119,8 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """The worker count to keep, and why (every change is logged with it)."""
+
     desired: int
     reason: str
 
