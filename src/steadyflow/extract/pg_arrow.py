@@ -398,14 +398,14 @@ class PgArrowSource(SqlSource):
             self._socket = None
         super().close()
 
-    def _probe(self, table: str, contract: Contract) -> list[str]:
+    def _probe(self, table: str, contract: Contract, names: list[str]) -> list[str]:
         """The probe, and every catalog query and position probe (`poll_end`), run on
         psycopg, whose connection is kept between polls beside the ADBC one: a poll that
         finds nothing is then one round trip on an open connection (through ADBC it would
         be prepare, describe and COPY, and the adaptive lookback's observation and probe
         could not share one message)."""
         self._refuse_unorderable(table, contract)
-        return super()._probe(table, contract)
+        return super()._probe(table, contract, names)
 
     def _refuse_unorderable(self, table: str, contract: Contract) -> None:
         """Refuse, before any page, a cursor (or leading key) holding a date/time no path

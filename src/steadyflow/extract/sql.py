@@ -37,6 +37,9 @@ log = logs.get("extract")
 # fails the page query itself at once; a column added (schema drift) or a NULL cursor
 # is found by the next probe, at most this late, or at once on a new connection.
 PROBE_EVERY = 60.0
+# ... and while rows flow (a poll that has pages to read): a column added with the rows
+# that fill it is found at most this late (run/extract.py asks before reading pages)
+BUSY_PROBE_EVERY = 5.0
 
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -143,9 +146,9 @@ class SqlSource:
         # it between cycles (dropped after any error), so a poll does not re-read the
         # catalog; a dropped or renamed column still fails the probe's own SELECT
         self._declared: dict[str, dict[str, str]] = {}
-        # table → (monotonic time, contract columns, drifted columns) of its last probe
-        # on this connection (see PROBE_EVERY)
-        self._probed: dict[str, tuple[float, tuple[str, ...], list[str]]] = {}
+        # table → (monotonic time, contract columns, drifted columns, the source's columns
+        # lowercased) of its last probe on this connection (see PROBE_EVERY)
+        self._probed: dict[str, tuple[float, tuple[str, ...], list[str], frozenset[str]]] = {}
         self._hidden_reported = False
 
     @property
@@ -223,24 +226,27 @@ class SqlSource:
         way = " DESC" if desc else ""
         return " ORDER BY " + ", ".join(f"{d.ident(table)}.{d.ident(c)}{way}" for c in columns)
 
-    def probe(self, table: str, contract: Contract) -> list[str]:
+    def probe(self, table: str, contract: Contract, max_age: float = PROBE_EVERY
+              ) -> list[str]:
         """Fail fast, naming the table or column, before any page is read.
 
         Returns the source's columns that the contract does not name (schema drift).
-        Once per connection and PROBE_EVERY: a poll that finds nothing then costs its
+        Once per connection and `max_age`: a poll that finds nothing then costs its
         position probe alone (`poll_end`).
         """
         hit = self._probed.get(table)
         if (hit is not None and hit[1] == contract.names
-                and time.monotonic() - hit[0] < PROBE_EVERY):
+                and time.monotonic() - hit[0] < max_age):
             return list(hit[2])
-        extra = self._probe(table, contract)
-        self._probed[table] = (time.monotonic(), contract.names, list(extra))
+        names: list[str] = []
+        extra = self._probe(table, contract, names)
+        self._probed[table] = (time.monotonic(), contract.names, list(extra),
+                               frozenset(n.lower() for n in names))
         return extra
 
-    def _probe(self, table: str, contract: Contract) -> list[str]:
+    def _probe(self, table: str, contract: Contract, names: list[str]) -> list[str]:
+        """The probe's queries; `names` receives the source's columns."""
         self._execute(table, f"{self._select(table, contract)} WHERE 1 = 0", [])
-        names: list[str] = []
         self._execute(table, f"SELECT * FROM {self.dialect.ident(table)} WHERE 1 = 0", [],
                       columns=names)
         cached = self._declared.get(table)
@@ -343,11 +349,16 @@ class SqlSource:
         return self._position_of(contract, self._execute(
             table, self._last_position_sql(table, contract), []))
 
-    def _last_position_sql(self, table: str, contract: Contract) -> str:
-        """One index probe (the keyset index read backwards), no parameters."""
+    def _last_position_sql(self, table: str, contract: Contract, whole_row: bool = False
+                           ) -> str:
+        """One index probe (the keyset index read backwards), no parameters. With
+        `whole_row` the row's every column follows the position (`poll_end`: the result's
+        columns tell a poll that the table's columns changed, at no extra query)."""
         d = self.dialect
         cols = ", ".join(d.select_expr(c, contract.column(c).arrow_type)
                          for c in contract.order_by)
+        if whole_row:
+            cols += f", {d.ident(table)}.*"
         return (f"SELECT {cols} FROM {d.ident(table)} WHERE {d.ident(contract.cursor)} "
                 f"IS NOT NULL{self._order_by(table, contract.order_by, desc=True)} LIMIT 1")
 
@@ -356,8 +367,18 @@ class SqlSource:
             return None
         d = self.dialect
         order = [contract.column(c) for c in contract.order_by]
-        values = [d.position_value(v, c.arrow_type) for v, c in zip(rows[0], order, strict=True)]
+        values = [d.position_value(v, c.arrow_type)
+                  for v, c in zip(rows[0][:len(order)], order, strict=True)]
         return Watermark(cursor=values[0], key=tuple(values[1:]))
+
+    def _columns_seen(self, table: str, contract: Contract, columns: list[str]) -> None:
+        """The columns of `poll_end`'s whole row: when they are not the ones the last probe
+        saw, the probe runs again at the next call (a column added or dropped is then
+        reported by its schema_drift policy within a poll, idle or not)."""
+        hit = self._probed.get(table)
+        seen = frozenset(c.lower() for c in columns[len(contract.order_by):])
+        if hit is not None and seen != hit[3]:
+            del self._probed[table]
 
     def poll_end(self, table: str, contract: Contract, observe: bool
                  ) -> tuple[Watermark | None, OpenSince | None]:
@@ -370,22 +391,27 @@ class SqlSource:
         PostgreSQL sends both in one round trip (`Dialect.poll_script`); MariaDB runs
         them one after the other, each its own autocommit statement."""
         d = self.dialect
+        position = self._last_position_sql(table, contract, whole_row=True)
+        columns: list[str] = []
         if not observe or d.open_since_sql is None:
-            return self.last_position(table, contract), None
-        position = self._last_position_sql(table, contract)
+            rows = self._execute(table, position, [], columns=columns)
+            self._columns_seen(table, contract, columns)
+            return self._position_of(contract, rows), None
         try:
             if d.poll_script is not None:
                 begin, commit = d.poll_script
-                seen, rows = self._script(table, [begin, d.open_since_sql, position, commit])
+                (seen, _), (rows, columns) = self._script(
+                    table, [begin, d.open_since_sql, position, commit])
             else:
                 seen = self._execute(table, d.open_since_sql, [])
-                rows = self._execute(table, position, [])
+                rows = self._execute(table, position, [], columns=columns)
         except SteadyflowError as exc:
             if not d.open_refused(exc):
                 raise
             self._report_hidden(table, exc.message)
             return self.last_position(table, contract), OpenSince(
                 at=datetime.min, oldest=None, visible=False)
+        self._columns_seen(table, contract, columns)
         observed = d.open_since(seen[0])
         if not observed.visible:
             self._report_hidden(table, "PostgreSQL shows no other users' transactions "
@@ -406,16 +432,18 @@ class SqlSource:
                     extra={
                         "source": self.config.name, "table": table, "stage": "extract"})
 
-    def _script(self, table: str, statements: Sequence[str]) -> list[list[Any]]:
+    def _script(self, table: str, statements: Sequence[str]
+                ) -> list[tuple[list[Any], list[str]]]:
         """Several parameterless statements in one round trip (PostgreSQL's simple query
-        protocol); the rows of each statement that returns rows, in order. Bounded by the
+        protocol); (rows, column names) of each statement that returns rows, in order.
+        Bounded by the
         watchdog like `_execute`; any error drops the connection (a failed script may
         leave its transaction block open)."""
         policy = self.config.resilience
         limit = policy.statement_timeout + watchdog_grace(policy)
         conn = self.conn
         dog = Watchdog(limit, lambda: self.dialect.shutdown(conn))
-        results: list[list[Any]] = []
+        results: list[tuple[list[Any], list[str]]] = []
         try:
             with dog:
                 cur = conn.cursor()
@@ -423,7 +451,8 @@ class SqlSource:
                     cur.execute("; ".join(statements))
                     while True:
                         if cur.description is not None:
-                            results.append(list(cur.fetchall()))
+                            results.append((list(cur.fetchall()),
+                                            [str(c[0]) for c in cur.description]))
                         if not cur.nextset():
                             break
                 finally:

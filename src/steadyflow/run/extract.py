@@ -37,7 +37,7 @@ from steadyflow.extract.http import (
     parse_records,
     rejected_table,
 )
-from steadyflow.extract.sql import SqlSource
+from steadyflow.extract.sql import BUSY_PROBE_EVERY, SqlSource
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import (
@@ -179,6 +179,7 @@ class TableExtractor:
         # this run's first load is split into key ranges not all read yet (run/backfill.py)
         self._partitioned = False
         self.adaptive = adaptive_lookback(self.source, self.table, self.contract)
+        self._configured = self.contract  # before `schema_drift: add` extends it
         # the open-transaction bound this poll started from under the adaptive lookback
         # (kept in each landed page's meta: a restarted process resumes from it, see
         # _restored_bound)
@@ -361,6 +362,11 @@ class TableExtractor:
         if upto is not None and since is None and after == upto:
             done = True  # the table ends at the checkpoint: nothing to page (an idle poll)
         else:
+            if isinstance(db, SqlSource):  # rows to read: columns added with them count
+                extra = self.guard.call(lambda: db.probe(self.ref.table, self._configured,
+                                                         max_age=BUSY_PROBE_EVERY),
+                                        stop=self.should_stop)
+                self.schema_drift(extra, db)
             done = self._pages(db, self.contract, after, since, dry_run, ahead, self._checkpoint,
                                meta=self._since_meta(), upto=upto)
         if done and not dry_run:
