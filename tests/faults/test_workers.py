@@ -81,7 +81,7 @@ def write_config(directory: Path, dbs: list[SourceDb], warehouse_dsn: str, strea
         "state": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "sf_state"},
         "buffer": {"kind": "jetstream", "stream": stream, "capacity": 16, "lease": "5s"},
         "warehouse": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "wh"},
-        "run": {"interval": 0.2, "max_parallel_sources": 3},
+        "run": {"interval": 0.5, "max_parallel_sources": 3},
         "sources": [{
             "name": f"store{i}", "kind": db.kind, "dsn": db.dsn,
             "resilience": {"retries": 2, "backoff_max": "1s"},
