@@ -258,6 +258,10 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse: dict[str, Any], work
                                     env={"COLUMNS": "200"}).stdout[-4000:])
     assert all(d.source_rows > 0 for d in found)
     assert drained, {k: now[k] for k in ("queue_depth", "pending_batches")}
+    # a worker that stopped on SIGTERM left no table in error (stopping is not a failure)
+    after = status_json(cfg)
+    assert not [t["last_error"] for t in after["tables"]
+                if "stopping" in (t["last_error"] or "")], after["tables"]
     with psycopg.connect(pg_warehouse_dsn) as conn:
         unloaded = conn.execute("SELECT count(*) FROM sf_state.manifest WHERE "
                                 "status = 'landed'").fetchone()
