@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import logging
 import random
 import sys
 import threading
@@ -47,7 +48,7 @@ from steadyflow.model import BatchRef
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Warehouse
-from steadyflow.resilience import SourceGuard, retry_reason
+from steadyflow.resilience import SourceGuard, StopRequested, retry_reason
 from steadyflow.run.extract import (
     LEASE_WAIT,
     ExtractResult,
@@ -329,8 +330,17 @@ class Pipeline:
             return ref, result
         except (TableBusy, ExtractionFenced) as exc:
             # another extractor has the table: not this table's failure (its health is
-            # the holder's to record), but this run did not extract it, so not ok
-            log.warning("extract skipped: %s", exc, extra={
+            # the holder's to record), but this run did not extract it, so not ok. Among
+            # workers a busy table is the normal case (another worker has it): not logged
+            # above debug, or every poll of every worker would warn
+            quiet = self.shared and isinstance(exc, TableBusy)
+            log.log(logging.DEBUG if quiet else logging.WARNING, "extract skipped: %s", exc,
+                    extra={"source": ref.source, "table": ref.table, "stage": "extract"})
+            return ref, exc
+        except StopRequested as exc:
+            # stopping (SIGTERM): the table is picked up where its checkpoint is by the
+            # next run or another worker; not the table's error, so its health is untouched
+            log.info("extract stopped: %s", exc, extra={
                 "source": ref.source, "table": ref.table, "stage": "extract"})
             return ref, exc
         except Exception as exc:  # noqa: BLE001 - one table's error, whatever it is
