@@ -89,9 +89,9 @@ def _aware(value: datetime) -> datetime:
 def open_source(config: SourceConfig) -> Source:
     """The reader for a source kind; every kind runs through the same TableExtractor.
 
-    PostgreSQL pages are read as Arrow through ADBC (extract/pg_arrow.py) and MariaDB's
-    through connectorx (extract/mysql_arrow.py): no Python row objects on the hot path.
-    SQLite uses the DB-API path of SqlSource.
+    PostgreSQL pages are read as Arrow through ADBC (extract/pg_arrow.py), MariaDB's
+    through connectorx (extract/mysql_arrow.py) and SQLite's through ADBC
+    (extract/sqlite_arrow.py): no Python row objects on the hot path.
     """
     if config.kind == "http":
         return HttpSource(config)
@@ -103,6 +103,10 @@ def open_source(config: SourceConfig) -> Source:
         from steadyflow.extract.mysql_arrow import MysqlArrowSource
 
         return MysqlArrowSource(config)
+    if config.kind == "sqlite":
+        from steadyflow.extract.sqlite_arrow import SqliteArrowSource
+
+        return SqliteArrowSource(config)
     return SqlSource(config)
 
 
@@ -131,6 +135,9 @@ class ExtractResult:
     batches: int = 0
     rows: int = 0
     bad_pages: int = 0
+    # the checkpoint (or an initial load's position) moved: new rows, not only a re-read
+    # (run/follow.py polls such a table again soon)
+    moved: bool = False
 
 
 @dataclass
@@ -180,6 +187,7 @@ class TableExtractor:
         self._partitioned = False
         self.adaptive = adaptive_lookback(self.source, self.table, self.contract)
         self._configured = self.contract  # before `schema_drift: add` extends it
+        self._start_mark: Watermark | None = None  # the checkpoint this run started from
         # the open-transaction bound this poll started from under the adaptive lookback
         # (kept in each landed page's meta: a restarted process resumes from it, see
         # _restored_bound)
@@ -196,7 +204,7 @@ class TableExtractor:
         poll observed (`_adaptive_bound`), both minus the lookback (the floor: a cursor
         stamped by another clock than the source's), and strictly after the checkpoint
         when there is no floor and no transaction open then began before it."""
-        mark = self.state.checkpoint(self.ref.source, self.ref.table)
+        mark = self._start_mark = self.state.checkpoint(self.ref.source, self.ref.table)
         if mark is None:
             return None, None  # first run: full load in keyset pages
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
@@ -393,6 +401,7 @@ class TableExtractor:
         the token chain: before it, an older record may still be on a later page."""
         if self._chain is not None and not self._chain.ended:
             return
+        self.result.moved = self.result.moved or high != self._start_mark
         self.state.advance_checkpoint(self.ref.source, self.ref.table, high, lease=self.lease)
 
     def _loads_by_key(self, db: SqlSource) -> bool:
@@ -445,6 +454,7 @@ class TableExtractor:
                            meta={"order": "key", **self._since_meta()})
         if done and not dry_run:
             self.state.finish_backfill(src, tbl, lease=self.lease)
+            self.result.moved = True
             if bound is not None:
                 self.memory.resume_bound = bound
         return done

@@ -102,13 +102,10 @@ class _Follower:
     def _poller(self, job: tuple[Any, Any, Any]) -> Any:
         """One poll of one table; busy while its checkpoint moves (a re-read alone, as an
         adaptive lookback behind a long transaction makes, is not new work)."""
-        source, table = job[0].name, job[2].table
 
         def poll() -> Outcome:
-            before = self.p.state.checkpoint(source, table)
             ref, result = self.p.extract_table(job)
-            moved = (isinstance(result, ExtractResult) and result.rows > 0
-                     and self.p.state.checkpoint(source, table) != before)
+            moved = isinstance(result, ExtractResult) and result.moved
             error = result if isinstance(result, BaseException) else None
             return Outcome(busy=moved, error=error, detail=(ref, result))
 
