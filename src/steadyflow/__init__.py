@@ -16,8 +16,14 @@ that was never installed (only on sys.path) reports "0+unknown" rather than fail
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+# Arrow's C++ default memory pool (mimalloc in the wheels) is chosen from this variable once,
+# before any pyarrow module can ask for it; a follow run kept ~20 MiB of every spike in it
+# for good (run/memory.py). A value set by the user wins.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 if TYPE_CHECKING:
     from steadyflow.config import PipelineConfig, load_config

@@ -20,11 +20,8 @@ pipelines (or tests) can live in one process and any stage can run alone.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import logging
 import random
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +56,12 @@ from steadyflow.run.extract import (
 )
 from steadyflow.run.load import BatchLoader, gather, transform
 from steadyflow.state import StateStore, open_state
+from steadyflow.run.memory import (
+    RELEASE_AFTER_ROWS,
+    RELEASE_IDLE,
+    bound_memory,
+    release_memory,
+)
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Verdict
 
@@ -111,35 +114,6 @@ def _run_failed(summary: RunSummary) -> RunFailed:
         stage="run", table=", ".join(tables) if tables else None, summary=summary,
         hint="the other tables ran; `.summary` lists every error; fix and run again, or "
              "call run_once(raise_on_error=False) to get the summary instead")
-
-
-_MEMORY_BOUND = False
-
-
-def bound_memory() -> None:
-    """Keep freed page buffers from piling up in allocator caches, once per process.
-
-    Pages are allocated and freed by several threads (extract, land, load, DuckDB). Arrow's
-    bundled mimalloc and glibc's per-thread arenas both keep what those threads freed, so
-    peak RSS grew with the rows loaded (434 MiB for 4M rows, see bench/RESULTS.md). With
-    Arrow on the system allocator, at most 2 glibc arenas and page-sized buffers mmapped
-    (returned to the OS on free), it stays flat. ARROW_DEFAULT_MEMORY_POOL, if set, wins.
-    """
-    global _MEMORY_BOUND
-    if _MEMORY_BOUND:
-        return
-    _MEMORY_BOUND = True
-    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        import pyarrow as pa
-
-        pa.set_memory_pool(pa.system_memory_pool())
-    if sys.platform.startswith("linux"):
-        try:
-            mallopt = ctypes.CDLL(None).mallopt  # glibc only; other libcs: nothing to tune
-        except (AttributeError, OSError):
-            return
-        mallopt(-8, 2)  # M_ARENA_MAX
-        mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: >= 1 MiB straight from (and back to) the OS
 
 
 class Pipeline:
@@ -378,6 +352,7 @@ class Pipeline:
         # kept across runs: a batch that failed for good is not waited for again each cycle
         failures = self._failures
         while not self._stop.is_set():
+        loaded_since_release, last_batch = 0, time.monotonic()
             try:
                 self._report_queue()
                 # beside a running extraction (run_once) poll finely: a landed batch is
@@ -387,6 +362,10 @@ class Pipeline:
                         and self.buffer.depth() < self.buffer.capacity and self.sweep()):
                     continue  # the buffer drained: queue what the last sweep left out
                 if delivery is None:
+                if (delivery is None and loaded_since_release >= RELEASE_AFTER_ROWS
+                        and time.monotonic() - last_batch >= RELEASE_IDLE):
+                    release_memory()  # idle after a spike: give its memory back to the OS
+                    loaded_since_release = 0
                     if until_empty and (extracting is None or not extracting.is_set()) and (
                             self.buffer.depth() == 0 or all(
                                 n >= max_failures for n in failures.values()) and failures):
@@ -406,6 +385,8 @@ class Pipeline:
                     continue
                 failures.pop(batch.batch_id, None)
                 if result.loaded:
+                loaded_since_release += result.good_rows + result.bad_rows
+                last_batch = time.monotonic()
                     summary.loaded_batches += 1
                     summary.loaded_rows += result.good_rows
                     summary.changed_rows += result.changed_rows

@@ -1,0 +1,78 @@
+"""Process memory: keep freed page buffers from piling up, and hand them back after a spike.
+
+Pages are allocated and freed by several threads (extract, land, load, DuckDB). Arrow's
+bundled mimalloc and glibc's per-thread arenas both keep what those threads freed, so peak
+RSS grew with the rows loaded (434 MiB for 4M rows, see bench/RESULTS.md): `bound_memory`
+puts Arrow on the system allocator, with at most 2 glibc arenas and page-sized buffers
+mmapped (returned to the OS on free), and it stays flat.
+
+What a follow run still kept after a spike (tests/integration/test_memory.py: 4 tables,
+1.2M rows into a PostgreSQL warehouse; RSS 12-27 MiB above its level before the spike, for
+good) was in two places. Arrow's C++ default pool: pyarrow's `set_memory_pool` only
+changes the pool pyarrow's Python calls use, and C++ code that asks Arrow's default pool
+itself (ADBC's import of pyarrow.dataset creates it) got the bundled mimalloc, whose
+1 GiB arena grew by ~22 MiB during the spike and never gave it back; the pool is chosen
+from ARROW_DEFAULT_MEMORY_POOL once, so steadyflow/__init__.py sets it to "system" before
+pyarrow loads (then the same run ended 1 MiB above its start). And glibc's heap: small
+blocks freed into its arenas stay mapped, fragmented, until trimmed (`malloc_trim(0)` after
+a run_once spike took RSS back down by 18 MiB). The loader calls `release_memory` when it
+has been idle a moment after loading RELEASE_AFTER_ROWS rows: once a spike is absorbed.
+DuckDB's own memory is bounded by the warehouse's memory_limit (its buffer pool keeps up to
+that much of the table cached) and is not touched here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+# an idle loader releases memory once it loaded this many rows since the last release and
+# has found the buffer empty for RELEASE_IDLE seconds: a spike has ended (a gap between its
+# batches is shorter), and a trickle trims every few seconds at most (a trim of a heap with
+# little free costs ~1-5 ms; of hundreds of fragmented MiB, ~0.1 s)
+RELEASE_AFTER_ROWS = 20_000
+RELEASE_IDLE = 0.5
+
+_BOUND = False
+
+
+def _libc() -> ctypes.CDLL | None:
+    """glibc, whose allocator this tunes; None elsewhere (other libcs: nothing to tune)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def bound_memory() -> None:
+    """Arrow on the system allocator, 2 glibc arenas, >= 1 MiB blocks mmapped; once per
+    process. A user's ARROW_DEFAULT_MEMORY_POOL other than "system" wins."""
+    global _BOUND
+    if _BOUND:
+        return
+    _BOUND = True
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
+        import pyarrow as pa
+
+        # pyarrow's own default; C++ code that asks Arrow's default pool directly gets the
+        # system one only if the variable was set before (steadyflow/__init__.py sets it)
+        pa.set_memory_pool(pa.system_memory_pool())
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD: >= 1 MiB straight from (and back to) the OS
+
+
+def release_memory() -> None:
+    """Return the memory freed since the last call to the OS: the Arrow pool's unused
+    memory (a jemalloc or mimalloc pool keeps it), then glibc's free heap pages."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
