@@ -55,13 +55,13 @@ from steadyflow.run.extract import (
     open_source,
 )
 from steadyflow.run.load import BatchLoader, gather, transform
-from steadyflow.state import StateStore, open_state
 from steadyflow.run.memory import (
     RELEASE_AFTER_ROWS,
     RELEASE_IDLE,
     bound_memory,
     release_memory,
 )
+from steadyflow.state import StateStore, open_state
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Verdict
 
@@ -351,8 +351,8 @@ class Pipeline:
         loader = self.loader
         # kept across runs: a batch that failed for good is not waited for again each cycle
         failures = self._failures
-        while not self._stop.is_set():
         loaded_since_release, last_batch = 0, time.monotonic()
+        while not self._stop.is_set():
             try:
                 self._report_queue()
                 # beside a running extraction (run_once) poll finely: a landed batch is
@@ -361,11 +361,11 @@ class Pipeline:
                 if (delivery is None and self._unqueued
                         and self.buffer.depth() < self.buffer.capacity and self.sweep()):
                     continue  # the buffer drained: queue what the last sweep left out
-                if delivery is None:
                 if (delivery is None and loaded_since_release >= RELEASE_AFTER_ROWS
                         and time.monotonic() - last_batch >= RELEASE_IDLE):
                     release_memory()  # idle after a spike: give its memory back to the OS
                     loaded_since_release = 0
+                if delivery is None:
                     if until_empty and (extracting is None or not extracting.is_set()) and (
                             self.buffer.depth() == 0 or all(
                                 n >= max_failures for n in failures.values()) and failures):
@@ -384,9 +384,9 @@ class Pipeline:
                         batch, result, failures, max_failures, summary))
                     continue
                 failures.pop(batch.batch_id, None)
-                if result.loaded:
                 loaded_since_release += result.good_rows + result.bad_rows
                 last_batch = time.monotonic()
+                if result.loaded:
                     summary.loaded_batches += 1
                     summary.loaded_rows += result.good_rows
                     summary.changed_rows += result.changed_rows
