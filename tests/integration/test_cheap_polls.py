@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import write_pipeline
 from tests.support.wirecount import WireCounter
 
+from steadyflow.run.extract import POLL_RECORD_EVERY
 from steadyflow.run.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -71,7 +72,9 @@ def test_an_idle_poll_is_one_probe_on_an_open_connection(
                 assert idle.ok and idle.extracted_rows == 0
             assert counter.connections == connections  # no new connection
             assert counter.queries - queries == IDLE_POLLS * per_poll  # no catalog query
-            # the idle polls' time is in this process's metrics, not written per poll
-            assert p.state.polls()[("store", "sales")][1] == polled_at
+            # the idle polls' time is in this process's metrics, written to the state store
+            # at most every POLL_RECORD_EVERY (a slow machine may cross one such boundary)
+            written = p.state.polls()[("store", "sales")][1]
+            assert written == polled_at or written - polled_at >= POLL_RECORD_EVERY
     finally:
         counter.close()
