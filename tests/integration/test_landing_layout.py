@@ -144,12 +144,14 @@ def test_compacted_batches_replay_and_repair_to_the_source(tmp_path: Path,
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("point", ["compact.after_write:1", "compact.after_relocate:2",
-                                   "compact.after_delete:1"])
+@pytest.mark.parametrize(("landing", "point"), [
+    ("local", "compact.after_write:1"), ("local", "compact.after_relocate:2"),
+    ("local", "compact.after_delete:1"), ("s3", "compact.after_relocate:2")],
+    indirect=["landing"])
 def test_a_compaction_killed_midway_leaves_every_batch_readable(
-        tmp_path: Path, point: str) -> None:
+        tmp_path: Path, landing: dict[str, Any], point: str) -> None:
     make_source(tmp_path / "shop.db", ROWS)
-    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    cfg = write_config(tmp_path, landing, page_size=PAGE)
     run_in_process(cfg)
     before = files(cfg)
     rows = assert_every_batch_reads(cfg)  # >= ROWS: lookback re-reads land again
