@@ -93,6 +93,7 @@ def test_backfill_chunks_are_leased_fenced_and_gate_the_checkpoint(adapter: Adap
     assert (first.chunk, first.low, first.high, first.since) == (0, None, bounds[0][1], '"x"')
     assert (second.chunk, second.low, second.high) == (1, *bounds[1])
     assert a.claim_chunk("s", "t", "h:1:c", 30) is None  # both held by live holders
+    assert [(x["chunk"], x["holder"]) for x in b.leases()] == [(0, "h:1:a"), (1, "h:1:b")]
     a.advance_chunk(first, Watermark(1, (20,)), 20)
     assert not a.finish_backfill("s", "t")  # chunks left: the checkpoint does not move
     assert a.checkpoint("s", "t") is None
@@ -287,8 +288,8 @@ def test_workers_registry_and_held_leases(adapter: Adapter) -> None:
     b.register_worker("h2:2:y", "h2", 2, 60)
     lease = a.try_lease("s", "t", "h1:1:tok", 30)
     assert lease is not None
-    assert [(x["source"], x["table"], x["holder"]) for x in b.leases()] == [("s", "t",
-                                                                             "h1:1:tok")]
+    assert [(x["source"], x["table"], x["chunk"], x["holder"]) for x in b.leases()] == [
+        ("s", "t", None, "h1:1:tok")]
     a.heartbeat_worker("h1:1:x", ["extract s.t"], {"uptime_seconds": 1})
     seen = {w["worker_id"]: w for w in b.workers()}
     assert seen["h1:1:x"]["units"] == ["extract s.t"] and seen["h1:1:x"]["status"] == "running"

@@ -30,7 +30,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
     quarantined = pipeline.state.quarantined("open")
     failing = pipeline.state.failing_batches()
     holders = {(lease["source"], lease["table"]): lease["holder"]
-               for lease in pipeline.state.leases()}
+               for lease in pipeline.state.leases() if lease["chunk"] is None}
     tables = []
     for _, _, ref in pipeline.config.tables():
         h = health.get((ref.source, ref.table))

@@ -95,9 +95,10 @@ class Worker:
         self.pipeline.stop()
 
     def held_units(self) -> list[str]:
-        """The tables whose extraction lease this process holds now."""
+        """The tables (and key ranges of first loads) whose lease this process holds now."""
         mine = f"{self.host}:{self.pid}:"
-        return [f"extract {lease['source']}.{lease['table']}"
+        return [f"extract {lease['source']}.{lease['table']}" if lease["chunk"] is None
+                else f"backfill {lease['source']}.{lease['table']} range {lease['chunk']}"
                 for lease in self.pipeline.state.leases()
                 if str(lease["holder"]).startswith(mine)]
 

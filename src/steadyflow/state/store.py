@@ -464,14 +464,17 @@ class StateStore(ABC):
                               lease.chunk))
 
     def leases(self) -> list[dict[str, Any]]:
-        """Every table's extraction lease that is held now: who holds it and until when
-        (by the clock the leases are measured by)."""
+        """Every extraction lease held now, of a table (chunk None) or of one key range of
+        its partitioned first load: who holds it and until when (by the lease clock)."""
         with self._tx() as c:
             now = self._now(c)
-            rows = c.execute("SELECT source, tbl, holder, expires_at, generation FROM "
+            rows = c.execute("SELECT source, tbl, NULL, holder, expires_at, generation FROM "
                              "extract_leases WHERE holder IS NOT NULL AND expires_at > ? "
-                             "ORDER BY source, tbl", (now,)).fetchall()
-        cols = ["source", "table", "holder", "expires_at", "generation"]
+                             "UNION ALL SELECT source, tbl, chunk, holder, expires_at, "
+                             "generation FROM backfill_chunks WHERE status = 'pending' AND "
+                             "holder IS NOT NULL AND expires_at > ? ORDER BY 1, 2, 3",
+                             (now, now)).fetchall()
+        cols = ["source", "table", "chunk", "holder", "expires_at", "generation"]
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     # --- workers (steadyflow worker) -----------------------------------------------------
