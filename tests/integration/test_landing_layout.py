@@ -34,7 +34,7 @@ from steadyflow.reconcile.runner import Options, reconcile
 from steadyflow.run.compact import compact, compact_pipeline
 from steadyflow.run.pipeline import Pipeline
 from steadyflow.run.replay import replay_batches
-from steadyflow.run.retention import collect
+from steadyflow.run.retention import collect, gc_pipeline
 from steadyflow.state import SqliteStateStore
 
 __all__ = ["s3_endpoint"]  # the session fixture, imported for pytest to find
@@ -287,3 +287,28 @@ def test_a_compacted_file_written_again_under_its_own_name_is_kept(tmp_path: Pat
     assert sorted(zone.read(r).num_rows for r in refs) == [1, 1, 1, 1]
     assert {f.path for f in zone.store.list()} == {r.path for r in refs}
     state.close()
+
+
+def test_gc_deletes_old_raw_http_pages_unless_an_open_quarantine_names_them(
+        tmp_path: Path) -> None:
+    """Raw HTTP answers and rejected records are in no manifest row: gc deletes those of
+    days past the retention, but not one an open quarantine entry names (its replay
+    re-parses it), until that entry is replayed."""
+    cfg = write_config(tmp_path, {"path": "landing"}, sources=[{
+        "name": "api", "kind": "http", "url": "http://127.0.0.1:9",
+        "tables": [{"name": "sales", "contract": "items", "endpoint": "/sales"}]}])
+    with Pipeline.from_yaml(cfg) as pipeline:
+        store, state = pipeline.landing.store, pipeline.state
+        old = ["api/sales.raw/date=2020-01-01/a.parquet",
+               "api/sales.raw/date=2020-01-02/b.parquet",
+               "api/sales.rejected/date=2020-01-01/c.parquet"]
+        today = pipeline.landing.write(pa.table({"body": ["x"]}), "api", "sales.raw", None,
+                                       None, kind="raw").path
+        for path in old:
+            store.write(path, b"raw answer")
+        state.record_quarantine("qa", "api", "sales", old[0], 1, {"bad payload": 1})
+        assert gc_pipeline(pipeline, 3600).files_deleted == 2
+        assert [f.path for f in store.list()] == sorted([old[0], today])
+        state.mark_quarantine_replayed("qa", 1, 0)
+        assert gc_pipeline(pipeline, 3600).files_deleted == 1
+        assert [f.path for f in store.list()] == [today]

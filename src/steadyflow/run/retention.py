@@ -10,15 +10,23 @@ not yet loaded is never touched, whatever its age (it may wait in the buffer). I
 manifest rows stay, as history, with status 'gone'. The file is deleted before the rows
 are marked: a crash between the two leaves rows whose file is already gone, and the next
 `gc` deletes (a no-op) and marks them; the other order could leave a file no row leads to.
+
+An HTTP table also lands each raw answer (`<table>.raw/`) and records it could not place
+(`<table>.rejected/`). No manifest row names them: they matter only while an open
+quarantine entry does (`quarantine replay` re-parses them). Those older than the retention,
+by the day of their folder, are deleted unless an open entry names them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from steadyflow.land.parquet import LandingZone
+from steadyflow.extract.http import RAW_SUFFIX, REJECTED_SUFFIX
+from steadyflow.land.parquet import LandingZone, day_of
 from steadyflow.model import BatchRef
 from steadyflow.observe import logs
 from steadyflow.state import StateStore
@@ -29,6 +37,7 @@ if TYPE_CHECKING:
 log = logs.get("gc")
 
 LOADED = ("loaded", "duplicate")
+DAY = 86_400.0
 
 
 @dataclass
@@ -45,11 +54,13 @@ class GcResult:
 def gc_pipeline(pipeline: Pipeline, retention: float | None = None) -> GcResult:
     """`steadyflow gc`: with landing.retention unless `retention` (seconds) is given."""
     keep = pipeline.config.landing.retention if retention is None else retention
-    return collect(pipeline.landing, pipeline.state, keep)
+    pages = [f"{ref.source}/{ref.table}{suffix}/" for s, _, ref in pipeline.config.tables()
+             if s.kind == "http" for suffix in (RAW_SUFFIX, REJECTED_SUFFIX)]
+    return collect(pipeline.landing, pipeline.state, keep, pages=pages)
 
 
 def collect(landing: LandingZone, state: StateStore, retention: float,
-            now: float | None = None) -> GcResult:
+            now: float | None = None, pages: Sequence[str] = ()) -> GcResult:
     """Delete the files of loaded batches landed more than `retention` seconds ago (see the
     module docstring). A retention of 0 keeps every file."""
     result = GcResult()
@@ -70,7 +81,21 @@ def collect(landing: LandingZone, state: StateStore, retention: float,
         state.mark_gone(ids)
         result.files_deleted += 1
         result.batches_gone += len(ids)
+    open_paths = {q["path"] for q in state.quarantined("open")}
+    for folder in pages:
+        for found in landing.store.list(folder):
+            day = day_of(found.path)
+            if day is None or found.path in open_paths or _midnight(day) + DAY > cutoff:
+                result.files_kept += 1
+                continue
+            landing.store.delete(found.path)
+            result.files_deleted += 1
     if result.files_deleted:
         log.info("deleted %d landed files (%d batches) older than %gs", result.files_deleted,
                  result.batches_gone, retention, extra={"stage": "gc"})
     return result
+
+
+def _midnight(day: str) -> float:
+    """The epoch seconds of a YYYY-MM-DD folder's day start, UTC (landing days are UTC)."""
+    return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
