@@ -24,11 +24,12 @@ very Python values pymysql would have produced, so a row that does not fit costs
 with the same reason on both paths. `tests/integration/test_mysql_read_paths.py` compares
 both paths value for value.
 
-Which pages: connectorx opens a connection per page (its own pool, per call), so a page
-that follows a short page of the same table (a follow-mode poll that found a few changed
-rows, the normal case) is read on the pymysql connection the source keeps between cycles;
-a page that follows a full one, and a table's first page in this source object, are read by
-connectorx: a backfill or a burst is read fast from its first or second page on.
+Which pages: connectorx opens a connection per page (its own pool, per call), so a page in
+cursor order that follows a short one of the same table (a follow-mode poll that found a
+few changed rows, the normal case) is read on the pymysql connection the source keeps
+between cycles; every page in key order (a first load and each of its key ranges), a
+cursor-order page after a full one and a table's first page in this source object are
+read by connectorx: a backfill is read fast throughout, a burst from its second page on.
 
 Where the fast path is not used (pymysql instead, same values):
   * a table whose contract reads a column of a type not checked here (TIME, FLOAT,
@@ -207,8 +208,8 @@ class MysqlArrowSource(SqlSource):
         self._mariadb: bool | None = None
         # (table, contract) → each contract column's declared base type; None: pymysql
         self._plans: dict[tuple[str, Contract], tuple[str, ...] | None] = {}
-        # table → was its last page full? (see `_bulk`)
-        self._full: dict[str, bool] = {}
+        # (table, keyset order) → was its last page full? (see `_bulk`)
+        self._full: dict[tuple[str, tuple[str, ...]], bool] = {}
 
     # --- when the fast path applies --------------------------------------------------------
     def _is_mariadb(self) -> bool:
@@ -244,7 +245,7 @@ class MysqlArrowSource(SqlSource):
         """One keyset page as Arrow, with the (cursor, key) of its last row: the same
         rows, values and watermark as `SqlSource.page`, which reads what this cannot."""
         kinds = self._plan(table, contract) if where is None else None
-        if kinds is None or not self._full.get(table, True):
+        if kinds is None or not self._bulk(table, contract):
             return self._pymysql_page(table, contract, after, since, limit, where, upto)
         query, params = self.page_query(table, contract, after, since, limit, upto=upto)
         sql = self._inline(self._fast_select(table, contract, kinds, query), params)
@@ -261,7 +262,7 @@ class MysqlArrowSource(SqlSource):
                      "date?); read by pymysql", table,
                      extra={"source": self.config.name, "table": table, "stage": "extract"})
             return self._pymysql_page(table, contract, after, since, limit, where, upto)
-        self._full[table] = raw.num_rows >= limit
+        self._full[(table, contract.order_by)] = raw.num_rows >= limit
         if raw.num_rows == 0:
             return rows_to_arrow([], contract), None
         last = raw.slice(raw.num_rows - 1, 1).to_pylist()[0]
@@ -282,8 +283,15 @@ class MysqlArrowSource(SqlSource):
         """`SqlSource.page`; notes whether a keyset page came back full."""
         rows, high = super().page(table, contract, after, since, limit, where, upto)
         if where is None:
-            self._full[table] = rows.num_rows >= limit
+            self._full[(table, contract.order_by)] = rows.num_rows >= limit
         return rows, high
+
+    def _bulk(self, table: str, contract: Contract) -> bool:
+        """Read this page by connectorx? Always in key order (a first load, or one of its
+        key ranges); in cursor order unless the last cursor-order page was short."""
+        if contract.order_by == tuple(contract.primary_key):
+            return True
+        return self._full.get((table, contract.order_by), True)
 
     def _fast_select(self, table: str, contract: Contract, kinds: tuple[str, ...],
                      query: str) -> str:

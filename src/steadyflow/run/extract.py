@@ -89,9 +89,9 @@ def _aware(value: datetime) -> datetime:
 def open_source(config: SourceConfig) -> Source:
     """The reader for a source kind; every kind runs through the same TableExtractor.
 
-    PostgreSQL pages are read as Arrow through ADBC (extract/pg_arrow.py) and MariaDB's
-    through connectorx (extract/mysql_arrow.py): no Python row objects on the hot path.
-    SQLite uses the DB-API path of SqlSource.
+    PostgreSQL pages are read as Arrow through ADBC (extract/pg_arrow.py), MariaDB's
+    through connectorx (extract/mysql_arrow.py) and SQLite's through ADBC
+    (extract/sqlite_arrow.py): no Python row objects on the hot path.
     """
     if config.kind == "http":
         return HttpSource(config)
@@ -103,6 +103,10 @@ def open_source(config: SourceConfig) -> Source:
         from steadyflow.extract.mysql_arrow import MysqlArrowSource
 
         return MysqlArrowSource(config)
+    if config.kind == "sqlite":
+        from steadyflow.extract.sqlite_arrow import SqliteArrowSource
+
+        return SqliteArrowSource(config)
     return SqlSource(config)
 
 
