@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-exhaustive lint bench clean
+.PHONY: demo test test-exhaustive lint bench bench-reconcile clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,10 @@ $(BENCH_STAMP): bench/requirements.txt pyproject.toml
 
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# steadyflow reconcile vs reladiff (bench/reconcile_vs.py), writes bench/RECONCILE.md
+bench-reconcile: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/reconcile_vs.py $(RECONCILE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) bench/work steadyflow-demo

@@ -83,10 +83,10 @@ def test_incremental_reconcile_compares_changes_and_rolls_over_cold_buckets(
     first = _reconcile(config)  # nothing remembered yet: a full one
     assert first.clean and first.incremental is None and first.rows_compared == N
 
-    # unchanged: a share of the buckets only (16 of 64: 4h / 1h), no rows by cursor
+    # unchanged: a share of the buckets only (a quarter: 4h / 1h), no rows by cursor
     quiet = _reconcile(config)
-    assert quiet.clean and quiet.incremental == {
-        "since": quiet.incremental["since"], "buckets": 16, "of": 64}  # type: ignore[index]
+    assert quiet.clean and quiet.incremental is not None
+    assert quiet.incremental["buckets"] == -(-quiet.incremental["of"] // 4) > 0
     assert 0 < quiet.rows_compared < N / 2
 
     # new rows, an update, and a change behind the checkpoint (cursor moved back into the

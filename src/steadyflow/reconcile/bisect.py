@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 Key = tuple[Hashable, ...]
+BATCH = 64  # ranges asked of a side in one query (aggregates, leaves)
 T = TypeVar("T")
 
 
@@ -134,6 +135,7 @@ class Bisector:
         rng, width = top
         if rng.depth == 0:
             scan.top = (rng.lo, rng.hi, width)
+        differing: list[tuple[Range, int]] = []
         for bucket, src, wh in self._compare(rng, width, scan):
             scan.buckets += 1
             scan.rows_compared += src.rows
@@ -141,9 +143,48 @@ class Bisector:
             scan.invalid_rows += src.invalid
             scan.top_aggs[bucket] = src
             if not src.same(wh):
-                if self._full(scan):
-                    continue
-                self._descend(rng.sub(bucket, width), max(src.total, wh.rows), scan)
+                differing.append((rng.sub(bucket, width), max(src.total, wh.rows)))
+        self._descend(differing, scan)
+        return scan
+
+    def scan_ranges(self, spans: list[tuple[int | None, int | None]]) -> Scan:
+        """Compare these ranges of the first dimension ([lo, hi), None: unbounded), each as
+        one top-level bucket (`top_aggs` by position in `spans`), all in one query a side."""
+        if not self.parallel:
+            return self._scan_ranges(spans)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reconcile") as pool:
+            self._pool = pool
+            try:
+                return self._scan_ranges(spans)
+            finally:
+                self._pool = None
+
+    def _scan_ranges(self, spans: list[tuple[int | None, int | None]]) -> Scan:
+        scan = Scan()
+        found = [b for b in self._bounds(()) if b]
+        if not found or not spans:
+            return scan
+        first, last = min(b[0] for b in found), max(b[1] for b in found) + 1
+        ranges: list[tuple[int, Range, int]] = []
+        for i, (lo, hi) in enumerate(spans):
+            rng = Range((), first if lo is None else max(lo, first),
+                        last if hi is None else min(hi, last))
+            if rng.hi > rng.lo:  # open ends clamped to the values both sides hold
+                ranges.append((i, rng, rng.hi - rng.lo))
+        differing: list[tuple[Range, int]] = []
+        for i in range(0, len(ranges), BATCH):
+            chunk = ranges[i:i + BATCH]
+            compared = self._compare_all([(r, w) for _, r, w in chunk], scan)
+            for (pos, _, _), (rng, src_aggs, wh_aggs) in zip(chunk, compared, strict=True):
+                src, wh = src_aggs.get(0, Agg()), wh_aggs.get(0, Agg())
+                scan.buckets += 1
+                scan.rows_compared += src.rows
+                scan.warehouse_rows += wh.rows
+                scan.invalid_rows += src.invalid
+                scan.top_aggs[pos] = src
+                if not src.same(wh):
+                    differing.append((rng, max(src.total, wh.rows)))
+        self._descend(differing, scan)
         return scan
 
     def _full(self, scan: Scan) -> bool:
@@ -178,34 +219,65 @@ class Bisector:
         return ask(self.source), wh.result()
 
     def _compare(self, rng: Range, width: int, scan: Scan) -> Iterator[tuple[int, Agg, Agg]]:
-        src, wh = self._both(lambda side: side.aggregate(rng, width))
-        scan.ranges += 1
+        ((_, src, wh),) = self._compare_all([(rng, width)], scan)
         for bucket in sorted(src.keys() | wh.keys()):
             yield bucket, src.get(bucket, Agg()), wh.get(bucket, Agg())
 
-    def _descend(self, rng: Range, size: int, scan: Scan) -> None:
-        stack = [(rng, size)]
-        while stack and not self._full(scan):
-            rng, size = stack.pop()
-            if size <= self.leaf_rows:
-                self._leaf(rng, scan)
-            elif rng.hi - rng.lo > 1:
-                width = rng.split(self.fanout)
-                for bucket, src, wh in self._compare(rng, width, scan):
-                    if not src.same(wh):
-                        stack.append((rng.sub(bucket, width), max(src.total, wh.rows)))
-            elif rng.depth + 1 < self.dims:
-                prefix = (*rng.prefix, rng.lo)
-                found = [b for b in self._bounds(prefix) if b]
-                if found:
-                    stack.append((Range(prefix, min(b[0] for b in found),
-                                        max(b[1] for b in found) + 1), size))
-            else:
-                self._leaf(rng, scan)  # one value of the last dimension: read it whole
+    def _compare_all(self, ranges: list[tuple[Range, int]], scan: Scan
+                     ) -> list[tuple[Range, dict[int, Agg], dict[int, Agg]]]:
+        """Aggregate many ranges at once: one round trip per side for a whole level of the
+        bisection where the side can (SqlSide.aggregate_many), not one per differing range."""
+        def ask(side: Side) -> list[dict[int, Agg]]:
+            many = getattr(side, "aggregate_many", None)
+            if many is not None:
+                return list(many(ranges))
+            return [side.aggregate(r, w) for r, w in ranges]
 
-    def _leaf(self, rng: Range, scan: Scan) -> None:
-        scan.leaves += 1
-        src_rows, wh_rows = self._both(lambda side: side.leaf(rng))
+        src, wh = self._both(ask)
+        scan.ranges += len(ranges)
+        return [(r, a, b) for (r, _), a, b in zip(ranges, src, wh, strict=True)]
+
+    def _descend(self, pending: list[tuple[Range, int]], scan: Scan) -> None:
+        """Level by level: split every differing range of a level in one batch, read every
+        small one's (key, hash) pairs in one batch."""
+        while pending and not self._full(scan):
+            leaves: list[Range] = []
+            splits: list[tuple[Range, int]] = []
+            nxt: list[tuple[Range, int]] = []
+            for rng, size in pending:
+                if size <= self.leaf_rows:
+                    leaves.append(rng)
+                elif rng.hi - rng.lo > 1:
+                    splits.append((rng, rng.split(self.fanout)))
+                elif rng.depth + 1 < self.dims:
+                    prefix = (*rng.prefix, rng.lo)
+                    found = [b for b in self._bounds(prefix) if b]
+                    if found:
+                        nxt.append((Range(prefix, min(b[0] for b in found),
+                                          max(b[1] for b in found) + 1), size))
+                else:
+                    leaves.append(rng)  # one value of the last dimension: read it whole
+            for i in range(0, len(leaves), BATCH):
+                if not self._full(scan):
+                    self._leaf(leaves[i:i + BATCH], scan)
+            for i in range(0, len(splits), BATCH):
+                for rng, src, wh in self._compare_all(splits[i:i + BATCH], scan):
+                    width = rng.split(self.fanout)
+                    for bucket in sorted(src.keys() | wh.keys()):
+                        a, b = src.get(bucket, Agg()), wh.get(bucket, Agg())
+                        if not a.same(b):
+                            nxt.append((rng.sub(bucket, width), max(a.total, b.rows)))
+            pending = nxt
+
+    def _leaf(self, ranges: list[Range], scan: Scan) -> None:
+        def ask(side: Side) -> list[Row]:
+            many = getattr(side, "leaf_many", None)
+            if many is not None:
+                return list(many(ranges))
+            return [row for r in ranges for row in side.leaf(r)]
+
+        scan.leaves += len(ranges)
+        src_rows, wh_rows = self._both(ask)
         scan.leaf_rows += len(src_rows) + len(wh_rows)
         src = {r.key: r for r in src_rows}
         wh: dict[Key, Row] = {}

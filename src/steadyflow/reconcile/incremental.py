@@ -58,17 +58,6 @@ def plan(buckets: Sequence[VerifiedBucket], now: float, period: float, every: fl
     return Plan(since, tuple(sorted(due.values(), key=lambda b: b.bucket)), len(buckets))
 
 
-def spans(due: Sequence[VerifiedBucket]) -> list[tuple[int | None, int | None]]:
-    """Adjacent due buckets merged into one range each (one comparison per range)."""
-    out: list[tuple[int | None, int | None]] = []
-    for b in sorted(due, key=lambda b: b.bucket):
-        if out and out[-1][1] is not None and out[-1][1] == b.lo:
-            out[-1] = (out[-1][0], b.hi)
-        else:
-            out.append((b.lo, b.hi))
-    return out
-
-
 def layout(scan: Scan, now: float, since: int | None) -> list[VerifiedBucket]:
     """The buckets of a clean full reconcile's top level, covering every value of the first
     dimension (first and last open-ended), with the source side's (rows, checksum)."""

@@ -18,9 +18,9 @@ class Options:
     since: datetime | None = None
     repair: bool = False
     by: str | None = None  # "key" | "cursor"; None picks key when the key has an integer
-    top_buckets: int = 64
+    top_buckets: int = 1024  # a damaged row re-hashes 1/1024 of the table, not 1/64
     fanout: int = 16
-    leaf_rows: int = 256
+    leaf_rows: int = 64  # small leaves: a difference costs ~8 (key, hash) pairs a side
     examples: int = 5
     incremental: bool = False  # after a clean reconcile: changed rows + a rolling share
     max_differences: int = 100_000  # keys kept per pass (memory); past it, a partial result

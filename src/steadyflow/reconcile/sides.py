@@ -187,6 +187,32 @@ class SqlSide:
         return int(rows[0][0]), int(rows[0][1])
 
     def aggregate(self, rng: Range, width: int) -> dict[int, Agg]:
+        return self.aggregate_many([(rng, width)])[0]
+
+    def aggregate_many(self, ranges: Sequence[tuple[Range, int]]) -> list[dict[int, Agg]]:
+        """Per range, per non-empty sub-bucket: one statement for them all (UNION ALL of
+        one grouped query per range, each a range scan of its own), one round trip."""
+        parts: list[str] = []
+        params: list[Any] = []
+        for i, (rng, width) in enumerate(ranges):
+            sql, ps = self._aggregate_sql(rng, width)
+            parts.append(f"SELECT {i} AS r, b, inv, n, {self._sum_names} FROM ({sql}) a{i}")
+            params.extend(ps)
+        out: list[dict[int, Agg]] = [{} for _ in ranges]
+        for row in self._exec(" UNION ALL ".join(parts), params):
+            agg = out[int(row[0])].setdefault(int(row[1]), Agg())
+            if int(row[2] or 0):
+                agg.invalid += int(row[3])
+            else:
+                agg.rows += int(row[3])
+                agg.terms += self.engine.combine(row[4:])
+        return out
+
+    @property
+    def _sum_names(self) -> str:
+        return ", ".join(f"s{i}" for i, _ in enumerate(self.engine.term_parts("h")))
+
+    def _aggregate_sql(self, rng: Range, width: int) -> Fragment:
         e = self.engine
         d = self.dims[rng.depth]
         wide = d.kind == "decimal" or rng.lo < -WIDE_FREE or rng.hi > WIDE_FREE
@@ -202,15 +228,7 @@ class SqlSide:
         sql = (f"SELECT b, inv, count(*) AS n, {sums} FROM ("
                f"SELECT {bucket} AS b, {e.row_term(self._cols)} AS h, {inv_sql} AS inv "
                f"FROM {self.table}{where}{e.fence}) q GROUP BY b, inv")
-        out: dict[int, Agg] = {}
-        for row in self._exec(sql, inv_params + params):
-            agg = out.setdefault(int(row[0]), Agg())
-            if int(row[1] or 0):
-                agg.invalid += int(row[2])
-            else:
-                agg.rows += int(row[2])
-                agg.terms += e.combine(row[3:])
-        return out
+        return sql, inv_params + params
 
     def _pairs_sql(self, frags: list[Fragment]) -> Fragment:
         e = self.engine
@@ -251,8 +269,20 @@ class SqlSide:
         return text
 
     def leaf(self, rng: Range) -> list[Row]:
-        sql, params = self._pairs_sql(self._base() + self._range(rng))
-        return self._rows(sql, params)
+        return self.leaf_many([rng])
+
+    def leaf_many(self, ranges: Sequence[Range]) -> list[Row]:
+        """The (key, hash) pairs of several small ranges in one statement (OR of ranges)."""
+        preds: list[str] = []
+        params: list[Any] = []
+        for rng in ranges:
+            frags = self._range(rng)
+            preds.append(" AND ".join(f"({sql})" for sql, _ in frags))
+            for _, ps in frags:
+                params.extend(ps)
+        pred = " OR ".join(f"({p})" for p in preds)
+        sql, all_params = self._pairs_sql([*self._base(), (pred, params)])
+        return self._rows(sql, all_params)
 
     def flagged(self) -> list[Row]:
         """The rows the validity predicate flags (left out of every bucket's checksum), under

@@ -68,7 +68,6 @@ from steadyflow.reconcile.repair import load_repairs, repair_lease
 from steadyflow.reconcile.report import Findings, TableReport
 from steadyflow.reconcile.sides import Dim, SqlSide, cursor_us, key_predicate
 from steadyflow.state import Lease
-from steadyflow.state.store import VerifiedBucket
 from steadyflow.validate.quarantine import row_hashes
 from steadyflow.validate.rules import validate
 
@@ -96,9 +95,8 @@ class TableReconciler:
         self._registered: object | None = None
         self._mark: tuple[Watermark, int] | None = None  # checkpoint, its cursor as an int
         self._types: tuple[dict[str, str], dict[str, str]] | None = None  # see _declared
-        # the last comparison: its incremental plan, (bucket, scan) per scope, merged scan
-        self._last: tuple[incremental.Plan | None,
-                          list[tuple[VerifiedBucket | None, Scan]], Scan] | None = None
+        # the last comparison: its incremental plan, the due buckets' scan, the merged scan
+        self._last: tuple[incremental.Plan | None, Scan, Scan] | None = None
         self.lease: Lease | None = None  # the table's extraction lease during a repair
         self.filter = self._filter()
         self.dims, self.by = self._dims()
@@ -321,12 +319,14 @@ class TableReconciler:
             report.horizon = self._horizon_text(src.before_us)
         plan = self._plan()
         scopes = self._scopes(src, wh, plan)
-        scans = [self._bisector(s, w).scan() for s, w, _ in scopes]
-        scan = scans[0] if len(scans) == 1 else incremental.merge(scans)
-        if plan is not None:
+        scans = [self._bisector(s, w).scan() for s, w in scopes[:1]]
+        if plan is not None:  # the due buckets: one top-level query a side for them all
+            s, w = scopes[1]
+            scans.append(self._bisector(s, w).scan_ranges([(b.lo, b.hi) for b in plan.due]))
             report.incremental = {"since": None if plan.since is None else self._horizon_text(
                 plan.since), "buckets": len(plan.due), "of": plan.buckets}
-        self._last = (plan, [(b, x) for (_, _, b), x in zip(scopes, scans, strict=True)], scan)
+        scan = scans[0] if len(scans) == 1 else incremental.merge(scans)
+        self._last = (plan, scans[-1], scan)
         report.rows_compared = scan.rows_compared
         report.truncated = scan.truncated
         findings = self._classify(scan, src, wh, report)
@@ -340,7 +340,7 @@ class TableReconciler:
             setattr(report, name, getattr(scan, name))
         report.duplicates = len(set(scan.duplicates))
         report.queries = src.queries + wh.queries + sum(s.queries + w.queries
-                                                        for s, w, _ in scopes)
+                                                        for s, w in scopes)
         report.seconds = round(time.monotonic() - started, 3)
         return report, findings
 
@@ -367,18 +367,15 @@ class TableReconciler:
                                 run.reconcile_every)
 
     def _scopes(self, src: SqlSide, wh: SqlSide, plan: incremental.Plan | None
-                ) -> list[tuple[SqlSide, SqlSide, VerifiedBucket | None]]:
-        """The comparisons to run: the whole table, or the rows at or past `since` and
-        each due bucket (sides restricted with dataclasses.replace)."""
+                ) -> list[tuple[SqlSide, SqlSide]]:
+        """The sides of each comparison (copies: each counts its own queries): the whole
+        table; or the rows at or past `since`, then the due buckets."""
         if plan is None:
-            return [(replace(src), replace(wh), None)]
+            return [(replace(src), replace(wh))]
         hot = plan.since if src.since_us is None else max(plan.since or src.since_us,
                                                            src.since_us)
-        scopes: list[tuple[SqlSide, SqlSide, VerifiedBucket | None]] = [
-            (replace(src, since_us=hot), replace(wh, since_us=hot), None)]
-        for b in plan.due:
-            scopes.append((replace(src, span=(b.lo, b.hi)), replace(wh, span=(b.lo, b.hi)), b))
-        return scopes
+        return [(replace(src, since_us=hot), replace(wh, since_us=hot)),
+                (replace(src), replace(wh))]
 
     def _since_next(self) -> int | None:
         """Where the next incremental reconcile starts comparing by cursor: the checkpoint
@@ -409,16 +406,18 @@ class TableReconciler:
         if not report.clean:
             state.forget_verified_buckets(ref.source, ref.table)
             return
-        plan, scans, scan = self._last
+        plan, buckets, scan = self._last
         now, since = time.time(), self._since_next()
         if plan is None:
             state.save_verified_buckets(ref.source, ref.table,
                                         incremental.layout(scan, now, since), since,
                                         replace=True)
             return
-        done = [replace(b, rows=sum(a.rows for a in x.top_aggs.values()),
-                        checksum=sum(a.terms for a in x.top_aggs.values()), verified_at=now)
-                for b, x in scans if b is not None]
+        done = []
+        for i, b in enumerate(plan.due):
+            agg = buckets.top_aggs.get(i)
+            done.append(replace(b, rows=agg.rows if agg else 0, checksum=agg.terms if agg else 0,
+                                verified_at=now))
         state.save_verified_buckets(ref.source, ref.table, done, since)
 
     def _typed(self, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
