@@ -138,3 +138,25 @@ def test_a_woken_unit_runs_before_its_due_time() -> None:
         scheduler.stop()
         thread.join(10)
     assert scheduler.units["t"].runs == 2
+
+
+def test_a_failing_report_is_logged_and_the_loop_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    ran = threading.Semaphore(0)
+
+    def work() -> Outcome:
+        ran.release()
+        return Outcome()
+
+    def report(unit: Unit, outcome: Outcome) -> None:
+        raise RuntimeError("the state store is down")
+
+    scheduler = Scheduler([Unit("t", work, FAST)], workers=1, on_result=report)
+    thread = in_thread(scheduler)
+    try:
+        for _ in range(3):
+            assert ran.acquire(timeout=10)
+    finally:
+        scheduler.stop()
+        thread.join(10)
+    assert "reporting a run of t failed" in caplog.text

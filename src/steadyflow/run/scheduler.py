@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from steadyflow.observe import logs
+
+log = logs.get("run")
 # the longest the loop sleeps without looking at the stop flag (stop() wakes it at once)
 _TICK = 0.5
 
@@ -68,9 +71,10 @@ class Scheduler:
 
     `on_result(unit, outcome)` is called in the worker thread after each run, before the
     unit is due again (so a caller's bookkeeping sees a unit's runs in order). An
-    exception escaping `work` becomes `Outcome(error=...)`: one unit's failure never ends
-    the loop. `stop()` (or `should_stop()` turning true) ends `run` once the runs in flight
-    return; units are expected to check the same flag between their own steps.
+    exception escaping `work` becomes `Outcome(error=...)`, one escaping `on_result` is
+    logged: one unit's failure never ends the loop. `stop()` (or `should_stop()` turning
+    true) ends `run` once the runs in flight return; units are expected to check the same
+    flag between their own steps.
     """
 
     def __init__(self, units: Iterable[Unit], workers: int,
@@ -132,6 +136,9 @@ class Scheduler:
             outcome = Outcome(error=exc)
         try:
             self.on_result(unit, outcome)
+        except Exception:  # noqa: BLE001 - the report failed (a state outage): said, not lost
+            log.exception("reporting a run of %s failed; it runs again when due", unit.key,
+                          extra={"stage": "run"})
         finally:
             with self._cond:
                 unit.runs += 1
