@@ -1,6 +1,8 @@
 """Where a full load's CPU goes, stage by stage, on the bench table (run `make bench` first).
 
     bench/.venv/bin/python bench/stages.py [--dsn postgresql://postgres@127.0.0.1:5432/sfbench_src]
+    bench/.venv/bin/python bench/stages.py --read-paths mysql --dsn mysql://root@127.0.0.1:3306/sfbench_src
+    bench/.venv/bin/python bench/stages.py --read-paths sqlite --dsn bench/work/sqlite/store.db
 
 Two measurements, each on steadyflow's own components, sequentially (nothing overlaps, so
 each number is that stage's alone):
@@ -133,12 +135,54 @@ def stages(raw_pages: list[pa.Table]) -> None:
         print(f"| {name} | {seconds:.2f} |")
 
 
+def read_paths(kind: str, where: str) -> None:
+    """MariaDB or SQLite: each read path of steadyflow paging the whole bench table in key
+    order (122,880-row pages), in a child process each, with the process CPU (all threads,
+    connectorx's Rust threads included), wall time and peak RSS."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time, resource\n"
+        "from steadyflow.config import ContractConfig, SourceConfig\n"
+        "from steadyflow.extract.sql import SqlSource\n"
+        "from steadyflow.run.extract import open_source\n"
+        "from run import CONTRACT\n"
+        "kind, where, path = sys.argv[1:4]\n"
+        "c = ContractConfig.model_validate(CONTRACT).to_contract().by_key()\n"
+        "loc = {'dsn': where} if kind == 'mysql' else {'path': where}\n"
+        "cfg = SourceConfig(name='s', kind=kind, tables=[{'name': 'sales', 'contract': 'c'}],"
+        " **loc)\n"
+        "src = SqlSource(cfg) if path.startswith('DB-API') else open_source(cfg)\n"
+        "t0, c0, n = time.perf_counter(), time.process_time(), 0\n"
+        "for rows, _ in src.pages('sales', c, None, None, 122880):\n"
+        "    n += rows.num_rows\n"
+        "src.close()\n"
+        "print(f'| {path} | {n:,} | {time.process_time() - c0:.2f} | "
+        "{time.perf_counter() - t0:.2f} | "
+        "{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} |')\n")
+    fast = "connectorx (extract/mysql_arrow.py)" if kind == "mysql" else \
+        "adbc-driver-sqlite (extract/sqlite_arrow.py)"
+    slow = "DB-API: pymysql + rows_to_arrow" if kind == "mysql" else \
+        "DB-API: sqlite3 + rows_to_arrow"
+    print("| path | rows | process CPU s | wall s | peak RSS MiB |\n|---|---:|---:|---:|---:|")
+    for path in (fast, slow):
+        subprocess.run([sys.executable, "-c", code, kind, where, path], check=True,
+                       cwd=Path(__file__).parent)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default=os.environ.get(
         "BENCH_PG", "postgresql://postgres@127.0.0.1:5432") + "/sfbench_src")
+    ap.add_argument("--read-paths", choices=["mysql", "sqlite"],
+                    help="compare steadyflow's read paths of a MariaDB (--dsn mysql://...) "
+                    "or SQLite (--dsn PATH) source instead")
     args = ap.parse_args()
+    if args.read_paths:
+        read_paths(args.read_paths, args.dsn)
+        return
     pa.set_memory_pool(pa.system_memory_pool())
     stages(read(args.dsn))
 
