@@ -314,6 +314,7 @@ def test_manifest_relocate_and_mark_gone(adapter: Adapter) -> None:
     assert [(r.batch_id, s) for r, s in live] == [
         ("b0", "loaded"), ("b1", "loaded"), ("b2", "landed")]
     assert b.landed_batches("s", "other") == []
+    assert [r.batch_id for r, _ in b.landed_batches(before=live[1][0].landed_at)] == ["b0"]
     moved = [replace(r, path="s/t/date=2026-01-01/compact-x.parquet", part=(i, i + 1))
              for i, (r, _) in enumerate(live[:2])]
     a.relocate(moved)

@@ -69,7 +69,9 @@ def collect(landing: LandingZone, state: StateStore, retention: float,
     cutoff = (time.time() if now is None else now) - retention
     open_quarantine = {q["batch_id"] for q in state.quarantined("open")}
     files: dict[str, list[tuple[BatchRef, str]]] = {}
-    for ref, status in state.landed_batches():
+    # batches landed since are never collected; a file holds batches of one day folder, so
+    # one landed up to two days later still shows whether a file is shared with it
+    for ref, status in state.landed_batches(before=cutoff + 2 * DAY):
         files.setdefault(ref.path, []).append((ref, status))
     for path, entries in files.items():
         if not all(status in LOADED and ref.landed_at < cutoff

@@ -585,15 +585,18 @@ class StateStore(ABC):
         rows = self._query("SELECT ref FROM manifest WHERE batch_id=?", (batch_id,))
         return BatchRef.from_json(rows[0][0]) if rows else None
 
-    def landed_batches(self, source: str | None = None, table: str | None = None
-                       ) -> list[tuple[BatchRef, str]]:
+    def landed_batches(self, source: str | None = None, table: str | None = None,
+                       before: float | None = None) -> list[tuple[BatchRef, str]]:
         """Every batch whose landed file is still kept (status not 'gone'), with its
         status, oldest first: what `compact` and `gc` work on (run/compact.py,
-        run/retention.py)."""
+        run/retention.py). `before`: only those landed before that time (epoch s)."""
         where, params = _filters(source=source, tbl=table)
         where = f"{where} AND status<>'gone'" if where else " WHERE status<>'gone'"
+        args: tuple[Any, ...] = params
+        if before is not None:
+            where, args = f"{where} AND landed_at<?", (*params, before)
         rows = self._query(f"SELECT ref, status FROM manifest{where} ORDER BY landed_at",
-                           params)
+                           args)
         return [(BatchRef.from_json(r[0]), r[1]) for r in rows]
 
     def relocate(self, refs: Sequence[BatchRef]) -> None:
