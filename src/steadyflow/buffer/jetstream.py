@@ -19,6 +19,15 @@ How the Buffer guarantees map onto JetStream:
 - leased: ``retention=workqueue`` (an ack removes the message, so depth == unacked
   messages) and one durable pull consumer shared by every process, with explicit acks and
   ``ack_wait = lease``: a message taken and not acked is delivered again after its lease.
+- no orphans: a server killed before it synced can come back with an acked message still
+  in the stream while the consumer's ack floor is past it (seen in
+  tests/faults/test_multihost.py). The consumer never delivers it again and the stream
+  never drops it: it counts in the depth forever, holds a slot of the capacity, and, as
+  the per-subject limit refuses a second copy, a sweeper's re-put of that batch would be
+  taken for "already queued" and never load. So a message at or below the ack floor is
+  an orphan: `contains` and `put` delete it when they meet it, and an idle `get` reaps
+  the stream every REAP_EVERY. Deleting one loses nothing: the manifest re-queues any
+  batch not loaded.
 
 The API is synchronous, like the rest of steadyflow. nats-py is asyncio-only, so each
 instance runs a private event loop in a daemon thread and submits coroutines to it; there
@@ -56,6 +65,7 @@ DUPLICATE_WINDOW = 120.0       # seconds JetStream remembers a Nats-Msg-Id
 REQUEST_TIMEOUT = 5.0          # one JetStream API call
 CONNECT_TIMEOUT = 5.0          # the first connection; later ones reconnect forever
 MIN_FETCH, MAX_FETCH = 0.1, 1.0  # a pull request's life: a round trip .. a should_stop check
+REAP_EVERY = 10.0  # seconds between two looks for orphans while the consumer is idle
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -88,6 +98,7 @@ class JetStreamBuffer:
         self._fetching: asyncio.Lock | None = None
         self._inflight: dict[str, Msg] = {}  # batch id -> our delivery; touched on the loop only
         self._closing = self._closed = False
+        self._reaped_at = 0.0  # monotonic time of the last look for orphans
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name=f"jetstream-{stream}",
                                         daemon=True)
@@ -146,6 +157,7 @@ class JetStreamBuffer:
             delivery = self._call("fetch", self._fetch(slice_), timeout=slice_ + REQUEST_TIMEOUT)
             if delivery is not None:
                 return delivery
+            self._call("reap", self._reap(due=True))
             if time.monotonic() >= deadline or self.should_stop():
                 return None
 
@@ -321,7 +333,11 @@ class JetStreamBuffer:
                 raise
             # the per-subject limit is checked first, so this means "already queued" even
             # when the stream is also full; any other store refusal is a full stream
-            return "per subject" in (exc.description or "")
+            if "per subject" not in (exc.description or ""):
+                return await self._reap(due=True) > 0 and await self._publish(batch_id, payload)
+            if not await self._contains(batch_id):  # the queued copy was an orphan
+                return await self._publish(batch_id, payload)
+            return True
         return True
 
     async def _fetch(self, timeout: float) -> Delivery | None:
@@ -384,10 +400,65 @@ class JetStreamBuffer:
     async def _contains(self, batch_id: str) -> bool:
         assert self._jsm is not None
         try:
-            await self._jsm.get_msg(self.stream, subject=self._subject(batch_id))
+            raw = await self._jsm.get_msg(self.stream, subject=self._subject(batch_id))
         except NotFoundError:
             return False
+        if (raw.seq or 0) <= await self._ack_floor():
+            await self._drop_orphans([raw.seq or 0])
+            return False
         return True
+
+    async def _ack_floor(self) -> int:
+        """The stream sequence at and below which the consumer has acked everything."""
+        assert self._jsm is not None
+        info = await self._jsm.consumer_info(self.stream, CONSUMER)
+        return int(info.ack_floor.stream_seq if info.ack_floor else 0)
+
+    async def _reap(self, due: bool = False) -> int:
+        """Delete the orphans (see the module docstring); returns how many. With `due`,
+        only if REAP_EVERY has passed since the last look (a full or idle buffer is
+        ordinary: it must not cost three API calls a poll)."""
+        assert self._jsm is not None
+        if due:
+            if time.monotonic() - self._reaped_at < REAP_EVERY:
+                return 0
+            self._reaped_at = time.monotonic()
+        state = (await self._jsm.stream_info(self.stream)).state
+        if not state.messages:
+            return 0
+        floor = await self._ack_floor()
+        found: list[int] = []
+        seq = state.first_seq
+        while seq <= floor:
+            try:
+                raw = await self._jsm.get_msg(self.stream, seq=seq,
+                                              subject=f"{self.stream}.batches.>", next=True)
+            except NotFoundError:
+                break
+            if (raw.seq or 0) > floor:
+                break
+            found.append(raw.seq or 0)
+            seq = (raw.seq or 0) + 1
+        await self._drop_orphans(found)
+        return len(found)
+
+    async def _drop_orphans(self, seqs: list[int]) -> None:
+        assert self._jsm is not None
+        dropped = []
+        for seq in seqs:
+            try:
+                await self._jsm.delete_msg(self.stream, seq)
+            except NotFoundError:
+                continue  # another instance removed it first
+            except APIError as exc:
+                if exc.err_code != _NO_MESSAGE:
+                    raise
+                continue
+            dropped.append(seq)
+        if dropped:
+            log.warning("removed %d message(s) from stream %s that the consumer had already "
+                        "acknowledged (a server restart brought them back): %s", len(dropped),
+                        self.stream, dropped[:10], extra={"stage": "buffer"})
 
     async def _depth(self) -> int:
         assert self._jsm is not None

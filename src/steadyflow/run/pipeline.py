@@ -36,6 +36,7 @@ from steadyflow.errors import (
     FatalError,
     RetryableError,
     RunFailed,
+    StateUnavailable,
     SteadyflowError,
     TableBusy,
 )
@@ -318,11 +319,11 @@ class Pipeline:
                 "source": ref.source, "table": ref.table, "stage": "extract"})
             return ref, exc
         except Exception as exc:  # noqa: BLE001 - one table's error, whatever it is
-            self.state.record_error(ref.source, ref.table, str(exc) or repr(exc))
             self.metrics.error(ref.source, ref.table, "extract")
             log.error("extract failed: %s", exc, exc_info=not isinstance(
                 exc, SteadyflowError), extra={
                 "source": ref.source, "table": ref.table, "stage": "extract"})
+            self._record_error(ref.source, ref.table, str(exc) or repr(exc))
             return ref, exc
         finally:
             if keep:
@@ -424,8 +425,7 @@ class Pipeline:
                 "source": batch.source, "table": batch.table, "stage": "load",
                 "batch_id": batch.batch_id})
         self.metrics.error(batch.source, batch.table, "load")
-        self.state.record_error(batch.source, batch.table, str(exc))
-        self.state.mark_failed(batch.batch_id, str(exc))
+        self._record_error(batch.source, batch.table, str(exc), batch.batch_id)
         delay = min(30.0, 0.5 * 2 ** attempt) if isinstance(exc, RetryableError) else 300.0
         # a warehouse outage (retryable) never parks a batch for an hour: it stays at the
         # capped backoff, so loading resumes by itself within 30 s of the warehouse's return
@@ -446,6 +446,20 @@ class Pipeline:
             summary.errors.append(f"batch {batch.batch_id}: {exc}")
             summary.failed_batches.append(batch.batch_id)
         return min(delay, 2.0) if isinstance(exc, RetryableError) else 0.0
+
+    def _record_error(self, source: str, table: str, error: str,
+                      batch_id: str | None = None) -> None:
+        """The table's (and batch's) error into the state store, if it can be reached.
+        When the state store is what failed, recording that fails too: the step is retried
+        as any failed step is, and the loader and the polls go on (a worker cut off from
+        its state store waits for it; it does not stop, nor skip logging the error)."""
+        try:
+            self.state.record_error(source, table, error)
+            if batch_id is not None:
+                self.state.mark_failed(batch_id, error)
+        except StateUnavailable as unreachable:
+            log.warning("could not record the error: %s", unreachable, extra={
+                "source": source, "table": table, "stage": "state", "batch_id": batch_id})
 
     def _park(self, batch: BatchRef, backoff: float) -> None:
         """Take a batch that failed for good out of the buffer; the manifest keeps it
