@@ -77,6 +77,7 @@ LEASE = 2.0  # the workers' extraction lease: a SIGSTOP of 2 leases + 1 s outliv
 # tcp_user_timeout), so a state call in flight must have failed by then, not hung
 CUT = 20.0
 STATE_GONE = "state store ("  # how a StateUnavailable reads in a worker's log
+BUSY = "busy: another call"  # ... when it waited for a call that neither ended nor failed
 STREAM = "sf_multihost"  # the buffer's stream, on the test's own nats-server
 LANDED = "SELECT count(*) FROM sf_state.manifest WHERE status = 'landed'"  # not loaded yet
 
@@ -503,9 +504,9 @@ class Chaos:
 
 def first_notice(log: str, since: float) -> float | None:
     """Seconds from `since` (a wall-clock time) to the first log line that says the state
-    store is unavailable."""
+    store is unavailable because a call on it failed (not only that one is still stuck)."""
     for line in log.splitlines():
-        if STATE_GONE not in line:
+        if STATE_GONE not in line or BUSY in line:  # busy: a call in flight has not failed
             continue
         try:
             stamp = json.loads(line)["ts"]
