@@ -24,12 +24,12 @@ very Python values pymysql would have produced, so a row that does not fit costs
 with the same reason on both paths. `tests/integration/test_mysql_read_paths.py` compares
 both paths value for value.
 
-Which pages: connectorx opens a connection per page (its own pool, per call), so a page in
-cursor order that follows a short one of the same table (a follow-mode poll that found a
-few changed rows, the normal case) is read on the pymysql connection the source keeps
-between cycles; every page in key order (a first load and each of its key ranges), a
-cursor-order page after a full one and a table's first page in this source object are
-read by connectorx: a backfill is read fast throughout, a burst from its second page on.
+Which pages: connectorx opens a connection per page (its own pool, per call), so the first
+page of a cursor-order pass and any after a short one (a follow-mode poll that found a few
+changed rows, the normal case) are read on the pymysql connection the source keeps between
+cycles; every page in key order (a first load and each of its key ranges) and a
+cursor-order page after a full one are read by connectorx: a backfill is read fast
+throughout, a burst of changes from its second page on.
 
 Where the fast path is not used (pymysql instead, same values):
   * a table whose contract reads a column of a type not checked here (TIME, FLOAT,
@@ -288,10 +288,12 @@ class MysqlArrowSource(SqlSource):
 
     def _bulk(self, table: str, contract: Contract) -> bool:
         """Read this page by connectorx? Always in key order (a first load, or one of its
-        key ranges); in cursor order unless the last cursor-order page was short."""
+        key ranges); in cursor order only after a full page (the first page of a poll is
+        usually short: connecting, and importing connectorx in a new process, would cost
+        more than pymysql decoding it)."""
         if contract.order_by == tuple(contract.primary_key):
             return True
-        return self._full.get((table, contract.order_by), True)
+        return self._full.get((table, contract.order_by), False)
 
     def _fast_select(self, table: str, contract: Contract, kinds: tuple[str, ...],
                      query: str) -> str:
