@@ -5,16 +5,17 @@ runs beside them, until stopped.
     then:    one scheduler unit per table: poll it (Pipeline.extract_table), again after
              poll_min while its checkpoint moves, backing off by doubling to its poll_max
              (run.interval) while it does not; the loader thread consumes the buffer
-    rounds:  once every table has polled since the last round (and at least MIN_ROUND
-             later), the round is recorded in the run history (one row, as a cycle was),
+    rounds:  once every table has polled since the last round (and at least run.interval,
+             or MIN_ROUND, later), the round is recorded in the run history (one row, as a
+             cycle was),
              the parked batches are swept back, and the reconciler gets its tick
 
 A round is what a cycle was for operators and alerts: a run-history row whose outcome
 is "error" while a table's last poll or a batch failed, `run_succeeded` when all went well.
-Rounds are written at most every MIN_ROUND and every table's poll_max, never per poll, so
-an idle pipeline writes little. Stop (SIGTERM, Ctrl-C: Pipeline.stop) ends the scheduler
-within its tick once the polls in flight return (they check the same flag between pages),
-then the loader; the last, partial round is recorded too.
+Rounds are written at most every run.interval (and MIN_ROUND), never per poll, so an idle
+pipeline writes little, as often as its cycles did. Stop (SIGTERM, Ctrl-C: Pipeline.stop)
+ends the scheduler within its tick once the polls in flight return (they check the same
+flag between pages), then the loader; the last, partial round is recorded too.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logs.get("run")
 
-# the shortest round: a run-history row (a state write) at most this often
+# the shortest round: a run-history row (a state write) at most this often, and at most
+# every run.interval
 MIN_ROUND = 1.0
 _COUNTS = ("loaded_batches", "loaded_rows", "quarantined_rows", "duplicates_skipped",
            "changed_rows", "reread_rows")
@@ -63,6 +65,7 @@ class _Follower:
         self.loaded_seen: dict[str, int] = dict.fromkeys(_COUNTS, 0)
         self.errors_seen = self.failed_seen = 0
         self.reconciler: Any = None
+        self.min_round = max(MIN_ROUND, pipeline.config.run.interval)
         self._start_round()
 
     def _start_round(self) -> None:
@@ -118,7 +121,7 @@ class _Follower:
             self.p.tally(self.round, ref, result)
             self.polled.add(unit.key)
             if (self.polled >= self.jobs.keys()
-                    and time.monotonic() - self.round_started >= MIN_ROUND):
+                    and time.monotonic() - self.round_started >= self.min_round):
                 self._end_round()
                 self._start_round()
         if self.reconciler is not None and unit.key == next(iter(self.jobs)):
