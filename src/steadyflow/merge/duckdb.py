@@ -201,8 +201,7 @@ class DuckdbWarehouse:
             try:
                 c.execute("BEGIN TRANSACTION")
                 try:
-                    for part in parts:
-                        results.append(self._load_part(c, part))
+                    self._load_parts(c, parts, results)
                     if all(merged is None for merged in results):
                         c.execute("ROLLBACK")
                         return results
@@ -219,14 +218,93 @@ class DuckdbWarehouse:
                                  f"{exc}", stage="load") from None
         return results
 
-    def _load_part(self, c: duckdb.DuckDBPyConnection, part: LoadPart) -> Merged | None:
-        """One batch inside the open transaction: None if the ledger has it already."""
+    def _load_parts(self, c: duckdb.DuckDBPyConnection, parts: Iterable[LoadPart],
+                    results: list[Merged | None]) -> None:
+        """Every part into the open transaction, its outcome into `results` in order.
+
+        Consecutive new batches of one target (rows, no deletes) wait and go in together
+        (`_flush`): one uniqueness check, one overlap check and one INSERT for all of them
+        instead of per batch, each statement's fixed cost being most of a small batch's
+        merge (bench/NOTES.md). Any other part first flushes what waits, so every merge
+        still sees the parts before it. What waits is held in memory: at most the group's
+        rows (warehouse.group_rows).
+        """
+        waiting: list[tuple[int, LoadPart]] = []
+        for part in parts:
+            if waiting and (part.ref.target, part.contract.names) != (
+                    waiting[0][1].ref.target, waiting[0][1].contract.names):
+                self._flush(c, waiting, results)
+                waiting = []
+            if self._in_ledger(c, part):
+                results.append(None)
+            elif part.rows.num_rows and (part.deletes is None or not part.deletes.num_rows):
+                results.append(None)  # decided by _flush
+                waiting.append((len(results) - 1, part))
+            else:
+                self._flush(c, waiting, results)
+                waiting = []
+                results.append(self._load_part(c, part))
+        self._flush(c, waiting, results)
+
+    def _flush(self, c: duckdb.DuckDBPyConnection, waiting: list[tuple[int, LoadPart]],
+               results: list[Merged | None]) -> None:
+        """The waiting new batches: when their keys are unique across all of them and none
+        is in the target yet, the merge rule inserts every row, so one INSERT does (each
+        batch changed all its rows); otherwise each is merged in turn."""
+        if len(waiting) > 1:
+            ref, contract = waiting[0][1].ref, waiting[0][1].contract
+            try:
+                rows = pa.concat_tables([with_seq(p.rows, p.batch.seq) for _, p in waiting])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):  # a repair's own seq column
+                rows = None
+            if rows is not None:
+                u = self._upsert_of(ref, contract)
+                try:
+                    c.register(STAGE, rows)  # unregistered here, or after a rollback
+                    # fetchall: DuckDB refuses unregister while a result has rows left
+                    fresh = (bool(c.execute(u.unique).fetchall()[0][0])
+                             and not c.execute(u.overlap).fetchall())
+                    if fresh:
+                        c.execute(u.insert[True]).fetchall()
+                    c.unregister(STAGE)
+                    if fresh:
+                        for i, part in waiting:
+                            self._ledger(c, part, part.rows.num_rows)
+                            results[i] = Merged(part.rows.num_rows)
+                        return
+                except duckdb.Error as exc:
+                    raise FatalError(f"merge of {len(waiting)} batches into {ref.target} "
+                                     f"failed: {exc}", stage="load") from None
+        for i, part in waiting:
+            results[i] = self._load_part(c, part)
+
+    def _in_ledger(self, c: duckdb.DuckDBPyConnection, part: LoadPart) -> bool:
+        p = self._plan(part.ref, part.contract)
+        try:
+            return bool(c.execute(p.ledger_check.replace("%s", "?"),
+                                  [part.batch.batch_id]).fetchall())
+        except duckdb.Error as exc:
+            raise FatalError(f"ledger lookup failed: {exc}", stage="load",
+                             batch_id=part.batch.batch_id) from None
+
+    def _ledger(self, c: duckdb.DuckDBPyConnection, part: LoadPart, rows: int) -> None:
+        c.execute(self._plan(part.ref, part.contract).ledger_insert.replace("%s", "?"),
+                  [part.batch.batch_id, part.batch.source, part.batch.table, part.ref.target,
+                   rows])
+
+    def _upsert_of(self, ref: TableRef, contract: Contract) -> _Upsert:
+        u = self._upserts.get((ref.target, contract.names))
+        if u is None:
+            u = self._upserts[(ref.target, contract.names)] = _upsert(
+                contract, f"{quote(self.schema)}.{quote(ref.target)}")
+        return u
+
+    def _load_part(self, c: duckdb.DuckDBPyConnection, part: LoadPart) -> Merged:
+        """One batch, not in the ledger yet (_in_ledger), inside the open transaction."""
         ref, contract, batch, deletes = part.ref, part.contract, part.batch, part.deletes
         p = self._plan(ref, contract)
         rows = with_seq(part.rows, batch.seq)
         try:
-            if c.execute(p.ledger_check.replace("%s", "?"), [batch.batch_id]).fetchone():
-                return None
             c.register(STAGE, rows)  # unregistered here, or after a rollback (load_group)
             changed = self._merge(c, ref, contract, rows) if rows.num_rows else 0
             c.unregister(STAGE)
@@ -234,8 +312,7 @@ class DuckdbWarehouse:
                 c.register(DELETES, deletes)
                 changed += _count(c.execute(p.delete))
                 c.unregister(DELETES)
-            c.execute(p.ledger_insert.replace("%s", "?"),
-                      [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows])
+            self._ledger(c, part, rows.num_rows)
         except duckdb.Error as exc:
             raise FatalError(f"merge into {ref.target} failed: {exc}", stage="load",
                              source=batch.source, table=batch.table,
@@ -246,10 +323,7 @@ class DuckdbWarehouse:
                rows: pa.Table) -> int:
         """The plan's merge rule, by the cheapest statement that gives its result; returns
         the rows it changed (inserted, or replaced by other values)."""
-        u = self._upserts.get((ref.target, contract.names))
-        if u is None:
-            u = self._upserts[(ref.target, contract.names)] = _upsert(
-                contract, f"{quote(self.schema)}.{quote(ref.target)}")
+        u = self._upsert_of(ref, contract)
         unique = bool((c.execute(u.unique).fetchone() or (False,))[0])
         if c.execute(u.overlap).fetchone() is None:
             return _count(c.execute(u.insert[unique]))  # all new: the cheap path stays cheap
