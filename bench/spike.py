@@ -93,7 +93,8 @@ def writer_main(phases: list[tuple[float, float]], out: Any) -> None:
         if kind == "postgres":
             conn: Any = psycopg.connect(f"{PG} dbname={name}", autocommit=True)
             sql = ("INSERT INTO sales SELECT g, %s, 'SKU-' || (g %% 97), 1 + g %% 5, "
-                   "(g %% 1000) / 10.0, clock_timestamp() FROM generate_series(%s::bigint, %s::bigint) g")
+                   "(g %% 1000) / 10.0, clock_timestamp() "
+                   "FROM generate_series(%s::bigint, %s::bigint) g")
         else:
             conn = my_connect(name)
             sql = ("INSERT INTO sales SELECT seq, %s, concat('SKU-', seq %% 97), 1 + seq %% 5, "
@@ -291,6 +292,19 @@ def main() -> None:
     subprocess.run(["rm", "-rf", str(work / "state"), str(work / "landing"),
                     str(work / "dlt")], check=True)
     tool = (start_steadyflow if args.tool == "steadyflow" else start_dlt)(work, wh)
+    try:
+        measure(args, phases, spike_start, spike_end, tool, wh)
+    finally:
+        if tool.poll() is None:  # never leave the pipeline running behind a failed bench
+            tool.send_signal(signal.SIGTERM)
+            try:
+                tool.wait(60)
+            except subprocess.TimeoutExpired:
+                tool.kill()
+
+
+def measure(args: Any, phases: list[tuple[float, float]], spike_start: float,
+            spike_end: float, tool: subprocess.Popen[bytes], wh: str) -> None:
     time.sleep(8)  # started: imports, connections (not counted)
     load_before = os.getloadavg()
     queue: Any = mp.Queue()
