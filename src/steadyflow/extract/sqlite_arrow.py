@@ -82,7 +82,11 @@ class SqliteArrowSource(SqlSource):
         if self._adbc is None:
             from adbc_driver_sqlite import dbapi
 
-            self._adbc = dbapi.connect(f"file:{self.config.path or ''}?mode=ro")
+            # autocommit: ADBC's DB-API default keeps one read transaction open from the
+            # first query on, so a kept connection (run --follow) would read the same
+            # snapshot forever and never see a later write
+            self._adbc = dbapi.connect(f"file:{self.config.path or ''}?mode=ro",
+                                       autocommit=True)
         return self._adbc
 
     def close(self) -> None:
