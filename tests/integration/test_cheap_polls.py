@@ -78,3 +78,31 @@ def test_an_idle_poll_is_one_probe_on_an_open_connection(
             assert written == polled_at or written - polled_at >= POLL_RECORD_EVERY
     finally:
         counter.close()
+
+
+def test_an_idle_postgres_table_gives_its_page_connection_back(
+        pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages come through ADBC, probes through psycopg: a busy table holds both; once its
+    pages stop for ADBC_IDLE (0 here) the next poll closes the ADBC one."""
+    from steadyflow.extract import pg_arrow
+
+    seed("postgres", pg_dsn)
+    config = write_pipeline(tmp_path, [{
+        "name": "store", "kind": "postgres", "dsn": pg_dsn,
+        "tables": [{"name": "sales", "contract": "sales"}]}])
+    database = pg_dsn.rsplit("/", 1)[1]
+
+    def sessions() -> int:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                               "AND pid <> pg_backend_pid()", [database]).fetchone()
+        return int(row[0]) if row else 0
+
+    with Pipeline.from_yaml(config) as p:
+        assert p.run_once().extracted_rows == 100
+        assert sessions() == 2  # psycopg (probes) and ADBC (pages)
+        assert p.run_once().extracted_rows == 0
+        assert sessions() == 2  # pages read just now: kept
+        monkeypatch.setattr(pg_arrow, "ADBC_IDLE", 0.0)  # as if a minute went by
+        assert p.run_once().extracted_rows == 0
+        assert sessions() == 1  # idle: the probes' connection only

@@ -39,6 +39,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -53,7 +54,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
-from steadyflow.extract.dialects import OutOfRange
+from steadyflow.extract.dialects import OpenSince, OutOfRange
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Contract, Watermark
 from steadyflow.observe import logs
@@ -62,6 +63,8 @@ from steadyflow.resilience import Watchdog, watchdog_grace
 log = logs.get("extract")
 
 _CONNECT_LOCK = threading.Lock()
+# how long a table's ADBC connection stays open without a page (see PgArrowSource.poll_end)
+ADBC_IDLE = 60.0
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
 
@@ -339,6 +342,7 @@ class PgArrowSource(SqlSource):
         self._adbc: Any = None
         self._socket: tuple[int, str] | None = None
         self._adbc_usable = True
+        self._paged_at = 0.0  # monotonic time of the last ADBC page
 
     # --- connection -------------------------------------------------------------------
     def _adbc_connect(self) -> Any:
@@ -389,6 +393,10 @@ class PgArrowSource(SqlSource):
         return self._adbc
 
     def close(self) -> None:
+        self._close_adbc()
+        super().close()
+
+    def _close_adbc(self) -> None:
         if self._adbc is not None:
             try:
                 self._adbc.close()
@@ -396,7 +404,16 @@ class PgArrowSource(SqlSource):
                 pass
             self._adbc = None
             self._socket = None
-        super().close()
+
+    def poll_end(self, table: str, contract: Contract, observe: bool
+                 ) -> tuple[Watermark | None, OpenSince | None]:
+        """`SqlSource.poll_end` on the kept psycopg connection; a table whose pages have
+        not been read for ADBC_IDLE also gives its ADBC connection back, so an idle table
+        holds one connection at the store, a busy one two (ADBC reconnects, with its type
+        catalog, when rows come again)."""
+        if self._adbc is not None and time.monotonic() - self._paged_at > ADBC_IDLE:
+            self._close_adbc()
+        return super().poll_end(table, contract, observe)
 
     def _probe(self, table: str, contract: Contract, names: list[str]) -> list[str]:
         """The probe, and every catalog query and position probe (`poll_end`), run on
@@ -503,6 +520,7 @@ class PgArrowSource(SqlSource):
         self.adbc  # noqa: B018 - connect now: it decides whether ADBC is usable
         if not self._adbc_usable:
             return self._psycopg_page(table, contract, after, since, limit, where, upto)
+        self._paged_at = time.monotonic()
         query, params = self.page_query(table, contract, after, since, limit, upto=upto)
         query, binds = self._adbc_query(query, params)
         raw = self._fetch(table, query, binds)
