@@ -39,7 +39,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 PG = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432")
-SRC_DB, WH_DB = "sfrb_src", "sfrb_wh"
+DB = {"src": "sfrb_src", "wh": "sfrb_wh"}  # --dbs
 COLS = ["sale_id", "store_id", "sku", "qty", "unit_price", "currency", "sold_at", "updated_at"]
 CONTRACT = {
     "primary_key": ["sale_id"], "cursor": "updated_at",
@@ -95,7 +95,7 @@ def run_child(cmd: list[str], cwd: Path, ok: tuple[int, ...] = (0,)) -> Sample:
 # --- data --------------------------------------------------------------------------------
 def generate(table: str, rows: int) -> None:
     """The bench's sales table (bench/run.py's generator), made in the server."""
-    with psycopg.connect(f"{PG}/{SRC_DB}", autocommit=True) as conn:
+    with psycopg.connect(f"{PG}/{DB['src']}", autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {table}")
         conn.execute(
             f"CREATE TABLE {table} (sale_id bigint PRIMARY KEY, store_id int NOT NULL, "
@@ -116,7 +116,7 @@ def generate(table: str, rows: int) -> None:
 
 def fresh_databases() -> None:
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        for db in (SRC_DB, WH_DB):
+        for db in (DB["src"], DB["wh"]):
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{db}"')
 
@@ -126,17 +126,21 @@ def pipeline_dir(work: Path, name: str, table: str, kind: str, every: str = "1h"
     d = work / name
     d.mkdir(parents=True, exist_ok=True)
     warehouse: dict[str, Any] = (
-        {"kind": "duckdb", "path": str(d / "warehouse.duckdb"), "schema": "main"}
+        {"kind": "duckdb", "path": str(d / "warehouse.duckdb"), "schema": "main",
+         "memory_limit": "1GB"}  # the 1% catch-up of 10M rows needs more than the default
         if kind == "duckdb" else
-        {"kind": "postgres", "dsn": f"{PG}/{WH_DB}", "schema": f"wh_{name}"})
+        {"kind": "postgres", "dsn": f"{PG}/{DB['wh']}", "schema": f"wh_{name}"})
     (d / "pipeline.yml").write_text(yaml.safe_dump({
         "name": f"rb_{name}", "state_dir": str(d / "state"),
         "contracts": {"sales": CONTRACT}, "warehouse": warehouse,
         "run": {"reconcile_every": every, "reconcile_reverify": reverify},
-        "sources": [{"name": "pg", "kind": "postgres", "dsn": f"{PG}/{SRC_DB}",
+        "sources": [{"name": "pg", "kind": "postgres", "dsn": f"{PG}/{DB['src']}",
                      "resilience": {"statement_timeout": "600s"},
+                     # fixed: an adaptive lookback would re-read from the oldest open
+                     # transaction of a server other work shares
                      "tables": [{"name": table, "contract": "sales", "target": "sales",
-                                 "mirror_deletes": True, "page_size": 100_000}]}],
+                                 "mirror_deletes": True, "page_size": 100_000,
+                                 "lookback": "2m", "lookback_mode": "fixed"}]}],
     }, sort_keys=False))
     return d
 
@@ -149,7 +153,7 @@ def warehouse_sql(d: Path, kind: str, sql: str, params: list[Any] | None = None)
         finally:
             con.close()
     else:
-        with psycopg.connect(f"{PG}/{WH_DB}", autocommit=True) as conn:
+        with psycopg.connect(f"{PG}/{DB['wh']}", autocommit=True) as conn:
             conn.execute(sql.replace("{t}", f"wh_{d.name}.sales"), params or [])
 
 
@@ -160,9 +164,9 @@ def steadyflow(d: Path, *args: str, ok: tuple[int, ...] = (0,)) -> Sample:
 
 def reladiff(d: Path, kind: str, table: str) -> Sample:
     wh = (f"duckdb://{d / 'warehouse.duckdb'}", "main.sales") if kind == "duckdb" else (
-        f"{PG}/{WH_DB}", f"wh_{d.name}.sales")
+        f"{PG}/{DB['wh']}", f"wh_{d.name}.sales")
     cols = [a for c in COLS[1:] for a in ("-c", c)]
-    return run_child([str(BIN / "reladiff"), f"{PG}/{SRC_DB}", table, *wh, "-a", "hashdiff",
+    return run_child([str(BIN / "reladiff"), f"{PG}/{DB['src']}", table, *wh, "-a", "hashdiff",
                       "-k", "sale_id", *cols, "--json"], d)
 
 
@@ -252,7 +256,7 @@ def incremental(work: Path, rows: int, cases: list[Case]) -> None:
     print(f"[incremental] {rows:,} rows made and loaded in {time.perf_counter() - started:.0f} s",
           flush=True)
     full = steadyflow(d, "reconcile", "--json")
-    with psycopg.connect(f"{PG}/{SRC_DB}", autocommit=True) as conn:
+    with psycopg.connect(f"{PG}/{DB['src']}", autocommit=True) as conn:
         conn.execute(f"UPDATE {table} SET qty = qty + 1, updated_at = now() "
                      f"WHERE sale_id % 100 = 7")
     steadyflow(d, "run")
@@ -282,8 +286,11 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--incremental-rows", type=int, default=10_000_000)
     parser.add_argument("--kinds", default="duckdb,postgres")
     parser.add_argument("--out", type=Path, default=HERE / "RECONCILE.md")
+    parser.add_argument("--dbs", default=f"{DB['src']},{DB['wh']}",
+                        help="source and warehouse database names (dropped and recreated)")
     args = parser.parse_args(argv)
-    work = HERE / "work" / f"reconcile{'-' + args.kinds.replace(',', '-') if args.kinds else ''}"
+    DB["src"], DB["wh"] = args.dbs.split(",")
+    work = HERE / "work" / f"reconcile-{DB['src']}"
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)
     load = [os.getloadavg()[0]]

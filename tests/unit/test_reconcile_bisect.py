@@ -242,3 +242,14 @@ def test_random_differences_are_all_found(seed: int) -> None:
     scan, _, _ = run(rows, wh, top_buckets=rng.choice([1, 8, 64]),
                      fanout=rng.choice([2, 4, 16]), leaf_rows=rng.choice([1, 16, 256]))
     assert set(scan.differing) == expected
+
+
+def test_differences_kept_per_pass_are_capped() -> None:
+    """A warehouse missing every row (a truncated table) keeps at most max_differences keys
+    (plus one batch of leaves) and says it is truncated: memory follows the cap, not the
+    table; under the cap, every difference is found and nothing is truncated."""
+    src = table(5_000)
+    scan, _, _ = run(src, [], max_differences=100, leaf_rows=16)
+    assert scan.truncated and 100 <= len(scan.differing) < 100 + 64 * 16
+    scan, _, _ = run(src, src[:4_900], max_differences=100, leaf_rows=16)
+    assert not scan.truncated and len(scan.differing) == 100
