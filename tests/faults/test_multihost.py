@@ -62,6 +62,7 @@ from tests.conftest import (
     _fresh_pg_database,
     require_tool,
     steadyflow,
+    unavailable,
 )
 from tests.faults.test_chaos_tables import shape, source_rows, warehouse_rows
 from tests.faults.test_workers import Workers
@@ -99,7 +100,7 @@ LONG_PLAN = Plan(("customer", "orders", "lineitem"), rounds=4, catch_up=180.0)
 @pytest.fixture
 def lab() -> Iterator[netns.Lab]:
     if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+        unavailable("network namespaces and iptables need root")
     for tool, package in (("ip", "iproute2"), ("iptables", "iptables"), ("socat", "socat"),
                           ("unshare", "util-linux")):
         require_tool(tool, package)
@@ -396,6 +397,7 @@ class Chaos:
         self.cut_off: list[tuple[str, int, float]] = []  # (worker, log offset, when)
         self.problems: list[str] = []
         self.rejoined: list[str] = []  # workers that were cut off and restored
+        self.ended: set[str] = set()  # workers the schedule killed or removed
         self._t0 = time.monotonic()
 
     def note(self, what: str) -> None:
@@ -411,6 +413,7 @@ class Chaos:
 
     def kill_one(self, exclude: set[str] | None = None) -> None:
         victim = self.pick(exclude)
+        self.ended.add(victim)
         started = self.workers.restart(victim)
         self.note(f"SIGKILL {victim}, {started} started on "
                   f"{self.workers.host_of[started].name}")
@@ -454,6 +457,7 @@ class Chaos:
         host = self.lab.add_host(f"h{len(self.lab.hosts)}")
         added = self.workers.start_on(host)
         victim = self.pick(exclude | {added})
+        self.ended.add(victim)
         code = self.workers.terminate(victim)
         self.note(f"added {added} on {host.name}, SIGTERM {victim} -> {code}")
         assert code == 0, (self.workers.logs / f"{victim}.log").read_text()[-4000:]
@@ -585,10 +589,12 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse_dsn: str, workers: Ho
         time.sleep(0.5)
     chaos.note("caught up" if drained else "gave up catching up")
     report = now["workers"]
-    running = [w for w in report if w["status"] == "running"]
-    assert len({w["host"] for w in running}) >= 3, report  # several hosts, not one
+    alive = {(workers.host_of[n].name, workers.procs[n].pid) for n in workers.alive()}
+    listed = {(w["host"], w["pid"]) for w in report}
+    assert alive <= listed, (alive, report)  # every live worker has registered
+    assert len({host for host, _ in alive}) >= 3, (alive, report)  # on several hosts
     assert any(w["status"] == "lost" for w in report), report  # the SIGKILLed ones
-    for victim in chaos.rejoined:  # back at work once the network returned
+    for victim in set(chaos.rejoined) - chaos.ended:  # working since the network returned
         assert victim in workers.alive(), (logs / f"{victim}.log").read_text()[-4000:]
     assert workers.alive(), f"every worker died: {workers.exits}"
     for name in list(workers.procs):
