@@ -16,7 +16,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -52,6 +52,15 @@ HANDOFF_MAX = 2  # landed pages kept in memory for an in-process loader (see `ha
 ROW_GROUP_ROWS = 64 * 1024
 HASH_CHUNK = 1 << 20  # bytes hashed at a time when a batch is streamed (`batches`)
 FOOTERS_KEPT = 8  # footers of compacted files kept for the next reads (see `_compacted`)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch encoded and named, not yet written (LandingZone.prepare)."""
+
+    table: pa.Table
+    data: memoryview
+    ref: BatchRef
 
 
 class LandingZone:
@@ -104,6 +113,22 @@ class LandingZone:
         seq: int = 0,
     ) -> BatchRef:
         """Write one batch durably and return its reference (not yet in the manifest)."""
+        return self.store_prepared(self.prepare(table, source, name, low, high, kind, meta,
+                                                seq))
+
+    def prepare(
+        self,
+        table: pa.Table,
+        source: str,
+        name: str,
+        low: Watermark | None,
+        high: Watermark | None,
+        kind: str = "extract",
+        meta: dict[str, object] | None = None,
+        seq: int = 0,
+    ) -> Prepared:
+        """Encode a batch and derive its id, writing nothing yet: an extractor that finds
+        the id is the one it landed for the same window last time skips the write."""
         data = memoryview(self.encode(table))  # no copy: hashed and written as is
         checksum = hashlib.blake2b(data, digest_size=16).hexdigest()
         identity = "|".join(
@@ -113,13 +138,7 @@ class LandingZone:
         batch_id = hashlib.blake2b(identity.encode(), digest_size=12).hexdigest()
         day = datetime.now(UTC).strftime("%Y-%m-%d")
         path = f"{source}/{name}/date={day}/{batch_id}.parquet"
-        self.store.write(path, data)
-        failpoint("land.after_rename")
-        if self.handoff and kind == "extract":
-            with self._handed_lock:  # the loader reads in landing order: keep the oldest
-                if len(self._handed) < HANDOFF_MAX:
-                    self._handed[batch_id] = (checksum, table)
-        return BatchRef(
+        return Prepared(table, data, BatchRef(
             batch_id=batch_id,
             source=source,
             table=name,
@@ -133,7 +152,18 @@ class LandingZone:
             kind=kind,
             meta=dict(meta or {}),
             seq=seq,
-        )
+        ))
+
+    def store_prepared(self, prepared: Prepared) -> BatchRef:
+        """Write a prepared batch durably; its reference, stamped with the landing time."""
+        ref, data = prepared.ref, prepared.data
+        self.store.write(ref.path, data)
+        failpoint("land.after_rename")
+        if self.handoff and ref.kind == "extract":
+            with self._handed_lock:  # the loader reads in landing order: keep the oldest
+                if len(self._handed) < HANDOFF_MAX:
+                    self._handed[ref.batch_id] = (ref.checksum, prepared.table)
+        return replace(ref, landed_at=time.time())
 
     def read(self, ref: BatchRef) -> pa.Table:
         """Read a landed batch, verified, so corruption is never loaded: a file of its own
