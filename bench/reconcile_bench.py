@@ -216,9 +216,9 @@ def write_report(path: Path, rows: int, version: str, results: list[Result],
         "the bytes do not.",
         "- Differences cost range aggregates per differing bucket (fanout 16; one batched "
         "query a side per level) and then (key, hash) pairs for ranges of at most 64 rows, on "
-        "both sides. Most of those bytes are the text of the batched aggregate queries (the "
-        "row-hash expression once per range), not results. (Its time is again the top-level "
-        "pass; the narrower range queries use the primary-key index.)",
+        "both sides; the bytes are mostly the sub-bucket results of the batched levels and "
+        "those pairs. (Its time is again the top-level pass; the narrower range queries use "
+        "the primary-key index.)",
         "- The repair re-reads exactly the differing rows by key, lands them as repair "
         "batches (landing → manifest → merge + ledger), deletes the extras "
         "(mirror_deletes: true), and compares again.",

@@ -257,8 +257,10 @@ def incremental(work: Path, rows: int, cases: list[Case]) -> None:
           flush=True)
     full = steadyflow(d, "reconcile", "--json")
     with psycopg.connect(f"{PG}/{DB['src']}", autocommit=True) as conn:
-        conn.execute(f"UPDATE {table} SET qty = qty + 1, updated_at = now() "
-                     f"WHERE sale_id % 100 = 7")
+        # changed rows move forward: past every cursor (the table's times run into 2029)
+        conn.execute(f"UPDATE {table} SET qty = qty + 1, updated_at = m.top + sale_id * "
+                     f"interval '1 microsecond' FROM (SELECT max(updated_at) AS top FROM "
+                     f"{table}) m WHERE sale_id % 100 = 7")
     steadyflow(d, "run")
     inc = steadyflow(d, "reconcile", "--incremental", "--json")
     report = json.loads(inc.out[inc.out.index("{"):])["tables"][0]
@@ -288,9 +290,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RECONCILE.md")
     parser.add_argument("--dbs", default=f"{DB['src']},{DB['wh']}",
                         help="source and warehouse database names (dropped and recreated)")
+    parser.add_argument("--work", type=Path, help="scratch folder (default bench/work/...)")
     args = parser.parse_args(argv)
     DB["src"], DB["wh"] = args.dbs.split(",")
-    work = HERE / "work" / f"reconcile-{DB['src']}"
+    work = args.work or HERE / "work" / f"reconcile-{DB['src']}"
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)
     load = [os.getloadavg()[0]]
