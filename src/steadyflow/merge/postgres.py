@@ -108,8 +108,20 @@ class PostgresWarehouse:
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.dsn, connect_timeout=5,
-                                             options="-c TimeZone=UTC")
+                # a loader cut off mid-merge must neither hang nor, if its host is gone,
+                # leave its transaction's row and ledger locks on the server for the hours
+                # of default TCP keepalives (every other worker's load of those tables
+                # would wait on them): keepalives both ways, a bound on unacknowledged
+                # sends, and the server ends a session idle in a transaction or whose
+                # client went away
+                self._conn = psycopg.connect(
+                    self.dsn, connect_timeout=5,
+                    options="-c TimeZone=UTC -c idle_in_transaction_session_timeout=300000 "
+                            "-c client_connection_check_interval=10000 "
+                            "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
+                            "-c tcp_keepalives_count=3",
+                    keepalives=1, keepalives_idle=30, keepalives_interval=10,
+                    keepalives_count=3, tcp_user_timeout=60000)
             except psycopg.Error as exc:
                 raise WarehouseUnavailable(
                     f"cannot connect to the PostgreSQL warehouse: "
