@@ -54,7 +54,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
-from steadyflow.extract.dialects import OpenSince, OutOfRange
+from steadyflow.extract.dialects import SESSION_SAFETY, OpenSince, OutOfRange
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Contract, Watermark
 from steadyflow.observe import logs
@@ -369,6 +369,8 @@ class PgArrowSource(SqlSource):
             with dog, conn.cursor() as cur:
                 cur.execute(f"SET statement_timeout = {int(r.statement_timeout * 1000)}")
                 cur.execute("SET TimeZone = 'UTC'")
+                for setting in SESSION_SAFETY:
+                    cur.execute(f"SET {setting}")
                 cur.execute("SELECT host(inet_client_addr()), inet_client_port()")
                 client = cur.fetchone()
         except Exception as exc:  # noqa: BLE001
