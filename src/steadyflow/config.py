@@ -567,7 +567,15 @@ class RunConfig(_Strict):
     _d = field_validator("interval", "poll_min", "reconcile_every", "reconcile_reverify",
                          mode="before")(_duration)
 
-    @field_validator("interval", "poll_min", "reconcile_reverify")
+    @field_validator("reconcile_reverify")
+    @classmethod
+    def _reverify(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 s: it is the period within which an "
+                             "incremental reconcile compares every row again; use e.g. '7d'")
+        return value
+
+    @field_validator("interval", "poll_min")
     @classmethod
     def _interval(cls, value: float) -> float:
         if value <= 0:
