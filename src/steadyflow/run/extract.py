@@ -128,12 +128,6 @@ class TableMemory:
     recorded: tuple[str | None, float] | None = None
     # the adaptive lookback fell back to the fixed window (no privilege): told to status
     hidden_reported: bool = False
-    # the batch ids the last completed pass landed (or found landed already), and the
-    # generation of its lease: the next pass, if its lease is the very next generation (no
-    # other extractor landed anything between), skips re-landing a page with one of these
-    # ids (see TableExtractor.publish)
-    pass_ids: frozenset[str] = frozenset()
-    pass_generation: int = -1
 
 
 @dataclass
@@ -189,9 +183,6 @@ class TableExtractor:
         # the table's extraction lease while `run` holds it (run/lease.py); every durable
         # step (record, checkpoint, initial load position) is fenced by it in state.py
         self.lease: Lease | None = None
-        # this pass's batch ids, and the last pass's when it may be skipped (see publish)
-        self._pass_ids: set[str] = set()
-        self._landed_before: frozenset[str] = frozenset()
         # this run's first load is split into key ranges not all read yet (run/backfill.py)
         self._partitioned = False
         self.adaptive = adaptive_lookback(self.source, self.table, self.contract)
@@ -328,18 +319,10 @@ class TableExtractor:
         with hold_lease(self.state, self.ref.source, self.ref.table, "extract",
                         self.should_stop, wait=lease_wait) as lease:
             self.lease = lease
-            memory = self.memory
-            self._landed_before = (memory.pass_ids if memory.pass_generation
-                                   == lease.generation - 1 else frozenset())
-            memory.pass_ids, memory.pass_generation = frozenset(), -1
-            self._pass_ids = set()
             try:
-                result = self._run(db, False)
+                return self._run(db, False)
             finally:
                 self.lease = None
-            memory.pass_ids = frozenset(self._pass_ids)
-            memory.pass_generation = lease.generation
-            return result
 
     def _run(self, db: Source, dry_run: bool) -> ExtractResult:
         result = self.result
@@ -743,18 +726,15 @@ class TableExtractor:
                                         meta=meta,
                                         seq=self.state.next_seq() if seq is None else seq)
         batch_id = prepared.ref.batch_id
-        # a cursor pass (its pages move the checkpoint), not a load's key order or range
-        if (advance is None or advance == self._checkpoint) and self.lease is not None:
-            self._pass_ids.add(batch_id)
-            if batch_id in self._landed_before:
-                # a lookback re-read of a quiet table: the same rows in the same window as
-                # the last pass landed, under the previous lease generation (nobody landed
-                # anything between). That batch is in the manifest, loaded or on its way
-                # (the sweeper sees to it), so landing it again would only churn the landing
-                # zone, the buffer and the loader; the checkpoint moves as usual
-                self._checkpoint(high)
-                return prepared.ref
-            self._landed_before = frozenset()  # a page differs: the rest of the pass lands
+        if self.state.batch(batch_id) is not None:
+            # a re-read of rows already landed exactly so (a lookback window over a quiet
+            # table, a page read again after a crash): the same id means the same rows in
+            # the same range, and that batch is in the manifest, loaded or on its way (the
+            # sweeper sees to it). Landing, queueing and loading it again would only churn
+            # (every idle poll of every table re-loaded its window, so the buffer never
+            # emptied); the position moves as usual
+            (advance or self._checkpoint)(high)
+            return prepared.ref
         batch = self.landing.store_prepared(prepared)
         self.state.record_landed(batch, lease=self.lease)
         failpoint("extract.after_land")
