@@ -184,7 +184,7 @@ while True:
     resources = []
     for kind, name in stores:
         url = (f"postgresql://postgres@127.0.0.1:5432/{{name}}" if kind == "postgres"
-               else f"mysql://root@127.0.0.1:3306/{{name}}")
+               else f"mysql+pymysql://root@127.0.0.1:3306/{{name}}")
         resources.append(sql_table(credentials=url, table="sales", backend="connectorx",
                                    incremental=dlt.sources.incremental("updated_at"),
                                    primary_key="sale_id", write_disposition="merge",
