@@ -24,30 +24,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-PG = "host=127.0.0.1 port=5432 user=postgres"
+sys.path.insert(0, str(HERE))
+from workers_common import (  # noqa: E402 - bench/ is not a package
+    CpuWatch,
+    Workers,
+    admin,
+    end_run,
+    new_run,
+    registered_workers,
+    wait_until,
+    write_config,
+)
+
 SOURCE_DB = "sfbackfill_src"
 COLUMNS = "store_id, sale_id, sku, qty, unit_price, updated_at"
 # an order-independent digest of a table's business columns (count, sum of 60-bit hashes)
 DIGEST = (f"SELECT count(*), coalesce(sum(('x' || substr(md5(ROW({COLUMNS})::text), 1, 15))"
           "::bit(60)::bigint), 0) FROM {table}")
-
-
-def admin() -> psycopg.Connection[Any]:
-    return psycopg.connect(f"{PG} dbname=postgres", autocommit=True)
 
 
 def make_source(rows: int) -> str:
@@ -81,48 +83,6 @@ def make_source(rows: int) -> str:
     return dsn
 
 
-def write_config(work: Path, source: str, wh: str, stream: str, page: int) -> Path:
-    config = {
-        "name": "backfill",
-        "state": {"kind": "postgres", "dsn": wh, "schema": "sf_state"},
-        "buffer": {"kind": "jetstream", "stream": stream, "capacity": 64, "lease": "60s"},
-        "warehouse": {"kind": "postgres", "dsn": wh, "schema": "wh"},
-        "landing": {"path": str(work / "landing")},
-        "run": {"interval": 0.5},
-        "contracts": {"sales": {"primary_key": ["store_id", "sale_id"],
-                                "cursor": "updated_at", "columns": {
-            "store_id": {"type": "int32", "nullable": False},
-            "sale_id": {"type": "int64", "nullable": False},
-            "sku": {"type": "string", "nullable": False},
-            "qty": {"type": "int32", "nullable": False},
-            "unit_price": {"type": "decimal(10,2)", "nullable": False},
-            "updated_at": {"type": "timestamp", "nullable": False}}}},
-        "sources": [{"name": "store", "kind": "postgres", "dsn": source,
-                     "tables": [{"name": "sales", "contract": "sales", "target": "sales",
-                                 "page_size": page}]}],
-    }
-    path = work / "pipeline.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def drop_stream(name: str) -> None:
-    import asyncio
-
-    import nats
-
-    async def drop() -> None:
-        nc = await nats.connect("nats://127.0.0.1:4222")
-        try:
-            await nc.jetstream().delete_stream(name)
-        except Exception:  # noqa: BLE001 - never created: nothing to drop
-            pass
-        finally:
-            await nc.close()
-
-    asyncio.run(drop())
-
-
 def progress(wh: str) -> tuple[int, bool, list[tuple[Any, ...]]]:
     """(warehouse rows, checkpoint set, ranges as (chunk, rows, status, holder, done_at))."""
     try:
@@ -139,51 +99,44 @@ def progress(wh: str) -> tuple[int, bool, list[tuple[Any, ...]]]:
 
 def one(workers: int, source: str, total: int, args: Any, work_root: Path
         ) -> dict[str, Any]:
-    wh_name = f"sfbackfill_wh_{uuid.uuid4().hex[:8]}"
-    stream = f"sfbackfill_{uuid.uuid4().hex[:8]}"
-    with admin() as conn:
-        conn.execute(f"CREATE DATABASE {wh_name}")
-    wh = f"postgresql://postgres@127.0.0.1:5432/{wh_name}"
+    wh_name, wh, stream = new_run("sfbackfill")
     work = work_root / f"w{workers}"
     work.mkdir(parents=True, exist_ok=True)
-    cfg = write_config(work, source, wh, stream, args.page)
-    steadyflow = str(Path(sys.executable).parent / "steadyflow")
-    env = {**os.environ, "STEADYFLOW_BACKFILL_CHUNK_ROWS": str(args.chunk_rows)}
-    procs = []
+    sources = [{"name": "store", "kind": "postgres", "dsn": source,
+                "tables": [{"name": "sales", "contract": "sales", "target": "sales",
+                            "page_size": args.page}]}]
+    cfg = write_config(work, "backfill", wh, stream, ["store_id", "sale_id"], sources,
+                       {"interval": 0.5})
     started = time.time()
+    procs = Workers(workers, cfg, work, env={"STEADYFLOW_BACKFILL_CHUNK_ROWS":
+                                             str(args.chunk_rows)}, log_level="info")
     ranges_read: float | None = None
+    chunks: list[tuple[Any, ...]] = []
     try:
-        for i in range(workers):
-            log = (work / f"worker{i}.log").open("w")
-            procs.append(subprocess.Popen([steadyflow, "--log-level", "info", "worker", "-c",
-                                           str(cfg)],
-                                          stdout=log, stderr=subprocess.STDOUT, env=env))
-        deadline = started + args.timeout
-        while True:
+        wait_until(lambda: ((n := registered_workers(wh)) >= workers, n), args.timeout,
+                   f"{workers} workers registered", every=0.05)
+        ready = time.time()
+        startup_cpu = procs.cpu()
+        watch = CpuWatch("sfbackfill")
+        watch.start()
+
+        def check() -> tuple[bool, int]:
+            nonlocal ranges_read, chunks
+            watch.sample()
             count, done, chunks = progress(wh)
             if ranges_read is None and chunks and all(c[2] == "done" for c in chunks):
                 ranges_read = max(float(c[4]) for c in chunks) - started
-            if count >= total and done:
-                break
-            if time.time() > deadline:
-                raise SystemExit(f"{workers} workers: {count:,} of {total:,} rows after "
-                                 f"{args.timeout:g}s; logs in {work}")
-            time.sleep(0.2)
+            return count >= total and done, count
+
+        wait_until(check, args.timeout, f"{workers} workers loading {total:,} rows")
         seconds = time.time() - started
+        services = watch.stop()
         with psycopg.connect(wh) as c:
             digest = c.execute(DIGEST.format(table="wh.sales")).fetchone()
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        with admin() as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {wh_name} WITH (FORCE)")
-        drop_stream(stream)
-    pids = {str(p.pid): i for i, p in enumerate(procs)}
+        used = procs.stop()
+        end_run(wh_name, stream)
+    pids = {str(pid): i for i, pid in enumerate(procs.pids)}
     shares: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     ranges = []
     for chunk, rows, _, holder, _ in chunks:
@@ -192,7 +145,11 @@ def one(workers: int, source: str, total: int, args: Any, work_root: Path
         shares[reader][1] += int(rows)
         ranges.append({"chunk": int(chunk), "rows": int(rows), "worker": reader})
     return {"workers": workers, "seconds": round(seconds, 1),
+            "startup_seconds": round(ready - started, 1),
             "ranges_read_seconds": round(ranges_read or 0.0, 1),
+            "worker_cpu": [round(u - s, 1) for u, s in zip(used, startup_cpu, strict=True)],
+            "pg_ours_cpu": services["pg_ours"],
+            "machine_cpu": services["machine"],
             "digest": [int(x) for x in digest or ()],
             "ranges": ranges, "shares": {w: {"ranges": s[0], "rows": s[1]}
                                          for w, s in sorted(shares.items())}}
@@ -211,17 +168,26 @@ def report(results: list[dict[str, Any]], source_digest: list[int], args: Any,
         "rows keyed (store_id, sale_id), four store_ids; PostgreSQL state and warehouse on "
         f"the same server, JetStream buffer, local landing; pages of {args.page:,} rows; "
         "one reader thread per worker (max_concurrent_queries 1). Time: from spawning the "
-        "workers to every row in the warehouse and the checkpoint set.", "",
+        "workers to every row in the warehouse and the checkpoint set; start-up (spawn until "
+        "every worker's heartbeat row is there) is part of it and given beside it. CPU "
+        "seconds from then on: the workers', and PostgreSQL's for this bench's databases "
+        "(source, state, warehouse); machine = busy CPU of both cores, all work on the host "
+        "included.", "",
         f"Split: {len(sizes)} ranges, rows per range min {min(sizes):,} / max "
         f"{max(sizes):,} (planned at {args.chunk_rows:,}).", "",
-        "| workers | wall s | last range read at s | ranges (rows) per worker | warehouse "
-        "= source |", "|---:|---:|---:|---|---|",
+        "| workers | wall s | start-up s | last range read at s | ranges (rows) per worker "
+        "| workers' CPU | PostgreSQL CPU | machine CPU | warehouse = source |",
+        "|---:|---:|---:|---:|---|---|---:|---:|---|",
     ]
     for r in results:
         shares = ", ".join(f"w{w}: {s['ranges']} ({s['rows']:,})"
                            for w, s in r["shares"].items())
-        lines.append(f"| {r['workers']} | {r['seconds']:.1f} | {r['ranges_read_seconds']:.1f}"
-                     f" | {shares} | {'yes' if r['digest'] == source_digest else 'NO'} |")
+        lines.append(f"| {r['workers']} | {r['seconds']:.1f} | {r['startup_seconds']:.1f} | "
+                     f"{r['ranges_read_seconds']:.1f} | {shares} | "
+                     f"{' + '.join(f'{x:.1f}' for x in r['worker_cpu'])} | "
+                     f"{r['pg_ours_cpu']:.1f} | {r['machine_cpu']:.1f} of "
+                     f"{2 * (r['seconds'] - r['startup_seconds']):.1f} | "
+                     f"{'yes' if r['digest'] == source_digest else 'NO'} |")
     lines += ["", f"Warehouse digest (count, sum of 60-bit md5 prefixes of the business "
               f"columns): {source_digest}, {'the same for every count' if same else 'DIFFERS'}.",
               "", "The machine has 2 cores: the workers, the source, the warehouse's "
