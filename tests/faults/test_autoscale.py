@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,8 @@ from typing import Any
 import psycopg
 import pymysql
 import pytest
-import yaml
-from tests.conftest import MY_HOST, MY_PORT, _fresh_pg_database, steadyflow
-from tests.faults.test_chaos_tables import shape, source_rows, warehouse_rows
 from tests.support.chaos_tables import (
     COLUMNS,
-    CONTRACTS,
     TABLES,
     SourceDb,
     create_tables,
@@ -48,7 +43,13 @@ from tests.support.chaos_tables import (
     line_row,
     order_row,
 )
-from tests.support.table_oracle import Diff, compare
+from tests.support.workers import (
+    diffs,
+    jetstream_stream,
+    status_json,
+    store_databases,
+    write_config,
+)
 
 from steadyflow.run.autoscale import Autoscaler, Policy, Sample, WorkerProcesses
 
@@ -67,53 +68,12 @@ AUTOSCALE = ["--min", "1", "--max", "3", "--backlog-high", "3", "--backlog-low",
 # --- fixtures ------------------------------------------------------------------------------
 @pytest.fixture
 def stores() -> Iterator[list[SourceDb]]:
-    pg = [_fresh_pg_database("sfstore") for _ in range(2)]
-    dbs = [SourceDb("postgres", next(gen)) for gen in pg]
-    name = f"sf_{uuid.uuid4().hex[:12]}"
-    admin = pymysql.connect(host=MY_HOST, port=MY_PORT, user="root", password="",
-                            autocommit=True)
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
-    dbs.append(SourceDb("mysql", f"mysql://root@{MY_HOST}:{MY_PORT}/{name}"))
-    yield dbs
-    for gen in pg:
-        next(gen, None)
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    admin.close()
+    yield from store_databases(2, 1)
 
 
 @pytest.fixture
 def stream() -> Iterator[str]:
-    from tests.contract.test_buffer_contract import _delete_stream
-
-    name = f"sf_autoscale_{uuid.uuid4().hex[:10]}"
-    yield name
-    _delete_stream(name)
-
-
-def write_config(directory: Path, dbs: list[SourceDb], warehouse_dsn: str, stream: str
-                 ) -> Path:
-    config = {
-        "name": "autoscale",
-        "contracts": CONTRACTS,
-        "state": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "sf_state"},
-        "buffer": {"kind": "jetstream", "stream": stream, "capacity": 32, "lease": "10s"},
-        "warehouse": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "wh"},
-        "run": {"interval": 0.5, "max_parallel_sources": 3},
-        "sources": [{
-            "name": f"store{i}", "kind": db.kind, "dsn": db.dsn,
-            "resilience": {"retries": 2, "backoff_max": "1s"},
-            # no lookback: one spike writer per store, so its rows commit in the order of
-            # their stamps, and a poll never sees a newer row before an older one
-            "tables": [{"name": t, "target": f"store{i}_{t}", "contract": t,
-                        "page_size": 100, "min_page_size": 50}
-                       for t in TABLES],
-        } for i, db in enumerate(dbs)],
-    }
-    path = directory / "pipeline.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    yield from jetstream_stream("sf_autoscale")
 
 
 # --- the spike -----------------------------------------------------------------------------
@@ -246,18 +206,6 @@ def running_workers(state_dsn: str) -> int:
     return int(row[0]) if row else 0
 
 
-def diffs(dbs: list[SourceDb], warehouse: dict[str, Any]) -> list[Diff]:
-    out = []
-    for i, db in enumerate(dbs):
-        for t in TABLES:
-            try:
-                wh = warehouse_rows(warehouse, f"store{i}_{t}", t)
-            except psycopg.errors.UndefinedTable:
-                wh = []
-            out.append(compare(f"store{i}_{t}", shape(t), source_rows(db, t), wh))
-    return out
-
-
 # --- the tests -----------------------------------------------------------------------------
 @pytest.mark.faults
 @pytest.mark.integration
@@ -272,8 +220,11 @@ def test_a_spike_adds_workers_and_its_end_drains_them(
                 cur.execute(f"UPDATE {table} SET updated_at = {db.now}")
         conn.commit()
         conn.close()
-    cfg = write_config(tmp_path, stores, pg_warehouse_dsn, stream)
-    warehouse = {"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh"}
+    # no lookback: one spike writer per store, so its rows commit in the order of their
+    # stamps, and a poll never sees a newer row before an older one
+    cfg = write_config(tmp_path, "autoscale", stores, pg_warehouse_dsn,
+                       {"stream": stream, "capacity": 32, "lease": "10s"},
+                       {"page_size": 100, "min_page_size": 50})
     port = free_port()
     log = tmp_path / "autoscale.log"
     with log.open("w") as out:
@@ -284,8 +235,8 @@ def test_a_spike_adds_workers_and_its_end_drains_them(
     spike = Spike(stores, next_order + 1_000)
     try:
         # the seed rows loaded, and one worker running: the quiet before the spike
-        wait_for("the initial load", lambda: all(d.clean for d in diffs(stores, warehouse)),
-                 60, log, scaler)
+        wait_for("the initial load", lambda: all(
+            d.clean for d in diffs(stores, pg_warehouse_dsn)), 60, log, scaler)
         wait_for("one quiet worker", lambda: (g := gauges(port)).get(
             "steadyflow_autoscale_workers") == 1 and g.get(
             "steadyflow_autoscale_draining_workers") == 0 and g, 60, log, scaler)
@@ -337,11 +288,11 @@ def test_a_spike_adds_workers_and_its_end_drains_them(
     assert spike.rows > 1_000
 
     # the last worker drained: nothing runs any more, and `status` says so
-    report = json.loads(steadyflow("status", "--json", "-c", str(cfg), timeout=60).stdout)
+    report = status_json(cfg)
     assert report["queue_depth"] == 0 and report["pending_batches"] == 0, report
     assert not [w for w in report["workers"] if w["status"] == "running"], report["workers"]
     assert sum(w["status"] == "stopped" for w in report["workers"]) == started
-    found = diffs(stores, warehouse)
+    found = diffs(stores, pg_warehouse_dsn)
     dirty = [d for d in found if not d.clean]
     assert not dirty, "\n".join(d.report() for d in dirty) + "\n" + lines[-4000:]
     with psycopg.connect(pg_warehouse_dsn) as conn:

@@ -22,28 +22,23 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
-import psycopg
 import pytest
 import yaml
 from tests.conftest import steadyflow
 from tests.support.chaos_tables import (
-    CHAR_COLUMNS,
-    COLUMNS,
     CONTRACTS,
-    JSON_COLUMNS,
-    KEYS,
     TABLES,
     SourceDb,
     Writers,
     create_tables,
-    cursor,
+    shape,
+    source_rows,
+    warehouse_rows,
 )
-from tests.support.table_oracle import Diff, Shape, compare
+from tests.support.table_oracle import Diff, compare
 
 pytestmark = pytest.mark.faults
 
@@ -52,7 +47,6 @@ CUSTOMERS, ORDERS = 300, 1_500
 LOOKBACK = "10s"  # late commits stamp up to 3 s before they commit
 FINAL_RUN_TIMEOUT = 120.0  # the catch-up run must return: a hang is a failure
 PREFIX = {"postgres": "pg", "mysql": "my"}
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --- fixtures ------------------------------------------------------------------------------
@@ -136,38 +130,6 @@ def catch_up(cfg: Path, logs: Path) -> dict[str, Any]:
     summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     assert summary["errors"] == [], summary["errors"]
     return summary
-
-
-# --- the oracle ---------------------------------------------------------------------------
-def shape(table: str) -> Shape:
-    cols = COLUMNS[table]
-    return Shape(cols, KEYS[table], frozenset(CHAR_COLUMNS & set(cols)),
-                 frozenset(JSON_COLUMNS & set(cols)))
-
-
-def source_rows(db: SourceDb, table: str) -> list[tuple[Any, ...]]:
-    conn = db.connect(autocommit=True)
-    try:
-        with cursor(conn) as cur:
-            cur.execute(f"SELECT {', '.join(COLUMNS[table])} FROM {table}")
-            return list(cur.fetchall())
-    finally:
-        conn.close()
-
-
-def warehouse_rows(warehouse: dict[str, Any], target: str, table: str
-                   ) -> list[tuple[Any, ...]]:
-    if warehouse["kind"] == "duckdb":
-        # timestamps as epoch microseconds: DuckDB's own conversion to datetime needs pytz
-        cols = [f"epoch_us({c})" if c == "updated_at" else c for c in COLUMNS[table]]
-        at = COLUMNS[table].index("updated_at")
-        with duckdb.connect(warehouse["path"], read_only=True) as con:
-            rows = con.execute(f"SELECT {', '.join(cols)} FROM main.{target}").fetchall()
-        return [(*r[:at], None if r[at] is None else EPOCH + timedelta(microseconds=r[at]),
-                 *r[at + 1:]) for r in rows]
-    sql = f"SELECT {', '.join(COLUMNS[table])} FROM {warehouse['schema']}.{target}"
-    with psycopg.connect(warehouse["dsn"], options="-c TimeZone=UTC") as conn:
-        return conn.execute(sql).fetchall()
 
 
 def diagnose(cfg: Path) -> str:

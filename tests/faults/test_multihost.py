@@ -41,9 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,24 +49,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pymysql
 import pytest
-import yaml
-from tests.conftest import (
-    MY_HOST,
-    MY_PORT,
-    PG_PORT,
-    ROOT,
-    _fresh_pg_database,
-    require_tool,
-    steadyflow,
-    unavailable,
-)
-from tests.faults.test_chaos_tables import shape, source_rows, warehouse_rows
-from tests.faults.test_workers import Workers
+from tests.conftest import MY_PORT, PG_PORT, ROOT, require_tool, unavailable
 from tests.support import netns
-from tests.support.chaos_tables import CONTRACTS, SourceDb, Writers, create_tables
-from tests.support.table_oracle import Diff, compare
+from tests.support.chaos_tables import SourceDb, Writers, create_tables
+from tests.support.workers import (
+    Workers,
+    assert_equal,
+    diffs,
+    status_json,
+    store_databases,
+    write_config,
+)
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -115,22 +107,7 @@ def lab() -> Iterator[netns.Lab]:
 def stores() -> Iterator[list[SourceDb]]:
     """Six fresh store databases: three PostgreSQL, three MariaDB (local addresses: the
     writers and the oracle run in this, the root, namespace)."""
-    pg = [_fresh_pg_database("sfstore") for _ in range(3)]
-    dbs = [SourceDb("postgres", next(gen)) for gen in pg]
-    names = [f"sf_{uuid.uuid4().hex[:12]}" for _ in range(3)]
-    admin = pymysql.connect(host=MY_HOST, port=MY_PORT, user="root", password="",
-                            autocommit=True)
-    with admin.cursor() as cur:
-        for name in names:
-            cur.execute(f"CREATE DATABASE `{name}`")
-    dbs += [SourceDb("mysql", f"mysql://root@{MY_HOST}:{MY_PORT}/{n}") for n in names]
-    yield dbs
-    for gen in pg:
-        next(gen, None)
-    with admin.cursor() as cur:
-        for name in names:
-            cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-    admin.close()
+    yield from store_databases(3, 3)
 
 
 class Nats:
@@ -177,53 +154,29 @@ def via(dsn: str, gateway: str) -> str:
     return dsn.replace("@127.0.0.1:", f"@{gateway}:")
 
 
-def write_config(directory: Path, dbs: list[SourceDb], warehouse_dsn: str, nats_url: str,
-                 gateway: str, tables: tuple[str, ...]) -> Path:
-    dsn = via(warehouse_dsn, gateway)
-    config = {
-        "name": "multihost",
-        "contracts": {t: CONTRACTS[t] for t in tables},
-        "state": {"kind": "postgres", "dsn": dsn, "schema": "sf_state"},
-        "buffer": {"kind": "jetstream", "url": nats_url, "stream": STREAM,
-                   "capacity": 16, "lease": "5s"},
-        "warehouse": {"kind": "postgres", "dsn": dsn, "schema": "wh"},
-        "run": {"interval": 0.5, "max_parallel_sources": 3},
-        "sources": [{
-            "name": f"store{i}", "kind": db.kind, "dsn": via(db.dsn, gateway),
-            # a store read through a cut gives up within seconds, not the 60 s default
-            "resilience": {"retries": 2, "backoff_max": "1s", "connect_timeout": "3s",
-                           "statement_timeout": "8s"},
-            # no fixed window: the writers stamp rows by the database's clock, so the
-            # adaptive lookback (the source's open transactions) covers the late commits;
-            # a fixed window re-reads and re-lands its rows on every idle poll (board.md)
-            "tables": [{"name": t, "target": f"store{i}_{t}", "contract": t,
-                        "lookback": "0s", "page_size": 200, "min_page_size": 50}
-                       for t in tables],
-        } for i, db in enumerate(dbs)],
-    }
-    path = directory / "pipeline.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+def write_pipeline(directory: Path, dbs: list[SourceDb], warehouse_dsn: str, nats_url: str,
+                   gateway: str, tables: tuple[str, ...]) -> Path:
+    return write_config(
+        directory, "multihost", dbs, warehouse_dsn,
+        {"url": nats_url, "stream": STREAM, "capacity": 16, "lease": "5s"},
+        # no fixed window: the writers stamp rows by the database's clock, so the adaptive
+        # lookback (the source's open transactions) covers the late commits; a fixed
+        # window re-reads and re-lands its rows on every idle poll (board.md)
+        {"lookback": "0s", "page_size": 200, "min_page_size": 50},
+        # a store read through a cut gives up within seconds, not the 60 s default
+        {"connect_timeout": "3s", "statement_timeout": "8s"},
+        tables, reach=lambda dsn: via(dsn, gateway))
 
 
 class HostWorkers(Workers):
     """Workers started in the lab's hosts; each name remembers its host."""
 
     def __init__(self, cfg: Path, logs: Path) -> None:
-        super().__init__(cfg, logs)
+        super().__init__(cfg, logs, LEASE)
         self.host_of: dict[str, netns.Host] = {}
 
     def start_on(self, host: netns.Host, failpoint: str | None = None) -> str:
-        name = f"w{self._n:02d}"
-        self._n += 1
-        out = self.files[name] = (self.logs / f"{name}.log").open("w")
-        env = {**os.environ, "PYTHONFAULTHANDLER": "1",
-               "STEADYFLOW_EXTRACT_LEASE": str(LEASE)}
-        if failpoint:
-            env["STEADYFLOW_FAILPOINT"] = failpoint
-        self.procs[name] = host.popen(
-            [sys.executable, "-m", "steadyflow", "--log-level", "info", "worker",
-             "--heartbeat", "1", "-c", str(self.cfg)], stdout=out, env=env)
+        name = self.start(host.popen, failpoint)
         self.host_of[name] = host
         return name
 
@@ -237,13 +190,6 @@ class HostWorkers(Workers):
         """How this worker's extraction leases name their holder (host:pid:)."""
         return f"{self.host_of[name].name}:{self.procs[name].pid}:"
 
-    def log_size(self, name: str) -> int:
-        self.files[name].flush()
-        return (self.logs / f"{name}.log").stat().st_size
-
-    def log_since(self, name: str, offset: int) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[offset:]
-
 
 def leases_held(warehouse_dsn: str) -> dict[str, int]:
     """Live extraction leases per holder prefix (host:pid:)."""
@@ -256,19 +202,6 @@ def leases_held(warehouse_dsn: str) -> dict[str, int]:
         prefix = ":".join(str(holder).split(":")[:2]) + ":"
         held[prefix] = held.get(prefix, 0) + 1
     return held
-
-
-def diffs(dbs: list[SourceDb], warehouse: dict[str, Any], tables: tuple[str, ...]
-          ) -> list[Diff]:
-    out = []
-    for i, db in enumerate(dbs):
-        for t in tables:
-            try:
-                wh = warehouse_rows(warehouse, f"store{i}_{t}", t)
-            except psycopg.errors.UndefinedTable:
-                wh = []
-            out.append(compare(f"store{i}_{t}", shape(t), source_rows(db, t), wh))
-    return out
 
 
 def stream_depth(url: str, stream: str) -> int:
@@ -287,19 +220,9 @@ def stream_depth(url: str, stream: str) -> int:
     return asyncio.run(read())
 
 
-class SlowerWriters(Writers):
-    """The chaos tables' writers at a pace this (2-core, shared) machine's workers follow
-    while faults are injected: still concurrent, late commits included."""
-
-    def start(self) -> Writers:
-        for name, body, pause in (("busy", self._busy, (0.1, 0.3)),
-                                  ("late", self._late, (0.3, 0.8))):
-            rng = random.Random(f"{self.seed}-{name}")
-            thread = threading.Thread(target=self._loop, args=(name, body, rng, pause),
-                                      name=f"writer-{self.db.kind}-{name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
+# the chaos tables' writers at a pace this (2-core, shared) machine's workers follow while
+# faults are injected: still concurrent, late commits included
+SLOWER = {"busy": (0.1, 0.3), "late": (0.3, 0.8)}
 
 
 def buffer_report(url: str, stream: str, warehouse_dsn: str) -> str:
@@ -460,7 +383,7 @@ class Chaos:
         self.ended.add(victim)
         code = self.workers.terminate(victim)
         self.note(f"added {added} on {host.name}, SIGTERM {victim} -> {code}")
-        assert code == 0, (self.workers.logs / f"{victim}.log").read_text()[-4000:]
+        assert code == 0, self.workers.tail(victim)
 
     def round(self) -> None:
         """~32 s: kill, stall, cut + NATS restart + kill, restore, add/remove, kill."""
@@ -524,9 +447,9 @@ def first_notice(log: str, since: float) -> float | None:
 def run_chaos(tmp_path: Path, lab: netns.Lab, nats: Nats, stores: list[SourceDb],
               warehouse_dsn: str, plan: Plan, seed: int) -> None:
     rng = random.Random(seed)
-    writers = [SlowerWriters(db, CUSTOMERS, create_tables(db, CUSTOMERS, ORDERS, seed + i),
-                             seed + i) for i, db in enumerate(stores)]
-    cfg = write_config(tmp_path, stores, warehouse_dsn, nats.url, lab.gateway, plan.tables)
+    writers = [Writers(db, CUSTOMERS, create_tables(db, CUSTOMERS, ORDERS, seed + i), seed + i,
+                       pauses=SLOWER) for i, db in enumerate(stores)]
+    cfg = write_pipeline(tmp_path, stores, warehouse_dsn, nats.url, lab.gateway, plan.tables)
     logs = tmp_path / "logs"
     logs.mkdir()
     workers = HostWorkers(cfg, logs)
@@ -560,14 +483,6 @@ def run_chaos(tmp_path: Path, lab: netns.Lab, nats: Nats, stores: list[SourceDb]
 
 def check_end(cfg: Path, stores: list[SourceDb], warehouse_dsn: str, workers: HostWorkers,
               chaos: Chaos, plan: Plan) -> None:
-    logs = workers.logs
-    warehouse = {"kind": "postgres", "dsn": warehouse_dsn, "schema": "wh"}
-
-    def status() -> dict[str, Any]:
-        proc = steadyflow("status", "--json", "-c", str(cfg), timeout=60)
-        assert proc.stdout, proc.stderr[-3000:]
-        return dict(json.loads(proc.stdout))
-
     # converged: equal, nothing landed left unloaded, and status shows an empty buffer.
     # An idle table may still re-land its newest rows now and then (a re-read window, see
     # the module docstring), so the buffer is not empty at every instant: what must not
@@ -579,12 +494,12 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse_dsn: str, workers: Ho
         quiet = not patient(lambda: count(warehouse_dsn, LANDED)) and not stream_depth(
             chaos.nats.url, STREAM)
         if quiet or time.monotonic() > deadline:
-            found = patient(lambda: diffs(stores, warehouse, plan.tables))
+            found = patient(lambda: diffs(stores, warehouse_dsn, plan.tables))
         if quiet and all(d.clean for d in found):
-            now = status()
+            now = status_json(cfg)
             drained = now["queue_depth"] == 0 and now["pending_batches"] == 0
         if not drained and time.monotonic() > deadline:
-            now = status()
+            now = status_json(cfg)
             break
         time.sleep(0.5)
     chaos.note("caught up" if drained else "gave up catching up")
@@ -595,17 +510,9 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse_dsn: str, workers: Ho
     assert len({host for host, _ in alive}) >= 3, (alive, report)  # on several hosts
     assert any(w["status"] == "lost" for w in report), report  # the SIGKILLed ones
     for victim in set(chaos.rejoined) - chaos.ended:  # working since the network returned
-        assert victim in workers.alive(), (logs / f"{victim}.log").read_text()[-4000:]
-    assert workers.alive(), f"every worker died: {workers.exits}"
-    for name in list(workers.procs):
-        assert workers.terminate(name) == 0, (logs / f"{name}.log").read_text()[-4000:]
-
-    dirty = [d for d in found if not d.clean]
-    assert not dirty, ("warehouse differs from the sources\n"
-                       + "\n".join(d.report() for d in dirty) + f"\nevents: {chaos.events}\n"
-                       + steadyflow("status", "-c", str(cfg), timeout=60,
-                                    env={"COLUMNS": "200"}).stdout[-4000:])
-    assert all(d.source_rows > 0 for d in found)
+        assert victim in workers.alive(), workers.tail(victim)
+    workers.stop_all()
+    assert_equal(found, cfg, chaos.events)
     assert drained, "\n".join([
         f"never drained: {({k: now[k] for k in ('queue_depth', 'pending_batches')})}",
         buffer_report(chaos.nats.url, STREAM, warehouse_dsn),
@@ -690,8 +597,8 @@ def test_a_worker_cut_off_from_its_state_store_keeps_working(
     failpoint), so batches are waiting in the buffer when the cut comes."""
     db = SourceDb("mysql", mysql_dsn)
     writers = Writers(db, CUSTOMERS, create_tables(db, CUSTOMERS, ORDERS, 7), 7)
-    cfg = write_config(tmp_path, [db], pg_warehouse_dsn, nats.url, lab.gateway,
-                       ("orders", "lineitem"))
+    cfg = write_pipeline(tmp_path, [db], pg_warehouse_dsn, nats.url, lab.gateway,
+                         ("orders", "lineitem"))
     logs = tmp_path / "logs"
     logs.mkdir()
     workers = HostWorkers(cfg, logs)
@@ -703,7 +610,7 @@ def test_a_worker_cut_off_from_its_state_store_keeps_working(
         deadline = time.monotonic() + 60
         while not patient(lambda: count(pg_warehouse_dsn, loaded)):
             assert name in workers.alive() and time.monotonic() < deadline, (
-                (logs / f"{name}.log").read_text()[-3000:])
+                workers.tail(name, 3000))
             time.sleep(0.2)
         offset = workers.log_size(name)
         host.cut([PG_PORT], reset=True)

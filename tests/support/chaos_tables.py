@@ -1,4 +1,5 @@
-"""TPC-H-shaped source tables and live writers for tests/faults/test_chaos_tables.py.
+"""TPC-H-shaped source tables, live writers and the oracle's reading of both sides, for
+tests/faults/test_chaos_tables.py and the many-worker tests (tests/support/workers.py).
 
 Three related tables per source database, with the shapes the demo never has: a composite
 key (lineitem), fixed-width CHAR columns that the database pads, json/jsonb documents,
@@ -16,12 +17,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
+import duckdb
 import psycopg
 import pymysql
+
+from tests.support.table_oracle import Shape
 
 PRIORITIES = ["1-URGENT", "2-HIGH", "3-MEDIUM", "4-NOT SPECIFIED", "5-LOW"]
 SHIPMODES = ["AIR", "MAIL", "SHIP", "TRUCK", "RAIL", "REG AIR", "FOB"]
@@ -236,6 +241,9 @@ class Writers:
     customers: int
     next_order: int
     seed: int
+    # the pause after each transaction, per writer: (min, max) seconds
+    pauses: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"busy": (0.01, 0.05), "late": (0.1, 0.4)})
     commits: dict[str, int] = field(default_factory=lambda: {"busy": 0, "late": 0})
     errors: list[BaseException] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -243,8 +251,8 @@ class Writers:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> Writers:
-        for name, body, pause in (("busy", self._busy, (0.01, 0.05)),
-                                  ("late", self._late, (0.1, 0.4))):
+        for name, body in (("busy", self._busy), ("late", self._late)):
+            pause = self.pauses[name]
             rng = random.Random(f"{self.seed}-{name}")
             thread = threading.Thread(target=self._loop, args=(name, body, rng, pause),
                                       name=f"writer-{self.db.kind}-{name}", daemon=True)
@@ -335,3 +343,38 @@ class Writers:
                                 f"c_attrs = %s, updated_at = {stamp_sql} WHERE c_custkey = %s",
                                 (rng.choice(SEGMENTS), _money(rng, 9_999), _document(rng),
                                  *extra, rng.randint(1, self.customers)))
+
+
+# --- the oracle's reading ------------------------------------------------------------------
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def shape(table: str) -> Shape:
+    cols = COLUMNS[table]
+    return Shape(cols, KEYS[table], frozenset(CHAR_COLUMNS & set(cols)),
+                 frozenset(JSON_COLUMNS & set(cols)))
+
+
+def source_rows(db: SourceDb, table: str) -> list[tuple[Any, ...]]:
+    conn = db.connect(autocommit=True)
+    try:
+        with cursor(conn) as cur:
+            cur.execute(f"SELECT {', '.join(COLUMNS[table])} FROM {table}")
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def warehouse_rows(warehouse: dict[str, Any], target: str, table: str
+                   ) -> list[tuple[Any, ...]]:
+    if warehouse["kind"] == "duckdb":
+        # timestamps as epoch microseconds: DuckDB's own conversion to datetime needs pytz
+        cols = [f"epoch_us({c})" if c == "updated_at" else c for c in COLUMNS[table]]
+        at = COLUMNS[table].index("updated_at")
+        with duckdb.connect(warehouse["path"], read_only=True) as con:
+            rows = con.execute(f"SELECT {', '.join(cols)} FROM main.{target}").fetchall()
+        return [(*r[:at], None if r[at] is None else EPOCH + timedelta(microseconds=r[at]),
+                 *r[at + 1:]) for r in rows]
+    sql = f"SELECT {', '.join(COLUMNS[table])} FROM {warehouse['schema']}.{target}"
+    with psycopg.connect(warehouse["dsn"], options="-c TimeZone=UTC") as conn:
+        return conn.execute(sql).fetchall()
