@@ -14,10 +14,11 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import ExitStack, closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 import psycopg
@@ -25,6 +26,7 @@ import pymysql
 import pytest
 import yaml
 from tests.conftest import SALES_CONTRACT, steadyflow, write_pipeline
+from tests.support.pg_server import password_postgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -192,36 +194,51 @@ def test_open_breaker_still_names_the_cause(tmp_path: Path) -> None:
     nothing_changed(tmp_path)
 
 
-def _pg_rejects_wrong_password(dsn_db: str, user: str) -> bool:
+def _pg_checks_passwords() -> bool:
+    """Whether the shared PostgreSQL refuses a wrong password (its pg_hba may trust
+    127.0.0.1, as this machine's does)."""
     try:
-        psycopg.connect(f"host=127.0.0.1 port=5432 dbname={dsn_db} user={user} "
+        psycopg.connect(f"host=127.0.0.1 port=5432 dbname=postgres user=postgres "
                         f"password={WRONG}", connect_timeout=5).close()
     except psycopg.OperationalError:
         return True
     return False
 
 
+def _sales_on(admin: str) -> str:
+    """A database `sales` with the sales table and its two rows on the server of `admin`
+    (a URL to its database postgres); returns its URL."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE sales")
+    dsn = admin.rsplit("/", 1)[0] + "/sales"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SALES_DDL_PG)
+        conn.execute(SALES_ROWS)
+    return dsn
+
+
 @pytest.fixture
 def password_user(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, str]]:
     """(kind, dsn template with ${SF_TEST_DB_PASSWORD}, user): a user whose password is
-    PASSWORD, owning a sales table with two rows."""
+    PASSWORD, owning a sales table with two rows, on a server that checks passwords."""
     user = f"sf_pw_{uuid.uuid4().hex[:8]}"
     if request.param == "postgres":
-        dsn = request.getfixturevalue("pg_sales")
-        db = dsn.rsplit("/", 1)[1]
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{PASSWORD}'")
-            conn.execute(f"GRANT SELECT ON sales TO {user}")
-        try:
-            if not _pg_rejects_wrong_password(db, user):
-                pytest.skip("pg_hba trusts 127.0.0.1: any password is accepted, so a wrong "
-                            "password cannot be tested on PostgreSQL here (MariaDB case runs)")
-            yield ("postgres", f"postgresql://{user}:${{SF_TEST_DB_PASSWORD}}@127.0.0.1:5432/"
-                   f"{db}", user)
-        finally:
+        with ExitStack() as own:
+            if _pg_checks_passwords():
+                dsn = request.getfixturevalue("pg_sales")
+            else:  # the shared server trusts 127.0.0.1: a server of the test's own does not
+                dsn = _sales_on(own.enter_context(password_postgres()))
+            url = urlsplit(dsn)
             with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute(f"DROP OWNED BY {user}")
-                conn.execute(f"DROP ROLE {user}")
+                conn.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{PASSWORD}'")
+                conn.execute(f"GRANT SELECT ON sales TO {user}")
+            try:
+                yield ("postgres", f"postgresql://{user}:${{SF_TEST_DB_PASSWORD}}@127.0.0.1:"
+                       f"{url.port}{url.path}", user)
+            finally:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"DROP OWNED BY {user}")
+                    conn.execute(f"DROP ROLE {user}")
         return
     dsn = request.getfixturevalue("mysql_dsn")
     db = dsn.rsplit("/", 1)[1]
