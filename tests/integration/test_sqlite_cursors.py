@@ -239,3 +239,92 @@ def test_a_number_cursor_stored_as_text_is_refused_naming_the_column(
         summary = pipeline.run_once(raise_on_error=False)
     assert summary.failed_tables == ["s.t"]
     assert "cursor column v" in summary.errors[0] and "stored as text" in summary.errors[0]
+
+
+# --- the cursor check's cost: Arrow profile, and only new rows between whole checks -----------
+PROFILE_CASES: list[list[Any]] = [
+    *[[spell(t) for t in instants(whole)] for spell, whole in SPELLINGS.values()],
+    ["2024-01-01 10:00:00", "2024-01-01T10:00:01"],
+    ["2024-01-01T10:00:00Z", "2024-01-01T10:00:00.5Z", "2024-01-01T10:00:00.25Z"],
+    ["2024-01-01 10:00:00.", "2024-01-01 10:00:00.5.5", "2024-01-01 10:00:00+0100",
+     "2024-01-01 10:00:00 Z", "2024-01-01 10:00:00+01:00x", "2024-01-01"],
+    ["", "pending", "é2024-01-01 10:00:00", "2024-01-01 10:00:00.12é", "1704103200",
+     "2024-01-01\n10:00:00", "2024-01-01 10:00:00\n"],
+    ["ééééééééééTéééééééé.5Z", "2024-01-01T10:00:00.123456+02:00", None],
+]
+
+
+@pytest.mark.parametrize("ctype", ["timestamp", "date"])
+@pytest.mark.parametrize("case", range(len(PROFILE_CASES)))
+def test_arrow_and_sql_cursor_profiles_agree(case: int, ctype: str, tmp_path: Path) -> None:
+    """SqliteArrowSource profiles a text cursor with Arrow; SqlSource with the SQL query:
+    the same profile, whole and over a region, so the same refusal and message."""
+    from steadyflow.extract.sqlite_arrow import SqliteArrowSource, text_time_profile
+
+    make_db(tmp_path / "s.db", PROFILE_CASES[case])
+    config = SourceConfig(name="s", kind="sqlite", path=str(tmp_path / "s.db"),
+                          tables=[{"name": "t", "contract": "c"}])
+    fast, slow = SqliteArrowSource(config), SqlSource(config)
+    region = fast.dialect.cursor_region("updated_at")
+    for where, params in (("", []), (region, ["2024-01-01 10:00:00", "2024-01-01 10:00:01"])):
+        want = slow._read_cursor_profile("t", "updated_at", ctype, where, params)
+        assert fast._read_cursor_profile("t", "updated_at", ctype, where, params) == want
+        # the Arrow path itself answered, not its SQL fallback (every value here is text)
+        assert fast._stream(
+            "SELECT CASE WHEN typeof(updated_at) = 'text' THEN updated_at END, 0 FROM t"
+            + (f" WHERE {where}" if where else ""), params,
+            lambda batches: text_time_profile(batches, ctype)) == want
+    fast.close()
+    slow.close()
+
+
+def add(path: Path, rows: list[tuple[int, Any]]) -> None:
+    with closing(sqlite3.connect(path)) as conn:
+        conn.executemany("INSERT OR REPLACE INTO t VALUES (?, 'y', ?)", rows)
+        conn.commit()
+
+
+@pytest.mark.parametrize(("value", "what"), [
+    ("2024-01-01T10:00:09", "mixes ' ' and 'T'"),  # sorts past the checked range
+    ("2024-01-01 10:00:09Z", "mixes zone suffixes"),
+    ("pending", "'pending'"),
+    (1704103209, "mixes numbers"),  # sorts before every text
+    ("1/1/2024 10:00:09", "'1/1/2024 10:00:09'"),  # text sorting before the range
+])
+def test_rows_written_after_a_check_are_checked_at_the_next_probe(
+        value: Any, what: str, tmp_path: Path) -> None:
+    """Between whole checks a probe reads only the rows outside the range it checked
+    (and that range's ends): a new row whose spelling breaks time order is refused."""
+    from steadyflow.extract.sqlite_arrow import SqliteArrowSource
+
+    path = tmp_path / "s.db"
+    make_db(path, [f"2024-01-01 10:00:0{i}" for i in range(5)], declared="DATETIME")
+    db = SqliteArrowSource(SourceConfig(name="s", kind="sqlite", path=str(path),
+                                        tables=[{"name": "t", "contract": "c"}]))
+    assert db.probe("t", CONTRACT) == []
+    add(path, [(50, "2024-01-01 10:00:08")])  # a good new row: still fine
+    assert db.probe("t", CONTRACT, max_age=0) == []
+    add(path, [(51, value)])
+    with pytest.raises(SchemaError) as info:
+        db.probe("t", CONTRACT, max_age=0)
+    assert what in str(info.value) and "updated_at" in str(info.value)
+    assert "table=t" in str(info.value) and info.value.hint
+    db.close()
+
+
+def test_a_row_restamped_inside_the_checked_range_waits_for_the_whole_check(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limit of the cheap check, and what bounds it: a value written between the
+    checked range's ends is seen at the next whole check (CURSOR_RECHECK_EVERY)."""
+    from steadyflow.extract import sql
+
+    path = tmp_path / "s.db"
+    make_db(path, [f"2024-01-01 10:00:0{i}" for i in range(5)])
+    db = source(path)
+    assert db.probe("t", CONTRACT) == []
+    add(path, [(2, "2024-01-01 10:00:02Z")])  # sorts between the ends (:00 and :04)
+    assert db.probe("t", CONTRACT, max_age=0) == []
+    monkeypatch.setattr(sql, "CURSOR_RECHECK_EVERY", 0.0)
+    with pytest.raises(SchemaError, match="mixes zone suffixes"):
+        db.probe("t", CONTRACT, max_age=0)
+    db.close()

@@ -7,6 +7,7 @@ Driver errors are translated here, once, so the rest of the code only sees
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -150,11 +151,27 @@ class Dialect:
         with the column exactly as the stored value does."""
         return self.from_db(value)
 
-    def cursor_profile_sql(self, table: str, column: str, ctype: str) -> str | None:
+    def cursor_profile_sql(self, table: str, column: str, ctype: str, where: str = ""
+                           ) -> str | None:
         """One aggregate query over a cursor column whose stored spelling decides whether
-        keyset pages compare it in order (see SqliteDialect); None where the engine's
-        own type system guarantees it."""
+        keyset pages compare it in order (see SqliteDialect), over the rows matching
+        `where` (`cursor_region`) if given; None where the engine's own type system
+        guarantees it. The dialect that has one also has `read_profile`,
+        `merge_profiles`, `cursor_ends_sql` and `cursor_region`."""
         return None
+
+    def read_profile(self, row: Sequence[Any], ctype: str) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    @staticmethod
+    def merge_profiles(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def cursor_ends_sql(self, table: str, column: str) -> str:
+        raise NotImplementedError
+
+    def cursor_region(self, column: str) -> str:
+        raise NotImplementedError
 
     def cursor_problem(self, profile: Sequence[Any], ctype: str) -> tuple[str, str] | None:
         """(what is wrong, how to fix it) from `cursor_profile_sql`'s row, None if fine."""
@@ -555,6 +572,18 @@ class InvalidText:
         return self.raw.decode("utf-8", "backslashreplace")
 
 
+def _least(a: Any, b: Any) -> Any:
+    """The lesser of two stored values in SQLite's order (numbers, text, blobs), None
+    being none."""
+    if a is None or b is None:
+        return b if a is None else a
+
+    def rank(v: Any) -> tuple[int, Any]:
+        return (0 if isinstance(v, int | float) else 1 if isinstance(v, str) else 2, v)
+
+    return a if rank(a) <= rank(b) else b
+
+
 def lenient_text(raw: bytes) -> str | InvalidText:
     try:
         return raw.decode("utf-8")
@@ -595,14 +624,19 @@ class SqliteDialect(Dialect):
         table spells it otherwise: rows skipped, or the same page read forever)."""
         return value
 
-    def cursor_profile_sql(self, table: str, column: str, ctype: str) -> str | None:
+    def cursor_profile_sql(self, table: str, column: str, ctype: str, where: str = ""
+                           ) -> str | None:
         """Text order is time order only when every value has one shape: same separator,
         same zone, and (with a 'Z' suffix, which sorts after digits) one fraction width.
-        One pass over the column counts what breaks that."""
+        One pass over the column (the rows matching `where`, if given: SqlSource checks
+        only the rows outside the range it checked before) tells what breaks that; its
+        row is read by `read_profile`."""
+        col = self.ident(column)
+        region = f" WHERE {where}" if where else ""
         if ctype in ("int32", "int64") or ctype.startswith("decimal"):
-            col = self.ident(column)
             return (f"SELECT count(*), min({col}) FROM {self.ident(table)} "
-                    f"WHERE typeof({col}) NOT IN ('integer', 'real', 'null')")
+                    f"WHERE typeof({col}) NOT IN ('integer', 'real', 'null')"
+                    + (f" AND ({where})" if where else ""))
         if ctype not in ("timestamp", "date"):
             return None
         shape = f"v GLOB '{_SQLITE_DATE}'" if ctype == "date" else (
@@ -615,14 +649,45 @@ class SqliteDialect(Dialect):
             "min(CASE WHEN ty IN ('integer', 'real') THEN v END), "
             "sum(ty = 'blob'), "
             f"sum({bad}), min(CASE WHEN {bad} THEN v END), "
-            "count(DISTINCT CASE WHEN ty = 'text' THEN substr(v, 11, 1) END), "
-            "count(DISTINCT CASE WHEN ty = 'text' THEN zone END), "
-            "group_concat(DISTINCT CASE WHEN ty = 'text' THEN quote(zone) END), "
-            "count(DISTINCT CASE WHEN ty = 'text' AND zone = 'Z' THEN length(v) END) "
-            f"FROM (SELECT {self.ident(column)} AS v, typeof({self.ident(column)}) AS ty, "
-            f"CASE WHEN substr({self.ident(column)}, 20, 1) = '.' "
-            f"THEN ltrim(substr({self.ident(column)}, 21), '0123456789') "
-            f"ELSE substr({self.ident(column)}, 20) END AS zone FROM {self.ident(table)})")
+            "json_group_array(DISTINCT CASE WHEN ty = 'text' THEN substr(v, 11, 1) END), "
+            "json_group_array(DISTINCT CASE WHEN ty = 'text' THEN zone END), "
+            "json_group_array(DISTINCT CASE WHEN ty = 'text' AND zone = 'Z' THEN length(v) "
+            "END) "
+            f"FROM (SELECT {col} AS v, typeof({col}) AS ty, "
+            f"CASE WHEN substr({col}, 20, 1) = '.' "
+            f"THEN ltrim(substr({col}, 21), '0123456789') "
+            f"ELSE substr({col}, 20) END AS zone FROM {self.ident(table)}{region})")
+
+    def read_profile(self, row: Sequence[Any], ctype: str) -> tuple[Any, ...]:
+        """`cursor_profile_sql`'s row as a profile: a number cursor's (values stored as
+        text or blob, the least of them); a time cursor's (numbers, the least, blobs, text
+        of a wrong shape, the least of it, {separators}, {zones}, {lengths of 'Z'
+        values}), counts 0 when none."""
+        if len(row) == 2:
+            return (int(row[0] or 0), row[1])
+        numbers, number, blobs, bad, example, seps, zones, widths = row
+        return (int(numbers or 0), number, int(blobs or 0), int(bad or 0), example,
+                *(frozenset(v for v in json.loads(s) if v is not None)
+                  for s in (seps, zones, widths)))
+
+    @staticmethod
+    def merge_profiles(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The profile of two sets of rows from the profiles of each."""
+        if len(a) == 2:
+            return (a[0] + b[0], _least(a[1], b[1]))
+        return (a[0] + b[0], _least(a[1], b[1]), a[2] + b[2], a[3] + b[3],
+                _least(a[4], b[4]), a[5] | b[5], a[6] | b[6], a[7] | b[7])
+
+    def cursor_ends_sql(self, table: str, column: str) -> str:
+        """The column's least and greatest value in SQLite's order (two index probes)."""
+        col, tbl = self.ident(column), self.ident(table)
+        return f"SELECT (SELECT min({col}) FROM {tbl}), (SELECT max({col}) FROM {tbl})"
+
+    def cursor_region(self, column: str) -> str:
+        """The rows at or outside a checked range [low, high] (two parameters): those
+        written since, and the range's ends, whose shape the new rows must share."""
+        col = self.ident(column)
+        return f"{col} <= ? OR {col} >= ?"
 
     def cursor_problem(self, profile: Sequence[Any], ctype: str) -> tuple[str, str] | None:
         if len(profile) == 2:  # a number cursor (cursor_profile_sql): numbers only
@@ -635,7 +700,7 @@ class SqliteDialect(Dialect):
                     "store the numbers as numbers (declare the column INTEGER or NUMERIC and "
                     "UPDATE t SET col = CAST(col AS NUMERIC)), or declare the cursor string "
                     "with lookback 0")
-        numbers, number, blobs, bad, example, seps, zones, zone_list, z_widths = profile
+        numbers, number, blobs, bad, example, seps, zones, z_widths = profile
         if numbers and not (bad or blobs or seps):
             return (f"holds numbers (e.g. {number!r}), not {ctype} text: Unix times would "
                     "be read as something else",
@@ -653,15 +718,16 @@ class SqliteDialect(Dialect):
                     f"{example!r}: such a cursor cannot be compared in time order",
                     "declare the cursor as int64 if it holds Unix times" if epoch else
                     "fix or remove those values, or declare the cursor as string")
-        if (seps or 0) > 1:
+        if len(seps) > 1:
             return ("mixes ' ' and 'T' between date and time: text order is not time order "
                     "across the two spellings",
                     "store one spelling (e.g. UPDATE t SET col = replace(col, 'T', ' '))")
-        if (zones or 0) > 1:
+        if len(zones) > 1:
+            zone_list = ",".join(sorted("'" + z.replace("'", "''") + "'" for z in zones))
             return (f"mixes zone suffixes ({zone_list}; '' = none): text order is not "
                     "time order across them",
                     "store every value in UTC with one suffix (or none)")
-        if (z_widths or 0) > 1:
+        if len(z_widths) > 1:
             return ("ends in 'Z' with fractions of different widths ('Z' sorts after "
                     "digits, so '...:00Z' sorts after '...:00.5Z')",
                     "store one fraction width (e.g. strftime('%Y-%m-%dT%H:%M:%fZ'))")

@@ -40,6 +40,13 @@ PROBE_EVERY = 60.0
 # ... and while rows flow (a poll that has pages to read): a column added with the rows
 # that fill it is found at most this late (run/extract.py asks before reading pages)
 BUSY_PROBE_EVERY = 5.0
+# A cursor whose stored spelling SQLite compares (SqliteDialect.cursor_profile_sql) is
+# checked whole at a source object's first probe of the table and again this often; the
+# probes between check only the rows sorting at or outside the range [least, greatest]
+# noted before the last check (rows written since: new "now"s sort past it, numbers and
+# epoch texts before it), together with the shape the checked rows had. A row re-stamped
+# into the middle of that range is found at the next whole check.
+CURSOR_RECHECK_EVERY = 3600.0
 
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -150,6 +157,11 @@ class SqlSource:
         # lowercased) of its last probe on this connection (see PROBE_EVERY)
         self._probed: dict[str, tuple[float, tuple[str, ...], list[str], frozenset[str]]] = {}
         self._hidden_reported = False
+        # (table, cursor column, type) → (monotonic time of the last whole check, the
+        # column's least and greatest value noted before the last check, the profile of
+        # every row checked) while the checks found nothing wrong (`_cursor_profile`)
+        self._cursor_checked: dict[tuple[str, str, str], tuple[float, Any, Any,
+                                                               tuple[Any, ...]]] = {}
 
     @property
     def conn(self) -> Any:
@@ -265,9 +277,8 @@ class SqlSource:
         d, cursor = self.dialect, contract.cursor
         ctype = contract.column(cursor).type
         problem: tuple[str, str] | None = None
-        profile_sql = d.cursor_profile_sql(table, cursor, ctype)
-        if profile_sql is not None:
-            problem = d.cursor_problem(self._execute(table, profile_sql, [])[0], ctype)
+        if d.cursor_profile_sql(table, cursor, ctype) is not None:
+            problem = d.cursor_problem(self._cursor_profile(table, cursor, ctype), ctype)
         elif ctype in ("timestamp", "date"):
             declared = {k.lower(): v for k, v in self.declared_types(table).items()}
             stored = declared.get(cursor.lower())
@@ -287,6 +298,34 @@ class SqlSource:
             raise SchemaError(f"cursor column {cursor} ({ctype}) {problem[0]}",
                               stage="extract", source=self.config.name, table=table,
                               hint=problem[1])
+
+    def _cursor_profile(self, table: str, column: str, ctype: str) -> tuple[Any, ...]:
+        """The profile of every row of the cursor column (see CURSOR_RECHECK_EVERY): read
+        whole, or only for the rows outside the range checked last, merged with what that
+        check saw. The range's ends are noted before the rows are read, so a row written
+        during the read is outside them next time."""
+        d, key = self.dialect, (table, column, ctype)
+        low, high = self._execute(table, d.cursor_ends_sql(table, column), [])[0]
+        known, now = self._cursor_checked.get(key), time.monotonic()
+        if known is None or known[1] is None or now - known[0] >= CURSOR_RECHECK_EVERY:
+            profile, checked = self._read_cursor_profile(table, column, ctype, "", []), now
+        else:
+            region = self._read_cursor_profile(table, column, ctype,
+                                               d.cursor_region(column), known[1:3])
+            profile, checked = d.merge_profiles(known[3], region), known[0]
+        if d.cursor_problem(profile, ctype) is None:
+            self._cursor_checked[key] = (checked, low, high, profile)
+        else:
+            self._cursor_checked.pop(key, None)
+        return profile
+
+    def _read_cursor_profile(self, table: str, column: str, ctype: str, where: str,
+                             params: Sequence[Any]) -> tuple[Any, ...]:
+        """`cursor_profile_sql`'s profile of the rows matching `where` (all if empty)."""
+        d = self.dialect
+        sql = d.cursor_profile_sql(table, column, ctype, where)
+        assert sql is not None
+        return d.read_profile(self._execute(table, sql, params)[0], ctype)
 
     def check_keys(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a key column mixing numbers and text (or blobs):
