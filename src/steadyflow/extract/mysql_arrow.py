@@ -71,8 +71,8 @@ import pymysql
 from steadyflow import secrets
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout
-from steadyflow.extract.sql import SqlSource, column_to_arrow, rows_to_arrow
-from steadyflow.model import INVALID, Contract, Watermark
+from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
+from steadyflow.model import Contract, Watermark
 from steadyflow.observe import logs
 from steadyflow.resilience import watchdog_grace
 
@@ -265,15 +265,9 @@ class MysqlArrowSource(SqlSource):
         self._full[(table, contract.order_by)] = raw.num_rows >= limit
         if raw.num_rows == 0:
             return rows_to_arrow([], contract), None
-        last = raw.slice(raw.num_rows - 1, 1).to_pylist()[0]
-        values = list(last.values())
-        high_values = []
-        for name in contract.order_by:
-            i = contract.names.index(name)
-            value = _as_pymysql(values[i], kinds[i])
-            high_values.append(self.dialect.position_value(value, contract.columns[i].arrow_type))
-        high = Watermark(cursor=high_values[0], key=tuple(high_values[1:]))
-        self._check_position(table, contract, high)
+        last = raw.slice(raw.num_rows - 1, 1).to_pylist()[0].values()
+        high = self._high(table, contract, [_as_pymysql(v, kind)
+                                            for v, kind in zip(last, kinds, strict=True)])
         return conform(raw, contract, kinds), high
 
     def _pymysql_page(
@@ -415,24 +409,13 @@ def _fast_cast(col: pa.ChunkedArray, target: pa.DataType, kind: str
 
 def conform(raw: pa.Table, contract: Contract, kinds: tuple[str, ...]) -> pa.Table:
     """The page in contract types, with model.INVALID as `rows_to_arrow` makes it."""
-    invalid: list[str | None] = [None] * raw.num_rows
-    arrays: list[pa.Array | pa.ChunkedArray] = []
+    columns: list[pa.ChunkedArray | list[Any]] = []
     for i, (c, kind) in enumerate(zip(contract.columns, kinds, strict=True)):
         col = raw.column(i)  # chunked as connectorx made it: combining would copy the page
         fast = _fast_cast(col, c.arrow_type, kind)
-        if fast is not None:
-            arrays.append(fast)
-            continue
-        values = [_as_pymysql(v, kind) for v in col.to_pylist()]
-        reasons: list[str | None] = [None] * raw.num_rows
-        arrays.append(column_to_arrow(values, c.arrow_type, reasons))
-        invalid = [old or (f"{c.name}: {new}" if new else None)
-                   for old, new in zip(invalid, reasons, strict=True)]
-    names = list(contract.names)
-    if any(invalid):
-        arrays.append(pa.array(invalid, pa.string()))
-        names.append(INVALID)
-    return pa.Table.from_arrays(arrays, names=names)
+        columns.append([_as_pymysql(v, kind) for v in col.to_pylist()] if fast is None
+                       else fast)
+    return page_table(contract, raw.num_rows, columns)
 
 
 __all__ = ["MysqlArrowSource", "base_type", "conform", "literal", "url_for"]

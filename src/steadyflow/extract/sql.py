@@ -126,10 +126,22 @@ def rows_to_arrow(rows: Sequence[Sequence[Any]], contract: Contract) -> pa.Table
     """Rows as the contract's columns, plus model.INVALID when some value could not be
     read faithfully (that value is null; validation quarantines its row)."""
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in contract.columns]
-    invalid: list[str | None] = [None] * len(rows)
-    arrays = []
+    return page_table(contract, len(rows), columns)
+
+
+def page_table(contract: Contract, rows: int,
+               columns: Sequence[pa.Array | pa.ChunkedArray | Sequence[Any]]) -> pa.Table:
+    """A page in the contract's columns from, per column, either Arrow already in its
+    contract type (the Arrow read paths' exact casts) or the Python values the driver
+    gives, which `column_to_arrow` converts; model.INVALID is added when some value did
+    not fit (the same reasons whichever path read the page)."""
+    invalid: list[str | None] = [None] * rows
+    arrays: list[pa.Array | pa.ChunkedArray] = []
     for col, c in zip(columns, contract.columns, strict=True):
-        reasons: list[str | None] = [None] * len(rows)
+        if isinstance(col, pa.Array | pa.ChunkedArray):
+            arrays.append(col)
+            continue
+        reasons: list[str | None] = [None] * rows
         arrays.append(column_to_arrow(col, c.arrow_type, reasons))
         invalid = [old or (f"{c.name}: {new}" if new else None)
                    for old, new in zip(invalid, reasons, strict=True)]
@@ -561,7 +573,6 @@ class SqlSource:
         """Read one keyset page (ending at `upto` if given, see `page_query`); returns the
         rows and the (cursor, key) of the last row."""
         d = self.dialect
-        order = contract.order_by
         query, params = self.page_query(table, contract, after, since, limit, where,
                                         upto=upto)
         try:
@@ -573,13 +584,18 @@ class SqlSource:
                 rows = self._execute(table, query, params)
         if not rows:
             return rows_to_arrow([], contract), None
-        names = contract.names
-        last = rows[-1]
-        values = [d.position_value(last[names.index(k)], contract.column(k).arrow_type)
-                  for k in order]
+        return rows_to_arrow(rows, contract), self._high(table, contract, rows[-1])
+
+    def _high(self, table: str, contract: Contract, last: Sequence[Any]) -> Watermark:
+        """The (cursor, key) of a page's last row (its values in contract column order,
+        as this driver gives them): the position the next page continues after."""
+        d = self.dialect
+        values = [d.position_value(last[contract.names.index(k)],
+                                   contract.column(k).arrow_type)
+                  for k in contract.order_by]
         high = Watermark(cursor=values[0], key=tuple(values[1:]))
         self._check_position(table, contract, high)
-        return rows_to_arrow(rows, contract), high
+        return high
 
     def _check_position(self, table: str, contract: Contract, high: Watermark) -> None:
         """A watermark must be a value the next page can be compared with: never None (the

@@ -38,8 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from steadyflow.config import SourceConfig
-from steadyflow.extract.sql import SqlSource, column_to_arrow, rows_to_arrow
-from steadyflow.model import INVALID, Contract, Watermark, cast_text_time
+from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
+from steadyflow.model import Contract, Watermark, cast_text_time
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 
@@ -125,12 +125,7 @@ class SqliteArrowSource(SqlSource):
         if raw.num_rows == 0:
             return rows_to_arrow([], contract), None
         last = list(raw.slice(raw.num_rows - 1, 1).to_pylist()[0].values())
-        names = contract.names
-        values = [self.dialect.position_value(last[names.index(k)],
-                                              contract.column(k).arrow_type)
-                  for k in contract.order_by]
-        high = Watermark(cursor=values[0], key=tuple(values[1:]))
-        self._check_position(table, contract, high)
+        high = self._high(table, contract, last)
         return conform(raw, contract), high
 
     def _with_classes(self, table: str, contract: Contract, query: str) -> str:
@@ -307,23 +302,11 @@ def _fast(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray | None:
 
 def conform(raw: pa.Table, contract: Contract) -> pa.Table:
     """The page in contract types, with model.INVALID as `rows_to_arrow` makes it."""
-    invalid: list[str | None] = [None] * raw.num_rows
-    arrays: list[pa.Array | pa.ChunkedArray] = []
+    columns: list[pa.ChunkedArray | list[Any]] = []
     for i, c in enumerate(contract.columns):
-        col = raw.column(i)
-        fast = _fast(col, c.arrow_type)
-        if fast is not None:
-            arrays.append(fast)
-            continue
-        reasons: list[str | None] = [None] * raw.num_rows
-        arrays.append(column_to_arrow(col.to_pylist(), c.arrow_type, reasons))
-        invalid = [old or (f"{c.name}: {new}" if new else None)
-                   for old, new in zip(invalid, reasons, strict=True)]
-    names = list(contract.names)
-    if any(invalid):
-        arrays.append(pa.array(invalid, pa.string()))
-        names.append(INVALID)
-    return pa.Table.from_arrays(arrays, names=names)
+        fast = _fast(raw.column(i), c.arrow_type)
+        columns.append(raw.column(i).to_pylist() if fast is None else fast)
+    return page_table(contract, raw.num_rows, columns)
 
 
 __all__ = ["SqliteArrowSource", "class_code", "conform", "mixed_columns",
