@@ -10,7 +10,6 @@ quarantine reasons, honour the statement timeout, and keep the password out of e
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from contextlib import closing
@@ -21,12 +20,13 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pymysql
 import pytest
+from tests.support.read_paths import comparable, contract, read_all
 
 from steadyflow.config import ResilienceConfig, SourceConfig
 from steadyflow.errors import AuthError, SourceTimeout, SteadyflowError
 from steadyflow.extract.mysql_arrow import MysqlArrowSource
 from steadyflow.extract.sql import SqlSource
-from steadyflow.model import INVALID, Column, Contract, Watermark
+from steadyflow.model import INVALID, Contract, Watermark
 from steadyflow.validate.rules import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -53,12 +53,6 @@ def execute(dsn: str, *statements: str) -> None:
             cur.execute(statement)
 
 
-def contract(*columns: tuple[str, str], key: tuple[str, ...] = ("id",),
-             cursor: str = "id") -> Contract:
-    return Contract(columns=tuple(Column(n, t) for n, t in columns), primary_key=key,
-                    cursor=cursor)
-
-
 class Counting(MysqlArrowSource):
     """MysqlArrowSource that counts the pages connectorx read: the test must know the
     fast path was taken, not only that the values agree."""
@@ -81,26 +75,6 @@ def plain(dsn: str) -> SqlSource:
 
 
 PATHS = {"connectorx": arrow, "pymysql": plain}
-
-
-def read_all(source: SqlSource, table: str, c: Contract, size: int,
-             after: Watermark | None = None) -> tuple[pa.Table, Watermark | None]:
-    pages, high = [], after
-    try:
-        for rows, last in source.pages(table, c, after, None, size):
-            pages.append(rows)
-            high = last
-    finally:
-        source.close()
-    return (pa.concat_tables(pages, promote_options="permissive") if pages else
-            pa.table({n: pa.array([], pa.string()) for n in c.names})), high
-
-
-def comparable(table: pa.Table) -> list[dict[str, Any]]:
-    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-            for r in table.to_pylist()]
-
-
 def both(dsn: str, c: Contract, size: int) -> dict[str, tuple[pa.Table, Watermark | None]]:
     Counting.fast = 0
     out = {name: read_all(make(dsn), "t", c, size) for name, make in PATHS.items()}

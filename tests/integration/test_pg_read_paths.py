@@ -14,17 +14,16 @@ import socket
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
 import psycopg
-import pyarrow as pa
 import pytest
+from tests.support.read_paths import comparable, contract, read_all
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceUnavailable
 from steadyflow.extract.pg_arrow import PgArrowSource, _shutdown
 from steadyflow.extract.sql import SqlSource
-from steadyflow.model import INVALID, Column, Contract, Watermark
+from steadyflow.model import INVALID, Watermark
 from steadyflow.validate.rules import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -39,12 +38,6 @@ def execute(dsn: str, *statements: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for statement in statements:
             conn.execute(statement)
-
-
-def contract(*columns: tuple[str, str], key: tuple[str, ...] = ("id",),
-             cursor: str = "id") -> Contract:
-    return Contract(columns=tuple(Column(n, t) for n, t in columns), primary_key=key,
-                    cursor=cursor)
 
 
 def adbc(dsn: str) -> PgArrowSource:
@@ -64,27 +57,6 @@ def plain(dsn: str) -> SqlSource:
 
 
 PATHS = {"adbc": adbc, "psycopg fallback": fallback, "SqlSource": plain}
-
-
-def read_all(source: SqlSource, table: str, c: Contract, size: int,
-             after: Watermark | None = None) -> tuple[pa.Table, Watermark | None]:
-    pages, high = [], after
-    try:
-        for rows, last in source.pages(table, c, after, None, size):
-            pages.append(rows)
-            high = last
-    finally:
-        source.close()
-    return (pa.concat_tables(pages, promote_options="permissive") if pages else
-            pa.table({n: pa.array([], pa.string()) for n in c.names})), high
-
-
-def comparable(table: pa.Table) -> list[dict[str, Any]]:
-    """Rows as Python values, NaN made comparable."""
-    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-            for r in table.to_pylist()]
-
-
 # --- 1. keyset order is the column's order, not its text's ------------------------------
 @pytest.mark.parametrize("path", PATHS)
 def test_numeric_key_pages_in_numeric_order_on_every_path(pg_dsn: str, path: str) -> None:

@@ -9,7 +9,6 @@ paths must give the same values, the same quarantine reasons and the same waterm
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -17,11 +16,12 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from tests.support.read_paths import comparable, contract
 
 from steadyflow.config import SourceConfig
 from steadyflow.extract.sql import SqlSource
 from steadyflow.extract.sqlite_arrow import SqliteArrowSource
-from steadyflow.model import Column, Contract, Watermark
+from steadyflow.model import Contract, Watermark
 from steadyflow.validate.rules import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -56,22 +56,11 @@ def make(path: Path, ddl: str, rows: list[tuple[Any, ...]]) -> None:
         conn.commit()
 
 
-def contract(*columns: tuple[str, str], key: tuple[str, ...] = ("id",),
-             cursor: str = "id") -> Contract:
-    return Contract(columns=tuple(Column(n, t) for n, t in columns), primary_key=key,
-                    cursor=cursor)
-
-
 def pages(source: SqlSource, c: Contract, size: int) -> list[tuple[pa.Table, Watermark]]:
     try:
         return list(source.pages("t", c, None, None, size))
     finally:
         source.close()
-
-
-def comparable(table: pa.Table) -> list[dict[str, Any]]:
-    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
-            for r in table.to_pylist()]
 
 
 def same_on_both(path: Path, c: Contract, size: int) -> list[tuple[pa.Table, Watermark]]:
