@@ -36,16 +36,37 @@ from steadyflow.state import ChunkLease
 log = logs.get("extract")
 
 # Rows per key range. A table with fewer rows than two ranges is read in one piece, as
-# before (TableExtractor.backfill). STEADYFLOW_BACKFILL_CHUNK_ROWS overrides it (tests
-# split small tables); 0 never splits.
+# before (TableExtractor.backfill); so is any table when one reader would read every range
+# in turn (`readers_share`). STEADYFLOW_BACKFILL_CHUNK_ROWS overrides both (tests split
+# small tables with one reader); 0 never splits.
 CHUNK_ROWS = 250_000
 # How often a reader with nothing to claim looks again while other readers hold ranges.
 IDLE_POLL = 0.5
 
 
-def chunk_rows() -> int:
+def chunk_rows(extractor: TableExtractor | None = None) -> int:
+    """Rows per key range of `extractor`'s first load; 0: read it in one piece."""
     value = os.environ.get("STEADYFLOW_BACKFILL_CHUNK_ROWS")
-    return max(0, int(value)) if value else CHUNK_ROWS
+    if value:
+        return max(0, int(value))
+    if extractor is not None and not readers_share(extractor):
+        return 0
+    return CHUNK_ROWS
+
+
+def readers_share(extractor: TableExtractor) -> bool:
+    """Would ranges be read side by side: by several threads of this process
+    (`max_concurrent_queries`), or by workers (`steadyflow worker`, this one included:
+    each registers in the state)? With one reader the split buys nothing and costs its
+    walk over the key index before the first page (0.9-2.6 s per 1M rows on MariaDB,
+    bench/NOTES.md), a short page at each range's end, and a read-ahead restarted per
+    range; the one-piece load resumes after its last landed page just the same."""
+    if extractor.source.resilience.max_concurrent_queries > 1:
+        return True
+    try:
+        return any(w["status"] == "running" for w in extractor.state.workers())
+    except Exception:  # noqa: BLE001 - a state that cannot tell: split, as before
+        return True
 
 
 def key_contract(contract: Contract) -> Contract:

@@ -467,7 +467,7 @@ class TableExtractor:
         src, tbl = self.ref.source, self.ref.table
         if self.state.backfill_chunks(src, tbl):
             return True
-        rows = chunked.chunk_rows()
+        rows = chunked.chunk_rows(self)
         if rows <= 0:
             return False
         bounds = self.guard.call(lambda: chunked.split(db, tbl, self.contract, rows),
