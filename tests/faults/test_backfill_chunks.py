@@ -34,6 +34,7 @@ import psycopg
 import pytest
 from tests.conftest import steadyflow, write_pipeline
 from tests.faults.test_initial_load import batches, execute
+from tests.faults.test_initial_load import seed as seed_sales
 from tests.faults.test_network import (
     assert_warehouse_equals_sources,
     mysql_connect,
@@ -59,27 +60,7 @@ def small_ranges(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def seed(kind: str, dsn: str, rows: int = ROWS) -> None:
     """sales keyed (1, 2g) for g in 1..rows, the cursor descending as the key ascends."""
-    if kind == "postgres":
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("""CREATE TABLE sales (store_id bigint NOT NULL,
-                sale_id bigint NOT NULL, sku text NOT NULL, qty bigint, unit_price numeric(12,2),
-                currency text, sold_at timestamptz, updated_at timestamptz NOT NULL,
-                PRIMARY KEY (store_id, sale_id))""")
-            conn.execute("CREATE INDEX sales_cursor ON sales (updated_at, store_id, sale_id)")
-            conn.execute(f"""INSERT INTO sales SELECT 1, 2 * g, 'SKU-' || g, 1 + g % 7,
-                (g % 1000) / 8.0, 'EUR', ts, ts FROM generate_series(1, {rows}) g,
-                LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00'
-                         + (({rows} - g) / 3) * interval '1 second' AS ts) t""")
-        return
-    ts = f"TIMESTAMP '2026-01-01 00:00:00' + INTERVAL (({rows} - seq) DIV 3) SECOND"
-    with mysql_connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("""CREATE TABLE sales (store_id BIGINT NOT NULL, sale_id BIGINT NOT NULL,
-            sku VARCHAR(40) NOT NULL, qty BIGINT, unit_price DECIMAL(12,2), currency VARCHAR(3),
-            sold_at DATETIME(6), updated_at DATETIME(6) NOT NULL,
-            PRIMARY KEY (store_id, sale_id), KEY sales_cursor (updated_at, store_id, sale_id))""")
-        cur.execute(f"""INSERT INTO sales SELECT 1, 2 * g, CONCAT('SKU-', g), 1 + g % 7,
-            (g % 1000) / 8, 'EUR', ts, ts FROM (SELECT seq AS g, {ts} AS ts
-            FROM seq_1_to_{rows}) x""")
+    seed_sales(kind, dsn, rows, step=2)
 
 
 def new_row(store: int, sale: int) -> str:

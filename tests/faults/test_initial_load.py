@@ -42,8 +42,9 @@ ROWS = 5_000
 LATER = "2027-01-01 00:00:00"  # past every seeded cursor value: a change made "now"
 
 
-def seed(kind: str, dsn: str, rows: int = ROWS) -> None:
-    """sales with keys 1..rows whose cursor descends as the key ascends (ties of 3)."""
+def seed(kind: str, dsn: str, rows: int = ROWS, step: int = 1) -> None:
+    """sales keyed (1, step * g) for g in 1..rows, the cursor descending as the key ascends
+    (ties of 3)."""
     ts = "TIMESTAMP '2026-01-01 00:00:00' + INTERVAL ((%d - seq) DIV 3) SECOND"
     if kind == "postgres":
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -52,7 +53,7 @@ def seed(kind: str, dsn: str, rows: int = ROWS) -> None:
                 currency text, sold_at timestamptz, updated_at timestamptz NOT NULL,
                 PRIMARY KEY (store_id, sale_id))""")
             conn.execute("CREATE INDEX sales_cursor ON sales (updated_at, store_id, sale_id)")
-            conn.execute(f"""INSERT INTO sales SELECT 1, g, 'SKU-' || g, 1 + g % 7,
+            conn.execute(f"""INSERT INTO sales SELECT 1, {step} * g, 'SKU-' || g, 1 + g % 7,
                 (g % 1000) / 8.0, 'EUR', ts, ts FROM generate_series(1, {rows}) g,
                 LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00'
                          + (({rows} - g) / 3) * interval '1 second' AS ts) t""")
@@ -62,7 +63,7 @@ def seed(kind: str, dsn: str, rows: int = ROWS) -> None:
             sku VARCHAR(40) NOT NULL, qty BIGINT, unit_price DECIMAL(12,2), currency VARCHAR(3),
             sold_at DATETIME(6), updated_at DATETIME(6) NOT NULL,
             PRIMARY KEY (store_id, sale_id), KEY sales_cursor (updated_at, store_id, sale_id))""")
-        cur.execute(f"""INSERT INTO sales SELECT 1, g, CONCAT('SKU-', g), 1 + g % 7,
+        cur.execute(f"""INSERT INTO sales SELECT 1, {step} * g, CONCAT('SKU-', g), 1 + g % 7,
             (g % 1000) / 8, 'EUR', ts, ts FROM (SELECT seq AS g, {ts % rows} AS ts
             FROM seq_1_to_{rows}) x""")
 
