@@ -194,6 +194,16 @@ def test_open_breaker_still_names_the_cause(tmp_path: Path) -> None:
     nothing_changed(tmp_path)
 
 
+@pytest.mark.parametrize(("args", "names"), [
+    (["compact", "--target", "12XB"], ["not a size", "12XB"]),
+    (["gc", "--retention", "soon"], ["not a duration", "soon"]),
+], ids=["compact-target", "gc-retention"])
+def test_bad_option_value(tmp_path: Path, args: list[str], names: list[str]) -> None:
+    config = write_pipeline(tmp_path, [pg_source("postgresql://postgres@127.0.0.1:1/x")])
+    one_clear_error(steadyflow(*args, "-c", str(config)), *names)
+    nothing_changed(tmp_path)
+
+
 def _pg_checks_passwords() -> bool:
     """Whether the shared PostgreSQL refuses a wrong password (its pg_hba may trust
     127.0.0.1, as this machine's does)."""

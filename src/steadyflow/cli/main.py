@@ -6,16 +6,17 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-from steadyflow.errors import SteadyflowError
+from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.observe import logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -74,6 +75,7 @@ class LogLevel(StrEnum):
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML file")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+_T = TypeVar("_T")
 
 
 def _open(config: Path) -> Any:
@@ -87,6 +89,27 @@ def _fail(exc: SteadyflowError) -> None:
     console.print(f"[red]error:[/red] {escape(logs.scrub(str(exc)))}", highlight=False,
                   soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _print_result(config: Path, as_json: bool, action: Callable[[Any], Any]) -> None:
+    """Open the pipeline, run `action` on it and print what it returns (JSON with --json);
+    an error is one clear `error:` line."""
+    try:
+        with _open(config) as pipeline:
+            result = action(pipeline)
+            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
+    except SteadyflowError as exc:
+        _fail(exc)
+
+
+def _option(parse: Callable[[str], _T], text: str | None) -> _T | None:
+    """An option's value parsed, None when not given; a bad value is a ConfigError."""
+    if not text:
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _version(value: bool) -> None:
@@ -593,12 +616,7 @@ def replay(config: ConfigOpt,
     """Re-process landed batches through validate → merge (idempotent by the ledger)."""
     from steadyflow.run.replay import replay_batches
 
-    try:
-        with _open(config) as pipeline:
-            result = replay_batches(pipeline, batch or [], table)
-            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
-    except SteadyflowError as exc:
-        _fail(exc)
+    _print_result(config, as_json, lambda pipeline: replay_batches(pipeline, batch or [], table))
 
 
 @app.command()
@@ -611,16 +629,10 @@ def compact(config: ConfigOpt,
             as_json: JsonOpt = False) -> None:
     """Merge the small landed files of loaded batches, per table and day, into big ones."""
     from steadyflow.config import parse_size
-    from steadyflow.errors import ConfigError
     from steadyflow.run.compact import compact_pipeline
 
-    try:
-        with _open(config) as pipeline:
-            result = compact_pipeline(pipeline, parse_size(target) if target else None,
-                                      include_today).as_dict()
-            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
-    except (SteadyflowError, ValueError) as exc:
-        _fail(exc if isinstance(exc, SteadyflowError) else ConfigError(str(exc)))
+    _print_result(config, as_json, lambda pipeline: compact_pipeline(
+        pipeline, _option(parse_size, target), include_today).as_dict())
 
 
 @app.command()
@@ -630,17 +642,11 @@ def gc(config: ConfigOpt,
                 "landing.retention)")] = None,
        as_json: JsonOpt = False) -> None:
     """Delete landed files of loaded batches older than the retention (rows kept, 'gone')."""
-    from steadyflow.errors import ConfigError
     from steadyflow.model import parse_duration
     from steadyflow.run.retention import gc_pipeline
 
-    try:
-        with _open(config) as pipeline:
-            keep = parse_duration(retention) if retention else None
-            result = gc_pipeline(pipeline, keep).as_dict()
-            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
-    except (SteadyflowError, ValueError) as exc:
-        _fail(exc if isinstance(exc, SteadyflowError) else ConfigError(str(exc)))
+    _print_result(config, as_json, lambda pipeline: gc_pipeline(
+        pipeline, _option(parse_duration, retention)).as_dict())
 
 
 @quarantine_app.command("list")
@@ -683,12 +689,8 @@ def quarantine_replay(config: ConfigOpt,
     """Re-validate parked rows against the current contract and load those that pass."""
     from steadyflow.run.replay import replay_quarantine
 
-    try:
-        with _open(config) as pipeline:
-            result = replay_quarantine(pipeline, batch or [], records_path)
-            out.print(json.dumps(result) if as_json else result, soft_wrap=True)
-    except SteadyflowError as exc:
-        _fail(exc)
+    _print_result(config, as_json,
+                  lambda pipeline: replay_quarantine(pipeline, batch or [], records_path))
 
 
 @app.command()
