@@ -25,7 +25,8 @@ POINTS = (
     "transform.mid",  # validation half done
     "load.after_merge",  # a group's merges + ledger rows executed, not committed
     "load.after_commit",  # a group committed, none of its batches acked
-    "load.after_ack",  # a batch acked, its manifest entry not yet marked loaded
+    "load.after_mark",  # a group committed and marked loaded in the manifest, none acked
+    "load.after_ack",  # a batch of a committed, marked group acked, the next not yet
 )
 
 _lock = threading.Lock()

@@ -49,6 +49,12 @@ def seed(kind: str, dsn: str) -> None:
                     "TIMESTAMP '2024-01-01 00:00:00' + INTERVAL seq SECOND FROM seq_1_to_100")
 
 
+def lease_generation(p: Pipeline) -> int:
+    rows = p.state._query("SELECT generation FROM extract_leases WHERE source = 'store' "
+                          "AND tbl = 'sales'")
+    return int(rows[0][0])
+
+
 @pytest.mark.parametrize(("kind", "mode", "per_poll"), [
     ("postgres", "auto", 1), ("mysql", "auto", 2), ("mysql", "fixed", 1)])
 def test_an_idle_poll_is_one_probe_on_an_open_connection(
@@ -67,11 +73,15 @@ def test_an_idle_poll_is_one_probe_on_an_open_connection(
             assert p.run_once().extracted_rows == 0  # the first poll after the load
             connections, queries = counter.connections, counter.queries
             polled_at = p.state.polls()[("store", "sales")][1]
+            generation = lease_generation(p)
             for _ in range(IDLE_POLLS):
                 idle = p.run_once()
                 assert idle.ok and idle.extracted_rows == 0
             assert counter.connections == connections  # no new connection
             assert counter.queries - queries == IDLE_POLLS * per_poll  # no catalog query
+            # no lease taken and released (two state commits per poll): every acquisition
+            # takes the next generation
+            assert lease_generation(p) == generation
             # the idle polls' time is in this process's metrics, written to the state store
             # at most every POLL_RECORD_EVERY (a slow machine may cross one such boundary)
             written = p.state.polls()[("store", "sales")][1]

@@ -103,6 +103,11 @@ class PostgresWarehouse:
         self._plans: dict[tuple[str, Contract], MergePlan] = {}
         self._merge_only: dict[str, int] = {}  # target → batches left before a direct COPY
         self._conn: psycopg.Connection[Any] | None = None
+        # stage tables this connection has created (a rolled-back transaction may have
+        # dropped its own: cleared then), and those used by the open transaction (emptied
+        # at its commit, ON COMMIT DELETE ROWS; emptied by hand if used twice in it)
+        self._staged: set[str] = set()
+        self._used: set[str] = set()
 
     @property
     def conn(self) -> psycopg.Connection[Any]:
@@ -114,6 +119,7 @@ class PostgresWarehouse:
                 # would wait on them): keepalives both ways, a bound on unacknowledged
                 # sends, and the server ends a session idle in a transaction or whose
                 # client went away
+                self._staged.clear()
                 self._conn = psycopg.connect(
                     self.dsn, connect_timeout=5,
                     options="-c TimeZone=UTC -c idle_in_transaction_session_timeout=300000 "
@@ -179,6 +185,7 @@ class PostgresWarehouse:
         with self._lock:
             conn = self.conn
             current: LoadPart | None = None  # the part an error belongs to, if any
+            self._used.clear()
             try:
                 with conn.transaction():
                     conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
@@ -188,7 +195,10 @@ class PostgresWarehouse:
                     current = None
                     if any(merged is not None for merged in results):
                         failpoint("load.after_merge")
-            except psycopg.Error as exc:
+            except BaseException as exc:
+                self._staged.clear()  # stages created by the rolled-back transaction
+                if not isinstance(exc, psycopg.Error):
+                    raise
                 if current is None:
                     raise self._fail(exc, f"committing {len(results)} batch(es) failed"
                                      ) from None
@@ -215,10 +225,7 @@ class PostgresWarehouse:
             changed = rows.num_rows  # every row new: the cheap path stays cheap
         elif rows.num_rows:
             self._copy(conn, target, stage, rows)
-            same = _same(contract, target, stage)
-            unchanged = conn.execute(same.encode()).fetchone() if same else None
-            changed = (conn.execute(p.merge.encode()).rowcount
-                       - (int(unchanged[0]) if unchanged else 0))
+            changed = self._merge(conn, p.merge, _same(contract, target, stage))
         if deletes is not None and deletes.num_rows:
             self._copy(conn, target, delete_stage, deletes, columns=deletes.column_names)
             changed += conn.execute(p.delete.encode()).rowcount
@@ -250,13 +257,34 @@ class PostgresWarehouse:
             return False
         return True
 
+    @staticmethod
+    def _merge(conn: psycopg.Connection[Any], merge: str, same: str | None) -> int:
+        """The staged merge in one statement, with the count of the rows it replaces by
+        equal values (`_same`) taken in the same round trip: every part of a WITH runs on
+        one snapshot, so the count sees the target as it was before the merge. Returns
+        the rows it changed."""
+        if same is None:
+            return int(conn.execute(merge.encode()).rowcount)
+        row = conn.execute(f"WITH m AS ({merge} RETURNING 1) SELECT (SELECT count(*) FROM m), "
+                           f"({same})".encode()).fetchone()
+        assert row is not None
+        return int(row[0]) - int(row[1])
+
     def _copy(self, conn: psycopg.Connection[Any], target: str, stage: str, rows: pa.Table,
               columns: list[str] | None = None) -> None:
+        """Rows into the session's stage table of `target`: created once per connection
+        (emptied at each commit), emptied here only when this transaction used it already,
+        so a small batch's merge pays no CREATE or TRUNCATE round trip."""
         cols = columns or rows.column_names
-        conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {quote(stage)} AS SELECT "
-            f"{', '.join(quote(c) for c in cols)} FROM {target} WITH NO DATA".encode())
-        conn.execute(f"TRUNCATE {quote(stage)}".encode())
+        if stage not in self._staged:
+            conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {quote(stage)} ON COMMIT DELETE ROWS AS "
+                f"SELECT {', '.join(quote(c) for c in cols)} FROM {target} WITH NO DATA"
+                .encode())
+            self._staged.add(stage)  # empty: made now, or by an earlier transaction
+        elif stage in self._used:
+            conn.execute(f"TRUNCATE {quote(stage)}".encode())
+        self._used.add(stage)
         with conn.cursor().copy(
             f"COPY {quote(stage)} ({', '.join(quote(c) for c in cols)}) FROM STDIN "
             "(FORMAT csv)".encode()) as copy:

@@ -192,6 +192,8 @@ class TableExtractor:
         # (kept in each landed page's meta: a restarted process resumes from it, see
         # _restored_bound)
         self._bound: datetime | None = None
+        # the (end, open transactions) this poll's idle check saw (see _idle)
+        self._seen: tuple[Watermark | None, OpenSince | None] | None = None
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"source": self.ref.source, "table": self.ref.table, "stage": "extract",
@@ -298,6 +300,9 @@ class TableExtractor:
         if dry_run:
             return self._run(db, dry_run)
         self._partitioned = False
+        self._seen = None
+        if isinstance(db, SqlSource) and self._idle(db):
+            return self.result
         result = self._leased(db, lease_wait)
         if not self._partitioned or self.should_stop() or not isinstance(db, SqlSource):
             return result
@@ -314,6 +319,29 @@ class TableExtractor:
             if lease_wait > 0:
                 raise
             return result  # another worker has the table: it ends the load
+
+    def _idle(self, db: SqlSource) -> bool:
+        """Did this poll find nothing to read? Asked before the lease is taken: a table
+        whose checkpoint is where the source's last row is costs its source one position
+        probe and the state nothing (no lease taken and released: two state commits per
+        poll of every quiet table). Only reads: the checkpoint read here may be moved by
+        a holder meanwhile, and then the poll is simply not idle. A poll with rows to read
+        takes the lease and reads the checkpoint again under it (`_cursor_pass`), reusing
+        the position noted here (an earlier end is still a correct one)."""
+        if self.state.checkpoint(self.ref.source, self.ref.table) is None:
+            return False  # the first load: key order, maybe split (under the lease)
+        self.schema_drift(self.guard.call(lambda: db.probe(self.ref.table, self.contract),
+                                          stop=self.should_stop) or [], db)
+        upto, observed = self._seen = self.guard.call(
+            lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
+            stop=self.should_stop)
+        if upto is not None:
+            after, since = self.start_point(observed)
+            if since is not None or after != upto:
+                return False
+        self._observed(observed)
+        self._polled()
+        return True
 
     def _leased(self, db: Source, lease_wait: float) -> ExtractResult:
         with hold_lease(self.state, self.ref.source, self.ref.table, "extract",
@@ -358,8 +386,10 @@ class TableExtractor:
         upto = observed = None
         if isinstance(db, SqlSource):
             # with the adaptive lookback, the source's open transactions are noted in the
-            # same round trip, before the snapshot that reads this position
-            upto, observed = self.guard.call(
+            # same round trip, before the snapshot that reads this position (or by this
+            # poll's idle check, `_idle`, just before the lease)
+            seen, self._seen = self._seen, None
+            upto, observed = seen if seen is not None else self.guard.call(
                 lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
                 stop=self.should_stop)
             if upto is None:

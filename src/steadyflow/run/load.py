@@ -5,14 +5,17 @@ Commit order (the one place it is decided), for every batch of a group alike:
   1. quarantine file + index (idempotent: named by batch id),
   2. warehouse transaction: merge rows + ledger row, committed together (a group: every
      batch's rows and ledger row, committed once),
-  3. ack the buffer message,
-  4. mark the manifest entry loaded.
+  3. mark the manifest entry loaded and add the rows to the table's counts (a group: one
+     state transaction for all its batches),
+  4. ack the buffer message.
 A crash between any two steps only causes a redelivery, and the ledger turns the repeat
-into a no-op. Nothing is acked before it is committed.
+into a no-op (a redelivered batch marked loaded stays marked, with its counts, which
+are added once, in step 3). Nothing is acked before it is committed and marked.
 
 Group commit: the loader takes the batches that are ready (up to `warehouse.group_batches`
-batches and `group_rows` rows) and merges those of one target in one transaction, so a
-spike of small batches costs a few commits, not one per batch. A group that fails is
+batches and `group_rows` rows) and merges them in one transaction, whatever their targets
+(ordered by target: concurrent loaders lock tables in the same order), so a spike of small
+batches, or a poll of many tables, costs a few commits, not one per batch. A group that fails is
 rolled back whole and its batches are loaded again one by one: a batch whose rows fail
 for good fails alone, as it would have without the group.
 """
@@ -36,7 +39,7 @@ from steadyflow.model import BatchRef, Contract, TableRef, decode_value
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Delivery, LoadPart, Warehouse
-from steadyflow.state import StateStore
+from steadyflow.state import LoadedBatch, StateStore
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Owner, Verdict, validate
 
@@ -56,6 +59,9 @@ class LoadOutcome:
     good_rows: int
     bad_rows: int
     changed_rows: int = 0
+    # the newest cursor among the good rows (the table's freshness), for the state
+    newest: str | None = None
+    epoch: float | None = None
 
     @property
     def reread_rows(self) -> int:
@@ -208,9 +214,9 @@ class BatchLoader:
         return self._process([batch])[0]
 
     def handle(self, batch: BatchRef) -> LoadOutcome:
-        """process, then ack, then mark: the commit order in the module docstring."""
-        outcome = self.process(batch)
-        self._finish(batch, outcome)
+        """load, then mark, then ack: the commit order in the module docstring."""
+        outcome = self._process([batch], record=False)[0]
+        self._finish([batch], [outcome])
         return outcome
 
     def handle_all(self, batches: list[BatchRef]
@@ -226,21 +232,27 @@ class BatchLoader:
                     yield batch, result
 
     def _groups(self, batches: list[BatchRef]) -> list[list[BatchRef]]:
-        """Batches split by target, then into runs of at most `group_rows` rows."""
+        """Batches ordered by target (stable: a target's batches keep their order), cut
+        into runs of at most `group_rows` rows. One run is one transaction, whatever its
+        targets: a poll of twenty tables is one commit, not twenty. The order by target
+        makes every loader lock the targets in the same order, so two workers' groups
+        cannot deadlock on each other's tables."""
         limit = self.config.warehouse.group_rows
-        by_target: dict[str, list[list[BatchRef]]] = {}
-        for batch in batches:
-            runs = by_target.setdefault(self._ref(batch).target, [[]])
-            if runs[-1] and sum(b.rows for b in runs[-1]) + batch.rows > limit:
+        runs: list[list[BatchRef]] = [[]]
+        rows = 0
+        for batch in sorted(batches, key=lambda b: self._ref(b).target):
+            if runs[-1] and rows + batch.rows > limit:
                 runs.append([])
+                rows = 0
             runs[-1].append(batch)
-        return [run for runs in by_target.values() for run in runs]
+            rows += batch.rows
+        return [run for run in runs if run]
 
     def _handle_group(self, group: list[BatchRef]
                       ) -> Iterator[tuple[BatchRef, LoadOutcome | Exception]]:
         if len(group) > 1:
             try:
-                outcomes = self._process(group)
+                outcomes = self._process(group, record=False)
             except Exception as exc:  # noqa: BLE001 - one batch's error: see below
                 if isinstance(exc, RetryableError):  # the warehouse itself: alone is no better
                     for batch in group:
@@ -249,13 +261,13 @@ class BatchLoader:
                 log.warning("a group of %d batches failed (%s); loading them one by one",
                             len(group), exc, extra={"stage": "load", "batch_id": exc_batch(exc)})
             else:
-                for batch, outcome in zip(group, outcomes, strict=True):
-                    try:
-                        self._finish(batch, outcome)
-                    except Exception as exc:  # noqa: BLE001 - committed; redelivery is a no-op
+                try:
+                    self._finish(group, outcomes)
+                except Exception as exc:  # noqa: BLE001 - committed; redelivery is a no-op
+                    for batch in group:
                         yield batch, exc
-                    else:
-                        yield batch, outcome
+                else:
+                    yield from zip(group, outcomes, strict=True)
                 return
         for batch in group:  # alone: a batch that fails fails by itself
             try:
@@ -266,10 +278,13 @@ class BatchLoader:
     def _ref(self, batch: BatchRef) -> TableRef:
         return self.config.table(batch.source, batch.table)[2]
 
-    def _process(self, group: list[BatchRef]) -> list[LoadOutcome]:
-        """Validate, park and merge the batches of one target in one transaction; each
-        batch is validated (and its bad rows parked) just before its merge, so the group
-        holds one batch's rows at a time and every park precedes the commit."""
+    def _process(self, group: list[BatchRef], record: bool = True) -> list[LoadOutcome]:
+        """Validate, park and merge the batches in one transaction; each batch is
+        validated (and its bad rows parked) just before its merge, so the group holds one
+        batch's rows at a time and every park precedes the commit. `record`: add each
+        batch's rows to its table's counts here (a caller that marks the manifest itself,
+        as repair and replay do); the buffer's loader does it in `_finish` instead, in
+        the one state transaction that marks the group."""
         contracts = [contract_of(self.config, batch) for batch in group]
         for batch, contract in zip(group, contracts, strict=True):
             ref = self._ref(batch)
@@ -296,13 +311,14 @@ class BatchLoader:
         for p, result in zip(prepared, merged, strict=True):
             self.metrics.batch_duration(p.batch.source, p.batch.table, "load", share)
             outcome = LoadOutcome(result is not None, p.good_rows, p.parked,
-                                  result.changed if result is not None else 0)
+                                  result.changed if result is not None else 0,
+                                  p.newest, p.epoch)
             if result is not None:
-                self._record(p, outcome)
+                self._record(p, outcome, record)
             outcomes.append(outcome)
         return outcomes
 
-    def _record(self, p: _Prepared, outcome: LoadOutcome) -> None:
+    def _record(self, p: _Prepared, outcome: LoadOutcome, state: bool = True) -> None:
         """`outcome.bad_rows`: bad rows newly quarantined (a lookback re-read of a row
         parked before does not count twice). The load rows metric counts changed rows, as
         the status page does: re-reads would make throughput several times too high."""
@@ -313,18 +329,25 @@ class BatchLoader:
             self.metrics.quarantined(batch.source, batch.table, parked)
         if p.epoch is not None:
             self.metrics.loaded_cursor(batch.source, batch.table, p.epoch)
-        self.state.record_load(batch.source, batch.table, p.good_rows, parked, p.newest,
-                               p.epoch, changed=outcome.changed_rows)
+        if state:
+            self.state.record_load(batch.source, batch.table, p.good_rows, parked, p.newest,
+                                   p.epoch, changed=outcome.changed_rows)
 
-    def _finish(self, batch: BatchRef, outcome: LoadOutcome) -> None:
-        """Steps 3 and 4 of the commit order, after the batch's transaction committed."""
-        self.buffer.ack(batch.batch_id)
-        failpoint("load.after_ack")
-        self.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows,
-                               status="loaded" if outcome.loaded else "duplicate")
-        log.debug("loaded" if outcome.loaded else "already loaded", extra={
-            "source": batch.source, "table": batch.table, "stage": "load",
-            "batch_id": batch.batch_id, "rows": outcome.good_rows})
+    def _finish(self, group: list[BatchRef], outcomes: list[LoadOutcome]) -> None:
+        """Steps 3 and 4 of the commit order, after the group's transaction committed:
+        one state transaction marks every batch (and adds the counts of those loaded),
+        then each is acked."""
+        self.state.record_loaded([
+            LoadedBatch(batch, "loaded" if o.loaded else "duplicate", o.good_rows,
+                        o.bad_rows, o.changed_rows, o.newest, o.epoch)
+            for batch, o in zip(group, outcomes, strict=True)])
+        failpoint("load.after_mark")
+        for batch, outcome in zip(group, outcomes, strict=True):
+            self.buffer.ack(batch.batch_id)
+            failpoint("load.after_ack")
+            log.debug("loaded" if outcome.loaded else "already loaded", extra={
+                "source": batch.source, "table": batch.table, "stage": "load",
+                "batch_id": batch.batch_id, "rows": outcome.good_rows})
 
 
 def exc_batch(exc: BaseException) -> str | None:

@@ -11,13 +11,14 @@ from steadyflow.state.store import (
     BackfillChunk,
     ChunkLease,
     Lease,
+    LoadedBatch,
     StateStore,
     TableHealth,
     holder_alive,
     pid_alive,
 )
 
-__all__ = ["BackfillChunk", "ChunkLease", "Lease", "StateStore", "SqliteStateStore",
+__all__ = ["BackfillChunk", "ChunkLease", "Lease", "LoadedBatch", "StateStore", "SqliteStateStore",
            "TableHealth", "holder_alive", "open_sqlite", "open_state", "pid_alive"]
 
 
