@@ -241,6 +241,11 @@ def main() -> int:
                     help="rows in the MariaDB and SQLite tables (default 1,000,000)")
     ap.add_argument("--my", default=os.environ.get("BENCH_MY", "mysql://root@127.0.0.1:3306"),
                     help="MariaDB server (no database part)")
+    ap.add_argument("--my-db", default=os.environ.get("BENCH_MY_DB", "sfbench_src"),
+                    help="MariaDB database the source tables are made in (dropped after)")
+    ap.add_argument("--work", type=Path, default=HERE / "work" / "run",
+                    help="scratch directory, emptied first (default bench/work/run: the "
+                    "other benches' directories under bench/work are left alone)")
     args = ap.parse_args()
 
     rows = args.rows or (200_000 if args.quick else 2_000_000)
@@ -250,7 +255,7 @@ def main() -> int:
     skip = set(filter(None, args.skip.split(",")))
     out_path = args.out or (HERE / "work" / "RESULTS-quick.md" if args.quick
                             else HERE / "RESULTS.md")
-    work = HERE / "work"
+    work = args.work.resolve()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     host = args.pg.rstrip("/")
@@ -463,7 +468,8 @@ def run_other_sources(args: argparse.Namespace, wanted: set[str], work: Path, ru
     scaling: list[tuple[int, Sample]] = []
     if "mariadb" in wanted:
         scale = [rows, rows * 4] if "scale" not in skip else []
-        scaling = sources.mariadb(kit, args.my, CONTRACT, rows, args.page_size, skip, scale)
+        scaling = sources.mariadb(kit, args.my, args.my_db, CONTRACT, rows, args.page_size,
+                                  skip, scale)
     if "sqlite" in wanted:
         sources.sqlite(kit, CONTRACT, rows, args.page_size, skip)
     load_after = os.getloadavg()

@@ -29,7 +29,6 @@ import cases as children
 import yaml
 
 COLUMNS = children.COLUMNS
-MY_DB = "sfbench_src"
 
 
 @dataclass
@@ -53,13 +52,15 @@ class Kit:
 
 # --- datasets --------------------------------------------------------------------------------
 def generate_mariadb(url: str, table: str, rows: int) -> float:
-    """The bench's sales table in MariaDB, from its SEQUENCE engine (seconds)."""
+    """The bench's sales table in MariaDB (`url` names the database), from its SEQUENCE
+    engine (seconds)."""
     started = time.perf_counter()
-    conn = children.mariadb_connect(url.rsplit("/", 1)[0] + "/")
+    base, db = url.rsplit("/", 1)
+    conn = children.mariadb_connect(base + "/")
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE DATABASE IF NOT EXISTS {MY_DB}")
-            cur.execute(f"USE {MY_DB}")
+            cur.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
+            cur.execute(f"USE {db}")
             cur.execute(f"DROP TABLE IF EXISTS {table}")
             cur.execute(
                 f"CREATE TABLE {table} (sale_id bigint PRIMARY KEY, store_id int NOT NULL, "
@@ -171,6 +172,7 @@ def run_source(kit: Kit, src: Source, contract: dict[str, Any], rows: int,
     """Every case of one source; returns steadyflow's RSS scaling samples."""
     py, here, work, runs = kit.py, kit.here, kit.work, kit.runs
     k = src.key
+    backends = [b for b in ("connectorx", "pyarrow") if b not in skip]
     sf_dirs: list[Path] = []
     for i in range(runs):
         print(f"{src.label} full load, run {i + 1}/{runs}", flush=True)
@@ -187,7 +189,7 @@ def run_source(kit: Kit, src: Source, contract: dict[str, Any], rows: int,
                    kit.run_child(kit.steadyflow_cmd(cfg), d, d / "run.log"))
         sf_dirs.append(d)
         if "dlt" not in skip:
-            for backend in ("connectorx", "pyarrow"):
+            for backend in backends:
                 dd = work / f"{k}_dlt_{backend}_{i}"
                 kit.record(f"{k}_dlt_{backend}",
                            f"{src.label}: dlt sql_table backend={backend} → duckdb", rows,
@@ -200,7 +202,7 @@ def run_source(kit: Kit, src: Source, contract: dict[str, Any], rows: int,
     kit.check(f"{src.label} steadyflow full load",
               kit.duck_totals(sf_dirs[-1] / "warehouse.duckdb", "main.sales"), want)
     if "dlt" not in skip:
-        for backend in ("connectorx", "pyarrow"):
+        for backend in backends:
             kit.check(f"{src.label} dlt {backend} full load", kit.duck_totals(
                 work / f"{k}_dlt_{backend}_{runs - 1}" / "dlt.duckdb", "bench.sales"), want)
     if "profile" not in skip:
@@ -278,11 +280,12 @@ def _incremental(kit: Kit, src: Source, skip: set[str], sf_inc: Path) -> None:
             kit.work / f"{k}_profile_incremental")
 
 
-def mariadb(kit: Kit, url: str, contract: dict[str, Any], rows: int, page_size: int | None,
-            skip: set[str], scale: list[int]) -> list[tuple[int, Any]]:
-    """MariaDB → DuckDB; `url` is mysql://user@host:port (no database)."""
+def mariadb(kit: Kit, url: str, database: str, contract: dict[str, Any], rows: int,
+            page_size: int | None, skip: set[str], scale: list[int]) -> list[tuple[int, Any]]:
+    """MariaDB → DuckDB; `url` is mysql://user@host:port (no database), the tables are
+    made in `database` (dropped at the end)."""
     base = url.rstrip("/")
-    db_url = f"{base}/{MY_DB}"
+    db_url = f"{base}/{database}"
     tables = {rows: "sales", **{n: f"sales_{n}" for n in scale if n != rows}}
     for n, table in sorted(tables.items()):
         print(f"generating MariaDB {table}: {n:,} rows", flush=True)
@@ -291,7 +294,7 @@ def mariadb(kit: Kit, url: str, contract: dict[str, Any], rows: int, page_size: 
     hostname, _, port = host.partition(":")
     user = base.split("://", 1)[1].split("@", 1)[0].split(":", 1)[0]
     drain = ["mariadb", "--quick", "--batch", "--skip-column-names", "-h", hostname, "-P",
-             port or "3306", "-u", user, MY_DB, "-e",
+             port or "3306", "-u", user, database, "-e",
              shlex.quote(f"SELECT {COLUMNS} FROM sales")]
     src = Source(
         key="my", label="MariaDB", sf_source={"kind": "mysql", "dsn": db_url},
@@ -299,8 +302,16 @@ def mariadb(kit: Kit, url: str, contract: dict[str, Any], rows: int, page_size: 
         drain=drain, bare=[("my_cx_read", "MariaDB: connectorx bare read into Arrow",
                             "cx_read")],
         bare_dsn=db_url, totals=lambda table: mariadb_totals(db_url, table))
-    return run_source(kit, src, contract, rows, page_size, skip,
-                      [(n, tables[n]) for n in sorted(scale)])
+    try:
+        return run_source(kit, src, contract, rows, page_size, skip,
+                          [(n, tables[n]) for n in sorted(scale)])
+    finally:
+        conn = children.mariadb_connect(base + "/")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS {database}")
+        finally:
+            conn.close()
 
 
 def sqlite(kit: Kit, contract: dict[str, Any], rows: int, page_size: int | None,
