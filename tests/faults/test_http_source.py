@@ -19,15 +19,15 @@ from __future__ import annotations
 import json
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from tests.conftest import write_pipeline
+from tests.faults.test_network import warehouse_rows
+from tests.faults.test_resilience_faults import record_page_sizes
 from tests.support.faultproxy import FaultProxy
 
 from steadyflow.config import PipelineConfig, load_config, parse_config
@@ -86,14 +86,6 @@ def api_as_sqlite(api_db: Path) -> PipelineConfig:
         "sources": [{"name": "api", "kind": "sqlite", "path": str(api_db),
                      "sqlite_timestamp_format": "%Y-%m-%dT%H:%M:%S.%fZ",
                      "tables": [{"name": "sales", "contract": "sales"}]}]})
-
-
-def warehouse_rows(pipeline: Pipeline, target: str = "sales") -> pa.Table:
-    schema = pipeline.config.warehouse.schema_
-    with warnings.catch_warnings():  # DuckDB warns that DB-API → Arrow makes a copy
-        warnings.simplefilter("ignore", UserWarning)
-        return pipeline.warehouse.query(  # type: ignore[attr-defined,no-any-return]
-            f'SELECT * FROM "{schema}"."{target}"')
 
 
 def assert_warehouse_equals_api(pipeline: Pipeline, api_db: Path) -> None:
@@ -274,14 +266,7 @@ def test_silent_api_read_timeout_shrinks_the_page_and_completes(
     with FaultProxy("127.0.0.1", api.port) as proxy:
         with make_pipeline(tmp_path, f"http://{proxy.address}", monkeypatch,
                            resilience={"statement_timeout": 1}, min_page_size=25) as pipeline:
-            sizes: list[int] = []
-            original = pipeline.metrics.page_size
-
-            def record(source: str, table: str, rows: int) -> None:
-                sizes.append(rows)
-                original(source, table, rows)
-
-            pipeline.metrics.page_size = record  # type: ignore[method-assign]
+            sizes = record_page_sizes(pipeline)
             calls = [0]
             landed = pipeline.state.record_landed  # (the checkpoint moves at the chain's end)
 
