@@ -327,7 +327,10 @@ class TableExtractor:
         poll of every quiet table). Only reads: the checkpoint read here may be moved by
         a holder meanwhile, and then the poll is simply not idle. A poll with rows to read
         takes the lease and reads the checkpoint again under it (`_cursor_pass`), reusing
-        the position noted here (an earlier end is still a correct one)."""
+        the position noted here (an earlier end is still a correct one). Among workers, a
+        table another worker looks after is not polled at all (state: look_after)."""
+        if not self.state.look_after(self.ref.source, self.ref.table):
+            return True
         if self.state.checkpoint(self.ref.source, self.ref.table) is None:
             return False  # the first load: key order, maybe split (under the lease)
         self.schema_drift(self.guard.call(lambda: db.probe(self.ref.table, self.contract),

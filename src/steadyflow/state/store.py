@@ -16,6 +16,18 @@ grows on every acquisition. The steps that make an extractor's work durable (rec
 landed batch, moving the checkpoint or the initial load's key position) check the
 generation in their own transaction and raise ExtractionFenced if the lease was taken
 over, so an extractor that stalled past its lease can never record, advance or win.
+
+Among workers (`lease_affinity` > 0, set by run/worker.py), a table stays with the process
+that last took or released its lease (its owner) while that process keeps polling it:
+another worker's try_lease within `lease_affinity` seconds of that is refused as if the
+lease were held, unless the owner looks after at least two tables more than the one asking
+(counting the tables each took or released within `lease_affinity`), so a worker that joins
+takes its share, and one that stops polling (dead, stalled, or too busy to come back within
+`lease_affinity`) loses its tables to the others. A partitioned first load has none: every
+worker takes its key ranges (run/backfill.py), and whichever finishes last ends it.
+Without the affinity every worker polled every table: N workers opened N connections to
+each store and probed each one N times as often, to find what its owner had just read. The
+affinity decides only who asks; the lease and its generation still fence whoever holds it.
 """
 
 from __future__ import annotations
@@ -71,6 +83,9 @@ CREATE TABLE IF NOT EXISTS parked_rows (
 CREATE TABLE IF NOT EXISTS extract_leases (
   source TEXT NOT NULL, tbl TEXT NOT NULL, holder TEXT, expires_at REAL NOT NULL,
   generation INTEGER NOT NULL, PRIMARY KEY (source, tbl));
+CREATE TABLE IF NOT EXISTS extract_owners (
+  source TEXT NOT NULL, tbl TEXT NOT NULL, owner TEXT NOT NULL, released_at REAL NOT NULL,
+  PRIMARY KEY (source, tbl));
 CREATE TABLE IF NOT EXISTS sequence (
   name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reconcile_runs (
@@ -113,6 +128,11 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _process(holder: str) -> str:
+    """"host:pid" of a lease holder "host:pid:token" (its process; the token is per hold)."""
+    return holder.rsplit(":", 1)[0] if holder.count(":") >= 2 else holder
 
 
 def holder_alive(holder: str) -> bool:
@@ -165,20 +185,6 @@ class BackfillChunk:
 
 
 @dataclass(frozen=True, slots=True)
-class LoadedBatch:
-    """One batch of a committed load group, for StateStore.record_loaded. `status`:
-    'loaded', or 'duplicate' when the ledger had it already (its counts are not added)."""
-
-    batch: BatchRef
-    status: str
-    good_rows: int
-    quarantined_rows: int
-    changed_rows: int
-    newest_cursor: str | None = None
-    newest_epoch: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class TableHealth:
     source: str
     table: str
@@ -210,6 +216,9 @@ class StateStore(ABC):
     _lock_rows = ""
     #: where this state lives, for messages (a path or a DSN without its password)
     where: str = ""
+    #: seconds a table's lease stays with the process that last released it (0: off; see
+    #: the module docstring; run/worker.py sets it)
+    lease_affinity: float = 0.0
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -402,11 +411,59 @@ class StateStore(ABC):
             now = self._now(c)
             if row[0] and row[0] != holder and row[1] > now and holder_alive(row[0]):
                 return None
+            if self.lease_affinity > 0 and self._owned_elsewhere(c, source, table, holder, now):
+                return None
             generation = int(row[2]) + 1
             c.execute("UPDATE extract_leases SET holder=?, expires_at=?, generation=? "
                       "WHERE source=? AND tbl=?",
                       (holder, now + seconds, generation, source, table))
+            if self.lease_affinity > 0:
+                self._own(c, source, table, holder, now)
             return Lease(source, table, holder, generation, seconds)
+
+    def _owned_elsewhere(self, c: Tx, source: str, table: str, holder: str, now: float
+                         ) -> bool:
+        """Whether another live process took or released this table's lease within
+        `lease_affinity` seconds and looks after less than two tables more than we do."""
+        row = c.execute("SELECT owner, released_at FROM extract_owners WHERE source=? AND "
+                        "tbl=?", (source, table)).fetchone()
+        me = _process(holder)
+        since = now - self.lease_affinity
+        if row is None or row[0] == me or row[1] <= since or not holder_alive(row[0]):
+            return False
+        if c.execute("SELECT 1 FROM backfills b JOIN backfill_chunks k ON k.source=b.source "
+                     "AND k.tbl=b.tbl WHERE b.source=? AND b.tbl=? LIMIT 1",
+                     (source, table)).fetchone():
+            return False  # a partitioned first load: every worker reads ranges, any ends it
+        owned = dict(c.execute("SELECT owner, count(*) FROM extract_owners WHERE "
+                               "released_at > ? AND owner IN (?, ?) GROUP BY owner",
+                               (since, row[0], me)).fetchall())
+        return int(owned.get(row[0], 0)) - int(owned.get(me, 0)) < 2
+
+    def _own(self, c: Tx, source: str, table: str, holder: str, now: float) -> None:
+        """Note the table as looked after by `holder`'s process, as of `now`."""
+        c.execute("INSERT INTO extract_owners VALUES (?,?,?,?) ON CONFLICT (source, tbl) "
+                  "DO UPDATE SET owner=excluded.owner, released_at=excluded.released_at",
+                  (source, table, _process(holder), now))
+
+    def look_after(self, source: str, table: str) -> bool:
+        """Among workers (`lease_affinity` > 0): False while another live process looks
+        after the table (as try_lease would refuse it), so this one does not poll it at all
+        (an idle poll reads the source without taking the lease); else True, noting this
+        process as its owner again once a third of `lease_affinity` has passed, so an
+        owner whose polls find nothing keeps its tables. Always True without affinity."""
+        if self.lease_affinity <= 0:
+            return True
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        with self._tx() as c:
+            now = self._now(c)
+            if self._owned_elsewhere(c, source, table, f"{me}:poll", now):
+                return False
+            row = c.execute("SELECT owner, released_at FROM extract_owners WHERE source=? "
+                            "AND tbl=?", (source, table)).fetchone()
+            if row is None or row[0] != me or now - row[1] > self.lease_affinity / 3:
+                self._own(c, source, table, f"{me}:poll", now)
+        return True
 
     def lease_holder(self, source: str, table: str) -> tuple[str | None, float] | None:
         """(holder, expires_at) of the table's lease, for messages."""
@@ -431,6 +488,11 @@ class StateStore(ABC):
             c.execute("UPDATE extract_leases SET holder=NULL, expires_at=0 WHERE source=? "
                       "AND tbl=? AND holder=? AND generation=?",
                       (lease.source, lease.table, lease.holder, lease.generation))
+            if self.lease_affinity > 0:  # the table stays ours while we come back for it
+                held = c.execute("SELECT holder FROM extract_leases WHERE source=? AND tbl=?",
+                                 (lease.source, lease.table)).fetchone()
+                if held is None or held[0] is None:  # not taken over meanwhile
+                    self._own(c, lease.source, lease.table, lease.holder, self._now(c))
 
     def _fence(self, c: Tx, lease: Lease | None) -> None:
         """Inside a state transaction: raise ExtractionFenced unless `lease` is still the
@@ -557,33 +619,11 @@ class StateStore(ABC):
     ) -> None:
         """None counts: loaded by an earlier process whose counts were lost with it."""
         with self._tx() as c:
-            self._mark_loaded(c, batch_id, good_rows, quarantined_rows, status)
-
-    def _mark_loaded(self, c: Tx, batch_id: str, good_rows: int | None,
-                     quarantined_rows: int | None, status: str) -> None:
-        # a batch marked loaded stays so: its redelivery (the loader was killed after the
-        # mark, before the ack) is a ledger duplicate whose counts would say nothing
-        c.execute(
-            "UPDATE manifest SET status=?, loaded_at=?, good_rows=?, quarantined_rows=?, "
-            "error=NULL WHERE batch_id=? AND (?='loaded' OR status<>'loaded')",
-            (status, time.time(), good_rows, quarantined_rows, batch_id, status),
-        )
-
-    def record_loaded(self, loaded: Sequence[LoadedBatch]) -> None:
-        """A committed group's bookkeeping in ONE transaction: every batch's manifest entry
-        marked, the rows of each one loaded (not a ledger duplicate) added to its table's
-        health (record_load). One commit per group, not two per batch: a state commit is
-        an fsync, and at a few hundred rows per batch those were most of the loader's time."""
-        if not loaded:
-            return
-        with self._tx() as c:
-            for b in loaded:
-                if b.status == "loaded":
-                    self._record_load(c, b.batch.source, b.batch.table, b.good_rows,
-                                      b.quarantined_rows, b.newest_cursor, b.newest_epoch,
-                                      b.changed_rows)
-                self._mark_loaded(c, b.batch.batch_id, b.good_rows, b.quarantined_rows,
-                                  b.status)
+            c.execute(
+                "UPDATE manifest SET status=?, loaded_at=?, good_rows=?, quarantined_rows=?, "
+                "error=NULL WHERE batch_id=?",
+                (status, time.time(), good_rows, quarantined_rows, batch_id),
+            )
 
     def mark_failed(self, batch_id: str, error: str) -> None:
         with self._tx() as c:
@@ -685,25 +725,19 @@ class StateStore(ABC):
         """`rows` went to the merge, `changed` of them changed the warehouse (all of them
         when not told)."""
         with self._tx() as c:
-            self._record_load(c, source, table, rows, quarantined, newest_cursor,
-                              newest_epoch, changed)
-
-    def _record_load(self, c: Tx, source: str, table: str, rows: int, quarantined: int,
-                     newest_cursor: str | None, newest_epoch: float | None,
-                     changed: int | None) -> None:
-        self._ensure_health(c, source, table)
-        c.execute(
-            "UPDATE table_health SET rows_loaded=rows_loaded+?, "
-            "rows_changed=coalesce(rows_changed, 0)+?, "
-            "rows_quarantined=rows_quarantined+?, last_success=? WHERE source=? AND tbl=?",
-            (rows, rows if changed is None else changed, quarantined, time.time(),
-             source, table))
-        if newest_epoch is not None:
+            self._ensure_health(c, source, table)
             c.execute(
-                "UPDATE table_health SET newest_cursor=?, newest_cursor_epoch=? "
-                "WHERE source=? AND tbl=? AND (newest_cursor_epoch IS NULL OR "
-                "newest_cursor_epoch < ?)",
-                (newest_cursor, newest_epoch, source, table, newest_epoch))
+                "UPDATE table_health SET rows_loaded=rows_loaded+?, "
+                "rows_changed=coalesce(rows_changed, 0)+?, "
+                "rows_quarantined=rows_quarantined+?, last_success=? WHERE source=? AND tbl=?",
+                (rows, rows if changed is None else changed, quarantined, time.time(),
+                 source, table))
+            if newest_epoch is not None:
+                c.execute(
+                    "UPDATE table_health SET newest_cursor=?, newest_cursor_epoch=? "
+                    "WHERE source=? AND tbl=? AND (newest_cursor_epoch IS NULL OR "
+                    "newest_cursor_epoch < ?)",
+                    (newest_cursor, newest_epoch, source, table, newest_epoch))
 
     def record_error(self, source: str, table: str, error: str) -> None:
         with self._tx() as c:
