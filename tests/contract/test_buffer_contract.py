@@ -8,7 +8,6 @@ connection to the same file or stream, as a second process would have.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import threading
@@ -19,10 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import nats
 import pytest
-from nats.js.errors import NotFoundError
 from tests.conftest import require_service, write_pipeline
+from tests.support.jetstream import NATS_HOST, NATS_PORT, NATS_URL, delete_stream
 
 from steadyflow.buffer.jetstream import JetStreamBuffer
 from steadyflow.buffer.sqlite import SqliteBuffer
@@ -34,25 +32,9 @@ from steadyflow.ports import Buffer
 from steadyflow.reconcile.compare import compare_target
 from steadyflow.run.pipeline import Pipeline
 
-NATS_HOST, NATS_PORT = "127.0.0.1", 4222
-NATS_URL = f"nats://{NATS_HOST}:{NATS_PORT}"
-
 
 def _ref(name: str) -> BatchRef:
     return BatchRef(name, "s", "t", f"{name}.parquet", 1, 1, "c", None, None, time.time())
-
-
-def _delete_stream(name: str) -> None:
-    async def delete() -> None:
-        nc = await nats.connect(NATS_URL)
-        try:
-            await nc.jsm().delete_stream(name)
-        except NotFoundError:
-            pass
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
 
 
 def _unique_stream() -> str:
@@ -91,7 +73,7 @@ def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Adapter]
     for buf in found.opened:
         buf.close()
     if found.kind == "jetstream":
-        _delete_stream(found.where)
+        delete_stream(found.where)
 
 
 def _ids(buf: Buffer, n: int) -> list[str]:
@@ -329,4 +311,4 @@ def test_a_pipeline_through_jetstream_makes_the_warehouse_equal_the_source(
         assert result.warehouse_rows == result.expected_rows > 0
         assert result.source_rows == 6000
     finally:
-        _delete_stream(stream)
+        delete_stream(stream)

@@ -43,9 +43,9 @@ from tests.support.chaos_tables import (
     line_row,
     order_row,
 )
+from tests.support.jetstream import fresh_stream
 from tests.support.workers import (
     diffs,
-    jetstream_stream,
     status_json,
     store_databases,
     write_config,
@@ -73,7 +73,8 @@ def stores() -> Iterator[list[SourceDb]]:
 
 @pytest.fixture
 def stream() -> Iterator[str]:
-    yield from jetstream_stream("sf_autoscale")
+    with fresh_stream("sf_autoscale") as name:
+        yield name
 
 
 # --- the spike -----------------------------------------------------------------------------

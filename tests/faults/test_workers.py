@@ -23,11 +23,11 @@ import psycopg
 import pytest
 from tests.conftest import steadyflow
 from tests.support.chaos_tables import SourceDb, Writers, create_tables
+from tests.support.jetstream import fresh_stream
 from tests.support.workers import (
     Workers,
     assert_equal,
     diffs,
-    jetstream_stream,
     status_json,
     store_databases,
     write_config,
@@ -52,7 +52,8 @@ def stores() -> Iterator[list[SourceDb]]:
 
 @pytest.fixture
 def stream() -> Iterator[str]:
-    yield from jetstream_stream("sf_workers")
+    with fresh_stream("sf_workers") as name:
+        yield name
 
 
 def test_workers_share_a_pipeline_exactly_once_under_chaos(

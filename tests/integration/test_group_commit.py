@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
@@ -26,7 +25,8 @@ import nats
 import psycopg
 import pyarrow as pa
 import pytest
-from tests.conftest import require_service, write_pipeline
+from tests.conftest import write_pipeline
+from tests.support.jetstream import NATS_URL, fresh_stream
 
 from steadyflow.buffer.jetstream import JetStreamBuffer
 from steadyflow.buffer.sqlite import SqliteBuffer
@@ -39,7 +39,6 @@ from steadyflow.run.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
 
-NATS_URL = "nats://127.0.0.1:4222"
 CONTRACT = Contract(
     columns=(Column("k", "int64", nullable=False), Column("v", "string"),
              Column("ts", "int64")),
@@ -205,18 +204,8 @@ def short_lease(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     if request.param == "sqlite":
         yield {"kind": "sqlite", "lease": "1s"}
         return
-    require_service("NATS", "127.0.0.1", 4222)
-    stream = f"sf_group_{uuid.uuid4().hex[:12]}"
-    yield {"kind": "jetstream", "url": NATS_URL, "stream": stream, "lease": "1s"}
-
-    async def delete() -> None:
-        nc = await nats.connect(NATS_URL)
-        try:
-            await nc.jsm().delete_stream(stream)
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
+    with fresh_stream("sf_group") as stream:
+        yield {"kind": "jetstream", "url": NATS_URL, "stream": stream, "lease": "1s"}
 
 
 def _leased(directory: Path, buffer: dict[str, Any]) -> int:

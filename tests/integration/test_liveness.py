@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -20,23 +19,21 @@ import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import nats
 import pytest
 import yaml
-from tests.conftest import require_service, steadyflow
+from tests.conftest import steadyflow
+from tests.support.jetstream import NATS_URL, fresh_stream
 
 from steadyflow.buffer.jetstream import JetStreamBuffer
 from steadyflow.buffer.sqlite import SqliteBuffer
 from steadyflow.model import BatchRef
 
-NATS_URL = "nats://127.0.0.1:4222"
 ROWS = 300
 PAGE = 25  # 12 batches per table
 
@@ -191,18 +188,8 @@ def buffer_config(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     if request.param == "sqlite":
         yield {"kind": "sqlite"}
         return
-    require_service("NATS", "127.0.0.1", 4222)
-    stream = f"sf_liveness_{uuid.uuid4().hex[:12]}"
-    yield {"kind": "jetstream", "url": NATS_URL, "stream": stream}
-
-    async def delete() -> None:
-        nc = await nats.connect(NATS_URL)
-        try:
-            await nc.jsm().delete_stream(stream)
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
+    with fresh_stream("sf_liveness") as stream:
+        yield {"kind": "jetstream", "url": NATS_URL, "stream": stream}
 
 
 def buffer_depth(buffer: dict[str, Any], directory: Path) -> int:

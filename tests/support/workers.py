@@ -1,7 +1,8 @@
 """The setup of the many-worker fault tests (tests/faults/test_workers.py, test_multihost.py,
-test_autoscale.py): store databases holding the chaos tables, a JetStream stream, one
-pipeline that reads every store into a PostgreSQL warehouse (its state in the same
-database), the `steadyflow worker` processes, and the oracle's verdict on every table.
+test_autoscale.py): store databases holding the chaos tables, one pipeline that reads
+every store into a PostgreSQL warehouse (its state in the same database, its buffer a
+JetStream stream: tests/support/jetstream.py), the `steadyflow worker` processes, and the
+oracle's verdict on every table.
 """
 
 from __future__ import annotations
@@ -55,15 +56,6 @@ def store_databases(postgres: int, mysql: int) -> Iterator[list[SourceDb]]:
         for name in names:
             cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     admin.close()
-
-
-def jetstream_stream(prefix: str) -> Iterator[str]:
-    """A fresh stream name on the machine's NATS, its stream deleted afterwards."""
-    from tests.contract.test_buffer_contract import _delete_stream
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    yield name
-    _delete_stream(name)
 
 
 def write_config(directory: Path, name: str, dbs: list[SourceDb], warehouse_dsn: str,
