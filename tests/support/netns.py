@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
+from steadyflow.state.store import pid_alive
+
 PREFIX = "sfmh"  # every namespace (sfmh-<pid>-<tag>-<host>) and bridge alias starts so
 _NS = re.compile(rf"^{PREFIX}-(\d+)-([0-9a-f]+)-\w+")
 
@@ -38,16 +40,6 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _kill_all_in(ns: str) -> None:
@@ -67,7 +59,7 @@ def sweep_stale() -> None:
     for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         match = _NS.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not pid_alive(int(match.group(1))):
             _kill_all_in(name)
             sh("ip", "netns", "del", name, check=False)
     for line in sh("ip", "-o", "link", "show", "type", "bridge", check=False).stdout.splitlines():
@@ -75,7 +67,7 @@ def sweep_stale() -> None:
         if "alias" in parts:
             alias = parts[parts.index("alias") + 1]
             match = re.fullmatch(rf"{PREFIX}-(\d+)-[0-9a-f]+", alias)
-            if match and not _alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 sh("ip", "link", "del", parts[1].rstrip(":").split("@")[0], check=False)
 
 
