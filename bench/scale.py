@@ -87,18 +87,40 @@ def make_stores(rows: int) -> list[str]:
     return names
 
 
-def proxies_main() -> None:
-    """Child process: one delaying proxy per store; prints their ports, then waits."""
-    sys.path.insert(0, str(ROOT))
-    from tests.support.faultproxy import FaultProxy
+def proxies_main(kind: str) -> None:
+    """Child process: one delaying proxy per store; prints their ports, then waits.
+    `delay` (bench/delay_proxy.py): one event loop, one callback per chunk; `fault`:
+    tests/support/faultproxy.py, one loop and thread per proxy (what the bench used first,
+    kept to compare the proxies' CPU)."""
+    if kind == "fault":
+        sys.path.insert(0, str(ROOT))
+        from tests.support.faultproxy import FaultProxy
 
-    started = []
-    for _ in range(STORES):
-        proxy = FaultProxy("127.0.0.1", 5432).start()
-        proxy.set_latency(RTT / 2)
-        started.append(proxy)
-    print(json.dumps([p.port for p in started]), flush=True)
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        started = []
+        for _ in range(STORES):
+            proxy = FaultProxy("127.0.0.1", 5432).start()
+            proxy.set_latency(RTT / 2)
+            started.append(proxy)
+        print(json.dumps([p.port for p in started]), flush=True)
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+        return
+
+    import asyncio
+
+    import delay_proxy
+
+    async def run() -> None:
+        servers = await delay_proxy.serve(STORES, RTT / 2, ("127.0.0.1", 5432))
+        print(json.dumps([delay_proxy.port_of(s) for s in servers]), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: print(
+            json.dumps(list(delay_proxy.accepted.values())), flush=True))
+        await stop.wait()
+
+    asyncio.run(run())
 
 
 def config(work: Path, ports: list[int], names: list[str], wh: str, stream: str,
@@ -109,7 +131,7 @@ def config(work: Path, ports: list[int], names: list[str], wh: str, stream: str,
                             "page_size": args.page}]}
                for i, (port, name) in enumerate(zip(ports, names, strict=True))]
     return write_config(work, "scale", wh, stream, ["sale_id"], sources,
-                        {"interval": 0.5, "max_parallel_sources": args.parallel})
+                        {"interval": args.interval, "max_parallel_sources": args.parallel})
 
 
 def per_table(wh: str) -> dict[str, int]:
@@ -126,7 +148,7 @@ def per_table(wh: str) -> dict[str, int]:
 
 
 def one(workers: int, ports: list[int], names: list[str], args: Any,
-        work_root: Path, proxy_pid: int) -> dict[str, Any]:
+        work_root: Path, proxy: subprocess.Popen[str]) -> dict[str, Any]:
     total = args.rows * STORES
     wh_name, wh, stream = new_run("sfscale")
     work = work_root / f"w{workers}"
@@ -141,7 +163,8 @@ def one(workers: int, ports: list[int], names: list[str], args: Any,
         ready = time.monotonic()
         at_ready = sum(per_table(wh).values())
         startup_cpu = procs.cpu()
-        watch, proxy_cpu = CpuWatch("sfscale"), cpu_seconds(proxy_pid)
+        watch, proxy_cpu = CpuWatch("sfscale"), cpu_seconds(proxy.pid)
+        dialled = connections(proxy)
         watch.start()
 
         def progress() -> tuple[bool, int]:
@@ -157,7 +180,8 @@ def one(workers: int, ports: list[int], names: list[str], args: Any,
         wait_until(progress, args.timeout, f"{workers} workers loading {total:,} rows")
         done = time.monotonic()
         services = watch.stop()
-        proxy_cpu = cpu_seconds(proxy_pid) - proxy_cpu
+        proxy_cpu = cpu_seconds(proxy.pid) - proxy_cpu
+        dialled = [b - a for a, b in zip(dialled, connections(proxy), strict=True)]
     finally:
         used = procs.stop()
         end_run(wh_name, stream)
@@ -169,8 +193,23 @@ def one(workers: int, ports: list[int], names: list[str], args: Any,
             "worker_cpu_startup": startup_cpu,
             "worker_cpu_load": [round(u - s, 1) for u, s in zip(used, startup_cpu,
                                                                   strict=True)],
-            "proxy_cpu": round(proxy_cpu, 1), **{f"{k}_cpu": v for k, v in services.items()},
+            "proxy_cpu": round(proxy_cpu, 1), "store_connections": dialled,
+            **{f"{k}_cpu": v for k, v in services.items()},
             "tables_done_at": [round(x, 1) for x in ends]}
+
+
+def connections(proxy: subprocess.Popen[str]) -> list[int]:
+    """Connections each delay proxy accepted so far ([] from the fault proxies)."""
+    if "fault" in list(proxy.args):  # type: ignore[arg-type]
+        return []
+    assert proxy.stdout is not None
+    proxy.send_signal(signal.SIGUSR1)
+    return list(json.loads(proxy.stdout.readline()))
+
+
+def stores(dialled: list[int]) -> str:
+    """Connections to the stores: total (fewest / most at one store)."""
+    return f"{sum(dialled)} ({min(dialled)} / {max(dialled)})" if dialled else "-"
 
 
 def best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,13 +224,15 @@ def report(results: dict[int, list[dict[str, Any]]], args: Any,
     lines = [
         "# Throughput with 1, 2 and 4 workers (I/O-bound scaling)", "",
         f"Generated by `bench/.venv/bin/python bench/scale.py --rows {args.rows} --repeat "
-        f"{args.repeat}` on {os.cpu_count()} CPUs shared with other work (load average "
+        f"{args.repeat} --interval {args.interval:g} --proxy {args.proxy}` on "
+        f"{os.cpu_count()} CPUs shared with other work (load average "
         f"{load[0][0]:.1f} / {load[0][1]:.1f} / {load[0][2]:.1f} before, "
         f"{load[1][0]:.1f} / {load[1][1]:.1f} / {load[1][2]:.1f} after). {STORES} PostgreSQL "
         f"stores x {args.rows:,} rows ({total:,} rows), each behind a proxy adding "
         f"{RTT * 1000:.0f} ms per round trip; PostgreSQL state and warehouse, JetStream "
         f"buffer; each worker extracts {args.parallel} tables at a time, pages of "
-        f"{args.page:,} rows; full load from empty.", "",
+        f"{args.page:,} rows, run.interval {args.interval:g} s; full load from empty; "
+        f"{args.proxy} proxies.", "",
         "Start-up: spawn until every worker's heartbeat row is there. Load: from then until "
         "every row is counted in the warehouse; rows/s = rows still to load at ready / load "
         f"time. Best of {args.repeat} runs per count (by rows/s); every run is listed below.",
@@ -208,8 +249,9 @@ def report(results: dict[int, list[dict[str, Any]]], args: Any,
               "everything on the host included):", "",
               "| workers | rows/s | load s | rows at ready | workers' CPU start-up | workers' "
               "CPU load | proxies | PostgreSQL (this bench's databases / rest) | NATS | "
-              "machine | tables done at s (first / half / last) |",
-              "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|"]
+              "machine | tables done at s (first / half / last) | store connections (fewest / "
+              "most at one store) |",
+              "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|---:|"]
     for n in counts:
         for r in results[n]:
             ends = r["tables_done_at"]
@@ -220,7 +262,8 @@ def report(results: dict[int, list[dict[str, Any]]], args: Any,
                 f"{r['proxy_cpu']:.1f} | {r['pg_ours_cpu']:.1f} / {r['pg_other_cpu']:.1f} | "
                 f"{r['nats_cpu']:.1f} | "
                 f"{r['machine_cpu']:.1f} of {2 * r['load_seconds']:.1f} | "
-                f"{ends[0]:.1f} / {ends[len(ends) // 2]:.1f} / {ends[-1]:.1f} |")
+                f"{ends[0]:.1f} / {ends[len(ends) // 2]:.1f} / {ends[-1]:.1f} | "
+                f"{stores(r['store_connections'])} |")
     lines += ["", "This machine has 2 cores: more workers help while they wait on the "
               "stores' round trips, and stop helping once extraction, landing and merging "
               "use both cores; the ratios are I/O-bound scaling, not CPU scaling."]
@@ -235,15 +278,21 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2,
                         help="run.max_parallel_sources of each worker")
     parser.add_argument("--page", type=int, default=2_000, help="page_size")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="run.interval (steadyflow's default): an idle table's longest "
+                             "pause between polls in follow mode")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--out", default=str(HERE / "SCALE.md"))
+    parser.add_argument("--proxy", choices=("delay", "fault"), default="delay",
+                        help="delay: bench/delay_proxy.py (default); fault: "
+                             "tests/support/faultproxy.py")
     parser.add_argument("--proxies", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.proxies:
-        return proxies_main()
+        return proxies_main(args.proxy)
     names = make_stores(args.rows)
-    proxy = subprocess.Popen([sys.executable, __file__, "--proxies"], stdout=subprocess.PIPE,
-                             text=True)
+    proxy = subprocess.Popen([sys.executable, __file__, "--proxies", "--proxy", args.proxy],
+                             stdout=subprocess.PIPE, text=True)
     assert proxy.stdout is not None
     ports = json.loads(proxy.stdout.readline())
     load_before = os.getloadavg()
@@ -253,7 +302,7 @@ def main() -> None:
         for _ in range(args.repeat):  # interleaved: a busy minute hits every count alike
             for n in counts:
                 results[n].append(one(n, ports, names, args, HERE / "work" / "scale",
-                                      proxy.pid))
+                                      proxy))
                 print(json.dumps(results[n][-1]), flush=True)
     finally:
         proxy.send_signal(signal.SIGTERM)
