@@ -59,8 +59,10 @@ def open_buffer(server: Nats) -> JetStreamBuffer:
     return JetStreamBuffer(server.url, STREAM, capacity=4, lease=5)
 
 
-def test_a_message_acked_before_a_crash_does_not_stay_in_the_stream(
-        server: Nats, tmp_path: Path) -> None:
+def crash_after_the_ack(server: Nats, tmp_path: Path) -> None:
+    """REF put, delivered and acked, then the server restarted with the stream's message
+    files as they were while REF was queued: the stream has it again, the consumer acked
+    it."""
     buffer = open_buffer(server)
     buffer.put(REF)
     buffer.close()
@@ -74,8 +76,12 @@ def test_a_message_acked_before_a_crash_does_not_stay_in_the_stream(
     buffer.ack(REF.batch_id)
     assert buffer.depth() == 0
     buffer.close()
-    restart(server, before=queued)  # the stream has it again; the consumer acked it
+    restart(server, before=queued)
 
+
+def test_a_message_acked_before_a_crash_does_not_stay_in_the_stream(
+        server: Nats, tmp_path: Path) -> None:
+    crash_after_the_ack(server, tmp_path)
     buffer = open_buffer(server)
     try:
         assert buffer.get(wait=1) is None  # the consumer will not deliver it again...
@@ -91,17 +97,7 @@ def test_a_message_acked_before_a_crash_does_not_stay_in_the_stream(
 
 def test_a_sweeper_re_put_of_an_orphaned_batch_is_queued(server: Nats, tmp_path: Path) -> None:
     """The same crash, met first by `contains` and `put` (the sweeper's path)."""
-    buffer = open_buffer(server)
-    buffer.put(REF)
-    buffer.close()
-    restart(server)
-    queued = tmp_path / "msgs-queued"
-    shutil.copytree(next(server.store.rglob(f"streams/{STREAM}/msgs")), queued)
-    buffer = open_buffer(server)
-    assert buffer.get(wait=10) is not None
-    buffer.ack(REF.batch_id)
-    buffer.close()
-    restart(server, before=queued)
+    crash_after_the_ack(server, tmp_path)
 
     buffer = open_buffer(server)
     try:
