@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from steadyflow.errors import RetryableError
@@ -76,24 +78,19 @@ class SqliteBuffer:
         pause = 0.01
         while True:
             with self._lock:
-                c = self._conn
-                c.execute("BEGIN IMMEDIATE")
-                try:
+                with self._immediate() as c:
                     present = c.execute(
                         "SELECT 1 FROM queue WHERE batch_id=?", (ref.batch_id,)
                     ).fetchone()
                     depth = c.execute("SELECT count(*) FROM queue").fetchone()[0]
-                    if present or depth < self.capacity:
+                    queued = bool(present) or depth < self.capacity
+                    if queued:
                         now = time.time()
                         c.execute(
                             "INSERT OR IGNORE INTO queue(batch_id, ref, enqueued_at, visible_at) "
                             "VALUES (?,?,?,?)", (ref.batch_id, ref.to_json(), now, now))
-                        c.execute("COMMIT")
-                        return
-                    c.execute("COMMIT")
-                except BaseException:
-                    c.execute("ROLLBACK")
-                    raise
+                if queued:
+                    return
                 if self.should_stop():
                     raise RetryableError("stopped while waiting for buffer space",
                                          stage="publish", batch_id=ref.batch_id)
@@ -110,21 +107,14 @@ class SqliteBuffer:
         deadline = time.monotonic() + wait
         pause = 0.01
         while True:
-            with self._lock:
-                c = self._conn
-                c.execute("BEGIN IMMEDIATE")
-                try:
-                    now = time.time()
-                    row = c.execute(
-                        "SELECT batch_id, ref, attempts FROM queue WHERE visible_at <= ? "
-                        "ORDER BY enqueued_at LIMIT 1", (now,)).fetchone()
-                    if row is not None:
-                        c.execute("UPDATE queue SET visible_at=?, attempts=attempts+1, owner=? "
-                                  "WHERE batch_id=?", (now + self.lease, self.owner, row[0]))
-                    c.execute("COMMIT")
-                except BaseException:
-                    c.execute("ROLLBACK")
-                    raise
+            with self._lock, self._immediate() as c:
+                now = time.time()
+                row = c.execute(
+                    "SELECT batch_id, ref, attempts FROM queue WHERE visible_at <= ? "
+                    "ORDER BY enqueued_at LIMIT 1", (now,)).fetchone()
+                if row is not None:
+                    c.execute("UPDATE queue SET visible_at=?, attempts=attempts+1, owner=? "
+                              "WHERE batch_id=?", (now + self.lease, self.owner, row[0]))
             if row is not None:
                 return Delivery(BatchRef.from_json(row[1]), attempt=row[2] + 1)
             if time.monotonic() - self._released_at > 2.0:
@@ -135,6 +125,19 @@ class SqliteBuffer:
                 return None
             time.sleep(pause)
             pause = min(pause * 2, 0.2)
+
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction on the queue (the caller holds the lock):
+        committed when the block ends, rolled back when it raises."""
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     def ack(self, batch_id: str) -> None:
         with self._lock:
