@@ -91,6 +91,13 @@ def _fail(exc: SteadyflowError) -> None:
     raise typer.Exit(2)
 
 
+def _finish(summary: Any, as_json: bool, started: float) -> None:
+    """Print a run's summary; exit 2 when a table failed, 1 when something else did."""
+    _print_summary(summary, as_json, time.monotonic() - started)
+    if not summary.ok:
+        raise typer.Exit(2 if summary.failed_tables else 1)
+
+
 def _print_result(config: Path, as_json: bool, action: Callable[[Any], Any]) -> None:
     """Open the pipeline, run `action` on it and print what it returns (JSON with --json);
     an error is one clear `error:` line."""
@@ -244,9 +251,7 @@ def run(config: ConfigOpt,
             finally:
                 if serve_at:
                     server.stop()
-            _print_summary(summary, as_json, time.monotonic() - started)
-            if not summary.ok:
-                raise typer.Exit(2 if summary.failed_tables else 1)
+            _finish(summary, as_json, started)
     except SteadyflowError as exc:
         _fail(exc)
 
@@ -384,9 +389,7 @@ def extract(config: ConfigOpt,
                 logs.get("extract").setLevel("INFO")
             started = time.monotonic()
             summary = pipeline.extract(table, dry_run=dry_run)
-            _print_summary(summary, as_json, time.monotonic() - started)
-            if not summary.ok:
-                raise typer.Exit(2 if summary.failed_tables else 1)
+            _finish(summary, as_json, started)
     except SteadyflowError as exc:
         _fail(exc)
 
