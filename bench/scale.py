@@ -207,6 +207,13 @@ def connections(proxy: subprocess.Popen[str]) -> list[int]:
     return list(json.loads(proxy.stdout.readline()))
 
 
+def ours(r: dict[str, Any]) -> float:
+    """CPU seconds of this bench's processes over the load: workers, proxies, its
+    PostgreSQL backends, NATS (all of NATS: nothing else on this host uses it much)."""
+    return (sum(r["worker_cpu_load"]) + r["proxy_cpu"] + r["pg_ours_cpu"]
+            + r["nats_cpu"])
+
+
 def stores(dialled: list[int]) -> str:
     """Connections to the stores: total (fewest / most at one store)."""
     return f"{sum(dialled)} ({min(dialled)} / {max(dialled)})" if dialled else "-"
@@ -249,9 +256,9 @@ def report(results: dict[int, list[dict[str, Any]]], args: Any,
               "everything on the host included):", "",
               "| workers | rows/s | load s | rows at ready | workers' CPU start-up | workers' "
               "CPU load | proxies | PostgreSQL (this bench's databases / rest) | NATS | "
-              "machine | tables done at s (first / half / last) | store connections (fewest / "
-              "most at one store) |",
-              "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|---:|"]
+              "machine | this bench (its share of the busy CPU) | tables done at s (first / "
+              "half / last) | store connections (fewest / most at one store) |",
+              "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|---:|"]
     for n in counts:
         for r in results[n]:
             ends = r["tables_done_at"]
@@ -262,11 +269,21 @@ def report(results: dict[int, list[dict[str, Any]]], args: Any,
                 f"{r['proxy_cpu']:.1f} | {r['pg_ours_cpu']:.1f} / {r['pg_other_cpu']:.1f} | "
                 f"{r['nats_cpu']:.1f} | "
                 f"{r['machine_cpu']:.1f} of {2 * r['load_seconds']:.1f} | "
+                f"{ours(r):.1f} ({ours(r) / max(r['machine_cpu'], 0.1):.0%}) | "
                 f"{ends[0]:.1f} / {ends[len(ends) // 2]:.1f} / {ends[-1]:.1f} | "
                 f"{stores(r['store_connections'])} |")
     lines += ["", "This machine has 2 cores: more workers help while they wait on the "
               "stores' round trips, and stop helping once extraction, landing and merging "
-              "use both cores; the ratios are I/O-bound scaling, not CPU scaling."]
+              "use both cores; the ratios are I/O-bound scaling, not CPU scaling.", "",
+              "Who had the CPU during each count's best run (the load only):", ""]
+    for n in counts:
+        r = best(results[n])
+        mine, busy = ours(r), r["machine_cpu"]
+        lines.append(
+            f"- {n} worker(s): the machine was busy {busy:.1f} of {2 * r['load_seconds']:.1f} "
+            f"CPU-seconds; this bench's processes used {mine:.1f} of them, everything else on "
+            f"the host {max(0.0, busy - mine):.1f}. This bench's CPU alone on both cores "
+            f"takes at least {mine / 2:.1f} s (its load took {r['load_seconds']:.1f} s).")
     return "\n".join(lines) + "\n"
 
 
