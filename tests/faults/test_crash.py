@@ -17,7 +17,6 @@ A late UPDATE stamped older than the version already loaded must reach the wareh
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -28,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -38,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import nats
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.conftest import require_service, steadyflow, write_pipeline
+from tests.conftest import steadyflow, write_pipeline
 from tests.support.gen import Col, Table
+from tests.support.jetstream import NATS_URL, fresh_stream
 from tests.support.oracle import diff, read_source, read_warehouse
 
 from steadyflow.config import PipelineConfig, load_config
@@ -508,7 +506,6 @@ def test_crash_mid_write_leaves_only_a_hidden_temp_file(tmp_path: Path) -> None:
 
 # --- 5. grouped commits: a SIGKILL before a group's commit, after it, between its acks ---------
 GROUP = 4
-NATS_URL = "nats://127.0.0.1:4222"
 SALES = Table("sales", [
     Col("store_id", "int64", nullable=False), Col("sale_id", "int64", nullable=False),
     Col("sku", "text"), Col("qty", "int64"), Col("unit_price", "dec", 12, 2),
@@ -523,18 +520,8 @@ def buffer_section(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     if request.param == "sqlite":
         yield {"kind": "sqlite"}
         return
-    require_service("NATS", "127.0.0.1", 4222)
-    stream = f"sf_crash_{uuid.uuid4().hex[:12]}"
-    yield {"kind": "jetstream", "url": NATS_URL, "stream": stream, "lease": "2s"}
-
-    async def delete() -> None:
-        nc = await nats.connect(NATS_URL)
-        try:
-            await nc.jsm().delete_stream(stream)
-        finally:
-            await nc.close()
-
-    asyncio.run(delete())
+    with fresh_stream("sf_crash") as stream:
+        yield {"kind": "jetstream", "url": NATS_URL, "stream": stream, "lease": "2s"}
 
 
 def ledger_groups(directory: Path) -> list[int]:
