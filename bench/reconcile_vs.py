@@ -206,10 +206,21 @@ def damage(d: Path, kind: str, rows: int) -> dict[str, set[int]]:
 
 
 # --- scenarios ---------------------------------------------------------------------------
+def settle(d: Path, kind: str) -> None:
+    """After the load, what a PostgreSQL server does on its own (autovacuum, off on the bench
+    machine): the warehouse table's statistics. Without them the planner takes the 2M-row
+    table for 2k rows, never scans it in parallel, and plans every full-table query of both
+    tools as an index scan."""
+    if kind == "postgres":
+        with psycopg.connect(f"{PG}/{DB['wh']}", autocommit=True) as conn:
+            conn.execute(f"VACUUM ANALYZE wh_{d.name}.sales")
+
+
 def side_by_side(work: Path, kind: str, rows: int, runs: int, cases: list[Case]) -> None:
     d = pipeline_dir(work, kind, "sales", kind)
     started = time.perf_counter()
     steadyflow(d, "run")
+    settle(d, kind)
     print(f"[{kind}] warehouse loaded by steadyflow run in {time.perf_counter() - started:.0f} s",
           flush=True)
     sf, rd = Case(f"{kind}: unchanged, steadyflow"), Case(f"{kind}: unchanged, reladiff")
@@ -304,6 +315,11 @@ def main(argv: list[str]) -> None:
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir(parents=True)
     load = [os.getloadavg()[0]]
+    # steadyflow is installed editable: its modules would be compiled again by every process
+    # (PYTHONDONTWRITEBYTECODE on the bench machine), while reladiff's, installed by pip,
+    # were compiled once at install; compiled once here, as a pip install would
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "src")],
+                   check=True)
     fresh_databases()
     kinds = [k for k in args.kinds.split(",") if k]
     cases: list[Case] = []

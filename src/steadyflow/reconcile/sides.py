@@ -96,6 +96,22 @@ class SqlSide:
         self.queries += 1
         return self.run(sql, params)
 
+    def _aggregate_run(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        """A bucket query, under the engine's bucket_settings (put back after it, whatever
+        happens: the warehouse connection is the pipeline's, and the source's also reads
+        rows by key, which the settings would slow down)."""
+        e = self.engine
+        if not e.bucket_settings:
+            return self._exec(sql, params)
+        before = [(name, str(self.run(*e.setting(name))[0][0])) for name, _ in e.bucket_settings]
+        try:
+            for name, value in e.bucket_settings:
+                self.run(*e.assign(name, value))
+            return self._exec(sql, params)
+        finally:
+            for name, value in before:
+                self.run(*e.assign(name, value))
+
     def _dim_expr(self, i: int) -> str:
         return self._expr(self.dims[i])
 
@@ -230,13 +246,13 @@ class SqlSide:
                "GROUP BY r, b, inv")
         params = [p for _, ps in preds for p in ps] + inv_params + where_params
         out: list[dict[int, Agg]] = [{} for _ in ranges]
-        for row in self._exec(sql, params):
+        for row in self._aggregate_run(sql, params):
             self._add(out[int(row[0])], row[1:])
         return out
 
     def _aggregate(self, rng: Range, width: int) -> dict[int, Agg]:
         out: dict[int, Agg] = {}
-        for row in self._exec(*self._aggregate_sql(rng, width)):
+        for row in self._aggregate_run(*self._aggregate_sql(rng, width)):
             self._add(out, row)
         return out
 
