@@ -46,8 +46,6 @@ def _loaded(pipeline: object) -> int:
         return 0
 
 
-@pytest.mark.xfail(strict=True, reason="KeptLease is kept across quiet polls that re-read a "
-                   "lookback window (board: h-review finding)")
 def test_a_quiet_table_with_a_lookback_lets_a_waiting_repair_in(tmp_path: Path,
                                                                 pg_dsn: str) -> None:
     seed_pg(pg_dsn, 100)

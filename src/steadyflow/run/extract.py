@@ -55,6 +55,7 @@ from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer
 from steadyflow.resilience import PageSizer, SourceGuard
 from steadyflow.run.lease import WAIT_SECONDS as LEASE_WAIT
+from steadyflow.run.lease import KeptLease
 from steadyflow.run.lease import hold as hold_lease
 from steadyflow.state import Lease, StateStore
 
@@ -111,9 +112,11 @@ def open_source(config: SourceConfig) -> Source:
 
 
 # How often an idle table's last poll is written to the state store (status and lag seen
-# from another process); this process's metrics know every poll at once. A poll whose
-# high-water mark moved is written at once.
+# from another process); this process's metrics know every poll at once. A moved
+# high-water mark is written within POLL_RECORD_MOVED (lag seen from another process is
+# at most that stale; a busy table is polled several times a second).
 POLL_RECORD_EVERY = 10.0
+POLL_RECORD_MOVED = 1.0
 
 
 @dataclass
@@ -128,6 +131,8 @@ class TableMemory:
     recorded: tuple[str | None, float] | None = None
     # the adaptive lookback fell back to the fixed window (no privilege): told to status
     hidden_reported: bool = False
+    # `run --follow` (one process): the table's lease kept across busy polls
+    kept: KeptLease | None = None
 
 
 @dataclass
@@ -301,9 +306,22 @@ class TableExtractor:
             return self._run(db, dry_run)
         self._partitioned = False
         self._seen = None
-        if isinstance(db, SqlSource) and self._idle(db):
-            return self.result
+        kept = self.memory.kept
+        try:
+            if isinstance(db, SqlSource) and self._idle(db):
+                if kept is not None:
+                    kept.release()  # nothing flows: the table's lease is free
+                return self.result
+        except BaseException:
+            if kept is not None:  # a source that fails keeps no lease through its outage
+                kept.release()
+            raise
         result = self._leased(db, lease_wait)
+        if kept is not None and not result.moved:
+            # a poll that moved nothing (a quiet table re-reading its lookback window, an
+            # HTTP chain with nothing new): the lease is not kept through the pause to the
+            # next poll, which may be run.interval away
+            kept.release()
         if not self._partitioned or self.should_stop() or not isinstance(db, SqlSource):
             return result
         # a large first load's key ranges are units of their own, read outside the table's
@@ -347,8 +365,10 @@ class TableExtractor:
         return True
 
     def _leased(self, db: Source, lease_wait: float) -> ExtractResult:
-        with hold_lease(self.state, self.ref.source, self.ref.table, "extract",
-                        self.should_stop, wait=lease_wait) as lease:
+        kept = self.memory.kept
+        with (kept.hold("extract", self.should_stop, wait=lease_wait) if kept is not None
+              else hold_lease(self.state, self.ref.source, self.ref.table, "extract",
+                              self.should_stop, wait=lease_wait)) as lease:
             self.lease = lease
             try:
                 return self._run(db, False)
@@ -421,10 +441,13 @@ class TableExtractor:
         mark = self.state.checkpoint(self.ref.source, self.ref.table)
         epoch = cursor_epoch(mark.cursor) if mark is not None else None
         # the state store hears of an idle poll at most every POLL_RECORD_EVERY, of a
-        # moved high-water mark at once; this process's metrics of every poll
+        # moved high-water mark at most every POLL_RECORD_MOVED (a table polled four
+        # times a second paid a state commit for each); this process's metrics of every
+        # poll
         high, now = (mark.to_json() if mark is not None else None), time.monotonic()
         last = self.memory.recorded
-        if last is None or last[0] != high or now - last[1] >= POLL_RECORD_EVERY:
+        if last is None or now - last[1] >= (
+                POLL_RECORD_MOVED if last[0] != high else POLL_RECORD_EVERY):
             self.state.record_poll(self.ref.source, self.ref.table, mark, epoch)
             self.memory.recorded = (high, now)
         self.metrics.polled(self.ref.source, self.ref.table, epoch)

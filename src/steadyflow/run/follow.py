@@ -20,12 +20,14 @@ flag between pages), then the loader; the last, partial round is recorded too.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from steadyflow.observe import logs
-from steadyflow.run.extract import ExtractResult
+from steadyflow.run.extract import ExtractResult, TableMemory
+from steadyflow.run.lease import KeptLease
 from steadyflow.run.scheduler import Cadence, Outcome, Scheduler, Unit
 
 if TYPE_CHECKING:
@@ -87,6 +89,10 @@ class _Follower:
                                     name="load", daemon=True)
         p.landing.handoff = True  # the loader takes landed pages from memory
         consumer.start()
+        if not p.shared:  # one process follows: a busy table keeps its lease between polls
+            for label, (_, _, ref) in self.jobs.items():
+                p._memory.setdefault(label, TableMemory()).kept = KeptLease(
+                    p.state, ref.source, ref.table)
         units = [Unit(label, self._poller(job), cadence_of(p, job[1]))
                  for label, job in self.jobs.items()]
         scheduler = Scheduler(units, p.config.run.max_parallel_sources,
@@ -94,6 +100,11 @@ class _Follower:
         try:
             scheduler.run()
         finally:
+            for memory in p._memory.values():
+                if memory.kept is not None:
+                    with contextlib.suppress(Exception):  # expires by itself if not given
+                        memory.kept.release()
+                    memory.kept = None
             extracting.clear()
             p._stop.set()  # the loader ends with the follow, as in a cycle that stopped
             consumer.join()

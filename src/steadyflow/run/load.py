@@ -262,12 +262,18 @@ class BatchLoader:
                             len(group), exc, extra={"stage": "load", "batch_id": exc_batch(exc)})
             else:
                 try:
-                    self._finish(group, outcomes)
+                    self._mark(group, outcomes)
                 except Exception as exc:  # noqa: BLE001 - committed; redelivery is a no-op
                     for batch in group:
                         yield batch, exc
-                else:
-                    yield from zip(group, outcomes, strict=True)
+                    return
+                for batch, outcome in zip(group, outcomes, strict=True):
+                    try:
+                        self._ack(batch, outcome)
+                    except Exception as exc:  # noqa: BLE001 - committed, marked: redelivery
+                        yield batch, exc  # is a no-op; the batches acked are loaded
+                    else:
+                        yield batch, outcome
                 return
         for batch in group:  # alone: a batch that fails fails by itself
             try:
@@ -334,20 +340,28 @@ class BatchLoader:
                                    p.epoch, changed=outcome.changed_rows)
 
     def _finish(self, group: list[BatchRef], outcomes: list[LoadOutcome]) -> None:
-        """Steps 3 and 4 of the commit order, after the group's transaction committed:
-        one state transaction marks every batch (and adds the counts of those loaded),
-        then each is acked."""
+        """Steps 3 and 4 of the commit order, after the group's transaction committed."""
+        self._mark(group, outcomes)
+        for batch, outcome in zip(group, outcomes, strict=True):
+            self._ack(batch, outcome)
+
+    def _mark(self, group: list[BatchRef], outcomes: list[LoadOutcome]) -> None:
+        """Step 3: one state transaction marks every batch of the group (and adds the
+        counts of those loaded)."""
         self.state.record_loaded([
             LoadedBatch(batch, "loaded" if o.loaded else "duplicate", o.good_rows,
                         o.bad_rows, o.changed_rows, o.newest, o.epoch)
             for batch, o in zip(group, outcomes, strict=True)])
         failpoint("load.after_mark")
-        for batch, outcome in zip(group, outcomes, strict=True):
-            self.buffer.ack(batch.batch_id)
-            failpoint("load.after_ack")
-            log.debug("loaded" if outcome.loaded else "already loaded", extra={
-                "source": batch.source, "table": batch.table, "stage": "load",
-                "batch_id": batch.batch_id, "rows": outcome.good_rows})
+
+    def _ack(self, batch: BatchRef, outcome: LoadOutcome) -> None:
+        """Step 4, per batch: one that fails to ack is redelivered (a no-op), the others
+        are loaded and reported so."""
+        self.buffer.ack(batch.batch_id)
+        failpoint("load.after_ack")
+        log.debug("loaded" if outcome.loaded else "already loaded", extra={
+            "source": batch.source, "table": batch.table, "stage": "load",
+            "batch_id": batch.batch_id, "rows": outcome.good_rows})
 
 
 def exc_batch(exc: BaseException) -> str | None:

@@ -7,6 +7,7 @@ serialises writers, which is the row lock the shared SQL relies on.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,24 +69,37 @@ class SqliteStateStore(StateStore):
         with self._lock:
             self._conn.executescript(SCHEMA)
             _add_columns(self._conn, "table_health", {"rows_changed": "INTEGER DEFAULT 0"})
+        # reads on a connection of their own: in WAL mode a reader never waits for a
+        # writer, but sharing the writer's connection made every read (a poll asks for
+        # its checkpoint several times) queue behind whichever commit was fsyncing
+        self._reader = open_sqlite(path)
+        self._read_lock = threading.Lock()
+        self._writing = threading.local()
 
     def close(self) -> None:
         self._conn.close()
+        self._reader.close()
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._writing.active = True
             try:
                 yield _SqliteTx(self._conn)
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._writing.active = False
             self._conn.execute("COMMIT")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+        if getattr(self._writing, "active", False):  # inside this thread's transaction:
+            with self._lock:  # read what it wrote
+                return self._conn.execute(sql, params).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
 
     def _now(self, c: Tx) -> float:
         return time.time()  # one host: every holder reads the same clock
