@@ -173,6 +173,9 @@ def start_steadyflow(work: Path, wh: str) -> subprocess.Popen[bytes]:
 def start_dlt(work: Path, wh: str) -> subprocess.Popen[bytes]:
     """dlt's sql_table (connectorx backend) with incremental merge on updated_at, every store
     in one pipeline, run again and again as fast as it goes."""
+    # dlt's PostgreSQL credentials refuse a URL without a password; this server trusts
+    # loopback connections and ignores it
+    wh = wh.replace("://postgres@", "://postgres:unused@")
     script = work / "dlt_loop.py"
     script.write_text(f'''
 import dlt
