@@ -73,3 +73,21 @@ def test_a_partitioned_first_load_has_no_affinity(adapter: Adapter) -> None:
     a.release_lease(lease)
     assert b.look_after("s", "t")
     assert b.try_lease("s", "t", "otherhost:2:b", 30) is not None
+
+
+def test_a_failing_table_has_no_affinity(adapter: Adapter) -> None:
+    """A table whose last error is newer than its last load may be tried by any worker (its
+    owner may be the one host that cannot reach the store), until one loads it again."""
+    a, b = adapter.open(), adapter.open()
+    a.lease_affinity = b.lease_affinity = 3600
+    lease = a.try_lease("s", "t", "otherhost:1:a", 30)
+    assert lease is not None
+    a.release_lease(lease)
+    assert not b.look_after("s", "t")
+    a.record_error("s", "t", "connection refused")
+    assert b.look_after("s", "t")
+    taken = b.try_lease("s", "t", "otherhost:2:b", 30)
+    assert taken is not None
+    b.release_lease(taken)
+    b.record_load("s", "t", 3, 0, None, None)
+    assert not a.look_after("s", "t")  # loaded again by b: b's now

@@ -24,7 +24,9 @@ lease were held, unless the owner looks after at least two tables more than the 
 (counting the tables each took or released within `lease_affinity`), so a worker that joins
 takes its share, and one that stops polling (dead, stalled, or too busy to come back within
 `lease_affinity`) loses its tables to the others. A partitioned first load has none: every
-worker takes its key ranges (run/backfill.py), and whichever finishes last ends it.
+worker takes its key ranges (run/backfill.py), and whichever finishes last ends it. Nor has
+a table whose last error is newer than its last load: its owner may be the one host that
+cannot reach the store, so any worker may try it until one loads it again.
 Without the affinity every worker polled every table: N workers opened N connections to
 each store and probed each one N times as often, to find what its owner had just read. The
 affinity decides only who asks; the lease and its generation still fence whoever holds it.
@@ -449,6 +451,9 @@ class StateStore(ABC):
                      "AND k.tbl=b.tbl WHERE b.source=? AND b.tbl=? LIMIT 1",
                      (source, table)).fetchone():
             return False  # a partitioned first load: every worker reads ranges, any ends it
+        if c.execute("SELECT 1 FROM table_health WHERE source=? AND tbl=? AND last_error_at "
+                     "> coalesce(last_success, 0)", (source, table)).fetchone():
+            return False  # failing (maybe only where its owner runs): any worker may try it
         owned = dict(c.execute("SELECT owner, count(*) FROM extract_owners WHERE "
                                "released_at > ? AND owner IN (?, ?) GROUP BY owner",
                                (since, row[0], me)).fetchall())
