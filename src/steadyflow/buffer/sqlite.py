@@ -46,6 +46,9 @@ class SqliteBuffer:
         self._conn = open_sqlite(path, durable=False)
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
+        # a put in this process wakes a get waiting in it at once (the loader beside the
+        # extractors of `run --follow`); another process's put is seen by polling
+        self._arrived = threading.Condition(self._lock)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._released_at = time.monotonic()
         with self._lock:
@@ -90,6 +93,7 @@ class SqliteBuffer:
                             "INSERT OR IGNORE INTO queue(batch_id, ref, enqueued_at, visible_at) "
                             "VALUES (?,?,?,?)", (ref.batch_id, ref.to_json(), now, now))
                 if queued:
+                    self._arrived.notify_all()
                     return
                 if self.should_stop():
                     raise RetryableError("stopped while waiting for buffer space",
@@ -121,9 +125,11 @@ class SqliteBuffer:
                 self._released_at = time.monotonic()
                 if self.release_dead_leases():
                     continue
-            if time.monotonic() >= deadline or self.should_stop():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.should_stop():
                 return None
-            time.sleep(pause)
+            with self._lock:
+                self._arrived.wait(min(pause, left))
             pause = min(pause * 2, 0.2)
 
     @contextmanager

@@ -85,6 +85,7 @@ class _Follower:
             self.reconciler.tick()
         extracting = threading.Event()
         extracting.set()
+        p.following = True
         consumer = threading.Thread(target=p._consume, args=(extracting, self.loaded),
                                     name="load", daemon=True)
         p.landing.handoff = True  # the loader takes landed pages from memory

@@ -67,6 +67,8 @@ from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Verdict
 
 log = logs.get("run")
+# the buffer's depth and age (metrics, status) are read at most this often by the loader
+QUEUE_REPORT_EVERY = 0.5
 
 
 @dataclass
@@ -144,6 +146,9 @@ class Pipeline:
         self._open_sources: dict[str, Source] = {}
         # what each table's polls carry to the next (run/extract.py TableMemory)
         self._memory: dict[str, TableMemory] = {}
+        # `run --follow` / worker: the loader runs beside polls that never end (run/follow.py)
+        self.following = False
+        self._queue_reported = 0.0
         self._swept = False
         # landed batches the last sweep could not queue (the buffer was full): the loader
         # sweeps again once the buffer drains
@@ -355,10 +360,15 @@ class Pipeline:
         loaded_since_release, last_batch = 0, time.monotonic()
         while not self._stop.is_set():
             try:
-                self._report_queue()
+                if time.monotonic() >= self._queue_reported + QUEUE_REPORT_EVERY:
+                    self._report_queue()  # JetStream: two API requests, so not every get
                 # beside a running extraction (run_once) poll finely: a landed batch is
-                # picked up, and the end of the run noticed, within ~20 ms instead of 200 ms
-                delivery = self.buffer.get(wait=0.2 if extracting is None else 0.02)
+                # picked up, and the end of the run noticed, within ~20 ms instead of 200 ms.
+                # A follower's loader waits longer: a batch wakes it as it arrives (the
+                # SQLite buffer notifies a get in this process, a JetStream fetch returns
+                # with the message), and only the stop is noticed later
+                delivery = self.buffer.get(wait=0.2 if extracting is None else
+                                           0.25 if self.following else 0.02)
                 if (delivery is None and self._unqueued
                         and self.buffer.depth() < self.buffer.capacity and self.sweep()):
                     continue  # the buffer drained: queue what the last sweep left out
@@ -491,6 +501,7 @@ class Pipeline:
                 "`steadyflow status`)")
 
     def _report_queue(self) -> None:
+        self._queue_reported = time.monotonic()
         depth = self.buffer.depth()
         age = self.buffer.oldest_age()
         # parked batches are behind too, though out of the buffer
