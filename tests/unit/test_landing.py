@@ -45,3 +45,27 @@ def test_sweep_spares_a_temp_file_a_live_process_is_writing(tmp_path: Path) -> N
     live = tmp_path / f".tmp-x.parquet.{os.getppid()}"
     live.write_bytes(b"being written")
     assert zone.sweep_temp_files() == 0 and live.exists()
+
+
+def test_the_handoff_keeps_small_pages_by_bytes_and_big_ones_two_at_a_time(
+        tmp_path: Path) -> None:
+    """A follower lands dozens of small batches at a time: all of them reach its loader from
+    memory (their files are gone here, so a read from the store would fail); a full load's
+    big pages stay at two in memory, the next is read from the store."""
+    from steadyflow.land import parquet
+
+    zone = parquet.LandingZone(tmp_path)
+    zone.handoff = True
+    small = [zone.write(pa.table({"k": pa.array(range(i * 100, i * 100 + 100))}), "s", "t",
+                        None, None, seq=i) for i in range(20)]
+    for ref in small:
+        (tmp_path / ref.path).unlink()
+    assert [zone.read(ref).num_rows for ref in small] == [100] * 20
+
+    rows = parquet.HANDOFF_BYTES // 8 // 2 + 1  # two such pages are over the byte cap
+    big = [zone.write(pa.table({"k": pa.array(range(i, i + rows), pa.int64())}), "s", "t",
+                      None, None, seq=100 + i) for i in range(3)]
+    assert [zone.read(ref).num_rows for ref in big[:2]] == [rows, rows]
+    (tmp_path / big[2].path).unlink()
+    with pytest.raises(Exception, match="missing|No such file|not found"):
+        zone.read(big[2])

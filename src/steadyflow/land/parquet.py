@@ -46,7 +46,15 @@ Compression = Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"]
 # files ~40% smaller (less to fsync), and column statistics are never read back (a landed
 # file is always read whole).
 ZSTD_LEVEL = 1
-HANDOFF_MAX = 2  # landed pages kept in memory for an in-process loader (see `handoff`)
+# landed pages kept in memory for an in-process loader (see `handoff`): always 2 (a full
+# load's big pages: the one being loaded and the next), more while they hold at most
+# HANDOFF_BYTES together (a follower's small batches: twenty tables' polls land dozens,
+# each read back from the file and hashed again cost ~7 ms of the loader's time), never more
+# than HANDOFF_MAX; one not read within HANDOFF_STALE (loaded by another process) is dropped
+HANDOFF_MIN = 2
+HANDOFF_MAX = 64
+HANDOFF_BYTES = 32 * 1024 * 1024
+HANDOFF_STALE = 60.0
 # a batch of more rows is written as several row groups, so a streamed read (`batches`)
 # holds one of them at a time; a page of the default size is one row group
 ROW_GROUP_ROWS = 64 * 1024
@@ -72,13 +80,13 @@ class LandingZone:
         self.store: Landing = LocalLanding(store) if isinstance(store, Path) else store
         self.compression = compression
         # In-process handoff (Pipeline.run_once turns it on while its loader runs beside the
-        # extractors): up to HANDOFF_MAX landed pages not yet read stay in memory, and `read`
+        # extractors): landed pages not yet read stay in memory (HANDOFF_*), and `read`
         # of such a batch returns the very table whose Parquet bytes were hashed and made
         # durable, instead of reading, hashing and decoding the file again. A page landed
         # while that many wait is read from the store. Off, every read comes from the store
         # and is checked against the checksum.
         self.handoff = False
-        self._handed: dict[str, tuple[str, pa.Table]] = {}
+        self._handed: dict[str, tuple[str, pa.Table, float]] = {}
         self._handed_lock = threading.Lock()
         self._footers: dict[str, pq.FileMetaData] = {}  # of compacted files, newest last
         # the manifest's entry of a batch id (Pipeline sets StateStore.batch): a batch whose
@@ -160,10 +168,22 @@ class LandingZone:
         self.store.write(ref.path, data)
         failpoint("land.after_rename")
         if self.handoff and ref.kind == "extract":
-            with self._handed_lock:  # the loader reads in landing order: keep the oldest
-                if len(self._handed) < HANDOFF_MAX:
-                    self._handed[ref.batch_id] = (ref.checksum, prepared.table)
+            self._hand(ref, prepared.table)
         return replace(ref, landed_at=time.time())
+
+    def _hand(self, ref: BatchRef, table: pa.Table) -> None:
+        """Keep a landed page for the loader if it fits (the loader reads in landing
+        order: the oldest are kept, a page landed while the handoff is full is read from
+        the store)."""
+        now = time.monotonic()
+        with self._handed_lock:
+            for batch_id in [b for b, (_, _, at) in self._handed.items()
+                             if now - at > HANDOFF_STALE]:
+                del self._handed[batch_id]
+            held = sum(t.nbytes for _, t, _ in self._handed.values())
+            if len(self._handed) < HANDOFF_MIN or (
+                    len(self._handed) < HANDOFF_MAX and held + table.nbytes <= HANDOFF_BYTES):
+                self._handed[ref.batch_id] = (ref.checksum, table, now)
 
     def read(self, ref: BatchRef) -> pa.Table:
         """Read a landed batch, verified, so corruption is never loaded: a file of its own
