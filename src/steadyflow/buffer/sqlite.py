@@ -46,9 +46,9 @@ class SqliteBuffer:
         self._conn = open_sqlite(path, durable=False)
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
-        # a put in this process wakes a get waiting in it at once (the loader beside the
+        # a put in this process ends a get's pause in it at once (the loader beside the
         # extractors of `run --follow`); another process's put is seen by polling
-        self._arrived = threading.Condition(self._lock)
+        self._arrived = threading.Event()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._released_at = time.monotonic()
         with self._lock:
@@ -93,7 +93,7 @@ class SqliteBuffer:
                             "INSERT OR IGNORE INTO queue(batch_id, ref, enqueued_at, visible_at) "
                             "VALUES (?,?,?,?)", (ref.batch_id, ref.to_json(), now, now))
                 if queued:
-                    self._arrived.notify_all()
+                    self._arrived.set()
                     return
                 if self.should_stop():
                     raise RetryableError("stopped while waiting for buffer space",
@@ -128,9 +128,21 @@ class SqliteBuffer:
             left = deadline - time.monotonic()
             if left <= 0 or self.should_stop():
                 return None
-            with self._lock:
-                self._arrived.wait(min(pause, left))
+            self._pause(min(pause, left))
             pause = min(pause * 2, 0.2)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep up to `seconds`, cut short by a put in this process. Short sleeps beside a
+        flag, not a timed wait: a timed lock wait sets an absolute deadline, which a time
+        shift under LD_PRELOAD (faketime, the clock-skew tests) turned into hours, and the
+        loader hung there."""
+        end = time.monotonic() + seconds
+        while not self._arrived.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(0.005, left))
+        self._arrived.clear()
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:

@@ -449,10 +449,7 @@ def load(config: ConfigOpt, as_json: JsonOpt = False,
                 return
             started = time.monotonic()
             pipeline.sweep()
-            summary = pipeline.load()
-            _print_summary(summary, as_json, time.monotonic() - started)
-            if not summary.ok:
-                raise typer.Exit(1)
+            _finish(pipeline.load(), as_json, started)
     except SteadyflowError as exc:
         _fail(exc)
 
