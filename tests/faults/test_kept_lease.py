@@ -76,13 +76,29 @@ def test_a_busy_table_keeps_its_lease_and_still_lets_others_in(tmp_path: Path,
     runner.start()
     writes = threading.Thread(target=writer)
     try:
+        _busy_then_idle(pipeline, other, writes, stop, written, polls)
+    finally:
+        stop.set()
+        if writes.is_alive():
+            writes.join()
+        pipeline.stop()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert_warehouse_equals_sources(pipeline, min_rows=written[0])
+    pipeline.close()
+    other.close()
+
+
+def _busy_then_idle(pipeline: Any, other: SqliteStateStore, writes: threading.Thread,
+                    stop: threading.Event, written: list[int], polls: list[int]) -> None:
+    try:
         wait_for("the first load", lambda: generation(other) > 0, 60)
         writes.start()
         time.sleep(1.0)  # polls find rows from here on
         before, polls_before = generation(other), polls[0]
         time.sleep(BUSY)
         taken, busy = generation(other) - before, polls[0] - polls_before
-        assert busy >= 3 * BUSY / KEEP_SECONDS, f"only {busy} polls: not a busy table"
+        assert busy >= 2 * BUSY / KEEP_SECONDS, f"only {busy} polls: not a busy table"
         # once per KEEP_SECONDS, and again after a poll that found nothing (a writer
         # stalled on a loaded machine): far fewer than the polls, which took it each time
         assert taken <= max(BUSY / KEEP_SECONDS + 2, busy / 3), (
@@ -101,17 +117,9 @@ def test_a_busy_table_keeps_its_lease_and_still_lets_others_in(tmp_path: Path,
         stop.set()
         if writes.is_alive():
             writes.join()
-    try:
-        wait_for("every row loaded", lambda: _loaded(pipeline) == written[0], 30)
-        # idle polls give the lease back
-        wait_for("the lease given back", lambda: holder(other) is None, 10)
-    finally:
-        pipeline.stop()
-        runner.join(30)
-    assert not runner.is_alive()
-    assert_warehouse_equals_sources(pipeline, min_rows=written[0])
-    pipeline.close()
-    other.close()
+    wait_for("every row loaded", lambda: _loaded(pipeline) == written[0], 30)
+    # idle polls give the lease back
+    wait_for("the lease given back", lambda: holder(other) is None, 10)
 
 
 def _loaded(pipeline: object) -> int:

@@ -69,6 +69,11 @@ def hold(state: StateStore, source: str, table: str, purpose: str,
 # it back once (KeptLease): well under WAIT_SECONDS, so another extractor waiting for the
 # table (a repair, an overlapping run) finds it free between two polls.
 KEEP_SECONDS = 2.0
+# how often a waiting extractor asks for a held lease (_acquire), and how long a KeptLease
+# given back after KEEP_SECONDS stays free before its holder takes it again: longer than
+# that, so the waiter's next ask finds it free whatever the table's poll_min
+RETRY_SECONDS = 0.2
+YIELD_SECONDS = 0.3
 
 
 class KeptLease:
@@ -86,6 +91,7 @@ class KeptLease:
         self.state, self.source, self.table = state, source, table
         self.lease: Lease | None = None
         self._since = 0.0
+        self._free_until = 0.0  # given back after KEEP_SECONDS: others' turn until then
         self._done = threading.Event()
         self._keeper: threading.Thread | None = None
 
@@ -93,6 +99,9 @@ class KeptLease:
     def hold(self, purpose: str, should_stop: Callable[[], bool] = lambda: False,
              wait: float = WAIT_SECONDS) -> Iterator[Lease]:
         if self.lease is None:
+            pause = self._free_until - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
             self.lease = _acquire(self.state, self.source, self.table, purpose, should_stop,
                                   wait)
             self._since = time.monotonic()
@@ -108,6 +117,7 @@ class KeptLease:
             raise
         if time.monotonic() - self._since >= KEEP_SECONDS:
             self.release()
+            self._free_until = time.monotonic() + YIELD_SECONDS
 
     def release(self) -> None:
         """Give the lease back now (if held)."""
@@ -131,7 +141,7 @@ def _acquire(state: StateStore, source: str, table: str, purpose: str,
             return lease
         if time.monotonic() >= deadline or should_stop():
             break
-        time.sleep(0.2)
+        time.sleep(RETRY_SECONDS)
     current = state.lease_holder(source, table)
     who, until = current if current is not None else (None, 0.0)
     when = datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds")
