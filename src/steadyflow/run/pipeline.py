@@ -140,6 +140,7 @@ class Pipeline:
         self.landing.locate = self.state.batch  # a batch compaction moved is read there
         self.buffer: Buffer = self._open_buffer(state_dir)
         self._warehouse: Warehouse | None = None
+        self._opening = threading.Lock()
         # SQL sources stay connected between the cycles of `run --follow` (a cycle after a
         # small change is then mostly its queries, not connection set-up); keyed by table,
         # each used by one extraction thread at a time, dropped after any error
@@ -180,6 +181,10 @@ class Pipeline:
 
     @property
     def warehouse(self) -> Warehouse:
+        with self._opening:  # opened once, whichever thread asks first (a DuckDB file is
+            return self._open_warehouse()  # created by a rename: two at once collided)
+
+    def _open_warehouse(self) -> Warehouse:
         if self._warehouse is None:
             w = self.config.warehouse
             # imported here: a run loads one warehouse's driver, not both
