@@ -4,7 +4,8 @@
 
 Each source gets the same `sales` table as PostgreSQL (1,000,000 rows by default; MariaDB:
 DATETIME(6) times, DECIMAL(12,2) price; SQLite: text times 'YYYY-MM-DD HH:MM:SS.ffffff',
-REAL price: connectorx, and so dlt, fails on a NUMERIC column mixing integer and real storage) and these cases, each in its own process, interleaved run by run:
+REAL price: connectorx, and so dlt, fails on a NUMERIC column mixing integer and real
+storage) and these cases, each in its own process, interleaved run by run:
   - steadyflow full load (`steadyflow run`, all guarantees on), dlt sql_table with the
     connectorx and pyarrow backends into DuckDB;
   - the limit: the C client draining the table (`mariadb --quick`, `sqlite3`), and

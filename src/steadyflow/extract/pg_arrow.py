@@ -143,6 +143,34 @@ def _socket_of(client: Sequence[Any] | None, ports: set[int]) -> tuple[int, str]
     return found[0] if len(found) == 1 else None
 
 
+def _only_to(new: list[tuple[int, str]], ports: set[int]) -> tuple[int, str] | None:
+    """The one socket of `new` (opened while ADBC connected) that leads to one of the DSN's
+    `ports`, or None if that is not exactly one.
+
+    Behind a proxy the server names the proxy's socket, so `_socket_of` cannot tell, and
+    this diff is what is left: another thread's connections to other ports (other stores'
+    proxies, the state store, NATS), an in-process proxy's own two sockets, and unconnected
+    sockets are not libpq's. A lone new socket is ADBC's whatever it is (a unix socket).
+    """
+    if len(new) <= 1:
+        return new[0] if new else None
+    found = []
+    for fd, link in new:
+        try:
+            dup = os.dup(fd)
+        except OSError:
+            continue
+        try:
+            with socket.socket(fileno=dup) as sock:  # closes the dup, never `fd`
+                if (sock.family in (socket.AF_INET, socket.AF_INET6)
+                        and sock.getpeername()[1] in ports
+                        and os.readlink(f"/proc/self/fd/{dup}") == link):
+                    found.append((fd, link))
+        except OSError:
+            continue
+    return found[0] if len(found) == 1 else None
+
+
 def _shutdown(fd: int, link: str) -> None:
     """shutdown(2) libpq's socket through a dup, if the fd still is that socket."""
     try:
@@ -362,7 +390,7 @@ class PgArrowSource(SqlSource):
             except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
                 raise self._translate(exc, None) from None
             new = [(fd, link) for fd, link in _sockets().items() if before.get(fd) != link]
-        guess = new[0] if len(new) == 1 else None
+        guess = _only_to(new, _server_ports(self.config.dsn or ""))
         dog = Watchdog(r.statement_timeout + watchdog_grace(r),
                        lambda: _shutdown(*guess) if guess is not None else None)
         try:
