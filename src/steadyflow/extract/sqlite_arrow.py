@@ -68,6 +68,9 @@ def mixed_columns(codes: pa.ChunkedArray, width: int) -> list[int]:
     return [i for i, classes in enumerate(seen) if len(classes) > 1]
 
 
+_PROFILE_BATCH = 65_536  # rows per batch of the cursor check's read
+
+
 class SqliteArrowSource(SqlSource):
     """A SQLite source whose keyset pages are read as Arrow by adbc-driver-sqlite; the
     probe, the catalog and every page ADBC cannot read faithfully use sqlite3."""
@@ -158,9 +161,10 @@ class SqliteArrowSource(SqlSource):
             return super()._read_cursor_profile(table, column, ctype, where, params)
         return profile
 
-    def _stream(self, sql: str, params: Sequence[Any], consume: Any) -> Any:
-        """`consume(record batches)` of a query through ADBC, bounded like a page; None if
-        ADBC fails (the caller then asks sqlite3)."""
+    def _stream(self, sql: str, params: Sequence[Any], consume: Any,
+                batch_rows: int | None = _PROFILE_BATCH) -> Any:
+        """`consume(record batch reader)` of a query through ADBC, bounded like a page; None
+        if ADBC fails (the caller then asks sqlite3). `batch_rows` None: the driver's own."""
         policy = self.config.resilience
         try:
             cur = self.adbc.cursor()
@@ -170,15 +174,16 @@ class SqliteArrowSource(SqlSource):
         dog = Watchdog(policy.statement_timeout + watchdog_grace(policy), cur.adbc_cancel)
         try:
             with dog:
-                try:
-                    cur.adbc_statement.set_options(
-                        **{"adbc.sqlite.query.batch_rows": str(_PROFILE_BATCH)})
-                except Exception:  # noqa: BLE001 - an older driver: its default batches
-                    pass
+                if batch_rows is not None:
+                    try:
+                        cur.adbc_statement.set_options(
+                            **{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+                    except Exception:  # noqa: BLE001 - an older driver: its default batches
+                        pass
                 cur.execute(sql, parameters=tuple(params) if params else None)
                 return consume(cur.fetch_record_batch())
-        except Exception:  # noqa: BLE001 - busy, cancelled, a type mix...: sqlite3 reads it
-            return None
+        except Exception:  # noqa: BLE001 - not UTF-8, busy, cancelled, a type mix...:
+            return None  # sqlite3 reads it
         finally:
             try:
                 cur.close()
@@ -187,28 +192,11 @@ class SqliteArrowSource(SqlSource):
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> pa.Table | None:
         """The page through ADBC, or None: read it by sqlite3 (see the module docstring)."""
-        policy = self.config.resilience
-        try:
-            cur = self.adbc.cursor()
-        except Exception:  # noqa: BLE001 - the sqlite3 path reports what is wrong
-            self.close()
-            return None
-        dog = Watchdog(policy.statement_timeout + watchdog_grace(policy), cur.adbc_cancel)
-        try:
-            with dog:
-                cur.execute(sql, parameters=tuple(params) if params else None)
-                result: pa.Table = cur.fetch_arrow_table()
-                return result
-        except Exception:  # noqa: BLE001 - not UTF-8, busy, cancelled...: sqlite3 reads it
-            return None
-        finally:
-            try:
-                cur.close()
-            except Exception:  # noqa: BLE001
-                pass
+        table: pa.Table | None = self._stream(sql, params, lambda reader: reader.read_all(),
+                                              batch_rows=None)
+        return table
 
 
-_PROFILE_BATCH = 65_536  # rows per batch of the cursor check's read
 # SqliteDialect.cursor_profile_sql's shape test as one expression (GLOB's [0-9] is ASCII,
 # as RE2's \d is): date and time, then an optional fraction of at least one digit, then
 # no zone, 'Z', or ±HH:MM
