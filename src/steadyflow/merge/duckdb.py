@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import SEQ, MergePlan, plan, with_seq
+from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
 from steadyflow.ports import LoadPart, Merged
 
@@ -310,7 +310,8 @@ class DuckdbWarehouse:
             c.unregister(STAGE)
             if deletes is not None and deletes.num_rows:
                 c.register(DELETES, deletes)
-                changed += _count(c.execute(p.delete))
+                changed += _count(c.execute(p.delete.replace("%s", "?"),
+                                            [delete_seq(batch.seq)]))
                 c.unregister(DELETES)
             self._ledger(c, part, rows.num_rows)
         except duckdb.Error as exc:

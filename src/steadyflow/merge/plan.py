@@ -46,6 +46,16 @@ def with_seq(rows: pa.Table, seq: int) -> pa.Table:
     return rows.append_column(SEQ, pa.repeat(pa.scalar(seq, pa.int64()), rows.num_rows))
 
 
+def delete_seq(seq: int) -> int:
+    """The parameter of a plan's `delete`: the extraction sequence of the batch whose
+    deletes it applies. A warehouse row from a later extraction stays, as the merge keeps
+    it: a repair batch loaded late (by the sweeper, after the process that landed it died)
+    must not delete a key the source inserted again after the repair read it as gone,
+    which an extractor read and loaded meanwhile. A batch landed before batches carried a
+    sequence (0) deletes its keys whatever loaded them."""
+    return seq if seq > 0 else 2**63 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class MergePlan:
     create_schema: str
@@ -112,5 +122,7 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
         ledger_insert=(f"INSERT INTO {ledger} (batch_id, source, tbl, target, rows, loaded_at) "
                        "VALUES (%s, %s, %s, %s, %s, now())"),
         merge=merge,
-        delete=f"DELETE FROM {target} WHERE {key_tuple} IN (SELECT {key_list} FROM {deletes})",
+        # a repair's deletes lose to a later extraction as its rows do (`delete_seq`)
+        delete=(f"DELETE FROM {target} WHERE {key_tuple} IN (SELECT {key_list} FROM {deletes}) "
+                f"AND ({seq} IS NULL OR {seq} <= %s)"),
     )

@@ -17,7 +17,7 @@ from psycopg import sql as pgsql
 from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import SEQ, MergePlan, plan, with_seq
+from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
 from steadyflow.ports import LoadPart, Merged
 
@@ -228,7 +228,7 @@ class PostgresWarehouse:
             changed = self._merge(conn, p.merge, _same(contract, target, stage))
         if deletes is not None and deletes.num_rows:
             self._copy(conn, target, delete_stage, deletes, columns=deletes.column_names)
-            changed += conn.execute(p.delete.encode()).rowcount
+            changed += conn.execute(p.delete.encode(), [delete_seq(batch.seq)]).rowcount
         return Merged(max(0, changed))
 
     def _copy_direct(self, conn: psycopg.Connection[Any], ref: TableRef, target: str,
