@@ -490,6 +490,12 @@ class BufferConfig(_Strict):
         "stream"))
     capacity: int = Field(default=64, ge=1, description=(
         "batches queued at most; extraction waits while the buffer is full"))
+    extract_wait: Duration = Field(default=60.0, description=(
+        "how long `steadyflow extract`, run alone, waits for space in a full buffer before "
+        "the table stops with an error (exit 1): no loader runs in its process, so without a "
+        "`steadyflow load` beside it it would wait forever. The page is landed and the "
+        "checkpoint stays before it; the next run queues it and goes on from there. `run`, "
+        "`run --follow` and workers wait as long as their own loader runs"))
     lease: Duration = Field(default=120.0, description=(
         "how long a loader holds a batch before it is redelivered to another; at least "
         "1s, and longer than the slowest validate + merge of one batch"))
@@ -497,7 +503,7 @@ class BufferConfig(_Strict):
     stream: str = Field(default="steadyflow", description=(
         "jetstream: the stream's name (one per pipeline)"))
 
-    _d = field_validator("lease", mode="before")(_duration)
+    _d = field_validator("lease", "extract_wait", mode="before")(_duration)
 
     @field_validator("lease")
     @classmethod

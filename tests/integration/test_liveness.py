@@ -143,6 +143,29 @@ def test_a_kill_while_extraction_waits_for_buffer_space_does_not_hang_the_restar
     assert warehouse_rows(tmp_path) == [(i, i, f"items-{i}") for i in range(1, ROWS + 1)]
 
 
+def test_extract_alone_on_a_full_buffer_stops_and_says_so_instead_of_waiting_forever(
+        tmp_path: Path) -> None:
+    """`steadyflow extract` runs no loader: on a buffer that stays full it waited in `put`
+    for ever, silently. It now waits buffer.extract_wait, then the table fails (exit 2)
+    naming the full buffer, counts the batches it did queue, and `run` finishes the rest."""
+    make_source(tmp_path / "source.db")
+    config = write_config(tmp_path, capacity=2, buffer={"extract_wait": "1s"})
+    try:
+        proc = steadyflow("extract", "-c", str(config), "--json", timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("`steadyflow extract` on a full buffer did not return within 60s (hung)")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "buffer full (2 batches) for 1s" in proc.stderr
+    assert json.loads(proc.stdout)["extracted_batches"] == 2
+    # two queued, the third landed and recorded but not queued: its checkpoint waits
+    assert state_count(tmp_path, "SELECT count(*) FROM queue") == 2
+    assert state_count(tmp_path, "SELECT count(*) FROM manifest") == 3
+
+    run = run_must_return(config)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert warehouse_rows(tmp_path) == [(i, i, f"items-{i}") for i in range(1, ROWS + 1)]
+
+
 def test_an_unexpected_load_error_is_its_tables_error_and_the_others_load(
         tmp_path: Path) -> None:
     """A contract column added while batches are pending: loading those batches raised a

@@ -388,7 +388,7 @@ def extract(config: ConfigOpt,
             if dry_run:  # the plan is the point of a dry run: show each batch it would land
                 logs.get("extract").setLevel("INFO")
             started = time.monotonic()
-            summary = pipeline.extract(table, dry_run=dry_run)
+            summary = pipeline.extract(table, dry_run=dry_run, alone=True)
             _finish(summary, as_json, started)
     except SteadyflowError as exc:
         _fail(exc)

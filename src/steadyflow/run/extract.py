@@ -171,6 +171,9 @@ class TableExtractor:
     metrics: PipelineMetrics
     should_stop: Callable[[], bool] = lambda: False
     memory: TableMemory = field(default_factory=TableMemory)
+    # how long a put waits for buffer space; None: as long as it takes (a loader runs in
+    # this process, and `should_stop` ends the wait if it dies)
+    put_timeout: float | None = None
     # HTTP: the token chain this run follows (extract/http.py TokenChain)
     _chain: TokenChain | None = field(default=None, init=False, repr=False)
 
@@ -795,7 +798,7 @@ class TableExtractor:
         self.state.record_landed(batch, lease=self.lease)
         failpoint("extract.after_land")
         self.metrics.rows(self.ref.source, self.ref.table, "land", batch.rows, batch.nbytes)
-        self.buffer.put(batch)
+        self.buffer.put(batch, timeout=self.put_timeout)
         failpoint("extract.after_enqueue")
         (advance or self._checkpoint)(high)
         self.metrics.batch_duration(self.ref.source, self.ref.table, "land",

@@ -147,6 +147,11 @@ class Pipeline:
         self._open_sources: dict[str, Source] = {}
         # what each table's polls carry to the next (run/extract.py TableMemory)
         self._memory: dict[str, TableMemory] = {}
+        # a put's wait for buffer space (extract(alone=True) bounds it; None: unbounded)
+        self._put_timeout: float | None = None
+        # a table's ExtractResult when it stopped with an error after landing batches
+        # (extract_table → tally: the summary counts what was extracted, not 0)
+        self._partial: dict[str, ExtractResult] = {}
         # `run --follow` / worker: the loader runs beside polls that never end (run/follow.py)
         self.following = False
         self._queue_reported = 0.0
@@ -282,9 +287,16 @@ class Pipeline:
                 republished += 1
         return republished
 
-    def extract(self, tables: list[str] | None = None, dry_run: bool = False) -> RunSummary:
-        """Extract every (selected) table until caught up; sources run in parallel."""
+    def extract(self, tables: list[str] | None = None, dry_run: bool = False,
+                alone: bool = False) -> RunSummary:
+        """Extract every (selected) table until caught up; sources run in parallel.
+
+        `alone`: no loader runs in this process (`steadyflow extract`), so a full buffer is
+        waited for at most `buffer.extract_wait`, then that table stops with an error
+        instead of waiting for a loader that may never come.
+        """
         summary = RunSummary()
+        self._put_timeout = self.config.buffer.extract_wait if alone else None
         jobs = [(s, t, ref) for s, t, ref in self.config.tables()
                 if not tables or ref.label in tables or ref.table in tables]
         if self.shared:
@@ -304,7 +316,8 @@ class Pipeline:
         extractor = TableExtractor(
             s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
             self.guards[s.name], self.metrics, should_stop=self._stop.is_set,
-            memory=self._memory.setdefault(ref.label, TableMemory()))
+            memory=self._memory.setdefault(ref.label, TableMemory()),
+            put_timeout=self._put_timeout)
         # SQL or HTTP: the same extractor loop and guard
         db = self._open_sources.pop(ref.label, None) or open_source(s)
         keep = False
@@ -340,10 +353,17 @@ class Pipeline:
                 self._open_sources[ref.label] = db
             else:
                 db.close()
+            if extractor.result.batches:  # what it landed before it stopped still counts
+                self._partial[ref.label] = extractor.result
 
     def tally(self, summary: RunSummary, ref: Any, result: ExtractResult | BaseException
               ) -> None:
-        """Add one table's extraction result (see extract_table) to a summary."""
+        """Add one table's extraction result (see extract_table) to a summary; a table
+        that stopped with an error still counts the batches it landed and queued."""
+        partial = self._partial.pop(ref.label, None)
+        if partial is not None and isinstance(result, BaseException):
+            summary.extracted_batches += partial.batches
+            summary.extracted_rows += partial.rows
         if isinstance(result, TableBusy) and self.shared:
             summary.skipped_tables.append(ref.label)
         elif isinstance(result, TableBusy | ExtractionFenced):
