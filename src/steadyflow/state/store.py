@@ -654,11 +654,17 @@ class StateStore(ABC):
         """A committed group's bookkeeping in ONE transaction: every batch's manifest entry
         marked, the rows of each one loaded (not a ledger duplicate) added to its table's
         health (record_load). One commit per group, not two per batch: a state commit is
-        an fsync, and at a few hundred rows per batch those were most of the loader's time."""
+        an fsync, and at a few hundred rows per batch those were most of the loader's time.
+
+        Rows are written in (source, table, batch) order, not the group's: two loaders'
+        groups holding batches of the same tables in other orders locked the tables' health
+        rows in opposite orders, and PostgreSQL aborted one as a deadlock (its committed
+        group reported failed, its counts lost with the redelivery)."""
         if not loaded:
             return
         with self._tx() as c:
-            for b in loaded:
+            for b in sorted(loaded, key=lambda b: (b.batch.source, b.batch.table,
+                                                   b.batch.batch_id)):
                 if b.status == "loaded":
                     self._record_load(c, b.batch.source, b.batch.table, b.good_rows,
                                       b.quarantined_rows, b.newest_cursor, b.newest_epoch,

@@ -1,0 +1,52 @@
+"""Two loaders mark their groups at once (StateStore.record_loaded): no deadlock, exact counts.
+
+A load group's state transaction updates one table_health row per table it holds. Two
+workers whose groups hold batches of the same tables in other orders (each group keeps its
+buffer's order within a target) locked those rows in opposite orders: PostgreSQL aborted one
+of them as a deadlock, the loader reported its whole group as failed (the tables' errors,
+the batches given back) although it was committed, and the redelivered batches, ledger
+duplicates, never added their counts. Run against every adapter (the fixture of
+test_state_contract.py).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from tests.contract.test_state_contract import Adapter, _ref, adapter
+
+from steadyflow.state import LoadedBatch
+
+__all__ = ["adapter"]  # the fixture, used by name
+
+GROUPS = 150
+ROWS = 10
+
+
+def test_groups_of_the_same_tables_in_other_orders_mark_without_a_deadlock(
+        adapter: Adapter) -> None:
+    stores = [adapter.open(), adapter.open()]
+    errors: list[BaseException] = []
+
+    def loader(i: int) -> None:
+        store = stores[i]
+        tables = ["t1", "t2", "t3"] if i == 0 else ["t3", "t2", "t1"]
+        for g in range(GROUPS):
+            refs = [_ref(f"w{i}-{g}-{t}", table=t, rows=ROWS) for t in tables]
+            for ref in refs:
+                store.record_landed(ref)
+            try:
+                store.record_loaded([LoadedBatch(ref, "loaded", ROWS, 0, ROWS) for ref in refs])
+            except Exception as exc:  # noqa: BLE001 - the finding, reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=loader, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"{len(errors)} of {2 * GROUPS} group marks failed: {errors[0]}"
+    health = {h.table: (h.rows_loaded, h.rows_changed) for h in stores[0].health()}
+    assert health == {t: (2 * GROUPS * ROWS, 2 * GROUPS * ROWS) for t in ("t1", "t2", "t3")}
+    assert len([b for b in stores[0].batches(limit=10_000) if b["status"] == "loaded"]) == (
+        2 * GROUPS * 3)
