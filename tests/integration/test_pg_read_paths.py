@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from tests.support.read_paths import comparable, contract, read_all
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceUnavailable
-from steadyflow.extract.pg_arrow import PgArrowSource, _shutdown
+from steadyflow.extract.pg_arrow import PgArrowSource, _only_to, _shutdown, _unix_host
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import INVALID, Watermark
 from steadyflow.validate.rules import validate
@@ -250,6 +251,24 @@ def test_adbc_finds_its_socket_behind_a_proxy_while_other_connections_open(
             listener.close()
             for thread in threads:
                 thread.join(timeout=5)
+
+
+def test_a_unix_socket_dsn_never_takes_another_threads_tcp_socket_for_adbcs() -> None:
+    """With the DSN's host a socket directory, ADBC's socket is a unix one: a TCP socket to
+    the same port that another thread opened meanwhile (the state store, the warehouse on
+    the same server) must not be taken for it, or a timeout would shut that connection."""
+    with contextlib.ExitStack() as held:
+        listener = held.enter_context(socket.create_server(("127.0.0.1", 0)))
+        port = listener.getsockname()[1]
+        theirs = held.enter_context(socket.create_connection(("127.0.0.1", port)))
+        ours, _ = (held.enter_context(s) for s in socket.socketpair(socket.AF_UNIX))
+        new = [(s.fileno(), os.readlink(f"/proc/self/fd/{s.fileno()}")) for s in (ours, theirs)]
+        assert _only_to(new, {port}, unix=True) == new[0]
+        assert _only_to(new, {port}, unix=False) == new[1]
+    assert _unix_host("host=/var/run/postgresql port=5432 dbname=x")
+    assert _unix_host("dbname=x")
+    assert not _unix_host("postgresql://u@127.0.0.1:5432/x")
+    assert not _unix_host("hostaddr=127.0.0.1 dbname=x")
 
 
 # --- 4. dates and times no path can hold cost one row ------------------------------------

@@ -107,6 +107,18 @@ def _server_ports(dsn: str) -> set[int]:
         return set()
 
 
+def _unix_host(dsn: str) -> bool:
+    """Does the DSN connect through a unix-domain socket (its host a directory)?"""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return False
+    if params.get("hostaddr"):
+        return False
+    host = str(params.get("host") or os.environ.get("PGHOST") or "").split(",")[0]
+    return not host or host.startswith("/")  # no host: libpq's default socket directory
+
+
 def _socket_of(client: Sequence[Any] | None, ports: set[int]) -> tuple[int, str] | None:
     """The fd (and 'socket:[inode]') of the connection the server sees from `client`
     (its inet_client_addr and inet_client_port), if it is in this process and leads to
@@ -143,14 +155,15 @@ def _socket_of(client: Sequence[Any] | None, ports: set[int]) -> tuple[int, str]
     return found[0] if len(found) == 1 else None
 
 
-def _only_to(new: list[tuple[int, str]], ports: set[int]) -> tuple[int, str] | None:
-    """The one socket of `new` (opened while ADBC connected) that leads to one of the DSN's
-    `ports`, or None if that is not exactly one.
+def _only_to(new: list[tuple[int, str]], ports: set[int], unix: bool) -> tuple[int, str] | None:
+    """The one socket of `new` (opened while ADBC connected) of the DSN's kind that leads to
+    one of its `ports` (`unix`: a unix-domain socket, the DSN's host is a directory), or
+    None if that is not exactly one.
 
     Behind a proxy the server names the proxy's socket, so `_socket_of` cannot tell, and
     this diff is what is left: another thread's connections to other ports (other stores'
     proxies, the state store, NATS), an in-process proxy's own two sockets, and unconnected
-    sockets are not libpq's. A lone new socket is ADBC's whatever it is (a unix socket).
+    sockets are not libpq's. A lone new socket is ADBC's whatever it is.
     """
     if len(new) <= 1:
         return new[0] if new else None
@@ -162,9 +175,12 @@ def _only_to(new: list[tuple[int, str]], ports: set[int]) -> tuple[int, str] | N
             continue
         try:
             with socket.socket(fileno=dup) as sock:  # closes the dup, never `fd`
-                if (sock.family in (socket.AF_INET, socket.AF_INET6)
-                        and sock.getpeername()[1] in ports
-                        and os.readlink(f"/proc/self/fd/{dup}") == link):
+                if unix:
+                    ours = sock.family == socket.AF_UNIX
+                else:
+                    ours = (sock.family in (socket.AF_INET, socket.AF_INET6)
+                            and sock.getpeername()[1] in ports)
+                if ours and os.readlink(f"/proc/self/fd/{dup}") == link:
                     found.append((fd, link))
         except OSError:
             continue
@@ -390,7 +406,8 @@ class PgArrowSource(SqlSource):
             except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
                 raise self._translate(exc, None) from None
             new = [(fd, link) for fd, link in _sockets().items() if before.get(fd) != link]
-        guess = _only_to(new, _server_ports(self.config.dsn or ""))
+        guess = _only_to(new, _server_ports(self.config.dsn or ""),
+                         _unix_host(self.config.dsn or ""))
         dog = Watchdog(r.statement_timeout + watchdog_grace(r),
                        lambda: _shutdown(*guess) if guess is not None else None)
         try:
