@@ -164,3 +164,55 @@ def test_landing_round_trips_contract_types(tmp_path: Path, compression: str) ->
         "b": [True, None]})
     ref = zone.write(page, "s", "t", None, None)
     assert zone.read(ref).equals(page)
+
+
+_ACERO_CHECK = """
+import sys
+from pathlib import Path
+import pyarrow as pa
+from steadyflow.merge.duckdb import DuckdbWarehouse
+from steadyflow.model import BatchRef, Column, Contract, TableRef
+c = Contract(columns=(Column("a", "int64", nullable=False), Column("b", "string",
+             nullable=False), Column("v", "string"), Column("ts", "int64")),
+             primary_key=("a", "b"), cursor="ts")
+ref = TableRef("s", "t", "t")
+wh = DuckdbWarehouse(Path(sys.argv[1]))
+wh.ensure_table(ref, c)
+first = pa.table({"a": [1, 1, 2], "b": ["x", "y", "x"], "v": ["p", None, "r"], "ts": [1, 1, 1]})
+again = pa.table({"a": [1, 1, 2, 3], "b": ["x", "y", "x", "x"], "v": ["p", None, "R", "s"],
+                  "ts": [1, 1, 2, 2]})
+changed = []
+for n, rows in enumerate((first, again)):
+    merged = wh.load(ref, c, BatchRef(f"b{n}", "s", "t", "x", 0, 0, "", None, None, 0.0,
+                                      seq=n + 1), rows)
+    changed.append(merged.changed)
+wh.close()
+print(changed, "pyarrow.acero" in sys.modules)
+"""
+
+
+def test_duckdb_counts_rereads_without_loading_acero(tmp_path: Path) -> None:
+    """A batch re-reading rows the target holds unchanged counts only the rows it changes
+    (here: one new value, one new key; a NULL value re-read unchanged), and counts them in
+    DuckDB: pyarrow's Table.join would load Acero, ~27 MiB of RSS kept by the process for
+    good (bench/NOTES.md). A process of its own: another test may have loaded Acero."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _ACERO_CHECK, str(tmp_path / "w.duckdb")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[3, 2] False"
+
+
+def test_mariadb_and_sqlite_sources_do_not_import_psycopg() -> None:
+    """psycopg (its C library, libpq, OpenSSL) is ~22 MiB of RSS that only PostgreSQL
+    needs: the pipeline and the MariaDB and SQLite sources import without it."""
+    import subprocess
+    import sys
+
+    check = ("import sys, steadyflow.run.pipeline, steadyflow.extract.mysql_arrow, "
+             "steadyflow.extract.sqlite_arrow, steadyflow.cli.main; "
+             "print('psycopg' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

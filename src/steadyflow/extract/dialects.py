@@ -3,26 +3,29 @@ encoding, timeouts and the translation of driver errors into steadyflow's error 
 
 Driver errors are translated here, once, so the rest of the code only sees
 `AuthError`, `SchemaError`, `SourceTimeout`, `SourceUnavailable`.
+
+psycopg is imported by the PostgreSQL dialect when it is first used, not with this module:
+it costs ~22 MiB of RSS (its C library, libpq and OpenSSL) that a MariaDB or SQLite source
+never needs (bench/NOTES.md).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import psycopg
 import pyarrow as pa
 import pymysql
-from psycopg import sql as pgsql
-from psycopg.types import datetime as pgdatetime
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import (
@@ -35,6 +38,9 @@ from steadyflow.errors import (
 )
 from steadyflow.model import MAX_TIME, MIN_TIME
 from steadyflow.resilience import watchdog_grace
+
+if TYPE_CHECKING:
+    import psycopg
 
 # Set on every PostgreSQL source session: a reader cut off mid-transaction (a worker whose
 # host died or was partitioned) must not stay "idle in transaction" on the store, where it
@@ -276,27 +282,25 @@ class OutOfRange:
         return cls(f"year {year}" if year > 0 else f"year {1 - year} BC")
 
 
-class _Lenient:
-    """A psycopg text loader that returns OutOfRange where psycopg would raise DataError
-    (psycopg docs, "Example: handling infinity date"); mixed into psycopg's own loader."""
+@functools.cache
+def _lenient_loaders() -> dict[str, type[Any]]:
+    """psycopg's text loaders of timestamptz, timestamp and date, each returning OutOfRange
+    where psycopg would raise DataError (psycopg docs, "Example: handling infinity date");
+    made on first use, with psycopg's import."""
+    import psycopg
+    from psycopg.types import datetime as pgdatetime
 
-    def load(self, data: Any) -> Any:
-        try:
-            return super().load(data)  # type: ignore[misc]  # the psycopg loader mixed in
-        except psycopg.DataError:
-            return OutOfRange.from_text(bytes(data).decode("ascii", "replace"))
+    class Lenient:
+        def load(self, data: Any) -> Any:
+            try:
+                return super().load(data)  # type: ignore[misc]  # the psycopg loader mixed in
+            except psycopg.DataError:
+                return OutOfRange.from_text(bytes(data).decode("ascii", "replace"))
 
-
-class _TimestamptzLoader(_Lenient, pgdatetime.TimestamptzLoader):
-    pass
-
-
-class _TimestampLoader(_Lenient, pgdatetime.TimestampLoader):
-    pass
-
-
-class _DateLoader(_Lenient, pgdatetime.DateLoader):
-    pass
+    return {name: type(f"Lenient{base.__name__}", (Lenient, base), {})
+            for name, base in (("timestamptz", pgdatetime.TimestamptzLoader),
+                               ("timestamp", pgdatetime.TimestampLoader),
+                               ("date", pgdatetime.DateLoader))}
 
 
 class PostgresDialect(Dialect):
@@ -305,12 +309,13 @@ class PostgresDialect(Dialect):
     def connect(self) -> psycopg.Connection[Any]:
         conn = self._connect()
         # per connection: a value Python cannot hold costs its row, not the page
-        conn.adapters.register_loader("timestamptz", _TimestamptzLoader)
-        conn.adapters.register_loader("timestamp", _TimestampLoader)
-        conn.adapters.register_loader("date", _DateLoader)
+        for name, loader in _lenient_loaders().items():
+            conn.adapters.register_loader(name, loader)
         return conn
 
     def _connect(self) -> psycopg.Connection[Any]:
+        import psycopg
+
         r = self.config.resilience
         try:
             return psycopg.connect(
@@ -327,6 +332,8 @@ class PostgresDialect(Dialect):
             raise self.error(exc) from None
 
     def ident(self, name: str) -> str:
+        from psycopg import sql as pgsql
+
         return pgsql.Identifier(name).as_string(None)
 
     def shutdown(self, conn: Any) -> None:
@@ -419,8 +426,9 @@ class PostgresDialect(Dialect):
         if state == "57014":
             return SourceTimeout(f"statement timeout: {msg}", stage="extract", source=src,
                                  table=table)
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError) or (
-            state or "").startswith(("08", "57P", "53")):
+        pg = sys.modules.get("psycopg")  # imported: exc may be one of its errors
+        lost = (OSError,) if pg is None else (pg.OperationalError, pg.InterfaceError, OSError)
+        if isinstance(exc, lost) or (state or "").startswith(("08", "57P", "53")):
             return SourceUnavailable(f"connection problem: {msg}", stage="extract", source=src,
                                      table=table)
         return FatalError(f"query failed: {msg}", stage="extract", source=src, table=table)
@@ -776,5 +784,9 @@ def dialect_for(config: SourceConfig) -> Dialect:
     return kinds[config.kind](config)
 
 
-DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    psycopg.Error, pymysql.err.MySQLError, sqlite3.Error, OSError)
+def driver_errors() -> tuple[type[BaseException], ...]:
+    """The drivers' error roots; psycopg's once it is imported (none of its errors can be
+    raised before, and importing it here would cost every source its RSS)."""
+    pg = sys.modules.get("psycopg")
+    known = (pymysql.err.MySQLError, sqlite3.Error, OSError)
+    return known if pg is None else (pg.Error, *known)

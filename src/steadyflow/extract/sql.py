@@ -19,12 +19,12 @@ import pyarrow.compute as pc
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
 from steadyflow.extract.dialects import (
-    DRIVER_ERRORS,
     Dialect,
     InvalidText,
     OpenSince,
     OutOfRange,
     dialect_for,
+    driver_errors,
 )
 from steadyflow.model import INVALID, Contract, Watermark, cast_text_time, drift_type
 from steadyflow.observe import logs
@@ -186,7 +186,7 @@ class SqlSource:
         if self._conn is not None:
             try:
                 self._conn.close()
-            except DRIVER_ERRORS:
+            except driver_errors():
                 pass
             self._conn = None
 
@@ -213,7 +213,7 @@ class SqlSource:
                     return list(cur.fetchall())
                 finally:
                     cur.close()
-        except DRIVER_ERRORS as exc:
+        except driver_errors() as exc:
             raise self._query_failed(exc, table, dog.fired, limit, self.dialect.error) from None
 
     def _query_failed(self, exc: BaseException, table: str, fired: bool, limit: float,
@@ -508,7 +508,7 @@ class SqlSource:
                             break
                 finally:
                     cur.close()
-        except DRIVER_ERRORS as exc:
+        except driver_errors() as exc:
             failed = self._query_failed(exc, table, dog.fired, limit, self.dialect.error)
             self.close()
             raise failed from None
@@ -624,4 +624,4 @@ class SqlSource:
 
 
 def is_driver_error(exc: BaseException) -> bool:
-    return isinstance(exc, DRIVER_ERRORS) and not isinstance(exc, SteadyflowError)
+    return isinstance(exc, driver_errors()) and not isinstance(exc, SteadyflowError)

@@ -20,7 +20,8 @@ from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
 from steadyflow.ports import LoadPart, Merged
 
-STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
+STAGE, DELETES, REPLACED = "steadyflow_stage", "steadyflow_deletes", "steadyflow_replaced"
+DIGEST = '"_steadyflow_digest"'  # a replaced row's hash of its other values
 # The loader's DuckDB connection (config.py: WarehouseConfig memory_limit and threads),
 # its defaults measured in bench/ (RESULTS.md, NOTES.md):
 # - memory_limit: the buffer pool defaults to 80% of RAM and keeps the table's blocks
@@ -79,9 +80,11 @@ class _Upsert:
     insert: dict[bool, str]  # keys unique → statement
     delete: dict[bool, str]
     insert_missing: dict[bool, str]
-    # the batch rows' keys and value digests: a batch row whose digest equals the one of
-    # the target row it replaces (a lookback re-read) changes nothing an operator counts
-    digests: dict[bool, str]
+    # how many replaced target rows (REPLACED: the delete's keys and digests) had the
+    # digest of the batch row replacing them: a lookback re-read changes nothing an
+    # operator counts. Counted by DuckDB: pyarrow's Table.join loads its Acero engine,
+    # ~27 MiB of RSS for the rest of the process (bench/NOTES.md)
+    same: dict[bool, str]
 
 
 def _upsert(contract: Contract, target: str) -> _Upsert:
@@ -115,12 +118,14 @@ def _upsert(contract: Contract, target: str) -> _Upsert:
         # and hashing the whole target (~0.1 s of every warm cycle on a 2M-row table)
         delete={u: f"DELETE FROM {target} WHERE rowid IN (SELECT t.rowid FROM {target} AS t "
                    f"JOIN {src[u]} AS s ON {on} WHERE t.{seq} IS NULL OR s.{seq} >= t.{seq}) "
-                   f"RETURNING {key_list}, {digest} AS h"
+                   f"RETURNING {key_list}, {digest} AS {DIGEST}"
                 for u in (True, False)},
         insert_missing={u: f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {src[u]} AS s "
                            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {on})"
                         for u in (True, False)},
-        digests={u: f"SELECT {key_list}, {digest} AS h FROM {src[u]}" for u in (True, False)},
+        same={u: f"SELECT count(*) FROM {REPLACED} JOIN (SELECT {key_list}, {digest} AS "
+                 f"{DIGEST} FROM {src[u]} AS s) USING ({key_list}, {DIGEST})"
+              for u in (True, False)},
     )
 
 
@@ -209,7 +214,7 @@ class DuckdbWarehouse:
                     c.execute("COMMIT")
                 except BaseException:
                     c.execute("ROLLBACK")
-                    for name in (STAGE, DELETES):  # after the rollback: an aborted
+                    for name in (STAGE, DELETES, REPLACED):  # after the rollback: an aborted
                         with contextlib.suppress(duckdb.Error):  # transaction refuses it
                             c.unregister(name)
                     raise
@@ -331,9 +336,10 @@ class DuckdbWarehouse:
         replaced = _arrow(c.execute(u.delete[unique]))
         same = 0
         if replaced.num_rows:
-            staged = _arrow(c.execute(u.digests[unique]))
-            same = replaced.join(staged, keys=replaced.column_names,
-                                 join_type="inner").num_rows
+            c.register(REPLACED, replaced)  # unregistered here, or after a rollback
+            # fetchall: DuckDB refuses unregister while a result has rows left
+            same = int(c.execute(u.same[unique]).fetchall()[0][0])
+            c.unregister(REPLACED)
         # The delete kept only target rows newer than the batch. None is left when no
         # target row is newer at all (the usual case: a batch's seq is above every loaded
         # one; not so for a replay or a late redelivery): then every batch row goes in, and
