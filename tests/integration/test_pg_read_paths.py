@@ -241,6 +241,11 @@ def test_adbc_finds_its_socket_behind_a_proxy_while_other_connections_open(
                     fd, link = source._socket
                     with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
                         assert dup.getpeername()[1] == proxy.port
+                    with source.adbc.cursor() as cur:  # the session set up in one statement
+                        cur.execute("SELECT current_setting('TimeZone'), "
+                                    "current_setting('statement_timeout'), "
+                                    "current_setting('tcp_keepalives_count')")
+                        assert cur.fetchone() == ("UTC", "1min", "3")
                     _shutdown(fd, link)
                     with pytest.raises(SourceUnavailable):
                         source.page("t", c, None, None, 100)
