@@ -40,7 +40,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -136,23 +136,14 @@ def _socket_of(client: Sequence[Any] | None, ports: set[int]) -> tuple[int, str]
         addr, port = ipaddress.ip_address(str(client[0])), int(client[1])
     except ValueError:
         return None
-    found = []
-    for fd in _sockets():
-        try:
-            dup = os.dup(fd)
-        except OSError:
-            continue
-        try:
-            with socket.socket(fileno=dup) as sock:  # closes the dup, never `fd`
-                if sock.family not in (socket.AF_INET, socket.AF_INET6):
-                    continue
-                here, there = sock.getsockname(), sock.getpeername()
-                link = os.readlink(f"/proc/self/fd/{dup}")  # the socket actually inspected
-        except OSError:
-            continue
-        if ipaddress.ip_address(here[0]) == addr and here[1] == port and there[1] in ports:
-            found.append((fd, link))
-    return found[0] if len(found) == 1 else None
+
+    def seen_by_the_server(sock: socket.socket) -> bool:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        here, there = sock.getsockname(), sock.getpeername()
+        return ipaddress.ip_address(here[0]) == addr and here[1] == port and there[1] in ports
+
+    return _only_one(_sockets(), seen_by_the_server)
 
 
 def _only_to(new: list[tuple[int, str]], ports: set[int], unix: bool) -> tuple[int, str] | None:
@@ -167,21 +158,33 @@ def _only_to(new: list[tuple[int, str]], ports: set[int], unix: bool) -> tuple[i
     """
     if len(new) <= 1:
         return new[0] if new else None
+    links = dict(new)
+
+    def of_the_dsn(sock: socket.socket) -> bool:
+        if unix:
+            return sock.family == socket.AF_UNIX
+        return (sock.family in (socket.AF_INET, socket.AF_INET6)
+                and sock.getpeername()[1] in ports)
+
+    found = _only_one(links, of_the_dsn)
+    return found if found is not None and links[found[0]] == found[1] else None
+
+
+def _only_one(fds: Iterable[int], matches: Callable[[socket.socket], bool]
+              ) -> tuple[int, str] | None:
+    """The one fd of `fds` whose socket `matches`, with its 'socket:[inode]', or None if
+    that is not exactly one. Each socket is inspected through a dup, so no fd of the
+    process is ever closed here, and the inode is the dup's (the socket inspected)."""
     found = []
-    for fd, link in new:
+    for fd in fds:
         try:
             dup = os.dup(fd)
         except OSError:
             continue
         try:
             with socket.socket(fileno=dup) as sock:  # closes the dup, never `fd`
-                if unix:
-                    ours = sock.family == socket.AF_UNIX
-                else:
-                    ours = (sock.family in (socket.AF_INET, socket.AF_INET6)
-                            and sock.getpeername()[1] in ports)
-                if ours and os.readlink(f"/proc/self/fd/{dup}") == link:
-                    found.append((fd, link))
+                if matches(sock):
+                    found.append((fd, os.readlink(f"/proc/self/fd/{dup}")))
         except OSError:
             continue
     return found[0] if len(found) == 1 else None
