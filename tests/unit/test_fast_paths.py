@@ -90,6 +90,35 @@ def test_duckdb_an_older_batch_loaded_late_keeps_the_newer_rows(tmp_path: Path) 
     assert got == [(1, "new", 1, 6), (2, "new", 1, 6), (3, "old", 9, 2)]
 
 
+def test_duckdb_an_update_larger_than_memory_limit_still_loads(tmp_path: Path) -> None:
+    """Deleting many scattered rows of a large target needs more than a small memory_limit
+    (h-rss: a 122,880-row page of updates to a 4M-row table at the default 32MB). At the
+    limit the batch failed on every delivery; it now loads, and the limit is set back."""
+    n, changed = 300_000, 30_000
+    first = pa.table({"k": pa.array(range(n), pa.int64()),
+                      "v": pa.array([f"value-{i}" for i in range(n)], pa.string()),
+                      "ts": pa.array([1] * n, pa.int64())})
+    keys = sorted({(i * 7919) % n for i in range(changed)})
+    update = pa.table({"k": pa.array(keys, pa.int64()),
+                       "v": pa.array([f"new-{k}" for k in keys], pa.string()),
+                       "ts": pa.array([2] * len(keys), pa.int64())})
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb", memory_limit="8MB")
+    try:
+        wh.ensure_table(REF, CONTRACT)
+        assert wh.load(REF, CONTRACT, _batch(1), first)
+        merged = wh.load(REF, CONTRACT, _batch(2), update)
+        assert merged is not None and merged.changed == len(keys)
+        assert wh.query("SELECT current_setting('memory_limit') AS m").to_pylist() == [
+            {"m": "7.6 MiB"}]
+    finally:
+        wh.close()
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:  # the oracle
+        assert con.execute("SELECT count(*), count(DISTINCT k), sum(ts) FROM main.t"
+                           ).fetchone() == (n, n, n + len(keys))
+        assert con.execute("SELECT count(*) FROM main.t WHERE v LIKE 'new-%'"
+                           ).fetchone() == (len(keys),)
+
+
 def test_duckdb_settings_come_from_the_warehouse_config(tmp_path: Path) -> None:
     cfg = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite", "path": "s.db",
                                      "tables": [{"name": "sales", "contract": "sales"}]}],

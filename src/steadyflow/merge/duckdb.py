@@ -18,7 +18,10 @@ from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUna
 from steadyflow.failpoints import failpoint
 from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
+from steadyflow.observe import logs
 from steadyflow.ports import LoadPart, Merged
+
+log = logs.get("load")
 
 STAGE, DELETES, REPLACED = "steadyflow_stage", "steadyflow_deletes", "steadyflow_replaced"
 DIGEST = '"_steadyflow_digest"'  # a replaced row's hash of its other values
@@ -151,6 +154,7 @@ class DuckdbWarehouse:
                  threads: int = THREADS) -> None:
         self.path = path
         self.schema = schema
+        self.memory_limit = memory_limit
         self._lock = threading.Lock()
         # keyed by target and column set: a `schema_drift: add` column makes a new plan
         self._plans: dict[tuple[str, tuple[str, ...]], MergePlan] = {}
@@ -199,28 +203,57 @@ class DuckdbWarehouse:
         """Each part staged, merged and put in the ledger, one after the other, in ONE
         transaction committed once (ports.Warehouse): a part's merge sees the parts before
         it, so the later extraction of a key wins inside the group as across groups. A
-        group of parts already in the ledger commits nothing."""
-        results: list[Merged | None] = []
-        c = self._conn
+        group of parts already in the ledger commits nothing.
+
+        A group that needs more than `memory_limit` (deleting ~90k scattered rows of a
+        4M-row table needs more than 32MB) is tried once more without the limit, which is
+        then set back: at the limit it would fail the same way on every delivery, and the
+        limit is there to bound the common case, not to refuse a large update."""
+        parts = list(parts)
         with self._lock:
             try:
-                c.execute("BEGIN TRANSACTION")
-                try:
-                    self._load_parts(c, parts, results)
-                    if all(merged is None for merged in results):
-                        c.execute("ROLLBACK")
-                        return results
-                    failpoint("load.after_merge")
-                    c.execute("COMMIT")
-                except BaseException:
+                return self._load_group_once(parts)
+            except duckdb.OutOfMemoryException as exc:
+                log.warning("a load group of %d batch(es) needed more than memory_limit "
+                            "%s (%s); trying it again without the limit", len(parts),
+                            self.memory_limit, str(exc).splitlines()[0][:200],
+                            extra={"stage": "load"})
+            c = self._conn
+            try:
+                c.execute("RESET memory_limit")
+                return self._load_group_once(parts)
+            except duckdb.OutOfMemoryException as exc:
+                raise FatalError(f"loading {len(parts)} batch(es) into DuckDB ran out of "
+                                 f"memory even without memory_limit: {exc}",
+                                 stage="load") from None
+            finally:
+                c.execute("SET memory_limit = '" + self.memory_limit.replace("'", "''") + "'")
+
+    def _load_group_once(self, parts: list[LoadPart]) -> list[Merged | None]:
+        """load_group's transaction (the caller holds the lock); DuckDB's out-of-memory
+        error is raised as it is, for load_group to retry."""
+        results: list[Merged | None] = []
+        c = self._conn
+        try:
+            c.execute("BEGIN TRANSACTION")
+            try:
+                self._load_parts(c, parts, results)
+                if all(merged is None for merged in results):
                     c.execute("ROLLBACK")
-                    for name in (STAGE, DELETES, REPLACED):  # after the rollback: an aborted
-                        with contextlib.suppress(duckdb.Error):  # transaction refuses it
-                            c.unregister(name)
-                    raise
-            except duckdb.Error as exc:  # the commit itself (a part's error names its batch)
-                raise FatalError(f"committing {len(results)} batch(es) to DuckDB failed: "
-                                 f"{exc}", stage="load") from None
+                    return results
+                failpoint("load.after_merge")
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                for name in (STAGE, DELETES, REPLACED):  # after the rollback: an aborted
+                    with contextlib.suppress(duckdb.Error):  # transaction refuses it
+                        c.unregister(name)
+                raise
+        except duckdb.OutOfMemoryException:
+            raise
+        except duckdb.Error as exc:  # the commit itself (a part's error names its batch)
+            raise FatalError(f"committing {len(results)} batch(es) to DuckDB failed: "
+                             f"{exc}", stage="load") from None
         return results
 
     def _load_parts(self, c: duckdb.DuckDBPyConnection, parts: Iterable[LoadPart],
@@ -277,6 +310,8 @@ class DuckdbWarehouse:
                             self._ledger(c, part, part.rows.num_rows)
                             results[i] = Merged(part.rows.num_rows)
                         return
+                except duckdb.OutOfMemoryException:  # load_group retries it
+                    raise
                 except duckdb.Error as exc:
                     raise FatalError(f"merge of {len(waiting)} batches into {ref.target} "
                                      f"failed: {exc}", stage="load") from None
@@ -288,6 +323,8 @@ class DuckdbWarehouse:
         try:
             return bool(c.execute(p.ledger_check.replace("%s", "?"),
                                   [part.batch.batch_id]).fetchall())
+        except duckdb.OutOfMemoryException:  # load_group retries it
+            raise
         except duckdb.Error as exc:
             raise FatalError(f"ledger lookup failed: {exc}", stage="load",
                              batch_id=part.batch.batch_id) from None
@@ -319,6 +356,8 @@ class DuckdbWarehouse:
                                             [delete_seq(batch.seq)]))
                 c.unregister(DELETES)
             self._ledger(c, part, rows.num_rows)
+        except duckdb.OutOfMemoryException:  # load_group retries it
+            raise
         except duckdb.Error as exc:
             raise FatalError(f"merge into {ref.target} failed: {exc}", stage="load",
                              source=batch.source, table=batch.table,
