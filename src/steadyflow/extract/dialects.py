@@ -46,10 +46,18 @@ if TYPE_CHECKING:
 # host died or was partitioned) must not stay "idle in transaction" on the store, where it
 # would also hold the adaptive lookback's re-read bound back for as long as it lived; and a
 # client that went away mid-query is noticed by the server within seconds, not hours
-SESSION_SAFETY = ("idle_in_transaction_session_timeout = 60000",
-                  "client_connection_check_interval = 10000",
-                  "tcp_keepalives_idle = 30", "tcp_keepalives_interval = 10",
-                  "tcp_keepalives_count = 3")
+SESSION_SAFETY = (("idle_in_transaction_session_timeout", "60000"),
+                  ("client_connection_check_interval", "10000"),
+                  ("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"),
+                  ("tcp_keepalives_count", "3"))
+
+
+def session_settings(statement_timeout: float) -> tuple[tuple[str, str], ...]:
+    """Every PostgreSQL source session's settings, (name, value): the server-side limit
+    of one statement, UTC for the text of zoned times, and SESSION_SAFETY. One list for
+    both read paths: psycopg sends them as startup options, ADBC in one set_config query."""
+    return (("statement_timeout", str(int(statement_timeout * 1000))), ("TimeZone", "UTC"),
+            *SESSION_SAFETY)
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
@@ -321,9 +329,8 @@ class PostgresDialect(Dialect):
             return psycopg.connect(
                 self.config.dsn or "",
                 connect_timeout=max(2, int(r.connect_timeout)),
-                options=f"-c statement_timeout={int(r.statement_timeout * 1000)} -c TimeZone=UTC "
-                        + " ".join(f"-c {setting.replace(' = ', '=')}"
-                                   for setting in SESSION_SAFETY),
+                options=" ".join(f"-c {name}={value}"
+                                 for name, value in session_settings(r.statement_timeout)),
                 autocommit=True,
                 keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
                 tcp_user_timeout=int(max(r.statement_timeout, r.connect_timeout) * 1000),

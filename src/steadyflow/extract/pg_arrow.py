@@ -54,7 +54,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
-from steadyflow.extract.dialects import SESSION_SAFETY, OpenSince, OutOfRange
+from steadyflow.extract.dialects import OpenSince, OutOfRange, session_settings
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Contract, Watermark
 from steadyflow.observe import logs
@@ -409,18 +409,14 @@ class PgArrowSource(SqlSource):
             except Exception as exc:  # noqa: BLE001 - translated below, never swallowed
                 raise self._translate(exc, None) from None
             new = [(fd, link) for fd, link in _sockets().items() if before.get(fd) != link]
-        guess = _only_to(new, _server_ports(self.config.dsn or ""),
-                         _unix_host(self.config.dsn or ""))
+        ports = _server_ports(self.config.dsn or "")
+        guess = _only_to(new, ports, _unix_host(self.config.dsn or ""))
         dog = Watchdog(r.statement_timeout + watchdog_grace(r),
                        lambda: _shutdown(*guess) if guess is not None else None)
-        settings = [("statement_timeout", str(int(r.statement_timeout * 1000))),
-                    ("TimeZone", "UTC"),
-                    *((name.strip(), value.strip()) for name, _, value in
-                      (setting.partition("=") for setting in SESSION_SAFETY))]
         # one statement, one round trip: eight SETs behind a slow link took eight, and the
         # watchdog bounds one statement's time (a store 0.2 s away took 1.6 s here)
         session = ("SELECT " + ", ".join(f"set_config('{name}', '{value}', false)"
-                                         for name, value in settings)
+                                         for name, value in session_settings(r.statement_timeout))
                    + ", host(inet_client_addr()), inet_client_port()")
         try:
             with dog, conn.cursor() as cur:
@@ -434,7 +430,7 @@ class PgArrowSource(SqlSource):
                                     "statement_timeout + grace", stage="extract",
                                     source=self.config.name) from None
             raise self._translate(exc, None) from None
-        self._socket = _socket_of(client, _server_ports(self.config.dsn or "")) or guess
+        self._socket = _socket_of(client, ports) or guess
         return conn
 
     @property
