@@ -147,8 +147,6 @@ class Pipeline:
         self._open_sources: dict[str, Source] = {}
         # what each table's polls carry to the next (run/extract.py TableMemory)
         self._memory: dict[str, TableMemory] = {}
-        # a put's wait for buffer space (extract(alone=True) bounds it; None: unbounded)
-        self._put_timeout: float | None = None
         # a table's ExtractResult when it stopped with an error after landing batches
         # (extract_table → tally: the summary counts what was extracted, not 0)
         self._partial: dict[str, ExtractResult] = {}
@@ -296,18 +294,20 @@ class Pipeline:
         instead of waiting for a loader that may never come.
         """
         summary = RunSummary()
-        self._put_timeout = self.config.buffer.extract_wait if alone else None
+        put_timeout = self.config.buffer.extract_wait if alone else None
         jobs = [(s, t, ref) for s, t, ref in self.config.tables()
                 if not tables or ref.label in tables or ref.table in tables]
         if self.shared:
             random.shuffle(jobs)
         with ThreadPoolExecutor(max_workers=self.config.run.max_parallel_sources,
                                 thread_name_prefix="extract") as pool:
-            for ref, result in pool.map(lambda job: self.extract_table(job, dry_run), jobs):
+            for ref, result in pool.map(
+                    lambda job: self.extract_table(job, dry_run, put_timeout), jobs):
                 self.tally(summary, ref, result)
         return summary
 
-    def extract_table(self, job: tuple[Any, Any, Any], dry_run: bool = False
+    def extract_table(self, job: tuple[Any, Any, Any], dry_run: bool = False,
+                      put_timeout: float | None = None
                       ) -> tuple[Any, ExtractResult | BaseException]:
         """One table until caught up, on its kept connection: (its ref, its result or the
         error that stopped it, recorded and logged here). `extract` runs every table
@@ -317,7 +317,7 @@ class Pipeline:
             s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
             self.guards[s.name], self.metrics, should_stop=self._stop.is_set,
             memory=self._memory.setdefault(ref.label, TableMemory()),
-            put_timeout=self._put_timeout)
+            put_timeout=put_timeout)
         # SQL or HTTP: the same extractor loop and guard
         db = self._open_sources.pop(ref.label, None) or open_source(s)
         keep = False
