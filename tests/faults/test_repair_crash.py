@@ -34,7 +34,12 @@ ITEMS: dict[str, Any] = {
                 "val": {"type": "string"}}}
 
 
-def setup(directory: Path) -> Path:
+DUCKDB = {"kind": "duckdb", "path": "warehouse.duckdb", "schema": "main"}
+
+
+def setup(directory: Path, warehouse: dict[str, Any] = DUCKDB) -> Path:
+    """A loaded SQLite source of ROWS items whose GONE keys were then deleted at the source
+    only (mirror_deletes on): what a repair has to delete. Returns the pipeline config."""
     with closing(sqlite3.connect(directory / "source.db")) as db:
         db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL, "
                    "val TEXT)")
@@ -43,7 +48,7 @@ def setup(directory: Path) -> Path:
         db.commit()
     config = {
         "name": "repair", "state_dir": "state", "landing": {"path": "landing"},
-        "warehouse": {"kind": "duckdb", "path": "warehouse.duckdb", "schema": "main"},
+        "warehouse": warehouse,
         "contracts": {"items": ITEMS},
         "sources": [{"name": "s", "kind": "sqlite", "path": "source.db",
                      "tables": [{"name": "items", "contract": "items", "page_size": 50,

@@ -21,26 +21,18 @@ from typing import Any
 import duckdb
 import psycopg
 import pytest
-import yaml
 from tests.conftest import steadyflow
+from tests.faults.test_repair_crash import DUCKDB, GONE, ROWS, setup
 
 pytestmark = pytest.mark.faults
 
-ROWS = 300
-GONE = (5, 6, 7)
 BACK = 5  # deleted at the source, inserted again after the repair read it as gone
-
-ITEMS: dict[str, Any] = {
-    "primary_key": ["id"], "cursor": "rev",
-    "columns": {"id": {"type": "int64", "nullable": False},
-                "rev": {"type": "int64", "nullable": False},
-                "val": {"type": "string"}}}
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.integration)])
 def warehouse(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
     if request.param == "duckdb":
-        yield {"kind": "duckdb", "path": "warehouse.duckdb", "schema": "main"}
+        yield DUCKDB
     else:
         yield {"kind": "postgres", "dsn": request.getfixturevalue("pg_dsn"), "schema": "wh"}
 
@@ -66,23 +58,7 @@ def warehouse_rows(warehouse: dict[str, Any], directory: Path) -> dict[int, tupl
 
 def test_a_late_repair_delete_keeps_a_key_extracted_again_after_it(
         tmp_path: Path, warehouse: dict[str, Any]) -> None:
-    with closing(sqlite3.connect(tmp_path / "source.db")) as db:
-        db.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL, "
-                   "val TEXT)")
-        db.executemany("INSERT INTO items VALUES (?,?,?)",
-                       [(i, i, f"v{i}") for i in range(1, ROWS + 1)])
-        db.commit()
-    config = tmp_path / "pipeline.yml"
-    config.write_text(yaml.safe_dump({
-        "name": "repair", "state_dir": "state", "landing": {"path": "landing"},
-        "warehouse": warehouse, "contracts": {"items": ITEMS},
-        "sources": [{"name": "s", "kind": "sqlite", "path": "source.db",
-                     "tables": [{"name": "items", "contract": "items", "page_size": 50,
-                                 "mirror_deletes": True}]}]}, sort_keys=False))
-    steadyflow("run", "-c", str(config), check=True)
-    with closing(sqlite3.connect(tmp_path / "source.db")) as db:
-        db.execute(f"DELETE FROM items WHERE id IN {GONE}")
-        db.commit()
+    config = setup(tmp_path, warehouse)
 
     # the repair lands its batch (deletes of GONE) and dies before its load commits
     crashed = steadyflow("reconcile", "-c", str(config), "--repair",

@@ -14,7 +14,7 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 
 import psycopg
@@ -26,7 +26,7 @@ from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceUnavailable
 from steadyflow.extract.pg_arrow import PgArrowSource, _only_to, _shutdown, _unix_host
 from steadyflow.extract.sql import SqlSource
-from steadyflow.model import INVALID, Watermark
+from steadyflow.model import INVALID, Contract, Watermark
 from steadyflow.validate.rules import validate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -176,29 +176,42 @@ def sockets_churning() -> Iterator[None]:
     thread.join()
 
 
+def ten_rows(dsn: str) -> Contract:
+    execute(dsn, "CREATE TABLE t (id int8 PRIMARY KEY)",
+            "INSERT INTO t SELECT generate_series(1, 10)")
+    return contract(("id", "int64"))
+
+
+def read_then_cut(source: PgArrowSource, c: Contract,
+                  check: Callable[[PgArrowSource, int], None]) -> None:
+    """A page through ADBC with its socket identified (and `check`ed), then that socket
+    shut down as the watchdog does: the source's next page fails retryably."""
+    try:
+        rows, _ = source.page("t", c, None, None, 100)
+        assert rows.num_rows == 10
+        assert source._adbc_usable and source._socket is not None
+        fd, link = source._socket
+        check(source, fd)
+        _shutdown(fd, link)
+        with pytest.raises(SourceUnavailable):
+            source.page("t", c, None, None, 100)
+    finally:
+        source.close()
+
+
 def test_adbc_finds_its_socket_while_other_threads_open_sockets(
         pg_dsn: str, sockets_churning: None) -> None:
-    execute(pg_dsn, "CREATE TABLE t (id int8 PRIMARY KEY)",
-            "INSERT INTO t SELECT generate_series(1, 10)")
-    c = contract(("id", "int64"))
+    c = ten_rows(pg_dsn)
+
+    def the_server_sees_it(source: PgArrowSource, fd: int) -> None:
+        with source.adbc.cursor() as cur:
+            cur.execute("SELECT inet_client_port()")
+            server_sees = cur.fetchone()[0]
+        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
+            assert dup.getsockname()[1] == server_sees
+
     for _ in range(10):
-        source = adbc(pg_dsn)
-        try:
-            rows, _ = source.page("t", c, None, None, 100)
-            assert rows.num_rows == 10
-            assert source._adbc_usable and source._socket is not None
-            fd, link = source._socket
-            with source.adbc.cursor() as cur:
-                cur.execute("SELECT inet_client_port()")
-                server_sees = cur.fetchone()[0]
-            with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
-                assert dup.getsockname()[1] == server_sees
-            # the watchdog's shutdown hits this connection: its next page fails retryably
-            _shutdown(fd, link)
-            with pytest.raises(SourceUnavailable):
-                source.page("t", c, None, None, 100)
-        finally:
-            source.close()
+        read_then_cut(adbc(pg_dsn), c, the_server_sees_it)
 
 
 def test_adbc_finds_its_socket_behind_a_proxy_while_other_connections_open(
@@ -207,9 +220,7 @@ def test_adbc_finds_its_socket_behind_a_proxy_while_other_connections_open(
     connect can tell; an in-process proxy adds two of its own at that moment, and another
     thread keeps connecting to another port. Before, such a source fell back to psycopg
     (3-6 of 20 tables in bench/scale.py's runs)."""
-    execute(pg_dsn, "CREATE TABLE t (id int8 PRIMARY KEY)",
-            "INSERT INTO t SELECT generate_series(1, 10)")
-    c = contract(("id", "int64"))
+    c = ten_rows(pg_dsn)
     params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
     listener = socket.create_server(("127.0.0.1", 0))
     elsewhere = listener.getsockname()
@@ -226,6 +237,15 @@ def test_adbc_finds_its_socket_behind_a_proxy_while_other_connections_open(
             with contextlib.suppress(OSError):
                 listener.accept()[0].close()
 
+    def leads_to_the_proxy(source: PgArrowSource, fd: int) -> None:
+        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
+            assert dup.getpeername()[1] == proxy.port
+        with source.adbc.cursor() as cur:  # the session set up in one statement
+            cur.execute("SELECT current_setting('TimeZone'), "
+                        "current_setting('statement_timeout'), "
+                        "current_setting('tcp_keepalives_count')")
+            assert cur.fetchone() == ("UTC", "1min", "3")
+
     threads = [threading.Thread(target=f, daemon=True) for f in (connect_elsewhere, accept)]
     with FaultProxy("127.0.0.1", int(params.get("port") or 5432)) as proxy:
         for thread in threads:
@@ -233,24 +253,7 @@ def test_adbc_finds_its_socket_behind_a_proxy_while_other_connections_open(
         try:
             behind = psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1", port=proxy.port)
             for _ in range(5):
-                source = adbc(behind)
-                try:
-                    rows, _ = source.page("t", c, None, None, 100)
-                    assert rows.num_rows == 10
-                    assert source._adbc_usable and source._socket is not None
-                    fd, link = source._socket
-                    with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:
-                        assert dup.getpeername()[1] == proxy.port
-                    with source.adbc.cursor() as cur:  # the session set up in one statement
-                        cur.execute("SELECT current_setting('TimeZone'), "
-                                    "current_setting('statement_timeout'), "
-                                    "current_setting('tcp_keepalives_count')")
-                        assert cur.fetchone() == ("UTC", "1min", "3")
-                    _shutdown(fd, link)
-                    with pytest.raises(SourceUnavailable):
-                        source.page("t", c, None, None, 100)
-                finally:
-                    source.close()
+                read_then_cut(adbc(behind), c, leads_to_the_proxy)
         finally:
             stop.set()
             listener.close()
