@@ -4,7 +4,7 @@ with the same method order, so the embedded and scaled implementations read alik
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +122,19 @@ class LoadPart:
     batch: BatchRef
     rows: pa.Table
     deletes: pa.Table | None = None
+    quarantined: int = 0  # the batch's rows parked by validation, kept in its ledger row
+
+
+@dataclass(frozen=True, slots=True)
+class Ledgered:
+    """What the ledger row of a loaded batch says it did, written in the batch's own
+    transaction: a loader that dies after that commit and before the state records the
+    batch leaves these counts only there. None: a row written before the ledger kept
+    them."""
+
+    rows: int
+    changed: int | None
+    quarantined: int | None
 
 
 class Warehouse(Protocol):
@@ -129,7 +142,8 @@ class Warehouse(Protocol):
 
     Implementers guarantee: a batch id already in the ledger changes nothing and gives
     None; no reader ever sees part of a batch, nor part of a group; a loaded batch gives
-    how many rows it changed (`Merged`), counted inside the transaction.
+    how many rows it changed (`Merged`), counted inside the transaction, and its ledger
+    row keeps that count (`ledgered` reads it back).
 
     `load_group` merges its parts one after the other in ONE transaction, each with its
     ledger row, and commits once: a part sees the rows of the parts before it, so two
@@ -144,4 +158,5 @@ class Warehouse(Protocol):
              deletes: pa.Table | None = None) -> Merged | None: ...
     def load_group(self, parts: Iterable[LoadPart]) -> list[Merged | None]: ...
     def is_loaded(self, batch_id: str) -> bool: ...
+    def ledgered(self, batch_ids: Sequence[str]) -> dict[str, Ledgered]: ...
     def close(self) -> None: ...

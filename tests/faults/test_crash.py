@@ -206,6 +206,17 @@ def assert_ledger(directory: Path, ledger: list[Row]) -> None:
     assert not pending, f"manifest entries never loaded: {pending}"
 
 
+def assert_counts(directory: Path, paths: list[Path]) -> None:
+    """The table health an operator reads counts what reached the warehouse: on a source
+    without updates each good row changed the warehouse once (a re-read of an equal row
+    changes nothing), and each malformed row was quarantined once. A kill between the
+    warehouse commit and the manifest mark must not lose a batch's counts."""
+    changed, quarantined = state_rows(
+        directory, "SELECT sum(rows_changed), sum(rows_quarantined) FROM table_health")[0]
+    assert changed == len(source_good_rows(paths)), "table health: rows changed"
+    assert quarantined == sum(count_malformed(paths).values()), "table health: quarantined"
+
+
 def quarantined_keys(directory: Path) -> list[tuple[int, int]]:
     landing = directory / "landing"
     indexed = state_rows(directory, "SELECT path, rows FROM quarantine")
@@ -273,6 +284,7 @@ def test_sigkill_at_failpoint_loses_and_doubles_nothing(tmp_path: Path, point: s
     assert_equal(config, paths, rows)
     assert_ledger(tmp_path, ledger)
     assert_quarantine(tmp_path, paths)
+    assert_counts(tmp_path, paths)
     assert_landing_clean(tmp_path)
 
 
@@ -463,6 +475,7 @@ def test_sigkill_after_merge_before_commit_postgres(tmp_path: Path, pg_dsn: str)
     assert_equal(config, paths, rows)
     assert_ledger(tmp_path, ledger)
     assert_quarantine(tmp_path, paths)
+    assert_counts(tmp_path, paths)
     assert_landing_clean(tmp_path)
 
 
@@ -536,8 +549,9 @@ def ledger_groups(directory: Path) -> list[int]:
         con.close()
 
 
-def assert_oracle_equal(directory: Path, paths: list[Path]) -> None:
-    """The warehouse equals the stores by the independent oracle, without one duplicate."""
+def assert_oracle_equal(directory: Path, paths: list[Path]) -> int:
+    """The warehouse equals the stores by the independent oracle, without one duplicate;
+    returns how many rows the stores hold."""
     expected: dict[Any, Any] = {}
     for path in paths:
         expected |= read_source("sqlite", str(path), SALES)
@@ -546,6 +560,7 @@ def assert_oracle_equal(directory: Path, paths: list[Path]) -> None:
     assert not found, f"warehouse differs from the stores:\n{found}"
     with closing(duckdb.connect(where, read_only=True)) as con:
         assert con.execute("SELECT count(*) FROM main.sales").fetchone() == (len(expected),)
+    return len(expected)
 
 
 @pytest.mark.parametrize(("point", "committed", "marked"), [
@@ -573,7 +588,7 @@ def test_sigkill_around_a_group_commit_loses_and_doubles_nothing(
     assert loaded == [(marked,)]
 
     catch_up(cfg)
-    assert_oracle_equal(tmp_path, paths)
+    rows = assert_oracle_equal(tmp_path, paths)
     _, ledger = duckdb_tables(tmp_path)
     assert_ledger(tmp_path, ledger)  # every batch once, the manifest agrees
     assert_landing_clean(tmp_path)
@@ -581,3 +596,5 @@ def test_sigkill_around_a_group_commit_loses_and_doubles_nothing(
     # tables' loaded rows are what the manifest's loaded batches hold
     assert state_rows(tmp_path, "SELECT sum(rows_loaded) FROM table_health") == state_rows(
         tmp_path, "SELECT sum(good_rows) FROM manifest WHERE status = 'loaded'")
+    # and the rows they changed are the stores' rows (no updates: each changed once)
+    assert state_rows(tmp_path, "SELECT sum(rows_changed) FROM table_health") == [(rows,)]

@@ -264,6 +264,30 @@ def buffer_report(url: str, stream: str, warehouse_dsn: str) -> str:
         return f"(buffer report failed: {exc!r})"
 
 
+def landed_report(warehouse_dsn: str, logs: Path) -> list[str]:
+    """The batches landed and never loaded: manifest entry, ledger, and what the workers'
+    logs say of each (a diagnostic for a failure message)."""
+    try:
+        with psycopg.connect(warehouse_dsn) as conn:
+            rows = conn.execute(
+                "SELECT batch_id, extract(epoch FROM now()) - landed_at, error, ref "
+                "FROM sf_state.manifest WHERE status = 'landed' LIMIT 5").fetchall()
+            out = []
+            for batch, age, error, ref in rows:
+                ledger = conn.execute(
+                    "SELECT rows, loaded_at FROM wh._steadyflow_ledger WHERE batch_id = %s",
+                    (batch,)).fetchone()
+                out.append(f"landed {age:.0f}s ago, not loaded: {batch} error={error!r} "
+                           f"ledger={ledger} ref={ref}")
+                for log in sorted(logs.glob("*.log")):
+                    said = [line for line in log.read_text(errors="replace").splitlines()
+                            if batch in line]
+                    out += [f"  {log.stem}: {line[:400]}" for line in said[-6:]]
+            return out
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: never the failure itself
+        return [f"(landed report failed: {exc!r})"]
+
+
 def open_transactions(stores: list[SourceDb]) -> list[str]:
     """The transactions open at each store now (what an adaptive lookback re-reads from)."""
     out = []
@@ -516,6 +540,7 @@ def check_end(cfg: Path, stores: list[SourceDb], warehouse_dsn: str, workers: Ho
     assert drained, "\n".join([
         f"never drained: {({k: now[k] for k in ('queue_depth', 'pending_batches')})}",
         buffer_report(chaos.nats.url, STREAM, warehouse_dsn),
+        *landed_report(warehouse_dsn, workers.logs),
         *open_transactions(stores), *chaos.events])
     with psycopg.connect(warehouse_dsn) as conn:
         unloaded = conn.execute(LANDED).fetchone()

@@ -34,7 +34,7 @@ from steadyflow.demo.stores import create_stores
 from steadyflow.merge.duckdb import DuckdbWarehouse
 from steadyflow.merge.postgres import PostgresWarehouse
 from steadyflow.model import BatchRef, Column, Contract, TableRef
-from steadyflow.ports import Buffer, LoadPart, Warehouse
+from steadyflow.ports import Buffer, Ledgered, LoadPart, Warehouse
 from steadyflow.run.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -105,6 +105,41 @@ def test_new_batches_go_in_together_and_each_counts_its_rows(warehouse: Warehous
     assert [m.changed if m else None for m in merged] == [1, 1, 1]
     assert _values(warehouse) == {1: "a", 2: "e", 3: "b", 4: "b", 5: "c", 6: "d", 7: "f2"}
     assert all(warehouse.is_loaded(b) for b in "abcdef")
+
+
+def test_the_ledger_keeps_each_batch_count(warehouse: Warehouse) -> None:
+    """What a loader that dies after the commit leaves for its redelivery (or the
+    sweeper) to count: rows, changed and quarantined rows of each batch, the group's
+    equal re-read and its repeat included; a batch not loaded is not there."""
+    first = warehouse.load_group([replace(_part("a", 1, (1, "a", 1), (2, "a", 1)),
+                                          quarantined=3)])
+    assert [m.changed if m else None for m in first] == [2]
+    merged = warehouse.load_group([
+        _part("b", 2, (1, "a", 1), (3, "b", 1)),  # one equal re-read, one new
+        _part("c", 3, (2, "c", 2))])  # an update
+    assert [m.changed if m else None for m in merged] == [1, 1]
+    assert warehouse.load_group([_part("c", 3, (2, "c", 2))]) == [None]  # a repeat
+    assert warehouse.ledgered(["a", "b", "c", "nope"]) == {
+        "a": Ledgered(2, 2, 3), "b": Ledgered(2, 1, 0), "c": Ledgered(1, 1, 0)}
+    assert warehouse.ledgered([]) == {}
+
+
+def test_a_ledger_made_before_it_kept_counts_gets_them(warehouse: Warehouse) -> None:
+    """A warehouse loaded by an older steadyflow: its ledger rows stay, counts unknown
+    (None), and the next load adds the columns and fills them."""
+    warehouse.load_group([_part("old", 1, (1, "a", 1))])
+    for column in ("changed", "quarantined"):
+        drop = f"ALTER TABLE {{}}._steadyflow_ledger DROP COLUMN {column}"
+        if isinstance(warehouse, DuckdbWarehouse):
+            warehouse.query(drop.format("main"))
+        else:
+            assert isinstance(warehouse, PostgresWarehouse)
+            with warehouse.conn.transaction():
+                warehouse.conn.execute(drop.format("wh"))
+    warehouse.ensure_table(REF, CONTRACT)
+    assert warehouse.load_group([_part("new", 2, (2, "b", 1))])[0] is not None
+    assert warehouse.ledgered(["old", "new"]) == {
+        "old": Ledgered(1, None, None), "new": Ledgered(1, 1, 0)}
 
 
 def test_a_failing_part_rolls_the_whole_group_back(warehouse: Warehouse) -> None:

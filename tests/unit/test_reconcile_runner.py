@@ -174,18 +174,18 @@ def test_an_interrupted_repair_is_finished_by_the_sweeper(tmp_path: Path,
     with Pipeline.from_yaml(config) as p:
         assert p.run_once().ok
         wh_exec(p, "DELETE FROM main.sales WHERE sale_id BETWEEN 100 AND 109")
-        real = BatchLoader.process
+        real = BatchLoader.load_and_mark
 
         def broken(self: BatchLoader, batch: Any) -> Any:
             raise WarehouseUnavailable("connection lost", stage="load")
 
-        monkeypatch.setattr(BatchLoader, "process", broken)
+        monkeypatch.setattr(BatchLoader, "load_and_mark", broken)
         report = reconcile(p, options=Options(repair=True))[0]
         assert report.error is not None and "repair failed" in report.error
         assert report.missing == 10
         pending = [b for b in p.state.pending_batches() if b.kind == "repair"]
         assert len(pending) == 1 and pending[0].rows == 10
-        monkeypatch.setattr(BatchLoader, "process", real)
+        monkeypatch.setattr(BatchLoader, "load_and_mark", real)
         summary = p.run_once()  # sweep → buffer → load, like any landed batch
         assert summary.ok and summary.loaded_rows == 10
         assert only(reconcile(p)).clean

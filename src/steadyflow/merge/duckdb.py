@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 
 from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, plan, with_seq
+from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, ledgered_sql, plan, with_seq
 from steadyflow.model import BatchRef, Contract, TableRef
 from steadyflow.observe import logs
-from steadyflow.ports import LoadPart, Merged
+from steadyflow.ports import Ledgered, LoadPart, Merged
 
 log = logs.get("load")
 
@@ -189,6 +189,8 @@ class DuckdbWarehouse:
                 for stmt in p.add_columns:
                     self._conn.execute(stmt)
                 self._conn.execute(p.create_ledger)
+                for stmt in p.add_ledger_counts:
+                    self._conn.execute(stmt)
             except duckdb.Error as exc:
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
@@ -307,7 +309,7 @@ class DuckdbWarehouse:
                     c.unregister(STAGE)
                     if fresh:
                         for i, part in waiting:
-                            self._ledger(c, part, part.rows.num_rows)
+                            self._ledger(c, part, part.rows.num_rows, part.rows.num_rows)
                             results[i] = Merged(part.rows.num_rows)
                         return
                 except duckdb.OutOfMemoryException:  # load_group retries it
@@ -329,10 +331,11 @@ class DuckdbWarehouse:
             raise FatalError(f"ledger lookup failed: {exc}", stage="load",
                              batch_id=part.batch.batch_id) from None
 
-    def _ledger(self, c: duckdb.DuckDBPyConnection, part: LoadPart, rows: int) -> None:
+    def _ledger(self, c: duckdb.DuckDBPyConnection, part: LoadPart, rows: int,
+                changed: int) -> None:
         c.execute(self._plan(part.ref, part.contract).ledger_insert.replace("%s", "?"),
                   [part.batch.batch_id, part.batch.source, part.batch.table, part.ref.target,
-                   rows])
+                   rows, part.quarantined, changed])
 
     def _upsert_of(self, ref: TableRef, contract: Contract) -> _Upsert:
         u = self._upserts.get((ref.target, contract.names))
@@ -355,14 +358,14 @@ class DuckdbWarehouse:
                 changed += _count(c.execute(p.delete.replace("%s", "?"),
                                             [delete_seq(batch.seq)]))
                 c.unregister(DELETES)
-            self._ledger(c, part, rows.num_rows)
+            self._ledger(c, part, rows.num_rows, max(0, changed))
         except duckdb.OutOfMemoryException:  # load_group retries it
             raise
         except duckdb.Error as exc:
             raise FatalError(f"merge into {ref.target} failed: {exc}", stage="load",
                              source=batch.source, table=batch.table,
                              batch_id=batch.batch_id) from None
-        return Merged(changed)
+        return Merged(max(0, changed))
 
     def _merge(self, c: duckdb.DuckDBPyConnection, ref: TableRef, contract: Contract,
                rows: pa.Table) -> int:
@@ -399,6 +402,17 @@ class DuckdbWarehouse:
                     "WHERE batch_id = ?", [batch_id]).fetchone())
             except duckdb.CatalogException:
                 return False
+
+    def ledgered(self, batch_ids: Sequence[str]) -> dict[str, Ledgered]:
+        if not batch_ids:
+            return {}
+        with self._lock:
+            try:
+                rows = self._conn.execute(ledgered_sql(self.schema, quote).replace("%s", "?"),
+                                          [list(batch_ids)]).fetchall()
+            except duckdb.CatalogException:
+                return {}
+        return {r[0]: Ledgered(int(r[1]), r[2], r[3]) for r in rows}
 
     def query(self, sql: str, params: list[object] | None = None) -> pa.Table:
         """Read access for reconciliation and the demo's comparison."""

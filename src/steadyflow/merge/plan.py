@@ -56,6 +56,13 @@ def delete_seq(seq: int) -> int:
     return seq if seq > 0 else 2**63 - 1
 
 
+def ledgered_sql(schema: str, quote: Quote) -> str:
+    """Counts of the ledger rows of a list of batch ids (one list parameter), the same
+    on PostgreSQL and DuckDB."""
+    return (f"SELECT batch_id, rows, changed, quarantined FROM {quote(schema)}."
+            f"{quote(LEDGER)} WHERE batch_id IN (SELECT unnest(%s::text[]))")
+
+
 @dataclass(frozen=True, slots=True)
 class MergePlan:
     create_schema: str
@@ -63,6 +70,8 @@ class MergePlan:
     add_columns: tuple[str, ...]  # the contract's `schema_drift: add` columns, nullable
     create_table: str
     create_ledger: str
+    # ledgers made before they kept counts: `changed` and `quarantined` (nullable) added
+    add_ledger_counts: tuple[str, ...]
     ledger_check: str
     ledger_insert: str
     merge: str
@@ -117,10 +126,14 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
                       + (f", PRIMARY KEY ({key_list}))" if engine == "postgres" else ")")),
         create_ledger=(f"CREATE TABLE IF NOT EXISTS {ledger} (batch_id VARCHAR PRIMARY KEY, "
                        "source VARCHAR NOT NULL, tbl VARCHAR NOT NULL, target VARCHAR NOT NULL, "
-                       "rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL)"),
+                       "rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL, "
+                       "changed BIGINT, quarantined BIGINT)"),
+        add_ledger_counts=tuple(f"ALTER TABLE {ledger} ADD COLUMN IF NOT EXISTS {c} BIGINT"
+                                for c in ("changed", "quarantined")),
         ledger_check=f"SELECT 1 FROM {ledger} WHERE batch_id = %s",
-        ledger_insert=(f"INSERT INTO {ledger} (batch_id, source, tbl, target, rows, loaded_at) "
-                       "VALUES (%s, %s, %s, %s, %s, now())"),
+        ledger_insert=(f"INSERT INTO {ledger} (batch_id, source, tbl, target, rows, "
+                       "quarantined, changed, loaded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
+                       "now())"),
         merge=merge,
         # a repair's deletes lose to a later extraction as its rows do (`delete_seq`)
         delete=(f"DELETE FROM {target} WHERE {key_tuple} IN (SELECT {key_list} FROM {deletes}) "

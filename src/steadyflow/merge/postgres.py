@@ -17,9 +17,9 @@ from psycopg import sql as pgsql
 from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, plan, with_seq
+from steadyflow.merge.plan import LEDGER, SEQ, MergePlan, delete_seq, ledgered_sql, plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
-from steadyflow.ports import LoadPart, Merged
+from steadyflow.ports import Ledgered, LoadPart, Merged
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 
@@ -163,7 +163,7 @@ class PostgresWarehouse:
                     self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                       [f"steadyflow:{self.schema}.{ref.target}"])
                     for stmt in (p.create_schema, p.create_table, p.add_seq, *p.add_columns,
-                                 p.create_ledger):
+                                 p.create_ledger, *p.add_ledger_counts):
                         self.conn.execute(stmt.encode())
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
@@ -189,10 +189,17 @@ class PostgresWarehouse:
             try:
                 with conn.transaction():
                     conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
+                    loaded: list[tuple[str, int]] = []
                     for part in parts:
                         current = part
-                        results.append(self._load_part(conn, part))
+                        merged = self._load_part(conn, part)
+                        results.append(merged)
+                        if merged is not None:
+                            loaded.append((part.batch.batch_id, merged.changed))
                     current = None
+                    if loaded:  # the ledger rows went in before their merges counted
+                        conn.execute(self._count_changes(len(loaded)),
+                                     [v for pair in loaded for v in pair])
                     if any(merged is not None for merged in results):
                         failpoint("load.after_merge")
             except BaseException as exc:
@@ -216,7 +223,8 @@ class PostgresWarehouse:
         inserted = conn.execute(
             p.ledger_insert.replace("now())", "now()) ON CONFLICT DO NOTHING "
                                     "RETURNING batch_id").encode(),
-            [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows],
+            [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows,
+             part.quarantined, None],
         ).fetchone()
         if inserted is None:
             return None
@@ -289,6 +297,28 @@ class PostgresWarehouse:
             f"COPY {quote(stage)} ({', '.join(quote(c) for c in cols)}) FROM STDIN "
             "(FORMAT csv)".encode()) as copy:
             copy.write(_csv(rows.select(cols)))
+
+    def _count_changes(self, n: int) -> bytes:
+        """One statement that writes the changed count of `n` ledger rows of this
+        transaction: a round trip per group, not per batch."""
+        ledger = f"{quote(self.schema)}.{quote(LEDGER)}"
+        values = ", ".join(["(%s, %s::bigint)"] * n)
+        return (f"UPDATE {ledger} AS l SET changed = v.changed FROM (VALUES {values}) "
+                "AS v(batch_id, changed) WHERE l.batch_id = v.batch_id").encode()
+
+    def ledgered(self, batch_ids: Sequence[str]) -> dict[str, Ledgered]:
+        if not batch_ids:
+            return {}
+        with self._lock:
+            try:
+                with self.conn.transaction():
+                    rows = self.conn.execute(ledgered_sql(self.schema, quote).encode(),
+                                             [list(batch_ids)]).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return {}
+            except psycopg.Error as exc:
+                raise self._fail(exc, "ledger lookup failed") from None
+        return {r[0]: Ledgered(int(r[1]), r[2], r[3]) for r in rows}
 
     def is_loaded(self, batch_id: str) -> bool:
         with self._lock:

@@ -107,9 +107,7 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
                                        seq=pipeline.state.next_seq())
         batch = replace(batch, batch_id=f"{batch.batch_id}.repair{run_id}.{i}")
         pipeline.state.record_landed(batch, lease=lease)
-        outcome = loader.process(batch)
-        pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows,
-                                   status="loaded" if outcome.loaded else "duplicate")
+        outcome = loader.load_and_mark(batch)
         result["batches"] += 1
         if outcome.loaded:
             result["upserted"] += outcome.good_rows

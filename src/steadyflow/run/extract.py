@@ -843,8 +843,7 @@ def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
                                            meta={"of": item["batch_id"]},
                                            seq=raw.seq or pipeline.state.next_seq())
             pipeline.state.record_landed(batch)
-            outcome = pipeline.loader.process(batch)
-            pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows)
+            outcome = pipeline.loader.load_and_mark(batch)
             loaded += outcome.good_rows if outcome.loaded else 0
         still_bad += len(page.rejected)
         if page.rejected:

@@ -38,7 +38,7 @@ from steadyflow.land.parquet import LandingZone
 from steadyflow.model import BatchRef, Contract, TableRef, decode_value
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
-from steadyflow.ports import Buffer, Delivery, LoadPart, Warehouse
+from steadyflow.ports import Buffer, Delivery, Ledgered, LoadPart, Warehouse
 from steadyflow.state import LoadedBatch, StateStore
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Owner, Verdict, validate
@@ -62,6 +62,8 @@ class LoadOutcome:
     # the newest cursor among the good rows (the table's freshness), for the state
     newest: str | None = None
     epoch: float | None = None
+    # not loaded: what the ledger says the earlier load did (see StateStore.record_loaded)
+    ledgered: Ledgered | None = None
 
     @property
     def reread_rows(self) -> int:
@@ -215,8 +217,16 @@ class BatchLoader:
 
     def handle(self, batch: BatchRef) -> LoadOutcome:
         """load, then mark, then ack: the commit order in the module docstring."""
+        outcome = self.load_and_mark(batch)
+        self._ack(batch, outcome)
+        return outcome
+
+    def load_and_mark(self, batch: BatchRef) -> LoadOutcome:
+        """load, then mark the manifest with the batch's counts in one state transaction:
+        a batch this process landed itself (repair, replay). Marking apart from the counts
+        would count twice a batch whose process died between the two."""
         outcome = self._process([batch], record=False)[0]
-        self._finish([batch], [outcome])
+        self._mark([batch], [outcome])
         return outcome
 
     def handle_all(self, batches: list[BatchRef]
@@ -289,8 +299,8 @@ class BatchLoader:
         validated (and its bad rows parked) just before its merge, so the group holds one
         batch's rows at a time and every park precedes the commit. `record`: add each
         batch's rows to its table's counts here (a caller that marks the manifest itself,
-        as repair and replay do); the buffer's loader does it in `_finish` instead, in
-        the one state transaction that marks the group."""
+        as `replay_batches` does); every other caller does it in `_mark` instead, in the
+        one state transaction that marks the group."""
         contracts = [contract_of(self.config, batch) for batch in group]
         for batch, contract in zip(group, contracts, strict=True):
             ref = self._ref(batch)
@@ -307,18 +317,22 @@ class BatchLoader:
                 prepared.append(_Prepared(batch, good.num_rows, good.nbytes, parked,
                                           *_newest(good, contract.cursor)))
                 yield LoadPart(self._ref(batch), contract, batch, good,
-                               deletes_of(batch, contract))
+                               deletes_of(batch, contract), parked)
 
         started = time.monotonic()
         merged = self.warehouse.load_group(parts())
         share = (time.monotonic() - started) / len(group)
         failpoint("load.after_commit")
+        # redeliveries: the counts of a load whose process died before recording them
+        ledger = self.warehouse.ledgered([p.batch.batch_id for p, result
+                                          in zip(prepared, merged, strict=True)
+                                          if result is None])
         outcomes: list[LoadOutcome] = []
         for p, result in zip(prepared, merged, strict=True):
             self.metrics.batch_duration(p.batch.source, p.batch.table, "load", share)
             outcome = LoadOutcome(result is not None, p.good_rows, p.parked,
                                   result.changed if result is not None else 0,
-                                  p.newest, p.epoch)
+                                  p.newest, p.epoch, ledger.get(p.batch.batch_id))
             if result is not None:
                 self._record(p, outcome, record)
             outcomes.append(outcome)
@@ -339,18 +353,13 @@ class BatchLoader:
             self.state.record_load(batch.source, batch.table, p.good_rows, parked, p.newest,
                                    p.epoch, changed=outcome.changed_rows)
 
-    def _finish(self, group: list[BatchRef], outcomes: list[LoadOutcome]) -> None:
-        """Steps 3 and 4 of the commit order, after the group's transaction committed."""
-        self._mark(group, outcomes)
-        for batch, outcome in zip(group, outcomes, strict=True):
-            self._ack(batch, outcome)
-
     def _mark(self, group: list[BatchRef], outcomes: list[LoadOutcome]) -> None:
         """Step 3: one state transaction marks every batch of the group (and adds the
         counts of those loaded)."""
         self.state.record_loaded([
-            LoadedBatch(batch, "loaded" if o.loaded else "duplicate", o.good_rows,
-                        o.bad_rows, o.changed_rows, o.newest, o.epoch)
+            LoadedBatch(batch, "loaded", o.good_rows, o.bad_rows, o.changed_rows, o.newest,
+                        o.epoch) if o.loaded else duplicate(batch, o.ledgered, o.newest,
+                                                            o.epoch)
             for batch, o in zip(group, outcomes, strict=True)])
         failpoint("load.after_mark")
 
@@ -362,6 +371,16 @@ class BatchLoader:
         log.debug("loaded" if outcome.loaded else "already loaded", extra={
             "source": batch.source, "table": batch.table, "stage": "load",
             "batch_id": batch.batch_id, "rows": outcome.good_rows})
+
+
+def duplicate(batch: BatchRef, ledgered: Ledgered | None, newest: str | None = None,
+              epoch: float | None = None) -> LoadedBatch:
+    """A batch the ledger had already, for StateStore.record_loaded: with the counts its
+    ledger row kept, which the state adds only if no process recorded them yet."""
+    if ledgered is None or ledgered.changed is None:
+        return LoadedBatch(batch, "duplicate", ledgered.rows if ledgered else 0, 0, None)
+    return LoadedBatch(batch, "duplicate", ledgered.rows, ledgered.quarantined or 0,
+                       ledgered.changed, newest, epoch)
 
 
 def exc_batch(exc: BaseException) -> str | None:

@@ -45,7 +45,7 @@ from steadyflow.land.parquet import LandingZone, open_landing
 from steadyflow.model import BatchRef
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
-from steadyflow.ports import Buffer, Warehouse
+from steadyflow.ports import Buffer, Ledgered, Warehouse
 from steadyflow.resilience import SourceGuard, StopRequested, retry_reason
 from steadyflow.run.extract import (
     LEASE_WAIT,
@@ -55,7 +55,7 @@ from steadyflow.run.extract import (
     TableMemory,
     open_source,
 )
-from steadyflow.run.load import BatchLoader, gather, transform
+from steadyflow.run.load import BatchLoader, duplicate, gather, transform
 from steadyflow.run.memory import (
     RELEASE_AFTER_ROWS,
     RELEASE_IDLE,
@@ -69,6 +69,7 @@ from steadyflow.validate.rules import Verdict
 log = logs.get("run")
 # the buffer's depth and age (metrics, status) are read at most this often by the loader
 QUEUE_REPORT_EVERY = 0.5
+SWEEP_LOOKUP = 1000  # batch ids per ledger lookup of the sweeper
 
 
 @dataclass
@@ -265,10 +266,14 @@ class Pipeline:
         pending = self.state.pending_batches()
         for gone in self._parked.keys() - {batch.batch_id for batch in pending}:
             del self._parked[gone]  # loaded meanwhile (by another process): not failing
+        ledger: dict[str, Ledgered] = {}
+        for i in range(0, len(pending), SWEEP_LOOKUP):
+            ledger |= self.warehouse.ledgered(
+                [b.batch_id for b in pending[i:i + SWEEP_LOOKUP]])
         for batch in pending:
-            if self.warehouse.is_loaded(batch.batch_id):
-                self.buffer.ack(batch.batch_id)
-                self.state.mark_loaded(batch.batch_id, None, None, status="loaded")
+            if batch.batch_id in ledger:  # its loader died after the commit: its counts
+                self.buffer.ack(batch.batch_id)  # are in the ledger row (record_loaded)
+                self.state.record_loaded([duplicate(batch, ledger[batch.batch_id])])
                 self._parked.pop(batch.batch_id, None)
             elif self.buffer.contains(batch.batch_id):
                 if batch.batch_id in retry_now:

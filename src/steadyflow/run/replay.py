@@ -59,8 +59,7 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
                                            kind="replay", meta={"of": item["batch_id"]},
                                            seq=_seq_of(pipeline, item["batch_id"]))
             pipeline.state.record_landed(batch)
-            outcome = loader.process(batch)
-            pipeline.state.mark_loaded(batch.batch_id, outcome.good_rows, outcome.bad_rows)
+            outcome = loader.load_and_mark(batch)
             loaded += outcome.good_rows if outcome.loaded else 0
         still_bad += verdict.bad.num_rows
         pipeline.state.mark_quarantine_replayed(item["batch_id"], good_mask_rows,

@@ -189,13 +189,15 @@ class BackfillChunk:
 @dataclass(frozen=True, slots=True)
 class LoadedBatch:
     """One batch of a committed load group, for StateStore.record_loaded. `status`:
-    'loaded', or 'duplicate' when the ledger had it already (its counts are not added)."""
+    'loaded', or 'duplicate' when the ledger had it already: then the counts are those its
+    ledger row kept (`changed_rows` None: it kept none), added only by the transaction
+    that marks its manifest entry first."""
 
     batch: BatchRef
     status: str
     good_rows: int
     quarantined_rows: int
-    changed_rows: int
+    changed_rows: int | None
     newest_cursor: str | None = None
     newest_epoch: float | None = None
 
@@ -659,18 +661,36 @@ class StateStore(ABC):
         Rows are written in (source, table, batch) order, not the group's: two loaders'
         groups holding batches of the same tables in other orders locked the tables' health
         rows in opposite orders, and PostgreSQL aborted one as a deadlock (its committed
-        group reported failed, its counts lost with the redelivery)."""
+        group reported failed, its counts lost with the redelivery).
+
+        A batch's counts are added by the transaction that moves its manifest entry out of
+        'landed', and by no other (the row lock makes a second one find it moved): its
+        loader, or, when that loader died after the warehouse commit, the redelivery or
+        the sweeper that finds it in the ledger ('duplicate', with the counts its ledger
+        row kept). Counting at every 'loaded' would count twice a batch the sweeper marked
+        while its loader was between the commit and this step."""
         if not loaded:
             return
         with self._tx() as c:
             for b in sorted(loaded, key=lambda b: (b.batch.source, b.batch.table,
                                                    b.batch.batch_id)):
-                if b.status == "loaded":
+                moved = c.execute(
+                    "UPDATE manifest SET status='loaded', loaded_at=?, good_rows=?, "
+                    "quarantined_rows=?, error=NULL WHERE batch_id=? AND status='landed' "
+                    "RETURNING batch_id",
+                    (time.time(), b.good_rows, b.quarantined_rows, b.batch.batch_id),
+                ).fetchone() is not None
+                if not moved:  # marked already (counted by whoever marked it), or unknown
+                    known = c.execute("SELECT 1 FROM manifest WHERE batch_id=?",
+                                      (b.batch.batch_id,)).fetchone() is not None
+                    if known:
+                        self._mark_loaded(c, b.batch.batch_id, b.good_rows,
+                                          b.quarantined_rows, b.status)
+                        continue
+                if b.changed_rows is not None:
                     self._record_load(c, b.batch.source, b.batch.table, b.good_rows,
                                       b.quarantined_rows, b.newest_cursor, b.newest_epoch,
                                       b.changed_rows)
-                self._mark_loaded(c, b.batch.batch_id, b.good_rows, b.quarantined_rows,
-                                  b.status)
 
     def mark_failed(self, batch_id: str, error: str) -> None:
         with self._tx() as c:
