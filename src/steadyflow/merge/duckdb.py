@@ -408,8 +408,14 @@ class DuckdbWarehouse:
             return {}
         with self._lock:
             try:
-                rows = self._conn.execute(ledgered_sql(self.schema, quote).replace("%s", "?"),
-                                          [list(batch_ids)]).fetchall()
+                try:
+                    rows = self._conn.execute(
+                        ledgered_sql(self.schema, quote).replace("%s", "?"),
+                        [list(batch_ids)]).fetchall()
+                except duckdb.BinderException:  # an old ledger, without the counts
+                    rows = self._conn.execute(
+                        ledgered_sql(self.schema, quote, counts=False).replace("%s", "?"),
+                        [list(batch_ids)]).fetchall()
             except duckdb.CatalogException:
                 return {}
         return {r[0]: Ledgered(int(r[1]), r[2], r[3]) for r in rows}

@@ -56,11 +56,13 @@ def delete_seq(seq: int) -> int:
     return seq if seq > 0 else 2**63 - 1
 
 
-def ledgered_sql(schema: str, quote: Quote) -> str:
+def ledgered_sql(schema: str, quote: Quote, counts: bool = True) -> str:
     """Counts of the ledger rows of a list of batch ids (one list parameter), the same
-    on PostgreSQL and DuckDB."""
-    return (f"SELECT batch_id, rows, changed, quarantined FROM {quote(schema)}."
-            f"{quote(LEDGER)} WHERE batch_id IN (SELECT unnest(%s::text[]))")
+    on PostgreSQL and DuckDB. `counts` False: for a ledger made before it kept them,
+    which the sweeper may read before any `ensure_table` added the columns."""
+    kept = "changed, quarantined" if counts else "NULL, NULL"
+    return (f"SELECT batch_id, rows, {kept} FROM {quote(schema)}.{quote(LEDGER)} "
+            "WHERE batch_id IN (SELECT unnest(%s::text[]))")
 
 
 @dataclass(frozen=True, slots=True)

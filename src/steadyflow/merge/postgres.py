@@ -311,9 +311,15 @@ class PostgresWarehouse:
             return {}
         with self._lock:
             try:
-                with self.conn.transaction():
-                    rows = self.conn.execute(ledgered_sql(self.schema, quote).encode(),
-                                             [list(batch_ids)]).fetchall()
+                try:
+                    with self.conn.transaction():
+                        rows = self.conn.execute(ledgered_sql(self.schema, quote).encode(),
+                                                 [list(batch_ids)]).fetchall()
+                except psycopg.errors.UndefinedColumn:  # an old ledger, without the counts
+                    with self.conn.transaction():
+                        rows = self.conn.execute(
+                            ledgered_sql(self.schema, quote, counts=False).encode(),
+                            [list(batch_ids)]).fetchall()
             except psycopg.errors.UndefinedTable:
                 return {}
             except psycopg.Error as exc:
