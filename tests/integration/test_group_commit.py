@@ -220,6 +220,42 @@ def test_merges_across_targets_count_changes_not_rereads(warehouse: Warehouse) -
     assert not warehouse.is_loaded("e")
 
 
+def test_a_loader_starting_while_another_commits_a_group_waits_for_no_one(pg_dsn: str
+                                                                          ) -> None:
+    """Every loader process ensures its tables once (ensure_table), while other loaders'
+    groups are open. A group writes the shared ledger, then merges into its targets; an
+    ensure_table that locked a target, then asked for the ledger (ALTER TABLE ... ADD
+    COLUMN IF NOT EXISTS takes its lock even when the column is there) deadlocked with
+    such a group: PostgreSQL aborted one of them after deadlock_timeout."""
+    other = TableRef("s", "u", "u")
+    running, starting = PostgresWarehouse(pg_dsn, "wh"), PostgresWarehouse(pg_dsn, "wh")
+    try:
+        for ref in (REF, other):
+            running.ensure_table(ref, CONTRACT)
+        errors: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                starting.ensure_table(other, CONTRACT)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion
+                errors.append(exc)
+
+        def parts() -> Iterator[LoadPart]:
+            yield _part("a", 1, (1, "a", 1))  # the ledger row, then t
+            thread = threading.Thread(target=start)
+            thread.start()  # another loader starts meanwhile, and ensures u
+            thread.join(timeout=3)
+            yield replace(_part("b", 2, (1, "b", 1)), ref=other)  # the ledger row, then u
+            thread.join()
+
+        merged = running.load_group(parts())
+        assert errors == []
+        assert [m.changed if m else None for m in merged] == [1, 1]
+    finally:
+        running.close()
+        starting.close()
+
+
 # --- through the pipeline -----------------------------------------------------------------
 def _stores_config(tmp_path: Path, warehouse: dict[str, Any], buffer: dict[str, Any],
                    rows: int = 2_000) -> Path:

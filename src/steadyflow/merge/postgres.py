@@ -162,14 +162,29 @@ class PostgresWarehouse:
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                       [f"steadyflow:{self.schema}.{ref.target}"])
-                    for stmt in (p.create_schema, p.create_table, p.add_seq, *p.add_columns,
-                                 p.create_ledger, *p.add_ledger_counts):
+                    # the ledger before the target, and altered only when it lacks the
+                    # counts (ALTER takes its lock even then): a loader's group writes the
+                    # ledger, then its targets, so holding a target while waiting for the
+                    # ledger deadlocked with it, and a queued ALTER stalls every loader
+                    self.conn.execute(p.create_schema.encode())
+                    self.conn.execute(p.create_ledger.encode())
+                    if self._lacks_counts():
+                        for stmt in p.add_ledger_counts:
+                            self.conn.execute(stmt.encode())
+                    for stmt in (p.create_table, p.add_seq, *p.add_columns):
                         self.conn.execute(stmt.encode())
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
                     raise self._fail(exc, "warehouse unavailable") from None
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
+
+    def _lacks_counts(self) -> bool:
+        row = self.conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
+            "attname IN ('changed', 'quarantined') AND NOT attisdropped",
+            [f"{quote(self.schema)}.{quote(LEDGER)}"]).fetchone()
+        return row is None or row[0] < 2
 
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> Merged | None:
