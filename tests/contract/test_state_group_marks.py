@@ -15,7 +15,7 @@ import threading
 
 from tests.contract.test_state_contract import Adapter, _ref, adapter
 
-from steadyflow.state import LoadedBatch
+from steadyflow.state import LoadedBatch, StateStore
 
 __all__ = ["adapter"]  # the fixture, used by name
 
@@ -50,3 +50,37 @@ def test_groups_of_the_same_tables_in_other_orders_mark_without_a_deadlock(
     assert health == {t: (2 * GROUPS * ROWS, 2 * GROUPS * ROWS) for t in ("t1", "t2", "t3")}
     assert len([b for b in stores[0].batches(limit=10_000) if b["status"] == "loaded"]) == (
         2 * GROUPS * 3)
+
+
+def test_a_duplicate_counts_once_whoever_marks_it(adapter: Adapter) -> None:
+    """A duplicate carries the counts its ledger row kept (run/load.py `duplicate`): they
+    are added by the mark that moves a never-marked entry out of 'landed', and by no
+    other. The loader and the sweeper marking one batch at once count it once; an entry
+    gc deleted ('gone') and landed again, or one the manifest does not know, was counted
+    when it first loaded."""
+    loader, sweeper = adapter.open(), adapter.open()
+    refs = [_ref(f"race-{i}", rows=ROWS) for i in range(GROUPS)]
+    for ref in refs:
+        loader.record_landed(ref)
+
+    def mark(store: StateStore, status: str) -> None:
+        for ref in refs:
+            store.record_loaded([LoadedBatch(ref, status, ROWS, 1, ROWS)])
+
+    threads = [threading.Thread(target=mark, args=(loader, "loaded")),
+               threading.Thread(target=mark, args=(sweeper, "duplicate"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = [(h.rows_loaded, h.rows_changed, h.rows_quarantined) for h in loader.health()]
+    assert counts == [(GROUPS * ROWS, GROUPS * ROWS, GROUPS)]
+
+    loader.mark_gone([refs[0].batch_id])
+    loader.record_landed(refs[0])  # landed again under its id
+    sweeper.record_loaded([LoadedBatch(refs[0], "duplicate", ROWS, 1, ROWS),
+                           LoadedBatch(_ref("unknown", rows=ROWS), "duplicate", ROWS, 1,
+                                       ROWS)])
+    assert [(h.rows_loaded, h.rows_changed, h.rows_quarantined)
+            for h in loader.health()] == counts
+    assert loader.pending_batches() == []

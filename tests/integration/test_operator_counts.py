@@ -116,3 +116,31 @@ def test_changed_rows_equal_the_warehouse_real_changes_under_lookback(
     cells = re.findall(r'<td class="num">([\d,]+)</td>',
                        page.split('data-table="store_001.sales"')[1].split("</tr>")[0])
     assert int(cells[0].replace(",", "")) == sum(real)  # the table's "rows changed" column
+
+
+def test_a_batch_landed_again_after_gc_is_not_counted_again(tmp_path: Path) -> None:
+    """A loaded batch whose file gc deleted ('gone') can be landed again under the same id
+    (StateStore.record_landed: a `replay-quarantine` of an item still open passes the same
+    rows again). Its load is then a ledger duplicate, which the redelivery or the sweeper
+    marks with the counts its ledger row kept; they were counted when it first loaded,
+    so the table's health must not grow by them again."""
+    stores = create_stores(tmp_path / "stores", stores=1, rows_per_store=300, seed=5)
+    cfg = write_pipeline(tmp_path, [{
+        "name": "store", "kind": "sqlite", "path": str(stores[0]),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}])
+    with Pipeline.from_yaml(cfg) as p:
+        assert p.run().ok
+        before = [(h.rows_loaded, h.rows_changed, h.rows_quarantined)
+                  for h in p.state.health()]
+        assert len(before) == 1 and before[0][1] > 0
+        first, second = (p.state.batch(b["batch_id"]) for b in p.state.batches()[:2])
+        assert first is not None and second is not None
+        p.state.mark_gone([first.batch_id, second.batch_id])  # gc
+        p.state.record_landed(first)  # landed again, loaded by its lander
+        assert not p.loader.load_and_mark(first).loaded
+        p.state.record_landed(second)  # landed again, its lander died: the sweeper's
+        p.sweep()
+        after = [(h.rows_loaded, h.rows_changed, h.rows_quarantined)
+                 for h in p.state.health()]
+        assert p.state.pending_batches() == []
+    assert after == before

@@ -668,7 +668,10 @@ class StateStore(ABC):
         loader, or, when that loader died after the warehouse commit, the redelivery or
         the sweeper that finds it in the ledger ('duplicate', with the counts its ledger
         row kept). Counting at every 'loaded' would count twice a batch the sweeper marked
-        while its loader was between the commit and this step."""
+        while its loader was between the commit and this step. A duplicate counts only
+        if its entry was never marked before (loaded_at NULL): one gc deleted and that
+        was landed again ('gone', then 'landed': record_landed) was counted at its first
+        load, as was one the manifest does not know."""
         if not loaded:
             return
         with self._tx() as c:
@@ -677,13 +680,14 @@ class StateStore(ABC):
                 moved = c.execute(
                     "UPDATE manifest SET status='loaded', loaded_at=?, good_rows=?, "
                     "quarantined_rows=?, error=NULL WHERE batch_id=? AND status='landed' "
-                    "RETURNING batch_id",
-                    (time.time(), b.good_rows, b.quarantined_rows, b.batch.batch_id),
+                    "AND (?='loaded' OR loaded_at IS NULL) RETURNING batch_id",
+                    (time.time(), b.good_rows, b.quarantined_rows, b.batch.batch_id,
+                     b.status),
                 ).fetchone() is not None
                 if not moved:  # marked already (counted by whoever marked it), or unknown
                     known = c.execute("SELECT 1 FROM manifest WHERE batch_id=?",
                                       (b.batch.batch_id,)).fetchone() is not None
-                    if known:
+                    if known or b.status != "loaded":
                         self._mark_loaded(c, b.batch.batch_id, b.good_rows,
                                           b.quarantined_rows, b.status)
                         continue
