@@ -495,6 +495,7 @@ def _print_status(report: dict[str, Any]) -> None:
               show_lines=any(row["last_error"] for row in tables))
     t.add_column("table", no_wrap=True, min_width=widest)
     t.add_column("state", no_wrap=True)
+    t.add_column("lag", justify="right", no_wrap=True)
     t.add_column("freshness", justify="right", no_wrap=True)
     t.add_column("rows changed", justify="right", no_wrap=True)
     t.add_column("re-read", justify="right", no_wrap=True)
@@ -503,11 +504,15 @@ def _print_status(report: dict[str, Any]) -> None:
     t.add_column("breaker", no_wrap=True)
     t.add_column("last error", overflow="fold", min_width=20)
     for row in tables:
-        t.add_row(Text(row["table"]), row["state"], row["freshness_human"],
+        t.add_row(Text(row["table"]), row["state"], row["lag_human"], row["freshness_human"],
                   f"{row['rows_changed']:,}", f"{row['rows_reread']:,}",
                   f"{row['rows_quarantined']:,}", row["last_success_human"],
                   row["breaker"] or "closed", Text(row["last_error"] or ""))
     out.print(t)
+    if (report.get("loop") or {}).get("status") == "killed":
+        from steadyflow.observe.status import killed_loop
+
+        out.print(killed_loop(report["loop"]), highlight=False, soft_wrap=True)
     out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
               f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
               f"pending batches {report['pending_batches']}", highlight=False)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from steadyflow.observe.status import human_age
+from steadyflow.observe.status import human_age, killed_loop
 from steadyflow.observe.status import overall as health_of
 
 REFRESH_SECONDS = 2
@@ -231,6 +231,9 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
     parts: list[str] = []
     if loop_error:
         parts.append(f'<div class="banner">The pipeline loop stopped: {e(loop_error)}</div>')
+    dead = report.get("loop") or {}
+    if dead.get("status") == "killed":
+        parts.append(f'<div class="banner">{e(killed_loop(dead))}</div>')
 
     parts.append('<div class="cards">' + "".join([
         _card("tables healthy", f"{healthy} / {len(tables)}", ", ".join(
@@ -240,7 +243,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
               f"inserted or updated in the warehouse; {_num(reread)} re-read unchanged"),
         _card("throughput", _rate(now_tp), "rows changed, last sample"),
         _card("worst freshness", human_age(worst_now) if worst_now is not None else "–",
-              "SLO 15 min"),
+              "age of the newest loaded row; an idle table's grows"),
         _card("queue", f"{report.get('queue_depth', 0)} / {report.get('queue_capacity', 0)}",
               "batches queued / capacity"),
         _card("pending", _num(report.get("pending_batches")),
@@ -266,8 +269,9 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
     for t in tables:
         label = t["table"]
         state = t["state"]
-        fresh = t["freshness_seconds"]
-        fresh_cls = ' class="stale"' if fresh is not None and fresh > STALE_AFTER else ""
+        # stale means behind the source (lag), not old data: an idle table is not stale
+        lag = t.get("lag_seconds")
+        lag_cls = ' class="stale"' if lag is not None and lag > STALE_AFTER else ""
         breaker = t.get("breaker") or "closed"
         err = t.get("last_error") or ""
         err_cell = (f'<td class="msg short" title="{e(err)}">{e(_clip(err, 90))}'
@@ -284,7 +288,8 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
             f'<tr data-table="{e(label)}" data-state="{e(state)}">'
             f'<td><span class="tname">{e(label)}</span>{target_note}</td>'
             f"<td>{_pill(state, _STATE_CLASS.get(state, 'idle'))}</td>"
-            f'<td class="num"><span{fresh_cls}>{e(t["freshness_human"])}</span></td>'
+            f'<td class="num"><span{lag_cls}>{e(t.get("lag_human") or "–")}</span></td>'
+            f'<td class="num">{e(t["freshness_human"])}</td>'
             f"<td>{fresh_spark}</td><td>{tp_spark}</td>"
             f'<td class="num">{e(_num(t.get("rows_changed")))}</td>'
             f'<td class="num">{e(_num(t.get("rows_quarantined")))}</td>'
@@ -293,7 +298,8 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
             f"<td>{_pill(breaker, _BREAKER_CLASS.get(breaker, 'idle'))}</td>"
             f"{err_cell}</tr>")
     parts.append(_section("Tables", _table(
-        [("table", ""), ("state", ""), ("freshness", "num"), ("freshness trend", ""),
+        [("table", ""), ("state", ""), ("lag", "num"), ("freshness", "num"),
+         ("freshness trend", ""),
          ("rows/s", ""), ("rows changed", "num"), ("quarantined", "num"),
          ("last success", ""), ("breaker", ""), ("last error", "")],
         rows, "No tables configured."), note=f"{len(tables)} configured"))

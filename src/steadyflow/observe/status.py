@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from steadyflow.run.lock import loop_status
 from steadyflow.secrets import scrub_tree
 
 
@@ -31,14 +32,22 @@ def collect(pipeline: Any) -> dict[str, Any]:
     failing = pipeline.state.failing_batches()
     holders = {(lease["source"], lease["table"]): lease["holder"]
                for lease in pipeline.state.leases() if lease["chunk"] is None}
+    highs = {key: high for key, (high, _) in pipeline.state.polls().items()}
     tables = []
     for _, _, ref in pipeline.config.tables():
         h = health.get((ref.source, ref.table))
         freshness = (now - h.newest_cursor_epoch) if h and h.newest_cursor_epoch else None
         since_success = (now - h.last_success) if h and h.last_success else None
+        high = highs.get((ref.source, ref.table))
+        # lag, not freshness, says whether the table is behind (the alerts' measure, see
+        # PipelineMetrics._lag_of): the source's newest cursor the last successful poll
+        # saw minus the newest loaded; 0 on an idle table however old its data is
+        lag = (max(0.0, high - h.newest_cursor_epoch) if high is not None and h is not None
+               and h.newest_cursor_epoch is not None else None)
         tables.append({
             "table": ref.label, "source": ref.source, "name": ref.table, "target": ref.target,
             "freshness_seconds": freshness, "freshness_human": human_age(freshness),
+            "lag_seconds": lag, "lag_human": human_age(lag) if lag is not None else "–",
             "newest_cursor": h.newest_cursor if h else None,
             "last_success": h.last_success if h else None,
             "last_success_human": (human_age(since_success) + " ago") if since_success
@@ -62,6 +71,12 @@ def collect(pipeline: Any) -> dict[str, Any]:
                       and h.last_success else _state(h, freshness)),
         })
     pending = pipeline.state.pending_batches()
+    loop = loop_status(pipeline.config.resolve(pipeline.config.state_dir))
+    runs = pipeline.state.runs(10)
+    if loop is not None and loop["status"] == "killed":
+        # its unfinished runs are not running: nothing runs this pipeline any more
+        runs = [{**r, "outcome": "killed"} if r["ended_at"] is None and r["command"] == "run"
+                and r["started_at"] >= float(loop.get("since") or 0) - 1 else r for r in runs]
     report: dict[str, Any] = scrub_tree({
         "pipeline": pipeline.config.name,
         "at": now,
@@ -71,7 +86,9 @@ def collect(pipeline: Any) -> dict[str, Any]:
         "queue_oldest_seconds": pipeline.buffer.oldest_age(),
         "pending_batches": len(pending),
         "pending_rows": sum(b.rows for b in pending),
-        "runs": pipeline.state.runs(10),
+        # the loop (run, run --follow, serve --run) named by the state directory's lock
+        "loop": loop,
+        "runs": runs,
         "workers": pipeline.state.workers(),
         "reconcile": pipeline.state.last_reconcile(),
     })
@@ -82,28 +99,44 @@ def collect(pipeline: Any) -> dict[str, Any]:
 #: `steadyflow status` exit codes, by overall health (docs/operations.md lists them)
 EXIT_CODES = {"healthy": 0, "degraded": 1, "failing": 2}
 _FAILING_STATES = {"error", "source down"}
+#: commands whose loop is meant to run until stopped: killed, nothing moves data any more
+_LOOPS = {"run --follow", "serve --run"}
 
 
 def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str, int]:
     """The pipeline's health in one word, and the exit code `status` gives it.
 
     failing (2): a table in error or whose source is down, an open breaker, a batch that
-    failed for good, a stopped loop, or workers that ran and none of which is heard of
-    now: data is not moving and will not by itself.
-    degraded (1): a table that failed since its last success (it retries) or a half-open
-    breaker. healthy (0): everything else, tables still waiting for their first load too.
+    failed for good, a stopped loop, a follow loop killed (it never let go of its lock), or
+    workers that ran and none of which is heard of now: data is not moving and will not by
+    itself.
+    degraded (1): a table that failed since its last success (it retries), a half-open
+    breaker, or a one-off command (`run`, `reset`) killed before it finished.
+    healthy (0): everything else, tables still waiting for their first load too.
     """
     tables = report.get("tables", [])
     workers = report.get("workers", [])
+    loop = report.get("loop") or {}
+    if loop.get("status") == "killed" and loop.get("command") in _LOOPS:
+        return "failing", EXIT_CODES["failing"]
     if workers and not any(w["status"] == "running" for w in workers) and any(
             w["status"] == "lost" for w in workers):
         return "failing", EXIT_CODES["failing"]  # workers ran, and none is heard of now
     if loop_error or any(t["state"] in _FAILING_STATES or t.get("breaker") == "open"
                          or t.get("failing_batches") for t in tables):
         return "failing", EXIT_CODES["failing"]
-    if any(t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables):
+    if loop.get("status") == "killed" or any(
+            t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables):
         return "degraded", EXIT_CODES["degraded"]
     return "healthy", EXIT_CODES["healthy"]
+
+
+def killed_loop(loop: dict[str, Any]) -> str:
+    """One line for operators about a loop that ended without letting go of its lock."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(loop.get("since") or 0)))
+    return (f"`steadyflow {loop.get('command')}` (pid {loop.get('pid')} on host "
+            f"{loop.get('host')}, started {since}) was killed: it ended without stopping, "
+            f"and nothing runs this pipeline now")
 
 
 def _process(holder: str | None) -> str | None:

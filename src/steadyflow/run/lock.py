@@ -39,6 +39,51 @@ def holder(state_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def loop_status(state_dir: Path) -> dict[str, Any] | None:
+    """The loop this state directory's lock names, and whether it still holds the lock.
+
+    None when no loop is named: none ran, or the last one let go (a stopping holder
+    empties the file). Otherwise the holder (host, pid, command, since) and `status`:
+    "running" while the kernel says the lock is held; "killed" when the file names a
+    holder that no longer holds it: it ended without letting go (SIGKILL, OOM, a crash),
+    so nothing runs the pipeline; "unknown" for a holder on another host, whose lock is
+    not visible from here. Read-only: the lock is never taken to find out, so a loop
+    starting at that moment is not refused.
+    """
+    who = holder(state_dir)
+    if not who:
+        return None
+    if who.get("host") != socket.gethostname():
+        return {**who, "status": "unknown"}
+    held = _flocked(state_dir / LOCK_FILE)
+    if held is None:  # no /proc/locks (not Linux): whether the named process lives
+        held = _alive(int(who.get("pid") or 0))
+    return {**who, "status": "running" if held else "killed"}
+
+
+def _flocked(path: Path) -> bool | None:
+    """Whether any process holds a flock on `path` (Linux /proc/locks), None if unknown."""
+    try:
+        st = path.stat()
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(f" {inode} " in line and "FLOCK" in line for line in locks.splitlines())
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def describe(who: dict[str, Any] | None) -> str:
     if not who:
         return "another process"

@@ -1,0 +1,131 @@
+"""What `status` and the page say, checked against the truth read with the drivers.
+
+- An idle table (caught up, its newest row two hours old) is not stale: its lag is 0 and
+  the page does not mark it; a table whose source holds rows a poll saw and nothing loaded
+  is stale, and `status --json` gives the lag the source and warehouse show.
+- A `run --follow` loop killed with SIGKILL makes `status` fail (exit 2) at once, names the
+  dead process, and its unfinished run is not shown as running; a loop that runs again
+  (or a plain run that finishes) clears it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from tests.conftest import steadyflow, write_pipeline
+
+from steadyflow.demo.stores import SCHEMA, format_ts
+from steadyflow.observe.page import render_page
+from steadyflow.observe.status import collect
+from steadyflow.run.pipeline import Pipeline
+
+pytestmark = pytest.mark.integration
+
+
+def _store(root: Path, newest: datetime, n: int = 50, first: int = 1) -> Path:
+    path = root / "store.db"
+    with closing(sqlite3.connect(path)) as db:
+        if first == 1:
+            for statement in SCHEMA:
+                db.execute(statement)
+        db.executemany("INSERT INTO sales VALUES (?,?,?,?,?,?,?,?)", [
+            (1, i, f"SKU-{i}", 2, "3.50", "USD", format_ts(newest),
+             format_ts(newest - timedelta(seconds=first + n - 1 - i)))
+            for i in range(first, first + n)])
+        db.commit()
+    return path
+
+
+def _config(root: Path, store: Path) -> Path:
+    return write_pipeline(root, [{
+        "name": "s1", "kind": "sqlite", "path": str(store),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}],
+        run={"interval": "0.3s"})
+
+
+def _status(config: Path) -> tuple[int, dict[str, Any]]:
+    proc = steadyflow("status", "-c", str(config), "--json")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _page(config: Path) -> str:
+    with Pipeline.from_yaml(config) as pipeline:
+        return render_page(collect(pipeline), {})
+
+
+def _true_lag(root: Path, store: Path) -> float:
+    """Newest cursor at the source minus newest in the warehouse, read with the drivers."""
+    with closing(sqlite3.connect(store)) as db:
+        [(high,)] = db.execute("SELECT max(updated_at) FROM sales").fetchall()
+    with closing(duckdb.connect(str(root / "warehouse.duckdb"), read_only=True)) as wh:
+        [(loaded,)] = wh.execute("SELECT epoch(max(updated_at)) FROM sales").fetchall()
+    return datetime.fromisoformat(high).replace(tzinfo=UTC).timestamp() - float(loaded)
+
+
+def test_an_idle_table_is_not_stale_and_a_lagging_one_is(tmp_path: Path) -> None:
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(hours=2))
+    config = _config(tmp_path, store)
+    steadyflow("run", "-c", str(config), check=True)
+
+    code, report = _status(config)
+    [table] = report["tables"]
+    assert code == 0 and table["state"] == "ok"
+    assert table["freshness_seconds"] > 7000  # old data, and freshness says so
+    assert _true_lag(tmp_path, store) == 0
+    assert table["lag_seconds"] == 0  # idle: nothing at the source is missing
+    assert 'class="stale"' not in _page(config)
+
+    # rows 20 min old arrive; a poll sees them (extract), nothing loads them
+    _store(tmp_path, datetime.now(UTC) - timedelta(minutes=20), n=10, first=51)
+    steadyflow("extract", "-c", str(config), check=True)
+    truth = _true_lag(tmp_path, store)
+    assert truth > 5000
+    _, report = _status(config)
+    [table] = report["tables"]
+    assert table["lag_seconds"] == pytest.approx(truth, abs=1.0)
+    assert 'class="stale"' in _page(config)
+
+
+def test_a_killed_follow_loop_fails_status_at_once(tmp_path: Path) -> None:
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=1))
+    config = _config(tmp_path, store)
+    proc = subprocess.Popen([sys.executable, "-m", "steadyflow", "run", "-c", str(config),
+                             "--follow"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            code, report = _status(config)
+            if report["tables"][0]["rows_changed"] == 50:
+                break
+            assert time.monotonic() < deadline, report
+            time.sleep(0.3)
+        assert code == 0 and report["health"] == "healthy", report
+        assert report["loop"]["status"] == "running" and report["loop"]["pid"] == proc.pid
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    code, report = _status(config)
+    assert code == 2 and report["health"] == "failing", report
+    assert report["loop"]["status"] == "killed" and report["loop"]["pid"] == proc.pid
+    assert report["loop"]["command"] == "run --follow"
+    assert all(r["outcome"] is not None for r in report["runs"]), report["runs"]
+    page = _page(config)
+    assert "was killed" in page and ">running<" not in page
+    human = steadyflow("status", "-c", str(config))
+    assert human.returncode == 2 and "killed" in human.stdout, human.stdout
+
+    steadyflow("run", "-c", str(config), check=True)  # a run that finishes clears it
+    code, report = _status(config)
+    assert code == 0 and report["loop"] is None, report
