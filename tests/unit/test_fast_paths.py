@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,12 +20,13 @@ import pytest
 from tests.conftest import write_pipeline
 
 from steadyflow.config import load_config
-from steadyflow.errors import ConfigError
+from steadyflow.errors import ConfigError, FatalError
 from steadyflow.extract.pg_arrow import _literal, conform_column, conninfo
 from steadyflow.land.parquet import LandingZone
 from steadyflow.merge.duckdb import DuckdbWarehouse, quote
 from steadyflow.merge.plan import plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
+from steadyflow.ports import LoadPart
 from steadyflow.run.pipeline import Pipeline
 
 CONTRACT = Contract(
@@ -119,6 +121,46 @@ def test_duckdb_an_update_larger_than_memory_limit_still_loads(tmp_path: Path) -
                            ).fetchone() == (len(keys),)
 
 
+def test_duckdb_a_group_larger_than_memory_limit_is_refused_whole(tmp_path: Path) -> None:
+    """A group of several batches that needs more than memory_limit is refused (the
+    loader then loads its batches one at a time, each retried without the limit), so the
+    group's parts are taken lazily, one batch's rows at a time, never all kept for a
+    retry; nothing of the group is committed, and each batch then loads alone."""
+    n = 300_000
+    first = pa.table({"k": pa.array(range(n), pa.int64()),
+                      "v": pa.array([f"value-{i}" for i in range(n)], pa.string()),
+                      "ts": pa.array([1] * n, pa.int64())})
+    halves = [sorted({(i * 7919) % n for i in range(start, 30_000, 2)}) for start in (0, 1)]
+    updates = [pa.table({"k": pa.array(keys, pa.int64()),
+                         "v": pa.array([f"new-{k}" for k in keys], pa.string()),
+                         "ts": pa.array([2] * len(keys), pa.int64())}) for keys in halves]
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb", memory_limit="8MB")
+    try:
+        wh.ensure_table(REF, CONTRACT)
+        assert wh.load(REF, CONTRACT, _batch(1), first)
+        taken: list[int] = []
+
+        def parts() -> Iterator[LoadPart]:
+            for i, rows in enumerate(updates, start=2):
+                taken.append(i)
+                yield LoadPart(REF, CONTRACT, _batch(i), rows)
+
+        with pytest.raises(FatalError, match="one at a time"):
+            wh.load_group(parts())
+        assert taken == [2, 3]  # taken once: not kept and replayed
+        assert wh.ledgered(["b2", "b3"]) == {}
+        for i, rows in enumerate(updates, start=2):
+            merged = wh.load(REF, CONTRACT, _batch(i), rows)
+            assert merged is not None and merged.changed == rows.num_rows
+        assert wh.query("SELECT current_setting('memory_limit') AS m").to_pylist() == [
+            {"m": "7.6 MiB"}]
+    finally:
+        wh.close()
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:  # the oracle
+        assert con.execute("SELECT count(*) FROM main.t WHERE v LIKE 'new-%'").fetchone() == (
+            sum(len(k) for k in halves),)
+
+
 def test_duckdb_settings_come_from_the_warehouse_config(tmp_path: Path) -> None:
     cfg = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite", "path": "s.db",
                                      "tables": [{"name": "sales", "contract": "sales"}]}],
@@ -201,6 +243,7 @@ from pathlib import Path
 import pyarrow as pa
 from steadyflow.merge.duckdb import DuckdbWarehouse
 from steadyflow.model import BatchRef, Column, Contract, TableRef
+from steadyflow.ports import LoadPart
 c = Contract(columns=(Column("a", "int64", nullable=False), Column("b", "string",
              nullable=False), Column("v", "string"), Column("ts", "int64")),
              primary_key=("a", "b"), cursor="ts")

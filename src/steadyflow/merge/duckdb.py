@@ -6,7 +6,7 @@ import contextlib
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,31 +207,51 @@ class DuckdbWarehouse:
         it, so the later extraction of a key wins inside the group as across groups. A
         group of parts already in the ledger commits nothing.
 
-        A group that needs more than `memory_limit` (deleting ~90k scattered rows of a
+        A batch that needs more than `memory_limit` (deleting ~90k scattered rows of a
         4M-row table needs more than 32MB) is tried once more without the limit, which is
         then set back: at the limit it would fail the same way on every delivery, and the
-        limit is there to bound the common case, not to refuse a large update."""
-        parts = list(parts)
+        limit is there to bound the common case, not to refuse a large update. A group of
+        several batches that runs out is refused instead (FatalError: the loader then
+        loads its batches one at a time, each with that retry), so that `parts` is taken
+        lazily and the group holds one batch's rows at a time, as the loader expects."""
+        first: list[LoadPart] = []  # the group's only part, while it has only one
+        taken = 0
+
+        def tracked() -> Iterator[LoadPart]:
+            nonlocal taken
+            for part in parts:
+                taken += 1
+                if taken == 1:
+                    first.append(part)
+                else:
+                    first.clear()
+                yield part
+
         with self._lock:
             try:
-                return self._load_group_once(parts)
+                return self._load_group_once(tracked())
             except duckdb.OutOfMemoryException as exc:
-                log.warning("a load group of %d batch(es) needed more than memory_limit "
-                            "%s (%s); trying it again without the limit", len(parts),
-                            self.memory_limit, str(exc).splitlines()[0][:200],
-                            extra={"stage": "load"})
+                reason = str(exc).splitlines()[0][:200]
+                if taken != 1:
+                    raise FatalError(
+                        f"a load group of {taken}+ batches needed more than memory_limit "
+                        f"{self.memory_limit} ({reason}); its batches load one at a time",
+                        stage="load") from None
+                log.warning("a batch needed more than memory_limit %s (%s); trying it "
+                            "again without the limit", self.memory_limit, reason,
+                            extra={"stage": "load", "batch_id": first[0].batch.batch_id})
             c = self._conn
             try:
                 c.execute("RESET memory_limit")
-                return self._load_group_once(parts)
+                return self._load_group_once(iter(first))
             except duckdb.OutOfMemoryException as exc:
-                raise FatalError(f"loading {len(parts)} batch(es) into DuckDB ran out of "
-                                 f"memory even without memory_limit: {exc}",
-                                 stage="load") from None
+                raise FatalError(f"loading a batch into DuckDB ran out of memory even "
+                                 f"without memory_limit: {exc}", stage="load",
+                                 batch_id=first[0].batch.batch_id) from None
             finally:
                 c.execute("SET memory_limit = '" + self.memory_limit.replace("'", "''") + "'")
 
-    def _load_group_once(self, parts: list[LoadPart]) -> list[Merged | None]:
+    def _load_group_once(self, parts: Iterator[LoadPart]) -> list[Merged | None]:
         """load_group's transaction (the caller holds the lock); DuckDB's out-of-memory
         error is raised as it is, for load_group to retry."""
         results: list[Merged | None] = []
