@@ -191,6 +191,11 @@ class Dialect:
         """(what is wrong, how to fix it) from `cursor_profile_sql`'s row, None if fine."""
         return None
 
+    def not_a_number(self, column: str) -> str:
+        """The predicate (after the column) selecting the values a number cursor must not
+        hold, NaN and +Infinity (`SqlSource._check_end`), for the operator's hint."""
+        return "IN ('NaN', 'Infinity')"
+
     def key_classes_sql(self, table: str, column: str) -> str | None:
         """A query listing the storage classes a key column holds, where one column can hold
         values the database keeps apart but one contract type makes equal (SQLite); None
@@ -747,6 +752,10 @@ class SqliteDialect(Dialect):
                     "digits, so '...:00Z' sorts after '...:00.5Z')",
                     "store one fraction width (e.g. strftime('%Y-%m-%dT%H:%M:%fZ'))")
         return None
+
+    def not_a_number(self, column: str) -> str:
+        """SQLite keeps NaN as NULL; +Infinity is the REAL 9e999."""
+        return "= 9e999"
 
     def key_classes_sql(self, table: str, column: str) -> str | None:
         """A column without integer or text affinity keeps 1 and '1' (and X'31') as two

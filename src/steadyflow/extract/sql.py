@@ -7,10 +7,12 @@ skipped nor re-read forever. The lookback re-read starts at `cursor >= since` in
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from datetime import time as dt_time
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -397,7 +399,7 @@ class SqlSource:
     def last_position(self, table: str, contract: Contract) -> Watermark | None:
         """The (cursor, key) of the table's last row in keyset order, None if it has none:
         where an initial load in key order hands over to incremental pages."""
-        return self._position_of(contract, self._execute(
+        return self._position_of(table, contract, self._execute(
             table, self._last_position_sql(table, contract), []))
 
     def _last_position_sql(self, table: str, contract: Contract, whole_row: bool = False
@@ -413,14 +415,38 @@ class SqlSource:
         return (f"SELECT {cols} FROM {d.ident(table)} WHERE {d.ident(contract.cursor)} "
                 f"IS NOT NULL{self._order_by(table, contract.order_by, desc=True)} LIMIT 1")
 
-    def _position_of(self, contract: Contract, rows: Sequence[Any]) -> Watermark | None:
+    def _position_of(self, table: str, contract: Contract, rows: Sequence[Any]
+                     ) -> Watermark | None:
         if not rows:
             return None
         d = self.dialect
         order = [contract.column(c) for c in contract.order_by]
         values = [d.position_value(v, c.arrow_type)
                   for v, c in zip(rows[0][:len(order)], order, strict=True)]
+        self._check_end(table, contract, values[0])
         return Watermark(cursor=values[0], key=tuple(values[1:]))
+
+    def _check_end(self, table: str, contract: Contract, cursor: Any) -> None:
+        """Refuse a number cursor whose greatest value sorts after every number: NaN
+        (PostgreSQL numeric sorts it last) or +Infinity (PostgreSQL numeric, a SQLite
+        REAL). Its row cannot be loaded (validation quarantines it), yet a page ending on
+        it would move the checkpoint there, and no row written afterwards, whatever its
+        cursor, could ever sort after it: every later row lost, every run "ok". The
+        position probe of each poll reads the table's greatest (cursor, key) anyway, so
+        this costs no query."""
+        if isinstance(cursor, Decimal | float) and (
+                math.isnan(cursor) or (math.isinf(cursor) and cursor > 0)):
+            name = contract.cursor
+            shown = "NaN" if math.isnan(cursor) else "Infinity"
+            raise SchemaError(
+                f"cursor column {name} holds {shown}, which sorts after every number: a "
+                "page ending on it would move the checkpoint past every row written "
+                "afterwards, which would then never be read", stage="extract",
+                source=self.config.name, table=table,
+                hint=f"give those rows a real {name} (e.g. UPDATE {table} SET {name} = ... "
+                     f"WHERE {name} {self.dialect.not_a_number(name)}) and keep such values "
+                     "out of the column (a CHECK constraint), or page this table by "
+                     "another cursor")
 
     def _columns_seen(self, table: str, contract: Contract, columns: list[str]) -> None:
         """The columns of `poll_end`'s whole row: when they are not the ones the last probe
@@ -447,7 +473,7 @@ class SqlSource:
         if not observe or d.open_since_sql is None:
             rows = self._execute(table, position, [], columns=columns)
             self._columns_seen(table, contract, columns)
-            return self._position_of(contract, rows), None
+            return self._position_of(table, contract, rows), None
         try:
             if d.poll_script is not None:
                 begin, commit = d.poll_script
@@ -468,7 +494,7 @@ class SqlSource:
             self._report_hidden(table, "PostgreSQL shows no other users' transactions "
                                        "without pg_read_all_stats, nor the primary's on a "
                                        "standby")
-        return self._position_of(contract, rows), observed
+        return self._position_of(table, contract, rows), observed
 
     def _report_hidden(self, table: str, why: str) -> None:
         """Loud, once per connection: the adaptive lookback fell back to the window."""

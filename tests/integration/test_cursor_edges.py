@@ -1,0 +1,91 @@
+"""Adversarial review: cursor values a keyset page cannot continue after, in a real store.
+
+A number cursor holding NaN or +Infinity (PostgreSQL numeric sorts NaN after every number,
+SQLite stores 9e999 as an infinite REAL) cannot be loaded: validation quarantines its row.
+But it is the table's greatest cursor, so a page ending on it moved the checkpoint there,
+and no row written afterwards could sort after it: every later row was lost while every
+run said ok. Such a cursor must be refused before any page is read, naming the column.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pytest
+import yaml
+
+from steadyflow.run.pipeline import Pipeline, RunSummary
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+CONTRACT = {"primary_key": ["id"], "cursor": "v",
+            "columns": {"id": {"type": "int64", "nullable": False},
+                        "v": {"type": "decimal(12,2)", "nullable": False}}}
+
+
+def run(tmp: Path, source: dict[str, Any]) -> RunSummary:
+    config = {"name": "edges", "contracts": {"c": CONTRACT},
+              "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "landing")},
+              "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"),
+                            "schema": "main"},
+              "sources": [{"name": "s", **source, "resilience": {"retries": 0},
+                           "tables": [{"name": "t", "contract": "c", "page_size": 2}]}]}
+    path = tmp / "pipeline.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with Pipeline.from_yaml(path) as p:
+        return p.run_once(raise_on_error=False)
+
+
+def loaded_ids(tmp: Path) -> list[int]:
+    with duckdb.connect(str(tmp / "wh.duckdb"), read_only=True) as con:
+        return sorted(r[0] for r in con.sql("SELECT id FROM main.t").fetchall())
+
+
+def check(tmp: Path, source: dict[str, Any], write: Any, shown: str) -> None:
+    """Rows 1, 2 and a row 3 whose cursor is `shown`: the run refuses the table naming
+    the cursor column and the value (without the refusal it loaded 1 and 2, and then
+    never row 4, written later with an ordinary cursor); once row 3 gets a real cursor,
+    every row arrives."""
+    first = run(tmp, source)
+    assert "s.t" in first.failed_tables, first
+    assert any("cursor column v" in e and shown in e for e in first.errors), first.errors
+    write("INSERT INTO t VALUES (4, 30)")
+    again = run(tmp, source)
+    assert "s.t" in again.failed_tables, again
+    write("UPDATE t SET v = 40 WHERE id = 3")
+    fixed = run(tmp, source)
+    assert fixed.ok, fixed.errors
+    assert loaded_ids(tmp) == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("shown", ["NaN", "Infinity"])
+def test_postgres_numeric_cursor_past_every_number(tmp_path: Path, pg_dsn: str,
+                                                   shown: str) -> None:
+    def write(sql: str) -> None:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.encode())
+
+    # an unconstrained numeric: numeric(12,2) cannot hold Infinity
+    write("CREATE TABLE t (id bigint PRIMARY KEY, v numeric NOT NULL)")
+    write("CREATE INDEX t_v ON t (v, id)")
+    write(f"INSERT INTO t VALUES (1, 10), (2, 20), (3, '{shown}')")
+    check(tmp_path, {"kind": "postgres", "dsn": pg_dsn}, write, shown)
+
+
+def test_sqlite_infinite_real_cursor(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+
+    def write(sql: str) -> None:
+        with closing(sqlite3.connect(db)) as conn:
+            conn.execute(sql)
+            conn.commit()
+
+    write("CREATE TABLE t (id INTEGER PRIMARY KEY, v NUMERIC NOT NULL)")
+    write("CREATE INDEX t_v ON t (v, id)")
+    write("INSERT INTO t VALUES (1, 10), (2, 20), (3, 9e999)")
+    check(tmp_path, {"kind": "sqlite", "path": str(db)}, write, "Infinity")
