@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyflow.errors import LoopBusy
+from steadyflow.state.store import pid_alive
 
 LOCK_FILE = "loop.lock"
 
@@ -73,15 +74,7 @@ def _flocked(path: Path) -> bool | None:
 
 
 def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid > 0 and pid_alive(pid)
 
 
 def describe(who: dict[str, Any] | None) -> str:
