@@ -1,5 +1,8 @@
 """Adversarial review: cursor values a keyset page cannot continue after, in a real store.
 
+A row stamped in the future moved a fixed window's checkpoint past every row written later
+with a correct clock (test_a_row_stamped_in_the_future_holds_no_later_row_back).
+
 A number cursor holding NaN or +Infinity (PostgreSQL numeric sorts NaN after every number,
 SQLite stores 9e999 as an infinite REAL) cannot be loaded: validation quarantines its row.
 But it is the table's greatest cursor, so a page ending on it moved the checkpoint there,
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +32,15 @@ CONTRACT = {"primary_key": ["id"], "cursor": "v",
                         "v": {"type": "decimal(12,2)", "nullable": False}}}
 
 
-def run(tmp: Path, source: dict[str, Any]) -> RunSummary:
-    config = {"name": "edges", "contracts": {"c": CONTRACT},
+def run(tmp: Path, source: dict[str, Any], contract: dict[str, Any] = CONTRACT,
+        **table: Any) -> RunSummary:
+    config = {"name": "edges", "contracts": {"c": contract},
               "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "landing")},
               "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"),
                             "schema": "main"},
               "sources": [{"name": "s", **source, "resilience": {"retries": 0},
-                           "tables": [{"name": "t", "contract": "c", "page_size": 2}]}]}
+                           "tables": [{"name": "t", "contract": "c", "page_size": 2,
+                                       **table}]}]}
     path = tmp / "pipeline.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with Pipeline.from_yaml(path) as p:
@@ -89,3 +95,35 @@ def test_sqlite_infinite_real_cursor(tmp_path: Path) -> None:
     write("CREATE INDEX t_v ON t (v, id)")
     write("INSERT INTO t VALUES (1, 10), (2, 20), (3, 9e999)")
     check(tmp_path, {"kind": "sqlite", "path": str(db)}, write, "Infinity")
+
+
+@pytest.mark.parametrize("lookback", [0, 60])
+def test_a_row_stamped_in_the_future_holds_no_later_row_back(tmp_path: Path,
+                                                             lookback: int) -> None:
+    """A fixed window steps back from the checkpoint: a row stamped years ahead (a
+    mistyped year, a client clock ahead) moved it past every row written afterwards with
+    a correct clock, and they were skipped while every run said ok. Steps back from now
+    instead while the checkpoint is ahead of it; the future row is re-read, harmlessly."""
+    db = tmp_path / "store.db"
+    now = datetime.now(UTC).replace(tzinfo=None)
+
+    def write(sql: str, *params: Any) -> None:
+        with closing(sqlite3.connect(db)) as conn:
+            conn.execute(sql, params)
+            conn.commit()
+
+    def at(seconds: float) -> str:
+        return (now + timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
+    write("CREATE INDEX t_ts ON t (ts, id)")
+    write("INSERT INTO t VALUES (1, ?), (2, ?), (3, '2099-01-01 00:00:00.000000')",
+          at(-5), at(0))
+    contract = {"primary_key": ["id"], "cursor": "ts",
+                "columns": {"id": {"type": "int64", "nullable": False},
+                            "ts": {"type": "timestamp", "nullable": False}}}
+    source = {"kind": "sqlite", "path": str(db)}
+    assert run(tmp_path, source, contract, lookback=lookback).ok
+    write("INSERT INTO t VALUES (4, ?)", at(1))
+    assert run(tmp_path, source, contract, lookback=lookback).ok
+    assert loaded_ids(tmp_path) == [1, 2, 3, 4]

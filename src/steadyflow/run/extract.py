@@ -41,6 +41,7 @@ from steadyflow.extract.sql import BUSY_PROBE_EVERY, SqlSource
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import (
+    TEXT_DATE,
     BatchRef,
     Contract,
     TableRef,
@@ -48,6 +49,7 @@ from steadyflow.model import (
     decode_value,
     drift_type,
     encode_value,
+    parse_text_time,
     step_back,
 )
 from steadyflow.observe import logs
@@ -131,6 +133,8 @@ class TableMemory:
     recorded: tuple[str | None, float] | None = None
     # the adaptive lookback fell back to the fixed window (no privilege): told to status
     hidden_reported: bool = False
+    # a checkpoint ahead of this host's clock was logged (TableExtractor._ahead)
+    ahead_reported: bool = False
     # `run --follow` (one process): the table's lease kept across busy polls
     kept: KeptLease | None = None
 
@@ -226,9 +230,41 @@ class TableExtractor:
             if self.table.lookback > 0:  # the floor: never less than the fixed window
                 return None, min(bound, step_back(cursor, self.table.lookback))
             return (mark, None) if bound > cursor else (None, bound)
-        if self.table.lookback > 0:
-            return None, step_back(mark.cursor, self.table.lookback)
+        ahead = self._ahead(mark.cursor)
+        if self.table.lookback > 0 or ahead > 0:
+            return None, step_back(mark.cursor, self.table.lookback + ahead)
         return mark, None
+
+    def _ahead(self, cursor: object) -> float:
+        """Seconds a time cursor's checkpoint stands ahead of this host's clock (0 when
+        it does not, or is no time). A fixed window steps back from the checkpoint, so a
+        row stamped in the future (a mistyped year, a client clock ahead, a scheduled
+        row) moved it past every row written afterwards with a correct clock: those rows
+        sorted behind it and were skipped, silently, until real time caught up. From such
+        a checkpoint the window steps back from now instead (spelled as the checkpoint
+        is): the future rows are re-read each poll, harmlessly, as the adaptive lookback
+        re-reads from its bound."""
+        if self.contract.column(self.contract.cursor).type not in ("timestamp", "date"):
+            return 0.0
+        if isinstance(cursor, str):
+            day = TEXT_DATE.match(cursor)
+            cursor = date.fromisoformat(cursor) if day else parse_text_time(cursor)
+        now = datetime.now(UTC)
+        if isinstance(cursor, datetime):
+            ahead = (_aware(cursor) - now).total_seconds()
+        elif isinstance(cursor, date):
+            ahead = float((cursor - now.date()).days * 86_400)
+        else:
+            return 0.0
+        if ahead <= 0:
+            return 0.0
+        if not self.memory.ahead_reported:
+            self.memory.ahead_reported = True
+            log.warning("the checkpoint's cursor %s is %.0fs ahead of this host's clock (a "
+                        "row stamped in the future): each poll re-reads from now minus the "
+                        "lookback until real time passes it; correct that row's %s if it is "
+                        "wrong", cursor, ahead, self.contract.cursor, extra=self._extra())
+        return ahead
 
     def _adaptive_bound(self, observed: OpenSince | None) -> datetime | None:
         """The adaptive lookback's start for this poll, None for the fixed window.
