@@ -261,9 +261,12 @@ class TableExtractor:
         if not self.memory.ahead_reported:
             self.memory.ahead_reported = True
             log.warning("the checkpoint's cursor %s is %.0fs ahead of this host's clock (a "
-                        "row stamped in the future): each poll re-reads from now minus the "
-                        "lookback until real time passes it; correct that row's %s if it is "
-                        "wrong", cursor, ahead, self.contract.cursor, extra=self._extra())
+                        "row stamped in the future, or naive times written in a zone east "
+                        "of UTC, which steadyflow reads as UTC): each poll re-reads from now "
+                        "minus the lookback until real time passes it, which for a zone "
+                        "offset is every poll; correct that row's %s if it is wrong, or "
+                        "store the column in UTC", cursor, ahead, self.contract.cursor,
+                        extra=self._extra())
         return ahead
 
     def _adaptive_bound(self, observed: OpenSince | None) -> datetime | None:
