@@ -167,6 +167,32 @@ def test_values_that_do_not_fit_cost_their_row_with_the_same_reason(mysql_dsn: s
         assert sorted(map(str, verdict.bad["id"].to_pylist())) == ["2", "3", "4"], name
 
 
+def test_bit_read_as_a_number_on_every_path(mysql_dsn: str) -> None:
+    """BIT(1) declared bool (the classic MySQL boolean) and BIT(8) declared int64: both
+    drivers give bytes (b'\\x01'), which every row quarantined as 'not a valid bool'; read
+    as their number on every path. A BIT read as string stays its bytes (test above); a
+    TINYINT beside it holding 1 is not touched, nor is text reading 'true'."""
+    execute(mysql_dsn,
+            "CREATE TABLE t (id int PRIMARY KEY, b bit(1), n bit(8), f tinyint, s varchar(9))",
+            "INSERT INTO t VALUES (1, b'1', b'101', 1, 'true'), (2, b'0', b'0', 0, 'false'), "
+            "(3, NULL, NULL, NULL, NULL), (4, b'1', b'11111111', 1, '1')")
+    c = contract(("id", "int64"), ("b", "bool"), ("n", "int64"), ("f", "bool"),
+                 ("s", "string"))
+    tables = {name: rows for name, (rows, _) in both(mysql_dsn, c, 10).items()}
+    source = plain(mysql_dsn)
+    try:
+        tables["where"], _ = source.page("t", c, None, None, 10, where=("`id` >= %s", [1]))
+    finally:
+        source.close()
+    for name, table in tables.items():
+        assert INVALID not in table.column_names, name
+        assert table.column("b").to_pylist() == [True, False, None, True], name
+        assert table.column("n").to_pylist() == [5, 0, None, 255], name
+        assert table.column("f").to_pylist() == [True, False, None, True], name
+        assert table.column("s").to_pylist() == ["true", "false", None, "1"], name
+        assert table.schema == tables["connectorx"].schema, name
+
+
 def test_a_zero_date_page_is_read_by_pymysql_with_the_same_values(mysql_dsn: str) -> None:
     """connectorx cannot decode '0000-00-00' (it panics): that page is read again by
     pymysql, so the row costs one quarantined value, as on the pymysql path."""

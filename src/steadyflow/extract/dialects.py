@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import socket
 import sqlite3
 import sys
@@ -154,8 +155,13 @@ class Dialect:
             return value.replace(tzinfo=UTC)
         return value
 
-    def select_expr(self, name: str, kind: pa.DataType) -> str:
-        """How a page reads column `name` of contract type `kind`. Every read path of a
+    # does `select_expr` depend on the column's declared type (then SqlSource reads the
+    # catalog once per source object and passes it)?
+    select_reads_declared = False
+
+    def select_expr(self, name: str, kind: pa.DataType, declared: str = "") -> str:
+        """How a page reads column `name` of contract type `kind` (declared in the source
+        as `declared`, catalog text, where `select_reads_declared`). Every read path of a
         source (fast and fallback, extraction and reconcile) selects through this, so the
         same row gives the same canonical value whichever path reads it."""
         return self.ident(name)
@@ -351,7 +357,7 @@ class PostgresDialect(Dialect):
     def shutdown(self, conn: Any) -> None:
         _shutdown_fd(conn.pgconn.socket)
 
-    def select_expr(self, name: str, kind: pa.DataType) -> str:
+    def select_expr(self, name: str, kind: pa.DataType, declared: str = "") -> str:
         """Decimal and string columns as PostgreSQL's own text: exact for numeric, CHAR(n)
         without its pad, json/jsonb as the server prints them, uuid lowercase hyphenated.
         Read this way by psycopg and ADBC alike, so both paths give the same values (a
@@ -446,6 +452,12 @@ class PostgresDialect(Dialect):
         return FatalError(f"query failed: {msg}", stage="extract", source=src, table=table)
 
 
+def bit_number(declared: str, kind: pa.DataType) -> bool:
+    """Is this a MariaDB/MySQL BIT column (catalog text 'bit(1)') read as a number?"""
+    return (re.match(r"\s*bit\b", declared.lower()) is not None
+            and not pa.types.is_string(kind))
+
+
 class MysqlDialect(Dialect):
     name = "mysql"
     quote_char = "`"
@@ -481,6 +493,19 @@ class MysqlDialect(Dialect):
         sock = getattr(conn, "_sock", None)
         if sock is not None:
             sock.shutdown(socket.SHUT_RDWR)
+
+    select_reads_declared = True
+
+    def select_expr(self, name: str, kind: pa.DataType, declared: str = "") -> str:
+        """A BIT column read as a number (bool, an integer, ...) as its unsigned value:
+        both drivers hand BIT over as bytes (b'\\x01'), which no number or bool is, so
+        the classic MySQL boolean BIT(1) quarantined every row. Only a column declared
+        BIT: text such as 'true' is never read as a number. Read as string, BIT stays the
+        bytes themselves."""
+        ident = self.ident(name)
+        if bit_number(declared, kind):
+            return f"CAST({ident} AS UNSIGNED)"
+        return ident
 
     indexes_sql = (
         "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics "

@@ -13,6 +13,8 @@ hint, same upper bound); only:
     bytes) sends that page through pymysql;
   * DECIMAL columns are selected as MariaDB's own text (`CAST(... AS CHAR)`): connectorx
     turns DECIMAL into a 96-bit decimal and fails (or panics) past 28 digits;
+  * BIT columns the contract reads as a number or bool are selected as their number
+    (`CAST(... AS UNSIGNED)`), as on the pymysql path (`MysqlDialect.select_expr`);
   * the query runs as `SET STATEMENT max_statement_time=..., time_zone='+00:00' FOR ...`:
     the server-side statement limit and the UTC session of `MysqlDialect.connect`, per
     statement, since connectorx opens its own connection and runs no session setup.
@@ -75,6 +77,7 @@ import pymysql
 from steadyflow import secrets
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout
+from steadyflow.extract.dialects import bit_number
 from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
 from steadyflow.model import Contract, Watermark
 from steadyflow.observe import logs
@@ -298,7 +301,8 @@ class MysqlArrowSource(SqlSource):
 
     def _fast_select(self, table: str, contract: Contract, kinds: tuple[str, ...],
                      query: str) -> str:
-        """The page query with DECIMAL columns selected as MariaDB's text of them."""
+        """The page query with DECIMAL columns selected as MariaDB's text of them, and
+        BIT columns read as numbers as their number (as `MysqlDialect.select_expr`)."""
         plain = self._select(table, contract)
         if not query.startswith(plain):
             raise AssertionError("page_query no longer starts with the select list")
@@ -306,8 +310,13 @@ class MysqlArrowSource(SqlSource):
         cols = []
         for c, kind in zip(contract.columns, kinds, strict=True):
             ident = d.ident(c.name)
-            cols.append(f"CAST({d.ident(table)}.{ident} AS CHAR) AS {ident}"
-                        if kind in _DECIMAL_TYPES else f"{d.ident(table)}.{ident}")
+            column = f"{d.ident(table)}.{ident}"
+            if kind in _DECIMAL_TYPES:
+                cols.append(f"CAST({column} AS CHAR) AS {ident}")
+            elif bit_number(kind, c.arrow_type):
+                cols.append(f"CAST({column} AS UNSIGNED) AS {ident}")
+            else:
+                cols.append(column)
         return f"SELECT {', '.join(cols)} FROM {d.ident(table)}" + query[len(plain):]
 
     def _inline(self, query: str, params: Sequence[Any]) -> str | None:

@@ -238,11 +238,20 @@ class SqlSource:
         """The one select list of every page (see Dialect.select_expr); each column keeps
         its name, so ORDER BY must name the table's own columns (`_order_by`)."""
         d = self.dialect
+        declared = self.select_types(table)
         cols = []
         for c in contract.columns:
-            expr, ident = d.select_expr(c.name, c.arrow_type), d.ident(c.name)
+            expr = d.select_expr(c.name, c.arrow_type, declared.get(c.name.lower(), ""))
+            ident = d.ident(c.name)
             cols.append(expr if expr == ident else f"{expr} AS {ident}")
         return f"SELECT {', '.join(cols)} FROM {d.ident(table)}"
+
+    def select_types(self, table: str) -> dict[str, str]:
+        """The declared types `Dialect.select_expr` reads, by lowercased column name ({}
+        for a dialect whose select list does not depend on them: no catalog query)."""
+        if not self.dialect.select_reads_declared:
+            return {}
+        return {k.lower(): v for k, v in self.declared_types(table).items()}
 
     def _order_by(self, table: str, columns: Sequence[str], desc: bool = False) -> str:
         """ORDER BY the table's columns, qualified: an unqualified name means the output
@@ -408,7 +417,9 @@ class SqlSource:
         `whole_row` the row's every column follows the position (`poll_end`: the result's
         columns tell a poll that the table's columns changed, at no extra query)."""
         d = self.dialect
-        cols = ", ".join(d.select_expr(c, contract.column(c).arrow_type)
+        declared = self.select_types(table)
+        cols = ", ".join(d.select_expr(c, contract.column(c).arrow_type,
+                                       declared.get(c.lower(), ""))
                          for c in contract.order_by)
         if whole_row:
             cols += f", {d.ident(table)}.*"

@@ -93,7 +93,9 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
     """
     keys = key_contract(contract)
     d = db.dialect
-    cols = ", ".join(d.select_expr(c.name, c.arrow_type) for c in keys.columns)
+    declared = db.select_types(table)
+    cols = ", ".join(d.select_expr(c.name, c.arrow_type, declared.get(c.name.lower(), ""))
+                     for c in keys.columns)
     found = db._execute(table, f"SELECT {cols} FROM {d.ident(table)}"
                                f"{db._order_by(table, keys.order_by, desc=True)} LIMIT 1", [])
     if not found:
