@@ -256,6 +256,36 @@ def test_a_loader_starting_while_another_commits_a_group_waits_for_no_one(pg_dsn
         starting.close()
 
 
+def test_a_process_start_waits_for_no_reader(pg_dsn: str) -> None:
+    """ensure_table runs at every loader process's start, while analysts read the
+    targets. With every column already there it must take no table lock: ALTER TABLE
+    ... ADD COLUMN IF NOT EXISTS waits for an exclusive lock even then, so one long query
+    on a target held the start back, and every reader queued behind that ALTER."""
+    first = PostgresWarehouse(pg_dsn, "wh")
+    first.ensure_table(REF, CONTRACT)
+    first.load_group([_part("a", 1, (1, "a", 1))])
+    first.close()
+    done = threading.Event()
+    with psycopg.connect(pg_dsn) as reader:  # a long query's transaction: AccessShareLock
+        reader.execute("SELECT count(*) FROM wh.t").fetchone()
+        reader.execute("SELECT count(*) FROM wh._steadyflow_ledger").fetchone()
+
+        def start() -> None:
+            starting = PostgresWarehouse(pg_dsn, "wh")
+            try:
+                starting.ensure_table(REF, CONTRACT)
+                done.set()
+            finally:
+                starting.close()
+
+        thread = threading.Thread(target=start, daemon=True)
+        thread.start()
+        started = done.wait(timeout=5)
+        reader.rollback()  # lets a blocked ALTER go on
+        thread.join(timeout=30)
+    assert started, "ensure_table waited for a reader of the target"
+
+
 # --- through the pipeline -----------------------------------------------------------------
 def _stores_config(tmp_path: Path, warehouse: dict[str, Any], buffer: dict[str, Any],
                    rows: int = 2_000) -> Path:

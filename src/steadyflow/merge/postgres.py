@@ -162,29 +162,36 @@ class PostgresWarehouse:
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                       [f"steadyflow:{self.schema}.{ref.target}"])
-                    # the ledger before the target, and altered only when it lacks the
-                    # counts (ALTER takes its lock even then): a loader's group writes the
-                    # ledger, then its targets, so holding a target while waiting for the
-                    # ledger deadlocked with it, and a queued ALTER stalls every loader
+                    # the ledger before the target, and each altered only when it lacks
+                    # a column (ALTER TABLE takes its exclusive lock even then): a loader's
+                    # group writes the ledger, then its targets, so holding a target while
+                    # waiting for the ledger deadlocked with it; and a queued ALTER stalls
+                    # every loader and every reader of the table behind a long query,
+                    # at each process start
                     self.conn.execute(p.create_schema.encode())
                     self.conn.execute(p.create_ledger.encode())
-                    if self._lacks_counts():
-                        for stmt in p.add_ledger_counts:
-                            self.conn.execute(stmt.encode())
-                    for stmt in (p.create_table, p.add_seq, *p.add_columns):
-                        self.conn.execute(stmt.encode())
+                    self._add_missing(LEDGER, zip(("changed", "quarantined"),
+                                                  p.add_ledger_counts, strict=True))
+                    self.conn.execute(p.create_table.encode())
+                    added = [c.name for c in contract.columns if c.added]
+                    self._add_missing(ref.target, zip((SEQ, *added),
+                                                      (p.add_seq, *p.add_columns),
+                                                      strict=True))
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
                     raise self._fail(exc, "warehouse unavailable") from None
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
 
-    def _lacks_counts(self) -> bool:
-        row = self.conn.execute(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
-            "attname IN ('changed', 'quarantined') AND NOT attisdropped",
-            [f"{quote(self.schema)}.{quote(LEDGER)}"]).fetchone()
-        return row is None or row[0] < 2
+    def _add_missing(self, table: str, adds: Iterable[tuple[str, str]]) -> None:
+        """Run each (column, ALTER ... ADD COLUMN) whose column `table` lacks."""
+        present = {name for name, in self.conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
+            "attnum > 0 AND NOT attisdropped",
+            [f"{quote(self.schema)}.{quote(table)}"]).fetchall()}
+        for column, stmt in adds:
+            if column not in present:
+                self.conn.execute(stmt.encode())
 
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> Merged | None:
