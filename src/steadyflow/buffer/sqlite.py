@@ -12,13 +12,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from steadyflow.errors import RetryableError
 from steadyflow.model import BatchRef
 from steadyflow.ports import Delivery
 from steadyflow.state import open_sqlite, pid_alive
+from steadyflow.state.sqlite import disk_full_as
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS queue (
@@ -40,10 +41,12 @@ class SqliteBuffer:
         self.capacity = capacity
         self.lease = max(lease, MIN_LEASE)
         self.should_stop = should_stop
+        self.path = path
         # the queue is rebuilt from the durable manifest (the sweeper republishes every
         # landed batch not loaded; the ledger makes a redelivery a no-op), so an OS crash
         # that undoes its last commits costs time, not rows: no fsync per put, get and ack
-        self._conn = open_sqlite(path, durable=False)
+        with self._full():
+            self._conn = open_sqlite(path, durable=False)
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         # a put in this process ends a get's pause in it at once (the loader beside the
@@ -51,7 +54,7 @@ class SqliteBuffer:
         self._arrived = threading.Event()
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._released_at = time.monotonic()
-        with self._lock:
+        with self._lock, self._full():
             self._conn.executescript(SCHEMA)
         self.release_dead_leases()
 
@@ -62,7 +65,7 @@ class SqliteBuffer:
         Leases held on other hosts are left to expire (we cannot see those processes).
         """
         host = socket.gethostname()
-        with self._lock:
+        with self._lock, self._full():
             owners = [r[0] for r in self._conn.execute(
                 "SELECT DISTINCT owner FROM queue WHERE owner IS NOT NULL AND visible_at > ?",
                 (time.time(),)).fetchall()]
@@ -149,27 +152,35 @@ class SqliteBuffer:
         """One BEGIN IMMEDIATE transaction on the queue (the caller holds the lock):
         committed when the block ends, rolled back when it raises."""
         c = self._conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        with self._full():
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+                c.execute("COMMIT")
+            except BaseException:
+                if c.in_transaction:  # not after SQLite rolled back itself (disk full)
+                    c.execute("ROLLBACK")
+                raise
+
+    def _full(self) -> AbstractContextManager[None]:
+        """A full disk under the queue file as a RetryableError naming it: a put waits
+        for space (the batch is landed; the checkpoint stays before it), a loader pauses,
+        a sweep queues the rest later."""
+        return disk_full_as(RetryableError, self.path, "buffer")
 
     def ack(self, batch_id: str) -> None:
-        with self._lock:
+        with self._lock, self._full():
             self._conn.execute("DELETE FROM queue WHERE batch_id=?", (batch_id,))
             self._space.notify_all()
 
     def extend(self, batch_id: str) -> None:
         """Restart the lease of a message this process holds (a long group load)."""
-        with self._lock:
+        with self._lock, self._full():
             self._conn.execute("UPDATE queue SET visible_at=? WHERE batch_id=? AND owner=?",
                                (time.time() + self.lease, batch_id, self.owner))
 
     def nack(self, batch_id: str, delay: float = 0.0) -> None:
-        with self._lock:
+        with self._lock, self._full():
             self._conn.execute("UPDATE queue SET visible_at=?, owner=NULL WHERE batch_id=?",
                                (time.time() + delay, batch_id))
 

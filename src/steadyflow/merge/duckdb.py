@@ -266,7 +266,10 @@ class DuckdbWarehouse:
                 failpoint("load.after_merge")
                 c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                # a COMMIT that failed ended the transaction itself (a full disk: the WAL
+                # could not be written); ROLLBACK then fails, and would hide that reason
+                with contextlib.suppress(duckdb.TransactionException):
+                    c.execute("ROLLBACK")
                 for name in (STAGE, DELETES, REPLACED):  # after the rollback: an aborted
                     with contextlib.suppress(duckdb.Error):  # transaction refuses it
                         c.unregister(name)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from steadyflow.errors import RetryableError, StateUnavailable
 from steadyflow.state.store import SCHEMA, StateStore, Tx
 
 
@@ -32,6 +33,22 @@ def open_sqlite(path: Path, durable: bool = True) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+@contextmanager
+def disk_full_as(error: type[RetryableError], path: Path, stage: str) -> Iterator[None]:
+    """A write SQLite refused for want of space raised as `error`, naming the file:
+    SQLite's own "database or disk is full" (or, opening a file whose -shm index cannot be
+    made, "disk I/O error") names neither. SQLite rolls the transaction back itself, so
+    nothing half-written is kept and the step is retried whole once there is room."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE):
+            raise
+        raise error(f"{path}: the disk is full ({exc})", stage=stage,
+                    hint=f"free space on the filesystem of {path.parent}; nothing "
+                         "half-written was kept, and the step is retried") from None
 
 
 def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
@@ -65,14 +82,16 @@ class SqliteStateStore(StateStore):
         super().__init__()
         self.path = path
         self.where = str(path)
-        self._conn = open_sqlite(path)
-        with self._lock:
-            self._conn.executescript(SCHEMA)
-            _add_columns(self._conn, "table_health", {"rows_changed": "INTEGER DEFAULT 0"})
-        # reads on a connection of their own: in WAL mode a reader never waits for a
-        # writer, but sharing the writer's connection made every read (a poll asks for
-        # its checkpoint several times) queue behind whichever commit was fsyncing
-        self._reader = open_sqlite(path)
+        with disk_full_as(StateUnavailable, path, "state"):
+            self._conn = open_sqlite(path)
+            with self._lock:
+                self._conn.executescript(SCHEMA)
+                _add_columns(self._conn, "table_health",
+                             {"rows_changed": "INTEGER DEFAULT 0"})
+            # reads on a connection of their own: in WAL mode a reader never waits for a
+            # writer, but sharing the writer's connection made every read (a poll asks for
+            # its checkpoint several times) queue behind whichever commit was fsyncing
+            self._reader = open_sqlite(path)
         self._read_lock = threading.Lock()
         self._writing = threading.local()
 
@@ -82,17 +101,18 @@ class SqliteStateStore(StateStore):
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
-        with self._lock:
+        with self._lock, disk_full_as(StateUnavailable, self.path, "state"):
             self._conn.execute("BEGIN IMMEDIATE")
             self._writing.active = True
             try:
                 yield _SqliteTx(self._conn)
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # not after SQLite rolled back itself (full)
+                    self._conn.execute("ROLLBACK")
                 raise
             finally:
                 self._writing.active = False
-            self._conn.execute("COMMIT")
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         if getattr(self._writing, "active", False):  # inside this thread's transaction:
