@@ -6,10 +6,18 @@ bytes (b'\\x01'), so every row went to quarantine as "not a valid bool", and a B
 declared int64 likewise. A BIT column read as a number is now selected as its number on
 every read path (pymysql pages, connectorx pages, reconcile's pages), and reconcile finds
 the loaded table clean.
+
+A DATETIME cursor filled by NOW() on a MariaDB server whose zone is west of UTC: a late
+commit was lost under the adaptive lookback (test_a_late_commit_on_a_datetime_cursor...).
 """
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -18,6 +26,7 @@ from urllib.parse import urlsplit
 import duckdb
 import pymysql
 import pytest
+from tests.conftest import require_tool
 
 from steadyflow.config import parse_config
 from steadyflow.reconcile.runner import Options, reconcile
@@ -85,3 +94,74 @@ def test_mariadb_bit_read_as_bool_and_int(tmp_path: Path, mysql_dsn: str) -> Non
         (report,) = reconcile(p, ["s.t"], Options())
     assert report.error is None and report.differences == 0, report.to_dict()
     assert report.quarantined == 0 and report.rows_compared == 7, report.to_dict()
+
+
+@pytest.fixture
+def west_mariadb(tmp_path: Path) -> Iterator[str]:
+    """A MariaDB server of this test's own whose default zone is 5 h west of UTC (the
+    shared server's global time_zone is every other test's too); yields its URL."""
+    install = require_tool("mariadb-install-db", "mariadb-server")
+    server = require_tool("mariadbd", "mariadb-server")
+    data = tmp_path / "mariadb"
+    subprocess.run([install, "--no-defaults", f"--datadir={data}", "--skip-test-db",
+                    "--auth-root-authentication-method=normal"], check=True,
+                   capture_output=True)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    proc = subprocess.Popen(
+        [server, "--no-defaults", "--user=root", f"--datadir={data}", f"--port={port}",
+         "--bind-address=127.0.0.1", f"--socket={tmp_path / 'mariadb.sock'}",
+         "--default-time-zone=-05:00", "--skip-log-bin"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        dsn = f"mysql://root@127.0.0.1:{port}/shapes"
+        for _ in range(100):
+            try:
+                with closing(pymysql.connect(host="127.0.0.1", port=port, user="root",
+                                             password="", autocommit=True)) as conn, \
+                        conn.cursor() as cur:
+                    cur.execute("CREATE DATABASE shapes")
+                break
+            except pymysql.err.OperationalError:
+                time.sleep(0.2)
+        yield dsn
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_a_late_commit_on_a_datetime_cursor_west_of_utc(tmp_path: Path,
+                                                        west_mariadb: str) -> None:
+    """A DATETIME cursor filled by NOW() holds the server zone's wall time (here UTC-5),
+    which steadyflow reads as UTC: 5 h before the adaptive lookback's bound, a UTC
+    instant. A transaction open while a poll passed its row and committed afterwards had
+    that row behind the checkpoint, and the next poll started after the checkpoint: row
+    100 was never loaded, every run ok (reconcile: missing 1). The bound now allows for
+    the server zone's offset on a DATETIME cursor."""
+    mysql(west_mariadb,
+          "CREATE TABLE t (id bigint PRIMARY KEY, v int, ts datetime(6) NOT NULL "
+          "DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6), INDEX t_ts (ts, id))",
+          "INSERT INTO t (id, v) VALUES (1, 1), (2, 2), (3, 3)")
+    contract = {"primary_key": ["id"], "cursor": "ts",
+                "columns": {"id": {"type": "int64", "nullable": False},
+                            "v": {"type": "int64"},
+                            "ts": {"type": "timestamp", "nullable": False}}}
+    raw = config(tmp_path, {"kind": "mysql", "dsn": west_mariadb}, contract)
+    assert run(raw).ok
+    parts = urlsplit(west_mariadb)
+    late = pymysql.connect(host=parts.hostname, port=parts.port, user="root", password="",
+                           database="shapes", autocommit=False)
+    with closing(late), late.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("INSERT INTO t (id, v) VALUES (100, 100)")
+        time.sleep(1.2)
+        mysql(west_mariadb, "INSERT INTO t (id, v) VALUES (4, 4)",
+              "UPDATE t SET v = 12 WHERE id = 2")
+        time.sleep(1.2)
+        assert run(raw).ok  # passes row 4 and 2 while row 100 is not committed yet
+        late.commit()
+    assert run(raw).ok
+    source = mysql(west_mariadb, "SELECT id, v FROM t ORDER BY id")
+    assert warehouse(tmp_path, "id, v") == [tuple(r) for r in source]
+    assert [r[0] for r in source] == [1, 2, 3, 4, 100]

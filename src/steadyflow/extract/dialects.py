@@ -19,7 +19,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -254,8 +254,14 @@ class Dialect:
         """Did the observation fail only for want of a privilege (see MysqlDialect)?"""
         return False
 
-    def open_since(self, row: Sequence[Any]) -> OpenSince:
-        """The observation from `open_since_sql`'s row."""
+    def naive_time(self, declared: str) -> bool:
+        """Does a column of this declared type hold times whose zone `open_since` must
+        allow for (MysqlDialect)? False where the bound needs no such allowance."""
+        return False
+
+    def open_since(self, row: Sequence[Any], naive: bool = False) -> OpenSince:
+        """The observation from `open_since_sql`'s row; `naive`: the cursor column holds
+        times without a zone (see MysqlDialect)."""
         now, oldest, visible = row[0], _earliest(row[1:-1]), bool(row[-1])
         return OpenSince(at=_utc(now), oldest=None if oldest is None else _utc(oldest),
                          visible=visible, margin=self.open_margin)
@@ -527,10 +533,30 @@ class MysqlDialect(Dialect):
         "FROM information_schema.innodb_trx WHERE trx_mysql_thread_id <> CONNECTION_ID()), "
         "(SELECT MIN(UTC_TIMESTAMP(6) - INTERVAL time SECOND) "
         "FROM information_schema.processlist WHERE command IN ('Query', 'Execute') "
-        "AND id <> CONNECTION_ID()), 1")
+        "AND id <> CONNECTION_ID()), "
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), "
+        "CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', @@global.time_zone)), 1")
     # whole seconds (trx_started, TIME), the cache's age, and a statement's NOW() taken
     # before its InnoDB transaction starts
     open_margin = timedelta(seconds=1)
+
+    def open_since(self, row: Sequence[Any], naive: bool = False) -> OpenSince:
+        """The bound is a UTC instant. A DATETIME cursor (`naive`) filled by NOW() holds
+        the wall time of the writer's session zone, by default the server's (the 4th
+        column: its offset from UTC now, seconds; NULL when a named zone has no time zone
+        tables). West of UTC those stamps sort hours before the bound, so a transaction
+        open at the poll and committed later had rows behind the checkpoint that the next
+        poll did not re-read: lost, every run ok. The bound then also steps back by the
+        offset (a cursor written in UTC just re-reads that much more, harmlessly)."""
+        now, trx, stmt, offset, visible = row
+        seen = super().open_since((now, trx, stmt, visible))
+        if naive and offset is not None and int(offset) < 0:
+            return replace(seen, margin=seen.margin + timedelta(seconds=-int(offset)))
+        return seen
+
+    def naive_time(self, declared: str) -> bool:
+        """DATETIME has no zone (TIMESTAMP is stored in UTC and read in this session's)."""
+        return declared.strip().lower().startswith("datetime")
 
     def open_refused(self, exc: SteadyflowError) -> bool:
         """innodb_trx needs the PROCESS privilege (error 1227 without it)."""

@@ -500,7 +500,9 @@ class SqlSource:
             return self.last_position(table, contract), OpenSince(
                 at=datetime.min, oldest=None, visible=False)
         self._columns_seen(table, contract, columns)
-        observed = d.open_since(seen[0])
+        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        observed = d.open_since(seen[0], d.naive_time(declared.get(contract.cursor.lower(),
+                                                                   "")))
         if not observed.visible:
             self._report_hidden(table, "PostgreSQL shows no other users' transactions "
                                        "without pg_read_all_stats, nor the primary's on a "
