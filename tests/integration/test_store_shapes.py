@@ -8,7 +8,9 @@ every read path (pymysql pages, connectorx pages, reconcile's pages), and reconc
 the loaded table clean.
 
 A DATETIME cursor filled by NOW() on a MariaDB server whose zone is west of UTC: a late
-commit was lost under the adaptive lookback (test_a_late_commit_on_a_datetime_cursor...).
+commit was lost under the adaptive lookback (test_a_late_commit_on_a_datetime_cursor...),
+and so on PostgreSQL with a `timestamp without time zone` cursor and a database whose
+default TimeZone is west of UTC (test_a_late_commit_on_a_naive_timestamp_cursor...).
 """
 
 from __future__ import annotations
@@ -164,4 +166,45 @@ def test_a_late_commit_on_a_datetime_cursor_west_of_utc(tmp_path: Path,
     assert run(raw).ok
     source = mysql(west_mariadb, "SELECT id, v FROM t ORDER BY id")
     assert warehouse(tmp_path, "id, v") == [tuple(r) for r in source]
+    assert [r[0] for r in source] == [1, 2, 3, 4, 100]
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "UTC"])
+def test_a_late_commit_on_a_naive_timestamp_cursor_west_of_utc(tmp_path: Path, pg_dsn: str,
+                                                               zone: str) -> None:
+    """PostgreSQL's twin of the DATETIME case: a `timestamp without time zone` filled by
+    now() holds the wall time of the writer's TimeZone, here the database's default
+    (ALTER DATABASE ... SET timezone), which steadyflow, reading in UTC, takes as UTC: 4-5
+    h before the adaptive lookback's bound. A transaction open while a poll passed its
+    row and committed afterwards was never read (row 100 lost, every run ok). The bound
+    now allows for the westmost default zone of the database's sessions."""
+    import psycopg
+
+    name = urlsplit(pg_dsn).path.lstrip("/")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{name}\" SET timezone = '{zone}'")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # a session in that zone
+        conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, v int, "
+                     "ts timestamp NOT NULL DEFAULT now())")
+        conn.execute("CREATE INDEX t_ts ON t (ts, id)")
+        conn.execute("INSERT INTO t (id, v) VALUES (1, 1), (2, 2), (3, 3)")
+    contract = {"primary_key": ["id"], "cursor": "ts",
+                "columns": {"id": {"type": "int64", "nullable": False},
+                            "v": {"type": "int64"},
+                            "ts": {"type": "timestamp", "nullable": False}}}
+    raw = config(tmp_path, {"kind": "postgres", "dsn": pg_dsn}, contract)
+    assert run(raw).ok
+    with psycopg.connect(pg_dsn) as late:
+        late.execute("INSERT INTO t (id, v) VALUES (100, 100)")  # open, stamped now()
+        time.sleep(1.2)
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO t (id, v) VALUES (4, 4)")
+            conn.execute("UPDATE t SET v = 12, ts = now() WHERE id = 2")
+        time.sleep(1.2)
+        assert run(raw).ok  # passes rows 4 and 2 while row 100 is not committed yet
+        late.commit()
+    assert run(raw).ok
+    with psycopg.connect(pg_dsn) as conn:
+        source = conn.execute("SELECT id, v FROM t ORDER BY id").fetchall()
+    assert warehouse(tmp_path, "id, v") == source
     assert [r[0] for r in source] == [1, 2, 3, 4, 100]

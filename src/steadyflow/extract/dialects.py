@@ -259,6 +259,11 @@ class Dialect:
         allow for (MysqlDialect)? False where the bound needs no such allowance."""
         return False
 
+    # the seconds west of UTC of the westmost time zone this source's sessions get by
+    # default (0 if none is west), for a cursor of naive times (PostgresDialect); None:
+    # the engine needs no query for it (MariaDB's observation row carries its own)
+    zone_west_sql: str | None = None
+
     def open_since(self, row: Sequence[Any], naive: bool = False) -> OpenSince:
         """The observation from `open_since_sql`'s row; `naive`: the cursor column holds
         times without a zone (see MysqlDialect)."""
@@ -404,6 +409,22 @@ class PostgresDialect(Dialect):
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
         "ORDER BY a.attnum")
+    # A `timestamp without time zone` filled by now() holds the wall time of the
+    # writer's TimeZone: the server's default (reset_val: postgresql.conf, or this
+    # database's or role's setting), or one set for this database or a role
+    # (pg_db_role_setting). This session runs in UTC and cannot see the writers' own.
+    zone_west_sql = (
+        "SELECT coalesce(max(-extract(epoch FROM (now() AT TIME ZONE z) - "
+        "(now() AT TIME ZONE 'UTC'))), 0) FROM ("
+        "SELECT reset_val AS z FROM pg_settings WHERE name = 'TimeZone' UNION "
+        "SELECT substr(c, strpos(c, '=') + 1) FROM pg_db_role_setting s, "
+        "unnest(s.setconfig) AS c WHERE c ILIKE 'timezone=%%' AND s.setdatabase IN "
+        "(0, (SELECT oid FROM pg_database WHERE datname = current_database()))) AS zones")
+
+    def naive_time(self, declared: str) -> bool:
+        """timestamp without time zone (timestamptz is an instant, read in UTC)."""
+        return declared.strip().lower().endswith("without time zone") and (
+            declared.strip().lower().startswith("timestamp"))
 
     def index_param(self, table: str) -> Any:
         return self.ident(table)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
 from typing import Any
@@ -49,6 +50,8 @@ BUSY_PROBE_EVERY = 5.0
 # epoch texts before it), together with the shape the checked rows had. A row re-stamped
 # into the middle of that range is found at the next whole check.
 CURSOR_RECHECK_EVERY = 3600.0
+# seconds between two looks at the zones a source's writers stamp naive times in
+ZONE_RECHECK_EVERY = 3600.0
 
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -171,6 +174,7 @@ class SqlSource:
         # lowercased) of its last probe on this connection (see PROBE_EVERY)
         self._probed: dict[str, tuple[float, tuple[str, ...], list[str], frozenset[str]]] = {}
         self._hidden_reported = False
+        self._west = (0.0, 0.0)  # (when asked, seconds west of UTC): _zone_west
         # (table, cursor column, type) → (monotonic time of the last whole check, the
         # column's least and greatest value noted before the last check, the profile of
         # every row checked) while the checks found nothing wrong (`_cursor_profile`)
@@ -501,13 +505,30 @@ class SqlSource:
                 at=datetime.min, oldest=None, visible=False)
         self._columns_seen(table, contract, columns)
         declared = {k.lower(): v for k, v in self.declared_types(table).items()}
-        observed = d.open_since(seen[0], d.naive_time(declared.get(contract.cursor.lower(),
-                                                                   "")))
+        naive = d.naive_time(declared.get(contract.cursor.lower(), ""))
+        observed = d.open_since(seen[0], naive)
+        west = self._zone_west(table) if naive else 0.0
+        if west > 0:  # naive stamps sort `west` seconds before the instant they were made
+            observed = replace(observed, margin=observed.margin + timedelta(seconds=west))
         if not observed.visible:
             self._report_hidden(table, "PostgreSQL shows no other users' transactions "
                                        "without pg_read_all_stats, nor the primary's on a "
                                        "standby")
         return self._position_of(table, contract, rows), observed
+
+    def _zone_west(self, table: str) -> float:
+        """Seconds west of UTC of the zone the source's writers may stamp naive times in
+        (Dialect.zone_west_sql), asked at most every ZONE_RECHECK_EVERY: an offset moves
+        with daylight saving, and an operator may change a database's zone."""
+        sql = self.dialect.zone_west_sql
+        if sql is None:
+            return 0.0
+        asked, west = self._west
+        if time.monotonic() - asked >= ZONE_RECHECK_EVERY or asked == 0.0:
+            [(value,)] = self._execute(table, sql, [])
+            west = max(0.0, float(value or 0))
+            self._west = (time.monotonic(), west)
+        return west
 
     def _report_hidden(self, table: str, why: str) -> None:
         """Loud, once per connection: the adaptive lookback fell back to the window."""
