@@ -130,3 +130,8 @@ def test_a_killed_follow_loop_fails_status_at_once(tmp_path: Path) -> None:
     steadyflow("run", "-c", str(config), check=True)  # a run that finishes clears it
     code, report = _status(config)
     assert code == 0 and report["loop"] is None, report
+    # and closed the runs the killed loop left open: none reads "running" any more
+    runs = report["runs"]
+    assert all(r["ended_at"] is not None for r in runs), runs
+    assert runs[0]["outcome"] == "ok" and any(r["outcome"] == "killed" for r in runs), runs
+    assert ">running<" not in _page(config)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -127,11 +128,18 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-def _hold_loop(pipeline: Any, command: str) -> Any:
-    """The state directory's loop lock (run/lock.py): one loop per pipeline."""
+@contextlib.contextmanager
+def _hold_loop(pipeline: Any, command: str) -> Iterator[None]:
+    """The state directory's loop lock (run/lock.py): one loop per pipeline. The runs a
+    killed predecessor left open are closed as 'killed' (they stopped when it died; left
+    open, the history said 'running' for ever)."""
     from steadyflow.run.lock import hold_loop
 
-    return hold_loop(pipeline.config.resolve(pipeline.config.state_dir), command)
+    with hold_loop(pipeline.config.resolve(pipeline.config.state_dir), command) as dead:
+        if dead is not None:
+            pipeline.state.close_runs("killed", since=float(dead.get("since") or 0),
+                                      command="run")
+        yield
 
 
 def _install_signals(pipeline: Any) -> None:
@@ -544,7 +552,6 @@ def serve(config: ConfigOpt,
     A read-only view by default: it never runs a second loop beside `run --follow`. With
     --run it also runs the loop, and is refused while another process runs this pipeline.
     """
-    import contextlib
     import os
 
     from steadyflow.observe.web import serve as serve_forever

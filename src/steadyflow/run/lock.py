@@ -86,8 +86,10 @@ def describe(who: dict[str, Any] | None) -> str:
 
 
 @contextmanager
-def hold_loop(state_dir: Path, command: str) -> Iterator[None]:
-    """Hold the state directory's loop lock for the block, or raise LoopBusy at once."""
+def hold_loop(state_dir: Path, command: str) -> Iterator[dict[str, Any] | None]:
+    """Hold the state directory's loop lock for the block, or raise LoopBusy at once.
+    Yields the loop that held it last if that one ended without letting go (killed: the
+    file still names it), for the caller to close what it left open; else None."""
     state_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -99,11 +101,12 @@ def hold_loop(state_dir: Path, command: str) -> Iterator[None]:
                 f"(state directory {state_dir})", stage="run",
                 hint="one loop per state directory: stop that one first, or watch it "
                      "read-only with `steadyflow serve` / `steadyflow status`") from None
+        dead = holder(state_dir)  # a holder that let go emptied the file
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                  "command": command, "since": time.time()}).encode())
         try:
-            yield
+            yield dead or None
         finally:
             os.ftruncate(fd, 0)
     finally:

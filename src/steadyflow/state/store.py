@@ -775,6 +775,17 @@ class StateStore(ABC):
                 (time.time(), outcome, batches, rows, error and scrub(error), run_id),
             )
 
+    def close_runs(self, outcome: str, since: float, command: str) -> int:
+        """End the `command` runs started since `since` (epoch s) and never ended, as
+        `outcome`: those of a loop that was killed (cli _hold_loop, under the loop lock,
+        so no live loop of this state directory has such a run). Returns how many."""
+        with self._tx() as c:
+            return len(c.execute(
+                "UPDATE runs SET ended_at=?, outcome=?, error=? WHERE ended_at IS NULL AND "
+                "command=? AND started_at>=? RETURNING run_id",
+                (time.time(), outcome, "the process ended without finishing this run",
+                 command, since - 1.0)).fetchall())
+
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         cols = ["run_id", "command", "started_at", "ended_at", "outcome", "batches", "rows",
                 "error"]
