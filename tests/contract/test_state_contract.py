@@ -230,6 +230,18 @@ def test_manifest_is_idempotent_and_tracks_status(adapter: Adapter) -> None:
     assert b.batch("nope") is None
 
 
+def test_a_killed_loops_runs_are_closed(adapter: Adapter) -> None:
+    s = adapter.open()
+    before = s.start_run("run")
+    s.end_run(before, "ok", 0, 0)
+    since = time.time()
+    open_run, other = s.start_run("run"), s.start_run("extract")
+    assert s.close_runs("killed", since=since, command="run") == 1
+    runs = {r["run_id"]: r for r in s.runs()}
+    assert runs[open_run]["outcome"] == "killed" and runs[open_run]["ended_at"] is not None
+    assert runs[before]["outcome"] == "ok" and runs[other]["ended_at"] is None
+
+
 def test_runs_health_polls_quarantine_reconcile(adapter: Adapter) -> None:
     s = adapter.open()
     run = s.start_run("run")
