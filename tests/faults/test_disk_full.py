@@ -232,3 +232,49 @@ def test_follow_while_the_warehouse_disk_fills_and_gets_room_again(
     code, report = status(cfg)
     assert code == 0, report
 
+
+
+def test_a_warehouse_invalidated_by_a_full_disk_is_opened_again(small_disk: Path) -> None:
+    """A checkpoint that cannot write (the WAL past checkpoint_threshold, the disk full)
+    is fatal to DuckDB: it invalidates the database and refuses every later statement
+    until it is opened again. A long-running loader failed every load until restarted;
+    now the failure is retryable (WarehouseUnavailable) and the next attempt, with room
+    again, opens the file anew (replaying its WAL) and loads."""
+    from steadyflow.errors import WarehouseUnavailable
+    from steadyflow.merge.duckdb import DuckdbWarehouse
+    from steadyflow.model import BatchRef, Column, Contract, TableRef
+    from steadyflow.ports import LoadPart
+
+    contract = Contract(columns=(Column("k", "int64", nullable=False), Column("v", "string"),
+                                 Column("ts", "int64")), primary_key=("k",), cursor="ts")
+    ref = TableRef("s", "t", "t")
+
+    def part(n: int) -> LoadPart:
+        import pyarrow as pa
+
+        rows = pa.table({"k": pa.array(range(n * 10_000, n * 10_000 + 2_000), pa.int64()),
+                         "v": pa.array([f"value {i} " * 5 for i in range(2_000)]),
+                         "ts": pa.array([n] * 2_000, pa.int64())})
+        return LoadPart(ref, contract, BatchRef(f"b{n}", "s", "t", "x", 2_000, 0, "", None,
+                                                None, 0.0, seq=n), rows)
+
+    path = small_disk / "warehouse.duckdb"
+    wh = DuckdbWarehouse(path)
+    try:
+        wh.ensure_table(ref, contract)
+        wh.query("SET checkpoint_threshold = '1KB'")  # every commit checkpoints
+        assert wh.load_group([part(1)])[0] is not None
+        filler = fill(small_disk, 20_000)
+        with pytest.raises(WarehouseUnavailable, match="invalidated"):
+            wh.load_group([part(2)])
+        filler.unlink()
+        for n in (2, 3):  # the same object, room again: opened anew, and it loads
+            merged = wh.load_group([part(n)])[0]
+            assert merged is not None and merged.changed == 2_000
+    finally:
+        wh.close()
+    with closing(duckdb.connect(str(path), read_only=True)) as con:  # the oracle
+        assert con.execute("SELECT count(*), count(DISTINCT k) FROM main.t").fetchone() == (
+            6_000, 6_000)
+        assert sorted(r[0] for r in con.execute(
+            f"SELECT batch_id FROM main.{LEDGER}").fetchall()) == ["b1", "b2", "b3"]

@@ -159,18 +159,45 @@ class DuckdbWarehouse:
         # keyed by target and column set: a `schema_drift: add` column makes a new plan
         self._plans: dict[tuple[str, tuple[str, ...]], MergePlan] = {}
         self._upserts: dict[tuple[str, tuple[str, ...]], _Upsert] = {}
+        self._threads = threads
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._db = self._connect()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
         try:
-            if not path.exists():
-                _create(path)
-            self._conn = duckdb.connect(str(path), config={"memory_limit": memory_limit,
-                                                           "threads": threads})
+            if not self.path.exists():
+                _create(self.path)
+            return duckdb.connect(str(self.path), config={"memory_limit": self.memory_limit,
+                                                          "threads": self._threads})
         except (duckdb.InvalidInputException, duckdb.ParserException) as exc:
             raise ConfigError(f"warehouse: bad DuckDB setting: {exc}") from None
-        except duckdb.IOException as exc:
-            raise WarehouseUnavailable(f"cannot open DuckDB warehouse {path}: {exc}",
+        except (duckdb.IOException, duckdb.FatalException) as exc:
+            raise WarehouseUnavailable(f"cannot open DuckDB warehouse {self.path}: {exc}",
                                        stage="load",
-                                       hint="another process may hold the file") from None
+                                       hint="another process may hold the file, or its "
+                                            "disk is full") from None
+
+    @property
+    def _conn(self) -> duckdb.DuckDBPyConnection:
+        """The connection, opened again after DuckDB invalidated the last one."""
+        if self._db is None:
+            self._db = self._connect()
+        return self._db
+
+    def _invalidated(self, exc: duckdb.FatalException, what: str) -> WarehouseUnavailable:
+        """DuckDB invalidates its database after a fatal error (a checkpoint that could
+        not write: a full disk) and refuses every later statement until it is opened
+        again: the connection is dropped, so the next call opens it (and replays the
+        WAL), instead of this process failing every load until it restarts."""
+        with contextlib.suppress(duckdb.Error):
+            if self._db is not None:
+                self._db.close()
+        self._db = None
+        return WarehouseUnavailable(f"{what}: {str(exc).splitlines()[0][:300]}",
+                                    stage="load", hint="the warehouse is opened again on "
+                                    "the next attempt; check the disk under "
+                                    f"{self.path.parent}")
 
     def _plan(self, ref: TableRef, contract: Contract) -> MergePlan:
         key = (ref.target, contract.names)
@@ -191,6 +218,9 @@ class DuckdbWarehouse:
                 self._conn.execute(p.create_ledger)
                 for stmt in p.add_ledger_counts:
                     self._conn.execute(stmt)
+            except duckdb.FatalException as exc:
+                raise self._invalidated(exc, f"cannot create warehouse table {ref.target}"
+                                        ) from None
             except duckdb.Error as exc:
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
@@ -276,6 +306,9 @@ class DuckdbWarehouse:
                 raise
         except duckdb.OutOfMemoryException:
             raise
+        except duckdb.FatalException as exc:
+            raise self._invalidated(exc, f"committing {len(results)} batch(es) to DuckDB "
+                                         "failed") from None
         except duckdb.Error as exc:  # the commit itself (a part's error names its batch)
             raise FatalError(f"committing {len(results)} batch(es) to DuckDB failed: "
                              f"{exc}", stage="load") from None
@@ -425,6 +458,8 @@ class DuckdbWarehouse:
                     "WHERE batch_id = ?", [batch_id]).fetchone())
             except duckdb.CatalogException:
                 return False
+            except duckdb.FatalException as exc:
+                raise self._invalidated(exc, "ledger lookup failed") from None
 
     def ledgered(self, batch_ids: Sequence[str]) -> dict[str, Ledgered]:
         if not batch_ids:
@@ -441,6 +476,8 @@ class DuckdbWarehouse:
                         [list(batch_ids)]).fetchall()
             except duckdb.CatalogException:
                 return {}
+            except duckdb.FatalException as exc:
+                raise self._invalidated(exc, "ledger lookup failed") from None
         return {r[0]: Ledgered(int(r[1]), r[2], r[3]) for r in rows}
 
     def query(self, sql: str, params: list[object] | None = None) -> pa.Table:
@@ -451,4 +488,5 @@ class DuckdbWarehouse:
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._db is not None:
+                self._db.close()
