@@ -27,8 +27,9 @@ from typing import Any
 
 import duckdb
 import pytest
-from tests.conftest import steadyflow, unavailable, write_pipeline
+from tests.conftest import steadyflow, write_pipeline
 from tests.faults.test_network import seed_pg, sql_source
+from tests.support.disk import tmpfs
 from tests.support.gen import Col, Table
 from tests.support.oracle import diff, read_source, read_warehouse
 
@@ -45,16 +46,8 @@ FIRST, MORE = 3_000, 12_000
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MB filesystem of its own (the landing test's mechanism)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        unavailable(f"cannot mount a 4 MB tmpfs: {proc.stderr.strip() or proc.returncode}")
-    try:
+    with tmpfs(tmp_path / "disk", 4) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path, leave: int) -> Path:

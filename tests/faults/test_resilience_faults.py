@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 import psycopg
 import pytest
-from tests.conftest import SALES_CONTRACT, require_tool, unavailable, write_pipeline
+from tests.conftest import SALES_CONTRACT, require_tool, write_pipeline
 from tests.faults.test_network import (
     assert_warehouse_equals_sources,
     metric,
@@ -36,6 +36,7 @@ from tests.faults.test_network import (
     sql_source,
     warehouse_rows,
 )
+from tests.support.disk import tmpfs
 
 from steadyflow.config import PipelineConfig, load_config, parse_config
 from steadyflow.demo.flaky_api import FlakyApiServer, create_api_db, mutate
@@ -200,16 +201,8 @@ def test_wrong_credentials_and_missing_table_fail_fast(
 # --- landing disk full ---------------------------------------------------------------------
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "landing"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        unavailable(f"cannot mount a 2 MB tmpfs: {proc.stderr.strip() or proc.returncode}")
-    try:
+    with tmpfs(tmp_path / "landing", 2) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_landing_disk_full_clear_error_no_corrupt_file_checkpoint_holds(
