@@ -313,7 +313,9 @@ class TableConfig(_Strict):
     records_path: str = Field(default="data", description=(
         "HTTP: dotted path to the list of records in a response page"))
     next_path: str = Field(default="next", description=(
-        "HTTP: dotted path to the next-page token; null or absent = the last page"))
+        "HTTP: dotted path to the next-page token; null, absent or \"\" = the last page, as is "
+        "an empty page handing back the token it was asked with (an empty page with a new "
+        "token is followed)"))
     next_param: str = Field(default="after", description=(
         "HTTP: the query parameter that carries the next-page token"))
     since_param: str | None = Field(default="updated_since", description=(

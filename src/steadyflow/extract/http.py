@@ -72,6 +72,7 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: SQL-only runs sk
 RAW_SUFFIX = ".raw"  # landed raw pages live under landing/<source>/<table>.raw/
 REJECTED_SUFFIX = ".rejected"  # records that could not be placed: <table>.rejected/
 _TEXT_LIMIT = 200
+MAX_EMPTY_PAGES = 100  # empty pages in a row with new tokens before a chain is refused
 
 
 @dataclass(eq=False)
@@ -160,7 +161,7 @@ class TokenChain:
     `resume` and `since` are the run's start (the checkpoint, or the lookback's `since`)
     and stay fixed for the whole chain: pages keep every record past them whatever order
     the API serves. `high` is the running maximum over every page read so far; the
-    checkpoint may move to it only once `ended` (next token null, or an empty page),
+    checkpoint may move to it only once `ended` (see `follow`),
     because before that an older record may still be on a later page.
     """
 
@@ -170,15 +171,44 @@ class TokenChain:
     high: Watermark | None = None
     pages: int = 0
     ended: bool = False
+    source: str | None = None
+    table: str | None = None
+    empty_pages: int = 0  # empty pages in a row, each handing out a new token
 
     def follow(self, page: HttpPage) -> None:
-        """Take in a parsed page: raise the high, keep its token, or end the chain."""
+        """Take in a parsed page: raise the high, keep its token, or end the chain.
+
+        The chain ends on a null or empty ("" as Slack's next_cursor) token, or on an empty
+        page handing back the token it was asked with. An empty page with a NEW token is
+        followed: APIs that filter after paging (or skip deleted rows) serve empty pages
+        before the end, and ending there moved the checkpoint past every record on the
+        later pages (a newest-first API's older records: lost). A page with records that
+        hands back the token it was asked with would be served again for ever: refused,
+        as are more than MAX_EMPTY_PAGES empty pages in a row.
+        """
         self.pages += 1
         if page.high is not None and (
                 self.high is None or page.high.as_tuple() > self.high.as_tuple()):
             self.high = page.high
-        self.token = page.next_token if page.records > 0 else None
-        self.ended = self.token is None
+        sent, token = self.token, page.next_token or None
+        if token is not None and token == sent:
+            if page.records > 0:
+                raise FatalError(
+                    f"the API handed back the next-page token it was asked with ({sent[:40]!r})"
+                    " on a page with records: following it would read that page for ever",
+                    stage="extract", source=self.source, table=self.table,
+                    hint="check the table's next_param and next_path: the token must be "
+                         "sent back in the parameter the API reads it from")
+            token = None
+        self.empty_pages = self.empty_pages + 1 if page.records == 0 and token else 0
+        if self.empty_pages > MAX_EMPTY_PAGES:
+            raise FatalError(
+                f"{self.empty_pages} empty pages in a row, each with a new next-page token: "
+                "the chain may never end; the checkpoint stays where it was",
+                stage="extract", source=self.source, table=self.table,
+                hint="check the table's next_path: it must be null or absent on the last page")
+        self.token = token
+        self.ended = token is None
 
 
 def retry_after_seconds(value: str | None, date_header: str | None = None) -> float | None:
@@ -465,7 +495,7 @@ class HttpSource:
                           since=chain.since)
 
     def has_more(self, page: HttpPage) -> bool:
-        return page.next_token is not None and page.records > 0
+        return bool(page.next_token)
 
 
 def is_raw_page(path: str) -> bool:

@@ -734,7 +734,8 @@ class TableExtractor:
         """
         chain = self._chain
         if chain is None or chain.ended:
-            chain = self._chain = TokenChain(resume=after, since=since)
+            chain = self._chain = TokenChain(resume=after, since=since,
+                                                source=self.ref.source, table=self.ref.table)
         reasons: list[str] = []
         for _ in range(self.table.bad_page_retries + 1):
             raw = self.guard.call(

@@ -1,0 +1,179 @@
+"""What real APIs do to a page walk, on a real loopback server: empty pages before the end,
+an empty-string token on the last page, a token handed back unchanged, and an offset walk
+that shifts because a record moved while the client was paging.
+
+Each test runs steadyflow for real and compares the warehouse, read with DuckDB's own
+driver, with the records the server holds: the only acceptable outcomes are equality, or
+a run that fails naming the source and table.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import duckdb
+import pytest
+
+from steadyflow.config import parse_config
+from steadyflow.run.pipeline import Pipeline, RunSummary
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(60)]
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+Query = dict[str, list[str]]
+Page = dict[str, Any]
+
+
+def stamp(second: int) -> str:
+    return (T0 + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class OffsetApi:
+    """Records served `limit` at a time by offset (token "<offset>"), in `order`; the
+    token "e<offset>" is answered with an empty page whose token is "<offset>".
+
+    `shape` may rewrite a page (and see the request number) before it is sent."""
+
+    def __init__(self, count: int, order: str = "asc") -> None:
+        self.records = {i: {"id": i, "updated_at": stamp(i), "qty": i} for i in
+                        range(1, count + 1)}
+        self.order = order
+        self.requests = 0
+        self.shape: Callable[[OffsetApi, Query, Page], Page] | None = None
+
+    def page(self, query: Query) -> Page:
+        self.requests += 1
+        if query.get("after", [""])[0].startswith("e"):  # an empty page, then that offset
+            return {"data": [], "next": query["after"][0][1:]}
+        limit = int(query.get("limit", ["100"])[0])
+        offset = int(query.get("after", ["0"])[0])
+        since = query.get("updated_since", [""])[0]
+        rows = sorted((r for r in self.records.values() if r["updated_at"] >= since),
+                      key=lambda r: (r["updated_at"], r["id"]), reverse=self.order == "desc")
+        more = offset + limit < len(rows)
+        page: Page = {"data": rows[offset:offset + limit],
+                      "next": str(offset + limit) if more else None}
+        return self.shape(self, query, page) if self.shape else page
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[OffsetApi], str]]:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(api: OffsetApi) -> str:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                body = json.dumps(api.page(parse_qs(urlsplit(self.path).query))).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def run(tmp: Path, url: str) -> RunSummary:
+    raw = {"name": "pages", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
+           "landing": {"path": str(tmp / "landing")},
+           "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
+           "contracts": {"t": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
+               "id": {"type": "int64", "nullable": False},
+               "updated_at": {"type": "timestamp", "nullable": False},
+               "qty": {"type": "int64"}}}},
+           "sources": [{"name": "api", "kind": "http", "url": url,
+                        "resilience": {"retries": 0},
+                        "tables": [{"name": "t", "contract": "t", "endpoint": "/items",
+                                    "page_size": 3, "min_page_size": 1}]}]}
+    with Pipeline(parse_config(raw)) as pipeline:
+        return pipeline.run_once(raise_on_error=False)
+
+
+def warehouse(tmp: Path) -> dict[int, tuple[str, int]]:
+    """id -> (updated_at as the API spells it, qty), read by DuckDB itself."""
+    con = duckdb.connect(str(tmp / "wh.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT id, strftime(updated_at AT TIME ZONE 'UTC', "
+                           "'%Y-%m-%dT%H:%M:%S.%fZ'), qty FROM w.t").fetchall()
+    finally:
+        con.close()
+    return {i: (u, q) for i, u, q in rows}
+
+
+def served(api: OffsetApi) -> dict[int, tuple[str, int]]:
+    return {i: (r["updated_at"], r["qty"]) for i, r in api.records.items()}
+
+
+def test_an_empty_page_before_the_end_does_not_end_the_walk(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """Newest first, and the second answer is an empty page carrying a token (an API that
+    filters after paging): the walk used to end there and the checkpoint moved to the
+    newest record, so every older record was behind it for good (ok, 9 of 12 lost)."""
+    api = OffsetApi(12, order="desc")
+
+    def empty_second(api: OffsetApi, query: Query, page: Page) -> Page:
+        return {**page, "next": "e3"} if page["next"] == "3" else page
+
+    api.shape = empty_second
+    url = serve(api)
+    first = run(tmp_path, url)
+    assert first.ok, first.errors
+    second = run(tmp_path, url)
+    assert second.ok, second.errors
+    assert warehouse(tmp_path) == served(api)
+
+
+def test_an_empty_string_token_ends_the_walk(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """Slack's next_cursor is "" on the last page: it used to be sent back as `after=`,
+    and an API that reads that as "from the start" was walked for ever."""
+    api = OffsetApi(7)
+
+    def blank_last(api: OffsetApi, query: Query, page: Page) -> Page:
+        if api.requests > 20:
+            raise AssertionError("walked past the end")
+        return {**page, "next": page["next"] or ""}
+
+    api.shape = blank_last
+    url = serve(api)
+    summary = run(tmp_path, url)
+    assert summary.ok, summary.errors
+    assert api.requests == 3
+    assert warehouse(tmp_path) == served(api)
+
+
+def test_a_token_handed_back_unchanged_is_refused(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """A page with records whose next token is the one it was asked with would be read
+    for ever: the run fails at once naming the table, the checkpoint unmoved."""
+    api = OffsetApi(7)
+
+    def stuck(api: OffsetApi, query: Query, page: Page) -> Page:
+        if api.requests > 20:
+            return {"data": [], "next": None}  # the old code looped until here
+        return {**page, "next": query["after"][0]} if "after" in query else page
+
+    api.shape = stuck
+    summary = run(tmp_path, serve(api))
+    assert not summary.ok
+    text = " ".join(str(e) for e in summary.errors)
+    assert "next-page token it was asked with" in text and "api" in text, text
+    assert api.requests == 2
