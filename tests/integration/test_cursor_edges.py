@@ -15,6 +15,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ import duckdb
 import psycopg
 import pytest
 import yaml
+from tests.conftest import steadyflow
 
+from steadyflow.model import Watermark
 from steadyflow.run.pipeline import Pipeline, RunSummary
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -127,3 +130,29 @@ def test_a_row_stamped_in_the_future_holds_no_later_row_back(tmp_path: Path,
     write("INSERT INTO t VALUES (4, ?)", at(1))
     assert run(tmp_path, source, contract, lookback=lookback).ok
     assert loaded_ids(tmp_path) == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_left_at_nan_is_refused_with_its_fix(tmp_path: Path) -> None:
+    """A checkpoint recorded at NaN before such cursors were refused at the probe stayed
+    there: with the source row corrected, the probe passes, but no row sorts after NaN,
+    so the table read nothing for ever, every run ok. It is refused, naming the reset."""
+    db = tmp_path / "store.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v NUMERIC NOT NULL)")
+        conn.execute("INSERT INTO t VALUES (1, 10), (2, 20)")
+        conn.commit()
+    source = {"kind": "sqlite", "path": str(db)}
+    assert run(tmp_path, source).ok
+    with closing(sqlite3.connect(tmp_path / "state" / "state.db")) as state:
+        state.execute("UPDATE checkpoints SET watermark = ?",
+                      (Watermark(Decimal("NaN"), (3,)).to_json(),))
+        state.commit()
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("INSERT INTO t VALUES (4, 30)")
+        conn.commit()
+    refused = run(tmp_path, source)
+    assert "s.t" in refused.failed_tables, refused
+    assert any("NaN" in e and "steadyflow reset" in e for e in refused.errors), refused.errors
+    steadyflow("reset", "-c", str(tmp_path / "pipeline.yml"), "--table", "s.t", check=True)
+    assert run(tmp_path, source).ok
+    assert loaded_ids(tmp_path) == [1, 2, 4]

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -82,6 +84,22 @@ def cursor_epoch(cursor: object) -> float | None:
     if isinstance(cursor, date):
         return datetime(cursor.year, cursor.month, cursor.day, tzinfo=UTC).timestamp()
     return None
+
+
+def _refuse_endless(cursor: object, ref: TableRef, column: str) -> None:
+    """A checkpoint at NaN or +Infinity (recorded before such cursors were refused at the
+    probe, SqlSource._check_end) sorts after every number: no row is ever read after it,
+    even once the source row is corrected. Refused with the fix instead of polling on,
+    every run ok, reading nothing."""
+    if isinstance(cursor, Decimal | float) and (
+            math.isnan(cursor) or (math.isinf(cursor) and cursor > 0)):
+        raise SchemaError(
+            f"the checkpoint of {ref.label} is {cursor} in cursor column {column}: no row "
+            "sorts after it, so nothing would ever be read again", stage="extract",
+            source=ref.source, table=ref.table,
+            hint=f"give the rows a real {column}, then `steadyflow reset --table "
+                 f"{ref.label}` (the next run reads the table again; the merge keeps the "
+                 "warehouse exact)")
 
 
 def _aware(value: datetime) -> datetime:
@@ -221,6 +239,7 @@ class TableExtractor:
         mark = self._start_mark = self.state.checkpoint(self.ref.source, self.ref.table)
         if mark is None:
             return None, None  # first run: full load in keyset pages
+        _refuse_endless(mark.cursor, self.ref, self.contract.cursor)
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
             return None, self._respell(mark.cursor)
         bound = self._adaptive_bound(observed) if isinstance(mark.cursor, datetime) else None
