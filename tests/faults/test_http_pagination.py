@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import duckdb
 import pytest
 
-from steadyflow.config import parse_config
+from steadyflow.config import PipelineConfig, parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(60)]
@@ -39,7 +39,8 @@ class OffsetApi:
     """Records served `limit` at a time by offset (token "<offset>"), in `order`; the
     token "e<offset>" is answered with an empty page whose token is "<offset>".
 
-    `shape` may rewrite a page (and see the request number) before it is sent."""
+    `before` may write to the records before a request is answered, `shape` rewrite the
+    page before it is sent (both see the request number)."""
 
     def __init__(self, count: int, order: str = "asc") -> None:
         self.records = {i: {"id": i, "updated_at": stamp(i), "qty": i} for i in
@@ -47,9 +48,12 @@ class OffsetApi:
         self.order = order
         self.requests = 0
         self.shape: Callable[[OffsetApi, Query, Page], Page] | None = None
+        self.before: Callable[[OffsetApi], None] | None = None  # a write before answering
 
     def page(self, query: Query) -> Page:
         self.requests += 1
+        if self.before is not None:
+            self.before(self)
         if query.get("after", [""])[0].startswith("e"):  # an empty page, then that offset
             return {"data": [], "next": query["after"][0][1:]}
         limit = int(query.get("limit", ["100"])[0])
@@ -91,8 +95,8 @@ def serve() -> Iterator[Callable[[OffsetApi], str]]:
         server.server_close()
 
 
-def run(tmp: Path, url: str) -> RunSummary:
-    raw = {"name": "pages", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
+def config(tmp: Path, url: str) -> PipelineConfig:
+    return parse_config({"name": "pages", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
            "landing": {"path": str(tmp / "landing")},
            "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
            "contracts": {"t": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
@@ -102,8 +106,11 @@ def run(tmp: Path, url: str) -> RunSummary:
            "sources": [{"name": "api", "kind": "http", "url": url,
                         "resilience": {"retries": 0},
                         "tables": [{"name": "t", "contract": "t", "endpoint": "/items",
-                                    "page_size": 3, "min_page_size": 1}]}]}
-    with Pipeline(parse_config(raw)) as pipeline:
+                                    "page_size": 3, "min_page_size": 1}]}]})
+
+
+def run(tmp: Path, url: str) -> RunSummary:
+    with Pipeline(config(tmp, url)) as pipeline:
         return pipeline.run_once(raise_on_error=False)
 
 
@@ -177,3 +184,47 @@ def test_a_token_handed_back_unchanged_is_refused(
     text = " ".join(str(e) for e in summary.errors)
     assert "next-page token it was asked with" in text and "api" in text, text
     assert api.requests == 2
+
+
+def test_a_record_moving_during_an_offset_walk_costs_no_other_record(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """Oldest first by offset; record 1 is updated while page 2 is asked for, so it moves
+    to the end and every later record one place up: record 4 was on no page the walk read,
+    and the checkpoint moved past it to record 1's new time (ok, record 4 lost for good).
+    The moved record is met twice at different positions: the walk is done again."""
+    api = OffsetApi(12)
+
+    def update_first(api: OffsetApi) -> None:
+        if api.requests == 2:
+            api.records[1] = {"id": 1, "updated_at": stamp(100), "qty": 999}
+
+    api.before = update_first
+    url = serve(api)
+    for _ in range(2):
+        summary = run(tmp_path, url)
+        assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)
+
+
+def test_records_moving_during_every_walk_hold_the_checkpoint(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """Writes during every walk: after three unsettled walks the checkpoint stays where the
+    run started (a record may have been skipped), and a quiet run then gets everything."""
+    api = OffsetApi(12)
+
+    def update_one(api: OffsetApi) -> None:
+        if api.requests % 2 == 0:
+            i = api.requests % 12 + 1
+            api.records[i] = {"id": i, "updated_at": stamp(100 + api.requests), "qty": -i}
+
+    api.before = update_one
+    url = serve(api)
+    summary = run(tmp_path, url)
+    assert summary.ok, summary.errors
+    assert api.requests == 3 * 4  # three walks of four pages
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None
+    api.before = None
+    summary = run(tmp_path, url)
+    assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)

@@ -73,6 +73,7 @@ RAW_SUFFIX = ".raw"  # landed raw pages live under landing/<source>/<table>.raw/
 REJECTED_SUFFIX = ".rejected"  # records that could not be placed: <table>.rejected/
 _TEXT_LIMIT = 200
 MAX_EMPTY_PAGES = 100  # empty pages in a row with new tokens before a chain is refused
+MAX_TRACKED_KEYS = 500_000  # keys a chain remembers to notice a record moving mid-walk
 
 
 @dataclass(eq=False)
@@ -152,6 +153,7 @@ class HttpPage:
     records: int  # records in the payload, before dropping those at or before `after`
     extra_fields: list[str] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    marks: list[tuple[Any, ...]] = field(default_factory=list)  # (cursor, key...) of each
 
 
 @dataclass
@@ -174,6 +176,24 @@ class TokenChain:
     source: str | None = None
     table: str | None = None
     empty_pages: int = 0  # empty pages in a row, each handing out a new token
+    walks: int = 1  # this walk's number from the same resume point in this run
+    moved: tuple[Any, ...] | None = None  # the key of a record seen at two positions
+    _seen: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def _track(self, marks: list[tuple[Any, ...]]) -> None:
+        """Note a record met again at another (cursor, key) position: it was updated while
+        this chain walked. An API paging by offset or page number then shifted every later
+        record by one, and the record at the shift was skipped with a cursor below the
+        chain's high: the walk is unsettled (see run.extract: walked again, or the
+        checkpoint held). Hashes only, at most MAX_TRACKED_KEYS per chain."""
+        for mark in marks:
+            key, where = hash(mark[1:]), hash(mark)
+            first = self._seen.get(key)
+            if first is None:
+                if len(self._seen) < MAX_TRACKED_KEYS:
+                    self._seen[key] = where
+            elif first != where and self.moved is None:
+                self.moved = mark[1:]
 
     def follow(self, page: HttpPage) -> None:
         """Take in a parsed page: raise the high, keep its token, or end the chain.
@@ -187,6 +207,7 @@ class TokenChain:
         as are more than MAX_EMPTY_PAGES empty pages in a row.
         """
         self.pages += 1
+        self._track(page.marks)
         if page.high is not None and (
                 self.high is None or page.high.as_tuple() > self.high.as_tuple()):
             self.high = page.high
@@ -371,7 +392,7 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
     extra = sorted(f for f in seen if f.lower() not in known)
     return HttpPage(rows=pa.Table.from_arrays(columns, names=list(names)), high=high,
                     next_token=token, records=len(records), extra_fields=extra,
-                    rejected=rejected)
+                    rejected=rejected, marks=[mark for _, mark in placed])
 
 
 class HttpSource:

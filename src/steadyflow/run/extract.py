@@ -137,6 +137,7 @@ def open_source(config: SourceConfig) -> Source:
 # at most that stale; a busy table is polled several times a second).
 POLL_RECORD_EVERY = 10.0
 POLL_RECORD_MOVED = 1.0
+HTTP_WALKS = 3  # page walks from one resume point per run while records move (_unsettled)
 
 
 @dataclass
@@ -516,7 +517,8 @@ class TableExtractor:
     def _checkpoint(self, high: Watermark) -> None:
         """Move the checkpoint to a published page's high. For HTTP only at the end of
         the token chain: before it, an older record may still be on a later page."""
-        if self._chain is not None and not self._chain.ended:
+        if self._chain is not None and (not self._chain.ended
+                                        or self._chain.moved is not None):
             return
         self.result.moved = self.result.moved or high != self._start_mark
         self.state.advance_checkpoint(self.ref.source, self.ref.table, high, lease=self.lease)
@@ -771,16 +773,44 @@ class TableExtractor:
             if page.rejected and not dry_run:
                 self._quarantine_records(raw, page.rejected)
             chain.follow(page)
+            meta: dict[str, object] = {"raw_page": raw_ref.batch_id} if raw_ref else {}
+            if chain.ended and chain.moved is not None:
+                more = self._unsettled(chain)
+                if more:
+                    return _Page(page.rows, chain.high, True, raw.seconds, meta)
             if chain.ended and chain.high is not None and not page.rows.num_rows \
                     and not dry_run:
                 self._checkpoint(chain.high)
-            meta: dict[str, object] = {"raw_page": raw_ref.batch_id} if raw_ref else {}
             return _Page(page.rows, chain.high, not chain.ended, raw.seconds, meta)
         raise QuarantineError(
             f"{len(reasons)} bad payload(s) in a row for the same page ({reasons[-1]}); "
             "the pages before it are landed, this table resumes from its checkpoint on the "
             "next run", stage="extract", source=self.ref.source, table=self.ref.table,
             hint="steadyflow quarantine list shows the raw pages; run.extract.replay_pages")
+
+    def _unsettled(self, chain: TokenChain) -> bool:
+        """A record moved while the chain walked (TokenChain._track): an API paging by
+        offset or page number skipped the record at the shift, below the chain's high, so
+        moving the checkpoint there lost it for good (every run ok). Walk again from the
+        same resume point (True: a new chain is started); after HTTP_WALKS unsettled walks
+        the checkpoint stays where the run started (`_checkpoint`), and the next run
+        re-reads from there. Every record read is loaded either way (the merge keeps the
+        newest)."""
+        src, tbl = self.ref.source, self.ref.table
+        if chain.walks < HTTP_WALKS:
+            log.warning("a record (key %s) moved while the page walk went on; an API that "
+                        "pages by offset or page number skips a record then: walking again "
+                        "from the same start (walk %d of at most %d)", chain.moved,
+                        chain.walks + 1, HTTP_WALKS, extra=self._extra())
+            self._chain = TokenChain(resume=chain.resume, since=chain.since, source=src,
+                                     table=tbl, high=chain.high, walks=chain.walks + 1)
+            return True
+        log.warning("records moved during each of %d page walks (last: key %s): the "
+                    "checkpoint stays where this run started and the next run reads from "
+                    "there again; if the API pages by keyset tokens this costs only re-reads, "
+                    "if by offset or page number, page when it is quieter or with a larger "
+                    "page_size", HTTP_WALKS, chain.moved, extra=self._extra())
+        return False
 
     def _land_raw(self, raw: RawPage) -> BatchRef:
         """The raw answer, durable before it is parsed (not in the manifest: not loadable)."""
