@@ -49,6 +49,7 @@ class OffsetApi:
         self.requests = 0
         self.shape: Callable[[OffsetApi, Query, Page], Page] | None = None
         self.before: Callable[[OffsetApi], None] | None = None  # a write before answering
+        self.moved_to = ""  # answer every request with a 301 to here
 
     def page(self, query: Query) -> Page:
         self.requests += 1
@@ -74,6 +75,12 @@ def serve() -> Iterator[Callable[[OffsetApi], str]]:
     def start(api: OffsetApi) -> str:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if api.moved_to:
+                    self.send_response(301)
+                    self.send_header("Location", api.moved_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = json.dumps(api.page(parse_qs(urlsplit(self.path).query))).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -228,3 +235,16 @@ def test_records_moving_during_every_walk_hold_the_checkpoint(
     summary = run(tmp_path, url)
     assert summary.ok, summary.errors
     assert warehouse(tmp_path) == served(api)
+
+
+def test_a_redirect_is_refused_naming_where_the_api_went(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """A 301 is not followed (it may drop the query or the credentials): the run fails at
+    once naming the table and the new location (it said only 'HTTP 301' and to check the
+    table's parameters)."""
+    api = OffsetApi(3)
+    api.moved_to = "https://api.example.com/v2/items"
+    summary = run(tmp_path, serve(api))
+    assert not summary.ok
+    text = " ".join(str(e) for e in summary.errors)
+    assert "redirected to https://api.example.com/v2/items" in text and "table=t" in text, text

@@ -502,6 +502,12 @@ class HttpSource:
             raise AuthError(f"{label}: HTTP {status}: credentials rejected", stage="extract",
                             source=src, table=table,
                             hint="check the headers (token variable) of this source")
+        if 300 <= status < 400:  # not followed: a redirect may drop the query or the key
+            where = scrub(headers.get("location", "?"))
+            raise FatalError(f"{label}: HTTP {status}: redirected to {where}", stage="extract",
+                             source=src, table=table,
+                             hint="set the source's url (or the table's endpoint) to where "
+                                  "the API now answers; redirects are not followed")
         if status in (404, 410):
             raise SchemaError(f"{label}: HTTP {status}: endpoint not found", stage="extract",
                               source=src, table=table, hint="check the table's 'endpoint'")
