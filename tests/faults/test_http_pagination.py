@@ -50,6 +50,7 @@ class OffsetApi:
         self.shape: Callable[[OffsetApi, Query, Page], Page] | None = None
         self.before: Callable[[OffsetApi], None] | None = None  # a write before answering
         self.moved_to = ""  # answer every request with a 301 to here
+        self.gone_after = ""  # answer a request with this token with a 410 (expired)
 
     def page(self, query: Query) -> Page:
         self.requests += 1
@@ -75,6 +76,11 @@ def serve() -> Iterator[Callable[[OffsetApi], str]]:
     def start(api: OffsetApi) -> str:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                if api.gone_after and f"after={api.gone_after}" in self.path:
+                    self.send_response(410)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if api.moved_to:
                     self.send_response(301)
                     self.send_header("Location", api.moved_to)
@@ -248,3 +254,21 @@ def test_a_redirect_is_refused_naming_where_the_api_went(
     assert not summary.ok
     text = " ".join(str(e) for e in summary.errors)
     assert "redirected to https://api.example.com/v2/items" in text and "table=t" in text, text
+
+
+def test_an_expired_token_fails_the_walk_saying_so_and_the_next_run_completes(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """A 410 for the token of page 3 said 'endpoint not found' (the endpoint had answered
+    two pages); it now says the token was refused. Nothing is lost: the checkpoint is
+    unmoved and the next run walks again."""
+    api = OffsetApi(10)
+    api.gone_after = "6"
+    url = serve(api)
+    summary = run(tmp_path, url)
+    assert not summary.ok
+    text = " ".join(str(e) for e in summary.errors)
+    assert "refused the next-page token" in text and "table=t" in text, text
+    api.gone_after = ""
+    summary = run(tmp_path, url)
+    assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)

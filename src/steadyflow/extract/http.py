@@ -480,11 +480,12 @@ class HttpSource:
         ctype = response.headers.get("content-type", "")
         if 200 <= status < 300:
             return RawPage(label, status, ctype, bytes(body), seconds, seq)
-        self._raise_for(status, response.headers, bytes(body), label, table)
+        self._raise_for(status, response.headers, bytes(body), label, table,
+                        token=chain.token is not None)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _raise_for(self, status: int, headers: httpx.Headers, body: bytes, label: str,
-                   table: str) -> None:
+                   table: str, token: bool = False) -> None:
         src = self.config.name
         # an API may echo the request (and its key) in an error body
         text = scrub(body[:_TEXT_LIMIT].decode("utf-8", "replace").strip())
@@ -508,6 +509,13 @@ class HttpSource:
                              source=src, table=table,
                              hint="set the source's url (or the table's endpoint) to where "
                                   "the API now answers; redirects are not followed")
+        if token and status in (400, 404, 410, 422):
+            # the endpoint answered the walk's first page: this refuses the token (expired)
+            raise FatalError(
+                f"{what}: the API refused the next-page token it handed out (expired?); "
+                "the pages before it are landed, the checkpoint is unmoved and the next run "
+                "walks again from it", stage="extract", source=src, table=table,
+                hint="if walks outlast the API's token lifetime, raise the table's page_size")
         if status in (404, 410):
             raise SchemaError(f"{label}: HTTP {status}: endpoint not found", stage="extract",
                               source=src, table=table, hint="check the table's 'endpoint'")
