@@ -272,3 +272,31 @@ def test_an_expired_token_fails_the_walk_saying_so_and_the_next_run_completes(
     summary = run(tmp_path, url)
     assert summary.ok, summary.errors
     assert warehouse(tmp_path) == served(api)
+
+
+def test_records_refused_at_extraction_are_counted(tmp_path: Path,
+                                                   serve: Callable[[OffsetApi], str]) -> None:
+    """A record whose cursor is missing or null cannot be placed: it is quarantined when
+    its page is parsed, before any load. The run summary and the table's health said 0
+    quarantined while three records sat in quarantine (only the loader's bad rows were
+    counted); both now count them, once, a re-read of the same page included."""
+    api = OffsetApi(8)
+    for i in (2, 5, 7):  # sorted first ('' is below every stamp), sent without a cursor
+        api.records[i]["updated_at"] = ""
+    api.shape = lambda _, __, page: {**page, "data": [
+        {**r, "updated_at": None} if r["id"] == 7  # 7: a null cursor, 2 and 5: none
+        else {k: v for k, v in r.items() if (k, v) != ("updated_at", "")}
+        for r in page["data"]]}
+    url = serve(api)
+    first = run(tmp_path, url)
+    assert first.quarantined_rows == 3, first
+    assert sorted(warehouse(tmp_path)) == [1, 3, 4, 6, 8]
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        (health,) = pipeline.state.health()
+        parked = sum(item["rows"] for item in pipeline.state.quarantined())
+    assert health.rows_quarantined == parked == 3
+    again = run(tmp_path, url)  # the same records again: parked once, counted once
+    assert again.quarantined_rows == 0
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        (health,) = pipeline.state.health()
+    assert health.rows_quarantined == 3

@@ -163,6 +163,9 @@ class ExtractResult:
     batches: int = 0
     rows: int = 0
     bad_pages: int = 0
+    # records quarantined at extraction (an HTTP record whose key or cursor cannot be
+    # placed): they never reach the loader, whose counts hold the other bad rows
+    quarantined: int = 0
     # the checkpoint (or an initial load's position) moved: new rows, not only a re-read
     # (run/follow.py polls such a table again soon)
     moved: bool = False
@@ -849,8 +852,9 @@ class TableExtractor:
         for r, _ in fresh:
             reasons[r.reason] = reasons.get(r.reason, 0) + 1
         self.state.record_quarantine(ref.batch_id, src, tbl, ref.path, len(fresh), reasons,
-                                     [h for _, h in fresh])
+                                     [h for _, h in fresh], count=True)
         self.metrics.quarantined(src, tbl, len(fresh), ref.nbytes)
+        self.result.quarantined += len(fresh)
 
     def _low(self, rows: pa.Table, after: Watermark | None, since: object | None
              ) -> Watermark | None:

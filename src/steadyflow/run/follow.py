@@ -143,9 +143,9 @@ class _Follower:
         """Record the round (caller holds the lock): its polls, what the loader did since
         the last round, and the batches still parked."""
         r, loaded = self.round, self.loaded
-        for name in _COUNTS:
+        for name in _COUNTS:  # added: the polls' tally counted records they quarantined
             now = getattr(loaded, name)
-            setattr(r, name, now - self.loaded_seen[name])
+            setattr(r, name, getattr(r, name) + now - self.loaded_seen[name])
             self.loaded_seen[name] = now
         fresh = loaded.errors[self.errors_seen:]
         self.errors_seen += len(fresh)

@@ -369,6 +369,7 @@ class Pipeline:
         if partial is not None and isinstance(result, BaseException):
             summary.extracted_batches += partial.batches
             summary.extracted_rows += partial.rows
+            summary.quarantined_rows += partial.quarantined
         if isinstance(result, TableBusy) and self.shared:
             summary.skipped_tables.append(ref.label)
         elif isinstance(result, TableBusy | ExtractionFenced):
@@ -379,6 +380,7 @@ class Pipeline:
         else:
             summary.extracted_batches += result.batches
             summary.extracted_rows += result.rows
+            summary.quarantined_rows += result.quarantined
 
     def load(self, until_empty: bool = True, extracting: threading.Event | None = None,
              summary: RunSummary | None = None, max_failures: int = 5) -> RunSummary:
@@ -564,6 +566,7 @@ class Pipeline:
                 self.landing.stop_handoff()
             summary.extracted_batches = extracted.extracted_batches
             summary.extracted_rows = extracted.extracted_rows
+            summary.quarantined_rows += extracted.quarantined_rows  # refused at extraction
             summary.errors[:0] = extracted.errors
             summary.failed_tables[:0] = extracted.failed_tables
             self._report_parked(summary)

@@ -883,15 +883,24 @@ class StateStore(ABC):
         return found
 
     def record_quarantine(self, batch_id: str, source: str, table: str, path: str, rows: int,
-                          reasons: dict[str, int], hashes: list[str] | None = None) -> None:
+                          reasons: dict[str, int], hashes: list[str] | None = None,
+                          count: bool = False) -> None:
+        """Index a quarantine file. `count`: also add its rows to the table's quarantined
+        count, in this transaction and only with a new index entry: records refused at
+        extraction (run/extract.py) reach no load, whose marks count every other bad row
+        (record_loaded)."""
         with self._tx() as c:
             c.executemany("INSERT INTO parked_rows VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                           [(source, table, h, batch_id) for h in hashes or []])
-            c.execute(
+            new = c.execute(
                 "INSERT INTO quarantine(batch_id, source, tbl, path, rows, reasons, "
-                "created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                "created_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING batch_id",
                 (batch_id, source, table, path, rows, json.dumps(reasons), time.time()),
-            )
+            ).fetchone() is not None
+            if count and new:
+                self._ensure_health(c, source, table)
+                c.execute("UPDATE table_health SET rows_quarantined=rows_quarantined+? "
+                          "WHERE source=? AND tbl=?", (rows, source, table))
 
     def quarantined(self, status: str | None = "open") -> list[dict[str, Any]]:
         cols = ["batch_id", "source", "table", "path", "rows", "reasons", "status",
