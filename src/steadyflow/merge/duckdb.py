@@ -451,15 +451,7 @@ class DuckdbWarehouse:
         return _count(c.execute(u.insert[unique] if fits else u.insert_missing[unique])) - same
 
     def is_loaded(self, batch_id: str) -> bool:
-        with self._lock:
-            try:
-                return bool(self._conn.execute(
-                    f"SELECT 1 FROM {quote(self.schema)}.{quote('_steadyflow_ledger')} "
-                    "WHERE batch_id = ?", [batch_id]).fetchone())
-            except duckdb.CatalogException:
-                return False
-            except duckdb.FatalException as exc:
-                raise self._invalidated(exc, "ledger lookup failed") from None
+        return batch_id in self.ledgered([batch_id])
 
     def ledgered(self, batch_ids: Sequence[str]) -> dict[str, Ledgered]:
         if not batch_ids:

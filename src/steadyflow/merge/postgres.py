@@ -349,16 +349,7 @@ class PostgresWarehouse:
         return {r[0]: Ledgered(int(r[1]), r[2], r[3]) for r in rows}
 
     def is_loaded(self, batch_id: str) -> bool:
-        with self._lock:
-            try:
-                with self.conn.transaction():
-                    return bool(self.conn.execute(
-                        f"SELECT 1 FROM {quote(self.schema)}.{quote('_steadyflow_ledger')} "
-                        "WHERE batch_id = %s".encode(), [batch_id]).fetchone())
-            except psycopg.errors.UndefinedTable:
-                return False
-            except psycopg.Error as exc:
-                raise self._fail(exc, "ledger lookup failed") from None
+        return batch_id in self.ledgered([batch_id])
 
     def query(self, sql: str, params: list[object] | None = None) -> pa.Table:
         with self._lock, self.conn.transaction(), self.conn.cursor() as cur:
