@@ -362,6 +362,13 @@ def _step_back_text(text: str, seconds: float) -> str:
     return out + (zone or "")
 
 
+def past_every_number(value: object) -> bool:
+    """NaN or +Infinity: a cursor value that sorts after every number (PostgreSQL numeric
+    sorts NaN last), so a checkpoint there would never let a later row be read."""
+    return isinstance(value, Decimal | float) and (
+        math.isnan(value) or (math.isinf(value) and value > 0))
+
+
 def step_back(cursor: CursorValue | date | Decimal | float, lookback: float) -> Any:
     """The cursor value `lookback` before `cursor`: seconds for timestamps (and for times
     stored as text, spelled like the stored value), whole days rounded up for dates, units

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from datetime import time as dt_time
-from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -29,7 +28,14 @@ from steadyflow.extract.dialects import (
     dialect_for,
     driver_errors,
 )
-from steadyflow.model import INVALID, Contract, Watermark, cast_text_time, drift_type
+from steadyflow.model import (
+    INVALID,
+    Contract,
+    Watermark,
+    cast_text_time,
+    drift_type,
+    past_every_number,
+)
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 
@@ -174,7 +180,7 @@ class SqlSource:
         # lowercased) of its last probe on this connection (see PROBE_EVERY)
         self._probed: dict[str, tuple[float, tuple[str, ...], list[str], frozenset[str]]] = {}
         self._hidden_reported = False
-        self._west = (0.0, 0.0)  # (when asked, seconds west of UTC): _zone_west
+        self._west: tuple[float, float] | None = None  # (when asked, seconds west)
         # (table, cursor column, type) → (monotonic time of the last whole check, the
         # column's least and greatest value noted before the last check, the profile of
         # every row checked) while the checks found nothing wrong (`_cursor_profile`)
@@ -449,8 +455,7 @@ class SqlSource:
         cursor, could ever sort after it: every later row lost, every run "ok". The
         position probe of each poll reads the table's greatest (cursor, key) anyway, so
         this costs no query."""
-        if isinstance(cursor, Decimal | float) and (
-                math.isnan(cursor) or (math.isinf(cursor) and cursor > 0)):
+        if past_every_number(cursor):
             name = contract.cursor
             shown = "NaN" if math.isnan(cursor) else "Infinity"
             raise SchemaError(
@@ -523,12 +528,10 @@ class SqlSource:
         sql = self.dialect.zone_west_sql
         if sql is None:
             return 0.0
-        asked, west = self._west
-        if time.monotonic() - asked >= ZONE_RECHECK_EVERY or asked == 0.0:
+        if self._west is None or time.monotonic() - self._west[0] >= ZONE_RECHECK_EVERY:
             [(value,)] = self._execute(table, sql, [])
-            west = max(0.0, float(value or 0))
-            self._west = (time.monotonic(), west)
-        return west
+            self._west = (time.monotonic(), max(0.0, float(value or 0)))
+        return self._west[1]
 
     def _report_hidden(self, table: str, why: str) -> None:
         """Loud, once per connection: the adaptive lookback fell back to the window."""

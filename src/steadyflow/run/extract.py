@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -52,6 +50,7 @@ from steadyflow.model import (
     drift_type,
     encode_value,
     parse_text_time,
+    past_every_number,
     step_back,
 )
 from steadyflow.observe import logs
@@ -91,8 +90,7 @@ def _refuse_endless(cursor: object, ref: TableRef, column: str) -> None:
     probe, SqlSource._check_end) sorts after every number: no row is ever read after it,
     even once the source row is corrected. Refused with the fix instead of polling on,
     every run ok, reading nothing."""
-    if isinstance(cursor, Decimal | float) and (
-            math.isnan(cursor) or (math.isinf(cursor) and cursor > 0)):
+    if past_every_number(cursor):
         raise SchemaError(
             f"the checkpoint of {ref.label} is {cursor} in cursor column {column}: no row "
             "sorts after it, so nothing would ever be read again", stage="extract",
