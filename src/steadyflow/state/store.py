@@ -638,7 +638,9 @@ class StateStore(ABC):
         self, batch_id: str, good_rows: int | None, quarantined_rows: int | None,
         status: str = "loaded",
     ) -> None:
-        """None counts: loaded by an earlier process whose counts were lost with it."""
+        """Mark a batch loaded without adding its counts to the table's health. No loader
+        calls it any more (record_loaded marks and counts in one transaction, the
+        sweeper's finds included); kept for the contract tests' setup."""
         with self._tx() as c:
             self._mark_loaded(c, batch_id, good_rows, quarantined_rows, status)
 
