@@ -167,8 +167,13 @@ def loaded_rows(state_dir: Path) -> int:
     """Rows loaded so far, by the state (the follower holds the DuckDB file)."""
     if not (state_dir / "state.db").exists():
         return 0
-    return int(state_rows(state_dir, "SELECT coalesce(sum(rows_changed), 0) "
-                                     "FROM table_health")[0][0])
+    try:
+        return int(state_rows(state_dir, "SELECT coalesce(sum(rows_changed), 0) "
+                                         "FROM table_health")[0][0])
+    except sqlite3.OperationalError as exc:  # the follower has not made its schema yet
+        if "no such table" not in str(exc):
+            raise
+        return 0
 
 
 def status(cfg: Path) -> tuple[int, dict[str, Any]]:
@@ -215,7 +220,7 @@ def test_follow_while_the_warehouse_disk_fills_and_gets_room_again(
     finally:
         if follower.poll() is None:
             follower.kill()
-            follower.wait()
+            follower.communicate()  # reaps it and closes its pipes
     assert follower.returncode in (1, 2), out + err  # stopped with batches not loaded
     assert "Traceback" not in err, err
 
