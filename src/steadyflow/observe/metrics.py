@@ -29,6 +29,7 @@ successful poll; freshness stays as information.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -143,6 +144,7 @@ class PipelineMetrics:
         # successful poll saw) and when a poll first saw it while nothing was loaded
         self._source_high: dict[tuple[str, str], float] = {}
         self._behind_since: dict[tuple[str, str], float] = {}
+        self._polled_at: dict[tuple[str, str], float] = {}  # when the recorded poll was
         self._declared: set[tuple[str, str]] = set()
         self._breaker_state: dict[str, str] = {}
         self.registry: CollectorRegistry = CollectorRegistry()
@@ -472,11 +474,17 @@ class PipelineMetrics:
         ``high_epoch_seconds`` is the newest cursor the poll saw (the last page's high,
         or the checkpoint when nothing new was found) as epoch seconds; None for a cursor
         that is not a time, or an empty table.  Lag is computed at scrape time from it.
-        ``at``: when the poll happened, if not now (a poll recorded by another process).
+        ``at``: when the poll happened, if not now (a poll recorded by another process,
+        or by this one: the state hears of a poll less often than this process does). A
+        poll older than the one recorded already is ignored: it would move the last poll
+        and the high-water mark back.
         """
         key = (source, table)
         now = self._clock() if at is None else at
         with self._lock:
+            if now < self._polled_at.get(key, -math.inf):
+                return
+            self._polled_at[key] = now
             if high_epoch_seconds is not None:
                 self._source_high[key] = high_epoch_seconds
                 self._source_high_gauge.labels(source, table).set(high_epoch_seconds)

@@ -53,6 +53,7 @@ class StatusService:
         pipeline running elsewhere) must report how stale the warehouse really is, not
         "no data" or "fresh since I started".  Only moves forward, like the loader does.
         In read-only mode the breaker gauge mirrors what the running pipeline recorded.
+        Lag and last poll: as every process recorded them (see `tables_from_state`).
         """
         metrics = self.pipeline.metrics
         for h in self.pipeline.state.health():
@@ -65,7 +66,7 @@ class StatusService:
                     _set_last_success(metrics, h.source, h.table, h.last_success)
             if not self.live and h.breaker in BREAKER_STATES:
                 metrics.breaker(h.source, h.breaker)
-        if not self.live:  # lag and last poll as the running pipeline recorded them
+        if self.tables_from_state:  # lag and last poll as every process recorded them
             for (source, table), (high, at) in self.pipeline.state.polls().items():
                 metrics.polled(source, table, high, at=at)
 
@@ -80,12 +81,23 @@ class StatusService:
                 self.pipeline.state.record_source_state(source.name, ref.table,
                                                         breaker=guard.breaker.state)
 
+    @property
+    def tables_from_state(self) -> bool:
+        """Whether the per-table gauges (lag, last poll, freshness) must be read from the
+        shared state: in a read-only view, and in a worker (`steadyflow worker --serve`).
+        A worker polls only the tables it holds and loads only the batches it is handed:
+        its own recordings left the last poll of a table another worker polls at this
+        worker's start (SteadyflowPollFailing after 15 min on an idle, healthy pipeline),
+        and the lag of a table it polled once at that poll's high minus what it happened
+        to load itself."""
+        return not self.live or bool(getattr(self.pipeline, "shared", False))
+
     # -- snapshots ------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
         return collect(self.pipeline)
 
     def sample(self) -> None:
-        if not self.live:
+        if self.tables_from_state:
             self.sync_metrics()
         self.history.add(self.report())
 

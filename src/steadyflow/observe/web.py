@@ -177,7 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             path = urlsplit(self.path).path
             app = self.server.app
             if path == "/metrics":
-                if not app.service.live:
+                if app.service.tables_from_state:
                     app.service.sync_metrics()
                 self._send(200, app.pipeline.metrics.exposition(), METRICS_CONTENT_TYPE,
                            head=head)

@@ -1,0 +1,103 @@
+"""What operators see of a pipeline run by `steadyflow worker` processes must be true: the
+status (its word and exit code), the status page and each worker's /metrics.
+
+Each test has its own source and warehouse databases (the state in the warehouse's), its
+own JetStream stream and its own landing folder. The pipeline: one PostgreSQL store with
+two small tables, read into a PostgreSQL warehouse.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from tests.support.jetstream import fresh_stream
+
+from steadyflow.observe.web import StatusServer
+from steadyflow.run.pipeline import Pipeline
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration]
+
+TABLES = ("t1", "t2")
+CONTRACT = {"primary_key": ["id"], "cursor": "updated_at", "columns": {
+    "id": {"type": "int64", "nullable": False},
+    "v": {"type": "string"},
+    "updated_at": {"type": "timestamp", "nullable": False}}}
+
+
+@pytest.fixture
+def stream() -> Iterator[str]:
+    with fresh_stream("sf_wtruth") as name:
+        yield name
+
+
+def make_pipeline(work: Path, source_dsn: str, warehouse_dsn: str, stream: str,
+                  rows: int = 3) -> Path:
+    """The source's tables (`rows` rows each) and pipeline.yml; returns its path."""
+    with psycopg.connect(source_dsn, autocommit=True) as conn:
+        for t in TABLES:
+            conn.execute(f"CREATE TABLE {t} (id bigint PRIMARY KEY, v text, "
+                         "updated_at timestamptz NOT NULL DEFAULT now())")
+            conn.execute(f"INSERT INTO {t} SELECT g, 'v' || g, now() - interval '1 hour' "
+                         f"FROM generate_series(1, {rows}) g")
+    config: dict[str, Any] = {
+        "name": "wtruth",
+        "state": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "sf_state"},
+        "buffer": {"kind": "jetstream", "stream": stream, "capacity": 64, "lease": "5s"},
+        "warehouse": {"kind": "postgres", "dsn": warehouse_dsn, "schema": "wh"},
+        "landing": {"path": str(work / "landing")},
+        "run": {"interval": 0.5},
+        "contracts": {"c": CONTRACT},
+        "sources": [{"name": "s", "kind": "postgres", "dsn": source_dsn,
+                     "resilience": {"retries": 1, "backoff_initial": "0.1s", "backoff_max": "0.2s"},
+                     "tables": [{"name": t, "contract": "c"} for t in TABLES]}],
+    }
+    path = work / "pipeline.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def metric(body: str, name: str, table: str) -> float:
+    """One sample of a /metrics body, by name and table label."""
+    for line in body.splitlines():
+        if line.startswith(name + "{") and f'table="{table}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} for table {table} not in /metrics:\n{body}")
+
+
+def test_a_worker_reports_the_polls_and_loads_of_the_others(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str, stream: str) -> None:
+    """A worker's /metrics (`worker --serve`) gave, for a table another worker polls, the
+    last poll of its own start (SteadyflowPollFailing after 15 min on a healthy idle
+    pipeline) and, for a table it polled once and another worker loaded, the lag of its own
+    poll's high minus what it loaded itself (SteadyflowTableStale). Both are the pipeline's
+    now, as the shared state has them."""
+    cfg = make_pipeline(tmp_path, pg_dsn, pg_warehouse_dsn, stream)
+    with Pipeline.from_yaml(cfg) as watcher, Pipeline.from_yaml(cfg) as other:
+        watcher.shared = other.shared = True
+        # the watcher polls t1 once: it sees rows, and it is the other worker that loads
+        watcher.extract(["t1"])
+        server = StatusServer(watcher, "127.0.0.1", 0, live=True, sample_every=60).start()
+        try:
+            time.sleep(0.2)
+            before = time.time()
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO t1 VALUES (100, 'new', now() - interval '30 min')")
+            other.run_once()  # polls both tables, loads every batch (the watcher's too)
+            with urllib.request.urlopen(server.url + "metrics", timeout=10) as resp:
+                body = resp.read().decode()
+        finally:
+            server.stop()
+        polls = other.state.polls()
+    for t in TABLES:
+        polled_at = polls[("s", t)][1]
+        assert polled_at >= before
+        assert metric(body, "steadyflow_last_poll_success_timestamp_seconds", t) == \
+            pytest.approx(polled_at, abs=0.01), t
+        assert metric(body, "steadyflow_lag_seconds", t) == 0.0, t
