@@ -149,6 +149,14 @@ class Dialect:
         must compare with the column exactly as that stored value does."""
         return value
 
+    def keyset_value(self, value: Any, declared: str) -> Any:
+        """A keyset parameter (`to_param` of a watermark value) for a column declared as
+        `declared` (catalog text, where `select_reads_declared`): what compares with the
+        column in the order ORDER BY sorts it. The value itself unless that order is not
+        the value's own (MariaDB ENUM/SET: `MysqlDialect.keyset_value`). ValueError:
+        the value has no place in that order."""
+        return value
+
     def from_db(self, value: Any) -> Any:
         """A stored cursor or key value as a watermark value (naive times are UTC)."""
         if isinstance(value, datetime) and value.tzinfo is None:
@@ -485,6 +493,37 @@ def bit_number(declared: str, kind: pa.DataType) -> bool:
             and not pa.types.is_string(kind))
 
 
+_MEMBER_LIST = re.compile(r"\s*(enum|set)\s*\((.*)\)\s*$", re.IGNORECASE | re.DOTALL)
+_MEMBER = re.compile(r"'((?:[^'\\]|''|\\.)*)'", re.DOTALL)
+
+
+def members(declared: str) -> tuple[str, tuple[str, ...]] | None:
+    """('enum' or 'set', its members in declared order) of a catalog column_type such as
+    "enum('z','a''b')" (quotes doubled, backslashes escaped), None for any other type."""
+    match = _MEMBER_LIST.match(declared)
+    if match is None:
+        return None
+    values = tuple(re.sub(r"''|\\(.)", lambda m: m.group(1) or "'", v)
+                   for v in _MEMBER.findall(match.group(2)))
+    return match.group(1).lower(), values
+
+
+def member_number(kind: str, values: Sequence[str], text: str) -> int | None:
+    """The number MariaDB sorts an ENUM/SET value by (ENUM: its 1-based place in the
+    declaration, '' the invalid value 0; SET: the bits of its members), None if `text`
+    is no value of the column."""
+    if kind == "enum":
+        if text in values:
+            return values.index(text) + 1
+        return 0 if text == "" else None
+    number = 0
+    for part in text.split(",") if text else []:
+        if part not in values:
+            return None
+        number |= 1 << values.index(part)
+    return number
+
+
 class MysqlDialect(Dialect):
     name = "mysql"
     quote_char = "`"
@@ -540,6 +579,20 @@ class MysqlDialect(Dialect):
     columns_sql = (
         "SELECT column_name, column_type FROM information_schema.columns "
         "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position")
+
+    def keyset_value(self, value: Any, declared: str) -> Any:
+        """ENUM and SET sort by number (an ENUM by its place in the declaration, a SET by
+        its members' bits), but compare with text as text: `k > 'z'` after a page ending
+        on 'z' of ENUM('z','a') selected nothing, and every row sorting after 'z' by
+        number but before it by text was never read (lost, every run ok). The keyset
+        sends the number instead, which compares as ORDER BY sorts."""
+        found = members(declared) if isinstance(value, str) else None
+        if found is None:
+            return value
+        number = member_number(found[0], found[1], value)
+        if number is None:
+            raise ValueError(f"{value!r} is no longer a value of its {declared}")
+        return number
 
     # InnoDB's transactions (innodb_trx, a cache at most 0.1 s old, trx_started in
     # whole seconds of the server's system zone) and the statements running now

@@ -604,13 +604,13 @@ class SqlSource:
         params: list[Any] = []
         if after is not None:
             preds.append(d.keyset(order))
-            params.extend(d.keyset_params([d.to_param(v) for v in after.as_tuple()]))
+            params.extend(d.keyset_params(self.keyset_values(table, order, after.as_tuple())))
         elif since is not None:
             preds.append(f"{d.ident(contract.cursor)} >= {d.placeholder}")
-            params.append(d.to_param(since))
+            params.extend(self.keyset_values(table, order[:1], [since]))
         if upto is not None:
             preds.append(d.keyset_upto(order))
-            params.extend(d.keyset_params([d.to_param(v) for v in upto.as_tuple()]))
+            params.extend(d.keyset_params(self.keyset_values(table, order, upto.as_tuple())))
         if where is not None:
             preds.append(where[0])
             params.extend(where[1])
@@ -622,6 +622,26 @@ class SqlSource:
             query += " WHERE " + " AND ".join(preds)
         query += self._order_by(table, order) + f" LIMIT {int(limit)}"
         return query, params
+
+    def keyset_values(self, table: str, columns: Sequence[str], values: Sequence[Any]
+                      ) -> list[Any]:
+        """Watermark values as the parameters compared with `columns` in keyset order:
+        each compares with its column as ORDER BY sorts the column
+        (`Dialect.keyset_value`)."""
+        d = self.dialect
+        declared = self.select_types(table)
+        out = []
+        for c, v in zip(columns, values, strict=True):
+            try:
+                out.append(d.keyset_value(d.to_param(v), declared.get(c.lower(), "")))
+            except ValueError as exc:
+                raise SchemaError(
+                    f"the checkpoint's {c} {exc}: keyset pages cannot continue after it",
+                    stage="extract", source=self.config.name, table=table,
+                    hint=f"the members of {c} changed since the checkpoint was taken: "
+                         f"`steadyflow reset --table {self.config.name}.{table}` reads the "
+                         "table again") from None
+        return out
 
     def page(
         self,

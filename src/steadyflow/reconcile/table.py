@@ -262,7 +262,8 @@ class TableReconciler:
         ctype = {c.name: c.type for c in self.contract.columns}
         select = ", ".join(f"{engine.canon(engine.q(k), ctype[k])} AS k{i}"
                            for i, k in enumerate(self.contract.primary_key))
-        params = d.keyset_params([d.to_param(v) for v in self._mark[0].as_tuple()])
+        params = d.keyset_params(self.db.keyset_values(
+            self.t.name, self.contract.order_by, self._mark[0].as_tuple()))
         past: set[Key] = set()
         for i in range(0, len(raw_keys), FETCH_CHUNK):
             keys, key_params = key_predicate(engine, self.contract.primary_key,
