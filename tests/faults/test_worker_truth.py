@@ -8,15 +8,21 @@ two small tables, read into a PostgreSQL warehouse.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import yaml
+from tests.conftest import steadyflow
 from tests.support.jetstream import fresh_stream
 
 from steadyflow.observe.web import StatusServer
@@ -101,3 +107,62 @@ def test_a_worker_reports_the_polls_and_loads_of_the_others(
         assert metric(body, "steadyflow_last_poll_success_timestamp_seconds", t) == \
             pytest.approx(polled_at, abs=0.01), t
         assert metric(body, "steadyflow_lag_seconds", t) == 0.0, t
+
+
+def start_worker(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    """A real `steadyflow worker` process (heartbeat every second), its output in `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "steadyflow", "worker", "--heartbeat", "1", "-c", str(cfg)],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "STEADYFLOW_EXTRACT_LEASE": "2"})
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout:g}s")
+        time.sleep(0.2)
+
+
+def loaded(warehouse_dsn: str, table: str) -> int:
+    """Rows of `table` in the warehouse (0 before the workers made it)."""
+    try:
+        with psycopg.connect(warehouse_dsn) as conn:
+            row = conn.execute(f"SELECT count(*) FROM wh.{table}").fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def status(cfg: Path) -> tuple[dict[str, Any], int]:
+    """`steadyflow status --json`: its report and exit code."""
+    proc = steadyflow("status", "--json", "-c", str(cfg), timeout=60)
+    try:
+        return json.loads(proc.stdout), proc.returncode
+    except json.JSONDecodeError:
+        pytest.fail(f"status --json printed no JSON ({proc.returncode}):\n{proc.stdout}\n"
+                    f"{proc.stderr[-3000:]}")
+
+
+def test_workers_killed_long_ago_still_fail_the_status(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str, stream: str) -> None:
+    """Every worker SIGKILLed: status said failing while their heartbeats were less than an
+    hour old, and healthy (exit 0, no worker listed) after that, though nothing had run the
+    pipeline since. The last worker heard of stays listed, lost, and the status failing."""
+    cfg = make_pipeline(tmp_path, pg_dsn, pg_warehouse_dsn, stream)
+    proc = start_worker(cfg, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: all(loaded(pg_warehouse_dsn, t) == 3 for t in TABLES),
+                 "the worker loads both tables")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # two hours pass (by the state's clock, which measures heartbeat ages)
+    with psycopg.connect(pg_warehouse_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE sf_state.workers SET started_at = started_at - 7200, "
+                     "heartbeat_at = heartbeat_at - 7200")
+    report, code = status(cfg)
+    assert [(w["pid"], w["status"]) for w in report["workers"]] == [(proc.pid, "lost")]
+    assert (report["health"], report["exit_code"], code) == ("failing", 2, 2)

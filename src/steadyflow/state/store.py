@@ -601,12 +601,16 @@ class StateStore(ABC):
 
     def workers(self, since: float = 3600.0) -> list[dict[str, Any]]:
         """Workers seen in the last `since` seconds, with their heartbeat's age measured by
-        the state's clock (a worker's host clock may differ from the reader's)."""
+        the state's clock (a worker's host clock may differ from the reader's). When none
+        was, the last one heard of: workers all killed longer ago than `since` are still a
+        pipeline nothing runs ('lost', status failing), not one that never had workers
+        (an empty list, status healthy)."""
         with self._tx() as c:
             now = self._now(c)
             rows = c.execute("SELECT worker_id, host, pid, started_at, heartbeat_at, "
                              "heartbeat_every, units, status, stopped_at, stats FROM workers "
-                             "WHERE heartbeat_at > ? ORDER BY started_at",
+                             "WHERE heartbeat_at > ? OR heartbeat_at = (SELECT "
+                             "max(heartbeat_at) FROM workers) ORDER BY started_at",
                              (now - since,)).fetchall()
         out = []
         for r in rows:
