@@ -97,3 +97,26 @@ def test_an_enum_cursor_pages_in_declaration_order(tmp_path: Path, mysql_dsn: st
     assert summary.ok, summary.errors
     assert warehouse_rows(tmp_path, "SELECT id, st FROM main.t") == source_rows(
         mysql_dsn, "SELECT id, CAST(st AS CHAR) FROM t")
+
+
+def test_time_columns_keep_mariadb_s_own_text(tmp_path: Path, mysql_dsn: str) -> None:
+    """TIME read as string (negative, past 24 h, fractions, as key and as value) is the
+    text MariaDB shows for it: the drivers' timedelta spelled '-00:00:01' as
+    '-1 day, 23:59:59' and '838:59:59' as '34 days, 22:59:59' in the warehouse."""
+    execute(mysql_dsn,
+            "CREATE TABLE t (k TIME(3) NOT NULL PRIMARY KEY, tm TIME, n INT, "
+            "at DATETIME(6) NOT NULL, KEY c (at, k))",
+            "INSERT INTO t VALUES ('-838:59:59', '-00:00:01', 1, '2024-01-01'), "
+            "('-00:00:00.5', '25:00:00', 2, '2024-01-01'), "
+            "('00:00:00', '838:59:59', 3, '2024-01-02'), "
+            "('24:00:00.001', '-1:02:03', 4, '2024-01-03'), "
+            "('100:00:00', NULL, 5, '2024-01-03')")
+    contract = {"primary_key": ["k"], "cursor": "at", "columns": {
+        "k": {"type": "string", "nullable": False}, "tm": {"type": "string"},
+        "n": {"type": "int64"}, "at": {"type": "timestamp", "nullable": False}}}
+    summary = run(tmp_path, mysql_dsn, contract)
+    assert summary.ok, summary.errors
+    query = "SELECT CAST(k AS CHAR), CAST(tm AS CHAR), n FROM t"
+    expected = source_rows(mysql_dsn, query)
+    assert ("-838:59:59.000", "-00:00:01", 1) in expected
+    assert warehouse_rows(tmp_path, "SELECT k, tm, n FROM main.t") == expected

@@ -524,6 +524,11 @@ def member_number(kind: str, values: Sequence[str], text: str) -> int | None:
     return number
 
 
+def is_time_of_day(declared: str) -> bool:
+    """Is this a MariaDB/MySQL TIME column (catalog text 'time' or 'time(6)')?"""
+    return re.match(r"\s*time\s*(\(|$)", declared.lower()) is not None
+
+
 class MysqlDialect(Dialect):
     name = "mysql"
     quote_char = "`"
@@ -567,10 +572,16 @@ class MysqlDialect(Dialect):
         both drivers hand BIT over as bytes (b'\\x01'), which no number or bool is, so
         the classic MySQL boolean BIT(1) quarantined every row. Only a column declared
         BIT: text such as 'true' is never read as a number. Read as string, BIT stays the
-        bytes themselves."""
+        bytes themselves.
+
+        A TIME column read as string is MariaDB's own text of it ('-00:00:01',
+        '838:59:59.000000'): both drivers hand TIME over as a timedelta, whose str() is
+        another value's spelling ('-1 day, 23:59:59'), which the warehouse then held."""
         ident = self.ident(name)
         if bit_number(declared, kind):
             return f"CAST({ident} AS UNSIGNED)"
+        if is_time_of_day(declared) and pa.types.is_string(kind):
+            return f"CAST({ident} AS CHAR)"
         return ident
 
     indexes_sql = (
