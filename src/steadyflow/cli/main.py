@@ -241,13 +241,13 @@ def run(config: ConfigOpt,
             "--serve", help="also serve /metrics and the status page on [HOST:]PORT")] = None,
         ) -> None:
     """Extract, land, validate and load every table until caught up (or forever)."""
-    from steadyflow.observe.web import StatusServer, parse_address
-
     try:
         with _open(config) as pipeline, _hold_loop(pipeline,
                                                    "run --follow" if follow else "run"):
             _install_signals(pipeline)
-            if serve_at:
+            if serve_at:  # imported only here: the web server's modules cost every run
+                from steadyflow.observe.web import StatusServer, parse_address
+
                 server = StatusServer(pipeline, *parse_address(serve_at), live=True).start()
                 console.print(f"status page {server.url}  metrics {server.url}metrics")
             started = time.monotonic()
