@@ -276,6 +276,11 @@ def encode_value(value: Any) -> Any:
         return {"date": value.isoformat()}
     if isinstance(value, Decimal):
         return {"dec": str(value)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        # a BINARY/VARBINARY (MariaDB) or BLOB (SQLite) key or cursor: the exact bytes, so
+        # the next page compares with them as the column does (before, the checkpoint
+        # could not be written and such a table failed on its first page)
+        return {"bytes": bytes(value).hex()}
     return value
 
 
@@ -287,6 +292,8 @@ def decode_value(value: Any) -> Any:
             return date.fromisoformat(value["date"])
         if "dec" in value:
             return Decimal(value["dec"])
+        if "bytes" in value:
+            return bytes.fromhex(value["bytes"])
     return value
 
 

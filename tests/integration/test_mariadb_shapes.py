@@ -120,3 +120,30 @@ def test_time_columns_keep_mariadb_s_own_text(tmp_path: Path, mysql_dsn: str) ->
     expected = source_rows(mysql_dsn, query)
     assert ("-838:59:59.000", "-00:00:01", 1) in expected
     assert warehouse_rows(tmp_path, "SELECT k, tm, n FROM main.t") == expected
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_a_binary_key_pages_by_its_bytes(tmp_path: Path, mysql_dsn: str,
+                                         initial_load: str) -> None:
+    """A VARBINARY key read as string: the checkpoint keeps the key's bytes (it could not
+    be written at all: 'Object of type bytes is not JSON serializable', the table never
+    loaded). Bytes that are no UTF-8 text cost their row, with a reason."""
+    execute(mysql_dsn,
+            "CREATE TABLE t (k VARBINARY(16) NOT NULL PRIMARY KEY, n INT, "
+            "at DATETIME(6) NOT NULL, KEY c (at, k))",
+            "INSERT INTO t VALUES ('b', 1, '2024-01-01'), ('B', 2, '2024-01-01'), "
+            "('a''\\\\', 3, '2024-01-01'), (X'ff', 4, '2024-01-01'), "
+            "('é', 5, '2024-01-01'), ('', 6, '2024-01-02')")
+    contract = {"primary_key": ["k"], "cursor": "at", "columns": {
+        "k": {"type": "string", "nullable": False}, "n": {"type": "int64"},
+        "at": {"type": "timestamp", "nullable": False}}}
+    query = "SELECT CONVERT(k USING utf8mb4), n FROM t WHERE k <> X'ff'"
+    summary = run(tmp_path, mysql_dsn, contract, initial_load)
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 1
+    assert warehouse_rows(tmp_path, "SELECT k, n FROM main.t") == source_rows(mysql_dsn, query)
+    execute(mysql_dsn, "INSERT INTO t VALUES ('zz', 7, '2024-01-03')",
+            "UPDATE t SET n = 101, at = '2024-01-04' WHERE k = 'b'")
+    summary = run(tmp_path, mysql_dsn, contract, initial_load)
+    assert summary.ok, summary.errors
+    assert warehouse_rows(tmp_path, "SELECT k, n FROM main.t") == source_rows(mysql_dsn, query)
