@@ -53,12 +53,23 @@ SESSION_SAFETY = (("idle_in_transaction_session_timeout", "60000"),
                   ("tcp_keepalives_count", "3"))
 
 
+# Set on every PostgreSQL source session: how the server prints values as text, which a
+# database or role may set otherwise (ALTER DATABASE ... SET DateStyle = 'SQL, DMY' is
+# common in Europe). psycopg reads results as text and parses dates, times and intervals
+# in ISO/postgres style only (any other failed every poll of every table); floats print
+# rounded to 15 digits under extra_float_digits <= 0 (a float8 value changed in the
+# warehouse); and a string-declared column's `::text` must not change with a setting.
+SESSION_TEXT = (("DateStyle", "ISO"), ("IntervalStyle", "postgres"),
+                ("extra_float_digits", "3"), ("bytea_output", "hex"))
+
+
 def session_settings(statement_timeout: float) -> tuple[tuple[str, str], ...]:
     """Every PostgreSQL source session's settings, (name, value): the server-side limit
-    of one statement, UTC for the text of zoned times, and SESSION_SAFETY. One list for
-    both read paths: psycopg sends them as startup options, ADBC in one set_config query."""
+    of one statement, UTC for the text of zoned times, SESSION_TEXT and SESSION_SAFETY.
+    One list for both read paths: psycopg sends them as startup options, ADBC in one
+    set_config query."""
     return (("statement_timeout", str(int(statement_timeout * 1000))), ("TimeZone", "UTC"),
-            *SESSION_SAFETY)
+            *SESSION_TEXT, *SESSION_SAFETY)
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:

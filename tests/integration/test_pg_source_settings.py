@@ -1,0 +1,68 @@
+"""A PostgreSQL source whose database (or role) sets how values print as text.
+
+DateStyle 'SQL, DMY' (common in Europe), IntervalStyle 'sql_standard', extra_float_digits 0
+and bytea_output 'escape' are ordinary ALTER DATABASE settings. psycopg reads results as
+text: it could not parse such dates, times or intervals (every poll of every table failed,
+a traceback naming no column), and it read floats rounded to 15 digits (a float8 value
+changed on its way to the warehouse). Every source session now pins these settings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import psycopg
+import pytest
+from tests.support.read_paths import contract, read_all
+
+from steadyflow.config import SourceConfig
+from steadyflow.extract.pg_arrow import PgArrowSource
+from steadyflow.extract.sql import SqlSource
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def config(dsn: str) -> SourceConfig:
+    return SourceConfig(name="pg", kind="postgres", dsn=dsn,
+                        tables=[{"name": "t", "contract": "c"}])  # type: ignore[list-item]
+
+
+def fallback(dsn: str) -> PgArrowSource:
+    source = PgArrowSource(config(dsn))
+    source._adbc_usable = False
+    return source
+
+
+PATHS = {"adbc": lambda dsn: PgArrowSource(config(dsn)), "psycopg fallback": fallback,
+         "SqlSource": lambda dsn: SqlSource(config(dsn))}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_database_text_settings_change_no_value(pg_dsn: str, path: str) -> None:
+    db = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for setting in ("DateStyle = 'SQL, DMY'", "IntervalStyle = 'sql_standard'",
+                        "extra_float_digits = 0", "bytea_output = 'escape'"):
+            conn.execute(f'ALTER DATABASE "{db}" SET {setting}')
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, f float8, at timestamptz, "
+                     "d date, i interval, b bytea)")
+        conn.execute("INSERT INTO t VALUES (1, 0.30000000000000004, "
+                     "'2024-03-04 05:06:07.123456+00', '2024-03-04', '1 day 2 hours', "
+                     "'\\x00ff'), (2, 1.2345678901234567, '2024-12-31 23:59:59.999999+00', "
+                     "'2024-12-31', '-1 year -3 days', 'ab')")
+    c = contract(("id", "int64"), ("f", "float64"), ("at", "timestamp"), ("d", "date"),
+                 ("i", "string"), ("b", "string"))
+    rows, _ = read_all(PATHS[path](pg_dsn), "t", c, 1)
+    assert rows.to_pylist() == [
+        {"id": 1, "f": 0.30000000000000004,
+         "at": datetime(2024, 3, 4, 5, 6, 7, 123456, tzinfo=UTC), "d": date(2024, 3, 4),
+         "i": "1 day 02:00:00", "b": "\\x00ff"},
+        {"id": 2, "f": 1.2345678901234567,
+         "at": datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+         "d": date(2024, 12, 31), "i": "-1 years -3 days", "b": "\\x6162"}]
+    source = PATHS[path](pg_dsn)
+    try:  # the poll's position probe reads the whole row (every column's text)
+        high, _ = source.poll_end("t", c, observe=True)
+        assert high is not None and high.cursor == 2
+    finally:
+        source.close()
