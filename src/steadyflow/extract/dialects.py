@@ -805,7 +805,12 @@ class SqliteDialect(Dialect):
                     f"WHERE typeof({col}) NOT IN ('integer', 'real', 'null')"
                     + (f" AND ({where})" if where else ""))
         if ctype not in ("timestamp", "date"):
-            return None
+            # any other cursor (string, bool): one class of value, as SQLite sorts every
+            # number before every text and every text before every blob
+            return (f"SELECT sum(typeof({col}) IN ('integer', 'real')), "
+                    f"sum(typeof({col}) = 'text'), sum(typeof({col}) = 'blob'), "
+                    f"min(CASE WHEN typeof({col}) IN ('integer', 'real') THEN {col} END) "
+                    f"FROM {self.ident(table)}{region}")
         shape = f"v GLOB '{_SQLITE_DATE}'" if ctype == "date" else (
             f"v GLOB '{_SQLITE_DATE}[ T][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' "
             "AND (substr(v, 20, 1) != '.' OR length(substr(v, 21)) > length(zone)) "
@@ -832,6 +837,8 @@ class SqliteDialect(Dialect):
         values}), counts 0 when none."""
         if len(row) == 2:
             return (int(row[0] or 0), row[1])
+        if len(row) == 4:
+            return (int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), row[3])
         numbers, number, blobs, bad, example, seps, zones, widths = row
         return (int(numbers or 0), number, int(blobs or 0), int(bad or 0), example,
                 *(frozenset(v for v in json.loads(s) if v is not None)
@@ -842,6 +849,8 @@ class SqliteDialect(Dialect):
         """The profile of two sets of rows from the profiles of each."""
         if len(a) == 2:
             return (a[0] + b[0], _least(a[1], b[1]))
+        if len(a) == 4:
+            return (a[0] + b[0], a[1] + b[1], a[2] + b[2], _least(a[3], b[3]))
         return (a[0] + b[0], _least(a[1], b[1]), a[2] + b[2], a[3] + b[3],
                 _least(a[4], b[4]), a[5] | b[5], a[6] | b[6], a[7] | b[7])
 
@@ -867,6 +876,19 @@ class SqliteDialect(Dialect):
                     "store the numbers as numbers (declare the column INTEGER or NUMERIC and "
                     "UPDATE t SET col = CAST(col AS NUMERIC)), or declare the cursor string "
                     "with lookback 0")
+        if len(profile) == 4:  # any other cursor: numbers, text and blobs, never mixed
+            numbers, texts, blobs, number = profile
+            if sum(1 for n in (numbers, texts, blobs) if n) < 2:
+                return None
+            kinds = ", ".join(f"{n} {what}" for n, what in ((numbers, "number(s)"),
+                              (texts, "text(s)"), (blobs, "blob(s)")) if n)
+            example = f"; e.g. the number {number!r}" if numbers else ""
+            return (f"mixes stored types ({kinds}{example}): SQLite sorts every number "
+                    "before every text and every text before every blob, so a row written "
+                    "with a type that sorts before the checkpoint's (a number once the "
+                    "checkpoint is text) would sort behind it and never be read",
+                    "store every value as one type (e.g. UPDATE t SET col = CAST(col AS "
+                    "TEXT) WHERE typeof(col) != 'text') and declare the column TEXT")
         numbers, number, blobs, bad, example, seps, zones, z_widths = profile
         if numbers and not (bad or blobs or seps):
             return (f"holds numbers (e.g. {number!r}), not {ctype} text: Unix times would "
