@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import psycopg
 import pytest
 import yaml
 from tests.conftest import steadyflow
+from tests.faults.test_multihost import Nats
 from tests.support.jetstream import fresh_stream
 
 from steadyflow.observe.web import StatusServer
@@ -109,11 +111,12 @@ def test_a_worker_reports_the_polls_and_loads_of_the_others(
         assert metric(body, "steadyflow_lag_seconds", t) == 0.0, t
 
 
-def start_worker(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(cfg: Path, log: Path, *options: str) -> subprocess.Popen[bytes]:
     """A real `steadyflow worker` process (heartbeat every second), its output in `log`."""
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "steadyflow", "worker", "--heartbeat", "1", "-c", str(cfg)],
+            [sys.executable, "-m", "steadyflow", "worker", "--heartbeat", "1", *options,
+             "-c", str(cfg)],
             stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, "STEADYFLOW_EXTRACT_LEASE": "2"})
 
@@ -166,3 +169,52 @@ def test_workers_killed_long_ago_still_fail_the_status(
     report, code = status(cfg)
     assert [(w["pid"], w["status"]) for w in report["workers"]] == [(proc.pid, "lost")]
     assert (report["health"], report["exit_code"], code) == ("failing", 2, 2)
+
+
+@pytest.fixture
+def own_nats(tmp_path: Path) -> Iterator[Nats]:
+    """A nats-server of the test's own (JetStream on), to stop under running workers."""
+    server = Nats("127.0.0.1", tmp_path / "nats", tmp_path / "nats.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_buffer_that_cannot_be_read_fails_the_status(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str, own_nats: Nats) -> None:
+    """NATS stopped under a running worker: `status` printed only 'JetStream connect failed'
+    (`--json` no JSON at all: no table, no worker to see) and the worker's status page and
+    /api/status answered 500 'internal error'. Now each shows the tables and workers from
+    the state, says the buffer cannot be read, and fails (exit 2)."""
+    cfg = make_pipeline(tmp_path, pg_dsn, pg_warehouse_dsn, "sf_wtruth_nats")
+    config = yaml.safe_load(cfg.read_text())
+    config["buffer"]["url"] = own_nats.url
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = free_port()
+    proc = start_worker(cfg, tmp_path / "worker.log", "--serve", f"127.0.0.1:{port}")
+    try:
+        wait_for(lambda: all(loaded(pg_warehouse_dsn, t) == 3 for t in TABLES),
+                 "the worker loads both tables")
+        own_nats.kill()
+        report, code = status(cfg)
+        assert (report["health"], report["exit_code"], code) == ("failing", 2, 2)
+        assert "JetStream" in report["buffer_error"] and report["queue_depth"] is None
+        assert [t["rows_changed"] for t in report["tables"]] == [3, 3]
+        assert [w["pid"] for w in report["workers"]] == [proc.pid]
+        text = steadyflow("status", "-c", str(cfg), timeout=60, env={"COLUMNS": "200"})
+        assert text.returncode == 2 and "buffer cannot be read" in text.stdout, text.stdout
+        # the worker's own page (/api/status is the same report as JSON)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            page = r.read().decode()
+        assert "the buffer cannot be read" in page and "failing" in page
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

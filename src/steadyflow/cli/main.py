@@ -79,10 +79,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 _T = TypeVar("_T")
 
 
-def _open(config: Path) -> Any:
+def _open(config: Path, view: bool = False) -> Any:
+    """The pipeline; `view`: for a command that only shows it (status, a read-only serve),
+    which a buffer server that does not answer must not stop from showing the rest."""
     from steadyflow.run.pipeline import Pipeline
 
-    return Pipeline.from_yaml(config)
+    return Pipeline.from_yaml(config, view=view)
 
 
 def _fail(exc: SteadyflowError) -> None:
@@ -476,12 +478,12 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
 
     Exit code: 0 healthy, 1 degraded (a table failing since its last success, a half-open
     breaker), 2 failing (a table in error, a source down, an open breaker, a batch failed
-    for good) or the status could not be read.
+    for good, a buffer that cannot be read) or the status could not be read.
     """
     from steadyflow.observe.status import collect
 
     try:
-        with _open(config) as pipeline:
+        with _open(config, view=True) as pipeline:
             report = collect(pipeline)
     except SteadyflowError as exc:
         _fail(exc)
@@ -521,9 +523,15 @@ def _print_status(report: dict[str, Any]) -> None:
         from steadyflow.observe.status import killed_loop
 
         out.print(killed_loop(report["loop"]), highlight=False, soft_wrap=True)
-    out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
-              f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
-              f"pending batches {report['pending_batches']}", highlight=False)
+    if report.get("buffer_error"):
+        out.print(f"error: {report['buffer_error']}", highlight=False, soft_wrap=True,
+                  markup=False)
+        out.print(f"queue depth unknown / {report['queue_capacity']}, "
+                  f"pending batches {report['pending_batches']}", highlight=False)
+    else:
+        out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
+                  f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
+                  f"pending batches {report['pending_batches']}", highlight=False)
     if report.get("workers"):
         w = Table(title="workers")
         for name in ("worker", "host", "pid", "status", "heartbeat", "holds"):
@@ -562,8 +570,9 @@ def serve(config: ConfigOpt,
                       highlight=False)
         raise typer.Exit(2)
     try:
-        with _open(config) as pipeline, (_hold_loop(pipeline, "serve --run") if run_loop
-                                         else contextlib.nullcontext()):
+        with _open(config, view=not run_loop) as pipeline, (
+                _hold_loop(pipeline, "serve --run") if run_loop
+                else contextlib.nullcontext()):
             mode = "running the pipeline" if run_loop else "read-only view"
             serve_forever(pipeline, host, port, token=token, insecure=insecure,
                           follow=run_loop,

@@ -234,6 +234,8 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
     dead = report.get("loop") or {}
     if dead.get("status") == "killed":
         parts.append(f'<div class="banner">{e(killed_loop(dead))}</div>')
+    if report.get("buffer_error"):
+        parts.append(f'<div class="banner">{e(report["buffer_error"])}</div>')
 
     parts.append('<div class="cards">' + "".join([
         _card("tables healthy", f"{healthy} / {len(tables)}", ", ".join(
@@ -244,8 +246,8 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
         _card("throughput", _rate(now_tp), "rows changed, last sample"),
         _card("worst freshness", human_age(worst_now) if worst_now is not None else "–",
               "age of the newest loaded row; an idle table's grows"),
-        _card("queue", f"{report.get('queue_depth', 0)} / {report.get('queue_capacity', 0)}",
-              "batches queued / capacity"),
+        _card("queue", f"{_num(report.get('queue_depth'))} / "
+              f"{report.get('queue_capacity', 0)}", "batches queued / capacity"),
         _card("pending", _num(report.get("pending_batches")),
               f"batches, {_num(report.get('pending_rows'))} rows"),
         _card("quarantined", _num(q_rows), f"rows, in {open_q} open batches"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from steadyflow.errors import SteadyflowError
 from steadyflow.run.lock import loop_status
 from steadyflow.secrets import scrub_tree
 
@@ -77,13 +78,16 @@ def collect(pipeline: Any) -> dict[str, Any]:
         # its unfinished runs are not running: nothing runs this pipeline any more
         runs = [{**r, "outcome": "killed"} if r["ended_at"] is None and r["command"] == "run"
                 and r["started_at"] >= float(loop.get("since") or 0) - 1 else r for r in runs]
+    depth, oldest, buffer_error = _queue(pipeline.buffer)
     report: dict[str, Any] = scrub_tree({
         "pipeline": pipeline.config.name,
         "at": now,
         "tables": tables,
-        "queue_depth": pipeline.buffer.depth(),
+        "queue_depth": depth,
         "queue_capacity": pipeline.buffer.capacity,
-        "queue_oldest_seconds": pipeline.buffer.oldest_age(),
+        "queue_oldest_seconds": oldest,
+        # why the buffer could not be read (its server unreachable), or None
+        "buffer_error": buffer_error,
         "pending_batches": len(pending),
         "pending_rows": sum(b.rows for b in pending),
         # the loop (run, run --follow, serve --run) named by the state directory's lock
@@ -103,13 +107,23 @@ _FAILING_STATES = {"error", "source down"}
 _LOOPS = {"run --follow", "serve --run"}
 
 
+def _queue(buffer: Any) -> tuple[int | None, float | None, str | None]:
+    """(depth, oldest message's age, None), or (None, None, why) when the buffer cannot be
+    read: an unreachable NATS server is a pipeline that moves nothing, not an empty queue
+    (and not a status that cannot be shown at all)."""
+    try:
+        return buffer.depth(), buffer.oldest_age(), None
+    except SteadyflowError as exc:
+        return None, None, f"the buffer cannot be read: {exc}"
+
+
 def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str, int]:
     """The pipeline's health in one word, and the exit code `status` gives it.
 
     failing (2): a table in error or whose source is down, an open breaker, a batch that
-    failed for good, a stopped loop, a follow loop killed (it never let go of its lock), or
-    workers that ran and none of which is heard of now: data is not moving and will not by
-    itself.
+    failed for good, a stopped loop, a follow loop killed (it never let go of its lock),
+    workers that ran and none of which is heard of now, or a buffer that cannot be read:
+    data is not moving and will not by itself.
     degraded (1): a table that failed since its last success (it retries), a half-open
     breaker, or a one-off command (`run`, `reset`) killed before it finished.
     healthy (0): everything else, tables still waiting for their first load too.
@@ -122,8 +136,9 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     if workers and not any(w["status"] == "running" for w in workers) and any(
             w["status"] == "lost" for w in workers):
         return "failing", EXIT_CODES["failing"]  # workers ran, and none is heard of now
-    if loop_error or any(t["state"] in _FAILING_STATES or t.get("breaker") == "open"
-                         or t.get("failing_batches") for t in tables):
+    if loop_error or report.get("buffer_error") or any(
+            t["state"] in _FAILING_STATES or t.get("breaker") == "open"
+            or t.get("failing_batches") for t in tables):
         return "failing", EXIT_CODES["failing"]
     if loop.get("status") == "killed" or any(
             t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables):

@@ -296,7 +296,7 @@ def start_server(pipeline_or_config_path: Any, host: str = DEFAULT_HOST,
     if owns:
         from steadyflow.run.pipeline import Pipeline
 
-        pipeline = Pipeline.from_yaml(pipeline_or_config_path)
+        pipeline = Pipeline.from_yaml(pipeline_or_config_path, view=not follow)
     else:
         pipeline = pipeline_or_config_path
     try:

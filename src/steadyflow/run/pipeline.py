@@ -123,7 +123,9 @@ def _run_failed(summary: RunSummary) -> RunFailed:
 class Pipeline:
     """One configured pipeline. `Pipeline.from_yaml(path).run_once()` is the library API."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, view: bool = False) -> None:
+        """`view`: the pipeline is only shown (status, a read-only serve): a buffer server
+        that does not answer is reported by the status, not an error here."""
         bound_memory()
         self.config = config
         self.metrics = PipelineMetrics(pipeline=config.name)
@@ -139,7 +141,7 @@ class Pipeline:
         self.landing = LandingZone(open_landing(config.landing, Path(config.base_dir)),
                                    config.landing.compression)
         self.landing.locate = self.state.batch  # a batch compaction moved is read there
-        self.buffer: Buffer = self._open_buffer(state_dir)
+        self.buffer: Buffer = self._open_buffer(state_dir, view)
         self._warehouse: Warehouse | None = None
         self._opening = threading.Lock()
         # SQL sources stay connected between the cycles of `run --follow` (a cycle after a
@@ -170,16 +172,23 @@ class Pipeline:
             self.metrics.declare(ref.source, ref.table, page_size=t.page_size)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Pipeline:
-        return cls(load_config(path))
+    def from_yaml(cls, path: str | Path, view: bool = False) -> Pipeline:
+        return cls(load_config(path), view=view)
 
-    def _open_buffer(self, state_dir: Path) -> Buffer:
+    def _open_buffer(self, state_dir: Path, view: bool = False) -> Buffer:
         b = self.config.buffer
         if b.kind == "jetstream":
             from steadyflow.buffer.jetstream import JetStreamBuffer
 
-            return JetStreamBuffer(b.url, b.stream, capacity=b.capacity, lease=b.lease,
-                                   should_stop=self._stop.is_set)
+            def open_jetstream() -> Buffer:
+                return JetStreamBuffer(b.url, b.stream, capacity=b.capacity, lease=b.lease,
+                                       should_stop=self._stop.is_set)
+
+            if view:
+                from steadyflow.buffer.viewed import ViewedBuffer
+
+                return ViewedBuffer(open_jetstream, b.capacity, b.lease)
+            return open_jetstream()
         return SqliteBuffer(state_dir / "buffer.db", capacity=b.capacity, lease=b.lease,
                             should_stop=self._stop.is_set)
 
