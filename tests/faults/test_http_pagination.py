@@ -300,3 +300,27 @@ def test_records_refused_at_extraction_are_counted(tmp_path: Path,
     with Pipeline(config(tmp_path, url)) as pipeline:
         (health,) = pipeline.state.health()
     assert health.rows_quarantined == 3
+
+
+def test_a_lone_surrogate_costs_its_record_not_the_table(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """"\\ud800" is valid JSON but no Unicode character (not UTF-8 text, no warehouse holds
+    it). In a field it failed the whole table on every run ('utf-8' codec can't encode
+    character, naming no record or column), and in a record rejected for its cursor it
+    failed writing the rejected records; now each costs its own record, with its reason."""
+    api = OffsetApi(8)
+    api.records[3]["qty"] = "\ud800x"
+    url = serve(api)
+    api.shape = lambda _, __, page: {**page, "data": [
+        {**r, "updated_at": r["updated_at"] + "\udc00"} if r["id"] == 5 else r
+        for r in page["data"]]}
+    first = run(tmp_path, url)
+    assert first.ok, first.errors
+    assert first.quarantined_rows == 2, first
+    assert warehouse(tmp_path) == {i: v for i, v in served(api).items() if i not in (3, 5)}
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        reasons = {reason for item in pipeline.state.quarantined()
+                   for reason in item["reasons"]}
+    assert reasons == {"qty: a lone UTF-16 surrogate, not Unicode text: '\\ud800x'",
+                       "payload: updated_at is not an ISO-8601 time: "
+                       f"{stamp(5)[:36] + chr(0xdc00)!r}"}, reasons

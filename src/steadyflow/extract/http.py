@@ -62,7 +62,7 @@ from steadyflow.errors import (
     SourceUnavailable,
 )
 from steadyflow.extract.sql import column_to_arrow
-from steadyflow.model import Contract, Watermark
+from steadyflow.model import INVALID, Column, Contract, Watermark
 from steadyflow.resilience import watchdog_grace
 from steadyflow.secrets import scrub
 
@@ -128,7 +128,22 @@ class Rejected:
     reason: str
 
     def text(self) -> str:
-        return json.dumps(self.record, ensure_ascii=False, default=str)
+        """The record as JSON text, the API's characters kept; a lone UTF-16 surrogate
+        (valid JSON, no Unicode character, so not encodable as UTF-8) is written back
+        as its JSON escape, which parses to the same record."""
+        text = json.dumps(self.record, ensure_ascii=False, default=str)
+        return _escape_surrogates(text)
+
+
+def _escape_surrogates(text: str) -> str:
+    """`text` with each lone UTF-16 surrogate as its \\uXXXX escape: what JSON spells it."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def rejected_table(raw: RawPage, rejected: list[Rejected]) -> pa.Table:
@@ -299,6 +314,9 @@ def _cursor_value(value: Any, contract: Contract, name: str) -> Any:
         raise _Unplaceable(f"{name} is not an integer ({_kind(value)})")
     if value is None or isinstance(value, dict | list):
         raise _Unplaceable(f"{name} is {_kind(value)}")
+    if isinstance(value, str) and _escape_surrogates(value) != value:
+        raise _Unplaceable(f"{name} holds a lone UTF-16 surrogate (not Unicode text): "
+                           f"'{_escape_surrogates(value)[:40]}'")
     return value
 
 
@@ -347,6 +365,21 @@ def _field(value: Any, target: pa.DataType) -> Any:
     return value
 
 
+def _fields(records: list[dict[str, Any]], column: Column,
+            invalid: list[str | None]) -> list[Any]:
+    """One contract column's values of `records`. A string holding a lone UTF-16
+    surrogate ("\\ud800" is valid JSON but no Unicode character: no UTF-8 text, no
+    warehouse holds it) is null with its reason in `invalid` (model.INVALID), so it costs
+    its record, not the page, which Arrow would refuse whole for it."""
+    values = [_field(r.get(column.name), column.arrow_type) for r in records]
+    for i, value in enumerate(values):
+        if isinstance(value, str) and (escaped := _escape_surrogates(value)) != value:
+            values[i] = None
+            invalid[i] = invalid[i] or (f"{column.name}: a lone UTF-16 surrogate, not "
+                                        f"Unicode text: '{escaped[:80]}'")
+    return values
+
+
 def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
                after: Watermark | None = None, records_path: str | None = None,
                since: Any | None = None) -> HttpPage:
@@ -380,8 +413,8 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
         raise BadPayload("payload: cursor or key values do not compare with the "
                          "checkpoint's (type changed?)") from None
     names = contract.names
-    columns = [column_to_arrow([_field(r.get(c.name), c.arrow_type) for r in keep],
-                               c.arrow_type)
+    invalid: list[str | None] = [None] * len(keep)
+    columns = [column_to_arrow(_fields(keep, c, invalid), c.arrow_type)
                for c in contract.columns]
     high = None
     if placed:
@@ -390,7 +423,11 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
     known = {n.lower() for n in names}
     seen = {f for record, _ in placed for f in record}
     extra = sorted(f for f in seen if f.lower() not in known)
-    return HttpPage(rows=pa.Table.from_arrays(columns, names=list(names)), high=high,
+    if any(invalid):
+        columns.append(pa.array(invalid, pa.string()))
+    return HttpPage(rows=pa.Table.from_arrays(
+                        columns, names=[*names, INVALID] if any(invalid) else list(names)),
+                    high=high,
                     next_token=token, records=len(records), extra_fields=extra,
                     rejected=rejected, marks=[mark for _, mark in placed])
 
