@@ -66,3 +66,31 @@ def test_database_text_settings_change_no_value(pg_dsn: str, path: str) -> None:
         assert high is not None and high.cursor == 2
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_value_python_cannot_hold_outside_the_contract_stops_no_poll(pg_dsn: str,
+                                                                       path: str) -> None:
+    """The poll's position probe returned the table's whole last row, only for its column
+    names: psycopg parsed every value, and an interval past 999999999 days (in a column
+    the contract does not name) failed every poll of the table. A column added later is
+    still seen (`probe` runs again)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, big interval, at time)")
+        conn.execute("INSERT INTO t VALUES (1, '1 day', '24:00'), "
+                     "(2, '100000000 years', '24:00')")
+    c = contract(("id", "int64"), ("at", "string"))
+    source = PATHS[path](pg_dsn)
+    try:
+        assert source.probe("t", c) == ["big"]
+        high, _ = source.poll_end("t", c, observe=True)
+        assert high is not None and high.cursor == 2
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE t ADD COLUMN late text")
+        source.poll_end("t", c, observe=False)
+        assert "t" not in source._probed  # the next call probes again
+        assert source.probe("t", c) == ["big", "late"]
+    finally:
+        source.close()
+    rows, _ = read_all(PATHS[path](pg_dsn), "t", c, 1)
+    assert rows.to_pylist() == [{"id": 1, "at": "24:00:00"}, {"id": 2, "at": "24:00:00"}]

@@ -190,6 +190,11 @@ class Dialect:
         with the column exactly as the stored value does."""
         return self.from_db(value)
 
+    def with_columns(self, cols: str, table: str, rest: str) -> str:
+        """`SELECT {cols} {rest}` (the position probe, `rest` from FROM on) with the
+        table's every column after `cols`: only their names are read (`poll_end`)."""
+        return f"SELECT {cols}, {self.ident(table)}.* {rest}"
+
     def cursor_profile_sql(self, table: str, column: str, ctype: str, where: str = ""
                            ) -> str | None:
         """One aggregate query over a cursor column whose stored spelling decides whether
@@ -407,6 +412,14 @@ class PostgresDialect(Dialect):
                 "cannot start after it", stage="extract", source=self.config.name,
                 hint="give the cursor real dates in those rows, or page by another column")
         return value
+
+    def with_columns(self, cols: str, table: str, rest: str) -> str:
+        """The table's columns from a row of none of its values (`LIMIT 0`): psycopg
+        parses every value it is handed, and one it cannot hold (an interval past
+        999999999 days, in a column the contract does not even name) failed every poll
+        of the table."""
+        return (f"SELECT p.*, w.* FROM (SELECT {cols} {rest}) AS p LEFT JOIN "
+                f"(SELECT * FROM {self.ident(table)} LIMIT 0) AS w ON TRUE")
 
     def position_value(self, value: Any, kind: pa.DataType) -> Any:
         """A decimal read as text is a Decimal again, so a watermark compares numerically

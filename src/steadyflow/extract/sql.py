@@ -431,10 +431,11 @@ class SqlSource:
         cols = ", ".join(d.select_expr(c, contract.column(c).arrow_type,
                                        declared.get(c.lower(), ""))
                          for c in contract.order_by)
+        rest = (f"FROM {d.ident(table)} WHERE {d.ident(contract.cursor)} IS NOT NULL"
+                f"{self._order_by(table, contract.order_by, desc=True)} LIMIT 1")
         if whole_row:
-            cols += f", {d.ident(table)}.*"
-        return (f"SELECT {cols} FROM {d.ident(table)} WHERE {d.ident(contract.cursor)} "
-                f"IS NOT NULL{self._order_by(table, contract.order_by, desc=True)} LIMIT 1")
+            return d.with_columns(cols, table, rest)
+        return f"SELECT {cols} {rest}"
 
     def _position_of(self, table: str, contract: Contract, rows: Sequence[Any]
                      ) -> Watermark | None:
