@@ -9,20 +9,27 @@ that batch is refused by the per-subject limit as "already queued", so it would 
 The crash is made deterministic here: the stream's message files are copied while the
 message is queued, the message is acked, and the copy is put back before the server
 starts again (what a crash before the removal was synced leaves behind: the consumer's
-state says acked, the stream still holds it).
+state says acked, the stream still holds it). The last test swaps the consumer's state and
+the stream's files the other way (a removal synced, a delivery's ack and the last message
+not), which leaves the ack floor behind what the consumer delivered: a batch put then is
+stored where the consumer never looks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import nats
 import pytest
 from tests.faults.test_multihost import Nats
 
-from steadyflow.buffer.jetstream import JetStreamBuffer
+from steadyflow.buffer.jetstream import CONSUMER, JetStreamBuffer
 from steadyflow.model import BatchRef
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -105,5 +112,124 @@ def test_a_sweeper_re_put_of_an_orphaned_batch_is_queued(server: Nats, tmp_path:
         buffer.put(REF)
         again = buffer.get(wait=10)
         assert again is not None and again.ref.batch_id == REF.batch_id
+    finally:
+        buffer.close()
+
+
+
+def consumer_state(server: Nats) -> tuple[int, int, int]:
+    """The consumer's ack floor, last delivered stream sequence and deliveries pending."""
+    async def read() -> tuple[int, int, int]:
+        nc = await nats.connect(server.url, connect_timeout=5)
+        try:
+            info = await nc.jsm().consumer_info(STREAM, CONSUMER)
+        finally:
+            await nc.close()
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        return int(floor or 0), int(delivered or 0), int(info.num_ack_pending or 0)
+
+    return asyncio.run(read())
+
+
+def swap_files(server: Nats, msgs: Path, consumer: Path | None = None) -> None:
+    """Stop the server cleanly and start it on these copies of the stream's message files
+    (and of the consumer's state): what a crash leaves when the two were synced at
+    different moments."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(30)
+    for saved, kind in ((msgs, "msgs"), (consumer, f"obs/{CONSUMER}")):
+        if saved is not None:
+            live = next(server.store.rglob(f"streams/{STREAM}/{kind}"))
+            shutil.rmtree(live)
+            shutil.copytree(saved, live)
+    server.start()
+
+
+def snapshot(server: Nats, tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """Copies of the stream's message files and the consumer's state, taken while the
+    server is stopped cleanly (everything synced)."""
+    restart(server)
+    msgs, consumer = tmp_path / f"{name}-msgs", tmp_path / f"{name}-consumer"
+    shutil.copytree(next(server.store.rglob(f"streams/{STREAM}/msgs")), msgs)
+    shutil.copytree(next(server.store.rglob(f"streams/{STREAM}/obs/{CONSUMER}")), consumer)
+    return msgs, consumer
+
+
+def test_a_batch_put_behind_a_stalled_ack_floor_after_a_crash_is_delivered(
+        server: Nats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash whose files disagree: the consumer's state is newer than the stream's.
+
+    Before it, Z, A, B were queued; Z was delivered and acked, A delivered and held (its
+    loader died), B delivered and acked: the consumer delivered up to sequence 3, ack
+    floor 1, A pending. The stream's files come back from an earlier moment: A's removal
+    synced, B never stored (Z, acked, is back too: below the floor, an orphan). After the
+    restart the consumer finds A's sequence deleted and drops it from its pending list
+    without moving its ack floor: floor 1, delivered 3, nothing pending.
+
+    A batch C landed now is stored at sequence 3: above the floor, so not taken for an
+    orphan, and not above what the consumer delivered, so never delivered. Nothing moves
+    the floor again while nothing is acked: C stays in the stream (its depth never
+    reaches 0) and `contains` says it is queued, so the sweeper never queues it again; its
+    rows never load while every run reports fine.
+    """
+    import steadyflow.buffer.jetstream as jetstream
+
+    monkeypatch.setattr(jetstream, "REAP_EVERY", 0.2)  # an idle get looks for orphans at once
+    lease = 1.0
+    batch = {name: replace(REF, batch_id=f"b{name}") for name in "ZABC"}
+
+    def open_leased() -> JetStreamBuffer:
+        return JetStreamBuffer(server.url, STREAM, capacity=4, lease=lease)
+
+    buffer = open_leased()
+    buffer.put(batch["Z"])
+    buffer.put(batch["A"])
+    buffer.close()
+    queued, fresh = snapshot(server, tmp_path, "queued")  # Z, A queued, nothing delivered
+    buffer = open_leased()
+    buffer.ack("bA")  # removed before any delivery: the stream's files of the crash
+    buffer.close()
+    a_removed, _ = snapshot(server, tmp_path, "a-removed")
+
+    swap_files(server, queued, fresh)  # the timeline the consumer's state comes from
+    buffer, holder = open_leased(), open_leased()
+    try:
+        for who, name in ((buffer, "Z"), (holder, "A")):
+            delivery = who.get(wait=10)
+            assert delivery is not None and delivery.ref.batch_id == f"b{name}"
+        buffer.ack("bZ")
+        buffer.put(batch["B"])
+        delivery = buffer.get(wait=10)
+        assert delivery is not None and delivery.ref.batch_id == "bB"
+        buffer.ack("bB")
+    finally:
+        holder.close()  # A given back: pending still, as when its loader was killed
+        buffer.close()
+    swap_files(server, a_removed)
+
+    buffer = open_leased()
+    try:
+        deadline = time.monotonic() + 20
+        while consumer_state(server)[2]:  # until the consumer gives up A
+            assert buffer.get(wait=lease) is None
+            assert time.monotonic() < deadline, consumer_state(server)
+        buffer.put(batch["C"])  # an extractor's put: it returns, the batch is queued
+        delivery = None
+        for _ in range(5):
+            delivery = buffer.get(wait=2 * lease)
+            if delivery is not None:
+                break
+            if not buffer.contains("bC"):  # the sweeper's test: queued again if not held
+                buffer.put(batch["C"])
+        floor, delivered, pending = consumer_state(server)
+        assert delivery is not None and delivery.ref.batch_id == "bC", (
+            f"batch C never delivered; the buffer says it is queued: {buffer.contains('bC')}, "
+            f"depth {buffer.depth()}; consumer: ack floor {floor}, delivered {delivered}, "
+            f"{pending} pending")
+        buffer.ack("bC")
+        assert buffer.get(wait=1) is None
+        assert buffer.depth() == 0
     finally:
         buffer.close()

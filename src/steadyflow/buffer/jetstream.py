@@ -27,7 +27,11 @@ How the Buffer guarantees map onto JetStream:
   taken for "already queued" and never load. So a message at or below the ack floor is
   an orphan: `contains` and `put` delete it when they meet it, and an idle `get` reaps
   the stream every REAP_EVERY. Deleting one loses nothing: the manifest re-queues any
-  batch not loaded.
+  batch not loaded. The floor can also stay behind what the consumer delivered with
+  nothing pending (the server drops a pending sequence it finds deleted after such a
+  restart without moving the floor), and a batch put then can be stored at a sequence
+  the consumer has passed: while nothing is pending, every message up to the last one
+  delivered is an orphan too (`_passed`).
 
 The API is synchronous, like the rest of steadyflow. nats-py is asyncio-only, so each
 instance runs a private event loop in a daemon thread and submits coroutines to it; there
@@ -403,16 +407,28 @@ class JetStreamBuffer:
             raw = await self._jsm.get_msg(self.stream, subject=self._subject(batch_id))
         except NotFoundError:
             return False
-        if (raw.seq or 0) <= await self._ack_floor():
+        if (raw.seq or 0) <= await self._passed():
             await self._drop_orphans([raw.seq or 0])
             return False
         return True
 
-    async def _ack_floor(self) -> int:
-        """The stream sequence at and below which the consumer has acked everything."""
+    async def _passed(self) -> int:
+        """The stream sequence at and below which the consumer will deliver nothing more:
+        its ack floor, and, while no delivery is pending, everything it delivered.
+
+        The floor alone is not enough after a crash whose files disagree (the consumer's
+        state newer than the stream's): the server drops a pending sequence it finds
+        deleted without moving the floor, which then stays below what was delivered until
+        the next ack. A message stored in between (a batch put after the restart, stored at
+        a sequence the consumer delivered before it) is never delivered: with nothing
+        pending, no message up to the last delivered one can be delivered again.
+        """
         assert self._jsm is not None
         info = await self._jsm.consumer_info(self.stream, CONSUMER)
-        return int(info.ack_floor.stream_seq if info.ack_floor else 0)
+        floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
+        if info.num_ack_pending or info.delivered is None:
+            return floor
+        return max(floor, int(info.delivered.stream_seq or 0))
 
     async def _reap(self, due: bool = False) -> int:
         """Delete the orphans (see the module docstring); returns how many. With `due`,
@@ -426,7 +442,7 @@ class JetStreamBuffer:
         state = (await self._jsm.stream_info(self.stream)).state
         if not state.messages:
             return 0
-        floor = await self._ack_floor()
+        floor = await self._passed()
         found: list[int] = []
         seq = state.first_seq
         while seq <= floor:
