@@ -147,3 +147,28 @@ def test_a_binary_key_pages_by_its_bytes(tmp_path: Path, mysql_dsn: str,
     summary = run(tmp_path, mysql_dsn, contract, initial_load)
     assert summary.ok, summary.errors
     assert warehouse_rows(tmp_path, "SELECT k, n FROM main.t") == source_rows(mysql_dsn, query)
+
+
+@pytest.mark.parametrize("pymysql_only", [False, True])
+def test_a_decimal_read_as_string_is_spelled_as_mariadb_spells_it(
+        tmp_path: Path, mysql_dsn: str, pymysql_only: bool) -> None:
+    """DECIMAL(65,30) (past what the contract's decimal holds) read as string is MariaDB's
+    text: Python's str() of the Decimal loaded '0E-30' and '1E-30' for 0 and 1e-30, on
+    either read path (a FLOAT column sends the table's pages to pymysql)."""
+    extra = ", f FLOAT" if pymysql_only else ""
+    execute(mysql_dsn,
+            f"CREATE TABLE t (id INT PRIMARY KEY, big DECIMAL(65,30), small DECIMAL(10,2){extra}, "
+            "at DATETIME(6) NOT NULL, KEY c (at, id))",
+            "INSERT INTO t (id, big, small, at) VALUES (1, 0, 0, '2024-01-01'), "
+            "(2, 0.000000000000000000000000000001, 1.5, '2024-01-01'), "
+            "(3, -1, -0.01, '2024-01-01'), (4, NULL, NULL, '2024-01-01'), "
+            "(5, 12345678901234567890123456789012345.123456789012345678901234567891, "
+            "99999999.99, '2024-01-01')")
+    contract = {"primary_key": ["id"], "cursor": "at", "columns": {
+        "id": {"type": "int64", "nullable": False}, "big": {"type": "string"},
+        "small": {"type": "string"}, "at": {"type": "timestamp", "nullable": False}}}
+    summary = run(tmp_path, mysql_dsn, contract, page_size=2)
+    assert summary.ok, summary.errors
+    expected = source_rows(mysql_dsn, "SELECT id, CAST(big AS CHAR), CAST(small AS CHAR) FROM t")
+    assert (1, "0.000000000000000000000000000000", "0.00") in expected
+    assert warehouse_rows(tmp_path, "SELECT id, big, small FROM main.t") == expected

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from datetime import time as dt_time
+from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -96,7 +97,7 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
         return pa.array(values, type=target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
         pass
-    text = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    text = pa.array([None if v is None else _spelled(v) for v in values], type=pa.string())
     try:
         if pa.types.is_timestamp(target):
             return cast_text_time(text, target)
@@ -124,6 +125,15 @@ def _unfaithful(values: Sequence[Any], target: pa.DataType) -> dict[int, str]:
                 v.time() != dt_time(0) or v.utcoffset()):
             out[i] = f"{v.isoformat()} has a time of day: not a date (declare it timestamp)"
     return out
+
+
+def _spelled(value: Any) -> str:
+    """A driver's value as text. A Decimal is spelled in positional notation, as the
+    database spelled it: str() gave '0E-30' and '1E-30' for a MariaDB DECIMAL(65,30)
+    zero and 0.000...01 read as string, which the warehouse then held."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
 
 
 def _as_text(value: Any) -> str | None:
