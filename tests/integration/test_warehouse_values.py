@@ -10,6 +10,7 @@ and an update of every row (the staged merge).
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -20,10 +21,12 @@ import duckdb
 import psycopg
 import pyarrow as pa
 import pytest
+from tests.conftest import PG_HOST, PG_PORT, require_service, write_pipeline
 
 from steadyflow.merge.duckdb import DuckdbWarehouse
 from steadyflow.merge.postgres import PostgresWarehouse
 from steadyflow.model import MAX_TIME, MIN_TIME, BatchRef, Column, Contract, TableRef
+from steadyflow.run.pipeline import Pipeline
 from steadyflow.validate.rules import validate
 
 CONTRACT = Contract(columns=(
@@ -115,18 +118,23 @@ def test_edge_values_survive_both_load_paths_exactly(where: str) -> None:
 
 
 def test_values_no_warehouse_holds_cost_their_row_not_the_batch(where: str) -> None:
-    """A NUL in text (PostgreSQL refuses the whole COPY), a year outside 1..9999 and NaN
-    under a min rule are quarantined by validation; the rest of the batch loads."""
+    """A NUL in text (PostgreSQL refuses the whole COPY), text that is not UTF-8 (both
+    refuse the batch; Arrow does not check what a reader puts in a string column), a year
+    outside 1..9999 and NaN under a min rule are quarantined by validation; the rest of
+    the batch loads."""
     contract = Contract(columns=(
         Column("id", "int64", nullable=False), Column("note", "string"),
         Column("at", "timestamp"), Column("score", "float64", min=0)),
         primary_key=("id",), cursor="id")
-    raw = pa.table({"id": pa.array([1, 2, 3, 4], pa.int64()),
-                    "note": ["ok", "nul\x00", "ok", "ok"],
-                    "at": ["2024-01-01 00:00:00", None, "0000-01-01 00:00:00", None],
-                    "score": [1.0, 1.0, 1.0, float("nan")]})
+    notes = [b"ok", b"nul\x00", b"ok", b"ok", b"a\xffb", "é".encode()]
+    raw = pa.table({"id": pa.array([1, 2, 3, 4, 5, 6], pa.int64()),
+                    "note": pa.array(notes, pa.binary()).view(pa.string()),
+                    "at": ["2024-01-01 00:00:00", None, "0000-01-01 00:00:00", None, None,
+                           None],
+                    "score": [1.0, 1.0, 1.0, float("nan"), 1.0, 1.0]})
     verdict = validate(raw, contract)
-    assert verdict.bad["id"].to_pylist() == ["2", "3", "4"]
+    assert verdict.bad["id"].to_pylist() == ["2", "3", "4", "5"]
+    assert verdict.bad["_reason"][3].as_py() == "note: invalid UTF-8: 'a\\xffb'"
     ref = TableRef("src", "odd", "odd")
     wh = (PostgresWarehouse(where) if where.startswith("postgresql://")
           else DuckdbWarehouse(Path(where)))
@@ -134,6 +142,58 @@ def test_values_no_warehouse_holds_cost_their_row_not_the_batch(where: str) -> N
         wh.ensure_table(ref, contract)
         assert wh.load(ref, contract, BatchRef("b1", "src", "odd", "p", 0, 0, "c", None, None,
                                                0.0, seq=1), verdict.good)
-        assert wh.query("SELECT id, note FROM odd").to_pylist() == [{"id": 1, "note": "ok"}]
+        assert wh.query("SELECT id, note FROM odd ORDER BY id").to_pylist() == [
+            {"id": 1, "note": "ok"}, {"id": 6, "note": "é"}]
     finally:
         wh.close()
+
+
+@pytest.fixture
+def sql_ascii_dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database in SQL_ASCII: its text columns hold any bytes."""
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    name = f"sfascii_{uuid.uuid4().hex[:12]}"
+    admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
+                     "LC_CTYPE 'C' TEMPLATE template0".encode())
+    yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+def test_text_that_is_not_utf8_costs_its_row_end_to_end(tmp_path: Path, where: str,
+                                                         sql_ascii_dsn: str) -> None:
+    """A SQL_ASCII database holds any bytes in text (latin-1 'caf\\xe9', a stray 0xff),
+    and ADBC's reader puts them in Arrow strings unchecked: both warehouses refused the
+    whole batch on every delivery (PostgreSQL 'invalid byte sequence for encoding
+    "UTF8"', DuckDB 'Invalid unicode'), so no row of the table ever loaded. Now each such
+    row is quarantined naming column and bytes; the others load exactly."""
+    with psycopg.connect(sql_ascii_dsn, autocommit=True) as conn:
+        conn.execute(b"CREATE TABLE t (id bigint PRIMARY KEY, s text, v varchar(20))")
+        conn.execute(b"INSERT INTO t VALUES (1, 'ok', 'ok'), (2, 'a\xffb', 'ok'), "
+                     b"(3, 'h\xc3\xa9', 'ok'), (4, 'ok', 'caf\xe9'), (5, '', NULL)")
+    warehouse = ({"kind": "postgres", "dsn": where, "schema": "public"}
+                 if where.startswith("postgresql://")
+                 else {"kind": "duckdb", "path": where, "schema": "main"})
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "postgres", "dsn": sql_ascii_dsn,
+                                        "tables": [{"name": "t", "contract": "c"}]}],
+                            warehouse, contracts={"c": {
+                                "primary_key": ["id"], "cursor": "id", "columns": {
+                                    "id": {"type": "int64", "nullable": False},
+                                    "s": {"type": "string"}, "v": {"type": "string"}}}})
+    with Pipeline.from_yaml(config) as pipeline:
+        summary = pipeline.run_once(raise_on_error=False)
+        parked = pipeline.state.quarantined()
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 2
+    assert {reason for item in parked for reason in item["reasons"]} == {
+        "s: invalid UTF-8: 'a\\xffb'", "v: invalid UTF-8: 'caf\\xe9'"}
+    sql = "SELECT id, s, v FROM t ORDER BY id"
+    if where.startswith("postgresql://"):
+        with psycopg.connect(where) as conn:
+            got = conn.execute(sql.encode()).fetchall()
+    else:
+        with duckdb.connect(where, read_only=True) as conn:
+            got = conn.execute(sql).fetchall()
+    assert got == [(1, "ok", "ok"), (3, "hé", "ok"), (5, "", None)]

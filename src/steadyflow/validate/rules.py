@@ -108,7 +108,7 @@ def validate(batch: pa.Table, contract: Contract, owner: Owner | None = None) ->
     n = batch.num_rows
     reason = pa.nulls(n, pa.string())
     conformed: list[pa.Array] = []
-    invalid = _invalid(batch)
+    batch, invalid = _readable(batch, contract, _invalid(batch))
     # a reader's reason first: the value it nulled would otherwise read as a rule's failure
     checks: list[Check] = [(pc.is_valid(invalid), invalid)]
     for column in contract.columns:
@@ -150,6 +150,48 @@ def _owned(contract: Contract, conformed: list[pa.Array], owner: Owner) -> Itera
         yield (outside, f"{name}: not {value} (outside the table's warehouse_filter); "
                         f"loaded into {owner.target}, it could replace another source "
                         "table's row")
+
+
+def _readable(batch: pa.Table, contract: Contract, invalid: pa.Array
+              ) -> tuple[pa.Table, pa.Array]:
+    """`batch` with each text value that is not UTF-8 nulled, its reason in `invalid`.
+
+    Arrow does not check the bytes a reader puts in a string column (ADBC's PostgreSQL
+    driver passes on whatever a SQL_ASCII database holds), and both warehouses refuse such
+    a value for the whole batch on every delivery (PostgreSQL: invalid byte sequence for
+    encoding "UTF8"; DuckDB: invalid unicode): so it costs its row, as a reader's own
+    undecodable value does (model.INVALID), its bytes shown as backslash escapes.
+    """
+    for column in contract.columns:
+        values = batch[column.name]
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            continue
+        try:
+            values.validate(full=True)  # the common case: one pass, no Python objects
+            continue
+        except pa.ArrowInvalid:
+            pass
+        flat = values.combine_chunks()
+        raw = flat.view(pa.large_binary() if pa.types.is_large_string(flat.type)
+                        else pa.binary())
+        reasons = [_undecodable(column.name, value) for value in raw.to_pylist()]
+        bad = pa.array([why is not None for why in reasons], pa.bool_())
+        kept = pc.if_else(bad, pa.scalar(None, raw.type), raw).view(flat.type)
+        batch = batch.set_column(batch.column_names.index(column.name), column.name, kept)
+        invalid = pc.coalesce(invalid, pa.array(reasons, pa.string()))
+    return batch, invalid
+
+
+def _undecodable(name: str, value: bytes | None) -> str | None:
+    """The reason a text value is not UTF-8 (None if it is), naming its bytes."""
+    if value is None:
+        return None
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        shown = value[:100].decode("utf-8", "backslashreplace")
+        return f"{name}: invalid UTF-8: '{shown}{'...' if len(value) > 100 else ''}'"
+    return None
 
 
 def _invalid(batch: pa.Table) -> pa.Array:
