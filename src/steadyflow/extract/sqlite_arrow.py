@@ -243,7 +243,9 @@ def text_time_profile(batches: Any, ctype: str) -> tuple[Any, ...] | None:
         zulu: Any = pc.equal(zone, pa.scalar("Z"))
         if pc.any(zulu).as_py():
             widths.update(pc.unique(pc.utf8_length(pc.filter(text, zulu))).to_pylist())
-    return (0, None, 0, bad, example, frozenset(seps), frozenset(zones), frozenset(widths))
+    # only the least and greatest of each set, as the SQL profile keeps them
+    return (0, None, 0, bad, example,
+            *(frozenset((min(v), max(v))) if v else frozenset() for v in (seps, zones, widths)))
 
 
 def _utf8(raw: pa.Table) -> bool:
