@@ -189,6 +189,11 @@ class Dialect:
         with the column exactly as the stored value does."""
         return self.from_db(value)
 
+    def with_columns(self, cols: str, table: str, rest: str) -> str:
+        """`SELECT {cols} {rest}` (the position probe, `rest` from FROM on) with the
+        table's every column after `cols`: only their names are read (`poll_end`)."""
+        return f"SELECT {cols}, {self.ident(table)}.* {rest}"
+
     def cursor_profile_sql(self, table: str, column: str, ctype: str, where: str = ""
                            ) -> str | None:
         """One aggregate query over a cursor column whose stored spelling decides whether
@@ -406,6 +411,14 @@ class PostgresDialect(Dialect):
                 "cannot start after it", stage="extract", source=self.config.name,
                 hint="give the cursor real dates in those rows, or page by another column")
         return value
+
+    def with_columns(self, cols: str, table: str, rest: str) -> str:
+        """The table's columns from a row of none of its values (`LIMIT 0`): psycopg
+        parses every value it is handed, and one it cannot hold (an interval past
+        999999999 days, in a column the contract does not even name) failed every poll
+        of the table."""
+        return (f"SELECT p.*, w.* FROM (SELECT {cols} {rest}) AS p LEFT JOIN "
+                f"(SELECT * FROM {self.ident(table)} LIMIT 0) AS w ON TRUE")
 
     def position_value(self, value: Any, kind: pa.DataType) -> Any:
         """A decimal read as text is a Decimal again, so a watermark compares numerically
@@ -810,7 +823,12 @@ class SqliteDialect(Dialect):
                     f"WHERE typeof({col}) NOT IN ('integer', 'real', 'null')"
                     + (f" AND ({where})" if where else ""))
         if ctype not in ("timestamp", "date"):
-            return None
+            # any other cursor (string, bool): one class of value, as SQLite sorts every
+            # number before every text and every text before every blob
+            return (f"SELECT sum(typeof({col}) IN ('integer', 'real')), "
+                    f"sum(typeof({col}) = 'text'), sum(typeof({col}) = 'blob'), "
+                    f"min(CASE WHEN typeof({col}) IN ('integer', 'real') THEN {col} END) "
+                    f"FROM {self.ident(table)}{region}")
         shape = f"v GLOB '{_SQLITE_DATE}'" if ctype == "date" else (
             f"v GLOB '{_SQLITE_DATE}[ T][0-9][0-9]:[0-9][0-9]:[0-9][0-9]*' "
             "AND (substr(v, 20, 1) != '.' OR length(substr(v, 21)) > length(zone)) "
@@ -844,6 +862,8 @@ class SqliteDialect(Dialect):
         more than one value), counts 0 when none."""
         if len(row) == 2:
             return (int(row[0] or 0), row[1])
+        if len(row) == 4:
+            return (int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), row[3])
         numbers, number, blobs, bad, example, *ends = row
         return (int(numbers or 0), number, int(blobs or 0), int(bad or 0), example,
                 *(frozenset(v for v in ends[i:i + 2] if v is not None) for i in (0, 2, 4)))
@@ -853,6 +873,8 @@ class SqliteDialect(Dialect):
         """The profile of two sets of rows from the profiles of each."""
         if len(a) == 2:
             return (a[0] + b[0], _least(a[1], b[1]))
+        if len(a) == 4:
+            return (a[0] + b[0], a[1] + b[1], a[2] + b[2], _least(a[3], b[3]))
         return (a[0] + b[0], _least(a[1], b[1]), a[2] + b[2], a[3] + b[3],
                 _least(a[4], b[4]), *(_ends(a[i] | b[i]) for i in (5, 6, 7)))
 
@@ -878,6 +900,19 @@ class SqliteDialect(Dialect):
                     "store the numbers as numbers (declare the column INTEGER or NUMERIC and "
                     "UPDATE t SET col = CAST(col AS NUMERIC)), or declare the cursor string "
                     "with lookback 0")
+        if len(profile) == 4:  # any other cursor: numbers, text and blobs, never mixed
+            numbers, texts, blobs, number = profile
+            if sum(1 for n in (numbers, texts, blobs) if n) < 2:
+                return None
+            kinds = ", ".join(f"{n} {what}" for n, what in ((numbers, "number(s)"),
+                              (texts, "text(s)"), (blobs, "blob(s)")) if n)
+            example = f"; e.g. the number {number!r}" if numbers else ""
+            return (f"mixes stored types ({kinds}{example}): SQLite sorts every number "
+                    "before every text and every text before every blob, so a row written "
+                    "with a type that sorts before the checkpoint's (a number once the "
+                    "checkpoint is text) would sort behind it and never be read",
+                    "store every value as one type (e.g. UPDATE t SET col = CAST(col AS "
+                    "TEXT) WHERE typeof(col) != 'text') and declare the column TEXT")
         numbers, number, blobs, bad, example, seps, zones, z_widths = profile
         if numbers and not (bad or blobs or seps):
             return (f"holds numbers (e.g. {number!r}), not {ctype} text: Unix times would "
