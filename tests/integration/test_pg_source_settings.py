@@ -16,6 +16,7 @@ import pytest
 from tests.support.read_paths import contract, read_all
 
 from steadyflow.config import SourceConfig
+from steadyflow.errors import SchemaError
 from steadyflow.extract.pg_arrow import PgArrowSource
 from steadyflow.extract.sql import SqlSource
 
@@ -94,3 +95,19 @@ def test_a_value_python_cannot_hold_outside_the_contract_stops_no_poll(pg_dsn: s
         source.close()
     rows, _ = read_all(PATHS[path](pg_dsn), "t", c, 1)
     assert rows.to_pylist() == [{"id": 1, "at": "24:00:00"}, {"id": 2, "at": "24:00:00"}]
+
+
+def test_a_domain_cursor_no_path_can_hold_is_refused_at_the_probe(pg_dsn: str) -> None:
+    """A cursor declared as a domain over timestamptz was not recognised as a time by the
+    probe ('infinity' passed it, and the run failed later on a page, naming no column)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE DOMAIN stamp AS timestamptz")
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, at stamp NOT NULL)")
+        conn.execute("INSERT INTO t VALUES (1, '2024-01-01'), (2, 'infinity')")
+    c = contract(("id", "int64"), ("at", "timestamp"), cursor="at")
+    source = PgArrowSource(config(pg_dsn))
+    try:
+        with pytest.raises(SchemaError, match="at holds 'infinity'"):
+            source.probe("t", c)
+    finally:
+        source.close()

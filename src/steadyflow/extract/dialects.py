@@ -436,8 +436,14 @@ class PostgresDialect(Dialect):
         "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
         "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
         "WHERE x.indrelid = to_regclass(%s) ORDER BY 1, 2")
+    # A domain's column is declared as the type under its domains (CREATE DOMAIN stamp AS
+    # timestamp): every check reading the declared type (a naive cursor's zone, dates
+    # no path can hold, numbers in a time cursor, schema_drift's type) sees through it.
     columns_sql = (
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "SELECT a.attname, (WITH RECURSIVE d(oid, mod) AS (SELECT a.atttypid, a.atttypmod "
+        "UNION ALL SELECT t.typbasetype, t.typtypmod FROM d JOIN pg_type t ON t.oid = d.oid "
+        "WHERE t.typtype = 'd') SELECT format_type(d.oid, d.mod) FROM d JOIN pg_type t "
+        "ON t.oid = d.oid WHERE t.typtype <> 'd') FROM pg_attribute a "
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
         "ORDER BY a.attnum")
     # A `timestamp without time zone` filled by now() holds the wall time of the
