@@ -12,7 +12,8 @@ starts again (what a crash before the removal was synced leaves behind: the cons
 state says acked, the stream still holds it). The last test swaps the consumer's state and
 the stream's files the other way (a removal synced, a delivery's ack and the last message
 not), which leaves the ack floor behind what the consumer delivered: a batch put then is
-stored where the consumer never looks.
+stored where the consumer never looks, with nothing pending or with a lost message
+pending past the stream's end.
 """
 
 from __future__ import annotations
@@ -230,6 +231,83 @@ def test_a_batch_put_behind_a_stalled_ack_floor_after_a_crash_is_delivered(
             f"{pending} pending")
         buffer.ack("bC")
         assert buffer.get(wait=1) is None
+        assert buffer.depth() == 0
+    finally:
+        buffer.close()
+
+
+def test_a_batch_put_behind_a_lost_delivery_after_a_crash_is_delivered(
+        server: Nats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same disagreement, with the stream's last writes lost as well.
+
+    Before the crash Z, A, B were queued; Z was delivered and held by a long load, A
+    delivered and acked, B delivered and held (its loader died); then Z was acked. The
+    stream's files keep Z's removal but lose A and B (never synced); the consumer's state
+    keeps A's ack but not Z's. After the restart the consumer drops Z (deleted) without
+    moving its floor (0), and keeps B pending: its sequence, 3, is past the stream's end.
+    A batch C put now is stored at 2: neither at or below the floor nor, with B pending,
+    taken for passed, and never delivered; the sweeper finds it queued for ever.
+    """
+    import steadyflow.buffer.jetstream as jetstream
+
+    monkeypatch.setattr(jetstream, "REAP_EVERY", 0.2)
+    lease = 1.0
+    batch = {name: replace(REF, batch_id=f"b{name}") for name in "ZABC"}
+
+    def open_leased() -> JetStreamBuffer:
+        return JetStreamBuffer(server.url, STREAM, capacity=4, lease=lease)
+
+    buffer = open_leased()
+    buffer.put(batch["Z"])
+    buffer.close()
+    queued, fresh = snapshot(server, tmp_path, "queued")  # Z queued, nothing delivered
+    buffer = open_leased()
+    buffer.ack("bZ")  # removed: the stream's files of the crash
+    buffer.close()
+    z_removed, _ = snapshot(server, tmp_path, "z-removed")
+
+    swap_files(server, queued, fresh)  # the timeline the consumer's state comes from
+    buffer, holders = open_leased(), [open_leased(), open_leased()]
+    try:
+        delivery = holders[0].get(wait=10)
+        assert delivery is not None and delivery.ref.batch_id == "bZ"
+        buffer.put(batch["A"])
+        buffer.put(batch["B"])
+        delivery = buffer.get(wait=10)
+        assert delivery is not None and delivery.ref.batch_id == "bA"
+        buffer.ack("bA")
+        delivery = holders[1].get(wait=10)
+        assert delivery is not None and delivery.ref.batch_id == "bB"
+    finally:
+        for holder in holders:
+            holder.close()  # Z and B given back: pending still
+        buffer.close()
+    swap_files(server, z_removed)
+
+    buffer = open_leased()
+    try:
+        deadline = time.monotonic() + 20
+        while consumer_state(server)[2] > 1:  # until the consumer gives up Z
+            assert buffer.get(wait=lease) is None
+            assert time.monotonic() < deadline, consumer_state(server)
+        buffer.put(batch["C"])
+        delivery = None
+        for _ in range(8):
+            delivery = buffer.get(wait=2 * lease)
+            if delivery is not None and delivery.ref.batch_id == "bC":
+                break
+            if delivery is not None:  # whatever else comes back (B) loads and is acked
+                buffer.ack(delivery.ref.batch_id)
+            if not buffer.contains("bC"):  # the sweeper's test: queued again if not held
+                buffer.put(batch["C"])
+        floor, delivered, pending = consumer_state(server)
+        assert delivery is not None and delivery.ref.batch_id == "bC", (
+            f"batch C never delivered; the buffer says it is queued: {buffer.contains('bC')}, "
+            f"depth {buffer.depth()}; consumer: ack floor {floor}, delivered {delivered}, "
+            f"{pending} pending")
+        buffer.ack("bC")
+        while (delivery := buffer.get(wait=1)) is not None:
+            buffer.ack(delivery.ref.batch_id)
         assert buffer.depth() == 0
     finally:
         buffer.close()

@@ -27,11 +27,11 @@ How the Buffer guarantees map onto JetStream:
   taken for "already queued" and never load. So a message at or below the ack floor is
   an orphan: `contains` and `put` delete it when they meet it, and an idle `get` reaps
   the stream every REAP_EVERY. Deleting one loses nothing: the manifest re-queues any
-  batch not loaded. The floor can also stay behind what the consumer delivered with
-  nothing pending (the server drops a pending sequence it finds deleted after such a
-  restart without moving the floor), and a batch put then can be stored at a sequence
-  the consumer has passed: while nothing is pending, every message up to the last one
-  delivered is an orphan too (`_passed`).
+  batch not loaded. The consumer's state can also come back newer than the stream's
+  files (a removal synced, the last messages or an ack not): its floor stays behind what
+  it delivered, and a batch put then is stored at a sequence it has passed. So while
+  nothing is pending, or while the consumer has delivered past the stream's last
+  sequence, every message up to the last one delivered is an orphan too (`_passed`).
 
 The API is synchronous, like the rest of steadyflow. nats-py is asyncio-only, so each
 instance runs a private event loop in a daemon thread and submits coroutines to it; there
@@ -414,21 +414,32 @@ class JetStreamBuffer:
 
     async def _passed(self) -> int:
         """The stream sequence at and below which the consumer will deliver nothing more:
-        its ack floor, and, while no delivery is pending, everything it delivered.
+        its ack floor, and everything it delivered while no delivery is pending or while it
+        has delivered past the stream's last sequence (read after the consumer's state, so
+        a message stored and delivered in between cannot make it look so).
 
         The floor alone is not enough after a crash whose files disagree (the consumer's
-        state newer than the stream's): the server drops a pending sequence it finds
-        deleted without moving the floor, which then stays below what was delivered until
-        the next ack. A message stored in between (a batch put after the restart, stored at
-        a sequence the consumer delivered before it) is never delivered: with nothing
-        pending, no message up to the last delivered one can be delivered again.
+        state newer than the stream's). The server drops a pending sequence it finds
+        deleted without moving the floor, which then stays below what was delivered; and
+        it keeps pending a sequence past the stream's end (a delivered message whose write
+        was lost) until a new message is stored there. A batch put after the restart is
+        stored at a sequence the consumer delivered before it and is never delivered:
+        with nothing pending, no message up to the last delivered one can come again; with
+        the consumer ahead of the stream, the one that would is a lost message's
+        redelivery, and deleting it only costs a duplicate load (the sweeper puts the
+        batch again, at a sequence that moves the stream towards the consumer).
         """
         assert self._jsm is not None
         info = await self._jsm.consumer_info(self.stream, CONSUMER)
         floor = int(info.ack_floor.stream_seq or 0) if info.ack_floor else 0
-        if info.num_ack_pending or info.delivered is None:
+        delivered = int(info.delivered.stream_seq or 0) if info.delivered else 0
+        if delivered <= floor:
             return floor
-        return max(floor, int(info.delivered.stream_seq or 0))
+        if info.num_ack_pending:
+            last = int((await self._jsm.stream_info(self.stream)).state.last_seq)
+            if delivered <= last:
+                return floor
+        return delivered
 
     async def _reap(self, due: bool = False) -> int:
         """Delete the orphans (see the module docstring); returns how many. With `due`,
