@@ -218,3 +218,59 @@ def test_a_buffer_that_cannot_be_read_fails_the_status(
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+def allow_connections(dsn: str, allowed: bool) -> None:
+    """Open or shut the source database to new connections (and end the open ones)."""
+    name = dsn.rsplit("/", 1)[1]
+    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}')
+        if not allowed:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                         "datname = %s AND pid <> pg_backend_pid()", (name,))
+
+
+def breakers(warehouse_dsn: str) -> set[str | None]:
+    """The breaker each table's health records (none before the state is made)."""
+    try:
+        with psycopg.connect(warehouse_dsn) as conn:
+            return {r[0] for r in conn.execute("SELECT breaker FROM sf_state.table_health")}
+    except psycopg.errors.UndefinedTable:
+        return set()
+
+
+def test_a_source_read_again_by_another_worker_is_not_shown_down(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str, stream: str) -> None:
+    """A worker whose breaker opened on a source that was down was killed; the source came
+    back and a new worker read and loaded every table of it. The state kept the breaker
+    the dead worker recorded (a process records its breaker's transitions only, and the new
+    worker's never left 'closed'): status said 'source down', failing (exit 2), for ever.
+    A successful poll now records its table's breaker closed."""
+    cfg = make_pipeline(tmp_path, pg_dsn, pg_warehouse_dsn, stream)
+    config = yaml.safe_load(cfg.read_text())
+    config["sources"][0]["resilience"].update({"breaker_failures": 2, "retries": 0,
+                                               "connect_timeout": "1s"})
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    allow_connections(pg_dsn, False)
+    try:
+        first = start_worker(cfg, tmp_path / "first.log")
+        try:
+            wait_for(lambda: breakers(pg_warehouse_dsn) == {"open"}, "the breaker opens")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+    finally:
+        allow_connections(pg_dsn, True)
+    second = start_worker(cfg, tmp_path / "second.log")
+    try:
+        wait_for(lambda: all(loaded(pg_warehouse_dsn, t) == 3 for t in TABLES),
+                 "the second worker loads both tables")
+        wait_for(lambda: breakers(pg_warehouse_dsn) == {"closed"},
+                 "the source's breaker is recorded closed", timeout=15)
+        report, code = status(cfg)
+    finally:
+        second.send_signal(signal.SIGKILL)
+        second.wait()
+    assert [(t["state"], t["breaker"]) for t in report["tables"]] == [("ok", "closed")] * 2
+    assert (report["health"], code) == ("healthy", 0)

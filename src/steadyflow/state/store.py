@@ -863,13 +863,21 @@ class StateStore(ABC):
     # --- source polls (lag) -----------------------------------------------------------
     def record_poll(self, source: str, table: str, high: Watermark | None,
                     high_epoch: float | None) -> None:
-        """A successful poll: the source's high-water mark it saw (for lag) and when."""
+        """A successful poll: the source's high-water mark it saw (for lag) and when.
+
+        It also records the table's breaker closed: the source answered. A process records
+        its own breaker's transitions only, so an 'open' left by a worker that died (or
+        was scaled away) while its breaker was open stayed in the table's health after
+        another worker, whose breaker never left 'closed', read the source again: the
+        status said 'source down' (failing) for ever."""
         with self._tx() as c:
             c.execute(
                 "INSERT INTO source_polls VALUES (?,?,?,?,?) ON CONFLICT(source, tbl) DO "
                 "UPDATE SET high=excluded.high, high_epoch=excluded.high_epoch, "
                 "polled_at=excluded.polled_at",
                 (source, table, high.to_json() if high else None, high_epoch, time.time()))
+            c.execute("UPDATE table_health SET breaker='closed' WHERE source=? AND tbl=? AND "
+                      "breaker IS NOT NULL AND breaker <> 'closed'", (source, table))
 
     def polls(self) -> dict[tuple[str, str], tuple[float | None, float]]:
         """(source, table) -> (high-water mark as epoch seconds or None, last poll time)."""
