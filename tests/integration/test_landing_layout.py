@@ -28,10 +28,11 @@ from tests.support.items import TABLE, add_rows, make_source, write_config
 from tests.support.oracle import diff, read_source, read_warehouse
 from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint, s3_endpoint
 
-from steadyflow.errors import FatalError
+from steadyflow.errors import FatalError, RetryableError
 from steadyflow.land.parquet import LandingZone
 from steadyflow.reconcile.runner import Options, reconcile
-from steadyflow.run.compact import compact, compact_pipeline
+from steadyflow.run import compact as compact_module
+from steadyflow.run.compact import CompactResult, compact, compact_pipeline
 from steadyflow.run.pipeline import Pipeline
 from steadyflow.run.replay import replay_batches
 from steadyflow.run.retention import collect, gc_pipeline
@@ -141,6 +142,38 @@ def test_compacted_batches_replay_and_repair_to_the_source(tmp_path: Path,
         again = compact_pipeline(pipeline, 16 << 10, include_today=True)
     assert again.files_after <= again.files_before
     assert_every_batch_reads(cfg)
+
+
+def test_a_compaction_stalled_past_its_lease_moves_no_batch_into_a_swept_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compactor stalls after writing its first file, past its lease; another (with
+    another target, so other files) takes the table over, sweeps that file as referenced
+    by no entry and moves every batch. When the first wakes it must move nothing: its
+    manifest move pointed 5 batches at the swept file (unreadable, replay impossible)."""
+    make_source(tmp_path / "shop.db", ROWS)
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    monkeypatch.setattr(compact_module, "LEASE_SECONDS", 0.2)
+    stalled: list[CompactResult] = []
+    woken = False
+
+    def stall(name: str) -> None:
+        nonlocal woken
+        if name == "compact.after_write" and not woken:
+            woken = True
+            time.sleep(0.4)  # past the lease: the next compact takes the table over
+            with Pipeline.from_yaml(cfg) as other:
+                stalled.append(compact_pipeline(other, 1 << 30, include_today=True))
+
+    monkeypatch.setattr(compact_module, "failpoint", stall)
+    with Pipeline.from_yaml(cfg) as pipeline, pytest.raises(RetryableError) as caught:
+        compact_pipeline(pipeline, 8 << 10, include_today=True)
+    assert "shop.items" in str(caught.value) and "took the table over" in str(caught.value)
+    assert stalled and stalled[0].swept == 1 and stalled[0].files_after == 1
+    assert assert_every_batch_reads(cfg) >= ROWS
+    (tmp_path / "warehouse.duckdb").unlink()
+    replay_all(cfg)
+    warehouse_equals_source(tmp_path)
 
 
 @pytest.mark.faults

@@ -18,12 +18,14 @@ a batch still to be loaded is in the buffer by its old path. Days before today o
 default: a re-extraction of a page lands its file again under today's date.
 
 One compactor per table at a time, across hosts: it holds a lease in the state store
-named `<table>/compact` (no table name holds a '/').
+named `<table>/compact` (no table name holds a '/'). Step 2 is fenced by that lease: a
+compactor that stalled past it (a long read, SIGSTOP) while another took the table over,
+swept its unreferenced output and moved the batches itself, must not point them back at
+that deleted file.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import socket
@@ -36,11 +38,12 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from steadyflow.errors import ExtractionFenced, RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import ZSTD_LEVEL, Compression, LandingZone, day_of, with_part
 from steadyflow.model import BatchRef
 from steadyflow.observe import logs
-from steadyflow.state import StateStore
+from steadyflow.state import Lease, StateStore
 
 if TYPE_CHECKING:
     from steadyflow.run.pipeline import Pipeline
@@ -92,9 +95,16 @@ def compact(landing: LandingZone, state: StateStore, tables: list[tuple[str, str
             result.busy.append(f"{source}.{table}")
             continue
         try:
-            _Table(landing, state, source, table, target, queued, result,
-                   functools.partial(state.renew_lease, lease)).run(
+            _Table(landing, state, source, table, target, queued, result, lease).run(
                 None if include_today else today)
+        except ExtractionFenced as exc:
+            raise RetryableError(
+                f"compaction of {source}.{table} stalled past its {lease.seconds:g}s lease "
+                "and another `steadyflow compact` took the table over: this one moved no "
+                "more manifest entries and deleted nothing", stage="compact",
+                source=source, table=table,
+                hint="nothing to repair: the file it wrote last is referenced by no entry "
+                     "and the next compact deletes it") from exc
         finally:
             state.release_lease(lease)
     return result
@@ -109,8 +119,9 @@ class _Table:
     target: int
     queued: Callable[[str], bool]
     result: CompactResult
-    # renews the table's compaction lease between files; raises if another took it over
-    renew: Callable[[], None]
+    # the table's compaction lease: renewed before each file and checked in the manifest
+    # transaction that moves its batches (ExtractionFenced once another took it over)
+    lease: Lease
 
     def run(self, before: str | None) -> None:
         live = self.state.landed_batches(self.source, self.table)
@@ -147,7 +158,7 @@ class _Table:
         moved: list[BatchRef] = []
         for group in _groups(batches, by_file, sizes, self.target):
             while group:  # a batch of another schema (a column added) starts a new file
-                self.renew()  # before each file: a compactor that lost its lease stops
+                self.state.renew_lease(self.lease)  # a compactor that lost it stops
                 written, group = self._write(folder, group)
                 moved += written
         # an output may bear an input's name (the same batches again, e.g. after a schema
@@ -195,7 +206,7 @@ class _Table:
         written = group[:len(counts)]
         moved = [with_part(ref, path, first, end)
                  for ref, (first, end) in zip(written, parts, strict=True)]
-        self.state.relocate(moved)
+        self.state.relocate(moved, self.lease)  # fenced: see compact_pipeline's lease
         failpoint("compact.after_relocate")
         return moved, group[len(counts):]
 

@@ -752,10 +752,14 @@ class StateStore(ABC):
                            args)
         return [(BatchRef.from_json(r[0]), r[1]) for r in rows]
 
-    def relocate(self, refs: Sequence[BatchRef]) -> None:
+    def relocate(self, refs: Sequence[BatchRef], lease: Lease | None = None) -> None:
         """Point these batches' manifest entries at where compaction moved them, in ONE
-        transaction: every batch of a compacted file is moved, or none is."""
+        transaction: every batch of a compacted file is moved, or none is. With `lease`
+        (the table's compaction lease), only if it is still the current one (see _fence):
+        a compactor that stalled past it must not point entries at a file the new holder
+        has swept as unreferenced."""
         with self._tx() as c:
+            self._fence(c, lease)
             c.executemany("UPDATE manifest SET ref=? WHERE batch_id=?",
                           [(r.to_json(), r.batch_id) for r in refs])
 
