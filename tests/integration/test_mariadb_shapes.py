@@ -172,3 +172,38 @@ def test_a_decimal_read_as_string_is_spelled_as_mariadb_spells_it(
     expected = source_rows(mysql_dsn, "SELECT id, CAST(big AS CHAR), CAST(small AS CHAR) FROM t")
     assert (1, "0.000000000000000000000000000000", "0.00") in expected
     assert warehouse_rows(tmp_path, "SELECT id, big, small FROM main.t") == expected
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_times_read_as_string_keep_mariadb_s_own_text(tmp_path: Path, mysql_dsn: str,
+                                                      initial_load: str) -> None:
+    """DATETIME/TIMESTAMP/DATE read as string (a key among them, a zero date too) are
+    MariaDB's text: str() of the driver's datetime dropped a zero fraction
+    ('2024-01-01 00:00:00' for a DATETIME(6) shown '2024-01-01 00:00:00.000000') and
+    widened others ('...00.500000' for a DATETIME(3) '...00.500'), so reconcile found every
+    such row mismatched. Keyset pages of one row compare the text with the column as a
+    time."""
+    execute(mysql_dsn,
+            "SET SESSION sql_mode = ''",
+            "CREATE TABLE t (k DATETIME(6) NOT NULL, d3 DATETIME(3), ts TIMESTAMP(6) NULL, "
+            "dd DATE, n INT, at DATETIME NOT NULL, PRIMARY KEY (k), KEY c (at, k))",
+            "INSERT INTO t VALUES "
+            "('2024-01-01 00:00:00', '2024-01-01 00:00:00.5', '2024-01-01 00:00:00', "
+            "'2024-01-01', 1, '2024-01-01'), "
+            "('2024-01-01 00:00:00.5', '2024-01-01 00:00:00', '2024-01-01 00:00:00.000001', "
+            "'0000-00-00', 2, '2024-01-01'), "
+            "('1000-01-01 00:00:00', NULL, NULL, NULL, 3, '2024-01-01'), "
+            "('2024-01-01 00:00:00.000001', '9999-12-31 23:59:59.999', NULL, '9999-12-31', 4, "
+            "'2024-01-02')")
+    contract = {"primary_key": ["k"], "cursor": "at", "columns": {
+        "k": {"type": "string", "nullable": False}, "d3": {"type": "string"},
+        "ts": {"type": "string"}, "dd": {"type": "string"}, "n": {"type": "int64"},
+        "at": {"type": "timestamp", "nullable": False}}}
+    summary = run(tmp_path, mysql_dsn, contract, initial_load)
+    assert summary.ok, summary.errors
+    query = ("SELECT CAST(k AS CHAR), CAST(d3 AS CHAR), CAST(ts AS CHAR), CAST(dd AS CHAR), "
+             "n FROM t")
+    expected = source_rows(mysql_dsn, query)
+    assert ("2024-01-01 00:00:00.000000", "2024-01-01 00:00:00.500",
+            "2024-01-01 00:00:00.000000", "2024-01-01", 1) in expected
+    assert warehouse_rows(tmp_path, "SELECT k, d3, ts, dd, n FROM main.t") == expected

@@ -553,9 +553,12 @@ def member_number(kind: str, values: Sequence[str], text: str) -> int | None:
     return number
 
 
-def is_time_of_day(declared: str) -> bool:
-    """Is this a MariaDB/MySQL TIME column (catalog text 'time' or 'time(6)')?"""
-    return re.match(r"\s*time\s*(\(|$)", declared.lower()) is not None
+def text_of_time(declared: str, kind: pa.DataType) -> bool:
+    """Is this a MariaDB/MySQL TIME, DATE, DATETIME or TIMESTAMP column (catalog text
+    'time(6)', 'datetime', ...) read as string? Then a page selects MariaDB's own text of
+    it (`MysqlDialect.select_expr`)."""
+    return (re.match(r"\s*(time|date|datetime|timestamp)\s*(\(|$)", declared.lower())
+            is not None and pa.types.is_string(kind))
 
 
 class MysqlDialect(Dialect):
@@ -603,13 +606,16 @@ class MysqlDialect(Dialect):
         BIT: text such as 'true' is never read as a number. Read as string, BIT stays the
         bytes themselves.
 
-        A TIME column read as string is MariaDB's own text of it ('-00:00:01',
-        '838:59:59.000000'): both drivers hand TIME over as a timedelta, whose str() is
-        another value's spelling ('-1 day, 23:59:59'), which the warehouse then held."""
+        A TIME, DATE, DATETIME or TIMESTAMP column read as string is MariaDB's own text
+        of it ('-00:00:01', '838:59:59.000000', '2024-01-01 00:00:00.000000'): both
+        drivers hand them over as Python values whose str() is another spelling (TIME's
+        timedelta '-1 day, 23:59:59'; a DATETIME(6) without its zero fraction), which the
+        warehouse then held and reconcile, reading MariaDB's text, found mismatched. As
+        a key or cursor the text compares with the column as a time, exactly."""
         ident = self.ident(name)
         if bit_number(declared, kind):
             return f"CAST({ident} AS UNSIGNED)"
-        if is_time_of_day(declared) and pa.types.is_string(kind):
+        if text_of_time(declared, kind):
             return f"CAST({ident} AS CHAR)"
         return ident
 

@@ -77,7 +77,7 @@ import pymysql
 from steadyflow import secrets
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout
-from steadyflow.extract.dialects import bit_number
+from steadyflow.extract.dialects import bit_number, text_of_time
 from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
 from steadyflow.model import Contract, Watermark
 from steadyflow.observe import logs
@@ -301,8 +301,9 @@ class MysqlArrowSource(SqlSource):
 
     def _fast_select(self, table: str, contract: Contract, kinds: tuple[str, ...],
                      query: str) -> str:
-        """The page query with DECIMAL columns selected as MariaDB's text of them, and
-        BIT columns read as numbers as their number (as `MysqlDialect.select_expr`)."""
+        """The page query with DECIMAL columns selected as MariaDB's text of them, BIT
+        columns read as numbers as their number, and DATE/DATETIME/TIMESTAMP columns read
+        as string as their text (as `MysqlDialect.select_expr`)."""
         plain = self._select(table, contract)
         if not query.startswith(plain):
             raise AssertionError("page_query no longer starts with the select list")
@@ -315,6 +316,8 @@ class MysqlArrowSource(SqlSource):
                 cols.append(f"CAST({column} AS CHAR) AS {ident}")
             elif bit_number(kind, c.arrow_type):
                 cols.append(f"CAST({column} AS UNSIGNED) AS {ident}")
+            elif text_of_time(kind, c.arrow_type):
+                cols.append(f"CAST({column} AS CHAR) AS {ident}")
             else:
                 cols.append(column)
         return f"SELECT {', '.join(cols)} FROM {d.ident(table)}" + query[len(plain):]
