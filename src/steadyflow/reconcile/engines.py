@@ -296,7 +296,8 @@ class PostgresEngine(Engine):
         if t in ("int64", "int32"):
             return f"CAST(CAST({x} AS bigint) AS text)"
         if t == "string":
-            return f"replace(replace(CAST({x} AS text), '~', '~~'), '|', '~|')"
+            # COLLATE "C": replace() refuses a nondeterministic collation's text
+            return f"replace(replace(CAST({x} AS text) COLLATE \"C\", '~', '~~'), '|', '~|')"
         if t == "timestamp":
             return f"CAST({self.ts_us(x)} AS text)"
         if t == "date":
