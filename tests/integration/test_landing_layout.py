@@ -249,6 +249,28 @@ def test_gc_deletes_only_loaded_batches_past_the_retention(tmp_path: Path) -> No
         refs[b].path for b in quarantined]
 
 
+@pytest.mark.faults
+def test_gc_keeps_the_file_of_a_loaded_batch_still_in_the_buffer(tmp_path: Path) -> None:
+    """A loader killed after marking its group loaded, before the acks, leaves loaded
+    batches in the buffer; gc then must keep their files: the redelivery reads a batch's
+    file before the ledger makes it a no-op (was: the next run failed, exit 1, with
+    'landed file missing' for a batch already in the warehouse)."""
+    make_source(tmp_path / "shop.db", 500)
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    killed = steadyflow("run", "-c", str(cfg), env={"STEADYFLOW_FAILPOINT": "load.after_mark"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Pipeline.from_yaml(cfg) as pipeline:
+        queued = {r.batch_id for r, s in pipeline.state.landed_batches()
+                  if s == "loaded" and pipeline.buffer.contains(r.batch_id)}
+        assert queued
+        result = gc_pipeline(pipeline, 1e-3)
+        kept = {r.batch_id for r, _ in pipeline.state.landed_batches()}
+    assert queued <= kept and result.files_kept >= len(queued)
+    assert cli("run", "-c", str(cfg))["errors"] == []
+    warehouse_equals_source(tmp_path)
+    assert cli("gc", "-c", str(cfg), "--retention", "1ms")["files_deleted"] >= len(queued)
+
+
 def warehouse_equals_source_except_bad(directory: Path) -> None:
     expected = read_source("sqlite", str(directory / "shop.db"), TABLE)
     expected = {k: v for k, v in expected.items() if k != (501,)}

@@ -5,8 +5,11 @@ its batch is in the warehouse; after that it serves `replay` (e.g. after a wareh
 restore) for as long as the operator chooses to keep it: that is the retention.
 
 A file is deleted only when EVERY batch in it (one, or all of a compacted file's) is
-loaded, landed longer ago than the retention, and has no open quarantine entry; a batch
-not yet loaded is never touched, whatever its age (it may wait in the buffer). Its
+loaded, landed longer ago than the retention, has no open quarantine entry and is not in
+the buffer; a batch not yet loaded is never touched, whatever its age. A loaded batch can
+still be queued: its loader was killed after marking it loaded, before the ack, and the
+redelivery reads its file (before the ledger tells it the batch is a duplicate), so its
+deleted file failed the next run with 'landed file missing'. Its
 manifest rows stay, as history, with status 'gone'. The file is deleted before the rows
 are marked: a crash between the two leaves rows whose file is already gone, and the next
 `gc` deletes (a no-op) and marks them; the other order could leave a file no row leads to.
@@ -20,7 +23,7 @@ by the day of their folder, are deleted unless an open entry names them.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -56,13 +59,16 @@ def gc_pipeline(pipeline: Pipeline, retention: float | None = None) -> GcResult:
     keep = pipeline.config.landing.retention if retention is None else retention
     pages = [f"{ref.source}/{ref.table}{suffix}/" for s, _, ref in pipeline.config.tables()
              if s.kind == "http" for suffix in (RAW_SUFFIX, REJECTED_SUFFIX)]
-    return collect(pipeline.landing, pipeline.state, keep, pages=pages)
+    return collect(pipeline.landing, pipeline.state, keep, pages=pages,
+                   queued=pipeline.buffer.contains)
 
 
 def collect(landing: LandingZone, state: StateStore, retention: float,
-            now: float | None = None, pages: Sequence[str] = ()) -> GcResult:
+            now: float | None = None, pages: Sequence[str] = (),
+            queued: Callable[[str], bool] = lambda batch_id: False) -> GcResult:
     """Delete the files of loaded batches landed more than `retention` seconds ago (see the
-    module docstring). A retention of 0 keeps every file."""
+    module docstring). A retention of 0 keeps every file. `queued(batch_id)`: still in
+    the buffer (a redelivery will read its file)."""
     result = GcResult()
     if retention <= 0:
         return result
@@ -74,8 +80,9 @@ def collect(landing: LandingZone, state: StateStore, retention: float,
     for ref, status in state.landed_batches(before=cutoff + 2 * DAY):
         files.setdefault(ref.path, []).append((ref, status))
     for path, entries in files.items():
-        if not all(status in LOADED and ref.landed_at < cutoff
-                   and ref.batch_id not in open_quarantine for ref, status in entries):
+        expired = all(status in LOADED and ref.landed_at < cutoff
+                      and ref.batch_id not in open_quarantine for ref, status in entries)
+        if not expired or any(queued(ref.batch_id) for ref, _ in entries):
             result.files_kept += 1
             continue
         landing.store.delete(path)
