@@ -23,6 +23,7 @@ import pyarrow as pa
 import pytest
 from tests.conftest import PG_HOST, PG_PORT, require_service, write_pipeline
 
+from steadyflow.errors import SchemaError
 from steadyflow.merge.duckdb import DuckdbWarehouse
 from steadyflow.merge.postgres import PostgresWarehouse
 from steadyflow.model import MAX_TIME, MIN_TIME, BatchRef, Column, Contract, TableRef
@@ -197,3 +198,53 @@ def test_text_that_is_not_utf8_costs_its_row_end_to_end(tmp_path: Path, where: s
         with duckdb.connect(where, read_only=True) as conn:
             got = conn.execute(sql).fetchall()
     assert got == [(1, "ok", "ok"), (3, "hé", "ok"), (5, "", None)]
+
+
+def _execute(where: str, sql: str) -> None:
+    if where.startswith("postgresql://"):
+        with psycopg.connect(where, autocommit=True) as conn:
+            conn.execute(sql.encode())
+    else:
+        with duckdb.connect(where) as conn:
+            conn.execute(sql)
+
+
+def test_a_contract_widened_past_its_target_is_refused_until_widened(where: str) -> None:
+    """The target keeps the types it was created with; a contract widened later (int32 to
+    int64, decimal(10,2) to decimal(12,4)) had its values converted into the old columns
+    without a word (1.2345 stored as 1.23, run ok) and one value past the old range failed
+    its batch on every delivery. The table is now refused naming the columns and the
+    ALTERs that widen them; once run, every value loads exactly."""
+    def contract(n: str, d: str) -> Contract:
+        return Contract(columns=(Column("id", "int64", nullable=False), Column("n", n),
+                                 Column("d", d)), primary_key=("id",), cursor="id")
+
+    ref = TableRef("src", "grown", "grown")
+    old, new = contract("int32", "decimal(10,2)"), contract("int64", "decimal(12,4)")
+    rows = pa.table({"id": pa.array([1, 2], pa.int64()),
+                     "n": pa.array([5_000_000_000, 1], pa.int64()),
+                     "d": pa.array([Decimal("1.2345"), Decimal("12345678.1234")],
+                                   pa.decimal128(12, 4))})
+    wh = (PostgresWarehouse(where) if where.startswith("postgresql://")
+          else DuckdbWarehouse(Path(where)))
+    try:
+        wh.ensure_table(ref, old)
+        with pytest.raises(SchemaError) as refused:
+            wh.ensure_table(ref, new)
+        assert "column n is" in str(refused.value) and "int64 in the contract" in str(
+            refused.value)
+        assert "column d is" in str(refused.value)
+        wh.close()
+        hint = refused.value.hint or ""
+        for alter in hint.split(": ", 1)[1].split("; "):  # the operator runs the fix
+            _execute(where, alter)
+        wh = (PostgresWarehouse(where) if where.startswith("postgresql://")
+              else DuckdbWarehouse(Path(where)))
+        wh.ensure_table(ref, new)
+        assert wh.load(ref, new, BatchRef("b1", "src", "grown", "p", 0, 0, "c", None, None,
+                                          0.0, seq=1), rows)
+        got = wh.query("SELECT id, n, d FROM grown ORDER BY id").to_pylist()
+    finally:
+        wh.close()
+    assert got == [{"id": 1, "n": 5_000_000_000, "d": Decimal("1.2345")},
+                   {"id": 2, "n": 1, "d": Decimal("12345678.1234")}]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from steadyflow.merge import duckdb as duck
 from steadyflow.merge import postgres as pg
-from steadyflow.merge.plan import plan
+from steadyflow.merge.plan import narrower_columns, plan
 from steadyflow.model import Column, Contract
 
 CONTRACT = Contract(
@@ -30,3 +30,27 @@ def test_duckdb_plan_merges() -> None:
 def test_identifiers_are_quoted_not_pasted() -> None:
     assert duck.quote('we"ird') == '"we""ird"'
     assert pg.quote('we"ird') == '"we""ird"'
+
+
+def test_a_target_column_narrower_than_its_contract_type_is_named() -> None:
+    """A contract widened after its target was created (int32 to int64, decimal(10,2) to
+    decimal(12,4)): both warehouses converted into the old column silently (1.2345 stored
+    as 1.23); a wider or unconstrained column, or one of a type it cannot judge, holds."""
+    contract = Contract(columns=(
+        Column("id", "int64", nullable=False), Column("n", "int32"),
+        Column("d", "decimal(12,4)"), Column("k", "decimal(18,0)"), Column("s", "string")),
+        primary_key=("id",), cursor="id")
+    fits = {"id": "BIGINT", "n": "integer", "d": "numeric(14,4)", "k": "bigint", "s": "text"}
+    assert narrower_columns(contract, fits) == []
+    assert narrower_columns(contract, {"id": "numeric", "n": "HUGEINT", "d": "numeric",
+                                       "k": "DECIMAL(18,0)", "s": "USER_DEFINED"}) == []
+    narrow = {"id": "integer", "n": "smallint", "d": "numeric(10,2)", "k": "DOUBLE",
+              "s": "bigint"}
+    assert narrower_columns(contract, narrow) == [
+        ("id", "integer", "int64"), ("n", "smallint", "int32"),
+        ("d", "numeric(10,2)", "decimal(12,4)"), ("k", "DOUBLE", "decimal(18,0)")]
+    assert narrower_columns(contract, {"d": "DECIMAL(12,5)", "k": "int"}) == [
+        ("d", "DECIMAL(12,5)", "decimal(12,4)"), ("k", "int", "decimal(18,0)")]
+    assert narrower_columns(contract, {"id": "numeric(19,0)", "n": "decimal(12,2)"}) == []
+    assert narrower_columns(contract, {"id": "numeric(18,0)"}) == [
+        ("id", "numeric(18,0)", "int64")]

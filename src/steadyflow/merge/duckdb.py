@@ -16,7 +16,15 @@ import pyarrow.compute as pc
 
 from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import SEQ, MergePlan, delete_seq, ledgered_sql, plan, with_seq
+from steadyflow.merge.plan import (
+    SEQ,
+    MergePlan,
+    delete_seq,
+    ledgered_sql,
+    plan,
+    refuse_narrower,
+    with_seq,
+)
 from steadyflow.model import BatchRef, Contract, TableRef
 from steadyflow.observe import logs
 from steadyflow.ports import Ledgered, LoadPart, Merged
@@ -218,12 +226,18 @@ class DuckdbWarehouse:
                 self._conn.execute(p.create_ledger)
                 for stmt in p.add_ledger_counts:
                     self._conn.execute(stmt)
+                declared = dict(self._conn.execute(
+                    "SELECT column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = ? AND table_name = ?",
+                    [self.schema, ref.target]).fetchall())
             except duckdb.FatalException as exc:
                 raise self._invalidated(exc, f"cannot create warehouse table {ref.target}"
                                         ) from None
             except duckdb.Error as exc:
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
+        refuse_narrower(contract, declared, f"{quote(self.schema)}.{quote(ref.target)}",
+                        ref.target, quote, "duckdb")
 
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> Merged | None:

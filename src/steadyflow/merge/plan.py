@@ -13,11 +13,13 @@ returns an older version, so the later extraction is the one to keep.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 
+from steadyflow.errors import SchemaError
 from steadyflow.model import Contract
 
 Quote = Callable[[str], str]
@@ -37,6 +39,76 @@ def sql_type(arrow: pa.DataType, engine: str) -> str:
         pa.string(): "TEXT" if engine == "postgres" else "VARCHAR",
     }
     return table[arrow]
+
+
+# the integer types a catalog may list, by their bits (a value range of ±2**(bits-1))
+_INTEGER_BITS = {"smallint": 16, "int2": 16, "tinyint": 8, "integer": 32, "int4": 32,
+                 "int": 32, "bigint": 64, "int8": 64, "hugeint": 128}
+_FLOATS = ("real", "float4", "float", "double", "double precision", "float8")
+_SIZED = re.compile(r"^(?:numeric|decimal)\((\d+),\s*(\d+)\)$")
+
+
+def _holds(declared: str, arrow: pa.DataType) -> bool:
+    """Whether a warehouse column declared `declared` (as its catalog spells it) holds
+    every value of the contract number type `arrow` exactly. A type this cannot judge
+    (a user's own, a text column) is taken to hold it: only a known number type that is
+    narrower, or a float, is refused."""
+    spelled = declared.strip().lower()
+    if spelled in ("numeric", "decimal"):  # PostgreSQL's unconstrained numeric
+        return True
+    if spelled in _FLOATS:
+        return False
+    bits = _INTEGER_BITS.get(spelled)
+    sized = _SIZED.match(spelled)
+    if pa.types.is_integer(arrow):
+        if bits is not None:
+            return bits >= arrow.bit_width
+        # the digits of the contract type's extremes: 10 (int32), 19 (int64)
+        return sized is None or int(sized.group(1)) - int(sized.group(2)) >= len(
+            str(2 ** (arrow.bit_width - 1)))
+    assert isinstance(arrow, pa.Decimal128Type)
+    whole, fraction = arrow.precision - arrow.scale, arrow.scale
+    if bits is not None:  # every whole number of `whole` digits is below 2**(bits-1)
+        return fraction == 0 and 10 ** whole <= 2 ** (bits - 1)
+    return sized is None or (int(sized.group(2)) >= fraction
+                             and int(sized.group(1)) - int(sized.group(2)) >= whole)
+
+
+def narrower_columns(contract: Contract, declared: dict[str, str]
+                     ) -> list[tuple[str, str, str]]:
+    """(column, warehouse type, contract type) of each existing target column too narrow
+    for its contract type, `declared` being column → type as the warehouse's catalog
+    spells it.
+
+    A target is created from the contract once; a contract widened later (int32 to int64,
+    decimal(10,2) to decimal(12,4)) leaves the old column, and both warehouses convert
+    into it without a word: 1.2345 was stored as 1.23, and one value past the old range
+    failed its whole batch on every delivery. Such a table is refused instead, naming
+    the ALTER that widens it."""
+    out = []
+    for column in contract.columns:
+        arrow, have = column.arrow_type, declared.get(column.name)
+        if (have is not None and (pa.types.is_integer(arrow) or pa.types.is_decimal(arrow))
+                and not _holds(have, arrow)):
+            out.append((column.name, have, column.type))
+    return out
+
+
+def refuse_narrower(contract: Contract, declared: dict[str, str], target: str, table: str,
+                    quote: Quote, engine: str) -> None:
+    """Raise SchemaError naming each narrower column of `target` (`narrower_columns`)
+    and the ALTER TABLE that widens it; nothing is loaded into it until then."""
+    narrower = narrower_columns(contract, declared)
+    if not narrower:
+        return
+    what = "; ".join(f"column {name} is {have} in the warehouse but {want} in the contract"
+                     for name, have, want in narrower)
+    fix = "; ".join(f"ALTER TABLE {target} ALTER COLUMN {quote(name)} TYPE "
+                    f"{sql_type(contract.column(name).arrow_type, engine)}"
+                    for name, _, _ in narrower)
+    raise SchemaError(f"warehouse table {table}: {what}: its values would be rounded or "
+                      "refused there, so nothing is loaded into it", stage="load",
+                      table=table, hint=f"widen the column(s), then run again: {fix}")
 
 
 def with_seq(rows: pa.Table, seq: int) -> pa.Table:

@@ -17,7 +17,16 @@ from psycopg import sql as pgsql
 from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
-from steadyflow.merge.plan import LEDGER, SEQ, MergePlan, delete_seq, ledgered_sql, plan, with_seq
+from steadyflow.merge.plan import (
+    LEDGER,
+    SEQ,
+    MergePlan,
+    delete_seq,
+    ledgered_sql,
+    plan,
+    refuse_narrower,
+    with_seq,
+)
 from steadyflow.model import BatchRef, Column, Contract, TableRef
 from steadyflow.ports import Ledgered, LoadPart, Merged
 
@@ -174,24 +183,28 @@ class PostgresWarehouse:
                                                   p.add_ledger_counts, strict=True))
                     self.conn.execute(p.create_table.encode())
                     added = [c.name for c in contract.columns if c.added]
-                    self._add_missing(ref.target, zip((SEQ, *added),
-                                                      (p.add_seq, *p.add_columns),
-                                                      strict=True))
+                    declared = self._add_missing(ref.target, zip((SEQ, *added),
+                                                                 (p.add_seq, *p.add_columns),
+                                                                 strict=True))
+                    refuse_narrower(contract, declared, self._target(ref), ref.target,
+                                    quote, "postgres")
             except psycopg.Error as exc:
                 if isinstance(exc, psycopg.OperationalError):
                     raise self._fail(exc, "warehouse unavailable") from None
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
 
-    def _add_missing(self, table: str, adds: Iterable[tuple[str, str]]) -> None:
-        """Run each (column, ALTER ... ADD COLUMN) whose column `table` lacks."""
-        present = {name for name, in self.conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
-            "attnum > 0 AND NOT attisdropped",
-            [f"{quote(self.schema)}.{quote(table)}"]).fetchall()}
+    def _add_missing(self, table: str, adds: Iterable[tuple[str, str]]) -> dict[str, str]:
+        """Run each (column, ALTER ... ADD COLUMN) whose column `table` lacks; returns the
+        columns it had, each with its declared type (format_type: 'numeric(10,2)')."""
+        present = dict(self.conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE "
+            "attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            [f"{quote(self.schema)}.{quote(table)}"]).fetchall())
         for column, stmt in adds:
             if column not in present:
                 self.conn.execute(stmt.encode())
+        return present
 
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> Merged | None:
