@@ -31,6 +31,7 @@ import pytest
 from tests.faults.test_multihost import Nats
 
 from steadyflow.buffer.jetstream import CONSUMER, JetStreamBuffer
+from steadyflow.errors import RetryableError
 from steadyflow.model import BatchRef
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -311,3 +312,44 @@ def test_a_batch_put_behind_a_lost_delivery_after_a_crash_is_delivered(
         assert buffer.depth() == 0
     finally:
         buffer.close()
+
+
+def test_a_server_back_without_its_store_gets_the_stream_made_again(
+        server: Nats) -> None:
+    """A nats-server restarted without its store (wiped, or a node replaced) has no stream
+    and no consumer. The buffer made them only when it opened: every put waited for ever
+    ('no response from stream') and every get and depth failed, so a worker extracted and
+    loaded nothing until it was restarted. Now the next put or get makes them again, and
+    the sweeper's re-put of what the stream had held is delivered."""
+    loader, extractor = open_buffer(server), open_buffer(server)
+    try:
+        extractor.put(REF)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+        shutil.rmtree(server.store)
+        server.start()
+
+        for _ in range(20):  # a loader's loop, alone first: it fails, then finds it empty
+            try:
+                assert loader.get(wait=0.5) is None
+                assert loader.depth() == 0
+                break
+            except RetryableError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the loader never found the stream again")
+        later = replace(REF, batch_id="b1ater")
+        extractor.put(later, timeout=15)  # an extraction's put after the restart
+        delivery = loader.get(wait=10)
+        assert delivery is not None and delivery.ref.batch_id == later.batch_id
+        loader.ack(later.batch_id)
+        assert not loader.contains(REF.batch_id)  # lost with the store: the sweeper re-puts
+        extractor.put(REF, timeout=15)
+        delivery = loader.get(wait=10)
+        assert delivery is not None and delivery.ref.batch_id == REF.batch_id
+        loader.ack(REF.batch_id)
+        assert loader.depth() == 0
+    finally:
+        loader.close()
+        extractor.close()

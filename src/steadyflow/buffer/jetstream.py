@@ -53,7 +53,13 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, JetStreamManager, api
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from steadyflow.errors import ConfigError, FatalError, RetryableError
 from steadyflow.model import BatchRef
@@ -76,6 +82,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _STORE_FAILED = 10077   # JSStreamStoreFailedF: a stream limit refused the message
 _NAME_IN_USE = 10058    # JSStreamNameExistErr: same name, different configuration
 _NO_MESSAGE = 10057     # JSStreamMsgDeleteFailedF: already gone
+_GONE = (10059, 10014)  # JSStreamNotFoundErr, JSConsumerNotFoundErr
 _TRANSIENT = (nats.errors.Error, OSError)  # nats errors, timeouts, refused connections
 
 
@@ -133,6 +140,7 @@ class JetStreamBuffer:
                 reason = f"JetStream unavailable ({exc})"
             except _TRANSIENT as exc:
                 reason = f"JetStream unreachable at {self._where} ({exc})"
+                self._remake_if_gone(exc)
             except RuntimeError as exc:
                 raise self._error("publish", exc, ref.batch_id) from exc
             if not warned and not reason.startswith("buffer full"):
@@ -248,7 +256,27 @@ class JetStreamBuffer:
         try:
             return self._run(coro, timeout)
         except (*_TRANSIENT, RuntimeError) as exc:
+            self._remake_if_gone(exc)
             raise self._error(what, exc, batch_id) from exc
+
+    def _remake_if_gone(self, exc: BaseException) -> None:
+        """Make the stream and its consumer again when the server says they are not there
+        (it came back without them: a wiped or lost store, a stream deleted by hand). They
+        were only made at start, so every later put waited and every get failed until the
+        process restarted. What the stream held is lost, not the batches: the sweeper
+        queues again every batch the manifest has unloaded. The caller's retry goes on."""
+        gone = isinstance(exc, NoStreamResponseError | nats.errors.NoRespondersError) or (
+            isinstance(exc, NotFoundError) and exc.err_code in _GONE)
+        if not gone or self._closing:
+            return
+        log.warning("stream %s or its consumer is gone from %s: making them again (the "
+                    "sweeper queues the unloaded batches again)", self.stream, self._where,
+                    extra={"stage": "buffer"})
+        try:
+            self._run(self._remake())
+        except (*_TRANSIENT, RuntimeError) as again:
+            log.warning("could not make stream %s again: %s", self.stream, again,
+                        extra={"stage": "buffer"})
 
     def _error(self, what: str, exc: BaseException, batch_id: str | None) -> Exception:
         if isinstance(exc, RuntimeError):
@@ -312,6 +340,10 @@ class JetStreamBuffer:
             if exc.err_code != _NAME_IN_USE:
                 raise
             await self._jsm.update_stream(config)
+
+    async def _remake(self) -> None:
+        await self._ensure_stream()
+        await self._ensure_consumer()
 
     async def _ensure_consumer(self) -> None:
         """Create the durable consumer or update it (a changed lease); the server treats a
