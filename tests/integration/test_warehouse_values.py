@@ -211,20 +211,25 @@ def _execute(where: str, sql: str) -> None:
 
 def test_a_contract_widened_past_its_target_is_refused_until_widened(where: str) -> None:
     """The target keeps the types it was created with; a contract widened later (int32 to
-    int64, decimal(10,2) to decimal(12,4)) had its values converted into the old columns
-    without a word (1.2345 stored as 1.23, run ok) and one value past the old range failed
-    its batch on every delivery. The table is now refused naming the columns and the
-    ALTERs that widen them; once run, every value loads exactly."""
-    def contract(n: str, d: str) -> Contract:
-        return Contract(columns=(Column("id", "int64", nullable=False), Column("n", n),
-                                 Column("d", d)), primary_key=("id",), cursor="id")
+    int64, decimal(10,2) to decimal(12,4), int64 to float64, date to timestamp) had its
+    values converted into the old columns without a word (1.2345 stored as 1.23, 1.5 as
+    2, 10:30 on a day as the day; run ok) or one value failed its batch on every
+    delivery. The table is now refused naming the columns and the ALTERs that widen
+    them; once run, every value loads exactly."""
+    def contract(*types: str) -> Contract:
+        return Contract(columns=(Column("id", "int64", nullable=False),
+                                 *(Column(n, t) for n, t in zip("ndfa", types, strict=True))),
+                        primary_key=("id",), cursor="id")
 
     ref = TableRef("src", "grown", "grown")
-    old, new = contract("int32", "decimal(10,2)"), contract("int64", "decimal(12,4)")
+    old = contract("int32", "decimal(10,2)", "int64", "date")
+    new = contract("int64", "decimal(12,4)", "float64", "timestamp")
+    at = datetime(2024, 1, 1, 10, 30, tzinfo=UTC)
     rows = pa.table({"id": pa.array([1, 2], pa.int64()),
                      "n": pa.array([5_000_000_000, 1], pa.int64()),
                      "d": pa.array([Decimal("1.2345"), Decimal("12345678.1234")],
-                                   pa.decimal128(12, 4))})
+                                   pa.decimal128(12, 4)),
+                     "f": [1.5, -0.25], "a": pa.array([at, None], pa.timestamp("us", "UTC"))})
     wh = (PostgresWarehouse(where) if where.startswith("postgresql://")
           else DuckdbWarehouse(Path(where)))
     try:
@@ -233,7 +238,7 @@ def test_a_contract_widened_past_its_target_is_refused_until_widened(where: str)
             wh.ensure_table(ref, new)
         assert "column n is" in str(refused.value) and "int64 in the contract" in str(
             refused.value)
-        assert "column d is" in str(refused.value)
+        assert all(f"column {c} is" in str(refused.value) for c in "dfa")
         wh.close()
         hint = refused.value.hint or ""
         for alter in hint.split(": ", 1)[1].split("; "):  # the operator runs the fix
@@ -243,8 +248,9 @@ def test_a_contract_widened_past_its_target_is_refused_until_widened(where: str)
         wh.ensure_table(ref, new)
         assert wh.load(ref, new, BatchRef("b1", "src", "grown", "p", 0, 0, "c", None, None,
                                           0.0, seq=1), rows)
-        got = wh.query("SELECT id, n, d FROM grown ORDER BY id").to_pylist()
+        got = wh.query("SELECT id, n, d, f, a FROM grown ORDER BY id").to_pylist()
     finally:
         wh.close()
-    assert got == [{"id": 1, "n": 5_000_000_000, "d": Decimal("1.2345")},
-                   {"id": 2, "n": 1, "d": Decimal("12345678.1234")}]
+    assert [{**r, "a": r["a"] and r["a"].astimezone(UTC)} for r in got] == [
+        {"id": 1, "n": 5_000_000_000, "d": Decimal("1.2345"), "f": 1.5, "a": at},
+        {"id": 2, "n": 1, "d": Decimal("12345678.1234"), "f": -0.25, "a": None}]

@@ -54,3 +54,19 @@ def test_a_target_column_narrower_than_its_contract_type_is_named() -> None:
     assert narrower_columns(contract, {"id": "numeric(19,0)", "n": "decimal(12,2)"}) == []
     assert narrower_columns(contract, {"id": "numeric(18,0)"}) == [
         ("id", "numeric(18,0)", "int64")]
+
+
+def test_a_date_for_a_timestamp_and_a_number_type_for_a_float_are_named() -> None:
+    """int64 widened to float64 (DuckDB stored 1.5 as 2; PostgreSQL refused the batch)
+    and date to timestamp (10:30 on a day stored as the day)."""
+    contract = Contract(columns=(
+        Column("id", "int64", nullable=False), Column("f", "float64"),
+        Column("at", "timestamp")), primary_key=("id",), cursor="id")
+    for fits in ({"f": "DOUBLE", "at": "TIMESTAMP WITH TIME ZONE"},
+                 {"f": "double precision", "at": "timestamp without time zone"},
+                 {"f": "numeric", "at": "TIMESTAMP"}):
+        assert narrower_columns(contract, fits) == []
+    assert narrower_columns(contract, {"f": "BIGINT", "at": "DATE"}) == [
+        ("f", "BIGINT", "float64"), ("at", "DATE", "timestamp")]
+    assert [n for n, _, _ in narrower_columns(contract, {"f": "FLOAT"})] == ["f"]
+    assert [n for n, _, _ in narrower_columns(contract, {"f": "numeric(30,10)"})] == ["f"]

@@ -50,16 +50,21 @@ _SIZED = re.compile(r"^(?:numeric|decimal)\((\d+),\s*(\d+)\)$")
 
 def _holds(declared: str, arrow: pa.DataType) -> bool:
     """Whether a warehouse column declared `declared` (as its catalog spells it) holds
-    every value of the contract number type `arrow` exactly. A type this cannot judge
-    (a user's own, a text column) is taken to hold it: only a known number type that is
-    narrower, or a float, is refused."""
+    every value of the contract type `arrow` (a number or a timestamp) exactly. A type
+    this cannot judge (a user's own, a text column) is taken to hold it: only a known
+    narrower number type, a float for an exact number, a number type for a float64 and
+    a date for a timestamp are refused."""
     spelled = declared.strip().lower()
+    bits = _INTEGER_BITS.get(spelled)
+    sized = _SIZED.match(spelled)
+    if pa.types.is_timestamp(arrow):  # a date drops the time of day
+        return spelled != "date"
+    if pa.types.is_floating(arrow):  # a number type rounds it; a 4-byte float narrows it
+        return bits is None and sized is None and spelled not in ("real", "float4", "float")
     if spelled in ("numeric", "decimal"):  # PostgreSQL's unconstrained numeric
         return True
     if spelled in _FLOATS:
         return False
-    bits = _INTEGER_BITS.get(spelled)
-    sized = _SIZED.match(spelled)
     if pa.types.is_integer(arrow):
         if bits is not None:
             return bits >= arrow.bit_width
@@ -81,14 +86,17 @@ def narrower_columns(contract: Contract, declared: dict[str, str]
     spells it.
 
     A target is created from the contract once; a contract widened later (int32 to int64,
-    decimal(10,2) to decimal(12,4)) leaves the old column, and both warehouses convert
-    into it without a word: 1.2345 was stored as 1.23, and one value past the old range
+    decimal(10,2) to decimal(12,4), int64 to float64, date to timestamp) leaves the old
+    column, and the warehouses convert into it without a word: 1.2345 was stored as
+    1.23, 1.5 as 2 and 10:30 on a day as the day, and one value past the old range
     failed its whole batch on every delivery. Such a table is refused instead, naming
     the ALTER that widens it."""
     out = []
     for column in contract.columns:
         arrow, have = column.arrow_type, declared.get(column.name)
-        if (have is not None and (pa.types.is_integer(arrow) or pa.types.is_decimal(arrow))
+        if (have is not None and (pa.types.is_integer(arrow) or pa.types.is_decimal(arrow)
+                                  or pa.types.is_floating(arrow)
+                                  or pa.types.is_timestamp(arrow))
                 and not _holds(have, arrow)):
             out.append((column.name, have, column.type))
     return out
