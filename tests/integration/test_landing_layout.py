@@ -30,9 +30,11 @@ from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint, s3_endp
 
 from steadyflow.errors import FatalError, RetryableError
 from steadyflow.land.parquet import LandingZone
+from steadyflow.model import BatchRef
 from steadyflow.reconcile.runner import Options, reconcile
 from steadyflow.run import compact as compact_module
 from steadyflow.run.compact import CompactResult, compact, compact_pipeline
+from steadyflow.run.load import BatchLoader, LoadOutcome
 from steadyflow.run.pipeline import Pipeline
 from steadyflow.run.replay import replay_batches
 from steadyflow.run.retention import collect, gc_pipeline
@@ -173,6 +175,31 @@ def test_a_compaction_stalled_past_its_lease_moves_no_batch_into_a_swept_file(
     assert assert_every_batch_reads(cfg) >= ROWS
     (tmp_path / "warehouse.duckdb").unlink()
     replay_all(cfg)
+    warehouse_equals_source(tmp_path)
+
+
+def test_a_replay_that_races_a_compaction_reads_the_moved_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay` reads its batches' entries first, then loads them one by one; a `compact`
+    meanwhile moves them and deletes their files. Each is read where it was moved (was:
+    the replay failed on its first batch with 'landed file missing': a replayed batch's
+    id of its own was looked up in the manifest)."""
+    make_source(tmp_path / "shop.db", 1_000)
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    (tmp_path / "warehouse.duckdb").unlink()
+    process = BatchLoader.process
+    compacted: list[CompactResult] = []
+
+    def racing(loader: BatchLoader, batch: BatchRef) -> LoadOutcome:
+        if not compacted:  # after replay read the entries, before it loads the first
+            with Pipeline.from_yaml(cfg) as other:
+                compacted.append(compact_pipeline(other, 1 << 30, include_today=True))
+        return process(loader, batch)
+
+    monkeypatch.setattr(BatchLoader, "process", racing)
+    replay_all(cfg)
+    assert compacted[0].batches_moved >= 1_000 // PAGE
     warehouse_equals_source(tmp_path)
 
 

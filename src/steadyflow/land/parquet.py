@@ -60,6 +60,8 @@ HANDOFF_STALE = 60.0
 ROW_GROUP_ROWS = 64 * 1024
 HASH_CHUNK = 1 << 20  # bytes hashed at a time when a batch is streamed (`batches`)
 FOOTERS_KEPT = 8  # footers of compacted files kept for the next reads (see `_compacted`)
+# the meta key of a replayed batch (run/replay.py) naming the manifest entry it re-applies
+REPLAY_OF = "replay_of"
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +249,10 @@ class LandingZone:
 
     def _moved(self, ref: BatchRef) -> BatchRef | None:
         """Where the manifest says the batch is now, if not where `ref` says: a reference
-        taken before `compact` moved it (a redelivered message, a replay that raced it)."""
-        current = self.locate(ref.batch_id) if self.locate is not None else None
+        taken before `compact` moved it (a redelivered message, a replay that raced it: a
+        replay's batch has an id of its own, its meta names the entry, REPLAY_OF)."""
+        entry = str(ref.meta.get(REPLAY_OF, ref.batch_id))
+        current = self.locate(entry) if self.locate is not None else None
         if current is None or (current.path, current.part) == (ref.path, ref.part):
             return None
         return current

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from steadyflow.errors import ConfigError
 from steadyflow.extract.http import is_raw_page
+from steadyflow.land.parquet import REPLAY_OF
 from steadyflow.run.extract import replay_pages
 from steadyflow.run.pipeline import Pipeline
 
@@ -36,7 +37,11 @@ def replay_batches(pipeline: Pipeline, batch_ids: list[str],
     rows = 0
     for ref in refs:
         assert ref is not None
-        outcome = loader.process(replace(ref, batch_id=f"{ref.batch_id}.replay{stamp}"))
+        # a new id, so the ledger applies it again; `replay_of` names its manifest entry,
+        # where LandingZone.read finds the batch if `compact` moved it since `refs` was read
+        again = replace(ref, batch_id=f"{ref.batch_id}.replay{stamp}",
+                        meta={**ref.meta, REPLAY_OF: ref.batch_id})
+        outcome = loader.process(again)
         rows += outcome.good_rows
     return {"batches": len(refs), "rows": rows}
 
