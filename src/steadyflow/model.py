@@ -380,7 +380,10 @@ def step_back(cursor: CursorValue | date | Decimal | float, lookback: float) -> 
     """The cursor value `lookback` before `cursor`: seconds for timestamps (and for times
     stored as text, spelled like the stored value), whole days rounded up for dates, units
     for numbers. Raises ValueError for text that is not a time: it cannot step back, and
-    ignoring the lookback would silently skip the late rows it exists for."""
+    ignoring the lookback would silently skip the late rows it exists for. No lookback
+    is the value itself, whatever it is (an ENUM or version text cursor has no time)."""
+    if lookback == 0:
+        return cursor
     if isinstance(cursor, datetime):
         return cursor - timedelta(seconds=lookback)
     if isinstance(cursor, date):
