@@ -111,14 +111,16 @@ def test_a_worker_reports_the_polls_and_loads_of_the_others(
         assert metric(body, "steadyflow_lag_seconds", t) == 0.0, t
 
 
-def start_worker(cfg: Path, log: Path, *options: str) -> subprocess.Popen[bytes]:
-    """A real `steadyflow worker` process (heartbeat every second), its output in `log`."""
+def start_worker(cfg: Path, log: Path, *options: str,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A real `steadyflow worker` process (heartbeat every second, extraction lease 2 s),
+    its output in `log`."""
     with log.open("w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "steadyflow", "worker", "--heartbeat", "1", *options,
              "-c", str(cfg)],
             stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "STEADYFLOW_EXTRACT_LEASE": "2"})
+            env={**os.environ, "STEADYFLOW_EXTRACT_LEASE": "2", **(env or {})})
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
@@ -274,3 +276,33 @@ def test_a_source_read_again_by_another_worker_is_not_shown_down(
         second.wait()
     assert [(t["state"], t["breaker"]) for t in report["tables"]] == [("ok", "closed")] * 2
     assert (report["health"], code) == ("healthy", 0)
+
+
+def heartbeat_units(warehouse_dsn: str) -> list[str]:
+    """The units the workers' last heartbeats said they held."""
+    try:
+        with psycopg.connect(warehouse_dsn) as conn:
+            return [u for r in conn.execute("SELECT units FROM sf_state.workers")
+                    for u in json.loads(r[0])]
+    except psycopg.errors.UndefinedTable:
+        return []
+
+
+def test_a_killed_worker_is_not_shown_holding_a_table(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str, stream: str) -> None:
+    """A worker SIGKILLed while it extracted a table was listed, lost, as holding that
+    table (its last heartbeat's units) for as long as it was listed, though its lease had
+    expired. It now holds what the leases say: nothing."""
+    cfg = make_pipeline(tmp_path, pg_dsn, pg_warehouse_dsn, stream)
+    proc = start_worker(cfg, tmp_path / "worker.log",
+                        env={"STEADYFLOW_FAILPOINT": "extract.before_land:1:sleep4"})
+    try:
+        wait_for(lambda: bool(heartbeat_units(pg_warehouse_dsn)),
+                 "a heartbeat names a table the worker extracts")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    time.sleep(3.5)  # its lease (2 s) expired, and three heartbeats (1 s) missed
+    report, _ = status(cfg)
+    assert [(w["status"], w["units"]) for w in report["workers"]] == [("lost", [])]
+    assert [t["holder"] for t in report["tables"]] == [None, None]

@@ -14,6 +14,7 @@ from typing import Any
 
 from steadyflow.errors import SteadyflowError
 from steadyflow.run.lock import loop_status
+from steadyflow.run.worker import held_by
 from steadyflow.secrets import scrub_tree
 
 
@@ -31,8 +32,9 @@ def collect(pipeline: Any) -> dict[str, Any]:
     health = {(h.source, h.table): h for h in pipeline.state.health()}
     quarantined = pipeline.state.quarantined("open")
     failing = pipeline.state.failing_batches()
+    leases = pipeline.state.leases()
     holders = {(lease["source"], lease["table"]): lease["holder"]
-               for lease in pipeline.state.leases() if lease["chunk"] is None}
+               for lease in leases if lease["chunk"] is None}
     highs = {key: high for key, (high, _) in pipeline.state.polls().items()}
     tables = []
     for _, _, ref in pipeline.config.tables():
@@ -93,7 +95,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
         # the loop (run, run --follow, serve --run) named by the state directory's lock
         "loop": loop,
         "runs": runs,
-        "workers": pipeline.state.workers(),
+        "workers": _holding_now(pipeline.state.workers(), leases),
         "reconcile": pipeline.state.last_reconcile(),
     })
     report["health"], report["exit_code"] = overall(report)
@@ -152,6 +154,17 @@ def killed_loop(loop: dict[str, Any]) -> str:
     return (f"`steadyflow {loop.get('command')}` (pid {loop.get('pid')} on host "
             f"{loop.get('host')}, started {since}) was killed: it ended without stopping, "
             f"and nothing runs this pipeline now")
+
+
+def _holding_now(workers: list[dict[str, Any]], leases: list[dict[str, Any]]
+                 ) -> list[dict[str, Any]]:
+    """Workers no longer running (lost, stopped) hold what the leases of this snapshot say
+    they still hold, not what their last heartbeat said: a worker killed while extracting
+    a table was listed as holding it for as long as it was listed (an hour), after its
+    lease had expired and while another worker held the table."""
+    return [w if w["status"] == "running" else {**w, "units": held_by(w["host"], w["pid"],
+                                                                       leases)}
+            for w in workers]
 
 
 def _process(holder: str | None) -> str | None:

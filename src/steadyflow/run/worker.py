@@ -76,6 +76,15 @@ def affinity(config: Any) -> float:
     return AFFINITY_POLLS * float(longest)
 
 
+def held_by(host: str, pid: int, leases: list[dict[str, Any]]) -> list[str]:
+    """The units of work (tables, key ranges of first loads) whose lease the process `pid`
+    on `host` holds among `leases` (StateStore.leases: the ones held now)."""
+    mine = f"{host}:{pid}:"
+    return [f"extract {lease['source']}.{lease['table']}" if lease["chunk"] is None
+            else f"backfill {lease['source']}.{lease['table']} range {lease['chunk']}"
+            for lease in leases if str(lease["holder"]).startswith(mine)]
+
+
 class Worker:
     """Runs a pipeline's follow loop as one worker among many, with a heartbeat."""
 
@@ -116,11 +125,7 @@ class Worker:
 
     def held_units(self) -> list[str]:
         """The tables (and key ranges of first loads) whose lease this process holds now."""
-        mine = f"{self.host}:{self.pid}:"
-        return [f"extract {lease['source']}.{lease['table']}" if lease["chunk"] is None
-                else f"backfill {lease['source']}.{lease['table']} range {lease['chunk']}"
-                for lease in self.pipeline.state.leases()
-                if str(lease["holder"]).startswith(mine)]
+        return held_by(self.host, self.pid, self.pipeline.state.leases())
 
     def _beat(self) -> None:
         while not self._done.wait(self.heartbeat_every):
