@@ -88,6 +88,41 @@ def test_sqlite_unreadable_values_cost_one_row_each(tmp_path: Path) -> None:
                                                                           (5, "fine")]
 
 
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_sqlite_unreadable_text_in_the_last_row_costs_that_row(tmp_path: Path,
+                                                               initial_load: str) -> None:
+    """Each poll reads the table's last row whole (its columns tell the poll of schema
+    drift), and sqlite3 could not decode that row's text: one value that is not UTF-8 in
+    the last row failed the table on every run ('Could not decode to UTF-8 column'),
+    nothing loaded. Now it costs its row, as it does anywhere else in the table."""
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, at TEXT NOT NULL)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)",
+                         [(i, "ok", f"2024-01-01 10:00:0{i}") for i in (1, 2, 3)])
+        conn.execute("INSERT INTO t VALUES (4, CAST(X'61FF62' AS TEXT), "
+                     "'2024-01-01 10:00:04')")
+        conn.commit()
+    contracts = {"c": {"primary_key": ["id"], "cursor": "at", "columns": {
+        "id": {"type": "int64", "nullable": False}, "v": {"type": "string"},
+        "at": {"type": "timestamp", "nullable": False}}}}
+    wh = tmp_path / "wh.duckdb"
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite",
+                                        "path": str(tmp_path / "s.db"),
+                                        "tables": [{"name": "t", "contract": "c",
+                                                    "initial_load": initial_load}]}],
+                            {"kind": "duckdb", "path": str(wh), "schema": "main"},
+                            contracts=contracts)
+    with Pipeline.from_yaml(config) as p:
+        summary = p.run_once(raise_on_error=False)
+        parked = p.state.quarantined()
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 1
+    assert [set(item["reasons"]) for item in parked] == [{"v: invalid UTF-8: 'a\\xffb'"}]
+    with duckdb.connect(str(wh), read_only=True) as con:
+        assert con.sql("SELECT id, v FROM main.t ORDER BY id").fetchall() == [
+            (1, "ok"), (2, "ok"), (3, "ok")]
+
+
 # --- MariaDB: cursor types, key types, collation, page sizes 1..5 ---------------------------
 def mysql(dsn: str) -> Any:
     parts = urlsplit(dsn)

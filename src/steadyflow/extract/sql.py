@@ -502,7 +502,7 @@ class SqlSource:
         position = self._last_position_sql(table, contract, whole_row=True)
         columns: list[str] = []
         if not observe or d.open_since_sql is None:
-            rows = self._execute(table, position, [], columns=columns)
+            rows = self._execute_leniently(table, position, [], columns=columns)
             self._columns_seen(table, contract, columns)
             return self._position_of(table, contract, rows), None
         try:
@@ -512,7 +512,7 @@ class SqlSource:
                     table, [begin, d.open_since_sql, position, commit])
             else:
                 seen = self._execute(table, d.open_since_sql, [])
-                rows = self._execute(table, position, [], columns=columns)
+                rows = self._execute_leniently(table, position, [], columns=columns)
         except SteadyflowError as exc:
             if not d.open_refused(exc):
                 raise
@@ -666,19 +666,27 @@ class SqlSource:
     ) -> tuple[pa.Table, Watermark | None]:
         """Read one keyset page (ending at `upto` if given, see `page_query`); returns the
         rows and the (cursor, key) of the last row."""
-        d = self.dialect
         query, params = self.page_query(table, contract, after, since, limit, where,
                                         upto=upto)
-        try:
-            rows = self._execute(table, query, params)
-        except SteadyflowError as exc:
-            if not d.undecodable(exc):
-                raise
-            with d.read_leniently(self.conn):  # rare: per value, slower than the driver's
-                rows = self._execute(table, query, params)
+        rows = self._execute_leniently(table, query, params)
         if not rows:
             return rows_to_arrow([], contract), None
         return rows_to_arrow(rows, contract), self._high(table, contract, rows[-1])
+
+    def _execute_leniently(self, table: str, query: str, params: Sequence[Any],
+                           columns: list[str] | None = None) -> list[Any]:
+        """`_execute`, read again value by value when the driver cannot decode a text
+        value (SQLite text that is not UTF-8): such a value is then model.INVALID's
+        business, costing its row only. Every query reading a whole row needs this: the
+        poll's end position reads the table's last row, and one undecodable value there
+        failed the table on every run."""
+        try:
+            return self._execute(table, query, params, columns=columns)
+        except SteadyflowError as exc:
+            if not self.dialect.undecodable(exc):
+                raise
+            with self.dialect.read_leniently(self.conn):  # rare: slower than the driver's
+                return self._execute(table, query, params, columns=columns)
 
     def _high(self, table: str, contract: Contract, last: Sequence[Any]) -> Watermark:
         """The (cursor, key) of a page's last row (its values in contract column order,
