@@ -6,6 +6,7 @@ threads, processes and (later) hosts without surprises.
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import re
@@ -349,17 +350,40 @@ def _zone(zone: str | None) -> str:
     return "+00:00" if zone in (None, "Z") else str(zone)
 
 
+def floor_day(text: str) -> date:
+    """The latest real date at or before a 'YYYY-MM-DD' text in a SQL database's date
+    order. MariaDB keeps dates that are none (sql_mode permitting) and sorts them among the
+    real ones: '2024-05-00' → 2024-04-30, '2024-00-10' → 2023-12-31, '2024-02-30' →
+    2024-02-29; a real date is itself. ValueError when there is none (year 0, month 13)."""
+    year, month, day = (int(part) for part in text.split("-"))
+    if month == 0:
+        return date(year - 1, 12, 31)
+    first = date(year, month, 1)
+    if day == 0:
+        return first - timedelta(days=1)
+    return date(year, month, min(day, calendar.monthrange(year, month)[1]))
+
+
 def _step_back_text(text: str, seconds: float) -> str:
     """`text` (a TEXT_TIME) minus `seconds`, spelled exactly as `text` is (separator,
     fraction width, zone): a value stored that way compares as TEXT in time order with it.
     The fraction is truncated to its width, so the result is never later than exact."""
     match = TEXT_TIME.match(text)
-    if match is None or parse_text_time(text) is None:
+    local = None
+    if match is not None:
+        day, sep, clock, fraction, zone = match.groups()
+        try:
+            local = datetime.fromisoformat(
+                f"{day}T{clock}.{(fraction or '')[:6].ljust(6, '0')}")
+        except ValueError:  # a date that is none (MariaDB's '2024-05-00 10:00:00'): from
+            try:  # the latest real time before it, so the window is never shorter
+                local = datetime.combine(floor_day(day), datetime.max.time())
+            except ValueError:
+                local = None
+    if match is None or local is None:
         raise ValueError(
             f"lookback cannot step back the text cursor value {text!r}: it is not a time "
             "(YYYY-MM-DD HH:MM:SS[.f][Z|+HH:MM]); set lookback: 0 for this table")
-    day, sep, clock, fraction, zone = match.groups()
-    local = datetime.fromisoformat(f"{day}T{clock}.{(fraction or '')[:6].ljust(6, '0')}")
     earlier = local - timedelta(seconds=seconds)
     if earlier.year < 1:
         raise ValueError(f"lookback steps {text!r} before year 1")
@@ -397,8 +421,12 @@ def step_back(cursor: CursorValue | date | Decimal | float, lookback: float) -> 
     if isinstance(cursor, float):
         return cursor - float(lookback)
     if isinstance(cursor, str) and TEXT_DATE.match(cursor):
-        day = date.fromisoformat(cursor) - timedelta(days=math.ceil(lookback / 86_400))
-        return day.isoformat()
+        try:  # a date that is none (MariaDB's '2024-05-00'): from the latest real one before
+            real = floor_day(cursor)
+        except ValueError:
+            raise ValueError(f"lookback cannot step back the date cursor value {cursor!r}: "
+                             "it is no date; set lookback: 0 for this table") from None
+        return (real - timedelta(days=math.ceil(lookback / 86_400))).isoformat()
     if isinstance(cursor, str):
         return _step_back_text(cursor, lookback)
     raise ValueError(f"lookback cannot step back a cursor of type {type(cursor).__name__}")

@@ -43,14 +43,14 @@ def warehouse_rows(tmp: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 def run(tmp: Path, dsn: str, contract: dict[str, Any], initial_load: str = "key",
-        page_size: int = 1) -> Any:
+        page_size: int = 1, table: dict[str, Any] | None = None) -> Any:
     config = {"name": "shapes", "contracts": {"c": contract},
               "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "landing")},
               "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "main"},
               "sources": [{"name": "m", "kind": "mysql", "dsn": dsn,
                            "resilience": {"retries": 0},
                            "tables": [{"name": "t", "contract": "c", "page_size": page_size,
-                                       "initial_load": initial_load}]}]}
+                                       "initial_load": initial_load, **(table or {})}]}]}
     path = tmp / "pipeline.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     with Pipeline.from_yaml(path) as p:
@@ -207,3 +207,32 @@ def test_times_read_as_string_keep_mariadb_s_own_text(tmp_path: Path, mysql_dsn:
     assert ("2024-01-01 00:00:00.000000", "2024-01-01 00:00:00.500",
             "2024-01-01 00:00:00.000000", "2024-01-01", 1) in expected
     assert warehouse_rows(tmp_path, "SELECT k, d3, ts, dd, n FROM main.t") == expected
+
+
+@pytest.mark.parametrize(("declared", "ctype", "bad", "later"), [
+    ("DATE", "date", "2024-05-00", "2024-05-10"),
+    ("DATETIME(3)", "timestamp", "2024-05-00 10:00:00.5", "2024-05-10 00:00:00")])
+@pytest.mark.parametrize("lookback", ["0s", "1d"])
+def test_a_date_that_is_none_in_the_cursor_holds_no_later_row_back(
+        tmp_path: Path, mysql_dsn: str, declared: str, ctype: str, bad: str, later: str,
+        lookback: str) -> None:
+    """A zero-in-date cursor ('2024-05-00', kept under a relaxed sql_mode) is quarantined,
+    and the checkpoint lands on its text; every later run then failed with 'day is out of
+    range for month' (naming no table or column) and no row written afterwards was ever
+    loaded. The clock check and the lookback now step back from the latest real date
+    before it."""
+    execute(mysql_dsn, "SET SESSION sql_mode = ''",
+            f"CREATE TABLE t (id INT PRIMARY KEY, n INT, at {declared} NOT NULL, "
+            "KEY c (at, id))",
+            f"INSERT INTO t VALUES (1, 1, '2024-01-01'), (2, 2, '{bad}')")
+    contract = {"primary_key": ["id"], "cursor": "at", "columns": {
+        "id": {"type": "int64", "nullable": False}, "n": {"type": "int64"},
+        "at": {"type": ctype, "nullable": False}}}
+    config = {"lookback": lookback}
+    summary = run(tmp_path, mysql_dsn, contract, "cursor", table=config)
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 1
+    execute(mysql_dsn, f"INSERT INTO t VALUES (3, 3, '{later}')")
+    summary = run(tmp_path, mysql_dsn, contract, "cursor", table=config)
+    assert summary.ok, summary.errors
+    assert warehouse_rows(tmp_path, "SELECT id, n FROM main.t") == [(1, 1), (3, 3)]

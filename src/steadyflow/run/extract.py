@@ -49,6 +49,7 @@ from steadyflow.model import (
     decode_value,
     drift_type,
     encode_value,
+    floor_day,
     parse_text_time,
     past_every_number,
     step_back,
@@ -268,8 +269,11 @@ class TableExtractor:
         if self.contract.column(self.contract.cursor).type not in ("timestamp", "date"):
             return 0.0
         if isinstance(cursor, str):
-            day = TEXT_DATE.match(cursor)
-            cursor = date.fromisoformat(cursor) if day else parse_text_time(cursor)
+            try:  # a date that is none (MariaDB's '2024-05-00'): the real one before it
+                cursor = floor_day(cursor) if TEXT_DATE.match(cursor) \
+                    else parse_text_time(cursor)
+            except ValueError:  # none before it either: no time to compare with the clock
+                return 0.0
         now = datetime.now(UTC)
         if isinstance(cursor, datetime):
             ahead = (_aware(cursor) - now).total_seconds()
