@@ -28,11 +28,12 @@ import duckdb
 import pytest
 import yaml
 from tests.conftest import steadyflow
-from tests.support.jetstream import NATS_URL, fresh_stream
+from tests.support.jetstream import NATS_URL, delete_stream, fresh_stream
 
 from steadyflow.buffer.jetstream import JetStreamBuffer
 from steadyflow.buffer.sqlite import SqliteBuffer
 from steadyflow.model import BatchRef
+from steadyflow.run.pipeline import Pipeline
 
 ROWS = 300
 PAGE = 25  # 12 batches per table
@@ -302,3 +303,29 @@ def test_a_zero_buffer_lease_does_not_hand_a_leased_batch_out_again(tmp_path: Pa
         assert buffer.get() is None  # leased: not delivered again at once
     finally:
         buffer.close()
+
+
+@pytest.mark.integration
+def test_a_batch_the_buffer_refuses_for_good_does_not_keep_the_sweep_from_the_others(
+        tmp_path: Path) -> None:
+    """A batch reference over the NATS server's max_payload (a repair batch carries its
+    deleted keys in it: 10,000 long text keys pass 1 MB) can never be published. Taken for
+    an unreachable server, it failed the sweep's put, and the sweep stopped there, at the
+    oldest batch, every round: every landed batch after it was never queued again (a
+    stream that lost its messages was never refilled) while runs went on."""
+    make_source(tmp_path / "source.db")
+    with fresh_stream("sf_sweep") as stream:
+        config = write_config(tmp_path, capacity=50, buffer={
+            "kind": "jetstream", "url": NATS_URL, "stream": stream})
+        steadyflow("extract", "-c", str(config), check=True)  # 12 batches landed, queued
+        delete_stream(stream)  # their messages lost: the manifest is the truth
+        with Pipeline.from_yaml(config) as pipeline:
+            huge = BatchRef(batch_id="huge", source="s", table="items",
+                            path="s/items/huge.parquet", rows=1, nbytes=1, checksum="c",
+                            low=None, high=None, landed_at=1.0, kind="repair",
+                            meta={"deletes": [[f"{i:0100d}"] for i in range(12_000)]})
+            pipeline.state.record_landed(huge)  # the oldest landed batch
+            pipeline.sweep()
+            assert pipeline.buffer.depth() == ROWS // PAGE, "the sweep stopped at the huge one"
+            [entry] = [b for b in pipeline.state.batches() if b["batch_id"] == "huge"]
+            assert entry["status"] == "landed" and "max_payload" in (entry["error"] or "")

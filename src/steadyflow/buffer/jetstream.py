@@ -138,6 +138,13 @@ class JetStreamBuffer:
                 if not isinstance(exc, ServiceUnavailableError):
                     raise self._error("publish", exc, ref.batch_id) from exc
                 reason = f"JetStream unavailable ({exc})"
+            except nats.errors.MaxPayloadError as exc:  # this batch will never fit
+                raise FatalError(
+                    f"the reference of batch {ref.batch_id} is {len(payload)} bytes, over the "
+                    f"NATS server's max_payload", stage="publish", source=ref.source,
+                    table=ref.table, batch_id=ref.batch_id,
+                    hint="raise max_payload in the nats-server configuration (a repair "
+                         "batch carries the keys it deletes)") from exc
             except _TRANSIENT as exc:
                 reason = f"JetStream unreachable at {self._where} ({exc})"
                 self._remake_if_gone(exc)

@@ -295,9 +295,22 @@ class Pipeline:
                 except RetryableError:  # full (or unreachable): the rest waits its turn
                     self._unqueued = True
                     break
+                except FatalError as exc:  # this batch can never be queued; the rest can
+                    self._refused(batch, exc)
+                    continue
                 self._parked.pop(batch.batch_id, None)
                 republished += 1
         return republished
+
+    def _refused(self, batch: BatchRef, exc: FatalError) -> None:
+        """A landed batch the buffer refuses for good (its reference over the server's
+        message size): its error goes on the batch and its table, where status shows it,
+        and the sweep goes on with the other batches instead of stopping at it."""
+        log.error("cannot queue a landed batch: %s", exc, extra={
+            "source": batch.source, "table": batch.table, "stage": "publish",
+            "batch_id": batch.batch_id})
+        self.metrics.error(batch.source, batch.table, "load")
+        self._record_error(batch.source, batch.table, str(exc), batch.batch_id)
 
     def extract(self, tables: list[str] | None = None, dry_run: bool = False,
                 alone: bool = False) -> RunSummary:
