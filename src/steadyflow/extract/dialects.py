@@ -249,6 +249,10 @@ class Dialect:
     # The catalog query listing (index name, position, column) of a table's indexes; None
     # where steadyflow does not look (the index check is then skipped).
     indexes_sql: str | None = None
+    # The catalog query listing (index name, column or NULL for an expression, whether
+    # it is the primary key) of a table's unique, non-partial indexes, key columns only;
+    # None where steadyflow does not look (the contract key's uniqueness is not checked).
+    unique_sql: str | None = None
     # The catalog query listing (column name, declared type) of a table, for
     # `schema_drift: add`; a parameter as for indexes_sql.
     columns_sql: str | None = None
@@ -436,6 +440,13 @@ class PostgresDialect(Dialect):
         "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
         "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
         "WHERE x.indrelid = to_regclass(%s) ORDER BY 1, 2")
+    unique_sql = (
+        "SELECT i.relname, a.attname, x.indisprimary FROM pg_index x "
+        "JOIN pg_class i ON i.oid = x.indexrelid "
+        "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
+        "LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
+        "WHERE x.indrelid = to_regclass(%s) AND x.indisunique AND x.indpred IS NULL "
+        "AND k.ord <= x.indnkeyatts ORDER BY 1, k.ord")
     # A domain's column is declared as the type under its domains (CREATE DOMAIN stamp AS
     # timestamp): every check reading the declared type (a naive cursor's zone, dates
     # no path can hold, numbers in a time cursor, schema_drift's type) sees through it.

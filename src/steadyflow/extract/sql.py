@@ -59,6 +59,9 @@ BUSY_PROBE_EVERY = 5.0
 CURSOR_RECHECK_EVERY = 3600.0
 # seconds between two looks at the zones a source's writers stamp naive times in
 ZONE_RECHECK_EVERY = 3600.0
+# seconds between two looks for rows sharing the contract's primary key, where no unique
+# index of the source proves it (a view, a table without one): a GROUP BY over the table
+KEY_RECHECK_EVERY = 3600.0
 
 
 _BYTES = (bytes, bytearray, memoryview)
@@ -191,6 +194,9 @@ class SqlSource:
         self._probed: dict[str, tuple[float, tuple[str, ...], list[str], frozenset[str]]] = {}
         self._hidden_reported = False
         self._west: tuple[float, float] | None = None  # (when asked, seconds west)
+        # (table, primary key) → monotonic time of its last look for shared keys; inf when
+        # a unique index proves the key (`check_unique_key`)
+        self._unique: dict[tuple[str, tuple[str, ...]], float] = {}
         # (table, cursor column, type) → (monotonic time of the last whole check, the
         # column's least and greatest value noted before the last check, the profile of
         # every row checked) while the checks found nothing wrong (`_cursor_profile`)
@@ -310,6 +316,7 @@ class SqlSource:
         self.find_keyset_index(table, contract)
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
+        self.check_unique_key(table, contract)
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
 
@@ -385,6 +392,55 @@ class SqlSource:
                     hint=f"store one type (e.g. UPDATE {table} SET {key} = CAST({key} AS "
                          "INTEGER), after resolving the pairs that become equal) and "
                          "declare the column INTEGER or TEXT")
+
+    def check_unique_key(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and key, a contract primary_key that does not identify a
+        source row: rows sharing it are merged into one warehouse row (newer cursor
+        wins), every other lost while every run says ok. A unique index on some of the
+        key's columns proves it (once per source object); without one, the rows are
+        looked at (at most every KEY_RECHECK_EVERY), and a key narrower than the table's
+        own primary key is refused even before two rows share it."""
+        d, key = self.dialect, contract.primary_key
+        if d.unique_sql is None:
+            return
+        checked = self._unique.get((table, key))
+        if checked is not None and time.monotonic() - checked < KEY_RECHECK_EVERY:
+            return
+        unique: dict[str, tuple[list[str | None], bool]] = {}
+        for name, column, primary in self._execute(table, d.unique_sql,
+                                                   [d.index_param(table)]):
+            columns, _ = unique.setdefault(str(name), ([], bool(primary)))
+            columns.append(None if column is None else str(column).lower())
+        want = {k.lower() for k in key}
+        if any(None not in cols and set(cols) <= want for cols, _ in unique.values()):
+            self._unique[(table, key)] = math.inf
+            return
+        names = ", ".join(d.ident(k) for k in key)
+        present = " AND ".join(f"{d.ident(k)} IS NOT NULL" for k in key)
+        shared = self._execute(table, f"SELECT {names}, count(*) FROM {d.ident(table)} "
+                                      f"WHERE {present} GROUP BY {names} HAVING count(*) > 1 "
+                                      "LIMIT 1", [])
+        primary = next((cols for cols, is_pk in unique.values() if is_pk), None)
+        shown = ", ".join(key)
+        if shared or primary is not None:
+            why = (f"{shared[0][-1]} rows have " + ", ".join(
+                       f"{k} = {v!r}" for k, v in zip(key, shared[0], strict=False))
+                   if shared else
+                   f"the table's primary key is ({', '.join(map(str, primary or []))}) "
+                   "and no unique index makes it unique")
+            own = (f"the table's own primary key ({', '.join(map(str, primary))})" if primary
+                   else "columns that identify each row")
+            raise SchemaError(
+                f"primary_key ({shown}) does not identify a row: {why}; rows sharing a key "
+                "are merged into one warehouse row and the others lost", stage="extract",
+                source=self.config.name, table=table,
+                hint=f"declare {own} as the contract's primary_key, or add a UNIQUE index "
+                     f"on ({shown}) to {table}")
+        self._unique[(table, key)] = time.monotonic()
+        log.warning("%s has no unique index on (%s): no two rows share it now, but rows "
+                    "that come to share it will be merged into one warehouse row until "
+                    "the next look finds them (hourly); add a UNIQUE index", table, shown,
+                    extra={"source": self.config.name, "table": table, "stage": "extract"})
 
     def declared_types(self, table: str) -> dict[str, str]:
         """Each column's type as the source declares it ({} where the catalog is not read)."""

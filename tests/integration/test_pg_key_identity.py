@@ -1,0 +1,103 @@
+"""A contract primary_key that does not identify a source row. Rows sharing it were merged
+into one warehouse row (newer cursor wins), every other lost while every run said ok. The
+probe refuses it, naming table, key and the fix: a unique index on some of the key's
+columns proves it; without one the rows are looked at; a key narrower than the table's
+own primary key is refused even while no two rows share it yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import psycopg
+import pytest
+
+from steadyflow.config import parse_config
+from steadyflow.run.pipeline import Pipeline, RunSummary
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def run(tmp: Path, dsn: str, key: list[str]) -> RunSummary:
+    raw: dict[str, Any] = {
+        "name": "keys", "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "l")},
+        "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "main"},
+        "contracts": {"c": {"primary_key": key, "cursor": "c", "columns": {
+            "k": {"type": "int64", "nullable": False},
+            "n": {"type": "int64", "nullable": "n" not in key},
+            "c": {"type": "timestamp", "nullable": False}, "v": {"type": "int64"}}}},
+        "sources": [{"name": "s", "kind": "postgres", "dsn": dsn,
+                     "resilience": {"retries": 0},
+                     "tables": [{"name": "t", "contract": "c", "page_size": 2}]}]}
+    with Pipeline(parse_config(raw)) as p:
+        return p.run_once(raise_on_error=False)
+
+
+def loaded(tmp: Path) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(tmp / "wh.duckdb")) as con:
+        return sorted(con.sql("SELECT k, n, v FROM main.t").fetchall())
+
+
+ROWS = ("INSERT INTO t VALUES (1, 1, '2024-01-01', 1), (1, 2, '2024-01-02', 2), "
+        "(2, 1, '2024-01-03', 3)")
+
+
+@pytest.mark.parametrize("shape", ["primary key (k, n)", "no unique index", "a view"])
+def test_a_key_rows_share_is_refused_naming_it(tmp_path: Path, pg_dsn: str,
+                                               shape: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        table = "base" if shape == "a view" else "t"
+        pk = ", PRIMARY KEY (k, n)" if shape.startswith("primary") else ""
+        conn.execute(f"CREATE TABLE {table} (k int NOT NULL, n int NOT NULL, "
+                     f"c timestamptz NOT NULL, v int{pk})")
+        if shape == "a view":
+            conn.execute("CREATE VIEW t AS SELECT * FROM base")
+        conn.execute(ROWS.replace("INTO t", f"INTO {table}"))
+    summary = run(tmp_path, pg_dsn, ["k"])
+    assert summary.failed_tables == ["s.t"], summary
+    [error] = summary.errors
+    assert "primary_key (k) does not identify a row: 2 rows have k = 1" in error, error
+    assert ("(k, n) as the contract's primary_key" in error) == shape.startswith("primary")
+    assert "add a UNIQUE index on (k) to t" in error
+    fixed = run(tmp_path / "fixed", pg_dsn, ["k", "n"])
+    assert fixed.ok, fixed.errors
+    assert loaded(tmp_path / "fixed") == [(1, 1, 1), (1, 2, 2), (2, 1, 3)]
+
+
+def test_a_key_narrower_than_the_primary_key_is_refused_before_rows_share_it(
+        tmp_path: Path, pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (k int, n int, c timestamptz NOT NULL, v int, "
+                     "PRIMARY KEY (k, n))")
+        conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1)")
+    summary = run(tmp_path, pg_dsn, ["k"])
+    assert summary.failed_tables == ["s.t"], summary
+    assert "the table's primary key is (k, n)" in summary.errors[0]
+
+
+@pytest.mark.parametrize("index", ["UNIQUE (k)", "PRIMARY KEY (k)"])
+def test_a_unique_index_within_the_key_proves_it(tmp_path: Path, pg_dsn: str,
+                                                 index: str) -> None:
+    """(k) unique makes (k, n) unique too; an index INCLUDE-ing n or a partial one
+    would not prove (k, n)'s narrower forms, but (k) itself is enough here."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE t (k int NOT NULL, n int, c timestamptz NOT NULL, "
+                     f"v int, {index})")
+        conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1), (2, 1, '2024-01-02', 2)")
+    for key in (["k"], ["k", "n"]):
+        summary = run(tmp_path / "-".join(key), pg_dsn, key)
+        assert summary.ok, summary.errors
+        assert loaded(tmp_path / "-".join(key)) == [(1, 1, 1), (2, 1, 2)]
+
+
+def test_an_index_including_the_key_or_partial_proves_nothing(tmp_path: Path,
+                                                              pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (k int NOT NULL, n int NOT NULL, "
+                     "c timestamptz NOT NULL, v int)")
+        conn.execute("CREATE UNIQUE INDEX ON t (n) INCLUDE (k)")
+        conn.execute("CREATE UNIQUE INDEX ON t (k) WHERE v > 100")
+        conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1), (1, 2, '2024-01-02', 2)")
+    summary = run(tmp_path, pg_dsn, ["k"])
+    assert summary.failed_tables == ["s.t"], summary
