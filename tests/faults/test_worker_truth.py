@@ -25,7 +25,8 @@ import pytest
 import yaml
 from tests.conftest import steadyflow
 from tests.faults.test_multihost import Nats
-from tests.support.jetstream import fresh_stream
+from tests.support.faultproxy import FaultProxy
+from tests.support.jetstream import NATS_PORT, fresh_stream
 
 from steadyflow.observe.web import StatusServer
 from steadyflow.run.pipeline import Pipeline
@@ -306,3 +307,39 @@ def test_a_killed_worker_is_not_shown_holding_a_table(
     report, _ = status(cfg)
     assert [(w["status"], w["units"]) for w in report["workers"]] == [("lost", [])]
     assert [t["holder"] for t in report["tables"]] == [None, None]
+
+
+def test_a_table_a_running_worker_cannot_poll_is_stalled(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str, stream: str) -> None:
+    """NATS cut from the worker's host only: its extraction of new rows waits for ever to
+    publish, its heartbeat goes on, and lag (measured at a successful poll) stays 0, so
+    status said healthy, exit 0, however long it lasted. A table not read to its end for
+    15 min while a worker runs is now 'stalled' (failing, exit 2)."""
+    cfg = make_pipeline(tmp_path, pg_dsn, pg_warehouse_dsn, stream)
+    proxy = FaultProxy("127.0.0.1", NATS_PORT).start()
+    config = yaml.safe_load(cfg.read_text())
+    config["buffer"]["url"] = f"nats://127.0.0.1:{proxy.port}"
+    reached = tmp_path / "worker.yml"  # the worker's host reaches NATS through the proxy
+    reached.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = start_worker(reached, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: all(loaded(pg_warehouse_dsn, t) == 3 for t in TABLES),
+                 "the worker loads both tables")
+        proxy.cut()
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO t1 VALUES (100, 'new', now())")
+        time.sleep(3)  # the worker tries to poll t1 (its new row is not published)
+        # twenty minutes pass (t1's last successful poll is that old)
+        with psycopg.connect(pg_warehouse_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE sf_state.source_polls SET polled_at = polled_at - 1200 "
+                         "WHERE tbl = 't1'")
+        report, code = status(cfg)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proxy.stop()
+    t1 = report["tables"][0]
+    assert (t1["name"], t1["state"]) == ("t1", "stalled")
+    assert 1200 < t1["last_poll_seconds"] < 1260 and t1["last_poll_human"].startswith("20.")
+    assert [w["status"] for w in report["workers"]] == ["running"]
+    assert (report["health"], code) == ("failing", 2)

@@ -511,13 +511,15 @@ def _print_status(report: dict[str, Any]) -> None:
     t.add_column("re-read", justify="right", no_wrap=True)
     t.add_column("quarantined", justify="right", no_wrap=True)
     t.add_column("last success", no_wrap=True)
+    t.add_column("last poll", no_wrap=True)
     t.add_column("breaker", no_wrap=True)
     t.add_column("last error", overflow="fold", min_width=20)
     for row in tables:
         t.add_row(Text(row["table"]), row["state"], row["lag_human"], row["freshness_human"],
                   f"{row['rows_changed']:,}", f"{row['rows_reread']:,}",
                   f"{row['rows_quarantined']:,}", row["last_success_human"],
-                  row["breaker"] or "closed", Text(row["last_error"] or ""))
+                  row.get("last_poll_human", "never"), row["breaker"] or "closed",
+                  Text(row["last_error"] or ""))
     out.print(t)
     if (report.get("loop") or {}).get("status") == "killed":
         from steadyflow.observe.status import killed_loop

@@ -35,10 +35,19 @@ def collect(pipeline: Any) -> dict[str, Any]:
     leases = pipeline.state.leases()
     holders = {(lease["source"], lease["table"]): lease["holder"]
                for lease in leases if lease["chunk"] is None}
-    highs = {key: high for key, (high, _) in pipeline.state.polls().items()}
+    polls = pipeline.state.polls()
+    highs = {key: high for key, (high, _) in polls.items()}
+    loop = loop_status(pipeline.config.resolve(pipeline.config.state_dir))
+    workers = _holding_now(pipeline.state.workers(), leases)
+    # something is meant to poll every table now: a follow loop or a worker runs
+    polling = (loop is not None and loop["status"] == "running"
+               and loop.get("command") in _LOOPS) or any(
+        w["status"] == "running" for w in workers)
     tables = []
-    for _, _, ref in pipeline.config.tables():
+    for _, t, ref in pipeline.config.tables():
         h = health.get((ref.source, ref.table))
+        polled_at = polls.get((ref.source, ref.table), (None, None))[1]
+        since_poll = max(0.0, now - polled_at) if polled_at is not None else None
         freshness = (now - h.newest_cursor_epoch) if h and h.newest_cursor_epoch else None
         since_success = (now - h.last_success) if h and h.last_success else None
         high = highs.get((ref.source, ref.table))
@@ -70,11 +79,18 @@ def collect(pipeline: Any) -> dict[str, Any]:
             "failing_batches": failing.get((ref.source, ref.table), 0),
             # host:pid of the process extracting the table now (its lease), or None
             "holder": _process(holders.get((ref.source, ref.table))),
+            # the last time the source was read to its end (any process)
+            "last_poll_seconds": since_poll,
+            "last_poll_human": (human_age(since_poll) + " ago") if since_poll is not None
+            else "never",
             "state": ("failing" if failing.get((ref.source, ref.table)) and h is not None
                       and h.last_success else _state(h, freshness)),
         })
+        if (polling and tables[-1]["state"] == "ok" and since_poll is not None
+                and since_poll > stalled_after(pipeline.config, t)
+                and pipeline.state.backfill(ref.source, ref.table) is None):
+            tables[-1]["state"] = "stalled"
     pending = pipeline.state.pending_batches()
-    loop = loop_status(pipeline.config.resolve(pipeline.config.state_dir))
     runs = pipeline.state.runs(10)
     if loop is not None and loop["status"] == "killed":
         # its unfinished runs are not running: nothing runs this pipeline any more
@@ -95,7 +111,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
         # the loop (run, run --follow, serve --run) named by the state directory's lock
         "loop": loop,
         "runs": runs,
-        "workers": _holding_now(pipeline.state.workers(), leases),
+        "workers": workers,
         "reconcile": pipeline.state.last_reconcile(),
     })
     report["health"], report["exit_code"] = overall(report)
@@ -104,9 +120,25 @@ def collect(pipeline: Any) -> dict[str, Any]:
 
 #: `steadyflow status` exit codes, by overall health (docs/operations.md lists them)
 EXIT_CODES = {"healthy": 0, "degraded": 1, "failing": 2}
-_FAILING_STATES = {"error", "source down"}
+_FAILING_STATES = {"error", "source down", "stalled"}
 #: commands whose loop is meant to run until stopped: killed, nothing moves data any more
 _LOOPS = {"run --follow", "serve --run"}
+#: a table not read to its end for this long while a loop or a worker runs is stalled
+#: (SteadyflowPollFailing's 15 min, deploy/prometheus/alerts.yml)
+STALLED_AFTER = 900.0
+
+
+def stalled_after(config: Any, table: Any) -> float:
+    """Seconds without a successful poll after which a table is stalled: STALLED_AFTER, or
+    three of its longest idle pauses if longer (run/follow.py cadence_of).
+
+    Its lag cannot say it: lag is measured at a successful poll, so it stayed 0 (status
+    healthy) while a worker's extraction waited for ever on a buffer it could not reach
+    (NATS cut from its host only) or a poll hung, the worker's heartbeat going on. A
+    table's first load (which records no poll until done) and a pipeline that nothing
+    polls now (`run` from cron: its tables wait for the next run) are not stalled."""
+    pause = table.poll_max if table.poll_max is not None else config.run.interval
+    return max(STALLED_AFTER, 3 * float(pause))
 
 
 def _queue(buffer: Any) -> tuple[int | None, float | None, str | None]:
@@ -122,10 +154,10 @@ def _queue(buffer: Any) -> tuple[int | None, float | None, str | None]:
 def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str, int]:
     """The pipeline's health in one word, and the exit code `status` gives it.
 
-    failing (2): a table in error or whose source is down, an open breaker, a batch that
-    failed for good, a stopped loop, a follow loop killed (it never let go of its lock),
-    workers that ran and none of which is heard of now, or a buffer that cannot be read:
-    data is not moving and will not by itself.
+    failing (2): a table in error, stalled or whose source is down, an open breaker, a
+    batch that failed for good, a stopped loop, a follow loop killed (it never let go of
+    its lock), workers that ran and none of which is heard of now, or a buffer that cannot
+    be read: data is not moving and will not by itself.
     degraded (1): a table that failed since its last success (it retries), a half-open
     breaker, or a one-off command (`run`, `reset`) killed before it finished.
     healthy (0): everything else, tables still waiting for their first load too.
