@@ -286,6 +286,12 @@ class Dialect:
         allow for (MysqlDialect)? False where the bound needs no such allowance."""
         return False
 
+    def is_text(self, declared: str) -> bool:
+        """Is a column of this declared type (catalog text) text, compared as text? Then it
+        cannot be a timestamp or date cursor (`SqlSource.check_cursor`). False where the
+        dialect does not tell (SQLite profiles its stored values instead)."""
+        return False
+
     # the seconds west of UTC of the westmost time zone this source's sessions get by
     # default (0 if none is west), for a cursor of naive times (PostgresDialect); None:
     # the engine needs no query for it (MariaDB's observation row carries its own)
@@ -468,6 +474,11 @@ class PostgresDialect(Dialect):
         "SELECT substr(c, strpos(c, '=') + 1) FROM pg_db_role_setting s, "
         "unnest(s.setconfig) AS c WHERE c ILIKE 'timezone=%%' AND s.setdatabase IN "
         "(0, (SELECT oid FROM pg_database WHERE datname = current_database()))) AS zones")
+
+    def is_text(self, declared: str) -> bool:
+        base = re.sub(r"\s*\(.*\)$", "", declared.strip().lower())
+        return base in ("text", "character varying", "character", "bpchar", "citext",
+                        "name", '"char"')
 
     def naive_time(self, declared: str) -> bool:
         """timestamp without time zone (timestamptz is an instant, read in UTC)."""

@@ -336,6 +336,14 @@ class SqlSource:
                 problem = (f"is declared {stored} in the source, not a {ctype}: numbers "
                            "would be read as something else",
                            "declare the cursor as int64 (or float64) in the contract")
+            elif stored is not None and d.is_text(stored):
+                problem = (f"is declared {stored} in the source: pages compare its text, "
+                           "and text order is time order only while every value is "
+                           "spelled alike (a row stamped '09:30:00+00:00' after one "
+                           "stamped '10:00:00+01:00' sorts before it and is never read)",
+                           f"store it as a time (ALTER TABLE {table} ALTER COLUMN {cursor} "
+                           f"TYPE timestamptz USING {cursor}::timestamptz), or declare the "
+                           "cursor string in the contract if one spelling is guaranteed")
         if problem is None and self._execute(
                 table, f"SELECT 1 FROM {d.ident(table)} WHERE {d.ident(cursor)} IS NULL "
                 "LIMIT 1", []):
