@@ -146,6 +146,15 @@ def _as_text(value: Any) -> str | None:
         return None
 
 
+def catalog_text(value: Any) -> str:
+    """A name or type read from a source's catalog. psycopg hands a SQL_ASCII database's
+    text over as bytes, and str() spelled them "b'id'": no index or key matched its column,
+    so a table whose primary key is the contract's was refused as not identifying a row."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return str(value)
+
+
 def rows_to_arrow(rows: Sequence[Sequence[Any]], contract: Contract) -> pa.Table:
     """Rows as the contract's columns, plus model.INVALID when some value could not be
     read faithfully (that value is null; validation quarantines its row)."""
@@ -417,8 +426,8 @@ class SqlSource:
         unique: dict[str, tuple[list[str | None], bool]] = {}
         for name, column, primary in self._execute(table, d.unique_sql,
                                                    [d.index_param(table)]):
-            columns, _ = unique.setdefault(str(name), ([], bool(primary)))
-            columns.append(None if column is None else str(column).lower())
+            columns, _ = unique.setdefault(catalog_text(name), ([], bool(primary)))
+            columns.append(None if column is None else catalog_text(column).lower())
         want = {k.lower() for k in key}
         if any(None not in cols and set(cols) <= want for cols, _ in unique.values()):
             self._unique[(table, key)] = math.inf
@@ -456,7 +465,8 @@ class SqlSource:
         if d.columns_sql is None:
             return {}
         if table not in self._declared:
-            self._declared[table] = {str(name): str(declared or "") for name, declared in
+            self._declared[table] = {catalog_text(name): catalog_text(declared or "")
+                                     for name, declared in
                                      self._execute(table, d.columns_sql,
                                                    [d.index_param(table)])}
         return dict(self._declared[table])
@@ -470,7 +480,7 @@ class SqlSource:
         want = [c.lower() for c in contract.order_by]
         columns: dict[str, list[str]] = {}
         for name, _, column in self._execute(table, d.indexes_sql, [d.index_param(table)]):
-            columns.setdefault(str(name), []).append(str(column).lower())
+            columns.setdefault(catalog_text(name), []).append(catalog_text(column).lower())
         return next((n for n, cols in columns.items() if cols[:len(want)] == want), "")
 
     def find_keyset_index(self, table: str, contract: Contract) -> bool:
