@@ -59,6 +59,10 @@ ADAPTIVE_SOURCES = ("postgres", "mysql")
 # keyset order and key equality need exact, totally ordered values: no NaN
 UNORDERED_KEY_TYPES = ("float64",)
 MIN_LEASE = 1.0
+# the warehouse columns steadyflow adds itself (merge/plan.py SEQ, model.INVALID)
+RESERVED_PREFIX = "_steadyflow_"
+RESERVED_WHY = (f"names starting with {RESERVED_PREFIX} are steadyflow's own warehouse "
+                "columns (its load sequence, invalid-value reasons)")
 
 Duration = Annotated[float, Field(ge=0)]
 
@@ -72,6 +76,11 @@ def _duration(value: Any) -> float:
         return parse_duration(value)
     except ValueError as exc:
         raise ValueError(str(exc)) from None
+
+
+def reserved(column: str) -> bool:
+    """Is this a name of steadyflow's own warehouse columns (RESERVED_PREFIX)?"""
+    return column.lower().startswith(RESERVED_PREFIX)
 
 
 def _ident(value: str) -> str:
@@ -142,8 +151,18 @@ class ContractConfig(_Strict):
 
     @model_validator(mode="after")
     def _keys_are_columns(self) -> ContractConfig:
+        folded: dict[str, str] = {}
         for name in self.columns:
             _ident(name)
+            if reserved(name):
+                raise ValueError(f"column {name!r}: {RESERVED_WHY}; rename the column in "
+                                 "the source or a view over it")
+            if name.lower() in folded:
+                raise ValueError(
+                    f"columns {folded[name.lower()]!r} and {name!r} differ only in case: "
+                    "DuckDB (and the warehouse's identifiers) take them as one column; "
+                    "load one of them, or rename it in a view over the source table")
+            folded[name.lower()] = name
         for key in [*self.primary_key, self.cursor]:
             if key not in self.columns:
                 raise ValueError(f"{key!r} is used as key or cursor but is not in columns")

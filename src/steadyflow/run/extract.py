@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from steadyflow.config import IDENT, SourceConfig, TableConfig, adaptive_lookback
+from steadyflow.config import (
+    IDENT,
+    RESERVED_WHY,
+    SourceConfig,
+    TableConfig,
+    adaptive_lookback,
+    reserved,
+)
 from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout, TableBusy
 from steadyflow.extract.dialects import OpenSince
 from steadyflow.extract.http import (
@@ -691,6 +698,12 @@ class TableExtractor:
                     "(letters, digits, _; max 63) and cannot be added to the warehouse "
                     "(schema_drift: add)", stage="extract", source=self.ref.source,
                     table=self.ref.table,
+                    hint="rename the source column, or set schema_drift: ignore")
+            if reserved(name):
+                raise SchemaError(
+                    f"schema drift: the source column {name!r} cannot be added to the "
+                    f"warehouse (schema_drift: add): {RESERVED_WHY}", stage="extract",
+                    source=self.ref.source, table=self.ref.table,
                     hint="rename the source column, or set schema_drift: ignore")
         declared = self.guard.call(lambda: db.declared_types(self.ref.table),
                                    stop=self.should_stop)
