@@ -101,3 +101,17 @@ def test_an_index_including_the_key_or_partial_proves_nothing(tmp_path: Path,
         conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1), (1, 2, '2024-01-02', 2)")
     summary = run(tmp_path, pg_dsn, ["k"])
     assert summary.failed_tables == ["s.t"], summary
+
+
+def test_a_primary_key_does_not_cover_inheriting_tables(tmp_path: Path, pg_dsn: str) -> None:
+    """SELECT from a parent reads its INHERITS children, which its primary key does not
+    cover: a key in both was merged into one warehouse row."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (k int PRIMARY KEY, n int, c timestamptz NOT NULL, "
+                     "v int)")
+        conn.execute("CREATE TABLE t_2023 () INHERITS (t)")
+        conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1)")
+        conn.execute("INSERT INTO t_2023 VALUES (1, 2, '2023-01-01', 2)")
+    summary = run(tmp_path, pg_dsn, ["k"])
+    assert summary.failed_tables == ["s.t"], summary
+    assert "2 rows have k = 1" in summary.errors[0]

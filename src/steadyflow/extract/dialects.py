@@ -250,8 +250,10 @@ class Dialect:
     # where steadyflow does not look (the index check is then skipped).
     indexes_sql: str | None = None
     # The catalog query listing (index name, column or NULL for an expression, whether
-    # it is the primary key) of a table's unique, non-partial indexes, key columns only;
-    # None where steadyflow does not look (the contract key's uniqueness is not checked).
+    # it is the primary key) of a table's unique, non-partial indexes, key columns only
+    # (none for a PostgreSQL table with INHERITS children: reading it reads theirs, which
+    # its indexes do not cover); None where steadyflow does not look (the contract key's
+    # uniqueness is not checked).
     unique_sql: str | None = None
     # The catalog query listing (column name, declared type) of a table, for
     # `schema_drift: add`; a parameter as for indexes_sql.
@@ -452,7 +454,9 @@ class PostgresDialect(Dialect):
         "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
         "LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
         "WHERE x.indrelid = to_regclass(%s) AND x.indisunique AND x.indpred IS NULL "
-        "AND k.ord <= x.indnkeyatts ORDER BY 1, k.ord")
+        "AND k.ord <= x.indnkeyatts AND NOT EXISTS (SELECT 1 FROM pg_inherits h "
+        "JOIN pg_class p ON p.oid = h.inhparent WHERE h.inhparent = x.indrelid "
+        "AND p.relkind = 'r') ORDER BY 1, k.ord")
     # A domain's column is declared as the type under its domains (CREATE DOMAIN stamp AS
     # timestamp): every check reading the declared type (a naive cursor's zone, dates
     # no path can hold, numbers in a time cursor, schema_drift's type) sees through it.
