@@ -115,3 +115,32 @@ def test_a_primary_key_does_not_cover_inheriting_tables(tmp_path: Path, pg_dsn: 
     summary = run(tmp_path, pg_dsn, ["k"])
     assert summary.failed_tables == ["s.t"], summary
     assert "2 rows have k = 1" in summary.errors[0]
+
+
+def test_a_look_for_shared_keys_that_times_out_stops_no_table(
+        tmp_path: Path, pg_dsn: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Without a unique index the rows are looked at (GROUP BY over the table); on a table
+    too big for statement_timeout that look must warn, not fail every run."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (k int NOT NULL, n int, c timestamptz NOT NULL, v int)")
+        conn.execute("CREATE INDEX ON t (c, k)")
+        conn.execute("CREATE FUNCTION slow(int) RETURNS int LANGUAGE sql IMMUTABLE AS "
+                     "'SELECT $1 + (SELECT count(*) FROM generate_series(1, 20000))::int * 0'")
+        conn.execute("CREATE VIEW big AS SELECT slow(k) AS k, n, c, v FROM t")
+        conn.execute("INSERT INTO t SELECT g, g, '2024-01-01'::timestamptz "
+                     "+ g * interval '1 second', g FROM generate_series(1, 400) g")
+    raw: dict[str, Any] = {
+        "name": "keys", "state_dir": str(tmp_path / "state"),
+        "landing": {"path": str(tmp_path / "l")},
+        "warehouse": {"kind": "duckdb", "path": str(tmp_path / "wh.duckdb"),
+                      "schema": "main"},
+        "contracts": {"c": {"primary_key": ["k"], "cursor": "c", "columns": {
+            "k": {"type": "int64", "nullable": False}, "n": {"type": "int64"},
+            "c": {"type": "timestamp", "nullable": False}, "v": {"type": "int64"}}}},
+        "sources": [{"name": "s", "kind": "postgres", "dsn": pg_dsn,
+                     "resilience": {"retries": 0, "statement_timeout": "1s"},
+                     "tables": [{"name": "big", "contract": "c", "page_size": 2}]}]}
+    with Pipeline(parse_config(raw)) as p:
+        summary = p.run_once(raise_on_error=False)
+    assert summary.ok, summary.errors
+    assert "looking for rows that share it took longer than statement_timeout" in caplog.text

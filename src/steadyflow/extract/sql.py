@@ -434,11 +434,23 @@ class SqlSource:
             return
         names = ", ".join(d.ident(k) for k in key)
         present = " AND ".join(f"{d.ident(k)} IS NOT NULL" for k in key)
-        shared = self._execute(table, f"SELECT {names}, count(*) FROM {d.ident(table)} "
-                                      f"WHERE {present} GROUP BY {names} HAVING count(*) > 1 "
-                                      "LIMIT 1", [])
         primary = next((cols for cols, is_pk in unique.values() if is_pk), None)
         shown = ", ".join(key)
+        try:
+            shared = self._execute(table, f"SELECT {names}, count(*) FROM {d.ident(table)} "
+                                          f"WHERE {present} GROUP BY {names} "
+                                          "HAVING count(*) > 1 LIMIT 1", [])
+        except SourceTimeout:
+            if primary is not None:  # refused below without an example
+                shared = []
+            else:  # a big view: the look must not stop the table; it is tried again later
+                self._unique[(table, key)] = time.monotonic()
+                log.warning("%s has no unique index on (%s), and looking for rows that "
+                            "share it took longer than statement_timeout: rows sharing it "
+                            "would be merged into one warehouse row; add a UNIQUE index",
+                            table, shown, extra={"source": self.config.name, "table": table,
+                                                 "stage": "extract"})
+                return
         if shared or primary is not None:
             why = (f"{shared[0][-1]} rows have " + ", ".join(
                        f"{k} = {v!r}" for k, v in zip(key, shared[0], strict=False))
