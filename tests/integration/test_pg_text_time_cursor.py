@@ -33,10 +33,13 @@ def run(tmp: Path, dsn: str, cursor_type: str) -> RunSummary:
 
 
 @pytest.mark.parametrize(("declared", "cursor_type"), [
-    ("text", "timestamp"), ("varchar(40)", "timestamp"), ("char(10)", "date")])
+    ("text", "timestamp"), ("varchar(40)", "timestamp"), ("char(10)", "date"),
+    ("ext.citext", "timestamp")])
 def test_a_text_column_is_refused_as_a_time_cursor(tmp_path: Path, pg_dsn: str,
                                                    declared: str, cursor_type: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA ext")  # an extension's type outside the search_path
+        conn.execute("CREATE EXTENSION citext SCHEMA ext")
         conn.execute(f"CREATE TABLE t (k int PRIMARY KEY, c {declared} NOT NULL)")
         conn.execute("INSERT INTO t VALUES (1, '2024-01-01'), (2, '2024-01-02')")
     summary = run(tmp_path, pg_dsn, cursor_type)

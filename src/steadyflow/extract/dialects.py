@@ -480,7 +480,7 @@ class PostgresDialect(Dialect):
         "(0, (SELECT oid FROM pg_database WHERE datname = current_database()))) AS zones")
 
     def is_text(self, declared: str) -> bool:
-        base = re.sub(r"\s*\(.*\)$", "", declared.strip().lower())
+        base = re.sub(r"\s*\(.*\)$", "", declared.strip().lower()).rsplit(".", 1)[-1]
         return base in ("text", "character varying", "character", "bpchar", "citext",
                         "name", '"char"')
 
