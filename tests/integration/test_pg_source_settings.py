@@ -111,3 +111,26 @@ def test_a_domain_cursor_no_path_can_hold_is_refused_at_the_probe(pg_dsn: str) -
             source.probe("t", c)
     finally:
         source.close()
+
+
+@pytest.mark.parametrize(("at", "west"), [
+    ("2026-11-01 05:30:00+00", 5 * 3600),  # 01:30 EDT: the wall clock repeats 01:00-02:00
+    ("2026-11-01 02:00:00+00", 4 * 3600),  # four hours before: the bound is before it
+    ("2026-07-01 12:00:00+00", 4 * 3600),  # summer: no hour more is re-read
+    ("2026-11-01 07:00:00+00", 5 * 3600)])
+def test_the_zone_allowance_covers_a_fall_back_ahead(pg_dsn: str, at: str,
+                                                     west: int) -> None:
+    """A naive-timestamp cursor written by now() in America/New_York: a bound taken at
+    01:30 EDT with the summer offset (4 h) lay at wall time 01:30, and the next poll
+    resumed from it; rows stamped 01:00-01:30 in the repeated (EST) hour sorted before it
+    and were never read. The allowance now takes the westmost offset of the next two
+    hours. (now() is the database's; the instant is put in its place.)"""
+    from steadyflow.extract.dialects import PostgresDialect
+
+    db = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE \"{db}\" SET timezone = 'America/New_York'")
+        sql = (PostgresDialect.zone_west_sql or "").replace(
+            "now()", f"'{at}'::timestamptz")
+        [(seconds,)] = conn.execute(sql, []).fetchall()
+    assert seconds == west

@@ -471,13 +471,19 @@ class PostgresDialect(Dialect):
     # writer's TimeZone: the server's default (reset_val: postgresql.conf, or this
     # database's or role's setting), or one set for this database or a role
     # (pg_db_role_setting). This session runs in UTC and cannot see the writers' own.
+    # Each zone's offset now and two hours ahead: at a fall-back (EDT to EST) the wall
+    # clock repeats an hour, and a bound taken with the summer offset shortly before it
+    # (the next poll resumes from it; SqlSource keeps the answer up to an hour) passed
+    # the rows stamped in the repeated hour. Two hours cover the hour it is kept and the
+    # hour before a transition; a bound taken earlier lies before the repeated hour.
     zone_west_sql = (
-        "SELECT coalesce(max(-extract(epoch FROM (now() AT TIME ZONE z) - "
-        "(now() AT TIME ZONE 'UTC'))), 0) FROM ("
+        "SELECT coalesce(max(-extract(epoch FROM (at.t AT TIME ZONE z) - "
+        "(at.t AT TIME ZONE 'UTC'))), 0) FROM ("
         "SELECT reset_val AS z FROM pg_settings WHERE name = 'TimeZone' UNION "
         "SELECT substr(c, strpos(c, '=') + 1) FROM pg_db_role_setting s, "
         "unnest(s.setconfig) AS c WHERE c ILIKE 'timezone=%%' AND s.setdatabase IN "
-        "(0, (SELECT oid FROM pg_database WHERE datname = current_database()))) AS zones")
+        "(0, (SELECT oid FROM pg_database WHERE datname = current_database()))) AS zones "
+        "CROSS JOIN (VALUES (now()), (now() + interval '2 hours')) AS at(t)")
 
     def is_text(self, declared: str) -> bool:
         base = re.sub(r"\s*\(.*\)$", "", declared.strip().lower()).rsplit(".", 1)[-1]
