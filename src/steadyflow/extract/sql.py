@@ -8,6 +8,7 @@ skipped nor re-read forever. The lookback re-read starts at `cursor >= since` in
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -65,6 +66,9 @@ KEY_RECHECK_EVERY = 3600.0
 
 
 _BYTES = (bytes, bytearray, memoryview)
+# a declared type (catalog text) that is a time of day or a duration: MariaDB TIME(n),
+# PostgreSQL time [with time zone], timetz, interval (never timestamp)
+_CLOCK = re.compile(r"\s*(time\b(?!stamp)|timetz\b|interval\b)", re.IGNORECASE)
 # value types Arrow may convert to something else, or that are unreadable
 _SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
 _SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
@@ -323,11 +327,34 @@ class SqlSource:
         if cached is not None and {n.lower() for n in names} != {n.lower() for n in cached}:
             del self._declared[table]  # columns came or went: read their types again
         self.find_keyset_index(table, contract)
+        self.check_times(table, contract)
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
         self.check_unique_key(table, contract)
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
+
+    def check_times(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a cursor or key the contract reads as a
+        timestamp or date that the source declares as a time of day or a duration (TIME,
+        INTERVAL): no row could be loaded (each is no instant), and the first page failed
+        with 'Object of type timedelta is not JSON serializable', naming nothing. Not
+        SQLite, whose declared type names only an affinity (its cursor check reads the
+        stored text instead)."""
+        if self.dialect.name == "sqlite":
+            return
+        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
+            ctype = contract.column(name).type
+            stored = declared.get(name.lower(), "")
+            if ctype in ("timestamp", "date") and _CLOCK.match(stored):
+                raise SchemaError(
+                    f"column {name} ({ctype}) is declared {stored} in the source: a time of "
+                    "day or a duration, not a point in time, so no row of it could load "
+                    "and keyset pages could not continue after one", stage="extract",
+                    source=self.config.name, table=table,
+                    hint=f"declare {name} as string in the contract (the database's own "
+                         "text of it, which pages in its order)")
 
     def check_cursor(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a cursor that keyset pages cannot follow: one
