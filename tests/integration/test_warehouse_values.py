@@ -149,18 +149,43 @@ def test_values_no_warehouse_holds_cost_their_row_not_the_batch(where: str) -> N
         wh.close()
 
 
-@pytest.fixture
-def sql_ascii_dsn() -> Iterator[str]:
-    """A fresh PostgreSQL database in SQL_ASCII: its text columns hold any bytes."""
+def _encoded_database(encoding: str) -> Iterator[str]:
+    """A fresh PostgreSQL database in `encoding`."""
     require_service("PostgreSQL", PG_HOST, PG_PORT)
-    name = f"sfascii_{uuid.uuid4().hex[:12]}"
+    name = f"sfenc_{uuid.uuid4().hex[:12]}"
     admin = f"host={PG_HOST} port={PG_PORT} user=postgres dbname=postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
+        conn.execute(f"CREATE DATABASE \"{name}\" ENCODING '{encoding}' LC_COLLATE 'C' "
                      "LC_CTYPE 'C' TEMPLATE template0".encode())
     yield f"postgresql://postgres@{PG_HOST}:{PG_PORT}/{name}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'.encode())
+
+
+@pytest.fixture
+def sql_ascii_dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database in SQL_ASCII: its text columns hold any bytes."""
+    yield from _encoded_database("SQL_ASCII")
+
+
+@pytest.fixture
+def latin1_dsn() -> Iterator[str]:
+    """A fresh PostgreSQL database in LATIN1."""
+    yield from _encoded_database("LATIN1")
+
+
+def _warehouse_config(where: str) -> dict[str, str]:
+    return ({"kind": "postgres", "dsn": where, "schema": "public"}
+            if where.startswith("postgresql://")
+            else {"kind": "duckdb", "path": where, "schema": "main"})
+
+
+def _warehouse_rows(where: str, sql: str) -> list[tuple[Any, ...]]:
+    if where.startswith("postgresql://"):
+        with psycopg.connect(where) as conn:
+            return conn.execute(sql.encode()).fetchall()
+    with duckdb.connect(where, read_only=True) as conn:
+        return conn.execute(sql).fetchall()
 
 
 def test_text_that_is_not_utf8_costs_its_row_end_to_end(tmp_path: Path, where: str,
@@ -174,12 +199,9 @@ def test_text_that_is_not_utf8_costs_its_row_end_to_end(tmp_path: Path, where: s
         conn.execute(b"CREATE TABLE t (id bigint PRIMARY KEY, s text, v varchar(20))")
         conn.execute(b"INSERT INTO t VALUES (1, 'ok', 'ok'), (2, 'a\xffb', 'ok'), "
                      b"(3, 'h\xc3\xa9', 'ok'), (4, 'ok', 'caf\xe9'), (5, '', NULL)")
-    warehouse = ({"kind": "postgres", "dsn": where, "schema": "public"}
-                 if where.startswith("postgresql://")
-                 else {"kind": "duckdb", "path": where, "schema": "main"})
     config = write_pipeline(tmp_path, [{"name": "s", "kind": "postgres", "dsn": sql_ascii_dsn,
                                         "tables": [{"name": "t", "contract": "c"}]}],
-                            warehouse, contracts={"c": {
+                            _warehouse_config(where), contracts={"c": {
                                 "primary_key": ["id"], "cursor": "id", "columns": {
                                     "id": {"type": "int64", "nullable": False},
                                     "s": {"type": "string"}, "v": {"type": "string"}}}})
@@ -190,14 +212,34 @@ def test_text_that_is_not_utf8_costs_its_row_end_to_end(tmp_path: Path, where: s
     assert summary.quarantined_rows == 2
     assert {reason for item in parked for reason in item["reasons"]} == {
         "s: invalid UTF-8: 'a\\xffb'", "v: invalid UTF-8: 'caf\\xe9'"}
-    sql = "SELECT id, s, v FROM t ORDER BY id"
-    if where.startswith("postgresql://"):
-        with psycopg.connect(where) as conn:
-            got = conn.execute(sql.encode()).fetchall()
-    else:
-        with duckdb.connect(where, read_only=True) as conn:
-            got = conn.execute(sql).fetchall()
-    assert got == [(1, "ok", "ok"), (3, "hé", "ok"), (5, "", None)]
+    assert _warehouse_rows(where, "SELECT id, s, v FROM t ORDER BY id") == [
+        (1, "ok", "ok"), (3, "hé", "ok"), (5, "", None)]
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_text_of_a_latin1_source_loads_as_its_characters(tmp_path: Path, latin1_dsn: str,
+                                                         initial_load: str) -> None:
+    """ADBC read a LATIN1 database's text as its bytes, taken for UTF-8: 'café' arrived
+    as 'caf\\xe9', which no warehouse holds (the batch failed, later the row was
+    quarantined as invalid UTF-8). The connection now asks the server for UTF-8."""
+    with psycopg.connect(latin1_dsn, autocommit=True) as conn:
+        conn.execute(b"SET client_encoding = 'UTF8'")
+        conn.execute(b"CREATE TABLE t (id bigint PRIMARY KEY, s text)")
+        conn.execute("INSERT INTO t VALUES (1, 'ok'), (2, 'café'), (3, 'ÿ½')".encode())
+    wh = str(tmp_path / "wh.duckdb")
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "postgres", "dsn": latin1_dsn,
+                                        "tables": [{"name": "t", "contract": "c",
+                                                    "initial_load": initial_load}]}],
+                            _warehouse_config(wh), contracts={"c": {
+                                "primary_key": ["id"], "cursor": "id", "columns": {
+                                    "id": {"type": "int64", "nullable": False},
+                                    "s": {"type": "string"}}}})
+    with Pipeline.from_yaml(config) as pipeline:
+        summary = pipeline.run_once(raise_on_error=False)
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 0
+    assert _warehouse_rows(wh, "SELECT id, s FROM t ORDER BY id") == [
+        (1, "ok"), (2, "café"), (3, "ÿ½")]
 
 
 def _execute(where: str, sql: str) -> None:

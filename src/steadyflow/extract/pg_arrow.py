@@ -63,6 +63,13 @@ from steadyflow.resilience import Watchdog, watchdog_grace
 log = logs.get("extract")
 
 _CONNECT_LOCK = threading.Lock()
+# ADBC takes the text it reads for UTF-8 without asking, and a session's client_encoding
+# is the database's: from a LATIN1 database 'café' arrived as 'caf\xe9', which no warehouse
+# holds. Any encoding but SQL_ASCII is converted to UTF-8 when asked; SQL_ASCII stays as
+# it is (asked for UTF-8, the server refuses the whole page for one byte that is not; as
+# stored, such a value costs its row at validation).
+UTF8_TEXT = ("set_config('client_encoding', CASE current_setting('server_encoding') "
+             "WHEN 'SQL_ASCII' THEN 'SQL_ASCII' ELSE 'UTF8' END, false)")
 # how long a table's ADBC connection stays open without a page (see PgArrowSource.poll_end)
 ADBC_IDLE = 60.0
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
@@ -417,7 +424,7 @@ class PgArrowSource(SqlSource):
         # watchdog bounds one statement's time (a store 0.2 s away took 1.6 s here)
         session = ("SELECT " + ", ".join(f"set_config('{name}', '{value}', false)"
                                          for name, value in session_settings(r.statement_timeout))
-                   + ", host(inet_client_addr()), inet_client_port()")
+                   + f", {UTF8_TEXT}, host(inet_client_addr()), inet_client_port()")
         try:
             with dog, conn.cursor() as cur:
                 cur.execute(session)
