@@ -296,3 +296,20 @@ def test_a_contract_widened_past_its_target_is_refused_until_widened(where: str)
     assert [{**r, "a": r["a"] and r["a"].astimezone(UTC)} for r in got] == [
         {"id": 1, "n": 5_000_000_000, "d": Decimal("1.2345"), "f": 1.5, "a": at},
         {"id": 2, "n": 1, "d": Decimal("12345678.1234"), "f": -0.25, "a": None}]
+
+
+def test_a_latin1_warehouse_stores_the_characters_it_was_sent(latin1_dsn: str) -> None:
+    """The loader's session took the database's encoding, so the UTF-8 bytes of its COPY
+    were read as LATIN1: 'café' was stored as 'cafÃ©' (every run ok)."""
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("s", "string")), primary_key=("id",), cursor="id")
+    ref, wh = TableRef("src", "enc", "enc"), PostgresWarehouse(latin1_dsn)
+    try:
+        wh.ensure_table(ref, contract)
+        assert wh.load(ref, contract, BatchRef("b1", "src", "enc", "p", 0, 0, "c", None, None,
+                                               0.0, seq=1),
+                       pa.table({"id": pa.array([1], pa.int64()), "s": ["café ÿ"]}))
+    finally:
+        wh.close()
+    with psycopg.connect(latin1_dsn, client_encoding="UTF8") as conn:
+        assert conn.execute(b"SELECT s FROM enc").fetchall() == [("café ÿ",)]

@@ -136,7 +136,10 @@ class PostgresWarehouse:
                             "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
                             "-c tcp_keepalives_count=3",
                     keepalives=1, keepalives_idle=30, keepalives_interval=10,
-                    keepalives_count=3, tcp_user_timeout=60000)
+                    keepalives_count=3, tcp_user_timeout=60000,
+                    # the COPY sends UTF-8; a session in the database's encoding (LATIN1)
+                    # took its bytes as that encoding: 'é' stored as 'Ã©', without a word
+                    client_encoding="UTF8")
             except psycopg.Error as exc:
                 raise WarehouseUnavailable(
                     f"cannot connect to the PostgreSQL warehouse: "
