@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -201,6 +203,30 @@ def test_a_replay_that_races_a_compaction_reads_the_moved_batches(
     replay_all(cfg)
     assert compacted[0].batches_moved >= 1_000 // PAGE
     warehouse_equals_source(tmp_path)
+
+
+def test_replay_of_a_table_takes_every_kept_batch_whatever_its_history(
+        tmp_path: Path) -> None:
+    """gc keeps manifest rows as history ('gone'); `replay --table` took the newest
+    million rows of that history and replayed the kept ones among them, so a batch kept
+    older than that (an open quarantine's, a long retention's) was left out while the
+    replay said ok (here: every batch, the warehouse left empty). A table name that is
+    no table is refused instead of replaying nothing."""
+    make_source(tmp_path / "shop.db", 500)
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    later = time.time() + 60
+    with closing(sqlite3.connect(tmp_path / "state" / "state.db")) as db, db:
+        db.execute(  # a million batches landed, loaded and gc'd since
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999999) "
+            "INSERT INTO manifest(batch_id, source, tbl, ref, rows, landed_at, status) "
+            "SELECT printf('gone%07d', i), 'shop', 'items', '{}', 1, ? + i, 'gone' FROM n",
+            (later,))
+    (tmp_path / "warehouse.duckdb").unlink()
+    assert cli("replay", "-c", str(cfg), "--table", "shop.items")["batches"] >= 500 // PAGE
+    warehouse_equals_source(tmp_path)
+    refused = steadyflow("replay", "-c", str(cfg), "--table", "shop.itemz")
+    assert refused.returncode != 0 and "no table shop.itemz" in refused.stdout + refused.stderr
 
 
 @pytest.mark.faults

@@ -29,9 +29,10 @@ def replay_batches(pipeline: Pipeline, batch_ids: list[str],
         raise ConfigError(f"unknown batch id(s): {', '.join(missing)}")
     if table:
         source, _, name = table.partition(".")
-        refs += [pipeline.state.batch(b["batch_id"])  # a 'gone' one's file was gc'd
-                 for b in pipeline.state.batches(source, name, limit=1_000_000)
-                 if b["status"] != "gone"]
+        pipeline.config.table(source, name)  # a name that is no table is refused
+        # every entry whose file is kept, oldest first (a 'gone' one's file was gc'd): not
+        # the newest million entries of the history, which left the oldest kept ones out
+        refs += [ref for ref, _ in pipeline.state.landed_batches(source, name)]
     loader = pipeline.loader
     stamp = int(time.time() * 1000)
     rows = 0
