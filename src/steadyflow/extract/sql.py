@@ -442,8 +442,9 @@ class SqlSource:
         source row: rows sharing it are merged into one warehouse row (newer cursor
         wins), every other lost while every run says ok. A unique index on some of the
         key's columns proves it (once per source object); without one, the rows are
-        looked at (at most every KEY_RECHECK_EVERY), and a key narrower than the table's
-        own primary key is refused even before two rows share it."""
+        looked at (at most every KEY_RECHECK_EVERY) and it is refused once rows share it,
+        with a warning until then (a partitioned table's primary key must hold the
+        partition key, so a key narrower than it may well be unique)."""
         d, key = self.dialect, contract.primary_key
         if d.unique_sql is None:
             return
@@ -463,27 +464,17 @@ class SqlSource:
         present = " AND ".join(f"{d.ident(k)} IS NOT NULL" for k in key)
         primary = next((cols for cols, is_pk in unique.values() if is_pk), None)
         shown = ", ".join(key)
+        pk = f" (narrower than its primary key ({', '.join(map(str, primary))}))" \
+            if primary else ""
         try:
             shared = self._execute(table, f"SELECT {names}, count(*) FROM {d.ident(table)} "
                                           f"WHERE {present} GROUP BY {names} "
                                           "HAVING count(*) > 1 LIMIT 1", [])
-        except SourceTimeout:
-            if primary is not None:  # refused below without an example
-                shared = []
-            else:  # a big view: the look must not stop the table; it is tried again later
-                self._unique[(table, key)] = time.monotonic()
-                log.warning("%s has no unique index on (%s), and looking for rows that "
-                            "share it took longer than statement_timeout: rows sharing it "
-                            "would be merged into one warehouse row; add a UNIQUE index",
-                            table, shown, extra={"source": self.config.name, "table": table,
-                                                 "stage": "extract"})
-                return
-        if shared or primary is not None:
-            why = (f"{shared[0][-1]} rows have " + ", ".join(
-                       f"{k} = {v!r}" for k, v in zip(key, shared[0], strict=False))
-                   if shared else
-                   f"the table's primary key is ({', '.join(map(str, primary or []))}) "
-                   "and no unique index makes it unique")
+        except SourceTimeout:  # a big view: the look must not stop the table
+            shared = None
+        if shared:
+            why = f"{shared[0][-1]} rows have " + ", ".join(
+                f"{k} = {v!r}" for k, v in zip(key, shared[0], strict=False))
             own = (f"the table's own primary key ({', '.join(map(str, primary))})" if primary
                    else "columns that identify each row")
             raise SchemaError(
@@ -493,9 +484,12 @@ class SqlSource:
                 hint=f"declare {own} as the contract's primary_key, or add a UNIQUE index "
                      f"on ({shown}) to {table}")
         self._unique[(table, key)] = time.monotonic()
-        log.warning("%s has no unique index on (%s): no two rows share it now, but rows "
-                    "that come to share it will be merged into one warehouse row until "
-                    "the next look finds them (hourly); add a UNIQUE index", table, shown,
+        now = ("looking for rows that share it took longer than statement_timeout"
+               if shared is None else "no two rows share it now")
+        log.warning("%s has no unique index on (%s)%s: %s, but rows that share it are "
+                    "merged into one warehouse row until a look finds them (at most "
+                    "hourly); add a UNIQUE index, or declare the key that identifies a row",
+                    table, shown, pk, now,
                     extra={"source": self.config.name, "table": table, "stage": "extract"})
 
     def declared_types(self, table: str) -> dict[str, str]:
