@@ -32,6 +32,17 @@ INVALID = "_steadyflow_invalid"
 MIN_TIME = datetime(1, 1, 1, tzinfo=UTC)
 MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 
+
+@dataclass(frozen=True, slots=True)
+class TextEncoding:
+    """The characters a warehouse's text can hold, when not every one (a PostgreSQL
+    database in LATIN1): `name` as the warehouse spells it, `codec` Python's name for it.
+    Validation quarantines a value holding a character outside it (it would fail its
+    whole batch at load)."""
+
+    name: str
+    codec: str
+
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
 _SIMPLE_TYPES: dict[str, pa.DataType] = {
     "int64": pa.int64(),

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from steadyflow.model import BatchRef, Contract, TableRef, Watermark
+from steadyflow.model import BatchRef, Contract, TableRef, TextEncoding, Watermark
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +154,9 @@ class Warehouse(Protocol):
     """
 
     def ensure_table(self, ref: TableRef, contract: Contract) -> None: ...
+    # the characters its text holds when not every one (a PostgreSQL database in LATIN1),
+    # for validation to quarantine a value it would refuse with its whole batch; None: all
+    def text_encoding(self) -> TextEncoding | None: ...
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> Merged | None: ...
     def load_group(self, parts: Iterable[LoadPart]) -> list[Merged | None]: ...

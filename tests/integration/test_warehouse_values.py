@@ -10,8 +10,10 @@ and an update of every row (the staged merge).
 from __future__ import annotations
 
 import math
+import sqlite3
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -313,3 +315,36 @@ def test_a_latin1_warehouse_stores_the_characters_it_was_sent(latin1_dsn: str) -
         wh.close()
     with psycopg.connect(latin1_dsn, client_encoding="UTF8") as conn:
         assert conn.execute(b"SELECT s FROM enc").fetchall() == [("café ÿ",)]
+
+
+def test_a_character_a_latin1_warehouse_lacks_costs_its_row(tmp_path: Path,
+                                                            latin1_dsn: str) -> None:
+    """Since the loader's session speaks UTF-8 (above), the server converts each value to
+    the database's encoding and refuses one it lacks (an emoji in LATIN1): the whole
+    batch failed on every delivery, no row of it loaded. Validation now knows the
+    warehouse's encoding and quarantines that row, naming column and character."""
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT, n TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [
+            (1, "ok", "café ÿ"), (2, "fine 😀", "ok"), (3, "ok", "日本"), (4, "é", None)])
+        conn.commit()
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite",
+                                        "path": str(tmp_path / "s.db"),
+                                        "tables": [{"name": "t", "contract": "c"}]}],
+                            _warehouse_config(latin1_dsn), contracts={"c": {
+                                "primary_key": ["id"], "cursor": "id", "columns": {
+                                    "id": {"type": "int64", "nullable": False},
+                                    "s": {"type": "string"}, "n": {"type": "string"}}}})
+    with Pipeline.from_yaml(config) as pipeline:
+        summary = pipeline.run_once(raise_on_error=False)
+        parked = pipeline.state.quarantined()
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 2
+    assert {reason for item in parked for reason in item["reasons"]} == {
+        "s: the warehouse database's encoding LATIN1 cannot hold the character '😀' "
+        "(U+1F600)",
+        "n: the warehouse database's encoding LATIN1 cannot hold the character '日' "
+        "(U+65E5)"}
+    with psycopg.connect(latin1_dsn, client_encoding="UTF8") as conn:
+        assert conn.execute(b"SELECT id, s, n FROM t ORDER BY id").fetchall() == [
+            (1, "ok", "café ÿ"), (4, "é", None)]

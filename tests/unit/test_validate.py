@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from steadyflow.errors import ContractError
-from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Column, Contract
+from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Column, Contract, TextEncoding
 from steadyflow.validate.quarantine import row_hashes
 from steadyflow.validate.rules import REASON, Verdict, validate
 
@@ -224,3 +224,19 @@ def test_min_and_max_compare_int64_beyond_2_pow_53_exactly() -> None:
     assert verdict.good["id"].to_pylist() == [3]
     assert sorted(verdict.bad[REASON].to_pylist()) == [
         "n: above maximum 9.22337e+18", "n: below minimum 0.5", "n: below minimum 0.5"]
+
+
+def test_a_character_the_warehouse_encoding_lacks_costs_its_row() -> None:
+    """Given the warehouse's text encoding (a PostgreSQL database in LATIN1), a value
+    holding a character it lacks is quarantined naming column and character; without one,
+    or for text the encoding holds, nothing is."""
+    contract = Contract(columns=(Column("id", "int64", nullable=False), Column("s", "string")),
+                        primary_key=("id",), cursor="id")
+    raw = pa.table({"id": pa.array([1, 2, 3, 4, 5], pa.int64()),
+                    "s": ["ascii", "café ÿ", "x😀y🎉", None, ""]})
+    assert validate(raw, contract).bad.num_rows == 0
+    verdict = validate(raw, contract, encoding=TextEncoding("LATIN1", "iso8859-1"))
+    assert verdict.good["id"].to_pylist() == [1, 2, 4, 5]
+    assert verdict.bad[REASON].to_pylist() == [
+        "s: the warehouse database's encoding LATIN1 cannot hold the character '😀' "
+        "(U+1F600)"]

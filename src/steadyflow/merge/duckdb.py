@@ -25,7 +25,7 @@ from steadyflow.merge.plan import (
     refuse_narrower,
     with_seq,
 )
-from steadyflow.model import BatchRef, Contract, TableRef
+from steadyflow.model import BatchRef, Contract, TableRef, TextEncoding
 from steadyflow.observe import logs
 from steadyflow.ports import Ledgered, LoadPart, Merged
 
@@ -238,6 +238,10 @@ class DuckdbWarehouse:
                                   stage="load", table=ref.target) from None
         refuse_narrower(contract, declared, f"{quote(self.schema)}.{quote(ref.target)}",
                         ref.target, quote, "duckdb")
+
+    def text_encoding(self) -> TextEncoding | None:
+        """None: DuckDB's text is UTF-8, it holds every character."""
+        return None
 
     def load(self, ref: TableRef, contract: Contract, batch: BatchRef, rows: pa.Table,
              deletes: pa.Table | None = None) -> Merged | None:

@@ -13,6 +13,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql as pgsql
+from psycopg._encodings import pg2pyenc
 
 from steadyflow.errors import FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.extract.dialects import dsn_password, redact
@@ -27,7 +28,7 @@ from steadyflow.merge.plan import (
     refuse_narrower,
     with_seq,
 )
-from steadyflow.model import BatchRef, Column, Contract, TableRef
+from steadyflow.model import BatchRef, Column, Contract, TableRef, TextEncoding
 from steadyflow.ports import Ledgered, LoadPart, Merged
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
@@ -196,6 +197,21 @@ class PostgresWarehouse:
                     raise self._fail(exc, "warehouse unavailable") from None
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
+
+    def text_encoding(self) -> TextEncoding | None:
+        """The database's encoding when it is not UTF-8: the session speaks UTF-8 and the
+        server converts each value, refusing (with its whole batch) a character the
+        database's encoding lacks. None for UTF8, and for SQL_ASCII (no conversion: any
+        bytes are stored) or an encoding Python has no codec for (the load still refuses
+        loudly)."""
+        with self._lock:
+            name = self.conn.info.parameter_status("server_encoding") or "UTF8"
+        if name in ("UTF8", "SQL_ASCII"):
+            return None
+        try:
+            return TextEncoding(name, pg2pyenc(name.encode()))
+        except psycopg.NotSupportedError:
+            return None
 
     def _add_missing(self, table: str, adds: Iterable[tuple[str, str]]) -> dict[str, str]:
         """Run each (column, ALTER ... ADD COLUMN) whose column `table` lacks; returns the

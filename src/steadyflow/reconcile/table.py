@@ -538,7 +538,8 @@ class TableReconciler:
                ) -> tuple[dict[Key, tuple[Any, ...]], dict[Key, tuple[Any, ...]]]:
         """Validate rows as read: the valid ones go to `tables` and `out.good`, the invalid
         ones in quarantine to `out.parked`; returns (valid, invalid) as canonical key → key."""
-        verdict = validate(rows, self.contract)
+        verdict = validate(rows, self.contract,
+                           encoding=self.pipeline.warehouse.text_encoding())
         good: dict[Key, tuple[Any, ...]] = {}
         if verdict.good.num_rows:
             tables.append(verdict.good)

@@ -35,7 +35,7 @@ from steadyflow.config import PipelineConfig, owned_value
 from steadyflow.errors import RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import BatchRef, Contract, TableRef, decode_value
+from steadyflow.model import BatchRef, Contract, TableRef, TextEncoding, decode_value
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Delivery, Ledgered, LoadPart, Warehouse
@@ -104,13 +104,14 @@ def deletes_of(batch: BatchRef, contract: Contract) -> pa.Table | None:
 
 
 def transform(config: PipelineConfig, landing: LandingZone, metrics: PipelineMetrics,
-              batch: BatchRef) -> Verdict:
-    """Read a landed batch and validate it. Needs no warehouse, so `steadyflow transform`
-    runs while `run --follow` holds an embedded DuckDB file."""
+              batch: BatchRef, encoding: TextEncoding | None = None) -> Verdict:
+    """Read a landed batch and validate it (`encoding`: the warehouse's text encoding, if
+    it lacks characters). Needs no warehouse, so `steadyflow transform` runs while
+    `run --follow` holds an embedded DuckDB file."""
     rows = landing.read(batch)
     started = time.monotonic()
     contract = contract_of(config, batch)
-    verdict = validate(rows, contract, owner_of(config, batch, contract))
+    verdict = validate(rows, contract, owner_of(config, batch, contract), encoding)
     metrics.batch_duration(batch.source, batch.table, "transform", time.monotonic() - started)
     metrics.rows(batch.source, batch.table, "transform", rows.num_rows, rows.nbytes)
     return verdict
@@ -308,10 +309,11 @@ class BatchLoader:
                 self.warehouse.ensure_table(ref, contract)  # also adds new columns
                 self._ensured.add((ref.target, contract.names))
         prepared: list[_Prepared] = []
+        encoding = self.warehouse.text_encoding()  # asked here: load_group holds its lock
 
         def parts() -> Iterator[LoadPart]:
             for batch, contract in zip(group, contracts, strict=True):
-                verdict = transform(self.config, self.landing, self.metrics, batch)
+                verdict = transform(self.config, self.landing, self.metrics, batch, encoding)
                 parked = self.quarantine.park(batch, verdict) if verdict.bad.num_rows else 0
                 good = verdict.good
                 prepared.append(_Prepared(batch, good.num_rows, good.nbytes, parked,

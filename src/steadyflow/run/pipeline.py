@@ -42,7 +42,7 @@ from steadyflow.errors import (
 )
 from steadyflow.extract.sql import SqlSource
 from steadyflow.land.parquet import LandingZone, open_landing
-from steadyflow.model import BatchRef
+from steadyflow.model import BatchRef, TextEncoding
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Ledgered, Warehouse
@@ -219,8 +219,22 @@ class Pipeline:
                            self.quarantine, self.metrics)
 
     def transform(self, batch: BatchRef) -> Verdict:
-        """Validate one landed batch as the loader would, without opening the warehouse."""
-        return transform(self.config, self.landing, self.metrics, batch)
+        """Validate one landed batch as the loader would. An embedded (DuckDB) warehouse
+        is not opened (`run --follow` may hold its file); a PostgreSQL one is asked for its
+        text encoding, if it can be reached (one lacking characters quarantines more)."""
+        return transform(self.config, self.landing, self.metrics, batch,
+                         self._text_encoding())
+
+    def _text_encoding(self) -> TextEncoding | None:
+        if self.config.warehouse.kind != "postgres":
+            return None
+        try:
+            return self.warehouse.text_encoding()
+        except RetryableError as exc:
+            log.warning("cannot ask the warehouse for its text encoding (%s): a character "
+                        "it lacks is not counted as quarantined here", exc,
+                        extra={"stage": "transform"})
+            return None
 
     def stop(self) -> None:
         self._stop.set()

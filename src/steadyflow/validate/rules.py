@@ -9,9 +9,11 @@ or its type cannot hold, so a warehouse never fails a whole batch (forever, on r
 for one row, and no value is rounded or clamped on the way: a reason a reader gave
 (model.INVALID), a NUL in text, a date or time outside model.MIN_TIME..MAX_TIME, NaN or an
 infinity where a min/max rule applies, a decimal with more scale or precision than the
-contract (float input included: it is read by its shortest text, never rounded). And,
-for a table with a `warehouse_filter` (`Owner`), a row outside it: several tables feeding
-one target are merged on the key alone, so it could replace another table's row.
+contract (float input included: it is read by its shortest text, never rounded), a
+character the warehouse's text encoding lacks (`TextEncoding`, when the loader knows it: an
+emoji for a PostgreSQL database in LATIN1). And, for a table with a `warehouse_filter`
+(`Owner`), a row outside it: several tables feeding one target are merged on the key
+alone, so it could replace another table's row.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ import pyarrow.compute as pc
 
 from steadyflow.errors import ContractError
 from steadyflow.failpoints import failpoint
-from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Column, Contract, cast_text_time
+from steadyflow.model import (
+    INVALID,
+    MAX_TIME,
+    MIN_TIME,
+    Column,
+    Contract,
+    TextEncoding,
+    cast_text_time,
+)
 
 REASON = "_reason"
 # A check: per row, did it fail; and why (one text, or per row for reasons a reader gave).
@@ -99,9 +109,11 @@ def _cast_column(values: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.Array
     return cast, pa.array(bad, pa.bool_())
 
 
-def validate(batch: pa.Table, contract: Contract, owner: Owner | None = None) -> Verdict:
+def validate(batch: pa.Table, contract: Contract, owner: Owner | None = None,
+             encoding: TextEncoding | None = None) -> Verdict:
     """Split `batch` into rows that conform to `contract` (and lie within `owner`'s filter,
-    if given) and rows to quarantine.
+    if given, and whose text `encoding` holds, if given: the warehouse's) and rows to
+    quarantine.
 
     Raises ContractError when a rule itself cannot run (a `pattern` that is not RE2).
     """
@@ -115,7 +127,7 @@ def validate(batch: pa.Table, contract: Contract, owner: Owner | None = None) ->
         values, type_bad = _cast_column(batch[column.name], column.arrow_type)
         conformed.append(values)
         checks.append((type_bad, f"{column.name}: not a valid {column.type}"))
-        checks.extend(_rules(column, values, type_bad))
+        checks.extend(_rules(column, values, type_bad, encoding))
     if owner is not None:
         checks.extend(_owned(contract, conformed, owner))
     failpoint("transform.mid")
@@ -201,12 +213,15 @@ def _invalid(batch: pa.Table) -> pa.Array:
     return as_text(batch[INVALID])
 
 
-def _rules(column: Column, values: pa.Array, type_bad: pa.Array) -> Iterator[Check]:
+def _rules(column: Column, values: pa.Array, type_bad: pa.Array,
+           encoding: TextEncoding | None = None) -> Iterator[Check]:
     """The checks of one column's cast values, in the order they are reported."""
     name = column.name
     if not column.nullable:
         yield (pc.and_(pc.is_null(values), pc.invert(type_bad)), f"{name}: must not be null")
     yield from _representable(column, values)
+    if encoding is not None and pa.types.is_string(values.type):
+        yield from _encodable(name, values, encoding)
     if column.min is not None:
         yield (_compare(values, "less", column.min), f"{name}: below minimum {column.min:g}")
     if column.max is not None:
@@ -237,6 +252,33 @@ def _representable(column: Column, values: pa.Array) -> Iterator[Check]:
     elif pa.types.is_floating(kind) and (column.min is not None or column.max is not None):
         yield (_present_and(values, pc.invert(pc.is_finite(values))),
                f"{column.name}: {_NOT_FINITE}")
+
+
+def _encodable(name: str, values: pa.Array, encoding: TextEncoding) -> Iterator[Check]:
+    """Text holding a character the warehouse's encoding lacks: the server refuses the
+    conversion for the whole batch (PostgreSQL: 'character with byte sequence ... has no
+    equivalent in encoding "LATIN1"'), so it costs its row, naming the first such
+    character. ASCII is in every encoding the check is made for: only other values are
+    looked at one by one."""
+    other = _present_and(values, pc.invert(pc.string_is_ascii(values)))
+    if not pc.any(other).as_py():
+        return
+    reasons: list[str | None] = []
+    for value, look in zip(values.to_pylist(), other.to_pylist(), strict=True):
+        reasons.append(_unencodable(name, value, encoding) if look and value else None)
+    why = pa.array(reasons, pa.string())
+    yield pc.is_valid(why), why
+
+
+def _unencodable(name: str, value: str, encoding: TextEncoding) -> str | None:
+    """Why `encoding` cannot hold `value` (None if it can), naming the first character."""
+    try:
+        value.encode(encoding.codec)
+    except UnicodeEncodeError as exc:
+        char = value[exc.start]
+        return (f"{name}: the warehouse database's encoding {encoding.name} cannot hold "
+                f"the character {char!r} (U+{ord(char):04X})")
+    return None
 
 
 def _matches(text: pa.Array, name: str, pattern: str) -> pa.Array:
