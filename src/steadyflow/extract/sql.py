@@ -29,6 +29,7 @@ from steadyflow.extract.dialects import (
     OutOfRange,
     dialect_for,
     driver_errors,
+    members,
 )
 from steadyflow.model import (
     INVALID,
@@ -328,6 +329,7 @@ class SqlSource:
             del self._declared[table]  # columns came or went: read their types again
         self.find_keyset_index(table, contract)
         self.check_times(table, contract)
+        self.check_members(table, contract)
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
         self.check_unique_key(table, contract)
@@ -355,6 +357,30 @@ class SqlSource:
                     source=self.config.name, table=table,
                     hint=f"declare {name} as string in the contract (the database's own "
                          "text of it, which pages in its order)")
+
+    def check_members(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a cursor or key declared as a MariaDB ENUM with
+        '' among its members: outside strict mode MariaDB stores invalid input as the
+        error value (number 0), also spelled '', so '' names two values that sort apart
+        (0 first, the member at its place). Pages compare a value by its number
+        (`MysqlDialect.keyset_value`), and a page ending on one '' continued from the
+        other's number: the rows between were never read (lost, every run ok), and two
+        keys differing only there would be one warehouse key."""
+        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
+            stored = declared.get(name.lower(), "")
+            found = members(stored)
+            if found is not None and found[0] == "enum" and "" in found[1]:
+                raise SchemaError(
+                    f"column {name} is declared {stored} in the source: it spells '' both "
+                    "as a member and as the error value MariaDB stores for invalid input "
+                    "(outside strict mode), two values that sort apart, so keyset pages "
+                    "cannot tell where a page ending on '' stopped", stage="extract",
+                    source=self.config.name, table=table,
+                    hint=f"give the '' member of {name} a spelling of its own: add a "
+                         f"member (e.g. 'none') to the ENUM, UPDATE {table} SET {name} = "
+                         f"'none' WHERE {name} + 0 = {found[1].index('') + 1}, then drop '' "
+                         "from it; or page this table by other columns")
 
     def check_cursor(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a cursor that keyset pages cannot follow: one
