@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from steadyflow.config import TableConfig
-from steadyflow.model import Contract, TableRef, encode_value
+from steadyflow.model import BatchRef, Contract, TableRef, encode_value
 from steadyflow.observe import logs
 from steadyflow.reconcile.encoding import canonical
 from steadyflow.reconcile.report import Findings
@@ -102,10 +102,7 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
             meta["columns"] = added
         if dels:
             meta["deletes"] = [[encode_value(v) for v in key] for key in dels]
-        batch = pipeline.landing.write(chunk, ref.source, ref.table, None, None,
-                                       kind="repair", meta=meta,
-                                       seq=pipeline.state.next_seq())
-        batch = replace(batch, batch_id=f"{batch.batch_id}.repair{run_id}.{i}")
+        batch = _land(pipeline, chunk, ref, meta, f"repair{run_id}.{i}")
         pipeline.state.record_landed(batch, lease=lease)
         outcome = loader.load_and_mark(batch)
         result["batches"] += 1
@@ -117,3 +114,21 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
             "source": ref.source, "table": ref.table, "stage": "reconcile",
             "batch_id": batch.batch_id, "rows": outcome.good_rows})
     return result
+
+
+def _land(pipeline: Pipeline, rows: pa.Table, ref: TableRef, meta: dict[str, object],
+          suffix: str) -> BatchRef:
+    """Land one repair batch, its id (and its file's name) `<content id>.<suffix>`.
+
+    The content id alone is not the batch's: an empty batch deleting other keys, or the
+    same rows repaired again, would be taken for a duplicate. The file bears the whole id,
+    as every landed file bears its batch's, so a compaction that moved the batch and was
+    killed before deleting the file finds it by name (run/compact.py `_sweep`): named by
+    the content id it matched no entry and was kept for ever, which gc never deletes."""
+    prepared = pipeline.landing.prepare(rows, ref.source, ref.table, None, None,
+                                        kind="repair", meta=meta,
+                                        seq=pipeline.state.next_seq())
+    batch_id = f"{prepared.ref.batch_id}.{suffix}"
+    folder = prepared.ref.path.rsplit("/", 1)[0]
+    named = replace(prepared.ref, batch_id=batch_id, path=f"{folder}/{batch_id}.parquet")
+    return pipeline.landing.store_prepared(replace(prepared, ref=named))
