@@ -13,6 +13,7 @@ import pymysql
 import pytest
 import yaml
 
+from steadyflow.reconcile.runner import Options, reconcile
 from steadyflow.run.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -306,3 +307,61 @@ def test_an_enum_key_s_error_value_pages_first(tmp_path: Path, mysql_dsn: str,
     query = "SELECT id, CAST(e AS CHAR), n FROM t"
     assert warehouse_rows(tmp_path, "SELECT id, e, n FROM main.t") == source_rows(mysql_dsn, query)
     assert len(source_rows(mysql_dsn, query)) == 4
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_bit_columns_load_as_the_numbers_they_hold(tmp_path: Path, mysql_dsn: str,
+                                                   initial_load: str) -> None:
+    """BIT read as string was its raw bytes: b'\\x05' is no text a reader can use, and
+    most values (a NUL byte, a byte past 0x7f) cost their row; every BIT(1) flag of 0 was
+    quarantined. Read as string, BIT is now the decimal text of its number, like the number
+    types read it; a BIT(64) whose top bit is set loads whole as decimal(20,0) or string,
+    and a BIT key pages in its number's order."""
+    execute(mysql_dsn,
+            "CREATE TABLE t (k BIT(12) NOT NULL PRIMARY KEY, flag BIT(1), flag_s BIT(1), "
+            "b8 BIT(8), b64 BIT(64), b64_s BIT(64), at DATETIME(6) NOT NULL, KEY c (at, k))",
+            "INSERT INTO t VALUES (b'111111111111', 1, 1, 255, 18446744073709551615, "
+            "18446744073709551615, '2024-01-01'), "
+            "(0, 0, 0, 0, 0, 0, '2024-01-01'), (256, NULL, NULL, 127, 9223372036854775808, "
+            "9223372036854775807, '2024-01-01'), (5, 1, 0, NULL, NULL, NULL, '2024-01-02')")
+    contract = {"primary_key": ["k"], "cursor": "at", "columns": {
+        "k": {"type": "int64", "nullable": False}, "flag": {"type": "bool"},
+        "flag_s": {"type": "string"}, "b8": {"type": "string"},
+        "b64": {"type": "decimal(20,0)"}, "b64_s": {"type": "string"},
+        "at": {"type": "timestamp", "nullable": False}}}
+    summary = run(tmp_path, mysql_dsn, contract, initial_load)
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 0
+    expected = source_rows(mysql_dsn, "SELECT k + 0, flag = 1, CAST(flag_s + 0 AS CHAR), "
+                                      "CAST(b8 + 0 AS CHAR), b64 + 0, CAST(b64_s + 0 AS CHAR) "
+                                      "FROM t")
+    assert (4095, 1, "1", "255", 18446744073709551615, "18446744073709551615") in expected
+    got = warehouse_rows(tmp_path, "SELECT k, flag, flag_s, b8, b64, b64_s FROM main.t")
+    assert got == expected
+    with Pipeline.from_yaml(tmp_path / "pipeline.yml") as p:  # reconcile reads them alike
+        [report] = reconcile(p, options=Options(by="key"))
+    assert report.error is None, report.error
+    assert (report.extra, report.differences) == (0, 0), report.to_dict()
+
+
+@pytest.mark.parametrize(("declared", "ctype", "fix"), [
+    ("BIT(64)", "int64", "decimal(20,0)"), ("BIT(32)", "int32", "int64"),
+    ("BIT(2)", "bool", "int64"), ("BIT(64)", "decimal(19,0)", "decimal(20,0)"),
+    ("BIT(54)", "float64", "int64"), ("BIT(8)", "timestamp", "int64")])
+def test_a_bit_column_the_contract_type_cannot_hold_is_refused_naming_it(
+        tmp_path: Path, mysql_dsn: str, declared: str, ctype: str, fix: str) -> None:
+    """A BIT(64) read as int64 (BIT(2) as bool, ...): each row holding a value past the
+    contract type was quarantined, every run ok (a BIT(64) of 2^64 - 1 cannot load). Refused
+    at the probe, naming the column, its declaration and a type that holds every value."""
+    execute(mysql_dsn,
+            f"CREATE TABLE t (id INT PRIMARY KEY, b {declared}, at DATETIME(6) NOT NULL, "
+            "KEY c (at, id))",
+            "INSERT INTO t VALUES (1, 1, '2024-01-01'), (2, b'11', '2024-01-01')")
+    contract = {"primary_key": ["id"], "cursor": "at", "columns": {
+        "id": {"type": "int64", "nullable": False}, "b": {"type": ctype},
+        "at": {"type": "timestamp", "nullable": False}}}
+    summary = run(tmp_path, mysql_dsn, contract)
+    assert summary.failed_tables == ["m.t"], summary
+    assert f"column b ({ctype}) is declared {declared.lower()}" in summary.errors[0], \
+        summary.errors
+    assert f"declare b as {fix}" in summary.errors[0], summary.errors

@@ -549,9 +549,9 @@ class PostgresDialect(Dialect):
 
 
 def bit_number(declared: str, kind: pa.DataType) -> bool:
-    """Is this a MariaDB/MySQL BIT column (catalog text 'bit(1)') read as a number?"""
-    return (re.match(r"\s*bit\b", declared.lower()) is not None
-            and not pa.types.is_string(kind))
+    """Is this a MariaDB/MySQL BIT column (catalog text 'bit(1)')? Whatever the contract
+    type, it is read as its number (a string as the number's decimal text)."""
+    return re.match(r"\s*bit\b", declared.lower()) is not None
 
 
 _MEMBER_LIST = re.compile(r"\s*(enum|set)\s*\((.*)\)\s*$", re.IGNORECASE | re.DOTALL)
@@ -635,8 +635,9 @@ class MysqlDialect(Dialect):
         """A BIT column read as a number (bool, an integer, ...) as its unsigned value:
         both drivers hand BIT over as bytes (b'\\x01'), which no number or bool is, so
         the classic MySQL boolean BIT(1) quarantined every row. Only a column declared
-        BIT: text such as 'true' is never read as a number. Read as string, BIT stays the
-        bytes themselves.
+        BIT: text such as 'true' is never read as a number. Read as string, BIT is the
+        decimal text of that number ('5'): its bytes (b'\\x05', a NUL for every 0) were
+        no text a reader could use, and most values cost their row.
 
         A TIME, DATE, DATETIME or TIMESTAMP column read as string is MariaDB's own text
         of it ('-00:00:01', '838:59:59.000000', '2024-01-01 00:00:00.000000'): both

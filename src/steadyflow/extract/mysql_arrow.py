@@ -13,8 +13,8 @@ hint, same upper bound); only:
     bytes) sends that page through pymysql;
   * DECIMAL columns are selected as MariaDB's own text (`CAST(... AS CHAR)`): connectorx
     turns DECIMAL into a 96-bit decimal and fails (or panics) past 28 digits;
-  * BIT columns the contract reads as a number or bool are selected as their number
-    (`CAST(... AS UNSIGNED)`), as on the pymysql path (`MysqlDialect.select_expr`);
+  * BIT columns are selected as their number (`CAST(... AS UNSIGNED)`; read as string,
+    its decimal text), as on the pymysql path (`MysqlDialect.select_expr`);
   * the query runs as `SET STATEMENT max_statement_time=..., time_zone='+00:00' FOR ...`:
     the server-side statement limit and the UTC session of `MysqlDialect.connect`, per
     statement, since connectorx opens its own connection and runs no session setup.
@@ -302,7 +302,7 @@ class MysqlArrowSource(SqlSource):
     def _fast_select(self, table: str, contract: Contract, kinds: tuple[str, ...],
                      query: str) -> str:
         """The page query with DECIMAL columns selected as MariaDB's text of them, BIT
-        columns read as numbers as their number, and DATE/DATETIME/TIMESTAMP columns read
+        columns as their number, and DATE/DATETIME/TIMESTAMP columns read
         as string as their text (as `MysqlDialect.select_expr`)."""
         plain = self._select(table, contract)
         if not query.startswith(plain):

@@ -70,10 +70,24 @@ _BYTES = (bytes, bytearray, memoryview)
 # a declared type (catalog text) that is a time of day or a duration: MariaDB TIME(n),
 # PostgreSQL time [with time zone], timetz, interval (never timestamp)
 _CLOCK = re.compile(r"\s*(time\b(?!stamp)|timetz\b|interval\b)", re.IGNORECASE)
+_BIT = re.compile(r"\s*bit\s*\(\s*(\d+)\s*\)", re.IGNORECASE)  # MariaDB BIT(n)
 # value types Arrow may convert to something else, or that are unreadable
 _SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
 _SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
 _SUSPECT_DATE = frozenset({*_SUSPECT_TIME, datetime})  # Arrow drops a time of day
+
+
+def bit_fits(width: int, kind: pa.DataType) -> bool:
+    """Does `kind` hold every number a BIT(width) column holds (0 to 2^width - 1)?"""
+    if pa.types.is_boolean(kind):
+        return width == 1
+    if pa.types.is_integer(kind):
+        return width < kind.bit_width
+    if pa.types.is_floating(kind):
+        return width <= 53
+    if pa.types.is_decimal(kind):
+        return len(str(2 ** width - 1)) <= kind.precision - kind.scale
+    return pa.types.is_string(kind)
 
 
 def column_to_arrow(values: Sequence[Any], target: pa.DataType,
@@ -330,6 +344,7 @@ class SqlSource:
         self.find_keyset_index(table, contract)
         self.check_times(table, contract)
         self.check_members(table, contract)
+        self.check_bits(table, contract)
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
         self.check_unique_key(table, contract)
@@ -381,6 +396,32 @@ class SqlSource:
                          f"member (e.g. 'none') to the ENUM, UPDATE {table} SET {name} = "
                          f"'none' WHERE {name} + 0 = {found[1].index('') + 1}, then drop '' "
                          "from it; or page this table by other columns")
+
+    def check_bits(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a MariaDB BIT(n) column whose contract type
+        cannot hold every value of it (up to 2^n - 1): BIT(64) as int64, BIT(2) as bool,
+        BIT(54) as float64 (not exact), any BIT as a date or timestamp. Each row holding
+        a value past the type was quarantined, every run ok, though the source held a
+        plain number (BIT is read as its number, `MysqlDialect.select_expr`)."""
+        if self.dialect.name != "mysql":
+            return
+        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        for c in contract.columns:
+            stored = declared.get(c.name.lower(), "")
+            match = _BIT.match(stored)
+            if match is None:
+                continue
+            width = int(match.group(1))
+            if bit_fits(width, c.arrow_type):
+                continue
+            fix = "int64" if width <= 63 else "decimal(20,0)"
+            raise SchemaError(
+                f"column {c.name} ({c.type}) is declared {stored} in the source: its values "
+                f"reach {2 ** width - 1}, which {c.type} cannot hold, so each row holding "
+                "such a value would be quarantined", stage="extract",
+                source=self.config.name, table=table,
+                hint=f"declare {c.name} as {fix} in the contract (or string: the number's "
+                     "decimal text)")
 
     def check_cursor(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a cursor that keyset pages cannot follow: one

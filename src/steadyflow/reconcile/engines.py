@@ -355,6 +355,8 @@ class MysqlEngine(Engine):
         native = self.native.get(x, "")
         if t in ("int64", "int32") and re.match(r"(tiny|small|medium|big)?int\b", native):
             return f"CAST({x} AS CHAR)"
+        if t == "string" and re.match(r"bit\b", native):
+            return f"CAST(CAST({x} AS UNSIGNED) AS CHAR)"  # as extraction reads it: digits
         if decimal_scale(t) is not None and _same_decimal(native, t):
             return f"CAST({x} AS CHAR)"  # a DECIMAL(p,s) holds no NaN: nothing is unfit
         return self._guarded(x, ctype, self._canon(x, ctype))
