@@ -25,7 +25,9 @@ import pyarrow as pa
 import pytest
 from tests.conftest import PG_HOST, PG_PORT, require_service, write_pipeline
 
+from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError
+from steadyflow.extract.pg_arrow import PgArrowSource
 from steadyflow.merge.duckdb import DuckdbWarehouse
 from steadyflow.merge.postgres import PostgresWarehouse
 from steadyflow.model import MAX_TIME, MIN_TIME, BatchRef, Column, Contract, TableRef
@@ -216,6 +218,67 @@ def test_text_that_is_not_utf8_costs_its_row_end_to_end(tmp_path: Path, where: s
         "s: invalid UTF-8: 'a\\xffb'", "v: invalid UTF-8: 'caf\\xe9'"}
     assert _warehouse_rows(where, "SELECT id, s, v FROM t ORDER BY id") == [
         (1, "ok", "ok"), (3, "hé", "ok"), (5, "", None)]
+
+
+@pytest.mark.parametrize("cursor", ["id", "n"])
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_a_text_key_that_is_not_utf8_costs_its_row(tmp_path: Path, sql_ascii_dsn: str,
+                                                   initial_load: str, cursor: str) -> None:
+    """A SQL_ASCII database's text key is read as bytes (psycopg's position probe) or as
+    an Arrow string that is not UTF-8 (ADBC's page): the table failed on every run, one
+    stray byte in a key ending a page ('utf-8' codec can't decode byte 0xff) or any text
+    key at all in a cursor pass ('operator does not exist: text <= bytea'). Each such row
+    now costs itself (quarantined naming column and bytes); the pages continue after it,
+    from a checkpoint that keeps the key's bytes (a second run reads only the new row)."""
+    with psycopg.connect(sql_ascii_dsn, autocommit=True) as conn:
+        conn.execute(b"CREATE TABLE t (id text PRIMARY KEY, n bigint NOT NULL, s text)")
+        conn.execute(b"CREATE INDEX ON t (n, id)")
+        conn.execute(b"INSERT INTO t VALUES ('a', 1, 'ok'), ('b\xff', 2, 'ok'), "
+                     b"('c', 3, 'ok'), ('d\xe9''\\', 4, 'x')")
+    wh = str(tmp_path / "wh.duckdb")
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "postgres", "dsn": sql_ascii_dsn,
+                                        "tables": [{"name": "t", "contract": "c",
+                                                    "initial_load": initial_load,
+                                                    "page_size": 1}]}],
+                            _warehouse_config(wh), contracts={"c": {
+                                "primary_key": ["id"], "cursor": cursor, "columns": {
+                                    "id": {"type": "string", "nullable": False},
+                                    "n": {"type": "int64", "nullable": False},
+                                    "s": {"type": "string"}}}})
+    with Pipeline.from_yaml(config) as pipeline:
+        first = pipeline.run_once(raise_on_error=False)
+        parked = pipeline.state.quarantined()
+    assert first.ok, first.errors
+    assert first.quarantined_rows == 2
+    assert {reason for item in parked for reason in item["reasons"]} == {
+        "id: invalid UTF-8: 'b\\xff'", "id: invalid UTF-8: 'd\\xe9'\\'"}
+    with psycopg.connect(sql_ascii_dsn, autocommit=True) as conn:
+        conn.execute(b"INSERT INTO t VALUES ('e', 5, 'new')")
+    with Pipeline.from_yaml(config) as pipeline:
+        second = pipeline.run_once(raise_on_error=False)
+    assert second.ok, second.errors
+    assert _warehouse_rows(wh, "SELECT id, n FROM t ORDER BY n") == [
+        ("a", 1), ("c", 3), ("e", 5)]
+
+
+@pytest.mark.parametrize("path", ["adbc", "psycopg"])
+def test_pages_continue_after_a_text_key_that_is_not_utf8(sql_ascii_dsn: str,
+                                                          path: str) -> None:
+    """Both read paths of a PostgreSQL source page past such a key: each page's watermark
+    holds its bytes and the next page compares with them as text."""
+    with psycopg.connect(sql_ascii_dsn, autocommit=True) as conn:
+        conn.execute(b"CREATE TABLE t (id text PRIMARY KEY)")
+        conn.execute(b"INSERT INTO t VALUES ('a'), ('b\xff'), ('c''\\\xe9'), ('d')")
+    source = PgArrowSource(SourceConfig(name="s", kind="postgres", dsn=sql_ascii_dsn,
+                                        tables=[{"name": "t", "contract": "c"}]))
+    source._adbc_usable = path == "adbc"
+    contract = Contract(columns=(Column("id", "string", nullable=False),),
+                        primary_key=("id",), cursor="id")
+    try:
+        highs = [high for _, high in source.pages("t", contract, None, None, 1)]
+    finally:
+        source.close()
+    assert [high.cursor for high in highs] == ["a", b"b\xff", b"c'\\\xe9", "d"]
 
 
 @pytest.mark.parametrize("initial_load", ["key", "cursor"])

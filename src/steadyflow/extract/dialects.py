@@ -368,6 +368,26 @@ def _lenient_loaders() -> dict[str, type[Any]]:
                                ("date", pgdatetime.DateLoader))}
 
 
+class StoredText(bytes):
+    """Text of a SQL_ASCII PostgreSQL database as its stored bytes, as a keyset parameter:
+    psycopg hands such text over as bytes, and a bytes parameter is bytea, which compares
+    with no text column ('operator does not exist: text <= bytea'). Sent untyped, as
+    text is: the server, converting nothing for SQL_ASCII, compares the very bytes."""
+
+
+@functools.cache
+def _stored_text_dumper() -> type:
+    from psycopg.adapt import Dumper
+
+    class StoredTextDumper(Dumper):
+        oid = 0  # unknown: the server gives it the column's type, as it does a str
+
+        def dump(self, obj: Any) -> bytes:
+            return bytes(obj)
+
+    return StoredTextDumper
+
+
 class PostgresDialect(Dialect):
     name = "postgres"
 
@@ -376,6 +396,7 @@ class PostgresDialect(Dialect):
         # per connection: a value Python cannot hold costs its row, not the page
         for name, loader in _lenient_loaders().items():
             conn.adapters.register_loader(name, loader)
+        conn.adapters.register_dumper(StoredText, _stored_text_dumper())
         return conn
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -422,6 +443,8 @@ class PostgresDialect(Dialect):
                 f"a keyset page ended on a date/time that {value.reason}: the next page "
                 "cannot start after it", stage="extract", source=self.config.name,
                 hint="give the cursor real dates in those rows, or page by another column")
+        if isinstance(value, bytes | bytearray | memoryview):  # see position_value
+            return StoredText(value)
         return value
 
     def with_columns(self, cols: str, table: str, rest: str) -> str:
@@ -434,7 +457,15 @@ class PostgresDialect(Dialect):
 
     def position_value(self, value: Any, kind: pa.DataType) -> Any:
         """A decimal read as text is a Decimal again, so a watermark compares numerically
-        (and is inlined as a numeric literal on the ADBC path)."""
+        (and is inlined as a numeric literal on the ADBC path). Text of a SQL_ASCII
+        database (bytes: psycopg's, or ADBC's string read as binary) is a str when it is
+        UTF-8, else its stored bytes, which `to_param` sends back as text: a key that is
+        not UTF-8 costs its row (validation), not the table's every page after it."""
+        if isinstance(value, bytes | bytearray | memoryview):  # text: select_expr
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                return bytes(value)
         if isinstance(value, str) and pa.types.is_decimal(kind):
             try:
                 return Decimal(value)

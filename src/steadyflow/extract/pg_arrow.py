@@ -238,7 +238,21 @@ def _literal(value: Any) -> str | None:
         value = str(value)
     if isinstance(value, str) and "\x00" not in value:
         return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    if isinstance(value, bytes) and b"\x00" not in value:
+        # a SQL_ASCII database's text that is not UTF-8 (PostgresDialect.position_value):
+        # its bytes as E'' escapes, which that database takes as they are
+        return "E'" + "".join(chr(b) if 0x20 <= b < 0x7F and b not in b"\\'"
+                              else f"\\x{b:02x}" for b in value) + "'"
     return None
+
+
+def _as_bytes(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Text values as their bytes (Arrow reads a string that is not UTF-8 to no str)."""
+    if pa.types.is_string(values.type):
+        return values.cast(pa.binary())
+    if pa.types.is_large_string(values.type):
+        return values.cast(pa.large_binary())
+    return values
 
 
 def _float_text(value: float) -> str:
@@ -590,7 +604,8 @@ class PgArrowSource(SqlSource):
         for name in contract.order_by:
             if last in bad.get(name, {}):
                 raise self._unorderable(table, name, bad[name][last])
-        row = raw.select(list(contract.order_by)).slice(last, 1).to_pylist()[0]
+        # text as its bytes: a SQL_ASCII database's may not be UTF-8 (position_value)
+        row = {c: _as_bytes(raw[c].slice(last, 1))[0].as_py() for c in contract.order_by}
         high = self._position(contract, [row[c] for c in contract.order_by])
         return conform(raw, contract, bad), high
 
