@@ -96,3 +96,60 @@ def test_a_repair_skips_a_table_an_extractor_holds(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "skipped (reconcile --repair)" in proc.stdout + proc.stderr
     assert set(GONE) <= warehouse_ids(tmp_path)  # nothing repaired behind the holder's back
+
+
+def test_a_repair_of_many_long_keys_crashed_midway_is_loaded_through_jetstream(
+        tmp_path: Path) -> None:
+    """A repair batch carries the keys it deletes in its reference (its manifest entry);
+    10,000 keys a batch, so 10,000 keys of 100 characters made a reference of over 1 MB,
+    the NATS server's default max_payload. Loaded by the repair itself, nothing was
+    published; but after a crash the sweeper must publish it, JetStream refused it for good,
+    and the deletes were never applied (the repair batch stuck 'landed', rows the source
+    deleted kept in the warehouse, every later run ok)."""
+    from tests.support.jetstream import NATS_URL, fresh_stream
+    gone = 10_000
+    keys = [f"{i:0100d}" for i in range(1, gone + 51)]
+    with closing(sqlite3.connect(tmp_path / "source.db")) as db:
+        db.execute("CREATE TABLE items (id TEXT PRIMARY KEY, rev INTEGER NOT NULL, val TEXT)")
+        db.executemany("INSERT INTO items VALUES (?,?,?)",
+                       [(k, i, f"v{i}") for i, k in enumerate(keys)])
+        db.commit()
+    contract = {**ITEMS, "columns": {**ITEMS["columns"],
+                                     "id": {"type": "string", "nullable": False}}}
+    with fresh_stream("sf_repair") as stream:
+        config = {
+            "name": "repair", "state_dir": "state", "landing": {"path": "landing"},
+            "warehouse": DUCKDB, "contracts": {"items": contract},
+            "buffer": {"kind": "jetstream", "url": NATS_URL, "stream": stream},
+            "sources": [{"name": "s", "kind": "sqlite", "path": "source.db",
+                         "tables": [{"name": "items", "contract": "items",
+                                     "page_size": 5_000, "mirror_deletes": True}]}],
+        }
+        path = tmp_path / "pipeline.yml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        steadyflow("run", "-c", str(path), check=True)
+        with closing(sqlite3.connect(tmp_path / "source.db")) as db:
+            db.executemany("DELETE FROM items WHERE id = ?", [(k,) for k in keys[:gone]])
+            db.commit()
+        crashed = steadyflow("reconcile", "-c", str(path), "--repair",
+                             env={"STEADYFLOW_FAILPOINT": "load.after_merge"}, timeout=300)
+        assert crashed.returncode == -signal.SIGKILL, crashed.stdout + crashed.stderr
+
+        steadyflow("load", "-c", str(path), check=True, timeout=300)  # the sweep's turn
+        state = SqliteStateStore(tmp_path / "state" / "state.db")
+        try:
+            entries = [b for b in state.batches(limit=10_000) if ".repair" in b["batch_id"]]
+        finally:
+            state.close()
+        assert entries and {b["status"] for b in entries} == {"loaded"}, [
+            (b["batch_id"], b["status"], b["error"]) for b in entries]
+        # the crash cut the repair short after its first batch: the next one does the rest
+        steadyflow("reconcile", "-c", str(path), "--repair", check=True, timeout=300)
+        con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+        try:
+            left = {r[0] for r in con.execute("SELECT id FROM main.items").fetchall()}
+        finally:
+            con.close()
+        assert left == set(keys[gone:]), f"{len(left) - 50} deleted rows left"
+        clean = steadyflow("reconcile", "-c", str(path), "--json", timeout=300)
+        assert clean.returncode == 0, clean.stdout + clean.stderr

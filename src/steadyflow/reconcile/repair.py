@@ -20,6 +20,8 @@ Batches landed before a failure stay in the manifest: the next run's sweep loads
 from __future__ import annotations
 
 import itertools
+import json
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -42,6 +44,10 @@ log = logs.get("reconcile")
 
 DELETE_CHUNK = 10_000  # keys per repair batch (they travel in the batch's manifest entry,
 # meta["deletes"]: run/load.py deletes_of applies them however the batch is loaded)
+# ... and at most this many bytes of them (JSON): the entry is also the batch's reference
+# in the buffer, which a sweep publishes after a crash, and NATS refuses a message over
+# its max_payload (1 MB by default) for good: 10,000 keys of 100 characters passed it
+DELETE_BYTES = 256 * 1024
 
 
 def repair_lease(pipeline: Pipeline, ref: TableRef) -> AbstractContextManager[Lease]:
@@ -83,13 +89,13 @@ def load_repairs(pipeline: Pipeline, table: TableConfig, ref: TableRef, contract
     # separate delete first would only open a window, and after a crash a loss, in which
     # the row is gone. Only such rows that no repair row replaces are deleted first.
     ahead = [w for k, w in found.ahead.items() if k not in upserted]
-    plan += [(empty, ahead[i:i + DELETE_CHUNK]) for i in range(0, len(ahead), DELETE_CHUNK)]
+    plan += [(empty, chunk) for chunk in _delete_chunks(ahead)]
     size = max(1, table.page_size)
     row_chunks = [rows.slice(i, size) for i in range(0, rows.num_rows, size)]
     # rows that fail validation and are in no quarantine: landed as read, the loader's
     # validation parks them (their columns may be typed differently: one batch each)
     row_chunks += [t for t in found.unparked if t.num_rows]
-    del_chunks = [deletes[i:i + DELETE_CHUNK] for i in range(0, len(deletes), DELETE_CHUNK)]
+    del_chunks = list(_delete_chunks(deletes))
     for chunk, dels in itertools.zip_longest(row_chunks, del_chunks):
         plan.append((empty if chunk is None else chunk, dels or []))
     result = {"batches": 0, "upserted": 0, "deleted": 0, "quarantined": 0,
@@ -132,3 +138,19 @@ def _land(pipeline: Pipeline, rows: pa.Table, ref: TableRef, meta: dict[str, obj
     folder = prepared.ref.path.rsplit("/", 1)[0]
     named = replace(prepared.ref, batch_id=batch_id, path=f"{folder}/{batch_id}.parquet")
     return pipeline.landing.store_prepared(replace(prepared, ref=named))
+
+
+def _delete_chunks(keys: list[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    """`keys` in runs of at most DELETE_CHUNK keys and DELETE_BYTES of their JSON (a key
+    longer than that alone), each the deletes of one repair batch."""
+    chunk: list[tuple[Any, ...]] = []
+    size = 0
+    for key in keys:
+        cost = len(json.dumps([encode_value(v) for v in key])) + 1
+        if chunk and (len(chunk) >= DELETE_CHUNK or size + cost > DELETE_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(key)
+        size += cost
+    if chunk:
+        yield chunk
