@@ -313,6 +313,30 @@ def test_infinite_and_out_of_range_times_cost_one_row_on_every_path(pg_dsn: str)
         assert verdict.bad["id"].to_pylist() == ["2", "3", "4", "5"], name
 
 
+def test_the_reason_names_the_year_postgresql_stores_at_its_extremes(pg_dsn: str) -> None:
+    """ADBC shifts PostgreSQL's binary times (since 2000) to 1970 with wrapping arithmetic,
+    and the reason took its year from the wrapped number: a timestamp in the last 30 years
+    PostgreSQL holds, up to its greatest in year 294276, was named 'year 290279 BC'.
+    Every path now names the year the source holds (dates, 32-bit, never wrapped)."""
+    execute(pg_dsn, "CREATE TABLE t (id int8 PRIMARY KEY, at timestamptz, day date)",
+            """INSERT INTO t VALUES
+               (1, '294276-12-31 23:59:59.999999+00', '5874897-12-31'),
+               (2, '4713-01-01 00:00:00+00 BC', '4713-01-01 BC'),
+               (3, '200000-06-01 00:00:00+00', '3000000-01-01'),
+               (4, '2024-01-01', '2024-01-01')""")
+    c = contract(("id", "int64"), ("at", "timestamp"), ("day", "date"))
+    expected = ["at: year 294276 is outside 0001..9999", "at: year 4713 BC is outside 0001..9999",
+                "at: year 200000 is outside 0001..9999", None]
+    days = ["day: year 5874897 is outside 0001..9999", "day: year 4713 BC is outside 0001..9999",
+            "day: year 3000000 is outside 0001..9999", None]
+    for name, make in PATHS.items():
+        table = read_all(make(pg_dsn), "t", c, 10)[0]
+        assert table[INVALID].to_pylist() == expected, name
+        only_days = read_all(make(pg_dsn), "t", contract(("id", "int64"), ("day", "date")),
+                             10)[0]
+        assert only_days[INVALID].to_pylist() == days, name
+
+
 @pytest.mark.parametrize("stored", ["infinity", "10000-01-01 00:00:00+00"])
 @pytest.mark.parametrize("path", PATHS)
 def test_a_cursor_no_path_can_hold_is_refused_loudly(pg_dsn: str, path: str,

@@ -307,7 +307,11 @@ def _out_of_range(raw: int, is_date: bool) -> OutOfRange:
         return OutOfRange("'infinity'")
     if stored == -(1 << (bits - 1)):
         return OutOfRange("'-infinity'")
-    return OutOfRange.from_year(_year_of(raw if is_date else raw // _US_PER_DAY))
+    # the year of what is stored, not of `raw`: near the type's ends (PostgreSQL's greatest
+    # timestamp is in year 294276) the shift wrapped, and 'year 290279 BC' was named
+    since_1970 = stored + shift
+    return OutOfRange.from_year(_year_of(since_1970 if is_date
+                                         else since_1970 // _US_PER_DAY))
 
 
 def _as_ints(col: pa.ChunkedArray) -> tuple[pa.Array, int, int] | None:
