@@ -38,7 +38,7 @@ from steadyflow.run import compact as compact_module
 from steadyflow.run.compact import CompactResult, compact, compact_pipeline
 from steadyflow.run.load import BatchLoader, LoadOutcome
 from steadyflow.run.pipeline import Pipeline
-from steadyflow.run.replay import replay_batches
+from steadyflow.run.replay import replay_batches, replay_quarantine
 from steadyflow.run.retention import collect, gc_pipeline
 from steadyflow.state import SqliteStateStore
 
@@ -450,4 +450,50 @@ def test_repair_files_a_killed_compaction_moved_are_swept(tmp_path: Path) -> Non
     assert set(files(cfg)) == kept  # no stray file: each one is some batch's
     assert cli("gc", "-c", str(cfg), "--retention", "1ms")["files_deleted"] == len(kept)
     assert files(cfg) == []
+    warehouse_equals_source(tmp_path)
+
+
+def test_gc_deletes_parked_rows_once_replayed_past_the_retention(tmp_path: Path) -> None:
+    """Parked rows (landing/_quarantine/) were never deleted: the landing zone grew by every
+    quarantined row for ever. An open entry's file stays whatever its age (a replay still
+    needs it); a replayed one's goes once the replay is older than the retention; a file no
+    entry names goes once its day is older than the retention."""
+    make_source(tmp_path / "shop.db", 300)
+    add_rows(tmp_path / "shop.db", 301, 1, amount="-1")
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    add_rows(tmp_path / "shop.db", 302, 1, amount="-2")
+    run_in_process(cfg)
+    zone = LandingZone(tmp_path / "landing")
+    stray_old = "_quarantine/shop.items/date=2020-01-01/stray.parquet"
+    stray_new = f"_quarantine/shop.items/date={time.strftime('%Y-%m-%d', time.gmtime())}/n.parquet"
+    for stray in (stray_old, stray_new):  # a parking killed before it was indexed
+        zone.store.write(stray, memoryview(zone.encode(pa.table({"id": ["1"]}))))
+    with Pipeline.from_yaml(cfg) as pipeline:
+        first, second = pipeline.state.quarantined("open")
+        later = time.time() + 3600
+        kept = collect(pipeline.landing, pipeline.state, 60, now=later)
+        parked = {f.path for f in pipeline.landing.store.list("_quarantine/")}
+        assert parked == {first["path"], second["path"], stray_new}, parked
+        assert kept.files_kept >= 3
+    # the rule fixed (amounts down to -1 allowed), the first entry replayed
+    text = cfg.read_text().replace("min: 0", "min: -1")
+    assert text != cfg.read_text()
+    cfg.write_text(text)
+    with Pipeline.from_yaml(cfg) as pipeline:
+        assert replay_quarantine(pipeline, [first["batch_id"]])["loaded_rows"] == 1
+        status = {q["batch_id"]: q["status"] for q in pipeline.state.quarantined(None)}
+        assert status == {first["batch_id"]: "replayed", second["batch_id"]: "open"}
+        # within the retention of the replay: kept (e.g. for `quarantine show`)
+        collect(pipeline.landing, pipeline.state, 7200, now=later)
+        assert {f.path for f in pipeline.landing.store.list("_quarantine/")} == {
+            first["path"], second["path"], stray_new}
+        collect(pipeline.landing, pipeline.state, 60, now=later)
+        parked = {f.path for f in pipeline.landing.store.list("_quarantine/")}
+        history = {q["batch_id"] for q in pipeline.state.quarantined(None)}
+    assert parked == {second["path"], stray_new}
+    assert history == {first["batch_id"], second["batch_id"]}  # the entries stay
+    cfg.write_text(cfg.read_text().replace("min: -1", "min: -2"))
+    with Pipeline.from_yaml(cfg) as pipeline:  # the open one still replays
+        assert replay_quarantine(pipeline, [])["loaded_rows"] == 1
     warehouse_equals_source(tmp_path)

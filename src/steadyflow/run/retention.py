@@ -18,6 +18,13 @@ An HTTP table also lands each raw answer (`<table>.raw/`) and records it could n
 (`<table>.rejected/`). No manifest row names them: they matter only while an open
 quarantine entry does (`quarantine replay` re-parses them). Those older than the retention,
 by the day of their folder, are deleted unless an open entry names them.
+
+Parked rows (`_quarantine/`, validate/quarantine.py) are the only copy of rows a replay can
+still load, so a file an open quarantine entry names is kept whatever its age. Once the
+entry is replayed (every row loaded: status 'replayed') its file goes when that replay
+is older than the retention (the entry stays, as history). A file no entry names (a
+parking killed before it was indexed: its batch, redelivered, parks again) goes once its
+day is older than the retention; a parking in progress is always younger.
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from steadyflow.extract.http import RAW_SUFFIX, REJECTED_SUFFIX
 from steadyflow.land.parquet import LandingZone, day_of
 from steadyflow.model import BatchRef
 from steadyflow.observe import logs
 from steadyflow.state import StateStore
+from steadyflow.validate.quarantine import QUARANTINE_SOURCE_DIR
 
 if TYPE_CHECKING:
     from steadyflow.run.pipeline import Pipeline
@@ -99,10 +107,32 @@ def collect(landing: LandingZone, state: StateStore, retention: float,
                 continue
             landing.store.delete(found.path)
             result.files_deleted += 1
+    _collect_parked(landing, state, cutoff, result)
     if result.files_deleted:
         log.info("deleted %d landed files (%d batches) older than %gs", result.files_deleted,
                  result.batches_gone, retention, extra={"stage": "gc"})
     return result
+
+
+def _collect_parked(landing: LandingZone, state: StateStore, cutoff: float,
+                    result: GcResult) -> None:
+    """Delete the quarantine files no open entry needs (see the module docstring)."""
+    entries: dict[str, list[dict[str, Any]]] = {}
+    for q in state.quarantined(None):
+        entries.setdefault(q["path"], []).append(q)
+    for found in landing.store.list(f"{QUARANTINE_SOURCE_DIR}/"):
+        named = entries.get(found.path)
+        if named:
+            expired = all(q["status"] == "replayed" and (q["replayed_at"] or cutoff) < cutoff
+                          for q in named)
+        else:
+            day = day_of(found.path)
+            expired = day is not None and _midnight(day) + DAY <= cutoff
+        if not expired:
+            result.files_kept += 1
+            continue
+        landing.store.delete(found.path)
+        result.files_deleted += 1
 
 
 def _midnight(day: str) -> float:
