@@ -56,6 +56,10 @@ _KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)"
 STEP_BACK_TYPES = ("int64", "int32", "date", "timestamp", "decimal")
 # sources whose open transactions a poll can see (the adaptive lookback)
 ADAPTIVE_SOURCES = ("postgres", "mysql")
+# cursors the adaptive lookback can place behind an open transaction: a time stamped by
+# the source's clock inside the writing transaction, or a number the source hands out in
+# order (a sequence, AUTO_INCREMENT) inside it (docs/architecture.md)
+ADAPTIVE_CURSOR_TYPES = ("timestamp", "int64", "int32")
 # keyset order and key equality need exact, totally ordered values: no NaN
 UNORDERED_KEY_TYPES = ("float64",)
 MIN_LEASE = 1.0
@@ -287,11 +291,14 @@ class TableConfig(_Strict):
         "not own (an application server's, an import's). Only for timestamp, date, "
         "integer and decimal cursors"))
     lookback_mode: Literal["auto", "adaptive", "fixed"] = Field(default="auto", description=(
-        "`adaptive` (PostgreSQL and MariaDB tables with a timestamp cursor): each poll "
+        "`adaptive` (PostgreSQL and MariaDB tables with a timestamp cursor, or an integer "
+        "one the source numbers in order: a sequence, AUTO_INCREMENT): each poll "
         "notes when the oldest transaction still open at the source began, and the next "
         "poll re-reads from there (or from its checkpoint, whichever is earlier) minus "
         "`lookback` (0 by default), so a long transaction that commits late is never "
-        "skipped, and with none open almost nothing is re-read; needs pg_read_all_stats "
+        "skipped, and with none open almost nothing is re-read (an integer cursor: from "
+        "the greatest number a poll saw before that transaction began, so the rows of "
+        "the poll before are read again once); needs pg_read_all_stats "
         "(PostgreSQL) or PROCESS (MariaDB), and falls back to the fixed window, with a "
         "warning, without it. `fixed`: always re-read the `lookback` window. `auto` "
         "(default): adaptive where it applies, fixed elsewhere (SQLite, HTTP, other cursor "
@@ -617,7 +624,7 @@ def adaptive_lookback(source: SourceConfig, table: TableConfig, contract: Contra
     if table.lookback_mode == "fixed":
         return False
     return (source.kind in ADAPTIVE_SOURCES
-            and contract.column(contract.cursor).type == "timestamp")
+            and contract.column(contract.cursor).type in ADAPTIVE_CURSOR_TYPES)
 
 
 class PipelineConfig(_Strict):
@@ -664,11 +671,11 @@ class PipelineConfig(_Strict):
         contract = self.contract_of(table)
         kind = contract.column(contract.cursor).type
         if table.lookback_mode == "adaptive" and (
-                source.kind not in ADAPTIVE_SOURCES or kind != "timestamp"):
+                source.kind not in ADAPTIVE_SOURCES or kind not in ADAPTIVE_CURSOR_TYPES):
             raise ValueError(
                 f"sources.{source.name}.tables.{table.name}.lookback_mode: adaptive needs a "
-                f"PostgreSQL or MySQL/MariaDB source and a timestamp cursor (this is a "
-                f"{source.kind} source, cursor {contract.cursor!r} typed {kind}): it "
+                f"PostgreSQL or MySQL/MariaDB source and a timestamp or integer cursor (this "
+                f"is a {source.kind} source, cursor {contract.cursor!r} typed {kind}): it "
                 "compares cursors with the start of the source's open transactions; use "
                 "lookback_mode: fixed (or auto) with a lookback window")
         if table.lookback <= 0:

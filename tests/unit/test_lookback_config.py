@@ -37,7 +37,8 @@ def _adaptive(raw: dict[str, object]) -> bool:
 
 @pytest.mark.parametrize(("kind", "cursor_type", "adaptive"), [
     ("postgres", "timestamp", True), ("mysql", "timestamp", True),
-    ("postgres", "int64", False), ("postgres", "date", False),
+    ("postgres", "int64", True), ("mysql", "int32", True), ("postgres", "date", False),
+    ("postgres", "decimal(12,2)", False), ("sqlite", "int64", False),
     ("sqlite", "timestamp", False), ("http", "timestamp", False)])
 def test_auto_is_the_default_and_adaptive_only_where_it_applies(
         kind: str, cursor_type: str, adaptive: bool) -> None:
@@ -46,7 +47,7 @@ def test_auto_is_the_default_and_adaptive_only_where_it_applies(
 
 
 @pytest.mark.parametrize(("kind", "cursor_type"), [
-    ("sqlite", "timestamp"), ("http", "timestamp"), ("postgres", "int64")])
+    ("sqlite", "timestamp"), ("http", "timestamp"), ("postgres", "date")])
 def test_adaptive_where_it_would_be_ignored_is_refused(kind: str, cursor_type: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(_config(kind, "adaptive", cursor_type))

@@ -144,6 +144,9 @@ def open_source(config: SourceConfig) -> Source:
 POLL_RECORD_EVERY = 10.0
 POLL_RECORD_MOVED = 1.0
 HTTP_WALKS = 3  # page walks from one resume point per run while records move (_unsettled)
+# polls kept per table to place a numbered cursor behind a long open transaction (halved,
+# oldest kept, when more: a start a little earlier, never a row missed)
+MAX_NUMBERED_ENDS = 4096
 
 
 @dataclass
@@ -152,8 +155,14 @@ class TableMemory:
     pipeline per table; a new process starts empty and restores what it needs)."""
 
     # adaptive lookback: the earliest cursor a row committed after the last completed
-    # poll's observation can carry (OpenSince.bound minus the floor); None = unknown
-    resume_bound: datetime | None = None
+    # poll's observation can carry (a time: OpenSince.bound minus the floor; a number:
+    # TableExtractor._numbered_bound); None = unknown
+    resume_bound: datetime | int | None = None
+    # an integer cursor's adaptive lookback: per completed poll, (a time on the source's
+    # clock after that poll's snapshot, the greatest cursor the snapshot held), oldest
+    # first; and the last poll's end, whose time the next poll's observation gives
+    ends: list[tuple[datetime, int]] = field(default_factory=list)
+    last_end: int | None = None
     # the last poll written to the state store: (its high as JSON, monotonic time)
     recorded: tuple[str | None, float] | None = None
     # the adaptive lookback fell back to the fixed window (no privilege): told to status
@@ -226,12 +235,19 @@ class TableExtractor:
         # this run's first load is split into key ranges not all read yet (run/backfill.py)
         self._partitioned = False
         self.adaptive = adaptive_lookback(self.source, self.table, self.contract)
+        # the adaptive lookback of a cursor the source numbers (a sequence, AUTO_INCREMENT)
+        self._numbered = self.adaptive and self.contract.column(
+            self.contract.cursor).type != "timestamp"
         self._configured = self.contract  # before `schema_drift: add` extends it
         self._start_mark: Watermark | None = None  # the checkpoint this run started from
         # the open-transaction bound this poll started from under the adaptive lookback
         # (kept in each landed page's meta: a restarted process resumes from it, see
         # _restored_bound)
-        self._bound: datetime | None = None
+        self._bound: datetime | int | None = None
+        # a numbered cursor's adaptive lookback (_note): the observation last noted and
+        # the next poll's start it gave
+        self._noted: OpenSince | None = None
+        self._next_number: int | None = None
         # the (end, open transactions) this poll's idle check saw (see _idle)
         self._seen: tuple[Watermark | None, OpenSince | None] | None = None
 
@@ -252,13 +268,16 @@ class TableExtractor:
         _refuse_endless(mark.cursor, self.ref, self.contract.cursor)
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
             return None, self._respell(mark.cursor)
-        bound = self._adaptive_bound(observed) if isinstance(mark.cursor, datetime) else None
+        bound = self._adaptive_bound(observed) if self._bounded(mark.cursor) else None
         if bound is not None:
             self._bound = bound
-            cursor = _aware(mark.cursor)  # type: ignore[arg-type]  # a datetime, checked
+            cursor = _aware(mark.cursor) if isinstance(mark.cursor, datetime) else mark.cursor
             if self.table.lookback > 0:  # the floor: never less than the fixed window
                 return None, min(bound, step_back(cursor, self.table.lookback))
-            return (mark, None) if bound > cursor else (None, bound)
+            # a number is taken by one transaction: none other can share the checkpoint's
+            # (a time can: strictly after it would pass a late row stamped the same)
+            after = bound >= cursor if self._numbered else bound > cursor  # type: ignore[operator]
+            return (mark, None) if after else (None, bound)
         ahead = self._ahead(mark.cursor)
         if self.table.lookback > 0 or ahead > 0:
             return None, step_back(mark.cursor, self.table.lookback + ahead)
@@ -301,14 +320,23 @@ class TableExtractor:
                         extra=self._extra())
         return ahead
 
-    def _adaptive_bound(self, observed: OpenSince | None) -> datetime | None:
+    def _bounded(self, cursor: object) -> bool:
+        """Is this cursor value one the adaptive lookback places (a time, or a number the
+        source hands out in order)?"""
+        if self._numbered:
+            return isinstance(cursor, int) and not isinstance(cursor, bool)
+        return isinstance(cursor, datetime)
+
+    def _adaptive_bound(self, observed: OpenSince | None) -> datetime | int | None:
         """The adaptive lookback's start for this poll, None for the fixed window.
 
         The last completed poll's bound (TableMemory) when this process has one; else the
         bound the last landed page recorded (a restart), else this poll's own
         observation (the first poll ever under adaptive mode: a transaction that was open
         at the previous process's last poll and committed before this one is covered
-        only by the floor). None when the role cannot see other sessions."""
+        only by the floor). A numbered cursor has no first-poll bound: no earlier poll
+        ties the open transactions' start to a number (the floor covers that poll).
+        None when the role cannot see other sessions."""
         if not self.adaptive:
             return None
         if self.memory.resume_bound is not None:
@@ -316,7 +344,7 @@ class TableExtractor:
         if observed is None or not observed.visible:
             return None
         restored = self._restored_bound()
-        if restored is not None:
+        if restored is not None or self._numbered:
             return restored
         log.info("no earlier observation of open transactions: re-reading from the "
                  "oldest one open now", extra=self._extra())
@@ -325,14 +353,14 @@ class TableExtractor:
     def _floored(self, observed: OpenSince) -> datetime:
         return observed.bound - timedelta(seconds=self.table.lookback)
 
-    def _restored_bound(self) -> datetime | None:
+    def _restored_bound(self) -> datetime | int | None:
         """The bound recorded with the newest landed page that has one: safe to resume
         from, because the open-transaction bound only grows from poll to poll."""
         for row in self.state.batches(self.ref.source, self.ref.table, limit=50):
             since = BatchRef.from_json(row["ref"]).meta.get("since")
             value = decode_value(since) if since is not None else None
-            if isinstance(value, datetime):
-                return _aware(value)
+            if self._bounded(value):
+                return _aware(value) if isinstance(value, datetime) else value
         return None
 
     def _observed(self, observed: OpenSince | None) -> None:
@@ -350,12 +378,60 @@ class TableExtractor:
                 "a standby shows none of the primary's); "
                 f"using the fixed lookback window ({self.table.lookback:g}s), which misses "
                 "a transaction committing later than that (or set lookback_mode: fixed)")
-        if self.adaptive:
-            self.memory.resume_bound = (self._floored(observed) if observed is not None
-                                        and observed.visible else None)
+        if not self.adaptive:
+            return
+        if observed is None or not observed.visible:
+            self.memory.resume_bound = None
+        elif self._numbered:
+            self.memory.resume_bound = self._next_number
+        else:
+            self.memory.resume_bound = self._floored(observed)
+
+    def _note(self, observed: OpenSince | None, end: Watermark | None) -> None:
+        """A numbered cursor's poll saw `observed` and then `end` (its pass's end, None
+        for an empty table): note when that end was seen and the next poll's start
+        (`_numbered_bound`), once per observation. The start is known before this poll
+        reads its pages, so they carry it (a restarted process resumes from it: rows this
+        poll has not landed lie after the checkpoint, which it also resumes from)."""
+        if not self._numbered or observed is None or observed is self._noted:
+            return
+        self._noted = observed
+        self._next_number = (self._numbered_bound(observed, end) if observed.visible
+                             else None)
+
+    def _numbered_bound(self, observed: OpenSince, end: Watermark | None) -> int | None:
+        """The next poll's start for a cursor the source numbers in order (a sequence,
+        AUTO_INCREMENT: a number is taken inside its transaction, after it began).
+
+        A row not yet committed at this poll's snapshot belongs to a transaction open
+        then, which began at or after `observed.bound` (the oldest open at the
+        observation, or one begun after it); its number was taken after that, so it is
+        greater than every number committed before then. The greatest number a completed
+        poll's snapshot held, taken before that time (the snapshot ended before the next
+        poll's observation, whose time dates it), is therefore a safe start. None while
+        no poll is old enough (the first poll of a process with a transaction open since
+        before it: the floor covers it); never earlier than the last such start."""
+        memory = self.memory
+        if memory.last_end is not None:
+            memory.ends.append((observed.at, memory.last_end))
+        memory.last_end = self._end_number(end)
+        older = [i for i, (at, _) in enumerate(memory.ends) if at <= observed.bound]
+        if not older:
+            return memory.resume_bound if isinstance(memory.resume_bound, int) else None
+        del memory.ends[:older[-1]]
+        if len(memory.ends) > MAX_NUMBERED_ENDS:  # fewer ends: an earlier start, still safe
+            memory.ends[:] = memory.ends[::2]
+        start = int(step_back(memory.ends[0][1], self.table.lookback))
+        previous = memory.resume_bound
+        return max(start, previous) if isinstance(previous, int) else start
+
+    def _end_number(self, end: Watermark | None) -> int | None:
+        cursor = None if end is None else end.cursor
+        return cursor if isinstance(cursor, int) and not isinstance(cursor, bool) else None
 
     def _since_meta(self) -> dict[str, object]:
-        return {} if self._bound is None else {"since": encode_value(self._bound)}
+        bound = self._bound if self._next_number is None else self._next_number
+        return {} if bound is None else {"since": encode_value(bound)}
 
     def _respell(self, cursor: date) -> str:
         """A SQLite checkpoint written as a parsed time (before watermarks kept the stored
@@ -430,6 +506,7 @@ class TableExtractor:
         upto, observed = self._seen = self.guard.call(
             lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
             stop=self.should_stop)
+        self._note(observed, upto)
         if upto is not None:
             after, since = self.start_point(observed)
             if since is not None or after != upto:
@@ -489,6 +566,8 @@ class TableExtractor:
             upto, observed = seen if seen is not None else self.guard.call(
                 lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
                 stop=self.should_stop)
+            if not dry_run:
+                self._note(observed, upto)
             if upto is None:
                 if not dry_run:
                     self._observed(observed)
@@ -573,8 +652,10 @@ class TableExtractor:
             after = None
         else:
             high, after = started
-        bound = self._adaptive_bound(observed) if isinstance(high.cursor, datetime) else None
+        bound = self._adaptive_bound(observed) if self._bounded(high.cursor) else None
         self._bound = bound
+        if not dry_run:  # the noted end (perhaps an earlier process's) predates this poll
+            self._note(observed, high)
         if not dry_run and after is None and self._partition(db, high):
             return self._end_partitioned(bound)
         log.info("initial load in primary-key order%s", " (resumed)" if after else "",
@@ -586,8 +667,7 @@ class TableExtractor:
         if done and not dry_run:
             self.state.finish_backfill(src, tbl, lease=self.lease)
             self.result.moved = True
-            if bound is not None:
-                self.memory.resume_bound = bound
+            self._loaded(bound)
         return done
 
     def _partition(self, db: SqlSource, high: Watermark) -> bool:
@@ -615,7 +695,7 @@ class TableExtractor:
                      rows, extra=self._extra())
         return bool(self.state.backfill_chunks(src, tbl))
 
-    def _end_partitioned(self, bound: datetime | None) -> bool:
+    def _end_partitioned(self, bound: datetime | int | None) -> bool:
         """A split load ends once every range is read (state: finish_backfill checks it
         in the transaction that sets the checkpoint to the noted position); until then
         `run` reads ranges outside the table's lease. True: the cursor pass follows."""
@@ -623,9 +703,16 @@ class TableExtractor:
                                                            lease=self.lease)
         if self._partitioned:
             return False
-        if bound is not None:
-            self.memory.resume_bound = bound
+        self._loaded(bound)
         return True
+
+    def _loaded(self, bound: datetime | int | None) -> None:
+        """The first load ended: the cursor pass after it re-reads from `bound` (the
+        adaptive lookback's start when the load began), or from the start noted since
+        for a numbered cursor."""
+        later = self._next_number if self._numbered else None
+        if later is not None or bound is not None:
+            self.memory.resume_bound = later if later is not None else bound
 
     def _pages(self, db: Source, contract: Contract, after: Watermark | None,
                since: object | None, dry_run: bool, ahead: ThreadPoolExecutor | None,
