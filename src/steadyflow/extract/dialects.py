@@ -839,7 +839,7 @@ def _least(a: Any, b: Any) -> Any:
     return a if rank(a) <= rank(b) else b
 
 
-def _ends(values: frozenset[Any]) -> frozenset[Any]:
+def ends_of(values: frozenset[Any]) -> frozenset[Any]:
     """The least and greatest of a set of one kind of value (the profile keeps only these:
     more than one of them means more than one value)."""
     return frozenset((min(values), max(values))) if values else values
@@ -952,7 +952,7 @@ class SqliteDialect(Dialect):
         if len(a) == 4:
             return (a[0] + b[0], a[1] + b[1], a[2] + b[2], _least(a[3], b[3]))
         return (a[0] + b[0], _least(a[1], b[1]), a[2] + b[2], a[3] + b[3],
-                _least(a[4], b[4]), *(_ends(a[i] | b[i]) for i in (5, 6, 7)))
+                _least(a[4], b[4]), *(ends_of(a[i] | b[i]) for i in (5, 6, 7)))
 
     def cursor_ends_sql(self, table: str, column: str) -> str:
         """The column's least and greatest value in SQLite's order (two index probes)."""

@@ -38,8 +38,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from steadyflow.config import SourceConfig
+from steadyflow.extract.dialects import ends_of
 from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
-from steadyflow.model import Contract, Watermark, cast_text_time
+from steadyflow.model import Contract, Watermark, cast_text_decimal, cast_text_time
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 
@@ -245,7 +246,7 @@ def text_time_profile(batches: Any, ctype: str) -> tuple[Any, ...] | None:
             widths.update(pc.unique(pc.utf8_length(pc.filter(text, zulu))).to_pylist())
     # only the least and greatest of each set, as the SQL profile keeps them
     return (0, None, 0, bad, example,
-            *(frozenset((min(v), max(v))) if v else frozenset() for v in (seps, zones, widths)))
+            *(ends_of(frozenset(v)) for v in (seps, zones, widths)))
 
 
 def _utf8(raw: pa.Table) -> bool:
@@ -265,6 +266,8 @@ def _text_to(text: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
     try:
         if pa.types.is_timestamp(target):
             return pa.chunked_array([cast_text_time(text.combine_chunks(), target)])
+        if pa.types.is_decimal(target):
+            return pa.chunked_array([cast_text_decimal(text.combine_chunks(), target)])
         return pc.cast(text, target)
     except _TEXT_ERRORS:
         return text
