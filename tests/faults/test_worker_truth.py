@@ -343,3 +343,46 @@ def test_a_table_a_running_worker_cannot_poll_is_stalled(
     assert 1200 < t1["last_poll_seconds"] < 1260 and t1["last_poll_human"].startswith("20.")
     assert [w["status"] for w in report["workers"]] == ["running"]
     assert (report["health"], code) == ("failing", 2)
+
+
+def test_a_worker_whose_loop_ends_by_itself_says_it_failed(
+        tmp_path: Path, pg_warehouse_dsn: str) -> None:
+    """The loader stops on an error no retry covers (here the SQLite buffer's queue table
+    is gone), which ends the worker's loop: the worker exited 0 and recorded itself
+    'stopped', as one asked to stop does, so an operator saw a clean stop of a worker that
+    had died. Now it exits nonzero, and its row says 'failed' with the error."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        conn.execute("CREATE TABLE t1 (id INTEGER PRIMARY KEY, v TEXT, updated_at TEXT)")
+        conn.execute("INSERT INTO t1 VALUES (1, 'a', '2024-01-01T00:00:00+00:00')")
+        conn.commit()
+    config = {"name": "wdied", "state_dir": str(tmp_path / "state"),
+              "warehouse": {"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh"},
+              "landing": {"path": str(tmp_path / "landing")}, "run": {"interval": 0.5},
+              "contracts": {"c": CONTRACT},
+              "sources": [{"name": "s", "kind": "sqlite", "path": str(tmp_path / "s.db"),
+                           "tables": [{"name": "t1", "contract": "c"}]}]}
+    cfg = tmp_path / "pipeline.yml"
+    cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = start_worker(cfg, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: loaded(pg_warehouse_dsn, "t1") == 1, "the worker loads t1")
+        with closing(sqlite3.connect(tmp_path / "state" / "buffer.db")) as conn:
+            conn.execute("DROP TABLE queue")
+            conn.commit()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    log = (tmp_path / "worker.log").read_text()
+    assert code != 0, log[-3000:]
+    with Pipeline.from_yaml(cfg) as pipeline:
+        [worker] = pipeline.state.workers()
+    assert worker["status"] == "failed", worker
+    assert "no such table: queue" in worker["error"], worker
+    report, exit_code = status(cfg)
+    assert [w["status"] for w in report["workers"]] == ["failed"]
+    assert (report["health"], exit_code) == ("failing", 2)

@@ -310,6 +310,8 @@ def worker(config: ConfigOpt,
                 if server is not None:
                     server.stop()
             _print_summary(summary, True, time.monotonic() - started)
+            if unit.error is not None:  # it died: logged, and recorded as 'failed'
+                raise typer.Exit(2 if summary.failed_tables else 1)
     except SteadyflowError as exc:
         _fail(exc)
 

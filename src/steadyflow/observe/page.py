@@ -361,7 +361,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
 
     workers = report.get("workers") or []
     if workers:
-        pill = {"running": "ok", "lost": "bad", "stopped": "idle"}
+        pill = {"running": "ok", "lost": "bad", "failed": "bad", "stopped": "idle"}
         worker_rows = [
             f'<tr><td>{e(w["worker_id"])}</td><td>{e(w["host"])}</td>'
             f'<td class="num">{e(w["pid"])}</td>'

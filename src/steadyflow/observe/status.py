@@ -156,8 +156,9 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
 
     failing (2): a table in error, stalled or whose source is down, an open breaker, a
     batch that failed for good, a stopped loop, a follow loop killed (it never let go of
-    its lock), workers that ran and none of which is heard of now, or a buffer that cannot
-    be read: data is not moving and will not by itself.
+    its lock), workers that ran and none of which runs now, one lost (not heard of) or
+    failed (its loop ended by itself), or a buffer that cannot be read: data is not moving
+    and will not by itself.
     degraded (1): a table that failed since its last success (it retries), a half-open
     breaker, or a one-off command (`run`, `reset`) killed before it finished.
     healthy (0): everything else, tables still waiting for their first load too.
@@ -168,7 +169,7 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     if loop.get("status") == "killed" and loop.get("command") in _LOOPS:
         return "failing", EXIT_CODES["failing"]
     if workers and not any(w["status"] == "running" for w in workers) and any(
-            w["status"] == "lost" for w in workers):
+            w["status"] in ("lost", "failed") for w in workers):
         return "failing", EXIT_CODES["failing"]  # workers ran, and none is heard of now
     if loop_error or report.get("buffer_error") or any(
             t["state"] in _FAILING_STATES or t.get("breaker") == "open"

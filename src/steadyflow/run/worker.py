@@ -96,9 +96,15 @@ class Worker:
         self.heartbeat_every = heartbeat_every
         self._done = threading.Event()
         self._started = time.time()
+        self._asked = False  # `stop` was called: a loop that ends otherwise has died
+        # why the loop ended without being asked to (its loader stopped on an error no
+        # retry covers, an exception): the worker failed, and says so (`steadyflow
+        # worker` exits nonzero, the workers table holds 'failed' and this)
+        self.error: str | None = None
 
     def run(self) -> Any:
-        """Work until stopped (SIGTERM/SIGINT call `stop`); returns the run's summary."""
+        """Work until stopped (SIGTERM/SIGINT call `stop`); returns the run's summary.
+        A loop that ends by itself sets `error` (see __init__)."""
         for warning in check_shareable(self.pipeline.config):
             log.warning("%s", warning, extra={"stage": "worker"})
         self.pipeline.shared = True
@@ -109,18 +115,30 @@ class Worker:
         beat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         beat.start()
         try:
-            return self.pipeline.run(follow=True)
+            summary = self.pipeline.run(follow=True)
+            if not self._asked:
+                self.error = ("its loop ended without being asked to stop: "
+                              + ("; ".join(summary.errors) or "no error reported"))[:2000]
+            return summary
+        except BaseException as exc:
+            self.error = f"its loop ended with an error: {exc}"[:2000]
+            raise
         finally:
             self._done.set()
             beat.join(timeout=self.heartbeat_every + 5)
             try:
-                state.stop_worker(self.worker_id)
+                state.stop_worker(self.worker_id, self.error)
             except Exception as exc:  # noqa: BLE001 - the heartbeat's age tells the rest
                 log.warning("could not record the worker's stop: %s", exc,
                             extra={"stage": "worker"})
-            log.info("worker %s stopped", self.worker_id, extra={"stage": "worker"})
+            if self.error is None:
+                log.info("worker %s stopped", self.worker_id, extra={"stage": "worker"})
+            else:
+                log.error("worker %s failed: %s", self.worker_id, self.error,
+                          extra={"stage": "worker"})
 
     def stop(self) -> None:
+        self._asked = True
         self.pipeline.stop()
 
     def held_units(self) -> list[str]:

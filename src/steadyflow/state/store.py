@@ -593,11 +593,18 @@ class StateStore(ABC):
                       "WHERE worker_id=?", (self._now(c), json.dumps(units),
                                             json.dumps(stats), status, worker_id))
 
-    def stop_worker(self, worker_id: str) -> None:
+    def stop_worker(self, worker_id: str, error: str | None = None) -> None:
+        """The worker left: 'stopped' when asked to, 'failed' with `error` when its loop
+        ended by itself (the error kept in its stats, shown as the worker's `error`)."""
         with self._tx() as c:
             now = self._now(c)
-            c.execute("UPDATE workers SET status='stopped', stopped_at=?, heartbeat_at=?, "
-                      "units='[]' WHERE worker_id=?", (now, now, worker_id))
+            if error is None:
+                c.execute("UPDATE workers SET status='stopped', stopped_at=?, heartbeat_at=?, "
+                          "units='[]' WHERE worker_id=?", (now, now, worker_id))
+            else:
+                c.execute("UPDATE workers SET status='failed', stopped_at=?, heartbeat_at=?, "
+                          "units='[]', stats=? WHERE worker_id=?",
+                          (now, now, json.dumps({"error": error}), worker_id))
 
     def workers(self, since: float = 3600.0) -> list[dict[str, Any]]:
         """Workers seen in the last `since` seconds, with their heartbeat's age measured by
@@ -618,9 +625,11 @@ class StateStore(ABC):
             status = r[7]
             if status == "running" and age > 3 * r[5]:
                 status = "lost"  # no heartbeat for three periods: killed, stopped or cut off
+            stats = json.loads(r[9]) if r[9] else {}
             out.append({"worker_id": r[0], "host": r[1], "pid": r[2], "started_at": r[3],
                         "heartbeat_age": age, "units": json.loads(r[6]), "status": status,
-                        "stopped_at": r[8], "stats": json.loads(r[9]) if r[9] else {}})
+                        "stopped_at": r[8], "stats": stats,
+                        "error": stats.get("error") if status == "failed" else None})
         return out
 
     # --- manifest ----------------------------------------------------------------
