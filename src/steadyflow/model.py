@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -355,6 +355,51 @@ def cast_text_time(text: pa.Array, target: pa.DataType) -> pa.Array:
     precision than `target` holds: never truncated)."""
     zoned = pc.replace_substring_regex(text, _NAIVE_TEXT_TIME, r"\1Z")
     return pc.cast(zoned, pa.timestamp("us", tz="UTC")).cast(target)
+
+
+def cast_text_decimal(text: Any, target: pa.DataType) -> pa.Array:
+    """Text as `target` (a decimal), exactly or not at all: raises ArrowInvalid if any value
+    is not a number the decimal holds (more places than its scale, more digits than its
+    precision), as a text cast to a decimal does.
+
+    Arrow's cast alone returns garbage for some (pyarrow 26, no error): rescaling a value
+    to the scale past 128 bits wraps around ('3.9879967643648127e+30' as decimal(38,10) was
+    6693071389832677478517093048.3119259648, a float's shortest text or a digit string
+    alike), and a large negative exponent makes a value 0 ('6.5e-29' as decimal(5,5) was
+    0.00000). Only a value with an exponent, or with more characters than the 128 bits leave
+    for its integer digits (38 - scale), can be rescaled past them: those are checked
+    against Python's exact Decimal."""
+    cast = pc.cast(text, target)
+    if not pa.types.is_decimal(target):
+        return cast
+    room = (38 if pa.types.is_decimal128(target) else 76) - target.scale
+    suspect = pc.fill_null(pc.or_(pc.greater(pc.utf8_length(text), room),
+                                  pc.match_substring_regex(text, "[eE]")), False)
+    if not pc.any(suspect).as_py():
+        return cast
+    for i in pc.indices_nonzero(suspect).to_pylist():
+        value = text[i].as_py()
+        if exact_decimal(value, target) != cast[i].as_py():
+            raise pa.ArrowInvalid(f"the text {value!r} is not a {target}")
+    return cast
+
+
+_EXACT = Context(prec=200, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+def exact_decimal(text: str, target: pa.DataType) -> Decimal | None:
+    """`text` as a decimal of `target`'s precision and scale, or None where it is none."""
+    if not pa.types.is_decimal(target):
+        return None
+    try:
+        value = Decimal(text)
+        held = value.quantize(Decimal(1).scaleb(-target.scale), context=_EXACT)
+    except (ArithmeticError, ValueError):
+        return None
+    if not held.is_finite() or held != value or held.adjusted() >= \
+            target.precision - target.scale:
+        return None
+    return held
 
 
 def _zone(zone: str | None) -> str:

@@ -4,6 +4,8 @@ MariaDB keyset pages lose nothing whatever the cursor type, key type, collation 
 
 from __future__ import annotations
 
+import decimal
+import math
 import random
 import sqlite3
 from contextlib import closing
@@ -14,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
+import pyarrow.parquet as pq
 import pymysql
 import pytest
 from tests.conftest import write_pipeline
@@ -121,6 +124,77 @@ def test_sqlite_unreadable_text_in_the_last_row_costs_that_row(tmp_path: Path,
     with duckdb.connect(str(wh), read_only=True) as con:
         assert con.sql("SELECT id, v FROM main.t ORDER BY id").fetchall() == [
             (1, "ok"), (2, "ok"), (3, "ok")]
+
+
+REALS = [0.1, 0.1 + 0.2, 1e-7, 1e20, 0.125, 59.97, 123456.78, -0.0, 1e-29, float("inf"),
+         3.9879967643648127e+30, 6.562445566143069e-29, -3.325030160162887e+52,
+         1.2345678901234567e+25, 99999999.99, 1e8]
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_sqlite_reals_in_a_decimal_column_load_exactly_or_cost_their_row(
+        tmp_path: Path, initial_load: str) -> None:
+    """A REAL (and a number's text) in a decimal column is read by its shortest text, which
+    float() gives back exactly: it loads as that decimal, or its row is quarantined with a
+    reason naming column and value. Arrow's text-to-decimal cast returned garbage with no
+    error where rescaling passed 128 bits (3.9879967643648127e+30 as decimal(38,10) loaded
+    as 6693071389832677478517093048.3119259648, a 31-digit text likewise) and 0 for a tiny
+    value (6.562445566143069e-29 as decimal(38,37) loaded as 0E-37), every run ok."""
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a REAL, b REAL, c REAL, t TEXT, "
+                     "at TEXT NOT NULL)")
+        rows = [(i * 3 + j, *[v if k == j else None for k in range(3)], None,
+                 f"2024-01-01 10:00:{i:02d}") for i, v in enumerate(REALS) for j in range(3)]
+        rows.append((1000, None, None, None, "3987996764364812700000000000000",
+                     "2024-01-01 11:00:00"))
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)", rows)
+        conn.commit()
+    types = {"a": "decimal(10,2)", "b": "decimal(38,10)", "c": "decimal(38,37)",
+             "t": "decimal(38,10)"}
+    contracts = {"c": {"primary_key": ["id"], "cursor": "at", "columns": {
+        "id": {"type": "int64", "nullable": False},
+        **{name: {"type": kind} for name, kind in types.items()},
+        "at": {"type": "timestamp", "nullable": False}}}}
+    wh = tmp_path / "wh.duckdb"
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite",
+                                        "path": str(tmp_path / "s.db"),
+                                        "tables": [{"name": "t", "contract": "c",
+                                                    "page_size": 7,
+                                                    "initial_load": initial_load}]}],
+                            {"kind": "duckdb", "path": str(wh), "schema": "main"},
+                            contracts=contracts, landing={"path": str(tmp_path / "landing")})
+    with Pipeline.from_yaml(config) as p:
+        summary = p.run_once(raise_on_error=False)
+    assert summary.ok, summary.errors
+    # the oracle: the source through sqlite3, the warehouse through duckdb, parked rows
+    # through pyarrow; each value's decimal is its shortest text, exactly, or none
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        source = {r[0]: r[1:] for r in conn.execute("SELECT id, a, b, c, t FROM t")}
+    with duckdb.connect(str(wh), read_only=True) as con:
+        loaded = {r[0]: r[1:] for r in con.sql("SELECT id, a, b, c, t FROM main.t").fetchall()}
+    parked = {int(r["id"]): r["_reason"] for f in (tmp_path / "landing").rglob("*.parquet")
+              if "_quarantine" in f.parts for r in pq.read_table(f).to_pylist()}
+    assert set(loaded) | set(parked) == set(source) and not set(loaded) & set(parked)
+    exact = decimal.Context(prec=200)
+    for key, values in source.items():
+        for name, value in zip(types, values, strict=True):
+            if value is None:
+                continue
+            precision, scale = (int(n) for n in types[name][8:-1].split(","))
+            text = repr(value) if isinstance(value, float) else value
+            want = Decimal(text) if math.isfinite(float(text)) else None
+            fits = want is not None and want == want.quantize(
+                Decimal(1).scaleb(-scale), context=exact) and (
+                    want == 0 or want.adjusted() < precision - scale)
+            if fits:
+                assert key in loaded, (name, text, parked.get(key))
+                got = loaded[key][list(types).index(name)]
+                assert got == want and (name == "t" or float(got) == value), (name, text, got)
+            else:
+                assert key in parked, (name, text, loaded.get(key))
+                if isinstance(value, float):
+                    assert parked[key].startswith(f"{name}: ") and text in parked[key]
+    assert len(parked) >= 20
 
 
 # --- MariaDB: cursor types, key types, collation, page sizes 1..5 ---------------------------

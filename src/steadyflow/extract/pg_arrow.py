@@ -56,7 +56,14 @@ from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
 from steadyflow.extract.dialects import OpenSince, OutOfRange, session_settings
 from steadyflow.extract.sql import SqlSource
-from steadyflow.model import INVALID, MAX_TIME, MIN_TIME, Contract, Watermark
+from steadyflow.model import (
+    INVALID,
+    MAX_TIME,
+    MIN_TIME,
+    Contract,
+    Watermark,
+    cast_text_decimal,
+)
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 
@@ -360,6 +367,10 @@ def conform_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray
     if col.type == target:
         return col
     try:
+        if pa.types.is_decimal(target) and (pa.types.is_string(col.type)
+                                            or pa.types.is_large_string(col.type)):
+            # numeric as PostgreSQL's text: Arrow's cast alone can return garbage
+            return pa.chunked_array([cast_text_decimal(col.combine_chunks(), target)])
         return pc.cast(col, target)
     except _CAST_ERRORS:
         pass
@@ -372,6 +383,8 @@ def conform_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray
             naive = pc.cast(pc.replace_substring_regex(text, r"(Z|[+-]00:?00)$", ""),
                             pa.timestamp(target.unit))
             return naive.cast(target)
+        if pa.types.is_decimal(target):
+            return pa.chunked_array([cast_text_decimal(text.combine_chunks(), target)])
         return pc.cast(text, target)
     except _CAST_ERRORS:
         return text

@@ -35,8 +35,10 @@ from steadyflow.model import (
     INVALID,
     Contract,
     Watermark,
+    cast_text_decimal,
     cast_text_time,
     drift_type,
+    exact_decimal,
     past_every_number,
 )
 from steadyflow.observe import logs
@@ -75,6 +77,7 @@ _BIT = re.compile(r"\s*bit\s*\(\s*(\d+)\s*\)", re.IGNORECASE)  # MariaDB BIT(n)
 _SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
 _SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
 _SUSPECT_DATE = frozenset({*_SUSPECT_TIME, datetime})  # Arrow drops a time of day
+_SUSPECT_DECIMAL = frozenset({*_SUSPECT, float})  # a float's exact fit is checked first
 
 
 def bit_fits(width: int, kind: pa.DataType) -> bool:
@@ -103,7 +106,8 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
     text (validation then refuses it).
     """
     suspect = (_SUSPECT_DATE if pa.types.is_date(target) else
-               _SUSPECT_TIME if pa.types.is_timestamp(target) else _SUSPECT)
+               _SUSPECT_TIME if pa.types.is_timestamp(target) else
+               _SUSPECT_DECIMAL if pa.types.is_decimal(target) else _SUSPECT)
     if not suspect.isdisjoint(map(type, values)):
         reasons = _unfaithful(values, target)
         if reasons and invalid is None:
@@ -114,7 +118,8 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
                 values[i] = None
                 invalid[i] = invalid[i] or why
         values = [_as_text(v) if isinstance(v, _BYTES) and pa.types.is_string(target)
-                  else v for v in values]
+                  else exact_decimal(repr(v), target) if isinstance(v, float)
+                  and pa.types.is_decimal(target) else v for v in values]
     try:
         return pa.array(values, type=target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
@@ -123,6 +128,8 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
     try:
         if pa.types.is_timestamp(target):
             return cast_text_time(text, target)
+        if pa.types.is_decimal(target):
+            return cast_text_decimal(text, target)
         return pc.cast(text, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return text
@@ -146,7 +153,24 @@ def _unfaithful(values: Sequence[Any], target: pa.DataType) -> dict[int, str]:
         elif kind == "date" and isinstance(v, datetime) and (
                 v.time() != dt_time(0) or v.utcoffset()):
             out[i] = f"{v.isoformat()} has a time of day: not a date (declare it timestamp)"
+        elif isinstance(v, float) and pa.types.is_decimal(target) and exact_decimal(
+                repr(v), target) is None:
+            out[i] = _unheld(v, target)
     return out
+
+
+def _unheld(value: float, target: pa.DataType) -> str:
+    """Why a float (a SQLite REAL, a JSON number) is not a value of a decimal column: it is
+    read by its shortest text (what float(text) gives back exactly), never rounded."""
+    assert pa.types.is_decimal(target)
+    decimal = f"decimal({target.precision},{target.scale})"
+    if not math.isfinite(value):
+        return f"the float {value!r} is no {decimal}"
+    if int(Decimal(repr(value)).as_tuple().exponent) < -target.scale:
+        return (f"the float {value!r} has more than {target.scale} decimal places: no "
+                f"{decimal} holds it (round it at the source, or widen the scale)")
+    return (f"the float {value!r} has more than {target.precision - target.scale} integer "
+            f"digits: no {decimal} holds it")
 
 
 def _spelled(value: Any) -> str:

@@ -36,6 +36,7 @@ from steadyflow.model import (
     Column,
     Contract,
     TextEncoding,
+    cast_text_decimal,
     cast_text_time,
 )
 
@@ -80,6 +81,8 @@ def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
         # the reader's own cast (every spelling and offset): a value's validity must not
         # depend on whether another value of its page made the column land as text
         return cast_text_time(values, target)
+    if pa.types.is_string(values.type) and pa.types.is_decimal(target):
+        return cast_text_decimal(values, target)  # Arrow's cast alone can return garbage
     return pc.cast(values, target)
 
 
