@@ -140,3 +140,30 @@ def test_with_nothing_open_polls_stop_rereading(tmp_path: Path, pg_dsn: str) -> 
     assert settle.extracted_rows <= 11, settle
     assert idle.extracted_rows == 0, idle
     assert len(warehouse_ids(tmp_path)) == 60
+
+
+@pytest.mark.parametrize("numbered", ["bigserial", "bigint GENERATED ALWAYS AS IDENTITY",
+                                      "bigint DEFAULT nextval('orders_numbers')"])
+def test_a_sequence_caching_numbers_per_session_is_refused_without_a_floor(
+        tmp_path: Path, pg_dsn: str, numbered: str) -> None:
+    """Two sessions of a CACHE 20 sequence: the second takes 21 and commits, the poll
+    checkpoints it, then the first commits 2 in a short transaction begun after the poll."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE orders_numbers")
+        conn.execute(f"CREATE TABLE orders (id {numbered} PRIMARY KEY, note text)")
+        sequence = "orders_numbers" if "nextval" in numbered else conn.execute(
+            "SELECT pg_get_serial_sequence('orders', 'id')").fetchone()[0]
+        conn.execute(f"ALTER SEQUENCE {sequence} CACHE 20")
+    with psycopg.connect(pg_dsn, autocommit=True) as first, \
+            psycopg.connect(pg_dsn, autocommit=True) as second:
+        first.execute("INSERT INTO orders (note) VALUES ('a')")  # takes 1..20, writes 1
+        second.execute("INSERT INTO orders (note) VALUES ('b')")  # takes 21..40, writes 21
+        with Pipeline.from_yaml(pipeline(tmp_path, Store("postgres", pg_dsn))) as p:
+            result = p.run_once(raise_on_error=False)
+    assert not result.ok
+    text = " ".join(str(e) for e in result.errors)
+    assert "CACHE 20" in text and "id" in text and "ALTER SEQUENCE" in text, text
+    floored = tmp_path / "floored"
+    floored.mkdir()
+    with Pipeline.from_yaml(pipeline(floored, Store("postgres", pg_dsn), lookback=200)) as p:
+        assert p.run_once().ok  # a floor: loads, with a warning naming the cache

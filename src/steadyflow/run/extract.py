@@ -408,16 +408,22 @@ class TableExtractor:
         observation, or one begun after it); its number was taken after that, so it is
         greater than every number committed before then. The greatest number a completed
         poll's snapshot held, taken before that time (the snapshot ended before the next
-        poll's observation, whose time dates it), is therefore a safe start. None while
-        no poll is old enough (the first poll of a process with a transaction open since
-        before it: the floor covers it); never earlier than the last such start."""
+        poll's observation, whose time dates it), is therefore a safe start; never earlier
+        than the last such start. While no poll of this process is old enough, the
+        earliest end it saw (a transaction open since before its first poll: the floor
+        covers it); None before a second poll."""
         memory = self.memory
         if memory.last_end is not None:
             memory.ends.append((observed.at, memory.last_end))
         memory.last_end = self._end_number(end)
         older = [i for i, (at, _) in enumerate(memory.ends) if at <= observed.bound]
-        if not older:
-            return memory.resume_bound if isinstance(memory.resume_bound, int) else None
+        if not older:  # a transaction open since before every poll this process dated
+            if isinstance(memory.resume_bound, int):
+                return memory.resume_bound
+            # the earliest end it knows: one open since before this process's first poll
+            # is the floor's, as on that poll
+            return (int(step_back(memory.ends[0][1], self.table.lookback)) if memory.ends
+                    else None)
         del memory.ends[:older[-1]]
         if len(memory.ends) > MAX_NUMBERED_ENDS:  # fewer ends: an earlier start, still safe
             memory.ends[:] = memory.ends[::2]
