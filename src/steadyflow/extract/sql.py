@@ -31,6 +31,7 @@ from steadyflow.extract.dialects import (
     driver_errors,
     members,
 )
+from steadyflow.extract.numbering import check_numbering
 from steadyflow.model import (
     INVALID,
     Contract,
@@ -372,6 +373,7 @@ class SqlSource:
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
         self.check_unique_key(table, contract)
+        check_numbering(self, table, contract)
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
 
