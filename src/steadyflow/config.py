@@ -439,7 +439,8 @@ class LandingConfig(_Strict):
         default="zstd", description="Parquet codec of landed files")
     retention: Duration = Field(default=0.0, description=(
         "`steadyflow gc` deletes the files of loaded batches landed longer ago than this "
-        "(their manifest rows stay, marked gone); 0 keeps every file"))
+        "(their manifest rows stay, marked gone), and parked rows whose quarantine was "
+        "replayed longer ago (an open one's are kept); 0 keeps every file"))
     compact_target: int = Field(default=128 << 20, ge=1, description=(
         "`steadyflow compact` merges a table's small batch files of one day into files of "
         "about this many bytes (default 128 MiB; 64-256 MiB suits object stores)"))
