@@ -386,3 +386,26 @@ def test_a_worker_whose_loop_ends_by_itself_says_it_failed(
     report, exit_code = status(cfg)
     assert [w["status"] for w in report["workers"]] == ["failed"]
     assert (report["health"], exit_code) == ("failing", 2)
+
+
+def test_a_table_without_an_index_is_reported_once_per_process(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str, stream: str) -> None:
+    """'t1 has no index on (updated_at, id)' came with every probe of the table: each
+    poll of a table with rows flowing (every BUSY_PROBE_EVERY), each idle poll a minute
+    apart, each new connection; a worker's log repeated it for as long as it ran. Now
+    once per table per process."""
+    cfg = make_pipeline(tmp_path, pg_dsn, pg_warehouse_dsn, stream)
+    proc = start_worker(cfg, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: loaded(pg_warehouse_dsn, "t1") == 3, "the worker loads t1")
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            for i in range(40):  # 12 s of rows flowing: busy polls probe every 5 s
+                conn.execute(f"INSERT INTO t1 VALUES ({100 + i}, 'x')".encode())
+                time.sleep(0.3)
+        wait_for(lambda: loaded(pg_warehouse_dsn, "t1") == 43, "the worker loads them")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    log = (tmp_path / "worker.log").read_text()
+    assert [log.count(f"{t} has no index on (updated_at, id)") for t in TABLES] == [1, 1], \
+        log[-3000:]

@@ -70,6 +70,10 @@ KEY_RECHECK_EVERY = 3600.0
 
 
 _BYTES = (bytes, bytearray, memoryview)
+# (source, its dsn or path, table, keyset order) whose missing index this process reported:
+# a table is probed again every PROBE_EVERY (BUSY_PROBE_EVERY while rows flow) and on each
+# new connection, and the warning came with every probe, for as long as a worker ran
+_NO_INDEX_REPORTED: set[tuple[str, str, str, tuple[str, ...]]] = set()
 # a declared type (catalog text) that is a time of day or a duration: MariaDB TIME(n),
 # PostgreSQL time [with time zone], timetz, interval (never timestamp)
 _CLOCK = re.compile(r"\s*(time\b(?!stamp)|timetz\b|interval\b)", re.IGNORECASE)
@@ -611,13 +615,20 @@ class SqlSource:
 
     def find_keyset_index(self, table: str, contract: Contract) -> bool:
         """Look up (once) the index for the contract's keyset order, so page queries can
-        be pinned to it; warns and returns False if the table has none."""
+        be pinned to it; returns False if the table has none, and warns of it once per
+        table in this process."""
         if (table, contract.order_by) in self._index:  # found before: no catalog query
             return True
         index = self.keyset_index(table, contract)
+        reported = (self.config.name, self.config.dsn or self.config.path or "", table,
+                    contract.order_by)
         if index:
             self._index[(table, contract.order_by)] = index
+            _NO_INDEX_REPORTED.discard(reported)  # dropped again later: said again
         elif index == "":
+            if reported in _NO_INDEX_REPORTED:  # said once in this process
+                return False
+            _NO_INDEX_REPORTED.add(reported)
             log.warning(
                 "%s has no index on (%s): every page is a full scan and sort; see README "
                 "'Index each source table needs'", table, ", ".join(contract.order_by),
