@@ -13,6 +13,11 @@ import pymysql
 import pytest
 import yaml
 
+from steadyflow.config import ResilienceConfig, SourceConfig
+from steadyflow.errors import SchemaError
+from steadyflow.extract.mysql_arrow import MysqlArrowSource
+from steadyflow.extract.sql import SqlSource
+from steadyflow.model import Column, Contract
 from steadyflow.reconcile.runner import Options, reconcile
 from steadyflow.run.pipeline import Pipeline
 
@@ -126,28 +131,81 @@ def test_time_columns_keep_mariadb_s_own_text(tmp_path: Path, mysql_dsn: str) ->
 @pytest.mark.parametrize("initial_load", ["key", "cursor"])
 def test_a_binary_key_pages_by_its_bytes(tmp_path: Path, mysql_dsn: str,
                                          initial_load: str) -> None:
-    """A VARBINARY key read as string: the checkpoint keeps the key's bytes (it could not
-    be written at all: 'Object of type bytes is not JSON serializable', the table never
-    loaded). Bytes that are no UTF-8 text cost their row, with a reason."""
+    """A VARBINARY key of text read as string: the checkpoint keeps the key's bytes (it
+    could not be written at all: 'Object of type bytes is not JSON serializable', the
+    table never loaded), and pages follow MariaDB's bytewise order ('B' < 'b' < 'é')."""
     execute(mysql_dsn,
             "CREATE TABLE t (k VARBINARY(16) NOT NULL PRIMARY KEY, n INT, "
             "at DATETIME(6) NOT NULL, KEY c (at, k))",
             "INSERT INTO t VALUES ('b', 1, '2024-01-01'), ('B', 2, '2024-01-01'), "
-            "('a''\\\\', 3, '2024-01-01'), (X'ff', 4, '2024-01-01'), "
-            "('é', 5, '2024-01-01'), ('', 6, '2024-01-02')")
+            "('a''\\\\', 3, '2024-01-01'), ('é', 5, '2024-01-01'), ('', 6, '2024-01-02')")
     contract = {"primary_key": ["k"], "cursor": "at", "columns": {
         "k": {"type": "string", "nullable": False}, "n": {"type": "int64"},
         "at": {"type": "timestamp", "nullable": False}}}
-    query = "SELECT CONVERT(k USING utf8mb4), n FROM t WHERE k <> X'ff'"
+    query = "SELECT CONVERT(k USING utf8mb4), n FROM t"
     summary = run(tmp_path, mysql_dsn, contract, initial_load)
     assert summary.ok, summary.errors
-    assert summary.quarantined_rows == 1
+    assert summary.quarantined_rows == 0
     assert warehouse_rows(tmp_path, "SELECT k, n FROM main.t") == source_rows(mysql_dsn, query)
     execute(mysql_dsn, "INSERT INTO t VALUES ('zz', 7, '2024-01-03')",
             "UPDATE t SET n = 101, at = '2024-01-04' WHERE k = 'b'")
     summary = run(tmp_path, mysql_dsn, contract, initial_load)
     assert summary.ok, summary.errors
     assert warehouse_rows(tmp_path, "SELECT k, n FROM main.t") == source_rows(mysql_dsn, query)
+
+
+BINARY_KEY_HINT = "store such keys as text"
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+@pytest.mark.parametrize(("declared", "keys"), [
+    ("BINARY(16)", "UNHEX(REPLACE(UUID(), '-', ''))"),  # a UUID's bytes, the common case
+    ("BINARY(4)", "'ab'"),  # text, padded with NUL bytes to the width
+    ("VARBINARY(16)", "X'ff00'")])
+def test_a_binary_key_that_is_no_text_is_refused_naming_it(
+        tmp_path: Path, mysql_dsn: str, initial_load: str, declared: str, keys: str) -> None:
+    """A BINARY(16) key of UUID bytes read as string (the contract has no bytes type): each
+    row was quarantined as invalid UTF-8, one by one, every run ok, and no row ever loaded
+    (BINARY(n) text shorter than n likewise, for its NUL padding). No warehouse string
+    holds such a key: refused at the probe, naming table, column and the fix."""
+    execute(mysql_dsn,
+            f"CREATE TABLE t (k {declared} NOT NULL PRIMARY KEY, n INT, "
+            "at DATETIME(6) NOT NULL, KEY c (at, k))",
+            f"INSERT INTO t VALUES ({keys}, 1, '2024-01-01'), ('abcd', 2, '2024-01-01')")
+    contract = {"primary_key": ["k"], "cursor": "at", "columns": {
+        "k": {"type": "string", "nullable": False}, "n": {"type": "int64"},
+        "at": {"type": "timestamp", "nullable": False}}}
+    summary = run(tmp_path, mysql_dsn, contract, initial_load)
+    assert summary.failed_tables == ["m.t"], summary
+    assert summary.quarantined_rows == 0 and summary.loaded_rows == 0, summary
+    assert f"key column k (string) is declared {declared.lower()}" in summary.errors[0], \
+        summary.errors
+    assert BINARY_KEY_HINT in summary.errors[0], summary.errors
+
+
+@pytest.mark.parametrize("arrow", [False, True])
+def test_a_binary_key_that_is_no_text_written_after_the_probe_stops_its_page(
+        mysql_dsn: str, arrow: bool) -> None:
+    """The probe looks at the keys at most hourly; a key written since that is no text
+    fails the page that reads it, on either read path (it was quarantined, run ok)."""
+    execute(mysql_dsn,
+            "CREATE TABLE t (k VARBINARY(16) NOT NULL PRIMARY KEY, n INT)",
+            "INSERT INTO t VALUES ('a', 1), ('b', 2)")
+    contract = Contract(columns=(Column("k", "string", nullable=False), Column("n", "int64")),
+                        primary_key=("k",), cursor="k")
+    config = SourceConfig(name="m", kind="mysql", dsn=mysql_dsn,
+                          tables=[{"name": "t", "contract": "c"}],  # type: ignore[list-item]
+                          resilience=ResilienceConfig(retries=0))
+    source = MysqlArrowSource(config) if arrow else SqlSource(config)
+    try:
+        source.probe("t", contract)
+        execute(mysql_dsn, "INSERT INTO t VALUES (X'ff', 3)")
+        with pytest.raises(SchemaError) as raised:  # a first page: connectorx reads it
+            source.page("t", contract, None, None, 10)
+    finally:
+        source.close()
+    assert "key column k (string) is declared varbinary(16)" in raised.value.message
+    assert "X'FF'" in raised.value.message and BINARY_KEY_HINT in (raised.value.hint or "")
 
 
 @pytest.mark.parametrize("pymysql_only", [False, True])

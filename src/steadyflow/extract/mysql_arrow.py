@@ -275,6 +275,7 @@ class MysqlArrowSource(SqlSource):
         self._full[(table, contract.order_by)] = raw.num_rows >= min(limit, BULK_ROWS)
         if raw.num_rows == 0:
             return rows_to_arrow([], contract), None
+        self.refuse_binary_keys(table, contract, lambda i: raw.column(i).to_pylist())
         last = raw.slice(raw.num_rows - 1, 1).to_pylist()[0].values()
         high = self._high(table, contract, [_as_pymysql(v, kind)
                                             for v, kind in zip(last, kinds, strict=True)])

@@ -78,6 +78,8 @@ _NO_INDEX_REPORTED: set[tuple[str, str, str, tuple[str, ...]]] = set()
 # PostgreSQL time [with time zone], timetz, interval (never timestamp)
 _CLOCK = re.compile(r"\s*(time\b(?!stamp)|timetz\b|interval\b)", re.IGNORECASE)
 _BIT = re.compile(r"\s*bit\s*\(\s*(\d+)\s*\)", re.IGNORECASE)  # MariaDB BIT(n)
+# MariaDB bytes types: read as string, a value is text only when its bytes are UTF-8
+_BINARY = re.compile(r"\s*(binary|varbinary|(tiny|medium|long)?blob)\b", re.IGNORECASE)
 # value types Arrow may convert to something else, or that are unreadable
 _SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
 _SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
@@ -254,6 +256,9 @@ class SqlSource:
         # (table, primary key) → monotonic time of its last look for shared keys; inf when
         # a unique index proves the key (`check_unique_key`)
         self._unique: dict[tuple[str, tuple[str, ...]], float] = {}
+        # (table, key or cursor column) → monotonic time of the last look for a value of
+        # a MariaDB bytes column that is no text (`check_binary_keys`)
+        self._binary_checked: dict[tuple[str, str], float] = {}
         # (table, cursor column, type) → (monotonic time of the last whole check, the
         # column's least and greatest value noted before the last check, the profile of
         # every row checked) while the checks found nothing wrong (`_cursor_profile`)
@@ -374,6 +379,7 @@ class SqlSource:
         self.check_times(table, contract)
         self.check_members(table, contract)
         self.check_bits(table, contract)
+        self.check_binary_keys(table, contract)
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
         self.check_unique_key(table, contract)
@@ -452,6 +458,66 @@ class SqlSource:
                 source=self.config.name, table=table,
                 hint=f"declare {c.name} as {fix} in the contract (or string: the number's "
                      "decimal text)")
+
+    def binary_keys(self, table: str, contract: Contract) -> list[tuple[int, str, str]]:
+        """(place in the contract, name, declared type) of each cursor or key column the
+        contract reads as string that MariaDB declares BINARY, VARBINARY or *BLOB."""
+        if self.dialect.name != "mysql":
+            return []
+        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        order = dict.fromkeys((contract.cursor, *contract.primary_key))
+        return [(i, c.name, declared.get(c.name.lower(), ""))
+                for i, c in enumerate(contract.columns) if c.name in order
+                and c.type == "string" and _BINARY.match(declared.get(c.name.lower(), ""))]
+
+    def check_binary_keys(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a cursor or key of MariaDB bytes (BINARY(16)
+        holding a UUID, BINARY(n) text padded with NUL bytes) that holds a value no
+        warehouse string can: each such row was quarantined as invalid UTF-8, one by one,
+        every run ok, and never loaded. Bytes that are UTF-8 text load as that text. The
+        look reads the whole column, at most every KEY_RECHECK_EVERY; a value written
+        since fails the page that reads it (`refuse_binary_keys`)."""
+        d = self.dialect
+        for _, name, stored in self.binary_keys(table, contract):
+            checked = self._binary_checked.get((table, name))
+            if checked is not None and time.monotonic() - checked < KEY_RECHECK_EVERY:
+                continue
+            col = d.ident(name)
+            found = self._execute(
+                table, f"SELECT {col} FROM {d.ident(table)} WHERE {col} <> "
+                f"CAST(CONVERT({col} USING utf8mb4) AS BINARY) OR LOCATE(X'00', {col}) > 0 "
+                "LIMIT 1", [])
+            if found:
+                self._refuse_binary_key(table, contract, name, stored, found[0][0])
+            self._binary_checked[(table, name)] = time.monotonic()
+
+    def refuse_binary_keys(self, table: str, contract: Contract,
+                           column: Callable[[int], Sequence[Any]]) -> None:
+        """A page's cursor and key values of MariaDB bytes (`column(i)`: the driver's values
+        of the contract's i-th column) must each be text (`check_binary_keys`)."""
+        for i, name, stored in self.binary_keys(table, contract):
+            for value in column(i):
+                if isinstance(value, _BYTES) and (b"\0" in bytes(value)
+                                                  or _as_text(value) is None):
+                    self._refuse_binary_key(table, contract, name, stored, value)
+
+    def _refuse_binary_key(self, table: str, contract: Contract, name: str, stored: str,
+                           value: Any) -> None:
+        raw = bytes(value)
+        what = "key" if name in contract.primary_key else "cursor"
+        why = ("holds a NUL byte (BINARY(n) pads a shorter value with them)"
+               if b"\0" in raw else "is no UTF-8 text")
+        shown = raw[:32].hex().upper() + ("..." if len(raw) > 32 else "")
+        raise SchemaError(
+            f"{what} column {name} (string) is declared {stored} in the source and holds "
+            f"X'{shown}', which {why}: no warehouse string holds it, so its row could never "
+            "load (the contract has no bytes type)", stage="extract",
+            source=self.config.name, table=table,
+            hint=f"store such keys as text (ALTER TABLE {table} MODIFY {name} VARCHAR(...) "
+                 "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, where they are text), or key "
+                 f"the table by their hex: a column {name}_hex VARCHAR(...) AS (HEX({name})) "
+                 f"STORED with a UNIQUE index as the contract's {what} in place of {name}, "
+                 f"and {name} left out of the contract")
 
     def check_cursor(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a cursor that keyset pages cannot follow: one
@@ -882,6 +948,7 @@ class SqlSource:
         rows = self._execute_leniently(table, query, params)
         if not rows:
             return rows_to_arrow([], contract), None
+        self.refuse_binary_keys(table, contract, lambda i: [row[i] for row in rows])
         return rows_to_arrow(rows, contract), self._high(table, contract, rows[-1])
 
     def _execute_leniently(self, table: str, query: str, params: Sequence[Any],
