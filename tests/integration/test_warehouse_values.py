@@ -220,6 +220,31 @@ def test_text_that_is_not_utf8_costs_its_row_end_to_end(tmp_path: Path, where: s
         (1, "ok", "ok"), (3, "hé", "ok"), (5, "", None)]
 
 
+def test_a_sql_ascii_source_reconciles(tmp_path: Path, sql_ascii_dsn: str) -> None:
+    """Reconcile runs its bucket queries with enable_sort off and puts the setting back as
+    it read it: from a SQL_ASCII database the setting arrived as bytes and was put back
+    as "b'on'" ('parameter "enable_sort" requires a Boolean value'), so every reconcile
+    of such a source failed. Now it compares, the row of text that is not UTF-8 counted
+    as quarantined."""
+    from steadyflow.reconcile.runner import reconcile
+
+    with psycopg.connect(sql_ascii_dsn, autocommit=True) as conn:
+        conn.execute(b"CREATE TABLE t (id bigint PRIMARY KEY, s text)")
+        conn.execute(b"INSERT INTO t VALUES (1, 'ok'), (2, 'a\xffb'), (3, 'h\xc3\xa9')")
+    wh = str(tmp_path / "wh.duckdb")
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "postgres", "dsn": sql_ascii_dsn,
+                                        "tables": [{"name": "t", "contract": "c"}]}],
+                            _warehouse_config(wh), contracts={"c": {
+                                "primary_key": ["id"], "cursor": "id", "columns": {
+                                    "id": {"type": "int64", "nullable": False},
+                                    "s": {"type": "string"}}}})
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once(raise_on_error=False).ok
+        [report] = reconcile(pipeline)
+    assert report.error is None, report.error
+    assert (report.missing, report.extra, report.mismatched, report.quarantined) == (0, 0, 0, 1)
+
+
 @pytest.mark.parametrize("cursor", ["id", "n"])
 @pytest.mark.parametrize("initial_load", ["key", "cursor"])
 def test_a_text_key_that_is_not_utf8_costs_its_row(tmp_path: Path, sql_ascii_dsn: str,

@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
+from steadyflow.extract.sql import catalog_text
 from steadyflow.model import TEXT_DATE, Contract
 from steadyflow.reconcile.bisect import Agg, Range, Row
 from steadyflow.reconcile.encoding import (
@@ -103,7 +104,10 @@ class SqlSide:
         e = self.engine
         if not e.bucket_settings:
             return self._exec(sql, params)
-        before = [(name, str(self.run(*e.setting(name))[0][0])) for name, _ in e.bucket_settings]
+        # catalog_text: a SQL_ASCII database's text arrives as bytes, and str() gave
+        # "b'on'", which no setting takes (every reconcile of such a source failed)
+        before = [(name, catalog_text(self.run(*e.setting(name))[0][0]))
+                  for name, _ in e.bucket_settings]
         try:
             for name, value in e.bucket_settings:
                 self.run(*e.assign(name, value))
