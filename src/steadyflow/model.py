@@ -368,10 +368,20 @@ def cast_text_decimal(text: Any, target: pa.DataType) -> pa.Array:
     alike), and a large negative exponent makes a value 0 ('6.5e-29' as decimal(5,5) was
     0.00000). Only a value with an exponent, or with more characters than the 128 bits leave
     for its integer digits (38 - scale), can be rescaled past them: those are checked
-    against Python's exact Decimal."""
-    cast = pc.cast(text, target)
+    against Python's exact Decimal. Arrow also refuses text of more than 38 digits, trailing
+    zeros included (MariaDB spells 1.5 in a DECIMAL(65,30) with 31 of them): such a column
+    is read value by value by Python's Decimal instead."""
     if not pa.types.is_decimal(target):
-        return cast
+        return pc.cast(text, target)
+    try:
+        cast = pc.cast(text, target)
+    except pa.ArrowInvalid:
+        spelled = text.to_pylist()
+        exact = [None if t is None else exact_decimal(t, target) for t in spelled]
+        for t, value in zip(spelled, exact, strict=True):
+            if t is not None and value is None:
+                raise
+        return pa.array(exact, target)
     room = (38 if pa.types.is_decimal128(target) else 76) - target.scale
     suspect = pc.fill_null(pc.or_(pc.greater(pc.utf8_length(text), room),
                                   pc.match_substring_regex(text, "[eE]")), False)

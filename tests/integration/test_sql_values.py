@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import duckdb
+import psycopg
 import pyarrow.parquet as pq
 import pymysql
 import pytest
@@ -301,3 +302,54 @@ def test_mariadb_binary_text_is_decoded_or_refused_per_row(mysql_dsn: str) -> No
         db.close()
     assert page["v"].to_pylist() == ["café", None]
     assert page[INVALID].to_pylist() == [None, "v: invalid UTF-8: 'a\\xff'"]
+
+
+WIDE = ["3987996764364812700000000000000", "123.45", "-123456789012345678901234567.5",
+        "0.000000000000000000000000000010", "-12345678901234567890", "0"]
+
+
+@pytest.mark.parametrize(("kind", "declared"), [("mysql", "DECIMAL(65,30)"),
+                                                ("mysql", "DECIMAL(40,0)"),
+                                                ("postgres", "numeric")])
+def test_a_wide_source_decimal_loads_exactly_or_costs_its_row(
+        tmp_path: Path, request: pytest.FixtureRequest, kind: str, declared: str) -> None:
+    """A source DECIMAL wider than the contract's decimal(38,10) is read as the database's
+    text. Arrow's cast of it returned garbage with no error where rescaling passed 128 bits
+    (3987996764364812700000000000000 loaded as 6693071389832677478517093048.3119259648 from
+    MariaDB DECIMAL(40,0) and PostgreSQL numeric, every run ok), and refused a value that
+    fits when its text had more than 38 digits (MariaDB's DECIMAL(65,30) spells
+    -123456789012345678901234567.5 with 29 trailing zeros: quarantined)."""
+    dsn = request.getfixturevalue("mysql_dsn" if kind == "mysql" else "pg_dsn")
+    rows = [(i, v) for i, v in enumerate(WIDE) if declared != "DECIMAL(40,0)" or "." not in v]
+    if kind == "mysql":
+        with closing(mysql(dsn)) as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE t (id INT PRIMARY KEY, v {declared})")
+            cur.executemany("INSERT INTO t VALUES (%s, %s)", rows)
+            cur.execute("SELECT id, v FROM t")
+            source = dict(cur.fetchall())
+    else:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE t (id int PRIMARY KEY, v {declared})")
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO t VALUES (%s, %s::numeric)", rows)
+            source = dict(conn.execute("SELECT id, v FROM t").fetchall())
+    contracts = {"c": {"primary_key": ["id"], "cursor": "id", "columns": {
+        "id": {"type": "int64", "nullable": False}, "v": {"type": "decimal(38,10)"}}}}
+    wh = tmp_path / "wh.duckdb"
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": kind, "dsn": dsn,
+                                        "tables": [{"name": "t", "contract": "c"}]}],
+                            {"kind": "duckdb", "path": str(wh), "schema": "main"},
+                            contracts=contracts, landing={"path": str(tmp_path / "landing")},
+                            state_dir=str(tmp_path / "state"))
+    with Pipeline.from_yaml(config) as p:
+        summary = p.run_once(raise_on_error=False)
+    assert summary.ok, summary.errors
+    with duckdb.connect(str(wh), read_only=True) as con:
+        loaded = dict(con.sql("SELECT id, v FROM main.t").fetchall())
+    exact = decimal.Context(prec=200)
+    fits = {key for key, value in source.items()
+            if value == value.quantize(Decimal("1E-10"), context=exact)
+            and (value == 0 or value.adjusted() < 28)}
+    assert fits == {1, 2, 4, 5} & set(source)
+    assert loaded == {key: source[key] for key in fits}
+    assert summary.quarantined_rows == len(source) - len(fits)

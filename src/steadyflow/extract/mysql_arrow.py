@@ -79,7 +79,7 @@ from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout
 from steadyflow.extract.dialects import bit_number, text_of_time
 from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
-from steadyflow.model import Contract, Watermark
+from steadyflow.model import Contract, Watermark, cast_text_decimal
 from steadyflow.observe import logs
 from steadyflow.resilience import watchdog_grace
 
@@ -422,6 +422,9 @@ def _fast_cast(col: pa.ChunkedArray, target: pa.DataType, kind: str
     if t == target:
         return col
     try:
+        if pa.types.is_decimal(target) and not pa.types.is_decimal(t):
+            # DECIMAL as MariaDB's text: Arrow's cast alone can return garbage
+            return pa.chunked_array([cast_text_decimal(col.combine_chunks(), target)])
         return pc.cast(col, target)
     except _CAST_ERRORS:
         return None
