@@ -529,9 +529,13 @@ class TableReconciler:
         return out
 
     def _read(self, raw_keys: list[tuple[Any, ...]]) -> pa.Table:
-        engine = engine_for(self.s.kind)
+        """The source rows of these keys (as the source side read them). A key read as
+        bytes is sent as the dialect sends it: a SQL_ASCII database's text key, which as a
+        bytea parameter compared with no text column ('text = bytea')."""
+        engine, d = engine_for(self.s.kind), self.db.dialect
         return self.guard.call(partial(self._page, key_predicate(
-            engine, self.contract.primary_key, raw_keys), len(raw_keys)),
+            engine, self.contract.primary_key, raw_keys,
+            lambda v: d.to_param(v) if isinstance(v, bytes) else v), len(raw_keys)),
             stop=self.pipeline._stop.is_set)
 
     def _split(self, rows: pa.Table, tables: list[pa.Table], out: Current
