@@ -329,3 +329,42 @@ def test_a_batch_the_buffer_refuses_for_good_does_not_keep_the_sweep_from_the_ot
             assert pipeline.buffer.depth() == ROWS // PAGE, "the sweep stopped at the huge one"
             [entry] = [b for b in pipeline.state.batches() if b["batch_id"] == "huge"]
             assert entry["status"] == "landed" and "max_payload" in (entry["error"] or "")
+
+
+def test_a_batch_of_a_table_the_config_no_longer_names_stops_no_other(tmp_path: Path) -> None:
+    """Batches of t2 landed, then t2 was taken out of the config: the loader met the first
+    of them while ordering its group by target ('no table s.t2 in the config') and
+    stopped, so no batch of any table loaded and extraction stopped with it, on every run
+    while t2's batches were pending (a worker's loop ended). Now that batch fails alone,
+    naming its table, and is kept for a config that names t2 again; t1 loads."""
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        for t in ("t1", "t2"):
+            conn.execute(f"CREATE TABLE {t} (id INTEGER PRIMARY KEY, v TEXT)")
+            conn.execute(f"INSERT INTO {t} VALUES (1, 'a'), (2, 'b')")
+        conn.commit()
+    config: dict[str, Any] = {
+        "name": "removed", "state_dir": str(tmp_path / "state"),
+        "warehouse": {"kind": "duckdb", "path": str(tmp_path / "wh.duckdb")},
+        "landing": {"path": str(tmp_path / "landing")},
+        "contracts": {"c": {"primary_key": ["id"], "cursor": "id", "columns": {
+            "id": {"type": "int64", "nullable": False}, "v": {"type": "string"}}}},
+        "sources": [{"name": "s", "kind": "sqlite", "path": str(tmp_path / "s.db"),
+                     "tables": [{"name": "t1", "contract": "c"},
+                                {"name": "t2", "contract": "c"}]}]}
+    both = tmp_path / "both.yml"
+    both.write_text(yaml.safe_dump(config, sort_keys=False))
+    with Pipeline.from_yaml(both) as pipeline:
+        assert pipeline.extract().extracted_batches == 2  # landed, queued, not loaded
+    config["sources"][0]["tables"] = config["sources"][0]["tables"][:1]
+    one = tmp_path / "one.yml"
+    one.write_text(yaml.safe_dump(config, sort_keys=False))
+    with Pipeline.from_yaml(one) as pipeline:
+        summary = pipeline.run_once(raise_on_error=False)
+        pending = [(b.source, b.table) for b in pipeline.state.pending_batches()]
+    assert summary.failed_tables == [], summary.errors
+    assert len(summary.failed_batches) == 1, summary.errors
+    assert [e for e in summary.errors if "s.t2" in e and "no longer names" in e], summary.errors
+    assert pending == [("s", "t2")]  # kept: loaded once the config names t2 again
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT id, v FROM t1 ORDER BY id").fetchall() == [
+            (1, "a"), (2, "b")]

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from steadyflow.config import PipelineConfig, owned_value
-from steadyflow.errors import RetryableError
+from steadyflow.errors import ConfigError, FatalError, RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import BatchRef, Contract, TableRef, TextEncoding, decode_value
@@ -237,10 +237,33 @@ class BatchLoader:
         Yields every batch with its outcome, or the error it failed with (its caller gives
         it back to the buffer); one batch's error never ends the others."""
         with LeaseKeeper(self.buffer, [b.batch_id for b in batches]) as keeper:
-            for group in self._groups(batches):
+            known = []
+            for batch in batches:
+                unknown = self._unconfigured(batch)
+                if unknown is None:
+                    known.append(batch)
+                else:
+                    keeper.release(batch.batch_id)
+                    yield batch, unknown
+            for group in self._groups(known):
                 for batch, result in self._handle_group(group):
                     keeper.release(batch.batch_id)
                     yield batch, result
+
+    def _unconfigured(self, batch: BatchRef) -> FatalError | None:
+        """The error of a batch whose table the config no longer names (taken out while
+        its batches were pending), None for any other: it fails alone, and stays pending
+        for a config that names the table again. Ordering the group by target raised for
+        it, which stopped the loader, so no batch of any table loaded."""
+        try:
+            self._ref(batch)
+        except ConfigError:
+            return FatalError(
+                f"batch of {batch.source}.{batch.table}, which the config no longer names: "
+                "not loaded, kept pending", stage="load", source=batch.source,
+                table=batch.table, batch_id=batch.batch_id,
+                hint=f"name {batch.source}.{batch.table} in the config again to load it")
+        return None
 
     def _groups(self, batches: list[BatchRef]) -> list[list[BatchRef]]:
         """Batches ordered by target (stable: a target's batches keep their order), cut
