@@ -497,3 +497,35 @@ def test_gc_deletes_parked_rows_once_replayed_past_the_retention(tmp_path: Path)
     with Pipeline.from_yaml(cfg) as pipeline:  # the open one still replays
         assert replay_quarantine(pipeline, [])["loaded_rows"] == 1
     warehouse_equals_source(tmp_path)
+
+
+def test_a_repair_file_named_by_its_content_id_is_swept_once_its_batch_moved(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before 352742c a repair batch's file bore its content id, not its entry's id
+    (`<id>.repair<run>.<i>`): one a killed compaction moved stayed beside the compacted file
+    for ever. The next compact deletes such a file once its batch's entry names another."""
+    zone = LandingZone(tmp_path / "landing")
+    state = SqliteStateStore(tmp_path / "state.db")
+    refs = [zone.write(pa.table({"id": [i], "v": [str(i)]}), "s", "t", None, None,
+                       kind="repair") for i in range(3)]
+    refs = [replace(r, batch_id=f"{r.batch_id}.repair7.{i}") for i, r in enumerate(refs)]
+    pending = zone.write(pa.table({"id": [9], "v": ["9"]}), "s", "t", None, None,
+                         kind="repair")  # landed, not yet recorded: never touched
+    for ref in refs:
+        state.record_landed(ref)
+        state.mark_loaded(ref.batch_id, 1, 0)
+
+    def killed(name: str) -> None:
+        if name == "compact.after_relocate":
+            raise KeyboardInterrupt(name)
+
+    monkeypatch.setattr(compact_module, "failpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compact(zone, state, [("s", "t")], 1 << 20, include_today=True)
+    monkeypatch.undo()
+    moved = {r.path for r, _ in state.landed_batches()}
+    assert len(moved) == 1 and {r.path for r in refs} <= {f.path for f in zone.store.list()}
+    compact(zone, state, [("s", "t")], 1 << 20, include_today=True)
+    assert {f.path for f in zone.store.list()} == moved | {pending.path}
+    assert sorted(zone.read(r).num_rows for r, _ in state.landed_batches()) == [1, 1, 1]
+    state.close()

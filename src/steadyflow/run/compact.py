@@ -137,7 +137,11 @@ class _Table:
     def _day(self, day: str, entries: list[tuple[BatchRef, str]]) -> None:
         folder = f"{self.source}/{self.table}/date={day}/"
         sizes = {f.path: f.size for f in self.landing.store.list(folder)}
-        self._sweep(folder, sizes, {ref.path for ref, _ in entries})
+        # before 352742c a repair batch's file bore only its content id: `<id>.parquet` for
+        # the entry `<id>.repair<run>.<i>`
+        repaired = {ref.batch_id.partition(".repair")[0] for ref, _ in entries
+                    if ".repair" in ref.batch_id}
+        self._sweep(folder, sizes, {ref.path for ref, _ in entries}, repaired)
         sizes = {f.path: f.size for f in self.landing.store.list(folder)}
         self.result.files_before += len(sizes)
         # a file is an input if every batch in it is loaded and it is small: a loose file,
@@ -210,10 +214,12 @@ class _Table:
         failpoint("compact.after_relocate")
         return moved, group[len(counts):]
 
-    def _sweep(self, folder: str, sizes: dict[str, int], referenced: set[str]) -> None:
+    def _sweep(self, folder: str, sizes: dict[str, int], referenced: set[str],
+               repaired: set[str]) -> None:
         """Delete what a crashed compaction left: its output nobody references yet, inputs
         whose batches all moved. A loose file no entry names at all is not ours: a batch
-        landed but not yet recorded looks just like that."""
+        landed but not yet recorded looks just like that; except one named by the content
+        id of a repair batch whose entry names another file (`repaired`, see `_day`)."""
         for path in sizes:
             if path in referenced:
                 continue
@@ -221,7 +227,8 @@ class _Table:
             if not name.startswith(PREFIX):
                 batch_id = name.removesuffix(".parquet")
                 ref = self.state.batch(batch_id)
-                if ref is None or ref.path == path or self.queued(batch_id):
+                if (ref is None and batch_id not in repaired) or (ref is not None and (
+                        ref.path == path or self.queued(batch_id))):
                     continue
             self.landing.store.delete(path)
             self.result.swept += 1
