@@ -462,3 +462,32 @@ def test_a_character_a_latin1_warehouse_lacks_costs_its_row(tmp_path: Path,
     with psycopg.connect(latin1_dsn, client_encoding="UTF8") as conn:
         assert conn.execute(b"SELECT id, s, n FROM t ORDER BY id").fetchall() == [
             (1, "ok", "café ÿ"), (4, "é", None)]
+
+
+def test_a_replay_keeps_a_character_the_warehouse_lacks_in_quarantine(
+        tmp_path: Path, latin1_dsn: str) -> None:
+    """Replay re-validated parked rows without the warehouse's encoding: the emoji row
+    'passed' and was landed again, the loader found it bad again but did not park it
+    twice (its digest was parked already), and the parked item was marked replayed: the
+    row was in neither the warehouse nor the open quarantine, and the replay said
+    loaded_rows 0, still_quarantined 0. Replay now validates as the loader does: the row
+    stays in the open quarantine, counted as still quarantined."""
+    from steadyflow.run.replay import replay_quarantine
+
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(1, "ok"), (2, "fine 😀")])
+        conn.commit()
+    config = write_pipeline(tmp_path, [{"name": "s", "kind": "sqlite",
+                                        "path": str(tmp_path / "s.db"),
+                                        "tables": [{"name": "t", "contract": "c"}]}],
+                            _warehouse_config(latin1_dsn), contracts={"c": {
+                                "primary_key": ["id"], "cursor": "id", "columns": {
+                                    "id": {"type": "int64", "nullable": False},
+                                    "s": {"type": "string"}}}})
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once(raise_on_error=False).quarantined_rows == 1
+        result = replay_quarantine(pipeline, [])
+        parked = pipeline.state.quarantined()
+    assert (result["loaded_rows"], result["still_quarantined"]) == (0, 1), result
+    assert [(item["status"], item["replayed_rows"]) for item in parked] == [("open", 0)]

@@ -16,7 +16,7 @@ import hashlib
 import pyarrow as pa
 
 from steadyflow.land.parquet import LandingZone
-from steadyflow.model import INVALID, BatchRef, Contract
+from steadyflow.model import INVALID, BatchRef, Contract, TextEncoding
 from steadyflow.state import StateStore
 from steadyflow.validate.rules import REASON, Verdict, count_values, validate
 
@@ -48,11 +48,13 @@ class Quarantine:
     def rows(self, path: str) -> pa.Table:
         return self.landing.read_file(path)
 
-    def replayable(self, path: str, contract: Contract) -> tuple[pa.Table, Verdict]:
-        """Parked rows re-validated against `contract`: (raw rows, verdict)."""
+    def replayable(self, path: str, contract: Contract,
+                   encoding: TextEncoding | None = None) -> tuple[pa.Table, Verdict]:
+        """Parked rows re-validated against `contract` (and the warehouse's text
+        `encoding`, as the loader validates): (raw rows, verdict)."""
         parked = self.rows(path)
         raw = parked.drop_columns([REASON])
-        return raw, validate(raw, contract)
+        return raw, validate(raw, contract, encoding=encoding)
 
     def reasons_of(self, path: str) -> dict[str, int]:
         parked = self.rows(path)
