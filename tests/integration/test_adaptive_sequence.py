@@ -20,9 +20,9 @@ from typing import Any
 
 import duckdb
 import psycopg
-import pymysql
 import pytest
 import yaml
+from tests.integration.test_adaptive_lookback import Store as SalesStore
 
 from steadyflow.run.pipeline import Pipeline
 
@@ -33,31 +33,17 @@ CONTRACT = {"primary_key": ["id"], "cursor": "id",
                         "note": {"type": "string"}}}
 
 
-class Store:
-    def __init__(self, kind: str, dsn: str) -> None:
-        self.kind, self.dsn = kind, dsn
+class Store(SalesStore):
+    """A store database of either kind whose `orders` rows the source numbers."""
 
-    def connect(self, autocommit: bool = True) -> Any:
-        if self.kind == "postgres":
-            return psycopg.connect(self.dsn, autocommit=autocommit)
-        return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="",
-                               database=self.dsn.rsplit("/", 1)[1], autocommit=autocommit)
-
-    def execute(self, conn: Any, sql: str) -> None:
-        if self.kind == "postgres":
-            conn.execute(sql)
-        else:
-            with conn.cursor() as cur:
-                cur.execute(sql)
-
-    def create(self, rows: int) -> None:
+    def create(self, rows: int, stamped: str = "") -> None:
         serial = "bigserial" if self.kind == "postgres" else "bigint AUTO_INCREMENT"
         with self.connect() as conn:
             self.execute(conn, f"CREATE TABLE orders (id {serial} PRIMARY KEY, note text)")
             for i in range(rows):
                 self.insert(conn, f"n{i}")
 
-    def insert(self, conn: Any, note: str) -> int:
+    def insert(self, conn: Any, note: str) -> int:  # type: ignore[override]
         """Insert a row numbered by the source; its number."""
         if self.kind == "postgres":
             row = conn.execute("INSERT INTO orders (note) VALUES (%s) RETURNING id",
@@ -151,8 +137,8 @@ def test_a_sequence_caching_numbers_per_session_is_refused_without_a_floor(
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE SEQUENCE orders_numbers")
         conn.execute(f"CREATE TABLE orders (id {numbered} PRIMARY KEY, note text)")
-        sequence = "orders_numbers" if "nextval" in numbered else conn.execute(
-            "SELECT pg_get_serial_sequence('orders', 'id')").fetchone()[0]
+        owned = conn.execute("SELECT pg_get_serial_sequence('orders', 'id')").fetchone()
+        sequence = "orders_numbers" if "nextval" in numbered else (owned or [None])[0]
         conn.execute(f"ALTER SEQUENCE {sequence} CACHE 20")
     with psycopg.connect(pg_dsn, autocommit=True) as first, \
             psycopg.connect(pg_dsn, autocommit=True) as second:
