@@ -372,3 +372,16 @@ def test_verified_buckets_of_an_incremental_reconcile(adapter: Adapter) -> None:
     b.forget_verified_buckets("s", "t")
     assert a.verified_buckets("s", "t") == []
     assert len(a.verified_buckets("s", "other")) == 1
+
+
+def test_a_quarantine_is_resolved_once_and_only_while_open(adapter: Adapter) -> None:
+    s = adapter.open()
+    for batch_id in ("q1", "q2", "q3"):
+        s.record_quarantine(batch_id, "s", "t", f"{batch_id}.parquet", 1, {"bad": 1})
+    s.mark_quarantine_replayed("q3", 1, 0)
+    assert s.resolve_quarantine(["q1", "q3", "nope"]) == ["q1"]  # q3 was replayed already
+    assert s.resolve_quarantine(["q1"]) == []
+    status = {q["batch_id"]: (q["status"], q["replayed_at"] is not None)
+              for q in s.quarantined(None)}
+    assert status == {"q1": ("resolved", True), "q2": ("open", False), "q3": ("replayed", True)}
+    assert [q["batch_id"] for q in s.quarantined()] == ["q2"]

@@ -529,3 +529,30 @@ def test_a_repair_file_named_by_its_content_id_is_swept_once_its_batch_moved(
     assert {f.path for f in zone.store.list()} == moved | {pending.path}
     assert sorted(zone.read(r).num_rows for r, _ in state.landed_batches()) == [1, 1, 1]
     state.close()
+
+
+def test_a_resolved_quarantine_lets_gc_take_its_files(tmp_path: Path) -> None:
+    """A row that never passes (fixed at the source and loaded since, or not wanted) kept
+    its quarantine open for ever, and with it its parked rows and its batch's landed file.
+    `quarantine resolve` closes it without loading; gc then deletes both past the
+    retention. Only open entries are resolved; an unknown id is refused, naming it."""
+    make_source(tmp_path / "shop.db", 300)
+    add_rows(tmp_path / "shop.db", 301, 1, amount="-1")
+    cfg = write_config(tmp_path, {"path": "landing"}, page_size=PAGE)
+    run_in_process(cfg)
+    add_rows(tmp_path / "shop.db", 302, 1, amount="-2")
+    run_in_process(cfg)
+    with Pipeline.from_yaml(cfg) as pipeline:
+        first, second = pipeline.state.quarantined("open")
+    refused = steadyflow("quarantine", "resolve", "-c", str(cfg), "--batch", "nope")
+    assert refused.returncode != 0 and "nope" in refused.stdout + refused.stderr
+    assert cli("quarantine", "resolve", "-c", str(cfg), "--batch",
+               first["batch_id"]) == {"resolved": 1}
+    assert cli("gc", "-c", str(cfg), "--retention", "1ms")["files_deleted"] > 0
+    with Pipeline.from_yaml(cfg) as pipeline:
+        parked = {f.path for f in pipeline.landing.store.list("_quarantine/")}
+        kept = {r.batch_id for r, _ in pipeline.state.landed_batches()}
+        status = {q["batch_id"]: q["status"] for q in pipeline.state.quarantined(None)}
+    assert parked == {second["path"]}
+    assert kept == {second["batch_id"]}  # the open entry's batch file only
+    assert status == {first["batch_id"]: "resolved", second["batch_id"]: "open"}

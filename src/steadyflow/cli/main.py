@@ -704,6 +704,24 @@ def quarantine_show(config: ConfigOpt, batch: Annotated[str, typer.Argument()],
         out.print(json.dumps(row, default=str), soft_wrap=True)
 
 
+@quarantine_app.command("resolve")
+def quarantine_resolve(config: ConfigOpt,
+                       batch: Annotated[list[str], typer.Option(
+                           help="an open quarantined batch id (repeat for more)")],
+                       as_json: JsonOpt = False) -> None:
+    """Close quarantined batches without loading their rows (fixed at the source and loaded
+    since, or not wanted): `gc` deletes their parked rows after landing.retention."""
+    def resolve(pipeline: Any) -> dict[str, int]:
+        open_ids = {q["batch_id"] for q in pipeline.state.quarantined("open")}
+        unknown = [b for b in batch if b not in open_ids]
+        if unknown:
+            raise ConfigError(f"no open quarantined batch {', '.join(unknown)}",
+                              hint="`steadyflow quarantine list` shows the open ones")
+        return {"resolved": len(pipeline.state.resolve_quarantine(batch))}
+
+    _print_result(config, as_json, resolve)
+
+
 @quarantine_app.command("replay")
 def quarantine_replay(config: ConfigOpt,
                       batch: Annotated[list[str] | None, typer.Option()] = None,

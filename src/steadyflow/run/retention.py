@@ -21,8 +21,9 @@ by the day of their folder, are deleted unless an open entry names them.
 
 Parked rows (`_quarantine/`, validate/quarantine.py) are the only copy of rows a replay can
 still load, so a file an open quarantine entry names is kept whatever its age. Once the
-entry is replayed (every row loaded: status 'replayed') its file goes when that replay
-is older than the retention (the entry stays, as history). A file no entry names (a
+entry is closed (every row loaded by a replay: 'replayed'; or `quarantine resolve`:
+'resolved') its file goes when that is older than the retention (the entry stays, as
+history). A file no entry names (a
 parking killed before it was indexed: its batch, redelivered, parks again) goes once its
 day is older than the retention; a parking in progress is always younger.
 """
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logs.get("gc")
 
 LOADED = ("loaded", "duplicate")
+CLOSED = ("replayed", "resolved")  # quarantine entries whose parked rows no replay needs
 DAY = 86_400.0
 
 
@@ -123,7 +125,7 @@ def _collect_parked(landing: LandingZone, state: StateStore, cutoff: float,
     for found in landing.store.list(f"{QUARANTINE_SOURCE_DIR}/"):
         named = entries.get(found.path)
         if named:
-            expired = all(q["status"] == "replayed" and (q["replayed_at"] or cutoff) < cutoff
+            expired = all(q["status"] in CLOSED and (q["replayed_at"] or cutoff) < cutoff
                           for q in named)
         else:
             day = day_of(found.path)

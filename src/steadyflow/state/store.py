@@ -950,6 +950,18 @@ class StateStore(ABC):
                 ("open" if still_bad else "replayed", time.time(), rows, batch_id),
             )
 
+    def resolve_quarantine(self, batch_ids: list[str]) -> list[str]:
+        """Close open quarantine entries without loading their rows (status 'resolved',
+        closed at replayed_at): `gc` then treats them as replayed. Returns those closed."""
+        closed = []
+        with self._tx() as c:
+            for batch_id in batch_ids:
+                if c.execute("UPDATE quarantine SET status='resolved', replayed_at=? WHERE "
+                             "batch_id=? AND status='open' RETURNING batch_id",
+                             (time.time(), batch_id)).fetchone() is not None:
+                    closed.append(batch_id)
+        return closed
+
     # --- reconciliation ------------------------------------------------------------------
     def record_reconcile(self, source: str, table: str, buckets: int, rows_compared: int,
                          missing: int, extra: int, mismatched: int, repaired: int,
