@@ -125,3 +125,34 @@ def test_quarantine_then_replay_after_contract_change(tmp_path: Path) -> None:
     assert still[0]["replayed_rows"] == len(FIXABLE)
     assert {k: v for k, v in reasons.items() if not k.startswith("currency")} == {
         "qty: not a valid int64": 3, "sku: must not be null": 2}
+
+
+def test_a_replay_keeps_a_row_outside_the_warehouse_filter_in_quarantine(
+        tmp_path: Path) -> None:
+    """Replay re-validated parked rows without the table's warehouse_filter: a row of
+    another store 'passed', was landed again, the loader found it outside the filter
+    again but did not park it twice (its digest was parked already), and the parked item
+    was marked replayed: the row was in neither the warehouse nor the open quarantine,
+    while the replay said loaded_rows 0, still_quarantined 0. Replay now validates as
+    the loader does."""
+    from steadyflow.run.replay import replay_quarantine
+
+    with closing(sqlite3.connect(tmp_path / "s.db")) as conn:
+        conn.execute("CREATE TABLE t (store_id INTEGER, id INTEGER, v TEXT, "
+                     "PRIMARY KEY (store_id, id))")
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(3, 1, "ok"), (4, 2, "other")])
+        conn.commit()
+    config = write_pipeline(
+        tmp_path, [{"name": "s", "kind": "sqlite", "path": str(tmp_path / "s.db"),
+                    "tables": [{"name": "t", "contract": "c",
+                                "warehouse_filter": {"store_id": 3}}]}],
+        {"kind": "duckdb", "path": str(tmp_path / "wh.duckdb"), "schema": "main"},
+        contracts={"c": {"primary_key": ["store_id", "id"], "cursor": "id", "columns": {
+            "store_id": {"type": "int64", "nullable": False},
+            "id": {"type": "int64", "nullable": False}, "v": {"type": "string"}}}})
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once(raise_on_error=False).quarantined_rows == 1
+        result = replay_quarantine(pipeline, [])
+        parked = pipeline.state.quarantined()
+    assert (result["loaded_rows"], result["still_quarantined"]) == (0, 1), result
+    assert [(item["status"], item["rows"]) for item in parked] == [("open", 1)]

@@ -81,7 +81,13 @@ def owner_of(config: PipelineConfig, batch: BatchRef, contract: Contract) -> Own
     """The rows the batch's table owns in its target (its warehouse_filter), if it names
     any: a row outside them is quarantined rather than allowed to replace another table's
     row of the same key (config.PipelineConfig._check_owners)."""
-    _, table_cfg, ref = config.table(batch.source, batch.table)
+    return table_owner(config, batch.source, batch.table, contract)
+
+
+def table_owner(config: PipelineConfig, source: str, table: str, contract: Contract
+                ) -> Owner | None:
+    """`owner_of` a table of the config (replay validates parked rows as load does)."""
+    _, table_cfg, ref = config.table(source, table)
     if not table_cfg.warehouse_filter:
         return None
     return Owner(ref.target, {

@@ -16,6 +16,7 @@ from steadyflow.errors import ConfigError
 from steadyflow.extract.http import is_raw_page
 from steadyflow.land.parquet import REPLAY_OF
 from steadyflow.run.extract import replay_pages
+from steadyflow.run.load import table_owner
 from steadyflow.run.pipeline import Pipeline
 
 
@@ -60,7 +61,9 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
             continue
         _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
         contract = pipeline.config.contract_of(table_cfg)
-        raw, verdict = pipeline.quarantine.replayable(item["path"], contract, encoding)
+        raw, verdict = pipeline.quarantine.replayable(
+            item["path"], contract, encoding,
+            table_owner(pipeline.config, item["source"], item["table"], contract))
         good_mask_rows = verdict.good.num_rows
         if good_mask_rows:
             passing = raw.filter(pc.invert(verdict.bad_mask))

@@ -18,7 +18,7 @@ import pyarrow as pa
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import INVALID, BatchRef, Contract, TextEncoding
 from steadyflow.state import StateStore
-from steadyflow.validate.rules import REASON, Verdict, count_values, validate
+from steadyflow.validate.rules import REASON, Owner, Verdict, count_values, validate
 
 QUARANTINE_SOURCE_DIR = "_quarantine"
 
@@ -49,12 +49,16 @@ class Quarantine:
         return self.landing.read_file(path)
 
     def replayable(self, path: str, contract: Contract,
-                   encoding: TextEncoding | None = None) -> tuple[pa.Table, Verdict]:
-        """Parked rows re-validated against `contract` (and the warehouse's text
-        `encoding`, as the loader validates): (raw rows, verdict)."""
+                   encoding: TextEncoding | None = None, owner: Owner | None = None
+                   ) -> tuple[pa.Table, Verdict]:
+        """Parked rows re-validated against `contract` (and, as the loader validates, the
+        table's warehouse_filter `owner` and the warehouse's text `encoding`): (raw rows,
+        verdict). A row let through here that the loader refuses again is not parked
+        twice (its digest is parked already) while its item is marked replayed: it would
+        be in neither the warehouse nor the open quarantine."""
         parked = self.rows(path)
         raw = parked.drop_columns([REASON])
-        return raw, validate(raw, contract, encoding=encoding)
+        return raw, validate(raw, contract, owner, encoding)
 
     def reasons_of(self, path: str) -> dict[str, int]:
         parked = self.rows(path)
