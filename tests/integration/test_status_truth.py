@@ -135,3 +135,28 @@ def test_a_killed_follow_loop_fails_status_at_once(tmp_path: Path) -> None:
     assert all(r["ended_at"] is not None for r in runs), runs
     assert runs[0]["outcome"] == "ok" and any(r["outcome"] == "killed" for r in runs), runs
     assert ">running<" not in _page(config)
+
+
+def test_a_source_back_after_an_outage_clears_on_an_idle_table(tmp_path: Path) -> None:
+    """The source unreachable for a run, then back with nothing new: the table's error is
+    over once a poll read the source to its end again. It stayed 'failing' (status exit 1,
+    the page too) until a new row loaded, on an idle table for ever."""
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(hours=2))
+    config = _config(tmp_path, store)
+    steadyflow("run", "-c", str(config), check=True)
+
+    gone = store.with_name("store.gone")
+    store.rename(gone)  # the source is down
+    assert steadyflow("run", "-c", str(config)).returncode == 2
+    code, report = _status(config)
+    [table] = report["tables"]
+    assert code != 0 and table["state"] != "ok" and "store.db" in table["last_error"]
+
+    gone.rename(store)  # back, and idle: no new row, nothing to load
+    assert steadyflow("run", "-c", str(config)).returncode == 0
+    code, report = _status(config)
+    [table] = report["tables"]
+    assert (code, report["health"], table["state"]) == (0, "healthy", "ok"), table
+    assert table["lag_seconds"] == pytest.approx(0, abs=1e-3)
+    human = steadyflow("status", "-c", str(config))
+    assert human.returncode == 0 and "failing" not in human.stdout, human.stdout

@@ -84,7 +84,8 @@ def collect(pipeline: Any) -> dict[str, Any]:
             "last_poll_human": (human_age(since_poll) + " ago") if since_poll is not None
             else "never",
             "state": ("failing" if failing.get((ref.source, ref.table)) and h is not None
-                      and h.last_success else _state(h, freshness)),
+                      and h.last_success else _state(h, polled_at,
+                                                     failing.get((ref.source, ref.table)))),
         })
         if (polling and tables[-1]["state"] == "ok" and since_poll is not None
                 and since_poll > stalled_after(pipeline.config, t)
@@ -205,11 +206,17 @@ def _process(holder: str | None) -> str | None:
     return ":".join(holder.split(":")[:2]) if holder else None
 
 
-def _state(h: Any, freshness: float | None) -> str:
+def _state(h: Any, polled_at: float | None, failing_batches: int | None) -> str:
+    """A table's error is over once a later load succeeded, or a later poll read its
+    source to the end while none of its batches fails to load (a load error stays on its
+    batch until it loads): a source back after an outage with nothing new to load stayed
+    'failing' until a new row arrived, on an idle table for ever."""
+    over = bool(h is not None and h.last_error_at is not None and polled_at is not None
+                and polled_at > h.last_error_at and not failing_batches)
     if h is None or h.last_success is None:
-        return "error" if h is not None and h.last_error else "waiting"
+        return "error" if h is not None and h.last_error and not over else "waiting"
     if h.breaker == "open":
         return "source down"
-    if h.last_error_at and h.last_error_at > h.last_success:
+    if h.last_error_at and h.last_error_at > h.last_success and not over:
         return "failing"
     return "ok"
