@@ -153,3 +153,35 @@ def test_a_sequence_caching_numbers_per_session_is_refused_without_a_floor(
     floored.mkdir()
     with Pipeline.from_yaml(pipeline(floored, Store("postgres", pg_dsn), lookback=200)) as p:
         assert p.run_once().ok  # a floor: loads, with a warning naming the cache
+
+
+def test_a_restart_while_a_number_is_held_keeps_the_restored_start(
+        tmp_path: Path, store: Store) -> None:
+    """A restart while the transaction is still open: the new process's polls must keep
+    the start its predecessor's pages recorded until one of its own polls is dated
+    before that transaction began."""
+    store.create(20)
+    config = pipeline(tmp_path, store)
+    p = Pipeline.from_yaml(config)
+    assert p.run_once().ok  # the initial load
+    assert p.run_once().ok
+    time.sleep(1.1)
+    late = store.connect(autocommit=False)
+    try:
+        held = store.insert(late, "late")
+        with store.connect() as other:
+            store.insert(other, "newer")
+        assert p.run_once().ok  # checkpoints the newer row past the held one
+        p.close()
+        p = Pipeline.from_yaml(config)  # a new process, the transaction still open
+        for _ in range(3):
+            assert p.run_once().ok
+            time.sleep(0.3)
+        late.commit()
+    finally:
+        late.close()
+    with p:
+        for _ in range(2):
+            assert p.run_once().ok
+    ids = warehouse_ids(tmp_path)
+    assert held in ids, sorted(ids)

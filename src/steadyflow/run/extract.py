@@ -418,10 +418,16 @@ class TableExtractor:
         memory.last_end = self._end_number(end)
         older = [i for i, (at, _) in enumerate(memory.ends) if at <= observed.bound]
         if not older:  # a transaction open since before every poll this process dated
+            # the start this poll reads from (safe for the next one too): the one before
+            # it, else what a restart resumes from (an earlier process's pages, which
+            # placed a transaction open then; a later end of this process need not)
             if isinstance(memory.resume_bound, int):
                 return memory.resume_bound
-            # the earliest end it knows: one open since before this process's first poll
-            # is the floor's, as on that poll
+            restored = self._restored_bound()
+            if isinstance(restored, int):
+                return restored
+            # no page carries one: the earliest end it knows (one open since before this
+            # process's first poll is the floor's, as on that poll)
             return (int(step_back(memory.ends[0][1], self.table.lookback)) if memory.ends
                     else None)
         del memory.ends[:older[-1]]
