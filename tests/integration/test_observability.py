@@ -534,3 +534,34 @@ def test_transform_runs_while_another_process_holds_the_duckdb_warehouse(
     finally:
         holder.kill()
         holder.communicate()  # reaps it and closes its pipe
+
+
+def test_a_reconcile_run_by_another_process_reaches_the_served_metrics(tmp_path: Path
+                                                                       ) -> None:
+    """`steadyflow reconcile` from cron (docs/deploy.md) next to a server that Prometheus
+    scrapes: the reconcile gauges were set in the reconcile's own process only, which exits,
+    so SteadyflowReconcileDiscrepancy never fired for rows the reconcile found missing; a
+    restarted `run --serve` lost them too, until its next scheduled reconcile."""
+    config = sqlite_pipeline(tmp_path, 300)
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once().loaded_rows > 0  # the demo store's bad rows: quarantined
+    with closing(duckdb.connect(str(tmp_path / "warehouse.duckdb"))) as wh:
+        wh.execute("DELETE FROM sales WHERE sale_id IN (SELECT sale_id FROM sales "
+                   "ORDER BY sale_id LIMIT 2)")  # two rows lost
+    labels = {"source": "store_001", "table": "sales"}
+    url, stop = start_server(config, "127.0.0.1", 0)  # serving while the reconcile runs
+    try:
+        assert steadyflow("reconcile", "-c", str(config)).returncode == 1  # differences
+        missing = wait_until(lambda: sample(scrape(url), "steadyflow_reconcile_missing_rows",
+                                            **labels), 10, "the reconcile's gauges")
+        assert missing == 2
+    finally:
+        stop()
+    url, stop = start_server(config, "127.0.0.1", 0)  # a restarted server says it at once
+    try:
+        metrics = scrape(url)
+    finally:
+        stop()
+    assert sample(metrics, "steadyflow_reconcile_missing_rows", **labels) == 2
+    assert sample(metrics, "steadyflow_reconcile_extra_rows", **labels) == 0
+    assert sample(metrics, "steadyflow_reconcile_mismatched_rows", **labels) == 0

@@ -69,6 +69,17 @@ class StatusService:
         if self.tables_from_state:  # lag and last poll as every process recorded them
             for (source, table), (high, at) in self.pipeline.state.polls().items():
                 metrics.polled(source, table, high, at=at)
+        self.sync_reconcile()
+
+    def sync_reconcile(self) -> None:
+        """The reconcile gauges as the last reconcile of each table left it, whichever
+        process ran it: `steadyflow reconcile` from cron sets them in its own process only,
+        which exits, so SteadyflowReconcileDiscrepancy never fired for the rows it found
+        missing; a restarted process showed none until its next scheduled reconcile."""
+        for r in self.pipeline.state.last_reconcile():
+            self.pipeline.metrics.reconcile(r["source"], r["table"], r["missing"] or 0,
+                                            (r["extra"] or 0) + (r["duplicates"] or 0),
+                                            r["mismatched"] or 0)
 
     def _reset_recorded_breakers(self) -> None:
         # table_health.breaker is written on breaker transitions only, so an "open" left by a
@@ -99,6 +110,8 @@ class StatusService:
     def sample(self) -> None:
         if self.tables_from_state:
             self.sync_metrics()
+        else:  # a reconcile another process ran (reconcile from cron beside run --serve)
+            self.sync_reconcile()
         self.history.add(self.report())
 
     def _sampler(self) -> None:

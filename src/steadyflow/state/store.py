@@ -1009,14 +1009,18 @@ class StateStore(ABC):
             c.execute("DELETE FROM reconcile_buckets WHERE source=? AND tbl=?", (source, table))
 
     def last_reconcile(self) -> list[dict[str, Any]]:
+        """Each table's last reconcile; `duplicates`: keys twice in the warehouse (from its
+        detail; the metrics count them with the extra rows, as the reconcile did)."""
         cols = ["source", "table", "at", "buckets", "rows_compared", "missing", "extra",
                 "mismatched", "repaired"]
         rows = self._query(
-            "SELECT source, tbl, at, buckets, rows_compared, missing, extra, mismatched, repaired "
-            "FROM reconcile_runs r WHERE id = (SELECT max(id) FROM reconcile_runs r2 "
-            "WHERE r2.source=r.source AND r2.tbl=r.tbl) ORDER BY source, tbl"
+            "SELECT source, tbl, at, buckets, rows_compared, missing, extra, mismatched, "
+            "repaired, detail FROM reconcile_runs r WHERE id = (SELECT max(id) FROM "
+            "reconcile_runs r2 WHERE r2.source=r.source AND r2.tbl=r.tbl) ORDER BY source, tbl"
         )
-        return [dict(zip(cols, r, strict=True)) for r in rows]
+        return [{**dict(zip(cols, r[:-1], strict=True)),
+                 "duplicates": int(json.loads(r[-1] or "{}").get("duplicates") or 0)}
+                for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
