@@ -185,3 +185,28 @@ def test_a_restart_while_a_number_is_held_keeps_the_restored_start(
             assert p.run_once().ok
     ids = warehouse_ids(tmp_path)
     assert held in ids, sorted(ids)
+
+
+def test_polls_under_a_long_open_transaction_keep_few_ends(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session left idle in a transaction (a forgotten psql) open since before the
+    process's first poll leaves every poll's end undated for as long as it stays open:
+    the ends kept per table stay bounded all the same."""
+    from steadyflow.run import extract
+
+    monkeypatch.setattr(extract, "MAX_NUMBERED_ENDS", 4)
+    store = Store("postgres", pg_dsn)
+    store.create(5)
+    forgotten = store.connect(autocommit=False)
+    try:
+        forgotten.execute("SELECT 1")  # open since before the process, writing nothing
+        with Pipeline.from_yaml(pipeline(tmp_path, store)) as p, store.connect() as conn:
+            assert p.run_once().ok
+            for i in range(12):
+                store.insert(conn, f"m{i}")
+                assert p.run_once().ok
+            ends = [m.ends for m in p._memory.values()]
+    finally:
+        forgotten.close()
+    assert ends and all(len(e) <= 5 for e in ends), [len(e) for e in ends]
+    assert len(warehouse_ids(tmp_path)) == 17

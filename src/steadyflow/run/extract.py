@@ -416,6 +416,10 @@ class TableExtractor:
         if memory.last_end is not None:
             memory.ends.append((observed.at, memory.last_end))
         memory.last_end = self._end_number(end)
+        # fewer ends: an earlier start, still safe; also while none is dated early enough
+        # (a session idle in a transaction for days added one per poll, for ever)
+        if len(memory.ends) > MAX_NUMBERED_ENDS:
+            memory.ends[:] = memory.ends[::2]
         older = [i for i, (at, _) in enumerate(memory.ends) if at <= observed.bound]
         if not older:  # a transaction open since before every poll this process dated
             # the start this poll reads from (safe for the next one too): the one before
@@ -431,8 +435,6 @@ class TableExtractor:
             return (int(step_back(memory.ends[0][1], self.table.lookback)) if memory.ends
                     else None)
         del memory.ends[:older[-1]]
-        if len(memory.ends) > MAX_NUMBERED_ENDS:  # fewer ends: an earlier start, still safe
-            memory.ends[:] = memory.ends[::2]
         start = int(step_back(memory.ends[0][1], self.table.lookback))
         previous = memory.resume_bound
         return max(start, previous) if isinstance(previous, int) else start
