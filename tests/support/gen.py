@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import unicodedata
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
@@ -19,11 +20,28 @@ from typing import Any
 from hypothesis import strategies as st
 
 # --- shapes ------------------------------------------------------------------------------
-# kinds: int32 int64 dec text char uuid ts date float bool json
-KEY_KINDS = ("int32", "int64", "dec", "text", "uuid")
+# kinds: int32 int64 dec text char uuid ts date float bool json enum bin
+KEY_KINDS = ("int32", "int64", "dec", "text", "uuid", "enum")
 VALUE_KINDS = ("int32", "int64", "dec", "text", "char", "uuid", "ts", "date", "float", "bool",
-               "json")
-CURSOR_KINDS = ("ts", "date", "int64", "dec")
+               "json", "enum", "bin")
+CURSOR_KINDS = ("ts", "date", "int64", "dec", "enum")
+# kinds a source has no type for: SQLite has no ENUM; PostgreSQL's bytea is not read as
+# UTF-8 text under a string contract (MariaDB VARBINARY/BLOB and SQLite BLOB are)
+UNSUPPORTED = {"sqlite": ("enum",), "postgres": ("bin",), "mysql": ()}
+# ENUM members as stores declare them: in the order of their meaning, never in text order
+# (MariaDB compares members case- and accent-insensitively: none equal under that)
+ENUM_MEMBERS = (("zeta", "alpha", "mid"),
+                ("pending", "paid", "shipped", "cancelled", "refunded"),
+                ("z", "m", "a", "b", "Y", "c"),
+                ("small", "MEDIUM", "large", "x-large", "Épicerie", "on hold"))
+# an ENUM cursor (a status that only moves forward, one member per cursor step): 256
+# members whose text order is unrelated to their declared order
+ENUM_CURSOR = tuple(f"{('zeta', 'alpha', 'mid')[i % 3]}{(i * 167) % 256:03d}"
+                    for i in range(256))
+# where a cursor's steps start: far from zero (the default), just below zero/the epoch so
+# its values run from negative through zero, or deep in the negatives
+ORIGINS = (0, 1, 2)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # how a SQLite table spells its text timestamps (one per table; "mixed" is refused at probe)
 SQLITE_SPELLINGS = ("space_s", "space_ms", "space_us", "iso", "iso_z", "iso_offset", "mixed")
 
@@ -41,13 +59,17 @@ class Col:
     contract_scale: int | None = None  # dec: a narrower contract scale (values may not fit)
     contract_nullable: bool | None = None  # contract stricter than the source column
     minimum: float | None = None  # a `min` rule on a numeric column
+    members: tuple[str, ...] = ()  # enum: the members in declared order
+    origin: int = 0  # the cursor: where its steps start (ORIGINS)
+    folded: bool = False  # a text key with case, accents and blanks (see `folded_key`)
+    stored_unit: str = "us"  # ts: the finest unit the source keeps (a SQLite spelling's)
 
     @property
     def contract_type(self) -> str:
         return {
             "int32": "int32", "int64": "int64", "text": "string", "char": "string",
             "uuid": "string", "json": "string", "ts": "timestamp", "date": "date",
-            "float": "float64", "bool": "bool",
+            "float": "float64", "bool": "bool", "enum": "string", "bin": "string",
         }.get(self.kind) or f"decimal({self.p},{self.scale})"
 
     @property
@@ -62,6 +84,7 @@ class Table:
     key: list[str]
     cursor: str
     spelling: str = "space_us"  # SQLite text timestamps
+    ties: bool = False  # rows mostly share their cursor value (runs longer than a page)
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def col(self, name: str) -> Col:
@@ -81,15 +104,36 @@ TS_UNITS = {"us": timedelta(microseconds=1), "ms": timedelta(milliseconds=1),
 
 
 def cursor_value(col: Col, step: int, unit: str) -> Any:
-    """The cursor value `step` units after the base: ordered like `step`, ties included."""
+    """The cursor value `step` units after the column's origin: ordered like `step`, ties
+    included."""
     if col.kind == "ts":
-        u = "s" if col.whole_seconds else unit
-        return BASE + step * TS_UNITS[u]
+        # steps finer than the source stores would tie in the source: a row written
+        # "later" would sort before the checkpoint (lost without a lookback, rightly)
+        u = max(unit, "s" if col.whole_seconds else col.stored_unit, key=list(TS_UNITS).index)
+        base = (BASE, EPOCH - 30 * TS_UNITS[u], datetime(1900, 1, 1, tzinfo=UTC))[col.origin]
+        return base + step * TS_UNITS[u]
     if col.kind == "date":
-        return BASE_DATE + timedelta(days=step)
+        return (BASE_DATE, date(1969, 12, 29), date(1900, 1, 1))[col.origin] \
+            + timedelta(days=step)
+    if col.kind == "enum":
+        return col.members[step]
     if col.kind == "int64":
-        return 1_000_000 + step
-    return Decimal(1_000 + step).scaleb(-col.s) if col.s else Decimal(1_000 + step)
+        return (1_000_000, -30, -(10**12))[col.origin] + step
+    number = (1_000, -30, -(10**9))[col.origin] + step
+    return Decimal(number).scaleb(-col.s) if col.s else Decimal(number)
+
+
+# case, accents and blanks in text keys: none of these compare equal to another under the
+# source's default collation once `folded_key` keys are kept distinct
+FOLDED_ALPHABET = "abcABC xyzXYZ éÉèàÀüÜñçÇ019_-"
+
+
+def folded_key(value: str) -> str:
+    """A text key as the coarsest default collation compares it (MariaDB's
+    utf8mb4_general_ci: case and accents ignored, trailing blanks padded away)."""
+    bare = "".join(c for c in unicodedata.normalize("NFD", value)
+                   if not unicodedata.combining(c))
+    return bare.lower().rstrip(" ")
 
 
 def text_alphabet(source: str, key: bool) -> st.SearchStrategy[str]:
@@ -121,6 +165,19 @@ def value_strategy(col: Col, source: str, key: bool = False) -> st.SearchStrateg
         top = 10**col.p - 1
         edge = st.sampled_from([top, -top, 0, 1, -1])
         return st.one_of(edge, st.integers(-top, top)).map(lambda i: _scaled(i, col.s))
+    if k == "enum":
+        return st.sampled_from(col.members)
+    if k == "bin":  # UTF-8 text as bytes (loads as that text) or any bytes (may not decode)
+        text = st.text(text_alphabet("postgres", False), max_size=20)
+        return st.one_of(text.map(str.encode), st.binary(max_size=20),
+                         st.just(("é" * 3000).encode()))
+    if k == "text" and key and col.folded:
+        if source == "mysql":  # VARCHAR(64): blanks inside and at the end, not only
+            return st.text(FOLDED_ALPHABET, min_size=1, max_size=12).filter(
+                lambda v: v.strip() != "")
+        short = st.text(FOLDED_ALPHABET, min_size=1, max_size=12)
+        return st.one_of(short, short, st.text(text_alphabet(source, True), min_size=100,
+                                 max_size=150)).filter(lambda v: v.strip() != "")
     if k in ("text", "char"):
         size = col.p if k == "char" else (12 if key else 30)
         text = st.text(text_alphabet(source, key), min_size=1 if key else 0, max_size=size)
@@ -129,7 +186,10 @@ def value_strategy(col: Col, source: str, key: bool = False) -> st.SearchStrateg
         if key:
             return text.filter(lambda v: v == v.strip() and v != "")
         if k == "text" and source != "mysql":
-            return st.one_of(text, st.just("x" * 5000), st.just("🎉𝄞" * 50))
+            return st.one_of(text, st.just("x" * 5000), st.just("🎉𝄞" * 50),
+                             st.just("ü" * 100_000 + "🎉"))
+        if k == "text":  # TEXT: up to 65,535 bytes
+            return st.one_of(text, st.just("é" * 32_000 + "🎉"))
         return text
     if k == "uuid":
         return st.uuids().map(str)
@@ -167,6 +227,11 @@ def is_invalid(col: Col, value: Any) -> bool:
     if value is None:
         nullable = col.nullable if col.contract_nullable is None else col.contract_nullable
         return not nullable
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
     if isinstance(value, str) and "\x00" in value:
         return True
     if col.kind == "dec":
@@ -190,19 +255,23 @@ def columns(draw: st.DrawFn, source: str) -> tuple[list[Col], list[str], str]:
     nkeys = draw(st.integers(1, 3))
     cols: list[Col] = []
     for i in range(nkeys):
-        kind = draw(st.sampled_from(KEY_KINDS if source == "postgres" else
-                                    ("int32", "int64", "dec", "text")))
+        kind = draw(st.sampled_from(_kinds(KEY_KINDS if source == "postgres" else
+                                           ("int32", "int64", "dec", "text", "enum"), source)))
         collate = (draw(st.sampled_from([None, "en-x-icu"]))
                    if kind == "text" and source == "postgres" else None)
         p = draw(st.integers(1, 18)) if kind == "dec" else 0
-        cols.append(Col(f"k{i}", kind, p=p, s=0, nullable=False, collate=collate))
-    ckind = draw(st.sampled_from(CURSOR_KINDS))
+        cols.append(Col(f"k{i}", kind, p=p, s=0, nullable=False, collate=collate,
+                        members=draw(st.sampled_from(ENUM_MEMBERS)) if kind == "enum" else (),
+                        folded=kind == "text" and draw(st.booleans())))
+    ckind = draw(st.sampled_from(_kinds(CURSOR_KINDS, source)))
     cursor = Col("cur", ckind, p=12 if ckind == "dec" else 0,
                  s=draw(st.sampled_from([0, 2])) if ckind == "dec" else 0, nullable=False,
-                 tz=draw(st.booleans()), whole_seconds=source == "mysql" and draw(st.booleans()))
+                 tz=draw(st.booleans()), whole_seconds=source == "mysql" and draw(st.booleans()),
+                 members=ENUM_CURSOR if ckind == "enum" else (),
+                 origin=0 if ckind == "enum" else draw(st.sampled_from(ORIGINS)))
     cols.append(cursor)
     for i in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(VALUE_KINDS))
+        kind = draw(st.sampled_from(_kinds(VALUE_KINDS, source)))
         p = s = 0
         if kind == "dec":
             p = draw(st.integers(1, 38 if source != "mysql" else 30))
@@ -214,15 +283,23 @@ def columns(draw: st.DrawFn, source: str) -> tuple[list[Col], list[str], str]:
                    and draw(st.booleans()) else None)
         cols.append(Col(f"v{i}", kind, p=p, s=s, tz=draw(st.booleans()),
                         whole_seconds=source == "mysql" and draw(st.booleans()),
-                        contract_scale=s - 1 if narrower else None, minimum=minimum))
+                        contract_scale=s - 1 if narrower else None, minimum=minimum,
+                        members=draw(st.sampled_from(ENUM_MEMBERS)) if kind == "enum" else ()))
     return cols, [c.name for c in cols[:nkeys]], "cur"
+
+
+def _kinds(kinds: tuple[str, ...], source: str) -> tuple[str, ...]:
+    return tuple(k for k in kinds if k not in UNSUPPORTED[source])
 
 
 @st.composite
 def tables(draw: st.DrawFn, source: str, name: str) -> Table:
     cols, key, cursor = draw(columns(source))
     spelling = draw(st.sampled_from(SQLITE_SPELLINGS)) if source == "sqlite" else "space_us"
-    return Table(name, cols, key, cursor, spelling)
+    stored = {"space_s": "s", "space_ms": "ms"}.get(spelling, "us")
+    cols = [replace(c, stored_unit=stored) if c.name == cursor else c for c in cols]
+    ties = draw(st.integers(0, 5)) == 0
+    return Table(name, cols, key, cursor, spelling, ties=ties)
 
 
 @st.composite
@@ -242,13 +319,14 @@ def rows(draw: st.DrawFn, table: Table, source: str, n: int, first_step: int, un
                 break
         else:
             continue
-        step += draw(st.sampled_from([0, 0, 1, 1, 2, 7]))
+        step += draw(st.sampled_from([0] * 15 + [1] if table.ties else [0, 0, 1, 1, 2, 7]))
         row[table.cursor] = cursor_value(table.col(table.cursor), step, unit)
         row[STEP] = step  # not a column: where the row's cursor stands, in steps
+        empty = draw(st.integers(0, 7)) == 0  # every column that may be NULL is
         for c in table.cols:
             if c.name in row:
                 continue
-            nullable = draw(st.booleans()) and draw(st.booleans())
+            nullable = empty or (draw(st.booleans()) and draw(st.booleans()))
             row[c.name] = None if nullable else draw(value_strategy(c, source))
         out.append(row)
     return out
@@ -260,7 +338,7 @@ def normal_key(table: Table, row: dict[str, Any], source: str) -> tuple[Any, ...
     for k in table.key:
         v = row[k]
         if isinstance(v, str) and source == "mysql":
-            v = v.lower()
+            v = folded_key(v)
         if isinstance(v, Decimal):
             v = v.normalize()
         out.append(v)
@@ -288,17 +366,38 @@ def ddl(table: Table, source: str) -> list[str]:
     q = '`' if source == "mysql" else '"'
     defs = []
     for c in table.cols:
-        t = sql_type(c, source, c.name in table.key)
+        t = (f'"{table.name}_{c.name}"' if c.kind == "enum" and source == "postgres"
+             else sql_type(c, source, c.name in table.key))
         defs.append(f"{q}{c.name}{q} {t}" + ("" if c.nullable else " NOT NULL"))
     keys = ", ".join(f"{q}{k}{q}" for k in table.key)
     order = ", ".join(f"{q}{k}{q}" for k in [table.cursor, *table.key])
-    stmts = [f"CREATE TABLE {q}{table.name}{q} ({', '.join(defs)}, PRIMARY KEY ({keys}))",
+    stmts = [enum_type(table, c) for c in table.cols if c.kind == "enum" and source == "postgres"]
+    stmts += [f"CREATE TABLE {q}{table.name}{q} ({', '.join(defs)}, PRIMARY KEY ({keys}))",
              f"CREATE INDEX {q}{table.name}_cur{q} ON {q}{table.name}{q} ({order})"]
+    return stmts
+
+
+def enum_type(table: Table, c: Col) -> str:
+    """PostgreSQL: the column's ENUM type, created unless it exists (as migrations do)."""
+    members = ", ".join("'" + m.replace("'", "''") + "'" for m in c.members)
+    name = f"{table.name}_{c.name}"
+    return (f"DO $$ BEGIN IF to_regtype('\"{name}\"') IS NULL THEN "
+            f"CREATE TYPE \"{name}\" AS ENUM ({members}); END IF; END $$")
+
+
+def drop_ddl(table: Table, source: str) -> list[str]:
+    q = '`' if source == "mysql" else '"'
+    stmts = [f"DROP TABLE IF EXISTS {q}{table.name}{q}"]
+    if source == "postgres":
+        stmts += [f'DROP TYPE IF EXISTS "{table.name}_{c.name}"'
+                  for c in table.cols if c.kind == "enum"]
     return stmts
 
 
 def sql_type(c: Col, source: str, key: bool) -> str:
     k = c.kind
+    if k == "enum" and source == "mysql":
+        return "enum(" + ", ".join("'" + m.replace("'", "''") + "'" for m in c.members) + ")"
     if source == "postgres":
         return {
             "int32": "integer", "int64": "bigint", "dec": f"numeric({c.p},{c.s})",
@@ -313,12 +412,13 @@ def sql_type(c: Col, source: str, key: bool) -> str:
             "text": "varchar(64)" if key else "text", "char": f"char({c.p})",
             "uuid": "char(36)", "ts": "datetime" if c.whole_seconds else "datetime(6)",
             "date": "date", "float": "double", "bool": "boolean", "json": "json",
+            "bin": "blob",
         }[k]
     if k == "dec" and c.name == "cur":  # a number cursor stored as TEXT is refused (text
         return "NUMERIC"  # order): tests/integration/test_sqlite_cursors.py covers that
     return {"int32": "INTEGER", "int64": "INTEGER", "dec": "TEXT", "text": "TEXT",
             "char": "TEXT", "uuid": "TEXT", "ts": "TEXT", "date": "TEXT", "float": "REAL",
-            "bool": "INTEGER", "json": "TEXT"}[k]
+            "bool": "INTEGER", "json": "TEXT", "bin": "BLOB"}[k]
 
 
 def _spell(v: datetime, sep: str, frac: int | None, suffix: str) -> str:

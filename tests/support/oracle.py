@@ -83,6 +83,8 @@ def canon(col: Col, value: Any) -> Any:
         return bool(value)
     if k in ("int32", "int64"):
         return int(value)
+    if isinstance(value, bytes):  # a bin column: its UTF-8 text (other rows are quarantined)
+        return value.decode("utf-8", "backslashreplace")
     return str(value)
 
 

@@ -63,7 +63,7 @@ class SourceDb:
         self.execute([(f"UPDATE {self.quote(table.name)} SET {sets} WHERE {where}", params)])
 
     def drop(self, table: Table) -> None:
-        self.execute([(f"DROP TABLE IF EXISTS {self.quote(table.name)}", [])])
+        self.execute([(s, []) for s in gen.drop_ddl(table, self.kind)])
 
 
 def _mysql(dsn: str) -> pymysql.connections.Connection[Any]:
