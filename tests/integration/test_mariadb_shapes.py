@@ -423,3 +423,25 @@ def test_a_bit_column_the_contract_type_cannot_hold_is_refused_naming_it(
     assert f"column b ({ctype}) is declared {declared.lower()}" in summary.errors[0], \
         summary.errors
     assert f"declare b as {fix}" in summary.errors[0], summary.errors
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_a_set_key_with_an_empty_member_is_refused_naming_it(
+        tmp_path: Path, mysql_dsn: str, initial_load: str) -> None:
+    """SET('','a') spells its '' member as nothing: the empty set (0) and {''} (1) are both
+    read as '', {a} (2) and {'',a} (3) both as 'a'. Two source keys became one warehouse
+    key and pages resumed from the wrong number (rows lost, run ok). Refused at the probe."""
+    execute(mysql_dsn, "SET SESSION sql_mode = ''",
+            "CREATE TABLE t (s SET('','a') NOT NULL, n INT, at DATETIME(6) NOT NULL, "
+            "PRIMARY KEY (s), KEY c (at, s))",
+            "INSERT INTO t VALUES (0, 1, '2024-01-01'), (1, 2, '2024-01-01'), "
+            "(2, 3, '2024-01-01'), (3, 4, '2024-01-01')")
+    assert source_rows(mysql_dsn, "SELECT s + 0, CAST(s AS CHAR) FROM t") == [
+        (0, ""), (1, ""), (2, "a"), (3, "a")]
+    contract = {"primary_key": ["s"], "cursor": "at", "columns": {
+        "s": {"type": "string", "nullable": False}, "n": {"type": "int64"},
+        "at": {"type": "timestamp", "nullable": False}}}
+    summary = run(tmp_path, mysql_dsn, contract, initial_load)
+    assert summary.failed_tables == ["m.t"], summary
+    assert "column s is declared set('','a')" in summary.errors[0], summary.errors
+    assert "'' member is read as nothing" in summary.errors[0], summary.errors

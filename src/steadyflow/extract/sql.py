@@ -410,28 +410,39 @@ class SqlSource:
                          "text of it, which pages in its order)")
 
     def check_members(self, table: str, contract: Contract) -> None:
-        """Refuse, naming table and column, a cursor or key declared as a MariaDB ENUM with
-        '' among its members: outside strict mode MariaDB stores invalid input as the
-        error value (number 0), also spelled '', so '' names two values that sort apart
-        (0 first, the member at its place). Pages compare a value by its number
-        (`MysqlDialect.keyset_value`), and a page ending on one '' continued from the
-        other's number: the rows between were never read (lost, every run ok), and two
-        keys differing only there would be one warehouse key."""
+        """Refuse, naming table and column, a cursor or key declared as a MariaDB ENUM or
+        SET with '' among its members. Outside strict mode MariaDB stores invalid input
+        in an ENUM as the error value (number 0), also spelled ''; a SET's '' member is
+        spelled by nothing, so the empty set (0) and {''} (1) both read '', {a} and
+        {'',a} both 'a'. One text then names values that sort apart: pages compare a
+        value by its number (`MysqlDialect.keyset_value`), and a page ending on one
+        continued from the other's number: the rows between were never read (lost,
+        every run ok) or the same row was read for ever, and two keys differing only
+        there would be one warehouse key."""
         declared = {k.lower(): v for k, v in self.declared_types(table).items()}
         for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
             stored = declared.get(name.lower(), "")
             found = members(stored)
-            if found is not None and found[0] == "enum" and "" in found[1]:
-                raise SchemaError(
-                    f"column {name} is declared {stored} in the source: it spells '' both "
-                    "as a member and as the error value MariaDB stores for invalid input "
-                    "(outside strict mode), two values that sort apart, so keyset pages "
-                    "cannot tell where a page ending on '' stopped", stage="extract",
-                    source=self.config.name, table=table,
-                    hint=f"give the '' member of {name} a spelling of its own: add a "
-                         f"member (e.g. 'none') to the ENUM, UPDATE {table} SET {name} = "
-                         f"'none' WHERE {name} + 0 = {found[1].index('') + 1}, then drop '' "
-                         "from it; or page this table by other columns")
+            if found is None or "" not in found[1]:
+                continue
+            place = found[1].index("")
+            if found[0] == "enum":
+                why = ("it spells '' both as a member and as the error value MariaDB stores "
+                       "for invalid input (outside strict mode)")
+                fix = (f"add a member (e.g. 'none') to the ENUM, UPDATE {table} SET {name} = "
+                       f"'none' WHERE {name} + 0 = {place + 1}, then drop '' from it")
+            else:
+                why = ("its '' member is read as nothing: a value with it and the same "
+                       "value without it ('' and the empty set) read alike")
+                fix = (f"add a member (e.g. 'none') to the SET, UPDATE {table} SET {name} = "
+                       f"({name} & ~{1 << place}) | <the new member's bit> WHERE {name} & "
+                       f"{1 << place}, then drop '' from it")
+            raise SchemaError(
+                f"column {name} is declared {stored} in the source: {why}, two values "
+                "that sort apart, so keyset pages cannot tell where a page ending on one "
+                "stopped", stage="extract", source=self.config.name, table=table,
+                hint=f"give the '' member of {name} a spelling of its own: {fix}; or page "
+                     "this table by other columns")
 
     def check_bits(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a MariaDB BIT(n) column whose contract type
