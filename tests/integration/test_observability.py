@@ -21,6 +21,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -565,3 +566,37 @@ def test_a_reconcile_run_by_another_process_reaches_the_served_metrics(tmp_path:
     assert sample(metrics, "steadyflow_reconcile_missing_rows", **labels) == 2
     assert sample(metrics, "steadyflow_reconcile_extra_rows", **labels) == 0
     assert sample(metrics, "steadyflow_reconcile_mismatched_rows", **labels) == 0
+
+
+def test_consumer_lag_is_the_age_of_the_oldest_unloaded_batch_through_a_warehouse_outage(
+        pg_warehouse_dsn: str, tmp_path: Path) -> None:
+    """steadyflow_consumer_lag_seconds ('age of the oldest landed batch not yet loaded',
+    SteadyflowLagGrowing) was the age of the oldest message in the buffer: a batch that
+    failed for good leaves the buffer and is queued again as a new message, so through a
+    warehouse outage the gauge fell back to ~15 s again and again while the oldest unloaded
+    batch grew a minute old, and the age alert could not fire however long it lasted."""
+    with FaultProxy(PG_HOST, PG_PORT) as proxy:
+        via_proxy = pg_warehouse_dsn.replace(f":{PG_PORT}/", f":{proxy.port}/")
+        config = sqlite_pipeline(tmp_path, 300, run={"interval": "0.3s"}, warehouse={
+            "kind": "postgres", "dsn": via_proxy, "schema": "public"})
+        proxy.cut()  # the warehouse is unreachable from the start: nothing loads
+        with Pipeline.from_yaml(config) as pipeline:
+            loop = threading.Thread(target=pipeline.run, kwargs={"follow": True},
+                                    daemon=True)
+            loop.start()
+            seen: list[tuple[float, float]] = []
+            try:
+                deadline = time.monotonic() + 45  # past a batch's 5 failures (~31 s)
+                while time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    pending = pipeline.state.pending_batches()
+                    gauge = pipeline.metrics.value("steadyflow_consumer_lag_seconds")
+                    if pending and gauge is not None:
+                        oldest = time.time() - min(b.landed_at for b in pending)
+                        seen.append((round(oldest, 1), round(gauge, 1)))
+            finally:
+                pipeline.stop()
+                loop.join(60)
+    assert seen and seen[-1][0] > 40, seen
+    # once the loader reported it (its first failure), never more than a second behind
+    assert all(gauge >= oldest - 1.5 for oldest, gauge in seen if oldest > 5), seen

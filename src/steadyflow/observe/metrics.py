@@ -213,9 +213,12 @@ class PipelineMetrics:
         )
         self._lag_seconds = Gauge(
             "steadyflow_consumer_lag_seconds",
-            "Age of the oldest landed batch not yet loaded (0 when caught up).",
+            "Age of the oldest landed batch not yet loaded (0 when caught up); computed at "
+            "scrape time so it keeps growing while nothing loads.",
             registry=r,
         )
+        self._unloaded_since: float | None = None  # when the oldest unloaded batch landed
+        self._lag_seconds.set_function(self._consumer_lag)
         self._quarantined = Counter(
             "steadyflow_quarantined_rows",
             "Rows rejected by validation and written to quarantine.",
@@ -424,7 +427,15 @@ class PipelineMetrics:
         self._queue_depth.set(depth)
         self._queue_capacity.set(capacity)
         self._lag_batches.set(lag_batches)
-        self._lag_seconds.set(lag_seconds)
+        # as the time it landed: between two reports (a loader waiting out a warehouse
+        # outage reports nothing for up to 30 s) the age goes on growing at scrape time
+        with self._lock:
+            self._unloaded_since = self._clock() - lag_seconds if lag_seconds > 0 else None
+
+    def _consumer_lag(self) -> float:
+        with self._lock:
+            since = self._unloaded_since
+        return 0.0 if since is None else max(0.0, self._clock() - since)
 
     def quarantined(self, source: str, table: str, n: int, nbytes: int = 0) -> None:
         """Count ``n`` rows rejected by validation.

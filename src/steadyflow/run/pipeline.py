@@ -571,9 +571,17 @@ class Pipeline:
     def _report_queue(self) -> None:
         self._queue_reported = time.monotonic()
         depth = self.buffer.depth()
-        age = self.buffer.oldest_age()
-        # parked batches are behind too, though out of the buffer
-        self.metrics.queue(depth, self.buffer.capacity, depth + len(self._parked), age or 0.0)
+        age = self.buffer.oldest_age() or 0.0
+        # parked batches are behind too, though out of the buffer; and a batch queued again
+        # (after failing for good, or by the sweep) is a new message: the manifest says how
+        # long the oldest one has waited, the buffer only since it was queued last
+        try:
+            landed = self.state.oldest_pending()
+        except StateUnavailable:
+            landed = None
+        if landed is not None:
+            age = max(age, time.time() - landed)
+        self.metrics.queue(depth, self.buffer.capacity, depth + len(self._parked), age)
 
     def run_once(self, raise_on_error: bool = True) -> RunSummary:
         """Extract and load concurrently until every table is caught up and loaded.

@@ -721,6 +721,11 @@ class StateStore(ABC):
         rows = self._query("SELECT ref FROM manifest WHERE status='landed' ORDER BY landed_at")
         return [BatchRef.from_json(r[0]) for r in rows]
 
+    def oldest_pending(self) -> float | None:
+        """When the oldest landed batch not yet loaded landed (epoch seconds), or None."""
+        rows = self._query("SELECT min(landed_at) FROM manifest WHERE status='landed'")
+        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def failed_batch_ids(self) -> set[str]:
         """Landed batches whose last load attempt failed (their error is in the manifest)."""
         return {r[0] for r in self._query(
