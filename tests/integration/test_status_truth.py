@@ -160,3 +160,24 @@ def test_a_source_back_after_an_outage_clears_on_an_idle_table(tmp_path: Path) -
     assert table["lag_seconds"] == pytest.approx(0, abs=1e-3)
     human = steadyflow("status", "-c", str(config))
     assert human.returncode == 0 and "failing" not in human.stdout, human.stdout
+
+
+def test_rows_the_last_reconcile_found_missing_keep_status_from_healthy(tmp_path: Path
+                                                                        ) -> None:
+    """A reconcile found rows missing from the warehouse: `status` said healthy (exit 0)
+    and its table did not mention the reconcile at all, until a repair."""
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5))
+    config = _config(tmp_path, store)
+    steadyflow("run", "-c", str(config), check=True)
+    with closing(duckdb.connect(str(tmp_path / "warehouse.duckdb"))) as wh:
+        wh.execute("DELETE FROM sales WHERE sale_id IN (3, 4)")  # two rows lost
+    assert steadyflow("reconcile", "-c", str(config)).returncode == 1
+
+    code, report = _status(config)
+    assert (code, report["health"]) == (1, "degraded"), report["reconcile"]
+    human = steadyflow("status", "-c", str(config))
+    assert human.returncode == 1 and "2 missing" in human.stdout, human.stdout
+
+    steadyflow("reconcile", "-c", str(config), "--repair", check=True)
+    code, report = _status(config)
+    assert (code, report["health"]) == (0, "healthy"), report["reconcile"]

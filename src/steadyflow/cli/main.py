@@ -479,8 +479,9 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     """Per-table health: freshness, rows changed, last success, last error, breaker.
 
     Exit code: 0 healthy, 1 degraded (a table failing since its last success, a half-open
-    breaker), 2 failing (a table in error, a source down, an open breaker, a batch failed
-    for good, a buffer that cannot be read) or the status could not be read.
+    breaker, rows its last reconcile found missing or mismatched), 2 failing (a table in
+    error, a source down, an open breaker, a batch failed for good, a buffer that cannot be
+    read) or the status could not be read.
     """
     from steadyflow.observe.status import collect
 
@@ -527,6 +528,10 @@ def _print_status(report: dict[str, Any]) -> None:
         from steadyflow.observe.status import killed_loop
 
         out.print(killed_loop(report["loop"]), highlight=False, soft_wrap=True)
+    from steadyflow.observe.status import unreconciled
+
+    for line in unreconciled(report):
+        out.print(line, highlight=False, soft_wrap=True, markup=False)
     if report.get("buffer_error"):
         out.print(f"error: {report['buffer_error']}", highlight=False, soft_wrap=True,
                   markup=False)

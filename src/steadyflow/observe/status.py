@@ -161,7 +161,8 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     failed (its loop ended by itself), or a buffer that cannot be read: data is not moving
     and will not by itself.
     degraded (1): a table that failed since its last success (it retries), a half-open
-    breaker, or a one-off command (`run`, `reset`) killed before it finished.
+    breaker, a one-off command (`run`, `reset`) killed before it finished, or a table whose
+    last reconcile left rows missing or mismatched (unreconciled).
     healthy (0): everything else, tables still waiting for their first load too.
     """
     tables = report.get("tables", [])
@@ -177,9 +178,27 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
             or t.get("failing_batches") for t in tables):
         return "failing", EXIT_CODES["failing"]
     if loop.get("status") == "killed" or any(
-            t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables):
+            t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables
+    ) or unreconciled(report):
         return "degraded", EXIT_CODES["degraded"]
     return "healthy", EXIT_CODES["healthy"]
+
+
+def unreconciled(report: dict[str, Any]) -> list[str]:
+    """One line for each configured table whose last reconcile left rows missing,
+    mismatched or twice in the warehouse (a repair, or a clean reconcile, ends it): the
+    warehouse is known wrong, and nothing in the loop mends it by itself. Extra rows are
+    not counted: without mirror_deletes the warehouse keeps rows deleted at the source."""
+    tables = {(t["source"], t["name"]) for t in report.get("tables", [])}
+    lines = []
+    for r in report.get("reconcile") or []:
+        bad = {k: int(r.get(k) or 0) for k in ("missing", "mismatched", "duplicates")}
+        if (r["source"], r["table"]) in tables and any(bad.values()):
+            found = ", ".join(f"{n} {k}" for k, n in bad.items() if n)
+            lines.append(f"{r['source']}.{r['table']}: its last reconcile "
+                         f"({human_age(time.time() - float(r['at'] or 0))} ago) found {found} "
+                         "rows; `steadyflow reconcile --repair` mends them")
+    return lines
 
 
 def killed_loop(loop: dict[str, Any]) -> str:
