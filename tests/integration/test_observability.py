@@ -600,3 +600,33 @@ def test_consumer_lag_is_the_age_of_the_oldest_unloaded_batch_through_a_warehous
     assert seen and seen[-1][0] > 40, seen
     # once the loader reported it (its first failure), never more than a second behind
     assert all(gauge >= oldest - 1.5 for oldest, gauge in seen if oldest > 5), seen
+
+
+def test_a_read_only_server_reports_the_last_successful_run_from_state(tmp_path: Path
+                                                                       ) -> None:
+    """`serve` beside a pipeline run elsewhere (from cron, or a `run --follow` without
+    --serve): steadyflow_last_run_success_timestamp_seconds stayed at the server's start,
+    so SteadyflowNoSuccessfulRun fired 30 min after it started on a pipeline whose runs
+    all went well, and did not see runs that stopped before it started."""
+    config = sqlite_pipeline(tmp_path, 300)
+    with Pipeline.from_yaml(config) as pipeline:
+        assert pipeline.run_once().ok
+    time.sleep(1.0)
+    url, stop = start_server(config, "127.0.0.1", 0)
+    try:
+        def last_run() -> float | None:
+            return sample(scrape(url), "steadyflow_last_run_success_timestamp_seconds")
+
+        def recorded() -> float:
+            with Pipeline.from_yaml(config, view=True) as p:
+                at = p.state.last_successful_run()
+            assert at is not None
+            return float(at)
+
+        assert last_run() == pytest.approx(recorded(), abs=1e-3)  # before this server
+        time.sleep(1.0)
+        steadyflow("run", "-c", str(config), check=True)  # another process runs it
+        assert wait_until(lambda: last_run() == pytest.approx(recorded(), abs=1e-3), 10,
+                          "the new run's time")
+    finally:
+        stop()

@@ -520,9 +520,10 @@ class PipelineMetrics:
             return 0.0 if since is None else max(0.0, self._clock() - since)
         return max(0.0, high - loaded)
 
-    def run_succeeded(self) -> None:
-        """Record that a whole pipeline run (all tables) completed successfully."""
-        self._last_run_success.set(self._clock())
+    def run_succeeded(self, at: float | None = None) -> None:
+        """Record that a whole pipeline run (all tables) completed successfully; ``at``:
+        when, if not now (a run another process recorded in the state)."""
+        self._last_run_success.set(self._clock() if at is None else at)
 
     def reconcile(self, source: str, table: str, missing: int, extra: int, mismatched: int) -> None:
         """Publish the result of the latest source-vs-warehouse reconciliation."""

@@ -69,6 +69,14 @@ class StatusService:
         if self.tables_from_state:  # lag and last poll as every process recorded them
             for (source, table), (high, at) in self.pipeline.state.polls().items():
                 metrics.polled(source, table, high, at=at)
+        if not self.live:
+            # the runs are another process's: the last successful one as it recorded it
+            # (its start time stayed on the gauge, so SteadyflowNoSuccessfulRun fired 30 min
+            # after a viewer started, on a pipeline whose runs all went well); none yet
+            # keeps the start time's grace
+            last = self.pipeline.state.last_successful_run()
+            if last is not None:
+                metrics.run_succeeded(at=float(last))
         self.sync_reconcile()
 
     def sync_reconcile(self) -> None:
