@@ -630,3 +630,13 @@ def test_a_read_only_server_reports_the_last_successful_run_from_state(tmp_path:
                           "the new run's time")
     finally:
         stop()
+
+
+def test_a_table_polled_hourly_while_idle_exposes_its_pause(tmp_path: Path) -> None:
+    """SteadyflowPollFailing fired 15 min after each idle poll of a table whose poll_max
+    (or run.interval) is longer, on an idle, healthy table: the rule allows three of its
+    pauses now (deploy/prometheus/alerts_test.yml), read from this gauge."""
+    config = sqlite_pipeline(tmp_path, 10, run={"interval": "1h"})
+    with Pipeline.from_yaml(config) as pipeline:
+        labels = {"source": "store_001", "table": "sales"}
+        assert pipeline.metrics.value("steadyflow_poll_interval_seconds", **labels) == 3600

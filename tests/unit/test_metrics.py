@@ -294,7 +294,7 @@ def test_global_registry_untouched(m: PipelineMetrics) -> None:
 
 
 def test_exposition_parses(m: PipelineMetrics, clock: FakeClock) -> None:
-    m.declare("shop", "orders")
+    m.declare("shop", "orders", poll_interval=3600)
     m.rows("shop", "orders", "extract", 10, nbytes=100)
     m.batch_duration("shop", "orders", "extract", 0.3)
     m.breaker("shop", "open")
@@ -329,6 +329,7 @@ def test_exposition_parses(m: PipelineMetrics, clock: FakeClock) -> None:
         "steadyflow_source_cursor_timestamp_seconds": "gauge",
         "steadyflow_loaded_cursor_timestamp_seconds": "gauge",
         "steadyflow_last_poll_success_timestamp_seconds": "gauge",
+        "steadyflow_poll_interval_seconds": "gauge",
         "steadyflow_auth_failing": "gauge",
         "steadyflow_build_info": "gauge",
     }

@@ -271,6 +271,14 @@ class PipelineMetrics:
             _SRC_TBL,
             registry=r,
         )
+        self._poll_interval = Gauge(
+            "steadyflow_poll_interval_seconds",
+            "The longest pause between two polls of a table that finds nothing new (its "
+            "poll_max, else run.interval): an idle table's last successful poll may be this "
+            "old (SteadyflowPollFailing allows three of them).",
+            _SRC_TBL,
+            registry=r,
+        )
         self._auth_failing = Gauge(
             "steadyflow_auth_failing",
             "1 while a source rejects the configured credentials (its breaker is open with "
@@ -318,7 +326,8 @@ class PipelineMetrics:
 
     # -- setup -------------------------------------------------------------
 
-    def declare(self, source: str, table: str, page_size: int | None = None) -> None:
+    def declare(self, source: str, table: str, page_size: int | None = None,
+                poll_interval: float | None = None) -> None:
         """Create all series of a source/table at zero before any traffic.
 
         Prometheus' ``rate``/``increase`` cannot see the first increment of a
@@ -337,6 +346,8 @@ class PipelineMetrics:
         self._last_poll.labels(source, table).set(self._clock())
         if page_size is not None:
             self._page_size.labels(source, table).set(page_size)
+        if poll_interval is not None:
+            self._poll_interval.labels(source, table).set(poll_interval)
         self._auth_failing.labels(source)
         for stage in STAGES:
             self._rows.labels(source, table, stage)

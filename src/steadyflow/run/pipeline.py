@@ -169,7 +169,9 @@ class Pipeline:
                                            on_auth=self.metrics.auth_failing)
                        for s in config.sources}
         for _, t, ref in config.tables():
-            self.metrics.declare(ref.source, ref.table, page_size=t.page_size)
+            self.metrics.declare(ref.source, ref.table, page_size=t.page_size,
+                                 poll_interval=t.poll_max if t.poll_max is not None
+                                 else config.run.interval)
 
     @classmethod
     def from_yaml(cls, path: str | Path, view: bool = False) -> Pipeline:
