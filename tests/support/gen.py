@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 # --- shapes ------------------------------------------------------------------------------
 # kinds: int32 int64 dec text char uuid ts date float bool json enum bin
-KEY_KINDS = ("int32", "int64", "dec", "text", "uuid", "enum")
+KEY_KINDS = ("int32", "int64", "dec", "text", "char", "uuid", "enum")
 VALUE_KINDS = ("int32", "int64", "dec", "text", "char", "uuid", "ts", "date", "float", "bool",
                "json", "enum", "bin")
 CURSOR_KINDS = ("ts", "date", "int64", "dec", "enum")
@@ -54,7 +54,7 @@ class Col:
     s: int = 0  # dec scale
     nullable: bool = True
     tz: bool = True  # ts on PostgreSQL: timestamptz (True) or timestamp
-    whole_seconds: bool = False  # ts on MariaDB: datetime(0)
+    whole_seconds: bool = False  # ts: datetime(0) on MariaDB, timestamp[tz](0) on PostgreSQL
     collate: str | None = None  # text on PostgreSQL: an ICU collation (key order != bytes)
     contract_scale: int | None = None  # dec: a narrower contract scale (values may not fit)
     contract_nullable: bool | None = None  # contract stricter than the source column
@@ -256,17 +256,19 @@ def columns(draw: st.DrawFn, source: str) -> tuple[list[Col], list[str], str]:
     cols: list[Col] = []
     for i in range(nkeys):
         kind = draw(st.sampled_from(_kinds(KEY_KINDS if source == "postgres" else
-                                           ("int32", "int64", "dec", "text", "enum"), source)))
+                                           ("int32", "int64", "dec", "text", "char", "enum"),
+                                           source)))
         collate = (draw(st.sampled_from([None, "en-x-icu"]))
                    if kind == "text" and source == "postgres" else None)
-        p = draw(st.integers(1, 18)) if kind == "dec" else 0
+        p = (draw(st.integers(1, 18)) if kind == "dec" else
+             draw(st.integers(2, 8)) if kind == "char" else 0)
         cols.append(Col(f"k{i}", kind, p=p, s=0, nullable=False, collate=collate,
                         members=draw(st.sampled_from(ENUM_MEMBERS)) if kind == "enum" else (),
                         folded=kind == "text" and draw(st.booleans())))
     ckind = draw(st.sampled_from(_kinds(CURSOR_KINDS, source)))
     cursor = Col("cur", ckind, p=12 if ckind == "dec" else 0,
                  s=draw(st.sampled_from([0, 2])) if ckind == "dec" else 0, nullable=False,
-                 tz=draw(st.booleans()), whole_seconds=source == "mysql" and draw(st.booleans()),
+                 tz=draw(st.booleans()), whole_seconds=source != "sqlite" and draw(st.booleans()),
                  members=ENUM_CURSOR if ckind == "enum" else (),
                  origin=0 if ckind == "enum" else draw(st.sampled_from(ORIGINS)))
     cols.append(cursor)
@@ -282,7 +284,7 @@ def columns(draw: st.DrawFn, source: str) -> tuple[list[Col], list[str], str]:
         minimum = (0.0 if kind in ("float", "int32", "int64") and draw(st.booleans())
                    and draw(st.booleans()) else None)
         cols.append(Col(f"v{i}", kind, p=p, s=s, tz=draw(st.booleans()),
-                        whole_seconds=source == "mysql" and draw(st.booleans()),
+                        whole_seconds=source != "sqlite" and draw(st.booleans()),
                         contract_scale=s - 1 if narrower else None, minimum=minimum,
                         members=draw(st.sampled_from(ENUM_MEMBERS)) if kind == "enum" else ()))
     return cols, [c.name for c in cols[:nkeys]], "cur"
@@ -403,7 +405,8 @@ def sql_type(c: Col, source: str, key: bool) -> str:
             "int32": "integer", "int64": "bigint", "dec": f"numeric({c.p},{c.s})",
             "text": "text" + (f' COLLATE "{c.collate}"' if c.collate else ""),
             "char": f"char({c.p})", "uuid": "uuid",
-            "ts": "timestamptz" if c.tz else "timestamp", "date": "date",
+            "ts": ("timestamptz" if c.tz else "timestamp") + ("(0)" if c.whole_seconds else ""),
+            "date": "date",
             "float": "double precision", "bool": "boolean", "json": "jsonb",
         }[k]
     if source == "mysql":
