@@ -24,6 +24,7 @@ from typing import Any
 import duckdb
 import pytest
 from tests.conftest import steadyflow, write_pipeline
+from tests.support.faultproxy import FaultProxy
 
 from steadyflow.demo.stores import SCHEMA, format_ts
 from steadyflow.observe.page import render_page
@@ -181,3 +182,31 @@ def test_rows_the_last_reconcile_found_missing_keep_status_from_healthy(tmp_path
     steadyflow("reconcile", "-c", str(config), "--repair", check=True)
     code, report = _status(config)
     assert (code, report["health"]) == (0, "healthy"), report["reconcile"]
+
+
+def test_a_run_the_warehouse_failed_keeps_status_from_healthy(pg_warehouse_dsn: str,
+                                                              tmp_path: Path) -> None:
+    """`run` (from cron) with batches to load and the warehouse unreachable: it exits 1 and
+    records its run failed, but no table carries the error (the warehouse fails to open
+    before any batch is tried), so `status` said healthy, exit 0, the table 'waiting'."""
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5))
+    with FaultProxy("127.0.0.1", 5432) as proxy:
+        via_proxy = pg_warehouse_dsn.replace(":5432/", f":{proxy.port}/")
+        config = write_pipeline(tmp_path, [{
+            "name": "s1", "kind": "sqlite", "path": str(store),
+            "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}],
+            warehouse={"kind": "postgres", "dsn": via_proxy, "schema": "public"})
+        steadyflow("extract", "-c", str(config), check=True)  # a batch waits for its load
+        proxy.cut()
+        failed = steadyflow("run", "-c", str(config))
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        code, report = _status(config)
+        assert (code, report["health"]) == (1, "degraded"), report
+        human = steadyflow("status", "-c", str(config))
+        assert human.returncode == 1 and "the last run" in human.stdout, human.stdout
+        assert "cannot connect to the PostgreSQL warehouse" in human.stdout, human.stdout
+
+        proxy.restore()
+        steadyflow("run", "-c", str(config), check=True)
+        code, report = _status(config)
+        assert (code, report["health"]) == (0, "healthy"), report

@@ -528,9 +528,9 @@ def _print_status(report: dict[str, Any]) -> None:
         from steadyflow.observe.status import killed_loop
 
         out.print(killed_loop(report["loop"]), highlight=False, soft_wrap=True)
-    from steadyflow.observe.status import unreconciled
+    from steadyflow.observe.status import failed_run, unreconciled
 
-    for line in unreconciled(report):
+    for line in [*filter(None, [failed_run(report)]), *unreconciled(report)]:
         out.print(line, highlight=False, soft_wrap=True, markup=False)
     if report.get("buffer_error"):
         out.print(f"error: {report['buffer_error']}", highlight=False, soft_wrap=True,

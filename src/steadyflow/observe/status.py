@@ -161,8 +161,9 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     failed (its loop ended by itself), or a buffer that cannot be read: data is not moving
     and will not by itself.
     degraded (1): a table that failed since its last success (it retries), a half-open
-    breaker, a one-off command (`run`, `reset`) killed before it finished, or a table whose
-    last reconcile left rows missing or mismatched (unreconciled).
+    breaker, a one-off command (`run`, `reset`) killed before it finished, a table whose
+    last reconcile left rows missing or mismatched (unreconciled), or a last run that
+    failed (failed_run).
     healthy (0): everything else, tables still waiting for their first load too.
     """
     tables = report.get("tables", [])
@@ -179,9 +180,21 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
         return "failing", EXIT_CODES["failing"]
     if loop.get("status") == "killed" or any(
             t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables
-    ) or unreconciled(report):
+    ) or unreconciled(report) or failed_run(report):
         return "degraded", EXIT_CODES["degraded"]
     return "healthy", EXIT_CODES["healthy"]
+
+
+def failed_run(report: dict[str, Any]) -> str | None:
+    """One line for operators when the last finished run (or follow round) failed. Its
+    error need not be any table's: a warehouse that cannot be opened fails the run before
+    a batch is tried, and status said healthy (exit 0) after every such run from cron."""
+    last = next((r for r in report.get("runs") or [] if r.get("command") == "run"
+                 and r.get("ended_at") is not None), None)
+    if last is None or last.get("outcome") != "error":
+        return None
+    return (f"the last run ({human_age(time.time() - float(last['ended_at']))} ago) failed: "
+            f"{last.get('error') or 'see its log'}")
 
 
 def unreconciled(report: dict[str, Any]) -> list[str]:
