@@ -239,11 +239,6 @@ def test_a_number_held_across_the_first_load_arrives(tmp_path: Path, store: Stor
     assert held in warehouse_ids(tmp_path)
 
 
-@pytest.mark.xfail(strict=False, reason=(  # another session's open transaction on the
-    # shared server, listed in the frozen cache, can place the start early enough by chance
-    "not fixed: MariaDB refreshes information_schema.innodb_trx only when it was not read "
-    "for 0.1 s, so a reader polling it more often (another table's poll, a dashboard) "
-    "freezes it and the held transaction is never listed"))
 def test_a_number_held_while_innodb_trx_is_read_often_arrives(
         tmp_path: Path, mysql_dsn: str) -> None:
     store = Store("mysql", mysql_dsn)

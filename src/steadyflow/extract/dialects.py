@@ -109,6 +109,15 @@ class OpenSince:
     oldest: datetime | None
     visible: bool
     margin: timedelta = timedelta(0)
+    # the source's now when the poll got this observation, if later than `at` (an
+    # observation shared by polls or kept from before: extract/innodb_trx.py). It dates
+    # what earlier polls saw (run/extract.py: _numbered_bound); the bound keeps `at`
+    delivered: datetime | None = None
+
+    @property
+    def now(self) -> datetime:
+        """The source's clock when the poll got this observation."""
+        return self.at if self.delivered is None else max(self.at, self.delivered)
 
     @property
     def bound(self) -> datetime:

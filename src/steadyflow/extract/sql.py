@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
+from steadyflow.extract import innodb_trx
 from steadyflow.extract.dialects import (
     Dialect,
     InvalidText,
@@ -789,6 +790,7 @@ class SqlSource:
         d = self.dialect
         position = self._last_position_sql(table, contract, whole_row=True)
         columns: list[str] = []
+        age = 0.0  # seconds since the observation was read (shared or kept: innodb_trx)
         if not observe or d.open_since_sql is None:
             rows = self._execute_leniently(table, position, [], columns=columns)
             self._columns_seen(table, contract, columns)
@@ -799,7 +801,7 @@ class SqlSource:
                 (seen, _), (rows, columns) = self._script(
                     table, [begin, d.open_since_sql, position, commit])
             else:
-                seen = self._execute(table, d.open_since_sql, [])
+                seen, age = innodb_trx.observe(self, table)
                 rows = self._execute_leniently(table, position, [], columns=columns)
         except SteadyflowError as exc:
             if not d.open_refused(exc):
@@ -811,13 +813,18 @@ class SqlSource:
         declared = {k.lower(): v for k, v in self.declared_types(table).items()}
         naive = d.naive_time(declared.get(contract.cursor.lower(), ""))
         observed = d.open_since(seen[0], naive)
+        if age > 0:
+            observed = replace(observed, delivered=observed.at + timedelta(seconds=age))
         west = self._zone_west(table) if naive else 0.0
         if west > 0:  # naive stamps sort `west` seconds before the instant they were made
             observed = replace(observed, margin=observed.margin + timedelta(seconds=west))
         if not observed.visible:
             self._report_hidden(table, "PostgreSQL shows no other users' transactions "
                                        "without pg_read_all_stats, nor the primary's on a "
-                                       "standby")
+                                       "standby" if d.poll_script is not None else
+                                "MariaDB's information_schema.innodb_trx was never seen "
+                                "refreshed: another session reads it more often than "
+                                "every 0.1 s")
         return self._position_of(table, contract, rows), observed
 
     def _zone_west(self, table: str) -> float:

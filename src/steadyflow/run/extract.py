@@ -414,7 +414,7 @@ class TableExtractor:
         covers it); None before a second poll."""
         memory = self.memory
         if memory.last_end is not None:
-            memory.ends.append((observed.at, memory.last_end))
+            memory.ends.append((observed.now, memory.last_end))
         memory.last_end = self._end_number(end)
         # fewer ends: an earlier start, still safe; also while none is dated early enough
         # (a session idle in a transaction for days added one per poll, for ever)
