@@ -178,6 +178,7 @@ def test_rows_the_last_reconcile_found_missing_keep_status_from_healthy(tmp_path
     assert (code, report["health"]) == (1, "degraded"), report["reconcile"]
     human = steadyflow("status", "-c", str(config))
     assert human.returncode == 1 and "2 missing" in human.stdout, human.stdout
+    assert "2 missing" in _page(config)  # the page says it too
 
     steadyflow("reconcile", "-c", str(config), "--repair", check=True)
     code, report = _status(config)
@@ -205,6 +206,8 @@ def test_a_run_the_warehouse_failed_keeps_status_from_healthy(pg_warehouse_dsn: 
         human = steadyflow("status", "-c", str(config))
         assert human.returncode == 1 and "the last run" in human.stdout, human.stdout
         assert "cannot connect to the PostgreSQL warehouse" in human.stdout, human.stdout
+        with Pipeline.from_yaml(config, view=True) as pipeline:
+            assert "the last run" in render_page(collect(pipeline), {})
 
         proxy.restore()
         steadyflow("run", "-c", str(config), check=True)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from steadyflow.observe.status import human_age, killed_loop
+from steadyflow.observe.status import failed_run, human_age, killed_loop, unreconciled
 from steadyflow.observe.status import overall as health_of
 
 REFRESH_SECONDS = 2
@@ -236,6 +236,9 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
         parts.append(f'<div class="banner">{e(killed_loop(dead))}</div>')
     if report.get("buffer_error"):
         parts.append(f'<div class="banner">{e(report["buffer_error"])}</div>')
+    # why a pipeline whose tables all look ok is degraded, as `steadyflow status` says it
+    for line in [*filter(None, [failed_run(report)]), *unreconciled(report)]:
+        parts.append(f'<div class="banner">{e(line)}</div>')
 
     parts.append('<div class="cards">' + "".join([
         _card("tables healthy", f"{healthy} / {len(tables)}", ", ".join(
