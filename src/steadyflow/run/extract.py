@@ -441,7 +441,7 @@ class TableExtractor:
 
     def _end_number(self, end: Watermark | None) -> int | None:
         cursor = None if end is None else end.cursor
-        return cursor if isinstance(cursor, int) and not isinstance(cursor, bool) else None
+        return cursor if self._bounded(cursor) else None  # type: ignore[return-value]
 
     def _since_meta(self) -> dict[str, object]:
         bound = self._bound if self._next_number is None else self._next_number
@@ -724,9 +724,9 @@ class TableExtractor:
         """The first load ended: the cursor pass after it re-reads from `bound` (the
         adaptive lookback's start when the load began), or from the start noted since
         for a numbered cursor."""
-        later = self._next_number if self._numbered else None
-        if later is not None or bound is not None:
-            self.memory.resume_bound = later if later is not None else bound
+        start = self._next_number if self._next_number is not None else bound
+        if start is not None:
+            self.memory.resume_bound = start
 
     def _pages(self, db: Source, contract: Contract, after: Watermark | None,
                since: object | None, dry_run: bool, ahead: ThreadPoolExecutor | None,
