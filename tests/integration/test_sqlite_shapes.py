@@ -97,3 +97,25 @@ def test_blob_keys_without_rowid(tmp_path: Path, initial_load: str) -> None:
     assert summary.ok, summary.errors
     assert warehouse(tmp_path, "SELECT k, n FROM main.t") == sorted(
         [("b", 10), ("B", 1), ("a", 3), ("é", 4), ("", 5)])
+
+
+@pytest.mark.parametrize("renamed", ["note", "v"])
+def test_a_renamed_column_stops_the_table_naming_it(tmp_path: Path, renamed: str) -> None:
+    """SQLite reads a double-quoted name that is no column as a string literal (its
+    'double-quoted string literal' misfeature): after `RENAME COLUMN note TO memo` every
+    page selected the text 'note' for it, so changed rows loaded note = 'note' and every
+    run said ok (a renamed cursor was already refused, by its type probe). Identifiers are
+    quoted with backticks, which SQLite never reads as a literal: the run fails, naming it."""
+    db = tmp_path / "s.db"
+    execute(db, "CREATE TABLE t (id INTEGER PRIMARY KEY, n INTEGER, note TEXT, "
+                "v INTEGER NOT NULL)",
+            "INSERT INTO t VALUES (1, 10, 'a', 1), (2, 20, 'b', 2)")
+    spec = {**contract("int64"), "columns": {**contract("int64")["columns"],
+                                              "note": {"type": "string"}}}
+    assert run(tmp_path, db, spec).ok
+    execute(db, f"ALTER TABLE t RENAME COLUMN {renamed} TO other",
+            f"UPDATE t SET n = 11, {'other' if renamed == 'v' else 'v'} = 3 WHERE id = 1")
+    summary = run(tmp_path, db, spec)
+    assert "s.t" in summary.failed_tables, summary
+    assert renamed in " ".join(summary.errors), summary.errors
+    assert warehouse(tmp_path, "SELECT id, n, note FROM main.t") == [(1, 10, "a"), (2, 20, "b")]

@@ -48,8 +48,8 @@ def test_sqlite_page_ends_at_the_noted_stored_text() -> None:
     """A SQLite text cursor's position is the stored text itself, sent back as it is."""
     upto = Watermark(cursor="2024-01-09T12:00:00Z", key=("Z", 7))
     query, params = source("sqlite").page_query("t", CONTRACT, None, None, 5, upto=upto)
-    assert query.endswith(' WHERE ("v", "a", "b") <= (?, ?, ?) '
-                          'ORDER BY "t"."v", "t"."a", "t"."b" LIMIT 5')
+    assert query.endswith(' WHERE (`v`, `a`, `b`) <= (?, ?, ?) '
+                          'ORDER BY `t`.`v`, `t`.`a`, `t`.`b` LIMIT 5')
     assert params == ["2024-01-09T12:00:00Z", "Z", 7]
 
 

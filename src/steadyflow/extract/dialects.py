@@ -864,6 +864,10 @@ def lenient_text(raw: bytes) -> str | InvalidText:
 class SqliteDialect(Dialect):
     name = "sqlite"
     placeholder = "?"
+    # backticks, not double quotes: SQLite reads a double-quoted name that is no column as
+    # a string literal, so a renamed or dropped column selected its own name as text
+    # (rows loaded with it, every run ok); a backticked one is always an identifier
+    quote_char = "`"
     columns_sql = "SELECT name, type FROM pragma_table_info(?)"
 
     def connect(self) -> sqlite3.Connection:

@@ -472,6 +472,7 @@ class SqliteEngine(Engine):
 
     kind = "sqlite"
     placeholder = "?"
+    quote_char = "`"  # never a string literal: see extract.dialects.SqliteDialect
     native_time = False  # text timestamps: compare their parsed value, never their spelling
     fence = " LIMIT -1"  # SQLite does not flatten a LIMIT subquery into an aggregate
 
