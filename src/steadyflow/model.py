@@ -200,15 +200,23 @@ class Watermark:
 
     cursor: CursorValue
     key: KeyValue
+    # the (cursor, key...) column names a checkpoint was taken on; a position in one order
+    # means nothing in another (TableExtractor.start_point refuses it). Empty on a page's
+    # marks and on checkpoints written before it was recorded; no part of equality.
+    on: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {"cursor": encode_value(self.cursor), "key": [encode_value(k) for k in self.key]})
+        data: dict[str, Any] = {"cursor": encode_value(self.cursor),
+                                "key": [encode_value(k) for k in self.key]}
+        if self.on:
+            data["on"] = list(self.on)
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Watermark:
         data = json.loads(text)
-        return cls(decode_value(data["cursor"]), tuple(decode_value(k) for k in data["key"]))
+        return cls(decode_value(data["cursor"]), tuple(decode_value(k) for k in data["key"]),
+                   tuple(data.get("on", ())))
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (self.cursor, *self.key)

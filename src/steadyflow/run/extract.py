@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +106,23 @@ def _refuse_endless(cursor: object, ref: TableRef, column: str) -> None:
             hint=f"give the rows a real {column}, then `steadyflow reset --table "
                  f"{ref.label}` (the next run reads the table again; the merge keeps the "
                  "warehouse exact)")
+
+
+def _refuse_reordered(mark: Watermark, contract: Contract, ref: TableRef) -> None:
+    """A checkpoint taken on other (cursor, key) columns than the contract's (the cursor
+    switched from created_at to updated_at, a key column added) is no position in the new
+    order: compared with the new cursor, a row updated before the switch whose new value
+    lies behind the old checkpoint was never read, every run ok (and a longer key failed
+    unnamed). Refused with the reset that reads the table again in the new order."""
+    now = (contract.cursor, *contract.primary_key)
+    if mark.on and [n.lower() for n in mark.on] != [n.lower() for n in now]:
+        raise SchemaError(
+            f"the checkpoint of {ref.label} was taken on (cursor, key) ({', '.join(mark.on)}) "
+            f"and the contract now orders by ({', '.join(now)}): a position in one order "
+            "skips rows in another", stage="extract", source=ref.source, table=ref.table,
+            hint=f"`steadyflow reset --table {ref.label}` reads the table again in the new "
+                 "order (the merge keeps the warehouse exact; drop the warehouse table "
+                 "first if the primary key changed), or restore the contract's cursor and key")
 
 
 def _aware(value: datetime) -> datetime:
@@ -265,6 +282,8 @@ class TableExtractor:
         mark = self._start_mark = self.state.checkpoint(self.ref.source, self.ref.table)
         if mark is None:
             return None, None  # first run: full load in keyset pages
+        _refuse_reordered(mark, self.contract, self.ref)
+        mark = self._start_mark = replace(mark, on=())  # pages' marks carry no names
         _refuse_endless(mark.cursor, self.ref, self.contract.cursor)
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
             return None, self._respell(mark.cursor)
@@ -626,7 +645,12 @@ class TableExtractor:
                                         or self._chain.moved is not None):
             return
         self.result.moved = self.result.moved or high != self._start_mark
-        self.state.advance_checkpoint(self.ref.source, self.ref.table, high, lease=self.lease)
+        self.state.advance_checkpoint(self.ref.source, self.ref.table, self._named(high),
+                                      lease=self.lease)
+
+    def _named(self, mark: Watermark) -> Watermark:
+        """A checkpoint-to-be with the columns its position is in (_refuse_reordered)."""
+        return replace(mark, on=(self.contract.cursor, *self.contract.primary_key))
 
     def _loads_by_key(self, db: SqlSource) -> bool:
         """The first run of a table with a primary key reads it in key order (its index is
@@ -662,7 +686,7 @@ class TableExtractor:
             if high is None:
                 return True  # an empty table: the cursor pass starts from nothing
             if not dry_run:
-                self.state.start_backfill(src, tbl, high, lease=self.lease)
+                self.state.start_backfill(src, tbl, self._named(high), lease=self.lease)
             after = None
         else:
             high, after = started
@@ -702,7 +726,7 @@ class TableExtractor:
         # the cursor pass's re-read start (adaptive lookback), kept in every range's pages
         # as in a one-piece load's: whichever process ends the load restores it from them
         since = self._since_meta().get("since")
-        if self.state.plan_backfill(src, tbl, high, bounds,
+        if self.state.plan_backfill(src, tbl, self._named(high), bounds,
                                     since=None if since is None else json.dumps(since),
                                     lease=self.lease):
             log.info("initial load split into %d key ranges of about %d rows", len(bounds),
