@@ -267,6 +267,11 @@ class Dialect:
     # The catalog query listing (column name, declared type) of a table, for
     # `schema_drift: add`; a parameter as for indexes_sql.
     columns_sql: str | None = None
+    # The catalog query listing the columns of a table that may hold NULL, where a NULL
+    # key is passed by keyset pages unseen (PostgreSQL sorts NULL last: `(c, k) > (...)`
+    # is NULL for it); None where NULL sorts first and pages read it (SqlSource.
+    # check_null_keys). A parameter as for indexes_sql.
+    nullable_sql: str | None = None
 
     def index_param(self, table: str) -> Any:
         return table
@@ -497,6 +502,10 @@ class PostgresDialect(Dialect):
         "AND k.ord <= x.indnkeyatts AND NOT EXISTS (SELECT 1 FROM pg_inherits h "
         "JOIN pg_class p ON p.oid = h.inhparent WHERE h.inhparent = x.indrelid "
         "AND p.relkind = 'r') ORDER BY 1, k.ord")
+    # a domain's NOT NULL is its own (pg_type.typnotnull), not the column's: not seen
+    # here, so such a key column is looked at too (a cheap LIMIT 1 query)
+    nullable_sql = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attnum > 0 AND NOT attisdropped AND NOT attnotnull")
     # A domain's column is declared as the type under its domains (CREATE DOMAIN stamp AS
     # timestamp): every check reading the declared type (a naive cursor's zone, dates
     # no path can hold, numbers in a time cursor, schema_drift's type) sees through it.

@@ -383,6 +383,7 @@ class SqlSource:
         self.check_binary_keys(table, contract)
         self.check_cursor(table, contract)
         self.check_keys(table, contract)
+        self.check_null_keys(table, contract)
         self.check_unique_key(table, contract)
         check_numbering(self, table, contract)
         known = {n.lower() for n in contract.names}
@@ -611,6 +612,31 @@ class SqlSource:
                     hint=f"store one type (e.g. UPDATE {table} SET {key} = CAST({key} AS "
                          "INTEGER), after resolving the pairs that become equal) and "
                          "declare the column INTEGER or TEXT")
+
+    def check_null_keys(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a key column holding NULLs where the database
+        sorts NULL last (PostgreSQL): after a page ending on (c, 1, 2) the next compares
+        (c, k, n) > (c, 1, 2), which is NULL for the row (c, 1, NULL), so it was never
+        read, nor quarantined, every run ok. A UNIQUE index over a nullable column admits
+        such rows. Only columns the catalog lets hold NULL are looked at (a primary key
+        costs one catalog query)."""
+        d = self.dialect
+        if d.nullable_sql is None:
+            return
+        nullable = {catalog_text(r[0]).lower()
+                    for r in self._execute(table, d.nullable_sql, [d.index_param(table)])}
+        for key in contract.primary_key:
+            if key.lower() in nullable and self._execute(
+                    table, f"SELECT 1 FROM {d.ident(table)} WHERE {d.ident(key)} IS NULL "
+                    "LIMIT 1", []):
+                raise SchemaError(
+                    f"key column {key} holds NULLs: keyset pages (cursor, key) > (...) "
+                    "never select a row whose key is NULL where NULL sorts last, so those "
+                    "rows would never be extracted (and a unique index admits NULL twice)",
+                    stage="extract", source=self.config.name, table=table,
+                    hint=f"give those rows a value (UPDATE {table} SET {key} = ... WHERE "
+                         f"{key} IS NULL) and make the column NOT NULL, or declare a "
+                         "primary_key whose columns hold no NULL")
 
     def check_unique_key(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and key, a contract primary_key that does not identify a
