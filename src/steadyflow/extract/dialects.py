@@ -704,6 +704,12 @@ class MysqlDialect(Dialect):
     indexes_sql = (
         "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics "
         "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY 1, 2")
+    # MariaDB has no partial index; an expression is indexed through a generated column
+    # (named here); a unique prefix index (k(10)) is stricter than k unique
+    unique_sql = (
+        "SELECT index_name, column_name, index_name = 'PRIMARY' "
+        "FROM information_schema.statistics WHERE table_schema = DATABASE() "
+        "AND table_name = %s AND non_unique = 0 ORDER BY index_name, seq_in_index")
     columns_sql = (
         "SELECT column_name, column_type FROM information_schema.columns "
         "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position")
@@ -878,6 +884,14 @@ class SqliteDialect(Dialect):
     # (rows loaded with it, every run ok); a backticked one is always an identifier
     quote_char = "`"
     columns_sql = "SELECT name, type FROM pragma_table_info(?)"
+    # unique, non-partial indexes (an expression's column is NULL), and the INTEGER
+    # PRIMARY KEY of a rowid table, which is the rowid itself and in no index list
+    unique_sql = (
+        "SELECT l.name, i.name, l.origin = 'pk' FROM pragma_index_list(?1) AS l, "
+        "pragma_index_info(l.name) AS i WHERE l.\"unique\" AND NOT l.partial UNION ALL "
+        "SELECT '', name, 1 FROM pragma_table_info(?1) WHERE pk = 1 AND upper(type) = "
+        "'INTEGER' AND (SELECT count(*) FROM pragma_table_info(?1) WHERE pk > 0) = 1 "
+        "ORDER BY 1")
 
     def connect(self) -> sqlite3.Connection:
         path = self.config.path or ""
