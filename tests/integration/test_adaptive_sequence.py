@@ -196,6 +196,7 @@ def test_polls_under_a_long_open_transaction_keep_few_ends(
     from steadyflow.run import extract
 
     monkeypatch.setattr(extract, "MAX_NUMBERED_ENDS", 4)
+    monkeypatch.setattr(extract, "FIRST_LOAD_SETTLE", 0.5)  # the first load's wait
     store = Store("postgres", pg_dsn)
     store.create(5)
     forgotten = store.connect(autocommit=False)
@@ -213,13 +214,47 @@ def test_polls_under_a_long_open_transaction_keep_few_ends(
     assert len(warehouse_ids(tmp_path)) == 17
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed: no poll before the first load dates a number, so the cursor pass after it "
-    "starts at the load's end, past a number a transaction open since before it holds "
-    "(docs/architecture.md: 'Not covered'; a lookback floor covers it)"))
-def test_a_number_held_across_the_first_load_arrives(tmp_path: Path, store: Store) -> None:
+def test_the_first_load_waits_for_a_transaction_holding_a_number(
+        tmp_path: Path, store: Store) -> None:
     """A busy table's first load: an application's transaction holds a number while a
-    later one commits; the load reads the later one and the held row commits after."""
+    later one commits, and commits itself a moment later. The load notes its end (the
+    later number), waits for the transactions open then to end, and only then reads its
+    pages: the held row is in the warehouse after that one run, and the cursor pass
+    after the load starts past its end (it re-reads nothing)."""
+    store.create(20)
+    late = store.connect(autocommit=False)
+    try:
+        held = store.insert(late, "late")
+        with store.connect() as other:
+            newer = store.insert(other, "newer")
+        assert newer > held
+        committer = threading.Timer(1.5, late.commit)
+        committer.start()
+        with Pipeline.from_yaml(pipeline(tmp_path, store)) as p:
+            began = time.monotonic()
+            first = p.run_once()
+            waited = time.monotonic() - began
+        committer.join()
+        assert first.ok, first.errors
+        ids = warehouse_ids(tmp_path)
+        assert held in ids and len(ids) == 22, (sorted(ids), waited)
+        time.sleep(1.1)  # MariaDB's trx_started has whole seconds
+        with Pipeline.from_yaml(pipeline(tmp_path, store)) as p:
+            again = p.run_once()  # resumes from the start the load's pages recorded
+        assert again.ok and again.extracted_rows <= 1, again
+    finally:
+        late.close()
+    assert waited >= 1.0, waited
+
+
+def test_a_number_held_across_the_first_load_arrives(
+        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same transaction stays open past the load's wait (a session idle in its
+    transaction): the load goes ahead, and its cursor passes re-read the table from its
+    start until the transaction has ended, so the held row arrives when it commits."""
+    from steadyflow.run import extract
+
+    monkeypatch.setattr(extract, "FIRST_LOAD_SETTLE", 1.0)
     store.create(20)
     late = store.connect(autocommit=False)
     try:

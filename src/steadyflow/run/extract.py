@@ -164,6 +164,11 @@ HTTP_WALKS = 3  # page walks from one resume point per run while records move (_
 # polls kept per table to place a numbered cursor behind a long open transaction (halved,
 # oldest kept, when more: a start a little earlier, never a row missed)
 MAX_NUMBERED_ENDS = 4096
+# A numbered cursor's first load waits at most this long (seconds) for the transactions
+# open when it noted its end to finish (TableExtractor._settle); past it the cursor
+# passes re-read the table from its start until they have
+FIRST_LOAD_SETTLE = 30.0
+SETTLE_PAUSE = 0.1
 
 
 @dataclass
@@ -686,13 +691,15 @@ class TableExtractor:
             if high is None:
                 return True  # an empty table: the cursor pass starts from nothing
             if not dry_run:
+                self._settle(db, observed, high)
                 self.state.start_backfill(src, tbl, self._named(high), lease=self.lease)
             after = None
         else:
             high, after = started
         bound = self._adaptive_bound(observed) if self._bounded(high.cursor) else None
         self._bound = bound
-        if not dry_run:  # the noted end (perhaps an earlier process's) predates this poll
+        if not dry_run and self._noted is None:  # _settle noted a new load's end
+            # the noted end (perhaps an earlier process's) predates this poll
             self._note(observed, high)
         if not dry_run and after is None and self._partition(db, high):
             return self._end_partitioned(bound)
@@ -707,6 +714,54 @@ class TableExtractor:
             self.result.moved = True
             self._loaded(bound)
         return done
+
+    def _settle(self, db: SqlSource, observed: OpenSince | None, high: Watermark) -> None:
+        """Before a numbered cursor's first load reads a page: wait until every
+        transaction open when its end `high` was noted has ended.
+
+        A number below `high` may belong to a transaction still open then (it took its
+        number before a later one committed). No earlier poll dates a number before that
+        transaction began, so the cursor pass after the load could not know to re-read
+        it, and the load's pages pass it while it is uncommitted: lost, every run ok.
+        Once every open transaction began after a time taken after `high`'s snapshot,
+        each number up to `high` is committed or rolled back, the pages (read after)
+        see it, and the cursor pass starts after `high`: the observations go through
+        `_note` as polls' would, which dates `high` and gives that start. OLTP
+        transactions end within moments; one open past FIRST_LOAD_SETTLE (a session
+        idle in a transaction) is logged, and the cursor passes re-read from the table's
+        start (`_numbered_bound` keeps that start) until a noted end predates every open
+        transaction."""
+        if not self._numbered or observed is None or not observed.visible:
+            return
+        self._note(observed, high)
+        tbl = self.ref.table
+        deadline = time.monotonic() + FIRST_LOAD_SETTLE
+        dated: OpenSince | None = None
+        seen: OpenSince | None = observed
+        while not self.should_stop():
+            _, seen = self.guard.call(lambda: db.poll_end(tbl, self.contract, True),
+                                      stop=self.should_stop)
+            if seen is None or not seen.visible:
+                return
+            self._note(seen, high)
+            if dated is None:
+                dated = seen  # its `now` follows high's snapshot: it dates high
+            # nothing open since a time after high's snapshot (the bound's margin is for
+            # time stamps taken before a transaction began: no number is taken so)
+            if seen.bound >= dated.now or (seen.oldest is None and seen.at >= dated.now):
+                return  # _note gave the start: after high
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(SETTLE_PAUSE)
+        lowest = -(2 ** 31) if self.contract.column(self.contract.cursor).type == "int32" \
+            else -(2 ** 62)
+        self._next_number = self.memory.resume_bound = lowest
+        log.warning("a transaction open since %s, before the first load noted its end %s, "
+                    "is still open after %.0fs: a number below that end may be its, so "
+                    "each poll re-reads the table from its start until it ends (end that "
+                    "session, or set a lookback floor in units)", observed.bound.isoformat()
+                    if seen is None else seen.bound.isoformat(), high.cursor,
+                    FIRST_LOAD_SETTLE, extra=self._extra())
 
     def _partition(self, db: SqlSource, high: Watermark) -> bool:
         """Whether this load is split into key ranges (run/backfill.py): split now when
