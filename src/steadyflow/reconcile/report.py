@@ -24,6 +24,7 @@ class TableReport:
     table: str
     target: str
     by: str = ""
+    hash: str = "md5"  # the row hash: md5, or hashtextextended on PostgreSQL to PostgreSQL
     buckets: int = 0
     ranges: int = 0
     leaves: int = 0

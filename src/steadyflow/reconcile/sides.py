@@ -44,7 +44,8 @@ class Dim:
         date     a date, as days since 1970-01-01
         decimal  a decimal, as floor(value * 10**scale) (scale 0: the cursor's horizon)
         hash     the row's primary key: the first 60 bits of the md5 of its canonical
-                 encoding (`key`: (column, contract type) pairs), in [0, 2**60)
+                 encoding (`key`: (column, contract type) pairs), in [0, 2**60), on
+                 every engine pair (Engine.key_term)
     """
 
     column: str
@@ -130,7 +131,7 @@ class SqlSide:
         if d.kind == "decimal":
             return e.scaled(x, d.scale)
         if d.kind == "hash":
-            return e.row_term([(e.q(k), t) for k, t in d.key])
+            return e.key_term([(e.q(k), t) for k, t in d.key])
         return x
 
     def _cmp(self, dim: Dim, op: str, value: int) -> Fragment:

@@ -50,7 +50,7 @@ import pyarrow as pa
 
 from steadyflow.config import SourceConfig, TableConfig
 from steadyflow.errors import ConfigError, SteadyflowError
-from steadyflow.extract.sql import SqlSource, column_to_arrow
+from steadyflow.extract.sql import SqlSource, catalog_text, column_to_arrow
 from steadyflow.merge.plan import SEQ
 from steadyflow.model import Contract, TableRef, Watermark, drift_type, step_back
 from steadyflow.reconcile import incremental
@@ -62,7 +62,7 @@ from steadyflow.reconcile.encoding import (
     raw_converter,
     register_sqlite,
 )
-from steadyflow.reconcile.engines import Engine, Fragment, engine_for
+from steadyflow.reconcile.engines import Engine, Fragment, PostgresEngine, engine_for
 from steadyflow.reconcile.options import Options
 from steadyflow.reconcile.repair import load_repairs, repair_lease
 from steadyflow.reconcile.report import Findings, TableReport
@@ -95,6 +95,7 @@ class TableReconciler:
         self._registered: object | None = None
         self._mark: tuple[Watermark, int] | None = None  # checkpoint, its cursor as an int
         self._types: tuple[dict[str, str], dict[str, str]] | None = None  # see _declared
+        self._shared: bool | None = None  # see _shared_hash
         # the last comparison: its incremental plan, the due buckets' scan, the merged scan
         self._last: tuple[incremental.Plan | None, Scan, Scan] | None = None
         self.lease: Lease | None = None  # the table's extraction lease during a repair
@@ -280,6 +281,8 @@ class TableReconciler:
         src_engine, wh_engine = engine_for(self.s.kind), engine_for(w.kind)
         src_engine.declare(self._declared()[0])
         wh_engine.declare(self._declared()[1])
+        if self._shared_hash():
+            src_engine.shared_hash = wh_engine.shared_hash = True
         src = SqlSide(src_engine, self.db.dialect.ident(self.t.name), self.contract,
                       self._source_run, self.dims, where=self._where(src_engine, to_src),
                       since_us=since, before_us=horizon, validity=True, to_param=to_src)
@@ -310,11 +313,31 @@ class TableReconciler:
             self._types = (src, wh)
         return self._types
 
+    def _shared_hash(self) -> bool:
+        """Whether both sides hash rows with PostgreSQL's hashtextextended instead of md5
+        (engines.PostgresEngine.shared_hash): only PostgreSQL on both ends, version 11 or
+        later, UTF8 on both, and the same hashes of engines.HASH_PROBE on both (the byte
+        order and the algorithm's version checked, not assumed). Asked once per table."""
+        if self._shared is None:
+            self._shared = (self.s.kind == self.config.warehouse.kind == "postgres"
+                            and self._same_hash())
+        return self._shared
+
+    def _same_hash(self) -> bool:
+        runs = (self._source_run, self._warehouse_run)
+        for run in runs:
+            (version, encoding), = run(*PostgresEngine.server_sql())
+            if int(catalog_text(version)) < 110000 or catalog_text(encoding) != "UTF8":
+                return False
+        src, wh = ([str(v) for v in run(*PostgresEngine.probe_sql())[0]] for run in runs)
+        return src == wh
+
     # --- the comparison -------------------------------------------------------------------
     def compare(self) -> tuple[TableReport, Findings]:
         started = time.monotonic()
         report = TableReport(self.ref.source, self.ref.table, self.ref.target, by=self.by)
         src, wh = self.sides()
+        report.hash = "hashtextextended" if self._shared_hash() else "md5"
         report.since = self.options.since.isoformat() if self.options.since else None
         if src.before_us is not None:
             report.horizon = self._horizon_text(src.before_us)
