@@ -257,6 +257,8 @@ class SqlSource:
         # (table, primary key) → monotonic time of its last look for shared keys; inf when
         # a unique index proves the key (`check_unique_key`)
         self._unique: dict[tuple[str, tuple[str, ...]], float] = {}
+        # (table, key column) -> when a look found no NULL in it (check_null_keys)
+        self._no_nulls: dict[tuple[str, str], float] = {}
         # (table, key or cursor column) → monotonic time of the last look for a value of
         # a MariaDB bytes column that is no text (`check_binary_keys`)
         self._binary_checked: dict[tuple[str, str], float] = {}
@@ -619,16 +621,30 @@ class SqlSource:
         (c, k, n) > (c, 1, 2), which is NULL for the row (c, 1, NULL), so it was never
         read, nor quarantined, every run ok. A UNIQUE index over a nullable column admits
         such rows. Only columns the catalog lets hold NULL are looked at (a primary key
-        costs one catalog query)."""
+        costs one catalog query), at most every KEY_RECHECK_EVERY once a look found none:
+        a view's columns all may, and a look over a big view scans it (one that times
+        out warns, as check_unique_key's does)."""
         d = self.dialect
         if d.nullable_sql is None:
             return
         nullable = {catalog_text(r[0]).lower()
                     for r in self._execute(table, d.nullable_sql, [d.index_param(table)])}
         for key in contract.primary_key:
-            if key.lower() in nullable and self._execute(
-                    table, f"SELECT 1 FROM {d.ident(table)} WHERE {d.ident(key)} IS NULL "
-                    "LIMIT 1", []):
+            looked = self._no_nulls.get((table, key))
+            if key.lower() not in nullable or (
+                    looked is not None and time.monotonic() - looked < KEY_RECHECK_EVERY):
+                continue
+            try:
+                found = self._execute(table, f"SELECT 1 FROM {d.ident(table)} WHERE "
+                                             f"{d.ident(key)} IS NULL LIMIT 1", [])
+            except SourceTimeout:
+                log.warning("%s: looking for NULLs in key column %s took longer than "
+                            "statement_timeout; a row whose key is NULL is never read "
+                            "(looked for again within the hour); make %s NOT NULL",
+                            table, key, key, extra={"source": self.config.name,
+                                                    "table": table, "stage": "extract"})
+                found = []
+            if found:
                 raise SchemaError(
                     f"key column {key} holds NULLs: keyset pages (cursor, key) > (...) "
                     "never select a row whose key is NULL where NULL sorts last, so those "
@@ -637,6 +653,7 @@ class SqlSource:
                     hint=f"give those rows a value (UPDATE {table} SET {key} = ... WHERE "
                          f"{key} IS NULL) and make the column NOT NULL, or declare a "
                          "primary_key whose columns hold no NULL")
+            self._no_nulls[(table, key)] = time.monotonic()
 
     def check_unique_key(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and key, a contract primary_key that does not identify a
