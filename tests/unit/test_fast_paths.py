@@ -26,7 +26,7 @@ from steadyflow.land.parquet import LandingZone
 from steadyflow.merge.duckdb import DuckdbWarehouse, quote
 from steadyflow.merge.plan import plan, with_seq
 from steadyflow.model import BatchRef, Column, Contract, TableRef
-from steadyflow.ports import LoadPart
+from steadyflow.ports import LoadPart, Merged
 from steadyflow.run.pipeline import Pipeline
 
 CONTRACT = Contract(
@@ -189,6 +189,70 @@ def test_duckdb_fast_paths_with_a_composite_key(tmp_path: Path) -> None:
     assert got == [(1, 1, 2, 2), (1, 2, 1, 1), (2, 1, 1, 1), (3, 1, 1, 2)]  # (a, b, ts, seq)
 
 
+def _statements(wh: DuckdbWarehouse) -> list[str]:
+    """The statements DuckDB ran on the warehouse's connection since logging began."""
+    return [r[0] for r in wh._conn.execute(  # noqa: SLF001 - the loader's own connection
+        "SELECT message FROM duckdb_logs WHERE type = 'QueryLog'").fetchall()]
+
+
+def test_duckdb_an_ascending_first_load_skips_the_overlap_join(tmp_path: Path) -> None:
+    """Key-order pages into an empty target (a first load): ascending integer keys are
+    unique and above every target key, proven by Arrow and one zone-map probe, so neither
+    the uniqueness count nor the overlap join runs, alone or as a group."""
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_table(REF, CONTRACT)
+    wh._conn.execute("CALL enable_logging('QueryLog')")  # noqa: SLF001
+    assert wh.load(REF, CONTRACT, _batch(0), _rows((1, "a", 1), (2, "b", 1)))
+    parts = [LoadPart(REF, CONTRACT, _batch(i), _rows((10 * i, "x", 1), (10 * i + 1, "y", 1)))
+             for i in (1, 2)]
+    assert wh.load_group(parts) == [Merged(2), Merged(2)]
+    ran = _statements(wh)
+    got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
+    wh.close()
+    assert not [s for s in ran if "SEMI JOIN" in s or "DISTINCT" in s], ran
+    assert [k for k, *_ in got] == [1, 2, 10, 11, 20, 21]
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_duckdb_an_ascending_batch_meeting_loaded_keys_still_merges(
+        tmp_path: Path, grouped: bool) -> None:
+    """A first load (key order, ascending) that meets a target already holding some of
+    its keys, or keys above them: the zone-map probe finds them, so the overlap join and
+    the DELETE + INSERT run and the target keeps one row per key, the later extraction's."""
+    held = [_rows((5, "held", 1), (50, "above", 1))]
+    batches = [_rows((1, "a", 2), (5, "new", 2), (9, "b", 2)), _rows((12, "c", 2), (50, "d", 2))]
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_table(REF, CONTRACT)
+    assert wh.load(REF, CONTRACT, _batch(0), held[0])
+    if grouped:
+        results = wh.load_group([LoadPart(REF, CONTRACT, _batch(i + 1), rows)
+                                 for i, rows in enumerate(batches)])
+    else:
+        results = [wh.load(REF, CONTRACT, _batch(i + 1), rows)
+                   for i, rows in enumerate(batches)]
+    got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
+    wh.close()
+    assert results == [Merged(3), Merged(2)]
+    assert got == _merged_by_plan(held + batches)
+    assert [(k, v) for k, v, *_ in got] == [(1, "a"), (5, "new"), (9, "b"), (12, "c"),
+                                            (50, "d")]
+
+
+def test_duckdb_keys_that_do_not_ascend_still_collapse(tmp_path: Path) -> None:
+    """A batch (or a group) whose integer keys repeat or fall back is not taken as unique:
+    its duplicate keys still collapse to the newest row."""
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_table(REF, CONTRACT)
+    assert wh.load(REF, CONTRACT, _batch(0), _rows((1, "a", 1), (1, "b", 2), (2, "c", 1)))
+    parts = [LoadPart(REF, CONTRACT, _batch(1), _rows((3, "d", 1), (4, "e", 1))),
+             LoadPart(REF, CONTRACT, _batch(2), _rows((4, "f", 2), (5, "g", 1)))]
+    wh.load_group(parts)
+    got = sorted((k, v) for k, v, *_ in (tuple(r.values()) for r in wh.query(
+        "SELECT * FROM main.t").to_pylist()))
+    wh.close()
+    assert got == [(1, "b"), (2, "c"), (3, "d"), (4, "f"), (5, "g")]
+
+
 def test_conform_casts_exactly_or_keeps_text() -> None:
     dec = pa.decimal128(12, 2)
     ok = conform_column(pa.chunked_array([["1.25", None, "-3"]]), dec)
@@ -243,7 +307,7 @@ from pathlib import Path
 import pyarrow as pa
 from steadyflow.merge.duckdb import DuckdbWarehouse
 from steadyflow.model import BatchRef, Column, Contract, TableRef
-from steadyflow.ports import LoadPart
+from steadyflow.ports import LoadPart, Merged
 c = Contract(columns=(Column("a", "int64", nullable=False), Column("b", "string",
              nullable=False), Column("v", "string"), Column("ts", "int64")),
              primary_key=("a", "b"), cursor="ts")

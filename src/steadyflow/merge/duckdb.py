@@ -79,6 +79,9 @@ class _Upsert:
       * the DISTINCT ON sort is skipped when every key of the batch is unique (`unique`:
         a hash count in DuckDB, ~4 ms for 120k rows);
       * no key of the batch in the target yet (`overlap` finds none): a plain INSERT;
+      * a batch whose single integer key strictly ascends (key-order pages: a first load,
+        a backfill) is unique without the count, and new when no target key reaches its
+        least one (`above`): the overlap's join of the whole batch is skipped;
       * otherwise DELETE the target rows the batch replaces, then INSERT the batch rows
         whose key is no longer there: what is left matching is exactly the target rows
         that are newer than the batch's, which MERGE would keep too.
@@ -86,6 +89,10 @@ class _Upsert:
     """
 
     overlap: str
+    # a single integer key's proof that no target key reaches the batch's least key
+    # (`_least_ascending`): one probe the target's zone maps answer, not a join with it
+    above: str | None
+    key: str | None  # the single key column `above` compares
     unique: str
     newest: str  # the highest extraction seq in the target
     insert: dict[bool, str]  # keys unique → statement
@@ -114,8 +121,11 @@ def _upsert(contract: Contract, target: str) -> _Upsert:
     # only count a changed row as unchanged, it never changes what is merged
     others = ", ".join(quote(c.name) for c in contract.columns if c.name not in keys)
     digest = f"hash({others})" if others else "0"
+    integer = len(keys) == 1 and pa.types.is_integer(contract.column(keys[0]).arrow_type)
     return _Upsert(
         overlap=f"SELECT 1 FROM {target} AS t SEMI JOIN {STAGE} AS s ON {on} LIMIT 1",
+        above=f"SELECT 1 FROM {target} WHERE {key_list} >= ? LIMIT 1" if integer else None,
+        key=keys[0] if integer else None,
         newest=f"SELECT max({seq}) FROM {target}",
         unique=(f"SELECT (SELECT count(*) FROM {STAGE}) = "
                 f"(SELECT count(*) FROM (SELECT DISTINCT {key_list} FROM {STAGE}))"),
@@ -138,6 +148,24 @@ def _upsert(contract: Contract, target: str) -> _Upsert:
                  f"{DIGEST} FROM {src[u]} AS s) USING ({key_list}, {DIGEST})"
               for u in (True, False)},
     )
+
+
+def _least_ascending(rows: pa.Table, key: str | None) -> int | None:
+    """The least key of a batch whose integer key column strictly ascends, else None.
+
+    Strictly ascending integers are distinct, so such a batch needs no uniqueness count;
+    key-order pages (a first load, a backfill) are read this way. Checked here, in Arrow
+    (~0.2 ms per 122,880 keys), never assumed from how the batch was read."""
+    if key is None or rows.num_rows == 0:
+        return None
+    column = rows.column(key)
+    if column.null_count or not pa.types.is_integer(column.type):
+        return None
+    keys = column.combine_chunks()
+    if len(keys) > 1 and not pc.all(pc.greater(keys[1:], keys[:-1])).as_py():
+        return None
+    least = keys[0].as_py()
+    return least if isinstance(least, int) else None
 
 
 def _arrow(result: duckdb.DuckDBPyConnection) -> pa.Table:
@@ -376,8 +404,9 @@ class DuckdbWarehouse:
                 try:
                     c.register(STAGE, rows)  # unregistered here, or after a rollback
                     # fetchall: DuckDB refuses unregister while a result has rows left
-                    fresh = (bool(c.execute(u.unique).fetchall()[0][0])
-                             and not c.execute(u.overlap).fetchall())
+                    least = _least_ascending(rows, u.key)
+                    fresh = (least is not None or bool(c.execute(u.unique).fetchall()[0][0])
+                             ) and self._new(c, u, least)
                     if fresh:
                         c.execute(u.insert[True]).fetchall()
                     c.unregister(STAGE)
@@ -446,8 +475,9 @@ class DuckdbWarehouse:
         """The plan's merge rule, by the cheapest statement that gives its result; returns
         the rows it changed (inserted, or replaced by other values)."""
         u = self._upsert_of(ref, contract)
-        unique = bool((c.execute(u.unique).fetchone() or (False,))[0])
-        if c.execute(u.overlap).fetchone() is None:
+        least = _least_ascending(rows, u.key)
+        unique = least is not None or bool((c.execute(u.unique).fetchone() or (False,))[0])
+        if self._new(c, u, least):
             return _count(c.execute(u.insert[unique]))  # all new: the cheap path stays cheap
         replaced = _arrow(c.execute(u.delete[unique]))
         same = 0
@@ -467,6 +497,17 @@ class DuckdbWarehouse:
         fits = seqs.null_count == 0 and (newest is None or (
             oldest is not None and newest <= oldest))
         return _count(c.execute(u.insert[unique] if fits else u.insert_missing[unique])) - same
+
+    @staticmethod
+    def _new(c: duckdb.DuckDBPyConnection, u: _Upsert, least: int | None) -> bool:
+        """No key of the staged batch is in the target. With an ascending integer key
+        (`least`: its least key) it is enough that no target key reaches `least`: a
+        probe DuckDB answers from the zone maps of the target's last row groups; an empty
+        target (a first load) passes it at once. Otherwise the overlap join decides."""
+        if least is not None and u.above is not None and not c.execute(
+                u.above, [least]).fetchall():
+            return True
+        return not c.execute(u.overlap).fetchall()
 
     def is_loaded(self, batch_id: str) -> bool:
         return batch_id in self.ledgered([batch_id])
