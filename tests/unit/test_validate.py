@@ -240,3 +240,37 @@ def test_a_character_the_warehouse_encoding_lacks_costs_its_row() -> None:
     assert verdict.bad[REASON].to_pylist() == [
         "s: the warehouse database's encoding LATIN1 cannot hold the character '😀' "
         "(U+1F600)"]
+
+
+def _typed_rows(ids: list[int | None], qty: list[int], currency: list[str]) -> pa.Table:
+    n = len(ids)
+    return pa.table({
+        "id": pa.array(ids, pa.int64()), "qty": pa.array(qty, pa.int64()),
+        "price": pa.array([Decimal("1.00")] * n, pa.decimal128(12, 2)),
+        "currency": pa.array(currency, pa.string()),
+        "at": pa.array([datetime(2026, 1, 1, tzinfo=UTC)] * n, pa.timestamp("us", tz="UTC")),
+    })
+
+
+@pytest.mark.parametrize("bad", [False, True])
+def test_a_batch_in_chunks_gets_the_verdict_of_one_chunk_and_keeps_its_chunks(
+        bad: bool) -> None:
+    """A reader's page in several chunks (connectorx's record batches) is validated as the
+    same rows in one chunk: same good rows, same bad rows and reasons. Columns already of
+    the contract type keep their chunks (no copy of every column on the loader's thread);
+    the price, cast from text here, is one array."""
+    first = _typed_rows([1, 2, 3], [1, 2, 3], ["USD", "EUR", "USD"])
+    second = _typed_rows([4, None if bad else 5, 6], [0 if bad else 4, 5, 6],
+                         ["XXX" if bad else "EUR", "USD", "USD"])
+    chunked = pa.concat_tables([first, second])
+    chunked = chunked.set_column(2, "price", pa.chunked_array(
+        [pa.array(["1.00"] * 3), pa.array(["2.50", "-1.00" if bad else "3.00", "4.00"])]))
+    assert chunked.column("id").num_chunks == 2
+    got, want = validate(chunked, CONTRACT), validate(chunked.combine_chunks(), CONTRACT)
+    assert got.good.to_pylist() == want.good.to_pylist()
+    assert got.bad.to_pylist() == want.bad.to_pylist()
+    assert got.reasons == want.reasons
+    assert got.bad_mask.to_pylist() == want.bad_mask.to_pylist()
+    assert got.good.num_rows == (4 if bad else 6)
+    if not bad:
+        assert got.good.column("id").num_chunks == 2  # kept, not copied into one

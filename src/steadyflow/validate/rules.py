@@ -43,6 +43,8 @@ from steadyflow.model import (
 REASON = "_reason"
 # A check: per row, did it fail; and why (one text, or per row for reasons a reader gave).
 Check = tuple[pa.Array, str | pa.Array]
+# a column as a rule sees it: its reader's chunks when already of the contract type
+Values = pa.Array | pa.ChunkedArray
 _NUL = "contains a NUL character (no warehouse text type holds it)"
 _RANGE = f"outside the years {MIN_TIME.year}..{MAX_TIME.year} (no warehouse holds it)"
 _NOT_FINITE = "not a finite number (its min/max rule cannot hold NaN or infinity)"
@@ -86,12 +88,18 @@ def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
     return pc.cast(values, target)
 
 
-def _cast_column(values: pa.ChunkedArray, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
-    """Cast to the contract type; returns (cast values, mask of values that did not fit)."""
+def _cast_column(values: pa.ChunkedArray, target: pa.DataType
+                 ) -> tuple[Values, pa.Array]:
+    """Cast to the contract type; returns (cast values, mask of values that did not fit).
+
+    A column already of the contract type is returned as it is, in its reader's chunks
+    (every rule and the good rows' table take chunks): combining them copied every
+    column of every batch on the loader's thread, ~10% of its time in a MariaDB full
+    load (bench/NOTES.md)."""
+    fits = pa.repeat(pa.scalar(False, pa.bool_()), len(values))
+    if values.type == target:
+        return values, fits
     flat = values.combine_chunks()
-    fits = pa.repeat(pa.scalar(False, pa.bool_()), len(flat))
-    if flat.type == target:
-        return flat, fits
     if pa.types.is_large_string(flat.type):
         flat = pc.cast(flat, pa.string())
     try:
@@ -122,7 +130,7 @@ def validate(batch: pa.Table, contract: Contract, owner: Owner | None = None,
     """
     n = batch.num_rows
     reason = pa.nulls(n, pa.string())
-    conformed: list[pa.Array] = []
+    conformed: list[Values] = []
     batch, invalid = _readable(batch, contract, _invalid(batch))
     # a reader's reason first: the value it nulled would otherwise read as a rule's failure
     checks: list[Check] = [(pc.is_valid(invalid), invalid)]
@@ -155,7 +163,7 @@ def validate(batch: pa.Table, contract: Contract, owner: Owner | None = None,
     return Verdict(good=good, bad=bad, reasons=count_values(bad[REASON]), bad_mask=bad_mask)
 
 
-def _owned(contract: Contract, conformed: list[pa.Array], owner: Owner) -> Iterator[Check]:
+def _owned(contract: Contract, conformed: list[Values], owner: Owner) -> Iterator[Check]:
     """Rows whose filter columns do not hold the owner's values (a NULL never does)."""
     for name, value in owner.values.items():
         column = contract.column(name)
@@ -216,7 +224,7 @@ def _invalid(batch: pa.Table) -> pa.Array:
     return as_text(batch[INVALID])
 
 
-def _rules(column: Column, values: pa.Array, type_bad: pa.Array,
+def _rules(column: Column, values: Values, type_bad: pa.Array,
            encoding: TextEncoding | None = None) -> Iterator[Check]:
     """The checks of one column's cast values, in the order they are reported."""
     name = column.name
@@ -239,7 +247,7 @@ def _rules(column: Column, values: pa.Array, type_bad: pa.Array,
                f"{name}: does not match {column.pattern}")
 
 
-def _representable(column: Column, values: pa.Array) -> Iterator[Check]:
+def _representable(column: Column, values: Values) -> Iterator[Check]:
     """Values the contract type holds in Arrow but no warehouse does (or a rule cannot
     judge). One rule for every warehouse, so a pipeline quarantines the same rows whether
     it loads into DuckDB (which would take a NUL) or PostgreSQL (which refuses the batch)."""
@@ -257,7 +265,7 @@ def _representable(column: Column, values: pa.Array) -> Iterator[Check]:
                f"{column.name}: {_NOT_FINITE}")
 
 
-def _encodable(name: str, values: pa.Array, encoding: TextEncoding) -> Iterator[Check]:
+def _encodable(name: str, values: Values, encoding: TextEncoding) -> Iterator[Check]:
     """Text holding a character the warehouse's encoding lacks: the server refuses the
     conversion for the whole batch (PostgreSQL: 'character with byte sequence ... has no
     equivalent in encoding "LATIN1"'), so it costs its row, naming the first such
@@ -284,7 +292,7 @@ def _unencodable(name: str, value: str, encoding: TextEncoding) -> str | None:
     return None
 
 
-def _matches(text: pa.Array, name: str, pattern: str) -> pa.Array:
+def _matches(text: Values, name: str, pattern: str) -> pa.Array:
     """The column's `pattern` applied; a pattern RE2 cannot compile is the contract's error,
     raised as one (naming the column) rather than as Arrow's, which would stop the loader."""
     try:
@@ -343,7 +351,7 @@ def _nullable_schema(contract: Contract) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.arrow_type) for c in contract.columns])
 
 
-def _compare(values: pa.Array, op: str, bound: float) -> pa.Array:
+def _compare(values: Values, op: str, bound: float) -> pa.Array:
     """Per value: below (`less`) or above (`greater`) the rule's bound.
 
     Integers compare exactly against the nearest whole bound (value < 0.5 ⟺ value < 1):
@@ -364,6 +372,6 @@ def _compare(values: pa.Array, op: str, bound: float) -> pa.Array:
     return result.fill_null(False)
 
 
-def _present_and(values: pa.Array, failed: pa.Array) -> pa.Array:
+def _present_and(values: Values, failed: pa.Array) -> pa.Array:
     """A rule on values only fails present values; nulls are the nullable rule's business."""
     return pc.fill_null(pc.and_(pc.is_valid(values), failed), False)
