@@ -185,11 +185,14 @@ def test_rows_the_last_reconcile_found_missing_keep_status_from_healthy(tmp_path
     assert (code, report["health"]) == (0, "healthy"), report["reconcile"]
 
 
-def test_a_run_the_warehouse_failed_keeps_status_from_healthy(pg_warehouse_dsn: str,
-                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize(("command", "code", "told"), [
+    ("run", 1, "the last run"), ("load", 2, "the last `load`")])
+def test_a_run_the_warehouse_failed_keeps_status_from_healthy(
+        pg_warehouse_dsn: str, tmp_path: Path, command: str, code: int, told: str) -> None:
     """`run` (from cron) with batches to load and the warehouse unreachable: it exits 1 and
     records its run failed, but no table carries the error (the warehouse fails to open
-    before any batch is tried), so `status` said healthy, exit 0, the table 'waiting'."""
+    before any batch is tried), so `status` said healthy, exit 0, the table 'waiting'.
+    The same for `load` run alone (cron running the stages apart): it recorded nothing."""
     store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5))
     with FaultProxy("127.0.0.1", 5432) as proxy:
         via_proxy = pg_warehouse_dsn.replace(":5432/", f":{proxy.port}/")
@@ -199,17 +202,17 @@ def test_a_run_the_warehouse_failed_keeps_status_from_healthy(pg_warehouse_dsn: 
             warehouse={"kind": "postgres", "dsn": via_proxy, "schema": "public"})
         steadyflow("extract", "-c", str(config), check=True)  # a batch waits for its load
         proxy.cut()
-        failed = steadyflow("run", "-c", str(config))
-        assert failed.returncode == 1, failed.stdout + failed.stderr
-        code, report = _status(config)
-        assert (code, report["health"]) == (1, "degraded"), report
+        failed = steadyflow(command, "-c", str(config))
+        assert failed.returncode == code, failed.stdout + failed.stderr
+        status, report = _status(config)
+        assert (status, report["health"]) == (1, "degraded"), report
         human = steadyflow("status", "-c", str(config))
-        assert human.returncode == 1 and "the last run" in human.stdout, human.stdout
+        assert human.returncode == 1 and told in human.stdout, human.stdout
         assert "cannot connect to the PostgreSQL warehouse" in human.stdout, human.stdout
         with Pipeline.from_yaml(config, view=True) as pipeline:
-            assert "the last run" in render_page(collect(pipeline), {})
+            assert told in render_page(collect(pipeline), {})
 
         proxy.restore()
-        steadyflow("run", "-c", str(config), check=True)
-        code, report = _status(config)
-        assert (code, report["health"]) == (0, "healthy"), report
+        steadyflow(command, "-c", str(config), check=True)
+        status, report = _status(config)
+        assert (status, report["health"]) == (0, "healthy"), report

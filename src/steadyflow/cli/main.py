@@ -400,7 +400,8 @@ def extract(config: ConfigOpt,
             if dry_run:  # the plan is the point of a dry run: show each batch it would land
                 logs.get("extract").setLevel("INFO")
             started = time.monotonic()
-            summary = pipeline.extract(table, dry_run=dry_run, alone=True)
+            summary = pipeline.extract(table, dry_run=True, alone=True) if dry_run else \
+                pipeline.staged("extract", lambda: pipeline.extract(table, alone=True))
             _finish(summary, as_json, started)
     except SteadyflowError as exc:
         _fail(exc)
@@ -460,8 +461,12 @@ def load(config: ConfigOpt, as_json: JsonOpt = False,
                           soft_wrap=True)
                 return
             started = time.monotonic()
-            pipeline.sweep()
-            _finish(pipeline.load(), as_json, started)
+
+            def sweep_and_load() -> Any:  # the sweep opens the warehouse too
+                pipeline.sweep()
+                return pipeline.load()
+
+            _finish(pipeline.staged("load", sweep_and_load), as_json, started)
     except SteadyflowError as exc:
         _fail(exc)
 

@@ -186,15 +186,22 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
 
 
 def failed_run(report: dict[str, Any]) -> str | None:
-    """One line for operators when the last finished run (or follow round) failed. Its
-    error need not be any table's: a warehouse that cannot be opened fails the run before
-    a batch is tried, and status said healthy (exit 0) after every such run from cron."""
-    last = next((r for r in report.get("runs") or [] if r.get("command") == "run"
-                 and r.get("ended_at") is not None), None)
-    if last is None or last.get("outcome") != "error":
-        return None
-    return (f"the last run ({human_age(time.time() - float(last['ended_at']))} ago) failed: "
-            f"{last.get('error') or 'see its log'}")
+    """One line for operators when the last finished run (or follow round) failed, or the
+    last `extract` or `load` run alone (from cron) did, unless a later `run` did that stage
+    since. Its error need not be any table's: a warehouse that cannot be opened fails the
+    run before a batch is tried, and status said healthy (exit 0) after every such run."""
+    finished = [r for r in report.get("runs") or [] if r.get("ended_at") is not None]
+    texts: list[str] = []
+    told: set[int] = set()
+    for stage in ("extract", "load"):
+        last = next((r for r in finished if r.get("command") in ("run", stage)), None)
+        if last is None or last.get("outcome") != "error" or last["run_id"] in told:
+            continue
+        told.add(last["run_id"])
+        name = "run" if last["command"] == "run" else f"`{last['command']}`"
+        texts.append(f"the last {name} ({human_age(time.time() - float(last['ended_at']))} "
+                     f"ago) failed: {last.get('error') or 'see its log'}")
+    return "; ".join(texts) or None
 
 
 def unreconciled(report: dict[str, Any]) -> list[str]:

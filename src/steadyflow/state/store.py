@@ -817,7 +817,10 @@ class StateStore(ABC):
             f"SELECT {', '.join(cols)} FROM runs ORDER BY run_id DESC LIMIT ?", (limit,))]
 
     def last_successful_run(self) -> float | None:
-        rows = self._query("SELECT max(ended_at) FROM runs WHERE outcome='ok'")
+        # a run that moved data to the warehouse: `run`, its follow rounds, or `load`
+        # alone (an `extract` or a `reconcile` that went well loads nothing)
+        rows = self._query("SELECT max(ended_at) FROM runs WHERE outcome='ok' "
+                           "AND command IN ('run', 'load')")
         return rows[0][0] if rows else None
 
     # --- table health --------------------------------------------------------------
