@@ -236,11 +236,11 @@ def test_reconcile_finds_each_difference_exactly_and_repair_fixes_it(
         assert summary.quarantined_rows == 6
 
         clean = _by_table(reconcile(pipeline))
-        # PostgreSQL to PostgreSQL shares the server's 64-bit row hash; every other pair md5
+        # PostgreSQL (15) to PostgreSQL shares the server's record hash; every other pair md5
         shared = {"store1": pipeline.config.warehouse.kind == "postgres"}
         for name, r in clean.items():
             assert r.error is None, r.error
-            assert r.hash == ("hashtextextended" if shared.get(name) else "md5"), name
+            assert r.hash == ("hash_record_extended" if shared.get(name) else "md5"), name
             assert (r.missing, r.extra, r.mismatched, r.duplicates) == (0, 0, 0, 0), name
             assert r.quarantined == 2, name  # the invalid rows: expected in quarantine
             assert r.rows_compared == r.warehouse_rows == N - 2  # 2 invalid (and the
@@ -266,7 +266,7 @@ def test_reconcile_finds_each_difference_exactly_and_repair_fixes_it(
         found = _by_table(reconcile(pipeline))
         for name, r in found.items():
             assert r.error is None, r.error
-            assert r.hash == ("hashtextextended" if shared.get(name) else "md5"), name
+            assert r.hash == ("hash_record_extended" if shared.get(name) else "md5"), name
             assert (r.missing, r.extra, r.mismatched) == (1, 2, 4), (name, r.examples)
             assert _keys(r, "missing") == {100}
             assert _keys(r, "extra") == {300, 5000}

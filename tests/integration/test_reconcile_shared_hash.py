@@ -1,14 +1,16 @@
-"""PostgreSQL to PostgreSQL: row terms in hashtextextended, shared by both servers, not md5.
+"""PostgreSQL to PostgreSQL: row terms in a hash both servers share, not md5.
 
 engines.PostgresEngine.shared_hash: the same canonical text, hashed by the server's own 64-bit
 hash (no md5, no hex), only when both ends are PostgreSQL servers that hash engines.HASH_PROBE
-alike in the same encoding (table.TableReconciler._shared_hash). Every other pair keeps the
-md5, whose results are the same on every engine (test_reconcile.py checks all four).
+alike in the same encoding (table.TableReconciler._shared_hash); on 14+ (RECORD_PROBE alike),
+the columns both sides declare with the same RECORD_SAFE type enter a hash_record_extended
+record as their own values (record_columns), the others as canonical text. Every other pair
+keeps the md5, whose results are the same on every engine (test_reconcile.py checks all four).
 
-Here: two databases agree on it for the awkward rows and still tell a one-character change
-apart; the key-hash dimension stays the md5 term (equal to DuckDB's) under it; a reconcile
-into a PostgreSQL warehouse uses it and finds each changed row; a warehouse in another
-encoding keeps md5 (and is still clean).
+Here: two databases agree on it for the awkward rows and still tell each changed value apart
+(a byte, a cent, a µs, a NULL, a letter's case under a case-blind collation); the key-hash
+dimension stays the md5 term (equal to DuckDB's) under it; a reconcile into a PostgreSQL
+warehouse uses it and finds each changed row; a warehouse in another encoding keeps md5.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tests.support.reconcile_data import (
 )
 
 from steadyflow.reconcile.encoding import HASH_HEX
+from steadyflow.reconcile.engines import record_fields
 from steadyflow.reconcile.runner import Options, reconcile
 from steadyflow.reconcile.sides import Dim, SqlSide
 from steadyflow.run.pipeline import Pipeline
@@ -43,9 +46,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 Run = Callable[[str, list[Any]], list[tuple[Any, ...]]]
 
 
+CASE_BLIND = ("CREATE COLLATION case_blind (provider = icu, locale = 'und-u-ks-level2', "
+              "deterministic = false)")
+
+
 def _load_awkward(dsn: str) -> psycopg.Connection[Any]:
+    """The awkward rows; `note` under a collation that calls 'A' and 'a' equal."""
     conn = psycopg.connect(dsn, autocommit=True, options="-c TimeZone=UTC")
-    conn.execute(DDL["postgres"])
+    conn.execute(CASE_BLIND)
+    conn.execute(DDL["postgres"].replace("note text", "note text COLLATE case_blind"))
     marks = ", ".join(["%s"] * len(NAMES))
     with conn.cursor() as cur:
         cur.executemany(f"INSERT INTO awkward VALUES ({marks})",
@@ -57,28 +66,58 @@ def _run(conn: psycopg.Connection[Any]) -> Run:
     return lambda sql, params: conn.execute(sql.encode(), params).fetchall()
 
 
-def _shared(run: Run) -> SqlSide:
+def _shared(run: Run, record: bool = False) -> SqlSide:
     s = side("postgres", run)
     s.engine.shared_hash = True
+    if record:  # both databases declare the table alike: every RECORD_SAFE column
+        declared = run("SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                       "WHERE attrelid = 'awkward'::regclass AND attnum > 0", [])
+        s.engine.declare(dict(declared))
+        s.engine.record_columns = record_fields(s.engine.native, s.engine.native)
+        assert len(s.engine.record_columns) == len(NAMES) - 1  # all but the float
     return s
 
 
-def test_two_databases_agree_on_the_shared_hash_and_it_sees_one_changed_byte(
-        pg_dsn: str, pg_warehouse_dsn: str) -> None:
+CHANGES = [  # (id, SET ...): each one value, each must be seen
+    (6, "note = 'trailing space'"),  # one byte
+    (4, "price = price + 0.01"),
+    (5, "seen_at = seen_at + interval '1 microsecond'"),
+    (2, "flag = NULL"),
+    (3, "note = '~n'"),  # '~N' under a case-blind collation: equal to it, not the same text
+]
+
+
+@pytest.mark.parametrize("record", [False, True], ids=["text", "record"])
+def test_two_databases_agree_on_the_shared_hash_and_it_sees_each_change(
+        pg_dsn: str, pg_warehouse_dsn: str, record: bool) -> None:
     with _load_awkward(pg_dsn) as a, _load_awkward(pg_warehouse_dsn) as b:
-        aggs_a, hashes_a = fingerprint(_shared(_run(a)))
-        aggs_b, hashes_b = fingerprint(_shared(_run(b)))
+        aggs_a, hashes_a = fingerprint(_shared(_run(a), record))
+        aggs_b, hashes_b = fingerprint(_shared(_run(b), record))
         assert (aggs_a, hashes_a) == (aggs_b, hashes_b)
         assert len(hashes_a) == len(rows()) and len(set(hashes_a.values())) == len(rows())
         # not the md5 of the engine-free pair: a different hash of the same text
         md5 = reference_hashes(rows())
         assert all(hashes_a[k] != md5[k] and len(md5[k]) == HASH_HEX for k in md5)
 
-        b.execute("UPDATE awkward SET note = 'trailing space' WHERE id = 6")  # one byte
-        aggs_c, hashes_c = fingerprint(_shared(_run(b)))
-        assert {k for k in hashes_a if hashes_a[k] != hashes_c[k]} == {("6",)}
-        assert aggs_c.keys() == aggs_a.keys()
-        assert len([i for i in aggs_a if not aggs_a[i].same(aggs_c[i])]) == 1
+        for key, change in CHANGES:
+            b.execute(f"UPDATE awkward SET {change} WHERE id = {key}")
+            aggs_c, hashes_c = fingerprint(_shared(_run(b), record))
+            assert {k for k in hashes_a if hashes_a[k] != hashes_c[k]} == {(str(key),)}, change
+            assert aggs_c.keys() == aggs_a.keys()
+            assert len([i for i in aggs_a if not aggs_a[i].same(aggs_c[i])]) == 1, change
+            b.execute(f"DELETE FROM awkward WHERE id = {key}")  # back to one difference
+            marks = ", ".join(["%s"] * len(NAMES))
+            b.execute(f"INSERT INTO awkward VALUES ({marks})",
+                      stored("postgres", next(r for r in rows() if r[0] == key)))
+        assert fingerprint(_shared(_run(b), record)) == (aggs_a, hashes_a)
+
+
+def test_only_columns_both_sides_declare_alike_and_safe_enter_the_record() -> None:
+    src = {'"a"': "bigint", '"b"': "double precision", '"c"': "text", '"d"': "integer",
+           '"e"': "numeric(12,2)", '"f"': "timestamp with time zone", '"g"': "jsonb",
+           '"h"': "character varying(20)"}
+    wh = {**src, '"d"': "bigint", '"e"': "numeric(14,2)", '"h"': "character varying(20)"}
+    assert record_fields(src, wh) == {'"a"', '"c"', '"f"', '"h"'}
 
 
 def test_the_key_hash_dimension_stays_the_md5_term_of_every_engine(pg_dsn: str) -> None:
@@ -126,24 +165,26 @@ def _config(tmp_path: Path, src: str, wh: str) -> Path:
                           warehouse={"kind": "postgres", "dsn": wh, "schema": "wh"})
 
 
-def test_postgres_to_postgres_uses_the_shared_hash_and_finds_each_changed_row(
+def test_postgres_to_postgres_uses_the_record_hash_and_finds_each_changed_row(
         tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str) -> None:
     _source(pg_dsn)
     with Pipeline.from_yaml(_config(tmp_path, pg_dsn, pg_warehouse_dsn)) as pipeline:
         assert pipeline.run_once().ok
         (clean,) = reconcile(pipeline)
-        assert clean.hash == "hashtextextended" and clean.clean and clean.rows_compared == 600
+        assert clean.hash == "hash_record_extended" and clean.clean
+        assert clean.rows_compared == 600
         with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
             wh.execute("UPDATE wh.sales SET unit_price = unit_price + 0.01 WHERE sale_id = 17")
             wh.execute("UPDATE wh.sales SET sku = sku || ' ' WHERE sale_id = 333")
             wh.execute("UPDATE wh.sales SET sold_at = sold_at + interval '1 microsecond' "
                        "WHERE sale_id = 598")
         (found,) = reconcile(pipeline)
-        assert found.hash == "hashtextextended"
+        assert found.hash == "hash_record_extended"
         assert (found.missing, found.extra, found.mismatched) == (0, 0, 3)
         assert {k[1] for k in found.examples["mismatched"]} == {17, 333, 598}
         (fixed,) = reconcile(pipeline, options=Options(repair=True))
-        assert fixed.clean and fixed.after is not None and fixed.after.hash == "hashtextextended"
+        assert fixed.clean and fixed.after is not None
+        assert fixed.after.hash == "hash_record_extended"
 
 
 def test_a_warehouse_in_another_encoding_keeps_md5(tmp_path: Path, pg_dsn: str) -> None:

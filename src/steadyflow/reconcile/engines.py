@@ -6,9 +6,11 @@ to the contract type first, which is what extraction does with them.
 
 One exception, for speed: when both sides are PostgreSQL servers that compute the same
 `hashtextextended` (table.py probes both; see PostgresEngine.shared_hash), a row's term and
-hash are that 64-bit hash of the same canonical text instead of its md5: 2.1 of the 3.4 CPU-s
-a 2M-row side costs are the md5 and its hex-to-bigint conversion. The bucket dimension of a
-key hash (`key_term`) stays the md5 term, in [0, 2**60) on every pair.
+hash are that 64-bit hash of the same canonical text instead of its md5 (2.1 of the 3.4 CPU-s
+a 2M-row side costs are the md5 and its hex-to-bigint conversion); on 14+, the
+`hash_record_extended` of a record of the columns both sides declare alike (as their own
+values: no text built) and the others' canonical texts (0.8 CPU-s). The bucket dimension of
+a key hash (`key_term`) stays the md5 term, in [0, 2**60) on every pair.
 
 Also here: a conservative "certainly invalid" predicate per source column. It only flags a
 row that the pipeline's validation (validate/rules.py) would quarantine for sure, so a valid
@@ -38,6 +40,30 @@ Fragment = tuple[str, list[Any]]  # SQL text and its parameters, in order
 # where a timestamp's float8 epoch holds its µs exactly (PostgreSQL's fast path, ts_us)
 FAST_TIME = ("1900-01-01 00:00:00+00", "2040-01-01 00:00:00+00")
 NUMERIC = ("int64", "int32", "float64")
+# declared types (format_type) whose own hash is equal exactly for the values the contract
+# calls equal, when both sides declare the column alike: integers hash by value, numeric
+# ignores display scale (12.5 = 12.50, as a decimal(p,s) contract does), timestamps and dates
+# by their µs or days, text by its bytes (under COLLATE "C"), booleans by value. Not floats
+# (the contract rounds to micro-units) nor anything else (json, arrays, enums, ...).
+RECORD_TEXT = re.compile(r"text|character varying(\(\d+\))?")
+RECORD_SAFE = re.compile(r"smallint|integer|bigint|numeric\(\d+,\d+\)|boolean|date|"
+                         r"timestamp(\(\d\))? with(out)? time zone|" + RECORD_TEXT.pattern)
+
+
+def record_fields(src: dict[str, str], wh: dict[str, str]) -> frozenset[str]:
+    """The quoted columns both sides declare with one RECORD_SAFE type (Engine.native of
+    each side's engine)."""
+    return frozenset(q for q, t in src.items() if wh.get(q) == t and RECORD_SAFE.fullmatch(t))
+
+
+# one row of every RECORD_SAFE kind, NULL too: both servers must hash it alike
+RECORD_PROBE = ("hash_record_extended(ROW(CAST(%s AS bigint), CAST(%s AS integer), "
+                "CAST(%s AS smallint), CAST(%s AS numeric(12,2)), CAST(%s AS text) COLLATE \"C\", "
+                "CAST(%s AS timestamptz), CAST(%s AS date), CAST(%s AS boolean), "
+                "CAST(NULL AS text)), 0)",
+                ["-9000000000", "-7", "3", "12.50", "é日本 ~|", "2024-02-29 12:00:00.000001+00",
+                 "1969-07-20", "true"])
+
 # texts both PostgreSQL servers hash before sharing hashtextextended (PostgresEngine): every
 # length class of hashfn.c's tail (0-11 bytes past the 12-byte words), bytes past ASCII
 _PROBE = "é日本|-7|a~|b|~N|12.50|1704164645123456|it's\t"
@@ -60,6 +86,7 @@ class Engine:
     # row terms and hashes in a native hash both sides compute alike, not md5: only
     # PostgreSQL has one (PostgresEngine), set by table.py after probing both servers
     shared_hash = False
+    record_columns: frozenset[str] = frozenset()  # of a shared hash (PostgresEngine)
 
     def __init__(self) -> None:
         # quoted column -> its declared type, lowercased (see `declare`): lets an engine
@@ -247,6 +274,9 @@ class PostgresEngine(Engine):
     # across server versions since 11 (hash partitions depend on it), but differs across
     # byte orders (hashfn.c reads the text a 32-bit word at a time in native order) and
     # server encodings (it hashes the bytes): the probe settles both, else md5 is kept.
+    # record_columns (PostgreSQL 14+ on both, RECORD_PROBE alike): the quoted columns both
+    # sides declare with the same type of RECORD_SAFE, hashed as their own values in a
+    # record (hash_record_extended) instead of as canonical text (record_fields).
     # A bucket query groups by an expression of the key, whose number of distinct values the
     # planner cannot know: it takes one group per row, plans a sort of every row by bucket
     # and spills it to disk (160 MB of temp files for 2M rows at the default work_mem, half
@@ -350,6 +380,17 @@ class PostgresEngine(Engine):
             return f"CAST({self._native_hash(columns)} AS text)"
         return super().row_hash(columns)
 
+    def _record_part(self, x: str, ctype: str) -> str:
+        """A column as a field of the hashed record: itself where record_columns says both
+        sides declare it alike (text under COLLATE "C": a column's own collation reaches
+        the record's hash, and a nondeterministic one hashes 'A' and 'a' alike), else its
+        canonical text."""
+        if x not in self.record_columns:
+            return f"coalesce({self.canon(x, ctype)}, '~N') COLLATE \"C\""
+        if RECORD_TEXT.fullmatch(self.native.get(x, "")):
+            return f'{x} COLLATE "C"'
+        return x
+
     @staticmethod
     def server_sql() -> Fragment:
         """The server's version number and encoding, before HASH_PROBE (PostgreSQL 11 added
@@ -366,7 +407,12 @@ class PostgresEngine(Engine):
 
     def _native_hash(self, columns: Sequence[tuple[str, str]]) -> str:
         """COLLATE "C": a deterministic collation hashes the text's bytes (a
-        nondeterministic one would hash its sort key)."""
+        nondeterministic one would hash its sort key). With record_columns, the row as a
+        record of those columns' own values (each hashed by its type's hash, no text built)
+        and the other columns' canonical texts."""
+        if self.record_columns:
+            fields = ", ".join(self._record_part(x, t) for x, t in columns)
+            return f"hash_record_extended(ROW({fields}), 0)"
         return f'hashtextextended(({self.row_text(columns)}) COLLATE "C", 0)'
 
     def days(self, x: str) -> str:

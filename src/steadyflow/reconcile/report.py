@@ -24,7 +24,8 @@ class TableReport:
     table: str
     target: str
     by: str = ""
-    hash: str = "md5"  # the row hash: md5, or hashtextextended on PostgreSQL to PostgreSQL
+    # the row hash: md5, or on PostgreSQL to PostgreSQL hash_record_extended/hashtextextended
+    hash: str = "md5"
     buckets: int = 0
     ranges: int = 0
     leaves: int = 0

@@ -62,7 +62,14 @@ from steadyflow.reconcile.encoding import (
     raw_converter,
     register_sqlite,
 )
-from steadyflow.reconcile.engines import Engine, Fragment, PostgresEngine, engine_for
+from steadyflow.reconcile.engines import (
+    RECORD_PROBE,
+    Engine,
+    Fragment,
+    PostgresEngine,
+    engine_for,
+    record_fields,
+)
 from steadyflow.reconcile.options import Options
 from steadyflow.reconcile.repair import load_repairs, repair_lease
 from steadyflow.reconcile.report import Findings, TableReport
@@ -96,6 +103,7 @@ class TableReconciler:
         self._mark: tuple[Watermark, int] | None = None  # checkpoint, its cursor as an int
         self._types: tuple[dict[str, str], dict[str, str]] | None = None  # see _declared
         self._shared: bool | None = None  # see _shared_hash
+        self._record = False  # and hash_record_extended too (PostgreSQL 14+ on both)
         # the last comparison: its incremental plan, the due buckets' scan, the merged scan
         self._last: tuple[incremental.Plan | None, Scan, Scan] | None = None
         self.lease: Lease | None = None  # the table's extraction lease during a repair
@@ -283,6 +291,9 @@ class TableReconciler:
         wh_engine.declare(self._declared()[1])
         if self._shared_hash():
             src_engine.shared_hash = wh_engine.shared_hash = True
+            if self._record:
+                src_engine.record_columns = wh_engine.record_columns = record_fields(
+                    src_engine.native, wh_engine.native)
         src = SqlSide(src_engine, self.db.dialect.ident(self.t.name), self.contract,
                       self._source_run, self.dims, where=self._where(src_engine, to_src),
                       since_us=since, before_us=horizon, validity=True, to_param=to_src)
@@ -324,20 +335,30 @@ class TableReconciler:
         return self._shared
 
     def _same_hash(self) -> bool:
+        """Also sets _record: both servers 14+ and hashing RECORD_PROBE alike."""
         runs = (self._source_run, self._warehouse_run)
+        versions = []
         for run in runs:
             (version, encoding), = run(*PostgresEngine.server_sql())
-            if int(catalog_text(version)) < 110000 or catalog_text(encoding) != "UTF8":
+            versions.append(int(catalog_text(version)))
+            if versions[-1] < 110000 or catalog_text(encoding) != "UTF8":
                 return False
         src, wh = ([str(v) for v in run(*PostgresEngine.probe_sql())[0]] for run in runs)
-        return src == wh
+        if src != wh:
+            return False
+        if min(versions) >= 140000:
+            sql, params = RECORD_PROBE
+            a, b = (str(run(f"SELECT {sql} AS h", list(params))[0][0]) for run in runs)
+            self._record = a == b
+        return True
 
     # --- the comparison -------------------------------------------------------------------
     def compare(self) -> tuple[TableReport, Findings]:
         started = time.monotonic()
         report = TableReport(self.ref.source, self.ref.table, self.ref.target, by=self.by)
         src, wh = self.sides()
-        report.hash = "hashtextextended" if self._shared_hash() else "md5"
+        report.hash = ("md5" if not self._shared_hash() else "hash_record_extended"
+                       if src.engine.record_columns else "hashtextextended")
         report.since = self.options.since.isoformat() if self.options.since else None
         if src.before_us is not None:
             report.horizon = self._horizon_text(src.before_us)
