@@ -212,6 +212,42 @@ def test_expired_lease_is_taken_over(adapter: Adapter) -> None:
         a.renew_lease(old)
 
 
+def test_every_fenced_write_renews_the_lease_and_a_stale_one_names_the_holder(
+        adapter: Adapter) -> None:
+    """The fence is also the renewal (record_landed, the checkpoint, a chunk's page): a
+    lease kept busy by fenced writes outlives its seconds; one taken over is refused with
+    the new holder and generation named, and nothing it wrote stays."""
+    a, b = adapter.open(), adapter.open()
+    lease = a.try_lease("s", "t", "otherhost:1:a", 0.6)
+    assert lease is not None
+    for i in range(3):  # 1.05 s in all, each write well within the 0.6 s it renews
+        time.sleep(0.35)
+        a.record_landed(_ref(f"r{i}"), lease)
+        a.advance_checkpoint("s", "t", Watermark(i, (i,)), lease)
+    assert b.try_lease("s", "t", "otherhost:2:b", 30) is None  # renewed: still live
+    time.sleep(0.7)
+    taken = b.try_lease("s", "t", "otherhost:2:b", 30)
+    assert taken is not None and taken.generation == lease.generation + 1
+    with pytest.raises(ExtractionFenced, match=r"now generation 2, held by otherhost:2:b"):
+        a.record_landed(_ref("late"), lease)
+    assert b.batch("late") is None
+    assert b.checkpoint("s", "t") == Watermark(2, (2,))
+    chunked = a.try_lease("s", "c", "otherhost:1:a", 30)
+    assert chunked is not None
+    a.plan_backfill("s", "c", Watermark(9, (9,)), [(None, Watermark(9, (9,)))],
+                    lease=chunked)
+    chunk = a.claim_chunk("s", "c", "otherhost:1:a", 0.6)
+    assert chunk is not None
+    time.sleep(0.35)
+    a.advance_chunk(chunk, Watermark(1, (1,)), 1)
+    time.sleep(0.35)  # past the claim's 0.6 s, within the page's renewal
+    assert b.claim_chunk("s", "c", "otherhost:2:b", 30) is None
+    time.sleep(0.7)
+    assert b.claim_chunk("s", "c", "otherhost:2:b", 30) is not None
+    with pytest.raises(ExtractionFenced, match=r"chunk 0 .*held by otherhost:2:b"):
+        a.advance_chunk(chunk, Watermark(2, (2,)), 1)
+
+
 def test_manifest_is_idempotent_and_tracks_status(adapter: Adapter) -> None:
     a, b = adapter.open(), adapter.open()
     a.record_landed(_ref("b1"))

@@ -183,6 +183,10 @@ class PostgresStateStore(StateStore):
     def _now(self, c: Tx) -> float:
         return float(c.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
 
+    def _lease_end(self, seconds: float) -> tuple[str, tuple[Any, ...]]:
+        return "extract(epoch from clock_timestamp()) + ?", (seconds,)
+
     def next_seq(self) -> int:
-        with self._tx() as c:
-            return int(c.execute("SELECT nextval('extract_seq')").fetchone()[0])
+        """One autocommitted statement (no BEGIN and COMMIT round trips around it): a
+        sequence's nextval is never rolled back, so a transaction adds nothing."""
+        return int(self._query("SELECT nextval('extract_seq')")[0][0])

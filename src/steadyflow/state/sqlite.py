@@ -124,9 +124,11 @@ class SqliteStateStore(StateStore):
     def _now(self, c: Tx) -> float:
         return time.time()  # one host: every holder reads the same clock
 
+    def _lease_end(self, seconds: float) -> tuple[str, tuple[Any, ...]]:
+        return "?", (time.time() + seconds,)
+
     def next_seq(self) -> int:
         with self._tx() as c:
-            c.execute("INSERT INTO sequence VALUES ('extract', 1) ON CONFLICT(name) "
-                      "DO UPDATE SET value = value + 1")
-            return int(c.execute("SELECT value FROM sequence WHERE name='extract'"
-                                 ).fetchone()[0])
+            return int(c.execute("INSERT INTO sequence VALUES ('extract', 1) ON "
+                                 "CONFLICT(name) DO UPDATE SET value = value + 1 "
+                                 "RETURNING value").fetchone()[0])

@@ -258,6 +258,12 @@ class StateStore(ABC):
         host, the database's clock when hosts share the state (their clocks may differ)."""
 
     @abstractmethod
+    def _lease_end(self, seconds: float) -> tuple[str, tuple[Any, ...]]:
+        """A lease's new end, `seconds` after `_now`, as an SQL expression and its
+        parameters: written by the statement that checks the lease (`_fence`), so the
+        renewal costs no round trip of its own."""
+
+    @abstractmethod
     def next_seq(self) -> int:
         """The next extraction sequence number: strictly increasing, never reused, and
         independent of any clock (a host clock that jumps back must not reorder rows)."""
@@ -517,48 +523,59 @@ class StateStore(ABC):
 
     def _fence(self, c: Tx, lease: Lease | None) -> None:
         """Inside a state transaction: raise ExtractionFenced unless `lease` is still the
-        table's current one, else extend it (every durable step is also a renewal)."""
+        table's current one, else extend it (every durable step is also a renewal).
+
+        The check and the renewal are one UPDATE whose WHERE names the holder and the
+        generation: it locks the row as SELECT ... FOR UPDATE did (a takeover waits for
+        this transaction, and this one for a takeover in flight, whose new generation the
+        WHERE then no longer matches), and costs one round trip instead of three (lock,
+        the state's clock, the renewal), paid twice per landed batch."""
         if lease is None:
             return
         if isinstance(lease, ChunkLease):
             self._fence_chunk(c, lease)
             return
+        end, params = self._lease_end(lease.seconds)
+        if c.execute(f"UPDATE extract_leases SET expires_at={end} WHERE source=? AND tbl=? "
+                     "AND holder=? AND generation=? RETURNING generation",
+                     (*params, lease.source, lease.table, lease.holder,
+                      lease.generation)).fetchone() is not None:
+            return
         row = c.execute("SELECT holder, generation FROM extract_leases WHERE source=? AND "
-                        f"tbl=?{self._lock_rows}", (lease.source, lease.table)).fetchone()
-        if row is None or row[0] != lease.holder or row[1] != lease.generation:
-            holder, generation = (row[0], row[1]) if row is not None else (None, 0)
-            raise ExtractionFenced(
-                f"this extractor lost its extraction lease (generation {lease.generation}; "
-                f"now generation {generation}, held by {holder or 'nobody'}): another "
-                f"extractor took the table over after this one stalled past its "
-                f"{lease.seconds:g}s lease; what it read is older than the new holder's, so "
-                "it records and advances nothing", stage="extract", source=lease.source,
-                table=lease.table,
-                hint="nothing to repair: the new holder extracts the table, and the next run "
-                     "resumes from its checkpoint; if this process is often paused that "
-                     "long, look for what stalls it (swap, a stopped terminal, SIGSTOP)")
-        c.execute("UPDATE extract_leases SET expires_at=? WHERE source=? AND tbl=?",
-                  (self._now(c) + lease.seconds, lease.source, lease.table))
+                        "tbl=?", (lease.source, lease.table)).fetchone()
+        holder, generation = (row[0], row[1]) if row is not None else (None, 0)
+        raise ExtractionFenced(
+            f"this extractor lost its extraction lease (generation {lease.generation}; "
+            f"now generation {generation}, held by {holder or 'nobody'}): another "
+            f"extractor took the table over after this one stalled past its "
+            f"{lease.seconds:g}s lease; what it read is older than the new holder's, so "
+            "it records and advances nothing", stage="extract", source=lease.source,
+            table=lease.table,
+            hint="nothing to repair: the new holder extracts the table, and the next run "
+                 "resumes from its checkpoint; if this process is often paused that "
+                 "long, look for what stalls it (swap, a stopped terminal, SIGSTOP)")
 
     def _fence_chunk(self, c: Tx, lease: ChunkLease) -> None:
         """`_fence` for a backfill chunk: its current holder and generation, else
-        ExtractionFenced; extends the chunk's lease."""
+        ExtractionFenced; extends the chunk's lease (one UPDATE, as `_fence`)."""
+        end, params = self._lease_end(lease.seconds)
+        if c.execute(f"UPDATE backfill_chunks SET expires_at={end} WHERE source=? AND tbl=? "
+                     "AND chunk=? AND holder=? AND generation=? RETURNING generation",
+                     (*params, lease.source, lease.table, lease.chunk, lease.holder,
+                      lease.generation)).fetchone() is not None:
+            return
         row = c.execute("SELECT holder, generation FROM backfill_chunks WHERE source=? AND "
-                        f"tbl=? AND chunk=?{self._lock_rows}",
-                        (lease.source, lease.table, lease.chunk)).fetchone()
-        if row is None or row[0] != lease.holder or row[1] != lease.generation:
-            holder, generation = (row[0], row[1]) if row is not None else (None, 0)
-            raise ExtractionFenced(
-                f"this reader lost its lease on chunk {lease.chunk} of the initial load "
-                f"(generation {lease.generation}; now generation {generation}, held by "
-                f"{holder or 'nobody'}): another reader took the chunk over after this one "
-                f"stalled past its {lease.seconds:g}s lease, so it records and advances "
-                "nothing", stage="extract", source=lease.source, table=lease.table,
-                hint="nothing to repair: the new holder reads the chunk from its last "
-                     "recorded key")
-        c.execute("UPDATE backfill_chunks SET expires_at=? WHERE source=? AND tbl=? AND "
-                  "chunk=?", (self._now(c) + lease.seconds, lease.source, lease.table,
-                              lease.chunk))
+                        "tbl=? AND chunk=?", (lease.source, lease.table, lease.chunk)
+                        ).fetchone()
+        holder, generation = (row[0], row[1]) if row is not None else (None, 0)
+        raise ExtractionFenced(
+            f"this reader lost its lease on chunk {lease.chunk} of the initial load "
+            f"(generation {lease.generation}; now generation {generation}, held by "
+            f"{holder or 'nobody'}): another reader took the chunk over after this one "
+            f"stalled past its {lease.seconds:g}s lease, so it records and advances "
+            "nothing", stage="extract", source=lease.source, table=lease.table,
+            hint="nothing to repair: the new holder reads the chunk from its last "
+                 "recorded key")
 
     def leases(self) -> list[dict[str, Any]]:
         """Every extraction lease held now, of a table (chunk None) or of one key range of
