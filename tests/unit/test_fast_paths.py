@@ -352,3 +352,32 @@ def test_mariadb_and_sqlite_sources_do_not_import_psycopg() -> None:
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("keys, columns", [
+    (["k"], {"k": pa.array([1, 2, 3], pa.int64())}),
+    (["k"], {"k": pa.array([1, 2, 1], pa.int64())}),
+    (["k"], {"k": pa.array([None, 2, None], pa.int64())}),  # NULLs are one value
+    (["k"], {"k": pa.array(["a", "A", "a "], pa.string())}),  # no case or pad folding
+    (["k"], {"k": pa.array(["a", "b", "a"], pa.string())}),
+    (["k"], {"k": pa.array([Decimal("1.10"), Decimal("1.1")], pa.decimal128(10, 2))}),
+    (["k"], {"k": pa.array([datetime(2026, 1, 1, tzinfo=UTC)] * 2, pa.timestamp("us", "UTC"))}),
+    (["k"], {"k": pa.array([0.0, -0.0, float("nan"), float("nan")], pa.float64())}),  # DuckDB
+    (["a", "b"], {"a": pa.array([1, 1, 2], pa.int32()), "b": pa.array(["x", "y", "x"])}),
+    (["a", "b"], {"a": pa.array([1, 1, 2], pa.int32()), "b": pa.array(["x", "x", "y"])}),
+])
+def test_duckdb_batch_key_uniqueness_in_arrow_agrees_with_duckdb(
+        keys: list[str], columns: dict[str, pa.Array]) -> None:
+    """The uniqueness the fast paths take from Arrow (merge/duckdb._unique) is what
+    DuckDB's DISTINCT over the registered stage says: a wrong True would insert a batch's
+    repeated key twice."""
+    from steadyflow.merge.duckdb import STAGE, _unique, _upsert
+
+    rows = pa.table(columns)
+    contract = Contract(columns=tuple(Column(n, "int64") for n in rows.column_names),
+                        primary_key=tuple(keys), cursor=keys[0])
+    u = _upsert(contract, "t")
+    con = duckdb.connect()
+    con.register(STAGE, rows)
+    by_duckdb = bool(con.execute(u.unique).fetchone()[0])  # type: ignore[index]
+    assert _unique(con, u, rows, keys) is by_duckdb
