@@ -84,3 +84,36 @@ def test_a_duplicate_counts_once_whoever_marks_it(adapter: Adapter) -> None:
     assert [(h.rows_loaded, h.rows_changed, h.rows_quarantined)
             for h in loader.health()] == counts
     assert loader.pending_batches() == []
+
+
+def test_a_groups_batches_of_one_table_add_up_and_keep_the_newest_cursor(
+        adapter: Adapter) -> None:
+    """Each table's health is written once per group: the sum of the counts of the
+    batches the group moved out of 'landed', and the newest cursor of any of them (the
+    first of equals), never older than what the table had."""
+    store = adapter.open()
+    refs = [_ref(f"g{i}", table=t) for i, t in enumerate(["t1", "t1", "t1", "t2", "t1"])]
+    for ref in refs:
+        store.record_landed(ref)
+    store.record_loaded([LoadedBatch(refs[4], "loaded", 1, 1, 1, "c-late", 50.0)])
+    store.record_loaded([
+        LoadedBatch(refs[0], "loaded", 10, 1, 7, "c5", 5.0),
+        LoadedBatch(refs[1], "loaded", 20, 2, 20, "c9", 9.0),
+        LoadedBatch(refs[2], "duplicate", 30, 0, None, "c11", 11.0),  # kept no counts
+        LoadedBatch(refs[3], "loaded", 4, 0, 4, "t2-c", 3.0),
+        LoadedBatch(refs[4], "loaded", 99, 9, 99, "c99", 99.0),  # marked before: not again
+    ])
+    health = {h.table: h for h in store.health()}
+    assert (health["t1"].rows_loaded, health["t1"].rows_changed,
+            health["t1"].rows_quarantined) == (31, 28, 4)
+    assert (health["t1"].newest_cursor, health["t1"].newest_cursor_epoch) == ("c-late", 50.0)
+    assert (health["t2"].rows_loaded, health["t2"].newest_cursor) == (4, "t2-c")
+    more = [_ref(f"h{i}", table="t1") for i in range(3)]
+    for ref in more:
+        store.record_landed(ref)
+    store.record_loaded([LoadedBatch(more[0], "loaded", 1, 0, 1, "first-of-equals", 60.0),
+                         LoadedBatch(more[1], "loaded", 1, 0, 1, "second", 60.0),
+                         LoadedBatch(more[2], "loaded", 1, 0, 1, "older", 55.0)])
+    t1 = next(h for h in store.health() if h.table == "t1")
+    assert (t1.rows_loaded, t1.newest_cursor, t1.newest_cursor_epoch) == (
+        34, "first-of-equals", 60.0)

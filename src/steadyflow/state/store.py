@@ -690,10 +690,12 @@ class StateStore(ABC):
         health (record_load). One commit per group, not two per batch: a state commit is
         an fsync, and at a few hundred rows per batch those were most of the loader's time.
 
-        Rows are written in (source, table, batch) order, not the group's: two loaders'
-        groups holding batches of the same tables in other orders locked the tables' health
-        rows in opposite orders, and PostgreSQL aborted one as a deadlock (its committed
-        group reported failed, its counts lost with the redelivery).
+        Manifest rows are written in (source, table, batch) order, then each table's
+        health row once, its batches' counts summed (three statements per table, not per
+        batch), in (source, table) order, never the group's: two loaders' groups holding
+        batches of the same tables in other orders locked the tables' health rows in
+        opposite orders, and PostgreSQL aborted one as a deadlock (its committed group
+        reported failed, its counts lost with the redelivery).
 
         A batch's counts are added by the transaction that moves its manifest entry out of
         'landed', and by no other (the row lock makes a second one find it moved): its
@@ -707,6 +709,7 @@ class StateStore(ABC):
         if not loaded:
             return
         with self._tx() as c:
+            counted: dict[tuple[str, str], list[LoadedBatch]] = {}
             for b in sorted(loaded, key=lambda b: (b.batch.source, b.batch.table,
                                                    b.batch.batch_id)):
                 moved = c.execute(
@@ -724,9 +727,17 @@ class StateStore(ABC):
                                           b.quarantined_rows, b.status)
                         continue
                 if b.changed_rows is not None:
-                    self._record_load(c, b.batch.source, b.batch.table, b.good_rows,
-                                      b.quarantined_rows, b.newest_cursor, b.newest_epoch,
-                                      b.changed_rows)
+                    counted.setdefault((b.batch.source, b.batch.table), []).append(b)
+            # health after every manifest row: one lock order, manifest then health
+            for (source, table), batches in counted.items():
+                newest = max((b for b in batches if b.newest_epoch is not None),
+                             key=lambda b: b.newest_epoch or 0.0, default=None)
+                self._record_load(
+                    c, source, table, sum(b.good_rows for b in batches),
+                    sum(b.quarantined_rows for b in batches),
+                    newest.newest_cursor if newest else None,
+                    newest.newest_epoch if newest else None,
+                    sum(b.changed_rows or 0 for b in batches))
 
     def mark_failed(self, batch_id: str, error: str) -> None:
         with self._tx() as c:
