@@ -633,6 +633,33 @@ def test_a_read_only_server_reports_the_last_successful_run_from_state(tmp_path:
         stop()
 
 
+def test_a_read_only_server_counts_the_rows_another_process_loads(tmp_path: Path) -> None:
+    """`serve` beside a pipeline loading elsewhere: its row counters stayed 0 (only a
+    loader in its own process moved them), so rate(steadyflow_rows_total) said nothing
+    was loaded. They follow the totals the pipeline records in its state."""
+    config = sqlite_pipeline(tmp_path, 300)
+    url, stop = start_server(config, "127.0.0.1", 0)
+    try:
+        steadyflow("run", "-c", str(config), check=True)  # another process loads 300 rows
+        with Pipeline.from_yaml(config, view=True) as p:
+            [health] = p.state.health()
+        # the demo store's generator spoils a few rows: they are quarantined
+        assert health.rows_changed + health.rows_quarantined == 300, health
+        assert health.rows_quarantined > 0, health
+
+        def counted() -> tuple[float | None, float | None]:
+            metrics = scrape(url)
+            return (sample(metrics, "steadyflow_rows_total", source="store_001",
+                           table="sales", stage="load"),
+                    sample(metrics, "steadyflow_quarantined_rows_total", source="store_001",
+                           table="sales"))
+
+        truth = (health.rows_changed, health.rows_quarantined)
+        assert wait_until(lambda: counted() == truth, 10, f"{truth} rows counted")
+    finally:
+        stop()
+
+
 def test_a_table_polled_hourly_while_idle_exposes_its_pause(tmp_path: Path) -> None:
     """SteadyflowPollFailing fired 15 min after each idle poll of a table whose poll_max
     (or run.interval) is longer, on an idle, healthy table: the rule allows three of its

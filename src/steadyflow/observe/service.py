@@ -42,6 +42,8 @@ class StatusService:
         self.loop_error: str | None = None
         self._stop = threading.Event()
         self._synced: dict[tuple[str, str], float] = {}
+        # a read-only viewer's row totals last counted (see _count_from_state)
+        self._counted: dict[tuple[str, str], tuple[int, int]] = {}
         self._threads: list[threading.Thread] = []
         self._runner: threading.Thread | None = None
 
@@ -66,6 +68,8 @@ class StatusService:
                     _set_last_success(metrics, h.source, h.table, h.last_success)
             if not self.live and h.breaker in BREAKER_STATES:
                 metrics.breaker(h.source, h.breaker)
+            if not self.live:
+                self._count_from_state(h)
         if self.tables_from_state:  # lag and last poll as every process recorded them
             for (source, table), (high, at) in self.pipeline.state.polls().items():
                 metrics.polled(source, table, high, at=at)
@@ -78,6 +82,19 @@ class StatusService:
             if last is not None:
                 metrics.run_succeeded(at=float(last))
         self.sync_reconcile()
+
+    def _count_from_state(self, h: Any) -> None:
+        """A read-only viewer's row counters follow the totals the pipeline records
+        (rows its merges changed, rows quarantined): they stayed 0 beside a pipeline
+        loading elsewhere, so a rate() on them said nothing moved. Counters only grow:
+        a total that fell (`reset --table`) is the new base."""
+        key = (h.source, h.table)
+        changed, parked = self._counted.get(key, (0, 0))
+        if h.rows_changed > changed:
+            self.pipeline.metrics.rows(h.source, h.table, "load", h.rows_changed - changed)
+        if h.rows_quarantined > parked:
+            self.pipeline.metrics.quarantined(h.source, h.table, h.rows_quarantined - parked)
+        self._counted[key] = (h.rows_changed, h.rows_quarantined)
 
     def sync_reconcile(self) -> None:
         """The reconcile gauges as the last reconcile of each table left it, whichever
