@@ -51,6 +51,7 @@ from tests.support.faultproxy import FaultProxy
 
 from steadyflow.demo.stores import COLUMNS, create_stores, format_ts
 from steadyflow.observe.web import start_server
+from steadyflow.run import pipeline as pipeline_module
 from steadyflow.run.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
@@ -570,12 +571,20 @@ def test_a_reconcile_run_by_another_process_reaches_the_served_metrics(tmp_path:
 
 
 def test_consumer_lag_is_the_age_of_the_oldest_unloaded_batch_through_a_warehouse_outage(
-        pg_warehouse_dsn: str, tmp_path: Path) -> None:
+        pg_warehouse_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """steadyflow_consumer_lag_seconds ('age of the oldest landed batch not yet loaded',
     SteadyflowLagGrowing) was the age of the oldest message in the buffer: a batch that
     failed for good leaves the buffer and is queued again as a new message, so through a
     warehouse outage the gauge fell back to ~15 s again and again while the oldest unloaded
-    batch grew a minute old, and the age alert could not fire however long it lasted."""
+    batch grew a minute old, and the age alert could not fire however long it lasted.
+
+    The load backoff is cut to a tenth (LOAD_BACKOFF), so the batch fails for good (its
+    5th failure: out of the buffer, still pending in the manifest) within ~2 s instead of
+    ~31 s; the test watches it parked until it is 12 s old, instead of waiting 45 s.
+    (While the warehouse is out the sweep cannot read its ledger, so the parked batch is
+    queued again only once it is back.)"""
+    monkeypatch.setattr(pipeline_module, "LOAD_BACKOFF", 0.05)
+    labels = {"source": "store_001", "table": "sales", "stage": "load"}
     with FaultProxy(PG_HOST, PG_PORT) as proxy:
         via_proxy = pg_warehouse_dsn.replace(f":{PG_PORT}/", f":{proxy.port}/")
         config = sqlite_pipeline(tmp_path, 300, run={"interval": "0.3s"}, warehouse={
@@ -585,22 +594,28 @@ def test_consumer_lag_is_the_age_of_the_oldest_unloaded_batch_through_a_warehous
             loop = threading.Thread(target=pipeline.run, kwargs={"follow": True},
                                     daemon=True)
             loop.start()
-            seen: list[tuple[float, float]] = []
+            seen: list[tuple[float, float, int]] = []  # (oldest, gauge, buffer depth)
+            errors = 0.0
             try:
-                deadline = time.monotonic() + 45  # past a batch's 5 failures (~31 s)
-                while time.monotonic() < deadline:
-                    time.sleep(1.0)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and (
+                        not seen or seen[-1][0] <= 12 or errors < 5):
+                    time.sleep(0.5)
                     pending = pipeline.state.pending_batches()
                     gauge = pipeline.metrics.value("steadyflow_consumer_lag_seconds")
+                    errors = pipeline.metrics.value("steadyflow_errors_total", **labels) or 0
                     if pending and gauge is not None:
                         oldest = time.time() - min(b.landed_at for b in pending)
-                        seen.append((round(oldest, 1), round(gauge, 1)))
+                        seen.append((round(oldest, 1), round(gauge, 1),
+                                     pipeline.buffer.depth()))
             finally:
                 pipeline.stop()
                 loop.join(60)
-    assert seen and seen[-1][0] > 40, seen
+    assert seen and seen[-1][0] > 12 and errors >= 5, (errors, seen)
+    # failed for good: out of the buffer, though not loaded, while older than 5 s
+    assert sum(depth == 0 for oldest, _, depth in seen if oldest > 5) >= 5, seen
     # once the loader reported it (its first failure), never more than a second behind
-    assert all(gauge >= oldest - 1.5 for oldest, gauge in seen if oldest > 5), seen
+    assert all(gauge >= oldest - 1.5 for oldest, gauge, _ in seen if oldest > 5), seen
 
 
 def test_a_read_only_server_reports_the_last_successful_run_from_state(tmp_path: Path

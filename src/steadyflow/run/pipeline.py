@@ -71,6 +71,11 @@ log = logs.get("run")
 # the buffer's depth and age (metrics, status) are read at most this often by the loader
 QUEUE_REPORT_EVERY = 0.5
 SWEEP_LOOKUP = 1000  # batch ids per ledger lookup of the sweeper
+# a batch whose load failed (retryable) waits LOAD_BACKOFF * 2**failures, at most
+# LOAD_BACKOFF_MAX, before its next try; module constants so a test can walk a batch
+# through its failures in seconds
+LOAD_BACKOFF = 0.5
+LOAD_BACKOFF_MAX = 30.0
 
 
 @dataclass
@@ -508,7 +513,8 @@ class Pipeline:
                 "batch_id": batch.batch_id})
         self.metrics.error(batch.source, batch.table, "load")
         self._record_error(batch.source, batch.table, str(exc), batch.batch_id)
-        delay = min(30.0, 0.5 * 2 ** attempt) if isinstance(exc, RetryableError) else 300.0
+        delay = (min(LOAD_BACKOFF_MAX, LOAD_BACKOFF * 2 ** attempt)
+                 if isinstance(exc, RetryableError) else 300.0)
         # a warehouse outage (retryable) never parks a batch for an hour: it stays at the
         # capped backoff, so loading resumes by itself within 30 s of the warehouse's return
         final = attempt >= max_failures or isinstance(exc, FatalError)
