@@ -7,8 +7,11 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
+import psycopg
+import pymysql
 import pytest
 
 from steadyflow.config import parse_config
@@ -74,3 +77,68 @@ def test_a_changed_cursor_or_key_is_refused_naming_the_reset(tmp_path: Path,
         assert named in error and "reset" in error, error
     before = [(i, i) for i in range(1, 7 if initial_load_moves else 6)]
     assert warehouse(tmp_path) == before  # nothing loaded from a position in another order
+
+
+def numbered_source(kind: str, request: pytest.FixtureRequest) -> tuple[str, list[str]]:
+    """A table whose integer cursor the source numbers (a sequence, AUTO_INCREMENT), and
+    the statements that empty it and start its numbers again."""
+    if kind == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id bigserial PRIMARY KEY, n int NOT NULL)")
+        return dsn, ["TRUNCATE t RESTART IDENTITY"]
+    dsn = request.getfixturevalue("mysql_dsn")
+    my_execute(dsn, "CREATE TABLE t (id BIGINT AUTO_INCREMENT PRIMARY KEY, n INT NOT NULL)")
+    return dsn, ["TRUNCATE t"]
+
+
+def my_execute(dsn: str, *statements: str) -> None:
+    parts = urlsplit(dsn)
+    conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
+                           database=parts.path.lstrip("/"), autocommit=True)
+    with closing(conn), conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+
+
+def source_execute(kind: str, dsn: str, *statements: str) -> None:
+    if kind == "mysql":
+        my_execute(dsn, *statements)
+        return
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement.encode())
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mysql"])
+def test_numbers_started_again_below_the_checkpoint_are_refused(
+        tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:
+    """A table emptied and its numbering restarted (TRUNCATE ... RESTART IDENTITY, MariaDB's
+    TRUNCATE) hands out 1, 2, 3 again: all behind the checkpoint (5), never read, every run
+    ok, the warehouse keeping the old rows under those keys. The probe compares the
+    numbers the sequence or AUTO_INCREMENT handed out with the checkpoint and refuses."""
+    dsn, restart = numbered_source(kind, request)
+    source_execute(kind, dsn, "INSERT INTO t (n) VALUES (1), (2), (3), (4), (5)")
+    raw = {"name": "renumbered", "contracts": {"c": {
+               "primary_key": ["id"], "cursor": "id", "columns": {
+                   "id": {"type": "int64", "nullable": False},
+                   "n": {"type": "int64", "nullable": False}}}},
+           "state_dir": str(tmp_path / "state"), "landing": {"path": str(tmp_path / "l")},
+           "warehouse": {"kind": "duckdb", "path": str(tmp_path / "wh.duckdb"),
+                         "schema": "main"},
+           "sources": [{"name": "s", "kind": kind, "dsn": dsn, "resilience": {"retries": 0},
+                        "tables": [{"name": "t", "contract": "c"}]}]}
+
+    def run_once() -> RunSummary:
+        with Pipeline(parse_config(raw)) as pipeline:
+            return pipeline.run_once(raise_on_error=False)
+
+    assert run_once().ok
+    source_execute(kind, dsn, *restart, "INSERT INTO t (n) VALUES (10), (20), (30)")
+    summary = run_once()
+    assert summary.failed_tables == ["s.t"], summary
+    error = " ".join(summary.errors)
+    assert "reset" in error and "5" in error, error
+    assert warehouse(tmp_path) == [(i, i) for i in range(1, 6)]  # nothing more loaded
+    source_execute(kind, dsn, "INSERT INTO t (n) SELECT 40 FROM t LIMIT 1")  # still below
+    assert run_once().failed_tables == ["s.t"]

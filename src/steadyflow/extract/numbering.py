@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from steadyflow.errors import SchemaError
+from steadyflow.errors import SchemaError, SteadyflowError
 from steadyflow.model import Contract
 
 if TYPE_CHECKING:
@@ -69,3 +69,46 @@ def check_numbering(db: SqlSource, table: str, contract: Contract) -> None:
         log.warning("%s; the lookback of %g numbers covers only that many: %s", why, floor,
                     fix, extra={"source": db.config.name, "table": table,
                                 "stage": "extract"})
+
+
+# the highest number a sequence has handed out since it last (re)started; no row when it
+# has handed out none (a serial whose rows all bring their own numbers: no sign of a
+# restart) and the increment, to skip one counting down (nothing to compare)
+_ISSUED_PG_SQL = ("SELECT last_value, (SELECT seqincrement FROM pg_sequence "
+                  "WHERE seqrelid = %s::regclass) FROM {} WHERE is_called")
+# the next AUTO_INCREMENT value, where the cursor column is the one it fills
+_ISSUED_MARIADB_SQL = (
+    "SELECT t.auto_increment FROM information_schema.tables t "
+    "JOIN information_schema.columns c ON c.table_schema = t.table_schema "
+    "AND c.table_name = t.table_name WHERE t.table_schema = DATABASE() "
+    "AND t.table_name = %s AND c.column_name = %s AND c.extra LIKE '%%auto_increment%%'")
+
+
+def issued_number(db: SqlSource, table: str, contract: Contract) -> int | None:
+    """The highest number the source has handed out for an integer cursor it numbers (a
+    PostgreSQL sequence, a MariaDB AUTO_INCREMENT), None where unknown or unreadable.
+    Below the checkpoint, the numbering started again (TRUNCATE ... RESTART IDENTITY,
+    ALTER SEQUENCE ... RESTART, MariaDB's TRUNCATE): rows numbered again at or below the
+    checkpoint are never read (TableExtractor.start_point refuses it)."""
+    if contract.column(contract.cursor).type not in NUMBER_TYPES:
+        return None
+    name = {k.lower(): k for k in db.declared_types(table)}.get(contract.cursor.lower(),
+                                                                contract.cursor)
+    try:
+        if db.dialect.name == "mysql":
+            rows = db._execute(table, _ISSUED_MARIADB_SQL, [table, name])
+            return int(rows[0][0]) - 1 if rows and rows[0][0] is not None else None
+        if db.dialect.name != "postgres":
+            return None
+        issued = []
+        for sequence, _ in db._execute(table, _SEQUENCES_SQL,
+                                       [db.dialect.index_param(table), name]):
+            from psycopg import sql as pgsql
+
+            query = pgsql.SQL(_ISSUED_PG_SQL).format(pgsql.SQL(str(sequence))).as_string(None)
+            for last, step in db._execute(table, query, [str(sequence)]):
+                if step is not None and int(step) > 0:
+                    issued.append(int(last))
+        return max(issued) if issued else None
+    except SteadyflowError:  # no privilege on the sequence, a catalog it cannot read
+        return None

@@ -32,7 +32,7 @@ from steadyflow.extract.dialects import (
     driver_errors,
     members,
 )
-from steadyflow.extract.numbering import check_numbering
+from steadyflow.extract.numbering import check_numbering, issued_number
 from steadyflow.model import (
     INVALID,
     Contract,
@@ -257,6 +257,9 @@ class SqlSource:
         # (table, primary key) → monotonic time of its last look for shared keys; inf when
         # a unique index proves the key (`check_unique_key`)
         self._unique: dict[tuple[str, tuple[str, ...]], float] = {}
+        # table -> the highest number its cursor's numbering had handed out at the last
+        # probe (numbering.issued_number), None where the source does not number it
+        self._issued: dict[str, int | None] = {}
         # (table, key column) -> when a look found no NULL in it (check_null_keys)
         self._no_nulls: dict[tuple[str, str], float] = {}
         # (table, key or cursor column) → monotonic time of the last look for a value of
@@ -388,8 +391,18 @@ class SqlSource:
         self.check_null_keys(table, contract)
         self.check_unique_key(table, contract)
         check_numbering(self, table, contract)
+        self._issued[table] = issued_number(self, table, contract)
         known = {n.lower() for n in contract.names}
         return [n for n in names if n.lower() not in known]
+
+    def issued(self, table: str, contract: Contract, below: int) -> int | None:
+        """The highest number the table's cursor numbering has handed out (None: not
+        numbered by the source): the last probe's, read again when that is below `below`
+        (numbers taken since the probe may have passed it)."""
+        issued = self._issued.get(table)
+        if issued is not None and issued < below:
+            issued = self._issued[table] = issued_number(self, table, contract)
+        return issued
 
     def check_times(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a cursor or key the contract reads as a

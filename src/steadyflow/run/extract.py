@@ -125,6 +125,25 @@ def _refuse_reordered(mark: Watermark, contract: Contract, ref: TableRef) -> Non
                  "first if the primary key changed), or restore the contract's cursor and key")
 
 
+def _refuse_renumbered(cursor: int, issued: int | None, contract: Contract,
+                       ref: TableRef) -> None:
+    """The source's numbering of an integer cursor (sequence, AUTO_INCREMENT) has handed
+    out less than the checkpoint: it started again (the table emptied with TRUNCATE ...
+    RESTART IDENTITY or MariaDB's TRUNCATE, ALTER SEQUENCE ... RESTART), and every row it
+    numbers up to the checkpoint again sorts behind it: never read, every run ok, the
+    warehouse keeping the old rows under those keys. Refused with the reset."""
+    if issued is None or issued >= cursor:
+        return
+    raise SchemaError(
+        f"the numbering of cursor column {contract.cursor} of {ref.label} started again: "
+        f"it has handed out numbers up to {issued}, the checkpoint is at {cursor}, so rows "
+        f"numbered up to {cursor} again would never be read", stage="extract",
+        source=ref.source, table=ref.table,
+        hint=f"`steadyflow reset --table {ref.label}` reads the table again from its start "
+             "(the merge replaces rows loaded under a reused key; `reconcile --repair` with "
+             "mirror_deletes removes the ones gone)")
+
+
 def _aware(value: datetime) -> datetime:
     """A cursor time as an aware UTC datetime (naive cursors are UTC, model.Watermark)."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -277,7 +296,7 @@ class TableExtractor:
         return {"source": self.ref.source, "table": self.ref.table, "stage": "extract",
                 **fields}
 
-    def start_point(self, observed: OpenSince | None = None
+    def start_point(self, observed: OpenSince | None = None, db: Source | None = None
                     ) -> tuple[Watermark | None, object | None]:
         """Where this run starts: after the checkpoint, minus the lookback window; under
         the adaptive lookback, at the earlier of the checkpoint and the bound the last
@@ -288,6 +307,12 @@ class TableExtractor:
         if mark is None:
             return None, None  # first run: full load in keyset pages
         _refuse_reordered(mark, self.contract, self.ref)
+        number = mark.cursor
+        if isinstance(db, SqlSource) and isinstance(number, int) \
+                and not isinstance(number, bool):
+            _refuse_renumbered(number, self.guard.call(
+                lambda: db.issued(self.ref.table, self.contract, number),
+                stop=self.should_stop), self.contract, self.ref)
         mark = self._start_mark = replace(mark, on=())  # pages' marks carry no names
         _refuse_endless(mark.cursor, self.ref, self.contract.cursor)
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
@@ -546,7 +571,7 @@ class TableExtractor:
             stop=self.should_stop)
         self._note(observed, upto)
         if upto is not None:
-            after, since = self.start_point(observed)
+            after, since = self.start_point(observed, db)
             if since is not None or after != upto:
                 return False
         self._observed(observed)
@@ -610,7 +635,7 @@ class TableExtractor:
                 if not dry_run:
                     self._observed(observed)
                 return True
-        after, since = self.start_point(observed)
+        after, since = self.start_point(observed, db)
         if upto is not None and since is None and after == upto:
             done = True  # the table ends at the checkpoint: nothing to page (an idle poll)
         else:
