@@ -124,6 +124,38 @@ def test_the_ledger_keeps_each_batch_count(warehouse: Warehouse) -> None:
     assert warehouse.ledgered([]) == {}
 
 
+def test_a_postgres_group_of_new_batches_writes_its_ledger_rows_once(pg_dsn: str) -> None:
+    """New rows only (a first load, new keys: the direct COPY): each ledger row is written
+    with its count in its INSERT, and no UPDATE of the ledger follows (a round trip per
+    group); a group with a merged part corrects that part's row alone. Counted by a
+    trigger on the ledger."""
+    wh = PostgresWarehouse(pg_dsn, "wh")
+    wh.ensure_table(REF, CONTRACT)
+    wh.load_group([_part("first", 1, (1, "a", 1))])
+    with psycopg.connect(pg_dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE wh.ledger_updates (batch_id text)")
+        c.execute("CREATE FUNCTION wh.count_update() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$BEGIN INSERT INTO wh.ledger_updates VALUES (NEW.batch_id); "
+                  "RETURN NEW; END$$")
+        c.execute("CREATE TRIGGER counted AFTER UPDATE ON wh._steadyflow_ledger FOR EACH "
+                  "ROW EXECUTE FUNCTION wh.count_update()")
+    try:
+        merged = wh.load_group([_part("a", 2, (2, "a", 1), (3, "a", 1)),
+                                _part("b", 3, (4, "b", 1))])
+        assert [m.changed if m else None for m in merged] == [2, 1]
+        merged = wh.load_group([_part("c", 4, (5, "c", 1)),
+                                _part("d", 5, (1, "a", 1), (2, "d", 2))])  # merged
+        assert [m.changed if m else None for m in merged] == [1, 1]
+        with psycopg.connect(pg_dsn) as c:
+            updated = [r[0] for r in c.execute("SELECT batch_id FROM wh.ledger_updates")]
+        assert updated == ["d"]
+        assert wh.ledgered(["a", "b", "c", "d"]) == {
+            "a": Ledgered(2, 2, 0), "b": Ledgered(1, 1, 0), "c": Ledgered(1, 1, 0),
+            "d": Ledgered(2, 1, 0)}
+    finally:
+        wh.close()
+
+
 def test_a_ledger_made_before_it_kept_counts_gets_them(warehouse: Warehouse) -> None:
     """A warehouse loaded by an older steadyflow: its ledger rows stay, counts unknown
     (None), and the next load adds the columns and fills them."""

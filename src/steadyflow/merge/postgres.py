@@ -248,10 +248,10 @@ class PostgresWarehouse:
                         current = part
                         merged = self._load_part(conn, part)
                         results.append(merged)
-                        if merged is not None:
+                        if merged is not None and merged.changed != part.rows.num_rows:
                             loaded.append((part.batch.batch_id, merged.changed))
                     current = None
-                    if loaded:  # the ledger rows went in before their merges counted
+                    if loaded:  # ledger rows whose guess (every row new) was wrong
                         conn.execute(self._count_changes(len(loaded)),
                                      [v for pair in loaded for v in pair])
                     if any(merged is not None for merged in results):
@@ -274,11 +274,14 @@ class PostgresWarehouse:
         target = self._target(ref)
         stage, delete_stage = _stages(target, contract)
         rows = with_seq(part.rows, batch.seq)
+        # the ledger row guesses that every row is new (the direct COPY's count, the
+        # common case: a first load, new rows); load_group corrects the other parts' in
+        # one statement before the commit, so a group of new batches pays no UPDATE
         inserted = conn.execute(
             p.ledger_insert.replace("now())", "now()) ON CONFLICT DO NOTHING "
                                     "RETURNING batch_id").encode(),
             [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows,
-             part.quarantined, None],
+             part.quarantined, rows.num_rows],
         ).fetchone()
         if inserted is None:
             return None
