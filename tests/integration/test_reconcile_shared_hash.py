@@ -190,9 +190,9 @@ def test_postgres_to_postgres_uses_the_record_hash_and_finds_each_changed_row(
 def test_a_warehouse_in_another_encoding_keeps_md5(tmp_path: Path, pg_dsn: str) -> None:
     """hashtextextended hashes the server's bytes of a text: LATIN1 holds 'é' in one byte
     where UTF8 has two, so servers in different encodings do not share it, whatever the
-    probe's hashes say. (md5 hashes the server's bytes too: such a pair mismatches on every
-    non-ASCII text either way, which is not this change's; ASCII rows here.)"""
-    _source(pg_dsn, suffix="")
+    probe's hashes say. (md5 hashes the text converted to UTF-8 there, PostgresEngine.md5:
+    test_reconcile_server_encodings.)"""
+    _source(pg_dsn)
     for latin1 in _fresh_pg_database("sflatin"):
         admin = latin1.rsplit("/", 1)[0] + "/postgres"
         name = latin1.rsplit("/", 1)[1]

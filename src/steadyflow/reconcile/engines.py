@@ -154,7 +154,12 @@ class Engine:
         return self.row_term(columns)
 
     def row_hash(self, columns: Sequence[tuple[str, str]]) -> str:
-        return f"substr(md5({self.row_text(columns)}), 1, {HASH_HEX})"
+        return f"substr({self.md5(self.row_text(columns))}, 1, {HASH_HEX})"
+
+    def md5(self, text: str) -> str:
+        """The hex md5 of a text expression's UTF-8 bytes, as encoding.row_md5 hashes it:
+        every engine must hash the same bytes for the same text."""
+        return f"md5({text})"
 
     # --- session settings of a bucket query (sides.SqlSide._aggregate_run) ---------------
     bucket_settings: tuple[tuple[str, str], ...] = ()  # (name, value) while one runs
@@ -284,6 +289,12 @@ class PostgresEngine(Engine):
     # picks HashAggregate (parallel: partial in each worker). Only around bucket queries:
     # a keyset page read by key without a sort would scan a whole index instead.
     bucket_settings = (("enable_sort", "off"),)
+    # the server's encoding (current_setting('server_encoding'), set by table.py): md5(text)
+    # hashes a text's bytes in it, and LATIN1 holds 'é' in one byte where UTF-8 has two, so
+    # every non-ASCII row would differ from the same row elsewhere. Outside UTF8 the text is
+    # converted first (see md5). Not SQL_ASCII: it holds the bytes a client sent, converts
+    # nothing, and the UTF-8 ones are those extraction loads.
+    server_encoding = "UTF8"
 
     def setting(self, name: str) -> Fragment:
         return "SELECT current_setting(%s)", [name]
@@ -372,8 +383,16 @@ class PostgresEngine(Engine):
         return self.key_term(columns)
 
     def key_term(self, columns: Sequence[tuple[str, str]]) -> str:
-        return (f"CAST(CAST('x' || substr(md5({self.row_text(columns)}), 1, {TERM_HEX}) "
+        return (f"CAST(CAST('x' || substr({self.md5(self.row_text(columns))}, 1, {TERM_HEX}) "
                 f"AS bit({TERM_HEX * 4})) AS bigint)")
+
+    def md5(self, text: str) -> str:
+        """In a UTF8 database md5(text) as it was (no conversion on the common path); in
+        any other, md5 of the text converted to UTF-8 (every character of a server encoding
+        has one)."""
+        if self.server_encoding in ("UTF8", "SQL_ASCII"):
+            return f"md5({text})"
+        return f"md5(convert_to({text}, 'UTF8'))"
 
     def row_hash(self, columns: Sequence[tuple[str, str]]) -> str:
         if self.shared_hash:
@@ -480,11 +499,17 @@ class MysqlEngine(Engine):
         raise ValueError(f"no canonical encoding for type {ctype!r}")
 
     def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
-        return (f"CAST(CONV(SUBSTRING(MD5({self.row_text(columns)}), 1, {TERM_HEX}), 16, 10)"
-                " AS UNSIGNED)")
+        return (f"CAST(CONV(SUBSTRING({self.md5(self.row_text(columns))}, 1, {TERM_HEX}), 16,"
+                " 10) AS UNSIGNED)")
 
     def row_hash(self, columns: Sequence[tuple[str, str]]) -> str:
-        return f"SUBSTRING(MD5({self.row_text(columns)}), 1, {HASH_HEX})"
+        return f"SUBSTRING({self.md5(self.row_text(columns))}, 1, {HASH_HEX})"
+
+    def md5(self, text: str) -> str:
+        """MD5() hashes a string's bytes in its character set: a string column's canon is
+        CONVERTed to utf8mb4 whatever the column's (_canon: a latin1 'é' is one byte), and
+        every other part is ASCII, so the row text's bytes are UTF-8."""
+        return f"MD5({text})"
 
     def idiv(self, a: str, b: int) -> str:
         return f"(({a}) DIV {int(b)})"
@@ -557,7 +582,8 @@ class DuckdbEngine(Engine):
         return text
 
     def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
-        return f"CAST('0x' || substr(md5({self.row_text(columns)}), 1, {TERM_HEX}) AS BIGINT)"
+        return (f"CAST('0x' || substr({self.md5(self.row_text(columns))}, 1, {TERM_HEX}) "
+                "AS BIGINT)")
 
     def idiv(self, a: str, b: int) -> str:
         return f"(({a}) // {int(b)})"

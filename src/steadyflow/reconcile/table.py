@@ -103,6 +103,7 @@ class TableReconciler:
         self._mark: tuple[Watermark, int] | None = None  # checkpoint, its cursor as an int
         self._types: tuple[dict[str, str], dict[str, str]] | None = None  # see _declared
         self._shared: bool | None = None  # see _shared_hash
+        self._servers: dict[str, tuple[int, str]] = {}  # see _server
         self._record = False  # and hash_record_extended too (PostgreSQL 14+ on both)
         # the last comparison: its incremental plan, the due buckets' scan, the merged scan
         self._last: tuple[incremental.Plan | None, Scan, Scan] | None = None
@@ -289,6 +290,9 @@ class TableReconciler:
         src_engine, wh_engine = engine_for(self.s.kind), engine_for(w.kind)
         src_engine.declare(self._declared()[0])
         wh_engine.declare(self._declared()[1])
+        for name, engine in (("source", src_engine), ("warehouse", wh_engine)):
+            if isinstance(engine, PostgresEngine):
+                engine.server_encoding = self._server(name)[1]
         if self._shared_hash():
             src_engine.shared_hash = wh_engine.shared_hash = True
             if self._record:
@@ -338,10 +342,10 @@ class TableReconciler:
         """Also sets _record: both servers 14+ and hashing RECORD_PROBE alike."""
         runs = (self._source_run, self._warehouse_run)
         versions = []
-        for run in runs:
-            (version, encoding), = run(*PostgresEngine.server_sql())
-            versions.append(int(catalog_text(version)))
-            if versions[-1] < 110000 or catalog_text(encoding) != "UTF8":
+        for name in ("source", "warehouse"):
+            version, encoding = self._server(name)
+            versions.append(version)
+            if version < 110000 or encoding != "UTF8":
                 return False
         src, wh = ([str(v) for v in run(*PostgresEngine.probe_sql())[0]] for run in runs)
         if src != wh:
@@ -351,6 +355,15 @@ class TableReconciler:
             a, b = (str(run(f"SELECT {sql} AS h", list(params))[0][0]) for run in runs)
             self._record = a == b
         return True
+
+    def _server(self, name: str) -> tuple[int, str]:
+        """A PostgreSQL side's ("source" or "warehouse") version number and encoding, asked
+        once: the shared hash needs both, every md5 the encoding (PostgresEngine.md5)."""
+        if name not in self._servers:
+            run = self._source_run if name == "source" else self._warehouse_run
+            (version, encoding), = run(*PostgresEngine.server_sql())
+            self._servers[name] = (int(catalog_text(version)), catalog_text(encoding))
+        return self._servers[name]
 
     # --- the comparison -------------------------------------------------------------------
     def compare(self) -> tuple[TableReport, Findings]:
