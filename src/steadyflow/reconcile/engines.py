@@ -548,6 +548,13 @@ class DuckdbEngine(Engine):
     def ts_us(self, x: str) -> str:
         return f"epoch_us(CAST({x} AS TIMESTAMPTZ))"
 
+    def concat(self, parts: Sequence[str]) -> str:
+        """One flat call: a chain of `||` nests one level per part, and past DuckDB's
+        max_expression_depth (1000: about 500 columns of row text) the query fails.
+        concat() skips NULLs, which `||` would propagate: every part is coalesced or a
+        literal, so the text is the same."""
+        return f"concat({', '.join(parts)})"
+
     def canon(self, x: str, ctype: str) -> str:
         t = ctype.strip().lower()
         if t in ("int64", "int32"):
