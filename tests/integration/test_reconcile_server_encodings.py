@@ -4,14 +4,18 @@ PostgreSQL's md5(text) hashes the text's bytes in the server's encoding (LATIN1 
 one byte, UTF-8 in two), MariaDB's MD5() in the string's character set: each non-ASCII row of
 a LATIN1 database or a latin1 column hashed unlike the same row anywhere else, was reported
 mismatched for ever, and `--repair` rewrote it on every run (engines.PostgresEngine.md5,
-MysqlEngine.md5). Here: a LATIN1 PostgreSQL warehouse or source, a latin1 MariaDB column,
-each holding 'é' and 'ß' ('€', which LATIN1 cannot hold, is quarantined on load): no row
-differs, and a one-letter change is still found and repaired.
+MysqlEngine.md5). SQLite passes a text's bytes in the database's encoding to the functions
+that hash it: in a UTF-16 database every row differed (SqliteEngine.utf16). Here: a LATIN1
+PostgreSQL warehouse or source, a latin1 MariaDB column, a UTF-16 SQLite database, each
+holding 'é' and 'ß' ('€', which LATIN1 cannot hold, is quarantined on load): no row differs,
+and a one-letter change is still found and repaired.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -97,9 +101,30 @@ def _my_source(dsn: str, data: list[tuple[Any, ...]]) -> None:
         conn.close()
 
 
+def _sqlite_source(path: Path, encoding: str, data: list[tuple[Any, ...]]) -> None:
+    """Text stored in `encoding`; sale 5's sku a blob of UTF-8 bytes (extraction decodes
+    it), sale 9's no text in `encoding` (quarantined)."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA encoding = '{encoding}'")
+        conn.execute("CREATE TABLE sales (store_id INTEGER NOT NULL, sale_id INTEGER NOT NULL, "
+                     "sku TEXT NOT NULL, qty INTEGER, unit_price TEXT, currency TEXT, sold_at "
+                     "TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (store_id, sale_id))")
+        conn.execute("CREATE INDEX cursor_order ON sales (updated_at, store_id, sale_id)")
+        conn.executemany("INSERT INTO sales VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         [(*r[:6], r[6].isoformat(" "), r[7].isoformat(" ")) for r in data])
+        conn.execute("UPDATE sales SET sku = ? WHERE sale_id = 5", [sku(5).encode()])
+        conn.execute("UPDATE sales SET sku = CAST(? AS TEXT) WHERE sale_id = 9",
+                     [NO_TEXT[encoding]])
+        conn.commit()
+
+
+NO_TEXT = {"UTF-8": b"\xff", "UTF-16le": b"\x00\xd8", "UTF-16be": b"\xd8\x00"}
+
+
 def _config(tmp_path: Path, kind: str, src: str, wh: str) -> Path:
     table = {"name": "sales", "contract": "sales", "page_size": 25}
-    return write_pipeline(tmp_path, [{"name": "src", "kind": kind, "dsn": src,
+    where = {"path": src} if kind == "sqlite" else {"dsn": src}
+    return write_pipeline(tmp_path, [{"name": "src", "kind": kind, **where,
                                       "tables": [table]}],
                           warehouse={"kind": "postgres", "dsn": wh, "schema": "wh"})
 
@@ -151,3 +176,15 @@ def test_a_latin1_mariadb_column_into_a_latin1_warehouse_hashes_alike(
     _my_source(mysql_dsn, sales())
     with Pipeline.from_yaml(_config(tmp_path, "mysql", mysql_dsn, latin1_dsn)) as pipeline:
         _assert_equal_then_one_change_found(pipeline, latin1_dsn, quarantined=1)
+
+
+@pytest.mark.parametrize("encoding", ["UTF-16le", "UTF-16be", "UTF-8"])
+def test_a_utf16_sqlite_database_hashes_its_text_as_utf8(
+        tmp_path: Path, pg_warehouse_dsn: str, encoding: str) -> None:
+    """SQLite hands the functions a text's bytes (engines.SqliteEngine._arg) in the
+    database's encoding: in a UTF-16 one every row differed, ASCII ones too. UTF-8: a guard."""
+    path = tmp_path / "source.db"
+    _sqlite_source(path, encoding, sales())
+    with Pipeline.from_yaml(_config(tmp_path, "sqlite", str(path), pg_warehouse_dsn)
+                            ) as pipeline:
+        _assert_equal_then_one_change_found(pipeline, pg_warehouse_dsn, quarantined=1)

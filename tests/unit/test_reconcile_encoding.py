@@ -33,7 +33,7 @@ from steadyflow.reconcile.encoding import (
     row_term,
     row_text,
 )
-from steadyflow.reconcile.engines import engine_for
+from steadyflow.reconcile.engines import SqliteEngine, engine_for
 
 
 @pytest.mark.parametrize(("value", "ctype", "text"), [
@@ -119,6 +119,34 @@ def test_sqlite_and_duckdb_compute_the_same_checksums_and_hashes() -> None:
     assert lite_hashes == duck_hashes == reference_hashes(data)
     assert lite_aggs == duck_aggs
     assert sum(a.rows for a in lite_aggs.values()) == len(data)
+
+
+@pytest.mark.parametrize("encoding", ["UTF-16le", "UTF-16be"])
+def test_a_utf16_sqlite_database_computes_the_same_checksums_and_hashes(encoding: str
+                                                                        ) -> None:
+    """A text's bytes (SqliteEngine._arg) are UTF-16 there: decoded before they are hashed
+    (register_sqlite, SqliteEngine.utf16); its days and decimal dimensions too."""
+    data = rows()
+    with closing(sqlite3.connect(":memory:")) as lite:
+        lite.execute(f"PRAGMA encoding = '{encoding}'")
+        lite.execute(DDL["sqlite"])
+        lite.executemany(f"INSERT INTO awkward VALUES ({', '.join('?' * len(NAMES))})",
+                         [stored("sqlite", r) for r in data])
+        utf16 = side("sqlite", sqlite_run(lite))
+        assert isinstance(utf16.engine, SqliteEngine)
+        utf16.engine.utf16 = True
+        aggs, hashes = fingerprint(utf16)
+        e = utf16.engine
+        sql = f"SELECT {e.days('on_day')}, {e.scaled('price', 2)} FROM awkward ORDER BY id"
+        dims = lite.execute(sql).fetchall()
+        assert any(d is not None for d, _ in dims) and any(p is not None for _, p in dims)
+    with closing(sqlite3.connect(":memory:")) as lite:
+        lite.execute(DDL["sqlite"])
+        lite.executemany(f"INSERT INTO awkward VALUES ({', '.join('?' * len(NAMES))})",
+                         [stored("sqlite", r) for r in data])
+        assert fingerprint(side("sqlite", sqlite_run(lite))) == (aggs, hashes)
+        assert lite.execute(sql).fetchall() == dims
+    assert hashes == reference_hashes(data)
 
 
 def test_sqlite_invalid_predicate_flags_only_certainly_invalid_values() -> None:

@@ -374,12 +374,57 @@ def _sf_bucket(value: Any, lo: str, width: str) -> int | None:
     return None if value is None else (int(value) - int(lo)) // int(width)
 
 
+# PRAGMA encoding of a SQLite database that stores text as UTF-16 -> its Python codec
+UTF16_CODECS = {"UTF-16le": "utf-16-le", "UTF-16be": "utf-16-be"}
+
+
+def sqlite_codec(conn: sqlite3.Connection) -> str | None:
+    """The codec of a UTF-16 SQLite database's text; None for UTF-8."""
+    row = conn.execute("PRAGMA encoding").fetchone()
+    return UTF16_CODECS.get(str(row[0])) if row else None
+
+
+def _from_utf16(value: Any, codec: str) -> Any:
+    """A value as SqliteEngine passes it from a UTF-16 database (engines.SqliteEngine.utf16)
+    as the functions take it from a UTF-8 one: text (its UTF-16 bytes) decoded, or bytes no
+    UTF-8 decoder accepts when they are no UTF-16 (extraction cannot load such text either);
+    a blob (passed as its hex, to tell it from text) as its bytes."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode(codec)
+        except UnicodeDecodeError:
+            return b"\xff" + value
+    if isinstance(value, str):
+        return bytes.fromhex(value)
+    return value
+
+
+def _utf16_args(function: Callable[..., Any], codec: str, values: slice
+                ) -> Callable[..., Any]:
+    """`function` taking the arguments at `values` from a UTF-16 database (_from_utf16)."""
+    def call(*args: Any) -> Any:
+        given = list(args)
+        given[values] = [_from_utf16(v, codec) for v in given[values]]
+        return function(*given)
+    return call
+
+
 def register_sqlite(conn: sqlite3.Connection) -> None:
-    """Give a SQLite connection the encoding as deterministic SQL functions."""
-    conn.create_function("sf_row_hash", -1, _sf_row_hash, deterministic=True)
-    conn.create_function("sf_row_term", -1, _sf_row_term, deterministic=True)
-    conn.create_function("sf_canon", 2, _sf_canon, deterministic=True)
+    """Give a SQLite connection the encoding as deterministic SQL functions. In a UTF-16
+    database, the ones taking a value as SqliteEngine._arg passes it decode its text as
+    UTF-16 first (a text's bytes are in the database's encoding), so a row hashes the same
+    UTF-8 bytes as everywhere else; sf_ts_us and sf_bucket take SQLite's own conversion
+    (text as str) or an integer, in either."""
+    codec = sqlite_codec(conn)
+    functions: list[tuple[str, int, Callable[..., Any], slice]] = [
+        ("sf_row_hash", -1, _sf_row_hash, slice(1, None)),
+        ("sf_row_term", -1, _sf_row_term, slice(1, None)),
+        ("sf_canon", 2, _sf_canon, slice(1, None)),
+        ("sf_days", 1, _sf_days, slice(0, 1)),
+        ("sf_scaled", 2, _sf_scaled, slice(0, 1))]
+    for name, arity, function, values in functions:
+        if codec is not None:
+            function = _utf16_args(function, codec, values)
+        conn.create_function(name, arity, function, deterministic=True)
     conn.create_function("sf_ts_us", 1, _sf_ts_us, deterministic=True)
-    conn.create_function("sf_days", 1, _sf_days, deterministic=True)
-    conn.create_function("sf_scaled", 2, _sf_scaled, deterministic=True)
     conn.create_function("sf_bucket", 3, _sf_bucket, deterministic=True)

@@ -607,6 +607,10 @@ class SqliteEngine(Engine):
     quote_char = "`"  # never a string literal: see extract.dialects.SqliteDialect
     native_time = False  # text timestamps: compare their parsed value, never their spelling
     fence = " LIMIT -1"  # SQLite does not flatten a LIMIT subquery into an aggregate
+    # the database stores text as UTF-16 (PRAGMA encoding; set by table.py): a text's bytes
+    # are then UTF-16, which the functions decode (encoding.register_sqlite), and a blob is
+    # passed as its hex text, which they tell from a text (always bytes here) by its type
+    utf16 = False
 
     def ts_us(self, x: str) -> str:
         return f"sf_ts_us({x})"
@@ -614,11 +618,14 @@ class SqliteEngine(Engine):
     def canon(self, x: str, ctype: str) -> str:
         return f"sf_canon('{_literal(ctype)}', {self._arg(x)})"
 
-    @staticmethod
-    def _arg(x: str) -> str:
+    def _arg(self, x: str) -> str:
         """Text passed as its bytes: sqlite3 decodes a text argument of a Python function
         as UTF-8 and fails the whole query on one invalid byte; the converters decode it
-        as extraction does (invalid UTF-8 cannot load: that row is quarantined)."""
+        as extraction does (invalid UTF-8 cannot load: that row is quarantined). In a
+        UTF-16 database those bytes are UTF-16 (see utf16)."""
+        if self.utf16:
+            return (f"(CASE typeof({x}) WHEN 'text' THEN CAST({x} AS BLOB) "
+                    f"WHEN 'blob' THEN hex({x}) ELSE {x} END)")
         return f"(CASE typeof({x}) WHEN 'text' THEN CAST({x} AS BLOB) ELSE {x} END)"
 
     def _spec(self, columns: Sequence[tuple[str, str]]) -> str:

@@ -57,6 +57,7 @@ from steadyflow.reconcile import incremental
 from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
 from steadyflow.reconcile.encoding import (
     EPOCH_DAY,
+    UTF16_CODECS,
     canonical,
     decimal_scale,
     raw_converter,
@@ -67,6 +68,7 @@ from steadyflow.reconcile.engines import (
     Engine,
     Fragment,
     PostgresEngine,
+    SqliteEngine,
     engine_for,
     record_fields,
 )
@@ -104,6 +106,7 @@ class TableReconciler:
         self._types: tuple[dict[str, str], dict[str, str]] | None = None  # see _declared
         self._shared: bool | None = None  # see _shared_hash
         self._servers: dict[str, tuple[int, str]] = {}  # see _server
+        self._utf16: bool | None = None  # see _source_engine
         self._record = False  # and hash_record_extended too (PostgreSQL 14+ on both)
         # the last comparison: its incremental plan, the due buckets' scan, the merged scan
         self._last: tuple[incremental.Plan | None, Scan, Scan] | None = None
@@ -268,7 +271,7 @@ class TableReconciler:
         the checkpoint: the very predicate the next extraction page starts with."""
         if self._mark is None or not raw_keys:
             return set()
-        d, engine = self.db.dialect, engine_for(self.s.kind)
+        d, engine = self.db.dialect, self._source_engine()
         ctype = {c.name: c.type for c in self.contract.columns}
         select = ", ".join(f"{engine.canon(engine.q(k), ctype[k])} AS k{i}"
                            for i, k in enumerate(self.contract.primary_key))
@@ -287,7 +290,7 @@ class TableReconciler:
         since, horizon = self._bounds()
         w = self.config.warehouse
         to_src = self.db.dialect.to_param
-        src_engine, wh_engine = engine_for(self.s.kind), engine_for(w.kind)
+        src_engine, wh_engine = self._source_engine(), engine_for(w.kind)
         src_engine.declare(self._declared()[0])
         wh_engine.declare(self._declared()[1])
         for name, engine in (("source", src_engine), ("warehouse", wh_engine)):
@@ -355,6 +358,17 @@ class TableReconciler:
             a, b = (str(run(f"SELECT {sql} AS h", list(params))[0][0]) for run in runs)
             self._record = a == b
         return True
+
+    def _source_engine(self) -> Engine:
+        """The source's engine; a SQLite database's text encoding (PRAGMA encoding) told,
+        asked once: a UTF-16 one passes text to the functions otherwise (SqliteEngine.utf16)."""
+        engine = engine_for(self.s.kind)
+        if isinstance(engine, SqliteEngine):
+            if self._utf16 is None:
+                (encoding,), = self._source_run("PRAGMA encoding", [])
+                self._utf16 = str(encoding) in UTF16_CODECS
+            engine.utf16 = self._utf16
+        return engine
 
     def _server(self, name: str) -> tuple[int, str]:
         """A PostgreSQL side's ("source" or "warehouse") version number and encoding, asked
