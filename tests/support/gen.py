@@ -85,6 +85,9 @@ class Table:
     cursor: str
     spelling: str = "space_us"  # SQLite text timestamps
     ties: bool = False  # rows mostly share their cursor value (runs longer than a page)
+    # the primary key's later columns (MariaDB, SQLite) and the cursor index's key columns
+    # sorted DESC: the indexes' order differs from the (cursor, key) order pages ask for
+    desc: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def col(self, name: str) -> Col:
@@ -301,7 +304,8 @@ def tables(draw: st.DrawFn, source: str, name: str) -> Table:
     stored = {"space_s": "s", "space_ms": "ms"}.get(spelling, "us")
     cols = [replace(c, stored_unit=stored) if c.name == cursor else c for c in cols]
     ties = draw(st.integers(0, 5)) == 0
-    return Table(name, cols, key, cursor, spelling, ties=ties)
+    desc = draw(st.integers(0, 3)) == 0
+    return Table(name, cols, key, cursor, spelling, ties=ties, desc=desc)
 
 
 @st.composite
@@ -371,8 +375,10 @@ def ddl(table: Table, source: str) -> list[str]:
         t = (f'"{table.name}_{c.name}"' if c.kind == "enum" and source == "postgres"
              else sql_type(c, source, c.name in table.key))
         defs.append(f"{q}{c.name}{q} {t}" + ("" if c.nullable else " NOT NULL"))
-    keys = ", ".join(f"{q}{k}{q}" for k in table.key)
-    order = ", ".join(f"{q}{k}{q}" for k in [table.cursor, *table.key])
+    way = " DESC" if table.desc else ""
+    keys = ", ".join(f"{q}{k}{q}" + (way if i and source != "postgres" else "")
+                     for i, k in enumerate(table.key))  # PostgreSQL: no DESC key
+    order = ", ".join([f"{q}{table.cursor}{q}", *(f"{q}{k}{q}{way}" for k in table.key)])
     stmts = [enum_type(table, c) for c in table.cols if c.kind == "enum" and source == "postgres"]
     stmts += [f"CREATE TABLE {q}{table.name}{q} ({', '.join(defs)}, PRIMARY KEY ({keys}))",
              f"CREATE INDEX {q}{table.name}_cur{q} ON {q}{table.name}{q} ({order})"]
