@@ -445,3 +445,35 @@ def test_a_set_key_with_an_empty_member_is_refused_naming_it(
     assert summary.failed_tables == ["m.t"], summary
     assert "column s is declared set('','a')" in summary.errors[0], summary.errors
     assert "'' member is read as nothing" in summary.errors[0], summary.errors
+
+
+@pytest.mark.parametrize("initial_load", ["key", "cursor"])
+def test_a_date_read_as_a_timestamp_loads_as_its_midnight(tmp_path: Path, mysql_dsn: str,
+                                                          initial_load: str) -> None:
+    """A DATE column under a `timestamp` contract (as cursor and as value) is the instant
+    of its midnight, UTC, as on PostgreSQL. Its values came back as Python dates, which
+    Arrow would not take as timestamps, then as text '2024-01-02' without a time, which no
+    time cast reads: every row was quarantined ('not a valid timestamp') while the run
+    said ok, and a cursor retyped from DATETIME to DATE sent every row changed since to
+    quarantine the same way."""
+    execute(mysql_dsn,
+            "CREATE TABLE t (id INT PRIMARY KEY, d DATE NOT NULL, born DATE, KEY c (d, id))",
+            "INSERT INTO t VALUES (1, '2024-01-01', '1969-12-31'), (2, '2024-01-02', NULL), "
+            "(3, '2024-01-02', '2000-02-29')")
+    contract = {"primary_key": ["id"], "cursor": "d", "columns": {
+        "id": {"type": "int64", "nullable": False}, "d": {"type": "timestamp", "nullable": False},
+        "born": {"type": "timestamp"}}}
+    summary = run(tmp_path, mysql_dsn, contract, initial_load, page_size=2)
+    assert summary.ok and summary.quarantined_rows == 0, summary
+    query = ("SELECT id, strftime(d AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'), "
+             "strftime(born AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S') FROM main.t")
+    assert warehouse_rows(tmp_path, query) == [
+        (1, "2024-01-01 00:00:00", "1969-12-31 00:00:00"), (2, "2024-01-02 00:00:00", None),
+        (3, "2024-01-02 00:00:00", "2000-02-29 00:00:00")]
+    execute(mysql_dsn, "UPDATE t SET d = '2024-01-05', born = '1999-01-01' WHERE id = 1")
+    summary = run(tmp_path, mysql_dsn, contract, initial_load, page_size=2)
+    assert summary.ok and summary.quarantined_rows == 0, summary
+    assert (1, "2024-01-05 00:00:00", "1999-01-01 00:00:00") in warehouse_rows(tmp_path, query)
+    with Pipeline.from_yaml(tmp_path / "pipeline.yml") as p:
+        (report,) = reconcile(p, ["t"], Options())
+    assert report.error is None and report.differences == 0, report.to_dict()

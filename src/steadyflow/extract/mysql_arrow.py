@@ -409,7 +409,8 @@ def _fast_cast(col: pa.ChunkedArray, target: pa.DataType, kind: str
         (pa.types.is_integer(t) and pa.types.is_integer(target))
         or (pa.types.is_float64(t) and pa.types.is_float64(target))
         or (pa.types.is_timestamp(t) and t.tz is None and pa.types.is_timestamp(target))
-        or (pa.types.is_date32(t) and pa.types.is_date32(target))
+        or (pa.types.is_date32(t) and (pa.types.is_date32(target)
+                                       or pa.types.is_timestamp(target)))  # its midnight
         or ((pa.types.is_string(t) or pa.types.is_large_string(t))
             and pa.types.is_string(target) and kind not in _DECIMAL_TYPES)
         or ((pa.types.is_binary(t) or pa.types.is_large_binary(t))

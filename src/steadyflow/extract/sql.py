@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
 from typing import Any
@@ -128,6 +128,8 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
         values = [_as_text(v) if isinstance(v, _BYTES) and pa.types.is_string(target)
                   else exact_decimal(repr(v), target) if isinstance(v, float)
                   and pa.types.is_decimal(target) else v for v in values]
+    if pa.types.is_timestamp(target):
+        values = [_midnight(v) for v in values]
     try:
         return pa.array(values, type=target)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
@@ -141,6 +143,16 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
         return pc.cast(text, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return text
+
+
+def _midnight(value: Any) -> Any:
+    """A date (a MariaDB DATE, PostgreSQL's through psycopg) read as a timestamp is the
+    instant of its midnight, UTC, as a database casts it and PostgreSQL's fast path reads
+    it. Arrow takes no date as a timestamp, and its text ('2024-01-02') no time cast
+    reads: every row was quarantined."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value
 
 
 def _unfaithful(values: Sequence[Any], target: pa.DataType) -> dict[int, str]:
