@@ -51,6 +51,7 @@ class OffsetApi:
         self.before: Callable[[OffsetApi], None] | None = None  # a write before answering
         self.moved_to = ""  # answer every request with a 301 to here
         self.gone_after = ""  # answer a request with this token with a 410 (expired)
+        self.exclusive = False  # since is `updated_after`: records strictly after it
 
     def page(self, query: Query) -> Page:
         self.requests += 1
@@ -61,7 +62,8 @@ class OffsetApi:
         limit = int(query.get("limit", ["100"])[0])
         offset = int(query.get("after", ["0"])[0])
         since = query.get("updated_since", [""])[0]
-        rows = sorted((r for r in self.records.values() if r["updated_at"] >= since),
+        rows = sorted((r for r in self.records.values() if r["updated_at"] > since
+                       or (r["updated_at"] == since and not self.exclusive)),
                       key=lambda r: (r["updated_at"], r["id"]), reverse=self.order == "desc")
         more = offset + limit < len(rows)
         page: Page = {"data": rows[offset:offset + limit],
@@ -369,4 +371,21 @@ def test_a_record_added_during_a_newest_first_offset_walk_costs_no_other_record(
     for _ in range(2):
         summary = run(tmp_path, url)
         assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)
+
+
+def test_a_record_tying_the_checkpoint_arrives_from_an_api_whose_since_is_exclusive(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """An API answering `updated_since` with the records strictly after it (many spell it
+    `updated_after`): a record written after a run with the very time of the checkpoint's
+    cursor (another id) was never answered, every run ok. The API is asked from a second
+    before the checkpoint; what that adds at or before it is dropped."""
+    api = OffsetApi(5)
+    api.exclusive = True
+    url = serve(api)
+    assert run(tmp_path, url).ok
+    api.records[6] = {"id": 6, "updated_at": stamp(5), "qty": 6}  # ties record 5's time
+    summary = run(tmp_path, url)
+    assert summary.ok, summary.errors
+    assert summary.extracted_rows == 1, summary  # record 5, asked again, is dropped
     assert warehouse(tmp_path) == served(api)

@@ -32,7 +32,7 @@ from tests.support.faultproxy import FaultProxy
 
 from steadyflow.config import PipelineConfig, load_config, parse_config
 from steadyflow.demo.flaky_api import FlakyApiServer, create_api_db, mutate
-from steadyflow.extract.http import RawPage, format_param, is_raw_page
+from steadyflow.extract.http import RawPage, format_param, is_raw_page, step_before
 from steadyflow.reconcile.compare import compare_target
 from steadyflow.run.extract import replay_pages
 from steadyflow.run.pipeline import Pipeline
@@ -124,12 +124,12 @@ def test_pages_are_landed_raw_before_parsing_and_runs_are_incremental(
         mutate(api_db, inserts=30, updates=20)
         second = pipeline.run_once()
         assert second.ok, second.errors
-        # from the checkpoint (updated_since = its cursor, records at or before it dropped),
-        # not from the start: exactly the 50 changed records
+        # from the checkpoint (updated_since = a second before its cursor, records at or
+        # before it dropped), not from the start: exactly the 50 changed records
         assert second.extracted_rows == 50
         new = [p.request for p in raw_pages(pipeline) if p.request not in before]
-        assert len(new) == 1 and f"updated_since={format_param(mark.cursor)}".replace(
-            ":", "%3A") in new[0], new
+        since = format_param(step_before(mark.cursor))
+        assert len(new) == 1 and f"updated_since={since}".replace(":", "%3A") in new[0], new
         assert_warehouse_equals_api(pipeline, api_db)
 
 

@@ -46,7 +46,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -267,6 +267,21 @@ def retry_after_seconds(value: str | None, date_header: str | None = None) -> fl
     return max(0.0, (when - now).total_seconds())
 
 
+def step_before(start: Any) -> Any:
+    """The incremental start an API is asked for: a second (a day, one number) before the
+    run's start. An API whose since is exclusive (`updated_after`: `>`), or that reads it
+    to the second, left out a record tying the checkpoint's cursor written after the run
+    that set it: lost, every run ok. What the step adds is at or before the start and
+    dropped here (`parse_records`), as a server ignoring since_param is."""
+    if isinstance(start, datetime):
+        return start - timedelta(seconds=1)
+    if isinstance(start, date):
+        return start - timedelta(days=1)
+    if isinstance(start, int) and not isinstance(start, bool):
+        return start - 1
+    return start
+
+
 def format_param(value: Any) -> str:
     """A cursor value as a query parameter: times in UTC ISO-8601 with microseconds."""
     if isinstance(value, datetime):
@@ -474,7 +489,7 @@ class HttpSource:
         else:
             start = chain.resume.cursor if chain.resume is not None else chain.since
             if start is not None and t.since_param:
-                params[t.since_param] = format_param(start)
+                params[t.since_param] = format_param(step_before(start))
         return params
 
     def fetch(self, table: str, chain: TokenChain, limit: int, seq: int = 0) -> RawPage:
