@@ -22,6 +22,7 @@ from steadyflow.merge.plan import (
     delete_seq,
     ledgered_sql,
     plan,
+    refuse_missing,
     refuse_narrower,
     with_seq,
 )
@@ -286,6 +287,8 @@ class DuckdbWarehouse:
             except duckdb.Error as exc:
                 raise SchemaError(f"cannot create warehouse table {ref.target}: {exc}",
                                   stage="load", table=ref.target) from None
+        refuse_missing(contract, declared, f"{quote(self.schema)}.{quote(ref.target)}",
+                       ref.label, ref.target, quote, "duckdb")
         refuse_narrower(contract, declared, f"{quote(self.schema)}.{quote(ref.target)}",
                         ref.target, quote, "duckdb")
 

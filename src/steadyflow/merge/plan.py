@@ -102,6 +102,28 @@ def narrower_columns(contract: Contract, declared: dict[str, str]
     return out
 
 
+def refuse_missing(contract: Contract, declared: dict[str, str], target: str, label: str,
+                   table: str, quote: Quote, engine: str) -> None:
+    """Raise SchemaError naming each contract column the existing warehouse table lacks
+    (a column added to the contract after the table was loaded; `schema_drift: add`
+    adds its own). Loading went on into a merge that failed on the column, for good,
+    naming nothing; adding it silently would leave every row loaded before NULL in it,
+    which no later poll re-reads. The hint gives the ALTER TABLE and the reset that
+    re-reads those rows."""
+    have = {name.lower() for name in declared}
+    missing = [c for c in contract.columns if not c.added and c.name.lower() not in have]
+    if not missing:
+        return
+    names = ", ".join(c.name for c in missing)
+    fix = "; ".join(f"ALTER TABLE {target} ADD COLUMN {quote(c.name)} "
+                    f"{sql_type(c.arrow_type, engine)}" for c in missing)
+    raise SchemaError(f"warehouse table {table} lacks the contract's column(s) {names} (added "
+                      "to the contract after the table was loaded?): rows loaded before would "
+                      "hold NULL in it, so nothing is loaded into it", stage="load",
+                      table=table, hint=f"add the column(s), then read the table again so "
+                      f"every row has them: {fix}; steadyflow reset --table {label}")
+
+
 def refuse_narrower(contract: Contract, declared: dict[str, str], target: str, table: str,
                     quote: Quote, engine: str) -> None:
     """Raise SchemaError naming each narrower column of `target` (`narrower_columns`)

@@ -25,6 +25,7 @@ from steadyflow.merge.plan import (
     delete_seq,
     ledgered_sql,
     plan,
+    refuse_missing,
     refuse_narrower,
     with_seq,
 )
@@ -190,6 +191,8 @@ class PostgresWarehouse:
                     declared = self._add_missing(ref.target, zip((SEQ, *added),
                                                                  (p.add_seq, *p.add_columns),
                                                                  strict=True))
+                    refuse_missing(contract, declared, self._target(ref), ref.label,
+                                   ref.target, quote, "postgres")
                     refuse_narrower(contract, declared, self._target(ref), ref.target,
                                     quote, "postgres")
             except psycopg.Error as exc:
