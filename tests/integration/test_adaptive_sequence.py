@@ -14,6 +14,10 @@ it: the test can see the problem. With no transaction open, polls stop re-readin
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -312,4 +316,77 @@ def test_a_number_held_while_innodb_trx_is_read_often_arrives(
     finally:
         stop.set()
         reader.join()
+    assert held in warehouse_ids(tmp_path)
+
+
+def test_a_first_load_stopped_while_it_waits_still_waits_when_resumed(
+        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first load is stopped (a shutdown) while it waits for a transaction holding a
+    number. The next run must not take the wait as done: it resumes the load while that
+    transaction is still open, so it waits again (and, past FIRST_LOAD_SETTLE, re-reads
+    from the table's start), and the held row arrives once it commits. Before, the
+    stopped wait recorded the load's start anyway and the resumed load skipped the wait:
+    its pages passed the held row, the cursor pass started past it, lost, every run ok."""
+    from steadyflow.run import extract
+
+    monkeypatch.setattr(extract, "FIRST_LOAD_SETTLE", 1.0)
+    store.create(20)
+    late = store.connect(autocommit=False)
+    try:
+        held = store.insert(late, "late")
+        with store.connect() as other:
+            store.insert(other, "newer")
+        stopped = Pipeline.from_yaml(pipeline(tmp_path, store))
+        with stopped:
+            stopper = threading.Timer(0.5, stopped.stop)  # within the 1 s wait
+            stopper.start()
+            stopped.run_once()
+            stopper.join()
+        with Pipeline.from_yaml(pipeline(tmp_path, store)) as p:
+            assert p.run_once().ok  # the transaction is still open
+        late.commit()
+    finally:
+        late.close()
+    time.sleep(1.1)  # MariaDB's trx_started has whole seconds
+    with Pipeline.from_yaml(pipeline(tmp_path, store)) as p:
+        for _ in range(3):
+            assert p.run_once().ok
+            time.sleep(0.5)
+    assert held in warehouse_ids(tmp_path)
+
+
+def test_a_first_load_killed_before_its_first_page_still_waits_when_resumed(
+        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first load waited its FIRST_LOAD_SETTLE for a transaction holding a number,
+    went ahead (its passes to re-read from the table's start) and was killed before its
+    first page landed: no page recorded that start. The resumed load, the transaction
+    still open, must wait again rather than take the load's noted end as settled: the
+    held row arrives once it commits. Before, it was lost, every run ok."""
+    from steadyflow.run import extract
+
+    store.create(20)
+    late = store.connect(autocommit=False)
+    cfg = pipeline(tmp_path, store)
+    try:
+        held = store.insert(late, "late")
+        with store.connect() as other:
+            store.insert(other, "newer")
+        script = ("import sys; from steadyflow.run import extract; "
+                  "extract.FIRST_LOAD_SETTLE = 1.0; from steadyflow.cli.main import entry; "
+                  f"sys.argv = ['steadyflow', 'run', '-c', {str(cfg)!r}]; entry()")
+        killed = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=90,
+            env={**os.environ, "STEADYFLOW_FAILPOINT": "extract.before_land:1"})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        monkeypatch.setattr(extract, "FIRST_LOAD_SETTLE", 1.0)
+        with Pipeline.from_yaml(cfg) as p:
+            assert p.run_once().ok  # the resumed load, the transaction still open
+        late.commit()
+    finally:
+        late.close()
+    time.sleep(1.1)  # MariaDB's trx_started has whole seconds
+    with Pipeline.from_yaml(cfg) as p:
+        for _ in range(3):
+            assert p.run_once().ok
+            time.sleep(0.5)
     assert held in warehouse_ids(tmp_path)

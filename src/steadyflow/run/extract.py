@@ -716,11 +716,18 @@ class TableExtractor:
             if high is None:
                 return True  # an empty table: the cursor pass starts from nothing
             if not dry_run:
-                self._settle(db, observed, high)
+                if not self._settle(db, observed, high):
+                    return False  # stopped while waiting: nothing noted, the next run waits
                 self.state.start_backfill(src, tbl, self._named(high), lease=self.lease)
             after = None
         else:
             high, after = started
+            # a load that read nothing yet (its process died after noting its end): its
+            # wait may not have ended, and nothing recorded the start it chose; waiting
+            # again is what a new load does. Not once a page or range was read
+            if not dry_run and after is None and not self.state.backfill_chunks(src, tbl) \
+                    and not self._settle(db, observed, high):
+                return False
         bound = self._adaptive_bound(observed) if self._bounded(high.cursor) else None
         self._bound = bound
         if not dry_run and self._noted is None:  # _settle noted a new load's end
@@ -740,7 +747,7 @@ class TableExtractor:
             self._loaded(bound)
         return done
 
-    def _settle(self, db: SqlSource, observed: OpenSince | None, high: Watermark) -> None:
+    def _settle(self, db: SqlSource, observed: OpenSince | None, high: Watermark) -> bool:
         """Before a numbered cursor's first load reads a page: wait until every
         transaction open when its end `high` was noted has ended.
 
@@ -755,9 +762,9 @@ class TableExtractor:
         transactions end within moments; one open past FIRST_LOAD_SETTLE (a session
         idle in a transaction) is logged, and the cursor passes re-read from the table's
         start (`_numbered_bound` keeps that start) until a noted end predates every open
-        transaction."""
+        transaction. False when told to stop while waiting (nothing is settled then)."""
         if not self._numbered or observed is None or not observed.visible:
-            return
+            return True
         self._note(observed, high)
         tbl = self.ref.table
         deadline = time.monotonic() + FIRST_LOAD_SETTLE
@@ -767,17 +774,19 @@ class TableExtractor:
             _, seen = self.guard.call(lambda: db.poll_end(tbl, self.contract, True),
                                       stop=self.should_stop)
             if seen is None or not seen.visible:
-                return
+                return True
             self._note(seen, high)
             if dated is None:
                 dated = seen  # its `now` follows high's snapshot: it dates high
             # nothing open since a time after high's snapshot (the bound's margin is for
             # time stamps taken before a transaction began: no number is taken so)
             if seen.bound >= dated.now or (seen.oldest is None and seen.at >= dated.now):
-                return  # _note gave the start: after high
+                return True  # _note gave the start: after high
             if time.monotonic() >= deadline:
                 break
             time.sleep(SETTLE_PAUSE)
+        if self.should_stop():
+            return False
         lowest = -(2 ** 31) if self.contract.column(self.contract.cursor).type == "int32" \
             else -(2 ** 62)
         self._next_number = self.memory.resume_bound = lowest
@@ -787,6 +796,7 @@ class TableExtractor:
                     "session, or set a lookback floor in units)", observed.bound.isoformat()
                     if seen is None else seen.bound.isoformat(), high.cursor,
                     FIRST_LOAD_SETTLE, extra=self._extra())
+        return True
 
     def _partition(self, db: SqlSource, high: Watermark) -> bool:
         """Whether this load is split into key ranges (run/backfill.py): split now when
