@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -31,8 +32,13 @@ log = logging.getLogger("steadyflow.extract")
 
 SHARE_SECONDS = 0.25  # one observation serves a server's polls this long (each re-reads it)
 IDLE_SECONDS = 0.11  # InnoDB refreshes the cache once it was not read for 0.1 s
-_OWN = ("(SELECT COUNT(*) FROM information_schema.innodb_trx "
-        "WHERE trx_mysql_thread_id = CONNECTION_ID())")
+# this statement's own row in the list: its connection's transaction running this very
+# statement (the nonce is in its text). The connection alone did not prove it: a list
+# filled during this connection's previous observation, and frozen since, shows that
+# earlier transaction under the same thread id, so a stale list passed for fresh and a
+# transaction begun since was not seen (a number it held was lost, every run ok)
+_OWN = ("(SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = "
+        "CONNECTION_ID() AND LOCATE('{nonce}', trx_query) > 0)")
 
 _lock = threading.Lock()
 # server (host, port) → (monotonic time, the last fresh observation's row)
@@ -79,13 +85,16 @@ def observe(db: SqlSource, table: str) -> tuple[list[tuple[Any, ...]], float]:
 
 
 def _read(db: SqlSource, table: str) -> tuple[Any, ...]:
-    """The observation's row plus 1 when the list shows this session's own transaction,
-    begun before the list was read (so the list is newer than that), else 0."""
+    """The observation's row plus 1 when the list shows this session's own transaction
+    running this statement (so the list was filled after it began), else 0."""
     sql = db.dialect.open_since_sql
-    assert sql is not None
+    assert sql is not None and sql.startswith("SELECT ")
+    # near the statement's start: the list keeps the first 1,024 characters of its text
+    nonce = f"steadyflow:{uuid.uuid4().hex}"
+    statement = f"SELECT /* {nonce} */ {sql[len('SELECT '):]}, {_OWN.format(nonce=nonce)}"
     db._execute(table, "START TRANSACTION WITH CONSISTENT SNAPSHOT", [])
     try:
-        [row] = db._execute(table, f"{sql}, {_OWN}", [])
+        [row] = db._execute(table, statement, [])
     finally:
         db._execute(table, "COMMIT", [])
     return (*row[:-1], row[-1] if int(row[-1] or 0) > 0 else 0)
