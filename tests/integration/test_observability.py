@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import select
 import signal
@@ -110,7 +111,8 @@ def start_serve(config: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
     """`steadyflow serve --port 0` in a child process; returns it and the URL it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "steadyflow", "serve", "-c", str(config), "--port", "0", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"})  # SIGABRT prints every thread
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 30)
     line = proc.stdout.readline() if ready else ""
@@ -123,12 +125,20 @@ def start_serve(config: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
 
 
 def stop_serve(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    """SIGTERM, then the process's exit code and stderr. A server that has not ended
+    within its own 30 s bound on stopping (and the 10 s after) is hung: SIGABRT makes it
+    print every thread's stack (faulthandler) into the stderr returned, so the failure
+    says where it hung (seen once in CI, never reproduced: the code was -9, no output)."""
     proc.send_signal(signal.SIGTERM)
     try:
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=40)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
+        proc.send_signal(signal.SIGABRT)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
     return proc.returncode, err
 
 
