@@ -523,7 +523,8 @@ class StateStore(ABC):
 
     def _fence(self, c: Tx, lease: Lease | None) -> None:
         """Inside a state transaction: raise ExtractionFenced unless `lease` is still the
-        table's current one, else extend it (every durable step is also a renewal).
+        current one of its table (or, for a ChunkLease, of its key range of the table's
+        partitioned first load), else extend it (every durable step is also a renewal).
 
         The check and the renewal are one UPDATE whose WHERE names the holder and the
         generation: it locks the row as SELECT ... FOR UPDATE did (a takeover waits for
@@ -533,49 +534,19 @@ class StateStore(ABC):
         if lease is None:
             return
         if isinstance(lease, ChunkLease):
-            self._fence_chunk(c, lease)
-            return
+            table, where = "backfill_chunks", "source=? AND tbl=? AND chunk=?"
+            keys: tuple[Any, ...] = (lease.source, lease.table, lease.chunk)
+        else:
+            table, where, keys = "extract_leases", "source=? AND tbl=?", (lease.source,
+                                                                         lease.table)
         end, params = self._lease_end(lease.seconds)
-        if c.execute(f"UPDATE extract_leases SET expires_at={end} WHERE source=? AND tbl=? "
-                     "AND holder=? AND generation=? RETURNING generation",
-                     (*params, lease.source, lease.table, lease.holder,
-                      lease.generation)).fetchone() is not None:
+        if c.execute(f"UPDATE {table} SET expires_at={end} WHERE {where} AND holder=? AND "
+                     "generation=? RETURNING generation",
+                     (*params, *keys, lease.holder, lease.generation)).fetchone() is not None:
             return
-        row = c.execute("SELECT holder, generation FROM extract_leases WHERE source=? AND "
-                        "tbl=?", (lease.source, lease.table)).fetchone()
-        holder, generation = (row[0], row[1]) if row is not None else (None, 0)
-        raise ExtractionFenced(
-            f"this extractor lost its extraction lease (generation {lease.generation}; "
-            f"now generation {generation}, held by {holder or 'nobody'}): another "
-            f"extractor took the table over after this one stalled past its "
-            f"{lease.seconds:g}s lease; what it read is older than the new holder's, so "
-            "it records and advances nothing", stage="extract", source=lease.source,
-            table=lease.table,
-            hint="nothing to repair: the new holder extracts the table, and the next run "
-                 "resumes from its checkpoint; if this process is often paused that "
-                 "long, look for what stalls it (swap, a stopped terminal, SIGSTOP)")
-
-    def _fence_chunk(self, c: Tx, lease: ChunkLease) -> None:
-        """`_fence` for a backfill chunk: its current holder and generation, else
-        ExtractionFenced; extends the chunk's lease (one UPDATE, as `_fence`)."""
-        end, params = self._lease_end(lease.seconds)
-        if c.execute(f"UPDATE backfill_chunks SET expires_at={end} WHERE source=? AND tbl=? "
-                     "AND chunk=? AND holder=? AND generation=? RETURNING generation",
-                     (*params, lease.source, lease.table, lease.chunk, lease.holder,
-                      lease.generation)).fetchone() is not None:
-            return
-        row = c.execute("SELECT holder, generation FROM backfill_chunks WHERE source=? AND "
-                        "tbl=? AND chunk=?", (lease.source, lease.table, lease.chunk)
+        row = c.execute(f"SELECT holder, generation FROM {table} WHERE {where}", keys
                         ).fetchone()
-        holder, generation = (row[0], row[1]) if row is not None else (None, 0)
-        raise ExtractionFenced(
-            f"this reader lost its lease on chunk {lease.chunk} of the initial load "
-            f"(generation {lease.generation}; now generation {generation}, held by "
-            f"{holder or 'nobody'}): another reader took the chunk over after this one "
-            f"stalled past its {lease.seconds:g}s lease, so it records and advances "
-            "nothing", stage="extract", source=lease.source, table=lease.table,
-            hint="nothing to repair: the new holder reads the chunk from its last "
-                 "recorded key")
+        raise _fenced(lease, *((row[0], row[1]) if row is not None else (None, 0)))
 
     def leases(self) -> list[dict[str, Any]]:
         """Every extraction lease held now, of a table (chunk None) or of one key range of
@@ -1095,3 +1066,26 @@ def _filters(**equal: str | None) -> tuple[str, tuple[str, ...]]:
     if not used:
         return "", ()
     return " WHERE " + " AND ".join(f"{k}=?" for k in used), tuple(used.values())
+
+
+def _fenced(lease: Lease, holder: str | None, generation: int) -> ExtractionFenced:
+    """The refusal `_fence` raises: who holds the table (or key range) now, and why
+    nothing needs repair."""
+    now = (f"(generation {lease.generation}; now generation {generation}, held by "
+           f"{holder or 'nobody'})")
+    if isinstance(lease, ChunkLease):
+        return ExtractionFenced(
+            f"this reader lost its lease on chunk {lease.chunk} of the initial load {now}: "
+            f"another reader took the chunk over after this one stalled past its "
+            f"{lease.seconds:g}s lease, so it records and advances nothing",
+            stage="extract", source=lease.source, table=lease.table,
+            hint="nothing to repair: the new holder reads the chunk from its last "
+                 "recorded key")
+    return ExtractionFenced(
+        f"this extractor lost its extraction lease {now}: another extractor took the "
+        f"table over after this one stalled past its {lease.seconds:g}s lease; what it "
+        "read is older than the new holder's, so it records and advances nothing",
+        stage="extract", source=lease.source, table=lease.table,
+        hint="nothing to repair: the new holder extracts the table, and the next run "
+             "resumes from its checkpoint; if this process is often paused that long, "
+             "look for what stalls it (swap, a stopped terminal, SIGSTOP)")
