@@ -60,13 +60,6 @@ def test_a_table_of_600_columns_reconciles_against_duckdb(tmp_path: Path, pg_dsn
                                           width), width)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed: SQLite's row hash is one Python function call taking every column as an "
-    "argument (sf_row_term/sf_row_hash, reconcile/encoding.py), and SQLite allows a "
-    "function at most 127 arguments (SQLITE_MAX_FUNCTION_ARG): a SQLite table of more "
-    "than about 125 contract columns cannot be reconciled ('too many arguments on "
-    "function sf_row_term'; reported as an error, nothing compared). Needs the columns "
-    "passed in chunks"))
 def test_a_table_of_200_columns_reconciles_from_sqlite(tmp_path: Path) -> None:
     width = 200
     db = tmp_path / "s.db"

@@ -331,6 +331,29 @@ def _sf_row_term(spec: str, *values: Any) -> int:
     return int(_raw_md5(spec, values)[:TERM_HEX], 16)
 
 
+def _sf_row_part(spec: str, *values: Any) -> bytes:
+    """One run of a wide row's columns, encoded and joined as `_raw_md5` joins them, as
+    UTF-8 bytes (a blob: SQLite passes it on untouched, in any database encoding). SQLite
+    allows a function 127 arguments, so a row of more columns is hashed from parts."""
+    return SEP.join([NULL if v is None else f(v) for f, v in zip(_spec(spec), values,
+                                                                   strict=True)]
+                    ).encode("utf-8")
+
+
+def _parts_md5(parts: Sequence[bytes]) -> str:
+    return hashlib.md5(SEP.encode().join(parts), usedforsecurity=False).hexdigest()
+
+
+def _sf_parts_hash(*parts: bytes) -> str:
+    """`_sf_row_hash` of the row whose runs of columns are `parts` (`_sf_row_part`)."""
+    return _parts_md5(parts)[:HASH_HEX]
+
+
+def _sf_parts_term(*parts: bytes) -> int:
+    """`_sf_row_term` of the row whose runs of columns are `parts` (`_sf_row_part`)."""
+    return int(_parts_md5(parts)[:TERM_HEX], 16)
+
+
 def _sf_canon(ctype: str, value: Any) -> str | None:
     return None if value is None else raw_converter(ctype)(value)
 
@@ -419,6 +442,7 @@ def register_sqlite(conn: sqlite3.Connection) -> None:
     functions: list[tuple[str, int, Callable[..., Any], slice]] = [
         ("sf_row_hash", -1, _sf_row_hash, slice(1, None)),
         ("sf_row_term", -1, _sf_row_term, slice(1, None)),
+        ("sf_row_part", -1, _sf_row_part, slice(1, None)),
         ("sf_canon", 2, _sf_canon, slice(1, None)),
         ("sf_days", 1, _sf_days, slice(0, 1)),
         ("sf_scaled", 2, _sf_scaled, slice(0, 1))]
@@ -426,5 +450,7 @@ def register_sqlite(conn: sqlite3.Connection) -> None:
         if codec is not None:
             function = _utf16_args(function, codec, values)
         conn.create_function(name, arity, function, deterministic=True)
+    conn.create_function("sf_parts_hash", -1, _sf_parts_hash, deterministic=True)
+    conn.create_function("sf_parts_term", -1, _sf_parts_term, deterministic=True)
     conn.create_function("sf_ts_us", 1, _sf_ts_us, deterministic=True)
     conn.create_function("sf_bucket", 3, _sf_bucket, deterministic=True)

@@ -599,6 +599,12 @@ class DuckdbEngine(Engine):
         return f"CAST((CAST({x} AS HUGEINT) - {int(lo)}) // {int(width)} AS BIGINT)"
 
 
+# SQLite's bound on a function's arguments (SQLITE_MAX_FUNCTION_ARG), and the columns a
+# row's hash takes per call below it (the spec is one more argument)
+SQLITE_MAX_ARGS = 127
+PART_COLUMNS = 100
+
+
 class SqliteEngine(Engine):
     """The encoding runs in Python functions registered on the connection (encoding.py)."""
 
@@ -632,11 +638,25 @@ class SqliteEngine(Engine):
         spec = SPEC_SEP.join(ctype.strip().lower() for _, ctype in columns)
         return f"'{_literal(spec)}', " + ", ".join(self._arg(x) for x, _ in columns)
 
+    def _whole_row(self, function: str, columns: Sequence[tuple[str, str]]) -> str:
+        """`function` (sf_row_term, sf_row_hash) over every column: in one call while
+        SQLite's 127 arguments hold them, else the same value from runs of PART_COLUMNS
+        encoded apart (sf_row_part) and hashed together (sf_parts_term, sf_parts_hash)."""
+        if len(columns) < SQLITE_MAX_ARGS:
+            return f"{function}({self._spec(columns)})"
+        parts = [f"sf_row_part({self._spec(columns[i:i + PART_COLUMNS])})"
+                 for i in range(0, len(columns), PART_COLUMNS)]
+        if len(parts) > SQLITE_MAX_ARGS:
+            raise ValueError(f"a row of {len(columns)} columns: SQLite's reconcile hashes "
+                             f"at most {SQLITE_MAX_ARGS * PART_COLUMNS}")
+        whole = function.replace("sf_row_", "sf_parts_")
+        return f"{whole}({', '.join(parts)})"
+
     def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
-        return f"sf_row_term({self._spec(columns)})"
+        return self._whole_row("sf_row_term", columns)
 
     def row_hash(self, columns: Sequence[tuple[str, str]]) -> str:
-        return f"sf_row_hash({self._spec(columns)})"
+        return self._whole_row("sf_row_hash", columns)
 
     def term_parts(self, h: str) -> list[str]:
         return [f"({h} >> 30)", f"({h} & 1073741823)"]
