@@ -84,6 +84,8 @@ CHANGES = [  # (id, SET ...): each one value, each must be seen
     (5, "seen_at = seen_at + interval '1 microsecond'"),
     (2, "flag = NULL"),
     (3, "note = '~n'"),  # '~N' under a case-blind collation: equal to it, not the same text
+    (100, "price = -price"),  # numeric's own hash ignores the sign
+    (101, "big = -big"),
 ]
 
 

@@ -406,8 +406,13 @@ class PostgresEngine(Engine):
         canonical text."""
         if x not in self.record_columns:
             return f"coalesce({self.canon(x, ctype)}, '~N') COLLATE \"C\""
-        if RECORD_TEXT.fullmatch(self.native.get(x, "")):
+        native = self.native.get(x, "")
+        if RECORD_TEXT.fullmatch(native):
             return f'{x} COLLATE "C"'
+        if native.startswith("numeric"):
+            # numeric's hash ignores the sign (hash_numeric_extended hashes the digits and
+            # the weight: 5.00 and -5.00 hash alike), so the sign enters as a field of its own
+            return f"{x}, {x} < 0"
         return x
 
     @staticmethod
