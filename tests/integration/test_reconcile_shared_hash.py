@@ -36,7 +36,7 @@ from tests.support.reconcile_data import (
 )
 
 from steadyflow.reconcile.encoding import HASH_HEX
-from steadyflow.reconcile.engines import record_fields
+from steadyflow.reconcile.engines import PostgresEngine, record_fields
 from steadyflow.reconcile.runner import Options, reconcile
 from steadyflow.reconcile.sides import Dim, SqlSide
 from steadyflow.run.pipeline import Pipeline
@@ -207,3 +207,32 @@ def test_a_warehouse_in_another_encoding_keeps_md5(tmp_path: Path, pg_dsn: str) 
             (report,) = reconcile(pipeline)
             assert report.hash == "md5"
             assert report.rows_compared == 600 and report.clean, report
+
+
+# pairs PostgreSQL's own hash folds alike (hashint8 xors the high half into the low one, and
+# a timestamp hashes its µs since 2000 that way): the record must still tell them apart
+_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_T = _EPOCH + timedelta(microseconds=(5 << 32) | 6)
+_T_FOLDED = _EPOCH + timedelta(microseconds=(4 << 32) | 7)  # 5 ^ 6 == 4 ^ 7
+FOLDED = [("bigint", 1, 1 << 32), ("bigint", -1, -(1 << 32) - 2),
+          ("timestamp with time zone", _T, _T_FOLDED),
+          ("timestamp without time zone", _T.replace(tzinfo=None),
+           _T_FOLDED.replace(tzinfo=None))]
+
+
+@pytest.mark.parametrize(("native", "a", "b"), FOLDED, ids=lambda v: str(v)[:24])
+def test_values_the_servers_hash_folds_alike_differ_in_the_record(
+        pg_dsn: str, native: str, a: Any, b: Any) -> None:
+    engine = PostgresEngine()
+    engine.native = {'"v"': native}
+    engine.record_columns = frozenset({'"v"'})
+    engine.shared_hash = True
+    expr = engine.row_hash([('"v"', "int64" if native == "bigint" else "timestamp")])
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        folded = conn.execute(f"SELECT hash_record_extended(ROW(CAST(%s AS {native})), 0) = "
+                              f"hash_record_extended(ROW(CAST(%s AS {native})), 0)",
+                              [a, b]).fetchone()
+        assert folded == (True,)  # the pair is one PostgreSQL's own hash folds alike
+        hashes = [conn.execute(f"SELECT {expr} FROM (SELECT CAST(%s AS {native}) AS v) t",
+                               [v]).fetchone() for v in (a, b)]
+    assert hashes[0] != hashes[1], (native, a, b)

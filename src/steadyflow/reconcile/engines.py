@@ -413,6 +413,17 @@ class PostgresEngine(Engine):
             # numeric's hash ignores the sign (hash_numeric_extended hashes the digits and
             # the weight: 5.00 and -5.00 hash alike), so the sign enters as a field of its own
             return f"{x}, {x} < 0"
+        if native == "bigint":
+            # hashint8 folds the high 32 bits into the low ones first (1 and 2^32 hash
+            # alike): the high half enters as a field of its own, and the pair is the value
+            return f"{x}, {x} >> 32"
+        if native.startswith("timestamp"):
+            # a timestamp hashes its µs since 2000 as hashint8 does (folded): the 2^32 µs
+            # block it falls in (date_bin, PostgreSQL 14+ as hash_record_extended) is the
+            # high half, a field of its own
+            origin = ("TIMESTAMPTZ '2000-01-01 00:00:00+00'" if "with time zone" in native
+                      else "TIMESTAMP '2000-01-01 00:00:00'")
+            return f"{x}, date_bin(INTERVAL '4294967296 microseconds', {x}, {origin})"
         return x
 
     @staticmethod
