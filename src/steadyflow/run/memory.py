@@ -15,10 +15,16 @@ itself (ADBC's import of pyarrow.dataset creates it) got the bundled mimalloc, w
 from ARROW_DEFAULT_MEMORY_POOL once, so steadyflow/__init__.py sets it to "system" before
 pyarrow loads (then the same run ended 1 MiB above its start). And glibc's heap: small
 blocks freed into its arenas stay mapped, fragmented, until trimmed (`malloc_trim(0)` after
-a run_once spike took RSS back down by 18 MiB). The loader calls `release_memory` when it
-has been idle a moment after loading RELEASE_AFTER_ROWS rows: once a spike is absorbed.
-DuckDB's own memory is bounded by the warehouse's memory_limit (its buffer pool keeps up to
-that much of the table cached) and is not touched here.
+a run_once spike took RSS back down by 18 MiB). The loader releases through a `Releaser`
+once it loaded RELEASE_AFTER_ROWS rows since the last release: when it has been idle a
+moment (a spike absorbed), and while batches keep coming, at most every RELEASE_EVERY.
+The second is what a spike followed by a steady flow needs: bench/spike.py's 20 stores at
+5,000 rows/s hand the loader a batch every few tens of milliseconds, so it never waits
+RELEASE_IDLE for one, and the spike's ~25-35 MiB stayed in glibc's arenas to the end of
+the run (RSS 237 -> 263 MiB, bench/NOTES.md session 10; a malloc_trim at the end of a
+`--scale 0.25` run took 34 MiB back, to below the level before the spike). DuckDB's own
+memory is bounded by the warehouse's memory_limit (its buffer pool keeps up to that much of
+the table cached) and is not touched here.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import time
+from collections.abc import Callable
 
 # an idle loader releases memory once it loaded this many rows since the last release and
 # has found the buffer empty for RELEASE_IDLE seconds: a spike has ended (a gap between its
@@ -33,6 +41,10 @@ import sys
 # little free costs ~1-5 ms; of hundreds of fragmented MiB, ~0.1 s)
 RELEASE_AFTER_ROWS = 20_000
 RELEASE_IDLE = 0.5
+# ... and, while batches keep coming (never idle that long), at most this often: a trim
+# took 0.5-5 ms in bench/spike.py (11 in a --scale 0.25 run), and the pages it frees that
+# are used again are faulted back in (a few ms of CPU per 10 MiB)
+RELEASE_EVERY = 10.0
 
 _BOUND = False
 
@@ -76,3 +88,41 @@ def release_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+class Releaser:
+    """When a loader hands freed memory back to the OS (`release_memory`): once it loaded
+    `after_rows` rows since the last release, at its first idle moment (`idle` called
+    `idle_for` seconds after its last batch), or at its next batch `every` seconds after
+    the last release, whichever comes first. Defaults: the module's RELEASE_* (read when
+    made, so a test can shorten them)."""
+
+    def __init__(self, after_rows: int | None = None, idle_for: float | None = None,
+                 every: float | None = None, release: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.after_rows = RELEASE_AFTER_ROWS if after_rows is None else after_rows
+        self.idle_for = RELEASE_IDLE if idle_for is None else idle_for
+        self.every = RELEASE_EVERY if every is None else every
+        self._release = release or release_memory
+        self._clock = clock
+        self.rows = 0  # loaded since the last release
+        self.released_at = self.last_batch = clock()
+
+    def loaded(self, rows: int) -> None:
+        """A group of `rows` rows in all was loaded (or skipped as already loaded: its
+        pages were read all the same)."""
+        self.rows += rows
+        self.last_batch = now = self._clock()
+        if self.rows >= self.after_rows and now - self.released_at >= self.every:
+            self._now(now)
+
+    def idle(self) -> None:
+        """The loader found nothing to load."""
+        now = self._clock()
+        if self.rows >= self.after_rows and now - self.last_batch >= self.idle_for:
+            self._now(now)
+
+    def _now(self, now: float) -> None:
+        self._release()
+        self.rows = 0
+        self.released_at = now

@@ -57,12 +57,7 @@ from steadyflow.run.extract import (
     open_source,
 )
 from steadyflow.run.load import BatchLoader, duplicate, gather, transform
-from steadyflow.run.memory import (
-    RELEASE_AFTER_ROWS,
-    RELEASE_IDLE,
-    bound_memory,
-    release_memory,
-)
+from steadyflow.run.memory import Releaser, bound_memory
 from steadyflow.state import StateStore, open_state
 from steadyflow.validate.quarantine import Quarantine
 from steadyflow.validate.rules import Verdict
@@ -433,7 +428,7 @@ class Pipeline:
         loader = self.loader
         # kept across runs: a batch that failed for good is not waited for again each cycle
         failures = self._failures
-        loaded_since_release, last_batch = 0, time.monotonic()
+        releaser = Releaser()  # freed memory back to the OS after a spike (run/memory.py)
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= self._queue_reported + QUEUE_REPORT_EVERY:
@@ -448,11 +443,8 @@ class Pipeline:
                 if (delivery is None and self._unqueued
                         and self.buffer.depth() < self.buffer.capacity and self.sweep()):
                     continue  # the buffer drained: queue what the last sweep left out
-                if (delivery is None and loaded_since_release >= RELEASE_AFTER_ROWS
-                        and time.monotonic() - last_batch >= RELEASE_IDLE):
-                    release_memory()  # idle after a spike: give its memory back to the OS
-                    loaded_since_release = 0
                 if delivery is None:
+                    releaser.idle()
                     if until_empty and (extracting is None or not extracting.is_set()) and (
                             self.buffer.depth() == 0 or all(
                                 n >= max_failures for n in failures.values()) and failures):
@@ -464,7 +456,7 @@ class Pipeline:
                 self._stop.wait(1.0)
                 continue
             group = self.config.warehouse
-            retry_wait = 0.0
+            retry_wait, handled = 0.0, 0
             for batch, result in loader.handle_all(gather(
                     self.buffer, delivery, group.group_batches, group.group_rows)):
                 if isinstance(result, Exception):
@@ -472,8 +464,7 @@ class Pipeline:
                         batch, result, failures, max_failures, summary))
                     continue
                 failures.pop(batch.batch_id, None)
-                loaded_since_release += result.good_rows + result.bad_rows
-                last_batch = time.monotonic()
+                handled += result.good_rows + result.bad_rows
                 if result.loaded:
                     summary.loaded_batches += 1
                     summary.loaded_rows += result.good_rows
@@ -482,6 +473,8 @@ class Pipeline:
                     summary.quarantined_rows += result.bad_rows
                 else:
                     summary.duplicates_skipped += 1
+            if handled:  # between groups, never inside one
+                releaser.loaded(handled)
             if retry_wait:  # the warehouse (or buffer) failed: a pause, once per group
                 self._stop.wait(retry_wait)
         self._report_queue()
