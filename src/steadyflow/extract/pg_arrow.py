@@ -517,8 +517,16 @@ class PgArrowSource(SqlSource):
     def _refuse_unorderable(self, table: str, contract: Contract) -> None:
         """Refuse, before any page, a cursor (or leading key) holding a date/time no path
         can hold ('infinity', year 10000...): a page ending on it could not continue, and
-        skipping it would lose every later row silently. Both columns lead an index, so
-        this is two short range scans."""
+        skipping it would lose every later row silently.
+
+        Asked of the column's least and greatest values: both columns lead an index, so
+        PostgreSQL reads each from one end of it, whatever it knows of the table. The
+        plain `WHERE c < '0001-01-01' OR c > '9999-12-31...' LIMIT 1` was planned as a
+        sequential scan on a table without statistics (never analyzed: the default
+        selectivity of the OR is a third of the table, so LIMIT 1 looked cheap), which
+        read every row to find none: 128 ms at 400k rows, every BUSY_PROBE_EVERY on each
+        table while rows flow, in the poll before its pages, growing with the table
+        (bench/spike.py's stores; autovacuum off)."""
         d = self.dialect
         declared = {k.lower(): v.lower() for k, v in self.declared_types(table).items()}
         for name in dict.fromkeys((contract.cursor, *contract.primary_key[:1])):
@@ -526,8 +534,9 @@ class PgArrowSource(SqlSource):
                 continue
             col = d.ident(name)
             rows = self._execute(
-                table, f"SELECT {col}::text FROM {d.ident(table)} WHERE {col} < '0001-01-01' "
-                f"OR {col} > '9999-12-31 23:59:59.999999' LIMIT 1", [])
+                table, "SELECT CASE WHEN lo < '0001-01-01' THEN lo::text ELSE hi::text END "
+                f"FROM (SELECT min({col}) AS lo, max({col}) AS hi FROM {d.ident(table)}) "
+                "AS ends WHERE lo < '0001-01-01' OR hi > '9999-12-31 23:59:59.999999'", [])
             if rows:
                 raise self._unorderable(table, name, OutOfRange.from_text(str(rows[0][0])))
 

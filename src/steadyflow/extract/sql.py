@@ -274,6 +274,8 @@ class SqlSource:
         self._issued: dict[str, int | None] = {}
         # (table, key column) -> when a look found no NULL in it (check_null_keys)
         self._no_nulls: dict[tuple[str, str], float] = {}
+        # during a probe: table -> the columns the catalog lets hold NULL (`_nullable`)
+        self._nullable_memo: dict[str, set[str]] | None = None
         # (table, key or cursor column) → monotonic time of the last look for a value of
         # a MariaDB bytes column that is no text (`check_binary_keys`)
         self._binary_checked: dict[tuple[str, str], float] = {}
@@ -398,9 +400,13 @@ class SqlSource:
         self.check_members(table, contract)
         self.check_bits(table, contract)
         self.check_binary_keys(table, contract)
-        self.check_cursor(table, contract)
-        self.check_keys(table, contract)
-        self.check_null_keys(table, contract)
+        self._nullable_memo = {}
+        try:
+            self.check_cursor(table, contract)
+            self.check_keys(table, contract)
+            self.check_null_keys(table, contract)
+        finally:
+            self._nullable_memo = None
         self.check_unique_key(table, contract)
         check_numbering(self, table, contract)
         self._issued[table] = issued_number(self, table, contract)
@@ -583,7 +589,7 @@ class SqlSource:
                            f"store it as a time (ALTER TABLE {table} ALTER COLUMN {cursor} "
                            f"TYPE timestamptz USING {cursor}::timestamptz), or declare the "
                            "cursor string in the contract if one spelling is guaranteed")
-        if problem is None and self._execute(
+        if problem is None and self._may_hold_null(table, cursor) and self._execute(
                 table, f"SELECT 1 FROM {d.ident(table)} WHERE {d.ident(cursor)} IS NULL "
                 "LIMIT 1", []):
             problem = ("holds NULLs (or, on MariaDB, zero dates, which it treats as NULL): "
@@ -595,6 +601,28 @@ class SqlSource:
             raise SchemaError(f"cursor column {cursor} ({ctype}) {problem[0]}",
                               stage="extract", source=self.config.name, table=table,
                               hint=problem[1])
+
+    def _may_hold_null(self, table: str, column: str) -> bool:
+        """False where the catalog proves the column holds no NULL (PostgreSQL's NOT NULL,
+        which no row can break), so the probe does not look for one: on a table without
+        statistics (never analyzed) `WHERE c IS NULL LIMIT 1` can be planned as a scan
+        of every row, in every probe. MariaDB's NOT NULL DATETIME still holds zero dates,
+        which IS NULL matches (no `nullable_sql` there: always looked for)."""
+        return self.dialect.nullable_sql is None or column.lower() in self._nullable(table)
+
+    def _nullable(self, table: str) -> set[str]:
+        """The table's columns the catalog lets hold NULL (lower case, `nullable_sql`),
+        read once per probe: its cursor check and its key check both ask."""
+        memo = self._nullable_memo
+        if memo is not None and table in memo:
+            return memo[table]
+        d = self.dialect
+        assert d.nullable_sql is not None
+        found = {catalog_text(r[0]).lower()
+                 for r in self._execute(table, d.nullable_sql, [d.index_param(table)])}
+        if memo is not None:
+            memo[table] = found
+        return found
 
     def _cursor_profile(self, table: str, column: str, ctype: str) -> tuple[Any, ...]:
         """The profile of every row of the cursor column (see CURSOR_RECHECK_EVERY): read
@@ -652,8 +680,7 @@ class SqlSource:
         d = self.dialect
         if d.nullable_sql is None:
             return
-        nullable = {catalog_text(r[0]).lower()
-                    for r in self._execute(table, d.nullable_sql, [d.index_param(table)])}
+        nullable = self._nullable(table)
         for key in contract.primary_key:
             looked = self._no_nulls.get((table, key))
             if key.lower() not in nullable or (
