@@ -381,3 +381,28 @@ def test_duckdb_batch_key_uniqueness_in_arrow_agrees_with_duckdb(
     con.register(STAGE, rows)
     by_duckdb = bool(con.execute(u.unique).fetchone()[0])  # type: ignore[index]
     assert _unique(con, u, rows, keys) is by_duckdb
+
+
+def test_mysql_preferred_tls_context_is_pymysqls_without_the_ca_store() -> None:
+    """A DSN asking nothing about TLS gets pymysql's PREFERRED mode: TLS where the server
+    offers it, the certificate unchecked. extract/mysql_tls.py builds that context once
+    per process without loading the system CA store (20-40 ms per connection), which
+    unchecked certificates never consult: every setting the handshake uses is pymysql's."""
+    import pymysql
+
+    from steadyflow.extract import mysql_tls
+
+    theirs = pymysql.connections.Connection._create_ssl_ctx(
+        object.__new__(pymysql.connections.Connection), {})
+    ours = mysql_tls.preferred_context()
+    settings = ("protocol", "options", "verify_mode", "check_hostname", "verify_flags",
+                "minimum_version", "maximum_version", "keylog_filename",
+                "post_handshake_auth", "security_level", "hostname_checks_common_name")
+    assert {s: getattr(ours, s) for s in settings} == {s: getattr(theirs, s) for s in settings}
+    assert [c["name"] for c in ours.get_ciphers()] == [c["name"] for c in theirs.get_ciphers()]
+    assert ours.cert_store_stats()["x509_ca"] == 0
+    assert mysql_tls.preferred_context() is ours  # one per process
+    # an explicit TLS option (REQUIRED mode) takes pymysql's own path
+    asked = mysql_tls.Connection._create_ssl_ctx(
+        object.__new__(mysql_tls.Connection), {"check_hostname": False})
+    assert asked is not ours and asked.verify_mode == theirs.verify_mode

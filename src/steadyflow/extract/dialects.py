@@ -36,6 +36,7 @@ from steadyflow.errors import (
     SourceUnavailable,
     SteadyflowError,
 )
+from steadyflow.extract import mysql_tls
 from steadyflow.model import MAX_TIME, MIN_TIME
 from steadyflow.resilience import watchdog_grace
 
@@ -650,7 +651,7 @@ class MysqlDialect(Dialect):
         parts = urlsplit(self.config.dsn or "")
         r = self.config.resilience
         try:
-            conn = pymysql.connect(
+            conn = mysql_tls.Connection(
                 host=parts.hostname or "127.0.0.1", port=parts.port or 3306,
                 user=unquote(parts.username or "root"), password=dsn_password(
                     self.config.dsn or "") or "",
