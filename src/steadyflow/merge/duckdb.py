@@ -277,10 +277,12 @@ class DuckdbWarehouse:
                 self._conn.execute(p.create_ledger)
                 for stmt in p.add_ledger_counts:
                     self._conn.execute(stmt)
+                # pragma_table_info: the same names and type spellings as
+                # information_schema.columns, whose first use in a process binds the whole
+                # catalog (~16 ms of an incremental command's start-up, against 0.5)
                 declared = dict(self._conn.execute(
-                    "SELECT column_name, data_type FROM information_schema.columns "
-                    "WHERE table_schema = ? AND table_name = ?",
-                    [self.schema, ref.target]).fetchall())
+                    "SELECT name, type FROM pragma_table_info(?)",
+                    [f"{quote(self.schema)}.{quote(ref.target)}"]).fetchall())
             except duckdb.FatalException as exc:
                 raise self._invalidated(exc, f"cannot create warehouse table {ref.target}"
                                         ) from None
