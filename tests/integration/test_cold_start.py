@@ -1,10 +1,11 @@
 """An incremental `steadyflow run --json` builds nothing its run does not use.
 
 As a command, an incremental run after a small change is mostly start-up (bench/NOTES.md,
-#14: imports, DuckDB's open, the source's connection). Guarded here on a MariaDB source
-into DuckDB, in a process of its own: no rich Console for a --json run, no module of a
-source kind, warehouse or buffer the config does not name, and no system CA store loaded
-for a connection whose server certificate is never checked (extract/mysql_tls.py).
+#14: imports, DuckDB's open, the source's connection). Guarded here on MariaDB and
+PostgreSQL sources into DuckDB, each run in a process of its own: no rich Console for a
+--json run, no driver of a source kind the config does not name (nor nats, httpx), and no
+system CA store loaded for a connection whose server certificate is never checked
+(extract/mysql_tls.py).
 """
 
 from __future__ import annotations
@@ -14,16 +15,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 from tests.conftest import steadyflow, write_pipeline
-from tests.integration.test_mysql_bulk_polls import insert
+from tests.integration.test_mysql_bulk_polls import insert as mysql_insert
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-# modules a MariaDB -> DuckDB incremental run has no use for (the first page of a poll is
-# read by pymysql: connectorx is imported for long pages only)
-UNUSED = ("rich", "connectorx", "nats", "httpx", "psycopg", "adbc_driver_manager",
-          "adbc_driver_postgresql", "adbc_driver_sqlite", "pyarrow.dataset", "pyarrow.acero")
+# modules an incremental run into DuckDB has no use for, per source kind. MariaDB: the first
+# page of a poll is read by pymysql (connectorx is imported for long pages only). PostgreSQL:
+# ADBC's dbapi imports pyarrow.dataset (and Acero) itself
+UNUSED = {
+    "mysql": ("rich", "connectorx", "nats", "httpx", "psycopg", "adbc_driver_manager",
+              "adbc_driver_postgresql", "adbc_driver_sqlite", "pyarrow.dataset",
+              "pyarrow.acero"),
+    "postgres": ("rich", "pymysql", "connectorx", "nats", "httpx", "adbc_driver_sqlite"),
+}
 
 _CHILD = """
 import json, ssl, sys
@@ -43,15 +50,32 @@ print(json.dumps({"modules": sorted(m for m in sys.argv[2:] if m in sys.modules)
 """
 
 
-def test_an_incremental_json_run_loads_only_what_it_uses(tmp_path: Path,
-                                                          mysql_dsn: str) -> None:
-    insert(mysql_dsn, 1, 50)
+def _insert_pg(dsn: str, first: int, rows: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS sales (store_id bigint NOT NULL, sale_id "
+                     "bigint NOT NULL, sku text NOT NULL, qty bigint, unit_price "
+                     "numeric(12,2), currency text, sold_at timestamptz, updated_at "
+                     "timestamptz NOT NULL, PRIMARY KEY (store_id, sale_id))")
+        conn.execute("CREATE INDEX IF NOT EXISTS sales_cursor ON sales "
+                     "(updated_at, store_id, sale_id)")
+        conn.execute("INSERT INTO sales SELECT 2, g, 'SKU', 1, 1.25, 'EUR', NULL, "
+                     "timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second' "
+                     "FROM generate_series(%s::bigint, %s::bigint) g", (first, first + rows - 1))
+
+
+@pytest.mark.parametrize("kind", ["mysql", "postgres"])
+def test_an_incremental_json_run_loads_only_what_it_uses(tmp_path: Path, kind: str,
+                                                          request: pytest.FixtureRequest
+                                                          ) -> None:
+    dsn = request.getfixturevalue("mysql_dsn" if kind == "mysql" else "pg_dsn")
+    insert = mysql_insert if kind == "mysql" else _insert_pg
+    insert(dsn, 1, 50)
     config = write_pipeline(tmp_path, [{
-        "name": "store", "kind": "mysql", "dsn": mysql_dsn,
+        "name": "store", "kind": kind, "dsn": dsn,
         "tables": [{"name": "sales", "contract": "sales", "warehouse_filter": {"store_id": 2}}]}])
     steadyflow("run", "-c", str(config), "--json", check=True)  # the first load
-    insert(mysql_dsn, 51, 10)
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(config), *UNUSED],
+    insert(dsn, 51, 10)
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(config), *UNUSED[kind]],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     summary, seen = (json.loads(line) for line in proc.stdout.strip().splitlines()[-2:])

@@ -354,6 +354,20 @@ def test_mariadb_and_sqlite_sources_do_not_import_psycopg() -> None:
     assert out.strip() == "False"
 
 
+def test_postgres_and_sqlite_sources_do_not_import_pymysql() -> None:
+    """pymysql (with ssl) is ~8 ms of every command's start-up that only MariaDB needs: the
+    pipeline and the PostgreSQL and SQLite sources import without it."""
+    import subprocess
+    import sys
+
+    check = ("import sys, steadyflow.run.pipeline, steadyflow.extract.pg_arrow, "
+             "steadyflow.extract.sqlite_arrow, steadyflow.cli.main; "
+             "print('pymysql' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"
+
+
 @pytest.mark.parametrize("keys, columns", [
     (["k"], {"k": pa.array([1, 2, 3], pa.int64())}),
     (["k"], {"k": pa.array([1, 2, 1], pa.int64())}),

@@ -6,7 +6,8 @@ Driver errors are translated here, once, so the rest of the code only sees
 
 psycopg is imported by the PostgreSQL dialect when it is first used, not with this module:
 it costs ~22 MiB of RSS (its C library, libpq and OpenSSL) that a MariaDB or SQLite source
-never needs (bench/NOTES.md).
+never needs (bench/NOTES.md). pymysql likewise by the MariaDB dialect: ~8 ms of CPU at every
+start-up of a PostgreSQL or SQLite source's command.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
-import pymysql
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import (
@@ -36,12 +36,12 @@ from steadyflow.errors import (
     SourceUnavailable,
     SteadyflowError,
 )
-from steadyflow.extract import mysql_tls
 from steadyflow.model import MAX_TIME, MIN_TIME
 from steadyflow.resilience import watchdog_grace
 
 if TYPE_CHECKING:
     import psycopg
+    import pymysql
 
 # Set on every PostgreSQL source session: a reader cut off mid-transaction (a worker whose
 # host died or was partitioned) must not stay "idle in transaction" on the store, where it
@@ -648,6 +648,10 @@ class MysqlDialect(Dialect):
     quote_char = "`"
 
     def connect(self) -> pymysql.connections.Connection[Any]:
+        import pymysql
+
+        from steadyflow.extract import mysql_tls
+
         parts = urlsplit(self.config.dsn or "")
         r = self.config.resilience
         try:
@@ -806,6 +810,8 @@ class MysqlDialect(Dialect):
         return value
 
     def error(self, exc: BaseException, table: str | None = None) -> SteadyflowError:
+        import pymysql
+
         code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
         msg = redact(str(exc.args[1]) if len(exc.args) > 1 else str(exc), self.secrets)
         src = self.config.name
@@ -1110,5 +1116,8 @@ def driver_errors() -> tuple[type[BaseException], ...]:
     """The drivers' error roots; psycopg's once it is imported (none of its errors can be
     raised before, and importing it here would cost every source its RSS)."""
     pg = sys.modules.get("psycopg")
-    known = (pymysql.err.MySQLError, sqlite3.Error, OSError)
+    my = sys.modules.get("pymysql")
+    known: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+    if my is not None:
+        known = (my.err.MySQLError, *known)
     return known if pg is None else (pg.Error, *known)
