@@ -400,6 +400,41 @@ def test_the_check_for_dates_no_path_can_hold_reads_the_index_ends_not_the_rows(
     assert now[1] - seq_read < rows, f"the probe read {now[1] - seq_read} rows of {rows}"
 
 
+NOT_NULL_BROKEN = {
+    # legacy inheritance: a child may drop the NOT NULL its parent declares, and the
+    # parent's rows include the child's
+    "inheritance child": (
+        "CREATE TABLE t (id int8 PRIMARY KEY, at timestamptz NOT NULL)",
+        "CREATE TABLE t_old () INHERITS (t)",
+        "ALTER TABLE t_old ALTER at DROP NOT NULL, ALTER id DROP NOT NULL",
+        "INSERT INTO t VALUES (1, '2024-01-01')",
+        "INSERT INTO t_old VALUES (2, NULL)"),
+    # a foreign table's NOT NULL is not enforced: the rows are what the far end holds
+    "foreign table": (
+        "CREATE EXTENSION IF NOT EXISTS file_fdw",
+        "CREATE SERVER files FOREIGN DATA WRAPPER file_fdw",
+        "CREATE FOREIGN TABLE t (id int8 NOT NULL, at timestamptz NOT NULL) SERVER files "
+        "OPTIONS (program 'printf \"1,2024-01-01\\n2,\\n\"', format 'csv')"),
+}
+
+
+@pytest.mark.parametrize("shape", NOT_NULL_BROKEN)
+def test_a_not_null_the_server_does_not_enforce_is_looked_at(pg_dsn: str, shape: str) -> None:
+    """The probe skips its look for NULL cursors (and keys) where the catalog says NOT
+    NULL; but attnotnull proves nothing of an inheritance child that dropped it, nor of a
+    foreign table (its constraints are not enforced). A NULL cursor that is not refused is
+    never matched by a keyset predicate: its row is lost without a word."""
+    execute(pg_dsn, *NOT_NULL_BROKEN[shape])
+    c = contract(("id", "int64"), ("at", "timestamp"), cursor="at")
+    for make in PATHS.values():
+        source = make(pg_dsn)
+        try:
+            with pytest.raises(SchemaError, match=r"column at \(timestamp\) holds NULLs"):
+                source.probe("t", c)
+        finally:
+            source.close()
+
+
 # --- 5. keyset values sent back exactly -------------------------------------------------
 KEYS = {
     "numeric(38,12)": ["'12345678901234567890123456.123456789012'", "'-0.000000000001'",

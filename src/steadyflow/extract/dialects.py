@@ -504,9 +504,18 @@ class PostgresDialect(Dialect):
         "JOIN pg_class p ON p.oid = h.inhparent WHERE h.inhparent = x.indrelid "
         "AND p.relkind = 'r') ORDER BY 1, k.ord")
     # a domain's NOT NULL is its own (pg_type.typnotnull), not the column's: not seen
-    # here, so such a key column is looked at too (a cheap LIMIT 1 query)
-    nullable_sql = ("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                    "AND attnum > 0 AND NOT attisdropped AND NOT attnotnull")
+    # here, so such a key column is looked at too (a cheap LIMIT 1 query). attnotnull
+    # proves no NULL only where the server enforces it on every row the table's name
+    # reads: a plain table without inheritance children (a legacy child may DROP NOT
+    # NULL, and its rows are the parent's), or a partitioned one (a partition cannot drop
+    # it; a foreign partition does not enforce it, but there the planner trusts it too
+    # and drops `IS NULL` unread: no look could find one). A foreign table's constraints
+    # are not enforced, a view has none: every column of those may hold NULL.
+    nullable_sql = (
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND (NOT a.attnotnull "
+        "OR NOT (c.relkind = 'r' AND NOT c.relhassubclass OR c.relkind = 'p'))")
     # A domain's column is declared as the type under its domains (CREATE DOMAIN stamp AS
     # timestamp): every check reading the declared type (a naive cursor's zone, dates
     # no path can hold, numbers in a time cursor, schema_drift's type) sees through it.
