@@ -435,6 +435,24 @@ def test_a_not_null_the_server_does_not_enforce_is_looked_at(pg_dsn: str, shape:
             source.close()
 
 
+def test_a_null_key_in_an_inheritance_child_is_refused(pg_dsn: str) -> None:
+    """The same for a key column: the parent's PRIMARY KEY is NOT NULL, its child's copy
+    of the column need not be, and the child's rows are the parent's."""
+    execute(pg_dsn, "CREATE TABLE t (id int8 PRIMARY KEY, at timestamptz NOT NULL)",
+            "CREATE TABLE t_old () INHERITS (t)",
+            "ALTER TABLE t_old ALTER id DROP NOT NULL",
+            "INSERT INTO t VALUES (1, '2024-01-01')",
+            "INSERT INTO t_old VALUES (NULL, '2024-01-02')")
+    c = contract(("id", "int64"), ("at", "timestamp"), cursor="at")
+    for make in PATHS.values():
+        source = make(pg_dsn)
+        try:
+            with pytest.raises(SchemaError, match="key column id holds NULLs"):
+                source.probe("t", c)
+        finally:
+            source.close()
+
+
 # --- 5. keyset values sent back exactly -------------------------------------------------
 KEYS = {
     "numeric(38,12)": ["'12345678901234567890123456.123456789012'", "'-0.000000000001'",
