@@ -45,6 +45,9 @@ NUMERIC = ("int64", "int32", "float64")
 # ignores display scale (12.5 = 12.50, as a decimal(p,s) contract does), timestamps and dates
 # by their µs or days, text by its bytes (under COLLATE "C"), booleans by value. Not floats
 # (the contract rounds to micro-units) nor anything else (json, arrays, enums, ...).
+# the first start of a 2^32 µs block from 2000-01-01 (a timestamp's hash folds its µs since
+# 2000 at 2^32) at or after PostgreSQL's least timestamp, 4714-11-24 00:00:00 BC
+FIRST_BLOCK = "4714-11-24 00:53:22.37568"
 RECORD_TEXT = re.compile(r"text|character varying(\(\d+\))?")
 RECORD_SAFE = re.compile(r"smallint|integer|bigint|numeric\(\d+,\d+\)|boolean|date|"
                          r"timestamp(\(\d\))? with(out)? time zone|" + RECORD_TEXT.pattern)
@@ -420,10 +423,15 @@ class PostgresEngine(Engine):
         if native.startswith("timestamp"):
             # a timestamp hashes its µs since 2000 as hashint8 does (folded): the 2^32 µs
             # block it falls in (date_bin, PostgreSQL 14+ as hash_record_extended) is the
-            # high half, a field of its own
-            origin = ("TIMESTAMPTZ '2000-01-01 00:00:00+00'" if "with time zone" in native
-                      else "TIMESTAMP '2000-01-01 00:00:00'")
-            return f"{x}, date_bin(INTERVAL '4294967296 microseconds', {x}, {origin})"
+            # high half, a field of its own. PostgreSQL's least timestamp lies inside a
+            # block whose start it cannot hold: date_bin raises 'timestamp out of range'
+            # for the values before FIRST_BLOCK (and reconcile of the table failed), all
+            # of that one block, NULL here
+            tz = "with time zone" in native
+            kind, zone = ("TIMESTAMPTZ", "+00") if tz else ("TIMESTAMP", "")
+            return (f"{x}, CASE WHEN {x} >= {kind} '{FIRST_BLOCK}{zone} BC' THEN date_bin("
+                    f"INTERVAL '4294967296 microseconds', {x}, {kind} '2000-01-01 00:00:00"
+                    f"{zone}') END")
         return x
 
     @staticmethod
