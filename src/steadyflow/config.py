@@ -397,6 +397,13 @@ class SourceConfig(_Strict):
         need = {"sqlite": "path", "postgres": "dsn", "mysql": "dsn", "http": "url"}[self.kind]
         if getattr(self, need) is None:
             raise ValueError(f"a {self.kind} source needs '{need}'")
+        tls = _tls_params(self.dsn) if self.kind == "mysql" else []
+        if tls:
+            raise ValueError(
+                f"the mysql dsn asks for TLS ({', '.join(tls)}), which steadyflow does not "
+                "pass to its MariaDB drivers: pymysql would use TLS only if the server "
+                "offers it, certificate unchecked, and connectorx's pages none; remove "
+                "them and reach the store over a trusted network or a TLS tunnel")
         for table in self.tables:
             if self.kind == "http" and not table.endpoint:
                 raise ValueError(f"table {table.name!r} of an http source needs 'endpoint'")
@@ -876,6 +883,21 @@ def _warn_literal_passwords(raw: dict[str, Any], origin: str) -> None:
             "%s: %s holds a literal password; anyone who can read the file has it. Write "
             "${%s} in its place and export %s=... in the environment that runs steadyflow",
             origin, key, var, var, extra={"stage": "config"})
+
+
+def _tls_params(dsn: str | None) -> list[str]:
+    """The TLS parameters of a URL DSN's query (ssl_ca, ssl-mode, tls, ...), by name only
+    (a value may be a key's path or password). A MariaDB DSN's query is read by neither
+    driver (MysqlDialect.connect, mysql_arrow.url_for), so such a parameter was ignored:
+    a DSN asking to verify the server connected without TLS to a server offering none."""
+    if not dsn or "://" not in dsn:
+        return []
+    try:
+        query = urlsplit(dsn).query
+    except ValueError:
+        return []
+    return sorted({k for k in parse_qs(query, keep_blank_values=True)
+                   if re.match(r"(ssl|tls)", k, re.IGNORECASE)})
 
 
 def _literal_password(dsn: str) -> bool:

@@ -247,3 +247,24 @@ def test_every_expanded_value_and_dsn_password_is_registered_as_a_secret(
     load_config(path, env={"SF_UNIT_TOKEN": "tok-unit-1234"})
     assert secrets.scrub("X-Token: tok-unit-1234") == "X-Token: ***"
     assert secrets.scrub("password literal-pw-unit") == "password ***"
+
+
+@pytest.mark.parametrize("query", ["ssl_ca=/etc/ca.pem", "ssl-mode=VERIFY_IDENTITY",
+                                   "ssl_verify_cert=true&ssl_verify_identity=1", "ssl=true",
+                                   "sslmode=require", "TLS=1", "charset=utf8mb4&ssl_key=k"])
+def test_a_mysql_dsn_asking_for_tls_is_refused_not_ignored(query: str) -> None:
+    """Neither MariaDB driver is given the DSN's query, so `?ssl_ca=...&ssl-mode=VERIFY_
+    IDENTITY` was ignored: the source connected in plain text to a server offering no TLS
+    (Ssl_cipher '' on this machine's MariaDB) with nothing said. Refused at load, naming
+    the parameters and not their values."""
+    dsn = f"mysql://reader@store:3306/pos?{query}"
+    text = _refused(_raw(sources=[{"name": "s1", "kind": "mysql", "dsn": dsn, "tables": [
+        {"name": "sales", "contract": "sales"}]}]))
+    assert "asks for TLS" in text and "/etc/ca.pem" not in text
+
+
+def test_a_mysql_dsn_without_tls_parameters_and_a_postgres_sslmode_are_accepted() -> None:
+    for kind, dsn in (("mysql", "mysql://reader@store:3306/pos?charset=utf8mb4"),
+                      ("postgres", "postgresql://reader@store/pos?sslmode=verify-full")):
+        parse_config(_raw(sources=[{"name": "s1", "kind": kind, "dsn": dsn, "tables": [
+            {"name": "sales", "contract": "sales"}]}]))
