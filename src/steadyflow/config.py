@@ -350,6 +350,23 @@ class TableConfig(_Strict):
         "checkpoint"))
     limit_param: str | None = Field(default="limit", description=(
         "HTTP: the query parameter of the page size; null = none"))
+    pagination: Literal["token", "offset"] = Field(default="token", description=(
+        "HTTP: `token`: the API hands out each next page's token (`next_path`), sent back "
+        "in `next_param`; it must carry its own filter (a keyset cursor) for a record "
+        "deleted during the walk to cost no other record. `offset`: steadyflow counts the "
+        "records itself and sends the position in `offset_param` (with `since_param` on "
+        "every page); each page repeats the previous page's last `overlap` records to prove "
+        "no record slid past the page boundary (README: HTTP APIs)"))
+    offset_param: str = Field(default="offset", description=(
+        "HTTP, `pagination: offset`: the query parameter of the position (0 = the first "
+        "record)"))
+    overlap: int = Field(default=2, ge=0, le=1000, description=(
+        "HTTP, `pagination: offset`: records each page re-reads from the previous one. A "
+        "walk absorbs fewer than `overlap` deletions before its position between two pages "
+        "exactly; more (or an order that is not stable) walks again from the run's start, "
+        "and the poll fails, checkpoint unmoved, if every walk shifts. Costs `overlap` "
+        "records per page and one request per walk (the last answers only the overlap). 0 "
+        "= no check: a record deleted mid-walk then costs its neighbour, silently"))
     params: dict[str, str] = Field(default_factory=dict, description=(
         "HTTP: fixed query parameters; secrets as ${VAR} (scrubbed everywhere)"))
     bad_page_retries: int = Field(default=3, ge=0, le=100, description=(

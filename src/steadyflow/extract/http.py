@@ -4,9 +4,16 @@
     GET {url}{endpoint}?after=<next token>&limit=<page size>                  following pages
     → {"data": [{...}, ...], "next": "<token>" | null}
 
+or, under `pagination: offset`, every page asked with the start and the position
+steadyflow counts itself, each page from `overlap` records before the last one's end:
+
+    GET {url}{endpoint}?updated_since=<start>&limit=<page size>&offset=<position>
+
 Parameter and field names come from the table config (`since_param`, `next_param`,
-`limit_param`, `records_path`, `next_path`), headers from the source config (secrets as
-`${VAR}`). The flow of one page, and why:
+`limit_param`, `records_path`, `next_path`, `pagination`, `offset_param`), headers from
+the source config (secrets as `${VAR}`). Which walk is safe on which API, and how an
+offset walk proves that no record slid past a page boundary: extract/chain.py and
+extract/offset_walk.py. The flow of one page, and why:
 
 1. `fetch` (under the source's SourceGuard: breaker, concurrency cap, retries with
    backoff and full jitter) returns the complete raw body of a 2xx answer. Transport
@@ -61,6 +68,8 @@ from steadyflow.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
+from steadyflow.extract.chain import TokenChain
+from steadyflow.extract.offset_walk import Identity, OffsetWalk, identity
 from steadyflow.extract.sql import column_to_arrow
 from steadyflow.model import INVALID, Column, Contract, Watermark
 from steadyflow.resilience import watchdog_grace
@@ -72,8 +81,6 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: SQL-only runs sk
 RAW_SUFFIX = ".raw"  # landed raw pages live under landing/<source>/<table>.raw/
 REJECTED_SUFFIX = ".rejected"  # records that could not be placed: <table>.rejected/
 _TEXT_LIMIT = 200
-MAX_EMPTY_PAGES = 100  # empty pages in a row with new tokens before a chain is refused
-MAX_TRACKED_KEYS = 500_000  # keys a chain remembers to notice a record moving mid-walk
 
 
 @dataclass(eq=False)
@@ -169,82 +176,7 @@ class HttpPage:
     extra_fields: list[str] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     marks: list[tuple[Any, ...]] = field(default_factory=list)  # (cursor, key...) of each
-
-
-@dataclass
-class TokenChain:
-    """One run's walk along an API's next-page tokens, from one resume point.
-
-    `resume` and `since` are the run's start (the checkpoint, or the lookback's `since`)
-    and stay fixed for the whole chain: pages keep every record past them whatever order
-    the API serves. `high` is the running maximum over every page read so far; the
-    checkpoint may move to it only once `ended` (see `follow`),
-    because before that an older record may still be on a later page.
-    """
-
-    resume: Watermark | None
-    since: Any | None = None
-    token: str | None = None
-    high: Watermark | None = None
-    pages: int = 0
-    ended: bool = False
-    source: str | None = None
-    table: str | None = None
-    empty_pages: int = 0  # empty pages in a row, each handing out a new token
-    walks: int = 1  # this walk's number from the same resume point in this run
-    moved: tuple[Any, ...] | None = None  # the key of a record seen at two positions
-    _seen: dict[int, int] = field(default_factory=dict, repr=False)
-
-    def _track(self, marks: list[tuple[Any, ...]]) -> None:
-        """Note a record met again at another (cursor, key) position: it was updated while
-        this chain walked. An API paging by offset or page number then shifted every later
-        record by one, and the record at the shift was skipped with a cursor below the
-        chain's high: the walk is unsettled (see run.extract: walked again, or the
-        checkpoint held). Hashes only, at most MAX_TRACKED_KEYS per chain."""
-        for mark in marks:
-            key, where = hash(mark[1:]), hash(mark)
-            first = self._seen.get(key)
-            if first is None:
-                if len(self._seen) < MAX_TRACKED_KEYS:
-                    self._seen[key] = where
-            elif first != where and self.moved is None:
-                self.moved = mark[1:]
-
-    def follow(self, page: HttpPage) -> None:
-        """Take in a parsed page: raise the high, keep its token, or end the chain.
-
-        The chain ends on a null or empty ("" as Slack's next_cursor) token, or on an empty
-        page handing back the token it was asked with. An empty page with a NEW token is
-        followed: APIs that filter after paging (or skip deleted rows) serve empty pages
-        before the end, and ending there moved the checkpoint past every record on the
-        later pages (a newest-first API's older records: lost). A page with records that
-        hands back the token it was asked with would be served again for ever: refused,
-        as are more than MAX_EMPTY_PAGES empty pages in a row.
-        """
-        self.pages += 1
-        self._track(page.marks)
-        if page.high is not None and (
-                self.high is None or page.high.as_tuple() > self.high.as_tuple()):
-            self.high = page.high
-        sent, token = self.token, page.next_token or None
-        if token is not None and token == sent:
-            if page.records > 0:
-                raise FatalError(
-                    f"the API handed back the next-page token it was asked with ({sent[:40]!r})"
-                    " on a page with records: following it would read that page for ever",
-                    stage="extract", source=self.source, table=self.table,
-                    hint="check the table's next_param and next_path: the token must be "
-                         "sent back in the parameter the API reads it from")
-            token = None
-        self.empty_pages = self.empty_pages + 1 if page.records == 0 and token else 0
-        if self.empty_pages > MAX_EMPTY_PAGES:
-            raise FatalError(
-                f"{self.empty_pages} empty pages in a row, each with a new next-page token: "
-                "the chain may never end; the checkpoint stays where it was",
-                stage="extract", source=self.source, table=self.table,
-                hint="check the table's next_path: it must be null or absent on the last page")
-        self.token = token
-        self.ended = token is None
+    ids: list[Identity] = field(default_factory=list)  # every record's, in the API's order
 
 
 def retry_after_seconds(value: str | None, date_header: str | None = None) -> float | None:
@@ -415,11 +347,15 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
     and at or after `since` (inclusive, on the cursor: the server may ignore since_param)."""
     placed: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
     rejected: list[Rejected] = []
+    ids: list[Identity] = []
     for record in records:
         try:
-            placed.append((record, _mark(record, contract)))
+            placed.append((record, mark := _mark(record, contract)))
         except _Unplaceable as exc:
             rejected.append(Rejected(record, f"payload: {exc}"))
+            ids.append(identity(record, None))
+        else:
+            ids.append(identity(record, mark))
     try:
         keep = [record for record, mark in placed
                 if (after is None or mark > after.as_tuple())
@@ -444,7 +380,7 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
                         columns, names=[*names, INVALID] if any(invalid) else list(names)),
                     high=high,
                     next_token=token, records=len(records), extra_fields=extra,
-                    rejected=rejected, marks=[mark for _, mark in placed])
+                    rejected=rejected, marks=[mark for _, mark in placed], ids=ids)
 
 
 class HttpSource:
@@ -477,14 +413,28 @@ class HttpSource:
         """Nothing to check before the first page: it fails fast on 401/403/404 itself."""
         return []
 
+    def chain(self, table: str, resume: Watermark | None, since: Any | None = None,
+              **fields: Any) -> TokenChain:
+        """A new walk of `table` from (resume, since), offset-counted under
+        `pagination: offset`."""
+        t = self._tables[table]
+        offsets = OffsetWalk(t.overlap) if t.pagination == "offset" else None
+        return TokenChain(resume=resume, since=since, source=self.config.name, table=table,
+                          offsets=offsets, **fields)
+
     def params(self, table: str, chain: TokenChain, limit: int) -> dict[str, str]:
         """The chain's first page asks from its start (since_param); later ones send only
-        the token, as the API handed it out."""
+        the token, as the API handed it out. Offset walks send their start on every page,
+        and the offset counted by the chain (extract/offset_walk.py)."""
         t = self._tables[table]
         params = dict(t.params)
+        if chain.offsets is not None:
+            limit = chain.offsets.limit(limit)
         if t.limit_param:
             params[t.limit_param] = str(int(limit))
-        if chain.token is not None:
+        if chain.offsets is not None:
+            params[t.offset_param] = str(chain.offsets.start())
+        if chain.token is not None:  # never set on an offset walk
             params[t.next_param] = chain.token
         else:
             start = chain.resume.cursor if chain.resume is not None else chain.since

@@ -27,7 +27,14 @@ from steadyflow.config import (
     adaptive_lookback,
     reserved,
 )
-from steadyflow.errors import QuarantineError, SchemaError, SourceTimeout, TableBusy
+from steadyflow.errors import (
+    FatalError,
+    QuarantineError,
+    SchemaError,
+    SourceTimeout,
+    TableBusy,
+)
+from steadyflow.extract.chain import TokenChain
 from steadyflow.extract.dialects import OpenSince
 from steadyflow.extract.http import (
     RAW_SUFFIX,
@@ -37,7 +44,6 @@ from steadyflow.extract.http import (
     HttpSource,
     RawPage,
     Rejected,
-    TokenChain,
     is_raw_page,
     is_rejected_records,
     parse_page,
@@ -210,6 +216,8 @@ class TableMemory:
     hidden_reported: bool = False
     # a checkpoint ahead of this host's clock was logged (TableExtractor._ahead)
     ahead_reported: bool = False
+    # an HTTP token walk whose tokens count records or pages was logged (_counting_tokens)
+    offsets_reported: bool = False
     # `run --follow` (one process): the table's lease kept across busy polls
     kept: KeptLease | None = None
 
@@ -256,7 +264,7 @@ class TableExtractor:
     # how long a put waits for buffer space; None: as long as it takes (a loader runs in
     # this process, and `should_stop` ends the wait if it dies)
     put_timeout: float | None = None
-    # HTTP: the token chain this run follows (extract/http.py TokenChain)
+    # HTTP: the walk this run follows (extract/chain.py TokenChain)
     _chain: TokenChain | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -671,8 +679,7 @@ class TableExtractor:
     def _checkpoint(self, high: Watermark) -> None:
         """Move the checkpoint to a published page's high. For HTTP only at the end of
         the token chain: before it, an older record may still be on a later page."""
-        if self._chain is not None and (not self._chain.ended
-                                        or self._chain.moved is not None):
+        if self._chain is not None and (not self._chain.ended or self._chain.unsettled):
             return
         self.result.moved = self.result.moved or high != self._start_mark
         self.state.advance_checkpoint(self.ref.source, self.ref.table, self._named(high),
@@ -988,8 +995,7 @@ class TableExtractor:
         """
         chain = self._chain
         if chain is None or chain.ended:
-            chain = self._chain = TokenChain(resume=after, since=since,
-                                                source=self.ref.source, table=self.ref.table)
+            chain = self._chain = db.chain(self.ref.table, after, since)
         reasons: list[str] = []
         for _ in range(self.table.bad_page_retries + 1):
             raw = self.guard.call(
@@ -1006,9 +1012,11 @@ class TableExtractor:
             if page.rejected and not dry_run:
                 self._quarantine_records(raw, page.rejected)
             chain.follow(page)
+            if chain.ended and (chain.counts_records or chain.counts_pages):
+                self._counting_tokens(chain)
             meta: dict[str, object] = {"raw_page": raw_ref.batch_id} if raw_ref else {}
-            if chain.ended and chain.moved is not None:
-                more = self._unsettled(chain)
+            if chain.ended and (chain.moved is not None or chain.shifted is not None):
+                more = self._unsettled(db, chain)
                 if more:
                     return _Page(page.rows, chain.high, True, raw.seconds, meta)
             if chain.ended and chain.high is not None and not page.rows.num_rows \
@@ -1021,23 +1029,57 @@ class TableExtractor:
             "next run", stage="extract", source=self.ref.source, table=self.ref.table,
             hint="steadyflow quarantine list shows the raw pages; run.extract.replay_pages")
 
-    def _unsettled(self, chain: TokenChain) -> bool:
-        """A record moved while the chain walked (TokenChain._track): an API paging by
-        offset or page number skipped the record at the shift, below the chain's high, so
-        moving the checkpoint there lost it for good (every run ok). Walk again from the
-        same resume point (True: a new chain is started); after HTTP_WALKS unsettled walks
-        the checkpoint stays where the run started (`_checkpoint`), and the next run
-        re-reads from there. Every record read is loaded either way (the merge keeps the
-        newest)."""
+    def _counting_tokens(self, chain: TokenChain) -> None:
+        """Say once per process that a token walk's tokens count records or pages: a plain
+        offset or page number carries no filter, so a record deleted before it while the
+        walk goes on moves its neighbour onto no page, which no token walk can notice."""
+        if self.memory.offsets_reported:
+            return
+        self.memory.offsets_reported = True
+        if chain.counts_pages:
+            log.warning("the API's next-page tokens count pages (%d pages): a record deleted "
+                        "during a walk costs its neighbour, unseen (a page number cannot be "
+                        "asked to overlap); use the API's keyset cursor if it has one, or "
+                        "pagination: offset if it takes an offset, or a lookback reaching "
+                        "back over a walk", chain.pages, extra=self._extra())
+            return
+        log.warning("the API's next-page tokens count records (%d pages, %d records): if "
+                    "it pages by offset, a record deleted during a walk costs its neighbour, "
+                    "unseen; set the table's pagination: offset (and offset_param) so each "
+                    "page proves nothing slid past its boundary", chain.pages, chain.counted,
+                    extra=self._extra())
+
+    def _unsettled(self, db: HttpSource, chain: TokenChain) -> bool:
+        """A record moved while the chain walked (TokenChain._track), or an offset walk
+        lost its place (OffsetWalk.shifted): an API paging by offset or page number may
+        have skipped the record at the shift, below the chain's high, so moving the
+        checkpoint there lost it for good (every run ok). Walk again from the same resume
+        point (True: a new chain is started). After HTTP_WALKS walks that moved, the
+        checkpoint stays where the run started (`_checkpoint`) and the next run re-reads
+        from there; after HTTP_WALKS that lost their place the poll fails (FatalError,
+        checkpoint unmoved): an API whose order is not stable would shift every walk, and
+        a held checkpoint would report ok while some walk's hole is never read. Every
+        record read is loaded either way (the merge keeps the newest)."""
         src, tbl = self.ref.source, self.ref.table
+        why = (f"the offset walk lost its place: {chain.shifted}" if chain.shifted
+               else f"a record (key {chain.moved}) moved while the page walk went on; an "
+                    "API that pages by offset or page number skips a record then")
         if chain.walks < HTTP_WALKS:
-            log.warning("a record (key %s) moved while the page walk went on; an API that "
-                        "pages by offset or page number skips a record then: walking again "
-                        "from the same start (walk %d of at most %d)", chain.moved,
-                        chain.walks + 1, HTTP_WALKS, extra=self._extra())
-            self._chain = TokenChain(resume=chain.resume, since=chain.since, source=src,
-                                     table=tbl, high=chain.high, walks=chain.walks + 1)
+            log.warning("%s: walking again from the same start (walk %d of at most %d)",
+                        why, chain.walks + 1, HTTP_WALKS, extra=self._extra())
+            self._chain = db.chain(tbl, chain.resume, chain.since, high=chain.high,
+                                   walks=chain.walks + 1)
             return True
+        if chain.shifted is not None:
+            raise FatalError(
+                f"{HTTP_WALKS} page walks from this run's start were unsettled, the last "
+                f"one lost its place ({chain.shifted}); the pages read are landed, the "
+                "checkpoint stays where this run started",
+                stage="extract", source=src, table=tbl,
+                hint="records are being deleted faster than the walk pages (raise the "
+                     "table's overlap, or its page_size), or the API does not serve one "
+                     "stable order (sort it by a unique field, or use a keyset token: "
+                     "pagination: token)")
         log.warning("records moved during each of %d page walks (last: key %s): the "
                     "checkpoint stays where this run started and the next run reads from "
                     "there again; if the API pages by keyset tokens this costs only re-reads, "

@@ -1,0 +1,147 @@
+"""One run's walk along an API's pages, from one resume point (`TokenChain`).
+
+The walk follows the API's next-page tokens (`pagination: token`) or counts positions
+itself (`pagination: offset`, extract/offset_walk.py). Either way it keeps every record
+past the run's resume point, raises its high as a running maximum, and says when it has
+ended, and whether it may have skipped a record on the way (`unsettled`): the checkpoint
+moves to its high only at a settled end (run.extract).
+
+Which APIs a token walk is safe on: a token that carries its own filter (a keyset cursor,
+`after=<last (cursor, key)>` or `after=<last id>`, or a server-side snapshot) names a
+place in the ORDER, not a position: a record deleted before it moves nothing, and a
+record updated before it is met again at its new place (a move: `_track`). A plain offset
+or page number names a position: a record deleted before it moves its neighbour onto no
+page and no token walk can notice; tokens that count records or pages are told to the
+operator (`counts_records`, `counts_pages`), an opaque token hiding an offset cannot be.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from steadyflow.errors import FatalError
+from steadyflow.extract.offset_walk import OffsetWalk
+from steadyflow.model import Watermark
+
+if TYPE_CHECKING:
+    from steadyflow.extract.http import HttpPage
+
+MAX_EMPTY_PAGES = 100  # empty pages in a row with new tokens before a chain is refused
+MAX_TRACKED_KEYS = 500_000  # keys a chain remembers to notice a record moving mid-walk
+
+
+@dataclass
+class TokenChain:
+    """One run's walk along an API's pages (its next-page tokens, or the positions an
+    `offsets` walk counts), from one resume point.
+
+    `resume` and `since` are the run's start (the checkpoint, or the lookback's `since`)
+    and stay fixed for the whole chain: pages keep every record past them whatever order
+    the API serves. `high` is the running maximum over every page read so far; the
+    checkpoint may move to it only once `ended` (see `follow`),
+    because before that an older record may still be on a later page.
+    """
+
+    resume: Watermark | None
+    since: Any | None = None
+    token: str | None = None
+    high: Watermark | None = None
+    pages: int = 0
+    ended: bool = False
+    source: str | None = None
+    table: str | None = None
+    empty_pages: int = 0  # empty pages in a row, each handing out a new token
+    walks: int = 1  # this walk's number from the same resume point in this run
+    moved: tuple[Any, ...] | None = None  # the key of a record seen at two positions
+    offsets: OffsetWalk | None = None  # `pagination: offset`: steadyflow counts positions
+    counted: int = 0  # records answered so far on this walk
+    offset_tokens: int = 0  # next tokens that were the count of records so far (-1: not)
+    page_tokens: int = 0  # next tokens that were the one before plus one (-1: not)
+    _seen: dict[int, int] = field(default_factory=dict, repr=False)
+
+    def _track(self, marks: list[tuple[Any, ...]]) -> None:
+        """Note a record met again at another (cursor, key) position: it was updated while
+        this chain walked. An API paging by offset or page number then shifted every later
+        record by one, and the record at the shift was skipped with a cursor below the
+        chain's high: the walk is unsettled (see run.extract: walked again, or the
+        checkpoint held). Hashes only, at most MAX_TRACKED_KEYS per chain."""
+        for mark in marks:
+            key, where = hash(mark[1:]), hash(mark)
+            first = self._seen.get(key)
+            if first is None:
+                if len(self._seen) < MAX_TRACKED_KEYS:
+                    self._seen[key] = where
+            elif first != where and self.moved is None:
+                self.moved = mark[1:]
+
+    @property
+    def shifted(self) -> str | None:
+        """Why an offset walk can no longer vouch for the records before its position."""
+        return self.offsets.shifted if self.offsets is not None else None
+
+    @property
+    def counts_records(self) -> bool:
+        """Every next token of this walk (two at least) was the number of records answered
+        before it: likely a plain offset, which a record deleted during the walk shifts
+        (its neighbour on no page) and `pagination: offset` makes safe (a keyset token of
+        ids numbered 1, 2, 3... looks the same: hence only a warning)."""
+        return self.offset_tokens >= 2
+
+    @property
+    def counts_pages(self) -> bool:
+        """Every next token (two at least) was the one before plus one: a page number, as
+        blind to a record deleted during the walk as an offset, and no overlap can be
+        asked of it."""
+        return self.page_tokens >= 2 and not self.counts_records
+
+    @property
+    def unsettled(self) -> bool:
+        """The walk may have skipped a record: the checkpoint must not move to its high."""
+        return self.moved is not None or self.shifted is not None
+
+    def follow(self, page: HttpPage) -> None:
+        """Take in a parsed page: raise the high, keep its token, or end the chain.
+
+        The chain ends on a null or empty ("" as Slack's next_cursor) token, or on an empty
+        page handing back the token it was asked with. An empty page with a NEW token is
+        followed: APIs that filter after paging (or skip deleted rows) serve empty pages
+        before the end, and ending there moved the checkpoint past every record on the
+        later pages (a newest-first API's older records: lost). A page with records that
+        hands back the token it was asked with would be served again for ever: refused,
+        as are more than MAX_EMPTY_PAGES empty pages in a row. An offset walk ends, and
+        moves on, where OffsetWalk.take says.
+        """
+        self.pages += 1
+        self._track(page.marks)
+        if page.high is not None and (
+                self.high is None or page.high.as_tuple() > self.high.as_tuple()):
+            self.high = page.high
+        if self.offsets is not None:  # its end and next position: OffsetWalk.take
+            self.ended = self.offsets.take(page.ids)
+            return
+        sent, token = self.token, page.next_token or None
+        self.counted += page.records
+        if token is not None and self.offset_tokens >= 0:
+            self.offset_tokens = self.offset_tokens + 1 if token == str(self.counted) else -1
+        if token is not None and self.page_tokens >= 0:
+            follows = sent is None or (sent.isdigit() and token == str(int(sent) + 1))
+            self.page_tokens = self.page_tokens + 1 if token.isdigit() and follows else -1
+        if token is not None and token == sent:
+            if page.records > 0:
+                raise FatalError(
+                    f"the API handed back the next-page token it was asked with ({sent[:40]!r})"
+                    " on a page with records: following it would read that page for ever",
+                    stage="extract", source=self.source, table=self.table,
+                    hint="check the table's next_param and next_path: the token must be "
+                         "sent back in the parameter the API reads it from")
+            token = None
+        self.empty_pages = self.empty_pages + 1 if page.records == 0 and token else 0
+        if self.empty_pages > MAX_EMPTY_PAGES:
+            raise FatalError(
+                f"{self.empty_pages} empty pages in a row, each with a new next-page token: "
+                "the chain may never end; the checkpoint stays where it was",
+                stage="extract", source=self.source, table=self.table,
+                hint="check the table's next_path: it must be null or absent on the last page")
+        self.token = token
+        self.ended = token is None

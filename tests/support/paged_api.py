@@ -1,0 +1,176 @@
+"""A mutable paged API on a loopback server, and a pipeline reading it into DuckDB, for the
+HTTP pagination tests: records served by offset in a sorted (or shuffled) order, with
+hooks that write to the records before a given request is answered (deterministic: by
+request number, never by a timer) or reshape the page sent.
+
+`OffsetApi` reads the position from `offset` (steadyflow's `pagination: offset`) or from
+the `after` token it hands out itself (`pagination: token`, token "<offset>").
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import duckdb
+
+from steadyflow.config import PipelineConfig, parse_config
+from steadyflow.run.pipeline import Pipeline, RunSummary
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+Query = dict[str, list[str]]
+Page = dict[str, Any]
+
+
+def stamp(second: int) -> str:
+    return (T0 + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class OffsetApi:
+    """Records served `limit` at a time by offset (`offset`, or token "<offset>" in
+    `after`), in `order`; the token "e<offset>" is answered with an empty page whose token
+    is "<offset>".
+
+    `before` may write to the records before a request is answered, `shape` rewrite the
+    page before it is sent (both see the request number). `cap` serves at most that many
+    records whatever the limit asked (as APIs with a maximum page size do); `shuffle`
+    serves another order on each request (an API sorting by nothing stable). `asked`
+    lists each request's (offset, limit)."""
+
+    def __init__(self, count: int, order: str = "asc") -> None:
+        self.records = {i: {"id": i, "updated_at": stamp(i), "qty": i} for i in
+                        range(1, count + 1)}
+        self.order = order
+        self.requests = 0
+        self.shape: Callable[[OffsetApi, Query, Page], Page] | None = None
+        self.before: Callable[[OffsetApi], None] | None = None  # a write before answering
+        self.moved_to = ""  # answer every request with a 301 to here
+        self.gone_after = ""  # answer a request with this token with a 410 (expired)
+        self.timeout_at: set[int] = set()  # answer these request numbers with a 408
+        self.exclusive = False  # since is `updated_after`: records strictly after it
+        self.cap: int | None = None
+        self.shuffle = False
+        self.asked: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+
+    def page(self, query: Query) -> Page:
+        self.requests += 1
+        if self.before is not None:
+            self.before(self)
+        if query.get("after", [""])[0].startswith("e"):  # an empty page, then that offset
+            return {"data": [], "next": query["after"][0][1:]}
+        limit = int(query.get("limit", ["100"])[0])
+        offset = int(query.get("offset", query.get("after", ["0"]))[0])
+        self.asked.append((offset, limit))
+        since = query.get("updated_since", [""])[0]
+        rows = sorted((r for r in self.records.values() if r["updated_at"] > since
+                       or (r["updated_at"] == since and not self.exclusive)),
+                      key=lambda r: (r["updated_at"], r["id"]), reverse=self.order == "desc")
+        if self.shuffle:
+            random.Random(self.requests).shuffle(rows)
+        limit = min(limit, self.cap) if self.cap else limit
+        more = offset + limit < len(rows)
+        page: Page = {"data": rows[offset:offset + limit],
+                      "next": str(offset + limit) if more else None}
+        return self.shape(self, query, page) if self.shape else page
+
+
+def serve_api(api: OffsetApi) -> tuple[str, Callable[[], None]]:
+    """Serve `api` on 127.0.0.1; returns its URL and the function stopping it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            with api.lock:  # one request at a time: request numbers are the test's clock
+                self._answer()
+
+        def _answer(self) -> None:
+            if api.gone_after and f"after={api.gone_after}" in self.path:
+                return self._empty(410)
+            if api.moved_to:
+                return self._empty(301, Location=api.moved_to)
+            if api.requests + 1 in api.timeout_at:
+                api.requests += 1
+                return self._empty(408)
+            body = json.dumps(api.page(parse_qs(urlsplit(self.path).query))).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _empty(self, status: int, **headers: str) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+def serving() -> Iterator[Callable[[OffsetApi], str]]:
+    """The body of a `serve` fixture: start(api) -> url; every server stopped after."""
+    stops: list[Callable[[], None]] = []
+
+    def start(api: OffsetApi) -> str:
+        url, stop = serve_api(api)
+        stops.append(stop)
+        return url
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+def config(tmp: Path, url: str, **table: Any) -> PipelineConfig:
+    """Three records a page (at least one), no retries; `table` adds table options."""
+    retries = table.pop("retries", 0)
+    return parse_config({"name": "pages", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
+           "landing": {"path": str(tmp / "landing")},
+           "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
+           "contracts": {"t": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
+               "id": {"type": "int64", "nullable": False},
+               "updated_at": {"type": "timestamp", "nullable": False},
+               "qty": {"type": "int64"}}}},
+           "sources": [{"name": "api", "kind": "http", "url": url,
+                        "resilience": {"retries": retries, "backoff_initial": 0.01,
+                                       "backoff_max": 0.02},
+                        "tables": [{"name": "t", "contract": "t", "endpoint": "/items",
+                                    "page_size": 3, "min_page_size": 1, **table}]}]})
+
+
+def run(tmp: Path, url: str, **table: Any) -> RunSummary:
+    with Pipeline(config(tmp, url, **table)) as pipeline:
+        return pipeline.run_once(raise_on_error=False)
+
+
+def warehouse(tmp: Path) -> dict[int, tuple[str, int]]:
+    """id -> (updated_at as the API spells it, qty), read by DuckDB itself."""
+    con = duckdb.connect(str(tmp / "wh.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT id, strftime(updated_at AT TIME ZONE 'UTC', "
+                           "'%Y-%m-%dT%H:%M:%S.%fZ'), qty FROM w.t").fetchall()
+    finally:
+        con.close()
+    return {i: (u, q) for i, u, q in rows}
+
+
+def served(api: OffsetApi) -> dict[int, tuple[str, int]]:
+    return {i: (r["updated_at"], r["qty"]) for i, r in api.records.items()}
