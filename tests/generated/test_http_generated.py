@@ -1,8 +1,12 @@
 """Correct on ANY data, HTTP sources: hypothesis draws the records' shape and values, the page
 size and the ORDER in which a real loopback API serves them (ascending by cursor,
-descending, by id, shuffled), whether it honours `updated_since`, and the lookback. The
-pipeline runs twice with changes in between; the warehouse, read through its own driver,
-must hold exactly the API's records (bad ones in quarantine).
+descending, by id, shuffled), whether it honours `updated_since`, the lookback, and the
+pagination: next tokens carrying their own filter, or offsets steadyflow counts itself
+with an overlap of 1-3 records, in which case records are also deleted DURING a run's walk
+(before a drawn request is answered; not for the shuffled order, whose order a delete
+reshuffles: no offset walk is possible there). The pipeline runs twice with changes in
+between; the warehouse, read through its own driver, must hold exactly the API's records
+(bad ones in quarantine; a record deleted at the API may stay loaded).
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class Api:
         self.honour_since = True
         self.cursor_kind = "ts"
         self.seed = 0
+        self.requests = 0
+        self.deletes: dict[int, list[int]] = {}  # request number -> positions deleted
+        self.deleted: list[Any] = []
 
     def ordered(self, since: str | None) -> list[dict[str, Any]]:
         rows = list(self.records)
@@ -70,10 +77,21 @@ class Api:
         return int(value)
 
     def page(self, query: dict[str, list[str]]) -> dict[str, Any]:
-        """A token carries the chain's filter and position (as real APIs' cursors do)."""
+        """A token carries the chain's filter and position (as real APIs' cursors do); an
+        offset (`pagination: offset`) comes with the filter on every request."""
+        self.requests += 1
+        if self.requests in self.deletes:  # positions in the served order, from the back
+            rows = self.ordered(None)
+            for at in sorted(self.deletes[self.requests], reverse=True):
+                if at < len(rows):
+                    key = rows.pop(at)["k0"]
+                    self.records = [r for r in self.records if r["k0"] != key]
+                    self.deleted.append(key)
         limit = int(query.get("limit", ["100"])[0])
         token = query.get("after", [None])[0]
-        if token is None:
+        if "offset" in query:
+            offset, since = int(query["offset"][0]), query.get("updated_since", [None])[0]
+        elif token is None:
             offset, since = 0, query.get("updated_since", [None])[0]
         else:
             head, _, rest = token.partition("|")
@@ -163,6 +181,10 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
     api.seed = n
     page_size = data.draw(st.sampled_from([1, 2, 3, 7, 100]), label="page_size")
     lookback = data.draw(st.sampled_from([0.0, 60.0]), label="lookback")
+    paging: dict[str, Any] = {}
+    if data.draw(st.booleans(), label="offset pagination"):
+        paging = {"pagination": "offset", "overlap": data.draw(st.integers(1, 3),
+                                                                label="overlap")}
     unit = data.draw(st.sampled_from(["us", "ms", "s"]), label="unit")
     schema = f"hw{n}"
     contract = {"primary_key": ["k0"], "cursor": "cur", "columns": {
@@ -177,9 +199,26 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
                         "resilience": {"retries": 0},
                         "tables": [{"name": table.name, "contract": table.name,
                                     "endpoint": "/items", "page_size": page_size,
-                                    "min_page_size": 1, "lookback": lookback}]}]}
+                                    "min_page_size": 1, "lookback": lookback,
+                                    **paging}]}]}
     latest: dict[Any, dict[str, Any]] = {}
     taken: set[Any] = set()
+    gone: list[dict[str, Any]] = []  # the last version of each record deleted mid-walk
+
+    def walk(label: str) -> Any:
+        """Run the pipeline; on an offset walk, delete records before drawn requests, at
+        positions among the first pages served (mostly records read already: those shift
+        the rest). Two events at most: each may cost a walk, a third shift fails the poll."""
+        api.requests, api.deletes, api.deleted = 0, {}, []
+        if paging and api.order != "shuffled" and len(latest) > 1:
+            for request in data.draw(st.lists(st.integers(2, 5), min_size=1, max_size=2,
+                                              unique=True), label=f"{label}: deletes before"):
+                api.deletes[request] = data.draw(st.lists(
+                    st.integers(0, 2 * page_size), min_size=1, max_size=2, unique=True),
+                    label=f"{label}: positions deleted")
+        summary = run(raw)
+        gone.extend(latest.pop(key) for key in api.deleted if key in latest)
+        return summary
 
     def add(count: int, first_step: int) -> None:
         for _ in range(count):
@@ -200,10 +239,28 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
         api.records = [{c.name: json_value(c, r[c.name]) for c in table.cols}
                        for r in latest.values()]
 
+    def check(label: str, summary: Any) -> None:
+        """After each run: every record the API serves, in its last version (a record
+        deleted at the API mid-walk may stay loaded: incremental runs see no deletes)."""
+        assert summary.ok, (label, summary.errors)
+        expected = oracle._rows(table, [tuple(canon_json(c, r[c.name]) for c in table.cols)
+                                        for r in latest.values()])
+        where = wh_where if wh_kind == "postgres" else str(tmp / "wh.duckdb")
+        actual = oracle.read_warehouse(wh_kind, where, schema, table)
+        deleted = oracle._rows(table, [tuple(canon_json(c, r[c.name]) for c in table.cols)
+                                       for r in gone])
+        actual = {k: v for k, v in actual.items() if k in expected or k not in deleted}
+        problem = oracle.diff(expected, actual)
+        shape = ", ".join(f"{c.name} {c.kind}" for c in table.cols)
+        assert not problem, (f"{label}: {table.name} ({shape}; order {api.order}, since "
+                             f"honoured {api.honour_since}, page_size {page_size}, lookback "
+                             f"{lookback}, {paging or 'token pagination'}, deleted mid-walk "
+                             f"{[r['k0'] for r in gone]}):\n{problem}")
+
     try:
         add(data.draw(st.integers(0, 12)), 0)
         publish()
-        first = run(raw)
+        check("run 1", walk("run 1"))
         for key in data.draw(st.lists(st.sampled_from(sorted(latest, key=repr)), max_size=3,
                                       unique=True) if latest else st.just([])):
             row = latest[key]
@@ -215,18 +272,7 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
         if lookback:
             add(data.draw(st.integers(0, 2)), 0)  # late: at or behind run 1's checkpoint
         publish()
-        second = run(raw)
-        for summary in (first, second):
-            assert summary.ok, summary.errors
-        expected = oracle._rows(table, [tuple(canon_json(c, r[c.name]) for c in table.cols)
-                                        for r in latest.values()])
-        where = wh_where if wh_kind == "postgres" else str(tmp / "wh.duckdb")
-        actual = oracle.read_warehouse(wh_kind, where, schema, table)
-        problem = oracle.diff(expected, actual)
-        shape = ", ".join(f"{c.name} {c.kind}" for c in table.cols)
-        assert not problem, (f"{table.name} ({shape}; order {api.order}, since honoured "
-                             f"{api.honour_since}, page_size {page_size}, lookback "
-                             f"{lookback}):\n{problem}")
+        check("run 2", walk("run 2"))
     finally:
         if wh_kind == "postgres":
             with psycopg.connect(wh_where, autocommit=True) as conn:
