@@ -275,6 +275,46 @@ def test_a_token_walk_whose_tokens_count_records_says_to_page_by_offset(
     assert len(told) == 1 and "pagination: offset" in told[0], told
 
 
+class Keyset(OffsetApi):
+    """Oldest first, paged by a keyset token: `after=<updated_at>|<id>` of the last record
+    served, the filter carried in the token itself (as real cursors do)."""
+
+    def page(self, query: Query) -> Page:
+        self.requests += 1
+        if self.before is not None:
+            self.before(self)
+        limit = int(query.get("limit", ["100"])[0])
+        at, _, key = query.get("after", ["|0"])[0].partition("|")
+        since = query.get("updated_since", [""])[0]
+        rows = sorted((r for r in self.records.values() if r["updated_at"] >= since
+                       and (r["updated_at"], r["id"]) > (at, int(key))),
+                      key=lambda r: (r["updated_at"], r["id"]))[:limit]
+        last = f"{rows[-1]['updated_at']}|{rows[-1]['id']}" if rows else None
+        return {"data": rows, "next": last if len(rows) == limit else None}
+
+
+def test_records_deleted_during_a_keyset_token_walk_cost_no_other_record(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """A guard (passes on main too): a token naming a place in the order, not a position,
+    is safe against deletions mid-walk, whatever their number, read or not;
+    and a record updated mid-walk is met again at its new place (the walk redone)."""
+    api = Keyset(12)
+
+    def write(api: OffsetApi) -> None:
+        if api.requests == 2:
+            for i in (1, 2, 3, 5):  # read on page 1, and one ahead
+                del api.records[i]
+        if api.requests == 3:
+            api.records[4] = {"id": 4, "updated_at": stamp(100), "qty": -4}
+
+    api.before = write
+    url = serve(api)
+    summary = run(tmp_path, url)
+    assert summary.ok, summary.errors
+    held = warehouse(tmp_path)
+    assert {i: held[i] for i in served(api)} == served(api)
+
+
 class ById(OffsetApi):
     """Records in id order, paged by a keyset token: `after=<last id read>`."""
 
