@@ -124,3 +124,22 @@ def test_tokens_counting_records_or_pages_are_told_apart_from_keyset_tokens() ->
     for keyset in (["a3", "a6", None], ["5", "9", None], ["eyJvIjozfQ", "eyJvIjo2fQ", None]):
         chain = walk_tokens(keyset)
         assert not chain.counts_records and not chain.counts_pages, keyset
+
+
+def walk_cursors(pages: list[list[int]]) -> TokenChain:
+    """A token walk whose pages serve records with these cursors (ids in order)."""
+    chain, n = TokenChain(None), 0
+    for i, cursors in enumerate(pages):
+        records = [{"id": n + j, "at": at} for j, at in enumerate(cursors)]
+        n += len(cursors)
+        chain.follow(parse_records(CONTRACT, records, None if i == len(pages) - 1 else f"t{i}"))
+    return chain
+
+
+def test_only_a_multi_page_walk_in_no_cursor_order_needs_settling() -> None:
+    assert not walk_cursors([[1, 2, 2], [3, 5, 9]]).needs_settling  # ascending
+    assert not walk_cursors([[9, 5, 5], [3, 2, 1]]).needs_settling  # newest first
+    assert walk_cursors([[1, 2, 3], [2, 5, 9]]).needs_settling  # by id: 3 then 2
+    assert walk_cursors([[4, 1, 3], [2]]).needs_settling
+    assert not walk_cursors([[4, 1, 3]]).needs_settling  # one answer: nothing written during
+    assert not walk_cursors([[4, 1, 3], []]).needs_settling  # and an empty last page

@@ -13,6 +13,8 @@ record updated before it is met again at its new place (a move: `_track`). A pla
 or page number names a position: a record deleted before it moves its neighbour onto no
 page and no token walk can notice; tokens that count records or pages are told to the
 operator (`counts_records`, `counts_pages`), an opaque token hiding an offset cannot be.
+And in an API in no cursor order (by id, unordered) a record updated behind the walk is
+not met again, whatever the pagination: `needs_settling`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class TokenChain:
     token: str | None = None
     high: Watermark | None = None
     pages: int = 0
+    filled: int = 0  # pages with records
     ended: bool = False
     source: str | None = None
     table: str | None = None
@@ -58,6 +61,10 @@ class TokenChain:
     counted: int = 0  # records answered so far on this walk
     offset_tokens: int = 0  # next tokens that were the count of records so far (-1: not)
     page_tokens: int = 0  # next tokens that were the one before plus one (-1: not)
+    rising: bool = True  # every record's cursor at or above the one served before it
+    falling: bool = True  # ... at or below
+    settles: Watermark | None = None  # a settling walk: the high it moves the checkpoint to
+    _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
 
     def _track(self, marks: list[tuple[Any, ...]]) -> None:
@@ -74,6 +81,42 @@ class TokenChain:
                     self._seen[key] = where
             elif first != where and self.moved is None:
                 self.moved = mark[1:]
+
+    def _order(self, marks: list[tuple[Any, ...]], across: bool) -> None:
+        """Note whether the API serves its records by cursor, up or down (TypeError: a
+        cursor of another type than the ones before: unordered). An offset walk's page
+        starts by repeating the previous one's last records: its order is judged within
+        pages (each holds more than the overlap)."""
+        if not across:
+            self._last = None
+        for mark in marks:
+            if self._last is not None:
+                try:
+                    if mark[0] < self._last:
+                        self.rising = False
+                    elif mark[0] > self._last:
+                        self.falling = False
+                except TypeError:
+                    self.rising = self.falling = False
+            self._last = mark[0]
+
+    @property
+    def needs_settling(self) -> bool:
+        """This walk's high may pass a record updated while it walked, unseen.
+
+        An API not ordered by cursor (by id, unordered) keeps an updated record in its
+        place: one the walk had passed is not met again, and a record ahead updated later
+        raises the high above its new cursor, so the checkpoint moved past it (lost, every
+        run ok). Ordered by cursor it is safe: ascending, the record moves ahead and is
+        read (or met twice: `moved`); descending, it moves behind, above every cursor
+        ahead. A walk with one page of records is one answer: nothing is written during
+        it (an empty last page adds nothing). So a walk of several pages of records in
+        no cursor order is walked once more from the same start, and the checkpoint
+        moves only to the FIRST walk's high (`settles`): whatever was updated during the
+        first walk is read by the second, whatever during the second has a cursor above
+        the first's high, for the next run."""
+        return (self.settles is None and self.filled > 1
+                and not (self.rising or self.falling))
 
     @property
     def shifted(self) -> str | None:
@@ -113,8 +156,10 @@ class TokenChain:
         moves on, where OffsetWalk.take says.
         """
         self.pages += 1
+        self.filled += 1 if page.records else 0
         self._track(page.marks)
-        if page.high is not None and (
+        self._order(page.marks, across=self.offsets is None)
+        if page.high is not None and self.settles is None and (
                 self.high is None or page.high.as_tuple() > self.high.as_tuple()):
             self.high = page.high
         if self.offsets is not None:  # its end and next position: OffsetWalk.take

@@ -1019,6 +1019,14 @@ class TableExtractor:
                 more = self._unsettled(db, chain)
                 if more:
                     return _Page(page.rows, chain.high, True, raw.seconds, meta)
+            elif chain.ended and chain.needs_settling and chain.high is not None:
+                log.info("the API serves records in no cursor order: walking once more from "
+                         "the same start; the checkpoint moves to the first walk's high",
+                         extra=self._extra())
+                self._chain = db.chain(self.ref.table, chain.resume, chain.since,
+                                       high=chain.high, settles=chain.high,
+                                       walks=chain.walks + 1)
+                return _Page(page.rows, chain.high, True, raw.seconds, meta)
             if chain.ended and chain.high is not None and not page.rows.num_rows \
                     and not dry_run:
                 self._checkpoint(chain.high)
@@ -1068,7 +1076,7 @@ class TableExtractor:
             log.warning("%s: walking again from the same start (walk %d of at most %d)",
                         why, chain.walks + 1, HTTP_WALKS, extra=self._extra())
             self._chain = db.chain(tbl, chain.resume, chain.since, high=chain.high,
-                                   walks=chain.walks + 1)
+                                   walks=chain.walks + 1, settles=chain.settles)
             return True
         if chain.shifted is not None:
             raise FatalError(
