@@ -3,8 +3,9 @@ size and the ORDER in which a real loopback API serves them (ascending by cursor
 descending, by id, shuffled), whether it honours `updated_since`, the lookback, and the
 pagination: next tokens carrying their own filter, or offsets steadyflow counts itself
 with an overlap of 1-3 records, in which case records are also deleted DURING a run's walk
-(before a drawn request is answered; not for the shuffled order, whose order a delete
-reshuffles: no offset walk is possible there). The pipeline runs twice with changes in
+(before a drawn request is answered); and with either pagination, records are updated
+during a walk (to a cursor above every other). Neither for the shuffled order, which any
+write reshuffles (no walk by position is possible there). The pipeline runs twice with changes in
 between; the warehouse, read through its own driver, must hold exactly the API's records
 (bad ones in quarantine; a record deleted at the API may stay loaded).
 """
@@ -51,6 +52,9 @@ class Api:
         self.requests = 0
         self.deletes: dict[int, list[int]] = {}  # request number -> positions deleted
         self.deleted: list[Any] = []
+        # request number -> (position, new cursor as served, as the test keeps it)
+        self.updates: dict[int, list[tuple[int, Any, Any]]] = {}
+        self.updated: list[tuple[Any, Any]] = []  # (key, new cursor) as applied
 
     def ordered(self, since: str | None) -> list[dict[str, Any]]:
         rows = list(self.records)
@@ -87,6 +91,13 @@ class Api:
                     key = rows.pop(at)["k0"]
                     self.records = [r for r in self.records if r["k0"] != key]
                     self.deleted.append(key)
+        for at, served, kept in self.updates.get(self.requests, []):
+            rows = self.ordered(None)
+            if at < len(rows):
+                key = rows[at]["k0"]
+                self.records = [{**r, "cur": served} if r["k0"] == key else r
+                                for r in self.records]
+                self.updated.append((key, kept))
         limit = int(query.get("limit", ["100"])[0])
         token = query.get("after", [None])[0]
         if "offset" in query:
@@ -205,19 +216,37 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
     taken: set[Any] = set()
     gone: list[dict[str, Any]] = []  # the last version of each record deleted mid-walk
 
-    def walk(label: str) -> Any:
+    def walk(label: str, step: int) -> Any:
         """Run the pipeline; on an offset walk, delete records before drawn requests, at
         positions among the first pages served (mostly records read already: those shift
-        the rest). Two events at most: each may cost a walk, a third shift fails the poll."""
-        api.requests, api.deletes, api.deleted = 0, {}, []
-        if paging and api.order != "shuffled" and len(latest) > 1:
-            for request in data.draw(st.lists(st.integers(2, 5), min_size=1, max_size=2,
-                                              unique=True), label=f"{label}: deletes before"):
-                api.deletes[request] = data.draw(st.lists(
-                    st.integers(0, 2 * page_size), min_size=1, max_size=2, unique=True),
-                    label=f"{label}: positions deleted")
+        the rest); with either pagination, update one (its cursor `step` on, above every
+        other), then run once more without writes (an updated record a newest-first walk
+        had passed comes with the next run). Two events at most: each may cost a walk, a
+        third shift fails the poll."""
+        api.requests, api.deletes, api.deleted, api.updates, api.updated = 0, {}, [], {}, []
+        if api.order != "shuffled" and len(latest) > 1:
+            for request in data.draw(st.lists(st.integers(2, 5), max_size=2, unique=True),
+                                     label=f"{label}: writes before"):
+                if paging and data.draw(st.booleans(), label=f"{label}: a delete"):
+                    api.deletes[request] = data.draw(st.lists(
+                        st.integers(0, 2 * page_size), min_size=1, max_size=2, unique=True),
+                        label=f"{label}: positions deleted")
+                else:
+                    kept = gen.cursor_value(table.col("cur"), step + request, unit)
+                    api.updates[request] = [(at, json_value(table.col("cur"), kept), kept)
+                                            for at in data.draw(st.lists(
+                                                st.integers(0, 4 * page_size), min_size=1,
+                                                max_size=2, unique=True),
+                                                label=f"{label}: positions updated")]
         summary = run(raw)
+        for key, kept in api.updated:
+            if key in latest:
+                latest[key]["cur"] = kept
         gone.extend(latest.pop(key) for key in api.deleted if key in latest)
+        if api.updated:  # a record updated behind a newest-first walk: the next run's
+            api.deletes, api.updates = {}, {}
+            assert summary.ok, (label, summary.errors)
+            summary = run(raw)  # a quiet one
         return summary
 
     def add(count: int, first_step: int) -> None:
@@ -260,7 +289,7 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
     try:
         add(data.draw(st.integers(0, 12)), 0)
         publish()
-        check("run 1", walk("run 1"))
+        check("run 1", walk("run 1", 50))  # below what is written between the runs
         for key in data.draw(st.lists(st.sampled_from(sorted(latest, key=repr)), max_size=3,
                                       unique=True) if latest else st.just([])):
             row = latest[key]
@@ -272,7 +301,7 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
         if lookback:
             add(data.draw(st.integers(0, 2)), 0)  # late: at or behind run 1's checkpoint
         publish()
-        check("run 2", walk("run 2"))
+        check("run 2", walk("run 2", 90))
     finally:
         if wh_kind == "postgres":
             with psycopg.connect(wh_where, autocommit=True) as conn:
