@@ -24,7 +24,13 @@ from tests.support.read_paths import comparable, contract, read_all
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceUnavailable
-from steadyflow.extract.pg_arrow import PgArrowSource, _only_to, _shutdown, _unix_host
+from steadyflow.extract.pg_arrow import (
+    TYPES_SERVER,
+    PgArrowSource,
+    _only_to,
+    _shutdown,
+    _unix_host,
+)
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import INVALID, Contract, Watermark
 from steadyflow.validate.rules import validate
@@ -485,3 +491,51 @@ def test_keyset_values_are_sent_back_exactly(pg_dsn: str, path: str, pg_type: st
     finally:
         source.close()
     assert high is not None and Watermark.from_json(high.to_json()) == high  # storable
+
+
+# --- 6. ADBC's types: PostgreSQL's own from the driver's table, others from the server -----
+def test_an_adbc_connect_does_not_read_the_servers_type_catalog(pg_dsn: str) -> None:
+    """Reading the server's type catalog, every ADBC connect downloaded every type and
+    every relation's attributes (174 KB from a fresh database, more from a store with
+    many tables) and built them into the driver's table: a worker spent 12% of its CPU on
+    bench/scale.py's full load doing so, and behind 20 ms round trips a connect took
+    0.24 s, not 0.12. PostgreSQL's own types are in the driver: a connect is ~1 KB, and
+    the pages read the same values as psycopg does."""
+    execute(pg_dsn, TYPES_DDL, TYPES_ROWS)
+    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    with FaultProxy("127.0.0.1", int(params.get("port") or 5432)) as proxy:
+        behind = psycopg.conninfo.make_conninfo(pg_dsn, host="127.0.0.1", port=proxy.port)
+        source = adbc(behind)
+        try:
+            before = proxy.bytes_down
+            source.adbc  # noqa: B018 - connect
+            assert proxy.bytes_down - before < 10_000
+            rows, _ = source.page("t", TYPES_CONTRACT, None, None, 10)
+        finally:
+            source.close()
+    assert comparable(rows) == comparable(read_all(fallback(pg_dsn), "t", TYPES_CONTRACT,
+                                                   10)[0])
+
+
+@pytest.mark.parametrize("column", ["mood", "pair", "mood[]"])
+def test_a_type_outside_postgresqls_own_is_read_with_the_servers_catalog(
+        pg_dsn: str, column: str) -> None:
+    """The driver's table gives an enum, a composite (or an array of one) as opaque bytes,
+    where the server's catalog types it: such a page is read again with the catalog, and
+    so is every later page of the source, as every connect did before."""
+    execute(pg_dsn, "CREATE TYPE mood AS ENUM ('7', 'x')",
+            "CREATE TYPE pair AS (x int, y text)",
+            f"CREATE TABLE t (id int8 PRIMARY KEY, v {column})",
+            "INSERT INTO t SELECT g, NULL FROM generate_series(1, 5) g",
+            {"mood": "UPDATE t SET v = '7'",
+             "pair": "UPDATE t SET v = ROW(id, 'y')",
+             "mood[]": "UPDATE t SET v = ARRAY['7', 'x']::mood[]"}[column])
+    c = contract(("id", "int64"), ("v", "int64"))
+    server = adbc(pg_dsn)
+    server._types = TYPES_SERVER
+    expected, _ = read_all(server, "t", c, 2)
+    source = adbc(pg_dsn)
+    rows, high = read_all(source, "t", c, 2)
+    assert comparable(rows) == comparable(expected)
+    assert rows.schema == expected.schema
+    assert source._types == TYPES_SERVER and high == Watermark(cursor=5, key=())
