@@ -7,6 +7,8 @@ One policy per source, from its `resilience` config, used by every source kind.
 
 from __future__ import annotations
 
+import heapq
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +72,12 @@ class Watchdog:
     recv() on a black-holed connection then fails at once instead of hanging forever.
     `fire` runs under a lock that the block's exit also takes, so it never touches a
     connection after the block has finished with it.
+
+    Every watchdog of the process waits on one thread (`_Deadlines`); a `fire` runs on a
+    thread of its own, so one that blocks (a cancel request to an unreachable server)
+    delays no other. A threading.Timer per block started and stopped a thread for every
+    page and every source statement: CPU, and on a busy machine a wait for the new
+    thread to be scheduled before each query could start.
     """
 
     def __init__(self, seconds: float, fire: Callable[[], None]) -> None:
@@ -77,12 +85,12 @@ class Watchdog:
         self._fire = fire
         self._lock = threading.Lock()
         self._armed = False
+        self._entered = 0  # which `with` of this watchdog is armed (a deadline names it)
         self.fired = False
-        self._timer: threading.Timer | None = None
 
-    def _run(self) -> None:
+    def _run(self, entered: int) -> None:
         with self._lock:
-            if self._armed:
+            if self._armed and self._entered == entered:
                 self._armed = False
                 self.fired = True
                 try:
@@ -91,17 +99,70 @@ class Watchdog:
                     pass
 
     def __enter__(self) -> Watchdog:
-        self._armed = True
-        self._timer = threading.Timer(self.seconds, self._run)
-        self._timer.daemon = True
-        self._timer.start()
+        with self._lock:
+            self._entered += 1
+            self._armed = True
+        _DEADLINES.add(time.monotonic() + self.seconds, self, self._entered)
         return self
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
             self._armed = False
-        if self._timer is not None:
-            self._timer.cancel()
+        _DEADLINES.drop()
+
+    def armed(self, entered: int) -> bool:
+        return self._armed and self._entered == entered
+
+
+class _Deadlines:
+    """The process's armed watchdogs by deadline, watched by one daemon thread (started
+    on first use, again in a forked child). An ended block's entry stays in the heap
+    until its deadline or until ended entries are most of the heap; `_run` ignores it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: list[tuple[float, int, Watchdog, int]] = []
+        self._ended = 0
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, deadline: float, dog: Watchdog, entered: int) -> None:
+        with self._cond:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._heap, self._ended, self._pid = [], 0, os.getpid()
+                self._thread = threading.Thread(target=self._watch, name="watchdogs",
+                                                daemon=True)
+                self._thread.start()
+            self._count += 1
+            heapq.heappush(self._heap, (deadline, self._count, dog, entered))
+            if self._heap[0][2] is dog:
+                self._cond.notify()
+
+    def drop(self) -> None:
+        """A block ended: its entry is dead weight, cleared out once most entries are."""
+        with self._cond:
+            self._ended += 1
+            if self._ended > 64 and 2 * self._ended > len(self._heap):
+                self._heap = [e for e in self._heap if e[2].armed(e[3])]
+                heapq.heapify(self._heap)
+                self._ended = 0
+
+    def _watch(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(max(0.0, self._heap[0][0] - time.monotonic())
+                                    if self._heap else None)
+                _, _, dog, entered = heapq.heappop(self._heap)
+                if not dog.armed(entered):
+                    self._ended = max(0, self._ended - 1)
+                    continue
+            threading.Thread(target=dog._run, args=(entered,), name="watchdog-fire",
+                             daemon=True).start()
+
+
+_DEADLINES = _Deadlines()
 
 
 class CircuitBreaker:

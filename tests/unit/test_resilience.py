@@ -4,6 +4,7 @@ source's answer handling (through httpx.MockTransport) and page parsing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -356,6 +357,28 @@ def test_watchdog_never_fires_after_the_block() -> None:
         pass
     time.sleep(0.2)
     assert not dog.fired and not fired
+
+
+def test_watchdogs_share_one_thread_and_a_blocked_fire_delays_no_other() -> None:
+    """A threading.Timer per block started a thread for every page and every source
+    statement (CPU, and on a busy machine a wait before each query for the new thread to
+    be scheduled); every watchdog now waits on one thread. Each fire still runs on a
+    thread of its own: one blocked (a cancel request to a server that does not answer)
+    does not hold up the next watchdog's."""
+    with Watchdog(60, lambda: None):
+        pass  # the process's watchdog thread, started once
+    before = threading.active_count()
+    with contextlib.ExitStack() as stack:
+        dogs = [stack.enter_context(Watchdog(60, lambda: None)) for _ in range(50)]
+        assert threading.active_count() == before
+    assert not any(dog.fired for dog in dogs)
+
+    release, fired = threading.Event(), threading.Event()
+    with Watchdog(0.05, lambda: release.wait(5)) as slow:
+        with Watchdog(0.1, fired.set) as following:
+            assert fired.wait(5)  # while the first fire is still blocked
+        release.set()
+    assert slow.fired and following.fired
 
 
 def test_watchdog_grace_scales_with_the_statement_timeout() -> None:
