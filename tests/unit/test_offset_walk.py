@@ -143,3 +143,19 @@ def test_only_a_multi_page_walk_in_no_cursor_order_needs_settling() -> None:
     assert walk_cursors([[4, 1, 3], [2]]).needs_settling
     assert not walk_cursors([[4, 1, 3]]).needs_settling  # one answer: nothing written during
     assert not walk_cursors([[4, 1, 3], []]).needs_settling  # and an empty last page
+
+
+def test_an_api_serving_no_more_than_the_overlap_is_walked_to_its_end() -> None:
+    """An API capping its pages at the overlap (2): each answer was the overlap only, the
+    next was asked from the same offset and taken for the list's end after 2 records. An
+    answer of no more than the overlap keeps one record fewer as its tail."""
+    walk, seen, read = OffsetWalk(2), [], []
+    while True:
+        offset = walk.start()
+        got = ids("abcdef"[offset:offset + 2])  # at most 2, whatever the limit
+        read += got
+        seen.append(offset)
+        if walk.take(got):
+            break
+    assert set(read) == set(ids("abcdef")) and walk.shifted is None
+    assert seen == [0, 1, 2, 3, 4, 5]

@@ -26,12 +26,17 @@ or unexplainable shift (none of the overlap comes back, an empty page where the 
 should be, or an order that is not stable) sets `shifted`, and the run walks again from
 the same start (run.extract `_unsettled`), failing the poll loudly if every walk shifts.
 
-The walk ends on an answer holding nothing past its anchor and no more than the overlap:
-each page asks for more than the overlap (`limit`), so the list ends there. A short page
-is not trusted as the last one (an API capping `limit` below what was asked serves short
-pages before the end), so a walk costs one request more than its pages, answered with the
-overlap's records only; the API must serve more than `overlap` records a page. The cost
-per page is `overlap` records read twice.
+The walk ends on an answer holding nothing past its anchor, no more than the overlap, and
+fewer records than an answer of this walk has held: each page asks for more than the
+overlap (`limit`), and the API has shown it serves more, so the list ends there. A short
+page is not trusted as the last one (an API capping `limit` below what was asked serves
+short pages before the end), so a walk costs one request more than its pages, answered
+with the overlap's records only. An API capping its pages at the overlap or fewer (a
+per_page maximum of 100 under overlap 100) answered every page with the overlap only: the
+next was asked from the same offset, held the same records, and was taken for the end
+(newest first: every older record lost, the run ok). So an answer keeps at most one
+record fewer than it holds as its tail: such an API moves on a record a request, each
+boundary proven by one record fewer. The cost per page is `overlap` records read twice.
 
 What it cannot see: an API whose order changes between requests is noticed only when the
 repeated records do not come back in place (likely on every walk with a page of several
@@ -77,6 +82,7 @@ class OffsetWalk:
     tail: list[Identity] = field(default_factory=list)
     shifted: str | None = None
     stale: int = 0  # answers in a row that brought no record not read before
+    served: int = 0  # the most records one answer of this walk held
 
     def limit(self, size: int) -> int:
         """The page size to ask for: at least one record past the overlap, so each page
@@ -111,7 +117,7 @@ class OffsetWalk:
                     "the walk went on, or the API's order is not stable")
                 return True
             new = ids[anchor + 1:]
-            if not new and len(ids) <= self.overlap:
+            if not new and len(ids) <= self.overlap and len(ids) < self.served:
                 return True
         elif not ids:
             return True
@@ -122,8 +128,11 @@ class OffsetWalk:
                 "no record the walk had not read: the API ignores the offset parameter, or "
                 "records are inserted before the walk's position faster than it pages")
             return True
+        self.served = max(self.served, len(ids))
         # the answer's own last records, where they stand now (a record of the old tail
-        # may be gone: it must not be counted as a position)
-        self.tail = ids[-self.overlap:] if self.overlap else []
+        # may be gone: it must not be counted as a position); one fewer than it holds, so
+        # the next offset moves on even when the API serves no more than the overlap
+        keep = min(self.overlap, len(ids) - 1)
+        self.tail = ids[-keep:] if keep > 0 else []
         self.offset = self.asked + len(ids) - len(self.tail)
         return False
