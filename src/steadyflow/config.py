@@ -367,6 +367,16 @@ class TableConfig(_Strict):
         "and the poll fails, checkpoint unmoved, if every walk shifts. Costs `overlap` "
         "records per page and one request per walk (the last answers only the overlap). 0 "
         "= no check: a record deleted mid-walk then costs its neighbour, silently"))
+    cursor_order: Literal["unknown", "ascending", "descending"] = Field(
+        default="unknown", description=(
+            "HTTP: the order the API serves its records in. `ascending`/`descending`: by "
+            "the cursor (a record updated during a walk moves ahead of it, or behind its "
+            "high), so a walk of several pages is trusted once (each walk checks that every "
+            "page served its records in that order, else it is walked once more). "
+            "`unknown` (by id, unordered, or not documented): a walk of several pages is "
+            "walked once more from the same start and the checkpoint moves to the first "
+            "walk's high, because a record updated in place behind the walk is not met "
+            "again and cursors that happen to rise do not prove the order"))
     params: dict[str, str] = Field(default_factory=dict, description=(
         "HTTP: fixed query parameters; secrets as ${VAR} (scrubbed everywhere)"))
     bad_page_retries: int = Field(default=3, ge=0, le=100, description=(

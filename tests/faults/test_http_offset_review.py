@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from tests.support.paged_api import OffsetApi, run, served, serving, warehouse
+from tests.faults.test_http_pagination import ById
+from tests.support.paged_api import OffsetApi, run, served, serving, stamp, warehouse
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -31,7 +32,34 @@ def test_an_api_capping_its_page_at_the_overlap_is_walked_to_its_end(
     api = OffsetApi(8, order="desc")
     api.cap = 2
     url = serve(api)
-    summary = run(tmp_path, url, page_size=3, pagination="offset", overlap=2)
+    summary = run(tmp_path, url, page_size=3, pagination="offset", overlap=2,
+                  cursor_order="descending")
     assert summary.ok, summary.errors
     assert warehouse(tmp_path) == served(api)
     assert api.requests <= 10
+
+
+def by_id_update(api: OffsetApi) -> None:
+    """Before request 2: record 1 (behind the walk, not in the overlap) and the last record
+    (ahead) updated in place."""
+    if api.requests == 2:
+        api.records[1] = {"id": 1, "updated_at": stamp(100), "qty": -1}
+        last = max(api.records)
+        api.records[last] = {"id": last, "updated_at": stamp(200), "qty": -last}
+
+
+@pytest.mark.parametrize("pagination", ["offset", "token"])
+def test_an_id_ordered_api_whose_cursors_happen_to_rise_is_walked_once_more(
+        tmp_path: Any, serve: Callable[[OffsetApi], str], pagination: str) -> None:
+    """An API in id order whose records were written in id order: every cursor served rises,
+    so the walk took the API for one ordered by cursor (an updated record moves ahead and is
+    met again) and did not walk once more. While page 2 is asked for, record 1 (behind the
+    walk) is updated in place, then the last record (ahead): the walk read the last one's
+    new version, the checkpoint moved to its cursor (200 s), past record 1's new one
+    (100 s), which no later run's since reaches (ok, lost for good)."""
+    api = OffsetApi(12, order="id") if pagination == "offset" else ById(12)
+    api.before = by_id_update
+    url = serve(api)
+    summary = run(tmp_path, url, pagination=pagination, cursor_order="unknown")
+    assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)

@@ -103,11 +103,11 @@ def test_deletions_and_inserts_in_one_walk(
 
     api.before = at(2, write)
     url = serve(api)
-    summary = run(tmp_path, url, page_size=4, **OFFSET)
+    summary = run(tmp_path, url, page_size=4, cursor_order="descending", **OFFSET)
     assert summary.ok, summary.errors
     assert 0 not in [offset for offset, _ in api.asked[1:]]  # one walk
     assert held_served(tmp_path, api) == {i: v for i, v in served(api).items() if i != 13}
-    summary = run(tmp_path, url, page_size=4, **OFFSET)
+    summary = run(tmp_path, url, page_size=4, cursor_order="descending", **OFFSET)
     assert summary.ok, summary.errors
     assert held_served(tmp_path, api) == served(api)
 
@@ -126,11 +126,11 @@ def test_inserts_pushing_a_whole_page_back_do_not_end_the_walk(
 
     api.before = at(2, write)
     url = serve(api)
-    summary = run(tmp_path, url, page_size=4, **OFFSET)
+    summary = run(tmp_path, url, page_size=4, cursor_order="descending", **OFFSET)
     assert summary.ok, summary.errors
     assert [offset for offset, _ in api.asked].count(0) == 1, api.asked
     assert set(warehouse(tmp_path)) == set(range(1, 14))  # 14 and 15 with the next run
-    summary = run(tmp_path, url, page_size=4, **OFFSET)
+    summary = run(tmp_path, url, page_size=4, cursor_order="descending", **OFFSET)
     assert summary.ok, summary.errors
     assert warehouse(tmp_path) == served(api)
 

@@ -66,7 +66,7 @@ def http_source(url: str, resilience: dict[str, Any] | None = None, **table: Any
             "headers": {"Authorization": "Bearer ${API_TOKEN}"},
             "resilience": {**FAST, **(resilience or {})},
             "tables": [{"name": "sales", "contract": "sales", "endpoint": "/v1/sales",
-                        "page_size": PAGE, **table}]}
+                        "page_size": PAGE, "cursor_order": "ascending", **table}]}
 
 
 def make_pipeline(tmp_path: Path, url: str, monkeypatch: pytest.MonkeyPatch,

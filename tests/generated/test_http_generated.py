@@ -196,6 +196,9 @@ def check_http_case(data: st.DataObject, tmp_root: Path, api: Api, url: str, wh_
     if data.draw(st.booleans(), label="offset pagination"):
         paging = {"pagination": "offset", "overlap": data.draw(st.integers(1, 3),
                                                                 label="overlap")}
+    if api.order in ("ascending", "descending"):  # told the order, or left to settle
+        paging["cursor_order"] = data.draw(st.sampled_from(["unknown", api.order]),
+                                           label="cursor_order")
     unit = data.draw(st.sampled_from(["us", "ms", "s"]), label="unit")
     schema = f"hw{n}"
     contract = {"primary_key": ["k0"], "cursor": "cur", "columns": {

@@ -35,8 +35,8 @@ def stamp(second: int) -> str:
 
 class OffsetApi:
     """Records served `limit` at a time by offset (`offset`, or token "<offset>" in
-    `after`), in `order`; the token "e<offset>" is answered with an empty page whose token
-    is "<offset>".
+    `after`), in `order` ("asc", "desc": by (cursor, id); "id": by id only); the token
+    "e<offset>" is answered with an empty page whose token is "<offset>".
 
     `before` may write to the records before a request is answered, `shape` rewrite the
     page before it is sent (both see the request number). `cap` serves at most that many
@@ -72,7 +72,8 @@ class OffsetApi:
         since = query.get("updated_since", [""])[0]
         rows = sorted((r for r in self.records.values() if r["updated_at"] > since
                        or (r["updated_at"] == since and not self.exclusive)),
-                      key=lambda r: (r["updated_at"], r["id"]), reverse=self.order == "desc")
+                      key=lambda r: (r["id"],) if self.order == "id" else
+                      (r["updated_at"], r["id"]), reverse=self.order == "desc")
         if self.shuffle:
             random.Random(self.requests).shuffle(rows)
         limit = min(limit, self.cap) if self.cap else limit
@@ -140,8 +141,11 @@ def serving() -> Iterator[Callable[[OffsetApi], str]]:
 
 
 def config(tmp: Path, url: str, **table: Any) -> PipelineConfig:
-    """Three records a page (at least one), no retries; `table` adds table options."""
+    """Three records a page (at least one), no retries; `table` adds table options. The
+    table declares `cursor_order: ascending` (OffsetApi's default order) unless told: a
+    walk seen in another order is walked once more all the same."""
     retries = table.pop("retries", 0)
+    table.setdefault("cursor_order", "ascending")
     return parse_config({"name": "pages", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
            "landing": {"path": str(tmp / "landing")},
            "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},

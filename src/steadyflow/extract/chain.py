@@ -64,6 +64,7 @@ class TokenChain:
     rising: bool = True  # every record's cursor at or above the one served before it
     falling: bool = True  # ... at or below
     settles: Watermark | None = None  # a settling walk: the high it moves the checkpoint to
+    order: str = "unknown"  # the table's declared cursor_order
     _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
 
@@ -110,13 +111,19 @@ class TokenChain:
         run ok). Ordered by cursor it is safe: ascending, the record moves ahead and is
         read (or met twice: `moved`); descending, it moves behind, above every cursor
         ahead. A walk with one page of records is one answer: nothing is written during
-        it (an empty last page adds nothing). So a walk of several pages of records in
-        no cursor order is walked once more from the same start, and the checkpoint
-        moves only to the FIRST walk's high (`settles`): whatever was updated during the
-        first walk is read by the second, whatever during the second has a cursor above
-        the first's high, for the next run."""
+        it (an empty last page adds nothing; an offset walk's closing answer, the
+        overlap only, reads nothing new). Rising cursors do not prove the order: an API
+        by id whose records were written in id order serves them rising, and a record
+        updated in place behind the walk (the one that matters) is never seen; so the
+        order is trusted only where the table declares it (`cursor_order`) and every
+        page kept it. Otherwise a walk of several pages of records is walked once more
+        from the same start, and the checkpoint moves only to the FIRST walk's high
+        (`settles`): whatever was updated during the first walk is read by the second,
+        whatever during the second has a cursor above the first's high, for the next
+        run."""
         return (self.settles is None and self.filled > 1
-                and not (self.rising or self.falling))
+                and not (self.order == "ascending" and self.rising)
+                and not (self.order == "descending" and self.falling))
 
     @property
     def shifted(self) -> str | None:
@@ -156,7 +163,7 @@ class TokenChain:
         moves on, where OffsetWalk.take says.
         """
         self.pages += 1
-        self.filled += 1 if page.records else 0
+        self.filled += 1 if page.records and self.offsets is None else 0
         self._track(page.marks)
         self._order(page.marks, across=self.offsets is None)
         if page.high is not None and self.settles is None and (
@@ -164,6 +171,8 @@ class TokenChain:
             self.high = page.high
         if self.offsets is not None:  # its end and next position: OffsetWalk.take
             self.ended = self.offsets.take(page.ids)
+            # an answer of records read before only (the closing overlap) reads nothing
+            self.filled += 1 if self.offsets.brought else 0
             return
         sent, token = self.token, page.next_token or None
         self.counted += page.records

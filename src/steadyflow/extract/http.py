@@ -420,7 +420,7 @@ class HttpSource:
         t = self._tables[table]
         offsets = OffsetWalk(t.overlap) if t.pagination == "offset" else None
         return TokenChain(resume=resume, since=since, source=self.config.name, table=table,
-                          offsets=offsets, **fields)
+                          offsets=offsets, order=t.cursor_order, **fields)
 
     def params(self, table: str, chain: TokenChain, limit: int) -> dict[str, str]:
         """The chain's first page asks from its start (since_param); later ones send only

@@ -83,6 +83,7 @@ class OffsetWalk:
     shifted: str | None = None
     stale: int = 0  # answers in a row that brought no record not read before
     served: int = 0  # the most records one answer of this walk held
+    brought: int = 0  # records the last answer brought that the walk had not read
 
     def limit(self, size: int) -> int:
         """The page size to ask for: at least one record past the overlap, so each page
@@ -117,9 +118,8 @@ class OffsetWalk:
                     "the walk went on, or the API's order is not stable")
                 return True
             new = ids[anchor + 1:]
-            if not new and len(ids) <= self.overlap and len(ids) < self.served:
-                return True
-        elif not ids:
+        self.brought = len(new)
+        if not new and (not self.tail or len(ids) <= self.overlap and len(ids) < self.served):
             return True
         self.stale = 0 if new else self.stale + 1
         if self.stale >= STALE_PAGES:
