@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 from tests.faults.test_http_pagination import ById
-from tests.support.paged_api import OffsetApi, run, served, serving, stamp, warehouse
+from tests.support.paged_api import (
+    OffsetApi,
+    config,
+    run,
+    served,
+    serving,
+    stamp,
+    warehouse,
+)
+
+from steadyflow.run.pipeline import Pipeline
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -63,3 +73,28 @@ def test_an_id_ordered_api_whose_cursors_happen_to_rise_is_walked_once_more(
     summary = run(tmp_path, url, pagination=pagination, cursor_order="unknown")
     assert summary.ok, summary.errors
     assert warehouse(tmp_path) == served(api)
+
+
+def test_records_updated_during_every_offset_walk_still_move_the_checkpoint(
+        tmp_path: Any, serve: Callable[[OffsetApi], str]) -> None:
+    """Oldest first by offset (overlap 2), one record updated before every other request:
+    it moves to the end and every later record one place up. The overlap absorbs that
+    shift (one record moved away before the position) and the moved record is read at its
+    new place; yet a key met at two positions marked each walk unsettled (a check for
+    token walks, which cannot see a shift), three walks a run and the checkpoint held: an
+    API written to faster than one walk never moved its checkpoint, every run re-reading
+    everything since. One walk now, and the checkpoint moves."""
+    api = OffsetApi(12)
+
+    def update_one(api: OffsetApi) -> None:
+        if api.requests % 2 == 0 and api.requests < 40:
+            i = api.requests % 12 + 1
+            api.records[i] = {"id": i, "updated_at": stamp(100 + api.requests), "qty": -i}
+
+    api.before = update_one
+    url = serve(api)
+    summary = run(tmp_path, url, pagination="offset")
+    assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)
+    with Pipeline(config(tmp_path, url, pagination="offset")) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is not None

@@ -73,7 +73,10 @@ class TokenChain:
         this chain walked. An API paging by offset or page number then shifted every later
         record by one, and the record at the shift was skipped with a cursor below the
         chain's high: the walk is unsettled (see run.extract: walked again, or the
-        checkpoint held). Hashes only, at most MAX_TRACKED_KEYS per chain."""
+        checkpoint held). Hashes only, at most MAX_TRACKED_KEYS per chain. Not on an
+        offset walk with an overlap: it sees the shift itself (absorbed, or `shifted`),
+        and a record met again at its new place is simply read; counting it as unsettled
+        walked a busily written API three times a run and never moved its checkpoint."""
         for mark in marks:
             key, where = hash(mark[1:]), hash(mark)
             first = self._seen.get(key)
@@ -164,7 +167,8 @@ class TokenChain:
         """
         self.pages += 1
         self.filled += 1 if page.records and self.offsets is None else 0
-        self._track(page.marks)
+        if self.offsets is None or not self.offsets.overlap:  # the overlap proves shifts
+            self._track(page.marks)
         self._order(page.marks, across=self.offsets is None)
         if page.high is not None and self.settles is None and (
                 self.high is None or page.high.as_tuple() > self.high.as_tuple()):
