@@ -98,3 +98,28 @@ def test_records_updated_during_every_offset_walk_still_move_the_checkpoint(
     assert warehouse(tmp_path) == served(api)
     with Pipeline(config(tmp_path, url, pagination="offset")) as pipeline:
         assert pipeline.state.checkpoint("api", "t") is not None
+
+
+def hide(*ids: int) -> Callable[[OffsetApi, Any, Any], Any]:
+    """An API filtering AFTER paging (rows it skips, soft-deleted, still counted in its
+    offsets): the page's window is cut, its `next` kept."""
+    def shape(api: OffsetApi, query: Any, page: Any) -> Any:
+        return {**page, "data": [r for r in page["data"] if r["id"] not in ids]}
+    return shape
+
+
+def test_an_api_serving_short_pages_before_its_end_is_refused_not_ended(
+        tmp_path: Any, serve: Callable[[OffsetApi], str]) -> None:
+    """Newest first; the API counts records 8-6 in its offsets but never serves them (it
+    filters after paging) and says, in `next`, that more follow. The answer past record 9
+    held only the overlap, taken for the end of the list: the checkpoint moved to record 12
+    and records 1-5 were never read (ok, lost for good). The walk cannot count positions
+    it is not shown: the poll now fails naming the table, the checkpoint unmoved."""
+    api = OffsetApi(12, order="desc")
+    api.shape = hide(8, 7, 6)
+    url = serve(api)
+    summary = run(tmp_path, url, pagination="offset", cursor_order="descending")
+    assert not summary.ok and "next" in str(summary.errors)
+    with Pipeline(config(tmp_path, url, pagination="offset")) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None
+    assert api.requests < 10

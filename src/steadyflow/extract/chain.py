@@ -175,6 +175,16 @@ class TokenChain:
             self.high = page.high
         if self.offsets is not None:  # its end and next position: OffsetWalk.take
             self.ended = self.offsets.take(page.ids)
+            if self.ended and self.offsets.shifted is None and page.next_token:
+                raise FatalError(
+                    f"the offset walk reached an answer that ends the list (at offset "
+                    f"{self.offsets.asked}, {page.records} record(s), none new) while the "
+                    f"API says more follow (next: {page.next_token[:40]!r}): it serves "
+                    "pages shorter than asked before its end (filtering after paging?), and "
+                    "positions it does not show cannot be counted; the checkpoint stays "
+                    "where it was", stage="extract", source=self.source, table=self.table,
+                    hint="use the API's own next-page token (pagination: token); if `next` "
+                         "means nothing here, set next_path to a field the API does not send")
             # an answer of records read before only (the closing overlap) reads nothing
             self.filled += 1 if self.offsets.brought else 0
             return
