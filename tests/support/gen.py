@@ -130,7 +130,7 @@ def cursor_value(col: Col, step: int, unit: str) -> Any:
 
 # case, accents and blanks in text keys: none of these compare equal to another under the
 # source's default collation once `folded_key` keys are kept distinct
-FOLDED_ALPHABET = "abcABC xyzXYZ éÉèàÀüÜñçÇ019_-"
+FOLDED_ALPHABET = "abcABC xyzXYZ éÉèàÀüÜñçÇ019_-'\\"
 
 
 def folded_key(value: str) -> str:
@@ -145,7 +145,8 @@ def text_alphabet(source: str, key: bool) -> st.SearchStrategy[str]:
     if key and source == "mysql":
         # MariaDB keys compare case- and accent-insensitively (utf8mb4_general_ci): keep
         # generated keys distinct under that equality
-        return st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789_-")
+        # (quotes, a backslash and %: literals and escapes under any sql_mode)
+        return st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789_-'\"\\%")
     if key:
         return st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"))
     if source == "postgres":  # PostgreSQL text cannot hold NUL at all
