@@ -180,7 +180,8 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
     where = wh_where if wh_kind == "postgres" else str(tmp / "wh.duckdb")
     how = (f"page_size {page_size}, initial_load {initial_load}, lookback {lookback}, "
            f"unit {unit}" + (f", key ranges of {chunk} rows, {readers} reader(s)"
-                             if split else ""))
+                             if split else "")
+           + (f", run 1 killed after page {kill_at}" if killed else ""))
     keys: dict[str, set[tuple[Any, ...]]] = {t.name: set() for t in tables}
     latest: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {t.name: {} for t in tables}
     steps = {t.name: 0 for t in tables}
