@@ -127,10 +127,22 @@ class _Deadlines:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock and a heap of its own. The parent's lock may have been
+        held at the fork (by the watching thread, or by another thread arming a watchdog),
+        and no thread of the child would ever release it: the child's first watchdog then
+        waited for it forever."""
+        self._cond = threading.Condition(threading.Lock())
+        self._heap, self._ended, self._thread, self._pid = [], 0, None, os.getpid()
+
     def add(self, deadline: float, dog: Watchdog, entered: int) -> None:
         with self._cond:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._heap, self._ended, self._pid = [], 0, os.getpid()
+            if self._pid != os.getpid():  # a child forked without after_fork
+                self._heap, self._ended, self._thread = [], 0, None
+                self._pid = os.getpid()
+            if self._thread is None or not self._thread.is_alive():
+                # the armed deadlines stay: emptied here, every block guarded meanwhile
+                # would never be cut short
                 self._thread = threading.Thread(target=self._watch, name="watchdogs",
                                                 daemon=True)
                 self._thread.start()
@@ -158,11 +170,22 @@ class _Deadlines:
                 if not dog.armed(entered):
                     self._ended = max(0, self._ended - 1)
                     continue
-            threading.Thread(target=dog._run, args=(entered,), name="watchdog-fire",
-                             daemon=True).start()
+            try:
+                threading.Thread(target=dog._run, args=(entered,), name="watchdog-fire",
+                                 daemon=True).start()
+            except (RuntimeError, MemoryError):
+                # no thread to be had (a thread or memory limit; blocked fires each hold
+                # one): fired here, late for the deadlines behind it if it blocks, where
+                # the exception ended this thread and every armed deadline with it
+                try:
+                    dog._run(entered)
+                except Exception:  # noqa: BLE001 - a fire's error must not end this thread
+                    pass
 
 
 _DEADLINES = _Deadlines()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_DEADLINES.after_fork)
 
 
 class CircuitBreaker:

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -17,6 +21,7 @@ import httpx
 import pytest
 from tenacity import RetryCallState
 
+import steadyflow
 from steadyflow.config import ResilienceConfig, SourceConfig, parse_config
 from steadyflow.errors import (
     AuthError,
@@ -40,6 +45,7 @@ from steadyflow.extract.http import (
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import Contract, Watermark
 from steadyflow.resilience import (
+    _DEADLINES,
     CircuitBreaker,
     PageSizer,
     SourceGuard,
@@ -379,6 +385,86 @@ def test_watchdogs_share_one_thread_and_a_blocked_fire_delays_no_other() -> None
             assert fired.wait(5)  # while the first fire is still blocked
         release.set()
     assert slow.fired and following.fired
+
+
+def _fire_within(seconds: float, queue: Any) -> None:
+    """In a forked child: does a watchdog armed there fire?"""
+    fired = threading.Event()
+    with Watchdog(0.05, fired.set):
+        queue.put(fired.wait(seconds))
+
+
+def test_a_watchdog_fires_in_a_child_forked_while_another_thread_held_the_deadlines() -> None:
+    """The deadlines' lock is taken by the watching thread at every deadline and by every
+    thread arming or ending a watchdog. Forked while another thread held it, the child
+    had a copy locked for good (no thread of the child would release it): its first
+    watchdog waited for it forever, before its block even began."""
+    with Watchdog(60, lambda: None):
+        pass  # the watching thread runs
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _DEADLINES._cond:  # what the watching thread does at each deadline
+            held.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_fire_within, args=(2, queue))
+    try:
+        child.start()
+    finally:
+        release.set()
+        holder.join()
+    child.join(4)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+        child.join()
+    assert not hung and child.exitcode == 0 and queue.get(timeout=1) is True
+
+
+NO_THREADS = """
+import resource, sys, threading
+from steadyflow.resilience import Watchdog
+with Watchdog(60, lambda: None):
+    pass  # the watching thread runs
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+          if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+threading.stack_size(1 << 30)  # from now on no thread can be given its stack
+try:
+    threading.Thread(target=lambda: None).start()
+    sys.exit("a thread could still be started")
+except RuntimeError:
+    pass
+first, second = threading.Event(), threading.Event()
+
+def fails() -> None:  # a fire's own error (a driver's cancel failing) ends nothing else
+    first.set()
+    raise ValueError("cancel failed")
+
+with Watchdog(0.3, second.set), Watchdog(0.05, fails):
+    print(first.wait(2), second.wait(2))
+"""
+
+
+def test_watchdogs_still_fire_when_no_thread_can_be_started() -> None:
+    """A fire runs on a thread of its own. When none could be started (a thread or memory
+    limit: every fire blocked on a dead network holds one), Thread.start's RuntimeError
+    ended the watching thread: that deadline and every other armed one never fired, so
+    each black-holed query they guarded hung for good (and the next watchdog armed,
+    restarting the thread, emptied the deadlines). A fire is now run by the watching
+    thread itself when no thread of its own can be had."""
+    src = Path(steadyflow.__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", NO_THREADS], capture_output=True,
+                          text=True, timeout=20,
+                          env={**os.environ, "PYTHONPATH": str(src)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"], done.stderr
 
 
 def test_watchdog_grace_scales_with_the_statement_timeout() -> None:
