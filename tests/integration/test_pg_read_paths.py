@@ -539,3 +539,22 @@ def test_a_type_outside_postgresqls_own_is_read_with_the_servers_catalog(
     assert comparable(rows) == comparable(expected)
     assert rows.schema == expected.schema
     assert source._types == TYPES_SERVER and high == Watermark(cursor=5, key=())
+
+
+# --- 7. a timestamp read into a date column ------------------------------------------------
+@pytest.mark.parametrize("pg_type", ["timestamp", "timestamptz"])
+def test_a_time_of_day_in_a_date_column_costs_its_row_on_every_path(
+        pg_dsn: str, pg_type: str) -> None:
+    """Arrow's cast to date32 drops a time of day without a word: through ADBC
+    '2020-01-02 03:00' was loaded as 2020-01-02, a value the source does not hold, where
+    the psycopg path quarantines the row (a time of day: not a date). A midnight (UTC)
+    is that date on both; out-of-range and NULL rows are what they were."""
+    execute(pg_dsn, f"CREATE TABLE t (id int8 PRIMARY KEY, d {pg_type})",
+            "INSERT INTO t VALUES (1, '2020-01-02 00:00:00+00'), (2, '2020-01-02 03:00+00'),"
+            " (3, NULL), (4, '2020-01-02 00:00:00.000001+00'), (5, 'infinity'),"
+            " (6, '2020-01-02 23:59:59+00')")
+    c = contract(("id", "int64"), ("d", "date"))
+    rows = {path: comparable(read_all(make(pg_dsn), "t", c, 4)[0])
+            for path, make in PATHS.items()}
+    assert rows["adbc"] == rows["psycopg fallback"] == rows["SqlSource"]
+    assert [r["d"] is None for r in rows["adbc"]] == [False, True, True, True, True, True]

@@ -404,6 +404,25 @@ def conform_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray
         return text
 
 
+def _not_dates(col: pa.ChunkedArray, skip: dict[int, str]) -> dict[int, str]:
+    """{row: why} for the timestamps of a date column that are not a midnight (UTC),
+    but for the rows in `skip` (already unreadable: 'infinity' is no instant).
+
+    Arrow's cast to date32 drops the time of day without a word: '2020-01-01 03:00' was
+    loaded as 2020-01-01, where the psycopg path quarantines the row with this reason
+    (`sql._unfaithful`); the same rows now cost the same, whichever path read them."""
+    if not pa.types.is_timestamp(col.type):
+        return {}
+    values = col.combine_chunks()
+    if skip:
+        keep = pa.array([r not in skip for r in range(len(values))], pa.bool_())
+        values = pc.if_else(keep, values, pa.scalar(None, values.type))
+    midnight = pc.cast(pc.cast(values, pa.date32()), values.type)
+    off = pc.not_equal(values, midnight).to_pylist()
+    return {r: f"{values[r].as_py().isoformat()} has a time of day: not a date (declare "
+               "it timestamp)" for r, o in enumerate(off) if o}
+
+
 def conform(raw: pa.Table, contract: Contract,
             bad: dict[str, dict[int, OutOfRange]] | None = None) -> pa.Table:
     """The page in contract types. A date/time no path can hold is null, and its row
@@ -414,13 +433,16 @@ def conform(raw: pa.Table, contract: Contract,
     arrays = []
     for i, c in enumerate(contract.columns):
         col = raw.column(i)
-        rows = bad.get(raw.column_names[i], {})
+        rows: dict[int, str] = {r: what.reason
+                                for r, what in bad.get(raw.column_names[i], {}).items()}
+        if pa.types.is_date(c.arrow_type):
+            rows = {**_not_dates(_storage(col), rows), **rows}
         if rows:
             keep = pa.array([r not in rows for r in range(raw.num_rows)], pa.bool_())
             col = pa.chunked_array([pc.if_else(keep, col.combine_chunks(),
                                                pa.scalar(None, col.type))])
-            for r, what in rows.items():
-                invalid[r] = invalid[r] or f"{c.name}: {what.reason}"
+            for r, why in rows.items():
+                invalid[r] = invalid[r] or f"{c.name}: {why}"
         arrays.append(conform_column(col, c.arrow_type))
     names = list(contract.names)
     if any(invalid):
