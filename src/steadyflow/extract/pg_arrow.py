@@ -37,6 +37,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import socket
 import threading
 import time
@@ -84,6 +85,18 @@ ADBC_IDLE = 60.0
 # type catalog read at every connect
 TYPES_BUILTIN, TYPES_SERVER = "builtin", "server"
 _CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+# Declared types (format_type, seen through domains, typmod dropped) that ADBC decodes as
+# psycopg does wherever a column is read as itself (a number, bool, date or time contract;
+# string and decimal columns are read as PostgreSQL's text by both). Any other type there
+# (money: its cents; bytea, bit, inet, xid, arrays, timetz, an enum, an extension's type
+# without a binary output function...) gave other values through ADBC, or no page at all:
+# such a table is read through psycopg (PgArrowSource._adbc_reads)
+ADBC_SAME_TYPES = frozenset({
+    "smallint", "integer", "bigint", "oid", "numeric", "real", "double precision",
+    "boolean", "date", "timestamp without time zone", "timestamp with time zone",
+    "text", "character varying", "character", '"char"', "json", "jsonb", "citext",
+})
+_TYPMOD = re.compile(r"\([^)]*\)")
 
 
 def conninfo(dsn: str, params: dict[str, str]) -> str:
@@ -465,6 +478,7 @@ class PgArrowSource(SqlSource):
         self._adbc_usable = True
         self._paged_at = 0.0  # monotonic time of the last ADBC page
         self._types = TYPES_BUILTIN  # TYPES_SERVER once a page had a type not built in
+        self._psycopg_tables: set[str] = set()  # read through psycopg (_adbc_reads), logged
 
     # --- connection -------------------------------------------------------------------
     def _adbc_connect(self) -> Any:
@@ -661,7 +675,7 @@ class PgArrowSource(SqlSource):
 
         The same query as the psycopg path (`SqlSource.page_query`, one select list), so
         either path gives the same values and the same watermark for the same rows."""
-        if where is not None or not self._adbc_usable:
+        if where is not None or not self._adbc_usable or not self._adbc_reads(table, contract):
             return self._psycopg_page(table, contract, after, since, limit, where, upto)
         self.adbc  # noqa: B018 - connect now: it decides whether ADBC is usable
         if not self._adbc_usable:
@@ -691,6 +705,22 @@ class PgArrowSource(SqlSource):
         row = {c: _as_bytes(raw[c].slice(last, 1))[0].as_py() for c in contract.order_by}
         high = self._position(contract, [row[c] for c in contract.order_by])
         return conform(raw, contract, bad), high
+
+    def _adbc_reads(self, table: str, contract: Contract) -> bool:
+        """Does ADBC read every column of `table` the contract reads as itself (not as
+        text) to the values psycopg gives (`ADBC_SAME_TYPES`)? The declared types are
+        the probe's, read once per table."""
+        declared = {k.lower(): _TYPMOD.sub("", v).strip().lower()
+                    for k, v in self.declared_types(table).items()}
+        odd = sorted(c.name for c in contract.columns
+                     if not (pa.types.is_string(c.arrow_type) or pa.types.is_decimal(c.arrow_type))
+                     and declared.get(c.name.lower()) not in ADBC_SAME_TYPES)
+        if odd and table not in self._psycopg_tables:
+            self._psycopg_tables.add(table)
+            log.info("columns of a type ADBC decodes unlike psycopg; reading the table "
+                     "through psycopg", extra={"source": self.config.name, "table": table,
+                                                "stage": "extract", "columns": odd})
+        return not odd
 
     def _psycopg_page(
         self, table: str, contract: Contract, after: Watermark | None, since: Any | None,
