@@ -34,6 +34,7 @@ the cursor it is refused (SchemaError), since no page could start after it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -97,6 +98,15 @@ ADBC_SAME_TYPES = frozenset({
     "text", "character varying", "character", '"char"', "json", "jsonb", "citext",
 })
 _TYPMOD = re.compile(r"\([^)]*\)")
+# The same, as the type names ADBC puts on each column of a page (a domain's is its base
+# type's): a page is checked too, since a column's type may change after the probe read
+# the declared types (ALTER TABLE ... TYPE money between two polls of `run --follow`)
+ADBC_SAME_NAMES = frozenset({
+    "int2", "int4", "int8", "oid", "numeric", "float4", "float8", "bool", "date",
+    "timestamp", "timestamptz", "text", "varchar", "bpchar", "char", "json", "jsonb",
+    "citext",
+})
+_PG_TYPE = b"POSTGRESQL:type"
 
 
 def conninfo(dsn: str, params: dict[str, str]) -> str:
@@ -376,6 +386,25 @@ def _opaque(schema: pa.Schema) -> bool:
     return any(walk(f.type) for f in schema)
 
 
+@functools.lru_cache(maxsize=1024)
+def _read_as_themselves(contract: Contract) -> tuple[tuple[int, str], ...]:
+    """(position, name) of the contract's columns a page reads as themselves: not string
+    or decimal, which both paths read as PostgreSQL's text (`select_expr`)."""
+    return tuple((i, c.name) for i, c in enumerate(contract.columns)
+                 if not (pa.types.is_string(c.arrow_type) or pa.types.is_decimal(c.arrow_type)))
+
+
+def _decoded_unlike_psycopg(schema: pa.Schema, contract: Contract) -> list[str]:
+    """The contract's columns read as themselves whose page column ADBC typed as a type
+    outside ADBC_SAME_NAMES (a column without the driver's type name is not judged)."""
+    odd = []
+    for i, name in _read_as_themselves(contract):
+        typ = (schema.field(i).metadata or {}).get(_PG_TYPE)
+        if typ is not None and typ.decode("utf-8", "replace") not in ADBC_SAME_NAMES:
+            odd.append(name)
+    return odd
+
+
 def _storage(col: pa.ChunkedArray) -> pa.ChunkedArray:
     if isinstance(col.type, pa.BaseExtensionType):  # e.g. an opaque PostgreSQL type
         storage: pa.DataType = col.type.storage_type
@@ -478,7 +507,10 @@ class PgArrowSource(SqlSource):
         self._adbc_usable = True
         self._paged_at = 0.0  # monotonic time of the last ADBC page
         self._types = TYPES_BUILTIN  # TYPES_SERVER once a page had a type not built in
-        self._psycopg_tables: set[str] = set()  # read through psycopg (_adbc_reads), logged
+        self._psycopg_tables: set[str] = set()  # read through psycopg for good (_adbc_reads)
+        # table → (its declared types' dict, contract) found all ADBC_SAME_TYPES; the
+        # dict is SqlSource's own, replaced when the types are read again
+        self._same_types: dict[str, tuple[dict[str, str] | None, Contract]] = {}
 
     # --- connection -------------------------------------------------------------------
     def _adbc_connect(self) -> Any:
@@ -694,6 +726,10 @@ class PgArrowSource(SqlSource):
             self._types = TYPES_SERVER
             self._close_adbc()
             return self.page(table, contract, after, since, limit, where, upto)
+        odd = _decoded_unlike_psycopg(raw.schema, contract)
+        if odd:  # the column's type changed since the probe: this page, and every later one
+            self._read_by_psycopg(table, odd)
+            return self._psycopg_page(table, contract, after, since, limit, where, upto)
         bad = unreadable(raw)
         if raw.num_rows == 0:
             return conform(raw, contract, bad), None
@@ -708,19 +744,31 @@ class PgArrowSource(SqlSource):
 
     def _adbc_reads(self, table: str, contract: Contract) -> bool:
         """Does ADBC read every column of `table` the contract reads as itself (not as
-        text) to the values psycopg gives (`ADBC_SAME_TYPES`)? The declared types are
-        the probe's, read once per table."""
+        text) to the values psycopg gives (`ADBC_SAME_TYPES`)? Asked of the declared types
+        (the probe's, read once per table) before a page, and of each page's own column
+        types after it (`page`); once not, the table is read through psycopg."""
+        if table in self._psycopg_tables:
+            return False
+        self.declared_types(table)  # read once, kept in self._declared
+        known = self._declared.get(table)
+        hit = self._same_types.get(table)
+        if hit is not None and hit[0] is known and hit[1] == contract:
+            return True  # asked of these declared types before
         declared = {k.lower(): _TYPMOD.sub("", v).strip().lower()
-                    for k, v in self.declared_types(table).items()}
-        odd = sorted(c.name for c in contract.columns
-                     if not (pa.types.is_string(c.arrow_type) or pa.types.is_decimal(c.arrow_type))
-                     and declared.get(c.name.lower()) not in ADBC_SAME_TYPES)
-        if odd and table not in self._psycopg_tables:
-            self._psycopg_tables.add(table)
-            log.info("columns of a type ADBC decodes unlike psycopg; reading the table "
-                     "through psycopg", extra={"source": self.config.name, "table": table,
-                                                "stage": "extract", "columns": odd})
+                    for k, v in (known or {}).items()}
+        odd = sorted(name for _, name in _read_as_themselves(contract)
+                     if declared.get(name.lower()) not in ADBC_SAME_TYPES)
+        if odd:
+            self._read_by_psycopg(table, odd)
+        else:
+            self._same_types[table] = (known, contract)
         return not odd
+
+    def _read_by_psycopg(self, table: str, columns: list[str]) -> None:
+        self._psycopg_tables.add(table)
+        log.info("columns of a type ADBC decodes unlike psycopg; reading the table "
+                 "through psycopg", extra={"source": self.config.name, "table": table,
+                                            "stage": "extract", "columns": columns})
 
     def _psycopg_page(
         self, table: str, contract: Contract, after: Watermark | None, since: Any | None,
