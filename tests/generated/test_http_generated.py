@@ -27,10 +27,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tests.support import gen, oracle
 from tests.support.gen import Col, Table
+from tests.support.hypo import exhaustive_examples, generated
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline
@@ -327,22 +328,12 @@ def run(raw: dict[str, Any]) -> Any:
         return pipeline.run_once()
 
 
-def _settings(examples: int) -> settings:
-    phases = [Phase.explicit, Phase.reuse, Phase.generate]
-    if os.environ.get("STEADYFLOW_SHRINK"):
-        phases.append(Phase.shrink)
-    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                    phases=phases, suppress_health_check=[
-                        HealthCheck.too_slow, HealthCheck.data_too_large,
-                        HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
-
-
 def _run(wh_kind: str, examples: int, api: tuple[Api, str], request: pytest.FixtureRequest,
          tmp_path: Path) -> None:
     state, url = api
     wh_where = request.getfixturevalue("pg_dsn") if wh_kind == "postgres" else ""
 
-    @_settings(examples)
+    @generated(examples)
     @given(st.data())
     def case(data: st.DataObject) -> None:
         check_http_case(data, tmp_path, state, url, wh_kind, wh_where)
@@ -363,5 +354,5 @@ def test_generated_api_records_arrive_exactly(wh_kind: str, api: tuple[Api, str]
 def test_generated_api_records_exhaustive(wh_kind: str, api: tuple[Api, str],
                                           request: pytest.FixtureRequest,
                                           tmp_path: Path) -> None:
-    _run(wh_kind, 300, api, request, tmp_path)
+    _run(wh_kind, exhaustive_examples(300), api, request, tmp_path)
 

@@ -35,11 +35,12 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tests.conftest import steadyflow
 from tests.support import gen, oracle
 from tests.support.gen import Table
+from tests.support.hypo import exhaustive_examples, generated
 from tests.support.jetstream import NATS_URL, fresh_stream
 from tests.support.source_db import SourceDb
 
@@ -52,7 +53,7 @@ from steadyflow.run.replay import replay_batches
 SOURCES = ("sqlite", "postgres", "mysql")
 WAREHOUSES = ("duckdb", "postgres")
 CI_EXAMPLES = int(os.environ.get("STEADYFLOW_GENERATED_EXAMPLES", "12"))
-EXHAUSTIVE_EXAMPLES = 350  # x 6 source/warehouse pairs = 2,100
+EXHAUSTIVE_EXAMPLES = exhaustive_examples(350)  # x 6 source/warehouse pairs = 2,100
 _counter = itertools.count()
 
 
@@ -362,18 +363,6 @@ def check_reconcile(raw: dict[str, Any], table: Table, wh_kind: str, where: str,
     assert not problem, f"{table.name}: after reconcile --repair:\n{problem}"
 
 
-def _settings(examples: int) -> settings:
-    # shrinking re-runs the pipeline hundreds of times (minutes per failure): on only where
-    # asked (STEADYFLOW_SHRINK=1), to turn a failure into a minimal regression test
-    phases = [Phase.explicit, Phase.reuse, Phase.generate]
-    if os.environ.get("STEADYFLOW_SHRINK"):
-        phases.append(Phase.shrink)
-    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
-                    print_blob=True, phases=phases,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.filter_too_much])
-
-
 def _source(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> SourceDb:
     if kind == "postgres":
         return SourceDb("postgres", request.getfixturevalue("pg_dsn"))
@@ -389,7 +378,7 @@ def _run(source_kind: str, wh_kind: str, examples: int, request: pytest.FixtureR
     wh_where = request.getfixturevalue("pg_dsn") if wh_kind == "postgres" else ""
     state = request.getfixturevalue("pg_dsn") if scaled else ""
 
-    @_settings(examples)
+    @generated(examples)
     @given(st.data())
     def case(data: st.DataObject) -> None:
         check_case(data, tmp_path, source, wh_kind, wh_where, split, compacted, state,
@@ -421,7 +410,7 @@ def test_generated_tables_exhaustive(source_kind: str, wh_kind: str,
 # the warehouse table emptied and every batch replayed (run/compact.py, run/replay.py);
 # CI runs a few per source (~4 s each), `make test-exhaustive` 300 per case
 SPLIT_CI_EXAMPLES = int(os.environ.get("STEADYFLOW_GENERATED_SPLIT_EXAMPLES", "2"))
-SPLIT_EXHAUSTIVE_EXAMPLES = int(os.environ.get("STEADYFLOW_GENERATED_SPLIT_EXHAUSTIVE", "300"))
+SPLIT_EXHAUSTIVE_EXAMPLES = exhaustive_examples(300)
 
 
 @pytest.mark.integration
