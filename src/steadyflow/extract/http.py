@@ -54,6 +54,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -278,13 +280,44 @@ def _mark(record: Any, contract: Contract) -> tuple[Any, ...]:
     return tuple(_cursor_value(record[k], contract, k) for k in order)
 
 
+class JsonDigits(float):
+    """A JSON number a double does not hold exactly (12345678901234567.89): its float for
+    float columns, its digits for decimal and string columns. Read as a plain float, a
+    decimal(20,2) amount landed as 12345678901234568.00, the run ok."""
+
+    text: str
+
+    def __new__(cls, text: str) -> JsonDigits:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __repr__(self) -> str:
+        return self.text
+
+    __str__ = __repr__
+
+
+_EXACT_DIGITS = 15  # a decimal of at most 15 significant digits survives a double exactly
+
+
+def json_number(text: str) -> float:
+    """json.loads' parse_float: a float, or JsonDigits where the double loses digits."""
+    number = float(text)
+    digits = sum(c.isdigit() for c in text.partition("e")[0].partition("E")[0])
+    if digits <= _EXACT_DIGITS or not isfinite(number) or \
+            Decimal(repr(number)) == Decimal(text):
+        return number
+    return JsonDigits(text)
+
+
 def read_envelope(table: TableConfig, raw: RawPage, records_path: str | None = None
                   ) -> tuple[list[Any], str | None]:
     """The page's list of records and its next token; BadPayload if the body is not JSON
     or not the configured envelope (the whole page is bad: nothing in it can be trusted)."""
     path = table.records_path if records_path is None else records_path
     try:
-        doc = json.loads(raw.body)
+        doc = json.loads(raw.body, parse_float=json_number)
     except UnicodeDecodeError:
         raise BadPayload("payload: not JSON (not UTF-8 text)") from None
     except ValueError as exc:
@@ -309,6 +342,9 @@ def _field(value: Any, target: pa.DataType) -> Any:
     repr ({'a': 1}, True) that no JSON reader downstream could parse."""
     if pa.types.is_string(target) and isinstance(value, dict | list | bool):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, JsonDigits) and (pa.types.is_decimal(target)
+                                          or pa.types.is_string(target)):
+        return Decimal(value.text) if pa.types.is_decimal(target) else value.text
     return value
 
 

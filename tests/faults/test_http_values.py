@@ -1,0 +1,103 @@
+"""Values an API spells that a careless reader changes on the way to the warehouse, on a
+real loopback server: each test compares the warehouse, read with DuckDB's own driver, with
+the text the server sent, parsed by the test itself (never by steadyflow's code).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from steadyflow.config import parse_config
+from steadyflow.run.pipeline import Pipeline, RunSummary
+
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def serve_body(body: bytes) -> tuple[str, Callable[[], None]]:
+    """Answer every GET with `body` (one page: the test writes its own `next`)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}", stop
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[bytes], str]]:
+    stops: list[Callable[[], None]] = []
+
+    def start(body: bytes) -> str:
+        url, stop = serve_body(body)
+        stops.append(stop)
+        return url
+
+    yield start
+    for stop in stops:
+        stop()
+
+
+def run(tmp: Path, url: str, columns: dict[str, Any]) -> RunSummary:
+    config = parse_config({
+        "name": "values", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
+        "landing": {"path": str(tmp / "landing")},
+        "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
+        "contracts": {"t": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
+            "id": {"type": "int64", "nullable": False},
+            "updated_at": {"type": "timestamp", "nullable": False}, **columns}}},
+        "sources": [{"name": "api", "kind": "http", "url": url,
+                     "resilience": {"retries": 0},
+                     "tables": [{"name": "t", "contract": "t", "endpoint": "/items",
+                                 "cursor_order": "ascending"}]}]})
+    with Pipeline(config) as pipeline:
+        return pipeline.run_once(raise_on_error=False)
+
+
+def column(tmp: Path, name: str) -> dict[int, Any]:
+    con = duckdb.connect(str(tmp / "wh.duckdb"), read_only=True)
+    try:
+        return dict(con.execute(f"SELECT id, {name} FROM w.t").fetchall())
+    finally:
+        con.close()
+
+
+def test_a_json_number_with_more_digits_than_a_double_lands_exactly_in_a_decimal(
+        tmp_path: Path, serve: Callable[[bytes], str]) -> None:
+    """JSON numbers were read as Python floats before any column saw them: an amount of
+    12345678901234567.89 in a decimal(20,2) column landed as 12345678901234568.00, the
+    run ok (money changed on the way). A decimal or string column now gets the number the
+    API wrote, digit for digit."""
+    amounts = ["12345678901234567.89", "0.10", "99999999999999999.99", "-1.5e3",
+               "123456789012345678"]
+    records = ",".join(
+        f'{{"id": {i}, "updated_at": "2026-01-01T00:00:0{i}Z", "amount": {a}, "text": {a}}}'
+        for i, a in enumerate(amounts))
+    url = serve(f'{{"data": [{records}], "next": null}}'.encode())
+    summary = run(tmp_path, url, {"amount": {"type": "decimal(20,2)"},
+                                  "text": {"type": "string"}})
+    assert summary.ok, summary.errors
+    assert column(tmp_path, "amount") == {i: Decimal(a) for i, a in enumerate(amounts)}
+    assert {i: Decimal(t) for i, t in column(tmp_path, "text").items()} == \
+        {i: Decimal(a) for i, a in enumerate(amounts)}
