@@ -50,6 +50,7 @@ must not reach landing, state, logs or the status page.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ from steadyflow.extract.chain import TokenChain
 from steadyflow.extract.offset_walk import Identity, OffsetWalk, identity
 from steadyflow.extract.sql import column_to_arrow
 from steadyflow.model import INVALID, Column, Contract, Watermark
-from steadyflow.resilience import watchdog_grace
+from steadyflow.resilience import Watchdog, watchdog_grace
 from steadyflow.secrets import scrub
 
 if TYPE_CHECKING:  # httpx is imported where a request is made: SQL-only runs skip ~0.1 s
@@ -429,9 +430,14 @@ class HttpSource:
                  ) -> None:
         import httpx
 
+        from steadyflow.extract.http_deadline import DeadlineBackend, DeadlineTransport
+
         self.config = config
         r = config.resilience
         self.deadline = r.statement_timeout + watchdog_grace(r)
+        self._backend = DeadlineBackend()  # a request past the deadline is cut there
+        if transport is None:
+            transport = DeadlineTransport(self._backend)
         self.client = httpx.Client(
             base_url=config.url or "", headers=dict(config.headers), transport=transport,
             timeout=httpx.Timeout(connect=r.connect_timeout, read=r.statement_timeout,
@@ -488,31 +494,34 @@ class HttpSource:
         label = scrub(f"GET {request.url.raw_path.decode('ascii', 'replace')}")
         src = self.config.name
         started = time.monotonic()
+        thread = threading.get_ident()
+        # the whole request, headers included, within the deadline (extract/http_deadline)
+        dog = Watchdog(self.deadline, lambda: self._backend.cut(thread))
         try:
-            response = self.client.send(request, stream=True)
-            try:
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if time.monotonic() - started > self.deadline:
-                        raise SourceTimeout(
-                            f"{label}: body still arriving after {self.deadline:.0f}s "
-                            f"(statement_timeout + grace)", stage="extract", source=src,
-                            table=table)
-            finally:
-                response.close()
-        except httpx.ConnectTimeout as exc:
-            raise SourceUnavailable(f"{label}: connect timeout: {scrub(str(exc))}",
-                                    stage="extract", source=src, table=table) from None
-        except httpx.TimeoutException as exc:
-            raise SourceTimeout(f"{label}: {type(exc).__name__}: {scrub(str(exc))}",
-                                stage="extract", source=src, table=table) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise FatalError(f"{label}: bad URL: {scrub(str(exc))}", stage="extract",
-                             source=src, table=table) from None
-        except httpx.TransportError as exc:
-            raise SourceUnavailable(f"{label}: {type(exc).__name__}: {scrub(str(exc))}",
-                                    stage="extract", source=src, table=table) from None
+            with dog:
+                response = self.client.send(request, stream=True)
+                try:
+                    body = bytearray()
+                    for chunk in response.iter_bytes():
+                        body += chunk
+                finally:
+                    response.close()
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            if dog.fired:
+                raise SourceTimeout(
+                    f"{label}: no complete answer after {self.deadline:.0f}s "
+                    f"(statement_timeout + grace; {type(exc).__name__})", stage="extract",
+                    source=src, table=table) from None
+            mapped = self._transport_error(exc, label, table)
+            if mapped is exc:
+                raise
+            raise mapped from None
+        finally:
+            self._backend.forget(thread)
+        if dog.fired:  # cut after its last read: an answer ended by EOF may be short
+            raise SourceTimeout(f"{label}: cut at the deadline ({self.deadline:.0f}s, "
+                                "statement_timeout + grace)", stage="extract", source=src,
+                                table=table)
         seconds = time.monotonic() - started
         status = response.status_code
         ctype = response.headers.get("content-type", "")
@@ -521,6 +530,26 @@ class HttpSource:
         self._raise_for(status, response.headers, bytes(body), label, table,
                         token=chain.token is not None)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transport_error(self, exc: Exception, label: str, table: str) -> Exception:
+        """A transport failure as the steadyflow error saying what to do (anything else
+        httpx raised, as it is)."""
+        import httpx
+
+        src, text = self.config.name, scrub(str(exc))
+        if isinstance(exc, httpx.ConnectTimeout):
+            return SourceUnavailable(f"{label}: connect timeout: {text}", stage="extract",
+                                     source=src, table=table)
+        if isinstance(exc, httpx.TimeoutException):
+            return SourceTimeout(f"{label}: {type(exc).__name__}: {text}", stage="extract",
+                                 source=src, table=table)
+        if isinstance(exc, httpx.InvalidURL | httpx.UnsupportedProtocol):
+            return FatalError(f"{label}: bad URL: {text}", stage="extract", source=src,
+                              table=table)
+        if isinstance(exc, httpx.TransportError):
+            return SourceUnavailable(f"{label}: {type(exc).__name__}: {text}",
+                                     stage="extract", source=src, table=table)
+        return exc
 
     def _raise_for(self, status: int, headers: httpx.Headers, body: bytes, label: str,
                    table: str, token: bool = False) -> None:
