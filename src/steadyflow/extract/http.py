@@ -206,8 +206,9 @@ def step_before(start: Any) -> Any:
     """The incremental start an API is asked for: a second (a day, one number) before the
     run's start. An API whose since is exclusive (`updated_after`: `>`), or that reads it
     to the second, left out a record tying the checkpoint's cursor written after the run
-    that set it: lost, every run ok. What the step adds is at or before the start and
-    dropped here (`parse_records`), as a server ignoring since_param is."""
+    that set it: lost, every run ok. What the step adds before the start is dropped here
+    (`parse_records`), as a server ignoring since_param is; the records at the start are
+    kept (run.extract.start_point: one written later may tie it with a lower key)."""
     if isinstance(start, datetime):
         return start - timedelta(seconds=1)
     if isinstance(start, date):
