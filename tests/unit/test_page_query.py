@@ -31,6 +31,7 @@ def source(kind: str) -> SqlSource:
     # MariaDB's select list reads the declared types (a BIT column is selected as its
     # number): no server here, so none is BIT, as a catalog without the table would say
     src._declared["t"] = {}
+    src._casts["t"] = {}  # nor is any a PostgreSQL domain over an ENUM (compare_casts)
     return src
 
 
@@ -42,6 +43,20 @@ def test_postgres_page_ends_at_the_noted_position_as_a_row_value() -> None:
     # without a bound (reconcile, the key-order initial load) the query is as it was
     query, params = source("postgres").page_query("t", CONTRACT, AFTER, None, 10)
     assert "<=" not in query and params == [T1, "x", 1]
+
+
+def test_postgres_compares_a_domain_over_an_enum_as_the_enum() -> None:
+    """`d > unknown` does not exist for a domain over an ENUM: the column is cast to the
+    ENUM on both bounds and the lookback's, never in ORDER BY (its index order)."""
+    src = source("postgres")
+    src._casts["t"] = {"a": 'other."Mood"'}
+    query, _ = src.page_query("t", CONTRACT, AFTER, None, 10, upto=UPTO)
+    a = 'CAST("a" AS other."Mood")'
+    assert f'WHERE ("v", {a}, "b") > (%s, %s, %s) AND ("v", {a}, "b") <= (%s, %s, %s) ' \
+        'ORDER BY "t"."v", "t"."a", "t"."b"' in query
+    src._casts["t"] = {"v": "mood"}
+    query, _ = src.page_query("t", CONTRACT, None, T1, 10)
+    assert 'WHERE CAST("v" AS mood) >= %s ORDER BY' in query
 
 
 def test_sqlite_page_ends_at_the_noted_stored_text() -> None:

@@ -17,7 +17,7 @@ import re
 import socket
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -126,6 +126,9 @@ class OpenSince:
         return start - self.margin
 
 
+NO_CASTS: Mapping[str, str] = {}
+
+
 class Dialect:
     """Base: ANSI quoting, row-value keyset predicates, `?`-free DB-API `%s` params."""
 
@@ -147,17 +150,27 @@ class Dialect:
         q = self.quote_char
         return q + name.replace(q, q + q) + q
 
-    def keyset(self, columns: Sequence[str]) -> str:
+    def operand(self, name: str, casts: Mapping[str, str] = NO_CASTS) -> str:
+        """Column `name` as a predicate compares it with a parameter: itself, or cast to
+        the type `casts` names for it (lowercased column name → SQL type, read from
+        `compare_as_sql`), where the column's own type has no operator for an untyped
+        parameter. A cast of a domain to its base type changes no value, and PostgreSQL
+        still matches the predicate to the column's index."""
+        cast = casts.get(name.lower())
+        return self.ident(name) if cast is None else f"CAST({self.ident(name)} AS {cast})"
+
+    def keyset(self, columns: Sequence[str], casts: Mapping[str, str] = NO_CASTS) -> str:
         """`(c, k) > (?, ?)`: strictly after the last row, so cursor ties are kept."""
-        cols = ", ".join(self.ident(c) for c in columns)
+        cols = ", ".join(self.operand(c, casts) for c in columns)
         params = ", ".join(self.placeholder for _ in columns)
         return f"({cols}) > ({params})"
 
-    def keyset_upto(self, columns: Sequence[str]) -> str:
+    def keyset_upto(self, columns: Sequence[str], casts: Mapping[str, str] = NO_CASTS
+                    ) -> str:
         """`(c, k) <= (?, ?)`: at or before a noted position (the end of a cursor pass),
         compared by the database in its own types and collation, as `keyset` is.
         Parameters as for `keyset` (`keyset_params`)."""
-        cols = ", ".join(self.ident(c) for c in columns)
+        cols = ", ".join(self.operand(c, casts) for c in columns)
         params = ", ".join(self.placeholder for _ in columns)
         return f"({cols}) <= ({params})"
 
@@ -273,6 +286,10 @@ class Dialect:
     # is NULL for it); None where NULL sorts first and pages read it (SqlSource.
     # check_null_keys). A parameter as for indexes_sql.
     nullable_sql: str | None = None
+    # The catalog query listing (column name, SQL type) of a table's columns that must be
+    # cast to that type before a predicate compares them with a parameter (`operand`); a
+    # parameter as for indexes_sql. None where no column needs one.
+    compare_as_sql: str | None = None
 
     def index_param(self, table: str) -> Any:
         return table
@@ -516,6 +533,20 @@ class PostgresDialect(Dialect):
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
         "AND (NOT a.attnotnull "
         "OR NOT (c.relkind = 'r' AND NOT c.relhassubclass OR c.relkind = 'p'))")
+    # A column whose type is a domain over an ENUM (CREATE DOMAIN d AS mood), at any
+    # depth, cast to that ENUM (format_type qualifies and quotes it as search_path needs):
+    # PostgreSQL has no `d > unknown` (nor `d = unknown`, `d > mood`), since the ENUM's
+    # comparison operators are polymorphic (anyenum) and operator lookup does not see
+    # through a domain to them; every keyset page after the first failed. A plain ENUM
+    # and a domain over a type with operators of its own (text, int, timestamp) compare
+    # with an untyped parameter as they are.
+    compare_as_sql = (
+        "SELECT a.attname, (WITH RECURSIVE d(oid) AS (SELECT a.atttypid UNION ALL "
+        "SELECT t.typbasetype FROM d JOIN pg_type t ON t.oid = d.oid WHERE t.typtype = 'd') "
+        "SELECT format_type(d.oid, NULL) FROM d JOIN pg_type t ON t.oid = d.oid "
+        "WHERE t.typtype = 'e') FROM pg_attribute a JOIN pg_type at ON at.oid = a.atttypid "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
+        "AND at.typtype = 'd'")
     # A domain's column is declared as the type under its domains (CREATE DOMAIN stamp AS
     # timestamp): every check reading the declared type (a naive cursor's zone, dates
     # no path can hold, numbers in a time cursor, schema_drift's type) sees through it.
@@ -789,11 +820,12 @@ class MysqlDialect(Dialect):
         range (the first pages of a full load) although the index delivers the order."""
         return f" FORCE INDEX ({self.ident(index)})"
 
-    def keyset(self, columns: Sequence[str]) -> str:
+    def keyset(self, columns: Sequence[str], casts: Mapping[str, str] = NO_CASTS) -> str:
         """Expanded OR form: MariaDB turns it into an index range scan; row values it won't."""
         return self._expanded(columns, ">", ">")
 
-    def keyset_upto(self, columns: Sequence[str]) -> str:
+    def keyset_upto(self, columns: Sequence[str], casts: Mapping[str, str] = NO_CASTS
+                    ) -> str:
         """`(c, k) <= (...)` in the expanded OR form, for the same reason as `keyset`."""
         return self._expanded(columns, "<", "<=")
 

@@ -261,6 +261,8 @@ class SqlSource:
         # it between cycles (dropped after any error), so a poll does not re-read the
         # catalog; a dropped or renamed column still fails the probe's own SELECT
         self._declared: dict[str, dict[str, str]] = {}
+        # table → its columns' casts for predicates (`compare_casts`), kept as _declared is
+        self._casts: dict[str, dict[str, str]] = {}
         # table → (monotonic time, contract columns, drifted columns, the source's columns
         # lowercased) of its last probe on this connection (see PROBE_EVERY)
         self._probed: dict[str, tuple[float, tuple[str, ...], list[str], frozenset[str]]] = {}
@@ -395,6 +397,7 @@ class SqlSource:
         cached = self._declared.get(table)
         if cached is not None and {n.lower() for n in names} != {n.lower() for n in cached}:
             del self._declared[table]  # columns came or went: read their types again
+            self._casts.pop(table, None)
         self.find_keyset_index(table, contract)
         self.check_times(table, contract)
         self.check_members(table, contract)
@@ -774,6 +777,20 @@ class SqlSource:
                                                    [d.index_param(table)])}
         return dict(self._declared[table])
 
+    def compare_casts(self, table: str) -> dict[str, str]:
+        """The casts a predicate comparing a column with a parameter needs (lowercased
+        column name → SQL type, `Dialect.compare_as_sql`; {} where none), read once per
+        source object as `declared_types` is."""
+        d = self.dialect
+        if d.compare_as_sql is None:
+            return {}
+        if table not in self._casts:
+            self._casts[table] = {catalog_text(name).lower(): catalog_text(cast)
+                                  for name, cast in self._execute(
+                                      table, d.compare_as_sql, [d.index_param(table)])
+                                  if cast is not None}
+        return self._casts[table]
+
     def keyset_index(self, table: str, contract: Contract) -> str | None:
         """The name of an index whose leading columns are (cursor, key...), '' if the table
         has none, None if this engine's catalog is not consulted."""
@@ -1003,14 +1020,16 @@ class SqlSource:
         order = contract.order_by
         preds: list[str] = []
         params: list[Any] = []
+        bounded = after is not None or since is not None or upto is not None
+        casts = self.compare_casts(table) if bounded else {}
         if after is not None:
-            preds.append(d.keyset(order))
+            preds.append(d.keyset(order, casts))
             params.extend(d.keyset_params(self.keyset_values(table, order, after.as_tuple())))
         elif since is not None:
-            preds.append(f"{d.ident(contract.cursor)} >= {d.placeholder}")
+            preds.append(f"{d.operand(contract.cursor, casts)} >= {d.placeholder}")
             params.extend(self.keyset_values(table, order[:1], [since]))
         if upto is not None:
-            preds.append(d.keyset_upto(order))
+            preds.append(d.keyset_upto(order, casts))
             params.extend(d.keyset_params(self.keyset_values(table, order, upto.as_tuple())))
         if where is not None:
             preds.append(where[0])

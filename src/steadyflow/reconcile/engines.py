@@ -95,6 +95,14 @@ class Engine:
         # quoted column -> its declared type, lowercased (see `declare`): lets an engine
         # skip casts and guards a column's own type makes pointless, for the same text
         self.native: dict[str, str] = {}
+        # lowercased column -> the type it is cast to where compared with a parameter
+        # (SqlSource.compare_casts: a PostgreSQL domain over an ENUM); a source's only
+        self.casts: dict[str, str] = {}
+
+    def compared(self, name: str) -> str:
+        """Column `name` as `col = ?` compares it (`casts`; see Dialect.operand)."""
+        cast = self.casts.get(name.lower())
+        return self.q(name) if cast is None else f"CAST({self.q(name)} AS {cast})"
 
     def declare(self, declared: dict[str, str]) -> Engine:
         """Tell the engine the table's declared column types (catalog text, e.g. PostgreSQL

@@ -371,7 +371,7 @@ def key_predicate(engine: Engine, columns: Sequence[str], keys: Sequence[Sequenc
                   to_param: Callable[[Any], Any] = lambda v: v) -> Fragment:
     """`(a = ? AND b = ?) OR ...`: index lookups on every engine (MariaDB does not use an
     index for row-value IN lists)."""
-    one = " AND ".join(f"{engine.q(c)} = {engine.placeholder}" for c in columns)
+    one = " AND ".join(f"{engine.compared(c)} = {engine.placeholder}" for c in columns)
     params: list[Any] = []
     for key in keys:
         params.extend(to_param(v) for v in key)

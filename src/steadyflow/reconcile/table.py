@@ -206,7 +206,7 @@ class TableReconciler:
         """The warehouse filter, `col = ? AND ...`, on either side."""
         if not self.filter:
             return "", []
-        sql = " AND ".join(f"{engine.q(k)} = {engine.placeholder}" for k in self.filter)
+        sql = " AND ".join(f"{engine.compared(k)} = {engine.placeholder}" for k in self.filter)
         return sql, [to_param(v) for v in self.filter.values()]
 
     def _bounds(self) -> tuple[int | None, int | None]:
@@ -277,12 +277,13 @@ class TableReconciler:
                            for i, k in enumerate(self.contract.primary_key))
         params = d.keyset_params(self.db.keyset_values(
             self.t.name, self.contract.order_by, self._mark[0].as_tuple()))
+        past_mark = d.keyset(self.contract.order_by, self.db.compare_casts(self.t.name))
         past: set[Key] = set()
         for i in range(0, len(raw_keys), FETCH_CHUNK):
             keys, key_params = key_predicate(engine, self.contract.primary_key,
                                              raw_keys[i:i + FETCH_CHUNK], d.to_param)
-            sql = (f"SELECT {select} FROM {d.ident(self.t.name)} "
-                   f"WHERE ({d.keyset(self.contract.order_by)}) AND ({keys})")
+            sql = (f"SELECT {select} FROM {d.ident(self.t.name)} WHERE ({past_mark}) "
+                   f"AND ({keys})")
             past.update(tuple(r) for r in self._source_run(sql, [*params, *key_params]))
         return past
 
@@ -360,9 +361,11 @@ class TableReconciler:
         return True
 
     def _source_engine(self) -> Engine:
-        """The source's engine; a SQLite database's text encoding (PRAGMA encoding) told,
+        """The source's engine, told the casts its key comparisons need (compare_casts) and a
+        SQLite database's text encoding (PRAGMA encoding),
         asked once: a UTF-16 one passes text to the functions otherwise (SqliteEngine.utf16)."""
         engine = engine_for(self.s.kind)
+        engine.casts = self.db.compare_casts(self.t.name)
         if isinstance(engine, SqliteEngine):
             if self._utf16 is None:
                 (encoding,), = self._source_run("PRAGMA encoding", [])
@@ -603,7 +606,7 @@ class TableReconciler:
         """The source rows of these keys (as the source side read them). A key read as
         bytes is sent as the dialect sends it: a SQL_ASCII database's text key, which as a
         bytea parameter compared with no text column ('text = bytea')."""
-        engine, d = engine_for(self.s.kind), self.db.dialect
+        engine, d = self._source_engine(), self.db.dialect
         return self.guard.call(partial(self._page, key_predicate(
             engine, self.contract.primary_key, raw_keys,
             lambda v: d.to_param(v) if isinstance(v, bytes) else v), len(raw_keys)),
