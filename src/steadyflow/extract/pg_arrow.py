@@ -29,7 +29,8 @@ not fit the contract (a widened scale, NaN, an overflow) leaves the column as te
 exactly as `column_to_arrow` does, and validation quarantines the row. A date/time no
 path can hold ('infinity', a year past 9999 or BC; ADBC hands them over as wrapped
 integers) is null with its reason in model.INVALID, as the psycopg loaders make it; in
-the cursor it is refused (SchemaError), since no page could start after it.
+the cursor or a key column it is refused (SchemaError), since no page could start after
+it (`_refuse_unorderable` at the probe; `_check_position` where a page ends on one).
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ import pyarrow.compute as pc
 from psycopg.conninfo import conninfo_to_dict
 
 from steadyflow.config import SourceConfig
-from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
+from steadyflow.errors import SourceTimeout, SteadyflowError
 from steadyflow.extract.dialects import OpenSince, OutOfRange, session_settings
-from steadyflow.extract.sql import SqlSource
+from steadyflow.extract.sql import KEY_RECHECK_EVERY, SqlSource
 from steadyflow.model import (
     INVALID,
     MAX_TIME,
@@ -511,6 +512,8 @@ class PgArrowSource(SqlSource):
         # table → (its declared types' dict, contract) found all ADBC_SAME_TYPES; the
         # dict is SqlSource's own, replaced when the types are read again
         self._same_types: dict[str, tuple[dict[str, str] | None, Contract]] = {}
+        # (table, key column) → monotonic time a look found no date outside 0001..9999
+        self._years_checked: dict[tuple[str, str], float] = {}
 
     # --- connection -------------------------------------------------------------------
     def _adbc_connect(self) -> Any:
@@ -622,16 +625,46 @@ class PgArrowSource(SqlSource):
         (bench/spike.py's stores; autovacuum off)."""
         d = self.dialect
         declared = {k.lower(): v.lower() for k, v in self.declared_types(table).items()}
-        for name in dict.fromkeys((contract.cursor, *contract.primary_key[:1])):
+        leading = (contract.cursor, *contract.primary_key[:1])
+        for name in dict.fromkeys((*leading, *contract.order_by)):
             if not declared.get(name.lower(), "").startswith(("timestamp", "date")):
                 continue
             col = d.ident(name)
-            rows = self._execute(
-                table, "SELECT CASE WHEN lo < '0001-01-01' THEN lo::text ELSE hi::text END "
-                f"FROM (SELECT min({col}) AS lo, max({col}) AS hi FROM {d.ident(table)}) "
-                "AS ends WHERE lo < '0001-01-01' OR hi > '9999-12-31 23:59:59.999999'", [])
+            if name in leading:
+                rows = self._execute(
+                    table, "SELECT CASE WHEN lo < '0001-01-01' THEN lo::text ELSE hi::text "
+                    f"END FROM (SELECT min({col}) AS lo, max({col}) AS hi FROM "
+                    f"{d.ident(table)}) AS ends WHERE lo < '0001-01-01' OR "
+                    "hi > '9999-12-31 23:59:59.999999'", [])
+            else:
+                rows = self._outside_years(table, name)
             if rows:
                 raise self._unorderable(table, name, OutOfRange.from_text(str(rows[0][0])))
+
+    def _outside_years(self, table: str, name: str) -> list[Any]:
+        """A value of key column `name` (not the first: no index reads it from its ends)
+        outside 0001..9999, looked for at most every KEY_RECHECK_EVERY once a look found
+        none, as `check_null_keys` looks for NULLs: a search that may read every row. A
+        page ending on one written since is refused all the same (`_check_position`),
+        after the pages before it."""
+        looked = self._years_checked.get((table, name))
+        if looked is not None and time.monotonic() - looked < KEY_RECHECK_EVERY:
+            return []
+        d = self.dialect
+        col = d.ident(name)
+        try:
+            rows = self._execute(
+                table, f"SELECT {col}::text FROM {d.ident(table)} WHERE {col} < "
+                f"'0001-01-01' OR {col} > '9999-12-31 23:59:59.999999' LIMIT 1", [])
+        except SourceTimeout:
+            log.warning("%s: looking for dates outside 0001..9999 in key column %s took "
+                        "longer than statement_timeout (looked for again within the hour)",
+                        table, name, extra={"source": self.config.name, "table": table,
+                                            "stage": "extract"})
+            rows = []
+        if not rows:
+            self._years_checked[(table, name)] = time.monotonic()
+        return list(rows)
 
     # --- queries ----------------------------------------------------------------------
     def _adbc_query(self, query: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
@@ -790,16 +823,6 @@ class PgArrowSource(SqlSource):
             contract.column(c).arrow_type) for v, c in zip(values, contract.order_by,
                                                           strict=True)]
         return Watermark(cursor=typed[0], key=tuple(typed[1:]))
-
-    def _unorderable(self, table: str, column: str, value: OutOfRange) -> SchemaError:
-        return SchemaError(
-            f"{column} holds {value.reason}: keyset pages cannot continue after such a "
-            "value (no path can hold it, so it cannot be the next page's start)",
-            stage="extract", source=self.config.name, table=table,
-            hint=f"give {column} real dates in those rows (e.g. UPDATE {table} SET "
-                 f"{column} = ... WHERE {column} < '0001-01-01' OR {column} > "
-                 "'9999-12-31'), or page this table by a column without such values")
-
 
 class _Coded(Exception):
     """An ADBC error reduced to what `PostgresDialect.error` reads: message and SQLSTATE."""

@@ -857,6 +857,9 @@ class SqlSource:
         values = [d.position_value(v, c.arrow_type)
                   for v, c in zip(rows[0][:len(order)], order, strict=True)]
         self._check_end(table, contract, values[0])
+        for name, value in zip(contract.order_by, values, strict=True):
+            if isinstance(value, OutOfRange):  # a pass ends there (`page_query` upto)
+                raise self._unorderable(table, name, value)
         return Watermark(cursor=values[0], key=tuple(values[1:]))
 
     def _check_end(self, table: str, contract: Contract, cursor: Any) -> None:
@@ -1111,14 +1114,26 @@ class SqlSource:
 
     def _check_position(self, table: str, contract: Contract, high: Watermark) -> None:
         """A watermark must be a value the next page can be compared with: never None (the
-        next page would select nothing) nor unreadable text (it cannot be sent back)."""
+        next page would select nothing), unreadable text (it cannot be sent back) nor a
+        date no path can hold (neither: PostgreSQL 'infinity' in any key column)."""
         for name, value in zip(contract.order_by, high.as_tuple(), strict=True):
+            if isinstance(value, OutOfRange):
+                raise self._unorderable(table, name, value)
             if value is None or isinstance(value, InvalidText):
                 what = "is NULL" if value is None else f"is not UTF-8 text ('{value}')"
                 raise SchemaError(
                     f"the last row of a page has {name} that {what}: keyset pages cannot "
                     "continue after it", stage="extract", source=self.config.name,
                     table=table, hint=f"give {name} a value in every row (NOT NULL, UTF-8)")
+
+    def _unorderable(self, table: str, column: str, value: OutOfRange) -> SchemaError:
+        return SchemaError(
+            f"{column} holds {value.reason}: keyset pages cannot continue after such a "
+            "value (no path can hold it, so it cannot be the next page's start)",
+            stage="extract", source=self.config.name, table=table,
+            hint=f"give {column} real dates in those rows (e.g. UPDATE {table} SET "
+                 f"{column} = ... WHERE {column} < '0001-01-01' OR {column} > "
+                 "'9999-12-31'), or page this table by a column without such values")
 
     def pages(
         self, table: str, contract: Contract, after: Watermark | None, since: Any | None,

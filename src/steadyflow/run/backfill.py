@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from steadyflow.errors import ExtractionFenced
+from steadyflow.extract.dialects import OutOfRange
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import BatchRef, Contract, Watermark
 from steadyflow.observe import logs
@@ -100,7 +101,7 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
                                f"{db._order_by(table, keys.order_by, desc=True)} LIMIT 1", [])
     if not found:
         return []
-    last = _position(db, keys, found[0])
+    last = _position(db, table, keys, found[0])
     bounds: list[tuple[Watermark | None, Watermark]] = []
     low: Watermark | None = None
     while rows > 0:
@@ -108,7 +109,7 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
         hit = db._execute(table, f"{query} OFFSET {int(rows) - 1}", params)
         if not hit:
             break
-        bound = _position(db, keys, hit[0])
+        bound = _position(db, table, keys, hit[0])
         if bound == last:
             break
         bounds.append((low, bound))
@@ -117,9 +118,14 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
     return bounds
 
 
-def _position(db: SqlSource, keys: Contract, row: Any) -> Watermark:
+def _position(db: SqlSource, table: str, keys: Contract, row: Any) -> Watermark:
+    """A range boundary, a key the pages compare with: a PostgreSQL 'infinity' (no path
+    holds it, none can send it back) is refused naming its column, not stored."""
     values = [db.dialect.position_value(v, c.arrow_type)
               for v, c in zip(row, keys.columns, strict=True)]
+    for c, value in zip(keys.columns, values, strict=True):
+        if isinstance(value, OutOfRange):
+            raise db._unorderable(table, c.name, value)
     return Watermark(cursor=values[0], key=tuple(values[1:]))
 
 
