@@ -21,7 +21,7 @@ from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.observe import logs
 from steadyflow.reconcile.options import Options, parse_since
 from steadyflow.reconcile.report import TableReport, text_report
-from steadyflow.reconcile.table import ERRORS, TableReconciler
+from steadyflow.reconcile.table import TableReconciler, errors
 
 if TYPE_CHECKING:
     from steadyflow.run.pipeline import Pipeline
@@ -55,7 +55,7 @@ def reconcile(pipeline: Pipeline, tables: Sequence[str] | None = None,
                 continue
             try:
                 report = TableReconciler(pipeline, s, t, ref, options, run_id).run()
-            except ERRORS as exc:
+            except errors() as exc:
                 report = TableReport(ref.source, ref.table, ref.target, error=str(exc))
                 log.error("reconcile failed: %s", exc, extra={
                     "source": ref.source, "table": ref.table, "stage": "reconcile"})

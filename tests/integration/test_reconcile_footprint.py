@@ -1,0 +1,48 @@
+"""What a reconcile process loads: into a PostgreSQL warehouse, not duckdb.
+
+Peak RSS counts against reconcile (#15: within reladiff's + 50 MiB); importing duckdb alone
+is ~46 MiB, and a PostgreSQL source with a PostgreSQL warehouse never needs it. Here: the
+real CLI in a child process with `-X importtime` (every module the process imported, one
+line each), clean then with a changed row found and repaired, and no duckdb among them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from tests.conftest import steadyflow
+from tests.integration.test_reconcile_shared_hash import _config, _source
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def _modules(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the CLI; its exit and the top-level names of the modules it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "steadyflow", *args],
+                          capture_output=True, text=True, timeout=100, env={**os.environ})
+    names = {line.rsplit("|", 1)[1].strip().split(".")[0]
+             for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    return proc, names
+
+
+def test_a_postgresql_to_postgresql_reconcile_never_imports_duckdb(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str) -> None:
+    _source(pg_dsn, n=200)
+    config = str(_config(tmp_path, pg_dsn, pg_warehouse_dsn))
+    steadyflow("run", "-c", config, check=True)
+    clean, imported = _modules("reconcile", "--json", "-c", config)
+    assert clean.returncode == 0, clean.stdout + clean.stderr[-3000:]
+    assert '"clean": true' in clean.stdout
+    assert "psycopg" in imported and "steadyflow" in imported  # the log is read right
+    assert "duckdb" not in imported
+    with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
+        wh.execute("UPDATE wh.sales SET qty = qty + 1 WHERE sale_id = 17")
+    fixed, imported = _modules("reconcile", "--repair", "--json", "-c", config)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr[-3000:]
+    assert '"mismatched": 1' in fixed.stdout and '"upserted": 1' in fixed.stdout, fixed.stdout
+    assert "duckdb" not in imported
