@@ -429,6 +429,7 @@ class Pipeline:
         # kept across runs: a batch that failed for good is not waited for again each cycle
         failures = self._failures
         releaser = Releaser()  # freed memory back to the OS after a spike (run/memory.py)
+        looked = False  # run_once: the buffer was found empty since its extraction ended
         while not self._stop.is_set():
             try:
                 if time.monotonic() >= self._queue_reported + QUEUE_REPORT_EVERY:
@@ -437,9 +438,17 @@ class Pipeline:
                 # picked up, and the end of the run noticed, within ~20 ms instead of 200 ms.
                 # A follower's loader waits longer: a batch wakes it as it arrives (the
                 # SQLite buffer notifies a get in this process, a JetStream fetch returns
-                # with the message), and only the stop is noticed later
-                delivery = self.buffer.get(wait=0.2 if extracting is None else
+                # with the message), and only the stop is noticed later. Once run_once's
+                # extraction has ended every batch it landed is queued (or left to the
+                # sweep): the first look after a group does not wait, so a cycle ends
+                # when its last batch is loaded, not 20 ms later (a warm `--follow`-style
+                # cycle is ~0.15 s); a batch still held back (a retry's delay) is then
+                # waited for as before, without spinning
+                ended = extracting is not None and not extracting.is_set()
+                delivery = self.buffer.get(wait=0.0 if ended and not looked else
+                                           0.2 if extracting is None else
                                            0.25 if self.following else 0.02)
+                looked = ended and delivery is None
                 if (delivery is None and self._unqueued
                         and self.buffer.depth() < self.buffer.capacity and self.sweep()):
                     continue  # the buffer drained: queue what the last sweep left out
