@@ -238,6 +238,38 @@ def test_duckdb_an_ascending_batch_meeting_loaded_keys_still_merges(
                                             (50, "d")]
 
 
+def test_duckdb_an_update_asks_for_newer_rows_by_a_probe_not_a_scan(tmp_path: Path) -> None:
+    """Whether a target row is newer than an update batch (then the batch's rows go in by
+    the anti-join) is one `seq > oldest LIMIT 1` probe the zone maps answer, never a
+    max(seq) over the whole target; both answers give the plan's merge, in order and
+    out of order (a replay of an older batch after a newer one)."""
+    wh = DuckdbWarehouse(tmp_path / "wh.duckdb")
+    wh.ensure_table(REF, CONTRACT)
+    wh._conn.execute("CALL enable_logging('QueryLog')")  # noqa: SLF001
+    first, update = _rows((1, "a", 1), (2, "b", 1)), _rows((2, "b2", 2), (3, "c", 2))
+    late = _rows((1, "a-old", 0), (3, "c-old", 0))
+    assert wh.load(REF, CONTRACT, _batch(0), first)
+    assert wh.load(REF, CONTRACT, _batch(5), update)  # seq 6: above every loaded row
+    assert wh.load(REF, CONTRACT, _batch(2), late)  # seq 3: row 3 (seq 6) stays
+    ran = _statements(wh)
+    got = sorted(tuple(r.values()) for r in wh.query("SELECT * FROM main.t").to_pylist())
+    wh.close()
+    assert not [q for q in ran if "max(" in q.lower()], ran
+    assert len([q for q in ran if "_steadyflow_seq\" > " in q and "LIMIT 1" in q]) == 2, ran
+    oracle = duckdb.connect()
+    oracle.execute("CREATE TABLE t (k BIGINT, v VARCHAR, ts BIGINT, s BIGINT)")
+    for seq, rows in ((1, first), (6, update), (3, late)):
+        for k, v, ts in zip(*(rows.column(n).to_pylist() for n in ("k", "v", "ts")),
+                            strict=True):
+            held = oracle.execute("SELECT s FROM t WHERE k = ?", [k]).fetchone()
+            if held is None or held[0] <= seq:
+                oracle.execute("DELETE FROM t WHERE k = ?", [k])
+                oracle.execute("INSERT INTO t VALUES (?, ?, ?, ?)", [k, v, ts, seq])
+    assert got == sorted(oracle.execute("SELECT * FROM t").fetchall())
+    # row 1 (seq 1) takes the late batch's version (seq 3); row 3 keeps seq 6's
+    assert [(k, v) for k, v, *_ in got] == [(1, "a-old"), (2, "b2"), (3, "c")]
+
+
 def test_duckdb_keys_that_do_not_ascend_still_collapse(tmp_path: Path) -> None:
     """A batch (or a group) whose integer keys repeat or fall back is not taken as unique:
     its duplicate keys still collapse to the newest row."""
