@@ -238,3 +238,17 @@ def test_the_checkpoint_row_is_compared_and_a_tie_past_it_is_in_flight(tmp_path:
         assert p.run_once().ok
         r = only(reconcile(p))
         assert r.clean and r.in_flight == 0 and r.rows_compared == N + 1
+
+
+def test_a_duckdb_error_fails_its_table_not_the_command(tmp_path: Path) -> None:
+    """reconcile/table.py no longer imports duckdb (a PostgreSQL warehouse's reconcile never
+    loads it, #15): once a DuckDB warehouse has loaded it, its errors still fail one table
+    with a report, as psycopg's do, instead of ending the command."""
+    config, _ = pipeline_for(tmp_path)
+    with Pipeline.from_yaml(config) as p:
+        assert p.run_once().ok
+        # a value the warehouse side's canonical cast of qty (BIGINT) cannot take
+        wh_exec(p, "ALTER TABLE main.sales ALTER qty TYPE VARCHAR")
+        wh_exec(p, "UPDATE main.sales SET qty = 'x' WHERE sale_id = 7")
+        (report,) = reconcile(p)
+    assert report.error is not None and "'x'" in report.error, report.error
