@@ -144,6 +144,7 @@ class Pipeline:
         self.landing.locate = self.state.batch  # a batch compaction moved is read there
         self.buffer: Buffer = self._open_buffer(state_dir, view)
         self._warehouse: Warehouse | None = None
+        self._lanes: list[Warehouse] | None = None  # the loader's other connections
         self._opening = threading.Lock()
         # SQL sources stay connected between the cycles of `run --follow` (a cycle after a
         # small change is then mostly its queries, not connection set-up); keyed by table,
@@ -219,7 +220,22 @@ class Pipeline:
     @property
     def loader(self) -> BatchLoader:
         return BatchLoader(self.config, self.landing, self.buffer, self.warehouse, self.state,
-                           self.quarantine, self.metrics)
+                           self.quarantine, self.metrics, lanes=self._lane_warehouses())
+
+    def _lane_warehouses(self) -> list[Warehouse]:
+        """The loader's connections beside `warehouse` (run/load.py, Lanes): PostgreSQL
+        only, `load_lanes` - 1 of them, each connecting when first used. DuckDB has one
+        writer."""
+        with self._opening:
+            if self._lanes is None:
+                w = self.config.warehouse
+                self._lanes = []
+                if w.kind == "postgres":
+                    from steadyflow.merge.postgres import PostgresWarehouse
+
+                    self._lanes = [PostgresWarehouse(w.dsn or "", w.schema_)
+                                   for _ in range(w.load_lanes - 1)]
+            return self._lanes
 
     def transform(self, batch: BatchRef) -> Verdict:
         """Validate one landed batch as the loader would. An embedded (DuckDB) warehouse
@@ -246,7 +262,7 @@ class Pipeline:
         self._stop.set()
         while self._open_sources:
             self._open_sources.popitem()[1].close()
-        for closeable in (self._warehouse, self.buffer, self.state):
+        for closeable in (self._warehouse, *(self._lanes or ()), self.buffer, self.state):
             if closeable is not None:
                 closeable.close()
         self.metrics.stopped()
