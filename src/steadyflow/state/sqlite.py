@@ -128,7 +128,20 @@ class SqliteStateStore(StateStore):
         return "?", (time.time() + seconds,)
 
     def next_seq(self) -> int:
-        with self._tx() as c:
-            return int(c.execute("INSERT INTO sequence VALUES ('extract', 1) ON "
-                                 "CONFLICT(name) DO UPDATE SET value = value + 1 "
-                                 "RETURNING value").fetchone()[0])
+        """Committed without an fsync of its own (synchronous=NORMAL for this one
+        transaction): a number needs to be durable only once something durable carries it,
+        and the only such thing is the manifest entry of the batch read under it
+        (record_landed, a FULL commit), whose fsync of the write-ahead log makes this
+        earlier commit durable too. A power loss before that loses the number and the read
+        alike, so the number taken again after it is still above every number in use.
+        It was one of the four fsyncs of every page a poll lands (session 12's trace: 9 ms
+        mean, 32 ms p95, on the poll's own path)."""
+        with self._lock:  # no other transaction of this connection meanwhile
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._tx() as c:
+                    return int(c.execute("INSERT INTO sequence VALUES ('extract', 1) ON "
+                                         "CONFLICT(name) DO UPDATE SET value = value + 1 "
+                                         "RETURNING value").fetchone()[0])
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")

@@ -1,0 +1,88 @@
+"""What the SQLite state file fsyncs, counted by strace on a real process (no mocks).
+
+A sequence number (`next_seq`, taken before every page is read) commits without an fsync
+of its own: it is made durable by the fsync of the manifest entry that carries it
+(`record_landed`, synchronous=FULL), which writes the same write-ahead log. So:
+- twenty numbers cost no fsync; one landed batch after them costs its own;
+- numbers survive the process being killed (a committed transaction is in the log), and
+  the next number taken after a restart is above every one handed out.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.conftest import unavailable
+
+from steadyflow.state import SqliteStateStore
+
+pytestmark = pytest.mark.integration
+
+SRC = str(Path(__import__("steadyflow").__file__).resolve().parents[1])
+CHILD = """
+import os, sys
+from pathlib import Path
+from steadyflow.model import BatchRef
+from steadyflow.state import SqliteStateStore
+store = SqliteStateStore(Path(sys.argv[1]))
+store.next_seq()  # the first commit of the sequence row, whatever it costs
+os.write(2, b"MARK-seqs\\n")
+print(" ".join(str(store.next_seq()) for _ in range(20)), flush=True)
+os.write(2, b"MARK-landed\\n")
+store.record_landed(BatchRef("b1", "s", "t", "x", 3, 10, "", None, None, 0.0, seq=21))
+os.write(2, b"MARK-end\\n")
+if len(sys.argv) > 2:
+    os.kill(os.getpid(), 9)  # killed: no close, no checkpoint
+store.close()
+"""
+
+
+def _syncs_between(trace: str, start: str, end: str) -> int:
+    lines = trace.splitlines()
+    first = next(i for i, line in enumerate(lines) if start in line)
+    last = next(i for i, line in enumerate(lines) if end in line)
+    return sum(1 for line in lines[first:last]
+               if "fsync(" in line or "fdatasync(" in line)
+
+
+def test_sequence_numbers_take_no_fsync_of_their_own(tmp_path: Path) -> None:
+    if shutil.which("strace") is None:
+        unavailable("strace is not installed")
+    out = tmp_path / "trace.txt"
+    proc = subprocess.run(
+        ["strace", "-f", "-e", "trace=fsync,fdatasync,write", "-o", str(out),
+         sys.executable, "-c", CHILD, str(tmp_path / "state.db")],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": SRC})
+    if proc.returncode != 0 and "ptrace" in proc.stderr:
+        unavailable(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stderr
+    trace = out.read_text()
+    numbers = [int(n) for n in proc.stdout.split()]
+    assert numbers == list(range(2, 22))
+    seqs = _syncs_between(trace, "MARK-seqs", "MARK-landed")
+    landed = _syncs_between(trace, "MARK-landed", "MARK-end")
+    assert seqs == 0, f"20 sequence numbers cost {seqs} fsyncs"
+    assert landed >= 1, "the manifest entry was not fsynced"
+
+
+def test_sequence_numbers_survive_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), "kill"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": SRC})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    handed_out = [int(n) for n in proc.stdout.split()]
+    assert handed_out == list(range(2, 22))
+    store = SqliteStateStore(path)
+    try:
+        assert store.next_seq() > max(handed_out)
+        assert store.batch("b1") is not None
+    finally:
+        store.close()
