@@ -104,3 +104,27 @@ def test_one_lane_loads_as_before(tmp_path: Path, pg_dsn: str) -> None:
         expected = read_source("sqlite", str(tmp_path / f"{name}.db"), TABLE)
         actual = read_warehouse("postgres", pg_dsn, "wh", replace(TABLE, name=f"{name}_items"))
         assert actual == expected, diff(expected, actual)
+
+
+def test_a_refused_batch_fails_alone_while_the_other_lane_commits(tmp_path: Path,
+                                                                  pg_dsn: str) -> None:
+    """A lane's group that the warehouse refuses is loaded again one by one after the
+    lanes are done: the refused batch fails alone, every other batch of both targets
+    loads once."""
+    cfg = _config(tmp_path, pg_dsn)
+    with Pipeline.from_yaml(cfg) as p:
+        assert p.extract().ok
+        for _, table, ref in p.config.tables():
+            p.warehouse.ensure_table(ref, p.config.contract_of(table))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:  # north's id 300 fails for good
+            conn.execute("ALTER TABLE wh.north_items ADD CONSTRAINT no_300 CHECK (id <> 300)")
+        summary = p.load(max_failures=1)
+    assert len(summary.failed_batches) == 1 and summary.loaded_batches == 5
+    with psycopg.connect(pg_dsn) as conn:
+        north = {i for i, in conn.execute("SELECT id FROM wh.north_items")}
+        south = {i for i, in conn.execute("SELECT id FROM wh.south_items")}
+        ledger = conn.execute("SELECT count(*), count(DISTINCT batch_id) FROM "
+                              "wh._steadyflow_ledger").fetchone()
+    assert south == set(range(1, ROWS + 1))
+    assert north == set(range(1, 251)) | set(range(501, ROWS + 1))  # page 251-500 refused
+    assert ledger == (5, 5)
