@@ -445,6 +445,41 @@ NOT_NULL_BROKEN = {
         "CREATE SERVER files FOREIGN DATA WRAPPER file_fdw",
         "CREATE FOREIGN TABLE t (id int8 NOT NULL, at timestamptz NOT NULL) SERVER files "
         "OPTIONS (program 'printf \"1,2024-01-01\\n2,\\n\"', format 'csv')"),
+    # a partitioned table's NOT NULL is its partitions', but a foreign partition does not
+    # enforce it; the planner trusts it on the parent and refutes `at IS NULL` unread
+    "foreign partition": (
+        "CREATE EXTENSION IF NOT EXISTS file_fdw",
+        "CREATE SERVER files FOREIGN DATA WRAPPER file_fdw",
+        "CREATE TABLE t (id int8 NOT NULL, at timestamptz NOT NULL) PARTITION BY RANGE (id)",
+        "CREATE TABLE t_low PARTITION OF t FOR VALUES FROM (0) TO (100)",
+        "CREATE INDEX ON t (at, id)",
+        "INSERT INTO t VALUES (1, '2024-01-01')",
+        "CREATE FOREIGN TABLE t_far PARTITION OF t FOR VALUES FROM (100) TO (200) SERVER "
+        "files OPTIONS (program 'printf \"101,2024-01-01\\n102,\\n\"', format 'csv')"),
+    # the same through postgres_fdw, one level down (a partitioned partition)
+    "postgres_fdw sub-partition": (
+        "CREATE EXTENSION IF NOT EXISTS postgres_fdw",
+        "CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', "
+        "port '5432', dbname '{dbname}')",
+        "CREATE USER MAPPING FOR CURRENT_USER SERVER loop OPTIONS (user 'postgres')",
+        "CREATE TABLE far (id int8, at timestamptz)",
+        "INSERT INTO far VALUES (101, '2024-01-01'), (102, NULL)",
+        "CREATE TABLE t (id int8 NOT NULL, at timestamptz NOT NULL) PARTITION BY RANGE (id)",
+        "CREATE TABLE t_low PARTITION OF t FOR VALUES FROM (0) TO (100)",
+        "CREATE TABLE t_high PARTITION OF t FOR VALUES FROM (100) TO (300) "
+        "PARTITION BY RANGE (id)",
+        "CREATE FOREIGN TABLE t_far PARTITION OF t_high FOR VALUES FROM (100) TO (200) "
+        "SERVER loop OPTIONS (table_name 'far')",
+        "INSERT INTO t_low VALUES (1, '2024-01-01')"),
+    # a legacy inheritance child that is a foreign table: its NOT NULL copied from the
+    # parent, not enforced, and trusted by constraint exclusion on the parent
+    "foreign inheritance child": (
+        "CREATE EXTENSION IF NOT EXISTS file_fdw",
+        "CREATE SERVER files FOREIGN DATA WRAPPER file_fdw",
+        "CREATE TABLE t (id int8 PRIMARY KEY, at timestamptz NOT NULL)",
+        "INSERT INTO t VALUES (1, '2024-01-01')",
+        "CREATE FOREIGN TABLE t_far () INHERITS (t) SERVER files "
+        "OPTIONS (program 'printf \"101,2024-01-01\\n102,\\n\"', format 'csv')"),
 }
 
 
@@ -454,7 +489,8 @@ def test_a_not_null_the_server_does_not_enforce_is_looked_at(pg_dsn: str, shape:
     NULL; but attnotnull proves nothing of an inheritance child that dropped it, nor of a
     foreign table (its constraints are not enforced). A NULL cursor that is not refused is
     never matched by a keyset predicate: its row is lost without a word."""
-    execute(pg_dsn, *NOT_NULL_BROKEN[shape])
+    dbname = pg_dsn.rsplit("/", 1)[1]
+    execute(pg_dsn, *(sql.replace("{dbname}", dbname) for sql in NOT_NULL_BROKEN[shape]))
     c = contract(("id", "int64"), ("at", "timestamp"), cursor="at")
     for make in PATHS.values():
         source = make(pg_dsn)
@@ -473,6 +509,28 @@ def test_a_null_key_in_an_inheritance_child_is_refused(pg_dsn: str) -> None:
             "ALTER TABLE t_old ALTER id DROP NOT NULL",
             "INSERT INTO t VALUES (1, '2024-01-01')",
             "INSERT INTO t_old VALUES (NULL, '2024-01-02')")
+    c = contract(("id", "int64"), ("at", "timestamp"), cursor="at")
+    for make in PATHS.values():
+        source = make(pg_dsn)
+        try:
+            with pytest.raises(SchemaError, match="key column id holds NULLs"):
+                source.probe("t", c)
+        finally:
+            source.close()
+
+
+def test_a_null_key_in_a_foreign_partition_is_refused(pg_dsn: str) -> None:
+    """The same for a partitioned table's key column: a foreign partition does not
+    enforce the NOT NULL it declares, and `id IS NULL` on the parent is refuted unread."""
+    execute(pg_dsn, "CREATE EXTENSION IF NOT EXISTS file_fdw",
+            "CREATE SERVER files FOREIGN DATA WRAPPER file_fdw",
+            "CREATE TABLE t (id int8 NOT NULL, at timestamptz NOT NULL) "
+            "PARTITION BY RANGE (at)",
+            "CREATE TABLE t_new PARTITION OF t FOR VALUES FROM ('2024-01-01') TO (MAXVALUE)",
+            "INSERT INTO t VALUES (1, '2024-01-02')",
+            "CREATE FOREIGN TABLE t_old PARTITION OF t FOR VALUES FROM (MINVALUE) TO "
+            "('2024-01-01') SERVER files OPTIONS (program "
+            "'printf \"2,2023-01-01\\n,2023-01-02\\n\"', format 'csv')")
     c = contract(("id", "int64"), ("at", "timestamp"), cursor="at")
     for make in PATHS.values():
         source = make(pg_dsn)

@@ -159,6 +159,12 @@ class Dialect:
         cast = casts.get(name.lower())
         return self.ident(name) if cast is None else f"CAST({self.ident(name)} AS {cast})"
 
+    def null_predicate(self, column: str, declared_not_null: bool) -> str:
+        """The predicate a look for NULLs in `column` selects rows with (`nullable_sql`
+        says whether the catalog declares it NOT NULL: the look is then there because
+        the server does not enforce it)."""
+        return f"{self.ident(column)} IS NULL"
+
     def keyset(self, columns: Sequence[str], casts: Mapping[str, str] = NO_CASTS) -> str:
         """`(c, k) > (?, ?)`: strictly after the last row, so cursor ties are kept."""
         cols = ", ".join(self.operand(c, casts) for c in columns)
@@ -281,10 +287,10 @@ class Dialect:
     # The catalog query listing (column name, declared type) of a table, for
     # `schema_drift: add`; a parameter as for indexes_sql.
     columns_sql: str | None = None
-    # The catalog query listing the columns of a table that may hold NULL, where a NULL
-    # key is passed by keyset pages unseen (PostgreSQL sorts NULL last: `(c, k) > (...)`
-    # is NULL for it); None where NULL sorts first and pages read it (SqlSource.
-    # check_null_keys). A parameter as for indexes_sql.
+    # The catalog query listing (column name, declared NOT NULL) of the columns of a
+    # table that may hold NULL, where a NULL key is passed by keyset pages unseen
+    # (PostgreSQL sorts NULL last: `(c, k) > (...)` is NULL for it); None where NULL sorts
+    # first and pages read it (SqlSource.check_null_keys). A parameter as for indexes_sql.
     nullable_sql: str | None = None
     # The catalog query listing (column name, SQL type) of a table's columns that must be
     # cast to that type before a predicate compares them with a parameter (`operand`); a
@@ -525,14 +531,30 @@ class PostgresDialect(Dialect):
     # proves no NULL only where the server enforces it on every row the table's name
     # reads: a plain table without inheritance children (a legacy child may DROP NOT
     # NULL, and its rows are the parent's), or a partitioned one (a partition cannot drop
-    # it; a foreign partition does not enforce it, but there the planner trusts it too
-    # and drops `IS NULL` unread: no look could find one). A foreign table's constraints
-    # are not enforced, a view has none: every column of those may hold NULL.
+    # it) without a foreign partition at any level. A foreign table's constraints are
+    # not enforced, a view has none: every column of those may hold NULL, and so may a
+    # partitioned table's or an inheritance parent's with a foreign table beneath it.
+    # The second column (attnotnull) says the look must not be `IS NULL`
+    # (`null_predicate`): the planner trusts the declared NOT NULL on the parent and
+    # refutes it unread, where the foreign rows do hold NULL.
     nullable_sql = (
-        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "SELECT a.attname, a.attnotnull FROM pg_attribute a "
+        "JOIN pg_class c ON c.oid = a.attrelid "
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped "
-        "AND (NOT a.attnotnull "
-        "OR NOT (c.relkind = 'r' AND NOT c.relhassubclass OR c.relkind = 'p'))")
+        "AND (NOT a.attnotnull OR NOT (c.relkind = 'r' AND NOT c.relhassubclass "
+        "OR c.relkind = 'p' AND NOT EXISTS (SELECT 1 FROM pg_partition_tree(c.oid) AS p "
+        "JOIN pg_class f ON f.oid = p.relid WHERE f.relkind = 'f')))")
+
+    def null_predicate(self, column: str, declared_not_null: bool) -> str:
+        """`num_nulls(c) > 0` for a column declared NOT NULL where the server does not
+        enforce it (a foreign partition or child): PostgreSQL's constraint exclusion
+        refutes `c IS NULL` on each such child from its declared NOT NULL and reads
+        nothing (EXPLAIN: One-Time Filter: false), while the foreign rows hold NULL.
+        It reasons about no function, so the rows are read; such a column has no
+        index the look could use anyway (its NULLs are not where the index says)."""
+        if declared_not_null:
+            return f"num_nulls({self.ident(column)}) > 0"
+        return super().null_predicate(column, declared_not_null)
     # A column whose type is a domain over an ENUM (CREATE DOMAIN d AS mood), at any
     # depth, cast to that ENUM (format_type qualifies and quotes it as search_path needs):
     # PostgreSQL has no `d > unknown` (nor `d = unknown`, `d > mood`), since the ENUM's

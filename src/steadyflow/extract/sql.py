@@ -277,7 +277,7 @@ class SqlSource:
         # (table, key column) -> when a look found no NULL in it (check_null_keys)
         self._no_nulls: dict[tuple[str, str], float] = {}
         # during a probe: table -> the columns the catalog lets hold NULL (`_nullable`)
-        self._nullable_memo: dict[str, set[str]] | None = None
+        self._nullable_memo: dict[str, dict[str, bool]] | None = None
         # (table, key or cursor column) → monotonic time of the last look for a value of
         # a MariaDB bytes column that is no text (`check_binary_keys`)
         self._binary_checked: dict[tuple[str, str], float] = {}
@@ -593,8 +593,7 @@ class SqlSource:
                            f"TYPE timestamptz USING {cursor}::timestamptz), or declare the "
                            "cursor string in the contract if one spelling is guaranteed")
         if problem is None and self._may_hold_null(table, cursor) and self._execute(
-                table, f"SELECT 1 FROM {d.ident(table)} WHERE {d.ident(cursor)} IS NULL "
-                "LIMIT 1", []):
+                table, self.null_look(table, cursor), []):
             problem = ("holds NULLs (or, on MariaDB, zero dates, which it treats as NULL): "
                        "keyset pages (cursor, key) > (...) never select a row whose cursor "
                        "is NULL, so those rows would never be extracted",
@@ -613,19 +612,30 @@ class SqlSource:
         which IS NULL matches (no `nullable_sql` there: always looked for)."""
         return self.dialect.nullable_sql is None or column.lower() in self._nullable(table)
 
-    def _nullable(self, table: str) -> set[str]:
-        """The table's columns the catalog lets hold NULL (lower case, `nullable_sql`),
+    def _nullable(self, table: str) -> dict[str, bool]:
+        """The table's columns the catalog lets hold NULL (lower case, `nullable_sql`), each
+        with whether it is declared NOT NULL nevertheless (not enforced: `null_look`),
         read once per probe: its cursor check and its key check both ask."""
         memo = self._nullable_memo
         if memo is not None and table in memo:
             return memo[table]
         d = self.dialect
         assert d.nullable_sql is not None
-        found = {catalog_text(r[0]).lower()
+        found = {catalog_text(r[0]).lower(): bool(r[1])
                  for r in self._execute(table, d.nullable_sql, [d.index_param(table)])}
         if memo is not None:
             memo[table] = found
         return found
+
+    def null_look(self, table: str, column: str) -> str:
+        """`SELECT 1 ... LIMIT 1` finding a row whose `column` is NULL, if any
+        (`Dialect.null_predicate`: a NOT NULL the server does not enforce is not asked
+        with `IS NULL`, which the planner would refute unread)."""
+        d = self.dialect
+        declared = d.nullable_sql is not None and self._nullable(table).get(column.lower(),
+                                                                           False)
+        return (f"SELECT 1 FROM {d.ident(table)} WHERE "
+                f"{d.null_predicate(column, declared)} LIMIT 1")
 
     def _cursor_profile(self, table: str, column: str, ctype: str) -> tuple[Any, ...]:
         """The profile of every row of the cursor column (see CURSOR_RECHECK_EVERY): read
@@ -690,8 +700,7 @@ class SqlSource:
                     looked is not None and time.monotonic() - looked < KEY_RECHECK_EVERY):
                 continue
             try:
-                found = self._execute(table, f"SELECT 1 FROM {d.ident(table)} WHERE "
-                                             f"{d.ident(key)} IS NULL LIMIT 1", [])
+                found = self._execute(table, self.null_look(table, key), [])
             except SourceTimeout:
                 log.warning("%s: looking for NULLs in key column %s took longer than "
                             "statement_timeout; a row whose key is NULL is never read "
