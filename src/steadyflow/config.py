@@ -272,7 +272,12 @@ class TableConfig(_Strict):
 
     Type changes need no policy: values that no longer fit the contract type (a widened
     decimal scale, text in a number column) are quarantined with their reason, never cast
-    lossily; a dropped or renamed column stops the table with a SchemaError.
+    lossily; a dropped or renamed column stops the table with a SchemaError. So does, at
+    load, a column the warehouse table holds that the batches no longer bring (removed
+    from the contract, or an added column dropped at the source): the merge replaces
+    whole rows, so each row changed afterwards would hold NULL there. Drop it from the
+    warehouse table (the error gives the ALTER TABLE), or bring it back; columns with a
+    DEFAULT are the warehouse's own and not asked about.
     """
 
     name: str = Field(description=(

@@ -25,6 +25,7 @@ from steadyflow.model import Contract
 Quote = Callable[[str], str]
 LEDGER = "_steadyflow_ledger"
 SEQ = "_steadyflow_seq"
+RESERVED = "_steadyflow_"  # the prefix of the columns steadyflow adds (config.RESERVED_PREFIX)
 
 
 def sql_type(arrow: pa.DataType, engine: str) -> str:
@@ -122,6 +123,32 @@ def refuse_missing(contract: Contract, declared: dict[str, str], target: str, la
                       "hold NULL in it, so nothing is loaded into it", stage="load",
                       table=table, hint=f"add the column(s), then read the table again so "
                       f"every row has them: {fix}; steadyflow reset --table {label}")
+
+
+def refuse_unloaded(contract: Contract, declared: dict[str, str], defaulted: set[str],
+                    target: str, label: str, table: str, quote: Quote) -> None:
+    """Raise SchemaError naming each column of the existing warehouse table that the
+    batch's contract does not hold: removed from the contract, or (`schema_drift: add`)
+    dropped at the source. The merge replaces whole rows, so every row changed from
+    then on would hold NULL there while its other rows keep their values, every run
+    "ok", and reconcile (comparing the contract's columns) blind to it. Nothing is
+    loaded into the table until the operator decides: drop the column from the
+    warehouse table, or bring it back. A column with a DEFAULT is the warehouse's own
+    (filled on every insert) and `_steadyflow_` columns are steadyflow's: not asked."""
+    known = {c.name.lower() for c in contract.columns}
+    extra = [name for name in declared if name.lower() not in known
+             and not name.lower().startswith(RESERVED) and name not in defaulted]
+    if not extra:
+        return
+    names = ", ".join(extra)
+    drop = "; ".join(f"ALTER TABLE {target} DROP COLUMN {quote(n)}" for n in extra)
+    raise SchemaError(
+        f"warehouse table {table} holds column(s) {names} that the contract (or, with "
+        "schema_drift: add, the source) no longer has: each row merged from now on would "
+        "hold NULL there, so nothing is loaded into it", stage="load", table=table,
+        hint=f"if the column(s) are meant to go, drop them from the warehouse table "
+             f"({drop}) and run again; otherwise put them back in the contract of "
+             f"{label} (or at the source)")
 
 
 def refuse_narrower(contract: Contract, declared: dict[str, str], target: str, table: str,

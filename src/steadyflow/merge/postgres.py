@@ -27,6 +27,7 @@ from steadyflow.merge.plan import (
     plan,
     refuse_missing,
     refuse_narrower,
+    refuse_unloaded,
     with_seq,
 )
 from steadyflow.model import BatchRef, Column, Contract, TableRef, TextEncoding
@@ -193,6 +194,8 @@ class PostgresWarehouse:
                                                                  strict=True))
                     refuse_missing(contract, declared, self._target(ref), ref.label,
                                    ref.target, quote, "postgres")
+                    refuse_unloaded(contract, declared, self._defaulted(ref.target),
+                                    self._target(ref), ref.label, ref.target, quote)
                     refuse_narrower(contract, declared, self._target(ref), ref.target,
                                     quote, "postgres")
             except psycopg.Error as exc:
@@ -215,6 +218,13 @@ class PostgresWarehouse:
             return TextEncoding(name, pg2pyenc(name.encode()))
         except psycopg.NotSupportedError:
             return None
+
+    def _defaulted(self, table: str) -> set[str]:
+        """The columns of `table` with a DEFAULT (or an identity or generated value)."""
+        return {str(name) for (name,) in self.conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND "
+            "attnum > 0 AND NOT attisdropped AND (atthasdef OR attidentity <> '' OR "
+            "attgenerated <> '')", [f"{quote(self.schema)}.{quote(table)}"]).fetchall()}
 
     def _add_missing(self, table: str, adds: Iterable[tuple[str, str]]) -> dict[str, str]:
         """Run each (column, ALTER ... ADD COLUMN) whose column `table` lacks; returns the

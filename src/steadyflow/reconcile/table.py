@@ -694,7 +694,11 @@ class TableReconciler:
 
     # --- one table, start to end -------------------------------------------------------------
     def run(self) -> TableReport:
-        self.pipeline.warehouse.ensure_table(self.ref, self.contract)
+        try:
+            self.pipeline.warehouse.ensure_table(self.ref, self.contract)
+        except BaseException:  # refused (a column it lacks or no longer loads): closed
+            self.db.close()
+            raise
         jit = self._no_jit()
         try:
             if not self.options.repair:
