@@ -63,6 +63,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -124,11 +125,18 @@ def literal(value: Any) -> str | None:
     return None
 
 
-def url_for(dsn: str, connect_timeout: float, user_timeout: float) -> str:
+def url_for(dsn: str, connect_timeout: float, user_timeout: float, tls: bool = False) -> str:
     """connectorx's URL for a `mysql://` DSN: the same host, port, user, password and
     database `MysqlDialect.connect` uses (the DSN's own query is ignored there too), over
     TCP (prefer_socket would switch 127.0.0.1 to the unix socket, around any proxy), with
-    keepalives and a connect timeout. Holds the password: never log it."""
+    keepalives and a connect timeout. Holds the password: never log it.
+
+    `tls`: the source's pymysql session is encrypted (its PREFERRED mode found TLS
+    offered), so connectorx's must be too: `ssl-mode=REQUIRED`, the certificate
+    unchecked as PREFERRED leaves it. Without it connectorx connects in plain text
+    whatever the server offers: the pages crossed the network unencrypted beside an
+    encrypted pymysql session, and an account that must use TLS (REQUIRE SSL) was
+    refused every page ('Access denied', reported as a wrong password)."""
     parts = urlsplit(dsn)
     host = parts.hostname or "127.0.0.1"
     host = f"[{host}]" if ":" in host else host
@@ -139,6 +147,8 @@ def url_for(dsn: str, connect_timeout: float, user_timeout: float) -> str:
     params = (f"prefer_socket=false&tcp_connect_timeout_ms={int(connect_timeout * 1000)}"
               "&tcp_keepalive_time_ms=5000&tcp_keepalive_probe_interval_secs=2"
               f"&tcp_keepalive_probe_count=3&tcp_user_timeout_ms={int(user_timeout * 1000)}")
+    if tls:
+        params += "&ssl-mode=REQUIRED"
     return f"mysql://{auth}@{host}:{parts.port or 3306}/{database}?{params}"
 
 
@@ -338,6 +348,11 @@ class MysqlArrowSource(SqlSource):
         return (f"SET STATEMENT max_statement_time={seconds:g}, time_zone='+00:00' FOR "
                 + "".join(out))
 
+    def encrypted(self) -> bool:
+        """Is this source's pymysql session to the server TLS (`url_for`)? Asked of the
+        open connection (`page` has just run `SELECT 1` on it)."""
+        return isinstance(getattr(self.conn, "_sock", None), ssl.SSLSocket)
+
     def _fetch(self, table: str, sql: str) -> pa.Table:
         """Run one page in connectorx on a worker thread; wait at most statement_timeout
         + grace for it (see the module docstring: Hangs)."""
@@ -346,7 +361,7 @@ class MysqlArrowSource(SqlSource):
         policy = self.config.resilience
         limit = policy.statement_timeout + watchdog_grace(policy)
         url = url_for(self.config.dsn or "", max(1.0, policy.connect_timeout),
-                      max(policy.statement_timeout, policy.connect_timeout))
+                      max(policy.statement_timeout, policy.connect_timeout), self.encrypted())
         addresses = self._addresses()
         before = _server_sockets(addresses)
         box: dict[str, Any] = {}
