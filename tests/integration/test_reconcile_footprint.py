@@ -1,7 +1,8 @@
 """What a reconcile process loads: into a PostgreSQL warehouse, not duckdb.
 
-Peak RSS counts against reconcile (#15: within reladiff's + 50 MiB); importing duckdb alone
-is ~46 MiB, and a PostgreSQL source with a PostgreSQL warehouse never needs it. Here: the
+Peak RSS counts against reconcile (#15: within reladiff's + 50 MiB); importing duckdb adds
+~18 MiB on top of pyarrow and psycopg, and a PostgreSQL source with a PostgreSQL warehouse
+never needs it. Here: the
 real CLI in a child process with `-X importtime` (every module the process imported, one
 line each), clean then with a changed row found and repaired, and no duckdb among them.
 """
