@@ -79,6 +79,9 @@ _NO_INDEX_REPORTED: set[tuple[str, str, str, tuple[str, ...]]] = set()
 # PostgreSQL time [with time zone], timetz, interval (never timestamp)
 _CLOCK = re.compile(r"\s*(time\b(?!stamp)|timetz\b|interval\b)", re.IGNORECASE)
 _BIT = re.compile(r"\s*bit\s*\(\s*(\d+)\s*\)", re.IGNORECASE)  # MariaDB BIT(n)
+# single-precision floats as the catalogs spell them: MariaDB float, float(m,d), float
+# unsigned (FLOAT(p) is declared float up to p = 24, double past it); PostgreSQL real
+_SINGLE = re.compile(r"\s*(float|real)\b", re.IGNORECASE)
 # MariaDB bytes types: read as string, a value is text only when its bytes are UTF-8
 _BINARY = re.compile(r"\s*(binary|varbinary|(tiny|medium|long)?blob)\b", re.IGNORECASE)
 # value types Arrow may convert to something else, or that are unreadable
@@ -402,6 +405,7 @@ class SqlSource:
         self.check_times(table, contract)
         self.check_members(table, contract)
         self.check_bits(table, contract)
+        self.check_single_floats(table, contract)
         self.check_binary_keys(table, contract)
         self._nullable_memo = {}
         try:
@@ -507,6 +511,35 @@ class SqlSource:
                 source=self.config.name, table=table,
                 hint=f"declare {c.name} as {fix} in the contract (or string: the number's "
                      "decimal text)")
+
+    def check_single_floats(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a cursor or key that MariaDB (FLOAT) or
+        PostgreSQL (real) stores as a single-precision float, whatever the contract reads
+        it as (decimal, as the float64 refusal suggests, or string). Both print such a
+        value as its shortest text ('0.7'), which is not the float stored
+        (0.699999988...): a page ending on it continued with `c > 0.7`, compared in
+        double precision, so the rows after it sharing that value were never read (4 of
+        7 lost, run ok), or, for a value stored above its text (0.3), the same row was
+        read for ever. SQLite's REAL is double precision, which prints exactly."""
+        if self.dialect.name == "sqlite":
+            return
+        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
+            stored = declared.get(name.lower(), "")
+            if not _SINGLE.match(stored):
+                continue
+            what = "cursor" if name == contract.cursor else "key"
+            alter = (f"ALTER TABLE {table} MODIFY {name} DOUBLE" if self.dialect.name ==
+                     "mysql" else f"ALTER TABLE {table} ALTER COLUMN {name} TYPE "
+                     "double precision")
+            raise SchemaError(
+                f"{what} column {name} ({contract.column(name).type}) is declared {stored} "
+                "in the source, a single-precision float: it is read as its shortest text "
+                "(0.7), not the float it holds (0.699999988...), so a page ending on one "
+                "cannot be continued exactly (rows sharing the value are skipped, or one "
+                "is read for ever)", stage="extract", source=self.config.name, table=table,
+                hint=f"store it in double precision ({alter}; each value keeps its "
+                     "float), or order the table by another column")
 
     def binary_keys(self, table: str, contract: Contract) -> list[tuple[int, str, str]]:
         """(place in the contract, name, declared type) of each cursor or key column the
