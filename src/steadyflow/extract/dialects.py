@@ -328,8 +328,9 @@ class Dialect:
 
     def is_text(self, declared: str) -> bool:
         """Is a column of this declared type (catalog text) text, compared as text? Then it
-        cannot be a timestamp or date cursor (`SqlSource.check_cursor`). False where the
-        dialect does not tell (SQLite profiles its stored values instead)."""
+        cannot be a timestamp or date cursor (`SqlSource.check_cursor`; SQLite profiles
+        its cursor's stored values instead), nor a key of another contract type
+        (`SqlSource.check_text_keys`). False where the dialect does not tell."""
         return False
 
     # the seconds west of UTC of the westmost time zone this source's sessions get by
@@ -781,6 +782,12 @@ class MysqlDialect(Dialect):
         "SELECT column_name, column_type FROM information_schema.columns "
         "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position")
 
+    def is_text(self, declared: str) -> bool:
+        """CHAR, VARCHAR and the TEXT types (JSON is LONGTEXT); not ENUM or SET, which
+        compare as text but sort by number (`keyset_value`)."""
+        return re.match(r"\s*(var)?char\b|\s*(tiny|medium|long)?text\b|\s*json\b",
+                        declared.lower()) is not None
+
     def keyset_value(self, value: Any, declared: str) -> Any:
         """ENUM and SET sort by number (an ENUM by its place in the declaration, a SET by
         its members' bits), but compare with text as text: `k > 'z'` after a page ending
@@ -1131,6 +1138,12 @@ class SqliteDialect(Dialect):
     def not_a_number(self, column: str) -> str:
         """SQLite keeps NaN as NULL; +Infinity is the REAL 9e999."""
         return "= 9e999"
+
+    def is_text(self, declared: str) -> bool:
+        """TEXT affinity: a declared type naming CHAR, CLOB or TEXT, and not INT (which
+        takes precedence), keeps every value given as text ('01' stays '01')."""
+        upper = declared.upper()
+        return "INT" not in upper and any(t in upper for t in ("CHAR", "CLOB", "TEXT"))
 
     def key_classes_sql(self, table: str, column: str) -> str | None:
         """A column without integer or text affinity keeps 1 and '1' (and X'31') as two
