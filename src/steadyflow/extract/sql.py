@@ -89,6 +89,8 @@ _SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
 _SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
 _SUSPECT_DATE = frozenset({*_SUSPECT_TIME, datetime})  # Arrow drops a time of day
 _SUSPECT_DECIMAL = frozenset({*_SUSPECT, float})  # a float's exact fit is checked first
+# Arrow truncates a float or Decimal it is given as an integer (1.5 → 1, -0.99 → 0)
+_SUSPECT_INTEGER = frozenset({*_SUSPECT, float, Decimal})
 
 
 def bit_fits(width: int, kind: pa.DataType) -> bool:
@@ -118,7 +120,8 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
     """
     suspect = (_SUSPECT_DATE if pa.types.is_date(target) else
                _SUSPECT_TIME if pa.types.is_timestamp(target) else
-               _SUSPECT_DECIMAL if pa.types.is_decimal(target) else _SUSPECT)
+               _SUSPECT_DECIMAL if pa.types.is_decimal(target) else
+               _SUSPECT_INTEGER if pa.types.is_integer(target) else _SUSPECT)
     if not suspect.isdisjoint(map(type, values)):
         reasons = _unfaithful(values, target)
         if reasons and invalid is None:
@@ -179,6 +182,10 @@ def _unfaithful(values: Sequence[Any], target: pa.DataType) -> dict[int, str]:
         elif isinstance(v, float) and pa.types.is_decimal(target) and exact_decimal(
                 repr(v), target) is None:
             out[i] = _unheld(v, target)
+        elif pa.types.is_integer(target) and isinstance(v, float | Decimal) and not (
+                math.isfinite(v) and v == int(v)):
+            out[i] = (f"{v} is no whole number: no {target} holds it (declare the column "
+                      "decimal(p,s))")
     return out
 
 
