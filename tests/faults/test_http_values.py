@@ -101,3 +101,35 @@ def test_a_json_number_with_more_digits_than_a_double_lands_exactly_in_a_decimal
     assert column(tmp_path, "amount") == {i: Decimal(a) for i, a in enumerate(amounts)}
     assert {i: Decimal(t) for i, t in column(tmp_path, "text").items()} == \
         {i: Decimal(a) for i, a in enumerate(amounts)}
+
+
+@pytest.mark.parametrize("kind", ["float64", "int64", "decimal(10,2)"])
+def test_a_json_boolean_in_a_number_column_is_quarantined_not_a_number(
+        tmp_path: Path, serve: Callable[[bytes], str], kind: str) -> None:
+    """Type drift: a field that is a number in most records and `false` in one. Arrow reads
+    a boolean as a number without a word: `false` in a float64 column landed as 0.0, the
+    run ok (the API never said 0). It is now quarantined with its reason; the other
+    records load as sent."""
+    url = serve(b'{"data": [{"id": 1, "updated_at": "2026-01-01T00:00:01Z", "v": 2.5},'
+                b' {"id": 2, "updated_at": "2026-01-01T00:00:02Z", "v": false},'
+                b' {"id": 3, "updated_at": "2026-01-01T00:00:03Z", "v": 1}], "next": null}')
+    summary = run(tmp_path, url, {"v": {"type": kind}})
+    # int64: record 1's 2.5 is no integer either
+    assert summary.quarantined_rows == (2 if kind == "int64" else 1), summary
+    expected = {1: 2.5, 3: 1} if kind != "int64" else {3: 1}
+    assert {i: float(v) for i, v in column(tmp_path, "v").items()} == expected
+
+
+def test_a_fraction_in_an_integer_column_is_quarantined_not_truncated(
+        tmp_path: Path, serve: Callable[[bytes], str]) -> None:
+    """Type drift from int to float in one field: Arrow converts 2.5 to an int64 2 without
+    a word, so the warehouse held 2, the run ok. A fraction is now quarantined with its
+    reason; a whole number spelled as a float (4.0), or as text ("3"), is that integer."""
+    url = serve(b'{"data": [{"id": 1, "updated_at": "2026-01-01T00:00:01Z", "n": 1},'
+                b' {"id": 2, "updated_at": "2026-01-01T00:00:02Z", "n": 2.5},'
+                b' {"id": 3, "updated_at": "2026-01-01T00:00:03Z", "n": "3"},'
+                b' {"id": 4, "updated_at": "2026-01-01T00:00:04Z", "n": 4.0},'
+                b' {"id": 5, "updated_at": "2026-01-01T00:00:05Z", "n": null}], "next": null}')
+    summary = run(tmp_path, url, {"n": {"type": "int64"}})
+    assert summary.quarantined_rows == 1, summary
+    assert column(tmp_path, "n") == {1: 1, 3: 3, 4: 4, 5: None}

@@ -344,9 +344,9 @@ def _field(value: Any, target: pa.DataType) -> Any:
     repr ({'a': 1}, True) that no JSON reader downstream could parse."""
     if pa.types.is_string(target) and isinstance(value, dict | list | bool):
         return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, JsonDigits) and (pa.types.is_decimal(target)
-                                          or pa.types.is_string(target)):
-        return Decimal(value.text) if pa.types.is_decimal(target) else value.text
+    if isinstance(value, JsonDigits):  # other columns check a plain float's fit
+        return (Decimal(value.text) if pa.types.is_decimal(target) else
+                value.text if pa.types.is_string(target) else float(value))
     return value
 
 
@@ -355,13 +355,20 @@ def _fields(records: list[dict[str, Any]], column: Column,
     """One contract column's values of `records`. A string holding a lone UTF-16
     surrogate ("\\ud800" is valid JSON but no Unicode character: no UTF-8 text, no
     warehouse holds it) is null with its reason in `invalid` (model.INVALID), so it costs
-    its record, not the page, which Arrow would refuse whole for it."""
+    its record, not the page, which Arrow would refuse whole for it. So is a JSON
+    true/false in a number or time column (type drift), which Arrow read as 1.0/0.0."""
     values = [_field(r.get(column.name), column.arrow_type) for r in records]
+    numeric = not (pa.types.is_boolean(column.arrow_type)
+                   or pa.types.is_string(column.arrow_type))
     for i, value in enumerate(values):
         if isinstance(value, str) and (escaped := _escape_surrogates(value)) != value:
             values[i] = None
             invalid[i] = invalid[i] or (f"{column.name}: a lone UTF-16 surrogate, not "
                                         f"Unicode text: '{escaped[:80]}'")
+        elif numeric and isinstance(value, bool):  # Arrow reads false as 0.0, silently
+            values[i] = None
+            invalid[i] = invalid[i] or (f"{column.name}: the JSON {str(value).lower()} "
+                                        f"is not a {column.type}")
     return values
 
 
@@ -403,7 +410,7 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
                          "checkpoint's (type changed?)") from None
     names = contract.names
     invalid: list[str | None] = [None] * len(keep)
-    columns = [column_to_arrow(_fields(keep, c, invalid), c.arrow_type)
+    columns = [column_to_arrow(_fields(keep, c, invalid), c.arrow_type, invalid)
                for c in contract.columns]
     high = None
     if placed:

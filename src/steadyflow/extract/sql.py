@@ -133,7 +133,9 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
                 invalid[i] = invalid[i] or why
         values = [_as_text(v) if isinstance(v, _BYTES) and pa.types.is_string(target)
                   else exact_decimal(repr(v), target) if isinstance(v, float)
-                  and pa.types.is_decimal(target) else v for v in values]
+                  and pa.types.is_decimal(target)
+                  else int(v) if isinstance(v, float) and pa.types.is_integer(target)
+                  else v for v in values]  # a float left for an integer column is whole
     if pa.types.is_timestamp(target):
         values = [_midnight(v) for v in values]
     try:
