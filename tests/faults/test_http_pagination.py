@@ -276,6 +276,42 @@ def test_a_record_tying_the_checkpoint_with_a_lower_key_arrives(
     assert warehouse(tmp_path) == served(api)
 
 
+def test_a_walk_whose_answers_never_hold_the_next_field_is_refused_on_a_full_page(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """Newest first, and the API puts its token where next_path does not look (a Link
+    header, `meta.next_cursor`): every answer lacked the field, so the walk ended after
+    page 1 and the checkpoint moved to the newest record; the 9 older records were behind
+    it for good, every run ok. A full page with no next field in any answer of the walk
+    now fails the table naming next_path, checkpoint unmoved; an API that leaves the
+    field out only on its last (short or full) page is walked as before."""
+    api = OffsetApi(12, order="desc")
+    api.shape = lambda _, __, page: {"data": page["data"],
+                                     "meta": {"next_cursor": page["next"]}}
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert not summary.ok
+    text = " ".join(str(e) for e in summary.errors)
+    assert "next_path" in text and "table=t" in text, text
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None
+    summary = run(tmp_path, url, cursor_order="descending", next_path="meta.next_cursor")
+    assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)
+
+
+@pytest.mark.parametrize("count", [9, 10])
+def test_an_api_leaving_the_next_field_out_on_its_last_page_is_walked_to_its_end(
+        tmp_path: Path, serve: Callable[[OffsetApi], str], count: int) -> None:
+    """JSON.stringify drops a key whose value is undefined: the last page has no `next`
+    at all, full (9 records, 3 a page) or short (10)."""
+    api = OffsetApi(count, order="desc")
+    api.shape = lambda _, __, page: page if page["next"] else {"data": page["data"]}
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)
+
+
 def test_a_token_walk_whose_tokens_count_records_says_to_page_by_offset(
         tmp_path: Path, serve: Callable[[OffsetApi], str], caplog: pytest.LogCaptureFixture
         ) -> None:

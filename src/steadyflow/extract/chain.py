@@ -65,6 +65,8 @@ class TokenChain:
     falling: bool = True  # ... at or below
     settles: Watermark | None = None  # a settling walk: the high it moves the checkpoint to
     order: str = "unknown"  # the table's declared cursor_order
+    asked: int = 0  # the page size the last request asked for (0: no limit_param sent)
+    next_seen: bool = False  # an answer of this walk had the next token's field
     _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
 
@@ -103,6 +105,25 @@ class TokenChain:
                 except TypeError:
                     self.rising = self.falling = False
             self._last = mark[0]
+
+    def _no_next_field(self, page: HttpPage, token: str | None) -> None:
+        """Refuse to end a walk on a full answer when no answer of it has had the next
+        token's field at all: the walk cannot tell the last page from one whose token sits
+        elsewhere (a next_path the API does not use, a Link header, a cursor in `meta`).
+        Ended there, a newest-first API lost every older record for good, each run ok.
+        An API that leaves the field out only on its last page had it on the ones before;
+        one that never pages answers short of the limit."""
+        self.next_seen = self.next_seen or page.next_field
+        if token is not None or self.next_seen or not self.asked or page.records < self.asked:
+            return
+        raise FatalError(
+            f"the API answered {page.records} record(s) for a page of {self.asked} and no "
+            "answer of this walk has the next-page token's field (next_path): the walk "
+            "cannot tell whether more pages follow; the checkpoint stays where it was",
+            stage="extract", source=self.source, table=self.table,
+            hint="set the table's next_path to where the API puts its next-page token (a "
+                 "Link header is not followed: use pagination: offset if the API takes an "
+                 "offset), or limit_param: null if the API has no pages")
 
     @property
     def needs_settling(self) -> bool:
@@ -204,6 +225,7 @@ class TokenChain:
                     hint="check the table's next_param and next_path: the token must be "
                          "sent back in the parameter the API reads it from")
             token = None
+        self._no_next_field(page, token)
         self.empty_pages = self.empty_pages + 1 if page.records == 0 and token else 0
         if self.empty_pages > MAX_EMPTY_PAGES:
             raise FatalError(

@@ -53,7 +53,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from math import isfinite
@@ -180,6 +180,7 @@ class HttpPage:
     rejected: list[Rejected] = field(default_factory=list)
     marks: list[tuple[Any, ...]] = field(default_factory=list)  # (cursor, key...) of each
     ids: list[Identity] = field(default_factory=list)  # every record's, in the API's order
+    next_field: bool = True  # the answer has the next token's field (next_path), null or not
 
 
 def retry_after_seconds(value: str | None, date_header: str | None = None) -> float | None:
@@ -314,9 +315,10 @@ def json_number(text: str) -> float:
 
 
 def read_envelope(table: TableConfig, raw: RawPage, records_path: str | None = None
-                  ) -> tuple[list[Any], str | None]:
-    """The page's list of records and its next token; BadPayload if the body is not JSON
-    or not the configured envelope (the whole page is bad: nothing in it can be trusted)."""
+                  ) -> tuple[list[Any], str | None, bool]:
+    """The page's list of records, its next token and whether the answer has the token's
+    field at all (null or not); BadPayload if the body is not JSON or not the configured
+    envelope (the whole page is bad: nothing in it can be trusted)."""
     path = table.records_path if records_path is None else records_path
     try:
         doc = json.loads(raw.body, parse_float=json_number)
@@ -335,7 +337,7 @@ def read_envelope(table: TableConfig, raw: RawPage, records_path: str | None = N
     found, token = _dig(doc, table.next_path)
     if token is not None and not isinstance(token, str | int):
         raise BadPayload(f"payload: wrong shape: {table.next_path!r} is {_kind(token)}")
-    return records, None if token is None else str(token)
+    return records, None if token is None else str(token), found
 
 
 def _field(value: Any, target: pa.DataType) -> Any:
@@ -382,8 +384,9 @@ def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
     with its reason, so it costs that record only. Records missing a non-key field get a
     null there (validation then applies the contract's nullability).
     """
-    records, token = read_envelope(table, raw, records_path)
-    return parse_records(contract, records, token, after, since)
+    records, token, found = read_envelope(table, raw, records_path)
+    page = parse_records(contract, records, token, after, since)
+    return page if found else replace(page, next_field=False)
 
 
 def parse_records(contract: Contract, records: list[Any], token: str | None = None,
@@ -482,6 +485,7 @@ class HttpSource:
             limit = chain.offsets.limit(limit)
         if t.limit_param:
             params[t.limit_param] = str(int(limit))
+            chain.asked = int(limit)
         if chain.offsets is not None:
             params[t.offset_param] = str(chain.offsets.start())
         if chain.token is not None:  # never set on an offset walk
