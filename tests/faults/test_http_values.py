@@ -133,3 +133,19 @@ def test_a_fraction_in_an_integer_column_is_quarantined_not_truncated(
     summary = run(tmp_path, url, {"n": {"type": "int64"}})
     assert summary.quarantined_rows == 1, summary
     assert column(tmp_path, "n") == {1: 1, 3: 3, 4: 4, 5: None}
+
+
+def test_a_key_that_only_looks_like_digits_costs_its_record_not_the_table(
+        tmp_path: Path, serve: Callable[[bytes], str]) -> None:
+    """An id of "--1" or "²" passed the integer check (str.isdigit after stripping every
+    '-') and int() refused it: ValueError, the table failed on every run naming no record,
+    nothing of the page loaded. Such a record is now rejected (quarantined) alone."""
+    url = serve('{"data": [{"id": 1, "updated_at": "2026-01-01T00:00:01Z"},'
+                ' {"id": "--1", "updated_at": "2026-01-01T00:00:02Z"},'
+                ' {"id": "²", "updated_at": "2026-01-01T00:00:03Z"},'
+                ' {"id": "4", "updated_at": "2026-01-01T00:00:04Z"}], "next": null}'
+                .encode())
+    summary = run(tmp_path, url, {})
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 2, summary
+    assert sorted(column(tmp_path, "id")) == [1, 4]

@@ -50,6 +50,7 @@ must not reach landing, state, logs or the status page.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -242,6 +243,9 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_INTEGER = re.compile(r"-?[0-9]+")  # str.isdigit() took "²" and "--1": int() refused them
+
+
 class _Unplaceable(ValueError):
     """A record's key or cursor value that cannot take part in the keyset order."""
 
@@ -261,15 +265,35 @@ def _cursor_value(value: Any, contract: Contract, name: str) -> Any:
     if pa.types.is_integer(arrow):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
             return int(value)
         raise _Unplaceable(f"{name} is not an integer ({_kind(value)})")
+    if pa.types.is_decimal(arrow):
+        return _decimal_value(value, name)
     if value is None or isinstance(value, dict | list):
         raise _Unplaceable(f"{name} is {_kind(value)}")
+    if pa.types.is_string(arrow) and isinstance(value, bool | int | float):
+        value = _field(value, arrow)  # as the column holds it: 1 and "1" are one key
+        value = value if isinstance(value, str) else str(value)
     if isinstance(value, str) and _escape_surrogates(value) != value:
         raise _Unplaceable(f"{name} holds a lone UTF-16 surrogate (not Unicode text): "
                            f"'{_escape_surrogates(value)[:40]}'")
     return value
+
+
+def _decimal_value(value: Any, name: str) -> Decimal:
+    """A decimal cursor or key as a Decimal, however the API spells the number. APIs send
+    exact numbers as strings ("10.5"): kept as text they compared as text, "9" above "10",
+    so the checkpoint stayed at "9" and every record from 10 to 89 was passed (ok, lost)."""
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        try:
+            number = Decimal(value.strip() if isinstance(value, str) else repr(value)
+                             if isinstance(value, float) else value)
+        except ArithmeticError:
+            number = None
+        if number is not None and number.is_finite():
+            return number
+    raise _Unplaceable(f"{name} is not a decimal number: {str(value)[:40]!r}")
 
 
 def _mark(record: Any, contract: Contract) -> tuple[Any, ...]:
@@ -417,7 +441,11 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
                for c in contract.columns]
     high = None
     if placed:
-        top = max(mark for _, mark in placed)
+        try:
+            top = max(mark for _, mark in placed)
+        except TypeError:
+            raise BadPayload("payload: cursor or key values of one page do not compare "
+                             "with each other (types mixed?)") from None
         high = Watermark(cursor=top[0], key=tuple(top[1:]))
     known = {n.lower() for n in names}
     seen = {f for record, _ in placed for f in record}
