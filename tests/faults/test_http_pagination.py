@@ -92,6 +92,30 @@ def test_a_token_handed_back_unchanged_is_refused(
     assert api.requests == 2
 
 
+def test_tokens_that_come_round_again_are_refused(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """An API whose third page hands back the FIRST page's token (tokens "3", "0", "3",
+    ...: a cursor reset by a failover, a bug in a token cache): only a token equal to the
+    one just sent was noticed, so the walk read the same two pages for ever (here until
+    the server gave up after 60 requests), landing each. A token handed out before in
+    the walk now fails the table at once, naming it, the checkpoint unmoved."""
+    api = OffsetApi(12)
+
+    def round_again(api: OffsetApi, query: Query, page: Page) -> Page:
+        if api.requests > 60:
+            return {"data": [], "next": None}  # the old code walked until here
+        return {**page, "next": "0"} if page["next"] == "6" else page
+
+    api.shape = round_again
+    summary = run(tmp_path, serve(api))
+    assert not summary.ok
+    text = " ".join(str(e) for e in summary.errors)
+    assert "handed out before" in text and "table=t" in text, text
+    assert api.requests <= 4, api.requests
+    with Pipeline(config(tmp_path, "http://unused")) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None
+
+
 def test_a_record_moving_during_an_offset_walk_costs_no_other_record(
         tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
     """Oldest first by offset; record 1 is updated while page 2 is asked for, so it moves

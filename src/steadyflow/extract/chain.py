@@ -69,6 +69,7 @@ class TokenChain:
     next_seen: bool = False  # an answer of this walk had the next token's field
     _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
+    _tokens: set[int] = field(default_factory=set, repr=False)  # hashes of tokens handed out
 
     def _track(self, marks: list[tuple[Any, ...]]) -> None:
         """Note a record met again at another (cursor, key) position: it was updated while
@@ -183,8 +184,9 @@ class TokenChain:
         before the end, and ending there moved the checkpoint past every record on the
         later pages (a newest-first API's older records: lost). A page with records that
         hands back the token it was asked with would be served again for ever: refused,
-        as are more than MAX_EMPTY_PAGES empty pages in a row. An offset walk ends, and
-        moves on, where OffsetWalk.take says.
+        as are a token handed out before in this walk (tokens going round in a circle:
+        the same pages for ever) and more than MAX_EMPTY_PAGES empty pages in a row. An
+        offset walk ends, and moves on, where OffsetWalk.take says.
         """
         self.pages += 1
         self.filled += 1 if page.records and self.offsets is None else 0
@@ -225,6 +227,17 @@ class TokenChain:
                     hint="check the table's next_param and next_path: the token must be "
                          "sent back in the parameter the API reads it from")
             token = None
+        if token is not None and hash(token) in self._tokens:
+            raise FatalError(
+                f"the API handed out a next-page token it had handed out before in this walk "
+                f"({token[:40]!r}, page {self.pages}): following it would read the same pages "
+                "for ever; the checkpoint stays where it was",
+                stage="extract", source=self.source, table=self.table,
+                hint="the API's tokens go round in a circle (a token cache or a failover "
+                     "resetting its cursor?); page it by offset (pagination: offset) if it "
+                     "takes one")
+        if token is not None:
+            self._tokens.add(hash(token))
         self._no_next_field(page, token)
         self.empty_pages = self.empty_pages + 1 if page.records == 0 and token else 0
         if self.empty_pages > MAX_EMPTY_PAGES:
