@@ -205,7 +205,7 @@ def retry_after_seconds(value: str | None, date_header: str | None = None) -> fl
 
 
 def step_before(start: Any) -> Any:
-    """The incremental start an API is asked for: a second (a day, one number) before the
+    """The incremental start an API is asked for: a second (a day, one unit) before the
     run's start. An API whose since is exclusive (`updated_after`: `>`), or that reads it
     to the second, left out a record tying the checkpoint's cursor written after the run
     that set it: lost, every run ok. What the step adds before the start is dropped here
@@ -215,8 +215,8 @@ def step_before(start: Any) -> Any:
         return start - timedelta(seconds=1)
     if isinstance(start, date):
         return start - timedelta(days=1)
-    if isinstance(start, int) and not isinstance(start, bool):
-        return start - 1
+    if isinstance(start, int | Decimal) and not isinstance(start, bool):
+        return start - 1  # a decimal: any step back will do, the surplus is dropped
     return start
 
 
