@@ -87,8 +87,8 @@ def test_a_json_number_with_more_digits_than_a_double_lands_exactly_in_a_decimal
         tmp_path: Path, serve: Callable[[bytes], str]) -> None:
     """JSON numbers were read as Python floats before any column saw them: an amount of
     12345678901234567.89 in a decimal(20,2) column landed as 12345678901234568.00, the
-    run ok (money changed on the way). A decimal or string column now gets the number the
-    API wrote, digit for digit."""
+    run ok (money changed on the way). A decimal column now gets the number the API
+    wrote, digit for digit (and a string column, in a contract with a decimal one)."""
     amounts = ["12345678901234567.89", "0.10", "99999999999999999.99", "-1.5e3",
                "123456789012345678"]
     records = ",".join(
