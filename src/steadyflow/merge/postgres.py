@@ -171,22 +171,34 @@ class PostgresWarehouse:
                           batch_id=batch.batch_id if batch else None)
 
     def ensure_table(self, ref: TableRef, contract: Contract) -> None:
+        """The schema, the ledger and the target, each created or given a missing column.
+
+        Two transactions, each under an advisory lock: the schema and the ledger, which
+        every target shares, under the schema's key; then the target under its own. Two
+        sessions creating the same object at once collide however IF NOT EXISTS reads
+        (`duplicate key value violates unique constraint "pg_namespace_nspname_index"`,
+        or pg_type's for the ledger): under the target's key alone, two load lanes (or
+        workers) ensuring two targets of a fresh schema at once failed one of them for
+        good, at every first run."""
         p = self._plan(ref, contract)
         with self._lock:
             try:
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                      [f"steadyflow:{self.schema}.{ref.target}"])
-                    # the ledger before the target, and each altered only when it lacks
-                    # a column (ALTER TABLE takes its exclusive lock even then): a loader's
-                    # group writes the ledger, then its targets, so holding a target while
-                    # waiting for the ledger deadlocked with it; and a queued ALTER stalls
-                    # every loader and every reader of the table behind a long query,
-                    # at each process start
+                                      [f"steadyflow:ddl:{self.schema}"])
                     self.conn.execute(p.create_schema.encode())
                     self.conn.execute(p.create_ledger.encode())
                     self._add_missing(LEDGER, zip(("changed", "quarantined"),
                                                   p.add_ledger_counts, strict=True))
+                with self.conn.transaction():
+                    self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
+                                      [f"steadyflow:{self.schema}.{ref.target}"])
+                    # the ledger before the target (committed above), and each altered
+                    # only when it lacks a column (ALTER TABLE takes its exclusive lock
+                    # even then): a loader's group writes the ledger, then its targets, so
+                    # holding a target while waiting for the ledger deadlocked with it;
+                    # and a queued ALTER stalls every loader and every reader of the
+                    # table behind a long query, at each process start
                     self.conn.execute(p.create_table.encode())
                     added = [c.name for c in contract.columns if c.added]
                     declared = self._add_missing(ref.target, zip((SEQ, *added),
