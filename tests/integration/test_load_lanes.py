@@ -108,9 +108,9 @@ def test_one_lane_loads_as_before(tmp_path: Path, pg_dsn: str) -> None:
 
 def test_a_refused_batch_fails_alone_while_the_other_lane_commits(tmp_path: Path,
                                                                   pg_dsn: str) -> None:
-    """A lane's group that the warehouse refuses is loaded again one by one after the
-    lanes are done: the refused batch fails alone, every other batch of both targets
-    loads once."""
+    """A lane's group that the warehouse refuses is loaded again one by one in its lane,
+    before the lane's next group: the refused batch fails alone, every other batch of
+    both targets loads once."""
     cfg = _config(tmp_path, pg_dsn)
     with Pipeline.from_yaml(cfg) as p:
         assert p.extract().ok

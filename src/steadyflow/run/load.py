@@ -291,19 +291,16 @@ class BatchLoader:
                       ) -> Iterator[tuple[BatchRef, LoadOutcome | Exception]]:
         """Each lane's groups merged in a thread of its own, on its own connection; each
         group marked and acked here, in the caller's thread, as its commit returns. A
-        group that failed is loaded again one by one once every lane is done (on
-        `warehouse` alone, as `_handle_group` does)."""
+        group that failed is loaded again one by one in its lane before the lane's next
+        group (`_lane_group`), as `_handle_group` does on one connection."""
         done: queue.Queue[tuple[list[BatchRef], list[LoadOutcome] | Exception] | None] = (
             queue.Queue())
 
         def merge(warehouse: Warehouse, batches: list[BatchRef]) -> None:
             try:
                 for group in self._groups(batches):
-                    try:
-                        done.put((group, self._process(group, record=False,
-                                                       warehouse=warehouse)))
-                    except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
-                        done.put((group, exc))
+                    for item in self._lane_group(group, warehouse):
+                        done.put(item)
             finally:
                 done.put(None)
 
@@ -311,7 +308,6 @@ class BatchLoader:
                    for lane in lanes]
         for thread in threads:
             thread.start()
-        failed: list[list[BatchRef]] = []
         try:
             running = len(threads)
             while running:
@@ -320,21 +316,42 @@ class BatchLoader:
                     running -= 1
                     continue
                 group, outcomes = item
-                if not isinstance(outcomes, Exception):
-                    yield from self._finish_group(group, outcomes)
-                elif isinstance(outcomes, RetryableError) or len(group) == 1:
-                    for batch in group:  # the warehouse itself, or a batch alone already
+                if isinstance(outcomes, Exception):
+                    for batch in group:
                         yield batch, outcomes
                 else:
-                    log.warning("a group of %d batches failed (%s); loading them one by one",
-                                len(group), outcomes,
-                                extra={"stage": "load", "batch_id": exc_batch(outcomes)})
-                    failed.append(group)
+                    yield from self._finish_group(group, outcomes)
         finally:
             for thread in threads:
                 thread.join()
-        for group in failed:
-            yield from self._alone(group)
+
+    def _lane_group(self, group: list[BatchRef], warehouse: Warehouse
+                    ) -> Iterator[tuple[list[BatchRef], list[LoadOutcome] | Exception]]:
+        """A lane's group merged, or, if the warehouse refused it, each of its batches
+        alone (committed, not yet marked), in order and before the lane's next group.
+
+        Kept until every lane was done (as at first), a refused group's batches loaded
+        after the target's later groups: an upsert does not mind (the later extraction
+        wins by seq), but a repair batch's delete removes what is there when it runs, so
+        an older batch loaded after it brought a deleted key back."""
+        try:
+            outcomes = self._process(group, record=False, warehouse=warehouse)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
+            if isinstance(exc, RetryableError) or len(group) == 1:
+                yield group, exc  # the warehouse itself, or a batch alone already
+                return
+            log.warning("a group of %d batches failed (%s); loading them one by one",
+                        len(group), exc, extra={"stage": "load", "batch_id": exc_batch(exc)})
+        else:
+            yield group, outcomes
+            return
+        for batch in group:
+            try:
+                alone: list[LoadOutcome] | Exception = self._process(
+                    [batch], record=False, warehouse=warehouse)
+            except Exception as exc:  # noqa: BLE001 - handed to the caller's thread
+                alone = exc
+            yield [batch], alone
 
     def _unconfigured(self, batch: BatchRef) -> FatalError | None:
         """The error of a batch whose table the config no longer names (taken out while
