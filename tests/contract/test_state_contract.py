@@ -330,6 +330,68 @@ def test_postgres_outage_is_an_error_not_a_hang(pg_dsn: str) -> None:
         store.close()
 
 
+def test_postgres_fenced_page_writes_are_one_round_trip_each(
+        pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A landed page's fenced writes (its manifest row, then the first load's position or
+    the checkpoint) are one autocommitted statement each on PostgreSQL, not a transaction
+    of four round trips (BEGIN, fence, write, COMMIT): a worker pays them on every page.
+    One statement is as fenced as the transaction was: a stale table or chunk lease writes
+    nothing and names who holds it now."""
+    a, b = PostgresStateStore(pg_dsn, "sf_state"), PostgresStateStore(pg_dsn, "sf_state")
+    try:
+        lease = a.try_lease("s", "t", "otherhost:1:a", 30)
+        assert lease is not None
+        a.start_backfill("s", "t", Watermark(9, (9,)), lease)
+        trips: list[int] = []
+        wait = psycopg.Connection.wait
+
+        def counted(self: psycopg.Connection[object], *args: object, **kw: object) -> object:
+            trips.append(1)  # one per statement sent and answered: the round trips
+            return wait(self, *args, **kw)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(psycopg.Connection, "wait", counted)
+        for write in (lambda: a.record_landed(_ref("p1"), lease),
+                      lambda: a.advance_backfill("s", "t", Watermark(3, (3,)), lease),
+                      lambda: a.advance_checkpoint("s", "t", Watermark(4, (4,)), lease),
+                      lambda: a.record_landed(_ref("p2"))):
+            trips.clear()
+            write()
+            assert len(trips) == 1, f"{len(trips)} round trips"
+        monkeypatch.undo()
+        assert b.batch("p1") is not None and b.batch("p2") is not None
+        assert b.backfill("s", "t") == (Watermark(9, (9,)), Watermark(3, (3,)))
+        assert b.checkpoint("s", "t") == Watermark(4, (4,))
+
+        a.release_lease(lease)
+        taken = b.try_lease("s", "t", "otherhost:2:b", 30)
+        assert taken is not None and taken.generation == lease.generation + 1
+        with pytest.raises(ExtractionFenced, match=r"now generation 2, held by otherhost:2:b"):
+            a.record_landed(_ref("late"), lease)
+        with pytest.raises(ExtractionFenced):
+            a.advance_backfill("s", "t", Watermark(7, (7,)), lease)
+        with pytest.raises(ExtractionFenced):
+            a.advance_checkpoint("s", "t", Watermark(8, (8,)), lease)
+        assert b.batch("late") is None
+        assert b.backfill("s", "t") == (Watermark(9, (9,)), Watermark(3, (3,)))
+        assert b.checkpoint("s", "t") == Watermark(4, (4,))
+
+        table = a.try_lease("s", "c", "otherhost:1:a", 30)
+        assert table is not None
+        a.plan_backfill("s", "c", Watermark(9, (9,)), [(None, Watermark(9, (9,)))],
+                        lease=table)
+        chunk = a.claim_chunk("s", "c", "otherhost:1:a", 0.3)
+        assert chunk is not None
+        a.record_landed(_ref("c1", table="c"), chunk)
+        time.sleep(0.5)
+        assert b.claim_chunk("s", "c", "otherhost:2:b", 30) is not None
+        with pytest.raises(ExtractionFenced, match=r"chunk 0 .*held by otherhost:2:b"):
+            a.record_landed(_ref("c2", table="c"), chunk)
+        assert b.batch("c1") is not None and b.batch("c2") is None
+    finally:
+        a.close()
+        b.close()
+
+
 def test_workers_registry_and_held_leases(adapter: Adapter) -> None:
     a, b = adapter.open(), adapter.open()
     a.register_worker("h1:1:x", "h1", 1, 0.2)

@@ -285,17 +285,17 @@ class StateStore(ABC):
         keeps the checkpoint moving forward; a lookback re-read may set it back within the
         window it re-reads, which costs a re-read, never a row.
         """
-        with self._tx() as c:
-            self._fence(c, lease)
-            self._advance(c, source, table, mark)
+        self._fenced_write(lease, *self._advance_sql(source, table, mark))
 
     @staticmethod
-    def _advance(c: Tx, source: str, table: str, mark: Watermark) -> None:
-        c.execute(
-            "INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
-            "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
-            (source, table, mark.to_json(), time.time()),
-        )
+    def _advance_sql(source: str, table: str, mark: Watermark) -> tuple[str, tuple[Any, ...]]:
+        return ("INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
+                "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
+                (source, table, mark.to_json(), time.time()))
+
+    @classmethod
+    def _advance(cls, c: Tx, source: str, table: str, mark: Watermark) -> None:
+        c.execute(*cls._advance_sql(source, table, mark))
 
     def reset_checkpoint(self, source: str, table: str) -> None:
         with self._tx() as c:
@@ -322,10 +322,8 @@ class StateStore(ABC):
 
     def advance_backfill(self, source: str, table: str, after: Watermark,
                          lease: Lease | None = None) -> None:
-        with self._tx() as c:
-            self._fence(c, lease)
-            c.execute("UPDATE backfills SET after=? WHERE source=? AND tbl=?",
-                      (after.to_json(), source, table))
+        self._fenced_write(lease, "UPDATE backfills SET after=? WHERE source=? AND tbl=?",
+                           (after.to_json(), source, table))
 
     def finish_backfill(self, source: str, table: str, lease: Lease | None = None) -> bool:
         """The whole table is landed: from here the checkpoint is the cursor position taken
@@ -533,20 +531,34 @@ class StateStore(ABC):
         the state's clock, the renewal), paid twice per landed batch."""
         if lease is None:
             return
-        if isinstance(lease, ChunkLease):
-            table, where = "backfill_chunks", "source=? AND tbl=? AND chunk=?"
-            keys: tuple[Any, ...] = (lease.source, lease.table, lease.chunk)
-        else:
-            table, where, keys = "extract_leases", "source=? AND tbl=?", (lease.source,
-                                                                         lease.table)
+        if c.execute(*self._fence_sql(lease)).fetchone() is None:
+            raise self._fenced_by(c, lease)
+
+    def _fence_sql(self, lease: Lease) -> tuple[str, tuple[Any, ...]]:
+        """`_fence`'s check-and-renew: an UPDATE that returns a row only if `lease` is
+        still the current one."""
+        table, where, keys = _lease_row(lease)
         end, params = self._lease_end(lease.seconds)
-        if c.execute(f"UPDATE {table} SET expires_at={end} WHERE {where} AND holder=? AND "
-                     "generation=? RETURNING generation",
-                     (*params, *keys, lease.holder, lease.generation)).fetchone() is not None:
-            return
+        return (f"UPDATE {table} SET expires_at={end} WHERE {where} AND holder=? AND "
+                "generation=? RETURNING generation",
+                (*params, *keys, lease.holder, lease.generation))
+
+    @staticmethod
+    def _fenced_by(c: Tx, lease: Lease) -> ExtractionFenced:
+        """The error for a failed fence, naming who holds the lease now."""
+        table, where, keys = _lease_row(lease)
         row = c.execute(f"SELECT holder, generation FROM {table} WHERE {where}", keys
                         ).fetchone()
-        raise _fenced(lease, *((row[0], row[1]) if row is not None else (None, 0)))
+        return _fenced(lease, *((row[0], row[1]) if row is not None else (None, 0)))
+
+    def _fenced_write(self, lease: Lease | None, sql: str, params: tuple[Any, ...]) -> None:
+        """One write (an INSERT or UPDATE of a table other than the lease's own) that
+        happens only while `lease` is current, renewing it: the fence and the write in
+        one transaction. PostgreSQL overrides it with one statement (no BEGIN and COMMIT
+        round trips): this runs twice per landed page."""
+        with self._tx() as c:
+            self._fence(c, lease)
+            c.execute(sql, params)
 
     def leases(self) -> list[dict[str, Any]]:
         """Every extraction lease held now, of a table (chunk None) or of one key range of
@@ -626,14 +638,12 @@ class StateStore(ABC):
         it is still the table's current lease (see _fence). A batch known already keeps its
         entry, unless gc deleted its file ('gone'): landed again (the same page re-read),
         its new file is the one to load and to collect later."""
-        with self._tx() as c:
-            self._fence(c, lease)
-            c.execute(
-                "INSERT INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT(batch_id) DO UPDATE SET ref=excluded.ref, "
-                "landed_at=excluded.landed_at, status='landed' WHERE manifest.status='gone'",
-                (ref.batch_id, ref.source, ref.table, ref.to_json(), ref.rows, ref.landed_at),
-            )
+        self._fenced_write(
+            lease,
+            "INSERT INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
+            "VALUES (?,?,?,?,?,?) ON CONFLICT(batch_id) DO UPDATE SET ref=excluded.ref, "
+            "landed_at=excluded.landed_at, status='landed' WHERE manifest.status='gone'",
+            (ref.batch_id, ref.source, ref.table, ref.to_json(), ref.rows, ref.landed_at))
 
     def mark_loaded(
         self, batch_id: str, good_rows: int | None, quarantined_rows: int | None,
@@ -1066,6 +1076,14 @@ def _filters(**equal: str | None) -> tuple[str, tuple[str, ...]]:
     if not used:
         return "", ()
     return " WHERE " + " AND ".join(f"{k}=?" for k in used), tuple(used.values())
+
+
+def _lease_row(lease: Lease) -> tuple[str, str, tuple[Any, ...]]:
+    """(table, WHERE with `?`, its parameters) of the row that holds `lease`."""
+    if isinstance(lease, ChunkLease):
+        return ("backfill_chunks", "source=? AND tbl=? AND chunk=?",
+                (lease.source, lease.table, lease.chunk))
+    return "extract_leases", "source=? AND tbl=?", (lease.source, lease.table)
 
 
 def _fenced(lease: Lease, holder: str | None, generation: int) -> ExtractionFenced:
