@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/steadyflow demo
 
+# The suite runs in pytest-xdist worker processes: a test mostly waits on the services and
+# on the child processes it starts, so 3 workers keep 2 cores busy. Every test makes its own
+# databases, streams, ports and files; tests that must not overlap share an xdist_group.
+# TEST_WORKERS=0 runs it in this one process (as PYTEST_ARGS='-n 0' does).
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # the long tiers: >= 2,000 generated examples of the correctness suite, and chaos runs
 test-exhaustive: $(STAMP)
