@@ -309,6 +309,18 @@ def wait_for_run_start(directory: Path, proc: subprocess.Popen[bytes], runs_befo
     return False
 
 
+def wait_for_a_load(directory: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Wait until a batch is loaded (by `proc` or an earlier run), or `proc` ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if state_rows(directory, "SELECT 1 FROM manifest WHERE status='loaded' LIMIT 1"):
+                return
+        except sqlite3.OperationalError:  # the schema is being created right now
+            pass
+        time.sleep(0.05)
+
+
 def test_sigkill_at_random_moments_while_stores_are_written(tmp_path: Path) -> None:
     paths = create_stores(tmp_path / "stores", stores=2, rows_per_store=3_000)
     cfg = write_pipeline(tmp_path, sources(paths), run={"interval": "0.3s"})
@@ -317,7 +329,7 @@ def test_sigkill_at_random_moments_while_stores_are_written(tmp_path: Path) -> N
     writer = StoreWriter(paths, rate_per_second=300).start()
     proc: subprocess.Popen[bytes] | None = None
     try:
-        for _ in range(6):
+        for attempt in range(6):
             runs_before = run_count(tmp_path)
             with open(log, "ab") as err:
                 proc = subprocess.Popen(
@@ -326,6 +338,8 @@ def test_sigkill_at_random_moments_while_stores_are_written(tmp_path: Path) -> N
                     env={**os.environ, "STEADYFLOW_FAILPOINT": ""})
             started = wait_for_run_start(tmp_path, proc, runs_before)
             assert started, f"pipeline did not start a run:\n{log.read_text()[-3000:]}"
+            if attempt == 5:  # the last kill comes after a load, however busy the host: on
+                wait_for_a_load(tmp_path, proc)  # one running other tests, 6 x 2.5 s loaded none
             delay = rng.uniform(0.3, 2.5)  # from the start of its first run: a busy host
             time.sleep(delay)  # can take seconds just to import, and that proves nothing
             assert proc.poll() is None, f"pipeline exited by itself:\n{log.read_text()[-3000:]}"

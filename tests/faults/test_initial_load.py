@@ -138,7 +138,11 @@ def test_changes_made_during_the_key_order_load_reach_the_warehouse_in_the_same_
 def test_a_kill_mid_load_resumes_after_the_last_landed_page(
         tmp_path: Path, pg_dsn: str) -> None:
     seed("postgres", pg_dsn)
-    cfg = write_pipeline(tmp_path, [sql_source("s", "postgres", pg_dsn, page_size=1_000)])
+    # pages stay 1,000 rows: FAST's 2 s statement timeout halves a page that took over 1 s,
+    # which a busy machine (parallel test workers) reaches, and a 500-row page 2 moved the
+    # resume point (3,500 rows read again); 60 s allows 15 s a page
+    source = sql_source("s", "postgres", pg_dsn, page_size=1_000, statement_timeout=60)
+    cfg = write_pipeline(tmp_path, [source])
     proc = steadyflow("run", "-c", str(cfg),
                       env={"STEADYFLOW_FAILPOINT": "extract.after_enqueue:3"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr

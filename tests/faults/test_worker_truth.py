@@ -279,6 +279,14 @@ def test_a_source_read_again_by_another_worker_is_not_shown_down(
     assert (report["health"], code) == ("healthy", 0)
 
 
+def poll_age(warehouse_dsn: str, table: str) -> float:
+    """Seconds since `table`'s last recorded successful poll (0 before the first)."""
+    with psycopg.connect(warehouse_dsn) as conn:
+        row = conn.execute("SELECT polled_at FROM sf_state.source_polls WHERE tbl = %s",
+                           (table,)).fetchone()
+    return time.time() - float(row[0]) if row else 0.0
+
+
 def heartbeat_units(warehouse_dsn: str) -> list[str]:
     """The units the workers' last heartbeats said they held."""
     try:
@@ -329,10 +337,17 @@ def test_a_table_a_running_worker_cannot_poll_is_stalled(
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO t1 VALUES (100, 'new', now())")
         time.sleep(3)  # the worker tries to poll t1 (its new row is not published)
-        # twenty minutes pass (t1's last successful poll is that old)
-        with psycopg.connect(pg_warehouse_dsn, autocommit=True) as conn:
-            conn.execute("UPDATE sf_state.source_polls SET polled_at = polled_at - 1200 "
-                         "WHERE tbl = 't1'")
+        # twenty minutes pass (t1's last successful poll is that old). Until the backdating
+        # holds: on a busy machine a poll of t1 that read before the insert (or the first
+        # poll's record, written after the load) can land after the UPDATE, and a fresh poll
+        # time read 'ok'. Polls of t1 are one at a time, and none after it can succeed
+        for _ in range(10):
+            with psycopg.connect(pg_warehouse_dsn, autocommit=True) as conn:
+                conn.execute("UPDATE sf_state.source_polls SET polled_at = polled_at - 1200 "
+                             "WHERE tbl = 't1' AND polled_at > %s", (time.time() - 600,))
+            time.sleep(2)
+            if poll_age(pg_warehouse_dsn, "t1") > 1200:
+                break
         report, code = status(cfg)
     finally:
         proc.send_signal(signal.SIGKILL)
