@@ -18,7 +18,8 @@ demo: $(STAMP)
 
 # The suite runs in pytest-xdist worker processes: a test mostly waits on the services and
 # on the child processes it starts, so 3 workers keep 2 cores busy. Every test makes its own
-# databases, streams, ports and files; tests that must not overlap share an xdist_group.
+# databases, streams, ports and files (a test that must not overlap another would name an
+# xdist_group: none needs one).
 # TEST_WORKERS=0 runs it in this one process (as PYTEST_ARGS='-n 0' does).
 TEST_WORKERS ?= 3
 
