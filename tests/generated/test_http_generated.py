@@ -31,13 +31,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from tests.support import gen, oracle
 from tests.support.gen import Col, Table
-from tests.support.hypo import exhaustive_examples, generated
+from tests.support.hypo import exhaustive_examples, generated, tier_timeout
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline
 
 ORDERS = ("ascending", "descending", "by_id", "shuffled")
 CI_EXAMPLES = int(os.environ.get("STEADYFLOW_GENERATED_EXAMPLES", "12"))
+HTTP_EXHAUSTIVE_EXAMPLES = exhaustive_examples(300)
 _counter = itertools.count()
 
 
@@ -350,9 +351,10 @@ def test_generated_api_records_arrive_exactly(wh_kind: str, api: tuple[Api, str]
 
 
 @pytest.mark.exhaustive
+@tier_timeout(HTTP_EXHAUSTIVE_EXAMPLES)
 @pytest.mark.parametrize("wh_kind", ("duckdb", "postgres"))
 def test_generated_api_records_exhaustive(wh_kind: str, api: tuple[Api, str],
                                           request: pytest.FixtureRequest,
                                           tmp_path: Path) -> None:
-    _run(wh_kind, exhaustive_examples(300), api, request, tmp_path)
+    _run(wh_kind, HTTP_EXHAUSTIVE_EXAMPLES, api, request, tmp_path)
 

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from tests.conftest import steadyflow
 from tests.support import gen, oracle
 from tests.support.gen import Table
-from tests.support.hypo import exhaustive_examples, generated
+from tests.support.hypo import exhaustive_examples, generated, tier_timeout
 from tests.support.jetstream import NATS_URL, fresh_stream
 from tests.support.source_db import SourceDb
 
@@ -397,6 +397,7 @@ def test_generated_tables_arrive_exactly(source_kind: str, wh_kind: str,
 
 
 @pytest.mark.exhaustive
+@tier_timeout(EXHAUSTIVE_EXAMPLES)
 @pytest.mark.parametrize("wh_kind", WAREHOUSES)
 @pytest.mark.parametrize("source_kind", SOURCES)
 def test_generated_tables_exhaustive(source_kind: str, wh_kind: str,
@@ -426,6 +427,7 @@ def test_generated_tables_arrive_through_key_ranges_and_replay_from_compacted_la
 
 
 @pytest.mark.exhaustive
+@tier_timeout(SPLIT_EXHAUSTIVE_EXAMPLES)
 @pytest.mark.parametrize("wh_kind", WAREHOUSES)
 @pytest.mark.parametrize("source_kind", SOURCES)
 def test_generated_key_ranges_and_compacted_replay_exhaustive(
@@ -435,6 +437,7 @@ def test_generated_key_ranges_and_compacted_replay_exhaustive(
 
 
 @pytest.mark.exhaustive
+@tier_timeout(SPLIT_EXHAUSTIVE_EXAMPLES)
 @pytest.mark.parametrize("source_kind", SOURCES)
 def test_generated_key_ranges_with_shared_stores_exhaustive(
         source_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
@@ -444,6 +447,7 @@ def test_generated_key_ranges_with_shared_stores_exhaustive(
 
 
 @pytest.mark.exhaustive
+@tier_timeout(SPLIT_EXHAUSTIVE_EXAMPLES)
 @pytest.mark.parametrize("source_kind", SOURCES)
 def test_generated_key_ranges_killed_exhaustive(
         source_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, seed, settings
 
 SEED = os.environ.get("STEADYFLOW_GENERATED_SEED")
@@ -19,6 +20,14 @@ SEED = os.environ.get("STEADYFLOW_GENERATED_SEED")
 
 def exhaustive_examples(default: int) -> int:
     return int(os.environ.get("STEADYFLOW_GENERATED_EXHAUSTIVE", str(default)))
+
+
+def tier_timeout(examples: int) -> pytest.MarkDecorator:
+    """An exhaustive tier's pytest-timeout: the ini's 300 s bounds one test function, which
+    here runs every example (350 took 614 s on a busy machine; 40 ran past 300 s at load
+    20), so the bound grows with the count: a hang still ends the test, a long tier does
+    not."""
+    return pytest.mark.timeout(max(300, 30 * examples))
 
 
 def generated(examples: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
