@@ -6,16 +6,13 @@ the reason; a whole number (3.00) loads as itself. PostgreSQL quarantined them a
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import duckdb
-import pymysql
 import pytest
+from tests.support.sql_exec import execute
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
@@ -23,24 +20,6 @@ from steadyflow.run.pipeline import Pipeline, RunSummary
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 VALUES = ["1.5", "2.01", "-1.5", "3", "-0.99", "99999999.99", "NULL"]
-
-
-def execute(kind: str, at: str, *statements: str) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = []
-    if kind == "mysql":
-        parts = urlsplit(at)
-        conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
-                               database=parts.path.lstrip("/"), autocommit=True)
-        with closing(conn), conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-                rows = list(cur.fetchall())
-        return rows
-    with closing(sqlite3.connect(at)) as lite:
-        for statement in statements:
-            rows = lite.execute(statement).fetchall()
-        lite.commit()
-    return rows
 
 
 def run(tmp: Path, kind: str, at: str, page_size: int, initial_load: str) -> RunSummary:

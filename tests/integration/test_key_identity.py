@@ -5,15 +5,12 @@ sharing the key were merged into one warehouse row, the others lost, every run o
 from __future__ import annotations
 
 import logging
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import duckdb
-import pymysql
 import pytest
+from tests.support.sql_exec import execute
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
@@ -25,21 +22,6 @@ TIME = {"mysql": "DATETIME(6)", "sqlite": "TEXT"}
 
 def where(kind: str, request: pytest.FixtureRequest, tmp: Path) -> str:
     return request.getfixturevalue("mysql_dsn") if kind == "mysql" else str(tmp / "s.db")
-
-
-def execute(kind: str, at: str, *statements: str) -> None:
-    if kind == "mysql":
-        parts = urlsplit(at)
-        conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
-                               database=parts.path.lstrip("/"), autocommit=True)
-        with closing(conn), conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-        return
-    with closing(sqlite3.connect(at)) as lite:
-        for statement in statements:
-            lite.execute(statement)
-        lite.commit()
 
 
 def run(tmp: Path, kind: str, at: str, key: list[str]) -> RunSummary:

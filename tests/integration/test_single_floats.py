@@ -8,15 +8,12 @@ double precision (which both print exactly) loads every row."""
 
 from __future__ import annotations
 
-from contextlib import closing
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import duckdb
-import psycopg
-import pymysql
 import pytest
+from tests.support.sql_exec import execute
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
@@ -28,24 +25,6 @@ ROWS = ("INSERT INTO t VALUES (1, 0.7, 1), (2, 0.7, 2), (3, 0.7, 3), (4, 0.9, 4)
         "(5, 0.9, 5), (6, 1.3, 6), (7, 1.3, 7)")
 SINGLE = {"mysql": "FLOAT", "postgres": "real"}
 DOUBLE = {"mysql": "DOUBLE", "postgres": "double precision"}
-
-
-def execute(kind: str, dsn: str, *statements: str) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = []
-    if kind == "postgres":
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for statement in statements:
-                cur = conn.execute(statement)
-                rows = cur.fetchall() if cur.description else []
-        return rows
-    parts = urlsplit(dsn)
-    conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
-                           database=parts.path.lstrip("/"), autocommit=True)
-    with closing(conn), conn.cursor() as cur:
-        for statement in statements:
-            cur.execute(statement)
-            rows = list(cur.fetchall())
-    return rows
 
 
 def run(tmp: Path, kind: str, dsn: str, column: str, initial_load: str) -> RunSummary:

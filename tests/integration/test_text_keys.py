@@ -6,16 +6,12 @@ column; the same table keyed as string loads every row."""
 
 from __future__ import annotations
 
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import duckdb
-import psycopg
-import pymysql
 import pytest
+from tests.support.sql_exec import execute
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
@@ -30,29 +26,6 @@ def where(kind: str, request: pytest.FixtureRequest, tmp: Path) -> str:
     if kind == "sqlite":
         return str(tmp / "s.db")
     return str(request.getfixturevalue("mysql_dsn" if kind == "mysql" else "pg_dsn"))
-
-
-def execute(kind: str, at: str, *statements: str) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = []
-    if kind == "postgres":
-        with psycopg.connect(at, autocommit=True) as conn:
-            for statement in statements:
-                cur = conn.execute(statement)
-                rows = cur.fetchall() if cur.description else []
-    elif kind == "mysql":
-        parts = urlsplit(at)
-        conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user="root",
-                               database=parts.path.lstrip("/"), autocommit=True)
-        with closing(conn), conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-                rows = list(cur.fetchall())
-    else:
-        with closing(sqlite3.connect(at)) as lite:
-            for statement in statements:
-                rows = lite.execute(statement).fetchall()
-            lite.commit()
-    return rows
 
 
 def run(tmp: Path, kind: str, at: str, ktype: str) -> RunSummary:
