@@ -450,3 +450,22 @@ def test_an_api_key_in_the_query_never_reaches_raw_pages_or_errors(
         assert key in yaml.safe_dump(server.queries)  # the server did get it
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("lookback", [0, 1])
+def test_a_record_stamped_in_the_future_holds_no_later_record_back(
+        tmp_path: Path, api: OrdersApi, lookback: int) -> None:
+    """An API record stamped years ahead moves the checkpoint there: each later run
+    stepped back from now minus the lookback, so a record written (with a correct clock)
+    between two runs, more than the lookback before the second, was filtered out by
+    updated_since for good, every run ok. It steps back from the previous run's start."""
+    api.put(1, datetime.now(UTC), "now", 1)
+    api.put(2, datetime(2099, 1, 1, tzinfo=UTC), "future", 2)
+    cfg = config(tmp_path, api, lookback=lookback)
+    assert run(cfg).ok
+    for i in (3, 4):
+        time.sleep(0.05)
+        api.put(i, datetime.now(UTC), "between runs", i)
+        time.sleep(lookback + 1.5)
+        assert run(cfg).ok
+        assert_equal(cfg, api)

@@ -196,6 +196,31 @@ FIRST_LOAD_SETTLE = 30.0
 SETTLE_PAUSE = 0.1
 
 
+@dataclass(frozen=True, slots=True)
+class PollStart:
+    """When a poll began and when it had noted the table's end, on this host's clock.
+
+    A row committed after the poll's snapshot, stamped by a correct clock, carries a
+    cursor at or after `began` (within the lookback, which covers clock skew and
+    transactions in flight); the poll read every row committed before it, from its start
+    up to its checkpoint. A checkpoint after `noted` is a row stamped in the future (a
+    correct clock stamps a row it commits before the snapshot no later than that), and
+    the next poll steps back from `began` instead of from it (TableExtractor._ahead)."""
+
+    began: datetime
+    noted: datetime
+
+    def as_meta(self) -> dict[str, object]:
+        return {"began": self.began.timestamp(), "noted": self.noted.timestamp()}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> PollStart | None:
+        began, noted = meta.get("began"), meta.get("noted", meta.get("began"))
+        if not isinstance(began, int | float) or not isinstance(noted, int | float):
+            return None
+        return cls(datetime.fromtimestamp(began, UTC), datetime.fromtimestamp(noted, UTC))
+
+
 @dataclass
 class TableMemory:
     """What a table's polls carry from one to the next within a process (kept by the
@@ -214,6 +239,9 @@ class TableMemory:
     recorded: tuple[str | None, float] | None = None
     # the adaptive lookback fell back to the fixed window (no privilege): told to status
     hidden_reported: bool = False
+    # the last completed poll's start (a checkpoint ahead of it steps back from it:
+    # TableExtractor._ahead); None = unknown
+    started: PollStart | None = None
     # a checkpoint ahead of this host's clock was logged (TableExtractor._ahead)
     ahead_reported: bool = False
     # an HTTP token walk whose tokens count records or pages was logged (_counting_tokens)
@@ -299,6 +327,9 @@ class TableExtractor:
         self._next_number: int | None = None
         # the (end, open transactions) this poll's idle check saw (see _idle)
         self._seen: tuple[Watermark | None, OpenSince | None] | None = None
+        # this poll's start, around its noting the table's end (kept in each landed page's
+        # meta "began"/"noted" and, once the poll completes, in TableMemory.started)
+        self._start: PollStart | None = None
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"source": self.ref.source, "table": self.ref.table, "stage": "extract",
@@ -324,6 +355,8 @@ class TableExtractor:
         mark = self._start_mark = replace(mark, on=())  # pages' marks carry no names
         _refuse_endless(mark.cursor, self.ref, self.contract.cursor)
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
+            if self._ahead(mark.cursor, datetime.now(UTC)) > 0:
+                return self._unplaced(mark.cursor)
             return None, self._respell(mark.cursor)
         bound = self._adaptive_bound(observed) if self._bounded(mark.cursor) else None
         if bound is not None:
@@ -335,7 +368,14 @@ class TableExtractor:
             # (a time can: strictly after it would pass a late row stamped the same)
             after = bound >= cursor if self._numbered else bound > cursor  # type: ignore[operator]
             return (mark, None) if after else (None, bound)
-        ahead = self._ahead(mark.cursor)
+        previous = self._previous_start() if self._timed() else None
+        if previous is None:
+            if self._ahead(mark.cursor, datetime.now(UTC)) > 0:
+                return self._unplaced(mark.cursor)
+            ahead = 0.0
+        else:  # a checkpoint the previous poll's snapshot could hold steps back from itself
+            ahead = self._ahead(mark.cursor, previous.began) \
+                if self._ahead(mark.cursor, previous.noted) > 0 else 0.0
         if self.table.lookback > 0 or ahead > 0:
             return None, step_back(mark.cursor, self.table.lookback + ahead)
         if self.source.kind == "http":
@@ -347,16 +387,20 @@ class TableExtractor:
             return None, mark.cursor
         return mark, None
 
-    def _ahead(self, cursor: object) -> float:
-        """Seconds a time cursor's checkpoint stands ahead of this host's clock (0 when
-        it does not, or is no time). A fixed window steps back from the checkpoint, so a
-        row stamped in the future (a mistyped year, a client clock ahead, a scheduled
-        row) moved it past every row written afterwards with a correct clock: those rows
-        sorted behind it and were skipped, silently, until real time caught up. From such
-        a checkpoint the window steps back from now instead (spelled as the checkpoint
-        is): the future rows are re-read each poll, harmlessly, as the adaptive lookback
-        re-reads from its bound."""
-        if self.contract.column(self.contract.cursor).type not in ("timestamp", "date"):
+    def _ahead(self, cursor: object, than: datetime) -> float:
+        """Seconds a time cursor's checkpoint stands ahead of `than` (a time of the last
+        completed poll, PollStart), 0 when it does not, or is no time. A fixed window
+        steps back from the checkpoint, so a row stamped in the future (a mistyped year, a
+        client clock ahead, a scheduled row) moved it past every row written afterwards
+        with a correct clock: those rows sorted behind it and were skipped, silently,
+        until real time caught up. From a checkpoint after the previous poll noted the
+        table's end, the window steps back from when that poll began instead (spelled as
+        the checkpoint is). Stepping back from now (as before) skipped, every run ok, each
+        row written between two polls more than the lookback before the second (a cron
+        run every 5 min with a 2 min lookback lost 3 min of rows per run). The future rows
+        are re-read each poll, harmlessly, as the adaptive lookback re-reads from its
+        bound."""
+        if not self._timed():
             return 0.0
         if isinstance(cursor, str):
             try:  # a date that is none (MariaDB's '2024-05-00'): the real one before it
@@ -364,25 +408,64 @@ class TableExtractor:
                     else parse_text_time(cursor)
             except ValueError:  # none before it either: no time to compare with the clock
                 return 0.0
-        now = datetime.now(UTC)
         if isinstance(cursor, datetime):
-            ahead = (_aware(cursor) - now).total_seconds()
+            ahead = (_aware(cursor) - than).total_seconds()
         elif isinstance(cursor, date):
-            ahead = float((cursor - now.date()).days * 86_400)
+            ahead = float((cursor - than.date()).days * 86_400)
         else:
             return 0.0
         if ahead <= 0:
             return 0.0
         if not self.memory.ahead_reported:
             self.memory.ahead_reported = True
-            log.warning("the checkpoint's cursor %s is %.0fs ahead of this host's clock (a "
-                        "row stamped in the future, or naive times written in a zone east "
-                        "of UTC, which steadyflow reads as UTC): each poll re-reads from now "
-                        "minus the lookback until real time passes it, which for a zone "
-                        "offset is every poll; correct that row's %s if it is wrong, or "
-                        "store the column in UTC", cursor, ahead, self.contract.cursor,
+            log.warning("the checkpoint's cursor %s is %.0fs ahead of the last poll's start "
+                        "on this host's clock (a row stamped in the future, or naive times "
+                        "written in a zone east of UTC, which steadyflow reads as UTC): "
+                        "each poll re-reads from the previous poll's start minus the "
+                        "lookback until real time passes it, which for a zone offset is "
+                        "every poll; correct that row's %s if it is wrong, or store the "
+                        "column in UTC", cursor, ahead, self.contract.cursor,
                         extra=self._extra())
         return ahead
+
+    def _timed(self) -> bool:
+        return self.contract.column(self.contract.cursor).type in ("timestamp", "date")
+
+    def _previous_start(self) -> PollStart | None:
+        """The last completed poll's start: this process's (TableMemory.started), else
+        the one the newest landed page that has one recorded (meta "began"; a page of an
+        unfinished poll is as good: its checkpoint is at or after its own rows, read in
+        cursor order from a start placed the same way; an earlier poll's is earlier, so
+        re-reads more). None when no page carries one (pages landed by an older
+        version)."""
+        if self.memory.started is not None:
+            return self.memory.started
+        for row in self.state.batches(self.ref.source, self.ref.table, limit=50):
+            start = PollStart.from_meta(BatchRef.from_json(row["ref"]).meta)
+            if start is not None:
+                return start
+        return None
+
+    def _noting(self, note: Callable[[], tuple[Watermark | None, OpenSince | None]]
+                ) -> tuple[Watermark | None, OpenSince | None]:
+        """`note` (the call that notes the table's end), timed as this poll's start."""
+        began = datetime.now(UTC)
+        noted = note()
+        self._start = PollStart(began, datetime.now(UTC))
+        return noted
+
+    def _unplaced(self, cursor: object) -> tuple[None, None]:
+        """A checkpoint ahead of this host's clock with no record of when the last poll
+        began (pages landed by an older version, which stepped back from now and so may
+        have skipped rows written between two polls; or a SQLite checkpoint kept as a
+        parsed time): no later start can be proven to miss nothing, so this poll reads
+        the table again from its start, once (its pages record their start); the merge
+        keeps the warehouse exact and brings back what was skipped."""
+        log.warning("the checkpoint's cursor %s is ahead of this host's clock and no landed "
+                    "page records when the last poll began: re-reading the table from its "
+                    "start once, so that no row written between earlier polls is missed",
+                    cursor, extra=self._extra())
+        return None, None
 
     def _bounded(self, cursor: object) -> bool:
         """Is this cursor value one the adaptive lookback places (a time, or a number the
@@ -442,6 +525,8 @@ class TableExtractor:
                 "a standby shows none of the primary's); "
                 f"using the fixed lookback window ({self.table.lookback:g}s), which misses "
                 "a transaction committing later than that (or set lookback_mode: fixed)")
+        if self._start is not None:
+            self.memory.started = self._start
         if not self.adaptive:
             return
         if observed is None or not observed.visible:
@@ -509,7 +594,10 @@ class TableExtractor:
 
     def _since_meta(self) -> dict[str, object]:
         bound = self._bound if self._next_number is None else self._next_number
-        return {} if bound is None else {"since": encode_value(bound)}
+        meta: dict[str, object] = {} if bound is None else {"since": encode_value(bound)}
+        if self._start is not None:
+            meta.update(self._start.as_meta())
+        return meta
 
     def _respell(self, cursor: date) -> str:
         """A SQLite checkpoint written as a parsed time (before watermarks kept the stored
@@ -581,9 +669,9 @@ class TableExtractor:
             return False  # the first load: key order, maybe split (under the lease)
         self.schema_drift(self.guard.call(lambda: db.probe(self.ref.table, self.contract),
                                           stop=self.should_stop) or [], db)
-        upto, observed = self._seen = self.guard.call(
+        upto, observed = self._seen = self._noting(lambda: self.guard.call(
             lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
-            stop=self.should_stop)
+            stop=self.should_stop))
         self._note(observed, upto)
         if upto is not None:
             after, since = self.start_point(observed, db)
@@ -641,15 +729,19 @@ class TableExtractor:
             # same round trip, before the snapshot that reads this position (or by this
             # poll's idle check, `_idle`, just before the lease)
             seen, self._seen = self._seen, None
-            upto, observed = seen if seen is not None else self.guard.call(
-                lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
-                stop=self.should_stop)
+            upto, observed = seen if seen is not None else self._noting(
+                lambda: self.guard.call(
+                    lambda: db.poll_end(self.ref.table, self.contract, self.adaptive),
+                    stop=self.should_stop))
             if not dry_run:
                 self._note(observed, upto)
             if upto is None:
                 if not dry_run:
                     self._observed(observed)
                 return True
+        elif self._chain is None or self._chain.ended:  # an API: before its walk's first page
+            now = datetime.now(UTC)  # the walk pages on: a record it serves may be newer
+            self._start = PollStart(now, now)
         after, since = self.start_point(observed, db)
         if upto is not None and since is None and after == upto:
             done = True  # the table ends at the checkpoint: nothing to page (an idle poll)
@@ -723,9 +815,12 @@ class TableExtractor:
         started = self.state.backfill(src, tbl)
         # open transactions noted before the position (and the pages' snapshots): the
         # cursor pass after the load re-reads from them (see start_point)
-        high, observed = self.guard.call(lambda: db.poll_end(tbl, self.contract,
-                                                             self.adaptive),
-                                         stop=self.should_stop)
+        high, observed = self._noting(lambda: self.guard.call(
+            lambda: db.poll_end(tbl, self.contract, self.adaptive), stop=self.should_stop))
+        if started is not None:
+            # a resumed load's pages record no start: its rows were read since an earlier
+            # process began it (a new load reads every row committed before its first page)
+            self._start = None
         if started is None:
             if high is None:
                 return True  # an empty table: the cursor pass starts from nothing
