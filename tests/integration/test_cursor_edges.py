@@ -16,7 +16,10 @@ run said ok. Such a cursor must be refused before any page is read, naming the c
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -114,14 +117,13 @@ FUTURE = "2099-01-01 00:00:00.000000"
 
 
 def config_file(tmp: Path, source: dict[str, Any], contract: dict[str, Any],
-                **table: Any) -> Path:
-    config = {"name": "edges", "contracts": {"c": contract},
-              "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "landing")},
-              "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"),
-                            "schema": "main"},
-              "sources": [{"name": "s", **source, "resilience": {"retries": 0},
-                           "tables": [{"name": "t", "contract": "c", "page_size": 2,
-                                       **table}]}]}
+                run: dict[str, Any] | None = None, **table: Any) -> Path:
+    config: dict[str, Any] = {
+        "name": "edges", "contracts": {"c": contract}, **({"run": run} if run else {}),
+        "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "landing")},
+        "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "main"},
+        "sources": [{"name": "s", **source, "resilience": {"retries": 0},
+                     "tables": [{"name": "t", "contract": "c", "page_size": 2, **table}]}]}
     path = tmp / "pipeline.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -227,6 +229,44 @@ def test_one_pipeline_polling_past_a_future_row_loses_no_row(tmp_path: Path) -> 
         for row in (3, 4):
             write_between_runs(write, row, 0)
             assert p.run_once(raise_on_error=False).ok
+    assert warehouse_rows(tmp_path) == sqlite_rows(db)
+
+
+def test_run_follow_past_a_future_row_loses_no_row(tmp_path: Path) -> None:
+    """`steadyflow run --follow` (one process, polls every ~0.25-0.5 s): a row written
+    between two polls is older than the next poll's now (lookback 0), which is where
+    stepping back from now started; the previous poll's start is kept in memory."""
+    db = tmp_path / "store.db"
+    write = sqlite_writer(db)
+    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
+    write("CREATE INDEX t_ts ON t (ts, id)")
+    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    path = config_file(tmp_path, {"kind": "sqlite", "path": str(db)}, TIMED,
+                       run={"interval": 0.5}, lookback=0)
+    proc = subprocess.Popen([sys.executable, "-m", "steadyflow", "run", "--follow", "-c",
+                             str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+    def checkpoint() -> str | None:
+        try:
+            with closing(sqlite3.connect(tmp_path / "state" / "state.db")) as state:
+                row = state.execute("SELECT watermark FROM checkpoints").fetchone()
+        except sqlite3.OperationalError:  # not created yet
+            return None
+        return row[0] if row else None
+
+    try:
+        deadline = time.monotonic() + 60
+        while "2099" not in (checkpoint() or ""):
+            assert time.monotonic() < deadline and proc.poll() is None, "no first load"
+            time.sleep(0.1)
+        for row in (3, 4):
+            write_between_runs(write, row, 0)
+        time.sleep(1.5)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
     assert warehouse_rows(tmp_path) == sqlite_rows(db)
 
 
