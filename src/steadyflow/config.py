@@ -346,7 +346,10 @@ class TableConfig(_Strict):
     next_path: str = Field(default="next", description=(
         "HTTP: dotted path to the next-page token; null, absent or \"\" = the last page, as is "
         "an empty page handing back the token it was asked with (an empty page with a new "
-        "token is followed)"))
+        "token is followed). A walk that is one full page (limit_param records) with no such "
+        "field at all, none seen before in the process, asks one page a record smaller "
+        "from the same start to prove it the last (it must carry the field); full without "
+        "it too, the table fails naming next_path, its checkpoint unmoved"))
     next_param: str = Field(default="after", description=(
         "HTTP: the query parameter that carries the next-page token"))
     since_param: str | None = Field(default="updated_since", description=(

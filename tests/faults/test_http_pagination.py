@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from tests.support.paged_api import (
+    T0,
     OffsetApi,
     Page,
     Query,
@@ -334,6 +336,89 @@ def test_an_api_leaving_the_next_field_out_on_its_last_page_is_walked_to_its_end
     summary = run(tmp_path, url, cursor_order="descending")
     assert summary.ok, summary.errors
     assert warehouse(tmp_path) == served(api)
+
+
+@pytest.mark.parametrize("first", [0, 2])
+def test_a_single_full_page_without_the_next_field_is_proven_the_last_not_refused(
+        tmp_path: Path, serve: Callable[[OffsetApi], str], first: int) -> None:
+    """An API that leaves `next` out when there is no next page (JSON.stringify drops
+    undefined), and a poll whose whole walk is one page of exactly the page size: three
+    records in all (a first load), or one more after a first load of two (the poll's
+    start steps back over the records before it: three again). No answer of the walk had
+    the field, so the table failed telling the operator to fix a correct next_path, on
+    every such poll. One page one record smaller, asked from the same start, has the field
+    (more follow): the field is where next_path looks, and the full page was the last."""
+    api = OffsetApi(first or 3, order="desc")
+    api.shape = lambda _, __, page: page if page["next"] else {"data": page["data"]}
+    url = serve(api)
+    if first:
+        assert run(tmp_path, url, cursor_order="descending").ok
+        api.records[3] = {"id": 3, "updated_at": stamp(3), "qty": 3}
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert summary.ok, (summary.errors, api.asked)
+    assert warehouse(tmp_path) == served(api)
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        mark = pipeline.state.checkpoint("api", "t")
+    assert mark is not None and mark.cursor == T0 + timedelta(seconds=len(api.records))
+
+
+def test_a_full_page_unproven_because_records_vanished_holds_the_checkpoint(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """The one full page had no next field, and two records were deleted before the
+    smaller page proving it the last was answered: that answer (one record of two asked,
+    no field) proves nothing. The poll loads its records and keeps the checkpoint where it
+    was; the next poll, on one record, moves it."""
+    api = OffsetApi(3, order="desc")
+    api.shape = lambda _, __, page: page if page["next"] else {"data": page["data"]}
+    api.before = lambda a: [a.records.pop(i) for i in (1, 2)] if a.requests == 2 else None
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert summary.ok, summary.errors
+    assert sorted(warehouse(tmp_path)) == [1, 2, 3]
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None
+    assert run(tmp_path, url, cursor_order="descending").ok
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        mark = pipeline.state.checkpoint("api", "t")
+    assert mark is not None and mark.cursor == T0 + timedelta(seconds=3)
+
+
+def test_a_process_that_saw_the_next_field_asks_no_proof(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """One process, two polls: the first walks two pages (the first has `next`), so the
+    second, one full page without the field, is the last without asking a smaller one."""
+    api = OffsetApi(4, order="desc")
+    api.shape = lambda _, __, page: page if page["next"] else {"data": page["data"]}
+    url = serve(api)
+    with Pipeline(config(tmp_path, url, cursor_order="descending")) as pipeline:
+        first = pipeline.run_once(raise_on_error=False)
+        assert first.ok, first.errors
+        assert len(api.asked) == 2, api.asked
+        api.records[5] = {"id": 5, "updated_at": stamp(5), "qty": 5}  # answered: 3, 4, 5
+        second = pipeline.run_once(raise_on_error=False)
+        assert second.ok, second.errors
+    assert api.asked[2:] == [(0, 3)], api.asked
+    assert warehouse(tmp_path) == served(api)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_page_of_one_record_is_proven_with_a_page_of_two(
+        tmp_path: Path, serve: Callable[[OffsetApi], str], count: int) -> None:
+    """A page size of one cannot be asked smaller: the proof asks two. One record in all
+    (no next field: the API leaves it out) is the last; two, and the token elsewhere, is
+    refused as before."""
+    api = OffsetApi(count, order="desc")
+    api.shape = lambda _, __, page: {"data": page["data"], "meta": {"next": page["next"]}}
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending", page_size=1)
+    if count == 1:
+        assert summary.ok, summary.errors
+        assert warehouse(tmp_path) == served(api)
+    else:
+        assert not summary.ok
+        assert "next_path" in " ".join(str(e) for e in summary.errors)
+        with Pipeline(config(tmp_path, url)) as pipeline:
+            assert pipeline.state.checkpoint("api", "t") is None
 
 
 def test_a_token_walk_whose_tokens_count_records_says_to_page_by_offset(

@@ -67,6 +67,7 @@ class TokenChain:
     order: str = "unknown"  # the table's declared cursor_order
     asked: int = 0  # the page size the last request asked for (0: no limit_param sent)
     next_seen: bool = False  # an answer of this walk had the next token's field
+    unproven: bool = False  # ended on a full answer, no answer with the field (_no_next_field)
     _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
     _tokens: set[int] = field(default_factory=set, repr=False)  # hashes of tokens handed out
@@ -108,20 +109,28 @@ class TokenChain:
             self._last = mark[0]
 
     def _no_next_field(self, page: HttpPage, token: str | None) -> None:
-        """Refuse to end a walk on a full answer when no answer of it has had the next
-        token's field at all: the walk cannot tell the last page from one whose token sits
-        elsewhere (a next_path the API does not use, a Link header, a cursor in `meta`).
-        Ended there, a newest-first API lost every older record for good, each run ok.
-        An API that leaves the field out only on its last page had it on the ones before;
-        one that never pages answers short of the limit."""
+        """Mark a walk ending on a full answer `unproven` when no answer of it has had the
+        next token's field at all: the walk cannot tell the last page from one whose token
+        sits elsewhere (a next_path the API does not use, a Link header, a cursor in
+        `meta`). Ended there, a newest-first API lost every older record for good, each run
+        ok. An API that leaves the field out only on its last page had it on the ones
+        before; one that never pages answers short of the limit. Such a walk is one page
+        of exactly the page size: an API leaving `next` out on its last page answers it
+        too, so the caller proves it with one smaller page (run.extract: `unproven` holds
+        the checkpoint until then, or refuses with `no_next_field`)."""
         self.next_seen = self.next_seen or page.next_field
-        if token is not None or self.next_seen or not self.asked or page.records < self.asked:
-            return
-        raise FatalError(
-            f"the API answered {page.records} record(s) for a page of {self.asked} and no "
-            "answer of this walk has the next-page token's field (next_path): the walk "
-            "cannot tell whether more pages follow; the checkpoint stays where it was",
-            stage="extract", source=self.source, table=self.table,
+        self.unproven = not (token is not None or self.next_seen or not self.asked
+                             or page.records < self.asked)
+
+    def no_next_field(self, probe: int, answered: int) -> FatalError:
+        """The refusal of an unproven walk whose smaller page (`probe` records asked,
+        `answered` answered) was full and had no next field either: the token is not where
+        next_path looks."""
+        return FatalError(
+            f"the API answered {self.counted} record(s) for a page of {self.asked}, and "
+            f"{answered} for a page of {probe}, and no answer had the next-page token's field "
+            "(next_path): the walk cannot tell whether more pages follow; the checkpoint "
+            "stays where it was", stage="extract", source=self.source, table=self.table,
             hint="set the table's next_path to where the API puts its next-page token (a "
                  "Link header is not followed: use pagination: offset if the API takes an "
                  "offset), or limit_param: null if the API has no pages")
@@ -172,8 +181,9 @@ class TokenChain:
 
     @property
     def unsettled(self) -> bool:
-        """The walk may have skipped a record: the checkpoint must not move to its high."""
-        return self.moved is not None or self.shifted is not None
+        """The walk may have skipped a record (or not proven it read the last page): the
+        checkpoint must not move to its high."""
+        return self.moved is not None or self.shifted is not None or self.unproven
 
     def follow(self, page: HttpPage) -> None:
         """Take in a parsed page: raise the high, keep its token, or end the chain.

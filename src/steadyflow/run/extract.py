@@ -246,6 +246,9 @@ class TableMemory:
     ahead_reported: bool = False
     # an HTTP token walk whose tokens count records or pages was logged (_counting_tokens)
     offsets_reported: bool = False
+    # an HTTP answer of this table had the next token's field (next_path): a walk of one
+    # full page without it is the last page (TableExtractor._prove_next_field)
+    next_field: bool = False
     # `run --follow` (one process): the table's lease kept across busy polls
     kept: KeptLease | None = None
 
@@ -1114,6 +1117,9 @@ class TableExtractor:
             if page.rejected and not dry_run:
                 self._quarantine_records(raw, page.rejected)
             chain.follow(page)
+            self.memory.next_field = self.memory.next_field or chain.next_seen
+            if chain.ended and chain.unproven:
+                self._prove_next_field(db, chain, seq)
             if chain.ended and (chain.counts_records or chain.counts_pages):
                 self._counting_tokens(chain)
             meta: dict[str, object] = {"raw_page": raw_ref.batch_id} if raw_ref else {}
@@ -1138,6 +1144,37 @@ class TableExtractor:
             "the pages before it are landed, this table resumes from its checkpoint on the "
             "next run", stage="extract", source=self.ref.source, table=self.ref.table,
             hint="steadyflow quarantine list shows the raw pages; run.extract.replay_pages")
+
+    def _prove_next_field(self, db: HttpSource, chain: TokenChain, seq: int) -> None:
+        """A walk of one full page whose answer had no next field (TokenChain.unproven): an
+        API leaving `next` out on its last page answers exactly that when a poll finds
+        exactly a page of records, and so does one whose token sits where next_path does
+        not look (every record after that page lost if the checkpoint moved). An earlier
+        walk of this process that saw the field proves next_path; else one page a record
+        smaller (two when one was asked), from the same start, is asked: the first API
+        answers it with the field (more follow), the second full without it (refused,
+        checkpoint unmoved). A smaller answer without the field (records gone between the
+        two requests) proves nothing: the checkpoint stays where it was for this poll (its
+        records are loaded) and the next one reads from there. The probe's records are
+        neither landed nor loaded: the walk's page already holds them."""
+        if self.memory.next_field:
+            chain.unproven = False
+            return
+        limit = chain.asked - 1 if chain.asked > 1 else 2
+        probe = db.chain(self.ref.table, chain.resume, chain.since)
+        raw = self.guard.call(lambda: db.fetch(self.ref.table, probe, limit, seq),
+                              on_error=self._on_error, stop=self.should_stop)
+        page = db.parse(self.ref.table, self.contract, raw, probe)
+        if page.next_field or (chain.asked == 1 and page.records < limit):
+            self.memory.next_field = page.next_field
+            chain.unproven = False
+        elif page.records >= limit:
+            raise chain.no_next_field(limit, page.records)
+        else:
+            log.warning("the API answered a full page of %d records with no next-page field, "
+                        "then %d for a page of %d, without it too: the last page is not "
+                        "proven; the checkpoint stays where it was and the next poll reads "
+                        "from there", chain.asked, page.records, limit, extra=self._extra())
 
     def _counting_tokens(self, chain: TokenChain) -> None:
         """Say once per process that a token walk's tokens count records or pages: a plain
