@@ -469,3 +469,54 @@ def test_a_record_stamped_in_the_future_holds_no_later_record_back(
         time.sleep(lookback + 1.5)
         assert run(cfg).ok
         assert_equal(cfg, api)
+
+
+def _kill_at(cfg: Path, api: OrdersApi, request: int) -> None:
+    """A `steadyflow run` CLI SIGKILLed while it waits for answer number `request`."""
+    api.block_at = request
+    child = subprocess.Popen([sys.executable, "-m", "steadyflow", "run", "-c", str(cfg)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert api.blocked.wait(60), f"the CLI never asked for answer {request}"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    api.block_at = None
+    api.release.set()
+
+
+@pytest.mark.parametrize(("lookback", "dies"), [(0, "error"), (1, "error"), (0, "sigkill")])
+def test_a_walk_dying_past_a_future_checkpoint_keeps_the_earlier_start(
+        tmp_path: Path, api: OrdersApi, lookback: int, dies: str) -> None:
+    """An API's checkpoint moves only at its walk's end, so the pages a dying walk
+    landed (an HTTP 400, a SIGKILL) stand behind the checkpoint an earlier walk left.
+    They recorded their own, later start; the next run took it as the last poll's and
+    stepped back from it past a record written before that walk, served on a page the
+    walk never reached: lost for good, every later run ok. The start that counts is the
+    last walk's that moved the checkpoint."""
+    api.order = "by_id"
+    api.put(1, datetime(2099, 1, 1, tzinfo=UTC), "future", 1)
+    cfg = config(tmp_path, api, page_size=2, lookback=lookback)
+    assert run(cfg).ok
+    time.sleep(0.05)
+    api.put(3, datetime.now(UTC), "between runs", 3)  # served after ids 1 and 2
+    api.put(2, datetime(2099, 1, 2, tzinfo=UTC), "future too", 2)  # page 1 is new
+    time.sleep(lookback + 1.5)
+    before = checkpoint(cfg)
+    if dies == "error":
+        api.fail_at = api.requests + 2  # the walk's second page, the one holding id 3
+        failed = run(cfg)
+        assert not failed.ok and "HTTP 400" in failed.errors[0]
+        api.fail_at = None
+    else:
+        _kill_at(cfg, api, api.requests + 2)
+    assert checkpoint(cfg) == before
+    landed = {i for f in tmp_path.rglob("*.parquet") if "orders" in f.parts
+              for i in pq.read_table(f).column("id").to_pylist()}
+    assert 2 in landed  # the dying walk's first page is landed (its start recorded)
+    time.sleep(0.05)
+    assert run(cfg).ok
+    assert_equal(cfg, api)

@@ -528,7 +528,9 @@ class TableExtractor:
                 "a standby shows none of the primary's); "
                 f"using the fixed lookback window ({self.table.lookback:g}s), which misses "
                 "a transaction committing later than that (or set lookback_mode: fixed)")
-        if self._start is not None:
+        if self._start is not None and (self._chain is None or not self._chain.unsettled):
+            # an API walk that may have skipped a record left the checkpoint where the
+            # poll began: its start is no later poll's to step back from
             self.memory.started = self._start
         if not self.adaptive:
             return
@@ -598,7 +600,9 @@ class TableExtractor:
     def _since_meta(self) -> dict[str, object]:
         bound = self._bound if self._next_number is None else self._next_number
         meta: dict[str, object] = {} if bound is None else {"since": encode_value(bound)}
-        if self._start is not None:
+        if self._start is not None and self.source.kind != "http":
+            # an API's start goes only with the page that moves its checkpoint
+            # (_read_http_page): each SQL page moves it to its own high
             meta.update(self._start.as_meta())
         return meta
 
@@ -1138,6 +1142,14 @@ class TableExtractor:
             if chain.ended and chain.high is not None and not page.rows.num_rows \
                     and not dry_run:
                 self._checkpoint(chain.high)
+            if chain.ended and not chain.unsettled and self._start is not None:
+                # the page that moves the checkpoint to the walk's end is the one to say
+                # when the walk began (_previous_start): an earlier page stands behind
+                # the checkpoint an earlier walk left, and a walk that fails after it (a
+                # kill, an error) leaves that checkpoint, so the next run stepping back
+                # from this walk's later start passed the records on the pages it never
+                # reached
+                meta.update(self._start.as_meta())
             return _Page(page.rows, chain.high, not chain.ended, raw.seconds, meta)
         raise QuarantineError(
             f"{len(reasons)} bad payload(s) in a row for the same page ({reasons[-1]}); "
