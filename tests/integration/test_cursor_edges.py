@@ -214,6 +214,39 @@ def test_cron_runs_past_a_future_row_lose_no_row_written_between_them(
         assert warehouse_rows(tmp_path) == sqlite_rows(db), row
 
 
+@pytest.mark.parametrize(("lookback", "state"), [(0, "sqlite"), (1, "sqlite"),
+                                                  (0, "postgres")])
+def test_a_poll_killed_between_landing_and_checkpoint_keeps_the_earlier_start(
+        tmp_path: Path, request: pytest.FixtureRequest, lookback: int, state: str) -> None:
+    """A run SIGKILLed after landing the first page of its re-read past a future row and
+    before moving the checkpoint past it (failpoint extract.after_land) leaves the
+    earlier run's checkpoint (2099) with its own, later start on the newest page. The
+    next run stepped back from that start and passed row 5 (written before the killed
+    run, on a page it never reached): lost for good, every later run ok. A page landed
+    after the checkpoint was last written is no record of its poll's start."""
+    db = tmp_path / "store.db"
+    write = sqlite_writer(db)
+    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
+    write("CREATE INDEX t_ts ON t (ts, id)")
+    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    path = config_file(tmp_path, {"kind": "sqlite", "path": str(db)}, TIMED,
+                       lookback=lookback)
+    if state == "postgres":  # the state store workers share (checkpoints, manifest)
+        config = yaml.safe_load(path.read_text())
+        config["state"] = {"kind": "postgres", "dsn": request.getfixturevalue("pg_dsn")}
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    steadyflow("run", "-c", str(path), check=True)
+    time.sleep(0.05)
+    for row in (3, 4, 5):  # pages [3, 4], [5, 2]: the kill comes after the first
+        write("INSERT INTO t VALUES (?, ?)", row, stamp_now())
+    time.sleep(lookback + 1.5)
+    killed = steadyflow("run", "-c", str(path),
+                        env={"STEADYFLOW_FAILPOINT": "extract.after_land:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    steadyflow("run", "-c", str(path), check=True)
+    assert warehouse_rows(tmp_path) == sqlite_rows(db)
+
+
 def test_one_pipeline_polling_past_a_future_row_loses_no_row(tmp_path: Path) -> None:
     """One process polling again (as `run --follow` does): the start of the previous
     completed poll is kept in the table's memory, and a row written between two polls

@@ -443,7 +443,15 @@ class TableExtractor:
         version)."""
         if self.memory.started is not None:
             return self.memory.started
+        # only a page landed before the checkpoint was last written: a poll that died after
+        # landing a page and before moving the checkpoint past it (an API walk moves it
+        # only at its end; a SQL page, just after landing) left an earlier poll's
+        # checkpoint, and stepping back from the dead poll's later start passed the rows
+        # it never reached (lost for good, every later run ok)
+        written = self.state.checkpoint_written(self.ref.source, self.ref.table)
         for row in self.state.batches(self.ref.source, self.ref.table, limit=50):
+            if written is None or row["landed_at"] > written:
+                continue
             start = PollStart.from_meta(BatchRef.from_json(row["ref"]).meta)
             if start is not None:
                 return start
@@ -600,9 +608,7 @@ class TableExtractor:
     def _since_meta(self) -> dict[str, object]:
         bound = self._bound if self._next_number is None else self._next_number
         meta: dict[str, object] = {} if bound is None else {"since": encode_value(bound)}
-        if self._start is not None and self.source.kind != "http":
-            # an API's start goes only with the page that moves its checkpoint
-            # (_read_http_page): each SQL page moves it to its own high
+        if self._start is not None:
             meta.update(self._start.as_meta())
         return meta
 
@@ -1142,14 +1148,6 @@ class TableExtractor:
             if chain.ended and chain.high is not None and not page.rows.num_rows \
                     and not dry_run:
                 self._checkpoint(chain.high)
-            if chain.ended and not chain.unsettled and self._start is not None:
-                # the page that moves the checkpoint to the walk's end is the one to say
-                # when the walk began (_previous_start): an earlier page stands behind
-                # the checkpoint an earlier walk left, and a walk that fails after it (a
-                # kill, an error) leaves that checkpoint, so the next run stepping back
-                # from this walk's later start passed the records on the pages it never
-                # reached
-                meta.update(self._start.as_meta())
             return _Page(page.rows, chain.high, not chain.ended, raw.seconds, meta)
         raise QuarantineError(
             f"{len(reasons)} bad payload(s) in a row for the same page ({reasons[-1]}); "

@@ -275,6 +275,14 @@ class StateStore(ABC):
         )
         return Watermark.from_json(rows[0][0]) if rows else None
 
+    def checkpoint_written(self, source: str, table: str) -> float | None:
+        """When the checkpoint was last written (epoch s, the writer's clock), None when
+        there is none: a page landed after it stands past the checkpoint's poll
+        (run/extract.py: TableExtractor._previous_start)."""
+        rows = self._query("SELECT updated_at FROM checkpoints WHERE source=? AND tbl=?",
+                           (source, table))
+        return float(rows[0][0]) if rows else None
+
     def advance_checkpoint(self, source: str, table: str, mark: Watermark,
                            lease: Lease | None = None) -> None:
         """Set the checkpoint to `mark`, the high of the page just published.
