@@ -6,7 +6,9 @@ PostgreSQL: after the untyped startup packets (an SSLRequest is answered 'N' by 
 without SSL), every message is a type byte and a length; a simple query ('Q', one round
 trip, possibly several statements) and an extended-protocol Execute ('E') each count one.
 MySQL: each packet is a 3-byte length and a sequence number; a command starts at sequence
-0, and COM_QUERY (0x03) and COM_STMT_EXECUTE (0x17) each count one.
+0, and COM_QUERY (0x03) and COM_STMT_EXECUTE (0x17) each count one. Every counted query is
+also kept in order of arrival (`statements`: its text, or "<execute>" where the message has
+none), so a test can tell which kind a query was.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ _PG_NEGOTIATION = (80877103, 80877104)  # SSLRequest, GSSENCRequest
 
 
 class _Parser:
-    def __init__(self, protocol: Protocol) -> None:
+    def __init__(self, protocol: Protocol, log: list[str]) -> None:
         self.protocol = protocol
         self.buffer = b""
         self.started = protocol == "mysql"
         self.queries = 0
+        self.log = log  # the counter's, appended under its lock
 
     def feed(self, data: bytes) -> None:
         self.buffer += data
@@ -50,11 +53,15 @@ class _Parser:
         if self.protocol == "mysql":
             if message[3] == 0 and len(message) > 4 and message[4] in (0x03, 0x17):
                 self.queries += 1
+                self.log.append(message[5:].decode(errors="replace") if message[4] == 0x03
+                                else "<execute>")
         elif not self.started:
             if struct.unpack("!i", message[4:8])[0] not in _PG_NEGOTIATION:
                 self.started = True  # the StartupMessage: typed messages follow
         elif message[:1] in (b"Q", b"E"):
             self.queries += 1
+            self.log.append(message[5:-1].decode(errors="replace") if message[:1] == b"Q"
+                            else "<execute>")
 
 
 class WireCounter:
@@ -65,6 +72,7 @@ class WireCounter:
         self.protocol = protocol
         self._lock = threading.Lock()
         self._parsers: list[_Parser] = []
+        self._log: list[str] = []
         self._sockets: list[socket.socket] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -80,6 +88,12 @@ class WireCounter:
         with self._lock:
             return sum(p.queries for p in self._parsers)
 
+    @property
+    def statements(self) -> list[str]:
+        """Every counted query so far, in order of arrival."""
+        with self._lock:
+            return list(self._log)
+
     def close(self) -> None:
         self._server.close()
         with self._lock:
@@ -93,7 +107,7 @@ class WireCounter:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            parser = _Parser(self.protocol)
+            parser = _Parser(self.protocol, self._log)
             with self._lock:
                 self._parsers.append(parser)
                 self._sockets += [client, upstream]
