@@ -28,6 +28,7 @@ from tests.integration.test_adaptive_lookback import (
 
 from steadyflow.config import SourceConfig
 from steadyflow.extract import innodb_trx
+from steadyflow.extract.dialects import MysqlDialect
 from steadyflow.extract.sql import SqlSource
 from steadyflow.run.pipeline import Pipeline
 
@@ -107,3 +108,16 @@ def test_a_list_frozen_after_this_connections_last_look_is_not_taken_for_fresh(
         source.close()
     # either the last fresh observation again (earlier, safe), or one showing `late`
     assert row == first or row[1] is not None, (first, row, age)
+
+
+def test_the_oldest_transaction_and_the_freshness_proof_come_from_one_fill() -> None:
+    """Each reference to information_schema.innodb_trx fills it on its own: with the
+    proof (this statement's own row) and the oldest other transaction in two subqueries,
+    a statement stalled 0.1 s between them on a busy machine read the oldest from the
+    frozen list ("nothing open") and its own row from a fresh one, and took it for fresh
+    (CI, 3 test workers: a transaction holding a row was missed)."""
+    sql = MysqlDialect.open_since_sql
+    assert sql is not None
+    statement = sql.format(nonce="steadyflow:x")
+    assert statement.count("information_schema.innodb_trx") == 1, statement
+    assert statement.startswith("SELECT /* steadyflow:x */")

@@ -809,15 +809,23 @@ class MysqlDialect(Dialect):
     # TIME_MS). Both need the PROCESS privilege: without it innodb_trx refuses (error
     # 1227) and processlist shows only this session. A replica shows its own applier,
     # not the primary's open transactions: read a primary, or use lookback_mode: fixed.
+    # One reference to innodb_trx, so the oldest other transaction and the proof that the
+    # list is fresh (this statement's own row, found by the nonce extract/innodb_trx.py
+    # puts in {nonce}) come from one fill of the cache: as two subqueries each filled it,
+    # and a statement stalled 0.1 s between them (a busy machine) took a stale list's
+    # "nothing open" for fresh, and missed a transaction holding rows.
     open_since_sql = (
-        "SELECT UTC_TIMESTAMP(6), "
-        "(SELECT MIN(CONVERT_TZ(trx_started, 'SYSTEM', '+00:00')) "
-        "FROM information_schema.innodb_trx WHERE trx_mysql_thread_id <> CONNECTION_ID()), "
+        "SELECT /* {nonce} */ UTC_TIMESTAMP(6), trx.oldest, "
         "(SELECT MIN(UTC_TIMESTAMP(6) - INTERVAL time SECOND) "
         "FROM information_schema.processlist WHERE command IN ('Query', 'Execute') "
         "AND id <> CONNECTION_ID()), "
         "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), "
-        "CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', @@global.time_zone)), 1")
+        "CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', @@global.time_zone)), 1, trx.own "
+        "FROM (SELECT MIN(IF(trx_mysql_thread_id <> CONNECTION_ID(), "
+        "CONVERT_TZ(trx_started, 'SYSTEM', '+00:00'), NULL)) AS oldest, "
+        "COUNT(IF(trx_mysql_thread_id = CONNECTION_ID() "
+        "AND LOCATE('{nonce}', trx_query) > 0, 1, NULL)) AS own "
+        "FROM information_schema.innodb_trx) AS trx")
     # whole seconds (trx_started, TIME), the cache's age, and a statement's NOW() taken
     # before its InnoDB transaction starts
     open_margin = timedelta(seconds=1)

@@ -37,8 +37,6 @@ IDLE_SECONDS = 0.11  # InnoDB refreshes the cache once it was not read for 0.1 s
 # filled during this connection's previous observation, and frozen since, shows that
 # earlier transaction under the same thread id, so a stale list passed for fresh and a
 # transaction begun since was not seen (a number it held was lost, every run ok)
-_OWN = ("(SELECT COUNT(*) FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = "
-        "CONNECTION_ID() AND LOCATE('{nonce}', trx_query) > 0)")
 
 _lock = threading.Lock()
 # server (host, port) → (monotonic time, the last fresh observation's row)
@@ -91,7 +89,7 @@ def _read(db: SqlSource, table: str) -> tuple[Any, ...]:
     assert sql is not None and sql.startswith("SELECT ")
     # near the statement's start: the list keeps the first 1,024 characters of its text
     nonce = f"steadyflow:{uuid.uuid4().hex}"
-    statement = f"SELECT /* {nonce} */ {sql[len('SELECT '):]}, {_OWN.format(nonce=nonce)}"
+    statement = sql.format(nonce=nonce)  # its last column: this statement's own row
     db._execute(table, "START TRANSACTION WITH CONSISTENT SNAPSHOT", [])
     try:
         [row] = db._execute(table, statement, [])
