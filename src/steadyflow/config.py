@@ -36,14 +36,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import parse_qs, urlsplit
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from steadyflow import secrets
 from steadyflow.errors import ConfigError
-from steadyflow.model import Column, Contract, TableRef, arrow_type, parse_duration
+from steadyflow.model import Column, Contract, TableRef, column_type, parse_duration
 
 log = logging.getLogger("steadyflow.config")
 
@@ -119,20 +117,22 @@ class ColumnConfig(_Strict):
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        arrow_type(value)
+        column_type(value)
         return value.strip().lower()
 
     @field_validator("pattern")
     @classmethod
     def _re2(cls, value: str | None) -> str | None:
-        """Compile it with Arrow itself: validation runs RE2, whose syntax is not Python's."""
+        """Compile it with Arrow itself: validation runs RE2, whose syntax is not Python's.
+        (Imported here, as in `_owned`: a config without patterns or filters loads no
+        pyarrow, see arrow_types.py.)"""
         if value is None:
             return value
-        try:
-            pc.match_substring_regex(pa.array([""], pa.string()), pattern=value)
-        except pa.ArrowInvalid as exc:
+        from steadyflow.arrow_types import re2_error
+
+        if (why := re2_error(value)) is not None:
             raise ValueError(
-                f"{value!r} is not a regular expression RE2 accepts ({exc}); validation "
+                f"{value!r} is not a regular expression RE2 accepts ({why}); validation "
                 "runs patterns with RE2 (Arrow), which has no lookaround, backreferences, "
                 r"\Z or repeats over 1000: rewrite it in RE2 syntax") from None
         return value
@@ -767,7 +767,7 @@ class PipelineConfig(_Strict):
                 raise ValueError(
                     f"{label}.warehouse_filter names {name!r}, which is not a column of its "
                     f"contract (columns: {', '.join(contract.names)})")
-            if owned_value(value, contract.column(name).arrow_type) is None:
+            if _owned(value, contract.column(name)) is None:
                 raise ValueError(
                     f"{label}.warehouse_filter: {name}: {value!r} is not a valid "
                     f"{contract.column(name).type}; write a value of the column's type")
@@ -794,7 +794,7 @@ class PipelineConfig(_Strict):
                     f"{label} {problem}, but target {target!r} is fed by {len(tables)} "
                     f"tables ({labels}) and merged on its primary key alone, so a row of one "
                     f"would silently replace another's row of the same key; {example}")
-            owned.append((label, {name: owned_value(value, contract.column(name).arrow_type)
+            owned.append((label, {name: _owned(value, contract.column(name))
                                   for name, value in flt.items()}))
         for (label, mine), (other, theirs) in itertools.combinations(owned, 2):
             if not any(mine[n] != theirs[n] for n in mine.keys() & theirs.keys()):
@@ -833,15 +833,11 @@ class PipelineConfig(_Strict):
         raise ConfigError(f"no table {source}.{table} in the config")
 
 
-def owned_value(value: int | str, column_type: pa.DataType) -> Any:
-    """A warehouse_filter value as its column holds it ("42" and 42 are one int64 value),
-    or None when the column cannot hold it. Config and load (validate.rules) both use it,
-    so the values config proved distinct are the values load compares rows with."""
-    try:
-        one: list[Any] = [value]
-        return pc.cast(pa.array(one), column_type)[0].as_py()
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-        return None
+def _owned(value: int | str, column: Column) -> Any:
+    """arrow_types.owned_value: the warehouse_filter value as load compares rows with it."""
+    from steadyflow.arrow_types import owned_value
+
+    return owned_value(value, column.arrow_type)
 
 
 def expand_env(text: str, env: dict[str, str] | None = None) -> str:

@@ -12,11 +12,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
-from typing import Any
+from decimal import Decimal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 
 CursorValue = datetime | int | str
 KeyValue = tuple[Any, ...]
@@ -44,30 +46,40 @@ class TextEncoding:
     codec: str
 
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
-_SIMPLE_TYPES: dict[str, pa.DataType] = {
-    "int64": pa.int64(),
-    "int32": pa.int32(),
-    "float64": pa.float64(),
-    "string": pa.string(),
-    "bool": pa.bool_(),
-    "date": pa.date32(),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-}
+TYPE_NAMES = ("int64", "int32", "float64", "string", "bool", "date", "timestamp")
 
 
-def arrow_type(spec: str) -> pa.DataType:
-    """Map a contract type name to its Arrow type; raises ValueError on unknown names."""
+@dataclass(frozen=True, slots=True)
+class ColumnType:
+    """A contract type parsed, without Arrow: what DDL, width checks, dialects and
+    reconcile need to know of it. Its Arrow type is arrow_types.py's, imported only by
+    the stages that move rows as Arrow, so a command that moves none (a reconcile of an
+    unchanged table into PostgreSQL) never loads pyarrow (~80 MiB of RSS, #15)."""
+
+    name: str  # one of TYPE_NAMES, or "decimal"
+    precision: int = 0  # decimal only
+    scale: int = 0
+
+    @property
+    def bits(self) -> int:
+        """An integer type's width, 0 for any other."""
+        return {"int64": 64, "int32": 32}.get(self.name, 0)
+
+
+@lru_cache(maxsize=256)
+def column_type(spec: str) -> ColumnType:
+    """Parse a contract type name; raises ValueError on unknown names."""
     spec = spec.strip().lower()
-    if spec in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[spec]
+    if spec in TYPE_NAMES:
+        return ColumnType(spec)
     match = _DECIMAL.match(spec)
     if match:
         precision, scale = int(match.group(1)), int(match.group(2))
         if not 0 < precision <= 38 or scale > precision:
             raise ValueError(f"decimal({precision},{scale}) is out of range")
-        return pa.decimal128(precision, scale)
+        return ColumnType("decimal", precision, scale)
     raise ValueError(
-        f"unknown type {spec!r}; use one of {', '.join(_SIMPLE_TYPES)} or decimal(p,s)"
+        f"unknown type {spec!r}; use one of {', '.join(TYPE_NAMES)} or decimal(p,s)"
     )
 
 
@@ -85,7 +97,13 @@ class Column:
     added: bool = False  # by `schema_drift: add`: not in the configured contract
 
     @property
+    def parsed_type(self) -> ColumnType:
+        return column_type(self.type)
+
+    @property
     def arrow_type(self) -> pa.DataType:
+        from steadyflow.arrow_types import arrow_type  # only where rows move as Arrow
+
         return arrow_type(self.type)
 
 
@@ -109,13 +127,13 @@ class Contract:
 
     @property
     def schema(self) -> pa.Schema:
-        return pa.schema(
-            [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in self.columns]
-        )
+        from steadyflow.arrow_types import schema  # only where rows move as Arrow
+
+        return schema(self)
 
     @property
     def cursor_is_time(self) -> bool:
-        return pa.types.is_timestamp(self.column(self.cursor).arrow_type)
+        return self.column(self.cursor).parsed_type.name == "timestamp"
 
     @property
     def order_by(self) -> tuple[str, ...]:
@@ -352,72 +370,6 @@ def parse_text_time(text: str) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
-# A naive TEXT_TIME (no zone) gets 'Z': naive source values are UTC.
-_NAIVE_TEXT_TIME = r"^(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d+)?)$"
-
-
-def cast_text_time(text: pa.Array, target: pa.DataType) -> pa.Array:
-    """Text times (every TEXT_TIME spelling: ' ' or 'T', any fraction width up to the
-    microsecond, 'Z' or any +-HH:MM offset, naive = UTC) as the UTC instants they spell, in one
-    vectorised cast. Raises ArrowInvalid if any value is not such a time (or needs more
-    precision than `target` holds: never truncated)."""
-    zoned = pc.replace_substring_regex(text, _NAIVE_TEXT_TIME, r"\1Z")
-    return pc.cast(zoned, pa.timestamp("us", tz="UTC")).cast(target)
-
-
-def cast_text_decimal(text: Any, target: pa.DataType) -> pa.Array:
-    """Text as `target` (a decimal), exactly or not at all: raises ArrowInvalid if any value
-    is not a number the decimal holds (more places than its scale, more digits than its
-    precision), as a text cast to a decimal does.
-
-    Arrow's cast alone returns garbage for some (pyarrow 26, no error): rescaling a value
-    to the scale past 128 bits wraps around ('3.9879967643648127e+30' as decimal(38,10) was
-    6693071389832677478517093048.3119259648, a float's shortest text or a digit string
-    alike), and a large negative exponent makes a value 0 ('6.5e-29' as decimal(5,5) was
-    0.00000). Only a value with an exponent, or with more characters than the 128 bits leave
-    for its integer digits (38 - scale), can be rescaled past them: those are checked
-    against Python's exact Decimal. Arrow also refuses text of more than 38 digits, trailing
-    zeros included (MariaDB spells 1.5 in a DECIMAL(65,30) with 31 of them): such a column
-    is read value by value by Python's Decimal instead."""
-    if not pa.types.is_decimal(target):
-        return pc.cast(text, target)
-    try:
-        cast = pc.cast(text, target)
-    except pa.ArrowInvalid:
-        spelled = text.to_pylist()
-        exact = [None if t is None else exact_decimal(t, target) for t in spelled]
-        for t, value in zip(spelled, exact, strict=True):
-            if t is not None and value is None:
-                raise
-        return pa.array(exact, target)
-    room = (38 if pa.types.is_decimal128(target) else 76) - target.scale
-    suspect = pc.fill_null(pc.or_(pc.greater(pc.utf8_length(text), room),
-                                  pc.match_substring_regex(text, "[eE]")), False)
-    if not pc.any(suspect).as_py():
-        return cast
-    for i in pc.indices_nonzero(suspect).to_pylist():
-        value = text[i].as_py()
-        if exact_decimal(value, target) != cast[i].as_py():
-            raise pa.ArrowInvalid(f"the text {value!r} is not a {target}")
-    return cast
-
-
-_EXACT = Context(prec=200, Emax=MAX_EMAX, Emin=MIN_EMIN)
-
-
-def exact_decimal(text: str, target: pa.DataType) -> Decimal | None:
-    """`text` as a decimal of `target`'s precision and scale, or None where it is none."""
-    if not pa.types.is_decimal(target):
-        return None
-    try:
-        value = Decimal(text)
-        held = value.quantize(Decimal(1).scaleb(-target.scale), context=_EXACT)
-    except (ArithmeticError, ValueError):
-        return None
-    if not held.is_finite() or held != value or held.adjusted() >= \
-            target.precision - target.scale:
-        return None
-    return held
 
 
 def _zone(zone: str | None) -> str:

@@ -1,4 +1,5 @@
-"""What a reconcile process loads: into a PostgreSQL warehouse, not duckdb.
+"""What a reconcile process loads: into a PostgreSQL warehouse, not duckdb; for an
+unchanged table, not pyarrow either.
 
 Peak RSS counts against reconcile (#15: within reladiff's + 50 MiB); importing duckdb adds
 ~18 MiB on top of pyarrow and psycopg, and a PostgreSQL source with a PostgreSQL warehouse
@@ -47,3 +48,30 @@ def test_a_postgresql_to_postgresql_reconcile_never_imports_duckdb(
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr[-3000:]
     assert '"mismatched": 1' in fixed.stdout and '"upserted": 1' in fixed.stdout, fixed.stdout
     assert "duckdb" not in imported
+
+
+def test_an_unchanged_table_reconciled_into_postgresql_never_imports_pyarrow(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str) -> None:
+    """pyarrow (with numpy where installed) is ~80 MiB of peak RSS (bench/RECONCILE.md):
+    comparing bucket checksums moves no rows as Arrow, so an unchanged table's reconcile
+    must not load it. Rows that differ are read, validated and repaired through Arrow as
+    before: the repair still finds and fixes a changed row."""
+    _source(pg_dsn, n=200)
+    config = str(_config(tmp_path, pg_dsn, pg_warehouse_dsn))
+    steadyflow("run", "-c", config, check=True)
+    clean, imported = _modules("reconcile", "--json", "-c", config)
+    assert clean.returncode == 0, clean.stdout + clean.stderr[-3000:]
+    assert '"clean": true' in clean.stdout and '"rows_compared": 200' in clean.stdout
+    assert "psycopg" in imported and "steadyflow" in imported  # the log is read right
+    assert not {"pyarrow", "numpy", "duckdb"} & imported, {"pyarrow", "numpy", "duckdb"} & imported
+    with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
+        wh.execute("DELETE FROM wh.sales WHERE sale_id = 42")
+    fixed, imported = _modules("reconcile", "--repair", "--json", "-c", config)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr[-3000:]
+    assert '"missing": 1' in fixed.stdout and '"upserted": 1' in fixed.stdout, fixed.stdout
+    assert "pyarrow" in imported  # the row was read and loaded as Arrow
+    again, imported = _modules("reconcile", "--json", "-c", config)
+    assert again.returncode == 0 and '"clean": true' in again.stdout, again.stdout
+    assert "pyarrow" not in imported
+    with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
+        assert wh.execute("SELECT count(*) FROM wh.sales WHERE sale_id = 42").fetchone() == (1,)

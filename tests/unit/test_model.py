@@ -6,7 +6,8 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from steadyflow.model import BatchRef, Watermark, arrow_type, parse_duration, step_back
+from steadyflow.arrow_types import arrow_type
+from steadyflow.model import BatchRef, Watermark, parse_duration, step_back
 
 
 def test_watermark_round_trip_keeps_microseconds_and_zone() -> None:

@@ -23,8 +23,9 @@ from tests.support.reconcile_data import (
     stored,
 )
 
-from steadyflow.extract.sql import column_to_arrow
-from steadyflow.model import Column, arrow_type
+from steadyflow.arrow_types import arrow_type
+from steadyflow.extract.arrow_values import column_to_arrow
+from steadyflow.model import Column
 from steadyflow.reconcile.encoding import (
     canonical,
     raw_converter,

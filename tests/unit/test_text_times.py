@@ -8,8 +8,8 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
+from steadyflow.extract.arrow_values import column_to_arrow, rows_to_arrow
 from steadyflow.extract.dialects import InvalidText
-from steadyflow.extract.sql import column_to_arrow, rows_to_arrow
 from steadyflow.model import INVALID, Column, Contract, parse_text_time, step_back
 
 TS = pa.timestamp("us", tz="UTC")

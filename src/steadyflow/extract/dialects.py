@@ -25,8 +25,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import pyarrow as pa
-
 from steadyflow.config import SourceConfig
 from steadyflow.errors import (
     AuthError,
@@ -36,7 +34,7 @@ from steadyflow.errors import (
     SourceUnavailable,
     SteadyflowError,
 )
-from steadyflow.model import MAX_TIME, MIN_TIME
+from steadyflow.model import MAX_TIME, MIN_TIME, ColumnType
 from steadyflow.resilience import watchdog_grace
 
 if TYPE_CHECKING:
@@ -206,14 +204,14 @@ class Dialect:
     # catalog once per source object and passes it)?
     select_reads_declared = False
 
-    def select_expr(self, name: str, kind: pa.DataType, declared: str = "") -> str:
+    def select_expr(self, name: str, kind: ColumnType, declared: str = "") -> str:
         """How a page reads column `name` of contract type `kind` (declared in the source
         as `declared`, catalog text, where `select_reads_declared`). Every read path of a
         source (fast and fallback, extraction and reconcile) selects through this, so the
         same row gives the same canonical value whichever path reads it."""
         return self.ident(name)
 
-    def position_value(self, value: Any, kind: pa.DataType) -> Any:
+    def position_value(self, value: Any, kind: ColumnType) -> Any:
         """A value read through `select_expr` as a watermark value: it must compare
         with the column exactly as the stored value does."""
         return self.from_db(value)
@@ -463,14 +461,14 @@ class PostgresDialect(Dialect):
     def shutdown(self, conn: Any) -> None:
         _shutdown_fd(conn.pgconn.socket)
 
-    def select_expr(self, name: str, kind: pa.DataType, declared: str = "") -> str:
+    def select_expr(self, name: str, kind: ColumnType, declared: str = "") -> str:
         """Decimal and string columns as PostgreSQL's own text: exact for numeric, CHAR(n)
         without its pad, json/jsonb as the server prints them, uuid lowercase hyphenated.
         Read this way by psycopg and ADBC alike, so both paths give the same values (a
         driver's own conversion would not: psycopg pads CHAR and turns json into a dict).
         Page queries order by the table-qualified column, never by this text."""
         ident = self.ident(name)
-        if pa.types.is_decimal(kind) or pa.types.is_string(kind):
+        if kind.name in ("decimal", "string"):
             return f"{ident}::text"
         return ident
 
@@ -494,7 +492,7 @@ class PostgresDialect(Dialect):
         return (f"SELECT p.*, w.* FROM (SELECT {cols} {rest}) AS p LEFT JOIN "
                 f"(SELECT * FROM {self.ident(table)} LIMIT 0) AS w ON TRUE")
 
-    def position_value(self, value: Any, kind: pa.DataType) -> Any:
+    def position_value(self, value: Any, kind: ColumnType) -> Any:
         """A decimal read as text is a Decimal again, so a watermark compares numerically
         (and is inlined as a numeric literal on the ADBC path). Text of a SQL_ASCII
         database (bytes: psycopg's, or ADBC's string read as binary) is a str when it is
@@ -505,7 +503,7 @@ class PostgresDialect(Dialect):
                 value = bytes(value).decode("utf-8")
             except UnicodeDecodeError:
                 return bytes(value)
-        if isinstance(value, str) and pa.types.is_decimal(kind):
+        if isinstance(value, str) and kind.name == "decimal":
             try:
                 return Decimal(value)
             except ArithmeticError:
@@ -661,7 +659,7 @@ class PostgresDialect(Dialect):
         return FatalError(f"query failed: {msg}", stage="extract", source=src, table=table)
 
 
-def bit_number(declared: str, kind: pa.DataType) -> bool:
+def bit_number(declared: str, kind: ColumnType) -> bool:
     """Is this a MariaDB/MySQL BIT column (catalog text 'bit(1)')? Whatever the contract
     type, it is read as its number (a string as the number's decimal text)."""
     return re.match(r"\s*bit\b", declared.lower()) is not None
@@ -698,12 +696,12 @@ def member_number(kind: str, values: Sequence[str], text: str) -> int | None:
     return number
 
 
-def text_of_time(declared: str, kind: pa.DataType) -> bool:
+def text_of_time(declared: str, kind: ColumnType) -> bool:
     """Is this a MariaDB/MySQL TIME, DATE, DATETIME or TIMESTAMP column (catalog text
     'time(6)', 'datetime', ...) read as string? Then a page selects MariaDB's own text of
     it (`MysqlDialect.select_expr`)."""
     return (re.match(r"\s*(time|date|datetime|timestamp)\s*(\(|$)", declared.lower())
-            is not None and pa.types.is_string(kind))
+            is not None and kind.name == "string")
 
 
 class MysqlDialect(Dialect):
@@ -748,7 +746,7 @@ class MysqlDialect(Dialect):
 
     select_reads_declared = True
 
-    def select_expr(self, name: str, kind: pa.DataType, declared: str = "") -> str:
+    def select_expr(self, name: str, kind: ColumnType, declared: str = "") -> str:
         """A BIT column read as a number (bool, an integer, ...) as its unsigned value:
         both drivers hand BIT over as bytes (b'\\x01'), which no number or bool is, so
         the classic MySQL boolean BIT(1) quarantined every row. Only a column declared

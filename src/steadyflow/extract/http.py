@@ -72,9 +72,9 @@ from steadyflow.errors import (
     SourceTimeout,
     SourceUnavailable,
 )
+from steadyflow.extract.arrow_values import column_to_arrow
 from steadyflow.extract.chain import TokenChain
 from steadyflow.extract.offset_walk import Identity, OffsetWalk, identity
-from steadyflow.extract.sql import column_to_arrow
 from steadyflow.model import INVALID, Column, Contract, Watermark
 from steadyflow.resilience import Watchdog, watchdog_grace
 from steadyflow.secrets import scrub

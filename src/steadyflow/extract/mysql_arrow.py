@@ -76,11 +76,13 @@ import pyarrow.compute as pc
 import pymysql
 
 from steadyflow import secrets
+from steadyflow.arrow_types import cast_text_decimal
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout
+from steadyflow.extract.arrow_values import page_table, rows_to_arrow
 from steadyflow.extract.dialects import bit_number, text_of_time
-from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
-from steadyflow.model import Contract, Watermark, cast_text_decimal
+from steadyflow.extract.sql import SqlSource
+from steadyflow.model import Contract, Watermark
 from steadyflow.observe import logs
 from steadyflow.resilience import watchdog_grace
 
@@ -325,9 +327,9 @@ class MysqlArrowSource(SqlSource):
             column = f"{d.ident(table)}.{ident}"
             if kind in _DECIMAL_TYPES:
                 cols.append(f"CAST({column} AS CHAR) AS {ident}")
-            elif bit_number(kind, c.arrow_type):
+            elif bit_number(kind, c.parsed_type):
                 cols.append(f"CAST({column} AS UNSIGNED) AS {ident}")
-            elif text_of_time(kind, c.arrow_type):
+            elif text_of_time(kind, c.parsed_type):
                 cols.append(f"CAST({column} AS CHAR) AS {ident}")
             else:
                 cols.append(column)

@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg.conninfo import conninfo_to_dict
 
+from steadyflow.arrow_types import cast_text_decimal
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout, SteadyflowError
 from steadyflow.extract.dialects import OpenSince, OutOfRange, session_settings
@@ -65,7 +66,6 @@ from steadyflow.model import (
     MIN_TIME,
     Contract,
     Watermark,
-    cast_text_decimal,
 )
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
@@ -453,7 +453,7 @@ def _not_dates(col: pa.ChunkedArray, skip: dict[int, str]) -> dict[int, str]:
 
     Arrow's cast to date32 drops the time of day without a word: '2020-01-01 03:00' was
     loaded as 2020-01-01, where the psycopg path quarantines the row with this reason
-    (`sql._unfaithful`); the same rows now cost the same, whichever path read them."""
+    (`arrow_values._unfaithful`); the same rows now cost the same, whichever path read them."""
     if not pa.types.is_timestamp(col.type):
         return {}
     values = col.combine_chunks()
@@ -820,8 +820,8 @@ class PgArrowSource(SqlSource):
         """A watermark from the last row's order values, as either path read them."""
         typed = [self.dialect.position_value(
             v.astimezone(UTC) if isinstance(v, datetime) and v.tzinfo else v,
-            contract.column(c).arrow_type) for v, c in zip(values, contract.order_by,
-                                                          strict=True)]
+            contract.column(c).parsed_type) for v, c in zip(values, contract.order_by,
+                                                           strict=True)]
         return Watermark(cursor=typed[0], key=tuple(typed[1:]))
 
 class _Coded(Exception):

@@ -12,13 +12,8 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dt_time
-from decimal import Decimal
-from typing import Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SchemaError, SourceTimeout, SteadyflowError
@@ -34,17 +29,17 @@ from steadyflow.extract.dialects import (
 )
 from steadyflow.extract.numbering import check_numbering, issued_number
 from steadyflow.model import (
-    INVALID,
+    ColumnType,
     Contract,
     Watermark,
-    cast_text_decimal,
-    cast_text_time,
     drift_type,
-    exact_decimal,
     past_every_number,
 )
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logs.get("extract")
 
@@ -84,134 +79,19 @@ _BIT = re.compile(r"\s*bit\s*\(\s*(\d+)\s*\)", re.IGNORECASE)  # MariaDB BIT(n)
 _SINGLE = re.compile(r"\s*(float|real)\b", re.IGNORECASE)
 # MariaDB bytes types: read as string, a value is text only when its bytes are UTF-8
 _BINARY = re.compile(r"\s*(binary|varbinary|(tiny|medium|long)?blob)\b", re.IGNORECASE)
-# value types Arrow may convert to something else, or that are unreadable
-_SUSPECT = frozenset({InvalidText, OutOfRange, *_BYTES})
-_SUSPECT_TIME = frozenset({*_SUSPECT, int, float, bool})  # epochs in a time column
-_SUSPECT_DATE = frozenset({*_SUSPECT_TIME, datetime})  # Arrow drops a time of day
-_SUSPECT_DECIMAL = frozenset({*_SUSPECT, float})  # a float's exact fit is checked first
-# Arrow truncates a float or Decimal it is given as an integer (1.5 → 1, -0.99 → 0)
-_SUSPECT_INTEGER = frozenset({*_SUSPECT, float, Decimal})
 
 
-def bit_fits(width: int, kind: pa.DataType) -> bool:
+def bit_fits(width: int, kind: ColumnType) -> bool:
     """Does `kind` hold every number a BIT(width) column holds (0 to 2^width - 1)?"""
-    if pa.types.is_boolean(kind):
+    if kind.name == "bool":
         return width == 1
-    if pa.types.is_integer(kind):
-        return width < kind.bit_width
-    if pa.types.is_floating(kind):
+    if kind.bits:
+        return width < kind.bits
+    if kind.name == "float64":
         return width <= 53
-    if pa.types.is_decimal(kind):
+    if kind.name == "decimal":
         return len(str(2 ** width - 1)) <= kind.precision - kind.scale
-    return pa.types.is_string(kind)
-
-
-def column_to_arrow(values: Sequence[Any], target: pa.DataType,
-                    invalid: list[str | None] | None = None) -> pa.Array:
-    """Convert one column, keeping the contract type when every value fits it.
-
-    A value that does not fit (text in an integer column of a SQLite store, say) must not
-    stop extraction: the column then lands as text and validation quarantines that row.
-    A value that would be converted to something else without an error (a number in a
-    timestamp column, read by Arrow as microseconds since 1970) or cannot be read at all
-    (text that is not UTF-8) is never converted: with `invalid` (one slot per row) it
-    becomes null and its slot says why (model.INVALID); without, the column lands as
-    text (validation then refuses it).
-    """
-    suspect = (_SUSPECT_DATE if pa.types.is_date(target) else
-               _SUSPECT_TIME if pa.types.is_timestamp(target) else
-               _SUSPECT_DECIMAL if pa.types.is_decimal(target) else
-               _SUSPECT_INTEGER if pa.types.is_integer(target) else _SUSPECT)
-    if not suspect.isdisjoint(map(type, values)):
-        reasons = _unfaithful(values, target)
-        if reasons and invalid is None:
-            return pa.array([None if v is None else str(v) for v in values], pa.string())
-        if reasons and invalid is not None:
-            values = list(values)
-            for i, why in reasons.items():
-                values[i] = None
-                invalid[i] = invalid[i] or why
-        values = [_as_text(v) if isinstance(v, _BYTES) and pa.types.is_string(target)
-                  else exact_decimal(repr(v), target) if isinstance(v, float)
-                  and pa.types.is_decimal(target)
-                  else int(v) if isinstance(v, float) and pa.types.is_integer(target)
-                  else v for v in values]  # a float left for an integer column is whole
-    if pa.types.is_timestamp(target):
-        values = [_midnight(v) for v in values]
-    try:
-        return pa.array(values, type=target)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError):
-        pass
-    text = pa.array([None if v is None else _spelled(v) for v in values], type=pa.string())
-    try:
-        if pa.types.is_timestamp(target):
-            return cast_text_time(text, target)
-        if pa.types.is_decimal(target):
-            return cast_text_decimal(text, target)
-        return pc.cast(text, target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return text
-
-
-def _midnight(value: Any) -> Any:
-    """A date (a MariaDB DATE, PostgreSQL's through psycopg) read as a timestamp is the
-    instant of its midnight, UTC, as a database casts it and PostgreSQL's fast path reads
-    it. Arrow takes no date as a timestamp, and its text ('2024-01-02') no time cast
-    reads: every row was quarantined."""
-    if isinstance(value, date) and not isinstance(value, datetime):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    return value
-
-
-def _unfaithful(values: Sequence[Any], target: pa.DataType) -> dict[int, str]:
-    """{row: why} for values that cannot be read faithfully as `target`."""
-    time = pa.types.is_timestamp(target) or pa.types.is_date(target)
-    kind = "timestamp" if pa.types.is_timestamp(target) else "date"
-    out: dict[int, str] = {}
-    for i, v in enumerate(values):
-        if isinstance(v, InvalidText):
-            out[i] = f"invalid UTF-8: '{v}'"
-        elif isinstance(v, OutOfRange):
-            out[i] = v.reason
-        elif isinstance(v, _BYTES) and pa.types.is_string(target) and _as_text(v) is None:
-            out[i] = f"invalid UTF-8: '{InvalidText(bytes(v))}'"
-        elif time and isinstance(v, int | float):
-            out[i] = (f"the number {v!r} is not a {kind} (an epoch? declare the column "
-                      "int64 or float64, or store times as text or a time type)")
-        elif kind == "date" and isinstance(v, datetime) and (
-                v.time() != dt_time(0) or v.utcoffset()):
-            out[i] = f"{v.isoformat()} has a time of day: not a date (declare it timestamp)"
-        elif isinstance(v, float) and pa.types.is_decimal(target) and exact_decimal(
-                repr(v), target) is None:
-            out[i] = _unheld(v, target)
-        elif pa.types.is_integer(target) and isinstance(v, float | Decimal) and not (
-                math.isfinite(v) and v == int(v)):
-            out[i] = (f"{v} is no whole number: no {target} holds it (declare the column "
-                      "decimal(p,s))")
-    return out
-
-
-def _unheld(value: float, target: pa.DataType) -> str:
-    """Why a float (a SQLite REAL, a JSON number) is not a value of a decimal column: it is
-    read by its shortest text (what float(text) gives back exactly), never rounded."""
-    assert pa.types.is_decimal(target)
-    decimal = f"decimal({target.precision},{target.scale})"
-    if not math.isfinite(value):
-        return f"the float {value!r} is no {decimal}"
-    if int(Decimal(repr(value)).as_tuple().exponent) < -target.scale:
-        return (f"the float {value!r} has more than {target.scale} decimal places: no "
-                f"{decimal} holds it (round it at the source, or widen the scale)")
-    return (f"the float {value!r} has more than {target.precision - target.scale} integer "
-            f"digits: no {decimal} holds it")
-
-
-def _spelled(value: Any) -> str:
-    """A driver's value as text. A Decimal is spelled in positional notation, as the
-    database spelled it: str() gave '0E-30' and '1E-30' for a MariaDB DECIMAL(65,30)
-    zero and 0.000...01 read as string, which the warehouse then held."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return str(value)
+    return kind.name == "string"
 
 
 def _as_text(value: Any) -> str | None:
@@ -228,36 +108,6 @@ def catalog_text(value: Any) -> str:
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).decode("utf-8", "backslashreplace")
     return str(value)
-
-
-def rows_to_arrow(rows: Sequence[Sequence[Any]], contract: Contract) -> pa.Table:
-    """Rows as the contract's columns, plus model.INVALID when some value could not be
-    read faithfully (that value is null; validation quarantines its row)."""
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in contract.columns]
-    return page_table(contract, len(rows), columns)
-
-
-def page_table(contract: Contract, rows: int,
-               columns: Sequence[pa.Array | pa.ChunkedArray | Sequence[Any]]) -> pa.Table:
-    """A page in the contract's columns from, per column, either Arrow already in its
-    contract type (the Arrow read paths' exact casts) or the Python values the driver
-    gives, which `column_to_arrow` converts; model.INVALID is added when some value did
-    not fit (the same reasons whichever path read the page)."""
-    invalid: list[str | None] = [None] * rows
-    arrays: list[pa.Array | pa.ChunkedArray] = []
-    for col, c in zip(columns, contract.columns, strict=True):
-        if isinstance(col, pa.Array | pa.ChunkedArray):
-            arrays.append(col)
-            continue
-        reasons: list[str | None] = [None] * rows
-        arrays.append(column_to_arrow(col, c.arrow_type, reasons))
-        invalid = [old or (f"{c.name}: {new}" if new else None)
-                   for old, new in zip(invalid, reasons, strict=True)]
-    names = list(contract.names)
-    if any(invalid):
-        arrays.append(pa.array(invalid, pa.string()))
-        names.append(INVALID)
-    return pa.Table.from_arrays(arrays, names=names)
 
 
 class SqlSource:
@@ -363,7 +213,7 @@ class SqlSource:
         declared = self.select_types(table)
         cols = []
         for c in contract.columns:
-            expr = d.select_expr(c.name, c.arrow_type, declared.get(c.name.lower(), ""))
+            expr = d.select_expr(c.name, c.parsed_type, declared.get(c.name.lower(), ""))
             ident = d.ident(c.name)
             cols.append(expr if expr == ident else f"{expr} AS {ident}")
         return f"SELECT {', '.join(cols)} FROM {d.ident(table)}"
@@ -511,7 +361,7 @@ class SqlSource:
             if match is None:
                 continue
             width = int(match.group(1))
-            if bit_fits(width, c.arrow_type):
+            if bit_fits(width, c.parsed_type):
                 continue
             fix = "int64" if width <= 63 else "decimal(20,0)"
             raise SchemaError(
@@ -917,7 +767,7 @@ class SqlSource:
         columns tell a poll that the table's columns changed, at no extra query)."""
         d = self.dialect
         declared = self.select_types(table)
-        cols = ", ".join(d.select_expr(c, contract.column(c).arrow_type,
+        cols = ", ".join(d.select_expr(c, contract.column(c).parsed_type,
                                        declared.get(c.lower(), ""))
                          for c in contract.order_by)
         rest = (f"FROM {d.ident(table)} WHERE {d.ident(contract.cursor)} IS NOT NULL"
@@ -932,7 +782,7 @@ class SqlSource:
             return None
         d = self.dialect
         order = [contract.column(c) for c in contract.order_by]
-        values = [d.position_value(v, c.arrow_type)
+        values = [d.position_value(v, c.parsed_type)
                   for v, c in zip(rows[0][:len(order)], order, strict=True)]
         self._check_end(table, contract, values[0])
         for name, value in zip(contract.order_by, values, strict=True):
@@ -1155,7 +1005,10 @@ class SqlSource:
         upto: Watermark | None = None,
     ) -> tuple[pa.Table, Watermark | None]:
         """Read one keyset page (ending at `upto` if given, see `page_query`); returns the
-        rows and the (cursor, key) of the last row."""
+        rows and the (cursor, key) of the last row. (arrow_values, and with it pyarrow, is
+        imported by the first page read: a reconcile of an unchanged table reads none.)"""
+        from steadyflow.extract.arrow_values import rows_to_arrow
+
         query, params = self.page_query(table, contract, after, since, limit, where,
                                         upto=upto)
         rows = self._execute_leniently(table, query, params)
@@ -1184,7 +1037,7 @@ class SqlSource:
         as this driver gives them): the position the next page continues after."""
         d = self.dialect
         values = [d.position_value(last[contract.names.index(k)],
-                                   contract.column(k).arrow_type)
+                                   contract.column(k).parsed_type)
                   for k in contract.order_by]
         high = Watermark(cursor=values[0], key=tuple(values[1:]))
         self._check_position(table, contract, high)

@@ -37,10 +37,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from steadyflow.arrow_types import cast_text_decimal, cast_text_time
 from steadyflow.config import SourceConfig
+from steadyflow.extract.arrow_values import page_table, rows_to_arrow
 from steadyflow.extract.dialects import ends_of
-from steadyflow.extract.sql import SqlSource, page_table, rows_to_arrow
-from steadyflow.model import Contract, Watermark, cast_text_decimal, cast_text_time
+from steadyflow.extract.sql import SqlSource
+from steadyflow.model import Contract, Watermark
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
 

@@ -12,12 +12,14 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from steadyflow.errors import LandedFileMissing, RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.ports import LandedFile
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 TEMP_PREFIX = ".tmp-"
 
@@ -77,6 +79,8 @@ class LocalLanding:
             raise _missing(self.root / path) from None
 
     def open(self, path: str) -> pa.NativeFile:
+        import pyarrow as pa  # a file opened for Arrow (Parquet) reads: pyarrow is loaded
+
         try:
             return pa.OSFile(str(self.root / path), "rb")
         except FileNotFoundError:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,10 +31,7 @@ from steadyflow.model import BatchRef, Watermark
 from steadyflow.ports import Landing
 from steadyflow.secrets import scrub
 
-if TYPE_CHECKING:
-    from steadyflow.config import LandingConfig
-
-__all__ = ["TEMP_PREFIX", "Compression", "LandingZone", "open_landing"]
+__all__ = ["TEMP_PREFIX", "Compression", "LandingZone"]
 
 # the Parquet codecs a landing zone can use (config.py: LandingConfig.compression)
 Compression = Literal["zstd", "lz4", "snappy", "gzip", "brotli", "none"]
@@ -339,18 +336,6 @@ class _BatchContext:
                 f"landed file unreadable: {ref.path} {ref.part or ''}: {scrub(str(exc))}",
                 stage="load", source=ref.source, table=ref.table, batch_id=ref.batch_id,
                 hint="the file was changed after landing; re-extract this range") from exc
-
-
-def open_landing(config: LandingConfig, base: Path) -> Landing:
-    """The configured landing store: an object store for `url`, else the directory
-    `path` (relative to `base`, the config file's folder)."""
-    if config.url:
-        from steadyflow.land.object_store import ObjectStoreLanding  # only when used
-
-        return ObjectStoreLanding(config.url, endpoint=config.endpoint, region=config.region,
-                                  access_key=config.access_key, secret_key=config.secret_key)
-    path = Path(config.path)
-    return LocalLanding(path if path.is_absolute() else base / path)
 
 
 def day_of(path: str) -> str | None:

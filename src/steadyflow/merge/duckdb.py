@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -578,6 +579,12 @@ class DuckdbWarehouse:
         with self._lock:
             # sql(), not execute(): Arrow from a DB-API result copies it and warns
             return self._conn.sql(sql, params=params or None).to_arrow_table()
+
+    def rows(self, sql: str, params: list[object] | None = None) -> list[tuple[Any, ...]]:
+        """A query's rows, through Arrow as `query` reads them (DuckDB's own fetch of a
+        TIMESTAMPTZ needs pytz): reconcile's warehouse side."""
+        columns = [c.to_pylist() for c in self.query(sql, params).columns]
+        return list(zip(*columns, strict=True)) if columns else []
 
     def close(self) -> None:
         with self._lock:

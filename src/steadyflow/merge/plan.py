@@ -16,11 +16,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from steadyflow.errors import SchemaError
-from steadyflow.model import Contract
+from steadyflow.model import ColumnType, Contract
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Quote = Callable[[str], str]
 LEDGER = "_steadyflow_ledger"
@@ -28,18 +30,17 @@ SEQ = "_steadyflow_seq"
 RESERVED = "_steadyflow_"  # the prefix of the columns steadyflow adds (config.RESERVED_PREFIX)
 
 
-def sql_type(arrow: pa.DataType, engine: str) -> str:
-    if pa.types.is_decimal(arrow):
+def sql_type(kind: ColumnType, engine: str) -> str:
+    if kind.name == "decimal":
         name = "NUMERIC" if engine == "postgres" else "DECIMAL"
-        return f"{name}({arrow.precision},{arrow.scale})"
-    if pa.types.is_timestamp(arrow):
-        return "TIMESTAMPTZ"
+        return f"{name}({kind.precision},{kind.scale})"
     table = {
-        pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.bool_(): "BOOLEAN", pa.date32(): "DATE",
-        pa.float64(): "DOUBLE PRECISION" if engine == "postgres" else "DOUBLE",
-        pa.string(): "TEXT" if engine == "postgres" else "VARCHAR",
+        "int64": "BIGINT", "int32": "INTEGER", "bool": "BOOLEAN", "date": "DATE",
+        "timestamp": "TIMESTAMPTZ",
+        "float64": "DOUBLE PRECISION" if engine == "postgres" else "DOUBLE",
+        "string": "TEXT" if engine == "postgres" else "VARCHAR",
     }
-    return table[arrow]
+    return table[kind.name]
 
 
 # the integer types a catalog may list, by their bits (a value range of ±2**(bits-1))
@@ -49,31 +50,31 @@ _FLOATS = ("real", "float4", "float", "double", "double precision", "float8")
 _SIZED = re.compile(r"^(?:numeric|decimal)\((\d+),\s*(\d+)\)$")
 
 
-def _holds(declared: str, arrow: pa.DataType) -> bool:
+def _holds(declared: str, kind: ColumnType) -> bool:
     """Whether a warehouse column declared `declared` (as its catalog spells it) holds
-    every value of the contract type `arrow` (a number or a timestamp) exactly. A type
+    every value of the contract type `kind` (a number or a timestamp) exactly. A type
     this cannot judge (a user's own, a text column) is taken to hold it: only a known
     narrower number type, a float for an exact number, a number type for a float64 and
     a date for a timestamp are refused."""
     spelled = declared.strip().lower()
     bits = _INTEGER_BITS.get(spelled)
     sized = _SIZED.match(spelled)
-    if pa.types.is_timestamp(arrow):  # a date drops the time of day
+    if kind.name == "timestamp":  # a date drops the time of day
         return spelled != "date"
-    if pa.types.is_floating(arrow):  # a number type rounds it; a 4-byte float narrows it
+    if kind.name == "float64":  # a number type rounds it; a 4-byte float narrows it
         return bits is None and sized is None and spelled not in ("real", "float4", "float")
     if spelled in ("numeric", "decimal"):  # PostgreSQL's unconstrained numeric
         return True
     if spelled in _FLOATS:
         return False
-    if pa.types.is_integer(arrow):
+    if kind.bits:
         if bits is not None:
-            return bits >= arrow.bit_width
+            return bits >= kind.bits
         # the digits of the contract type's extremes: 10 (int32), 19 (int64)
         return sized is None or int(sized.group(1)) - int(sized.group(2)) >= len(
-            str(2 ** (arrow.bit_width - 1)))
-    assert isinstance(arrow, pa.Decimal128Type)
-    whole, fraction = arrow.precision - arrow.scale, arrow.scale
+            str(2 ** (kind.bits - 1)))
+    assert kind.name == "decimal"
+    whole, fraction = kind.precision - kind.scale, kind.scale
     if bits is not None:  # every whole number of `whole` digits is below 2**(bits-1)
         return fraction == 0 and 10 ** whole <= 2 ** (bits - 1)
     return sized is None or (int(sized.group(2)) >= fraction
@@ -94,11 +95,10 @@ def narrower_columns(contract: Contract, declared: dict[str, str]
     the ALTER that widens it."""
     out = []
     for column in contract.columns:
-        arrow, have = column.arrow_type, declared.get(column.name)
-        if (have is not None and (pa.types.is_integer(arrow) or pa.types.is_decimal(arrow)
-                                  or pa.types.is_floating(arrow)
-                                  or pa.types.is_timestamp(arrow))
-                and not _holds(have, arrow)):
+        kind, have = column.parsed_type, declared.get(column.name)
+        if (have is not None and kind.name in ("int64", "int32", "decimal", "float64",
+                                                "timestamp")
+                and not _holds(have, kind)):
             out.append((column.name, have, column.type))
     return out
 
@@ -117,7 +117,7 @@ def refuse_missing(contract: Contract, declared: dict[str, str], target: str, la
         return
     names = ", ".join(c.name for c in missing)
     fix = "; ".join(f"ALTER TABLE {target} ADD COLUMN {quote(c.name)} "
-                    f"{sql_type(c.arrow_type, engine)}" for c in missing)
+                    f"{sql_type(c.parsed_type, engine)}" for c in missing)
     raise SchemaError(f"warehouse table {table} lacks the contract's column(s) {names} (added "
                       "to the contract after the table was loaded?): rows loaded before would "
                       "hold NULL in it, so nothing is loaded into it", stage="load",
@@ -161,7 +161,7 @@ def refuse_narrower(contract: Contract, declared: dict[str, str], target: str, t
     what = "; ".join(f"column {name} is {have} in the warehouse but {want} in the contract"
                      for name, have, want in narrower)
     fix = "; ".join(f"ALTER TABLE {target} ALTER COLUMN {quote(name)} TYPE "
-                    f"{sql_type(contract.column(name).arrow_type, engine)}"
+                    f"{sql_type(contract.column(name).parsed_type, engine)}"
                     for name, _, _ in narrower)
     raise SchemaError(f"warehouse table {table}: {what}: its values would be rounded or "
                       "refused there, so nothing is loaded into it", stage="load",
@@ -169,9 +169,12 @@ def refuse_narrower(contract: Contract, declared: dict[str, str], target: str, t
 
 
 def with_seq(rows: pa.Table, seq: int) -> pa.Table:
-    """The batch's rows with its extraction sequence as the merge's version column."""
+    """The batch's rows with its extraction sequence as the merge's version column.
+    (pyarrow imported here: the rest of this module is the SQL a reconcile needs too.)"""
     if SEQ in rows.column_names:
         return rows
+    import pyarrow as pa
+
     return rows.append_column(SEQ, pa.repeat(pa.scalar(seq, pa.int64()), rows.num_rows))
 
 
@@ -219,7 +222,7 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
     cur = q(contract.cursor)
     seq = q(SEQ)
     col_defs = ", ".join(
-        f"{q(c.name)} {sql_type(c.arrow_type, engine)}"
+        f"{q(c.name)} {sql_type(c.parsed_type, engine)}"
         + (" NOT NULL" if c.name in keys else "")
         for c in contract.columns
     ) + f", {seq} BIGINT"
@@ -252,7 +255,7 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
         add_seq=f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {seq} BIGINT",
         add_columns=tuple(
             f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {q(c.name)} "
-            f"{sql_type(c.arrow_type, engine)}" for c in contract.columns if c.added),
+            f"{sql_type(c.parsed_type, engine)}" for c in contract.columns if c.added),
         create_table=(f"CREATE TABLE IF NOT EXISTS {target} ({col_defs}"
                       + (f", PRIMARY KEY ({key_list}))" if engine == "postgres" else ")")),
         create_ledger=(f"CREATE TABLE IF NOT EXISTS {ledger} (batch_id VARCHAR PRIMARY KEY, "

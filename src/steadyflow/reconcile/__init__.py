@@ -3,6 +3,7 @@
     runner.py    the command: every table in turn, results into run history and metrics;
                  Scheduler (run.reconcile_every in follow mode)
     table.py     one source table: compare, classify, repair, verify
+    current.py   the current source rows of differing keys, validated (Arrow: only then)
     repair.py    differing rows back through the normal path as `kind=repair` batches
     report.py    what one table's reconciliation found, and its text form
     options.py   the command's options (--since, --by, --repair)

@@ -46,9 +46,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from functools import lru_cache
 from typing import Any
 
-import pyarrow as pa
-
-from steadyflow.model import TEXT_DATE, TEXT_TIME, cast_text_time, parse_text_time
+from steadyflow.model import TEXT_DATE, TEXT_TIME, parse_text_time
 
 NULL = "~N"
 SEP = "|"
@@ -160,7 +158,7 @@ def row_term(encoded: Sequence[str | None]) -> int:
 # --- raw SQLite values -------------------------------------------------------------------
 # SQLite stores whatever it was given (text prices, text timestamps, ints in text columns).
 # These converters give a raw value the encoding of what extraction would load from it
-# (extract/sql.py: column_to_arrow), and never raise: a value extraction could not convert
+# (extract/arrow_values.py: column_to_arrow), and never raise: a value extraction could not convert
 # encodes as `?` + its text, which equals nothing the warehouse can hold (such rows are
 # invalid and expected in quarantine, see table.py).
 
@@ -197,7 +195,7 @@ def _raw_decimal(scale: int) -> Callable[[Any], str]:
 
 
 def timestamp_us(value: Any) -> int | None:
-    """A SQLite timestamp as extraction loads it (model.cast_text_time), in µs since the
+    """A SQLite timestamp as extraction loads it (arrow_types.cast_text_time), in µs since the
     epoch: text in any spelling Arrow reads (' ' or 'T', a fraction up to the microsecond,
     'Z' or an offset; naive text is UTC) as its UTC instant. None if extraction could not
     load it: not such a time, or a number (an epoch is not read as a time: quarantined)."""
@@ -212,17 +210,11 @@ def timestamp_us(value: Any) -> int | None:
         except OverflowError:  # an offset past year 9999
             return None
         return None if parsed is None else us_of(parsed)
-    return _arrow_time_us(value)
+    # the rare spellings, by the very cast extraction uses ('12:00Z', '+0200', ...); Arrow
+    # imported only then (arrow_types.py: a reconcile moving no rows loads no pyarrow)
+    from steadyflow.arrow_types import text_time_us
 
-
-def _arrow_time_us(text: str) -> int | None:
-    """The rare spellings, by the very cast extraction uses ('12:00Z', '+0200', ...)."""
-    try:
-        cast = cast_text_time(pa.array([text], pa.string()), pa.timestamp("us", tz="UTC"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    us = cast.cast(pa.int64())[0].as_py()
-    return None if us is None else int(us)
+    return text_time_us(value)
 
 
 def parse_timestamp(value: Any) -> datetime | None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from steadyflow.reconcile.bisect import Key
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @dataclass
@@ -75,6 +76,9 @@ class TableReport:
         data["after"] = self.after.to_dict() if self.after is not None else None
         return data
 
+FETCH_CHUNK = 400  # keys per source query when reading differing rows
+
+
 @dataclass
 class Findings:
     missing: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # → typed key
@@ -85,6 +89,17 @@ class Findings:
     # current source rows that fail validation and are in no quarantine, as read (landing
     # them parks them); one table per read, as their columns' types may differ
     unparked: list[pa.Table] = field(default_factory=list)
+
+
+@dataclass
+class Current:
+    """The current source rows of differing keys, as `_read_current` classified them."""
+
+    rows: pa.Table | None = None  # valid rows, as the loader casts them
+    good: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # → typed key
+    parked: set[Key] = field(default_factory=set)  # invalid, and in quarantine
+    unparked: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # invalid, not parked
+    unparked_rows: list[pa.Table] = field(default_factory=list)  # those rows, as read
 
 
 def text_report(reports: Sequence[TableReport]) -> str:

@@ -39,18 +39,17 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-import pyarrow as pa
 
 from steadyflow.config import SourceConfig, TableConfig
 from steadyflow.errors import ConfigError, SteadyflowError
-from steadyflow.extract.sql import SqlSource, catalog_text, column_to_arrow
+from steadyflow.extract.sql import SqlSource, catalog_text
 from steadyflow.merge.plan import SEQ
 from steadyflow.model import Contract, TableRef, Watermark, drift_type, step_back
 from steadyflow.reconcile import incremental
@@ -73,18 +72,16 @@ from steadyflow.reconcile.engines import (
     record_fields,
 )
 from steadyflow.reconcile.options import Options
-from steadyflow.reconcile.repair import load_repairs, repair_lease
-from steadyflow.reconcile.report import Findings, TableReport
+from steadyflow.reconcile.report import FETCH_CHUNK, Current, Findings, TableReport
 from steadyflow.reconcile.sides import Dim, SqlSide, cursor_us, key_predicate
 from steadyflow.state import Lease
-from steadyflow.validate.quarantine import row_hashes
-from steadyflow.validate.rules import validate
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from steadyflow.run.pipeline import Pipeline
 
 DAY_US = 86_400_000_000
-FETCH_CHUNK = 400  # keys per source query when reading differing rows
 
 
 def _duckdb_errors(name: str) -> tuple[type[Exception], ...]:
@@ -213,9 +210,9 @@ class TableReconciler:
         return self.guard.call(once, stop=self.pipeline._stop.is_set)
 
     def _warehouse_run(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        table = self.pipeline.warehouse.query(sql, params)  # type: ignore[attr-defined]
-        columns = [c.to_pylist() for c in table.columns]
-        return list(zip(*columns, strict=True)) if columns else []
+        rows: list[tuple[Any, ...]] = self.pipeline.warehouse.rows(  # type: ignore[attr-defined]
+            sql, params)
+        return rows
 
     def _where(self, engine: Engine, to_param: Any) -> Fragment:
         """The warehouse filter, `col = ? AND ...`, on either side."""
@@ -510,19 +507,6 @@ class TableReconciler:
                                 verified_at=now))
         state.save_verified_buckets(ref.source, ref.table, done, since)
 
-    def _typed(self, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
-        """Source key values as the contract types (what the warehouse holds); None where a
-        value does not convert (such a row cannot have been loaded)."""
-        if not keys:
-            return []
-        columns = []
-        for i, name in enumerate(self.contract.primary_key):
-            target = self.contract.column(name).arrow_type
-            arr = column_to_arrow([k[i] for k in keys], target)
-            columns.append(arr.to_pylist() if arr.type == target else [None] * len(keys))
-        return [None if any(v is None for v in vals) else tuple(vals)
-                for vals in zip(*columns, strict=True)]
-
     def _classify(self, scan: Scan, src: SqlSide, wh: SqlSide,
                   report: TableReport) -> Findings:
         pairs: dict[Key, tuple[Row | None, Row | None]] = dict(scan.differing)
@@ -589,33 +573,26 @@ class TableReconciler:
                     (keys[k] for k in sorted(keys, key=_sortable)), n)]
         return found
 
+    def _typed(self, keys: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...] | None]:
+        """Source key values as the contract types (current.typed_keys)."""
+        if not keys:
+            return []
+        from steadyflow.reconcile.current import typed_keys  # Arrow, for differing keys only
+
+        return typed_keys(self.contract, keys)
+
     def _read_current(self, candidates: dict[Key, tuple[Any, ...]]) -> Current:
-        """Read the current source rows of these keys (canonical key → raw key) and
-        validate them exactly as the loader does. A row that fails is `parked` only if
-        that very row (its quarantine digest) is in quarantine; otherwise it is `unparked`:
-        lost on the way (committed behind the checkpoint, say), so it is a difference, and
-        landing it (repair) parks it."""
-        out = Current()
-        tables: list[pa.Table] = []
-        retry: list[Key] = []
-        keys = list(candidates)
-        for i in range(0, len(keys), FETCH_CHUNK):
-            chunk = keys[i:i + FETCH_CHUNK]
-            rows = self._read([candidates[k] for k in chunk])
-            good, bad = self._split(rows, tables, out)
-            retry.extend(k for k in bad if k in candidates and k not in out.parked)
-        for key in retry:
-            # a parked row's digest holds its values as text, which for SQLite depends on
-            # the page it was read in (a column of a page with an unreadable value is text):
-            # read it alone, as a page of one row would have held it
-            rows = self._read([candidates[key]])
-            _, bad = self._split(rows, tables, out)
-            if key in bad and key not in out.parked:
-                out.unparked[key] = bad[key]
-                out.unparked_rows.append(rows.filter(pa.array(
-                    [self._key_of(v) == key for v in self._key_values(rows)], pa.bool_())))
-        out.rows = pa.concat_tables(tables) if tables else None
-        return out
+        """The current source rows of these keys, validated as the loader would
+        (current.CurrentReader); nothing to read, nothing imported: an unchanged table's
+        reconcile loads no pyarrow (#15)."""
+        if not candidates:
+            return Current()
+        from steadyflow.reconcile.current import CurrentReader
+
+        ref, state = self.ref, self.pipeline.state
+        return CurrentReader(self.contract, self._read, self._key_of,
+                             self.pipeline.warehouse.text_encoding(),
+                             partial(state.parked_by, ref.source, ref.table)).read(candidates)
 
     def _read(self, raw_keys: list[tuple[Any, ...]]) -> pa.Table:
         """The source rows of these keys (as the source side read them). A key read as
@@ -626,34 +603,6 @@ class TableReconciler:
             engine, self.contract.primary_key, raw_keys,
             lambda v: d.to_param(v) if isinstance(v, bytes) else v), len(raw_keys)),
             stop=self.pipeline._stop.is_set)
-
-    def _split(self, rows: pa.Table, tables: list[pa.Table], out: Current
-               ) -> tuple[dict[Key, tuple[Any, ...]], dict[Key, tuple[Any, ...]]]:
-        """Validate rows as read: the valid ones go to `tables` and `out.good`, the invalid
-        ones in quarantine to `out.parked`; returns (valid, invalid) as canonical key → key."""
-        verdict = validate(rows, self.contract,
-                           encoding=self.pipeline.warehouse.text_encoding())
-        good: dict[Key, tuple[Any, ...]] = {}
-        if verdict.good.num_rows:
-            tables.append(verdict.good)
-            for values in self._key_values(verdict.good):
-                good[self._key_of(values)] = values
-            out.good.update(good)
-        bad: dict[Key, tuple[Any, ...]] = {}
-        if verdict.bad.num_rows:
-            hashes = row_hashes(verdict.bad)
-            parked = self.pipeline.state.parked_by(self.ref.source, self.ref.table, hashes)
-            for values, digest in zip(self._key_values(rows.filter(verdict.bad_mask)), hashes,
-                                      strict=True):
-                key = self._key_of(values)
-                bad[key] = values
-                if digest in parked:
-                    out.parked.add(key)
-        return good, bad
-
-    def _key_values(self, rows: pa.Table) -> list[tuple[Any, ...]]:
-        cols = [rows[k].to_pylist() for k in self.contract.primary_key]
-        return list(zip(*cols, strict=True))
 
     def _key_of(self, values: tuple[Any, ...]) -> Key:
         """The canonical key of key values as read (typed, or text where a page's column
@@ -689,6 +638,8 @@ class TableReconciler:
         Which extra keys to delete is decided here: only those still absent at the source
         now, which takes a query on this table's source side.
         """
+        from steadyflow.reconcile.repair import load_repairs  # loading: Arrow, the run's stages
+
         deletes = self._still_gone(list(found.extra.values())) if self.t.mirror_deletes else []
         return load_repairs(self.pipeline, self.t, self.ref, self.contract, found, deletes,
                             self.run_id, lease=self.lease)
@@ -704,6 +655,8 @@ class TableReconciler:
         try:
             if not self.options.repair:
                 return self._run()
+            from steadyflow.reconcile.repair import repair_lease
+
             with repair_lease(self.pipeline, self.ref) as self.lease:  # before reading rows
                 return self._run()
         finally:
@@ -740,17 +693,6 @@ class TableReconciler:
             report.after, _ = self.compare()
         self._remember(report)
         return report
-
-
-@dataclass
-class Current:
-    """The current source rows of differing keys, as `_read_current` classified them."""
-
-    rows: pa.Table | None = None  # valid rows, as the loader casts them
-    good: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # → typed key
-    parked: set[Key] = field(default_factory=set)  # invalid, and in quarantine
-    unparked: dict[Key, tuple[Any, ...]] = field(default_factory=dict)  # invalid, not parked
-    unparked_rows: list[pa.Table] = field(default_factory=list)  # those rows, as read
 
 
 def _newer(a: Any, b: Any) -> bool:

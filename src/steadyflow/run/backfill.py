@@ -95,7 +95,7 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
     keys = key_contract(contract)
     d = db.dialect
     declared = db.select_types(table)
-    cols = ", ".join(d.select_expr(c.name, c.arrow_type, declared.get(c.name.lower(), ""))
+    cols = ", ".join(d.select_expr(c.name, c.parsed_type, declared.get(c.name.lower(), ""))
                      for c in keys.columns)
     found = db._execute(table, f"SELECT {cols} FROM {d.ident(table)}"
                                f"{db._order_by(table, keys.order_by, desc=True)} LIMIT 1", [])
@@ -121,7 +121,7 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
 def _position(db: SqlSource, table: str, keys: Contract, row: Any) -> Watermark:
     """A range boundary, a key the pages compare with: a PostgreSQL 'infinity' (no path
     holds it, none can send it back) is refused naming its column, not stored."""
-    values = [db.dialect.position_value(v, c.arrow_type)
+    values = [db.dialect.position_value(v, c.parsed_type)
               for v, c in zip(row, keys.columns, strict=True)]
     for c, value in zip(keys.columns, values, strict=True):
         if isinstance(value, OutOfRange):

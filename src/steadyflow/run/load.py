@@ -40,7 +40,8 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from steadyflow.config import PipelineConfig, owned_value
+from steadyflow.arrow_types import owned_value
+from steadyflow.config import PipelineConfig
 from steadyflow.errors import ConfigError, FatalError, RetryableError
 from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone

@@ -67,11 +67,15 @@ def bound_memory() -> None:
     if _BOUND:
         return
     _BOUND = True
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system":
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system") == "system" \
+            and "pyarrow" in sys.modules:
         import pyarrow as pa
 
-        # pyarrow's own default; C++ code that asks Arrow's default pool directly gets the
-        # system one only if the variable was set before (steadyflow/__init__.py sets it)
+        # pyarrow's own default, for a pyarrow loaded before steadyflow set the variable
+        # (C++ code that asks Arrow's default pool directly then keeps the bundled one).
+        # Loaded later, the variable (steadyflow/__init__.py) makes the system pool every
+        # default; nor is pyarrow imported here for it: a command that moves no rows (a
+        # reconcile of an unchanged table) never loads it (#15)
         pa.set_memory_pool(pa.system_memory_pool())
     libc = _libc()
     if libc is not None:

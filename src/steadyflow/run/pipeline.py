@@ -16,6 +16,11 @@ while the other tables go on.
 
 Nothing here is global: every component hangs off one Pipeline object, so several
 pipelines (or tests) can live in one process and any stage can run alone.
+
+The stages that move rows as Arrow (extraction, landing, quarantine, loading) are imported
+where they are first used, not with this module: a command that moves no rows (a
+reconcile of an unchanged table into PostgreSQL) then never loads pyarrow, ~80 MiB of
+peak RSS (#15, arrow_types.py).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from steadyflow.buffer.sqlite import SqliteBuffer
 from steadyflow.config import PipelineConfig, load_config
@@ -42,25 +47,21 @@ from steadyflow.errors import (
     TableBusy,
 )
 from steadyflow.extract.sql import SqlSource
-from steadyflow.land.parquet import LandingZone, open_landing
+from steadyflow.land import open_landing
 from steadyflow.model import BatchRef, TextEncoding
 from steadyflow.observe import logs
 from steadyflow.observe.metrics import PipelineMetrics
 from steadyflow.ports import Buffer, Ledgered, Warehouse
 from steadyflow.resilience import SourceGuard, StopRequested, retry_reason
-from steadyflow.run.extract import (
-    LEASE_WAIT,
-    ExtractResult,
-    Source,
-    TableExtractor,
-    TableMemory,
-    open_source,
-)
-from steadyflow.run.load import BatchLoader, duplicate, gather, transform
 from steadyflow.run.memory import Releaser, bound_memory
 from steadyflow.state import StateStore, open_state
-from steadyflow.validate.quarantine import Quarantine
-from steadyflow.validate.rules import Verdict
+
+if TYPE_CHECKING:
+    from steadyflow.land.parquet import LandingZone
+    from steadyflow.run.extract import ExtractResult, Source, TableMemory
+    from steadyflow.run.load import BatchLoader
+    from steadyflow.validate.quarantine import Quarantine
+    from steadyflow.validate.rules import Verdict
 
 log = logs.get("run")
 # the buffer's depth and age (metrics, status) are read at most this often by the loader
@@ -139,9 +140,11 @@ class Pipeline:
         state_dir = config.resolve(config.state_dir)
         self.state: StateStore = open_state(config.state.kind, state_dir, config.state.dsn,
                                             config.state.schema_)
-        self.landing = LandingZone(open_landing(config.landing, Path(config.base_dir)),
-                                   config.landing.compression)
-        self.landing.locate = self.state.batch  # a batch compaction moved is read there
+        # the landing store now (a bad setting fails here), its Parquet side when first used
+        self._landing_store = open_landing(config.landing, Path(config.base_dir))
+        self._landing: LandingZone | None = None
+        self._quarantine: Quarantine | None = None
+        self._making = threading.Lock()  # for those two (`_opening` may wait on a warehouse)
         self.buffer: Buffer = self._open_buffer(state_dir, view)
         self._warehouse: Warehouse | None = None
         self._lanes: list[Warehouse] | None = None  # the loader's other connections
@@ -165,7 +168,6 @@ class Pipeline:
         # batches that failed for good in this process, out of the buffer (see _park):
         # batch id -> (its table's label, monotonic time from which the sweep queues it)
         self._parked: dict[str, tuple[str, float]] = {}
-        self.quarantine = Quarantine(self.landing, self.state)
         self.guards = {s.name: SourceGuard(s.name, s.resilience, on_retry=self._on_retry,
                                            on_breaker=self._on_breaker,
                                            on_auth=self.metrics.auth_failing)
@@ -218,7 +220,31 @@ class Pipeline:
         return self._warehouse
 
     @property
+    def landing(self) -> LandingZone:
+        """The landing zone, made when first asked for (Parquet: pyarrow, see above)."""
+        with self._making:
+            if self._landing is None:
+                from steadyflow.land.parquet import LandingZone
+
+                self._landing = LandingZone(self._landing_store,
+                                            self.config.landing.compression)
+                self._landing.locate = self.state.batch  # a batch compaction moved is there
+            return self._landing
+
+    @property
+    def quarantine(self) -> Quarantine:
+        landing = self.landing
+        with self._making:
+            if self._quarantine is None:
+                from steadyflow.validate.quarantine import Quarantine
+
+                self._quarantine = Quarantine(landing, self.state)
+            return self._quarantine
+
+    @property
     def loader(self) -> BatchLoader:
+        from steadyflow.run.load import BatchLoader
+
         return BatchLoader(self.config, self.landing, self.buffer, self.warehouse, self.state,
                            self.quarantine, self.metrics, lanes=self._lane_warehouses())
 
@@ -241,6 +267,8 @@ class Pipeline:
         """Validate one landed batch as the loader would. An embedded (DuckDB) warehouse
         is not opened (`run --follow` may hold its file); a PostgreSQL one is asked for its
         text encoding, if it can be reached (one lacking characters quarantines more)."""
+        from steadyflow.run.load import transform
+
         return transform(self.config, self.landing, self.metrics, batch,
                          self._text_encoding())
 
@@ -308,6 +336,8 @@ class Pipeline:
         pending = self.state.pending_batches()
         for gone in self._parked.keys() - {batch.batch_id for batch in pending}:
             del self._parked[gone]  # loaded meanwhile (by another process): not failing
+        from steadyflow.run.load import duplicate
+
         ledger: dict[str, Ledgered] = {}
         for i in range(0, len(pending), SWEEP_LOOKUP):
             ledger |= self.warehouse.ledgered(
@@ -372,6 +402,8 @@ class Pipeline:
         """One table until caught up, on its kept connection: (its ref, its result or the
         error that stopped it, recorded and logged here). `extract` runs every table
         through it; `run --follow` one poll of one table (run/follow.py)."""
+        from steadyflow.run.extract import LEASE_WAIT, TableExtractor, TableMemory, open_source
+
         s, t, ref = job
         extractor = TableExtractor(
             s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
@@ -440,6 +472,8 @@ class Pipeline:
     def load(self, until_empty: bool = True, extracting: threading.Event | None = None,
              summary: RunSummary | None = None, max_failures: int = 5) -> RunSummary:
         """Consume the buffer. Stops when it is empty and no extraction is running."""
+        from steadyflow.run.load import gather
+
         summary = summary or RunSummary()
         loader = self.loader
         # kept across runs: a batch that failed for good is not waited for again each cycle

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from steadyflow.arrow_types import cast_text_decimal, cast_text_time
 from steadyflow.errors import ContractError
 from steadyflow.failpoints import failpoint
 from steadyflow.model import (
@@ -36,8 +37,6 @@ from steadyflow.model import (
     Column,
     Contract,
     TextEncoding,
-    cast_text_decimal,
-    cast_text_time,
 )
 
 REASON = "_reason"
