@@ -20,6 +20,7 @@ import typer
 if TYPE_CHECKING:
     from rich.console import Console
 
+from steadyflow.cli import startup
 from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.observe import logs
 
@@ -84,10 +85,14 @@ _T = TypeVar("_T")
 
 def _open(config: Path, view: bool = False) -> Any:
     """The pipeline; `view`: for a command that only shows it (status, a read-only serve),
-    which a buffer server that does not answer must not stop from showing the rest."""
-    from steadyflow.run.pipeline import Pipeline
+    which a buffer server that does not answer must not stop from showing the rest.
+    The garbage collector `entry` paused for the imports runs again from here on."""
+    try:
+        from steadyflow.run.pipeline import Pipeline
 
-    return Pipeline.from_yaml(config, view=view)
+        return Pipeline.from_yaml(config, view=view)
+    finally:
+        startup.resume()
 
 
 def _fail(exc: SteadyflowError) -> None:
@@ -800,6 +805,7 @@ def demo(directory: Annotated[Path, typer.Option("--dir")] = Path("steadyflow-de
          stores: Annotated[int, typer.Option(help="store databases")] = 4,
          rows: Annotated[int, typer.Option(help="sales rows per store")] = 50_000) -> None:
     """Generate store databases, run the pipeline through a SIGKILL, verify, summarise."""
+    startup.resume()  # builds its pipelines itself, not through _open
     from steadyflow.demo.scenario import run_demo
 
     code = run_demo(directory, stores=stores, rows_per_store=rows, as_json=as_json)
@@ -814,10 +820,12 @@ def entry() -> None:
     a fifth of an incremental run. Nothing is left to do by then: the pipeline is closed
     (state, buffer and warehouse committed and closed), so only the output streams and
     logging are flushed. An unexpected exception still takes the normal path (traceback).
+    The garbage collector is paused while the command imports what it runs (cli/startup.py).
     """
     import logging
     import os
 
+    startup.pause()
     try:
         app(prog_name="steadyflow")
         code = 0
