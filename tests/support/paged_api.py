@@ -9,6 +9,7 @@ the `after` token it hands out itself (`pagination: token`, token "<offset>").
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import threading
@@ -42,7 +43,9 @@ class OffsetApi:
     page before it is sent (both see the request number). `cap` serves at most that many
     records whatever the limit asked (as APIs with a maximum page size do); `shuffle`
     serves another order on each request (an API sorting by nothing stable). `asked`
-    lists each request's (offset, limit)."""
+    lists each request's (offset, limit). `gzip` sends every answer gzip-encoded, and the
+    answers to the request numbers in `garbled` with a body no gzip reader takes (a
+    stream garbled on the way)."""
 
     def __init__(self, count: int, order: str = "asc") -> None:
         self.records = {i: {"id": i, "updated_at": stamp(i), "qty": i} for i in
@@ -57,6 +60,8 @@ class OffsetApi:
         self.exclusive = False  # since is `updated_after`: records strictly after it
         self.cap: int | None = None
         self.shuffle = False
+        self.gzip = False
+        self.garbled: set[int] = set()
         self.asked: list[tuple[int, int]] = []
         self.lock = threading.Lock()
 
@@ -100,9 +105,17 @@ def serve_api(api: OffsetApi) -> tuple[str, Callable[[], None]]:
                 api.requests += 1
                 return self._empty(408)
             body = json.dumps(api.page(parse_qs(urlsplit(self.path).query))).encode()
+            headers = {}
+            if api.gzip:
+                body = gzip.compress(body)
+                if api.requests in api.garbled:  # BTYPE 11 (reserved): no inflater takes it
+                    body = body[:10] + b"\xff" * (len(body) - 10)
+                headers["Content-Encoding"] = "gzip"
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 

@@ -17,7 +17,8 @@ extract/offset_walk.py. The flow of one page, and why:
 
 1. `fetch` (under the source's SourceGuard: breaker, concurrency cap, retries with
    backoff and full jitter) returns the complete raw body of a 2xx answer. Transport
-   failures, 5xx and 429 are retryable (Retry-After is honoured, up to the source's
+   failures (a body its Content-Encoding cannot undo among them), 5xx and 429 are
+   retryable (Retry-After is honoured, up to the source's
    backoff_max: resilience.SourceGuard); 401/403 (credentials),
    404 (endpoint) and other 4xx are fatal at once. A body that arrives too slowly is cut
    at statement_timeout + grace.
@@ -559,7 +560,7 @@ class HttpSource:
                     f"{label}: no complete answer after {self.deadline:.0f}s "
                     f"(statement_timeout + grace; {type(exc).__name__})", stage="extract",
                     source=src, table=table) from None
-            mapped = self._transport_error(exc, label, table)
+            mapped = self._transport_error(exc, label, table, request.url)
             if mapped is exc:
                 raise
             raise mapped from None
@@ -578,9 +579,11 @@ class HttpSource:
                         token=chain.token is not None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _transport_error(self, exc: Exception, label: str, table: str) -> Exception:
+    def _transport_error(self, exc: Exception, label: str, table: str, url: httpx.URL
+                         ) -> Exception:
         """A transport failure as the steadyflow error saying what to do (anything else
-        httpx raised, as it is)."""
+        httpx raised, as it is). `label` names the request in most; a body that cannot be
+        decoded names the whole URL (its host too: a proxy may be the one garbling it)."""
         import httpx
 
         src, text = self.config.name, scrub(str(exc))
@@ -596,6 +599,15 @@ class HttpSource:
         if isinstance(exc, httpx.TransportError):
             return SourceUnavailable(f"{label}: {type(exc).__name__}: {text}",
                                      stage="extract", source=src, table=table)
+        if isinstance(exc, httpx.DecodingError):
+            # a body its Content-Encoding cannot undo (a gzip stream cut or garbled on
+            # the way, a proxy's error page labelled gzip): as transient as a reset
+            where = scrub(str(url.copy_with(username=None, password=None)))
+            return SourceUnavailable(
+                f"GET {where}: the answer's body could not be decoded ({text}); retried with "
+                "backoff like a dropped connection", stage="extract", source=src,
+                table=table, hint="if it persists, the API (or a proxy before it) sends "
+                "bodies its Content-Encoding header does not describe")
         return exc
 
     def _raise_for(self, status: int, headers: httpx.Headers, body: bytes, label: str,
