@@ -1,6 +1,6 @@
-"""What the wire carries, on a real loopback API (tests/support/paged_api): gzip bodies
-garbled on the way. Each test compares the warehouse, read with DuckDB's own driver, with
-the records the server holds.
+"""What the wire carries, on a real loopback API (tests/support/paged_api): times spelled to
+the nanosecond (Go's RFC3339Nano), and gzip bodies garbled on the way. Each test compares
+the warehouse, read with DuckDB's own driver, with the records the server holds.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tests.support.paged_api import (
     config,
     run,
     serving,
+    stamp,
     warehouse,
 )
 
@@ -28,10 +29,57 @@ def serve() -> Iterator[Callable[[OffsetApi], str]]:
     yield from serving()
 
 
+def _at(second: int, fraction: str) -> str:
+    """A UTC time of T0 + `second` with `fraction` as Go writes it ("" for none)."""
+    whole = stamp(second).split(".")[0]
+    return f"{whole}.{fraction}Z" if fraction else f"{whole}Z"
+
+
+def _cut(text: str) -> str:
+    """`text` as a timestamp column holds it: the fraction cut to six digits."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return f"{whole}.{fraction[:6].ljust(6, '0')}Z"
+
+
 def _checkpoint(tmp_path: Path, url: str) -> str | None:
     with Pipeline(config(tmp_path, url)) as pipeline:
         mark = pipeline.state.checkpoint("api", "t")
     return None if mark is None else f"{mark.cursor:%Y-%m-%dT%H:%M:%S.%fZ}/{mark.key}"
+
+
+def test_nanosecond_times_land_cut_to_the_microsecond_and_skip_no_later_tie(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """A Go API stamps `updated_at` with up to nine fraction digits, trailing zeros
+    dropped. A text cast refuses more than six, so every such record was quarantined:
+    the whole API. Each lands cut (never rounded: .999999999 stays in its second) to the
+    microsecond, and the cursor is cut the same way, so a record written after the run
+    within the checkpoint's microsecond with a lower key (the API's `since` exclusive,
+    compared in nanoseconds) arrives with the next run, and a run with nothing new leaves
+    the checkpoint where it was."""
+    api = OffsetApi(0)
+    api.exclusive = True
+    for key, spelled in enumerate([_at(1, "123456789"), _at(2, "1234567"), _at(3, "5"),
+                                   _at(4, ""), _at(5, "999999999"), _at(5, "9999995")],
+                                  start=1):
+        api.records[key] = {"id": key, "updated_at": spelled, "qty": key}
+    url = serve(api)
+
+    def expected() -> dict[int, tuple[str, int]]:
+        return {i: (_cut(r["updated_at"]), r["qty"]) for i, r in api.records.items()}
+
+    first = run(tmp_path, url)
+    assert first.ok and first.quarantined_rows == 0, (first.errors, first)
+    assert warehouse(tmp_path) == expected()
+    assert _checkpoint(tmp_path, url) == "2026-01-01T00:00:05.999999Z/(6,)"
+    api.records[0] = {"id": 0, "updated_at": _at(5, "9999999"), "qty": 100}
+    second = run(tmp_path, url)
+    assert second.ok, second.errors
+    assert warehouse(tmp_path) == expected()
+    assert _checkpoint(tmp_path, url) == "2026-01-01T00:00:05.999999Z/(6,)"
+    third = run(tmp_path, url)
+    assert third.ok, third.errors
+    assert warehouse(tmp_path) == expected()
+    assert _checkpoint(tmp_path, url) == "2026-01-01T00:00:05.999999Z/(6,)"
 
 
 def test_a_garbled_gzip_body_is_retried_and_the_walk_completes(

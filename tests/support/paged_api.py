@@ -4,7 +4,9 @@ hooks that write to the records before a given request is answered (deterministi
 request number, never by a timer) or reshape the page sent.
 
 `OffsetApi` reads the position from `offset` (steadyflow's `pagination: offset`) or from
-the `after` token it hands out itself (`pagination: token`, token "<offset>").
+the `after` token it hands out itself (`pagination: token`, token "<offset>"). It
+compares times as instants to the nanosecond, so records may be stamped the way Go's
+RFC3339Nano spells them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,6 +35,19 @@ Page = dict[str, Any]
 
 def stamp(second: int) -> str:
     return (T0 + timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+_UTC_TEXT = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?Z")
+
+
+def instant(value: Any) -> Any:
+    """A UTC text time as (its second, its nanoseconds), which order as the instants do
+    whatever the fraction's width ("…:01.5Z" after "…:01.000000001Z", which text order
+    has the other way round); anything else as it is, with 0."""
+    match = _UTC_TEXT.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return (value, 0)
+    return (match.group(1), int((match.group(2) or "").ljust(9, "0")))
 
 
 class OffsetApi:
@@ -75,10 +91,11 @@ class OffsetApi:
         offset = int(query.get("offset", query.get("after", ["0"]))[0])
         self.asked.append((offset, limit))
         since = query.get("updated_since", [""])[0]
-        rows = sorted((r for r in self.records.values() if r["updated_at"] > since
-                       or (r["updated_at"] == since and not self.exclusive)),
+        start = instant(since)
+        rows = sorted((r for r in self.records.values() if instant(r["updated_at"]) > start
+                       or (instant(r["updated_at"]) == start and not self.exclusive)),
                       key=lambda r: (r["id"],) if self.order == "id" else
-                      (r["updated_at"], r["id"]), reverse=self.order == "desc")
+                      (instant(r["updated_at"]), r["id"]), reverse=self.order == "desc")
         if self.shuffle:
             random.Random(self.requests).shuffle(rows)
         limit = min(limit, self.cap) if self.cap else limit

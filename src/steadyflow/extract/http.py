@@ -245,6 +245,24 @@ def _kind(value: Any) -> str:
 
 
 _INTEGER = re.compile(r"-?[0-9]+")  # str.isdigit() took "²" and "--1": int() refused them
+_SUB_MICRO = re.compile(r"(:[0-9]{2}\.[0-9]{6})([0-9]+)")  # a fraction past the microsecond
+
+
+def micro_time(text: str) -> str:
+    """A text time with its fraction cut to the microsecond, the precision of a timestamp
+    column: RFC 3339 allows any number of digits, and Go's RFC3339Nano writes up to nine
+    ("2026-01-01T10:00:00.123456789Z"); a text cast refuses them, so every record of such
+    an API was quarantined. Cut, never rounded: the value stays at or before the API's own
+    instant, and the cursor (`_cursor_value`) and the column get the same value; a record
+    written later within the same microsecond ties the checkpoint's cursor and is kept
+    (the next run starts at that cursor, inclusive: run.extract.start_point)."""
+    return _SUB_MICRO.sub(r"\1", text, count=1) if len(text) > 26 else text
+
+
+def _finer_than_micro(text: str) -> bool:
+    """`text` is a time whose digits past the microsecond are not all zero."""
+    match = _SUB_MICRO.search(text) if len(text) > 26 else None
+    return match is not None and bool(match.group(2).strip("0"))
 
 
 class _Unplaceable(ValueError):
@@ -255,9 +273,16 @@ def _cursor_value(value: Any, contract: Contract, name: str) -> Any:
     """A record's cursor/key value in watermark form; _Unplaceable if it cannot be one."""
     arrow = contract.column(name).arrow_type
     if pa.types.is_timestamp(arrow):
+        if isinstance(value, str) and name in contract.primary_key and \
+                _finer_than_micro(value.strip()):  # cut, two records would be one row
+            raise _Unplaceable(
+                f"{name} is a key time finer than the microsecond ({value.strip()[:40]!r}), "
+                "which a timestamp column cannot hold: records apart by less would share "
+                "one key (declare the key column string)")
         if isinstance(value, str):
             try:
-                parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+                parsed = datetime.fromisoformat(
+                    micro_time(value.strip()).replace("Z", "+00:00"))
             except ValueError:
                 parsed = None
             if parsed is not None:
@@ -377,6 +402,8 @@ def _field(value: Any, target: pa.DataType) -> Any:
     repr ({'a': 1}, True) that no JSON reader downstream could parse."""
     if pa.types.is_string(target) and isinstance(value, dict | list | bool):
         return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str) and pa.types.is_timestamp(target):
+        return micro_time(value)
     if isinstance(value, JsonDigits):  # other columns check a plain float's fit
         return (Decimal(value.text) if pa.types.is_decimal(target) else
                 value.text if pa.types.is_string(target) else float(value))
