@@ -346,10 +346,11 @@ class TableConfig(_Strict):
     next_path: str = Field(default="next", description=(
         "HTTP: dotted path to the next-page token; null, absent or \"\" = the last page, as is "
         "an empty page handing back the token it was asked with (an empty page with a new "
-        "token is followed). A walk that is one full page (limit_param records) with no such "
-        "field at all, none seen before in the process, asks one page a record smaller "
-        "from the same start to prove it the last (it must carry the field); full without "
-        "it too, the table fails naming next_path, its checkpoint unmoved"))
+        "token is followed). A walk that is one page of records (full, or short: APIs cap "
+        "the page size) with no such field at all, none seen before in the process, asks "
+        "one page a record smaller than answered from the same start to prove it the last "
+        "(it must carry the field); full without it too, the table fails naming "
+        "next_path, its checkpoint unmoved"))
     next_param: str = Field(default="after", description=(
         "HTTP: the query parameter that carries the next-page token"))
     since_param: str | None = Field(default="updated_since", description=(
@@ -357,7 +358,8 @@ class TableConfig(_Strict):
         "takes none: every run reads the whole chain and keeps the records past the "
         "checkpoint"))
     limit_param: str | None = Field(default="limit", description=(
-        "HTTP: the query parameter of the page size; null = none"))
+        "HTTP: the query parameter of the page size; null = none (the API has no pages: "
+        "its first answer is taken for the whole list)"))
     pagination: Literal["token", "offset"] = Field(default="token", description=(
         "HTTP: `token`: the API hands out each next page's token (`next_path`), sent back "
         "in `next_param`; it must carry its own filter (a keyset cursor) for a record "

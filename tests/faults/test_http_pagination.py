@@ -531,3 +531,48 @@ def test_a_one_page_poll_in_no_cursor_order_is_not_walked_twice(
     assert run(tmp_path, url).ok
     assert api.requests == 1
     assert warehouse(tmp_path) == served(api)
+
+
+def test_an_api_capping_its_pages_with_its_token_elsewhere_is_refused_not_ended(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """An API serving at most 2 records a page whatever `limit` asks (GitHub caps per_page
+    at 100 under a page_size of 122,880), newest first, its token where next_path does not
+    look: the first answer was short of the page size, taken for the last; the walk ended
+    after page 1, the checkpoint moved to the newest record and the 8 older ones were
+    behind it for good, run ok. A short answer proves no end now: a page one record
+    smaller than answered is asked, full without the field too, so the table fails naming
+    next_path, checkpoint unmoved; with next_path set, every record arrives."""
+    api = OffsetApi(10, order="desc")
+    api.cap = 2
+    api.shape = lambda _, __, page: {"data": page["data"],
+                                     "meta": {"next_cursor": page["next"]}}
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert not summary.ok, api.asked
+    text = " ".join(str(e) for e in summary.errors)
+    assert "next_path" in text and "table=t" in text, text
+    assert api.asked == [(0, 3), (0, 1)], api.asked
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None
+    summary = run(tmp_path, url, cursor_order="descending", next_path="meta.next_cursor")
+    assert summary.ok, summary.errors
+    assert warehouse(tmp_path) == served(api)
+
+
+def test_a_single_short_page_without_the_next_field_is_proven_the_last(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """An API that leaves `next` out when no page follows, and a poll whose records fit
+    one page short of the page size: the same answer as a capped API's first page with
+    its token elsewhere. The page one record smaller than answered has the field (more
+    follow): the short page was the last, the checkpoint moves to its newest record."""
+    api = OffsetApi(2, order="desc")
+    api.shape = lambda _, __, page: page if page["next"] else {"data": page["data"]}
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert summary.ok, (summary.errors, api.asked)
+    assert api.asked == [(0, 3), (0, 1)], api.asked
+    assert warehouse(tmp_path) == served(api)
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        mark = pipeline.state.checkpoint("api", "t")
+    assert mark is not None and mark.cursor == T0 + timedelta(seconds=2)
+

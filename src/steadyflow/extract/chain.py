@@ -67,7 +67,7 @@ class TokenChain:
     order: str = "unknown"  # the table's declared cursor_order
     asked: int = 0  # the page size the last request asked for (0: no limit_param sent)
     next_seen: bool = False  # an answer of this walk had the next token's field
-    unproven: bool = False  # ended on a full answer, no answer with the field (_no_next_field)
+    unproven: bool = False  # ended on records, no answer saying whether more follow
     _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
     _tokens: set[int] = field(default_factory=set, repr=False)  # hashes of tokens handed out
@@ -109,18 +109,24 @@ class TokenChain:
             self._last = mark[0]
 
     def _no_next_field(self, page: HttpPage, token: str | None) -> None:
-        """Mark a walk ending on a full answer `unproven` when no answer of it has had the
-        next token's field at all: the walk cannot tell the last page from one whose token
-        sits elsewhere (a next_path the API does not use, a Link header, a cursor in
-        `meta`). Ended there, a newest-first API lost every older record for good, each run
-        ok. An API that leaves the field out only on its last page had it on the ones
-        before; one that never pages answers short of the limit. Such a walk is one page
-        of exactly the page size: an API leaving `next` out on its last page answers it
-        too, so the caller proves it with one smaller page (run.extract: `unproven` holds
-        the checkpoint until then, or refuses with `no_next_field`)."""
+        """Mark a walk ending on records `unproven` when no answer of it has said whether
+        more follow (the next token's field, next_path, null or not). The walk cannot tell
+        the last page from one whose token sits elsewhere (a next_path the API does not
+        use, a Link header, a cursor in `meta`).
+        Ended there, a newest-first API lost every older record for good, each run ok.
+        A page shorter than asked proves nothing either: APIs cap the page size (GitHub
+        at 100, whatever `limit` says), so the first answer of such an API with its token
+        elsewhere was short, taken for the last, and the walk ended after page 1. An API
+        that leaves the field out only on its last page had it on the ones before; one
+        that leaves it out on a walk's only page answers a smaller page with it. So the
+        caller asks one page a record smaller than answered (run.extract: `unproven`
+        holds the checkpoint until then, or refuses with `no_next_field`). Proven without
+        a request: an empty answer, no `limit_param` (the table says the API has no
+        pages), and one record answered for more asked (a cap of one record a page is
+        taken for none: no smaller page can be asked)."""
         self.next_seen = self.next_seen or page.next_field
         self.unproven = not (token is not None or self.next_seen or not self.asked
-                             or page.records < self.asked)
+                             or page.records == 0 or page.records == 1 < self.asked)
 
     def no_next_field(self, probe: int, answered: int) -> FatalError:
         """The refusal of an unproven walk whose smaller page (`probe` records asked,
@@ -129,8 +135,10 @@ class TokenChain:
         return FatalError(
             f"the API answered {self.counted} record(s) for a page of {self.asked}, and "
             f"{answered} for a page of {probe}, and no answer had the next-page token's field "
-            "(next_path): the walk cannot tell whether more pages follow; the checkpoint "
-            "stays where it was", stage="extract", source=self.source, table=self.table,
+            "(next_path): the walk cannot tell whether more pages follow "
+            "(an API capping its page size answers short pages before its end); the "
+            "checkpoint stays where it was", stage="extract", source=self.source,
+            table=self.table,
             hint="set the table's next_path to where the API puts its next-page token (a "
                  "Link header is not followed: use pagination: offset if the API takes an "
                  "offset), or limit_param: null if the API has no pages")

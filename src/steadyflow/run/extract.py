@@ -1156,21 +1156,23 @@ class TableExtractor:
             hint="steadyflow quarantine list shows the raw pages; run.extract.replay_pages")
 
     def _prove_next_field(self, db: HttpSource, chain: TokenChain, seq: int) -> None:
-        """A walk of one full page whose answer had no next field (TokenChain.unproven): an
-        API leaving `next` out on its last page answers exactly that when a poll finds
-        exactly a page of records, and so does one whose token sits where next_path does
-        not look (every record after that page lost if the checkpoint moved). An earlier
-        walk of this process that saw the field proves next_path; else one page a record
-        smaller (two when one was asked), from the same start, is asked: the first API
-        answers it with the field (more follow), the second full without it (refused,
-        checkpoint unmoved). A smaller answer without the field (records gone between the
-        two requests) proves nothing: the checkpoint stays where it was for this poll (its
-        records are loaded) and the next one reads from there. The probe's records are
-        neither landed nor loaded: the walk's page already holds them."""
+        """A walk of one page of records whose answer did not say whether more follow
+        (TokenChain.unproven: no next field): an API leaving `next` out on
+        its last page answers exactly that when a poll's records fit one page, and so
+        does one whose token sits where next_path does not look, full or capped short of
+        the page size (every record after that page lost if the checkpoint moved). An
+        earlier walk of this process that saw the field proves next_path; else one page a
+        record smaller than answered (two when one was asked), from the same start, is
+        asked: the first API answers it with the field (more follow), the second full
+        without it (refused, checkpoint unmoved). A smaller answer without the field
+        (records gone between the two requests) proves nothing: the checkpoint stays where
+        it was for this poll (its records are loaded) and the next one reads from there.
+        The probe's records are neither landed nor loaded: the walk's page holds them."""
         if self.memory.next_field:
             chain.unproven = False
             return
-        limit = chain.asked - 1 if chain.asked > 1 else 2
+        answered = min(chain.asked, chain.counted)
+        limit = answered - 1 if answered > 1 else 2
         probe = db.chain(self.ref.table, chain.resume, chain.since)
         raw = self.guard.call(lambda: db.fetch(self.ref.table, probe, limit, seq),
                               on_error=self._on_error, stop=self.should_stop)
