@@ -346,11 +346,14 @@ class TableConfig(_Strict):
     next_path: str = Field(default="next", description=(
         "HTTP: dotted path to the next-page token; null, absent or \"\" = the last page, as is "
         "an empty page handing back the token it was asked with (an empty page with a new "
-        "token is followed). A walk that is one page of records (full, or short: APIs cap "
-        "the page size) with no such field at all, none seen before in the process, asks "
-        "one page a record smaller than answered from the same start to prove it the last "
-        "(it must carry the field); full without it too, the table fails naming "
-        "next_path, its checkpoint unmoved"))
+        "token is followed). An answer without the field whose Link header has "
+        "rel=\"next\" (RFC 8288, GitHub-style) is followed to that URL (same origin as the "
+        "source's url only); a Link header with rel prev/first/last and no next ends the "
+        "walk. A walk that is one page of records (full, or short: APIs cap the page size) "
+        "with neither, none seen before in the process, asks one page a record smaller "
+        "than answered from the same start to prove it the last (it must carry the field "
+        "or a Link header); full without them too, the table fails naming next_path, its "
+        "checkpoint unmoved"))
     next_param: str = Field(default="after", description=(
         "HTTP: the query parameter that carries the next-page token"))
     since_param: str | None = Field(default="updated_since", description=(
@@ -362,8 +365,9 @@ class TableConfig(_Strict):
         "its first answer is taken for the whole list)"))
     pagination: Literal["token", "offset"] = Field(default="token", description=(
         "HTTP: `token`: the API hands out each next page's token (`next_path`), sent back "
-        "in `next_param`; it must carry its own filter (a keyset cursor) for a record "
-        "deleted during the walk to cost no other record. `offset`: steadyflow counts the "
+        "in `next_param`, or its URL (a Link rel=\"next\" header); it must carry its own "
+        "filter (a keyset cursor) for a record deleted during the walk to cost no other "
+        "record. `offset`: steadyflow counts the "
         "records itself and sends the position in `offset_param` (with `since_param` on "
         "every page); each page repeats the previous page's last `overlap` records to prove "
         "no record slid past the page boundary (README: HTTP APIs)"))

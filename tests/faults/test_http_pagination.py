@@ -576,3 +576,44 @@ def test_a_single_short_page_without_the_next_field_is_proven_the_last(
         mark = pipeline.state.checkpoint("api", "t")
     assert mark is not None and mark.cursor == T0 + timedelta(seconds=2)
 
+
+@pytest.mark.parametrize("cap", [None, 2])
+def test_an_api_paging_by_link_headers_is_walked_to_its_end(
+        tmp_path: Path, serve: Callable[[OffsetApi], str], cap: int | None) -> None:
+    """GitHub-style: no token in the body, each answer's `Link: <url>; rel="next"` names
+    the next page's whole URL, the last page has rel="first" only, a list of one page no
+    Link header. The header was not read: a full first page was refused naming next_path,
+    a capped (short) one taken for the last, 8 of 10 lost, run ok. Now the link is asked
+    as written, to the end; the next poll, one page with no Link header at all, is proven
+    the last by a page one record smaller (which has rel="next")."""
+    api = OffsetApi(10, order="desc")
+    api.link, api.cap = True, cap
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert summary.ok, (summary.errors, api.asked)
+    assert warehouse(tmp_path) == served(api)
+    api.records[11] = {"id": 11, "updated_at": stamp(11), "qty": 11}
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert summary.ok, (summary.errors, api.asked)
+    assert warehouse(tmp_path) == served(api)
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        mark = pipeline.state.checkpoint("api", "t")
+    assert mark is not None and mark.cursor == T0 + timedelta(seconds=11)
+
+
+def test_a_link_to_another_origin_is_refused_before_any_request_goes_there(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """The source's headers (its credentials) go with every request: a rel="next" naming
+    another host or port is not followed. The table fails naming the link's origin, the
+    first page landed, the checkpoint unmoved, and the other server never asked."""
+    elsewhere = OffsetApi(0)
+    api = OffsetApi(10, order="desc")
+    api.link, api.link_origin = True, serve(elsewhere)
+    url = serve(api)
+    summary = run(tmp_path, url, cursor_order="descending")
+    assert not summary.ok
+    text = " ".join(str(e) for e in summary.errors)
+    assert "Link" in text and api.link_origin in text and "table=t" in text, text
+    assert elsewhere.requests == 0
+    with Pipeline(config(tmp_path, url)) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None

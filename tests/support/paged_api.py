@@ -4,7 +4,8 @@ hooks that write to the records before a given request is answered (deterministi
 request number, never by a timer) or reshape the page sent.
 
 `OffsetApi` reads the position from `offset` (steadyflow's `pagination: offset`) or from
-the `after` token it hands out itself (`pagination: token`, token "<offset>"). It
+the `after` token it hands out itself (`pagination: token`, token "<offset>"), in the body
+or (`link`) as the URL of an RFC 8288 `Link: <...>; rel="next"` header, GitHub's way. It
 compares times as instants to the nanosecond, so records may be stamped the way Go's
 RFC3339Nano spells them.
 """
@@ -21,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import duckdb
 
@@ -59,9 +60,11 @@ class OffsetApi:
     page before it is sent (both see the request number). `cap` serves at most that many
     records whatever the limit asked (as APIs with a maximum page size do); `shuffle`
     serves another order on each request (an API sorting by nothing stable). `asked`
-    lists each request's (offset, limit). `gzip` sends every answer gzip-encoded, and the
-    answers to the request numbers in `garbled` with a body no gzip reader takes (a
-    stream garbled on the way)."""
+    lists each request's (offset, limit). `link` moves the token out of the body into a
+    Link header naming the next page's whole URL (rel="next", and rel="first" on pages
+    after the first; no header on a list's only page), at `link_origin` if set. `gzip`
+    sends every answer gzip-encoded, and the answers to the request numbers in `garbled`
+    with a body no gzip reader takes (a stream garbled on the way)."""
 
     def __init__(self, count: int, order: str = "asc") -> None:
         self.records = {i: {"id": i, "updated_at": stamp(i), "qty": i} for i in
@@ -76,6 +79,8 @@ class OffsetApi:
         self.exclusive = False  # since is `updated_after`: records strictly after it
         self.cap: int | None = None
         self.shuffle = False
+        self.link = False
+        self.link_origin = ""  # the next links' scheme://host:port ("": this server's)
         self.gzip = False
         self.garbled: set[int] = set()
         self.asked: list[tuple[int, int]] = []
@@ -104,6 +109,23 @@ class OffsetApi:
                       "next": str(offset + limit) if more else None}
         return self.shape(self, query, page) if self.shape else page
 
+    def links(self, query: Query, page: Page, here: str) -> tuple[Page, dict[str, str]]:
+        """`link` mode: the page without its `next`, and the Link header naming the next
+        page's URL (the request's own query, `after` moved on), as GitHub pages."""
+        if not self.link:
+            return page, {}
+        token = page.pop("next", None)
+        origin = self.link_origin or here
+        params = {k: v[-1] for k, v in query.items()}
+        rels = []
+        if token:
+            rels.append(f'<{origin}/items?{urlencode({**params, "after": token})}>; '
+                        'rel="next"')
+        if "after" in params:
+            first = {k: v for k, v in params.items() if k != "after"}
+            rels.append(f'<{origin}/items?{urlencode(first)}>; rel="first"')
+        return page, {"Link": ", ".join(rels)} if rels else {}
+
 
 def serve_api(api: OffsetApi) -> tuple[str, Callable[[], None]]:
     """Serve `api` on 127.0.0.1; returns its URL and the function stopping it."""
@@ -121,8 +143,10 @@ def serve_api(api: OffsetApi) -> tuple[str, Callable[[], None]]:
             if api.requests + 1 in api.timeout_at:
                 api.requests += 1
                 return self._empty(408)
-            body = json.dumps(api.page(parse_qs(urlsplit(self.path).query))).encode()
-            headers = {}
+            query = parse_qs(urlsplit(self.path).query)
+            here = f"http://127.0.0.1:{self.server.server_address[1]}"
+            page, headers = api.links(query, api.page(query), here)
+            body = json.dumps(page).encode()
             if api.gzip:
                 body = gzip.compress(body)
                 if api.requests in api.garbled:  # BTYPE 11 (reserved): no inflater takes it

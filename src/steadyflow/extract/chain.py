@@ -1,6 +1,8 @@
 """One run's walk along an API's pages, from one resume point (`TokenChain`).
 
-The walk follows the API's next-page tokens (`pagination: token`) or counts positions
+The walk follows the API's next-page tokens (`pagination: token`: the answer's `next_path`
+field, else its RFC 8288 `Link: <url>; rel="next"` header, whose URL is asked as written,
+on the source's own origin only) or counts positions
 itself (`pagination: offset`, extract/offset_walk.py). Either way it keeps every record
 past the run's resume point, raises its high as a running maximum, and says when it has
 ended, and whether it may have skipped a record on the way (`unsettled`): the checkpoint
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from steadyflow.errors import FatalError
 from steadyflow.extract.offset_walk import OffsetWalk
 from steadyflow.model import Watermark
+from steadyflow.secrets import scrub
 
 if TYPE_CHECKING:
     from steadyflow.extract.http import HttpPage
@@ -68,6 +71,7 @@ class TokenChain:
     asked: int = 0  # the page size the last request asked for (0: no limit_param sent)
     next_seen: bool = False  # an answer of this walk had the next token's field
     unproven: bool = False  # ended on records, no answer saying whether more follow
+    link: bool = False  # `token` is an answer's Link rel="next" URL, asked as it is
     _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
     _tokens: set[int] = field(default_factory=set, repr=False)  # hashes of tokens handed out
@@ -110,9 +114,9 @@ class TokenChain:
 
     def _no_next_field(self, page: HttpPage, token: str | None) -> None:
         """Mark a walk ending on records `unproven` when no answer of it has said whether
-        more follow (the next token's field, next_path, null or not). The walk cannot tell
-        the last page from one whose token sits elsewhere (a next_path the API does not
-        use, a Link header, a cursor in `meta`).
+        more follow: neither the next token's field (next_path, null or not) nor a Link
+        header naming a page of a list. The walk cannot tell the last page from one whose
+        token sits elsewhere (a next_path the API does not use, a cursor in `meta`).
         Ended there, a newest-first API lost every older record for good, each run ok.
         A page shorter than asked proves nothing either: APIs cap the page size (GitHub
         at 100, whatever `limit` says), so the first answer of such an API with its token
@@ -135,13 +139,13 @@ class TokenChain:
         return FatalError(
             f"the API answered {self.counted} record(s) for a page of {self.asked}, and "
             f"{answered} for a page of {probe}, and no answer had the next-page token's field "
-            "(next_path): the walk cannot tell whether more pages follow "
+            "(next_path) or a Link header: the walk cannot tell whether more pages follow "
             "(an API capping its page size answers short pages before its end); the "
             "checkpoint stays where it was", stage="extract", source=self.source,
             table=self.table,
-            hint="set the table's next_path to where the API puts its next-page token (a "
-                 "Link header is not followed: use pagination: offset if the API takes an "
-                 "offset), or limit_param: null if the API has no pages")
+            hint="set the table's next_path to where the API puts its next-page token "
+                 "(use pagination: offset if the API takes an offset), or limit_param: "
+                 "null if the API has no pages")
 
     @property
     def needs_settling(self) -> bool:
@@ -220,7 +224,7 @@ class TokenChain:
                 raise FatalError(
                     f"the offset walk reached an answer that ends the list (at offset "
                     f"{self.offsets.asked}, {page.records} record(s), none new) while the "
-                    f"API says more follow (next: {page.next_token[:40]!r}): it serves "
+                    f"API says more follow (next: {scrub(page.next_token)[:40]!r}): it serves "
                     "pages shorter than asked before its end (filtering after paging?), and "
                     "positions it does not show cannot be counted; the checkpoint stays "
                     "where it was", stage="extract", source=self.source, table=self.table,
@@ -239,8 +243,9 @@ class TokenChain:
         if token is not None and token == sent:
             if page.records > 0:
                 raise FatalError(
-                    f"the API handed back the next-page token it was asked with ({sent[:40]!r})"
-                    " on a page with records: following it would read that page for ever",
+                    f"the API handed back the next-page token it was asked with "
+                    f"({scrub(sent)[:40]!r}) on a page with records: following it would "
+                    "read that page for ever",
                     stage="extract", source=self.source, table=self.table,
                     hint="check the table's next_param and next_path: the token must be "
                          "sent back in the parameter the API reads it from")
@@ -248,14 +253,15 @@ class TokenChain:
         if token is not None and hash(token) in self._tokens:
             raise FatalError(
                 f"the API handed out a next-page token it had handed out before in this walk "
-                f"({token[:40]!r}, page {self.pages}): following it would read the same pages "
-                "for ever; the checkpoint stays where it was",
+                f"({scrub(token)[:40]!r}, page {self.pages}): following it would read the "
+                "same pages for ever; the checkpoint stays where it was",
                 stage="extract", source=self.source, table=self.table,
                 hint="the API's tokens go round in a circle (a token cache or a failover "
                      "resetting its cursor?); page it by offset (pagination: offset) if it "
                      "takes one")
         if token is not None:
             self._tokens.add(hash(token))
+        self.link = token is not None and page.next_link
         self._no_next_field(page, token)
         self.empty_pages = self.empty_pages + 1 if page.records == 0 and token else 0
         if self.empty_pages > MAX_EMPTY_PAGES:

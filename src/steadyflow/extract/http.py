@@ -4,6 +4,10 @@
     GET {url}{endpoint}?after=<next token>&limit=<page size>                  following pages
     → {"data": [{...}, ...], "next": "<token>" | null}
 
+or, with no `next` in the body, the URL an RFC 8288 header names, asked as written:
+
+    Link: <{url}{endpoint}?page=2&per_page=100>; rel="next"
+
 or, under `pagination: offset`, every page asked with the start and the position
 steadyflow counts itself, each page from `overlap` records before the last one's end:
 
@@ -86,6 +90,9 @@ if TYPE_CHECKING:  # httpx is imported where a request is made: SQL-only runs sk
 RAW_SUFFIX = ".raw"  # landed raw pages live under landing/<source>/<table>.raw/
 REJECTED_SUFFIX = ".rejected"  # records that could not be placed: <table>.rejected/
 _TEXT_LIMIT = 200
+# RFC 8288 relations that place an answer in a paged list: an answer with one of them and
+# no rel="next" is the list's last page, as the API says
+_PAGE_RELS = frozenset({"next", "prev", "previous", "first", "last"})
 
 
 @dataclass(eq=False)
@@ -114,6 +121,9 @@ class RawPage:
     body: bytes
     seconds: float = 0.0
     seq: int = 0
+    link: str = ""  # the answer's Link header ("" without one), scrubbed: landed with it
+    next_link: str | None = None  # its rel="next" target, resolved against the request
+    paged: bool = False  # it names a page of a list (rel next, prev, first or last)
 
     def as_table(self) -> pa.Table:
         return pa.table({
@@ -122,6 +132,7 @@ class RawPage:
             "status": pa.array([self.status], pa.int32()),
             "content_type": pa.array([self.content_type], pa.string()),
             "seq": pa.array([self.seq], pa.int64()),
+            "link": pa.array([self.link or None], pa.string()),
         })
 
     @classmethod
@@ -129,7 +140,7 @@ class RawPage:
         row = table.slice(0, 1).to_pylist()[0]
         return cls(request=row["request"], status=row["status"],
                    content_type=row["content_type"], body=row["payload"],
-                   seq=row.get("seq") or 0)
+                   seq=row.get("seq") or 0, link=row.get("link") or "")
 
 
 @dataclass(frozen=True)
@@ -182,7 +193,9 @@ class HttpPage:
     rejected: list[Rejected] = field(default_factory=list)
     marks: list[tuple[Any, ...]] = field(default_factory=list)  # (cursor, key...) of each
     ids: list[Identity] = field(default_factory=list)  # every record's, in the API's order
-    next_field: bool = True  # the answer has the next token's field (next_path), null or not
+    next_field: bool = True  # the answer has the next token's field (next_path), null or
+    # not, or a Link header naming a page of a list: the answer says whether more follow
+    next_link: bool = False  # next_token is the URL of the answer's Link rel="next"
 
 
 def retry_after_seconds(value: str | None, date_header: str | None = None) -> float | None:
@@ -437,6 +450,9 @@ def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
                since: Any | None = None) -> HttpPage:
     """Turn one raw answer into contract rows and its high watermark, or raise BadPayload.
 
+    The next page is the body's token (next_path) or else the answer's Link rel="next"
+    (`next_link`); an answer with neither the field nor a Link header naming a page of a
+    list has `next_field` False (extract/chain.py: the walk must prove its end).
     Only the envelope can make a page bad. A record that cannot be placed in the keyset
     order (no key or cursor, an unreadable one, not an object) is returned in `rejected`
     with its reason, so it costs that record only. Records missing a non-key field get a
@@ -444,8 +460,11 @@ def parse_page(table: TableConfig, contract: Contract, raw: RawPage,
     """
     exact = any(pa.types.is_decimal(c.arrow_type) for c in contract.columns)
     records, token, found = read_envelope(table, raw, records_path, exact)
-    page = parse_records(contract, records, token, after, since)
-    return page if found else replace(page, next_field=False)
+    link = not token and raw.next_link is not None  # next_path's token comes first
+    page = parse_records(contract, records, raw.next_link if link else token, after, since)
+    if link:
+        return replace(page, next_link=True)
+    return page if found or raw.paged else replace(page, next_field=False)
 
 
 def parse_records(contract: Contract, records: list[Any], token: str | None = None,
@@ -564,8 +583,11 @@ class HttpSource:
         import httpx
 
         t = self._tables[table]
-        params = self.params(table, chain, limit)
-        request = self.client.build_request("GET", t.endpoint or "", params=params)
+        if chain.link and chain.token is not None:  # the URL as the API wrote it
+            request = self.client.build_request("GET", self._own_origin(chain.token, table))
+        else:
+            params = self.params(table, chain, limit)
+            request = self.client.build_request("GET", t.endpoint or "", params=params)
         label = scrub(f"GET {request.url.raw_path.decode('ascii', 'replace')}")
         src = self.config.name
         started = time.monotonic()
@@ -601,10 +623,38 @@ class HttpSource:
         status = response.status_code
         ctype = response.headers.get("content-type", "")
         if 200 <= status < 300:
-            return RawPage(label, status, ctype, bytes(body), seconds, seq)
+            rels = {rel.lower(): link.get("url", "") for link in response.links.values()
+                    for rel in link.get("rel", "").split()}
+            nxt = rels.get("next")
+            return RawPage(label, status, ctype, bytes(body), seconds, seq,
+                           link=scrub(response.headers.get("link", "")),
+                           next_link=str(request.url.join(nxt)) if nxt else None,
+                           paged=not _PAGE_RELS.isdisjoint(rels))
         self._raise_for(status, response.headers, bytes(body), label, table,
                         token=chain.token is not None)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _own_origin(self, url: str, table: str) -> str:
+        """`url` (a Link rel="next") if it is on the source's own origin (scheme, host and
+        port of its `url`); FatalError if not: the source's headers, its credentials with
+        them, go with every request, and a link is whatever the answer said."""
+        import httpx
+
+        try:
+            there, here = httpx.URL(url), self.client.base_url
+        except httpx.InvalidURL:
+            there = None
+        if there is None or (there.scheme, there.host, there.port) != (
+                here.scheme, here.host, here.port):
+            shown = scrub(url.split("?", 1)[0])[:120]
+            raise FatalError(
+                f"the API's Link rel=\"next\" points to {shown}, not to the source's own "
+                f"origin ({here.scheme}://{here.netloc.decode('ascii', 'replace')}): not "
+                "followed, since the source's headers (credentials) go with every request; "
+                "the pages before it are landed, the checkpoint stays where it was",
+                stage="extract", source=self.config.name, table=table,
+                hint="set the source's url to the origin the API's links name")
+        return url
 
     def _transport_error(self, exc: Exception, label: str, table: str, url: httpx.URL
                          ) -> Exception:

@@ -1157,7 +1157,7 @@ class TableExtractor:
 
     def _prove_next_field(self, db: HttpSource, chain: TokenChain, seq: int) -> None:
         """A walk of one page of records whose answer did not say whether more follow
-        (TokenChain.unproven: no next field): an API leaving `next` out on
+        (TokenChain.unproven: no next field, no Link header): an API leaving `next` out on
         its last page answers exactly that when a poll's records fit one page, and so
         does one whose token sits where next_path does not look, full or capped short of
         the page size (every record after that page lost if the checkpoint moved). An
