@@ -70,3 +70,16 @@ def test_a_date_for_a_timestamp_and_a_number_type_for_a_float_are_named() -> Non
         ("f", "BIGINT", "float64"), ("at", "DATE", "timestamp")]
     assert [n for n, _, _ in narrower_columns(contract, {"f": "FLOAT"})] == ["f"]
     assert [n for n, _, _ in narrower_columns(contract, {"f": "numeric(30,10)"})] == ["f"]
+
+
+def test_each_target_has_a_tombstone_table_of_its_own_within_postgres_63_bytes() -> None:
+    """PostgreSQL cuts a longer name without a word: two long targets sharing a prefix
+    would have shared one tombstone table (each other's deleted keys held back)."""
+    from steadyflow.merge.plan import tomb_table
+    assert tomb_table("sales") == "_steadyflow_tomb_sales"
+    long_a, long_b = "a" * 50 + "_orders", "a" * 50 + "_orderz"
+    names = {tomb_table(long_a), tomb_table(long_b)}
+    assert len(names) == 2 and all(len(n.encode()) <= 63 for n in names)
+    p = plan(CONTRACT, "wh", "sales", "stage", "dels", pg.quote, "postgres")
+    assert '"wh"."_steadyflow_tomb_sales"' in p.create_tomb
+    assert 'PRIMARY KEY ("id")' in p.create_tomb and '"order"' not in p.create_tomb

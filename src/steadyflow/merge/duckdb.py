@@ -36,6 +36,7 @@ log = logs.get("load")
 
 STAGE, DELETES, REPLACED = "steadyflow_stage", "steadyflow_deletes", "steadyflow_replaced"
 DIGEST = '"_steadyflow_digest"'  # a replaced row's hash of its other values
+ROW = "_steadyflow_row"  # a staged row's position, while tombstones are looked up
 # The loader's DuckDB connection (config.py: WarehouseConfig memory_limit and threads),
 # its defaults measured in bench/ (RESULTS.md, NOTES.md):
 # - memory_limit: the buffer pool defaults to 80% of RAM and keeps the table's blocks
@@ -282,6 +283,7 @@ class DuckdbWarehouse:
                 self._conn.execute(p.create_ledger)
                 for stmt in p.add_ledger_counts:
                     self._conn.execute(stmt)
+                self._conn.execute(p.create_tomb)
                 # pragma_table_info: the same names and type spellings as
                 # information_schema.columns, whose first use in a process binds the whole
                 # catalog (~16 ms of an incremental command's start-up, against 0.5)
@@ -400,7 +402,8 @@ class DuckdbWarehouse:
                     results: list[Merged | None]) -> None:
         """Every part into the open transaction, its outcome into `results` in order.
 
-        Consecutive new batches of one target (rows, no deletes) wait and go in together
+        Consecutive new batches of one target (rows, no deletes, no tombstones in the
+        target) wait and go in together
         (`_flush`): one uniqueness check, one overlap check and one INSERT for all of them
         instead of per batch, each statement's fixed cost being most of a small batch's
         merge (bench/NOTES.md). Any other part first flushes what waits, so every merge
@@ -413,15 +416,17 @@ class DuckdbWarehouse:
                     waiting[0][1].ref.target, waiting[0][1].contract.names):
                 self._flush(c, waiting, results)
                 waiting = []
-            if self._in_ledger(c, part):
+            loaded, tombs = self._in_ledger(c, part)
+            if loaded:
                 results.append(None)
-            elif part.rows.num_rows and (part.deletes is None or not part.deletes.num_rows):
+            elif part.rows.num_rows and not tombs and (part.deletes is None
+                                                       or not part.deletes.num_rows):
                 results.append(None)  # decided by _flush
                 waiting.append((len(results) - 1, part))
             else:
                 self._flush(c, waiting, results)
                 waiting = []
-                results.append(self._load_part(c, part))
+                results.append(self._load_part(c, part, tombs))
         self._flush(c, waiting, results)
 
     def _flush(self, c: duckdb.DuckDBPyConnection, waiting: list[tuple[int, LoadPart]],
@@ -461,11 +466,17 @@ class DuckdbWarehouse:
         for i, part in waiting:
             results[i] = self._load_part(c, part)
 
-    def _in_ledger(self, c: duckdb.DuckDBPyConnection, part: LoadPart) -> bool:
+    def _in_ledger(self, c: duckdb.DuckDBPyConnection, part: LoadPart) -> tuple[bool, bool]:
+        """Whether the ledger has the part's batch, and whether its target holds any
+        tombstone (`_live` then filters its rows), in one statement: ~the cost of the
+        ledger lookup alone, which every part pays."""
         p = self._plan(part.ref, part.contract)
         try:
-            return bool(c.execute(p.ledger_check.replace("%s", "?"),
-                                  [part.batch.batch_id]).fetchall())
+            # fetchall: DuckDB refuses the next statement while a result has rows left
+            [(loaded, tombs)] = c.execute(f"SELECT EXISTS ({p.ledger_check}), {p.tomb_any}"
+                                          .replace("%s", "?"), [part.batch.batch_id]
+                                          ).fetchall()
+            return bool(loaded), bool(tombs)
         except duckdb.OutOfMemoryException:  # load_group retries it
             raise
         except duckdb.Error as exc:
@@ -491,19 +502,25 @@ class DuckdbWarehouse:
                 contract, f"{quote(self.schema)}.{quote(ref.target)}")
         return u
 
-    def _load_part(self, c: duckdb.DuckDBPyConnection, part: LoadPart) -> Merged:
-        """One batch, not in the ledger yet (_in_ledger), inside the open transaction."""
+    def _load_part(self, c: duckdb.DuckDBPyConnection, part: LoadPart,
+                   tombs: bool = False) -> Merged:
+        """One batch, not in the ledger yet (_in_ledger), inside the open transaction;
+        `tombs`: its target holds tombstones (`_live`)."""
         ref, contract, batch, deletes = part.ref, part.contract, part.batch, part.deletes
         p = self._plan(ref, contract)
         rows = with_seq(part.rows, batch.seq)
         try:
-            c.register(STAGE, rows)  # unregistered here, or after a rollback (load_group)
-            changed = self._merge(c, ref, contract, rows) if rows.num_rows else 0
+            live = self._live(c, p, part, rows) if tombs and rows.num_rows else rows
+            c.register(STAGE, live)  # unregistered here, or after a rollback (load_group)
+            changed = self._merge(c, ref, contract, live) if live.num_rows else 0
             c.unregister(STAGE)
             if deletes is not None and deletes.num_rows:
                 c.register(DELETES, deletes)
                 changed += _count(c.execute(p.delete.replace("%s", "?"),
                                             [delete_seq(batch.seq)]))
+                if batch.seq > 0:  # see docs/deletes.md: a batch without a seq outranks none
+                    for stmt in p.tomb_write:
+                        c.execute(stmt.replace("%s", "?"), [batch.seq]).fetchall()
                 c.unregister(DELETES)
             self._ledger(c, [(part, rows.num_rows, max(0, changed))])
         except duckdb.OutOfMemoryException:  # load_group retries it
@@ -513,6 +530,29 @@ class DuckdbWarehouse:
                              source=batch.source, table=batch.table,
                              batch_id=batch.batch_id) from None
         return Merged(max(0, changed))
+
+    @staticmethod
+    def _live(c: duckdb.DuckDBPyConnection, p: MergePlan, part: LoadPart,
+              rows: pa.Table) -> pa.Table:
+        """`rows` (with their seq) without those a tombstone holds back (merge/plan.py
+        `tomb_live`: an older extraction of a key a repair deleted), and the tombstones of
+        the keys a newer extraction brings back cleared. The rows held back are found by
+        their position, so the rows that go on keep their Arrow types exactly."""
+        c.register(STAGE, rows.append_column(ROW, pa.array(range(rows.num_rows),
+                                                            pa.int64())))
+        held = [r[0] for r in c.execute(
+            f"SELECT {quote(ROW)} FROM {STAGE} AS s WHERE NOT ({p.live})").fetchall()]
+        c.execute(p.tomb_clear).fetchall()
+        c.unregister(STAGE)
+        if not held:
+            return rows
+        log.info("%d row(s) of a batch not loaded: a repair deleted their keys after this "
+                 "batch's extraction (tombstones)", len(held),
+                 extra={"stage": "load", "source": part.batch.source,
+                        "table": part.batch.table, "batch_id": part.batch.batch_id})
+        keep = pc.invert(pc.is_in(pa.array(range(rows.num_rows), pa.int64()),
+                                  value_set=pa.array(held, pa.int64())))
+        return rows.filter(keep)
 
     def _merge(self, c: duckdb.DuckDBPyConnection, ref: TableRef, contract: Contract,
                rows: pa.Table) -> int:

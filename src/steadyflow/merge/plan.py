@@ -13,6 +13,7 @@ returns an older version, so the later extraction is the one to keep.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 Quote = Callable[[str], str]
 LEDGER = "_steadyflow_ledger"
 SEQ = "_steadyflow_seq"
+DELETED_AT = "_steadyflow_deleted_at"  # when a tombstone was written (the repair's load)
+TOMB_PREFIX = "_steadyflow_tomb_"
 RESERVED = "_steadyflow_"  # the prefix of the columns steadyflow adds (config.RESERVED_PREFIX)
 
 
@@ -188,6 +191,29 @@ def delete_seq(seq: int) -> int:
     return seq if seq > 0 else 2**63 - 1
 
 
+def tomb_table(target: str) -> str:
+    """The name of `target`'s tombstone table (docs/deletes.md), beside it in its schema.
+
+    Within PostgreSQL's 63 bytes (a longer name is cut without a word, and two long
+    targets would share one table): a target name too long for the prefix is cut and
+    given a digest of the whole name."""
+    name = TOMB_PREFIX + target
+    if len(name.encode()) <= 63:
+        return name
+    digest = hashlib.blake2b(target.encode(), digest_size=6).hexdigest()
+    return f"{TOMB_PREFIX}{target.encode()[:33].decode(errors='ignore')}_{digest}"
+
+
+def tomb_live(keys: list[str] | tuple[str, ...], tomb: str, quote: Quote) -> str:
+    """The condition that a staged row `s` is not held back by a tombstone of its key in
+    `tomb`: none, or one older than the row's extraction. A tombstone of seq N says the
+    key was gone from the source when extraction N read it; a row of an extraction up to
+    N is an older version, which the delete outranks as a newer row would."""
+    on = " AND ".join(f"d.{quote(k)} = s.{quote(k)}" for k in keys)
+    return (f"NOT EXISTS (SELECT 1 FROM {tomb} AS d WHERE {on} "
+            f"AND d.{quote(SEQ)} >= s.{quote(SEQ)})")
+
+
 def ledgered_sql(schema: str, quote: Quote, counts: bool = True) -> str:
     """Counts of the ledger rows of a list of batch ids (one list parameter), the same
     on PostgreSQL and DuckDB. `counts` False: for a ledger made before it kept them,
@@ -210,6 +236,19 @@ class MergePlan:
     ledger_insert: str
     merge: str
     delete: str
+    # Tombstones (docs/deletes.md): the keys a repair deleted, each with the extraction
+    # seq of the repair batch, so an older batch loaded after the delete cannot insert
+    # the row again. `tomb_any` is a boolean SQL expression: does the table hold any?
+    create_tomb: str
+    tomb_any: str
+    merge_live: str  # `merge` without the staged rows a tombstone holds back
+    live: str  # the condition on a staged row `s`: no tombstone holds it back
+    # a staged row of a newer extraction than a key's tombstone clears it (the source
+    # inserted the key again); run after the merge
+    tomb_clear: str
+    # a delete batch's keys (the deletes stage) into the tombstones, its seq the parameter
+    # of both: an older tombstone of the key replaced, a newer one kept
+    tomb_write: tuple[str, str]
 
 
 def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
@@ -228,28 +267,37 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
     ) + f", {seq} BIGINT"
     cols = [*cols, SEQ]
     key_list = ", ".join(q(k) for k in keys)
-    newest = (f"SELECT DISTINCT ON ({key_list}) * FROM {stage} "
-              f"ORDER BY {key_list}, {cur} DESC")
+    tomb = f"{q(schema)}.{q(tomb_table(table))}"
+    live = tomb_live(keys, tomb, quote)
     non_keys = [c for c in cols if c not in keys]
-    if engine == "postgres":
-        updates = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in non_keys)
-        merge = (
-            f"INSERT INTO {target} ({', '.join(q(c) for c in cols)}) {newest} "
-            f"ON CONFLICT ({key_list}) DO "
-            + (f"UPDATE SET {updates} WHERE {target}.{seq} IS NULL "
-               f"OR {target}.{seq} <= EXCLUDED.{seq}" if non_keys else "NOTHING")
-        )
-    else:
+
+    def merge_of(newest: str) -> str:
+        if engine == "postgres":
+            updates = ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in non_keys)
+            return (
+                f"INSERT INTO {target} ({', '.join(q(c) for c in cols)}) {newest} "
+                f"ON CONFLICT ({key_list}) DO "
+                + (f"UPDATE SET {updates} WHERE {target}.{seq} IS NULL "
+                   f"OR {target}.{seq} <= EXCLUDED.{seq}" if non_keys else "NOTHING")
+            )
         on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in keys)
         updates = ", ".join(f"{q(c)} = s.{q(c)}" for c in non_keys)
-        merge = (
+        return (
             f"MERGE INTO {target} AS t USING ({newest}) AS s ON {on} "
             + (f"WHEN MATCHED AND (t.{seq} IS NULL OR s.{seq} >= t.{seq}) "
                f"THEN UPDATE SET {updates} " if non_keys else "")
             + f"WHEN NOT MATCHED THEN INSERT ({', '.join(q(c) for c in cols)}) "
             f"VALUES ({', '.join('s.' + q(c) for c in cols)})"
         )
+
+    def newest(where: str) -> str:
+        return (f"SELECT DISTINCT ON ({key_list}) * FROM {stage} AS s{where} "
+                f"ORDER BY {key_list}, {cur} DESC")
+
     key_tuple = f"({key_list})"
+    key_defs = ", ".join(f"{q(c.name)} {sql_type(c.arrow_type, engine)} NOT NULL"
+                         for c in contract.columns if c.name in keys)
+    on_d = " AND ".join(f"d.{q(k)} = s.{q(k)}" for k in keys)
     return MergePlan(
         create_schema=f"CREATE SCHEMA IF NOT EXISTS {q(schema)}",
         add_seq=f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {seq} BIGINT",
@@ -268,8 +316,26 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
         ledger_insert=(f"INSERT INTO {ledger} (batch_id, source, tbl, target, rows, "
                        "quarantined, changed, loaded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
                        "now())"),
-        merge=merge,
+        merge=merge_of(newest("")),
         # a repair's deletes lose to a later extraction as its rows do (`delete_seq`)
         delete=(f"DELETE FROM {target} WHERE {key_tuple} IN (SELECT {key_list} FROM {deletes}) "
                 f"AND ({seq} IS NULL OR {seq} <= %s)"),
+        # DuckDB's table has no key (as its targets: a key index costs every insert, and
+        # a key deleted and inserted again in one transaction would collide in it)
+        create_tomb=(f"CREATE TABLE IF NOT EXISTS {tomb} ({key_defs}, {seq} BIGINT NOT NULL, "
+                     f"{q(DELETED_AT)} TIMESTAMPTZ NOT NULL"
+                     + (f", PRIMARY KEY ({key_list}))" if engine == "postgres" else ")")),
+        tomb_any=f"EXISTS (SELECT 1 FROM {tomb})",
+        merge_live=merge_of(newest(f" WHERE {live}")),
+        live=live,
+        tomb_clear=(f"DELETE FROM {tomb} AS d WHERE EXISTS (SELECT 1 FROM {stage} AS s "
+                    f"WHERE {on_d} AND s.{seq} > d.{seq})"),
+        tomb_write=(
+            f"DELETE FROM {tomb} WHERE {key_tuple} IN (SELECT {key_list} FROM {deletes}) "
+            f"AND {seq} < %s",
+            f"INSERT INTO {tomb} ({key_list}, {seq}, {q(DELETED_AT)}) SELECT DISTINCT "
+            f"{', '.join('s.' + q(k) for k in keys)}, CAST(%s AS BIGINT), now() "
+            f"FROM {deletes} AS s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {tomb} AS d WHERE {on_d})"),
     )
+

@@ -33,10 +33,13 @@ from steadyflow.merge.plan import (
     with_seq,
 )
 from steadyflow.model import BatchRef, Column, Contract, TableRef, TextEncoding
+from steadyflow.observe import logs
 from steadyflow.ports import Ledgered, LoadPart, Merged
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+log = logs.get("load")
 
 STAGE, DELETES = "steadyflow_stage", "steadyflow_deletes"
 
@@ -84,13 +87,14 @@ def _stages(target: str, contract: Contract) -> tuple[str, str]:
     return _stage(STAGE, target, contract.columns), _stage(DELETES, target, keys)
 
 
-def _same(contract: Contract, target: str, stage: str) -> str | None:
+def _same(contract: Contract, target: str, stage: str, live: str | None = None) -> str | None:
     """Count the staged rows the merge would replace by equal values (lookback re-reads).
 
     The merge updates them (a newer extraction wins, equal or not), so its row count
     includes them; this count, taken in the same transaction before the merge, is
     subtracted. None for a table with nothing but key columns: its merge inserts new keys
-    only (DO NOTHING), so every row it counts is a change.
+    only (DO NOTHING), so every row it counts is a change. `live`: the merge's condition
+    on a staged row `s` when the target holds tombstones (MergePlan.merge_live).
     """
     keys = list(contract.primary_key)
     values = [c.name for c in contract.columns if c.name not in keys]
@@ -99,7 +103,8 @@ def _same(contract: Contract, target: str, stage: str) -> str | None:
     key_list = ", ".join(quote(k) for k in keys)
     on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
     equal = " AND ".join(f"t.{quote(c)} IS NOT DISTINCT FROM s.{quote(c)}" for c in values)
-    newest = (f"SELECT DISTINCT ON ({key_list}) * FROM {quote(stage)} "
+    where = f" WHERE {live}" if live else ""
+    newest = (f"SELECT DISTINCT ON ({key_list}) * FROM {quote(stage)} AS s{where} "
               f"ORDER BY {key_list}, {quote(contract.cursor)} DESC")
     seq = quote(SEQ)
     return (f"SELECT count(*) FROM ({newest}) AS s JOIN {target} AS t ON {on} "
@@ -208,6 +213,7 @@ class PostgresWarehouse:
                     # and a queued ALTER stalls every loader and every reader of the
                     # table behind a long query, at each process start
                     self.conn.execute(p.create_table.encode())
+                    self.conn.execute(p.create_tomb.encode())
                     added = [c.name for c in contract.columns if c.added]
                     declared = self._add_missing(ref.target, zip((SEQ, *added),
                                                                  (p.add_seq, *p.add_columns),
@@ -310,24 +316,51 @@ class PostgresWarehouse:
         # the ledger row guesses that every row is new (the direct COPY's count, the
         # common case: a first load, new rows); load_group corrects the other parts' in
         # one statement before the commit, so a group of new batches pays no UPDATE
+        # ... and asks, in the same round trip, whether the target holds any tombstone
         inserted = conn.execute(
-            p.ledger_insert.replace("now())", "now()) ON CONFLICT DO NOTHING "
-                                    "RETURNING batch_id").encode(),
+            ("WITH l AS (" + p.ledger_insert.replace(
+                "now())", "now()) ON CONFLICT DO NOTHING RETURNING batch_id")
+             + f") SELECT batch_id, {p.tomb_any} FROM l").encode(),
             [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows,
              part.quarantined, rows.num_rows],
         ).fetchone()
         if inserted is None:
             return None
+        tombs = bool(inserted[1])
         changed = 0
-        if rows.num_rows and self._copy_direct(conn, ref, target, rows):
+        if rows.num_rows and not tombs and self._copy_direct(conn, ref, target, rows):
             changed = rows.num_rows  # every row new: the cheap path stays cheap
         elif rows.num_rows:
             self._copy(conn, target, stage, rows)
-            changed = self._merge(conn, p.merge, _same(contract, target, stage))
+            if tombs:  # the staged merge without the rows tombstones hold back
+                changed = self._merge(conn, p.merge_live,
+                                      _same(contract, target, stage, p.live))
+                self._clear(conn, p, batch, stage)
+            else:
+                changed = self._merge(conn, p.merge, _same(contract, target, stage))
         if deletes is not None and deletes.num_rows:
             self._copy(conn, target, delete_stage, deletes, columns=deletes.column_names)
             changed += conn.execute(p.delete.encode(), [delete_seq(batch.seq)]).rowcount
+            if batch.seq > 0:  # see docs/deletes.md: a batch without a seq outranks none
+                for stmt in p.tomb_write:
+                    conn.execute(stmt.encode(), [batch.seq])
         return Merged(max(0, changed))
+
+    @staticmethod
+    def _clear(conn: psycopg.Connection[Any], p: MergePlan, batch: BatchRef,
+               stage: str) -> None:
+        """After a merge without the rows tombstones hold back (`merge_live`): clear the
+        tombstones of the keys this batch brings back (a newer extraction), and log how
+        many rows were held back. One round trip: the count reads the tombstones as they
+        were before the clear (one snapshot)."""
+        row = conn.execute(f"WITH c AS ({p.tomb_clear} RETURNING 1) SELECT count(*) "
+                           f"FROM {quote(stage)} AS s WHERE NOT ({p.live})".encode()).fetchone()
+        held = int(row[0]) if row else 0
+        if held:
+            log.info("%d row(s) of a batch not loaded: a repair deleted their keys after "
+                     "this batch's extraction (tombstones)", held,
+                     extra={"stage": "load", "source": batch.source, "table": batch.table,
+                            "batch_id": batch.batch_id})
 
     def _copy_direct(self, conn: psycopg.Connection[Any], ref: TableRef, target: str,
                      rows: pa.Table) -> bool:
