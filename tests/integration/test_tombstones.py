@@ -142,3 +142,19 @@ def test_a_later_repair_keeps_the_newer_tombstone(where: str) -> None:
     _load(where, _part(4, [2]))
     assert _items(where) == {1: ("v1@1", 1)}
     assert _tombs(where) == {2: 5}
+
+
+def test_a_warehouse_kept_open_sees_the_tombstones_it_writes(where: str) -> None:
+    """One process loading every batch (DuckDB remembers per target whether tombstones
+    exist, asked once while it holds the file): the repair's tombstones count from the
+    next batch on."""
+    wh = _open(where)
+    try:
+        for part in (_part(1, [1, 2, 3]), _part(2, [4])):  # asked: no tombstone yet
+            wh.load_group([part])
+        wh.load_group([_part(5, [], deletes=[2])])
+        wh.load_group([_part(3, [2, 5], name="late")])
+    finally:
+        wh.close()
+    assert _items(where) == {1: ("v1@1", 1), 3: ("v3@1", 1), 4: ("v4@2", 2),
+                             5: ("v5@3", 3)}

@@ -422,7 +422,7 @@ def test_duckdb_batch_key_uniqueness_in_arrow_agrees_with_duckdb(
     rows = pa.table(columns)
     contract = Contract(columns=tuple(Column(n, "int64") for n in rows.column_names),
                         primary_key=tuple(keys), cursor=keys[0])
-    u = _upsert(contract, "t")
+    u = _upsert(contract, "t", "tomb")
     con = duckdb.connect()
     con.register(STAGE, rows)
     by_duckdb = bool(con.execute(u.unique).fetchone()[0])  # type: ignore[index]

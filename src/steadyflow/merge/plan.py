@@ -240,6 +240,7 @@ class MergePlan:
     # seq of the repair batch, so an older batch loaded after the delete cannot insert
     # the row again. `tomb_any` is a boolean SQL expression: does the table hold any?
     create_tomb: str
+    tomb: str  # the tombstone table, schema-qualified
     tomb_any: str
     merge_live: str  # `merge` without the staged rows a tombstone holds back
     live: str  # the condition on a staged row `s`: no tombstone holds it back
@@ -325,6 +326,7 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
         create_tomb=(f"CREATE TABLE IF NOT EXISTS {tomb} ({key_defs}, {seq} BIGINT NOT NULL, "
                      f"{q(DELETED_AT)} TIMESTAMPTZ NOT NULL"
                      + (f", PRIMARY KEY ({key_list}))" if engine == "postgres" else ")")),
+        tomb=tomb,
         tomb_any=f"EXISTS (SELECT 1 FROM {tomb})",
         merge_live=merge_of(newest(f" WHERE {live}")),
         live=live,
