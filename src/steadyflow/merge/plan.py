@@ -296,7 +296,7 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
                 f"ORDER BY {key_list}, {cur} DESC")
 
     key_tuple = f"({key_list})"
-    key_defs = ", ".join(f"{q(c.name)} {sql_type(c.arrow_type, engine)} NOT NULL"
+    key_defs = ", ".join(f"{q(c.name)} {sql_type(c.parsed_type, engine)} NOT NULL"
                          for c in contract.columns if c.name in keys)
     on_d = " AND ".join(f"d.{q(k)} = s.{q(k)}" for k in keys)
     return MergePlan(
