@@ -15,12 +15,10 @@ default TimeZone is west of UTC (test_a_late_commit_on_a_naive_timestamp_cursor.
 
 from __future__ import annotations
 
-import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +26,7 @@ from urllib.parse import urlsplit
 import duckdb
 import pymysql
 import pytest
-from tests.conftest import require_tool
+from tests.support.own_mariadb import own_mariadb
 
 from steadyflow.config import parse_config
 from steadyflow.reconcile.runner import Options, reconcile
@@ -102,35 +100,8 @@ def test_mariadb_bit_read_as_bool_and_int(tmp_path: Path, mysql_dsn: str) -> Non
 def west_mariadb(tmp_path: Path) -> Iterator[str]:
     """A MariaDB server of this test's own whose default zone is 5 h west of UTC (the
     shared server's global time_zone is every other test's too); yields its URL."""
-    install = require_tool("mariadb-install-db", "mariadb-server")
-    server = require_tool("mariadbd", "mariadb-server")
-    data = tmp_path / "mariadb"
-    subprocess.run([install, "--no-defaults", f"--datadir={data}", "--skip-test-db",
-                    "--auth-root-authentication-method=normal"], check=True,
-                   capture_output=True)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
-    proc = subprocess.Popen(
-        [server, "--no-defaults", "--user=root", f"--datadir={data}", f"--port={port}",
-         "--bind-address=127.0.0.1", f"--socket={tmp_path / 'mariadb.sock'}",
-         "--default-time-zone=-05:00", "--skip-log-bin"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        dsn = f"mysql://root@127.0.0.1:{port}/shapes"
-        for _ in range(100):
-            try:
-                with closing(pymysql.connect(host="127.0.0.1", port=port, user="root",
-                                             password="", autocommit=True)) as conn, \
-                        conn.cursor() as cur:
-                    cur.execute("CREATE DATABASE shapes")
-                break
-            except pymysql.err.OperationalError:
-                time.sleep(0.2)
+    with own_mariadb(tmp_path, "--default-time-zone=-05:00") as dsn:
         yield dsn
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
 
 
 def test_a_late_commit_on_a_datetime_cursor_west_of_utc(tmp_path: Path,
@@ -167,6 +138,38 @@ def test_a_late_commit_on_a_datetime_cursor_west_of_utc(tmp_path: Path,
     source = mysql(west_mariadb, "SELECT id, v FROM t ORDER BY id")
     assert warehouse(tmp_path, "id, v") == [tuple(r) for r in source]
     assert [r[0] for r in source] == [1, 2, 3, 4, 100]
+
+
+def test_the_zone_allowance_covers_a_fall_back_ahead_on_mariadb(tmp_path: Path) -> None:
+    """A DATETIME cursor filled by NOW() on a server in America/New_York (its zone SYSTEM,
+    the host's: the common setup, no time zone tables needed): a bound taken at 00:30 EDT
+    allowed for the summer offset (4 h) only and lay at wall time 00:30; the next poll
+    resumed from it, and rows NOW() stamped after 01:00 EDT came back to 01:00 EST, 00:30
+    and later in the repeated hour, sorted before it and were never read (once a year,
+    every run ok). The allowance now takes the westmost offset of now and two hours
+    ahead, as PostgreSQL's does. (UTC_TIMESTAMP() is the server's; each instant takes its
+    place.)"""
+    from steadyflow.config import SourceConfig
+    from steadyflow.extract.dialects import MysqlDialect
+
+    west = {"2024-11-03 04:30:00": 5,  # 00:30 EDT, 1.5 h before the fall-back
+            "2024-07-01 12:00:00": 4,  # summer
+            "2024-11-03 07:00:00": 5,  # after the fall-back
+            "2024-03-10 06:30:00": 5}  # 01:30 EST, before the spring-forward
+    seen = {}
+    with own_mariadb(tmp_path, env={"TZ": "America/New_York"}) as dsn:
+        assert mysql(dsn, "SELECT @@global.time_zone") == [("SYSTEM",)]
+        dialect = MysqlDialect(SourceConfig(
+            name="m", kind="mysql", dsn=dsn,
+            tables=[{"name": "t", "contract": "c"}]))  # type: ignore[list-item]
+        for at in west:
+            sql = (dialect.open_since_sql or "").format(nonce="zone").replace(
+                "UTC_TIMESTAMP(6)", f"TIMESTAMP'{at}'").replace("UTC_TIMESTAMP()",
+                                                                f"TIMESTAMP'{at}'")
+            [row] = mysql(dsn, sql)
+            seen[at] = dialect.open_since(row[:-1], naive=True).margin
+    assert seen == {at: MysqlDialect.open_margin + timedelta(hours=h)
+                    for at, h in west.items()}
 
 
 @pytest.mark.parametrize(("zone", "declared"), [("America/New_York", "timestamp"),

@@ -817,8 +817,10 @@ class MysqlDialect(Dialect):
         "(SELECT MIN(UTC_TIMESTAMP(6) - INTERVAL time SECOND) "
         "FROM information_schema.processlist WHERE command IN ('Query', 'Execute') "
         "AND id <> CONNECTION_ID()), "
-        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), "
-        "CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', @@global.time_zone)), 1, trx.own "
+        "LEAST(TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), "
+        "CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', @@global.time_zone)), "
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP() + INTERVAL 2 HOUR, CONVERT_TZ("
+        "UTC_TIMESTAMP() + INTERVAL 2 HOUR, '+00:00', @@global.time_zone))), 1, trx.own "
         "FROM (SELECT MIN(IF(trx_mysql_thread_id <> CONNECTION_ID(), "
         "CONVERT_TZ(trx_started, 'SYSTEM', '+00:00'), NULL)) AS oldest, "
         "COUNT(IF(trx_mysql_thread_id = CONNECTION_ID() "
@@ -831,11 +833,16 @@ class MysqlDialect(Dialect):
     def open_since(self, row: Sequence[Any], naive: bool = False) -> OpenSince:
         """The bound is a UTC instant. A DATETIME cursor (`naive`) filled by NOW() holds
         the wall time of the writer's session zone, by default the server's (the 4th
-        column: its offset from UTC now, seconds; NULL when a named zone has no time zone
-        tables). West of UTC those stamps sort hours before the bound, so a transaction
-        open at the poll and committed later had rows behind the checkpoint that the next
-        poll did not re-read: lost, every run ok. The bound then also steps back by the
-        offset (a cursor written in UTC just re-reads that much more, harmlessly)."""
+        column: its offset from UTC, seconds, the westmost of now and two hours ahead;
+        NULL when a named zone has no time zone tables). West of UTC those stamps sort
+        hours before the bound, so a transaction open at the poll and committed later had
+        rows behind the checkpoint that the next poll did not re-read: lost, every run ok.
+        The bound then also steps back by the offset (a cursor written in UTC just
+        re-reads that much more, harmlessly). Two hours ahead, as PostgreSQL's
+        `zone_west_sql`: at a fall-back the wall clock repeats an hour, and a bound taken
+        shortly before it with the summer offset (the next poll resumes from it) passed
+        the rows NOW() stamped in the repeated hour (a server in America/New_York, or
+        SYSTEM on a host there: once a year, every run ok)."""
         now, trx, stmt, offset, visible = row
         seen = super().open_since((now, trx, stmt, visible))
         if naive and offset is not None and int(offset) < 0:
