@@ -111,6 +111,24 @@ def test_an_index_including_the_key_or_partial_proves_nothing(tmp_path: Path,
     assert summary.failed_tables == ["s.t"], summary
 
 
+def test_an_invalid_unique_index_proves_nothing(tmp_path: Path, pg_dsn: str) -> None:
+    """CREATE UNIQUE INDEX CONCURRENTLY that fails on rows sharing the key leaves the
+    index behind, INVALID (pg_index.indisvalid false) until dropped: it proves nothing of
+    the rows already there, the very ones that made it fail. Taken as proof, the rows
+    sharing k = 1 were merged into one warehouse row (1 of 3 lost, every run ok)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (k int NOT NULL, n int NOT NULL, "
+                     "c timestamptz NOT NULL, v int)")
+        conn.execute(ROWS)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY t_k ON t (k)")
+        assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                            "'t_k'::regclass").fetchall() == [(False,)]
+    summary = run(tmp_path, pg_dsn, ["k"])
+    assert summary.failed_tables == ["s.t"], summary
+    assert "2 rows have k = 1" in summary.errors[0], summary.errors
+
+
 def test_a_primary_key_does_not_cover_inheriting_tables(tmp_path: Path, pg_dsn: str) -> None:
     """SELECT from a parent reads its INHERITS children, which its primary key does not
     cover: a key in both was merged into one warehouse row."""

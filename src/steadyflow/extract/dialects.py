@@ -278,6 +278,8 @@ class Dialect:
     indexes_sql: str | None = None
     # The catalog query listing (index name, column or NULL for an expression, whether
     # it is the primary key) of a table's unique, non-partial indexes, key columns only
+    # (on PostgreSQL valid ones only: a CREATE UNIQUE INDEX CONCURRENTLY that failed on
+    # rows sharing the key leaves an INVALID index behind, proving nothing of those rows)
     # (none for a PostgreSQL table with INHERITS children: reading it reads theirs, which
     # its indexes do not cover); None where steadyflow does not look (the contract key's
     # uniqueness is not checked).
@@ -521,9 +523,9 @@ class PostgresDialect(Dialect):
         "JOIN pg_class i ON i.oid = x.indexrelid "
         "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
         "LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
-        "WHERE x.indrelid = to_regclass(%s) AND x.indisunique AND x.indpred IS NULL "
-        "AND k.ord <= x.indnkeyatts AND NOT EXISTS (SELECT 1 FROM pg_inherits h "
-        "JOIN pg_class p ON p.oid = h.inhparent WHERE h.inhparent = x.indrelid "
+        "WHERE x.indrelid = to_regclass(%s) AND x.indisunique AND x.indisvalid "
+        "AND x.indpred IS NULL AND k.ord <= x.indnkeyatts AND NOT EXISTS (SELECT 1 "
+        "FROM pg_inherits h JOIN pg_class p ON p.oid = h.inhparent WHERE h.inhparent = x.indrelid "
         "AND p.relkind = 'r') ORDER BY 1, k.ord")
     # a domain's NOT NULL is its own (pg_type.typnotnull), not the column's: not seen
     # here, so such a key column is looked at too (a cheap LIMIT 1 query). attnotnull
