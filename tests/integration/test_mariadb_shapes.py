@@ -297,22 +297,24 @@ def test_a_date_that_is_none_in_the_cursor_holds_no_later_row_back(
     assert warehouse_rows(tmp_path, "SELECT id, n FROM main.t") == [(1, 1), (3, 3)]
 
 
-@pytest.mark.parametrize("column", ["tm", "id"])
-def test_a_time_of_day_read_as_a_timestamp_is_refused_naming_it(
-        tmp_path: Path, mysql_dsn: str, column: str) -> None:
-    """A TIME cursor (or key) the contract reads as timestamp: no row could load, and the
-    first page failed with 'Object of type timedelta is not JSON serializable', naming
-    neither table nor column. Refused at the probe, naming both and the fix."""
+@pytest.mark.parametrize(("column", "ctype"), [("tm", "timestamp"), ("id", "timestamp"),
+                                               ("id", "int64"), ("tm", "int64")])
+def test_a_time_of_day_read_as_other_than_string_is_refused_naming_it(
+        tmp_path: Path, mysql_dsn: str, column: str, ctype: str) -> None:
+    """A TIME cursor (or key) the contract reads as timestamp, or as a number: no row could
+    load, and the first page failed with 'Object of type timedelta is not JSON
+    serializable', naming neither table nor column (the int64 case too, until the probe
+    refused every type but string). Refused at the probe, naming both and the fix."""
     execute(mysql_dsn, "CREATE TABLE t (id TIME NOT NULL PRIMARY KEY, n INT, "
                        "tm TIME(6) NOT NULL, KEY c (tm, id))",
             "INSERT INTO t VALUES ('01:00:00', 1, '-10:00:00'), ('02:00:00', 2, '100:00:00')")
     contract = {"primary_key": ["id"], "cursor": "tm", "columns": {
-        "id": {"type": "timestamp" if column == "id" else "string", "nullable": False},
+        "id": {"type": ctype if column == "id" else "string", "nullable": False},
         "n": {"type": "int64"},
-        "tm": {"type": "timestamp" if column == "tm" else "string", "nullable": False}}}
+        "tm": {"type": ctype if column == "tm" else "string", "nullable": False}}}
     summary = run(tmp_path, mysql_dsn, contract)
     assert summary.failed_tables == ["m.t"], summary
-    assert f"column {column} (timestamp) is declared time" in summary.errors[0], summary.errors
+    assert f"column {column} ({ctype}) is declared time" in summary.errors[0], summary.errors
     assert f"declare {column} as string" in summary.errors[0], summary.errors
 
 

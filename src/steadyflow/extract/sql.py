@@ -290,23 +290,26 @@ class SqlSource:
         return issued
 
     def check_times(self, table: str, contract: Contract) -> None:
-        """Refuse, naming table and column, a cursor or key the contract reads as a
-        timestamp or date that the source declares as a time of day or a duration (TIME,
-        INTERVAL): no row could be loaded (each is no instant), and the first page failed
-        with 'Object of type timedelta is not JSON serializable', naming nothing. Not
-        SQLite, whose declared type names only an affinity (its cursor check reads the
-        stored text instead)."""
+        """Refuse, naming table and column, a cursor or key the contract reads as anything
+        but string (a timestamp, a date, a number) that the source declares as a time of
+        day or a duration (TIME, INTERVAL): no row could be loaded (each is no instant and
+        no number), and the first page failed with 'Object of type timedelta is not JSON
+        serializable', naming nothing. Read as string, it is the database's own text,
+        which pages in its order. Not SQLite, whose declared type names only an affinity
+        (its cursor check reads the stored text instead)."""
         if self.dialect.name == "sqlite":
             return
         declared = {k.lower(): v for k, v in self.declared_types(table).items()}
         for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
             ctype = contract.column(name).type
             stored = declared.get(name.lower(), "")
-            if ctype in ("timestamp", "date") and _CLOCK.match(stored):
+            if ctype != "string" and _CLOCK.match(stored):
+                what = "not a point in time" if ctype in ("timestamp", "date") else \
+                    f"which no {ctype} holds"
                 raise SchemaError(
                     f"column {name} ({ctype}) is declared {stored} in the source: a time of "
-                    "day or a duration, not a point in time, so no row of it could load "
-                    "and keyset pages could not continue after one", stage="extract",
+                    f"day or a duration, {what}, so no row of it could load and keyset "
+                    "pages could not continue after one", stage="extract",
                     source=self.config.name, table=table,
                     hint=f"declare {name} as string in the contract (the database's own "
                          "text of it, which pages in its order)")
