@@ -479,3 +479,51 @@ def test_a_date_read_as_a_timestamp_loads_as_its_midnight(tmp_path: Path, mysql_
     with Pipeline.from_yaml(tmp_path / "pipeline.yml") as p:
         (report,) = reconcile(p, ["t"], Options())
     assert report.error is None and report.differences == 0, report.to_dict()
+
+
+def test_an_ignored_keyset_index_is_not_forced(tmp_path: Path, mysql_dsn: str) -> None:
+    """The (cursor, key) index marked IGNORED (MariaDB 10.6+: how an operator sees what
+    dropping it would do): pages were pinned to it by FORCE INDEX, which fails on an
+    ignored index ("Key 'c' doesn't exist in table 't'"), so every cursor page failed,
+    reported as a connection problem, and the table loaded nothing more until the index
+    was used again. It is no keyset index now: pages scan, and every row arrives."""
+    execute(mysql_dsn, "CREATE TABLE t (id INT PRIMARY KEY, n INT, at DATETIME(6) NOT NULL, "
+                       "KEY c (at, id))", "ALTER TABLE t ALTER INDEX c IGNORED",
+            "INSERT INTO t VALUES (1, 1, '2024-01-01'), (2, 2, '2024-01-01'), "
+            "(3, 3, '2024-01-02')")
+    contract = {"primary_key": ["id"], "cursor": "at", "columns": {
+        "id": {"type": "int64", "nullable": False}, "n": {"type": "int64"},
+        "at": {"type": "timestamp", "nullable": False}}}
+    for second in (False, True):  # the second run: an incremental pass
+        if second:
+            execute(mysql_dsn, "UPDATE t SET n = n + 10, at = '2024-01-03' WHERE id = 1",
+                    "INSERT INTO t VALUES (4, 4, '2024-01-03')")
+        summary = run(tmp_path, mysql_dsn, contract, "cursor", page_size=2)
+        assert summary.ok, summary.errors
+        assert warehouse_rows(tmp_path, "SELECT id, n FROM main.t") == source_rows(
+            mysql_dsn, "SELECT id, n FROM t")
+    assert len(source_rows(mysql_dsn, "SELECT id FROM t")) == 4
+
+
+def test_a_keyset_index_dropped_after_the_probe_is_named(mysql_dsn: str) -> None:
+    """The index a source object found for the table is gone (dropped, renamed) when a page
+    is pinned to it: the error names it as such, not as a connection problem (it was
+    retried as one, and the retries failed alike); the next run probes again."""
+    execute(mysql_dsn, "CREATE TABLE t (id INT PRIMARY KEY, at DATETIME(6) NOT NULL, "
+                       "KEY c (at, id))", "INSERT INTO t VALUES (1, '2024-01-01')")
+    contract = Contract(columns=(Column("id", "int64", nullable=False),
+                                 Column("at", "timestamp", nullable=False)),
+                        primary_key=("id",), cursor="at")
+    config = SourceConfig(name="m", kind="mysql", dsn=mysql_dsn,
+                          tables=[{"name": "t", "contract": "c"}],  # type: ignore[list-item]
+                          resilience=ResilienceConfig(retries=0))
+    source = SqlSource(config)
+    try:
+        source.probe("t", contract)
+        execute(mysql_dsn, "DROP INDEX c ON t")
+        with pytest.raises(SchemaError) as raised:
+            source.page("t", contract, None, None, 10)
+    finally:
+        source.close()
+    assert "keyset index not found" in raised.value.message, raised.value.message
+    assert not raised.value.retryable

@@ -300,6 +300,12 @@ class Dialect:
     def index_param(self, table: str) -> Any:
         return table
 
+    def index_columns(self, rows: Sequence[Sequence[Any]], names: Sequence[str]
+                      ) -> list[tuple[Any, Any]]:
+        """(index name, column) of each row `indexes_sql` read (its column names `names`),
+        in order, leaving out the indexes a page query cannot be pinned to."""
+        return [(r[0], r[2]) for r in rows]
+
     def index_hint(self, index: str) -> str:
         """Text after the table name that pins a page query to the keyset index."""
         return ""
@@ -769,9 +775,25 @@ class MysqlDialect(Dialect):
             return f"CAST({ident} AS CHAR)"
         return ident
 
+    # every column, so `index_columns` can tell an IGNORED index (MariaDB 10.6+) or an
+    # invisible one (MySQL 8) where the server has the column, and run where it has not
     indexes_sql = (
-        "SELECT index_name, seq_in_index, column_name FROM information_schema.statistics "
-        "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY 1, 2")
+        "SELECT * FROM information_schema.statistics WHERE table_schema = DATABASE() "
+        "AND table_name = %s ORDER BY index_name, seq_in_index")
+
+    def index_columns(self, rows: Sequence[Sequence[Any]], names: Sequence[str]
+                      ) -> list[tuple[Any, Any]]:
+        """Not an IGNORED (MariaDB) or invisible (MySQL) index: FORCE INDEX naming one
+        fails every page ("Key 'c' doesn't exist in table 't'", error 1176), and an
+        operator marks an index so to see what dropping it would do. Such a table, whose
+        pages a full scan reads as well, failed every poll, reported as a connection
+        problem (a table that loaded before, from its second run on: its first load's
+        pages in key order carry no hint)."""
+        at = {str(n).lower(): i for i, n in enumerate(names)}
+        hidden = [(at[c], v) for c, v in (("ignored", "YES"), ("is_visible", "NO"))
+                  if c in at]
+        return [(r[at["index_name"]], r[at["column_name"]]) for r in rows
+                if not any(str(r[i]).upper() == v for i, v in hidden)]
     # MariaDB has no partial index; an expression is indexed through a generated column
     # (named here); a unique prefix index (k(10)) is stricter than k unique
     unique_sql = (
@@ -909,6 +931,11 @@ class MysqlDialect(Dialect):
         if code == 1054:
             return SchemaError(f"column not found: {msg}", stage="extract", source=src,
                                table=table, hint="the contract names a column the table lacks")
+        if code == 1176:  # the keyset index a page is pinned to (FORCE INDEX) is gone
+            return SchemaError(f"keyset index not found: {msg}", stage="extract",
+                               source=src, table=table, hint="the index was dropped, renamed "
+                               "or marked IGNORED since the table was probed; the next run "
+                               "probes it again (pages without it are full scans)")
         if code == 1049:
             return FatalError(f"database not found: {msg}", stage="extract", source=src)
         if code in (1969, 3024, 1317, 1028):

@@ -730,7 +730,9 @@ class SqlSource:
             return None
         want = [c.lower() for c in contract.order_by]
         columns: dict[str, list[str]] = {}
-        for name, _, column in self._execute(table, d.indexes_sql, [d.index_param(table)]):
+        names: list[str] = []
+        rows = self._execute(table, d.indexes_sql, [d.index_param(table)], columns=names)
+        for name, column in d.index_columns(rows, names):
             columns.setdefault(catalog_text(name), []).append(catalog_text(column).lower())
         return next((n for n, cols in columns.items() if cols[:len(want)] == want), "")
 
