@@ -705,10 +705,10 @@ def member_number(kind: str, values: Sequence[str], text: str) -> int | None:
 
 
 def text_of_time(declared: str, kind: ColumnType) -> bool:
-    """Is this a MariaDB/MySQL TIME, DATE, DATETIME or TIMESTAMP column (catalog text
-    'time(6)', 'datetime', ...) read as string? Then a page selects MariaDB's own text of
-    it (`MysqlDialect.select_expr`)."""
-    return (re.match(r"\s*(time|date|datetime|timestamp)\s*(\(|$)", declared.lower())
+    """Is this a MariaDB/MySQL TIME, DATE, DATETIME, TIMESTAMP or YEAR column (catalog text
+    'time(6)', 'datetime', 'year(4)', ...) read as string? Then a page selects MariaDB's
+    own text of it (`MysqlDialect.select_expr`)."""
+    return (re.match(r"\s*(time|date|datetime|timestamp|year)\s*(\(|$)", declared.lower())
             is not None and kind.name == "string")
 
 
@@ -767,7 +767,8 @@ class MysqlDialect(Dialect):
         drivers hand them over as Python values whose str() is another spelling (TIME's
         timedelta '-1 day, 23:59:59'; a DATETIME(6) without its zero fraction), which the
         warehouse then held and reconcile, reading MariaDB's text, found mismatched. As
-        a key or cursor the text compares with the column as a time, exactly."""
+        a key or cursor the text compares with the column as a time, exactly. YEAR read as
+        string likewise: the drivers' number spelled the zero year '0000' as '0'."""
         ident = self.ident(name)
         if bit_number(declared, kind):
             return f"CAST({ident} AS UNSIGNED)"
