@@ -71,3 +71,25 @@ def test_case_insensitive_text_keys_arrive_and_reconcile(tmp_path: Path, pg_dsn:
         assert report.error is None, report.error
         assert (report.missing, report.differences) == (1, 1), report.to_dict()
         assert warehouse(tmp_path) == source
+
+
+def test_a_unique_index_in_another_collation_proves_no_key(tmp_path: Path,
+                                                          pg_dsn: str) -> None:
+    """A case-insensitive (nondeterministic) key column made unique by an index in the C
+    collation holds 'a' and 'A'; pages order and compare the column by its own collation,
+    which ties them, so a page ending on 'a' continued with `k > 'a'` and never read 'A'
+    (2 of 5 rows lost, every run ok). Such an index proves nothing; the rows are looked
+    at, and the key is refused, naming it."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', "
+                     "deterministic = false)")
+        conn.execute("CREATE TABLE t (k text COLLATE ci NOT NULL, c timestamptz NOT NULL, "
+                     "v int)")
+        conn.execute('CREATE UNIQUE INDEX t_k ON t (k COLLATE "C")')
+        conn.execute("CREATE INDEX ON t (c, k)")
+        conn.execute("INSERT INTO t VALUES ('a', '2024-01-01', 1), ('A', '2024-01-01', 2), "
+                     "('b', '2024-01-01', 3), ('B', '2024-01-01', 4), ('c', '2024-01-02', 5)")
+    with Pipeline(parse_config(pipeline(tmp_path, pg_dsn))) as p:
+        summary = p.run_once(raise_on_error=False)
+    assert summary.failed_tables == ["s.t"], (summary, warehouse(tmp_path))
+    assert "primary_key (k) does not identify a row" in summary.errors[0], summary.errors

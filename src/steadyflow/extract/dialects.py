@@ -524,8 +524,17 @@ class PostgresDialect(Dialect):
         "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
         "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
         "WHERE x.indrelid = to_regclass(%s) ORDER BY 1, 2")
+    # A key column's index entry is proof only where the index compares it as the
+    # column does (the collation pages are ordered and compared in): a unique index
+    # (k COLLATE "C") on a nondeterministic (case-insensitive) column admits 'a' and 'A',
+    # which pages tie (`k > 'a'` passes 'A'), so one was never read (2 of 5 lost, run
+    # ok). Such an entry reads as NULL, as an expression's does; a deterministic column
+    # collation tells values apart by their bytes, so any index on it proves the key.
     unique_sql = (
-        "SELECT i.relname, a.attname, x.indisprimary FROM pg_index x "
+        "SELECT i.relname, CASE WHEN a.attcollation = 0 "
+        "OR x.indcollation[k.ord - 1] = a.attcollation OR (SELECT l.collisdeterministic "
+        "FROM pg_collation l WHERE l.oid = a.attcollation) THEN a.attname END, "
+        "x.indisprimary FROM pg_index x "
         "JOIN pg_class i ON i.oid = x.indexrelid "
         "CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) "
         "LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum "
