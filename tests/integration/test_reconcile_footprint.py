@@ -1,5 +1,5 @@
 """What a reconcile process loads: into a PostgreSQL warehouse, not duckdb; for an
-unchanged table, not pyarrow either.
+unchanged table, into either warehouse, not pyarrow (nor numpy) either.
 
 Peak RSS counts against reconcile (#15: within reladiff's + 50 MiB); importing duckdb adds
 ~18 MiB on top of pyarrow and psycopg, and a PostgreSQL source with a PostgreSQL warehouse
@@ -15,9 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import psycopg
 import pytest
-from tests.conftest import steadyflow
+from tests.conftest import steadyflow, write_pipeline
 from tests.integration.test_reconcile_shared_hash import _config, _source
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -75,3 +76,33 @@ def test_an_unchanged_table_reconciled_into_postgresql_never_imports_pyarrow(
     assert "pyarrow" not in imported
     with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
         assert wh.execute("SELECT count(*) FROM wh.sales WHERE sale_id = 42").fetchone() == (1,)
+
+
+def test_an_unchanged_table_reconciled_into_duckdb_never_imports_pyarrow(
+        tmp_path: Path, pg_dsn: str) -> None:
+    """The same for a DuckDB warehouse (#15: its reconcile peaked ~55 MiB above
+    reladiff's + 50): the bucket checksums and keys are read with DuckDB's own fetch, not
+    through Arrow. A deleted row is still found, read and repaired."""
+    _source(pg_dsn, n=200)
+    path = tmp_path / "wh.duckdb"
+    table = {"name": "sales", "contract": "sales", "page_size": 200}
+    config = str(write_pipeline(tmp_path, [{"name": "pg", "kind": "postgres", "dsn": pg_dsn,
+                                            "tables": [table]}],
+                                warehouse={"kind": "duckdb", "path": str(path)}))
+    steadyflow("run", "-c", config, check=True)
+    clean, imported = _modules("reconcile", "--json", "-c", config)
+    assert clean.returncode == 0, clean.stdout + clean.stderr[-3000:]
+    assert '"clean": true' in clean.stdout and '"rows_compared": 200' in clean.stdout
+    assert "duckdb" in imported and "steadyflow" in imported  # the log is read right
+    assert not {"pyarrow", "numpy"} & imported, {"pyarrow", "numpy"} & imported
+    with duckdb.connect(str(path)) as wh:
+        wh.execute("DELETE FROM sales WHERE sale_id = 42")
+    fixed, imported = _modules("reconcile", "--repair", "--json", "-c", config)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr[-3000:]
+    assert '"missing": 1' in fixed.stdout and '"upserted": 1' in fixed.stdout, fixed.stdout
+    assert "pyarrow" in imported  # the row was read and loaded as Arrow
+    again, imported = _modules("reconcile", "--json", "-c", config)
+    assert again.returncode == 0 and '"clean": true' in again.stdout, again.stdout
+    assert "pyarrow" not in imported
+    with duckdb.connect(str(path), read_only=True) as wh:
+        assert wh.execute("SELECT count(*) FROM sales WHERE sale_id = 42").fetchone() == (1,)

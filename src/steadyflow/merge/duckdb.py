@@ -1,4 +1,8 @@
-"""The embedded warehouse: one DuckDB file, one transaction per batch or group of batches."""
+"""The embedded warehouse: one DuckDB file, one transaction per batch or group of batches.
+
+pyarrow is imported where batches are merged as Arrow and by `query`, not at import: a
+reconcile into DuckDB opens this warehouse and reads plain rows (`rows`), and without
+pyarrow (and numpy) it peaks ~46 MiB lower (#15, arrow_types.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,11 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from steadyflow.errors import ConfigError, FatalError, SchemaError, WarehouseUnavailable
 from steadyflow.failpoints import failpoint
@@ -31,6 +34,9 @@ from steadyflow.merge.plan import (
 from steadyflow.model import BatchRef, Contract, TableRef, TextEncoding
 from steadyflow.observe import logs
 from steadyflow.ports import Ledgered, LoadPart, Merged
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 log = logs.get("load")
 
@@ -135,7 +141,7 @@ def _upsert(contract: Contract, target: str, tomb: str) -> _Upsert:
     # only count a changed row as unchanged, it never changes what is merged
     others = ", ".join(quote(c.name) for c in contract.columns if c.name not in keys)
     digest = f"hash({others})" if others else "0"
-    integer = len(keys) == 1 and pa.types.is_integer(contract.column(keys[0]).arrow_type)
+    integer = len(keys) == 1 and bool(contract.column(keys[0]).parsed_type.bits)
     return _Upsert(
         overlap=f"SELECT 1 FROM {target} AS t SEMI JOIN {STAGE} AS s ON {on} LIMIT 1",
         above=f"SELECT 1 FROM {target} WHERE {key_list} >= ? LIMIT 1" if integer else None,
@@ -173,6 +179,9 @@ def _least_ascending(rows: pa.Table, key: str | None) -> int | None:
     Strictly ascending integers are distinct, so such a batch needs no uniqueness count;
     key-order pages (a first load, a backfill) are read this way. Checked here, in Arrow
     (~0.2 ms per 122,880 keys), never assumed from how the batch was read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if key is None or rows.num_rows == 0:
         return None
     column = rows.column(key)
@@ -185,12 +194,6 @@ def _least_ascending(rows: pa.Table, key: str | None) -> int | None:
     return least if isinstance(least, int) else None
 
 
-# key types whose equality Arrow and DuckDB share exactly (floats do not: -0.0 and NaN)
-_EXACT_KEYS = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string,
-               pa.types.is_binary, pa.types.is_large_binary, pa.types.is_decimal,
-               pa.types.is_date, pa.types.is_timestamp, pa.types.is_boolean)
-
-
 def _unique(c: duckdb.DuckDBPyConnection, u: _Upsert, rows: pa.Table,
             keys: Sequence[str]) -> bool:
     """Whether no key repeats among the staged `rows` (registered as STAGE).
@@ -200,8 +203,15 @@ def _unique(c: duckdb.DuckDBPyConnection, u: _Upsert, rows: pa.Table,
     DuckDB's statement over the registered stage costs ~0.7 ms, a tenth of a small
     batch's load. Other keys ask DuckDB (`_Upsert.unique`): Arrow's group_by over
     several columns would load Acero, ~27 MiB of RSS kept for good (bench/NOTES.md)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # key types whose equality Arrow and DuckDB share exactly (floats do not: -0.0 and NaN)
+    exact_keys = (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string,
+                  pa.types.is_binary, pa.types.is_large_binary, pa.types.is_decimal,
+                  pa.types.is_date, pa.types.is_timestamp, pa.types.is_boolean)
     if len(keys) == 1 and rows.schema.get_field_index(keys[0]) >= 0 and any(
-            exact(rows.schema.field(keys[0]).type) for exact in _EXACT_KEYS):
+            exact(rows.schema.field(keys[0]).type) for exact in exact_keys):
         distinct = pc.count_distinct(rows.column(keys[0]), mode="all").as_py()
         return bool(distinct == rows.num_rows)
     return bool((c.execute(u.unique).fetchone() or (False,))[0])
@@ -210,10 +220,20 @@ def _unique(c: duckdb.DuckDBPyConnection, u: _Upsert, rows: pa.Table,
 def _arrow(result: duckdb.DuckDBPyConnection) -> pa.Table:
     """A statement's result rows as Arrow. DuckDB warns that this copies them; these are a
     batch's keys and digests at most, and a RETURNING result has no lazy relation form."""
+    import pyarrow as pa
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         table = result.to_arrow_table()
     return table if table is not None else pa.table({})
+
+
+# the DuckDB types whose values its fetchall returns of the type and value Arrow's
+# to_pylist gives (checked for each by tests/unit/test_duckdb_rows.py); a HUGEINT too,
+# once made a Decimal (Arrow reads it as decimal128(38, 0))
+_PLAIN = frozenset({"boolean", "tinyint", "smallint", "integer", "bigint", "utinyint",
+                    "usmallint", "uinteger", "ubigint", "hugeint", "float", "double",
+                    "decimal", "varchar", "blob", "date", "timestamp", "null"})
 
 
 def _count(result: duckdb.DuckDBPyConnection) -> int:
@@ -449,6 +469,8 @@ class DuckdbWarehouse:
         is in the target yet, the merge rule inserts every row, so one INSERT does (each
         batch changed all its rows); otherwise each is merged in turn."""
         if len(waiting) > 1:
+            import pyarrow as pa
+
             ref, contract = waiting[0][1].ref, waiting[0][1].contract
             try:
                 rows = pa.concat_tables([with_seq(p.rows, p.batch.seq) for _, p in waiting])
@@ -607,6 +629,8 @@ class DuckdbWarehouse:
         # one; not so for a replay or a late redelivery): then every batch row goes in, and
         # the anti-join over the whole target is skipped (~40 of a warm cycle's ~100 ms
         # merge of 20k rows into 2M, bench/NOTES.md).
+        import pyarrow.compute as pc
+
         seqs = rows.column(SEQ)
         oldest = pc.min(seqs).as_py()  # a repair batch may carry several
         fits = (seqs.null_count == 0 and oldest is not None
@@ -653,10 +677,26 @@ class DuckdbWarehouse:
             return self._conn.sql(sql, params=params or None).to_arrow_table()
 
     def rows(self, sql: str, params: list[object] | None = None) -> list[tuple[Any, ...]]:
-        """A query's rows, through Arrow as `query` reads them (DuckDB's own fetch of a
-        TIMESTAMPTZ needs pytz): reconcile's warehouse side."""
-        columns = [c.to_pylist() for c in self.query(sql, params).columns]
-        return list(zip(*columns, strict=True)) if columns else []
+        """A query's rows as `query` reads them, each value of the same type and value as
+        through Arrow: reconcile's warehouse side (bucket counts and checksums, keys).
+
+        DuckDB's own fetch is used when every column is of a type it returns exactly as
+        Arrow does (`_PLAIN`; a HUGEINT sum, an int there, is made the Decimal Arrow gives),
+        so an unchanged table's reconcile never imports pyarrow and numpy (~46 MiB of peak
+        RSS, #15). Any other result (a TIMESTAMPTZ, whose own fetch needs pytz, not a
+        dependency) is read through Arrow as before."""
+        with self._lock:
+            result = self._conn.sql(sql, params=params or None)
+            kinds = [t.id for t in result.types]
+            if not _PLAIN.issuperset(kinds):
+                columns = [c.to_pylist() for c in result.to_arrow_table().columns]
+                return list(zip(*columns, strict=True)) if columns else []
+            rows = result.fetchall()
+        wide = [i for i, kind in enumerate(kinds) if kind == "hugeint"]
+        if not wide:
+            return rows
+        return [tuple(Decimal(v) if i in wide and v is not None else v
+                      for i, v in enumerate(row)) for row in rows]
 
     def close(self) -> None:
         with self._lock:
