@@ -590,6 +590,9 @@ class DuckdbWarehouse:
         tombstones finds both (a row a tombstone matches: held back if not newer); the
         clear runs only when some key came back. The rows held back are found by their
         position, so the rows that go on keep their Arrow types exactly."""
+        import pyarrow as pa  # loaded already: `rows` is an Arrow table
+        import pyarrow.compute as pc
+
         u = self._upsert_of(part.ref, part.contract)
         c.register(STAGE, rows.append_column(ROW, pa.array(range(rows.num_rows),
                                                             pa.int64())))
