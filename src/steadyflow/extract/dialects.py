@@ -258,6 +258,13 @@ class Dialect:
         where the column's declared type rules that out."""
         return None
 
+    def key_texts_sql(self, table: str, column: str, among: int = 0) -> str | None:
+        """A query reading a key column's values stored as text, where the database keeps
+        two spellings of one typed value apart (SQLite: `SqlSource.check_keys`), only those
+        equal to one of `among` parameters if given; None where the engine's types rule
+        that out."""
+        return None
+
     def undecodable(self, exc: SteadyflowError) -> bool:
         """Did a page fail only because some stored text is not valid UTF-8?"""
         return False
@@ -1204,6 +1211,11 @@ class SqliteDialect(Dialect):
         col = self.ident(column)
         return (f"SELECT DISTINCT CASE typeof({col}) WHEN 'real' THEN 'integer' "
                 f"ELSE typeof({col}) END FROM {self.ident(table)} WHERE {col} IS NOT NULL")
+
+    def key_texts_sql(self, table: str, column: str, among: int = 0) -> str | None:
+        col = self.ident(column)
+        some = f" AND {col} IN ({', '.join('?' * among)})" if among else ""
+        return f"SELECT {col} FROM {self.ident(table)} WHERE typeof({col}) = 'text'{some}"
 
     def undecodable(self, exc: SteadyflowError) -> bool:
         return UNDECODABLE in exc.message

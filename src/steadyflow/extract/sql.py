@@ -41,6 +41,8 @@ from steadyflow.resilience import Watchdog, watchdog_grace
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from steadyflow.extract import key_spellings as spellings
+
 log = logs.get("extract")
 
 # How long a table's probe (columns, keyset index, cursor and key checks) stands on one
@@ -148,6 +150,11 @@ class SqlSource:
         # every row checked) while the checks found nothing wrong (`_cursor_profile`)
         self._cursor_checked: dict[tuple[str, str, str], tuple[float, Any, Any,
                                                                tuple[Any, ...]]] = {}
+        # (table, key column, contract type) → (monotonic time of the last whole read,
+        # the spellings of its values then and of every page read since), while they let
+        # no value be spelled twice (extract/key_check.py)
+        self._key_spelled: dict[tuple[str, str, str],
+                                tuple[float, spellings.Spellings]] = {}
 
     @property
     def conn(self) -> Any:
@@ -269,8 +276,12 @@ class SqlSource:
         self._nullable_memo = {}
         try:
             self.check_cursor(table, contract)
-            self.check_keys(table, contract)
-            self.check_text_keys(table, contract)
+            self.check_text_keys(table, contract)  # the catalog's answer first: no scan
+            if any(self.dialect.key_texts_sql(table, k) is not None
+                   for k in contract.primary_key):  # SQLite: keys spelled twice?
+                from steadyflow.extract import key_check  # loads pyarrow: not for others
+
+                key_check.check_keys(self, table, contract)
             self.check_null_keys(table, contract)
         finally:
             self._nullable_memo = None
@@ -561,21 +572,45 @@ class SqlSource:
         assert sql is not None
         return d.read_profile(self._execute(table, sql, params)[0], ctype)
 
-    def check_keys(self, table: str, contract: Contract) -> None:
-        """Refuse, naming table and column, a key column mixing numbers and text (or blobs):
-        the source keeps 1 and '1' apart, the contract's one type cannot."""
-        for key in contract.primary_key:
-            sql = self.dialect.key_classes_sql(table, key)
-            classes = sorted(str(r[0]) for r in self._execute(table, sql, [])) if sql else []
-            if len(classes) > 1:
-                raise SchemaError(
-                    f"key column {key} holds values stored as {' and '.join(classes)}: the "
-                    "source keeps 1 and '1' apart as two keys, the contract's one type "
-                    "makes them one warehouse key, so one row would replace the other",
-                    stage="extract", source=self.config.name, table=table,
-                    hint=f"store one type (e.g. UPDATE {table} SET {key} = CAST({key} AS "
-                         "INTEGER), after resolving the pairs that become equal) and "
-                         "declare the column INTEGER or TEXT")
+    def _text_spellings(self, table: str, key: str, ctype: str) -> spellings.Spellings:
+        """The spellings of the key column's text values, read in batches by sqlite3."""
+        sql = self.dialect.key_texts_sql(table, key)
+        assert sql is not None
+        from steadyflow.extract import key_spellings as spellings
+
+        out = spellings.Spellings(frozenset({"text"}))
+        for batch in self._batches(table, sql):
+            out = out.merge(spellings.of_values([r[0] for r in batch], ctype))
+        return out
+
+    def _batches(self, table: str, sql: str, size: int = 65_536) -> Iterator[list[Any]]:
+        """The rows of a parameterless query, `size` at a time (a whole column need not
+        be held at once); read leniently (see `_execute_leniently`) when some text is not
+        UTF-8. Bounded by the watchdog as one query."""
+        try:
+            yield from self._batches_once(table, sql, size)
+        except SteadyflowError as exc:
+            if not self.dialect.undecodable(exc):
+                raise
+            with self.dialect.read_leniently(self.conn):
+                yield from self._batches_once(table, sql, size)
+
+    def _batches_once(self, table: str, sql: str, size: int) -> Iterator[list[Any]]:
+        policy = self.config.resilience
+        limit = policy.statement_timeout + watchdog_grace(policy)
+        conn = self.conn
+        dog = Watchdog(limit, lambda: self.dialect.shutdown(conn))
+        try:
+            with dog:
+                cur = conn.cursor()
+                try:
+                    cur.execute(sql)
+                    while batch := cur.fetchmany(size):
+                        yield batch
+                finally:
+                    cur.close()
+        except driver_errors() as exc:
+            raise self._query_failed(exc, table, dog.fired, limit, self.dialect.error) from None
 
     def check_text_keys(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a key column the source declares as text that
@@ -584,7 +619,8 @@ class SqlSource:
         apart as two keys, the contract's type makes them one warehouse key, so one row
         replaced the other (3 of 5 rows lost, every run ok). SQLite's time and decimal
         keys are not refused: SQLite has no time type nor an exact decimal one, text is
-        how it stores them (two spellings of one such value there are not looked for)."""
+        how it stores them; two spellings of one such value are looked for instead
+        (extract/key_check.py)."""
         d = self.dialect
         declared = {k.lower(): v for k, v in self.declared_types(table).items()}
         for key in contract.primary_key:
@@ -1020,6 +1056,10 @@ class SqlSource:
         if not rows:
             return rows_to_arrow([], contract), None
         self.refuse_binary_keys(table, contract, lambda i: [row[i] for row in rows])
+        from steadyflow.extract import key_check
+
+        key_check.refuse_key_spellings(self, table, contract,
+                                       lambda i: [row[i] for row in rows])
         return rows_to_arrow(rows, contract), self._high(table, contract, rows[-1])
 
     def _execute_leniently(self, table: str, query: str, params: Sequence[Any],

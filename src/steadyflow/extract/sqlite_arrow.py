@@ -39,6 +39,8 @@ import pyarrow.compute as pc
 
 from steadyflow.arrow_types import cast_text_decimal, cast_text_time
 from steadyflow.config import SourceConfig
+from steadyflow.extract import key_check
+from steadyflow.extract import key_spellings as spellings
 from steadyflow.extract.arrow_values import page_table, rows_to_arrow
 from steadyflow.extract.dialects import ends_of
 from steadyflow.extract.sql import SqlSource
@@ -130,6 +132,7 @@ class SqliteArrowSource(SqlSource):
         self.read_by = "adbc"
         if raw.num_rows == 0:
             return rows_to_arrow([], contract), None
+        key_check.refuse_key_spellings(self, table, contract, raw.column)
         last = list(raw.slice(raw.num_rows - 1, 1).to_pylist()[0].values())
         high = self._high(table, contract, last)
         return conform(raw, contract), high
@@ -163,6 +166,32 @@ class SqliteArrowSource(SqlSource):
         if profile is None:
             return super()._read_cursor_profile(table, column, ctype, where, params)
         return profile
+
+    def _text_spellings(self, table: str, key: str, ctype: str) -> spellings.Spellings:
+        """The key column's text spellings (extract/key_spellings.py) from its text read
+        through ADBC in batches, by Arrow: no Python object per value. Text that is not
+        UTF-8, or anything ADBC fails on, is read by sqlite3 instead."""
+        sql = self.dialect.key_texts_sql(table, key)
+        assert sql is not None
+
+        def fold(batches: Any) -> spellings.Spellings | None:
+            out = spellings.Spellings(frozenset({"text"}))
+            for batch in batches:
+                text = batch.column(0)
+                if len(text) == 0:
+                    continue
+                if not pa.types.is_string(text.type) and not pa.types.is_large_string(
+                        text.type):
+                    return None
+                try:
+                    text.validate(full=True)
+                except pa.ArrowInvalid:
+                    return None
+                out = out.merge(spellings.of_text(text.cast(pa.string()), ctype))
+            return out
+
+        found: spellings.Spellings | None = self._stream(sql, [], fold)
+        return super()._text_spellings(table, key, ctype) if found is None else found
 
     def _stream(self, sql: str, params: Sequence[Any], consume: Any,
                 batch_rows: int | None = _PROFILE_BATCH) -> Any:
