@@ -125,15 +125,21 @@ def quarantined_rows(landing: Path, table: str) -> int:
 
 
 # --- what the run must refuse ----------------------------------------------------------------
-def refusal_expected(source: SourceDb, table: Table) -> bool:
-    """A SQLite cursor stored in two spellings (' ' and 'T') whose text order is not time
-    order: read from the file itself which separators its values use."""
-    if source.kind != "sqlite" or table.col(table.cursor).kind != "ts":
-        return False
+def refusal_expected(source: SourceDb, table: Table) -> str | None:
+    """The column a SQLite table must be refused for, read from the file itself: a time
+    cursor stored in two spellings (' ' and 'T'), whose text order is not time order, or
+    else a time key so stored (two spellings of one instant would be one warehouse key:
+    extract/key_spellings.py). None: no refusal."""
+    if source.kind != "sqlite":
+        return None
+    times = [c for c in (table.cursor, *table.key) if table.col(c).kind == "ts"]
     with closing(sqlite3.connect(source.where)) as conn:
-        seps = conn.execute(f'SELECT count(DISTINCT substr("{table.cursor}", 11, 1)) '
-                            f'FROM "{table.name}"').fetchone()[0]
-    return bool(seps > 1)
+        for name in dict.fromkeys(times):
+            seps = conn.execute(f'SELECT count(DISTINCT substr("{name}", 11, 1)) '
+                                f'FROM "{table.name}"').fetchone()[0]
+            if seps > 1:
+                return name
+    return None
 
 
 # --- the property ----------------------------------------------------------------------------
@@ -205,7 +211,7 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
             summaries = [run(raw) if not kill_at else run_killed(tmp, raw, chunk, kill_at)]
             if split and summaries[0].errors != ["killed"]:  # the first load alone, exactly
                 for t in tables:
-                    if not refusal_expected(source, t):
+                    if refusal_expected(source, t) is None:
                         compare(source, wh_kind, where, schema, t, latest[t.name],
                                 f"after the first load; {how}")
             if compacted:  # the first load's files now: the last compaction takes this
@@ -240,11 +246,13 @@ def check_case(data: st.DataObject, tmp_root: Path, source: SourceDb, wh_kind: s
             for t in tables:
                 label = f"src.{t.name}"
                 shape = ", ".join(f"{c.name} {c.kind}" for c in t.cols)
-                if refusal_expected(source, t):
+                refused = refusal_expected(source, t)
+                if refused is not None:
                     last = summaries[-1]
                     assert label in last.failed_tables, (
-                        f"{t.name} ({shape}): a cursor stored in two spellings must be refused")
-                    assert "cur" in " ".join(last.errors), last.errors
+                        f"{t.name} ({shape}): {refused} stored in two spellings must be "
+                        "refused")
+                    assert f"column {refused}" in " ".join(last.errors), last.errors
                     continue
                 for s in summaries:  # a run never fails a table quietly, nor for a fitting row
                     mine = [e for e in s.errors if label in e or f"table={t.name}" in e]
