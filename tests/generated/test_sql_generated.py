@@ -127,7 +127,8 @@ def quarantined_rows(landing: Path, table: str) -> int:
 # --- what the run must refuse ----------------------------------------------------------------
 def refusal_expected(source: SourceDb, table: Table) -> str | None:
     """The column a SQLite table must be refused for, read from the file itself: a time
-    cursor stored in two spellings (' ' and 'T'), whose text order is not time order, or
+    cursor stored in two spellings (' ' and 'T', or two zone suffixes: 'iso_offset' spells
+    a time it cannot shift by +02:00 with 'Z'), whose text order is not time order, or
     else a time key so stored (two spellings of one instant would be one warehouse key:
     extract/key_spellings.py). None: no refusal."""
     if source.kind != "sqlite":
@@ -135,9 +136,13 @@ def refusal_expected(source: SourceDb, table: Table) -> str | None:
     times = [c for c in (table.cursor, *table.key) if table.col(c).kind == "ts"]
     with closing(sqlite3.connect(source.where)) as conn:
         for name in dict.fromkeys(times):
-            seps = conn.execute(f'SELECT count(DISTINCT substr("{name}", 11, 1)) '
-                                f'FROM "{table.name}"').fetchone()[0]
-            if seps > 1:
+            col = f'"{name}"'
+            zone = (f"CASE WHEN {col} LIKE '%Z' THEN 'Z' WHEN {col} GLOB "
+                    f"'*[+-][0-9][0-9]:[0-9][0-9]' THEN substr({col}, -6) ELSE '' END")
+            seps, zones = conn.execute(f"SELECT count(DISTINCT substr({col}, 11, 1)), "
+                                       f'count(DISTINCT {zone}) FROM "{table.name}"'
+                                       ).fetchone()
+            if seps > 1 or zones > 1:
                 return name
     return None
 

@@ -81,6 +81,10 @@ def test_pages_add_to_what_the_column_held() -> None:
     ("timestamp", ["2024-01-01 00:00:00+00:00", "2024-01-01 00:00:00+01:00"],
      "2024-01-01 01:00:00+01:00", ["2024-01-01 00:00:00+00:00"]),
     ("float64", [], "1.0", []),
+    ("timestamp", ["9999-12-31 23:00:00Z", "9999-12-31 00:00:00+02:00"],
+     "9999-12-31 23:30:00Z", []),  # no +02:00 spelling: past year 9999
+    ("timestamp", ["0010-01-01 00:00:00", "0010-01-01T00:00:00"], "0010-01-01 00:00:00",
+     ["0010-01-01T00:00:00"]),  # a year below 1000 in four digits
 ])
 def test_twins_are_the_other_spellings_of_one_value(ctype: str, values: list[str], text: str,
                                                     expected: list[str]) -> None:

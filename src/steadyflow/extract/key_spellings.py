@@ -250,8 +250,11 @@ def twins(text: str, ctype: str, forms: Iterable[Form]) -> list[str]:
         zones = {f[1] for f in forms} or {""}
         widths = {f[3] for f in forms if f[3] >= len(fraction)} | {len(fraction)}
         for sep, zone, width in product(seps, zones, widths):
-            local = instant.astimezone(_offset(zone))
-            out.add(local.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+            try:
+                local = instant.astimezone(_offset(zone))
+            except OverflowError:  # year 1 or 9999 shifted past the calendar: none
+                continue
+            out.add(f"{local.year:04d}" + local.strftime(f"-%m-%d{sep}%H:%M:%S")
                     + ("." + fraction.ljust(width, "0") if width else "") + zone)
     elif kind == "date":
         try:
