@@ -141,14 +141,18 @@ def of_text(text: pa.Array, ctype: str) -> Spellings:
         return Spellings(frozenset({"text"}))
     if plain is None:
         return Spellings(frozenset({"text"}), _least_read(text, ctype))
-    matched = pc.match_substring_regex(text, plain)
+    if kind in ("int", "date"):  # one plain spelling per value
+        matched = pc.match_substring_regex(text, plain)
+    else:  # one pass: the groups, null where the text is not plain
+        parts: Any = pc.extract_regex(text, plain)  # a struct array, one field per group
+        matched = pc.is_valid(parts)
     if kind in ("int", "decimal"):
         matched = pc.and_(matched, pc.invert(pc.match_substring_regex(text, _NEGATIVE_ZERO)))
     odd = _least_read(pc.filter(text, pc.invert(matched)), ctype)
     good = pc.filter(text, matched)
-    if len(good) == 0 or kind in ("int", "date"):  # one plain spelling per value
+    if len(good) == 0 or kind in ("int", "date"):
         return Spellings(frozenset({"text"}), odd)
-    parts: Any = pc.extract_regex(good, plain)  # a struct array, one field per group
+    parts = pc.filter(parts, matched)
     frac = pc.fill_null(parts.field("frac"), "")  # no fraction
     width = pc.utf8_length(frac)
     significant = pc.utf8_length(pc.utf8_rtrim(frac, characters="0"))
