@@ -9,6 +9,10 @@ MySQL: each packet is a 3-byte length and a sequence number; a command starts at
 0, and COM_QUERY (0x03) and COM_STMT_EXECUTE (0x17) each count one. Every counted query is
 also kept in order of arrival (`statements`: its text, or "<execute>" where the message has
 none), so a test can tell which kind a query was.
+
+PostgreSQL round trips are counted on the server's side: each ReadyForQuery ('Z') ends one
+(a simple query, an extended-protocol Sync or a pipeline's, a COPY), however many
+statements it carried (`round_trips`).
 """
 
 from __future__ import annotations
@@ -64,6 +68,31 @@ class _Parser:
                             else "<execute>")
 
 
+class _ReadyCounter:
+    """The server's side of a PostgreSQL connection: counts ReadyForQuery messages. Before
+    the first typed message the server may answer an SSLRequest or GSSENCRequest with one
+    untyped 'N' each (no SSL here: an 'S' would make the rest unreadable, and none is
+    counted)."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.started = False
+        self.ready = 0
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while not self.started and self.buffer[:1] == b"N":
+            self.buffer = self.buffer[1:]
+        if self.buffer:
+            self.started = True
+        while len(self.buffer) >= 5:
+            size = 1 + struct.unpack("!i", self.buffer[1:5])[0]
+            if len(self.buffer) < size:
+                return
+            self.ready += self.buffer[:1] == b"Z"
+            self.buffer = self.buffer[size:]
+
+
 class WireCounter:
     """Listens on 127.0.0.1; forwards to `upstream_port`; counts per `protocol`."""
 
@@ -72,6 +101,7 @@ class WireCounter:
         self.protocol = protocol
         self._lock = threading.Lock()
         self._parsers: list[_Parser] = []
+        self._ready: list[_ReadyCounter] = []
         self._log: list[str] = []
         self._sockets: list[socket.socket] = []
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -87,6 +117,12 @@ class WireCounter:
     def queries(self) -> int:
         with self._lock:
             return sum(p.queries for p in self._parsers)
+
+    @property
+    def round_trips(self) -> int:
+        """PostgreSQL: ReadyForQuery messages the server sent, over every connection."""
+        with self._lock:
+            return sum(r.ready for r in self._ready)
 
     @property
     def statements(self) -> list[str]:
@@ -108,15 +144,18 @@ class WireCounter:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
             parser = _Parser(self.protocol, self._log)
+            ready = _ReadyCounter() if self.protocol == "postgres" else None
             with self._lock:
                 self._parsers.append(parser)
+                self._ready += [ready] if ready is not None else []
                 self._sockets += [client, upstream]
             threading.Thread(target=self._pump, args=(client, upstream, parser),
                              daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, None),
+            threading.Thread(target=self._pump, args=(upstream, client, ready),
                              daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, parser: _Parser | None) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket,
+              parser: _Parser | _ReadyCounter | None) -> None:
         try:
             while data := src.recv(65536):
                 if parser is not None:

@@ -55,6 +55,12 @@ def _csv(table: pa.Table) -> bytes:
     formats a zoned timestamp ~20x slower than a naive one (a time zone lookup per value:
     0.7 s of a 200k-row batch's 0.75 s), and the load transaction runs with TimeZone=UTC,
     so PostgreSQL reads the same instants back into the TIMESTAMPTZ columns.
+
+    The session asks for UTC when it connects; the server reports the session's TimeZone
+    to the client after every statement that changes it (a GUC_REPORT setting: it is in
+    ParameterStatus, no query needed), so `load_group` sets it for its transaction only
+    when that report says otherwise (a pooler that dropped the startup options, a SET by
+    another user of the connection) and pays no round trip for it otherwise.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -114,6 +120,9 @@ def _same(contract: Contract, target: str, stage: str, live: str | None = None) 
 # After a batch whose keys were already in the target, this many batches go straight to the
 # staged merge before a direct COPY is tried again (see PostgresWarehouse.load).
 MERGE_AFTER_CONFLICT = 8
+# the direct COPY's savepoint (PostgresWarehouse._copy_direct)
+SAVEPOINT = "SAVEPOINT steadyflow_direct"
+ROLLBACK_TO = b"ROLLBACK TO SAVEPOINT steadyflow_direct"
 
 
 class PostgresWarehouse:
@@ -281,7 +290,8 @@ class PostgresWarehouse:
             self._used.clear()
             try:
                 with conn.transaction():
-                    conn.execute(b"SET LOCAL TimeZone TO 'UTC'")  # see _csv
+                    if conn.info.parameter_status("TimeZone") != "UTC":  # see _csv
+                        conn.execute(b"SET LOCAL TimeZone TO 'UTC'")
                     loaded: list[tuple[str, int]] = []
                     for part in parts:
                         current = part
@@ -313,22 +323,35 @@ class PostgresWarehouse:
         target = self._target(ref)
         stage, delete_stage = _stages(target, contract)
         rows = with_seq(part.rows, batch.seq)
+        skip = self._merge_only.get(ref.target, 0)
+        direct = rows.num_rows > 0 and skip <= 0
         # the ledger row guesses that every row is new (the direct COPY's count, the
         # common case: a first load, new rows); load_group corrects the other parts' in
-        # one statement before the commit, so a group of new batches pays no UPDATE
-        # ... and asks, in the same round trip, whether the target holds any tombstone
-        inserted = conn.execute(
-            ("WITH l AS (" + p.ledger_insert.replace(
-                "now())", "now()) ON CONFLICT DO NOTHING RETURNING batch_id")
-             + f") SELECT batch_id, {p.tomb_any} FROM l").encode(),
-            [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows,
-             part.quarantined, rows.num_rows],
-        ).fetchone()
+        # one statement before the commit, so a group of new batches pays no UPDATE, and
+        # asks in the same statement whether the target holds any tombstone. The direct
+        # COPY's savepoint goes in the same round trip, AFTER the ledger row (a refused
+        # COPY rolls back to it, and must not take the ledger row with it): one simple
+        # query of both statements, the values bound by psycopg on this side (a pipeline
+        # of the two cost ~70 us more client CPU per batch, bench/NOTES.md). A target with
+        # tombstones takes the staged merge; its savepoint, unused, ends with the group
+        insert = ("WITH l AS (" + p.ledger_insert.replace(
+            "now())", "now()) ON CONFLICT DO NOTHING RETURNING batch_id")
+            + f") SELECT batch_id, {p.tomb_any} FROM l")
+        values = [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows,
+                  part.quarantined, rows.num_rows]
+        if direct:
+            with psycopg.ClientCursor(conn) as cur:
+                cur.execute(f"{insert}; {SAVEPOINT}".encode(), values)
+                inserted = cur.fetchone()  # the first statement's result
+        else:
+            inserted = conn.execute(insert.encode(), values).fetchone()
         if inserted is None:
             return None
         tombs = bool(inserted[1])
+        if rows.num_rows and skip > 0:
+            self._merge_only[ref.target] = skip - 1
         changed = 0
-        if rows.num_rows and not tombs and self._copy_direct(conn, ref, target, rows):
+        if direct and not tombs and self._copy_direct(conn, ref, target, rows):
             changed = rows.num_rows  # every row new: the cheap path stays cheap
         elif rows.num_rows:
             self._copy(conn, target, stage, rows)
@@ -369,21 +392,25 @@ class PostgresWarehouse:
         The merge rule inserts every row whose key the target lacks, so for such a batch
         (every page of a first load, new rows) a plain COPY gives the same table, without
         writing the rows twice (stage, then target) or sorting them. Whether no key is there
-        is not asked in advance (that costs an index probe per row): the COPY runs in a
-        savepoint, and the target's primary key refuses the first row whose key exists (or
-        repeats within the batch); the savepoint is then rolled back and the batch takes
-        the staged merge. Either way it is the same transaction as the ledger row.
+        is not asked in advance (that costs an index probe per row): the COPY runs after a
+        savepoint (SAVEPOINT, sent with the ledger row by `_load_part`), and the target's
+        primary key refuses the first row whose key exists (or repeats within the batch);
+        the transaction is rolled back to the savepoint and the batch takes the staged
+        merge. Either way it is the same transaction as the ledger row.
+
+        The savepoint is never released: a RELEASE would be one more round trip per batch
+        and changes nothing. A savepoint left open ends with the transaction (its COPY
+        commits or rolls back with the group), and ROLLBACK TO names the most recent
+        savepoint of that name, so a later part's refused COPY undoes its own rows only,
+        never an earlier part's (tests/integration/test_pg_load_round_trips.py).
         """
-        skip = self._merge_only.get(ref.target, 0)
-        if skip > 0:
-            self._merge_only[ref.target] = skip - 1
-            return False
         cols = ", ".join(quote(c) for c in rows.column_names)
         try:
-            with conn.transaction(), conn.cursor().copy(
+            with conn.cursor().copy(
                     f"COPY {target} ({cols}) FROM STDIN (FORMAT csv)".encode()) as copy:
                 copy.write(_csv(rows))
         except psycopg.errors.UniqueViolation:
+            conn.execute(ROLLBACK_TO)
             self._merge_only[ref.target] = MERGE_AFTER_CONFLICT
             return False
         return True
