@@ -393,7 +393,7 @@ class PostgresWarehouse:
         (every page of a first load, new rows) a plain COPY gives the same table, without
         writing the rows twice (stage, then target) or sorting them. Whether no key is there
         is not asked in advance (that costs an index probe per row): the COPY runs after a
-        savepoint (SAVEPOINT, sent with the ledger row by `_load_part`), and the target's
+        savepoint (sent with the ledger row by `_load_part`), and the target's
         primary key refuses the first row whose key exists (or repeats within the batch);
         the transaction is rolled back to the savepoint and the batch takes the staged
         merge. Either way it is the same transaction as the ledger row.
