@@ -238,6 +238,73 @@ def test_another_instance_shares_the_queue_and_can_ack_what_it_does_not_hold(
     assert second.depth() == 0
 
 
+def test_take_leases_the_ready_messages_together_and_never_waits(adapter: Adapter) -> None:
+    """A loader's group: `take` hands over up to n of the messages ready now, oldest first,
+    each leased as by `get` (attempt 1, invisible to another instance); with fewer ready
+    it returns those at once, with none an empty list, never waiting for more."""
+    buf = adapter.open(lease=30.0)
+    other = adapter.open(lease=30.0)
+    for name in ("b1", "b2", "b3", "b4", "b5"):
+        buf.put(_ref(name))
+    taken = buf.take(3)
+    assert [(d.ref.batch_id, d.attempt) for d in taken] == [("b1", 1), ("b2", 1), ("b3", 1)]
+    assert _ids(other, 1) == ["b4"], "the taken messages are leased"
+    started = time.monotonic()
+    assert [d.ref.batch_id for d in buf.take(10)] == ["b5"]
+    assert buf.take(4) == [] and other.get() is None
+    assert time.monotonic() - started < 1.0, "take waited for messages not there"
+    assert buf.depth() == 5
+    for name in ("b1", "b2", "b3", "b5"):
+        buf.ack(name)
+    other.ack("b4")
+    assert buf.depth() == 0 and other.depth() == 0
+
+
+TAKER = """
+import os, sys, time
+from pathlib import Path
+kind, where, url = sys.argv[1:4]
+if kind == "sqlite":
+    from steadyflow.buffer.sqlite import SqliteBuffer
+    buf = SqliteBuffer(Path(where), capacity=10, lease=1.0)
+else:
+    from steadyflow.buffer.jetstream import JetStreamBuffer
+    buf = JetStreamBuffer(url, where, capacity=10, lease=1.0)
+taken = buf.take(3)
+buf.ack(taken[0].ref.batch_id)
+buf.depth()  # waits for the ack's confirmation (see JetStreamBuffer.ack)
+print(" ".join(d.ref.batch_id for d in taken), flush=True)
+time.sleep(60)
+"""
+
+
+def test_messages_taken_together_by_a_killed_process_come_back_once_each(
+        adapter: Adapter) -> None:
+    """A loader SIGKILLed with a group taken, one batch of it acked, the others not: each
+    unacked batch is delivered again (after the lease, or at once for a dead SQLite
+    owner), once, to another process; the acked one never is."""
+    buf = adapter.open(lease=30.0)
+    for name in ("b1", "b2", "b3", "b4"):
+        buf.put(_ref(name))
+    with subprocess.Popen([sys.executable, "-c", TAKER, adapter.kind, adapter.where,
+                           NATS_URL], stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().split() == ["b1", "b2", "b3"]
+        finally:
+            child.kill()
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + 10
+    while len(seen) < 3 and time.monotonic() < deadline:
+        delivery = buf.get(wait=1.0)
+        if delivery is not None:
+            assert delivery.ref.batch_id not in seen, "delivered twice"
+            seen[delivery.ref.batch_id] = delivery.attempt
+            buf.ack(delivery.ref.batch_id)
+    assert seen == {"b2": 2, "b3": 2, "b4": 1}
+    assert buf.get(wait=1.5) is None and buf.depth() == 0
+
+
 CHILD = """
 import sys, time
 from pathlib import Path

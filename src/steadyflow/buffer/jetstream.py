@@ -19,6 +19,9 @@ How the Buffer guarantees map onto JetStream:
 - leased: ``retention=workqueue`` (an ack removes the message, so depth == unacked
   messages) and one durable pull consumer shared by every process, with explicit acks and
   ``ack_wait = lease``: a message taken and not acked is delivered again after its lease.
+  A loader's group is taken in one pull request (`take`), and an ack does not hold up
+  its caller for the server's reply (`ack`): a lost one is a redelivery, which the
+  warehouse ledger makes a no-op.
 - no orphans: a server killed before it synced can come back with an acked message still
   in the stream while the consumer's ack floor is past it (seen in
   tests/faults/test_multihost.py). The consumer never delivers it again and the stream
@@ -43,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import re
 import threading
 import time
@@ -108,6 +112,9 @@ class JetStreamBuffer:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._fetching: asyncio.Lock | None = None
         self._inflight: dict[str, Msg] = {}  # batch id -> our delivery; touched on the loop only
+        # acks sent and not yet confirmed by the server (see ack), by batch id
+        self._acks: dict[str, concurrent.futures.Future[None]] = {}
+        self._acks_lock = threading.Lock()
         self._closing = self._closed = False
         self._reaped_at = 0.0  # monotonic time of the last look for orphans
         self._loop = asyncio.new_event_loop()
@@ -126,6 +133,7 @@ class JetStreamBuffer:
         An unreachable server is waited out the same way (extraction pauses), until
         `timeout` or `should_stop`.
         """
+        self._settle(ref.batch_id)  # an ack of it on its way: see ack
         deadline = None if timeout is None else time.monotonic() + timeout
         payload = ref.to_json().encode()
         pause, warned = 0.01, False
@@ -180,10 +188,37 @@ class JetStreamBuffer:
             if time.monotonic() >= deadline or self.should_stop():
                 return None
 
+    def take(self, n: int) -> list[Delivery]:
+        """Up to `n` messages available now, leased as by `get`, in ONE pull request that
+        never waits (see `_take`); a loader's group, which asked for a depth and then one
+        pull request per batch."""
+        return self._call("fetch", self._take(n)) if n > 0 else []
+
     def ack(self, batch_id: str) -> None:
         """Remove the message. Works from any instance: one that does not hold the lease
-        (the sweeper, for a batch the ledger already has) deletes it from the stream."""
-        self._call("ack", self._ack(batch_id), batch_id=batch_id)
+        (the sweeper, for a batch the ledger already has) deletes it from the stream,
+        and waits for that.
+
+        A message this instance holds is acked without waiting for the server: the loader
+        acks a batch once it is committed and marked, where a lost ack costs a redelivery
+        that the ledger turns into a no-op (a duplicate, its counts added once:
+        run/load.py), so waiting for the reply bought nothing but a round trip per batch
+        in the loader's thread. The ack still asks for the server's confirmation, on the
+        event loop: this instance's `contains` and `put` of that batch, and `depth`,
+        `oldest_age` and `close`, first wait for it (`_settle`), so they never see an
+        acked batch still queued (a put taken for "already queued" while its ack was on
+        its way would be dropped)."""
+        if self._closed or not self._thread.is_alive():
+            raise self._error("ack", RuntimeError("the JetStream buffer is closed"), batch_id)
+        # one key's lookup, atomic under the GIL; `_inflight` is only written on the loop,
+        # and a batch got here is in it before `get` or `take` returns it
+        if batch_id not in self._inflight:
+            self._call("ack", self._ack(batch_id), batch_id=batch_id)
+            return
+        future = asyncio.run_coroutine_threadsafe(self._ack(batch_id), self._loop)
+        with self._acks_lock:
+            self._acks[batch_id] = future
+        future.add_done_callback(lambda done: self._acked(batch_id, done))
 
     def extend(self, batch_id: str) -> None:
         """Restart the lease (ack_wait) of a message this instance holds: JetStream's
@@ -200,14 +235,17 @@ class JetStreamBuffer:
     def contains(self, batch_id: str) -> bool:
         """Whether the stream holds the batch, leased or not, by any instance: a direct
         lookup of the batch's own subject (the server keeps a per-subject index)."""
+        self._settle(batch_id)
         return self._call("lookup", self._contains(batch_id), batch_id=batch_id)
 
     def depth(self) -> int:
         """Messages in the stream, leased or not (acked ones are gone: work-queue retention)."""
+        self._settle()
         return self._call("stream info", self._depth())
 
     def oldest_age(self) -> float | None:
         """Seconds since the oldest queued message was stored (the server's clock)."""
+        self._settle()
         stored = self._call("stream read", self._oldest())
         return None if stored is None else max(0.0, time.time() - stored)
 
@@ -216,6 +254,7 @@ class JetStreamBuffer:
         buffer releases a dead process's leases), then disconnect."""
         if self._closed:
             return
+        self._settle()
         self._closing = True
         try:
             self._run(self._shutdown(), timeout=2 * REQUEST_TIMEOUT)
@@ -256,6 +295,29 @@ class JetStreamBuffer:
             raise
         except concurrent.futures.CancelledError:  # closed by another thread meanwhile
             raise RuntimeError("the JetStream buffer was closed") from None
+
+    def _acked(self, batch_id: str, done: concurrent.futures.Future[None]) -> None:
+        """An ack's end (on the event loop): forgotten, and its error told. An ack that
+        failed leaves the message to be delivered again after its lease: for a loaded
+        batch a no-op load (the ledger), for a parked one a retry."""
+        with self._acks_lock:
+            if self._acks.get(batch_id) is done:
+                del self._acks[batch_id]
+        exc = None if done.cancelled() else done.exception()
+        if exc is not None:
+            log.warning("acking batch %s failed (it is delivered again after its lease; "
+                        "the ledger makes a loaded one's load a no-op): %s", batch_id,
+                        self._error("ack", exc, batch_id), extra={"stage": "buffer",
+                                                                   "batch_id": batch_id})
+
+    def _settle(self, batch_id: str | None = None) -> None:
+        """Wait for this instance's acks still on their way (those of `batch_id`, or all),
+        so that what follows sees them done. A failed one was told by `_acked`."""
+        with self._acks_lock:
+            pending = (list(self._acks.values()) if batch_id is None
+                       else [f for f in [self._acks.get(batch_id)] if f is not None])
+        if pending:
+            concurrent.futures.wait(pending, timeout=2 * REQUEST_TIMEOUT)
 
     def _call(self, what: str, coro: Coroutine[Any, Any, T], batch_id: str | None = None,
               timeout: float = 2 * REQUEST_TIMEOUT) -> T:
@@ -391,28 +453,71 @@ class JetStreamBuffer:
                     [msg] = await self._sub.fetch(1, timeout=timeout)
                 except nats.errors.TimeoutError:
                     return None
+                delivery = await self._delivery(msg)
+                if delivery is not None:
+                    return delivery
+
+    async def _take(self, n: int) -> list[Delivery]:
+        """Up to `n` messages in one pull request with `no_wait`: the server delivers what
+        it has (at most n) and ends the request at once with a status (no messages, or
+        none left) instead of holding it open. nats-py's `fetch(n)` cannot ask that: with
+        nothing available it sends a second, waiting request, so a group would wait for
+        batches that are not there, and one held open would lease us later batches.
+
+        Every message delivered is leased to this instance whether or not it is read
+        here: those that arrive after this gives up (a server slower than
+        REQUEST_TIMEOUT) wait in the subscription for the next `get`, or are given back
+        by `close`, as a timed-out `get`'s are. Messages already waiting there are taken
+        first."""
+        assert self._sub is not None and self._fetching is not None and self._nc is not None
+        inbox = self._sub._sub  # nats-py keeps no public accessor (see _shutdown)
+        taken: list[Delivery] = []
+        async with self._fetching:
+            while not inbox._pending_queue.empty() and len(taken) < n:
+                msg = await inbox.next_msg(timeout=REQUEST_TIMEOUT)
+                if not JetStreamContext.is_status_msg(msg):  # a status: an older request's
+                    delivery = await self._delivery(msg)
+                    taken += [delivery] if delivery is not None else []
+            asked = n - len(taken)
+            if asked <= 0:
+                return taken
+            await self._nc.publish(self._sub._nms, json.dumps(
+                {"batch": asked, "no_wait": True}).encode(), reply=self._sub._deliver)
+            deadline = time.monotonic() + REQUEST_TIMEOUT  # for all: `_call` waits twice it
+            while asked > 0:
                 try:
-                    ref = BatchRef.from_json(msg.data.decode())
-                except (ValueError, KeyError, TypeError) as exc:
-                    # not something `put` wrote; it can never load, so do not loop on it
-                    log.error("discarding an unreadable message on %s: %s", msg.subject, exc,
-                              extra={"stage": "buffer"})
-                    await msg.term()
-                    continue
-                self._inflight[ref.batch_id] = msg
-                return Delivery(ref, attempt=msg.metadata.num_delivered)
+                    msg = await inbox.next_msg(timeout=max(deadline - time.monotonic(), 0.01))
+                except nats.errors.TimeoutError:
+                    break
+                if JetStreamContext.is_status_msg(msg):
+                    break  # no more for this request (404 / 408)
+                asked -= 1
+                delivery = await self._delivery(msg)
+                taken += [delivery] if delivery is not None else []
+        return taken
+
+    async def _delivery(self, msg: Msg) -> Delivery | None:
+        """A delivered message as a Delivery held by this instance; None for one that is
+        not something `put` wrote (it can never load: terminated, so nobody loops on it)."""
+        try:
+            ref = BatchRef.from_json(msg.data.decode())
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("discarding an unreadable message on %s: %s", msg.subject, exc,
+                      extra={"stage": "buffer"})
+            await msg.term()
+            return None
+        self._inflight[ref.batch_id] = msg
+        return Delivery(ref, attempt=msg.metadata.num_delivered)
 
     async def _ack(self, batch_id: str) -> None:
-        msg = self._inflight.get(batch_id)
+        msg = self._inflight.pop(batch_id, None)  # no extend or nack of it from now on
         if msg is not None:
             try:
                 await msg.ack_sync(timeout=REQUEST_TIMEOUT)  # confirmed: depth() sees it gone
-                self._inflight.pop(batch_id, None)
                 return
             except nats.errors.TimeoutError:
                 pass  # fall back to removing it by subject
         await self._delete(batch_id)
-        self._inflight.pop(batch_id, None)
 
     async def _delete(self, batch_id: str) -> None:
         assert self._jsm is not None

@@ -134,6 +134,13 @@ class SqliteBuffer:
             self._pause(min(pause, left))
             pause = min(pause * 2, 0.2)
 
+    def take(self, n: int) -> list[Delivery]:
+        """Up to `n` visible messages, leased now; a vain `get` is one local query."""
+        taken: list[Delivery] = []
+        while len(taken) < n and (delivery := self.get(wait=0)) is not None:
+            taken.append(delivery)
+        return taken
+
     def _pause(self, seconds: float) -> None:
         """Sleep up to `seconds`, cut short by a put in this process. Short sleeps beside a
         flag, not a timed wait: a timed lock wait sets an absolute deadline, which a time

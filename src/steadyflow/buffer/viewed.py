@@ -57,6 +57,9 @@ class ViewedBuffer:
     def get(self, wait: float = 0.0) -> Delivery | None:
         return self._buffer().get(wait)
 
+    def take(self, n: int) -> list[Delivery]:
+        return self._buffer().take(n)
+
     def ack(self, batch_id: str) -> None:
         self._buffer().ack(batch_id)
 

@@ -148,28 +148,31 @@ class _Prepared:
 def gather(buffer: Buffer, first: Delivery, max_batches: int, max_rows: int
            ) -> list[BatchRef]:
     """`first` and the batches ready in the buffer right now, leased to this loader, until
-    `max_batches` batches or `max_rows` rows.
+    `max_batches` batches or about `max_rows` rows.
 
     Never waits for a batch: a group is what is ready, so a quiet pipeline loads each batch
-    as soon as it arrives. The buffer's depth says how many more may be ready, so a buffer
-    whose empty `get` costs a round trip (JetStream) is asked once at most in vain.
+    as soon as it arrives. The batches are asked for together (`Buffer.take`: one JetStream
+    pull request for all, where a depth request and a pull request per batch were asked
+    before), as many as the rows left allow at the size of those taken so far; the group
+    may end a few batches over `max_rows` (`BatchLoader._groups` cuts it into runs of at
+    most that many rows, each its own transaction, under the same lease keeper).
     """
     taken = [first.ref]
     rows = first.ref.rows
     seen = {first.ref.batch_id}
-    if max_batches <= 1 or rows >= max_rows:
-        return taken
     try:
-        more = min(buffer.depth() - 1, max_batches - 1)
-        while more > 0 and rows < max_rows:
-            delivery = buffer.get(wait=0)
-            if delivery is None:
+        while len(taken) < max_batches and rows < max_rows:
+            fits = -(-(max_rows - rows) * len(taken) // max(rows, 1))  # at the mean size
+            want = max(1, min(max_batches - len(taken), fits))
+            got = buffer.take(want)
+            before = len(taken)
+            for delivery in got:
+                if delivery.ref.batch_id not in seen:  # a lease that ran out while gathering
+                    seen.add(delivery.ref.batch_id)
+                    taken.append(delivery.ref)
+                    rows += delivery.ref.rows
+            if len(got) < want or len(taken) == before:
                 break
-            more -= 1
-            if delivery.ref.batch_id not in seen:  # a lease that ran out while gathering
-                seen.add(delivery.ref.batch_id)
-                taken.append(delivery.ref)
-                rows += delivery.ref.rows
     except RetryableError as exc:  # the buffer went away: load what was taken
         log.warning("buffer unavailable while gathering a group: %s", exc,
                     extra={"stage": "load"})
