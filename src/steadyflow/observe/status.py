@@ -87,7 +87,10 @@ def collect(pipeline: Any) -> dict[str, Any]:
                       and h.last_success else _state(h, polled_at,
                                                      failing.get((ref.source, ref.table)))),
         })
-        if (polling and tables[-1]["state"] == "ok" and since_poll is not None
+        # a table failing since its last success is stalled too once its polls have
+        # failed that long: it said 'failing' (degraded, exit 1) for ever, while a table
+        # that never loaded said 'error' (failing) and SteadyflowPollFailing fired
+        if (polling and tables[-1]["state"] in ("ok", "failing") and since_poll is not None
                 and since_poll > stalled_after(pipeline.config, t)
                 and pipeline.state.backfill(ref.source, ref.table) is None):
             tables[-1]["state"] = "stalled"

@@ -1,0 +1,116 @@
+"""What `status` and /metrics say of a `run --follow` that polls while its data does not
+move, checked against the truth read with the drivers (the source, the warehouse, the
+state's manifest).
+
+- A table that fails every poll after it once loaded: its word was 'failing' (degraded,
+  exit 1) for ever; a table not read to its end for 15 min while the loop runs is stalled
+  (failing, exit 2), whether or not its polls left an error.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import steadyflow, write_pipeline
+
+from steadyflow.demo.stores import SCHEMA, format_ts
+
+pytestmark = pytest.mark.integration
+
+
+def _store(root: Path, newest: datetime, n: int, first: int = 1) -> Path:
+    path = root / "store.db"
+    with closing(sqlite3.connect(path)) as db:
+        if first == 1:
+            for statement in SCHEMA:
+                db.execute(statement)
+        db.executemany("INSERT INTO sales VALUES (?,?,?,?,?,?,?,?)", [
+            (1, i, f"SKU-{i}", 2, "3.50", "USD", format_ts(newest),
+             format_ts(newest - timedelta(seconds=first + n - 1 - i)))
+            for i in range(first, first + n)])
+        db.commit()
+    return path
+
+
+def _status(config: Path) -> tuple[int, dict[str, Any]]:
+    proc = steadyflow("status", "-c", str(config), "--json")
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _follow(config: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with open(config.with_name("follow.log"), "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "steadyflow", "run", "-c",
+                                 str(config), "--follow", *extra],
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _state(root: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The state file, read (or written: "twenty minutes pass") through the driver."""
+    with closing(sqlite3.connect(root / "state" / "state.db", timeout=30)) as db:
+        rows = db.execute(sql, params).fetchall()
+        db.commit()
+    return rows
+
+
+def _metric(url: str, name: str) -> float:
+    body = urllib.request.urlopen(url + "metrics", timeout=10).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics:\n{body}")
+
+
+def test_a_table_that_fails_every_poll_for_15_min_is_stalled(tmp_path: Path) -> None:
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=20)
+    config = write_pipeline(tmp_path, [{
+        "name": "s1", "kind": "sqlite", "path": str(store),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}],
+        run={"interval": "0.3s"})
+    proc = _follow(config)
+    try:
+        _wait("the first load", lambda: _status(config)[1]["tables"][0]["rows_changed"] == 20)
+        with closing(sqlite3.connect(store)) as db:  # every poll of the table fails now
+            db.execute("ALTER TABLE sales RENAME TO sales_gone")
+            db.commit()
+        _wait("the failing poll recorded", lambda: "sales" in (
+            _status(config)[1]["tables"][0]["last_error"] or ""))
+        # twenty minutes pass without a successful poll (none can succeed now)
+        _state(tmp_path, "UPDATE source_polls SET polled_at = polled_at - 1200")
+        code, report = _status(config)
+        [table] = report["tables"]
+        assert table["last_poll_seconds"] > 1200 and report["loop"]["status"] == "running"
+        assert table["state"] == "stalled", table
+        assert (code, report["health"]) == (2, "failing"), report
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
