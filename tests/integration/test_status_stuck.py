@@ -2,6 +2,10 @@
 move, checked against the truth read with the drivers (the source, the warehouse, the
 state's manifest).
 
+- A loader blocked on a lock another warehouse session holds: its polls go on, land and
+  record (last poll fresh), nothing loads. `status` said healthy, exit 0, for as long as it
+  lasted, and steadyflow_consumer_lag_seconds stayed 0 (the loader reports it between
+  groups, and a blocked one reports nothing), so no alert fired either.
 - A table that fails every poll after it once loaded: its word was 'failing' (degraded,
   exit 1) for ever; a table not read to its end for 15 min while the loop runs is stalled
   (failing, exit 2), whether or not its polls left an error.
@@ -23,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from tests.conftest import steadyflow, write_pipeline
 
@@ -84,6 +89,73 @@ def _metric(url: str, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in /metrics:\n{body}")
+
+
+def test_a_loader_blocked_on_a_lock_is_not_healthy(tmp_path: Path,
+                                                   pg_warehouse_dsn: str) -> None:
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=50)
+    config = write_pipeline(tmp_path, [{
+        "name": "s1", "kind": "sqlite", "path": str(store),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}],
+        warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh"},
+        run={"interval": "0.3s"})
+
+    def in_warehouse() -> int:
+        with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
+            if wh.execute("SELECT to_regclass('wh.sales')").fetchone()[0] is None:
+                return 0  # not created yet
+            return int(wh.execute("SELECT count(*) FROM wh.sales").fetchone()[0])
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    proc = _follow(config, "--serve", f"127.0.0.1:{port}")
+    locker = psycopg.connect(pg_warehouse_dsn)
+    try:
+        _wait("the first 50 rows loaded", lambda: in_warehouse() == 50)
+        # another session holds a lock that lets readers in and keeps every writer out
+        locker.execute("LOCK TABLE wh.sales IN SHARE MODE")
+        _store(tmp_path, datetime.now(UTC), n=10, first=51)  # 10 new rows at the source
+
+        def blocked() -> bool:  # the loader's merge waits for the lock (the truth)
+            with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
+                return bool(wh.execute(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND "
+                    "relation = 'wh.sales'::regclass").fetchone()[0])
+
+        _wait("the loader blocked on the lock", blocked)
+        time.sleep(3)
+        [(landed,)] = _state(tmp_path, "SELECT min(landed_at) FROM manifest "
+                                       "WHERE status='landed'")
+        assert landed is not None  # a batch of the new rows landed and is not loaded
+        truth = time.time() - float(landed)
+        assert _metric(url, "steadyflow_consumer_lag_seconds") == pytest.approx(truth,
+                                                                                abs=1.5)
+
+        # twenty minutes pass: the batch landed 20 min ago, the polls go on succeeding
+        _state(tmp_path, "UPDATE manifest SET landed_at = landed_at - 1200 "
+                         "WHERE status='landed'")
+        code, report = _status(config)
+        [table] = report["tables"]
+        assert in_warehouse() == 50  # the truth: the 10 rows are not in the warehouse
+        assert table["last_poll_seconds"] < 60  # polled: not stalled, lag measured
+        assert table["state"] == "behind", table
+        assert 1200 < table["unloaded_seconds"] < 1300, table
+        assert (code, report["health"]) == (2, "failing"), report
+        human = steadyflow("status", "-c", str(config))
+        assert human.returncode == 2 and "behind" in human.stdout, human.stdout
+        assert _metric(url, "steadyflow_consumer_lag_seconds") > 1200
+
+        locker.rollback()  # the lock goes: the batch loads, the status clears
+        _wait("the 10 new rows loaded", lambda: in_warehouse() == 60)
+        _wait("status healthy again", lambda: _status(config)[0] == 0)
+    finally:
+        locker.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_a_table_that_fails_every_poll_for_15_min_is_stalled(tmp_path: Path) -> None:

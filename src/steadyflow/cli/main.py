@@ -494,7 +494,8 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     Exit code: 0 healthy, 1 degraded (a table failing since its last success, a half-open
     breaker, rows its last reconcile found missing or mismatched), 2 failing (a table in
     error, a source down, an open breaker, a batch failed for good, a buffer that cannot be
-    read) or the status could not be read.
+    read, a table not read to its end for 15 min or whose oldest landed batch has waited
+    15 min to load while a loop or a worker runs) or the status could not be read.
     """
     from steadyflow.observe.status import collect
 

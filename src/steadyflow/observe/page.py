@@ -104,7 +104,7 @@ def sparkline(values: Iterable[float | None], *, width: int = 120, height: int =
 
 
 _STATE_CLASS = {"ok": "ok", "failing": "warn", "source down": "bad", "error": "bad",
-                "stalled": "bad", "waiting": "idle"}
+                "stalled": "bad", "behind": "bad", "waiting": "idle"}
 _BREAKER_CLASS = {"closed": "ok", "half-open": "warn", "open": "bad"}
 
 _CSS = """

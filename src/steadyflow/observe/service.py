@@ -83,6 +83,17 @@ class StatusService:
                 metrics.run_succeeded(at=float(last))
         self.sync_reconcile()
 
+    def sync_queue(self) -> None:
+        """The consumer lag from the manifest, in every mode (see
+        PipelineMetrics.pending_since): the state is the truth a blocked loader cannot
+        report. A state that cannot be read leaves the loader's last report."""
+        try:
+            since = self.pipeline.state.oldest_pending()
+        except Exception as exc:  # noqa: BLE001 - a busy state file must not fail a scrape
+            log.warning("consumer lag not read from state: %s", exc, extra={"stage": "observe"})
+            return
+        self.pipeline.metrics.pending_since(since)
+
     def _count_from_state(self, h: Any) -> None:
         """A read-only viewer's row counters follow the totals the pipeline records
         (rows its merges changed, rows quarantined): they stayed 0 beside a pipeline
@@ -137,6 +148,7 @@ class StatusService:
             self.sync_metrics()
         else:  # a reconcile another process ran (reconcile from cron beside run --serve)
             self.sync_reconcile()
+        self.sync_queue()
         self.history.add(self.report())
 
     def _sampler(self) -> None:

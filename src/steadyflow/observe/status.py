@@ -36,6 +36,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
     holders = {(lease["source"], lease["table"]): lease["holder"]
                for lease in leases if lease["chunk"] is None}
     polls = pipeline.state.polls()
+    pending_since = pipeline.state.pending_since()
     highs = {key: high for key, (high, _) in polls.items()}
     loop = loop_status(pipeline.config.resolve(pipeline.config.state_dir))
     workers = _holding_now(pipeline.state.workers(), leases)
@@ -51,6 +52,8 @@ def collect(pipeline: Any) -> dict[str, Any]:
         freshness = (now - h.newest_cursor_epoch) if h and h.newest_cursor_epoch else None
         since_success = (now - h.last_success) if h and h.last_success else None
         high = highs.get((ref.source, ref.table))
+        landed = pending_since.get((ref.source, ref.table))
+        unloaded = max(0.0, now - landed) if landed is not None else None
         # lag, not freshness, says whether the table is behind (the alerts' measure, see
         # PipelineMetrics._lag_of): the source's newest cursor the last successful poll
         # saw minus the newest loaded; 0 on an idle table however old its data is
@@ -79,6 +82,8 @@ def collect(pipeline: Any) -> dict[str, Any]:
             "failing_batches": failing.get((ref.source, ref.table), 0),
             # host:pid of the process extracting the table now (its lease), or None
             "holder": _process(holders.get((ref.source, ref.table))),
+            # how long its oldest landed batch has waited to load (None: none waits)
+            "unloaded_seconds": unloaded,
             # the last time the source was read to its end (any process)
             "last_poll_seconds": since_poll,
             "last_poll_human": (human_age(since_poll) + " ago") if since_poll is not None
@@ -94,6 +99,9 @@ def collect(pipeline: Any) -> dict[str, Any]:
                 and since_poll > stalled_after(pipeline.config, t)
                 and pipeline.state.backfill(ref.source, ref.table) is None):
             tables[-1]["state"] = "stalled"
+        elif (polling and tables[-1]["state"] == "ok" and unloaded is not None
+              and unloaded > BEHIND_AFTER):
+            tables[-1]["state"] = "behind"
     pending = pipeline.state.pending_batches()
     runs = pipeline.state.runs(10)
     if loop is not None and loop["status"] == "killed":
@@ -124,12 +132,19 @@ def collect(pipeline: Any) -> dict[str, Any]:
 
 #: `steadyflow status` exit codes, by overall health (docs/operations.md lists them)
 EXIT_CODES = {"healthy": 0, "degraded": 1, "failing": 2}
-_FAILING_STATES = {"error", "source down", "stalled"}
+_FAILING_STATES = {"error", "source down", "stalled", "behind"}
 #: commands whose loop is meant to run until stopped: killed, nothing moves data any more
 _LOOPS = {"run --follow", "serve --run"}
 #: a table not read to its end for this long while a loop or a worker runs is stalled
 #: (SteadyflowPollFailing's 15 min, deploy/prometheus/alerts.yml)
 STALLED_AFTER = 900.0
+#: a table whose oldest landed batch has waited this long to load while a loop or a
+#: worker runs is behind (failing), however fresh its polls: its loader is blocked (a lock
+#: another warehouse session holds, a hung merge) or cannot keep up. Its lag could not
+#: say it: measured in cursor time at a successful poll, it stays what the source was
+#: ahead when the loader stopped (minutes) while no row loads for hours; the polls went
+#: on, so the table was 'ok' and status healthy, exit 0
+BEHIND_AFTER = 900.0
 
 
 def stalled_after(config: Any, table: Any) -> float:
@@ -158,7 +173,8 @@ def _queue(buffer: Any) -> tuple[int | None, float | None, str | None]:
 def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str, int]:
     """The pipeline's health in one word, and the exit code `status` gives it.
 
-    failing (2): a table in error, stalled or whose source is down, an open breaker, a
+    failing (2): a table in error, stalled, behind (a batch waiting 15 min to load) or
+    whose source is down, an open breaker, a
     batch that failed for good, a stopped loop, a follow loop killed (it never let go of
     its lock), workers that ran and none of which runs now, one lost (not heard of) or
     failed (its loop ended by itself), or a buffer that cannot be read: data is not moving

@@ -179,6 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/metrics":
                 if app.service.tables_from_state:
                     app.service.sync_metrics()
+                app.service.sync_queue()
                 self._send(200, app.pipeline.metrics.exposition(), METRICS_CONTENT_TYPE,
                            head=head)
             elif path in ("/", "/index.html"):

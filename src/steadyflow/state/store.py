@@ -743,6 +743,14 @@ class StateStore(ABC):
         rows = self._query("SELECT min(landed_at) FROM manifest WHERE status='landed'")
         return float(rows[0][0]) if rows and rows[0][0] is not None else None
 
+    def pending_since(self) -> dict[tuple[str, str], float]:
+        """Per (source, table): when its oldest landed batch not yet loaded landed (epoch
+        s). A table whose batch waits long while its polls go on is behind however fresh
+        its last poll is (observe/status.py)."""
+        rows = self._query("SELECT source, tbl, min(landed_at) FROM manifest "
+                           "WHERE status='landed' GROUP BY source, tbl")
+        return {(r[0], r[1]): float(r[2]) for r in rows}
+
     def failed_batch_ids(self) -> set[str]:
         """Landed batches whose last load attempt failed (their error is in the manifest)."""
         return {r[0] for r in self._query(
