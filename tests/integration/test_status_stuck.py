@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from contextlib import closing
@@ -31,6 +32,7 @@ import psycopg
 import pytest
 from tests.conftest import steadyflow, write_pipeline
 
+from steadyflow.buffer.sqlite import SCHEMA as BUFFER_SCHEMA
 from steadyflow.demo.stores import SCHEMA, format_ts
 
 pytestmark = pytest.mark.integration
@@ -179,6 +181,65 @@ def test_a_table_that_fails_every_poll_for_15_min_is_stalled(tmp_path: Path) -> 
         assert table["last_poll_seconds"] > 1200 and report["loop"]["status"] == "running"
         assert table["state"] == "stalled", table
         assert (code, report["health"]) == (2, "failing"), report
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_serve_run_whose_loop_ended_by_itself_fails_every_view(tmp_path: Path) -> None:
+    """`serve --run` whose loop ends by itself (its loader stops on an error no retry
+    covers: the SQLite buffer's queue table is gone, then made again) goes on serving.
+    /healthz said 503, but /api/status and the page gave the verdict of the state alone
+    (the failed round: degraded), steadyflow_up stayed 1 (SteadyflowDown could not fire)
+    and the tables' polls stopped with nothing calling them stalled for 15 min. Every view
+    now says the loop stopped: failing, exit code 2, steadyflow_up 0."""
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=20)
+    config = write_pipeline(tmp_path, [{
+        "name": "s1", "kind": "sqlite", "path": str(store),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}],
+        run={"interval": "0.3s"})
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "steadyflow", "serve", "-c",
+                                 str(config), "--run", "--port", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+    def api() -> dict[str, Any]:
+        return dict(json.loads(urllib.request.urlopen(url + "api/status", timeout=10).read()))
+
+    def healthz() -> int:
+        try:
+            return int(urllib.request.urlopen(url + "healthz", timeout=10).status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def answers() -> bool:
+        try:
+            return api()["tables"][0]["rows_changed"] == 20
+        except OSError:
+            return False
+
+    try:
+        _wait("the first load", answers)
+        assert api()["exit_code"] == 0 and healthz() == 200
+        with closing(sqlite3.connect(tmp_path / "state" / "buffer.db")) as db:
+            db.execute("DROP TABLE queue")
+            db.commit()
+        _store(tmp_path, datetime.now(UTC), n=5, first=21)  # something for the loader
+        _wait("the loop ended", lambda: healthz() == 503)
+        assert proc.poll() is None  # the server goes on serving
+        with closing(sqlite3.connect(tmp_path / "state" / "buffer.db")) as db:
+            db.executescript(BUFFER_SCHEMA)  # the buffer is back; the loop is not
+        report = api()
+        assert (report["health"], report["exit_code"]) == ("failing", 2), report
+        page = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert "pipeline stopped" in page
+        assert _metric(url, "steadyflow_up") == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -20,7 +20,7 @@ from typing import Any
 from steadyflow.observe import logs
 from steadyflow.observe.history import HISTORY_SAMPLES, History
 from steadyflow.observe.metrics import BREAKER_STATES
-from steadyflow.observe.status import collect
+from steadyflow.observe.status import collect, overall
 
 log = logs.get("web")  # the logger this code always used: operators' log filters keep working
 
@@ -141,7 +141,23 @@ class StatusService:
 
     # -- snapshots ------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
-        return collect(self.pipeline)
+        """The snapshot, with this process's own knowledge of its loop: one that ended by
+        itself (serve --run) fails the verdict. The state alone showed its failed round
+        (degraded) and, for 15 min, no stalled table, while /healthz said 503."""
+        report = collect(self.pipeline)
+        failure = self.loop_failure
+        if failure is not None:
+            report["loop_error"] = failure
+            report["health"], report["exit_code"] = overall(report, failure)
+        return report
+
+    @property
+    def loop_failure(self) -> str | None:
+        """Why this process's pipeline loop stopped when nobody asked it to, else None."""
+        if self._runner is None or self._runner.is_alive() or self._stop.is_set():
+            return None
+        return self.loop_error or ("the pipeline loop ended by itself (the last run's "
+                                   "error says why)")
 
     def sample(self) -> None:
         if self.tables_from_state:
@@ -165,6 +181,9 @@ class StatusService:
         except Exception as exc:
             self.loop_error = logs.scrub(f"{type(exc).__name__}: {exc}")
             log.error("pipeline loop stopped: %s", exc, extra={"stage": "run"})
+        finally:
+            if not self._stop.is_set():  # ended by itself: nothing runs the pipeline,
+                self.pipeline.metrics.stopped()  # whose process is up (SteadyflowDown)
 
     @property
     def mode(self) -> str:

@@ -185,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif path in ("/", "/index.html"):
                 page = render_page(app.service.report(), app.service.history.series(),
                                    mode=app.service.mode,
-                                   loop_error=app.service.loop_error)
+                                   loop_error=app.service.loop_failure)
                 self._send(200, page.encode(), "text/html; charset=utf-8", head=head)
             elif path == "/api/status":
                 body = json.dumps(app.service.report(), default=str).encode()
@@ -194,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if app.service.loop_alive:
                     self._text(200, "ok\n", head=head)
                 else:
-                    self._text(503, f"pipeline loop stopped: {app.service.loop_error}\n",
+                    self._text(503, f"pipeline loop stopped: {app.service.loop_failure}\n",
                                head=head)
             else:
                 self._text(404, "not found\n", head=head)
