@@ -247,3 +247,35 @@ def test_a_serve_run_whose_loop_ended_by_itself_fails_every_view(tmp_path: Path)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_a_suspended_follow_loop_fails_status_at_once(tmp_path: Path) -> None:
+    """`run --follow` stopped with SIGSTOP (Ctrl-Z in its terminal) holds its lock and
+    moves nothing: status said healthy, exit 0, until its tables were 15 min without a
+    poll. Now it fails at once and names the process; SIGCONT clears it."""
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=20)
+    config = write_pipeline(tmp_path, [{
+        "name": "s1", "kind": "sqlite", "path": str(store),
+        "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}],
+        run={"interval": "0.3s"})
+    proc = _follow(config)
+    try:
+        _wait("the first load", lambda: _status(config)[1]["tables"][0]["rows_changed"] == 20)
+        proc.send_signal(signal.SIGSTOP)
+        _wait("the process stopped", lambda: Path(f"/proc/{proc.pid}/stat").read_text()
+              .rpartition(")")[2].split()[0] == "T")
+        code, report = _status(config)
+        assert report["loop"]["status"] == "suspended" and report["loop"]["pid"] == proc.pid
+        assert (code, report["health"]) == (2, "failing"), report
+        human = steadyflow("status", "-c", str(config))
+        assert human.returncode == 2 and "suspended" in human.stdout, human.stdout
+        proc.send_signal(signal.SIGCONT)
+        _wait("status healthy again", lambda: _status(config)[0] == 0)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

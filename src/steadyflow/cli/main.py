@@ -542,6 +542,11 @@ def _print_status(report: dict[str, Any]) -> None:
         from steadyflow.observe.status import killed_loop
 
         out.print(killed_loop(report["loop"]), highlight=False, soft_wrap=True)
+    if (report.get("loop") or {}).get("status") == "suspended":
+        from steadyflow.observe.status import suspended_loop
+
+        out.print(suspended_loop(report["loop"]), highlight=False, soft_wrap=True,
+                  markup=False)
     from steadyflow.observe.status import failed_run, unreconciled
 
     for line in [*filter(None, [failed_run(report)]), *unreconciled(report)]:

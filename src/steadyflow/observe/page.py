@@ -18,7 +18,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from steadyflow.observe.status import failed_run, human_age, killed_loop, unreconciled
+from steadyflow.observe.status import (
+    failed_run,
+    human_age,
+    killed_loop,
+    suspended_loop,
+    unreconciled,
+)
 from steadyflow.observe.status import overall as health_of
 
 REFRESH_SECONDS = 2
@@ -234,6 +240,8 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
     dead = report.get("loop") or {}
     if dead.get("status") == "killed":
         parts.append(f'<div class="banner">{e(killed_loop(dead))}</div>')
+    if dead.get("status") == "suspended":
+        parts.append(f'<div class="banner">{e(suspended_loop(dead))}</div>')
     if report.get("buffer_error"):
         parts.append(f'<div class="banner">{e(report["buffer_error"])}</div>')
     # why a pipeline whose tables all look ok is degraded, as `steadyflow status` says it

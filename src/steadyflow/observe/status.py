@@ -176,7 +176,8 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     failing (2): a table in error, stalled, behind (a batch waiting 15 min to load) or
     whose source is down, an open breaker, a
     batch that failed for good, a stopped loop, a follow loop killed (it never let go of
-    its lock), workers that ran and none of which runs now, one lost (not heard of) or
+    its lock) or suspended (SIGSTOP, Ctrl-Z: it holds its lock and moves nothing),
+    workers that ran and none of which runs now, one lost (not heard of) or
     failed (its loop ended by itself), or a buffer that cannot be read: data is not moving
     and will not by itself.
     degraded (1): a table that failed since its last success (it retries), a half-open
@@ -188,7 +189,7 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     tables = report.get("tables", [])
     workers = report.get("workers", [])
     loop = report.get("loop") or {}
-    if loop.get("status") == "killed" and loop.get("command") in _LOOPS:
+    if loop.get("status") in ("killed", "suspended") and loop.get("command") in _LOOPS:
         return "failing", EXIT_CODES["failing"]
     if workers and not any(w["status"] == "running" for w in workers) and any(
             w["status"] in ("lost", "failed") for w in workers):
@@ -246,6 +247,13 @@ def killed_loop(loop: dict[str, Any]) -> str:
     return (f"`steadyflow {loop.get('command')}` (pid {loop.get('pid')} on host "
             f"{loop.get('host')}, started {since}) was killed: it ended without stopping, "
             f"and nothing runs this pipeline now")
+
+
+def suspended_loop(loop: dict[str, Any]) -> str:
+    """One line for operators about a loop whose process is stopped (SIGSTOP, Ctrl-Z)."""
+    return (f"`steadyflow {loop.get('command')}` (pid {loop.get('pid')} on host "
+            f"{loop.get('host')}) is suspended (stopped by a signal): nothing moves until "
+            f"it is continued (kill -CONT {loop.get('pid')}, or `fg` in its terminal)")
 
 
 def _holding_now(workers: list[dict[str, Any]], leases: list[dict[str, Any]]

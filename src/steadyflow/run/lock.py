@@ -47,8 +47,9 @@ def loop_status(state_dir: Path) -> dict[str, Any] | None:
     empties the file). Otherwise the holder (host, pid, command, since) and `status`:
     "running" while the kernel says the lock is held; "killed" when the file names a
     holder that no longer holds it: it ended without letting go (SIGKILL, OOM, a crash),
-    so nothing runs the pipeline; "unknown" for a holder on another host, whose lock is
-    not visible from here. Read-only: the lock is never taken to find out, so a loop
+    so nothing runs the pipeline; "suspended" while it holds the lock stopped (SIGSTOP,
+    Ctrl-Z): nothing moves until it is continued; "unknown" for a holder on another host,
+    whose lock is not visible from here. Read-only: the lock is never taken to find out, so a loop
     starting at that moment is not refused.
     """
     who = holder(state_dir)
@@ -59,7 +60,20 @@ def loop_status(state_dir: Path) -> dict[str, Any] | None:
     held = _flocked(state_dir / LOCK_FILE)
     if held is None:  # no /proc/locks (not Linux): whether the named process lives
         held = _alive(int(who.get("pid") or 0))
+    if held and _suspended(int(who.get("pid") or 0)):
+        return {**who, "status": "suspended"}
     return {**who, "status": "running" if held else "killed"}
+
+
+def _suspended(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP, Ctrl-Z, `docker pause` freezes differently
+    and is not seen): it holds its lock and moves nothing. Its tables were called stalled
+    only 15 min later, status healthy until then. False where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] in (["T"], ["t"])
 
 
 def _flocked(path: Path) -> bool | None:
