@@ -38,7 +38,8 @@ def weighted(pairs: list[tuple[float, int]], q: float) -> float:
 
 def read(path: str) -> dict[str, Any]:
     trace: dict[str, Any] = {"pub": {}, "get": {}, "done": {}, "commit": {}, "poll": [],
-                             "group": [], "part": [], "state": defaultdict(list)}
+                             "group": [], "part": [], "state": defaultdict(list), "cpu": [],
+                             "step": defaultdict(list), "late": []}
     with open(path) as lines:
         for line in lines:
             event = json.loads(line)
@@ -52,10 +53,14 @@ def read(path: str) -> dict[str, Any]:
             elif kind == "commit":
                 for batch_id in event[1]:
                     trace["commit"][batch_id] = event
-            elif kind in ("poll", "group", "part"):
+            elif kind in ("poll", "group", "part", "cpu"):
                 trace[kind].append(event)
             elif kind == "state":
-                trace["state"][event[1]].append(event[3] - event[2])
+                trace["state"][event[1]].append((event[2], event[3] - event[2]))
+            elif kind == "step":
+                trace["step"][event[1]].append((event[2], event[3] - event[2]))
+            elif kind == "late":
+                trace["late"].append(event)
     return trace
 
 
@@ -94,6 +99,7 @@ def budget(trace: dict[str, Any], start: float | None, end: float | None) -> Non
     counted = stages[STAGES[0]]
     print(f"batches {len(counted)}, rows {sum(w for _, w in counted)}"
           + (f", published {start}-{end} s" if start is not None else ""))
+    cpu_per_row(trace, first + (start or 0.0), first + end if end is not None else None)
     for stage in STAGES:
         pairs = stages[stage]
         if pairs:
@@ -102,32 +108,70 @@ def budget(trace: dict[str, Any], start: float | None, end: float | None) -> Non
                   f"{weighted(pairs, 0.5) * 1000:7.0f}  p95 {weighted(pairs, 0.95) * 1000:7.0f}")
 
 
-def activity(trace: dict[str, Any]) -> None:
-    polls = trace["poll"]
+def cpu_per_row(trace: dict[str, Any], start: float, end: float | None) -> None:
+    """The process's CPU (user + system, sampled every 2 s) over the window, per 1,000 rows
+    published in it: comparable between runs where wall times are not (a shared machine)."""
+    samples = sorted(tuple(event[1:]) for event in trace["cpu"])
+    inside = [s for s in samples if start <= s[0] and (end is None or s[0] <= end)]
+    if len(inside) < 2:
+        return
+    (t0, u0, s0), (t1, u1, s1) = inside[0], inside[-1]
+    rows = sum(e[3] for e in trace["pub"].values() if t0 <= e[8] < t1)
+    if rows:
+        print(f"  CPU {(u1 - u0 + s1 - s0) / (t1 - t0) * 100:.0f}% of a core, per 1,000 rows "
+              f"published {(u1 - u0 + s1 - s0) / rows * 1e6:.1f} ms (user "
+              f"{(u1 - u0) / rows * 1e6:.1f}, system {(s1 - s0) / rows * 1e6:.1f}), over "
+              f"{t1 - t0:.0f} s")
+
+
+def activity(trace: dict[str, Any], lo: float, hi: float) -> None:
+    """What the process did between `lo` and `hi` (epoch seconds): polls, warehouse
+    transactions, the poll's steps and the state commits that started in it."""
+
+    def inside(at: float) -> bool:
+        return lo <= at < hi
+
+    polls = [p for p in trace["poll"] if inside(p[2])]
+    if not polls:
+        return
     span = max(p[3] for p in polls) - min(p[2] for p in polls)
     print(f"  polls {len(polls)}, duration p50 "
           f"{statistics.median(p[3] - p[2] for p in polls) * 1000:.0f} ms, per table per s "
           f"{len(polls) / len({p[1] for p in polls}) / span:.2f}")
-    txns = sorted({(c[2], c[3]) for c in trace["commit"].values()})
+    txns = sorted({(c[2], c[3]) for c in trace["commit"].values() if inside(c[2])})
     if txns:
         wall = max(t[1] for t in txns) - txns[0][0]
-        each = statistics.mean(g[1] for g in trace["group"])
+        groups = [g for g in trace["group"] if inside(g[2])]
+        each = statistics.mean(g[1] for g in groups) if groups else 0.0
         print(f"  warehouse transactions {len(txns)}, their time / wall "
               f"{sum(t[1] - t[0] for t in txns) / wall:.2f}; gathered groups "
-              f"{len(trace['group'])}, batches each {each:.1f}")
+              f"{len(groups)}, batches each {each:.1f}")
     by_path: dict[str, list[tuple[float, int]]] = defaultdict(list)
     for part in trace["part"]:
-        by_path[part[3]].append((part[5] - part[4], part[2]))
+        if inside(part[4]):
+            by_path[part[3]].append((part[5] - part[4], part[2]))
     for path, parts in sorted(by_path.items()):
         times = sorted(t for t, _ in parts)
         rows = statistics.mean(r for _, r in parts)
         print(f"  part {path:7s} n={len(parts)} rows each {rows:.0f} p50 "
               f"{times[len(times) // 2] * 1000:.1f} ms mean {statistics.mean(times) * 1000:.1f}")
-    for name, times in sorted(trace["state"].items()):
-        times.sort()
-        print(f"  state {name:18s} n={len(times)} p50 {times[len(times) // 2] * 1000:.1f} ms "
-              f"p95 {times[int(len(times) * 0.95)] * 1000:.1f} mean "
-              f"{statistics.mean(times) * 1000:.1f}")
+    late = sorted(e[3] for e in trace["late"] if inside(e[2]))
+    if late:
+        print(f"  poll start after due (a poll thread waited for): n={len(late)} p50 "
+              f"{late[len(late) // 2] * 1000:.0f} ms p95 {late[int(len(late) * 0.95)] * 1000:.0f}"
+              f" mean {statistics.mean(late) * 1000:.0f}")
+    for name, steps in sorted(trace["step"].items()):
+        times = sorted(t for at, t in steps if inside(at))
+        if times:
+            print(f"  step {name:17s} n={len(times)} p50 {times[len(times) // 2] * 1000:.1f} ms"
+                  f" p95 {times[int(len(times) * 0.95)] * 1000:.1f} mean "
+                  f"{statistics.mean(times) * 1000:.1f}, busy per s {sum(times) / span:.2f}")
+    for name, spans in sorted(trace["state"].items()):
+        times = sorted(t for at, t in spans if inside(at))
+        if times:
+            print(f"  state {name:18s} n={len(times)} p50 {times[len(times) // 2] * 1000:.1f}"
+                  f" ms p95 {times[int(len(times) * 0.95)] * 1000:.1f} mean "
+                  f"{statistics.mean(times) * 1000:.1f}")
 
 
 def main() -> None:
@@ -138,7 +182,9 @@ def main() -> None:
     args = parser.parse_args()
     trace = read(args.trace)
     budget(trace, args.start, args.end)
-    activity(trace)
+    first = min(e[8] for e in trace["pub"].values())
+    activity(trace, first + (args.start or 0.0),
+             first + args.end if args.end is not None else float("inf"))
 
 
 if __name__ == "__main__":

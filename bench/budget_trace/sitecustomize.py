@@ -11,7 +11,9 @@ PostgreSQL warehouse's load_group and parts, and the state commits, and appends 
 line per event to $SF_TRACE (flushed every 2 s). Times are wall clock, comparable with the
 rows' cursor (the bench stamps updated_at with the writer's clock just before its commit),
 so each batch's rows get a commit -> poll -> read -> landed -> buffered -> loader ->
-committed budget. Not for production: the wrappers cost ~0.3 ms per batch.
+committed budget, and every 2 s the process's CPU time (user, system) so far, so a phase's
+CPU per published row can be compared between runs. Not for production: the wrappers cost
+~0.3 ms per batch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PATH = os.environ.get("SF_TRACE")
 _events: list[tuple[Any, ...]] = []
 _lock = threading.Lock()
 _local = threading.local()
+_patched: list[bool] = []  # non-empty once patch() ran: this is the steadyflow child
 STATE_CALLS = ("next_seq", "record_landed", "advance_checkpoint", "record_poll", "_mark",
                "checkpoint", "look_after", "batch")
 
@@ -50,6 +53,9 @@ def flush() -> None:
 def _flusher() -> None:
     while True:
         time.sleep(2)
+        if _patched:  # the steadyflow child, not the bench itself
+            cpu = os.times()  # the process's CPU so far: budget.py's CPU per row of a phase
+            emit("cpu", time.time(), cpu.user, cpu.system)
         flush()
 
 
@@ -80,6 +86,31 @@ def _wrap_state(cls: type, name: str) -> None:
             emit("state", name, started, time.time())
 
     setattr(cls, name, timed)
+
+
+def _wrap_step(owner: Any, name: str, label: str) -> None:
+    """A step of a poll timed as ("step", label, start, end): where a poll's time goes."""
+    original = getattr(owner, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            emit("step", label, started, time.time())
+
+    setattr(owner, name, timed)
+
+
+def _wrap_lateness(scheduler: Any) -> None:
+    """How late each poll starts after its due time (a free poll thread was waited for)."""
+    original = scheduler._run_unit
+
+    def run_unit(self: Any, unit: Any) -> Any:
+        emit("late", unit.key, time.time(), max(0.0, self.clock() - unit.due))
+        return original(self, unit)
+
+    scheduler._run_unit = run_unit
 
 
 def patch() -> None:  # noqa: C901, PLR0915 - one wrapper per traced step, read top down
@@ -174,6 +205,19 @@ def patch() -> None:  # noqa: C901, PLR0915 - one wrapper per traced step, read 
         for cls in (sqlite_state.SqliteStateStore, store.StateStore, load.BatchLoader):
             if name in cls.__dict__:
                 _wrap_state(cls, name)
+    from steadyflow.extract import innodb_trx, sql
+    from steadyflow.run import lease, scheduler
+
+    _wrap_step(sql.SqlSource, "poll_end", "poll_end")
+    _wrap_step(sql.SqlSource, "probe", "probe")
+    _wrap_step(innodb_trx, "observe", "innodb_trx")
+    _wrap_step(extractor, "_read_page", "read_page")
+    _wrap_step(extractor, "_idle", "idle_check")
+    _wrap_step(lease, "_acquire", "lease_acquire")
+    _wrap_step(lease.KeptLease, "release", "lease_release")
+    _wrap_step(parquet.LandingZone, "prepare", "parquet_prepare")
+    _wrap_lateness(scheduler.Scheduler)
+    _patched.append(True)
 
 
 if PATH:
