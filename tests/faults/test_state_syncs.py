@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import unavailable
 
+from steadyflow.model import Watermark
 from steadyflow.state import SqliteStateStore
 
 pytestmark = pytest.mark.integration
@@ -29,6 +30,7 @@ CHILD = """
 import os, sys
 from pathlib import Path
 from steadyflow.model import BatchRef
+from steadyflow.model import Watermark
 from steadyflow.state import SqliteStateStore
 store = SqliteStateStore(Path(sys.argv[1]))
 store.next_seq()  # the first commit of the sequence row, whatever it costs
@@ -91,6 +93,7 @@ def test_sequence_numbers_survive_a_killed_process(tmp_path: Path) -> None:
 KILLED_AFTER_NUMBERS = """
 import os, sys
 from pathlib import Path
+from steadyflow.model import Watermark
 from steadyflow.state import SqliteStateStore
 store = SqliteStateStore(Path(sys.argv[1]))
 print(" ".join(str(store.next_seq()) for _ in range(int(sys.argv[2]))), flush=True)
@@ -117,5 +120,73 @@ def test_numbers_alone_survive_a_killed_process(tmp_path: Path) -> None:
     store = SqliteStateStore(path)
     try:
         assert store.next_seq() == max(handed_out) + 1
+    finally:
+        store.close()
+
+
+
+# a busy poll's state writes, in its order: the lease taken, a number, the manifest entry
+# (the one durable commit), the checkpoint moved, the poll recorded, the lease renewed and
+# given back (KeptLease gives it back every 2 s while a table stays busy) and taken again;
+# then the process is killed, with no commit, close or WAL checkpoint after them
+POLL = """
+import os, sys
+from pathlib import Path
+from steadyflow.model import BatchRef, Watermark
+from steadyflow.state import SqliteStateStore
+store = SqliteStateStore(Path(sys.argv[1]))
+store.next_seq()  # the first commits of the sequence and the lease rows
+store.release_lease(store.try_lease("s", "t", "warmup", 30))
+os.write(2, b"MARK-lease\\n")
+lease = store.try_lease("s", "t", "poller", 30)
+seq = store.next_seq()
+os.write(2, b"MARK-landed\\n")
+store.record_landed(BatchRef("b1", "s", "t", "x", 3, 10, "", None, None, 0.0, seq=seq),
+                    lease=lease)
+os.write(2, b"MARK-after\\n")
+store.advance_checkpoint("s", "t", Watermark(cursor=7, key=(3,)), lease=lease)
+store.record_poll("s", "t", Watermark(cursor=7, key=(3,)), 7.0)
+store.renew_lease(lease)
+store.release_lease(lease)
+store.try_lease("s", "t", "again", 30)
+os.write(2, b"MARK-end\\n")
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_polls_checkpoint_record_and_lease_take_no_fsync_of_their_own(tmp_path: Path
+                                                                          ) -> None:
+    """Of a busy poll's state commits only the manifest entry is fsynced: the checkpoint
+    moved after it, the poll's record and the lease's taking, renewal and giving back are
+    light commits (StateStore._light_tx), made durable by the next manifest entry or load
+    mark (on main each was an fsync of its own, in series under the state's writer lock
+    with every other table's polls). Killed right after them, with nothing fsynced since,
+    the process loses none of them: a SIGKILL is not a power loss."""
+    if shutil.which("strace") is None:
+        unavailable("strace is not installed")
+    out, path = tmp_path / "trace.txt", tmp_path / "state.db"
+    proc = subprocess.run(
+        ["strace", "-f", "-e", "trace=fsync,fdatasync,write", "-o", str(out),
+         sys.executable, "-c", POLL, str(path)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": SRC})
+    if proc.returncode != -signal.SIGKILL and "ptrace" in proc.stderr:
+        unavailable(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    trace = out.read_text()
+    before = _syncs_between(trace, "MARK-lease", "MARK-landed")
+    landed = _syncs_between(trace, "MARK-landed", "MARK-after")
+    after = _syncs_between(trace, "MARK-after", "MARK-end")
+    assert landed >= 1, "the manifest entry was not fsynced"
+    assert (before, after) == (0, 0), (
+        f"the lease and the number cost {before} fsyncs; the checkpoint, the poll's record "
+        f"and the lease's renewal, release and taking again {after}")
+    store = SqliteStateStore(path)
+    try:
+        assert store.checkpoint("s", "t") == Watermark(cursor=7, key=(3,))
+        assert store.polls()[("s", "t")][0] == 7.0
+        assert store.batch("b1") is not None
+        holder = store.lease_holder("s", "t")
+        assert holder is not None and holder[0] == "again"
     finally:
         store.close()

@@ -180,7 +180,8 @@ class PostgresStateStore(StateStore):
             except (psycopg.OperationalError, psycopg.errors.QueryCanceled) as exc:
                 raise self._unavailable("query failed", exc) from None
 
-    def _fenced_write(self, lease: Lease | None, sql: str, params: tuple[Any, ...]) -> None:
+    def _fenced_write(self, lease: Lease | None, sql: str, params: tuple[Any, ...],
+                      durable: bool = True) -> None:
         """The fence and the write in ONE autocommitted statement (a statement is atomic),
         not a transaction: 1 round trip instead of 4 (BEGIN, fence, write, COMMIT), twice
         per landed page.

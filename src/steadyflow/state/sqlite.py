@@ -127,21 +127,31 @@ class SqliteStateStore(StateStore):
     def _lease_end(self, seconds: float) -> tuple[str, tuple[Any, ...]]:
         return "?", (time.time() + seconds,)
 
-    def next_seq(self) -> int:
-        """Committed without an fsync of its own (synchronous=NORMAL for this one
-        transaction): a number needs to be durable only once something durable carries it,
-        and the only such thing is the manifest entry of the batch read under it
-        (record_landed, a FULL commit), whose fsync of the write-ahead log makes this
-        earlier commit durable too. A power loss before that loses the number and the read
-        alike, so the number taken again after it is still above every number in use.
-        It was one of the four fsyncs of every page a poll lands (session 12's trace: 9 ms
-        mean, 32 ms p95, on the poll's own path)."""
+    @contextmanager
+    def _light_tx(self) -> Iterator[Tx]:
+        """A transaction committed without an fsync of its own (synchronous=NORMAL for it
+        alone; StateStore._light_tx says which writes may). Still atomic, and safe when
+        the process is killed; a power failure loses only a tail of the commits (the
+        write-ahead log's frames carry cumulative checksums, so recovery keeps a prefix
+        of them), and the next FULL commit (a manifest entry, a load's marks) fsyncs the
+        same log, which makes every light commit before it durable too."""
         with self._lock:  # no other transaction of this connection meanwhile
             self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 with self._tx() as c:
-                    return int(c.execute("INSERT INTO sequence VALUES ('extract', 1) ON "
-                                         "CONFLICT(name) DO UPDATE SET value = value + 1 "
-                                         "RETURNING value").fetchone()[0])
+                    yield c
             finally:
                 self._conn.execute("PRAGMA synchronous=FULL")
+
+    def next_seq(self) -> int:
+        """A light commit (`_light_tx`): a number needs to be durable only once something
+        durable carries it, and the only such thing is the manifest entry of the batch
+        read under it (record_landed, a FULL commit), whose fsync of the write-ahead log
+        makes this earlier commit durable too. A power loss before that loses the number
+        and the read alike, so the number taken again after it is still above every
+        number in use. It was one of the four fsyncs of every page a poll lands (session
+        12's trace: 9 ms mean, 32 ms p95, on the poll's own path)."""
+        with self._light_tx() as c:
+            return int(c.execute("INSERT INTO sequence VALUES ('extract', 1) ON "
+                                 "CONFLICT(name) DO UPDATE SET value = value + 1 "
+                                 "RETURNING value").fetchone()[0])

@@ -252,6 +252,15 @@ class StateStore(ABC):
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A read outside any transaction."""
 
+    def _light_tx(self) -> AbstractContextManager[Tx]:
+        """A write transaction whose durability may wait for the next durable commit: for
+        writes that, lost to a power failure with every commit after them, only roll the
+        state back to an earlier consistent point where nothing outside the state file
+        depends on them (a checkpoint's move: its page is re-read; a poll's record; a
+        lease: every holder on the host died with it). The embedded store commits them
+        without an fsync of their own (SqliteStateStore); a server commits as usual."""
+        return self._tx()
+
     @abstractmethod
     def _now(self, c: Tx) -> float:
         """Epoch seconds that every holder of a lease agrees on: the local clock for one
@@ -292,8 +301,12 @@ class StateStore(ABC):
         extractor per table (the lease, checked here) publishing its pages in order is what
         keeps the checkpoint moving forward; a lookback re-read may set it back within the
         window it re-reads, which costs a re-read, never a row.
+
+        A light commit (`_light_tx`): the page's manifest entry, committed durably before
+        it, is what must survive; a move lost to a power failure re-reads that page (its
+        batch id is in the manifest, so it is not landed again), never skips a row.
         """
-        self._fenced_write(lease, *self._advance_sql(source, table, mark))
+        self._fenced_write(lease, *self._advance_sql(source, table, mark), durable=False)
 
     @staticmethod
     def _advance_sql(source: str, table: str, mark: Watermark) -> tuple[str, tuple[Any, ...]]:
@@ -429,8 +442,9 @@ class StateStore(ABC):
     def try_lease(self, source: str, table: str, holder: str, seconds: float) -> Lease | None:
         """Take the table's extraction lease if it is free, expired, or held by a dead
         process on this host; None while another live holder has it. Every acquisition
-        gets the next generation, which fences out all earlier ones."""
-        with self._tx() as c:
+        gets the next generation, which fences out all earlier ones. A light commit
+        (`_light_tx`): what is recorded under the lease commits durably after it."""
+        with self._light_tx() as c:
             # the row exists before it is locked, so two first acquisitions cannot both
             # insert generation 1: the second waits on the first's row lock
             c.execute("INSERT INTO extract_leases VALUES (?,?,NULL,0,0) ON CONFLICT DO NOTHING",
@@ -506,12 +520,12 @@ class StateStore(ABC):
 
     def renew_lease(self, lease: Lease) -> None:
         """Extend the lease; ExtractionFenced if it was taken over meanwhile."""
-        with self._tx() as c:
+        with self._light_tx() as c:
             self._fence(c, lease)
 
     def release_lease(self, lease: Lease) -> None:
         """Free the lease at once (if still ours): the next extractor need not wait."""
-        with self._tx() as c:
+        with self._light_tx() as c:
             if isinstance(lease, ChunkLease):
                 c.execute("UPDATE backfill_chunks SET holder=NULL, expires_at=0 WHERE "
                           "source=? AND tbl=? AND chunk=? AND holder=? AND generation=?",
@@ -559,12 +573,14 @@ class StateStore(ABC):
                         ).fetchone()
         return _fenced(lease, *((row[0], row[1]) if row is not None else (None, 0)))
 
-    def _fenced_write(self, lease: Lease | None, sql: str, params: tuple[Any, ...]) -> None:
+    def _fenced_write(self, lease: Lease | None, sql: str, params: tuple[Any, ...],
+                      durable: bool = True) -> None:
         """One write (an INSERT or UPDATE of a table other than the lease's own) that
         happens only while `lease` is current, renewing it: the fence and the write in
-        one transaction. PostgreSQL overrides it with one statement (no BEGIN and COMMIT
-        round trips): this runs twice per landed page."""
-        with self._tx() as c:
+        one transaction (`durable` False: a light one, `_light_tx`). PostgreSQL overrides
+        it with one statement (no BEGIN and COMMIT round trips): this runs twice per
+        landed page."""
+        with self._tx() if durable else self._light_tx() as c:
             self._fence(c, lease)
             c.execute(sql, params)
 
@@ -915,8 +931,8 @@ class StateStore(ABC):
         its own breaker's transitions only, so an 'open' left by a worker that died (or
         was scaled away) while its breaker was open stayed in the table's health after
         another worker, whose breaker never left 'closed', read the source again: the
-        status said 'source down' (failing) for ever."""
-        with self._tx() as c:
+        status said 'source down' (failing) for ever. A light commit (`_light_tx`)."""
+        with self._light_tx() as c:
             c.execute(
                 "INSERT INTO source_polls VALUES (?,?,?,?,?) ON CONFLICT(source, tbl) DO "
                 "UPDATE SET high=excluded.high, high_epoch=excluded.high_epoch, "
