@@ -616,7 +616,7 @@ class WarehouseConfig(_Strict):
     group_rows: int = Field(default=250_000, ge=1, description=(
         "rows of one group at most (a batch with more is loaded alone): bounds how long a "
         "group's transaction runs"))
-    load_lanes: int = Field(default=2, ge=1, description=(
+    load_lanes: int = Field(default=4, ge=1, description=(
         "postgres: connections the loader merges on at once; the ready batches are split "
         "by target between them, so one slow target's transaction never holds the others' "
         "rows back (each target in one lane, its batches in order); duckdb loads on one"))

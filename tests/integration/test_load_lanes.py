@@ -28,12 +28,13 @@ pytestmark = pytest.mark.integration
 ROWS = 600  # 3 pages of 250 per store
 
 
-def _config(tmp_path: Path, dsn: str, lanes: int | None = None) -> Path:
+def _config(tmp_path: Path, dsn: str, lanes: int | None = None,
+            names: tuple[str, ...] = ("north", "south")) -> Path:
     warehouse = {"kind": "postgres", "dsn": dsn, "schema": "wh"}
     if lanes is not None:
         warehouse["load_lanes"] = lanes
     sources = []
-    for name in ("north", "south"):
+    for name in names:
         make_source(tmp_path / f"{name}.db", ROWS)
         sources.append({"name": name, "kind": "sqlite", "path": f"{name}.db",
                         "tables": [{"name": "items", "contract": "items", "page_size": 250,
@@ -128,3 +129,42 @@ def test_a_refused_batch_fails_alone_while_the_other_lane_commits(tmp_path: Path
     assert south == set(range(1, ROWS + 1))
     assert north == set(range(1, 251)) | set(range(501, ROWS + 1))  # page 251-500 refused
     assert ledger == (5, 5)
+
+
+def test_by_default_each_of_four_targets_has_a_lane_of_its_own(tmp_path: Path, pg_dsn: str
+                                                               ) -> None:
+    """The default `load_lanes` (4): with three of four targets' tables locked by another
+    session, the fourth target's rows become visible. With two lanes (the default before
+    session 13) the fourth shared a lane with a locked target and waited behind it, as
+    every target shares a lane's transaction with the targets gathered beside it."""
+    names = ("north", "south", "east", "west")
+    cfg = _config(tmp_path, pg_dsn, names=names)
+    with Pipeline.from_yaml(cfg) as p:
+        assert p.extract().ok
+        for _, table, ref in p.config.tables():
+            p.warehouse.ensure_table(ref, p.config.contract_of(table))
+        blocker = psycopg.connect(pg_dsn)
+        try:
+            for name in names[:3]:
+                blocker.execute(f"LOCK TABLE wh.{name}_items IN ACCESS EXCLUSIVE MODE")
+            summary: list[RunSummary] = []
+            loader = threading.Thread(target=lambda: summary.append(p.load()), daemon=True)
+            loader.start()
+            deadline = time.monotonic() + 10
+            while _visible(pg_dsn, "west_items") < ROWS and time.monotonic() < deadline:
+                time.sleep(0.05)
+            west_during = _visible(pg_dsn, "west_items")
+            assert loader.is_alive()  # the locked targets' transactions still wait
+        finally:
+            blocker.rollback()
+            blocker.close()
+        loader.join(timeout=60)
+        assert not loader.is_alive()
+    assert west_during == ROWS, (
+        f"{west_during} of west's {ROWS} rows visible while the other three targets' tables "
+        "were locked: it waited in a lane behind a locked target")
+    assert summary and summary[0].ok and summary[0].loaded_batches == 12
+    for name in names:
+        expected = read_source("sqlite", str(tmp_path / f"{name}.db"), TABLE)
+        actual = read_warehouse("postgres", pg_dsn, "wh", replace(TABLE, name=f"{name}_items"))
+        assert actual == expected, diff(expected, actual)
