@@ -11,7 +11,8 @@ little client CPU, and the writer notes the time its COMMIT returned. An indepen
 watcher (this process, psycopg, never steadyflow's code) polls the warehouse every 100 ms
 and notes when each id range first became visible. A row's freshness is visible time minus
 commit time. Reported per 10 s window: freshness p50/p95, rows committed and rows arriving
-per second, the pipeline process's RSS and its queue depth; overall: p95 in the steady
+per second, the pipeline process's RSS and its queue depth (the most batches waiting in
+steadyflow's buffer, its SQLite file read once a second, read-only); overall: p95 in the steady
 phase, during the spike, how long after the spike p95 is back under 1 s, rows lost
 (committed, never visible) and duplicated (a warehouse key twice: the tables have a
 primary key, so counted as count(*) - count(distinct)). The pipeline runs with DEFAULT
@@ -26,6 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -296,7 +298,7 @@ def main() -> None:
                     str(work / "dlt")], check=True)
     tool = (start_steadyflow if args.tool == "steadyflow" else start_dlt)(work, wh)
     try:
-        measure(args, phases, spike_start, spike_end, tool, wh)
+        measure(args, phases, spike_start, spike_end, tool, wh, work / "state" / "buffer.db")
     finally:
         if tool.poll() is None:  # never leave the pipeline running behind a failed bench
             tool.send_signal(signal.SIGTERM)
@@ -306,8 +308,21 @@ def main() -> None:
                 tool.kill()
 
 
+def queue_depth(buffer: Path) -> int | None:
+    """Batches in steadyflow's buffer (landed, not yet loaded and acked), read from its
+    SQLite file read-only, not through steadyflow's code; None where there is none (dlt)
+    or it cannot be read at this moment."""
+    if not buffer.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=0.2) as conn:
+            return int(conn.execute("SELECT count(*) FROM queue").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
 def measure(args: Any, phases: list[tuple[float, float]], spike_start: float,
-            spike_end: float, tool: subprocess.Popen[bytes], wh: str) -> None:
+            spike_end: float, tool: subprocess.Popen[bytes], wh: str, buffer: Path) -> None:
     time.sleep(8)  # started: imports, connections (not counted)
     load_before = os.getloadavg()
     queue: Any = mp.Queue()
@@ -318,6 +333,7 @@ def measure(args: Any, phases: list[tuple[float, float]], spike_start: float,
     ranges: dict[str, list[tuple[int, int, float]]] = {name: [] for _, name in stores()}
     fresh: list[tuple[float, float, int]] = []  # (commit time, freshness, rows)
     samples: list[tuple[float, float | None]] = []  # (time, RSS MiB)
+    depths: list[tuple[float, int | None]] = []  # (time, batches in the buffer), once a second
     writing = True
     drain_until = None
     while True:
@@ -343,6 +359,8 @@ def measure(args: Any, phases: list[tuple[float, float]], spike_start: float,
                     keep.append((lo, hi, committed))
             ranges[name] = keep
         samples.append((now - t0, rss_mib(tool.pid)))
+        if not depths or now - t0 - depths[-1][0] >= 1.0:
+            depths.append((now - t0, queue_depth(buffer)))
         if not writing and (not any(ranges.values()) or (drain_until and now > drain_until)):
             break
         time.sleep(0.1)
@@ -352,24 +370,27 @@ def measure(args: Any, phases: list[tuple[float, float]], spike_start: float,
     tool.wait(60)
     load_after = os.getloadavg()
     report(args, phases, spike_start, spike_end, fresh, samples, lost, dups, load_before,
-           load_after)
+           load_after, depths)
 
 
 def report(args: Any, phases: list[tuple[float, float]], spike_start: float,
            spike_end: float, fresh: list[tuple[float, float, int]],
            samples: list[tuple[float, float | None]], lost: int, dups: int,
-           load_before: tuple[float, ...], load_after: tuple[float, ...]) -> None:
+           load_before: tuple[float, ...], load_after: tuple[float, ...],
+           depths: list[tuple[float, int | None]]) -> None:
     end = sum(length for length, _ in phases)
     windows = []
     for start in range(0, int(end), int(WINDOW)):
         inside = [(f, n) for c, f, n in fresh if start <= c < start + WINDOW]
         rss = [r for t, r in samples if start <= t < start + WINDOW and r is not None]
         arrived = sum(n for c, f, n in fresh if start <= c + f < start + WINDOW)
+        depth = [d for t, d in depths if start <= t < start + WINDOW and d is not None]
         windows.append({"t": start, "p50": percentile(inside, 0.5),
                         "p95": percentile(inside, 0.95),
                         "rows_per_s": sum(n for _, n in inside) / WINDOW,
                         "arrived_per_s": arrived / WINDOW,
-                        "rss": max(rss) if rss else None})
+                        "rss": max(rss) if rss else None,
+                        "queue_max": max(depth) if depth else None})
 
     def phase_p95(lo: float, hi: float) -> float | None:
         return percentile([(f, n) for c, f, n in fresh if lo <= c < hi], 0.95)
@@ -398,10 +419,12 @@ def report(args: Any, phases: list[tuple[float, float]], spike_start: float,
              f"- freshness p95: steady {fmt(steady)} s, spike {fmt(during)} s, after "
              f"{fmt(after)} s; p95 back under 1 s {fmt(recovered)} s after the spike's end",
              f"- RSS: {fmt(rss_before)} MiB before the spike, {fmt(rss_end)} MiB at the end",
-             "", "| t (s) | p50 (s) | p95 (s) | committed rows/s | arrived rows/s | RSS (MiB) |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "", "| t (s) | p50 (s) | p95 (s) | committed rows/s | arrived rows/s | RSS (MiB) "
+             "| queue depth (max, batches) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {w['t']} | {fmt(w['p50'])} | {fmt(w['p95'])} | {w['rows_per_s']:,.0f} | "
-              f"{w['arrived_per_s']:,.0f} | {fmt(w['rss'])} |" for w in windows]
+              f"{w['arrived_per_s']:,.0f} | {fmt(w['rss'])} | "
+              f"{'–' if w['queue_max'] is None else w['queue_max']} |" for w in windows]
     out.with_suffix(f".{args.tool}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:8]))
     try:
@@ -419,7 +442,7 @@ def plot(path: Path, windows: list[dict[str, Any]], spike_start: float, spike_en
     import matplotlib.pyplot as plt
 
     t = [w["t"] for w in windows]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     axes[0].plot(t, [w["p95"] for w in windows], label="p95")
     axes[0].plot(t, [w["p50"] for w in windows], label="p50")
     axes[0].set_ylabel("freshness (s)")
@@ -430,7 +453,9 @@ def plot(path: Path, windows: list[dict[str, Any]], spike_start: float, spike_en
     axes[1].legend()
     axes[2].plot(t, [w["rss"] for w in windows])
     axes[2].set_ylabel("RSS (MiB)")
-    axes[2].set_xlabel("seconds")
+    axes[3].plot(t, [w["queue_max"] for w in windows])
+    axes[3].set_ylabel("queue depth (batches)")
+    axes[3].set_xlabel("seconds")
     for ax in axes:
         if spike_end > spike_start:
             ax.axvspan(spike_start, spike_end, alpha=0.15)
