@@ -36,7 +36,9 @@ import pytest
 from tests.conftest import write_pipeline
 from tests.support.faultproxy import FaultProxy
 
-from steadyflow.config import load_config
+from steadyflow.config import ResilienceConfig, SourceConfig, load_config
+from steadyflow.errors import SourceTimeout, SteadyflowError
+from steadyflow.extract.sql import SqlSource
 from steadyflow.model import Watermark
 from steadyflow.reconcile.compare import compare_target
 from steadyflow.run.extract import TableExtractor
@@ -346,6 +348,70 @@ def test_blackholed_connection_cannot_hang_a_query(
                       reason="connection") + metric(pipeline, "steadyflow_timeouts_total",
                                                     source="my") >= 1
         assert_warehouse_equals_sources(pipeline, 10_000)
+
+
+# each way SqlSource reads through its own driver (psycopg here): one query, a query read
+# in batches (SQLite key spellings), a script of statements in one round trip (a poll's end)
+READS: dict[str, Callable[[SqlSource], object]] = {
+    "query": lambda db: db._execute("t", "SELECT count(*) FROM t", []),
+    "batches": lambda db: list(db._batches("t", "SELECT id FROM t", size=2)),
+    "script": lambda db: db._script("t", ["BEGIN", "SELECT count(*) FROM t", "COMMIT"]),
+}
+
+
+def pg_source(dsn: str, **resilience: Any) -> SqlSource:
+    return SqlSource(SourceConfig(
+        name="pg", kind="postgres", dsn=dsn, tables=[{"name": "t", "contract": "c"}],
+        resilience=ResilienceConfig(retries=0, **resilience)))
+
+
+@pytest.mark.parametrize("read", sorted(READS))
+def test_a_driver_read_on_a_blackholed_link_ends_at_the_client_watchdog(
+        pg_dsn: str, pg_proxy: FaultProxy, read: str) -> None:
+    """A psycopg read (the probe's, the reconciler's and every page ADBC does not read)
+    whose answer never arrives fails as a timeout at statement_timeout + grace (1 + 1 s),
+    naming the watchdog, and drops the connection; without the watchdog it waited for
+    ever (the test's thread is left blocked and the test fails)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t AS SELECT generate_series(1, 5) AS id")
+    db = pg_source(via(pg_dsn, pg_proxy), statement_timeout=1)
+    try:
+        READS[read](db)  # the connection is open and works
+        pg_proxy.blackhole(True)
+        failed: list[BaseException] = []
+
+        def attempt() -> None:
+            try:
+                READS[read](db)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                failed.append(exc)
+
+        start = time.monotonic()
+        worker = threading.Thread(target=attempt, daemon=True)
+        worker.start()
+        worker.join(15)
+        assert not worker.is_alive(), f"a {read} on a black-holed connection hung"
+        assert time.monotonic() - start < 10
+        assert len(failed) == 1 and isinstance(failed[0], SourceTimeout), failed
+        assert "client watchdog" in str(failed[0]) and db._conn is None
+    finally:
+        pg_proxy.blackhole(False)
+        db.close()
+
+
+def test_a_failed_script_drops_its_connection_a_failed_query_keeps_it(pg_dsn: str) -> None:
+    """A script that fails may leave its transaction block open on the connection, so the
+    connection is dropped; a single failed query (autocommit) leaves it usable."""
+    db = pg_source(pg_dsn)
+    try:
+        with pytest.raises(SteadyflowError, match="division by zero"):
+            db._execute("t", "SELECT 1 / 0", [])
+        assert db._conn is not None
+        with pytest.raises(SteadyflowError, match="division by zero"):
+            db._script("t", ["BEGIN", "SELECT 1 / 0", "COMMIT"])
+        assert db._conn is None
+    finally:
+        db.close()
 
 
 def test_dead_and_slow_stores_delay_only_themselves_breaker_opens_and_closes(

@@ -11,6 +11,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -173,7 +174,18 @@ class SqlSource:
 
     def _execute(self, table: str, query: str, params: Sequence[Any],
                  columns: list[str] | None = None) -> list[Any]:
-        """Run one query; a client-side watchdog bounds it at statement_timeout + grace.
+        """Run one query, bounded by the client-side watchdog (`_watched`)."""
+        with self._watched(table) as cur:
+            cur.execute(query, list(params))
+            if columns is not None:
+                columns.extend(str(d[0]) for d in cur.description or [])
+            return list(cur.fetchall())
+
+    @contextmanager
+    def _watched(self, table: str, drop: bool = False) -> Iterator[Any]:
+        """A cursor for one query (or one script) that a client-side watchdog bounds at
+        statement_timeout + grace; a driver error inside leaves as steadyflow's own
+        (`_query_failed`), and with `drop` the connection is dropped whatever the error.
 
         The server's statement timeout normally ends a slow query first. The watchdog is for
         when its answer never arrives (a black-holed link: TCP keepalives and
@@ -188,14 +200,14 @@ class SqlSource:
             with dog:
                 cur = conn.cursor()
                 try:
-                    cur.execute(query, list(params))
-                    if columns is not None:
-                        columns.extend(str(d[0]) for d in cur.description or [])
-                    return list(cur.fetchall())
+                    yield cur
                 finally:
                     cur.close()
         except driver_errors() as exc:
-            raise self._query_failed(exc, table, dog.fired, limit, self.dialect.error) from None
+            failed = self._query_failed(exc, table, dog.fired, limit, self.dialect.error)
+            if drop:
+                self.close()
+            raise failed from None
 
     def _query_failed(self, exc: BaseException, table: str, fired: bool, limit: float,
                       translate: Callable[[BaseException, str], SteadyflowError]
@@ -596,21 +608,10 @@ class SqlSource:
                 yield from self._batches_once(table, sql, size)
 
     def _batches_once(self, table: str, sql: str, size: int) -> Iterator[list[Any]]:
-        policy = self.config.resilience
-        limit = policy.statement_timeout + watchdog_grace(policy)
-        conn = self.conn
-        dog = Watchdog(limit, lambda: self.dialect.shutdown(conn))
-        try:
-            with dog:
-                cur = conn.cursor()
-                try:
-                    cur.execute(sql)
-                    while batch := cur.fetchmany(size):
-                        yield batch
-                finally:
-                    cur.close()
-        except driver_errors() as exc:
-            raise self._query_failed(exc, table, dog.fired, limit, self.dialect.error) from None
+        with self._watched(table) as cur:
+            cur.execute(sql)
+            while batch := cur.fetchmany(size):
+                yield batch
 
     def check_text_keys(self, table: str, contract: Contract) -> None:
         """Refuse, naming table and column, a key column the source declares as text that
@@ -940,31 +941,17 @@ class SqlSource:
                 ) -> list[tuple[list[Any], list[str]]]:
         """Several parameterless statements in one round trip (PostgreSQL's simple query
         protocol); (rows, column names) of each statement that returns rows, in order.
-        Bounded by the
-        watchdog like `_execute`; any error drops the connection (a failed script may
-        leave its transaction block open)."""
-        policy = self.config.resilience
-        limit = policy.statement_timeout + watchdog_grace(policy)
-        conn = self.conn
-        dog = Watchdog(limit, lambda: self.dialect.shutdown(conn))
+        Bounded by the watchdog like `_execute`; any error drops the connection (a failed
+        script may leave its transaction block open)."""
         results: list[tuple[list[Any], list[str]]] = []
-        try:
-            with dog:
-                cur = conn.cursor()
-                try:
-                    cur.execute("; ".join(statements))
-                    while True:
-                        if cur.description is not None:
-                            results.append((list(cur.fetchall()),
-                                            [str(c[0]) for c in cur.description]))
-                        if not cur.nextset():
-                            break
-                finally:
-                    cur.close()
-        except driver_errors() as exc:
-            failed = self._query_failed(exc, table, dog.fired, limit, self.dialect.error)
-            self.close()
-            raise failed from None
+        with self._watched(table, drop=True) as cur:
+            cur.execute("; ".join(statements))
+            while True:
+                if cur.description is not None:
+                    results.append((list(cur.fetchall()),
+                                    [str(c[0]) for c in cur.description]))
+                if not cur.nextset():
+                    break
         return results
 
     def has_more(self, rows: pa.Table, limit: int) -> bool:
