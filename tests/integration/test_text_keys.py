@@ -175,6 +175,40 @@ def test_a_later_page_spelling_a_loaded_key_again_fails_the_table(
         assert sorted(con.sql("SELECT c, v FROM main.t").fetchall()) == [(0, 0), (1, 1)]
 
 
+def test_a_later_page_read_by_sqlite3_spelling_a_loaded_key_again_fails_the_table(
+        tmp_path: Path) -> None:
+    """The same on the page that ADBC leaves to sqlite3 (its key column mixes storage
+    classes: 3 and '1'), the path the reconciler's source reads every page by: the '1'
+    row was merged into key 1's warehouse row, the run ok, without that page's check."""
+    at = str(tmp_path / "s.db")
+    execute("sqlite", at, "CREATE TABLE t (k NOT NULL PRIMARY KEY, c INTEGER NOT NULL, v INT)",
+            "CREATE INDEX i ON t (c, k)", "INSERT INTO t VALUES (1, 0, 0), (2, 1, 1)")
+    with Pipeline(parse_config(config(tmp_path, "sqlite", at, "int64"))) as p:
+        assert p.run_once(raise_on_error=False).ok
+        execute("sqlite", at, "INSERT INTO t VALUES (3, 10, 10), ('1', 11, 11)")
+        summary = p.run_once(raise_on_error=False)
+    assert summary.failed_tables == ["s.t"], summary
+    assert "key column k holds values stored as integer and text" in summary.errors[0], \
+        summary
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as con:
+        assert sorted(con.sql("SELECT k, c, v FROM main.t").fetchall()) == [(1, 0, 0),
+                                                                           (2, 1, 1)]
+
+
+def test_a_second_spelling_no_page_reads_is_refused_at_the_next_probe(
+        tmp_path: Path) -> None:
+    """The probe reads the whole key column itself: a row spelling a loaded key again that
+    sorts behind the checkpoint (so no page reads it) fails the next run's table, whose
+    probe is its only look (the page check sees nothing)."""
+    at = str(tmp_path / "s.db")
+    table("sqlite", at, ["1.5", "2.5"])
+    assert run(tmp_path, "sqlite", at, "decimal(10,2)").ok
+    execute("sqlite", at, "INSERT INTO t VALUES ('1.50', -1, -1)")
+    summary = run(tmp_path, "sqlite", at, "decimal(10,2)")
+    assert summary.failed_tables == ["s.t"], summary
+    assert "the table holds both '1.5' and '1.50'" in summary.errors[0], summary
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "mysql", "postgres"])
 def test_the_same_keys_as_string_load_every_row(
         tmp_path: Path, request: pytest.FixtureRequest, kind: str) -> None:

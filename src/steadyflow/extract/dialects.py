@@ -17,7 +17,7 @@ import re
 import socket
 import sqlite3
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -40,6 +40,9 @@ from steadyflow.resilience import watchdog_grace
 if TYPE_CHECKING:
     import psycopg
     import pymysql
+
+    from steadyflow.extract.sql import SqlSource
+    from steadyflow.model import Contract
 
 # Set on every PostgreSQL source session: a reader cut off mid-transaction (a worker whose
 # host died or was partitioned) must not stay "idle in transaction" on the store, where it
@@ -264,6 +267,16 @@ class Dialect:
         equal to one of `among` parameters if given; None where the engine's types rule
         that out."""
         return None
+
+    def check_key_spellings(self, db: SqlSource, table: str, contract: Contract) -> None:
+        """At the probe: refuse a key (or time cursor) column holding two spellings of one
+        value of the contract's type, where the database keeps them apart (SQLite:
+        extract/key_check.py). Nothing to look at elsewhere."""
+
+    def refuse_key_spellings(self, db: SqlSource, table: str, contract: Contract,
+                             column: Callable[[int], Any]) -> None:
+        """On every page (`column(i)`: the contract's i-th column as read): the same rule
+        for the page's keys (`key_check.refuse_key_spellings`). Nothing elsewhere."""
 
     def undecodable(self, exc: SteadyflowError) -> bool:
         """Did a page fail only because some stored text is not valid UTF-8?"""
@@ -1216,6 +1229,17 @@ class SqliteDialect(Dialect):
         col = self.ident(column)
         some = f" AND {col} IN ({', '.join('?' * among)})" if among else ""
         return f"SELECT {col} FROM {self.ident(table)} WHERE typeof({col}) = 'text'{some}"
+
+    def check_key_spellings(self, db: SqlSource, table: str, contract: Contract) -> None:
+        from steadyflow.extract import key_check  # loads pyarrow: SQLite's sources only
+
+        key_check.check_keys(db, table, contract)
+
+    def refuse_key_spellings(self, db: SqlSource, table: str, contract: Contract,
+                             column: Callable[[int], Any]) -> None:
+        from steadyflow.extract import key_check
+
+        key_check.refuse_key_spellings(db, table, contract, column)
 
     def undecodable(self, exc: SteadyflowError) -> bool:
         return UNDECODABLE in exc.message

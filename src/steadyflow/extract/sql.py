@@ -289,11 +289,7 @@ class SqlSource:
         try:
             self.check_cursor(table, contract)
             self.check_text_keys(table, contract)  # the catalog's answer first: no scan
-            if any(self.dialect.key_texts_sql(table, k) is not None
-                   for k in contract.primary_key):  # SQLite: keys spelled twice?
-                from steadyflow.extract import key_check  # loads pyarrow: not for others
-
-                key_check.check_keys(self, table, contract)
+            self.dialect.check_key_spellings(self, table, contract)  # SQLite's alone
             self.check_null_keys(table, contract)
         finally:
             self._nullable_memo = None
@@ -1043,10 +1039,8 @@ class SqlSource:
         if not rows:
             return rows_to_arrow([], contract), None
         self.refuse_binary_keys(table, contract, lambda i: [row[i] for row in rows])
-        from steadyflow.extract import key_check
-
-        key_check.refuse_key_spellings(self, table, contract,
-                                       lambda i: [row[i] for row in rows])
+        self.dialect.refuse_key_spellings(self, table, contract,
+                                          lambda i: [row[i] for row in rows])
         return rows_to_arrow(rows, contract), self._high(table, contract, rows[-1])
 
     def _execute_leniently(self, table: str, query: str, params: Sequence[Any],
