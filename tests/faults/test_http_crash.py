@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.support.paged_api import OffsetApi, config, run, served, serving, warehouse
+from tests.support.paged_api import (
+    OffsetApi,
+    config,
+    raw_config,
+    run,
+    served,
+    serving,
+    warehouse,
+)
 
 from steadyflow.run.pipeline import Pipeline
 
@@ -29,18 +37,7 @@ def serve() -> Iterator[Callable[[OffsetApi], str]]:
 
 def pipeline_file(tmp: Path, url: str) -> Path:
     """The same pipeline as paged_api.config (3 records a page), as a file for the CLI."""
-    raw = {"name": "pages", "state_dir": str(tmp / "state"),
-           "landing": {"path": str(tmp / "landing")},
-           "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
-           "contracts": {"t": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
-               "id": {"type": "int64", "nullable": False},
-               "updated_at": {"type": "timestamp", "nullable": False},
-               "qty": {"type": "int64"}}}},
-           "sources": [{"name": "api", "kind": "http", "url": url,
-                        "resilience": {"retries": 0},
-                        "tables": [{"name": "t", "contract": "t", "endpoint": "/items",
-                                    "page_size": 3, "min_page_size": 1,
-                                    "cursor_order": "descending"}]}]}
+    raw = raw_config(tmp, url, cursor_order="descending")
     path = tmp / "pipeline.yml"
     path.write_text(yaml.safe_dump(raw))
     return path

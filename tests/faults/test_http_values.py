@@ -5,15 +5,14 @@ the text the server sent, parsed by the test itself (never by steadyflow's code)
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from tests.support.loopback_http import send_json, serve_get
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
@@ -21,36 +20,12 @@ from steadyflow.run.pipeline import Pipeline, RunSummary
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-def serve_body(body: bytes) -> tuple[str, Callable[[], None]]:
-    """Answer every GET with `body` (one page: the test writes its own `next`)."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-
-    return f"http://127.0.0.1:{server.server_address[1]}", stop
-
-
 @pytest.fixture
 def serve() -> Iterator[Callable[[bytes], str]]:
     stops: list[Callable[[], None]] = []
 
     def start(body: bytes) -> str:
-        url, stop = serve_body(body)
+        url, stop = serve_get(lambda handler: send_json(handler, body))
         stops.append(stop)
         return url
 

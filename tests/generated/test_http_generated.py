@@ -16,11 +16,9 @@ import itertools
 import json
 import os
 import random
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +30,7 @@ from hypothesis import strategies as st
 from tests.support import gen, oracle
 from tests.support.gen import Col, Table
 from tests.support.hypo import exhaustive_examples, generated, tier_timeout
+from tests.support.loopback_http import send_json, serve_get
 
 from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline
@@ -118,25 +117,10 @@ class Api:
 @pytest.fixture
 def api() -> Iterator[tuple[Api, str]]:
     state = Api()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            body = json.dumps(state.page(parse_qs(urlsplit(self.path).query))).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    url, stop = serve_get(lambda handler: send_json(handler, json.dumps(
+        state.page(parse_qs(urlsplit(handler.path).query))).encode()))
+    yield state, url
+    stop()
 
 
 # --- records as an API spells them -----------------------------------------------------------

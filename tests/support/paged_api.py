@@ -19,7 +19,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -28,6 +28,7 @@ import duckdb
 
 from steadyflow.config import PipelineConfig, parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
+from tests.support.loopback_http import send, send_json, serve_get
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 Query = dict[str, list[str]]
@@ -130,54 +131,31 @@ class OffsetApi:
 def serve_api(api: OffsetApi) -> tuple[str, Callable[[], None]]:
     """Serve `api` on 127.0.0.1; returns its URL and the function stopping it."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            with api.lock:  # one request at a time: request numbers are the test's clock
-                self._answer()
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        with api.lock:  # one request at a time: request numbers are the test's clock
+            _answer(api, handler)
 
-        def _answer(self) -> None:
-            if api.gone_after and f"after={api.gone_after}" in self.path:
-                return self._empty(410)
-            if api.moved_to:
-                return self._empty(301, Location=api.moved_to)
-            if api.requests + 1 in api.timeout_at:
-                api.requests += 1
-                return self._empty(408)
-            query = parse_qs(urlsplit(self.path).query)
-            here = f"http://127.0.0.1:{self.server.server_address[1]}"
-            page, headers = api.links(query, api.page(query), here)
-            body = json.dumps(page).encode()
-            if api.gzip:
-                body = gzip.compress(body)
-                if api.requests in api.garbled:  # BTYPE 11 (reserved): no inflater takes it
-                    body = body[:10] + b"\xff" * (len(body) - 10)
-                headers["Content-Encoding"] = "gzip"
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
+    return serve_get(answer)
 
-        def _empty(self, status: int, **headers: str) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-
-    return f"http://127.0.0.1:{server.server_address[1]}", stop
+def _answer(api: OffsetApi, handler: BaseHTTPRequestHandler) -> None:
+    if api.gone_after and f"after={api.gone_after}" in handler.path:
+        return send(handler, 410)
+    if api.moved_to:
+        return send(handler, 301, Location=api.moved_to)
+    if api.requests + 1 in api.timeout_at:
+        api.requests += 1
+        return send(handler, 408)
+    query = parse_qs(urlsplit(handler.path).query)
+    here = f"http://127.0.0.1:{handler.server.server_address[1]}"
+    page, headers = api.links(query, api.page(query), here)
+    body = json.dumps(page).encode()
+    if api.gzip:
+        body = gzip.compress(body)
+        if api.requests in api.garbled:  # BTYPE 11 (reserved): no inflater takes it
+            body = body[:10] + b"\xff" * (len(body) - 10)
+        headers["Content-Encoding"] = "gzip"
+    return send_json(handler, body, **headers)
 
 
 def serving() -> Iterator[Callable[[OffsetApi], str]]:
@@ -198,9 +176,14 @@ def config(tmp: Path, url: str, **table: Any) -> PipelineConfig:
     """Three records a page (at least one), no retries; `table` adds table options. The
     table declares `cursor_order: ascending` (OffsetApi's default order) unless told: a
     walk seen in another order is walked once more all the same."""
+    return parse_config(raw_config(tmp, url, **table))
+
+
+def raw_config(tmp: Path, url: str, **table: Any) -> dict[str, Any]:
+    """`config`'s pipeline as the YAML file's mapping."""
     retries = table.pop("retries", 0)
     table.setdefault("cursor_order", "ascending")
-    return parse_config({"name": "pages", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
+    return {"name": "pages", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
            "landing": {"path": str(tmp / "landing")},
            "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
            "contracts": {"t": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
@@ -211,7 +194,7 @@ def config(tmp: Path, url: str, **table: Any) -> PipelineConfig:
                         "resilience": {"retries": retries, "backoff_initial": 0.01,
                                        "backoff_max": 0.02},
                         "tables": [{"name": "t", "contract": "t", "endpoint": "/items",
-                                    "page_size": 3, "min_page_size": 1, **table}]}]})
+                                    "page_size": 3, "min_page_size": 1, **table}]}]}
 
 
 def run(tmp: Path, url: str, **table: Any) -> RunSummary:
