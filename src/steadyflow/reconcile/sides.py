@@ -361,6 +361,17 @@ class SqlSide:
             out.extend(self._rows(sql, params))
         return out
 
+    def past(self, at: int, limit: int) -> list[Row]:
+        """Up to `limit` rows whose cursor is past `at` (the checkpoint's) or NULL, under the
+        warehouse filter only: rows no comparison bounded by the horizon sees. In the
+        warehouse none can be loaded yet (a batch holds rows up to the checkpoint), so
+        each is an extra row or one in flight (table.py looks it up at the source)."""
+        sql, params = self._cmp(self._cursor_dim(), ">=", at + 1)
+        cursor = self.engine.q(self.contract.cursor)
+        frags = [f for f in (self.where, (f"{sql} OR {cursor} IS NULL", params)) if f[0]]
+        select, all_params = self._pairs_sql(frags)
+        return self._rows(f"{select} LIMIT {int(limit)}", all_params)
+
     def count(self, pred: Fragment) -> int:
         where, params = self._where([pred])
         rows = self._exec(f"SELECT count(*) AS c0 FROM {self.table}{where}", params)
