@@ -157,6 +157,28 @@ def test_sequence_strictly_increases_across_instances_and_threads(adapter: Adapt
     assert stores[0].next_seq() > max(taken)
 
 
+def test_raised_sequence_hands_out_numbers_above_and_never_lowers(adapter: Adapter) -> None:
+    """raise_seq (a repair after the state was lost beside a kept warehouse): every later
+    number is above the one given, while other instances keep taking numbers; a lower one
+    changes nothing."""
+    a, b = adapter.open(), adapter.open()
+    a.next_seq()
+    taken: list[int] = []
+
+    def take() -> None:
+        taken.extend(b.next_seq() for _ in range(30))
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    a.raise_seq(2_500_000)  # more than one statement's worth of numbers on PostgreSQL
+    thread.join()
+    after = b.next_seq()
+    assert after > 2_500_000 and after > max(taken)
+    a.raise_seq(10)
+    assert a.next_seq() > after
+    assert len(set(taken)) == len(taken)
+
+
 def test_lease_is_exclusive_under_contention_and_generations_fence(adapter: Adapter) -> None:
     stores = [adapter.open() for _ in range(4)]
     for round_ in range(25):  # a race shows up only now and then: ask often

@@ -50,7 +50,7 @@ import psycopg
 from steadyflow.config import SourceConfig, TableConfig
 from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.extract.sql import SqlSource, catalog_text
-from steadyflow.merge.plan import SEQ
+from steadyflow.merge.plan import SEQ, tomb_table
 from steadyflow.model import Contract, TableRef, Watermark, drift_type, step_back
 from steadyflow.reconcile import incremental
 from steadyflow.reconcile.bisect import Bisector, Key, Row, Scan
@@ -656,6 +656,25 @@ class TableReconciler:
         return [k for k in keys
                 if tuple(canonical(v, t) for v, t in zip(k, types, strict=True)) not in back]
 
+    def _warehouse_seq(self) -> int | None:
+        """The highest extraction number in the target and its tombstones. A repair
+        batch's number must exceed it: the merge keeps the row of the higher number, and a
+        tombstone holds back a row numbered at most its own, so after the state store was
+        restored from an older backup or made anew beside a kept warehouse (its sequence
+        counting from 1 again), every repair batch changed nothing and reported rows
+        upserted. One scan of the target's number column, for a repair only."""
+        w = self.config.warehouse
+        e = engine_for(w.kind)
+        tomb = tomb_table(self.ref.target)
+        (exists,), = self._warehouse_run(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = "
+            f"{e.placeholder} AND table_name = {e.placeholder}", [w.schema_, tomb])
+        tables = [self.ref.target, *([tomb] if int(exists) else [])]
+        highest = [row[0] for t in tables for row in self._warehouse_run(
+            f"SELECT max({e.q(SEQ)}) FROM {e.q(w.schema_)}.{e.q(t)}", [])]
+        numbers = [int(v) for v in highest if v is not None]
+        return max(numbers) if numbers else None
+
     # --- repair ---------------------------------------------------------------------------
     def repair(self, found: Findings) -> dict[str, Any]:
         """Land and load the differences as repair batches (repair.py).
@@ -666,6 +685,9 @@ class TableReconciler:
         from steadyflow.reconcile.repair import load_repairs  # loading: Arrow, the run's stages
 
         deletes = self._still_gone(list(found.extra.values())) if self.t.mirror_deletes else []
+        highest = self._warehouse_seq()
+        if highest is not None:
+            self.pipeline.state.raise_seq(highest)
         return load_repairs(self.pipeline, self.t, self.ref, self.contract, found, deletes,
                             self.run_id, lease=self.lease)
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from steadyflow.errors import StateUnavailable
+from steadyflow.errors import FatalError, StateUnavailable
 from steadyflow.secrets import scrub
 from steadyflow.state.store import SCHEMA, Lease, StateStore, Tx
 
@@ -64,6 +64,10 @@ class _PgTx:
     def executemany(self, sql: str, params: Any) -> None:
         with self._conn.cursor() as cur:
             cur.executemany(sql.replace("?", "%s"), params)
+
+
+RAISE_STEP = 1_000_000  # numbers taken per statement by raise_seq
+RAISE_LIMIT = 100_000_000  # numbers raise_seq takes at most (1-2 minutes of nextval)
 
 
 class PostgresStateStore(StateStore):
@@ -220,3 +224,21 @@ class PostgresStateStore(StateStore):
         """One autocommitted statement (no BEGIN and COMMIT round trips around it): a
         sequence's nextval is never rolled back, so a transaction adds nothing."""
         return int(self._query("SELECT nextval('extract_seq')")[0][0])
+
+    def raise_seq(self, above: int) -> None:
+        """By taking numbers (nextval), never by setval: other hosts take numbers meanwhile
+        and a setval could set the sequence below one of theirs (a number handed out
+        twice). A sequence cannot be locked. Past RAISE_LIMIT numbers (a warehouse whose
+        numbers were damaged, say) it is refused, naming both numbers, rather than loop."""
+        (last, called), = self._query("SELECT last_value, is_called FROM extract_seq")
+        current = int(last) if called else int(last) - 1
+        if above - current > RAISE_LIMIT:
+            raise FatalError(
+                f"the warehouse holds extraction number {above}, the state's sequence is at "
+                f"{current}: {above - current} numbers apart",
+                hint=f"if {above} is right, run SELECT setval('extract_seq', {above}) in the "
+                     "state schema with every process of the pipeline stopped")
+        while current < above:
+            current = int(self._query(
+                "SELECT max(nextval('extract_seq')) FROM generate_series(1, ?)",
+                (min(above - current, RAISE_STEP),))[0][0])

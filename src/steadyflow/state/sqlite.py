@@ -155,3 +155,9 @@ class SqliteStateStore(StateStore):
             return int(c.execute("INSERT INTO sequence VALUES ('extract', 1) ON "
                                  "CONFLICT(name) DO UPDATE SET value = value + 1 "
                                  "RETURNING value").fetchone()[0])
+
+    def raise_seq(self, above: int) -> None:
+        """One durable commit: the number it sets must outlive the batches numbered above."""
+        with self._tx() as c:
+            c.execute("INSERT INTO sequence VALUES ('extract', ?) ON CONFLICT(name) DO UPDATE "
+                      "SET value = max(value, excluded.value)", (int(above),))

@@ -277,6 +277,14 @@ class StateStore(ABC):
         """The next extraction sequence number: strictly increasing, never reused, and
         independent of any clock (a host clock that jumps back must not reorder rows)."""
 
+    @abstractmethod
+    def raise_seq(self, above: int) -> None:
+        """Make every later `next_seq` larger than `above`, never smaller than it would
+        have been. `above` is a number the warehouse already holds: a state store restored
+        from an older backup, or made anew beside a kept warehouse, counts again from 1,
+        and the merge keeps the row of the higher number, so a repair batch numbered below
+        the warehouse row it replaces changed nothing (reconcile/repair.py)."""
+
     # --- checkpoints -------------------------------------------------------------
     def checkpoint(self, source: str, table: str) -> Watermark | None:
         rows = self._query(
