@@ -368,9 +368,13 @@ class SqlSide:
         each is an extra row or one in flight (table.py looks it up at the source)."""
         sql, params = self._cmp(self._cursor_dim(), ">=", at + 1)
         cursor = self.engine.q(self.contract.cursor)
-        frags = [f for f in (self.where, (f"{sql} OR {cursor} IS NULL", params)) if f[0]]
-        select, all_params = self._pairs_sql(frags)
-        return self._rows(f"{select} LIMIT {int(limit)}", all_params)
+        return self.matching((f"{sql} OR {cursor} IS NULL", params), limit)
+
+    def matching(self, pred: Fragment, limit: int) -> list[Row]:
+        """Up to `limit` rows matching `pred`, under the side's filter only."""
+        frags = [f for f in (self.where, pred) if f[0]]
+        select, params = self._pairs_sql(frags)
+        return self._rows(f"{select} LIMIT {int(limit)}", params)
 
     def count(self, pred: Fragment) -> int:
         where, params = self._where([pred])

@@ -284,6 +284,30 @@ class TableReconciler:
             return []
         return [] if at is None else wh.past(at, self.options.max_differences)
 
+    def _unowned(self, wh: SqlSide) -> list[Row]:
+        """Warehouse rows of a shared target that no table's warehouse_filter owns, reported
+        (extra) by the target's first table in the config. Each table compares only the
+        rows its filter names, so a row owned by none (damage, a restore, a store taken out
+        of the config) was in no comparison: every table reconciled clean beside it. A
+        table without a filter owns every row: then there is none to find."""
+        if not self.filter:
+            return []
+        tables = [(s, t) for s, t, ref in self.config.tables() if ref.target == self.ref.target]
+        feeding = [t for _, t in tables]
+        first = next(t for s, t in tables if s.kind != "http")  # reconcile compares SQL only
+        if first is not self.t or any(not t.warehouse_filter for t in feeding):
+            return []
+        e = wh.engine
+        owned: list[str] = []
+        params: list[Any] = []
+        for t in feeding:
+            assert t.warehouse_filter is not None
+            owned.append(" AND ".join(f"{e.q(k)} = {e.placeholder}" for k in t.warehouse_filter))
+            params.extend(t.warehouse_filter.values())
+        anyone = " OR ".join(f"({p})" for p in owned)
+        return replace(wh, where=("", [])).matching((f"NOT ({anyone})", params),
+                                                    self.options.max_differences)
+
     def _horizon_text(self, at: int) -> str:
         """The horizon as the operator reads the cursor: a time, a date, or a number."""
         ctype = self.contract.column(self.contract.cursor).type.strip().lower()
@@ -441,6 +465,8 @@ class TableReconciler:
         if src.before_us is not None:
             for row in self._past_checkpoint(wh):
                 scan.differing.setdefault(row.key, (None, row))
+        for row in self._unowned(wh):
+            scan.differing.setdefault(row.key, (None, row))
         findings = self._classify(scan, src, wh, report)
         if self.filter:
             sql, params = src.where
