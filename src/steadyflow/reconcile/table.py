@@ -462,11 +462,13 @@ class TableReconciler:
         self._last = (plan, scans[-1], scan)
         report.rows_compared = scan.rows_compared
         report.truncated = scan.truncated
-        if src.before_us is not None:
-            for row in self._past_checkpoint(wh):
+        unseen = [self._past_checkpoint(wh) if src.before_us is not None else [],
+                  self._unowned(wh)]
+        for rows in unseen:
+            for row in rows:
                 scan.differing.setdefault(row.key, (None, row))
-        for row in self._unowned(wh):
-            scan.differing.setdefault(row.key, (None, row))
+            # as many as one query fetches: the rest is not looked at (a partial result)
+            report.truncated |= len(rows) >= self.options.max_differences
         findings = self._classify(scan, src, wh, report)
         if self.filter:
             sql, params = src.where
