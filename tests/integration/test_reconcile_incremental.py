@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from steadyflow.reconcile.runner import Options, TableReport, reconcile
+from steadyflow.reconcile.table import TableReconciler
 from steadyflow.run.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -142,3 +143,36 @@ def test_row_in_flight_at_the_checkpoint_is_compared_once_loaded(
     report = _reconcile(config)
     assert report.incremental is not None
     assert _keys(report, "mismatched") == {N + 1}, report.examples
+
+
+def test_rows_loaded_while_a_reconcile_ran_are_compared_by_the_next(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `run --follow` beside a reconcile (cron) moves the checkpoint between the
+    comparison and the moment the reconcile remembers `since`. `since` came from the
+    checkpoint then, so the rows loaded meanwhile were in no comparison and the next
+    incremental one started past them: a loaded row lost there was found only by the
+    rolling share. `since` is now the checkpoint the comparison ran against."""
+    config = _setup(tmp_path, pg_dsn)
+    _run(config)
+    assert _reconcile(config).clean  # full: remembers `since` at the checkpoint
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO sales SELECT g, 1, 'new', %s + g * interval '1 minute' "
+                     "FROM generate_series(%s::int, %s::int) g", [BASE, N + 1, N + 20])
+    compare = TableReconciler.compare
+    follower = []
+
+    def compare_then_follow(self: TableReconciler) -> Any:
+        result = compare(self)
+        if not follower:  # the follower's run lands and loads the new rows meanwhile
+            follower.append(1)
+            _run(config)
+        return result
+
+    monkeypatch.setattr(TableReconciler, "compare", compare_then_follow)
+    during = _reconcile(config)
+    assert during.clean and during.incremental is not None
+    monkeypatch.undo()
+    _warehouse(tmp_path, "DELETE FROM sales WHERE sale_id = ?", [N + 10])  # a lost row
+    report = _reconcile(config)
+    assert report.incremental is not None
+    assert _keys(report, "missing") == {N + 10}, report

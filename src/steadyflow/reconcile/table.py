@@ -113,6 +113,9 @@ class TableReconciler:
         self.contract = self._with_drift_columns(self.config.contract_of(table))
         self._registered: object | None = None
         self._mark: tuple[Watermark, int] | None = None  # checkpoint, its cursor as an int
+        # the checkpoint the last sides() read, and the one the last comparison ran against
+        self._checkpoint: Watermark | None = None
+        self._compared_at: Watermark | None = None
         self._types: tuple[dict[str, str], dict[str, str]] | None = None  # see _declared
         self._shared: bool | None = None  # see _shared_hash
         self._servers: dict[str, tuple[int, str]] = {}  # see _server
@@ -225,7 +228,7 @@ class TableReconciler:
         since = cursor_us(self.options.since) if self.options.since is not None else None
         if since is not None and not self.contract.cursor_is_time:
             raise ConfigError(f"{self.ref.label}: --since needs a timestamp cursor")
-        mark = self.pipeline.state.checkpoint(self.ref.source, self.ref.table)
+        mark = self._checkpoint = self.pipeline.state.checkpoint(self.ref.source, self.ref.table)
         return since, None if mark is None else self._horizon(mark)
 
     def _horizon(self, mark: Watermark) -> int | None:
@@ -445,6 +448,7 @@ class TableReconciler:
         started = time.monotonic()
         report = TableReport(self.ref.source, self.ref.table, self.ref.target, by=self.by)
         src, wh = self.sides()
+        self._compared_at = self._checkpoint
         report.hash = ("md5" if not self._shared_hash() else "hash_record_extended"
                        if src.engine.record_columns else "hashtextextended")
         report.since = self.options.since.isoformat() if self.options.since else None
@@ -519,9 +523,12 @@ class TableReconciler:
 
     def _since_next(self) -> int | None:
         """Where the next incremental reconcile starts comparing by cursor: the checkpoint
-        minus the lookback (the checkpoint's own row and rows in flight are at or past it;
-        so are rows committed late inside the lookback). None: compare everything."""
-        mark = self.pipeline.state.checkpoint(self.ref.source, self.ref.table)
+        the last comparison ran against minus the lookback (the checkpoint's own row and
+        rows in flight are at or past it; so are rows committed late inside the lookback).
+        Not the checkpoint now: a `run --follow` beside this reconcile may have moved it
+        meanwhile, and the rows it loaded then were in no comparison. None: compare
+        everything."""
+        mark = self._compared_at
         if mark is None:
             return None
         ctype = self.contract.column(self.contract.cursor).type.strip().lower()
