@@ -272,8 +272,8 @@ class TableReconciler:
         whose source row was deleted before extraction caught up) was never reported: the
         table was clean while the warehouse held a row the source has not. Each is looked
         up at the source (_classify): extra if it is not there, in flight if it is past the
-        horizon there too."""
-        mark = self.pipeline.state.checkpoint(self.ref.source, self.ref.table)
+        horizon there too. The checkpoint is the one the horizon was drawn from."""
+        mark = self._compared_at
         if mark is None:
             return []
         ctype = self.contract.column(self.contract.cursor).type.strip().lower()
