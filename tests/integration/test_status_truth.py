@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
@@ -19,45 +18,20 @@ import time
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
 from tests.conftest import steadyflow, write_pipeline
 from tests.support.faultproxy import FaultProxy
+from tests.support.status_pipeline import config as _config
+from tests.support.status_pipeline import status as _status
+from tests.support.status_pipeline import store as _store
 
-from steadyflow.demo.stores import SCHEMA, format_ts
 from steadyflow.observe.page import render_page
 from steadyflow.observe.status import collect
 from steadyflow.run.pipeline import Pipeline
 
 pytestmark = pytest.mark.integration
-
-
-def _store(root: Path, newest: datetime, n: int = 50, first: int = 1) -> Path:
-    path = root / "store.db"
-    with closing(sqlite3.connect(path)) as db:
-        if first == 1:
-            for statement in SCHEMA:
-                db.execute(statement)
-        db.executemany("INSERT INTO sales VALUES (?,?,?,?,?,?,?,?)", [
-            (1, i, f"SKU-{i}", 2, "3.50", "USD", format_ts(newest),
-             format_ts(newest - timedelta(seconds=first + n - 1 - i)))
-            for i in range(first, first + n)])
-        db.commit()
-    return path
-
-
-def _config(root: Path, store: Path) -> Path:
-    return write_pipeline(root, [{
-        "name": "s1", "kind": "sqlite", "path": str(store),
-        "tables": [{"name": "sales", "contract": "sales", "page_size": 100}]}],
-        run={"interval": "0.3s"})
-
-
-def _status(config: Path) -> tuple[int, dict[str, Any]]:
-    proc = steadyflow("status", "-c", str(config), "--json")
-    return proc.returncode, json.loads(proc.stdout)
 
 
 def _page(config: Path) -> str:
