@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
 from steadyflow.cli import startup
-from steadyflow.errors import ConfigError, SteadyflowError
+from steadyflow.errors import ConfigError, StateUnavailable, SteadyflowError
 from steadyflow.observe import logs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -497,19 +497,30 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     read, a table not read to its end for 15 min or whose oldest landed batch has waited
     15 min to load while a loop or a worker runs) or the status could not be read.
     """
-    from steadyflow.observe.status import collect
+    import sqlite3
+
+    from steadyflow.observe.status import snapshot
 
     try:
         with _open(config, view=True) as pipeline:
-            report = collect(pipeline)
+            report = snapshot(pipeline)
     except SteadyflowError as exc:
         _fail(exc)
+        return
+    except sqlite3.Error as exc:  # the state file cannot even be opened (corrupt)
+        _fail(StateUnavailable(f"the state cannot be read: {type(exc).__name__}: {exc}",
+                               stage="state"))
         return
     if as_json:  # plain print: no rich markup or highlighting can reach the JSON
         print(json.dumps(report, default=str), flush=True)
         raise typer.Exit(report["exit_code"])
     _print_status(report)
     raise typer.Exit(report["exit_code"])
+
+
+def _count(n: int | None) -> str:
+    """A count for the status table; "–" where it is not known (the state unreadable)."""
+    return "–" if n is None else f"{n:,}"
 
 
 def _print_status(report: dict[str, Any]) -> None:
@@ -533,8 +544,8 @@ def _print_status(report: dict[str, Any]) -> None:
     t.add_column("last error", overflow="fold", min_width=20)
     for row in tables:
         t.add_row(Text(row["table"]), row["state"], row["lag_human"], row["freshness_human"],
-                  f"{row['rows_changed']:,}", f"{row['rows_reread']:,}",
-                  f"{row['rows_quarantined']:,}", row["last_success_human"],
+                  _count(row["rows_changed"]), _count(row["rows_reread"]),
+                  _count(row["rows_quarantined"]), row["last_success_human"],
                   row.get("last_poll_human", "never"), row["breaker"] or "closed",
                   Text(row["last_error"] or ""))
     out.print(t)
@@ -551,15 +562,18 @@ def _print_status(report: dict[str, Any]) -> None:
 
     for line in [*filter(None, [failed_run(report)]), *unreconciled(report)]:
         out.print(line, highlight=False, soft_wrap=True, markup=False)
+    if report.get("state_error"):
+        out.print(f"error: {report['state_error']}", highlight=False, soft_wrap=True,
+                  markup=False)
     if report.get("buffer_error"):
         out.print(f"error: {report['buffer_error']}", highlight=False, soft_wrap=True,
                   markup=False)
         out.print(f"queue depth unknown / {report['queue_capacity']}, "
-                  f"pending batches {report['pending_batches']}", highlight=False)
+                  f"pending batches {_count(report['pending_batches'])}", highlight=False)
     else:
         out.print(f"queue depth {report['queue_depth']} / {report['queue_capacity']}, "
                   f"oldest {report['queue_oldest_seconds'] or 0:.1f}s, "
-                  f"pending batches {report['pending_batches']}", highlight=False)
+                  f"pending batches {_count(report['pending_batches'])}", highlight=False)
     if report.get("workers"):
         w = Table(title="workers")
         for name in ("worker", "host", "pid", "status", "heartbeat", "holds"):

@@ -110,7 +110,8 @@ def sparkline(values: Iterable[float | None], *, width: int = 120, height: int =
 
 
 _STATE_CLASS = {"ok": "ok", "failing": "warn", "source down": "bad", "error": "bad",
-                "stalled": "bad", "behind": "bad", "waiting": "idle"}
+                "stalled": "bad", "behind": "bad", "waiting": "idle",
+                "unknown": "bad"}
 _BREAKER_CLASS = {"closed": "ok", "half-open": "warn", "open": "bad"}
 
 _CSS = """
@@ -242,8 +243,9 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
         parts.append(f'<div class="banner">{e(killed_loop(dead))}</div>')
     if dead.get("status") == "suspended":
         parts.append(f'<div class="banner">{e(suspended_loop(dead))}</div>')
-    if report.get("buffer_error"):
-        parts.append(f'<div class="banner">{e(report["buffer_error"])}</div>')
+    for problem in ("state_error", "buffer_error"):
+        if report.get(problem):
+            parts.append(f'<div class="banner">{e(report[problem])}</div>')
     # why a pipeline whose tables all look ok is degraded, as `steadyflow status` says it
     for line in [*filter(None, [failed_run(report)]), *unreconciled(report)]:
         parts.append(f'<div class="banner">{e(line)}</div>')

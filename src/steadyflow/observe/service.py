@@ -20,7 +20,7 @@ from typing import Any
 from steadyflow.observe import logs
 from steadyflow.observe.history import HISTORY_SAMPLES, History
 from steadyflow.observe.metrics import BREAKER_STATES
-from steadyflow.observe.status import collect, overall
+from steadyflow.observe.status import overall, snapshot
 
 log = logs.get("web")  # the logger this code always used: operators' log filters keep working
 
@@ -144,7 +144,7 @@ class StatusService:
         """The snapshot, with this process's own knowledge of its loop: one that ended by
         itself (serve --run) fails the verdict. The state alone showed its failed round
         (degraded) and, for 15 min, no stalled table, while /healthz said 503."""
-        report = collect(self.pipeline)
+        report = snapshot(self.pipeline)
         failure = self.loop_failure
         if failure is not None:
             report["loop_error"] = failure

@@ -9,10 +9,12 @@ is caught here too.
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import time
 from typing import Any
 
-from steadyflow.errors import SteadyflowError
+from steadyflow.errors import StateUnavailable, SteadyflowError
 from steadyflow.run.lock import loop_status
 from steadyflow.run.worker import held_by
 from steadyflow.secrets import scrub_tree
@@ -27,8 +29,67 @@ def human_age(seconds: float | None) -> str:
     return f"{seconds:.1f}s"
 
 
+def snapshot(pipeline: Any) -> dict[str, Any]:
+    """`collect`, or when the state cannot be read (a SQLite state file locked by another
+    process past its busy timeout, corrupt, or deleted; a PostgreSQL state store down) a
+    failing report that says so: /api/status answered 500 "internal error" and `status`
+    a traceback with exit code 1 (degraded), neither naming the problem."""
+    try:
+        return collect(pipeline)
+    except (sqlite3.Error, SteadyflowError) as exc:
+        return unreadable(pipeline, exc)
+
+
+def unreadable(pipeline: Any, exc: BaseException) -> dict[str, Any]:
+    """The report of a pipeline whose state cannot be read: failing (exit 2), the reason
+    in `state_error`, each configured table's state 'unknown' (nothing about it can be
+    said), the readings that come from state absent (None), never 0."""
+    where = getattr(pipeline.state, "where", None) or "the state store"
+    error = (f"the state cannot be read ({where}): {type(exc).__name__}: {exc}"
+             if isinstance(exc, sqlite3.Error) else f"the state cannot be read: {exc}")
+    tables = [{"table": ref.label, "source": ref.source, "name": ref.table,
+               "target": ref.target, "state": "unknown", "freshness_seconds": None,
+               "freshness_human": "unknown", "lag_seconds": None, "lag_human": "–",
+               "newest_cursor": None, "last_success": None, "last_success_human": "unknown",
+               "last_error": None, "last_error_at": None, "rows_changed": None,
+               "rows_reread": None, "rows_loaded": None, "rows_quarantined": None,
+               "open_quarantine_batches": None, "page_size": None, "breaker": None,
+               "failing_batches": None, "holder": None, "unloaded_seconds": None,
+               "last_poll_seconds": None, "last_poll_human": "unknown"}
+              for _, _, ref in pipeline.config.tables()]
+    depth, oldest, buffer_error = _queue(pipeline.buffer)
+    report: dict[str, Any] = scrub_tree({
+        "pipeline": pipeline.config.name, "at": time.time(), "tables": tables,
+        "state_error": error, "queue_depth": depth,
+        "queue_capacity": pipeline.buffer.capacity, "queue_oldest_seconds": oldest,
+        "buffer_error": buffer_error, "pending_batches": None, "pending_rows": None,
+        "loop": None, "runs": [], "workers": [], "reconcile": []})
+    report["health"], report["exit_code"] = overall(report)
+    return report
+
+
+def _check_state(pipeline: Any, loop: dict[str, Any] | None) -> None:
+    """Raise StateUnavailable when the state this process reads is not the pipeline's:
+    its file was deleted or replaced under this process, or this process had to create it
+    while a loop runs (that loop records into a file nobody else can open now); the
+    readings would be those of a file nobody writes (the old one, or an empty one that
+    said 'waiting', healthy, exit 0)."""
+    replaced = getattr(pipeline.state, "replaced", None)
+    problem = replaced() if replaced is not None else None
+    if (problem is None and getattr(pipeline.state, "created", False) and loop is not None
+            and loop.get("status") in ("running", "suspended")
+            and loop.get("pid") != os.getpid()):  # another process's loop
+        problem = (f"the state file {pipeline.state.where} was missing while "
+                   f"`steadyflow {loop.get('command')}` (pid {loop.get('pid')}) runs: it "
+                   "records into a file that was deleted or moved; restart it")
+    if problem is not None:
+        raise StateUnavailable(problem, stage="state")
+
+
 def collect(pipeline: Any) -> dict[str, Any]:
     now = time.time()
+    loop = loop_status(pipeline.config.resolve(pipeline.config.state_dir))
+    _check_state(pipeline, loop)
     health = {(h.source, h.table): h for h in pipeline.state.health()}
     quarantined = pipeline.state.quarantined("open")
     failing = pipeline.state.failing_batches()
@@ -38,7 +99,6 @@ def collect(pipeline: Any) -> dict[str, Any]:
     polls = pipeline.state.polls()
     pending_since = pipeline.state.pending_since()
     highs = {key: high for key, (high, _) in polls.items()}
-    loop = loop_status(pipeline.config.resolve(pipeline.config.state_dir))
     workers = _holding_now(pipeline.state.workers(), leases)
     # something is meant to poll every table now: a follow loop or a worker runs
     polling = (loop is not None and loop["status"] == "running"
@@ -178,8 +238,8 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     batch that failed for good, a stopped loop, a follow loop killed (it never let go of
     its lock) or suspended (SIGSTOP, Ctrl-Z: it holds its lock and moves nothing),
     workers that ran and none of which runs now, one lost (not heard of) or
-    failed (its loop ended by itself), or a buffer that cannot be read: data is not moving
-    and will not by itself.
+    failed (its loop ended by itself), a buffer or a state that cannot be read: data is
+    not moving and will not by itself, or nothing can be told of it.
     degraded (1): a table that failed since its last success (it retries), a half-open
     breaker, a one-off command (`run`, `reset`) killed before it finished, a table whose
     last reconcile left rows missing or mismatched (unreconciled), or a last run that
@@ -194,7 +254,7 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     if workers and not any(w["status"] == "running" for w in workers) and any(
             w["status"] in ("lost", "failed") for w in workers):
         return "failing", EXIT_CODES["failing"]  # workers ran, and none is heard of now
-    if loop_error or report.get("buffer_error") or any(
+    if loop_error or report.get("buffer_error") or report.get("state_error") or any(
             t["state"] in _FAILING_STATES or t.get("breaker") == "open"
             or t.get("failing_batches") for t in tables):
         return "failing", EXIT_CODES["failing"]

@@ -31,6 +31,7 @@ import hmac
 import ipaddress
 import json
 import socket
+import sqlite3
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from steadyflow.errors import ConfigError
+from steadyflow.errors import ConfigError, SteadyflowError
 from steadyflow.observe import logs
 from steadyflow.observe.history import History
 from steadyflow.observe.page import render_page, sparkline
@@ -178,7 +179,15 @@ class _Handler(BaseHTTPRequestHandler):
             app = self.server.app
             if path == "/metrics":
                 if app.service.tables_from_state:
-                    app.service.sync_metrics()
+                    try:
+                        app.service.sync_metrics()
+                    except (sqlite3.Error, SteadyflowError) as exc:
+                        # its gauges come from the state: served as they were, they
+                        # would read as current; a failed scrape (Prometheus' `up` 0,
+                        # SteadyflowDown) says nothing can be told
+                        self._text(503, logs.scrub(f"the state cannot be read: {exc}\n"),
+                                   head=head)
+                        return
                 app.service.sync_queue()
                 self._send(200, app.pipeline.metrics.exposition(), METRICS_CONTENT_TYPE,
                            head=head)

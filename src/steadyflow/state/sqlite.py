@@ -51,6 +51,15 @@ def disk_full_as(error: type[RetryableError], path: Path, stage: str) -> Iterato
                          "half-written was kept, and the step is retried") from None
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None if there is none."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _add_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
     """Add columns a newer version needs to a state file an older one wrote (SCHEMA's
     CREATE TABLE IF NOT EXISTS leaves an existing table as it was)."""
@@ -82,8 +91,11 @@ class SqliteStateStore(StateStore):
         super().__init__()
         self.path = path
         self.where = str(path)
+        #: this process made the file: none was there when it opened the state
+        self.created = not path.exists()
         with disk_full_as(StateUnavailable, path, "state"):
             self._conn = open_sqlite(path)
+            self._file = _identity(path)
             with self._lock:
                 self._conn.executescript(SCHEMA)
                 _add_columns(self._conn, "table_health",
@@ -98,6 +110,19 @@ class SqliteStateStore(StateStore):
     def close(self) -> None:
         self._conn.close()
         self._reader.close()
+
+    def replaced(self) -> str | None:
+        """Why the file this store reads is no longer the one at its path (deleted,
+        moved, or replaced by another), else None. The open connections go on reading
+        and writing the file they opened (an unlinked one until they close), so a status
+        server kept showing the old readings as current, and a pipeline's progress went
+        where no later process finds it."""
+        now = _identity(self.path)
+        if now == self._file:
+            return None
+        what = "deleted or moved" if now is None else "replaced by another file"
+        return (f"the state file {self.path} was {what} after this process opened it: "
+                "what it shows (and records) is not in that file; restart it")
 
     @contextmanager
     def _tx(self) -> Iterator[Tx]:
