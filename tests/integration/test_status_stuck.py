@@ -79,13 +79,26 @@ def test_a_loader_blocked_on_a_lock_is_not_healthy(tmp_path: Path,
             truth = time.time() - float(landed)
             assert metric(url, "steadyflow_consumer_lag_seconds") == pytest.approx(
                 truth, abs=1.5)
+            # more rows land while it waits, in batches of their own: the backlog in
+            # batches grows with them (it stayed at what the loader last reported)
+            def waiting() -> int:
+                return int(state(tmp_path, "SELECT count(*) FROM manifest "
+                                           "WHERE status='landed'")[0][0])
+
+            base = datetime.now(UTC)  # each round's rows after the last round's
+            for k, first in enumerate((61, 71, 81)):
+                before = waiting()
+                store(tmp_path, base + timedelta(seconds=10 * (k + 1)), n=10, first=first)
+                wait(f"rows {first}.. landed", lambda before=before: waiting() > before)
+            assert waiting() >= 4
+            assert metric(url, "steadyflow_consumer_lag_batches") == waiting()
 
             # twenty minutes pass: the batch landed 20 min ago, the polls go on succeeding
             state(tmp_path, "UPDATE manifest SET landed_at = landed_at - 1200 "
                             "WHERE status='landed'")
             code, report = status(conf)
             [table] = report["tables"]
-            assert _in_warehouse(pg_warehouse_dsn) == 50  # the truth: 10 rows are not there
+            assert _in_warehouse(pg_warehouse_dsn) == 50  # the truth: 40 rows are not there
             assert table["last_poll_seconds"] < 60  # polled: not stalled, lag measured
             assert table["state"] == "behind", table
             assert 1200 < table["unloaded_seconds"] < 1300, table
@@ -95,7 +108,7 @@ def test_a_loader_blocked_on_a_lock_is_not_healthy(tmp_path: Path,
             assert metric(url, "steadyflow_consumer_lag_seconds") > 1200
 
             locker.rollback()  # the lock goes: the batch loads, the status clears
-            wait("the 10 new rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 60)
+            wait("the 40 new rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 90)
             wait("status healthy again", lambda: status(conf)[0] == 0)
     finally:
         locker.close()

@@ -443,14 +443,18 @@ class PipelineMetrics:
         with self._lock:
             self._unloaded_since = self._clock() - lag_seconds if lag_seconds > 0 else None
 
-    def pending_since(self, landed_at: float | None) -> None:
+    def pending_since(self, landed_at: float | None, batches: int | None = None) -> None:
         """Set the consumer lag's basis from the state: when the oldest landed batch not
-        yet loaded landed (None: none waits). The loader reports it only between groups,
-        so one blocked inside a merge (a lock another warehouse session holds) left the
-        gauge at 0 for as long as it waited; whoever serves /metrics calls this from the
-        manifest at each scrape and sample (observe/service.py)."""
+        yet loaded landed (None: none waits), and how many wait (`batches`, if known).
+        The loader reports them only between groups, so one blocked inside a merge (a
+        lock another warehouse session holds) left the age at 0 and the batch count at
+        what it was before, however many landed meanwhile, for as long as it waited;
+        whoever serves /metrics calls this from the manifest at each scrape and sample
+        (observe/service.py)."""
         with self._lock:
             self._unloaded_since = landed_at
+        if batches is not None:
+            self._lag_batches.set(batches)
 
     def _consumer_lag(self) -> float:
         with self._lock:

@@ -84,15 +84,15 @@ class StatusService:
         self.sync_reconcile()
 
     def sync_queue(self) -> None:
-        """The consumer lag from the manifest, in every mode (see
-        PipelineMetrics.pending_since): the state is the truth a blocked loader cannot
-        report. A state that cannot be read leaves the loader's last report."""
+        """The consumer lag, its age and its batches, from the manifest, in every mode
+        (see PipelineMetrics.pending_since): the state is the truth a blocked loader
+        cannot report. A state that cannot be read leaves the loader's last report."""
         try:
-            since = self.pipeline.state.oldest_pending()
+            batches, since = self.pipeline.state.pending()
         except Exception as exc:  # noqa: BLE001 - a busy state file must not fail a scrape
             log.warning("consumer lag not read from state: %s", exc, extra={"stage": "observe"})
             return
-        self.pipeline.metrics.pending_since(since)
+        self.pipeline.metrics.pending_since(since, batches)
 
     def _count_from_state(self, h: Any) -> None:
         """A read-only viewer's row counters follow the totals the pipeline records

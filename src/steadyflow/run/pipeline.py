@@ -637,13 +637,14 @@ class Pipeline:
         # parked batches are behind too, though out of the buffer; and a batch queued again
         # (after failing for good, or by the sweep) is a new message: the manifest says how
         # long the oldest one has waited, the buffer only since it was queued last
-        try:
-            landed = self.state.oldest_pending()
+        waiting = depth + len(self._parked)
+        try:  # the manifest's count is the truth: it has the batches landed but not
+            waiting, landed = self.state.pending()  # queued (a full buffer) too
         except StateUnavailable:
             landed = None
         if landed is not None:
             age = max(age, time.time() - landed)
-        self.metrics.queue(depth, self.buffer.capacity, depth + len(self._parked), age)
+        self.metrics.queue(depth, self.buffer.capacity, waiting, age)
 
     def run_once(self, raise_on_error: bool = True) -> RunSummary:
         """Extract and load concurrently until every table is caught up and loaded.

@@ -762,10 +762,13 @@ class StateStore(ABC):
         rows = self._query("SELECT ref FROM manifest WHERE status='landed' ORDER BY landed_at")
         return [BatchRef.from_json(r[0]) for r in rows]
 
-    def oldest_pending(self) -> float | None:
-        """When the oldest landed batch not yet loaded landed (epoch seconds), or None."""
-        rows = self._query("SELECT min(landed_at) FROM manifest WHERE status='landed'")
-        return float(rows[0][0]) if rows and rows[0][0] is not None else None
+    def pending(self) -> tuple[int, float | None]:
+        """(landed batches not yet loaded, when the oldest of them landed or None): the
+        consumer lag as the manifest holds it (one query on the manifest_status index)."""
+        rows = self._query("SELECT count(*), min(landed_at) FROM manifest "
+                           "WHERE status='landed'")
+        count, since = rows[0] if rows else (0, None)
+        return int(count or 0), float(since) if since is not None else None
 
     def pending_since(self) -> dict[tuple[str, str], float]:
         """Per (source, table): when its oldest landed batch not yet loaded landed (epoch
