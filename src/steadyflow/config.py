@@ -336,6 +336,10 @@ class TableConfig(_Strict):
         "run.poll_min)"))
     poll_max: Duration | None = Field(default=None, gt=0, description=(
         "run --follow: this table's longest pause while idle (default: run.interval)"))
+    behind_after: Duration | None = Field(default=None, gt=0, description=(
+        "`status`, the page, /api/status: this table is behind (failing, exit code 2) "
+        "once its oldest landed batch has waited this long to load while a loop or a "
+        "worker runs (default: run.behind_after); its load SLA"))
     schema_drift: Literal["ignore", "stop", "add"] = Field(default="ignore", description=(
         "what to do when the source has columns the contract does not name (above)"))
     endpoint: str | None = Field(default=None, description=(
@@ -402,7 +406,7 @@ class TableConfig(_Strict):
     _f = field_validator("warehouse_filter")(
         lambda v: v if v is None else {_ident(k): x for k, x in v.items()})
     _d = field_validator("lookback", mode="before")(_duration)
-    _p = field_validator("poll_min", "poll_max", mode="before")(
+    _p = field_validator("poll_min", "poll_max", "behind_after", mode="before")(
         lambda v: v if v is None else _duration(v))
 
 
@@ -646,13 +650,18 @@ class RunConfig(_Strict):
     reconcile_every: Duration = Field(default=0.0, description=(
         "run --follow: reconcile every SQL table this often, report only (0 = never); the "
         "schedule is kept in state.db"))
+    behind_after: Duration = Field(default=900.0, description=(
+        "`status`, the page, /api/status: a table is behind (failing, exit code 2) once "
+        "its oldest landed batch has waited this long to load while a loop or a worker "
+        "runs (its loader blocked or not keeping up; a table's own behind_after wins); "
+        "more than 0"))
     reconcile_reverify: Duration = Field(default=7 * 86400.0, description=(
         "incremental reconcile (the scheduled one, `reconcile --incremental`): after a clean "
         "reconcile it compares only rows whose cursor moved since, plus a rolling share of "
         "the others, so that every row is compared again within this period (more than 0)"))
 
     _d = field_validator("interval", "poll_min", "reconcile_every", "reconcile_reverify",
-                         mode="before")(_duration)
+                         "behind_after", mode="before")(_duration)
 
     @field_validator("reconcile_reverify")
     @classmethod
@@ -660,6 +669,14 @@ class RunConfig(_Strict):
         if value <= 0:
             raise ValueError("must be more than 0 s: it is the period within which an "
                              "incremental reconcile compares every row again; use e.g. '7d'")
+        return value
+
+    @field_validator("behind_after")
+    @classmethod
+    def _behind(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 s: every landed batch waits a moment to "
+                             "load; use e.g. '15m'")
         return value
 
     @field_validator("interval", "poll_min")

@@ -187,3 +187,34 @@ def test_a_suspended_follow_loop_fails_status_at_once(tmp_path: Path) -> None:
         assert human.returncode == 2 and "suspended" in human.stdout, human.stdout
         proc.send_signal(signal.SIGCONT)
         wait("status healthy again", lambda: status(conf)[0] == 0)
+
+
+def test_a_tables_behind_after_is_its_load_sla(tmp_path: Path, pg_warehouse_dsn: str
+                                              ) -> None:
+    """A table whose rows are due in the warehouse within seconds is behind once a batch
+    has waited its `behind_after` to load, not 15 min: the bound was fixed, so status said
+    healthy (exit 0) for 15 min of a blocked loader whatever the table's SLA."""
+    path = store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=20)
+    conf = config(tmp_path, path, warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn,
+                                             "schema": "wh"},
+                  table={"behind_after": "4s"})
+    locker = psycopg.connect(pg_warehouse_dsn)
+    try:
+        with follow(conf):
+            wait("the first 20 rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 20)
+            locker.execute("LOCK TABLE wh.sales IN SHARE MODE")
+            store(tmp_path, datetime.now(UTC), n=5, first=21)
+            wait("the loader blocked on the lock", lambda: _lock_waiters(pg_warehouse_dsn) > 0)
+            [(landed,)] = state(tmp_path, "SELECT min(landed_at) FROM manifest "
+                                          "WHERE status='landed'")
+            time.sleep(max(0.0, float(landed) + 5 - time.time()))  # past its 4 s
+            code, report = status(conf)
+            [table] = report["tables"]
+            assert _in_warehouse(pg_warehouse_dsn) == 20  # the truth: 5 rows wait
+            assert 4 < table["unloaded_seconds"] < 60, table
+            assert (table["state"], code, report["health"]) == ("behind", 2, "failing"), table
+            locker.rollback()
+            wait("the 5 rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 25)
+            wait("status healthy again", lambda: status(conf)[0] == 0)
+    finally:
+        locker.close()

@@ -495,7 +495,8 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     breaker, rows its last reconcile found missing or mismatched), 2 failing (a table in
     error, a source down, an open breaker, a batch failed for good, a buffer that cannot be
     read, a table not read to its end for 15 min or whose oldest landed batch has waited
-    15 min to load while a loop or a worker runs) or the status could not be read.
+    behind_after (15 min) to load while a loop or a worker runs), or the status (the
+    state) could not be read.
     """
     import sqlite3
 

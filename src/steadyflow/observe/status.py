@@ -160,7 +160,7 @@ def collect(pipeline: Any) -> dict[str, Any]:
                 and pipeline.state.backfill(ref.source, ref.table) is None):
             tables[-1]["state"] = "stalled"
         elif (polling and tables[-1]["state"] == "ok" and unloaded is not None
-              and unloaded > BEHIND_AFTER):
+              and unloaded > behind_after(pipeline.config, t)):
             tables[-1]["state"] = "behind"
     pending = pipeline.state.pending_batches()
     runs = pipeline.state.runs(10)
@@ -198,13 +198,20 @@ _LOOPS = {"run --follow", "serve --run"}
 #: a table not read to its end for this long while a loop or a worker runs is stalled
 #: (SteadyflowPollFailing's 15 min, deploy/prometheus/alerts.yml)
 STALLED_AFTER = 900.0
-#: a table whose oldest landed batch has waited this long to load while a loop or a
-#: worker runs is behind (failing), however fresh its polls: its loader is blocked (a lock
-#: another warehouse session holds, a hung merge) or cannot keep up. Its lag could not
-#: say it: measured in cursor time at a successful poll, it stays what the source was
-#: ahead when the loader stopped (minutes) while no row loads for hours; the polls went
-#: on, so the table was 'ok' and status healthy, exit 0
-BEHIND_AFTER = 900.0
+
+
+def behind_after(config: Any, table: Any) -> float:
+    """Seconds a table's oldest landed batch may wait to load, while a loop or a worker
+    runs, before the table is behind (failing): its own `behind_after`, else
+    run.behind_after (15 min by default). Its loader is blocked then (a lock another
+    warehouse session holds, a hung merge) or cannot keep up. Its lag could not say it:
+    measured in cursor time at a successful poll, it stays what the source was ahead when
+    the loader stopped (minutes) while no row loads for hours; the polls went on, so the
+    table was 'ok' and status healthy, exit 0. The bound was fixed at 15 min: too long
+    for a table whose data is due in the warehouse within a minute, too short for one
+    loaded in a nightly window."""
+    own = getattr(table, "behind_after", None)
+    return float(own if own is not None else config.run.behind_after)
 
 
 def stalled_after(config: Any, table: Any) -> float:
