@@ -620,12 +620,27 @@ class WarehouseConfig(_Strict):
     group_rows: int = Field(default=250_000, ge=1, description=(
         "rows of one group at most (a batch with more is loaded alone): bounds how long a "
         "group's transaction runs"))
+    lock_timeout: Duration = Field(default=60.0, description=(
+        "postgres: how long a load waits for a lock another session holds (a LOCK "
+        "TABLE, a long transaction's row locks, an ALTER queued behind a query) before it "
+        "gives up, records the error on the table naming the sessions holding locks on "
+        "the target, and retries the batch with back-off; more than 0 (PostgreSQL's "
+        "default waits for ever, a loader blocked without a word)"))
     load_lanes: int = Field(default=4, ge=1, description=(
         "postgres: connections the loader merges on at once; the ready batches are split "
         "by target between them, so one slow target's transaction never holds the others' "
         "rows back (each target in one lane, its batches in order); duckdb loads on one"))
 
     _n = field_validator("schema_")(_ident)
+    _d = field_validator("lock_timeout", mode="before")(_duration)
+
+    @field_validator("lock_timeout")
+    @classmethod
+    def _lock_timeout(cls, value: float) -> float:
+        if value < 0.001:
+            raise ValueError("must be at least 1 ms: 0 would let a load wait for ever on "
+                             "a lock another session holds; use e.g. '60s'")
+        return value
 
     @model_validator(mode="after")
     def _location(self) -> WarehouseConfig:

@@ -60,8 +60,9 @@ def _lock_waiters(dsn: str) -> int:
 def test_a_loader_blocked_on_a_lock_is_not_healthy(tmp_path: Path,
                                                    pg_warehouse_dsn: str) -> None:
     path = store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=50)
+    # a loader inside a long wait (its lock_timeout not reached)
     conf = config(tmp_path, path, warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn,
-                                             "schema": "wh"})
+                                             "schema": "wh", "lock_timeout": "10m"})
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     locker = psycopg.connect(pg_warehouse_dsn)
@@ -196,7 +197,7 @@ def test_a_tables_behind_after_is_its_load_sla(tmp_path: Path, pg_warehouse_dsn:
     healthy (exit 0) for 15 min of a blocked loader whatever the table's SLA."""
     path = store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=20)
     conf = config(tmp_path, path, warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn,
-                                             "schema": "wh"},
+                                             "schema": "wh", "lock_timeout": "10m"},
                   table={"behind_after": "4s"})
     locker = psycopg.connect(pg_warehouse_dsn)
     try:
@@ -213,6 +214,43 @@ def test_a_tables_behind_after_is_its_load_sla(tmp_path: Path, pg_warehouse_dsn:
             assert _in_warehouse(pg_warehouse_dsn) == 20  # the truth: 5 rows wait
             assert 4 < table["unloaded_seconds"] < 60, table
             assert (table["state"], code, report["health"]) == ("behind", 2, "failing"), table
+            locker.rollback()
+            wait("the 5 rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 25)
+            wait("status healthy again", lambda: status(conf)[0] == 0)
+    finally:
+        locker.close()
+
+
+def test_a_load_waits_lock_timeout_then_fails_naming_the_holder(
+        tmp_path: Path, pg_warehouse_dsn: str) -> None:
+    """PostgreSQL's default lock_timeout is 0, for ever: a loader blocked on a lock
+    another session holds waited without a word (no error, no retry, status healthy for
+    15 min). Now the wait ends after warehouse.lock_timeout, the table's error names the
+    session holding the lock, status fails at once (the batch's load failed), the batch is
+    retried, and it loads when the lock goes."""
+    path = store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=20)
+    conf = config(tmp_path, path, warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn,
+                                             "schema": "wh", "lock_timeout": "1s"})
+    locker = psycopg.connect(pg_warehouse_dsn)
+    try:
+        with follow(conf):
+            wait("the first 20 rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 20)
+            locker.execute("LOCK TABLE wh.sales IN SHARE MODE")
+            store(tmp_path, datetime.now(UTC), n=5, first=21)
+            wait("the loader blocked on the lock", lambda: _lock_waiters(pg_warehouse_dsn) > 0)
+
+            def told() -> bool:
+                error = status(conf)[1]["tables"][0]["last_error"] or ""
+                return "lock_timeout" in error
+            wait("the lock wait reported", told, timeout=30)
+            code, report = status(conf)
+            [table] = report["tables"]
+            assert f"pid {locker.info.backend_pid} (ShareLock" in table["last_error"], table
+            assert (code, report["health"]) == (2, "failing"), report
+            [(error,)] = state(tmp_path, "SELECT max(error) FROM manifest "
+                                         "WHERE status='landed'")
+            assert "lock_timeout" in error  # the batch waits, with its reason
+            assert _in_warehouse(pg_warehouse_dsn) == 20
             locker.rollback()
             wait("the 5 rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 25)
             wait("status healthy again", lambda: status(conf)[0] == 0)

@@ -122,15 +122,19 @@ def _same(contract: Contract, target: str, stage: str, live: str | None = None) 
 MERGE_AFTER_CONFLICT = 8
 # the direct COPY's savepoint (PostgresWarehouse._copy_direct)
 SAVEPOINT = "SAVEPOINT steadyflow_direct"
+#: seconds a load waits for a lock another session holds (config: warehouse.lock_timeout)
+LOCK_TIMEOUT = 60.0
 ROLLBACK_TO = b"ROLLBACK TO SAVEPOINT steadyflow_direct"
 
 
 class PostgresWarehouse:
     """Merges batches into PostgreSQL tables with a ledger row in the same transaction."""
 
-    def __init__(self, dsn: str, schema: str = "public") -> None:
+    def __init__(self, dsn: str, schema: str = "public",
+                 lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.lock_timeout = lock_timeout
         self._secrets = [s for s in [dsn_password(dsn)] if s]
         self._lock = threading.Lock()
         # keyed by target and column set: a `schema_drift: add` column makes a new plan
@@ -156,7 +160,11 @@ class PostgresWarehouse:
                 self._staged.clear()
                 self._conn = psycopg.connect(
                     self.dsn, connect_timeout=5,
+                    # and a lock another session holds is waited for lock_timeout at
+                    # most (PostgreSQL's default waits for ever): the batch is retried
+                    # and the error names the holders (_lock_timeout)
                     options="-c TimeZone=UTC -c idle_in_transaction_session_timeout=300000 "
+                            f"-c lock_timeout={max(1, round(self.lock_timeout * 1000))} "
                             "-c client_connection_check_interval=10000 "
                             "-c tcp_keepalives_idle=30 -c tcp_keepalives_interval=10 "
                             "-c tcp_keepalives_count=3",
@@ -309,12 +317,48 @@ class PostgresWarehouse:
                 self._staged.clear()  # stages created by the rolled-back transaction
                 if not isinstance(exc, psycopg.Error):
                     raise
+                if isinstance(exc, psycopg.errors.LockNotAvailable):
+                    raise self._lock_timeout(conn, current) from None
                 if current is None:
                     raise self._fail(exc, f"committing {len(results)} batch(es) failed"
                                      ) from None
                 raise self._fail(exc, f"merge into {current.ref.target} failed",
                                  current.batch) from None
         return results
+
+    def _lock_timeout(self, conn: psycopg.Connection[Any], part: LoadPart | None
+                      ) -> WarehouseUnavailable:
+        """A load that waited lock_timeout for a lock: retryable (the holder lets go,
+        the batch loads), named with the sessions holding locks on the target (or the
+        ledger), so the operator knows whom to ask, where it was a silent wait for ever.
+        The transaction is rolled back already; the connection stays."""
+        where = self._target(part.ref) if part is not None else (
+            f"{quote(self.schema)}.{quote(LEDGER)}")
+        holders = ""
+        try:
+            with conn.transaction():
+                rows = conn.execute(
+                    "SELECT a.pid, string_agg(DISTINCT l.mode, ','), a.state, "
+                    "round(extract(epoch FROM now() - a.xact_start)), "
+                    "left(regexp_replace(a.query, '\\s+', ' ', 'g'), 120) "
+                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.granted AND l.pid <> pg_backend_pid() AND l.relation IN "
+                    "(to_regclass(%s), to_regclass(%s)) "
+                    "GROUP BY a.pid, a.state, a.xact_start, a.query LIMIT 5",
+                    [where, f"{quote(self.schema)}.{quote(LEDGER)}"]).fetchall()
+            holders = "; ".join(f"pid {pid} ({modes}, {state}, transaction open {age}s: "
+                                f"{query})" for pid, modes, state, age, query in rows)
+        except psycopg.Error as exc:  # the question is a courtesy: the error stands
+            log.debug("lock holders not read: %s", exc, extra={"stage": "load"})
+        what = f"merge into {part.ref.target}" if part is not None else "the ledger update"
+        return WarehouseUnavailable(
+            redact(f"{what} waited {self.lock_timeout:g}s (warehouse.lock_timeout) for a "
+                   f"lock another session holds on {where}"
+                   + (f"; holding locks there: {holders}" if holders else ""),
+                   self._secrets),
+            stage="load", batch_id=part.batch.batch_id if part is not None else None,
+            hint="the batch is retried with back-off; end or commit the session holding "
+                 "the lock (pg_locks, pg_stat_activity)")
 
     def _load_part(self, conn: psycopg.Connection[Any], part: LoadPart) -> Merged | None:
         """One batch inside the open transaction: None if the ledger has it already."""

@@ -210,7 +210,8 @@ class Pipeline:
             if w.kind == "postgres":
                 from steadyflow.merge.postgres import PostgresWarehouse
 
-                self._warehouse = PostgresWarehouse(w.dsn or "", w.schema_)
+                self._warehouse = PostgresWarehouse(w.dsn or "", w.schema_,
+                                                    lock_timeout=w.lock_timeout)
             else:
                 from steadyflow.merge.duckdb import DuckdbWarehouse
 
@@ -259,7 +260,8 @@ class Pipeline:
                 if w.kind == "postgres":
                     from steadyflow.merge.postgres import PostgresWarehouse
 
-                    self._lanes = [PostgresWarehouse(w.dsn or "", w.schema_)
+                    self._lanes = [PostgresWarehouse(w.dsn or "", w.schema_,
+                                                     lock_timeout=w.lock_timeout)
                                    for _ in range(w.load_lanes - 1)]
             return self._lanes
 
