@@ -9,6 +9,9 @@ without pyarrow: importing it costs ~80 MiB of peak RSS, numpy included where in
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Callable
 from decimal import MAX_EMAX, MIN_EMIN, Context, Decimal
 from functools import lru_cache
 from typing import Any
@@ -143,3 +146,87 @@ def exact_decimal(text: str, target: pa.DataType) -> Decimal | None:
             target.precision - target.scale:
         return None
     return held
+
+
+# an integer of a 64-bit type's width with more digits than a float64 holds every one of
+# (a longer one is a magnitude, read as its nearest float like any other decimal)
+_LONG_INTEGER = r"^[+-]?[0-9]{16,20}$"
+_NONZERO = r"^[+-]?[0-9]*\.?[0-9]*[1-9]"  # a mantissa that is not 0
+_SPELLED_INFINITE = r"(?i)^[+-]?inf(inity)?$"
+_FLOAT_EXACT = 2**53  # every integer up to this is a float64
+
+
+def cast_exact(values: Any, target: pa.DataType) -> Any:
+    """`pc.cast(values, target)`, but raising ArrowInvalid (as a cast that does not fit
+    does) where Arrow's safe cast changes a value without a word:
+
+      * an integer other than 0 and 1 as a bool: 2 and -1 were true (a PostgreSQL int,
+        through ADBC), where the same 2 read by psycopg, pymysql or as text is refused;
+      * an integer past 2**53 (up to 20 digits: what a 64-bit integer type holds) as a
+        float64 the float is not: 9007199254740993 was 9007199254740992 (bigint, BIGINT
+        UNSIGNED, numeric or text), an identifier silently another;
+      * text of a finite number past float64's range as ±inf ('1e400', a numeric), or
+        of a nonzero one below it as 0 ('1e-400').
+
+    A decimal's nearest float (0.1) is what a float64 contract asks for, and is kept."""
+    source = values.type
+    if pa.types.is_boolean(target) and pa.types.is_integer(source):
+        other = pc.invert(pc.is_in(values, value_set=pa.array([0, 1], source)))
+        if pc.any(pc.and_(pc.is_valid(values), other)).as_py():
+            raise pa.ArrowInvalid("an integer other than 0 and 1 is no bool")
+    if pa.types.is_floating(target) and pa.types.is_integer(source):
+        # Arrow's safe cast refuses every integer past 2**53, 2**62 too, which a float
+        # holds exactly: refused, its text was cast instead, and that one rounds
+        cast = pc.cast(values, target, safe=False)
+    else:
+        cast = pc.cast(values, target)
+    if not pa.types.is_floating(target):
+        return cast
+    if pa.types.is_integer(source) and source.bit_width == 64:
+        suspect = pc.greater(values, pa.scalar(_FLOAT_EXACT, source))
+        if pa.types.is_signed_integer(source):
+            suspect = pc.or_(suspect, pc.less(values, pa.scalar(-_FLOAT_EXACT, source)))
+        _refuse(values, cast, suspect, lambda v, f: int(f) == v)
+    elif pa.types.is_string(source) or pa.types.is_large_string(source):
+        zero = pc.equal(cast, pa.scalar(0.0, target))
+        suspect = pc.or_(
+            pc.or_(pc.is_inf(cast), pc.match_substring_regex(values, _LONG_INTEGER)),
+            pc.and_(zero, pc.match_substring_regex(values, _NONZERO)))
+        _refuse(values, cast, suspect, _same_number)
+    return cast
+
+
+def _same_number(text: str, value: float) -> bool:
+    """Is `value` the float64 `text` spells: its infinity, its integer exactly, a zero for
+    zero only (any other number is its nearest float, as Arrow reads it)?"""
+    try:
+        spelled = Decimal(text)
+    except ArithmeticError:
+        return False
+    if spelled.is_infinite() or spelled.is_nan():
+        return True
+    if math.isinf(value):
+        return False
+    if value == 0 or re.fullmatch(_LONG_INTEGER, text):
+        return Decimal(value) == spelled
+    return True
+
+
+def _rows(values: list[Any]) -> list[int]:
+    """Row numbers from `pc.indices_nonzero` (never null)."""
+    return [int(i) for i in values]
+
+
+def _refuse(values: Any, cast: Any, suspect: Any, same: Callable[[Any, Any], bool]
+            ) -> None:
+    """Raise ArrowInvalid if a `suspect` value's cast is not `same` as it."""
+    suspect = pc.fill_null(suspect, False)
+    if not pc.any(suspect).as_py():
+        return
+    flat_values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    flat_cast = cast.combine_chunks() if isinstance(cast, pa.ChunkedArray) else cast
+    flat = suspect.combine_chunks() if isinstance(suspect, pa.ChunkedArray) else suspect
+    for i in _rows(pc.indices_nonzero(flat).to_pylist()):
+        value = flat_values[i].as_py()
+        if not same(value, flat_cast[i].as_py()):
+            raise pa.ArrowInvalid(f"{value!r} is no {cast.type}")

@@ -16,9 +16,8 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from steadyflow.arrow_types import cast_text_decimal, cast_text_time, exact_decimal
+from steadyflow.arrow_types import cast_exact, cast_text_decimal, cast_text_time, exact_decimal
 from steadyflow.extract.dialects import InvalidText, OutOfRange
 from steadyflow.extract.sql import _BYTES, _as_text
 from steadyflow.model import INVALID, Contract
@@ -74,7 +73,7 @@ def column_to_arrow(values: Sequence[Any], target: pa.DataType,
             return cast_text_time(text, target)
         if pa.types.is_decimal(target):
             return cast_text_decimal(text, target)
-        return pc.cast(text, target)
+        return cast_exact(text, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return text
 

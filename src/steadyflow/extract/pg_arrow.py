@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg.conninfo import conninfo_to_dict
 
-from steadyflow.arrow_types import cast_text_decimal
+from steadyflow.arrow_types import cast_exact, cast_text_decimal
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout, SteadyflowError
 from steadyflow.extract.dialects import OpenSince, OutOfRange, session_settings
@@ -428,7 +428,7 @@ def conform_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray
                                             or pa.types.is_large_string(col.type)):
             # numeric as PostgreSQL's text: Arrow's cast alone can return garbage
             return pa.chunked_array([cast_text_decimal(col.combine_chunks(), target)])
-        return pc.cast(col, target)
+        return cast_exact(col, target)  # an int 2 is no bool, nor 2**53 + 1 a float
     except _CAST_ERRORS:
         pass
     try:
@@ -442,7 +442,7 @@ def conform_column(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray
             return naive.cast(target)
         if pa.types.is_decimal(target):
             return pa.chunked_array([cast_text_decimal(text.combine_chunks(), target)])
-        return pc.cast(text, target)
+        return cast_exact(text, target)
     except _CAST_ERRORS:
         return text
 

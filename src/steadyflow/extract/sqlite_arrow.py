@@ -37,7 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from steadyflow.arrow_types import cast_text_decimal, cast_text_time
+from steadyflow.arrow_types import cast_exact, cast_text_decimal, cast_text_time
 from steadyflow.config import SourceConfig
 from steadyflow.extract import key_check
 from steadyflow.extract import key_spellings as spellings
@@ -299,7 +299,7 @@ def _text_to(text: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
             return pa.chunked_array([cast_text_time(text.combine_chunks(), target)])
         if pa.types.is_decimal(target):
             return pa.chunked_array([cast_text_decimal(text.combine_chunks(), target)])
-        return pc.cast(text, target)
+        return cast_exact(text, target)
     except _TEXT_ERRORS:
         return text
 

@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from steadyflow.arrow_types import cast_text_decimal, cast_text_time
+from steadyflow.arrow_types import cast_exact, cast_text_decimal, cast_text_time
 from steadyflow.errors import ContractError
 from steadyflow.failpoints import failpoint
 from steadyflow.model import (
@@ -84,7 +84,7 @@ def _cast_fast(values: pa.Array, target: pa.DataType) -> pa.Array:
         return cast_text_time(values, target)
     if pa.types.is_string(values.type) and pa.types.is_decimal(target):
         return cast_text_decimal(values, target)  # Arrow's cast alone can return garbage
-    return pc.cast(values, target)
+    return cast_exact(values, target)  # Arrow's safe cast changes some values unasked
 
 
 def _cast_column(values: pa.ChunkedArray, target: pa.DataType
