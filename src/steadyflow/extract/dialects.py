@@ -702,6 +702,17 @@ def bit_number(declared: str, kind: ColumnType) -> bool:
     return re.match(r"\s*bit\b", declared.lower()) is not None
 
 
+def single_float_number(declared: str, kind: ColumnType) -> bool:
+    """Is this a MariaDB/MySQL FLOAT column (catalog text 'float', 'float(10,4) unsigned';
+    FLOAT(p) past 24 is declared double) read as a number (float64, an integer, bool)?
+    Then a page selects it as a DOUBLE: the float it holds, exactly. The text protocol
+    prints a FLOAT to six significant digits (or its D decimals), which is not that value:
+    1234.567, stored 1234.5670166015625, loaded as 1234.57, 16777217 (stored 16777216) as
+    16777200. A decimal or string contract keeps MariaDB's text (what reconcile reads)."""
+    return (re.match(r"\s*float\b", declared.lower()) is not None
+            and kind.name in ("float64", "int64", "int32", "bool"))
+
+
 _MEMBER_LIST = re.compile(r"\s*(enum|set)\s*\((.*)\)\s*$", re.IGNORECASE | re.DOTALL)
 _MEMBER = re.compile(r"'((?:[^'\\]|''|\\.)*)'", re.DOTALL)
 
@@ -797,10 +808,14 @@ class MysqlDialect(Dialect):
         timedelta '-1 day, 23:59:59'; a DATETIME(6) without its zero fraction), which the
         warehouse then held and reconcile, reading MariaDB's text, found mismatched. As
         a key or cursor the text compares with the column as a time, exactly. YEAR read as
-        string likewise: the drivers' number spelled the zero year '0000' as '0'."""
+        string likewise: the drivers' number spelled the zero year '0000' as '0'.
+
+        A FLOAT read as a number is its DOUBLE (`single_float_number`)."""
         ident = self.ident(name)
         if bit_number(declared, kind):
             return f"CAST({ident} AS UNSIGNED)"
+        if single_float_number(declared, kind):
+            return f"CAST({ident} AS DOUBLE)"
         if text_of_time(declared, kind):
             return f"CAST({ident} AS CHAR)"
         return ident
