@@ -152,7 +152,7 @@ def exact_decimal(text: str, target: pa.DataType) -> Decimal | None:
 # (a longer one is a magnitude, read as its nearest float like any other decimal)
 _LONG_INTEGER = r"^[+-]?[0-9]{16,20}$"
 _NONZERO = r"^[+-]?[0-9]*\.?[0-9]*[1-9]"  # a mantissa that is not 0
-_SPELLED_INFINITE = r"(?i)^[+-]?inf(inity)?$"
+_HEXADECIMAL = r"(?i)^[+-]?0x"  # Arrow reads '0x1A' as 26; no source's cast does
 _FLOAT_EXACT = 2**53  # every integer up to this is a float64
 
 
@@ -166,7 +166,9 @@ def cast_exact(values: Any, target: pa.DataType) -> Any:
         float64 the float is not: 9007199254740993 was 9007199254740992 (bigint, BIGINT
         UNSIGNED, numeric or text), an identifier silently another;
       * text of a finite number past float64's range as ±inf ('1e400', a numeric), or
-        of a nonzero one below it as 0 ('1e-400').
+        of a nonzero one below it as 0 ('1e-400');
+      * hexadecimal text as an integer: '0x1A' was 26, where PostgreSQL (before 16)
+        refuses it and MariaDB's and SQLite's casts read 0.
 
     A decimal's nearest float (0.1) is what a float64 contract asks for, and is kept."""
     source = values.type
@@ -174,6 +176,11 @@ def cast_exact(values: Any, target: pa.DataType) -> Any:
         other = pc.invert(pc.is_in(values, value_set=pa.array([0, 1], source)))
         if pc.any(pc.and_(pc.is_valid(values), other)).as_py():
             raise pa.ArrowInvalid("an integer other than 0 and 1 is no bool")
+    if pa.types.is_integer(target) and (pa.types.is_string(source)
+                                        or pa.types.is_large_string(source)):
+        hexadecimal = pc.fill_null(pc.match_substring_regex(values, _HEXADECIMAL), False)
+        if pc.any(hexadecimal).as_py():
+            raise pa.ArrowInvalid("hexadecimal text is no decimal integer")
     if pa.types.is_floating(target) and pa.types.is_integer(source):
         # Arrow's safe cast refuses every integer past 2**53, 2**62 too, which a float
         # holds exactly: refused, its text was cast instead, and that one rounds
