@@ -277,7 +277,10 @@ class TableConfig(_Strict):
     from the contract, or an added column dropped at the source): the merge replaces
     whole rows, so each row changed afterwards would hold NULL there. Drop it from the
     warehouse table (the error gives the ALTER TABLE), or bring it back; columns with a
-    DEFAULT are the warehouse's own and not asked about.
+    DEFAULT are the warehouse's own and not asked about. A warehouse column of a type
+    that would convert a batch's values (narrower numbers, a date for a timestamp, a number,
+    time or bool type for a string: an added column whose source type became text) stops
+    the table at load too, naming the ALTER TABLE that widens it.
     """
 
     name: str = Field(description=(

@@ -48,7 +48,8 @@ def test_a_target_column_narrower_than_its_contract_type_is_named() -> None:
               "s": "bigint"}
     assert narrower_columns(contract, narrow) == [
         ("id", "integer", "int64"), ("n", "smallint", "int32"),
-        ("d", "numeric(10,2)", "decimal(12,4)"), ("k", "DOUBLE", "decimal(18,0)")]
+        ("d", "numeric(10,2)", "decimal(12,4)"), ("k", "DOUBLE", "decimal(18,0)"),
+        ("s", "bigint", "string")]  # text into a number column: see the string test below
     assert narrower_columns(contract, {"d": "DECIMAL(12,5)", "k": "int"}) == [
         ("d", "DECIMAL(12,5)", "decimal(12,4)"), ("k", "int", "decimal(18,0)")]
     assert narrower_columns(contract, {"id": "numeric(19,0)", "n": "decimal(12,2)"}) == []
@@ -70,6 +71,19 @@ def test_a_date_for_a_timestamp_and_a_number_type_for_a_float_are_named() -> Non
         ("f", "BIGINT", "float64"), ("at", "DATE", "timestamp")]
     assert [n for n, _, _ in narrower_columns(contract, {"f": "FLOAT"})] == ["f"]
     assert [n for n, _, _ in narrower_columns(contract, {"f": "numeric(30,10)"})] == ["f"]
+
+
+def test_a_number_time_or_bool_type_for_a_string_is_named() -> None:
+    """A string contract column over a BIGINT target ('007' stored as 7), and the other
+    types that convert text; any text type (or one this cannot judge) holds it."""
+    contract = Contract(columns=(Column("id", "int64", nullable=False), Column("s", "string")),
+                        primary_key=("id",), cursor="id")
+    for fits in ("VARCHAR", "text", "character varying(20)", "citext", "json", "MY_TYPE"):
+        assert narrower_columns(contract, {"s": fits}) == [], fits
+    for narrow in ("BIGINT", "integer", "UBIGINT", "DOUBLE", "double precision",
+                   "numeric(10,2)", "DECIMAL(18,3)", "date", "TIMESTAMP WITH TIME ZONE",
+                   "time without time zone", "BOOLEAN", "uuid", "interval"):
+        assert narrower_columns(contract, {"s": narrow}) == [("s", narrow, "string")], narrow
 
 
 def test_each_target_has_a_tombstone_table_of_its_own_within_postgres_63_bytes() -> None:

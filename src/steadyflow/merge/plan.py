@@ -51,15 +51,21 @@ _INTEGER_BITS = {"smallint": 16, "int2": 16, "tinyint": 8, "integer": 32, "int4"
                  "int": 32, "bigint": 64, "int8": 64, "hugeint": 128}
 _FLOATS = ("real", "float4", "float", "double", "double precision", "float8")
 _SIZED = re.compile(r"^(?:numeric|decimal)\((\d+),\s*(\d+)\)$")
+# types whose column converts text put into it: '007' is stored as 7 ('abc' fails the batch)
+_NOT_TEXT = re.compile(
+    r"^(u?(tiny|small|big|huge)?int(eger)?|u?int[1248]|real|float[48]?|double( precision)?|"
+    r"numeric|decimal|date|time|timestamp|timestamptz|boolean|bool|interval|uuid)\b")
 
 
 def _holds(declared: str, kind: ColumnType) -> bool:
     """Whether a warehouse column declared `declared` (as its catalog spells it) holds
     every value of the contract type `kind` (a number or a timestamp) exactly. A type
     this cannot judge (a user's own, a text column) is taken to hold it: only a known
-    narrower number type, a float for an exact number, a number type for a float64 and
-    a date for a timestamp are refused."""
+    narrower number type, a float for an exact number, a number type for a float64, a
+    date for a timestamp and a number, time or bool type for a string are refused."""
     spelled = declared.strip().lower()
+    if kind.name == "string":  # a number, time or bool type converts the text (or fails)
+        return _NOT_TEXT.match(spelled) is None
     bits = _INTEGER_BITS.get(spelled)
     sized = _SIZED.match(spelled)
     if kind.name == "timestamp":  # a date drops the time of day
@@ -94,13 +100,15 @@ def narrower_columns(contract: Contract, declared: dict[str, str]
     decimal(10,2) to decimal(12,4), int64 to float64, date to timestamp) leaves the old
     column, and the warehouses convert into it without a word: 1.2345 was stored as
     1.23, 1.5 as 2 and 10:30 on a day as the day, and one value past the old range
-    failed its whole batch on every delivery. Such a table is refused instead, naming
-    the ALTER that widens it."""
+    failed its whole batch on every delivery. So with a string (a contract column changed
+    to it, or a `schema_drift: add` column whose source type became text): '007' was
+    stored as 7 in the BIGINT column, 'abc' failed the batch. Such a table is refused
+    instead, naming the ALTER that widens it."""
     out = []
     for column in contract.columns:
         kind, have = column.parsed_type, declared.get(column.name)
         if (have is not None and kind.name in ("int64", "int32", "decimal", "float64",
-                                                "timestamp")
+                                                "timestamp", "string")
                 and not _holds(have, kind)):
             out.append((column.name, have, column.type))
     return out
@@ -166,8 +174,8 @@ def refuse_narrower(contract: Contract, declared: dict[str, str], target: str, t
     fix = "; ".join(f"ALTER TABLE {target} ALTER COLUMN {quote(name)} TYPE "
                     f"{sql_type(contract.column(name).parsed_type, engine)}"
                     for name, _, _ in narrower)
-    raise SchemaError(f"warehouse table {table}: {what}: its values would be rounded or "
-                      "refused there, so nothing is loaded into it", stage="load",
+    raise SchemaError(f"warehouse table {table}: {what}: its values would be rounded, "
+                      "converted or refused there, so nothing is loaded into it", stage="load",
                       table=table, hint=f"widen the column(s), then run again: {fix}")
 
 
