@@ -72,7 +72,7 @@ class _Follower:
 
     def _start_round(self) -> None:
         self.round = self.new_summary()
-        self.round_id = self.p.state.start_run("run")
+        self.round_id = self.p.run_started("run")
         self.round_started = time.monotonic()
         self.polled: set[str] = set()
 
@@ -160,6 +160,6 @@ class _Follower:
         self.p._report_parked(r)
         if r.ok:
             self.p.metrics.run_succeeded()
-        self.p.state.end_run(self.round_id, "ok" if r.ok else "error", r.loaded_batches,
-                             r.changed_rows, "; ".join(r.errors)[:2000] or None)
+        self.p.run_ended(self.round_id, "ok" if r.ok else "error", r.loaded_batches,
+                         r.changed_rows, "; ".join(r.errors)[:2000] or None)
         self.total = self.total.then(r)

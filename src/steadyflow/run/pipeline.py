@@ -656,7 +656,7 @@ class Pipeline:
         failed run for a good one. `raise_on_error=False` returns the summary instead (the
         CLI and `run` do: they report its errors and set the exit code from it).
         """
-        run_id = self.state.start_run("run")
+        run_id = self.run_started("run")
         summary = RunSummary()
         try:
             self.sweep()
@@ -684,11 +684,38 @@ class Pipeline:
         outcome = "ok" if summary.ok else "error"
         if summary.ok:
             self.metrics.run_succeeded()
-        self.state.end_run(run_id, outcome, summary.loaded_batches, summary.changed_rows,
-                           "; ".join(summary.errors)[:2000] or None)
+        if not self.run_ended(run_id, outcome, summary.loaded_batches, summary.changed_rows,
+                              "; ".join(summary.errors)[:2000] or None):
+            summary.errors.append("the run's outcome could not be recorded: the state store "
+                                  "is unreachable")
         if raise_on_error and not summary.ok:
             raise _run_failed(summary)
         return summary
+
+    def run_started(self, command: str) -> int | None:
+        """A run's (or a follow round's) history row; None while the state store is
+        unreachable. The run goes on without it: each of its steps meets the outage and
+        retries or reports it, as in every later round. Raising here ended a worker whose
+        first catch-up met a state server restart (exit 2), while the follow loop itself
+        rides such an outage out."""
+        try:
+            return self.state.start_run(command)
+        except StateUnavailable as exc:
+            log.warning("could not record the run's start: %s", exc, extra={"stage": "run"})
+            return None
+
+    def run_ended(self, run_id: int | None, outcome: str, batches: int, rows: int,
+                  error: str | None) -> bool:
+        """Record a run's outcome (see run_started); False when it could not be: the row
+        stays open, and the next start's `close_runs` ends it as unfinished."""
+        if run_id is None:
+            return False
+        try:
+            self.state.end_run(run_id, outcome, batches, rows, error)
+        except StateUnavailable as exc:
+            log.warning("could not record the run's outcome: %s", exc, extra={"stage": "run"})
+            return False
+        return True
 
     def staged(self, command: str, work: Callable[[], RunSummary]) -> RunSummary:
         """A stage command (`extract`, `load`) recorded in the run history as `run` is.
