@@ -69,3 +69,48 @@ def test_the_handoff_keeps_small_pages_by_bytes_and_big_ones_two_at_a_time(
     (tmp_path / big[2].path).unlink()
     with pytest.raises(Exception, match="missing|No such file|not found"):
         zone.read(big[2])
+
+
+_READ_THREADS = """
+import os, sys
+from pathlib import Path
+import pyarrow as pa
+from steadyflow.land.parquet import LandingZone
+zone = LandingZone(Path(sys.argv[1]))
+page = pa.table({"k": pa.array(range(2000), pa.int64()),
+                 "v": pa.array([f"v{i}" for i in range(2000)])})
+ref = zone.write(page, "s", "t", None, None)
+before = len(os.listdir("/proc/self/task"))
+same = all(zone.read(ref).equals(page) for _ in range(5))
+print(same, len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def test_a_small_landed_page_is_read_in_the_calling_thread(tmp_path: Path) -> None:
+    """A loader reads a page another worker landed from its file: a small one is decoded
+    in the loader's thread, without pq.read_table's dataset and Arrow's thread pool (2.2x
+    the CPU on a 2,000-row page, bench/NOTES.md session 14). Measured by the threads the
+    read starts (the pool's are native threads, started on first use): a process of its
+    own, so no other test has started them."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _READ_THREADS, str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "0"]
+
+
+def test_a_large_landed_file_reads_back_whole(tmp_path: Path) -> None:
+    """A file over THREADED_READ_BYTES (decoded on Arrow's pool) reads back equal, schema
+    metadata included."""
+    from steadyflow.land import parquet
+
+    zone = LandingZone(tmp_path, "none")
+    rows = 200_000
+    page = pa.table({"k": pa.array(range(rows), pa.int64()),
+                     "v": pa.array([f"value {i}" for i in range(rows)])}
+                    ).replace_schema_metadata({"m": "1"})
+    ref = zone.write(page, "s", "t", None, None)
+    assert (tmp_path / ref.path).stat().st_size > parquet.THREADED_READ_BYTES
+    back = zone.read(ref)
+    assert back.equals(page, check_metadata=True)

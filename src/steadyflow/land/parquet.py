@@ -55,6 +55,8 @@ HANDOFF_STALE = 60.0
 # a batch of more rows is written as several row groups, so a streamed read (`batches`)
 # holds one of them at a time; a page of the default size is one row group
 ROW_GROUP_ROWS = 64 * 1024
+# a landed file of more bytes is decoded on Arrow's thread pool (see `_whole`)
+THREADED_READ_BYTES = 1 << 20
 HASH_CHUNK = 1 << 20  # bytes hashed at a time when a batch is streamed (`batches`)
 FOOTERS_KEPT = 8  # footers of compacted files kept for the next reads (see `_compacted`)
 # the meta key of a replayed batch (run/replay.py) naming the manifest entry it re-applies
@@ -210,7 +212,7 @@ class LandingZone:
             data = self.store.read(ref.path)
             if hashlib.blake2b(data, digest_size=16).hexdigest() != ref.checksum:
                 raise self._tampered(ref)
-            return pq.read_table(pa.BufferReader(data))
+            return _whole(data)
 
     def batches(self, ref: BatchRef) -> Iterator[pa.RecordBatch]:
         """A landed batch as a stream of record batches, in memory bounded by one row group
@@ -257,7 +259,7 @@ class LandingZone:
     def read_file(self, path: str) -> pa.Table:
         """A landed file by path, unverified (quarantined rows and raw pages, which are
         indexed by path in the quarantine index, not by a manifest entry)."""
-        return pq.read_table(pa.BufferReader(self.store.read(path)))
+        return _whole(self.store.read(path))
 
     def _compacted(self, fh: pa.NativeFile, ref: BatchRef) -> pq.ParquetFile:
         """A compacted file, its page checksums verified (compaction writes them). Its footer
@@ -349,3 +351,15 @@ def day_of(path: str) -> str | None:
 def with_part(ref: BatchRef, path: str, first: int, end: int) -> BatchRef:
     """The manifest entry of a batch moved into row groups [first, end) of `path`."""
     return replace(ref, path=path, part=(first, end))
+
+
+def _whole(data: bytes) -> pa.Table:
+    """A Parquet file's bytes as one table. `pq.read_table` builds a dataset (fragment,
+    scanner) around the one file and decodes on Arrow's thread pool: for a loader's small
+    page that cost 2.2x the CPU of a plain read in the calling thread (2,000 rows: 0.78-0.94
+    against 0.38-0.40 ms; 122,880 rows: ~10 ms either way; bench/NOTES.md, session 14,
+    h-scale). Among workers most batches a loader takes were landed by another worker, so
+    it reads most of its pages from their files. A file over THREADED_READ_BYTES is still
+    decoded on the pool: there the threads cost no more CPU and save wall time."""
+    return pq.ParquetFile(pa.BufferReader(data)).read(
+        use_threads=len(data) > THREADED_READ_BYTES)
