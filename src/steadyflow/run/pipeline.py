@@ -160,6 +160,9 @@ class Pipeline:
         self._partial: dict[str, ExtractResult] = {}
         # `run --follow` / worker: the loader runs beside polls that never end (run/follow.py)
         self.following = False
+        # run_once is the first step of a follow (`run --follow`, a worker): its end is
+        # not waited for by anyone, so its loader waits as a follower's does (see load)
+        self._follow_next = False
         self._queue_reported = 0.0
         self._swept = False
         # landed batches the last sweep could not queue (the buffer was full): the loader
@@ -495,11 +498,16 @@ class Pipeline:
                 # sweep): the first look after a group does not wait, so a cycle ends
                 # when its last batch is loaded, not 20 ms later (a warm `--follow`-style
                 # cycle is ~0.15 s); a batch still held back (a retry's delay) is then
-                # waited for as before, without spinning
+                # waited for as before, without spinning. A run_once that a follow comes
+                # after (a worker's first load) waits as a follower: ending it 0.25 s later
+                # delays nothing, and an idle JetStream loader sent a pull request every
+                # 0.1 s (a get lives at least MIN_FETCH); among four workers sharing the
+                # queue each loader is idle part of the load (bench/NOTES.md, session 14)
                 ended = extracting is not None and not extracting.is_set()
                 delivery = self.buffer.get(wait=0.0 if ended and not looked else
                                            0.2 if extracting is None else
-                                           0.25 if self.following else 0.02)
+                                           0.25 if self.following or self._follow_next
+                                           else 0.02)
                 looked = ended and delivery is None
                 if (delivery is None and self._unqueued
                         and self.buffer.depth() < self.buffer.capacity and self.sweep()):
@@ -757,7 +765,11 @@ class Pipeline:
         The summary covers the whole run (every round's counts, the last round's errors):
         stopping a long `run --follow` reports what it did, not what its last round did.
         """
-        summary = self.run_once(raise_on_error=False)
+        self._follow_next = follow
+        try:
+            summary = self.run_once(raise_on_error=False)
+        finally:
+            self._follow_next = False
         if follow and not self._stop.is_set():
             from steadyflow.run.follow import follow as follow_tables
 
