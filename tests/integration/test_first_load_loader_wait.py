@@ -66,5 +66,4 @@ def test_a_follows_first_load_waits_for_batches_without_polling_finely(
             runner.join(60)
     assert waited >= PAUSE
     # idle ~2 s: a follower's 0.25 s waits make ~8 gets; run_once's 20 ms ones made ~100
-    print(f"{counted.empty} empty gets in {waited:.2f}s")
     assert counted.empty <= 2 * waited / 0.25, f"{counted.empty} empty gets in {waited:.1f}s"
