@@ -13,27 +13,20 @@ reconcile saw it extra. A key inserted again at the source afterwards loads as e
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.conftest import steadyflow
-from tests.faults.test_repair_crash import DUCKDB, ROWS, setup
+from tests.faults import test_repair_delete_order as delete_order
+from tests.faults.test_repair_crash import ROWS, setup
 from tests.faults.test_repair_delete_order import source_rows, warehouse_rows
 
 pytestmark = pytest.mark.faults
 
 KEY = 10  # updated, extracted (not loaded), then deleted at the source
-
-
-@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.integration)])
-def warehouse(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
-    if request.param == "duckdb":
-        yield DUCKDB
-    else:
-        yield {"kind": "postgres", "dsn": request.getfixturevalue("pg_dsn"), "schema": "wh"}
+warehouse = delete_order.warehouse  # the same fixture: DuckDB, and PostgreSQL (integration)
 
 
 def _source(directory: Path, statement: str, *args: object) -> None:

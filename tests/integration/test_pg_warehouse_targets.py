@@ -9,18 +9,12 @@ is held to the same test.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import duckdb
-import psycopg
 import pyarrow as pa
-import pytest
+from tests.support.warehouses import open_warehouse, query
 
-from steadyflow.merge.duckdb import DuckdbWarehouse
-from steadyflow.merge.postgres import PostgresWarehouse
 from steadyflow.model import BatchRef, Column, Contract, TableRef
 
 
@@ -46,38 +40,12 @@ def _batch(n: int, seq: int) -> BatchRef:
     return BatchRef(f"batch-{n}", "src", "t", "p", 0, 0, "c", None, None, 0.0, seq=seq)
 
 
-Warehouse = PostgresWarehouse | DuckdbWarehouse
-
-
-@pytest.fixture(params=["postgres", "duckdb"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The warehouse under test: a PostgreSQL DSN or a DuckDB file path."""
-    if request.param == "postgres":
-        yield request.getfixturevalue("pg_dsn")
-    else:
-        yield str(tmp_path / "wh.duckdb")
-
-
-def _open(where: str) -> Warehouse:
-    if where.startswith("postgresql://"):
-        return PostgresWarehouse(where)
-    return DuckdbWarehouse(Path(where))
-
-
-def _query(where: str, sql: str) -> list[tuple[Any, ...]]:
-    if where.startswith("postgresql://"):
-        with psycopg.connect(where) as conn:
-            return conn.execute(sql.encode()).fetchall()
-    with duckdb.connect(where, read_only=True) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def _read(where: str, target: str) -> list[tuple[Any, ...]]:
-    return _query(where, f"SELECT id, amount, code, v FROM {target} ORDER BY id")
+    return query(where, f"SELECT id, amount, code, v FROM {target} ORDER BY id")
 
 
 def test_targets_of_one_process_each_keep_their_own_types(where: str) -> None:
-    wh = _open(where)
+    wh = open_warehouse(where)
     try:
         wh.ensure_table(A, NARROW)
         wh.ensure_table(B, WIDE)
@@ -109,7 +77,7 @@ def test_a_target_of_another_shape_merges_after_the_first(where: str) -> None:
                               Column("label", "string"), Column("v", "int64")),
                      primary_key=("sku",), cursor="v")
     ref = TableRef("src", "c", "target_c")
-    wh = _open(where)
+    wh = open_warehouse(where)
     try:
         wh.ensure_table(A, NARROW)
         wh.ensure_table(ref, other)
@@ -119,5 +87,5 @@ def test_a_target_of_another_shape_merges_after_the_first(where: str) -> None:
         wh.load(ref, other, _batch(4, 4), _rows(other, [("s1", "second", 4)]))
     finally:
         wh.close()
-    assert _query(where, "SELECT sku, label, v FROM target_c") == [("s1", "second", 4)]
+    assert query(where, "SELECT sku, label, v FROM target_c") == [("s1", "second", 4)]
     assert _read(where, A.target) == [(1, Decimal("2.00"), 2, 2)]

@@ -12,60 +12,33 @@ loads and clears it. Both warehouses, each merge path, read back through the dri
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import duckdb
-import psycopg
 import pyarrow as pa
 import pytest
+from tests.support.warehouses import Warehouse, open_warehouse, query
 
-from steadyflow.merge.duckdb import DuckdbWarehouse
-from steadyflow.merge.postgres import PostgresWarehouse
 from steadyflow.model import BatchRef, Column, Contract, TableRef
 from steadyflow.ports import LoadPart
 
 CONTRACT = Contract(columns=(Column("id", "int64", nullable=False), Column("val", "string"),
                              Column("v", "int64")), primary_key=("id",), cursor="v")
 REF = TableRef("src", "items", "items")
-Warehouse = PostgresWarehouse | DuckdbWarehouse
-
-
-@pytest.fixture(params=["postgres", "duckdb"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The warehouse under test: a PostgreSQL DSN or a DuckDB file path."""
-    if request.param == "postgres":
-        yield request.getfixturevalue("pg_dsn")
-    else:
-        yield str(tmp_path / "wh.duckdb")
 
 
 def _open(where: str) -> Warehouse:
-    wh: Warehouse = (PostgresWarehouse(where) if where.startswith("postgresql://")
-                     else DuckdbWarehouse(Path(where)))
+    wh = open_warehouse(where)
     wh.ensure_table(REF, CONTRACT)
     return wh
 
 
-def _query(where: str, sql: str) -> list[tuple[Any, ...]]:
-    """Read the warehouse through its own driver, outside steadyflow."""
-    schema = "public" if where.startswith("postgresql://") else "main"
-    sql = sql.replace("{schema}", schema)
-    if where.startswith("postgresql://"):
-        with psycopg.connect(where) as conn:
-            return conn.execute(sql.encode()).fetchall()
-    with duckdb.connect(where, read_only=True) as conn:
-        return conn.execute(sql).fetchall()
-
-
 def _items(where: str) -> dict[int, tuple[str, int]]:
-    return {i: (val, v) for i, val, v in _query(
+    return {i: (val, v) for i, val, v in query(
         where, "SELECT id, val, v FROM {schema}.items")}
 
 
 def _tombs(where: str) -> dict[int, int]:
-    return dict(_query(where, "SELECT id, _steadyflow_seq FROM {schema}._steadyflow_tomb_items"))
+    return dict(query(where, "SELECT id, _steadyflow_seq FROM {schema}._steadyflow_tomb_items"))
 
 
 def _part(seq: int, ids: list[int], deletes: list[int] | None = None,

@@ -70,14 +70,6 @@ def _arrow(rows: list[dict[str, Any]]) -> pa.Table:
                      for c in CONTRACT.columns})
 
 
-@pytest.fixture(params=["postgres", "duckdb"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "postgres":
-        yield request.getfixturevalue("pg_dsn")
-    else:
-        yield str(tmp_path / "wh.duckdb")
-
-
 def _read(where: str) -> list[dict[str, Any]]:
     cols = ", ".join(f'"{n}"' for n in CONTRACT.names)
     sql = f"SELECT {cols} FROM edge ORDER BY id"
