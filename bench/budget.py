@@ -160,18 +160,21 @@ def activity(trace: dict[str, Any], lo: float, hi: float) -> None:
         print(f"  poll start after due (a poll thread waited for): n={len(late)} p50 "
               f"{late[len(late) // 2] * 1000:.0f} ms p95 {late[int(len(late) * 0.95)] * 1000:.0f}"
               f" mean {statistics.mean(late) * 1000:.0f}")
-    for name, steps in sorted(trace["step"].items()):
-        times = sorted(t for at, t in steps if inside(at))
-        if times:
-            print(f"  step {name:17s} n={len(times)} p50 {times[len(times) // 2] * 1000:.1f} ms"
-                  f" p95 {times[int(len(times) * 0.95)] * 1000:.1f} mean "
-                  f"{statistics.mean(times) * 1000:.1f}, busy per s {sum(times) / span:.2f}")
-    for name, spans in sorted(trace["state"].items()):
-        times = sorted(t for at, t in spans if inside(at))
-        if times:
-            print(f"  state {name:18s} n={len(times)} p50 {times[len(times) // 2] * 1000:.1f}"
-                  f" ms p95 {times[int(len(times) * 0.95)] * 1000:.1f} mean "
-                  f"{statistics.mean(times) * 1000:.1f}")
+    # the run loop's steps (with their share of the wall time) and the state store's calls
+    for kind, width, busy in (("step", 17, span), ("state", 18, None)):
+        for name, spans in sorted(trace[kind].items()):
+            times = sorted(t for at, t in spans if inside(at))
+            if times:
+                print(_timings(f"{kind} {name:{width}s}", times, busy))
+
+
+def _timings(label: str, times: list[float], busy_over: float | None) -> str:
+    """One table line: count, p50, p95 and mean of `times` (sorted, seconds) in ms, and
+    with `busy_over` their sum per second of it."""
+    line = (f"  {label} n={len(times)} p50 {times[len(times) // 2] * 1000:.1f} ms p95 "
+            f"{times[int(len(times) * 0.95)] * 1000:.1f} mean "
+            f"{statistics.mean(times) * 1000:.1f}")
+    return line if busy_over is None else f"{line}, busy per s {sum(times) / busy_over:.2f}"
 
 
 def main() -> None:
