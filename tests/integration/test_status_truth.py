@@ -190,3 +190,28 @@ def test_a_run_the_warehouse_failed_keeps_status_from_healthy(
         steadyflow(command, "-c", str(config), check=True)
         status, report = _status(config)
         assert (status, report["health"]) == (0, "healthy"), report
+
+
+def test_times_recorded_ahead_of_the_clock_are_flagged(tmp_path: Path) -> None:
+    """The wall clock stepped back an hour after a run (NTP, a restored VM): every time
+    the state recorded lies an hour ahead, and every age read from them (last poll,
+    last success, unloaded) was clamped to 0, shown as just now, healthy (exit 0), for
+    the hour: a table whose polls then stopped could not be called stalled meanwhile.
+    Status now says the readings cannot be trusted (degraded, exit 1) and by how much."""
+    store = _store(tmp_path, datetime.now(UTC) - timedelta(minutes=5))
+    config = _config(tmp_path, store)
+    steadyflow("run", "-c", str(config), check=True)
+    with closing(sqlite3.connect(tmp_path / "state" / "state.db")) as db:
+        [(polled,)] = db.execute("SELECT polled_at FROM source_polls").fetchall()
+        # as if this host's clock now read an hour earlier than when they were recorded
+        db.execute("UPDATE source_polls SET polled_at = polled_at + 3600")
+        db.execute("UPDATE table_health SET last_success = last_success + 3600")
+        db.commit()
+    assert float(polled) + 3600 > time.time() + 3000  # the truth: an hour ahead
+    code, report = _status(config)
+    assert (code, report["health"]) == (1, "degraded"), report
+    assert "ahead of this host's clock" in report["clock_error"], report
+    assert "60.0m ahead" in report["clock_error"], report
+    human = steadyflow("status", "-c", str(config))
+    assert human.returncode == 1 and "stepped back" in human.stdout, human.stdout
+    assert "stepped back" in _page(config)

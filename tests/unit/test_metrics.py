@@ -484,3 +484,27 @@ def test_every_exposed_series_carries_the_pipeline_label(clock: FakeClock) -> No
     assert info.labels == {"pipeline": "stores-eu", "version": "1.2.3"} and info.value == 1
     assert "process_cpu_seconds" in fams  # prometheus_client's process collector
     assert fams["steadyflow_up"].samples[0].labels == {"pipeline": "stores-eu"}
+
+
+def test_a_backward_clock_step_does_not_freeze_the_last_poll_or_the_lag(
+        m: PipelineMetrics, clock: FakeClock) -> None:
+    """The wall clock steps back an hour (NTP, a restored VM): every later poll read as
+    older than the last one before the step and was ignored, so the last poll and the
+    source's high-water mark (so the lag) froze for the hour. Polls of this process, and
+    recorded polls once the known one lies ahead of the clock, are taken."""
+    labels = {"source": "shop", "table": "orders"}
+    m.declare("shop", "orders")
+    m.polled("shop", "orders", clock.now - 10)
+    m.loaded_cursor("shop", "orders", clock.now - 10)
+    clock.advance(-3600)
+    source_now = clock.now + 3600  # the source's clock did not step
+    m.polled("shop", "orders", source_now + 50)  # this process's poll: new rows
+    assert m.value("steadyflow_last_poll_success_timestamp_seconds", **labels) == clock.now
+    assert m.value("steadyflow_source_cursor_timestamp_seconds", **labels) == source_now + 50
+    assert m.value("steadyflow_lag_seconds", **labels) == pytest.approx(60)
+    clock.advance(30)  # the state's record of a later poll (a viewer, a worker)
+    m.polled("shop", "orders", source_now + 80, at=clock.now - 1)
+    assert m.value("steadyflow_last_poll_success_timestamp_seconds", **labels) == clock.now - 1
+    # an older record with the clock sound is still ignored
+    m.polled("shop", "orders", clock.now - 900, at=clock.now - 20)
+    assert m.value("steadyflow_last_poll_success_timestamp_seconds", **labels) == clock.now - 1

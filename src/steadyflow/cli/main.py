@@ -563,9 +563,10 @@ def _print_status(report: dict[str, Any]) -> None:
 
     for line in [*filter(None, [failed_run(report)]), *unreconciled(report)]:
         out.print(line, highlight=False, soft_wrap=True, markup=False)
-    if report.get("state_error"):
-        out.print(f"error: {report['state_error']}", highlight=False, soft_wrap=True,
-                  markup=False)
+    for problem in ("state_error", "clock_error"):
+        if report.get(problem):
+            out.print(f"error: {report[problem]}", highlight=False, soft_wrap=True,
+                      markup=False)
     if report.get("buffer_error"):
         out.print(f"error: {report['buffer_error']}", highlight=False, soft_wrap=True,
                   markup=False)

@@ -119,6 +119,11 @@ def _check(value: str, allowed: tuple[str, ...] | dict[str, int], what: str) -> 
         raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
 
 
+#: seconds a recorded time may lie ahead of this process's clock before the clock is taken
+#: to have stepped back (hosts' clocks differ a little; NTP slews small errors)
+CLOCK_SLACK = 5.0
+
+
 class PipelineMetrics:
     """All metrics of one pipeline, in a registry of its own.
 
@@ -511,13 +516,19 @@ class PipelineMetrics:
         that is not a time, or an empty table.  Lag is computed at scrape time from it.
         ``at``: when the poll happened, if not now (a poll recorded by another process,
         or by this one: the state hears of a poll less often than this process does). A
-        poll older than the one recorded already is ignored: it would move the last poll
-        and the high-water mark back.
+        recorded poll older than the one known already is ignored: it would move the last
+        poll and the high-water mark back. Not so a poll this process made just now (no
+        ``at``), nor one when the poll known lies ahead of the clock: the wall clock
+        stepped back (NTP, a VM restored), and every later poll read as older than the
+        one before the step, so the last poll and the high-water mark froze for as long as
+        the step (an hour back: an hour of polls, new rows, a source gone, unseen).
         """
         key = (source, table)
-        now = self._clock() if at is None else at
+        clock = self._clock()
+        now = clock if at is None else at
         with self._lock:
-            if now < self._polled_at.get(key, -math.inf):
+            known = self._polled_at.get(key, -math.inf)
+            if at is not None and now < known <= clock + CLOCK_SLACK:
                 return
             self._polled_at[key] = now
             if high_epoch_seconds is not None:

@@ -164,6 +164,9 @@ def collect(pipeline: Any) -> dict[str, Any]:
             tables[-1]["state"] = "behind"
     pending = pipeline.state.pending_batches()
     runs = pipeline.state.runs(10)
+    ahead = max((at - now for at in (*(p for _, p in polls.values()), *pending_since.values(),
+                                     *(h.last_success or 0 for h in health.values()))),
+                default=0.0)
     if loop is not None and loop["status"] == "killed":
         # its unfinished runs are not running: nothing runs this pipeline any more
         runs = [{**r, "outcome": "killed"} if r["ended_at"] is None and r["command"] == "run"
@@ -185,11 +188,22 @@ def collect(pipeline: Any) -> dict[str, Any]:
         "runs": runs,
         "workers": workers,
         "reconcile": pipeline.state.last_reconcile(),
+        # times recorded ahead of this host's clock: it stepped back (or the recording
+        # host's runs ahead), and every age measured from them reads 0 until it catches up
+        "clock_error": (f"times in the state are up to {human_age(ahead)} ahead of this "
+                        "host's clock (it stepped back, or the host that recorded them "
+                        "runs ahead): ages read from them (last poll, unloaded, last "
+                        "success) show 0 until it catches up, and a table cannot be "
+                        "called stalled or behind meanwhile") if ahead > CLOCK_AHEAD
+        else None,
     })
     report["health"], report["exit_code"] = overall(report)
     return report
 
 
+#: seconds a recorded time may lie ahead of this host's clock before status says so
+#: (hosts' clocks differ a little)
+CLOCK_AHEAD = 60.0
 #: `steadyflow status` exit codes, by overall health (docs/operations.md lists them)
 EXIT_CODES = {"healthy": 0, "degraded": 1, "failing": 2}
 _FAILING_STATES = {"error", "source down", "stalled", "behind"}
@@ -248,8 +262,9 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     failed (its loop ended by itself), a buffer or a state that cannot be read: data is
     not moving and will not by itself, or nothing can be told of it.
     degraded (1): a table that failed since its last success (it retries), a half-open
-    breaker, a one-off command (`run`, `reset`) killed before it finished, a table whose
-    last reconcile left rows missing or mismatched (unreconciled), or a last run that
+    breaker, times recorded ahead of the clock (clock_error: ages cannot be trusted), a
+    one-off command (`run`, `reset`) killed before it finished, a table whose last
+    reconcile left rows missing or mismatched (unreconciled), or a last run that
     failed (failed_run).
     healthy (0): everything else, tables still waiting for their first load too.
     """
@@ -265,7 +280,7 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
             t["state"] in _FAILING_STATES or t.get("breaker") == "open"
             or t.get("failing_batches") for t in tables):
         return "failing", EXIT_CODES["failing"]
-    if loop.get("status") == "killed" or any(
+    if loop.get("status") == "killed" or report.get("clock_error") or any(
             t["state"] == "failing" or t.get("breaker") == "half-open" for t in tables
     ) or unreconciled(report) or failed_run(report):
         return "degraded", EXIT_CODES["degraded"]
