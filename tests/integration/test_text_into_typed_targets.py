@@ -1,4 +1,4 @@
-"""A string contract column whose warehouse column is a number, date or time type is refused.
+"""A warehouse column that would convert a batch's values is refused (text, bool).
 
 A target keeps the types it was created with. A column `schema_drift: add` added as
 int64 (the source declared integer) that the source then changed to text, or a contract
@@ -70,3 +70,31 @@ def test_text_added_over_a_number_column_is_refused_until_the_column_is_text(
     source = execute("postgres", pg_dsn, "SELECT id, x FROM t ORDER BY id")
     assert source == [(1, "5"), (2, "007"), (3, " 12")]
     assert _loaded(kind, where, "SELECT id, x FROM t WHERE id > 1 ORDER BY id") == source[1:]
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+def test_a_number_added_over_a_boolean_column_is_refused_until_the_column_is_a_number(
+        tmp_path: Path, pg_dsn: str, request: pytest.FixtureRequest, kind: str) -> None:
+    """A source boolean (added as bool) changed to integer: DuckDB stored 2 and -1 as true
+    (run ok), PostgreSQL failed the batch on every delivery ('invalid input syntax for type
+    boolean'), naming no column."""
+    where = (request.getfixturevalue("pg_warehouse_dsn") if kind == "postgres"
+             else str(tmp_path / "wh.duckdb"))
+    warehouse = ({"kind": "postgres", "dsn": where, "schema": "public"} if kind == "postgres"
+                 else {"kind": "duckdb", "path": where, "schema": "main"})
+    execute("postgres", pg_dsn,
+            "CREATE TABLE t (id int PRIMARY KEY, up int NOT NULL, x boolean)",
+            "CREATE INDEX ON t (up, id)", "INSERT INTO t VALUES (1, 1, true)")
+    assert _run(tmp_path, pg_dsn, warehouse).ok
+    execute("postgres", pg_dsn, "ALTER TABLE t ALTER COLUMN x TYPE integer USING x::int",
+            "INSERT INTO t VALUES (2, 2, 2), (3, 3, -1), (4, 4, 0)")
+    refused = _run(tmp_path, pg_dsn, warehouse)
+    assert not refused.ok
+    assert any("column x is" in e and "ALTER TABLE" in e for e in refused.errors), \
+        refused.errors
+    _loaded(kind, where, "ALTER TABLE t ALTER COLUMN x TYPE BIGINT"
+            + (" USING x::int" if kind == "postgres" else ""))
+    assert _run(tmp_path, pg_dsn, warehouse).ok
+    source = execute("postgres", pg_dsn, "SELECT id, x FROM t ORDER BY id")
+    assert _loaded(kind, where, "SELECT id, x FROM t ORDER BY id") == source == [
+        (1, 1), (2, 2), (3, -1), (4, 0)]

@@ -86,6 +86,16 @@ def test_a_number_time_or_bool_type_for_a_string_is_named() -> None:
         assert narrower_columns(contract, {"s": narrow}) == [("s", narrow, "string")], narrow
 
 
+def test_a_bool_column_holds_only_a_bool() -> None:
+    """An integer over a BOOLEAN target: DuckDB stored 2 as true."""
+    contract = Contract(columns=(Column("id", "int64", nullable=False), Column("b", "bool"),
+                                 Column("n", "int64"), Column("f", "float64")),
+                        primary_key=("id",), cursor="id")
+    assert narrower_columns(contract, {"b": "BOOLEAN"}) == []
+    assert narrower_columns(contract, {"n": "BOOLEAN", "f": "boolean"}) == [
+        ("n", "BOOLEAN", "int64"), ("f", "boolean", "float64")]
+
+
 def test_each_target_has_a_tombstone_table_of_its_own_within_postgres_63_bytes() -> None:
     """PostgreSQL cuts a longer name without a word: two long targets sharing a prefix
     would have shared one tombstone table (each other's deleted keys held back)."""

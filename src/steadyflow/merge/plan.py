@@ -62,8 +62,11 @@ def _holds(declared: str, kind: ColumnType) -> bool:
     every value of the contract type `kind` (a number or a timestamp) exactly. A type
     this cannot judge (a user's own, a text column) is taken to hold it: only a known
     narrower number type, a float for an exact number, a number type for a float64, a
-    date for a timestamp and a number, time or bool type for a string are refused."""
+    date for a timestamp, a number, time or bool type for a string and a bool for
+    anything but a bool are refused."""
     spelled = declared.strip().lower()
+    if spelled in ("boolean", "bool"):  # DuckDB takes 2 (and -1) for true; PostgreSQL fails
+        return kind.name == "bool"
     if kind.name == "string":  # a number, time or bool type converts the text (or fails)
         return _NOT_TEXT.match(spelled) is None
     bits = _INTEGER_BITS.get(spelled)
@@ -102,8 +105,10 @@ def narrower_columns(contract: Contract, declared: dict[str, str]
     1.23, 1.5 as 2 and 10:30 on a day as the day, and one value past the old range
     failed its whole batch on every delivery. So with a string (a contract column changed
     to it, or a `schema_drift: add` column whose source type became text): '007' was
-    stored as 7 in the BIGINT column, 'abc' failed the batch. Such a table is refused
-    instead, naming the ALTER that widens it."""
+    stored as 7 in the BIGINT column, 'abc' failed the batch; and with an integer over
+    a BOOLEAN (a source boolean changed to integer): DuckDB stored 2 as true, PostgreSQL
+    failed the batch on every delivery. Such a table is refused instead, naming the ALTER
+    that widens it."""
     out = []
     for column in contract.columns:
         kind, have = column.parsed_type, declared.get(column.name)
