@@ -72,3 +72,36 @@ def test_a_float_column_loads_the_float_it_holds(tmp_path: Path, mysql_dsn: str,
             loaded = {r[0]: r[1:] for r in conn.sql(sql).fetchall()}
     want = {i: (s[0], s[1], int(s[2])) for i, s in stored.items()}
     assert loaded == want
+
+
+def test_a_float_read_as_a_decimal_is_refused_naming_it(tmp_path: Path, mysql_dsn: str) -> None:
+    """A decimal contract promises exact values; MariaDB's six digits of a FLOAT are not
+    (1234.567 loaded as 1234.57, run ok). FLOAT(M,D), printed to its D decimals, loads."""
+    execute("mysql", mysql_dsn,
+            "CREATE TABLE t (id INT NOT NULL PRIMARY KEY, f FLOAT, g FLOAT(10,3))",
+            "INSERT INTO t VALUES (1, 1234.567, 1234.567), (2, 123456.78, 2.5)")
+
+    def run(column: str) -> Any:
+        raw: dict[str, Any] = {
+            "name": "floats", "state_dir": str(tmp_path / column / "state"),
+            "landing": {"path": str(tmp_path / column / "landing")},
+            "warehouse": {"kind": "duckdb", "path": str(tmp_path / column / "wh.duckdb"),
+                          "schema": "main"},
+            "contracts": {"c": {"primary_key": ["id"], "cursor": "id", "columns": {
+                "id": {"type": "int64", "nullable": False},
+                column: {"type": "decimal(12,3)"}}}},
+            "sources": [{"name": "s", "kind": "mysql", "dsn": mysql_dsn,
+                         "resilience": {"retries": 0},
+                         "tables": [{"name": "t", "contract": "c"}]}]}
+        with Pipeline(parse_config(raw)) as p:
+            return p.run_once(raise_on_error=False)
+
+    refused = run("f")
+    assert not refused.ok and refused.loaded_rows == 0
+    assert any("column f" in e and "six significant digits" in e for e in refused.errors), \
+        refused.errors
+    loaded = run("g")
+    assert loaded.ok and loaded.loaded_rows == 2, loaded.errors
+    with duckdb.connect(str(tmp_path / "g" / "wh.duckdb"), read_only=True) as conn:
+        got = conn.sql("SELECT id, g FROM t ORDER BY id").fetchall()
+    assert [(i, str(v)) for i, v in got] == [(1, "1234.567"), (2, "2.500")]

@@ -80,6 +80,8 @@ _BIT = re.compile(r"\s*bit\s*\(\s*(\d+)\s*\)", re.IGNORECASE)  # MariaDB BIT(n)
 # single-precision floats as the catalogs spell them: MariaDB float, float(m,d), float
 # unsigned (FLOAT(p) is declared float up to p = 24, double past it); PostgreSQL real
 _SINGLE = re.compile(r"\s*(float|real)\b", re.IGNORECASE)
+# MariaDB FLOAT without (M,D): printed to six significant digits
+_BARE_FLOAT = re.compile(r"\s*float(\s+(unsigned|zerofill))*\s*$", re.IGNORECASE)
 # MariaDB bytes types: read as string, a value is text only when its bytes are UTF-8
 _BINARY = re.compile(r"\s*(binary|varbinary|(tiny|medium|long)?blob)\b", re.IGNORECASE)
 
@@ -284,6 +286,7 @@ class SqlSource:
         self.check_members(table, contract)
         self.check_bits(table, contract)
         self.check_single_floats(table, contract)
+        self.check_float_decimals(table, contract)
         self.check_binary_keys(table, contract)
         self._nullable_memo = {}
         try:
@@ -422,6 +425,30 @@ class SqlSource:
                 "is read for ever)", stage="extract", source=self.config.name, table=table,
                 hint=f"store it in double precision ({alter}; each value keeps its "
                      "float), or order the table by another column")
+
+    def check_float_decimals(self, table: str, contract: Contract) -> None:
+        """Refuse, naming table and column, a MariaDB FLOAT without (M,D) that the
+        contract reads as a decimal. The server prints such a value to six significant
+        digits, which is neither the float it holds nor the number written into it:
+        1234.567 loaded as 1234.57 and 123456.78 as 123457, every run ok, where a decimal
+        contract promises a value is loaded exactly or quarantined. Read as float64 the
+        column is its exact float (`dialects.single_float_number`). FLOAT(M,D) is printed
+        to its D decimals, the number MariaDB rounds every write to: left alone."""
+        if self.dialect.name != "mysql":
+            return
+        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        for column in contract.columns:
+            stored = declared.get(column.name.lower(), "")
+            if column.parsed_type.name != "decimal" or not _BARE_FLOAT.match(stored):
+                continue
+            raise SchemaError(
+                f"column {column.name} ({column.type}) is declared {stored} in the source: "
+                "MariaDB prints a FLOAT to six significant digits (1234.567 as 1234.57), "
+                "so no decimal read of it is exact", stage="extract",
+                source=self.config.name, table=table,
+                hint=f"declare {column.name} float64 in the contract (the float it holds, "
+                     f"exactly), or store it exactly (ALTER TABLE {table} MODIFY "
+                     f"{column.name} DECIMAL(p,s), or DOUBLE)")
 
     def binary_keys(self, table: str, contract: Contract) -> list[tuple[int, str, str]]:
         """(place in the contract, name, declared type) of each cursor or key column the
