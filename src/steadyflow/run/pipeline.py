@@ -47,6 +47,7 @@ from steadyflow.errors import (
     TableBusy,
 )
 from steadyflow.extract.sql import SqlSource
+from steadyflow.failpoints import failpoint
 from steadyflow.land import open_landing
 from steadyflow.model import BatchRef, TextEncoding
 from steadyflow.observe import logs
@@ -132,6 +133,9 @@ class Pipeline:
         self.config = config
         self.metrics = PipelineMetrics(pipeline=config.name)
         self._stop = threading.Event()
+        # run_once's halt: its loader could not open the warehouse, so this run's extraction
+        # stops (see run_once); unlike `_stop` it ends neither the pipeline nor `--follow`
+        self._halt = threading.Event()
         self._failures: dict[str, int] = {}
         # a worker among others (run/worker.py): a table another worker holds is theirs, so
         # its extraction is skipped at once and is no error; tables are tried in a random
@@ -191,7 +195,7 @@ class Pipeline:
 
             def open_jetstream() -> Buffer:
                 return JetStreamBuffer(b.url, b.stream, capacity=b.capacity, lease=b.lease,
-                                       should_stop=self._stop.is_set)
+                                       should_stop=self._stopping)
 
             if view:
                 from steadyflow.buffer.viewed import ViewedBuffer
@@ -199,7 +203,12 @@ class Pipeline:
                 return ViewedBuffer(open_jetstream, b.capacity, b.lease)
             return open_jetstream()
         return SqliteBuffer(state_dir / "buffer.db", capacity=b.capacity, lease=b.lease,
-                            should_stop=self._stop.is_set)
+                            should_stop=self._stopping)
+
+    def _stopping(self) -> bool:
+        """What extraction and the buffer's waits check: the pipeline stopping, or this
+        run_once halted (its warehouse could not be opened)."""
+        return self._stop.is_set() or self._halt.is_set()
 
     @property
     def warehouse(self) -> Warehouse:
@@ -208,6 +217,7 @@ class Pipeline:
 
     def _open_warehouse(self) -> Warehouse:
         if self._warehouse is None:
+            failpoint("warehouse.open")  # `:1:sleep3`, a slow open (tests/faults/test_stop.py)
             w = self.config.warehouse
             # imported here: a run loads one warehouse's driver, not both
             if w.kind == "postgres":
@@ -332,8 +342,10 @@ class Pipeline:
         # this process retries it once now, instead of waiting for it before ending its run
         retry_now: set[str] = set()
         if not self._swept:  # temp files are a dead writer's: none appear while we run, and
-            self.landing.sweep_temp_files()  # walking a growing landing tree every cycle
-            self._swept = True  # of `run --follow` would cost more each time
+            # walking a growing landing tree every cycle of `run --follow` would cost more
+            # each time. The store's own walk: the Parquet side (pyarrow) is not needed here
+            self._landing_store.sweep_temp()
+            self._swept = True
             retry_now = self.state.failed_batch_ids()
         republished = 0
         self._unqueued = False
@@ -341,15 +353,17 @@ class Pipeline:
         pending = self.state.pending_batches()
         for gone in self._parked.keys() - {batch.batch_id for batch in pending}:
             del self._parked[gone]  # loaded meanwhile (by another process): not failing
-        from steadyflow.run.load import duplicate
-
         ledger: dict[str, Ledgered] = {}
         for i in range(0, len(pending), SWEEP_LOOKUP):
             ledger |= self.warehouse.ledgered(
                 [b.batch_id for b in pending[i:i + SWEEP_LOOKUP]])
         for batch in pending:
             if batch.batch_id in ledger:  # its loader died after the commit: its counts
-                self.buffer.ack(batch.batch_id)  # are in the ledger row (record_loaded)
+                # are in the ledger row (record_loaded). Imported here, not for every sweep:
+                # a first run's sweep then leaves run/load.py to its loader thread
+                from steadyflow.run.load import duplicate
+
+                self.buffer.ack(batch.batch_id)
                 self.state.record_loaded([duplicate(batch, ledger[batch.batch_id])])
                 self._parked.pop(batch.batch_id, None)
             elif self.buffer.contains(batch.batch_id):
@@ -412,7 +426,7 @@ class Pipeline:
         s, t, ref = job
         extractor = TableExtractor(
             s, t, ref, self.config.contract_of(t), self.landing, self.buffer, self.state,
-            self.guards[s.name], self.metrics, should_stop=self._stop.is_set,
+            self.guards[s.name], self.metrics, should_stop=self._stopping,
             memory=self._memory.setdefault(ref.label, TableMemory()),
             put_timeout=put_timeout)
         # SQL or HTTP: the same extractor loop and guard
@@ -439,6 +453,10 @@ class Pipeline:
                 "source": ref.source, "table": ref.table, "stage": "extract"})
             return ref, exc
         except Exception as exc:  # noqa: BLE001 - one table's error, whatever it is
+            if self._halted(exc):  # the run's warehouse could not be opened: its error
+                log.info("extract stopped: %s", exc, extra={  # is the run's (run_once)
+                    "source": ref.source, "table": ref.table, "stage": "extract"})
+                return ref, exc
             self.metrics.error(ref.source, ref.table, "extract")
             log.error("extract failed: %s", exc, exc_info=not isinstance(
                 exc, SteadyflowError), extra={
@@ -464,6 +482,8 @@ class Pipeline:
             summary.quarantined_rows += partial.quarantined
         if isinstance(result, TableBusy) and self.shared:
             summary.skipped_tables.append(ref.label)
+        elif isinstance(result, BaseException) and self._halted(result):
+            pass  # stopped by run_once's halt: the run's error is the warehouse's
         elif isinstance(result, TableBusy | ExtractionFenced):
             summary.errors.append(f"{ref.label}: {result}")
         elif isinstance(result, BaseException):
@@ -666,13 +686,14 @@ class Pipeline:
         """
         run_id = self.run_started("run")
         summary = RunSummary()
+        unopened: list[Exception] = []  # the warehouse's error, from the loader thread
+        self._halt.clear()
         try:
             self.sweep()
-            _ = self.warehouse  # open it here: failing in the load thread would go unnoticed
             extracting = threading.Event()
             extracting.set()
-            consumer = threading.Thread(
-                target=self._consume, args=(extracting, summary), name="load", daemon=True)
+            consumer = threading.Thread(target=self._consume, name="load", daemon=True,
+                                        args=(extracting, summary, unopened))
             self.landing.handoff = True  # the loader below takes landed pages from memory
             consumer.start()
             try:
@@ -686,9 +707,13 @@ class Pipeline:
             summary.quarantined_rows += extracted.quarantined_rows  # refused at extraction
             summary.errors[:0] = extracted.errors
             summary.failed_tables[:0] = extracted.failed_tables
+            if unopened:  # reported as when it was opened before the extraction
+                raise unopened[0]
             self._report_parked(summary)
         except SteadyflowError as exc:
             summary.errors.append(str(exc))
+        finally:
+            self._halt.clear()
         outcome = "ok" if summary.ok else "error"
         if summary.ok:
             self.metrics.run_succeeded()
@@ -743,11 +768,29 @@ class Pipeline:
                            summary.changed_rows, "; ".join(summary.errors)[:2000] or None)
         return summary
 
-    def _consume(self, extracting: threading.Event, summary: RunSummary) -> None:
+    def _consume(self, extracting: threading.Event, summary: RunSummary,
+                 unopened: list[Exception] | None = None) -> None:
         """run_once's loader thread. Batches' errors are handled in `load`; an error outside
         a batch (the buffer or the state file failing in a way no retry covers) stops the
         pipeline: with no loader, extraction would wait for buffer space forever. So does
-        any other end of the loader while extraction runs (`put` checks the stop)."""
+        any other end of the loader while extraction runs (`put` checks the stop).
+
+        With `unopened` (run_once) it opens the warehouse first, beside the extraction's
+        connect, probe and first page rather than before them (a DuckDB file's open, and
+        the process's first duckdb import, were ~0.1 CPU-s on the full load's critical
+        path: bench/NOTES.md, session 14). A warehouse that cannot be opened still fails
+        the run with its error: it goes into `unopened` for run_once to raise, and the
+        run's halt stops the extraction (its waits for buffer space too) without stopping
+        the pipeline, so a table is not reported failed for it and `--follow` goes on as
+        it did. What was landed meanwhile stays in the manifest for the next run's sweep.
+        """
+        if unopened is not None:
+            try:
+                _ = self.warehouse
+            except Exception as exc:  # noqa: BLE001 - run_once raises it on its thread
+                unopened.append(exc)
+                self._halt.set()
+                return
         try:
             self.load(extracting=extracting, summary=summary)
         except Exception as exc:  # noqa: BLE001 - reported as the run's error, not lost
@@ -757,6 +800,12 @@ class Pipeline:
         finally:
             if extracting.is_set():  # ended before extraction did: nothing drains the buffer
                 self._stop.set()
+
+    def _halted(self, exc: BaseException) -> bool:
+        """Whether a table's extraction ended because run_once halted (see _consume): a
+        stop or a wait for buffer space given up, not the table's own error."""
+        return (self._halt.is_set() and isinstance(exc, RetryableError)
+                and not isinstance(exc, TableBusy | ExtractionFenced))
 
     def run(self, follow: bool = False) -> RunSummary:
         """run_once, and with `follow` then every table on its own cadence until stopped
