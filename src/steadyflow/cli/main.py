@@ -251,6 +251,8 @@ def run(config: ConfigOpt,
             "--serve", help="also serve /metrics and the status page on [HOST:]PORT")] = None,
         ) -> None:
     """Extract, land, validate and load every table until caught up (or forever)."""
+    if not follow and not serve_at:  # a process that stays up pays its imports once
+        startup.without_numpy()
     try:
         with _open(config) as pipeline, _hold_loop(pipeline,
                                                    "run --follow" if follow else "run"):

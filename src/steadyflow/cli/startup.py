@@ -14,11 +14,21 @@ collector never walks those objects again, so resuming does not make the next yo
 collection walk all of them (it would: they are all young after a pause), and a follow
 run's full collections skip them too. Only the console script pauses: a process that
 imports steadyflow as a library owns its collector (`resume` does nothing there).
+
+numpy is not imported by a plain `steadyflow run` (`without_numpy`): pyarrow imports it
+when it can (its modules try `import numpy` and work without it), and nothing a run does
+uses it, while its import was ~45 ms of the command's start-up CPU on the main thread,
+before any row moved (bench/NOTES.md, session 14).
 """
 
 from __future__ import annotations
 
 import gc
+import importlib.abc
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 
 _paused = False
 
@@ -38,3 +48,26 @@ def resume() -> None:
         _paused = False
         gc.freeze()
         gc.enable()
+
+
+class _NoNumpy(importlib.abc.MetaPathFinder):
+    """Finds numpy as missing. Raising here, rather than putting None in sys.modules,
+    leaves `"numpy" in sys.modules` false, which is what DuckDB asks before it looks at a
+    value as a numpy one."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname == "numpy" or fullname.startswith("numpy."):
+            raise ModuleNotFoundError(f"No module named {fullname!r} (not loaded by this "
+                                      "steadyflow command)", name=fullname)
+        return None
+
+
+def without_numpy() -> None:
+    """In the console script (while `pause` holds), keep numpy from being imported for the
+    rest of the process: for a command whose whole path is steadyflow's own (a plain
+    `run`). steadyflow calls no numpy or pandas conversion of pyarrow or DuckDB (a test
+    runs the data path with numpy unimportable); pyarrow without numpy refuses only its
+    numpy conversions, loudly. A library user's process is never touched."""
+    if _paused and "numpy" not in sys.modules:
+        sys.meta_path.insert(0, _NoNumpy())
