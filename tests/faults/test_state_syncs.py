@@ -190,3 +190,47 @@ def test_a_polls_checkpoint_record_and_lease_take_no_fsync_of_their_own(tmp_path
         assert holder is not None and holder[0] == "again"
     finally:
         store.close()
+
+
+# a run's history rows: started, then ended; killed with no commit, close or WAL checkpoint
+RUN = """
+import os, sys
+from pathlib import Path
+from steadyflow.state import SqliteStateStore
+store = SqliteStateStore(Path(sys.argv[1]))
+store.end_run(store.start_run("warmup"), "ok", 0, 0)  # the runs table's first pages
+os.write(2, b"MARK-run-a\\n")
+run_id = store.start_run("run")
+os.write(2, b"MARK-run-b\\n")
+store.end_run(run_id, "error", 2, 20, "the warehouse could not be opened")
+os.write(2, b"MARK-run-c\\n")
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_runs_history_rows_take_no_fsync_of_their_own(tmp_path: Path) -> None:
+    """start_run and end_run are light commits: each was an fsync on the critical path of
+    every command and every `--follow` cycle, for rows nothing outside the state file
+    refers to. Killed right after them, the process loses neither (a SIGKILL is not a
+    power loss): the run is there, ended, with its outcome and error."""
+    if shutil.which("strace") is None:
+        unavailable("strace is not installed")
+    out, path = tmp_path / "trace.txt", tmp_path / "state.db"
+    proc = subprocess.run(
+        ["strace", "-f", "-e", "trace=fsync,fdatasync,write", "-o", str(out),
+         sys.executable, "-c", RUN, str(path)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": SRC})
+    if proc.returncode != -signal.SIGKILL and "ptrace" in proc.stderr:
+        unavailable(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    trace = out.read_text()
+    started = _syncs_between(trace, "MARK-run-a", "MARK-run-b")
+    ended = _syncs_between(trace, "MARK-run-b", "MARK-run-c")
+    assert (started, ended) == (0, 0), f"start_run cost {started} fsyncs, end_run {ended}"
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT command, outcome, batches, rows, error, ended_at IS NOT NULL "
+                          "FROM runs ORDER BY run_id").fetchall()
+    assert rows[-1] == ("run", "error", 2, 20, "the warehouse could not be opened", 1), rows

@@ -257,8 +257,9 @@ class StateStore(ABC):
         writes that, lost to a power failure with every commit after them, only roll the
         state back to an earlier consistent point where nothing outside the state file
         depends on them (a checkpoint's move: its page is re-read; a poll's record; a
-        lease: every holder on the host died with it). The embedded store commits them
-        without an fsync of their own (SqliteStateStore); a server commits as usual."""
+        lease: every holder on the host died with it; a run's history row). The embedded
+        store commits them without an fsync of their own (SqliteStateStore); a server
+        commits as usual."""
         return self._tx()
 
     @abstractmethod
@@ -838,14 +839,20 @@ class StateStore(ABC):
 
     # --- run history ---------------------------------------------------------------
     def start_run(self, command: str) -> int:
-        with self._tx() as c:
+        """A run's row in the history. This and `end_run` are light commits (_light_tx):
+        nothing outside the state file refers to a run, and a power failure that loses
+        the tail of the history loses it with every commit after it; the run's durable
+        steps (a manifest entry, a load's marks) fsync it along, and a row left unended
+        is closed by the next loop (close_runs). Each was an fsync on the critical path of
+        every run and every cycle (bench/NOTES.md, session 14)."""
+        with self._light_tx() as c:
             row = c.execute("INSERT INTO runs(command, started_at) VALUES (?, ?) RETURNING run_id",
                             (command, time.time())).fetchone()
             return int(row[0])
 
     def end_run(self, run_id: int, outcome: str, batches: int, rows: int,
                 error: str | None = None) -> None:
-        with self._tx() as c:
+        with self._light_tx() as c:
             c.execute(
                 "UPDATE runs SET ended_at=?, outcome=?, batches=?, rows=?, error=? WHERE run_id=?",
                 (time.time(), outcome, batches, rows, error and scrub(error), run_id),
