@@ -159,6 +159,19 @@ def warehouse_rows(tmp: Path) -> dict[int, int]:
         return dict(con.sql("SELECT id, epoch_us(ts) FROM main.t").fetchall())
 
 
+def future_row_table(tmp: Path, now_rows: int = 1) -> tuple[Path, Any]:
+    """A SQLite store (its path, its `sqlite_writer`) with table t (id, ts text) indexed
+    in keyset order: rows 1..`now_rows` stamped now, the next one stamped FUTURE."""
+    db = tmp / "store.db"
+    write = sqlite_writer(db)
+    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
+    write("CREATE INDEX t_ts ON t (ts, id)")
+    write("INSERT INTO t VALUES " + ", ".join(["(?, ?)"] * (now_rows + 1)),
+          *[p for i in range(1, now_rows + 1) for p in (i, stamp_now())],
+          now_rows + 1, FUTURE)
+    return db, write
+
+
 def write_between_runs(write: Any, row: int, lookback: float) -> None:
     """A row written with a correct clock after a run ended, then a gap longer than the
     lookback before the next run starts (a cron interval longer than the lookback): the
@@ -179,11 +192,7 @@ def test_a_row_stamped_in_the_future_holds_no_later_row_back(tmp_path: Path,
     second starts (lookback 60: within the window, the case stepping back from now also
     covered; 0 and 1: the gap is longer than the lookback, which stepping back from now
     lost, every run ok)."""
-    db = tmp_path / "store.db"
-    write = sqlite_writer(db)
-    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
-    write("CREATE INDEX t_ts ON t (ts, id)")
-    write("INSERT INTO t VALUES (1, ?), (2, ?), (3, ?)", stamp_now(), stamp_now(), FUTURE)
+    db, write = future_row_table(tmp_path, 2)
     source = {"kind": "sqlite", "path": str(db)}
     assert run(tmp_path, source, TIMED, lookback=lookback).ok
     write_between_runs(write, 4, min(lookback, 1))
@@ -199,11 +208,7 @@ def test_cron_runs_past_a_future_row_lose_no_row_written_between_them(
     the table: each row written between two runs, more than the lookback before the
     second, arrives; also after a run that landed nothing new (its start is remembered
     from the last landed page, an earlier one: a longer re-read, never a skipped row)."""
-    db = tmp_path / "store.db"
-    write = sqlite_writer(db)
-    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
-    write("CREATE INDEX t_ts ON t (ts, id)")
-    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    db, write = future_row_table(tmp_path)
     path = config_file(tmp_path, {"kind": "sqlite", "path": str(db)}, TIMED,
                        lookback=lookback)
     steadyflow("run", "-c", str(path), check=True)
@@ -224,11 +229,7 @@ def test_a_poll_killed_between_landing_and_checkpoint_keeps_the_earlier_start(
     next run stepped back from that start and passed row 5 (written before the killed
     run, on a page it never reached): lost for good, every later run ok. A page landed
     after the checkpoint was last written is no record of its poll's start."""
-    db = tmp_path / "store.db"
-    write = sqlite_writer(db)
-    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
-    write("CREATE INDEX t_ts ON t (ts, id)")
-    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    db, write = future_row_table(tmp_path)
     path = config_file(tmp_path, {"kind": "sqlite", "path": str(db)}, TIMED,
                        lookback=lookback)
     if state == "postgres":  # the state store workers share (checkpoints, manifest)
@@ -251,11 +252,7 @@ def test_one_pipeline_polling_past_a_future_row_loses_no_row(tmp_path: Path) -> 
     """One process polling again (as `run --follow` does): the start of the previous
     completed poll is kept in the table's memory, and a row written between two polls
     more than the lookback before the second arrives."""
-    db = tmp_path / "store.db"
-    write = sqlite_writer(db)
-    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
-    write("CREATE INDEX t_ts ON t (ts, id)")
-    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    db, write = future_row_table(tmp_path)
     path = config_file(tmp_path, {"kind": "sqlite", "path": str(db)}, TIMED, lookback=0)
     with Pipeline.from_yaml(path) as p:
         assert p.run_once(raise_on_error=False).ok
@@ -269,11 +266,7 @@ def test_run_follow_past_a_future_row_loses_no_row(tmp_path: Path) -> None:
     """`steadyflow run --follow` (one process, polls every ~0.25-0.5 s): a row written
     between two polls is older than the next poll's now (lookback 0), which is where
     stepping back from now started; the previous poll's start is kept in memory."""
-    db = tmp_path / "store.db"
-    write = sqlite_writer(db)
-    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
-    write("CREATE INDEX t_ts ON t (ts, id)")
-    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    db, write = future_row_table(tmp_path)
     path = config_file(tmp_path, {"kind": "sqlite", "path": str(db)}, TIMED,
                        run={"interval": 0.5}, lookback=0)
     proc = subprocess.Popen([sys.executable, "-m", "steadyflow", "run", "--follow", "-c",
@@ -354,11 +347,7 @@ def test_pages_of_an_older_version_make_a_future_checkpoint_re_read_all(
     clock no later start can be proven safe (that version stepped back from now, and may
     have skipped rows written between its runs), so the table is read again from its
     start once: row 3, written between runs and skipped then, arrives."""
-    db = tmp_path / "store.db"
-    write = sqlite_writer(db)
-    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
-    write("CREATE INDEX t_ts ON t (ts, id)")
-    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    db, write = future_row_table(tmp_path)
     source = {"kind": "sqlite", "path": str(db)}
     assert run(tmp_path, source, TIMED, lookback=0).ok
     with closing(sqlite3.connect(tmp_path / "state" / "state.db")) as state:
@@ -380,11 +369,7 @@ def test_a_sqlite_checkpoint_kept_as_a_parsed_future_time_re_reads_all(
     day before it: from a future one (2099-01-01) that started the re-read at 2098-12-31,
     after every row written with a correct clock since the last run, which were lost.
     Ahead of the clock it is read again from its start once instead."""
-    db = tmp_path / "store.db"
-    write = sqlite_writer(db)
-    write("CREATE TABLE t (id INTEGER PRIMARY KEY, ts TEXT NOT NULL)")
-    write("CREATE INDEX t_ts ON t (ts, id)")
-    write("INSERT INTO t VALUES (1, ?), (2, ?)", stamp_now(), FUTURE)
+    db, write = future_row_table(tmp_path)
     source = {"kind": "sqlite", "path": str(db)}
     assert run(tmp_path, source, TIMED, lookback=0).ok
     parsed = Watermark(datetime(2099, 1, 1), (2,), on=("ts", "id"))
