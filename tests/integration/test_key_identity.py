@@ -25,7 +25,9 @@ def where(kind: str, request: pytest.FixtureRequest, tmp: Path) -> str:
 
 
 def run(tmp: Path, kind: str, at: str, key: list[str]) -> RunSummary:
-    location = {"dsn": at} if kind == "mysql" else {"path": at}
+    """One run of table t (k, n, c, v) keyed by `key`, at `at` (a DSN, or SQLite's path),
+    into DuckDB; test_pg_key_identity.py runs it on PostgreSQL."""
+    location = {"path": at} if kind == "sqlite" else {"dsn": at}
     raw: dict[str, Any] = {
         "name": "keys", "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "l")},
         "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "main"},

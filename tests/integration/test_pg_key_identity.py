@@ -9,34 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import psycopg
 import pytest
+from tests.integration.test_key_identity import loaded, run
 
 from steadyflow.config import parse_config
-from steadyflow.run.pipeline import Pipeline, RunSummary
+from steadyflow.run.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-
-def run(tmp: Path, dsn: str, key: list[str]) -> RunSummary:
-    raw: dict[str, Any] = {
-        "name": "keys", "state_dir": str(tmp / "state"), "landing": {"path": str(tmp / "l")},
-        "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "main"},
-        "contracts": {"c": {"primary_key": key, "cursor": "c", "columns": {
-            "k": {"type": "int64", "nullable": False},
-            "n": {"type": "int64", "nullable": "n" not in key},
-            "c": {"type": "timestamp", "nullable": False}, "v": {"type": "int64"}}}},
-        "sources": [{"name": "s", "kind": "postgres", "dsn": dsn,
-                     "resilience": {"retries": 0},
-                     "tables": [{"name": "t", "contract": "c", "page_size": 2}]}]}
-    with Pipeline(parse_config(raw)) as p:
-        return p.run_once(raise_on_error=False)
-
-
-def loaded(tmp: Path) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(tmp / "wh.duckdb")) as con:
-        return sorted(con.sql("SELECT k, n, v FROM main.t").fetchall())
 
 
 ROWS = ("INSERT INTO t VALUES (1, 1, '2024-01-01', 1), (1, 2, '2024-01-02', 2), "
@@ -54,13 +34,13 @@ def test_a_key_rows_share_is_refused_naming_it(tmp_path: Path, pg_dsn: str,
         if shape == "a view":
             conn.execute("CREATE VIEW t AS SELECT * FROM base")
         conn.execute(ROWS.replace("INTO t", f"INTO {table}"))
-    summary = run(tmp_path, pg_dsn, ["k"])
+    summary = run(tmp_path, "postgres", pg_dsn, ["k"])
     assert summary.failed_tables == ["s.t"], summary
     [error] = summary.errors
     assert "primary_key (k) does not identify a row: 2 rows have k = 1" in error, error
     assert ("(k, n) as the contract's primary_key" in error) == shape.startswith("primary")
     assert "add a UNIQUE index on (k) to t" in error
-    fixed = run(tmp_path / "fixed", pg_dsn, ["k", "n"])
+    fixed = run(tmp_path / "fixed", "postgres", pg_dsn, ["k", "n"])
     assert fixed.ok, fixed.errors
     assert loaded(tmp_path / "fixed") == [(1, 1, 1), (1, 2, 2), (2, 1, 3)]
 
@@ -74,11 +54,11 @@ def test_a_key_narrower_than_the_primary_key_warns_until_rows_share_it(
         conn.execute("CREATE TABLE t (k int, n int, c timestamptz NOT NULL, v int, "
                      "PRIMARY KEY (k, n))")
         conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1)")
-    assert run(tmp_path, pg_dsn, ["k"]).ok
+    assert run(tmp_path, "postgres", pg_dsn, ["k"]).ok
     assert "narrower than its primary key (k, n)" in caplog.text
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO t VALUES (1, 2, '2024-01-02', 2)")
-    summary = run(tmp_path, pg_dsn, ["k"])
+    summary = run(tmp_path, "postgres", pg_dsn, ["k"])
     assert summary.failed_tables == ["s.t"], summary
     assert "2 rows have k = 1" in summary.errors[0]
     assert "the table's own primary key (k, n)" in summary.errors[0]
@@ -94,7 +74,7 @@ def test_a_unique_index_within_the_key_proves_it(tmp_path: Path, pg_dsn: str,
                      f"v int, {index})")
         conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1), (2, 1, '2024-01-02', 2)")
     for key in (["k"], ["k", "n"]):
-        summary = run(tmp_path / "-".join(key), pg_dsn, key)
+        summary = run(tmp_path / "-".join(key), "postgres", pg_dsn, key)
         assert summary.ok, summary.errors
         assert loaded(tmp_path / "-".join(key)) == [(1, 1, 1), (2, 1, 2)]
 
@@ -107,7 +87,7 @@ def test_an_index_including_the_key_or_partial_proves_nothing(tmp_path: Path,
         conn.execute("CREATE UNIQUE INDEX ON t (n) INCLUDE (k)")
         conn.execute("CREATE UNIQUE INDEX ON t (k) WHERE v > 100")
         conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1), (1, 2, '2024-01-02', 2)")
-    summary = run(tmp_path, pg_dsn, ["k"])
+    summary = run(tmp_path, "postgres", pg_dsn, ["k"])
     assert summary.failed_tables == ["s.t"], summary
 
 
@@ -124,7 +104,7 @@ def test_an_invalid_unique_index_proves_nothing(tmp_path: Path, pg_dsn: str) -> 
             conn.execute("CREATE UNIQUE INDEX CONCURRENTLY t_k ON t (k)")
         assert conn.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = "
                             "'t_k'::regclass").fetchall() == [(False,)]
-    summary = run(tmp_path, pg_dsn, ["k"])
+    summary = run(tmp_path, "postgres", pg_dsn, ["k"])
     assert summary.failed_tables == ["s.t"], summary
     assert "2 rows have k = 1" in summary.errors[0], summary.errors
 
@@ -138,7 +118,7 @@ def test_a_primary_key_does_not_cover_inheriting_tables(tmp_path: Path, pg_dsn: 
         conn.execute("CREATE TABLE t_2023 () INHERITS (t)")
         conn.execute("INSERT INTO t VALUES (1, 1, '2024-01-01', 1)")
         conn.execute("INSERT INTO t_2023 VALUES (1, 2, '2023-01-01', 2)")
-    summary = run(tmp_path, pg_dsn, ["k"])
+    summary = run(tmp_path, "postgres", pg_dsn, ["k"])
     assert summary.failed_tables == ["s.t"], summary
     assert "2 rows have k = 1" in summary.errors[0]
 
@@ -188,17 +168,17 @@ def test_a_key_column_holding_nulls_is_refused_naming_it(tmp_path: Path, pg_dsn:
                      "UNIQUE (k, n))")
         conn.execute("INSERT INTO t VALUES (1, 2, '2024-01-01', 1), (1, NULL, '2024-01-01', 2), "
                      "(1, NULL, '2024-01-01', 3), (2, 1, '2024-01-01', 4)")
-    raw_run = run(tmp_path, pg_dsn, ["k", "n"]) if initial_load == "key" else None
+    raw_run = run(tmp_path, "postgres", pg_dsn, ["k", "n"]) if initial_load == "key" else None
     if raw_run is None:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:  # read by cursor: no key index
             conn.execute("ALTER TABLE t DROP CONSTRAINT t_k_n_key")
             conn.execute("CREATE UNIQUE INDEX t_k_n ON t (k, n)")
-        raw_run = run(tmp_path, pg_dsn, ["k", "n"])
+        raw_run = run(tmp_path, "postgres", pg_dsn, ["k", "n"])
     assert raw_run.failed_tables == ["s.t"], raw_run
     [error] = raw_run.errors
     assert "key column n" in error and "NULL" in error, error
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # the fix the hint names
         conn.execute("UPDATE t SET n = v + 10 WHERE n IS NULL")
         conn.execute("ALTER TABLE t ALTER COLUMN n SET NOT NULL")
-    assert run(tmp_path, pg_dsn, ["k", "n"]).ok
+    assert run(tmp_path, "postgres", pg_dsn, ["k", "n"]).ok
     assert loaded(tmp_path) == [(1, 2, 1), (1, 12, 2), (1, 13, 3), (2, 1, 4)]
