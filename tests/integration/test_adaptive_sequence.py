@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -319,6 +320,37 @@ def test_a_number_held_while_innodb_trx_is_read_often_arrives(
     assert held in warehouse_ids(tmp_path)
 
 
+def resumed_first_load_gets_the_held_row(tmp_path: Path, store: Store,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         interrupt: Callable[[Path], None]) -> None:
+    """A transaction holds a number (a newer row committed past it) while `interrupt`
+    (the pipeline file) cuts the first load short; the resumed load, the transaction
+    still open, must wait again (FIRST_LOAD_SETTLE: 1 s), and the held row arrives once
+    it commits."""
+    from steadyflow.run import extract
+
+    monkeypatch.setattr(extract, "FIRST_LOAD_SETTLE", 1.0)
+    store.create(20)
+    late = store.connect(autocommit=False)
+    cfg = pipeline(tmp_path, store)
+    try:
+        held = store.insert(late, "late")
+        with store.connect() as other:
+            store.insert(other, "newer")
+        interrupt(cfg)
+        with Pipeline.from_yaml(cfg) as p:
+            assert p.run_once().ok  # the resumed load, the transaction still open
+        late.commit()
+    finally:
+        late.close()
+    time.sleep(1.1)  # MariaDB's trx_started has whole seconds
+    with Pipeline.from_yaml(cfg) as p:
+        for _ in range(3):
+            assert p.run_once().ok
+            time.sleep(0.5)
+    assert held in warehouse_ids(tmp_path)
+
+
 def test_a_first_load_stopped_while_it_waits_still_waits_when_resumed(
         tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first load is stopped (a shutdown) while it waits for a transaction holding a
@@ -329,14 +361,8 @@ def test_a_first_load_stopped_while_it_waits_still_waits_when_resumed(
     its pages passed the held row, the cursor pass started past it, lost, every run ok."""
     from steadyflow.run import extract
 
-    monkeypatch.setattr(extract, "FIRST_LOAD_SETTLE", 1.0)
-    store.create(20)
-    late = store.connect(autocommit=False)
-    try:
-        held = store.insert(late, "late")
-        with store.connect() as other:
-            store.insert(other, "newer")
-        stopped = Pipeline.from_yaml(pipeline(tmp_path, store))
+    def stop_while_waiting(cfg: Path) -> None:
+        stopped = Pipeline.from_yaml(cfg)
         settle = extract.TableExtractor._settle
         stoppers: list[threading.Timer] = []
 
@@ -355,17 +381,8 @@ def test_a_first_load_stopped_while_it_waits_still_waits_when_resumed(
                 stopper.join()
         monkeypatch.setattr(extract.TableExtractor, "_settle", settle)
         assert stoppers, "the first load never waited"
-        with Pipeline.from_yaml(pipeline(tmp_path, store)) as p:
-            assert p.run_once().ok  # the transaction is still open
-        late.commit()
-    finally:
-        late.close()
-    time.sleep(1.1)  # MariaDB's trx_started has whole seconds
-    with Pipeline.from_yaml(pipeline(tmp_path, store)) as p:
-        for _ in range(3):
-            assert p.run_once().ok
-            time.sleep(0.5)
-    assert held in warehouse_ids(tmp_path)
+
+    resumed_first_load_gets_the_held_row(tmp_path, store, monkeypatch, stop_while_waiting)
 
 
 def test_a_first_load_killed_before_its_first_page_still_waits_when_resumed(
@@ -375,15 +392,8 @@ def test_a_first_load_killed_before_its_first_page_still_waits_when_resumed(
     first page landed: no page recorded that start. The resumed load, the transaction
     still open, must wait again rather than take the load's noted end as settled: the
     held row arrives once it commits. Before, it was lost, every run ok."""
-    from steadyflow.run import extract
 
-    store.create(20)
-    late = store.connect(autocommit=False)
-    cfg = pipeline(tmp_path, store)
-    try:
-        held = store.insert(late, "late")
-        with store.connect() as other:
-            store.insert(other, "newer")
+    def kill_before_the_first_page(cfg: Path) -> None:
         script = ("import sys; from steadyflow.run import extract; "
                   "extract.FIRST_LOAD_SETTLE = 1.0; from steadyflow.cli.main import entry; "
                   f"sys.argv = ['steadyflow', 'run', '-c', {str(cfg)!r}]; entry()")
@@ -391,15 +401,6 @@ def test_a_first_load_killed_before_its_first_page_still_waits_when_resumed(
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=90,
             env={**os.environ, "STEADYFLOW_FAILPOINT": "extract.before_land:1"})
         assert killed.returncode == -signal.SIGKILL, killed.stderr
-        monkeypatch.setattr(extract, "FIRST_LOAD_SETTLE", 1.0)
-        with Pipeline.from_yaml(cfg) as p:
-            assert p.run_once().ok  # the resumed load, the transaction still open
-        late.commit()
-    finally:
-        late.close()
-    time.sleep(1.1)  # MariaDB's trx_started has whole seconds
-    with Pipeline.from_yaml(cfg) as p:
-        for _ in range(3):
-            assert p.run_once().ok
-            time.sleep(0.5)
-    assert held in warehouse_ids(tmp_path)
+
+    resumed_first_load_gets_the_held_row(tmp_path, store, monkeypatch,
+                                         kill_before_the_first_page)
