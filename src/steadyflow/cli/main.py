@@ -565,7 +565,7 @@ def _print_status(report: dict[str, Any]) -> None:
 
     for line in [*filter(None, [failed_run(report)]), *unreconciled(report)]:
         out.print(line, highlight=False, soft_wrap=True, markup=False)
-    for problem in ("state_error", "clock_error"):
+    for problem in ("state_error", "disk_error", "clock_error"):
         if report.get(problem):
             out.print(f"error: {report[problem]}", highlight=False, soft_wrap=True,
                       markup=False)

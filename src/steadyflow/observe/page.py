@@ -243,7 +243,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
         parts.append(f'<div class="banner">{e(killed_loop(dead))}</div>')
     if dead.get("status") == "suspended":
         parts.append(f'<div class="banner">{e(suspended_loop(dead))}</div>')
-    for problem in ("state_error", "buffer_error", "clock_error"):
+    for problem in ("state_error", "disk_error", "buffer_error", "clock_error"):
         if report.get(problem):
             parts.append(f'<div class="banner">{e(report[problem])}</div>')
     # why a pipeline whose tables all look ok is degraded, as `steadyflow status` says it

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 from steadyflow.errors import StateUnavailable, SteadyflowError
@@ -60,7 +61,8 @@ def unreadable(pipeline: Any, exc: BaseException) -> dict[str, Any]:
     depth, oldest, buffer_error = _queue(pipeline.buffer)
     report: dict[str, Any] = scrub_tree({
         "pipeline": pipeline.config.name, "at": time.time(), "tables": tables,
-        "state_error": error, "queue_depth": depth,
+        "state_error": error, "disk_error": full_disks(pipeline.config),
+        "queue_depth": depth,
         "queue_capacity": pipeline.buffer.capacity, "queue_oldest_seconds": oldest,
         "buffer_error": buffer_error, "pending_batches": None, "pending_rows": None,
         "loop": None, "runs": [], "workers": [], "reconcile": []})
@@ -175,6 +177,8 @@ def collect(pipeline: Any) -> dict[str, Any]:
     report: dict[str, Any] = scrub_tree({
         "pipeline": pipeline.config.name,
         "at": now,
+        # a folder the pipeline writes whose filesystem is full, or None
+        "disk_error": full_disks(pipeline.config),
         "tables": tables,
         "queue_depth": depth,
         "queue_capacity": pipeline.buffer.capacity,
@@ -241,6 +245,41 @@ def stalled_after(config: Any, table: Any) -> float:
     return max(STALLED_AFTER, 3 * float(pause))
 
 
+def full_disks(config: Any) -> str | None:
+    """The local folders the pipeline writes (state_dir: state, buffer, loop lock; the
+    landing folder; a DuckDB warehouse's) whose filesystem has less than DISK_FULL_BELOW
+    free, named with what is free, or None. Nothing can record that it failed for want of
+    space (its error would be written to the full state), so status said healthy, exit 0,
+    with the last poll growing towards 'stalled' (15 min), while no row moved."""
+    folders = [config.resolve(config.state_dir)]
+    if config.landing.url is None:
+        folders.append(config.resolve(config.landing.path))
+    if config.warehouse.kind == "duckdb":
+        folders.append(config.resolve(config.warehouse.path or "warehouse.duckdb").parent)
+    full: list[str] = []
+    seen: set[int] = set()
+    for folder in folders:
+        path = Path(folder)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue
+        if st.f_fsid in seen:
+            continue
+        seen.add(st.f_fsid)
+        free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+        if free < DISK_FULL_BELOW:
+            full.append(f"{folder} ({free // 1024} KiB free)")
+    return (f"the disk is full under {', '.join(full)}: nothing lands, loads or is "
+            "recorded (not even the error); free space there") if full else None
+
+
+#: free bytes under a folder the pipeline writes below which status calls its disk full
+DISK_FULL_BELOW = 1 << 20
+
+
 def _queue(buffer: Any) -> tuple[int | None, float | None, str | None]:
     """(depth, oldest message's age, None), or (None, None, why) when the buffer cannot be
     read: an unreachable NATS server is a pipeline that moves nothing, not an empty queue
@@ -259,7 +298,8 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     batch that failed for good, a stopped loop, a follow loop killed (it never let go of
     its lock) or suspended (SIGSTOP, Ctrl-Z: it holds its lock and moves nothing),
     workers that ran and none of which runs now, one lost (not heard of) or
-    failed (its loop ended by itself), a buffer or a state that cannot be read: data is
+    failed (its loop ended by itself), a buffer or a state that cannot be read, a full
+    disk under the state, landing or DuckDB warehouse (disk_error): data is
     not moving and will not by itself, or nothing can be told of it.
     degraded (1): a table that failed since its last success (it retries), a half-open
     breaker, times recorded ahead of the clock (clock_error: ages cannot be trusted), a
@@ -276,7 +316,8 @@ def overall(report: dict[str, Any], loop_error: str | None = None) -> tuple[str,
     if workers and not any(w["status"] == "running" for w in workers) and any(
             w["status"] in ("lost", "failed") for w in workers):
         return "failing", EXIT_CODES["failing"]  # workers ran, and none is heard of now
-    if loop_error or report.get("buffer_error") or report.get("state_error") or any(
+    if loop_error or report.get("buffer_error") or report.get("state_error") or report.get(
+            "disk_error") or any(
             t["state"] in _FAILING_STATES or t.get("breaker") == "open"
             or t.get("failing_batches") for t in tables):
         return "failing", EXIT_CODES["failing"]
