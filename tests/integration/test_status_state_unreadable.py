@@ -93,3 +93,24 @@ def test_a_state_file_deleted_under_a_running_loop_fails_every_view(tmp_path: Pa
         code, report = status(conf)  # a process of its own finds no state file
         assert (code, report["health"]) == (2, "failing"), report
         assert "missing" in report["state_error"], report
+
+
+def test_a_buffer_that_cannot_be_read_fails_the_served_status(tmp_path: Path) -> None:
+    """The SQLite buffer's queue table gone under a read-only `serve`: the raw sqlite3
+    error escaped the snapshot (the buffer's SteadyflowErrors were caught, its driver's
+    were not), and /api/status answered 500. Now it fails naming the buffer."""
+    path = store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=20)
+    conf = config(tmp_path, path)
+    steadyflow("run", "-c", str(conf), check=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    with running(conf, "serve", "--port", str(port)):
+        wait("the server", lambda: _answers(url, 20))
+        with closing(sqlite3.connect(tmp_path / "state" / "buffer.db")) as db:
+            db.execute("DROP TABLE queue")
+            db.commit()
+        code, body = get(url + "api/status")
+        assert code == 200, body
+        report = json.loads(body)
+        assert (report["health"], report["exit_code"]) == ("failing", 2), report
+        assert "no such table: queue" in report["buffer_error"], report

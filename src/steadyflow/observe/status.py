@@ -286,7 +286,7 @@ def _queue(buffer: Any) -> tuple[int | None, float | None, str | None]:
     (and not a status that cannot be shown at all)."""
     try:
         return buffer.depth(), buffer.oldest_age(), None
-    except SteadyflowError as exc:
+    except (SteadyflowError, sqlite3.Error) as exc:  # sqlite3: its file damaged or gone
         return None, None, f"the buffer cannot be read: {exc}"
 
 
