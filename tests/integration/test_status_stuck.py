@@ -214,6 +214,17 @@ def test_a_tables_behind_after_is_its_load_sla(tmp_path: Path, pg_warehouse_dsn:
             assert _in_warehouse(pg_warehouse_dsn) == 20  # the truth: 5 rows wait
             assert 4 < table["unloaded_seconds"] < 60, table
             assert (table["state"], code, report["health"]) == ("behind", 2, "failing"), table
+            # its polls fail now too (degraded alone): it is still behind, exit 2
+            with closing(sqlite3.connect(path)) as db:
+                db.execute("ALTER TABLE sales RENAME TO sales_gone")
+                db.commit()
+            wait("the failing poll recorded", lambda: "sales" in (
+                status(conf)[1]["tables"][0]["last_error"] or ""))
+            code, report = status(conf)
+            assert (report["tables"][0]["state"], code) == ("behind", 2), report["tables"]
+            with closing(sqlite3.connect(path)) as db:
+                db.execute("ALTER TABLE sales_gone RENAME TO sales")
+                db.commit()
             locker.rollback()
             wait("the 5 rows loaded", lambda: _in_warehouse(pg_warehouse_dsn) == 25)
             wait("status healthy again", lambda: status(conf)[0] == 0)

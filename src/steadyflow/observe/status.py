@@ -161,8 +161,10 @@ def collect(pipeline: Any) -> dict[str, Any]:
                 and since_poll > stalled_after(pipeline.config, t)
                 and pipeline.state.backfill(ref.source, ref.table) is None):
             tables[-1]["state"] = "stalled"
-        elif (polling and tables[-1]["state"] == "ok" and unloaded is not None
+        elif (polling and tables[-1]["state"] in ("ok", "failing") and unloaded is not None
               and unloaded > behind_after(pipeline.config, t)):
+            # 'failing' too: a poll error since the last success (degraded, exit 1) hid
+            # a loader that had loaded nothing of the table for hours
             tables[-1]["state"] = "behind"
     pending = pipeline.state.pending_batches()
     runs = pipeline.state.runs(10)
