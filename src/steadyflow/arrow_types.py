@@ -195,11 +195,18 @@ def cast_exact(values: Any, target: pa.DataType) -> Any:
             suspect = pc.or_(suspect, pc.less(values, pa.scalar(-_FLOAT_EXACT, source)))
         _refuse(values, cast, suspect, lambda v, f: int(f) == v)
     elif pa.types.is_string(source) or pa.types.is_large_string(source):
-        zero = pc.equal(cast, pa.scalar(0.0, target))
-        suspect = pc.or_(
-            pc.or_(pc.is_inf(cast), pc.match_substring_regex(values, _LONG_INTEGER)),
-            pc.and_(zero, pc.match_substring_regex(values, _NONZERO)))
-        _refuse(values, cast, suspect, _same_number)
+        # only an infinity, a zero or a float at least 2**53 can be wrong; the text of
+        # those few is looked at (a regex over every value cost 6x the cast itself)
+        rough = pc.or_(pc.or_(pc.is_inf(cast), pc.equal(cast, pa.scalar(0.0, target))),
+                       pc.greater_equal(pc.abs(cast), pa.scalar(float(_FLOAT_EXACT), target)))
+        rows = pc.indices_nonzero(pc.fill_null(_flat(rough), False))
+        if len(rows):
+            text, got = pc.take(_flat(values), rows), pc.take(_flat(cast), rows)
+            suspect = pc.or_(
+                pc.or_(pc.is_inf(got), pc.match_substring_regex(text, _LONG_INTEGER)),
+                pc.and_(pc.equal(got, pa.scalar(0.0, target)),
+                        pc.match_substring_regex(text, _NONZERO)))
+            _refuse(text, got, suspect, _same_number)
     return cast
 
 
@@ -224,15 +231,17 @@ def _rows(values: list[Any]) -> list[int]:
     return [int(i) for i in values]
 
 
+def _flat(values: Any) -> Any:
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
 def _refuse(values: Any, cast: Any, suspect: Any, same: Callable[[Any, Any], bool]
             ) -> None:
     """Raise ArrowInvalid if a `suspect` value's cast is not `same` as it."""
     suspect = pc.fill_null(suspect, False)
     if not pc.any(suspect).as_py():
         return
-    flat_values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    flat_cast = cast.combine_chunks() if isinstance(cast, pa.ChunkedArray) else cast
-    flat = suspect.combine_chunks() if isinstance(suspect, pa.ChunkedArray) else suspect
+    flat_values, flat_cast, flat = _flat(values), _flat(cast), _flat(suspect)
     for i in _rows(pc.indices_nonzero(flat).to_pylist()):
         value = flat_values[i].as_py()
         if not same(value, flat_cast[i].as_py()):
