@@ -89,7 +89,7 @@ def _check_state(pipeline: Any, loop: dict[str, Any] | None) -> None:
 
 
 def collect(pipeline: Any) -> dict[str, Any]:
-    now = time.time()
+    now = pipeline.state.now()  # the clock the state's times were stamped by
     loop = loop_status(pipeline.config.resolve(pipeline.config.state_dir))
     _check_state(pipeline, loop)
     health = {(h.source, h.table): h for h in pipeline.state.health()}

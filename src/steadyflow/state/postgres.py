@@ -214,6 +214,10 @@ class PostgresStateStore(StateStore):
                     psycopg.errors.LockNotAvailable) as exc:
                 raise self._unavailable("transaction failed", exc) from None
 
+    def now(self) -> float:
+        """One autocommitted statement, no transaction around it."""
+        return float(self._query("SELECT extract(epoch from clock_timestamp())")[0][0])
+
     def _now(self, c: Tx) -> float:
         return float(c.execute("SELECT extract(epoch from clock_timestamp())").fetchone()[0])
 

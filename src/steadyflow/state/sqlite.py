@@ -146,6 +146,9 @@ class SqliteStateStore(StateStore):
         with self._read_lock:
             return self._reader.execute(sql, params).fetchall()
 
+    def now(self) -> float:
+        return time.time()  # one host: every writer reads the same clock
+
     def _now(self, c: Tx) -> float:
         return time.time()  # one host: every holder reads the same clock
 

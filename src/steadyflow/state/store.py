@@ -262,6 +262,14 @@ class StateStore(ABC):
         commits as usual."""
         return self._tx()
 
+    def now(self) -> float:
+        """The state's clock (epoch seconds), by which a poll's, a load's, an error's and a
+        manifest entry's times are stamped and must be aged (`status`). Workers on hosts
+        whose clocks disagree stamped them with their own: one 20 min behind showed its
+        busy tables 'stalled', one ahead would show a table that stopped as fresh."""
+        with self._tx() as c:
+            return self._now(c)
+
     @abstractmethod
     def _now(self, c: Tx) -> float:
         """Epoch seconds that every holder of a lease agrees on: the local clock for one
@@ -670,13 +678,16 @@ class StateStore(ABC):
         """Add a landed batch to the manifest (the sweeper's truth). With `lease`, only if
         it is still the table's current lease (see _fence). A batch known already keeps its
         entry, unless gc deleted its file ('gone'): landed again (the same page re-read),
-        its new file is the one to load and to collect later."""
+        its new file is the one to load and to collect later. The entry's landed_at (what
+        `pending_since` ages) is the state's clock; the ref keeps the lander's."""
+        stamp, at = self._lease_end(0.0)
         self._fenced_write(
             lease,
             "INSERT INTO manifest(batch_id, source, tbl, ref, rows, landed_at) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT(batch_id) DO UPDATE SET ref=excluded.ref, "
-            "landed_at=excluded.landed_at, status='landed' WHERE manifest.status='gone'",
-            (ref.batch_id, ref.source, ref.table, ref.to_json(), ref.rows, ref.landed_at))
+            f"VALUES (?,?,?,?,?,{stamp}) ON CONFLICT(batch_id) DO UPDATE SET "
+            "ref=excluded.ref, landed_at=excluded.landed_at, status='landed' WHERE "
+            "manifest.status='gone'",
+            (ref.batch_id, ref.source, ref.table, ref.to_json(), ref.rows, *at))
 
     def mark_loaded(
         self, batch_id: str, good_rows: int | None, quarantined_rows: int | None,
@@ -900,12 +911,13 @@ class StateStore(ABC):
                      newest_cursor: str | None, newest_epoch: float | None,
                      changed: int | None) -> None:
         self._ensure_health(c, source, table)
+        stamp, at = self._lease_end(0.0)  # the state's clock: see now()
         c.execute(
             "UPDATE table_health SET rows_loaded=rows_loaded+?, "
             "rows_changed=coalesce(rows_changed, 0)+?, "
-            "rows_quarantined=rows_quarantined+?, last_success=? WHERE source=? AND tbl=?",
-            (rows, rows if changed is None else changed, quarantined, time.time(),
-             source, table))
+            f"rows_quarantined=rows_quarantined+?, last_success={stamp} WHERE source=? AND "
+            "tbl=?", (rows, rows if changed is None else changed, quarantined, *at,
+                      source, table))
         if newest_epoch is not None:
             c.execute(
                 "UPDATE table_health SET newest_cursor=?, newest_cursor_epoch=? "
@@ -916,9 +928,10 @@ class StateStore(ABC):
     def record_error(self, source: str, table: str, error: str) -> None:
         with self._tx() as c:
             self._ensure_health(c, source, table)
+            stamp, at = self._lease_end(0.0)  # the state's clock: see now()
             c.execute(
-                "UPDATE table_health SET last_error=?, last_error_at=? WHERE source=? AND tbl=?",
-                (scrub(error)[:2000], time.time(), source, table),
+                f"UPDATE table_health SET last_error=?, last_error_at={stamp} WHERE source=? "
+                "AND tbl=?", (scrub(error)[:2000], *at, source, table),
             )
 
     def record_source_state(self, source: str, table: str, page_size: int | None = None,
@@ -950,12 +963,13 @@ class StateStore(ABC):
         was scaled away) while its breaker was open stayed in the table's health after
         another worker, whose breaker never left 'closed', read the source again: the
         status said 'source down' (failing) for ever. A light commit (`_light_tx`)."""
+        stamp, at = self._lease_end(0.0)  # the state's clock: see now()
         with self._light_tx() as c:
             c.execute(
-                "INSERT INTO source_polls VALUES (?,?,?,?,?) ON CONFLICT(source, tbl) DO "
-                "UPDATE SET high=excluded.high, high_epoch=excluded.high_epoch, "
+                f"INSERT INTO source_polls VALUES (?,?,?,?,{stamp}) ON CONFLICT(source, tbl) "
+                "DO UPDATE SET high=excluded.high, high_epoch=excluded.high_epoch, "
                 "polled_at=excluded.polled_at",
-                (source, table, high.to_json() if high else None, high_epoch, time.time()))
+                (source, table, high.to_json() if high else None, high_epoch, *at))
             c.execute("UPDATE table_health SET breaker='closed' WHERE source=? AND tbl=? AND "
                       "breaker IS NOT NULL AND breaker <> 'closed'", (source, table))
 
