@@ -302,7 +302,7 @@ class StateStore(ABC):
         return Watermark.from_json(rows[0][0]) if rows else None
 
     def checkpoint_written(self, source: str, table: str) -> float | None:
-        """When the checkpoint was last written (epoch s, the writer's clock), None when
+        """When the checkpoint was last written (epoch s, the state's clock), None when
         there is none: a page landed after it stands past the checkpoint's poll
         (run/extract.py: TableExtractor._previous_start)."""
         rows = self._query("SELECT updated_at FROM checkpoints WHERE source=? AND tbl=?",
@@ -325,15 +325,18 @@ class StateStore(ABC):
         """
         self._fenced_write(lease, *self._advance_sql(source, table, mark), durable=False)
 
-    @staticmethod
-    def _advance_sql(source: str, table: str, mark: Watermark) -> tuple[str, tuple[Any, ...]]:
-        return ("INSERT INTO checkpoints VALUES (?,?,?,?) ON CONFLICT(source, tbl) DO UPDATE "
+    def _advance_sql(self, source: str, table: str, mark: Watermark
+                     ) -> tuple[str, tuple[Any, ...]]:
+        # updated_at by the state's clock, as the manifest's landed_at it is compared with
+        # (TableExtractor._previous_start): two workers' clocks would order them wrongly
+        stamp, at = self._lease_end(0.0)
+        return ("INSERT INTO checkpoints VALUES (?,?,?,"
+                f"{stamp}) ON CONFLICT(source, tbl) DO UPDATE "
                 "SET watermark=excluded.watermark, updated_at=excluded.updated_at",
-                (source, table, mark.to_json(), time.time()))
+                (source, table, mark.to_json(), *at))
 
-    @classmethod
-    def _advance(cls, c: Tx, source: str, table: str, mark: Watermark) -> None:
-        c.execute(*cls._advance_sql(source, table, mark))
+    def _advance(self, c: Tx, source: str, table: str, mark: Watermark) -> None:
+        c.execute(*self._advance_sql(source, table, mark))
 
     def reset_checkpoint(self, source: str, table: str) -> None:
         with self._tx() as c:
