@@ -19,7 +19,7 @@ import pymysql
 import pytest
 from tests.conftest import MY_HOST, MY_PORT
 
-from steadyflow.reconcile.encoding import canonical
+from steadyflow.reconcile.encoding import canonical, row_text
 from steadyflow.reconcile.engines import FAST_TIME, engine_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -125,3 +125,42 @@ def test_mariadb_declared_types_encode_like_the_reference(mysql_dsn: str) -> Non
     assert native == [(canonical(DECIMALS[i % len(DECIMALS)], "decimal(12,2)"),
                        canonical(INTS[i % len(INTS)], "int64"), canonical(i - 5, "int32"),
                        canonical(i, "int64")) for i in range(30)]
+
+
+def test_postgres_row_text_of_declared_types_is_the_reference_row_by_row(pg_dsn: str) -> None:
+    """PostgresEngine.row_text builds the common row (no NULL among the columns of a
+    declared type, no NaN, times inside FAST_TIME) with one concat_ws of the typed values,
+    and every other row with the generic text: both must be encoding.row_text of the
+    reference encodings, whichever column is NULL or out of the fast path's conditions."""
+    times = _times()[:600]
+    texts = ["", "plain", "a~|b", "~N", "|", "é日本 ~~", "it's\ttab"]
+    cols = {"n": "int64", "s": "int32", "m": "int32", "d": "decimal(12,2)", "ts": "timestamp",
+            "t": "string", "b": "bool", "dt": "date"}
+    rows = []
+    for i, ts in enumerate(times):
+        row: list[Any] = [INTS[i % len(INTS)], i - 300, i % 7 - 3, DECIMALS[i % len(DECIMALS)],
+                          ts, texts[i % len(texts)], i % 2 == 0,
+                          (datetime(2024, 1, 1) + timedelta(days=i - 300)).date()]
+        if i % 5 == 0:  # each column NULL in turn, on every fifth row
+            row[(i // 5) % len(row)] = None
+        rows.append((i, *row))
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE r (i int, n bigint, s integer, m smallint, d numeric(12,2),"
+                     " ts timestamptz, t text, b boolean, dt date)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO r VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+        conn.execute("INSERT INTO r VALUES (-3, 1, 2, 3, 'NaN', '2024-01-01', 'x', true, NULL),"
+                     " (-2, 1, 2, 3, 4.5, 'infinity', 'x', false, '2024-01-01'),"
+                     " (-1, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+        declared = {str(n): str(t) for n, t in conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = 'r'::regclass AND attnum > 0")}
+        engine = engine_for("postgres").declare(declared)
+        text = engine.row_text([(engine.q(c), t) for c, t in cols.items()])
+        assert "concat_ws" in text  # the fast path is in the query
+        got = [r[0] for r in conn.execute(f"SELECT {text} FROM r ORDER BY i").fetchall()]
+    expected = [row_text([canonical(v, t) for v, t in zip(r[1:], cols.values(), strict=True)])
+                for r in rows]
+    assert got[3:] == expected
+    assert got[:3] == ["1|2|3|?NaN|1704067200000000|x|1|~N",
+                       "1|2|3|4.50|?infinity|x|0|19723", "|".join(["~N"] * 8)]
