@@ -22,6 +22,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import psycopg
@@ -35,15 +36,18 @@ PAGE = 20_000
 MB = 1024 * 1024
 GROWTH_CAP = 320 * MB
 
-CHILD = """
-import json, sys
-from steadyflow.run.pipeline import Pipeline
-
+# the child's own resident set (VmRSS), in bytes
+RSS = """
 def rss():
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
+"""
 
+CHILD = """
+import json, sys
+from steadyflow.run.pipeline import Pipeline
+""" + RSS + """
 with Pipeline.from_yaml(sys.argv[1]) as p:
     p.warehouse.is_loaded("warm-up")  # open the warehouse before the baseline
     baseline = rss()
@@ -109,6 +113,18 @@ def test_memory_stays_bounded(pg_dsn: str, tmp_path: Path) -> None:
 
 
 # --- memory after a spike ---------------------------------------------------------------------
+# a follow child's arguments (see `follow_child`) and its count of the warehouse's rows
+FOLLOW_ARGS = """
+source, warehouse, config, tables, arg = sys.argv[1:4] + [int(a) for a in sys.argv[4:6]]
+
+def loaded():
+    with psycopg.connect(warehouse) as conn:
+        try:
+            return sum(conn.execute(f"SELECT count(*) FROM wh.sales{t}").fetchone()[0]
+                       for t in range(tables))
+        except psycopg.errors.UndefinedTable:
+            return 0
+"""
 SPIKE_TABLES = 4
 SPIKE_ROWS = 300_000  # per table
 RETURN_CAP = 20 * MB
@@ -117,14 +133,8 @@ FOLLOW_CHILD = """
 import json, sys, threading, time
 import psycopg
 from steadyflow.run.pipeline import Pipeline
-
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-
-source, warehouse, config, tables, spike = sys.argv[1:4] + [int(a) for a in sys.argv[4:6]]
-written = 0
+""" + RSS + FOLLOW_ARGS + """
+spike, written = arg, 0
 
 def write(n):
     global written
@@ -135,14 +145,6 @@ def write(n):
                 "|| i, 1 + i %% 20, (i %% 100000) / 100.0, 'USD', now(), clock_timestamp() "
                 "FROM generate_series(%s::bigint, %s::bigint) i", [written, written + n - 1])
     written += n
-
-def loaded():
-    with psycopg.connect(warehouse) as conn:
-        try:
-            return sum(conn.execute(f"SELECT count(*) FROM wh.sales{t}").fetchone()[0]
-                       for t in range(tables))
-        except psycopg.errors.UndefinedTable:
-            return 0
 
 def settle(deadline=90):
     end = time.monotonic() + deadline
@@ -177,18 +179,37 @@ print(json.dumps({"before": before, "during": peak[0], "after": after, "rows": w
 """
 
 
-def test_memory_returns_after_a_spike(pg_dsn: str, pg_warehouse_dsn: str,
-                                      tmp_path: Path) -> None:
-    """A follow run takes a trickle, a spike of 1.2M rows, and the trickle again; RSS after
-    the spike is back within RETURN_CAP of its level before it (run/memory.py). Without
-    `release_memory` glibc kept ~20-26 MiB of the spike's freed blocks for good."""
+def follow_child(script: str, pg_dsn: str, pg_warehouse_dsn: str, tmp_path: Path,
+                 tables: int, contract: str | dict[str, Any], arg: int, timeout: float
+                 ) -> dict[str, Any]:
+    """Run `script` (a follow child: FOLLOW_ARGS) in a process of its own on `tables`
+    empty tables sales0.. of the store, each under `contract`, polled every 0.5 s into a
+    PostgreSQL warehouse; the JSON it prints last."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for t in range(SPIKE_TABLES):
+        for t in range(tables):
             conn.execute(
                 f"CREATE TABLE sales{t} (store_id bigint NOT NULL, sale_id bigint PRIMARY KEY, "
                 "sku text NOT NULL, qty bigint, unit_price numeric(12,2), currency text, "
                 "sold_at timestamptz, updated_at timestamptz NOT NULL)")
             conn.execute(f"CREATE INDEX ON sales{t} (updated_at, sale_id)")
+    config = write_pipeline(tmp_path, [{
+        "name": "pg", "kind": "postgres", "dsn": pg_dsn,
+        "tables": [{"name": f"sales{t}", "contract": contract} for t in range(tables)]}],
+        warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh"},
+        run={"interval": "0.5s"})
+    proc = subprocess.run(
+        [sys.executable, "-c", script, pg_dsn, pg_warehouse_dsn, str(config), str(tables),
+         str(arg)], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_memory_returns_after_a_spike(pg_dsn: str, pg_warehouse_dsn: str,
+                                      tmp_path: Path) -> None:
+    """A follow run takes a trickle, a spike of 1.2M rows, and the trickle again; RSS after
+    the spike is back within RETURN_CAP of its level before it (run/memory.py). Without
+    `release_memory` glibc kept ~20-26 MiB of the spike's freed blocks for good."""
     contract = {"primary_key": ["sale_id"], "cursor": "updated_at", "columns": {
         "store_id": {"type": "int64", "nullable": False},
         "sale_id": {"type": "int64", "nullable": False},
@@ -196,18 +217,8 @@ def test_memory_returns_after_a_spike(pg_dsn: str, pg_warehouse_dsn: str,
         "unit_price": {"type": "decimal(12,2)"}, "currency": {"type": "string"},
         "sold_at": {"type": "timestamp"}, "updated_at": {"type": "timestamp",
                                                          "nullable": False}}}
-    config = write_pipeline(tmp_path, [{
-        "name": "pg", "kind": "postgres", "dsn": pg_dsn,
-        "tables": [{"name": f"sales{t}", "contract": contract}
-                   for t in range(SPIKE_TABLES)]}],
-        warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh"},
-        run={"interval": "0.5s"})
-    proc = subprocess.run(
-        [sys.executable, "-c", FOLLOW_CHILD, pg_dsn, pg_warehouse_dsn, str(config),
-         str(SPIKE_TABLES), str(SPIKE_ROWS)],
-        capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = follow_child(FOLLOW_CHILD, pg_dsn, pg_warehouse_dsn, tmp_path, SPIKE_TABLES,
+                       contract, SPIKE_ROWS, timeout=240)
     numbers = (f"RSS before the spike {got['before'] / MB:.0f} MiB, during "
                f"{got['during'] / MB:.0f} MiB, after {got['after'] / MB:.0f} MiB "
                f"(cap: before + {RETURN_CAP / MB:.0f} MiB)")
@@ -228,13 +239,8 @@ from steadyflow.run.pipeline import Pipeline
 
 # shortened for the test (defaults: 20,000 rows, 10 s): the flow here is small and short
 memory.RELEASE_AFTER_ROWS, memory.RELEASE_EVERY = 2_000, 1.0
-
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-
-source, warehouse, config, tables, holes = sys.argv[1:4] + [int(a) for a in sys.argv[4:6]]
+""" + RSS + FOLLOW_ARGS + """
+holes = arg
 
 def trickle():  # a steady flow: 4 x 50 rows every 20 ms, never a pause of RELEASE_IDLE
     with psycopg.connect(source, autocommit=True) as conn:
@@ -247,14 +253,6 @@ def trickle():  # a steady flow: 4 x 50 rows every 20 ms, never a pause of RELEA
                     [n, n + 49])
             n += 50
             time.sleep(0.02)
-
-def loaded():
-    with psycopg.connect(warehouse) as conn:
-        try:
-            return sum(conn.execute(f"SELECT count(*) FROM wh.sales{t}").fetchone()[0]
-                       for t in range(tables))
-        except psycopg.errors.UndefinedTable:
-            return 0
 
 with Pipeline.from_yaml(config) as p:
     runner = threading.Thread(target=p.run, kwargs={"follow": True}, daemon=True)
@@ -289,25 +287,8 @@ def test_memory_freed_while_batches_keep_coming_returns(pg_dsn: str, pg_warehous
     release that waited for an idle loader never came: RSS ended the bench 26 MiB above its
     level before the spike. Here the child frees 32 MiB in the heap (what a spike leaves)
     while 4 tables take rows every 20 ms; half of it must leave RSS within 20 s."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for t in range(STEADY_TABLES):
-            conn.execute(
-                f"CREATE TABLE sales{t} (store_id bigint NOT NULL, sale_id bigint PRIMARY KEY, "
-                "sku text NOT NULL, qty bigint, unit_price numeric(12,2), currency text, "
-                "sold_at timestamptz, updated_at timestamptz NOT NULL)")
-            conn.execute(f"CREATE INDEX ON sales{t} (updated_at, sale_id)")
-    config = write_pipeline(tmp_path, [{
-        "name": "pg", "kind": "postgres", "dsn": pg_dsn,
-        "tables": [{"name": f"sales{t}", "contract": "sales"}
-                   for t in range(STEADY_TABLES)]}],
-        warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh"},
-        run={"interval": "0.5s"})
-    proc = subprocess.run(
-        [sys.executable, "-c", STEADY_CHILD, pg_dsn, pg_warehouse_dsn, str(config),
-         str(STEADY_TABLES), str(HOLES)],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = follow_child(STEADY_CHILD, pg_dsn, pg_warehouse_dsn, tmp_path, STEADY_TABLES,
+                       "sales", HOLES, timeout=120)
     numbers = (f"RSS with {HOLES / MB:.0f} MiB freed {got['held'] / MB:.0f} MiB, "
                f"{got['after'] / MB:.0f} MiB 20 s later at most, {got['rows']} rows loaded")
     print(numbers)
