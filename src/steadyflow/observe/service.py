@@ -165,7 +165,9 @@ class StatusService:
         else:  # a reconcile another process ran (reconcile from cron beside run --serve)
             self.sync_reconcile()
         self.sync_queue()
-        self.history.add(self.report())
+        report = self.report()
+        if not report.get("state_error"):  # its counts unknown (None), not 0: a sample
+            self.history.add(report)  # of them would draw a drop and a false spike
 
     def _sampler(self) -> None:
         while not self._stop.is_set():
