@@ -30,6 +30,8 @@ LEDGER = "_steadyflow_ledger"
 SEQ = "_steadyflow_seq"
 DELETED_AT = "_steadyflow_deleted_at"  # when a tombstone was written (the repair's load)
 TOMB_PREFIX = "_steadyflow_tomb_"
+# the ledger's columns added after its first version, each nullable (MergePlan)
+LEDGER_ADDED = ("changed", "quarantined", "seq")
 RESERVED = "_steadyflow_"  # the prefix of the columns steadyflow adds (config.RESERVED_PREFIX)
 
 
@@ -236,6 +238,23 @@ def ledgered_sql(schema: str, quote: Quote, counts: bool = True) -> str:
             "WHERE batch_id IN (SELECT unnest(%s::text[]))")
 
 
+def highest_seq_sql(schema: str, quote: Quote, above: int) -> str:
+    """The highest extraction number above `above` among the ledger rows of a list of
+    targets (one list parameter), the same on PostgreSQL and DuckDB: NULL when none is
+    above it, the common case, which costs no scan of the ledger either way (PostgreSQL:
+    its index on `seq`; DuckDB: the row groups' min/max, which a constant `above` lets
+    the scan skip whole)."""
+    return (f"SELECT max(seq) FROM {quote(schema)}.{quote(LEDGER)} WHERE seq > {int(above)} "
+            "AND target IN (SELECT unnest(%s::text[]))")
+
+
+def ledger_seq_index(schema: str, quote: Quote) -> tuple[str, str]:
+    """(the qualified name, the CREATE) of PostgreSQL's index on the ledger's `seq`."""
+    name = f"{LEDGER}_seq"
+    return (f"{quote(schema)}.{quote(name)}",
+            f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(schema)}.{quote(LEDGER)} (seq)")
+
+
 @dataclass(frozen=True, slots=True)
 class MergePlan:
     create_schema: str
@@ -243,7 +262,8 @@ class MergePlan:
     add_columns: tuple[str, ...]  # the contract's `schema_drift: add` columns, nullable
     create_table: str
     create_ledger: str
-    # ledgers made before they kept counts: `changed` and `quarantined` (nullable) added
+    # ledgers made before they kept counts: `changed` and `quarantined` (nullable) added,
+    # and before they kept the batch's extraction number, `seq` (LEDGER_ADDED, in order)
     add_ledger_counts: tuple[str, ...]
     ledger_check: str
     ledger_insert: str
@@ -323,13 +343,15 @@ def plan(contract: Contract, schema: str, table: str, stage: str, deletes: str,
         create_ledger=(f"CREATE TABLE IF NOT EXISTS {ledger} (batch_id VARCHAR PRIMARY KEY, "
                        "source VARCHAR NOT NULL, tbl VARCHAR NOT NULL, target VARCHAR NOT NULL, "
                        "rows BIGINT NOT NULL, loaded_at TIMESTAMPTZ NOT NULL, "
-                       "changed BIGINT, quarantined BIGINT)"),
+                       "changed BIGINT, quarantined BIGINT, seq BIGINT)"),
         add_ledger_counts=tuple(f"ALTER TABLE {ledger} ADD COLUMN IF NOT EXISTS {c} BIGINT"
-                                for c in ("changed", "quarantined")),
+                                for c in LEDGER_ADDED),
         ledger_check=f"SELECT 1 FROM {ledger} WHERE batch_id = %s",
+        # seq: the batch's extraction number, the warehouse's own record of the highest
+        # number it holds (highest_seq_sql; docs/architecture.md, "the sequence's floor")
         ledger_insert=(f"INSERT INTO {ledger} (batch_id, source, tbl, target, rows, "
-                       "quarantined, changed, loaded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, "
-                       "now())"),
+                       "quarantined, changed, seq, loaded_at) VALUES (%s, %s, %s, %s, %s, %s, "
+                       "%s, %s, now())"),
         merge=merge_of(newest("")),
         # a repair's deletes lose to a later extraction as its rows do (`delete_seq`)
         delete=(f"DELETE FROM {target} WHERE {key_tuple} IN (SELECT {key_list} FROM {deletes}) "

@@ -22,9 +22,12 @@ from steadyflow.extract.dialects import dsn_password, redact
 from steadyflow.failpoints import failpoint
 from steadyflow.merge.plan import (
     LEDGER,
+    LEDGER_ADDED,
     SEQ,
     MergePlan,
     delete_seq,
+    highest_seq_sql,
+    ledger_seq_index,
     ledgered_sql,
     plan,
     refuse_missing,
@@ -218,8 +221,14 @@ class PostgresWarehouse:
                                       [f"steadyflow:ddl:{self.schema}"])
                     self.conn.execute(p.create_schema.encode())
                     self.conn.execute(p.create_ledger.encode())
-                    self._add_missing(LEDGER, zip(("changed", "quarantined"),
-                                                  p.add_ledger_counts, strict=True))
+                    self._add_missing(LEDGER, zip(LEDGER_ADDED, p.add_ledger_counts,
+                                                  strict=True))
+                    index, create_index = ledger_seq_index(self.schema, quote)
+                    # asked first: CREATE INDEX IF NOT EXISTS locks the ledger (SHARE) even
+                    # when the index exists, waiting for every load in flight; built once
+                    if self.conn.execute("SELECT to_regclass(%s) IS NULL",
+                                         [index]).fetchone() == (True,):
+                        self.conn.execute(create_index.encode())
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                       [f"steadyflow:{self.schema}.{ref.target}"])
@@ -382,7 +391,7 @@ class PostgresWarehouse:
             "now())", "now()) ON CONFLICT DO NOTHING RETURNING batch_id")
             + f") SELECT batch_id, {p.tomb_any} FROM l")
         values = [batch.batch_id, batch.source, batch.table, ref.target, rows.num_rows,
-                  part.quarantined, rows.num_rows]
+                  part.quarantined, rows.num_rows, batch.seq]
         if direct:
             with psycopg.ClientCursor(conn) as cur:
                 cur.execute(f"{insert}; {SAVEPOINT}".encode(), values)
@@ -519,6 +528,22 @@ class PostgresWarehouse:
             except psycopg.Error as exc:
                 raise self._fail(exc, "ledger lookup failed") from None
         return {r[0]: Ledgered(int(r[1]), r[2], r[3]) for r in rows}
+
+    def highest_seq(self, targets: Sequence[str], above: int) -> int | None:
+        """See ports.Warehouse. An index range scan of the ledger's `seq` (empty in the
+        common case); a ledger not made yet, or not given `seq` yet, holds none."""
+        with self._lock:
+            try:
+                with self.conn.transaction():
+                    row = self.conn.execute(
+                        highest_seq_sql(self.schema, quote, above).encode(),
+                        [list(targets)]).fetchone()
+            except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+                return None
+            except psycopg.Error as exc:
+                raise self._fail(exc, "reading the ledger's highest extraction number "
+                                 "failed") from None
+        return None if row is None or row[0] is None else int(row[0])
 
     def is_loaded(self, batch_id: str) -> bool:
         return batch_id in self.ledgered([batch_id])

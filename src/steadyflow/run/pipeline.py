@@ -144,6 +144,9 @@ class Pipeline:
         state_dir = config.resolve(config.state_dir)
         self.state: StateStore = open_state(config.state.kind, state_dir, config.state.dsn,
                                             config.state.schema_)
+        # no extraction number below one the warehouse holds (run_once asks first thing;
+        # any other first number taken, `extract` alone or a repair, asks then)
+        self.state.floor_seq_by(self._highest_seq_above)
         # the landing store now (a bad setting fails here), its Parquet side when first used
         self._landing_store = open_landing(config.landing, Path(config.base_dir))
         self._landing: LandingZone | None = None
@@ -232,6 +235,21 @@ class Pipeline:
                                                   w.schema_, memory_limit=w.memory_limit,
                                                   threads=w.threads)
         return self._warehouse
+
+    def _highest_seq_above(self, current: int) -> int | None:
+        """The highest extraction number above the state's `current` that the warehouse's
+        ledger holds for this pipeline's targets (StateStore.floor_seq raises the sequence
+        above it). None unless the state fell behind the warehouse: lost or restored from
+        an older backup beside it, or a warehouse another state store fed. Only this
+        pipeline's targets: another pipeline's, sharing the schema, count on their own."""
+        targets = sorted({ref.target for _, _, ref in self.config.tables()})
+        highest = self.warehouse.highest_seq(targets, current)
+        if highest is not None:
+            log.warning("the warehouse holds extraction number %d, the state's sequence is at "
+                        "%d (the state store lost, or restored from an older backup?): the "
+                        "sequence is raised above it, so the rows read from now on replace "
+                        "the warehouse's", highest, current, extra={"stage": "state"})
+        return highest
 
     @property
     def landing(self) -> LandingZone:
@@ -792,6 +810,10 @@ class Pipeline:
                 self._halt.set()
                 return
         try:
+            if unopened is not None:
+                # once per process, before any number is taken (the extraction's first
+                # next_seq waits for it on the state's floor lock, or asks itself)
+                self.state.floor_seq()
             self.load(extracting=extracting, summary=summary)
         except Exception as exc:  # noqa: BLE001 - reported as the run's error, not lost
             log.exception("the loader stopped", extra={"stage": "load"})

@@ -224,18 +224,22 @@ class PostgresStateStore(StateStore):
     def _lease_end(self, seconds: float) -> tuple[str, tuple[Any, ...]]:
         return "extract(epoch from clock_timestamp()) + ?", (seconds,)
 
-    def next_seq(self) -> int:
+    def _take_seq(self) -> int:
         """One autocommitted statement (no BEGIN and COMMIT round trips around it): a
         sequence's nextval is never rolled back, so a transaction adds nothing."""
         return int(self._query("SELECT nextval('extract_seq')")[0][0])
+
+    def current_seq(self) -> int:
+        """The sequence's own last_value (every session's), not this session's currval."""
+        (last, called), = self._query("SELECT last_value, is_called FROM extract_seq")
+        return int(last) if called else int(last) - 1
 
     def raise_seq(self, above: int) -> None:
         """By taking numbers (nextval), never by setval: other hosts take numbers meanwhile
         and a setval could set the sequence below one of theirs (a number handed out
         twice). A sequence cannot be locked. Past RAISE_LIMIT numbers (a warehouse whose
         numbers were damaged, say) it is refused, naming both numbers, rather than loop."""
-        (last, called), = self._query("SELECT last_value, is_called FROM extract_seq")
-        current = int(last) if called else int(last) - 1
+        current = self.current_seq()
         if above - current > RAISE_LIMIT:
             raise FatalError(
                 f"the warehouse holds extraction number {above}, the state's sequence is at "

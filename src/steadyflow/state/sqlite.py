@@ -171,7 +171,7 @@ class SqliteStateStore(StateStore):
             finally:
                 self._conn.execute("PRAGMA synchronous=FULL")
 
-    def next_seq(self) -> int:
+    def _take_seq(self) -> int:
         """A light commit (`_light_tx`): a number needs to be durable only once something
         durable carries it, and the only such thing is the manifest entry of the batch
         read under it (record_landed, a FULL commit), whose fsync of the write-ahead log
@@ -183,6 +183,10 @@ class SqliteStateStore(StateStore):
             return int(c.execute("INSERT INTO sequence VALUES ('extract', 1) ON "
                                  "CONFLICT(name) DO UPDATE SET value = value + 1 "
                                  "RETURNING value").fetchone()[0])
+
+    def current_seq(self) -> int:
+        rows = self._query("SELECT value FROM sequence WHERE name = 'extract'")
+        return int(rows[0][0]) if rows else 0
 
     def raise_seq(self, above: int) -> None:
         """One durable commit: the number it sets must outlive the batches numbered above."""

@@ -40,7 +40,7 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -281,10 +281,52 @@ class StateStore(ABC):
         parameters: written by the statement that checks the lease (`_fence`), so the
         renewal costs no round trip of its own."""
 
-    @abstractmethod
     def next_seq(self) -> int:
         """The next extraction sequence number: strictly increasing, never reused, and
-        independent of any clock (a host clock that jumps back must not reorder rows)."""
+        independent of any clock (a host clock that jumps back must not reorder rows).
+        The first one this instance hands out is above the floor `floor_seq_by` set."""
+        if self._seq_floor is not None:
+            self.floor_seq()
+        return self._take_seq()
+
+    # set by floor_seq_by; a class default, so an adapter's __init__ need not know of it
+    _seq_floor: Callable[[int], int | None] | None = None
+    _floor_lock = threading.Lock()
+
+    def floor_seq_by(self, highest_above: Callable[[int], int | None]) -> None:
+        """Have `floor_seq` (at the latest, the first `next_seq`) raise the sequence above
+        `highest_above(current)`, the highest number the warehouse holds above the state's
+        current one (None: none). A state store lost, or restored from an older backup,
+        beside a kept warehouse counts from a number below the warehouse rows', and the
+        merge keeps the row of the higher number: every later read of a row lost to the
+        warehouse's older version, every run ok (docs/architecture.md)."""
+        self._floor_lock = threading.Lock()
+        self._seq_floor = highest_above
+
+    def floor_seq(self) -> None:
+        """Raise the sequence above the floor set by `floor_seq_by`, once per instance:
+        the warehouse asked for numbers above the state's current one (none, unless the
+        state fell behind it), then `raise_seq`. Until it succeeds (a warehouse that
+        cannot be reached raises here) no number is handed out."""
+        with self._floor_lock:
+            highest_above = self._seq_floor
+            if highest_above is None:
+                return
+            current = self.current_seq()
+            highest = highest_above(current)
+            if highest is not None and highest > current:
+                self.raise_seq(highest)
+            self._seq_floor = None
+
+    @abstractmethod
+    def _take_seq(self) -> int:
+        """`next_seq` without its floor: the adapter's sequence."""
+
+    @abstractmethod
+    def current_seq(self) -> int:
+        """The number `next_seq` handed out last (across every instance), 0 before any:
+        read only, so that the common case (the state ahead of the warehouse) writes
+        nothing."""
 
     @abstractmethod
     def raise_seq(self, above: int) -> None:
