@@ -179,6 +179,32 @@ def test_raised_sequence_hands_out_numbers_above_and_never_lowers(adapter: Adapt
     assert len(set(taken)) == len(taken)
 
 
+def test_the_first_number_taken_is_above_the_floor_asked_once(adapter: Adapter) -> None:
+    """floor_seq_by (the warehouse's highest number, run/pipeline.py): the floor is asked
+    once, with the state's current number, before the first number is handed out, and
+    every number after is above it; another instance's numbers are unaffected until it
+    asks its own. A floor that fails hands out nothing and is asked again."""
+    a, b = adapter.open(), adapter.open()
+    first = b.next_seq()
+    asked: list[int] = []
+
+    def floor(current: int) -> int | None:
+        asked.append(current)
+        if len(asked) == 1:
+            raise RuntimeError("the warehouse cannot be reached")
+        return 5_000
+
+    a.floor_seq_by(floor)
+    with pytest.raises(RuntimeError):
+        a.next_seq()
+    assert a.current_seq() == first
+    taken = [a.next_seq() for _ in range(3)]
+    assert asked == [first, first] and min(taken) > 5_000
+    assert a.current_seq() == max(taken) and b.next_seq() > max(taken)
+    b.floor_seq_by(lambda current: None)  # nothing above: nothing written
+    assert b.next_seq() == a.current_seq()
+
+
 def test_lease_is_exclusive_under_contention_and_generations_fence(adapter: Adapter) -> None:
     stores = [adapter.open() for _ in range(4)]
     for round_ in range(25):  # a race shows up only now and then: ask often
