@@ -599,8 +599,11 @@ def test_consumer_lag_is_the_age_of_the_oldest_unloaded_batch_through_a_warehous
         via_proxy = pg_warehouse_dsn.replace(f":{PG_PORT}/", f":{proxy.port}/")
         config = sqlite_pipeline(tmp_path, 300, run={"interval": "0.3s"}, warehouse={
             "kind": "postgres", "dsn": via_proxy, "schema": "public"})
-        proxy.cut()  # the warehouse is unreachable from the start: nothing loads
         with Pipeline.from_yaml(config) as pipeline:
+            # the process asks the warehouse once before its first extraction number
+            # (StateStore.floor_seq); from then on it is unreachable: nothing loads
+            pipeline.state.floor_seq()
+            proxy.cut()
             loop = threading.Thread(target=pipeline.run, kwargs={"follow": True},
                                     daemon=True)
             loop.start()

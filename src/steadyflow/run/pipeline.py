@@ -136,6 +136,7 @@ class Pipeline:
         # run_once's halt: its loader could not open the warehouse, so this run's extraction
         # stops (see run_once); unlike `_stop` it ends neither the pipeline nor `--follow`
         self._halt = threading.Event()
+        self._keeps_warehouse = False  # set by run_once: the floor's open is the run's
         self._failures: dict[str, int] = {}
         # a worker among others (run/worker.py): a table another worker holds is theirs, so
         # its extraction is skipped at once and is no error; tables are tried in a random
@@ -243,7 +244,20 @@ class Pipeline:
         an older backup beside it, or a warehouse another state store fed. Only this
         pipeline's targets: another pipeline's, sharing the schema, count on their own."""
         targets = sorted({ref.target for _, _, ref in self.config.tables()})
-        highest = self.warehouse.highest_seq(targets, current)
+        with self._opening:
+            # `extract` alone: opened for this only, and closed again (a DuckDB file has
+            # one writer: a `run` beside it must be able to take it); never under run_once,
+            # whose loader thread may have taken the same warehouse meanwhile
+            opened = self._warehouse is None and not self._keeps_warehouse
+            warehouse = self._open_warehouse()
+        try:
+            highest = warehouse.highest_seq(targets, current)
+        finally:
+            if opened:
+                with self._opening:
+                    if self._warehouse is warehouse:
+                        self._warehouse = None
+                        warehouse.close()
         if highest is not None:
             log.warning("the warehouse holds extraction number %d, the state's sequence is at "
                         "%d (the state store lost, or restored from an older backup?): the "
@@ -702,6 +716,7 @@ class Pipeline:
         failed run for a good one. `raise_on_error=False` returns the summary instead (the
         CLI and `run` do: they report its errors and set the exit code from it).
         """
+        self._keeps_warehouse = True  # see _highest_seq_above
         run_id = self.run_started("run")
         summary = RunSummary()
         unopened: list[Exception] = []  # the warehouse's error, from the loader thread
@@ -811,9 +826,7 @@ class Pipeline:
                 return
         try:
             if unopened is not None:
-                # once per process, before any number is taken (the extraction's first
-                # next_seq waits for it on the state's floor lock, or asks itself)
-                self.state.floor_seq()
+                self._floor_seq()
             self.load(extracting=extracting, summary=summary)
         except Exception as exc:  # noqa: BLE001 - reported as the run's error, not lost
             log.exception("the loader stopped", extra={"stage": "load"})
@@ -822,6 +835,18 @@ class Pipeline:
         finally:
             if extracting.is_set():  # ended before extraction did: nothing drains the buffer
                 self._stop.set()
+
+    def _floor_seq(self) -> None:
+        """The state's floor asked once per process, before any number is taken, on the
+        loader thread right after it opened the warehouse (the extraction's first next_seq
+        waits for it on the state's floor lock, or asks itself). A warehouse that does not
+        answer is not the run's failure: each table's first number asks again, and no
+        table is extracted until it answers."""
+        try:
+            self.state.floor_seq()
+        except RetryableError as exc:
+            log.warning("cannot ask the warehouse for its highest extraction number (%s): no "
+                        "table is extracted until it answers", exc, extra={"stage": "state"})
 
     def _halted(self, exc: BaseException) -> bool:
         """Whether a table's extraction ended because run_once halted (see _consume): a
