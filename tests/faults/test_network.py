@@ -491,9 +491,12 @@ def test_warehouse_down_for_6s_backpressure_then_resume(
     seed_pg(pg_dsn, 6_000)
     capacity, outage = 2, 6.0
     warehouse = {"kind": "postgres", "dsn": via(pg_dsn, pg_proxy), "schema": "wh"}
-    pg_proxy.cut()  # the warehouse is down from the start
     with open_pipeline(tmp_path, [sql_source("pg", "postgres", pg_dsn, page_size=500)],
                        warehouse=warehouse, buffer={"capacity": capacity}) as pipeline:
+        # the process asks the warehouse once before its first extraction number
+        # (StateStore.floor_seq); then it is down, from the run's start
+        pipeline.state.floor_seq()
+        pg_proxy.cut()
         during: dict[str, Any] = {}
 
         def observe_then_restore() -> None:
