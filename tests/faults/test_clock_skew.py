@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,3 +75,57 @@ def test_a_worker_with_a_clock_behind_is_not_reported_stalled(
             writers.stop()
             for left in workers.alive():
                 workers.kill(left)
+
+
+def test_a_worker_with_a_clock_ahead_reports_the_consumer_lag_by_the_states_clock(
+        tmp_path: Path, pg_dsn: str, pg_warehouse_dsn: str) -> None:
+    """The consumer lag (/metrics steadyflow_consumer_lag_seconds) ages the manifest's
+    landed_at, which the state's clock stamps: a `run --follow --serve` whose clock is
+    20 min ahead showed 20 min of lag for a batch landed seconds ago (a false alert), one
+    behind showed none for a batch waiting. Its loader is blocked on a lock (the batch
+    waits); the truth is aged by PostgreSQL's clock, read through the driver."""
+    import psycopg
+    from tests.support.status_pipeline import config, follow, free_port, metric, store, wait
+
+    path = store(tmp_path, datetime.now(UTC) - timedelta(minutes=5), n=50)
+    conf = config(tmp_path, path,
+                  warehouse={"kind": "postgres", "dsn": pg_warehouse_dsn, "schema": "wh",
+                             "lock_timeout": "10m"},
+                  state={"kind": "postgres", "dsn": pg_dsn, "schema": "sf_state"})
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, "SF_SKEW": "1200",
+           "PYTHONPATH": os.pathsep.join([str(SKEW), os.environ.get("PYTHONPATH", "")])}
+
+    def loaded() -> int:
+        with psycopg.connect(pg_warehouse_dsn, autocommit=True) as wh:
+            if wh.execute("SELECT to_regclass('wh.sales')").fetchone()[0] is None:
+                return 0
+            return int(wh.execute("SELECT count(*) FROM wh.sales").fetchone()[0])
+
+    def waited() -> float | None:  # the oldest landed batch's age by the state's clock
+        with psycopg.connect(pg_dsn, autocommit=True) as st:
+            row = st.execute("SELECT extract(epoch from clock_timestamp()) - min(landed_at)"
+                             " FROM sf_state.manifest WHERE status='landed'").fetchone()
+        return None if row[0] is None else float(row[0])
+
+    locker = psycopg.connect(pg_warehouse_dsn)
+    try:
+        with follow(conf, "--serve", f"127.0.0.1:{port}", env=env):
+            wait("the first 50 rows loaded", lambda: loaded() == 50)
+            locker.execute("LOCK TABLE wh.sales IN SHARE MODE")  # every writer kept out
+            store(tmp_path, datetime.now(UTC), n=10, first=51)
+            wait("a batch of the new rows landed", lambda: waited() is not None)
+            time.sleep(2)
+            before = waited()
+            lag = metric(url, "steadyflow_consumer_lag_seconds")
+            after = waited()
+            assert before is not None and after is not None
+            assert before - 1.5 <= lag <= after + 1.5, (before, lag, after)
+            assert loaded() == 50  # the truth: the batch waits
+            locker.rollback()
+            wait("the new rows loaded", lambda: loaded() == 60)
+            wait("no lag once loaded",
+                 lambda: metric(url, "steadyflow_consumer_lag_seconds") == 0)
+    finally:
+        locker.close()

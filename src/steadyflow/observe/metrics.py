@@ -448,16 +448,18 @@ class PipelineMetrics:
         with self._lock:
             self._unloaded_since = self._clock() - lag_seconds if lag_seconds > 0 else None
 
-    def pending_since(self, landed_at: float | None, batches: int | None = None) -> None:
-        """Set the consumer lag's basis from the state: when the oldest landed batch not
-        yet loaded landed (None: none waits), and how many wait (`batches`, if known).
+    def pending_age(self, waited: float | None, batches: int | None = None) -> None:
+        """Set the consumer lag's basis from the state: how long the oldest landed batch
+        not yet loaded has waited (None: none waits), and how many wait (`batches`, if
+        known). The age, not the landing time: landed_at is the state's clock, and this
+        process's clock may be skewed from it; the age goes on growing from now by ours.
         The loader reports them only between groups, so one blocked inside a merge (a
         lock another warehouse session holds) left the age at 0 and the batch count at
         what it was before, however many landed meanwhile, for as long as it waited;
         whoever serves /metrics calls this from the manifest at each scrape and sample
         (observe/service.py)."""
         with self._lock:
-            self._unloaded_since = landed_at
+            self._unloaded_since = None if waited is None else self._clock() - waited
         if batches is not None:
             self._lag_batches.set(batches)
 

@@ -85,14 +85,16 @@ class StatusService:
 
     def sync_queue(self) -> None:
         """The consumer lag, its age and its batches, from the manifest, in every mode
-        (see PipelineMetrics.pending_since): the state is the truth a blocked loader
-        cannot report. A state that cannot be read leaves the loader's last report."""
+        (see PipelineMetrics.pending_age): the state is the truth a blocked loader
+        cannot report. The age comes aged by the state's clock (one query, no extra round
+        trip), so a host whose clock is skewed reports it right. A state that cannot be
+        read leaves the loader's last report."""
         try:
-            batches, since = self.pipeline.state.pending()
+            batches, waited = self.pipeline.state.pending()
         except Exception as exc:  # noqa: BLE001 - a busy state file must not fail a scrape
             log.warning("consumer lag not read from state: %s", exc, extra={"stage": "observe"})
             return
-        self.pipeline.metrics.pending_since(since, batches)
+        self.pipeline.metrics.pending_age(waited, batches)
 
     def _count_from_state(self, h: Any) -> None:
         """A read-only viewer's row counters follow the totals the pipeline records

@@ -701,11 +701,11 @@ class Pipeline:
         # long the oldest one has waited, the buffer only since it was queued last
         waiting = depth + len(self._parked)
         try:  # the manifest's count is the truth: it has the batches landed but not
-            waiting, landed = self.state.pending()  # queued (a full buffer) too
+            waiting, waited = self.state.pending()  # queued (a full buffer) too
         except StateUnavailable:
-            landed = None
-        if landed is not None:
-            age = max(age, time.time() - landed)
+            waited = None
+        if waited is not None:  # aged by the state's clock, which stamped it
+            age = max(age, waited)
         self.metrics.queue(depth, self.buffer.capacity, waiting, age)
 
     def run_once(self, raise_on_error: bool = True) -> RunSummary:

@@ -820,12 +820,16 @@ class StateStore(ABC):
         return [BatchRef.from_json(r[0]) for r in rows]
 
     def pending(self) -> tuple[int, float | None]:
-        """(landed batches not yet loaded, when the oldest of them landed or None): the
-        consumer lag as the manifest holds it (one query on the manifest_status index)."""
-        rows = self._query("SELECT count(*), min(landed_at) FROM manifest "
-                           "WHERE status='landed'")
-        count, since = rows[0] if rows else (0, None)
-        return int(count or 0), float(since) if since is not None else None
+        """(landed batches not yet loaded, how long the oldest of them has waited in
+        seconds, or None): the consumer lag as the manifest holds it (one query on the
+        manifest_status index). The age is taken by the state's clock in the same query,
+        as landed_at was stamped (see now()): aged by the reader's clock, it was off by
+        the reader's skew (20 min ahead: a lag of 20 min for a batch landed just now)."""
+        stamp, at = self._lease_end(0.0)
+        rows = self._query(f"SELECT count(*), {stamp} - min(landed_at) FROM manifest "
+                           "WHERE status='landed'", at)
+        count, age = rows[0] if rows else (0, None)
+        return int(count or 0), max(0.0, float(age)) if age is not None else None
 
     def pending_since(self) -> dict[tuple[str, str], float]:
         """Per (source, table): when its oldest landed batch not yet loaded landed (epoch
