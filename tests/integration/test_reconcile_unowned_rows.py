@@ -32,9 +32,10 @@ CONTRACT = {
 }
 
 
-def _reconcile(config: Path, repair: bool = False) -> dict[str, TableReport]:
+def _reconcile(config: Path, repair: bool = False,
+               tables: list[str] | None = None) -> dict[str, TableReport]:
     with Pipeline.from_yaml(config) as pipeline:
-        reports = reconcile(pipeline, options=Options(repair=repair, examples=100))
+        reports = reconcile(pipeline, tables, options=Options(repair=repair, examples=100))
     assert all(r.error is None for r in reports), reports
     return {r.table: r for r in reports}
 
@@ -48,9 +49,8 @@ def _warehouse(kind: str, tmp_path: Path, pg_dsn: str, sql: str) -> list[tuple[A
         return cur.fetchall() if cur.description else []
 
 
-@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
-def test_a_row_no_tables_filter_owns_is_extra_and_repaired(
-        kind: str, tmp_path: Path, pg_dsn: str) -> None:
+def _shared_target(kind: str, tmp_path: Path, pg_dsn: str) -> Path:
+    """Source tables s1 and s2 (20 rows each, stores 1 and 2) loaded into one target."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         for i in (1, 2):
             conn.execute(f"CREATE TABLE s{i} (store_id int NOT NULL, sale_id bigint, note text,"
@@ -69,6 +69,13 @@ def test_a_row_no_tables_filter_owns_is_extra_and_repaired(
     with Pipeline.from_yaml(config) as pipeline:
         assert pipeline.run_once().ok
     assert all(r.clean for r in _reconcile(config).values())
+    return config
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+def test_a_row_no_tables_filter_owns_is_extra_and_repaired(
+        kind: str, tmp_path: Path, pg_dsn: str) -> None:
+    config = _shared_target(kind, tmp_path, pg_dsn)
     _warehouse(kind, tmp_path, pg_dsn, "INSERT INTO {t} (store_id, sale_id, note, updated_at, "
                "_steadyflow_seq) VALUES (3, 1, 'ghost', '2024-06-01 00:05:00+00', 1)")
 
@@ -79,6 +86,32 @@ def test_a_row_no_tables_filter_owns_is_extra_and_repaired(
     repaired = _reconcile(config, repair=True)
     assert all(r.after is None or r.after.clean for r in repaired.values())
     assert repaired["s1"].after is not None
+    assert _warehouse(kind, tmp_path, pg_dsn,
+                      "SELECT store_id, count(*) FROM {t} GROUP BY 1 ORDER BY 1") == [
+        (1, 20), (2, 20)]
+
+
+@pytest.mark.parametrize("kind", ["duckdb", "postgres"])
+def test_reconcile_of_another_table_of_the_target_reports_the_unowned_row(
+        kind: str, tmp_path: Path, pg_dsn: str) -> None:
+    """`reconcile --table s2` (not the target's first table) was clean beside a row no
+    table owns: only s1's reconcile looked for such rows. Now the first table of the
+    target that a run compares reports them, once per run, and counts that query."""
+    config = _shared_target(kind, tmp_path, pg_dsn)
+    clean = _reconcile(config)  # alike but for their store: s1 looks for unowned rows
+    assert clean["s1"].queries == clean["s2"].queries + 1  # and counts that query
+    _warehouse(kind, tmp_path, pg_dsn, "INSERT INTO {t} (store_id, sale_id, note, updated_at, "
+               "_steadyflow_seq) VALUES (3, 1, 'ghost', '2024-06-01 00:05:00+00', 1)")
+
+    alone = _reconcile(config, tables=["s2"])
+    assert list(alone) == ["s2"]
+    assert (alone["s2"].extra, alone["s2"].examples) == (1, {"extra": [[3, 1]]})
+    both = _reconcile(config, tables=["s1", "s2"])  # once per run: by the first compared
+    assert (both["s1"].extra, both["s2"].extra) == (1, 0), both
+    assert alone["s2"].queries == both["s1"].queries
+
+    repaired = _reconcile(config, repair=True, tables=["s2"])
+    assert repaired["s2"].after is not None and repaired["s2"].after.clean
     assert _warehouse(kind, tmp_path, pg_dsn,
                       "SELECT store_id, count(*) FROM {t} GROUP BY 1 ORDER BY 1") == [
         (1, 20), (2, 20)]

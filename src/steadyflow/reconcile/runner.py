@@ -46,6 +46,7 @@ def reconcile(pipeline: Pipeline, tables: Sequence[str] | None = None,
         raise ConfigError(f"no table {', '.join(tables)} in the config")
     run_id = pipeline.state.start_run(command)
     reports: list[TableReport] = []
+    unowned_by: dict[str, str] = {}  # a shared target's unowned rows: once per run
     try:
         for s, t, ref in selected:
             if s.kind == "http":
@@ -54,7 +55,8 @@ def reconcile(pipeline: Pipeline, tables: Sequence[str] | None = None,
                         "reconcile compares SQL sources; an HTTP API has no checksum query")))
                 continue
             try:
-                report = TableReconciler(pipeline, s, t, ref, options, run_id).run()
+                report = TableReconciler(pipeline, s, t, ref, options, run_id,
+                                         unowned_by).run()
             except errors() as exc:
                 report = TableReport(ref.source, ref.table, ref.target, error=str(exc))
                 log.error("reconcile failed: %s", exc, extra={

@@ -102,7 +102,8 @@ class TableReconciler:
     """Compares (and repairs) one source table against its rows in the warehouse."""
 
     def __init__(self, pipeline: Pipeline, source: SourceConfig, table: TableConfig,
-                 ref: TableRef, options: Options, run_id: int = 0) -> None:
+                 ref: TableRef, options: Options, run_id: int = 0,
+                 unowned_by: dict[str, str] | None = None) -> None:
         self.pipeline = pipeline
         self.config = pipeline.config
         self.s, self.t, self.ref = source, table, ref
@@ -124,6 +125,8 @@ class TableReconciler:
         # the last comparison: its incremental plan, the due buckets' scan, the merged scan
         self._last: tuple[incremental.Plan | None, Scan, Scan] | None = None
         self.lease: Lease | None = None  # the table's extraction lease during a repair
+        # target -> the table that reports its unowned rows in this reconcile run (_unowned)
+        self.unowned_by = {} if unowned_by is None else unowned_by
         self.filter = self._filter()
         self.dims, self.by = self._dims()
 
@@ -289,16 +292,19 @@ class TableReconciler:
 
     def _unowned(self, wh: SqlSide) -> list[Row]:
         """Warehouse rows of a shared target that no table's warehouse_filter owns, reported
-        (extra) by the target's first table in the config. Each table compares only the
-        rows its filter names, so a row owned by none (damage, a restore, a store taken out
-        of the config) was in no comparison: every table reconciled clean beside it. A
-        table without a filter owns every row: then there is none to find."""
+        (extra) by the first of the target's tables this reconcile run compares (each
+        compare of that table: its repair's check too), once per run. Each table compares
+        only the rows its filter names, so a row owned by none (damage, a restore, a store
+        taken out of the config) was in no comparison: every table reconciled clean beside
+        it. They were the target's first table's in the config, so `--table` of another
+        table of the target was clean beside them. A table without a filter owns every
+        row: then there is none to find. The query counts in the report's queries."""
         if not self.filter:
             return []
-        tables = [(s, t) for s, t, ref in self.config.tables() if ref.target == self.ref.target]
-        feeding = [t for _, t in tables]
-        first = next(t for s, t in tables if s.kind != "http")  # reconcile compares SQL only
-        if first is not self.t or any(not t.warehouse_filter for t in feeding):
+        feeding = [t for _, t, ref in self.config.tables() if ref.target == self.ref.target]
+        if any(not t.warehouse_filter for t in feeding):
+            return []
+        if self.unowned_by.setdefault(self.ref.target, self.ref.label) != self.ref.label:
             return []
         e = wh.engine
         owned: list[str] = []
@@ -308,8 +314,11 @@ class TableReconciler:
             owned.append(" AND ".join(f"{e.q(k)} = {e.placeholder}" for k in t.warehouse_filter))
             params.extend(t.warehouse_filter.values())
         anyone = " OR ".join(f"({p})" for p in owned)
-        return replace(wh, where=("", [])).matching((f"NOT ({anyone})", params),
-                                                    self.options.max_differences)
+        whole = replace(wh, where=("", []), queries=0)  # the target, under no table's filter
+        try:
+            return whole.matching((f"NOT ({anyone})", params), self.options.max_differences)
+        finally:
+            wh.queries += whole.queries
 
     def _horizon_text(self, at: int) -> str:
         """The horizon as the operator reads the cursor: a time, a date, or a number."""
