@@ -372,8 +372,9 @@ class Dialect:
                          visible=visible, margin=self.open_margin)
 
 
-def _shutdown_fd(fd: int) -> None:
-    """shutdown(2) a socket we do not own: on a dup, which shares the connection."""
+def shutdown_fd(fd: int) -> None:
+    """shutdown(2) a socket we do not own (a driver's): on a dup, which shares the
+    connection, so the driver's blocked call fails while its fd stays its own."""
     if fd < 0:
         return
     sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
@@ -487,7 +488,7 @@ class PostgresDialect(Dialect):
         return pgsql.Identifier(name).as_string(None)
 
     def shutdown(self, conn: Any) -> None:
-        _shutdown_fd(conn.pgconn.socket)
+        shutdown_fd(conn.pgconn.socket)
 
     def select_expr(self, name: str, kind: ColumnType, declared: str = "") -> str:
         """Decimal and string columns as PostgreSQL's own text: exact for numeric, CHAR(n)

@@ -58,7 +58,7 @@ from psycopg.conninfo import conninfo_to_dict
 from steadyflow.arrow_types import cast_exact, cast_text_decimal
 from steadyflow.config import SourceConfig
 from steadyflow.errors import SourceTimeout, SteadyflowError
-from steadyflow.extract.dialects import OpenSince, OutOfRange, session_settings
+from steadyflow.extract.dialects import OpenSince, OutOfRange, session_settings, shutdown_fd
 from steadyflow.extract.sql import KEY_RECHECK_EVERY, SqlSource
 from steadyflow.model import (
     INVALID,
@@ -239,11 +239,7 @@ def _shutdown(fd: int, link: str) -> None:
             return
     except OSError:
         return
-    sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    finally:
-        sock.close()
+    shutdown_fd(fd)
 
 
 def _literal(value: Any) -> str | None:
