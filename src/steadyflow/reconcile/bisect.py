@@ -101,6 +101,16 @@ class Scan:
     top_aggs: dict[int, Agg] = field(default_factory=dict)
     truncated: bool = False  # max_differences reached: some differing ranges not resolved
 
+    def count_top(self, at: int, src: Agg, wh: Agg) -> bool:
+        """Count one compared top-level bucket (`top_aggs[at]` keeps its source side);
+        whether its two sides differ."""
+        self.buckets += 1
+        self.rows_compared += src.rows
+        self.warehouse_rows += wh.rows
+        self.invalid_rows += src.invalid
+        self.top_aggs[at] = src
+        return not src.same(wh)
+
 
 @dataclass
 class Bisector:
@@ -137,12 +147,7 @@ class Bisector:
             scan.top = (rng.lo, rng.hi, width)
         differing: list[tuple[Range, int]] = []
         for bucket, src, wh in self._compare(rng, width, scan):
-            scan.buckets += 1
-            scan.rows_compared += src.rows
-            scan.warehouse_rows += wh.rows
-            scan.invalid_rows += src.invalid
-            scan.top_aggs[bucket] = src
-            if not src.same(wh):
+            if scan.count_top(bucket, src, wh):
                 differing.append((rng.sub(bucket, width), max(src.total, wh.rows)))
         self._descend(differing, scan)
         return scan
@@ -177,12 +182,7 @@ class Bisector:
             compared = self._compare_all([(r, w) for _, r, w in chunk], scan)
             for (pos, _, _), (rng, src_aggs, wh_aggs) in zip(chunk, compared, strict=True):
                 src, wh = src_aggs.get(0, Agg()), wh_aggs.get(0, Agg())
-                scan.buckets += 1
-                scan.rows_compared += src.rows
-                scan.warehouse_rows += wh.rows
-                scan.invalid_rows += src.invalid
-                scan.top_aggs[pos] = src
-                if not src.same(wh):
+                if scan.count_top(pos, src, wh):
                     differing.append((rng, max(src.total, wh.rows)))
         self._descend(differing, scan)
         return scan
