@@ -244,7 +244,7 @@ class SqlSource:
         for a dialect whose select list does not depend on them: no catalog query)."""
         if not self.dialect.select_reads_declared:
             return {}
-        return {k.lower(): v for k, v in self.declared_types(table).items()}
+        return self.declared_lower(table)
 
     def _order_by(self, table: str, columns: Sequence[str], desc: bool = False) -> str:
         """ORDER BY the table's columns, qualified: an unqualified name means the output
@@ -321,7 +321,7 @@ class SqlSource:
         (its cursor check reads the stored text instead)."""
         if self.dialect.name == "sqlite":
             return
-        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        declared = self.declared_lower(table)
         for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
             ctype = contract.column(name).type
             stored = declared.get(name.lower(), "")
@@ -346,7 +346,7 @@ class SqlSource:
         continued from the other's number: the rows between were never read (lost,
         every run ok) or the same row was read for ever, and two keys differing only
         there would be one warehouse key."""
-        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        declared = self.declared_lower(table)
         for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
             stored = declared.get(name.lower(), "")
             found = members(stored)
@@ -379,7 +379,7 @@ class SqlSource:
         plain number (BIT is read as its number, `MysqlDialect.select_expr`)."""
         if self.dialect.name != "mysql":
             return
-        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        declared = self.declared_lower(table)
         for c in contract.columns:
             stored = declared.get(c.name.lower(), "")
             match = _BIT.match(stored)
@@ -408,7 +408,7 @@ class SqlSource:
         read for ever. SQLite's REAL is double precision, which prints exactly."""
         if self.dialect.name == "sqlite":
             return
-        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        declared = self.declared_lower(table)
         for name in dict.fromkeys((contract.cursor, *contract.primary_key)):
             stored = declared.get(name.lower(), "")
             if not _SINGLE.match(stored):
@@ -455,7 +455,7 @@ class SqlSource:
         contract reads as string that MariaDB declares BINARY, VARBINARY or *BLOB."""
         if self.dialect.name != "mysql":
             return []
-        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        declared = self.declared_lower(table)
         order = dict.fromkeys((contract.cursor, *contract.primary_key))
         return [(i, c.name, declared.get(c.name.lower(), ""))
                 for i, c in enumerate(contract.columns) if c.name in order
@@ -520,7 +520,7 @@ class SqlSource:
         if d.cursor_profile_sql(table, cursor, ctype) is not None:
             problem = d.cursor_problem(self._cursor_profile(table, cursor, ctype), ctype)
         elif ctype in ("timestamp", "date"):
-            declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+            declared = self.declared_lower(table)
             stored = declared.get(cursor.lower())
             if drift_type(stored) in ("int64", "float64"):
                 problem = (f"is declared {stored} in the source, not a {ctype}: numbers "
@@ -646,7 +646,7 @@ class SqlSource:
         how it stores them; two spellings of one such value are looked for instead
         (extract/key_check.py)."""
         d = self.dialect
-        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        declared = self.declared_lower(table)
         for key in contract.primary_key:
             ctype, stored = contract.column(key).type, declared.get(key.lower(), "")
             if ctype == "string" or not d.is_text(stored) or (d.name == "sqlite" and (
@@ -767,6 +767,11 @@ class SqlSource:
                                      self._execute(table, d.columns_sql,
                                                    [d.index_param(table)])}
         return dict(self._declared[table])
+
+    def declared_lower(self, table: str) -> dict[str, str]:
+        """`declared_types` by lowercased column name, as the checks look a contract's
+        column up (the catalog keeps the source's own case)."""
+        return {k.lower(): v for k, v in self.declared_types(table).items()}
 
     def compare_casts(self, table: str) -> dict[str, str]:
         """The casts a predicate comparing a column with a parameter needs (lowercased
@@ -918,7 +923,7 @@ class SqlSource:
             return self.last_position(table, contract), OpenSince(
                 at=datetime.min, oldest=None, visible=False)
         self._columns_seen(table, contract, columns)
-        declared = {k.lower(): v for k, v in self.declared_types(table).items()}
+        declared = self.declared_lower(table)
         naive = d.naive_time(declared.get(contract.cursor.lower(), ""))
         observed = d.open_since(seen[0], naive)
         if age > 0:
