@@ -648,15 +648,17 @@ class StateStore(ABC):
 
     def leases(self) -> list[dict[str, Any]]:
         """Every extraction lease held now, of a table (chunk None) or of one key range of
-        its partitioned first load: who holds it and until when (by the lease clock)."""
-        with self._tx() as c:
-            now = self._now(c)
-            rows = c.execute("SELECT source, tbl, NULL, holder, expires_at, generation FROM "
-                             "extract_leases WHERE holder IS NOT NULL AND expires_at > ? "
-                             "UNION ALL SELECT source, tbl, chunk, holder, expires_at, "
-                             "generation FROM backfill_chunks WHERE status = 'pending' AND "
-                             "holder IS NOT NULL AND expires_at > ? ORDER BY 1, 2, 3",
-                             (now, now)).fetchall()
+        its partitioned first load: who holds it and until when (by the lease clock).
+        A read, outside any write transaction: `status` asked for a SQLite state's write
+        lock here, so a loop suspended (SIGSTOP) inside a commit made status wait the
+        30 s busy timeout and then say the state could not be read, not naming the loop."""
+        now = self.now()
+        rows = self._query("SELECT source, tbl, NULL, holder, expires_at, generation FROM "
+                           "extract_leases WHERE holder IS NOT NULL AND expires_at > ? "
+                           "UNION ALL SELECT source, tbl, chunk, holder, expires_at, "
+                           "generation FROM backfill_chunks WHERE status = 'pending' AND "
+                           "holder IS NOT NULL AND expires_at > ? ORDER BY 1, 2, 3",
+                           (now, now))
         cols = ["source", "table", "chunk", "holder", "expires_at", "generation"]
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -697,14 +699,14 @@ class StateStore(ABC):
         the state's clock (a worker's host clock may differ from the reader's). When none
         was, the last one heard of: workers all killed longer ago than `since` are still a
         pipeline nothing runs ('lost', status failing), not one that never had workers
-        (an empty list, status healthy)."""
-        with self._tx() as c:
-            now = self._now(c)
-            rows = c.execute("SELECT worker_id, host, pid, started_at, heartbeat_at, "
-                             "heartbeat_every, units, status, stopped_at, stats FROM workers "
-                             "WHERE heartbeat_at > ? OR heartbeat_at = (SELECT "
-                             "max(heartbeat_at) FROM workers) ORDER BY started_at",
-                             (now - since,)).fetchall()
+        (an empty list, status healthy). A read, outside any write transaction (see
+        `leases`)."""
+        now = self.now()
+        rows = self._query("SELECT worker_id, host, pid, started_at, heartbeat_at, "
+                           "heartbeat_every, units, status, stopped_at, stats FROM workers "
+                           "WHERE heartbeat_at > ? OR heartbeat_at = (SELECT "
+                           "max(heartbeat_at) FROM workers) ORDER BY started_at",
+                           (now - since,))
         out = []
         for r in rows:
             age = now - r[4]
