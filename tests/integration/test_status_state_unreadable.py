@@ -74,6 +74,17 @@ def test_a_state_that_cannot_be_read_fails_every_view_naming_it(tmp_path: Path) 
     human = steadyflow("status", "-c", str(conf))
     assert human.returncode == 2, human.stdout + human.stderr
     assert "the state cannot be read" in human.stderr and "Traceback" not in human.stderr
+    assert str(state_db) in human.stderr, human.stderr
+    # --json: the failing report, JSON (it printed the plain error line: nothing a script
+    # or a check reading it could parse)
+    proc = steadyflow("status", "-c", str(conf), "--json")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["health"], report["exit_code"]) == ("failing", 2), report
+    assert str(state_db) in report["state_error"], report
+    assert "file is not a database" in report["state_error"], report
+    assert [(t["table"], t["state"], t["rows_changed"]) for t in report["tables"]] == [
+        ("s1.sales", "unknown", None)], report["tables"]
 
 
 def test_a_state_file_deleted_under_a_running_loop_fails_every_view(tmp_path: Path

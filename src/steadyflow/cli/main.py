@@ -507,18 +507,28 @@ def status(config: ConfigOpt, as_json: JsonOpt = False) -> None:
     try:
         with _open(config, view=True) as pipeline:
             report = snapshot(pipeline)
+    except (sqlite3.Error, StateUnavailable) as exc:  # the state cannot even be opened
+        report = _unopened(config, exc)  # (its file corrupt, unreadable)
+        if not as_json:
+            _fail(StateUnavailable(report["state_error"], stage="state"))
+            return
     except SteadyflowError as exc:
         _fail(exc)
-        return
-    except sqlite3.Error as exc:  # the state file cannot even be opened (corrupt)
-        _fail(StateUnavailable(f"the state cannot be read: {type(exc).__name__}: {exc}",
-                               stage="state"))
         return
     if as_json:  # plain print: no rich markup or highlighting can reach the JSON
         print(json.dumps(report, default=str), flush=True)
         raise typer.Exit(report["exit_code"])
     _print_status(report)
     raise typer.Exit(report["exit_code"])
+
+
+def _unopened(config: Path, exc: BaseException) -> dict[str, Any]:
+    """The failing report of a pipeline whose state could not be opened, naming the file
+    (`status --json` printed a plain error line, nothing a script could parse)."""
+    from steadyflow.config import load_config
+    from steadyflow.observe.status import unopened
+
+    return unopened(load_config(config), exc)  # it loaded a moment ago: the state failed
 
 
 def _count(n: int | None) -> str:

@@ -46,8 +46,29 @@ def unreadable(pipeline: Any, exc: BaseException) -> dict[str, Any]:
     in `state_error`, each configured table's state 'unknown' (nothing about it can be
     said), the readings that come from state absent (None), never 0."""
     where = getattr(pipeline.state, "where", None) or "the state store"
+    return _failing(pipeline.config, where, exc, _queue(pipeline.buffer),
+                    pipeline.buffer.capacity)
+
+
+def unopened(config: Any, exc: BaseException) -> dict[str, Any]:
+    """`unreadable`'s report for a pipeline whose state could not even be opened (its
+    file overwritten, unreadable): `status --json` printed a plain error line, no JSON,
+    so a script or a check reading it got nothing to parse. The buffer is not opened:
+    its readings are unknown (None)."""
+    where = (str(config.resolve(config.state_dir) / "state.db")
+             if config.state.kind == "sqlite" else "the state store")
+    return _failing(config, where, exc, (None, None, None), config.buffer.capacity)
+
+
+def _failing(config: Any, where: str, exc: BaseException,
+             queue: tuple[int | None, float | None, str | None],
+             capacity: int | None) -> dict[str, Any]:
+    """The failing report of a state that cannot be read (`where`: its file or store);
+    the loop named all the same (its lock file is not the state): a suspended or killed
+    one is what to act on first."""
     error = (f"the state cannot be read ({where}): {type(exc).__name__}: {exc}"
-             if isinstance(exc, sqlite3.Error) else f"the state cannot be read: {exc}")
+             if isinstance(exc, sqlite3.Error) or where not in str(exc)
+             else f"the state cannot be read: {exc}")
     tables = [{"table": ref.label, "source": ref.source, "name": ref.table,
                "target": ref.target, "state": "unknown", "freshness_seconds": None,
                "freshness_human": "unknown", "lag_seconds": None, "lag_human": "–",
@@ -57,15 +78,19 @@ def unreadable(pipeline: Any, exc: BaseException) -> dict[str, Any]:
                "open_quarantine_batches": None, "page_size": None, "breaker": None,
                "failing_batches": None, "holder": None, "unloaded_seconds": None,
                "last_poll_seconds": None, "last_poll_human": "unknown"}
-              for _, _, ref in pipeline.config.tables()]
-    depth, oldest, buffer_error = _queue(pipeline.buffer)
+              for _, _, ref in config.tables()]
+    depth, oldest, buffer_error = queue
+    try:
+        loop = loop_status(config.resolve(config.state_dir))
+    except OSError:
+        loop = None
     report: dict[str, Any] = scrub_tree({
-        "pipeline": pipeline.config.name, "at": time.time(), "tables": tables,
-        "state_error": error, "disk_error": full_disks(pipeline.config),
+        "pipeline": config.name, "at": time.time(), "tables": tables,
+        "state_error": error, "disk_error": full_disks(config),
         "queue_depth": depth,
-        "queue_capacity": pipeline.buffer.capacity, "queue_oldest_seconds": oldest,
+        "queue_capacity": capacity, "queue_oldest_seconds": oldest,
         "buffer_error": buffer_error, "pending_batches": None, "pending_rows": None,
-        "loop": None, "runs": [], "workers": [], "reconcile": []})
+        "loop": loop, "runs": [], "workers": [], "reconcile": []})
     report["health"], report["exit_code"] = overall(report)
     return report
 
