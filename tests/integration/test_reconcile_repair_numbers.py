@@ -22,18 +22,14 @@ import duckdb
 import psycopg
 import pytest
 import yaml
+from tests.support.contracts import NOTED_SALES
 
 from steadyflow.reconcile.runner import Options, TableReport, reconcile
 from steadyflow.run.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-CONTRACT = {
-    "primary_key": ["sale_id"], "cursor": "updated_at",
-    "columns": {"sale_id": {"type": "int64", "nullable": False},
-                "note": {"type": "string"},
-                "updated_at": {"type": "timestamp", "nullable": False}},
-}
+CONTRACT = NOTED_SALES
 CHANGED, DELETED = 4, 5  # a row updated after the state was lost; one deleted, then back
 
 
