@@ -301,7 +301,11 @@ def test_messages_taken_together_by_a_killed_process_come_back_once_each(
             assert delivery.ref.batch_id not in seen, "delivered twice"
             seen[delivery.ref.batch_id] = delivery.attempt
             buf.ack(delivery.ref.batch_id)
-    assert seen == {"b2": 2, "b3": 2, "b4": 1}
+    # b2 and b3 come back as redeliveries; JetStream's count may be higher than 2 at high
+    # load: a redelivery that reached a pull request just as it expired client-side counts
+    # too (seen in a suite at load 20), yet none of them came here twice (asserted above)
+    assert set(seen) == {"b2", "b3", "b4"}, seen
+    assert seen["b2"] >= 2 and seen["b3"] >= 2, seen
     assert buf.get(wait=1.5) is None and buf.depth() == 0
 
 
