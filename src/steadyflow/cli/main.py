@@ -474,6 +474,7 @@ def load(config: ConfigOpt, as_json: JsonOpt = False,
 
             def sweep_and_load() -> Any:  # the sweep opens the warehouse too
                 pipeline.sweep()
+                pipeline.ask_floor()
                 return pipeline.load()
 
             _finish(pipeline.staged("load", sweep_and_load), as_json, started)

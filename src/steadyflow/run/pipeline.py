@@ -45,6 +45,7 @@ from steadyflow.errors import (
     StateUnavailable,
     SteadyflowError,
     TableBusy,
+    WarehouseUnavailable,
 )
 from steadyflow.extract.sql import SqlSource
 from steadyflow.failpoints import failpoint
@@ -137,6 +138,7 @@ class Pipeline:
         # stops (see run_once); unlike `_stop` it ends neither the pipeline nor `--follow`
         self._halt = threading.Event()
         self._keeps_warehouse = False  # set by run_once: the floor's open is the run's
+        self._alone = False  # set by `extract` alone (see _highest_seq_above)
         self._failures: dict[str, int] = {}
         # a worker among others (run/worker.py): a table another worker holds is theirs, so
         # its extraction is skipped at once and is no error; tables are tried in a random
@@ -249,7 +251,18 @@ class Pipeline:
             # one writer: a `run` beside it must be able to take it); never under run_once,
             # whose loader thread may have taken the same warehouse meanwhile
             opened = self._warehouse is None and not self._keeps_warehouse
-            warehouse = self._open_warehouse()
+            try:
+                warehouse = self._open_warehouse()
+            except WarehouseUnavailable as exc:
+                if not (self._alone and self.config.warehouse.kind == "duckdb"):
+                    raise  # the table's first number waits for it (its retries)
+                # `extract` alone beside the process holding the DuckDB file (a `load` or
+                # `run` of this pipeline, which asked the floor when it opened the file):
+                # the stages run side by side as they did, without asking
+                log.warning("the sequence's floor is not asked: %s; the process holding the "
+                            "warehouse asked it when it opened it", exc,
+                            extra={"stage": "state"})
+                return None
         try:
             highest = warehouse.highest_seq(targets, current)
         finally:
@@ -436,6 +449,7 @@ class Pipeline:
         """
         summary = RunSummary()
         put_timeout = self.config.buffer.extract_wait if alone else None
+        self._alone = alone
         jobs = [(s, t, ref) for s, t, ref in self.config.tables()
                 if not tables or ref.label in tables or ref.table in tables]
         if self.shared:
@@ -835,6 +849,13 @@ class Pipeline:
         finally:
             if extracting.is_set():  # ended before extraction did: nothing drains the buffer
                 self._stop.set()
+
+    def ask_floor(self) -> None:
+        """`load` alone: the sequence's floor asked when it opens the warehouse, as run_once
+        does, so an `extract` run beside it while it holds a DuckDB file (which that
+        extract cannot open) takes its numbers above the warehouse's."""
+        self._keeps_warehouse = True  # the load goes on with the warehouse opened here
+        self._floor_seq()
 
     def _floor_seq(self) -> None:
         """The state's floor asked once per process, before any number is taken, on the
