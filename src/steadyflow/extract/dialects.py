@@ -490,13 +490,20 @@ class PostgresDialect(Dialect):
     def shutdown(self, conn: Any) -> None:
         shutdown_fd(conn.pgconn.socket)
 
+    select_reads_declared = True  # money under a decimal contract (below)
+
     def select_expr(self, name: str, kind: ColumnType, declared: str = "") -> str:
         """Decimal and string columns as PostgreSQL's own text: exact for numeric, CHAR(n)
         without its pad, json/jsonb as the server prints them, uuid lowercase hyphenated.
         Read this way by psycopg and ADBC alike, so both paths give the same values (a
         driver's own conversion would not: psycopg pads CHAR and turns json into a dict).
+        A money column read as a decimal is its numeric value (money::numeric is exact),
+        not its text, which lc_monetary spells with a currency sign and separators
+        ('$1,234.56') that no decimal parses: every row of the table was quarantined.
         Page queries order by the table-qualified column, never by this text."""
         ident = self.ident(name)
+        if kind.name == "decimal" and declared.strip().lower() == "money":
+            return f"{ident}::numeric::text"
         if kind.name in ("decimal", "string"):
             return f"{ident}::text"
         return ident
