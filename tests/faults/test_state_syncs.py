@@ -53,19 +53,28 @@ def _syncs_between(trace: str, start: str, end: str) -> int:
                if "fsync(" in line or "fdatasync(" in line)
 
 
-def test_sequence_numbers_take_no_fsync_of_their_own(tmp_path: Path) -> None:
+def _traced(tmp_path: Path, script: str, *args: str, killed: bool = False
+            ) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run `script` under strace (its fsync, fdatasync and write calls, so that the
+    MARK-* lines it writes to stderr place them) on tmp_path/state.db; the process and the
+    trace. The script ends with exit 0, or with `killed` by its own SIGKILL."""
     if shutil.which("strace") is None:
         unavailable("strace is not installed")
     out = tmp_path / "trace.txt"
     proc = subprocess.run(
         ["strace", "-f", "-e", "trace=fsync,fdatasync,write", "-o", str(out),
-         sys.executable, "-c", CHILD, str(tmp_path / "state.db")],
+         sys.executable, "-c", script, str(tmp_path / "state.db"), *args],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "PYTHONPATH": SRC})
-    if proc.returncode != 0 and "ptrace" in proc.stderr:
+    expected = -signal.SIGKILL if killed else 0
+    if proc.returncode != expected and "ptrace" in proc.stderr:
         unavailable(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == 0, proc.stderr
-    trace = out.read_text()
+    assert proc.returncode == expected, proc.stderr
+    return proc, out.read_text()
+
+
+def test_sequence_numbers_take_no_fsync_of_their_own(tmp_path: Path) -> None:
+    proc, trace = _traced(tmp_path, CHILD)
     numbers = [int(n) for n in proc.stdout.split()]
     assert numbers == list(range(2, 22))
     seqs = _syncs_between(trace, "MARK-seqs", "MARK-landed")
@@ -162,18 +171,8 @@ def test_a_polls_checkpoint_record_and_lease_take_no_fsync_of_their_own(tmp_path
     mark (on main each was an fsync of its own, in series under the state's writer lock
     with every other table's polls). Killed right after them, with nothing fsynced since,
     the process loses none of them: a SIGKILL is not a power loss."""
-    if shutil.which("strace") is None:
-        unavailable("strace is not installed")
-    out, path = tmp_path / "trace.txt", tmp_path / "state.db"
-    proc = subprocess.run(
-        ["strace", "-f", "-e", "trace=fsync,fdatasync,write", "-o", str(out),
-         sys.executable, "-c", POLL, str(path)],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": SRC})
-    if proc.returncode != -signal.SIGKILL and "ptrace" in proc.stderr:
-        unavailable(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    trace = out.read_text()
+    path = tmp_path / "state.db"
+    _, trace = _traced(tmp_path, POLL, killed=True)
     before = _syncs_between(trace, "MARK-lease", "MARK-landed")
     landed = _syncs_between(trace, "MARK-landed", "MARK-after")
     after = _syncs_between(trace, "MARK-after", "MARK-end")
@@ -213,18 +212,8 @@ def test_a_runs_history_rows_take_no_fsync_of_their_own(tmp_path: Path) -> None:
     every command and every `--follow` cycle, for rows nothing outside the state file
     refers to. Killed right after them, the process loses neither (a SIGKILL is not a
     power loss): the run is there, ended, with its outcome and error."""
-    if shutil.which("strace") is None:
-        unavailable("strace is not installed")
-    out, path = tmp_path / "trace.txt", tmp_path / "state.db"
-    proc = subprocess.run(
-        ["strace", "-f", "-e", "trace=fsync,fdatasync,write", "-o", str(out),
-         sys.executable, "-c", RUN, str(path)],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": SRC})
-    if proc.returncode != -signal.SIGKILL and "ptrace" in proc.stderr:
-        unavailable(f"strace cannot trace here: {proc.stderr.strip()[:200]}")
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    trace = out.read_text()
+    path = tmp_path / "state.db"
+    _, trace = _traced(tmp_path, RUN, killed=True)
     started = _syncs_between(trace, "MARK-run-a", "MARK-run-b")
     ended = _syncs_between(trace, "MARK-run-b", "MARK-run-c")
     assert (started, ended) == (0, 0), f"start_run cost {started} fsyncs, end_run {ended}"
