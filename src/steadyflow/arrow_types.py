@@ -131,11 +131,19 @@ def cast_text_decimal(text: Any, target: pa.DataType) -> pa.Array:
 
 
 _EXACT = Context(prec=200, Emax=MAX_EMAX, Emin=MIN_EMIN)
+# a decimal numeral as SQL engines read one: ASCII digits, an optional sign, point and
+# exponent, ASCII blanks around it. Python's Decimal also reads '1_000' (1000), any
+# Unicode digit ('٣' 3, fullwidth '１' 1) and Unicode blanks ('\xa05' 5), which no
+# source's cast and no warehouse reads so (MariaDB's CAST('1_000' AS DECIMAL) is 1,
+# SQLite's 1, PostgreSQL and DuckDB refuse it)
+_NUMERAL = re.compile(r"[ \t\n\r\f\v]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+                      r"(?:[eE][+-]?[0-9]+)?[ \t\n\r\f\v]*")
 
 
 def exact_decimal(text: str, target: pa.DataType) -> Decimal | None:
-    """`text` as a decimal of `target`'s precision and scale, or None where it is none."""
-    if not pa.types.is_decimal(target):
+    """`text` as a decimal of `target`'s precision and scale, or None where it is none
+    (nor where it is no ASCII numeral: `_NUMERAL`)."""
+    if not pa.types.is_decimal(target) or not _NUMERAL.fullmatch(text):
         return None
     try:
         value = Decimal(text)
