@@ -362,7 +362,10 @@ class TableConfig(_Strict):
         "or a Link header); full without them too, the table fails naming next_path, its "
         "checkpoint unmoved"))
     next_param: str = Field(default="after", description=(
-        "HTTP: the query parameter that carries the next-page token"))
+        "HTTP: the query parameter that carries the next-page token; three answers in a "
+        "row holding only records the walk had read, each with a new token (an API that "
+        "does not read this parameter serves its first page again), fail the table naming "
+        "it, its checkpoint unmoved"))
     since_param: str | None = Field(default="updated_since", description=(
         "HTTP: the query parameter of the incremental start (ISO-8601); null = the API "
         "takes none: every run reads the whole chain and keeps the records past the "

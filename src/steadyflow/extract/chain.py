@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from steadyflow.errors import FatalError
-from steadyflow.extract.offset_walk import OffsetWalk
+from steadyflow.extract.offset_walk import STALE_PAGES, OffsetWalk
 from steadyflow.model import Watermark
 from steadyflow.secrets import scrub
 
@@ -72,9 +72,11 @@ class TokenChain:
     next_seen: bool = False  # an answer of this walk had the next token's field
     unproven: bool = False  # ended on records, no answer saying whether more follow
     link: bool = False  # `token` is an answer's Link rel="next" URL, asked as it is
+    stale: int = 0  # answers of records in a row, each holding only records read before
     _last: Any = field(default=None, repr=False)
     _seen: dict[int, int] = field(default_factory=dict, repr=False)
     _tokens: set[int] = field(default_factory=set, repr=False)  # hashes of tokens handed out
+    _unplaced: set[int] = field(default_factory=set, repr=False)  # unplaceable records'
 
     def _track(self, marks: list[tuple[Any, ...]]) -> None:
         """Note a record met again at another (cursor, key) position: it was updated while
@@ -93,6 +95,21 @@ class TokenChain:
                     self._seen[key] = where
             elif first != where and self.moved is None:
                 self.moved = mark[1:]
+
+    def _brings_news(self, page: HttpPage) -> bool:
+        """Does `page` hold a record this walk had not read (at that position)? Call it
+        before `_track` takes the page in. A key past MAX_TRACKED_KEYS is not remembered,
+        so it counts as new: the check never refuses what it cannot see."""
+        news = False
+        for ident in page.ids:
+            if ident[0] == "mark":
+                mark = ident[1:]
+                news = news or self._seen.get(hash(mark[1:])) != hash(mark)
+            elif (where := hash(ident)) not in self._unplaced:
+                news = True
+                if len(self._unplaced) < MAX_TRACKED_KEYS:
+                    self._unplaced.add(where)
+        return news
 
     def _order(self, marks: list[tuple[Any, ...]], across: bool) -> None:
         """Note whether the API serves its records by cursor, up or down (TypeError: a
@@ -207,11 +224,16 @@ class TokenChain:
         later pages (a newest-first API's older records: lost). A page with records that
         hands back the token it was asked with would be served again for ever: refused,
         as are a token handed out before in this walk (tokens going round in a circle:
-        the same pages for ever) and more than MAX_EMPTY_PAGES empty pages in a row. An
+        the same pages for ever), more than MAX_EMPTY_PAGES empty pages in a row, and
+        STALE_PAGES answers in a row holding only records the walk had read, each with a
+        new token: an API that does not read the token where next_param sends it serves
+        its first page again and again, and one minting a fresh token per answer (a
+        signed or timestamped cursor) passed every token check: the run never ended. An
         offset walk ends, and moves on, where OffsetWalk.take says.
         """
         self.pages += 1
         self.filled += 1 if page.records and self.offsets is None else 0
+        news = self.offsets is not None or self._brings_news(page)
         if self.offsets is None or not self.offsets.overlap:  # the overlap proves shifts
             self._track(page.marks)
         self._order(page.marks, across=self.offsets is None)
@@ -259,6 +281,16 @@ class TokenChain:
                 hint="the API's tokens go round in a circle (a token cache or a failover "
                      "resetting its cursor?); page it by offset (pagination: offset) if it "
                      "takes one")
+        self.stale = self.stale + 1 if page.records and not news else 0
+        if token is not None and self.stale >= STALE_PAGES:
+            raise FatalError(
+                f"{self.stale} answers in a row (the last on page {self.pages}) held only "
+                "records this walk had read, each with a new next-page token: the API "
+                "does not read the token where it is sent (next_param), so its tokens "
+                "would be followed for ever over the same records; the checkpoint stays "
+                "where it was", stage="extract", source=self.source, table=self.table,
+                hint="set the table's next_param to the query parameter the API reads its "
+                     "next-page token from")
         if token is not None:
             self._tokens.add(hash(token))
         self.link = token is not None and page.next_link
