@@ -6,6 +6,7 @@ quarantine batch gets an id derived from its parked batch and the rows that now 
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,9 +16,14 @@ import pyarrow.compute as pc
 from steadyflow.errors import ConfigError
 from steadyflow.extract.http import is_raw_page
 from steadyflow.land.parquet import REPLAY_OF
+from steadyflow.model import BatchRef, Contract
 from steadyflow.run.extract import replay_pages
 from steadyflow.run.load import table_owner
 from steadyflow.run.pipeline import Pipeline
+from steadyflow.validate.rules import REASON
+
+# the id `replay_batches` gives a batch it applies again: '<batch id>.replay<ms>'
+_REPLAYED = re.compile(r"^(?P<batch>.+)\.replay\d+$")
 
 
 def replay_batches(pipeline: Pipeline, batch_ids: list[str],
@@ -41,7 +47,7 @@ def replay_batches(pipeline: Pipeline, batch_ids: list[str],
         assert ref is not None
         # a new id, so the ledger applies it again; `replay_of` names its manifest entry,
         # where LandingZone.read finds the batch if `compact` moved it since `refs` was read
-        again = replace(ref, batch_id=f"{ref.batch_id}.replay{stamp}",
+        again = replace(ref, batch_id=_replay_id(ref.batch_id, stamp),
                         meta={**ref.meta, REPLAY_OF: ref.batch_id})
         outcome = loader.process(again)
         rows += outcome.good_rows
@@ -56,20 +62,24 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
     # as the loader validates: a row replay let through that the loader parks again
     # (a character the warehouse's encoding lacks) was counted neither loaded nor still bad
     encoding = pipeline.warehouse.text_encoding()
-    for item in pipeline.state.quarantined("open"):
-        if (batch_ids and item["batch_id"] not in batch_ids) or is_raw_page(item["path"]):
-            continue
-        _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
-        contract = pipeline.config.contract_of(table_cfg)
+    items = [item for item in pipeline.state.quarantined("open")
+             if not (batch_ids and item["batch_id"] not in batch_ids)
+             and not is_raw_page(item["path"])]
+    contracts = {item["batch_id"]: _parked_contract(pipeline, item) for item in items}
+    _refuse_missing_columns(pipeline, items, contracts)
+    for item in items:
+        contract, original = contracts[item["batch_id"]]
         raw, verdict = pipeline.quarantine.replayable(
             item["path"], contract, encoding,
             table_owner(pipeline.config, item["source"], item["table"], contract))
         good_mask_rows = verdict.good.num_rows
         if good_mask_rows:
             passing = raw.filter(pc.invert(verdict.bad_mask))
-            batch = pipeline.landing.write(passing, item["source"], item["table"], None, None,
-                                           kind="replay", meta={"of": item["batch_id"]},
-                                           seq=_seq_of(pipeline, item["batch_id"]))
+            added = original.meta.get("columns") if original is not None else None
+            batch = pipeline.landing.write(
+                passing, item["source"], item["table"], None, None, kind="replay",
+                meta={"of": item["batch_id"], **({"columns": added} if added else {})},
+                seq=original.seq if original is not None else 0)
             pipeline.state.record_landed(batch)
             outcome = loader.load_and_mark(batch)
             loaded += outcome.good_rows if outcome.loaded else 0
@@ -86,8 +96,56 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
     return result
 
 
-def _seq_of(pipeline: Pipeline, batch_id: str) -> int:
-    """Replayed rows keep the extraction order of the batch they came from, so a newer
-    version of the same row, extracted since, still wins the merge."""
+def _replay_id(batch_id: str, stamp: int) -> str:
+    return f"{batch_id}.replay{stamp}"
+
+
+def _original(pipeline: Pipeline, batch_id: str) -> BatchRef | None:
+    """The manifest entry of the batch whose rows an item parked: the batch itself, or,
+    for rows parked while `replay_batches` applied a batch again (its id names the batch,
+    and has no manifest entry of its own), that batch. Replayed rows keep its extraction
+    order (a newer version of the row, extracted since, still wins the merge, and a
+    replayed row still wins over the older ones) and its `schema_drift: add` columns.
+    Without it the rows loaded with number 0: below every version the warehouse held."""
     original = pipeline.state.batch(batch_id)
-    return original.seq if original is not None else 0
+    replayed = _REPLAYED.match(batch_id)
+    if original is None and replayed:
+        original = pipeline.state.batch(replayed["batch"])
+    return original
+
+
+def _parked_contract(pipeline: Pipeline, item: dict[str, Any]
+                     ) -> tuple[Contract, BatchRef | None]:
+    """The contract an item's rows are validated and loaded under: the table's, plus the
+    columns `schema_drift: add` extracted with the batch that parked them (as the loader
+    validated that batch). Without those the replayed batch lost their values, and the
+    load refused it for good (the warehouse table holds the added columns), naming a DROP
+    COLUMN as the fix; every later run failed on it."""
+    _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
+    original = _original(pipeline, item["batch_id"])
+    added = original.meta.get("columns") if original is not None else None
+    return pipeline.config.contract_of(table_cfg).with_added(added), original
+
+
+def _refuse_missing_columns(pipeline: Pipeline, items: list[dict[str, Any]],
+                            contracts: dict[str, tuple[Contract, BatchRef | None]]) -> None:
+    """Refuse, before anything is replayed, items whose parked rows lack a column the
+    contract has now (added or renamed since they were parked): their value of it was
+    never read, so it cannot be loaded; NULL would be a value the source does not hold.
+    It failed on Arrow's KeyError, naming neither the batch nor the way out."""
+    lacking = []
+    for item in items:
+        contract, _ = contracts[item["batch_id"]]
+        names = set(pipeline.quarantine.rows(item["path"]).column_names) - {REASON}
+        missing = [name for name in contract.names if name not in names]
+        if missing:
+            lacking.append(f"{item['batch_id']} ({item['source']}.{item['table']}: "
+                           f"{', '.join(missing)})")
+    if lacking:
+        raise ConfigError(
+            "quarantined rows lack column(s) the contract has now, so their values of "
+            f"them were never read: {'; '.join(lacking)}; nothing replayed",
+            stage="replay",
+            hint="replay the other batches with --batch ID; close these with `steadyflow "
+                 "quarantine resolve --batch ID` and read the rows again from the source "
+                 "(`steadyflow reset --table SOURCE.TABLE`), or put the old column name back")
