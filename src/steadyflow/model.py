@@ -426,6 +426,26 @@ def past_every_number(value: object) -> bool:
         math.isnan(value) or (math.isinf(value) and value > 0))
 
 
+def greatest_of(kind: ColumnType) -> int | Decimal | None:
+    """The greatest number a contract type holds (int64, int32, decimal(p,s)); None for
+    any other type."""
+    if kind.bits:
+        return 2 ** (kind.bits - 1) - 1
+    if kind.name == "decimal":
+        return Decimal(10) ** (kind.precision - kind.scale) - Decimal(1).scaleb(-kind.scale)
+    return None
+
+
+def past_the_type(value: object, kind: ColumnType) -> bool:
+    """A number greater than every value of `kind` (a BIGINT UNSIGNED 2^64-1 read as
+    int64, a SQLite REAL 9.3e18 in an int64 column, a DECIMAL(30,0) past a decimal(12,2)):
+    as a cursor it sorts after every value a loadable row can hold, as NaN does."""
+    top = greatest_of(kind)
+    return (top is not None and isinstance(value, int | float | Decimal)
+            and not isinstance(value, bool) and not past_every_number(value)
+            and value > top)
+
+
 def step_back(cursor: CursorValue | date | Decimal | float, lookback: float) -> Any:
     """The cursor value `lookback` before `cursor`: seconds for timestamps (and for times
     stored as text, spelled like the stored value), whole days rounded up for dates, units

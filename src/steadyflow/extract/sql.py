@@ -34,7 +34,9 @@ from steadyflow.model import (
     Contract,
     Watermark,
     drift_type,
+    greatest_of,
     past_every_number,
+    past_the_type,
 )
 from steadyflow.observe import logs
 from steadyflow.resilience import Watchdog, watchdog_grace
@@ -867,7 +869,26 @@ class SqlSource:
         it would move the checkpoint there, and no row written afterwards, whatever its
         cursor, could ever sort after it: every later row lost, every run "ok". The
         position probe of each poll reads the table's greatest (cursor, key) anyway, so
-        this costs no query."""
+        this costs no query.
+
+        Likewise a number greater than every value of the cursor's contract type
+        (`past_the_type`: a BIGINT UNSIGNED 18446744073709551615 read as int64, a SQLite
+        REAL 9.3e18): its row is quarantined (the type cannot hold it), and a page ending
+        on it moved the checkpoint past every row written afterwards with an ordinary
+        cursor (lost, every run ok)."""
+        kind = contract.column(contract.cursor).parsed_type
+        if past_the_type(cursor, kind):
+            name = contract.cursor
+            raise SchemaError(
+                f"cursor column {name} ({contract.column(name).type}) holds {cursor}, more "
+                f"than the type holds ({greatest_of(kind)} at most): its row cannot be "
+                "loaded, yet a page ending on it would move the "
+                "checkpoint past every row written afterwards, which would then never be "
+                "read", stage="extract", source=self.config.name, table=table,
+                hint=f"declare {name} a type that holds it in the contract (decimal(38,0) "
+                     f"for a BIGINT UNSIGNED, a wider decimal(p,s)), or give those rows an "
+                     f"ordinary {name} (UPDATE {table} SET {name} = ... WHERE {name} > "
+                     f"{greatest_of(kind)})")
         if past_every_number(cursor):
             name = contract.cursor
             shown = "NaN" if math.isnan(cursor) else "Infinity"

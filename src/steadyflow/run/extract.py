@@ -65,6 +65,7 @@ from steadyflow.model import (
     floor_day,
     parse_text_time,
     past_every_number,
+    past_the_type,
     step_back,
 )
 from steadyflow.observe import logs
@@ -99,12 +100,15 @@ def cursor_epoch(cursor: object) -> float | None:
     return None
 
 
-def _refuse_endless(cursor: object, ref: TableRef, column: str) -> None:
-    """A checkpoint at NaN or +Infinity (recorded before such cursors were refused at the
-    probe, SqlSource._check_end) sorts after every number: no row is ever read after it,
-    even once the source row is corrected. Refused with the fix instead of polling on,
-    every run ok, reading nothing."""
-    if past_every_number(cursor):
+def _refuse_endless(cursor: object, ref: TableRef, contract: Contract) -> None:
+    """A checkpoint at NaN or +Infinity, or past every value of the cursor's type
+    (`past_the_type`; recorded before such cursors were refused at the probe,
+    SqlSource._check_end) sorts after every number a loadable row holds: no row is ever
+    read after it, even once the source row is corrected. Refused with the fix instead of
+    polling on, every run ok, reading nothing."""
+    column = contract.cursor
+    if past_every_number(cursor) or past_the_type(
+            cursor, contract.column(column).parsed_type):
         raise SchemaError(
             f"the checkpoint of {ref.label} is {cursor} in cursor column {column}: no row "
             "sorts after it, so nothing would ever be read again", stage="extract",
@@ -356,7 +360,7 @@ class TableExtractor:
                 lambda: db.issued(self.ref.table, self.contract, number),
                 stop=self.should_stop), self.contract, self.ref)
         mark = self._start_mark = replace(mark, on=())  # pages' marks carry no names
-        _refuse_endless(mark.cursor, self.ref, self.contract.cursor)
+        _refuse_endless(mark.cursor, self.ref, self.contract)
         if self.source.kind == "sqlite" and isinstance(mark.cursor, datetime | date):
             if self._ahead(mark.cursor, datetime.now(UTC)) > 0:
                 return self._unplaced(mark.cursor)
