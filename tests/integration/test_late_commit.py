@@ -60,9 +60,10 @@ def test_late_commit(pg_dsn: str, tmp_path: Path, lookback: str | int, arrives: 
         with Pipeline.from_yaml(config) as p:
             first = p.run_once()
             mark = p.state.checkpoint("store", "sales")
-        # 21 rows; with a lookback, the key-order initial load hands over to the cursor
-        # pass, whose window re-reads the newest row (the merge absorbs it)
-        assert first.errors == [] and first.loaded_rows == (22 if lookback else 21)
+        # 21 rows; the key-order initial load hands over to the cursor pass, whose window
+        # re-reads the newest row (the merge absorbs it): without a lookback, the rows
+        # tying the checkpoint's time, written a moment before (TableExtractor._ties_open)
+        assert first.errors == [] and first.loaded_rows == 22
         assert mark is not None and mark.key == (1, 501)
         assert mark.cursor > late_ts  # the cursor has passed the uncommitted row's timestamp
         late.commit()
@@ -88,5 +89,5 @@ def test_late_commit(pg_dsn: str, tmp_path: Path, lookback: str | int, arrives: 
     else:
         # lookback 0 provably loses the late row: the problem this test guards against
         assert LATE_KEY not in keys
-        assert second.extracted_rows == 0
+        assert second.extracted_rows in (0, 1)  # the checkpoint's tie, while still recent
         assert cmp.missing == 1 and cmp.examples["missing"] == [list(LATE_KEY)]

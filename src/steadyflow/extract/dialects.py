@@ -130,6 +130,24 @@ class OpenSince:
 NO_CASTS: Mapping[str, str] = {}
 
 
+# a declared timestamp type and its fraction digits (PostgreSQL 'timestamp(0) with time
+# zone', MariaDB 'datetime', 'timestamp(3)')
+_STORED_TIME = re.compile(r"\s*(timestamp|datetime)\b\s*(?:\((\d)\))?", re.IGNORECASE)
+
+
+def _stored_unit(declared: str, default_digits: int) -> timedelta:
+    """The unit a declared date or timestamp type stores a time in (timedelta(0) for a
+    type that keeps microseconds or is no time): what a stamp may lose when stored.
+    `default_digits`: the engine's precision where the type names none (PostgreSQL 6,
+    MariaDB 0)."""
+    if re.match(r"\s*date\s*$", declared, re.IGNORECASE):
+        return timedelta(days=1)
+    found = _STORED_TIME.match(declared)
+    if found is None:
+        return timedelta(0)
+    digits = default_digits if found.group(2) is None else int(found.group(2))
+    return timedelta(microseconds=10 ** (6 - digits)) if digits < 6 else timedelta(0)
+
 class Dialect:
     """Base: ANSI quoting, row-value keyset predicates, `?`-free DB-API `%s` params."""
 
@@ -351,6 +369,18 @@ class Dialect:
         """Does a column of this declared type hold times whose zone `open_since` must
         allow for (MysqlDialect)? False where the bound needs no such allowance."""
         return False
+
+    def stored_margin(self, declared: str) -> timedelta:
+        """How much earlier than the clock that stamped it a cursor of this declared type
+        may be stored: a column coarser than the clock keeps a stamp rounded (PostgreSQL)
+        or cut (MariaDB) to its own unit. The adaptive bound steps back by it, since
+        `OpenSince.bound` is the earliest *clock* reading a later commit can carry, and a
+        poll starts strictly after its checkpoint once the bound passes it: a timestamp(0)
+        row stamped now() = 12:00:05.3 by a transaction begun after the observation at
+        12:00:05.2 is stored 12:00:05, ties the checkpoint (12:00:05, key 10) with key 3,
+        and sorts behind it, never read. 0 where the declared type keeps the clock's
+        microseconds (or is unknown)."""
+        return timedelta(0)
 
     def is_text(self, declared: str) -> bool:
         """Is a column of this declared type (catalog text) text, compared as text? Then it
@@ -646,6 +676,12 @@ class PostgresDialect(Dialect):
         return base in ("text", "character varying", "character", "bpchar", "citext",
                         "name", '"char"')
 
+    def stored_margin(self, declared: str) -> timedelta:
+        """timestamp(p) and timestamptz(p) round now() to p digits (half a unit early at
+        most); a date cuts it to its day."""
+        unit = _stored_unit(declared, 6)
+        return unit if unit >= timedelta(days=1) else unit / 2
+
     def naive_time(self, declared: str) -> bool:
         """timestamp without time zone (timestamptz is an instant, read in UTC)."""
         return declared.strip().lower().endswith("without time zone") and (
@@ -925,6 +961,13 @@ class MysqlDialect(Dialect):
         if naive and offset is not None and int(offset) < 0:
             return replace(seen, margin=seen.margin + timedelta(seconds=-int(offset)))
         return seen
+
+    def stored_margin(self, declared: str) -> timedelta:
+        """DATETIME(p) and TIMESTAMP(p) (p = 0 by default) cut NOW(6) to p digits (or,
+        under TIME_ROUND_FRACTIONAL, round it: less early), a DATE to its day: a whole
+        unit early at most, on top of `open_margin`'s second (which allows for when
+        InnoDB and a statement date a transaction, not for how the row stores it)."""
+        return _stored_unit(declared, 0)
 
     def naive_time(self, declared: str) -> bool:
         """DATETIME has no zone (TIMESTAMP is stored in UTC and read in this session's)."""

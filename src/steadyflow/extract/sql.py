@@ -945,8 +945,12 @@ class SqlSource:
                 at=datetime.min, oldest=None, visible=False)
         self._columns_seen(table, contract, columns)
         declared = self.declared_lower(table)
-        naive = d.naive_time(declared.get(contract.cursor.lower(), ""))
+        cursor_type = declared.get(contract.cursor.lower(), "")
+        naive = d.naive_time(cursor_type)
         observed = d.open_since(seen[0], naive)
+        stored = d.stored_margin(cursor_type)  # a column coarser than the clock
+        if stored:
+            observed = replace(observed, margin=observed.margin + stored)
         if age > 0:
             observed = replace(observed, delivered=observed.at + timedelta(seconds=age))
         west = self._zone_west(table) if naive else 0.0
