@@ -233,6 +233,7 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
     window = f"last {human_age(span)}" if span else "collecting…"
     open_q = sum(int(t.get("open_quarantine_batches") or 0) for t in tables)
     q_rows = sum(int(t.get("rows_quarantined") or 0) for t in tables)
+    q_now = sum(int(t.get("rows_in_quarantine") or 0) for t in tables)
     reread = sum(int(t.get("rows_reread") or 0) for t in tables)
 
     parts: list[str] = []
@@ -263,7 +264,8 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
               f"{report.get('queue_capacity', 0)}", "batches queued / capacity"),
         _card("pending", _num(report.get("pending_batches")),
               f"batches, {_num(report.get('pending_rows'))} rows"),
-        _card("quarantined", _num(q_rows), f"rows, in {open_q} open batches"),
+        _card("quarantined", _num(q_now),
+              f"rows in {open_q} open batches; {_num(q_rows)} quarantined in all"),
     ]) + "</div>")
 
     tp_sub = f"now {_rate(now_tp)} · peak {_rate(peak_tp)} · {window}"
@@ -328,8 +330,9 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
                     f"<td>{_pill(st, _BREAKER_CLASS.get(st, 'idle'))}</td></tr>"
                     for src, st in sorted(breakers.items())]
     q_rows_html = [f'<tr><td>{e(t["table"])}</td>'
-                   f'<td class="num">{e(_num(t.get("rows_quarantined")))}</td>'
-                   f'<td class="num">{e(_num(t.get("open_quarantine_batches")))}</td></tr>'
+                   f'<td class="num">{e(_num(t.get("rows_in_quarantine")))}</td>'
+                   f'<td class="num">{e(_num(t.get("open_quarantine_batches")))}</td>'
+                   f'<td class="num">{e(_num(t.get("rows_quarantined")))}</td></tr>'
                    for t in tables if t.get("rows_quarantined") or
                    t.get("open_quarantine_batches")]
     parts.append('<div class="grid2 row2">' + _section(
@@ -337,7 +340,8 @@ def render_page(report: dict[str, Any], history: dict[str, Any], *, mode: str = 
         _table([("source", ""), ("breaker", "")], breaker_rows,
                "All circuit breakers are closed.")) + _section(
         "Quarantine",
-        _table([("table", ""), ("rows", "num"), ("open batches", "num")], q_rows_html,
+        _table([("table", ""), ("rows held", "num"), ("open batches", "num"),
+                ("quarantined in all", "num")], q_rows_html,
                "No rows quarantined."),
         note="inspect with: steadyflow quarantine list") + "</div>")
 
