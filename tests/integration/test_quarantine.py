@@ -107,9 +107,10 @@ def test_quarantine_then_replay_after_contract_change(tmp_path: Path) -> None:
         proc = steadyflow("quarantine", "replay", "-c", str(config), "--json", check=True)
         results.append(json.loads(proc.stdout))
     assert results[0] == {"batches": 1, "loaded_rows": len(FIXABLE),
+                          "changed_rows": len(FIXABLE),
                           "still_quarantined": len(BAD) - len(FIXABLE)}
     assert results[1] == {"batches": 1, "loaded_rows": 0,  # the second replay loads nothing
-                          "still_quarantined": len(BAD) - len(FIXABLE)}
+                          "changed_rows": 0, "still_quarantined": len(BAD) - len(FIXABLE)}
 
     loaded, ledger = warehouse(tmp_path)
     assert set(loaded) == set(range(1, GOOD + 1)) | FIXABLE

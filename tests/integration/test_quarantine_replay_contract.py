@@ -93,7 +93,8 @@ def test_rows_parked_with_columns_drift_added_replay_with_their_values(
 
     with Pipeline.from_yaml(config) as pipeline:
         result = replay_quarantine(pipeline, [])
-    assert result == {"batches": 1, "loaded_rows": 1, "still_quarantined": 0}
+    assert result == {"batches": 1, "loaded_rows": 1, "changed_rows": 1,
+                      "still_quarantined": 0}
     assert sorted(query(where, "SELECT id, v, n, updated_at, extra FROM {schema}.t")) == truth
     assert _items(config) == [("replayed", 1, 1)]
     _run(config)  # nothing left landed that fails
@@ -149,7 +150,8 @@ def test_rows_parked_by_a_replay_after_a_restore_keep_their_batchs_number(
     _columns(config, {"n": {"type": "int64"}})  # and let through again
     with Pipeline.from_yaml(config) as pipeline:
         result = replay_quarantine(pipeline, [])
-    assert result == {"batches": 1, "loaded_rows": 1, "still_quarantined": 0}
+    assert result == {"batches": 1, "loaded_rows": 1, "changed_rows": 1,
+                      "still_quarantined": 0}
     assert sorted(query(where, "SELECT id, v, n, updated_at FROM {schema}.t")) == truth
     # a version read later still wins over the replayed one
     truth = _source(tmp_path, "UPDATE t SET n = 7, updated_at = 3 WHERE id = 1")
@@ -157,6 +159,27 @@ def test_rows_parked_by_a_replay_after_a_restore_keep_their_batchs_number(
     with Pipeline.from_yaml(config) as pipeline:
         replay_batches(pipeline, [], "s.t")
     assert sorted(query(where, "SELECT id, v, n, updated_at FROM {schema}.t")) == truth
+
+
+def test_a_replayed_version_older_than_the_one_loaded_since_loses_and_says_so(
+        tmp_path: Path, where: str) -> None:
+    """A parked row whose key the source updated since with a good value: the newer
+    version stays, whichever replay runs (twice here), and the replay no longer reports
+    the row as if it were loaded alone ('loaded_rows': 1): it changed nothing."""
+    config = _pipeline(tmp_path, where, [(1, "a", 1, 1), (2, "x", 2, 2)])
+    _run(config)
+    truth = _source(tmp_path, "UPDATE t SET v = 'b', n = 20, updated_at = 3 WHERE id = 2")
+    _run(config)
+    _columns(config, {"v": {"type": "string", "allowed": ["a", "b", "x"]}})
+    results = []
+    for _ in range(2):
+        with Pipeline.from_yaml(config) as pipeline:
+            results.append(replay_quarantine(pipeline, []))
+    assert results == [
+        {"batches": 1, "loaded_rows": 1, "changed_rows": 0, "still_quarantined": 0},
+        {"batches": 0, "loaded_rows": 0, "changed_rows": 0, "still_quarantined": 0}]
+    assert sorted(query(where, "SELECT id, v, n, updated_at FROM {schema}.t")) == truth
+    assert _items(config) == [("replayed", 1, 1)]
 
 
 def _execute(where: str, statement: str) -> None:

@@ -1406,7 +1406,7 @@ def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
     with its reason. Rows load with the sequence number of the read that fetched them (a
     fresh one for pages landed before raw pages kept it): never 0, which would lose to
     every row already loaded, and never newer than a later read of the same row."""
-    loaded = pages = still_bad = 0
+    loaded = changed = pages = still_bad = 0
     reasons: dict[str, str] = {}
     for item in pipeline.state.quarantined("open"):
         if not is_raw_page(item["path"]) or (batch_ids and item["batch_id"] not in batch_ids):
@@ -1434,10 +1434,12 @@ def replay_pages(pipeline: Pipeline, batch_ids: Sequence[str] = (),
             pipeline.state.record_landed(batch)
             outcome = pipeline.loader.load_and_mark(batch)
             loaded += outcome.good_rows if outcome.loaded else 0
+            changed += outcome.changed_rows
         still_bad += len(page.rejected)
         if page.rejected:
             reasons[item["batch_id"]] = page.rejected[0].reason
         pipeline.state.mark_quarantine_replayed(item["batch_id"], page.rows.num_rows,
                                                 len(page.rejected))
-    return {"pages": pages, "loaded_rows": loaded, "still_quarantined": still_bad,
+    return {"pages": pages, "loaded_rows": loaded, "changed_rows": changed,
+            "still_quarantined": still_bad,
             "reasons": reasons}

@@ -42,7 +42,7 @@ def replay_batches(pipeline: Pipeline, batch_ids: list[str],
         refs += [ref for ref, _ in pipeline.state.landed_batches(source, name)]
     loader = pipeline.loader
     stamp = int(time.time() * 1000)
-    rows = 0
+    rows = changed = 0
     for ref in refs:
         assert ref is not None
         # a new id, so the ledger applies it again; `replay_of` names its manifest entry,
@@ -51,13 +51,18 @@ def replay_batches(pipeline: Pipeline, batch_ids: list[str],
                         meta={**ref.meta, REPLAY_OF: ref.batch_id})
         outcome = loader.process(again)
         rows += outcome.good_rows
-    return {"batches": len(refs), "rows": rows}
+        changed += outcome.changed_rows
+    return {"batches": len(refs), "rows": rows, "changed_rows": changed}
 
 
 def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
                       records_path: str | None = None) -> dict[str, Any]:
-    """Replay parked rows (re-validated) and parked raw HTTP pages (re-parsed)."""
-    loaded = still_bad = batches = 0
+    """Replay parked rows (re-validated) and parked raw HTTP pages (re-parsed).
+
+    `loaded_rows` went to the merge; of them `changed_rows` inserted or changed a
+    warehouse row: a replayed version older than the one loaded since loses the merge, and
+    reported loaded alone it read as if the old version were in the warehouse."""
+    loaded = changed = still_bad = batches = 0
     loader = pipeline.loader
     # as the loader validates: a row replay let through that the loader parks again
     # (a character the warehouse's encoding lacks) was counted neither loaded nor still bad
@@ -83,6 +88,7 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
             pipeline.state.record_landed(batch)
             outcome = loader.load_and_mark(batch)
             loaded += outcome.good_rows if outcome.loaded else 0
+            changed += outcome.changed_rows
         still_bad += verdict.bad.num_rows
         pipeline.state.mark_quarantine_replayed(item["batch_id"], good_mask_rows,
                                                 verdict.bad.num_rows)
@@ -90,6 +96,7 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
     pages = replay_pages(pipeline, batch_ids, records_path)
     result: dict[str, Any] = {
         "batches": batches + pages["pages"], "loaded_rows": loaded + pages["loaded_rows"],
+        "changed_rows": changed + pages["changed_rows"],
         "still_quarantined": still_bad + pages["still_quarantined"]}
     if pages["reasons"]:
         result["page_reasons"] = pages["reasons"]
