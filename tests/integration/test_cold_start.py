@@ -5,7 +5,8 @@ As a command, an incremental run after a small change is mostly start-up (bench/
 PostgreSQL sources into DuckDB, each run in a process of its own: no rich Console for a
 --json run, no driver of a source kind the config does not name (nor nats, httpx), and no
 system CA store loaded for a connection whose server certificate is never checked
-(extract/mysql_tls.py); and no numpy for the console script's plain `run`, on either
+(extract/mysql_tls.py); no prometheus_client for metrics that no one is shown
+(observe/recording.py); and no numpy for the console script's plain `run`, on either
 warehouse (cli/startup.py).
 """
 
@@ -28,10 +29,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 # page of a poll is read by pymysql (connectorx is imported for long pages only). PostgreSQL:
 # ADBC's dbapi imports pyarrow.dataset (and Acero) itself
 UNUSED = {
-    "mysql": ("rich", "connectorx", "nats", "httpx", "psycopg", "adbc_driver_manager",
-              "adbc_driver_postgresql", "adbc_driver_sqlite", "pyarrow.dataset",
-              "pyarrow.acero"),
-    "postgres": ("rich", "pymysql", "connectorx", "nats", "httpx", "adbc_driver_sqlite"),
+    "mysql": ("rich", "prometheus_client", "connectorx", "nats", "httpx", "psycopg",
+              "adbc_driver_manager", "adbc_driver_postgresql", "adbc_driver_sqlite",
+              "pyarrow.dataset", "pyarrow.acero"),
+    "postgres": ("rich", "prometheus_client", "pymysql", "connectorx", "nats", "httpx",
+                 "adbc_driver_sqlite"),
 }
 
 _CHILD = """

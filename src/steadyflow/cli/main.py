@@ -83,14 +83,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 _T = TypeVar("_T")
 
 
-def _open(config: Path, view: bool = False) -> Any:
+def _open(config: Path, view: bool = False, recorded: bool = True) -> Any:
     """The pipeline; `view`: for a command that only shows it (status, a read-only serve),
-    which a buffer server that does not answer must not stop from showing the rest.
-    The garbage collector `entry` paused for the imports runs again from here on."""
+    which a buffer server that does not answer must not stop from showing the rest;
+    `recorded`: its metrics are kept (False: a command that never shows them,
+    observe/recording.py). The garbage collector `entry` paused for the imports runs
+    again from here on."""
     try:
         from steadyflow.run.pipeline import Pipeline
 
-        return Pipeline.from_yaml(config, view=view)
+        return Pipeline.from_yaml(config, view=view, recorded=recorded)
     finally:
         startup.resume()
 
@@ -253,9 +255,12 @@ def run(config: ConfigOpt,
     """Extract, land, validate and load every table until caught up (or forever)."""
     if not follow and not serve_at:  # a process that stays up pays its imports once
         startup.without_numpy()
+    # the progress display draws from the metrics; a run that neither shows them, nor
+    # serves them, nor stays up records none (observe/recording.py)
+    progress = not as_json and console.is_terminal
     try:
-        with _open(config) as pipeline, _hold_loop(pipeline,
-                                                   "run --follow" if follow else "run"):
+        with _open(config, recorded=bool(follow or serve_at or progress)) as pipeline, \
+                _hold_loop(pipeline, "run --follow" if follow else "run"):
             _install_signals(pipeline)
             if serve_at:  # imported only here: the web server's modules cost every run
                 from steadyflow.observe.web import StatusServer, parse_address
@@ -264,7 +269,7 @@ def run(config: ConfigOpt,
                 console.print(f"status page {server.url}  metrics {server.url}metrics")
             started = time.monotonic()
             try:
-                if not as_json and console.is_terminal:  # --json makes no rich Console
+                if progress:  # --json makes no rich Console
                     summary = _with_progress(pipeline, follow)
                 else:
                     summary = pipeline.run(follow=follow)

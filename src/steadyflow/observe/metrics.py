@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -47,11 +47,8 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from steadyflow.observe.recording import BreakerState, RetryReason, Stage
 from steadyflow.secrets import scrub
-
-Stage = Literal["extract", "land", "transform", "load", "quarantine"]
-RetryReason = Literal["timeout", "connection", "rate_limited", "server_error", "other"]
-BreakerState = Literal["closed", "half-open", "open"]
 
 STAGES: Final[tuple[str, ...]] = get_args(Stage)
 RETRY_REASONS: Final[tuple[str, ...]] = get_args(RetryReason)

@@ -69,7 +69,7 @@ from steadyflow.model import (
     step_back,
 )
 from steadyflow.observe import logs
-from steadyflow.observe.metrics import PipelineMetrics
+from steadyflow.observe.recording import Recording
 from steadyflow.ports import Buffer
 from steadyflow.resilience import PageSizer, SourceGuard
 from steadyflow.run.lease import WAIT_SECONDS as LEASE_WAIT
@@ -325,7 +325,7 @@ class TableExtractor:
     buffer: Buffer
     state: StateStore
     guard: SourceGuard
-    metrics: PipelineMetrics
+    metrics: Recording
     should_stop: Callable[[], bool] = lambda: False
     memory: TableMemory = field(default_factory=TableMemory)
     # how long a put waits for buffer space; None: as long as it takes (a loader runs in

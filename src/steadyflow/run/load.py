@@ -47,7 +47,7 @@ from steadyflow.failpoints import failpoint
 from steadyflow.land.parquet import LandingZone
 from steadyflow.model import BatchRef, Contract, TableRef, TextEncoding, decode_value
 from steadyflow.observe import logs
-from steadyflow.observe.metrics import PipelineMetrics
+from steadyflow.observe.recording import Recording
 from steadyflow.ports import Buffer, Delivery, Ledgered, LoadPart, Warehouse
 from steadyflow.state import LoadedBatch, StateStore
 from steadyflow.validate.quarantine import Quarantine
@@ -119,7 +119,7 @@ def deletes_of(batch: BatchRef, contract: Contract) -> pa.Table | None:
                      for i, name in enumerate(contract.primary_key)})
 
 
-def transform(config: PipelineConfig, landing: LandingZone, metrics: PipelineMetrics,
+def transform(config: PipelineConfig, landing: LandingZone, metrics: Recording,
               batch: BatchRef, encoding: TextEncoding | None = None) -> Verdict:
     """Read a landed batch and validate it (`encoding`: the warehouse's text encoding, if
     it lacks characters). Needs no warehouse, so `steadyflow transform` runs while
@@ -228,7 +228,7 @@ class BatchLoader:
     warehouse: Warehouse
     state: StateStore
     quarantine: Quarantine
-    metrics: PipelineMetrics
+    metrics: Recording
     # more connections to the same warehouse: handle_all merges different targets on them
     # at once (module docstring, Lanes); empty: every group on `warehouse`, one at a time
     lanes: list[Warehouse] = field(default_factory=list)

@@ -52,7 +52,7 @@ from steadyflow.failpoints import failpoint
 from steadyflow.land import open_landing
 from steadyflow.model import BatchRef, TextEncoding
 from steadyflow.observe import logs
-from steadyflow.observe.metrics import PipelineMetrics
+from steadyflow.observe.recording import Recording, Unrecorded
 from steadyflow.ports import Buffer, Ledgered, Warehouse
 from steadyflow.resilience import SourceGuard, StopRequested, retry_reason
 from steadyflow.run.memory import Releaser, bound_memory
@@ -127,12 +127,21 @@ def _run_failed(summary: RunSummary) -> RunFailed:
 class Pipeline:
     """One configured pipeline. `Pipeline.from_yaml(path).run_once()` is the library API."""
 
-    def __init__(self, config: PipelineConfig, view: bool = False) -> None:
+    def __init__(self, config: PipelineConfig, view: bool = False,
+                 recorded: bool = True) -> None:
         """`view`: the pipeline is only shown (status, a read-only serve): a buffer server
-        that does not answer is reported by the status, not an error here."""
+        that does not answer is reported by the status, not an error here. `recorded`:
+        its metrics are kept (observe/metrics.py); False for a process that never shows
+        them, which then never imports prometheus_client (observe/recording.py)."""
         bound_memory()
         self.config = config
-        self.metrics = PipelineMetrics(pipeline=config.name)
+        self.metrics: Recording
+        if recorded:
+            from steadyflow.observe.metrics import PipelineMetrics
+
+            self.metrics = PipelineMetrics(pipeline=config.name)
+        else:
+            self.metrics = Unrecorded()
         self._stop = threading.Event()
         # run_once's halt: its loader could not open the warehouse, so this run's extraction
         # stops (see run_once); unlike `_stop` it ends neither the pipeline nor `--follow`
@@ -191,8 +200,9 @@ class Pipeline:
                                  else config.run.interval)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, view: bool = False) -> Pipeline:
-        return cls(load_config(path), view=view)
+    def from_yaml(cls, path: str | Path, view: bool = False, recorded: bool = True
+                  ) -> Pipeline:
+        return cls(load_config(path), view=view, recorded=recorded)
 
     def _open_buffer(self, state_dir: Path, view: bool = False) -> Buffer:
         b = self.config.buffer
