@@ -90,6 +90,7 @@ def _open(config: Path, view: bool = False, recorded: bool = True) -> Any:
     observe/recording.py). The garbage collector `entry` paused for the imports runs
     again from here on."""
     try:
+        startup.import_config()
         from steadyflow.run.pipeline import Pipeline
 
         return Pipeline.from_yaml(config, view=view, recorded=recorded)

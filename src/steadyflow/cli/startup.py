@@ -19,12 +19,16 @@ numpy is not imported by a plain `steadyflow run` (`without_numpy`): pyarrow imp
 when it can (its modules try `import numpy` and work without it), and nothing a run does
 uses it, while its import was ~45 ms of the command's start-up CPU on the main thread,
 before any row moved (bench/NOTES.md, session 14).
+
+The config's pydantic models are built with pydantic's plugins off (`import_config`): its
+one plugin scan of the installed distributions' entry points is start-up CPU too.
 """
 
 from __future__ import annotations
 
 import gc
 import importlib.abc
+import os
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
@@ -71,3 +75,29 @@ def without_numpy() -> None:
     numpy conversions, loudly. A library user's process is never touched."""
     if _paused and "numpy" not in sys.modules:
         sys.meta_path.insert(0, _NoNumpy())
+
+
+# pydantic's switch for its plugins (pydantic/plugin/_loader.py get_plugins: '__all__',
+# '1' or 'true' turn every plugin off; read at each model's validator build)
+PYDANTIC_PLUGINS_OFF = "PYDANTIC_DISABLE_PLUGINS"
+
+
+def import_config() -> None:
+    """In the console script (while `pause` holds), import steadyflow.config with
+    pydantic's plugins off, and the environment as it was afterwards.
+
+    Building each model's validator, pydantic looks for plugins once per process: a
+    scan of every installed distribution's entry points (importlib.metadata), 3-15 ms of
+    a command's start-up CPU by the venv's size, before any row moves (bench/NOTES.md,
+    session 15). The config's models are all built at that import, so the switch is on
+    for it only, and taken off again: it never reaches a process this one starts, nor a
+    later model of the user's own code. A value the user set is left alone (theirs
+    decides). A plugin then does not see steadyflow's config validation: no plugin has
+    anything to do with it. A library user's process is never touched."""
+    if not _paused or "steadyflow.config" in sys.modules or PYDANTIC_PLUGINS_OFF in os.environ:
+        return
+    os.environ[PYDANTIC_PLUGINS_OFF] = "__all__"
+    try:
+        import steadyflow.config  # noqa: F401  (its models' validators are built here)
+    finally:
+        os.environ.pop(PYDANTIC_PLUGINS_OFF, None)
