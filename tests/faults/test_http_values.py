@@ -5,6 +5,7 @@ the text the server sent, parsed by the test itself (never by steadyflow's code)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -34,13 +35,13 @@ def serve() -> Iterator[Callable[[bytes], str]]:
         stop()
 
 
-def run(tmp: Path, url: str, columns: dict[str, Any]) -> RunSummary:
+def run(tmp: Path, url: str, columns: dict[str, Any], key: str = "id") -> RunSummary:
     config = parse_config({
         "name": "values", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
         "landing": {"path": str(tmp / "landing")},
         "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
-        "contracts": {"t": {"primary_key": ["id"], "cursor": "updated_at", "columns": {
-            "id": {"type": "int64", "nullable": False},
+        "contracts": {"t": {"primary_key": [key], "cursor": "updated_at", "columns": {
+            **({"id": {"type": "int64", "nullable": False}} if key == "id" else {}),
             "updated_at": {"type": "timestamp", "nullable": False}, **columns}}},
         "sources": [{"name": "api", "kind": "http", "url": url,
                      "resilience": {"retries": 0},
@@ -124,3 +125,60 @@ def test_a_key_that_only_looks_like_digits_costs_its_record_not_the_table(
     assert summary.ok, summary.errors
     assert summary.quarantined_rows == 2, summary
     assert sorted(column(tmp_path, "id")) == [1, 4]
+
+
+def test_json_numbers_in_string_and_integer_columns_keep_their_digits(
+        tmp_path: Path, serve: Callable[[bytes], str]) -> None:
+    """With no decimal column in the contract, JSON numbers were read as doubles: a
+    string column's 12345678901234567.89 landed as '1.2345678901234568e+16', its 1e400
+    as 'inf' and its 1e-400 as '0.0', an integer column's 9007199254740993.0 as
+    9007199254740992, each run ok. A string or integer column holding a fraction now
+    gets the digits the API wrote (the page is read again, exactly)."""
+    sent = ["12345678901234567.89", "1e400", "1e-400", "9007199254740993.0",
+            "1.0000000000000001e16", "0.1"]
+    records = ",".join(
+        f'{{"id": {i}, "updated_at": "2026-01-01T00:00:0{i}Z", "text": {a}, "n": {n}}}'
+        for i, (a, n) in enumerate(zip(sent, [*sent[3:5], "7", "8", "9", "10"],
+                                       strict=True)))
+    url = serve(f'{{"data": [{records}], "next": null}}'.encode())
+    summary = run(tmp_path, url, {"text": {"type": "string"}, "n": {"type": "int64"}})
+    assert summary.ok, summary.errors
+    expected = json.loads(f"[{records}]", parse_float=Decimal)  # the test's own reading
+    assert {i: Decimal(t) for i, t in column(tmp_path, "text").items()} == \
+        {r["id"]: r["text"] for r in expected}
+    assert column(tmp_path, "n") == {r["id"]: int(r["n"]) for r in expected}
+
+
+def test_a_json_number_past_a_doubles_range_is_quarantined_not_infinity(
+        tmp_path: Path, serve: Callable[[bytes], str]) -> None:
+    """JSON has no infinity: 1e400 is a finite number no float64 holds. It landed as inf
+    (the run ok); it is now quarantined with its reason. Python's own Infinity constant
+    (an extension some APIs write) is still an infinity."""
+    url = serve(b'{"data": [{"id": 1, "updated_at": "2026-01-01T00:00:01Z", "v": 1e400},'
+                b' {"id": 2, "updated_at": "2026-01-01T00:00:02Z", "v": -1e400},'
+                b' {"id": 3, "updated_at": "2026-01-01T00:00:03Z", "v": Infinity},'
+                b' {"id": 4, "updated_at": "2026-01-01T00:00:04Z", "v": 2.5}], "next": null}')
+    summary = run(tmp_path, url, {"v": {"type": "float64"}})
+    assert summary.ok, summary.errors
+    assert summary.quarantined_rows == 2, summary
+    assert column(tmp_path, "v") == {3: float("inf"), 4: 2.5}
+
+
+def test_two_string_keys_a_double_cannot_tell_apart_stay_two_rows(
+        tmp_path: Path, serve: Callable[[bytes], str]) -> None:
+    """A string key the API writes as a JSON number: 12345678901234567.89 and ...88 were
+    both read as the double 1.2345678901234568e+16, one key, and one record was lost
+    (loaded: '1.2345678901234568e+16' only, run ok). Each is now its own row, spelled as
+    the API wrote it."""
+    codes = ["12345678901234567.89", "12345678901234567.88"]
+    records = ",".join(f'{{"code": {c}, "updated_at": "2026-01-01T00:00:0{i}Z"}}'
+                       for i, c in enumerate(codes))
+    url = serve(f'{{"data": [{records}], "next": null}}'.encode())
+    summary = run(tmp_path, url, {"code": {"type": "string", "nullable": False}}, key="code")
+    assert summary.ok, summary.errors
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+    try:
+        assert sorted(r[0] for r in con.execute("SELECT code FROM w.t").fetchall()) == \
+            sorted(codes)
+    finally:
+        con.close()
