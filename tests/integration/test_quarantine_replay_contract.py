@@ -99,6 +99,23 @@ def test_rows_parked_with_columns_drift_added_replay_with_their_values(
     assert _items(config) == [("replayed", 1, 1)]
     _run(config)  # nothing left landed that fails
 
+    # a row parked while the column was there, replayed once it was dropped at the source
+    # and from the warehouse (as the load's refusal asks): the column is not added back
+    _source(tmp_path, "INSERT INTO t VALUES (4, 'y', 4, 4, 'gone')")
+    _run(config)
+    truth = _source(tmp_path, "ALTER TABLE t DROP COLUMN extra",
+                    "INSERT INTO t VALUES (5, 'b', 5, 5)")
+    _execute(where, "ALTER TABLE {schema}.t DROP COLUMN extra")
+    _run(config)
+    _columns(config, {"v": {"type": "string", "allowed": ["a", "b", "x", "y"]}})
+    with Pipeline.from_yaml(config) as pipeline:
+        assert replay_quarantine(pipeline, [])["changed_rows"] == 1
+    truth = _source(tmp_path, "INSERT INTO t VALUES (6, 'a', 6, 6)")
+    _run(config)  # the next extraction loads: no column it lacks was added back
+    assert sorted(query(where, "SELECT id, v, n, updated_at FROM {schema}.t")) == truth
+    assert not query(where, "SELECT column_name FROM information_schema.columns WHERE "
+                            "table_name = 't' AND column_name = 'extra'")
+
 
 def test_a_column_the_parked_rows_lack_is_refused_naming_it(tmp_path: Path,
                                                             where: str) -> None:

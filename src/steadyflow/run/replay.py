@@ -73,14 +73,13 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
     contracts = {item["batch_id"]: _parked_contract(pipeline, item) for item in items}
     _refuse_missing_columns(pipeline, items, contracts)
     for item in items:
-        contract, original = contracts[item["batch_id"]]
+        contract, original, added = contracts[item["batch_id"]]
         raw, verdict = pipeline.quarantine.replayable(
             item["path"], contract, encoding,
             table_owner(pipeline.config, item["source"], item["table"], contract))
         good_mask_rows = verdict.good.num_rows
         if good_mask_rows:
             passing = raw.filter(pc.invert(verdict.bad_mask))
-            added = original.meta.get("columns") if original is not None else None
             batch = pipeline.landing.write(
                 passing, item["source"], item["table"], None, None, kind="replay",
                 meta={"of": item["batch_id"], **({"columns": added} if added else {})},
@@ -122,27 +121,48 @@ def _original(pipeline: Pipeline, batch_id: str) -> BatchRef | None:
 
 
 def _parked_contract(pipeline: Pipeline, item: dict[str, Any]
-                     ) -> tuple[Contract, BatchRef | None]:
-    """The contract an item's rows are validated and loaded under: the table's, plus the
-    columns `schema_drift: add` extracted with the batch that parked them (as the loader
-    validated that batch). Without those the replayed batch lost their values, and the
-    load refused it for good (the warehouse table holds the added columns), naming a DROP
-    COLUMN as the fix; every later run failed on it."""
+                     ) -> tuple[Contract, BatchRef | None, list[Any] | None]:
+    """(contract, parked batch, its added columns) an item's rows are validated and
+    loaded under: the table's contract plus the columns `schema_drift: add` extracted with
+    the batch that parked them (as the loader validated that batch), those the table's
+    newest extraction still brings. Without them the replayed batch lost their values,
+    and the load refused it for good (the warehouse table holds the added columns), naming
+    a DROP COLUMN as the fix; every later run failed on it. A column dropped at the source
+    since (and from the warehouse, as the load's refusal then asks) is not added back."""
     _, table_cfg, _ = pipeline.config.table(item["source"], item["table"])
     original = _original(pipeline, item["batch_id"])
+    added = _still_added(pipeline, original)
+    return pipeline.config.contract_of(table_cfg).with_added(added), original, added
+
+
+def _still_added(pipeline: Pipeline, original: BatchRef | None,
+                 newest: int = 100) -> list[Any] | None:
+    """`original`'s `schema_drift: add` columns that the newest extraction of its table
+    (among its `newest` latest batches) brings too; all of them if none is newer."""
     added = original.meta.get("columns") if original is not None else None
-    return pipeline.config.contract_of(table_cfg).with_added(added), original
+    if original is None or not added:
+        return None
+    for row in pipeline.state.batches(original.source, original.table, newest):
+        ref = BatchRef.from_json(row["ref"])
+        if ref.kind != "extract":
+            continue
+        if ref.batch_id == original.batch_id or ref.landed_at <= original.landed_at:
+            break
+        brings = {str(name).lower() for name, _ in ref.meta.get("columns") or ()}
+        return [column for column in added if str(column[0]).lower() in brings] or None
+    return list(added)
 
 
 def _refuse_missing_columns(pipeline: Pipeline, items: list[dict[str, Any]],
-                            contracts: dict[str, tuple[Contract, BatchRef | None]]) -> None:
+                            contracts: dict[str, tuple[Contract, BatchRef | None,
+                                                       list[Any] | None]]) -> None:
     """Refuse, before anything is replayed, items whose parked rows lack a column the
     contract has now (added or renamed since they were parked): their value of it was
     never read, so it cannot be loaded; NULL would be a value the source does not hold.
     It failed on Arrow's KeyError, naming neither the batch nor the way out."""
     lacking = []
     for item in items:
-        contract, _ = contracts[item["batch_id"]]
+        contract, _, _ = contracts[item["batch_id"]]
         names = set(pipeline.quarantine.rows(item["path"]).column_names) - {REASON}
         missing = [name for name in contract.names if name not in names]
         if missing:
