@@ -432,7 +432,8 @@ def greatest_of(kind: ColumnType) -> int | Decimal | None:
     if kind.bits:
         return 2 ** (kind.bits - 1) - 1
     if kind.name == "decimal":
-        return Decimal(10) ** (kind.precision - kind.scale) - Decimal(1).scaleb(-kind.scale)
+        # from text: exact (Decimal arithmetic rounds to 28 digits: 10^38 - 1 was 1E+38)
+        return Decimal(f"{10 ** kind.precision - 1}e-{kind.scale}")
     return None
 
 

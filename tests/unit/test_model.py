@@ -7,7 +7,15 @@ import pyarrow as pa
 import pytest
 
 from steadyflow.arrow_types import arrow_type
-from steadyflow.model import BatchRef, Watermark, parse_duration, step_back
+from steadyflow.model import (
+    BatchRef,
+    Watermark,
+    column_type,
+    greatest_of,
+    parse_duration,
+    past_the_type,
+    step_back,
+)
 
 
 def test_watermark_round_trip_keeps_microseconds_and_zone() -> None:
@@ -50,3 +58,22 @@ def test_step_back() -> None:
     ts = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
     assert step_back(ts, 10) == datetime(2026, 1, 1, tzinfo=UTC)
     assert step_back(100, 7) == 93
+
+
+@pytest.mark.parametrize(("spec", "greatest", "above"), [
+    ("decimal(38,0)", "9" * 38, "9" * 38 + ".5"),
+    ("decimal(38,2)", "9" * 36 + ".99", "9" * 36 + ".991"),
+    ("decimal(38,38)", "0." + "9" * 38, "0." + "9" * 38 + "1"),
+    ("decimal(12,2)", "9999999999.99", "9999999999.991"),
+    ("int64", str(2 ** 63 - 1), str(2 ** 63)), ("int32", str(2 ** 31 - 1), str(2 ** 31))])
+def test_a_cursor_past_its_type_is_told_exactly(spec: str, greatest: str, above: str) -> None:
+    """The greatest value of a contract type, digit for digit: Decimal arithmetic rounds
+    to 28 digits, and 10^38 - 1 computed so was 1E+38, which a decimal(38,0) cursor
+    holding 10^38 - 0.5 (a wider source column) was not past."""
+    kind = column_type(spec)
+    top = greatest_of(kind)
+    assert (format(top, "f") if isinstance(top, Decimal) else str(top)) == greatest
+    assert not past_the_type(Decimal(greatest), kind) and not past_the_type(True, kind)
+    assert past_the_type(Decimal(above), kind)
+    assert past_the_type(int(above), kind) if kind.bits else True
+    assert not past_the_type(Decimal("NaN"), kind)  # NaN has its own refusal
