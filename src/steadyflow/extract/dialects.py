@@ -393,6 +393,11 @@ class Dialect:
     # default (0 if none is west), for a cursor of naive times (PostgresDialect); None:
     # the engine needs no query for it (MariaDB's observation row carries its own)
     zone_west_sql: str | None = None
+    # One query answering how far the wall clock of the zones the source's writers stamp
+    # naive times in steps back between two hours ago and two hours ahead (seconds, 0
+    # without a fall-back then): a fixed window steps back that much more (SqlSource.
+    # zone_repeat); None where the engine cannot tell
+    zone_repeat_sql: str | None = None
 
     def open_since(self, row: Sequence[Any], naive: bool = False) -> OpenSince:
         """The observation from `open_since_sql`'s row; `naive`: the cursor column holds
@@ -671,6 +676,20 @@ class PostgresDialect(Dialect):
         "(0, (SELECT oid FROM pg_database WHERE datname = current_database()))) AS zones "
         "CROSS JOIN (VALUES (now()), (now() + interval '2 hours')) AS at(t)")
 
+    # The same zones; each one's offset (east of UTC) two hours ago, now and two hours
+    # ahead, and the most an earlier offset exceeds a later one: a fall-back's repeated
+    # hour. The window ends two hours each side so that an answer kept up to an hour
+    # (ZONE_RECHECK_EVERY) still covers every poll within an hour after the transition.
+    zone_repeat_sql = (
+        "SELECT coalesce(max(extract(epoch FROM ((a.t AT TIME ZONE z) - (a.t AT TIME ZONE "
+        "'UTC')) - ((b.t AT TIME ZONE z) - (b.t AT TIME ZONE 'UTC')))), 0) FROM ("
+        "SELECT reset_val AS z FROM pg_settings WHERE name = 'TimeZone' UNION "
+        "SELECT substr(c, strpos(c, '=') + 1) FROM pg_db_role_setting s, "
+        "unnest(s.setconfig) AS c WHERE c ILIKE 'timezone=%%' AND s.setdatabase IN "
+        "(0, (SELECT oid FROM pg_database WHERE datname = current_database()))) AS zones "
+        "CROSS JOIN (VALUES (now() - interval '2 hours'), (now())) AS a(t) "
+        "CROSS JOIN (VALUES (now()), (now() + interval '2 hours')) AS b(t) WHERE a.t < b.t")
+
     def is_text(self, declared: str) -> bool:
         base = re.sub(r"\s*\(.*\)$", "", declared.strip().lower()).rsplit(".", 1)[-1]
         return base in ("text", "character varying", "character", "bpchar", "citext",
@@ -942,6 +961,17 @@ class MysqlDialect(Dialect):
     # whole seconds (trx_started, TIME), the cache's age, and a statement's NOW() taken
     # before its InnoDB transaction starts
     open_margin = timedelta(seconds=1)
+    # the server's default zone (@@global.time_zone; SYSTEM: the host's) two hours ago,
+    # now and two hours ahead (see Dialect.zone_repeat_sql); NULL (no step) when a named
+    # zone has no time zone tables, as in open_since_sql
+    zone_repeat_sql = (
+        "SELECT GREATEST(0, b - n, b - a, n - a) FROM (SELECT "
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP() - INTERVAL 2 HOUR, CONVERT_TZ("
+        "UTC_TIMESTAMP() - INTERVAL 2 HOUR, '+00:00', @@global.time_zone)) AS b, "
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(), CONVERT_TZ(UTC_TIMESTAMP(), '+00:00', "
+        "@@global.time_zone)) AS n, "
+        "TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP() + INTERVAL 2 HOUR, CONVERT_TZ("
+        "UTC_TIMESTAMP() + INTERVAL 2 HOUR, '+00:00', @@global.time_zone)) AS a) AS offsets")
 
     def open_since(self, row: Sequence[Any], naive: bool = False) -> OpenSince:
         """The bound is a UTC instant. A DATETIME cursor (`naive`) filled by NOW() holds

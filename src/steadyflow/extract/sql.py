@@ -137,6 +137,8 @@ class SqlSource:
         self._probed: dict[str, tuple[float, tuple[str, ...], list[str], frozenset[str]]] = {}
         self._hidden_reported = False
         self._west: tuple[float, float] | None = None  # (when asked, seconds west)
+        # (when asked, seconds a fall-back repeats near now: zone_repeat)
+        self._repeat: tuple[float, float] | None = None
         # (table, primary key) → monotonic time of its last look for shared keys; inf when
         # a unique index proves the key (`check_unique_key`)
         self._unique: dict[tuple[str, tuple[str, ...]], float] = {}
@@ -976,6 +978,24 @@ class SqlSource:
             [(value,)] = self._execute(table, sql, [])
             self._west = (time.monotonic(), max(0.0, float(value or 0)))
         return self._west[1]
+
+    def zone_repeat(self, table: str, contract: Contract) -> float:
+        """Seconds a fixed window over this table's cursor steps back beyond its lookback:
+        a cursor of naive times filled by now() holds the wall time of the writers' zone,
+        which at a fall-back repeats an hour. The rows stamped in it sort up to an hour
+        before the checkpoint the last summer poll left, a 2-minute window never reached
+        them: every row of that hour was lost, every run ok (a PostgreSQL database in a
+        zone with daylight saving, `lookback_mode: fixed`; the adaptive bound allowed for
+        it already). Nonzero only within two hours of a fall-back (Dialect.zone_repeat_sql,
+        asked at most every ZONE_RECHECK_EVERY): those polls re-read the hour."""
+        sql = self.dialect.zone_repeat_sql
+        if sql is None or not self.dialect.naive_time(
+                self.declared_lower(table).get(contract.cursor.lower(), "")):
+            return 0.0
+        if self._repeat is None or time.monotonic() - self._repeat[0] >= ZONE_RECHECK_EVERY:
+            [(value,)] = self._execute(table, sql, [])
+            self._repeat = (time.monotonic(), max(0.0, float(value or 0)))
+        return self._repeat[1]
 
     def _report_hidden(self, table: str, why: str) -> None:
         """Loud, once per connection: the adaptive lookback fell back to the window."""

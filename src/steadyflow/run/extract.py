@@ -415,8 +415,11 @@ class TableExtractor:
         else:  # a checkpoint the previous poll's snapshot could hold steps back from itself
             ahead = self._ahead(mark.cursor, previous.began) \
                 if self._ahead(mark.cursor, previous.noted) > 0 else 0.0
-        if self.table.lookback > 0 or ahead > 0:
-            return None, step_back(mark.cursor, self.table.lookback + ahead)
+        repeat = self.guard.call(lambda: db.zone_repeat(self.ref.table, self.contract),
+                                 stop=self.should_stop) \
+            if isinstance(db, SqlSource) and self._timed() else 0.0
+        if self.table.lookback > 0 or ahead > 0 or repeat > 0:
+            return None, step_back(mark.cursor, self.table.lookback + ahead + repeat)
         if self.source.kind == "http":
             # an API stamps its cursor with a clock (or counter) nobody here sees: a record
             # written after this checkpoint may share its cursor with a lower key (two
