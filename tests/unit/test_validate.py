@@ -212,6 +212,27 @@ def test_a_text_nul_and_a_null_digest_apart() -> None:
     assert first != second
 
 
+def test_a_rows_digest_leaves_its_reason_out_and_finds_rows_parked_with_it() -> None:
+    """A reason worded anew by a contract change must not make a re-read row a new one;
+    rows parked by versions whose digest held the reason are still found."""
+    from steadyflow.validate.quarantine import parked_rows
+
+    bad = pa.table({"a": ["x", "y"], INVALID: [None, None], REASON: ["not one of a", "r"]})
+    reworded = bad.set_column(2, REASON, pa.array(["not one of a,b", "r"]))
+    assert row_hashes(bad) == row_hashes(reworded)
+    older = row_hashes(bad, with_reason=True)
+    assert older[0] != row_hashes(bad)[0]
+    asked: list[str] = []
+
+    def lookup(digests: list[str]) -> dict[str, str]:
+        asked.extend(digests)
+        return {older[0]: "old batch"}
+
+    digests, by = parked_rows(lookup, bad)
+    assert (digests, by) == (row_hashes(bad), ["old batch", None])
+    assert set(asked) == {*row_hashes(bad), *older}
+
+
 def test_min_and_max_compare_int64_beyond_2_pow_53_exactly() -> None:
     """Found by the generated suite: Arrow refused to compare int64 values past 2**53 with
     the float bound, the batch failed for good and every row of it went missing."""

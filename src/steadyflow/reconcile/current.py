@@ -17,7 +17,7 @@ from steadyflow.extract.arrow_values import column_to_arrow
 from steadyflow.model import Contract, TextEncoding
 from steadyflow.reconcile.bisect import Key
 from steadyflow.reconcile.report import FETCH_CHUNK, Current
-from steadyflow.validate.quarantine import row_hashes
+from steadyflow.validate.quarantine import parked_rows
 from steadyflow.validate.rules import validate
 
 
@@ -45,7 +45,7 @@ class CurrentReader:
 
     def __init__(self, contract: Contract, read: Callable[[list[tuple[Any, ...]]], pa.Table],
                  key_of: Callable[[tuple[Any, ...]], Key], encoding: TextEncoding | None,
-                 parked: Callable[[list[str]], Any]) -> None:
+                 parked: Callable[[list[str]], dict[str, str]]) -> None:
         self.contract = contract
         self._read = read
         self._key_of = key_of
@@ -93,13 +93,12 @@ class CurrentReader:
             out.good.update(good)
         bad: dict[Key, tuple[Any, ...]] = {}
         if verdict.bad.num_rows:
-            hashes = row_hashes(verdict.bad)
-            parked = self._parked(hashes)
-            for values, digest in zip(self._key_values(rows.filter(verdict.bad_mask)), hashes,
+            _, by = parked_rows(self._parked, verdict.bad)
+            for values, parker in zip(self._key_values(rows.filter(verdict.bad_mask)), by,
                                       strict=True):
                 key = self._key_of(values)
                 bad[key] = values
-                if digest in parked:
+                if parker is not None:
                     out.parked.add(key)
         return good, bad
 

@@ -3,7 +3,8 @@
 Parked rows are Parquet files under landing/_quarantine, named by the batch id, so parking
 the same batch twice (a redelivery) writes the same file and the same index row. A bad
 row that another batch parked already (the lookback window re-reads recent rows) is not
-parked again, so quarantine counts are rows, not re-reads. Replay
+parked again, whichever rule it breaks now, so quarantine counts are rows, not re-reads.
+Replay
 re-validates parked rows against the current contract and sends those that now pass
 through the normal load path as a new batch whose id is derived from the parked batch
 and the rows replayed, so replaying twice loads them once.
@@ -12,6 +13,7 @@ and the rows replayed, so replaying twice loads them once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import pyarrow as pa
 
@@ -30,9 +32,10 @@ class Quarantine:
 
     def park(self, batch: BatchRef, verdict: Verdict) -> int:
         """Park the batch's bad rows that no other batch parked; returns how many."""
-        hashes = row_hashes(verdict.bad)
-        seen = self.state.parked_by(batch.source, batch.table, hashes)
-        fresh = [seen.get(h, batch.batch_id) == batch.batch_id for h in hashes]
+        hashes, by = parked_rows(
+            lambda digests: self.state.parked_by(batch.source, batch.table, digests),
+            verdict.bad)
+        fresh = [b is None or b == batch.batch_id for b in by]
         if not any(fresh):
             return 0
         rows = verdict.bad.filter(pa.array(fresh, pa.bool_()))
@@ -65,14 +68,31 @@ class Quarantine:
         return count_values(parked[REASON])
 
 
-def row_hashes(bad: pa.Table) -> list[str]:
-    """One digest per parked row (all columns are text, plus the reason).
+def parked_rows(lookup: Callable[[list[str]], dict[str, str]], bad: pa.Table
+                ) -> tuple[list[str], list[str | None]]:
+    """(each bad row's digest, the batch that parked it or None). `lookup`: which of some
+    digests are parked, by which batch (StateStore.parked_by for the table).
+
+    The digest leaves the rule's reason out: a contract change that words a still-bad
+    row's reason anew ('v: not one of a,b' once 'c' is allowed too) parked each re-read of
+    it again (the lookback, a reset, `replay`), counted it twice and held it in two open
+    entries. Rows parked by a version whose digest held the reason are found by that one."""
+    digests = row_hashes(bad)
+    worded = row_hashes(bad, with_reason=True)
+    found = lookup([*digests, *worded])
+    return digests, [found.get(d) or found.get(w)
+                     for d, w in zip(digests, worded, strict=True)]
+
+
+def row_hashes(bad: pa.Table, with_reason: bool = False) -> list[str]:
+    """One digest per parked row: its columns, all text (`with_reason`: and its reason,
+    as versions before `parked_rows` digested it).
 
     Values are joined by \\x1f with \\x00 for a null; a value holding either character
     (or \\x1b, the escape) is escaped, so a text NUL never digests like a null. The INVALID
     column joins only where it is set, so rows parked before it existed keep their digest.
     """
-    names = [n for n in bad.column_names if n != INVALID]
+    names = [n for n in bad.column_names if n != INVALID and (with_reason or n != REASON)]
     columns = [bad[name].to_pylist() for name in names]
     invalid = bad[INVALID].to_pylist() if INVALID in bad.column_names else [None] * bad.num_rows
     digests = []
