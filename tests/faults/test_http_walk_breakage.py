@@ -6,13 +6,18 @@ table); none uses steadyflow's code as its oracle.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import date
 from pathlib import Path
 
+import duckdb
 import pytest
+from tests.support.loopback_http import send_json, serve_get
 from tests.support.paged_api import OffsetApi, Page, Query, config, run, serving
 
+from steadyflow.config import parse_config
 from steadyflow.run.pipeline import Pipeline, RunSummary
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(60)]
@@ -53,3 +58,48 @@ def test_an_api_ignoring_the_token_with_fresh_tokens_is_refused_not_walked_for_e
     assert api.requests == 4, api.requests  # the first page and three stale answers
     with Pipeline(config(tmp_path, "http://unused")) as pipeline:
         assert pipeline.state.checkpoint("api", "t") is None
+
+
+def _dated_run(tmp: Path, url: str) -> RunSummary:
+    """A table whose cursor is a date column (`day`), read into DuckDB."""
+    config = parse_config({
+        "name": "dated", "base_dir": str(tmp), "state_dir": str(tmp / "state"),
+        "landing": {"path": str(tmp / "landing")},
+        "warehouse": {"kind": "duckdb", "path": str(tmp / "wh.duckdb"), "schema": "w"},
+        "contracts": {"t": {"primary_key": ["id"], "cursor": "day", "columns": {
+            "id": {"type": "int64", "nullable": False},
+            "day": {"type": "date", "nullable": False}, "v": {"type": "string"}}}},
+        "sources": [{"name": "api", "kind": "http", "url": url,
+                     "resilience": {"retries": 0},
+                     "tables": [{"name": "t", "contract": "t", "endpoint": "/items"}]}]})
+    with Pipeline(config) as pipeline:
+        return pipeline.run_once(raise_on_error=False)
+
+
+def test_a_date_cursor_spelled_wrongly_once_drops_no_later_record(tmp_path: Path) -> None:
+    """A date cursor was compared as the API's text: one record spelled "2026-1-9" sorted
+    after every "2026-01-..". Its own record was quarantined (the column's cast refuses
+    it), but its text was the page's high: the checkpoint moved there, and the next run
+    dropped every later record, spelled right, as at or before it (records 3 and 4 never
+    loaded, each run ok, nothing quarantined). The cursor is now read as a date: such a
+    record is rejected alone and raises nothing."""
+    records = [{"id": 1, "day": "2026-01-09", "v": "a"}, {"id": 2, "day": "2026-1-9", "v": "b"}]
+    url, stop = serve_get(
+        lambda handler: send_json(handler, json.dumps({"data": records, "next": None}).encode()))
+    try:
+        first = _dated_run(tmp_path, url)
+        assert first.ok, first.errors
+        records += [{"id": 3, "day": "2026-01-10", "v": "c"},
+                    {"id": 4, "day": "2026-02-11", "v": "d"}]
+        second = _dated_run(tmp_path, url)
+        assert second.ok, second.errors
+    finally:
+        stop()
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+    try:
+        loaded = con.execute("SELECT id, day, v FROM w.t ORDER BY id").fetchall()
+    finally:
+        con.close()
+    expected = [(r["id"], date.fromisoformat(r["day"]), r["v"]) for r in records
+                if len(r["day"]) == 10]  # the test's own reading: "2026-1-9" is no date
+    assert loaded == expected

@@ -261,6 +261,7 @@ def _kind(value: Any) -> str:
 
 _INTEGER = re.compile(r"-?[0-9]+")  # str.isdigit() took "²" and "--1": int() refused them
 _SUB_MICRO = re.compile(r"(:[0-9]{2}\.[0-9]{6})([0-9]+)")  # a fraction past the microsecond
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # what a date column's text cast reads
 
 
 def micro_time(text: str) -> str:
@@ -303,6 +304,8 @@ def _cursor_value(value: Any, contract: Contract, name: str) -> Any:
             if parsed is not None:
                 return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
         raise _Unplaceable(f"{name} is not an ISO-8601 time: {str(value)[:40]!r}")
+    if pa.types.is_date(arrow):
+        return _date_value(value, name)
     if pa.types.is_integer(arrow):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -320,6 +323,50 @@ def _cursor_value(value: Any, contract: Contract, name: str) -> Any:
         raise _Unplaceable(f"{name} holds a lone UTF-16 surrogate (not Unicode text): "
                            f"'{_escape_surrogates(value)[:40]}'")
     return value
+
+
+def _date_value(value: Any, name: str) -> date:
+    """A date cursor or key as a date. Compared as the API's text, one record spelled
+    "2026-1-9" (or "Jan 9, 2026") sorted after every "2026-01-..": its own record was
+    quarantined by the column's cast, but its text was the page's high, the checkpoint
+    moved there, and every later record, spelled right, was dropped as at or before it
+    (each run ok, nothing quarantined)."""
+    text = value.strip() if isinstance(value, str) else None
+    if text is not None and _DATE.fullmatch(text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    raise _Unplaceable(f"{name} is not an ISO-8601 date (YYYY-MM-DD): {str(value)[:40]!r}")
+
+
+def _as_dates(contract: Contract, after: Watermark | None, since: Any | None
+              ) -> tuple[Watermark | None, Any | None]:
+    """The resume point with its date positions as dates: a checkpoint written before date
+    cursors and keys were read as dates holds their text, which no date compares with."""
+    order = contract.order_by
+    dated = [pa.types.is_date(contract.column(n).arrow_type) for n in order]
+    if not any(dated):
+        return after, since
+
+    def day(value: Any, is_date: bool) -> Any:
+        if not is_date or not isinstance(value, str):
+            return value
+        try:
+            return _date_value(value, "")
+        except _Unplaceable:  # the high of a page that held such a record, for good
+            raise FatalError(
+                f"the checkpoint's date {value[:40]!r} is not an ISO-8601 date: a record "
+                "spelled so set it, and records after it were dropped as before it; the "
+                "table reads nothing until it is reset", stage="extract",
+                hint="steadyflow reset --table SOURCE.TABLE: the next run reads the API "
+                     "from its start") from None
+
+    marks = after.as_tuple() if after is not None else ()
+    if len(marks) == len(dated):
+        marks = tuple(day(v, d) for v, d in zip(marks, dated, strict=True))
+        after = Watermark(cursor=marks[0], key=tuple(marks[1:]))
+    return after, day(since, dated[0])
 
 
 def _decimal_value(value: Any, name: str) -> Decimal:
@@ -512,6 +559,7 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
                   after: Watermark | None = None, since: Any | None = None) -> HttpPage:
     """Records → rows past the resume point: after `after` (exclusive, on (cursor, key))
     and at or after `since` (inclusive, on the cursor: the server may ignore since_param)."""
+    after, since = _as_dates(contract, after, since)
     placed: list[tuple[dict[str, Any], tuple[Any, ...]]] = []
     rejected: list[Rejected] = []
     ids: list[Identity] = []
