@@ -252,7 +252,9 @@ def _representable(column: Column, values: Values) -> Iterator[Check]:
     it loads into DuckDB (which would take a NUL) or PostgreSQL (which refuses the batch)."""
     kind = values.type
     if pa.types.is_string(kind):
-        yield _present_and(values, pc.match_substring(values, "\x00")), f"{column.name}: {_NUL}"
+        if _may_hold_nul(values):
+            yield (_present_and(values, pc.match_substring(values, "\x00")),
+                   f"{column.name}: {_NUL}")
     elif pa.types.is_timestamp(kind) or pa.types.is_date(kind):
         low, high = ((MIN_TIME, MAX_TIME) if pa.types.is_timestamp(kind)
                      else (date(1, 1, 1), MAX_TIME.date()))
@@ -369,6 +371,27 @@ def _compare(values: Values, op: str, bound: float) -> pa.Array:
     limit = pa.scalar(float(bound))
     result = pc.less(numeric, limit) if op == "less" else pc.greater(numeric, limit)
     return result.fill_null(False)
+
+
+def _may_hold_nul(values: Values) -> bool:
+    """Whether a NUL byte lies anywhere in the bytes the string values span. False proves
+    that no value holds one, so the NUL rule's mask would be all false and is skipped: one
+    memchr over each chunk's character data (~0.3 ms for 122,880 SKUs) instead of
+    match_substring (~6 ms, a third of validating the bench's pages, bench/NOTES.md
+    session 15). True (a NUL in a value, or in the bytes of a null slot) runs the exact
+    rule."""
+    for chunk in values.chunks if isinstance(values, pa.ChunkedArray) else [values]:
+        if len(chunk) == 0:
+            continue
+        _, offsets, data = chunk.buffers()  # a string array's int32 offsets: its values
+        if offsets is None or data is None:  # (of its slice) span data[first:last]
+            continue
+        raw = memoryview(offsets)
+        at = raw[:len(raw) // 4 * 4].cast("i")
+        first, last = at[chunk.offset], at[chunk.offset + len(chunk)]
+        if last > first and b"\x00" in data.slice(first, last - first).to_pybytes():
+            return True
+    return False
 
 
 def _present_and(values: Values, failed: pa.Array) -> pa.Array:
