@@ -330,6 +330,13 @@ class Dialect:
     # (PostgreSQL sorts NULL last: `(c, k) > (...)` is NULL for it); None where NULL sorts
     # first and pages read it (SqlSource.check_null_keys). A parameter as for indexes_sql.
     nullable_sql: str | None = None
+    # The same list where NULL sorts first (MariaDB, SQLite), for the key columns' look
+    # alone (SqlSource.check_null_keys): pages read such a row, but a page ending on it
+    # cannot continue, and a pass whose end (the greatest (cursor, key)) has a NULL key
+    # ends with `k <= NULL` and leaves that row unread, unquarantined, every run ok. The
+    # cursor's look stays unconditional there (MariaDB's NOT NULL DATETIME holds zero
+    # dates, which IS NULL matches).
+    nullable_keys_sql: str | None = None
     # The catalog query listing (column name, SQL type) of a table's columns that must be
     # cast to that type before a predicate compares them with a parameter (`operand`); a
     # parameter as for indexes_sql. None where no column needs one.
@@ -911,6 +918,9 @@ class MysqlDialect(Dialect):
     columns_sql = (
         "SELECT column_name, column_type FROM information_schema.columns "
         "WHERE table_schema = DATABASE() AND table_name = %s ORDER BY ordinal_position")
+    nullable_keys_sql = (  # a UNIQUE index's columns may be NULL (a PRIMARY KEY's never)
+        "SELECT column_name, 0 FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = %s AND is_nullable = 'YES'")
 
     def is_text(self, declared: str) -> bool:
         """CHAR, VARCHAR and the TEXT types (JSON is LONGTEXT); not ENUM or SET, which
@@ -1129,6 +1139,8 @@ class SqliteDialect(Dialect):
     # (rows loaded with it, every run ok); a backticked one is always an identifier
     quote_char = "`"
     columns_sql = "SELECT name, type FROM pragma_table_info(?)"
+    # a PRIMARY KEY other than INTEGER's admits NULL in a rowid table (SQLite's quirk)
+    nullable_keys_sql = 'SELECT name, 0 FROM pragma_table_info(?) WHERE "notnull" = 0'
     # unique, non-partial indexes (an expression's column is NULL), and the INTEGER
     # PRIMARY KEY of a rowid table, which is the rowid itself and in no index list
     unique_sql = (

@@ -566,9 +566,10 @@ class SqlSource:
         if memo is not None and table in memo:
             return memo[table]
         d = self.dialect
-        assert d.nullable_sql is not None
+        sql = d.nullable_sql or d.nullable_keys_sql
+        assert sql is not None
         found = {catalog_text(r[0]).lower(): bool(r[1])
-                 for r in self._execute(table, d.nullable_sql, [d.index_param(table)])}
+                 for r in self._execute(table, sql, [d.index_param(table)])}
         if memo is not None:
             memo[table] = found
         return found
@@ -668,16 +669,20 @@ class SqlSource:
                      "equal)")
 
     def check_null_keys(self, table: str, contract: Contract) -> None:
-        """Refuse, naming table and column, a key column holding NULLs where the database
+        """Refuse, naming table and column, a key column holding NULLs. Where the database
         sorts NULL last (PostgreSQL): after a page ending on (c, 1, 2) the next compares
         (c, k, n) > (c, 1, 2), which is NULL for the row (c, 1, NULL), so it was never
-        read, nor quarantined, every run ok. A UNIQUE index over a nullable column admits
-        such rows. Only columns the catalog lets hold NULL are looked at (a primary key
-        costs one catalog query), at most every KEY_RECHECK_EVERY once a look found none:
+        read, nor quarantined, every run ok. Where it sorts NULL first (MariaDB, SQLite;
+        `nullable_keys_sql`): a pass ends at the greatest (cursor, key), and one ending on
+        (c, 'b', NULL) compares `k <= NULL`, so that row was never read, nor quarantined,
+        every run ok; a page ending on one failed the table mid-load, depending on the
+        page size. A UNIQUE index over a nullable column admits such rows. Only columns
+        the catalog lets hold NULL are looked at (a primary key costs one catalog query),
+        at most every KEY_RECHECK_EVERY once a look found none:
         a view's columns all may, and a look over a big view scans it (one that times
         out warns, as check_unique_key's does)."""
         d = self.dialect
-        if d.nullable_sql is None:
+        if d.nullable_sql is None and d.nullable_keys_sql is None:
             return
         nullable = self._nullable(table)
         for key in contract.primary_key:
@@ -697,8 +702,9 @@ class SqlSource:
             if found:
                 raise SchemaError(
                     f"key column {key} holds NULLs: keyset pages (cursor, key) > (...) "
-                    "never select a row whose key is NULL where NULL sorts last, so those "
-                    "rows would never be extracted (and a unique index admits NULL twice)",
+                    "cannot continue after a row whose key is NULL, nor a pass end on one, "
+                    "so such rows would never be extracted (and a unique index admits NULL "
+                    "twice)",
                     stage="extract", source=self.config.name, table=table,
                     hint=f"give those rows a value (UPDATE {table} SET {key} = ... WHERE "
                          f"{key} IS NULL) and make the column NOT NULL, or declare a "
