@@ -865,10 +865,10 @@ class SqlSource:
         values = [d.position_value(v, c.parsed_type)
                   for v, c in zip(rows[0][:len(order)], order, strict=True)]
         self._check_end(table, contract, values[0])
-        for name, value in zip(contract.order_by, values, strict=True):
-            if isinstance(value, OutOfRange):  # a pass ends there (`page_query` upto)
-                raise self._unorderable(table, name, value)
-        return Watermark(cursor=values[0], key=tuple(values[1:]))
+        # a pass ends there (`page_query` upto): sent back as a page's start is
+        high = Watermark(cursor=values[0], key=tuple(values[1:]))
+        self._check_position(table, contract, high, "the table's last row in keyset order")
+        return high
 
     def _check_end(self, table: str, contract: Contract, cursor: Any) -> None:
         """Refuse a number cursor whose greatest value sorts after every number: NaN
@@ -1152,17 +1152,21 @@ class SqlSource:
         self._check_position(table, contract, high)
         return high
 
-    def _check_position(self, table: str, contract: Contract, high: Watermark) -> None:
+    def _check_position(self, table: str, contract: Contract, high: Watermark,
+                        row: str = "the last row of a page") -> None:
         """A watermark must be a value the next page can be compared with: never None (the
         next page would select nothing), unreadable text (it cannot be sent back) nor a
-        date no path can hold (neither: PostgreSQL 'infinity' in any key column)."""
+        date no path can hold (neither: PostgreSQL 'infinity' in any key column). So must
+        a pass's end (`_position_of`, `row` says which): a SQLite key of text that is not
+        UTF-8 as the table's greatest failed every run with a TypeError ('InvalidText is
+        not JSON serializable', or not a parameter sqlite3 binds), naming no column."""
         for name, value in zip(contract.order_by, high.as_tuple(), strict=True):
             if isinstance(value, OutOfRange):
                 raise self._unorderable(table, name, value)
             if value is None or isinstance(value, InvalidText):
                 what = "is NULL" if value is None else f"is not UTF-8 text ('{value}')"
                 raise SchemaError(
-                    f"the last row of a page has {name} that {what}: keyset pages cannot "
+                    f"{row} has {name} that {what}: keyset pages cannot "
                     "continue after it", stage="extract", source=self.config.name,
                     table=table, hint=f"give {name} a value in every row (NOT NULL, UTF-8)")
 
