@@ -465,13 +465,15 @@ def test_gc_deletes_parked_rows_once_replayed_past_the_retention(tmp_path: Path)
     add_rows(tmp_path / "shop.db", 302, 1, amount="-2")
     run_in_process(cfg)
     zone = LandingZone(tmp_path / "landing")
+    later = time.time() + 3600  # gc's clock below: past the replay's retention of 60 s
     stray_old = "_quarantine/shop.items/date=2020-01-01/stray.parquet"
-    stray_new = f"_quarantine/shop.items/date={time.strftime('%Y-%m-%d', time.gmtime())}/n.parquet"
+    # a day that is not over at `later` (its date: after 23:00 UTC today's day is over then)
+    day = time.strftime("%Y-%m-%d", time.gmtime(later))
+    stray_new = f"_quarantine/shop.items/date={day}/n.parquet"
     for stray in (stray_old, stray_new):  # a parking killed before it was indexed
         zone.store.write(stray, memoryview(zone.encode(pa.table({"id": ["1"]}))))
     with Pipeline.from_yaml(cfg) as pipeline:
         first, second = pipeline.state.quarantined("open")
-        later = time.time() + 3600
         kept = collect(pipeline.landing, pipeline.state, 60, now=later)
         parked = {f.path for f in pipeline.landing.store.list("_quarantine/")}
         assert parked == {first["path"], second["path"], stray_new}, parked

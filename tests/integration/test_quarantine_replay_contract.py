@@ -15,6 +15,7 @@ import duckdb
 import psycopg
 import pytest
 import yaml
+from tests.conftest import steadyflow
 from tests.support.warehouses import query
 
 from steadyflow.errors import ConfigError
@@ -197,6 +198,22 @@ def test_a_replayed_version_older_than_the_one_loaded_since_loses_and_says_so(
         {"batches": 0, "loaded_rows": 0, "changed_rows": 0, "still_quarantined": 0}]
     assert sorted(query(where, "SELECT id, v, n, updated_at FROM {schema}.t")) == truth
     assert _items(config) == [("replayed", 1, 1)]
+
+
+def test_a_batch_id_that_names_no_open_entry_is_refused(tmp_path: Path, where: str) -> None:
+    """`quarantine replay --batch ID` with a mistyped id, or one replayed already, exited 0
+    saying 'batches': 0: nothing was replayed and nothing said why. It is refused, naming
+    the id, before anything is replayed (as `quarantine resolve` refuses it)."""
+    config = _pipeline(tmp_path, where, [(1, "a", 1, 1), (2, "x", 2, 2)])
+    _run(config)
+    with Pipeline.from_yaml(config) as pipeline:
+        [parked] = pipeline.state.quarantined("open")
+    _columns(config, {"v": {"type": "string", "allowed": ["a", "b", "x"]}})
+    proc = steadyflow("quarantine", "replay", "-c", str(config), "--batch", parked["batch_id"],
+                      "--batch", "nosuchbatch")
+    assert proc.returncode == 2 and "nosuchbatch" in proc.stdout + proc.stderr, proc
+    assert _items(config) == [("open", 1, None)]
+    assert query(where, "SELECT id FROM {schema}.t") == [(1,)]
 
 
 def _execute(where: str, statement: str) -> None:

@@ -67,7 +67,14 @@ def replay_quarantine(pipeline: Pipeline, batch_ids: list[str],
     # as the loader validates: a row replay let through that the loader parks again
     # (a character the warehouse's encoding lacks) was counted neither loaded nor still bad
     encoding = pipeline.warehouse.text_encoding()
-    items = [item for item in pipeline.state.quarantined("open")
+    open_items = pipeline.state.quarantined("open")
+    unknown = sorted(set(batch_ids) - {item["batch_id"] for item in open_items})
+    if unknown:  # a mistyped or closed id replayed nothing and said so only by a 0
+        raise ConfigError(f"no open quarantined batch {', '.join(unknown)}; nothing replayed",
+                          stage="replay",
+                          hint="`steadyflow quarantine list` shows the open ones (--all: "
+                               "those replayed or resolved too)")
+    items = [item for item in open_items
              if not (batch_ids and item["batch_id"] not in batch_ids)
              and not is_raw_page(item["path"])]
     contracts = {item["batch_id"]: _parked_contract(pipeline, item) for item in items}
