@@ -784,7 +784,10 @@ class PipelineConfig(_Strict):
         when several feed it, their rows must never share a key (`_check_owners`)."""
         shapes: dict[str, tuple[str, tuple[Any, ...]]] = {}
         feeders: dict[str, list[tuple[str, TableConfig]]] = {}
+        spelled: dict[str, tuple[str, str]] = {}
         for source, table, ref in self.tables():
+            self._check_target_name(f"sources.{source.name}.tables.{table.name}", ref.target,
+                                    spelled)
             c = self.contract_of(table)
             shape = (tuple((col.name, col.type, col.nullable) for col in c.columns),
                      c.primary_key, c.cursor)
@@ -801,6 +804,31 @@ class PipelineConfig(_Strict):
         for target, tables in feeders.items():
             if len(tables) > 1:
                 self._check_owners(target, tables)
+
+    @staticmethod
+    def _check_target_name(label: str, target: str,
+                           spelled: dict[str, tuple[str, str]]) -> None:
+        """A target is a warehouse table steadyflow does not own, and one spelling of it.
+
+        DuckDB's identifiers are case-insensitive: targets 'orders' and 'Orders' were one
+        table there, merged on the key alone, so one source's rows replaced the other's
+        and every run was ok. And a target named like steadyflow's own tables
+        (`_steadyflow_ledger`, `_steadyflow_tomb_<target>`) shared them: a source table
+        `_steadyflow_tomb_orders` loaded rows that held back every `orders` row of the same
+        key as tombstones."""
+        if reserved(target):
+            raise ValueError(
+                f"{label}: target {target!r}: names starting with {RESERVED_PREFIX} are "
+                "steadyflow's own warehouse tables (its ledger, the tombstones of each "
+                "target); set 'target' to another name")
+        first = spelled.setdefault(target.lower(), (label, target))
+        if first[1] != target:
+            raise ValueError(
+                f"{label} loads target {target!r} and {first[0]} loads {first[1]!r}: they "
+                "differ only in case, and DuckDB takes them as one table (merged on the "
+                "primary key alone, so one's rows would replace the other's); spell them "
+                "alike (with a warehouse_filter on each) to share one table, or give each "
+                "a name of its own")
 
     def _check_filter(self, label: str, table: TableConfig) -> None:
         """Each warehouse_filter value must be one its column can hold: load compares the
