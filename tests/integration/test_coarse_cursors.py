@@ -220,6 +220,27 @@ def test_a_postgres_row_rounded_back_to_the_checkpoints_second_is_read(
 FOLLOWED = [("mysql", "fixed"), ("postgres", "auto"), ("sqlite", "auto")]
 
 
+def settled(tmp: Path, proc: subprocess.Popen[str], quiet: float = 3.0) -> None:
+    """Wait (up to 90 s: a loaded machine starts a process slowly) until the loop has a
+    checkpoint, no landed page waits for its load, and neither changed for `quiet` s."""
+    seen, since, deadline = None, time.monotonic(), time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the loop exited"
+        try:
+            with closing(sqlite3.connect(tmp / "state" / "state.db", timeout=5)) as state:
+                now = (state.execute("SELECT watermark FROM checkpoints").fetchall(),
+                       state.execute("SELECT count(*) FROM manifest "
+                                     "WHERE status = 'landed'").fetchone())
+        except sqlite3.OperationalError:  # not created yet, or busy
+            now = None
+        if now != seen or not now or not now[0] or now[1] != (0,):
+            seen, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the loop never settled: {seen}")
+
+
 def followed(request: pytest.FixtureRequest, tmp: Path, kind: str, mode: str,
              seconds: float) -> None:
     """`run --follow` while two writers upsert random keys every few ms for `seconds`;
@@ -246,13 +267,13 @@ def followed(request: pytest.FixtureRequest, tmp: Path, kind: str, mode: str,
             errors.append(exc)
 
     try:
-        time.sleep(2)  # its first load
+        settled(tmp, proc)  # its first load
         threads = [threading.Thread(target=writer, args=(seed,)) for seed in (1, 2)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        time.sleep(4)  # quiet: several polls
+        settled(tmp, proc)  # quiet: every page loaded, the checkpoint still
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
@@ -261,15 +282,13 @@ def followed(request: pytest.FixtureRequest, tmp: Path, kind: str, mode: str,
     assert loaded == truth, sorted(k for k in truth if loaded.get(k) != truth[k])
 
 
-@pytest.mark.parametrize(("kind", "mode"), FOLLOWED)
-def test_follow_under_writers_keeps_every_row_of_a_coarse_cursor(
-        request: pytest.FixtureRequest, tmp_path: Path, kind: str, mode: str) -> None:
-    followed(request, tmp_path, kind, mode, seconds=10)
-
-
 @pytest.mark.exhaustive
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize(("kind", "mode"), FOLLOWED)
-def test_follow_under_writers_for_long_keeps_every_row_of_a_coarse_cursor(
+def test_follow_under_writers_keeps_every_row_of_a_coarse_cursor(
         request: pytest.FixtureRequest, tmp_path: Path, kind: str, mode: str) -> None:
+    """Long (exhaustive): whether the writes meet a poll inside one second depends on
+    the machine's pace; on main's src 12 s lost rows on MariaDB and PostgreSQL at load
+    ~10, 10 s on two of three, and none at load ~25. The tests above are the
+    deterministic ones."""
     followed(request, tmp_path, kind, mode, seconds=45)
