@@ -403,6 +403,12 @@ class TableConfig(_Strict):
             "again and cursors that happen to rise do not prove the order"))
     params: dict[str, str] = Field(default_factory=dict, description=(
         "HTTP: fixed query parameters; secrets as ${VAR} (scrubbed everywhere)"))
+    max_page_bytes: int = Field(default=128 * 1024 * 1024, ge=1024, description=(
+        "HTTP: the largest answer body read into memory (after content decoding), bytes; "
+        "parsed, a JSON page takes about 6 times its size. A larger answer is cut there: "
+        "the page size halves (and grows no more past it in this run) and the page is "
+        "asked again, as after a timeout; at min_page_size, or from an API ignoring the "
+        "limit, the table fails naming this setting, its checkpoint unmoved"))
     bad_page_retries: int = Field(default=3, ge=0, le=100, description=(
         "HTTP: a page whose payload is bad is quarantined raw and requested again (a full "
         "request to the API) at most this often; then the table fails, its checkpoint "

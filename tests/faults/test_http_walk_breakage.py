@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -103,3 +104,63 @@ def test_a_date_cursor_spelled_wrongly_once_drops_no_later_record(tmp_path: Path
     expected = [(r["id"], date.fromisoformat(r["day"]), r["v"]) for r in records
                 if len(r["day"]) == 10]  # the test's own reading: "2026-1-9" is no date
     assert loaded == expected
+
+
+def _sized_api(tmp: Path, url: str, **table: Any) -> RunSummary:
+    """`config`'s table with a 64-record page, a 200 kB body cap and quick retries (fewer
+    than the breaker's 5 failures)."""
+    return run(tmp, url, page_size=64, max_page_bytes=200_000, retries=3, **table)
+
+
+def test_a_page_past_max_page_bytes_is_asked_again_smaller_and_every_record_lands(
+        tmp_path: Path, serve: Callable[[OffsetApi], str]) -> None:
+    """Records of 10 kB at 64 a page: 640 kB answers, read whole into memory whatever
+    their size (nothing bounded a page: a page of large records at the default page size
+    of 122,880, or a gzip bomb, ran the process into the OOM killer). An answer past
+    max_page_bytes is now cut unparsed, the page size halves and the page is asked
+    again: every record lands, and no answer read was larger than the cap allows."""
+    api = OffsetApi(40)
+    for record in api.records.values():
+        record["note"] = "x" * 10_000
+    served_sizes: list[int] = []
+
+    def note_size(api: OffsetApi, query: Query, page: Page) -> Page:
+        served_sizes.append(len(json.dumps(page)))
+        return page
+
+    api.shape = note_size
+    summary = _sized_api(tmp_path, serve(api))
+    assert summary.ok, summary.errors
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+    try:
+        loaded = dict(con.execute("SELECT id, qty FROM w.t").fetchall())
+    finally:
+        con.close()
+    assert loaded == {i: r["qty"] for i, r in api.records.items()}
+    assert max(served_sizes) > 200_000  # the first answers were cut
+    assert api.asked[-1][1] <= 16, api.asked  # then asked for what fits
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_an_api_ignoring_the_limit_past_max_page_bytes_fails_naming_it(
+        tmp_path: Path, serve: Callable[[OffsetApi], str], gzipped: bool) -> None:
+    """An API serving every record on one page whatever limit it is asked (here 2 MB of
+    JSON; gzip-encoded, a few kB on the wire): no smaller page can be asked, so the table
+    fails naming max_page_bytes, its checkpoint unmoved, instead of reading an answer of
+    any size (decoded size counts: a gzip bomb is cut at the cap)."""
+    api = OffsetApi(200)
+    for record in api.records.values():
+        record["note"] = "x" * 10_000
+    api.cap = None
+    api.gzip = gzipped
+
+    def everything(api: OffsetApi, query: Query, page: Page) -> Page:
+        return {"data": sorted(api.records.values(), key=lambda r: r["id"]), "next": None}
+
+    api.shape = everything
+    summary = _sized_api(tmp_path, serve(api), min_page_size=8)
+    assert not summary.ok
+    text = " ".join(str(e) for e in summary.errors)
+    assert "max_page_bytes" in text and "table=t" in text, text
+    with Pipeline(config(tmp_path, "http://unused")) as pipeline:
+        assert pipeline.state.checkpoint("api", "t") is None

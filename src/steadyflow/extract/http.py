@@ -105,6 +105,14 @@ class ServerError(SourceUnavailable):
     server_error: bool = True
 
 
+class PageTooLarge(SourceTimeout):
+    """An answer whose body passed the table's max_page_bytes: cut there, unparsed. A
+    timeout's kin: the page size halves and the page is asked again. Read whole, a JSON
+    page of N bytes took ~6N of memory to parse, and nothing bounded N: a page of large
+    records at the default page size, or a gzip bomb (200 KiB of gzip took the process to
+    1.2 GiB), ended in the OOM killer instead of an error naming the table."""
+
+
 class BadPayload(QuarantineError):
     """A 2xx answer whose body cannot be read as a page: park it raw, with this reason."""
 
@@ -690,6 +698,16 @@ class HttpSource:
                     body = bytearray()
                     for chunk in response.iter_bytes():
                         body += chunk
+                        if len(body) > t.max_page_bytes:
+                            raise PageTooLarge(
+                                f"{label}: the answer passed max_page_bytes "
+                                f"({t.max_page_bytes} bytes) after {len(body)} bytes "
+                                "(decoded); cut unparsed, the page is asked again smaller",
+                                stage="extract", source=src, table=table,
+                                hint="raise the table's max_page_bytes if the host has the "
+                                     "memory (a page takes ~6 times it parsed), or lower "
+                                     "its page_size (an API ignoring limit_param cannot "
+                                     "be asked for less)")
                 finally:
                     response.close()
         except (httpx.HTTPError, httpx.InvalidURL) as exc:

@@ -42,6 +42,7 @@ from steadyflow.extract.http import (
     BadPayload,
     HttpPage,
     HttpSource,
+    PageTooLarge,
     RawPage,
     Rejected,
     is_raw_page,
@@ -1132,6 +1133,8 @@ class TableExtractor:
         if isinstance(exc, SourceTimeout):
             before = self.sizer.current
             size = self.sizer.on_timeout()
+            if isinstance(exc, PageTooLarge):  # a fast page must not grow back past it
+                self.sizer.maximum = size
             self.metrics.timeout(self.ref.source)
             self.metrics.page_size(self.ref.source, self.ref.table, size)
             self.state.record_source_state(self.ref.source, self.ref.table, page_size=size)
