@@ -669,6 +669,24 @@ class DuckdbEngine(Engine):
         return text
 
     def row_term(self, columns: Sequence[tuple[str, str]]) -> str:
+        """The row text's digest as a number (md5_number: a UHUGEINT, the digest's bytes
+        read little-endian), turned into the term where it is summed (term_parts): the
+        same 60 bits as the hex form (key_term) without printing 32 hex digits and parsing
+        15 back, 6.5% of DuckDB's bucket query (bench/NOTES.md, session 15)."""
+        return f"md5_number({self.row_text(columns)})"
+
+    def term_parts(self, h: str) -> list[str]:
+        """The term of a row_term `h` (a column of the subquery, so its md5 is computed
+        once): the digest's first 8 bytes are md5_number's low 64 bits, byte-reversed
+        into the big-endian number whose top 60 bits are the first TERM_HEX hex digits.
+        Every byte is masked before its shift (DuckDB refuses a shift that drops bits)."""
+        low = f"CAST({h} & CAST(18446744073709551615 AS UHUGEINT) AS UBIGINT)"
+        swapped = " | ".join(f"((({low} >> {8 * i}) & 255) << {8 * (7 - i)})"
+                             for i in range(8))
+        return [f"CAST(({swapped}) >> {64 - 4 * TERM_HEX} AS BIGINT)"]
+
+    def key_term(self, columns: Sequence[tuple[str, str]]) -> str:
+        """One expression (a bucket dimension, compared in WHERE): the hex form."""
         return (f"CAST('0x' || substr({self.md5(self.row_text(columns))}, 1, {TERM_HEX}) "
                 "AS BIGINT)")
 
