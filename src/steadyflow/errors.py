@@ -133,6 +133,14 @@ class ExtractionFenced(RetryableError):
     resumes from the checkpoint the new holder left."""
 
 
+class LoadCut(ExtractionFenced):
+    """A first load's bound was cut while its reader paged: another reader took the far
+    part of the reader's key range (run/steal.py) after it last recorded. The page in hand
+    may hold rows past the new bound, so it is not recorded; the reader reads on from its
+    last recorded key up to the new bound. A subclass of ExtractionFenced, so any path
+    that does not expect it records nothing, as a fenced reader does."""
+
+
 class QuarantineError(SteadyflowError):
     """This input cannot be processed as is; park it and keep going."""
 

@@ -21,11 +21,12 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
-from steadyflow.errors import ExtractionFenced
+from steadyflow.errors import ExtractionFenced, LoadCut
 from steadyflow.extract.dialects import OutOfRange
 from steadyflow.extract.sql import SqlSource
 from steadyflow.model import BatchRef, Contract, Watermark
@@ -93,15 +94,9 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
     load's noted position: the cursor pass reads them).
     """
     keys = key_contract(contract)
-    d = db.dialect
-    declared = db.select_types(table)
-    cols = ", ".join(d.select_expr(c.name, c.parsed_type, declared.get(c.name.lower(), ""))
-                     for c in keys.columns)
-    found = db._execute(table, f"SELECT {cols} FROM {d.ident(table)}"
-                               f"{db._order_by(table, keys.order_by, desc=True)} LIMIT 1", [])
-    if not found:
+    last = last_key(db, table, keys)
+    if last is None:
         return []
-    last = _position(db, table, keys, found[0])
     bounds: list[tuple[Watermark | None, Watermark]] = []
     low: Watermark | None = None
     while rows > 0:
@@ -116,6 +111,18 @@ def split(db: SqlSource, table: str, contract: Contract, rows: int
         low = bound
     bounds.append((low, last))
     return bounds
+
+
+def last_key(db: SqlSource, table: str, keys: Contract) -> Watermark | None:
+    """The table's last key (`keys`: key_contract's), None when it is empty: one index
+    probe, in the key's own types and collation."""
+    d = db.dialect
+    declared = db.select_types(table)
+    cols = ", ".join(d.select_expr(c.name, c.parsed_type, declared.get(c.name.lower(), ""))
+                     for c in keys.columns)
+    found = db._execute(table, f"SELECT {cols} FROM {d.ident(table)}"
+                               f"{db._order_by(table, keys.order_by, desc=True)} LIMIT 1", [])
+    return _position(db, table, keys, found[0]) if found else None
 
 
 def _position(db: SqlSource, table: str, keys: Contract, row: Any) -> Watermark:
@@ -189,7 +196,9 @@ class ChunkReader(TableExtractor):
 
 def _read_one(extractor: TableExtractor, db: SqlSource, lease: ChunkLease) -> None:
     """One range, from where its last holder stopped to its end, under its lease (renewed
-    by a keeper thread; released if the read ends early, kept by its holder when done)."""
+    by a keeper thread; released if the read ends early, kept by its holder when done).
+    A stealer may cut the range's end meanwhile (run/steal.py): the page read against the
+    old end is refused (LoadCut) and the range is read on to its new end."""
     e = extractor
     reader = ChunkReader(e.source, e.table, e.ref, e.contract, e.landing, e.buffer, e.state,
                          e.guard, e.metrics, should_stop=e.should_stop)
@@ -211,12 +220,21 @@ def _read_one(extractor: TableExtractor, db: SqlSource, lease: ChunkLease) -> No
         meta: dict[str, object] = {"order": "key", "chunk": lease.chunk}
         if lease.since is not None:
             meta["since"] = json.loads(lease.since)
-        finished = reader._pages(
-            db, e.contract.by_key(), lease.after or lease.low, None, False, ahead,
-            lambda mark: e.state.advance_chunk(lease, mark, reader.page_rows),
-            meta=meta, upto=lease.high)
-        if finished:
-            e.state.finish_chunk(lease)
+        while True:
+            bound = lease
+            try:
+                finished = reader._pages(
+                    db, e.contract.by_key(), bound.after or bound.low, None, False, ahead,
+                    partial(_advance, e, bound, reader), meta=meta, upto=bound.high)
+                if finished:
+                    e.state.finish_chunk(bound)
+                break
+            except LoadCut:
+                finished = False
+                lease = reader.lease = e.state.chunk_bound(lease)
+                log.info("key range %d cut by another reader: reading on up to %s",
+                         lease.chunk, lease.high.to_json() if lease.high else "the end",
+                         extra=e._extra(chunk=lease.chunk))
     finally:
         ahead.shutdown(wait=True, cancel_futures=True)
         done.set()
@@ -229,6 +247,11 @@ def _read_one(extractor: TableExtractor, db: SqlSource, lease: ChunkLease) -> No
     if finished:
         log.info("key range %d read: %d rows in %.1fs", lease.chunk, reader.result.rows,
                  time.monotonic() - started, extra=e._extra(chunk=lease.chunk))
+
+
+def _advance(extractor: TableExtractor, lease: ChunkLease, reader: ChunkReader,
+             mark: Watermark) -> None:
+    extractor.state.advance_chunk(lease, mark, reader.page_rows)
 
 
 _TOTALS = threading.Lock()  # the table's result is summed from several reader threads

@@ -29,6 +29,7 @@ from steadyflow.config import (
 )
 from steadyflow.errors import (
     FatalError,
+    LoadCut,
     QuarantineError,
     SchemaError,
     SourceTimeout,
@@ -76,7 +77,7 @@ from steadyflow.resilience import PageSizer, SourceGuard
 from steadyflow.run.lease import WAIT_SECONDS as LEASE_WAIT
 from steadyflow.run.lease import KeptLease
 from steadyflow.run.lease import hold as hold_lease
-from steadyflow.state import Lease, StateStore
+from steadyflow.state import Lease, LoadLease, StateStore
 
 if TYPE_CHECKING:
     from steadyflow.run.pipeline import Pipeline
@@ -906,10 +907,8 @@ class TableExtractor:
         if started is None:
             if high is None:
                 return True  # an empty table: the cursor pass starts from nothing
-            if not dry_run:
-                if not self._settle(db, observed, high):
-                    return False  # stopped while waiting: nothing noted, the next run waits
-                self.state.start_backfill(src, tbl, self._named(high), lease=self.lease)
+            if not dry_run and not self._settle(db, observed, high):
+                return False  # stopped while waiting: nothing noted, the next run waits
             after = None
         else:
             high, after = started
@@ -924,19 +923,63 @@ class TableExtractor:
         if not dry_run and self._noted is None:  # _settle noted a new load's end
             # the noted end (perhaps an earlier process's) predates this poll
             self._note(observed, high)
-        if not dry_run and after is None and self._partition(db, high):
+        if started is None and not dry_run:
+            # with the pages' re-read start, which a stealer's range carries (run/steal.py)
+            since = {k: v for k, v in self._since_meta().items() if k == "since"}
+            self.state.start_backfill(src, tbl, self._named(high), lease=self.lease,
+                                      since=json.dumps(since))
+        cut = not dry_run and started is not None and \
+            self.state.load_bound(src, tbl)[1] is not None
+        if not dry_run and after is None and not cut and self._partition(db, high):
             return self._end_partitioned(bound)
         log.info("initial load in primary-key order%s", " (resumed)" if after else "",
                  extra=self._extra())
-        done = self._pages(db, self.contract.by_key(), after, None, dry_run, ahead,
-                           lambda mark: self.state.advance_backfill(src, tbl, mark,
-                                                                    lease=self.lease),
-                           meta={"order": "key", **self._since_meta()})
+        done = self._one_piece(db, after, dry_run, ahead)
         if done and not dry_run:
-            self.state.finish_backfill(src, tbl, lease=self.lease)
+            if not self.state.finish_backfill(src, tbl, lease=self.lease):
+                # its far part was stolen (run/steal.py) and is not all read yet: `run`
+                # reads what nobody holds, then ends the load as a split one
+                self._partitioned = True
+                return False
             self.result.moved = True
             self._loaded(bound)
         return done
+
+    def _one_piece(self, db: SqlSource, after: Watermark | None, dry_run: bool,
+                   ahead: ThreadPoolExecutor | None) -> bool:
+        """The one-piece load's pages from `after` to its bound (the table's end until a
+        stealer cuts it: run/steal.py), each recorded under a LoadLease: a cut made while
+        a page was read refuses that page (LoadCut; it may hold keys past the new bound),
+        and the load reads on from its last recorded key to the new bound. Reaching its
+        bound, it records the bound as its position, so a resumed load reads nothing."""
+        src, tbl = self.ref.source, self.ref.table
+        base = self.lease
+        advance = lambda mark: self.state.advance_backfill(  # noqa: E731
+            src, tbl, mark, lease=self.lease)
+        upto: Watermark | None = None
+        try:
+            while True:
+                if not dry_run and base is not None:
+                    _, upto, cuts = self.state.load_bound(src, tbl)
+                    if upto is not None and after == upto:
+                        return True
+                    self.lease = LoadLease(base.source, base.table, base.holder,
+                                           base.generation, base.seconds, cuts, upto)
+                try:
+                    done = self._pages(db, self.contract.by_key(), after, None, dry_run,
+                                       ahead, advance, meta={"order": "key",
+                                                             **self._since_meta()},
+                                       upto=upto)
+                    if done and upto is not None:
+                        advance(upto)
+                    return done
+                except LoadCut:
+                    after = self.state.load_bound(src, tbl)[0]
+                    log.info("initial load's far part taken by another reader: reading on "
+                             "after %s", after.to_json() if after else "the start",
+                             extra=self._extra())
+        finally:
+            self.lease = base
 
     def _settle(self, db: SqlSource, observed: OpenSince | None, high: Watermark) -> bool:
         """Before a numbered cursor's first load reads a page: wait until every

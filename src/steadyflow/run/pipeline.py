@@ -464,11 +464,21 @@ class Pipeline:
                 if not tables or ref.label in tables or ref.table in tables]
         if self.shared:
             random.shuffle(jobs)
-        with ThreadPoolExecutor(max_workers=self.config.run.max_parallel_sources,
-                                thread_name_prefix="extract") as pool:
-            for ref, result in pool.map(
-                    lambda job: self.extract_table(job, dry_run, put_timeout), jobs):
-                self.tally(summary, ref, result)
+        from steadyflow.run import steal
+
+        slots = self.config.run.max_parallel_sources
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="extract") as pool:
+            futures = [pool.submit(self.extract_table, job, dry_run, put_timeout)
+                       for job in jobs]
+            # queued behind every table: a slot starts one once no table is left to
+            # start, and takes the far part of first loads still being read (run/steal.py)
+            thieves = [pool.submit(steal.steal_until_done, self, put_timeout)
+                       for _ in range(slots)] if not dry_run and steal.enabled(self) else []
+            for future in futures:
+                self.tally(summary, *future.result())
+            for thief in thieves:
+                for ref, result in thief.result():
+                    self.tally(summary, ref, result)
         return summary
 
     def extract_table(self, job: tuple[Any, Any, Any], dry_run: bool = False,

@@ -12,14 +12,17 @@ from steadyflow.state.store import (
     ChunkLease,
     Lease,
     LoadedBatch,
+    LoadLease,
+    Reader,
     StateStore,
     TableHealth,
     holder_alive,
     pid_alive,
 )
 
-__all__ = ["BackfillChunk", "ChunkLease", "Lease", "LoadedBatch", "StateStore", "SqliteStateStore",
-           "TableHealth", "holder_alive", "open_sqlite", "open_state", "pid_alive"]
+__all__ = ["BackfillChunk", "ChunkLease", "Lease", "LoadLease", "LoadedBatch", "Reader",
+           "StateStore", "SqliteStateStore", "TableHealth", "holder_alive", "open_sqlite",
+           "open_state", "pid_alive"]
 
 
 def open_state(kind: str, state_dir: Path, dsn: str | None = None,

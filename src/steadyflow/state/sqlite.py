@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyflow.errors import RetryableError, StateUnavailable
-from steadyflow.state.store import SCHEMA, StateStore, Tx
+from steadyflow.state.store import ADDED_COLUMNS, SCHEMA, StateStore, Tx
 
 
 def open_sqlite(path: Path, durable: bool = True) -> sqlite3.Connection:
@@ -98,8 +98,8 @@ class SqliteStateStore(StateStore):
             self._file = _identity(path)
             with self._lock:
                 self._conn.executescript(SCHEMA)
-                _add_columns(self._conn, "table_health",
-                             {"rows_changed": "INTEGER DEFAULT 0"})
+                for table, columns in ADDED_COLUMNS.items():
+                    _add_columns(self._conn, table, columns)
             # reads on a connection of their own: in WAL mode a reader never waits for a
             # writer, but sharing the writer's connection made every read (a poll asks for
             # its checkpoint several times) queue behind whichever commit was fsyncing

@@ -42,10 +42,10 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from steadyflow.errors import ExtractionFenced
+from steadyflow.errors import ExtractionFenced, LoadCut
 from steadyflow.model import BatchRef, Watermark
 from steadyflow.secrets import scrub
 
@@ -106,6 +106,19 @@ CREATE TABLE IF NOT EXISTS source_polls (
   source TEXT NOT NULL, tbl TEXT NOT NULL, high TEXT, high_epoch REAL, polled_at REAL NOT NULL,
   PRIMARY KEY (source, tbl));
 """
+
+# Columns added after a table's first version, by table: each adapter adds those a state
+# written by an older version lacks (SQLite: ALTER TABLE ADD COLUMN; PostgreSQL: ADD
+# COLUMN IF NOT EXISTS). Work stealing (run/steal.py): `backfills.upto`, the bound a
+# one-piece first load reads to (NULL: the table's end), and `since`, its pages' re-read
+# start (JSON, {} for none; NULL: begun by an older version, not cut); `cuts` on the lease rows, how
+# often a stealer cut the bound of the reader holding it (fenced: LoadLease, ChunkLease).
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "table_health": {"rows_changed": "INTEGER DEFAULT 0"},
+    "backfills": {"upto": "TEXT", "since": "TEXT"},
+    "extract_leases": {"cuts": "INTEGER NOT NULL DEFAULT 0"},
+    "backfill_chunks": {"cuts": "INTEGER NOT NULL DEFAULT 0"},
+}
 
 
 class Rows(Protocol):
@@ -169,6 +182,36 @@ class ChunkLease(Lease):
     high: Watermark | None = None
     after: Watermark | None = None
     since: str | None = None
+    cuts: int = 0  # the chunk's cuts when `high` was read: a later cut fences (LoadCut)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadLease(Lease):
+    """The table's lease while its one-piece first load pages up to `upto` (None: the
+    table's end), as it stood after `cuts` cuts (run/steal.py). The load's writes are
+    fenced by it: by the lease's generation as any, and by the cut count on the same
+    row, so once a stealer cut the bound, no page read against the old one is recorded
+    and the load's position does not move (LoadCut). Renewals use the plain lease."""
+
+    cuts: int = 0
+    upto: Watermark | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """A first load's reader a stealer may cut (StateStore.first_loads): the one-piece
+    reader (`chunk` None) or a key range's, its last recorded key `after` (None: none
+    yet, from `low`), its bound `high` (None: the table's end) after `cuts` cuts."""
+
+    source: str
+    table: str
+    chunk: int | None
+    low: Watermark | None
+    after: Watermark | None
+    high: Watermark | None
+    cuts: int
+    holder: str
+    at: str | None = None  # `after` as recorded (compared as recorded by the cut)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,11 +440,14 @@ class StateStore(ABC):
         return Watermark.from_json(high), Watermark.from_json(after) if after else None
 
     def start_backfill(self, source: str, table: str, high: Watermark,
-                       lease: Lease | None = None) -> None:
+                       lease: Lease | None = None, since: str | None = None) -> None:
+        """Note a one-piece first load's end `high`; `since` is its pages' re-read start
+        (JSON: `{"since": ...}` or {}), which a stealer's range carries (run/steal.py)."""
         with self._tx() as c:
             self._fence(c, lease)
-            c.execute("INSERT INTO backfills VALUES (?,?,?,NULL,?) ON CONFLICT DO NOTHING",
-                      (source, table, high.to_json(), time.time()))
+            c.execute("INSERT INTO backfills(source, tbl, high, after, started_at, since) "
+                      "VALUES (?,?,?,NULL,?,?) ON CONFLICT DO NOTHING",
+                      (source, table, high.to_json(), time.time(), since))
 
     def advance_backfill(self, source: str, table: str, after: Watermark,
                          lease: Lease | None = None) -> None:
@@ -440,7 +486,8 @@ class StateStore(ABC):
         when the load is split already or has landed a page in one piece."""
         with self._tx() as c:
             self._fence(c, lease)
-            c.execute("INSERT INTO backfills VALUES (?,?,?,NULL,?) ON CONFLICT DO NOTHING",
+            c.execute("INSERT INTO backfills(source, tbl, high, after, started_at) "
+                      "VALUES (?,?,?,NULL,?) ON CONFLICT DO NOTHING",
                       (source, table, high.to_json(), time.time()))
             row = c.execute("SELECT after FROM backfills WHERE source=? AND tbl=?",
                             (source, table)).fetchone()
@@ -448,6 +495,9 @@ class StateStore(ABC):
                     "SELECT 1 FROM backfill_chunks WHERE source=? AND tbl=?",
                     (source, table)).fetchone() is not None:
                 return False
+            # split: no stealer cuts it as a one-piece load (first_loads), only its ranges
+            c.execute("UPDATE backfills SET since=NULL WHERE source=? AND tbl=?",
+                      (source, table))
             c.executemany(
                 "INSERT INTO backfill_chunks(source, tbl, chunk, low, high, status, "
                 "expires_at, generation, rows, since) VALUES (?,?,?,?,?,'pending',0,0,0,?)",
@@ -469,18 +519,19 @@ class StateStore(ABC):
         chunk's next generation, which fences every earlier holder of that chunk."""
         with self._tx() as c:
             rows = c.execute("SELECT chunk, holder, expires_at, generation, low, high, after, "
-                             "since FROM backfill_chunks WHERE source=? AND tbl=? AND "
+                             "since, cuts FROM backfill_chunks WHERE source=? AND tbl=? AND "
                              f"status='pending' ORDER BY chunk{self._lock_rows}",
                              (source, table)).fetchall()
             now = self._now(c)
-            for chunk, held, expires, gen, low, top, after, since in rows:
+            for chunk, held, expires, gen, low, top, after, since, cuts in rows:
                 if held and held != holder and expires > now and holder_alive(held):
                     continue
                 c.execute("UPDATE backfill_chunks SET holder=?, expires_at=?, generation=? "
                           "WHERE source=? AND tbl=? AND chunk=?",
                           (holder, now + seconds, int(gen) + 1, source, table, chunk))
                 return ChunkLease(source, table, holder, int(gen) + 1, seconds, int(chunk),
-                                  _mark(low), Watermark.from_json(top), _mark(after), since)
+                                  _mark(low), Watermark.from_json(top), _mark(after), since,
+                                  int(cuts))
         return None
 
     def advance_chunk(self, lease: ChunkLease, after: Watermark, rows: int) -> None:
@@ -500,6 +551,100 @@ class StateStore(ABC):
                       "WHERE source=? AND tbl=? AND chunk=?",
                       (self._now(c), lease.source, lease.table, lease.chunk))
 
+    # --- work stealing (run/steal.py): a reader's key range cut, its far part a new range -
+    def load_bound(self, source: str, table: str
+                   ) -> tuple[Watermark | None, Watermark | None, int]:
+        """A one-piece first load's (last recorded key, bound, cuts): what its reader
+        pages to (None: the table's end), and the cut count its LoadLease is fenced by."""
+        rows = self._query("SELECT b.after, b.upto, coalesce(l.cuts, 0) FROM backfills b "
+                           "LEFT JOIN extract_leases l ON l.source=b.source AND l.tbl=b.tbl "
+                           "WHERE b.source=? AND b.tbl=?", (source, table))
+        if not rows:
+            return None, None, 0
+        after, upto, cuts = rows[0]
+        return _mark(after), _mark(upto), int(cuts)
+
+    def chunk_bound(self, lease: ChunkLease) -> ChunkLease:
+        """`lease` with its range's bound and cut count as they stand now (after a cut)."""
+        row = self._query("SELECT high, cuts, after FROM backfill_chunks WHERE source=? AND "
+                          "tbl=? AND chunk=?", (lease.source, lease.table, lease.chunk))[0]
+        return replace(lease, high=Watermark.from_json(row[0]), cuts=int(row[1]),
+                       after=_mark(row[2]))
+
+    def first_loads(self, source: str | None = None, table: str | None = None
+                    ) -> list[Reader]:
+        """The readers of first loads in progress that a stealer may cut: a one-piece
+        load's (its table's lease held, its re-read start recorded) and each held key
+        range's, held by a live holder now (by the lease clock). A read."""
+        now = self.now()
+        where, params = _filters(**{"b.source": source, "b.tbl": table})
+        one = self._query(
+            "SELECT b.source, b.tbl, b.after, b.upto, l.cuts, l.holder FROM backfills b "
+            "JOIN extract_leases l ON l.source=b.source AND l.tbl=b.tbl"
+            f"{where}{' AND' if where else ' WHERE'} b.since IS NOT NULL AND "
+            "l.holder IS NOT NULL AND l.expires_at > ?", (*params, now))
+        where, params = _filters(**{"k.source": source, "k.tbl": table})
+        ranges = self._query(
+            "SELECT k.source, k.tbl, k.chunk, k.low, k.after, k.high, k.cuts, k.holder FROM "
+            f"backfill_chunks k{where}{' AND' if where else ' WHERE'} k.status='pending' "
+            "AND k.holder IS NOT NULL AND k.expires_at > ?", (*params, now))
+        return [Reader(r[0], r[1], None, None, _mark(r[2]), _mark(r[3]), int(r[4]), r[5],
+                       r[2]) for r in one if holder_alive(r[5])] + [
+            Reader(r[0], r[1], int(r[2]), _mark(r[3]), _mark(r[4]), Watermark.from_json(r[5]),
+                   int(r[6]), r[7], r[4]) for r in ranges if holder_alive(r[7])]
+
+    def cut(self, reader: Reader, mid: Watermark, high: Watermark, holder: str,
+            seconds: float) -> ChunkLease | None:
+        """Cut `reader`'s bound to `mid` and lease the range (mid, high] to `holder` (a new
+        key range of the load, generation 1), in one transaction; None, and nothing
+        changes, when the reader's bound was cut since (`cuts`) or it recorded a page
+        since (`after`: its page in hand might already hold keys past `mid`).
+
+        The cut bumps the count on the reader's own lease row, the row its fence updates,
+        so the two serialise (PostgreSQL re-checks the fence's WHERE on the row it waited
+        for): a page the reader read against the old bound is refused (LoadCut) and it
+        reads on from its last recorded key. `high` is the reader's bound as `reader` saw
+        it, or for a reader bounded by the table's end, the last key read after the load
+        noted its end (keys past it were added since: the cursor pass reads them)."""
+        src, tbl = reader.source, reader.table
+        try:
+            with self._tx() as c:
+                if reader.chunk is None:
+                    bumped = c.execute(
+                        "UPDATE extract_leases SET cuts=cuts+1 WHERE source=? AND tbl=? AND "
+                        "holder=? AND cuts=? RETURNING cuts",
+                        (src, tbl, reader.holder, reader.cuts)).fetchone()
+                    row = c.execute("SELECT after, since FROM backfills WHERE source=? AND "
+                                    "tbl=?", (src, tbl)).fetchone()
+                    if bumped is None or row is None or row[1] is None or \
+                            row[0] != reader.at:
+                        raise _Moved
+                    c.execute("UPDATE backfills SET upto=? WHERE source=? AND tbl=?",
+                              (mid.to_json(), src, tbl))
+                    since = json.loads(row[1]).get("since")
+                    since = None if since is None else json.dumps(since)
+                else:
+                    row = c.execute(
+                        "UPDATE backfill_chunks SET cuts=cuts+1, high=? WHERE source=? AND "
+                        "tbl=? AND chunk=? AND status='pending' AND holder=? AND cuts=? "
+                        "RETURNING after, since", (mid.to_json(), src, tbl, reader.chunk,
+                                                   reader.holder, reader.cuts)).fetchone()
+                    if row is None or row[0] != reader.at:
+                        raise _Moved
+                    since = row[1]
+                chunk = int(c.execute("SELECT coalesce(max(chunk), -1) + 1 FROM "
+                                      "backfill_chunks WHERE source=? AND tbl=?",
+                                      (src, tbl)).fetchone()[0])
+                now = self._now(c)
+                c.execute("INSERT INTO backfill_chunks(source, tbl, chunk, low, high, status, "
+                          "holder, expires_at, generation, rows, since) VALUES "
+                          "(?,?,?,?,?,'pending',?,?,1,0,?)",
+                          (src, tbl, chunk, mid.to_json(), high.to_json(), holder,
+                           now + seconds, since))
+                return ChunkLease(src, tbl, holder, 1, seconds, chunk, mid, high, None, since)
+        except _Moved:
+            return None
+
     # --- extraction leases ------------------------------------------------------------
     def try_lease(self, source: str, table: str, holder: str, seconds: float) -> Lease | None:
         """Take the table's extraction lease if it is free, expired, or held by a dead
@@ -509,7 +654,8 @@ class StateStore(ABC):
         with self._light_tx() as c:
             # the row exists before it is locked, so two first acquisitions cannot both
             # insert generation 1: the second waits on the first's row lock
-            c.execute("INSERT INTO extract_leases VALUES (?,?,NULL,0,0) ON CONFLICT DO NOTHING",
+            c.execute("INSERT INTO extract_leases(source, tbl, holder, expires_at, generation) "
+                      "VALUES (?,?,NULL,0,0) ON CONFLICT DO NOTHING",
                       (source, table))
             row = c.execute("SELECT holder, expires_at, generation FROM extract_leases "
                             f"WHERE source=? AND tbl=?{self._lock_rows}",
@@ -581,9 +727,10 @@ class StateStore(ABC):
         return (rows[0][0], rows[0][1]) if rows else None
 
     def renew_lease(self, lease: Lease) -> None:
-        """Extend the lease; ExtractionFenced if it was taken over meanwhile."""
+        """Extend the lease; ExtractionFenced if it was taken over meanwhile (a cut of
+        its bound is not: the holder reads on, to the new bound)."""
         with self._light_tx() as c:
-            self._fence(c, lease)
+            self._fence(c, lease, cut=False)
 
     def release_lease(self, lease: Lease) -> None:
         """Free the lease at once (if still ours): the next extractor need not wait."""
@@ -603,7 +750,7 @@ class StateStore(ABC):
                 if held is None or held[0] is None:  # not taken over meanwhile
                     self._own(c, lease.source, lease.table, lease.holder, self._now(c))
 
-    def _fence(self, c: Tx, lease: Lease | None) -> None:
+    def _fence(self, c: Tx, lease: Lease | None, cut: bool = True) -> None:
         """Inside a state transaction: raise ExtractionFenced unless `lease` is still the
         current one of its table (or, for a ChunkLease, of its key range of the table's
         partitioned first load), else extend it (every durable step is also a renewal).
@@ -615,24 +762,32 @@ class StateStore(ABC):
         the state's clock, the renewal), paid twice per landed batch."""
         if lease is None:
             return
-        if c.execute(*self._fence_sql(lease)).fetchone() is None:
+        if c.execute(*self._fence_sql(lease, cut)).fetchone() is None:
             raise self._fenced_by(c, lease)
 
-    def _fence_sql(self, lease: Lease) -> tuple[str, tuple[Any, ...]]:
+    def _fence_sql(self, lease: Lease, cut: bool = True) -> tuple[str, tuple[Any, ...]]:
         """`_fence`'s check-and-renew: an UPDATE that returns a row only if `lease` is
-        still the current one."""
+        still the current one (with `cut`, for a reader of a first load's key range, and
+        its bound uncut since: LoadLease, ChunkLease)."""
         table, where, keys = _lease_row(lease)
         end, params = self._lease_end(lease.seconds)
+        bound = isinstance(lease, LoadLease | ChunkLease) and cut
         return (f"UPDATE {table} SET expires_at={end} WHERE {where} AND holder=? AND "
-                "generation=? RETURNING generation",
-                (*params, *keys, lease.holder, lease.generation))
+                f"generation=?{' AND cuts=?' if bound else ''} RETURNING generation",
+                (*params, *keys, lease.holder, lease.generation,
+                 *((lease.cuts,) if bound else ())))  # type: ignore[attr-defined]
 
     @staticmethod
     def _fenced_by(c: Tx, lease: Lease) -> ExtractionFenced:
-        """The error for a failed fence, naming who holds the lease now."""
+        """The error for a failed fence, naming who holds the lease now: LoadCut when it
+        is still this reader's and only its bound was cut."""
         table, where, keys = _lease_row(lease)
-        row = c.execute(f"SELECT holder, generation FROM {table} WHERE {where}", keys
+        row = c.execute(f"SELECT holder, generation, cuts FROM {table} WHERE {where}", keys
                         ).fetchone()
+        if row is not None and (row[0], int(row[1])) == (lease.holder, lease.generation):
+            return LoadCut(f"a stealer cut this reader's key range (cut {row[2]}, it read "
+                           f"to cut {getattr(lease, 'cuts', 0)})", stage="extract",
+                           source=lease.source, table=lease.table)
         return _fenced(lease, *((row[0], row[1]) if row is not None else (None, 0)))
 
     def _fenced_write(self, lease: Lease | None, sql: str, params: tuple[Any, ...],
@@ -1182,6 +1337,10 @@ def _text(value: int | None) -> str | None:
 
 def _mark(text: str | None) -> Watermark | None:
     return Watermark.from_json(text) if text else None
+
+
+class _Moved(Exception):
+    """Inside StateStore.cut: the reader moved since the stealer looked (rolls back)."""
 
 
 def _filters(**equal: str | None) -> tuple[str, tuple[str, ...]]:
