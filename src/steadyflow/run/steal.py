@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from steadyflow.extract.sql import SqlSource
@@ -74,15 +75,18 @@ def enabled(pipeline: Pipeline) -> bool:
         s.resilience.max_concurrent_queries > 1 for s in pipeline.config.sources)
 
 
-def steal_until_done(pipeline: Pipeline, put_timeout: float | None
+def steal_until_done(pipeline: Pipeline, put_timeout: float | None,
+                     starting: Callable[[], bool] = lambda: False
                      ) -> list[tuple[Any, ExtractResult | BaseException]]:
     """An extraction slot's work once no table is left to start: steal ranges until no
-    reader is worth a cut. Returns each stolen table's result, as extract_table does."""
+    reader is worth a cut. `starting`: this process's own tables are still being read
+    (one may be about to list its reader). Returns each stolen table's result, as
+    extract_table does."""
     results: list[tuple[Any, ExtractResult | BaseException]] = []
     waited_since: float | None = None
     while not pipeline._stopping():
         try:
-            outcome = steal_once(pipeline, put_timeout)
+            outcome = steal_once(pipeline, put_timeout, starting)
         except Exception as exc:  # noqa: BLE001 - a range left unread is its load's to read
             # (released, or its lease expires: the load ends only once every range is read)
             log.warning("stealing stopped: %s", exc, extra={"stage": "extract"})
@@ -100,17 +104,18 @@ def steal_until_done(pipeline: Pipeline, put_timeout: float | None
     return results
 
 
-def steal_once(pipeline: Pipeline, put_timeout: float | None) -> Any:
+def steal_once(pipeline: Pipeline, put_timeout: float | None,
+               starting: Callable[[], bool] = lambda: False) -> Any:
     """One steal: (ref, result) of the range read; "wait" when no first load is listed
-    yet while one may start (a table's lease held with no checkpoint); None when nothing
-    is left to steal."""
+    yet while one may start (`starting`, or a table's lease held with no checkpoint);
+    None when nothing is left to steal."""
     jobs = {(ref.source, ref.table): (s, t, ref) for s, t, ref in pipeline.config.tables()}
     me = new_holder().rsplit(":", 1)[0] + ":"
     readers = [r for r in pipeline.state.first_loads() if (r.source, r.table) in jobs
                and (not r.holder.startswith(me) or
                     jobs[(r.source, r.table)][0].resilience.max_concurrent_queries > 1)]
     if not readers:
-        return "wait" if _starting(pipeline, jobs) else None
+        return "wait" if starting() or _starting(pipeline, jobs) else None
     random.shuffle(readers)
     readers.sort(key=lambda r: r.cuts)  # an uncut reader has the most left, likely
     for reader in readers:
