@@ -141,8 +141,12 @@ def test_ranges_of_one_table_are_read_on_several_threads(
         summary = pipeline.run_once()
         assert summary.ok, summary.errors
         chunks = pipeline.state.backfill_chunks("s", "sales")
-        assert [(c.status, c.rows) for c in chunks] == [("done", 1000)] * 5
-        assert len({c.holder for c in chunks}) == 2  # each thread has a holder of its own
+        # the five planned ranges, and the far parts idle slots cut off them (run/steal.py)
+        assert [c.low.key if c.low else None for c in chunks[:5]] == [
+            None, (2000,), (4000,), (6000,), (8000,)]
+        assert all(c.status == "done" for c in chunks)
+        assert sum(c.rows for c in chunks) == ROWS  # each row read once
+        assert len({c.holder for c in chunks}) >= 2  # each thread has a holder of its own
         assert_warehouse_equals_sources(pipeline, ROWS)
 
 

@@ -232,6 +232,40 @@ def test_without_changes_every_row_is_read_once(tmp_path: Path, pg_dsn: str,
     _assert_exact(tmp_path, pg_dsn, "int", schema)
 
 
+@pytest.mark.parametrize("chunk_rows", ["0", "1000"])
+def test_a_cut_right_after_the_load_is_noted_leaves_the_readers_part_to_it(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, chunk_rows: str) -> None:
+    """A stealer cuts the one-piece load the moment it is noted (before its reader's
+    first page, and before a reader that may split it looked for ranges): its ranges are
+    no plan, the reader's part up to the cut is still read. Split up front (1000 rows a
+    range) the load is never cut as one piece, only its ranges."""
+    monkeypatch.setenv("STEADYFLOW_BACKFILL_CHUNK_ROWS", chunk_rows)
+    _create(pg_dsn, "int", 3_000)
+    with open_pipeline(tmp_path, [_source(pg_dsn, 100)], contracts={
+            "items": _contract("int")}, run={"max_parallel_sources": 3}) as pipeline:
+        state = pipeline.state
+        noted = state.start_backfill
+
+        def then_cut(*args: Any, **kwargs: Any) -> None:
+            noted(*args, **kwargs)
+            deadline = time.monotonic() + 10
+            while not state.backfill_chunks("s", "items"):
+                assert time.monotonic() < deadline, "no stealer cut the load"
+                time.sleep(0.02)
+
+        state.start_backfill = then_cut  # type: ignore[method-assign]
+        summary = pipeline.run_once()
+        assert summary.ok, summary.errors
+        assert summary.extracted_rows == 3_000
+        ranges = state.backfill_chunks("s", "items")
+        assert ranges and all(c.status == "done" for c in ranges)
+        if chunk_rows != "0":
+            assert [c.low for c in ranges[:3]] == [None, Watermark(999, ()),
+                                                   Watermark(1999, ())]
+        schema = pipeline.config.warehouse.schema_
+    _assert_exact(tmp_path, pg_dsn, "int", schema)
+
+
 def _workers(cfg: Path, directory: Path, env: dict[str, str], n: int,
              names: list[str]) -> list[subprocess.Popen[bytes]]:
     procs = []

@@ -923,15 +923,15 @@ class TableExtractor:
         if not dry_run and self._noted is None:  # _settle noted a new load's end
             # the noted end (perhaps an earlier process's) predates this poll
             self._note(observed, high)
+        # split or not is decided before the load is noted as one piece: from then on a
+        # stealer may cut it (run/steal.py), and its ranges are no plan
+        if not dry_run and after is None and self._partition(db, high):
+            return self._end_partitioned(bound)
         if started is None and not dry_run:
-            # with the pages' re-read start, which a stealer's range carries (run/steal.py)
+            # with the pages' re-read start, which a stealer's range carries
             since = {k: v for k, v in self._since_meta().items() if k == "since"}
             self.state.start_backfill(src, tbl, self._named(high), lease=self.lease,
                                       since=json.dumps(since))
-        cut = not dry_run and started is not None and \
-            self.state.load_bound(src, tbl)[1] is not None
-        if not dry_run and after is None and not cut and self._partition(db, high):
-            return self._end_partitioned(bound)
         log.info("initial load in primary-key order%s", " (resumed)" if after else "",
                  extra=self._extra())
         done = self._one_piece(db, after, dry_run, ahead)
@@ -1039,7 +1039,7 @@ class TableExtractor:
 
         src, tbl = self.ref.source, self.ref.table
         if self.state.backfill_chunks(src, tbl):
-            return True
+            return self._planned()
         rows = chunked.chunk_rows(self)
         if rows <= 0:
             return False
@@ -1055,7 +1055,13 @@ class TableExtractor:
                                     lease=self.lease):
             log.info("initial load split into %d key ranges of about %d rows", len(bounds),
                      rows, extra=self._extra())
-        return bool(self.state.backfill_chunks(src, tbl))
+            return True
+        return bool(self.state.backfill_chunks(src, tbl)) and self._planned()
+
+    def _planned(self) -> bool:
+        """Are the load's key ranges a plan (split up front), not the far parts stealers
+        cut off its one-piece reader (whose part, up to its bound, is still to read)?"""
+        return self.state.load_bound(self.ref.source, self.ref.table)[1] is None
 
     def _end_partitioned(self, bound: datetime | int | None) -> bool:
         """A split load ends once every range is read (state: finish_backfill checks it
