@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -1091,38 +1091,45 @@ class TableExtractor:
         position. True if the end was reached."""
         result = self.result
         pending: Future[_Page] | None = None
-        while not self.should_stop():
-            if pending is not None:
-                page, pending = pending.result(), None
-            else:
-                page = self._read_page(db, contract, after, since, dry_run, upto)
-            if page.high is None and not page.more:
-                return True
-            if page.more:
-                before = self.sizer.current
-                size = self.sizer.on_page(page.seconds)
-                if size != before:
-                    self._page_size_changed(before, size, f"page took {page.seconds:.2f}s")
-                if ahead is not None:
-                    pending = ahead.submit(self._read_page, db, contract, page.high, None,
-                                           dry_run, upto)
-            if page.rows.num_rows and page.high is not None:
-                if dry_run:
-                    log.info("would land %d rows up to %s", page.rows.num_rows,
-                             page.high.to_json(), extra=self._extra(rows=page.rows.num_rows))
+        try:
+            while not self.should_stop():
+                if pending is not None:
+                    page, pending = pending.result(), None
                 else:
-                    self.publish(page.rows, self._low(page.rows, after, since), page.high,
-                                 {**page.meta, **(meta or {})}, advance, seq=page.seq)
-                result.batches += 1
-                result.rows += page.rows.num_rows
-                self.metrics.rows(self.ref.source, self.ref.table, "extract",
-                                  page.rows.num_rows, page.rows.nbytes)
-            self.metrics.batch_duration(self.ref.source, self.ref.table, "extract",
-                                        page.seconds)
-            if not page.more:
-                return True
-            after, since = page.high, None
-        return False
+                    page = self._read_page(db, contract, after, since, dry_run, upto)
+                if page.high is None and not page.more:
+                    return True
+                if page.more:
+                    before = self.sizer.current
+                    size = self.sizer.on_page(page.seconds)
+                    if size != before:
+                        self._page_size_changed(before, size, f"page took {page.seconds:.2f}s")
+                    if ahead is not None:
+                        pending = ahead.submit(self._read_page, db, contract, page.high, None,
+                                               dry_run, upto)
+                if page.rows.num_rows and page.high is not None:
+                    if dry_run:
+                        log.info("would land %d rows up to %s", page.rows.num_rows,
+                                 page.high.to_json(), extra=self._extra(rows=page.rows.num_rows))
+                    else:
+                        self.publish(page.rows, self._low(page.rows, after, since), page.high,
+                                     {**page.meta, **(meta or {})}, advance, seq=page.seq)
+                    result.batches += 1
+                    result.rows += page.rows.num_rows
+                    self.metrics.rows(self.ref.source, self.ref.table, "extract",
+                                      page.rows.num_rows, page.rows.nbytes)
+                self.metrics.batch_duration(self.ref.source, self.ref.table, "extract",
+                                            page.seconds)
+                if not page.more:
+                    return True
+                after, since = page.high, None
+            return False
+        except BaseException:
+            # a page read ahead is still reading on `db`: its caller may read again at
+            # once (a cut reader: LoadCut), and a connection serves one query at a time
+            if pending is not None:
+                wait([pending])
+            raise
 
     def schema_drift(self, extra: list[str], db: Source | None = None) -> None:
         """Source columns the contract does not name: the table's `schema_drift` policy."""

@@ -62,9 +62,11 @@ MIN_PAGES = 4
 # the most keys a stealer counts (one index-only scan in the source): past it, the reader
 # keeps COUNT_CAP / 2 and the stealer takes the rest, cut again by the next idle slot
 COUNT_CAP = 200_000
+# cuts tried on one look at a reader that keeps recording pages meanwhile
+CUT_TRIES = 3
 # how long an idle slot waits for a first load to become stealable (a table whose lease
 # was just taken notes its end before its reader is listed), and how often it looks
-PATIENCE = 1.0
+PATIENCE = 3.0
 LOOK_EVERY = 0.1
 
 
@@ -115,7 +117,10 @@ def steal_once(pipeline: Pipeline, put_timeout: float | None,
                and (not r.holder.startswith(me) or
                     jobs[(r.source, r.table)][0].resilience.max_concurrent_queries > 1)]
     if not readers:
-        return "wait" if starting() or _starting(pipeline, jobs) else None
+        if starting() or _starting(pipeline, jobs):
+            return "wait"
+        log.debug("nothing to steal: no first load being read", extra={"stage": "extract"})
+        return None
     random.shuffle(readers)
     readers.sort(key=lambda r: r.cuts)  # an uncut reader has the most left, likely
     for reader in readers:
@@ -123,6 +128,9 @@ def steal_once(pipeline: Pipeline, put_timeout: float | None,
         got = _steal_from(pipeline, job, reader, put_timeout)
         if got is not None:
             return got
+    log.info("nothing to steal: %d reader(s) of first loads, none cut (fewer than %d "
+             "pages left, or it moved on)", len(readers), MIN_PAGES,
+             extra={"stage": "extract"})
     return None
 
 
@@ -188,5 +196,21 @@ def steal(extractor: TableExtractor, db: SqlSource, reader: Reader) -> ChunkLeas
     mid = chunked._position(db, table, keys, hit[0])
     if mid == high:
         return None
-    return extractor.state.cut(reader, mid, high, new_holder(), lease_seconds())
+    holder = new_holder()
+    for _ in range(CUT_TRIES):
+        lease = extractor.state.cut(reader, mid, high, holder, lease_seconds())
+        if lease is not None:
+            return lease
+        # the reader recorded a page meanwhile (every page, on a busy host, may come
+        # sooner than this count): cut still, while its new position is before `mid`
+        now = [r for r in extractor.state.first_loads(reader.source, reader.table)
+               if (r.chunk, r.holder, r.cuts) == (reader.chunk, reader.holder, reader.cuts)]
+        if not now:
+            return None  # cut by another, ended, or taken over
+        reader = now[0]
+        query, params = db.page_query(table, keys, reader.after or reader.low, None, 1,
+                                      upto=mid)
+        if not db._execute(table, query, params):
+            return None  # it has passed `mid`
+    return None
 
