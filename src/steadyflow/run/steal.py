@@ -151,19 +151,32 @@ def _steal_from(pipeline: Pipeline, job: tuple[Any, Any, Any], reader: Reader,
         pipeline.state, pipeline.guards[s.name], pipeline.metrics,
         should_stop=pipeline._stopping,
         memory=pipeline._memory.setdefault(ref.label, TableMemory()), put_timeout=put_timeout)
-    db = open_source(s)
+    # the table's kept connection when this process has one, and kept after (its end
+    # offered below, and its polls, use it): a store dialled per look cost 30 more
+    # connections per 4-worker bench run (bench/NOTES.md, session 15)
+    db = pipeline._open_sources.pop(ref.label, None) or open_source(s)
+    keep = False
     try:
         assert isinstance(db, SqlSource)  # a first load in key order is a SQL table's
         lease = extractor.guard.call(lambda: steal(extractor, db, reader),
                                      stop=extractor.should_stop)
+        keep = not pipeline._stopping()
         if lease is None:
             return None
+        keep = False
         log.info("took key range %d of the first load (the far part of %s)", lease.chunk,
                  "its one-piece read" if reader.chunk is None else f"range {reader.chunk}",
                  extra=extractor._extra(chunk=lease.chunk))
         chunked._read_one(extractor, db, lease)
+        keep = not pipeline._stopping()
     finally:
-        db.close()
+        # not while this process's own reader of the table runs: it keeps its own at its
+        # end, over this one
+        if keep and ref.label not in pipeline._open_sources and \
+                not reader.holder.startswith(new_holder().rsplit(":", 1)[0] + ":"):
+            pipeline._open_sources[ref.label] = db
+        else:
+            db.close()
     result = extractor.result
     if pipeline.shared:  # the reader that ends last ends the load: offer (the lease is
         _, ended = pipeline.extract_table(job, put_timeout=put_timeout)  # not waited for)
