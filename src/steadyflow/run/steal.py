@@ -158,8 +158,11 @@ def _steal_from(pipeline: Pipeline, job: tuple[Any, Any, Any], reader: Reader,
     keep = False
     try:
         assert isinstance(db, SqlSource)  # a first load in key order is a SQL table's
-        lease = extractor.guard.call(lambda: steal(extractor, db, reader),
-                                     stop=extractor.should_stop)
+        # the source's cap on queries, but neither its retries nor its breaker: a store
+        # this host cannot reach (another worker's reader reaches it) is not worth a
+        # wait, and is no failure of the table's (status would show its source down)
+        with extractor.guard.slots:
+            lease = steal(extractor, db, reader)
         keep = not pipeline._stopping()
         if lease is None:
             return None
