@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from tests.faults.test_network import FAST, mysql_connect, open_pipeline
 from tests.support.gen import Col, Table
@@ -68,6 +69,17 @@ def _at_page(pipeline: Pipeline, nth: int, action: Callable[[], None]) -> list[i
     return calls
 
 
+def _steal_here(pipeline: Pipeline) -> Callable[[], None]:
+    """A whole steal (run/steal.py steal_once): cut the reader and read the far part."""
+    stolen: list[Any] = []
+
+    def act() -> None:
+        stolen.append(steal.steal_once(pipeline, None))
+        assert stolen[-1] not in (None, "wait"), "nothing was stolen"
+
+    return act
+
+
 def _oracle(cols: list[Col]) -> Table:
     return Table("items", [Col("n", "int64"), *cols, Col("updated_at", "ts")], ["n"],
                  "updated_at")
@@ -78,6 +90,33 @@ def _assert_exact(tmp_path: Path, kind: str, dsn: str, schema: str, table: Table
     actual = read_warehouse("duckdb", str(tmp_path / "warehouse.duckdb"), schema, table)
     assert len(expected) >= ROWS - 10
     assert actual == expected, diff(expected, actual)
+
+
+def test_a_stolen_range_carries_the_columns_schema_drift_added(
+        tmp_path: Path, pg_dsn: str) -> None:
+    """`schema_drift: add`: the table's reader extracts a source column the contract does
+    not name. The stealer's extractor was built from the configured contract alone, so the
+    stolen range's rows landed without the column: loaded before the reader's pages added
+    it, the warehouse held NULL there for the stolen half of the table, every command ok
+    (measured with the slots stealing on their own; the cursor pass never re-reads an
+    unchanged row); loaded after (this test's order), every stolen batch was refused."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (n bigint PRIMARY KEY, val text, extra text, "
+                     "updated_at timestamptz NOT NULL)")
+        conn.execute("CREATE INDEX items_cursor ON items (updated_at, n)")
+        conn.execute("INSERT INTO items SELECT g, 'v' || g, 'x' || g, timestamptz "
+                     "'2026-01-01 00:00:00+00' + g * interval '1 second' "
+                     f"FROM generate_series(1, {ROWS}) g")
+    with _pipeline(tmp_path, _source("postgres", pg_dsn, schema_drift="add")) as pipeline:
+        calls = _at_page(pipeline, 3, _steal_here(pipeline))
+        summary = pipeline.run_once()
+        assert summary.ok, summary.errors
+        assert calls[0] >= 3
+        stolen = pipeline.state.backfill_chunks("s", "items")
+        assert stolen and all(c.status == "done" for c in stolen), stolen
+        schema = pipeline.config.warehouse.schema_
+    _assert_exact(tmp_path, "postgres", pg_dsn, schema,
+                  _oracle([Col("val", "text"), Col("extra", "text")]))
 
 
 @pytest.fixture

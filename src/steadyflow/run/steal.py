@@ -162,6 +162,13 @@ def _steal_from(pipeline: Pipeline, job: tuple[Any, Any, Any], reader: Reader,
         # this host cannot reach (another worker's reader reaches it) is not worth a
         # wait, and is no failure of the table's (status would show its source down)
         with extractor.guard.slots:
+            extra = db.probe(ref.table, extractor.contract)
+        # the columns the table's reader extracts: with `schema_drift: add`, the configured
+        # contract's and the source's own (its run probed them as this does); without,
+        # the stolen rows landed with no value for them (NULL in the warehouse, or a load
+        # refusing them once the column was added), every command ok
+        extractor.schema_drift(extra or [], db)
+        with extractor.guard.slots:
             lease = steal(extractor, db, reader)
         keep = not pipeline._stopping()
         if lease is None:
