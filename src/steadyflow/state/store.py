@@ -615,7 +615,7 @@ class StateStore(ABC):
                         "holder=? AND cuts=? RETURNING cuts",
                         (src, tbl, reader.holder, reader.cuts)).fetchone()
                     row = c.execute("SELECT after, since FROM backfills WHERE source=? AND "
-                                    "tbl=?", (src, tbl)).fetchone()
+                                    f"tbl=?{self._lock_rows}", (src, tbl)).fetchone()
                     if bumped is None or row is None or row[1] is None or \
                             row[0] != reader.at:
                         raise _Moved
@@ -632,6 +632,13 @@ class StateStore(ABC):
                     if row is None or row[0] != reader.at:
                         raise _Moved
                     since = row[1]
+                    # cuts of one load take their range's number one at a time: two cuts of
+                    # two ranges (each locking only its own) both read the same max(chunk)
+                    # and the later INSERT failed (PostgreSQL: a unique violation out of
+                    # `cut`, which ended its stealer's slot). After the reader's row, as
+                    # the readers' own writes lock them (no lock-order inversion)
+                    c.execute(f"SELECT 1 FROM backfills WHERE source=? AND tbl=?"
+                              f"{self._lock_rows}", (src, tbl)).fetchone()
                 chunk = int(c.execute("SELECT coalesce(max(chunk), -1) + 1 FROM "
                                       "backfill_chunks WHERE source=? AND tbl=?",
                                       (src, tbl)).fetchone()[0])
