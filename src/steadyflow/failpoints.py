@@ -22,6 +22,7 @@ POINTS = (
     "land.after_rename",  # file visible, manifest entry not yet written
     "extract.after_land",  # landed + manifest, not yet enqueued
     "extract.after_enqueue",  # enqueued, checkpoint not yet moved
+    "extract.cut",  # a first load's reader learned a stealer cut its bound (LoadCut)
     "transform.mid",  # validation half done
     "load.after_merge",  # a group's merges + ledger rows executed, not committed
     "load.after_commit",  # a group committed, none of its batches acked

@@ -11,22 +11,28 @@ Oracle: both ends read through the drivers (tests/support/oracle.py), key by key
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from tests.conftest import write_pipeline
+from tests.faults.test_backfill_chunks import stopped
 from tests.faults.test_network import FAST, mysql_connect, open_pipeline
+from tests.faults.test_steal import _stop, _workers, stream  # noqa: F401
 from tests.support.gen import Col, Table
 from tests.support.oracle import diff, read_source, read_warehouse
 
+from steadyflow.config import load_config
 from steadyflow.extract.sql import SqlSource
 from steadyflow.run import steal
 from steadyflow.run.pipeline import Pipeline
 
-pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(240)]
 
 CONTRACT: dict[str, Any] = {
     "primary_key": ["n"], "cursor": "updated_at",
@@ -80,7 +86,8 @@ def _steal_here(pipeline: Pipeline) -> Callable[[], None]:
     return act
 
 
-def _oracle(cols: list[Col]) -> Table:
+def _oracle(cols: list[Col] | None = None) -> Table:
+    cols = [Col("val", "text")] if cols is None else cols
     return Table("items", [Col("n", "int64"), *cols, Col("updated_at", "ts")], ["n"],
                  "updated_at")
 
@@ -185,3 +192,184 @@ def test_a_cut_reader_reads_on_only_after_its_page_read_ahead_ended(
         schema = pipeline.config.warehouse.schema_
     assert slow_read_ahead == [], "two queries at once on one connection"
     _assert_exact(tmp_path, "mysql", mysql_dsn, schema, _oracle([Col("val", "text")]))
+
+
+
+def test_a_reader_that_records_a_page_while_it_is_counted_is_still_cut(
+        tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stealer counts the keys the reader has left, picks the cut key, then cuts only
+    if the reader recorded nothing since it looked (its page in hand is fenced anyway).
+    A reader recording a page every few tens of milliseconds always recorded one in
+    between (listing, connect, count, offset: every steal among workers lost, 12,000
+    rows in 50-row pages), and one lost race ended its slot's stealing for the run.
+    Here the stealer's cut waits until the reader recorded its next page (pages
+    0.2 s apart): the stealer must look again and cut the reader still short of the cut
+    key. Nothing may be lost or read twice."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (n bigint PRIMARY KEY, val text, "
+                     "updated_at timestamptz NOT NULL)")
+        conn.execute("CREATE INDEX items_cursor ON items (updated_at, n)")
+        conn.execute("INSERT INTO items SELECT g, 'v' || g, timestamptz '2026-01-01 "
+                     "00:00:00+00' + g * interval '1 second' "
+                     f"FROM generate_series(1, {ROWS}) g")
+    monkeypatch.setenv("STEADYFLOW_FAILPOINT", "extract.after_enqueue:1:sleep0.2")
+    with _pipeline(tmp_path, _source("postgres", pg_dsn)) as pipeline:
+        state = pipeline.state
+        original = state.cut
+        stealer: list[threading.Thread] = []
+        stolen: list[Any] = []
+
+        def late_cut(reader: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() in stealer and len(stolen) == 0:
+                stolen.append("moved")
+                deadline = time.monotonic() + 10
+                while state.load_bound("s", "items")[0] == reader.after:
+                    assert time.monotonic() < deadline, "the reader recorded nothing"
+                    time.sleep(0.01)
+            return original(reader, *args, **kwargs)
+
+        state.cut = late_cut  # type: ignore[method-assign]
+
+        def steal_aside() -> None:
+            thread = threading.Thread(
+                target=lambda: stolen.append(steal.steal_once(pipeline, None)))
+            stealer.append(thread)
+            thread.start()
+
+        _at_page(pipeline, 2, steal_aside)
+        summary = pipeline.run_once()
+        stealer[0].join(30)
+        assert summary.ok, summary.errors
+        assert stolen[0] == "moved" and stolen[-1] not in (None, "wait"), stolen
+        ranges = state.backfill_chunks("s", "items")
+        assert ranges and all(c.status == "done" for c in ranges), ranges
+        # every row once: the reader's rows and the stolen range's tile the table
+        assert summary.extracted_rows + stolen[-1][1].rows == ROWS
+        schema = pipeline.config.warehouse.schema_
+    _assert_exact(tmp_path, "postgres", pg_dsn, schema, _oracle())
+
+
+# --- between `steadyflow worker` processes (PostgreSQL state, JetStream buffer) ---------
+
+WORKER_ROWS = 12_000
+LEASE = 4.0
+
+
+def _changing(dsn: str, done: threading.Event) -> threading.Thread:
+    """Updates in every part of the key space and inserts past the table's end, every
+    50 ms until `done`: rows change on both sides of every cut while the load runs."""
+    def change() -> None:
+        step = 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not done.wait(0.05):
+                step += 1
+                conn.execute("UPDATE items SET val = val || '+', updated_at = now() "
+                             "WHERE n IN (%s, %s, %s)",
+                             [(step * 37) % WORKER_ROWS, (step * 911) % WORKER_ROWS,
+                              WORKER_ROWS - 1 - step % 50])
+                conn.execute("INSERT INTO items (n, val, updated_at) VALUES (%s, 'new', "
+                             "now())", [WORKER_ROWS + step])
+
+    thread = threading.Thread(target=change, daemon=True)
+    thread.start()
+    return thread
+
+
+def _reading(dsn: str, seconds: float = 60) -> None:
+    """Wait until the one-piece reader has recorded a page (read through psycopg)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with psycopg.connect(dsn) as conn:
+            try:
+                if conn.execute("SELECT 1 FROM st.backfills WHERE after IS NOT NULL"
+                                ).fetchone():
+                    return
+            except psycopg.errors.UndefinedTable:
+                pass
+        time.sleep(0.1)
+    raise AssertionError("the first load did not start")
+
+
+def _converged(dsn: str, cfg: Path, seconds: float = 90) -> None:
+    """The load ended (checkpoint set, every range read) and the warehouse caught up
+    with the source, read through psycopg key by key (the followers poll on)."""
+    table = _oracle()
+    deadline = time.monotonic() + seconds
+    last = ""
+    while time.monotonic() < deadline:
+        with Pipeline(load_config(cfg)) as pipeline:
+            ended = pipeline.state.checkpoint("s", "items") is not None
+            ranges = pipeline.state.backfill_chunks("s", "items")
+        expected = read_source("postgres", dsn, table)
+        actual = read_warehouse("postgres", dsn, "wh", table)
+        if ended and actual == expected:
+            assert ranges and all(c.status == "done" for c in ranges), ranges
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("SELECT count(*) - count(DISTINCT n) FROM wh.items"
+                                    ).fetchone() == (0,)
+            return
+        last = f"ended={ended} {diff(expected, actual)}"
+        time.sleep(1)
+    raise AssertionError(f"not converged: {last}")
+
+
+@pytest.mark.exhaustive  # ~80 s each: 12,000 rows in 50-row pages among 3 workers
+@pytest.mark.parametrize("scenario", ["holder-killed", "holder-stopped", "thief-killed"])
+def test_workers_converge_whoever_dies_or_stalls_at_a_cut(
+        tmp_path: Path, pg_dsn: str, stream: str, scenario: str) -> None:  # noqa: F811
+    """Three workers, one table in one piece read by the first, rows changing meanwhile:
+    - holder-killed: the reader SIGKILLed as it learns its bound was cut (failpoint
+      extract.cut), its part between its last page and the cut key unread;
+    - holder-stopped: the reader SIGSTOPped there and kept stopped past its lease (a
+      third worker takes the table over), then SIGCONT: fenced, it lands nothing more;
+    - thief-killed: the stealer SIGKILLed at its first page, its cut committed and its
+      range (leased to the dead) unread.
+    Every case must end the load (checkpoint set, every range done) and the warehouse
+    must equal the source, with no key twice."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (n bigint PRIMARY KEY, val text, "
+                     "updated_at timestamptz NOT NULL)")
+        conn.execute("CREATE INDEX items_cursor ON items (updated_at, n)")
+        conn.execute("INSERT INTO items SELECT g, 'v' || g, timestamptz '2026-01-01 "
+                     "00:00:00+00' + g * interval '1 second' FROM generate_series(0, "
+                     f"{WORKER_ROWS - 1}) g")
+    cfg = write_pipeline(tmp_path, [{**_source("postgres", pg_dsn), "resilience": FAST}],
+                         contracts={"items": CONTRACT},
+                         warehouse={"kind": "postgres", "dsn": pg_dsn, "schema": "wh"},
+                         state={"kind": "postgres", "dsn": pg_dsn, "schema": "st"},
+                         buffer={"kind": "jetstream", "stream": stream, "lease": "5s"},
+                         run={"interval": 0.5})
+    base = {"STEADYFLOW_BACKFILL_CHUNK_ROWS": "0", "STEADYFLOW_EXTRACT_LEASE": str(LEASE),
+            "STEADYFLOW_FAILPOINT": ""}
+    holder_fp = {"holder-killed": "extract.cut:1", "holder-stopped": "extract.cut:1:SIGSTOP"
+                 }.get(scenario, "")
+    thief_fp = "extract.before_land:1" if scenario == "thief-killed" else ""
+    done = threading.Event()
+    procs = _workers(cfg, tmp_path, {**base, "STEADYFLOW_FAILPOINT": holder_fp}, 1,
+                     ["holder"])
+    changer = _changing(pg_dsn, done)
+    try:
+        _reading(pg_dsn)
+        procs += _workers(cfg, tmp_path, {**base, "STEADYFLOW_FAILPOINT": thief_fp}, 1,
+                          ["thief"])
+        holder, thief = procs
+        if scenario == "holder-killed":
+            assert holder.wait(60) == -signal.SIGKILL
+        elif scenario == "thief-killed":
+            assert thief.wait(60) == -signal.SIGKILL
+        else:
+            deadline = time.monotonic() + 60
+            while not stopped(holder.pid):
+                assert holder.poll() is None and time.monotonic() < deadline, "not cut"
+                time.sleep(0.05)
+        procs += _workers(cfg, tmp_path, base, 1, ["third"])
+        if scenario == "holder-stopped":
+            time.sleep(LEASE + 4)  # past its lease: the table is taken over
+            holder.send_signal(signal.SIGCONT)
+        time.sleep(2)
+        done.set()
+        changer.join()
+        _converged(pg_dsn, cfg)
+    finally:
+        done.set()
+        _stop(procs)

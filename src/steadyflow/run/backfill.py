@@ -29,6 +29,7 @@ import pyarrow as pa
 from steadyflow.errors import ExtractionFenced, LoadCut
 from steadyflow.extract.dialects import OutOfRange
 from steadyflow.extract.sql import SqlSource
+from steadyflow.failpoints import failpoint
 from steadyflow.model import BatchRef, Contract, Watermark
 from steadyflow.observe import logs
 from steadyflow.run.extract import TableExtractor, open_source
@@ -230,6 +231,7 @@ def _read_one(extractor: TableExtractor, db: SqlSource, lease: ChunkLease) -> No
                     e.state.finish_chunk(bound)
                 break
             except LoadCut:
+                failpoint("extract.cut")
                 finished = False
                 lease = reader.lease = e.state.chunk_bound(lease)
                 log.info("key range %d cut by another reader: reading on up to %s",

@@ -974,6 +974,7 @@ class TableExtractor:
                         advance(upto)
                     return done
                 except LoadCut:
+                    failpoint("extract.cut")
                     after = self.state.load_bound(src, tbl)[0]
                     log.info("initial load's far part taken by another reader: reading on "
                              "after %s", after.to_json() if after else "the start",
