@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -275,17 +277,23 @@ def _changing(dsn: str, done: threading.Event) -> threading.Thread:
     return thread
 
 
-def _reading(dsn: str, seconds: float = 60) -> None:
-    """Wait until the one-piece reader has recorded a page (read through psycopg)."""
+def _reading(dsn: str, state: Path | None, seconds: float = 60) -> None:
+    """Wait until the one-piece reader has recorded a page (read through psycopg, or
+    sqlite3 for the SQLite state file `state`)."""
+    query = "SELECT 1 FROM {}backfills WHERE after IS NOT NULL"
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        with psycopg.connect(dsn) as conn:
-            try:
-                if conn.execute("SELECT 1 FROM st.backfills WHERE after IS NOT NULL"
-                                ).fetchone():
-                    return
-            except psycopg.errors.UndefinedTable:
-                pass
+        try:
+            if state is None:
+                with psycopg.connect(dsn) as conn:
+                    if conn.execute(query.format("st.")).fetchone():
+                        return
+            elif state.exists():
+                with closing(sqlite3.connect(state)) as db:
+                    if db.execute(query.format("")).fetchone():
+                        return
+        except (psycopg.errors.UndefinedTable, sqlite3.OperationalError):
+            pass
         time.sleep(0.1)
     raise AssertionError("the first load did not start")
 
@@ -314,9 +322,12 @@ def _converged(dsn: str, cfg: Path, seconds: float = 90) -> None:
 
 
 @pytest.mark.exhaustive  # ~80 s each: 12,000 rows in 50-row pages among 3 workers
-@pytest.mark.parametrize("scenario", ["holder-killed", "holder-stopped", "thief-killed"])
+@pytest.mark.parametrize(("scenario", "state"), [
+    ("holder-killed", "postgres"), ("holder-stopped", "postgres"),
+    ("thief-killed", "postgres"), ("holder-killed", "sqlite"), ("thief-killed", "sqlite")])
 def test_workers_converge_whoever_dies_or_stalls_at_a_cut(
-        tmp_path: Path, pg_dsn: str, stream: str, scenario: str) -> None:  # noqa: F811
+        tmp_path: Path, pg_dsn: str, stream: str, scenario: str,  # noqa: F811
+        state: str) -> None:
     """Three workers, one table in one piece read by the first, rows changing meanwhile:
     - holder-killed: the reader SIGKILLed as it learns its bound was cut (failpoint
       extract.cut), its part between its last page and the cut key unread;
@@ -325,7 +336,9 @@ def test_workers_converge_whoever_dies_or_stalls_at_a_cut(
     - thief-killed: the stealer SIGKILLed at its first page, its cut committed and its
       range (leased to the dead) unread.
     Every case must end the load (checkpoint set, every range done) and the warehouse
-    must equal the source, with no key twice."""
+    must equal the source, with no key twice. On PostgreSQL state, and on a SQLite state
+    file the workers of one host share (not the SIGSTOP: a worker stopped inside a
+    SQLite transaction holds the others' writes)."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (n bigint PRIMARY KEY, val text, "
                      "updated_at timestamptz NOT NULL)")
@@ -336,9 +349,11 @@ def test_workers_converge_whoever_dies_or_stalls_at_a_cut(
     cfg = write_pipeline(tmp_path, [{**_source("postgres", pg_dsn), "resilience": FAST}],
                          contracts={"items": CONTRACT},
                          warehouse={"kind": "postgres", "dsn": pg_dsn, "schema": "wh"},
-                         state={"kind": "postgres", "dsn": pg_dsn, "schema": "st"},
+                         state={"kind": "postgres", "dsn": pg_dsn, "schema": "st"}
+                         if state == "postgres" else {"kind": "sqlite"},
                          buffer={"kind": "jetstream", "stream": stream, "lease": "5s"},
                          run={"interval": 0.5})
+    state_file = None if state == "postgres" else tmp_path / "state" / "state.db"
     base = {"STEADYFLOW_BACKFILL_CHUNK_ROWS": "0", "STEADYFLOW_EXTRACT_LEASE": str(LEASE),
             "STEADYFLOW_FAILPOINT": ""}
     holder_fp = {"holder-killed": "extract.cut:1", "holder-stopped": "extract.cut:1:SIGSTOP"
@@ -349,7 +364,7 @@ def test_workers_converge_whoever_dies_or_stalls_at_a_cut(
                      ["holder"])
     changer = _changing(pg_dsn, done)
     try:
-        _reading(pg_dsn)
+        _reading(pg_dsn, state_file)
         procs += _workers(cfg, tmp_path, {**base, "STEADYFLOW_FAILPOINT": thief_fp}, 1,
                           ["thief"])
         holder, thief = procs
