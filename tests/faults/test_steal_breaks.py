@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -249,6 +251,46 @@ def test_a_reader_that_records_a_page_while_it_is_counted_is_still_cut(
         assert summary.extracted_rows + stolen[-1][1].rows == ROWS
         schema = pipeline.config.warehouse.schema_
     _assert_exact(tmp_path, "postgres", pg_dsn, schema, _oracle())
+
+
+
+def test_a_run_of_one_table_steals_from_no_other(tmp_path: Path, pg_dsn: str) -> None:
+    """`extract --table s.a` (Pipeline.extract naming its tables) with a source allowing two
+    queries: its idle slot looked at every table of the config, so it cut and read the
+    first load of table `b` that another process was in the middle of, work the command
+    was never asked for (and could take as long as that load). Process 1: `extract`
+    of `b`, its pages slowed; process 2 (here): the extraction of `a` alone."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for name, rows in (("a", 100), ("b", ROWS)):
+            conn.execute(f"CREATE TABLE {name} (n bigint PRIMARY KEY, val text, "
+                         "updated_at timestamptz NOT NULL)")
+            conn.execute(f"CREATE INDEX {name}_cursor ON {name} (updated_at, n)")
+            conn.execute(f"INSERT INTO {name} SELECT g, 'v' || g, timestamptz '2026-01-01 "
+                         "00:00:00+00' + g * interval '1 second' "
+                         f"FROM generate_series(1, {rows}) g")
+    source = _source("postgres", pg_dsn)
+    source["tables"] = [{**source["tables"][0], "name": name, "target": name}
+                        for name in ("a", "b")]
+    with _pipeline(tmp_path, source) as pipeline:
+        cfg = tmp_path / "pipeline.yml"
+        other = subprocess.Popen(
+            [sys.executable, "-m", "steadyflow", "extract", "-c", str(cfg), "--table", "s.b"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "STEADYFLOW_FAILPOINT": "extract.after_enqueue:1:sleep0.1"})
+        try:
+            deadline = time.monotonic() + 60
+            while not [r for r in pipeline.state.first_loads() if r.after is not None]:
+                assert other.poll() is None and time.monotonic() < deadline, "b not begun"
+                time.sleep(0.1)
+            summary = pipeline.extract(tables=["a"])
+            assert summary.ok, summary.errors
+            mine = [c for c in pipeline.state.backfill_chunks("s", "b")
+                    if str(c.holder).split(":")[1] == str(os.getpid())]
+            assert mine == []
+            assert other.wait(120) == 0
+        finally:
+            if other.poll() is None:
+                other.kill()
 
 
 # --- between `steadyflow worker` processes (PostgreSQL state, JetStream buffer) ---------

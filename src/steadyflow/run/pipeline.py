@@ -473,7 +473,7 @@ class Pipeline:
             # queued behind every table: a slot starts one once no table is left to
             # start, and takes the far part of first loads still being read (run/steal.py)
             thieves = [pool.submit(steal.steal_until_done, self, put_timeout,
-                                   lambda: not all(f.done() for f in futures))
+                                   lambda: not all(f.done() for f in futures), jobs)
                        for _ in range(slots)] if not dry_run and steal.enabled(self) else []
             for future in futures:
                 self.tally(summary, *future.result())

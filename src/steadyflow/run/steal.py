@@ -78,17 +78,19 @@ def enabled(pipeline: Pipeline) -> bool:
 
 
 def steal_until_done(pipeline: Pipeline, put_timeout: float | None,
-                     starting: Callable[[], bool] = lambda: False
+                     starting: Callable[[], bool] = lambda: False,
+                     tables: list[tuple[Any, Any, Any]] | None = None
                      ) -> list[tuple[Any, ExtractResult | BaseException]]:
     """An extraction slot's work once no table is left to start: steal ranges until no
-    reader is worth a cut. `starting`: this process's own tables are still being read
+    reader is worth a cut. `tables`: the jobs this extraction was asked for (None: every
+    table of the config). `starting`: this process's own tables are still being read
     (one may be about to list its reader). Returns each stolen table's result, as
     extract_table does."""
     results: list[tuple[Any, ExtractResult | BaseException]] = []
     waited_since: float | None = None
     while not pipeline._stopping():
         try:
-            outcome = steal_once(pipeline, put_timeout, starting)
+            outcome = steal_once(pipeline, put_timeout, starting, tables)
         except Exception as exc:  # noqa: BLE001 - a range left unread is its load's to read
             # (released, or its lease expires: the load ends only once every range is read)
             log.warning("stealing stopped: %s", exc, extra={"stage": "extract"})
@@ -107,11 +109,15 @@ def steal_until_done(pipeline: Pipeline, put_timeout: float | None,
 
 
 def steal_once(pipeline: Pipeline, put_timeout: float | None,
-               starting: Callable[[], bool] = lambda: False) -> Any:
+               starting: Callable[[], bool] = lambda: False,
+               tables: list[tuple[Any, Any, Any]] | None = None) -> Any:
     """One steal: (ref, result) of the range read; "wait" when no first load is listed
     yet while one may start (`starting`, or a table's lease held with no checkpoint);
     None when nothing is left to steal."""
-    jobs = {(ref.source, ref.table): (s, t, ref) for s, t, ref in pipeline.config.tables()}
+    # only the tables this extraction was asked for (`extract --table`): another table's
+    # load, another process's, is not this command's to read
+    jobs = {(ref.source, ref.table): (s, t, ref)
+            for s, t, ref in (pipeline.config.tables() if tables is None else tables)}
     me = new_holder().rsplit(":", 1)[0] + ":"
     readers = [r for r in pipeline.state.first_loads() if (r.source, r.table) in jobs
                and (not r.holder.startswith(me) or
