@@ -288,7 +288,9 @@ class TableConfig(_Strict):
         "identifier"))
     target: str | None = Field(default=None, description=(
         "the warehouse table it loads; default: `name`. Several tables may feed one target "
-        "if they have the same contract"))
+        "if they have the same contract. Refused: a name starting with _steadyflow_ "
+        "(steadyflow's own tables), and two targets differing only in case (one table to "
+        "DuckDB)"))
     contract: str | ContractConfig = Field(description=(
         "a contract's name from `contracts:`, or a contract written inline"))
     lookback: Duration = Field(default=0.0, description=(
