@@ -117,6 +117,18 @@ def catalog_text(value: Any) -> str:
     return str(value)
 
 
+def unnamed(source: list[str], contract: tuple[str, ...] | list[str]) -> list[str]:
+    """The source columns no contract column reads (schema drift).
+
+    A contract column reads the source column spelled as it is, else the one spelled
+    alike but for case (MariaDB's and SQLite's names are case-insensitive). Folding every
+    name hid a PostgreSQL column "Amount" beside a contract's `amount`: its values were
+    never extracted, and `schema_drift: stop` never stopped."""
+    exact = set(source)
+    read = {n.lower() for n in contract if n not in exact}
+    return [n for n in source if n not in contract and n.lower() not in read]
+
+
 class SqlSource:
     """One connection to one store database; pages through its tables."""
 
@@ -303,8 +315,7 @@ class SqlSource:
         self.check_unique_key(table, contract)
         check_numbering(self, table, contract)
         self._issued[table] = issued_number(self, table, contract)
-        known = {n.lower() for n in contract.names}
-        return [n for n in names if n.lower() not in known]
+        return unnamed(names, contract.names)
 
     def issued(self, table: str, contract: Contract, below: int) -> int | None:
         """The highest number the table's cursor numbering has handed out (None: not

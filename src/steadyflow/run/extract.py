@@ -1168,6 +1168,17 @@ class TableExtractor:
                     f"warehouse (schema_drift: add): {RESERVED_WHY}", stage="extract",
                     source=self.ref.source, table=self.ref.table,
                     hint="rename the source column, or set schema_drift: ignore")
+        spelled = {n.lower(): n for n in self.contract.names}
+        for name in extra:
+            if (other := spelled.setdefault(name.lower(), name)) != name:
+                raise SchemaError(
+                    f"schema drift: the source column {name!r} cannot be added to the "
+                    f"warehouse (schema_drift: add): it differs from column {other!r} only "
+                    "in case, and DuckDB (and the warehouse's identifiers) take them as one "
+                    "column", stage="extract", source=self.ref.source,
+                    table=self.ref.table,
+                    hint="rename the source column (or read it in a view), or set "
+                         "schema_drift: ignore")
         declared = self.guard.call(lambda: db.declared_types(self.ref.table),
                                    stop=self.should_stop)
         lowered = {k.lower(): v for k, v in declared.items()}
