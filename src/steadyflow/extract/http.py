@@ -598,9 +598,10 @@ def parse_records(contract: Contract, records: list[Any], token: str | None = No
             raise BadPayload("payload: cursor or key values of one page do not compare "
                              "with each other (types mixed?)") from None
         high = Watermark(cursor=top[0], key=tuple(top[1:]))
-    known = {n.lower() for n in names}
+    # a JSON field name is case-sensitive, as `_fields` reads it: a field "Amount" is not
+    # the contract's `amount` (whose values it left null), so it is drift to report
     seen = {f for record, _ in placed for f in record}
-    extra = sorted(f for f in seen if f.lower() not in known)
+    extra = sorted(seen.difference(names))
     if any(invalid):
         columns.append(pa.array(invalid, pa.string()))
     return HttpPage(rows=pa.Table.from_arrays(
