@@ -761,7 +761,26 @@ class PipelineConfig(_Strict):
                     )
                 self._check_lookback(source, table)
         self._check_targets()
+        self._check_state_beside()
         return self
+
+    def _check_state_beside(self) -> None:
+        """The state may live in the warehouse's database (StateConfig); in its schema too,
+        a target named like a state table (checkpoints, quarantine, sequence...) was that
+        table: every load failed with a hint to ALTER the state table."""
+        if not (self.state.kind == self.warehouse.kind == "postgres"
+                and self.state.schema_ == self.warehouse.schema_):
+            return
+        from steadyflow.state.store import SCHEMA  # only here: config loads no state code
+
+        owned = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
+        for source, table, ref in self.tables():
+            if ref.target in owned:
+                raise ValueError(
+                    f"sources.{source.name}.tables.{table.name}: target {ref.target!r} is a "
+                    f"state table of schema {self.state.schema_!r}, which the warehouse "
+                    "shares; set 'target' to another name, or give the state or the "
+                    "warehouse a schema of its own")
 
     def _check_lookback(self, source: SourceConfig, table: TableConfig) -> None:
         """A lookback on a cursor that cannot step back would be silently ignored, and so

@@ -55,3 +55,19 @@ def test_the_same_spelling_and_a_plain_target_are_accepted() -> None:
     parse_config(raw(("a", "Orders", {"warehouse_filter": {"store_id": 1}}),
                      ("b", "Orders", {"warehouse_filter": {"store_id": 2}}),
                      ("c", "_steadyflow_tomb_orders", {"target": "tomb_orders"})))
+
+
+def test_a_target_named_like_a_state_table_in_a_shared_schema_is_refused() -> None:
+    """State and warehouse in one PostgreSQL schema (allowed: StateConfig): a target
+    `sequence` was the state's sequence table, every load failing with a hint to ALTER it.
+    Refused naming the table, the target and the schema; another schema is accepted."""
+    config = raw(("a", "sequence", {}))
+    dsn = "postgresql://u@h/db"
+    config["state"] = {"kind": "postgres", "dsn": dsn, "schema": "shared"}
+    config["warehouse"] = {"kind": "postgres", "dsn": dsn, "schema": "shared"}
+    with pytest.raises(ConfigError) as err:
+        parse_config(config)
+    assert ("sources.a.tables.sequence: target 'sequence' is a state table of schema "
+            "'shared'") in str(err.value)
+    config["warehouse"] = {"kind": "postgres", "dsn": dsn, "schema": "wh"}
+    parse_config(config)
