@@ -239,8 +239,8 @@ def test_slow_close_delays_the_fin(echo_proxy: FaultProxy) -> None:
     echo_proxy.slow_close(0.5)
     with _connect(echo_proxy) as sock:
         _roundtrip(sock, b"bye")
+        start = time.monotonic()  # before the shutdown: the proxy's first 0.5 s starts there
         sock.shutdown(socket.SHUT_WR)  # echo server closes on EOF; that close comes back late
-        start = time.monotonic()
         assert sock.recv(10) == b""
         elapsed = time.monotonic() - start
     assert 1.0 <= elapsed < 2.5  # client FIN delayed 0.5 s, then server FIN another 0.5 s
